@@ -1,0 +1,527 @@
+//! Raw config -> validated [`Config`]. Collects every problem with its TOML path.
+
+use super::raw::{RawConfig, RawOrganization, RawStack, RawToken, RawUpstream, RawUser};
+use super::units::{parse_duration, parse_size};
+use crate::token::{compile_scope, parse_digest, parse_expiry, BranchCatalog, Origin, TokenRecord};
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One validation problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// TOML path such as `stacks[0].tokens[1].scope`; empty for file-level problems.
+    pub path: String,
+    pub message: String,
+}
+
+/// All validation problems of one file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn single(path: &str, message: String) -> Self {
+        ConfigErrors(vec![ConfigError { path: path.into(), message }])
+    }
+
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError { path: path.into(), message: message.into() });
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} configuration error(s):", self.0.len())?;
+        for e in &self.0 {
+            if e.path.is_empty() {
+                writeln!(f, "  - {}", e.message)?;
+            } else {
+                writeln!(f, "  - {}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub admin_listen: SocketAddr,
+    pub upstream: Upstream,
+    pub store: Store,
+    pub notify: Notify,
+    pub organizations: Vec<Organization>,
+    pub users: Vec<User>,
+    pub stacks: Vec<Stack>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub user_sessions: UserSessions,
+    pub max_inspected_body: u64,
+    pub hostnames: Vec<String>,
+}
+
+/// What to do with user-session (`authtoken`) and OAuth traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserSessions {
+    Pass,
+    Deny,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix without trailing `/` (usually empty).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub before: Duration,
+    pub webhook: Option<Uri>,
+    pub smtp: Option<Smtp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    pub relay: String,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    pub uid: String,
+    pub read_per_second: u32,
+    pub write_per_second: u32,
+    pub burst: Option<u32>,
+    pub bulk_per_second: u32,
+    pub max_tokens_per_stack: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub uid: String,
+    pub email: String,
+    pub authtoken_sha256: [u8; 32],
+}
+
+/// A member's role in a stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Owner,
+    Admin,
+    Developer,
+    ContentManager,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "owner" => Some(Role::Owner),
+            "admin" => Some(Role::Admin),
+            "developer" => Some(Role::Developer),
+            "content_manager" => Some(Role::ContentManager),
+            _ => None,
+        }
+    }
+
+    /// Owners and admins manage tokens.
+    pub fn manages_tokens(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub api_key: String,
+    pub organization: String,
+    pub name: String,
+    pub branches: Vec<String>,
+    /// alias -> target branch
+    pub aliases: BTreeMap<String, String>,
+    /// user uid -> role
+    pub members: BTreeMap<String, Role>,
+    pub tokens: Vec<TokenRecord>,
+}
+
+impl BranchCatalog for Stack {
+    fn has_branch(&self, name: &str) -> bool {
+        self.branches.iter().any(|b| b == name)
+    }
+    fn has_alias(&self, name: &str) -> bool {
+        self.aliases.contains_key(name)
+    }
+}
+
+/// Default organisation limits, as Contentstack's CMA.
+const DEFAULT_RATE: u32 = 10;
+const DEFAULT_BULK_RATE: u32 = 1;
+const DEFAULT_MAX_TOKENS: u32 = 30;
+/// Sanity bounds: anything above is almost certainly a typo.
+const MAX_RATE: i64 = 1_000_000;
+const MAX_BURST: i64 = 1_000_000;
+const MAX_NAME: usize = 255;
+
+/// Validates a raw config; `unknown` are the ignored key paths from the parser.
+pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    for key in unknown {
+        errs.push(key.as_str(), "unknown key");
+    }
+    let server = server(&raw, &mut errs);
+    let admin_listen = socket(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"), "admin.listen", &mut errs);
+    let upstream = match &raw.upstream {
+        Some(u) => upstream(u, &mut errs),
+        None => {
+            errs.push("upstream", "missing table [upstream] (with url = \"http://...\")");
+            None
+        }
+    };
+    let notify = notify(&raw, &mut errs);
+    let organizations = organizations(&raw.organizations, &mut errs);
+    let users = users(&raw.users, &mut errs);
+    let stacks = stacks(&raw.stacks, &organizations, &users, &mut errs);
+    let store = Store { path: raw.store.path.as_ref().map(PathBuf::from) };
+    match (server, admin_listen, upstream, notify) {
+        (Some(server), Some(admin_listen), Some(upstream), Some(notify)) if errs.0.is_empty() => Ok(Config {
+            server,
+            admin_listen,
+            upstream,
+            store,
+            notify,
+            organizations,
+            users,
+            stacks,
+        }),
+        _ => Err(errs),
+    }
+}
+
+fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
+    text.parse()
+        .map_err(|_| errs.push(path, format!("'{text}' is not an address such as \"127.0.0.1:8080\"")))
+        .ok()
+}
+
+fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
+    let s = &raw.server;
+    if s.tls.is_some() {
+        errs.push("server.tls", "TLS termination is not available in this build yet; terminate TLS in front of stackgate");
+    }
+    let listen = socket(s.listen.as_deref().unwrap_or("127.0.0.1:8080"), "server.listen", errs);
+    let user_sessions = match s.user_sessions.as_deref().unwrap_or("pass") {
+        "pass" => Some(UserSessions::Pass),
+        "deny" => Some(UserSessions::Deny),
+        other => {
+            errs.push("server.user_sessions", format!("'{other}' must be \"pass\" or \"deny\""));
+            None
+        }
+    };
+    let max_inspected_body = parse_size(s.max_inspected_body.as_deref().unwrap_or("1MiB"))
+        .map_err(|e| errs.push("server.max_inspected_body", e))
+        .ok();
+    for (i, h) in s.hostnames.iter().enumerate() {
+        if h.parse::<Authority>().is_err() {
+            errs.push(format!("server.hostnames[{i}]"), format!("'{h}' is not a host[:port]"));
+        }
+    }
+    Some(Server {
+        listen: listen?,
+        user_sessions: user_sessions?,
+        max_inspected_body: max_inspected_body?,
+        hostnames: s.hostnames.clone(),
+    })
+}
+
+fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
+    let uri: Option<Uri> = u.url.parse().map_err(|_| errs.push("upstream.url", format!("'{}' is not a URL", u.url))).ok();
+    let parts = uri.and_then(|uri| {
+        let scheme = uri.scheme().cloned();
+        let authority = uri.authority().cloned();
+        match (scheme, authority) {
+            (Some(s), Some(a)) if s == Scheme::HTTP => Some((s, a, uri.path().trim_end_matches('/').to_owned())),
+            (Some(s), Some(_)) if s == Scheme::HTTPS => {
+                errs.push("upstream.url", "https upstreams are not available in this build yet");
+                None
+            }
+            _ => {
+                errs.push("upstream.url", format!("'{}' must be an absolute http:// URL", u.url));
+                None
+            }
+        }
+    });
+    if uri_has_query(&u.url) {
+        errs.push("upstream.url", "must not have a query");
+    }
+    let duration = |text: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors| {
+        parse_duration(text.unwrap_or(default))
+            .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
+            .map_err(|e| errs.push(path, e))
+            .ok()
+    };
+    let connect_timeout = duration(u.connect_timeout.as_deref(), "2s", "upstream.connect_timeout", errs);
+    let request_timeout = duration(u.request_timeout.as_deref(), "30s", "upstream.request_timeout", errs);
+    let (scheme, authority, base_path) = parts?;
+    Some(Upstream {
+        scheme,
+        authority,
+        base_path,
+        connect_timeout: connect_timeout?,
+        request_timeout: request_timeout?,
+        forward_token: u.forward_token.unwrap_or(false),
+    })
+}
+
+fn uri_has_query(url: &str) -> bool {
+    url.contains('?') || url.contains('#')
+}
+
+fn notify(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Notify> {
+    let n = &raw.notify;
+    let before = parse_duration(n.before.as_deref().unwrap_or("7d")).map_err(|e| errs.push("notify.before", e)).ok();
+    let webhook = n.webhook.as_ref().and_then(|w| match w.parse::<Uri>() {
+        Ok(uri) if uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some() => Some(uri),
+        _ => {
+            errs.push("notify.webhook", format!("'{w}' must be an absolute http:// URL"));
+            None
+        }
+    });
+    let smtp = n.smtp.as_ref().map(|s| Smtp {
+        relay: s.relay.clone(),
+        from: s.from.clone(),
+        to: s.to.clone().unwrap_or_default(),
+    });
+    Some(Notify { before: before?, webhook, smtp })
+}
+
+fn rate(value: Option<i64>, default: u32, path: String, errs: &mut ConfigErrors) -> u32 {
+    match value {
+        None => default,
+        Some(v) if (1..=MAX_RATE).contains(&v) => u32::try_from(v).unwrap_or(default),
+        Some(v) => {
+            errs.push(path, format!("{v} must be between 1 and {MAX_RATE}"));
+            default
+        }
+    }
+}
+
+fn organizations(raw: &[RawOrganization], errs: &mut ConfigErrors) -> Vec<Organization> {
+    let mut seen = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let p = |k: &str| format!("organizations[{i}].{k}");
+            if !seen.insert(o.uid.as_str()) {
+                errs.push(p("uid"), format!("duplicate organization uid '{}'", o.uid));
+            }
+            check_ident(&o.uid, &p("uid"), errs);
+            let burst = o.burst.and_then(|b| {
+                if (1..=MAX_BURST).contains(&b) {
+                    u32::try_from(b).ok()
+                } else {
+                    errs.push(p("burst"), format!("{b} must be between 1 and {MAX_BURST}"));
+                    None
+                }
+            });
+            let max_tokens = match o.max_tokens_per_stack {
+                None => DEFAULT_MAX_TOKENS,
+                Some(v) if (1..=10_000).contains(&v) => u32::try_from(v).unwrap_or(DEFAULT_MAX_TOKENS),
+                Some(v) => {
+                    errs.push(p("max_tokens_per_stack"), format!("{v} must be between 1 and 10000"));
+                    DEFAULT_MAX_TOKENS
+                }
+            };
+            Organization {
+                uid: o.uid.clone(),
+                read_per_second: rate(o.read_per_second, DEFAULT_RATE, p("read_per_second"), errs),
+                write_per_second: rate(o.write_per_second, DEFAULT_RATE, p("write_per_second"), errs),
+                burst,
+                bulk_per_second: rate(o.bulk_per_second, DEFAULT_BULK_RATE, p("bulk_per_second"), errs),
+                max_tokens_per_stack: max_tokens,
+            }
+        })
+        .collect()
+}
+
+/// Identifiers (uids, api keys, branch names) are short ASCII words.
+fn check_ident(value: &str, path: &str, errs: &mut ConfigErrors) {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        errs.push(path, format!("'{value}' must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'"));
+    }
+}
+
+fn users(raw: &[RawUser], errs: &mut ConfigErrors) -> Vec<User> {
+    let mut uids = HashSet::new();
+    let mut hashes = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, u)| {
+            let p = |k: &str| format!("users[{i}].{k}");
+            check_ident(&u.uid, &p("uid"), errs);
+            if !uids.insert(u.uid.as_str()) {
+                errs.push(p("uid"), format!("duplicate user uid '{}'", u.uid));
+            }
+            let Some(hash) = parse_digest(&u.authtoken_sha256) else {
+                errs.push(p("authtoken_sha256"), "must be 64 hex characters (SHA-256 of the authtoken)");
+                return None;
+            };
+            if !hashes.insert(hash) {
+                errs.push(p("authtoken_sha256"), "the same authtoken is configured for another user");
+            }
+            Some(User { uid: u.uid.clone(), email: u.email.clone().unwrap_or_default(), authtoken_sha256: hash })
+        })
+        .collect()
+}
+
+fn stacks(raw: &[RawStack], orgs: &[Organization], users: &[User], errs: &mut ConfigErrors) -> Vec<Stack> {
+    let orgs: HashMap<&str, &Organization> = orgs.iter().map(|o| (o.uid.as_str(), o)).collect();
+    let mut api_keys = HashSet::new();
+    let mut token_uids = HashSet::new();
+    let mut secrets = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let p = |k: &str| format!("stacks[{i}].{k}");
+        check_ident(&s.api_key, &p("api_key"), errs);
+        if !api_keys.insert(s.api_key.as_str()) {
+            errs.push(p("api_key"), format!("duplicate api_key '{}'", s.api_key));
+        }
+        let org = orgs.get(s.organization.as_str()).copied();
+        if org.is_none() {
+            errs.push(p("organization"), format!("unknown organization '{}'", s.organization));
+        }
+        let mut stack = Stack {
+            api_key: s.api_key.clone(),
+            organization: s.organization.clone(),
+            name: s.name.clone().unwrap_or_default(),
+            branches: s.branches.clone().unwrap_or_else(|| vec!["main".into()]),
+            aliases: s.aliases.clone(),
+            members: BTreeMap::new(),
+            tokens: Vec::new(),
+        };
+        branches(&stack, i, errs);
+        for (uid, role) in &s.members {
+            if !users.iter().any(|u| &u.uid == uid) {
+                errs.push(p(&format!("members.{uid}")), format!("unknown user '{uid}'"));
+            }
+            match Role::parse(role) {
+                Some(r) => {
+                    stack.members.insert(uid.clone(), r);
+                }
+                None => errs.push(
+                    p(&format!("members.{uid}")),
+                    format!("'{role}' must be owner, admin, developer or content_manager"),
+                ),
+            }
+        }
+        for (j, t) in s.tokens.iter().enumerate() {
+            let tp = format!("stacks[{i}].tokens[{j}]");
+            if !token_uids.insert(t.uid.as_str()) {
+                errs.push(format!("{tp}.uid"), format!("duplicate token uid '{}'", t.uid));
+            }
+            if let Some(rec) = token(t, &stack, org, &tp, errs) {
+                if !secrets.insert(rec.secret_sha256) {
+                    errs.push(format!("{tp}.secret_sha256"), "the same secret is used by another token");
+                }
+                stack.tokens.push(rec);
+            }
+        }
+        if let Some(org) = org {
+            if s.tokens.len() > org.max_tokens_per_stack as usize {
+                errs.push(p("tokens"), format!("{} tokens exceed max_tokens_per_stack = {}", s.tokens.len(), org.max_tokens_per_stack));
+            }
+        }
+        out.push(stack);
+    }
+    out
+}
+
+fn branches(stack: &Stack, i: usize, errs: &mut ConfigErrors) {
+    let mut seen = HashSet::new();
+    for (j, b) in stack.branches.iter().enumerate() {
+        check_ident(b, &format!("stacks[{i}].branches[{j}]"), errs);
+        if !seen.insert(b.as_str()) {
+            errs.push(format!("stacks[{i}].branches[{j}]"), format!("duplicate branch '{b}'"));
+        }
+    }
+    if !stack.has_branch("main") {
+        errs.push(format!("stacks[{i}].branches"), "must include \"main\" (the default branch)");
+    }
+    for (alias, target) in &stack.aliases {
+        let p = format!("stacks[{i}].aliases.{alias}");
+        check_ident(alias, &p, errs);
+        if stack.has_branch(alias) {
+            errs.push(p.as_str(), format!("alias '{alias}' has the name of a branch"));
+        }
+        if !stack.has_branch(target) {
+            errs.push(p.as_str(), format!("alias points at unknown branch '{target}'"));
+        }
+    }
+}
+
+fn token(t: &RawToken, stack: &Stack, org: Option<&Organization>, tp: &str, errs: &mut ConfigErrors) -> Option<TokenRecord> {
+    check_ident(&t.uid, &format!("{tp}.uid"), errs);
+    if t.name.trim().is_empty() || t.name.len() > MAX_NAME {
+        errs.push(format!("{tp}.name"), format!("must be 1-{MAX_NAME} characters"));
+    }
+    if let Err(fields) = compile_scope(&t.scope, stack) {
+        for (field, msgs) in fields {
+            for m in msgs {
+                errs.push(format!("{tp}.{field}"), m);
+            }
+        }
+    }
+    let expires_on = t.expires_on.as_deref().and_then(|e| parse_expiry(e).map_err(|m| errs.push(format!("{tp}.expires_on"), m)).ok());
+    if let (Some(rl), Some(org)) = (t.rate_limit, org) {
+        check_token_rate(rl.read_per_second, org.read_per_second, &format!("{tp}.rate_limit.read_per_second"), errs);
+        check_token_rate(rl.write_per_second, org.write_per_second, &format!("{tp}.rate_limit.write_per_second"), errs);
+    }
+    let Some(secret_sha256) = parse_digest(&t.secret_sha256) else {
+        errs.push(format!("{tp}.secret_sha256"), "must be 64 hex characters (SHA-256 of the secret)");
+        return None;
+    };
+    Some(TokenRecord {
+        uid: t.uid.clone(),
+        stack: stack.api_key.clone(),
+        name: t.name.clone(),
+        description: t.description.clone(),
+        secret_sha256,
+        scope: t.scope.clone(),
+        expires_on,
+        is_email_notification_enabled: t.is_email_notification_enabled,
+        rate_limit: t.rate_limit,
+        created_by: "config".into(),
+        updated_by: "config".into(),
+        created_at: String::new(),
+        updated_at: String::new(),
+        expiry_notified_at: None,
+        origin: Origin::Config,
+    })
+}
+
+fn check_token_rate(rate: u32, org_rate: u32, path: &str, errs: &mut ConfigErrors) {
+    if rate == 0 || rate > org_rate {
+        errs.push(path, format!("{rate} must be between 1 and the organization's {org_rate}"));
+    }
+}

@@ -1,0 +1,129 @@
+//! The file as written: plain serde structs. Unknown keys are collected by
+//! `serde_ignored` (so all of them are reported, with their TOML paths), and values
+//! that need checking stay loose here (strings, i64) so `compile` can report every
+//! problem at once instead of stopping at the first.
+
+use crate::token::{RateLimit, ScopeEntry};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    pub upstream: Option<RawUpstream>,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub notify: RawNotify,
+    #[serde(default)]
+    pub organizations: Vec<RawOrganization>,
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+    #[serde(default)]
+    pub stacks: Vec<RawStack>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub tls: Option<RawTls>,
+    pub user_sessions: Option<String>,
+    pub max_inspected_body: Option<String>,
+    /// Extra host names an HTTP/1 absolute-form target may carry.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawUpstream {
+    pub url: String,
+    pub connect_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub forward_token: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawStore {
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawNotify {
+    pub before: Option<String>,
+    pub webhook: Option<String>,
+    pub smtp: Option<RawSmtp>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSmtp {
+    pub relay: String,
+    pub from: String,
+    pub to: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawOrganization {
+    pub uid: String,
+    pub read_per_second: Option<i64>,
+    pub write_per_second: Option<i64>,
+    pub burst: Option<i64>,
+    pub bulk_per_second: Option<i64>,
+    pub max_tokens_per_stack: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawUser {
+    pub uid: String,
+    pub email: Option<String>,
+    pub authtoken_sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawStack {
+    pub api_key: String,
+    pub organization: String,
+    pub name: Option<String>,
+    pub branches: Option<Vec<String>>,
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    pub members: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawToken {
+    pub uid: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub secret_sha256: String,
+    pub scope: Vec<ScopeEntry>,
+    pub expires_on: Option<String>,
+    #[serde(default)]
+    pub is_email_notification_enabled: bool,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Parses TOML text, returning the raw config and every ignored (unknown) key path.
+pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), toml::de::Error> {
+    let mut unknown = Vec::new();
+    let de = toml::Deserializer::new(text);
+    let raw = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))?;
+    Ok((raw, unknown))
+}

@@ -1,0 +1,250 @@
+//! The one place where a failed request becomes an HTTP response.
+//!
+//! Every stage returns a [`GatewayError`]; [`GatewayError::into_response`] maps each
+//! variant to the status and CMA error body of DESIGN.md section 5. The match is
+//! exhaustive on purpose: a new variant must be given a status here.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use std::collections::BTreeMap;
+
+/// Why a request was not forwarded (or failed upstream).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GatewayError {
+    /// Ambiguous path, bad header, malformed inspected JSON.
+    #[error("bad request: {0}")]
+    BadRequest(BadRequest),
+    /// Not a CMA path.
+    #[error("not found")]
+    NotFound,
+    /// Missing or unknown `api_key`.
+    #[error("stack not found")]
+    StackNotFound,
+    /// Missing, unknown, other stack's or expired credential.
+    #[error("unauthenticated")]
+    Unauthenticated { expired: bool },
+    /// Module, access, branch or body rule denies.
+    #[error("forbidden: {0}")]
+    Forbidden(Denial),
+    /// Inspected (or streamed) body over its limit.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// Token-API validation failure, with per-field errors.
+    #[error("unprocessable")]
+    Unprocessable(FieldErrors),
+    /// Rate limited; `retry_after` in whole seconds.
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
+    /// A required backing service (store) is down.
+    #[error("service unavailable")]
+    Unavailable,
+    /// Backend unreachable or answered garbage.
+    #[error("bad gateway: {0}")]
+    BadGateway(UpstreamFailure),
+    /// Backend did not answer in time.
+    #[error("gateway timeout")]
+    GatewayTimeout,
+}
+
+/// Per-field validation errors (`errors` in the CMA body).
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+/// The flavours of 400; they share one client-facing message but are logged apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    #[error("ambiguous path")]
+    AmbiguousPath,
+    #[error("foreign authority")]
+    ForeignAuthority,
+    #[error("invalid header")]
+    InvalidHeader,
+    #[error("malformed json")]
+    MalformedJson,
+    #[error("unreadable body")]
+    UnreadableBody,
+}
+
+/// Why policy said no; for logs and metrics only, never sent to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("module never allowed")]
+    NeverAllowed,
+    #[error("unknown CMA path")]
+    UnknownPath,
+    #[error("module not in scope")]
+    ModuleNotInScope,
+    #[error("write with read-only scope")]
+    ReadOnly,
+    #[error("branch not in scope")]
+    Branch,
+    #[error("body rule")]
+    BodyRule,
+    #[error("user sessions denied")]
+    UserSessionsDenied,
+    #[error("role may not manage tokens")]
+    Role,
+}
+
+/// What went wrong talking to the backend, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamFailure {
+    #[error("connect")]
+    Connect,
+    #[error("protocol")]
+    Protocol,
+}
+
+impl GatewayError {
+    /// HTTP status and CMA `error_code`.
+    pub fn status_and_code(&self) -> (StatusCode, u16) {
+        match self {
+            GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, 400),
+            GatewayError::NotFound => (StatusCode::NOT_FOUND, 404),
+            GatewayError::StackNotFound => (StatusCode::PRECONDITION_FAILED, 109),
+            GatewayError::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, 105),
+            GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, 162),
+            GatewayError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, 413),
+            GatewayError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
+            GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, 429),
+            GatewayError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 503),
+            GatewayError::BadGateway(_) => (StatusCode::BAD_GATEWAY, 502),
+            GatewayError::GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, 504),
+        }
+    }
+
+    /// Client-facing message: fixed strings, never internal error text.
+    fn message(&self) -> String {
+        match self {
+            GatewayError::BadRequest(BadRequest::MalformedJson) => {
+                "The request body is not valid JSON.".into()
+            }
+            GatewayError::BadRequest(BadRequest::InvalidHeader) => {
+                "A request header is malformed.".into()
+            }
+            GatewayError::BadRequest(_) => "The request is malformed or ambiguous.".into(),
+            GatewayError::NotFound => "The requested URL was not found.".into(),
+            GatewayError::StackNotFound => "We can't find that Stack. Please try again.".into(),
+            GatewayError::Unauthenticated { .. } => {
+                "You're not allowed in here unless you're logged in.".into()
+            }
+            GatewayError::Forbidden(_) => {
+                "Access denied. You have insufficient permissions to perform this operation."
+                    .into()
+            }
+            GatewayError::PayloadTooLarge => "The request body is too large.".into(),
+            GatewayError::Unprocessable(_) => {
+                "The request could not be processed. Please check the errors.".into()
+            }
+            GatewayError::RateLimited { retry_after } => {
+                format!("Too many requests. Please retry after {retry_after} seconds.")
+            }
+            GatewayError::Unavailable => {
+                "The service is temporarily unavailable. Please retry later.".into()
+            }
+            GatewayError::BadGateway(_) => "The backend could not be reached.".into(),
+            GatewayError::GatewayTimeout => "The backend did not answer in time.".into(),
+        }
+    }
+
+    /// Short label for logs and metrics (no user data).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::NotFound => "not_found",
+            GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } => "auth_failed",
+            GatewayError::Forbidden(_) => "denied",
+            GatewayError::PayloadTooLarge => "too_large",
+            GatewayError::Unprocessable(_) => "invalid",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::Unavailable => "unavailable",
+            GatewayError::BadGateway(_) => "upstream_error",
+            GatewayError::GatewayTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The CMA-style JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, code) = self.status_and_code();
+        let mut body = serde_json::json!({
+            "error_message": self.message(),
+            "error_code": code,
+        });
+        let errors = match self {
+            GatewayError::Unauthenticated { expired: true } => Some(serde_json::json!({
+                "authorization": ["has expired."]
+            })),
+            GatewayError::Unprocessable(fields) => Some(serde_json::json!(fields)),
+            _ => None,
+        };
+        if let (Some(errors), Some(obj)) = (errors, body.as_object_mut()) {
+            obj.insert("errors".into(), errors);
+        }
+        body
+    }
+
+    /// The complete response: status, JSON body, and `Retry-After` on 429.
+    pub fn into_response(self) -> Response<Bytes> {
+        let (status, _) = self.status_and_code();
+        let mut resp = json_response(status, &self.body());
+        if let GatewayError::RateLimited { retry_after } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        resp
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Bytes> {
+    let bytes = Bytes::from(value.to_string());
+    let mut resp = Response::new(bytes);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_body_and_header() {
+        let resp = GatewayError::RateLimited { retry_after: 3 }.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
+        let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error_message":"Too many requests. Please retry after 3 seconds.","error_code":429})
+        );
+    }
+
+    #[test]
+    fn expired_token_names_the_field() {
+        let body = GatewayError::Unauthenticated { expired: true }.body();
+        assert_eq!(body["error_code"], 105);
+        assert_eq!(body["errors"]["authorization"][0], "has expired.");
+        let body = GatewayError::Unauthenticated { expired: false }.body();
+        assert!(body.get("errors").is_none());
+    }
+
+    #[test]
+    fn codes_match_design_table() {
+        let cases = [
+            (GatewayError::StackNotFound, 412, 109),
+            (GatewayError::Forbidden(Denial::ReadOnly), 403, 162),
+            (GatewayError::BadRequest(BadRequest::AmbiguousPath), 400, 400),
+            (GatewayError::NotFound, 404, 404),
+            (GatewayError::PayloadTooLarge, 413, 413),
+            (GatewayError::BadGateway(UpstreamFailure::Connect), 502, 502),
+            (GatewayError::GatewayTimeout, 504, 504),
+        ];
+        for (err, status, code) in cases {
+            let (s, c) = err.status_and_code();
+            assert_eq!((s.as_u16(), c), (status, code), "{err:?}");
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! stackgate: an API gateway that enforces Contentstack-style management tokens in
+//! front of a Content Management API (CMA) backend.
+//!
+//! # Layout
+//! The tree follows the request pipeline (DESIGN.md section 1):
+//! - [`config`]: the TOML file, compiled once into validated types.
+//! - [`snapshot`]: the immutable state a request reads (stacks, tokens, upstream).
+//! - [`pipeline`]: the synchronous stages, as plain functions over a snapshot:
+//!   [`pipeline::normalize`], [`pipeline::classify`], [`pipeline::authenticate`],
+//!   [`pipeline::authorize`], [`pipeline::inspect_body`].
+//! - [`ratelimit`]: stage 6, charged after authorisation.
+//! - [`proxy`]: stage 7, forwarding with a pooled client and streamed bodies.
+//! - [`error`]: the one mapping from failures to CMA error responses.
+//! - [`server`]: listeners, connections, and the outer handler that logs every request.
+//! - [`token`]: token records and scopes; [`clock`]: injectable time.
+//! - [`demo`]: an embedded CMA-like backend for `stackgate demo` and tests.
+//! - [`cli`]: the `stackgate` command.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod pipeline;
+pub mod proxy;
+pub mod ratelimit;
+pub mod server;
+pub mod snapshot;
+pub mod token;

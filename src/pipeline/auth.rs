@@ -1,0 +1,85 @@
+//! Stage 3: `api_key` + `authorization` -> [`Principal`].
+
+use crate::config::UserSessions;
+use crate::error::{BadRequest, Denial, GatewayError};
+use crate::snapshot::{Snapshot, Token};
+use crate::token::hash_secret;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName};
+use std::sync::Arc;
+
+pub const API_KEY: HeaderName = HeaderName::from_static("api_key");
+pub const AUTHTOKEN: HeaderName = HeaderName::from_static("authtoken");
+pub const BRANCH: HeaderName = HeaderName::from_static("branch");
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A valid management token of the addressed stack.
+    Token(Arc<Token>),
+    /// A user session (`authtoken`) or OAuth bearer: the backend decides.
+    UserSession,
+}
+
+/// The credential a request carries, before it is checked.
+enum Credential<'a> {
+    Management(&'a [u8]),
+    UserSession,
+    None,
+}
+
+/// Secrets longer than this cannot be ours; don't spend a hash on them.
+const MAX_SECRET_LEN: usize = 256;
+
+/// Authenticates a request at Unix time `now`.
+pub fn authenticate(snap: &Snapshot, headers: &HeaderMap, now: i64) -> Result<Principal, GatewayError> {
+    for name in [&AUTHORIZATION, &API_KEY, &AUTHTOKEN, &BRANCH] {
+        // Two copies of a credential header could be read one way here and another
+        // way by the backend.
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(GatewayError::BadRequest(BadRequest::InvalidHeader));
+        }
+    }
+    match credential(headers) {
+        Credential::Management(secret) => management_token(snap, headers, secret, now).map(Principal::Token),
+        Credential::UserSession => match snap.settings.user_sessions {
+            UserSessions::Pass => Ok(Principal::UserSession),
+            UserSessions::Deny => Err(GatewayError::Forbidden(Denial::UserSessionsDenied)),
+        },
+        Credential::None => Err(GatewayError::Unauthenticated { expired: false }),
+    }
+}
+
+fn credential(headers: &HeaderMap) -> Credential<'_> {
+    match headers.get(AUTHORIZATION) {
+        Some(v) if !is_bearer(v.as_bytes()) => Credential::Management(v.as_bytes()),
+        Some(_) => Credential::UserSession,
+        None if headers.contains_key(AUTHTOKEN) => Credential::UserSession,
+        None => Credential::None,
+    }
+}
+
+/// `authorization: Bearer ...` is OAuth, not a management token.
+pub fn is_bearer(value: &[u8]) -> bool {
+    value.get(..7).is_some_and(|p| p.eq_ignore_ascii_case(b"bearer "))
+}
+
+fn management_token(snap: &Snapshot, headers: &HeaderMap, secret: &[u8], now: i64) -> Result<Arc<Token>, GatewayError> {
+    let api_key = headers
+        .get(API_KEY)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(GatewayError::StackNotFound)?;
+    let stack = snap.stack(api_key).ok_or(GatewayError::StackNotFound)?;
+    let unauthenticated = GatewayError::Unauthenticated { expired: false };
+    if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
+        return Err(unauthenticated);
+    }
+    let token = snap.token(&hash_secret(secret)).ok_or(unauthenticated.clone())?;
+    if !Arc::ptr_eq(&token.stack, stack) {
+        return Err(unauthenticated);
+    }
+    if token.expires_at.is_some_and(|at| now >= at) {
+        return Err(GatewayError::Unauthenticated { expired: true });
+    }
+    Ok(Arc::clone(token))
+}

@@ -1,0 +1,436 @@
+//! Stage 2: method + canonical path -> [`Operation`].
+//!
+//! The table is `shared/cma-api.md`. Matching is on whole segments, case-sensitive,
+//! and fails closed: an unknown path under `/v3` becomes [`Module::Unknown`], which no
+//! management token may use.
+
+use crate::error::GatewayError;
+use http::Method;
+
+/// A CMA module: the unit of a token's scope, plus the never-allowed groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Module {
+    ContentType,
+    GlobalField,
+    Entry,
+    Asset,
+    Label,
+    Extension,
+    Release,
+    Environment,
+    Locale,
+    Webhook,
+    Role,
+    User,
+    Workflow,
+    PublishRule,
+    AuditLog,
+    PublishQueue,
+    Bulk,
+    Taxonomy,
+    Branch,
+    BranchAlias,
+    // Never allowed with a management token.
+    Stack,
+    UserShare,
+    Tokens,
+    Organization,
+    UserSession,
+    Unknown,
+}
+
+impl Module {
+    /// Modules a token scope may name, in bit order.
+    pub const SCOPED: [Module; 20] = [
+        Module::ContentType,
+        Module::GlobalField,
+        Module::Entry,
+        Module::Asset,
+        Module::Label,
+        Module::Extension,
+        Module::Release,
+        Module::Environment,
+        Module::Locale,
+        Module::Webhook,
+        Module::Role,
+        Module::User,
+        Module::Workflow,
+        Module::PublishRule,
+        Module::AuditLog,
+        Module::PublishQueue,
+        Module::Bulk,
+        Module::Taxonomy,
+        Module::Branch,
+        Module::BranchAlias,
+    ];
+
+    /// The scope / metrics name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Module::ContentType => "content_type",
+            Module::GlobalField => "global_field",
+            Module::Entry => "entry",
+            Module::Asset => "asset",
+            Module::Label => "label",
+            Module::Extension => "extension",
+            Module::Release => "release",
+            Module::Environment => "environment",
+            Module::Locale => "locale",
+            Module::Webhook => "webhook",
+            Module::Role => "role",
+            Module::User => "user",
+            Module::Workflow => "workflow",
+            Module::PublishRule => "publish_rule",
+            Module::AuditLog => "audit_log",
+            Module::PublishQueue => "publish_queue",
+            Module::Bulk => "bulk",
+            Module::Taxonomy => "taxonomy",
+            Module::Branch => "branch",
+            Module::BranchAlias => "branch_alias",
+            Module::Stack => "stack",
+            Module::UserShare => "user_share",
+            Module::Tokens => "tokens",
+            Module::Organization => "organization",
+            Module::UserSession => "user_session",
+            Module::Unknown => "unknown",
+        }
+    }
+
+    /// Looks up a scope module name (`$all` is handled by the scope compiler).
+    pub fn from_scope_name(name: &str) -> Option<Module> {
+        Module::SCOPED.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Bit for [`ModuleSet`]; `None` for modules no scope can grant.
+    pub fn bit(self) -> Option<u32> {
+        Module::SCOPED
+            .iter()
+            .position(|m| *m == self)
+            .map(|i| 1u32 << i)
+    }
+
+    /// Whether the request's branch must be within the token's branch scope.
+    pub fn is_branch_specific(self) -> bool {
+        matches!(
+            self,
+            Module::ContentType
+                | Module::GlobalField
+                | Module::Entry
+                | Module::Asset
+                | Module::Locale
+                | Module::Extension
+                | Module::Label
+                | Module::Release
+                | Module::PublishQueue
+                | Module::AuditLog
+                | Module::Bulk
+        )
+    }
+}
+
+/// A set of scoped modules, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModuleSet(u32);
+
+impl ModuleSet {
+    pub const EMPTY: ModuleSet = ModuleSet(0);
+    pub const ALL: ModuleSet = ModuleSet((1 << Module::SCOPED.len()) - 1);
+
+    pub fn insert(&mut self, m: Module) {
+        if let Some(bit) = m.bit() {
+            self.0 |= bit;
+        }
+    }
+
+    pub fn union(self, other: ModuleSet) -> ModuleSet {
+        ModuleSet(self.0 | other.0)
+    }
+
+    pub fn contains(self, m: Module) -> bool {
+        m.bit().is_some_and(|bit| self.0 & bit != 0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Read (GET/HEAD) or write (everything else, and the GETs that change state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+impl Access {
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+        }
+    }
+}
+
+/// Extra rules beyond module + access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Module and access decide.
+    Plain,
+    /// Never allowed with a management token (e.g. audit-log writes, bulk workflow).
+    Deny,
+    /// `POST .../entries/{e}/workflow`: the body decides (section 1.3).
+    EntryWorkflow,
+    /// `POST|PUT /workflows/publishing_rules[/{x}]`: approvers in the body deny.
+    PublishRuleApprovers,
+    /// `/bulk/...`: also charged to the organisation's bulk bucket.
+    Bulk,
+    /// `/stacks/management_tokens[/{uid}]`: served by stackgate itself.
+    TokenApi,
+}
+
+/// What a request does, as far as policy is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation {
+    pub module: Module,
+    pub access: Access,
+    pub rule: Rule,
+}
+
+impl Operation {
+    /// Whether `inspect_body` must buffer and parse the body.
+    pub fn needs_body(&self) -> bool {
+        matches!(self.rule, Rule::EntryWorkflow | Rule::PublishRuleApprovers)
+    }
+}
+
+/// Deepest path we classify; anything deeper is unknown (fail closed).
+const MAX_SEGMENTS: usize = 8;
+
+/// Classifies a canonical path (from [`super::normalize`]).
+pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> {
+    let rest = path.strip_prefix("/v3/").ok_or(GatewayError::NotFound)?;
+    let mut segs: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
+    let mut n = 0;
+    for seg in rest.split('/') {
+        if n == MAX_SEGMENTS {
+            return Ok(unknown());
+        }
+        segs[n] = seg;
+        n += 1;
+    }
+    let segs = segs.get(..n).unwrap_or(&[]);
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let default = if read { Access::Read } else { Access::Write };
+    Ok(route(method, read, default, segs))
+}
+
+fn op(module: Module, access: Access) -> Operation {
+    Operation { module, access, rule: Rule::Plain }
+}
+
+fn with_rule(module: Module, access: Access, rule: Rule) -> Operation {
+    Operation { module, access, rule }
+}
+
+fn unknown() -> Operation {
+    with_rule(Module::Unknown, Access::Write, Rule::Deny)
+}
+
+fn never(module: Module, access: Access) -> Operation {
+    with_rule(module, access, Rule::Deny)
+}
+
+/// The table of `cma-api.md`. Each arm is one row.
+fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operation {
+    use Access::{Read, Write};
+    use Module as M;
+    let post_or_put = matches!(*method, Method::POST | Method::PUT);
+    match segs {
+        // content types and entries
+        ["content_types"] | ["content_types", _] => op(M::ContentType, default),
+        ["content_types", _, "references" | "export"] => op(M::ContentType, default),
+        ["content_types", _, "entries", rest @ ..] => entry(method, default, rest),
+        // global fields
+        ["global_fields"] | ["global_fields", _] | ["global_fields", _, "export"] => {
+            op(M::GlobalField, default)
+        }
+        // assets
+        ["assets"] | ["assets", _] | ["assets", "folders", _] => op(M::Asset, default),
+        ["assets", _, "publish" | "unpublish" | "versions" | "references"] => {
+            op(M::Asset, default)
+        }
+        ["assets", _, "versions", _, "name"] => op(M::Asset, default),
+        // simple collections
+        ["labels"] | ["labels", _] => op(M::Label, default),
+        ["extensions"] | ["extensions", _] => op(M::Extension, default),
+        ["environments"] | ["environments", _] => op(M::Environment, default),
+        ["locales"] | ["locales", _] => op(M::Locale, default),
+        ["roles"] | ["roles", _] => op(M::Role, default),
+        // releases
+        ["releases"] | ["releases", _] => op(M::Release, default),
+        ["releases", _, "items" | "item" | "update_items" | "deploy" | "clone"] => {
+            op(M::Release, default)
+        }
+        ["releases", _, "items", "move"] => op(M::Release, default),
+        // webhooks
+        ["webhooks"] | ["webhooks", _] => op(M::Webhook, default),
+        ["webhooks", _, "executions" | "export" | "retry" | "logs"] => op(M::Webhook, default),
+        // publish rules (before workflows/{x} so the literal wins)
+        ["workflows", "publishing_rules"] | ["workflows", "publishing_rules", _] => {
+            let rule = if post_or_put { Rule::PublishRuleApprovers } else { Rule::Plain };
+            with_rule(M::PublishRule, default, rule)
+        }
+        ["workflows", "content_type", _] if read => op(M::PublishRule, Read),
+        ["workflows", "content_type", _] => unknown(),
+        // workflows: enable/disable change state although they are GETs
+        ["workflows"] | ["workflows", _] => op(M::Workflow, default),
+        ["workflows", _, "enable" | "disable"] if read => op(M::Workflow, Write),
+        ["workflows", _, "enable" | "disable"] => unknown(),
+        // audit log: read-only
+        ["audit-logs"] | ["audit-logs", _] if read => op(M::AuditLog, Read),
+        ["audit-logs"] | ["audit-logs", _] => never(M::AuditLog, Write),
+        // publish queue: unschedule changes state although it is a GET
+        ["publish-queue"] | ["publish-queue", _] => op(M::PublishQueue, default),
+        ["publish-queue", _, "unschedule"] if read => op(M::PublishQueue, Write),
+        ["publish-queue", _, "unschedule"] => unknown(),
+        // bulk
+        ["bulk", "workflow"] => never(M::Bulk, default),
+        ["bulk", "publish" | "unpublish" | "delete"] | ["bulk", "release", "items" | "update_items"] => {
+            with_rule(M::Bulk, default, Rule::Bulk)
+        }
+        ["bulk", "jobs", _] | ["bulk", "jobs", _, "items"] if read => {
+            with_rule(M::Bulk, Read, Rule::Bulk)
+        }
+        // taxonomies
+        ["taxonomies"] | ["taxonomies", _] => op(M::Taxonomy, default),
+        ["taxonomies", _, "terms" | "export" | "locales"] | ["taxonomies", _, "terms", _] => {
+            op(M::Taxonomy, default)
+        }
+        ["taxonomies", _, "terms", _, "ancestors" | "descendants" | "locales"] => {
+            op(M::Taxonomy, default)
+        }
+        ["stacks", rest @ ..] => stacks(method, read, default, rest),
+        ["organizations", ..] => never(M::Organization, default),
+        ["user-session", ..] | ["user", ..] => never(M::UserSession, default),
+        _ => unknown(),
+    }
+}
+
+/// `/v3/content_types/{ct}/entries/...`.
+fn entry(method: &Method, default: Access, rest: &[&str]) -> Operation {
+    use Module::Entry;
+    match rest {
+        [] | [_] => op(Entry, default),
+        [_, "workflow"] if *method == Method::POST => {
+            with_rule(Entry, Access::Write, Rule::EntryWorkflow)
+        }
+        [_, "workflow"] => unknown(),
+        [_, "publish" | "unpublish" | "versions" | "references" | "locales" | "export"]
+        | [_, "unlocalize" | "import" | "variants"]
+        | [_, "variants", _]
+        | [_, "versions", _, "name"] => op(Entry, default),
+        _ => unknown(),
+    }
+}
+
+/// `/v3/stacks/...`: split into stack, users, tokens, branches, branch aliases.
+fn stacks(method: &Method, read: bool, default: Access, rest: &[&str]) -> Operation {
+    use Access::{Read, Write};
+    use Module as M;
+    match rest {
+        [] => never(M::Stack, default),
+        ["settings"] | ["settings", "reset"] | ["transfer_ownership"] | ["accept_ownership", _] => {
+            never(M::Stack, default)
+        }
+        ["share" | "unshare"] => never(M::UserShare, default),
+        ["management_tokens"] | ["management_tokens", _] => {
+            with_rule(M::Tokens, default, Rule::TokenApi)
+        }
+        ["management_tokens", ..] | ["delivery_tokens", ..] => never(M::Tokens, default),
+        ["users"] if read => op(M::User, Read),
+        ["users", "roles"] if matches!(*method, Method::POST | Method::PUT) => op(M::User, Write),
+        ["branches"] | ["branches", _] if read => op(M::Branch, Read),
+        ["branches"] | ["branches", _] => never(M::Branch, Write),
+        ["branches_compare", ..] | ["branches_queue"] | ["branches_queue", _] if read => {
+            op(M::Branch, Read)
+        }
+        ["branches_merge"] if *method == Method::POST => op(M::Branch, Write),
+        ["branch_aliases"] | ["branch_aliases", _] if read => op(M::BranchAlias, Read),
+        ["branch_aliases", _] => never(M::BranchAlias, Write),
+        _ => unknown(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(method: &str, path: &str) -> Operation {
+        classify(&Method::from_bytes(method.as_bytes()).unwrap(), path).unwrap()
+    }
+
+    #[test]
+    fn outside_v3_is_not_found() {
+        for p in ["/", "/v3", "/v2/content_types", "/V3/content_types", "/v3content_types"] {
+            assert_eq!(classify(&Method::GET, p), Err(GatewayError::NotFound), "{p}");
+        }
+    }
+
+    #[test]
+    fn state_changing_gets_are_writes() {
+        assert_eq!(c("GET", "/v3/workflows/x/enable").access, Access::Write);
+        assert_eq!(c("GET", "/v3/workflows/x/disable").access, Access::Write);
+        assert_eq!(c("GET", "/v3/publish-queue/x/unschedule").access, Access::Write);
+        assert_eq!(c("GET", "/v3/workflows/x").access, Access::Read);
+    }
+
+    #[test]
+    fn stacks_prefix_splits_into_modules() {
+        assert_eq!(c("GET", "/v3/stacks").module, Module::Stack);
+        assert_eq!(c("GET", "/v3/stacks/users").module, Module::User);
+        assert_eq!(c("PUT", "/v3/stacks/users/roles").module, Module::User);
+        assert_eq!(c("POST", "/v3/stacks/users").rule, Rule::Deny);
+        assert_eq!(c("GET", "/v3/stacks/management_tokens").rule, Rule::TokenApi);
+        assert_eq!(c("GET", "/v3/stacks/delivery_tokens/x/preview_token").module, Module::Tokens);
+        assert_eq!(c("GET", "/v3/stacks/branches/main").module, Module::Branch);
+        assert_eq!(c("POST", "/v3/stacks/branches").rule, Rule::Deny);
+        assert_eq!(c("POST", "/v3/stacks/branches_merge").access, Access::Write);
+        assert_eq!(c("PUT", "/v3/stacks/branch_aliases/deploy").rule, Rule::Deny);
+    }
+
+    #[test]
+    fn audit_log_is_read_only() {
+        assert_eq!(c("GET", "/v3/audit-logs").rule, Rule::Plain);
+        assert_eq!(c("POST", "/v3/audit-logs").rule, Rule::Deny);
+        assert_eq!(c("DELETE", "/v3/audit-logs/x").rule, Rule::Deny);
+    }
+
+    #[test]
+    fn body_rules_are_flagged() {
+        assert!(c("POST", "/v3/content_types/ct/entries/e/workflow").needs_body());
+        assert!(c("POST", "/v3/workflows/publishing_rules").needs_body());
+        assert!(c("PUT", "/v3/workflows/publishing_rules/x").needs_body());
+        assert!(!c("GET", "/v3/workflows/publishing_rules/x").needs_body());
+        assert_eq!(c("POST", "/v3/bulk/workflow").rule, Rule::Deny);
+        assert_eq!(c("POST", "/v3/bulk/publish").rule, Rule::Bulk);
+    }
+
+    #[test]
+    fn deep_or_unknown_paths_fail_closed() {
+        assert_eq!(c("GET", "/v3/a/b/c/d/e/f/g/h/i").module, Module::Unknown);
+        assert_eq!(c("GET", "/v3/content_types/ct/entries/e/bogus").module, Module::Unknown);
+        assert_eq!(c("GET", "/v3/nothing").module, Module::Unknown);
+    }
+
+    #[test]
+    fn module_bits_are_distinct() {
+        let mut set = ModuleSet::EMPTY;
+        for m in Module::SCOPED {
+            assert!(!set.contains(m));
+            set.insert(m);
+        }
+        assert_eq!(set, ModuleSet::ALL);
+        assert!(!ModuleSet::ALL.contains(Module::Stack));
+        assert!(!ModuleSet::ALL.contains(Module::Unknown));
+    }
+}

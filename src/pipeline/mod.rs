@@ -1,0 +1,77 @@
+//! The synchronous decision stages of DESIGN.md section 1: normalize, classify,
+//! authenticate, authorize, rate limit. [`decide`] runs them in order over one
+//! snapshot; `inspect_body` and `forward` need the body and run in the server.
+
+pub mod auth;
+pub mod classify;
+pub mod normalize;
+pub mod policy;
+
+pub use auth::{authenticate, Principal};
+pub use classify::{classify, Access, Module, ModuleSet, Operation, Rule};
+pub use normalize::{normalize, Target};
+pub use policy::{authorize, inspect_body};
+
+use crate::error::{Denial, GatewayError};
+use crate::ratelimit::{self, RateInfo};
+use crate::snapshot::Snapshot;
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use http::Method;
+
+/// What to do with a request that passed the synchronous stages.
+#[derive(Debug)]
+pub enum Route {
+    /// Forward to the backend (after `inspect_body` if the operation needs it).
+    Proxy { principal: Principal, rate: RateInfo },
+    /// Served by stackgate's token-management API.
+    TokenApi,
+    /// `OPTIONS`: answered by the gateway, never authorised or forwarded.
+    Preflight,
+}
+
+/// The outcome of the synchronous stages.
+#[derive(Debug)]
+pub struct Decision<'a> {
+    pub target: Target<'a>,
+    pub op: Operation,
+    pub route: Route,
+}
+
+/// Facts learnt while deciding, kept even when a later stage fails (for the access log).
+#[derive(Debug, Default, Clone)]
+pub struct Facts {
+    pub op: Option<Operation>,
+    pub token_uid: Option<Box<str>>,
+    /// Set only when the canonical path differs from the raw one.
+    pub canonical: Option<Box<str>>,
+}
+
+/// Runs normalize, classify, authenticate, authorize and rate limit at Unix time `now`.
+pub fn decide<'a>(snap: &Snapshot, parts: &'a Parts, now: i64, facts: &mut Facts) -> Result<Decision<'a>, GatewayError> {
+    let target = normalize(&parts.uri, parts.version, &snap.settings.own_authorities)?;
+    let op = classify(&parts.method, &target.path)?;
+    facts.op = Some(op);
+    if parts.method == Method::OPTIONS {
+        return Ok(Decision { target, op, route: Route::Preflight });
+    }
+    if op.rule == Rule::TokenApi {
+        // Tokens never manage tokens, valid or not.
+        let bearer = parts.headers.get(AUTHORIZATION).map(|v| auth::is_bearer(v.as_bytes()));
+        if bearer == Some(false) {
+            return Err(GatewayError::Forbidden(Denial::NeverAllowed));
+        }
+        return Ok(Decision { target, op, route: Route::TokenApi });
+    }
+    let principal = authenticate(snap, &parts.headers, now)?;
+    let rate = match &principal {
+        Principal::Token(token) => {
+            facts.token_uid = Some(token.uid.clone());
+            authorize(token, &op, parts.headers.get(auth::BRANCH))?;
+            ratelimit::check(token, &op)?
+        }
+        // The backend is the authority for users: nothing to check or charge here.
+        Principal::UserSession => RateInfo::default(),
+    };
+    Ok(Decision { target, op, route: Route::Proxy { principal, rate } })
+}

@@ -1,0 +1,209 @@
+//! Stage 1: raw request target -> canonical path + original query (DESIGN.md 1.1).
+//!
+//! Authorisation and forwarding must read one path the same way, so anything a backend
+//! might read differently from us is rejected rather than "fixed": encoded `/ \ .`,
+//! dot segments, empty segments, `;` parameters, backslashes, control bytes, non-ASCII
+//! and `%25`. Encoded unreserved characters are decoded; other encodings are kept, with
+//! upper-case hex, so the backend decodes them into the same opaque segment we classified.
+
+use crate::error::{BadRequest, GatewayError};
+use http::uri::Authority;
+use http::{Uri, Version};
+use std::borrow::Cow;
+
+/// The canonical form of a request target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// Canonical path: what is classified and what is forwarded.
+    pub path: Cow<'a, str>,
+    /// The original query, uninterpreted.
+    pub query: Option<&'a str>,
+}
+
+const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousPath);
+
+/// Normalises a request URI. `own_authorities` are the authorities an HTTP/1
+/// absolute-form target may name (the gateway's own).
+pub fn normalize<'a>(
+    uri: &'a Uri,
+    version: Version,
+    own_authorities: &[Authority],
+) -> Result<Target<'a>, GatewayError> {
+    if let Some(authority) = uri.authority() {
+        // HTTP/2 always carries :authority (hyper exposes it in the URI); only an
+        // HTTP/1 absolute-form target can name a foreign host.
+        if version < Version::HTTP_2 && !own_authorities.iter().any(|a| a == authority) {
+            return Err(GatewayError::BadRequest(BadRequest::ForeignAuthority));
+        }
+    }
+    let path = canonical_path(uri.path())?;
+    Ok(Target { path, query: uri.query() })
+}
+
+/// Validates a path and returns its canonical form, borrowing when nothing changes.
+pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(AMBIGUOUS);
+    }
+    if raw == "/" {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out: Option<String> = None;
+    for (start, segment) in segments(raw) {
+        check_segment(segment)?;
+        if segment.contains('%') {
+            let decoded = decode_segment(segment)?;
+            if let Cow::Owned(decoded) = decoded {
+                let buf = out.get_or_insert_with(|| raw.get(..start).unwrap_or("").to_owned());
+                buf.push('/');
+                buf.push_str(&decoded);
+                continue;
+            }
+        }
+        if let Some(buf) = out.as_mut() {
+            buf.push('/');
+            buf.push_str(segment);
+        }
+    }
+    Ok(out.map_or(Cow::Borrowed(raw), Cow::Owned))
+}
+
+/// Segments after the leading `/`, each with the byte offset of its preceding `/`.
+fn segments(raw: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut offset = 0;
+    raw.get(1..).unwrap_or("").split('/').map(move |seg| {
+        let start = offset;
+        offset += seg.len() + 1;
+        (start, seg)
+    })
+}
+
+/// Rejects the raw forms that two parsers may read differently.
+fn check_segment(segment: &str) -> Result<(), GatewayError> {
+    if segment.is_empty() || segment == "." || segment == ".." {
+        return Err(AMBIGUOUS);
+    }
+    let bad = segment
+        .bytes()
+        .any(|b| b < 0x20 || b >= 0x7f || matches!(b, b'\\' | b';' | b'#'));
+    if bad {
+        return Err(AMBIGUOUS);
+    }
+    Ok(())
+}
+
+/// Decodes `%XX` escapes of unreserved characters; keeps (upper-cased) the escapes of
+/// reserved printable ASCII; rejects the dangerous ones.
+fn decode_segment(segment: &str) -> Result<Cow<'_, str>, GatewayError> {
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut changed = false;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b != b'%' {
+            out.push(char::from(b));
+            i += 1;
+            continue;
+        }
+        let hi = bytes.get(i + 1).and_then(|h| hex_value(*h));
+        let lo = bytes.get(i + 2).and_then(|l| hex_value(*l));
+        let (Some(hi), Some(lo)) = (hi, lo) else {
+            return Err(AMBIGUOUS);
+        };
+        let value = hi << 4 | lo;
+        match value {
+            // Separators, dots, the escape character itself (double encoding),
+            // parameters, control bytes and anything non-ASCII (overlong UTF-8,
+            // look-alikes): never let a backend decode these into structure.
+            b'/' | b'\\' | b'.' | b'%' | b';' | b'#' | 0x00..=0x1f | 0x7f..=0xff => {
+                return Err(AMBIGUOUS)
+            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {
+                out.push(char::from(value));
+                changed = true;
+            }
+            _ => {
+                let upper = [b'%', upper_hex(hi), upper_hex(lo)];
+                let kept = bytes.get(i..i + 3).unwrap_or(&[]);
+                changed |= kept != upper;
+                out.extend(upper.iter().map(|b| char::from(*b)));
+            }
+        }
+        i += 3;
+    }
+    if out.is_empty() || out == "." || out == ".." {
+        return Err(AMBIGUOUS);
+    }
+    Ok(if changed { Cow::Owned(out) } else { Cow::Borrowed(segment) })
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn upper_hex(nibble: u8) -> u8 {
+    b"0123456789ABCDEF"
+        .get(usize::from(nibble & 0xf))
+        .copied()
+        .unwrap_or(b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(p: &str) -> Result<String, GatewayError> {
+        canonical_path(p).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn plain_paths_borrow() {
+        let p = "/v3/content_types/blog/entries";
+        assert!(matches!(canonical_path(p), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded() {
+        assert_eq!(canon("/v3/content_%74ypes/a%2Db").unwrap(), "/v3/content_types/a-b");
+        assert_eq!(canon("/v3/x/%7e").unwrap(), "/v3/x/~");
+    }
+
+    #[test]
+    fn reserved_escapes_are_kept_upper_case() {
+        assert_eq!(canon("/v3/entries/a%3fb").unwrap(), "/v3/entries/a%3Fb");
+        assert_eq!(canon("/v3/entries/a%20b").unwrap(), "/v3/entries/a%20b");
+        assert!(matches!(canonical_path("/v3/e/a%20b"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn ambiguous_forms_are_rejected() {
+        let bad = [
+            "/v3//content_types", "/v3/content_types/", "/v3/./stacks", "/v3/x/../stacks",
+            "/v3/x%2fy", "/v3/x%2Fy", "/v3/%2e%2e/stacks", "/v3/%2E/x", "/v3/x%5cy", "/v3/x%5Cy",
+            "/v3/x%00", "/v3/x%zz", "/v3/x%4", "/v3/x;jsessionid=1", "/v3/x\\y", "/v3/x%252f",
+            "/v3/x%c0%ae", "/v3/x%ef%bc%8f", "/v3/é", "v3/x", "", "/v3/x%3b", "/v3/x%09",
+        ];
+        for p in bad {
+            assert_eq!(canon(p), Err(AMBIGUOUS), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn absolute_form_needs_own_authority() {
+        let own = [Authority::from_static("gw.local:8080")];
+        let foreign: Uri = "http://evil.example/v3/content_types".parse().unwrap();
+        let err = normalize(&foreign, Version::HTTP_11, &own).unwrap_err();
+        assert_eq!(err, GatewayError::BadRequest(BadRequest::ForeignAuthority));
+        let mine: Uri = "http://gw.local:8080/v3/content_types?x=1".parse().unwrap();
+        let t = normalize(&mine, Version::HTTP_11, &own).unwrap();
+        assert_eq!((t.path.as_ref(), t.query), ("/v3/content_types", Some("x=1")));
+        // HTTP/2 always has an authority.
+        assert!(normalize(&foreign, Version::HTTP_2, &own).is_ok());
+    }
+}

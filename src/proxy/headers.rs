@@ -1,0 +1,154 @@
+//! Header rewriting for both directions.
+
+use crate::pipeline::auth::AUTHTOKEN;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_TOKEN_UID: HeaderName = HeaderName::from_static("x-stackgate-token-uid");
+const X_ACCESS: HeaderName = HeaderName::from_static("x-stackgate-access");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual legacy ones).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Who the request is forwarded as, when the token is not forwarded itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub token_uid: &'a str,
+    pub access: &'static str,
+}
+
+/// Removes the headers named by `Connection` and the fixed hop-by-hop set.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Removes headers that only the gateway may set: `x-stackgate-*`, `x-forwarded-*`,
+/// `forwarded` and `x-request-id`. Clients can never speak for the gateway.
+fn strip_spoofable(headers: &mut HeaderMap) {
+    let spoofable: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            n.starts_with("x-stackgate-") || n.starts_with("x-forwarded-") || n == "forwarded"
+        })
+        .cloned()
+        .collect();
+    for name in spoofable {
+        headers.remove(&name);
+    }
+    headers.remove(&X_REQUEST_ID);
+}
+
+/// Rewrites client request headers for the backend.
+///
+/// `identity` is `Some` for management-token requests; with `forward_token = false`
+/// the token is replaced by identity headers. A user's `authtoken` never rides along
+/// with a management token, so the backend cannot authorise on something we did not.
+pub fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    request_id: &HeaderValue,
+    identity: Option<Identity<'_>>,
+    forward_token: bool,
+) {
+    strip_hop_by_hop(headers);
+    strip_spoofable(headers);
+    // hyper sets Host from the upstream URI.
+    headers.remove(header::HOST);
+    if let Some(id) = identity {
+        headers.remove(AUTHTOKEN);
+        if !forward_token {
+            headers.remove(header::AUTHORIZATION);
+            if let Ok(uid) = HeaderValue::from_str(id.token_uid) {
+                headers.insert(X_TOKEN_UID, uid);
+            }
+            headers.insert(X_ACCESS, HeaderValue::from_static(id.access));
+        }
+    }
+    if let Ok(ip) = HeaderValue::from_str(&peer.to_string()) {
+        headers.insert(X_FORWARDED_FOR, ip);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Rewrites backend response headers for the client.
+pub fn prepare_response_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
+    strip_hop_by_hop(headers);
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_headers_are_rewritten() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("x-stackgate-access", "read-write"),
+            ("X-Stackgate-Token-Uid", "bltforged"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-request-id", "client"),
+            ("authorization", "cs123"),
+            ("authtoken", "user"),
+            ("api_key", "blt1"),
+            ("branch", "main"),
+            ("host", "gw"),
+        ] {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+        }
+        let id = HeaderValue::from_static("req-1");
+        let identity = Identity { token_uid: "blt00000000000000a1", access: "read" };
+        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap(), &id, Some(identity), false);
+        for gone in ["connection", "x-secret-hop", "te", "authorization", "authtoken", "host"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["x-stackgate-access"], "read");
+        assert_eq!(h["x-stackgate-token-uid"], "blt00000000000000a1");
+        assert_eq!(h.get_all("x-stackgate-token-uid").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-request-id"], "req-1");
+        assert_eq!(h["api_key"], "blt1");
+        assert_eq!(h["branch"], "main");
+    }
+
+    #[test]
+    fn forward_token_keeps_authorization_and_drops_identity() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("cs123"));
+        h.insert("x-stackgate-access", HeaderValue::from_static("read-write"));
+        let id = HeaderValue::from_static("r");
+        let identity = Identity { token_uid: "blt1", access: "read" };
+        prepare_request_headers(&mut h, "::1".parse().unwrap(), &id, Some(identity), true);
+        assert_eq!(h["authorization"], "cs123");
+        assert!(!h.contains_key("x-stackgate-access"));
+    }
+}

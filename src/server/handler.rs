@@ -1,0 +1,130 @@
+//! The outer request function: runs the pipeline, turns any error into the CMA error
+//! body, and writes the one access-log event. No stage writes a response itself.
+
+use super::Gateway;
+use crate::error::{BadRequest, GatewayError};
+use crate::pipeline::{self, Decision, Facts, Principal, Route};
+use crate::proxy::{self, prepare_request_headers, prepare_response_headers, Body, Identity};
+use crate::ratelimit::RateInfo;
+use crate::snapshot::Snapshot;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Limited};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+
+/// Serves one request on the main listener.
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let request_id = gw.ids.next();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let mut facts = Facts::default();
+    let result = process(&gw, req, peer, &request_id, &mut facts).await;
+    let (mut resp, reason) = match result {
+        Ok(resp) => (resp, None),
+        Err(err) => {
+            let reason = err.reason();
+            (err.into_response().map(proxy::full), Some(reason))
+        }
+    };
+    resp.headers_mut().insert(proxy::X_REQUEST_ID, request_id.clone());
+    let op = facts.op;
+    tracing::info!(
+        target: "stackgate::access",
+        request_id = request_id.to_str().unwrap_or("-"),
+        method = %method,
+        path = facts.canonical.as_deref().unwrap_or(uri.path()),
+        module = op.map_or("-", |o| o.module.name()),
+        access = op.map_or("-", |o| o.access.name()),
+        token_uid = facts.token_uid.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        reason = reason.unwrap_or("-"),
+        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    );
+    Ok(resp)
+}
+
+/// The pipeline proper; any error is answered by the caller.
+async fn process(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &HeaderValue,
+    facts: &mut Facts,
+) -> Result<Response<Body>, GatewayError> {
+    let snap = gw.snapshot();
+    let (mut parts, body) = req.into_parts();
+    let Decision { target, op, route } = pipeline::decide(&snap, &parts, gw.clock().now(), facts)?;
+    if let std::borrow::Cow::Owned(path) = &target.path {
+        facts.canonical = Some(path.as_str().into());
+    }
+    let (principal, rate) = match route {
+        Route::Preflight => return Ok(preflight()),
+        // The token-management API is not served yet: never forward it.
+        Route::TokenApi => return Err(GatewayError::NotFound),
+        Route::Proxy { principal, rate } => (principal, rate),
+    };
+    let uri = snap.upstream.uri_for(&target.path, target.query)?;
+    let identity = match &principal {
+        Principal::Token(t) => Some(Identity { token_uid: &t.uid, access: t.access_label }),
+        Principal::UserSession => None,
+    };
+    let body = match &principal {
+        Principal::Token(_) if op.needs_body() => {
+            let bytes = read_inspected(&snap, &parts, body).await?;
+            pipeline::inspect_body(&op, &bytes)?;
+            proxy::full(bytes)
+        }
+        _ => Either::Left(body),
+    };
+    prepare_request_headers(&mut parts.headers, peer.ip(), request_id, identity, snap.settings.forward_token);
+    parts.uri = uri;
+    let upstream_resp = snap.upstream.send(Request::from_parts(parts, body)).await?;
+    let (mut resp_parts, resp_body) = upstream_resp.into_parts();
+    prepare_response_headers(&mut resp_parts.headers, request_id);
+    add_rate_headers(&mut resp_parts.headers, rate);
+    Ok(Response::from_parts(resp_parts, Either::Left(resp_body)))
+}
+
+/// Buffers a body that a rule must read, up to `max_inspected_body`.
+async fn read_inspected(snap: &Snapshot, parts: &http::request::Parts, body: Incoming) -> Result<Bytes, GatewayError> {
+    let limit = snap.settings.max_inspected_body;
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let read = Limited::new(body, limit).collect();
+    match tokio::time::timeout(snap.config.upstream.request_timeout, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
+        Ok(Err(_)) | Err(_) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
+    }
+}
+
+fn add_rate_headers(headers: &mut http::HeaderMap, rate: RateInfo) {
+    if let Some((limit, remaining)) = rate.headers {
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
+    }
+}
+
+/// `OPTIONS` is answered here and never authorises anything.
+fn preflight() -> Response<Body> {
+    let mut resp = Response::new(proxy::full(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+    resp
+}

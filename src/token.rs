@@ -1,0 +1,245 @@
+//! Management tokens: the record, its scope, and how a scope compiles into the
+//! bitsets and branch lists the request path checks.
+
+use crate::pipeline::classify::{Module, ModuleSet};
+use crate::error::FieldErrors;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime};
+
+/// One entry of a token's `scope`, as in the CMA token API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeEntry {
+    pub module: String,
+    #[serde(default)]
+    pub acl: Acl,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_aliases: Option<Vec<String>>,
+}
+
+/// Read / write grant of a scope entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acl {
+    #[serde(default)]
+    pub read: bool,
+    #[serde(default)]
+    pub write: bool,
+}
+
+/// A token's custom rate (`None` on the token = organisation default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub read_per_second: u32,
+    pub write_per_second: u32,
+}
+
+/// What a scope grants, in the form the hot path reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grants {
+    pub read: ModuleSet,
+    pub write: ModuleSet,
+    pub branches: Box<[Box<str>]>,
+    pub aliases: Box<[Box<str>]>,
+}
+
+/// The stack facts a scope is validated against.
+pub trait BranchCatalog {
+    fn has_branch(&self, name: &str) -> bool;
+    fn has_alias(&self, name: &str) -> bool;
+}
+
+/// Compiles a scope, collecting every problem under a field key
+/// (`scope[2].module`, `scope.branch_or_alias`, ...).
+pub fn compile_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Result<Grants, FieldErrors> {
+    let mut errors = FieldErrors::new();
+    let mut grants = Grants::default();
+    let (mut branches, mut aliases) = (Vec::new(), Vec::new());
+    let mut has_branch_entry = false;
+    for (i, entry) in entries.iter().enumerate() {
+        let mut err = |field: &str, msg: String| {
+            errors.entry(format!("scope[{i}].{field}")).or_default().push(msg);
+        };
+        match (entry.module.as_str(), &entry.branches, &entry.branch_aliases) {
+            ("branch", Some(list), None) => {
+                has_branch_entry = true;
+                for b in list {
+                    if stack.has_branch(b) {
+                        branches.push(b.as_str().into());
+                    } else {
+                        err("branches", format!("branch '{b}' does not exist in this stack."));
+                    }
+                }
+            }
+            ("branch_alias", None, Some(list)) => {
+                has_branch_entry = true;
+                for a in list {
+                    if stack.has_alias(a) {
+                        aliases.push(a.as_str().into());
+                    } else {
+                        err("branch_aliases", format!("alias '{a}' does not exist in this stack."));
+                    }
+                }
+            }
+            (_, Some(_), _) => err("branches", "only allowed on module 'branch'.".into()),
+            (_, _, Some(_)) => err("branch_aliases", "only allowed on module 'branch_alias'.".into()),
+            ("$all", None, None) => grant(&mut grants, ModuleSet::ALL, entry.acl),
+            (name, None, None) => match Module::from_scope_name(name) {
+                Some(m) => {
+                    let mut set = ModuleSet::EMPTY;
+                    set.insert(m);
+                    grant(&mut grants, set, entry.acl);
+                }
+                None => err("module", format!("unknown module '{name}'.")),
+            },
+        }
+    }
+    if !has_branch_entry {
+        errors
+            .entry("scope.branch_or_alias".into())
+            .or_default()
+            .push("at least one branch or branch alias entry is required.".into());
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    grants.branches = branches.into();
+    grants.aliases = aliases.into();
+    Ok(grants)
+}
+
+fn grant(grants: &mut Grants, set: ModuleSet, acl: Acl) {
+    if acl.read {
+        grants.read = grants.read.union(set);
+    }
+    if acl.write {
+        grants.write = grants.write.union(set);
+    }
+}
+
+/// SHA-256 of a presented secret.
+pub fn hash_secret(secret: &[u8]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// Parses 64 hex characters into a digest.
+pub fn parse_digest(hex_str: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_str, &mut out).ok()?;
+    Some(out)
+}
+
+/// An expiry as given (`"2027-01-01"` or RFC 3339) and the instant it takes effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub text: String,
+    /// Unix seconds; the token is expired when `now >= at`.
+    pub at: i64,
+}
+
+/// Parses `expires_on`: a date expires at 00:00:00 UTC at the start of that date.
+pub fn parse_expiry(text: &str) -> Result<Expiry, String> {
+    let date_format = format_description!("[year]-[month]-[day]");
+    let at = if let Ok(date) = Date::parse(text, &date_format) {
+        date.midnight().assume_utc().unix_timestamp()
+    } else if let Ok(instant) = OffsetDateTime::parse(text, &Rfc3339) {
+        instant.unix_timestamp()
+    } else {
+        return Err("must be a date (YYYY-MM-DD) or an RFC 3339 instant.".into());
+    };
+    Ok(Expiry { text: text.to_owned(), at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Cat;
+    impl BranchCatalog for Cat {
+        fn has_branch(&self, n: &str) -> bool {
+            matches!(n, "main" | "development")
+        }
+        fn has_alias(&self, n: &str) -> bool {
+            n == "deploy"
+        }
+    }
+
+    fn entry(module: &str, read: bool, write: bool) -> ScopeEntry {
+        ScopeEntry { module: module.into(), acl: Acl { read, write }, branches: None, branch_aliases: None }
+    }
+
+    fn branches(list: &[&str]) -> ScopeEntry {
+        ScopeEntry {
+            branches: Some(list.iter().map(|s| s.to_string()).collect()),
+            ..entry("branch", true, false)
+        }
+    }
+
+    #[test]
+    fn all_and_module_entries_union() {
+        let g = compile_scope(&[entry("$all", true, false), entry("entry", true, true), branches(&["main"])], &Cat).unwrap();
+        assert_eq!(g.read, ModuleSet::ALL);
+        assert!(g.write.contains(Module::Entry));
+        assert!(!g.write.contains(Module::Asset));
+        assert_eq!(&*g.branches, &["main".into()] as &[Box<str>]);
+    }
+
+    #[test]
+    fn scope_errors_are_collected() {
+        let scope = [entry("nope", true, false), branches(&["*", "main"])];
+        let errs = compile_scope(&scope, &Cat).unwrap_err();
+        assert!(errs.contains_key("scope[0].module"), "{errs:?}");
+        assert!(errs.contains_key("scope[1].branches"), "{errs:?}");
+        let errs = compile_scope(&[entry("$all", true, true)], &Cat).unwrap_err();
+        assert!(errs.contains_key("scope.branch_or_alias"));
+    }
+
+    #[test]
+    fn expiry_date_is_midnight_utc() {
+        let e = parse_expiry("2027-01-01").unwrap();
+        assert_eq!(e.at, 1_798_761_600);
+        assert_eq!(parse_expiry("2027-01-01T00:00:00Z").unwrap().at, e.at);
+        assert_eq!(parse_expiry("2027-01-01T01:00:00+01:00").unwrap().at, e.at);
+        assert!(parse_expiry("01/01/2027").is_err());
+        assert!(parse_expiry("2027-02-30").is_err());
+    }
+}
+
+/// Where a token record comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `[[stacks.tokens]]` in the config file: read-only through the API.
+    Config,
+    /// Created through the token API and kept in the store.
+    Store,
+}
+
+/// A token as stored and listed (never holds the secret, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub uid: String,
+    /// The stack's api key.
+    pub stack: String,
+    pub name: String,
+    pub description: String,
+    pub secret_sha256: [u8; 32],
+    pub scope: Vec<ScopeEntry>,
+    pub expires_on: Option<Expiry>,
+    pub is_email_notification_enabled: bool,
+    pub rate_limit: Option<RateLimit>,
+    pub created_by: String,
+    pub updated_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+    pub updated_at: String,
+    /// Unix seconds of the expiry notice, once sent.
+    pub expiry_notified_at: Option<i64>,
+    pub origin: Origin,
+}
