@@ -243,3 +243,20 @@ pub struct TokenRecord {
     pub expiry_notified_at: Option<i64>,
     pub origin: Origin,
 }
+
+/// Random lower-case hex from the OS CSPRNG.
+fn random_hex<const N: usize>() -> std::io::Result<String> {
+    let mut bytes = [0u8; N];
+    getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(hex::encode(bytes))
+}
+
+/// A new token secret: `cs` + 32 hex (128 bits).
+pub fn new_secret() -> std::io::Result<String> {
+    Ok(format!("cs{}", random_hex::<16>()?))
+}
+
+/// A new uid or api key: `blt` + 16 hex.
+pub fn new_uid() -> std::io::Result<String> {
+    Ok(format!("blt{}", random_hex::<8>()?))
+}

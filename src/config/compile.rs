@@ -185,7 +185,7 @@ const MAX_NAME: usize = 255;
 pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigErrors> {
     let mut errs = ConfigErrors::default();
     for key in unknown {
-        errs.push(key.as_str(), "unknown key");
+        errs.push(toml_path(key), "unknown key");
     }
     let server = server(&raw, &mut errs);
     let admin_listen = socket(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"), "admin.listen", &mut errs);
@@ -214,6 +214,24 @@ pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigError
         }),
         _ => Err(errs),
     }
+}
+
+/// `stacks.1.tokens.0.extra` (serde_ignored) -> `stacks[1].tokens[0].extra`.
+fn toml_path(dotted: &str) -> String {
+    let mut out = String::with_capacity(dotted.len() + 4);
+    for part in dotted.split('.') {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(part);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {

@@ -28,11 +28,11 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
     let uri = req.uri().clone();
     let mut facts = Facts::default();
     let result = process(&gw, req, peer, &request_id, &mut facts).await;
-    let (mut resp, reason) = match result {
-        Ok(resp) => (resp, None),
+    let (mut resp, reason, detail) = match result {
+        Ok(resp) => (resp, None, None),
         Err(err) => {
-            let reason = err.reason();
-            (err.into_response().map(proxy::full), Some(reason))
+            let (reason, detail) = (err.reason(), err.to_string());
+            (err.into_response().map(proxy::full), Some(reason), Some(detail))
         }
     };
     resp.headers_mut().insert(proxy::X_REQUEST_ID, request_id.clone());
@@ -47,6 +47,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         token_uid = facts.token_uid.as_deref().unwrap_or("-"),
         status = resp.status().as_u16(),
         reason = reason.unwrap_or("-"),
+        detail = detail.as_deref().unwrap_or("-"),
         latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
     );
     Ok(resp)

@@ -1,1 +1,0 @@
-pub async fn run(_l: std::net::SocketAddr) -> anyhow::Result<()> { Ok(()) }

@@ -1,0 +1,272 @@
+//! Test harness: a recording backend on a real socket, the real gateway server on
+//! 127.0.0.1:0, and small HTTP clients (hyper for well-formed requests, raw TCP for
+//! targets that a client library would refuse or rewrite).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use stackgate::clock::{Clock, ManualClock, SystemClock};
+use stackgate::token::hash_secret;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const API_KEY: &str = "blt0123456789abcdef";
+pub const OTHER_API_KEY: &str = "blt1111111111111111";
+pub const RW: &str = "cs00000000000000000000000000000001";
+pub const RO: &str = "cs00000000000000000000000000000002";
+pub const OTHER_STACK: &str = "cs00000000000000000000000000000003";
+pub const EXPIRING: &str = "cs00000000000000000000000000000004";
+pub const DEV_ONLY: &str = "cs00000000000000000000000000000005";
+pub const ALIAS_ONLY: &str = "cs00000000000000000000000000000006";
+pub const ENTRY_ONLY: &str = "cs00000000000000000000000000000007";
+/// 2027-01-01T00:00:00Z, the expiry of `EXPIRING`.
+pub const EXPIRY: i64 = 1_798_761_600;
+
+/// One request as the backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    /// Path and query exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+/// A real HTTP backend that records every request. It answers 200 with a small JSON
+/// body; `x-test-delay-ms` delays the answer; the body is consumed and counted.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| record(Arc::clone(&log), req));
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Backend { addr, seen }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+
+    pub fn last(&self) -> Option<Seen> {
+        self.seen.lock().unwrap().last().cloned()
+    }
+}
+
+async fn record(log: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let mut body_len = 0usize;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len()),
+            Err(_) => break,
+        }
+    }
+    let delay = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let target = parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
+    log.lock().unwrap().push(Seen { method: parts.method.clone(), target: target.clone(), headers: parts.headers.clone(), body_len });
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let json = serde_json::json!({"ok": true, "target": target, "body_len": body_len});
+    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    resp.headers_mut().insert("connection", "keep-alive".parse().unwrap());
+    resp.headers_mut().insert("x-backend", "1".parse().unwrap());
+    Ok(resp)
+}
+
+pub fn sha(secret: &str) -> String {
+    hex::encode(hash_secret(secret.as_bytes()))
+}
+
+/// The test config: one organisation, two stacks, tokens of every shape.
+pub fn config_text(backend: SocketAddr, extra_server: &str, extra_upstream: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+{extra_server}
+
+[upstream]
+url = "http://{backend}"
+connect_timeout = "1s"
+request_timeout = "2s"
+{extra_upstream}
+
+[[organizations]]
+uid = "org_main"
+
+[[users]]
+uid = "alice"
+authtoken_sha256 = "{alice}"
+
+[[stacks]]
+api_key = "{API_KEY}"
+organization = "org_main"
+branches = ["main", "development"]
+aliases = {{ deploy = "main", staging = "development" }}
+members = {{ alice = "owner" }}
+
+[[stacks.tokens]]
+uid = "blt000000000000rw01"
+name = "rw"
+secret_sha256 = "{rw}"
+scope = [{{ module = "$all", acl = {{ read = true, write = true }} }},
+         {{ module = "branch", branches = ["main"], acl = {{ read = true }} }}]
+
+[[stacks.tokens]]
+uid = "blt000000000000ro01"
+name = "ro"
+secret_sha256 = "{ro}"
+scope = [{{ module = "$all", acl = {{ read = true }} }},
+         {{ module = "branch", branches = ["main"], acl = {{ read = true }} }}]
+
+[[stacks.tokens]]
+uid = "blt000000000000ex01"
+name = "expiring"
+secret_sha256 = "{exp}"
+expires_on = "2027-01-01"
+scope = [{{ module = "$all", acl = {{ read = true }} }},
+         {{ module = "branch", branches = ["main"], acl = {{ read = true }} }}]
+
+[[stacks.tokens]]
+uid = "blt000000000000dv01"
+name = "development only"
+secret_sha256 = "{dev}"
+scope = [{{ module = "$all", acl = {{ read = true }} }},
+         {{ module = "branch", branches = ["development"], acl = {{ read = true }} }}]
+
+[[stacks.tokens]]
+uid = "blt000000000000al01"
+name = "alias only"
+secret_sha256 = "{alias}"
+scope = [{{ module = "$all", acl = {{ read = true }} }},
+         {{ module = "branch_alias", branch_aliases = ["deploy"], acl = {{ read = true }} }}]
+
+[[stacks.tokens]]
+uid = "blt000000000000en01"
+name = "entries only"
+secret_sha256 = "{entry}"
+scope = [{{ module = "entry", acl = {{ read = true, write = true }} }},
+         {{ module = "branch", branches = ["main"], acl = {{ read = true }} }}]
+
+[[stacks]]
+api_key = "{OTHER_API_KEY}"
+organization = "org_main"
+
+[[stacks.tokens]]
+uid = "blt000000000000ot01"
+name = "other stack"
+secret_sha256 = "{other}"
+scope = [{{ module = "$all", acl = {{ read = true, write = true }} }},
+         {{ module = "branch", branches = ["main"], acl = {{ read = true }} }}]
+"#,
+        alice = sha("alice-authtoken"),
+        rw = sha(RW),
+        ro = sha(RO),
+        exp = sha(EXPIRING),
+        dev = sha(DEV_ONLY),
+        alias = sha(ALIAS_ONLY),
+        entry = sha(ENTRY_ONLY),
+        other = sha(OTHER_STACK),
+    )
+}
+
+/// A backend plus the real gateway server in front of it.
+pub struct Env {
+    pub backend: Backend,
+    pub gateway: stackgate::server::Running,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Env::start_with("", "", Arc::new(SystemClock)).await
+    }
+
+    pub async fn with_clock(clock: Arc<ManualClock>) -> Env {
+        Env::start_with("", "", clock).await
+    }
+
+    pub async fn start_with(extra_server: &str, extra_upstream: &str, clock: Arc<dyn Clock>) -> Env {
+        let backend = Backend::start().await;
+        let cfg = stackgate::config::from_str(&config_text(backend.addr, extra_server, extra_upstream)).unwrap();
+        let gateway = stackgate::server::start(cfg, &[], clock).await.unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Env { backend, gateway, client }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.addr, path)
+    }
+
+    /// Sends a request; returns status, headers and body bytes.
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (StatusCode, HeaderMap, Bytes) {
+        let mut req = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req)).await.expect("gateway answered in time").unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, bytes)
+    }
+
+    /// A request with `api_key` and a management token.
+    pub async fn token(&self, method: &str, path: &str, token: &str, body: &str) -> (StatusCode, HeaderMap, Bytes) {
+        self.send(method, path, &[("api_key", API_KEY), ("authorization", token), ("content-type", "application/json")], body).await
+    }
+}
+
+/// The `error_code` of a CMA error body.
+pub fn error_code(body: &[u8]) -> i64 {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    v["error_code"].as_i64().unwrap_or(-1)
+}
+
+/// Sends raw bytes on a fresh connection and returns the status code (0 if the
+/// connection closed without a status line) and the whole response text.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// A raw GET with the read-write token and `Connection: close`.
+pub fn raw_get(target: &str) -> Vec<u8> {
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nConnection: close\r\n\r\n").into_bytes();
+    req.shrink_to_fit();
+    req
+}
