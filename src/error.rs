@@ -128,8 +128,7 @@ impl GatewayError {
                 "You're not allowed in here unless you're logged in.".into()
             }
             GatewayError::Forbidden(_) => {
-                "Access denied. You have insufficient permissions to perform this operation."
-                    .into()
+                "Access denied. You have insufficient permissions to perform this operation.".into()
             }
             GatewayError::PayloadTooLarge => "The request body is too large.".into(),
             GatewayError::Unprocessable(_) => {
@@ -236,7 +235,11 @@ mod tests {
         let cases = [
             (GatewayError::StackNotFound, 412, 109),
             (GatewayError::Forbidden(Denial::ReadOnly), 403, 162),
-            (GatewayError::BadRequest(BadRequest::AmbiguousPath), 400, 400),
+            (
+                GatewayError::BadRequest(BadRequest::AmbiguousPath),
+                400,
+                400,
+            ),
             (GatewayError::NotFound, 404, 404),
             (GatewayError::PayloadTooLarge, 413, 413),
             (GatewayError::BadGateway(UpstreamFailure::Connect), 502, 502),

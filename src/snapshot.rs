@@ -25,7 +25,10 @@ impl StackView {
     }
 
     pub fn alias_target(&self, name: &str) -> Option<&str> {
-        self.aliases.iter().find(|(a, _)| &**a == name).map(|(_, t)| &**t)
+        self.aliases
+            .iter()
+            .find(|(a, _)| &**a == name)
+            .map(|(_, t)| &**t)
     }
 }
 
@@ -67,7 +70,11 @@ impl Snapshot {
     /// Builds a snapshot from a validated config plus the store's tokens. Stored tokens
     /// whose stack or branches no longer exist are skipped (fail closed) and logged.
     /// State worth keeping (the upstream connection pool) is taken from `previous`.
-    pub fn build(config: Arc<Config>, stored: &[TokenRecord], previous: Option<&Snapshot>) -> Snapshot {
+    pub fn build(
+        config: Arc<Config>,
+        stored: &[TokenRecord],
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let orgs: HashMap<&str, Arc<Organization>> = config
             .organizations
             .iter()
@@ -75,11 +82,17 @@ impl Snapshot {
             .collect();
         let mut stacks = HashMap::with_capacity(config.stacks.len());
         for s in &config.stacks {
-            let Some(org) = orgs.get(s.organization.as_str()) else { continue };
+            let Some(org) = orgs.get(s.organization.as_str()) else {
+                continue;
+            };
             let view = StackView {
                 api_key: s.api_key.as_str().into(),
                 branches: s.branches.iter().map(|b| b.as_str().into()).collect(),
-                aliases: s.aliases.iter().map(|(a, t)| (a.as_str().into(), t.as_str().into())).collect(),
+                aliases: s
+                    .aliases
+                    .iter()
+                    .map(|(a, t)| (a.as_str().into(), t.as_str().into()))
+                    .collect(),
                 organization: Arc::clone(org),
             };
             stacks.insert(s.api_key.as_str().into(), Arc::new(view));
@@ -91,16 +104,29 @@ impl Snapshot {
                 Some(token) => {
                     tokens.insert(rec.secret_sha256, Arc::new(token));
                 }
-                None => tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored"),
+                None => {
+                    tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored")
+                }
             }
         }
-        let users = config.users.iter().map(|u| (u.authtoken_sha256, u.uid.as_str().into())).collect();
+        let users = config
+            .users
+            .iter()
+            .map(|u| (u.authtoken_sha256, u.uid.as_str().into()))
+            .collect();
         let settings = settings(&config);
         let upstream = match previous {
             Some(prev) if prev.upstream.matches(&config.upstream) => prev.upstream.clone(),
             _ => UpstreamClient::new(&config.upstream),
         };
-        Snapshot { config, settings, upstream, stacks, tokens, users }
+        Snapshot {
+            config,
+            settings,
+            upstream,
+            stacks,
+            tokens,
+            users,
+        }
     }
 
     pub fn stack(&self, api_key: &str) -> Option<&Arc<StackView>> {
@@ -121,11 +147,19 @@ impl Snapshot {
     }
 }
 
-fn compile_token(rec: &TokenRecord, config: &Config, stacks: &HashMap<Box<str>, Arc<StackView>>) -> Option<Token> {
+fn compile_token(
+    rec: &TokenRecord,
+    config: &Config,
+    stacks: &HashMap<Box<str>, Arc<StackView>>,
+) -> Option<Token> {
     let stack_cfg = config.stacks.iter().find(|s| s.api_key == rec.stack)?;
     let view = stacks.get(rec.stack.as_str())?;
     let grants = compile_scope(&rec.scope, stack_cfg).ok()?;
-    let access_label = if grants.write.is_empty() { "read" } else { "read-write" };
+    let access_label = if grants.write.is_empty() {
+        "read"
+    } else {
+        "read-write"
+    };
     Some(Token {
         uid: rec.uid.as_str().into(),
         stack: Arc::clone(view),

@@ -25,11 +25,17 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
     pub fn single(path: &str, message: String) -> Self {
-        ConfigErrors(vec![ConfigError { path: path.into(), message }])
+        ConfigErrors(vec![ConfigError {
+            path: path.into(),
+            message,
+        }])
     }
 
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError { path: path.into(), message: message.into() });
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -188,11 +194,18 @@ pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigError
         errs.push(toml_path(key), "unknown key");
     }
     let server = server(&raw, &mut errs);
-    let admin_listen = socket(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"), "admin.listen", &mut errs);
+    let admin_listen = socket(
+        raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"),
+        "admin.listen",
+        &mut errs,
+    );
     let upstream = match &raw.upstream {
         Some(u) => upstream(u, &mut errs),
         None => {
-            errs.push("upstream", "missing table [upstream] (with url = \"http://...\")");
+            errs.push(
+                "upstream",
+                "missing table [upstream] (with url = \"http://...\")",
+            );
             None
         }
     };
@@ -200,18 +213,22 @@ pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigError
     let organizations = organizations(&raw.organizations, &mut errs);
     let users = users(&raw.users, &mut errs);
     let stacks = stacks(&raw.stacks, &organizations, &users, &mut errs);
-    let store = Store { path: raw.store.path.as_ref().map(PathBuf::from) };
+    let store = Store {
+        path: raw.store.path.as_ref().map(PathBuf::from),
+    };
     match (server, admin_listen, upstream, notify) {
-        (Some(server), Some(admin_listen), Some(upstream), Some(notify)) if errs.0.is_empty() => Ok(Config {
-            server,
-            admin_listen,
-            upstream,
-            store,
-            notify,
-            organizations,
-            users,
-            stacks,
-        }),
+        (Some(server), Some(admin_listen), Some(upstream), Some(notify)) if errs.0.is_empty() => {
+            Ok(Config {
+                server,
+                admin_listen,
+                upstream,
+                store,
+                notify,
+                organizations,
+                users,
+                stacks,
+            })
+        }
         _ => Err(errs),
     }
 }
@@ -236,7 +253,12 @@ fn toml_path(dotted: &str) -> String {
 
 fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
     text.parse()
-        .map_err(|_| errs.push(path, format!("'{text}' is not an address such as \"127.0.0.1:8080\"")))
+        .map_err(|_| {
+            errs.push(
+                path,
+                format!("'{text}' is not an address such as \"127.0.0.1:8080\""),
+            )
+        })
         .ok()
 }
 
@@ -245,12 +267,19 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
     if s.tls.is_some() {
         errs.push("server.tls", "TLS termination is not available in this build yet; terminate TLS in front of stackgate");
     }
-    let listen = socket(s.listen.as_deref().unwrap_or("127.0.0.1:8080"), "server.listen", errs);
+    let listen = socket(
+        s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
+        "server.listen",
+        errs,
+    );
     let user_sessions = match s.user_sessions.as_deref().unwrap_or("pass") {
         "pass" => Some(UserSessions::Pass),
         "deny" => Some(UserSessions::Deny),
         other => {
-            errs.push("server.user_sessions", format!("'{other}' must be \"pass\" or \"deny\""));
+            errs.push(
+                "server.user_sessions",
+                format!("'{other}' must be \"pass\" or \"deny\""),
+            );
             None
         }
     };
@@ -259,7 +288,10 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
         .ok();
     for (i, h) in s.hostnames.iter().enumerate() {
         if h.parse::<Authority>().is_err() {
-            errs.push(format!("server.hostnames[{i}]"), format!("'{h}' is not a host[:port]"));
+            errs.push(
+                format!("server.hostnames[{i}]"),
+                format!("'{h}' is not a host[:port]"),
+            );
         }
     }
     Some(Server {
@@ -271,18 +303,30 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
 }
 
 fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
-    let uri: Option<Uri> = u.url.parse().map_err(|_| errs.push("upstream.url", format!("'{}' is not a URL", u.url))).ok();
+    let uri: Option<Uri> = u
+        .url
+        .parse()
+        .map_err(|_| errs.push("upstream.url", format!("'{}' is not a URL", u.url)))
+        .ok();
     let parts = uri.and_then(|uri| {
         let scheme = uri.scheme().cloned();
         let authority = uri.authority().cloned();
         match (scheme, authority) {
-            (Some(s), Some(a)) if s == Scheme::HTTP => Some((s, a, uri.path().trim_end_matches('/').to_owned())),
+            (Some(s), Some(a)) if s == Scheme::HTTP => {
+                Some((s, a, uri.path().trim_end_matches('/').to_owned()))
+            }
             (Some(s), Some(_)) if s == Scheme::HTTPS => {
-                errs.push("upstream.url", "https upstreams are not available in this build yet");
+                errs.push(
+                    "upstream.url",
+                    "https upstreams are not available in this build yet",
+                );
                 None
             }
             _ => {
-                errs.push("upstream.url", format!("'{}' must be an absolute http:// URL", u.url));
+                errs.push(
+                    "upstream.url",
+                    format!("'{}' must be an absolute http:// URL", u.url),
+                );
                 None
             }
         }
@@ -292,12 +336,28 @@ fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
     }
     let duration = |text: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors| {
         parse_duration(text.unwrap_or(default))
-            .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be greater than zero".to_owned())
+                } else {
+                    Ok(d)
+                }
+            })
             .map_err(|e| errs.push(path, e))
             .ok()
     };
-    let connect_timeout = duration(u.connect_timeout.as_deref(), "2s", "upstream.connect_timeout", errs);
-    let request_timeout = duration(u.request_timeout.as_deref(), "30s", "upstream.request_timeout", errs);
+    let connect_timeout = duration(
+        u.connect_timeout.as_deref(),
+        "2s",
+        "upstream.connect_timeout",
+        errs,
+    );
+    let request_timeout = duration(
+        u.request_timeout.as_deref(),
+        "30s",
+        "upstream.request_timeout",
+        errs,
+    );
     let (scheme, authority, base_path) = parts?;
     Some(Upstream {
         scheme,
@@ -315,11 +375,16 @@ fn uri_has_query(url: &str) -> bool {
 
 fn notify(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Notify> {
     let n = &raw.notify;
-    let before = parse_duration(n.before.as_deref().unwrap_or("7d")).map_err(|e| errs.push("notify.before", e)).ok();
+    let before = parse_duration(n.before.as_deref().unwrap_or("7d"))
+        .map_err(|e| errs.push("notify.before", e))
+        .ok();
     let webhook = n.webhook.as_ref().and_then(|w| match w.parse::<Uri>() {
         Ok(uri) if uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some() => Some(uri),
         _ => {
-            errs.push("notify.webhook", format!("'{w}' must be an absolute http:// URL"));
+            errs.push(
+                "notify.webhook",
+                format!("'{w}' must be an absolute http:// URL"),
+            );
             None
         }
     });
@@ -328,7 +393,11 @@ fn notify(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Notify> {
         from: s.from.clone(),
         to: s.to.clone().unwrap_or_default(),
     });
-    Some(Notify { before: before?, webhook, smtp })
+    Some(Notify {
+        before: before?,
+        webhook,
+        smtp,
+    })
 }
 
 fn rate(value: Option<i64>, default: u32, path: String, errs: &mut ConfigErrors) -> u32 {
@@ -362,18 +431,33 @@ fn organizations(raw: &[RawOrganization], errs: &mut ConfigErrors) -> Vec<Organi
             });
             let max_tokens = match o.max_tokens_per_stack {
                 None => DEFAULT_MAX_TOKENS,
-                Some(v) if (1..=10_000).contains(&v) => u32::try_from(v).unwrap_or(DEFAULT_MAX_TOKENS),
+                Some(v) if (1..=10_000).contains(&v) => {
+                    u32::try_from(v).unwrap_or(DEFAULT_MAX_TOKENS)
+                }
                 Some(v) => {
-                    errs.push(p("max_tokens_per_stack"), format!("{v} must be between 1 and 10000"));
+                    errs.push(
+                        p("max_tokens_per_stack"),
+                        format!("{v} must be between 1 and 10000"),
+                    );
                     DEFAULT_MAX_TOKENS
                 }
             };
             Organization {
                 uid: o.uid.clone(),
                 read_per_second: rate(o.read_per_second, DEFAULT_RATE, p("read_per_second"), errs),
-                write_per_second: rate(o.write_per_second, DEFAULT_RATE, p("write_per_second"), errs),
+                write_per_second: rate(
+                    o.write_per_second,
+                    DEFAULT_RATE,
+                    p("write_per_second"),
+                    errs,
+                ),
                 burst,
-                bulk_per_second: rate(o.bulk_per_second, DEFAULT_BULK_RATE, p("bulk_per_second"), errs),
+                bulk_per_second: rate(
+                    o.bulk_per_second,
+                    DEFAULT_BULK_RATE,
+                    p("bulk_per_second"),
+                    errs,
+                ),
                 max_tokens_per_stack: max_tokens,
             }
         })
@@ -384,9 +468,14 @@ fn organizations(raw: &[RawOrganization], errs: &mut ConfigErrors) -> Vec<Organi
 fn check_ident(value: &str, path: &str, errs: &mut ConfigErrors) {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !ok {
-        errs.push(path, format!("'{value}' must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'"));
+        errs.push(
+            path,
+            format!("'{value}' must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'"),
+        );
     }
 }
 
@@ -402,18 +491,33 @@ fn users(raw: &[RawUser], errs: &mut ConfigErrors) -> Vec<User> {
                 errs.push(p("uid"), format!("duplicate user uid '{}'", u.uid));
             }
             let Some(hash) = parse_digest(&u.authtoken_sha256) else {
-                errs.push(p("authtoken_sha256"), "must be 64 hex characters (SHA-256 of the authtoken)");
+                errs.push(
+                    p("authtoken_sha256"),
+                    "must be 64 hex characters (SHA-256 of the authtoken)",
+                );
                 return None;
             };
             if !hashes.insert(hash) {
-                errs.push(p("authtoken_sha256"), "the same authtoken is configured for another user");
+                errs.push(
+                    p("authtoken_sha256"),
+                    "the same authtoken is configured for another user",
+                );
             }
-            Some(User { uid: u.uid.clone(), email: u.email.clone().unwrap_or_default(), authtoken_sha256: hash })
+            Some(User {
+                uid: u.uid.clone(),
+                email: u.email.clone().unwrap_or_default(),
+                authtoken_sha256: hash,
+            })
         })
         .collect()
 }
 
-fn stacks(raw: &[RawStack], orgs: &[Organization], users: &[User], errs: &mut ConfigErrors) -> Vec<Stack> {
+fn stacks(
+    raw: &[RawStack],
+    orgs: &[Organization],
+    users: &[User],
+    errs: &mut ConfigErrors,
+) -> Vec<Stack> {
     let orgs: HashMap<&str, &Organization> = orgs.iter().map(|o| (o.uid.as_str(), o)).collect();
     let mut api_keys = HashSet::new();
     let mut token_uids = HashSet::new();
@@ -427,7 +531,10 @@ fn stacks(raw: &[RawStack], orgs: &[Organization], users: &[User], errs: &mut Co
         }
         let org = orgs.get(s.organization.as_str()).copied();
         if org.is_none() {
-            errs.push(p("organization"), format!("unknown organization '{}'", s.organization));
+            errs.push(
+                p("organization"),
+                format!("unknown organization '{}'", s.organization),
+            );
         }
         let mut stack = Stack {
             api_key: s.api_key.clone(),
@@ -441,7 +548,10 @@ fn stacks(raw: &[RawStack], orgs: &[Organization], users: &[User], errs: &mut Co
         branches(&stack, i, errs);
         for (uid, role) in &s.members {
             if !users.iter().any(|u| &u.uid == uid) {
-                errs.push(p(&format!("members.{uid}")), format!("unknown user '{uid}'"));
+                errs.push(
+                    p(&format!("members.{uid}")),
+                    format!("unknown user '{uid}'"),
+                );
             }
             match Role::parse(role) {
                 Some(r) => {
@@ -456,18 +566,31 @@ fn stacks(raw: &[RawStack], orgs: &[Organization], users: &[User], errs: &mut Co
         for (j, t) in s.tokens.iter().enumerate() {
             let tp = format!("stacks[{i}].tokens[{j}]");
             if !token_uids.insert(t.uid.as_str()) {
-                errs.push(format!("{tp}.uid"), format!("duplicate token uid '{}'", t.uid));
+                errs.push(
+                    format!("{tp}.uid"),
+                    format!("duplicate token uid '{}'", t.uid),
+                );
             }
             if let Some(rec) = token(t, &stack, org, &tp, errs) {
                 if !secrets.insert(rec.secret_sha256) {
-                    errs.push(format!("{tp}.secret_sha256"), "the same secret is used by another token");
+                    errs.push(
+                        format!("{tp}.secret_sha256"),
+                        "the same secret is used by another token",
+                    );
                 }
                 stack.tokens.push(rec);
             }
         }
         if let Some(org) = org {
             if s.tokens.len() > org.max_tokens_per_stack as usize {
-                errs.push(p("tokens"), format!("{} tokens exceed max_tokens_per_stack = {}", s.tokens.len(), org.max_tokens_per_stack));
+                errs.push(
+                    p("tokens"),
+                    format!(
+                        "{} tokens exceed max_tokens_per_stack = {}",
+                        s.tokens.len(),
+                        org.max_tokens_per_stack
+                    ),
+                );
             }
         }
         out.push(stack);
@@ -480,28 +603,49 @@ fn branches(stack: &Stack, i: usize, errs: &mut ConfigErrors) {
     for (j, b) in stack.branches.iter().enumerate() {
         check_ident(b, &format!("stacks[{i}].branches[{j}]"), errs);
         if !seen.insert(b.as_str()) {
-            errs.push(format!("stacks[{i}].branches[{j}]"), format!("duplicate branch '{b}'"));
+            errs.push(
+                format!("stacks[{i}].branches[{j}]"),
+                format!("duplicate branch '{b}'"),
+            );
         }
     }
     if !stack.has_branch("main") {
-        errs.push(format!("stacks[{i}].branches"), "must include \"main\" (the default branch)");
+        errs.push(
+            format!("stacks[{i}].branches"),
+            "must include \"main\" (the default branch)",
+        );
     }
     for (alias, target) in &stack.aliases {
         let p = format!("stacks[{i}].aliases.{alias}");
         check_ident(alias, &p, errs);
         if stack.has_branch(alias) {
-            errs.push(p.as_str(), format!("alias '{alias}' has the name of a branch"));
+            errs.push(
+                p.as_str(),
+                format!("alias '{alias}' has the name of a branch"),
+            );
         }
         if !stack.has_branch(target) {
-            errs.push(p.as_str(), format!("alias points at unknown branch '{target}'"));
+            errs.push(
+                p.as_str(),
+                format!("alias points at unknown branch '{target}'"),
+            );
         }
     }
 }
 
-fn token(t: &RawToken, stack: &Stack, org: Option<&Organization>, tp: &str, errs: &mut ConfigErrors) -> Option<TokenRecord> {
+fn token(
+    t: &RawToken,
+    stack: &Stack,
+    org: Option<&Organization>,
+    tp: &str,
+    errs: &mut ConfigErrors,
+) -> Option<TokenRecord> {
     check_ident(&t.uid, &format!("{tp}.uid"), errs);
     if t.name.trim().is_empty() || t.name.len() > MAX_NAME {
-        errs.push(format!("{tp}.name"), format!("must be 1-{MAX_NAME} characters"));
+        errs.push(
+            format!("{tp}.name"),
+            format!("must be 1-{MAX_NAME} characters"),
+        );
     }
     if let Err(fields) = compile_scope(&t.scope, stack) {
         for (field, msgs) in fields {
@@ -510,13 +654,30 @@ fn token(t: &RawToken, stack: &Stack, org: Option<&Organization>, tp: &str, errs
             }
         }
     }
-    let expires_on = t.expires_on.as_deref().and_then(|e| parse_expiry(e).map_err(|m| errs.push(format!("{tp}.expires_on"), m)).ok());
+    let expires_on = t.expires_on.as_deref().and_then(|e| {
+        parse_expiry(e)
+            .map_err(|m| errs.push(format!("{tp}.expires_on"), m))
+            .ok()
+    });
     if let (Some(rl), Some(org)) = (t.rate_limit, org) {
-        check_token_rate(rl.read_per_second, org.read_per_second, &format!("{tp}.rate_limit.read_per_second"), errs);
-        check_token_rate(rl.write_per_second, org.write_per_second, &format!("{tp}.rate_limit.write_per_second"), errs);
+        check_token_rate(
+            rl.read_per_second,
+            org.read_per_second,
+            &format!("{tp}.rate_limit.read_per_second"),
+            errs,
+        );
+        check_token_rate(
+            rl.write_per_second,
+            org.write_per_second,
+            &format!("{tp}.rate_limit.write_per_second"),
+            errs,
+        );
     }
     let Some(secret_sha256) = parse_digest(&t.secret_sha256) else {
-        errs.push(format!("{tp}.secret_sha256"), "must be 64 hex characters (SHA-256 of the secret)");
+        errs.push(
+            format!("{tp}.secret_sha256"),
+            "must be 64 hex characters (SHA-256 of the secret)",
+        );
         return None;
     };
     Some(TokenRecord {
@@ -540,6 +701,9 @@ fn token(t: &RawToken, stack: &Stack, org: Option<&Organization>, tp: &str, errs
 
 fn check_token_rate(rate: u32, org_rate: u32, path: &str, errs: &mut ConfigErrors) {
     if rate == 0 || rate > org_rate {
-        errs.push(path, format!("{rate} must be between 1 and the organization's {org_rate}"));
+        errs.push(
+            path,
+            format!("{rate} must be between 1 and the organization's {org_rate}"),
+        );
     }
 }

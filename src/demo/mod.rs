@@ -19,7 +19,12 @@ pub struct DemoSecrets {
 
 impl DemoSecrets {
     pub fn generate() -> std::io::Result<Self> {
-        Ok(DemoSecrets { api_key: new_uid()?, read_write: new_secret()?, read_only: new_secret()?, authtoken: new_secret()? })
+        Ok(DemoSecrets {
+            api_key: new_uid()?,
+            read_write: new_secret()?,
+            read_only: new_secret()?,
+            authtoken: new_secret()?,
+        })
     }
 }
 
@@ -87,7 +92,9 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let running = crate::server::start(cfg, &[], Arc::new(SystemClock))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)")
+        })?;
     print_banner(running.addr, backend.addr, &secrets);
     crate::cli::shutdown_signal().await;
     Ok(())

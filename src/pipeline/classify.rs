@@ -225,11 +225,19 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
 }
 
 fn op(module: Module, access: Access) -> Operation {
-    Operation { module, access, rule: Rule::Plain }
+    Operation {
+        module,
+        access,
+        rule: Rule::Plain,
+    }
 }
 
 fn with_rule(module: Module, access: Access, rule: Rule) -> Operation {
-    Operation { module, access, rule }
+    Operation {
+        module,
+        access,
+        rule,
+    }
 }
 
 fn unknown() -> Operation {
@@ -256,9 +264,7 @@ fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operati
         }
         // assets
         ["assets"] | ["assets", _] | ["assets", "folders", _] => op(M::Asset, default),
-        ["assets", _, "publish" | "unpublish" | "versions" | "references"] => {
-            op(M::Asset, default)
-        }
+        ["assets", _, "publish" | "unpublish" | "versions" | "references"] => op(M::Asset, default),
         ["assets", _, "versions", _, "name"] => op(M::Asset, default),
         // simple collections
         ["labels"] | ["labels", _] => op(M::Label, default),
@@ -277,7 +283,11 @@ fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operati
         ["webhooks", _, "executions" | "export" | "retry" | "logs"] => op(M::Webhook, default),
         // publish rules (before workflows/{x} so the literal wins)
         ["workflows", "publishing_rules"] | ["workflows", "publishing_rules", _] => {
-            let rule = if post_or_put { Rule::PublishRuleApprovers } else { Rule::Plain };
+            let rule = if post_or_put {
+                Rule::PublishRuleApprovers
+            } else {
+                Rule::Plain
+            };
             with_rule(M::PublishRule, default, rule)
         }
         ["workflows", "content_type", _] if read => op(M::PublishRule, Read),
@@ -295,9 +305,8 @@ fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operati
         ["publish-queue", _, "unschedule"] => unknown(),
         // bulk
         ["bulk", "workflow"] => never(M::Bulk, default),
-        ["bulk", "publish" | "unpublish" | "delete"] | ["bulk", "release", "items" | "update_items"] => {
-            with_rule(M::Bulk, default, Rule::Bulk)
-        }
+        ["bulk", "publish" | "unpublish" | "delete"]
+        | ["bulk", "release", "items" | "update_items"] => with_rule(M::Bulk, default, Rule::Bulk),
         ["bulk", "jobs", _] | ["bulk", "jobs", _, "items"] if read => {
             with_rule(M::Bulk, Read, Rule::Bulk)
         }
@@ -371,8 +380,18 @@ mod tests {
 
     #[test]
     fn outside_v3_is_not_found() {
-        for p in ["/", "/v3", "/v2/content_types", "/V3/content_types", "/v3content_types"] {
-            assert_eq!(classify(&Method::GET, p), Err(GatewayError::NotFound), "{p}");
+        for p in [
+            "/",
+            "/v3",
+            "/v2/content_types",
+            "/V3/content_types",
+            "/v3content_types",
+        ] {
+            assert_eq!(
+                classify(&Method::GET, p),
+                Err(GatewayError::NotFound),
+                "{p}"
+            );
         }
     }
 
@@ -380,7 +399,10 @@ mod tests {
     fn state_changing_gets_are_writes() {
         assert_eq!(c("GET", "/v3/workflows/x/enable").access, Access::Write);
         assert_eq!(c("GET", "/v3/workflows/x/disable").access, Access::Write);
-        assert_eq!(c("GET", "/v3/publish-queue/x/unschedule").access, Access::Write);
+        assert_eq!(
+            c("GET", "/v3/publish-queue/x/unschedule").access,
+            Access::Write
+        );
         assert_eq!(c("GET", "/v3/workflows/x").access, Access::Read);
     }
 
@@ -390,12 +412,21 @@ mod tests {
         assert_eq!(c("GET", "/v3/stacks/users").module, Module::User);
         assert_eq!(c("PUT", "/v3/stacks/users/roles").module, Module::User);
         assert_eq!(c("POST", "/v3/stacks/users").rule, Rule::Deny);
-        assert_eq!(c("GET", "/v3/stacks/management_tokens").rule, Rule::TokenApi);
-        assert_eq!(c("GET", "/v3/stacks/delivery_tokens/x/preview_token").module, Module::Tokens);
+        assert_eq!(
+            c("GET", "/v3/stacks/management_tokens").rule,
+            Rule::TokenApi
+        );
+        assert_eq!(
+            c("GET", "/v3/stacks/delivery_tokens/x/preview_token").module,
+            Module::Tokens
+        );
         assert_eq!(c("GET", "/v3/stacks/branches/main").module, Module::Branch);
         assert_eq!(c("POST", "/v3/stacks/branches").rule, Rule::Deny);
         assert_eq!(c("POST", "/v3/stacks/branches_merge").access, Access::Write);
-        assert_eq!(c("PUT", "/v3/stacks/branch_aliases/deploy").rule, Rule::Deny);
+        assert_eq!(
+            c("PUT", "/v3/stacks/branch_aliases/deploy").rule,
+            Rule::Deny
+        );
     }
 
     #[test]
@@ -418,7 +449,10 @@ mod tests {
     #[test]
     fn deep_or_unknown_paths_fail_closed() {
         assert_eq!(c("GET", "/v3/a/b/c/d/e/f/g/h/i").module, Module::Unknown);
-        assert_eq!(c("GET", "/v3/content_types/ct/entries/e/bogus").module, Module::Unknown);
+        assert_eq!(
+            c("GET", "/v3/content_types/ct/entries/e/bogus").module,
+            Module::Unknown
+        );
         assert_eq!(c("GET", "/v3/nothing").module, Module::Unknown);
     }
 

@@ -23,7 +23,10 @@ use http::Method;
 #[derive(Debug)]
 pub enum Route {
     /// Forward to the backend (after `inspect_body` if the operation needs it).
-    Proxy { principal: Principal, rate: RateInfo },
+    Proxy {
+        principal: Principal,
+        rate: RateInfo,
+    },
     /// Served by stackgate's token-management API.
     TokenApi,
     /// `OPTIONS`: answered by the gateway, never authorised or forwarded.
@@ -48,20 +51,36 @@ pub struct Facts {
 }
 
 /// Runs normalize, classify, authenticate, authorize and rate limit at Unix time `now`.
-pub fn decide<'a>(snap: &Snapshot, parts: &'a Parts, now: i64, facts: &mut Facts) -> Result<Decision<'a>, GatewayError> {
+pub fn decide<'a>(
+    snap: &Snapshot,
+    parts: &'a Parts,
+    now: i64,
+    facts: &mut Facts,
+) -> Result<Decision<'a>, GatewayError> {
     let target = normalize(&parts.uri, parts.version, &snap.settings.own_authorities)?;
     let op = classify(&parts.method, &target.path)?;
     facts.op = Some(op);
     if parts.method == Method::OPTIONS {
-        return Ok(Decision { target, op, route: Route::Preflight });
+        return Ok(Decision {
+            target,
+            op,
+            route: Route::Preflight,
+        });
     }
     if op.rule == Rule::TokenApi {
         // Tokens never manage tokens, valid or not.
-        let bearer = parts.headers.get(AUTHORIZATION).map(|v| auth::is_bearer(v.as_bytes()));
+        let bearer = parts
+            .headers
+            .get(AUTHORIZATION)
+            .map(|v| auth::is_bearer(v.as_bytes()));
         if bearer == Some(false) {
             return Err(GatewayError::Forbidden(Denial::NeverAllowed));
         }
-        return Ok(Decision { target, op, route: Route::TokenApi });
+        return Ok(Decision {
+            target,
+            op,
+            route: Route::TokenApi,
+        });
     }
     let principal = authenticate(snap, &parts.headers, now)?;
     let rate = match &principal {
@@ -73,5 +92,9 @@ pub fn decide<'a>(snap: &Snapshot, parts: &'a Parts, now: i64, facts: &mut Facts
         // The backend is the authority for users: nothing to check or charge here.
         Principal::UserSession => RateInfo::default(),
     };
-    Ok(Decision { target, op, route: Route::Proxy { principal, rate } })
+    Ok(Decision {
+        target,
+        op,
+        route: Route::Proxy { principal, rate },
+    })
 }

@@ -37,7 +37,10 @@ pub fn normalize<'a>(
         }
     }
     let path = canonical_path(uri.path())?;
-    Ok(Target { path, query: uri.query() })
+    Ok(Target {
+        path,
+        query: uri.query(),
+    })
 }
 
 /// Validates a path and returns its canonical form, borrowing when nothing changes.
@@ -86,7 +89,7 @@ fn check_segment(segment: &str) -> Result<(), GatewayError> {
     }
     let bad = segment
         .bytes()
-        .any(|b| b < 0x20 || b >= 0x7f || matches!(b, b'\\' | b';' | b'#'));
+        .any(|b| !(0x20..0x7f).contains(&b) || matches!(b, b'\\' | b';' | b'#'));
     if bad {
         return Err(AMBIGUOUS);
     }
@@ -135,7 +138,11 @@ fn decode_segment(segment: &str) -> Result<Cow<'_, str>, GatewayError> {
     if out.is_empty() || out == "." || out == ".." {
         return Err(AMBIGUOUS);
     }
-    Ok(if changed { Cow::Owned(out) } else { Cow::Borrowed(segment) })
+    Ok(if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(segment)
+    })
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -170,7 +177,10 @@ mod tests {
 
     #[test]
     fn unreserved_escapes_are_decoded() {
-        assert_eq!(canon("/v3/content_%74ypes/a%2Db").unwrap(), "/v3/content_types/a-b");
+        assert_eq!(
+            canon("/v3/content_%74ypes/a%2Db").unwrap(),
+            "/v3/content_types/a-b"
+        );
         assert_eq!(canon("/v3/x/%7e").unwrap(), "/v3/x/~");
     }
 
@@ -178,16 +188,38 @@ mod tests {
     fn reserved_escapes_are_kept_upper_case() {
         assert_eq!(canon("/v3/entries/a%3fb").unwrap(), "/v3/entries/a%3Fb");
         assert_eq!(canon("/v3/entries/a%20b").unwrap(), "/v3/entries/a%20b");
-        assert!(matches!(canonical_path("/v3/e/a%20b"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            canonical_path("/v3/e/a%20b"),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 
     #[test]
     fn ambiguous_forms_are_rejected() {
         let bad = [
-            "/v3//content_types", "/v3/content_types/", "/v3/./stacks", "/v3/x/../stacks",
-            "/v3/x%2fy", "/v3/x%2Fy", "/v3/%2e%2e/stacks", "/v3/%2E/x", "/v3/x%5cy", "/v3/x%5Cy",
-            "/v3/x%00", "/v3/x%zz", "/v3/x%4", "/v3/x;jsessionid=1", "/v3/x\\y", "/v3/x%252f",
-            "/v3/x%c0%ae", "/v3/x%ef%bc%8f", "/v3/é", "v3/x", "", "/v3/x%3b", "/v3/x%09",
+            "/v3//content_types",
+            "/v3/content_types/",
+            "/v3/./stacks",
+            "/v3/x/../stacks",
+            "/v3/x%2fy",
+            "/v3/x%2Fy",
+            "/v3/%2e%2e/stacks",
+            "/v3/%2E/x",
+            "/v3/x%5cy",
+            "/v3/x%5Cy",
+            "/v3/x%00",
+            "/v3/x%zz",
+            "/v3/x%4",
+            "/v3/x;jsessionid=1",
+            "/v3/x\\y",
+            "/v3/x%252f",
+            "/v3/x%c0%ae",
+            "/v3/x%ef%bc%8f",
+            "/v3/é",
+            "v3/x",
+            "",
+            "/v3/x%3b",
+            "/v3/x%09",
         ];
         for p in bad {
             assert_eq!(canon(p), Err(AMBIGUOUS), "{p:?}");
@@ -202,7 +234,10 @@ mod tests {
         assert_eq!(err, GatewayError::BadRequest(BadRequest::ForeignAuthority));
         let mine: Uri = "http://gw.local:8080/v3/content_types?x=1".parse().unwrap();
         let t = normalize(&mine, Version::HTTP_11, &own).unwrap();
-        assert_eq!((t.path.as_ref(), t.query), ("/v3/content_types", Some("x=1")));
+        assert_eq!(
+            (t.path.as_ref(), t.query),
+            ("/v3/content_types", Some("x=1"))
+        );
         // HTTP/2 always has an authority.
         assert!(normalize(&foreign, Version::HTTP_2, &own).is_ok());
     }

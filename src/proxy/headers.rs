@@ -123,12 +123,31 @@ mod tests {
             ("branch", "main"),
             ("host", "gw"),
         ] {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
         }
         let id = HeaderValue::from_static("req-1");
-        let identity = Identity { token_uid: "blt00000000000000a1", access: "read" };
-        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap(), &id, Some(identity), false);
-        for gone in ["connection", "x-secret-hop", "te", "authorization", "authtoken", "host"] {
+        let identity = Identity {
+            token_uid: "blt00000000000000a1",
+            access: "read",
+        };
+        prepare_request_headers(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            &id,
+            Some(identity),
+            false,
+        );
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "te",
+            "authorization",
+            "authtoken",
+            "host",
+        ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
         assert_eq!(h["x-stackgate-access"], "read");
@@ -146,7 +165,10 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("cs123"));
         h.insert("x-stackgate-access", HeaderValue::from_static("read-write"));
         let id = HeaderValue::from_static("r");
-        let identity = Identity { token_uid: "blt1", access: "read" };
+        let identity = Identity {
+            token_uid: "blt1",
+            access: "read",
+        };
         prepare_request_headers(&mut h, "::1".parse().unwrap(), &id, Some(identity), true);
         assert_eq!(h["authorization"], "cs123");
         assert!(!h.contains_key("x-stackgate-access"));

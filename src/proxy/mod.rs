@@ -43,7 +43,10 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        UpstreamClient { client, upstream: upstream.clone() }
+        UpstreamClient {
+            client,
+            upstream: upstream.clone(),
+        }
     }
 
     /// Whether this client was built from the same upstream settings (so a reload
@@ -59,7 +62,9 @@ impl UpstreamClient {
 
     /// The upstream URI for a canonical path and the original query.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
-        let mut pq = String::with_capacity(self.upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        let mut pq = String::with_capacity(
+            self.upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
         pq.push_str(&self.upstream.base_path);
         pq.push_str(path);
         if let Some(q) = query {

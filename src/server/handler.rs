@@ -21,7 +21,11 @@ const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 /// Serves one request on the main listener.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let request_id = gw.ids.next();
     let method = req.method().clone();
@@ -32,10 +36,15 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         Ok(resp) => (resp, None, None),
         Err(err) => {
             let (reason, detail) = (err.reason(), err.to_string());
-            (err.into_response().map(proxy::full), Some(reason), Some(detail))
+            (
+                err.into_response().map(proxy::full),
+                Some(reason),
+                Some(detail),
+            )
         }
     };
-    resp.headers_mut().insert(proxy::X_REQUEST_ID, request_id.clone());
+    resp.headers_mut()
+        .insert(proxy::X_REQUEST_ID, request_id.clone());
     let op = facts.op;
     tracing::info!(
         target: "stackgate::access",
@@ -75,7 +84,10 @@ async fn process(
     };
     let uri = snap.upstream.uri_for(&target.path, target.query)?;
     let identity = match &principal {
-        Principal::Token(t) => Some(Identity { token_uid: &t.uid, access: t.access_label }),
+        Principal::Token(t) => Some(Identity {
+            token_uid: &t.uid,
+            access: t.access_label,
+        }),
         Principal::UserSession => None,
     };
     let body = match &principal {
@@ -86,7 +98,13 @@ async fn process(
         }
         _ => Either::Left(body),
     };
-    prepare_request_headers(&mut parts.headers, peer.ip(), request_id, identity, snap.settings.forward_token);
+    prepare_request_headers(
+        &mut parts.headers,
+        peer.ip(),
+        request_id,
+        identity,
+        snap.settings.forward_token,
+    );
     parts.uri = uri;
     let upstream_resp = snap.upstream.send(Request::from_parts(parts, body)).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();
@@ -96,7 +114,11 @@ async fn process(
 }
 
 /// Buffers a body that a rule must read, up to `max_inspected_body`.
-async fn read_inspected(snap: &Snapshot, parts: &http::request::Parts, body: Incoming) -> Result<Bytes, GatewayError> {
+async fn read_inspected(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<Bytes, GatewayError> {
     let limit = snap.settings.max_inspected_body;
     let declared = parts
         .headers
@@ -110,7 +132,9 @@ async fn read_inspected(snap: &Snapshot, parts: &http::request::Parts, body: Inc
     let read = Limited::new(body, limit).collect();
     match tokio::time::timeout(snap.config.upstream.request_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::PayloadTooLarge)
+        }
         Ok(Err(_)) | Err(_) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
     }
 }
@@ -126,6 +150,9 @@ fn add_rate_headers(headers: &mut http::HeaderMap, rate: RateInfo) {
 fn preflight() -> Response<Body> {
     let mut resp = Response::new(proxy::full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
-    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+    resp.headers_mut().insert(
+        ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
     resp
 }

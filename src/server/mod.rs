@@ -31,7 +31,11 @@ impl Gateway {
     /// Builds the first snapshot from a validated config and the store's tokens.
     pub fn new(config: Config, stored: &[TokenRecord], clock: Arc<dyn Clock>) -> Self {
         let snapshot = Snapshot::build(Arc::new(config), stored, None);
-        Gateway { snapshot: ArcSwap::from_pointee(snapshot), clock, ids: RequestIds::new() }
+        Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            clock,
+            ids: RequestIds::new(),
+        }
     }
 
     /// The current snapshot.
@@ -60,14 +64,22 @@ pub struct Running {
 }
 
 /// Binds `config.server.listen` (port 0 picks a free port) and starts serving.
-pub async fn start(mut config: Config, stored: &[TokenRecord], clock: Arc<dyn Clock>) -> std::io::Result<Running> {
+pub async fn start(
+    mut config: Config,
+    stored: &[TokenRecord],
+    clock: Arc<dyn Clock>,
+) -> std::io::Result<Running> {
     let listener = TcpListener::bind(config.server.listen).await?;
     let addr = listener.local_addr()?;
     // The snapshot's own-authority list must name the port actually bound.
     config.server.listen = addr;
     let gateway = Arc::new(Gateway::new(config, stored, clock));
     let task = tokio::spawn(accept_loop(listener, Arc::clone(&gateway)));
-    Ok(Running { addr, gateway, task })
+    Ok(Running {
+        addr,
+        gateway,
+        task,
+    })
 }
 
 /// Accepts connections until the task is dropped; each connection runs on its own task.
@@ -78,7 +90,10 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(64 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -95,7 +110,10 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
         let builder = Arc::clone(&builder);
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(Arc::clone(&gateway), req, peer));
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, peer = %peer, "connection closed with error");
             }
         });

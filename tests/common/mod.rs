@@ -56,11 +56,15 @@ impl Backend {
         let log = Arc::clone(&seen);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let log = Arc::clone(&log);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| record(Arc::clone(&log), req));
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -80,7 +84,10 @@ impl Backend {
     }
 }
 
-async fn record(log: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn record(
+    log: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (parts, mut body) = req.into_parts();
     let mut body_len = 0usize;
     while let Some(frame) = body.frame().await {
@@ -89,16 +96,31 @@ async fn record(log: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<Re
             Err(_) => break,
         }
     }
-    let delay = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let target = parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
-    log.lock().unwrap().push(Seen { method: parts.method.clone(), target: target.clone(), headers: parts.headers.clone(), body_len });
+    let delay = parts
+        .headers
+        .get("x-test-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_default();
+    log.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        target: target.clone(),
+        headers: parts.headers.clone(),
+        body_len,
+    });
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let json = serde_json::json!({"ok": true, "target": target, "body_len": body_len});
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
-    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
-    resp.headers_mut().insert("connection", "keep-alive".parse().unwrap());
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    resp.headers_mut()
+        .insert("connection", "keep-alive".parse().unwrap());
     resp.headers_mut().insert("x-backend", "1".parse().unwrap());
     Ok(resp)
 }
@@ -215,12 +237,22 @@ impl Env {
         Env::start_with("", "", clock).await
     }
 
-    pub async fn start_with(extra_server: &str, extra_upstream: &str, clock: Arc<dyn Clock>) -> Env {
+    pub async fn start_with(
+        extra_server: &str,
+        extra_upstream: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Env {
         let backend = Backend::start().await;
-        let cfg = stackgate::config::from_str(&config_text(backend.addr, extra_server, extra_upstream)).unwrap();
+        let cfg =
+            stackgate::config::from_str(&config_text(backend.addr, extra_server, extra_upstream))
+                .unwrap();
         let gateway = stackgate::server::start(cfg, &[], clock).await.unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Env { backend, gateway, client }
+        Env {
+            backend,
+            gateway,
+            client,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -228,21 +260,46 @@ impl Env {
     }
 
     /// Sends a request; returns status, headers and body bytes.
-    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (StatusCode, HeaderMap, Bytes) {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, HeaderMap, Bytes) {
         let mut req = Request::builder().method(method).uri(self.url(path));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req)).await.expect("gateway answered in time").unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .expect("gateway answered in time")
+            .unwrap();
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
         (parts.status, parts.headers, bytes)
     }
 
     /// A request with `api_key` and a management token.
-    pub async fn token(&self, method: &str, path: &str, token: &str, body: &str) -> (StatusCode, HeaderMap, Bytes) {
-        self.send(method, path, &[("api_key", API_KEY), ("authorization", token), ("content-type", "application/json")], body).await
+    pub async fn token(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        self.send(
+            method,
+            path,
+            &[
+                ("api_key", API_KEY),
+                ("authorization", token),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
     }
 }
 
@@ -260,7 +317,11 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, text)
 }
 

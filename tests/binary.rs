@@ -1,0 +1,248 @@
+//! Tests that run the real `stackgate` binary: `check`, `run` with a streamed 100 MiB
+//! upload (gateway memory must stay flat), and `demo`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stackgate");
+
+/// Kills the child when the test ends, pass or fail.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary and waits for its "listening on http://ADDR" line; returns the
+/// process, the address and the rest of stdout.
+fn spawn(args: &[&str]) -> (Proc, String, BufReader<std::process::ChildStdout>) {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Proc(child);
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "binary exited before listening"
+        );
+        if let Some(addr) = line.trim().strip_prefix("stackgate listening on http://") {
+            return (child, addr.to_owned(), out);
+        }
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", "config/stackgate.example.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    // And the library parses it the same way.
+    let cfg =
+        stackgate::config::load(std::path::Path::new("config/stackgate.example.toml")).unwrap();
+    assert_eq!(cfg.stacks[0].tokens.len(), 2);
+}
+
+#[test]
+fn check_lists_every_error_with_its_path() {
+    let dir = std::env::temp_dir().join(format!("stackgate-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"
+[server]
+listen = "nope"
+colour = "blue"
+[upstream]
+url = "http://127.0.0.1:9000"
+[[organizations]]
+uid = "o"
+read_per_second = 10
+[[users]]
+uid = "alice"
+authtoken_sha256 = "00"
+[[stacks]]
+api_key = "k1"
+organization = "missing"
+aliases = { deploy = "prod" }
+[[stacks]]
+api_key = "k1"
+organization = "o"
+members = { ghost = "owner" }
+[[stacks.tokens]]
+uid = "t1"
+name = "a"
+secret_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+scope = [{ module = "$all", acl = { read = true } }]
+rate_limit = { read_per_second = 50, write_per_second = 1 }
+[[stacks.tokens]]
+uid = "t1"
+name = "b"
+secret_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+scope = [{ module = "nonsense", acl = { read = true } }, { module = "branch", branches = ["*"] }]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "server.colour: unknown key",
+        "server.listen:",
+        "users[0].authtoken_sha256:",
+        "stacks[0].organization: unknown organization 'missing'",
+        "stacks[0].aliases.deploy: alias points at unknown branch 'prod'",
+        "stacks[1].api_key: duplicate api_key 'k1'",
+        "stacks[1].members.ghost: unknown user 'ghost'",
+        "stacks[1].tokens[0].scope.branch_or_alias:",
+        "stacks[1].tokens[0].rate_limit.read_per_second:",
+        "stacks[1].tokens[1].uid: duplicate token uid 't1'",
+        "stacks[1].tokens[1].secret_sha256: the same secret is used by another token",
+        "stacks[1].tokens[1].scope[0].module: unknown module 'nonsense'",
+        "stacks[1].tokens[1].scope[1].branches:",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // Syntax errors and unreadable files are errors too, not panics.
+    std::fs::write(&file, "[server\nlisten=").unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid TOML"));
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/x.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_refuses_an_invalid_config_before_binding() {
+    let out = Command::new(BIN)
+        .args(["run", "--config", "/nonexistent/x.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_upload_streams_without_growing_gateway_memory() {
+    let backend = Backend::start().await;
+    let dir = std::env::temp_dir().join(format!("stackgate-upload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
+    let (proc_, addr, _out) = spawn(&["run", "--config", file.to_str().unwrap()]);
+    let pid = proc_.0.id();
+
+    // Warm up: one small request so pools and buffers exist.
+    let (status, _) = raw(addr.parse().unwrap(), &raw_get("/v3/assets")).await;
+    assert_eq!(status, 200);
+    let before = peak_rss_kib(pid);
+
+    const SIZE: usize = 100 << 20;
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v3/assets HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/octet-stream\r\ncontent-length: {SIZE}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..100 {
+        stream.write_all(&chunk).await.unwrap();
+    }
+    let mut resp = Vec::new();
+    stream.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        backend.last().unwrap().body_len,
+        SIZE,
+        "the backend got every byte"
+    );
+
+    let after = peak_rss_kib(pid);
+    let grown_mib = (after.saturating_sub(before)) as f64 / 1024.0;
+    assert!(
+        grown_mib < 16.0,
+        "peak RSS grew by {grown_mib:.1} MiB for a 100 MiB upload"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_working_credentials_and_commands() {
+    let (_proc, addr, mut out) = spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    let mut banner = String::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        banner.push_str(&line);
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+        line.clear();
+    }
+    let field = |name: &str| {
+        banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap()
+    };
+    let (api_key, rw, ro) = (field("api_key"), field("read-write"), field("read-only"));
+    assert!(banner.contains("curl -s "), "{banner}");
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let get = |token: &str| {
+        format!("GET /v3/content_types/blog_post/entries HTTP/1.1\r\nHost: gw\r\napi_key: {api_key}\r\nauthorization: {token}\r\nConnection: close\r\n\r\n")
+    };
+    let (status, text) = raw(addr, get(&ro).as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("Hello, world"),
+        "demo backend serves seeded entries: {text}"
+    );
+    let post = |token: &str| {
+        let body = r#"{"entry":{"title":"Hello"}}"#;
+        format!("POST /v3/content_types/blog_post/entries HTTP/1.1\r\nHost: gw\r\napi_key: {api_key}\r\nauthorization: {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    };
+    let (status, text) = raw(addr, post(&ro).as_bytes()).await;
+    assert_eq!(status, 403, "{text}");
+    let (status, text) = raw(addr, post(&rw).as_bytes()).await;
+    assert_eq!(status, 201, "{text}");
+    let missing = format!("GET /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {api_key}\r\nConnection: close\r\n\r\n");
+    let (status, _) = raw(addr, missing.as_bytes()).await;
+    assert_eq!(status, 401);
+}
