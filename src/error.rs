@@ -4,6 +4,7 @@
 //! variant to the status and CMA error body of DESIGN.md section 5. The match is
 //! exhaustive on purpose: a new variant must be given a status here.
 
+use crate::ratelimit::RateInfo;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::collections::BTreeMap;
@@ -32,9 +33,9 @@ pub enum GatewayError {
     /// Token-API validation failure, with per-field errors.
     #[error("unprocessable")]
     Unprocessable(FieldErrors),
-    /// Rate limited; `retry_after` in whole seconds.
+    /// Rate limited; `retry_after` in whole seconds; `info` for the headers.
     #[error("rate limited")]
-    RateLimited { retry_after: u64 },
+    RateLimited { retry_after: u64, info: Box<RateInfo> },
     /// A required backing service (store) is down.
     #[error("service unavailable")]
     Unavailable,
@@ -134,7 +135,7 @@ impl GatewayError {
             GatewayError::Unprocessable(_) => {
                 "The request could not be processed. Please check the errors.".into()
             }
-            GatewayError::RateLimited { retry_after } => {
+            GatewayError::RateLimited { retry_after, .. } => {
                 format!("Too many requests. Please retry after {retry_after} seconds.")
             }
             GatewayError::Unavailable => {
@@ -185,9 +186,9 @@ impl GatewayError {
     pub fn into_response(self) -> Response<Bytes> {
         let (status, _) = self.status_and_code();
         let mut resp = json_response(status, &self.body());
-        if let GatewayError::RateLimited { retry_after } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        if let GatewayError::RateLimited { retry_after, info } = self {
+            info.write_headers(resp.headers_mut());
+            RateInfo::write_retry_after(resp.headers_mut(), retry_after);
         }
         resp
     }
@@ -211,7 +212,17 @@ mod tests {
 
     #[test]
     fn rate_limited_body_and_header() {
-        let resp = GatewayError::RateLimited { retry_after: 3 }.into_response();
+        let info = RateInfo {
+            name: "org-read",
+            limit: 10,
+            remaining: 0,
+            reset: 3,
+            policy: HeaderValue::from_static("\"org-read\";q=10;w=1"),
+        };
+        let resp = GatewayError::RateLimited { retry_after: 3, info: Box::new(info) }.into_response();
+        assert_eq!(resp.headers()["x-ratelimit-limit"], "10");
+        assert_eq!(resp.headers()["x-ratelimit-remaining"], "0");
+        assert_eq!(resp.headers()["ratelimit"], "\"org-read\";r=0;t=3");
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
         let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();

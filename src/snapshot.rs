@@ -1,13 +1,23 @@
 //! The one immutable value the request path reads. A reload or a token change builds
 //! a new [`Snapshot`] and swaps it in whole (see [`crate::server::Gateway`]), so every
-//! request sees a consistent config, token set and upstream.
+//! request sees a consistent config, token set, upstream and set of rate buckets.
 
 use crate::config::{Config, Organization, UserSessions};
 use crate::proxy::UpstreamClient;
+use crate::ratelimit::{Bucket, Charge, OrgBuckets, RateClock, TokenBuckets};
 use crate::token::{compile_scope, Grants, TokenRecord};
 use http::uri::Authority;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// An organisation and its shared buckets.
+#[derive(Debug)]
+pub struct OrgState {
+    pub config: Organization,
+    pub buckets: OrgBuckets,
+    /// What every token without a custom rate draws from (shared, not copied per token).
+    pub default_charges: Arc<TokenBuckets>,
+}
 
 /// A stack as the request path needs it.
 #[derive(Debug)]
@@ -16,7 +26,7 @@ pub struct StackView {
     pub branches: Box<[Box<str>]>,
     /// (alias, target branch)
     pub aliases: Box<[(Box<str>, Box<str>)]>,
-    pub organization: Arc<Organization>,
+    pub organization: Arc<OrgState>,
 }
 
 impl StackView {
@@ -25,14 +35,11 @@ impl StackView {
     }
 
     pub fn alias_target(&self, name: &str) -> Option<&str> {
-        self.aliases
-            .iter()
-            .find(|(a, _)| &**a == name)
-            .map(|(_, t)| &**t)
+        self.aliases.iter().find(|(a, _)| &**a == name).map(|(_, t)| &**t)
     }
 }
 
-/// A token as the request path needs it.
+/// A token as the request path needs it, with its rate buckets beside it.
 #[derive(Debug)]
 pub struct Token {
     pub uid: Box<str>,
@@ -42,6 +49,7 @@ pub struct Token {
     pub expires_at: Option<i64>,
     /// `read` or `read-write`, for the identity header.
     pub access_label: &'static str,
+    pub buckets: Arc<TokenBuckets>,
 }
 
 /// Request-path settings copied out of the config.
@@ -60,6 +68,8 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub settings: Settings,
     pub upstream: UpstreamClient,
+    pub rate_clock: RateClock,
+    orgs: HashMap<Box<str>, Arc<OrgState>>,
     stacks: HashMap<Box<str>, Arc<StackView>>,
     tokens: HashMap<[u8; 32], Arc<Token>>,
     /// authtoken SHA-256 -> user uid
@@ -69,64 +79,44 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot from a validated config plus the store's tokens. Stored tokens
     /// whose stack or branches no longer exist are skipped (fail closed) and logged.
-    /// State worth keeping (the upstream connection pool) is taken from `previous`.
-    pub fn build(
-        config: Arc<Config>,
-        stored: &[TokenRecord],
-        previous: Option<&Snapshot>,
-    ) -> Snapshot {
-        let orgs: HashMap<&str, Arc<Organization>> = config
+    /// State worth keeping is taken from `previous`: the upstream connection pool, and
+    /// every rate bucket whose rate did not change.
+    pub fn build(config: Arc<Config>, stored: &[TokenRecord], previous: Option<&Snapshot>, rate_clock: &RateClock) -> Snapshot {
+        let orgs: HashMap<Box<str>, Arc<OrgState>> = config
             .organizations
             .iter()
-            .map(|o| (o.uid.as_str(), Arc::new(o.clone())))
+            .map(|o| (o.uid.as_str().into(), Arc::new(org_state(o, previous, rate_clock))))
             .collect();
         let mut stacks = HashMap::with_capacity(config.stacks.len());
         for s in &config.stacks {
-            let Some(org) = orgs.get(s.organization.as_str()) else {
-                continue;
-            };
+            let Some(org) = orgs.get(s.organization.as_str()) else { continue };
             let view = StackView {
                 api_key: s.api_key.as_str().into(),
                 branches: s.branches.iter().map(|b| b.as_str().into()).collect(),
-                aliases: s
-                    .aliases
-                    .iter()
-                    .map(|(a, t)| (a.as_str().into(), t.as_str().into()))
-                    .collect(),
+                aliases: s.aliases.iter().map(|(a, t)| (a.as_str().into(), t.as_str().into())).collect(),
                 organization: Arc::clone(org),
             };
             stacks.insert(s.api_key.as_str().into(), Arc::new(view));
         }
-        let mut tokens = HashMap::new();
+        let stack_configs: HashMap<&str, &crate::config::Stack> =
+            config.stacks.iter().map(|s| (s.api_key.as_str(), s)).collect();
+        let mut tokens = HashMap::with_capacity(stored.len() + config.stacks.len());
         let config_tokens = config.stacks.iter().flat_map(|s| s.tokens.iter());
         for rec in config_tokens.chain(stored.iter()) {
-            match compile_token(rec, &config, &stacks) {
+            match compile_token(rec, &stack_configs, &stacks, previous, rate_clock) {
                 Some(token) => {
                     tokens.insert(rec.secret_sha256, Arc::new(token));
                 }
-                None => {
-                    tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored")
-                }
+                None => tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored"),
             }
         }
-        let users = config
-            .users
-            .iter()
-            .map(|u| (u.authtoken_sha256, u.uid.as_str().into()))
-            .collect();
+        let users = config.users.iter().map(|u| (u.authtoken_sha256, u.uid.as_str().into())).collect();
         let settings = settings(&config);
         let upstream = match previous {
             Some(prev) if prev.upstream.matches(&config.upstream) => prev.upstream.clone(),
             _ => UpstreamClient::new(&config.upstream),
         };
-        Snapshot {
-            config,
-            settings,
-            upstream,
-            stacks,
-            tokens,
-            users,
-        }
+        Snapshot { config, settings, upstream, rate_clock: rate_clock.clone(), orgs, stacks, tokens, users }
     }
 
     pub fn stack(&self, api_key: &str) -> Option<&Arc<StackView>> {
@@ -145,38 +135,89 @@ impl Snapshot {
     pub fn token_count(&self) -> usize {
         self.tokens.len()
     }
+
+    fn org(&self, uid: &str) -> Option<&Arc<OrgState>> {
+        self.orgs.get(uid)
+    }
+}
+
+/// An organisation's buckets, kept from the previous snapshot where the rate is the same.
+fn org_state(o: &Organization, previous: Option<&Snapshot>, clock: &RateClock) -> OrgState {
+    let prev = previous.and_then(|p| p.org(&o.uid)).map(|p| &p.buckets);
+    let burst = |rate: u32| o.burst.unwrap_or(rate);
+    let keep = |old: Option<&Arc<Bucket>>, name, rate, burst| match old {
+        Some(b) if b.rate() == rate && b.burst() == burst => Arc::clone(b),
+        _ => Arc::new(Bucket::new(name, rate, burst, clock)),
+    };
+    let buckets = OrgBuckets {
+        read: keep(prev.map(|b| &b.read), "org-read", o.read_per_second, burst(o.read_per_second)),
+        write: keep(prev.map(|b| &b.write), "org-write", o.write_per_second, burst(o.write_per_second)),
+        bulk: keep(prev.map(|b| &b.bulk), "org-bulk", o.bulk_per_second, o.bulk_per_second),
+    };
+    let default_charges = Arc::new(charges(None, None, &buckets));
+    OrgState { config: o.clone(), buckets, default_charges }
 }
 
 fn compile_token(
     rec: &TokenRecord,
-    config: &Config,
+    stack_configs: &HashMap<&str, &crate::config::Stack>,
     stacks: &HashMap<Box<str>, Arc<StackView>>,
+    previous: Option<&Snapshot>,
+    clock: &RateClock,
 ) -> Option<Token> {
-    let stack_cfg = config.stacks.iter().find(|s| s.api_key == rec.stack)?;
+    let stack_cfg = *stack_configs.get(rec.stack.as_str())?;
     let view = stacks.get(rec.stack.as_str())?;
     let grants = compile_scope(&rec.scope, stack_cfg).ok()?;
-    let access_label = if grants.write.is_empty() {
-        "read"
-    } else {
-        "read-write"
-    };
+    let access_label = if grants.write.is_empty() { "read" } else { "read-write" };
+    let prev = previous.and_then(|p| p.token(&rec.secret_sha256)).filter(|t| *t.uid == *rec.uid);
+    let buckets = token_buckets(rec, &view.organization, prev.map(|t| &*t.buckets), clock);
     Some(Token {
         uid: rec.uid.as_str().into(),
         stack: Arc::clone(view),
         grants,
         expires_at: rec.expires_on.as_ref().map(|e| e.at),
         access_label,
+        buckets,
     })
+}
+
+/// A token's own buckets (custom rate, clamped to the organisation's) and the
+/// organisation's, kept from the previous snapshot where the effective rate is the same.
+fn token_buckets(rec: &TokenRecord, org: &OrgState, prev: Option<&TokenBuckets>, clock: &RateClock) -> Arc<TokenBuckets> {
+    if rec.rate_limit.is_none() {
+        return Arc::clone(&org.default_charges);
+    }
+    let own = |custom: Option<u32>, org_rate: u32, name: &'static str, old: Option<&Arc<Bucket>>| {
+        let custom = custom?;
+        if custom > org_rate {
+            tracing::warn!(token.uid = %rec.uid, organization = %org.config.uid, custom, org_rate,
+                "token rate is above its organisation's; clamped to the organisation's");
+        }
+        let rate = custom.min(org_rate);
+        Some(match old {
+            Some(b) if b.rate() == rate => Arc::clone(b),
+            _ => Arc::new(Bucket::new(name, rate, rate, clock)),
+        })
+    };
+    let rl = rec.rate_limit;
+    let read = own(rl.map(|r| r.read_per_second), org.config.read_per_second, "token-read", prev.and_then(|p| p.read.own()));
+    let write = own(rl.map(|r| r.write_per_second), org.config.write_per_second, "token-write", prev.and_then(|p| p.write.own()));
+    Arc::new(charges(read, write, &org.buckets))
+}
+
+/// The four ways a request is charged: read, write, and both for `/v3/bulk/...`.
+fn charges(read: Option<Arc<Bucket>>, write: Option<Arc<Bucket>>, o: &OrgBuckets) -> TokenBuckets {
+    TokenBuckets {
+        read: Charge::new(read.clone(), None, Arc::clone(&o.read)),
+        write: Charge::new(write.clone(), None, Arc::clone(&o.write)),
+        bulk_read: Charge::new(read, Some(Arc::clone(&o.bulk)), Arc::clone(&o.read)),
+        bulk_write: Charge::new(write, Some(Arc::clone(&o.bulk)), Arc::clone(&o.write)),
+    }
 }
 
 fn settings(config: &Config) -> Settings {
     let listen = config.server.listen;
-    let mut own: Vec<Authority> = config
-        .server
-        .hostnames
-        .iter()
-        .filter_map(|h| h.parse().ok())
-        .collect();
+    let mut own: Vec<Authority> = config.server.hostnames.iter().filter_map(|h| h.parse().ok()).collect();
     for host in [listen.to_string(), format!("localhost:{}", listen.port())] {
         if let Ok(a) = host.parse() {
             own.push(a);

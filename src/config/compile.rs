@@ -184,7 +184,7 @@ const DEFAULT_BULK_RATE: u32 = 1;
 const DEFAULT_MAX_TOKENS: u32 = 30;
 /// Sanity bounds: anything above is almost certainly a typo.
 const MAX_RATE: i64 = 1_000_000;
-const MAX_BURST: i64 = 1_000_000;
+const MAX_BURST: i64 = 100_000;
 const MAX_NAME: usize = 255;
 
 /// Validates a raw config; `unknown` are the ignored key paths from the parser.

@@ -25,7 +25,7 @@ pub enum Route {
     /// Forward to the backend (after `inspect_body` if the operation needs it).
     Proxy {
         principal: Principal,
-        rate: RateInfo,
+        rate: Option<RateInfo>,
     },
     /// Served by stackgate's token-management API.
     TokenApi,
@@ -87,10 +87,10 @@ pub fn decide<'a>(
         Principal::Token(token) => {
             facts.token_uid = Some(token.uid.clone());
             authorize(token, &op, parts.headers.get(auth::BRANCH))?;
-            ratelimit::check(token, &op)?
+            Some(ratelimit::check(token, &op)?)
         }
         // The backend is the authority for users: nothing to check or charge here.
-        Principal::UserSession => RateInfo::default(),
+        Principal::UserSession => None,
     };
     Ok(Decision {
         target,

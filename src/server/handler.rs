@@ -5,10 +5,9 @@ use super::Gateway;
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::{self, prepare_request_headers, prepare_response_headers, Body, Identity};
-use crate::ratelimit::RateInfo;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH};
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::Incoming;
@@ -17,8 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 /// Serves one request on the main listener.
 pub async fn handle(
@@ -109,7 +106,9 @@ async fn process(
     let upstream_resp = snap.upstream.send(Request::from_parts(parts, body)).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();
     prepare_response_headers(&mut resp_parts.headers, request_id);
-    add_rate_headers(&mut resp_parts.headers, rate);
+    if let Some(rate) = rate {
+        rate.write_headers(&mut resp_parts.headers);
+    }
     Ok(Response::from_parts(resp_parts, Either::Left(resp_body)))
 }
 
@@ -136,13 +135,6 @@ async fn read_inspected(
             Err(GatewayError::PayloadTooLarge)
         }
         Ok(Err(_)) | Err(_) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
-    }
-}
-
-fn add_rate_headers(headers: &mut http::HeaderMap, rate: RateInfo) {
-    if let Some((limit, remaining)) = rate.headers {
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
-        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
     }
 }
 

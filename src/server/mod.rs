@@ -7,6 +7,7 @@ pub use handler::handle;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::ratelimit::RateClock;
 use crate::snapshot::Snapshot;
 use crate::token::TokenRecord;
 use arc_swap::ArcSwap;
@@ -24,18 +25,15 @@ use tokio::task::JoinHandle;
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     clock: Arc<dyn Clock>,
+    rate_clock: RateClock,
     ids: RequestIds,
 }
 
 impl Gateway {
     /// Builds the first snapshot from a validated config and the store's tokens.
-    pub fn new(config: Config, stored: &[TokenRecord], clock: Arc<dyn Clock>) -> Self {
-        let snapshot = Snapshot::build(Arc::new(config), stored, None);
-        Gateway {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            clock,
-            ids: RequestIds::new(),
-        }
+    pub fn new(config: Config, stored: &[TokenRecord], clock: Arc<dyn Clock>, rate_clock: RateClock) -> Self {
+        let snapshot = Snapshot::build(Arc::new(config), stored, None, &rate_clock);
+        Gateway { snapshot: ArcSwap::from_pointee(snapshot), clock, rate_clock, ids: RequestIds::new() }
     }
 
     /// The current snapshot.
@@ -47,7 +45,7 @@ impl Gateway {
     /// next request.
     pub fn install(&self, config: Config, stored: &[TokenRecord]) {
         let previous = self.snapshot.load();
-        let next = Snapshot::build(Arc::new(config), stored, Some(&previous));
+        let next = Snapshot::build(Arc::new(config), stored, Some(&previous), &self.rate_clock);
         self.snapshot.store(Arc::new(next));
     }
 
@@ -73,7 +71,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     // The snapshot's own-authority list must name the port actually bound.
     config.server.listen = addr;
-    let gateway = Arc::new(Gateway::new(config, stored, clock));
+    let gateway = Arc::new(Gateway::new(config, stored, clock, RateClock::monotonic()));
     let task = tokio::spawn(accept_loop(listener, Arc::clone(&gateway)));
     Ok(Running {
         addr,

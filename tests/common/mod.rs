@@ -28,6 +28,12 @@ pub const EXPIRING: &str = "cs00000000000000000000000000000004";
 pub const DEV_ONLY: &str = "cs00000000000000000000000000000005";
 pub const ALIAS_ONLY: &str = "cs00000000000000000000000000000006";
 pub const ENTRY_ONLY: &str = "cs00000000000000000000000000000007";
+pub const SMALL_API_KEY: &str = "blt2222222222222222";
+/// Custom 5 reads/s in an organisation of 10 reads/s.
+pub const RATED: &str = "cs00000000000000000000000000000008";
+pub const RATED_RATE: u32 = 5;
+/// Organisation default (10 reads/s), same organisation as `RATED`.
+pub const SHARED: &str = "cs00000000000000000000000000000009";
 /// 2027-01-01T00:00:00Z, the expiry of `EXPIRING`.
 pub const EXPIRY: i64 = 1_798_761_600;
 
@@ -144,6 +150,14 @@ request_timeout = "2s"
 
 [[organizations]]
 uid = "org_main"
+read_per_second = 100000
+write_per_second = 100000
+bulk_per_second = 100000
+
+[[organizations]]
+uid = "org_small"
+read_per_second = 10
+write_per_second = 10
 
 [[users]]
 uid = "alice"
@@ -209,7 +223,28 @@ name = "other stack"
 secret_sha256 = "{other}"
 scope = [{{ module = "$all", acl = {{ read = true, write = true }} }},
          {{ module = "branch", branches = ["main"], acl = {{ read = true }} }}]
+
+[[stacks]]
+api_key = "{SMALL_API_KEY}"
+organization = "org_small"
+
+[[stacks.tokens]]
+uid = "blt000000000000rl01"
+name = "rated"
+secret_sha256 = "{rated}"
+rate_limit = {{ read_per_second = {RATED_RATE}, write_per_second = 5 }}
+scope = [{{ module = "$all", acl = {{ read = true, write = true }} }},
+         {{ module = "branch", branches = ["main"], acl = {{ read = true }} }}]
+
+[[stacks.tokens]]
+uid = "blt000000000000sh01"
+name = "shared"
+secret_sha256 = "{shared}"
+scope = [{{ module = "$all", acl = {{ read = true, write = true }} }},
+         {{ module = "branch", branches = ["main"], acl = {{ read = true }} }}]
 "#,
+        rated = sha(RATED),
+        shared = sha(SHARED),
         alice = sha("alice-authtoken"),
         rw = sha(RW),
         ro = sha(RO),
