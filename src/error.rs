@@ -35,7 +35,10 @@ pub enum GatewayError {
     Unprocessable(FieldErrors),
     /// Rate limited; `retry_after` in whole seconds; `info` for the headers.
     #[error("rate limited")]
-    RateLimited { retry_after: u64, info: Box<RateInfo> },
+    RateLimited {
+        retry_after: u64,
+        info: Box<RateInfo>,
+    },
     /// A required backing service (store) is down.
     #[error("service unavailable")]
     Unavailable,
@@ -219,7 +222,11 @@ mod tests {
             reset: 3,
             policy: HeaderValue::from_static("\"org-read\";q=10;w=1"),
         };
-        let resp = GatewayError::RateLimited { retry_after: 3, info: Box::new(info) }.into_response();
+        let resp = GatewayError::RateLimited {
+            retry_after: 3,
+            info: Box::new(info),
+        }
+        .into_response();
         assert_eq!(resp.headers()["x-ratelimit-limit"], "10");
         assert_eq!(resp.headers()["x-ratelimit-remaining"], "0");
         assert_eq!(resp.headers()["ratelimit"], "\"org-read\";r=0;t=3");

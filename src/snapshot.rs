@@ -35,7 +35,10 @@ impl StackView {
     }
 
     pub fn alias_target(&self, name: &str) -> Option<&str> {
-        self.aliases.iter().find(|(a, _)| &**a == name).map(|(_, t)| &**t)
+        self.aliases
+            .iter()
+            .find(|(a, _)| &**a == name)
+            .map(|(_, t)| &**t)
     }
 }
 
@@ -81,25 +84,44 @@ impl Snapshot {
     /// whose stack or branches no longer exist are skipped (fail closed) and logged.
     /// State worth keeping is taken from `previous`: the upstream connection pool, and
     /// every rate bucket whose rate did not change.
-    pub fn build(config: Arc<Config>, stored: &[TokenRecord], previous: Option<&Snapshot>, rate_clock: &RateClock) -> Snapshot {
+    pub fn build(
+        config: Arc<Config>,
+        stored: &[TokenRecord],
+        previous: Option<&Snapshot>,
+        rate_clock: &RateClock,
+    ) -> Snapshot {
         let orgs: HashMap<Box<str>, Arc<OrgState>> = config
             .organizations
             .iter()
-            .map(|o| (o.uid.as_str().into(), Arc::new(org_state(o, previous, rate_clock))))
+            .map(|o| {
+                (
+                    o.uid.as_str().into(),
+                    Arc::new(org_state(o, previous, rate_clock)),
+                )
+            })
             .collect();
         let mut stacks = HashMap::with_capacity(config.stacks.len());
         for s in &config.stacks {
-            let Some(org) = orgs.get(s.organization.as_str()) else { continue };
+            let Some(org) = orgs.get(s.organization.as_str()) else {
+                continue;
+            };
             let view = StackView {
                 api_key: s.api_key.as_str().into(),
                 branches: s.branches.iter().map(|b| b.as_str().into()).collect(),
-                aliases: s.aliases.iter().map(|(a, t)| (a.as_str().into(), t.as_str().into())).collect(),
+                aliases: s
+                    .aliases
+                    .iter()
+                    .map(|(a, t)| (a.as_str().into(), t.as_str().into()))
+                    .collect(),
                 organization: Arc::clone(org),
             };
             stacks.insert(s.api_key.as_str().into(), Arc::new(view));
         }
-        let stack_configs: HashMap<&str, &crate::config::Stack> =
-            config.stacks.iter().map(|s| (s.api_key.as_str(), s)).collect();
+        let stack_configs: HashMap<&str, &crate::config::Stack> = config
+            .stacks
+            .iter()
+            .map(|s| (s.api_key.as_str(), s))
+            .collect();
         let mut tokens = HashMap::with_capacity(stored.len() + config.stacks.len());
         let config_tokens = config.stacks.iter().flat_map(|s| s.tokens.iter());
         for rec in config_tokens.chain(stored.iter()) {
@@ -107,16 +129,31 @@ impl Snapshot {
                 Some(token) => {
                     tokens.insert(rec.secret_sha256, Arc::new(token));
                 }
-                None => tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored"),
+                None => {
+                    tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored")
+                }
             }
         }
-        let users = config.users.iter().map(|u| (u.authtoken_sha256, u.uid.as_str().into())).collect();
+        let users = config
+            .users
+            .iter()
+            .map(|u| (u.authtoken_sha256, u.uid.as_str().into()))
+            .collect();
         let settings = settings(&config);
         let upstream = match previous {
             Some(prev) if prev.upstream.matches(&config.upstream) => prev.upstream.clone(),
             _ => UpstreamClient::new(&config.upstream),
         };
-        Snapshot { config, settings, upstream, rate_clock: rate_clock.clone(), orgs, stacks, tokens, users }
+        Snapshot {
+            config,
+            settings,
+            upstream,
+            rate_clock: rate_clock.clone(),
+            orgs,
+            stacks,
+            tokens,
+            users,
+        }
     }
 
     pub fn stack(&self, api_key: &str) -> Option<&Arc<StackView>> {
@@ -150,12 +187,31 @@ fn org_state(o: &Organization, previous: Option<&Snapshot>, clock: &RateClock) -
         _ => Arc::new(Bucket::new(name, rate, burst, clock)),
     };
     let buckets = OrgBuckets {
-        read: keep(prev.map(|b| &b.read), "org-read", o.read_per_second, burst(o.read_per_second)),
-        write: keep(prev.map(|b| &b.write), "org-write", o.write_per_second, burst(o.write_per_second)),
-        bulk: keep(prev.map(|b| &b.bulk), "org-bulk", o.bulk_per_second, o.bulk_per_second),
+        read: keep(
+            prev.map(|b| &b.read),
+            "org-read",
+            o.read_per_second,
+            burst(o.read_per_second),
+        ),
+        write: keep(
+            prev.map(|b| &b.write),
+            "org-write",
+            o.write_per_second,
+            burst(o.write_per_second),
+        ),
+        bulk: keep(
+            prev.map(|b| &b.bulk),
+            "org-bulk",
+            o.bulk_per_second,
+            o.bulk_per_second,
+        ),
     };
     let default_charges = Arc::new(charges(None, None, &buckets));
-    OrgState { config: o.clone(), buckets, default_charges }
+    OrgState {
+        config: o.clone(),
+        buckets,
+        default_charges,
+    }
 }
 
 fn compile_token(
@@ -168,8 +224,14 @@ fn compile_token(
     let stack_cfg = *stack_configs.get(rec.stack.as_str())?;
     let view = stacks.get(rec.stack.as_str())?;
     let grants = compile_scope(&rec.scope, stack_cfg).ok()?;
-    let access_label = if grants.write.is_empty() { "read" } else { "read-write" };
-    let prev = previous.and_then(|p| p.token(&rec.secret_sha256)).filter(|t| *t.uid == *rec.uid);
+    let access_label = if grants.write.is_empty() {
+        "read"
+    } else {
+        "read-write"
+    };
+    let prev = previous
+        .and_then(|p| p.token(&rec.secret_sha256))
+        .filter(|t| *t.uid == *rec.uid);
     let buckets = token_buckets(rec, &view.organization, prev.map(|t| &*t.buckets), clock);
     Some(Token {
         uid: rec.uid.as_str().into(),
@@ -183,11 +245,19 @@ fn compile_token(
 
 /// A token's own buckets (custom rate, clamped to the organisation's) and the
 /// organisation's, kept from the previous snapshot where the effective rate is the same.
-fn token_buckets(rec: &TokenRecord, org: &OrgState, prev: Option<&TokenBuckets>, clock: &RateClock) -> Arc<TokenBuckets> {
+fn token_buckets(
+    rec: &TokenRecord,
+    org: &OrgState,
+    prev: Option<&TokenBuckets>,
+    clock: &RateClock,
+) -> Arc<TokenBuckets> {
     if rec.rate_limit.is_none() {
         return Arc::clone(&org.default_charges);
     }
-    let own = |custom: Option<u32>, org_rate: u32, name: &'static str, old: Option<&Arc<Bucket>>| {
+    let own = |custom: Option<u32>,
+               org_rate: u32,
+               name: &'static str,
+               old: Option<&Arc<Bucket>>| {
         let custom = custom?;
         if custom > org_rate {
             tracing::warn!(token.uid = %rec.uid, organization = %org.config.uid, custom, org_rate,
@@ -200,8 +270,18 @@ fn token_buckets(rec: &TokenRecord, org: &OrgState, prev: Option<&TokenBuckets>,
         })
     };
     let rl = rec.rate_limit;
-    let read = own(rl.map(|r| r.read_per_second), org.config.read_per_second, "token-read", prev.and_then(|p| p.read.own()));
-    let write = own(rl.map(|r| r.write_per_second), org.config.write_per_second, "token-write", prev.and_then(|p| p.write.own()));
+    let read = own(
+        rl.map(|r| r.read_per_second),
+        org.config.read_per_second,
+        "token-read",
+        prev.and_then(|p| p.read.own()),
+    );
+    let write = own(
+        rl.map(|r| r.write_per_second),
+        org.config.write_per_second,
+        "token-write",
+        prev.and_then(|p| p.write.own()),
+    );
     Arc::new(charges(read, write, &org.buckets))
 }
 
@@ -217,7 +297,12 @@ fn charges(read: Option<Arc<Bucket>>, write: Option<Arc<Bucket>>, o: &OrgBuckets
 
 fn settings(config: &Config) -> Settings {
     let listen = config.server.listen;
-    let mut own: Vec<Authority> = config.server.hostnames.iter().filter_map(|h| h.parse().ok()).collect();
+    let mut own: Vec<Authority> = config
+        .server
+        .hostnames
+        .iter()
+        .filter_map(|h| h.parse().ok())
+        .collect();
     for host in [listen.to_string(), format!("localhost:{}", listen.port())] {
         if let Ok(a) = host.parse() {
             own.push(a);

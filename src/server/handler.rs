@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-
 /// Serves one request on the main listener.
 pub async fn handle(
     gw: Arc<Gateway>,

@@ -31,9 +31,19 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds the first snapshot from a validated config and the store's tokens.
-    pub fn new(config: Config, stored: &[TokenRecord], clock: Arc<dyn Clock>, rate_clock: RateClock) -> Self {
+    pub fn new(
+        config: Config,
+        stored: &[TokenRecord],
+        clock: Arc<dyn Clock>,
+        rate_clock: RateClock,
+    ) -> Self {
         let snapshot = Snapshot::build(Arc::new(config), stored, None, &rate_clock);
-        Gateway { snapshot: ArcSwap::from_pointee(snapshot), clock, rate_clock, ids: RequestIds::new() }
+        Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            clock,
+            rate_clock,
+            ids: RequestIds::new(),
+        }
     }
 
     /// The current snapshot.

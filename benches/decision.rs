@@ -1,0 +1,110 @@
+//! Criterion benches of the hot path: (a) one rate-limit check, (b) the whole
+//! synchronous decision (normalize, classify, authenticate, authorize, rate limit)
+//! on a snapshot of 100,000 tokens. Run: `cargo bench --bench decision`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support.rs"]
+mod support;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Request;
+use stackgate::pipeline::{classify, decide, Facts};
+use stackgate::ratelimit::{self, RateClock};
+use stackgate::snapshot::Snapshot;
+use stackgate::token::hash_secret;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TOKENS: usize = 100_000;
+const STACKS: usize = 3_334;
+
+fn snapshot(clock: &RateClock, custom: bool) -> Snapshot {
+    let cfg = support::config(STACKS);
+    let stored = support::tokens(TOKENS, STACKS, custom);
+    Snapshot::build(Arc::new(cfg), &stored, None, clock)
+}
+
+/// Runs `f` `iters` times, in chunks smaller than every bucket's burst; between
+/// chunks (untimed) the fake clock jumps a second so the buckets refill. Every timed
+/// call is therefore an admitted one, the common case.
+fn refilled(clock: &RateClock, iters: u64, mut f: impl FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        clock.advance(Duration::from_secs(1));
+        let n = (iters - done).min(50_000);
+        let start = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        total += start.elapsed();
+        done += n;
+    }
+    total
+}
+
+fn rate_limit_check(c: &mut Criterion) {
+    let clock = RateClock::fake();
+    let snap = snapshot(&clock, true);
+    let token = snap
+        .token(&hash_secret(support::secret(42).as_bytes()))
+        .unwrap();
+    let op = classify(&http::Method::GET, "/v3/content_types/blog/entries").unwrap();
+    c.bench_function("rate_limit_check (token + organisation bucket)", |b| {
+        b.iter_custom(|iters| {
+            refilled(&clock, iters, || {
+                assert!(black_box(ratelimit::check(token, &op)).is_ok())
+            })
+        })
+    });
+}
+
+fn whole_decision(c: &mut Criterion) {
+    let clock = RateClock::fake();
+    let snap = snapshot(&clock, true);
+    let i = 77_777;
+    let (parts, _) =
+        Request::get("/v3/content_types/blog_post/entries/blt0000000000000e01?locale=en-us")
+            .header("api_key", support::api_key(i % STACKS))
+            .header("authorization", support::secret(i))
+            .header("branch", "deploy")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap()
+            .into_parts();
+    c.bench_function("decide (100k tokens: normalize..rate limit)", |b| {
+        b.iter_custom(|iters| {
+            refilled(&clock, iters, || {
+                let mut facts = Facts::default();
+                let d = decide(&snap, &parts, 1_700_000_000, &mut facts);
+                assert!(d.is_ok(), "{:?}", d.as_ref().err());
+                let _ = black_box(d);
+            })
+        })
+    });
+}
+
+fn parts_of_the_decision(c: &mut Criterion) {
+    let secret = support::secret(77_777);
+    c.bench_function("sha256 of a token secret", |b| {
+        b.iter(|| black_box(hash_secret(black_box(secret.as_bytes()))))
+    });
+    let uri: http::Uri = "/v3/content_types/blog_post/entries/blt0000000000000e01?locale=en-us"
+        .parse()
+        .unwrap();
+    c.bench_function("normalize + classify", |b| {
+        b.iter(|| {
+            let t = stackgate::pipeline::normalize(black_box(&uri), http::Version::HTTP_11, &[])
+                .unwrap();
+            black_box(classify(&http::Method::GET, &t.path).unwrap())
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(60).measurement_time(Duration::from_secs(4));
+    targets = rate_limit_check, whole_decision, parts_of_the_decision
+}
+criterion_main!(benches);
