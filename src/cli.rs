@@ -114,7 +114,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let listen = cfg.server.listen;
-    let running = crate::server::start(cfg, &[], Arc::new(SystemClock))
+    let running = crate::server::start(cfg, Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     println!("stackgate listening on http://{}", running.addr);

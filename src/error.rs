@@ -18,6 +18,9 @@ pub enum GatewayError {
     /// Not a CMA path.
     #[error("not found")]
     NotFound,
+    /// A management token addressed by uid does not exist in this stack.
+    #[error("token not found")]
+    TokenNotFound,
     /// Missing or unknown `api_key`.
     #[error("stack not found")]
     StackNotFound,
@@ -104,6 +107,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, 400),
             GatewayError::NotFound => (StatusCode::NOT_FOUND, 404),
+            GatewayError::TokenNotFound => (StatusCode::NOT_FOUND, 141),
             GatewayError::StackNotFound => (StatusCode::PRECONDITION_FAILED, 109),
             GatewayError::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, 105),
             GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, 162),
@@ -127,6 +131,7 @@ impl GatewayError {
             }
             GatewayError::BadRequest(_) => "The request is malformed or ambiguous.".into(),
             GatewayError::NotFound => "The requested URL was not found.".into(),
+            GatewayError::TokenNotFound => "The Management Token was not found.".into(),
             GatewayError::StackNotFound => "We can't find that Stack. Please try again.".into(),
             GatewayError::Unauthenticated { .. } => {
                 "You're not allowed in here unless you're logged in.".into()
@@ -153,7 +158,7 @@ impl GatewayError {
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
-            GatewayError::NotFound => "not_found",
+            GatewayError::NotFound | GatewayError::TokenNotFound => "not_found",
             GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } => "auth_failed",
             GatewayError::Forbidden(_) => "denied",
             GatewayError::PayloadTooLarge => "too_large",

@@ -26,4 +26,6 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod snapshot;
+pub mod store;
 pub mod token;
+pub mod token_api;

@@ -156,6 +156,36 @@ impl Snapshot {
         }
     }
 
+    /// A copy of this snapshot with one stored token added or replaced (`upsert`) and/or
+    /// one removed (`remove`, by secret hash). Buckets of an unchanged rate are kept.
+    /// Costs a copy of the token index (pointer-sized entries), not a full rebuild.
+    pub fn with_token_change(&self, upsert: Option<&TokenRecord>, remove: Option<&[u8; 32]>) -> Snapshot {
+        let mut tokens = self.tokens.clone();
+        if let Some(hash) = remove {
+            tokens.remove(hash);
+        }
+        if let Some(rec) = upsert {
+            let stack_configs: HashMap<&str, &crate::config::Stack> =
+                self.config.stacks.iter().filter(|s| s.api_key == rec.stack).map(|s| (s.api_key.as_str(), s)).collect();
+            match compile_token(rec, &stack_configs, &self.stacks, Some(self), &self.rate_clock) {
+                Some(token) => {
+                    tokens.insert(rec.secret_sha256, Arc::new(token));
+                }
+                None => tracing::warn!(token.uid = %rec.uid, "token does not match its stack's config; ignored"),
+            }
+        }
+        Snapshot {
+            config: Arc::clone(&self.config),
+            settings: self.settings.clone(),
+            upstream: self.upstream.clone(),
+            rate_clock: self.rate_clock.clone(),
+            orgs: self.orgs.clone(),
+            stacks: self.stacks.clone(),
+            tokens,
+            users: self.users.clone(),
+        }
+    }
+
     pub fn stack(&self, api_key: &str) -> Option<&Arc<StackView>> {
         self.stacks.get(api_key)
     }

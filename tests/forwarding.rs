@@ -163,7 +163,7 @@ async fn backend_down_is_502() {
         .local_addr()
         .unwrap();
     let cfg = stackgate::config::from_str(&config_text(closed, "", "")).unwrap();
-    let gw = stackgate::server::start(cfg, &[], Arc::new(SystemClock))
+    let gw = stackgate::server::start(cfg, Arc::new(SystemClock))
         .await
         .unwrap();
     let (status, text) = raw(gw.addr, &raw_get(PATH)).await;

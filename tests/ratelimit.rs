@@ -122,7 +122,7 @@ async fn reload_keeps_bucket_state_and_a_rate_change_resets_it() {
 
     // Same config again: the emptied bucket is kept.
     let same = stackgate::config::from_str(&config_text(env.backend.addr, "", "")).unwrap();
-    env.gateway.gateway.install(same, &[]);
+    env.gateway.gateway.install(same).await.unwrap();
     assert_eq!(
         send().await.0.as_u16(),
         429,
@@ -136,7 +136,9 @@ async fn reload_keeps_bucket_state_and_a_rate_change_resets_it() {
     );
     env.gateway
         .gateway
-        .install(stackgate::config::from_str(&text).unwrap(), &[]);
+        .install(stackgate::config::from_str(&text).unwrap())
+        .await
+        .unwrap();
     let (status, headers, _) = send().await;
     assert_eq!(status.as_u16(), 200);
     assert_eq!(headers["x-ratelimit-limit"], "4");

@@ -90,7 +90,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let secrets = DemoSecrets::generate()?;
     let cfg = crate::config::from_str(&config_text(listen, backend.addr, &secrets))
         .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
-    let running = crate::server::start(cfg, &[], Arc::new(SystemClock))
+    let running = crate::server::start(cfg, Arc::new(SystemClock))
         .await
         .map_err(|e| {
             anyhow::anyhow!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)")

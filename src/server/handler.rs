@@ -60,7 +60,7 @@ pub async fn handle(
 
 /// The pipeline proper; any error is answered by the caller.
 async fn process(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     req: Request<Incoming>,
     peer: SocketAddr,
     request_id: &HeaderValue,
@@ -74,8 +74,7 @@ async fn process(
     }
     let (principal, rate) = match route {
         Route::Preflight => return Ok(preflight()),
-        // The token-management API is not served yet: never forward it.
-        Route::TokenApi => return Err(GatewayError::NotFound),
+        Route::TokenApi => return crate::token_api::handle(gw, &parts, &target.path, body).await,
         Route::Proxy { principal, rate } => (principal, rate),
     };
     let uri = snap.upstream.uri_for(&target.path, target.query)?;

@@ -281,7 +281,7 @@ impl Env {
         let cfg =
             stackgate::config::from_str(&config_text(backend.addr, extra_server, extra_upstream))
                 .unwrap();
-        let gateway = stackgate::server::start(cfg, &[], clock).await.unwrap();
+        let gateway = stackgate::server::start(cfg, clock).await.unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http();
         Env {
             backend,

@@ -1,0 +1,362 @@
+//! The embedded store: SQLite (bundled) in WAL mode with `synchronous = FULL`, so a
+//! commit is on disk before the API answers and a crash at any point leaves either
+//! the whole change or none of it. The schema is versioned with `PRAGMA user_version`.
+
+use super::{Cap, StoreError, TokenStore};
+use crate::token::{parse_expiry, Origin, RateLimit, ScopeEntry, TokenRecord};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Schema migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[
+    // 1: tokens and the expiry notices already sent.
+    "CREATE TABLE tokens (
+        uid TEXT PRIMARY KEY,
+        stack TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        secret_sha256 BLOB NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        expires_on TEXT,
+        is_email_notification_enabled INTEGER NOT NULL,
+        rate_read INTEGER,
+        rate_write INTEGER,
+        created_by TEXT NOT NULL,
+        updated_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX tokens_stack_name ON tokens(stack, name);
+    CREATE TABLE expiry_notices (
+        uid TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        notified_at INTEGER NOT NULL,
+        PRIMARY KEY (uid, expires_at, channel)
+    );",
+];
+
+/// SQLite-backed [`TokenStore`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(&e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| unavailable(&e))?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database (nothing survives the process).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(|e| unavailable(&e))?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| unavailable(&e))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| unavailable(&e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| unavailable(&e))?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| unavailable(&e))?;
+        if check != "ok" {
+            return Err(StoreError::Unavailable(format!("integrity check failed: {check}")));
+        }
+        migrate(&conn)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` on the connection in a blocking thread (SQLite calls fsync).
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unavailable(&e))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Unavailable(format!(
+            "database schema version {version} is newer than this stackgate ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.unchecked_transaction().map_err(|e| unavailable(&e))?;
+        tx.execute_batch(sql).map_err(|e| unavailable(&e))?;
+        tx.pragma_update(None, "user_version", i + 1).map_err(|e| unavailable(&e))?;
+        tx.commit().map_err(|e| unavailable(&e))?;
+        tracing::info!(version = i + 1, "token store migrated");
+    }
+    Ok(())
+}
+
+const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expires_on, \
+    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at";
+
+/// A row -> record; rows that no longer parse are reported, not loaded.
+fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
+    let uid: String = row.get(0)?;
+    let secret: Vec<u8> = row.get(4)?;
+    let scope: String = row.get(5)?;
+    let expires_on: Option<String> = row.get(6)?;
+    let rate: (Option<u32>, Option<u32>) = (row.get(8)?, row.get(9)?);
+    let (Ok(secret_sha256), Ok(scope)) = (<[u8; 32]>::try_from(secret), serde_json::from_str::<Vec<ScopeEntry>>(&scope)) else {
+        tracing::error!(token.uid = %uid, "unreadable token row skipped");
+        return Ok(None);
+    };
+    let expires_on = match expires_on.map(|e| parse_expiry(&e)).transpose() {
+        Ok(e) => e,
+        Err(_) => {
+            tracing::error!(token.uid = %uid, "token row with unreadable expiry skipped");
+            return Ok(None);
+        }
+    };
+    Ok(Some(TokenRecord {
+        uid,
+        stack: row.get(1)?,
+        name: row.get(2)?,
+        description: row.get(3)?,
+        secret_sha256,
+        scope,
+        expires_on,
+        is_email_notification_enabled: row.get(7)?,
+        rate_limit: match rate {
+            (Some(read_per_second), Some(write_per_second)) => Some(RateLimit { read_per_second, write_per_second }),
+            _ => None,
+        },
+        created_by: row.get(10)?,
+        updated_by: row.get(11)?,
+        created_at: row.get(12)?,
+        updated_at: row.get(13)?,
+        expiry_notified_at: None,
+        origin: Origin::Store,
+    }))
+}
+
+fn query(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<TokenRecord>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM tokens {sql_where} ORDER BY created_at, uid");
+    let mut stmt = conn.prepare(&sql).map_err(|e| unavailable(&e))?;
+    let rows = stmt.query_map(args, record).map_err(|e| unavailable(&e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let Some(rec) = row.map_err(|e| unavailable(&e))? {
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
+fn scope_json(rec: &TokenRecord) -> Result<String, StoreError> {
+    serde_json::to_string(&rec.scope).map_err(|e| unavailable(&e))
+}
+
+fn is_name_clash(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, Some(msg))
+        if f.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains("tokens.name"))
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn load_all(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.with(|c| query(c, "", &[])).await
+    }
+
+    async fn list(&self, stack: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        let stack = stack.to_owned();
+        self.with(move |c| query(c, "WHERE stack = ?1", &[&stack])).await
+    }
+
+    async fn get(&self, stack: &str, uid: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let (stack, uid) = (stack.to_owned(), uid.to_owned());
+        self.with(move |c| Ok(query(c, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop())).await
+    }
+
+    async fn create(&self, rec: &TokenRecord, cap: Cap) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.with(move |c| {
+            let scope = scope_json(&rec)?;
+            // IMMEDIATE takes the write lock first, so count-then-insert is atomic.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
+            let stored: u32 = tx
+                .query_row("SELECT COUNT(*) FROM tokens WHERE stack = ?1", [&rec.stack], |r| r.get(0))
+                .map_err(|e| unavailable(&e))?;
+            if stored + cap.static_count >= cap.max {
+                return Err(StoreError::CapReached { max: cap.max });
+            }
+            let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
+            let inserted = tx.execute(
+                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                params![
+                    rec.uid, rec.stack, rec.name, rec.description, rec.secret_sha256.as_slice(), scope,
+                    rec.expires_on.as_ref().map(|e| e.text.clone()), rec.is_email_notification_enabled,
+                    rate.map(|r| r.0), rate.map(|r| r.1), rec.created_by, rec.updated_by, rec.created_at, rec.updated_at
+                ],
+            );
+            match inserted {
+                Ok(_) => tx.commit().map_err(|e| unavailable(&e)),
+                Err(e) if is_name_clash(&e) => Err(StoreError::DuplicateName),
+                Err(e) => Err(unavailable(&e)),
+            }
+        })
+        .await
+    }
+
+    async fn update(&self, rec: &TokenRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.with(move |c| {
+            let scope = scope_json(&rec)?;
+            let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
+            let changed = c.execute(
+                "UPDATE tokens SET name = ?3, description = ?4, scope = ?5, expires_on = ?6,
+                    is_email_notification_enabled = ?7, rate_read = ?8, rate_write = ?9,
+                    updated_by = ?10, updated_at = ?11
+                 WHERE stack = ?1 AND uid = ?2",
+                params![
+                    rec.stack, rec.uid, rec.name, rec.description, scope,
+                    rec.expires_on.as_ref().map(|e| e.text.clone()), rec.is_email_notification_enabled,
+                    rate.map(|r| r.0), rate.map(|r| r.1), rec.updated_by, rec.updated_at
+                ],
+            );
+            match changed {
+                Ok(0) => Err(StoreError::NotFound),
+                Ok(_) => Ok(()),
+                Err(e) if is_name_clash(&e) => Err(StoreError::DuplicateName),
+                Err(e) => Err(unavailable(&e)),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError> {
+        let (stack, uid) = (stack.to_owned(), uid.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
+            let rec = query(&tx, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop().ok_or(StoreError::NotFound)?;
+            tx.execute("DELETE FROM tokens WHERE uid = ?1", [&uid]).map_err(|e| unavailable(&e))?;
+            tx.execute("DELETE FROM expiry_notices WHERE uid = ?1", [&uid]).map_err(|e| unavailable(&e))?;
+            tx.commit().map_err(|e| unavailable(&e))?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    async fn notified_at(&self, uid: &str, expires_at: i64, channel: &str) -> Result<Option<i64>, StoreError> {
+        let (uid, channel) = (uid.to_owned(), channel.to_owned());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT notified_at FROM expiry_notices WHERE uid = ?1 AND expires_at = ?2 AND channel = ?3",
+                params![uid, expires_at, channel],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| unavailable(&e))
+        })
+        .await
+    }
+
+    async fn mark_notified(&self, uid: &str, expires_at: i64, channel: &str, at: i64) -> Result<(), StoreError> {
+        let (uid, channel) = (uid.to_owned(), channel.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO expiry_notices (uid, expires_at, channel, notified_at) VALUES (?1, ?2, ?3, ?4)",
+                params![uid, expires_at, channel, at],
+            )
+            .map(|_| ())
+            .map_err(|e| unavailable(&e))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{hash_secret, Acl};
+
+    fn rec(uid: &str, stack: &str, name: &str) -> TokenRecord {
+        TokenRecord {
+            uid: uid.into(),
+            stack: stack.into(),
+            name: name.into(),
+            description: String::new(),
+            secret_sha256: hash_secret(uid.as_bytes()),
+            scope: vec![ScopeEntry { module: "$all".into(), acl: Acl { read: true, write: false }, branches: None, branch_aliases: None }],
+            expires_on: Some(parse_expiry("2030-01-01").unwrap()),
+            is_email_notification_enabled: true,
+            rate_limit: Some(RateLimit { read_per_second: 3, write_per_second: 2 }),
+            created_by: "alice".into(),
+            updated_by: "alice".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            expiry_notified_at: None,
+            origin: Origin::Store,
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_cap_and_names() {
+        let s = SqliteStore::in_memory().unwrap();
+        let cap = Cap { max: 3, static_count: 1 };
+        s.create(&rec("a", "k", "one"), cap.clone()).await.unwrap();
+        assert_eq!(s.create(&rec("b", "k", "one"), cap.clone()).await, Err(StoreError::DuplicateName));
+        s.create(&rec("b", "k", "two"), cap.clone()).await.unwrap();
+        assert_eq!(s.create(&rec("c", "k", "three"), cap.clone()).await, Err(StoreError::CapReached { max: 3 }));
+        s.create(&rec("c", "other", "one"), cap.clone()).await.unwrap();
+        assert_eq!(s.list("k").await.unwrap(), vec![rec("a", "k", "one"), rec("b", "k", "two")]);
+        let mut changed = rec("a", "k", "renamed");
+        changed.rate_limit = None;
+        s.update(&changed).await.unwrap();
+        assert_eq!(s.get("k", "a").await.unwrap(), Some(changed));
+        assert_eq!(s.get("other", "a").await.unwrap(), None, "scoped by stack");
+        assert_eq!(s.delete("k", "a").await.unwrap().name, "renamed");
+        assert_eq!(s.delete("k", "a").await, Err(StoreError::NotFound));
+        assert_eq!(s.load_all().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn notices_are_remembered_per_expiry_and_channel() {
+        let s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.notified_at("a", 100, "webhook").await.unwrap(), None);
+        s.mark_notified("a", 100, "webhook", 7).await.unwrap();
+        s.mark_notified("a", 100, "webhook", 8).await.unwrap();
+        assert_eq!(s.notified_at("a", 100, "webhook").await.unwrap(), Some(7));
+        assert_eq!(s.notified_at("a", 100, "smtp").await.unwrap(), None);
+        assert_eq!(s.notified_at("a", 200, "webhook").await.unwrap(), None, "a new expiry re-arms");
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema_version() {
+        let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
+        let path = dir.join("t.db");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            rt.block_on(s.create(&rec("a", "k", "one"), Cap { max: 30, static_count: 0 })).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(rt.block_on(s.load_all()).unwrap().len(), 1);
+        let c = s.conn.lock().unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
