@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod notify;
 pub mod pipeline;
 pub mod proxy;
 pub mod ratelimit;

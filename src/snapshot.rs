@@ -159,19 +159,36 @@ impl Snapshot {
     /// A copy of this snapshot with one stored token added or replaced (`upsert`) and/or
     /// one removed (`remove`, by secret hash). Buckets of an unchanged rate are kept.
     /// Costs a copy of the token index (pointer-sized entries), not a full rebuild.
-    pub fn with_token_change(&self, upsert: Option<&TokenRecord>, remove: Option<&[u8; 32]>) -> Snapshot {
+    pub fn with_token_change(
+        &self,
+        upsert: Option<&TokenRecord>,
+        remove: Option<&[u8; 32]>,
+    ) -> Snapshot {
         let mut tokens = self.tokens.clone();
         if let Some(hash) = remove {
             tokens.remove(hash);
         }
         if let Some(rec) = upsert {
-            let stack_configs: HashMap<&str, &crate::config::Stack> =
-                self.config.stacks.iter().filter(|s| s.api_key == rec.stack).map(|s| (s.api_key.as_str(), s)).collect();
-            match compile_token(rec, &stack_configs, &self.stacks, Some(self), &self.rate_clock) {
+            let stack_configs: HashMap<&str, &crate::config::Stack> = self
+                .config
+                .stacks
+                .iter()
+                .filter(|s| s.api_key == rec.stack)
+                .map(|s| (s.api_key.as_str(), s))
+                .collect();
+            match compile_token(
+                rec,
+                &stack_configs,
+                &self.stacks,
+                Some(self),
+                &self.rate_clock,
+            ) {
                 Some(token) => {
                     tokens.insert(rec.secret_sha256, Arc::new(token));
                 }
-                None => tracing::warn!(token.uid = %rec.uid, "token does not match its stack's config; ignored"),
+                None => {
+                    tracing::warn!(token.uid = %rec.uid, "token does not match its stack's config; ignored")
+                }
             }
         }
         Snapshot {

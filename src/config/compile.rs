@@ -102,13 +102,15 @@ pub struct Store {
 #[derive(Debug, Clone)]
 pub struct Notify {
     pub before: Duration,
+    pub interval: Duration,
     pub webhook: Option<Uri>,
     pub smtp: Option<Smtp>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Smtp {
-    pub relay: String,
+    pub host: String,
+    pub port: u16,
     pub from: String,
     pub to: Vec<String>,
 }
@@ -378,6 +380,16 @@ fn notify(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Notify> {
     let before = parse_duration(n.before.as_deref().unwrap_or("7d"))
         .map_err(|e| errs.push("notify.before", e))
         .ok();
+    let interval = parse_duration(n.interval.as_deref().unwrap_or("60s"))
+        .and_then(|d| {
+            if d.is_zero() {
+                Err("must be greater than zero".to_owned())
+            } else {
+                Ok(d)
+            }
+        })
+        .map_err(|e| errs.push("notify.interval", e))
+        .ok();
     let webhook = n.webhook.as_ref().and_then(|w| match w.parse::<Uri>() {
         Ok(uri) if uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some() => Some(uri),
         _ => {
@@ -388,15 +400,47 @@ fn notify(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Notify> {
             None
         }
     });
-    let smtp = n.smtp.as_ref().map(|s| Smtp {
-        relay: s.relay.clone(),
-        from: s.from.clone(),
-        to: s.to.clone().unwrap_or_default(),
-    });
+    let smtp = n.smtp.as_ref().and_then(|s| smtp(s, errs));
     Some(Notify {
         before: before?,
+        interval: interval?,
         webhook,
         smtp,
+    })
+}
+
+fn smtp(s: &super::raw::RawSmtp, errs: &mut ConfigErrors) -> Option<Smtp> {
+    let relay = s
+        .relay
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)));
+    if relay.is_none() {
+        errs.push(
+            "notify.smtp.relay",
+            format!("'{}' must be host:port", s.relay),
+        );
+    }
+    let mut ok = relay.is_some();
+    for (i, addr) in std::iter::once(&s.from)
+        .chain(s.to.iter().flatten())
+        .enumerate()
+    {
+        if addr.parse::<lettre::message::Mailbox>().is_err() {
+            let path = if i == 0 {
+                "notify.smtp.from".to_owned()
+            } else {
+                format!("notify.smtp.to[{}]", i - 1)
+            };
+            errs.push(path, format!("'{addr}' is not an e-mail address"));
+            ok = false;
+        }
+    }
+    let (host, port) = relay?;
+    ok.then(|| Smtp {
+        host,
+        port,
+        from: s.from.clone(),
+        to: s.to.clone().unwrap_or_default(),
     })
 }
 

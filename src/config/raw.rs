@@ -64,6 +64,8 @@ pub struct RawStore {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawNotify {
     pub before: Option<String>,
+    /// How often to look for tokens entering the warning window.
+    pub interval: Option<String>,
     pub webhook: Option<String>,
     pub smtp: Option<RawSmtp>,
 }

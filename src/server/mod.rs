@@ -42,6 +42,7 @@ pub struct Gateway {
     clock: Arc<dyn Clock>,
     rate_clock: RateClock,
     ids: RequestIds,
+    pub notify_stats: Arc<crate::notify::NotifyStats>,
 }
 
 impl Gateway {
@@ -61,6 +62,7 @@ impl Gateway {
             clock,
             rate_clock,
             ids: RequestIds::new(),
+            notify_stats: Arc::default(),
         })
     }
 
@@ -91,7 +93,11 @@ impl Gateway {
     /// Runs a store operation and, once it has committed, applies its change to the
     /// snapshot. Runs on its own task so a client that hangs up cannot leave the store
     /// changed and the snapshot not.
-    pub async fn commit<T, F, Fut>(self: &Arc<Self>, op: F, change: for<'a> fn(&'a T) -> Change<'a>) -> Result<T, StoreError>
+    pub async fn commit<T, F, Fut>(
+        self: &Arc<Self>,
+        op: F,
+        change: for<'a> fn(&'a T) -> Change<'a>,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Arc<dyn TokenStore>) -> Fut + Send + 'static,
@@ -109,7 +115,8 @@ impl Gateway {
             gw.snapshot.store(Arc::new(next));
             Ok(value)
         });
-        task.await.map_err(|e| StoreError::Unavailable(e.to_string()))?
+        task.await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 }
 
@@ -118,6 +125,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub task: JoinHandle<()>,
+    /// The expiry notifier, when a channel is configured.
+    pub notifier: Option<JoinHandle<()>>,
 }
 
 /// Opens the configured store (`[store] path`, else in memory with a warning).
@@ -125,7 +134,9 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
     match &config.store.path {
         Some(path) => Ok(Arc::new(SqliteStore::open(path)?)),
         None => {
-            tracing::warn!("no [store] path configured: tokens created through the API live only in memory");
+            tracing::warn!(
+                "no [store] path configured: tokens created through the API live only in memory"
+            );
             Ok(Arc::new(SqliteStore::in_memory()?))
         }
     }
@@ -150,9 +161,19 @@ pub async fn start_with(
     let addr = listener.local_addr()?;
     // The snapshot's own-authority list must name the port actually bound.
     config.server.listen = addr;
-    let gateway = Arc::new(Gateway::new(config, store, clock, rate_clock).await.map_err(std::io::Error::other)?);
+    let gateway = Arc::new(
+        Gateway::new(config, store, clock, rate_clock)
+            .await
+            .map_err(std::io::Error::other)?,
+    );
     let task = tokio::spawn(accept_loop(listener, Arc::clone(&gateway)));
-    Ok(Running { addr, gateway, task })
+    let notifier = crate::notify::spawn(Arc::clone(&gateway));
+    Ok(Running {
+        addr,
+        gateway,
+        task,
+        notifier,
+    })
 }
 
 /// Accepts connections until the task is dropped; each connection runs on its own task.
@@ -163,7 +184,10 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(64 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -180,7 +204,10 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
         let builder = Arc::clone(&builder);
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(Arc::clone(&gateway), req, peer));
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, peer = %peer, "connection closed with error");
             }
         });

@@ -28,6 +28,11 @@ pub const EXPIRING: &str = "cs00000000000000000000000000000004";
 pub const DEV_ONLY: &str = "cs00000000000000000000000000000005";
 pub const ALIAS_ONLY: &str = "cs00000000000000000000000000000006";
 pub const ENTRY_ONLY: &str = "cs00000000000000000000000000000007";
+/// Authtokens of the configured users (owner, developer, admin, content manager).
+pub const ALICE: &str = "alice-authtoken";
+pub const BOB: &str = "bob-authtoken";
+pub const CAROL: &str = "carol-authtoken";
+pub const DAVE: &str = "dave-authtoken";
 pub const SMALL_API_KEY: &str = "blt2222222222222222";
 /// Custom 5 reads/s in an organisation of 10 reads/s.
 pub const RATED: &str = "cs00000000000000000000000000000008";
@@ -153,6 +158,7 @@ uid = "org_main"
 read_per_second = 100000
 write_per_second = 100000
 bulk_per_second = 100000
+max_tokens_per_stack = 1000
 
 [[organizations]]
 uid = "org_small"
@@ -161,14 +167,27 @@ write_per_second = 10
 
 [[users]]
 uid = "alice"
+email = "alice@example.com"
 authtoken_sha256 = "{alice}"
+
+[[users]]
+uid = "bob"
+authtoken_sha256 = "{bob}"
+
+[[users]]
+uid = "carol"
+authtoken_sha256 = "{carol}"
+
+[[users]]
+uid = "dave"
+authtoken_sha256 = "{dave}"
 
 [[stacks]]
 api_key = "{API_KEY}"
 organization = "org_main"
 branches = ["main", "development"]
 aliases = {{ deploy = "main", staging = "development" }}
-members = {{ alice = "owner" }}
+members = {{ alice = "owner", carol = "admin", bob = "developer", dave = "content_manager" }}
 
 [[stacks.tokens]]
 uid = "blt000000000000rw01"
@@ -227,6 +246,7 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }},
 [[stacks]]
 api_key = "{SMALL_API_KEY}"
 organization = "org_small"
+members = {{ alice = "owner" }}
 
 [[stacks.tokens]]
 uid = "blt000000000000rl01"
@@ -245,7 +265,10 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }},
 "#,
         rated = sha(RATED),
         shared = sha(SHARED),
-        alice = sha("alice-authtoken"),
+        alice = sha(ALICE),
+        bob = sha(BOB),
+        carol = sha(CAROL),
+        dave = sha(DAVE),
         rw = sha(RW),
         ro = sha(RO),
         exp = sha(EXPIRING),
@@ -365,4 +388,73 @@ pub fn raw_get(target: &str) -> Vec<u8> {
     let mut req = format!("GET {target} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nConnection: close\r\n\r\n").into_bytes();
     req.shrink_to_fit();
     req
+}
+
+/// A raw HTTP/1.1 keep-alive connection: requests go out one at a time on the same
+/// socket, so a test can prove a change reaches an already open connection.
+pub struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends one request and reads one response (Content-Length framed); returns the
+    /// status and body. Panics if the server closed the connection.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: gw\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.stream.write_all(req.as_bytes()).await.unwrap();
+        let head_end = loop {
+            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            self.fill().await;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        while self.buf.len() < head_end + len {
+            self.fill().await;
+        }
+        let body = String::from_utf8_lossy(&self.buf[head_end..head_end + len]).to_string();
+        self.buf.drain(..head_end + len);
+        (status, body)
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "server closed the keep-alive connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
 }

@@ -1,0 +1,269 @@
+//! Expiry warnings: once per token and expiry, `[notify] before` ahead of it, a notice
+//! goes to each configured channel (an HTTP webhook and/or an SMTP relay).
+//!
+//! Runs as one background task, never on the request path. A notice is recorded in
+//! the store per (token, expiry instant, channel) only after the channel accepted it,
+//! so a restart never sends it twice, a moved `expires_on` re-arms it, and a failing
+//! channel is retried (with exponential backoff) without holding up the others.
+
+use crate::config::{Notify, Smtp};
+use crate::server::Gateway;
+use crate::token::TokenRecord;
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::Full;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use lettre::message::Mailbox;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counters for notices, exported as metrics.
+#[derive(Debug, Default)]
+pub struct NotifyStats {
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// A notice about to go out.
+struct Notice<'a> {
+    token: &'a TokenRecord,
+    /// Creator's e-mail, when the creator is a configured user.
+    creator_email: Option<&'a str>,
+}
+
+enum Channel {
+    Webhook {
+        uri: Uri,
+        client: Client<HttpConnector, Full<Bytes>>,
+    },
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        from: Mailbox,
+        to: Vec<Mailbox>,
+    },
+}
+
+impl Channel {
+    fn name(&self) -> &'static str {
+        match self {
+            Channel::Webhook { .. } => "webhook",
+            Channel::Smtp { .. } => "smtp",
+        }
+    }
+
+    async fn send(&self, notice: &Notice<'_>) -> Result<(), String> {
+        let t = notice.token;
+        let expires_on = t
+            .expires_on
+            .as_ref()
+            .map(|e| e.text.as_str())
+            .unwrap_or_default();
+        match self {
+            Channel::Webhook { uri, client } => {
+                let body = serde_json::json!({
+                    "event": "management_token.expiring",
+                    "stack": t.stack,
+                    "token_uid": t.uid,
+                    "name": t.name,
+                    "expires_on": expires_on,
+                });
+                let req = Request::post(uri.clone())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .map_err(|e| e.to_string())?;
+                let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                    .await
+                    .map_err(|_| "timed out".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                if resp.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("webhook answered {}", resp.status()))
+                }
+            }
+            Channel::Smtp {
+                transport,
+                from,
+                to,
+            } => {
+                let mut recipients = to.clone();
+                if let Some(mbox) = notice.creator_email.and_then(|e| e.parse::<Mailbox>().ok()) {
+                    if !recipients.contains(&mbox) {
+                        recipients.push(mbox);
+                    }
+                }
+                if recipients.is_empty() {
+                    return Err("no recipients (set notify.smtp.to or the creator's e-mail)".into());
+                }
+                let mut builder = Message::builder().from(from.clone()).subject(format!(
+                    "Management token \"{}\" expires on {expires_on}",
+                    t.name
+                ));
+                for r in recipients {
+                    builder = builder.to(r);
+                }
+                let text = format!(
+                    "The management token \"{}\" ({}) of stack {} expires on {expires_on}.\n\
+                     Create a replacement and update its users before then.\n",
+                    t.name, t.uid, t.stack
+                );
+                let message = builder.body(text).map_err(|e| e.to_string())?;
+                transport
+                    .send(message)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+fn channels(cfg: &Notify) -> Vec<Channel> {
+    let mut out = Vec::new();
+    if let Some(uri) = &cfg.webhook {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        out.push(Channel::Webhook {
+            uri: uri.clone(),
+            client,
+        });
+    }
+    if let Some(Smtp {
+        host,
+        port,
+        from,
+        to,
+    }) = &cfg.smtp
+    {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
+            .port(*port)
+            .timeout(Some(Duration::from_secs(10)))
+            .build();
+        let from = from.parse().ok();
+        let to = to.iter().filter_map(|t| t.parse().ok()).collect();
+        if let Some(from) = from {
+            out.push(Channel::Smtp {
+                transport,
+                from,
+                to,
+            });
+        }
+    }
+    out
+}
+
+/// When a failed (token, expiry, channel) may be tried again.
+struct Backoff {
+    next: Instant,
+    delay: Duration,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Starts the notifier if any channel is configured. Channels are read from the config
+/// at start; a reload that changes them needs a restart (reported by the reload).
+pub fn spawn(gw: Arc<Gateway>) -> Option<tokio::task::JoinHandle<()>> {
+    let cfg = gw.snapshot().config.notify.clone();
+    let channels = channels(&cfg);
+    if channels.is_empty() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut backoff: HashMap<(String, i64, &'static str), Backoff> = HashMap::new();
+        loop {
+            scan(&gw, &cfg, &channels, &mut backoff, &gw.notify_stats).await;
+            tokio::time::sleep(cfg.interval).await;
+        }
+    }))
+}
+
+/// One pass over every token with notices enabled.
+async fn scan(
+    gw: &Gateway,
+    cfg: &Notify,
+    channels: &[Channel],
+    backoff: &mut HashMap<(String, i64, &'static str), Backoff>,
+    stats: &NotifyStats,
+) {
+    let snap = gw.snapshot();
+    let stored = match gw.store().load_all().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "expiry notices: store unavailable, will retry");
+            return;
+        }
+    };
+    let now = gw.clock().now();
+    let before = i64::try_from(cfg.before.as_secs()).unwrap_or(i64::MAX);
+    let statics = snap.config.stacks.iter().flat_map(|s| s.tokens.iter());
+    for token in statics
+        .chain(stored.iter())
+        .filter(|t| t.is_email_notification_enabled)
+    {
+        let Some(expires_at) = token.expires_on.as_ref().map(|e| e.at) else {
+            continue;
+        };
+        // Inside the window and not yet expired (a late warning would be wrong).
+        if now < expires_at.saturating_sub(before) || now >= expires_at {
+            continue;
+        }
+        let creator_email = snap
+            .config
+            .users
+            .iter()
+            .find(|u| u.uid == token.created_by)
+            .map(|u| u.email.as_str())
+            .filter(|e| !e.is_empty());
+        let notice = Notice {
+            token,
+            creator_email,
+        };
+        for channel in channels {
+            let key = (token.uid.clone(), expires_at, channel.name());
+            if backoff.get(&key).is_some_and(|b| Instant::now() < b.next) {
+                continue;
+            }
+            match gw
+                .store()
+                .notified_at(&token.uid, expires_at, channel.name())
+                .await
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            match channel.send(&notice).await {
+                Ok(()) => {
+                    backoff.remove(&key);
+                    if let Err(e) = gw
+                        .store()
+                        .mark_notified(&token.uid, expires_at, channel.name(), now)
+                        .await
+                    {
+                        tracing::error!(error = %e, token.uid = %token.uid, "expiry notice sent but not recorded");
+                    }
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(token.uid = %token.uid, stack = %token.stack, channel = channel.name(),
+                        expires_on = %token.expires_on.as_ref().map(|e| e.text.as_str()).unwrap_or_default(), "expiry notice sent");
+                }
+                Err(e) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    let delay = backoff
+                        .get(&key)
+                        .map_or(cfg.interval, |b| (b.delay * 2).min(MAX_BACKOFF));
+                    tracing::warn!(token.uid = %token.uid, channel = channel.name(), error = %e, retry_in = ?delay, "expiry notice failed");
+                    backoff.insert(
+                        key,
+                        Backoff {
+                            next: Instant::now() + delay,
+                            delay,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
