@@ -5,42 +5,12 @@
 mod common;
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_stackgate");
-
-/// Kills the child when the test ends, pass or fail.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the binary and waits for its "listening on http://ADDR" line; returns the
-/// process, the address and the rest of stdout.
 fn spawn(args: &[&str]) -> (Proc, String, BufReader<std::process::ChildStdout>) {
-    let child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = Proc(child);
-    let mut out = BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "binary exited before listening"
-        );
-        if let Some(addr) = line.trim().strip_prefix("stackgate listening on http://") {
-            return (child, addr.to_owned(), out);
-        }
-    }
+    let (p, addr, out) = spawn_gateway(args);
+    (p, addr.to_string(), out)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {

@@ -179,7 +179,8 @@ async fn crud_round_trip_and_secret_shown_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_matrix() {
     let env = Env::start().await;
-    let cases: &[(&str, Vec<(&str, &str)>, u16, i64)] = &[
+    type Case = (&'static str, Vec<(&'static str, &'static str)>, u16, i64);
+    let cases: &[Case] = &[
         (
             "owner",
             vec![("api_key", API_KEY), ("authtoken", ALICE)],

@@ -414,6 +414,19 @@ impl KeepAlive {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, String) {
+        self.try_send(method, path, headers, body)
+            .await
+            .expect("server closed the keep-alive connection")
+    }
+
+    /// [`KeepAlive::send`], or `None` if the connection failed (e.g. the server died).
+    pub async fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<(u16, String)> {
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: gw\r\ncontent-length: {}\r\n",
             body.len()
@@ -423,15 +436,15 @@ impl KeepAlive {
         }
         req.push_str("\r\n");
         req.push_str(body);
-        self.stream.write_all(req.as_bytes()).await.unwrap();
+        self.stream.write_all(req.as_bytes()).await.ok()?;
         let head_end = loop {
             if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break pos + 4;
             }
-            self.fill().await;
+            self.fill().await?;
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok())?;
         let len: usize = head
             .lines()
             .find_map(|l| {
@@ -441,20 +454,87 @@ impl KeepAlive {
             })
             .unwrap_or(0);
         while self.buf.len() < head_end + len {
-            self.fill().await;
+            self.fill().await?;
         }
         let body = String::from_utf8_lossy(&self.buf[head_end..head_end + len]).to_string();
         self.buf.drain(..head_end + len);
-        (status, body)
+        Some((status, body))
     }
 
-    async fn fill(&mut self) {
+    async fn fill(&mut self) -> Option<()> {
         let mut chunk = [0u8; 8192];
         let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
             .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "server closed the keep-alive connection");
-        self.buf.extend_from_slice(&chunk[..n]);
+            .ok()?
+            .ok()?;
+        (n > 0).then(|| self.buf.extend_from_slice(&chunk[..n]))
     }
+}
+
+/// The `stackgate` binary built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_stackgate");
+
+/// A child process killed (SIGKILL) when dropped, pass or fail.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends a signal (e.g. "TERM") and waits for the exit status.
+    pub fn signal_and_wait(&mut self, sig: &str) -> std::process::ExitStatus {
+        std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        self.0.wait().unwrap()
+    }
+}
+
+/// Starts the binary and waits for its "stackgate listening on http://ADDR" line.
+pub fn spawn_gateway(
+    args: &[&str],
+) -> (
+    Proc,
+    SocketAddr,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let child = std::process::Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Proc(child);
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "binary exited before listening"
+        );
+        if let Some(addr) = line.trim().strip_prefix("stackgate listening on http://") {
+            return (child, addr.parse().unwrap(), out);
+        }
+    }
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("stackgate-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
