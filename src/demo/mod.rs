@@ -110,6 +110,7 @@ stackgate demo
   api_key       {api_key}
   read-write    {rw}
   read-only     {ro}
+  authtoken     {auth}   (user alice, owner of the stack: manages tokens)
 
 An allowed call (read-only token reading entries):
   curl -s {base}/content_types/blog_post/entries -H 'api_key: {api_key}' -H 'authorization: {ro}'
@@ -128,9 +129,17 @@ A call without a token (401, error_code 105):
 A module no management token may touch (403):
   curl -s {base}/stacks/settings -H 'api_key: {api_key}' -H 'authorization: {rw}'
 
+Create a token through the token API (the secret is shown once):
+  curl -s -X POST {base}/stacks/management_tokens -H 'api_key: {api_key}' -H 'authtoken: {auth}' \
+       -H 'content-type: application/json' \
+       -d '{{"token":{{"name":"ci","scope":[{{"module":"$all","acl":{{"read":true}}}},{{"module":"branch","branches":["main"]}}]}}}}'
+or with the operator CLI:
+  STACKGATE_AUTHTOKEN={auth} stackgate token --url http://{gw} --api-key {api_key} create --name ci --branch main
+
 Press Ctrl-C to stop. The tokens are new on every run and live only in memory."#,
         api_key = s.api_key,
         rw = s.read_write,
         ro = s.read_only,
+        auth = s.authtoken,
     );
 }

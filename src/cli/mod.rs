@@ -1,4 +1,6 @@
-//! The `stackgate` command line: `run`, `check` and `demo`.
+//! The `stackgate` command line: `run`, `check`, `demo` and `token`.
+
+mod token;
 
 use crate::clock::SystemClock;
 use crate::config;
@@ -39,6 +41,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Manage tokens through a running gateway's API (authtoken from STACKGATE_AUTHTOKEN).
+    Token(token::TokenArgs),
     /// Start an embedded demo backend and the gateway in front of it.
     Demo {
         /// Gateway listen address.
@@ -55,6 +59,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => block_on(run(config)),
         Command::Demo { listen } => block_on(crate::demo::run(listen)),
+        Command::Token(args) => block_on(token::run(args)),
     }
 }
 
