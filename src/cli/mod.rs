@@ -42,7 +42,7 @@ enum Command {
         config: PathBuf,
     },
     /// Manage tokens through a running gateway's API (authtoken from STACKGATE_AUTHTOKEN).
-    Token(token::TokenArgs),
+    Token(Box<token::TokenArgs>),
     /// Start an embedded demo backend and the gateway in front of it.
     Demo {
         /// Gateway listen address.
@@ -59,7 +59,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => block_on(run(config)),
         Command::Demo { listen } => block_on(crate::demo::run(listen)),
-        Command::Token(args) => block_on(token::run(args)),
+        Command::Token(args) => block_on(token::run(*args)),
     }
 }
 
