@@ -22,7 +22,8 @@ const STACKS: usize = 3_334;
 fn snapshot(clock: &RateClock, custom: bool) -> Snapshot {
     let cfg = support::config(STACKS);
     let stored = support::tokens(TOKENS, STACKS, custom);
-    Snapshot::build(Arc::new(cfg), &stored, None, clock)
+    let upstream = stackgate::proxy::UpstreamClient::new(&cfg.upstream).unwrap();
+    Snapshot::build(Arc::new(cfg), &stored, None, clock, upstream)
 }
 
 /// Runs `f` `iters` times, in chunks smaller than every bucket's burst; between

@@ -31,7 +31,8 @@ fn main() {
         let stored = support::tokens(n, stacks, custom);
         let before = rss_kib();
         let started = Instant::now();
-        let snap = Snapshot::build(Arc::new(cfg.clone()), &stored, None, &clock);
+        let upstream = stackgate::proxy::UpstreamClient::new(&cfg.upstream).unwrap();
+        let snap = Snapshot::build(Arc::new(cfg.clone()), &stored, None, &clock, upstream);
         let took = started.elapsed();
         let after = rss_kib();
         assert_eq!(snap.token_count(), n);

@@ -28,5 +28,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
 pub mod token;
+pub mod tls;
 pub mod token_api;

@@ -17,16 +17,8 @@ use hyper_util::rt::TokioExecutor;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Counters for notices, exported as metrics.
-#[derive(Debug, Default)]
-pub struct NotifyStats {
-    pub sent: AtomicU64,
-    pub failed: AtomicU64,
-}
 
 /// A notice about to go out.
 struct Notice<'a> {
@@ -174,7 +166,7 @@ pub fn spawn(gw: Arc<Gateway>) -> Option<tokio::task::JoinHandle<()>> {
     Some(tokio::spawn(async move {
         let mut backoff: HashMap<(String, i64, &'static str), Backoff> = HashMap::new();
         loop {
-            scan(&gw, &cfg, &channels, &mut backoff, &gw.notify_stats).await;
+            scan(&gw, &cfg, &channels, &mut backoff).await;
             tokio::time::sleep(cfg.interval).await;
         }
     }))
@@ -186,8 +178,8 @@ async fn scan(
     cfg: &Notify,
     channels: &[Channel],
     backoff: &mut HashMap<(String, i64, &'static str), Backoff>,
-    stats: &NotifyStats,
 ) {
+    let metrics = &gw.metrics;
     let snap = gw.snapshot();
     let stored = match gw.store().load_all().await {
         Ok(s) => s,
@@ -245,12 +237,12 @@ async fn scan(
                     {
                         tracing::error!(error = %e, token.uid = %token.uid, "expiry notice sent but not recorded");
                     }
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                    metrics.notices_sent.inc();
                     tracing::info!(token.uid = %token.uid, stack = %token.stack, channel = channel.name(),
                         expires_on = %token.expires_on.as_ref().map(|e| e.text.as_str()).unwrap_or_default(), "expiry notice sent");
                 }
                 Err(e) => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    metrics.notices_failed.inc();
                     let delay = backoff
                         .get(&key)
                         .map_or(cfg.interval, |b| (b.delay * 2).min(MAX_BACKOFF));

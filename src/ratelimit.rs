@@ -347,7 +347,8 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
     }
 
     fn snap(c: config::Config, prev: Option<&Snapshot>, clock: &RateClock) -> Snapshot {
-        Snapshot::build(Arc::new(c), &[], prev, clock)
+        let upstream = crate::proxy::UpstreamClient::new(&c.upstream).unwrap();
+        Snapshot::build(Arc::new(c), &[], prev, clock, upstream)
     }
 
     fn op(method: Method, path: &str) -> Operation {
@@ -487,7 +488,8 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
             expiry_notified_at: None,
             origin: Origin::Store,
         };
-        let s = Snapshot::build(Arc::new(c), &[stored], None, &clock);
+        let upstream = crate::proxy::UpstreamClient::new(&c.upstream).unwrap();
+        let s = Snapshot::build(Arc::new(c), &[stored], None, &clock, upstream);
         let token = s.token(&hash_secret(b"csc")).unwrap();
         assert_eq!(
             token.buckets.read.own().unwrap().rate(),

@@ -82,13 +82,14 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot from a validated config plus the store's tokens. Stored tokens
     /// whose stack or branches no longer exist are skipped (fail closed) and logged.
-    /// State worth keeping is taken from `previous`: the upstream connection pool, and
-    /// every rate bucket whose rate did not change.
+    /// Every rate bucket whose rate did not change is taken over from `previous`; the
+    /// caller passes the upstream client (reused when its settings did not change).
     pub fn build(
         config: Arc<Config>,
         stored: &[TokenRecord],
         previous: Option<&Snapshot>,
         rate_clock: &RateClock,
+        upstream: UpstreamClient,
     ) -> Snapshot {
         let orgs: HashMap<Box<str>, Arc<OrgState>> = config
             .organizations
@@ -140,10 +141,6 @@ impl Snapshot {
             .map(|u| (u.authtoken_sha256, u.uid.as_str().into()))
             .collect();
         let settings = settings(&config);
-        let upstream = match previous {
-            Some(prev) if prev.upstream.matches(&config.upstream) => prev.upstream.clone(),
-            _ => UpstreamClient::new(&config.upstream),
-        };
         Snapshot {
             config,
             settings,

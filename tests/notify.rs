@@ -201,10 +201,10 @@ async fn one_notice_per_channel_no_resend_after_restart_retry_and_rearm() {
         "to the list and the creator: {mail}"
     );
     eventually("both notices counted", || {
-        gw.gateway.notify_stats.sent.load(Ordering::SeqCst) == 2
+        gw.gateway.metrics.notices_sent.get() == 2
     })
     .await;
-    assert_eq!(gw.gateway.notify_stats.failed.load(Ordering::SeqCst), 2);
+    assert_eq!(gw.gateway.metrics.notices_failed.get(), 2);
 
     // Several more scans: still exactly one each.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -71,9 +71,29 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
     pub user_sessions: UserSessions,
     pub max_inspected_body: u64,
     pub hostnames: Vec<String>,
+    pub limits: Limits,
+}
+
+/// PEM files of the listener's certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Connection and request limits of the main listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_request_body: u64,
+    pub shutdown_grace: Duration,
 }
 
 /// What to do with user-session (`authtoken`) and OAuth traffic.
@@ -83,7 +103,7 @@ pub enum UserSessions {
     Deny,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub scheme: Scheme,
     pub authority: Authority,
@@ -92,6 +112,7 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub forward_token: bool,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -218,6 +239,11 @@ pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigError
     let store = Store {
         path: raw.store.path.as_ref().map(PathBuf::from),
     };
+    if let (Some(s), Some(u)) = (&server, &upstream) {
+        if u.request_timeout >= s.limits.idle_timeout {
+            errs.push("server.idle_timeout", "must be longer than upstream.request_timeout (an idle connection would be cut mid-request)");
+        }
+    }
     match (server, admin_listen, upstream, notify) {
         (Some(server), Some(admin_listen), Some(upstream), Some(notify)) if errs.0.is_empty() => {
             Ok(Config {
@@ -266,41 +292,70 @@ fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr>
 
 fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
     let s = &raw.server;
-    if s.tls.is_some() {
-        errs.push("server.tls", "TLS termination is not available in this build yet; terminate TLS in front of stackgate");
-    }
-    let listen = socket(
-        s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
-        "server.listen",
-        errs,
-    );
+    let tls = s.tls.as_ref().map(|t| TlsFiles { cert: PathBuf::from(&t.cert), key: PathBuf::from(&t.key) });
+    let listen = socket(s.listen.as_deref().unwrap_or("127.0.0.1:8080"), "server.listen", errs);
     let user_sessions = match s.user_sessions.as_deref().unwrap_or("pass") {
         "pass" => Some(UserSessions::Pass),
         "deny" => Some(UserSessions::Deny),
         other => {
-            errs.push(
-                "server.user_sessions",
-                format!("'{other}' must be \"pass\" or \"deny\""),
-            );
+            errs.push("server.user_sessions", format!("'{other}' must be \"pass\" or \"deny\""));
             None
         }
     };
-    let max_inspected_body = parse_size(s.max_inspected_body.as_deref().unwrap_or("1MiB"))
-        .map_err(|e| errs.push("server.max_inspected_body", e))
-        .ok();
+    let size = |v: &Option<String>, default: &str, path: &str, errs: &mut ConfigErrors| {
+        parse_size(v.as_deref().unwrap_or(default))
+            .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
+            .map_err(|e| errs.push(path, e))
+            .ok()
+    };
+    let max_inspected_body = size(&s.max_inspected_body, "1MiB", "server.max_inspected_body", errs);
     for (i, h) in s.hostnames.iter().enumerate() {
         if h.parse::<Authority>().is_err() {
-            errs.push(
-                format!("server.hostnames[{i}]"),
-                format!("'{h}' is not a host[:port]"),
-            );
+            errs.push(format!("server.hostnames[{i}]"), format!("'{h}' is not a host[:port]"));
         }
     }
+    let limits = limits(s, errs);
     Some(Server {
         listen: listen?,
+        tls,
         user_sessions: user_sessions?,
         max_inspected_body: max_inspected_body?,
         hostnames: s.hostnames.clone(),
+        limits: limits?,
+    })
+}
+
+fn positive_duration(v: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors) -> Option<Duration> {
+    parse_duration(v.unwrap_or(default))
+        .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
+        .map_err(|e| errs.push(path, e))
+        .ok()
+}
+
+fn limits(s: &super::raw::RawServer, errs: &mut ConfigErrors) -> Option<Limits> {
+    let header_bytes = parse_size(s.max_header_bytes.as_deref().unwrap_or("64KiB"))
+        .and_then(|n| if (8192..=(16 << 20)).contains(&n) { Ok(n) } else { Err(format!("{n} must be between 8KiB and 16MiB")) })
+        .map_err(|e| errs.push("server.max_header_bytes", e))
+        .ok();
+    let body = parse_size(s.max_request_body.as_deref().unwrap_or("1GiB"))
+        .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
+        .map_err(|e| errs.push("server.max_request_body", e))
+        .ok();
+    let max_connections = match s.max_connections {
+        None => Some(10_000),
+        Some(n) if (1..=1_000_000).contains(&n) => usize::try_from(n).ok(),
+        Some(n) => {
+            errs.push("server.max_connections", format!("{n} must be between 1 and 1000000"));
+            None
+        }
+    };
+    Some(Limits {
+        max_header_bytes: usize::try_from(header_bytes?).ok()?,
+        header_read_timeout: positive_duration(s.header_read_timeout.as_deref(), "10s", "server.header_read_timeout", errs)?,
+        idle_timeout: positive_duration(s.idle_timeout.as_deref(), "60s", "server.idle_timeout", errs)?,
+        max_connections: max_connections?,
+        max_request_body: body?,
+        shutdown_grace: positive_duration(s.shutdown_grace.as_deref(), "30s", "server.shutdown_grace", errs)?,
     })
 }
 
@@ -368,6 +423,7 @@ fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
         connect_timeout: connect_timeout?,
         request_timeout: request_timeout?,
         forward_token: u.forward_token.unwrap_or(false),
+        ca_file: u.ca_file.as_ref().map(PathBuf::from),
     })
 }
 

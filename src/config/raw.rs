@@ -35,6 +35,12 @@ pub struct RawServer {
     /// Extra host names an HTTP/1 absolute-form target may carry.
     #[serde(default)]
     pub hostnames: Vec<String>,
+    pub max_header_bytes: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_request_body: Option<String>,
+    pub shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +60,8 @@ pub struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub forward_token: Option<bool>,
+    /// PEM bundle of CAs to trust for an https upstream (default: the system's roots).
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

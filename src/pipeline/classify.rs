@@ -40,6 +40,41 @@ pub enum Module {
 }
 
 impl Module {
+    /// Every module, in declaration order (see [`Module::index`]).
+    pub const ALL: [Module; 26] = [
+        Module::ContentType,
+        Module::GlobalField,
+        Module::Entry,
+        Module::Asset,
+        Module::Label,
+        Module::Extension,
+        Module::Release,
+        Module::Environment,
+        Module::Locale,
+        Module::Webhook,
+        Module::Role,
+        Module::User,
+        Module::Workflow,
+        Module::PublishRule,
+        Module::AuditLog,
+        Module::PublishQueue,
+        Module::Bulk,
+        Module::Taxonomy,
+        Module::Branch,
+        Module::BranchAlias,
+        Module::Stack,
+        Module::UserShare,
+        Module::Tokens,
+        Module::Organization,
+        Module::UserSession,
+        Module::Unknown,
+    ];
+
+    /// Position in [`Module::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Modules a token scope may name, in bit order.
     pub const SCOPED: [Module; 20] = [
         Module::ContentType,
@@ -454,6 +489,13 @@ mod tests {
             Module::Unknown
         );
         assert_eq!(c("GET", "/v3/nothing").module, Module::Unknown);
+    }
+
+    #[test]
+    fn module_index_matches_all() {
+        for (i, m) in Module::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i);
+        }
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn strip_spoofable(headers: &mut HeaderMap) {
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     peer: IpAddr,
+    https: bool,
     request_id: &HeaderValue,
     identity: Option<Identity<'_>>,
     forward_token: bool,
@@ -92,7 +93,8 @@ pub fn prepare_request_headers(
     if let Ok(ip) = HeaderValue::from_str(&peer.to_string()) {
         headers.insert(X_FORWARDED_FOR, ip);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
@@ -136,6 +138,7 @@ mod tests {
         prepare_request_headers(
             &mut h,
             "127.0.0.1".parse().unwrap(),
+            false,
             &id,
             Some(identity),
             false,
@@ -169,7 +172,8 @@ mod tests {
             token_uid: "blt1",
             access: "read",
         };
-        prepare_request_headers(&mut h, "::1".parse().unwrap(), &id, Some(identity), true);
+        prepare_request_headers(&mut h, "::1".parse().unwrap(), true, &id, Some(identity), true);
+        assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["authorization"], "cs123");
         assert!(!h.contains_key("x-stackgate-access"));
     }

@@ -4,67 +4,87 @@
 //! are rewritten in place: hop-by-hop and spoofable headers removed, forwarding and
 //! identity headers set.
 
+mod body;
 mod headers;
 
+pub use body::Streamed;
 pub use headers::{prepare_request_headers, prepare_response_headers, Identity, X_REQUEST_ID};
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
+use crate::tls::TlsError;
 use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// A request or response body: streamed from the peer, or bytes we hold.
+/// A response body: streamed from the backend, or bytes we produced.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
-/// Wraps bytes we produced (error bodies, buffered inspected bodies).
+/// A forwarded request body: streamed (and counted) from the client, or bytes we hold.
+pub type ReqBody = Either<Streamed, Full<Bytes>>;
+
+/// Wraps bytes we produced (error bodies).
 pub fn full(bytes: Bytes) -> Body {
     Either::Right(Full::new(bytes))
 }
 
-/// A pooled client bound to one upstream.
+/// Wraps bytes we hold for forwarding (buffered inspected bodies).
+pub fn full_request(bytes: Bytes) -> ReqBody {
+    Either::Right(Full::new(bytes))
+}
+
+/// A pooled client bound to one upstream: plain HTTP/1.1, or https with rustls and
+/// HTTP/2 when the backend offers it through ALPN.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, ReqBody>,
     upstream: Upstream,
 }
 
 impl UpstreamClient {
-    pub fn new(upstream: &Upstream) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.set_nodelay(true);
+    /// Builds a client (loading trust roots for an https upstream).
+    pub fn new(upstream: &Upstream) -> Result<Self, TlsError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(upstream.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let tls = if upstream.scheme == http::uri::Scheme::HTTPS {
+            crate::tls::client_config(upstream.ca_file.as_deref())?
+        } else {
+            crate::tls::empty_client_config()?
+        };
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        UpstreamClient {
-            client,
-            upstream: upstream.clone(),
-        }
+        Ok(UpstreamClient { client, upstream: upstream.clone() })
     }
 
-    /// Whether this client was built from the same upstream settings (so a reload
-    /// can keep its connection pool).
-    pub fn matches(&self, upstream: &Upstream) -> bool {
-        let a = &self.upstream;
-        a.scheme == upstream.scheme
-            && a.authority == upstream.authority
-            && a.base_path == upstream.base_path
-            && a.connect_timeout == upstream.connect_timeout
-            && a.request_timeout == upstream.request_timeout
+    /// The previous client when the upstream settings are unchanged (keeping its
+    /// connection pool), else a new one.
+    pub fn reuse_or_new(previous: Option<&UpstreamClient>, upstream: &Upstream) -> Result<Self, TlsError> {
+        match previous {
+            Some(prev) if prev.upstream == *upstream => Ok(prev.clone()),
+            _ => UpstreamClient::new(upstream),
+        }
     }
 
     /// The upstream URI for a canonical path and the original query.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
-        let mut pq = String::with_capacity(
-            self.upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-        );
+        let mut pq = String::with_capacity(self.upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(&self.upstream.base_path);
         pq.push_str(path);
         if let Some(q) = query {
@@ -79,10 +99,15 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::BadRequest(BadRequest::AmbiguousPath))
     }
 
-    /// Sends a prepared request; maps failures to 502/504.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
+    /// Sends a prepared request; maps failures to 502/504, or 413 when the client's
+    /// body went over its limit on the way (`too_large`).
+    pub async fn send(&self, mut req: Request<ReqBody>, too_large: &AtomicBool) -> Result<Response<Incoming>, GatewayError> {
         *req.version_mut() = Version::HTTP_11;
-        match tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await {
+        let result = tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await;
+        if too_large.load(Ordering::Relaxed) {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        match result {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
             Ok(Err(_)) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),

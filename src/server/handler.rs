@@ -1,47 +1,39 @@
 //! The outer request function: runs the pipeline, turns any error into the CMA error
-//! body, and writes the one access-log event. No stage writes a response itself.
+//! body, counts it, and writes the one access-log event. No stage writes a response.
 
 use super::Gateway;
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
-use crate::proxy::{self, prepare_request_headers, prepare_response_headers, Body, Identity};
+use crate::proxy::{self, prepare_request_headers, prepare_response_headers, Body, Identity, ReqBody, Streamed};
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
+use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Serves one request on the main listener.
-pub async fn handle(
-    gw: Arc<Gateway>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<Response<Body>, Infallible> {
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr, https: bool) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let request_id = gw.ids.next();
     let method = req.method().clone();
     let uri = req.uri().clone();
     let mut facts = Facts::default();
-    let result = process(&gw, req, peer, &request_id, &mut facts).await;
-    let (mut resp, reason, detail) = match result {
-        Ok(resp) => (resp, None, None),
-        Err(err) => {
-            let (reason, detail) = (err.reason(), err.to_string());
-            (
-                err.into_response().map(proxy::full),
-                Some(reason),
-                Some(detail),
-            )
-        }
+    let result = process(&gw, req, peer, https, &request_id, &mut facts).await;
+    let (mut resp, error) = match result {
+        Ok(resp) => (resp, None),
+        Err(err) => (err.clone().into_response().map(proxy::full), Some(err)),
     };
-    resp.headers_mut()
-        .insert(proxy::X_REQUEST_ID, request_id.clone());
+    resp.headers_mut().insert(proxy::X_REQUEST_ID, request_id.clone());
     let op = facts.op;
+    let took = started.elapsed();
+    gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -51,9 +43,9 @@ pub async fn handle(
         access = op.map_or("-", |o| o.access.name()),
         token_uid = facts.token_uid.as_deref().unwrap_or("-"),
         status = resp.status().as_u16(),
-        reason = reason.unwrap_or("-"),
-        detail = detail.as_deref().unwrap_or("-"),
-        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        reason = error.as_ref().map_or("-", GatewayError::reason),
+        detail = %error.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
+        latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     );
     Ok(resp)
 }
@@ -63,6 +55,7 @@ async fn process(
     gw: &Arc<Gateway>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    https: bool,
     request_id: &HeaderValue,
     facts: &mut Facts,
 ) -> Result<Response<Body>, GatewayError> {
@@ -79,29 +72,27 @@ async fn process(
     };
     let uri = snap.upstream.uri_for(&target.path, target.query)?;
     let identity = match &principal {
-        Principal::Token(t) => Some(Identity {
-            token_uid: &t.uid,
-            access: t.access_label,
-        }),
+        Principal::Token(t) => Some(Identity { token_uid: &t.uid, access: t.access_label }),
         Principal::UserSession => None,
     };
-    let body = match &principal {
+    let too_large = Arc::new(AtomicBool::new(false));
+    let body: ReqBody = match &principal {
         Principal::Token(_) if op.needs_body() => {
             let bytes = read_inspected(&snap, &parts, body).await?;
             pipeline::inspect_body(&op, &bytes)?;
-            proxy::full(bytes)
+            proxy::full_request(bytes)
         }
-        _ => Either::Left(body),
+        _ => {
+            let limit = snap.config.server.limits.max_request_body;
+            if declared_length(&parts).is_some_and(|len| len > limit) {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            Either::Left(Streamed::new(body, limit, Arc::clone(&too_large)))
+        }
     };
-    prepare_request_headers(
-        &mut parts.headers,
-        peer.ip(),
-        request_id,
-        identity,
-        snap.settings.forward_token,
-    );
+    prepare_request_headers(&mut parts.headers, peer.ip(), https, request_id, identity, snap.settings.forward_token);
     parts.uri = uri;
-    let upstream_resp = snap.upstream.send(Request::from_parts(parts, body)).await?;
+    let upstream_resp = snap.upstream.send(Request::from_parts(parts, body), &too_large).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();
     prepare_response_headers(&mut resp_parts.headers, request_id);
     if let Some(rate) = rate {
@@ -110,28 +101,21 @@ async fn process(
     Ok(Response::from_parts(resp_parts, Either::Left(resp_body)))
 }
 
+fn declared_length(parts: &Parts) -> Option<u64> {
+    parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Buffers a body that a rule must read, up to `max_inspected_body`.
-async fn read_inspected(
-    snap: &Snapshot,
-    parts: &http::request::Parts,
-    body: Incoming,
-) -> Result<Bytes, GatewayError> {
+async fn read_inspected(snap: &Snapshot, parts: &Parts, body: Incoming) -> Result<Bytes, GatewayError> {
     let limit = snap.settings.max_inspected_body;
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
+    if declared_length(parts).is_some_and(|len| len > limit) {
         return Err(GatewayError::PayloadTooLarge);
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let read = Limited::new(body, limit).collect();
     match tokio::time::timeout(snap.config.upstream.request_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::PayloadTooLarge)
-        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
         Ok(Err(_)) | Err(_) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
     }
 }
@@ -140,9 +124,6 @@ async fn read_inspected(
 fn preflight() -> Response<Body> {
     let mut resp = Response::new(proxy::full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
-    resp.headers_mut().insert(
-        ALLOW,
-        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-    );
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
     resp
 }

@@ -36,6 +36,8 @@ pub struct Cap {
 /// A place to keep token records (never secrets, only their SHA-256).
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
+    /// Whether the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Every stored token (to build a snapshot).
     async fn load_all(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Stored tokens of one stack.

@@ -147,6 +147,9 @@ pub fn config_text(backend: SocketAddr, extra_server: &str, extra_upstream: &str
 listen = "127.0.0.1:0"
 {extra_server}
 
+[admin]
+listen = "127.0.0.1:0"
+
 [upstream]
 url = "http://{backend}"
 connect_timeout = "1s"

@@ -1,0 +1,77 @@
+//! The admin listener (loopback by default): `GET /healthz`, `GET /readyz`,
+//! `GET /metrics`, `POST /reload`.
+
+use super::{Gateway, ReloadError};
+use crate::error::json_response;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (gw, builder) = (Arc::clone(&gw), Arc::clone(&builder));
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(Arc::clone(&gw), req));
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+async fn answer(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(&gw).await,
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(Bytes::from(gw.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            resp
+        }
+        (&Method::POST, "/reload") => reload(&gw).await,
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error_message": "Not found.", "error_code": 404})),
+    };
+    Ok(resp.map(Full::new))
+}
+
+/// Ready: a config is loaded (always, once running), the store answers, not draining.
+async fn readyz(gw: &Gateway) -> Response<Bytes> {
+    if gw.is_draining() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
+    }
+    match gw.store().ping().await {
+        Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Err(_) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "store unavailable"})),
+    }
+}
+
+async fn reload(gw: &Gateway) -> Response<Bytes> {
+    match gw.reload().await {
+        Ok(report) => json_response(
+            StatusCode::OK,
+            &json!({"result": "reloaded", "restart_required": report.restart_required}),
+        ),
+        Err(ReloadError::Config(errors)) => {
+            let list: Vec<String> = errors.0.iter().map(|e| if e.path.is_empty() { e.message.clone() } else { format!("{}: {}", e.path, e.message) }).collect();
+            json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({"result": "rejected", "errors": list}))
+        }
+        Err(e) => json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({"result": "rejected", "errors": [e.to_string()]})),
+    }
+}

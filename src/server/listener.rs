@@ -1,0 +1,111 @@
+//! The main listener: a connection cap, optional TLS (ALPN h2 / http/1.1), HTTP/1.1 and
+//! HTTP/2 on the same port, header, idle and size limits, and graceful drain.
+
+use super::idle::IdleIo;
+use super::{handle, Gateway};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+/// Accepts until shutdown, then waits for open connections to finish their requests.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    let limits = gw.snapshot().config.server.limits.clone();
+    let builder = Arc::new(builder(&limits));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        // At the cap, stop accepting: new connections wait in the kernel's backlog.
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection { gw: Arc::clone(&gw), builder: Arc::clone(&builder), peer, permit };
+        let watcher = graceful.watcher();
+        tokio::spawn(async move { conn.run(stream, watcher, limits.header_read_timeout, limits.idle_timeout).await });
+    }
+    drop(listener);
+    tracing::info!(open = graceful.count(), "listener closed; draining connections");
+    graceful.shutdown().await;
+}
+
+fn builder(limits: &crate::config::Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Bound the work a misbehaving client can cause (RST floods, CONTINUATION abuse).
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// One accepted connection and what it holds until it closes.
+struct Connection {
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    peer: SocketAddr,
+    /// Released (freeing a place under `max_connections`) when the connection ends.
+    permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream, watcher: hyper_util::server::graceful::Watcher, handshake: Duration, idle: Duration) {
+        let metrics = Arc::clone(&self.gw.metrics);
+        metrics.open_connections.inc();
+        let tls = self.gw.tls.load_full();
+        match tls {
+            Some(cfg) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => self.serve(IdleIo::new(tls_stream, idle), true, watcher).await,
+                    Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+                }
+            }
+            None => self.serve(IdleIo::new(stream, idle), false, watcher).await,
+        }
+        metrics.open_connections.dec();
+    }
+
+    async fn serve<I>(self, io: I, https: bool, watcher: hyper_util::server::graceful::Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { gw, builder, peer, permit } = self;
+        let service = service_fn(move |req| handle(Arc::clone(&gw), req, peer, https));
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(error = %e, peer = %peer, "connection closed with error");
+        }
+        drop(permit);
+    }
+}

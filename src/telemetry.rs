@@ -1,0 +1,205 @@
+//! Metrics in the Prometheus text format (`prometheus-client`). Every counter a request
+//! touches is created up front and indexed by enum, so recording is a relaxed atomic
+//! add: no map lookup and no lock on the request path. Labels are module names,
+//! reasons and fixed kinds only, never paths, tokens or other client data.
+
+use crate::error::{GatewayError, UpstreamFailure};
+use crate::pipeline::Module;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Labels2 = [(&'static str, &'static str); 2];
+type Labels1 = [(&'static str, &'static str); 1];
+
+/// Status classes counted per module.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Module label for requests that failed before classification.
+const NO_MODULE: &str = "none";
+/// Decision reasons (see [`GatewayError::reason`]) plus `allowed`.
+const REASONS: [&str; 11] = [
+    "allowed", "bad_request", "not_found", "auth_failed", "denied", "too_large", "invalid", "rate_limited",
+    "unavailable", "upstream_error", "upstream_timeout",
+];
+const UPSTREAM_KINDS: [&str; 3] = ["connect", "protocol", "timeout"];
+
+/// Latency buckets in seconds.
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A histogram of atomics (prometheus-client's own takes a mutex per observation).
+/// Clones share the same counts.
+#[derive(Debug, Clone)]
+pub struct AtomicHistogram(Arc<HistogramCells>);
+
+#[derive(Debug)]
+pub struct HistogramCells {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        AtomicHistogram(Arc::new(HistogramCells {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }))
+    }
+}
+
+impl std::ops::Deref for AtomicHistogram {
+    type Target = HistogramCells;
+    fn deref(&self) -> &HistogramCells {
+        &self.0
+    }
+}
+
+impl AtomicHistogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::MAX), cumulative));
+        }
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// All of stackgate's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// `[module index][class]`; the last row is for requests without a module.
+    requests: Vec<[Counter; 5]>,
+    decisions: [Counter; REASONS.len()],
+    upstream_errors: [Counter; 3],
+    pub latency: AtomicHistogram,
+    pub open_connections: Gauge,
+    pub tokens_loaded: Gauge,
+    reloads_ok: Counter,
+    reloads_failed: Counter,
+    pub notices_sent: Counter,
+    pub notices_failed: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stackgate");
+        let requests_family = Family::<Labels2, Counter>::default();
+        let requests: Vec<[Counter; 5]> = Module::ALL
+            .iter()
+            .map(|m| m.name())
+            .chain(std::iter::once(NO_MODULE))
+            .map(|module| std::array::from_fn(|c| requests_family.get_or_create(&[("module", module), ("class", CLASSES[c])]).clone()))
+            .collect();
+        registry.register("requests", "Requests by CMA module and status class", requests_family);
+        let decisions_family = Family::<Labels1, Counter>::default();
+        let decisions = std::array::from_fn(|i| decisions_family.get_or_create(&[("reason", REASONS[i])]).clone());
+        registry.register("decisions", "Gateway decisions by reason", decisions_family);
+        let upstream_family = Family::<Labels1, Counter>::default();
+        let upstream_errors = std::array::from_fn(|i| upstream_family.get_or_create(&[("kind", UPSTREAM_KINDS[i])]).clone());
+        registry.register("upstream_errors", "Failed upstream requests by kind", upstream_family);
+        let latency = AtomicHistogram::default();
+        registry.register("request_duration_seconds", "Request latency as seen by the gateway", latency.clone());
+        let open_connections = Gauge::default();
+        registry.register("open_connections", "Open client connections", open_connections.clone());
+        let tokens_loaded = Gauge::default();
+        registry.register("tokens_loaded", "Management tokens in the active snapshot", tokens_loaded.clone());
+        let reloads = Family::<Labels1, Counter>::default();
+        let reloads_ok = reloads.get_or_create(&[("result", "success")]).clone();
+        let reloads_failed = reloads.get_or_create(&[("result", "failure")]).clone();
+        registry.register("config_reloads", "Configuration reloads by result", reloads);
+        let notices = Family::<Labels1, Counter>::default();
+        let notices_sent = notices.get_or_create(&[("result", "sent")]).clone();
+        let notices_failed = notices.get_or_create(&[("result", "failed")]).clone();
+        registry.register("expiry_notices", "Token expiry notices by result", notices);
+        Metrics {
+            registry,
+            requests,
+            decisions,
+            upstream_errors,
+            latency,
+            open_connections,
+            tokens_loaded,
+            reloads_ok,
+            reloads_failed,
+            notices_sent,
+            notices_failed,
+        }
+    }
+
+    /// Records one finished request.
+    pub fn request(&self, module: Option<Module>, status: u16, error: Option<&GatewayError>, took: Duration) {
+        let row = module.map_or(Module::ALL.len(), Module::index);
+        let class = usize::from(status / 100).saturating_sub(1).min(4);
+        if let Some(c) = self.requests.get(row).and_then(|r| r.get(class)) {
+            c.inc();
+        }
+        let reason = error.map_or("allowed", GatewayError::reason);
+        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+            if let Some(c) = self.decisions.get(i) {
+                c.inc();
+            }
+        }
+        let upstream = match error {
+            Some(GatewayError::BadGateway(UpstreamFailure::Connect)) => Some(0),
+            Some(GatewayError::BadGateway(UpstreamFailure::Protocol)) => Some(1),
+            Some(GatewayError::GatewayTimeout) => Some(2),
+            _ => None,
+        };
+        if let Some(c) = upstream.and_then(|i| self.upstream_errors.get(i)) {
+            c.inc();
+        }
+        self.latency.observe(took);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        if ok {
+            self.reloads_ok.inc();
+        } else {
+            self.reloads_failed.inc();
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
