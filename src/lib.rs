@@ -29,6 +29,6 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
-pub mod token;
 pub mod tls;
+pub mod token;
 pub mod token_api;

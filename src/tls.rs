@@ -17,7 +17,10 @@ pub enum TlsError {
 }
 
 fn file_error(path: &Path, reason: impl ToString) -> TlsError {
-    TlsError::File { path: path.display().to_string(), reason: reason.to_string() }
+    TlsError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -63,15 +66,16 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
         }
     }
     if roots.is_empty() {
-        return Err(TlsError::Config("no trusted CA certificates for the upstream".into()));
+        return Err(TlsError::Config(
+            "no trusted CA certificates for the upstream".into(),
+        ));
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+    // No ALPN here: the connector offers h2 and http/1.1 itself.
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
+        .with_no_client_auth())
 }
 
 /// A client config that trusts nothing: the connector for a plain-http upstream

@@ -120,17 +120,33 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let (listen, admin) = (cfg.server.listen, cfg.admin_listen);
     let store = crate::server::open_store(&cfg).map_err(|e| anyhow::anyhow!("token store: {e}"))?;
-    let running = crate::server::start_with(cfg, store, Arc::new(SystemClock), crate::ratelimit::RateClock::monotonic(), Some(path))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start (listen {listen}, admin {admin}): {e}"))?;
-    let scheme = if running.gateway.snapshot().config.server.tls.is_some() { "https" } else { "http" };
+    let running = crate::server::start_with(
+        cfg,
+        store,
+        Arc::new(SystemClock),
+        crate::ratelimit::RateClock::monotonic(),
+        Some(path),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start (listen {listen}, admin {admin}): {e}"))?;
+    let scheme = if running.gateway.snapshot().config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!("stackgate listening on {scheme}://{}", running.addr);
     println!("stackgate admin listening on http://{}", running.admin_addr);
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, tokens = running.gateway.snapshot().token_count(), "listening");
     spawn_reload_on_sighup(std::sync::Arc::clone(&running.gateway));
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections (a second signal exits at once)");
-    let grace = running.gateway.snapshot().config.server.limits.shutdown_grace;
+    let grace = running
+        .gateway
+        .snapshot()
+        .config
+        .server
+        .limits
+        .shutdown_grace;
     tokio::select! {
         drained = running.shutdown() => {
             if !drained {
@@ -150,7 +166,9 @@ fn spawn_reload_on_sighup(gw: std::sync::Arc<crate::server::Gateway>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
         while hup.recv().await.is_some() {
             let _ = gw.reload().await;
         }

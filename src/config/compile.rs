@@ -292,26 +292,50 @@ fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr>
 
 fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
     let s = &raw.server;
-    let tls = s.tls.as_ref().map(|t| TlsFiles { cert: PathBuf::from(&t.cert), key: PathBuf::from(&t.key) });
-    let listen = socket(s.listen.as_deref().unwrap_or("127.0.0.1:8080"), "server.listen", errs);
+    let tls = s.tls.as_ref().map(|t| TlsFiles {
+        cert: PathBuf::from(&t.cert),
+        key: PathBuf::from(&t.key),
+    });
+    let listen = socket(
+        s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
+        "server.listen",
+        errs,
+    );
     let user_sessions = match s.user_sessions.as_deref().unwrap_or("pass") {
         "pass" => Some(UserSessions::Pass),
         "deny" => Some(UserSessions::Deny),
         other => {
-            errs.push("server.user_sessions", format!("'{other}' must be \"pass\" or \"deny\""));
+            errs.push(
+                "server.user_sessions",
+                format!("'{other}' must be \"pass\" or \"deny\""),
+            );
             None
         }
     };
     let size = |v: &Option<String>, default: &str, path: &str, errs: &mut ConfigErrors| {
         parse_size(v.as_deref().unwrap_or(default))
-            .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
+            .and_then(|n| {
+                if n == 0 {
+                    Err("must be greater than zero".to_owned())
+                } else {
+                    Ok(n)
+                }
+            })
             .map_err(|e| errs.push(path, e))
             .ok()
     };
-    let max_inspected_body = size(&s.max_inspected_body, "1MiB", "server.max_inspected_body", errs);
+    let max_inspected_body = size(
+        &s.max_inspected_body,
+        "1MiB",
+        "server.max_inspected_body",
+        errs,
+    );
     for (i, h) in s.hostnames.iter().enumerate() {
         if h.parse::<Authority>().is_err() {
-            errs.push(format!("server.hostnames[{i}]"), format!("'{h}' is not a host[:port]"));
+            errs.push(
+                format!("server.hostnames[{i}]"),
+                format!("'{h}' is not a host[:port]"),
+            );
         }
     }
     let limits = limits(s, errs);
@@ -325,37 +349,78 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
     })
 }
 
-fn positive_duration(v: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors) -> Option<Duration> {
+fn positive_duration(
+    v: Option<&str>,
+    default: &str,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<Duration> {
     parse_duration(v.unwrap_or(default))
-        .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
+        .and_then(|d| {
+            if d.is_zero() {
+                Err("must be greater than zero".to_owned())
+            } else {
+                Ok(d)
+            }
+        })
         .map_err(|e| errs.push(path, e))
         .ok()
 }
 
 fn limits(s: &super::raw::RawServer, errs: &mut ConfigErrors) -> Option<Limits> {
     let header_bytes = parse_size(s.max_header_bytes.as_deref().unwrap_or("64KiB"))
-        .and_then(|n| if (8192..=(16 << 20)).contains(&n) { Ok(n) } else { Err(format!("{n} must be between 8KiB and 16MiB")) })
+        .and_then(|n| {
+            if (8192..=(16 << 20)).contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!("{n} must be between 8KiB and 16MiB"))
+            }
+        })
         .map_err(|e| errs.push("server.max_header_bytes", e))
         .ok();
     let body = parse_size(s.max_request_body.as_deref().unwrap_or("1GiB"))
-        .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
+        .and_then(|n| {
+            if n == 0 {
+                Err("must be greater than zero".to_owned())
+            } else {
+                Ok(n)
+            }
+        })
         .map_err(|e| errs.push("server.max_request_body", e))
         .ok();
     let max_connections = match s.max_connections {
         None => Some(10_000),
         Some(n) if (1..=1_000_000).contains(&n) => usize::try_from(n).ok(),
         Some(n) => {
-            errs.push("server.max_connections", format!("{n} must be between 1 and 1000000"));
+            errs.push(
+                "server.max_connections",
+                format!("{n} must be between 1 and 1000000"),
+            );
             None
         }
     };
     Some(Limits {
         max_header_bytes: usize::try_from(header_bytes?).ok()?,
-        header_read_timeout: positive_duration(s.header_read_timeout.as_deref(), "10s", "server.header_read_timeout", errs)?,
-        idle_timeout: positive_duration(s.idle_timeout.as_deref(), "60s", "server.idle_timeout", errs)?,
+        header_read_timeout: positive_duration(
+            s.header_read_timeout.as_deref(),
+            "10s",
+            "server.header_read_timeout",
+            errs,
+        )?,
+        idle_timeout: positive_duration(
+            s.idle_timeout.as_deref(),
+            "60s",
+            "server.idle_timeout",
+            errs,
+        )?,
         max_connections: max_connections?,
         max_request_body: body?,
-        shutdown_grace: positive_duration(s.shutdown_grace.as_deref(), "30s", "server.shutdown_grace", errs)?,
+        shutdown_grace: positive_duration(
+            s.shutdown_grace.as_deref(),
+            "30s",
+            "server.shutdown_grace",
+            errs,
+        )?,
     })
 }
 
@@ -369,20 +434,13 @@ fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
         let scheme = uri.scheme().cloned();
         let authority = uri.authority().cloned();
         match (scheme, authority) {
-            (Some(s), Some(a)) if s == Scheme::HTTP => {
+            (Some(s), Some(a)) if s == Scheme::HTTP || s == Scheme::HTTPS => {
                 Some((s, a, uri.path().trim_end_matches('/').to_owned()))
-            }
-            (Some(s), Some(_)) if s == Scheme::HTTPS => {
-                errs.push(
-                    "upstream.url",
-                    "https upstreams are not available in this build yet",
-                );
-                None
             }
             _ => {
                 errs.push(
                     "upstream.url",
-                    format!("'{}' must be an absolute http:// URL", u.url),
+                    format!("'{}' must be an absolute http:// or https:// URL", u.url),
                 );
                 None
             }

@@ -24,7 +24,11 @@ pub struct Streamed {
 impl Streamed {
     /// Wraps `inner`; `exceeded` is set if it goes over `limit`.
     pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
-        Streamed { inner, remaining: limit, exceeded }
+        Streamed {
+            inner,
+            remaining: limit,
+            exceeded,
+        }
     }
 }
 
@@ -32,7 +36,10 @@ impl Body for Streamed {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

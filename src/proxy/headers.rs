@@ -172,7 +172,14 @@ mod tests {
             token_uid: "blt1",
             access: "read",
         };
-        prepare_request_headers(&mut h, "::1".parse().unwrap(), true, &id, Some(identity), true);
+        prepare_request_headers(
+            &mut h,
+            "::1".parse().unwrap(),
+            true,
+            &id,
+            Some(identity),
+            true,
+        );
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["authorization"], "cs123");
         assert!(!h.contains_key("x-stackgate-access"));

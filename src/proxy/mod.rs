@@ -70,12 +70,18 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Ok(UpstreamClient { client, upstream: upstream.clone() })
+        Ok(UpstreamClient {
+            client,
+            upstream: upstream.clone(),
+        })
     }
 
     /// The previous client when the upstream settings are unchanged (keeping its
     /// connection pool), else a new one.
-    pub fn reuse_or_new(previous: Option<&UpstreamClient>, upstream: &Upstream) -> Result<Self, TlsError> {
+    pub fn reuse_or_new(
+        previous: Option<&UpstreamClient>,
+        upstream: &Upstream,
+    ) -> Result<Self, TlsError> {
         match previous {
             Some(prev) if prev.upstream == *upstream => Ok(prev.clone()),
             _ => UpstreamClient::new(upstream),
@@ -84,7 +90,9 @@ impl UpstreamClient {
 
     /// The upstream URI for a canonical path and the original query.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
-        let mut pq = String::with_capacity(self.upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        let mut pq = String::with_capacity(
+            self.upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
         pq.push_str(&self.upstream.base_path);
         pq.push_str(path);
         if let Some(q) = query {
@@ -101,9 +109,14 @@ impl UpstreamClient {
 
     /// Sends a prepared request; maps failures to 502/504, or 413 when the client's
     /// body went over its limit on the way (`too_large`).
-    pub async fn send(&self, mut req: Request<ReqBody>, too_large: &AtomicBool) -> Result<Response<Incoming>, GatewayError> {
+    pub async fn send(
+        &self,
+        mut req: Request<ReqBody>,
+        too_large: &AtomicBool,
+    ) -> Result<Response<Incoming>, GatewayError> {
         *req.version_mut() = Version::HTTP_11;
-        let result = tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await;
+        let result =
+            tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await;
         if too_large.load(Ordering::Relaxed) {
             return Err(GatewayError::PayloadTooLarge);
         }

@@ -200,7 +200,11 @@ fn is_name_clash(e: &rusqlite::Error) -> bool {
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(|e| unavailable(&e))).await
+        self.with(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(|e| unavailable(&e))
+        })
+        .await
     }
 
     async fn load_all(&self) -> Result<Vec<TokenRecord>, StoreError> {
