@@ -48,16 +48,10 @@ fn refilled(clock: &RateClock, iters: u64, mut f: impl FnMut()) -> Duration {
 fn rate_limit_check(c: &mut Criterion) {
     let clock = RateClock::fake();
     let snap = snapshot(&clock, true);
-    let token = snap
-        .token(&hash_secret(support::secret(42).as_bytes()))
-        .unwrap();
+    let token = snap.token(&hash_secret(support::secret(42).as_bytes())).unwrap();
     let op = classify(&http::Method::GET, "/v3/content_types/blog/entries").unwrap();
     c.bench_function("rate_limit_check (token + organisation bucket)", |b| {
-        b.iter_custom(|iters| {
-            refilled(&clock, iters, || {
-                assert!(black_box(ratelimit::check(token, &op)).is_ok())
-            })
-        })
+        b.iter_custom(|iters| refilled(&clock, iters, || assert!(black_box(ratelimit::check(token, &op)).is_ok())))
     });
 }
 
@@ -65,15 +59,14 @@ fn whole_decision(c: &mut Criterion) {
     let clock = RateClock::fake();
     let snap = snapshot(&clock, true);
     let i = 77_777;
-    let (parts, _) =
-        Request::get("/v3/content_types/blog_post/entries/blt0000000000000e01?locale=en-us")
-            .header("api_key", support::api_key(i % STACKS))
-            .header("authorization", support::secret(i))
-            .header("branch", "deploy")
-            .header("content-type", "application/json")
-            .body(())
-            .unwrap()
-            .into_parts();
+    let (parts, _) = Request::get("/v3/content_types/blog_post/entries/blt0000000000000e01?locale=en-us")
+        .header("api_key", support::api_key(i % STACKS))
+        .header("authorization", support::secret(i))
+        .header("branch", "deploy")
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap()
+        .into_parts();
     c.bench_function("decide (100k tokens: normalize..rate limit)", |b| {
         b.iter_custom(|iters| {
             refilled(&clock, iters, || {
@@ -88,16 +81,11 @@ fn whole_decision(c: &mut Criterion) {
 
 fn parts_of_the_decision(c: &mut Criterion) {
     let secret = support::secret(77_777);
-    c.bench_function("sha256 of a token secret", |b| {
-        b.iter(|| black_box(hash_secret(black_box(secret.as_bytes()))))
-    });
-    let uri: http::Uri = "/v3/content_types/blog_post/entries/blt0000000000000e01?locale=en-us"
-        .parse()
-        .unwrap();
+    c.bench_function("sha256 of a token secret", |b| b.iter(|| black_box(hash_secret(black_box(secret.as_bytes())))));
+    let uri: http::Uri = "/v3/content_types/blog_post/entries/blt0000000000000e01?locale=en-us".parse().unwrap();
     c.bench_function("normalize + classify", |b| {
         b.iter(|| {
-            let t = stackgate::pipeline::normalize(black_box(&uri), http::Version::HTTP_11, &[])
-                .unwrap();
+            let t = stackgate::pipeline::normalize(black_box(&uri), http::Version::HTTP_11, &[]).unwrap();
             black_box(classify(&http::Method::GET, &t.path).unwrap())
         })
     });

@@ -39,29 +39,20 @@ pub fn tokens(n: usize, stacks: usize, custom: bool) -> Vec<TokenRecord> {
             scope: vec![
                 ScopeEntry {
                     module: "$all".into(),
-                    acl: Acl {
-                        read: true,
-                        write: true,
-                    },
+                    acl: Acl { read: true, write: true },
                     branches: None,
                     branch_aliases: None,
                 },
                 ScopeEntry {
                     module: "branch".into(),
-                    acl: Acl {
-                        read: true,
-                        write: false,
-                    },
+                    acl: Acl { read: true, write: false },
                     branches: Some(vec!["main".into()]),
                     branch_aliases: None,
                 },
             ],
             expires_on: None,
             is_email_notification_enabled: false,
-            rate_limit: custom.then_some(RateLimit {
-                read_per_second: 500_000,
-                write_per_second: 500_000,
-            }),
+            rate_limit: custom.then_some(RateLimit { read_per_second: 500_000, write_per_second: 500_000 }),
             created_by: "bench".into(),
             updated_by: "bench".into(),
             created_at: String::new(),

@@ -38,10 +38,10 @@ pub enum GatewayError {
     Unprocessable(FieldErrors),
     /// Rate limited; `retry_after` in whole seconds; `info` for the headers.
     #[error("rate limited")]
-    RateLimited {
-        retry_after: u64,
-        info: Box<RateInfo>,
-    },
+    RateLimited { retry_after: u64, info: Box<RateInfo> },
+    /// Too many failed authentications from this client address; cooling down.
+    #[error("authentication cool-down")]
+    Throttled { retry_after: u64 },
     /// A required backing service (store) is down.
     #[error("service unavailable")]
     Unavailable,
@@ -113,7 +113,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, 162),
             GatewayError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, 413),
             GatewayError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
-            GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, 429),
+            GatewayError::RateLimited { .. } | GatewayError::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, 429),
             GatewayError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 503),
             GatewayError::BadGateway(_) => (StatusCode::BAD_GATEWAY, 502),
             GatewayError::GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, 504),
@@ -123,32 +123,22 @@ impl GatewayError {
     /// Client-facing message: fixed strings, never internal error text.
     fn message(&self) -> String {
         match self {
-            GatewayError::BadRequest(BadRequest::MalformedJson) => {
-                "The request body is not valid JSON.".into()
-            }
-            GatewayError::BadRequest(BadRequest::InvalidHeader) => {
-                "A request header is malformed.".into()
-            }
+            GatewayError::BadRequest(BadRequest::MalformedJson) => "The request body is not valid JSON.".into(),
+            GatewayError::BadRequest(BadRequest::InvalidHeader) => "A request header is malformed.".into(),
             GatewayError::BadRequest(_) => "The request is malformed or ambiguous.".into(),
             GatewayError::NotFound => "The requested URL was not found.".into(),
             GatewayError::TokenNotFound => "The Management Token was not found.".into(),
             GatewayError::StackNotFound => "We can't find that Stack. Please try again.".into(),
-            GatewayError::Unauthenticated { .. } => {
-                "You're not allowed in here unless you're logged in.".into()
-            }
+            GatewayError::Unauthenticated { .. } => "You're not allowed in here unless you're logged in.".into(),
             GatewayError::Forbidden(_) => {
                 "Access denied. You have insufficient permissions to perform this operation.".into()
             }
             GatewayError::PayloadTooLarge => "The request body is too large.".into(),
-            GatewayError::Unprocessable(_) => {
-                "The request could not be processed. Please check the errors.".into()
-            }
-            GatewayError::RateLimited { retry_after, .. } => {
+            GatewayError::Unprocessable(_) => "The request could not be processed. Please check the errors.".into(),
+            GatewayError::RateLimited { retry_after, .. } | GatewayError::Throttled { retry_after } => {
                 format!("Too many requests. Please retry after {retry_after} seconds.")
             }
-            GatewayError::Unavailable => {
-                "The service is temporarily unavailable. Please retry later.".into()
-            }
+            GatewayError::Unavailable => "The service is temporarily unavailable. Please retry later.".into(),
             GatewayError::BadGateway(_) => "The backend could not be reached.".into(),
             GatewayError::GatewayTimeout => "The backend did not answer in time.".into(),
         }
@@ -164,6 +154,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "too_large",
             GatewayError::Unprocessable(_) => "invalid",
             GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::Throttled { .. } => "auth_throttled",
             GatewayError::Unavailable => "unavailable",
             GatewayError::BadGateway(_) => "upstream_error",
             GatewayError::GatewayTimeout => "upstream_timeout",
@@ -194,9 +185,13 @@ impl GatewayError {
     pub fn into_response(self) -> Response<Bytes> {
         let (status, _) = self.status_and_code();
         let mut resp = json_response(status, &self.body());
-        if let GatewayError::RateLimited { retry_after, info } = self {
-            info.write_headers(resp.headers_mut());
-            RateInfo::write_retry_after(resp.headers_mut(), retry_after);
+        match self {
+            GatewayError::RateLimited { retry_after, info } => {
+                info.write_headers(resp.headers_mut());
+                RateInfo::write_retry_after(resp.headers_mut(), retry_after);
+            }
+            GatewayError::Throttled { retry_after } => RateInfo::write_retry_after(resp.headers_mut(), retry_after),
+            _ => {}
         }
         resp
     }
@@ -207,10 +202,7 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
     let bytes = Bytes::from(value.to_string());
     let mut resp = Response::new(bytes);
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     resp
 }
 
@@ -227,11 +219,7 @@ mod tests {
             reset: 3,
             policy: HeaderValue::from_static("\"org-read\";q=10;w=1"),
         };
-        let resp = GatewayError::RateLimited {
-            retry_after: 3,
-            info: Box::new(info),
-        }
-        .into_response();
+        let resp = GatewayError::RateLimited { retry_after: 3, info: Box::new(info) }.into_response();
         assert_eq!(resp.headers()["x-ratelimit-limit"], "10");
         assert_eq!(resp.headers()["x-ratelimit-remaining"], "0");
         assert_eq!(resp.headers()["ratelimit"], "\"org-read\";r=0;t=3");
@@ -258,11 +246,7 @@ mod tests {
         let cases = [
             (GatewayError::StackNotFound, 412, 109),
             (GatewayError::Forbidden(Denial::ReadOnly), 403, 162),
-            (
-                GatewayError::BadRequest(BadRequest::AmbiguousPath),
-                400,
-                400,
-            ),
+            (GatewayError::BadRequest(BadRequest::AmbiguousPath), 400, 400),
             (GatewayError::NotFound, 404, 404),
             (GatewayError::PayloadTooLarge, 413, 413),
             (GatewayError::BadGateway(UpstreamFailure::Connect), 502, 502),

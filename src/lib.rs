@@ -21,6 +21,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fuzzing;
+pub mod guard;
 pub mod notify;
 pub mod pipeline;
 pub mod proxy;

@@ -28,15 +28,8 @@ struct Notice<'a> {
 }
 
 enum Channel {
-    Webhook {
-        uri: Uri,
-        client: Client<HttpConnector, Full<Bytes>>,
-    },
-    Smtp {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
-        from: Mailbox,
-        to: Vec<Mailbox>,
-    },
+    Webhook { uri: Uri, client: Client<HttpConnector, Full<Bytes>> },
+    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox, to: Vec<Mailbox> },
 }
 
 impl Channel {
@@ -49,11 +42,7 @@ impl Channel {
 
     async fn send(&self, notice: &Notice<'_>) -> Result<(), String> {
         let t = notice.token;
-        let expires_on = t
-            .expires_on
-            .as_ref()
-            .map(|e| e.text.as_str())
-            .unwrap_or_default();
+        let expires_on = t.expires_on.as_ref().map(|e| e.text.as_str()).unwrap_or_default();
         match self {
             Channel::Webhook { uri, client } => {
                 let body = serde_json::json!({
@@ -77,11 +66,7 @@ impl Channel {
                     Err(format!("webhook answered {}", resp.status()))
                 }
             }
-            Channel::Smtp {
-                transport,
-                from,
-                to,
-            } => {
+            Channel::Smtp { transport, from, to } => {
                 let mut recipients = to.clone();
                 if let Some(mbox) = notice.creator_email.and_then(|e| e.parse::<Mailbox>().ok()) {
                     if !recipients.contains(&mbox) {
@@ -91,10 +76,9 @@ impl Channel {
                 if recipients.is_empty() {
                     return Err("no recipients (set notify.smtp.to or the creator's e-mail)".into());
                 }
-                let mut builder = Message::builder().from(from.clone()).subject(format!(
-                    "Management token \"{}\" expires on {expires_on}",
-                    t.name
-                ));
+                let mut builder = Message::builder()
+                    .from(from.clone())
+                    .subject(format!("Management token \"{}\" expires on {expires_on}", t.name));
                 for r in recipients {
                     builder = builder.to(r);
                 }
@@ -104,11 +88,7 @@ impl Channel {
                     t.name, t.uid, t.stack
                 );
                 let message = builder.body(text).map_err(|e| e.to_string())?;
-                transport
-                    .send(message)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                transport.send(message).await.map(|_| ()).map_err(|e| e.to_string())
             }
         }
     }
@@ -118,18 +98,9 @@ fn channels(cfg: &Notify) -> Vec<Channel> {
     let mut out = Vec::new();
     if let Some(uri) = &cfg.webhook {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        out.push(Channel::Webhook {
-            uri: uri.clone(),
-            client,
-        });
+        out.push(Channel::Webhook { uri: uri.clone(), client });
     }
-    if let Some(Smtp {
-        host,
-        port,
-        from,
-        to,
-    }) = &cfg.smtp
-    {
+    if let Some(Smtp { host, port, from, to }) = &cfg.smtp {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
             .port(*port)
             .timeout(Some(Duration::from_secs(10)))
@@ -137,11 +108,7 @@ fn channels(cfg: &Notify) -> Vec<Channel> {
         let from = from.parse().ok();
         let to = to.iter().filter_map(|t| t.parse().ok()).collect();
         if let Some(from) = from {
-            out.push(Channel::Smtp {
-                transport,
-                from,
-                to,
-            });
+            out.push(Channel::Smtp { transport, from, to });
         }
     }
     out
@@ -191,10 +158,7 @@ async fn scan(
     let now = gw.clock().now();
     let before = i64::try_from(cfg.before.as_secs()).unwrap_or(i64::MAX);
     let statics = snap.config.stacks.iter().flat_map(|s| s.tokens.iter());
-    for token in statics
-        .chain(stored.iter())
-        .filter(|t| t.is_email_notification_enabled)
-    {
+    for token in statics.chain(stored.iter()).filter(|t| t.is_email_notification_enabled) {
         let Some(expires_at) = token.expires_on.as_ref().map(|e| e.at) else {
             continue;
         };
@@ -209,20 +173,13 @@ async fn scan(
             .find(|u| u.uid == token.created_by)
             .map(|u| u.email.as_str())
             .filter(|e| !e.is_empty());
-        let notice = Notice {
-            token,
-            creator_email,
-        };
+        let notice = Notice { token, creator_email };
         for channel in channels {
             let key = (token.uid.clone(), expires_at, channel.name());
             if backoff.get(&key).is_some_and(|b| Instant::now() < b.next) {
                 continue;
             }
-            match gw
-                .store()
-                .notified_at(&token.uid, expires_at, channel.name())
-                .await
-            {
+            match gw.store().notified_at(&token.uid, expires_at, channel.name()).await {
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
                 Err(_) => return,
@@ -230,11 +187,7 @@ async fn scan(
             match channel.send(&notice).await {
                 Ok(()) => {
                     backoff.remove(&key);
-                    if let Err(e) = gw
-                        .store()
-                        .mark_notified(&token.uid, expires_at, channel.name(), now)
-                        .await
-                    {
+                    if let Err(e) = gw.store().mark_notified(&token.uid, expires_at, channel.name(), now).await {
                         tracing::error!(error = %e, token.uid = %token.uid, "expiry notice sent but not recorded");
                     }
                     metrics.notices_sent.inc();
@@ -243,17 +196,9 @@ async fn scan(
                 }
                 Err(e) => {
                     metrics.notices_failed.inc();
-                    let delay = backoff
-                        .get(&key)
-                        .map_or(cfg.interval, |b| (b.delay * 2).min(MAX_BACKOFF));
+                    let delay = backoff.get(&key).map_or(cfg.interval, |b| (b.delay * 2).min(MAX_BACKOFF));
                     tracing::warn!(token.uid = %token.uid, channel = channel.name(), error = %e, retry_in = ?delay, "expiry notice failed");
-                    backoff.insert(
-                        key,
-                        Backoff {
-                            next: Instant::now() + delay,
-                            delay,
-                        },
-                    );
+                    backoff.insert(key, Backoff { next: Instant::now() + delay, delay });
                 }
             }
         }

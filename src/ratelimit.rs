@@ -36,27 +36,18 @@ pub struct RateClock {
 
 impl RateClock {
     pub fn monotonic() -> Self {
-        RateClock {
-            origin: Instant::now(),
-            fake: None,
-        }
+        RateClock { origin: Instant::now(), fake: None }
     }
 
     /// A clock that only moves when [`RateClock::advance`] is called.
     pub fn fake() -> Self {
-        RateClock {
-            origin: Instant::now(),
-            fake: Some(Arc::new(AtomicU64::new(0))),
-        }
+        RateClock { origin: Instant::now(), fake: Some(Arc::new(AtomicU64::new(0))) }
     }
 
     /// Moves a fake clock forward (no effect on the monotonic clock).
     pub fn advance(&self, by: Duration) {
         if let Some(fake) = &self.fake {
-            fake.fetch_add(
-                u64::try_from(by.as_nanos()).unwrap_or(u64::MAX),
-                Ordering::SeqCst,
-            );
+            fake.fetch_add(u64::try_from(by.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
         }
     }
 }
@@ -90,15 +81,9 @@ impl Bucket {
         let rate_nz = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
         let burst_nz = NonZeroU32::new(burst).unwrap_or(rate_nz);
         let quota = Quota::per_second(rate_nz).allow_burst(burst_nz);
-        let limiter = RateLimiter::direct_with_clock(quota, clock.clone())
-            .with_middleware::<StateInformationMiddleware>();
-        Bucket {
-            name,
-            rate: rate_nz.get(),
-            burst: burst_nz.get(),
-            limiter,
-            clock: clock.clone(),
-        }
+        let limiter =
+            RateLimiter::direct_with_clock(quota, clock.clone()).with_middleware::<StateInformationMiddleware>();
+        Bucket { name, rate: rate_nz.get(), burst: burst_nz.get(), limiter, clock: clock.clone() }
     }
 
     pub fn rate(&self) -> u32 {
@@ -150,15 +135,9 @@ pub struct Charge {
 
 impl Charge {
     pub fn new(own: Option<Arc<Bucket>>, bulk: Option<Arc<Bucket>>, org: Arc<Bucket>) -> Charge {
-        let mut charge = Charge {
-            own,
-            bulk,
-            org,
-            policy: HeaderValue::from_static(""),
-        };
+        let mut charge = Charge { own, bulk, org, policy: HeaderValue::from_static("") };
         let items: Vec<String> = charge.buckets().map(|b| b.policy_item()).collect();
-        charge.policy =
-            HeaderValue::from_str(&items.join(", ")).unwrap_or(HeaderValue::from_static(""));
+        charge.policy = HeaderValue::from_str(&items.join(", ")).unwrap_or(HeaderValue::from_static(""));
         charge
     }
 
@@ -166,10 +145,7 @@ impl Charge {
     /// already spent a cell of the earlier ones, so the token's own and the bulk bucket
     /// go before the organisation's read/write bucket.
     fn buckets(&self) -> impl Iterator<Item = &Arc<Bucket>> {
-        self.own
-            .iter()
-            .chain(self.bulk.iter())
-            .chain(Some(&self.org))
+        self.own.iter().chain(self.bulk.iter()).chain(Some(&self.org))
     }
 
     pub fn own(&self) -> Option<&Arc<Bucket>> {
@@ -241,10 +217,7 @@ pub fn check(token: &Token, op: &Operation) -> Result<RateInfo, GatewayError> {
                     reset: retry_after,
                     policy: charge.policy.clone(),
                 };
-                return Err(GatewayError::RateLimited {
-                    retry_after,
-                    info: Box::new(info),
-                });
+                return Err(GatewayError::RateLimited { retry_after, info: Box::new(info) });
             }
         }
     }
@@ -294,10 +267,7 @@ mod tests {
         let b = Bucket::new("t", 1, 1, &clock);
         assert!(b.take().is_ok());
         let wait = b.take().unwrap_err();
-        assert!(
-            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
-            "{wait:?}"
-        );
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1), "{wait:?}");
     }
 }
 
@@ -391,14 +361,10 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
         assert_eq!(admitted(&s, A, &read(), 50), 3);
         assert_eq!(admitted(&s, B, &read(), 50), 3);
         let err = check(s.token(&hash_secret(A.as_bytes())).unwrap(), &read()).unwrap_err();
-        let GatewayError::RateLimited { info, .. } = err else {
-            panic!("{err:?}")
-        };
+        let GatewayError::RateLimited { info, .. } = err else { panic!("{err:?}") };
         assert_eq!((info.name, info.limit), ("token-read", 3));
         let err = check(s.token(&hash_secret(B.as_bytes())).unwrap(), &read()).unwrap_err();
-        let GatewayError::RateLimited { info, retry_after } = err else {
-            panic!("{err:?}")
-        };
+        let GatewayError::RateLimited { info, retry_after } = err else { panic!("{err:?}") };
         assert_eq!((info.name, info.limit, retry_after), ("org-read", 6, 1));
     }
 
@@ -416,14 +382,7 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
     #[test]
     fn read_and_write_are_independent() {
         let clock = RateClock::fake();
-        let s = snap(
-            cfg(
-                "read_per_second = 100\nwrite_per_second = 100",
-                Some((2, 4)),
-            ),
-            None,
-            &clock,
-        );
+        let s = snap(cfg("read_per_second = 100\nwrite_per_second = 100", Some((2, 4))), None, &clock);
         assert_eq!(admitted(&s, A, &read(), 50), 2);
         assert_eq!(admitted(&s, A, &write(), 50), 4);
         assert_eq!(admitted(&s, A, &read(), 50), 0);
@@ -432,24 +391,12 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
     #[test]
     fn bulk_bucket() {
         let clock = RateClock::fake();
-        let s = snap(
-            cfg("write_per_second = 100\nbulk_per_second = 2", None),
-            None,
-            &clock,
-        );
+        let s = snap(cfg("write_per_second = 100\nbulk_per_second = 2", None), None, &clock);
         let bulk = op(Method::POST, "/v3/bulk/publish");
         assert_eq!(bulk.module, Module::Bulk);
         assert_eq!(admitted(&s, A, &bulk, 50), 2);
-        assert_eq!(
-            admitted(&s, B, &bulk, 50),
-            0,
-            "bulk bucket is the organisation's"
-        );
-        assert_eq!(
-            admitted(&s, A, &write(), 10),
-            10,
-            "plain writes are not bulk"
-        );
+        assert_eq!(admitted(&s, B, &bulk, 50), 0, "bulk bucket is the organisation's");
+        assert_eq!(admitted(&s, A, &write(), 10), 10, "plain writes are not bulk");
         clock.advance(Duration::from_secs(1));
         assert_eq!(admitted(&s, B, &bulk, 50), 2);
     }
@@ -477,10 +424,7 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
             scope: c.stacks[0].tokens[0].scope.clone(),
             expires_on: None,
             is_email_notification_enabled: false,
-            rate_limit: Some(RateLimit {
-                read_per_second: 9,
-                write_per_second: 9,
-            }),
+            rate_limit: Some(RateLimit { read_per_second: 9, write_per_second: 9 }),
             created_by: String::new(),
             updated_by: String::new(),
             created_at: String::new(),
@@ -491,11 +435,7 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
         let upstream = crate::proxy::UpstreamClient::new(&c.upstream).unwrap();
         let s = Snapshot::build(Arc::new(c), &[stored], None, &clock, upstream);
         let token = s.token(&hash_secret(b"csc")).unwrap();
-        assert_eq!(
-            token.buckets.read.own().unwrap().rate(),
-            4,
-            "clamped to the organisation's"
-        );
+        assert_eq!(token.buckets.read.own().unwrap().rate(), 4, "clamped to the organisation's");
         assert_eq!(admitted(&s, "csc", &read(), 50), 4);
     }
 
@@ -504,21 +444,9 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
         let clock = RateClock::fake();
         let s1 = snap(cfg("read_per_second = 100", Some((3, 3))), None, &clock);
         assert_eq!(admitted(&s1, A, &read(), 50), 3);
-        let s2 = snap(
-            cfg("read_per_second = 100", Some((3, 3))),
-            Some(&s1),
-            &clock,
-        );
-        assert_eq!(
-            admitted(&s2, A, &read(), 50),
-            0,
-            "same rate: same bucket, still empty"
-        );
-        let s3 = snap(
-            cfg("read_per_second = 100", Some((4, 3))),
-            Some(&s2),
-            &clock,
-        );
+        let s2 = snap(cfg("read_per_second = 100", Some((3, 3))), Some(&s1), &clock);
+        assert_eq!(admitted(&s2, A, &read(), 50), 0, "same rate: same bucket, still empty");
+        let s3 = snap(cfg("read_per_second = 100", Some((4, 3))), Some(&s2), &clock);
         assert_eq!(admitted(&s3, A, &read(), 50), 4, "new rate: new bucket");
         // Organisation buckets: kept when unchanged, new when changed.
         let s4 = snap(cfg("read_per_second = 5", None), None, &clock);
@@ -535,10 +463,7 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
         let s = snap(cfg("read_per_second = 10", Some((3, 3))), None, &clock);
         let token = s.token(&hash_secret(A.as_bytes())).unwrap();
         let info = check(token, &read()).unwrap();
-        assert_eq!(
-            (info.name, info.limit, info.remaining),
-            ("token-read", 3, 2)
-        );
+        assert_eq!((info.name, info.limit, info.remaining), ("token-read", 3, 2));
         assert_eq!(info.policy, "\"token-read\";q=3;w=1, \"org-read\";q=10;w=1");
         let mut h = HeaderMap::new();
         info.write_headers(&mut h);

@@ -35,10 +35,7 @@ impl StackView {
     }
 
     pub fn alias_target(&self, name: &str) -> Option<&str> {
-        self.aliases
-            .iter()
-            .find(|(a, _)| &**a == name)
-            .map(|(_, t)| &**t)
+        self.aliases.iter().find(|(a, _)| &**a == name).map(|(_, t)| &**t)
     }
 }
 
@@ -94,12 +91,7 @@ impl Snapshot {
         let orgs: HashMap<Box<str>, Arc<OrgState>> = config
             .organizations
             .iter()
-            .map(|o| {
-                (
-                    o.uid.as_str().into(),
-                    Arc::new(org_state(o, previous, rate_clock)),
-                )
-            })
+            .map(|o| (o.uid.as_str().into(), Arc::new(org_state(o, previous, rate_clock))))
             .collect();
         let mut stacks = HashMap::with_capacity(config.stacks.len());
         for s in &config.stacks {
@@ -109,20 +101,13 @@ impl Snapshot {
             let view = StackView {
                 api_key: s.api_key.as_str().into(),
                 branches: s.branches.iter().map(|b| b.as_str().into()).collect(),
-                aliases: s
-                    .aliases
-                    .iter()
-                    .map(|(a, t)| (a.as_str().into(), t.as_str().into()))
-                    .collect(),
+                aliases: s.aliases.iter().map(|(a, t)| (a.as_str().into(), t.as_str().into())).collect(),
                 organization: Arc::clone(org),
             };
             stacks.insert(s.api_key.as_str().into(), Arc::new(view));
         }
-        let stack_configs: HashMap<&str, &crate::config::Stack> = config
-            .stacks
-            .iter()
-            .map(|s| (s.api_key.as_str(), s))
-            .collect();
+        let stack_configs: HashMap<&str, &crate::config::Stack> =
+            config.stacks.iter().map(|s| (s.api_key.as_str(), s)).collect();
         let mut tokens = HashMap::with_capacity(stored.len() + config.stacks.len());
         let config_tokens = config.stacks.iter().flat_map(|s| s.tokens.iter());
         for rec in config_tokens.chain(stored.iter()) {
@@ -135,51 +120,23 @@ impl Snapshot {
                 }
             }
         }
-        let users = config
-            .users
-            .iter()
-            .map(|u| (u.authtoken_sha256, u.uid.as_str().into()))
-            .collect();
+        let users = config.users.iter().map(|u| (u.authtoken_sha256, u.uid.as_str().into())).collect();
         let settings = settings(&config);
-        Snapshot {
-            config,
-            settings,
-            upstream,
-            rate_clock: rate_clock.clone(),
-            orgs,
-            stacks,
-            tokens,
-            users,
-        }
+        Snapshot { config, settings, upstream, rate_clock: rate_clock.clone(), orgs, stacks, tokens, users }
     }
 
     /// A copy of this snapshot with one stored token added or replaced (`upsert`) and/or
     /// one removed (`remove`, by secret hash). Buckets of an unchanged rate are kept.
     /// Costs a copy of the token index (pointer-sized entries), not a full rebuild.
-    pub fn with_token_change(
-        &self,
-        upsert: Option<&TokenRecord>,
-        remove: Option<&[u8; 32]>,
-    ) -> Snapshot {
+    pub fn with_token_change(&self, upsert: Option<&TokenRecord>, remove: Option<&[u8; 32]>) -> Snapshot {
         let mut tokens = self.tokens.clone();
         if let Some(hash) = remove {
             tokens.remove(hash);
         }
         if let Some(rec) = upsert {
-            let stack_configs: HashMap<&str, &crate::config::Stack> = self
-                .config
-                .stacks
-                .iter()
-                .filter(|s| s.api_key == rec.stack)
-                .map(|s| (s.api_key.as_str(), s))
-                .collect();
-            match compile_token(
-                rec,
-                &stack_configs,
-                &self.stacks,
-                Some(self),
-                &self.rate_clock,
-            ) {
+            let stack_configs: HashMap<&str, &crate::config::Stack> =
+                self.config.stacks.iter().filter(|s| s.api_key == rec.stack).map(|s| (s.api_key.as_str(), s)).collect();
+            match compile_token(rec, &stack_configs, &self.stacks, Some(self), &self.rate_clock) {
                 Some(token) => {
                     tokens.insert(rec.secret_sha256, Arc::new(token));
                 }
@@ -231,31 +188,12 @@ fn org_state(o: &Organization, previous: Option<&Snapshot>, clock: &RateClock) -
         _ => Arc::new(Bucket::new(name, rate, burst, clock)),
     };
     let buckets = OrgBuckets {
-        read: keep(
-            prev.map(|b| &b.read),
-            "org-read",
-            o.read_per_second,
-            burst(o.read_per_second),
-        ),
-        write: keep(
-            prev.map(|b| &b.write),
-            "org-write",
-            o.write_per_second,
-            burst(o.write_per_second),
-        ),
-        bulk: keep(
-            prev.map(|b| &b.bulk),
-            "org-bulk",
-            o.bulk_per_second,
-            o.bulk_per_second,
-        ),
+        read: keep(prev.map(|b| &b.read), "org-read", o.read_per_second, burst(o.read_per_second)),
+        write: keep(prev.map(|b| &b.write), "org-write", o.write_per_second, burst(o.write_per_second)),
+        bulk: keep(prev.map(|b| &b.bulk), "org-bulk", o.bulk_per_second, o.bulk_per_second),
     };
     let default_charges = Arc::new(charges(None, None, &buckets));
-    OrgState {
-        config: o.clone(),
-        buckets,
-        default_charges,
-    }
+    OrgState { config: o.clone(), buckets, default_charges }
 }
 
 fn compile_token(
@@ -268,14 +206,8 @@ fn compile_token(
     let stack_cfg = *stack_configs.get(rec.stack.as_str())?;
     let view = stacks.get(rec.stack.as_str())?;
     let grants = compile_scope(&rec.scope, stack_cfg).ok()?;
-    let access_label = if grants.write.is_empty() {
-        "read"
-    } else {
-        "read-write"
-    };
-    let prev = previous
-        .and_then(|p| p.token(&rec.secret_sha256))
-        .filter(|t| *t.uid == *rec.uid);
+    let access_label = if grants.write.is_empty() { "read" } else { "read-write" };
+    let prev = previous.and_then(|p| p.token(&rec.secret_sha256)).filter(|t| *t.uid == *rec.uid);
     let buckets = token_buckets(rec, &view.organization, prev.map(|t| &*t.buckets), clock);
     Some(Token {
         uid: rec.uid.as_str().into(),
@@ -298,10 +230,7 @@ fn token_buckets(
     if rec.rate_limit.is_none() {
         return Arc::clone(&org.default_charges);
     }
-    let own = |custom: Option<u32>,
-               org_rate: u32,
-               name: &'static str,
-               old: Option<&Arc<Bucket>>| {
+    let own = |custom: Option<u32>, org_rate: u32, name: &'static str, old: Option<&Arc<Bucket>>| {
         let custom = custom?;
         if custom > org_rate {
             tracing::warn!(token.uid = %rec.uid, organization = %org.config.uid, custom, org_rate,
@@ -314,12 +243,8 @@ fn token_buckets(
         })
     };
     let rl = rec.rate_limit;
-    let read = own(
-        rl.map(|r| r.read_per_second),
-        org.config.read_per_second,
-        "token-read",
-        prev.and_then(|p| p.read.own()),
-    );
+    let read =
+        own(rl.map(|r| r.read_per_second), org.config.read_per_second, "token-read", prev.and_then(|p| p.read.own()));
     let write = own(
         rl.map(|r| r.write_per_second),
         org.config.write_per_second,
@@ -341,12 +266,7 @@ fn charges(read: Option<Arc<Bucket>>, write: Option<Arc<Bucket>>, o: &OrgBuckets
 
 fn settings(config: &Config) -> Settings {
     let listen = config.server.listen;
-    let mut own: Vec<Authority> = config
-        .server
-        .hostnames
-        .iter()
-        .filter_map(|h| h.parse().ok())
-        .collect();
+    let mut own: Vec<Authority> = config.server.hostnames.iter().filter_map(|h| h.parse().ok()).collect();
     for host in [listen.to_string(), format!("localhost:{}", listen.port())] {
         if let Ok(a) = host.parse() {
             own.push(a);

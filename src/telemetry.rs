@@ -39,9 +39,7 @@ const REASONS: [&str; 11] = [
 const UPSTREAM_KINDS: [&str; 3] = ["connect", "protocol", "timeout"];
 
 /// Latency buckets in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// A histogram of atomics (prometheus-client's own takes a mutex per observation).
 /// Clones share the same counts.
@@ -73,17 +71,11 @@ impl std::ops::Deref for AtomicHistogram {
 impl AtomicHistogram {
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
+        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
         if let Some(c) = self.counts.get(i) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_nanos.fetch_add(
-            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -142,53 +134,24 @@ impl Metrics {
             .chain(std::iter::once(NO_MODULE))
             .map(|module| {
                 std::array::from_fn(|c| {
-                    requests_family
-                        .get_or_create(&[("module", module), ("class", CLASSES[c])])
-                        .clone()
+                    requests_family.get_or_create(&[("module", module), ("class", CLASSES[c])]).clone()
                 })
             })
             .collect();
-        registry.register(
-            "requests",
-            "Requests by CMA module and status class",
-            requests_family,
-        );
+        registry.register("requests", "Requests by CMA module and status class", requests_family);
         let decisions_family = Family::<Labels1, Counter>::default();
-        let decisions = std::array::from_fn(|i| {
-            decisions_family
-                .get_or_create(&[("reason", REASONS[i])])
-                .clone()
-        });
+        let decisions = std::array::from_fn(|i| decisions_family.get_or_create(&[("reason", REASONS[i])]).clone());
         registry.register("decisions", "Gateway decisions by reason", decisions_family);
         let upstream_family = Family::<Labels1, Counter>::default();
-        let upstream_errors = std::array::from_fn(|i| {
-            upstream_family
-                .get_or_create(&[("kind", UPSTREAM_KINDS[i])])
-                .clone()
-        });
-        registry.register(
-            "upstream_errors",
-            "Failed upstream requests by kind",
-            upstream_family,
-        );
+        let upstream_errors =
+            std::array::from_fn(|i| upstream_family.get_or_create(&[("kind", UPSTREAM_KINDS[i])]).clone());
+        registry.register("upstream_errors", "Failed upstream requests by kind", upstream_family);
         let latency = AtomicHistogram::default();
-        registry.register(
-            "request_duration_seconds",
-            "Request latency as seen by the gateway",
-            latency.clone(),
-        );
+        registry.register("request_duration_seconds", "Request latency as seen by the gateway", latency.clone());
         let open_connections = Gauge::default();
-        registry.register(
-            "open_connections",
-            "Open client connections",
-            open_connections.clone(),
-        );
+        registry.register("open_connections", "Open client connections", open_connections.clone());
         let tokens_loaded = Gauge::default();
-        registry.register(
-            "tokens_loaded",
-            "Management tokens in the active snapshot",
-            tokens_loaded.clone(),
-        );
+        registry.register("tokens_loaded", "Management tokens in the active snapshot", tokens_loaded.clone());
         let reloads = Family::<Labels1, Counter>::default();
         let reloads_ok = reloads.get_or_create(&[("result", "success")]).clone();
         let reloads_failed = reloads.get_or_create(&[("result", "failure")]).clone();
@@ -213,13 +176,7 @@ impl Metrics {
     }
 
     /// Records one finished request.
-    pub fn request(
-        &self,
-        module: Option<Module>,
-        status: u16,
-        error: Option<&GatewayError>,
-        took: Duration,
-    ) {
+    pub fn request(&self, module: Option<Module>, status: u16, error: Option<&GatewayError>, took: Duration) {
         let row = module.map_or(Module::ALL.len(), Module::index);
         let class = usize::from(status / 100).saturating_sub(1).min(4);
         if let Some(c) = self.requests.get(row).and_then(|r| r.get(class)) {

@@ -17,10 +17,7 @@ pub enum TlsError {
 }
 
 fn file_error(path: &Path, reason: impl ToString) -> TlsError {
-    TlsError::File {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
+    TlsError::File { path: path.display().to_string(), reason: reason.to_string() }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -66,9 +63,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
         }
     }
     if roots.is_empty() {
-        return Err(TlsError::Config(
-            "no trusted CA certificates for the upstream".into(),
-        ));
+        return Err(TlsError::Config("no trusted CA certificates for the upstream".into()));
     }
     // No ALPN here: the connector offers h2 and http/1.1 itself.
     Ok(rustls::ClientConfig::builder_with_provider(provider())

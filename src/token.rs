@@ -57,36 +57,23 @@ pub trait BranchCatalog {
 
 /// Compiles a scope, collecting every problem under a field key
 /// (`scope[2].module`, `scope.branch_or_alias`, ...).
-pub fn compile_scope(
-    entries: &[ScopeEntry],
-    stack: &dyn BranchCatalog,
-) -> Result<Grants, FieldErrors> {
+pub fn compile_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Result<Grants, FieldErrors> {
     let mut errors = FieldErrors::new();
     let mut grants = Grants::default();
     let (mut branches, mut aliases) = (Vec::new(), Vec::new());
     let mut has_branch_entry = false;
     for (i, entry) in entries.iter().enumerate() {
         let mut err = |field: &str, msg: String| {
-            errors
-                .entry(format!("scope[{i}].{field}"))
-                .or_default()
-                .push(msg);
+            errors.entry(format!("scope[{i}].{field}")).or_default().push(msg);
         };
-        match (
-            entry.module.as_str(),
-            &entry.branches,
-            &entry.branch_aliases,
-        ) {
+        match (entry.module.as_str(), &entry.branches, &entry.branch_aliases) {
             ("branch", Some(list), None) => {
                 has_branch_entry = true;
                 for b in list {
                     if stack.has_branch(b) {
                         branches.push(b.as_str().into());
                     } else {
-                        err(
-                            "branches",
-                            format!("branch '{b}' does not exist in this stack."),
-                        );
+                        err("branches", format!("branch '{b}' does not exist in this stack."));
                     }
                 }
             }
@@ -96,18 +83,12 @@ pub fn compile_scope(
                     if stack.has_alias(a) {
                         aliases.push(a.as_str().into());
                     } else {
-                        err(
-                            "branch_aliases",
-                            format!("alias '{a}' does not exist in this stack."),
-                        );
+                        err("branch_aliases", format!("alias '{a}' does not exist in this stack."));
                     }
                 }
             }
             (_, Some(_), _) => err("branches", "only allowed on module 'branch'.".into()),
-            (_, _, Some(_)) => err(
-                "branch_aliases",
-                "only allowed on module 'branch_alias'.".into(),
-            ),
+            (_, _, Some(_)) => err("branch_aliases", "only allowed on module 'branch_alias'.".into()),
             ("$all", None, None) => grant(&mut grants, ModuleSet::ALL, entry.acl),
             (name, None, None) => match Module::from_scope_name(name) {
                 Some(m) => {
@@ -172,10 +153,7 @@ pub fn parse_expiry(text: &str) -> Result<Expiry, String> {
     } else {
         return Err("must be a date (YYYY-MM-DD) or an RFC 3339 instant.".into());
     };
-    Ok(Expiry {
-        text: text.to_owned(),
-        at,
-    })
+    Ok(Expiry { text: text.to_owned(), at })
 }
 
 #[cfg(test)]
@@ -193,32 +171,17 @@ mod tests {
     }
 
     fn entry(module: &str, read: bool, write: bool) -> ScopeEntry {
-        ScopeEntry {
-            module: module.into(),
-            acl: Acl { read, write },
-            branches: None,
-            branch_aliases: None,
-        }
+        ScopeEntry { module: module.into(), acl: Acl { read, write }, branches: None, branch_aliases: None }
     }
 
     fn branches(list: &[&str]) -> ScopeEntry {
-        ScopeEntry {
-            branches: Some(list.iter().map(|s| s.to_string()).collect()),
-            ..entry("branch", true, false)
-        }
+        ScopeEntry { branches: Some(list.iter().map(|s| s.to_string()).collect()), ..entry("branch", true, false) }
     }
 
     #[test]
     fn all_and_module_entries_union() {
-        let g = compile_scope(
-            &[
-                entry("$all", true, false),
-                entry("entry", true, true),
-                branches(&["main"]),
-            ],
-            &Cat,
-        )
-        .unwrap();
+        let g = compile_scope(&[entry("$all", true, false), entry("entry", true, true), branches(&["main"])], &Cat)
+            .unwrap();
         assert_eq!(g.read, ModuleSet::ALL);
         assert!(g.write.contains(Module::Entry));
         assert!(!g.write.contains(Module::Asset));

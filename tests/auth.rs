@@ -14,82 +14,31 @@ async fn api_key_and_token_errors() {
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, i64);
     let cases: Vec<Case> = vec![
         ("missing api_key", vec![("authorization", RW)], 412, 109),
-        (
-            "unknown api_key",
-            vec![("api_key", "blt9999999999999999"), ("authorization", RW)],
-            412,
-            109,
-        ),
+        ("unknown api_key", vec![("api_key", "blt9999999999999999"), ("authorization", RW)], 412, 109),
         ("missing token", vec![("api_key", API_KEY)], 401, 105),
         (
             "unknown token",
-            vec![
-                ("api_key", API_KEY),
-                ("authorization", "cs99999999999999999999999999999999"),
-            ],
+            vec![("api_key", API_KEY), ("authorization", "cs99999999999999999999999999999999")],
             401,
             105,
         ),
-        (
-            "empty token",
-            vec![("api_key", API_KEY), ("authorization", "")],
-            401,
-            105,
-        ),
-        (
-            "other stack's token",
-            vec![("api_key", API_KEY), ("authorization", OTHER_STACK)],
-            401,
-            105,
-        ),
-        (
-            "token with other api_key",
-            vec![("api_key", OTHER_API_KEY), ("authorization", RW)],
-            401,
-            105,
-        ),
+        ("empty token", vec![("api_key", API_KEY), ("authorization", "")], 401, 105),
+        ("other stack's token", vec![("api_key", API_KEY), ("authorization", OTHER_STACK)], 401, 105),
+        ("token with other api_key", vec![("api_key", OTHER_API_KEY), ("authorization", RW)], 401, 105),
         ("no credentials at all", vec![], 401, 105),
-        (
-            "duplicate authorization",
-            vec![
-                ("api_key", API_KEY),
-                ("authorization", RW),
-                ("authorization", RO),
-            ],
-            400,
-            400,
-        ),
-        (
-            "duplicate api_key",
-            vec![
-                ("api_key", API_KEY),
-                ("api_key", OTHER_API_KEY),
-                ("authorization", RW),
-            ],
-            400,
-            400,
-        ),
+        ("duplicate authorization", vec![("api_key", API_KEY), ("authorization", RW), ("authorization", RO)], 400, 400),
+        ("duplicate api_key", vec![("api_key", API_KEY), ("api_key", OTHER_API_KEY), ("authorization", RW)], 400, 400),
     ];
     for (name, headers, status, code) in cases {
         let (got, _, body) = env.send("GET", PATH, &headers, "").await;
         assert_eq!(got.as_u16(), status, "{name}");
         assert_eq!(error_code(&body), code, "{name}");
         let text = String::from_utf8_lossy(&body);
-        assert!(
-            !text.contains(RW) && !text.contains(RO),
-            "{name}: secret echoed"
-        );
+        assert!(!text.contains(RW) && !text.contains(RO), "{name}: secret echoed");
     }
     assert!(env.backend.seen().is_empty(), "nothing may be forwarded");
     // The valid token of the other stack works on its own stack.
-    let (got, _, _) = env
-        .send(
-            "GET",
-            PATH,
-            &[("api_key", OTHER_API_KEY), ("authorization", OTHER_STACK)],
-            "",
-        )
-        .await;
+    let (got, _, _) = env.send("GET", PATH, &[("api_key", OTHER_API_KEY), ("authorization", OTHER_STACK)], "").await;
     assert_eq!(got.as_u16(), 200);
 }
 
@@ -98,11 +47,7 @@ async fn expiry_is_midnight_utc_at_the_start_of_the_date() {
     let clock = Arc::new(ManualClock::new(EXPIRY - 1));
     let env = Env::with_clock(Arc::clone(&clock)).await;
     let (status, _, _) = env.token("GET", PATH, EXPIRING, "").await;
-    assert_eq!(
-        status.as_u16(),
-        200,
-        "one second before 2027-01-01T00:00:00Z"
-    );
+    assert_eq!(status.as_u16(), 200, "one second before 2027-01-01T00:00:00Z");
 
     clock.set(EXPIRY);
     let (status, _, body) = env.token("GET", PATH, EXPIRING, "").await;
@@ -149,11 +94,7 @@ async fn branch_scope() {
         assert_eq!(status.as_u16(), want, "token {token} branch {branch:?}");
         if want == 200 {
             let seen = env.backend.last().unwrap();
-            assert_eq!(
-                seen.headers.get("branch").map(|v| v.to_str().unwrap()),
-                branch,
-                "branch is forwarded as sent"
-            );
+            assert_eq!(seen.headers.get("branch").map(|v| v.to_str().unwrap()), branch, "branch is forwarded as sent");
         } else {
             assert_eq!(error_code(&body), 162);
             assert!(env.backend.seen().is_empty());
@@ -164,38 +105,13 @@ async fn branch_scope() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_modules_skip_the_branch_check() {
     let env = Env::start().await;
-    for path in [
-        "/v3/environments",
-        "/v3/webhooks",
-        "/v3/stacks/branches",
-        "/v3/roles",
-        "/v3/taxonomies",
-    ] {
-        let (status, _, _) = env
-            .send(
-                "GET",
-                path,
-                &[
-                    ("api_key", API_KEY),
-                    ("authorization", RO),
-                    ("branch", "development"),
-                ],
-                "",
-            )
-            .await;
+    for path in ["/v3/environments", "/v3/webhooks", "/v3/stacks/branches", "/v3/roles", "/v3/taxonomies"] {
+        let (status, _, _) =
+            env.send("GET", path, &[("api_key", API_KEY), ("authorization", RO), ("branch", "development")], "").await;
         assert_eq!(status.as_u16(), 200, "{path}");
     }
     let (status, _, _) = env
-        .send(
-            "GET",
-            "/v3/assets",
-            &[
-                ("api_key", API_KEY),
-                ("authorization", RO),
-                ("branch", "development"),
-            ],
-            "",
-        )
+        .send("GET", "/v3/assets", &[("api_key", API_KEY), ("authorization", RO), ("branch", "development")], "")
         .await;
     assert_eq!(status.as_u16(), 403);
 }

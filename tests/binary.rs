@@ -24,19 +24,11 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn check_accepts_the_example_config() {
-    let out = Command::new(BIN)
-        .args(["check", "--config", "config/stackgate.example.toml"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(BIN).args(["check", "--config", "config/stackgate.example.toml"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
     // And the library parses it the same way.
-    let cfg =
-        stackgate::config::load(std::path::Path::new("config/stackgate.example.toml")).unwrap();
+    let cfg = stackgate::config::load(std::path::Path::new("config/stackgate.example.toml")).unwrap();
     assert_eq!(cfg.stacks[0].tokens.len(), 2);
 }
 
@@ -81,10 +73,7 @@ scope = [{ module = "nonsense", acl = { read = true } }, { module = "branch", br
 "#,
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for expected in [
@@ -106,26 +95,17 @@ scope = [{ module = "nonsense", acl = { read = true } }, { module = "branch", br
     }
     // Syntax errors and unreadable files are errors too, not panics.
     std::fs::write(&file, "[server\nlisten=").unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid TOML"));
-    let out = Command::new(BIN)
-        .args(["check", "--config", "/nonexistent/x.toml"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check", "--config", "/nonexistent/x.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn run_refuses_an_invalid_config_before_binding() {
-    let out = Command::new(BIN)
-        .args(["run", "--config", "/nonexistent/x.toml"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["run", "--config", "/nonexistent/x.toml"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
@@ -159,18 +139,11 @@ async fn a_100_mib_upload_streams_without_growing_gateway_memory() {
     stream.read_to_end(&mut resp).await.unwrap();
     let text = String::from_utf8_lossy(&resp);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert_eq!(
-        backend.last().unwrap().body_len,
-        SIZE,
-        "the backend got every byte"
-    );
+    assert_eq!(backend.last().unwrap().body_len, SIZE, "the backend got every byte");
 
     let after = peak_rss_kib(pid);
     let grown_mib = (after.saturating_sub(before)) as f64 / 1024.0;
-    assert!(
-        grown_mib < 16.0,
-        "peak RSS grew by {grown_mib:.1} MiB for a 100 MiB upload"
-    );
+    assert!(grown_mib < 16.0, "peak RSS grew by {grown_mib:.1} MiB for a 100 MiB upload");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -186,12 +159,8 @@ async fn demo_prints_working_credentials_and_commands() {
         }
         line.clear();
     }
-    let field = |name: &str| {
-        banner
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_owned()))
-            .unwrap()
-    };
+    let field =
+        |name: &str| banner.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_owned())).unwrap();
     let (api_key, rw, ro) = (field("api_key"), field("read-write"), field("read-only"));
     assert!(banner.contains("curl -s "), "{banner}");
     let addr: std::net::SocketAddr = addr.parse().unwrap();
@@ -200,10 +169,7 @@ async fn demo_prints_working_credentials_and_commands() {
     };
     let (status, text) = raw(addr, get(&ro).as_bytes()).await;
     assert_eq!(status, 200, "{text}");
-    assert!(
-        text.contains("Hello, world"),
-        "demo backend serves seeded entries: {text}"
-    );
+    assert!(text.contains("Hello, world"), "demo backend serves seeded entries: {text}");
     let post = |token: &str| {
         let body = r#"{"entry":{"title":"Hello"}}"#;
         format!("POST /v3/content_types/blog_post/entries HTTP/1.1\r\nHost: gw\r\napi_key: {api_key}\r\nauthorization: {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
@@ -212,7 +178,8 @@ async fn demo_prints_working_credentials_and_commands() {
     assert_eq!(status, 403, "{text}");
     let (status, text) = raw(addr, post(&rw).as_bytes()).await;
     assert_eq!(status, 201, "{text}");
-    let missing = format!("GET /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {api_key}\r\nConnection: close\r\n\r\n");
+    let missing =
+        format!("GET /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {api_key}\r\nConnection: close\r\n\r\n");
     let (status, _) = raw(addr, missing.as_bytes()).await;
     assert_eq!(status, 401);
 }

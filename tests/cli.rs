@@ -7,8 +7,7 @@ use std::process::Command;
 
 fn token_cmd(url: &str, args: &[&str], authtoken: Option<&str>) -> std::process::Output {
     let mut cmd = Command::new(BIN);
-    cmd.args(["token", "--url", url, "--api-key", API_KEY])
-        .args(args);
+    cmd.args(["token", "--url", url, "--api-key", API_KEY]).args(args);
     cmd.env_remove("STACKGATE_AUTHTOKEN");
     if let Some(a) = authtoken {
         cmd.env("STACKGATE_AUTHTOKEN", a);
@@ -50,43 +49,20 @@ async fn operator_cli_lifecycle() {
     ]))
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let secret = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("secret: "))
-        .unwrap()
-        .to_owned();
-    let uid = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("created "))
-        .unwrap()
-        .to_owned();
-    let (status, headers, _) = env
-        .token("POST", "/v3/content_types/blog/entries", &secret, "{}")
-        .await;
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let secret = stdout.lines().find_map(|l| l.strip_prefix("secret: ")).unwrap().to_owned();
+    let uid = stdout.lines().find_map(|l| l.strip_prefix("created ")).unwrap().to_owned();
+    let (status, headers, _) = env.token("POST", "/v3/content_types/blog/entries", &secret, "{}").await;
     assert_eq!(status.as_u16(), 200);
-    assert_eq!(
-        headers["x-ratelimit-limit"], "2",
-        "custom write rate applied"
-    );
+    assert_eq!(headers["x-ratelimit-limit"], "2", "custom write rate applied");
 
     let out = run(s(&["list"])).await;
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success() && listed.contains("from-cli") && !listed.contains(&secret));
 
     let out = run(s(&["update", &uid, "--access", "read", "--branch", "main"])).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (status, _, _) = env
-        .token("POST", "/v3/content_types/blog/entries", &secret, "{}")
-        .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, _, _) = env.token("POST", "/v3/content_types/blog/entries", &secret, "{}").await;
     assert_eq!(status.as_u16(), 403);
 
     let out = run(s(&["show", &uid])).await;
@@ -94,9 +70,7 @@ async fn operator_cli_lifecycle() {
 
     let out = run(s(&["delete", &uid])).await;
     assert!(out.status.success());
-    let (status, _, _) = env
-        .token("GET", "/v3/content_types/blog/entries", &secret, "")
-        .await;
+    let (status, _, _) = env.token("GET", "/v3/content_types/blog/entries", &secret, "").await;
     assert_eq!(status.as_u16(), 401);
 
     // Errors are reported, with a non-zero exit.
@@ -104,16 +78,12 @@ async fn operator_cli_lifecycle() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
     let url2 = url.clone();
-    let out = tokio::task::spawn_blocking(move || token_cmd(&url2, &["list"], None))
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || token_cmd(&url2, &["list"], None)).await.unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("STACKGATE_AUTHTOKEN"));
     let url3 = url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        token_cmd(&url3, &["list", "--authtoken", ALICE], Some(ALICE))
-    })
-    .await
-    .unwrap();
+    let out = tokio::task::spawn_blocking(move || token_cmd(&url3, &["list", "--authtoken", ALICE], Some(ALICE)))
+        .await
+        .unwrap();
     assert!(!out.status.success(), "the authtoken is never a flag");
 }

@@ -44,11 +44,7 @@ const ROWS: &[(&str, &str, K)] = &[
     ("POST", "/v3/content_types/blog/entries/e1/publish", W),
     ("POST", "/v3/content_types/blog/entries/e1/unpublish", W),
     ("GET", "/v3/content_types/blog/entries/e1/versions", R),
-    (
-        "POST",
-        "/v3/content_types/blog/entries/e1/versions/2/name",
-        W,
-    ),
+    ("POST", "/v3/content_types/blog/entries/e1/versions/2/name", W),
     ("GET", "/v3/content_types/blog/entries/e1/references", R),
     ("GET", "/v3/content_types/blog/entries/e1/locales", R),
     ("GET", "/v3/content_types/blog/entries/e1/export", R),
@@ -262,13 +258,7 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
         403,
         200,
     ),
-    (
-        "POST",
-        "/v3/content_types/blog/entries/e1/workflow",
-        r#"{"workflow": "#,
-        403,
-        400,
-    ),
+    ("POST", "/v3/content_types/blog/entries/e1/workflow", r#"{"workflow": "#, 403, 400),
     (
         "POST",
         "/v3/workflows/publishing_rules",
@@ -283,34 +273,10 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
         403,
         403,
     ),
-    (
-        "PUT",
-        "/v3/workflows/publishing_rules/p1",
-        r#"{"publishing_rule":{"approvers":{"roles":["r1"]}}}"#,
-        403,
-        403,
-    ),
-    (
-        "PUT",
-        "/v3/workflows/publishing_rules/p1",
-        r#"{"publishing_rule":{"actions":["publish"]}}"#,
-        403,
-        200,
-    ),
-    (
-        "PUT",
-        "/v3/workflows/publishing_rules/p1",
-        "not json",
-        403,
-        400,
-    ),
-    (
-        "POST",
-        "/v3/bulk/workflow",
-        r#"{"workflow":{"workflow_stage":{"uid":"s1"}},"entries":[]}"#,
-        403,
-        403,
-    ),
+    ("PUT", "/v3/workflows/publishing_rules/p1", r#"{"publishing_rule":{"approvers":{"roles":["r1"]}}}"#, 403, 403),
+    ("PUT", "/v3/workflows/publishing_rules/p1", r#"{"publishing_rule":{"actions":["publish"]}}"#, 403, 200),
+    ("PUT", "/v3/workflows/publishing_rules/p1", "not json", 403, 400),
+    ("POST", "/v3/bulk/workflow", r#"{"workflow":{"workflow_stage":{"uid":"s1"}},"entries":[]}"#, 403, 403),
 ];
 
 fn expected(kind: K, token: &str) -> u16 {
@@ -327,23 +293,13 @@ async fn every_cma_row_for_read_only_and_read_write_tokens() {
     for &(method, path, kind) in ROWS {
         for token in [RO, RW] {
             env.backend.clear();
-            let body = if method == "GET" || method == "HEAD" {
-                ""
-            } else {
-                "{}"
-            };
+            let body = if method == "GET" || method == "HEAD" { "" } else { "{}" };
             let (status, _, resp_body) = env.token(method, path, token, body).await;
             let want = expected(kind, token);
             let seen = env.backend.seen();
-            let name = if token == RO {
-                "read-only"
-            } else {
-                "read-write"
-            };
+            let name = if token == RO { "read-only" } else { "read-write" };
             if status.as_u16() != want {
-                failures.push(format!(
-                    "{method} {path} ({name}): got {status}, want {want}"
-                ));
+                failures.push(format!("{method} {path} ({name}): got {status}, want {want}"));
                 continue;
             }
             if want == 200 {
@@ -359,20 +315,12 @@ async fn every_cma_row_for_read_only_and_read_write_tokens() {
                     failures.push(format!("{method} {path} ({name}): denied but forwarded"));
                 }
                 if error_code(&resp_body) != 162 {
-                    failures.push(format!(
-                        "{method} {path} ({name}): error_code {}",
-                        error_code(&resp_body)
-                    ));
+                    failures.push(format!("{method} {path} ({name}): error_code {}", error_code(&resp_body)));
                 }
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,8 +335,7 @@ async fn body_rules() {
             if status.as_u16() != want {
                 failures.push(format!("{method} {path} {body}: got {status}, want {want}"));
             }
-            let forwarded =
-                seen.len() == 1 && seen[0].body_len == body.len() && seen[0].target == path;
+            let forwarded = seen.len() == 1 && seen[0].body_len == body.len() && seen[0].target == path;
             if forwarded != (want == 200) {
                 failures.push(format!("{method} {path} {body}: forwarded={forwarded}"));
             }
@@ -415,37 +362,16 @@ async fn per_module_scope_grants_only_that_module() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspected_body_over_the_limit_is_413() {
-    let env = Env::start_with(
-        "max_inspected_body = \"1KiB\"",
-        "",
-        std::sync::Arc::new(stackgate::clock::SystemClock),
-    )
-    .await;
-    let big = format!(
-        r#"{{"workflow":{{"publishing_rule":{{"status":0}}}},"pad":"{}"}}"#,
-        "x".repeat(2048)
-    );
-    let (status, _, body) = env
-        .token(
-            "POST",
-            "/v3/content_types/blog/entries/e1/workflow",
-            RW,
-            &big,
-        )
-        .await;
+    let env =
+        Env::start_with("max_inspected_body = \"1KiB\"", "", std::sync::Arc::new(stackgate::clock::SystemClock)).await;
+    let big = format!(r#"{{"workflow":{{"publishing_rule":{{"status":0}}}},"pad":"{}"}}"#, "x".repeat(2048));
+    let (status, _, body) = env.token("POST", "/v3/content_types/blog/entries/e1/workflow", RW, &big).await;
     assert_eq!(status.as_u16(), 413);
     assert_eq!(error_code(&body), 413);
     assert!(env.backend.seen().is_empty());
     // Within the limit, the same bytes are forwarded.
     let small = r#"{"workflow":{"publishing_rule":{"status":0}}}"#;
-    let (status, _, _) = env
-        .token(
-            "POST",
-            "/v3/content_types/blog/entries/e1/workflow",
-            RW,
-            small,
-        )
-        .await;
+    let (status, _, _) = env.token("POST", "/v3/content_types/blog/entries/e1/workflow", RW, small).await;
     assert_eq!(status.as_u16(), 200);
     assert_eq!(env.backend.last().unwrap().body_len, small.len());
 }

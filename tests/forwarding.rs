@@ -30,56 +30,27 @@ async fn request_and_response_headers_are_rewritten() {
     let (status, resp_headers, _) = env.send("GET", PATH, &headers, "").await;
     assert_eq!(status.as_u16(), 200);
     let seen = env.backend.last().unwrap();
-    let h = |name: &str| {
-        seen.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
+    let h = |name: &str| seen.headers.get(name).map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(h("api_key").as_deref(), Some(API_KEY));
     assert_eq!(h("branch").as_deref(), Some("main"));
-    assert_eq!(
-        h("authorization"),
-        None,
-        "token stripped with forward_token = false"
-    );
-    assert_eq!(
-        h("authtoken"),
-        None,
-        "no user session rides along with a token"
-    );
-    assert_eq!(
-        h("x-stackgate-token-uid").as_deref(),
-        Some("blt000000000000ro01")
-    );
+    assert_eq!(h("authorization"), None, "token stripped with forward_token = false");
+    assert_eq!(h("authtoken"), None, "no user session rides along with a token");
+    assert_eq!(h("x-stackgate-token-uid").as_deref(), Some("blt000000000000ro01"));
     assert_eq!(h("x-stackgate-access").as_deref(), Some("read"));
     assert_eq!(seen.headers.get_all("x-stackgate-access").iter().count(), 1);
     assert_eq!(h("x-forwarded-for").as_deref(), Some("127.0.0.1"));
     assert_eq!(h("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(
-        h("x-hop"),
-        None,
-        "headers named by Connection are hop-by-hop"
-    );
-    assert_eq!(
-        h("x-user-agent").as_deref(),
-        Some("contentstack-management-javascript/1.0")
-    );
+    assert_eq!(h("x-hop"), None, "headers named by Connection are hop-by-hop");
+    assert_eq!(h("x-user-agent").as_deref(), Some("contentstack-management-javascript/1.0"));
     assert_eq!(h("api_version").as_deref(), Some("3.2"));
     let rid = h("x-request-id").unwrap();
     assert_ne!(rid, "client-chosen");
-    assert_eq!(
-        resp_headers["x-request-id"].to_str().unwrap(),
-        rid,
-        "client sees the id the backend saw"
-    );
+    assert_eq!(resp_headers["x-request-id"].to_str().unwrap(), rid, "client sees the id the backend saw");
     assert_eq!(resp_headers["x-backend"], "1");
 
     // Read-write tokens are announced as such.
     env.token("GET", PATH, RW, "").await;
-    assert_eq!(
-        env.backend.last().unwrap().headers["x-stackgate-access"],
-        "read-write"
-    );
+    assert_eq!(env.backend.last().unwrap().headers["x-stackgate-access"], "read-write");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,49 +69,25 @@ async fn user_sessions_pass_unchanged_by_default() {
     // Even paths no management token may use: the backend is the authority for users.
     for path in [PATH, "/v3/stacks/settings", "/v3/user"] {
         env.backend.clear();
-        let (status, _, _) = env
-            .send(
-                "GET",
-                path,
-                &[("api_key", API_KEY), ("authtoken", "user-session-xyz")],
-                "",
-            )
-            .await;
+        let (status, _, _) =
+            env.send("GET", path, &[("api_key", API_KEY), ("authtoken", "user-session-xyz")], "").await;
         assert_eq!(status.as_u16(), 200, "{path}");
         let seen = env.backend.last().unwrap();
         assert_eq!(seen.headers["authtoken"], "user-session-xyz");
         assert!(seen.headers.get("x-stackgate-access").is_none());
     }
-    let (status, _, _) = env
-        .send(
-            "GET",
-            PATH,
-            &[("api_key", API_KEY), ("authorization", "Bearer oauth-xyz")],
-            "",
-        )
-        .await;
+    let (status, _, _) =
+        env.send("GET", PATH, &[("api_key", API_KEY), ("authorization", "Bearer oauth-xyz")], "").await;
     assert_eq!(status.as_u16(), 200);
-    assert_eq!(
-        env.backend.last().unwrap().headers["authorization"],
-        "Bearer oauth-xyz"
-    );
+    assert_eq!(env.backend.last().unwrap().headers["authorization"], "Bearer oauth-xyz");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_sessions_can_be_denied() {
     let env = Env::start_with("user_sessions = \"deny\"", "", Arc::new(SystemClock)).await;
-    let (status, _, body) = env
-        .send("GET", PATH, &[("api_key", API_KEY), ("authtoken", "u")], "")
-        .await;
+    let (status, _, body) = env.send("GET", PATH, &[("api_key", API_KEY), ("authtoken", "u")], "").await;
     assert_eq!((status.as_u16(), error_code(&body)), (403, 162));
-    let (status, _, _) = env
-        .send(
-            "GET",
-            PATH,
-            &[("api_key", API_KEY), ("authorization", "Bearer x")],
-            "",
-        )
-        .await;
+    let (status, _, _) = env.send("GET", PATH, &[("api_key", API_KEY), ("authorization", "Bearer x")], "").await;
     assert_eq!(status.as_u16(), 403);
     let (status, _, _) = env.token("GET", PATH, RO, "").await;
     assert_eq!(status.as_u16(), 200, "management tokens still work");
@@ -158,14 +105,9 @@ async fn options_is_answered_by_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_down_is_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let cfg = stackgate::config::from_str(&config_text(closed, "", "")).unwrap();
-    let gw = stackgate::server::start(cfg, Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let gw = stackgate::server::start(cfg, Arc::new(SystemClock)).await.unwrap();
     let (status, text) = raw(gw.addr, &raw_get(PATH)).await;
     assert_eq!(status, 502, "{text}");
     assert!(text.contains("\"error_code\":502"));
@@ -175,22 +117,9 @@ async fn backend_down_is_502() {
 async fn slow_backend_is_504() {
     let env = Env::start().await; // request_timeout = 2s
     let started = Instant::now();
-    let (status, _, body) = env
-        .send(
-            "GET",
-            PATH,
-            &[
-                ("api_key", API_KEY),
-                ("authorization", RO),
-                ("x-test-delay-ms", "4000"),
-            ],
-            "",
-        )
-        .await;
+    let (status, _, body) =
+        env.send("GET", PATH, &[("api_key", API_KEY), ("authorization", RO), ("x-test-delay-ms", "4000")], "").await;
     assert_eq!((status.as_u16(), error_code(&body)), (504, 504));
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(3500), "{took:?}");
 }

@@ -45,9 +45,7 @@ async fn webhook(fail_first: u32) -> Webhook {
                         let status = if n < fail_first {
                             500
                         } else {
-                            a.lock()
-                                .unwrap()
-                                .push(serde_json::from_slice(&body).unwrap());
+                            a.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
                             200
                         };
                         let mut resp = http::Response::new(Full::new(Bytes::new()));
@@ -61,11 +59,7 @@ async fn webhook(fail_first: u32) -> Webhook {
             });
         }
     });
-    Webhook {
-        addr,
-        calls,
-        accepted,
-    }
+    Webhook { addr, calls, accepted }
 }
 
 /// A minimal SMTP server that accepts everything and keeps each message's text.
@@ -112,12 +106,7 @@ async fn smtp_sink() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, messages)
 }
 
-fn config(
-    backend: SocketAddr,
-    hook: SocketAddr,
-    smtp: SocketAddr,
-    db: &std::path::Path,
-) -> stackgate::config::Config {
+fn config(backend: SocketAddr, hook: SocketAddr, smtp: SocketAddr, db: &std::path::Path) -> stackgate::config::Config {
     let text = format!(
         "{}\n[store]\npath = \"{}\"\n\n[notify]\nbefore = \"7d\"\ninterval = \"100ms\"\nwebhook = \"http://{hook}/hooks/token-expiry\"\nsmtp = {{ relay = \"{smtp}\", from = \"stackgate@example.com\", to = [\"ops@example.com\"] }}\n",
         config_text(backend, "", ""),
@@ -142,32 +131,16 @@ async fn one_notice_per_channel_no_resend_after_restart_retry_and_rearm() {
     let dir = temp_dir("notify");
     let db = dir.join("stackgate.db");
     let clock = Arc::new(ManualClock::new(EXPIRY - 8 * DAY));
-    let gw = stackgate::server::start(config(backend.addr, hook.addr, smtp, &db), clock.clone())
-        .await
-        .unwrap();
+    let gw = stackgate::server::start(config(backend.addr, hook.addr, smtp, &db), clock.clone()).await.unwrap();
 
     // A token expiring at EXPIRY (2027-01-01), with notices on.
     let mut api = KeepAlive::connect(gw.addr).await;
-    let owner = [
-        ("api_key", API_KEY),
-        ("authtoken", ALICE),
-        ("content-type", "application/json"),
-    ];
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "application/json")];
     let create = json!({"token": {"name": "expiring-soon", "expires_on": "2027-01-01", "is_email_notification_enabled": true,
         "scope": [{"module": "$all", "acl": {"read": true}}, {"module": "branch", "branches": ["main"]}]}});
-    let (status, body) = api
-        .send(
-            "POST",
-            "/v3/stacks/management_tokens",
-            &owner,
-            &create.to_string(),
-        )
-        .await;
+    let (status, body) = api.send("POST", "/v3/stacks/management_tokens", &owner, &create.to_string()).await;
     assert_eq!(status, 201, "{body}");
-    let uid = serde_json::from_str::<Value>(&body).unwrap()["token"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let uid = serde_json::from_str::<Value>(&body).unwrap()["token"]["uid"].as_str().unwrap().to_owned();
 
     // Eight days ahead: outside the 7-day window, nothing is sent.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -176,34 +149,21 @@ async fn one_notice_per_channel_no_resend_after_restart_retry_and_rearm() {
 
     // Six days ahead: one notice per channel; the webhook's two failures are retried.
     clock.set(EXPIRY - 6 * DAY);
-    eventually("the webhook notice", || {
-        hook.accepted.lock().unwrap().len() == 1
-    })
-    .await;
+    eventually("the webhook notice", || hook.accepted.lock().unwrap().len() == 1).await;
     eventually("the e-mail notice", || mails.lock().unwrap().len() == 1).await;
-    assert_eq!(
-        hook.calls.load(Ordering::SeqCst),
-        3,
-        "two failures, then one success"
-    );
+    assert_eq!(hook.calls.load(Ordering::SeqCst), 3, "two failures, then one success");
     let notice = hook.accepted.lock().unwrap()[0].clone();
     assert_eq!(notice["stack"], API_KEY);
     assert_eq!(notice["token_uid"], uid.as_str());
     assert_eq!(notice["name"], "expiring-soon");
     assert_eq!(notice["expires_on"], "2027-01-01");
     let mail = mails.lock().unwrap()[0].clone();
-    assert!(
-        mail.contains("expiring-soon") && mail.contains("2027-01-01"),
-        "{mail}"
-    );
+    assert!(mail.contains("expiring-soon") && mail.contains("2027-01-01"), "{mail}");
     assert!(
         mail.contains("ops@example.com") && mail.contains("alice@example.com"),
         "to the list and the creator: {mail}"
     );
-    eventually("both notices counted", || {
-        gw.gateway.metrics.notices_sent.get() == 2
-    })
-    .await;
+    eventually("both notices counted", || gw.gateway.metrics.notices_sent.get() == 2).await;
     assert_eq!(gw.gateway.metrics.notices_failed.get(), 2);
 
     // Several more scans: still exactly one each.
@@ -217,34 +177,19 @@ async fn one_notice_per_channel_no_resend_after_restart_retry_and_rearm() {
         n.abort();
     }
     drop(api);
-    let gw = stackgate::server::start(config(backend.addr, hook.addr, smtp, &db), clock.clone())
-        .await
-        .unwrap();
+    let gw = stackgate::server::start(config(backend.addr, hook.addr, smtp, &db), clock.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        hook.accepted.lock().unwrap().len(),
-        1,
-        "no resend after restart"
-    );
+    assert_eq!(hook.accepted.lock().unwrap().len(), 1, "no resend after restart");
     assert_eq!(mails.lock().unwrap().len(), 1);
 
     // Moving expires_on re-arms the notice for the new date.
     let mut api = KeepAlive::connect(gw.addr).await;
     let update = json!({"token": {"expires_on": "2027-01-03"}});
-    let (status, body) = api
-        .send(
-            "PUT",
-            &format!("/v3/stacks/management_tokens/{uid}"),
-            &owner,
-            &update.to_string(),
-        )
-        .await;
+    let (status, body) =
+        api.send("PUT", &format!("/v3/stacks/management_tokens/{uid}"), &owner, &update.to_string()).await;
     assert_eq!(status, 200, "{body}");
     clock.set(EXPIRY - 4 * DAY);
-    eventually("the re-armed webhook notice", || {
-        hook.accepted.lock().unwrap().len() == 2
-    })
-    .await;
+    eventually("the re-armed webhook notice", || hook.accepted.lock().unwrap().len() == 2).await;
     eventually("the re-armed e-mail", || mails.lock().unwrap().len() == 2).await;
     assert_eq!(hook.accepted.lock().unwrap()[1]["expires_on"], "2027-01-03");
     let _ = std::fs::remove_dir_all(&dir);

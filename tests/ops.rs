@@ -32,70 +32,44 @@ fn pki(dir: &std::path::Path) -> TestPki {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
     let (cert_path, key_path) = (dir.join("gw.pem"), dir.join("gw.key"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    TestPki {
-        ca_pem: ca_cert.pem(),
-        cert: cert_path,
-        key: key_path,
-    }
+    TestPki { ca_pem: ca_cert.pem(), cert: cert_path, key: key_path }
 }
 
 fn tls_client(
     ca_pem: &str,
     alpn: &[&[u8]],
-) -> Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
-> {
+) -> Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
     // ALPN is set by the connector from enable_http1/enable_http2.
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let h2 = alpn.contains(&b"h2".as_slice());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(cfg)
-        .https_only();
-    let connector = if h2 {
-        builder.enable_http2().build()
-    } else {
-        builder.enable_http1().build()
-    };
-    Client::builder(TokioExecutor::new())
-        .http2_only(h2)
-        .build(connector)
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg).https_only();
+    let connector = if h2 { builder.enable_http2().build() } else { builder.enable_http1().build() };
+    Client::builder(TokioExecutor::new()).http2_only(h2).build(connector)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_http1_and_h2_on_one_port() {
     let dir = temp_dir("tls");
     let pki = pki(&dir);
-    let tls = format!(
-        "tls = {{ cert = \"{}\", key = \"{}\" }}",
-        pki.cert.display(),
-        pki.key.display()
-    );
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", pki.cert.display(), pki.key.display());
     let env = Env::start_with(&tls, "", Arc::new(SystemClock)).await;
     let url = format!("https://localhost:{}{ENTRIES}", env.gateway.addr.port());
-    for (alpn, version) in [
-        (&[b"http/1.1".as_slice()][..], http::Version::HTTP_11),
-        (&[b"h2".as_slice()][..], http::Version::HTTP_2),
-    ] {
+    for (alpn, version) in
+        [(&[b"http/1.1".as_slice()][..], http::Version::HTTP_11), (&[b"h2".as_slice()][..], http::Version::HTTP_2)]
+    {
         let client = tls_client(&pki.ca_pem, alpn);
         let req = http::Request::get(&url)
             .header("api_key", API_KEY)
@@ -106,21 +80,14 @@ async fn tls_serves_http1_and_h2_on_one_port() {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), version);
         let _ = resp.into_body().collect().await;
-        assert_eq!(
-            env.backend.last().unwrap().headers["x-forwarded-proto"],
-            "https"
-        );
+        assert_eq!(env.backend.last().unwrap().headers["x-forwarded-proto"], "https");
     }
     // Plain HTTP and garbage on the TLS port: the connection is closed, nothing forwarded,
     // and the gateway keeps serving.
     let before = env.backend.seen().len();
     let (status, _) = raw(env.gateway.addr, &raw_get(ENTRIES)).await;
     assert_eq!(status, 0);
-    let (status, _) = raw(
-        env.gateway.addr,
-        b"\x16\x03\x01\x00\x05garbagegarbage\r\n\r\n",
-    )
-    .await;
+    let (status, _) = raw(env.gateway.addr, b"\x16\x03\x01\x00\x05garbagegarbage\r\n\r\n").await;
     assert_eq!(status, 0);
     assert_eq!(env.backend.seen().len(), before);
     let client = tls_client(&pki.ca_pem, &[b"h2"]);
@@ -153,10 +120,7 @@ fn unusable_certificates_fail_at_start_with_a_clear_error() {
         );
         let file = dir.join("gw.toml");
         std::fs::write(&file, text).unwrap();
-        let out = std::process::Command::new(BIN)
-            .args(["run", "--config", file.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = std::process::Command::new(BIN).args(["run", "--config", file.to_str().unwrap()]).output().unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expect), "expected {expect:?} in: {err}");
@@ -165,25 +129,16 @@ fn unusable_certificates_fail_at_start_with_a_clear_error() {
 }
 
 async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let (status, text) = raw(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (status, text) =
+        raw(addr, format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
 
 async fn admin_post(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, text) = raw(
         addr,
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: admin\r\ncontent-length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
+        format!("POST {path} HTTP/1.1\r\nHost: admin\r\ncontent-length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     (status, text)
@@ -209,28 +164,12 @@ async fn admin_endpoints_and_metrics_move() {
         env.token("GET", ENTRIES, RO, "").await;
     }
     env.token("POST", ENTRIES, RO, "{}").await; // denied
-    env.send(
-        "GET",
-        ENTRIES,
-        &[("api_key", API_KEY), ("authorization", "csnope")],
-        "",
-    )
-    .await; // auth failed
+    env.send("GET", ENTRIES, &[("api_key", API_KEY), ("authorization", "csnope")], "").await; // auth failed
     let (_, after) = admin_get(admin, "/metrics").await;
     let entry_2xx = "stackgate_requests_total{module=\"entry\",class=\"2xx\"}";
-    assert_eq!(
-        metric(&after, entry_2xx) - metric(&before, entry_2xx),
-        3.0,
-        "{after}"
-    );
-    assert_eq!(
-        metric(&after, "stackgate_decisions_total{reason=\"denied\"}"),
-        1.0
-    );
-    assert_eq!(
-        metric(&after, "stackgate_decisions_total{reason=\"auth_failed\"}"),
-        1.0
-    );
+    assert_eq!(metric(&after, entry_2xx) - metric(&before, entry_2xx), 3.0, "{after}");
+    assert_eq!(metric(&after, "stackgate_decisions_total{reason=\"denied\"}"), 1.0);
+    assert_eq!(metric(&after, "stackgate_decisions_total{reason=\"auth_failed\"}"), 1.0);
     assert!(metric(&after, "stackgate_request_duration_seconds_count") >= 5.0);
     assert!(metric(&after, "stackgate_tokens_loaded") >= 8.0);
     assert!(metric(&after, "stackgate_open_connections") >= 1.0);
@@ -275,58 +214,25 @@ async fn reload_applies_to_open_connections_and_rejects_bad_files_whole() {
         "{ module = \"$all\", acl = { read = true, write = true } },\n         { module = \"branch\", branches = [\"main\"], acl = { read = true } }]\n\n[[stacks.tokens]]\nuid = \"blt000000000000ex01\"",
         1,
     );
-    assert_ne!(
-        granted, original,
-        "test setup: the ro token's scope must be replaced"
-    );
+    assert_ne!(granted, original, "test setup: the ro token's scope must be replaced");
     std::fs::write(&file, &granted).unwrap();
     let (status, text) = admin_post(gw.admin_addr, "/reload").await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(
-        conn.send("POST", ENTRIES, &h, "{}").await.0,
-        200,
-        "open connection sees the reload"
-    );
+    assert_eq!(conn.send("POST", ENTRIES, &h, "{}").await.0, 200, "open connection sees the reload");
 
     // An invalid file is rejected whole; the running config stays; the failure is counted.
-    std::fs::write(
-        &file,
-        original.replace("[[organizations]]", "[[organisations]]"),
-    )
-    .unwrap();
+    std::fs::write(&file, original.replace("[[organizations]]", "[[organisations]]")).unwrap();
     let (status, text) = admin_post(gw.admin_addr, "/reload").await;
     assert_eq!(status, 422, "{text}");
     assert!(text.contains("organisations"), "{text}");
-    assert_eq!(
-        conn.send("POST", ENTRIES, &h, "{}").await.0,
-        200,
-        "old (reloaded) config still serving"
-    );
+    assert_eq!(conn.send("POST", ENTRIES, &h, "{}").await.0, 200, "old (reloaded) config still serving");
     let (_, metrics) = admin_get(gw.admin_addr, "/metrics").await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "stackgate_config_reloads_total{result=\"failure\"}"
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            "stackgate_config_reloads_total{result=\"success\"}"
-        ),
-        1.0
-    );
+    assert_eq!(metric(&metrics, "stackgate_config_reloads_total{result=\"failure\"}"), 1.0);
+    assert_eq!(metric(&metrics, "stackgate_config_reloads_total{result=\"success\"}"), 1.0);
 
     // A change that needs a restart is reported, not half-applied.
-    std::fs::write(
-        &file,
-        granted.replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            "[admin]\nlisten = \"127.0.0.1:1\"",
-        ),
-    )
-    .unwrap();
+    std::fs::write(&file, granted.replace("[admin]\nlisten = \"127.0.0.1:0\"", "[admin]\nlisten = \"127.0.0.1:1\""))
+        .unwrap();
     let (status, text) = admin_post(gw.admin_addr, "/reload").await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("admin.listen"), "{text}");
@@ -339,84 +245,42 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let backend = Backend::start().await;
     let dir = temp_dir("shutdown");
     let file = dir.join("gw.toml");
-    std::fs::write(
-        &file,
-        config_text(backend.addr, "shutdown_grace = \"10s\"", ""),
-    )
-    .unwrap();
+    std::fs::write(&file, config_text(backend.addr, "shutdown_grace = \"10s\"", "")).unwrap();
     let (mut gw, addr, mut out) = spawn_gateway(&["run", "--config", file.to_str().unwrap()]);
     let admin: SocketAddr = {
         use std::io::BufRead;
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        line.trim()
-            .strip_prefix("stackgate admin listening on http://")
-            .unwrap()
-            .parse()
-            .unwrap()
+        line.trim().strip_prefix("stackgate admin listening on http://").unwrap().parse().unwrap()
     };
     let slow = tokio::spawn(async move {
         let mut c = KeepAlive::connect(addr).await;
-        c.send(
-            "GET",
-            ENTRIES,
-            &[
-                ("api_key", API_KEY),
-                ("authorization", RO),
-                ("x-test-delay-ms", "1500"),
-            ],
-            "",
-        )
-        .await
+        c.send("GET", ENTRIES, &[("api_key", API_KEY), ("authorization", RO), ("x-test-delay-ms", "1500")], "").await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = gw.pid().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        admin_get(admin, "/readyz").await.0,
-        503,
-        "not ready while draining"
-    );
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "new connections are refused"
-    );
+    assert_eq!(admin_get(admin, "/readyz").await.0, 503, "not ready while draining");
+    assert!(TcpStream::connect(addr).await.is_err(), "new connections are refused");
     let (status, _) = slow.await.unwrap();
     assert_eq!(status, 200, "the in-flight request completes");
-    let exit = tokio::task::spawn_blocking(move || gw.0.wait().unwrap())
-        .await
-        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || gw.0.wait().unwrap()).await.unwrap();
     assert!(exit.success(), "{exit:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off_and_the_connection_cap_holds() {
-    let env = Env::start_with(
-        "header_read_timeout = \"500ms\"\nmax_connections = 2",
-        "",
-        Arc::new(SystemClock),
-    )
-    .await;
+    let env = Env::start_with("header_read_timeout = \"500ms\"\nmax_connections = 2", "", Arc::new(SystemClock)).await;
     // Slow loris: half a request head, then nothing.
     let started = Instant::now();
     let mut s = TcpStream::connect(env.gateway.addr).await.unwrap();
-    s.write_all(b"GET /v3/content_types HTTP/1.1\r\nHost: gw\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET /v3/content_types HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .expect("closed by the server");
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("closed by the server");
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(3), "{took:?}");
     drop(s);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -429,37 +293,20 @@ async fn slow_headers_are_cut_off_and_the_connection_cap_holds() {
     let addr = env.gateway.addr;
     let third = tokio::spawn(async move {
         let mut c = KeepAlive::connect(addr).await;
-        c.send(
-            "GET",
-            ENTRIES,
-            &[("api_key", API_KEY), ("authorization", RO)],
-            "",
-        )
-        .await
-        .0
+        c.send("GET", ENTRIES, &[("api_key", API_KEY), ("authorization", RO)], "").await.0
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !third.is_finished(),
-        "a third connection must wait while the cap is reached"
-    );
+    assert!(!third.is_finished(), "a third connection must wait while the cap is reached");
     drop(a);
-    let status = tokio::time::timeout(Duration::from_secs(5), third)
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), third).await.unwrap().unwrap();
     assert_eq!(status, 200);
     drop(b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_and_bodies() {
-    let env = Env::start_with(
-        "max_header_bytes = \"16KiB\"\nmax_request_body = \"1MiB\"",
-        "",
-        Arc::new(SystemClock),
-    )
-    .await;
+    let env =
+        Env::start_with("max_header_bytes = \"16KiB\"\nmax_request_body = \"1MiB\"", "", Arc::new(SystemClock)).await;
     let big = "x".repeat(32 * 1024);
     let req = format!("GET {ENTRIES} HTTP/1.1\r\nHost: gw\r\nx-big: {big}\r\napi_key: {API_KEY}\r\nauthorization: {RO}\r\nConnection: close\r\n\r\n");
     let (status, _) = raw(env.gateway.addr, req.as_bytes()).await;
@@ -490,18 +337,13 @@ async fn oversized_headers_and_bodies() {
     let text = String::from_utf8_lossy(&resp);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     // Within the limit, streaming works.
-    let (status, _, _) = env
-        .token("POST", "/v3/assets", RW, &"b".repeat(512 * 1024))
-        .await;
+    let (status, _, _) = env.token("POST", "/v3/assets", RW, &"b".repeat(512 * 1024)).await;
     assert_eq!(status.as_u16(), 200);
 }
 
 /// A TLS backend offering h2 and http/1.1; records the HTTP version of each request.
 async fn tls_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::Version>>>) {
-    let files = stackgate::config::TlsFiles {
-        cert: pki.cert.clone(),
-        key: pki.key.clone(),
-    };
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
     let acceptor = tokio_rustls::TlsAcceptor::from(stackgate::tls::server_config(&files).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -514,15 +356,14 @@ async fn tls_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<htt
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        log.lock().unwrap().push(req.version());
-                        async {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                Bytes::from_static(b"{\"ok\":true}"),
-                            )))
-                        }
-                    });
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    log.lock().unwrap().push(req.version());
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
+                            b"{\"ok\":true}",
+                        ))))
+                    }
+                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                     .await;
@@ -539,28 +380,19 @@ async fn https_upstream_with_a_ca_file_uses_h2_when_offered() {
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let (backend, versions) = tls_backend(&pki).await;
-    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display())).replace(
-        &format!("url = \"http://{backend}\""),
-        &format!("url = \"https://localhost:{}\"", backend.port()),
-    );
+    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
     let cfg = stackgate::config::from_str(&text).unwrap();
-    let gw = stackgate::server::start(cfg, Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let gw = stackgate::server::start(cfg, Arc::new(SystemClock)).await.unwrap();
     for _ in 0..2 {
         let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
         assert_eq!(status, 200, "{text}");
     }
-    assert_eq!(
-        *versions.lock().unwrap(),
-        vec![http::Version::HTTP_2, http::Version::HTTP_2]
-    );
+    assert_eq!(*versions.lock().unwrap(), vec![http::Version::HTTP_2, http::Version::HTTP_2]);
 
     // Without the CA the backend's certificate is not trusted: 502, never plaintext.
-    let text = config_text(backend, "", "").replace(
-        &format!("url = \"http://{backend}\""),
-        &format!("url = \"https://localhost:{}\"", backend.port()),
-    );
+    let text = config_text(backend, "", "")
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
     let cfg = stackgate::config::from_str(&text).unwrap();
     if let Ok(gw) = stackgate::server::start(cfg, Arc::new(SystemClock)).await {
         let (status, _) = raw(gw.addr, &raw_get(ENTRIES)).await;

@@ -64,22 +64,14 @@ async fn ambiguous_targets_are_rejected_and_never_forwarded() {
     assert!(
         env.backend.seen().is_empty(),
         "forwarded: {:?}",
-        env.backend
-            .seen()
-            .iter()
-            .map(|s| &s.target)
-            .collect::<Vec<_>>()
+        env.backend.seen().iter().map(|s| &s.target).collect::<Vec<_>>()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_nul_and_control_bytes_never_reach_the_backend() {
     let env = Env::start().await;
-    for target in [
-        "/v3/content_types\0/blog",
-        "/v3/content_types/\x01",
-        "/v3/content_types/a b",
-    ] {
+    for target in ["/v3/content_types\0/blog", "/v3/content_types/\x01", "/v3/content_types/a b"] {
         let (status, _) = raw(env.gateway.addr, &raw_get(target)).await;
         assert!(status == 400 || status == 0, "{target:?}: {status}");
     }
@@ -89,13 +81,7 @@ async fn raw_nul_and_control_bytes_never_reach_the_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upper_case_and_foreign_prefixes_are_not_cma_paths() {
     let env = Env::start().await;
-    for target in [
-        "/V3/content_types",
-        "/v3Content",
-        "/v2/content_types",
-        "/",
-        "/v3",
-    ] {
+    for target in ["/V3/content_types", "/v3Content", "/v2/content_types", "/", "/v3"] {
         let (status, text) = raw(env.gateway.addr, &raw_get(target)).await;
         assert_eq!(status, 404, "{target}: {text}");
     }
@@ -109,37 +95,18 @@ const CANONICAL: &[(&str, &str)] = &[
         "/v3/content_types/blog/entries?locale=en-us&include_count=true",
     ),
     ("/v3/content_%74ypes/blog", "/v3/content_types/blog"),
-    (
-        "/v3/content_types/%62log/entries",
-        "/v3/content_types/blog/entries",
-    ),
-    (
-        "/v3/content_types/blog/entries/a%2db",
-        "/v3/content_types/blog/entries/a-b",
-    ),
-    (
-        "/v3/content_types/blog/entries/a%3fb",
-        "/v3/content_types/blog/entries/a%3Fb",
-    ),
-    (
-        "/v3/content_types/blog/entries/a%20b?x=%2F",
-        "/v3/content_types/blog/entries/a%20b?x=%2F",
-    ),
-    (
-        "/v3/content_types/blog#/../../stacks/settings",
-        "/v3/content_types/blog",
-    ),
+    ("/v3/content_types/%62log/entries", "/v3/content_types/blog/entries"),
+    ("/v3/content_types/blog/entries/a%2db", "/v3/content_types/blog/entries/a-b"),
+    ("/v3/content_types/blog/entries/a%3fb", "/v3/content_types/blog/entries/a%3Fb"),
+    ("/v3/content_types/blog/entries/a%20b?x=%2F", "/v3/content_types/blog/entries/a%20b?x=%2F"),
+    ("/v3/content_types/blog#/../../stacks/settings", "/v3/content_types/blog"),
     ("http://gw.test:80/v3/locales", "/v3/locales"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_sees_exactly_the_canonical_target() {
-    let env = Env::start_with(
-        "hostnames = [\"gw.test:80\"]",
-        "",
-        std::sync::Arc::new(stackgate::clock::SystemClock),
-    )
-    .await;
+    let env =
+        Env::start_with("hostnames = [\"gw.test:80\"]", "", std::sync::Arc::new(stackgate::clock::SystemClock)).await;
     for (sent, want) in CANONICAL {
         env.backend.clear();
         let (status, text) = raw(env.gateway.addr, &raw_get(sent)).await;

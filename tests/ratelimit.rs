@@ -24,14 +24,8 @@ async fn hammer(env: Arc<Env>, secret: &'static str, clients: usize, secs: u64) 
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
             while Instant::now() < deadline {
-                let (status, headers, body) = env
-                    .send(
-                        "GET",
-                        PATH,
-                        &[("api_key", SMALL_API_KEY), ("authorization", secret)],
-                        "",
-                    )
-                    .await;
+                let (status, headers, body) =
+                    env.send("GET", PATH, &[("api_key", SMALL_API_KEY), ("authorization", secret)], "").await;
                 match status.as_u16() {
                     200 => {
                         assert!(headers.contains_key("x-ratelimit-limit"));
@@ -77,41 +71,24 @@ async fn custom_token_rate_holds_under_concurrency() {
     let burst = RATED_RATE;
     assert!((15..=15 + burst).contains(&t.ok), "{t:?}");
     assert!(t.limited > 0 && t.other == 0, "{t:?}");
-    assert_eq!(
-        env.backend.seen().len() as u32,
-        t.ok,
-        "429s are never forwarded"
-    );
+    assert_eq!(env.backend.seen().len() as u32, t.ok, "429s are never forwarded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_of_one_organisation_share_its_bucket() {
     let env = Arc::new(Env::start().await);
     // RATED (own 5/s) and SHARED (organisation default) together, org_small = 10/s.
-    let (a, b) = tokio::join!(
-        hammer(Arc::clone(&env), RATED, 2, 3),
-        hammer(Arc::clone(&env), SHARED, 2, 3)
-    );
+    let (a, b) = tokio::join!(hammer(Arc::clone(&env), RATED, 2, 3), hammer(Arc::clone(&env), SHARED, 2, 3));
     assert!(a.ok <= 20, "RATED is held to its own 5/s: {a:?}");
     let total = a.ok + b.ok;
-    assert!(
-        (30..=40).contains(&total),
-        "together within the organisation's 10/s over 3 s: {a:?} {b:?}"
-    );
+    assert!((30..=40).contains(&total), "together within the organisation's 10/s over 3 s: {a:?} {b:?}");
     assert!(a.other == 0 && b.other == 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_bucket_state_and_a_rate_change_resets_it() {
     let env = Env::start().await;
-    let send = || {
-        env.send(
-            "GET",
-            PATH,
-            &[("api_key", SMALL_API_KEY), ("authorization", RATED)],
-            "",
-        )
-    };
+    let send = || env.send("GET", PATH, &[("api_key", SMALL_API_KEY), ("authorization", RATED)], "");
     let mut ok = 0;
     for _ in 0..20 {
         if send().await.0.as_u16() == 200 {
@@ -123,22 +100,12 @@ async fn reload_keeps_bucket_state_and_a_rate_change_resets_it() {
     // Same config again: the emptied bucket is kept.
     let same = stackgate::config::from_str(&config_text(env.backend.addr, "", "")).unwrap();
     env.gateway.gateway.install(same).await.unwrap();
-    assert_eq!(
-        send().await.0.as_u16(),
-        429,
-        "reload must not refill the bucket"
-    );
+    assert_eq!(send().await.0.as_u16(), 429, "reload must not refill the bucket");
 
     // A changed rate starts a fresh bucket.
-    let text = config_text(env.backend.addr, "", "").replace(
-        "read_per_second = 5, write_per_second = 5",
-        "read_per_second = 4, write_per_second = 5",
-    );
-    env.gateway
-        .gateway
-        .install(stackgate::config::from_str(&text).unwrap())
-        .await
-        .unwrap();
+    let text = config_text(env.backend.addr, "", "")
+        .replace("read_per_second = 5, write_per_second = 5", "read_per_second = 4, write_per_second = 5");
+    env.gateway.gateway.install(stackgate::config::from_str(&text).unwrap()).await.unwrap();
     let (status, headers, _) = send().await;
     assert_eq!(status.as_u16(), 200);
     assert_eq!(headers["x-ratelimit-limit"], "4");

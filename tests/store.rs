@@ -12,11 +12,7 @@ const TOKENS: &str = "/v3/stacks/management_tokens";
 const ENTRIES: &str = "/v3/content_types/blog/entries";
 
 fn owner() -> [(&'static str, &'static str); 3] {
-    [
-        ("api_key", API_KEY),
-        ("authtoken", ALICE),
-        ("content-type", "application/json"),
-    ]
+    [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "application/json")]
 }
 
 fn create_body(name: &str) -> String {
@@ -30,11 +26,7 @@ fn create_body(name: &str) -> String {
 /// Writes a config with a store under `dir`; returns its path.
 fn config_file(dir: &std::path::Path, backend: std::net::SocketAddr) -> String {
     let db = dir.join("data").join("stackgate.db");
-    let text = format!(
-        "{}\n[store]\npath = \"{}\"\n",
-        config_text(backend, "", ""),
-        db.display()
-    );
+    let text = format!("{}\n[store]\npath = \"{}\"\n", config_text(backend, "", ""), db.display());
     let file = dir.join("gw.toml");
     std::fs::write(&file, text).unwrap();
     file.to_str().unwrap().to_owned()
@@ -48,14 +40,7 @@ async fn create(addr: std::net::SocketAddr, name: &str) -> (u16, Value) {
 
 async fn works(addr: std::net::SocketAddr, secret: &str) -> u16 {
     let mut c = KeepAlive::connect(addr).await;
-    c.send(
-        "GET",
-        ENTRIES,
-        &[("api_key", API_KEY), ("authorization", secret)],
-        "",
-    )
-    .await
-    .0
+    c.send("GET", ENTRIES, &[("api_key", API_KEY), ("authorization", secret)], "").await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,10 +53,7 @@ async fn tokens_survive_a_restart_and_only_hashes_reach_the_disk() {
     assert_eq!(status, 201, "{v}");
     let secret = v["token"]["token"].as_str().unwrap().to_owned();
     assert_eq!(works(addr, &secret).await, 200);
-    assert!(
-        gw.signal_and_wait("TERM").success(),
-        "clean exit on SIGTERM"
-    );
+    assert!(gw.signal_and_wait("TERM").success(), "clean exit on SIGTERM");
 
     // Only the SHA-256 is on disk: the database and its WAL never hold the secret.
     let mut disk = Vec::new();
@@ -79,21 +61,11 @@ async fn tokens_survive_a_restart_and_only_hashes_reach_the_disk() {
         disk.extend(std::fs::read(entry.unwrap().path()).unwrap());
     }
     let hash = stackgate::token::hash_secret(secret.as_bytes());
-    assert!(
-        disk.windows(hash.len()).any(|w| w == hash),
-        "the hash is stored"
-    );
-    assert!(
-        !disk.windows(secret.len()).any(|w| w == secret.as_bytes()),
-        "the secret must never be stored"
-    );
+    assert!(disk.windows(hash.len()).any(|w| w == hash), "the hash is stored");
+    assert!(!disk.windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret must never be stored");
 
     let (_gw, addr, _out) = spawn_gateway(&["run", "--config", &cfg]);
-    assert_eq!(
-        works(addr, &secret).await,
-        200,
-        "the token works after a restart"
-    );
+    assert_eq!(works(addr, &secret).await, 200, "the token works after a restart");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -112,16 +84,10 @@ async fn every_acknowledged_create_survives_sigkill() {
                 let mut conn = KeepAlive::connect(addr).await;
                 for i in 0..200 {
                     let name = format!("r{round}-c{client}-{i}");
-                    match conn
-                        .try_send("POST", TOKENS, &owner(), &create_body(&name))
-                        .await
-                    {
+                    match conn.try_send("POST", TOKENS, &owner(), &create_body(&name)).await {
                         Some((201, body)) => {
                             let v: Value = serde_json::from_str(&body).unwrap();
-                            acknowledged
-                                .lock()
-                                .unwrap()
-                                .push(v["token"]["token"].as_str().unwrap().to_owned());
+                            acknowledged.lock().unwrap().push(v["token"]["token"].as_str().unwrap().to_owned());
                         }
                         Some((status, body)) => panic!("unexpected {status}: {body}"),
                         None => return, // the gateway died mid-request: unacknowledged
@@ -131,9 +97,7 @@ async fn every_acknowledged_create_survives_sigkill() {
         }
         // Kill it while creates are in flight.
         let started = Instant::now();
-        while acknowledged.lock().unwrap().len() < (round + 1) * 10
-            && started.elapsed() < Duration::from_secs(10)
-        {
+        while acknowledged.lock().unwrap().len() < (round + 1) * 10 && started.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -144,17 +108,9 @@ async fn every_acknowledged_create_survives_sigkill() {
         // Restart: the store must open cleanly and every acknowledged token must work.
         let (_gw, addr, _out) = spawn_gateway(&["run", "--config", &cfg]);
         let secrets = acknowledged.lock().unwrap().clone();
-        assert!(
-            secrets.len() >= (round + 1) * 10,
-            "round {round}: only {} creates",
-            secrets.len()
-        );
+        assert!(secrets.len() >= (round + 1) * 10, "round {round}: only {} creates", secrets.len());
         for s in &secrets {
-            assert_eq!(
-                works(addr, s).await,
-                200,
-                "round {round}: an acknowledged token was lost"
-            );
+            assert_eq!(works(addr, s).await, 200, "round {round}: an acknowledged token was lost");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -10,11 +10,7 @@ const TOKENS: &str = "/v3/stacks/management_tokens";
 const ENTRIES: &str = "/v3/content_types/blog/entries";
 
 fn owner(api_key: &'static str) -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("api_key", api_key),
-        ("authtoken", ALICE),
-        ("content-type", "application/json"),
-    ]
+    vec![("api_key", api_key), ("authtoken", ALICE), ("content-type", "application/json")]
 }
 
 fn body(v: Value) -> String {
@@ -35,31 +31,15 @@ fn valid_token(name: &str) -> Value {
     }})
 }
 
-async fn json_of(
-    env: &Env,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    b: &str,
-) -> (u16, Value) {
+async fn json_of(env: &Env, method: &str, path: &str, headers: &[(&str, &str)], b: &str) -> (u16, Value) {
     let (status, _, bytes) = env.send(method, path, headers, b).await;
-    (
-        status.as_u16(),
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    (status.as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crud_round_trip_and_secret_shown_once() {
     let env = Env::start().await;
-    let (status, created) = json_of(
-        &env,
-        "POST",
-        TOKENS,
-        &owner(API_KEY),
-        &body(valid_token("ci")),
-    )
-    .await;
+    let (status, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("ci"))).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["notice"], "Management Token created successfully.");
     let token = &created["token"];
@@ -68,9 +48,7 @@ async fn crud_round_trip_and_secret_shown_once() {
     assert!(
         secret.starts_with("cs")
             && secret.len() == 34
-            && secret[2..]
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            && secret[2..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
     );
     assert!(uid.starts_with("blt") && uid.len() == 19);
     for key in [
@@ -104,12 +82,9 @@ async fn crud_round_trip_and_secret_shown_once() {
     }
     let (_, list) = json_of(&env, "GET", TOKENS, &owner(API_KEY), "").await;
     let list = list["tokens"].as_array().unwrap();
-    assert!(list
-        .iter()
-        .any(|t| t["uid"] == uid.as_str() && t.get("token").is_none()));
+    assert!(list.iter().any(|t| t["uid"] == uid.as_str() && t.get("token").is_none()));
     assert!(
-        list.iter()
-            .any(|t| t["uid"] == "blt000000000000ro01" && t["origin"] == "config"),
+        list.iter().any(|t| t["uid"] == "blt000000000000ro01" && t["origin"] == "config"),
         "static tokens are listed"
     );
     let (_, one) = json_of(&env, "GET", &format!("{TOKENS}/{uid}"), &owner(API_KEY), "").await;
@@ -120,60 +95,26 @@ async fn crud_round_trip_and_secret_shown_once() {
         {"module": "$all", "acl": {"read": true}},
         {"module": "branch", "branches": ["main"]}
     ]}});
-    let (status, updated) = json_of(
-        &env,
-        "PUT",
-        &format!("{TOKENS}/{uid}"),
-        &owner(API_KEY),
-        &body(update),
-    )
-    .await;
+    let (status, updated) = json_of(&env, "PUT", &format!("{TOKENS}/{uid}"), &owner(API_KEY), &body(update)).await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["notice"], "Management Token updated successfully.");
     assert_eq!(updated["token"]["name"], "ci-readonly");
-    assert_eq!(
-        updated["token"]["expires_on"], "2099-01-01",
-        "fields not sent are kept"
-    );
+    assert_eq!(updated["token"]["expires_on"], "2099-01-01", "fields not sent are kept");
     assert!(updated["token"].get("token").is_none());
     let (status, _, _) = env.token("POST", ENTRIES, &secret, "{}").await;
     assert_eq!(status.as_u16(), 403);
 
     // Delete.
-    let (status, deleted) = json_of(
-        &env,
-        "DELETE",
-        &format!("{TOKENS}/{uid}"),
-        &owner(API_KEY),
-        "",
-    )
-    .await;
-    assert_eq!(
-        (status, deleted),
-        (
-            200,
-            json!({"notice": "Management Token deleted successfully."})
-        )
-    );
+    let (status, deleted) = json_of(&env, "DELETE", &format!("{TOKENS}/{uid}"), &owner(API_KEY), "").await;
+    assert_eq!((status, deleted), (200, json!({"notice": "Management Token deleted successfully."})));
     let (status, _, _) = env.token("GET", ENTRIES, &secret, "").await;
     assert_eq!(status.as_u16(), 401);
     let (status, v) = json_of(&env, "GET", &format!("{TOKENS}/{uid}"), &owner(API_KEY), "").await;
     assert_eq!((status, v["error_code"].as_i64()), (404, Some(141)));
-    let (status, _) = json_of(
-        &env,
-        "DELETE",
-        &format!("{TOKENS}/{uid}"),
-        &owner(API_KEY),
-        "",
-    )
-    .await;
+    let (status, _) = json_of(&env, "DELETE", &format!("{TOKENS}/{uid}"), &owner(API_KEY), "").await;
     assert_eq!(status, 404);
     // Nothing of the token API was forwarded.
-    assert!(env
-        .backend
-        .seen()
-        .iter()
-        .all(|s| !s.target.contains("management_tokens")));
+    assert!(env.backend.seen().iter().all(|s| !s.target.contains("management_tokens")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,77 +122,26 @@ async fn role_matrix() {
     let env = Env::start().await;
     type Case = (&'static str, Vec<(&'static str, &'static str)>, u16, i64);
     let cases: &[Case] = &[
-        (
-            "owner",
-            vec![("api_key", API_KEY), ("authtoken", ALICE)],
-            200,
-            0,
-        ),
-        (
-            "admin",
-            vec![("api_key", API_KEY), ("authtoken", CAROL)],
-            200,
-            0,
-        ),
-        (
-            "developer",
-            vec![("api_key", API_KEY), ("authtoken", BOB)],
-            403,
-            162,
-        ),
-        (
-            "content_manager",
-            vec![("api_key", API_KEY), ("authtoken", DAVE)],
-            403,
-            162,
-        ),
-        (
-            "not a member of this stack",
-            vec![("api_key", SMALL_API_KEY), ("authtoken", CAROL)],
-            403,
-            162,
-        ),
-        (
-            "unknown authtoken",
-            vec![("api_key", API_KEY), ("authtoken", "nobody")],
-            401,
-            105,
-        ),
+        ("owner", vec![("api_key", API_KEY), ("authtoken", ALICE)], 200, 0),
+        ("admin", vec![("api_key", API_KEY), ("authtoken", CAROL)], 200, 0),
+        ("developer", vec![("api_key", API_KEY), ("authtoken", BOB)], 403, 162),
+        ("content_manager", vec![("api_key", API_KEY), ("authtoken", DAVE)], 403, 162),
+        ("not a member of this stack", vec![("api_key", SMALL_API_KEY), ("authtoken", CAROL)], 403, 162),
+        ("unknown authtoken", vec![("api_key", API_KEY), ("authtoken", "nobody")], 401, 105),
         ("no authtoken", vec![("api_key", API_KEY)], 401, 105),
-        (
-            "management token",
-            vec![("api_key", API_KEY), ("authorization", RW)],
-            403,
-            162,
-        ),
+        ("management token", vec![("api_key", API_KEY), ("authorization", RW)], 403, 162),
         (
             "management token and authtoken",
-            vec![
-                ("api_key", API_KEY),
-                ("authorization", RW),
-                ("authtoken", ALICE),
-            ],
+            vec![("api_key", API_KEY), ("authorization", RW), ("authtoken", ALICE)],
             403,
             162,
         ),
-        (
-            "unknown api_key",
-            vec![("api_key", "blt9999999999999999"), ("authtoken", ALICE)],
-            412,
-            109,
-        ),
+        ("unknown api_key", vec![("api_key", "blt9999999999999999"), ("authtoken", ALICE)], 412, 109),
     ];
     for (name, headers, want, code) in cases {
-        for (method, b) in [
-            ("GET", String::new()),
-            ("POST", body(valid_token(&format!("t-{name}")))),
-        ] {
+        for (method, b) in [("GET", String::new()), ("POST", body(valid_token(&format!("t-{name}"))))] {
             let (status, v) = json_of(&env, method, TOKENS, headers, &b).await;
-            let want = if *want == 200 && method == "POST" {
-                201
-            } else {
-                *want
-            };
+            let want = if *want == 200 && method == "POST" { 201 } else { *want };
             assert_eq!(status, want, "{name} {method}: {v}");
             if *code != 0 {
                 assert_eq!(v["error_code"].as_i64(), Some(*code), "{name}");
@@ -267,24 +157,15 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
     let cases: Vec<(Value, &str)> = vec![
         (json!({"token": {"scope": scope_ok}}), "name"),
         (json!({"token": {"name": "  ", "scope": scope_ok}}), "name"),
-        (
-            json!({"token": {"name": "x".repeat(256), "scope": scope_ok}}),
-            "name",
-        ),
+        (json!({"token": {"name": "x".repeat(256), "scope": scope_ok}}), "name"),
         (json!({"token": {"name": "ro", "scope": scope_ok}}), "name"), // a static token's name
         (json!({"token": {"name": "a"}}), "scope"),
         (
             json!({"token": {"name": "a", "scope": [{"module": "$all", "acl": {"read": true}}]}}),
             "scope.branch_or_alias",
         ),
-        (
-            json!({"token": {"name": "a", "scope": [{"module": "branch", "branches": ["nope"]}]}}),
-            "scope[0].branches",
-        ),
-        (
-            json!({"token": {"name": "a", "scope": [{"module": "branch", "branches": ["*"]}]}}),
-            "scope[0].branches",
-        ),
+        (json!({"token": {"name": "a", "scope": [{"module": "branch", "branches": ["nope"]}]}}), "scope[0].branches"),
+        (json!({"token": {"name": "a", "scope": [{"module": "branch", "branches": ["*"]}]}}), "scope[0].branches"),
         (
             json!({"token": {"name": "a", "scope": [{"module": "branch_alias", "branch_aliases": ["nope"]}]}}),
             "scope[0].branch_aliases",
@@ -294,18 +175,9 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
             "scope[0].module",
         ),
         (json!({"token": {"name": "a", "scope": "all"}}), "scope"),
-        (
-            json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "2001-01-01"}}),
-            "expires_on",
-        ),
-        (
-            json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "next week"}}),
-            "expires_on",
-        ),
-        (
-            json!({"token": {"name": "a", "scope": scope_ok, "expires_on": 20990101}}),
-            "expires_on",
-        ),
+        (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "2001-01-01"}}), "expires_on"),
+        (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "next week"}}), "expires_on"),
+        (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": 20990101}}), "expires_on"),
         (
             json!({"token": {"name": "a", "scope": scope_ok, "rate_limit": {"read_per_second": 0, "write_per_second": 1}}}),
             "rate_limit.read_per_second",
@@ -318,45 +190,23 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
             json!({"token": {"name": "a", "scope": scope_ok, "rate_limit": {"read_per_second": -1, "write_per_second": 1}}}),
             "rate_limit",
         ),
-        (
-            json!({"token": {"name": "a", "scope": scope_ok, "rate_limit": "fast"}}),
-            "rate_limit",
-        ),
+        (json!({"token": {"name": "a", "scope": scope_ok, "rate_limit": "fast"}}), "rate_limit"),
         (json!({"token": {"name": 7, "scope": scope_ok}}), "name"),
         (
             json!({"token": {"name": "a", "scope": scope_ok, "is_email_notification_enabled": "yes"}}),
             "is_email_notification_enabled",
         ),
-        (
-            json!({"token": {"name": "a", "scope": scope_ok, "colour": "red"}}),
-            "token.colour",
-        ),
-        (
-            json!({"token": {"name": "a", "scope": scope_ok, "uid": "blt0000000000000000"}}),
-            "token.uid",
-        ),
-        (
-            json!({"token": {"name": "a", "scope": scope_ok}, "extra": 1}),
-            "extra",
-        ),
+        (json!({"token": {"name": "a", "scope": scope_ok, "colour": "red"}}), "token.colour"),
+        (json!({"token": {"name": "a", "scope": scope_ok, "uid": "blt0000000000000000"}}), "token.uid"),
+        (json!({"token": {"name": "a", "scope": scope_ok}, "extra": 1}), "extra"),
         (json!({"name": "a"}), "token"),
         (json!([1, 2]), "token"),
     ];
     for (payload, field) in &cases {
-        let (status, v) = json_of(
-            &env,
-            "POST",
-            TOKENS,
-            &owner(API_KEY),
-            &body(payload.clone()),
-        )
-        .await;
+        let (status, v) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(payload.clone())).await;
         assert_eq!(status, 422, "{payload}: {v}");
         assert_eq!(v["error_code"], 422);
-        assert!(
-            v["errors"][field].is_array(),
-            "{payload}: expected errors[{field}] in {v}"
-        );
+        assert!(v["errors"][field].is_array(), "{payload}: expected errors[{field}] in {v}");
     }
     let (status, v) = json_of(&env, "POST", TOKENS, &owner(API_KEY), "{not json").await;
     assert_eq!((status, v["error_code"].as_i64()), (400, Some(400)));
@@ -364,57 +214,19 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
     let (status, _) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &huge).await;
     assert_eq!(status, 413);
     // Static tokens cannot be changed or deleted through the API.
-    let (status, v) = json_of(
-        &env,
-        "DELETE",
-        &format!("{TOKENS}/blt000000000000ro01"),
-        &owner(API_KEY),
-        "",
-    )
-    .await;
+    let (status, v) = json_of(&env, "DELETE", &format!("{TOKENS}/blt000000000000ro01"), &owner(API_KEY), "").await;
     assert_eq!(status, 422, "{v}");
-    let (status, _) = json_of(
-        &env,
-        "PUT",
-        &format!("{TOKENS}/blt000000000000ro01"),
-        &owner(API_KEY),
-        &body(valid_token("x")),
-    )
-    .await;
+    let (status, _) =
+        json_of(&env, "PUT", &format!("{TOKENS}/blt000000000000ro01"), &owner(API_KEY), &body(valid_token("x"))).await;
     assert_eq!(status, 422);
     let (status, _, _) = env.token("GET", ENTRIES, RO, "").await;
     assert_eq!(status.as_u16(), 200, "the static token still works");
     // Nothing was written.
     let (_, list) = json_of(&env, "GET", TOKENS, &owner(API_KEY), "").await;
-    assert!(
-        list["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t["origin"] == "config"),
-        "{list}"
-    );
+    assert!(list["tokens"].as_array().unwrap().iter().all(|t| t["origin"] == "config"), "{list}");
     // A duplicate name is refused.
-    assert_eq!(
-        json_of(
-            &env,
-            "POST",
-            TOKENS,
-            &owner(API_KEY),
-            &body(valid_token("dup"))
-        )
-        .await
-        .0,
-        201
-    );
-    let (status, v) = json_of(
-        &env,
-        "POST",
-        TOKENS,
-        &owner(API_KEY),
-        &body(valid_token("dup")),
-    )
-    .await;
+    assert_eq!(json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("dup"))).await.0, 201);
+    let (status, v) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("dup"))).await;
     assert_eq!(status, 422);
     assert!(v["errors"]["name"].is_array());
 }
@@ -424,24 +236,11 @@ async fn the_cap_counts_static_tokens_and_the_next_create_changes_nothing() {
     let env = Env::start().await;
     // SMALL_API_KEY has 2 static tokens; the organisation's default cap is 30.
     for i in 0..28 {
-        let (status, v) = json_of(
-            &env,
-            "POST",
-            TOKENS,
-            &owner(SMALL_API_KEY),
-            &body(valid_token(&format!("t{i}"))),
-        )
-        .await;
+        let (status, v) =
+            json_of(&env, "POST", TOKENS, &owner(SMALL_API_KEY), &body(valid_token(&format!("t{i}")))).await;
         assert_eq!(status, 201, "create {i}: {v}");
     }
-    let (status, v) = json_of(
-        &env,
-        "POST",
-        TOKENS,
-        &owner(SMALL_API_KEY),
-        &body(valid_token("one-too-many")),
-    )
-    .await;
+    let (status, v) = json_of(&env, "POST", TOKENS, &owner(SMALL_API_KEY), &body(valid_token("one-too-many"))).await;
     assert_eq!(status, 422, "{v}");
     assert!(v["errors"]["token"][0].as_str().unwrap().contains("30"));
     let (_, list) = json_of(&env, "GET", TOKENS, &owner(SMALL_API_KEY), "").await;
@@ -453,59 +252,18 @@ async fn the_cap_counts_static_tokens_and_the_next_create_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_and_delete_reach_an_open_keep_alive_connection() {
     let env = Env::start().await;
-    let (_, created) = json_of(
-        &env,
-        "POST",
-        TOKENS,
-        &owner(API_KEY),
-        &body(valid_token("live")),
-    )
-    .await;
+    let (_, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("live"))).await;
     let secret = created["token"]["token"].as_str().unwrap().to_owned();
     let uid = created["token"]["uid"].as_str().unwrap().to_owned();
     let mut conn = KeepAlive::connect(env.gateway.addr).await;
-    let h = [
-        ("api_key", API_KEY),
-        ("authorization", secret.as_str()),
-        ("content-type", "application/json"),
-    ];
+    let h = [("api_key", API_KEY), ("authorization", secret.as_str()), ("content-type", "application/json")];
     assert_eq!(conn.send("POST", ENTRIES, &h, "{}").await.0, 200);
 
     let ro = json!({"token": {"scope": [{"module": "$all", "acl": {"read": true}}, {"module": "branch", "branches": ["main"]}]}});
-    assert_eq!(
-        json_of(
-            &env,
-            "PUT",
-            &format!("{TOKENS}/{uid}"),
-            &owner(API_KEY),
-            &body(ro)
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        conn.send("POST", ENTRIES, &h, "{}").await.0,
-        403,
-        "update seen on the open connection"
-    );
+    assert_eq!(json_of(&env, "PUT", &format!("{TOKENS}/{uid}"), &owner(API_KEY), &body(ro)).await.0, 200);
+    assert_eq!(conn.send("POST", ENTRIES, &h, "{}").await.0, 403, "update seen on the open connection");
     assert_eq!(conn.send("GET", ENTRIES, &h, "").await.0, 200);
 
-    assert_eq!(
-        json_of(
-            &env,
-            "DELETE",
-            &format!("{TOKENS}/{uid}"),
-            &owner(API_KEY),
-            ""
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        conn.send("GET", ENTRIES, &h, "").await.0,
-        401,
-        "revocation seen on the open connection"
-    );
+    assert_eq!(json_of(&env, "DELETE", &format!("{TOKENS}/{uid}"), &owner(API_KEY), "").await.0, 200);
+    assert_eq!(conn.send("GET", ENTRIES, &h, "").await.0, 401, "revocation seen on the open connection");
 }

@@ -10,11 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "stackgate",
-    version,
-    about = "Management-token gateway for a Contentstack-style CMA"
-)]
+#[command(name = "stackgate", version, about = "Management-token gateway for a Contentstack-style CMA")]
 struct Cli {
     /// Log format (level from RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -66,9 +62,7 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -76,10 +70,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stackgate: cannot start the runtime: {e}");
@@ -129,24 +120,14 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot start (listen {listen}, admin {admin}): {e}"))?;
-    let scheme = if running.gateway.snapshot().config.server.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if running.gateway.snapshot().config.server.tls.is_some() { "https" } else { "http" };
     println!("stackgate listening on {scheme}://{}", running.addr);
     println!("stackgate admin listening on http://{}", running.admin_addr);
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, tokens = running.gateway.snapshot().token_count(), "listening");
     spawn_reload_on_sighup(std::sync::Arc::clone(&running.gateway));
     shutdown_signal().await;
     tracing::info!("shutting down: draining connections (a second signal exits at once)");
-    let grace = running
-        .gateway
-        .snapshot()
-        .config
-        .server
-        .limits
-        .shutdown_grace;
+    let grace = running.gateway.snapshot().config.server.limits.shutdown_grace;
     tokio::select! {
         drained = running.shutdown() => {
             if !drained {

@@ -92,20 +92,13 @@ impl Fields {
             t.insert("scope".into(), scope);
         }
         if let Some(e) = &self.expires_on {
-            t.insert(
-                "expires_on".into(),
-                if e == "never" { Value::Null } else { json!(e) },
-            );
+            t.insert("expires_on".into(), if e == "never" { Value::Null } else { json!(e) });
         }
         if let Some(n) = self.notify {
             t.insert("is_email_notification_enabled".into(), json!(n));
         }
         if let (Some(r), Some(w)) = (self.rate_read, self.rate_write) {
-            let rl = if r == 0 && w == 0 {
-                Value::Null
-            } else {
-                json!({"read_per_second": r, "write_per_second": w})
-            };
+            let rl = if r == 0 && w == 0 { Value::Null } else { json!({"read_per_second": r, "write_per_second": w}) };
             t.insert("rate_limit".into(), rl);
         }
         Ok(json!({ "token": t }))
@@ -113,14 +106,10 @@ impl Fields {
 
     fn scope(&self, creating: bool) -> anyhow::Result<Option<Value>> {
         if let Some(raw) = &self.scope_json {
-            return Ok(Some(
-                serde_json::from_str(raw).context("--scope-json is not JSON")?,
-            ));
+            return Ok(Some(serde_json::from_str(raw).context("--scope-json is not JSON")?));
         }
-        let given = self.access.is_some()
-            || !self.modules.is_empty()
-            || !self.branches.is_empty()
-            || !self.aliases.is_empty();
+        let given =
+            self.access.is_some() || !self.modules.is_empty() || !self.branches.is_empty() || !self.aliases.is_empty();
         if !given && !creating {
             return Ok(None);
         }
@@ -128,19 +117,11 @@ impl Fields {
             bail!("give at least one --branch or --alias");
         }
         let write = self.access.as_deref() == Some("read-write");
-        let modules = if self.modules.is_empty() {
-            vec!["$all".to_owned()]
-        } else {
-            self.modules.clone()
-        };
-        let mut scope: Vec<Value> = modules
-            .iter()
-            .map(|m| json!({"module": m, "acl": {"read": true, "write": write}}))
-            .collect();
+        let modules = if self.modules.is_empty() { vec!["$all".to_owned()] } else { self.modules.clone() };
+        let mut scope: Vec<Value> =
+            modules.iter().map(|m| json!({"module": m, "acl": {"read": true, "write": write}})).collect();
         if !self.branches.is_empty() {
-            scope.push(
-                json!({"module": "branch", "branches": self.branches, "acl": {"read": true}}),
-            );
+            scope.push(json!({"module": "branch", "branches": self.branches, "acl": {"read": true}}));
         }
         if !self.aliases.is_empty() {
             scope.push(json!({"module": "branch_alias", "branch_aliases": self.aliases, "acl": {"read": true}}));
@@ -151,29 +132,18 @@ impl Fields {
 
 /// Runs a `token` subcommand.
 pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
-    let authtoken = std::env::var(AUTHTOKEN_ENV)
-        .map_err(|_| anyhow!("set {AUTHTOKEN_ENV} to your authtoken"))?;
-    let base = format!(
-        "{}/v3/stacks/management_tokens",
-        args.url.trim_end_matches('/')
-    );
+    let authtoken = std::env::var(AUTHTOKEN_ENV).map_err(|_| anyhow!("set {AUTHTOKEN_ENV} to your authtoken"))?;
+    let base = format!("{}/v3/stacks/management_tokens", args.url.trim_end_matches('/'));
     let (method, url, body) = match &args.action {
         Action::Create(f) => (Method::POST, base, Some(f.to_body(true)?)),
         Action::List => (Method::GET, base, None),
         Action::Show { uid } => (Method::GET, format!("{base}/{uid}"), None),
-        Action::Update { uid, fields } => (
-            Method::PUT,
-            format!("{base}/{uid}"),
-            Some(fields.to_body(false)?),
-        ),
+        Action::Update { uid, fields } => (Method::PUT, format!("{base}/{uid}"), Some(fields.to_body(false)?)),
         Action::Delete { uid } => (Method::DELETE, format!("{base}/{uid}"), None),
     };
     let (status, value) = call(method, &url, &args.api_key, &authtoken, body).await?;
     if !status.is_success() {
-        bail!(
-            "{status}: {}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
+        bail!("{status}: {}", serde_json::to_string_pretty(&value).unwrap_or_default());
     }
     if let Action::Create(_) = args.action {
         let secret = value["token"]["token"].as_str().unwrap_or_default();
@@ -183,10 +153,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         println!("(the secret is shown only this once; store it now)");
         return Ok(());
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&value).unwrap_or_default()
-    );
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     Ok(())
 }
 
@@ -204,21 +171,11 @@ async fn call(
         .header("api_key", api_key)
         .header("authtoken", authtoken)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            body.map(|b| b.to_string()).unwrap_or_default(),
-        )))
+        .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
         .context("invalid --url")?;
-    let resp = client
-        .request(req)
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
+    let resp = client.request(req).await.with_context(|| format!("cannot reach {url}"))?;
     let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .context("reading the response")?
-        .to_bytes();
+    let bytes = resp.into_body().collect().await.context("reading the response")?.to_bytes();
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Ok((status, value))
 }

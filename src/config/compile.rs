@@ -25,17 +25,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
     pub fn single(path: &str, message: String) -> Self {
-        ConfigErrors(vec![ConfigError {
-            path: path.into(),
-            message,
-        }])
+        ConfigErrors(vec![ConfigError { path: path.into(), message }])
     }
 
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.0.push(ConfigError { path: path.into(), message: message.into() });
     }
 }
 
@@ -63,6 +57,7 @@ pub struct Config {
     pub upstream: Upstream,
     pub store: Store,
     pub notify: Notify,
+    pub guard: Guard,
     pub organizations: Vec<Organization>,
     pub users: Vec<User>,
     pub stacks: Vec<Stack>,
@@ -118,6 +113,14 @@ pub struct Upstream {
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     pub path: Option<PathBuf>,
+}
+
+/// Failed authentications per client address before a cool-down (0 = off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub max_failures: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -217,45 +220,31 @@ pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigError
         errs.push(toml_path(key), "unknown key");
     }
     let server = server(&raw, &mut errs);
-    let admin_listen = socket(
-        raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"),
-        "admin.listen",
-        &mut errs,
-    );
+    let admin_listen = socket(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"), "admin.listen", &mut errs);
     let upstream = match &raw.upstream {
         Some(u) => upstream(u, &mut errs),
         None => {
-            errs.push(
-                "upstream",
-                "missing table [upstream] (with url = \"http://...\")",
-            );
+            errs.push("upstream", "missing table [upstream] (with url = \"http://...\")");
             None
         }
     };
     let notify = notify(&raw, &mut errs);
+    let guard = guard(&raw.guard, &mut errs);
     let organizations = organizations(&raw.organizations, &mut errs);
     let users = users(&raw.users, &mut errs);
     let stacks = stacks(&raw.stacks, &organizations, &users, &mut errs);
-    let store = Store {
-        path: raw.store.path.as_ref().map(PathBuf::from),
-    };
+    let store = Store { path: raw.store.path.as_ref().map(PathBuf::from) };
     if let (Some(s), Some(u)) = (&server, &upstream) {
         if u.request_timeout >= s.limits.idle_timeout {
-            errs.push("server.idle_timeout", "must be longer than upstream.request_timeout (an idle connection would be cut mid-request)");
+            errs.push(
+                "server.idle_timeout",
+                "must be longer than upstream.request_timeout (an idle connection would be cut mid-request)",
+            );
         }
     }
-    match (server, admin_listen, upstream, notify) {
-        (Some(server), Some(admin_listen), Some(upstream), Some(notify)) if errs.0.is_empty() => {
-            Ok(Config {
-                server,
-                admin_listen,
-                upstream,
-                store,
-                notify,
-                organizations,
-                users,
-                stacks,
-            })
+    match (server, admin_listen, upstream, notify, guard) {
+        (Some(server), Some(admin_listen), Some(upstream), Some(notify), Some(guard)) if errs.0.is_empty() => {
+            Ok(Config { server, admin_listen, upstream, store, notify, guard, organizations, users, stacks })
         }
         _ => Err(errs),
     }
@@ -280,62 +269,31 @@ fn toml_path(dotted: &str) -> String {
 }
 
 fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
-    text.parse()
-        .map_err(|_| {
-            errs.push(
-                path,
-                format!("'{text}' is not an address such as \"127.0.0.1:8080\""),
-            )
-        })
-        .ok()
+    text.parse().map_err(|_| errs.push(path, format!("'{text}' is not an address such as \"127.0.0.1:8080\""))).ok()
 }
 
 fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
     let s = &raw.server;
-    let tls = s.tls.as_ref().map(|t| TlsFiles {
-        cert: PathBuf::from(&t.cert),
-        key: PathBuf::from(&t.key),
-    });
-    let listen = socket(
-        s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
-        "server.listen",
-        errs,
-    );
+    let tls = s.tls.as_ref().map(|t| TlsFiles { cert: PathBuf::from(&t.cert), key: PathBuf::from(&t.key) });
+    let listen = socket(s.listen.as_deref().unwrap_or("127.0.0.1:8080"), "server.listen", errs);
     let user_sessions = match s.user_sessions.as_deref().unwrap_or("pass") {
         "pass" => Some(UserSessions::Pass),
         "deny" => Some(UserSessions::Deny),
         other => {
-            errs.push(
-                "server.user_sessions",
-                format!("'{other}' must be \"pass\" or \"deny\""),
-            );
+            errs.push("server.user_sessions", format!("'{other}' must be \"pass\" or \"deny\""));
             None
         }
     };
     let size = |v: &Option<String>, default: &str, path: &str, errs: &mut ConfigErrors| {
         parse_size(v.as_deref().unwrap_or(default))
-            .and_then(|n| {
-                if n == 0 {
-                    Err("must be greater than zero".to_owned())
-                } else {
-                    Ok(n)
-                }
-            })
+            .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
             .map_err(|e| errs.push(path, e))
             .ok()
     };
-    let max_inspected_body = size(
-        &s.max_inspected_body,
-        "1MiB",
-        "server.max_inspected_body",
-        errs,
-    );
+    let max_inspected_body = size(&s.max_inspected_body, "1MiB", "server.max_inspected_body", errs);
     for (i, h) in s.hostnames.iter().enumerate() {
         if h.parse::<Authority>().is_err() {
-            errs.push(
-                format!("server.hostnames[{i}]"),
-                format!("'{h}' is not a host[:port]"),
-            );
+            errs.push(format!("server.hostnames[{i}]"), format!("'{h}' is not a host[:port]"));
         }
     }
     let limits = limits(s, errs);
@@ -349,20 +307,9 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
     })
 }
 
-fn positive_duration(
-    v: Option<&str>,
-    default: &str,
-    path: &str,
-    errs: &mut ConfigErrors,
-) -> Option<Duration> {
+fn positive_duration(v: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors) -> Option<Duration> {
     parse_duration(v.unwrap_or(default))
-        .and_then(|d| {
-            if d.is_zero() {
-                Err("must be greater than zero".to_owned())
-            } else {
-                Ok(d)
-            }
-        })
+        .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
         .map_err(|e| errs.push(path, e))
         .ok()
 }
@@ -379,23 +326,14 @@ fn limits(s: &super::raw::RawServer, errs: &mut ConfigErrors) -> Option<Limits> 
         .map_err(|e| errs.push("server.max_header_bytes", e))
         .ok();
     let body = parse_size(s.max_request_body.as_deref().unwrap_or("1GiB"))
-        .and_then(|n| {
-            if n == 0 {
-                Err("must be greater than zero".to_owned())
-            } else {
-                Ok(n)
-            }
-        })
+        .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
         .map_err(|e| errs.push("server.max_request_body", e))
         .ok();
     let max_connections = match s.max_connections {
         None => Some(10_000),
         Some(n) if (1..=1_000_000).contains(&n) => usize::try_from(n).ok(),
         Some(n) => {
-            errs.push(
-                "server.max_connections",
-                format!("{n} must be between 1 and 1000000"),
-            );
+            errs.push("server.max_connections", format!("{n} must be between 1 and 1000000"));
             None
         }
     };
@@ -407,29 +345,16 @@ fn limits(s: &super::raw::RawServer, errs: &mut ConfigErrors) -> Option<Limits> 
             "server.header_read_timeout",
             errs,
         )?,
-        idle_timeout: positive_duration(
-            s.idle_timeout.as_deref(),
-            "60s",
-            "server.idle_timeout",
-            errs,
-        )?,
+        idle_timeout: positive_duration(s.idle_timeout.as_deref(), "60s", "server.idle_timeout", errs)?,
         max_connections: max_connections?,
         max_request_body: body?,
-        shutdown_grace: positive_duration(
-            s.shutdown_grace.as_deref(),
-            "30s",
-            "server.shutdown_grace",
-            errs,
-        )?,
+        shutdown_grace: positive_duration(s.shutdown_grace.as_deref(), "30s", "server.shutdown_grace", errs)?,
     })
 }
 
 fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
-    let uri: Option<Uri> = u
-        .url
-        .parse()
-        .map_err(|_| errs.push("upstream.url", format!("'{}' is not a URL", u.url)))
-        .ok();
+    let uri: Option<Uri> =
+        u.url.parse().map_err(|_| errs.push("upstream.url", format!("'{}' is not a URL", u.url))).ok();
     let parts = uri.and_then(|uri| {
         let scheme = uri.scheme().cloned();
         let authority = uri.authority().cloned();
@@ -438,10 +363,7 @@ fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
                 Some((s, a, uri.path().trim_end_matches('/').to_owned()))
             }
             _ => {
-                errs.push(
-                    "upstream.url",
-                    format!("'{}' must be an absolute http:// or https:// URL", u.url),
-                );
+                errs.push("upstream.url", format!("'{}' must be an absolute http:// or https:// URL", u.url));
                 None
             }
         }
@@ -451,28 +373,12 @@ fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
     }
     let duration = |text: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors| {
         parse_duration(text.unwrap_or(default))
-            .and_then(|d| {
-                if d.is_zero() {
-                    Err("must be greater than zero".to_owned())
-                } else {
-                    Ok(d)
-                }
-            })
+            .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
             .map_err(|e| errs.push(path, e))
             .ok()
     };
-    let connect_timeout = duration(
-        u.connect_timeout.as_deref(),
-        "2s",
-        "upstream.connect_timeout",
-        errs,
-    );
-    let request_timeout = duration(
-        u.request_timeout.as_deref(),
-        "30s",
-        "upstream.request_timeout",
-        errs,
-    );
+    let connect_timeout = duration(u.connect_timeout.as_deref(), "2s", "upstream.connect_timeout", errs);
+    let request_timeout = duration(u.request_timeout.as_deref(), "30s", "upstream.request_timeout", errs);
     let (scheme, authority, base_path) = parts?;
     Some(Upstream {
         scheme,
@@ -491,70 +397,52 @@ fn uri_has_query(url: &str) -> bool {
 
 fn notify(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Notify> {
     let n = &raw.notify;
-    let before = parse_duration(n.before.as_deref().unwrap_or("7d"))
-        .map_err(|e| errs.push("notify.before", e))
-        .ok();
+    let before = parse_duration(n.before.as_deref().unwrap_or("7d")).map_err(|e| errs.push("notify.before", e)).ok();
     let interval = parse_duration(n.interval.as_deref().unwrap_or("60s"))
-        .and_then(|d| {
-            if d.is_zero() {
-                Err("must be greater than zero".to_owned())
-            } else {
-                Ok(d)
-            }
-        })
+        .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
         .map_err(|e| errs.push("notify.interval", e))
         .ok();
     let webhook = n.webhook.as_ref().and_then(|w| match w.parse::<Uri>() {
         Ok(uri) if uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some() => Some(uri),
         _ => {
-            errs.push(
-                "notify.webhook",
-                format!("'{w}' must be an absolute http:// URL"),
-            );
+            errs.push("notify.webhook", format!("'{w}' must be an absolute http:// URL"));
             None
         }
     });
     let smtp = n.smtp.as_ref().and_then(|s| smtp(s, errs));
-    Some(Notify {
-        before: before?,
-        interval: interval?,
-        webhook,
-        smtp,
-    })
+    Some(Notify { before: before?, interval: interval?, webhook, smtp })
 }
 
 fn smtp(s: &super::raw::RawSmtp, errs: &mut ConfigErrors) -> Option<Smtp> {
-    let relay = s
-        .relay
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)));
+    let relay = s.relay.rsplit_once(':').and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)));
     if relay.is_none() {
-        errs.push(
-            "notify.smtp.relay",
-            format!("'{}' must be host:port", s.relay),
-        );
+        errs.push("notify.smtp.relay", format!("'{}' must be host:port", s.relay));
     }
     let mut ok = relay.is_some();
-    for (i, addr) in std::iter::once(&s.from)
-        .chain(s.to.iter().flatten())
-        .enumerate()
-    {
+    for (i, addr) in std::iter::once(&s.from).chain(s.to.iter().flatten()).enumerate() {
         if addr.parse::<lettre::message::Mailbox>().is_err() {
-            let path = if i == 0 {
-                "notify.smtp.from".to_owned()
-            } else {
-                format!("notify.smtp.to[{}]", i - 1)
-            };
+            let path = if i == 0 { "notify.smtp.from".to_owned() } else { format!("notify.smtp.to[{}]", i - 1) };
             errs.push(path, format!("'{addr}' is not an e-mail address"));
             ok = false;
         }
     }
     let (host, port) = relay?;
-    ok.then(|| Smtp {
-        host,
-        port,
-        from: s.from.clone(),
-        to: s.to.clone().unwrap_or_default(),
+    ok.then(|| Smtp { host, port, from: s.from.clone(), to: s.to.clone().unwrap_or_default() })
+}
+
+fn guard(g: &super::raw::RawGuard, errs: &mut ConfigErrors) -> Option<Guard> {
+    let max_failures = match g.max_failures {
+        None => Some(50),
+        Some(n) if (0..=1_000_000).contains(&n) => u32::try_from(n).ok(),
+        Some(n) => {
+            errs.push("guard.max_failures", format!("{n} must be between 0 (off) and 1000000"));
+            None
+        }
+    };
+    Some(Guard {
+        max_failures: max_failures?,
+        window: positive_duration(g.window.as_deref(), "60s", "guard.window", errs)?,
+        cooldown: positive_duration(g.cooldown.as_deref(), "60s", "guard.cooldown", errs)?,
     })
 }
 
@@ -589,33 +477,18 @@ fn organizations(raw: &[RawOrganization], errs: &mut ConfigErrors) -> Vec<Organi
             });
             let max_tokens = match o.max_tokens_per_stack {
                 None => DEFAULT_MAX_TOKENS,
-                Some(v) if (1..=10_000).contains(&v) => {
-                    u32::try_from(v).unwrap_or(DEFAULT_MAX_TOKENS)
-                }
+                Some(v) if (1..=10_000).contains(&v) => u32::try_from(v).unwrap_or(DEFAULT_MAX_TOKENS),
                 Some(v) => {
-                    errs.push(
-                        p("max_tokens_per_stack"),
-                        format!("{v} must be between 1 and 10000"),
-                    );
+                    errs.push(p("max_tokens_per_stack"), format!("{v} must be between 1 and 10000"));
                     DEFAULT_MAX_TOKENS
                 }
             };
             Organization {
                 uid: o.uid.clone(),
                 read_per_second: rate(o.read_per_second, DEFAULT_RATE, p("read_per_second"), errs),
-                write_per_second: rate(
-                    o.write_per_second,
-                    DEFAULT_RATE,
-                    p("write_per_second"),
-                    errs,
-                ),
+                write_per_second: rate(o.write_per_second, DEFAULT_RATE, p("write_per_second"), errs),
                 burst,
-                bulk_per_second: rate(
-                    o.bulk_per_second,
-                    DEFAULT_BULK_RATE,
-                    p("bulk_per_second"),
-                    errs,
-                ),
+                bulk_per_second: rate(o.bulk_per_second, DEFAULT_BULK_RATE, p("bulk_per_second"), errs),
                 max_tokens_per_stack: max_tokens,
             }
         })
@@ -626,14 +499,9 @@ fn organizations(raw: &[RawOrganization], errs: &mut ConfigErrors) -> Vec<Organi
 fn check_ident(value: &str, path: &str, errs: &mut ConfigErrors) {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !ok {
-        errs.push(
-            path,
-            format!("'{value}' must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'"),
-        );
+        errs.push(path, format!("'{value}' must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'"));
     }
 }
 
@@ -649,33 +517,18 @@ fn users(raw: &[RawUser], errs: &mut ConfigErrors) -> Vec<User> {
                 errs.push(p("uid"), format!("duplicate user uid '{}'", u.uid));
             }
             let Some(hash) = parse_digest(&u.authtoken_sha256) else {
-                errs.push(
-                    p("authtoken_sha256"),
-                    "must be 64 hex characters (SHA-256 of the authtoken)",
-                );
+                errs.push(p("authtoken_sha256"), "must be 64 hex characters (SHA-256 of the authtoken)");
                 return None;
             };
             if !hashes.insert(hash) {
-                errs.push(
-                    p("authtoken_sha256"),
-                    "the same authtoken is configured for another user",
-                );
+                errs.push(p("authtoken_sha256"), "the same authtoken is configured for another user");
             }
-            Some(User {
-                uid: u.uid.clone(),
-                email: u.email.clone().unwrap_or_default(),
-                authtoken_sha256: hash,
-            })
+            Some(User { uid: u.uid.clone(), email: u.email.clone().unwrap_or_default(), authtoken_sha256: hash })
         })
         .collect()
 }
 
-fn stacks(
-    raw: &[RawStack],
-    orgs: &[Organization],
-    users: &[User],
-    errs: &mut ConfigErrors,
-) -> Vec<Stack> {
+fn stacks(raw: &[RawStack], orgs: &[Organization], users: &[User], errs: &mut ConfigErrors) -> Vec<Stack> {
     let orgs: HashMap<&str, &Organization> = orgs.iter().map(|o| (o.uid.as_str(), o)).collect();
     let mut api_keys = HashSet::new();
     let mut token_uids = HashSet::new();
@@ -689,10 +542,7 @@ fn stacks(
         }
         let org = orgs.get(s.organization.as_str()).copied();
         if org.is_none() {
-            errs.push(
-                p("organization"),
-                format!("unknown organization '{}'", s.organization),
-            );
+            errs.push(p("organization"), format!("unknown organization '{}'", s.organization));
         }
         let mut stack = Stack {
             api_key: s.api_key.clone(),
@@ -706,10 +556,7 @@ fn stacks(
         branches(&stack, i, errs);
         for (uid, role) in &s.members {
             if !users.iter().any(|u| &u.uid == uid) {
-                errs.push(
-                    p(&format!("members.{uid}")),
-                    format!("unknown user '{uid}'"),
-                );
+                errs.push(p(&format!("members.{uid}")), format!("unknown user '{uid}'"));
             }
             match Role::parse(role) {
                 Some(r) => {
@@ -724,17 +571,11 @@ fn stacks(
         for (j, t) in s.tokens.iter().enumerate() {
             let tp = format!("stacks[{i}].tokens[{j}]");
             if !token_uids.insert(t.uid.as_str()) {
-                errs.push(
-                    format!("{tp}.uid"),
-                    format!("duplicate token uid '{}'", t.uid),
-                );
+                errs.push(format!("{tp}.uid"), format!("duplicate token uid '{}'", t.uid));
             }
             if let Some(rec) = token(t, &stack, org, &tp, errs) {
                 if !secrets.insert(rec.secret_sha256) {
-                    errs.push(
-                        format!("{tp}.secret_sha256"),
-                        "the same secret is used by another token",
-                    );
+                    errs.push(format!("{tp}.secret_sha256"), "the same secret is used by another token");
                 }
                 stack.tokens.push(rec);
             }
@@ -743,11 +584,7 @@ fn stacks(
             if s.tokens.len() > org.max_tokens_per_stack as usize {
                 errs.push(
                     p("tokens"),
-                    format!(
-                        "{} tokens exceed max_tokens_per_stack = {}",
-                        s.tokens.len(),
-                        org.max_tokens_per_stack
-                    ),
+                    format!("{} tokens exceed max_tokens_per_stack = {}", s.tokens.len(), org.max_tokens_per_stack),
                 );
             }
         }
@@ -761,32 +598,20 @@ fn branches(stack: &Stack, i: usize, errs: &mut ConfigErrors) {
     for (j, b) in stack.branches.iter().enumerate() {
         check_ident(b, &format!("stacks[{i}].branches[{j}]"), errs);
         if !seen.insert(b.as_str()) {
-            errs.push(
-                format!("stacks[{i}].branches[{j}]"),
-                format!("duplicate branch '{b}'"),
-            );
+            errs.push(format!("stacks[{i}].branches[{j}]"), format!("duplicate branch '{b}'"));
         }
     }
     if !stack.has_branch("main") {
-        errs.push(
-            format!("stacks[{i}].branches"),
-            "must include \"main\" (the default branch)",
-        );
+        errs.push(format!("stacks[{i}].branches"), "must include \"main\" (the default branch)");
     }
     for (alias, target) in &stack.aliases {
         let p = format!("stacks[{i}].aliases.{alias}");
         check_ident(alias, &p, errs);
         if stack.has_branch(alias) {
-            errs.push(
-                p.as_str(),
-                format!("alias '{alias}' has the name of a branch"),
-            );
+            errs.push(p.as_str(), format!("alias '{alias}' has the name of a branch"));
         }
         if !stack.has_branch(target) {
-            errs.push(
-                p.as_str(),
-                format!("alias points at unknown branch '{target}'"),
-            );
+            errs.push(p.as_str(), format!("alias points at unknown branch '{target}'"));
         }
     }
 }
@@ -800,10 +625,7 @@ fn token(
 ) -> Option<TokenRecord> {
     check_ident(&t.uid, &format!("{tp}.uid"), errs);
     if t.name.trim().is_empty() || t.name.len() > MAX_NAME {
-        errs.push(
-            format!("{tp}.name"),
-            format!("must be 1-{MAX_NAME} characters"),
-        );
+        errs.push(format!("{tp}.name"), format!("must be 1-{MAX_NAME} characters"));
     }
     if let Err(fields) = compile_scope(&t.scope, stack) {
         for (field, msgs) in fields {
@@ -812,30 +634,16 @@ fn token(
             }
         }
     }
-    let expires_on = t.expires_on.as_deref().and_then(|e| {
-        parse_expiry(e)
-            .map_err(|m| errs.push(format!("{tp}.expires_on"), m))
-            .ok()
-    });
+    let expires_on = t
+        .expires_on
+        .as_deref()
+        .and_then(|e| parse_expiry(e).map_err(|m| errs.push(format!("{tp}.expires_on"), m)).ok());
     if let (Some(rl), Some(org)) = (t.rate_limit, org) {
-        check_token_rate(
-            rl.read_per_second,
-            org.read_per_second,
-            &format!("{tp}.rate_limit.read_per_second"),
-            errs,
-        );
-        check_token_rate(
-            rl.write_per_second,
-            org.write_per_second,
-            &format!("{tp}.rate_limit.write_per_second"),
-            errs,
-        );
+        check_token_rate(rl.read_per_second, org.read_per_second, &format!("{tp}.rate_limit.read_per_second"), errs);
+        check_token_rate(rl.write_per_second, org.write_per_second, &format!("{tp}.rate_limit.write_per_second"), errs);
     }
     let Some(secret_sha256) = parse_digest(&t.secret_sha256) else {
-        errs.push(
-            format!("{tp}.secret_sha256"),
-            "must be 64 hex characters (SHA-256 of the secret)",
-        );
+        errs.push(format!("{tp}.secret_sha256"), "must be 64 hex characters (SHA-256 of the secret)");
         return None;
     };
     Some(TokenRecord {
@@ -859,9 +667,6 @@ fn token(
 
 fn check_token_rate(rate: u32, org_rate: u32, path: &str, errs: &mut ConfigErrors) {
     if rate == 0 || rate > org_rate {
-        errs.push(
-            path,
-            format!("{rate} must be between 1 and the organization's {org_rate}"),
-        );
+        errs.push(path, format!("{rate} must be between 1 and the organization's {org_rate}"));
     }
 }

@@ -7,8 +7,8 @@ pub mod raw;
 mod units;
 
 pub use compile::{
-    compile, Config, ConfigError, ConfigErrors, Limits, Notify, Organization, Role, Server, Smtp,
-    Stack, Store, TlsFiles, Upstream, User, UserSessions,
+    compile, Config, ConfigError, ConfigErrors, Guard, Limits, Notify, Organization, Role, Server, Smtp, Stack, Store,
+    TlsFiles, Upstream, User, UserSessions,
 };
 pub use units::{parse_duration, parse_size};
 
@@ -23,7 +23,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates config text.
 pub fn from_str(text: &str) -> Result<Config, ConfigErrors> {
-    let (raw, unknown) = raw::parse(text)
-        .map_err(|e| ConfigErrors::single("", format!("invalid TOML: {}", e.to_string().trim())))?;
+    let (raw, unknown) =
+        raw::parse(text).map_err(|e| ConfigErrors::single("", format!("invalid TOML: {}", e.to_string().trim())))?;
     compile(raw, &unknown)
 }

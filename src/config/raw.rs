@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub notify: RawNotify,
     #[serde(default)]
+    pub guard: RawGuard,
+    #[serde(default)]
     pub organizations: Vec<RawOrganization>,
     #[serde(default)]
     pub users: Vec<RawUser>,
@@ -67,6 +69,14 @@ pub struct RawUpstream {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawStore {
     pub path: Option<String>,
+}
+
+/// Credential-guessing protection.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawGuard {
+    pub max_failures: Option<i64>,
+    pub window: Option<String>,
+    pub cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -48,26 +48,18 @@ pub async fn spawn(addr: SocketAddr) -> std::io::Result<Backend> {
 
 fn seed() -> Store {
     let mut store = Store::new();
-    let ct = |uid: &str, title: &str| json!({"uid": uid, "title": title, "schema": [{"uid": "title", "data_type": "text"}]});
+    let ct =
+        |uid: &str, title: &str| json!({"uid": uid, "title": title, "schema": [{"uid": "title", "data_type": "text"}]});
     let entry = |uid: &str, title: &str| json!({"uid": uid, "title": title, "locale": "en-us", "_version": 1});
     let mut posts = BTreeMap::new();
-    posts.insert(
-        "blt0000000000000e01".into(),
-        entry("blt0000000000000e01", "Hello, world"),
-    );
-    posts.insert(
-        "blt0000000000000e02".into(),
-        entry("blt0000000000000e02", "Second post"),
-    );
+    posts.insert("blt0000000000000e01".into(), entry("blt0000000000000e01", "Hello, world"));
+    posts.insert("blt0000000000000e02".into(), entry("blt0000000000000e02", "Second post"));
     store.insert("blog_post".into(), (ct("blog_post", "Blog post"), posts));
     store.insert("author".into(), (ct("author", "Author"), BTreeMap::new()));
     store
 }
 
-async fn answer(
-    store: Arc<Mutex<Store>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(store: Arc<Mutex<Store>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, 8 << 20).collect().await {
         Ok(b) => b.to_bytes(),
@@ -78,15 +70,8 @@ async fn answer(
             ))
         }
     };
-    let segs: Vec<&str> = parts
-        .uri
-        .path()
-        .trim_start_matches("/v3/")
-        .split('/')
-        .collect();
-    let mut guard = store
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let segs: Vec<&str> = parts.uri.path().trim_start_matches("/v3/").split('/').collect();
+    let mut guard = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (status, value) = route(&mut guard, &parts.method, &segs, &body);
     Ok(reply(status, value))
 }
@@ -94,18 +79,12 @@ async fn answer(
 fn reply(status: StatusCode, value: Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
 }
 
 fn not_found(what: &str) -> (StatusCode, Value) {
-    (
-        StatusCode::NOT_FOUND,
-        json!({"error_message": format!("{what} was not found."), "error_code": 118}),
-    )
+    (StatusCode::NOT_FOUND, json!({"error_message": format!("{what} was not found."), "error_code": 118}))
 }
 
 fn route(store: &mut Store, method: &Method, segs: &[&str], body: &[u8]) -> (StatusCode, Value) {
@@ -113,10 +92,7 @@ fn route(store: &mut Store, method: &Method, segs: &[&str], body: &[u8]) -> (Sta
     match (method.as_str(), segs) {
         ("GET", ["content_types"]) => {
             let list: Vec<&Value> = store.values().map(|(ct, _)| ct).collect();
-            (
-                StatusCode::OK,
-                json!({"content_types": list, "count": list.len()}),
-            )
+            (StatusCode::OK, json!({"content_types": list, "count": list.len()}))
         }
         ("POST", ["content_types"]) => {
             let mut ct = input["content_type"].clone();
@@ -128,20 +104,14 @@ fn route(store: &mut Store, method: &Method, segs: &[&str], body: &[u8]) -> (Sta
             };
             ct["uid"] = json!(uid);
             store.insert(uid, (ct.clone(), BTreeMap::new()));
-            (
-                StatusCode::CREATED,
-                json!({"notice": "Content Type created successfully.", "content_type": ct}),
-            )
+            (StatusCode::CREATED, json!({"notice": "Content Type created successfully.", "content_type": ct}))
         }
         ("GET", ["content_types", ct]) => match store.get(*ct) {
             Some((v, _)) => (StatusCode::OK, json!({"content_type": v})),
             None => not_found("Content Type"),
         },
         ("DELETE", ["content_types", ct]) => match store.remove(*ct) {
-            Some(_) => (
-                StatusCode::OK,
-                json!({"notice": "Content Type deleted successfully."}),
-            ),
+            Some(_) => (StatusCode::OK, json!({"notice": "Content Type deleted successfully."})),
             None => not_found("Content Type"),
         },
         (_, ["content_types", ct, "entries", rest @ ..]) => match store.get_mut(*ct) {
@@ -152,18 +122,13 @@ fn route(store: &mut Store, method: &Method, segs: &[&str], body: &[u8]) -> (Sta
             StatusCode::OK,
             json!({"environments": [{"name": "production", "urls": [{"locale": "en-us", "url": "https://example.com"}]}]}),
         ),
-        ("GET", ["locales"]) => (
-            StatusCode::OK,
-            json!({"locales": [{"code": "en-us", "name": "English - United States"}]}),
-        ),
-        ("GET", ["stacks", "branches"]) => (
-            StatusCode::OK,
-            json!({"branches": [{"uid": "main"}, {"uid": "development"}]}),
-        ),
-        _ => (
-            StatusCode::OK,
-            json!({"notice": format!("Demo backend accepted {method} /v3/{}.", segs.join("/"))}),
-        ),
+        ("GET", ["locales"]) => {
+            (StatusCode::OK, json!({"locales": [{"code": "en-us", "name": "English - United States"}]}))
+        }
+        ("GET", ["stacks", "branches"]) => {
+            (StatusCode::OK, json!({"branches": [{"uid": "main"}, {"uid": "development"}]}))
+        }
+        _ => (StatusCode::OK, json!({"notice": format!("Demo backend accepted {method} /v3/{}.", segs.join("/"))})),
     }
 }
 
@@ -176,10 +141,7 @@ fn entries_route(
     match (method.as_str(), rest) {
         ("GET", []) => {
             let list: Vec<&Value> = entries.values().collect();
-            (
-                StatusCode::OK,
-                json!({"entries": list, "count": list.len()}),
-            )
+            (StatusCode::OK, json!({"entries": list, "count": list.len()}))
         }
         ("POST", []) => {
             let mut entry = input["entry"].clone();
@@ -189,15 +151,11 @@ fn entries_route(
                     json!({"error_message": "Entry is required.", "error_code": 422, "errors": {"entry": ["is required."]}}),
                 );
             }
-            let uid = crate::token::new_uid()
-                .unwrap_or_else(|_| format!("blt{:016x}", entries.len() + 1));
+            let uid = crate::token::new_uid().unwrap_or_else(|_| format!("blt{:016x}", entries.len() + 1));
             entry["uid"] = json!(uid);
             entry["_version"] = json!(1);
             entries.insert(uid, entry.clone());
-            (
-                StatusCode::CREATED,
-                json!({"notice": "Entry created successfully.", "entry": entry}),
-            )
+            (StatusCode::CREATED, json!({"notice": "Entry created successfully.", "entry": entry}))
         }
         ("GET", [e]) => match entries.get(*e) {
             Some(v) => (StatusCode::OK, json!({"entry": v})),
@@ -212,23 +170,14 @@ fn entries_route(
                 }
                 let version = v["_version"].as_i64().unwrap_or(1) + 1;
                 v["_version"] = json!(version);
-                (
-                    StatusCode::OK,
-                    json!({"notice": "Entry updated successfully.", "entry": v}),
-                )
+                (StatusCode::OK, json!({"notice": "Entry updated successfully.", "entry": v}))
             }
             None => not_found("Entry"),
         },
         ("DELETE", [e]) => match entries.remove(*e) {
-            Some(_) => (
-                StatusCode::OK,
-                json!({"notice": "Entry deleted successfully."}),
-            ),
+            Some(_) => (StatusCode::OK, json!({"notice": "Entry deleted successfully."})),
             None => not_found("Entry"),
         },
-        _ => (
-            StatusCode::OK,
-            json!({"notice": "Demo backend accepted the entry operation."}),
-        ),
+        _ => (StatusCode::OK, json!({"notice": "Demo backend accepted the entry operation."})),
     }
 }

@@ -92,9 +92,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let running = crate::server::start(cfg, Arc::new(SystemClock))
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)")
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)"))?;
     print_banner(running.addr, backend.addr, &secrets);
     crate::cli::shutdown_signal().await;
     Ok(())

@@ -32,11 +32,7 @@ enum Credential<'a> {
 const MAX_SECRET_LEN: usize = 256;
 
 /// Authenticates a request at Unix time `now`.
-pub fn authenticate(
-    snap: &Snapshot,
-    headers: &HeaderMap,
-    now: i64,
-) -> Result<Principal, GatewayError> {
+pub fn authenticate(snap: &Snapshot, headers: &HeaderMap, now: i64) -> Result<Principal, GatewayError> {
     for name in [&AUTHORIZATION, &API_KEY, &AUTHTOKEN, &BRANCH] {
         // Two copies of a credential header could be read one way here and another
         // way by the backend.
@@ -45,9 +41,7 @@ pub fn authenticate(
         }
     }
     match credential(headers) {
-        Credential::Management(secret) => {
-            management_token(snap, headers, secret, now).map(Principal::Token)
-        }
+        Credential::Management(secret) => management_token(snap, headers, secret, now).map(Principal::Token),
         Credential::UserSession => match snap.settings.user_sessions {
             UserSessions::Pass => Ok(Principal::UserSession),
             UserSessions::Deny => Err(GatewayError::Forbidden(Denial::UserSessionsDenied)),
@@ -67,29 +61,17 @@ fn credential(headers: &HeaderMap) -> Credential<'_> {
 
 /// `authorization: Bearer ...` is OAuth, not a management token.
 pub fn is_bearer(value: &[u8]) -> bool {
-    value
-        .get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case(b"bearer "))
+    value.get(..7).is_some_and(|p| p.eq_ignore_ascii_case(b"bearer "))
 }
 
-fn management_token(
-    snap: &Snapshot,
-    headers: &HeaderMap,
-    secret: &[u8],
-    now: i64,
-) -> Result<Arc<Token>, GatewayError> {
-    let api_key = headers
-        .get(API_KEY)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(GatewayError::StackNotFound)?;
+fn management_token(snap: &Snapshot, headers: &HeaderMap, secret: &[u8], now: i64) -> Result<Arc<Token>, GatewayError> {
+    let api_key = headers.get(API_KEY).and_then(|v| v.to_str().ok()).ok_or(GatewayError::StackNotFound)?;
     let stack = snap.stack(api_key).ok_or(GatewayError::StackNotFound)?;
     let unauthenticated = GatewayError::Unauthenticated { expired: false };
     if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
         return Err(unauthenticated);
     }
-    let token = snap
-        .token(&hash_secret(secret))
-        .ok_or(unauthenticated.clone())?;
+    let token = snap.token(&hash_secret(secret)).ok_or(unauthenticated.clone())?;
     if !Arc::ptr_eq(&token.stack, stack) {
         return Err(unauthenticated);
     }

@@ -138,10 +138,7 @@ impl Module {
 
     /// Bit for [`ModuleSet`]; `None` for modules no scope can grant.
     pub fn bit(self) -> Option<u32> {
-        Module::SCOPED
-            .iter()
-            .position(|m| *m == self)
-            .map(|i| 1u32 << i)
+        Module::SCOPED.iter().position(|m| *m == self).map(|i| 1u32 << i)
     }
 
     /// Whether the request's branch must be within the token's branch scope.
@@ -260,19 +257,11 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
 }
 
 fn op(module: Module, access: Access) -> Operation {
-    Operation {
-        module,
-        access,
-        rule: Rule::Plain,
-    }
+    Operation { module, access, rule: Rule::Plain }
 }
 
 fn with_rule(module: Module, access: Access, rule: Rule) -> Operation {
-    Operation {
-        module,
-        access,
-        rule,
-    }
+    Operation { module, access, rule }
 }
 
 fn unknown() -> Operation {
@@ -294,9 +283,7 @@ fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operati
         ["content_types", _, "references" | "export"] => op(M::ContentType, default),
         ["content_types", _, "entries", rest @ ..] => entry(method, default, rest),
         // global fields
-        ["global_fields"] | ["global_fields", _] | ["global_fields", _, "export"] => {
-            op(M::GlobalField, default)
-        }
+        ["global_fields"] | ["global_fields", _] | ["global_fields", _, "export"] => op(M::GlobalField, default),
         // assets
         ["assets"] | ["assets", _] | ["assets", "folders", _] => op(M::Asset, default),
         ["assets", _, "publish" | "unpublish" | "versions" | "references"] => op(M::Asset, default),
@@ -309,20 +296,14 @@ fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operati
         ["roles"] | ["roles", _] => op(M::Role, default),
         // releases
         ["releases"] | ["releases", _] => op(M::Release, default),
-        ["releases", _, "items" | "item" | "update_items" | "deploy" | "clone"] => {
-            op(M::Release, default)
-        }
+        ["releases", _, "items" | "item" | "update_items" | "deploy" | "clone"] => op(M::Release, default),
         ["releases", _, "items", "move"] => op(M::Release, default),
         // webhooks
         ["webhooks"] | ["webhooks", _] => op(M::Webhook, default),
         ["webhooks", _, "executions" | "export" | "retry" | "logs"] => op(M::Webhook, default),
         // publish rules (before workflows/{x} so the literal wins)
         ["workflows", "publishing_rules"] | ["workflows", "publishing_rules", _] => {
-            let rule = if post_or_put {
-                Rule::PublishRuleApprovers
-            } else {
-                Rule::Plain
-            };
+            let rule = if post_or_put { Rule::PublishRuleApprovers } else { Rule::Plain };
             with_rule(M::PublishRule, default, rule)
         }
         ["workflows", "content_type", _] if read => op(M::PublishRule, Read),
@@ -340,19 +321,14 @@ fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operati
         ["publish-queue", _, "unschedule"] => unknown(),
         // bulk
         ["bulk", "workflow"] => never(M::Bulk, default),
-        ["bulk", "publish" | "unpublish" | "delete"]
-        | ["bulk", "release", "items" | "update_items"] => with_rule(M::Bulk, default, Rule::Bulk),
-        ["bulk", "jobs", _] | ["bulk", "jobs", _, "items"] if read => {
-            with_rule(M::Bulk, Read, Rule::Bulk)
+        ["bulk", "publish" | "unpublish" | "delete"] | ["bulk", "release", "items" | "update_items"] => {
+            with_rule(M::Bulk, default, Rule::Bulk)
         }
+        ["bulk", "jobs", _] | ["bulk", "jobs", _, "items"] if read => with_rule(M::Bulk, Read, Rule::Bulk),
         // taxonomies
         ["taxonomies"] | ["taxonomies", _] => op(M::Taxonomy, default),
-        ["taxonomies", _, "terms" | "export" | "locales"] | ["taxonomies", _, "terms", _] => {
-            op(M::Taxonomy, default)
-        }
-        ["taxonomies", _, "terms", _, "ancestors" | "descendants" | "locales"] => {
-            op(M::Taxonomy, default)
-        }
+        ["taxonomies", _, "terms" | "export" | "locales"] | ["taxonomies", _, "terms", _] => op(M::Taxonomy, default),
+        ["taxonomies", _, "terms", _, "ancestors" | "descendants" | "locales"] => op(M::Taxonomy, default),
         ["stacks", rest @ ..] => stacks(method, read, default, rest),
         ["organizations", ..] => never(M::Organization, default),
         ["user-session", ..] | ["user", ..] => never(M::UserSession, default),
@@ -365,9 +341,7 @@ fn entry(method: &Method, default: Access, rest: &[&str]) -> Operation {
     use Module::Entry;
     match rest {
         [] | [_] => op(Entry, default),
-        [_, "workflow"] if *method == Method::POST => {
-            with_rule(Entry, Access::Write, Rule::EntryWorkflow)
-        }
+        [_, "workflow"] if *method == Method::POST => with_rule(Entry, Access::Write, Rule::EntryWorkflow),
         [_, "workflow"] => unknown(),
         [_, "publish" | "unpublish" | "versions" | "references" | "locales" | "export"]
         | [_, "unlocalize" | "import" | "variants"]
@@ -387,17 +361,13 @@ fn stacks(method: &Method, read: bool, default: Access, rest: &[&str]) -> Operat
             never(M::Stack, default)
         }
         ["share" | "unshare"] => never(M::UserShare, default),
-        ["management_tokens"] | ["management_tokens", _] => {
-            with_rule(M::Tokens, default, Rule::TokenApi)
-        }
+        ["management_tokens"] | ["management_tokens", _] => with_rule(M::Tokens, default, Rule::TokenApi),
         ["management_tokens", ..] | ["delivery_tokens", ..] => never(M::Tokens, default),
         ["users"] if read => op(M::User, Read),
         ["users", "roles"] if matches!(*method, Method::POST | Method::PUT) => op(M::User, Write),
         ["branches"] | ["branches", _] if read => op(M::Branch, Read),
         ["branches"] | ["branches", _] => never(M::Branch, Write),
-        ["branches_compare", ..] | ["branches_queue"] | ["branches_queue", _] if read => {
-            op(M::Branch, Read)
-        }
+        ["branches_compare", ..] | ["branches_queue"] | ["branches_queue", _] if read => op(M::Branch, Read),
         ["branches_merge"] if *method == Method::POST => op(M::Branch, Write),
         ["branch_aliases"] | ["branch_aliases", _] if read => op(M::BranchAlias, Read),
         ["branch_aliases", _] => never(M::BranchAlias, Write),
@@ -415,18 +385,8 @@ mod tests {
 
     #[test]
     fn outside_v3_is_not_found() {
-        for p in [
-            "/",
-            "/v3",
-            "/v2/content_types",
-            "/V3/content_types",
-            "/v3content_types",
-        ] {
-            assert_eq!(
-                classify(&Method::GET, p),
-                Err(GatewayError::NotFound),
-                "{p}"
-            );
+        for p in ["/", "/v3", "/v2/content_types", "/V3/content_types", "/v3content_types"] {
+            assert_eq!(classify(&Method::GET, p), Err(GatewayError::NotFound), "{p}");
         }
     }
 
@@ -434,10 +394,7 @@ mod tests {
     fn state_changing_gets_are_writes() {
         assert_eq!(c("GET", "/v3/workflows/x/enable").access, Access::Write);
         assert_eq!(c("GET", "/v3/workflows/x/disable").access, Access::Write);
-        assert_eq!(
-            c("GET", "/v3/publish-queue/x/unschedule").access,
-            Access::Write
-        );
+        assert_eq!(c("GET", "/v3/publish-queue/x/unschedule").access, Access::Write);
         assert_eq!(c("GET", "/v3/workflows/x").access, Access::Read);
     }
 
@@ -447,21 +404,12 @@ mod tests {
         assert_eq!(c("GET", "/v3/stacks/users").module, Module::User);
         assert_eq!(c("PUT", "/v3/stacks/users/roles").module, Module::User);
         assert_eq!(c("POST", "/v3/stacks/users").rule, Rule::Deny);
-        assert_eq!(
-            c("GET", "/v3/stacks/management_tokens").rule,
-            Rule::TokenApi
-        );
-        assert_eq!(
-            c("GET", "/v3/stacks/delivery_tokens/x/preview_token").module,
-            Module::Tokens
-        );
+        assert_eq!(c("GET", "/v3/stacks/management_tokens").rule, Rule::TokenApi);
+        assert_eq!(c("GET", "/v3/stacks/delivery_tokens/x/preview_token").module, Module::Tokens);
         assert_eq!(c("GET", "/v3/stacks/branches/main").module, Module::Branch);
         assert_eq!(c("POST", "/v3/stacks/branches").rule, Rule::Deny);
         assert_eq!(c("POST", "/v3/stacks/branches_merge").access, Access::Write);
-        assert_eq!(
-            c("PUT", "/v3/stacks/branch_aliases/deploy").rule,
-            Rule::Deny
-        );
+        assert_eq!(c("PUT", "/v3/stacks/branch_aliases/deploy").rule, Rule::Deny);
     }
 
     #[test]
@@ -484,10 +432,7 @@ mod tests {
     #[test]
     fn deep_or_unknown_paths_fail_closed() {
         assert_eq!(c("GET", "/v3/a/b/c/d/e/f/g/h/i").module, Module::Unknown);
-        assert_eq!(
-            c("GET", "/v3/content_types/ct/entries/e/bogus").module,
-            Module::Unknown
-        );
+        assert_eq!(c("GET", "/v3/content_types/ct/entries/e/bogus").module, Module::Unknown);
         assert_eq!(c("GET", "/v3/nothing").module, Module::Unknown);
     }
 

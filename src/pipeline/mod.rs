@@ -23,10 +23,7 @@ use http::Method;
 #[derive(Debug)]
 pub enum Route {
     /// Forward to the backend (after `inspect_body` if the operation needs it).
-    Proxy {
-        principal: Principal,
-        rate: Option<RateInfo>,
-    },
+    Proxy { principal: Principal, rate: Option<RateInfo> },
     /// Served by stackgate's token-management API.
     TokenApi,
     /// `OPTIONS`: answered by the gateway, never authorised or forwarded.
@@ -61,26 +58,15 @@ pub fn decide<'a>(
     let op = classify(&parts.method, &target.path)?;
     facts.op = Some(op);
     if parts.method == Method::OPTIONS {
-        return Ok(Decision {
-            target,
-            op,
-            route: Route::Preflight,
-        });
+        return Ok(Decision { target, op, route: Route::Preflight });
     }
     if op.rule == Rule::TokenApi {
         // Tokens never manage tokens, valid or not.
-        let bearer = parts
-            .headers
-            .get(AUTHORIZATION)
-            .map(|v| auth::is_bearer(v.as_bytes()));
+        let bearer = parts.headers.get(AUTHORIZATION).map(|v| auth::is_bearer(v.as_bytes()));
         if bearer == Some(false) {
             return Err(GatewayError::Forbidden(Denial::NeverAllowed));
         }
-        return Ok(Decision {
-            target,
-            op,
-            route: Route::TokenApi,
-        });
+        return Ok(Decision { target, op, route: Route::TokenApi });
     }
     let principal = authenticate(snap, &parts.headers, now)?;
     let rate = match &principal {
@@ -92,9 +78,5 @@ pub fn decide<'a>(
         // The backend is the authority for users: nothing to check or charge here.
         Principal::UserSession => None,
     };
-    Ok(Decision {
-        target,
-        op,
-        route: Route::Proxy { principal, rate },
-    })
+    Ok(Decision { target, op, route: Route::Proxy { principal, rate } })
 }

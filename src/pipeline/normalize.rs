@@ -37,10 +37,7 @@ pub fn normalize<'a>(
         }
     }
     let path = canonical_path(uri.path())?;
-    Ok(Target {
-        path,
-        query: uri.query(),
-    })
+    Ok(Target { path, query: uri.query() })
 }
 
 /// Validates a path and returns its canonical form, borrowing when nothing changes.
@@ -87,9 +84,7 @@ fn check_segment(segment: &str) -> Result<(), GatewayError> {
     if segment.is_empty() || segment == "." || segment == ".." {
         return Err(AMBIGUOUS);
     }
-    let bad = segment
-        .bytes()
-        .any(|b| !(0x20..0x7f).contains(&b) || matches!(b, b'\\' | b';' | b'#'));
+    let bad = segment.bytes().any(|b| !(0x20..0x7f).contains(&b) || matches!(b, b'\\' | b';' | b'#'));
     if bad {
         return Err(AMBIGUOUS);
     }
@@ -119,9 +114,7 @@ fn decode_segment(segment: &str) -> Result<Cow<'_, str>, GatewayError> {
             // Separators, dots, the escape character itself (double encoding),
             // parameters, control bytes and anything non-ASCII (overlong UTF-8,
             // look-alikes): never let a backend decode these into structure.
-            b'/' | b'\\' | b'.' | b'%' | b';' | b'#' | 0x00..=0x1f | 0x7f..=0xff => {
-                return Err(AMBIGUOUS)
-            }
+            b'/' | b'\\' | b'.' | b'%' | b';' | b'#' | 0x00..=0x1f | 0x7f..=0xff => return Err(AMBIGUOUS),
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => {
                 out.push(char::from(value));
                 changed = true;
@@ -138,11 +131,7 @@ fn decode_segment(segment: &str) -> Result<Cow<'_, str>, GatewayError> {
     if out.is_empty() || out == "." || out == ".." {
         return Err(AMBIGUOUS);
     }
-    Ok(if changed {
-        Cow::Owned(out)
-    } else {
-        Cow::Borrowed(segment)
-    })
+    Ok(if changed { Cow::Owned(out) } else { Cow::Borrowed(segment) })
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -155,10 +144,7 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 fn upper_hex(nibble: u8) -> u8 {
-    b"0123456789ABCDEF"
-        .get(usize::from(nibble & 0xf))
-        .copied()
-        .unwrap_or(b'0')
+    b"0123456789ABCDEF".get(usize::from(nibble & 0xf)).copied().unwrap_or(b'0')
 }
 
 #[cfg(test)]
@@ -177,10 +163,7 @@ mod tests {
 
     #[test]
     fn unreserved_escapes_are_decoded() {
-        assert_eq!(
-            canon("/v3/content_%74ypes/a%2Db").unwrap(),
-            "/v3/content_types/a-b"
-        );
+        assert_eq!(canon("/v3/content_%74ypes/a%2Db").unwrap(), "/v3/content_types/a-b");
         assert_eq!(canon("/v3/x/%7e").unwrap(), "/v3/x/~");
     }
 
@@ -188,10 +171,7 @@ mod tests {
     fn reserved_escapes_are_kept_upper_case() {
         assert_eq!(canon("/v3/entries/a%3fb").unwrap(), "/v3/entries/a%3Fb");
         assert_eq!(canon("/v3/entries/a%20b").unwrap(), "/v3/entries/a%20b");
-        assert!(matches!(
-            canonical_path("/v3/e/a%20b"),
-            Ok(Cow::Borrowed(_))
-        ));
+        assert!(matches!(canonical_path("/v3/e/a%20b"), Ok(Cow::Borrowed(_))));
     }
 
     #[test]
@@ -234,10 +214,7 @@ mod tests {
         assert_eq!(err, GatewayError::BadRequest(BadRequest::ForeignAuthority));
         let mine: Uri = "http://gw.local:8080/v3/content_types?x=1".parse().unwrap();
         let t = normalize(&mine, Version::HTTP_11, &own).unwrap();
-        assert_eq!(
-            (t.path.as_ref(), t.query),
-            ("/v3/content_types", Some("x=1"))
-        );
+        assert_eq!((t.path.as_ref(), t.query), ("/v3/content_types", Some("x=1")));
         // HTTP/2 always has an authority.
         assert!(normalize(&foreign, Version::HTTP_2, &own).is_ok());
     }

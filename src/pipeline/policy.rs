@@ -10,11 +10,7 @@ use http::HeaderValue;
 pub const DEFAULT_BRANCH: &str = "main";
 
 /// Checks module, access and branch scope.
-pub fn authorize(
-    token: &Token,
-    op: &Operation,
-    branch: Option<&HeaderValue>,
-) -> Result<(), GatewayError> {
+pub fn authorize(token: &Token, op: &Operation, branch: Option<&HeaderValue>) -> Result<(), GatewayError> {
     let deny = |d| Err(GatewayError::Forbidden(d));
     match op.rule {
         Rule::Deny | Rule::TokenApi => return deny(Denial::NeverAllowed),
@@ -29,11 +25,7 @@ pub fn authorize(
     };
     if !granted.contains(op.module) {
         let read_only = op.access == Access::Write && token.grants.read.contains(op.module);
-        return deny(if read_only {
-            Denial::ReadOnly
-        } else {
-            Denial::ModuleNotInScope
-        });
+        return deny(if read_only { Denial::ReadOnly } else { Denial::ModuleNotInScope });
     }
     if op.module.is_branch_specific() {
         check_branch(token, branch)?;
@@ -45,9 +37,7 @@ pub fn authorize(
 fn check_branch(token: &Token, header: Option<&HeaderValue>) -> Result<(), GatewayError> {
     let name = match header {
         None => DEFAULT_BRANCH,
-        Some(v) => v
-            .to_str()
-            .map_err(|_| GatewayError::BadRequest(BadRequest::InvalidHeader))?,
+        Some(v) => v.to_str().map_err(|_| GatewayError::BadRequest(BadRequest::InvalidHeader))?,
     };
     let in_branches = |b: &str| token.grants.branches.iter().any(|x| &**x == b);
     let allowed = if token.stack.has_branch(name) {
@@ -66,8 +56,8 @@ fn check_branch(token: &Token, header: Option<&HeaderValue>) -> Result<(), Gatew
 
 /// Applies the body rules of DESIGN.md section 1.3 to an already buffered body.
 pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|_| GatewayError::BadRequest(BadRequest::MalformedJson))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| GatewayError::BadRequest(BadRequest::MalformedJson))?;
     let denied = match op.rule {
         Rule::EntryWorkflow => workflow_change_denied(&json),
         Rule::PublishRuleApprovers => needs_approvers(&json),
@@ -96,8 +86,7 @@ fn workflow_change_denied(json: &serde_json::Value) -> bool {
             // Only a new publish request (status 0) is allowed; anything else,
             // including a missing or non-numeric status, is an approval decision.
             let status = rule.get("status");
-            let is_request = status.and_then(|s| s.as_i64()) == Some(0)
-                || status.and_then(|s| s.as_str()) == Some("0");
+            let is_request = status.and_then(|s| s.as_i64()) == Some(0) || status.and_then(|s| s.as_str()) == Some("0");
             !is_request
         }
     }
@@ -122,11 +111,7 @@ mod tests {
     use serde_json::json;
 
     fn rule(rule: Rule) -> Operation {
-        Operation {
-            module: Module::Entry,
-            access: Access::Write,
-            rule,
-        }
+        Operation { module: Module::Entry, access: Access::Write, rule }
     }
 
     fn check(r: Rule, v: serde_json::Value) -> Result<(), GatewayError> {
@@ -139,38 +124,18 @@ mod tests {
         assert!(check(wf, json!({"workflow":{"workflow_stage":{"uid":"s1"}}})).is_err());
         assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":1}}})).is_err());
         assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":-1}}})).is_err());
-        assert!(check(
-            wf,
-            json!({"workflow":{"publishing_rule":{"status":0,"uid":"r"}}})
-        )
-        .is_ok());
+        assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":0,"uid":"r"}}})).is_ok());
         assert!(check(wf, json!({"workflow":{"publishing_rule":{"uid":"r"}}})).is_err());
-        assert!(check(
-            wf,
-            json!({"workflow":{"workflow_stage":{"uid":"s"},"publishing_rule":{"status":0}}})
-        )
-        .is_err());
+        assert!(check(wf, json!({"workflow":{"workflow_stage":{"uid":"s"},"publishing_rule":{"status":0}}})).is_err());
         assert!(check(wf, json!({})).is_err());
     }
 
     #[test]
     fn approvers_rule() {
         let pr = Rule::PublishRuleApprovers;
-        assert!(check(
-            pr,
-            json!({"publishing_rule":{"approvers":{"users":["u1"]}}})
-        )
-        .is_err());
-        assert!(check(
-            pr,
-            json!({"publishing_rule":{"approvers":{"roles":["r1"]}}})
-        )
-        .is_err());
-        assert!(check(
-            pr,
-            json!({"publishing_rule":{"approvers":{"users":[],"roles":[]}}})
-        )
-        .is_ok());
+        assert!(check(pr, json!({"publishing_rule":{"approvers":{"users":["u1"]}}})).is_err());
+        assert!(check(pr, json!({"publishing_rule":{"approvers":{"roles":["r1"]}}})).is_err());
+        assert!(check(pr, json!({"publishing_rule":{"approvers":{"users":[],"roles":[]}}})).is_ok());
         assert!(check(pr, json!({"publishing_rule":{"actions":[]}})).is_ok());
     }
 

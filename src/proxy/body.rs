@@ -1,34 +1,84 @@
 //! The request body as forwarded: streamed from the client and counted, so a body over
 //! `max_request_body` is cut off (and answered 413) without ever being buffered.
 
+use crate::error::{BadRequest, GatewayError};
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// The body went over the limit.
+/// The body went over the limit, or the client sent a malformed one.
 #[derive(Debug, thiserror::Error)]
-#[error("request body over the limit")]
-pub struct TooLarge;
+#[error("client request body failed")]
+pub struct ClientBodyError;
+
+/// What went wrong with a client body while it was streamed (shared with the sender).
+#[derive(Debug, Default, Clone)]
+pub struct BodyState(Arc<AtomicU8>);
+
+const TOO_LARGE: u8 = 1;
+const MALFORMED: u8 = 2;
+
+impl BodyState {
+    /// The client's fault, if the body failed: 413 or 400.
+    pub fn error(&self) -> Option<GatewayError> {
+        match self.0.load(Ordering::Relaxed) {
+            TOO_LARGE => Some(GatewayError::PayloadTooLarge),
+            MALFORMED => Some(GatewayError::BadRequest(BadRequest::UnreadableBody)),
+            _ => None,
+        }
+    }
+
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
 
 /// A client body with a byte budget.
 #[derive(Debug)]
 pub struct Streamed {
     inner: Incoming,
+    /// A frame read ahead by [`Streamed::prefetch`], yielded first.
+    first: Option<Frame<Bytes>>,
     remaining: u64,
-    exceeded: Arc<AtomicBool>,
+    state: BodyState,
 }
 
 impl Streamed {
-    /// Wraps `inner`; `exceeded` is set if it goes over `limit`.
-    pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
-        Streamed {
-            inner,
-            remaining: limit,
-            exceeded,
+    /// Wraps `inner` with a budget of `limit` bytes.
+    pub fn new(inner: Incoming, limit: u64, state: BodyState) -> Self {
+        Streamed { inner, first: None, remaining: limit, state }
+    }
+
+    /// Reads the first frame before anything is sent upstream, so a body that is
+    /// malformed (bad chunk framing) or over the limit from its start is refused with
+    /// nothing forwarded.
+    pub async fn prefetch(&mut self) -> Result<(), GatewayError> {
+        if self.inner.is_end_stream() {
+            return Ok(());
         }
+        match self.inner.frame().await {
+            Some(Ok(frame)) => {
+                self.charge(&frame)?;
+                self.first = Some(frame);
+                Ok(())
+            }
+            Some(Err(_)) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
+            None => Ok(()),
+        }
+    }
+
+    fn charge(&mut self, frame: &Frame<Bytes>) -> Result<(), GatewayError> {
+        let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+        if len > self.remaining {
+            self.state.set(TOO_LARGE);
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        self.remaining -= len;
+        Ok(())
     }
 }
 
@@ -36,32 +86,40 @@ impl Body for Streamed {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(frame) = this.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if len > this.remaining {
-                    this.exceeded.store(true, Ordering::Relaxed);
-                    return Poll::Ready(Some(Err(Box::new(TooLarge))));
-                }
-                this.remaining -= len;
-                Poll::Ready(Some(Ok(frame)))
+            Poll::Ready(Some(Ok(frame))) => match this.charge(&frame) {
+                Ok(()) => Poll::Ready(Some(Ok(frame))),
+                Err(_) => Poll::Ready(Some(Err(Box::new(ClientBodyError)))),
+            },
+            Poll::Ready(Some(Err(_))) => {
+                this.state.set(MALFORMED);
+                Poll::Ready(Some(Err(Box::new(ClientBodyError))))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let Some(len) = self.first.as_ref().and_then(|f| f.data_ref()).map(|d| d.len() as u64) else {
+            return inner;
+        };
+        // Raise the upper bound before the lower one: SizeHint asserts lower <= upper.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(len));
+        }
+        hint.set_lower(inner.lower().saturating_add(len));
+        hint
     }
 }

@@ -46,14 +46,29 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// Removes headers that only the gateway may set: `x-stackgate-*`, `x-forwarded-*`,
-/// `forwarded` and `x-request-id`. Clients can never speak for the gateway.
+/// Headers some backends and frameworks read as a different method or path than the
+/// request line: what we authorised must be what runs, so they never pass.
+const REINTERPRETING: [&str; 6] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-method",
+];
+
+/// Removes headers that only the gateway may set (`x-stackgate-*`, `x-forwarded-*`,
+/// `forwarded`, `x-request-id`: clients can never speak for the gateway) and headers
+/// that would make the backend run another method or path than the one authorised.
 fn strip_spoofable(headers: &mut HeaderMap) {
     let spoofable: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
             let n = name.as_str();
-            n.starts_with("x-stackgate-") || n.starts_with("x-forwarded-") || n == "forwarded"
+            n.starts_with("x-stackgate-")
+                || n.starts_with("x-forwarded-")
+                || n == "forwarded"
+                || REINTERPRETING.contains(&n)
         })
         .cloned()
         .collect();
@@ -125,32 +140,12 @@ mod tests {
             ("branch", "main"),
             ("host", "gw"),
         ] {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_static(v),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
         }
         let id = HeaderValue::from_static("req-1");
-        let identity = Identity {
-            token_uid: "blt00000000000000a1",
-            access: "read",
-        };
-        prepare_request_headers(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            false,
-            &id,
-            Some(identity),
-            false,
-        );
-        for gone in [
-            "connection",
-            "x-secret-hop",
-            "te",
-            "authorization",
-            "authtoken",
-            "host",
-        ] {
+        let identity = Identity { token_uid: "blt00000000000000a1", access: "read" };
+        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, &id, Some(identity), false);
+        for gone in ["connection", "x-secret-hop", "te", "authorization", "authtoken", "host"] {
             assert!(!h.contains_key(gone), "{gone}");
         }
         assert_eq!(h["x-stackgate-access"], "read");
@@ -168,18 +163,8 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("cs123"));
         h.insert("x-stackgate-access", HeaderValue::from_static("read-write"));
         let id = HeaderValue::from_static("r");
-        let identity = Identity {
-            token_uid: "blt1",
-            access: "read",
-        };
-        prepare_request_headers(
-            &mut h,
-            "::1".parse().unwrap(),
-            true,
-            &id,
-            Some(identity),
-            true,
-        );
+        let identity = Identity { token_uid: "blt1", access: "read" };
+        prepare_request_headers(&mut h, "::1".parse().unwrap(), true, &id, Some(identity), true);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["authorization"], "cs123");
         assert!(!h.contains_key("x-stackgate-access"));

@@ -7,7 +7,7 @@
 mod body;
 mod headers;
 
-pub use body::Streamed;
+pub use body::{BodyState, Streamed};
 pub use headers::{prepare_request_headers, prepare_response_headers, Identity, X_REQUEST_ID};
 
 use crate::config::Upstream;
@@ -21,7 +21,6 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A response body: streamed from the backend, or bytes we produced.
@@ -70,18 +69,12 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Ok(UpstreamClient {
-            client,
-            upstream: upstream.clone(),
-        })
+        Ok(UpstreamClient { client, upstream: upstream.clone() })
     }
 
     /// The previous client when the upstream settings are unchanged (keeping its
     /// connection pool), else a new one.
-    pub fn reuse_or_new(
-        previous: Option<&UpstreamClient>,
-        upstream: &Upstream,
-    ) -> Result<Self, TlsError> {
+    pub fn reuse_or_new(previous: Option<&UpstreamClient>, upstream: &Upstream) -> Result<Self, TlsError> {
         match previous {
             Some(prev) if prev.upstream == *upstream => Ok(prev.clone()),
             _ => UpstreamClient::new(upstream),
@@ -90,9 +83,8 @@ impl UpstreamClient {
 
     /// The upstream URI for a canonical path and the original query.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
-        let mut pq = String::with_capacity(
-            self.upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-        );
+        let mut pq =
+            String::with_capacity(self.upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(&self.upstream.base_path);
         pq.push_str(path);
         if let Some(q) = query {
@@ -107,18 +99,13 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::BadRequest(BadRequest::AmbiguousPath))
     }
 
-    /// Sends a prepared request; maps failures to 502/504, or 413 when the client's
-    /// body went over its limit on the way (`too_large`).
-    pub async fn send(
-        &self,
-        mut req: Request<ReqBody>,
-        too_large: &AtomicBool,
-    ) -> Result<Response<Incoming>, GatewayError> {
+    /// Sends a prepared request; maps failures to 502/504, or to the client's fault
+    /// (413, 400) when its body failed on the way (`body`).
+    pub async fn send(&self, mut req: Request<ReqBody>, body: &BodyState) -> Result<Response<Incoming>, GatewayError> {
         *req.version_mut() = Version::HTTP_11;
-        let result =
-            tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await;
-        if too_large.load(Ordering::Relaxed) {
-            return Err(GatewayError::PayloadTooLarge);
+        let result = tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await;
+        if let Some(err) = body.error() {
+            return Err(err);
         }
         match result {
             Ok(Ok(resp)) => Ok(resp),

@@ -18,10 +18,7 @@ use tokio::net::TcpListener;
 
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -36,10 +33,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     }
 }
 
-async fn answer(
-    gw: Arc<Gateway>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(&gw).await,
@@ -47,17 +41,12 @@ async fn answer(
             let mut resp = Response::new(Bytes::from(gw.metrics.render()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
             );
             resp
         }
         (&Method::POST, "/reload") => reload(&gw).await,
-        _ => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"error_message": "Not found.", "error_code": 404}),
-        ),
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error_message": "Not found.", "error_code": 404})),
     };
     Ok(resp.map(Full::new))
 }
@@ -65,46 +54,29 @@ async fn answer(
 /// Ready: a config is loaded (always, once running), the store answers, not draining.
 async fn readyz(gw: &Gateway) -> Response<Bytes> {
     if gw.is_draining() {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "draining"}),
-        );
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
     }
     match gw.store().ping().await {
         Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
-        Err(_) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "store unavailable"}),
-        ),
+        Err(_) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "store unavailable"})),
     }
 }
 
 async fn reload(gw: &Gateway) -> Response<Bytes> {
     match gw.reload().await {
-        Ok(report) => json_response(
-            StatusCode::OK,
-            &json!({"result": "reloaded", "restart_required": report.restart_required}),
-        ),
+        Ok(report) => {
+            json_response(StatusCode::OK, &json!({"result": "reloaded", "restart_required": report.restart_required}))
+        }
         Err(ReloadError::Config(errors)) => {
             let list: Vec<String> = errors
                 .0
                 .iter()
-                .map(|e| {
-                    if e.path.is_empty() {
-                        e.message.clone()
-                    } else {
-                        format!("{}: {}", e.path, e.message)
-                    }
-                })
+                .map(|e| if e.path.is_empty() { e.message.clone() } else { format!("{}: {}", e.path, e.message) })
                 .collect();
-            json_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({"result": "rejected", "errors": list}),
-            )
+            json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({"result": "rejected", "errors": list}))
         }
-        Err(e) => json_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({"result": "rejected", "errors": [e.to_string()]}),
-        ),
+        Err(e) => {
+            json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({"result": "rejected", "errors": [e.to_string()]}))
+        }
     }
 }

@@ -5,7 +5,7 @@ use super::Gateway;
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::{
-    self, prepare_request_headers, prepare_response_headers, Body, Identity, ReqBody, Streamed,
+    self, prepare_request_headers, prepare_response_headers, Body, BodyState, Identity, ReqBody, Streamed,
 };
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
@@ -16,7 +16,6 @@ use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,21 +31,21 @@ pub async fn handle(
     let method = req.method().clone();
     let uri = req.uri().clone();
     let mut facts = Facts::default();
-    let result = process(&gw, req, peer, https, &request_id, &mut facts).await;
+    let result = match gw.guard.check(peer.ip()) {
+        Err(retry_after) => Err(GatewayError::Throttled { retry_after }),
+        Ok(()) => process(&gw, req, peer, https, &request_id, &mut facts).await,
+    };
+    if let Err(GatewayError::Unauthenticated { .. } | GatewayError::StackNotFound) = &result {
+        gw.guard.failure(peer.ip(), &gw.snapshot().config.guard);
+    }
     let (mut resp, error) = match result {
         Ok(resp) => (resp, None),
         Err(err) => (err.clone().into_response().map(proxy::full), Some(err)),
     };
-    resp.headers_mut()
-        .insert(proxy::X_REQUEST_ID, request_id.clone());
+    resp.headers_mut().insert(proxy::X_REQUEST_ID, request_id.clone());
     let op = facts.op;
     let took = started.elapsed();
-    gw.metrics.request(
-        op.map(|o| o.module),
-        resp.status().as_u16(),
-        error.as_ref(),
-        took,
-    );
+    gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -85,13 +84,10 @@ async fn process(
     };
     let uri = snap.upstream.uri_for(&target.path, target.query)?;
     let identity = match &principal {
-        Principal::Token(t) => Some(Identity {
-            token_uid: &t.uid,
-            access: t.access_label,
-        }),
+        Principal::Token(t) => Some(Identity { token_uid: &t.uid, access: t.access_label }),
         Principal::UserSession => None,
     };
-    let too_large = Arc::new(AtomicBool::new(false));
+    let body_state = BodyState::default();
     let body: ReqBody = match &principal {
         Principal::Token(_) if op.needs_body() => {
             let bytes = read_inspected(&snap, &parts, body).await?;
@@ -103,22 +99,14 @@ async fn process(
             if declared_length(&parts).is_some_and(|len| len > limit) {
                 return Err(GatewayError::PayloadTooLarge);
             }
-            Either::Left(Streamed::new(body, limit, Arc::clone(&too_large)))
+            let mut streamed = Streamed::new(body, limit, body_state.clone());
+            streamed.prefetch().await?;
+            Either::Left(streamed)
         }
     };
-    prepare_request_headers(
-        &mut parts.headers,
-        peer.ip(),
-        https,
-        request_id,
-        identity,
-        snap.settings.forward_token,
-    );
+    prepare_request_headers(&mut parts.headers, peer.ip(), https, request_id, identity, snap.settings.forward_token);
     parts.uri = uri;
-    let upstream_resp = snap
-        .upstream
-        .send(Request::from_parts(parts, body), &too_large)
-        .await?;
+    let upstream_resp = snap.upstream.send(Request::from_parts(parts, body), &body_state).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();
     prepare_response_headers(&mut resp_parts.headers, request_id);
     if let Some(rate) = rate {
@@ -128,19 +116,11 @@ async fn process(
 }
 
 fn declared_length(parts: &Parts) -> Option<u64> {
-    parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Buffers a body that a rule must read, up to `max_inspected_body`.
-async fn read_inspected(
-    snap: &Snapshot,
-    parts: &Parts,
-    body: Incoming,
-) -> Result<Bytes, GatewayError> {
+async fn read_inspected(snap: &Snapshot, parts: &Parts, body: Incoming) -> Result<Bytes, GatewayError> {
     let limit = snap.settings.max_inspected_body;
     if declared_length(parts).is_some_and(|len| len > limit) {
         return Err(GatewayError::PayloadTooLarge);
@@ -149,9 +129,7 @@ async fn read_inspected(
     let read = Limited::new(body, limit).collect();
     match tokio::time::timeout(snap.config.upstream.request_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::PayloadTooLarge)
-        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
         Ok(Err(_)) | Err(_) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
     }
 }
@@ -160,9 +138,6 @@ async fn read_inspected(
 fn preflight() -> Response<Body> {
     let mut resp = Response::new(proxy::full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
-    resp.headers_mut().insert(
-        ALLOW,
-        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-    );
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
     resp
 }

@@ -39,28 +39,12 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch:
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = Connection {
-            gw: Arc::clone(&gw),
-            builder: Arc::clone(&builder),
-            peer,
-            permit,
-        };
+        let conn = Connection { gw: Arc::clone(&gw), builder: Arc::clone(&builder), peer, permit };
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            conn.run(
-                stream,
-                watcher,
-                limits.header_read_timeout,
-                limits.idle_timeout,
-            )
-            .await
-        });
+        tokio::spawn(async move { conn.run(stream, watcher, limits.header_read_timeout, limits.idle_timeout).await });
     }
     drop(listener);
-    tracing::info!(
-        open = graceful.count(),
-        "listener closed; draining connections"
-    );
+    tracing::info!(open = graceful.count(), "listener closed; draining connections");
     graceful.shutdown().await;
 }
 
@@ -108,10 +92,7 @@ impl Connection {
             Some(cfg) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                 match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        self.serve(IdleIo::new(tls_stream, idle), true, watcher)
-                            .await
-                    }
+                    Ok(Ok(tls_stream)) => self.serve(IdleIo::new(tls_stream, idle), true, watcher).await,
                     Ok(Err(e)) => {
                         tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
                     }
@@ -127,12 +108,7 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection {
-            gw,
-            builder,
-            peer,
-            permit,
-        } = self;
+        let Connection { gw, builder, peer, permit } = self;
         let service = service_fn(move |req| handle(Arc::clone(&gw), req, peer, https));
         let conn = builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {

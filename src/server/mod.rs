@@ -71,6 +71,8 @@ pub struct Gateway {
     ids: RequestIds,
     config_path: Option<PathBuf>,
     draining: AtomicBool,
+    /// Failed-authentication counters per client address.
+    guard: crate::guard::AuthGuard,
     pub metrics: Arc<Metrics>,
 }
 
@@ -84,18 +86,11 @@ impl Gateway {
         config_path: Option<PathBuf>,
     ) -> Result<Self, ReloadError> {
         let stored = store.load_all().await?;
-        let tls = config
-            .server
-            .tls
-            .as_ref()
-            .map(crate::tls::server_config)
-            .transpose()?;
+        let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let upstream = UpstreamClient::new(&config.upstream)?;
         let snapshot = Snapshot::build(Arc::new(config), &stored, None, &rate_clock, upstream);
         let metrics = Arc::new(Metrics::new());
-        metrics
-            .tokens_loaded
-            .set(i64::try_from(snapshot.token_count()).unwrap_or(i64::MAX));
+        metrics.tokens_loaded.set(i64::try_from(snapshot.token_count()).unwrap_or(i64::MAX));
         Ok(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             tls: ArcSwapOption::new(tls),
@@ -106,6 +101,7 @@ impl Gateway {
             ids: RequestIds::new(),
             config_path,
             draining: AtomicBool::new(false),
+            guard: crate::guard::AuthGuard::default(),
             metrics,
         })
     }
@@ -129,9 +125,7 @@ impl Gateway {
     }
 
     fn swap(&self, next: Snapshot) {
-        self.metrics
-            .tokens_loaded
-            .set(i64::try_from(next.token_count()).unwrap_or(i64::MAX));
+        self.metrics.tokens_loaded.set(i64::try_from(next.token_count()).unwrap_or(i64::MAX));
         self.snapshot.store(Arc::new(next));
     }
 
@@ -142,21 +136,10 @@ impl Gateway {
         let _writer = self.writer.lock().await;
         let current = self.snapshot.load_full();
         let report = keep_restart_only_settings(&current.config, &mut config);
-        let tls = config
-            .server
-            .tls
-            .as_ref()
-            .map(crate::tls::server_config)
-            .transpose()?;
+        let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let upstream = UpstreamClient::reuse_or_new(Some(&current.upstream), &config.upstream)?;
         let stored = self.store.load_all().await?;
-        let next = Snapshot::build(
-            Arc::new(config),
-            &stored,
-            Some(&current),
-            &self.rate_clock,
-            upstream,
-        );
+        let next = Snapshot::build(Arc::new(config), &stored, Some(&current), &self.rate_clock, upstream);
         self.tls.store(tls);
         self.swap(next);
         Ok(report)
@@ -212,8 +195,7 @@ impl Gateway {
             gw.swap(next);
             Ok(value)
         });
-        task.await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        task.await.map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 }
 
@@ -226,20 +208,11 @@ fn keep_restart_only_settings(running: &Config, next: &mut Config) -> ReloadRepo
             report.restart_required.push(name);
         }
     };
-    keep(
-        "server.listen",
-        running.server.listen != next.server.listen && next.server.listen.port() != 0,
-    );
+    keep("server.listen", running.server.listen != next.server.listen && next.server.listen.port() != 0);
     next.server.listen = running.server.listen;
-    keep(
-        "admin.listen",
-        running.admin_listen != next.admin_listen && next.admin_listen.port() != 0,
-    );
+    keep("admin.listen", running.admin_listen != next.admin_listen && next.admin_listen.port() != 0);
     next.admin_listen = running.admin_listen;
-    keep(
-        "server.tls (enabling or disabling)",
-        running.server.tls.is_some() != next.server.tls.is_some(),
-    );
+    keep("server.tls (enabling or disabling)", running.server.tls.is_some() != next.server.tls.is_some());
     if running.server.tls.is_none() {
         next.server.tls = None;
     } else if next.server.tls.is_none() {
@@ -249,10 +222,7 @@ fn keep_restart_only_settings(running: &Config, next: &mut Config) -> ReloadRepo
     next.server.limits = running.server.limits.clone();
     keep("store", running.store.path != next.store.path);
     next.store = running.store.clone();
-    keep(
-        "notify",
-        format!("{:?}", running.notify) != format!("{:?}", next.notify),
-    );
+    keep("notify", format!("{:?}", running.notify) != format!("{:?}", next.notify));
     next.notify = running.notify.clone();
     report
 }
@@ -296,9 +266,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
     match &config.store.path {
         Some(path) => Ok(Arc::new(SqliteStore::open(path)?)),
         None => {
-            tracing::warn!(
-                "no [store] path configured: tokens created through the API live only in memory"
-            );
+            tracing::warn!("no [store] path configured: tokens created through the API live only in memory");
             Ok(Arc::new(SqliteStore::in_memory()?))
         }
     }
@@ -326,20 +294,11 @@ pub async fn start_with(
     // The snapshot's own-authority list must name the port actually bound.
     config.server.listen = addr;
     config.admin_listen = admin_addr;
-    let gateway = Gateway::new(config, store, clock, rate_clock, config_path)
-        .await
-        .map_err(std::io::Error::other)?;
+    let gateway = Gateway::new(config, store, clock, rate_clock, config_path).await.map_err(std::io::Error::other)?;
     let gateway = Arc::new(gateway);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(listener::serve(listener, Arc::clone(&gateway), shutdown_rx));
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&gateway)));
     let notifier = crate::notify::spawn(Arc::clone(&gateway));
-    Ok(Running {
-        addr,
-        admin_addr,
-        gateway,
-        task,
-        notifier,
-        shutdown,
-    })
+    Ok(Running { addr, admin_addr, gateway, task, notifier, shutdown })
 }

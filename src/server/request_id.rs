@@ -14,10 +14,7 @@ impl RequestIds {
         let mut seed = [0u8; 4];
         // A fixed prefix only weakens uniqueness across restarts, never safety.
         let _ = getrandom::getrandom(&mut seed);
-        RequestIds {
-            prefix: u32::from_le_bytes(seed),
-            next: AtomicU64::new(1),
-        }
+        RequestIds { prefix: u32::from_le_bytes(seed), next: AtomicU64::new(1) }
     }
 
     pub fn next(&self) -> HeaderValue {

@@ -59,25 +59,51 @@ impl SqliteStore {
         Self::init(Connection::open_in_memory().map_err(|e| unavailable(&e))?)
     }
 
+    /// Bulk-loads records in one transaction (migrations, benchmarks); it does not check
+    /// the per-stack cap, so it is not reachable from the API.
+    pub fn import(&self, records: &[TokenRecord]) -> Result<usize, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
+        let tx = conn.transaction().map_err(|e| unavailable(&e))?;
+        {
+            let sql = format!(
+                "INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            );
+            let mut stmt = tx.prepare(&sql).map_err(|e| unavailable(&e))?;
+            for rec in records {
+                let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
+                stmt.execute(params![
+                    rec.uid,
+                    rec.stack,
+                    rec.name,
+                    rec.description,
+                    rec.secret_sha256.as_slice(),
+                    scope_json(rec)?,
+                    rec.expires_on.as_ref().map(|e| e.text.clone()),
+                    rec.is_email_notification_enabled,
+                    rate.map(|r| r.0),
+                    rate.map(|r| r.1),
+                    rec.created_by,
+                    rec.updated_by,
+                    rec.created_at,
+                    rec.updated_at
+                ])
+                .map_err(|e| unavailable(&e))?;
+            }
+        }
+        tx.commit().map_err(|e| unavailable(&e))?;
+        Ok(records.len())
+    }
+
     fn init(conn: Connection) -> Result<Self, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| unavailable(&e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| unavailable(&e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| unavailable(&e))?;
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| unavailable(&e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| unavailable(&e))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| unavailable(&e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| unavailable(&e))?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| unavailable(&e))?;
         if check != "ok" {
-            return Err(StoreError::Unavailable(format!(
-                "integrity check failed: {check}"
-            )));
+            return Err(StoreError::Unavailable(format!("integrity check failed: {check}")));
         }
         migrate(&conn)?;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
     }
 
     /// Runs `f` on the connection in a blocking thread (SQLite calls fsync).
@@ -87,9 +113,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
+            let mut guard = conn.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
             f(&mut guard)
         })
         .await
@@ -102,9 +126,7 @@ fn unavailable(e: &dyn std::fmt::Display) -> StoreError {
 }
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: usize = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| unavailable(&e))?;
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unavailable(&e))?;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Unavailable(format!(
             "database schema version {version} is newer than this stackgate ({})",
@@ -114,8 +136,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.unchecked_transaction().map_err(|e| unavailable(&e))?;
         tx.execute_batch(sql).map_err(|e| unavailable(&e))?;
-        tx.pragma_update(None, "user_version", i + 1)
-            .map_err(|e| unavailable(&e))?;
+        tx.pragma_update(None, "user_version", i + 1).map_err(|e| unavailable(&e))?;
         tx.commit().map_err(|e| unavailable(&e))?;
         tracing::info!(version = i + 1, "token store migrated");
     }
@@ -132,10 +153,9 @@ fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
     let scope: String = row.get(5)?;
     let expires_on: Option<String> = row.get(6)?;
     let rate: (Option<u32>, Option<u32>) = (row.get(8)?, row.get(9)?);
-    let (Ok(secret_sha256), Ok(scope)) = (
-        <[u8; 32]>::try_from(secret),
-        serde_json::from_str::<Vec<ScopeEntry>>(&scope),
-    ) else {
+    let (Ok(secret_sha256), Ok(scope)) =
+        (<[u8; 32]>::try_from(secret), serde_json::from_str::<Vec<ScopeEntry>>(&scope))
+    else {
         tracing::error!(token.uid = %uid, "unreadable token row skipped");
         return Ok(None);
     };
@@ -156,10 +176,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
         expires_on,
         is_email_notification_enabled: row.get(7)?,
         rate_limit: match rate {
-            (Some(read_per_second), Some(write_per_second)) => Some(RateLimit {
-                read_per_second,
-                write_per_second,
-            }),
+            (Some(read_per_second), Some(write_per_second)) => Some(RateLimit { read_per_second, write_per_second }),
             _ => None,
         },
         created_by: row.get(10)?,
@@ -171,11 +188,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
     }))
 }
 
-fn query(
-    conn: &Connection,
-    sql_where: &str,
-    args: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<TokenRecord>, StoreError> {
+fn query(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<TokenRecord>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM tokens {sql_where} ORDER BY created_at, uid");
     let mut stmt = conn.prepare(&sql).map_err(|e| unavailable(&e))?;
     let rows = stmt.query_map(args, record).map_err(|e| unavailable(&e))?;
@@ -200,11 +213,7 @@ fn is_name_clash(e: &rusqlite::Error) -> bool {
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(|e| unavailable(&e))
-        })
-        .await
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(|e| unavailable(&e))).await
     }
 
     async fn load_all(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -213,14 +222,12 @@ impl TokenStore for SqliteStore {
 
     async fn list(&self, stack: &str) -> Result<Vec<TokenRecord>, StoreError> {
         let stack = stack.to_owned();
-        self.with(move |c| query(c, "WHERE stack = ?1", &[&stack]))
-            .await
+        self.with(move |c| query(c, "WHERE stack = ?1", &[&stack])).await
     }
 
     async fn get(&self, stack: &str, uid: &str) -> Result<Option<TokenRecord>, StoreError> {
         let (stack, uid) = (stack.to_owned(), uid.to_owned());
-        self.with(move |c| Ok(query(c, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop()))
-            .await
+        self.with(move |c| Ok(query(c, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop())).await
     }
 
     async fn create(&self, rec: &TokenRecord, cap: Cap) -> Result<(), StoreError> {
@@ -257,9 +264,7 @@ impl TokenStore for SqliteStore {
         let rec = rec.clone();
         self.with(move |c| {
             let scope = scope_json(&rec)?;
-            let rate = rec
-                .rate_limit
-                .map(|r| (r.read_per_second, r.write_per_second));
+            let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
             let changed = c.execute(
                 "UPDATE tokens SET name = ?3, description = ?4, scope = ?5, expires_on = ?6,
                     is_email_notification_enabled = ?7, rate_read = ?8, rate_write = ?9,
@@ -292,28 +297,18 @@ impl TokenStore for SqliteStore {
     async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError> {
         let (stack, uid) = (stack.to_owned(), uid.to_owned());
         self.with(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| unavailable(&e))?;
-            let rec = query(&tx, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?
-                .pop()
-                .ok_or(StoreError::NotFound)?;
-            tx.execute("DELETE FROM tokens WHERE uid = ?1", [&uid])
-                .map_err(|e| unavailable(&e))?;
-            tx.execute("DELETE FROM expiry_notices WHERE uid = ?1", [&uid])
-                .map_err(|e| unavailable(&e))?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
+            let rec =
+                query(&tx, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop().ok_or(StoreError::NotFound)?;
+            tx.execute("DELETE FROM tokens WHERE uid = ?1", [&uid]).map_err(|e| unavailable(&e))?;
+            tx.execute("DELETE FROM expiry_notices WHERE uid = ?1", [&uid]).map_err(|e| unavailable(&e))?;
             tx.commit().map_err(|e| unavailable(&e))?;
             Ok(rec)
         })
         .await
     }
 
-    async fn notified_at(
-        &self,
-        uid: &str,
-        expires_at: i64,
-        channel: &str,
-    ) -> Result<Option<i64>, StoreError> {
+    async fn notified_at(&self, uid: &str, expires_at: i64, channel: &str) -> Result<Option<i64>, StoreError> {
         let (uid, channel) = (uid.to_owned(), channel.to_owned());
         self.with(move |c| {
             c.query_row(
@@ -327,13 +322,7 @@ impl TokenStore for SqliteStore {
         .await
     }
 
-    async fn mark_notified(
-        &self,
-        uid: &str,
-        expires_at: i64,
-        channel: &str,
-        at: i64,
-    ) -> Result<(), StoreError> {
+    async fn mark_notified(&self, uid: &str, expires_at: i64, channel: &str, at: i64) -> Result<(), StoreError> {
         let (uid, channel) = (uid.to_owned(), channel.to_owned());
         self.with(move |c| {
             c.execute(
@@ -361,19 +350,13 @@ mod tests {
             secret_sha256: hash_secret(uid.as_bytes()),
             scope: vec![ScopeEntry {
                 module: "$all".into(),
-                acl: Acl {
-                    read: true,
-                    write: false,
-                },
+                acl: Acl { read: true, write: false },
                 branches: None,
                 branch_aliases: None,
             }],
             expires_on: Some(parse_expiry("2030-01-01").unwrap()),
             is_email_notification_enabled: true,
-            rate_limit: Some(RateLimit {
-                read_per_second: 3,
-                write_per_second: 2,
-            }),
+            rate_limit: Some(RateLimit { read_per_second: 3, write_per_second: 2 }),
             created_by: "alice".into(),
             updated_by: "alice".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
@@ -386,27 +369,13 @@ mod tests {
     #[tokio::test]
     async fn round_trip_cap_and_names() {
         let s = SqliteStore::in_memory().unwrap();
-        let cap = Cap {
-            max: 3,
-            static_count: 1,
-        };
+        let cap = Cap { max: 3, static_count: 1 };
         s.create(&rec("a", "k", "one"), cap.clone()).await.unwrap();
-        assert_eq!(
-            s.create(&rec("b", "k", "one"), cap.clone()).await,
-            Err(StoreError::DuplicateName)
-        );
+        assert_eq!(s.create(&rec("b", "k", "one"), cap.clone()).await, Err(StoreError::DuplicateName));
         s.create(&rec("b", "k", "two"), cap.clone()).await.unwrap();
-        assert_eq!(
-            s.create(&rec("c", "k", "three"), cap.clone()).await,
-            Err(StoreError::CapReached { max: 3 })
-        );
-        s.create(&rec("c", "other", "one"), cap.clone())
-            .await
-            .unwrap();
-        assert_eq!(
-            s.list("k").await.unwrap(),
-            vec![rec("a", "k", "one"), rec("b", "k", "two")]
-        );
+        assert_eq!(s.create(&rec("c", "k", "three"), cap.clone()).await, Err(StoreError::CapReached { max: 3 }));
+        s.create(&rec("c", "other", "one"), cap.clone()).await.unwrap();
+        assert_eq!(s.list("k").await.unwrap(), vec![rec("a", "k", "one"), rec("b", "k", "two")]);
         let mut changed = rec("a", "k", "renamed");
         changed.rate_limit = None;
         s.update(&changed).await.unwrap();
@@ -425,37 +394,22 @@ mod tests {
         s.mark_notified("a", 100, "webhook", 8).await.unwrap();
         assert_eq!(s.notified_at("a", 100, "webhook").await.unwrap(), Some(7));
         assert_eq!(s.notified_at("a", 100, "smtp").await.unwrap(), None);
-        assert_eq!(
-            s.notified_at("a", 200, "webhook").await.unwrap(),
-            None,
-            "a new expiry re-arms"
-        );
+        assert_eq!(s.notified_at("a", 200, "webhook").await.unwrap(), None, "a new expiry re-arms");
     }
 
     #[test]
     fn reopening_keeps_data_and_schema_version() {
         let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
         let path = dir.join("t.db");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         {
             let s = SqliteStore::open(&path).unwrap();
-            rt.block_on(s.create(
-                &rec("a", "k", "one"),
-                Cap {
-                    max: 30,
-                    static_count: 0,
-                },
-            ))
-            .unwrap();
+            rt.block_on(s.create(&rec("a", "k", "one"), Cap { max: 30, static_count: 0 })).unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(rt.block_on(s.load_all()).unwrap().len(), 1);
         let c = s.conn.lock().unwrap();
-        let v: i64 = c
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
         drop(c);
         let _ = std::fs::remove_dir_all(&dir);

@@ -23,17 +23,13 @@ pub struct TokenInput {
 }
 
 fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
-    errors
-        .entry(field.to_owned())
-        .or_default()
-        .push(msg.to_owned());
+    errors.entry(field.to_owned()).or_default().push(msg.to_owned());
 }
 
 /// Parses `{"token": {...}}`. Malformed JSON is 400; wrong shapes, wrong types and
 /// unknown fields are 422 with every problem listed.
 pub fn parse(body: &[u8]) -> Result<TokenInput, GatewayError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|_| GatewayError::BadRequest(BadRequest::MalformedJson))?;
+    let value: Value = serde_json::from_slice(body).map_err(|_| GatewayError::BadRequest(BadRequest::MalformedJson))?;
     let mut errors = FieldErrors::new();
     let Some(outer) = value.as_object() else {
         push(&mut errors, "token", "is required.");
@@ -163,25 +159,13 @@ pub fn apply(
 fn check(rec: &TokenRecord, ctx: &Context<'_>, errors: &mut FieldErrors) {
     let chars = rec.name.chars().count();
     if chars == 0 || chars > MAX_NAME {
-        push(
-            errors,
-            "name",
-            &format!("must be 1 to {MAX_NAME} characters."),
-        );
+        push(errors, "name", &format!("must be 1 to {MAX_NAME} characters."));
     }
     if ctx.stack.tokens.iter().any(|t| t.name == rec.name) {
-        push(
-            errors,
-            "name",
-            "is already used by another token of this stack.",
-        );
+        push(errors, "name", "is already used by another token of this stack.");
     }
     if rec.description.chars().count() > MAX_DESCRIPTION {
-        push(
-            errors,
-            "description",
-            &format!("must be at most {MAX_DESCRIPTION} characters."),
-        );
+        push(errors, "description", &format!("must be at most {MAX_DESCRIPTION} characters."));
     }
     if let Err(scope_errors) = compile_scope(&rec.scope, ctx.stack) {
         for (k, msgs) in scope_errors {
@@ -190,23 +174,11 @@ fn check(rec: &TokenRecord, ctx: &Context<'_>, errors: &mut FieldErrors) {
     }
     if let Some(rl) = rec.rate_limit {
         for (field, rate, max) in [
-            (
-                "rate_limit.read_per_second",
-                rl.read_per_second,
-                ctx.org.read_per_second,
-            ),
-            (
-                "rate_limit.write_per_second",
-                rl.write_per_second,
-                ctx.org.write_per_second,
-            ),
+            ("rate_limit.read_per_second", rl.read_per_second, ctx.org.read_per_second),
+            ("rate_limit.write_per_second", rl.write_per_second, ctx.org.write_per_second),
         ] {
             if rate == 0 || rate > max {
-                push(
-                    errors,
-                    field,
-                    &format!("must be between 1 and the organization's limit of {max}."),
-                );
+                push(errors, field, &format!("must be between 1 and the organization's limit of {max}."));
             }
         }
     }

@@ -37,16 +37,12 @@ pub async fn handle(
     let snap = gw.snapshot();
     let config = Arc::clone(&snap.config);
     let (stack, user) = authenticate(gw, &config, parts)?;
-    let uid = path
-        .strip_prefix("/v3/stacks/management_tokens")
-        .and_then(|rest| rest.strip_prefix('/'));
+    let uid = path.strip_prefix("/v3/stacks/management_tokens").and_then(|rest| rest.strip_prefix('/'));
     match (&parts.method, uid) {
         (&Method::GET, None) => list(gw, stack).await,
         (&Method::GET, Some(uid)) => show(gw, stack, uid).await,
         (&Method::POST, None) => create(gw, stack, &user, read_body(parts, body).await?).await,
-        (&Method::PUT, Some(uid)) => {
-            update(gw, stack, &user, uid, read_body(parts, body).await?).await
-        }
+        (&Method::PUT, Some(uid)) => update(gw, stack, &user, uid, read_body(parts, body).await?).await,
         (&Method::DELETE, Some(uid)) => delete(gw, stack, uid).await,
         _ => Err(GatewayError::NotFound),
     }
@@ -64,21 +60,12 @@ fn authenticate<'c>(
             return Err(GatewayError::BadRequest(BadRequest::InvalidHeader));
         }
     }
-    let api_key = h
-        .get(API_KEY)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(GatewayError::StackNotFound)?;
-    let stack = config
-        .stacks
-        .iter()
-        .find(|s| s.api_key == api_key)
-        .ok_or(GatewayError::StackNotFound)?;
+    let api_key = h.get(API_KEY).and_then(|v| v.to_str().ok()).ok_or(GatewayError::StackNotFound)?;
+    let stack = config.stacks.iter().find(|s| s.api_key == api_key).ok_or(GatewayError::StackNotFound)?;
     let unauthenticated = GatewayError::Unauthenticated { expired: false };
     let authtoken = h.get(AUTHTOKEN).ok_or(unauthenticated.clone())?;
     let snap = gw.snapshot();
-    let user = snap
-        .user(&hash_secret(authtoken.as_bytes()))
-        .ok_or(unauthenticated)?;
+    let user = snap.user(&hash_secret(authtoken.as_bytes())).ok_or(unauthenticated)?;
     match stack.members.get(user) {
         Some(role) if role.manages_tokens() => Ok((stack, user.to_owned())),
         _ => Err(GatewayError::Forbidden(Denial::Role)),
@@ -94,16 +81,9 @@ async fn read_body(parts: &Parts, body: Incoming) -> Result<Bytes, GatewayError>
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(GatewayError::PayloadTooLarge);
     }
-    match tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        Limited::new(body, MAX_BODY).collect(),
-    )
-    .await
-    {
+    match tokio::time::timeout(std::time::Duration::from_secs(30), Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::PayloadTooLarge)
-        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
         _ => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
     }
 }
@@ -111,13 +91,10 @@ async fn read_body(parts: &Parts, body: Incoming) -> Result<Bytes, GatewayError>
 fn store_error(e: StoreError) -> GatewayError {
     match e {
         StoreError::NotFound => GatewayError::TokenNotFound,
-        StoreError::CapReached { max } => field_error(
-            "token",
-            &format!("a stack can have at most {max} management tokens."),
-        ),
-        StoreError::DuplicateName => {
-            field_error("name", "is already used by another token of this stack.")
+        StoreError::CapReached { max } => {
+            field_error("token", &format!("a stack can have at most {max} management tokens."))
         }
+        StoreError::DuplicateName => field_error("name", "is already used by another token of this stack."),
         StoreError::Unavailable(msg) => {
             tracing::error!(error = %msg, "token store unavailable");
             GatewayError::Unavailable
@@ -132,10 +109,7 @@ fn field_error(field: &str, msg: &str) -> GatewayError {
 }
 
 fn now_rfc3339(now: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(now)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    OffsetDateTime::from_unix_timestamp(now).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
 /// A record as the API shows it (never the secret or its hash).
@@ -168,12 +142,7 @@ fn static_token<'s>(stack: &'s Stack, uid: &str) -> Option<&'s TokenRecord> {
 
 async fn list(gw: &Gateway, stack: &Stack) -> Result<Response<Body>, GatewayError> {
     let stored = gw.store().list(&stack.api_key).await.map_err(store_error)?;
-    let tokens: Vec<Value> = stack
-        .tokens
-        .iter()
-        .chain(stored.iter())
-        .map(to_json)
-        .collect();
+    let tokens: Vec<Value> = stack.tokens.iter().chain(stored.iter()).map(to_json).collect();
     ok(StatusCode::OK, json!({ "tokens": tokens }))
 }
 
@@ -181,12 +150,7 @@ async fn show(gw: &Gateway, stack: &Stack, uid: &str) -> Result<Response<Body>, 
     if let Some(rec) = static_token(stack, uid) {
         return ok(StatusCode::OK, json!({ "token": to_json(rec) }));
     }
-    let rec = gw
-        .store()
-        .get(&stack.api_key, uid)
-        .await
-        .map_err(store_error)?
-        .ok_or(GatewayError::TokenNotFound)?;
+    let rec = gw.store().get(&stack.api_key, uid).await.map_err(store_error)?.ok_or(GatewayError::TokenNotFound)?;
     ok(StatusCode::OK, json!({ "token": to_json(&rec) }))
 }
 
@@ -195,24 +159,11 @@ fn context<'a>(
     stack: &'a Stack,
     config: &'a crate::config::Config,
 ) -> Result<input::Context<'a>, GatewayError> {
-    let org = config
-        .organizations
-        .iter()
-        .find(|o| o.uid == stack.organization)
-        .ok_or(GatewayError::StackNotFound)?;
-    Ok(input::Context {
-        stack,
-        org,
-        now: gw.clock().now(),
-    })
+    let org = config.organizations.iter().find(|o| o.uid == stack.organization).ok_or(GatewayError::StackNotFound)?;
+    Ok(input::Context { stack, org, now: gw.clock().now() })
 }
 
-async fn create(
-    gw: &Arc<Gateway>,
-    stack: &Stack,
-    user: &str,
-    body: Bytes,
-) -> Result<Response<Body>, GatewayError> {
+async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Result<Response<Body>, GatewayError> {
     let parsed = input::parse(&body)?;
     let snap = gw.snapshot();
     let ctx = context(gw, stack, &snap.config)?;
@@ -239,10 +190,8 @@ async fn create(
         origin: Origin::Store,
     };
     let rec = input::apply(parsed, base, &ctx, true)?;
-    let cap = Cap {
-        max: ctx.org.max_tokens_per_stack,
-        static_count: u32::try_from(stack.tokens.len()).unwrap_or(u32::MAX),
-    };
+    let cap =
+        Cap { max: ctx.org.max_tokens_per_stack, static_count: u32::try_from(stack.tokens.len()).unwrap_or(u32::MAX) };
     gw.commit(|store| async move { store.create(&rec, cap).await.map(|()| rec) }, |rec| Change::Upsert(rec))
         .await
         .map_err(store_error)
@@ -262,41 +211,33 @@ async fn update(
     body: Bytes,
 ) -> Result<Response<Body>, GatewayError> {
     if static_token(stack, uid).is_some() {
-        return Err(field_error("uid", "this token is defined in the configuration file and cannot be changed through the API."));
+        return Err(field_error(
+            "uid",
+            "this token is defined in the configuration file and cannot be changed through the API.",
+        ));
     }
     let parsed = input::parse(&body)?;
     let snap = gw.snapshot();
     let ctx = context(gw, stack, &snap.config)?;
-    let existing = gw
-        .store()
-        .get(&stack.api_key, uid)
-        .await
-        .map_err(store_error)?
-        .ok_or(GatewayError::TokenNotFound)?;
+    let existing =
+        gw.store().get(&stack.api_key, uid).await.map_err(store_error)?.ok_or(GatewayError::TokenNotFound)?;
     let mut rec = input::apply(parsed, existing, &ctx, false)?;
     rec.updated_by = user.into();
     rec.updated_at = now_rfc3339(ctx.now);
     let rec = gw
-        .commit(
-            |store| async move { store.update(&rec).await.map(|()| rec) },
-            |rec| Change::Upsert(rec),
-        )
+        .commit(|store| async move { store.update(&rec).await.map(|()| rec) }, |rec| Change::Upsert(rec))
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token updated");
-    ok(
-        StatusCode::OK,
-        json!({ "notice": "Management Token updated successfully.", "token": to_json(&rec) }),
-    )
+    ok(StatusCode::OK, json!({ "notice": "Management Token updated successfully.", "token": to_json(&rec) }))
 }
 
-async fn delete(
-    gw: &Arc<Gateway>,
-    stack: &Stack,
-    uid: &str,
-) -> Result<Response<Body>, GatewayError> {
+async fn delete(gw: &Arc<Gateway>, stack: &Stack, uid: &str) -> Result<Response<Body>, GatewayError> {
     if static_token(stack, uid).is_some() {
-        return Err(field_error("uid", "this token is defined in the configuration file and cannot be deleted through the API."));
+        return Err(field_error(
+            "uid",
+            "this token is defined in the configuration file and cannot be deleted through the API.",
+        ));
     }
     let (api_key, uid_owned) = (stack.api_key.clone(), uid.to_owned());
     let rec = gw
@@ -307,8 +248,5 @@ async fn delete(
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, "management token deleted");
-    ok(
-        StatusCode::OK,
-        json!({ "notice": "Management Token deleted successfully." }),
-    )
+    ok(StatusCode::OK, json!({ "notice": "Management Token deleted successfully." }))
 }

@@ -73,9 +73,7 @@ impl Backend {
                 let log = Arc::clone(&log);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| record(Arc::clone(&log), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -107,16 +105,8 @@ async fn record(
             Err(_) => break,
         }
     }
-    let delay = parts
-        .headers
-        .get("x-test-delay-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str().to_owned())
-        .unwrap_or_default();
+    let delay = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let target = parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
     log.lock().unwrap().push(Seen {
         method: parts.method.clone(),
         target: target.clone(),
@@ -128,10 +118,8 @@ async fn record(
     }
     let json = serde_json::json!({"ok": true, "target": target, "body_len": body_len});
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
-    resp.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    resp.headers_mut()
-        .insert("connection", "keep-alive".parse().unwrap());
+    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    resp.headers_mut().insert("connection", "keep-alive".parse().unwrap());
     resp.headers_mut().insert("x-backend", "1".parse().unwrap());
     Ok(resp)
 }
@@ -298,22 +286,12 @@ impl Env {
         Env::start_with("", "", clock).await
     }
 
-    pub async fn start_with(
-        extra_server: &str,
-        extra_upstream: &str,
-        clock: Arc<dyn Clock>,
-    ) -> Env {
+    pub async fn start_with(extra_server: &str, extra_upstream: &str, clock: Arc<dyn Clock>) -> Env {
         let backend = Backend::start().await;
-        let cfg =
-            stackgate::config::from_str(&config_text(backend.addr, extra_server, extra_upstream))
-                .unwrap();
+        let cfg = stackgate::config::from_str(&config_text(backend.addr, extra_server, extra_upstream)).unwrap();
         let gateway = stackgate::server::start(cfg, clock).await.unwrap();
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Env {
-            backend,
-            gateway,
-            client,
-        }
+        Env { backend, gateway, client }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -343,21 +321,11 @@ impl Env {
     }
 
     /// A request with `api_key` and a management token.
-    pub async fn token(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: &str,
-    ) -> (StatusCode, HeaderMap, Bytes) {
+    pub async fn token(&self, method: &str, path: &str, token: &str, body: &str) -> (StatusCode, HeaderMap, Bytes) {
         self.send(
             method,
             path,
-            &[
-                ("api_key", API_KEY),
-                ("authorization", token),
-                ("content-type", "application/json"),
-            ],
+            &[("api_key", API_KEY), ("authorization", token), ("content-type", "application/json")],
             body,
         )
         .await
@@ -378,17 +346,16 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text)
 }
 
 /// A raw GET with the read-write token and `Connection: close`.
 pub fn raw_get(target: &str) -> Vec<u8> {
-    let mut req = format!("GET {target} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nConnection: close\r\n\r\n").into_bytes();
+    let mut req = format!(
+        "GET {target} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
     req.shrink_to_fit();
     req
 }
@@ -402,24 +369,13 @@ pub struct KeepAlive {
 
 impl KeepAlive {
     pub async fn connect(addr: SocketAddr) -> KeepAlive {
-        KeepAlive {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
+        KeepAlive { stream: TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
     }
 
     /// Sends one request and reads one response (Content-Length framed); returns the
     /// status and body. Panics if the server closed the connection.
-    pub async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, String) {
-        self.try_send(method, path, headers, body)
-            .await
-            .expect("server closed the keep-alive connection")
+    pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        self.try_send(method, path, headers, body).await.expect("server closed the keep-alive connection")
     }
 
     /// [`KeepAlive::send`], or `None` if the connection failed (e.g. the server died).
@@ -430,10 +386,7 @@ impl KeepAlive {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Option<(u16, String)> {
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: gw\r\ncontent-length: {}\r\n",
-            body.len()
-        );
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: gw\r\ncontent-length: {}\r\n", body.len());
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -450,11 +403,7 @@ impl KeepAlive {
         let status = head.split(' ').nth(1).and_then(|s| s.parse().ok())?;
         let len: usize = head
             .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().parse().unwrap())
-            })
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
             .unwrap_or(0);
         while self.buf.len() < head_end + len {
             self.fill().await?;
@@ -466,10 +415,7 @@ impl KeepAlive {
 
     async fn fill(&mut self) -> Option<()> {
         let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk)).await.ok()?.ok()?;
         (n > 0).then(|| self.buf.extend_from_slice(&chunk[..n]))
     }
 }
@@ -494,22 +440,13 @@ impl Proc {
 
     /// Sends a signal (e.g. "TERM") and waits for the exit status.
     pub fn signal_and_wait(&mut self, sig: &str) -> std::process::ExitStatus {
-        std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &self.0.id().to_string()])
-            .status()
-            .unwrap();
+        std::process::Command::new("kill").args([&format!("-{sig}"), &self.0.id().to_string()]).status().unwrap();
         self.0.wait().unwrap()
     }
 }
 
 /// Starts the binary and waits for its "stackgate listening on http://ADDR" line.
-pub fn spawn_gateway(
-    args: &[&str],
-) -> (
-    Proc,
-    SocketAddr,
-    std::io::BufReader<std::process::ChildStdout>,
-) {
+pub fn spawn_gateway(args: &[&str]) -> (Proc, SocketAddr, std::io::BufReader<std::process::ChildStdout>) {
     use std::io::BufRead;
     let child = std::process::Command::new(BIN)
         .args(args)
@@ -522,10 +459,7 @@ pub fn spawn_gateway(
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "binary exited before listening"
-        );
+        assert!(out.read_line(&mut line).unwrap() > 0, "binary exited before listening");
         if let Some(addr) = line.trim().strip_prefix("stackgate listening on http://") {
             return (child, addr.parse().unwrap(), out);
         }

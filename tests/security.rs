@@ -1,0 +1,398 @@
+//! Hostile input: the path-confusion corpus, request smuggling and framing, HTTP/2
+//! abuse, credential guessing, and secrets in logs, metrics and error bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use stackgate::clock::SystemClock;
+use stackgate::pipeline::{classify, normalize, Access, Module, Rule};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `\xNN` escapes -> raw bytes.
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+struct Case {
+    line: String,
+    method: String,
+    target: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+fn corpus() -> Vec<Case> {
+    let text = std::fs::read_to_string("tests/hostile_targets.txt").unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let mut parts = line.split(" | ");
+            let first = parts.next().unwrap();
+            let (method, target) = first.split_once(' ').unwrap();
+            let headers = parts.map(|h| {
+                let (k, v) = h.split_once(':').unwrap();
+                (k.trim().to_owned(), v.trim().to_owned())
+            });
+            Case {
+                line: line.to_owned(),
+                method: method.to_owned(),
+                target: unescape(target),
+                headers: headers.collect(),
+            }
+        })
+        .collect()
+}
+
+fn never_allowed(m: Module) -> bool {
+    matches!(
+        m,
+        Module::Stack
+            | Module::UserShare
+            | Module::Tokens
+            | Module::Organization
+            | Module::UserSession
+            | Module::Unknown
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_corpus_is_rejected_or_forwarded_canonically() {
+    let cases = corpus();
+    assert!(cases.len() >= 100, "the corpus must hold at least 100 cases, has {}", cases.len());
+    let env = Env::start().await;
+    let mut failures = Vec::new();
+    for case in &cases {
+        for (token, label) in [(RO, "ro"), (RW, "rw")] {
+            env.backend.clear();
+            let mut req = case.method.as_bytes().to_vec();
+            req.push(b' ');
+            req.extend_from_slice(&case.target);
+            req.extend_from_slice(format!(" HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {token}\r\nx-test-token: {label}\r\ncontent-length: 2\r\n").as_bytes());
+            for (k, v) in &case.headers {
+                req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+            }
+            req.extend_from_slice(b"Connection: close\r\n\r\n{}");
+            let (status, _) = raw(env.gateway.addr, &req).await;
+            if !(status == 0 || (200..300).contains(&status) || (400..500).contains(&status)) {
+                failures.push(format!("{label} {}: status {status}", case.line));
+            }
+            for seen in env.backend.seen() {
+                let (path, query) =
+                    seen.target.split_once('?').map_or((seen.target.as_str(), None), |(p, q)| (p, Some(q)));
+                // What reached the backend is canonical...
+                match stackgate::pipeline::normalize::canonical_path(path) {
+                    Ok(c) if c == path => {}
+                    other => {
+                        failures.push(format!("{label} {}: non-canonical {path:?} forwarded ({other:?})", case.line))
+                    }
+                }
+                // ...is exactly what the gateway authorised for what was sent...
+                let sent = http::Uri::try_from(case.target.as_slice()).ok();
+                let expected = sent.as_ref().and_then(|u| normalize(u, http::Version::HTTP_11, &[]).ok());
+                match expected {
+                    Some(t) if t.path == path && t.query == query => {}
+                    other => failures
+                        .push(format!("{label} {}: forwarded {:?}, authorised {other:?}", case.line, seen.target)),
+                }
+                // ...and something this token may do.
+                match classify(&seen.method, path) {
+                    Ok(op) if never_allowed(op.module) || op.rule == Rule::Deny => failures
+                        .push(format!("{label} {}: never-allowed {:?} reached the backend", case.line, op.module)),
+                    Ok(op) if label == "ro" && op.access == Access::Write => failures
+                        .push(format!("{label} {}: a write with a read-only token reached the backend", case.line)),
+                    Ok(_) => {}
+                    Err(_) => failures.push(format!("{label} {}: non-CMA path forwarded", case.line)),
+                }
+                let h = &seen.headers;
+                for bad in [
+                    "x-http-method-override",
+                    "x-method-override",
+                    "x-original-url",
+                    "x-rewrite-url",
+                    "x-forwarded-host",
+                    "forwarded",
+                ] {
+                    if h.contains_key(bad) {
+                        failures.push(format!("{label} {}: {bad} reached the backend", case.line));
+                    }
+                }
+                let access = if label == "ro" { "read" } else { "read-write" };
+                if h.get_all("x-stackgate-access").iter().map(|v| v.to_str().unwrap_or("")).collect::<Vec<_>>()
+                    != vec![access]
+                {
+                    failures.push(format!(
+                        "{label} {}: wrong identity headers {:?}",
+                        case.line,
+                        h.get_all("x-stackgate-access")
+                    ));
+                }
+                if h.get("x-forwarded-for").map(|v| v.to_str().unwrap_or("")) != Some("127.0.0.1") {
+                    failures.push(format!("{label} {}: spoofed x-forwarded-for", case.line));
+                }
+                if h.get("x-request-id").is_some_and(|v| v.to_str().unwrap_or("").contains("..")) {
+                    failures.push(format!("{label} {}: client x-request-id forwarded", case.line));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Raw requests that frame a message ambiguously: each must be refused (400, or the
+/// connection closed) and nothing may reach the backend.
+const SMUGGLING: &[&str] = &[
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nContent-Length: 4, 5\r\n\r\nabcde",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nContent-Length: \r\n\r\n",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nContent-Length: -1\r\n\r\n",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nContent-Length: +4\r\n\r\nabcd",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc\r\n",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked, identity\r\n\r\n0\r\n\r\n",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    "GET /v3/content_types HTTP/1.1\r\nHost: gw\r\nX-Folded: a\r\n b\r\n\r\n",
+    "GET /v3/content_types HTTP/1.1\r\nHost: gw\r\nBad Header: x\r\n\r\n",
+    "GET /v3/content_types HTTP/1.1\r\nHost: gw\r\nX-Nul: a\0b\r\n\r\n",
+    "GET /v3/content_types HTTP/1.1\r\nHost: gw\r\nX-Nul\0: a\r\n\r\n",
+    "GET /v3/content_types HTTP/1.1\r\nHost: gw\r\n:authority: evil\r\n\r\n",
+    "GET /v3/content_types HTTP/1.1\r\nHost: gw\rX-Injected: 1\r\n\r\n",
+    "GET /v3/content_types HTTP/1.1 extra\r\nHost: gw\r\n\r\n",
+    "GET  /v3/content_types HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "GET /v3/content_types HTTP/9.9\r\nHost: gw\r\n\r\n",
+    "GET /v3/content_types\r\n\r\n",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_is_refused_and_nothing_is_forwarded() {
+    let env = Env::start().await;
+    let mut failures = Vec::new();
+    for raw_req in SMUGGLING {
+        // Credentials right after the request line would change where headers start,
+        // so they go at the very end of the head instead.
+        let with_auth =
+            raw_req.replacen("Host: gw\r\n", &format!("Host: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n"), 1);
+        let (status, text) = raw(env.gateway.addr, with_auth.as_bytes()).await;
+        if !(status == 400 || status == 0 || status == 501 || status == 505) {
+            failures.push(format!("{raw_req:?}: got {status}: {}", text.lines().next().unwrap_or("")));
+        }
+    }
+    // An oversized request line.
+    let long = format!("GET /v3/content_types/{} HTTP/1.1\r\nHost: gw\r\n\r\n", "a".repeat(100_000));
+    let (status, _) = raw(env.gateway.addr, long.as_bytes()).await;
+    if !(status == 400 || status == 414 || status == 431 || status == 0) {
+        failures.push(format!("oversized request line: {status}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let seen: Vec<String> =
+        env.backend.seen().iter().map(|s| format!("{} {} ({} bytes)", s.method, s.target, s.body_len)).collect();
+    assert!(seen.is_empty(), "forwarded: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_cannot_smuggle_a_second_request() {
+    // RFC 9112 §6.3: Transfer-Encoding wins, Content-Length is discarded and the
+    // connection is closed after the response (hyper's behaviour), so bytes after the
+    // chunked body are never read as another request; the backend gets one re-framed
+    // request.
+    let env = Env::start().await;
+    for order in ["Content-Length: 4\r\nTransfer-Encoding: chunked", "Transfer-Encoding: chunked\r\nContent-Length: 4"]
+    {
+        env.backend.clear();
+        let req = format!(
+            "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n{order}\r\n\r\n0\r\n\r\nGET /v3/stacks/settings HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n\r\n"
+        );
+        let (status, text) = raw(env.gateway.addr, req.as_bytes()).await;
+        assert!(status == 200 || status == 400, "{text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "exactly one response, then close: {text}");
+        let seen = env.backend.seen();
+        assert!(seen.len() <= 1, "{seen:?}");
+        assert!(seen.iter().all(|s| s.target == "/v3/content_types" && s.body_len == 0), "{seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_requests_are_reframed_not_smuggled() {
+    // hyper's parser accepts bare-LF line endings (as RFC 9112 §2.2 allows a recipient
+    // to). The gateway never forwards raw bytes: it re-serialises one request, so a
+    // bare-LF request cannot carry a second, hidden one past it.
+    let env = Env::start().await;
+    let req = format!("GET /v3/content_types HTTP/1.1\nHost: gw\napi_key: {API_KEY}\nauthorization: {RO}\nConnection: close\n\nGET /v3/stacks/settings HTTP/1.1\nHost: gw\n\n");
+    let (status, _) = raw(env.gateway.addr, req.as_bytes()).await;
+    assert!(status == 200 || status == 400 || status == 0);
+    let seen = env.backend.seen();
+    assert!(seen.len() <= 1 && seen.iter().all(|s| s.target == "/v3/content_types"), "{seen:?}");
+}
+
+/// An HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK for GET http /v3/content_types with authority gw (static-table indices and
+/// literals without indexing).
+fn get_headers() -> Vec<u8> {
+    let mut h = vec![0x82, 0x86]; // :method GET, :scheme http
+    let path = b"/v3/content_types";
+    h.push(0x04); // literal without indexing, name index 4 (:path)
+    h.push(path.len() as u8);
+    h.extend_from_slice(path);
+    h.push(0x01); // :authority
+    h.push(2);
+    h.extend_from_slice(b"gw");
+    h
+}
+
+async fn h2_abuse(addr: std::net::SocketAddr, frames: Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(frames);
+    let _ = s.write_all(&out).await;
+    let mut sink = vec![0u8; 1 << 16];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_reset_and_continuation_floods_do_not_take_the_gateway_down() {
+    let env = Env::start().await;
+    // Rapid reset: open and cancel thousands of streams.
+    let mut frames = Vec::new();
+    for i in 0..5000u32 {
+        let id = 2 * i + 1;
+        frames.extend(frame(0x1, 0x4 | 0x1, id, &get_headers())); // HEADERS, END_HEADERS|END_STREAM
+        frames.extend(frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    h2_abuse(env.gateway.addr, frames).await;
+    // CONTINUATION flood: a header block that never ends.
+    let mut frames = frame(0x1, 0x1, 1, &get_headers()); // HEADERS without END_HEADERS
+    let junk = vec![0x40u8; 16_000];
+    for _ in 0..400 {
+        frames.extend(frame(0x9, 0, 1, &junk));
+    }
+    h2_abuse(env.gateway.addr, frames).await;
+    // Still serving, and the floods forwarded at most what they legitimately asked.
+    let (status, _, _) = env.token("GET", "/v3/content_types", RO, "").await;
+    assert_eq!(status.as_u16(), 200);
+    assert!(env.backend.seen().iter().all(|s| s.target == "/v3/content_types"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_guessing_gets_a_cool_down() {
+    let backend = Backend::start().await;
+    let text = config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 5\nwindow = \"60s\"\ncooldown = \"2s\"\n";
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let get = |secret: &str| {
+        format!("GET /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {secret}\r\nConnection: close\r\n\r\n")
+    };
+    for i in 0..5 {
+        let (status, _) = raw(gw.addr, get(&format!("csguess{i}")).as_bytes()).await;
+        assert_eq!(status, 401);
+    }
+    // Past the threshold even a valid token is refused, cheaply, until the cool-down ends.
+    let (status, text) = raw(gw.addr, get(RO).as_bytes()).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after: "));
+    assert!(text.contains("\"error_code\":429"));
+    assert!(backend.seen().is_empty());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, _) = raw(gw.addr, get(RO).as_bytes()).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_logs_metrics_or_error_bodies() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("secrets");
+    let file = dir.join("gw.toml");
+    let text = format!("{}\n[store]\npath = \"{}\"\n", config_text(backend.addr, "", ""), dir.join("db").display());
+    std::fs::write(&file, &text).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut addr_of = |prefix: &str| -> std::net::SocketAddr {
+        lines.next().unwrap().unwrap().strip_prefix(prefix).unwrap().parse().unwrap()
+    };
+    let addr = addr_of("stackgate listening on http://");
+    let admin = addr_of("stackgate admin listening on http://");
+    let child = Proc(child);
+
+    let mut bodies = String::new();
+    let mut api = KeepAlive::connect(addr).await;
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "application/json")];
+    let create = r#"{"token":{"name":"secret-check","scope":[{"module":"$all","acl":{"read":true}},{"module":"branch","branches":["main"]}]}}"#;
+    let (status, body) = api.send("POST", "/v3/stacks/management_tokens", &owner, create).await;
+    assert_eq!(status, 201);
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let secret = created["token"]["token"].as_str().unwrap().to_owned();
+    for (h, path, b) in [
+        (vec![("api_key", API_KEY), ("authorization", secret.as_str())], "/v3/content_types", ""),
+        (vec![("api_key", API_KEY), ("authorization", secret.as_str())], "/v3/stacks/settings", ""),
+        (vec![("api_key", API_KEY), ("authorization", RW)], "/v3/content_types/x/entries/y/workflow", "{bad json"),
+        (vec![("api_key", API_KEY), ("authorization", "cswrongwrongwrong")], "/v3/content_types", ""),
+        (vec![("api_key", "blt9999999999999999"), ("authorization", secret.as_str())], "/v3/content_types", ""),
+        (vec![("api_key", API_KEY), ("authtoken", "not-a-user-token")], "/v3/stacks/management_tokens", ""),
+        (vec![("api_key", API_KEY), ("authtoken", BOB)], "/v3/stacks/management_tokens", ""),
+        (vec![("api_key", API_KEY), ("authorization", RO)], "/v3/content_types%2f..", ""),
+    ] {
+        let method = if b.is_empty() { "GET" } else { "POST" };
+        let mut c = KeepAlive::connect(addr).await;
+        if let Some((_, body)) = c.try_send(method, path, &h, b).await {
+            bodies.push_str(&body);
+        }
+    }
+    let (_, listed) = api.send("GET", "/v3/stacks/management_tokens", &owner, "").await;
+    bodies.push_str(&listed);
+    let (status, reload) =
+        raw(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, 200, "{reload}");
+    let (_, metrics) = raw(admin, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    drop(child);
+    let logs = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    assert!(logs.contains("stackgate::access"), "debug logs were captured");
+
+    let secrets = [secret.as_str(), RW, RO, ALICE, BOB, "cswrongwrongwrong", "not-a-user-token"];
+    for s in secrets {
+        let hashed = sha(s);
+        for (what, text) in [("logs", &logs), ("metrics", &metrics), ("error bodies", &bodies)] {
+            assert!(!text.contains(s), "secret {s} found in {what}");
+            assert!(!text.contains(&hashed), "hash of {s} found in {what}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
