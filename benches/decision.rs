@@ -83,6 +83,12 @@ fn parts_of_the_decision(c: &mut Criterion) {
     let secret = support::secret(77_777);
     c.bench_function("sha256 of a token secret", |b| b.iter(|| black_box(hash_secret(black_box(secret.as_bytes())))));
     let uri: http::Uri = "/v3/content_types/blog_post/entries/blt0000000000000e01?locale=en-us".parse().unwrap();
+    c.bench_function("normalize", |b| {
+        b.iter(|| stackgate::pipeline::normalize(black_box(&uri), http::Version::HTTP_11, &[]).map(|t| t.path.len()))
+    });
+    c.bench_function("classify", |b| {
+        b.iter(|| classify(&http::Method::GET, black_box("/v3/content_types/blog_post/entries/blt0000000000000e01")))
+    });
     c.bench_function("normalize + classify", |b| {
         b.iter(|| {
             let t = stackgate::pipeline::normalize(black_box(&uri), http::Version::HTTP_11, &[]).unwrap();

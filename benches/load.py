@@ -122,7 +122,9 @@ backend b
 
 def start_stackgate(cfg, cpu):
     t0 = time.time()
-    p = subprocess.Popen(["taskset", "-c", cpu, BIN, "run", "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # Access logs off, as for nginx (access_log off) and HAProxy (no log directive).
+    env = dict(os.environ, RUST_LOG="warn")
+    p = subprocess.Popen(["taskset", "-c", cpu, BIN, "run", "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = p.stdout.readline()
     m = re.search(r"listening on https?://([\d.]+):(\d+)", line)
     if not m:
@@ -249,7 +251,8 @@ def report(results, scale):
         f"`bash benches/load.sh`: wrk -t1 -c{CONNS} -d{DURATION}s (h2load -c{CONNS} -m1 for h2), "
         f"{ROUNDS} alternating rounds, medians. Proxy pinned to CPU {PROXY_CPU}; wrk/h2load and the backend "
         f"(nginx `return 200` with a small JSON body) to CPU {LOAD_CPU}. stackgate enforces everything "
-        f"(token lookup, scope, branch, rate limits set high) for a token among 1,000; nginx and HAProxy only proxy.",
+        f"(token lookup, scope, branch, rate limits set high) for a token among 1,000; nginx and HAProxy only proxy. "
+        f"Access logs are off for all three.",
         "",
         *rows,
         "",

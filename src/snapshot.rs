@@ -10,6 +10,35 @@ use http::uri::Authority;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Hashes a SHA-256 key by its first eight bytes. The keys are digests of client input,
+/// already uniform and not choosable by an attacker, so SipHash would only add cost.
+#[derive(Default, Clone, Copy)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(head) = bytes.get(..8) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(head);
+            self.0 = u64::from_ne_bytes(b);
+        } else {
+            for &byte in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+            }
+        }
+    }
+
+    // The slice length prefix of `[u8; 32]` carries no information.
+    fn write_usize(&mut self, _: usize) {}
+}
+
+/// The `BuildHasher` of the token index.
+pub type DigestHash = std::hash::BuildHasherDefault<DigestHasher>;
+
 /// An organisation and its shared buckets.
 #[derive(Debug)]
 pub struct OrgState {
@@ -71,7 +100,7 @@ pub struct Snapshot {
     pub rate_clock: RateClock,
     orgs: HashMap<Box<str>, Arc<OrgState>>,
     stacks: HashMap<Box<str>, Arc<StackView>>,
-    tokens: HashMap<[u8; 32], Arc<Token>>,
+    tokens: HashMap<[u8; 32], Arc<Token>, DigestHash>,
     /// authtoken SHA-256 -> user uid
     users: HashMap<[u8; 32], Box<str>>,
 }
@@ -108,7 +137,7 @@ impl Snapshot {
         }
         let stack_configs: HashMap<&str, &crate::config::Stack> =
             config.stacks.iter().map(|s| (s.api_key.as_str(), s)).collect();
-        let mut tokens = HashMap::with_capacity(stored.len() + config.stacks.len());
+        let mut tokens = HashMap::with_capacity_and_hasher(stored.len() + config.stacks.len(), DigestHash::default());
         let config_tokens = config.stacks.iter().flat_map(|s| s.tokens.iter());
         for rec in config_tokens.chain(stored.iter()) {
             match compile_token(rec, &stack_configs, &stacks, previous, rate_clock) {

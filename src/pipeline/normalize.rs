@@ -40,7 +40,38 @@ pub fn normalize<'a>(
     Ok(Target { path, query: uri.query() })
 }
 
+/// Byte classes for the fast scan of [`canonical_path`].
+const PLAIN: u8 = 0;
+const SLASH: u8 = 1;
+const PERCENT: u8 = 2;
+const FORBIDDEN: u8 = 3;
+
+const fn byte_classes() -> [u8; 256] {
+    let mut t = [FORBIDDEN; 256];
+    let mut b = 0x21;
+    while b < 0x7f {
+        t[b] = PLAIN;
+        b += 1;
+    }
+    t[b'/' as usize] = SLASH;
+    t[b'%' as usize] = PERCENT;
+    t[b'\\' as usize] = FORBIDDEN;
+    t[b';' as usize] = FORBIDDEN;
+    t[b'#' as usize] = FORBIDDEN;
+    t
+}
+
+const CLASSES: [u8; 256] = byte_classes();
+
+/// An empty, `.` or `..` segment.
+fn is_ambiguous_segment(segment: &[u8]) -> bool {
+    matches!(segment, b"" | b"." | b"..")
+}
+
 /// Validates a path and returns its canonical form, borrowing when nothing changes.
+///
+/// One table-driven pass over the bytes handles the common case (no escapes); only a
+/// path with `%` takes the decoding path.
 pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -49,9 +80,35 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
     if raw == "/" {
         return Ok(Cow::Borrowed(raw));
     }
+    let mut has_escape = false;
+    let mut segment_start = 1;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        match CLASSES[usize::from(b)] {
+            PLAIN => {}
+            SLASH => {
+                if is_ambiguous_segment(bytes.get(segment_start..i).unwrap_or(b"")) {
+                    return Err(AMBIGUOUS);
+                }
+                segment_start = i + 1;
+            }
+            PERCENT => has_escape = true,
+            _ => return Err(AMBIGUOUS),
+        }
+    }
+    if is_ambiguous_segment(bytes.get(segment_start..).unwrap_or(b"")) {
+        return Err(AMBIGUOUS);
+    }
+    if has_escape {
+        decode_path(raw)
+    } else {
+        Ok(Cow::Borrowed(raw))
+    }
+}
+
+/// The decoding path: a path whose bytes passed the scan but which has escapes.
+fn decode_path(raw: &str) -> Result<Cow<'_, str>, GatewayError> {
     let mut out: Option<String> = None;
     for (start, segment) in segments(raw) {
-        check_segment(segment)?;
         if segment.contains('%') {
             let decoded = decode_segment(segment)?;
             if let Cow::Owned(decoded) = decoded {
@@ -77,18 +134,6 @@ fn segments(raw: &str) -> impl Iterator<Item = (usize, &str)> {
         offset += seg.len() + 1;
         (start, seg)
     })
-}
-
-/// Rejects the raw forms that two parsers may read differently.
-fn check_segment(segment: &str) -> Result<(), GatewayError> {
-    if segment.is_empty() || segment == "." || segment == ".." {
-        return Err(AMBIGUOUS);
-    }
-    let bad = segment.bytes().any(|b| !(0x20..0x7f).contains(&b) || matches!(b, b'\\' | b';' | b'#'));
-    if bad {
-        return Err(AMBIGUOUS);
-    }
-    Ok(())
 }
 
 /// Decodes `%XX` escapes of unreserved characters; keeps (upper-cased) the escapes of

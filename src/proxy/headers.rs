@@ -2,48 +2,18 @@
 
 use crate::pipeline::auth::AUTHTOKEN;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_TOKEN_UID: HeaderName = HeaderName::from_static("x-stackgate-token-uid");
 const X_ACCESS: HeaderName = HeaderName::from_static("x-stackgate-access");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual legacy ones).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
 
 /// Who the request is forwarded as, when the token is not forwarded itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Identity<'a> {
     pub token_uid: &'a str,
     pub access: &'static str,
-}
-
-/// Removes the headers named by `Connection` and the fixed hop-by-hop set.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
 }
 
 /// Headers some backends and frameworks read as a different method or path than the
@@ -57,25 +27,53 @@ const REINTERPRETING: [&str; 6] = [
     "x-original-method",
 ];
 
-/// Removes headers that only the gateway may set (`x-stackgate-*`, `x-forwarded-*`,
-/// `forwarded`, `x-request-id`: clients can never speak for the gateway) and headers
-/// that would make the backend run another method or path than the one authorised.
-fn strip_spoofable(headers: &mut HeaderMap) {
-    let spoofable: Vec<HeaderName> = headers
+/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual legacy ones).
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Headers only the gateway may set (clients can never speak for it), and headers that
+/// would make the backend run another method or path than the one authorised.
+fn is_spoofable(name: &str) -> bool {
+    name.starts_with("x-stackgate-")
+        || name.starts_with("x-forwarded-")
+        || name == "forwarded"
+        || name == "x-request-id"
+        || REINTERPRETING.contains(&name)
+}
+
+/// Removes, in one pass over the names, the hop-by-hop headers (including those listed
+/// in `Connection`) and, for requests, the spoofable ones. Allocates only when there is
+/// something to remove.
+fn strip(headers: &mut HeaderMap, request: bool) {
+    let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| {
-            let n = name.as_str();
-            n.starts_with("x-stackgate-")
-                || n.starts_with("x-forwarded-")
-                || n == "forwarded"
-                || REINTERPRETING.contains(&n)
-        })
+        .filter(|n| is_hop_by_hop(n.as_str()) || (request && is_spoofable(n.as_str())))
         .cloned()
         .collect();
-    for name in spoofable {
-        headers.remove(&name);
+    if headers.contains_key(header::CONNECTION) {
+        let listed = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+        doomed.extend(listed);
     }
-    headers.remove(&X_REQUEST_ID);
+    for name in &doomed {
+        headers.remove(name);
+    }
 }
 
 /// Rewrites client request headers for the backend.
@@ -85,14 +83,13 @@ fn strip_spoofable(headers: &mut HeaderMap) {
 /// with a management token, so the backend cannot authorise on something we did not.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     https: bool,
     request_id: &HeaderValue,
     identity: Option<Identity<'_>>,
     forward_token: bool,
 ) {
-    strip_hop_by_hop(headers);
-    strip_spoofable(headers);
+    strip(headers, true);
     // hyper sets Host from the upstream URI.
     headers.remove(header::HOST);
     if let Some(id) = identity {
@@ -105,9 +102,7 @@ pub fn prepare_request_headers(
             headers.insert(X_ACCESS, HeaderValue::from_static(id.access));
         }
     }
-    if let Ok(ip) = HeaderValue::from_str(&peer.to_string()) {
-        headers.insert(X_FORWARDED_FOR, ip);
-    }
+    headers.insert(X_FORWARDED_FOR, peer.clone());
     let proto = if https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.insert(X_REQUEST_ID, request_id.clone());
@@ -115,7 +110,7 @@ pub fn prepare_request_headers(
 
 /// Rewrites backend response headers for the client.
 pub fn prepare_response_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
-    strip_hop_by_hop(headers);
+    strip(headers, false);
     headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
@@ -144,7 +139,7 @@ mod tests {
         }
         let id = HeaderValue::from_static("req-1");
         let identity = Identity { token_uid: "blt00000000000000a1", access: "read" };
-        prepare_request_headers(&mut h, "127.0.0.1".parse().unwrap(), false, &id, Some(identity), false);
+        prepare_request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"), false, &id, Some(identity), false);
         for gone in ["connection", "x-secret-hop", "te", "authorization", "authtoken", "host"] {
             assert!(!h.contains_key(gone), "{gone}");
         }
@@ -164,7 +159,7 @@ mod tests {
         h.insert("x-stackgate-access", HeaderValue::from_static("read-write"));
         let id = HeaderValue::from_static("r");
         let identity = Identity { token_uid: "blt1", access: "read" };
-        prepare_request_headers(&mut h, "::1".parse().unwrap(), true, &id, Some(identity), true);
+        prepare_request_headers(&mut h, &HeaderValue::from_static("::1"), true, &id, Some(identity), true);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["authorization"], "cs123");
         assert!(!h.contains_key("x-stackgate-access"));

@@ -19,13 +19,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What a request needs to know about its connection, computed once per connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer address as an `X-Forwarded-For` value.
+    pub peer_ip: HeaderValue,
+    pub https: bool,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, https: bool) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo { peer, peer_ip, https }
+    }
+}
+
 /// Serves one request on the main listener.
 pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    https: bool,
+    conn: Arc<ConnInfo>,
 ) -> Result<Response<Body>, Infallible> {
+    let peer = conn.peer;
     let started = Instant::now();
     let request_id = gw.ids.next();
     let method = req.method().clone();
@@ -33,7 +49,7 @@ pub async fn handle(
     let mut facts = Facts::default();
     let result = match gw.guard.check(peer.ip()) {
         Err(retry_after) => Err(GatewayError::Throttled { retry_after }),
-        Ok(()) => process(&gw, req, peer, https, &request_id, &mut facts).await,
+        Ok(()) => process(&gw, req, &conn, &request_id, &mut facts).await,
     };
     if let Err(GatewayError::Unauthenticated { .. } | GatewayError::StackNotFound) = &result {
         gw.guard.failure(peer.ip(), &gw.snapshot().config.guard);
@@ -66,8 +82,7 @@ pub async fn handle(
 async fn process(
     gw: &Arc<Gateway>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    https: bool,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
     facts: &mut Facts,
 ) -> Result<Response<Body>, GatewayError> {
@@ -104,7 +119,14 @@ async fn process(
             Either::Left(streamed)
         }
     };
-    prepare_request_headers(&mut parts.headers, peer.ip(), https, request_id, identity, snap.settings.forward_token);
+    prepare_request_headers(
+        &mut parts.headers,
+        &conn.peer_ip,
+        conn.https,
+        request_id,
+        identity,
+        snap.settings.forward_token,
+    );
     parts.uri = uri;
     let upstream_resp = snap.upstream.send(Request::from_parts(parts, body), &body_state).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();

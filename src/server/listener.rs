@@ -109,7 +109,8 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Connection { gw, builder, peer, permit } = self;
-        let service = service_fn(move |req| handle(Arc::clone(&gw), req, peer, https));
+        let info = Arc::new(super::handler::ConnInfo::new(peer, https));
+        let service = service_fn(move |req| handle(Arc::clone(&gw), req, Arc::clone(&info)));
         let conn = builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             tracing::debug!(error = %e, peer = %peer, "connection closed with error");

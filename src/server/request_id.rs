@@ -17,9 +17,27 @@ impl RequestIds {
         RequestIds { prefix: u32::from_le_bytes(seed), next: AtomicU64::new(1) }
     }
 
+    /// `pppppppp-nnnnnnnnnnnn`: prefix and counter in hex, built without `format!`.
     pub fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let text = format!("{:08x}-{:012x}", self.prefix, n);
-        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("-"))
+        let mut buf = [b'-'; 21];
+        for (i, slot) in buf.iter_mut().take(8).enumerate() {
+            *slot = HEX[((self.prefix >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, slot) in buf.iter_mut().skip(9).enumerate() {
+            *slot = HEX[((n >> (44 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_hex_and_increasing() {
+        let ids = super::RequestIds { prefix: 0xdeadbeef, next: std::sync::atomic::AtomicU64::new(0x2a) };
+        assert_eq!(ids.next(), "deadbeef-00000000002a");
+        assert_eq!(ids.next(), "deadbeef-00000000002b");
     }
 }
