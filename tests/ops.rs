@@ -400,3 +400,56 @@ async fn https_upstream_with_a_ca_file_uses_h2_when_offered() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_reloaded_without_dropping_connections() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("certreload");
+    let first = pki(&dir);
+    let file = dir.join("gw.toml");
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", first.cert.display(), first.key.display());
+    std::fs::write(&file, config_text(backend.addr, &tls, "")).unwrap();
+    let cfg = stackgate::config::load(&file).unwrap();
+    let store = stackgate::server::open_store(&cfg).unwrap();
+    let gw = stackgate::server::start_with(
+        cfg,
+        store,
+        Arc::new(SystemClock),
+        stackgate::ratelimit::RateClock::monotonic(),
+        Some(file.clone()),
+    )
+    .await
+    .unwrap();
+    let url = format!("https://localhost:{}{ENTRIES}", gw.addr.port());
+    let get = || {
+        http::Request::get(&url)
+            .header("api_key", API_KEY)
+            .header("authorization", RO)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let old_client = tls_client(&first.ca_pem, &[b"h2"]); // one h2 connection, kept open
+    assert_eq!(old_client.request(get()).await.unwrap().status(), 200);
+
+    // New certificate from another CA, same file names; reload.
+    let other = dir.join("second");
+    std::fs::create_dir_all(&other).unwrap();
+    let second = pki(&other);
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    let (status, text) = admin_post(gw.admin_addr, "/reload").await;
+    assert_eq!(status, 200, "{text}");
+
+    assert_eq!(old_client.request(get()).await.unwrap().status(), 200, "the open connection survives the reload");
+    let new_client = tls_client(&second.ca_pem, &[b"http/1.1"]);
+    assert_eq!(new_client.request(get()).await.unwrap().status(), 200, "new handshakes present the new certificate");
+    let stale_client = tls_client(&first.ca_pem, &[b"http/1.1"]);
+    assert!(stale_client.request(get()).await.is_err(), "the old certificate is no longer served");
+
+    // A broken key on reload is rejected and the current certificate stays.
+    std::fs::write(&first.key, "not a key").unwrap();
+    let (status, _) = admin_post(gw.admin_addr, "/reload").await;
+    assert_eq!(status, 422);
+    assert_eq!(tls_client(&second.ca_pem, &[b"http/1.1"]).request(get()).await.unwrap().status(), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,30 @@
+"""Drives stackgate with the official Contentstack Python management SDK.
+Usage: python3 python_sdk.py HOST:PORT API_KEY READ_ONLY_TOKEN READ_WRITE_TOKEN
+Prints one line per call: <name> <status>."""
+import sys
+import contentstack_management
+
+host, api_key, ro_token, rw_token = sys.argv[1:5]
+
+
+def stack(token):
+    client = contentstack_management.Client(host=host, scheme="http://", management_token=token, timeout=10)
+    return client.stack(api_key)
+
+
+ro, rw = stack(ro_token), stack(rw_token)
+calls = [
+    ("ro_list_content_types", lambda: ro.content_types().find()),
+    ("ro_fetch_content_type", lambda: ro.content_types("blog").fetch()),
+    ("ro_list_entries", lambda: ro.content_types("blog").entry().find()),
+    ("ro_create_entry", lambda: ro.content_types("blog").entry().create({"entry": {"title": "sdk"}})),
+    ("rw_create_entry", lambda: rw.content_types("blog").entry().create({"entry": {"title": "sdk"}})),
+    ("rw_list_environments", lambda: rw.environments().find()),
+    ("rw_list_branches", lambda: rw.branch().find()),
+    ("rw_list_tokens", lambda: rw.management_token().find()),
+]
+for name, call in calls:
+    try:
+        print(name, call().status_code, flush=True)
+    except Exception as e:  # an SDK-side error is a failure of the test, reported by name
+        print(name, "error", type(e).__name__, flush=True)
