@@ -75,29 +75,9 @@ impl Module {
         self as usize
     }
 
-    /// Modules a token scope may name, in bit order.
-    pub const SCOPED: [Module; 20] = [
-        Module::ContentType,
-        Module::GlobalField,
-        Module::Entry,
-        Module::Asset,
-        Module::Label,
-        Module::Extension,
-        Module::Release,
-        Module::Environment,
-        Module::Locale,
-        Module::Webhook,
-        Module::Role,
-        Module::User,
-        Module::Workflow,
-        Module::PublishRule,
-        Module::AuditLog,
-        Module::PublishQueue,
-        Module::Bulk,
-        Module::Taxonomy,
-        Module::Branch,
-        Module::BranchAlias,
-    ];
+    /// Modules a token scope may name, in bit order: the first twenty of [`Module::ALL`]
+    /// (the rest are never allowed).
+    pub const SCOPED: &'static [Module] = Module::ALL.split_at(20).0;
 
     /// The scope / metrics name.
     pub fn name(self) -> &'static str {
@@ -133,12 +113,13 @@ impl Module {
 
     /// Looks up a scope module name (`$all` is handled by the scope compiler).
     pub fn from_scope_name(name: &str) -> Option<Module> {
-        Module::SCOPED.into_iter().find(|m| m.name() == name)
+        Module::SCOPED.iter().copied().find(|m| m.name() == name)
     }
 
     /// Bit for [`ModuleSet`]; `None` for modules no scope can grant.
     pub fn bit(self) -> Option<u32> {
-        Module::SCOPED.iter().position(|m| *m == self).map(|i| 1u32 << i)
+        let i = self.index();
+        (i < Module::SCOPED.len()).then(|| 1u32 << i)
     }
 
     /// Whether the request's branch must be within the token's branch scope.
@@ -446,7 +427,7 @@ mod tests {
     #[test]
     fn module_bits_are_distinct() {
         let mut set = ModuleSet::EMPTY;
-        for m in Module::SCOPED {
+        for &m in Module::SCOPED {
             assert!(!set.contains(m));
             set.insert(m);
         }
