@@ -166,6 +166,12 @@ async fn one_notice_per_channel_no_resend_after_restart_retry_and_rearm() {
     eventually("both notices counted", || gw.gateway.metrics.notices_sent.get() == 2).await;
     assert_eq!(gw.gateway.metrics.notices_failed.get(), 2);
 
+    // The API shows when the notice went out (at the clock's time: 6 days before expiry).
+    let (status, body) = api.send("GET", &format!("/v3/stacks/management_tokens/{uid}"), &owner, "").await;
+    assert_eq!(status, 200);
+    let shown: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown["token"]["expiry_notified_at"], "2026-12-26T00:00:00Z", "{shown}");
+
     // Several more scans: still exactly one each.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hook.accepted.lock().unwrap().len(), 1);
@@ -192,5 +198,9 @@ async fn one_notice_per_channel_no_resend_after_restart_retry_and_rearm() {
     eventually("the re-armed webhook notice", || hook.accepted.lock().unwrap().len() == 2).await;
     eventually("the re-armed e-mail", || mails.lock().unwrap().len() == 2).await;
     assert_eq!(hook.accepted.lock().unwrap()[1]["expires_on"], "2027-01-03");
+    let (_, body) = api.send("GET", "/v3/stacks/management_tokens", &owner, "").await;
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    let mine = listed["tokens"].as_array().unwrap().iter().find(|t| t["uid"] == uid.as_str()).unwrap().clone();
+    assert_eq!(mine["expiry_notified_at"], "2026-12-28T00:00:00Z", "re-armed notice for the new date: {mine}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -52,6 +52,8 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError>;
     /// When the expiry notice for (`uid`, `expires_at`) went out on `channel`, if it did.
     async fn notified_at(&self, uid: &str, expires_at: i64, channel: &str) -> Result<Option<i64>, StoreError>;
+    /// When the first notice for (`uid`, `expires_at`) went out on any channel.
+    async fn first_notice(&self, uid: &str, expires_at: i64) -> Result<Option<i64>, StoreError>;
     /// Records that a notice went out, so no restart sends it again.
     async fn mark_notified(&self, uid: &str, expires_at: i64, channel: &str, at: i64) -> Result<(), StoreError>;
 }

@@ -322,6 +322,19 @@ impl TokenStore for SqliteStore {
         .await
     }
 
+    async fn first_notice(&self, uid: &str, expires_at: i64) -> Result<Option<i64>, StoreError> {
+        let uid = uid.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT MIN(notified_at) FROM expiry_notices WHERE uid = ?1 AND expires_at = ?2",
+                params![uid, expires_at],
+                |r| r.get(0),
+            )
+            .map_err(|e| unavailable(&e))
+        })
+        .await
+    }
+
     async fn mark_notified(&self, uid: &str, expires_at: i64, channel: &str, at: i64) -> Result<(), StoreError> {
         let (uid, channel) = (uid.to_owned(), channel.to_owned());
         self.with(move |c| {

@@ -128,8 +128,17 @@ fn to_json(rec: &TokenRecord) -> Value {
         "updated_by": rec.updated_by,
         "created_at": ts(&rec.created_at),
         "updated_at": ts(&rec.updated_at),
+        "expiry_notified_at": rec.expiry_notified_at.map(now_rfc3339),
         "origin": rec.origin,
     })
+}
+
+/// Fills in when the expiry notice for the record's current expiry went out.
+async fn with_notice(gw: &Gateway, mut rec: TokenRecord) -> Result<TokenRecord, GatewayError> {
+    if let Some(at) = rec.expires_on.as_ref().map(|e| e.at) {
+        rec.expiry_notified_at = gw.store().first_notice(&rec.uid, at).await.map_err(store_error)?;
+    }
+    Ok(rec)
 }
 
 fn ok(status: StatusCode, value: Value) -> Result<Response<Body>, GatewayError> {
@@ -142,16 +151,19 @@ fn static_token<'s>(stack: &'s Stack, uid: &str) -> Option<&'s TokenRecord> {
 
 async fn list(gw: &Gateway, stack: &Stack) -> Result<Response<Body>, GatewayError> {
     let stored = gw.store().list(&stack.api_key).await.map_err(store_error)?;
-    let tokens: Vec<Value> = stack.tokens.iter().chain(stored.iter()).map(to_json).collect();
+    let mut tokens = Vec::with_capacity(stack.tokens.len() + stored.len());
+    for rec in stack.tokens.iter().cloned().chain(stored) {
+        tokens.push(to_json(&with_notice(gw, rec).await?));
+    }
     ok(StatusCode::OK, json!({ "tokens": tokens }))
 }
 
 async fn show(gw: &Gateway, stack: &Stack, uid: &str) -> Result<Response<Body>, GatewayError> {
-    if let Some(rec) = static_token(stack, uid) {
-        return ok(StatusCode::OK, json!({ "token": to_json(rec) }));
-    }
-    let rec = gw.store().get(&stack.api_key, uid).await.map_err(store_error)?.ok_or(GatewayError::TokenNotFound)?;
-    ok(StatusCode::OK, json!({ "token": to_json(&rec) }))
+    let rec = match static_token(stack, uid) {
+        Some(rec) => rec.clone(),
+        None => gw.store().get(&stack.api_key, uid).await.map_err(store_error)?.ok_or(GatewayError::TokenNotFound)?,
+    };
+    ok(StatusCode::OK, json!({ "token": to_json(&with_notice(gw, rec).await?) }))
 }
 
 fn context<'a>(
