@@ -44,8 +44,9 @@ pub async fn handle(
     let peer = conn.peer;
     let started = Instant::now();
     let request_id = gw.ids.next();
-    let method = req.method().clone();
-    let uri = req.uri().clone();
+    // What the access log needs of the request, kept only when the log is on.
+    let logged = tracing::enabled!(target: "stackgate::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().clone()));
     let mut facts = Facts::default();
     let result = match gw.guard.check(peer.ip()) {
         Err(retry_after) => Err(GatewayError::Throttled { retry_after }),
@@ -62,6 +63,7 @@ pub async fn handle(
     let op = facts.op;
     let took = started.elapsed();
     gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
+    let Some((method, uri)) = logged else { return Ok(resp) };
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
