@@ -29,36 +29,39 @@ pub fn config(stacks: usize) -> Config {
 
 /// `n` stored tokens spread over `stacks` stacks; `custom` gives each its own buckets.
 pub fn tokens(n: usize, stacks: usize, custom: bool) -> Vec<TokenRecord> {
-    (0..n)
-        .map(|i| TokenRecord {
-            uid: format!("blt{i:016x}"),
-            stack: api_key(i % stacks),
-            name: format!("token {i}"),
-            description: String::new(),
-            secret_sha256: hash_secret(secret(i).as_bytes()),
-            scope: vec![
-                ScopeEntry {
-                    module: "$all".into(),
-                    acl: Acl { read: true, write: true },
-                    branches: None,
-                    branch_aliases: None,
-                },
-                ScopeEntry {
-                    module: "branch".into(),
-                    acl: Acl { read: true, write: false },
-                    branches: Some(vec!["main".into()]),
-                    branch_aliases: None,
-                },
-            ],
-            expires_on: None,
-            is_email_notification_enabled: false,
-            rate_limit: custom.then_some(RateLimit { read_per_second: 500_000, write_per_second: 500_000 }),
-            created_by: "bench".into(),
-            updated_by: "bench".into(),
-            created_at: String::new(),
-            updated_at: String::new(),
-            expiry_notified_at: None,
-            origin: Origin::Store,
-        })
-        .collect()
+    (0..n).map(|i| token(i, i % stacks, custom)).collect()
+}
+
+/// Read-write token `i` (secret [`secret`]`(i)`) of stack `stack` (api key [`api_key`]).
+pub fn token(i: usize, stack: usize, custom: bool) -> TokenRecord {
+    TokenRecord {
+        uid: format!("blt{i:016x}"),
+        stack: api_key(stack),
+        name: format!("token {i}"),
+        description: String::new(),
+        secret_sha256: hash_secret(secret(i).as_bytes()),
+        scope: vec![
+            ScopeEntry {
+                module: "$all".into(),
+                acl: Acl { read: true, write: true },
+                branches: None,
+                branch_aliases: None,
+            },
+            ScopeEntry {
+                module: "branch".into(),
+                acl: Acl { read: true, write: false },
+                branches: Some(vec!["main".into()]),
+                branch_aliases: None,
+            },
+        ],
+        expires_on: None,
+        is_email_notification_enabled: false,
+        rate_limit: custom.then_some(RateLimit { read_per_second: 500_000, write_per_second: 500_000 }),
+        created_by: "bench".into(),
+        updated_by: "bench".into(),
+        created_at: String::new(),
+        updated_at: String::new(),
+        expiry_notified_at: None,
+        origin: Origin::Store,
+    }
 }

@@ -6,8 +6,10 @@
 //! STACKS stacks) and DIR/tokens.db (STACKS x TOKENS_PER_STACK read-write tokens; the
 //! secret of token i is `cs` + i as 32 hex digits). Used by benches/load.py.
 
+#[path = "../benches/support.rs"]
+mod support;
+
 use stackgate::store::sqlite::SqliteStore;
-use stackgate::token::{hash_secret, Acl, Origin, ScopeEntry, TokenRecord};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -30,39 +32,9 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(dir.join("stackgate.toml"), toml)?;
     let store = SqliteStore::open(&db)?;
-    let scope = vec![
-        ScopeEntry {
-            module: "$all".into(),
-            acl: Acl { read: true, write: true },
-            branches: None,
-            branch_aliases: None,
-        },
-        ScopeEntry {
-            module: "branch".into(),
-            acl: Acl { read: true, write: false },
-            branches: Some(vec!["main".into()]),
-            branch_aliases: None,
-        },
-    ];
     let mut batch = Vec::with_capacity(100_000);
     for i in 0..stacks * per_stack {
-        batch.push(TokenRecord {
-            uid: format!("blt{i:016x}"),
-            stack: format!("blt{:016x}", i / per_stack),
-            name: format!("bench {i}"),
-            description: String::new(),
-            secret_sha256: hash_secret(format!("cs{i:032x}").as_bytes()),
-            scope: scope.clone(),
-            expires_on: None,
-            is_email_notification_enabled: false,
-            rate_limit: None,
-            created_by: "bench".into(),
-            updated_by: "bench".into(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-            updated_at: "2026-01-01T00:00:00Z".into(),
-            expiry_notified_at: None,
-            origin: Origin::Store,
-        });
+        batch.push(support::token(i, i / per_stack, false));
         if batch.len() == batch.capacity() {
             store.import(&batch)?;
             batch.clear();
