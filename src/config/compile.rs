@@ -284,13 +284,7 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
             None
         }
     };
-    let size = |v: &Option<String>, default: &str, path: &str, errs: &mut ConfigErrors| {
-        parse_size(v.as_deref().unwrap_or(default))
-            .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
-            .map_err(|e| errs.push(path, e))
-            .ok()
-    };
-    let max_inspected_body = size(&s.max_inspected_body, "1MiB", "server.max_inspected_body", errs);
+    let max_inspected_body = positive_size(s.max_inspected_body.as_deref(), "1MiB", "server.max_inspected_body", errs);
     for (i, h) in s.hostnames.iter().enumerate() {
         if h.parse::<Authority>().is_err() {
             errs.push(format!("server.hostnames[{i}]"), format!("'{h}' is not a host[:port]"));
@@ -305,6 +299,33 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
         hostnames: s.hostnames.clone(),
         limits: limits?,
     })
+}
+
+/// A size above zero (`default` when absent); an error is recorded under `path`.
+fn positive_size(v: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors) -> Option<u64> {
+    parse_size(v.unwrap_or(default))
+        .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
+        .map_err(|e| errs.push(path, e))
+        .ok()
+}
+
+/// An integer within `min..=max` (`default` when absent); an error is recorded under `path`.
+fn bounded<T: TryFrom<i64>>(
+    v: Option<i64>,
+    default: T,
+    min: i64,
+    max: i64,
+    path: String,
+    errs: &mut ConfigErrors,
+) -> Option<T> {
+    match v {
+        None => Some(default),
+        Some(n) if (min..=max).contains(&n) => T::try_from(n).ok(),
+        Some(n) => {
+            errs.push(path, format!("{n} must be between {min} and {max}"));
+            None
+        }
+    }
 }
 
 fn positive_duration(v: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors) -> Option<Duration> {
@@ -325,18 +346,8 @@ fn limits(s: &super::raw::RawServer, errs: &mut ConfigErrors) -> Option<Limits> 
         })
         .map_err(|e| errs.push("server.max_header_bytes", e))
         .ok();
-    let body = parse_size(s.max_request_body.as_deref().unwrap_or("1GiB"))
-        .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
-        .map_err(|e| errs.push("server.max_request_body", e))
-        .ok();
-    let max_connections = match s.max_connections {
-        None => Some(10_000),
-        Some(n) if (1..=1_000_000).contains(&n) => usize::try_from(n).ok(),
-        Some(n) => {
-            errs.push("server.max_connections", format!("{n} must be between 1 and 1000000"));
-            None
-        }
-    };
+    let body = positive_size(s.max_request_body.as_deref(), "1GiB", "server.max_request_body", errs);
+    let max_connections = bounded(s.max_connections, 10_000usize, 1, 1_000_000, "server.max_connections".into(), errs);
     Some(Limits {
         max_header_bytes: usize::try_from(header_bytes?).ok()?,
         header_read_timeout: positive_duration(
@@ -371,14 +382,8 @@ fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
     if uri_has_query(&u.url) {
         errs.push("upstream.url", "must not have a query");
     }
-    let duration = |text: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors| {
-        parse_duration(text.unwrap_or(default))
-            .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
-            .map_err(|e| errs.push(path, e))
-            .ok()
-    };
-    let connect_timeout = duration(u.connect_timeout.as_deref(), "2s", "upstream.connect_timeout", errs);
-    let request_timeout = duration(u.request_timeout.as_deref(), "30s", "upstream.request_timeout", errs);
+    let connect_timeout = positive_duration(u.connect_timeout.as_deref(), "2s", "upstream.connect_timeout", errs);
+    let request_timeout = positive_duration(u.request_timeout.as_deref(), "30s", "upstream.request_timeout", errs);
     let (scheme, authority, base_path) = parts?;
     Some(Upstream {
         scheme,
@@ -398,10 +403,7 @@ fn uri_has_query(url: &str) -> bool {
 fn notify(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Notify> {
     let n = &raw.notify;
     let before = parse_duration(n.before.as_deref().unwrap_or("7d")).map_err(|e| errs.push("notify.before", e)).ok();
-    let interval = parse_duration(n.interval.as_deref().unwrap_or("60s"))
-        .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
-        .map_err(|e| errs.push("notify.interval", e))
-        .ok();
+    let interval = positive_duration(n.interval.as_deref(), "60s", "notify.interval", errs);
     let webhook = n.webhook.as_ref().and_then(|w| match w.parse::<Uri>() {
         Ok(uri) if uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some() => Some(uri),
         _ => {
@@ -431,14 +433,7 @@ fn smtp(s: &super::raw::RawSmtp, errs: &mut ConfigErrors) -> Option<Smtp> {
 }
 
 fn guard(g: &super::raw::RawGuard, errs: &mut ConfigErrors) -> Option<Guard> {
-    let max_failures = match g.max_failures {
-        None => Some(50),
-        Some(n) if (0..=1_000_000).contains(&n) => u32::try_from(n).ok(),
-        Some(n) => {
-            errs.push("guard.max_failures", format!("{n} must be between 0 (off) and 1000000"));
-            None
-        }
-    };
+    let max_failures = bounded(g.max_failures, 50u32, 0, 1_000_000, "guard.max_failures".into(), errs);
     Some(Guard {
         max_failures: max_failures?,
         window: positive_duration(g.window.as_deref(), "60s", "guard.window", errs)?,
@@ -447,14 +442,7 @@ fn guard(g: &super::raw::RawGuard, errs: &mut ConfigErrors) -> Option<Guard> {
 }
 
 fn rate(value: Option<i64>, default: u32, path: String, errs: &mut ConfigErrors) -> u32 {
-    match value {
-        None => default,
-        Some(v) if (1..=MAX_RATE).contains(&v) => u32::try_from(v).unwrap_or(default),
-        Some(v) => {
-            errs.push(path, format!("{v} must be between 1 and {MAX_RATE}"));
-            default
-        }
-    }
+    bounded(value, default, 1, MAX_RATE, path, errs).unwrap_or(default)
 }
 
 fn organizations(raw: &[RawOrganization], errs: &mut ConfigErrors) -> Vec<Organization> {
@@ -467,22 +455,11 @@ fn organizations(raw: &[RawOrganization], errs: &mut ConfigErrors) -> Vec<Organi
                 errs.push(p("uid"), format!("duplicate organization uid '{}'", o.uid));
             }
             check_ident(&o.uid, &p("uid"), errs);
-            let burst = o.burst.and_then(|b| {
-                if (1..=MAX_BURST).contains(&b) {
-                    u32::try_from(b).ok()
-                } else {
-                    errs.push(p("burst"), format!("{b} must be between 1 and {MAX_BURST}"));
-                    None
-                }
-            });
-            let max_tokens = match o.max_tokens_per_stack {
-                None => DEFAULT_MAX_TOKENS,
-                Some(v) if (1..=10_000).contains(&v) => u32::try_from(v).unwrap_or(DEFAULT_MAX_TOKENS),
-                Some(v) => {
-                    errs.push(p("max_tokens_per_stack"), format!("{v} must be between 1 and 10000"));
-                    DEFAULT_MAX_TOKENS
-                }
-            };
+            // No default: an absent burst means "the rate" (decided per bucket).
+            let burst = o.burst.and_then(|b| bounded(Some(b), 0u32, 1, MAX_BURST, p("burst"), errs));
+            let max_tokens =
+                bounded(o.max_tokens_per_stack, DEFAULT_MAX_TOKENS, 1, 10_000, p("max_tokens_per_stack"), errs)
+                    .unwrap_or(DEFAULT_MAX_TOKENS);
             Organization {
                 uid: o.uid.clone(),
                 read_per_second: rate(o.read_per_second, DEFAULT_RATE, p("read_per_second"), errs),
