@@ -17,6 +17,16 @@ use tokio::net::TcpStream;
 
 const ENTRIES: &str = "/v3/content_types/blog/entries";
 
+/// The real server started from a config file, so that reload re-reads that file.
+async fn start_from_file(file: &std::path::Path) -> stackgate::server::Running {
+    let cfg = stackgate::config::load(file).unwrap();
+    let store = stackgate::server::open_store(&cfg).unwrap();
+    let rate_clock = stackgate::ratelimit::RateClock::monotonic();
+    stackgate::server::start_with(cfg, store, Arc::new(SystemClock), rate_clock, Some(file.to_path_buf()))
+        .await
+        .unwrap()
+}
+
 /// A test CA and a certificate for localhost / 127.0.0.1 signed by it, as PEM files.
 struct TestPki {
     ca_pem: String,
@@ -191,17 +201,7 @@ async fn reload_applies_to_open_connections_and_rejects_bad_files_whole() {
     let file = dir.join("gw.toml");
     let original = config_text(backend.addr, "", "");
     std::fs::write(&file, &original).unwrap();
-    let cfg = stackgate::config::load(&file).unwrap();
-    let store = stackgate::server::open_store(&cfg).unwrap();
-    let gw = stackgate::server::start_with(
-        cfg,
-        store,
-        Arc::new(SystemClock),
-        stackgate::ratelimit::RateClock::monotonic(),
-        Some(file.clone()),
-    )
-    .await
-    .unwrap();
+    let gw = start_from_file(&file).await;
     let mut conn = KeepAlive::connect(gw.addr).await;
     let h = [("api_key", API_KEY), ("authorization", RO)];
     assert_eq!(conn.send("POST", ENTRIES, &h, "{}").await.0, 403);
@@ -409,17 +409,7 @@ async fn certificates_are_reloaded_without_dropping_connections() {
     let file = dir.join("gw.toml");
     let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", first.cert.display(), first.key.display());
     std::fs::write(&file, config_text(backend.addr, &tls, "")).unwrap();
-    let cfg = stackgate::config::load(&file).unwrap();
-    let store = stackgate::server::open_store(&cfg).unwrap();
-    let gw = stackgate::server::start_with(
-        cfg,
-        store,
-        Arc::new(SystemClock),
-        stackgate::ratelimit::RateClock::monotonic(),
-        Some(file.clone()),
-    )
-    .await
-    .unwrap();
+    let gw = start_from_file(&file).await;
     let url = format!("https://localhost:{}{ENTRIES}", gw.addr.port());
     let get = || {
         http::Request::get(&url)
