@@ -132,8 +132,16 @@ pub fn spawn(gw: Arc<Gateway>) -> Option<tokio::task::JoinHandle<()>> {
     }
     Some(tokio::spawn(async move {
         let mut backoff: HashMap<(String, i64, &'static str), Backoff> = HashMap::new();
+        // Replicas sharing a store take turns: only the lease holder sends, so a
+        // notice goes out once, not once per replica. Held for three scans so a
+        // slow scan does not hand it over mid-way.
+        let lease = cfg.interval.saturating_mul(3);
         loop {
-            scan(&gw, &cfg, &channels, &mut backoff).await;
+            match gw.store().try_lead("expiry-notices", gw.replica_id(), lease).await {
+                Ok(true) => scan(&gw, &cfg, &channels, &mut backoff).await,
+                Ok(false) => tracing::debug!("expiry notices: another replica holds the lease"),
+                Err(e) => tracing::warn!(error = %e, "expiry notices: store unavailable, will retry"),
+            }
             tokio::time::sleep(cfg.interval).await;
         }
     }))

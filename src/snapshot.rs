@@ -117,10 +117,11 @@ impl Snapshot {
         rate_clock: &RateClock,
         upstream: UpstreamClient,
     ) -> Snapshot {
+        let share = config.ratelimit.local_share();
         let orgs: HashMap<Box<str>, Arc<OrgState>> = config
             .organizations
             .iter()
-            .map(|o| (o.uid.as_str().into(), Arc::new(org_state(o, previous, rate_clock))))
+            .map(|o| (o.uid.as_str().into(), Arc::new(org_state(o, previous, rate_clock, share))))
             .collect();
         let mut stacks = HashMap::with_capacity(config.stacks.len());
         for s in &config.stacks {
@@ -140,7 +141,7 @@ impl Snapshot {
         let mut tokens = HashMap::with_capacity_and_hasher(stored.len() + config.stacks.len(), DigestHash::default());
         let config_tokens = config.stacks.iter().flat_map(|s| s.tokens.iter());
         for rec in config_tokens.chain(stored.iter()) {
-            match compile_token(rec, &stack_configs, &stacks, previous, rate_clock) {
+            match compile_token(rec, &stack_configs, &stacks, previous, rate_clock, share) {
                 Some(token) => {
                     tokens.insert(rec.secret_sha256, Arc::new(token));
                 }
@@ -165,7 +166,8 @@ impl Snapshot {
         if let Some(rec) = upsert {
             let stack_configs: HashMap<&str, &crate::config::Stack> =
                 self.config.stacks.iter().filter(|s| s.api_key == rec.stack).map(|s| (s.api_key.as_str(), s)).collect();
-            match compile_token(rec, &stack_configs, &self.stacks, Some(self), &self.rate_clock) {
+            let share = self.config.ratelimit.local_share();
+            match compile_token(rec, &stack_configs, &self.stacks, Some(self), &self.rate_clock, share) {
                 Some(token) => {
                     tokens.insert(rec.secret_sha256, Arc::new(token));
                 }
@@ -209,12 +211,13 @@ impl Snapshot {
 }
 
 /// An organisation's buckets, kept from the previous snapshot where the rate is the same.
-fn org_state(o: &Organization, previous: Option<&Snapshot>, clock: &RateClock) -> OrgState {
+/// With `share` > 1 each bucket is this replica's part (Redis fail mode `local`).
+fn org_state(o: &Organization, previous: Option<&Snapshot>, clock: &RateClock, share: u32) -> OrgState {
     let prev = previous.and_then(|p| p.org(&o.uid)).map(|p| &p.buckets);
     let burst = |rate: u32| o.burst.unwrap_or(rate);
     let keep = |old: Option<&Arc<Bucket>>, name, rate, burst| match old {
         Some(b) if b.rate() == rate && b.burst() == burst => Arc::clone(b),
-        _ => Arc::new(Bucket::new(name, rate, burst, clock)),
+        _ => Arc::new(Bucket::shared(name, rate, burst, share, clock)),
     };
     let buckets = OrgBuckets {
         read: keep(prev.map(|b| &b.read), "org-read", o.read_per_second, burst(o.read_per_second)),
@@ -231,13 +234,14 @@ fn compile_token(
     stacks: &HashMap<Box<str>, Arc<StackView>>,
     previous: Option<&Snapshot>,
     clock: &RateClock,
+    share: u32,
 ) -> Option<Token> {
     let stack_cfg = *stack_configs.get(rec.stack.as_str())?;
     let view = stacks.get(rec.stack.as_str())?;
     let grants = compile_scope(&rec.scope, stack_cfg).ok()?;
     let access_label = if grants.write.is_empty() { "read" } else { "read-write" };
     let prev = previous.and_then(|p| p.token(&rec.secret_sha256)).filter(|t| *t.uid == *rec.uid);
-    let buckets = token_buckets(rec, &view.organization, prev.map(|t| &*t.buckets), clock);
+    let buckets = token_buckets(rec, &view.organization, prev.map(|t| &*t.buckets), clock, share);
     Some(Token {
         uid: rec.uid.as_str().into(),
         stack: Arc::clone(view),
@@ -255,6 +259,7 @@ fn token_buckets(
     org: &OrgState,
     prev: Option<&TokenBuckets>,
     clock: &RateClock,
+    share: u32,
 ) -> Arc<TokenBuckets> {
     if rec.rate_limit.is_none() {
         return Arc::clone(&org.default_charges);
@@ -268,7 +273,7 @@ fn token_buckets(
         let rate = custom.min(org_rate);
         Some(match old {
             Some(b) if b.rate() == rate => Arc::clone(b),
-            _ => Arc::new(Bucket::new(name, rate, rate, clock)),
+            _ => Arc::new(Bucket::shared(name, rate, rate, share, clock)),
         })
     };
     let rl = rec.rate_limit;

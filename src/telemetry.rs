@@ -110,6 +110,10 @@ pub struct Metrics {
     reloads_failed: Counter,
     pub notices_sent: Counter,
     pub notices_failed: Counter,
+    /// 1 while the shared rate-limit backend (Redis) answers, 0 while the fail mode applies.
+    pub ratelimit_backend_up: Gauge,
+    /// Requests decided by the fail mode, by mode (`open`, `closed`, `local`).
+    pub ratelimit_fallbacks: [Counter; 3],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,6 +164,21 @@ impl Metrics {
         let notices_sent = notices.get_or_create(&[("result", "sent")]).clone();
         let notices_failed = notices.get_or_create(&[("result", "failed")]).clone();
         registry.register("expiry_notices", "Token expiry notices by result", notices);
+        let ratelimit_backend_up = Gauge::default();
+        ratelimit_backend_up.set(1);
+        registry.register(
+            "ratelimit_backend_up",
+            "Whether the shared rate-limit backend answers (always 1 with local buckets)",
+            ratelimit_backend_up.clone(),
+        );
+        let fallbacks = Family::<Labels1, Counter>::default();
+        let ratelimit_fallbacks =
+            std::array::from_fn(|i| fallbacks.get_or_create(&[("mode", ["open", "closed", "local"][i])]).clone());
+        registry.register(
+            "ratelimit_fallbacks",
+            "Requests decided by the rate-limit fail mode while Redis was unreachable",
+            fallbacks,
+        );
         Metrics {
             registry,
             requests,
@@ -172,6 +191,8 @@ impl Metrics {
             reloads_failed,
             notices_sent,
             notices_failed,
+            ratelimit_backend_up,
+            ratelimit_fallbacks,
         }
     }
 

@@ -20,7 +20,7 @@ const ENTRIES: &str = "/v3/content_types/blog/entries";
 /// The real server started from a config file, so that reload re-reads that file.
 async fn start_from_file(file: &std::path::Path) -> stackgate::server::Running {
     let cfg = stackgate::config::load(file).unwrap();
-    let store = stackgate::server::open_store(&cfg).unwrap();
+    let store = stackgate::server::open_store(&cfg).await.unwrap();
     let rate_clock = stackgate::ratelimit::RateClock::monotonic();
     stackgate::server::start_with(cfg, store, Arc::new(SystemClock), rate_clock, Some(file.to_path_buf()))
         .await

@@ -110,7 +110,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let (listen, admin) = (cfg.server.listen, cfg.admin_listen);
-    let store = crate::server::open_store(&cfg).map_err(|e| anyhow::anyhow!("token store: {e}"))?;
+    let store = crate::server::open_store(&cfg).await.map_err(|e| anyhow::anyhow!("token store: {e}"))?;
     let running = crate::server::start_with(
         cfg,
         store,

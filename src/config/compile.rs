@@ -1,6 +1,6 @@
 //! Raw config -> validated [`Config`]. Collects every problem with its TOML path.
 
-use super::raw::{RawConfig, RawOrganization, RawStack, RawToken, RawUpstream, RawUser};
+use super::raw::{RawConfig, RawOrganization, RawRateLimit, RawStack, RawStore, RawToken, RawUpstream, RawUser};
 use super::units::{parse_duration, parse_size};
 use crate::token::{compile_scope, parse_digest, parse_expiry, BranchCatalog, Origin, TokenRecord};
 use http::uri::{Authority, Scheme};
@@ -56,6 +56,7 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub upstream: Upstream,
     pub store: Store,
+    pub ratelimit: RateLimiting,
     pub notify: Notify,
     pub guard: Guard,
     pub organizations: Vec<Organization>,
@@ -110,9 +111,93 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
+    /// The embedded store's file (`None` with no `postgres`: in memory).
     pub path: Option<PathBuf>,
+    /// A PostgreSQL store shared by several replicas, instead of `path`.
+    pub postgres: Option<Postgres>,
+}
+
+/// A shared PostgreSQL token store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// The connection URL; may hold a password, so never printed (see `Debug`).
+    pub url: Secret,
+    pub pool_size: usize,
+    pub resync_interval: Duration,
+}
+
+impl fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Postgres").field("pool_size", &self.pool_size).finish_non_exhaustive()
+    }
+}
+
+/// A value that must not reach logs (a URL with a password). `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Where rate buckets live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimiting {
+    /// Shared buckets in Redis; `None`: this process's own (governor) buckets.
+    pub redis: Option<RedisLimits>,
+}
+
+impl RateLimiting {
+    /// Each replica's share of a rate in its local buckets: `replicas` when they stand
+    /// in for Redis (`fail_mode = "local"`), else 1 (the whole rate).
+    pub fn local_share(&self) -> u32 {
+        match &self.redis {
+            Some(r) if r.fail_mode == FailMode::Local => r.replicas,
+            _ => 1,
+        }
+    }
+}
+
+/// Redis-backed buckets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisLimits {
+    pub url: Secret,
+    pub fail_mode: FailMode,
+    pub replicas: u32,
+    pub timeout: Duration,
+    pub key_prefix: String,
+}
+
+impl fmt::Debug for RedisLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimits")
+            .field("fail_mode", &self.fail_mode)
+            .field("replicas", &self.replicas)
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request gets while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Admitted, and counted.
+    Open,
+    /// Refused with 503.
+    Closed,
+    /// Charged to this replica's local buckets at `rate / replicas`.
+    Local,
 }
 
 /// Failed authentications per client address before a cool-down (0 = off).
@@ -233,7 +318,8 @@ pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigError
     let organizations = organizations(&raw.organizations, &mut errs);
     let users = users(&raw.users, &mut errs);
     let stacks = stacks(&raw.stacks, &organizations, &users, &mut errs);
-    let store = Store { path: raw.store.path.as_ref().map(PathBuf::from) };
+    let store = store(&raw.store, &mut errs);
+    let ratelimit = ratelimit(&raw.ratelimit, &mut errs);
     if let (Some(s), Some(u)) = (&server, &upstream) {
         if u.request_timeout >= s.limits.idle_timeout {
             errs.push(
@@ -242,9 +328,11 @@ pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigError
             );
         }
     }
-    match (server, admin_listen, upstream, notify, guard) {
-        (Some(server), Some(admin_listen), Some(upstream), Some(notify), Some(guard)) if errs.0.is_empty() => {
-            Ok(Config { server, admin_listen, upstream, store, notify, guard, organizations, users, stacks })
+    match (server, admin_listen, upstream, notify, guard, store, ratelimit) {
+        (Some(server), Some(admin_listen), Some(upstream), Some(notify), Some(guard), Some(store), Some(ratelimit))
+            if errs.0.is_empty() =>
+        {
+            Ok(Config { server, admin_listen, upstream, store, ratelimit, notify, guard, organizations, users, stacks })
         }
         _ => Err(errs),
     }
@@ -394,6 +482,100 @@ fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
         forward_token: u.forward_token.unwrap_or(false),
         ca_file: u.ca_file.as_ref().map(PathBuf::from),
     })
+}
+
+/// A URL given inline (`url`) or by the name of an environment variable (`url_env`).
+fn url_setting(
+    inline: Option<&String>,
+    env: Option<&String>,
+    section: &str,
+    errs: &mut ConfigErrors,
+) -> Option<Option<Secret>> {
+    match (inline, env) {
+        (None, None) => Some(None),
+        (Some(_), Some(_)) => {
+            errs.push(format!("{section}.url_env"), "give either url or url_env, not both");
+            None
+        }
+        (Some(url), None) => Some(Some(Secret(url.clone()))),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(url) if !url.is_empty() => Some(Some(Secret(url))),
+            _ => {
+                errs.push(format!("{section}.url_env"), format!("environment variable {var} is not set"));
+                None
+            }
+        },
+    }
+}
+
+fn store(s: &RawStore, errs: &mut ConfigErrors) -> Option<Store> {
+    let url = url_setting(s.url.as_ref(), s.url_env.as_ref(), "store", errs)?;
+    let pool_size = bounded(s.pool_size, 8usize, 1, 1024, "store.pool_size".into(), errs);
+    let resync = positive_duration(s.resync_interval.as_deref(), "5m", "store.resync_interval", errs);
+    let postgres = match url {
+        None => None,
+        Some(url) => {
+            if s.path.is_some() {
+                errs.push("store.url", "give either path (embedded) or url (PostgreSQL), not both");
+            }
+            let scheme_ok = url.0.starts_with("postgres://") || url.0.starts_with("postgresql://");
+            if !scheme_ok || url.0.parse::<tokio_postgres::Config>().is_err() {
+                // The URL itself is not echoed: it may carry a password.
+                errs.push("store.url", "must be a postgres://user@host/database URL");
+            }
+            Some(Postgres { url, pool_size: pool_size?, resync_interval: resync? })
+        }
+    };
+    Some(Store { path: s.path.as_ref().map(PathBuf::from), postgres })
+}
+
+fn ratelimit(r: &RawRateLimit, errs: &mut ConfigErrors) -> Option<RateLimiting> {
+    let url = url_setting(r.url.as_ref(), r.url_env.as_ref(), "ratelimit", errs)?;
+    let fail_mode = match r.fail_mode.as_deref().unwrap_or("local") {
+        "open" => Some(FailMode::Open),
+        "closed" => Some(FailMode::Closed),
+        "local" => Some(FailMode::Local),
+        other => {
+            errs.push("ratelimit.fail_mode", format!("'{other}' must be \"open\", \"closed\" or \"local\""));
+            None
+        }
+    };
+    let replicas = bounded(r.replicas, 1u32, 1, 10_000, "ratelimit.replicas".into(), errs);
+    let timeout = positive_duration(r.timeout.as_deref(), "100ms", "ratelimit.timeout", errs);
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "stackgate".to_owned());
+    if key_prefix.is_empty() || !key_prefix.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}') {
+        errs.push("ratelimit.key_prefix", "must be printable ASCII without spaces or braces");
+    }
+    match r.backend.as_deref().unwrap_or("local") {
+        "local" => {
+            if url.is_some() {
+                errs.push("ratelimit.url", "only used with backend = \"redis\"");
+            }
+            Some(RateLimiting { redis: None })
+        }
+        "redis" => {
+            let Some(url) = url else {
+                errs.push("ratelimit.url", "backend = \"redis\" needs url (or url_env) = \"redis://host:6379\"");
+                return None;
+            };
+            if redis::Client::open(url.expose()).is_err() {
+                errs.push("ratelimit.url", "must be a redis:// or rediss:// URL");
+            }
+            Some(RateLimiting {
+                redis: Some(RedisLimits {
+                    url,
+                    fail_mode: fail_mode?,
+                    replicas: replicas?,
+                    timeout: timeout?,
+                    key_prefix,
+                }),
+            })
+        }
+        other => {
+            errs.push("ratelimit.backend", format!("'{other}' must be \"local\" or \"redis\""));
+            None
+        }
+    }
 }
 
 fn uri_has_query(url: &str) -> bool {

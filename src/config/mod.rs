@@ -7,8 +7,8 @@ pub mod raw;
 mod units;
 
 pub use compile::{
-    compile, Config, ConfigError, ConfigErrors, Guard, Limits, Notify, Organization, Role, Server, Smtp, Stack, Store,
-    TlsFiles, Upstream, User, UserSessions,
+    compile, Config, ConfigError, ConfigErrors, FailMode, Guard, Limits, Notify, Organization, Postgres, RateLimiting,
+    RedisLimits, Role, Secret, Server, Smtp, Stack, Store, TlsFiles, Upstream, User, UserSessions,
 };
 pub use units::{parse_duration, parse_size};
 

@@ -17,6 +17,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub store: RawStore,
     #[serde(default)]
+    pub ratelimit: RawRateLimit,
+    #[serde(default)]
     pub notify: RawNotify,
     #[serde(default)]
     pub guard: RawGuard,
@@ -69,6 +71,27 @@ pub struct RawUpstream {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawStore {
     pub path: Option<String>,
+    /// `postgres://...` (shared by several replicas), instead of `path`.
+    pub url: Option<String>,
+    /// Name of an environment variable holding the URL (keeps a password out of the file).
+    pub url_env: Option<String>,
+    pub pool_size: Option<i64>,
+    /// How often a shared store is re-read whole, as a backstop to change notifications.
+    pub resync_interval: Option<String>,
+}
+
+/// Where rate buckets live: this process (default) or Redis, shared by replicas.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRateLimit {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub fail_mode: Option<String>,
+    pub replicas: Option<i64>,
+    /// How long a request waits for Redis before the fail mode applies.
+    pub timeout: Option<String>,
+    /// Prefix of every Redis key (several deployments can share one Redis).
+    pub key_prefix: Option<String>,
 }
 
 /// Credential-guessing protection.

@@ -1,6 +1,6 @@
 //! The synchronous decision stages of DESIGN.md section 1: normalize, classify,
-//! authenticate, authorize, rate limit. [`decide`] runs them in order over one
-//! snapshot; `inspect_body` and `forward` need the body and run in the server.
+//! authenticate, authorize. [`decide`] runs them in order over one snapshot; the rate
+//! limit (which may ask Redis), `inspect_body` and `forward` run in the server.
 
 pub mod auth;
 pub mod classify;
@@ -13,7 +13,6 @@ pub use normalize::{normalize, Target};
 pub use policy::{authorize, inspect_body};
 
 use crate::error::{Denial, GatewayError};
-use crate::ratelimit::{self, RateInfo};
 use crate::snapshot::Snapshot;
 use http::header::AUTHORIZATION;
 use http::request::Parts;
@@ -22,8 +21,9 @@ use http::Method;
 /// What to do with a request that passed the synchronous stages.
 #[derive(Debug)]
 pub enum Route {
-    /// Forward to the backend (after `inspect_body` if the operation needs it).
-    Proxy { principal: Principal, rate: Option<RateInfo> },
+    /// Rate-limit, then forward to the backend (after `inspect_body` if the operation
+    /// needs it).
+    Proxy { principal: Principal },
     /// Served by stackgate's token-management API.
     TokenApi,
     /// `OPTIONS`: answered by the gateway, never authorised or forwarded.
@@ -47,7 +47,7 @@ pub struct Facts {
     pub canonical: Option<Box<str>>,
 }
 
-/// Runs normalize, classify, authenticate, authorize and rate limit at Unix time `now`.
+/// Runs normalize, classify, authenticate and authorize at Unix time `now`.
 pub fn decide<'a>(
     snap: &Snapshot,
     parts: &'a Parts,
@@ -69,14 +69,10 @@ pub fn decide<'a>(
         return Ok(Decision { target, op, route: Route::TokenApi });
     }
     let principal = authenticate(snap, &parts.headers, now)?;
-    let rate = match &principal {
-        Principal::Token(token) => {
-            facts.token_uid = Some(token.uid.clone());
-            authorize(token, &op, parts.headers.get(auth::BRANCH))?;
-            Some(ratelimit::check(token, &op)?)
-        }
-        // The backend is the authority for users: nothing to check or charge here.
-        Principal::UserSession => None,
-    };
-    Ok(Decision { target, op, route: Route::Proxy { principal, rate } })
+    if let Principal::Token(token) = &principal {
+        facts.token_uid = Some(token.uid.clone());
+        authorize(token, &op, parts.headers.get(auth::BRANCH))?;
+    }
+    // The backend is the authority for users: nothing to check here.
+    Ok(Decision { target, op, route: Route::Proxy { principal } })
 }

@@ -51,15 +51,18 @@ async fn answer(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Ful
     Ok(resp.map(Full::new))
 }
 
-/// Ready: a config is loaded (always, once running), the store answers, not draining.
+/// Ready while not draining: a snapshot is loaded (always, once running) and requests
+/// are served from it even while the token store is down, so a store outage must not
+/// take every replica out of its load balancer. The store's state is reported.
 async fn readyz(gw: &Gateway) -> Response<Bytes> {
     if gw.is_draining() {
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
     }
-    match gw.store().ping().await {
-        Ok(()) => json_response(StatusCode::OK, &json!({"status": "ready"})),
-        Err(_) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "store unavailable"})),
-    }
+    let store = match gw.store().ping().await {
+        Ok(()) => "up",
+        Err(_) => "unavailable (serving the last snapshot; token changes answer 503)",
+    };
+    json_response(StatusCode::OK, &json!({"status": "ready", "store": store}))
 }
 
 async fn reload(gw: &Gateway) -> Response<Bytes> {

@@ -7,6 +7,7 @@ use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::{
     self, prepare_request_headers, prepare_response_headers, Body, BodyState, Identity, ReqBody, Streamed,
 };
+use crate::ratelimit::RateLimit;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
@@ -97,7 +98,13 @@ async fn process(
     let (principal, rate) = match route {
         Route::Preflight => return Ok(preflight()),
         Route::TokenApi => return crate::token_api::handle(gw, &parts, &target.path, body).await,
-        Route::Proxy { principal, rate } => (principal, rate),
+        Route::Proxy { principal } => {
+            let rate = match &principal {
+                Principal::Token(token) => gw.limiter.charge(token, &op).await?,
+                Principal::UserSession => None,
+            };
+            (principal, rate)
+        }
     };
     let uri = snap.upstream.uri_for(&target.path, target.query)?;
     let identity = match &principal {

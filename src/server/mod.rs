@@ -12,10 +12,11 @@ pub use handler::handle;
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigErrors};
 use crate::proxy::UpstreamClient;
-use crate::ratelimit::RateClock;
+use crate::ratelimit::{Limiter, RateClock};
 use crate::snapshot::Snapshot;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{StoreError, TokenStore};
+use crate::store::{StoreError, StoreEvent, TokenStore};
 use crate::telemetry::Metrics;
 use crate::tls::TlsError;
 use crate::token::TokenRecord;
@@ -47,6 +48,8 @@ pub enum ReloadError {
     Tls(#[from] TlsError),
     #[error("token store: {0}")]
     Store(#[from] StoreError),
+    #[error("rate-limit backend: {0}")]
+    RateLimit(#[from] redis::RedisError),
     #[error("no config file to reload from")]
     NoFile,
 }
@@ -73,6 +76,10 @@ pub struct Gateway {
     draining: AtomicBool,
     /// Failed-authentication counters per client address.
     guard: crate::guard::AuthGuard,
+    /// Where rate buckets are charged (set at start; changing it needs a restart).
+    pub(crate) limiter: Limiter,
+    /// This process among replicas (lease holder name).
+    replica_id: String,
     pub metrics: Arc<Metrics>,
 }
 
@@ -91,6 +98,12 @@ impl Gateway {
         let snapshot = Snapshot::build(Arc::new(config), &stored, None, &rate_clock, upstream);
         let metrics = Arc::new(Metrics::new());
         metrics.tokens_loaded.set(i64::try_from(snapshot.token_count()).unwrap_or(i64::MAX));
+        let limiter = match &snapshot.config.ratelimit.redis {
+            None => Limiter::Local,
+            Some(settings) => {
+                Limiter::Redis(crate::ratelimit::redis::RedisLimiter::start(settings, Arc::clone(&metrics)).await?)
+            }
+        };
         Ok(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             tls: ArcSwapOption::new(tls),
@@ -102,6 +115,8 @@ impl Gateway {
             config_path,
             draining: AtomicBool::new(false),
             guard: crate::guard::AuthGuard::default(),
+            limiter,
+            replica_id: crate::store::process_id(),
             metrics,
         })
     }
@@ -117,6 +132,11 @@ impl Gateway {
 
     pub fn clock(&self) -> &dyn Clock {
         &*self.clock
+    }
+
+    /// This process's name among replicas sharing a store.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
     }
 
     /// Whether shutdown has begun (`/readyz` answers 503).
@@ -143,6 +163,54 @@ impl Gateway {
         self.tls.store(tls);
         self.swap(next);
         Ok(report)
+    }
+
+    /// Applies a change another replica made to the shared store: re-reads the token
+    /// (gone: deleted) and swaps in a snapshot with it.
+    async fn apply_remote(&self, stack: &str, uid: &str, secret_sha256: &[u8; 32]) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let rec = self.store.get(stack, uid).await?;
+        let next = self.snapshot.load().with_token_change(rec.as_ref(), Some(secret_sha256));
+        self.swap(next);
+        tracing::debug!(token.uid = %uid, present = rec.is_some(), "token change from another replica applied");
+        Ok(())
+    }
+
+    /// Re-reads every stored token into a new snapshot (same config; rate buckets of
+    /// unchanged tokens kept), after changes may have been missed.
+    async fn resync(&self) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let stored = self.store.load_all().await?;
+        let current = self.snapshot.load_full();
+        let next = Snapshot::build(
+            Arc::clone(&current.config),
+            &stored,
+            Some(&current),
+            &self.rate_clock,
+            current.upstream.clone(),
+        );
+        self.swap(next);
+        tracing::debug!(tokens = stored.len(), "tokens re-read from the shared store");
+        Ok(())
+    }
+
+    /// Applies other replicas' changes as the shared store reports them. A change that
+    /// cannot be read back (store down) turns into a full re-read, retried until it
+    /// succeeds, so a deletion is never dropped.
+    async fn follow(self: Arc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<StoreEvent>) {
+        while let Some(event) = events.recv().await {
+            let mut result = match &event {
+                StoreEvent::Changed { stack, uid, secret_sha256 } => self.apply_remote(stack, uid, secret_sha256).await,
+                StoreEvent::Resync => self.resync().await,
+            };
+            let mut backoff = std::time::Duration::from_millis(100);
+            while let Err(e) = result {
+                tracing::warn!(error = %e, retry_in = ?backoff, "could not apply token changes from the shared store");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                result = self.resync().await;
+            }
+        }
     }
 
     /// Re-reads the config file (SIGHUP, `POST /reload`). An invalid file is rejected
@@ -220,8 +288,10 @@ fn keep_restart_only_settings(running: &Config, next: &mut Config) -> ReloadRepo
     }
     keep("server limits", running.server.limits != next.server.limits);
     next.server.limits = running.server.limits.clone();
-    keep("store", running.store.path != next.store.path);
+    keep("store", running.store != next.store);
     next.store = running.store.clone();
+    keep("ratelimit", running.ratelimit != next.ratelimit);
+    next.ratelimit = running.ratelimit.clone();
     keep("notify", format!("{:?}", running.notify) != format!("{:?}", next.notify));
     next.notify = running.notify.clone();
     report
@@ -261,8 +331,12 @@ impl Running {
     }
 }
 
-/// Opens the configured store (`[store] path`, else in memory with a warning).
-pub fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
+/// Opens the configured store: PostgreSQL (`[store] url`), the embedded file
+/// (`[store] path`), else in memory with a warning.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
+    if let Some(pg) = &config.store.postgres {
+        return Ok(Arc::new(PgStore::connect(pg).await?));
+    }
     match &config.store.path {
         Some(path) => Ok(Arc::new(SqliteStore::open(path)?)),
         None => {
@@ -275,7 +349,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
 /// Binds the configured listeners (port 0 picks a free port) and starts serving, with
 /// the configured store, the monotonic clock for rate limits and `clock` for expiry.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> std::io::Result<Running> {
-    let store = open_store(&config).map_err(std::io::Error::other)?;
+    let store = open_store(&config).await.map_err(std::io::Error::other)?;
     start_with(config, store, clock, RateClock::monotonic(), None).await
 }
 
@@ -296,6 +370,9 @@ pub async fn start_with(
     config.admin_listen = admin_addr;
     let gateway = Gateway::new(config, store, clock, rate_clock, config_path).await.map_err(std::io::Error::other)?;
     let gateway = Arc::new(gateway);
+    if let Some(events) = gateway.store.subscribe() {
+        tokio::spawn(Arc::clone(&gateway).follow(events));
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(listener::serve(listener, Arc::clone(&gateway), shutdown_rx));
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&gateway)));

@@ -4,10 +4,13 @@
 //! The store is the source of truth for tokens created through the API; the request
 //! path never reads it (it reads the snapshot, rebuilt after every committed change).
 
+pub mod postgres;
 pub mod sqlite;
 
-use crate::token::TokenRecord;
+use crate::token::{parse_expiry, Origin, RateLimit, ScopeEntry, TokenRecord};
 use async_trait::async_trait;
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,4 +59,101 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn first_notice(&self, uid: &str, expires_at: i64) -> Result<Option<i64>, StoreError>;
     /// Records that a notice went out, so no restart sends it again.
     async fn mark_notified(&self, uid: &str, expires_at: i64, channel: &str, at: i64) -> Result<(), StoreError>;
+    /// Takes or renews the lease `name` for `holder` for `ttl`; `true` while `holder`
+    /// holds it. Replicas sharing a store use it so one of them, not all, runs a duty
+    /// such as sending expiry notices. A store only one process uses always says yes.
+    async fn try_lead(&self, _name: &str, _holder: &str, _ttl: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Changes other processes make to a shared store, as they commit. `None` for a
+    /// store only this process writes (its own changes are applied as they commit).
+    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<StoreEvent>> {
+        None
+    }
+}
+
+/// A change to a shared store that this process did not make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// The token (`stack`, `uid`, secret hash) was created, updated or deleted: read it
+    /// again (gone means deleted).
+    Changed { stack: String, uid: String, secret_sha256: [u8; 32] },
+    /// Changes may have been missed (first connect, reconnect, periodic backstop):
+    /// re-read every token.
+    Resync,
+}
+
+/// A random id naming this store handle among replicas (notifications, leases).
+pub fn process_id() -> String {
+    let mut bytes = [0u8; 8];
+    // Without randomness the time still tells replicas apart well enough.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        bytes = (nanos.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    hex::encode(bytes)
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn scope_json(rec: &TokenRecord) -> Result<String, StoreError> {
+    serde_json::to_string(&rec.scope).map_err(|e| unavailable(&e))
+}
+
+/// A token row as every SQL engine stores it (scope as JSON text, expiry as the date
+/// the user chose); decoded in one place so the engines cannot disagree.
+struct Columns {
+    uid: String,
+    stack: String,
+    name: String,
+    description: String,
+    secret: Vec<u8>,
+    scope: String,
+    expires_on: Option<String>,
+    notify: bool,
+    rate: (Option<u32>, Option<u32>),
+    created_by: String,
+    updated_by: String,
+    created_at: String,
+    updated_at: String,
+}
+
+impl Columns {
+    /// The record, or `None` (logged) for a row that no longer parses.
+    fn into_record(self) -> Option<TokenRecord> {
+        let (Ok(secret_sha256), Ok(scope)) =
+            (<[u8; 32]>::try_from(self.secret), serde_json::from_str::<Vec<ScopeEntry>>(&self.scope))
+        else {
+            tracing::error!(token.uid = %self.uid, "unreadable token row skipped");
+            return None;
+        };
+        let Ok(expires_on) = self.expires_on.map(|e| parse_expiry(&e)).transpose() else {
+            tracing::error!(token.uid = %self.uid, "token row with unreadable expiry skipped");
+            return None;
+        };
+        Some(TokenRecord {
+            uid: self.uid,
+            stack: self.stack,
+            name: self.name,
+            description: self.description,
+            secret_sha256,
+            scope,
+            expires_on,
+            is_email_notification_enabled: self.notify,
+            rate_limit: match self.rate {
+                (Some(read_per_second), Some(write_per_second)) => {
+                    Some(RateLimit { read_per_second, write_per_second })
+                }
+                _ => None,
+            },
+            created_by: self.created_by,
+            updated_by: self.updated_by,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            expiry_notified_at: None,
+            origin: Origin::Store,
+        })
+    }
 }

@@ -2,8 +2,8 @@
 //! commit is on disk before the API answers and a crash at any point leaves either
 //! the whole change or none of it. The schema is versioned with `PRAGMA user_version`.
 
-use super::{Cap, StoreError, TokenStore};
-use crate::token::{parse_expiry, Origin, RateLimit, ScopeEntry, TokenRecord};
+use super::{unavailable, Cap, Columns, StoreError, TokenStore};
+use crate::token::TokenRecord;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use std::path::Path;
@@ -77,7 +77,7 @@ impl SqliteStore {
                     rec.name,
                     rec.description,
                     rec.secret_sha256.as_slice(),
-                    scope_json(rec)?,
+                    super::scope_json(rec)?,
                     rec.expires_on.as_ref().map(|e| e.text.clone()),
                     rec.is_email_notification_enabled,
                     rate.map(|r| r.0),
@@ -121,10 +121,6 @@ impl SqliteStore {
     }
 }
 
-fn unavailable(e: &dyn std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| unavailable(&e))?;
     if version > MIGRATIONS.len() {
@@ -148,44 +144,22 @@ const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expi
 
 /// A row -> record; rows that no longer parse are reported, not loaded.
 fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
-    let uid: String = row.get(0)?;
-    let secret: Vec<u8> = row.get(4)?;
-    let scope: String = row.get(5)?;
-    let expires_on: Option<String> = row.get(6)?;
-    let rate: (Option<u32>, Option<u32>) = (row.get(8)?, row.get(9)?);
-    let (Ok(secret_sha256), Ok(scope)) =
-        (<[u8; 32]>::try_from(secret), serde_json::from_str::<Vec<ScopeEntry>>(&scope))
-    else {
-        tracing::error!(token.uid = %uid, "unreadable token row skipped");
-        return Ok(None);
-    };
-    let expires_on = match expires_on.map(|e| parse_expiry(&e)).transpose() {
-        Ok(e) => e,
-        Err(_) => {
-            tracing::error!(token.uid = %uid, "token row with unreadable expiry skipped");
-            return Ok(None);
-        }
-    };
-    Ok(Some(TokenRecord {
-        uid,
+    Ok(Columns {
+        uid: row.get(0)?,
         stack: row.get(1)?,
         name: row.get(2)?,
         description: row.get(3)?,
-        secret_sha256,
-        scope,
-        expires_on,
-        is_email_notification_enabled: row.get(7)?,
-        rate_limit: match rate {
-            (Some(read_per_second), Some(write_per_second)) => Some(RateLimit { read_per_second, write_per_second }),
-            _ => None,
-        },
+        secret: row.get(4)?,
+        scope: row.get(5)?,
+        expires_on: row.get(6)?,
+        notify: row.get(7)?,
+        rate: (row.get(8)?, row.get(9)?),
         created_by: row.get(10)?,
         updated_by: row.get(11)?,
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
-        expiry_notified_at: None,
-        origin: Origin::Store,
-    }))
+    }
+    .into_record())
 }
 
 fn query(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<TokenRecord>, StoreError> {
@@ -199,10 +173,6 @@ fn query(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> R
         }
     }
     Ok(out)
-}
-
-fn scope_json(rec: &TokenRecord) -> Result<String, StoreError> {
-    serde_json::to_string(&rec.scope).map_err(|e| unavailable(&e))
 }
 
 fn is_name_clash(e: &rusqlite::Error) -> bool {
@@ -233,7 +203,7 @@ impl TokenStore for SqliteStore {
     async fn create(&self, rec: &TokenRecord, cap: Cap) -> Result<(), StoreError> {
         let rec = rec.clone();
         self.with(move |c| {
-            let scope = scope_json(&rec)?;
+            let scope = super::scope_json(&rec)?;
             // IMMEDIATE takes the write lock first, so count-then-insert is atomic.
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
             let stored: u32 = tx
@@ -263,7 +233,7 @@ impl TokenStore for SqliteStore {
     async fn update(&self, rec: &TokenRecord) -> Result<(), StoreError> {
         let rec = rec.clone();
         self.with(move |c| {
-            let scope = scope_json(&rec)?;
+            let scope = super::scope_json(&rec)?;
             let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
             let changed = c.execute(
                 "UPDATE tokens SET name = ?3, description = ?4, scope = ?5, expires_on = ?6,
@@ -352,7 +322,7 @@ impl TokenStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{hash_secret, Acl};
+    use crate::token::{hash_secret, parse_expiry, Acl, Origin, RateLimit, ScopeEntry};
 
     fn rec(uid: &str, stack: &str, name: &str) -> TokenRecord {
         TokenRecord {

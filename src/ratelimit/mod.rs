@@ -1,4 +1,6 @@
-//! Stage 6: rate limiting (DESIGN.md section 3), GCRA buckets from `governor`.
+//! Stage 6: rate limiting (DESIGN.md sections 3 and 7), behind one trait,
+//! [`RateLimit`], with two backends: this process's GCRA buckets from `governor`
+//! (default, [`check`]) and Redis shared by every replica ([`redis::RedisLimiter`]).
 //!
 //! A token with a custom rate owns read and write buckets that live beside its record
 //! in the snapshot (no keyed lookup on the hot path); every organisation owns read,
@@ -6,6 +8,8 @@
 //! bucket first and the organisation's only if the token's admitted, so a token over
 //! its own limit never spends its organisation's budget. Buckets are `Arc`s carried
 //! from one snapshot to the next while their rate is unchanged (see `snapshot.rs`).
+
+pub mod redis;
 
 use crate::error::GatewayError;
 use crate::pipeline::{Access, Operation, Rule};
@@ -16,6 +20,7 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,7 +68,7 @@ impl Clock for RateClock {
     }
 }
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, RateClock, StateInformationMiddleware>;
+type Gcra = RateLimiter<NotKeyed, InMemoryState, RateClock, StateInformationMiddleware>;
 
 /// One GCRA bucket with the facts its headers need.
 #[derive(Debug)]
@@ -71,19 +76,32 @@ pub struct Bucket {
     name: &'static str,
     rate: u32,
     burst: u32,
-    limiter: Limiter,
+    limiter: Gcra,
     clock: RateClock,
 }
 
 impl Bucket {
     /// A bucket admitting `rate` per second with room for `burst` at once.
     pub fn new(name: &'static str, rate: u32, burst: u32, clock: &RateClock) -> Bucket {
+        Bucket::shared(name, rate, burst, 1, clock)
+    }
+
+    /// One replica's part of a bucket that `share` replicas split evenly: `rate / share`
+    /// per second (fractions kept), room for `burst / share` (rounded up) at once.
+    pub fn shared(name: &'static str, rate: u32, burst: u32, share: u32, clock: &RateClock) -> Bucket {
         let rate_nz = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
         let burst_nz = NonZeroU32::new(burst).unwrap_or(rate_nz);
-        let quota = Quota::per_second(rate_nz).allow_burst(burst_nz);
+        let share = share.max(1);
+        let period = Duration::from_secs(u64::from(share)) / rate_nz.get();
+        let burst_part = NonZeroU32::new(burst_nz.get().div_ceil(share)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period).unwrap_or(Quota::per_second(rate_nz)).allow_burst(burst_part);
         let limiter =
             RateLimiter::direct_with_clock(quota, clock.clone()).with_middleware::<StateInformationMiddleware>();
         Bucket { name, rate: rate_nz.get(), burst: burst_nz.get(), limiter, clock: clock.clone() }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     pub fn rate(&self) -> u32 {
@@ -151,6 +169,16 @@ impl Charge {
     pub fn own(&self) -> Option<&Arc<Bucket>> {
         self.own.as_ref()
     }
+
+    /// The buckets in charging order, each with whether it is the token's own.
+    pub fn parts(&self) -> impl Iterator<Item = (&Bucket, bool)> {
+        self.own.iter().map(|b| (&**b, true)).chain(self.bulk.iter().chain(Some(&self.org)).map(|b| (&**b, false)))
+    }
+
+    /// The `RateLimit-Policy` value of this charge.
+    pub fn policy(&self) -> &HeaderValue {
+        &self.policy
+    }
 }
 
 /// The buckets a token draws from, per kind of request.
@@ -190,15 +218,68 @@ impl RateInfo {
     }
 }
 
-/// Charges a management-token request to its buckets, token first.
-pub fn check(token: &Token, op: &Operation) -> Result<RateInfo, GatewayError> {
+/// The rate-limit backends' one interface: charge a management-token request to its
+/// buckets. `Ok(None)`: admitted with nothing to report (Redis unreachable, fail open).
+pub trait RateLimit: Send + Sync {
+    fn charge(
+        &self,
+        token: &Token,
+        op: &Operation,
+    ) -> impl Future<Output = Result<Option<RateInfo>, GatewayError>> + Send;
+}
+
+/// The configured backend. An enum rather than a trait object so the local path stays
+/// a plain function call (no boxed future per request).
+pub enum Limiter {
+    /// This process's buckets, kept in the snapshot beside each token.
+    Local,
+    /// Buckets in Redis, shared by every replica.
+    Redis(Arc<redis::RedisLimiter>),
+}
+
+impl RateLimit for Limiter {
+    async fn charge(&self, token: &Token, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
+        match self {
+            Limiter::Local => check(token, op).map(Some),
+            Limiter::Redis(r) => r.charge(token, op).await,
+        }
+    }
+}
+
+/// Which of a token's four charges a request draws from.
+pub fn charge_for<'a>(token: &'a Token, op: &Operation) -> &'a Charge {
     let buckets = &token.buckets;
-    let charge = match (op.rule == Rule::Bulk, op.access) {
+    match (op.rule == Rule::Bulk, op.access) {
         (false, Access::Read) => &buckets.read,
         (false, Access::Write) => &buckets.write,
         (true, Access::Read) => &buckets.bulk_read,
         (true, Access::Write) => &buckets.bulk_write,
-    };
+    }
+}
+
+/// The answer for a request that `bucket` refuses until `wait` has passed.
+fn refused(bucket: &Bucket, policy: &HeaderValue, wait: Duration) -> GatewayError {
+    let retry_after = wait.as_nanos().div_ceil(1_000_000_000).max(1);
+    let retry_after = u64::try_from(retry_after).unwrap_or(u64::MAX);
+    let info =
+        RateInfo { name: bucket.name, limit: bucket.rate, remaining: 0, reset: retry_after, policy: policy.clone() };
+    GatewayError::RateLimited { retry_after, info: Box::new(info) }
+}
+
+/// The headers of an admitted request, from the bucket closest to empty.
+fn admitted(bucket: &Bucket, remaining: u32, policy: &HeaderValue) -> RateInfo {
+    RateInfo {
+        name: bucket.name,
+        limit: bucket.rate,
+        remaining,
+        reset: bucket.reset_secs(remaining),
+        policy: policy.clone(),
+    }
+}
+
+/// Charges a management-token request to this process's buckets, token first.
+pub fn check(token: &Token, op: &Operation) -> Result<RateInfo, GatewayError> {
+    let charge = charge_for(token, op);
     let mut closest: Option<(&Bucket, u32)> = None;
     for bucket in charge.buckets() {
         match bucket.take() {
@@ -207,28 +288,11 @@ pub fn check(token: &Token, op: &Operation) -> Result<RateInfo, GatewayError> {
                     closest = Some((bucket, remaining));
                 }
             }
-            Err(wait) => {
-                let retry_after = wait.as_nanos().div_ceil(1_000_000_000).max(1);
-                let retry_after = u64::try_from(retry_after).unwrap_or(u64::MAX);
-                let info = RateInfo {
-                    name: bucket.name,
-                    limit: bucket.rate,
-                    remaining: 0,
-                    reset: retry_after,
-                    policy: charge.policy.clone(),
-                };
-                return Err(GatewayError::RateLimited { retry_after, info: Box::new(info) });
-            }
+            Err(wait) => return Err(refused(bucket, &charge.policy, wait)),
         }
     }
     let (bucket, remaining) = closest.unwrap_or((&charge.org, 0));
-    Ok(RateInfo {
-        name: bucket.name,
-        limit: bucket.rate,
-        remaining,
-        reset: bucket.reset_secs(remaining),
-        policy: charge.policy.clone(),
-    })
+    Ok(admitted(bucket, remaining, &charge.policy))
 }
 
 #[cfg(test)]
@@ -259,6 +323,21 @@ mod tests {
         assert_eq!(admitted(&b, 50), 10);
         clock.advance(Duration::from_secs(1));
         assert_eq!(admitted(&b, 50), 2);
+    }
+
+    #[test]
+    fn shared_bucket_takes_its_part() {
+        let clock = RateClock::fake();
+        // 5/s with burst 5 split three ways: burst 2, one cell every 600 ms.
+        let b = Bucket::shared("t", 5, 5, 3, &clock);
+        assert_eq!(admitted(&b, 20), 2);
+        clock.advance(Duration::from_millis(599));
+        assert_eq!(admitted(&b, 20), 0);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(admitted(&b, 20), 1);
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(admitted(&b, 20), 2, "never more than its part of the burst");
+        assert_eq!((b.rate(), b.burst()), (5, 5), "headers still show the whole bucket");
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! Buckets shared by every replica, in Redis (DESIGN.md section 7).
+//!
+//! One Lua script per request (one round trip) runs GCRA over the request's buckets in
+//! charging order (the token's own, bulk, then the organisation's) on Redis's own
+//! clock, so replicas' clocks never matter. It is all-or-nothing: a request refused by
+//! any bucket charges none, so a token over its own limit never spends its
+//! organisation's budget. Keys are hash-tagged by organisation (`{org}`), so the keys a
+//! script touches live on one Redis Cluster slot.
+//!
+//! While Redis cannot be reached, the configured fail mode decides; the connection is
+//! re-established in the background and Redis takes over again without a restart.
+
+use super::{admitted, charge_for, check, refused, RateInfo};
+use crate::config::{FailMode, RedisLimits};
+use crate::error::GatewayError;
+use crate::pipeline::Operation;
+use crate::snapshot::Token;
+use crate::telemetry::Metrics;
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Script};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// GCRA over `#KEYS` buckets. ARGV holds, per bucket, its emission interval and its
+/// tolerance (interval x burst), in microseconds. Returns `{1, i, remaining}` with the
+/// bucket closest to empty, or `{0, i, wait_us}` with the bucket that refused.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats = {}
+local closest, closest_remaining = 1, -1
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - tolerance
+  if now < allow_at then
+    return {0, i, allow_at - now}
+  end
+  tats[i] = new_tat
+  local remaining = math.floor((tolerance - (new_tat - now)) / interval)
+  if closest_remaining < 0 or remaining < closest_remaining then
+    closest, closest_remaining = i, remaining
+  end
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+end
+return {1, closest, closest_remaining}
+";
+
+/// How long a failed Redis stays out of the request path before a reconnect attempt.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The Redis backend of [`super::RateLimit`].
+pub struct RedisLimiter {
+    client: Client,
+    /// `None` while Redis is unreachable (the fail mode applies without waiting).
+    conn: ArcSwapOption<MultiplexedConnection>,
+    reconnecting: AtomicBool,
+    script: Script,
+    settings: RedisLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisLimiter {
+    /// Connects (or, if Redis is down, starts reconnecting in the background: the
+    /// gateway serves in the fail mode meanwhile).
+    pub async fn start(settings: &RedisLimits, metrics: Arc<Metrics>) -> Result<Arc<Self>, redis::RedisError> {
+        let client = Client::open(settings.url.expose())?;
+        let limiter = Arc::new(RedisLimiter {
+            client,
+            conn: ArcSwapOption::empty(),
+            reconnecting: AtomicBool::new(false),
+            script: Script::new(GCRA),
+            settings: settings.clone(),
+            metrics,
+        });
+        match limiter.connect().await {
+            Ok(conn) => limiter.conn.store(Some(Arc::new(conn))),
+            Err(e) => {
+                tracing::warn!(error = %e, fail_mode = ?settings.fail_mode, "Redis unreachable at start; the fail mode applies until it answers");
+                limiter.metrics.ratelimit_backend_up.set(0);
+                limiter.reconnect();
+            }
+        }
+        Ok(limiter)
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        let timeout = self.settings.timeout.max(Duration::from_millis(500));
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(self.settings.timeout));
+        let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        // Loading the script now keeps the first request to one round trip.
+        self.script.prepare_invoke().load_async(&mut conn).await?;
+        Ok(conn)
+    }
+
+    /// Takes Redis out of the request path and reconnects in the background (once).
+    fn reconnect(self: &Arc<Self>) {
+        self.conn.store(None);
+        self.metrics.ratelimit_backend_up.set(0);
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut backoff = RECONNECT_BACKOFF;
+            loop {
+                tokio::time::sleep(backoff).await;
+                match this.connect().await {
+                    Ok(conn) => {
+                        this.conn.store(Some(Arc::new(conn)));
+                        this.metrics.ratelimit_backend_up.set(1);
+                        this.reconnecting.store(false, Ordering::Release);
+                        tracing::info!("Redis answers again; shared rate limits resumed");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "Redis still unreachable"),
+                }
+                backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+            }
+        });
+    }
+
+    /// Charges the request in Redis, or applies the fail mode.
+    pub async fn charge(self: &Arc<Self>, token: &Token, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
+        let Some(conn) = self.conn.load_full() else {
+            return self.fail(token, op);
+        };
+        let charge = charge_for(token, op);
+        let org = &*token.stack.organization.config.uid;
+        let mut invocation = self.script.prepare_invoke();
+        let mut key = String::with_capacity(64);
+        for (bucket, own) in charge.parts() {
+            key.clear();
+            let _ = write!(key, "{}:{{{org}}}:{}", self.settings.key_prefix, bucket.name());
+            if own {
+                let _ = write!(key, ":{}", token.uid);
+            }
+            let interval = 1_000_000u64.div_ceil(u64::from(bucket.rate()));
+            invocation.key(key.as_str()).arg(interval).arg(interval * u64::from(bucket.burst()));
+        }
+        let mut conn = (*conn).clone();
+        let answer = tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn)).await;
+        let (ok, index, value) = match answer {
+            Ok(Ok(v)) if v.len() == 3 => (v[0] == 1, v[1], v[2]),
+            Ok(Ok(_)) => {
+                tracing::error!("rate-limit script answered in an unexpected shape");
+                return self.fail(token, op);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis rate-limit call failed; reconnecting");
+                self.reconnect();
+                return self.fail(token, op);
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.settings.timeout, "Redis rate-limit call timed out; reconnecting");
+                self.reconnect();
+                return self.fail(token, op);
+            }
+        };
+        let bucket = usize::try_from(index - 1).ok().and_then(|i| charge.parts().nth(i)).map(|(b, _)| b);
+        let Some(bucket) = bucket else {
+            return self.fail(token, op);
+        };
+        let value = u64::try_from(value).unwrap_or(0);
+        if ok {
+            Ok(Some(admitted(bucket, u32::try_from(value).unwrap_or(u32::MAX), charge.policy())))
+        } else {
+            Err(refused(bucket, charge.policy(), Duration::from_micros(value)))
+        }
+    }
+
+    /// What a request gets while Redis is out (see [`FailMode`]).
+    fn fail(&self, token: &Token, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
+        let [open, closed, local] = &self.metrics.ratelimit_fallbacks;
+        match self.settings.fail_mode {
+            FailMode::Open => {
+                open.inc();
+                Ok(None)
+            }
+            FailMode::Closed => {
+                closed.inc();
+                Err(GatewayError::Unavailable)
+            }
+            FailMode::Local => {
+                local.inc();
+                check(token, op).map(Some)
+            }
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! The shared store: PostgreSQL, for several replicas (DESIGN.md section 7).
+//!
+//! Every change is one transaction that also `NOTIFY`s the other replicas (delivered
+//! only if it commits). A listener connection per replica turns notifications into
+//! [`StoreEvent`]s and asks for a full re-read after every (re)connect, so a
+//! notification missed while disconnected cannot leave a revoked token alive. The
+//! per-stack cap is made atomic across replicas by a per-stack advisory lock held for
+//! the count-then-insert transaction.
+
+use super::{unavailable, Cap, Columns, StoreError, StoreEvent, TokenStore};
+use crate::config::Postgres;
+use crate::token::TokenRecord;
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+
+/// The notification channel every replica listens on.
+const CHANNEL: &str = "stackgate_tokens";
+/// Serialises migrations of replicas starting together (an arbitrary fixed key).
+const MIGRATION_LOCK: i64 = 0x5354_4b47_4154_4531;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Schema migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[
+    // 1: tokens, the expiry notices already sent, and leases for one-replica duties.
+    "CREATE TABLE stackgate_tokens (
+        uid TEXT PRIMARY KEY,
+        stack TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        secret_sha256 BYTEA NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        expires_on TEXT,
+        is_email_notification_enabled BOOLEAN NOT NULL,
+        rate_read INTEGER,
+        rate_write INTEGER,
+        created_by TEXT NOT NULL,
+        updated_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        CONSTRAINT stackgate_tokens_stack_name UNIQUE (stack, name)
+    );
+    CREATE INDEX stackgate_tokens_stack ON stackgate_tokens (stack);
+    CREATE TABLE stackgate_expiry_notices (
+        uid TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        channel TEXT NOT NULL,
+        notified_at BIGINT NOT NULL,
+        PRIMARY KEY (uid, expires_at, channel)
+    );
+    CREATE TABLE stackgate_leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until TIMESTAMPTZ NOT NULL
+    );",
+];
+
+const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expires_on, \
+    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at";
+
+/// PostgreSQL-backed [`TokenStore`].
+pub struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// This process's id, sent with its notifications so it can skip its own.
+    replica: String,
+    resync_interval: Duration,
+    /// Handed out once, to the gateway, by [`TokenStore::subscribe`].
+    events: Mutex<Option<mpsc::UnboundedReceiver<StoreEvent>>>,
+    events_tx: mpsc::UnboundedSender<StoreEvent>,
+}
+
+impl PgStore {
+    /// Connects, migrates the schema and starts listening for other replicas' changes.
+    pub async fn connect(settings: &Postgres) -> Result<Self, StoreError> {
+        let replica = super::process_id();
+        let mut config: tokio_postgres::Config = settings.url.expose().parse().map_err(|e| unavailable(&e))?;
+        config.connect_timeout(CONNECT_TIMEOUT).keepalives_idle(Duration::from_secs(30));
+        if config.get_application_name().is_none() {
+            config.application_name("stackgate");
+        }
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| unavailable(&e))?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let store = PgStore {
+            pool,
+            config,
+            replica,
+            resync_interval: settings.resync_interval,
+            events: Mutex::new(Some(events)),
+            events_tx,
+        };
+        store.migrate().await?;
+        tokio::spawn(listen(
+            store.config.clone(),
+            store.replica.clone(),
+            store.resync_interval,
+            store.events_tx.clone(),
+        ));
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| unavailable(&e))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS stackgate_schema (version INTEGER NOT NULL)").await.map_err(pg)?;
+        let version: i32 =
+            tx.query_opt("SELECT version FROM stackgate_schema", &[]).await.map_err(pg)?.map_or(0, |r| r.get(0));
+        let version = usize::try_from(version).unwrap_or(0);
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Unavailable(format!(
+                "database schema version {version} is newer than this stackgate ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.batch_execute(sql).await.map_err(pg)?;
+            tracing::info!(version = i + 1, "token store migrated");
+        }
+        let latest = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        tx.execute("DELETE FROM stackgate_schema", &[]).await.map_err(pg)?;
+        tx.execute("INSERT INTO stackgate_schema (version) VALUES ($1)", &[&latest]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn query(
+        &self,
+        sql_where: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {COLUMNS} FROM stackgate_tokens {sql_where} ORDER BY created_at, uid");
+        let rows = client.query(&sql, args).await.map_err(pg)?;
+        Ok(rows.iter().filter_map(record).collect())
+    }
+
+    /// The payload other replicas need to re-read one token.
+    fn payload(&self, rec: &TokenRecord) -> String {
+        format!("{} {} {} {}", self.replica, rec.stack, rec.uid, hex::encode(rec.secret_sha256))
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    // The driver's text names the failing statement, never a bound value.
+    unavailable(&e)
+}
+
+fn is_name_clash(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+        && e.as_db_error().and_then(|d| d.constraint()) == Some("stackgate_tokens_stack_name")
+}
+
+fn record(row: &Row) -> Option<TokenRecord> {
+    let rate = |i: usize| row.get::<_, Option<i32>>(i).and_then(|v| u32::try_from(v).ok());
+    Columns {
+        uid: row.get(0),
+        stack: row.get(1),
+        name: row.get(2),
+        description: row.get(3),
+        secret: row.get(4),
+        scope: row.get(5),
+        expires_on: row.get(6),
+        notify: row.get(7),
+        rate: (rate(8), rate(9)),
+        created_by: row.get(10),
+        updated_by: row.get(11),
+        created_at: row.get(12),
+        updated_at: row.get(13),
+    }
+    .into_record()
+}
+
+fn rate_columns(rec: &TokenRecord) -> (Option<i32>, Option<i32>) {
+    let col = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    (rec.rate_limit.map(|r| col(r.read_per_second)), rec.rate_limit.map(|r| col(r.write_per_second)))
+}
+
+#[async_trait]
+impl TokenStore for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client().await?.execute("SELECT 1", &[]).await.map(|_| ()).map_err(pg)
+    }
+
+    async fn load_all(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.query("", &[]).await
+    }
+
+    async fn list(&self, stack: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        self.query("WHERE stack = $1", &[&stack]).await
+    }
+
+    async fn get(&self, stack: &str, uid: &str) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.query("WHERE stack = $1 AND uid = $2", &[&stack, &uid]).await?.pop())
+    }
+
+    async fn create(&self, rec: &TokenRecord, cap: Cap) -> Result<(), StoreError> {
+        let scope = super::scope_json(rec)?;
+        let (rate_read, rate_write) = rate_columns(rec);
+        let expires_on = rec.expires_on.as_ref().map(|e| e.text.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Replicas creating in the same stack queue here, so count-then-insert is atomic.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext('stackgate:' || $1))", &[&rec.stack]).await.map_err(pg)?;
+        let stored: i64 = tx
+            .query_one("SELECT COUNT(*) FROM stackgate_tokens WHERE stack = $1", &[&rec.stack])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if stored + i64::from(cap.static_count) >= i64::from(cap.max) {
+            return Err(StoreError::CapReached { max: cap.max });
+        }
+        let inserted = tx
+            .execute(
+                &format!(
+                    "INSERT INTO stackgate_tokens ({COLUMNS})
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                ),
+                &[
+                    &rec.uid,
+                    &rec.stack,
+                    &rec.name,
+                    &rec.description,
+                    &rec.secret_sha256.as_slice(),
+                    &scope,
+                    &expires_on,
+                    &rec.is_email_notification_enabled,
+                    &rate_read,
+                    &rate_write,
+                    &rec.created_by,
+                    &rec.updated_by,
+                    &rec.created_at,
+                    &rec.updated_at,
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
+            Err(e) => return Err(pg(e)),
+        }
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(rec)]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn update(&self, rec: &TokenRecord) -> Result<(), StoreError> {
+        let scope = super::scope_json(rec)?;
+        let (rate_read, rate_write) = rate_columns(rec);
+        let expires_on = rec.expires_on.as_ref().map(|e| e.text.as_str());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let changed = tx
+            .execute(
+                "UPDATE stackgate_tokens SET name = $3, description = $4, scope = $5, expires_on = $6,
+                    is_email_notification_enabled = $7, rate_read = $8, rate_write = $9,
+                    updated_by = $10, updated_at = $11
+                 WHERE stack = $1 AND uid = $2",
+                &[
+                    &rec.stack,
+                    &rec.uid,
+                    &rec.name,
+                    &rec.description,
+                    &scope,
+                    &expires_on,
+                    &rec.is_email_notification_enabled,
+                    &rate_read,
+                    &rate_write,
+                    &rec.updated_by,
+                    &rec.updated_at,
+                ],
+            )
+            .await;
+        match changed {
+            Ok(0) => return Err(StoreError::NotFound),
+            Ok(_) => {}
+            Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
+            Err(e) => return Err(pg(e)),
+        }
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(rec)]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let row = tx
+            .query_opt(
+                &format!("DELETE FROM stackgate_tokens WHERE stack = $1 AND uid = $2 RETURNING {COLUMNS}"),
+                &[&stack, &uid],
+            )
+            .await
+            .map_err(pg)?;
+        let rec = row.as_ref().and_then(record).ok_or(StoreError::NotFound)?;
+        tx.execute("DELETE FROM stackgate_expiry_notices WHERE uid = $1", &[&uid]).await.map_err(pg)?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(rec)
+    }
+
+    async fn notified_at(&self, uid: &str, expires_at: i64, channel: &str) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT notified_at FROM stackgate_expiry_notices WHERE uid = $1 AND expires_at = $2 AND channel = $3",
+                &[&uid, &expires_at, &channel],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn first_notice(&self, uid: &str, expires_at: i64) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT MIN(notified_at) FROM stackgate_expiry_notices WHERE uid = $1 AND expires_at = $2",
+                &[&uid, &expires_at],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.get(0))
+    }
+
+    async fn mark_notified(&self, uid: &str, expires_at: i64, channel: &str, at: i64) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO stackgate_expiry_notices (uid, expires_at, channel, notified_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&uid, &expires_at, &channel, &at],
+            )
+            .await
+            .map(|_| ())
+            .map_err(pg)
+    }
+
+    async fn try_lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "INSERT INTO stackgate_leases (name, holder, until)
+                 VALUES ($1, $2, now() + make_interval(secs => $3::bigint / 1000.0))
+                 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
+                 WHERE stackgate_leases.holder = EXCLUDED.holder OR stackgate_leases.until < now()
+                 RETURNING holder",
+                &[&name, &holder, &ttl_ms],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.is_some())
+    }
+
+    fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<StoreEvent>> {
+        self.events.lock().ok()?.take()
+    }
+}
+
+/// Keeps a `LISTEN` connection open for as long as anyone receives the events:
+/// reconnects with back-off, and asks for a full re-read after every connect and every
+/// `resync_interval`.
+async fn listen(
+    config: tokio_postgres::Config,
+    replica: String,
+    resync_interval: Duration,
+    events: mpsc::UnboundedSender<StoreEvent>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !events.is_closed() {
+        let started = tokio::time::Instant::now();
+        let Err(reason) = listen_once(&config, &replica, resync_interval, &events).await else {
+            return;
+        };
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        tracing::warn!(error = %reason, retry_in = ?backoff,
+            "token change listener disconnected; tokens are served from the last snapshot");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One connection's life: `Ok` when nobody receives events any more, else why the
+/// connection was lost.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    replica: &str,
+    resync_interval: Duration,
+    events: &mpsc::UnboundedSender<StoreEvent>,
+) -> Result<(), String> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (notes_tx, mut notes) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if notes_tx.send(n.payload().to_owned()).is_err() {
+                        return "listener stopped".to_owned();
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.to_string(),
+                None => return "connection closed".to_owned(),
+            }
+        }
+    });
+    let guard = AbortOnDrop(driver);
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| e.to_string())?;
+    tracing::info!("listening for token changes from other replicas");
+    // Anything committed before LISTEN took effect was not notified to us.
+    if events.send(StoreEvent::Resync).is_err() {
+        return Ok(());
+    }
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + resync_interval, resync_interval);
+    loop {
+        let event = tokio::select! {
+            note = notes.recv() => match note {
+                Some(payload) => match parse_payload(&payload, replica) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                None => break,
+            },
+            _ = resync.tick() => StoreEvent::Resync,
+        };
+        if events.send(event).is_err() {
+            return Ok(());
+        }
+    }
+    let mut guard = guard;
+    Err((&mut guard.0).await.unwrap_or_else(|e| e.to_string()))
+}
+
+/// Stops the connection's driver task when the listener returns early.
+struct AbortOnDrop(tokio::task::JoinHandle<String>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `replica stack uid hash` -> an event, skipping this replica's own changes (already
+/// applied when they committed) and anything malformed.
+fn parse_payload(payload: &str, replica: &str) -> Option<StoreEvent> {
+    let mut parts = payload.split(' ');
+    let (from, stack, uid, hash) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if from == replica || parts.next().is_some() {
+        return None;
+    }
+    let mut secret_sha256 = [0u8; 32];
+    hex::decode_to_slice(hash, &mut secret_sha256).ok()?;
+    Some(StoreEvent::Changed { stack: stack.to_owned(), uid: uid.to_owned(), secret_sha256 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        let hash = hex::encode([7u8; 32]);
+        assert_eq!(
+            parse_payload(&format!("b k t1 {hash}"), "a"),
+            Some(StoreEvent::Changed { stack: "k".into(), uid: "t1".into(), secret_sha256: [7u8; 32] })
+        );
+        assert_eq!(parse_payload(&format!("a k t1 {hash}"), "a"), None, "own change");
+        assert_eq!(parse_payload("b k t1 zz", "a"), None);
+        assert_eq!(parse_payload(&format!("b k t1 {hash} extra"), "a"), None);
+    }
+}
