@@ -1,0 +1,609 @@
+//! Several replicas (real `stackgate` processes) sharing PostgreSQL for tokens and Redis
+//! for rate buckets: change propagation, the cap across replicas, exact shared limits,
+//! the Redis fail modes, and a PostgreSQL outage.
+//!
+//! Needs `STACKGATE_TEST_POSTGRES_URL` and `STACKGATE_TEST_REDIS_URL` (`.ci/run` sets
+//! both); without them each test prints why it is skipped. Every test gets its own
+//! database and Redis key prefix, so they run in parallel. Outages are made without
+//! touching the shared servers: a private `redis-server` is killed and restarted, and
+//! PostgreSQL is cut off by a TCP relay that drops every connection.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKENS: &str = "/v3/stacks/management_tokens";
+const READ: &str = "/v3/content_types";
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+fn unique(name: &str) -> String {
+    format!("sg_{name}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// The shared servers' URLs, or `None` (the reason printed) when not configured.
+fn services(test: &str) -> Option<(String, String)> {
+    match (std::env::var("STACKGATE_TEST_POSTGRES_URL"), std::env::var("STACKGATE_TEST_REDIS_URL")) {
+        (Ok(pg), Ok(redis)) if !pg.is_empty() && !redis.is_empty() => Some((pg, redis)),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: set STACKGATE_TEST_POSTGRES_URL and STACKGATE_TEST_REDIS_URL (bash .ci/run does)"
+            );
+            None
+        }
+    }
+}
+
+/// A database of its own for one test, dropped at the end.
+struct Database {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create(admin_url: &str, test: &str) -> Database {
+        let name = unique(test);
+        let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let (base, query) = admin_url.split_once('?').map_or((admin_url, ""), |(b, q)| (b, q));
+        let base = &base[..base.rfind('/').unwrap()];
+        let url = if query.is_empty() { format!("{base}/{name}") } else { format!("{base}/{name}?{query}") };
+        Database { admin_url: admin_url.to_owned(), name, url }
+    }
+
+    /// The same database through `relay` (127.0.0.1:port) instead of the server.
+    fn url_via(&self, relay: SocketAddr) -> String {
+        let (scheme, rest) = self.url.split_once("://").unwrap();
+        let (userinfo, after) = rest.split_once('@').map_or(("", rest), |(u, a)| (u, a));
+        let path = &after[after.find('/').unwrap()..];
+        let at = if userinfo.is_empty() { String::new() } else { format!("{userinfo}@") };
+        format!("{scheme}://{at}{relay}{path}")
+    }
+
+    async fn drop_now(self) {
+        let (client, conn) = tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+    }
+}
+
+/// A running replica: the real binary on its own port.
+struct Replica {
+    _proc: Proc,
+    addr: SocketAddr,
+}
+
+/// Starts the binary with its log (stdout) going to `log`, and waits until it listens.
+fn spawn_logged(config: &std::path::Path, log: &std::path::Path) -> Replica {
+    let out = std::fs::File::create(log).unwrap();
+    let child = std::process::Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info,stackgate::access=off")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = text.lines().find_map(|l| l.trim().strip_prefix("stackgate listening on http://")) {
+            return Replica { _proc: proc, addr: addr.parse().unwrap() };
+        }
+        assert!(proc.0.try_wait().unwrap().is_none(), "gateway exited: {text}");
+        assert!(started.elapsed() < Duration::from_secs(10), "gateway did not start: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes the test config with `extra` tables appended and starts `n` replicas of it.
+fn start_replicas(backend: SocketAddr, extra: &str, n: usize) -> Vec<Replica> {
+    let dir = temp_dir("scaleout");
+    (0..n)
+        .map(|i| {
+            let file = dir.join(format!("replica{i}.toml"));
+            std::fs::write(&file, config_text(backend, "", &format!("\n{extra}\n"))).unwrap();
+            spawn_logged(&file, &dir.join(format!("replica{i}.log")))
+        })
+        .collect()
+}
+
+fn shared_config(store_url: &str, redis_url: &str, prefix: &str, fail_mode: &str, replicas: u32) -> String {
+    format!(
+        "[store]\nurl = \"{store_url}\"\n\n[ratelimit]\nbackend = \"redis\"\nurl = \"{redis_url}\"\n\
+         fail_mode = \"{fail_mode}\"\nreplicas = {replicas}\nkey_prefix = \"{prefix}\"\ntimeout = \"200ms\"\n"
+    )
+}
+
+/// One request over a fresh connection: status, headers, body.
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, http::HeaderMap, Value) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    let resp =
+        tokio::time::timeout(Duration::from_secs(10), client.request(req)).await.expect("answer in time").unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status.as_u16(), parts.headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn owner(api_key: &'static str) -> [(&'static str, &'static str); 3] {
+    [("api_key", api_key), ("authtoken", ALICE), ("content-type", "application/json")]
+}
+
+fn new_token(name: &str, write: bool) -> String {
+    json!({"token": {
+        "name": name,
+        "scope": [
+            {"module": "$all", "acl": {"read": true, "write": write}},
+            {"module": "branch", "branches": ["main"], "acl": {"read": true}}
+        ],
+        "expires_on": "2099-01-01"
+    }})
+    .to_string()
+}
+
+/// Creates a token through `addr`: (uid, secret).
+async fn create(addr: SocketAddr, api_key: &'static str, name: &str) -> (String, String) {
+    let (status, _, body) = call(addr, "POST", TOKENS, &owner(api_key), &new_token(name, true)).await;
+    assert_eq!(status, 201, "{body}");
+    (body["token"]["uid"].as_str().unwrap().to_owned(), body["token"]["token"].as_str().unwrap().to_owned())
+}
+
+async fn status_with(addr: SocketAddr, method: &str, api_key: &str, secret: &str) -> u16 {
+    call(addr, method, READ, &[("api_key", api_key), ("authorization", secret)], "{}").await.0
+}
+
+/// Polls until every replica answers `want`; returns how long it took.
+async fn until_all(
+    addrs: &[SocketAddr],
+    method: &str,
+    api_key: &str,
+    secret: &str,
+    want: u16,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for addr in addrs {
+            all &= status_with(*addr, method, api_key, secret).await == want;
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "replicas did not all answer {want} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_changes_reach_every_replica_within_a_second() {
+    let Some((pg, redis)) = services("token_changes_reach_every_replica_within_a_second") else { return };
+    let db = Database::create(&pg, "propagation").await;
+    let backend = Backend::start().await;
+    let replicas = start_replicas(backend.addr, &shared_config(&db.url, &redis, &unique("p"), "local", 3), 3);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+
+    let (uid, secret) = create(replicas[0].addr, API_KEY, "made-on-replica-0").await;
+    let took = until_all(&addrs, "GET", API_KEY, &secret, 200, Duration::from_secs(1)).await;
+    eprintln!("create visible on all replicas after {took:?}");
+    assert_eq!(status_with(replicas[2].addr, "POST", API_KEY, &secret).await, 200, "read-write as created");
+
+    // An update through another replica (now read-only) reaches all of them.
+    let update = json!({"token": {"scope": [
+        {"module": "$all", "acl": {"read": true, "write": false}},
+        {"module": "branch", "branches": ["main"], "acl": {"read": true}}]}});
+    let path = format!("{TOKENS}/{uid}");
+    let (status, _, body) = call(replicas[1].addr, "PUT", &path, &owner(API_KEY), &update.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let took = until_all(&addrs, "POST", API_KEY, &secret, 403, Duration::from_secs(1)).await;
+    eprintln!("update visible on all replicas after {took:?}");
+
+    // A deletion through a third replica is refused by all of them.
+    let (status, _, _) = call(replicas[2].addr, "DELETE", &path, &owner(API_KEY), "").await;
+    assert_eq!(status, 200);
+    let took = until_all(&addrs, "GET", API_KEY, &secret, 401, Duration::from_secs(1)).await;
+    eprintln!("deletion refused by all replicas after {took:?}");
+    // And every replica's API agrees it is gone.
+    for r in &replicas {
+        assert_eq!(call(r.addr, "GET", &path, &owner(API_KEY), "").await.0, 404);
+    }
+    drop(replicas);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_holds_for_concurrent_creates_across_replicas() {
+    let Some((pg, redis)) = services("the_cap_holds_for_concurrent_creates_across_replicas") else { return };
+    let db = Database::create(&pg, "cap").await;
+    let backend = Backend::start().await;
+    let replicas = start_replicas(backend.addr, &shared_config(&db.url, &redis, &unique("c"), "local", 3), 3);
+    // The small stack has 2 static tokens and the default cap of 30: fill it to 29.
+    for i in 0..27 {
+        create(replicas[i % 3].addr, SMALL_API_KEY, &format!("fill-{i}")).await;
+    }
+    // Nine creates at once, three through each replica, for the one place left.
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        let addr = replicas[i % 3].addr;
+        tasks.push(tokio::spawn(async move {
+            call(addr, "POST", TOKENS, &owner(SMALL_API_KEY), &new_token(&format!("race-{i}"), false)).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let (status, _, body) = t.await.unwrap();
+        if status == 422 {
+            assert_eq!(body["error_code"], 422);
+            assert!(body["errors"]["token"][0].as_str().unwrap().contains("at most 30"), "{body}");
+        }
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 422, 422, 422, 422, 422, 422, 422, 422]);
+    for r in &replicas {
+        let (status, _, body) = call(r.addr, "GET", TOKENS, &owner(SMALL_API_KEY), "").await;
+        assert_eq!(status, 200);
+        assert_eq!(body["tokens"].as_array().unwrap().len(), 30, "28 stored + 2 static");
+    }
+    drop(replicas);
+    db.drop_now().await;
+}
+
+/// Hits `secret` through the replicas in turn for `window`, a request every `gap`;
+/// returns the admitted count per replica and checks every refusal's headers.
+async fn hammer(replicas: &[Replica], api_key: &str, secret: &str, window: Duration, gap: Duration) -> Vec<u32> {
+    let mut admitted = vec![0u32; replicas.len()];
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < window {
+        let r = i % replicas.len();
+        let (status, headers, body) =
+            call(replicas[r].addr, "GET", READ, &[("api_key", api_key), ("authorization", secret)], "").await;
+        match status {
+            200 => {
+                admitted[r] += 1;
+                assert!(headers.contains_key("x-ratelimit-limit") && headers.contains_key("x-ratelimit-remaining"));
+            }
+            429 => {
+                assert_eq!(body["error_code"], 429);
+                let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!((1..=1).contains(&retry), "retry-after {retry}");
+                assert_eq!(headers["x-ratelimit-remaining"], "0");
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+        i += 1;
+        tokio::time::sleep(gap).await;
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_buckets_hold_exactly_across_three_replicas() {
+    let Some((pg, redis)) = services("redis_buckets_hold_exactly_across_three_replicas") else { return };
+    let db = Database::create(&pg, "exact").await;
+    let backend = Backend::start().await;
+    let replicas = start_replicas(backend.addr, &shared_config(&db.url, &redis, &unique("e"), "closed", 3), 3);
+    // RATED: 5 reads/s with a burst of 5, through all three replicas for 3 s.
+    let admitted = hammer(&replicas, SMALL_API_KEY, RATED, Duration::from_secs(3), Duration::from_millis(10)).await;
+    let total: u32 = admitted.iter().sum();
+    eprintln!("redis: admitted per replica {admitted:?}, total {total} (allowed 15..=20)");
+    assert!((15..=20).contains(&total), "total {total}");
+    assert!(admitted.iter().all(|&n| n > 0), "every replica admits some: {admitted:?}");
+    // The headers name the token's own bucket, as with local buckets.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, headers, _) =
+        call(replicas[1].addr, "GET", READ, &[("api_key", SMALL_API_KEY), ("authorization", RATED)], "").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-ratelimit-limit"], "5");
+    assert_eq!(headers["ratelimit-policy"], "\"token-read\";q=5;w=1, \"org-read\";q=10;w=1");
+    drop(replicas);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_fail_mode_gives_each_replica_its_share() {
+    let Some((pg, _)) = services("local_fail_mode_gives_each_replica_its_share") else { return };
+    let db = Database::create(&pg, "share").await;
+    let backend = Backend::start().await;
+    // Redis is unreachable (nothing listens there): every replica falls back to local
+    // buckets of rate / 3 = 5/3 reads/s with a burst of ceil(5/3) = 2.
+    let dead = free_port().await;
+    let cfg = shared_config(&db.url, &format!("redis://127.0.0.1:{dead}"), &unique("s"), "local", 3);
+    let replicas = start_replicas(backend.addr, &cfg, 3);
+    let admitted = hammer(&replicas, SMALL_API_KEY, RATED, Duration::from_secs(3), Duration::from_millis(10)).await;
+    let total: u32 = admitted.iter().sum();
+    eprintln!("local share: admitted per replica {admitted:?}, total {total}");
+    // Per replica: 2 at once, then one every 600 ms: 6 or 7 in 3 s.
+    assert!(admitted.iter().all(|n| (5..=7).contains(n)), "{admitted:?}");
+    assert!((15..=21).contains(&total), "total {total}");
+    drop(replicas);
+    db.drop_now().await;
+}
+
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
+}
+
+/// A private `redis-server` on its own port, to stop and start at will.
+struct RedisServer {
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        let mut server = RedisServer { port: free_port().await, proc: None };
+        server.restart().await;
+        server
+    }
+
+    async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        self.proc = Some(Proc(child));
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(5), "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Sends `n` reads of `RATED` in quick succession; returns the statuses.
+async fn burst(addr: SocketAddr, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(status_with(addr, "GET", SMALL_API_KEY, RATED).await);
+    }
+    out
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|&&s| s == status).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_applies_each_fail_mode_then_recovers() {
+    let Some((pg, _)) = services("redis_outage_applies_each_fail_mode_then_recovers") else { return };
+    let db = Database::create(&pg, "redisdown").await;
+    let backend = Backend::start().await;
+    let mut redis = RedisServer::start().await;
+    let prefix = unique("f");
+    let mut gateways = Vec::new();
+    for mode in ["open", "closed", "local"] {
+        // One replica each, so `local` keeps the whole rate; distinct prefixes keep the
+        // three gateways' buckets apart.
+        let cfg = shared_config(&db.url, &redis.url(), &format!("{prefix}-{mode}"), mode, 1);
+        gateways.push(start_replicas(backend.addr, &cfg, 1).pop().unwrap());
+    }
+    let [open, closed, local] = [gateways[0].addr, gateways[1].addr, gateways[2].addr];
+
+    // Redis up: all three limit RATED to its burst of 5.
+    for addr in [open, closed, local] {
+        let s = burst(addr, 8).await;
+        assert_eq!((count(&s, 200), count(&s, 429)), (5, 3), "{s:?}");
+    }
+
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let s = burst(open, 12).await;
+    assert_eq!(count(&s, 200), 12, "open admits everything while Redis is down: {s:?}");
+    let s = burst(closed, 4).await;
+    assert_eq!(count(&s, 503), 4, "closed refuses with 503: {s:?}");
+    let s = burst(local, 8).await;
+    assert_eq!((count(&s, 200), count(&s, 429)), (5, 3), "local buckets take over: {s:?}");
+
+    // Redis returns (empty): each gateway goes back to it without a restart.
+    redis.restart().await;
+    let started = Instant::now();
+    loop {
+        if status_with(closed, "GET", SMALL_API_KEY, RATED).await == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "closed did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("closed mode recovered {:?} after Redis restarted", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for addr in [open, closed] {
+        let s = burst(addr, 8).await;
+        assert_eq!((count(&s, 200), count(&s, 429)), (5, 3), "limited by Redis again: {s:?}");
+    }
+    // The buckets are in Redis again (keys under each gateway's prefix).
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}-open:*")).query_async(&mut conn).await.unwrap();
+    assert!(keys.iter().any(|k| k.ends_with("token-read:blt000000000000rl01")), "{keys:?}");
+    assert!(keys.iter().all(|k| k.contains("{org_small}")), "hash-tagged by organisation: {keys:?}");
+    drop(gateways);
+    db.drop_now().await;
+}
+
+/// A TCP relay to a server that can cut every connection and refuse new ones, to make
+/// the server unreachable for one gateway without stopping it for anyone else.
+struct Relay {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let up2 = Arc::clone(&up);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged(); // only cuts after this connection count
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, up, cut }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_keeps_serving_refuses_writes_and_loses_nothing() {
+    let Some((pg, redis)) = services("postgres_outage_keeps_serving_refuses_writes_and_loses_nothing") else { return };
+    let db = Database::create(&pg, "pgdown").await;
+    let backend = Backend::start().await;
+    let target: tokio_postgres::Config = db.url.parse().unwrap();
+    let port = target.get_ports().first().copied().unwrap_or(5432);
+    let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let prefix = unique("o");
+    // Replica A reaches PostgreSQL only through the relay; B directly.
+    let ra = start_replicas(backend.addr, &shared_config(&db.url_via(relay.addr), &redis, &prefix, "local", 2), 1);
+    let rb = start_replicas(backend.addr, &shared_config(&db.url, &redis, &prefix, "local", 2), 1);
+    let (a, b) = (ra[0].addr, rb[0].addr);
+    let (_, kept) = create(a, API_KEY, "kept").await;
+    let (revoked_uid, revoked) = create(a, API_KEY, "revoked-during-outage").await;
+    until_all(&[a], "GET", API_KEY, &revoked, 200, Duration::from_secs(1)).await;
+
+    relay.down();
+    // A keeps serving every token it knows.
+    assert_eq!(status_with(a, "GET", API_KEY, &kept).await, 200);
+    assert_eq!(status_with(a, "GET", API_KEY, RW).await, 200);
+    // Token writes and reads of the store answer 503 with a CMA body.
+    let (status, _, body) = call(a, "POST", TOKENS, &owner(API_KEY), &new_token("during-outage", true)).await;
+    assert_eq!((status, body["error_code"].as_i64()), (503, Some(503)), "{body}");
+    let (status, _, _) = call(a, "GET", TOKENS, &owner(API_KEY), "").await;
+    assert_eq!(status, 503);
+    // Meanwhile B (still connected) revokes a token; A cannot hear about it yet.
+    let (status, _, _) = call(b, "DELETE", &format!("{TOKENS}/{revoked_uid}"), &owner(API_KEY), "").await;
+    assert_eq!(status, 200);
+
+    relay.restore();
+    // After reconnecting, A re-reads everything: the revoked token is refused.
+    let took = until_all(&[a], "GET", API_KEY, &revoked, 401, Duration::from_secs(5)).await;
+    eprintln!("revocation missed during the outage applied {took:?} after PostgreSQL returned");
+    // Writes work again, nothing written before was lost, and nothing half-written.
+    let (_, after) = create(a, API_KEY, "after-outage").await;
+    until_all(&[b], "GET", API_KEY, &after, 200, Duration::from_secs(1)).await;
+    let (status, _, body) = call(b, "GET", TOKENS, &owner(API_KEY), "").await;
+    assert_eq!(status, 200);
+    let mut names: Vec<&str> = body["tokens"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    names.sort_unstable();
+    assert!(names.contains(&"kept") && names.contains(&"after-outage"), "{names:?}");
+    assert!(!names.contains(&"during-outage") && !names.contains(&"revoked-during-outage"), "{names:?}");
+    assert_eq!(status_with(a, "GET", API_KEY, &kept).await, 200);
+    drop((ra, rb));
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_keeps_the_embedded_stores_semantics() {
+    use stackgate::store::{postgres::PgStore, sqlite::SqliteStore, Cap, StoreError, TokenStore};
+    let Some((pg, _)) = services("postgres_store_keeps_the_embedded_stores_semantics") else { return };
+    let db = Database::create(&pg, "semantics").await;
+    let cfg = stackgate::config::from_str(&format!(
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[store]\nurl = \"{}\"\npool_size = 2\n",
+        db.url
+    ))
+    .unwrap();
+    let pg_store = PgStore::connect(cfg.store.postgres.as_ref().unwrap()).await.unwrap();
+    // Twice, to show migrations are idempotent.
+    let pg_store2 = PgStore::connect(cfg.store.postgres.as_ref().unwrap()).await.unwrap();
+    drop(pg_store2);
+    let stores: [Box<dyn TokenStore>; 2] = [Box::new(SqliteStore::in_memory().unwrap()), Box::new(pg_store)];
+    let mut seen = Vec::new();
+    for s in &stores {
+        let cap = Cap { max: 3, static_count: 1 };
+        let rec = |uid: &str, name: &str| stackgate::token::TokenRecord {
+            uid: uid.into(),
+            stack: "k".into(),
+            name: name.into(),
+            description: "d".into(),
+            secret_sha256: stackgate::token::hash_secret(uid.as_bytes()),
+            scope: vec![],
+            expires_on: Some(stackgate::token::parse_expiry("2030-01-01").unwrap()),
+            is_email_notification_enabled: true,
+            rate_limit: Some(stackgate::token::RateLimit { read_per_second: 3, write_per_second: 2 }),
+            created_by: "alice".into(),
+            updated_by: "alice".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            expiry_notified_at: None,
+            origin: stackgate::token::Origin::Store,
+        };
+        s.create(&rec("a", "one"), cap.clone()).await.unwrap();
+        assert_eq!(s.create(&rec("b", "one"), cap.clone()).await, Err(StoreError::DuplicateName));
+        s.create(&rec("b", "two"), cap.clone()).await.unwrap();
+        assert_eq!(s.create(&rec("c", "three"), cap.clone()).await, Err(StoreError::CapReached { max: 3 }));
+        let mut changed = rec("a", "renamed");
+        changed.rate_limit = None;
+        s.update(&changed).await.unwrap();
+        assert_eq!(s.update(&rec("zz", "x")).await, Err(StoreError::NotFound));
+        assert_eq!(s.get("k", "a").await.unwrap(), Some(changed));
+        assert_eq!(s.get("other", "a").await.unwrap(), None);
+        s.mark_notified("b", 100, "webhook", 7).await.unwrap();
+        s.mark_notified("b", 100, "webhook", 8).await.unwrap();
+        assert_eq!(s.notified_at("b", 100, "webhook").await.unwrap(), Some(7));
+        assert_eq!(s.first_notice("b", 100).await.unwrap(), Some(7));
+        assert_eq!(s.delete("k", "a").await.unwrap().name, "renamed");
+        assert_eq!(s.delete("k", "a").await, Err(StoreError::NotFound));
+        assert!(s.try_lead("duty", "me", Duration::from_secs(5)).await.unwrap());
+        seen.push(s.list("k").await.unwrap());
+    }
+    assert_eq!(seen[0], seen[1], "both engines hold the same records");
+    // Only one holder of a lease at a time; it passes on once it lapses.
+    let s = &stores[1];
+    assert!(s.try_lead("duty", "me", Duration::from_millis(300)).await.unwrap());
+    assert!(!s.try_lead("duty", "you", Duration::from_secs(5)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.try_lead("duty", "you", Duration::from_secs(5)).await.unwrap());
+    assert!(!s.try_lead("duty", "me", Duration::from_secs(5)).await.unwrap());
+    drop(stores);
+    db.drop_now().await;
+}
