@@ -8,7 +8,7 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
-use stackgate::pipeline::{classify, decide, Facts};
+use stackgate::pipeline::{classify, decide, Decision, Facts, Principal, Route};
 use stackgate::ratelimit::{self, RateClock};
 use stackgate::snapshot::Snapshot;
 use stackgate::token::hash_secret;
@@ -73,6 +73,10 @@ fn whole_decision(c: &mut Criterion) {
                 let mut facts = Facts::default();
                 let d = decide(&snap, &parts, 1_700_000_000, &mut facts);
                 assert!(d.is_ok(), "{:?}", d.as_ref().err());
+                // The local backend's charge, which the server runs right after decide.
+                if let Ok(Decision { route: Route::Proxy { principal: Principal::Token(token) }, op, .. }) = &d {
+                    assert!(ratelimit::check(token, op).is_ok());
+                }
                 let _ = black_box(d);
             })
         })

@@ -829,3 +829,46 @@ fn check_token_rate(rate: u32, org_rate: u32, path: &str, errs: &mut ConfigError
         errs.push(path, format!("{rate} must be between 1 and the organization's {org_rate}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(extra: &str) -> Vec<String> {
+        let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{extra}");
+        match crate::config::from_str(&text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn scale_out_settings_are_validated() {
+        let ok = "[store]\nurl = \"postgres://sg:pw@db/stackgate\"\n[ratelimit]\nbackend = \"redis\"\nurl = \"redis://r:6379\"\nfail_mode = \"closed\"\nreplicas = 3";
+        let cfg = crate::config::from_str(&format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{ok}")).unwrap();
+        let redis = cfg.ratelimit.redis.as_ref().unwrap();
+        assert_eq!((redis.fail_mode, redis.replicas, cfg.ratelimit.local_share()), (FailMode::Closed, 3, 1));
+        assert_eq!(cfg.store.postgres.as_ref().unwrap().pool_size, 8);
+        // URLs may hold passwords: never in Debug output.
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("pw@") && !shown.contains("redis://r"), "{shown}");
+
+        let bad = errors(
+            "[store]\npath = \"x.db\"\nurl = \"mysql://db\"\n[ratelimit]\nbackend = \"redis\"\nfail_mode = \"maybe\"\nreplicas = 0",
+        );
+        assert!(bad.iter().any(|e| e.starts_with("store.url: give either path")), "{bad:?}");
+        assert!(bad.iter().any(|e| e.starts_with("store.url: must be a postgres://")), "{bad:?}");
+        assert!(bad.iter().any(|e| e.starts_with("ratelimit.fail_mode:")), "{bad:?}");
+        assert!(bad.iter().any(|e| e.starts_with("ratelimit.replicas:")), "{bad:?}");
+        assert!(bad.iter().any(|e| e.starts_with("ratelimit.url: backend = \"redis\" needs url")), "{bad:?}");
+        assert!(!bad.iter().any(|e| e.contains("mysql://db")), "the URL is not echoed: {bad:?}");
+
+        let bad = errors("[ratelimit]\nbackend = \"memcached\"\n[store]\nurl_env = \"STACKGATE_TEST_SURELY_UNSET\"");
+        assert!(bad.iter().any(|e| e.starts_with("ratelimit.backend:")), "{bad:?}");
+        assert!(bad.iter().any(|e| e.contains("STACKGATE_TEST_SURELY_UNSET is not set")), "{bad:?}");
+
+        let local = "[ratelimit]\nbackend = \"redis\"\nurl = \"redis://r\"\nreplicas = 4";
+        let cfg = crate::config::from_str(&format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{local}")).unwrap();
+        assert_eq!(cfg.ratelimit.local_share(), 4, "fail_mode defaults to local");
+    }
+}

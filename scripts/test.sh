@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs every test (README's test command). The scale-out tests need PostgreSQL and Redis
+# on loopback: this makes sure both answer (starting them where they are installed),
+# points the tests at them, then runs `cargo test --locked` (extra arguments are passed
+# on). Where the servers cannot be had, those tests are skipped with a printed reason,
+# unless STACKGATE_REQUIRE_SERVICES=1 (CI), which makes that an error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_HOST=127.0.0.1 PG_PORT=5432 REDIS_PORT=6379
+require="${STACKGATE_REQUIRE_SERVICES:-0}"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+
+wait_for() { # name, command...
+    local name=$1; shift
+    for _ in $(seq 1 50); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    echo "test.sh: $name did not come up" >&2; return 1
+}
+
+redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT"; }
+
+ensure_redis() {
+    # The fault tests start private redis-server processes, so the binary must exist.
+    if ! command -v redis-server >/dev/null; then
+        as_root apt-get install -y -qq redis-server >/dev/null || return 1
+    fi
+    redis_up && return 0
+    as_root mkdir -p /var/lib/redis /var/log/redis || true
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log >/dev/null || return 1
+    wait_for redis redis_up
+}
+
+ensure_postgres() {
+    command -v pg_isready >/dev/null || return 1
+    pg_up && return 0
+    local version
+    version=$(ls /etc/postgresql 2>/dev/null | head -1)
+    [ -n "$version" ] || return 1
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || return 1
+    wait_for postgresql pg_up
+}
+
+services=1
+ensure_redis || { echo "test.sh: Redis is not available" >&2; services=0; }
+ensure_postgres || { echo "test.sh: PostgreSQL is not available" >&2; services=0; }
+if [ "$services" = 1 ]; then
+    export STACKGATE_TEST_POSTGRES_URL="${STACKGATE_TEST_POSTGRES_URL:-postgres://$(id -un)@$PG_HOST:$PG_PORT/test}"
+    export STACKGATE_TEST_REDIS_URL="${STACKGATE_TEST_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
+    echo "test.sh: scale-out tests use $STACKGATE_TEST_POSTGRES_URL and $STACKGATE_TEST_REDIS_URL"
+elif [ "$require" = 1 ]; then
+    echo "test.sh: STACKGATE_REQUIRE_SERVICES=1 but PostgreSQL/Redis are missing" >&2
+    exit 1
+else
+    echo "test.sh: scale-out tests will be skipped" >&2
+fi
+
+cargo test --locked "$@"
