@@ -184,6 +184,17 @@ def main():
         sg, sport, _ = start_stackgate(os.path.join(small, "stackgate.toml"), PROXY_CPU)
         sg_tls, tport, _ = start_stackgate(tls_config(small), PROXY_CPU)
         procs += [sg, sg_tls]
+        # The same gateway with its buckets in Redis (a private redis-server beside the
+        # backend): one script round trip per request. fail_mode closed, so a Redis
+        # failure would show as errors instead of silently admitting.
+        rport = free_port()
+        procs.append(start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], LOAD_CPU))
+        wait_port(rport)
+        rcfg = os.path.join(small, "stackgate-redis.toml")
+        open(rcfg, "w").write(open(os.path.join(small, "stackgate.toml")).read()
+                              + f'\n[ratelimit]\nbackend = "redis"\nurl = "redis://127.0.0.1:{rport}"\nfail_mode = "closed"\n')
+        sg_redis, rsport, _ = start_stackgate(rcfg, PROXY_CPU)
+        procs.append(sg_redis)
         i = 777
         headers = [f"api_key: blt{i // 30:016x}", f"authorization: cs{i:032x}", "branch: main"]
         path = "/v3/content_types/blog_post/entries?locale=en-us"
@@ -193,6 +204,7 @@ def main():
             ("nginx reverse proxy", nginx_proxy.pid, lambda: run_wrk(f"http://127.0.0.1:{nport}{path}", headers)),
             ("HAProxy reverse proxy", haproxy.pid, lambda: run_wrk(f"http://127.0.0.1:{hport}{path}", headers)),
             ("stackgate, HTTP/1.1", sg.pid, lambda: run_wrk(f"http://127.0.0.1:{sport}{path}", headers)),
+            ("stackgate, HTTP/1.1, Redis buckets", sg_redis.pid, lambda: run_wrk(f"http://127.0.0.1:{rsport}{path}", headers)),
             ("stackgate, h2 (h2load)", sg.pid, lambda: run_h2load(f"http://127.0.0.1:{sport}{path}", headers)),
             ("stackgate, TLS HTTP/1.1", sg_tls.pid, lambda: run_wrk(f"https://127.0.0.1:{tport}{path}", headers)),
             ("stackgate, TLS h2 (h2load)", sg_tls.pid, lambda: run_h2load(f"https://127.0.0.1:{tport}{path}", headers)),
@@ -203,7 +215,7 @@ def main():
                 r = measure(pid, fn)
                 results[name].append(r)
                 print(f"round {rnd + 1} {name:28} {r['rps']:>10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  errors {r['errors']}", flush=True)
-        for p in (sg, sg_tls):
+        for p in (sg, sg_tls, sg_redis):
             p.terminate()
             p.wait(timeout=60)
 
@@ -258,6 +270,9 @@ def report(results, scale):
         *rows,
         "",
         f"p99 vs nginx: {median(results['stackgate, HTTP/1.1'], 'p99') / nginx_p99:.2f}x. "
+        f"Redis buckets vs local buckets (same run): throughput {median(results['stackgate, HTTP/1.1, Redis buckets'], 'rps') / small:.2f}x, "
+        f"p99 {median(results['stackgate, HTTP/1.1, Redis buckets'], 'p99') / median(results['stackgate, HTTP/1.1'], 'p99'):.2f}x "
+        f"(Redis on the load generator's core). "
         f"With 1,000,000 tokens over 33,334 stacks: seeding the store took {scale['seed_s']:.1f} s, start-up "
         f"(store load + snapshot build, to listening) {scale['startup_s']:.1f} s, RSS after start {scale['rss_now']:.0f} MiB "
         f"(peak during start-up {scale['rss_peak']:.0f} MiB); "

@@ -394,6 +394,13 @@ fn count(statuses: &[u16], status: u16) -> usize {
     statuses.iter().filter(|&&s| s == status).count()
 }
 
+/// Eight quick reads of a 5/s token with a burst of 5: the burst passes, the rest is
+/// refused (one more may pass if the eight took over 200 ms on a loaded machine).
+fn assert_limited(statuses: &[u16], what: &str) {
+    let ok = count(statuses, 200);
+    assert!((5..=6).contains(&ok) && ok + count(statuses, 429) == statuses.len(), "{what}: {statuses:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_applies_each_fail_mode_then_recovers() {
     let Some((pg, _)) = services("redis_outage_applies_each_fail_mode_then_recovers") else { return };
@@ -412,8 +419,7 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
 
     // Redis up: all three limit RATED to its burst of 5.
     for addr in [open, closed, local] {
-        let s = burst(addr, 8).await;
-        assert_eq!((count(&s, 200), count(&s, 429)), (5, 3), "{s:?}");
+        assert_limited(&burst(addr, 8).await, "Redis up");
     }
 
     redis.kill();
@@ -422,8 +428,7 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
     assert_eq!(count(&s, 200), 12, "open admits everything while Redis is down: {s:?}");
     let s = burst(closed, 4).await;
     assert_eq!(count(&s, 503), 4, "closed refuses with 503: {s:?}");
-    let s = burst(local, 8).await;
-    assert_eq!((count(&s, 200), count(&s, 429)), (5, 3), "local buckets take over: {s:?}");
+    assert_limited(&burst(local, 8).await, "local buckets take over");
 
     // Redis returns (empty): each gateway goes back to it without a restart.
     redis.restart().await;
@@ -438,8 +443,7 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
     eprintln!("closed mode recovered {:?} after Redis restarted", started.elapsed());
     tokio::time::sleep(Duration::from_secs(3)).await;
     for addr in [open, closed] {
-        let s = burst(addr, 8).await;
-        assert_eq!((count(&s, 200), count(&s, 429)), (5, 3), "limited by Redis again: {s:?}");
+        assert_limited(&burst(addr, 8).await, "limited by Redis again");
     }
     // The buckets are in Redis again (keys under each gateway's prefix).
     let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();

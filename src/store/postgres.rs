@@ -120,7 +120,11 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS stackgate_schema (version INTEGER NOT NULL)").await.map_err(pg)?;
+        let exists: bool =
+            tx.query_one("SELECT to_regclass('stackgate_schema') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
+        if !exists {
+            tx.batch_execute("CREATE TABLE stackgate_schema (version INTEGER NOT NULL)").await.map_err(pg)?;
+        }
         let version: i32 =
             tx.query_opt("SELECT version FROM stackgate_schema", &[]).await.map_err(pg)?.map_or(0, |r| r.get(0));
         let version = usize::try_from(version).unwrap_or(0);
