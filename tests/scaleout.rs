@@ -52,6 +52,14 @@ impl Database {
         let name = unique(test);
         let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
+        // Databases left by test runs that panicked (their process is gone).
+        for row in client.query("SELECT datname FROM pg_database WHERE datname LIKE 'sg\\_%'", &[]).await.unwrap() {
+            let stale: String = row.get(0);
+            let pid = stale.rsplit('_').nth(1).unwrap_or("");
+            if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {stale} WITH (FORCE)")).await;
+            }
+        }
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
         let (base, query) = admin_url.split_once('?').map_or((admin_url, ""), |(b, q)| (b, q));
         let base = &base[..base.rfind('/').unwrap()];
