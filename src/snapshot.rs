@@ -201,6 +201,12 @@ impl Snapshot {
         self.users.get(authtoken_sha256).map(|u| &**u)
     }
 
+    /// The secret hash of the token `uid` of stack `api_key`, by a scan: for changes
+    /// made by other replicas (rare, and on a background task), never per request.
+    pub fn find_stored(&self, api_key: &str, uid: &str) -> Option<[u8; 32]> {
+        self.tokens.iter().find(|(_, t)| &*t.uid == uid && &*t.stack.api_key == api_key).map(|(hash, _)| *hash)
+    }
+
     pub fn token_count(&self) -> usize {
         self.tokens.len()
     }

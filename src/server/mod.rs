@@ -167,10 +167,13 @@ impl Gateway {
 
     /// Applies a change another replica made to the shared store: re-reads the token
     /// (gone: deleted) and swaps in a snapshot with it.
-    async fn apply_remote(&self, stack: &str, uid: &str, secret_sha256: &[u8; 32]) -> Result<(), StoreError> {
+    async fn apply_remote(&self, stack: &str, uid: &str) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         let rec = self.store.get(stack, uid).await?;
-        let next = self.snapshot.load().with_token_change(rec.as_ref(), Some(secret_sha256));
+        let current = self.snapshot.load();
+        // The notification names the token, not its secret's hash: find what it replaces.
+        let old = current.find_stored(stack, uid);
+        let next = current.with_token_change(rec.as_ref(), old.as_ref());
         self.swap(next);
         tracing::debug!(token.uid = %uid, present = rec.is_some(), "token change from another replica applied");
         Ok(())
@@ -200,7 +203,7 @@ impl Gateway {
     async fn follow(self: Arc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<StoreEvent>) {
         while let Some(event) = events.recv().await {
             let mut result = match &event {
-                StoreEvent::Changed { stack, uid, secret_sha256 } => self.apply_remote(stack, uid, secret_sha256).await,
+                StoreEvent::Changed { stack, uid } => self.apply_remote(stack, uid).await,
                 StoreEvent::Resync => self.resync().await,
             };
             let mut backoff = std::time::Duration::from_millis(100);

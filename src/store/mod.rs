@@ -75,9 +75,9 @@ pub trait TokenStore: Send + Sync + 'static {
 /// A change to a shared store that this process did not make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
-    /// The token (`stack`, `uid`, secret hash) was created, updated or deleted: read it
-    /// again (gone means deleted).
-    Changed { stack: String, uid: String, secret_sha256: [u8; 32] },
+    /// The token (`stack`, `uid`) was created, updated or deleted: read it again (gone
+    /// means deleted).
+    Changed { stack: String, uid: String },
     /// Changes may have been missed (first connect, reconnect, periodic backstop):
     /// re-read every token.
     Resync,
