@@ -110,6 +110,36 @@ fn run_refuses_an_invalid_config_before_binding() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
+/// `--threads 1` (what a process limited to one core gets by default) runs everything on
+/// tokio's current-thread scheduler: proxying, the store's blocking calls, the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_thread_serves_proxying_and_the_token_api() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("one-thread");
+    let file = dir.join("gw.toml");
+    let store = format!("\n[store]\npath = \"{}\"\n", dir.join("tokens.db").display());
+    std::fs::write(&file, config_text(backend.addr, "", &store)).unwrap();
+    let (proc_, addr, _out) = spawn(&["run", "--config", file.to_str().unwrap(), "--threads", "1"]);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", proc_.0.id())).unwrap().count();
+    assert!(threads <= 2, "one worker (plus at most a blocking-pool thread), got {threads} threads");
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (status, _) = raw(addr, &raw_get("/v3/assets")).await;
+    assert_eq!(status, 200);
+    let create = r#"{"token":{"name":"one-thread","scope":[{"module":"$all","acl":{"read":true}},{"module":"branch","branches":["main"],"acl":{"read":true}}],"expires_on":"2099-01-01"}}"#;
+    let request = format!(
+        "POST /v3/stacks/management_tokens HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthtoken: {ALICE}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{create}",
+        create.len()
+    );
+    let (status, body) = raw(addr, request.as_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    let secret = body.split("\"token\":\"").nth(1).and_then(|s| s.get(..34)).unwrap().to_owned();
+    let get = format!(
+        "GET /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {secret}\r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(raw(addr, get.as_bytes()).await.0, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mib_upload_streams_without_growing_gateway_memory() {
     let backend = Backend::start().await;
