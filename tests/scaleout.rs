@@ -87,6 +87,7 @@ impl Database {
 struct Replica {
     _proc: Proc,
     addr: SocketAddr,
+    admin: SocketAddr,
 }
 
 /// Starts the binary with its log (stdout) going to `log`, and waits until it listens.
@@ -103,8 +104,11 @@ fn spawn_logged(config: &std::path::Path, log: &std::path::Path) -> Replica {
     let started = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(addr) = text.lines().find_map(|l| l.trim().strip_prefix("stackgate listening on http://")) {
-            return Replica { _proc: proc, addr: addr.parse().unwrap() };
+        let line = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned));
+        if let (Some(addr), Some(admin)) =
+            (line("stackgate listening on http://"), line("stackgate admin listening on http://"))
+        {
+            return Replica { _proc: proc, addr: addr.parse().unwrap(), admin: admin.parse().unwrap() };
         }
         assert!(proc.0.try_wait().unwrap().is_none(), "gateway exited: {text}");
         assert!(started.elapsed() < Duration::from_secs(10), "gateway did not start: {text}");
@@ -349,6 +353,17 @@ async fn local_fail_mode_gives_each_replica_its_share() {
     db.drop_now().await;
 }
 
+/// The body of a GET on the admin listener.
+async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
 async fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
 }
@@ -424,6 +439,11 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
         gateways.push(start_replicas(backend.addr, &cfg, 1).pop().unwrap());
     }
     let [open, closed, local] = [gateways[0].addr, gateways[1].addr, gateways[2].addr];
+    let metric = |admin: SocketAddr, name: &'static str| async move {
+        let text = admin_get(admin, "/metrics").await;
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(-1.0)
+    };
+    assert_eq!(metric(gateways[0].admin, "stackgate_ratelimit_backend_up ").await, 1.0);
 
     // Redis up: all three limit RATED to its burst of 5.
     for addr in [open, closed, local] {
@@ -434,6 +454,9 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let s = burst(open, 12).await;
     assert_eq!(count(&s, 200), 12, "open admits everything while Redis is down: {s:?}");
+    assert_eq!(metric(gateways[0].admin, "stackgate_ratelimit_backend_up ").await, 0.0);
+    let fallbacks = metric(gateways[0].admin, "stackgate_ratelimit_fallbacks_total{mode=\"open\"} ").await;
+    assert!(fallbacks >= 12.0, "every admitted request counted: {fallbacks}");
     let s = burst(closed, 4).await;
     assert_eq!(count(&s, 503), 4, "closed refuses with 503: {s:?}");
     assert_limited(&burst(local, 8).await, "local buckets take over");
@@ -453,6 +476,7 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
     for addr in [open, closed] {
         assert_limited(&burst(addr, 8).await, "limited by Redis again");
     }
+    assert_eq!(metric(gateways[0].admin, "stackgate_ratelimit_backend_up ").await, 1.0);
     // The buckets are in Redis again (keys under each gateway's prefix).
     let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}-open:*")).query_async(&mut conn).await.unwrap();
