@@ -159,10 +159,25 @@ impl Gateway {
         let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let upstream = UpstreamClient::reuse_or_new(Some(&current.upstream), &config.upstream)?;
         let stored = self.store.load_all().await?;
-        let next = Snapshot::build(Arc::new(config), &stored, Some(&current), &self.rate_clock, upstream);
+        let next = self.build_off_thread(Arc::new(config), stored, current, upstream).await?;
         self.tls.store(tls);
         self.swap(next);
         Ok(report)
+    }
+
+    /// Builds a snapshot on the blocking pool: with a million tokens it takes seconds,
+    /// which must not stall the runtime thread that serves requests.
+    async fn build_off_thread(
+        &self,
+        config: Arc<Config>,
+        stored: Vec<TokenRecord>,
+        previous: Arc<Snapshot>,
+        upstream: UpstreamClient,
+    ) -> Result<Snapshot, StoreError> {
+        let rate_clock = self.rate_clock.clone();
+        tokio::task::spawn_blocking(move || Snapshot::build(config, &stored, Some(&previous), &rate_clock, upstream))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     /// Applies a change another replica made to the shared store: re-reads the token
@@ -185,15 +200,10 @@ impl Gateway {
         let _writer = self.writer.lock().await;
         let stored = self.store.load_all().await?;
         let current = self.snapshot.load_full();
-        let next = Snapshot::build(
-            Arc::clone(&current.config),
-            &stored,
-            Some(&current),
-            &self.rate_clock,
-            current.upstream.clone(),
-        );
+        let (config, upstream, count) = (Arc::clone(&current.config), current.upstream.clone(), stored.len());
+        let next = self.build_off_thread(config, stored, current, upstream).await?;
         self.swap(next);
-        tracing::debug!(tokens = stored.len(), "tokens re-read from the shared store");
+        tracing::debug!(tokens = count, "tokens re-read from the shared store");
         Ok(())
     }
 
