@@ -218,6 +218,7 @@ mod tests {
             remaining: 0,
             reset: 3,
             policy: HeaderValue::from_static("\"org-read\";q=10;w=1"),
+            limit_header: HeaderValue::from_static("10"),
         };
         let resp = GatewayError::RateLimited { retry_after: 3, info: Box::new(info) }.into_response();
         assert_eq!(resp.headers()["x-ratelimit-limit"], "10");

@@ -13,10 +13,11 @@ pub use normalize::{normalize, Target};
 pub use policy::{authorize, inspect_body};
 
 use crate::error::{Denial, GatewayError};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Token};
 use http::header::AUTHORIZATION;
 use http::request::Parts;
 use http::Method;
+use std::sync::Arc;
 
 /// What to do with a request that passed the synchronous stages.
 #[derive(Debug)]
@@ -42,7 +43,8 @@ pub struct Decision<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct Facts {
     pub op: Option<Operation>,
-    pub token_uid: Option<Box<str>>,
+    /// The authenticated token (an `Arc` clone: no copy of its uid per request).
+    pub token: Option<Arc<Token>>,
     /// Set only when the canonical path differs from the raw one.
     pub canonical: Option<Box<str>>,
 }
@@ -70,7 +72,7 @@ pub fn decide<'a>(
     }
     let principal = authenticate(snap, &parts.headers, now)?;
     if let Principal::Token(token) = &principal {
-        facts.token_uid = Some(token.uid.clone());
+        facts.token = Some(Arc::clone(token));
         authorize(token, &op, parts.headers.get(auth::BRANCH))?;
     }
     // The backend is the authority for users: nothing to check here.

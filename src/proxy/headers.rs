@@ -57,22 +57,21 @@ fn is_spoofable(name: &str) -> bool {
 /// in `Connection`) and, for requests, the spoofable ones. Allocates only when there is
 /// something to remove.
 fn strip(headers: &mut HeaderMap, request: bool) {
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n.as_str()) || (request && is_spoofable(n.as_str())))
-        .cloned()
-        .collect();
+    // Names a `Connection` header lists are hop-by-hop too (RFC 9110 section 7.6.1).
+    // Its values are cheap to clone; names are removed by `&str`, which allocates nothing.
     if headers.contains_key(header::CONNECTION) {
-        let listed = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
-        doomed.extend(listed);
+        let listed: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+        for name in listed.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')) {
+            headers.remove(name.trim());
+        }
     }
-    for name in &doomed {
-        headers.remove(name);
+    let doomed = |n: &HeaderName| is_hop_by_hop(n.as_str()) || (request && is_spoofable(n.as_str()));
+    // Most messages carry none of them: look before collecting.
+    if headers.keys().any(doomed) {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+        for name in &names {
+            headers.remove(name);
+        }
     }
 }
 

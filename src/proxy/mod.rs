@@ -12,16 +12,27 @@ pub use headers::{prepare_request_headers, prepare_response_headers, Identity, X
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
+use crate::pipeline::Target;
 use crate::tls::TlsError;
 use bytes::Bytes;
-use http::{Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::borrow::Cow;
 use std::time::Duration;
+
+/// `host[:port]` as hyper-util would send it (the port only when not the default).
+fn host_header(authority: &http::uri::Authority) -> Option<HeaderValue> {
+    let value = match authority.port_u16() {
+        Some(80) | None => authority.host().to_owned(),
+        Some(port) => format!("{}:{port}", authority.host()),
+    };
+    HeaderValue::from_str(&value).ok()
+}
 
 /// A response body: streamed from the backend, or bytes we produced.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -45,6 +56,10 @@ pub fn full_request(bytes: Bytes) -> ReqBody {
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, ReqBody>,
     upstream: Upstream,
+    /// The `Host` header for a plain-HTTP upstream, built once: hyper-util would
+    /// otherwise format it from the URI on every request. (An https upstream may speak
+    /// h2, which uses `:authority` instead, so hyper-util keeps that case.)
+    host: Option<HeaderValue>,
 }
 
 impl UpstreamClient {
@@ -69,7 +84,8 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Ok(UpstreamClient { client, upstream: upstream.clone() })
+        let host = (upstream.scheme == http::uri::Scheme::HTTP).then(|| host_header(&upstream.authority)).flatten();
+        Ok(UpstreamClient { client, upstream: upstream.clone(), host })
     }
 
     /// The previous client when the upstream settings are unchanged (keeping its
@@ -81,8 +97,19 @@ impl UpstreamClient {
         }
     }
 
-    /// The upstream URI for a canonical path and the original query.
-    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+    /// The upstream URI for a canonical path and the original query. When the path is
+    /// the client's own (unchanged by normalisation) and there is no base path, the
+    /// client's path-and-query is reused as is: no copy, no second parse.
+    pub fn uri_for(&self, target: &Target<'_>, original: &Uri) -> Result<Uri, GatewayError> {
+        let (path, query) = (&*target.path, target.query);
+        let reusable = original.path_and_query().filter(|_| self.upstream.base_path.is_empty());
+        if let (Cow::Borrowed(_), Some(pq)) = (&target.path, reusable) {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.upstream.scheme.clone());
+            parts.authority = Some(self.upstream.authority.clone());
+            parts.path_and_query = Some(pq.clone());
+            return Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest(BadRequest::AmbiguousPath));
+        }
         let mut pq =
             String::with_capacity(self.upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(&self.upstream.base_path);
@@ -103,6 +130,9 @@ impl UpstreamClient {
     /// (413, 400) when its body failed on the way (`body`).
     pub async fn send(&self, mut req: Request<ReqBody>, body: &BodyState) -> Result<Response<Incoming>, GatewayError> {
         *req.version_mut() = Version::HTTP_11;
+        if let Some(host) = &self.host {
+            req.headers_mut().insert(http::header::HOST, host.clone());
+        }
         let result = tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await;
         if let Some(err) = body.error() {
             return Err(err);

@@ -75,6 +75,8 @@ type Gcra = RateLimiter<NotKeyed, InMemoryState, RateClock, StateInformationMidd
 pub struct Bucket {
     name: &'static str,
     rate: u32,
+    /// `rate` as a header value, built once (every response carries it).
+    limit_header: HeaderValue,
     burst: u32,
     limiter: Gcra,
     clock: RateClock,
@@ -97,7 +99,8 @@ impl Bucket {
         let quota = Quota::with_period(period).unwrap_or(Quota::per_second(rate_nz)).allow_burst(burst_part);
         let limiter =
             RateLimiter::direct_with_clock(quota, clock.clone()).with_middleware::<StateInformationMiddleware>();
-        Bucket { name, rate: rate_nz.get(), burst: burst_nz.get(), limiter, clock: clock.clone() }
+        let limit_header = HeaderValue::from(rate_nz.get());
+        Bucket { name, rate: rate_nz.get(), limit_header, burst: burst_nz.get(), limiter, clock: clock.clone() }
     }
 
     pub fn name(&self) -> &'static str {
@@ -198,16 +201,48 @@ pub struct RateInfo {
     pub remaining: u32,
     pub reset: u64,
     pub policy: HeaderValue,
+    /// `limit` as a header value (the bucket's, shared).
+    pub limit_header: HeaderValue,
+}
+
+/// Header values of the numbers `X-RateLimit-Remaining` usually carries, built once:
+/// a clone is a reference-count increment where `HeaderValue::from(n)` allocates.
+fn number_header(n: u32) -> HeaderValue {
+    static SMALL: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
+    let small = SMALL.get_or_init(|| (0..=1024u32).map(HeaderValue::from).collect());
+    usize::try_from(n).ok().and_then(|i| small.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(n))
+}
+
+/// Appends `n` in decimal (the hot path avoids `format!`).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 impl RateInfo {
     /// Writes `X-RateLimit-*` and the draft `RateLimit-Policy` / `RateLimit` fields.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.limit));
-        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(X_RATELIMIT_LIMIT, self.limit_header.clone());
+        headers.insert(X_RATELIMIT_REMAINING, number_header(self.remaining));
         headers.insert(RATELIMIT_POLICY, self.policy.clone());
-        let current = format!("\"{}\";r={};t={}", self.name, self.remaining, self.reset);
-        if let Ok(v) = HeaderValue::from_str(&current) {
+        // `"name";r=REMAINING;t=RESET`
+        let mut current = Vec::with_capacity(self.name.len() + 48);
+        current.push(b'"');
+        current.extend_from_slice(self.name.as_bytes());
+        current.extend_from_slice(b"\";r=");
+        push_decimal(&mut current, u64::from(self.remaining));
+        current.extend_from_slice(b";t=");
+        push_decimal(&mut current, self.reset);
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(current)) {
             headers.insert(RATELIMIT, v);
         }
     }
@@ -261,8 +296,14 @@ pub fn charge_for<'a>(token: &'a Token, op: &Operation) -> &'a Charge {
 fn refused(bucket: &Bucket, policy: &HeaderValue, wait: Duration) -> GatewayError {
     let retry_after = wait.as_nanos().div_ceil(1_000_000_000).max(1);
     let retry_after = u64::try_from(retry_after).unwrap_or(u64::MAX);
-    let info =
-        RateInfo { name: bucket.name, limit: bucket.rate, remaining: 0, reset: retry_after, policy: policy.clone() };
+    let info = RateInfo {
+        name: bucket.name,
+        limit: bucket.rate,
+        remaining: 0,
+        reset: retry_after,
+        policy: policy.clone(),
+        limit_header: bucket.limit_header.clone(),
+    };
     GatewayError::RateLimited { retry_after, info: Box::new(info) }
 }
 
@@ -274,6 +315,7 @@ fn admitted(bucket: &Bucket, remaining: u32, policy: &HeaderValue) -> RateInfo {
         remaining,
         reset: bucket.reset_secs(remaining),
         policy: policy.clone(),
+        limit_header: bucket.limit_header.clone(),
     }
 }
 
@@ -338,6 +380,18 @@ mod tests {
         clock.advance(Duration::from_secs(3));
         assert_eq!(admitted(&b, 20), 2, "never more than its part of the burst");
         assert_eq!((b.rate(), b.burst()), (5, 5), "headers still show the whole bucket");
+    }
+
+    #[test]
+    fn decimal_and_number_headers() {
+        for n in [0u64, 7, 10, 1024, 1025, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        for n in [0u32, 1, 1024, 1025, u32::MAX] {
+            assert_eq!(number_header(n), n.to_string().as_str());
+        }
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub async fn handle(
         path = facts.canonical.as_deref().unwrap_or(uri.path()),
         module = op.map_or("-", |o| o.module.name()),
         access = op.map_or("-", |o| o.access.name()),
-        token_uid = facts.token_uid.as_deref().unwrap_or("-"),
+        token_uid = facts.token.as_ref().map_or("-", |t| &*t.uid),
         status = resp.status().as_u16(),
         reason = error.as_ref().map_or("-", GatewayError::reason),
         detail = %error.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
@@ -106,7 +106,7 @@ async fn process(
             (principal, rate)
         }
     };
-    let uri = snap.upstream.uri_for(&target.path, target.query)?;
+    let uri = snap.upstream.uri_for(&target, &parts.uri)?;
     let identity = match &principal {
         Principal::Token(t) => Some(Identity { token_uid: &t.uid, access: t.access_label }),
         Principal::UserSession => None,
