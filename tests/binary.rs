@@ -32,6 +32,32 @@ fn check_accepts_the_example_config() {
     assert_eq!(cfg.stacks[0].tokens.len(), 2);
 }
 
+/// The configs embedded in the Kubernetes examples stay valid (`stackgate check`).
+#[test]
+fn check_accepts_the_deploy_examples() {
+    let dir = temp_dir("deploy-examples");
+    for example in ["deploy/kubernetes/sidecar.yaml", "deploy/kubernetes/replicas.yaml"] {
+        let yaml = std::fs::read_to_string(example).unwrap();
+        let mut lines = yaml.lines().skip_while(|l| !l.trim_end().ends_with("stackgate.toml: |")).skip(1);
+        let indent = lines.clone().find(|l| !l.trim().is_empty()).map_or(0, |l| l.len() - l.trim_start().len());
+        let toml: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
+            .map(|l| l.get(indent..).unwrap_or(""))
+            .collect();
+        assert!(toml.len() > 5, "{example}: no embedded stackgate.toml found");
+        let file = dir.join("example.toml");
+        std::fs::write(&file, toml.join("\n")).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config", file.to_str().unwrap()])
+            .env("STACKGATE_POSTGRES_URL", "postgres://stackgate:secret@db/stackgate")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn check_lists_every_error_with_its_path() {
     let dir = std::env::temp_dir().join(format!("stackgate-check-{}", std::process::id()));

@@ -548,6 +548,9 @@ async fn postgres_outage_keeps_serving_refuses_writes_and_loses_nothing() {
     until_all(&[a], "GET", API_KEY, &revoked, 200, Duration::from_secs(1)).await;
 
     relay.down();
+    // Still ready (a database outage must not empty the load balancer), store reported down.
+    let ready = admin_get(ra[0].admin, "/readyz").await;
+    assert!(ready.contains("\"ready\"") && ready.contains("unavailable"), "{ready}");
     // A keeps serving every token it knows.
     assert_eq!(status_with(a, "GET", API_KEY, &kept).await, 200);
     assert_eq!(status_with(a, "GET", API_KEY, RW).await, 200);
@@ -561,6 +564,7 @@ async fn postgres_outage_keeps_serving_refuses_writes_and_loses_nothing() {
     assert_eq!(status, 200);
 
     relay.restore();
+    assert!(admin_get(ra[0].admin, "/readyz").await.contains("\"store\":\"up\""));
     // After reconnecting, A re-reads everything: the revoked token is refused.
     let took = until_all(&[a], "GET", API_KEY, &revoked, 401, Duration::from_secs(5)).await;
     eprintln!("revocation missed during the outage applied {took:?} after PostgreSQL returned");
