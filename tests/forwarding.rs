@@ -123,3 +123,97 @@ async fn slow_backend_is_504() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(3500), "{took:?}");
 }
+
+/// A raw backend that counts connections, answers every request 200 and, if
+/// `close_after` is set, closes each connection that long after answering (as a
+/// backend's keep-alive timeout does), without announcing it.
+async fn counting_backend(
+    close_after: Option<Duration>,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let Ok(n) = stream.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let body = b"{\"ok\":true}";
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(body).await.is_err() {
+                            return;
+                        }
+                        if let Some(after) = close_after {
+                            tokio::time::sleep(after).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+async fn env_for(backend: std::net::SocketAddr) -> stackgate::server::Running {
+    let cfg = stackgate::config::from_str(&config_text(backend, "", "")).unwrap();
+    stackgate::server::start(cfg, Arc::new(SystemClock)).await.unwrap()
+}
+
+const READ: [(&str, &str); 2] = [("api_key", API_KEY), ("authorization", RW)];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_closing_an_idle_connection_costs_the_client_nothing() {
+    let (backend, connections) = counting_backend(Some(Duration::from_millis(30))).await;
+    let gw = env_for(backend).await;
+    let mut client = KeepAlive::connect(gw.addr).await;
+    for round in 1..=3 {
+        assert_eq!(client.send("GET", PATH, &READ, "").await.0, 200, "round {round}");
+        // The backend drops the upstream connection while it is idle.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3, "a new upstream connection each round");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_outlive_client_connections() {
+    let (backend, connections) = counting_backend(None).await;
+    let gw = env_for(backend).await;
+    for _ in 0..10 {
+        let (status, _) = raw(gw.addr, &raw_get(PATH)).await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let opened = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened <= 3, "10 one-request client connections opened {opened} upstream connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_another_upstream_moves_open_connections_too() {
+    let (old, old_count) = counting_backend(None).await;
+    let (new, new_count) = counting_backend(None).await;
+    let gw = env_for(old).await;
+    let mut client = KeepAlive::connect(gw.addr).await;
+    assert_eq!(client.send("GET", PATH, &READ, "").await.0, 200);
+    let cfg = stackgate::config::from_str(&config_text(new, "", "")).unwrap();
+    gw.gateway.install(cfg).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.send("GET", PATH, &READ, "").await.0, 200);
+    }
+    assert_eq!(old_count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(new_count.load(std::sync::atomic::Ordering::SeqCst), 1, "the open client connection follows the reload");
+}

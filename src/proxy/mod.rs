@@ -1,13 +1,17 @@
 //! Stage 7: forwarding to the backend (DESIGN.md section 8).
 //!
-//! One pooled hyper-util client per upstream config; bodies stream both ways. Headers
+//! HTTP/1 clients of a plain-HTTP upstream go down their connection's own upstream
+//! connection (`direct.rs`); everything else through one pooled hyper-util client per
+//! upstream config. Bodies stream both ways. Headers
 //! are rewritten in place: hop-by-hop and spoofable headers removed, forwarding and
 //! identity headers set.
 
 mod body;
+mod direct;
 mod headers;
 
 pub use body::{BodyState, Streamed};
+pub use direct::UpstreamSlot;
 pub use headers::{prepare_request_headers, prepare_response_headers, Identity, X_REQUEST_ID};
 
 use crate::config::Upstream;
@@ -15,7 +19,7 @@ use crate::error::{BadRequest, GatewayError, UpstreamFailure};
 use crate::pipeline::Target;
 use crate::tls::TlsError;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -24,15 +28,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::borrow::Cow;
 use std::time::Duration;
-
-/// `host[:port]` as hyper-util would send it (the port only when not the default).
-fn host_header(authority: &http::uri::Authority) -> Option<HeaderValue> {
-    let value = match authority.port_u16() {
-        Some(80) | None => authority.host().to_owned(),
-        Some(port) => format!("{}:{port}", authority.host()),
-    };
-    HeaderValue::from_str(&value).ok()
-}
 
 /// A response body: streamed from the backend, or bytes we produced.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -56,10 +51,8 @@ pub fn full_request(bytes: Bytes) -> ReqBody {
 pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, ReqBody>,
     upstream: Upstream,
-    /// The `Host` header for a plain-HTTP upstream, built once: hyper-util would
-    /// otherwise format it from the URI on every request. (An https upstream may speak
-    /// h2, which uses `:authority` instead, so hyper-util keeps that case.)
-    host: Option<HeaderValue>,
+    /// The direct path, for a plain-HTTP upstream (see `direct.rs`).
+    direct: Option<direct::Direct>,
 }
 
 impl UpstreamClient {
@@ -84,8 +77,10 @@ impl UpstreamClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        let host = (upstream.scheme == http::uri::Scheme::HTTP).then(|| host_header(&upstream.authority)).flatten();
-        Ok(UpstreamClient { client, upstream: upstream.clone(), host })
+        let direct = (upstream.scheme == http::uri::Scheme::HTTP)
+            .then(|| direct::Direct::new(&upstream.authority, upstream.connect_timeout))
+            .flatten();
+        Ok(UpstreamClient { client, upstream: upstream.clone(), direct })
     }
 
     /// The previous client when the upstream settings are unchanged (keeping its
@@ -126,13 +121,35 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::BadRequest(BadRequest::AmbiguousPath))
     }
 
+    /// Sends a prepared request of an HTTP/1 client connection down that connection's
+    /// own upstream connection (`slot`) when the upstream is plain HTTP; otherwise (or
+    /// with no slot: HTTP/2 clients) through the pool. Failures map as in
+    /// [`UpstreamClient::send`].
+    pub async fn send_on(
+        &self,
+        slot: Option<&UpstreamSlot>,
+        req: Request<ReqBody>,
+        body: &BodyState,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let (Some(slot), Some(direct)) = (slot, &self.direct) else {
+            return self.send(req, body).await;
+        };
+        let result = tokio::time::timeout(self.upstream.request_timeout, direct.send(slot, req)).await;
+        if let Some(err) = body.error() {
+            return Err(err);
+        }
+        match result {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(direct::Failure::Connect)) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+            Ok(Err(direct::Failure::Protocol)) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+            Err(_) => Err(GatewayError::GatewayTimeout),
+        }
+    }
+
     /// Sends a prepared request; maps failures to 502/504, or to the client's fault
     /// (413, 400) when its body failed on the way (`body`).
     pub async fn send(&self, mut req: Request<ReqBody>, body: &BodyState) -> Result<Response<Incoming>, GatewayError> {
         *req.version_mut() = Version::HTTP_11;
-        if let Some(host) = &self.host {
-            req.headers_mut().insert(http::header::HOST, host.clone());
-        }
         let result = tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await;
         if let Some(err) = body.error() {
             return Err(err);

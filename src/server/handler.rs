@@ -5,7 +5,7 @@ use super::Gateway;
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::{
-    self, prepare_request_headers, prepare_response_headers, Body, BodyState, Identity, ReqBody, Streamed,
+    self, prepare_request_headers, prepare_response_headers, Body, BodyState, Identity, ReqBody, Streamed, UpstreamSlot,
 };
 use crate::ratelimit::RateLimit;
 use crate::snapshot::Snapshot;
@@ -27,12 +27,14 @@ pub struct ConnInfo {
     /// The peer address as an `X-Forwarded-For` value.
     pub peer_ip: HeaderValue,
     pub https: bool,
+    /// This connection's own upstream connection (HTTP/1 clients, plain-HTTP upstream).
+    pub upstream: UpstreamSlot,
 }
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, https: bool) -> Self {
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        ConnInfo { peer, peer_ip, https }
+        ConnInfo { peer, peer_ip, https, upstream: UpstreamSlot::default() }
     }
 }
 
@@ -137,7 +139,8 @@ async fn process(
         snap.settings.forward_token,
     );
     parts.uri = uri;
-    let upstream_resp = snap.upstream.send(Request::from_parts(parts, body), &body_state).await?;
+    let slot = (parts.version != http::Version::HTTP_2).then_some(&conn.upstream);
+    let upstream_resp = snap.upstream.send_on(slot, Request::from_parts(parts, body), &body_state).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();
     prepare_response_headers(&mut resp_parts.headers, request_id);
     if let Some(rate) = rate {
