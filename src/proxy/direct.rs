@@ -12,6 +12,7 @@
 //! upstream connections. HTTP/2 clients and https upstreams keep the pooled client.
 
 use super::ReqBody;
+use crate::error::UpstreamFailure;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -84,13 +85,6 @@ impl std::fmt::Debug for UpstreamSlot {
     }
 }
 
-/// Why a direct send failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Failure {
-    Connect,
-    Protocol,
-}
-
 /// The direct path's settings for one plain-HTTP upstream.
 #[derive(Clone)]
 pub struct Direct {
@@ -123,7 +117,11 @@ impl Direct {
     /// Sends `req` (absolute URI) on the slot's connection in origin form, opening one
     /// (or taking an idle one) if the slot has none. A request an old connection never
     /// took (the backend closed it while idle) goes again on a new one, once.
-    pub async fn send(&self, slot: &UpstreamSlot, mut req: Request<ReqBody>) -> Result<Response<Incoming>, Failure> {
+    pub async fn send(
+        &self,
+        slot: &UpstreamSlot,
+        mut req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, UpstreamFailure> {
         *req.version_mut() = Version::HTTP_11;
         req.headers_mut().insert(http::header::HOST, self.host_header.clone());
         if let Some(pq) = req.uri().path_and_query().cloned() {
@@ -140,7 +138,7 @@ impl Direct {
             };
             if sender.ready().await.is_err() {
                 if fresh {
-                    return Err(Failure::Protocol);
+                    return Err(UpstreamFailure::Protocol);
                 }
                 continue;
             }
@@ -151,20 +149,20 @@ impl Direct {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(Failure::Protocol),
+                    _ => return Err(UpstreamFailure::Protocol),
                 },
             }
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<ReqBody>, Failure> {
+    async fn connect(&self) -> Result<SendRequest<ReqBody>, UpstreamFailure> {
         let connecting = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
         let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(stream)) => stream,
-            _ => return Err(Failure::Connect),
+            _ => return Err(UpstreamFailure::Connect),
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|_| Failure::Connect)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|_| UpstreamFailure::Connect)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");

@@ -121,43 +121,39 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::BadRequest(BadRequest::AmbiguousPath))
     }
 
-    /// Sends a prepared request of an HTTP/1 client connection down that connection's
-    /// own upstream connection (`slot`) when the upstream is plain HTTP; otherwise (or
-    /// with no slot: HTTP/2 clients) through the pool. Failures map as in
-    /// [`UpstreamClient::send`].
-    pub async fn send_on(
+    /// Sends a prepared request. An HTTP/1 client connection's request goes down that
+    /// connection's own upstream connection (`slot`) when the upstream is plain HTTP;
+    /// anything else (no slot: HTTP/2 clients; https upstreams) through the pool.
+    /// Failures map to 502/504, or to the client's fault (413, 400) when its body failed
+    /// on the way (`body`).
+    pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
-        req: Request<ReqBody>,
+        mut req: Request<ReqBody>,
         body: &BodyState,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let (Some(slot), Some(direct)) = (slot, &self.direct) else {
-            return self.send(req, body).await;
+        let exchange = async {
+            match (slot, &self.direct) {
+                (Some(slot), Some(direct)) => direct.send(slot, req).await,
+                _ => {
+                    *req.version_mut() = Version::HTTP_11;
+                    self.client.request(req).await.map_err(|e| {
+                        if e.is_connect() {
+                            UpstreamFailure::Connect
+                        } else {
+                            UpstreamFailure::Protocol
+                        }
+                    })
+                }
+            }
         };
-        let result = tokio::time::timeout(self.upstream.request_timeout, direct.send(slot, req)).await;
+        let result = tokio::time::timeout(self.upstream.request_timeout, exchange).await;
         if let Some(err) = body.error() {
             return Err(err);
         }
         match result {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(direct::Failure::Connect)) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
-            Ok(Err(direct::Failure::Protocol)) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
-            Err(_) => Err(GatewayError::GatewayTimeout),
-        }
-    }
-
-    /// Sends a prepared request; maps failures to 502/504, or to the client's fault
-    /// (413, 400) when its body failed on the way (`body`).
-    pub async fn send(&self, mut req: Request<ReqBody>, body: &BodyState) -> Result<Response<Incoming>, GatewayError> {
-        *req.version_mut() = Version::HTTP_11;
-        let result = tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await;
-        if let Some(err) = body.error() {
-            return Err(err);
-        }
-        match result {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
-            Ok(Err(_)) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+            Ok(Err(failure)) => Err(GatewayError::BadGateway(failure)),
             Err(_) => Err(GatewayError::GatewayTimeout),
         }
     }

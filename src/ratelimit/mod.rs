@@ -165,15 +165,16 @@ impl Charge {
     /// In charging order. Scarcest first: a request refused by a later bucket has
     /// already spent a cell of the earlier ones, so the token's own and the bulk bucket
     /// go before the organisation's read/write bucket.
-    fn buckets(&self) -> impl Iterator<Item = &Arc<Bucket>> {
-        self.own.iter().chain(self.bulk.iter()).chain(Some(&self.org))
+    fn buckets(&self) -> impl Iterator<Item = &Bucket> {
+        self.parts().map(|(bucket, _)| bucket)
     }
 
     pub fn own(&self) -> Option<&Arc<Bucket>> {
         self.own.as_ref()
     }
 
-    /// The buckets in charging order, each with whether it is the token's own.
+    /// The buckets in charging order (see `buckets`), each with whether it is the
+    /// token's own.
     pub fn parts(&self) -> impl Iterator<Item = (&Bucket, bool)> {
         self.own.iter().map(|b| (&**b, true)).chain(self.bulk.iter().chain(Some(&self.org)).map(|b| (&**b, false)))
     }

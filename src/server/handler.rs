@@ -140,7 +140,7 @@ async fn process(
     );
     parts.uri = uri;
     let slot = (parts.version != http::Version::HTTP_2).then_some(&conn.upstream);
-    let upstream_resp = snap.upstream.send_on(slot, Request::from_parts(parts, body), &body_state).await?;
+    let upstream_resp = snap.upstream.send(slot, Request::from_parts(parts, body), &body_state).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();
     prepare_response_headers(&mut resp_parts.headers, request_id);
     if let Some(rate) = rate {
