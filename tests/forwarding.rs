@@ -217,3 +217,166 @@ async fn a_reload_to_another_upstream_moves_open_connections_too() {
     assert_eq!(old_count.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(new_count.load(std::sync::atomic::Ordering::SeqCst), 1, "the open client connection follows the reload");
 }
+
+/// A raw backend that answers the n-th request it reads with the n-th scripted
+/// response, written in the given pieces 20 ms apart (so the gateway sees it arrive in
+/// parts), closing the connection after it when the script says so. Returns the
+/// address, the request heads it read, and how many connections it accepted.
+type Script = Vec<(Vec<&'static [u8]>, bool)>;
+async fn scripted_backend(
+    script: Script,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let script = Arc::new(std::sync::Mutex::new(script.into_iter()));
+    let (seen, count) = (Arc::clone(&heads), Arc::clone(&connections));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (script, seen) = (Arc::clone(&script), Arc::clone(&seen));
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        let mut chunk = [0u8; 4096];
+                        let Ok(n @ 1..) = stream.read(&mut chunk).await else { return };
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    buf.drain(..end + 4 + len);
+                    seen.lock().unwrap().push(head);
+                    let Some((pieces, close)) = script.lock().unwrap().next() else { return };
+                    for piece in pieces {
+                        if stream.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads, connections)
+}
+
+/// One client connection to the gateway at a time (so its upstream slot is what the
+/// test observes); reconnects only after the gateway closed it.
+struct OneConn {
+    addr: std::net::SocketAddr,
+    sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
+    opened: usize,
+}
+
+impl OneConn {
+    /// Sends one request and collects the body (`None`: the body broke off).
+    async fn fetch(&mut self, method: &str) -> (u16, Option<String>) {
+        use http_body_util::BodyExt;
+        // A connection the gateway closed is replaced.
+        while self.sender.as_mut().is_none_or(|s| s.is_closed()) {
+            let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(self.addr).await.unwrap());
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            sender.ready().await.unwrap();
+            self.sender = Some(sender);
+            self.opened += 1;
+        }
+        let sender = self.sender.as_mut().unwrap();
+        sender.ready().await.unwrap();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(PATH)
+            .header("host", "gw")
+            .header("api_key", API_KEY)
+            .header("authorization", RW)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await.unwrap();
+        (status, body.ok().map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_responses_are_framed_exactly_and_connections_reused_only_when_safe() {
+    let script: Script = vec![
+        // 1. Chunked, arriving in pieces, with an extension and a trailer.
+        (
+            vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhel",
+                b"lo\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+            ],
+            false,
+        ),
+        // 2. Interim responses are dropped; the final one is forwarded.
+        (
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
+                b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            ],
+            false,
+        ),
+        // 3. HEAD: a length but no body.
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"], false),
+        // 4. A length-framed body arriving in two pieces.
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234", b"56789"], false),
+        // 5. Delimited by the end of the connection.
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ", b"close"], true),
+        // 6. Conflicting lengths: refused, connection dropped.
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd"], false),
+        // 7. A body cut short: the client sees the response break off.
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"], true),
+        // 8. Connection: close from the backend is honoured.
+        (vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbye"], false),
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh"], false),
+    ];
+    let (backend, heads, connections) = scripted_backend(script).await;
+    let gw = env_for(backend).await;
+    let mut client = OneConn { addr: gw.addr, sender: None, opened: 0 };
+    let conns = || connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(client.fetch("GET").await, (200, Some("hello world".into())));
+    assert_eq!(client.fetch("GET").await, (201, Some("ok".into())));
+    assert_eq!(client.fetch("HEAD").await, (200, Some(String::new())));
+    assert_eq!(client.fetch("GET").await, (200, Some("0123456789".into())));
+    assert_eq!(conns(), 1, "framed responses keep the upstream connection");
+    assert_eq!(client.fetch("GET").await, (200, Some("until close".into())));
+    assert_eq!(client.fetch("GET").await.0, 502);
+    assert_eq!(conns(), 2, "after a close-delimited body the next request needs a new connection");
+    assert_eq!(client.fetch("GET").await, (200, None));
+    // The gateway ends the client connection whose response broke off.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !client.sender.as_ref().unwrap().is_closed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(conns(), 3, "a refused response is never followed on the same connection");
+    assert_eq!(client.fetch("GET").await, (200, Some("bye".into())));
+    assert_eq!(client.fetch("GET").await, (200, Some("fresh".into())));
+    assert_eq!(conns(), 5);
+    assert_eq!(client.opened, 2, "only the broken body cost the client its connection");
+    // The gateway frames requests itself: nothing for a GET, its own length otherwise.
+    let heads = heads.lock().unwrap();
+    assert!(heads.iter().all(|h| !h.contains("transfer-encoding")), "{heads:?}");
+    assert!(heads[0].starts_with("get /v3/") && !heads[0].contains("content-length"), "{}", heads[0]);
+    assert!(heads[2].starts_with("head /v3/"), "{}", heads[2]);
+}

@@ -71,6 +71,24 @@ impl Streamed {
         }
     }
 
+    /// The body to forward: bytes when it is already complete (nothing at all, or all
+    /// of it in the frame [`Streamed::prefetch`] read), so it leaves with the head and
+    /// can be sent again; the stream otherwise.
+    pub fn into_outbound(mut self) -> super::Outbound {
+        if !self.inner.is_end_stream() {
+            return super::Outbound::Stream(self);
+        }
+        match self.first.take().map(Frame::into_data) {
+            None => super::Outbound::Bytes(Bytes::new()),
+            Some(Ok(data)) => super::Outbound::Bytes(data),
+            // A trailers frame: keep it in the stream.
+            Some(Err(frame)) => {
+                self.first = Some(frame);
+                super::Outbound::Stream(self)
+            }
+        }
+    }
+
     fn charge(&mut self, frame: &Frame<Bytes>) -> Result<(), GatewayError> {
         let len = frame.data_ref().map_or(0, |d| d.len() as u64);
         if len > self.remaining {

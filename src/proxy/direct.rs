@@ -3,20 +3,19 @@
 //!
 //! An HTTP/1 client connection's requests are sequential (hyper's server answers one
 //! before reading the next), so one upstream connection per client connection is all
-//! it can use. Sending down it skips the pooled client's per-request work (pool lookup
-//! and hand-off, request extensions, URI rewriting): callgrind counts 63.6k -> 55.1k
-//! instructions per proxied request, and in `benches/load.sh`'s setup (one core) it
-//! served 8-13% more requests per second with 10-12% less CPU per request. When the client
+//! it can use. The request is written and the response read inline by `h1.rs`, in the
+//! client connection's own task: no pool lookup, no connection task, no channel
+//! between them. A response body that arrived with its head (the usual small one)
+//! releases the connection at once; a longer one takes it along and puts it back in
+//! the slot when read to its end. When the client
 //! connection closes, its upstream connection goes to a small shared idle list for the
 //! next client connection, so clients that open a connection per request still reuse
 //! upstream connections. HTTP/2 clients and https upstreams keep the pooled client.
 
-use super::ReqBody;
+use super::h1::{Conn, Outgoing, ResponseBody, SendError};
+use super::{Outbound, Streamed};
 use crate::error::UpstreamFailure;
-use http::{HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{HeaderValue, Response};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,24 +24,24 @@ const MAX_IDLE: usize = 256;
 
 /// Idle upstream connections of one upstream configuration.
 #[derive(Default)]
-pub struct IdleList(Mutex<Vec<SendRequest<ReqBody>>>);
+pub struct IdleList(Mutex<Vec<Conn>>);
 
 impl IdleList {
-    fn pop(&self) -> Option<SendRequest<ReqBody>> {
+    fn pop(&self) -> Option<Conn> {
         let mut list = self.0.lock().ok()?;
-        while let Some(sender) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(mut conn) = list.pop() {
+            if conn.is_reusable() {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn push(&self, sender: SendRequest<ReqBody>) {
+    fn push(&self, mut conn: Conn) {
         if let Ok(mut list) = self.0.lock() {
-            list.retain(|s| !s.is_closed());
-            if list.len() < MAX_IDLE {
-                list.push(sender);
+            list.retain_mut(Conn::is_reusable);
+            if list.len() < MAX_IDLE && conn.is_reusable() {
+                list.push(conn);
             }
         }
     }
@@ -50,31 +49,33 @@ impl IdleList {
 
 /// One client connection's upstream connection, tagged with the idle list (that is,
 /// the upstream configuration) it belongs to: after a reload that changes the
-/// upstream, a connection to the old one is never used again.
+/// upstream, a connection to the old one is never used again. Shared with the
+/// response body still being read, which puts the connection back when it ends.
+#[derive(Default, Clone)]
+pub struct UpstreamSlot(Arc<SlotCell>);
+
 #[derive(Default)]
-pub struct UpstreamSlot(Mutex<Option<(SendRequest<ReqBody>, Arc<IdleList>)>>);
+struct SlotCell(Mutex<Option<(Conn, Arc<IdleList>)>>);
 
 impl UpstreamSlot {
-    fn take(&self, owner: &Arc<IdleList>) -> Option<SendRequest<ReqBody>> {
-        let (sender, tag) = self.0.lock().ok()?.take()?;
-        (Arc::ptr_eq(&tag, owner) && !sender.is_closed()).then_some(sender)
+    fn take(&self, owner: &Arc<IdleList>) -> Option<Conn> {
+        let (mut conn, tag) = self.0 .0.lock().ok()?.take()?;
+        (Arc::ptr_eq(&tag, owner) && conn.is_reusable()).then_some(conn)
     }
 
-    fn put(&self, sender: SendRequest<ReqBody>, owner: &Arc<IdleList>) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some((sender, Arc::clone(owner)));
+    fn put(&self, conn: Conn, owner: &Arc<IdleList>) {
+        if let Ok(mut slot) = self.0 .0.lock() {
+            *slot = Some((conn, Arc::clone(owner)));
         }
     }
 }
 
-impl Drop for UpstreamSlot {
+impl Drop for SlotCell {
+    /// The client connection is gone (and no body is still being read): its upstream
+    /// connection serves the next client connection.
     fn drop(&mut self) {
-        if let Some((sender, idle)) = self.0.get_mut().ok().and_then(Option::take) {
-            // Only a connection with no request in flight: a response still being
-            // read would block the next user.
-            if sender.is_ready() {
-                idle.push(sender);
-            }
+        if let Some((conn, idle)) = self.0.get_mut().ok().and_then(Option::take) {
+            idle.push(conn);
         }
     }
 }
@@ -90,7 +91,7 @@ impl std::fmt::Debug for UpstreamSlot {
 pub struct Direct {
     host: String,
     port: u16,
-    /// `Host` as hyper-util would send it, built once.
+    /// `Host` as sent to the backend, built once.
     host_header: HeaderValue,
     connect_timeout: Duration,
     idle: Arc<IdleList>,
@@ -114,60 +115,45 @@ impl Direct {
         Some(Direct { host, port, host_header, connect_timeout, idle: Arc::default() })
     }
 
-    /// Sends `req` (absolute URI) on the slot's connection in origin form, opening one
-    /// (or taking an idle one) if the slot has none. A request an old connection never
-    /// took (the backend closed it while idle) goes again on a new one, once.
+    /// Sends the request on the slot's connection (or an idle one, or a new one).
+    /// A request that met a connection the backend had closed goes again on a new
+    /// connection, once, if it can be sent again: its body is held in full and its
+    /// method is idempotent (RFC 9110 section 9.2.2), since the backend may have
+    /// received it.
     pub async fn send(
         &self,
         slot: &UpstreamSlot,
-        mut req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, UpstreamFailure> {
-        *req.version_mut() = Version::HTTP_11;
-        req.headers_mut().insert(http::header::HOST, self.host_header.clone());
-        if let Some(pq) = req.uri().path_and_query().cloned() {
-            *req.uri_mut() = Uri::from(pq);
-        }
+        parts: &http::request::Parts,
+        mut body: Outbound,
+    ) -> Result<Response<ResponseBody>, UpstreamFailure> {
         let mut fresh = false;
         loop {
-            let mut sender = match slot.take(&self.idle).or_else(|| self.idle.pop()) {
-                Some(sender) => sender,
+            let mut conn = match slot.take(&self.idle).or_else(|| self.idle.pop()) {
+                Some(conn) => conn,
                 None => {
                     fresh = true;
-                    self.connect().await?
+                    Conn::connect(&self.host, self.port, self.connect_timeout).await?
                 }
             };
-            if sender.ready().await.is_err() {
-                if fresh {
-                    return Err(UpstreamFailure::Protocol);
+            let outgoing = match &mut body {
+                Outbound::Bytes(bytes) => Outgoing::Bytes(bytes),
+                Outbound::Stream(stream) => Outgoing::Stream(stream, exact_length(stream)),
+            };
+            match conn.exchange(parts, &self.host_header, outgoing).await {
+                Ok((head, framing, keep)) => {
+                    let (slot, idle) = (slot.clone(), Arc::clone(&self.idle));
+                    let body = ResponseBody::new(conn, framing, keep, move |conn| slot.put(conn, &idle));
+                    return Ok(head.map(|()| body));
                 }
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    slot.put(sender, &self.idle);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(UpstreamFailure::Protocol),
-                },
+                Err(SendError::Closed)
+                    if !fresh && parts.method.is_idempotent() && matches!(body, Outbound::Bytes(_)) => {}
+                Err(_) => return Err(UpstreamFailure::Protocol),
             }
         }
     }
+}
 
-    async fn connect(&self) -> Result<SendRequest<ReqBody>, UpstreamFailure> {
-        let connecting = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
-        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(stream)) => stream,
-            _ => return Err(UpstreamFailure::Connect),
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|_| UpstreamFailure::Connect)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
-    }
+/// The body's length, when the client declared it (`Content-Length`).
+fn exact_length(body: &Streamed) -> Option<u64> {
+    hyper::body::Body::size_hint(body).exact()
 }

@@ -1,13 +1,14 @@
 //! Stage 7: forwarding to the backend (DESIGN.md section 8).
 //!
 //! HTTP/1 clients of a plain-HTTP upstream go down their connection's own upstream
-//! connection (`direct.rs`); everything else through one pooled hyper-util client per
-//! upstream config. Bodies stream both ways. Headers
+//! connection (`direct.rs`, speaking HTTP/1.1 through `h1.rs`); everything else through
+//! one pooled hyper-util client per upstream config. Bodies stream both ways. Headers
 //! are rewritten in place: hop-by-hop and spoofable headers removed, forwarding and
 //! identity headers set.
 
 mod body;
 mod direct;
+mod h1;
 mod headers;
 
 pub use body::{BodyState, Streamed};
@@ -21,28 +22,77 @@ use crate::tls::TlsError;
 use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::borrow::Cow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// A response body: streamed from the backend, or bytes we produced.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
-/// A forwarded request body: streamed (and counted) from the client, or bytes we hold.
-pub type ReqBody = Either<Streamed, Full<Bytes>>;
+/// A forwarded request body as the pooled client takes it.
+type ReqBody = Either<Streamed, Full<Bytes>>;
 
 /// Wraps bytes we produced (error bodies).
 pub fn full(bytes: Bytes) -> Body {
     Either::Right(Full::new(bytes))
 }
 
-/// Wraps bytes we hold for forwarding (buffered inspected bodies).
-pub fn full_request(bytes: Bytes) -> ReqBody {
-    Either::Right(Full::new(bytes))
+/// A request body on its way to the backend.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Held in full: buffered for inspection, small enough to arrive with the head, or
+    /// empty. It can be sent again.
+    Bytes(Bytes),
+    /// Streamed (and counted) from the client.
+    Stream(Streamed),
+}
+
+impl From<Outbound> for ReqBody {
+    fn from(body: Outbound) -> Self {
+        match body {
+            Outbound::Bytes(bytes) => Either::Right(Full::new(bytes)),
+            Outbound::Stream(stream) => Either::Left(stream),
+        }
+    }
+}
+
+/// A backend's response body, from whichever path carried the request.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Pooled(Incoming),
+    Direct(h1::ResponseBody),
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+            UpstreamBody::Direct(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Pooled(b) => b.size_hint(),
+            UpstreamBody::Direct(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A pooled client bound to one upstream: plain HTTP/1.1, or https with rustls and
@@ -125,30 +175,32 @@ impl UpstreamClient {
     /// connection's own upstream connection (`slot`) when the upstream is plain HTTP;
     /// anything else (no slot: HTTP/2 clients; https upstreams) through the pool.
     /// Failures map to 502/504, or to the client's fault (413, 400) when its body failed
-    /// on the way (`body`).
+    /// on the way (`state`).
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
-        mut req: Request<ReqBody>,
-        body: &BodyState,
-    ) -> Result<Response<Incoming>, GatewayError> {
+        mut parts: http::request::Parts,
+        body: Outbound,
+        state: &BodyState,
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
         let exchange = async {
             match (slot, &self.direct) {
-                (Some(slot), Some(direct)) => direct.send(slot, req).await,
+                (Some(slot), Some(direct)) => {
+                    direct.send(slot, &parts, body).await.map(|resp| resp.map(UpstreamBody::Direct))
+                }
                 _ => {
-                    *req.version_mut() = Version::HTTP_11;
-                    self.client.request(req).await.map_err(|e| {
-                        if e.is_connect() {
-                            UpstreamFailure::Connect
-                        } else {
-                            UpstreamFailure::Protocol
-                        }
-                    })
+                    parts.version = Version::HTTP_11;
+                    let req = Request::from_parts(parts, ReqBody::from(body));
+                    match self.client.request(req).await {
+                        Ok(resp) => Ok(resp.map(UpstreamBody::Pooled)),
+                        Err(e) if e.is_connect() => Err(UpstreamFailure::Connect),
+                        Err(_) => Err(UpstreamFailure::Protocol),
+                    }
                 }
             }
         };
         let result = tokio::time::timeout(self.upstream.request_timeout, exchange).await;
-        if let Some(err) = body.error() {
+        if let Some(err) = state.error() {
             return Err(err);
         }
         match result {

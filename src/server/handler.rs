@@ -5,7 +5,8 @@ use super::Gateway;
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::{
-    self, prepare_request_headers, prepare_response_headers, Body, BodyState, Identity, ReqBody, Streamed, UpstreamSlot,
+    self, prepare_request_headers, prepare_response_headers, Body, BodyState, Identity, Outbound, Streamed,
+    UpstreamSlot,
 };
 use crate::ratelimit::RateLimit;
 use crate::snapshot::Snapshot;
@@ -114,11 +115,11 @@ async fn process(
         Principal::UserSession => None,
     };
     let body_state = BodyState::default();
-    let body: ReqBody = match &principal {
+    let body = match &principal {
         Principal::Token(_) if op.needs_body() => {
             let bytes = read_inspected(&snap, &parts, body).await?;
             pipeline::inspect_body(&op, &bytes)?;
-            proxy::full_request(bytes)
+            Outbound::Bytes(bytes)
         }
         _ => {
             let limit = snap.config.server.limits.max_request_body;
@@ -127,7 +128,7 @@ async fn process(
             }
             let mut streamed = Streamed::new(body, limit, body_state.clone());
             streamed.prefetch().await?;
-            Either::Left(streamed)
+            streamed.into_outbound()
         }
     };
     prepare_request_headers(
@@ -140,7 +141,7 @@ async fn process(
     );
     parts.uri = uri;
     let slot = (parts.version != http::Version::HTTP_2).then_some(&conn.upstream);
-    let upstream_resp = snap.upstream.send(slot, Request::from_parts(parts, body), &body_state).await?;
+    let upstream_resp = snap.upstream.send(slot, parts, body, &body_state).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();
     prepare_response_headers(&mut resp_parts.headers, request_id);
     if let Some(rate) = rate {

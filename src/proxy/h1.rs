@@ -1,0 +1,681 @@
+//! A purpose-built HTTP/1.1 client connection for the direct path (as Pingora keeps
+//! its own HTTP/1 framing): the request is written and the response head read inline,
+//! in the client connection's own task, with no connection task, dispatch channel or
+//! per-request hand-off between them.
+//!
+//! Framing follows RFC 9112 and refuses what it cannot frame exactly: the request
+//! always carries the gateway's own `Content-Length` or chunked encoding (never the
+//! client's), and a response is delimited by (in this order) the request method and
+//! status, `Transfer-Encoding: chunked`, one consistent `Content-Length`, or the end of
+//! the connection. A connection goes back for reuse only after a response read to its
+//! exact end; anything else (an error, a body the client stopped reading, `Connection:
+//! close`, a close-delimited body, HTTP/1.0) closes it.
+
+use crate::error::UpstreamFailure;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use hyper::body::{Frame, SizeHint};
+use std::io::{self, Write as _};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest response head accepted from the backend.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most response header fields accepted.
+const MAX_HEADERS: usize = 128;
+/// A chunk-size line or a trailer section longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 8 * 1024;
+/// Request bodies up to this size leave in the same write as the head.
+const COALESCE: usize = 16 * 1024;
+
+/// One upstream connection and its buffers, reused request after request.
+pub struct Conn {
+    io: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+}
+
+/// What the request's body is, as far as writing it goes.
+pub enum Outgoing<'a, B> {
+    /// Held in full (buffered for inspection, or empty): can be sent again.
+    Bytes(&'a Bytes),
+    /// Streamed from the client; its length when the client declared one.
+    Stream(&'a mut B, Option<u64>),
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// The connection ended before a byte of the response arrived: a reused
+    /// connection the backend had closed, if the request may be sent again.
+    Closed,
+    /// The client's body failed while being forwarded.
+    Body,
+    /// The backend broke the protocol or the connection.
+    Protocol,
+}
+
+impl From<io::Error> for SendError {
+    fn from(_: io::Error) -> Self {
+        SendError::Protocol
+    }
+}
+
+/// How the request body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// No body and no `Content-Length` (a GET, say).
+    Nothing,
+    Length(u64),
+    Chunked,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes the connection.
+    Close,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+impl Conn {
+    /// Opens a connection (TCP_NODELAY: heads and bodies are written whole).
+    pub async fn connect(host: &str, port: u16, timeout: std::time::Duration) -> Result<Conn, UpstreamFailure> {
+        let io = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
+            Ok(Ok(io)) => io,
+            _ => return Err(UpstreamFailure::Connect),
+        };
+        let _ = io.set_nodelay(true);
+        Ok(Conn { io, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024) })
+    }
+
+    /// Whether an idle connection can take a request. An idle connection has nothing
+    /// to say: if the reactor saw it readable, the backend closed it (or sent bytes no
+    /// request asked for). The reactor's cached readiness makes this free; only a
+    /// connection flagged readable costs a read to confirm.
+    pub fn is_reusable(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes the request and reads the response head. On success the connection is
+    /// positioned at the start of the response body, framed as returned.
+    pub async fn exchange<B>(
+        &mut self,
+        parts: &http::request::Parts,
+        host: &HeaderValue,
+        body: Outgoing<'_, B>,
+    ) -> Result<(Response<()>, Option<Framing>, bool), SendError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+    {
+        self.write_request(parts, host, body).await?;
+        loop {
+            let (resp, len) = self.read_head().await?;
+            self.read.advance(len);
+            // Interim responses (100 Continue, 103 Early Hints) are not forwarded.
+            if resp.status().is_informational() {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(SendError::Protocol);
+                }
+                continue;
+            }
+            let framing = framing(&parts.method, &resp).ok_or(SendError::Protocol)?;
+            let keep = framing != Some(Framing::Close) && keeps_alive(&resp);
+            return Ok((resp, framing, keep));
+        }
+    }
+
+    async fn write_request<B>(
+        &mut self,
+        parts: &http::request::Parts,
+        host: &HeaderValue,
+        body: Outgoing<'_, B>,
+    ) -> Result<(), SendError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+    {
+        self.write.clear();
+        match body {
+            Outgoing::Bytes(bytes) => {
+                let declared = !bytes.is_empty() || sends_length(parts);
+                let sending = if declared { Sending::Length(bytes.len() as u64) } else { Sending::Nothing };
+                write_head(&mut self.write, parts, host, sending);
+                if bytes.len() <= COALESCE {
+                    self.write.extend_from_slice(bytes);
+                    self.io.write_all(&self.write).await.map_err(|_| SendError::Closed)?;
+                } else {
+                    self.io.write_all(&self.write).await.map_err(|_| SendError::Closed)?;
+                    self.io.write_all(bytes).await.map_err(|_| SendError::Closed)?;
+                }
+                Ok(())
+            }
+            Outgoing::Stream(stream, length) => {
+                write_head(&mut self.write, parts, host, length.map_or(Sending::Chunked, Sending::Length));
+                self.write_stream(stream, length.is_none()).await
+            }
+        }
+    }
+
+    /// Forwards a streamed body frame by frame (chunk-encoded when its length is not
+    /// known), flushing whenever the client has nothing more ready.
+    async fn write_stream<B>(&mut self, body: &mut B, chunked: bool) -> Result<(), SendError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+    {
+        use http_body_util::BodyExt;
+        while !body.is_end_stream() {
+            let Some(frame) = body.frame().await else { break };
+            let Ok(data) = frame.map_err(|_| SendError::Body)?.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                let _ = write!(self.write, "{:x}\r\n", data.len());
+            }
+            if self.write.len() + data.len() <= COALESCE {
+                self.write.extend_from_slice(&data);
+            } else {
+                self.io.write_all(&self.write).await?;
+                self.write.clear();
+                self.io.write_all(&data).await?;
+            }
+            if chunked {
+                self.write.extend_from_slice(b"\r\n");
+            }
+            if !body.is_end_stream() {
+                self.io.write_all(&self.write).await?;
+                self.write.clear();
+            }
+        }
+        if chunked {
+            self.write.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.io.write_all(&self.write).await?;
+        Ok(())
+    }
+
+    /// Reads until a complete response head is buffered; returns it and its length.
+    async fn read_head(&mut self) -> Result<(Response<()>, usize), SendError> {
+        let mut received = !self.read.is_empty();
+        loop {
+            if received {
+                if let Some(parsed) = parse_head(&self.read)? {
+                    return Ok(parsed);
+                }
+                if self.read.len() >= MAX_HEAD {
+                    return Err(SendError::Protocol);
+                }
+            }
+            self.read.reserve(READ_CHUNK);
+            match self.io.read_buf(&mut self.read).await {
+                Ok(0) | Err(_) if !received => return Err(SendError::Closed),
+                Ok(0) | Err(_) => return Err(SendError::Protocol),
+                Ok(_) => received = true,
+            }
+        }
+    }
+
+    /// Reads more of the body into the buffer: the number of bytes read (0 at EOF).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.read.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+}
+
+/// Whether a request without a body still says `Content-Length: 0`: the methods
+/// whose requests normally carry one, and any request whose client declared one.
+fn sends_length(parts: &http::request::Parts) -> bool {
+    matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) || parts.headers.contains_key(CONTENT_LENGTH)
+}
+
+/// Serialises the request head in origin form with the gateway's own framing.
+/// Header names and values and the path are already validated by `http` (no CR, LF
+/// or NUL can appear), so nothing here can split the message.
+fn write_head(buf: &mut Vec<u8>, parts: &http::request::Parts, host: &HeaderValue, sending: Sending) {
+    buf.extend_from_slice(parts.method.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    buf.extend_from_slice(host.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == HOST || name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    match sending {
+        Sending::Nothing => {}
+        Sending::Length(len) => {
+            let _ = write!(buf, "content-length: {len}\r\n");
+        }
+        Sending::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Parses a buffered response head; `None` if incomplete. The header values share one
+/// copy of the head (so the read buffer itself stays free for reuse).
+fn parse_head(buf: &BytesMut) -> Result<Option<(Response<()>, usize)>, SendError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(SendError::Protocol),
+    };
+    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(SendError::Protocol)?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| SendError::Protocol)?;
+        let start = h.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
+            .map_err(|_| SendError::Protocol)?;
+        map.append(name, value);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = map;
+    Ok(Some((resp, len)))
+}
+
+/// RFC 9112 section 6.3: how this response's body ends; `None` inside for no body.
+/// An unusable `Content-Length` is a protocol error (the outer `None`).
+fn framing(method: &Method, resp: &Response<()>) -> Option<Option<Framing>> {
+    let status = resp.status();
+    if method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Some(None);
+    }
+    let headers = resp.headers();
+    if headers.contains_key(TRANSFER_ENCODING) {
+        let last = headers.get_all(TRANSFER_ENCODING).iter().next_back()?.to_str().ok()?;
+        let chunked = last.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        return Some(Some(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Close }));
+    }
+    match content_length(headers)? {
+        Some(0) => Some(None),
+        Some(n) => Some(Some(Framing::Length(n))),
+        None => Some(Some(Framing::Close)),
+    }
+}
+
+/// The one `Content-Length` all fields agree on (`Ok(None)` when absent); `None` when
+/// they disagree or one is not a number.
+fn content_length(headers: &HeaderMap) -> Option<Option<u64>> {
+    let mut found = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.to_str().ok()?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n: u64 = part.parse().ok()?;
+            if found.is_some_and(|f| f != n) {
+                return None;
+            }
+            found = Some(n);
+        }
+    }
+    Some(found)
+}
+
+/// Whether the backend keeps the connection open after this response.
+fn keeps_alive(resp: &Response<()>) -> bool {
+    resp.version() == Version::HTTP_11
+        && !resp
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// Receives a connection whose response was read to its exact end, for reuse.
+pub type Release = Box<dyn FnOnce(Conn) + Send>;
+
+/// A response body read from a [`Conn`].
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// No body, or all of it arrived with the head (the usual small response).
+    Whole(Option<Bytes>),
+    /// The rest of the body is still on the connection.
+    Reading(Reader),
+}
+
+impl ResponseBody {
+    /// The body of the response just read from `conn`. When it is already complete
+    /// the connection is released (if reusable) before anyone polls the body.
+    pub fn new(
+        mut conn: Conn,
+        framing: Option<Framing>,
+        keep: bool,
+        release: impl FnOnce(Conn) + Send + 'static,
+    ) -> Self {
+        let whole = match framing {
+            None => None,
+            Some(Framing::Length(n)) if conn.read.len() as u64 >= n => Some(conn.read.split_to(n as usize).freeze()),
+            Some(framing) => {
+                return ResponseBody::Reading(Reader {
+                    conn: Some(conn),
+                    framing,
+                    keep,
+                    release: Some(Box::new(release)),
+                })
+            }
+        };
+        if keep && conn.read.is_empty() {
+            release(conn);
+        }
+        ResponseBody::Whole(whole)
+    }
+}
+
+/// A body being read from its connection.
+pub struct Reader {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep: bool,
+    release: Option<Release>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("framing", &self.framing).finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// The body has ended cleanly: release the connection, unless the backend sent
+    /// more than the body (which makes the connection unusable).
+    fn finish(&mut self) {
+        if let (Some(conn), Some(release)) = (self.conn.take(), self.release.take()) {
+            if self.keep && conn.read.is_empty() {
+                release(conn);
+            }
+        }
+    }
+
+    fn fail(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.conn = None;
+        Poll::Ready(Some(Err(BodyError)))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+            match self.framing {
+                Framing::Length(0) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(remaining) if !conn.read.is_empty() => {
+                    let n = remaining.min(conn.read.len() as u64);
+                    let data = conn.read.split_to(n as usize).freeze();
+                    self.framing = Framing::Length(remaining - n);
+                    if remaining == n {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close if !conn.read.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(conn.read.split().freeze()))));
+                }
+                Framing::Chunked(state) => match decode_chunk(&mut conn.read, state) {
+                    Ok(Decoded::Data(data, next)) => {
+                        self.framing = Framing::Chunked(next);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(Decoded::Progress(next)) => {
+                        self.framing = Framing::Chunked(next);
+                        continue;
+                    }
+                    Ok(Decoded::End) => {
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(()) => return self.fail(),
+                },
+                Framing::Length(_) | Framing::Close => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if self.framing == Framing::Close => {
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) | Err(_) => return self.fail(),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// The backend's response body broke off or was malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body failed")]
+pub struct BodyError;
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ResponseBody::Whole(whole) => Poll::Ready(whole.take().map(|data| Ok(Frame::data(data)))),
+            ResponseBody::Reading(reader) => reader.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Whole(whole) => whole.is_none(),
+            ResponseBody::Reading(reader) => reader.conn.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Whole(whole) => SizeHint::with_exact(whole.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Reading(Reader { conn: Some(_), framing: Framing::Length(n), .. }) => {
+                SizeHint::with_exact(*n)
+            }
+            ResponseBody::Reading(Reader { conn: None, .. }) => SizeHint::with_exact(0),
+            ResponseBody::Reading(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// One step of the chunked decoder.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    Data(Bytes, Chunk),
+    Progress(Chunk),
+    End,
+    NeedMore,
+}
+
+/// Decodes what `buf` holds of a chunked body from `state`, consuming it.
+fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Decoded, ()> {
+    match state {
+        Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((used, 0))) => {
+                buf.advance(used);
+                Ok(Decoded::Progress(Chunk::Trailers))
+            }
+            Ok(httparse::Status::Complete((used, size))) => {
+                buf.advance(used);
+                Ok(Decoded::Progress(Chunk::Data(size)))
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => Ok(Decoded::NeedMore),
+            Ok(httparse::Status::Partial) | Err(_) => Err(()),
+        },
+        Chunk::Data(_) if buf.is_empty() => Ok(Decoded::NeedMore),
+        Chunk::Data(remaining) => {
+            let n = remaining.min(buf.len() as u64);
+            let data = buf.split_to(n as usize).freeze();
+            let next = if n == remaining { Chunk::DataEnd } else { Chunk::Data(remaining - n) };
+            Ok(Decoded::Data(data, next))
+        }
+        Chunk::DataEnd => match buf.get(..2) {
+            None => Ok(Decoded::NeedMore),
+            Some(b"\r\n") => {
+                buf.advance(2);
+                Ok(Decoded::Progress(Chunk::Size))
+            }
+            Some(_) => Err(()),
+        },
+        // Trailer fields are dropped (as hyper does for HTTP/1); only their end matters.
+        Chunk::Trailers => {
+            if buf.starts_with(b"\r\n") {
+                buf.advance(2);
+                return Ok(Decoded::End);
+            }
+            match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(end) => {
+                    buf.advance(end + 4);
+                    Ok(Decoded::End)
+                }
+                None if buf.len() < MAX_TRAILERS => Ok(Decoded::NeedMore),
+                None => Err(()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Response<()> {
+        let buf = BytesMut::from(text.as_bytes());
+        parse_head(&buf).unwrap().unwrap().0
+    }
+
+    fn framed(method: Method, text: &str) -> Option<Option<Framing>> {
+        framing(&method, &head(text))
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let chunked = Some(Some(Framing::Chunked(Chunk::Size)));
+        assert_eq!(framed(Method::GET, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"), Some(Some(Framing::Length(5))));
+        assert_eq!(framed(Method::HEAD, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"), Some(None));
+        assert_eq!(framed(Method::GET, "HTTP/1.1 204 No Content\r\n\r\n"), Some(None));
+        assert_eq!(framed(Method::GET, "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"), Some(None));
+        assert_eq!(framed(Method::GET, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), chunked);
+        // Transfer-Encoding wins over Content-Length.
+        let both = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: gzip, Chunked\r\n\r\n";
+        assert_eq!(framed(Method::GET, both), chunked);
+        let not_chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n";
+        assert_eq!(framed(Method::GET, not_chunked), Some(Some(Framing::Close)));
+        assert_eq!(framed(Method::GET, "HTTP/1.1 200 OK\r\n\r\n"), Some(Some(Framing::Close)));
+        let same = "HTTP/1.1 200 OK\r\ncontent-length: 4, 4\r\ncontent-length: 4\r\n\r\n";
+        assert_eq!(framed(Method::GET, same), Some(Some(Framing::Length(4))));
+        for bad in ["4, 5", "-1", "+4", "0x10", "", "99999999999999999999999"] {
+            let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
+            assert_eq!(framed(Method::GET, &text), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_needs_http_1_1_without_close() {
+        assert!(keeps_alive(&head("HTTP/1.1 200 OK\r\n\r\n")));
+        assert!(!keeps_alive(&head("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n\r\n")));
+        assert!(!keeps_alive(&head("HTTP/1.0 200 OK\r\n\r\n")));
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        for bad in ["HTTP/1.1 2000 OK\r\n\r\n", "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nbad header\r\n\r\n"] {
+            assert!(parse_head(&BytesMut::from(bad.as_bytes())).is_err(), "{bad:?}");
+        }
+        assert!(parse_head(&BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: y\r\n"[..])).unwrap().is_none());
+    }
+
+    #[test]
+    fn request_heads_carry_our_framing_only() {
+        let req = http::Request::post("http://backend/v3/entries?x=1")
+            .header("host", "client")
+            .header("content-length", "999")
+            .header("transfer-encoding", "chunked")
+            .header("api_key", "blt1")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut buf = Vec::new();
+        write_head(&mut buf, &parts, &HeaderValue::from_static("backend:8080"), Sending::Length(3));
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "POST /v3/entries?x=1 HTTP/1.1\r\nhost: backend:8080\r\napi_key: blt1\r\ncontent-length: 3\r\n\r\n"
+        );
+        let mut buf = Vec::new();
+        write_head(&mut buf, &parts, &HeaderValue::from_static("b"), Sending::Chunked);
+        assert!(String::from_utf8(buf).unwrap().ends_with("api_key: blt1\r\ntransfer-encoding: chunked\r\n\r\n"));
+    }
+
+    /// Feeds `wire` to the decoder in pieces of `step` bytes; returns the data.
+    fn decode_all(wire: &[u8], step: usize) -> Result<Vec<u8>, ()> {
+        let (mut buf, mut state, mut out) = (BytesMut::new(), Chunk::Size, Vec::new());
+        let mut pieces = wire.chunks(step);
+        loop {
+            match decode_chunk(&mut buf, state)? {
+                Decoded::Data(d, next) => {
+                    out.extend_from_slice(&d);
+                    state = next;
+                }
+                Decoded::Progress(next) => state = next,
+                Decoded::End => return if buf.is_empty() { Ok(out) } else { Err(()) },
+                Decoded::NeedMore => buf.extend_from_slice(pieces.next().ok_or(())?),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_in_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: t\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            assert_eq!(decode_all(wire, step).unwrap(), b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+        }
+        assert_eq!(decode_all(b"0\r\n\r\n", 1).unwrap(), b"");
+        for bad in [&b"5\r\nhelloXX0\r\n\r\n"[..], b"zz\r\n", b"5\r\nhel"] {
+            assert!(decode_all(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let long_size = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(decode_all(&long_size, 64).is_err());
+    }
+}
