@@ -13,7 +13,7 @@
 //! upstream connections. HTTP/2 clients and https upstreams keep the pooled client.
 
 use super::h1::{Conn, Outgoing, ResponseBody, SendError};
-use super::{Outbound, Streamed};
+use super::{Added, Outbound, Streamed};
 use crate::error::UpstreamFailure;
 use http::{HeaderValue, Response};
 use std::sync::{Arc, Mutex};
@@ -124,6 +124,7 @@ impl Direct {
         &self,
         slot: &UpstreamSlot,
         parts: &http::request::Parts,
+        added: &Added,
         mut body: Outbound,
     ) -> Result<Response<ResponseBody>, UpstreamFailure> {
         let mut fresh = false;
@@ -139,7 +140,7 @@ impl Direct {
                 Outbound::Bytes(bytes) => Outgoing::Bytes(bytes),
                 Outbound::Stream(stream) => Outgoing::Stream(stream, exact_length(stream)),
             };
-            match conn.exchange(parts, &self.host_header, outgoing).await {
+            match conn.exchange(parts, &self.host_header, added, outgoing).await {
                 Ok((head, framing, keep)) => {
                     let (slot, idle) = (slot.clone(), Arc::clone(&self.idle));
                     let body = ResponseBody::new(conn, framing, keep, move |conn| slot.put(conn, &idle));

@@ -11,6 +11,7 @@
 //! exact end; anything else (an error, a body the client stopped reading, `Connection:
 //! close`, a close-delimited body, HTTP/1.0) closes it.
 
+use super::Added;
 use crate::error::UpstreamFailure;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -29,6 +30,8 @@ const MAX_HEADERS: usize = 128;
 /// A chunk-size line or a trailer section longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Response headers the gateway adds after parsing (request id, four rate-limit ones).
+const ADDED_LATER: usize = 6;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
 /// Request bodies up to this size leave in the same write as the head.
@@ -130,12 +133,13 @@ impl Conn {
         &mut self,
         parts: &http::request::Parts,
         host: &HeaderValue,
+        added: &Added,
         body: Outgoing<'_, B>,
     ) -> Result<(Response<()>, Option<Framing>, bool), SendError>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
     {
-        self.write_request(parts, host, body).await?;
+        self.write_request(parts, host, added, body).await?;
         loop {
             let (resp, len) = self.read_head().await?;
             self.read.advance(len);
@@ -156,6 +160,7 @@ impl Conn {
         &mut self,
         parts: &http::request::Parts,
         host: &HeaderValue,
+        added: &Added,
         body: Outgoing<'_, B>,
     ) -> Result<(), SendError>
     where
@@ -166,7 +171,7 @@ impl Conn {
             Outgoing::Bytes(bytes) => {
                 let declared = !bytes.is_empty() || sends_length(parts);
                 let sending = if declared { Sending::Length(bytes.len() as u64) } else { Sending::Nothing };
-                write_head(&mut self.write, parts, host, sending);
+                write_head(&mut self.write, parts, host, added, sending);
                 if bytes.len() <= COALESCE {
                     self.write.extend_from_slice(bytes);
                     self.io.write_all(&self.write).await.map_err(|_| SendError::Closed)?;
@@ -177,7 +182,7 @@ impl Conn {
                 Ok(())
             }
             Outgoing::Stream(stream, length) => {
-                write_head(&mut self.write, parts, host, length.map_or(Sending::Chunked, Sending::Length));
+                write_head(&mut self.write, parts, host, added, length.map_or(Sending::Chunked, Sending::Length));
                 self.write_stream(stream, length.is_none()).await
             }
         }
@@ -258,17 +263,16 @@ fn sends_length(parts: &http::request::Parts) -> bool {
 /// Serialises the request head in origin form with the gateway's own framing.
 /// Header names and values and the path are already validated by `http` (no CR, LF
 /// or NUL can appear), so nothing here can split the message.
-fn write_head(buf: &mut Vec<u8>, parts: &http::request::Parts, host: &HeaderValue, sending: Sending) {
+fn write_head(buf: &mut Vec<u8>, parts: &http::request::Parts, host: &HeaderValue, added: &Added, sending: Sending) {
     buf.extend_from_slice(parts.method.as_str().as_bytes());
     buf.push(b' ');
     buf.extend_from_slice(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     buf.extend_from_slice(host.as_bytes());
     buf.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == HOST || name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
+    let kept =
+        parts.headers.iter().filter(|(name, _)| *name != HOST && *name != CONTENT_LENGTH && *name != TRANSFER_ENCODING);
+    for (name, value) in kept.chain(added.iter()) {
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
@@ -298,7 +302,8 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Response<()>, usize)>, SendError
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for the headers the gateway adds (request id, rate limits) without a rehash.
+    let mut map = HeaderMap::with_capacity(parsed.headers.len() + ADDED_LATER);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| SendError::Protocol)?;
         let start = h.value.as_ptr() as usize - base;
@@ -638,13 +643,16 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut buf = Vec::new();
-        write_head(&mut buf, &parts, &HeaderValue::from_static("backend:8080"), Sending::Length(3));
+        let (peer, id) = (HeaderValue::from_static("10.1.1.1"), HeaderValue::from_static("r1"));
+        let added = crate::proxy::prepare_request_headers(&mut HeaderMap::new(), &peer, false, &id, None, false);
+        write_head(&mut buf, &parts, &HeaderValue::from_static("backend:8080"), &added, Sending::Length(3));
         assert_eq!(
             String::from_utf8(buf).unwrap(),
-            "POST /v3/entries?x=1 HTTP/1.1\r\nhost: backend:8080\r\napi_key: blt1\r\ncontent-length: 3\r\n\r\n"
+            "POST /v3/entries?x=1 HTTP/1.1\r\nhost: backend:8080\r\napi_key: blt1\r\nx-forwarded-for: 10.1.1.1\r\n\
+             x-forwarded-proto: http\r\nx-request-id: r1\r\ncontent-length: 3\r\n\r\n"
         );
         let mut buf = Vec::new();
-        write_head(&mut buf, &parts, &HeaderValue::from_static("b"), Sending::Chunked);
+        write_head(&mut buf, &parts, &HeaderValue::from_static("b"), &Added::default(), Sending::Chunked);
         assert!(String::from_utf8(buf).unwrap().ends_with("api_key: blt1\r\ntransfer-encoding: chunked\r\n\r\n"));
     }
 

@@ -75,11 +75,31 @@ fn strip(headers: &mut HeaderMap, request: bool) {
     }
 }
 
-/// Rewrites client request headers for the backend.
+/// The headers the gateway adds to a forwarded request. The sender adds them: into
+/// the header map for the pooled client, straight onto the wire for the direct path
+/// (so the map is not grown and rehashed for them on every request).
+#[derive(Debug, Default)]
+pub struct Added([Option<(HeaderName, HeaderValue)>; 5]);
+
+impl Added {
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.0.iter().flatten().map(|(n, v)| (n, v))
+    }
+
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        for (name, value) in self.0.into_iter().flatten() {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// Rewrites client request headers for the backend: removes what must not pass and
+/// returns what the gateway adds.
 ///
 /// `identity` is `Some` for management-token requests; with `forward_token = false`
 /// the token is replaced by identity headers. A user's `authtoken` never rides along
 /// with a management token, so the backend cannot authorise on something we did not.
+/// Every added name is also a stripped one, so the client cannot send a second copy.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
@@ -87,30 +107,33 @@ pub fn prepare_request_headers(
     request_id: &HeaderValue,
     identity: Option<Identity<'_>>,
     forward_token: bool,
-) {
+) -> Added {
     strip(headers, true);
-    // hyper sets Host from the upstream URI.
+    // The sender sets Host for the upstream.
     headers.remove(header::HOST);
+    let proto = if https { "https" } else { "http" };
+    let mut added = Added([
+        Some((X_FORWARDED_FOR, peer.clone())),
+        Some((X_FORWARDED_PROTO, HeaderValue::from_static(proto))),
+        Some((X_REQUEST_ID, request_id.clone())),
+        None,
+        None,
+    ]);
     if let Some(id) = identity {
         headers.remove(AUTHTOKEN);
         if !forward_token {
             headers.remove(header::AUTHORIZATION);
-            if let Ok(uid) = HeaderValue::from_str(id.token_uid) {
-                headers.insert(X_TOKEN_UID, uid);
-            }
-            headers.insert(X_ACCESS, HeaderValue::from_static(id.access));
+            added.0[3] = HeaderValue::from_str(id.token_uid).ok().map(|uid| (X_TOKEN_UID, uid));
+            added.0[4] = Some((X_ACCESS, HeaderValue::from_static(id.access)));
         }
     }
-    headers.insert(X_FORWARDED_FOR, peer.clone());
-    let proto = if https { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    headers.insert(X_REQUEST_ID, request_id.clone());
+    added
 }
 
-/// Rewrites backend response headers for the client.
-pub fn prepare_response_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
+/// Rewrites backend response headers for the client (the outer handler adds
+/// `X-Request-Id` to every response, forwarded or not).
+pub fn prepare_response_headers(headers: &mut HeaderMap) {
     strip(headers, false);
-    headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
 #[cfg(test)]
@@ -138,7 +161,8 @@ mod tests {
         }
         let id = HeaderValue::from_static("req-1");
         let identity = Identity { token_uid: "blt00000000000000a1", access: "read" };
-        prepare_request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"), false, &id, Some(identity), false);
+        prepare_request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"), false, &id, Some(identity), false)
+            .insert_into(&mut h);
         for gone in ["connection", "x-secret-hop", "te", "authorization", "authtoken", "host"] {
             assert!(!h.contains_key(gone), "{gone}");
         }
@@ -158,7 +182,8 @@ mod tests {
         h.insert("x-stackgate-access", HeaderValue::from_static("read-write"));
         let id = HeaderValue::from_static("r");
         let identity = Identity { token_uid: "blt1", access: "read" };
-        prepare_request_headers(&mut h, &HeaderValue::from_static("::1"), true, &id, Some(identity), true);
+        prepare_request_headers(&mut h, &HeaderValue::from_static("::1"), true, &id, Some(identity), true)
+            .insert_into(&mut h);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["authorization"], "cs123");
         assert!(!h.contains_key("x-stackgate-access"));

@@ -13,7 +13,7 @@ mod headers;
 
 pub use body::{BodyState, Streamed};
 pub use direct::UpstreamSlot;
-pub use headers::{prepare_request_headers, prepare_response_headers, Identity, X_REQUEST_ID};
+pub use headers::{prepare_request_headers, prepare_response_headers, Added, Identity, X_REQUEST_ID};
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
@@ -180,16 +180,18 @@ impl UpstreamClient {
         &self,
         slot: Option<&UpstreamSlot>,
         mut parts: http::request::Parts,
+        added: Added,
         body: Outbound,
         state: &BodyState,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let exchange = async {
             match (slot, &self.direct) {
                 (Some(slot), Some(direct)) => {
-                    direct.send(slot, &parts, body).await.map(|resp| resp.map(UpstreamBody::Direct))
+                    direct.send(slot, &parts, &added, body).await.map(|resp| resp.map(UpstreamBody::Direct))
                 }
                 _ => {
                     parts.version = Version::HTTP_11;
+                    added.insert_into(&mut parts.headers);
                     let req = Request::from_parts(parts, ReqBody::from(body));
                     match self.client.request(req).await {
                         Ok(resp) => Ok(resp.map(UpstreamBody::Pooled)),

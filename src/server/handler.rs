@@ -131,7 +131,7 @@ async fn process(
             streamed.into_outbound()
         }
     };
-    prepare_request_headers(
+    let added = prepare_request_headers(
         &mut parts.headers,
         &conn.peer_ip,
         conn.https,
@@ -141,9 +141,9 @@ async fn process(
     );
     parts.uri = uri;
     let slot = (parts.version != http::Version::HTTP_2).then_some(&conn.upstream);
-    let upstream_resp = snap.upstream.send(slot, parts, body, &body_state).await?;
+    let upstream_resp = snap.upstream.send(slot, parts, added, body, &body_state).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();
-    prepare_response_headers(&mut resp_parts.headers, request_id);
+    prepare_response_headers(&mut resp_parts.headers);
     if let Some(rate) = rate {
         rate.write_headers(&mut resp_parts.headers);
     }
