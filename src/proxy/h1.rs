@@ -189,7 +189,8 @@ impl Conn {
     }
 
     /// Forwards a streamed body frame by frame (chunk-encoded when its length is not
-    /// known), flushing whenever the client has nothing more ready.
+    /// known), flushing after each frame so the backend gets the data as the client
+    /// sends it; a small last frame leaves with what precedes it.
     async fn write_stream<B>(&mut self, body: &mut B, chunked: bool) -> Result<(), SendError>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
