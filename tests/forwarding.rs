@@ -288,6 +288,10 @@ struct OneConn {
 impl OneConn {
     /// Sends one request and collects the body (`None`: the body broke off).
     async fn fetch(&mut self, method: &str) -> (u16, Option<String>) {
+        self.fetch_with(method, "").await
+    }
+
+    async fn fetch_with(&mut self, method: &str, body: &'static str) -> (u16, Option<String>) {
         use http_body_util::BodyExt;
         // A connection the gateway closed is replaced.
         while self.sender.as_mut().is_none_or(|s| s.is_closed()) {
@@ -306,7 +310,8 @@ impl OneConn {
             .header("host", "gw")
             .header("api_key", API_KEY)
             .header("authorization", RW)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
             .unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
         let status = resp.status().as_u16();
@@ -379,4 +384,33 @@ async fn backend_responses_are_framed_exactly_and_connections_reused_only_when_s
     assert!(heads.iter().all(|h| !h.contains("transfer-encoding")), "{heads:?}");
     assert!(heads[0].starts_with("get /v3/") && !heads[0].contains("content-length"), "{}", heads[0]);
     assert!(heads[2].starts_with("head /v3/"), "{}", heads[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_idempotent_requests_are_sent_again_after_a_connection_dies_unanswered() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    // An empty script entry: read the request, then close without answering (the
+    // backend's idle timeout firing just as the request arrives, or a crash).
+    let script: Script = vec![
+        (vec![OK], false),
+        (vec![], true),
+        (vec![OK], false),
+        (vec![], true),
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain"], false),
+    ];
+    let (backend, heads, connections) = scripted_backend(script).await;
+    let gw = env_for(backend).await;
+    let mut client = OneConn { addr: gw.addr, sender: None, opened: 0 };
+    assert_eq!(client.fetch("GET").await, (200, Some("ok".into())));
+    // A POST may have been acted on: never sent twice, the client gets a 502.
+    let (status, _) = client.fetch_with("POST", r#"{"entry":{"title":"once"}}"#).await;
+    assert_eq!(status, 502);
+    assert_eq!(client.fetch("GET").await, (200, Some("ok".into())));
+    // A GET is sent again on a new connection; the client never notices.
+    assert_eq!(client.fetch("GET").await, (200, Some("again".into())));
+    let heads = heads.lock().unwrap();
+    let methods: Vec<&str> = heads.iter().map(|h| h.split(' ').next().unwrap()).collect();
+    assert_eq!(methods, ["get", "post", "get", "get", "get"]);
+    assert!(heads[1].contains("content-length: 26"), "{}", heads[1]);
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
