@@ -9,7 +9,8 @@
 //!   [`pipeline::normalize`], [`pipeline::classify`], [`pipeline::authenticate`],
 //!   [`pipeline::authorize`], [`pipeline::inspect_body`].
 //! - [`ratelimit`]: stage 6, charged after authorisation.
-//! - [`proxy`]: stage 7, forwarding with a pooled client and streamed bodies.
+//! - [`proxy`]: stage 7, forwarding (an HTTP/1.1 upstream connection per client
+//!   connection, or a pooled client for HTTP/2 and https) with streamed bodies.
 //! - [`error`]: the one mapping from failures to CMA error responses.
 //! - [`server`]: listeners, connections, and the outer handler that logs every request.
 //! - [`token`]: token records and scopes; [`clock`]: injectable time.
