@@ -176,6 +176,21 @@ mod tests {
     }
 
     #[test]
+    fn every_hop_by_hop_and_spoofable_name_is_stripped() {
+        let hop = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization"];
+        let more = ["te", "trailer", "transfer-encoding", "upgrade", "x-stackgate-anything", "x-forwarded-host"];
+        let spoof = ["forwarded", "x-request-id"];
+        let mut h = HeaderMap::new();
+        for name in hop.iter().chain(&more).chain(&spoof).chain(&REINTERPRETING).chain(&["api_key", "content-type"]) {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        strip(&mut h, true);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["api_key", "content-type"]);
+    }
+
+    #[test]
     fn forward_token_keeps_authorization_and_drops_identity() {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("cs123"));
