@@ -7,10 +7,10 @@
 //! client connection's own task: no pool lookup, no connection task, no channel
 //! between them. A response body that arrived with its head (the usual small one)
 //! releases the connection at once; a longer one takes it along and puts it back in
-//! the slot when read to its end. When the client
-//! connection closes, its upstream connection goes to a small shared idle list for the
-//! next client connection, so clients that open a connection per request still reuse
-//! upstream connections. HTTP/2 clients and https upstreams keep the pooled client.
+//! the slot when read to its end. When the client connection closes, its upstream
+//! connection goes to a small shared idle list for the next client connection, so
+//! clients that open a connection per request still reuse upstream connections. HTTP/2
+//! clients and https upstreams keep the pooled client.
 
 use super::h1::{Conn, Outgoing, ResponseBody, SendError};
 use super::{Added, Outbound, Streamed};

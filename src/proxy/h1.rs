@@ -290,7 +290,7 @@ fn write_head(buf: &mut Vec<u8>, parts: &http::request::Parts, host: &HeaderValu
 }
 
 /// Parses a buffered response head; `None` if incomplete. The header values share one
-/// copy of the head (so the read buffer itself stays free for reuse).
+/// copy of the head, so they do not pin the read buffer while the response is written.
 fn parse_head(buf: &BytesMut) -> Result<Option<(Response<()>, usize)>, SendError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
