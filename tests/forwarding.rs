@@ -283,6 +283,8 @@ struct OneConn {
     addr: std::net::SocketAddr,
     sender: Option<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
     opened: usize,
+    /// The last response's headers.
+    headers: http::HeaderMap,
 }
 
 impl OneConn {
@@ -315,6 +317,7 @@ impl OneConn {
             .unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
         let status = resp.status().as_u16();
+        self.headers = resp.headers().clone();
         let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await.unwrap();
         (status, body.ok().map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned()))
     }
@@ -341,8 +344,16 @@ async fn backend_responses_are_framed_exactly_and_connections_reused_only_when_s
         ),
         // 3. HEAD: a length but no body.
         (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"], false),
-        // 4. A length-framed body arriving in two pieces.
-        (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234", b"56789"], false),
+        // 4. A length-framed body arriving in two pieces, with hop-by-hop fields
+        //    (Connection even lists Content-Length: framing still reads it).
+        (
+            vec![
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private, content-length\r\nKeep-Alive: timeout=5\r\n",
+                b"x-private: 1\r\nProxy-Connection: keep-alive\r\nx-end: 2\r\ncontent-length: 10\r\n\r\n01234",
+                b"56789",
+            ],
+            false,
+        ),
         // 5. Delimited by the end of the connection.
         (vec![b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ", b"close"], true),
         // 6. Conflicting lengths: refused, connection dropped.
@@ -355,12 +366,16 @@ async fn backend_responses_are_framed_exactly_and_connections_reused_only_when_s
     ];
     let (backend, heads, connections) = scripted_backend(script).await;
     let gw = env_for(backend).await;
-    let mut client = OneConn { addr: gw.addr, sender: None, opened: 0 };
+    let mut client = OneConn { addr: gw.addr, sender: None, opened: 0, headers: http::HeaderMap::new() };
     let conns = || connections.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(client.fetch("GET").await, (200, Some("hello world".into())));
     assert_eq!(client.fetch("GET").await, (201, Some("ok".into())));
     assert_eq!(client.fetch("HEAD").await, (200, Some(String::new())));
     assert_eq!(client.fetch("GET").await, (200, Some("0123456789".into())));
+    assert_eq!(client.headers["x-end"], "2", "end-to-end fields pass");
+    for hop in ["keep-alive", "x-private", "proxy-connection"] {
+        assert!(!client.headers.contains_key(hop), "{hop} is hop-by-hop: {:?}", client.headers);
+    }
     assert_eq!(conns(), 1, "framed responses keep the upstream connection");
     assert_eq!(client.fetch("GET").await, (200, Some("until close".into())));
     assert_eq!(client.fetch("GET").await.0, 502);
@@ -400,7 +415,7 @@ async fn only_idempotent_requests_are_sent_again_after_a_connection_dies_unanswe
     ];
     let (backend, heads, connections) = scripted_backend(script).await;
     let gw = env_for(backend).await;
-    let mut client = OneConn { addr: gw.addr, sender: None, opened: 0 };
+    let mut client = OneConn { addr: gw.addr, sender: None, opened: 0, headers: http::HeaderMap::new() };
     assert_eq!(client.fetch("GET").await, (200, Some("ok".into())));
     // A POST may have been acted on: never sent twice, the client gets a 502.
     let (status, _) = client.fetch_with("POST", r#"{"entry":{"title":"once"}}"#).await;

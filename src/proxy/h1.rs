@@ -11,11 +11,12 @@
 //! exact end; anything else (an error, a body the client stopped reading, `Connection:
 //! close`, a close-delimited body, HTTP/1.0) closes it.
 
+use super::headers::is_hop_by_hop;
 use super::Added;
 use crate::error::UpstreamFailure;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
 use std::io::{self, Write as _};
 use std::pin::Pin;
@@ -141,18 +142,18 @@ impl Conn {
     {
         self.write_request(parts, host, added, body).await?;
         loop {
-            let (resp, len) = self.read_head().await?;
-            self.read.advance(len);
+            let head = self.read_head().await?;
+            self.read.advance(head.len);
             // Interim responses (100 Continue, 103 Early Hints) are not forwarded.
-            if resp.status().is_informational() {
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if head.resp.status().is_informational() {
+                if head.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(SendError::Protocol);
                 }
                 continue;
             }
-            let framing = framing(&parts.method, &resp).ok_or(SendError::Protocol)?;
-            let keep = framing != Some(Framing::Close) && keeps_alive(&resp);
-            return Ok((resp, framing, keep));
+            let framing = framing(&parts.method, &head).ok_or(SendError::Protocol)?;
+            let keep = framing != Some(Framing::Close) && !head.close;
+            return Ok((head.resp, framing, keep));
         }
     }
 
@@ -227,8 +228,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads until a complete response head is buffered; returns it and its length.
-    async fn read_head(&mut self) -> Result<(Response<()>, usize), SendError> {
+    /// Reads until a complete response head is buffered, and parses it.
+    async fn read_head(&mut self) -> Result<Head, SendError> {
         let mut received = !self.read.is_empty();
         loop {
             if received {
@@ -289,9 +290,25 @@ fn write_head(buf: &mut Vec<u8>, parts: &http::request::Parts, host: &HeaderValu
     buf.extend_from_slice(b"\r\n");
 }
 
+/// A parsed response head. Its hop-by-hop fields (RFC 9110 section 7.6.1) were read
+/// for framing and reuse and left out of the header map: they belong to the upstream
+/// connection, and leaving them out here saves removing them from every response.
+struct Head {
+    resp: Response<()>,
+    /// Bytes of the buffer the head took.
+    len: usize,
+    /// `Some` when a `Transfer-Encoding` was present: whether its final coding is chunked.
+    chunked: Option<bool>,
+    /// The one `Content-Length` all fields agree on; the outer `None` when they disagree
+    /// or one is not a number.
+    length: Option<Option<u64>>,
+    /// `Connection: close`, or HTTP/1.0: the backend will not take another request.
+    close: bool,
+}
+
 /// Parses a buffered response head; `None` if incomplete. The header values share one
 /// copy of the head, so they do not pin the read buffer while the response is written.
-fn parse_head(buf: &BytesMut) -> Result<Option<(Response<()>, usize)>, SendError> {
+fn parse_head(buf: &BytesMut) -> Result<Option<Head>, SendError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
     let len = match parsed.parse(buf) {
@@ -301,74 +318,78 @@ fn parse_head(buf: &BytesMut) -> Result<Option<(Response<()>, usize)>, SendError
     };
     let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(SendError::Protocol)?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    // What the framing and connection fields say, before any field is dropped (a
+    // `Connection` header could list `Content-Length` itself).
+    let mut head = Head { resp: Response::new(()), len, chunked: None, length: Some(None), close: version == Version::HTTP_10 };
+    // Names `Connection` lists beyond the usual ones: rare, so allocated only if present.
+    let mut listed: Vec<&[u8]> = Vec::new();
+    for h in parsed.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    head.close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    listed.push(token);
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+            head.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            head.length = head.length.and_then(|found| merge_length(found, h.value));
+        }
+    }
     let base = buf.as_ptr() as usize;
+    let copy = Bytes::copy_from_slice(&buf[..len]);
     // Room for the headers the gateway adds (request id, rate limits) without a rehash.
-    let mut map = HeaderMap::with_capacity(parsed.headers.len() + ADDED_LATER);
+    let map = head.resp.headers_mut();
+    map.reserve(parsed.headers.len() + ADDED_LATER);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| SendError::Protocol)?;
+        if is_hop_by_hop(name.as_str()) || listed.iter().any(|l| l.eq_ignore_ascii_case(name.as_str().as_bytes())) {
+            continue;
+        }
         let start = h.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
+        let value = HeaderValue::from_maybe_shared(copy.slice(start..start + h.value.len()))
             .map_err(|_| SendError::Protocol)?;
         map.append(name, value);
     }
-    let mut resp = Response::new(());
-    *resp.status_mut() = status;
-    *resp.version_mut() = version;
-    *resp.headers_mut() = map;
-    Ok(Some((resp, len)))
+    *head.resp.status_mut() = status;
+    *head.resp.version_mut() = version;
+    Ok(Some(head))
 }
 
-/// RFC 9112 section 6.3: how this response's body ends; `None` inside for no body.
-/// An unusable `Content-Length` is a protocol error (the outer `None`).
-fn framing(method: &Method, resp: &Response<()>) -> Option<Option<Framing>> {
-    let status = resp.status();
-    if method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Some(None);
-    }
-    let headers = resp.headers();
-    if headers.contains_key(TRANSFER_ENCODING) {
-        let last = headers.get_all(TRANSFER_ENCODING).iter().next_back()?.to_str().ok()?;
-        let chunked = last.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        return Some(Some(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Close }));
-    }
-    match content_length(headers)? {
-        Some(0) => Some(None),
-        Some(n) => Some(Some(Framing::Length(n))),
-        None => Some(Some(Framing::Close)),
-    }
-}
-
-/// The one `Content-Length` all fields agree on (`Ok(None)` when absent); `None` when
-/// they disagree or one is not a number.
-fn content_length(headers: &HeaderMap) -> Option<Option<u64>> {
-    let mut found = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().ok()?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: u64 = part.parse().ok()?;
-            if found.is_some_and(|f| f != n) {
-                return None;
-            }
-            found = Some(n);
+/// Adds one `Content-Length` field (a list of values, all equal) to what earlier
+/// fields said; `None` if it is not a number or disagrees.
+fn merge_length(mut found: Option<u64>, value: &[u8]) -> Option<Option<u64>> {
+    for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
         }
+        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        if found.is_some_and(|f| f != n) {
+            return None;
+        }
+        found = Some(n);
     }
     Some(found)
 }
 
-/// Whether the backend keeps the connection open after this response.
-fn keeps_alive(resp: &Response<()>) -> bool {
-    resp.version() == Version::HTTP_11
-        && !resp
-            .headers()
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+/// RFC 9112 section 6.3: how this response's body ends; `None` inside for no body.
+/// An unusable `Content-Length` is a protocol error (the outer `None`).
+fn framing(method: &Method, head: &Head) -> Option<Option<Framing>> {
+    let status = head.resp.status();
+    if method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Some(None);
+    }
+    if let Some(chunked) = head.chunked {
+        return Some(Some(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Close }));
+    }
+    match head.length? {
+        Some(0) => Some(None),
+        Some(n) => Some(Some(Framing::Length(n))),
+        None => Some(Some(Framing::Close)),
+    }
 }
 
 /// Receives a connection whose response was read to its exact end, for reuse.
@@ -587,9 +608,9 @@ fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Decoded, ()> {
 mod tests {
     use super::*;
 
-    fn head(text: &str) -> Response<()> {
+    fn head(text: &str) -> Head {
         let buf = BytesMut::from(text.as_bytes());
-        parse_head(&buf).unwrap().unwrap().0
+        parse_head(&buf).unwrap().unwrap()
     }
 
     fn framed(method: Method, text: &str) -> Option<Option<Framing>> {
@@ -620,9 +641,24 @@ mod tests {
 
     #[test]
     fn keep_alive_needs_http_1_1_without_close() {
-        assert!(keeps_alive(&head("HTTP/1.1 200 OK\r\n\r\n")));
-        assert!(!keeps_alive(&head("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n\r\n")));
-        assert!(!keeps_alive(&head("HTTP/1.0 200 OK\r\n\r\n")));
+        assert!(!head("HTTP/1.1 200 OK\r\n\r\n").close);
+        assert!(head("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n\r\n").close);
+        assert!(head("HTTP/1.0 200 OK\r\n\r\n").close);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_but_not_kept() {
+        let h = head(concat!(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private, content-length\r\nKeep-Alive: timeout=5\r\n",
+            "x-private: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\nProxy-Connection: x\r\n",
+            "x-end: 2\r\nUpgrade: h2c\r\nTrailer: x-t\r\nContent-Type: text/plain\r\n\r\n"
+        ));
+        let mut kept: Vec<&str> = h.resp.headers().keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["content-type", "x-end"]);
+        // Framing still saw what the dropped fields said.
+        assert_eq!((h.chunked, h.length, h.close), (Some(true), Some(Some(7)), false));
+        assert_eq!(framing(&Method::GET, &h), Some(Some(Framing::Chunked(Chunk::Size))));
     }
 
     #[test]
@@ -645,7 +681,7 @@ mod tests {
         let (parts, ()) = req.into_parts();
         let mut buf = Vec::new();
         let (peer, id) = (HeaderValue::from_static("10.1.1.1"), HeaderValue::from_static("r1"));
-        let added = crate::proxy::prepare_request_headers(&mut HeaderMap::new(), &peer, false, &id, None, false);
+        let added = crate::proxy::prepare_request_headers(&mut http::HeaderMap::new(), &peer, false, &id, None, false);
         write_head(&mut buf, &parts, &HeaderValue::from_static("backend:8080"), &added, Sending::Length(3));
         assert_eq!(
             String::from_utf8(buf).unwrap(),

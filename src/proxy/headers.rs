@@ -28,7 +28,7 @@ const REINTERPRETING: [&str; 6] = [
 ];
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual legacy ones).
-fn is_hop_by_hop(name: &str) -> bool {
+pub(super) fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
@@ -131,7 +131,8 @@ pub fn prepare_request_headers(
 }
 
 /// Rewrites backend response headers for the client (the outer handler adds
-/// `X-Request-Id` to every response, forwarded or not).
+/// `X-Request-Id` to every response, forwarded or not). The direct path leaves these
+/// fields out while parsing the head instead.
 pub fn prepare_response_headers(headers: &mut HeaderMap) {
     strip(headers, false);
 }

@@ -13,7 +13,8 @@ mod headers;
 
 pub use body::{BodyState, Streamed};
 pub use direct::UpstreamSlot;
-pub use headers::{prepare_request_headers, prepare_response_headers, Added, Identity, X_REQUEST_ID};
+pub use headers::{prepare_request_headers, Added, Identity, X_REQUEST_ID};
+use headers::prepare_response_headers;
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
@@ -174,7 +175,7 @@ impl UpstreamClient {
     /// Sends a prepared request. An HTTP/1 client connection's request goes down that
     /// connection's own upstream connection (`slot`) when the upstream is plain HTTP;
     /// anything else (no slot: HTTP/2 clients; https upstreams) through the pool.
-    /// Failures map to 502/504, or to the client's fault (413, 400) when its body failed
+    /// The response comes back without hop-by-hop headers. Failures map to 502/504, or to the client's fault (413, 400) when its body failed
     /// on the way (`state`).
     pub async fn send(
         &self,
@@ -194,7 +195,10 @@ impl UpstreamClient {
                     added.insert_into(&mut parts.headers);
                     let req = Request::from_parts(parts, ReqBody::from(body));
                     match self.client.request(req).await {
-                        Ok(resp) => Ok(resp.map(UpstreamBody::Pooled)),
+                        Ok(mut resp) => {
+                            prepare_response_headers(resp.headers_mut());
+                            Ok(resp.map(UpstreamBody::Pooled))
+                        }
                         Err(e) if e.is_connect() => Err(UpstreamFailure::Connect),
                         Err(_) => Err(UpstreamFailure::Protocol),
                     }

@@ -5,7 +5,7 @@ use super::Gateway;
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::{
-    self, prepare_request_headers, prepare_response_headers, Body, BodyState, Identity, Outbound, Streamed,
+    self, prepare_request_headers, Body, BodyState, Identity, Outbound, Streamed,
     UpstreamSlot,
 };
 use crate::ratelimit::RateLimit;
@@ -143,7 +143,6 @@ async fn process(
     let slot = (parts.version != http::Version::HTTP_2).then_some(&conn.upstream);
     let upstream_resp = snap.upstream.send(slot, parts, added, body, &body_state).await?;
     let (mut resp_parts, resp_body) = upstream_resp.into_parts();
-    prepare_response_headers(&mut resp_parts.headers);
     if let Some(rate) = rate {
         rate.write_headers(&mut resp_parts.headers);
     }
