@@ -15,7 +15,7 @@ use super::headers::is_hop_by_hop;
 use super::Added;
 use crate::error::UpstreamFailure;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
 use std::io::{self, Write as _};
@@ -272,8 +272,8 @@ fn write_head(buf: &mut Vec<u8>, parts: &http::request::Parts, host: &HeaderValu
     buf.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     buf.extend_from_slice(host.as_bytes());
     buf.extend_from_slice(b"\r\n");
-    let kept =
-        parts.headers.iter().filter(|(name, _)| *name != HOST && *name != CONTENT_LENGTH && *name != TRANSFER_ENCODING);
+    // `forwards` also drops Host and Transfer-Encoding (hop-by-hop).
+    let kept = parts.headers.iter().filter(|(name, _)| added.forwards(name) && *name != CONTENT_LENGTH);
     for (name, value) in kept.chain(added.iter()) {
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
@@ -320,7 +320,8 @@ fn parse_head(buf: &BytesMut) -> Result<Option<Head>, SendError> {
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // What the framing and connection fields say, before any field is dropped (a
     // `Connection` header could list `Content-Length` itself).
-    let mut head = Head { resp: Response::new(()), len, chunked: None, length: Some(None), close: version == Version::HTTP_10 };
+    let mut head =
+        Head { resp: Response::new(()), len, chunked: None, length: Some(None), close: version == Version::HTTP_10 };
     // Names `Connection` lists beyond the usual ones: rare, so allocated only if present.
     let mut listed: Vec<&[u8]> = Vec::new();
     for h in parsed.headers.iter() {
@@ -675,22 +676,34 @@ mod tests {
             .header("host", "client")
             .header("content-length", "999")
             .header("transfer-encoding", "chunked")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "1")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-request-id", "client")
+            .header("authtoken", "user-session")
+            .header("authorization", "cs-token")
             .header("api_key", "blt1")
             .body(())
             .unwrap();
-        let (parts, ()) = req.into_parts();
+        let (mut parts, ()) = req.into_parts();
         let mut buf = Vec::new();
         let (peer, id) = (HeaderValue::from_static("10.1.1.1"), HeaderValue::from_static("r1"));
-        let added = crate::proxy::prepare_request_headers(&mut http::HeaderMap::new(), &peer, false, &id, None, false);
+        let identity = crate::proxy::Identity { token_uid: "blt9", access: "read" };
+        let added = crate::proxy::prepare_request_headers(&mut parts.headers, &peer, false, &id, Some(identity), false);
         write_head(&mut buf, &parts, &HeaderValue::from_static("backend:8080"), &added, Sending::Length(3));
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             "POST /v3/entries?x=1 HTTP/1.1\r\nhost: backend:8080\r\napi_key: blt1\r\nx-forwarded-for: 10.1.1.1\r\n\
-             x-forwarded-proto: http\r\nx-request-id: r1\r\ncontent-length: 3\r\n\r\n"
+             x-forwarded-proto: http\r\nx-request-id: r1\r\nx-stackgate-token-uid: blt9\r\nx-stackgate-access: read\r\n\
+             content-length: 3\r\n\r\n"
         );
         let mut buf = Vec::new();
         write_head(&mut buf, &parts, &HeaderValue::from_static("b"), &Added::default(), Sending::Chunked);
-        assert!(String::from_utf8(buf).unwrap().ends_with("api_key: blt1\r\ntransfer-encoding: chunked\r\n\r\n"));
+        // Without a management token (a user session) both credentials pass.
+        let text = String::from_utf8(buf).unwrap();
+        let end =
+            "authtoken: user-session\r\nauthorization: cs-token\r\napi_key: blt1\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert!(text.ends_with(end), "{text}");
     }
 
     /// Feeds `wire` to the decoder in pieces of `step` bytes; returns the data.

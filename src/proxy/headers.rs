@@ -57,17 +57,25 @@ fn is_spoofable(name: &str) -> bool {
 /// in `Connection`) and, for requests, the spoofable ones. Allocates only when there is
 /// something to remove.
 fn strip(headers: &mut HeaderMap, request: bool) {
-    // Names a `Connection` header lists are hop-by-hop too (RFC 9110 section 7.6.1).
-    // Its values are cheap to clone; names are removed by `&str`, which allocates nothing.
+    remove_connection_listed(headers);
+    let doomed = |n: &HeaderName| is_hop_by_hop(n.as_str()) || (request && is_spoofable(n.as_str()));
+    remove_where(headers, doomed);
+}
+
+/// Names a `Connection` header lists are hop-by-hop too (RFC 9110 section 7.6.1).
+/// Its values are cheap to clone; names are removed by `&str`, which allocates nothing.
+fn remove_connection_listed(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
         for name in listed.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')) {
             headers.remove(name.trim());
         }
     }
-    let doomed = |n: &HeaderName| is_hop_by_hop(n.as_str()) || (request && is_spoofable(n.as_str()));
+}
+
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     // Most messages carry none of them: look before collecting.
-    if headers.keys().any(doomed) {
+    if headers.keys().any(&doomed) {
         let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
         for name in &names {
             headers.remove(name);
@@ -75,31 +83,52 @@ fn strip(headers: &mut HeaderMap, request: bool) {
     }
 }
 
-/// The headers the gateway adds to a forwarded request. The sender adds them: into
-/// the header map for the pooled client, straight onto the wire for the direct path
-/// (so the map is not grown and rehashed for them on every request).
+/// What the gateway does to a forwarded request's headers: the fields it drops and
+/// the ones it adds. The sender applies it: while writing the head on the direct path
+/// (so the map is neither searched for removals nor grown and rehashed for additions
+/// on every request), or to the header map for the pooled client.
 #[derive(Debug, Default)]
-pub struct Added([Option<(HeaderName, HeaderValue)>; 5]);
+pub struct Added {
+    added: [Option<(HeaderName, HeaderValue)>; 5],
+    /// The request was made with a management token: no user session rides along.
+    token: bool,
+    /// ... and the token itself is replaced by identity headers.
+    drop_token: bool,
+}
 
 impl Added {
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.0.iter().flatten().map(|(n, v)| (n, v))
+        self.added.iter().flatten().map(|(n, v)| (n, v))
     }
 
+    /// Whether a client field is forwarded: not hop-by-hop, not one only the gateway
+    /// may set, not `Host` (the sender sets it), not a credential the backend must not
+    /// authorise on.
+    pub fn forwards(&self, name: &HeaderName) -> bool {
+        !(is_hop_by_hop(name.as_str())
+            || is_spoofable(name.as_str())
+            || name == header::HOST
+            || (self.token && name == AUTHTOKEN)
+            || (self.drop_token && name == header::AUTHORIZATION))
+    }
+
+    /// Applies the changes to a header map (the pooled client's path).
     pub fn insert_into(self, headers: &mut HeaderMap) {
-        for (name, value) in self.0.into_iter().flatten() {
+        remove_where(headers, |n| !self.forwards(n));
+        for (name, value) in self.added.into_iter().flatten() {
             headers.insert(name, value);
         }
     }
 }
 
-/// Rewrites client request headers for the backend: removes what must not pass and
-/// returns what the gateway adds.
+/// Decides how client request headers are rewritten for the backend. Only the names
+/// a `Connection` header lists are removed here (rare, and per request); the rest is
+/// left to the sender (`Added::forwards`, `Added::iter`).
 ///
 /// `identity` is `Some` for management-token requests; with `forward_token = false`
 /// the token is replaced by identity headers. A user's `authtoken` never rides along
 /// with a management token, so the backend cannot authorise on something we did not.
-/// Every added name is also a stripped one, so the client cannot send a second copy.
+/// Every added name is also a dropped one, so the client cannot send a second copy.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
@@ -108,24 +137,22 @@ pub fn prepare_request_headers(
     identity: Option<Identity<'_>>,
     forward_token: bool,
 ) -> Added {
-    strip(headers, true);
-    // The sender sets Host for the upstream.
-    headers.remove(header::HOST);
+    remove_connection_listed(headers);
     let proto = if https { "https" } else { "http" };
-    let mut added = Added([
-        Some((X_FORWARDED_FOR, peer.clone())),
-        Some((X_FORWARDED_PROTO, HeaderValue::from_static(proto))),
-        Some((X_REQUEST_ID, request_id.clone())),
-        None,
-        None,
-    ]);
-    if let Some(id) = identity {
-        headers.remove(AUTHTOKEN);
-        if !forward_token {
-            headers.remove(header::AUTHORIZATION);
-            added.0[3] = HeaderValue::from_str(id.token_uid).ok().map(|uid| (X_TOKEN_UID, uid));
-            added.0[4] = Some((X_ACCESS, HeaderValue::from_static(id.access)));
-        }
+    let mut added = Added {
+        added: [
+            Some((X_FORWARDED_FOR, peer.clone())),
+            Some((X_FORWARDED_PROTO, HeaderValue::from_static(proto))),
+            Some((X_REQUEST_ID, request_id.clone())),
+            None,
+            None,
+        ],
+        token: identity.is_some(),
+        drop_token: identity.is_some() && !forward_token,
+    };
+    if let Some(id) = identity.filter(|_| !forward_token) {
+        added.added[3] = HeaderValue::from_str(id.token_uid).ok().map(|uid| (X_TOKEN_UID, uid));
+        added.added[4] = Some((X_ACCESS, HeaderValue::from_static(id.access)));
     }
     added
 }
@@ -162,8 +189,14 @@ mod tests {
         }
         let id = HeaderValue::from_static("req-1");
         let identity = Identity { token_uid: "blt00000000000000a1", access: "read" };
-        prepare_request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"), false, &id, Some(identity), false)
-            .insert_into(&mut h);
+        let added =
+            prepare_request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"), false, &id, Some(identity), false);
+        assert!(!h.contains_key("x-secret-hop"), "names Connection lists go at once");
+        for (dropped, kept) in [("te", "api_key"), ("authorization", "branch"), ("host", "x-custom")] {
+            assert!(!added.forwards(&HeaderName::from_static(dropped)), "{dropped}");
+            assert!(added.forwards(&HeaderName::from_static(kept)), "{kept}");
+        }
+        added.insert_into(&mut h);
         for gone in ["connection", "x-secret-hop", "te", "authorization", "authtoken", "host"] {
             assert!(!h.contains_key(gone), "{gone}");
         }

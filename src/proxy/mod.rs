@@ -13,8 +13,8 @@ mod headers;
 
 pub use body::{BodyState, Streamed};
 pub use direct::UpstreamSlot;
-pub use headers::{prepare_request_headers, Added, Identity, X_REQUEST_ID};
 use headers::prepare_response_headers;
+pub use headers::{prepare_request_headers, Added, Identity, X_REQUEST_ID};
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};

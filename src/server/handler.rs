@@ -4,10 +4,7 @@
 use super::Gateway;
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
-use crate::proxy::{
-    self, prepare_request_headers, Body, BodyState, Identity, Outbound, Streamed,
-    UpstreamSlot,
-};
+use crate::proxy::{self, prepare_request_headers, Body, BodyState, Identity, Outbound, Streamed, UpstreamSlot};
 use crate::ratelimit::RateLimit;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
