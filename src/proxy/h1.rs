@@ -701,9 +701,9 @@ mod tests {
         write_head(&mut buf, &parts, &HeaderValue::from_static("b"), &Added::default(), Sending::Chunked);
         // Without a management token (a user session) both credentials pass.
         let text = String::from_utf8(buf).unwrap();
-        let end =
-            "authtoken: user-session\r\nauthorization: cs-token\r\napi_key: blt1\r\ntransfer-encoding: chunked\r\n\r\n";
-        assert!(text.ends_with(end), "{text}");
+        let head = "host: b\r\napi_key: blt1\r\nauthtoken: user-session\r\nauthorization: cs-token\r\n\
+                    transfer-encoding: chunked\r\n\r\n";
+        assert!(text.ends_with(head), "{text}");
     }
 
     /// Feeds `wire` to the decoder in pieces of `step` bytes; returns the data.
