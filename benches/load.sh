@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load benchmark: stackgate against nginx, HAProxy and the bare backend, on loopback.
-#   bash benches/load.sh            # full run (about 8 minutes), rewrites the README results
+#   bash benches/load.sh            # full run (about 12 minutes), rewrites the README results
 #   QUICK=1 bash benches/load.sh    # one short round, no README change
 # Installs its peers from Debian (nginx-light, haproxy, wrk, nghttp2-client, openssl, redis-server),
 # builds release binaries, then runs benches/load.py.
