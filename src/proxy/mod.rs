@@ -175,8 +175,8 @@ impl UpstreamClient {
     /// Sends a prepared request. An HTTP/1 client connection's request goes down that
     /// connection's own upstream connection (`slot`) when the upstream is plain HTTP;
     /// anything else (no slot: HTTP/2 clients; https upstreams) through the pool.
-    /// The response comes back without hop-by-hop headers. Failures map to 502/504, or to the client's fault (413, 400) when its body failed
-    /// on the way (`state`).
+    /// The response comes back without hop-by-hop headers. Failures map to 502/504, or
+    /// to the client's fault (413, 400) when its body failed on the way (`state`).
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
