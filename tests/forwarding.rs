@@ -429,3 +429,73 @@ async fn only_idempotent_requests_are_sent_again_after_a_connection_dies_unanswe
     assert!(heads[1].contains("content-length: 26"), "{}", heads[1]);
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+/// A backend that refuses an upload as soon as it has read the request head: it
+/// answers 413 and closes without reading the body (so the gateway's write of the
+/// rest of the body fails). The client must get that 413, not a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const REFUSAL: &[u8] =
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: 21\r\nconnection: close\r\n\r\n{\"error\":\"too large\"}";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let body_bytes_read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&body_bytes_read);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let end = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                counted.store(buf.len() - end, std::sync::atomic::Ordering::SeqCst);
+                let _ = stream.write_all(REFUSAL).await;
+                // Dropped with the body unread: the kernel resets the connection.
+            });
+        }
+    });
+    let gw = env_for(backend).await;
+
+    const SIZE: usize = 16 << 20;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /v3/assets HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/octet-stream\r\ncontent-length: {SIZE}\r\n\r\n"
+    );
+    // The client keeps sending while the answer comes back; once the gateway stops
+    // reading, its writes may fail, which is expected.
+    let upload = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..SIZE / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while !resp.ends_with(b"{\"error\":\"too large\"}") {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => resp.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("the gateway answered in time");
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.ends_with("{\"error\":\"too large\"}"), "{text}");
+    assert!(body_bytes_read.load(std::sync::atomic::Ordering::SeqCst) < SIZE, "the backend stopped before the end");
+    upload.abort();
+}

@@ -54,7 +54,7 @@ pub enum Outgoing<'a, B> {
 }
 
 /// Why an exchange failed.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum SendError {
     /// The connection ended before a byte of the response arrived: a reused
     /// connection the backend had closed, if the request may be sent again.
@@ -140,9 +140,19 @@ impl Conn {
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
     {
-        self.write_request(parts, host, added, body).await?;
+        // A backend may answer before it has taken the whole body (a 413, a 401) and
+        // close the connection, failing the rest of the write: its answer, if one
+        // arrived, is what the client needs, not a 502.
+        let failed = match self.write_request(parts, host, added, body).await {
+            Ok(()) => None,
+            Err(SendError::Body) => return Err(SendError::Body),
+            Err(e) => Some(e),
+        };
         loop {
-            let head = self.read_head().await?;
+            let head = match self.read_head().await {
+                Ok(head) => head,
+                Err(e) => return Err(failed.unwrap_or(e)),
+            };
             self.read.advance(head.len);
             // Interim responses (100 Continue, 103 Early Hints) are not forwarded.
             if head.resp.status().is_informational() {
@@ -152,7 +162,7 @@ impl Conn {
                 continue;
             }
             let framing = framing(&parts.method, &head).ok_or(SendError::Protocol)?;
-            let keep = framing != Some(Framing::Close) && !head.close;
+            let keep = framing != Some(Framing::Close) && !head.close && failed.is_none();
             return Ok((head.resp, framing, keep));
         }
     }
