@@ -499,3 +499,40 @@ async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() 
     assert!(body_bytes_read.load(std::sync::atomic::Ordering::SeqCst) < SIZE, "the backend stopped before the end");
     upload.abort();
 }
+
+/// HTTP/2 streams have no connection of their own upstream: each borrows one from the
+/// shared idle list and returns it after its response, so concurrent streams open at
+/// most one upstream connection each and later rounds open none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_borrow_upstream_connections_and_return_them() {
+    use http_body_util::BodyExt;
+    let (backend, connections) = counting_backend(None).await;
+    let gw = env_for(backend).await;
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    const STREAMS: usize = 8;
+    for round in 1..=3 {
+        let mut streams = tokio::task::JoinSet::new();
+        for _ in 0..STREAMS {
+            let mut sender = sender.clone();
+            streams.spawn(async move {
+                let req = http::Request::builder()
+                    .uri(format!("http://gw{PATH}"))
+                    .header("api_key", API_KEY)
+                    .header("authorization", RW)
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                (status, resp.into_body().collect().await.unwrap().to_bytes())
+            });
+        }
+        let answers = tokio::time::timeout(Duration::from_secs(10), streams.join_all()).await.unwrap();
+        for (status, body) in answers {
+            assert_eq!((status, &body[..]), (200, &b"{\"ok\":true}"[..]), "round {round}");
+        }
+        let opened = connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..=STREAMS).contains(&opened), "round {round}: {opened} upstream connections");
+    }
+}

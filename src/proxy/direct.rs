@@ -1,5 +1,5 @@
 //! The direct path to a plain-HTTP upstream: each HTTP/1 client connection keeps its
-//! own upstream connection.
+//! own upstream connection; HTTP/2 client streams borrow one from a shared idle list.
 //!
 //! An HTTP/1 client connection's requests are sequential (hyper's server answers one
 //! before reading the next), so one upstream connection per client connection is all
@@ -9,8 +9,10 @@
 //! releases the connection at once; a longer one takes it along and puts it back in
 //! the slot when read to its end. When the client connection closes, its upstream
 //! connection goes to a small shared idle list for the next client connection, so
-//! clients that open a connection per request still reuse upstream connections. HTTP/2
-//! clients and https upstreams keep the pooled client.
+//! clients that open a connection per request still reuse upstream connections.
+//! HTTP/2 client streams run concurrently, so they have no slot: each takes an
+//! upstream connection from the idle list (or opens one) and puts it back when its
+//! response is read to the end. https upstreams keep the pooled client.
 
 use super::h1::{Conn, Outgoing, ResponseBody, SendError};
 use super::{Added, Outbound, Streamed};
@@ -37,9 +39,14 @@ impl IdleList {
         None
     }
 
+    /// Keeps a connection for later. Connections the backend closed meanwhile are
+    /// swept out only when the list is full: HTTP/2 streams return a connection after
+    /// every response, and a sweep each time would cost a probe per idle connection.
     fn push(&self, mut conn: Conn) {
         if let Ok(mut list) = self.0.lock() {
-            list.retain_mut(Conn::is_reusable);
+            if list.len() >= MAX_IDLE {
+                list.retain_mut(Conn::is_reusable);
+            }
             if list.len() < MAX_IDLE && conn.is_reusable() {
                 list.push(conn);
             }
@@ -115,21 +122,23 @@ impl Direct {
         Some(Direct { host, port, host_header, connect_timeout, idle: Arc::default() })
     }
 
-    /// Sends the request on the slot's connection (or an idle one, or a new one).
+    /// Sends the request on the slot's connection (or an idle one, or a new one); with
+    /// no slot (an HTTP/2 stream) the connection goes back to the idle list after the
+    /// response.
     /// A request that met a connection the backend had closed goes again on a new
     /// connection, once, if it can be sent again: its body is held in full and its
     /// method is idempotent (RFC 9110 section 9.2.2), since the backend may have
     /// received it.
     pub async fn send(
         &self,
-        slot: &UpstreamSlot,
+        slot: Option<&UpstreamSlot>,
         parts: &http::request::Parts,
         added: &Added,
         mut body: Outbound,
     ) -> Result<Response<ResponseBody>, UpstreamFailure> {
         let mut fresh = false;
         loop {
-            let mut conn = match slot.take(&self.idle).or_else(|| self.idle.pop()) {
+            let mut conn = match slot.and_then(|slot| slot.take(&self.idle)).or_else(|| self.idle.pop()) {
                 Some(conn) => conn,
                 None => {
                     fresh = true;
@@ -142,8 +151,11 @@ impl Direct {
             };
             match conn.exchange(parts, &self.host_header, added, outgoing).await {
                 Ok((head, framing, keep)) => {
-                    let (slot, idle) = (slot.clone(), Arc::clone(&self.idle));
-                    let body = ResponseBody::new(conn, framing, keep, move |conn| slot.put(conn, &idle));
+                    let (slot, idle) = (slot.cloned(), Arc::clone(&self.idle));
+                    let body = ResponseBody::new(conn, framing, keep, move |conn| match slot {
+                        Some(slot) => slot.put(conn, &idle),
+                        None => idle.push(conn),
+                    });
                     return Ok(head.map(|()| body));
                 }
                 Err(SendError::Closed)

@@ -1,8 +1,9 @@
 //! Stage 7: forwarding to the backend (DESIGN.md section 8).
 //!
-//! HTTP/1 clients of a plain-HTTP upstream go down their connection's own upstream
-//! connection (`direct.rs`, speaking HTTP/1.1 through `h1.rs`); everything else through
-//! one pooled hyper-util client per upstream config. Bodies stream both ways. Headers
+//! Requests to a plain-HTTP upstream go direct (`direct.rs`, speaking HTTP/1.1
+//! through `h1.rs`): an HTTP/1 client connection's down its own upstream connection, an
+//! HTTP/2 stream's down one from a shared idle list. https upstreams use one pooled
+//! hyper-util client per upstream config. Bodies stream both ways. Headers
 //! are rewritten in place: hop-by-hop and spoofable headers removed, forwarding and
 //! identity headers set.
 
@@ -172,9 +173,9 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::BadRequest(BadRequest::AmbiguousPath))
     }
 
-    /// Sends a prepared request. An HTTP/1 client connection's request goes down that
-    /// connection's own upstream connection (`slot`) when the upstream is plain HTTP;
-    /// anything else (no slot: HTTP/2 clients; https upstreams) through the pool.
+    /// Sends a prepared request. To a plain-HTTP upstream it goes direct: down the
+    /// HTTP/1 client connection's own upstream connection (`slot`), or for an HTTP/2
+    /// stream (no slot) one from the idle list; to an https upstream through the pool.
     /// The response comes back without hop-by-hop headers. Failures map to 502/504, or
     /// to the client's fault (413, 400) when its body failed on the way (`state`).
     pub async fn send(
@@ -186,11 +187,11 @@ impl UpstreamClient {
         state: &BodyState,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let exchange = async {
-            match (slot, &self.direct) {
-                (Some(slot), Some(direct)) => {
+            match &self.direct {
+                Some(direct) => {
                     direct.send(slot, &parts, &added, body).await.map(|resp| resp.map(UpstreamBody::Direct))
                 }
-                _ => {
+                None => {
                     parts.version = Version::HTTP_11;
                     added.insert_into(&mut parts.headers);
                     let req = Request::from_parts(parts, ReqBody::from(body));
