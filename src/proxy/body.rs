@@ -37,10 +37,44 @@ impl BodyState {
     }
 }
 
+/// A client's request body: hyper's, or none at all (a request read by the gateway's
+/// own HTTP/1 reader, which takes only requests without a body).
+#[derive(Debug)]
+pub enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A client body with a byte budget.
 #[derive(Debug)]
 pub struct Streamed {
-    inner: Incoming,
+    inner: ClientBody,
     /// A frame read ahead by [`Streamed::prefetch`], yielded first.
     first: Option<Frame<Bytes>>,
     remaining: u64,
@@ -49,7 +83,7 @@ pub struct Streamed {
 
 impl Streamed {
     /// Wraps `inner` with a budget of `limit` bytes.
-    pub fn new(inner: Incoming, limit: u64, state: BodyState) -> Self {
+    pub fn new(inner: ClientBody, limit: u64, state: BodyState) -> Self {
         Streamed { inner, first: None, remaining: limit, state }
     }
 

@@ -12,7 +12,7 @@ mod direct;
 mod h1;
 mod headers;
 
-pub use body::{BodyState, Streamed};
+pub use body::{BodyState, ClientBody, Streamed};
 pub use direct::UpstreamSlot;
 use headers::prepare_response_headers;
 pub use headers::{prepare_request_headers, Added, Identity, X_REQUEST_ID};

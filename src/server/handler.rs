@@ -4,6 +4,7 @@
 use super::Gateway;
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
+use crate::proxy::ClientBody;
 use crate::proxy::{self, prepare_request_headers, Body, BodyState, Identity, Outbound, Streamed, UpstreamSlot};
 use crate::ratelimit::RateLimit;
 use crate::snapshot::Snapshot;
@@ -12,7 +13,6 @@ use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ impl ConnInfo {
 /// Serves one request on the main listener.
 pub async fn handle(
     gw: Arc<Gateway>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<Body>, Infallible> {
     let peer = conn.peer;
@@ -84,7 +84,7 @@ pub async fn handle(
 /// The pipeline proper; any error is answered by the caller.
 async fn process(
     gw: &Arc<Gateway>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     facts: &mut Facts,
@@ -151,7 +151,7 @@ fn declared_length(parts: &Parts) -> Option<u64> {
 }
 
 /// Buffers a body that a rule must read, up to `max_inspected_body`.
-async fn read_inspected(snap: &Snapshot, parts: &Parts, body: Incoming) -> Result<Bytes, GatewayError> {
+async fn read_inspected(snap: &Snapshot, parts: &Parts, body: ClientBody) -> Result<Bytes, GatewayError> {
     let limit = snap.settings.max_inspected_body;
     if declared_length(parts).is_some_and(|len| len > limit) {
         return Err(GatewayError::PayloadTooLarge);

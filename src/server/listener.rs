@@ -1,12 +1,14 @@
 //! The main listener: a connection cap, optional TLS (ALPN h2 / http/1.1), HTTP/1.1 and
 //! HTTP/2 on the same port, header, idle and size limits, and graceful drain.
 
+use super::fast;
+use super::handler::ConnInfo;
 use super::idle::IdleIo;
 use super::{handle, Gateway};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// Accepts until shutdown, then waits for open connections to finish their requests.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
-    let limits = gw.snapshot().config.server.limits.clone();
+    let limits = Arc::new(gw.snapshot().config.server.limits.clone());
     let builder = Arc::new(builder(&limits));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -39,9 +41,11 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch:
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = Connection { gw: Arc::clone(&gw), builder: Arc::clone(&builder), peer, permit };
+        let conn =
+            Connection { gw: Arc::clone(&gw), builder: Arc::clone(&builder), peer, permit, shutdown: shutdown.clone() };
         let watcher = graceful.watcher();
-        tokio::spawn(async move { conn.run(stream, watcher, limits.header_read_timeout, limits.idle_timeout).await });
+        let limits = Arc::clone(&limits);
+        tokio::spawn(async move { conn.run(stream, watcher, &limits).await });
     }
     drop(listener);
     tracing::info!(open = graceful.count(), "listener closed; draining connections");
@@ -75,42 +79,64 @@ struct Connection {
     peer: SocketAddr,
     /// Released (freeing a place under `max_connections`) when the connection ends.
     permit: OwnedSemaphorePermit,
+    /// Tells the gateway's own HTTP/1 loop to stop taking requests.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Connection {
-    async fn run(
-        self,
-        stream: TcpStream,
-        watcher: hyper_util::server::graceful::Watcher,
-        handshake: Duration,
-        idle: Duration,
-    ) {
+    async fn run(self, stream: TcpStream, watcher: Watcher, limits: &crate::config::Limits) {
         let metrics = Arc::clone(&self.gw.metrics);
         metrics.open_connections.inc();
         let tls = self.gw.tls.load_full();
         match tls {
             Some(cfg) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => self.serve(IdleIo::new(tls_stream, idle), true, watcher).await,
+                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = IdleIo::new(tls_stream, limits.idle_timeout);
+                        match h2 {
+                            true => {
+                                let info = Arc::new(ConnInfo::new(self.peer, true));
+                                self.serve(io, info, watcher).await
+                            }
+                            false => self.serve_h1(io, true, watcher, limits).await,
+                        }
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
                     }
                     Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
                 }
             }
-            None => self.serve(IdleIo::new(stream, idle), false, watcher).await,
+            None => self.serve_h1(IdleIo::new(stream, limits.idle_timeout), false, watcher, limits).await,
         }
         metrics.open_connections.dec();
     }
 
-    async fn serve<I>(self, io: I, https: bool, watcher: hyper_util::server::graceful::Watcher)
+    /// Serves an HTTP/1 (or not yet known) connection: the gateway's own loop first,
+    /// hyper from the first request that loop hands over.
+    async fn serve_h1<I>(mut self, mut io: I, https: bool, watcher: Watcher, limits: &crate::config::Limits)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { gw, builder, peer, permit } = self;
-        let info = Arc::new(super::handler::ConnInfo::new(peer, https));
-        let service = service_fn(move |req| handle(Arc::clone(&gw), req, Arc::clone(&info)));
+        let info = Arc::new(ConnInfo::new(self.peer, https));
+        let fast_limits =
+            fast::Limits { header_read_timeout: limits.header_read_timeout, max_header_bytes: limits.max_header_bytes };
+        match fast::serve(&mut io, &self.gw, &info, &fast_limits, &mut self.shutdown).await {
+            fast::Outcome::Closed => drop(watcher),
+            fast::Outcome::Handover(read) => self.serve(fast::Prefixed::new(read, io), info, watcher).await,
+        }
+    }
+
+    async fn serve<I>(self, io: I, info: Arc<ConnInfo>, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { gw, builder, peer, permit, .. } = self;
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            handle(Arc::clone(&gw), req.map(crate::proxy::ClientBody::Hyper), Arc::clone(&info))
+        });
         let conn = builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             tracing::debug!(error = %e, peer = %peer, "connection closed with error");

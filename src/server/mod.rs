@@ -2,6 +2,7 @@
 //! swappable snapshot.
 
 mod admin;
+mod fast;
 mod handler;
 mod idle;
 mod listener;

@@ -10,6 +10,7 @@ mod input;
 use crate::config::Stack;
 use crate::error::{BadRequest, Denial, FieldErrors, GatewayError};
 use crate::pipeline::auth::{API_KEY, AUTHTOKEN};
+use crate::proxy::ClientBody;
 use crate::proxy::{self, Body};
 use crate::server::{Change, Gateway};
 use crate::store::{Cap, StoreError};
@@ -18,7 +19,6 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
@@ -32,7 +32,7 @@ pub async fn handle(
     gw: &Arc<Gateway>,
     parts: &Parts,
     path: &str,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Response<Body>, GatewayError> {
     let snap = gw.snapshot();
     let config = Arc::clone(&snap.config);
@@ -72,7 +72,7 @@ fn authenticate<'c>(
     }
 }
 
-async fn read_body(parts: &Parts, body: Incoming) -> Result<Bytes, GatewayError> {
+async fn read_body(parts: &Parts, body: ClientBody) -> Result<Bytes, GatewayError> {
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)

@@ -1,0 +1,192 @@
+//! The gateway's own HTTP/1.1 loop (`src/server/fast.rs`) and its handover to hyper,
+//! over raw TCP against the real server and a real backend: pipelining, HEAD,
+//! `Connection: close`, requests with bodies mid-connection, header and shutdown
+//! behaviour of keep-alive connections.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use stackgate::clock::SystemClock;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PATH: &str = "/v3/content_types/blog/entries";
+
+fn get(method: &str, path: &str, extra: &str) -> String {
+    format!("{method} {path} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n{extra}\r\n")
+}
+
+/// Reads one response (Content-Length framed, or head only); `None` at EOF.
+async fn response(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) -> Option<(String, String)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+            let len: usize = match head_only {
+                true => 0,
+                false => head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0),
+            };
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                buf.drain(..end + 4 + len);
+                return Some((head, body));
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+            Ok(Ok(n @ 1..)) => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// Whether the server closes the connection within `within` (EOF or reset).
+async fn closes_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut chunk = [0u8; 1024];
+    matches!(tokio::time::timeout(within, stream.read(&mut chunk)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let env = Env::start().await;
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    // Three requests in one write: two allowed, one without a token in between.
+    let batch = format!(
+        "{}GET /v3/assets HTTP/1.1\r\nHost: gw\r\n\r\n{}",
+        get("GET", &format!("{PATH}?n=1"), ""),
+        get("GET", &format!("{PATH}?n=3"), "content-length: 0\r\n")
+    );
+    stream.write_all(batch.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let (first, _) = response(&mut stream, &mut buf, false).await.unwrap();
+    let (second, body) = response(&mut stream, &mut buf, false).await.unwrap();
+    let (third, _) = response(&mut stream, &mut buf, false).await.unwrap();
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{second}");
+    assert_eq!(error_code(body.as_bytes()), 105, "{body}");
+    assert!(third.starts_with("HTTP/1.1 200 OK\r\n"), "{third}");
+    // The gateway's own answers carry a Date, as hyper's did.
+    assert!(second.to_ascii_lowercase().contains("\r\ndate: "), "{second}");
+    let targets: Vec<String> = env.backend.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, [format!("{PATH}?n=1"), format!("{PATH}?n=3")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_keeps_the_length_and_sends_no_body() {
+    let env = Env::start().await;
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    let batch = format!("{}{}", get("HEAD", PATH, ""), get("GET", PATH, ""));
+    stream.write_all(batch.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, _) = response(&mut stream, &mut buf, true).await.unwrap();
+    let (get_head, get_body) = response(&mut stream, &mut buf, false).await.unwrap();
+    let length = |h: &str| {
+        h.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+    };
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(get_head.starts_with("HTTP/1.1 200"), "the GET's response follows the HEAD's head directly: {get_head}");
+    assert_eq!(length(&head), Some(get_body.len().to_string()), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_is_answered_and_honoured() {
+    let env = Env::start().await;
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    stream.write_all(get("GET", PATH, "Connection: close\r\n").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, _) = response(&mut stream, &mut buf, false).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(closes_within(&mut stream, Duration::from_secs(2)).await, "the connection was closed");
+}
+
+/// A request with a body goes to hyper, which serves the rest of the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_mid_connection_is_handed_over_with_nothing_lost() {
+    let env = Env::start().await;
+    let mut client = KeepAlive::connect(env.gateway.addr).await;
+    let auth = [("api_key", API_KEY), ("authorization", RW), ("content-type", "application/json")];
+    assert_eq!(client.send("GET", PATH, &auth, "").await.0, 200);
+    let body = r#"{"entry":{"title":"handed over"}}"#;
+    assert_eq!(client.send("POST", PATH, &auth, body).await.0, 200);
+    assert_eq!(client.send("GET", &format!("{PATH}?after=1"), &auth, "").await.0, 200);
+    let seen = env.backend.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!((seen[1].method.as_str(), seen[1].body_len), ("POST", body.len()));
+    assert_eq!(seen[2].target, format!("{PATH}?after=1"));
+    // A chunked body (the client declares no length) also goes through hyper.
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    let chunked = format!(
+        "{}{}",
+        get("GET", PATH, ""),
+        get("PUT", &format!("{PATH}/blt1"), "content-type: application/json\r\ntransfer-encoding: chunked\r\n")
+    );
+    stream.write_all(chunked.as_bytes()).await.unwrap();
+    stream.write_all(b"5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    assert_eq!(env.backend.last().unwrap().body_len, 7);
+}
+
+/// A keep-alive connection must send its next head within `header_read_timeout`, as
+/// on a fresh connection; a head trickled in slowly is cut off too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_head_on_a_keep_alive_connection_has_the_header_deadline() {
+    let env = Env::start_with("header_read_timeout = \"400ms\"", "", Arc::new(SystemClock)).await;
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    stream.write_all(get("GET", PATH, "").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    for piece in ["GET /v3/assets HTTP/1.1\r\n", "Host: gw\r\n", "api_key: x\r\n", "x-a: 1\r\n", "x-b: 2\r\n"] {
+        if stream.write_all(piece.as_bytes()).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(closes_within(&mut stream, Duration::from_secs(3)).await, "the slow head was cut off");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(350) && took < Duration::from_millis(1500), "cut after {took:?}");
+    assert_eq!(env.backend.seen().len(), 1, "the slow request never reached the backend");
+}
+
+/// Shutdown closes idle keep-alive connections (and new requests are refused by the
+/// closed listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_keep_alive_connections() {
+    let env = Env::start().await;
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    stream.write_all(get("GET", PATH, "").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    env.gateway.begin_shutdown();
+    assert!(closes_within(&mut stream, Duration::from_secs(2)).await, "the idle connection was closed");
+}
+
+/// What hyper refuses is still refused after a request the gateway's loop took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_after_a_good_one_are_refused() {
+    let env = Env::start().await;
+    for bad in [
+        "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nbad header: x\r\n\r\n",
+        "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+        "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ntransfer-encoding: gzip\r\n\r\n",
+        "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nx-folded: a\r\n b\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+        stream.write_all(format!("{}{bad}", get("GET", PATH, "")).as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+        let second = response(&mut stream, &mut buf, false).await;
+        assert!(second.as_ref().is_none_or(|(head, _)| head.starts_with("HTTP/1.1 400")), "{bad:?}: {second:?}");
+        assert!(closes_within(&mut stream, Duration::from_secs(2)).await, "{bad:?}: closed after");
+    }
+    assert_eq!(env.backend.seen().len(), 4, "only the good requests reached the backend");
+}
