@@ -319,9 +319,11 @@ struct Head {
 /// Parses a buffered response head; `None` if incomplete. The header values share one
 /// copy of the head, so they do not pin the read buffer while the response is written.
 fn parse_head(buf: &BytesMut) -> Result<Option<Head>, SendError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    // Left uninitialised (4 KiB not written per response); httparse fills what it uses.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(SendError::Protocol),
