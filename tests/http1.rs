@@ -190,3 +190,20 @@ async fn malformed_heads_after_a_good_one_are_refused() {
     }
     assert_eq!(env.backend.seen().len(), 4, "only the good requests reached the backend");
 }
+
+/// Heads the loop does not take for their size still get hyper's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_fields_and_oversized_heads_get_431() {
+    let env = Env::start_with("max_header_bytes = \"16KiB\"", "", Arc::new(SystemClock)).await;
+    let many: String = (0..120).map(|i| format!("x-f{i}: {i}\r\n")).collect();
+    let big = format!("x-big: {}\r\n", "a".repeat(20_000));
+    for extra in [many, big] {
+        let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+        stream.write_all(format!("{}{}", get("GET", PATH, ""), get("GET", PATH, &extra)).as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+        let (head, _) = response(&mut stream, &mut buf, false).await.unwrap();
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    }
+    assert_eq!(env.backend.seen().len(), 2);
+}
