@@ -207,3 +207,60 @@ async fn too_many_fields_and_oversized_heads_get_431() {
     }
     assert_eq!(env.backend.seen().len(), 2);
 }
+
+/// A client that stops reading a long response is cut off after `idle_timeout`
+/// (the write has made no progress), and the gateway does not hold the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
+    const SIZE: usize = 64 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let start = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {SIZE}\r\n\r\n"
+                );
+                if stream.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                let data = vec![b'x'; 1 << 20];
+                for _ in 0..SIZE >> 20 {
+                    if stream.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let cfg = config_text(backend, "idle_timeout = \"3s\"", "");
+    let gw = stackgate::server::start(stackgate::config::from_str(&cfg).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(get("GET", "/v3/assets/blt1", "").as_bytes()).await.unwrap();
+    let mut first = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut first)).await.unwrap().unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first[..n]));
+    // Stop reading for longer than the idle timeout, then take what the socket holds.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (mut received, mut closed) = (n, false);
+    let mut chunk = vec![0u8; 1 << 16];
+    while let Ok(read) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut chunk)).await {
+        match read {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => received += n,
+        }
+    }
+    assert!(closed, "the stalled connection was closed");
+    assert!(received < SIZE / 2, "{received} bytes arrived of {SIZE}");
+}
