@@ -264,3 +264,35 @@ async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
     assert!(closed, "the stalled connection was closed");
     assert!(received < SIZE / 2, "{received} bytes arrived of {SIZE}");
 }
+
+/// A client that hangs up while its request waits on the backend cancels it: the
+/// upstream connection is closed at once, not when `request_timeout` (2 s) expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_cancels_its_upstream_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<Duration>();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else { return };
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+        // Never answer; report how long until the gateway closes the connection.
+        let arrived = Instant::now();
+        while let Ok(1..) = stream.read(&mut chunk).await {}
+        let _ = tx.send(arrived.elapsed());
+    });
+    let cfg = config_text(backend, "", "");
+    let gw = stackgate::server::start(stackgate::config::from_str(&cfg).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(get("GET", PATH, "").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    let open_for = tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
+    assert!(open_for < Duration::from_millis(1500), "upstream connection closed after {open_for:?}");
+}

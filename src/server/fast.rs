@@ -90,11 +90,41 @@ where
             }
         };
         let head_only = req.method() == Method::HEAD;
-        let Ok(resp) = handle(Arc::clone(gw), req, Arc::clone(info)).await;
+        let handled = handle(Arc::clone(gw), req, Arc::clone(info));
+        let Some(resp) = unless_hung_up(io, &mut buf, handled, limits.max_header_bytes).await else {
+            return Outcome::Closed;
+        };
         let done = write_response(io, &mut out, resp, head_only, close).await;
         if close || !done || *shutdown.borrow() {
             let _ = io.shutdown().await;
             return Outcome::Closed;
+        }
+    }
+}
+
+/// Runs the handler while watching the client connection: a client that closes it
+/// cancels its request, upstream exchange included (as hyper and nginx do by default),
+/// and the bytes of a pipelined next request are kept, up to a head's worth. Watching
+/// costs no system call: the reactor says when the socket has something to read.
+async fn unless_hung_up<I, F>(io: &mut I, buf: &mut BytesMut, handled: F, max_head: usize) -> Option<Response<Body>>
+where
+    I: AsyncRead + Unpin,
+    F: std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>>,
+{
+    let mut handled = std::pin::pin!(handled);
+    loop {
+        // Only into the room already there: growing the buffer now would copy it (the
+        // request's header values still share it).
+        if buf.len() > max_head || buf.capacity() == buf.len() {
+            return handled.await.ok();
+        }
+        tokio::select! {
+            biased;
+            resp = &mut handled => return resp.ok(),
+            read = io.read_buf(buf) => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
         }
     }
 }
