@@ -90,7 +90,8 @@ where
             }
         };
         let head_only = req.method() == Method::HEAD;
-        let handled = handle(Arc::clone(gw), req, Arc::clone(info));
+        // Pinned here and lent out: moving the (large) future again would cost a copy.
+        let handled = std::pin::pin!(handle(Arc::clone(gw), req, Arc::clone(info)));
         let Some(resp) = unless_hung_up(io, &mut buf, handled, limits.max_header_bytes).await else {
             return Outcome::Closed;
         };
@@ -106,12 +107,16 @@ where
 /// cancels its request, upstream exchange included (as hyper and nginx do by default),
 /// and the bytes of a pipelined next request are kept, up to a head's worth. Watching
 /// costs no system call: the reactor says when the socket has something to read.
-async fn unless_hung_up<I, F>(io: &mut I, buf: &mut BytesMut, handled: F, max_head: usize) -> Option<Response<Body>>
+async fn unless_hung_up<I, F>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    mut handled: std::pin::Pin<&mut F>,
+    max_head: usize,
+) -> Option<Response<Body>>
 where
     I: AsyncRead + Unpin,
     F: std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>>,
 {
-    let mut handled = std::pin::pin!(handled);
     loop {
         // Only into the room already there: growing the buffer now would copy it (the
         // request's header values still share it).
