@@ -52,6 +52,29 @@ async fn closes_within(stream: &mut TcpStream, within: Duration) -> bool {
     matches!(tokio::time::timeout(within, stream.read(&mut chunk)).await, Ok(Ok(0) | Err(_)))
 }
 
+/// A raw backend's side: reads one request head (false if the connection ended first).
+async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+/// A keep-alive connection that has had one GET answered 200 (by the gateway's own
+/// loop), with its read buffer.
+async fn after_one_get(addr: std::net::SocketAddr, extra: &str) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("{}{extra}", get("GET", PATH, "")).as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    (stream, buf)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     let env = Env::start().await;
@@ -140,10 +163,7 @@ async fn a_body_mid_connection_is_handed_over_with_nothing_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_head_on_a_keep_alive_connection_has_the_header_deadline() {
     let env = Env::start_with("header_read_timeout = \"400ms\"", "", Arc::new(SystemClock)).await;
-    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
-    stream.write_all(get("GET", PATH, "").as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    let (mut stream, _) = after_one_get(env.gateway.addr, "").await;
     let started = Instant::now();
     for piece in ["GET /v3/assets HTTP/1.1\r\n", "Host: gw\r\n", "api_key: x\r\n", "x-a: 1\r\n", "x-b: 2\r\n"] {
         if stream.write_all(piece.as_bytes()).await.is_err() {
@@ -162,10 +182,7 @@ async fn the_next_head_on_a_keep_alive_connection_has_the_header_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_idle_keep_alive_connections() {
     let env = Env::start().await;
-    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
-    stream.write_all(get("GET", PATH, "").as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    let (mut stream, _) = after_one_get(env.gateway.addr, "").await;
     env.gateway.begin_shutdown();
     assert!(closes_within(&mut stream, Duration::from_secs(2)).await, "the idle connection was closed");
 }
@@ -180,10 +197,7 @@ async fn malformed_heads_after_a_good_one_are_refused() {
         "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ntransfer-encoding: gzip\r\n\r\n",
         "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nx-folded: a\r\n b\r\n\r\n",
     ] {
-        let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
-        stream.write_all(format!("{}{bad}", get("GET", PATH, "")).as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+        let (mut stream, mut buf) = after_one_get(env.gateway.addr, bad).await;
         let second = response(&mut stream, &mut buf, false).await;
         assert!(second.as_ref().is_none_or(|(head, _)| head.starts_with("HTTP/1.1 400")), "{bad:?}: {second:?}");
         assert!(closes_within(&mut stream, Duration::from_secs(2)).await, "{bad:?}: closed after");
@@ -198,10 +212,7 @@ async fn too_many_fields_and_oversized_heads_get_431() {
     let many: String = (0..120).map(|i| format!("x-f{i}: {i}\r\n")).collect();
     let big = format!("x-big: {}\r\n", "a".repeat(20_000));
     for extra in [many, big] {
-        let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
-        stream.write_all(format!("{}{}", get("GET", PATH, ""), get("GET", PATH, &extra)).as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+        let (mut stream, mut buf) = after_one_get(env.gateway.addr, &get("GET", PATH, &extra)).await;
         let (head, _) = response(&mut stream, &mut buf, false).await.unwrap();
         assert!(head.starts_with("HTTP/1.1 431"), "{head}");
     }
@@ -218,13 +229,8 @@ async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 let start = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {SIZE}\r\n\r\n"
@@ -274,14 +280,10 @@ async fn a_client_hanging_up_cancels_its_upstream_request() {
     let (tx, rx) = tokio::sync::oneshot::channel::<Duration>();
     tokio::spawn(async move {
         let Ok((mut stream, _)) = listener.accept().await else { return };
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&chunk[..n]),
-            }
+        if !read_head(&mut stream).await {
+            return;
         }
+        let mut chunk = [0u8; 4096];
         // Never answer; report how long until the gateway closes the connection.
         let arrived = Instant::now();
         while let Ok(1..) = stream.read(&mut chunk).await {}
