@@ -5,7 +5,7 @@ use crate::error::{BadRequest, Denial, GatewayError};
 use crate::snapshot::{Snapshot, Token};
 use crate::token::hash_secret;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 
 pub const API_KEY: HeaderName = HeaderName::from_static("api_key");
@@ -21,6 +21,50 @@ pub enum Principal {
     UserSession,
 }
 
+/// The credential headers of a request, read in one pass over its fields.
+#[derive(Debug, Default)]
+pub struct Credentials<'a> {
+    authorization: Option<&'a HeaderValue>,
+    api_key: Option<&'a HeaderValue>,
+    authtoken: Option<&'a HeaderValue>,
+    /// `branch`, which the policy stage reads.
+    pub branch: Option<&'a HeaderValue>,
+}
+
+impl<'a> Credentials<'a> {
+    /// Finds the four credential fields. Two copies of one could be read one way here
+    /// and another way by the backend: that is a bad request.
+    pub fn read(headers: &'a HeaderMap) -> Result<Self, GatewayError> {
+        let mut found = Credentials::default();
+        for (name, value) in headers {
+            let slot = if *name == AUTHORIZATION {
+                &mut found.authorization
+            } else if *name == API_KEY {
+                &mut found.api_key
+            } else if *name == AUTHTOKEN {
+                &mut found.authtoken
+            } else if *name == BRANCH {
+                &mut found.branch
+            } else {
+                continue;
+            };
+            if slot.replace(value).is_some() {
+                return Err(GatewayError::BadRequest(BadRequest::InvalidHeader));
+            }
+        }
+        Ok(found)
+    }
+
+    fn credential(&self) -> Credential<'a> {
+        match self.authorization {
+            Some(v) if !is_bearer(v.as_bytes()) => Credential::Management(v.as_bytes()),
+            Some(_) => Credential::UserSession,
+            None if self.authtoken.is_some() => Credential::UserSession,
+            None => Credential::None,
+        }
+    }
+}
+
 /// The credential a request carries, before it is checked.
 enum Credential<'a> {
     Management(&'a [u8]),
@@ -32,16 +76,9 @@ enum Credential<'a> {
 const MAX_SECRET_LEN: usize = 256;
 
 /// Authenticates a request at Unix time `now`.
-pub fn authenticate(snap: &Snapshot, headers: &HeaderMap, now: i64) -> Result<Principal, GatewayError> {
-    for name in [&AUTHORIZATION, &API_KEY, &AUTHTOKEN, &BRANCH] {
-        // Two copies of a credential header could be read one way here and another
-        // way by the backend.
-        if headers.get_all(name).iter().nth(1).is_some() {
-            return Err(GatewayError::BadRequest(BadRequest::InvalidHeader));
-        }
-    }
-    match credential(headers) {
-        Credential::Management(secret) => management_token(snap, headers, secret, now).map(Principal::Token),
+pub fn authenticate(snap: &Snapshot, creds: &Credentials<'_>, now: i64) -> Result<Principal, GatewayError> {
+    match creds.credential() {
+        Credential::Management(secret) => management_token(snap, creds, secret, now).map(Principal::Token),
         Credential::UserSession => match snap.settings.user_sessions {
             UserSessions::Pass => Ok(Principal::UserSession),
             UserSessions::Deny => Err(GatewayError::Forbidden(Denial::UserSessionsDenied)),
@@ -50,22 +87,18 @@ pub fn authenticate(snap: &Snapshot, headers: &HeaderMap, now: i64) -> Result<Pr
     }
 }
 
-fn credential(headers: &HeaderMap) -> Credential<'_> {
-    match headers.get(AUTHORIZATION) {
-        Some(v) if !is_bearer(v.as_bytes()) => Credential::Management(v.as_bytes()),
-        Some(_) => Credential::UserSession,
-        None if headers.contains_key(AUTHTOKEN) => Credential::UserSession,
-        None => Credential::None,
-    }
-}
-
 /// `authorization: Bearer ...` is OAuth, not a management token.
 pub fn is_bearer(value: &[u8]) -> bool {
     value.get(..7).is_some_and(|p| p.eq_ignore_ascii_case(b"bearer "))
 }
 
-fn management_token(snap: &Snapshot, headers: &HeaderMap, secret: &[u8], now: i64) -> Result<Arc<Token>, GatewayError> {
-    let api_key = headers.get(API_KEY).and_then(|v| v.to_str().ok()).ok_or(GatewayError::StackNotFound)?;
+fn management_token(
+    snap: &Snapshot,
+    creds: &Credentials<'_>,
+    secret: &[u8],
+    now: i64,
+) -> Result<Arc<Token>, GatewayError> {
+    let api_key = creds.api_key.and_then(|v| v.to_str().ok()).ok_or(GatewayError::StackNotFound)?;
     let stack = snap.stack(api_key).ok_or(GatewayError::StackNotFound)?;
     let unauthenticated = GatewayError::Unauthenticated { expired: false };
     if secret.is_empty() || secret.len() > MAX_SECRET_LEN {

@@ -7,7 +7,7 @@ pub mod classify;
 pub mod normalize;
 pub mod policy;
 
-pub use auth::{authenticate, Principal};
+pub use auth::{authenticate, Credentials, Principal};
 pub use classify::{classify, Access, Module, ModuleSet, Operation, Rule};
 pub use normalize::{normalize, Target};
 pub use policy::{authorize, inspect_body};
@@ -70,10 +70,11 @@ pub fn decide<'a>(
         }
         return Ok(Decision { target, op, route: Route::TokenApi });
     }
-    let principal = authenticate(snap, &parts.headers, now)?;
+    let creds = Credentials::read(&parts.headers)?;
+    let principal = authenticate(snap, &creds, now)?;
     if let Principal::Token(token) = &principal {
         facts.token = Some(Arc::clone(token));
-        authorize(token, &op, parts.headers.get(auth::BRANCH))?;
+        authorize(token, &op, creds.branch)?;
     }
     // The backend is the authority for users: nothing to check here.
     Ok(Decision { target, op, route: Route::Proxy { principal } })
