@@ -54,6 +54,34 @@ async fn request_and_response_headers_are_rewritten() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_response_fields_replace_the_backends() {
+    let env = Env::start().await;
+    let marker = ("x-test-own-gateway-fields", "1");
+    // GET: the gateway's own HTTP/1.1 loop writes the response; POST (a body): hyper.
+    for (method, body) in [("GET", ""), ("POST", "{}")] {
+        let token = [("api_key", API_KEY), ("authorization", RW), ("content-type", "application/json"), marker];
+        let (status, headers, _) = env.send(method, PATH, &token, body).await;
+        assert_eq!(status.as_u16(), 200, "{method}");
+        let rid = env.backend.last().unwrap().headers["x-request-id"].to_str().unwrap().to_owned();
+        for name in ["x-request-id", "x-ratelimit-remaining", "ratelimit", "x-ratelimit-limit", "ratelimit-policy"] {
+            assert_eq!(headers.get_all(name).iter().count(), 1, "{method} {name}");
+        }
+        assert_eq!(headers["x-request-id"].to_str().unwrap(), rid, "{method}");
+        assert_ne!(headers["x-ratelimit-remaining"], "999", "{method}");
+        assert!(headers["ratelimit"].to_str().unwrap().contains(";r="), "{method}: {:?}", headers["ratelimit"]);
+        assert_eq!(headers["x-backend"], "1");
+
+        // A user session is not rate limited here: the backend's own fields pass.
+        let user = [("api_key", API_KEY), ("authtoken", "user-session"), ("content-type", "application/json"), marker];
+        let (_, headers, _) = env.send(method, PATH, &user, body).await;
+        assert_ne!(headers["x-request-id"], "backend-id", "{method}");
+        assert_eq!(headers.get_all("x-request-id").iter().count(), 1, "{method}");
+        assert_eq!(headers["x-ratelimit-remaining"], "999", "{method}");
+        assert_eq!(headers["ratelimit"], "backend", "{method}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_token_true_keeps_the_token() {
     let env = Env::start_with("", "forward_token = true", Arc::new(SystemClock)).await;
     let (status, _, _) = env.token("GET", PATH, RO, "").await;

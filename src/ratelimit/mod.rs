@@ -215,8 +215,12 @@ fn number_header(n: u32) -> HeaderValue {
 }
 
 /// Appends `n` in decimal (the hot path avoids `format!`).
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(decimal(n, &mut [0u8; 20]));
+}
+
+/// `n` in decimal, written at the end of `digits`.
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut i = digits.len();
     loop {
         i -= 1;
@@ -226,7 +230,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    &digits[i..]
 }
 
 impl RateInfo {
@@ -246,6 +250,25 @@ impl RateInfo {
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(current)) {
             headers.insert(RATELIMIT, v);
         }
+    }
+
+    /// The same fields as [`RateInfo::write_headers`], each value in pieces to be
+    /// written one after the other: the HTTP/1 writer puts them straight into the
+    /// response head, with no header map and no allocation.
+    pub fn each_field(&self, mut field: impl FnMut(&HeaderName, &[&[u8]])) {
+        let (mut remaining, mut reset) = ([0u8; 20], [0u8; 20]);
+        let remaining = decimal(u64::from(self.remaining), &mut remaining);
+        let reset = decimal(self.reset, &mut reset);
+        field(&X_RATELIMIT_LIMIT, &[self.limit_header.as_bytes()]);
+        field(&X_RATELIMIT_REMAINING, &[remaining]);
+        field(&RATELIMIT_POLICY, &[self.policy.as_bytes()]);
+        field(&RATELIMIT, &[b"\"", self.name.as_bytes(), b"\";r=", remaining, b";t=", reset]);
+    }
+
+    /// Whether `name` is one of the fields this writes (a backend's own copy is
+    /// replaced, not repeated).
+    pub fn names(name: &HeaderName) -> bool {
+        [&X_RATELIMIT_LIMIT, &X_RATELIMIT_REMAINING, &RATELIMIT_POLICY, &RATELIMIT].contains(&name)
     }
 
     /// Adds `Retry-After` to a 429.
@@ -604,5 +627,13 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
         assert_eq!(h["x-ratelimit-limit"], "3");
         assert_eq!(h["x-ratelimit-remaining"], "2");
         assert_eq!(h["ratelimit"], "\"token-read\";r=2;t=1");
+        // The HTTP/1 writer's rendering is the same, field for field.
+        let mut pieces = HeaderMap::new();
+        info.each_field(|name, value| {
+            assert!(RateInfo::names(name), "{name}");
+            pieces.insert(name.clone(), HeaderValue::from_bytes(&value.concat()).unwrap());
+        });
+        assert_eq!(pieces, h);
+        assert!(!RateInfo::names(&http::header::CONTENT_TYPE));
     }
 }

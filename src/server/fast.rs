@@ -9,8 +9,9 @@
 //! bytes already read, to hyper for the rest of its life, so every framing and error
 //! case keeps hyper's behaviour.
 
-use super::handler::{handle, ConnInfo};
+use super::handler::{respond, ConnInfo, Stamp};
 use super::Gateway;
+use crate::pipeline::auth::{API_KEY, AUTHTOKEN, BRANCH};
 use crate::proxy::{Body, ClientBody};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -91,11 +92,11 @@ where
         };
         let head_only = req.method() == Method::HEAD;
         // Pinned here and lent out: moving the (large) future again would cost a copy.
-        let handled = std::pin::pin!(handle(Arc::clone(gw), req, Arc::clone(info)));
-        let Some(resp) = unless_hung_up(io, &mut buf, handled, limits.max_header_bytes).await else {
+        let handled = std::pin::pin!(respond(Arc::clone(gw), req, Arc::clone(info)));
+        let Some((resp, stamp)) = unless_hung_up(io, &mut buf, handled, limits.max_header_bytes).await else {
             return Outcome::Closed;
         };
-        let done = write_response(io, &mut out, resp, head_only, close).await;
+        let done = write_response(io, &mut out, resp, &stamp, head_only, close).await;
         if close || !done || *shutdown.borrow() {
             let _ = io.shutdown().await;
             return Outcome::Closed;
@@ -112,20 +113,20 @@ async fn unless_hung_up<I, F>(
     buf: &mut BytesMut,
     mut handled: std::pin::Pin<&mut F>,
     max_head: usize,
-) -> Option<Response<Body>>
+) -> Option<F::Output>
 where
     I: AsyncRead + Unpin,
-    F: std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>>,
+    F: std::future::Future,
 {
     loop {
         // Only into the room already there: growing the buffer now would copy it (the
         // request's header values still share it).
         if buf.len() > max_head || buf.capacity() == buf.len() {
-            return handled.await.ok();
+            return Some(handled.await);
         }
         tokio::select! {
             biased;
-            resp = &mut handled => return resp.ok(),
+            resp = &mut handled => return Some(resp),
             read = io.read_buf(buf) => match read {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
@@ -173,7 +174,7 @@ fn parse(
     let (mut close, mut declared) = (false, false);
     fields.clear();
     for h in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else { return Err(NotMine) };
+        let Some(name) = header_name(h.name.as_bytes()) else { return Err(NotMine) };
         match name {
             // `Content-Length: 0` (once) declares no body, as many clients send it.
             CONTENT_LENGTH if h.value == b"0" && !declared => declared = true,
@@ -207,6 +208,18 @@ fn parse(
     }
 }
 
+/// The field's name. `http` copies every name it does not know into a new allocation;
+/// the credential names every management-token request carries are taken from
+/// constants instead (as sent, in lower case; other spellings take the general path).
+fn header_name(raw: &[u8]) -> Option<HeaderName> {
+    match raw {
+        b"api_key" => Some(API_KEY),
+        b"branch" => Some(BRANCH),
+        b"authtoken" => Some(AUTHTOKEN),
+        _ => HeaderName::from_bytes(raw).ok(),
+    }
+}
+
 /// Builds the request; header values and the target share the head's one copy.
 fn build(
     head: &Bytes,
@@ -227,7 +240,14 @@ fn build(
 }
 
 /// Writes a response; returns whether the connection can carry another request.
-async fn write_response<I>(io: &mut I, out: &mut Vec<u8>, resp: Response<Body>, head_only: bool, close: bool) -> bool
+async fn write_response<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    resp: Response<Body>,
+    stamp: &Stamp,
+    head_only: bool,
+    close: bool,
+) -> bool
 where
     I: AsyncWrite + Unpin,
 {
@@ -236,7 +256,7 @@ where
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let exact = hyper::body::Body::size_hint(&body).exact();
     out.clear();
-    write_head(out, &parts, head_only && !bodiless, close);
+    write_head(out, &parts, stamp, head_only && !bodiless, close);
     match (head_only || bodiless, exact) {
         (true, _) => {
             // A HEAD answer says the length the GET would have had, if known.
@@ -260,9 +280,9 @@ where
 }
 
 /// Status line and fields, without the framing ones (written by the caller from the
-/// body), adding `Date` when the response has none and `Connection: close` when the
-/// connection ends after it.
-fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, keep_length: bool, close: bool) {
+/// body), with the gateway's own (`stamp`), adding `Date` when the response has none
+/// and `Connection: close` when the connection ends after it.
+fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, stamp: &Stamp, keep_length: bool, close: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -270,10 +290,18 @@ fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, keep_length: boo
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
         let framing = *name == TRANSFER_ENCODING || (*name == CONTENT_LENGTH && !keep_length);
-        if !framing && *name != CONNECTION {
+        if !framing && *name != CONNECTION && !stamp.replaces(name) {
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
+    stamp.each_field(|name, pieces| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        for piece in pieces {
+            out.extend_from_slice(piece);
+        }
+        out.extend_from_slice(b"\r\n");
+    });
     if !parts.headers.contains_key(DATE) {
         date::with(|d| put_field(out, b"date", d));
     }
@@ -412,5 +440,22 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_names_are_the_same_whichever_path_names_them() {
+        for raw in ["api_key", "branch", "authtoken"] {
+            let fast = header_name(raw.as_bytes()).unwrap();
+            let general = header_name(raw.to_ascii_uppercase().as_bytes()).unwrap();
+            assert_eq!(fast, general);
+            assert_eq!(fast.as_str(), raw);
+        }
+        assert_eq!(header_name(b"X-Custom").unwrap(), "x-custom");
+        assert!(header_name(b"bad name").is_none());
     }
 }

@@ -6,10 +6,10 @@ use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::ClientBody;
 use crate::proxy::{self, prepare_request_headers, Body, BodyState, Identity, Outbound, Streamed, UpstreamSlot};
-use crate::ratelimit::RateLimit;
+use crate::ratelimit::{RateInfo, RateLimit};
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH};
+use http::header::{HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Limited};
@@ -36,12 +36,53 @@ impl ConnInfo {
     }
 }
 
-/// Serves one request on the main listener.
+/// Fields the gateway adds to every response it forwards or makes: `X-Request-Id`,
+/// and the rate-limit fields of an admitted request. They travel beside the response
+/// rather than in its header map, because the HTTP/1 fast loop writes them straight
+/// into the head: inserting them into the map hashes each name and may grow the map,
+/// on every request. For hyper they are inserted ([`Stamp::apply`]).
+#[derive(Debug)]
+pub struct Stamp {
+    request_id: HeaderValue,
+    rate: Option<RateInfo>,
+}
+
+impl Stamp {
+    /// Inserts the fields into a response's header map, replacing the backend's own.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        headers.insert(proxy::X_REQUEST_ID, self.request_id);
+        if let Some(rate) = self.rate {
+            rate.write_headers(headers);
+        }
+    }
+
+    /// Whether a response field is one of these (the backend's copy gives way).
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        *name == proxy::X_REQUEST_ID || (self.rate.is_some() && RateInfo::names(name))
+    }
+
+    /// Each field, its value in pieces (see [`RateInfo::each_field`]).
+    pub fn each_field(&self, mut field: impl FnMut(&HeaderName, &[&[u8]])) {
+        field(&proxy::X_REQUEST_ID, &[self.request_id.as_bytes()]);
+        if let Some(rate) = &self.rate {
+            rate.each_field(field);
+        }
+    }
+}
+
+/// Serves one request on the main listener (hyper's service function).
 pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<ClientBody>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<Body>, Infallible> {
+    let (mut resp, stamp) = respond(gw, req, conn).await;
+    stamp.apply(resp.headers_mut());
+    Ok(resp)
+}
+
+/// Serves one request: the response, and the fields still to be added to it.
+pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnInfo>) -> (Response<Body>, Stamp) {
     let peer = conn.peer;
     let started = Instant::now();
     let request_id = gw.ids.next();
@@ -56,15 +97,14 @@ pub async fn handle(
     if let Err(GatewayError::Unauthenticated { .. } | GatewayError::StackNotFound) = &result {
         gw.guard.failure(peer.ip(), &gw.snapshot().config.guard);
     }
-    let (mut resp, error) = match result {
-        Ok(resp) => (resp, None),
-        Err(err) => (err.clone().into_response().map(proxy::full), Some(err)),
+    let (resp, rate, error) = match result {
+        Ok((resp, rate)) => (resp, rate, None),
+        Err(err) => (err.clone().into_response().map(proxy::full), None, Some(err)),
     };
-    resp.headers_mut().insert(proxy::X_REQUEST_ID, request_id.clone());
     let op = facts.op;
     let took = started.elapsed();
     gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
-    let Some((method, uri)) = logged else { return Ok(resp) };
+    let Some((method, uri)) = logged else { return (resp, Stamp { request_id, rate }) };
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -78,17 +118,18 @@ pub async fn handle(
         detail = %error.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     );
-    Ok(resp)
+    (resp, Stamp { request_id, rate })
 }
 
-/// The pipeline proper; any error is answered by the caller.
+/// The pipeline proper; any error is answered by the caller. An admitted
+/// management-token request comes back with its rate-limit fields.
 async fn process(
     gw: &Arc<Gateway>,
     req: Request<ClientBody>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     facts: &mut Facts,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<(Response<Body>, Option<RateInfo>), GatewayError> {
     let snap = gw.snapshot();
     let (mut parts, body) = req.into_parts();
     let Decision { target, op, route } = pipeline::decide(&snap, &parts, gw.clock().now(), facts)?;
@@ -96,8 +137,8 @@ async fn process(
         facts.canonical = Some(path.as_str().into());
     }
     let (principal, rate) = match route {
-        Route::Preflight => return Ok(preflight()),
-        Route::TokenApi => return crate::token_api::handle(gw, &parts, &target.path, body).await,
+        Route::Preflight => return Ok((preflight(), None)),
+        Route::TokenApi => return Ok((crate::token_api::handle(gw, &parts, &target.path, body).await?, None)),
         Route::Proxy { principal } => {
             let rate = match &principal {
                 Principal::Token(token) => gw.limiter.charge(token, &op).await?,
@@ -139,11 +180,7 @@ async fn process(
     parts.uri = uri;
     let slot = (parts.version != http::Version::HTTP_2).then_some(&conn.upstream);
     let upstream_resp = snap.upstream.send(slot, parts, added, body, &body_state).await?;
-    let (mut resp_parts, resp_body) = upstream_resp.into_parts();
-    if let Some(rate) = rate {
-        rate.write_headers(&mut resp_parts.headers);
-    }
-    Ok(Response::from_parts(resp_parts, Either::Left(resp_body)))
+    Ok((upstream_resp.map(Either::Left), rate))
 }
 
 fn declared_length(parts: &Parts) -> Option<u64> {

@@ -121,6 +121,14 @@ async fn record(
     resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
     resp.headers_mut().insert("connection", "keep-alive".parse().unwrap());
     resp.headers_mut().insert("x-backend", "1".parse().unwrap());
+    if parts.headers.contains_key("x-test-own-gateway-fields") {
+        // Fields the gateway sets itself: the client must see the gateway's, once.
+        for (name, value) in
+            [("x-request-id", "backend-id"), ("x-ratelimit-remaining", "999"), ("ratelimit", "backend")]
+        {
+            resp.headers_mut().insert(name, value.parse().unwrap());
+        }
+    }
     Ok(resp)
 }
 
