@@ -115,6 +115,11 @@ async fn head_keeps_the_length_and_sends_no_body() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(get_head.starts_with("HTTP/1.1 200"), "the GET's response follows the HEAD's head directly: {get_head}");
     assert_eq!(length(&head), Some(get_body.len().to_string()), "{head}");
+    // The backend's Date is kept, not doubled; the length is stated once.
+    for h in [&head, &get_head] {
+        let count = |name: &str| h.lines().filter(|l| l.to_ascii_lowercase().starts_with(name)).count();
+        assert_eq!((count("date:"), count("content-length:"), count("x-backend:")), (1, 1, 1), "{h}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@
 //! upstream connection from the idle list (or opens one) and puts it back when its
 //! response is read to the end. https upstreams keep the pooled client.
 
-use super::h1::{Conn, Outgoing, ResponseBody, SendError};
+use super::h1::{Conn, Fields, Outgoing, ResponseBody, SendError};
 use super::{Added, Outbound, Streamed};
 use crate::error::UpstreamFailure;
 use http::{HeaderValue, Response};
@@ -135,7 +135,7 @@ impl Direct {
         parts: &http::request::Parts,
         added: &Added,
         mut body: Outbound,
-    ) -> Result<Response<ResponseBody>, UpstreamFailure> {
+    ) -> Result<(Response<ResponseBody>, Fields), UpstreamFailure> {
         let mut fresh = false;
         loop {
             let mut conn = match slot.and_then(|slot| slot.take(&self.idle)).or_else(|| self.idle.pop()) {
@@ -150,13 +150,13 @@ impl Direct {
                 Outbound::Stream(stream) => Outgoing::Stream(stream, exact_length(stream)),
             };
             match conn.exchange(parts, &self.host_header, added, outgoing).await {
-                Ok((head, framing, keep)) => {
+                Ok((head, fields, framing, keep)) => {
                     let (slot, idle) = (slot.cloned(), Arc::clone(&self.idle));
                     let body = ResponseBody::new(conn, framing, keep, move |conn| match slot {
                         Some(slot) => slot.put(conn, &idle),
                         None => idle.push(conn),
                     });
-                    return Ok(head.map(|()| body));
+                    return Ok((head.map(|()| body), fields));
                 }
                 Err(SendError::Closed)
                     if !fresh && parts.method.is_idempotent() && matches!(body, Outbound::Bytes(_)) => {}

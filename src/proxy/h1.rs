@@ -11,12 +11,12 @@
 //! exact end; anything else (an error, a body the client stopped reading, `Connection:
 //! close`, a close-delimited body, HTTP/1.0) closes it.
 
-use super::headers::is_hop_by_hop;
+use super::headers::{is_gateway_set, is_hop_by_hop};
 use super::Added;
 use crate::error::UpstreamFailure;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
 use std::io::{self, Write as _};
 use std::pin::Pin;
@@ -31,8 +31,6 @@ const MAX_HEADERS: usize = 128;
 /// A chunk-size line or a trailer section longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
-/// Response headers the gateway adds after parsing (request id, four rate-limit ones).
-const ADDED_LATER: usize = 6;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
 /// Request bodies up to this size leave in the same write as the head.
@@ -136,7 +134,7 @@ impl Conn {
         host: &HeaderValue,
         added: &Added,
         body: Outgoing<'_, B>,
-    ) -> Result<(Response<()>, Option<Framing>, bool), SendError>
+    ) -> Result<(Response<()>, Fields, Option<Framing>, bool), SendError>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
     {
@@ -163,7 +161,7 @@ impl Conn {
             }
             let framing = framing(&parts.method, &head).ok_or(SendError::Protocol)?;
             let keep = framing != Some(Framing::Close) && !head.close && failed.is_none();
-            return Ok((head.resp, framing, keep));
+            return Ok((head.resp, head.fields, framing, keep));
         }
     }
 
@@ -300,11 +298,69 @@ fn write_head(buf: &mut Vec<u8>, parts: &http::request::Parts, host: &HeaderValu
     buf.extend_from_slice(b"\r\n");
 }
 
-/// A parsed response head. Its hop-by-hop fields (RFC 9110 section 7.6.1) were read
-/// for framing and reuse and left out of the header map: they belong to the upstream
-/// connection, and leaving them out here saves removing them from every response.
+/// A backend response's header fields as the direct path keeps them: not parsed into
+/// a header map but as one block of `name: value\r\n` lines, names in lower case,
+/// with the hop-by-hop fields (RFC 9110 section 7.6.1: they belong to the upstream
+/// connection) and `Content-Length` (the writer frames the body itself) left out.
+/// The gateway's HTTP/1.1 loop copies the block into the client's response as it is,
+/// as nginx copies a backend's fields; every other writer asks for a header map
+/// ([`Fields::into_map`]). Names and values were validated by `httparse`, whose
+/// rules are `http`'s: no byte that could end a line or split the message.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    block: Bytes,
+    /// The `Content-Length` the backend stated (a HEAD answer repeats it).
+    length: Option<u64>,
+    has_date: bool,
+    /// One of the fields is one the gateway sets itself (it must give way).
+    gateway_set: bool,
+}
+
+impl Fields {
+    /// The fields, each line ending in CRLF, ready to be copied into a response head.
+    pub fn block(&self) -> &[u8] {
+        &self.block
+    }
+
+    pub fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+
+    /// Whether a field the gateway sets itself (request id, rate limits) is present.
+    pub fn has_gateway_set(&self) -> bool {
+        self.gateway_set
+    }
+
+    /// Adds the fields (and the stated `Content-Length`) to a header map; the values
+    /// share the block.
+    pub fn into_map(self, headers: &mut HeaderMap) {
+        let mut rest = &self.block[..];
+        while let Some(end) = rest.iter().position(|&b| b == b'\r') {
+            let (line, after) = rest.split_at(end);
+            rest = after.get(2..).unwrap_or_default();
+            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let value = line.get(colon + 2..).unwrap_or_default();
+            let name = HeaderName::from_bytes(&line[..colon]);
+            let value = HeaderValue::from_maybe_shared(self.block.slice_ref(value));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        if let Some(n) = self.length {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+}
+
+/// A parsed response head. Its hop-by-hop fields were read for framing and reuse and
+/// left out of `fields`.
 struct Head {
     resp: Response<()>,
+    fields: Fields,
     /// Bytes of the buffer the head took.
     len: usize,
     /// `Some` when a `Transfer-Encoding` was present: whether its final coding is chunked.
@@ -316,8 +372,8 @@ struct Head {
     close: bool,
 }
 
-/// Parses a buffered response head; `None` if incomplete. The header values share one
-/// copy of the head, so they do not pin the read buffer while the response is written.
+/// Parses a buffered response head; `None` if incomplete. The fields are copied out
+/// of the read buffer, so they do not pin it while the response is written.
 fn parse_head(buf: &BytesMut) -> Result<Option<Head>, SendError> {
     // Left uninitialised (4 KiB not written per response); httparse fills what it uses.
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -332,8 +388,14 @@ fn parse_head(buf: &BytesMut) -> Result<Option<Head>, SendError> {
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // What the framing and connection fields say, before any field is dropped (a
     // `Connection` header could list `Content-Length` itself).
-    let mut head =
-        Head { resp: Response::new(()), len, chunked: None, length: Some(None), close: version == Version::HTTP_10 };
+    let mut head = Head {
+        resp: Response::new(()),
+        fields: Fields::default(),
+        len,
+        chunked: None,
+        length: Some(None),
+        close: version == Version::HTTP_10,
+    };
     // Names `Connection` lists beyond the usual ones: rare, so allocated only if present.
     let mut listed: Vec<&[u8]> = Vec::new();
     for h in parsed.headers.iter() {
@@ -352,21 +414,28 @@ fn parse_head(buf: &BytesMut) -> Result<Option<Head>, SendError> {
             head.length = head.length.and_then(|found| merge_length(found, h.value));
         }
     }
-    let base = buf.as_ptr() as usize;
-    let copy = Bytes::copy_from_slice(&buf[..len]);
-    // Room for the headers the gateway adds (request id, rate limits) without a rehash.
-    let map = head.resp.headers_mut();
-    map.reserve(parsed.headers.len() + ADDED_LATER);
+    let mut block = Vec::with_capacity(len);
+    let fields = &mut head.fields;
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| SendError::Protocol)?;
-        if is_hop_by_hop(name.as_str()) || listed.iter().any(|l| l.eq_ignore_ascii_case(name.as_str().as_bytes())) {
+        let start = block.len();
+        block.extend(h.name.bytes().map(|b| b.to_ascii_lowercase()));
+        // ASCII: httparse takes only token characters in a name.
+        let name = std::str::from_utf8(&block[start..]).map_err(|_| SendError::Protocol)?;
+        if is_hop_by_hop(name)
+            || name == "content-length"
+            || listed.iter().any(|l| l.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            block.truncate(start);
             continue;
         }
-        let start = h.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(copy.slice(start..start + h.value.len()))
-            .map_err(|_| SendError::Protocol)?;
-        map.append(name, value);
+        fields.has_date |= name == "date";
+        fields.gateway_set |= is_gateway_set(name);
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(h.value);
+        block.extend_from_slice(b"\r\n");
     }
+    fields.block = Bytes::from(block);
+    fields.length = head.length.flatten();
     *head.resp.status_mut() = status;
     *head.resp.version_mut() = version;
     Ok(Some(head))
@@ -666,12 +735,32 @@ mod tests {
             "x-private: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\nProxy-Connection: x\r\n",
             "x-end: 2\r\nUpgrade: h2c\r\nTrailer: x-t\r\nContent-Type: text/plain\r\n\r\n"
         ));
-        let mut kept: Vec<&str> = h.resp.headers().keys().map(HeaderName::as_str).collect();
-        kept.sort_unstable();
-        assert_eq!(kept, ["content-type", "x-end"]);
+        assert_eq!(h.fields.block(), b"x-end: 2\r\ncontent-type: text/plain\r\n");
+        assert_eq!((h.fields.length(), h.fields.has_date(), h.fields.has_gateway_set()), (Some(7), false, false));
         // Framing still saw what the dropped fields said.
         assert_eq!((h.chunked, h.length, h.close), (Some(true), Some(Some(7)), false));
         assert_eq!(framing(&Method::GET, &h), Some(Some(Framing::Chunked(Chunk::Size))));
+    }
+
+    #[test]
+    fn fields_keep_their_order_and_become_a_map_on_demand() {
+        let h = head(concat!(
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 01 Dec 2026 19:00:00 GMT\r\nSet-Cookie: a=1\r\n",
+            "Content-Length: 2\r\nset-cookie: b=2\r\nX-Empty:\r\nX-Text:  spaced: value \r\n\r\nok"
+        ));
+        let block = "server: nginx\r\ndate: Tue, 01 Dec 2026 19:00:00 GMT\r\nset-cookie: a=1\r\nset-cookie: b=2\r\nx-empty: \r\nx-text: spaced: value\r\n";
+        assert_eq!(std::str::from_utf8(h.fields.block()).unwrap(), block);
+        assert!(h.fields.has_date() && !h.fields.has_gateway_set());
+        let mut map = HeaderMap::new();
+        h.fields.into_map(&mut map);
+        assert_eq!(map.len(), 7);
+        let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!([&map["x-empty"], &map["x-text"], &map["content-length"]], ["", "spaced: value", "2"]);
+        for name in ["X-Request-Id", "x-ratelimit-remaining", "RateLimit"] {
+            let text = format!("HTTP/1.1 200 OK\r\n{name}: 1\r\n\r\n");
+            assert!(head(&text).fields.has_gateway_set(), "{name}");
+        }
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub(super) fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
+/// Response fields the gateway sets itself, replacing a backend's (lower-case `name`).
+pub(super) fn is_gateway_set(name: &str) -> bool {
+    name == X_REQUEST_ID.as_str() || crate::ratelimit::RateInfo::names(name)
+}
+
 /// Headers only the gateway may set (clients can never speak for it), and headers that
 /// would make the backend run another method or path than the one authorised.
 fn is_spoofable(name: &str) -> bool {

@@ -14,6 +14,7 @@ mod headers;
 
 pub use body::{BodyState, ClientBody, Streamed};
 pub use direct::UpstreamSlot;
+pub use h1::Fields;
 use headers::prepare_response_headers;
 pub use headers::{prepare_request_headers, Added, Identity, X_REQUEST_ID};
 
@@ -64,11 +65,30 @@ impl From<Outbound> for ReqBody {
     }
 }
 
-/// A backend's response body, from whichever path carried the request.
+/// A backend's response body, from whichever path carried the request. The direct
+/// path's carries the backend's header fields until a writer takes them
+/// ([`take_fields`], [`fill_headers`]).
 #[derive(Debug)]
 pub enum UpstreamBody {
     Pooled(Incoming),
-    Direct(h1::ResponseBody),
+    Direct(h1::ResponseBody, Option<Fields>),
+}
+
+/// The backend's header fields the direct path kept as a block (see [`Fields`]), for
+/// the HTTP/1.1 loop to write as they are.
+pub fn take_fields(body: &mut Body) -> Option<Fields> {
+    match body {
+        Either::Left(UpstreamBody::Direct(_, fields)) => fields.take(),
+        _ => None,
+    }
+}
+
+/// Moves any fields the body still carries into the response's header map: for
+/// every writer but the HTTP/1.1 loop.
+pub fn fill_headers(resp: &mut Response<Body>) {
+    if let Some(fields) = take_fields(resp.body_mut()) {
+        fields.into_map(resp.headers_mut());
+    }
 }
 
 impl hyper::body::Body for UpstreamBody {
@@ -78,21 +98,21 @@ impl hyper::body::Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Direct(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Direct(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Pooled(b) => b.is_end_stream(),
-            UpstreamBody::Direct(b) => b.is_end_stream(),
+            UpstreamBody::Direct(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Pooled(b) => b.size_hint(),
-            UpstreamBody::Direct(b) => b.size_hint(),
+            UpstreamBody::Direct(b, _) => b.size_hint(),
         }
     }
 }
@@ -189,7 +209,8 @@ impl UpstreamClient {
         let exchange = async {
             match &self.direct {
                 Some(direct) => {
-                    direct.send(slot, &parts, &added, body).await.map(|resp| resp.map(UpstreamBody::Direct))
+                    let (resp, fields) = direct.send(slot, &parts, &added, body).await?;
+                    Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields))))
                 }
                 None => {
                     parts.version = Version::HTTP_11;

@@ -12,7 +12,7 @@
 use super::handler::{respond, ConnInfo, Stamp};
 use super::Gateway;
 use crate::pipeline::auth::{API_KEY, AUTHTOKEN, BRANCH};
-use crate::proxy::{Body, ClientBody};
+use crate::proxy::{self, Body, ClientBody, Fields};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -251,16 +251,25 @@ async fn write_response<I>(
 where
     I: AsyncWrite + Unpin,
 {
-    let (parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    // The backend's fields as one block, unless one of them must give way to ours.
+    let fields = match proxy::take_fields(&mut body) {
+        Some(fields) if fields.has_gateway_set() => {
+            fields.into_map(&mut parts.headers);
+            None
+        }
+        fields => fields,
+    };
     let status = parts.status;
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let exact = hyper::body::Body::size_hint(&body).exact();
     out.clear();
-    write_head(out, &parts, stamp, head_only && !bodiless, close);
+    write_head(out, &parts, fields.as_ref(), stamp, head_only && !bodiless, close);
     match (head_only || bodiless, exact) {
         (true, _) => {
             // A HEAD answer says the length the GET would have had, if known.
-            if head_only && !bodiless && !parts.headers.contains_key(CONTENT_LENGTH) {
+            let stated = parts.headers.contains_key(CONTENT_LENGTH) || fields.is_some_and(|f| f.length().is_some());
+            if head_only && !bodiless && !stated {
                 if let Some(n) = exact.filter(|&n| n > 0) {
                     let _ = write!(out, "content-length: {n}\r\n");
                 }
@@ -279,10 +288,18 @@ where
     }
 }
 
-/// Status line and fields, without the framing ones (written by the caller from the
-/// body), with the gateway's own (`stamp`), adding `Date` when the response has none
-/// and `Connection: close` when the connection ends after it.
-fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, stamp: &Stamp, keep_length: bool, close: bool) {
+/// Status line and fields (the map's, and the backend's block if there is one),
+/// without the framing ones (written by the caller from the body), with the gateway's
+/// own (`stamp`), adding `Date` when the response has none and `Connection: close`
+/// when the connection ends after it.
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    fields: Option<&Fields>,
+    stamp: &Stamp,
+    keep_length: bool,
+    close: bool,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -294,6 +311,12 @@ fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, stamp: &Stamp, k
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
+    if let Some(fields) = fields {
+        out.extend_from_slice(fields.block());
+        if let Some(n) = fields.length().filter(|_| keep_length) {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+    }
     stamp.each_field(|name, pieces| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -302,7 +325,7 @@ fn write_head(out: &mut Vec<u8>, parts: &http::response::Parts, stamp: &Stamp, k
         }
         out.extend_from_slice(b"\r\n");
     });
-    if !parts.headers.contains_key(DATE) {
+    if !parts.headers.contains_key(DATE) && !fields.is_some_and(Fields::has_date) {
         date::with(|d| put_field(out, b"date", d));
     }
     if close {

@@ -58,7 +58,7 @@ impl Stamp {
 
     /// Whether a response field is one of these (the backend's copy gives way).
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        *name == proxy::X_REQUEST_ID || (self.rate.is_some() && RateInfo::names(name))
+        *name == proxy::X_REQUEST_ID || (self.rate.is_some() && RateInfo::names(name.as_str()))
     }
 
     /// Each field, its value in pieces (see [`RateInfo::each_field`]).
@@ -77,6 +77,7 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
 ) -> Result<Response<Body>, Infallible> {
     let (mut resp, stamp) = respond(gw, req, conn).await;
+    proxy::fill_headers(&mut resp);
     stamp.apply(resp.headers_mut());
     Ok(resp)
 }
