@@ -98,15 +98,17 @@ fn management_token(
     secret: &[u8],
     now: i64,
 ) -> Result<Arc<Token>, GatewayError> {
-    let api_key = creds.api_key.and_then(|v| v.to_str().ok()).ok_or(GatewayError::StackNotFound)?;
-    let stack = snap.stack(api_key).ok_or(GatewayError::StackNotFound)?;
-    let unauthenticated = GatewayError::Unauthenticated { expired: false };
+    // Errors are built only when returned (`ok_or_else`): building one that is not
+    // returned costs its drop on every request.
+    let api_key = creds.api_key.and_then(|v| v.to_str().ok()).ok_or_else(|| GatewayError::StackNotFound)?;
+    let stack = snap.stack(api_key).ok_or_else(|| GatewayError::StackNotFound)?;
+    let unauthenticated = || GatewayError::Unauthenticated { expired: false };
     if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
-        return Err(unauthenticated);
+        return Err(unauthenticated());
     }
-    let token = snap.token(&hash_secret(secret)).ok_or(unauthenticated.clone())?;
+    let token = snap.token(&hash_secret(secret)).ok_or_else(unauthenticated)?;
     if !Arc::ptr_eq(&token.stack, stack) {
-        return Err(unauthenticated);
+        return Err(unauthenticated());
     }
     if token.expires_at.is_some_and(|at| now >= at) {
         return Err(GatewayError::Unauthenticated { expired: true });

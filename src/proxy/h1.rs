@@ -41,6 +41,8 @@ pub struct Conn {
     io: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
+    /// Where response fields are kept (see [`Fields`]).
+    fields: BytesMut,
 }
 
 /// What the request's body is, as far as writing it goes.
@@ -104,7 +106,12 @@ impl Conn {
             _ => return Err(UpstreamFailure::Connect),
         };
         let _ = io.set_nodelay(true);
-        Ok(Conn { io, read: BytesMut::with_capacity(READ_CHUNK), write: Vec::with_capacity(1024) })
+        Ok(Conn {
+            io,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write: Vec::with_capacity(1024),
+            fields: BytesMut::with_capacity(1024),
+        })
     }
 
     /// Whether an idle connection can take a request. An idle connection has nothing
@@ -241,7 +248,7 @@ impl Conn {
         let mut received = !self.read.is_empty();
         loop {
             if received {
-                if let Some(parsed) = parse_head(&self.read)? {
+                if let Some(parsed) = parse_head(&self.read, &mut self.fields)? {
                     return Ok(parsed);
                 }
                 if self.read.len() >= MAX_HEAD {
@@ -373,8 +380,10 @@ struct Head {
 }
 
 /// Parses a buffered response head; `None` if incomplete. The fields are copied out
-/// of the read buffer, so they do not pin it while the response is written.
-fn parse_head(buf: &BytesMut) -> Result<Option<Head>, SendError> {
+/// of the read buffer into `block` (the connection's, reused once the previous
+/// response's fields are gone), so they do not pin the read buffer while the response
+/// is written.
+fn parse_head(buf: &BytesMut, block: &mut BytesMut) -> Result<Option<Head>, SendError> {
     // Left uninitialised (4 KiB not written per response); httparse fills what it uses.
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -414,27 +423,23 @@ fn parse_head(buf: &BytesMut) -> Result<Option<Head>, SendError> {
             head.length = head.length.and_then(|found| merge_length(found, h.value));
         }
     }
-    let mut block = Vec::with_capacity(len);
+    block.reserve(len);
     let fields = &mut head.fields;
     for h in parsed.headers.iter() {
         let start = block.len();
         block.extend(h.name.bytes().map(|b| b.to_ascii_lowercase()));
-        // ASCII: httparse takes only token characters in a name.
-        let name = std::str::from_utf8(&block[start..]).map_err(|_| SendError::Protocol)?;
-        if is_hop_by_hop(name)
-            || name == "content-length"
-            || listed.iter().any(|l| l.eq_ignore_ascii_case(name.as_bytes()))
-        {
+        let name = &block[start..];
+        if is_hop_by_hop(name) || name == b"content-length" || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
             block.truncate(start);
             continue;
         }
-        fields.has_date |= name == "date";
+        fields.has_date |= name == b"date";
         fields.gateway_set |= is_gateway_set(name);
         block.extend_from_slice(b": ");
         block.extend_from_slice(h.value);
         block.extend_from_slice(b"\r\n");
     }
-    fields.block = Bytes::from(block);
+    fields.block = block.split().freeze();
     fields.length = head.length.flatten();
     *head.resp.status_mut() = status;
     *head.resp.version_mut() = version;
@@ -692,7 +697,7 @@ mod tests {
 
     fn head(text: &str) -> Head {
         let buf = BytesMut::from(text.as_bytes());
-        parse_head(&buf).unwrap().unwrap()
+        parse_head(&buf, &mut BytesMut::new()).unwrap().unwrap()
     }
 
     fn framed(method: Method, text: &str) -> Option<Option<Framing>> {
@@ -766,9 +771,10 @@ mod tests {
     #[test]
     fn malformed_heads_are_refused() {
         for bad in ["HTTP/1.1 2000 OK\r\n\r\n", "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nbad header\r\n\r\n"] {
-            assert!(parse_head(&BytesMut::from(bad.as_bytes())).is_err(), "{bad:?}");
+            assert!(parse_head(&BytesMut::from(bad.as_bytes()), &mut BytesMut::new()).is_err(), "{bad:?}");
         }
-        assert!(parse_head(&BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: y\r\n"[..])).unwrap().is_none());
+        let partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: y\r\n"[..]);
+        assert!(parse_head(&partial, &mut BytesMut::new()).unwrap().is_none());
     }
 
     #[test]

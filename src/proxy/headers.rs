@@ -28,24 +28,24 @@ const REINTERPRETING: [&str; 6] = [
 ];
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual legacy ones).
-pub(super) fn is_hop_by_hop(name: &str) -> bool {
+pub(super) fn is_hop_by_hop(name: &[u8]) -> bool {
     matches!(
         name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
+        b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"proxy-authenticate"
+            | b"proxy-authorization"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"upgrade"
     )
 }
 
 /// Response fields the gateway sets itself, replacing a backend's (lower-case `name`).
-pub(super) fn is_gateway_set(name: &str) -> bool {
-    name == X_REQUEST_ID.as_str() || crate::ratelimit::RateInfo::names(name)
+pub(super) fn is_gateway_set(name: &[u8]) -> bool {
+    name == X_REQUEST_ID.as_str().as_bytes() || crate::ratelimit::RateInfo::names(name)
 }
 
 /// Headers only the gateway may set (clients can never speak for it), and headers that
@@ -102,7 +102,7 @@ impl Added {
     /// may set, not `Host` (the sender sets it), not a credential the backend must not
     /// authorise on.
     pub fn forwards(&self, name: &HeaderName) -> bool {
-        !(is_hop_by_hop(name.as_str())
+        !(is_hop_by_hop(name.as_str().as_bytes())
             || is_spoofable(name.as_str())
             || name == header::HOST
             || (self.token && name == AUTHTOKEN)
@@ -159,7 +159,7 @@ pub fn prepare_request_headers(
 /// fields out while parsing the head instead.
 pub fn prepare_response_headers(headers: &mut HeaderMap) {
     remove_connection_listed(headers);
-    remove_where(headers, |n| is_hop_by_hop(n.as_str()));
+    remove_where(headers, |n| is_hop_by_hop(n.as_str().as_bytes()));
 }
 
 #[cfg(test)]

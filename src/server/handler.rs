@@ -58,7 +58,7 @@ impl Stamp {
 
     /// Whether a response field is one of these (the backend's copy gives way).
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        *name == proxy::X_REQUEST_ID || (self.rate.is_some() && RateInfo::names(name.as_str()))
+        *name == proxy::X_REQUEST_ID || (self.rate.is_some() && RateInfo::names(name.as_str().as_bytes()))
     }
 
     /// Each field, its value in pieces (see [`RateInfo::each_field`]).
