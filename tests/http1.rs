@@ -303,3 +303,26 @@ async fn a_client_hanging_up_cancels_its_upstream_request() {
     let open_for = tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap();
     assert!(open_for < Duration::from_millis(1500), "upstream connection closed after {open_for:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_body_is_read_so_the_answer_arrives_and_the_connection_lives_on() {
+    let env = Env::start().await;
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    // 200 KB to the token API (which takes at most 64 KiB): refused by its declared
+    // length, before the gateway has read it.
+    let size = 200_000;
+    let head = format!(
+        "POST /v3/stacks/management_tokens HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthtoken: {ALICE}\r\n\
+         content-type: application/json\r\ncontent-length: {size}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b' '; size]).await.unwrap();
+    let mut buf = Vec::new();
+    let (first, body) = response(&mut stream, &mut buf, false).await.expect("the 413 arrives");
+    assert!(first.starts_with("HTTP/1.1 413"), "{first}");
+    assert_eq!(error_code(body.as_bytes()), 413, "{body}");
+    // The body was read to its end: the same connection takes the next request.
+    stream.write_all(get("GET", PATH, "").as_bytes()).await.unwrap();
+    let (second, _) = response(&mut stream, &mut buf, false).await.expect("the connection stayed open");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+}

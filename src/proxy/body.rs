@@ -37,6 +37,27 @@ impl BodyState {
     }
 }
 
+/// Refused bodies up to this size are read to their end before the refusal is sent.
+const DISCARD_MAX: u64 = 1024 * 1024;
+/// ... within this time.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops a refused request body whose declared length is at most
+/// `DISCARD_MAX`, for up to `DISCARD_TIME`, before the refusal (a 413) is sent. A
+/// connection closed with unread data in it is reset, and a client still writing its
+/// body would then read the reset instead of the answer; read to its end, the body
+/// leaves the connection usable for the next request. Larger bodies are not waited
+/// for: their connection closes after the answer, as nginx's does past its lingering
+/// limits.
+pub async fn discard(body: ClientBody, declared: u64) {
+    if declared > DISCARD_MAX {
+        return;
+    }
+    let mut body = http_body_util::Limited::new(body, usize::try_from(DISCARD_MAX).unwrap_or(usize::MAX));
+    let read_all = async { while let Some(Ok(_)) = body.frame().await {} };
+    let _ = tokio::time::timeout(DISCARD_TIME, read_all).await;
+}
+
 /// A client's request body: hyper's, or none at all (a request read by the gateway's
 /// own HTTP/1 reader, which takes only requests without a body).
 #[derive(Debug)]

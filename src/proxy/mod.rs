@@ -12,7 +12,7 @@ mod direct;
 mod h1;
 mod headers;
 
-pub use body::{BodyState, ClientBody, Streamed};
+pub use body::{discard, BodyState, ClientBody, Streamed};
 pub use direct::UpstreamSlot;
 pub use h1::Fields;
 use headers::prepare_response_headers;

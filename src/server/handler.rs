@@ -162,7 +162,8 @@ async fn process(
         }
         _ => {
             let limit = snap.config.server.limits.max_request_body;
-            if declared_length(&parts).is_some_and(|len| len > limit) {
+            if let Some(len) = declared_length(&parts).filter(|&len| len > limit) {
+                proxy::discard(body, len).await;
                 return Err(GatewayError::PayloadTooLarge);
             }
             let mut streamed = Streamed::new(body, limit, body_state.clone());
@@ -191,7 +192,8 @@ fn declared_length(parts: &Parts) -> Option<u64> {
 /// Buffers a body that a rule must read, up to `max_inspected_body`.
 async fn read_inspected(snap: &Snapshot, parts: &Parts, body: ClientBody) -> Result<Bytes, GatewayError> {
     let limit = snap.settings.max_inspected_body;
-    if declared_length(parts).is_some_and(|len| len > limit) {
+    if let Some(len) = declared_length(parts).filter(|&len| len > limit) {
+        proxy::discard(body, len).await;
         return Err(GatewayError::PayloadTooLarge);
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);

@@ -78,7 +78,8 @@ async fn read_body(parts: &Parts, body: ClientBody) -> Result<Bytes, GatewayErro
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
+    if let Some(n) = declared.filter(|&n| n > MAX_BODY) {
+        crate::proxy::discard(body, n as u64).await;
         return Err(GatewayError::PayloadTooLarge);
     }
     match tokio::time::timeout(std::time::Duration::from_secs(30), Limited::new(body, MAX_BODY).collect()).await {
