@@ -325,4 +325,14 @@ async fn a_refused_body_is_read_so_the_answer_arrives_and_the_connection_lives_o
     stream.write_all(get("GET", PATH, "").as_bytes()).await.unwrap();
     let (second, _) = response(&mut stream, &mut buf, false).await.expect("the connection stayed open");
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+
+    // A client waiting for `100 Continue` is refused at once, not invited to send.
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    let expecting = head.replace("content-length:", "expect: 100-continue\r\ncontent-length:");
+    stream.write_all(expecting.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let started = Instant::now();
+    let (answer, _) = response(&mut stream, &mut buf, false).await.expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(1), "answered without waiting for the body");
 }

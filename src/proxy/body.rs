@@ -48,9 +48,10 @@ const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// body would then read the reset instead of the answer; read to its end, the body
 /// leaves the connection usable for the next request. Larger bodies are not waited
 /// for: their connection closes after the answer, as nginx's does past its lingering
-/// limits.
-pub async fn discard(body: ClientBody, declared: u64) {
-    if declared > DISCARD_MAX {
+/// limits. A client that sent `Expect: 100-continue` is waiting for a go-ahead before
+/// it sends the body, and reading it would give one: it gets the refusal at once.
+pub async fn discard(parts: &http::request::Parts, body: ClientBody, declared: u64) {
+    if declared > DISCARD_MAX || parts.headers.contains_key(http::header::EXPECT) {
         return;
     }
     let mut body = http_body_util::Limited::new(body, usize::try_from(DISCARD_MAX).unwrap_or(usize::MAX));

@@ -163,7 +163,7 @@ async fn process(
         _ => {
             let limit = snap.config.server.limits.max_request_body;
             if let Some(len) = declared_length(&parts).filter(|&len| len > limit) {
-                proxy::discard(body, len).await;
+                proxy::discard(&parts, body, len).await;
                 return Err(GatewayError::PayloadTooLarge);
             }
             let mut streamed = Streamed::new(body, limit, body_state.clone());
@@ -193,7 +193,7 @@ fn declared_length(parts: &Parts) -> Option<u64> {
 async fn read_inspected(snap: &Snapshot, parts: &Parts, body: ClientBody) -> Result<Bytes, GatewayError> {
     let limit = snap.settings.max_inspected_body;
     if let Some(len) = declared_length(parts).filter(|&len| len > limit) {
-        proxy::discard(body, len).await;
+        proxy::discard(parts, body, len).await;
         return Err(GatewayError::PayloadTooLarge);
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);

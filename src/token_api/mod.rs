@@ -79,7 +79,7 @@ async fn read_body(parts: &Parts, body: ClientBody) -> Result<Bytes, GatewayErro
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(n) = declared.filter(|&n| n > MAX_BODY) {
-        crate::proxy::discard(body, n as u64).await;
+        crate::proxy::discard(parts, body, n as u64).await;
         return Err(GatewayError::PayloadTooLarge);
     }
     match tokio::time::timeout(std::time::Duration::from_secs(30), Limited::new(body, MAX_BODY).collect()).await {
