@@ -32,6 +32,7 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod timer;
 pub mod tls;
 pub mod token;
 pub mod token_api;

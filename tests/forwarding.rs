@@ -152,6 +152,29 @@ async fn slow_backend_is_504() {
     assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(3500), "{took:?}");
 }
 
+/// The response timeout is kept per upstream connection and re-armed lazily: on a
+/// connection that already served a request, a later slow request still gets the full
+/// `request_timeout` (not what was left of the earlier one's), and the connection
+/// serves the next request afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_timeout_starts_afresh_for_each_request_on_a_connection() {
+    let env = Env::start().await; // request_timeout = 2s
+    let mut conn = KeepAlive::connect(env.gateway.addr).await;
+    let creds = [("api_key", API_KEY), ("authorization", RO)];
+    assert_eq!(conn.send("GET", PATH, &creds, "").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let started = Instant::now();
+    let slow = [("api_key", API_KEY), ("authorization", RO), ("x-test-delay-ms", "4000")];
+    let (status, body) = conn.send("GET", PATH, &slow, "").await;
+    let took = started.elapsed();
+    assert_eq!((status, error_code(body.as_bytes())), (504, 504));
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(3500), "{took:?}");
+    // A fast request within the timeout, on the same client connection.
+    let nearly = [("api_key", API_KEY), ("authorization", RO), ("x-test-delay-ms", "1500")];
+    assert_eq!(conn.send("GET", PATH, &nearly, "").await.0, 200);
+    assert_eq!(conn.send("GET", PATH, &creds, "").await.0, 200);
+}
+
 /// A raw backend that counts connections, answers every request 200 and, if
 /// `close_after` is set, closes each connection that long after answering (as a
 /// backend's keep-alive timeout does), without announcing it.

@@ -16,20 +16,23 @@
 
 use super::h1::{Conn, Fields, Outgoing, ResponseBody, SendError};
 use super::{Added, Outbound, Streamed};
-use crate::error::UpstreamFailure;
+use crate::error::{GatewayError, UpstreamFailure};
 use http::{HeaderValue, Response};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Upstream connections handed back by closed client connections, at most this many.
 const MAX_IDLE: usize = 256;
 
 /// Idle upstream connections of one upstream configuration.
+/// Kept boxed: a connection leaves and returns as the same box, never re-allocated.
 #[derive(Default)]
-pub struct IdleList(Mutex<Vec<Conn>>);
+#[allow(clippy::vec_box)]
+pub struct IdleList(Mutex<Vec<Box<Conn>>>);
 
 impl IdleList {
-    fn pop(&self) -> Option<Conn> {
+    fn pop(&self) -> Option<Box<Conn>> {
         let mut list = self.0.lock().ok()?;
         while let Some(mut conn) = list.pop() {
             if conn.is_reusable() {
@@ -42,10 +45,10 @@ impl IdleList {
     /// Keeps a connection for later. Connections the backend closed meanwhile are
     /// swept out only when the list is full: HTTP/2 streams return a connection after
     /// every response, and a sweep each time would cost a probe per idle connection.
-    fn push(&self, mut conn: Conn) {
+    fn push(&self, mut conn: Box<Conn>) {
         if let Ok(mut list) = self.0.lock() {
             if list.len() >= MAX_IDLE {
-                list.retain_mut(Conn::is_reusable);
+                list.retain_mut(|conn| conn.is_reusable());
             }
             if list.len() < MAX_IDLE && conn.is_reusable() {
                 list.push(conn);
@@ -62,15 +65,15 @@ impl IdleList {
 pub struct UpstreamSlot(Arc<SlotCell>);
 
 #[derive(Default)]
-struct SlotCell(Mutex<Option<(Conn, Arc<IdleList>)>>);
+struct SlotCell(Mutex<Option<(Box<Conn>, Arc<IdleList>)>>);
 
 impl UpstreamSlot {
-    fn take(&self, owner: &Arc<IdleList>) -> Option<Conn> {
+    fn take(&self, owner: &Arc<IdleList>) -> Option<Box<Conn>> {
         let (mut conn, tag) = self.0 .0.lock().ok()?.take()?;
         (Arc::ptr_eq(&tag, owner) && conn.is_reusable()).then_some(conn)
     }
 
-    fn put(&self, conn: Conn, owner: &Arc<IdleList>) {
+    fn put(&self, conn: Box<Conn>, owner: &Arc<IdleList>) {
         if let Ok(mut slot) = self.0 .0.lock() {
             *slot = Some((conn, Arc::clone(owner)));
         }
@@ -129,27 +132,29 @@ impl Direct {
     /// connection, once, if it can be sent again: its body is held in full and its
     /// method is idempotent (RFC 9110 section 9.2.2), since the backend may have
     /// received it.
+    /// The response head must arrive by `deadline` (504 otherwise).
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
         parts: &http::request::Parts,
         added: &Added,
         mut body: Outbound,
-    ) -> Result<(Response<ResponseBody>, Fields), UpstreamFailure> {
+        deadline: Instant,
+    ) -> Result<(Response<ResponseBody>, Fields), GatewayError> {
         let mut fresh = false;
         loop {
             let mut conn = match slot.and_then(|slot| slot.take(&self.idle)).or_else(|| self.idle.pop()) {
                 Some(conn) => conn,
                 None => {
                     fresh = true;
-                    Conn::connect(&self.host, self.port, self.connect_timeout).await?
+                    self.connect(deadline).await?
                 }
             };
             let outgoing = match &mut body {
                 Outbound::Bytes(bytes) => Outgoing::Bytes(bytes),
                 Outbound::Stream(stream) => Outgoing::Stream(stream, exact_length(stream)),
             };
-            match conn.exchange(parts, &self.host_header, added, outgoing).await {
+            match conn.exchange(parts, &self.host_header, added, outgoing, deadline).await {
                 Ok((head, fields, framing, keep)) => {
                     let (slot, idle) = (slot.cloned(), Arc::clone(&self.idle));
                     let body = ResponseBody::new(conn, framing, keep, move |conn| match slot {
@@ -160,8 +165,19 @@ impl Direct {
                 }
                 Err(SendError::Closed)
                     if !fresh && parts.method.is_idempotent() && matches!(body, Outbound::Bytes(_)) => {}
-                Err(_) => return Err(UpstreamFailure::Protocol),
+                Err(SendError::TimedOut) => return Err(GatewayError::GatewayTimeout),
+                Err(_) => return Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
             }
+        }
+    }
+
+    /// A new connection, within the connect timeout and the request's deadline.
+    async fn connect(&self, deadline: Instant) -> Result<Box<Conn>, GatewayError> {
+        let give_up = deadline.min(Instant::now() + self.connect_timeout);
+        match tokio::time::timeout_at(give_up, Conn::connect(&self.host, self.port)).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Err(_) if give_up == deadline => Err(GatewayError::GatewayTimeout),
+            Ok(Err(_)) | Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
         }
     }
 }

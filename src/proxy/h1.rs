@@ -13,7 +13,7 @@
 
 use super::headers::{is_gateway_set, is_hop_by_hop};
 use super::Added;
-use crate::error::UpstreamFailure;
+use crate::timer::{self, Timer};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The largest response head accepted from the backend.
 const MAX_HEAD: usize = 64 * 1024;
@@ -43,6 +44,8 @@ pub struct Conn {
     write: Vec<u8>,
     /// Where response fields are kept (see [`Fields`]).
     fields: BytesMut,
+    /// Bounds the wait for each response head (see [`crate::timer`]).
+    timer: Option<Timer>,
 }
 
 /// What the request's body is, as far as writing it goes.
@@ -63,6 +66,8 @@ pub enum SendError {
     Body,
     /// The backend broke the protocol or the connection.
     Protocol,
+    /// No response head before the deadline.
+    TimedOut,
 }
 
 impl From<io::Error> for SendError {
@@ -100,18 +105,18 @@ pub enum Chunk {
 
 impl Conn {
     /// Opens a connection (TCP_NODELAY: heads and bodies are written whole).
-    pub async fn connect(host: &str, port: u16, timeout: std::time::Duration) -> Result<Conn, UpstreamFailure> {
-        let io = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
-            Ok(Ok(io)) => io,
-            _ => return Err(UpstreamFailure::Connect),
-        };
+    /// Boxed: a connection changes hands on every request (slot, exchange, body,
+    /// back to the slot), and a pointer is cheaper to move than its buffers' handles.
+    pub async fn connect(host: &str, port: u16) -> io::Result<Box<Conn>> {
+        let io = TcpStream::connect((host, port)).await?;
         let _ = io.set_nodelay(true);
-        Ok(Conn {
+        Ok(Box::new(Conn {
             io,
             read: BytesMut::with_capacity(READ_CHUNK),
             write: Vec::with_capacity(1024),
             fields: BytesMut::with_capacity(1024),
-        })
+            timer: None,
+        }))
     }
 
     /// Whether an idle connection can take a request. An idle connection has nothing
@@ -133,9 +138,31 @@ impl Conn {
         }
     }
 
-    /// Writes the request and reads the response head. On success the connection is
-    /// positioned at the start of the response body, framed as returned.
+    /// Writes the request and reads the response head, unless `deadline` passes
+    /// first. On success the connection is positioned at the start of the response
+    /// body, framed as returned.
     pub async fn exchange<B>(
+        &mut self,
+        parts: &http::request::Parts,
+        host: &HeaderValue,
+        added: &Added,
+        body: Outgoing<'_, B>,
+        deadline: Instant,
+    ) -> Result<(Response<()>, Fields, Option<Framing>, bool), SendError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+    {
+        let mut timer = self.timer.take().unwrap_or_else(|| timer::new(deadline));
+        let result = tokio::select! {
+            biased;
+            result = self.talk(parts, host, added, body) => result,
+            () = timer::expired(&mut timer, deadline) => Err(SendError::TimedOut),
+        };
+        self.timer = Some(timer);
+        result
+    }
+
+    async fn talk<B>(
         &mut self,
         parts: &http::request::Parts,
         host: &HeaderValue,
@@ -298,7 +325,9 @@ fn write_head(buf: &mut Vec<u8>, parts: &http::request::Parts, host: &HeaderValu
     match sending {
         Sending::Nothing => {}
         Sending::Length(len) => {
-            let _ = write!(buf, "content-length: {len}\r\n");
+            buf.extend_from_slice(b"content-length: ");
+            buf.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+            buf.extend_from_slice(b"\r\n");
         }
         Sending::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -480,7 +509,7 @@ fn framing(method: &Method, head: &Head) -> Option<Option<Framing>> {
 }
 
 /// Receives a connection whose response was read to its exact end, for reuse.
-pub type Release = Box<dyn FnOnce(Conn) + Send>;
+pub type Release = Box<dyn FnOnce(Box<Conn>) + Send>;
 
 /// A response body read from a [`Conn`].
 #[derive(Debug)]
@@ -495,10 +524,10 @@ impl ResponseBody {
     /// The body of the response just read from `conn`. When it is already complete
     /// the connection is released (if reusable) before anyone polls the body.
     pub fn new(
-        mut conn: Conn,
+        mut conn: Box<Conn>,
         framing: Option<Framing>,
         keep: bool,
-        release: impl FnOnce(Conn) + Send + 'static,
+        release: impl FnOnce(Box<Conn>) + Send + 'static,
     ) -> Self {
         let whole = match framing {
             None => None,
@@ -521,7 +550,7 @@ impl ResponseBody {
 
 /// A body being read from its connection.
 pub struct Reader {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     keep: bool,
     release: Option<Release>,

@@ -110,10 +110,10 @@ impl Added {
     }
 
     /// Applies the changes to a header map (the pooled client's path).
-    pub fn insert_into(self, headers: &mut HeaderMap) {
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
         remove_where(headers, |n| !self.forwards(n));
-        for (name, value) in self.added.into_iter().flatten() {
-            headers.insert(name, value);
+        for (name, value) in self.iter() {
+            headers.insert(name.clone(), value.clone());
         }
     }
 }

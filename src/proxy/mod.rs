@@ -202,39 +202,36 @@ impl UpstreamClient {
         &self,
         slot: Option<&UpstreamSlot>,
         mut parts: http::request::Parts,
-        added: Added,
+        added: &Added,
         body: Outbound,
         state: &BodyState,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
-        let exchange = async {
-            match &self.direct {
-                Some(direct) => {
-                    let (resp, fields) = direct.send(slot, &parts, &added, body).await?;
-                    Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields))))
-                }
-                None => {
-                    parts.version = Version::HTTP_11;
-                    added.insert_into(&mut parts.headers);
-                    let req = Request::from_parts(parts, ReqBody::from(body));
-                    match self.client.request(req).await {
-                        Ok(mut resp) => {
-                            prepare_response_headers(resp.headers_mut());
-                            Ok(resp.map(UpstreamBody::Pooled))
-                        }
-                        Err(e) if e.is_connect() => Err(UpstreamFailure::Connect),
-                        Err(_) => Err(UpstreamFailure::Protocol),
+        let result = match &self.direct {
+            Some(direct) => {
+                let deadline = tokio::time::Instant::now() + self.upstream.request_timeout;
+                let sent = direct.send(slot, &parts, added, body, deadline).await;
+                sent.map(|(resp, fields)| resp.map(|body| UpstreamBody::Direct(body, Some(fields))))
+            }
+            None => {
+                parts.version = Version::HTTP_11;
+                added.insert_into(&mut parts.headers);
+                let req = Request::from_parts(parts, ReqBody::from(body));
+                match tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await {
+                    Ok(Ok(mut resp)) => {
+                        prepare_response_headers(resp.headers_mut());
+                        Ok(resp.map(UpstreamBody::Pooled))
                     }
+                    Ok(Err(e)) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+                    Ok(Err(_)) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+                    Err(_) => Err(GatewayError::GatewayTimeout),
                 }
             }
         };
-        let result = tokio::time::timeout(self.upstream.request_timeout, exchange).await;
-        if let Some(err) = state.error() {
-            return Err(err);
-        }
-        match result {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(failure)) => Err(GatewayError::BadGateway(failure)),
-            Err(_) => Err(GatewayError::GatewayTimeout),
+        // The client's body failing on the way is the client's fault, whatever the
+        // backend made of it.
+        match state.error() {
+            Some(err) => Err(err),
+            None => result,
         }
     }
 }

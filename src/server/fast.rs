@@ -13,6 +13,7 @@ use super::handler::{respond, ConnInfo, Stamp};
 use super::Gateway;
 use crate::pipeline::auth::{API_KEY, AUTHTOKEN, BRANCH};
 use crate::proxy::{self, Body, ClientBody, Fields};
+use crate::timer;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// Header fields taken in one head; more goes to hyper (which answers 431).
 const MAX_HEADERS: usize = 100;
@@ -66,8 +67,11 @@ where
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(1024);
     let mut fields = Vec::with_capacity(16);
-    // One timer for the connection, re-armed only when it fires early.
-    let mut timer: std::pin::Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(limits.header_read_timeout));
+    let mut timer = timer::new(Instant::now() + limits.header_read_timeout);
+    // Watched for the whole connection: a `changed()` per request would join and
+    // leave the channel's waiter list each time.
+    let mut stopping = shutdown.clone();
+    let mut stop = std::pin::pin!(stopping.changed());
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
         let (req, close) = loop {
@@ -86,8 +90,8 @@ where
                     Ok(0) | Err(_) => return Outcome::Closed,
                     Ok(_) => {}
                 },
-                () = expired(&mut timer, deadline) => return Outcome::Closed,
-                _ = shutdown.changed(), if buf.is_empty() => return Outcome::Closed,
+                () = timer::expired(&mut timer, deadline) => return Outcome::Closed,
+                _ = &mut stop, if buf.is_empty() => return Outcome::Closed,
             }
         };
         let head_only = req.method() == Method::HEAD;
@@ -132,18 +136,6 @@ where
                 Ok(_) => {}
             },
         }
-    }
-}
-
-/// Completes once `deadline` has passed; the timer is re-armed lazily (it may be
-/// armed for an earlier request's deadline, which is never later than this one).
-async fn expired(timer: &mut std::pin::Pin<Box<Sleep>>, deadline: Instant) {
-    loop {
-        timer.as_mut().await;
-        if Instant::now() >= deadline {
-            return;
-        }
-        timer.as_mut().reset(deadline);
     }
 }
 
@@ -271,14 +263,15 @@ where
             let stated = parts.headers.contains_key(CONTENT_LENGTH) || fields.is_some_and(|f| f.length().is_some());
             if head_only && !bodiless && !stated {
                 if let Some(n) = exact.filter(|&n| n > 0) {
-                    let _ = write!(out, "content-length: {n}\r\n");
+                    put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
                 }
             }
             out.extend_from_slice(b"\r\n");
             io.write_all(out).await.is_ok()
         }
         (false, Some(n)) => {
-            let _ = write!(out, "content-length: {n}\r\n\r\n");
+            put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
             write_body(io, out, body, false).await.is_some_and(|sent| sent == n)
         }
         (false, None) => {
@@ -314,7 +307,7 @@ fn write_head(
     if let Some(fields) = fields {
         out.extend_from_slice(fields.block());
         if let Some(n) = fields.length().filter(|_| keep_length) {
-            let _ = write!(out, "content-length: {n}\r\n");
+            put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
         }
     }
     stamp.each_field(|name, pieces| {

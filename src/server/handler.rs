@@ -181,7 +181,7 @@ async fn process(
     );
     parts.uri = uri;
     let slot = (parts.version != http::Version::HTTP_2).then_some(&conn.upstream);
-    let upstream_resp = snap.upstream.send(slot, parts, added, body, &body_state).await?;
+    let upstream_resp = snap.upstream.send(slot, parts, &added, body, &body_state).await?;
     Ok((upstream_resp.map(Either::Left), rate))
 }
 

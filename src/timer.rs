@@ -1,0 +1,30 @@
+//! Deadlines on a long-lived timer.
+//!
+//! Arming a fresh `tokio::time::Sleep` for every request registers it in the runtime's
+//! timer wheel and removes it again when the request ends: two trips through the
+//! driver's lock per request, for a timer that practically never fires. A connection
+//! keeps one timer instead and each request only computes its deadline; the timer
+//! stays armed for an earlier deadline (never later than the current one) and is
+//! re-armed only when it fires early.
+
+use std::pin::Pin;
+use tokio::time::{Instant, Sleep};
+
+/// A timer that a connection keeps across requests.
+pub type Timer = Pin<Box<Sleep>>;
+
+/// A timer, armed for `deadline`.
+pub fn new(deadline: Instant) -> Timer {
+    Box::pin(tokio::time::sleep_until(deadline))
+}
+
+/// Completes once `deadline` has passed.
+pub async fn expired(timer: &mut Timer, deadline: Instant) {
+    loop {
+        timer.as_mut().await;
+        if Instant::now() >= deadline {
+            return;
+        }
+        timer.as_mut().reset(deadline);
+    }
+}
