@@ -456,7 +456,8 @@ fn parse_head(buf: &BytesMut, block: &mut BytesMut) -> Result<Option<Head>, Send
     let fields = &mut head.fields;
     for h in parsed.headers.iter() {
         let start = block.len();
-        block.extend(h.name.bytes().map(|b| b.to_ascii_lowercase()));
+        block.extend_from_slice(h.name.as_bytes());
+        block[start..].make_ascii_lowercase();
         let name = &block[start..];
         if is_hop_by_hop(name) || name == b"content-length" || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
             block.truncate(start);

@@ -18,8 +18,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
+use std::future::Future;
 use std::io::Write as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -72,6 +75,7 @@ where
     // leave the channel's waiter list each time.
     let mut stopping = shutdown.clone();
     let mut stop = std::pin::pin!(stopping.changed());
+    let mut joined = false;
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
         let (req, close) = loop {
@@ -91,7 +95,7 @@ where
                     Ok(_) => {}
                 },
                 () = timer::expired(&mut timer, deadline) => return Outcome::Closed,
-                _ = &mut stop, if buf.is_empty() => return Outcome::Closed,
+                () = stopped(stop.as_mut(), &mut joined, shutdown), if buf.is_empty() => return Outcome::Closed,
             }
         };
         let head_only = req.method() == Method::HEAD;
@@ -106,6 +110,28 @@ where
             return Outcome::Closed;
         }
     }
+}
+
+/// Completes once shutdown has begun. `changed` is polled only until it has registered
+/// this task (polling it takes the channel's waiter lock every time); from then on the
+/// task is woken by it, and the channel's version says whether that happened.
+fn stopped<'a, F: Future>(
+    mut changed: Pin<&'a mut F>,
+    joined: &'a mut bool,
+    shutdown: &'a watch::Receiver<bool>,
+) -> impl Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| {
+        if !matches!(shutdown.has_changed(), Ok(false)) {
+            return Poll::Ready(());
+        }
+        if !*joined {
+            if changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            *joined = true;
+        }
+        Poll::Pending
+    })
 }
 
 /// Runs the handler while watching the client connection: a client that closes it
