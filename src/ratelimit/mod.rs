@@ -233,17 +233,25 @@ impl RateInfo {
         }
     }
 
-    /// The same fields as [`RateInfo::write_headers`], each value in pieces to be
-    /// written one after the other: the HTTP/1 writer puts them straight into the
-    /// response head, with no header map and no allocation.
-    pub fn each_field(&self, mut field: impl FnMut(&HeaderName, &[&[u8]])) {
+    /// The same fields as [`RateInfo::write_headers`], as `name: value` lines of an
+    /// HTTP/1 response head: the HTTP/1 writer puts them straight into the head, with
+    /// no header map and no allocation.
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
         let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
         let remaining = remaining.format(self.remaining).as_bytes();
-        let reset = reset.format(self.reset).as_bytes();
-        field(&X_RATELIMIT_LIMIT, &[self.limit_header.as_bytes()]);
-        field(&X_RATELIMIT_REMAINING, &[remaining]);
-        field(&RATELIMIT_POLICY, &[self.policy.as_bytes()]);
-        field(&RATELIMIT, &[b"\"", self.name.as_bytes(), b"\";r=", remaining, b";t=", reset]);
+        out.extend_from_slice(b"x-ratelimit-limit: ");
+        out.extend_from_slice(self.limit_header.as_bytes());
+        out.extend_from_slice(b"\r\nx-ratelimit-remaining: ");
+        out.extend_from_slice(remaining);
+        out.extend_from_slice(b"\r\nratelimit-policy: ");
+        out.extend_from_slice(self.policy.as_bytes());
+        out.extend_from_slice(b"\r\nratelimit: \"");
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(b"\";r=");
+        out.extend_from_slice(remaining);
+        out.extend_from_slice(b";t=");
+        out.extend_from_slice(reset.format(self.reset).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 
     /// Whether `name` (in lower case) is one of the fields this writes (a backend's
@@ -606,12 +614,15 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
         assert_eq!(h["x-ratelimit-remaining"], "2");
         assert_eq!(h["ratelimit"], "\"token-read\";r=2;t=1");
         // The HTTP/1 writer's rendering is the same, field for field.
-        let mut pieces = HeaderMap::new();
-        info.each_field(|name, value| {
-            assert!(RateInfo::names(name.as_str().as_bytes()), "{name}");
-            pieces.insert(name.clone(), HeaderValue::from_bytes(&value.concat()).unwrap());
-        });
-        assert_eq!(pieces, h);
+        let mut lines = Vec::new();
+        info.write_lines(&mut lines);
+        let mut parsed = HeaderMap::new();
+        for line in std::str::from_utf8(&lines).unwrap().split_terminator("\r\n") {
+            let (name, value) = line.split_once(": ").unwrap();
+            assert!(RateInfo::names(name.as_bytes()), "{name}");
+            parsed.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        }
+        assert_eq!(parsed, h);
         assert!(!RateInfo::names(b"content-type"));
     }
 }

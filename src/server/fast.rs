@@ -319,11 +319,15 @@ fn write_head(
     keep_length: bool,
     close: bool,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    if parts.status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(parts.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &parts.headers {
         let framing = *name == TRANSFER_ENCODING || (*name == CONTENT_LENGTH && !keep_length);
         if !framing && *name != CONNECTION && !stamp.replaces(name) {
@@ -336,14 +340,7 @@ fn write_head(
             put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
         }
     }
-    stamp.each_field(|name, pieces| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        for piece in pieces {
-            out.extend_from_slice(piece);
-        }
-        out.extend_from_slice(b"\r\n");
-    });
+    stamp.write_lines(out);
     if !parts.headers.contains_key(DATE) && !fields.is_some_and(Fields::has_date) {
         date::with(|d| put_field(out, b"date", d));
     }

@@ -61,11 +61,13 @@ impl Stamp {
         *name == proxy::X_REQUEST_ID || (self.rate.is_some() && RateInfo::names(name.as_str().as_bytes()))
     }
 
-    /// Each field, its value in pieces (see [`RateInfo::each_field`]).
-    pub fn each_field(&self, mut field: impl FnMut(&HeaderName, &[&[u8]])) {
-        field(&proxy::X_REQUEST_ID, &[self.request_id.as_bytes()]);
+    /// The fields as lines of an HTTP/1 response head (see [`RateInfo::write_lines`]).
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(self.request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
         if let Some(rate) = &self.rate {
-            rate.each_field(field);
+            rate.write_lines(out);
         }
     }
 }
