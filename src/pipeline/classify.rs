@@ -378,14 +378,14 @@ fn stacks(method: &Method, read: bool, default: Access, rest: &[&str]) -> Operat
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn split_slash_is_str_split() {
         for path in ["", "/", "//", "a", "a/", "/a", "a//b", "content_types/blog_post/entries", "é/ü/"] {
             assert_eq!(split_slash(path).collect::<Vec<_>>(), path.split('/').collect::<Vec<_>>(), "{path:?}");
         }
     }
-
-    use super::*;
 
     fn c(method: &str, path: &str) -> Operation {
         classify(&Method::from_bytes(method.as_bytes()).unwrap(), path).unwrap()

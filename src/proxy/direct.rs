@@ -131,8 +131,7 @@ impl Direct {
     /// A request that met a connection the backend had closed goes again on a new
     /// connection, once, if it can be sent again: its body is held in full and its
     /// method is idempotent (RFC 9110 section 9.2.2), since the backend may have
-    /// received it.
-    /// The response head must arrive by `deadline` (504 otherwise).
+    /// received it. The response head must arrive by `deadline` (504 otherwise).
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
