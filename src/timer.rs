@@ -7,7 +7,9 @@
 //! stays armed for an earlier deadline (never later than the current one) and is
 //! re-armed only when it fires early.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
 /// A timer that a connection keeps across requests.
@@ -20,11 +22,16 @@ pub fn new(deadline: Instant) -> Timer {
 
 /// Completes once `deadline` has passed.
 pub async fn expired(timer: &mut Timer, deadline: Instant) {
-    loop {
-        timer.as_mut().await;
+    std::future::poll_fn(|cx| poll_expired(timer, cx, deadline)).await;
+}
+
+/// Ready once `deadline` has passed; otherwise the task is woken when the timer fires.
+pub fn poll_expired(timer: &mut Timer, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+    while timer.as_mut().poll(cx).is_ready() {
         if Instant::now() >= deadline {
-            return;
+            return Poll::Ready(());
         }
         timer.as_mut().reset(deadline);
     }
+    Poll::Pending
 }

@@ -5,24 +5,25 @@
 //! so the cost per read or write is one clock read, not a timer-wheel update (resetting
 //! a `Sleep` on every I/O call cost about a third of the gateway's throughput).
 
-use std::future::Future;
+use crate::timer::{self, Timer};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 pub struct IdleIo<T> {
     inner: T,
     timeout: Duration,
     last_progress: Instant,
-    sleep: Pin<Box<Sleep>>,
+    sleep: Timer,
 }
 
 impl<T> IdleIo<T> {
     pub fn new(inner: T, timeout: Duration) -> Self {
-        IdleIo { inner, timeout, last_progress: Instant::now(), sleep: Box::pin(tokio::time::sleep(timeout)) }
+        let now = Instant::now();
+        IdleIo { inner, timeout, last_progress: now, sleep: timer::new(now + timeout) }
     }
 
     fn touch(&mut self) {
@@ -32,14 +33,8 @@ impl<T> IdleIo<T> {
     /// Whether the idle timeout has passed since the last progress; registers for a
     /// wake-up otherwise.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.sleep.as_mut().poll(cx).is_ready() {
-            let deadline = self.last_progress + self.timeout;
-            if Instant::now() >= deadline {
-                return true;
-            }
-            self.sleep.as_mut().reset(deadline);
-        }
-        false
+        let deadline = self.last_progress + self.timeout;
+        timer::poll_expired(&mut self.sleep, cx, deadline).is_ready()
     }
 }
 
