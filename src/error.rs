@@ -18,6 +18,9 @@ pub enum GatewayError {
     /// Not a CMA path.
     #[error("not found")]
     NotFound,
+    /// A method the CMA does not have (methods are case-sensitive).
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// A management token addressed by uid does not exist in this stack.
     #[error("token not found")]
     TokenNotFound,
@@ -65,6 +68,13 @@ pub enum BadRequest {
     ForeignAuthority,
     #[error("invalid header")]
     InvalidHeader,
+    /// `Connection` lists a field the gateway reads, sets or frames with.
+    #[error("connection lists a protected field")]
+    ConnectionListsProtected,
+    /// `api_key`, `branch` or a credential in the query that differs from what was
+    /// authorised, or appears twice.
+    #[error("ambiguous query")]
+    AmbiguousQuery,
     #[error("malformed json")]
     MalformedJson,
     #[error("unreadable body")]
@@ -92,6 +102,67 @@ pub enum Denial {
     Role,
 }
 
+/// The outcome of a request as logs and metrics name it: `Allowed`, or why it was not
+/// forwarded. Telemetry keeps one counter per variant, indexed by [`Reason::index`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Allowed,
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    AuthFailed,
+    AuthThrottled,
+    Denied,
+    TooLarge,
+    Invalid,
+    RateLimited,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+}
+
+impl Reason {
+    /// Every reason, in [`Reason::index`] order.
+    pub const ALL: [Reason; 13] = [
+        Reason::Allowed,
+        Reason::BadRequest,
+        Reason::NotFound,
+        Reason::MethodNotAllowed,
+        Reason::AuthFailed,
+        Reason::AuthThrottled,
+        Reason::Denied,
+        Reason::TooLarge,
+        Reason::Invalid,
+        Reason::RateLimited,
+        Reason::Unavailable,
+        Reason::UpstreamError,
+        Reason::UpstreamTimeout,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The label value in metrics and the access log.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::BadRequest => "bad_request",
+            Reason::NotFound => "not_found",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::AuthFailed => "auth_failed",
+            Reason::AuthThrottled => "auth_throttled",
+            Reason::Denied => "denied",
+            Reason::TooLarge => "too_large",
+            Reason::Invalid => "invalid",
+            Reason::RateLimited => "rate_limited",
+            Reason::Unavailable => "unavailable",
+            Reason::UpstreamError => "upstream_error",
+            Reason::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+}
+
 /// What went wrong talking to the backend, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamFailure {
@@ -107,6 +178,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, 400),
             GatewayError::NotFound => (StatusCode::NOT_FOUND, 404),
+            GatewayError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
             GatewayError::TokenNotFound => (StatusCode::NOT_FOUND, 141),
             GatewayError::StackNotFound => (StatusCode::PRECONDITION_FAILED, 109),
             GatewayError::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, 105),
@@ -125,8 +197,15 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(BadRequest::MalformedJson) => "The request body is not valid JSON.".into(),
             GatewayError::BadRequest(BadRequest::InvalidHeader) => "A request header is malformed.".into(),
+            GatewayError::BadRequest(BadRequest::ConnectionListsProtected) => {
+                "The Connection header lists a field the gateway needs to forward.".into()
+            }
+            GatewayError::BadRequest(BadRequest::AmbiguousQuery) => {
+                "The query repeats or contradicts the api_key or branch of the request.".into()
+            }
             GatewayError::BadRequest(_) => "The request is malformed or ambiguous.".into(),
             GatewayError::NotFound => "The requested URL was not found.".into(),
+            GatewayError::MethodNotAllowed => "The method is not allowed.".into(),
             GatewayError::TokenNotFound => "The Management Token was not found.".into(),
             GatewayError::StackNotFound => "We can't find that Stack. Please try again.".into(),
             GatewayError::Unauthenticated { .. } => "You're not allowed in here unless you're logged in.".into(),
@@ -144,20 +223,21 @@ impl GatewayError {
         }
     }
 
-    /// Short label for logs and metrics (no user data).
-    pub fn reason(&self) -> &'static str {
+    /// Why the request was not forwarded, for logs and metrics (no user data).
+    pub fn reason(&self) -> Reason {
         match self {
-            GatewayError::BadRequest(_) => "bad_request",
-            GatewayError::NotFound | GatewayError::TokenNotFound => "not_found",
-            GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } => "auth_failed",
-            GatewayError::Forbidden(_) => "denied",
-            GatewayError::PayloadTooLarge => "too_large",
-            GatewayError::Unprocessable(_) => "invalid",
-            GatewayError::RateLimited { .. } => "rate_limited",
-            GatewayError::Throttled { .. } => "auth_throttled",
-            GatewayError::Unavailable => "unavailable",
-            GatewayError::BadGateway(_) => "upstream_error",
-            GatewayError::GatewayTimeout => "upstream_timeout",
+            GatewayError::BadRequest(_) => Reason::BadRequest,
+            GatewayError::NotFound | GatewayError::TokenNotFound => Reason::NotFound,
+            GatewayError::MethodNotAllowed => Reason::MethodNotAllowed,
+            GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } => Reason::AuthFailed,
+            GatewayError::Forbidden(_) => Reason::Denied,
+            GatewayError::PayloadTooLarge => Reason::TooLarge,
+            GatewayError::Unprocessable(_) => Reason::Invalid,
+            GatewayError::RateLimited { .. } => Reason::RateLimited,
+            GatewayError::Throttled { .. } => Reason::AuthThrottled,
+            GatewayError::Unavailable => Reason::Unavailable,
+            GatewayError::BadGateway(_) => Reason::UpstreamError,
+            GatewayError::GatewayTimeout => Reason::UpstreamTimeout,
         }
     }
 
@@ -191,6 +271,9 @@ impl GatewayError {
                 RateInfo::write_retry_after(resp.headers_mut(), retry_after);
             }
             GatewayError::Throttled { retry_after } => RateInfo::write_retry_after(resp.headers_mut(), retry_after),
+            GatewayError::MethodNotAllowed => {
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(crate::pipeline::ALLOWED_METHODS));
+            }
             _ => {}
         }
         resp
@@ -240,6 +323,14 @@ mod tests {
         assert_eq!(body["errors"]["authorization"][0], "has expired.");
         let body = GatewayError::Unauthenticated { expired: false }.body();
         assert!(body.get("errors").is_none());
+    }
+
+    #[test]
+    fn reasons_index_their_own_place() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        assert_eq!(GatewayError::Throttled { retry_after: 1 }.reason().name(), "auth_throttled");
     }
 
     #[test]

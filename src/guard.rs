@@ -1,13 +1,21 @@
-//! Credential-guessing protection: failed authentications are counted per client
-//! address; past `max_failures` within `window`, the address gets 429 for `cooldown`.
+//! Credential-guessing protection: it slows guessing, it never denies service.
 //!
-//! The request path pays one atomic load while no address is blocked; the map is only
-//! touched on a failure or while some address is in its cool-down.
+//! Guesses (credentials that match no token or user the gateway knows, valid or not)
+//! are counted per client address; past `max_failures` within `window`, the address
+//! cools down for `cooldown`: its guesses get 429 instead of 401. A request whose
+//! credentials are valid is never refused by the guard, so a sidecar, a NAT or a load
+//! balancer that puts many clients behind one address does not let one client's
+//! failures take the others down; and presenting a known token that expired or was
+//! revoked is a stale credential, not a guess, so it gets its own 401.
+//!
+//! Only failed requests touch the guard; the request path of a valid one never does.
 
 use crate::config::Guard;
 use dashmap::DashMap;
+use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Addresses tracked at most; beyond this, stale entries are dropped first.
@@ -20,17 +28,56 @@ struct Entry {
     blocked_until: Option<Instant>,
 }
 
-/// Per-address failure counters (survive reloads; the limits are read per call).
+/// Per-address failure counters (survive reloads; the limits are read per call), and
+/// the secrets of recently deleted tokens.
 #[derive(Debug, Default)]
 pub struct AuthGuard {
     entries: DashMap<IpAddr, Entry>,
     /// Entries with `blocked_until` set, so the common case skips the map.
     blocked: AtomicUsize,
+    revoked: Mutex<Revoked>,
 }
 
+/// Secret hashes of deleted tokens, the latest `MAX_REVOKED` (kept in memory only).
+#[derive(Debug, Default)]
+struct Revoked {
+    set: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+/// Deleted tokens remembered as "known" at most.
+const MAX_REVOKED: usize = 16_384;
+
 impl AuthGuard {
+    /// Remembers a deleted token's secret hash: presenting it later is not a guess.
+    pub fn revoked(&self, secret_sha256: [u8; 32]) {
+        let Ok(mut r) = self.revoked.lock() else { return };
+        if r.set.insert(secret_sha256) {
+            r.order.push_back(secret_sha256);
+        }
+        while r.order.len() > MAX_REVOKED {
+            if let Some(old) = r.order.pop_front() {
+                r.set.remove(&old);
+            }
+        }
+    }
+
+    /// Whether a secret hash is one of a recently deleted token.
+    pub fn was_revoked(&self, secret_sha256: &[u8; 32]) -> bool {
+        self.revoked.lock().is_ok_and(|r| r.set.contains(secret_sha256))
+    }
+
+    /// Decides what a guess from `ip` gets: `Err(seconds)` while the address is cooling
+    /// down (the caller answers 429), else the guess is counted (which may start a
+    /// cool-down for the next ones) and `Ok`.
+    pub fn guess(&self, ip: IpAddr, cfg: &Guard) -> Result<(), u64> {
+        self.check(ip)?;
+        self.failure(ip, cfg);
+        Ok(())
+    }
+
     /// `Err(seconds)` while `ip` is cooling down.
-    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+    fn check(&self, ip: IpAddr) -> Result<(), u64> {
         if self.blocked.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
@@ -56,7 +103,7 @@ impl AuthGuard {
     }
 
     /// Counts a failed authentication from `ip`.
-    pub fn failure(&self, ip: IpAddr, cfg: &Guard) {
+    fn failure(&self, ip: IpAddr, cfg: &Guard) {
         if cfg.max_failures == 0 {
             return;
         }
@@ -103,6 +150,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         assert!(g.check(a).is_ok(), "cool-down over");
         assert_eq!(g.blocked.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn revoked_secrets_are_remembered_up_to_a_bound() {
+        let g = AuthGuard::default();
+        g.revoked([1; 32]);
+        assert!(g.was_revoked(&[1; 32]) && !g.was_revoked(&[2; 32]));
+        for i in 0..MAX_REVOKED {
+            let mut h = [0u8; 32];
+            h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            h[31] = 9;
+            g.revoked(h);
+        }
+        assert!(!g.was_revoked(&[1; 32]), "the oldest is forgotten first");
     }
 
     #[test]

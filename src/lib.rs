@@ -11,6 +11,8 @@
 //! - [`ratelimit`]: stage 6, charged after authorisation.
 //! - [`proxy`]: stage 7, forwarding (an HTTP/1.1 upstream connection per client
 //!   connection, or a pooled client for HTTP/2 and https) with streamed bodies.
+//! - [`field_names`]: the header-field names the gateway reads, strips or refuses,
+//!   compared in every spelling.
 //! - [`error`]: the one mapping from failures to CMA error responses.
 //! - [`server`]: listeners, connections, and the outer handler that logs every request.
 //! - [`token`]: token records and scopes; [`clock`]: injectable time.
@@ -22,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod field_names;
 pub mod fuzzing;
 pub mod guard;
 pub mod notify;

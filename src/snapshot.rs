@@ -307,7 +307,8 @@ fn charges(read: Option<Arc<Bucket>>, write: Option<Arc<Bucket>>, o: &OrgBuckets
 fn settings(config: &Config) -> Settings {
     let listen = config.server.listen;
     let mut own: Vec<Authority> = config.server.hostnames.iter().filter_map(|h| h.parse().ok()).collect();
-    for host in [listen.to_string(), format!("localhost:{}", listen.port())] {
+    let port = listen.port();
+    for host in [listen.to_string(), format!("localhost:{port}")] {
         if let Ok(a) = host.parse() {
             own.push(a);
         }

@@ -3,7 +3,7 @@
 //! add: no map lookup and no lock on the request path. Labels are module names,
 //! reasons and fixed kinds only, never paths, tokens or other client data.
 
-use crate::error::{GatewayError, UpstreamFailure};
+use crate::error::{GatewayError, Reason, UpstreamFailure};
 use crate::pipeline::Module;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -22,20 +22,6 @@ type Labels1 = [(&'static str, &'static str); 1];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Module label for requests that failed before classification.
 const NO_MODULE: &str = "none";
-/// Decision reasons (see [`GatewayError::reason`]) plus `allowed`.
-const REASONS: [&str; 11] = [
-    "allowed",
-    "bad_request",
-    "not_found",
-    "auth_failed",
-    "denied",
-    "too_large",
-    "invalid",
-    "rate_limited",
-    "unavailable",
-    "upstream_error",
-    "upstream_timeout",
-];
 const UPSTREAM_KINDS: [&str; 3] = ["connect", "protocol", "timeout"];
 
 /// Latency buckets in seconds.
@@ -101,7 +87,7 @@ pub struct Metrics {
     registry: Registry,
     /// `[module index][class]`; the last row is for requests without a module.
     requests: Vec<[Counter; 5]>,
-    decisions: [Counter; REASONS.len()],
+    decisions: [Counter; Reason::ALL.len()],
     upstream_errors: [Counter; 3],
     pub latency: AtomicHistogram,
     pub open_connections: Gauge,
@@ -144,7 +130,7 @@ impl Metrics {
             .collect();
         registry.register("requests", "Requests by CMA module and status class", requests_family);
         let decisions_family = Family::<Labels1, Counter>::default();
-        let decisions = std::array::from_fn(|i| decisions_family.get_or_create(&[("reason", REASONS[i])]).clone());
+        let decisions = Reason::ALL.map(|r| decisions_family.get_or_create(&[("reason", r.name())]).clone());
         registry.register("decisions", "Gateway decisions by reason", decisions_family);
         let upstream_family = Family::<Labels1, Counter>::default();
         let upstream_errors =
@@ -154,6 +140,11 @@ impl Metrics {
         registry.register("request_duration_seconds", "Request latency as seen by the gateway", latency.clone());
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open client connections", open_connections.clone());
+        registry.register(
+            "upstream_stray_discards",
+            "Upstream connections closed instead of reused: the backend sent bytes no request asked for",
+            crate::proxy::STRAY_DISCARDS.clone(),
+        );
         let tokens_loaded = Gauge::default();
         registry.register("tokens_loaded", "Management tokens in the active snapshot", tokens_loaded.clone());
         let reloads = Family::<Labels1, Counter>::default();
@@ -203,11 +194,9 @@ impl Metrics {
         if let Some(c) = self.requests.get(row).and_then(|r| r.get(class)) {
             c.inc();
         }
-        let reason = error.map_or("allowed", GatewayError::reason);
-        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
-            if let Some(c) = self.decisions.get(i) {
-                c.inc();
-            }
+        let reason = error.map_or(Reason::Allowed, GatewayError::reason);
+        if let Some(c) = self.decisions.get(reason.index()) {
+            c.inc();
         }
         let upstream = match error {
             Some(GatewayError::BadGateway(UpstreamFailure::Connect)) => Some(0),

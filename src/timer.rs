@@ -20,8 +20,13 @@ pub fn new(deadline: Instant) -> Timer {
     Box::pin(tokio::time::sleep_until(deadline))
 }
 
-/// Completes once `deadline` has passed.
+/// Completes once `deadline` has passed. A timer still armed for a later deadline
+/// (the previous request's, under a longer timeout before a reload) is brought
+/// forward first: it may fire early, never late.
 pub async fn expired(timer: &mut Timer, deadline: Instant) {
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
+    }
     std::future::poll_fn(|cx| poll_expired(timer, cx, deadline)).await;
 }
 

@@ -4,13 +4,14 @@ use crate::config::UserSessions;
 use crate::error::{BadRequest, Denial, GatewayError};
 use crate::snapshot::{Snapshot, Token};
 use crate::token::hash_secret;
-use http::header::AUTHORIZATION;
+use crate::field_names::{self, connection_tokens};
+use http::header::{AUTHORIZATION, CONNECTION};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 
-pub const API_KEY: HeaderName = HeaderName::from_static("api_key");
-pub const AUTHTOKEN: HeaderName = HeaderName::from_static("authtoken");
-pub const BRANCH: HeaderName = HeaderName::from_static("branch");
+pub const API_KEY: HeaderName = HeaderName::from_static(field_names::API_KEY);
+pub const AUTHTOKEN: HeaderName = HeaderName::from_static(field_names::AUTHTOKEN);
+pub const BRANCH: HeaderName = HeaderName::from_static(field_names::BRANCH);
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -32,8 +33,11 @@ pub struct Credentials<'a> {
 }
 
 impl<'a> Credentials<'a> {
-    /// Finds the four credential fields. Two copies of one could be read one way here
-    /// and another way by the backend: that is a bad request.
+    /// Finds the four credential fields, in one pass over the fields. Anything the
+    /// backend could read differently from the gateway is a bad request: two copies of
+    /// one field, another spelling of one (`api-key`, which a backend that folds `-`
+    /// and `_` reads as `api_key`), or a `Connection` header that lists a field the
+    /// gateway reads or sets (it would be dropped as hop-by-hop after the decision).
     pub fn read(headers: &'a HeaderMap) -> Result<Self, GatewayError> {
         let mut found = Credentials::default();
         for (name, value) in headers {
@@ -45,6 +49,13 @@ impl<'a> Credentials<'a> {
                 &mut found.authtoken
             } else if *name == BRANCH {
                 &mut found.branch
+            } else if *name == CONNECTION {
+                if connection_tokens(value.as_bytes()).any(field_names::is_protected) {
+                    return Err(GatewayError::BadRequest(BadRequest::ConnectionListsProtected));
+                }
+                continue;
+            } else if field_names::is_credential_alias(name.as_str().as_bytes()) {
+                return Err(GatewayError::BadRequest(BadRequest::InvalidHeader));
             } else {
                 continue;
             };
@@ -53,6 +64,11 @@ impl<'a> Credentials<'a> {
             }
         }
         Ok(found)
+    }
+
+    /// The `api_key` as sent (not yet checked).
+    pub fn api_key(&self) -> Option<&'a HeaderValue> {
+        self.api_key
     }
 
     fn credential(&self) -> Credential<'a> {

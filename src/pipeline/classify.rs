@@ -199,6 +199,8 @@ pub enum Rule {
     Bulk,
     /// `/stacks/management_tokens[/{uid}]`: served by stackgate itself.
     TokenApi,
+    /// Any other path under the token API (never leaves `classify`: it is a 404).
+    UnknownTokenApi,
 }
 
 /// What a request does, as far as policy is concerned.
@@ -226,6 +228,9 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
     let mut n = 0;
     for seg in split_slash(rest) {
         if n == MAX_SEGMENTS {
+            if segs[0] == "stacks" && is_token_api(segs[1]) {
+                return Err(GatewayError::NotFound);
+            }
             return Ok(unknown());
         }
         segs[n] = seg;
@@ -234,7 +239,15 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
     let segs = segs.get(..n).unwrap_or(&[]);
     let read = matches!(*method, Method::GET | Method::HEAD);
     let default = if read { Access::Read } else { Access::Write };
-    Ok(route(method, read, default, segs))
+    match route(method, read, default, segs) {
+        Operation { rule: Rule::UnknownTokenApi, .. } => Err(GatewayError::NotFound),
+        op => Ok(op),
+    }
+}
+
+/// `management_tokens` in any spelling a backend might route the same way.
+fn is_token_api(segment: &str) -> bool {
+    crate::field_names::same_name(segment.as_bytes(), b"management_tokens")
 }
 
 /// What `path.split('/')` yields. `str::split` runs a general substring searcher
@@ -277,7 +290,6 @@ fn never(module: Module, access: Access) -> Operation {
 fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operation {
     use Access::{Read, Write};
     use Module as M;
-    let post_or_put = matches!(*method, Method::POST | Method::PUT);
     match segs {
         // content types and entries
         ["content_types"] | ["content_types", _] => op(M::ContentType, default),
@@ -303,8 +315,9 @@ fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operati
         ["webhooks"] | ["webhooks", _] => op(M::Webhook, default),
         ["webhooks", _, "executions" | "export" | "retry" | "logs"] => op(M::Webhook, default),
         // publish rules (before workflows/{x} so the literal wins)
+        // The approvers rule applies to every write method, whichever the CMA defines.
         ["workflows", "publishing_rules"] | ["workflows", "publishing_rules", _] => {
-            let rule = if post_or_put { Rule::PublishRuleApprovers } else { Rule::Plain };
+            let rule = if read { Rule::Plain } else { Rule::PublishRuleApprovers };
             with_rule(M::PublishRule, default, rule)
         }
         ["workflows", "content_type", _] if read => op(M::PublishRule, Read),
@@ -363,7 +376,10 @@ fn stacks(method: &Method, read: bool, default: Access, rest: &[&str]) -> Operat
         }
         ["share" | "unshare"] => never(M::UserShare, default),
         ["management_tokens"] | ["management_tokens", _] => with_rule(M::Tokens, default, Rule::TokenApi),
-        ["management_tokens", ..] | ["delivery_tokens", ..] => never(M::Tokens, default),
+        // Every other path under the token API, in any spelling, is the gateway's own
+        // and unknown: never forwarded, whatever the credentials (see `classify`).
+        [first, ..] if is_token_api(first) => with_rule(M::Tokens, default, Rule::UnknownTokenApi),
+        ["delivery_tokens", ..] => never(M::Tokens, default),
         ["users"] if read => op(M::User, Read),
         ["users", "roles"] if matches!(*method, Method::POST | Method::PUT) => op(M::User, Write),
         ["branches"] | ["branches", _] if read => op(M::Branch, Read),

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod classify;
 pub mod normalize;
 pub mod policy;
+pub mod query;
 
 pub use auth::{authenticate, Credentials, Principal};
 pub use classify::{classify, Access, Module, ModuleSet, Operation, Rule};
@@ -49,6 +50,19 @@ pub struct Facts {
     pub canonical: Option<Box<str>>,
 }
 
+/// The methods the CMA has; anything else is 405 (methods are case-sensitive, so
+/// `get` or `post` is not one of them).
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+fn check_method(method: &Method) -> Result<(), GatewayError> {
+    match *method {
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::OPTIONS => {
+            Ok(())
+        }
+        _ => Err(GatewayError::MethodNotAllowed),
+    }
+}
+
 /// Runs normalize, classify, authenticate and authorize at Unix time `now`.
 pub fn decide<'a>(
     snap: &Snapshot,
@@ -56,12 +70,15 @@ pub fn decide<'a>(
     now: i64,
     facts: &mut Facts,
 ) -> Result<Decision<'a>, GatewayError> {
+    check_method(&parts.method)?;
     let target = normalize(&parts.uri, parts.version, &snap.settings.own_authorities)?;
     let op = classify(&parts.method, &target.path)?;
     facts.op = Some(op);
     if parts.method == Method::OPTIONS {
         return Ok(Decision { target, op, route: Route::Preflight });
     }
+    // Read (and checked for ambiguity) on every route: the token API's too.
+    let creds = Credentials::read(&parts.headers)?;
     if op.rule == Rule::TokenApi {
         // Tokens never manage tokens, valid or not.
         let bearer = parts.headers.get(AUTHORIZATION).map(|v| auth::is_bearer(v.as_bytes()));
@@ -70,11 +87,11 @@ pub fn decide<'a>(
         }
         return Ok(Decision { target, op, route: Route::TokenApi });
     }
-    let creds = Credentials::read(&parts.headers)?;
     let principal = authenticate(snap, &creds, now)?;
     if let Principal::Token(token) = &principal {
         facts.token = Some(Arc::clone(token));
         authorize(token, &op, creds.branch)?;
+        query::check(target.query, &creds)?;
     }
     // The backend is the authority for users: nothing to check here.
     Ok(Decision { target, op, route: Route::Proxy { principal } })

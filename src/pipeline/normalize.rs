@@ -22,22 +22,36 @@ pub struct Target<'a> {
 
 const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousPath);
 
-/// Normalises a request URI. `own_authorities` are the authorities an HTTP/1
-/// absolute-form target may name (the gateway's own).
+/// Normalises a request URI. `own_authorities` are the authorities a request may
+/// name (the gateway's own), in an HTTP/1 absolute-form target or in HTTP/2's
+/// `:authority` (which hyper puts in the URI): a request that names another host is
+/// not one the gateway was asked to serve, and a backend routing by it could take it
+/// elsewhere. (`_version` is kept for callers; both versions follow the one rule.)
 pub fn normalize<'a>(
     uri: &'a Uri,
-    version: Version,
+    _version: Version,
     own_authorities: &[Authority],
 ) -> Result<Target<'a>, GatewayError> {
     if let Some(authority) = uri.authority() {
-        // HTTP/2 always carries :authority (hyper exposes it in the URI); only an
-        // HTTP/1 absolute-form target can name a foreign host.
-        if version < Version::HTTP_2 && !own_authorities.iter().any(|a| a == authority) {
+        if !is_own(authority, own_authorities) {
             return Err(GatewayError::BadRequest(BadRequest::ForeignAuthority));
         }
     }
     let path = canonical_path(uri.path())?;
     Ok(Target { path, query: uri.query() })
+}
+
+/// Whether `authority` is one of `own` (host case-insensitive, same port). A wildcard
+/// listen address (`0.0.0.0:PORT`, `[::]:PORT`) in `own` stands for every address of
+/// the machine: any IP literal on that port is own (a name still has to be listed).
+fn is_own(authority: &Authority, own: &[Authority]) -> bool {
+    let ip = |a: &Authority| a.host().trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok();
+    own.iter().any(|a| {
+        a == authority
+            || (ip(a).is_some_and(|w| w.is_unspecified())
+                && a.port_u16() == authority.port_u16()
+                && ip(authority).is_some())
+    })
 }
 
 /// Byte classes for the fast scan of [`canonical_path`].
@@ -260,7 +274,21 @@ mod tests {
         let mine: Uri = "http://gw.local:8080/v3/content_types?x=1".parse().unwrap();
         let t = normalize(&mine, Version::HTTP_11, &own).unwrap();
         assert_eq!((t.path.as_ref(), t.query), ("/v3/content_types", Some("x=1")));
-        // HTTP/2 always has an authority.
-        assert!(normalize(&foreign, Version::HTTP_2, &own).is_ok());
+        // HTTP/2's :authority follows the same rule.
+        assert_eq!(normalize(&foreign, Version::HTTP_2, &own).unwrap_err(), err);
+        assert!(normalize(&mine, Version::HTTP_2, &own).is_ok());
+        let upper: Uri = "http://GW.LOCAL:8080/v3/x".parse().unwrap();
+        assert!(normalize(&upper, Version::HTTP_2, &own).is_ok());
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_owns_every_ip_on_its_port() {
+        let own = [Authority::from_static("0.0.0.0:8080"), Authority::from_static("localhost:8080")];
+        for ok in ["http://10.1.2.3:8080/v3/x", "http://[::1]:8080/v3/x", "http://localhost:8080/v3/x"] {
+            assert!(normalize(&ok.parse().unwrap(), Version::HTTP_2, &own).is_ok(), "{ok}");
+        }
+        for bad in ["http://10.1.2.3:8081/v3/x", "http://evil.example:8080/v3/x", "http://10.1.2.3/v3/x"] {
+            assert!(normalize(&bad.parse().unwrap(), Version::HTTP_2, &own).is_err(), "{bad}");
+        }
     }
 }

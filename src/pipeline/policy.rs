@@ -13,7 +13,7 @@ pub const DEFAULT_BRANCH: &str = "main";
 pub fn authorize(token: &Token, op: &Operation, branch: Option<&HeaderValue>) -> Result<(), GatewayError> {
     let deny = |d| Err(GatewayError::Forbidden(d));
     match op.rule {
-        Rule::Deny | Rule::TokenApi => return deny(Denial::NeverAllowed),
+        Rule::Deny | Rule::TokenApi | Rule::UnknownTokenApi => return deny(Denial::NeverAllowed),
         Rule::Plain | Rule::EntryWorkflow | Rule::PublishRuleApprovers | Rule::Bulk => {}
     }
     if op.module == Module::Unknown {
@@ -56,12 +56,16 @@ fn check_branch(token: &Token, header: Option<&HeaderValue>) -> Result<(), Gatew
 
 /// Applies the body rules of DESIGN.md section 1.3 to an already buffered body.
 pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
+    // A publish-rule write without a body (a DELETE) carries no approvers.
+    if op.rule == Rule::PublishRuleApprovers && body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
     let json: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| GatewayError::BadRequest(BadRequest::MalformedJson))?;
     let denied = match op.rule {
         Rule::EntryWorkflow => workflow_change_denied(&json),
         Rule::PublishRuleApprovers => needs_approvers(&json),
-        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::TokenApi => false,
+        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::TokenApi | Rule::UnknownTokenApi => false,
     };
     if denied {
         Err(GatewayError::Forbidden(Denial::BodyRule))
@@ -137,6 +141,8 @@ mod tests {
         assert!(check(pr, json!({"publishing_rule":{"approvers":{"roles":["r1"]}}})).is_err());
         assert!(check(pr, json!({"publishing_rule":{"approvers":{"users":[],"roles":[]}}})).is_ok());
         assert!(check(pr, json!({"publishing_rule":{"actions":[]}})).is_ok());
+        assert!(inspect_body(&rule(pr), b"").is_ok(), "a DELETE carries no approvers");
+        assert!(inspect_body(&rule(pr), b"[").is_err());
     }
 
     #[test]

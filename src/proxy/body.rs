@@ -42,22 +42,45 @@ const DISCARD_MAX: u64 = 1024 * 1024;
 /// ... within this time.
 const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads and drops a refused request body whose declared length is at most
-/// `DISCARD_MAX`, for up to `DISCARD_TIME`, before the refusal (a 413) is sent. A
-/// connection closed with unread data in it is reset, and a client still writing its
-/// body would then read the reset instead of the answer; read to its end, the body
-/// leaves the connection usable for the next request. Larger bodies are not waited
-/// for: their connection closes after the answer, as nginx's does past its lingering
-/// limits. A client that sent `Expect: 100-continue` is waiting for a go-ahead before
-/// it sends the body, and reading it would give one: it gets the refusal at once.
-pub async fn discard(parts: &http::request::Parts, body: ClientBody, declared: u64) {
-    if declared > DISCARD_MAX || parts.headers.contains_key(http::header::EXPECT) {
+/// Reads and drops the body of a refused request, up to `DISCARD_MAX` bytes and for
+/// up to `DISCARD_TIME`, before the refusal is sent. A connection closed with unread
+/// data in it is reset, and a client still writing its body would then read the reset
+/// instead of the answer; an HTTP/2 stream answered before its body arrived reaches
+/// many clients as a stream error with no body. Read to its end, the body leaves the
+/// client able to read the answer and the connection usable for the next request.
+/// Larger bodies are not waited for: their connection closes after the answer, as
+/// nginx's does past its lingering limits. A client that sent `Expect: 100-continue`
+/// is waiting for a go-ahead before it sends the body, and reading it would give one:
+/// it gets the refusal at once.
+pub async fn drain(parts: &http::request::Parts, body: ClientBody) {
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if body.is_end_stream()
+        || declared.is_some_and(|n| n > DISCARD_MAX)
+        || parts.headers.contains_key(http::header::EXPECT)
+    {
         return;
     }
-    // hyper ends the body at its declared length: nothing more is read.
     let mut body = body;
-    let read_all = async { while let Some(Ok(_)) = body.frame().await {} };
+    let mut left = DISCARD_MAX;
+    let read_all = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(len) {
+                Some(rest) => left = rest,
+                None => break,
+            }
+        }
+    };
     let _ = tokio::time::timeout(DISCARD_TIME, read_all).await;
+}
+
+/// [`drain`] for callers that have already read the declared length.
+pub async fn discard(parts: &http::request::Parts, body: ClientBody, _declared: u64) {
+    drain(parts, body).await;
 }
 
 /// A client's request body: hyper's, or none at all (a request read by the gateway's

@@ -18,6 +18,7 @@ use super::h1::{Conn, Fields, Outgoing, ResponseBody, SendError};
 use super::{Added, Outbound, Streamed};
 use crate::error::{GatewayError, UpstreamFailure};
 use http::{HeaderValue, Response};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -27,14 +28,15 @@ const MAX_IDLE: usize = 256;
 
 /// Idle upstream connections of one upstream configuration.
 /// Kept boxed: a connection leaves and returns as the same box, never re-allocated.
+/// Taken oldest first: a connection that has been idle longest has had the most time
+/// to show (to the probe in `pop`) anything its backend sent after its last response.
 #[derive(Default)]
-#[allow(clippy::vec_box)]
-pub struct IdleList(Mutex<Vec<Box<Conn>>>);
+pub struct IdleList(Mutex<VecDeque<Box<Conn>>>);
 
 impl IdleList {
     fn pop(&self) -> Option<Box<Conn>> {
         let mut list = self.0.lock().ok()?;
-        while let Some(mut conn) = list.pop() {
+        while let Some(mut conn) = list.pop_front() {
             if conn.is_reusable() {
                 return Some(conn);
             }
@@ -45,13 +47,14 @@ impl IdleList {
     /// Keeps a connection for later. Connections the backend closed meanwhile are
     /// swept out only when the list is full: HTTP/2 streams return a connection after
     /// every response, and a sweep each time would cost a probe per idle connection.
-    fn push(&self, mut conn: Box<Conn>) {
+    fn push(&self, conn: Box<Conn>) {
         if let Ok(mut list) = self.0.lock() {
             if list.len() >= MAX_IDLE {
                 list.retain_mut(|conn| conn.is_reusable());
             }
-            if list.len() < MAX_IDLE && conn.is_reusable() {
-                list.push(conn);
+            // Probed when taken (`pop`), not here: once per reuse is enough.
+            if list.len() < MAX_IDLE {
+                list.push_back(conn);
             }
         }
     }
@@ -128,10 +131,11 @@ impl Direct {
     /// Sends the request on the slot's connection (or an idle one, or a new one); with
     /// no slot (an HTTP/2 stream) the connection goes back to the idle list after the
     /// response.
-    /// A request that met a connection the backend had closed goes again on a new
-    /// connection, once, if it can be sent again: its body is held in full and its
-    /// method is idempotent (RFC 9110 section 9.2.2), since the backend may have
-    /// received it. The response head must arrive by `deadline` (504 otherwise).
+    /// A request that met a connection the backend had closed goes again on another
+    /// connection only if not one byte of it was written (the backend cannot have seen
+    /// it) and its body is held in full; once anything was written it is never sent
+    /// again, whatever its method. The response head must arrive by `deadline` (504
+    /// otherwise).
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
@@ -162,8 +166,8 @@ impl Direct {
                     });
                     return Ok((head.map(|()| body), fields));
                 }
-                Err(SendError::Closed)
-                    if !fresh && parts.method.is_idempotent() && matches!(body, Outbound::Bytes(_)) => {}
+                // Nothing of it was written: it goes again, on another connection.
+                Err(SendError::Unsent) if !fresh && matches!(body, Outbound::Bytes(_)) => {}
                 Err(SendError::TimedOut) => return Err(GatewayError::GatewayTimeout),
                 Err(_) => return Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
             }

@@ -11,7 +11,8 @@
 //! exact end; anything else (an error, a body the client stopped reading, `Connection:
 //! close`, a close-delimited body, HTTP/1.0) closes it.
 
-use super::headers::{is_gateway_set, is_hop_by_hop};
+use super::headers::is_gateway_set;
+use crate::field_names::{is_framing, is_hop_by_hop, same_name};
 use super::Added;
 use crate::timer::{self, Timer};
 use bytes::{Buf, Bytes, BytesMut};
@@ -37,6 +38,11 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Request bodies up to this size leave in the same write as the head.
 const COALESCE: usize = 16 * 1024;
 
+/// Upstream connections closed instead of reused because the backend sent bytes no
+/// request asked for (exported as a metric).
+pub static STRAY_DISCARDS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
 /// One upstream connection and its buffers, reused request after request.
 pub struct Conn {
     io: TcpStream,
@@ -59,8 +65,10 @@ pub enum Outgoing<'a, B> {
 /// Why an exchange failed.
 #[derive(Debug, Clone, Copy)]
 pub enum SendError {
-    /// The connection ended before a byte of the response arrived: a reused
-    /// connection the backend had closed, if the request may be sent again.
+    /// Not one byte of the request was written: it can go again on another connection,
+    /// whatever its method, since the backend cannot have seen it.
+    Unsent,
+    /// The connection ended before a byte of the response arrived.
     Closed,
     /// The client's body failed while being forwarded.
     Body,
@@ -119,21 +127,26 @@ impl Conn {
         }))
     }
 
-    /// Whether an idle connection can take a request. An idle connection has nothing
-    /// to say: if the reactor saw it readable, the backend closed it (or sent bytes no
-    /// request asked for). The reactor's cached readiness makes this free; only a
-    /// connection flagged readable costs a read to confirm.
+    /// Whether an idle connection can take a request: its previous response was read
+    /// to its exact end (nothing left in the buffer) and the socket has nothing
+    /// pending. An idle connection has nothing to say; bytes waiting on it are either
+    /// the backend's close or data no request asked for, which the next request would
+    /// read as its answer. The socket itself is asked (`recv` with `MSG_PEEK`, never
+    /// blocking: tokio's sockets are non-blocking), not the reactor's cached readiness,
+    /// which is cleared once a response has been read and misses what came after.
     pub fn is_reusable(&mut self) -> bool {
         if !self.read.is_empty() {
+            STRAY_DISCARDS.inc();
             return false;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&self.io).peek(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            // Closed by the backend (0) or failed: nothing to count.
+            Ok(0) | Err(_) => false,
+            Ok(_) => {
+                STRAY_DISCARDS.inc();
+                false
             }
         }
     }
@@ -177,7 +190,8 @@ impl Conn {
         // arrived, is what the client needs, not a 502.
         let failed = match self.write_request(parts, host, added, body).await {
             Ok(()) => None,
-            Err(SendError::Body) => return Err(SendError::Body),
+            // Whatever the connection holds is no answer to a request it never got.
+            Err(e @ (SendError::Body | SendError::Unsent)) => return Err(e),
             Err(e) => Some(e),
         };
         loop {
@@ -217,18 +231,28 @@ impl Conn {
                 write_head(&mut self.write, parts, host, added, sending);
                 if bytes.len() <= COALESCE {
                     self.write.extend_from_slice(bytes);
-                    self.io.write_all(&self.write).await.map_err(|_| SendError::Closed)?;
+                    self.write_first().await
                 } else {
-                    self.io.write_all(&self.write).await.map_err(|_| SendError::Closed)?;
-                    self.io.write_all(bytes).await.map_err(|_| SendError::Closed)?;
+                    self.write_first().await?;
+                    self.io.write_all(bytes).await.map_err(|_| SendError::Closed)
                 }
-                Ok(())
             }
             Outgoing::Stream(stream, length) => {
                 write_head(&mut self.write, parts, host, added, length.map_or(Sending::Chunked, Sending::Length));
                 self.write_stream(stream, length.is_none()).await
             }
         }
+    }
+
+    /// Writes the buffered head (and what came with it), telling apart a connection
+    /// that took none of it ([`SendError::Unsent`]) from one that failed midway.
+    async fn write_first(&mut self) -> Result<(), SendError> {
+        let n = match self.io.write(&self.write).await {
+            Ok(0) | Err(_) => return Err(SendError::Unsent),
+            Ok(n) => n,
+        };
+        let rest = self.write.get(n..).unwrap_or_default();
+        self.io.write_all(rest).await.map_err(|_| SendError::Closed)
     }
 
     /// Forwards a streamed body frame by frame (chunk-encoded when its length is not
@@ -459,7 +483,7 @@ fn parse_head(buf: &BytesMut, block: &mut BytesMut) -> Result<Option<Head>, Send
         block.extend_from_slice(h.name.as_bytes());
         block[start..].make_ascii_lowercase();
         let name = &block[start..];
-        if is_hop_by_hop(name) || name == b"content-length" || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
+        if is_hop_by_hop(name) || is_framing(name) || listed.iter().any(|l| same_name(l, name)) {
             block.truncate(start);
             continue;
         }
@@ -470,7 +494,9 @@ fn parse_head(buf: &BytesMut, block: &mut BytesMut) -> Result<Option<Head>, Send
         block.extend_from_slice(b"\r\n");
     }
     fields.block = block.split().freeze();
-    fields.length = head.length.flatten();
+    // With `Transfer-Encoding` the length is not what frames the body (RFC 9112
+    // section 6.3): stating it to the client would make its writer frame by it.
+    fields.length = head.length.flatten().filter(|_| head.chunked.is_none());
     *head.resp.status_mut() = status;
     *head.resp.version_mut() = version;
     Ok(Some(head))
@@ -771,7 +797,8 @@ mod tests {
             "x-end: 2\r\nUpgrade: h2c\r\nTrailer: x-t\r\nContent-Type: text/plain\r\n\r\n"
         ));
         assert_eq!(h.fields.block(), b"x-end: 2\r\ncontent-type: text/plain\r\n");
-        assert_eq!((h.fields.length(), h.fields.has_date(), h.fields.has_gateway_set()), (Some(7), false, false));
+        // With Transfer-Encoding the stated length is not passed on (RFC 9112 section 6.3).
+        assert_eq!((h.fields.length(), h.fields.has_date(), h.fields.has_gateway_set()), (None, false, false));
         // Framing still saw what the dropped fields said.
         assert_eq!((h.chunked, h.length, h.close), (Some(true), Some(Some(7)), false));
         assert_eq!(framing(&Method::GET, &h), Some(Some(Framing::Chunked(Chunk::Size))));

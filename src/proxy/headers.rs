@@ -1,6 +1,8 @@
 //! Header rewriting for both directions.
 
-use crate::pipeline::auth::AUTHTOKEN;
+use crate::field_names::{
+    connection_tokens, folded_eq, is_framing, is_gateway_only, is_hop_by_hop, same_name, AUTHORIZATION, AUTHTOKEN,
+};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -16,62 +18,19 @@ pub struct Identity<'a> {
     pub access: &'static str,
 }
 
-/// Headers some backends and frameworks read as a different method or path than the
-/// request line: what we authorised must be what runs, so they never pass.
-const REINTERPRETING: [&str; 6] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-method",
-];
-
-/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual legacy ones).
-pub(super) fn is_hop_by_hop(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"connection"
-            | b"keep-alive"
-            | b"proxy-connection"
-            | b"proxy-authenticate"
-            | b"proxy-authorization"
-            | b"te"
-            | b"trailer"
-            | b"transfer-encoding"
-            | b"upgrade"
-    )
-}
-
-/// Response fields the gateway sets itself, replacing a backend's (lower-case `name`).
+/// Response fields the gateway sets itself, replacing a backend's (in any spelling).
 pub(super) fn is_gateway_set(name: &[u8]) -> bool {
-    name == X_REQUEST_ID.as_str().as_bytes() || crate::ratelimit::RateInfo::names(name)
+    folded_eq(name, X_REQUEST_ID.as_str().as_bytes()) || crate::ratelimit::RateInfo::names(name)
 }
 
-/// Headers only the gateway may set (clients can never speak for it), and headers that
-/// would make the backend run another method or path than the one authorised.
-fn is_spoofable(name: &str) -> bool {
-    // Asked of every forwarded field: most names are ruled out by their first letter.
-    match name.as_bytes().first() {
-        Some(b'x') => {
-            name.starts_with("x-stackgate-")
-                || name.starts_with("x-forwarded-")
-                || name == "x-request-id"
-                || REINTERPRETING.contains(&name)
-        }
-        Some(b'f') => name == "forwarded",
-        _ => false,
-    }
-}
-
-/// Names a `Connection` header lists are hop-by-hop too (RFC 9110 section 7.6.1).
-/// Its values are cheap to clone; names are removed by `&str`, which allocates nothing.
+/// Names a `Connection` header lists are hop-by-hop too (RFC 9110 section 7.6.1), in
+/// any spelling. The pipeline has already refused a request whose `Connection` lists
+/// a field the gateway reads or sets; what is left is the client's own business.
 fn remove_connection_listed(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
-        for name in listed.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')) {
-            headers.remove(name.trim());
-        }
+        let listed: Vec<&[u8]> = listed.iter().flat_map(|v| connection_tokens(v.as_bytes())).collect();
+        remove_where(headers, |n| listed.iter().any(|l| same_name(n.as_str().as_bytes(), l)));
     }
 }
 
@@ -105,14 +64,19 @@ impl Added {
     }
 
     /// Whether a client field is forwarded: not hop-by-hop, not one only the gateway
-    /// may set, not `Host` (the sender sets it), not a credential the backend must not
-    /// authorise on.
+    /// may set, not `Host` (the sender sets it), not `Expect` (the gateway answers the
+    /// expectation itself: it reads the body before it forwards anything), no framing
+    /// field but `Content-Length` itself (which the sender replaces or checks), not a
+    /// credential the backend must not authorise on. Every name in every spelling.
     pub fn forwards(&self, name: &HeaderName) -> bool {
-        !(is_hop_by_hop(name.as_str().as_bytes())
-            || is_spoofable(name.as_str())
+        let raw = name.as_str().as_bytes();
+        !(is_hop_by_hop(raw)
+            || is_gateway_only(raw)
             || name == header::HOST
-            || (self.token && name == AUTHTOKEN)
-            || (self.drop_token && name == header::AUTHORIZATION))
+            || folded_eq(raw, b"expect")
+            || (is_framing(raw) && name != header::CONTENT_LENGTH)
+            || (self.token && folded_eq(raw, AUTHTOKEN.as_bytes()))
+            || (self.drop_token && folded_eq(raw, AUTHORIZATION.as_bytes())))
     }
 
     /// Applies the changes to a header map (the pooled client's path).
@@ -162,8 +126,13 @@ pub fn prepare_request_headers(
 
 /// Rewrites backend response headers for the client (the outer handler adds
 /// `X-Request-Id` to every response, forwarded or not). The direct path leaves these
-/// fields out while parsing the head instead.
+/// fields out while parsing the head instead. A response that came with
+/// `Transfer-Encoding` was framed by it, not by its `Content-Length` (RFC 9112 section
+/// 6.3): the length goes too, or the client's writer would frame the body by it.
 pub fn prepare_response_headers(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     remove_connection_listed(headers);
     remove_where(headers, |n| is_hop_by_hop(n.as_str().as_bytes()));
 }
@@ -217,9 +186,10 @@ mod tests {
     fn every_hop_by_hop_and_spoofable_name_is_stripped() {
         let hop = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization"];
         let more = ["te", "trailer", "transfer-encoding", "upgrade", "x-stackgate-anything", "x-forwarded-host"];
-        let spoof = ["forwarded", "x-request-id"];
+        let spoof = ["forwarded", "x-request-id", "x-http-method-override", "x-original-url", "expect"];
+        let underscored = ["x_stackgate_access", "x_forwarded_for", "x_request_id", "transfer_encoding", "content_length"];
         let mut h = HeaderMap::new();
-        for name in hop.iter().chain(&more).chain(&spoof).chain(&REINTERPRETING).chain(&["api_key", "content-type"]) {
+        for name in hop.iter().chain(&more).chain(&spoof).chain(&underscored).chain(&["api_key", "content-type"]) {
             h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
         }
         Added::default().insert_into(&mut h);

@@ -12,9 +12,9 @@ mod direct;
 mod h1;
 mod headers;
 
-pub use body::{discard, BodyState, ClientBody, Streamed};
+pub use body::{discard, drain, BodyState, ClientBody, Streamed};
 pub use direct::UpstreamSlot;
-pub use h1::Fields;
+pub use h1::{Fields, STRAY_DISCARDS};
 use headers::prepare_response_headers;
 pub use headers::{prepare_request_headers, Added, Identity, X_REQUEST_ID};
 

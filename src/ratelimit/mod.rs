@@ -254,12 +254,12 @@ impl RateInfo {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Whether `name` (in lower case) is one of the fields this writes (a backend's
+    /// Whether `name` (in any spelling) is one of the fields this writes (a backend's
     /// own copy is replaced, not repeated).
     pub fn names(name: &[u8]) -> bool {
         [&X_RATELIMIT_LIMIT, &X_RATELIMIT_REMAINING, &RATELIMIT_POLICY, &RATELIMIT]
             .iter()
-            .any(|n| n.as_str().as_bytes() == name)
+            .any(|n| crate::field_names::folded_eq(name, n.as_str().as_bytes()))
     }
 
     /// Adds `Retry-After` to a 429.

@@ -86,19 +86,26 @@ pub async fn handle(
 
 /// Serves one request: the response, and the fields still to be added to it.
 pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnInfo>) -> (Response<Body>, Stamp) {
-    let peer = conn.peer;
     let started = Instant::now();
     let request_id = gw.ids.next();
     // What the access log needs of the request, kept only when the log is on.
     let logged = tracing::enabled!(target: "stackgate::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().clone()));
     let mut facts = Facts::default();
-    let result = match gw.guard.check(peer.ip()) {
-        Err(retry_after) => Err(GatewayError::Throttled { retry_after }),
-        Ok(()) => process(&gw, req, &conn, &request_id, &mut facts).await,
-    };
-    if let Err(GatewayError::Unauthenticated { .. } | GatewayError::StackNotFound) = &result {
-        gw.guard.failure(peer.ip(), &gw.snapshot().config.guard);
+    let (mut parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let mut result = process(&gw, &mut parts, &mut body, &conn, &request_id, &mut facts).await;
+    if let Err(err) = &result {
+        if is_guess(&gw, err, &parts) {
+            if let Err(retry_after) = gw.guard.guess(conn.peer.ip(), &gw.snapshot().config.guard) {
+                result = Err(GatewayError::Throttled { retry_after });
+            }
+        }
+        // A refused request's body is read (within bounds) before the answer, so the
+        // client reads the answer instead of a reset (HTTP/1) or a stream error (h2).
+        if let Some(body) = body.take() {
+            proxy::drain(&parts, body).await;
+        }
     }
     let (resp, rate, error) = match result {
         Ok((resp, rate)) => (resp, rate, None),
@@ -117,31 +124,56 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
         access = op.map_or("-", |o| o.access.name()),
         token_uid = facts.token.as_ref().map_or("-", |t| &*t.uid),
         status = resp.status().as_u16(),
-        reason = error.as_ref().map_or("-", GatewayError::reason),
+        reason = error.as_ref().map_or("-", |e| e.reason().name()),
         detail = %error.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     );
     (resp, Stamp { request_id, rate })
 }
 
+/// Whether a failed request was a guess: its credentials failed, and neither the
+/// management token nor the authtoken it presented is one the gateway knows (a token
+/// that expired or was deleted, a user's valid authtoken sent to the wrong stack).
+fn is_guess(gw: &Gateway, err: &GatewayError, parts: &Parts) -> bool {
+    match err {
+        GatewayError::Unauthenticated { expired: false } | GatewayError::StackNotFound => {}
+        _ => return false,
+    }
+    let snap = gw.snapshot();
+    let known_token = parts.headers.get(http::header::AUTHORIZATION).is_some_and(|v| {
+        let hash = crate::token::hash_secret(v.as_bytes());
+        snap.token(&hash).is_some() || gw.guard.was_revoked(&hash)
+    });
+    let known_user = parts
+        .headers
+        .get(crate::pipeline::auth::AUTHTOKEN)
+        .is_some_and(|v| snap.user(&crate::token::hash_secret(v.as_bytes())).is_some());
+    !(known_token || known_user)
+}
+
 /// The pipeline proper; any error is answered by the caller. An admitted
-/// management-token request comes back with its rate-limit fields.
+/// management-token request comes back with its rate-limit fields. The body is
+/// taken out of `body` only by a stage that reads it; on failure the caller drains
+/// what is left.
 async fn process(
     gw: &Arc<Gateway>,
-    req: Request<ClientBody>,
+    parts: &mut Parts,
+    body: &mut Option<ClientBody>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     facts: &mut Facts,
 ) -> Result<(Response<Body>, Option<RateInfo>), GatewayError> {
     let snap = gw.snapshot();
-    let (mut parts, body) = req.into_parts();
-    let Decision { target, op, route } = pipeline::decide(&snap, &parts, gw.clock().now(), facts)?;
+    let Decision { target, op, route } = pipeline::decide(&snap, parts, gw.clock().now(), facts)?;
     if let std::borrow::Cow::Owned(path) = &target.path {
         facts.canonical = Some(path.as_str().into());
     }
     let (principal, rate) = match route {
         Route::Preflight => return Ok((preflight(), None)),
-        Route::TokenApi => return Ok((crate::token_api::handle(gw, &parts, &target.path, body).await?, None)),
+        Route::TokenApi => {
+            let taken = body.take().unwrap_or(ClientBody::Empty);
+            return Ok((crate::token_api::handle(gw, parts, &target.path, taken).await?, None));
+        }
         Route::Proxy { principal } => {
             let rate = match &principal {
                 Principal::Token(token) => gw.limiter.charge(token, &op).await?,
@@ -156,19 +188,19 @@ async fn process(
         Principal::UserSession => None,
     };
     let body_state = BodyState::default();
-    let body = match &principal {
+    let outbound = match &principal {
         Principal::Token(_) if op.needs_body() => {
-            let bytes = read_inspected(&snap, &parts, body).await?;
+            let bytes = read_inspected(&snap, parts, body).await?;
             pipeline::inspect_body(&op, &bytes)?;
             Outbound::Bytes(bytes)
         }
         _ => {
             let limit = snap.config.server.limits.max_request_body;
-            if let Some(len) = declared_length(&parts).filter(|&len| len > limit) {
-                proxy::discard(&parts, body, len).await;
+            if declared_length(parts).is_some_and(|len| len > limit) {
                 return Err(GatewayError::PayloadTooLarge);
             }
-            let mut streamed = Streamed::new(body, limit, body_state.clone());
+            let taken = body.take().unwrap_or(ClientBody::Empty);
+            let mut streamed = Streamed::new(taken, limit, body_state.clone());
             streamed.prefetch().await?;
             streamed.into_outbound()
         }
@@ -181,9 +213,10 @@ async fn process(
         identity,
         snap.settings.forward_token,
     );
-    parts.uri = uri;
-    let slot = (parts.version != http::Version::HTTP_2).then_some(&conn.upstream);
-    let upstream_resp = snap.upstream.send(slot, parts, &added, body, &body_state).await?;
+    let mut forwarded = std::mem::replace(parts, Request::new(()).into_parts().0);
+    forwarded.uri = uri;
+    let slot = (forwarded.version != http::Version::HTTP_2).then_some(&conn.upstream);
+    let upstream_resp = snap.upstream.send(slot, forwarded, &added, outbound, &body_state).await?;
     Ok((upstream_resp.map(Either::Left), rate))
 }
 
@@ -191,15 +224,15 @@ fn declared_length(parts: &Parts) -> Option<u64> {
     parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
 }
 
-/// Buffers a body that a rule must read, up to `max_inspected_body`.
-async fn read_inspected(snap: &Snapshot, parts: &Parts, body: ClientBody) -> Result<Bytes, GatewayError> {
+/// Buffers a body that a rule must read, up to `max_inspected_body`. The body stays
+/// in `body` (for the caller to drain) when it is refused by its declared length.
+async fn read_inspected(snap: &Snapshot, parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
     let limit = snap.settings.max_inspected_body;
-    if let Some(len) = declared_length(parts).filter(|&len| len > limit) {
-        proxy::discard(parts, body, len).await;
+    if declared_length(parts).is_some_and(|len| len > limit) {
         return Err(GatewayError::PayloadTooLarge);
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let read = Limited::new(body, limit).collect();
+    let read = Limited::new(body.take().unwrap_or(ClientBody::Empty), limit).collect();
     match tokio::time::timeout(snap.config.upstream.request_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),

@@ -189,6 +189,9 @@ impl Gateway {
         let current = self.snapshot.load();
         // The notification names the token, not its secret's hash: find what it replaces.
         let old = current.find_stored(stack, uid);
+        if let (None, Some(hash)) = (&rec, old) {
+            self.guard.revoked(hash);
+        }
         let next = current.with_token_change(rec.as_ref(), old.as_ref());
         self.swap(next);
         tracing::debug!(token.uid = %uid, present = rec.is_some(), "token change from another replica applied");
@@ -272,7 +275,10 @@ impl Gateway {
             let current = gw.snapshot.load();
             let next = match change(&value) {
                 Change::Upsert(rec) => current.with_token_change(Some(rec), None),
-                Change::Remove(hash) => current.with_token_change(None, Some(hash)),
+                Change::Remove(hash) => {
+                    gw.guard.revoked(*hash);
+                    current.with_token_change(None, Some(hash))
+                }
             };
             gw.swap(next);
             Ok(value)

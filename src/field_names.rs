@@ -1,0 +1,197 @@
+//! The header-field names the gateway reads, sets, strips or refuses, and the one way
+//! they are compared.
+//!
+//! CGI, WSGI and Rack turn a field name into a variable (`HTTP_X_STACKGATE_ACCESS`),
+//! so a backend behind them reads `x_stackgate_access` and `X-Stackgate-Access` as the
+//! same field. Every check here therefore compares names with ASCII case ignored and
+//! `_` read as `-` ([`folded_eq`]); a name in any spelling is treated like its
+//! canonical one. This module imports nothing from the crate: the pipeline (which
+//! refuses) and the proxy (which strips and sets) share it.
+
+/// Whether `name` is `canonical` (lower case, `-` separated) in some spelling: ASCII
+/// case ignored, `_` read as `-`.
+pub fn folded_eq(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len() && name.iter().zip(canonical).all(|(&a, &b)| fold(a) == b)
+}
+
+/// Whether two names are the same field in some spelling (see [`folded_eq`]).
+pub fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
+}
+
+/// Whether `name` starts with `prefix` (lower case, `-` separated) in some spelling.
+pub fn folded_starts_with(name: &[u8], prefix: &[u8]) -> bool {
+    name.get(..prefix.len()).is_some_and(|head| folded_eq(head, prefix))
+}
+
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        _ => b.to_ascii_lowercase(),
+    }
+}
+
+/// `api_key`: the stack's API key. Its canonical spelling has an underscore, as the
+/// CMA's own clients send it; any other spelling of it is refused (see
+/// [`is_credential_alias`]).
+pub const API_KEY: &str = "api_key";
+pub const AUTHORIZATION: &str = "authorization";
+pub const AUTHTOKEN: &str = "authtoken";
+pub const BRANCH: &str = "branch";
+
+/// A spelling of a credential field other than the one the gateway reads (`api-key`,
+/// `Api_Key`, ...): a backend that folds names would read it as the credential the
+/// gateway did not check.
+pub fn is_credential_alias(name: &[u8]) -> bool {
+    let canonical: &[u8] = match name.first().map(|b| b.to_ascii_lowercase()) {
+        Some(b'a') if name.len() == API_KEY.len() => b"api-key",
+        Some(b'a') if name.len() == AUTHTOKEN.len() => b"authtoken",
+        Some(b'a') => b"authorization",
+        Some(b'b') => b"branch",
+        _ => return false,
+    };
+    let exact = [API_KEY, AUTHORIZATION, AUTHTOKEN, BRANCH].iter().any(|c| c.as_bytes() == name);
+    !exact && folded_eq(name, canonical)
+}
+
+/// Hop-by-hop fields (RFC 9110 section 7.6.1 and the usual legacy ones): they belong
+/// to one connection and are never passed on.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    // Asked of every forwarded field: most names are ruled out by their first letter.
+    match name.first().map(|b| b.to_ascii_lowercase()) {
+        Some(b'c' | b'k' | b'p' | b't' | b'u') => HOP.iter().any(|h| folded_eq(name, h)),
+        _ => false,
+    }
+}
+
+/// Fields that frame a message: the gateway frames what it sends itself.
+pub fn is_framing(name: &[u8]) -> bool {
+    folded_eq(name, b"content-length") || folded_eq(name, b"transfer-encoding")
+}
+
+/// Headers some backends and frameworks read as a different method or path than the
+/// request line: what was authorised must be what runs, so they never pass.
+const REINTERPRETING: [&[u8]; 6] = [
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+    b"x-original-url",
+    b"x-rewrite-url",
+    b"x-original-method",
+];
+
+/// Fields only the gateway may set (a client can never speak for it): its identity
+/// fields, the forwarding fields, the request id; and the fields that would make the
+/// backend run another method or path than the one authorised.
+pub fn is_gateway_only(name: &[u8]) -> bool {
+    match name.first().map(|b| b.to_ascii_lowercase()) {
+        Some(b'x') => {
+            folded_starts_with(name, b"x-stackgate-")
+                || folded_starts_with(name, b"x-forwarded-")
+                || folded_eq(name, b"x-request-id")
+                || folded_eq(name, b"x-real-ip")
+                || REINTERPRETING.iter().any(|r| folded_eq(name, r))
+        }
+        Some(b'f') => folded_eq(name, b"forwarded"),
+        _ => false,
+    }
+}
+
+/// Names a client's `Connection` header may not list: the fields the gateway reads,
+/// sets or frames with. Listing one would make it hop-by-hop, so the gateway would
+/// decide on it and then drop it before forwarding: the backend would act on
+/// something else than what was authorised.
+pub fn is_protected(name: &[u8]) -> bool {
+    const READ: [&[u8]; 6] = [b"api-key", b"authorization", b"authtoken", b"branch", b"host", b"expect"];
+    READ.iter().any(|c| folded_eq(name, c))
+        || is_framing(name)
+        || is_gateway_only(name)
+}
+
+/// The names a `Connection` field value lists (RFC 9110 section 7.6.1), trimmed.
+pub fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fold_case_and_underscores() {
+        assert!(folded_eq(b"X_Stackgate_Access", b"x-stackgate-access"));
+        assert!(folded_eq(b"content_length", b"content-length"));
+        assert!(!folded_eq(b"content-lengths", b"content-length"));
+        assert!(!folded_eq(b"x-stackgate", b"x-stackgate-"));
+        assert!(folded_starts_with(b"X_FORWARDED_FOR", b"x-forwarded-"));
+    }
+
+    #[test]
+    fn every_spelling_is_classified_alike() {
+        for name in ["transfer_encoding", "Transfer-Encoding", "KEEP_ALIVE", "proxy_connection", "Upgrade"] {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "x_stackgate_access",
+            "x_stackgate_token_uid",
+            "x_forwarded_for",
+            "X_Forwarded_Host",
+            "x_request_id",
+            "x_http_method_override",
+            "x_original_url",
+            "Forwarded",
+            "x_real_ip",
+        ] {
+            assert!(is_gateway_only(name.as_bytes()), "{name}");
+        }
+        for name in ["content_length", "transfer_encoding"] {
+            assert!(is_framing(name.as_bytes()), "{name}");
+        }
+        for name in ["x-custom", "content-type", "api_key", "x-stackgatex", "forwarded-x", "te-x"] {
+            assert!(!is_hop_by_hop(name.as_bytes()) && !is_gateway_only(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn credential_aliases_and_protected_names() {
+        for alias in ["api-key", "API_KEY", "Api-Key", "Branch", "AUTHTOKEN", "Authorization"] {
+            assert!(is_credential_alias(alias.as_bytes()), "{alias}");
+        }
+        for exact in ["api_key", "branch", "authtoken", "authorization", "apikey", "x-branch"] {
+            assert!(!is_credential_alias(exact.as_bytes()), "{exact}");
+        }
+        for name in [
+            "api_key",
+            "API-KEY",
+            "authorization",
+            "authtoken",
+            "branch",
+            "host",
+            "Content_Length",
+            "transfer-encoding",
+            "x-stackgate-access",
+            "x_forwarded_for",
+            "forwarded",
+            "x-request-id",
+            "expect",
+        ] {
+            assert!(is_protected(name.as_bytes()), "{name}");
+        }
+        for name in ["close", "keep-alive", "te", "upgrade", "x-custom"] {
+            assert!(!is_protected(name.as_bytes()), "{name}");
+        }
+        let listed: Vec<&[u8]> = connection_tokens(b" close ,, Branch,").collect();
+        assert_eq!(listed, [&b"close"[..], b"Branch"]);
+    }
+}
