@@ -1,0 +1,650 @@
+//! The seams around the decision pipeline (issue 17): what was authorised is exactly
+//! what is forwarded, and a response reaches only the request it answers. Each test
+//! runs the real server against a real backend on loopback sockets, on the gateway's
+//! own HTTP/1 loop (bodiless requests), on hyper's HTTP/1 (requests with a body) and
+//! on HTTP/2 where the seam exists there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use stackgate::clock::SystemClock;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const PATH: &str = "/v3/content_types";
+
+/// A raw request on a fresh connection (`Connection: close` added): status and text.
+async fn raw_request(addr: SocketAddr, method: &str, target: &str, fields: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: gw\r\n");
+    for (k, v) in fields {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    if !fields.iter().any(|(k, _)| k.eq_ignore_ascii_case("connection")) {
+        req.push_str("connection: close\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    raw(addr, req.as_bytes()).await
+}
+
+fn creds(token: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![("api_key", if token == OTHER_STACK { OTHER_API_KEY } else { API_KEY }), ("authorization", token)]
+}
+
+/// An HTTP/2 connection (prior knowledge) to the gateway.
+async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn h2_send(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    method: &str,
+    uri: &str,
+    fields: &[(&str, &str)],
+    body: &str,
+) -> (u16, Bytes) {
+    let mut req = http::Request::builder().method(method).uri(uri);
+    for (k, v) in fields {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default())
+}
+
+/// An HTTP/1.1 keep-alive connection through hyper's client (any framing).
+async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn h1_send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+    body: &str,
+) -> (u16, Bytes) {
+    sender.ready().await.unwrap();
+    let mut req = http::Request::builder().method(method).uri(path).header("host", "gw");
+    for (k, v) in fields {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default())
+}
+
+// 1. Connection-listed fields ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_header_listing_a_field_the_gateway_reads_is_refused() {
+    let env = Env::start().await;
+    let addr = env.gateway.addr;
+    let listed = [
+        "branch",
+        "api_key",
+        "API-Key",
+        "authorization",
+        "authtoken",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "Transfer_Encoding",
+        "x-stackgate-access",
+        "x_forwarded_for",
+        "forwarded",
+        "x-request-id",
+    ];
+    for name in listed {
+        let connection = format!("close, {name}");
+        let mut fields = creds(DEV_ONLY);
+        fields.push(("branch", "development"));
+        fields.push(("connection", &connection));
+        // The gateway's own HTTP/1 loop (no body) and hyper's (a body).
+        let (status, text) = raw_request(addr, "GET", PATH, &fields, "").await;
+        assert_eq!(status, 400, "{name}: {text}");
+        assert!(text.contains("\"error_code\":400"), "{text}");
+        let mut fields = creds(RW);
+        fields.push(("connection", &connection));
+        let (status, text) = raw_request(addr, "POST", PATH, &fields, "{}").await;
+        assert_eq!(status, 400, "{name} with a body: {text}");
+    }
+    assert!(env.backend.seen().is_empty(), "nothing was forwarded: {:?}", env.backend.seen());
+    // Listing the client's own fields is still fine, and they are not forwarded.
+    let mut fields = creds(RW);
+    fields.push(("connection", "close, x-private"));
+    fields.push(("x-private", "1"));
+    let (status, _) = raw_request(addr, "GET", PATH, &fields, "").await;
+    assert_eq!(status, 200);
+    assert!(!env.backend.last().unwrap().headers.contains_key("x-private"));
+}
+
+// 4. Underscore spellings ----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_stripped_field_is_stripped() {
+    let env = Env::start().await;
+    let spoofed = [
+        ("x_stackgate_access", "read-write"),
+        ("x_stackgate_token_uid", "bltforged"),
+        ("X_Forwarded_For", "203.0.113.7"),
+        ("x_forwarded_proto", "https"),
+        ("x_request_id", "client-id"),
+        ("x_http_method_override", "DELETE"),
+        ("x_original_url", "/v3/stacks"),
+        ("transfer_encoding", "chunked"),
+        ("content_length", "99"),
+        ("x_real_ip", "203.0.113.7"),
+        ("proxy_connection", "keep-alive"),
+    ];
+    for (method, body) in [("GET", ""), ("POST", "{}")] {
+        env.backend.clear();
+        let mut fields = creds(RW);
+        fields.extend_from_slice(&spoofed);
+        fields.push(("connection", "close"));
+        let (status, text) = raw_request(env.gateway.addr, method, PATH, &fields, body).await;
+        assert_eq!(status, 200, "{method}: {text}");
+        let seen = env.backend.last().unwrap();
+        let gateway_sets = ["content-length", "x-stackgate-access", "x-stackgate-token-uid", "x-forwarded-for", "x-forwarded-proto", "x-request-id"];
+        for (name, _) in spoofed {
+            let folded = name.to_ascii_lowercase().replace('_', "-");
+            for (have, value) in &seen.headers {
+                assert_ne!(have.as_str(), name.to_ascii_lowercase(), "{method}: {name} reached the backend");
+                if !gateway_sets.contains(&folded.as_str()) {
+                    let have = have.as_str().replace('_', "-");
+                    assert_ne!(have, folded, "{method}: {name} reached the backend as {value:?}");
+                }
+            }
+        }
+        // The gateway's own copies are there once, with its values.
+        assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(seen.headers["x-stackgate-access"], "read-write");
+        assert_ne!(seen.headers["x-request-id"], "client-id");
+        assert_eq!(seen.body_len, body.len(), "{method}");
+    }
+    // Another spelling of a credential is not read, so it may not pass either.
+    let mut fields = creds(RW);
+    fields.push(("api-key", OTHER_API_KEY));
+    let before = env.backend.seen().len();
+    let (status, _) = raw_request(env.gateway.addr, "GET", PATH, &fields, "").await;
+    assert_eq!(status, 400);
+    assert_eq!(env.backend.seen().len(), before);
+}
+
+// 5. api_key and branch in the query -----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_api_key_and_branch_must_match_what_was_authorised() {
+    let env = Env::start().await;
+    let dev = || {
+        let mut f = creds(DEV_ONLY);
+        f.push(("branch", "development"));
+        f
+    };
+    let cases: [(&str, Vec<(&str, &str)>, u16); 9] = [
+        ("?branch=development", dev(), 200),
+        ("?branch=main", dev(), 400),
+        ("?branch=development&branch=development", dev(), 400),
+        ("?Branch%5B%5D=main", dev(), 400),
+        ("?include_count=true&api_key=blt0123456789abcdef", creds(RW), 200),
+        ("?api_key=blt1111111111111111", creds(RW), 400),
+        ("?api-key=blt1111111111111111", creds(RW), 400),
+        ("?branch=development", creds(RW), 400),
+        ("?authtoken=alice-authtoken", creds(RW), 400),
+    ];
+    for (query, fields, want) in cases {
+        env.backend.clear();
+        let target = format!("{PATH}{query}");
+        let (status, _, body) = env.send("GET", &target, &fields, "").await;
+        assert_eq!(status.as_u16(), want, "{query}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(env.backend.seen().len(), usize::from(want == 200), "{query}");
+        if want == 400 {
+            assert_eq!(error_code(&body), 400);
+        }
+    }
+}
+
+// 6. Expect: 100-continue ---------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_answers_expect_itself_and_never_forwards_the_promise() {
+    let env = Env::start().await;
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    let head = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/json\r\n\
+         content-length: 2\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+    let interim = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    stream.write_all(b"{}").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+    let seen = env.backend.last().unwrap();
+    assert!(!seen.headers.contains_key("expect"), "the expectation was forwarded: {:?}", seen.headers);
+    assert_eq!(seen.body_len, 2);
+}
+
+// 11. Methods ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_outside_the_cma_are_405_and_body_rules_cover_every_write_method() {
+    let env = Env::start().await;
+    for method in ["get", "post", "put", "FOO", "TRACE", "PROPFIND"] {
+        let (status, text) = raw_request(env.gateway.addr, method, PATH, &creds(RW), "").await;
+        assert_eq!(status, 405, "{method}: {text}");
+        assert!(text.contains("\"error_code\":405") && text.to_ascii_lowercase().contains("allow: get"), "{text}");
+    }
+    let approvers = r#"{"publishing_rule":{"approvers":{"users":["u1"]}}}"#;
+    for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        let (status, text) =
+            raw_request(env.gateway.addr, method, "/v3/workflows/publishing_rules/r1", &creds(RW), approvers).await;
+        assert_eq!(status, 403, "{method}: {text}");
+    }
+    assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
+    let (status, _) = raw_request(env.gateway.addr, "DELETE", "/v3/workflows/publishing_rules/r1", &creds(RW), "").await;
+    assert_eq!(status, 200, "a DELETE without a body carries no approvers");
+}
+
+// 13. Token-API paths ---------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_path_under_the_token_api_reaches_the_backend() {
+    let env = Env::start().await;
+    let user = [("api_key", API_KEY), ("authtoken", ALICE)];
+    for path in [
+        "/v3/stacks/management_tokens/blt000000000000rw01/x",
+        "/v3/stacks/management_tokens/a/b/c/d/e/f/g/h/i",
+        "/v3/stacks/MANAGEMENT_TOKENS",
+        "/v3/stacks/Management-Tokens/blt000000000000rw01",
+        "/v3/stacks/management%5Ftokens/x/y",
+    ] {
+        for method in ["GET", "DELETE", "POST"] {
+            for fields in [&user[..], &creds(RW)[..], &[("api_key", API_KEY)][..]] {
+                let (status, _, body) = env.send(method, path, fields, "").await;
+                assert_eq!(status.as_u16(), 404, "{method} {path} {fields:?}: {}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+    assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
+}
+
+// 15. HTTP/2 :authority -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_authority_follows_the_absolute_form_rule() {
+    let env = Env::start().await;
+    let addr = env.gateway.addr;
+    let mut sender = h2(addr).await;
+    let own = [format!("http://{addr}{PATH}"), format!("http://localhost:{}{PATH}", addr.port())];
+    for uri in &own {
+        let (status, _) = h2_send(&mut sender, "GET", uri, &creds(RW), "").await;
+        assert_eq!(status, 200, "{uri}");
+    }
+    let before = env.backend.seen().len();
+    for uri in [format!("http://evil.example{PATH}"), format!("http://127.0.0.1:1{PATH}")] {
+        let (status, body) = h2_send(&mut sender, "GET", &uri, &creds(RW), "").await;
+        assert_eq!(status, 400, "{uri}: {}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(env.backend.seen().len(), before);
+}
+
+// 9. HTTP/2 error bodies ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_requests_with_bodies_reach_http2_clients_whole() {
+    let env = Env::start().await;
+    let url = env.url(PATH);
+    let body = "x".repeat(48 * 1024);
+    let file = temp_dir("h2-refusals").join("body.json");
+    std::fs::write(&file, &body).unwrap();
+    let data = format!("@{}", file.display());
+    let cases = [
+        (vec!["-H", "api_key: blt0123456789abcdef", "-H", "authorization: csnot-a-token"], 401),
+        (vec!["-H", "api_key: blt0123456789abcdef", "-H", "authorization: cs00000000000000000000000000000002"], 403),
+        (vec!["-H", "api_key: blt0123456789abcdef"], 401),
+    ];
+    for (fields, want) in cases {
+        for _ in 0..5 {
+            let mut curl = std::process::Command::new("curl");
+            curl.args(["-sS", "--http2-prior-knowledge", "-X", "POST", "--data-binary", &data])
+                .args(["-H", "content-type: application/json", "-o", "-", "-w", "\n%{http_code}"])
+                .args(&fields)
+                .arg(&url);
+            let out = tokio::task::spawn_blocking(move || curl.output()).await.unwrap().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(out.status.success(), "curl failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+            assert!(text.ends_with(&format!("\n{want}")), "{text}");
+            assert!(text.contains(&format!("\"error_code\":{}", if want == 401 { 105 } else { 162 })), "{text}");
+        }
+    }
+    assert!(env.backend.seen().is_empty());
+}
+
+// 10. The guessing guard ----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_slows_guesses_and_never_refuses_valid_or_known_credentials() {
+    let backend = Backend::start().await;
+    let text = config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 50\nwindow = \"60s\"\ncooldown = \"60s\"\n";
+    let gw = stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let addr = gw.addr;
+    // A token that is deleted: presenting it later is stale, not a guess.
+    let create = r#"{"token":{"name":"soon gone","scope":[{"module":"$all","acl":{"read":true}},{"module":"branch","branches":["main"],"acl":{"read":true}}]}}"#;
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "application/json")];
+    let (status, created) = raw_request(addr, "POST", "/v3/stacks/management_tokens", &owner, create).await;
+    assert_eq!(status, 201, "{created}");
+    let json: serde_json::Value = serde_json::from_str(created.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (uid, revoked) = (json["token"]["uid"].as_str().unwrap(), json["token"]["token"].as_str().unwrap().to_owned());
+    let (status, _) = raw_request(addr, "DELETE", &format!("/v3/stacks/management_tokens/{uid}"), &owner, "").await;
+    assert_eq!(status, 200);
+
+    // One client guessing from 127.0.0.1, as many clients share one address behind a
+    // sidecar or a NAT, while the others keep working.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let valid_statuses = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (stop, statuses) = (Arc::clone(&stop), Arc::clone(&valid_statuses));
+        clients.push(tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(addr).await;
+            let token = if i % 2 == 0 { RW } else { RO };
+            while !stop.load(Ordering::SeqCst) {
+                let (status, _) = conn.send("GET", PATH, &[("api_key", API_KEY), ("authorization", token)], "").await;
+                statuses.lock().unwrap().push(status);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let guess = |i: usize| format!("cs{i:032x}");
+    for i in 0..50 {
+        let (status, text) = raw_request(addr, "GET", PATH, &creds_owned(&guess(1000 + i)), "").await;
+        assert_eq!(status, 401, "guess {i}: {text}");
+    }
+    let (status, text) = raw_request(addr, "GET", PATH, &creds_owned(&guess(2000)), "").await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.to_ascii_lowercase().contains("retry-after: "), "{text}");
+    // Valid tokens and user sessions pass during the cool-down; known tokens that
+    // expired or were deleted get their own 401.
+    for token in [RW, RO] {
+        let (status, text) = raw_request(addr, "GET", PATH, &creds(token), "").await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let (status, text) = raw_request(addr, "GET", PATH, &[("api_key", API_KEY), ("authtoken", ALICE)], "").await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = raw_request(addr, "GET", PATH, &creds_owned(&revoked), "").await;
+    assert_eq!(status, 401, "a deleted token is not a guess: {text}");
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let statuses = valid_statuses.lock().unwrap();
+    assert!(statuses.len() >= 6 && statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let metrics = reqwest_metrics(gw.admin_addr).await;
+    assert!(metrics.contains("stackgate_decisions_total{reason=\"auth_throttled\"} 1"), "{metrics}");
+}
+
+fn creds_owned(secret: &str) -> Vec<(&'static str, &'static str)> {
+    vec![("api_key", API_KEY), ("authorization", Box::leak(secret.to_owned().into_boxed_str()))]
+}
+
+async fn reqwest_metrics(admin: SocketAddr) -> String {
+    let (_, text) = raw(admin, b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await;
+    text
+}
+
+// 2, 3, 7. Backends that misbehave ------------------------------------------------
+
+/// What a scripted backend does with one request (its head, as text).
+type Script = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+
+struct Reply {
+    bytes: Vec<u8>,
+    /// Written this long after the reply, on the same connection.
+    stray: Option<(Duration, Vec<u8>)>,
+    /// Close the connection instead of replying.
+    hang_up: bool,
+}
+
+/// A raw backend that reads request heads (and `content-length` bodies) and answers
+/// as `script` says; counts the requests it received and the strays it wrote.
+async fn scripted(script: Script) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let strays = Arc::new(AtomicUsize::new(0));
+    let (count, written) = (Arc::clone(&received), Arc::clone(&strays));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (script, count, written) = (Arc::clone(&script), Arc::clone(&count), Arc::clone(&written));
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                        .map_or(0, |v| v.parse().unwrap());
+                    while buf.len() < end + len {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + len);
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let reply = script(&head);
+                    if reply.hang_up {
+                        return;
+                    }
+                    if stream.write_all(&reply.bytes).await.is_err() {
+                        return;
+                    }
+                    if let Some((after, stray)) = reply.stray {
+                        tokio::time::sleep(after).await;
+                        if stream.write_all(&stray).await.is_err() {
+                            return;
+                        }
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    (addr, received, strays)
+}
+
+async fn gateway_for(backend: SocketAddr) -> stackgate::server::Running {
+    let cfg = stackgate::config::from_str(&config_text(backend, "", "")).unwrap();
+    stackgate::server::start(cfg, Arc::new(SystemClock)).await.unwrap()
+}
+
+/// The request target of a head.
+fn target_of(head: &str) -> String {
+    head.split(' ').nth(1).unwrap_or_default().to_owned()
+}
+
+fn answer(body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// Every answer names the request it answers; after each one, 0-20 ms later, the
+/// backend writes a complete response no request asked for. Over 1,000 trials per
+/// client path, with two tokens of different stacks taking turns, no client ever
+/// reads a response that is not its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_backend_bytes_never_reach_another_request() {
+    let next = Arc::new(AtomicUsize::new(0));
+    let script: Script = Arc::new(move |head| {
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        let stray = answer("STRAY from another request");
+        Reply { bytes: answer(&target_of(head)), stray: Some((Duration::from_millis((n % 21) as u64), stray)), hang_up: false }
+    });
+    let (backend, _, strays) = scripted(script).await;
+    let gw = gateway_for(backend).await;
+    let addr = gw.addr;
+    const TRIALS: usize = 1000;
+    // Each trial waits until the stray after the previous answer has been written:
+    // the next request must then find the connection poisoned and not use it. (Bytes
+    // that arrive while the next request is already on its way cannot be told from
+    // its answer, by any HTTP/1.1 client; the rule is about what is there before.)
+    let settled = |trials: usize| {
+        let strays = Arc::clone(&strays);
+        async move {
+            let give_up = Instant::now() + Duration::from_secs(5);
+            while strays.load(Ordering::SeqCst) < trials && Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    let mut done = 0;
+    let mut wrong = Vec::new();
+    // The gateway's own HTTP/1 loop and hyper's HTTP/1 (a body), one keep-alive
+    // connection per token.
+    for (method, body) in [("GET", ""), ("POST", "{}")] {
+        let mut conns = [KeepAlive::connect(addr).await, KeepAlive::connect(addr).await];
+        for i in 0..TRIALS {
+            let token = if i % 2 == 0 { RW } else { OTHER_STACK };
+            let target = format!("{PATH}?trial={method}-{i}");
+            let conn = &mut conns[i % 2];
+            let (status, got) = conn.send(method, &target, &creds(token), body).await;
+            if status != 502 && got != target {
+                wrong.push(format!("{method} {target}: {status} {got}"));
+            }
+            done += 1;
+            settled(done).await;
+        }
+    }
+    // HTTP/2 streams of one connection, tokens of two stacks taking turns, sharing the
+    // gateway's idle list of upstream connections.
+    let mut sender = h2(addr).await;
+    for i in 0..TRIALS {
+        let token = if i % 2 == 0 { RW } else { OTHER_STACK };
+        let target = format!("{PATH}?trial=h2-{i}");
+        let (status, got) = h2_send(&mut sender, "GET", &format!("http://{addr}{target}"), &creds(token), "").await;
+        if status != 502 && got != target.as_bytes() {
+            wrong.push(format!("h2 {target}: {status} {}", String::from_utf8_lossy(&got)));
+        }
+        done += 1;
+        settled(done).await;
+    }
+    assert!(wrong.is_empty(), "{} responses reached the wrong request: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    let metrics = reqwest_metrics(gw.admin_addr).await;
+    let discards: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("stackgate_upstream_stray_discards_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(discards >= 1000.0, "poisoned connections are counted: {discards}");
+}
+
+/// A backend answer with both `Transfer-Encoding` and `Content-Length` is framed by
+/// the transfer coding on every path: the client gets the whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encoding_wins_over_content_length_on_every_path() {
+    let script: Script = Arc::new(|_| Reply {
+        bytes: b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n\
+                 5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            .to_vec(),
+        stray: None,
+        hang_up: false,
+    });
+    let (backend, _, _) = scripted(script).await;
+    let gw = gateway_for(backend).await;
+    let mut conn = h1(gw.addr).await;
+    for round in 0..3 {
+        for (method, body) in [("GET", ""), ("POST", "{}")] {
+            let (status, got) = h1_send(&mut conn, method, PATH, &creds(RW), body).await;
+            assert_eq!((status, &got[..]), (200, &b"hello world"[..]), "{method} round {round}");
+        }
+    }
+    let mut sender = h2(gw.addr).await;
+    for (method, body) in [("GET", ""), ("POST", "{}")] {
+        let (status, got) = h2_send(&mut sender, method, &format!("http://{}{PATH}", gw.addr), &creds(RW), body).await;
+        assert_eq!((status, &got[..]), (200, &b"hello world"[..]), "h2 {method}");
+    }
+}
+
+/// A request whose bytes reached the backend is never sent again, whatever its
+/// method: the backend hangs up without answering and the client gets a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_backend_received_is_never_sent_twice() {
+    let script: Script = Arc::new(|head| Reply {
+        bytes: answer("ok"),
+        stray: None,
+        hang_up: head.contains("hang-up"),
+    });
+    let (backend, received, _) = scripted(script).await;
+    let gw = gateway_for(backend).await;
+    let mut conn = KeepAlive::connect(gw.addr).await;
+    for (method, body) in [("POST", "{}"), ("GET", ""), ("DELETE", "")] {
+        // Warm the connection, then a request that the backend reads and hangs up on.
+        assert_eq!(conn.send("GET", PATH, &creds(RW), "").await.0, 200);
+        let before = received.load(Ordering::SeqCst);
+        let mut fields = creds(RW);
+        fields.push(("x-test", "hang-up"));
+        let (status, _) = conn.send(method, PATH, &fields, body).await;
+        assert_eq!(status, 502, "{method}");
+        assert_eq!(received.load(Ordering::SeqCst) - before, 1, "{method} was sent again");
+    }
+}
+
+// 8. Timers after a reload ----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_request_timeout_applies_to_the_next_request_on_open_connections() {
+    let backend = Backend::start().await;
+    let long = config_text(backend.addr, "", "").replace("request_timeout = \"2s\"", "request_timeout = \"20s\"");
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&long).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let mut conn = KeepAlive::connect(gw.addr).await;
+    let mut slow = creds(RW);
+    slow.push(("x-test-delay-ms", "300"));
+    assert_eq!(conn.send("GET", PATH, &slow, "").await.0, 200, "within the 20 s timeout");
+    let mut h2conn = h2(gw.addr).await;
+    let uri = format!("http://{}{PATH}", gw.addr);
+    assert_eq!(h2_send(&mut h2conn, "GET", &uri, &slow, "").await.0, 200);
+    // Same upstream, shorter timeout.
+    let short = long.replace("request_timeout = \"20s\"", "request_timeout = \"1s\"");
+    gw.gateway.install(stackgate::config::from_str(&short).unwrap()).await.unwrap();
+    let mut slower = creds(RW);
+    slower.push(("x-test-delay-ms", "4000"));
+    let started = Instant::now();
+    assert_eq!(conn.send("GET", PATH, &slower, "").await.0, 504);
+    assert_eq!(h2_send(&mut h2conn, "GET", &uri, &slower, "").await.0, 504);
+    assert_eq!(conn.send("POST", PATH, &slower, "{}").await.0, 504);
+    assert!(started.elapsed() < Duration::from_millis(3600), "took {:?}", started.elapsed());
+}
