@@ -40,6 +40,18 @@ fn services(test: &str) -> Option<(String, String)> {
     }
 }
 
+/// The PostgreSQL URL alone, for tests that need no Redis, or `None` (the reason
+/// printed) when not configured.
+fn postgres(test: &str) -> Option<String> {
+    match std::env::var("STACKGATE_TEST_POSTGRES_URL") {
+        Ok(pg) if !pg.is_empty() => Some(pg),
+        _ => {
+            eprintln!("SKIPPED {test}: set STACKGATE_TEST_POSTGRES_URL (bash scripts/test.sh does)");
+            None
+        }
+    }
+}
+
 /// A database of its own for one test, dropped at the end.
 struct Database {
     admin_url: String,
@@ -276,6 +288,48 @@ async fn the_cap_holds_for_concurrent_creates_across_replicas() {
         let (status, _, body) = call(r.addr, "GET", TOKENS, &owner(SMALL_API_KEY), "").await;
         assert_eq!(status, 200);
         assert_eq!(body["tokens"].as_array().unwrap().len(), 30, "28 stored + 2 static");
+    }
+    drop(replicas);
+    db.drop_now().await;
+}
+
+/// Issue #17 item 12 across replicas: each round, one replica downgrades a token's
+/// scope while another changes only its description, at the same moment. Both changes
+/// must be in the shared store afterwards (each update is a read-modify-write under a
+/// row lock, not a write-back of a record read before the other committed), and every
+/// replica must refuse the token's writes. The replicas swap roles every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_through_different_replicas_lose_no_field() {
+    let Some(pg) = postgres("concurrent_updates_through_different_replicas_lose_no_field") else { return };
+    let db = Database::create(&pg, "lostupdate").await;
+    let backend = Backend::start().await;
+    let replicas = start_replicas(backend.addr, &format!("[store]\nurl = \"{}\"\n", db.url), 2);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let (uid, secret) = create(addrs[0], API_KEY, "raced").await;
+    let path = format!("{TOKENS}/{uid}");
+    let headers = owner(API_KEY);
+    let scope = |write: bool| {
+        json!([{"module": "$all", "acl": {"read": true, "write": write}},
+               {"module": "branch", "branches": ["main"], "acl": {"read": true, "write": false}}])
+    };
+    for round in 0..20 {
+        let reset = json!({"token": {"scope": scope(true), "description": "before"}}).to_string();
+        assert_eq!(call(addrs[round % 2], "PUT", &path, &owner(API_KEY), &reset).await.0, 200);
+        until_all(&addrs, "POST", API_KEY, &secret, 200, Duration::from_secs(2)).await;
+
+        let downgrade = json!({"token": {"scope": scope(false)}}).to_string();
+        let describe = json!({"token": {"description": format!("after {round}")}}).to_string();
+        let (a, b) = (addrs[round % 2], addrs[(round + 1) % 2]);
+        let ((s1, _, v1), (s2, _, v2)) =
+            tokio::join!(call(a, "PUT", &path, &headers, &downgrade), call(b, "PUT", &path, &headers, &describe));
+        assert_eq!((s1, s2), (200, 200), "round {round}: {v1} {v2}");
+
+        for addr in &addrs {
+            let (_, _, got) = call(*addr, "GET", &path, &owner(API_KEY), "").await;
+            assert_eq!(got["token"]["scope"], scope(false), "round {round}: the downgrade was undone: {got}");
+            assert_eq!(got["token"]["description"], format!("after {round}"), "round {round}: {got}");
+        }
+        until_all(&addrs, "POST", API_KEY, &secret, 403, Duration::from_secs(2)).await;
     }
     drop(replicas);
     db.drop_now().await;
@@ -623,9 +677,16 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
         assert_eq!(s.create(&rec("c", "three"), cap.clone()).await, Err(StoreError::CapReached { max: 3 }));
         let mut changed = rec("a", "renamed");
         changed.rate_limit = None;
-        s.update(&changed).await.unwrap();
-        assert_eq!(s.update(&rec("zz", "x")).await, Err(StoreError::NotFound));
-        assert_eq!(s.get("k", "a").await.unwrap(), Some(changed));
+        let want = changed.clone();
+        assert_eq!(s.modify("k", "a", Box::new(move |_| Ok(changed))).await.unwrap(), want);
+        assert_eq!(s.modify("k", "zz", Box::new(Ok)).await, Err(StoreError::NotFound));
+        let clash = s.modify("k", "b", Box::new(|r| Ok(stackgate::token::TokenRecord { name: "renamed".into(), ..r })));
+        assert_eq!(clash.await, Err(StoreError::DuplicateName));
+        let refused = stackgate::error::FieldErrors::from([("name".to_owned(), vec!["no.".to_owned()])]);
+        let errors = refused.clone();
+        assert_eq!(s.modify("k", "b", Box::new(move |_| Err(errors))).await, Err(StoreError::Invalid(refused)));
+        assert_eq!(s.get("k", "b").await.unwrap().unwrap().name, "two", "a refused edit changes nothing");
+        assert_eq!(s.get("k", "a").await.unwrap(), Some(want));
         assert_eq!(s.get("other", "a").await.unwrap(), None);
         s.mark_notified("b", 100, "webhook", 7).await.unwrap();
         s.mark_notified("b", 100, "webhook", 8).await.unwrap();

@@ -267,3 +267,44 @@ async fn update_and_delete_reach_an_open_keep_alive_connection() {
     assert_eq!(json_of(&env, "DELETE", &format!("{TOKENS}/{uid}"), &owner(API_KEY), "").await.0, 200);
     assert_eq!(conn.send("GET", ENTRIES, &h, "").await.0, 401, "revocation seen on the open connection");
 }
+
+/// The scope of `valid_token` with write access on or off, as GET shows it.
+fn scope(write: bool) -> Value {
+    json!([
+        {"module": "$all", "acl": {"read": true, "write": write}},
+        {"module": "branch", "branches": ["main"], "acl": {"read": true, "write": false}}
+    ])
+}
+
+/// Issue #17 item 12: a PUT that only changes the description, racing a PUT that
+/// downgrades the scope, must not write the old scope back. Each round starts from a
+/// read-write token, fires both PUTs at once (two connections), and checks that both
+/// changes are stored and that the token can no longer write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_different_fields_both_stay() {
+    let env = Env::start().await;
+    let (status, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("raced"))).await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["token"]["token"].as_str().unwrap().to_owned();
+    let path = format!("{TOKENS}/{}", created["token"]["uid"].as_str().unwrap());
+    let headers = owner(API_KEY);
+    for round in 0..20 {
+        let reset = body(json!({"token": {"scope": scope(true), "description": "before"}}));
+        assert_eq!(json_of(&env, "PUT", &path, &headers, &reset).await.0, 200);
+        assert_eq!(env.token("POST", ENTRIES, &secret, "{}").await.0.as_u16(), 200, "round {round}: read-write again");
+
+        let downgrade = body(json!({"token": {"scope": scope(false)}}));
+        let describe = body(json!({"token": {"description": format!("after {round}")}}));
+        let ((s1, v1), (s2, v2)) = tokio::join!(
+            json_of(&env, "PUT", &path, &headers, &downgrade),
+            json_of(&env, "PUT", &path, &headers, &describe)
+        );
+        assert_eq!((s1, s2), (200, 200), "round {round}: {v1} {v2}");
+
+        let (_, got) = json_of(&env, "GET", &path, &headers, "").await;
+        assert_eq!(got["token"]["scope"], scope(false), "round {round}: the downgrade was undone: {got}");
+        assert_eq!(got["token"]["description"], format!("after {round}"), "round {round}: {got}");
+        let (status, _, _) = env.token("POST", ENTRIES, &secret, "{}").await;
+        assert_eq!(status.as_u16(), 403, "round {round}: the token can still write");
+    }
+}

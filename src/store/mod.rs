@@ -7,6 +7,7 @@
 pub mod postgres;
 pub mod sqlite;
 
+use crate::error::FieldErrors;
 use crate::token::{parse_expiry, Origin, RateLimit, ScopeEntry, TokenRecord};
 use async_trait::async_trait;
 use std::time::Duration;
@@ -23,6 +24,10 @@ pub enum StoreError {
     DuplicateName,
     #[error("token not found")]
     NotFound,
+    /// The change handed to [`TokenStore::modify`] refused the record as it stood in the
+    /// store; nothing was written.
+    #[error("invalid token change")]
+    Invalid(FieldErrors),
     /// The engine is unreachable or failed; nothing was changed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -49,8 +54,15 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Inserts a token unless the cap or a name clash forbids it, atomically: two
     /// concurrent creates at the cap cannot both succeed.
     async fn create(&self, rec: &TokenRecord, cap: Cap) -> Result<(), StoreError>;
-    /// Replaces a token's mutable fields (not its secret).
-    async fn update(&self, rec: &TokenRecord) -> Result<(), StoreError>;
+    /// Changes one token as a read-modify-write in a single transaction: reads the
+    /// current record with a write lock on it, hands it to `edit`, writes back what
+    /// `edit` returns (its mutable fields: never the uid, stack or secret) and returns
+    /// that. Concurrent changes of the same token, from this process or another sharing
+    /// the store, queue behind each other, so each one starts from the record the
+    /// previous one committed and none undoes another (a blind write of a record read
+    /// earlier would: DESIGN.md section 4). An `edit` that fails leaves the token as it
+    /// was and its errors come back as [`StoreError::Invalid`].
+    async fn modify(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError>;
     /// Deletes a token and returns what it was.
     async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError>;
     /// When the expiry notice for (`uid`, `expires_at`) went out on `channel`, if it did.
@@ -71,6 +83,11 @@ pub trait TokenStore: Send + Sync + 'static {
         None
     }
 }
+
+/// What [`TokenStore::modify`] does to a token: the stored record in, the record to store
+/// (or per-field errors) out. It runs inside the store's transaction, so it must be
+/// quick and must not block on anything but the CPU.
+pub type Edit = Box<dyn FnOnce(TokenRecord) -> Result<TokenRecord, FieldErrors> + Send>;
 
 /// A change to a shared store that this process did not make.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +113,20 @@ pub fn process_id() -> String {
 
 fn unavailable(e: &dyn std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Runs `edit` on the stored record and keeps what it may not change (uid, stack,
+/// secret, creation), so the record returned is exactly the row the engine writes.
+fn apply_edit(stored: TokenRecord, edit: Edit) -> Result<TokenRecord, StoreError> {
+    let mut rec = edit(stored.clone()).map_err(StoreError::Invalid)?;
+    rec.uid = stored.uid;
+    rec.stack = stored.stack;
+    rec.secret_sha256 = stored.secret_sha256;
+    rec.created_by = stored.created_by;
+    rec.created_at = stored.created_at;
+    rec.expiry_notified_at = None;
+    rec.origin = Origin::Store;
+    Ok(rec)
 }
 
 fn scope_json(rec: &TokenRecord) -> Result<String, StoreError> {

@@ -7,7 +7,7 @@
 //! per-stack cap is made atomic across replicas by a per-stack advisory lock held for
 //! the count-then-insert transaction.
 
-use super::{unavailable, Cap, Columns, StoreError, StoreEvent, TokenStore};
+use super::{unavailable, Cap, Columns, Edit, StoreError, StoreEvent, TokenStore};
 use crate::config::Postgres;
 use crate::token::TokenRecord;
 use async_trait::async_trait;
@@ -264,12 +264,23 @@ impl TokenStore for PgStore {
         tx.commit().await.map_err(pg)
     }
 
-    async fn update(&self, rec: &TokenRecord) -> Result<(), StoreError> {
-        let scope = super::scope_json(rec)?;
-        let (rate_read, rate_write) = rate_columns(rec);
-        let expires_on = rec.expires_on.as_ref().map(|e| e.text.as_str());
+    async fn modify(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
+        // FOR UPDATE locks the row until commit: a concurrent change (any replica) waits
+        // here and then reads the row as this transaction left it.
+        let row = tx
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM stackgate_tokens WHERE stack = $1 AND uid = $2 FOR UPDATE"),
+                &[&stack, &uid],
+            )
+            .await
+            .map_err(pg)?;
+        let stored = row.as_ref().and_then(record).ok_or(StoreError::NotFound)?;
+        let rec = super::apply_edit(stored, edit)?;
+        let scope = super::scope_json(&rec)?;
+        let (rate_read, rate_write) = rate_columns(&rec);
+        let expires_on = rec.expires_on.as_ref().map(|e| e.text.as_str());
         let changed = tx
             .execute(
                 "UPDATE stackgate_tokens SET name = $3, description = $4, scope = $5, expires_on = $6,
@@ -277,8 +288,8 @@ impl TokenStore for PgStore {
                     updated_by = $10, updated_at = $11
                  WHERE stack = $1 AND uid = $2",
                 &[
-                    &rec.stack,
-                    &rec.uid,
+                    &stack,
+                    &uid,
                     &rec.name,
                     &rec.description,
                     &scope,
@@ -292,13 +303,13 @@ impl TokenStore for PgStore {
             )
             .await;
         match changed {
-            Ok(0) => return Err(StoreError::NotFound),
             Ok(_) => {}
             Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
             Err(e) => return Err(pg(e)),
         }
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(rec)]).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(rec)
     }
 
     async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError> {

@@ -109,13 +109,15 @@ pub struct Context<'a> {
 }
 
 /// Applies `input` over `base` (an existing record, or a fresh one for create) and
-/// validates the result as a whole.
+/// validates the result as a whole. An update runs this inside the store's transaction
+/// on the record as stored there, so it returns plain field errors for the store to
+/// carry back.
 pub fn apply(
     input: TokenInput,
     mut rec: TokenRecord,
     ctx: &Context<'_>,
     creating: bool,
-) -> Result<TokenRecord, GatewayError> {
+) -> Result<TokenRecord, FieldErrors> {
     let mut errors = FieldErrors::new();
     if creating && input.name.is_none() {
         push(&mut errors, "name", "is required.");
@@ -152,7 +154,7 @@ pub fn apply(
     if errors.is_empty() {
         Ok(rec)
     } else {
-        Err(GatewayError::Unprocessable(errors))
+        Err(errors)
     }
 }
 

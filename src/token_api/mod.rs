@@ -3,7 +3,9 @@
 //!
 //! Authenticated by `api_key` + `authtoken` of a configured owner or admin of the
 //! stack. Every change is committed to the store first, then applied to the snapshot,
-//! under one writer lock, so the next request on any connection sees it.
+//! under one writer lock, so the next request on any connection sees it. An update is
+//! applied to the record inside the store's transaction ([`crate::store::TokenStore::modify`]),
+//! so concurrent updates, here or on another replica, never undo each other.
 
 mod input;
 
@@ -13,7 +15,7 @@ use crate::pipeline::auth::{API_KEY, AUTHTOKEN};
 use crate::proxy::ClientBody;
 use crate::proxy::{self, Body};
 use crate::server::{Change, Gateway};
-use crate::store::{Cap, StoreError};
+use crate::store::{Cap, Edit, StoreError};
 use crate::token::{hash_secret, new_secret, new_uid, Origin, TokenRecord};
 use bytes::Bytes;
 use http::request::Parts;
@@ -96,6 +98,7 @@ fn store_error(e: StoreError) -> GatewayError {
             field_error("token", &format!("a stack can have at most {max} management tokens."))
         }
         StoreError::DuplicateName => field_error("name", "is already used by another token of this stack."),
+        StoreError::Invalid(errors) => GatewayError::Unprocessable(errors),
         StoreError::Unavailable(msg) => {
             tracing::error!(error = %msg, "token store unavailable");
             GatewayError::Unavailable
@@ -202,7 +205,7 @@ async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Re
         expiry_notified_at: None,
         origin: Origin::Store,
     };
-    let rec = input::apply(parsed, base, &ctx, true)?;
+    let rec = input::apply(parsed, base, &ctx, true).map_err(GatewayError::Unprocessable)?;
     let cap =
         Cap { max: ctx.org.max_tokens_per_stack, static_count: u32::try_from(stack.tokens.len()).unwrap_or(u32::MAX) };
     gw.commit(|store| async move { store.create(&rec, cap).await.map(|()| rec) }, |rec| Change::Upsert(rec))
@@ -232,13 +235,24 @@ async fn update(
     let parsed = input::parse(&body)?;
     let snap = gw.snapshot();
     let ctx = context(gw, stack, &snap.config)?;
-    let existing =
-        gw.store().get(&stack.api_key, uid).await.map_err(store_error)?.ok_or(GatewayError::TokenNotFound)?;
-    let mut rec = input::apply(parsed, existing, &ctx, false)?;
-    rec.updated_by = user.into();
-    rec.updated_at = now_rfc3339(ctx.now);
+    // The body is applied to the record inside the store's transaction, not to a copy
+    // read before it: two concurrent updates of different fields then both stay (a
+    // scope downgrade is never undone by a description change that read the old scope).
+    // The edit must own what it validates against, so it takes copies of the stack and
+    // organisation: one copy per update (the stack's size: its static tokens, branches
+    // and members), which token-API writes, rare and already bound by an fsync, afford.
+    let (stack_owned, org_owned, now) = (stack.clone(), ctx.org.clone(), ctx.now);
+    let (user_owned, updated_at) = (user.to_owned(), now_rfc3339(now));
+    let edit: Edit = Box::new(move |stored| {
+        let ctx = input::Context { stack: &stack_owned, org: &org_owned, now };
+        let mut rec = input::apply(parsed, stored, &ctx, false)?;
+        rec.updated_by = user_owned;
+        rec.updated_at = updated_at;
+        Ok(rec)
+    });
+    let (api_key, uid_owned) = (stack.api_key.clone(), uid.to_owned());
     let rec = gw
-        .commit(|store| async move { store.update(&rec).await.map(|()| rec) }, |rec| Change::Upsert(rec))
+        .commit(|store| async move { store.modify(&api_key, &uid_owned, edit).await }, |rec| Change::Upsert(rec))
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token updated");
