@@ -36,6 +36,11 @@ pub enum GatewayError {
     /// Inspected (or streamed) body over its limit.
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A token-API write whose body is not declared as JSON (`Content-Type` missing or
+    /// not `application/json`): refused rather than guessed at, so what the client meant
+    /// and what the gateway parsed cannot differ.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
     /// Token-API validation failure, with per-field errors.
     #[error("unprocessable")]
     Unprocessable(FieldErrors),
@@ -184,6 +189,7 @@ impl GatewayError {
             GatewayError::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, 105),
             GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, 162),
             GatewayError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, 413),
+            GatewayError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
             GatewayError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
             GatewayError::RateLimited { .. } | GatewayError::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, 429),
             GatewayError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 503),
@@ -213,6 +219,9 @@ impl GatewayError {
                 "Access denied. You have insufficient permissions to perform this operation.".into()
             }
             GatewayError::PayloadTooLarge => "The request body is too large.".into(),
+            GatewayError::UnsupportedMediaType => {
+                "The request body must be JSON, sent with Content-Type: application/json.".into()
+            }
             GatewayError::Unprocessable(_) => "The request could not be processed. Please check the errors.".into(),
             GatewayError::RateLimited { retry_after, .. } | GatewayError::Throttled { retry_after } => {
                 format!("Too many requests. Please retry after {retry_after} seconds.")
@@ -232,7 +241,8 @@ impl GatewayError {
             GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } => Reason::AuthFailed,
             GatewayError::Forbidden(_) => Reason::Denied,
             GatewayError::PayloadTooLarge => Reason::TooLarge,
-            GatewayError::Unprocessable(_) => Reason::Invalid,
+            // Counted with 422s: both are a token-API body the gateway refused to take.
+            GatewayError::UnsupportedMediaType | GatewayError::Unprocessable(_) => Reason::Invalid,
             GatewayError::RateLimited { .. } => Reason::RateLimited,
             GatewayError::Throttled { .. } => Reason::AuthThrottled,
             GatewayError::Unavailable => Reason::Unavailable,
@@ -341,6 +351,7 @@ mod tests {
             (GatewayError::BadRequest(BadRequest::AmbiguousPath), 400, 400),
             (GatewayError::NotFound, 404, 404),
             (GatewayError::PayloadTooLarge, 413, 413),
+            (GatewayError::UnsupportedMediaType, 415, 415),
             (GatewayError::BadGateway(UpstreamFailure::Connect), 502, 502),
             (GatewayError::GatewayTimeout, 504, 504),
         ];

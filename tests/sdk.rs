@@ -19,7 +19,7 @@ async fn python_management_sdk_through_the_gateway() {
     let addr = env.gateway.addr.to_string();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
-            .args(["tests/sdk/python_sdk.py", &addr, API_KEY, RO, RW])
+            .args(["tests/sdk/python_sdk.py", &addr, API_KEY, RO, RW, ALICE])
             .output()
             .unwrap()
     })
@@ -37,6 +37,9 @@ async fn python_management_sdk_through_the_gateway() {
         ("rw_list_environments", "200"),
         ("rw_list_branches", "200"),
         ("rw_list_tokens", "403"),
+        // The SDK's token-API writes pass the gateway's body checks (application/json).
+        ("owner_create_token", "201"),
+        ("owner_update_token", "200"),
     ];
     for (name, status) in expect {
         assert_eq!(results.get(name).copied(), Some(status), "{name}: {stdout}");
@@ -46,4 +49,14 @@ async fn python_management_sdk_through_the_gateway() {
     assert!(seen.iter().any(|s| s.starts_with("POST /v3/content_types/blog/entries")), "{seen:?}");
     assert!(!seen.iter().any(|s| s.contains("management_tokens")), "{seen:?}");
     assert!(env.backend.seen().iter().all(|s| s.headers.get("x-stackgate-token-uid").is_some()));
+    // The update reached the store: the token the SDK made is read-only now.
+    let (_, _, body) =
+        env.send("GET", "/v3/stacks/management_tokens", &[("api_key", API_KEY), ("authtoken", ALICE)], "").await;
+    let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let made = listed["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "made by the sdk").cloned();
+    let made = made.unwrap_or_else(|| panic!("the SDK's token is listed: {listed}"));
+    assert_eq!(
+        (made["description"].as_str(), made["scope"][0]["acl"]["write"].as_bool()),
+        (Some("read-only now"), Some(false))
+    );
 }

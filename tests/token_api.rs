@@ -140,7 +140,12 @@ async fn role_matrix() {
     ];
     for (name, headers, want, code) in cases {
         for (method, b) in [("GET", String::new()), ("POST", body(valid_token(&format!("t-{name}"))))] {
-            let (status, v) = json_of(&env, method, TOKENS, headers, &b).await;
+            // A POST body must be declared JSON; without it an owner would get 415.
+            let mut headers = headers.clone();
+            if method == "POST" {
+                headers.push(("content-type", "application/json"));
+            }
+            let (status, v) = json_of(&env, method, TOKENS, &headers, &b).await;
             let want = if *want == 200 && method == "POST" { 201 } else { *want };
             assert_eq!(status, want, "{name} {method}: {v}");
             if *code != 0 {
@@ -307,4 +312,130 @@ async fn concurrent_updates_of_different_fields_both_stay() {
         let (status, _, _) = env.token("POST", ENTRIES, &secret, "{}").await;
         assert_eq!(status.as_u16(), 403, "round {round}: the token can still write");
     }
+}
+
+/// Issue #17 item 14: where the API takes an object, an array (or anything else) is
+/// refused with the field named, as is a key given twice at any depth; nothing is
+/// created or changed by any of these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_shapes_and_repeated_keys_are_422_and_change_nothing() {
+    let env = Env::start().await;
+    let scope_ok = r#"[{"module": "$all", "acl": {"read": true}}, {"module": "branch", "branches": ["main"]}]"#;
+    let cases: Vec<(String, &str)> = vec![
+        // rate_limit as an array of the two rates (serde's derive took this as the struct).
+        (format!(r#"{{"token": {{"name": "a", "scope": {scope_ok}, "rate_limit": [5, 5]}}}}"#), "rate_limit"),
+        // A scope entry as an array: all four fields in order, as serde's derive takes it...
+        (
+            r#"{"token": {"name": "a", "scope": [["$all", {"read": true, "write": true}, null, null], {"module": "branch", "branches": ["main"]}]}}"#.into(),
+            "scope[0]",
+        ),
+        // ... and short.
+        (
+            r#"{"token": {"name": "a", "scope": [["$all", {"read": true, "write": true}], {"module": "branch", "branches": ["main"]}]}}"#.into(),
+            "scope[0]",
+        ),
+        // An acl as an array.
+        (
+            r#"{"token": {"name": "a", "scope": [{"module": "$all", "acl": [true, true]}, {"module": "branch", "branches": ["main"]}]}}"#.into(),
+            "scope[0].acl",
+        ),
+        (
+            r#"{"token": {"name": "a", "scope": [{"module": "$all", "acl": {"read": true}}, {"module": "branch", "branches": ["main"], "acl": [true]}]}}"#.into(),
+            "scope[1].acl",
+        ),
+        // token itself not an object.
+        (r#"{"token": ["a", [{"module": "$all"}]]}"#.into(), "token"),
+        (r#"{"token": "a"}"#.into(), "token"),
+        (r#"{"token": null}"#.into(), "token"),
+        (r#"[{"token": {"name": "a"}}]"#.into(), "token"),
+        // Repeated keys: at the top level, in token, and deep in the scope.
+        (format!(r#"{{"token": {{"name": "a", "scope": {scope_ok}}}, "token": {{"name": "a too", "scope": {scope_ok}}}}}"#), "token"),
+        (format!(r#"{{"token": {{"name": "a", "name": "a also", "scope": {scope_ok}}}}}"#), "token.name"),
+        (
+            r#"{"token": {"name": "a", "scope": [{"module": "$all", "acl": {"read": true, "write": false, "write": true}}, {"module": "branch", "branches": ["main"]}]}}"#.into(),
+            "token.scope[0].acl.write",
+        ),
+        (
+            format!(r#"{{"token": {{"name": "a", "scope": {scope_ok}, "rate_limit": {{"read_per_second": 1, "read_per_second": 2, "write_per_second": 1}}}}}}"#),
+            "token.rate_limit.read_per_second",
+        ),
+    ];
+    for (i, (payload, field)) in cases.iter().enumerate() {
+        // A name of its own per case, so no case is refused only for another's name.
+        let payload = payload.replace(r#""name": "a""#, &format!(r#""name": "case {i}""#));
+        let (status, v) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &payload).await;
+        assert_eq!(status, 422, "{payload}: {v}");
+        assert_eq!(v["error_code"], 422);
+        assert!(v["errors"][field].is_array(), "{payload}: expected errors[{field}] in {v}");
+    }
+    let (_, list) = json_of(&env, "GET", TOKENS, &owner(API_KEY), "").await;
+    assert!(list["tokens"].as_array().unwrap().iter().all(|t| t["origin"] == "config"), "nothing created: {list}");
+
+    // The same on PUT: the stored token keeps its read-write scope.
+    let (_, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("kept"))).await;
+    let (uid, secret) = (created["token"]["uid"].as_str().unwrap(), created["token"]["token"].as_str().unwrap());
+    let path = format!("{TOKENS}/{uid}");
+    for (payload, field) in [
+        (r#"{"token": {"rate_limit": [1, 1]}}"#, "rate_limit"),
+        (
+            r#"{"token": {"scope": [{"module": "$all", "acl": {"read": true, "write": true, "write": false}}, {"module": "branch", "branches": ["main"]}]}}"#,
+            "token.scope[0].acl.write",
+        ),
+        (r#"{"token": {"description": "x"}, "token": {"description": "y"}}"#, "token"),
+    ] {
+        let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), payload).await;
+        assert_eq!(status, 422, "{payload}: {v}");
+        assert!(v["errors"][field].is_array(), "{payload}: expected errors[{field}] in {v}");
+    }
+    let (_, got) = json_of(&env, "GET", &path, &owner(API_KEY), "").await;
+    assert_eq!((got["token"]["scope"].clone(), got["token"]["rate_limit"].clone()), (scope(true), Value::Null));
+    assert_eq!(got["token"]["description"], "made by a test");
+    assert_eq!(env.token("POST", ENTRIES, secret, "{}").await.0.as_u16(), 200);
+}
+
+/// Issue #17 item 14: a POST or PUT body must be declared `application/json` (any case,
+/// parameters allowed); anything else, or no Content-Type, is 415 with a CMA body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_writes_must_declare_a_json_body() {
+    let env = Env::start().await;
+    let with_type = |content_type: &'static str| {
+        let mut h = vec![("api_key", API_KEY), ("authtoken", ALICE)];
+        if !content_type.is_empty() {
+            h.push(("content-type", content_type));
+        }
+        h
+    };
+    for content_type in ["text/plain", "", "application/x-www-form-urlencoded", "application/json; charset=latin1"] {
+        let (status, v) = json_of(&env, "POST", TOKENS, &with_type(content_type), &body(valid_token("typed"))).await;
+        assert_eq!(status, 415, "{content_type:?}: {v}");
+        assert_eq!(
+            v,
+            json!({"error_message": "The request body must be JSON, sent with Content-Type: application/json.",
+                   "error_code": 415}),
+            "{content_type:?}"
+        );
+    }
+    let (_, list) = json_of(&env, "GET", TOKENS, &owner(API_KEY), "").await;
+    assert!(list["tokens"].as_array().unwrap().iter().all(|t| t["origin"] == "config"), "nothing created: {list}");
+
+    let (status, created) =
+        json_of(&env, "POST", TOKENS, &with_type("application/json; charset=utf-8"), &body(valid_token("typed"))).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, v) =
+        json_of(&env, "POST", TOKENS, &with_type("Application/JSON;Charset=UTF-8"), &body(valid_token("typed 2")))
+            .await;
+    assert_eq!(status, 201, "{v}");
+
+    let path = format!("{TOKENS}/{}", created["token"]["uid"].as_str().unwrap());
+    let ro = body(json!({"token": {"scope": scope(false)}}));
+    for content_type in ["text/plain", ""] {
+        let (status, v) = json_of(&env, "PUT", &path, &with_type(content_type), &ro).await;
+        assert_eq!((status, v["error_code"].as_i64()), (415, Some(415)), "{content_type:?}: {v}");
+    }
+    let (_, got) = json_of(&env, "GET", &path, &with_type(""), "").await;
+    assert_eq!(got["token"]["scope"], scope(true), "a refused PUT changes nothing");
+    let (status, v) = json_of(&env, "PUT", &path, &with_type("application/json; charset=utf-8"), &ro).await;
+    assert_eq!(status, 200, "{v}");
+    // Calls without a body need no Content-Type.
+    assert_eq!(json_of(&env, "DELETE", &path, &with_type(""), "").await.0, 200);
 }

@@ -3,8 +3,11 @@
 
 use crate::config::{Organization, Stack};
 use crate::error::{BadRequest, FieldErrors, GatewayError};
-use crate::token::{compile_scope, parse_expiry, RateLimit, ScopeEntry, TokenRecord};
-use serde_json::{Map, Value};
+use crate::token::{compile_scope, parse_expiry, Acl, RateLimit, ScopeEntry, TokenRecord};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+use std::cell::RefCell;
+use std::fmt;
 
 const MAX_NAME: usize = 255;
 const MAX_DESCRIPTION: usize = 1000;
@@ -26,13 +29,13 @@ fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
     errors.entry(field.to_owned()).or_default().push(msg.to_owned());
 }
 
-/// Parses `{"token": {...}}`. Malformed JSON is 400; wrong shapes, wrong types and
-/// unknown fields are 422 with every problem listed.
+/// Parses `{"token": {...}}`. Malformed JSON is 400; duplicate keys, wrong shapes,
+/// wrong types and unknown fields are 422 with every problem listed.
 pub fn parse(body: &[u8]) -> Result<TokenInput, GatewayError> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| GatewayError::BadRequest(BadRequest::MalformedJson))?;
+    let value = strict_json(body)?;
     let mut errors = FieldErrors::new();
     let Some(outer) = value.as_object() else {
-        push(&mut errors, "token", "is required.");
+        push(&mut errors, "token", "is required: the body must be an object {\"token\": {...}}.");
         return Err(GatewayError::Unprocessable(errors));
     };
     for key in outer.keys().filter(|k| *k != "token") {
@@ -56,10 +59,7 @@ fn fields(obj: &Map<String, Value>, errors: &mut FieldErrors) -> TokenInput {
         match key.as_str() {
             "name" => input.name = string(v, "name", errors),
             "description" => input.description = string(v, "description", errors),
-            "scope" => match serde_json::from_value::<Vec<ScopeEntry>>(v.clone()) {
-                Ok(scope) => input.scope = Some(scope),
-                Err(e) => push(errors, "scope", &format!("is invalid: {e}.")),
-            },
+            "scope" => input.scope = scope(v, errors),
             "expires_on" => match v {
                 Value::Null => input.expires_on = Some(None),
                 Value::String(s) => input.expires_on = Some(Some(s.clone())),
@@ -69,17 +69,7 @@ fn fields(obj: &Map<String, Value>, errors: &mut FieldErrors) -> TokenInput {
                 Value::Bool(b) => input.notify = Some(*b),
                 _ => push(errors, key, "must be true or false."),
             },
-            "rate_limit" => match v {
-                Value::Null => input.rate_limit = Some(None),
-                _ => match serde_json::from_value::<RateLimit>(v.clone()) {
-                    Ok(r) => input.rate_limit = Some(Some(r)),
-                    Err(_) => push(
-                        errors,
-                        "rate_limit",
-                        "must be null or {\"read_per_second\": n, \"write_per_second\": n} with whole numbers >= 1.",
-                    ),
-                },
-            },
+            "rate_limit" => input.rate_limit = rate_limit(v, errors),
             // Fields of a GET response that a client cannot choose.
             "uid" | "created_at" | "updated_at" | "created_by" | "updated_by" | "origin" | "token" => {
                 push(errors, &format!("token.{key}"), "cannot be set.")
@@ -88,6 +78,123 @@ fn fields(obj: &Map<String, Value>, errors: &mut FieldErrors) -> TokenInput {
         }
     }
     input
+}
+
+/// `rate_limit`: null, or an object of exactly the two rates. Checked by hand, not by
+/// `RateLimit`'s serde derive, which also takes a sequence (`[5, 5]`) for the struct.
+/// `Some(None)` = null (organisation default); `None` = refused.
+fn rate_limit(v: &Value, errors: &mut FieldErrors) -> Option<Option<RateLimit>> {
+    const SHAPE: &str = "must be null or {\"read_per_second\": n, \"write_per_second\": n} with whole numbers >= 1.";
+    let rate = |obj: &Map<String, Value>, name: &str| obj.get(name)?.as_u64().and_then(|n| u32::try_from(n).ok());
+    match v {
+        Value::Null => Some(None),
+        Value::Object(obj) if obj.len() == 2 => match (rate(obj, "read_per_second"), rate(obj, "write_per_second")) {
+            (Some(read_per_second), Some(write_per_second)) => {
+                Some(Some(RateLimit { read_per_second, write_per_second }))
+            }
+            _ => {
+                push(errors, "rate_limit", SHAPE);
+                None
+            }
+        },
+        _ => {
+            push(errors, "rate_limit", SHAPE);
+            None
+        }
+    }
+}
+
+/// `scope`: an array of entry objects, each checked field by field (errors under
+/// `scope[i]...`), for the same reason as [`rate_limit`]: the derives of `ScopeEntry`
+/// and `Acl` would take arrays for objects.
+fn scope(v: &Value, errors: &mut FieldErrors) -> Option<Vec<ScopeEntry>> {
+    let Value::Array(items) = v else {
+        push(errors, "scope", "must be an array of scope entries (objects).");
+        return None;
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        entries.push(scope_entry(item, &format!("scope[{i}]"), errors));
+    }
+    entries.into_iter().collect()
+}
+
+fn scope_entry(v: &Value, at: &str, errors: &mut FieldErrors) -> Option<ScopeEntry> {
+    let Value::Object(obj) = v else {
+        push(errors, at, "must be an object.");
+        return None;
+    };
+    let mut ok = true;
+    let mut entry = ScopeEntry { module: String::new(), acl: Acl::default(), branches: None, branch_aliases: None };
+    match obj.get("module") {
+        Some(Value::String(m)) => entry.module = m.clone(),
+        Some(_) => {
+            push(errors, &format!("{at}.module"), "must be a string.");
+            ok = false;
+        }
+        None => {
+            push(errors, &format!("{at}.module"), "is required.");
+            ok = false;
+        }
+    }
+    for (key, v) in obj {
+        let field = format!("{at}.{key}");
+        let parsed = match key.as_str() {
+            "module" => Some(()),
+            "acl" => acl(v, &field, errors).map(|a| entry.acl = a),
+            "branches" => names(v, &field, errors).map(|n| entry.branches = n),
+            "branch_aliases" => names(v, &field, errors).map(|n| entry.branch_aliases = n),
+            _ => {
+                push(errors, &field, "is not a known field.");
+                None
+            }
+        };
+        ok &= parsed.is_some();
+    }
+    ok.then_some(entry)
+}
+
+/// A scope entry's `acl`: an object with optional `read` and `write` booleans.
+fn acl(v: &Value, at: &str, errors: &mut FieldErrors) -> Option<Acl> {
+    let Value::Object(obj) = v else {
+        push(errors, at, "must be an object {\"read\": true|false, \"write\": true|false}.");
+        return None;
+    };
+    let mut acl = Acl::default();
+    let mut ok = true;
+    for (key, v) in obj {
+        let field = format!("{at}.{key}");
+        let slot = match key.as_str() {
+            "read" => &mut acl.read,
+            "write" => &mut acl.write,
+            _ => {
+                push(errors, &field, "is not a known field.");
+                ok = false;
+                continue;
+            }
+        };
+        match v {
+            Value::Bool(b) => *slot = *b,
+            _ => {
+                push(errors, &field, "must be true or false.");
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(acl)
+}
+
+/// `branches` / `branch_aliases`: null (absent) or an array of strings.
+fn names(v: &Value, at: &str, errors: &mut FieldErrors) -> Option<Option<Vec<String>>> {
+    let list = match v {
+        Value::Null => return Some(None),
+        Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    if list.is_none() {
+        push(errors, at, "must be an array of strings.");
+    }
+    list.map(Some)
 }
 
 fn string(v: &Value, field: &str, errors: &mut FieldErrors) -> Option<String> {
@@ -183,5 +290,185 @@ fn check(rec: &TokenRecord, ctx: &Context<'_>, errors: &mut FieldErrors) {
                 push(errors, field, &format!("must be between 1 and the organization's limit of {max}."));
             }
         }
+    }
+}
+
+/// Parses a body into a [`Value`] like `serde_json::from_slice`, except that a key given
+/// twice in one object is an error (422, under the key's path from the body's root, e.g.
+/// `token.scope[0].acl.write`) where serde_json silently keeps the last: a client, a
+/// proxy or a log reading the first copy would see a different token from the one
+/// stored. Malformed JSON is 400. serde_json's nesting limit (128) still applies, so a
+/// deeply nested body is refused (400) before it can exhaust the stack.
+fn strict_json(body: &[u8]) -> Result<Value, GatewayError> {
+    let repeated = RefCell::new(Vec::new());
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Strict { path: String::new(), repeated: &repeated }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|_| GatewayError::BadRequest(BadRequest::MalformedJson))?;
+    let repeated = repeated.into_inner();
+    if repeated.is_empty() {
+        return Ok(value);
+    }
+    let mut errors = FieldErrors::new();
+    for path in repeated {
+        push(&mut errors, &path, "is given more than once.");
+    }
+    Err(GatewayError::Unprocessable(errors))
+}
+
+/// The seed and visitor of [`strict_json`]: builds the value at `path`, recording the
+/// path of every repeated key (parsing goes on, so every repeat is reported and a syntax
+/// error later in the body is still a 400).
+struct Strict<'r> {
+    path: String,
+    repeated: &'r RefCell<Vec<String>>,
+}
+
+impl Strict<'_> {
+    fn child(&self, path: String) -> Self {
+        Strict { path, repeated: self.repeated }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        // The parser yields only finite numbers; null is serde_json's own answer otherwise.
+        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
+            let value = map.next_value_seed(self.child(path.clone()))?;
+            if obj.contains_key(&key) {
+                self.repeated.borrow_mut().push(path);
+            } else {
+                obj.insert(key, value);
+            }
+        }
+        Ok(Value::Object(obj))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_errors(body: &str) -> FieldErrors {
+        match parse(body.as_bytes()) {
+            Err(GatewayError::Unprocessable(errors)) => errors,
+            other => panic!("{body}: expected 422, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn repeated_keys_are_reported_at_every_depth() {
+        let errors = field_errors(r#"{"token": {"name": "a"}, "token": {"name": "b"}}"#);
+        assert_eq!(errors.keys().collect::<Vec<_>>(), ["token"]);
+        let errors = field_errors(
+            r#"{"token": {"name": "a", "name": "b", "scope": [{"module": "$all", "acl": {"read": true, "read": false}}]}}"#,
+        );
+        assert_eq!(errors.keys().collect::<Vec<_>>(), ["token.name", "token.scope[0].acl.read"]);
+        assert_eq!(errors["token.name"], ["is given more than once."]);
+    }
+
+    #[test]
+    fn malformed_or_too_deep_json_is_400() {
+        let deep = format!(r#"{{"token": {}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let bodies: [&[u8]; 4] = [b"{not json", br#"{"token": {"name": "a", "name": "b"}"#, b"{} {}", deep.as_bytes()];
+        for body in bodies {
+            assert_eq!(
+                parse(body).err(),
+                Some(GatewayError::BadRequest(BadRequest::MalformedJson)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        let cases = [
+            (r#"{"token": {"rate_limit": [5, 5]}}"#, "rate_limit"),
+            (r#"{"token": {"rate_limit": {"read_per_second": 5, "write_per_second": 5, "x": 1}}}"#, "rate_limit"),
+            (r#"{"token": {"scope": [["$all", {"read": true}]]}}"#, "scope[0]"),
+            (r#"{"token": {"scope": [{"module": "$all", "acl": [true, true]}]}}"#, "scope[0].acl"),
+            (r#"{"token": {"scope": [{"module": "$all", "acl": {"read": "yes"}}]}}"#, "scope[0].acl.read"),
+            (r#"{"token": {"scope": [{"module": "$all", "acl": {"delete": true}}]}}"#, "scope[0].acl.delete"),
+            (r#"{"token": {"scope": [{"module": ["$all"]}]}}"#, "scope[0].module"),
+            (r#"{"token": {"scope": [{"acl": {"read": true}}]}}"#, "scope[0].module"),
+            (r#"{"token": {"scope": [{"module": "branch", "branches": "main"}]}}"#, "scope[0].branches"),
+            (r#"{"token": {"scope": [{"module": "branch", "branches": [1]}]}}"#, "scope[0].branches"),
+            (r#"{"token": {"scope": [{"module": "$all", "colour": "red"}]}}"#, "scope[0].colour"),
+            (r#"{"token": ["name", "a"]}"#, "token"),
+            (r#"[{"token": {}}]"#, "token"),
+        ];
+        for (body, field) in cases {
+            let errors = field_errors(body);
+            assert!(errors.contains_key(field), "{body}: expected errors[{field}] in {errors:?}");
+        }
+    }
+
+    #[test]
+    fn well_formed_input_still_parses() {
+        let input = parse(
+            br#"{"token": {"rate_limit": {"write_per_second": 2, "read_per_second": 5}, "scope": [
+                {"module": "$all", "acl": {"read": true}},
+                {"module": "branch", "branches": ["main"], "branch_aliases": null, "acl": {"read": true, "write": false}}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(input.rate_limit, Some(Some(RateLimit { read_per_second: 5, write_per_second: 2 })));
+        let scope = input.scope.unwrap();
+        assert_eq!(scope[0].acl, Acl { read: true, write: false });
+        assert_eq!(scope[1].branches.as_deref(), Some(&["main".to_owned()][..]));
+        assert_eq!(parse(br#"{"token": {"rate_limit": null}}"#).unwrap().rate_limit, Some(None));
     }
 }

@@ -1,10 +1,10 @@
 """Drives stackgate with the official Contentstack Python management SDK.
-Usage: python3 python_sdk.py HOST:PORT API_KEY READ_ONLY_TOKEN READ_WRITE_TOKEN
+Usage: python3 python_sdk.py HOST:PORT API_KEY READ_ONLY_TOKEN READ_WRITE_TOKEN OWNER_AUTHTOKEN
 Prints one line per call: <name> <status>."""
 import sys
 import contentstack_management
 
-host, api_key, ro_token, rw_token = sys.argv[1:5]
+host, api_key, ro_token, rw_token, owner_authtoken = sys.argv[1:6]
 
 
 def stack(token):
@@ -13,6 +13,30 @@ def stack(token):
 
 
 ro, rw = stack(ro_token), stack(rw_token)
+# The stack owner, through the token-management API (the SDK's own create/update bodies
+# and headers: the gateway takes only bodies declared application/json).
+owner = contentstack_management.Client(
+    host=host, scheme="http://", authtoken=owner_authtoken, timeout=10).stack(api_key)
+created = {}
+
+
+def create_token():
+    response = owner.management_token().create({"token": {
+        "name": "made by the sdk",
+        "scope": [{"module": "$all", "acl": {"read": True, "write": True}},
+                  {"module": "branch", "branches": ["main"], "acl": {"read": True}}],
+        "expires_on": None}})
+    created.update(response.json().get("token", {}))
+    return response
+
+
+def update_token():
+    return owner.management_token(created.get("uid", "none")).update(
+        {"token": {"description": "read-only now",
+                   "scope": [{"module": "$all", "acl": {"read": True, "write": False}},
+                             {"module": "branch", "branches": ["main"], "acl": {"read": True}}]}})
+
+
 calls = [
     ("ro_list_content_types", lambda: ro.content_types().find()),
     ("ro_fetch_content_type", lambda: ro.content_types("blog").fetch()),
@@ -22,6 +46,8 @@ calls = [
     ("rw_list_environments", lambda: rw.environments().find()),
     ("rw_list_branches", lambda: rw.branch().find()),
     ("rw_list_tokens", lambda: rw.management_token().find()),
+    ("owner_create_token", create_token),
+    ("owner_update_token", update_token),
 ]
 for name, call in calls:
     try:
