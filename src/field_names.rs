@@ -114,9 +114,7 @@ pub fn is_gateway_only(name: &[u8]) -> bool {
 /// something else than what was authorised.
 pub fn is_protected(name: &[u8]) -> bool {
     const READ: [&[u8]; 6] = [b"api-key", b"authorization", b"authtoken", b"branch", b"host", b"expect"];
-    READ.iter().any(|c| folded_eq(name, c))
-        || is_framing(name)
-        || is_gateway_only(name)
+    READ.iter().any(|c| folded_eq(name, c)) || is_framing(name) || is_gateway_only(name)
 }
 
 /// The names a `Connection` field value lists (RFC 9110 section 7.6.1), trimmed.

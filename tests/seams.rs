@@ -20,7 +20,13 @@ use tokio::net::{TcpListener, TcpStream};
 const PATH: &str = "/v3/content_types";
 
 /// A raw request on a fresh connection (`Connection: close` added): status and text.
-async fn raw_request(addr: SocketAddr, method: &str, target: &str, fields: &[(&str, &str)], body: &str) -> (u16, String) {
+async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    fields: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: gw\r\n");
     for (k, v) in fields {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -160,7 +166,14 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
         let (status, text) = raw_request(env.gateway.addr, method, PATH, &fields, body).await;
         assert_eq!(status, 200, "{method}: {text}");
         let seen = env.backend.last().unwrap();
-        let gateway_sets = ["content-length", "x-stackgate-access", "x-stackgate-token-uid", "x-forwarded-for", "x-forwarded-proto", "x-request-id"];
+        let gateway_sets = [
+            "content-length",
+            "x-stackgate-access",
+            "x-stackgate-token-uid",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-request-id",
+        ];
         for (name, _) in spoofed {
             let folded = name.to_ascii_lowercase().replace('_', "-");
             for (have, value) in &seen.headers {
@@ -197,7 +210,8 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         f.push(("branch", "development"));
         f
     };
-    let cases: [(&str, Vec<(&str, &str)>, u16); 9] = [
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+    let cases: [Case; 9] = [
         ("?branch=development", dev(), 200),
         ("?branch=main", dev(), 400),
         ("?branch=development&branch=development", dev(), 400),
@@ -262,7 +276,8 @@ async fn methods_outside_the_cma_are_405_and_body_rules_cover_every_write_method
         assert_eq!(status, 403, "{method}: {text}");
     }
     assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
-    let (status, _) = raw_request(env.gateway.addr, "DELETE", "/v3/workflows/publishing_rules/r1", &creds(RW), "").await;
+    let (status, _) =
+        raw_request(env.gateway.addr, "DELETE", "/v3/workflows/publishing_rules/r1", &creds(RW), "").await;
     assert_eq!(status, 200, "a DELETE without a body carries no approvers");
 }
 
@@ -346,10 +361,10 @@ async fn refusals_of_requests_with_bodies_reach_http2_clients_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_slows_guesses_and_never_refuses_valid_or_known_credentials() {
     let backend = Backend::start().await;
-    let text = config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 50\nwindow = \"60s\"\ncooldown = \"60s\"\n";
-    let gw = stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let text =
+        config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 50\nwindow = \"60s\"\ncooldown = \"60s\"\n";
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
     let addr = gw.addr;
     // A token that is deleted: presenting it later is stale, not a guess.
     let create = r#"{"token":{"name":"soon gone","scope":[{"module":"$all","acl":{"read":true}},{"module":"branch","branches":["main"],"acl":{"read":true}}]}}"#;
@@ -400,7 +415,7 @@ async fn the_guard_slows_guesses_and_never_refuses_valid_or_known_credentials() 
     for c in clients {
         c.await.unwrap();
     }
-    let statuses = valid_statuses.lock().unwrap();
+    let statuses = valid_statuses.lock().unwrap().clone();
     assert!(statuses.len() >= 6 && statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let metrics = reqwest_metrics(gw.admin_addr).await;
     assert!(metrics.contains("stackgate_decisions_total{reason=\"auth_throttled\"} 1"), "{metrics}");
@@ -455,7 +470,9 @@ async fn scripted(script: Script) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUs
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     let len: usize = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
                         .map_or(0, |v| v.parse().unwrap());
                     while buf.len() < end + len {
                         let mut chunk = [0u8; 4096];
@@ -511,7 +528,11 @@ async fn stray_backend_bytes_never_reach_another_request() {
     let script: Script = Arc::new(move |head| {
         let n = next.fetch_add(1, Ordering::SeqCst);
         let stray = answer("STRAY from another request");
-        Reply { bytes: answer(&target_of(head)), stray: Some((Duration::from_millis((n % 21) as u64), stray)), hang_up: false }
+        Reply {
+            bytes: answer(&target_of(head)),
+            stray: Some((Duration::from_millis((n % 21) as u64), stray)),
+            hang_up: false,
+        }
     });
     let (backend, _, strays) = scripted(script).await;
     let gw = gateway_for(backend).await;
@@ -561,7 +582,12 @@ async fn stray_backend_bytes_never_reach_another_request() {
         done += 1;
         settled(done).await;
     }
-    assert!(wrong.is_empty(), "{} responses reached the wrong request: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    assert!(
+        wrong.is_empty(),
+        "{} responses reached the wrong request: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
     let metrics = reqwest_metrics(gw.admin_addr).await;
     let discards: f64 = metrics
         .lines()
@@ -576,9 +602,10 @@ async fn stray_backend_bytes_never_reach_another_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_encoding_wins_over_content_length_on_every_path() {
     let script: Script = Arc::new(|_| Reply {
-        bytes: b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n\
+        bytes:
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n\
                  5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
-            .to_vec(),
+                .to_vec(),
         stray: None,
         hang_up: false,
     });
@@ -602,11 +629,7 @@ async fn transfer_encoding_wins_over_content_length_on_every_path() {
 /// method: the backend hangs up without answering and the client gets a 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_backend_received_is_never_sent_twice() {
-    let script: Script = Arc::new(|head| Reply {
-        bytes: answer("ok"),
-        stray: None,
-        hang_up: head.contains("hang-up"),
-    });
+    let script: Script = Arc::new(|head| Reply { bytes: answer("ok"), stray: None, hang_up: head.contains("hang-up") });
     let (backend, received, _) = scripted(script).await;
     let gw = gateway_for(backend).await;
     let mut conn = KeepAlive::connect(gw.addr).await;

@@ -2,9 +2,9 @@
 
 use crate::config::UserSessions;
 use crate::error::{BadRequest, Denial, GatewayError};
+use crate::field_names::{self, connection_tokens};
 use crate::snapshot::{Snapshot, Token};
 use crate::token::hash_secret;
-use crate::field_names::{self, connection_tokens};
 use http::header::{AUTHORIZATION, CONNECTION};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;

@@ -14,14 +14,13 @@
 use super::auth::Credentials;
 use super::policy::DEFAULT_BRANCH;
 use crate::error::{BadRequest, GatewayError};
-use std::borrow::Cow;
 
 const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousQuery);
 
-/// What a query key means to the gateway.
+/// What a query parameter means to the gateway.
 #[derive(Debug, PartialEq, Eq)]
-enum Key {
-    ApiKey,
+enum Param {
+    StackKey,
     Branch,
     Credential,
     Other,
@@ -36,10 +35,10 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
     let (mut seen_key, mut seen_branch) = (false, false);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let (seen, authorised) = match classify(&key) {
-            Key::Other => continue,
-            Key::Credential => return Err(AMBIGUOUS),
-            Key::ApiKey => (&mut seen_key, api_key),
-            Key::Branch => (&mut seen_branch, Some(branch)),
+            Param::Other => continue,
+            Param::Credential => return Err(AMBIGUOUS),
+            Param::StackKey => (&mut seen_key, api_key),
+            Param::Branch => (&mut seen_branch, Some(branch)),
         };
         if std::mem::replace(seen, true) || authorised != Some(value.as_bytes()) {
             return Err(AMBIGUOUS);
@@ -48,7 +47,7 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
     Ok(())
 }
 
-fn classify(key: &Cow<'_, str>) -> Key {
+fn classify(key: &str) -> Param {
     let key = key.trim_start();
     // `name[...]` is `name` as an array to PHP and Rack.
     let base = match key.find('[') {
@@ -63,10 +62,10 @@ fn classify(key: &Cow<'_, str>) -> Key {
         })
         .collect();
     match folded.as_str() {
-        "api_key" => Key::ApiKey,
-        "branch" => Key::Branch,
-        "authtoken" | "authorization" | "access_token" => Key::Credential,
-        _ => Key::Other,
+        "api_key" => Param::StackKey,
+        "branch" => Param::Branch,
+        "authtoken" | "authorization" | "access_token" => Param::Credential,
+        _ => Param::Other,
     }
 }
 

@@ -78,11 +78,6 @@ pub async fn drain(parts: &http::request::Parts, body: ClientBody) {
     let _ = tokio::time::timeout(DISCARD_TIME, read_all).await;
 }
 
-/// [`drain`] for callers that have already read the declared length.
-pub async fn discard(parts: &http::request::Parts, body: ClientBody, _declared: u64) {
-    drain(parts, body).await;
-}
-
 /// A client's request body: hyper's, or none at all (a request read by the gateway's
 /// own HTTP/1 reader, which takes only requests without a body).
 #[derive(Debug)]

@@ -12,8 +12,8 @@
 //! close`, a close-delimited body, HTTP/1.0) closes it.
 
 use super::headers::is_gateway_set;
-use crate::field_names::{is_framing, is_hop_by_hop, same_name};
 use super::Added;
+use crate::field_names::{is_framing, is_hop_by_hop, same_name};
 use crate::timer::{self, Timer};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;

@@ -187,7 +187,8 @@ mod tests {
         let hop = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization"];
         let more = ["te", "trailer", "transfer-encoding", "upgrade", "x-stackgate-anything", "x-forwarded-host"];
         let spoof = ["forwarded", "x-request-id", "x-http-method-override", "x-original-url", "expect"];
-        let underscored = ["x_stackgate_access", "x_forwarded_for", "x_request_id", "transfer_encoding", "content_length"];
+        let underscored =
+            ["x_stackgate_access", "x_forwarded_for", "x_request_id", "transfer_encoding", "content_length"];
         let mut h = HeaderMap::new();
         for name in hop.iter().chain(&more).chain(&spoof).chain(&underscored).chain(&["api_key", "content-type"]) {
             h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));

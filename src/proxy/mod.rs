@@ -12,7 +12,7 @@ mod direct;
 mod h1;
 mod headers;
 
-pub use body::{discard, drain, BodyState, ClientBody, Streamed};
+pub use body::{drain, BodyState, ClientBody, Streamed};
 pub use direct::UpstreamSlot;
 pub use h1::{Fields, STRAY_DISCARDS};
 use headers::prepare_response_headers;

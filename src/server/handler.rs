@@ -170,10 +170,7 @@ async fn process(
     }
     let (principal, rate) = match route {
         Route::Preflight => return Ok((preflight(), None)),
-        Route::TokenApi => {
-            let taken = body.take().unwrap_or(ClientBody::Empty);
-            return Ok((crate::token_api::handle(gw, parts, &target.path, taken).await?, None));
-        }
+        Route::TokenApi => return Ok((crate::token_api::handle(gw, parts, &target.path, body).await?, None)),
         Route::Proxy { principal } => {
             let rate = match &principal {
                 Principal::Token(token) => gw.limiter.charge(token, &op).await?,

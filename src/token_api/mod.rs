@@ -29,12 +29,13 @@ use time::OffsetDateTime;
 /// Token bodies are small; anything bigger is refused before parsing.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Serves one token-API request. `path` is the canonical path.
+/// Serves one token-API request. `path` is the canonical path. The body is taken out
+/// of `body` only when it is read; a refused request's is left for the caller to drain.
 pub async fn handle(
     gw: &Arc<Gateway>,
     parts: &Parts,
     path: &str,
-    body: ClientBody,
+    body: &mut Option<ClientBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let snap = gw.snapshot();
     let config = Arc::clone(&snap.config);
@@ -77,7 +78,7 @@ fn authenticate<'c>(
 /// Reads a POST or PUT body (at most [`MAX_BODY`]) and checks that it is declared as
 /// JSON. The body is read before the media type is judged, so a refused request leaves
 /// nothing unread on its connection.
-async fn read_body(parts: &Parts, body: ClientBody) -> Result<Bytes, GatewayError> {
+async fn read_body(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
     let bytes = read_bounded(parts, body).await?;
     if declares_json(&parts.headers) {
         Ok(bytes)
@@ -110,16 +111,16 @@ fn declares_json(headers: &http::HeaderMap) -> bool {
         })
 }
 
-async fn read_bounded(parts: &Parts, body: ClientBody) -> Result<Bytes, GatewayError> {
+async fn read_bounded(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if let Some(n) = declared.filter(|&n| n > MAX_BODY) {
-        crate::proxy::discard(parts, body, n as u64).await;
+    if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(GatewayError::PayloadTooLarge);
     }
+    let body = body.take().unwrap_or(ClientBody::Empty);
     match tokio::time::timeout(std::time::Duration::from_secs(30), Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
