@@ -330,27 +330,37 @@ async fn http2_authority_follows_the_absolute_form_rule() {
 async fn refusals_of_requests_with_bodies_reach_http2_clients_whole() {
     let env = Env::start().await;
     let url = env.url(PATH);
-    let body = "x".repeat(48 * 1024);
+    // Larger than HTTP/2's initial window (64 KiB): the refusal is decided while the body
+    // is still arriving.
+    let body = "x".repeat(700 * 1024);
     let file = temp_dir("h2-refusals").join("body.json");
     std::fs::write(&file, &body).unwrap();
     let data = format!("@{}", file.display());
+    let tokens = env.url("/v3/stacks/management_tokens");
     let cases = [
-        (vec!["-H", "api_key: blt0123456789abcdef", "-H", "authorization: csnot-a-token"], 401),
-        (vec!["-H", "api_key: blt0123456789abcdef", "-H", "authorization: cs00000000000000000000000000000002"], 403),
-        (vec!["-H", "api_key: blt0123456789abcdef"], 401),
+        (&url, vec!["-H", "api_key: blt0123456789abcdef", "-H", "authorization: csnot-a-token"], 401, 105),
+        (
+            &url,
+            vec!["-H", "api_key: blt0123456789abcdef", "-H", "authorization: cs00000000000000000000000000000002"],
+            403,
+            162,
+        ),
+        (&url, vec!["-H", "api_key: blt0123456789abcdef"], 401, 105),
+        // Over the token API's body limit (64 KiB), refused by its declared length.
+        (&tokens, vec!["-H", "api_key: blt0123456789abcdef", "-H", "authtoken: alice-authtoken"], 413, 413),
     ];
-    for (fields, want) in cases {
+    for (url, fields, want, code) in cases {
         for _ in 0..5 {
             let mut curl = std::process::Command::new("curl");
             curl.args(["-sS", "--http2-prior-knowledge", "-X", "POST", "--data-binary", &data])
                 .args(["-H", "content-type: application/json", "-o", "-", "-w", "\n%{http_code}"])
                 .args(&fields)
-                .arg(&url);
+                .arg(url);
             let out = tokio::task::spawn_blocking(move || curl.output()).await.unwrap().unwrap();
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             assert!(out.status.success(), "curl failed: {text} {}", String::from_utf8_lossy(&out.stderr));
             assert!(text.ends_with(&format!("\n{want}")), "{text}");
-            assert!(text.contains(&format!("\"error_code\":{}", if want == 401 { 105 } else { 162 })), "{text}");
+            assert!(text.contains(&format!("\"error_code\":{code}")), "{text}");
         }
     }
     assert!(env.backend.seen().is_empty());
