@@ -589,3 +589,53 @@ async fn http2_streams_borrow_upstream_connections_and_return_them() {
         assert!((1..=STREAMS).contains(&opened), "round {round}: {opened} upstream connections");
     }
 }
+
+/// W3C trace context: a valid `traceparent` (and its `tracestate`) passes unchanged; a
+/// request without one, or with an invalid one, gets a new one (and loses the
+/// `tracestate` of the invalid one); the access log carries the trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_passes_through_or_is_started_and_is_logged() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("trace");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let addr: std::net::SocketAddr =
+        lines.next().unwrap().unwrap().strip_prefix("stackgate listening on http://").unwrap().parse().unwrap();
+    let child = Proc(child);
+    let mut conn = KeepAlive::connect(addr).await;
+    let creds = [("api_key", API_KEY), ("authorization", RW)];
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut with_trace = creds.to_vec();
+    with_trace.extend([("traceparent", valid), ("tracestate", "vendor=abc")]);
+    assert_eq!(conn.send("GET", PATH, &with_trace, "").await.0, 200);
+    let seen = backend.last().unwrap();
+    assert_eq!(
+        (&seen.headers["traceparent"], &seen.headers["tracestate"]),
+        (&valid.parse().unwrap(), &"vendor=abc".parse().unwrap())
+    );
+    for sent in [None, Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), Some("nonsense")] {
+        let mut fields = creds.to_vec();
+        if let Some(t) = sent {
+            fields.extend([("traceparent", t), ("tracestate", "vendor=abc")]);
+        }
+        assert_eq!(conn.send("GET", PATH, &fields, "").await.0, 200);
+        let seen = backend.last().unwrap();
+        let got = seen.headers["traceparent"].to_str().unwrap().to_owned();
+        assert_eq!(seen.headers.get_all("traceparent").iter().count(), 1, "{sent:?}");
+        let parts: Vec<&str> = got.split('-').collect();
+        assert_eq!((parts.len(), parts[0], parts[1].len(), parts[2].len()), (4, "00", 32, 16), "{got}");
+        assert!(Some(got.as_str()) != sent && !seen.headers.contains_key("tracestate"), "{sent:?}: {got}");
+    }
+    drop(conn);
+    drop(child);
+    let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    assert!(text.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""), "{text}");
+}

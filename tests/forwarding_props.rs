@@ -87,19 +87,16 @@ fn case() -> impl Strategy<Value = Case> {
         3 => proptest::sample::select(&OWN[..]).prop_flat_map(spelling),
         1 => protected,
     ];
-    (
-        proptest::collection::vec(extra, 0..6),
-        proptest::collection::vec(listed, 0..3),
-        any::<bool>(),
-    )
-        .prop_map(|(mut fields, connection, with_branch)| {
+    (proptest::collection::vec(extra, 0..6), proptest::collection::vec(listed, 0..3), any::<bool>()).prop_map(
+        |(mut fields, connection, with_branch)| {
             fields.insert(0, ("api_key".to_owned(), API_KEY.to_owned()));
             fields.insert(1, ("authorization".to_owned(), RW.to_owned()));
             if with_branch {
                 fields.push(("branch".to_owned(), "main".to_owned()));
             }
             Case { fields, connection }
-        })
+        },
+    )
 }
 
 /// Whether the gateway must refuse the request: a credential twice or in another

@@ -853,7 +853,8 @@ mod tests {
         let mut buf = Vec::new();
         let (peer, id) = (HeaderValue::from_static("10.1.1.1"), HeaderValue::from_static("r1"));
         let identity = crate::proxy::Identity { token_uid: "blt9", access: "read" };
-        let added = crate::proxy::prepare_request_headers(&mut parts.headers, &peer, false, &id, Some(identity), false);
+        let added =
+            crate::proxy::prepare_request_headers(&mut parts.headers, &peer, false, &id, Some(identity), false, None);
         write_head(&mut buf, &parts, &HeaderValue::from_static("backend:8080"), &added, Sending::Length(3));
         assert_eq!(
             String::from_utf8(buf).unwrap(),

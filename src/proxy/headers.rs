@@ -10,6 +10,9 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_TOKEN_UID: HeaderName = HeaderName::from_static("x-stackgate-token-uid");
 const X_ACCESS: HeaderName = HeaderName::from_static("x-stackgate-access");
+/// W3C Trace Context.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Who the request is forwarded as, when the token is not forwarded itself.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +54,7 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 /// on every request), or to the header map for the pooled client.
 #[derive(Debug, Default)]
 pub struct Added {
-    added: [Option<(HeaderName, HeaderValue)>; 5],
+    added: [Option<(HeaderName, HeaderValue)>; 6],
     /// The request was made with a management token: no user session rides along.
     token: bool,
     /// ... and the token itself is replaced by identity headers.
@@ -96,6 +99,8 @@ impl Added {
 /// the token is replaced by identity headers. A user's `authtoken` never rides along
 /// with a management token, so the backend cannot authorise on something we did not.
 /// Every added name is also a dropped one, so the client cannot send a second copy.
+/// `trace` is a new `traceparent` when the client sent none or an invalid one (which
+/// goes, with its `tracestate`, as W3C Trace Context says); a valid one passes as is.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
@@ -103,8 +108,13 @@ pub fn prepare_request_headers(
     request_id: &HeaderValue,
     identity: Option<Identity<'_>>,
     forward_token: bool,
+    trace: Option<HeaderValue>,
 ) -> Added {
     remove_connection_listed(headers);
+    if trace.is_some() && headers.contains_key(TRACEPARENT) {
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
+    }
     let proto = if https { "https" } else { "http" };
     let mut added = Added {
         added: [
@@ -113,6 +123,7 @@ pub fn prepare_request_headers(
             Some((X_REQUEST_ID, request_id.clone())),
             None,
             None,
+            trace.map(|t| (TRACEPARENT, t)),
         ],
         token: identity.is_some(),
         drop_token: identity.is_some() && !forward_token,
@@ -162,8 +173,15 @@ mod tests {
         }
         let id = HeaderValue::from_static("req-1");
         let identity = Identity { token_uid: "blt00000000000000a1", access: "read" };
-        let added =
-            prepare_request_headers(&mut h, &HeaderValue::from_static("127.0.0.1"), false, &id, Some(identity), false);
+        let added = prepare_request_headers(
+            &mut h,
+            &HeaderValue::from_static("127.0.0.1"),
+            false,
+            &id,
+            Some(identity),
+            false,
+            None,
+        );
         assert!(!h.contains_key("x-secret-hop"), "names Connection lists go at once");
         for (dropped, kept) in [("te", "api_key"), ("authorization", "branch"), ("host", "x-custom")] {
             assert!(!added.forwards(&HeaderName::from_static(dropped)), "{dropped}");
@@ -206,7 +224,7 @@ mod tests {
         h.insert("x-stackgate-access", HeaderValue::from_static("read-write"));
         let id = HeaderValue::from_static("r");
         let identity = Identity { token_uid: "blt1", access: "read" };
-        prepare_request_headers(&mut h, &HeaderValue::from_static("::1"), true, &id, Some(identity), true)
+        prepare_request_headers(&mut h, &HeaderValue::from_static("::1"), true, &id, Some(identity), true, None)
             .insert_into(&mut h);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["authorization"], "cs123");

@@ -1,7 +1,7 @@
 //! The outer request function: runs the pipeline, turns any error into the CMA error
 //! body, counts it, and writes the one access-log event. No stage writes a response.
 
-use super::Gateway;
+use super::{request_id, Gateway};
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::ClientBody;
@@ -94,7 +94,15 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
     let mut facts = Facts::default();
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body);
-    let mut result = process(&gw, &mut parts, &mut body, &conn, &request_id, &mut facts).await;
+    // The client's trace context if valid, else a new one (forwarded, and logged).
+    let (trace, generated) = match parts.headers.get(proxy::TRACEPARENT) {
+        Some(v) if request_id::trace_id(v.as_bytes()).is_some() => (v.clone(), None),
+        _ => {
+            let new = gw.ids.traceparent();
+            (new.clone(), Some(new))
+        }
+    };
+    let mut result = process(&gw, &mut parts, &mut body, &conn, &request_id, generated, &mut facts).await;
     if let Err(err) = &result {
         if is_guess(&gw, err, &parts) {
             if let Err(retry_after) = gw.guard.guess(conn.peer.ip(), &gw.snapshot().config.guard) {
@@ -118,6 +126,7 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
+        trace_id = request_id::trace_id(trace.as_bytes()).unwrap_or("-"),
         method = %method,
         path = facts.canonical.as_deref().unwrap_or(uri.path()),
         module = op.map_or("-", |o| o.module.name()),
@@ -161,6 +170,7 @@ async fn process(
     body: &mut Option<ClientBody>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
+    trace: Option<HeaderValue>,
     facts: &mut Facts,
 ) -> Result<(Response<Body>, Option<RateInfo>), GatewayError> {
     let snap = gw.snapshot();
@@ -209,6 +219,7 @@ async fn process(
         request_id,
         identity,
         snap.settings.forward_token,
+        trace,
     );
     let mut forwarded = std::mem::replace(parts, Request::new(()).into_parts().0);
     forwarded.uri = uri;

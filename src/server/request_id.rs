@@ -1,25 +1,50 @@
+//! Request ids and W3C trace context.
+//!
 //! Request ids: a random per-process prefix and a counter. Unique, cheap, and unlike
-//! a client-sent `X-Request-Id`, trustworthy.
+//! a client-sent `X-Request-Id`, trustworthy. A request that arrives without a valid
+//! `traceparent` gets one, so a trace can follow it through gateway and backend: its
+//! ids come from the same counter, mixed with a per-process random seed (unique per
+//! process, unpredictable enough for sampling; not a secret).
 
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 pub struct RequestIds {
     prefix: u32,
+    seed: u64,
     next: AtomicU64,
 }
 
 impl RequestIds {
     pub fn new() -> Self {
-        let mut seed = [0u8; 4];
-        // A fixed prefix only weakens uniqueness across restarts, never safety.
+        let mut seed = [0u8; 12];
+        // A fixed seed only weakens uniqueness across restarts, never safety.
         let _ = getrandom::getrandom(&mut seed);
-        RequestIds { prefix: u32::from_le_bytes(seed), next: AtomicU64::new(1) }
+        let (prefix, rest) = seed.split_at(4);
+        RequestIds {
+            prefix: u32::from_le_bytes(prefix.try_into().unwrap_or_default()),
+            seed: u64::from_le_bytes(rest.try_into().unwrap_or_default()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// A new `traceparent` (version 00, sampled): `00-<trace id>-<parent id>-01`.
+    pub fn traceparent(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let ids = [mix(self.seed ^ n), mix(self.seed.rotate_left(32) ^ n), mix(n ^ 0x5bd1_e995)];
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        for (word, at) in ids.iter().zip([3, 19, 36]) {
+            for (i, slot) in buf.iter_mut().skip(at).take(16).enumerate() {
+                *slot = HEX[((word >> (60 - 4 * i)) & 0xf) as usize];
+            }
+        }
+        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
     }
 
     /// `pppppppp-nnnnnnnnnnnn`: prefix and counter in hex, built without `format!`.
     pub fn next(&self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [b'-'; 21];
         for (i, slot) in buf.iter_mut().take(8).enumerate() {
@@ -32,11 +57,59 @@ impl RequestIds {
     }
 }
 
+/// splitmix64's finaliser: spreads a counter's bits over the whole word.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The trace id of a valid `traceparent` (W3C Trace Context level 1: version, 32 and
+/// 16 lower-case hex ids, not all zeros, flags); `None` for anything else.
+pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(traceparent).ok()?;
+    let mut parts = text.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && nonzero(trace)
+        && hex(parent, 16)
+        && nonzero(parent)
+        && hex(flags, 2)
+        && (version != "00" || parts.next().is_none());
+    valid.then_some(trace)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
+    fn generated_traceparents_are_valid_and_distinct() {
+        let ids = super::RequestIds::new();
+        let (a, b) = (ids.traceparent(), ids.traceparent());
+        assert_ne!(a, b);
+        let id = super::trace_id(a.as_bytes()).unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(a.to_str().unwrap().ends_with("-01"));
+        for bad in [
+            "00-00000000000000000000000000000000-1111111111111111-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            assert!(super::trace_id(bad.as_bytes()).is_none(), "{bad}");
+        }
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(super::trace_id(ok.as_bytes()), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    #[test]
     fn ids_are_hex_and_increasing() {
-        let ids = super::RequestIds { prefix: 0xdeadbeef, next: std::sync::atomic::AtomicU64::new(0x2a) };
+        let ids = super::RequestIds { prefix: 0xdeadbeef, seed: 7, next: std::sync::atomic::AtomicU64::new(0x2a) };
         assert_eq!(ids.next(), "deadbeef-00000000002a");
         assert_eq!(ids.next(), "deadbeef-00000000002b");
     }
