@@ -639,3 +639,63 @@ async fn trace_context_passes_through_or_is_started_and_is_logged() {
     let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     assert!(text.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""), "{text}");
 }
+
+/// `[server.cors]`: preflights are answered by the gateway (never authorised or
+/// forwarded); answers to allowed origins carry the CORS fields, replacing the
+/// backend's; other origins get none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_and_allowed_origins_get_the_fields() {
+    let cors =
+        "[server.cors]\nallowed_origins = [\"https://app.example.com\"]\nallow_credentials = true\nmax_age = \"5m\"\n";
+    let env = Env::start_with(cors, "", Arc::new(SystemClock)).await;
+    let origin = [("origin", "https://app.example.com")];
+    let preflight = |origin: &'static str, method: &'static str, headers: &'static str| {
+        vec![("origin", origin), ("access-control-request-method", method), ("access-control-request-headers", headers)]
+    };
+    let (status, h, _) = env
+        .send("OPTIONS", PATH, &preflight("https://app.example.com", "POST", "api_key, Authorization, branch"), "")
+        .await;
+    assert_eq!(status.as_u16(), 204);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-max-age"], "300");
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert!(h["access-control-allow-headers"].to_str().unwrap().contains("api_key"));
+    assert_eq!(h["vary"], "origin");
+    for (o, m, hs) in [
+        ("https://evil.example", "GET", "api_key"),
+        ("https://app.example.com", "PROPFIND", "api_key"),
+        ("https://app.example.com", "GET", "x-secret"),
+    ] {
+        let (status, h, _) = env.send("OPTIONS", PATH, &preflight(o, m, hs), "").await;
+        assert_eq!(status.as_u16(), 204);
+        assert!(!h.contains_key("access-control-allow-origin"), "{o} {m} {hs}: {h:?}");
+    }
+    assert!(env.backend.seen().is_empty(), "preflights are never forwarded");
+    // An allowed origin's real request: the gateway's fields, not the backend's.
+    let mut fields = vec![("api_key", API_KEY), ("authorization", RW), ("x-test-own-gateway-fields", "1")];
+    fields.extend(origin);
+    for (method, body) in [("GET", ""), ("POST", "{}")] {
+        let (status, h, _) = env.send(method, PATH, &fields, body).await;
+        assert_eq!(status.as_u16(), 200);
+        let acao: Vec<_> = h.get_all("access-control-allow-origin").iter().collect();
+        assert_eq!(acao, ["https://app.example.com"], "{method}");
+        assert!(h["access-control-expose-headers"].to_str().unwrap().contains("x-ratelimit-remaining"));
+    }
+    // Errors too; other origins get no CORS fields.
+    let (status, h, _) =
+        env.send("GET", PATH, &[("origin", "https://app.example.com"), ("api_key", API_KEY)], "").await;
+    assert_eq!(
+        (status.as_u16(), &h["access-control-allow-origin"]),
+        (401, &"https://app.example.com".parse::<http::HeaderValue>().unwrap())
+    );
+    let (_, h, _) = env
+        .send("GET", PATH, &[("origin", "https://evil.example"), ("api_key", API_KEY), ("authorization", RW)], "")
+        .await;
+    assert!(!h.contains_key("access-control-allow-origin"));
+    // `*` with credentials is refused when the config loads.
+    let text =
+        config_text(env.backend.addr, "[server.cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n", "");
+    let err = stackgate::config::from_str(&text).unwrap_err().to_string();
+    assert!(err.contains("server.cors.allow_credentials"), "{err}");
+}

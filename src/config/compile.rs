@@ -28,7 +28,7 @@ impl ConfigErrors {
         ConfigErrors(vec![ConfigError { path: path.into(), message }])
     }
 
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError { path: path.into(), message: message.into() });
     }
 }
@@ -72,6 +72,8 @@ pub struct Server {
     pub max_inspected_body: u64,
     pub hostnames: Vec<String>,
     pub limits: Limits,
+    /// `[server.cors]`; `None`: no CORS headers, preflights answered without them.
+    pub cors: Option<super::cors::Cors>,
 }
 
 /// PEM files of the listener's certificate chain and private key.
@@ -379,6 +381,10 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
         }
     }
     let limits = limits(s, errs);
+    let cors = match &s.cors {
+        None => Some(None),
+        Some(c) => super::cors::compile(c, errs).map(Some),
+    };
     Some(Server {
         listen: listen?,
         tls,
@@ -386,6 +392,7 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
         max_inspected_body: max_inspected_body?,
         hostnames: s.hostnames.clone(),
         limits: limits?,
+        cors: cors?,
     })
 }
 

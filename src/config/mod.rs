@@ -3,6 +3,7 @@
 //! before any port is bound.
 
 mod compile;
+pub mod cors;
 pub mod raw;
 mod units;
 

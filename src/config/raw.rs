@@ -45,6 +45,7 @@ pub struct RawServer {
     pub max_connections: Option<i64>,
     pub max_request_body: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub cors: Option<super::cors::RawCors>,
 }
 
 #[derive(Debug, Deserialize)]

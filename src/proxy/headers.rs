@@ -23,7 +23,10 @@ pub struct Identity<'a> {
 
 /// Response fields the gateway sets itself, replacing a backend's (in any spelling).
 pub(super) fn is_gateway_set(name: &[u8]) -> bool {
-    folded_eq(name, X_REQUEST_ID.as_str().as_bytes()) || crate::ratelimit::RateInfo::names(name)
+    folded_eq(name, X_REQUEST_ID.as_str().as_bytes())
+        || crate::ratelimit::RateInfo::names(name)
+        // Replaced when `[server.cors]` is on (the writer decides).
+        || crate::field_names::folded_starts_with(name, b"access-control-")
 }
 
 /// Names a `Connection` header lists are hop-by-hop too (RFC 9110 section 7.6.1), in

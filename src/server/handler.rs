@@ -1,7 +1,7 @@
 //! The outer request function: runs the pipeline, turns any error into the CMA error
 //! body, counts it, and writes the one access-log event. No stage writes a response.
 
-use super::{request_id, Gateway};
+use super::{cors, request_id, Gateway};
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::ClientBody;
@@ -9,9 +9,9 @@ use crate::proxy::{self, prepare_request_headers, Body, BodyState, Identity, Out
 use crate::ratelimit::{RateInfo, RateLimit};
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Limited};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,6 +45,8 @@ impl ConnInfo {
 pub struct Stamp {
     request_id: HeaderValue,
     rate: Option<RateInfo>,
+    /// CORS fields, when `[server.cors]` is on (see [`cors`]).
+    cors: Option<cors::Fields>,
 }
 
 impl Stamp {
@@ -54,11 +56,18 @@ impl Stamp {
         if let Some(rate) = self.rate {
             rate.write_headers(headers);
         }
+        if let Some(cors) = &self.cors {
+            remove_cors_fields(headers);
+            cors.apply(headers);
+        }
     }
 
     /// Whether a response field is one of these (the backend's copy gives way).
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        *name == proxy::X_REQUEST_ID || (self.rate.is_some() && RateInfo::names(name.as_str().as_bytes()))
+        let raw = name.as_str().as_bytes();
+        *name == proxy::X_REQUEST_ID
+            || (self.rate.is_some() && RateInfo::names(raw))
+            || (self.cors.is_some() && cors::replaces(raw))
     }
 
     /// The fields as lines of an HTTP/1 response head (see [`RateInfo::write_lines`]).
@@ -69,6 +78,17 @@ impl Stamp {
         if let Some(rate) = &self.rate {
             rate.write_lines(out);
         }
+        if let Some(cors) = &self.cors {
+            cors.write_lines(out);
+        }
+    }
+}
+
+/// The backend's own CORS fields give way to the gateway's policy.
+fn remove_cors_fields(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| cors::replaces(n.as_str().as_bytes())).cloned().collect();
+    for name in names {
+        headers.remove(name);
     }
 }
 
@@ -102,10 +122,16 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
             (new.clone(), Some(new))
         }
     };
-    let mut result = process(&gw, &mut parts, &mut body, &conn, &request_id, generated, &mut facts).await;
+    let snap = gw.snapshot();
+    // A preflight's CORS fields are decided by the preflight answer itself.
+    let cors = match (&snap.config.server.cors, &parts.method) {
+        (Some(c), m) if *m != http::Method::OPTIONS => cors::Fields::of(c, &parts.headers),
+        _ => None,
+    };
+    let mut result = process(&gw, &snap, &mut parts, &mut body, &conn, &request_id, generated, &mut facts).await;
     if let Err(err) = &result {
-        if is_guess(&gw, err, &parts) {
-            if let Err(retry_after) = gw.guard.guess(conn.peer.ip(), &gw.snapshot().config.guard) {
+        if is_guess(&gw, &snap, err, &parts) {
+            if let Err(retry_after) = gw.guard.guess(conn.peer.ip(), &snap.config.guard) {
                 result = Err(GatewayError::Throttled { retry_after });
             }
         }
@@ -122,7 +148,7 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
     let op = facts.op;
     let took = started.elapsed();
     gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
-    let Some((method, uri)) = logged else { return (resp, Stamp { request_id, rate }) };
+    let Some((method, uri)) = logged else { return (resp, Stamp { request_id, rate, cors }) };
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -137,18 +163,17 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
         detail = %error.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     );
-    (resp, Stamp { request_id, rate })
+    (resp, Stamp { request_id, rate, cors })
 }
 
 /// Whether a failed request was a guess: its credentials failed, and neither the
 /// management token nor the authtoken it presented is one the gateway knows (a token
 /// that expired or was deleted, a user's valid authtoken sent to the wrong stack).
-fn is_guess(gw: &Gateway, err: &GatewayError, parts: &Parts) -> bool {
+fn is_guess(gw: &Gateway, snap: &Snapshot, err: &GatewayError, parts: &Parts) -> bool {
     match err {
         GatewayError::Unauthenticated { expired: false } | GatewayError::StackNotFound => {}
         _ => return false,
     }
-    let snap = gw.snapshot();
     let known_token = parts.headers.get(http::header::AUTHORIZATION).is_some_and(|v| {
         let hash = crate::token::hash_secret(v.as_bytes());
         snap.token(&hash).is_some() || gw.guard.was_revoked(&hash)
@@ -164,8 +189,10 @@ fn is_guess(gw: &Gateway, err: &GatewayError, parts: &Parts) -> bool {
 /// management-token request comes back with its rate-limit fields. The body is
 /// taken out of `body` only by a stage that reads it; on failure the caller drains
 /// what is left.
+#[allow(clippy::too_many_arguments)]
 async fn process(
     gw: &Arc<Gateway>,
+    snap: &Snapshot,
     parts: &mut Parts,
     body: &mut Option<ClientBody>,
     conn: &ConnInfo,
@@ -173,13 +200,12 @@ async fn process(
     trace: Option<HeaderValue>,
     facts: &mut Facts,
 ) -> Result<(Response<Body>, Option<RateInfo>), GatewayError> {
-    let snap = gw.snapshot();
-    let Decision { target, op, route } = pipeline::decide(&snap, parts, gw.clock().now(), facts)?;
+    let Decision { target, op, route } = pipeline::decide(snap, parts, gw.clock().now(), facts)?;
     if let std::borrow::Cow::Owned(path) = &target.path {
         facts.canonical = Some(path.as_str().into());
     }
     let (principal, rate) = match route {
-        Route::Preflight => return Ok((preflight(), None)),
+        Route::Preflight => return Ok((cors::preflight(snap.config.server.cors.as_ref(), &parts.headers), None)),
         Route::TokenApi => return Ok((crate::token_api::handle(gw, parts, &target.path, body).await?, None)),
         Route::Proxy { principal } => {
             let rate = match &principal {
@@ -197,7 +223,7 @@ async fn process(
     let body_state = BodyState::default();
     let outbound = match &principal {
         Principal::Token(_) if op.needs_body() => {
-            let bytes = read_inspected(&snap, parts, body).await?;
+            let bytes = read_inspected(snap, parts, body).await?;
             pipeline::inspect_body(&op, &bytes)?;
             Outbound::Bytes(bytes)
         }
@@ -246,12 +272,4 @@ async fn read_inspected(snap: &Snapshot, parts: &Parts, body: &mut Option<Client
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
         Ok(Err(_)) | Err(_) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
     }
-}
-
-/// `OPTIONS` is answered here and never authorises anything.
-fn preflight() -> Response<Body> {
-    let mut resp = Response::new(proxy::full(Bytes::new()));
-    *resp.status_mut() = StatusCode::NO_CONTENT;
-    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
-    resp
 }

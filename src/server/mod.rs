@@ -2,6 +2,7 @@
 //! swappable snapshot.
 
 mod admin;
+mod cors;
 mod fast;
 mod handler;
 mod idle;

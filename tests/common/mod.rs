@@ -123,9 +123,12 @@ async fn record(
     resp.headers_mut().insert("x-backend", "1".parse().unwrap());
     if parts.headers.contains_key("x-test-own-gateway-fields") {
         // Fields the gateway sets itself: the client must see the gateway's, once.
-        for (name, value) in
-            [("x-request-id", "backend-id"), ("x-ratelimit-remaining", "999"), ("ratelimit", "backend")]
-        {
+        for (name, value) in [
+            ("x-request-id", "backend-id"),
+            ("x-ratelimit-remaining", "999"),
+            ("ratelimit", "backend"),
+            ("access-control-allow-origin", "*"),
+        ] {
             resp.headers_mut().insert(name, value.parse().unwrap());
         }
     }
