@@ -82,6 +82,9 @@ pub enum BadRequest {
     AmbiguousQuery,
     #[error("malformed json")]
     MalformedJson,
+    /// An inspected body with a repeated or `__proto__` key (two readings).
+    #[error("ambiguous json")]
+    AmbiguousJson,
     #[error("unreadable body")]
     UnreadableBody,
 }
@@ -202,6 +205,9 @@ impl GatewayError {
     fn message(&self) -> String {
         match self {
             GatewayError::BadRequest(BadRequest::MalformedJson) => "The request body is not valid JSON.".into(),
+            GatewayError::BadRequest(BadRequest::AmbiguousJson) => {
+                "The request body repeats a key or uses a reserved one.".into()
+            }
             GatewayError::BadRequest(BadRequest::InvalidHeader) => "A request header is malformed.".into(),
             GatewayError::BadRequest(BadRequest::ConnectionListsProtected) => {
                 "The Connection header lists a field the gateway needs to forward.".into()

@@ -82,10 +82,11 @@ pub fn is_framing(name: &[u8]) -> bool {
 
 /// Headers some backends and frameworks read as a different method or path than the
 /// request line: what was authorised must be what runs, so they never pass.
-const REINTERPRETING: [&[u8]; 6] = [
+const REINTERPRETING: [&[u8]; 7] = [
     b"x-http-method-override",
     b"x-http-method",
     b"x-method-override",
+    b"x-override-method",
     b"x-original-url",
     b"x-rewrite-url",
     b"x-original-method",
@@ -104,6 +105,8 @@ pub fn is_gateway_only(name: &[u8]) -> bool {
                 || REINTERPRETING.iter().any(|r| folded_eq(name, r))
         }
         Some(b'f') => folded_eq(name, b"forwarded"),
+        // `_method`, which method-override middleware reads as the method.
+        Some(b'_' | b'-') => folded_eq(name, b"-method"),
         _ => false,
     }
 }
@@ -150,6 +153,8 @@ mod tests {
             "x_original_url",
             "Forwarded",
             "x_real_ip",
+            "_method",
+            "X-Override-Method",
         ] {
             assert!(is_gateway_only(name.as_bytes()), "{name}");
         }

@@ -13,6 +13,7 @@
 //!   connection, or a pooled client for HTTP/2 and https) with streamed bodies.
 //! - [`field_names`]: the header-field names the gateway reads, strips or refuses,
 //!   compared in every spelling.
+//! - [`json`]: strict JSON parsing for everything the gateway decides on.
 //! - [`error`]: the one mapping from failures to CMA error responses.
 //! - [`server`]: listeners, connections, and the outer handler that logs every request.
 //! - [`token`]: token records and scopes; [`clock`]: injectable time.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod field_names;
 pub mod fuzzing;
 pub mod guard;
+pub mod json;
 pub mod notify;
 pub mod pipeline;
 pub mod proxy;

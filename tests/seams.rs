@@ -156,6 +156,8 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
         ("transfer_encoding", "chunked"),
         ("content_length", "99"),
         ("x_real_ip", "203.0.113.7"),
+        ("_method", "DELETE"),
+        ("x-override-method", "DELETE"),
         ("proxy_connection", "keep-alive"),
     ];
     for (method, body) in [("GET", ""), ("POST", "{}")] {
@@ -211,7 +213,7 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         f
     };
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
-    let cases: [Case; 9] = [
+    let cases: [Case; 18] = [
         ("?branch=development", dev(), 200),
         ("?branch=main", dev(), 400),
         ("?branch=development&branch=development", dev(), 400),
@@ -221,6 +223,16 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         ("?api-key=blt1111111111111111", creds(RW), 400),
         ("?branch=development", creds(RW), 400),
         ("?authtoken=alice-authtoken", creds(RW), 400),
+        // Keys as qs, PHP, Rack and old `;`-splitting parsers read them.
+        ("?[branch]=main", dev(), 400),
+        ("?[branch]=development", dev(), 200),
+        ("?%5Bapi_key%5D=blt1111111111111111", creds(RW), 400),
+        ("?x=1;branch=main", dev(), 400),
+        ("?api_key%00=blt1111111111111111", creds(RW), 400),
+        ("?]api_key=blt1111111111111111", creds(RW), 400),
+        ("?auth_token=x", creds(RW), 400),
+        ("?_method=DELETE", creds(RW), 400),
+        ("?include_branch=true&branch_uid=x", creds(RW), 200),
     ];
     for (query, fields, want) in cases {
         env.backend.clear();
@@ -271,8 +283,10 @@ async fn methods_outside_the_cma_are_405_and_body_rules_cover_every_write_method
     }
     let approvers = r#"{"publishing_rule":{"approvers":{"users":["u1"]}}}"#;
     for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        let mut fields = creds(RW);
+        fields.push(("content-type", "application/json"));
         let (status, text) =
-            raw_request(env.gateway.addr, method, "/v3/workflows/publishing_rules/r1", &creds(RW), approvers).await;
+            raw_request(env.gateway.addr, method, "/v3/workflows/publishing_rules/r1", &fields, approvers).await;
         assert_eq!(status, 403, "{method}: {text}");
     }
     assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
@@ -293,6 +307,12 @@ async fn no_path_under_the_token_api_reaches_the_backend() {
         "/v3/stacks/MANAGEMENT_TOKENS",
         "/v3/stacks/Management-Tokens/blt000000000000rw01",
         "/v3/stacks/management%5Ftokens/x/y",
+        "/v3/Stacks/management_tokens",
+        "/v3/STACKS/management_tokens/blt000000000000rw01",
+        "/v3/stacks/management_tokens.json",
+        "/v3/stacks/management_tokens.json/blt000000000000rw01",
+        "/v3/stacks/management_tokens%20",
+        "/v3/stacks/management_tokens~",
     ] {
         for method in ["GET", "DELETE", "POST"] {
             for fields in [&user[..], &creds(RW)[..], &[("api_key", API_KEY)][..]] {
@@ -680,4 +700,70 @@ async fn a_shorter_request_timeout_applies_to_the_next_request_on_open_connectio
     assert_eq!(h2_send(&mut h2conn, "GET", &uri, &slower, "").await.0, 504);
     assert_eq!(conn.send("POST", PATH, &slower, "{}").await.0, 504);
     assert!(started.elapsed() < Duration::from_millis(3600), "took {:?}", started.elapsed());
+}
+
+// Paths a case-insensitive or suffix-stripping router reads as a CMA path ---------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_read_as_cma_words_without_being_them_are_refused() {
+    let env = Env::start().await;
+    let approvers = r#"{"publishing_rule":{"approvers":{"users":["u1"]}}}"#;
+    let json = [("api_key", API_KEY), ("authorization", RW), ("content-type", "application/json")];
+    for path in
+        ["/v3/workflows/Publishing_Rules", "/v3/workflows/publishing_rules.json", "/v3/Workflows/publishing_rules"]
+    {
+        let (status, _, body) = env.send("POST", path, &json, approvers).await;
+        assert_eq!(status.as_u16(), 400, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+    let user = [("api_key", API_KEY), ("authtoken", ALICE)];
+    for path in ["/v3/Content_Types", "/v3/content_types/blog/Entries", "/v3/content_types.json"] {
+        let (status, _, _) = env.send("GET", path, &user, "").await;
+        assert_eq!(status.as_u16(), 400, "{path}");
+    }
+    assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
+    // Ordinary uids in any case still pass.
+    let (status, _, _) = env.send("GET", "/v3/content_types/blog/entries/BltAbC123", &creds(RW), "").await;
+    assert_eq!(status.as_u16(), 200);
+}
+
+// Bodies the rules read: JSON only, one reading --------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspected_bodies_must_be_json_with_one_reading() {
+    let env = Env::start().await;
+    let path = "/v3/workflows/publishing_rules";
+    let form = r#"{"x":"&publishing_rule[approvers][users][]=blt_attacker&"}"#;
+    let mut fields = creds(RW);
+    fields.push(("content-type", "application/x-www-form-urlencoded"));
+    let (status, _, body) = env.send("POST", path, &fields, form).await;
+    assert_eq!(status.as_u16(), 415, "{}", String::from_utf8_lossy(&body));
+    let mut json = creds(RW);
+    json.push(("content-type", "application/json"));
+    for body in [
+        r#"{"publishing_rule":{"approvers":{"users":["u1"]}},"publishing_rule":{}}"#,
+        r#"{"publishing_rule":{"__proto__":{"approvers":{"users":["u1"]}}}}"#,
+    ] {
+        let (status, _, text) = env.send("POST", path, &json, body).await;
+        assert_eq!(status.as_u16(), 400, "{body}: {}", String::from_utf8_lossy(&text));
+    }
+    let workflow = "/v3/content_types/blog/entries/e1/workflow";
+    let twice = r#"{"workflow":{"publishing_rule":{"status":1,"status":0}}}"#;
+    assert_eq!(env.send("POST", workflow, &json, twice).await.0.as_u16(), 400);
+    assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
+    let fine = r#"{"workflow":{"publishing_rule":{"status":0}}}"#;
+    assert_eq!(env.send("POST", workflow, &json, fine).await.0.as_u16(), 200);
+}
+
+/// HTTP/2 cookie fields reach an HTTP/1.1 backend as one field (RFC 9113 section 8.2.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_cookies_are_joined_for_the_backend() {
+    let env = Env::start().await;
+    let mut sender = h2(env.gateway.addr).await;
+    let mut fields = creds(RW);
+    fields.extend([("cookie", "a=1"), ("cookie", "b=2")]);
+    let uri = format!("http://{}{PATH}", env.gateway.addr);
+    assert_eq!(h2_send(&mut sender, "GET", &uri, &fields, "").await.0, 200);
+    let seen = env.backend.last().unwrap();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
 }

@@ -199,8 +199,6 @@ pub enum Rule {
     Bulk,
     /// `/stacks/management_tokens[/{uid}]`: served by stackgate itself.
     TokenApi,
-    /// Any other path under the token API (never leaves `classify`: it is a 404).
-    UnknownTokenApi,
 }
 
 /// What a request does, as far as policy is concerned.
@@ -222,16 +220,23 @@ impl Operation {
 const MAX_SEGMENTS: usize = 8;
 
 /// Classifies a canonical path (from [`super::normalize`]).
+///
+/// Matching is exact (case-sensitive, whole segments), but backends are often less
+/// strict: many routers ignore case, and some strip a format suffix (`.json`). A path
+/// that such a backend would route like a CMA path the gateway did not match is
+/// therefore refused, not classified as something else: the token API's path in any
+/// spelling is the gateway's own (404), and any other segment that reads as one of
+/// the table's literal words without being it (`Publishing_Rules`, `STACKS`,
+/// `entries.json`) is an ambiguous path (400).
 pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> {
     let rest = path.strip_prefix("/v3/").ok_or(GatewayError::NotFound)?;
     let mut segs: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
     let mut n = 0;
+    let mut deeper = false;
     for seg in split_slash(rest) {
         if n == MAX_SEGMENTS {
-            if segs[0] == "stacks" && is_token_api(segs[1]) {
-                return Err(GatewayError::NotFound);
-            }
-            return Ok(unknown());
+            deeper = true;
+            break;
         }
         segs[n] = seg;
         n += 1;
@@ -239,15 +244,115 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
     let segs = segs.get(..n).unwrap_or(&[]);
     let read = matches!(*method, Method::GET | Method::HEAD);
     let default = if read { Access::Read } else { Access::Write };
-    match route(method, read, default, segs) {
-        Operation { rule: Rule::UnknownTokenApi, .. } => Err(GatewayError::NotFound),
-        op => Ok(op),
+    if let [first, second, tail @ ..] = segs {
+        if loose_eq(first, "stacks", true) && loose_eq(second, "management_tokens", true) {
+            return match (*first, *second, tail, deeper) {
+                ("stacks", "management_tokens", [] | [_], false) => {
+                    Ok(with_rule(Module::Tokens, default, Rule::TokenApi))
+                }
+                _ => Err(GatewayError::NotFound),
+            };
+        }
     }
+    if segs.iter().any(|s| is_ambiguous_keyword(s)) {
+        return Err(GatewayError::BadRequest(crate::error::BadRequest::AmbiguousPath));
+    }
+    if deeper {
+        return Ok(unknown());
+    }
+    Ok(route(method, read, default, segs))
 }
 
-/// `management_tokens` in any spelling a backend might route the same way.
-fn is_token_api(segment: &str) -> bool {
-    crate::field_names::same_name(segment.as_bytes(), b"management_tokens")
+/// The literal words of the CMA path table (`route`).
+const KEYWORDS: [&str; 66] = [
+    "accept_ownership",
+    "ancestors",
+    "assets",
+    "audit-logs",
+    "branch_aliases",
+    "branches",
+    "branches_compare",
+    "branches_merge",
+    "branches_queue",
+    "bulk",
+    "clone",
+    "content_type",
+    "content_types",
+    "delete",
+    "delivery_tokens",
+    "deploy",
+    "descendants",
+    "disable",
+    "enable",
+    "entries",
+    "environments",
+    "executions",
+    "export",
+    "extensions",
+    "folders",
+    "global_fields",
+    "import",
+    "item",
+    "items",
+    "jobs",
+    "labels",
+    "locales",
+    "logs",
+    "management_tokens",
+    "move",
+    "name",
+    "organizations",
+    "publish",
+    "publish-queue",
+    "publishing_rules",
+    "references",
+    "release",
+    "releases",
+    "reset",
+    "retry",
+    "roles",
+    "settings",
+    "share",
+    "stacks",
+    "taxonomies",
+    "terms",
+    "transfer_ownership",
+    "unlocalize",
+    "unpublish",
+    "unschedule",
+    "unshare",
+    "update_items",
+    "user",
+    "user-session",
+    "users",
+    "variants",
+    "versions",
+    "webhooks",
+    "workflow",
+    "workflows",
+    "v3",
+];
+
+/// Whether `segment` reads as `word` to a lenient router: case ignored, anything from
+/// the first byte that is not a letter, digit, `-` or `_` cut off (a format suffix, an
+/// encoded space), and with `fold`, `-` and `_` alike.
+fn loose_eq(segment: &str, word: &str, fold: bool) -> bool {
+    let end = segment.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    let head = segment.get(..end.unwrap_or(segment.len())).unwrap_or_default();
+    head.len() == word.len()
+        && head.bytes().zip(word.bytes()).all(|(a, b)| {
+            let a = a.to_ascii_lowercase();
+            a == b || (fold && matches!((a, b), (b'-', b'_') | (b'_', b'-')))
+        })
+}
+
+/// A segment that is not a literal word of the table but reads as one (see [`classify`]).
+fn is_ambiguous_keyword(segment: &str) -> bool {
+    // The common segment (lower-case letters, digits, `_`, `-`) reads as itself.
+    if segment.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+        return false;
+    }
+    KEYWORDS.iter().any(|word| loose_eq(segment, word, false))
 }
 
 /// What `path.split('/')` yields. `str::split` runs a general substring searcher
@@ -375,10 +480,7 @@ fn stacks(method: &Method, read: bool, default: Access, rest: &[&str]) -> Operat
             never(M::Stack, default)
         }
         ["share" | "unshare"] => never(M::UserShare, default),
-        ["management_tokens"] | ["management_tokens", _] => with_rule(M::Tokens, default, Rule::TokenApi),
-        // Every other path under the token API, in any spelling, is the gateway's own
-        // and unknown: never forwarded, whatever the credentials (see `classify`).
-        [first, ..] if is_token_api(first) => with_rule(M::Tokens, default, Rule::UnknownTokenApi),
+        // `management_tokens` is decided in `classify`: it is the gateway's own.
         ["delivery_tokens", ..] => never(M::Tokens, default),
         ["users"] if read => op(M::User, Read),
         ["users", "roles"] if matches!(*method, Method::POST | Method::PUT) => op(M::User, Write),

@@ -3,6 +3,7 @@
 
 use super::classify::{Access, Module, Operation, Rule};
 use crate::error::{BadRequest, Denial, GatewayError};
+use crate::json::JsonError;
 use crate::snapshot::Token;
 use http::HeaderValue;
 
@@ -13,7 +14,7 @@ pub const DEFAULT_BRANCH: &str = "main";
 pub fn authorize(token: &Token, op: &Operation, branch: Option<&HeaderValue>) -> Result<(), GatewayError> {
     let deny = |d| Err(GatewayError::Forbidden(d));
     match op.rule {
-        Rule::Deny | Rule::TokenApi | Rule::UnknownTokenApi => return deny(Denial::NeverAllowed),
+        Rule::Deny | Rule::TokenApi => return deny(Denial::NeverAllowed),
         Rule::Plain | Rule::EntryWorkflow | Rule::PublishRuleApprovers | Rule::Bulk => {}
     }
     if op.module == Module::Unknown {
@@ -60,12 +61,14 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
     if op.rule == Rule::PublishRuleApprovers && body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| GatewayError::BadRequest(BadRequest::MalformedJson))?;
+    let json = crate::json::parse_strict(body).map_err(|e| match e {
+        JsonError::Malformed => GatewayError::BadRequest(BadRequest::MalformedJson),
+        JsonError::Ambiguous { .. } => GatewayError::BadRequest(BadRequest::AmbiguousJson),
+    })?;
     let denied = match op.rule {
         Rule::EntryWorkflow => workflow_change_denied(&json),
         Rule::PublishRuleApprovers => needs_approvers(&json),
-        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::TokenApi | Rule::UnknownTokenApi => false,
+        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::TokenApi => false,
     };
     if denied {
         Err(GatewayError::Forbidden(Denial::BodyRule))
@@ -143,6 +146,20 @@ mod tests {
         assert!(check(pr, json!({"publishing_rule":{"actions":[]}})).is_ok());
         assert!(inspect_body(&rule(pr), b"").is_ok(), "a DELETE carries no approvers");
         assert!(inspect_body(&rule(pr), b"[").is_err());
+    }
+
+    #[test]
+    fn bodies_with_two_readings_are_refused() {
+        let ambiguous = GatewayError::BadRequest(BadRequest::AmbiguousJson);
+        for body in [
+            r#"{"workflow":{"workflow_stage":{"uid":"s"}},"workflow":{"publishing_rule":{"status":0}}}"#,
+            r#"{"workflow":{"publishing_rule":{"status":1,"status":0}}}"#,
+            r#"{"workflow":{"publishing_rule":{"status":0},"__proto__":{"workflow_stage":{"uid":"s"}}}}"#,
+        ] {
+            assert_eq!(inspect_body(&rule(Rule::EntryWorkflow), body.as_bytes()), Err(ambiguous.clone()), "{body}");
+        }
+        let approvers = r#"{"publishing_rule":{"approvers":{"users":["u1"]}},"publishing_rule":{}}"#;
+        assert_eq!(inspect_body(&rule(Rule::PublishRuleApprovers), approvers.as_bytes()), Err(ambiguous));
     }
 
     #[test]

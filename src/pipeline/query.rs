@@ -7,9 +7,12 @@
 //! A credential in the query (`authtoken`, ...) would let the backend authorise the
 //! request as someone the gateway did not check: it is refused outright.
 //!
-//! Keys are read the way lenient backends read them: percent- and `+`-decoded, case
-//! ignored, `-`, `.` and spaces as `_` (PHP's rule), and an array suffix ignored
-//! (`branch[]`, `branch[0]`).
+//! Keys are read the way the most lenient backends read them, and a key any of them
+//! could take for one of these names counts as that name: pairs split on `&` and `;`,
+//! percent- and `+`-decoded; a key cut at a NUL (PHP); its array base (`branch[]`,
+//! PHP and Rack) or its first bracketed name (`[branch]`, qs); each compared with
+//! everything but letters and digits dropped and case ignored (`API-Key`, `api.key`,
+//! `]api_key`, `auth_token`).
 
 use super::auth::Credentials;
 use super::policy::DEFAULT_BRANCH;
@@ -22,7 +25,8 @@ const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousQu
 enum Param {
     StackKey,
     Branch,
-    Credential,
+    /// A credential or a method override: never in a management-token request's query.
+    Refused,
     Other,
 }
 
@@ -33,10 +37,11 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
     let api_key = creds.api_key().map(|v| v.as_bytes());
     let branch = creds.branch.map_or(DEFAULT_BRANCH.as_bytes(), |v| v.as_bytes());
     let (mut seen_key, mut seen_branch) = (false, false);
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+    let pairs = query.split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes()));
+    for (key, value) in pairs {
         let (seen, authorised) = match classify(&key) {
             Param::Other => continue,
-            Param::Credential => return Err(AMBIGUOUS),
+            Param::Refused => return Err(AMBIGUOUS),
             Param::StackKey => (&mut seen_key, api_key),
             Param::Branch => (&mut seen_branch, Some(branch)),
         };
@@ -47,25 +52,43 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
     Ok(())
 }
 
+/// What a key may mean to some backend; the strongest reading wins.
 fn classify(key: &str) -> Param {
-    let key = key.trim_start();
-    // `name[...]` is `name` as an array to PHP and Rack.
-    let base = match key.find('[') {
-        Some(open) if key[open..].contains(']') => &key[..open],
-        _ => key,
-    };
-    let folded: String = base
-        .chars()
-        .map(|c| match c {
-            '-' | '.' | ' ' | '[' => '_',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
+    let key = key.split('\0').next().unwrap_or_default();
+    let base = key.split('[').next().unwrap_or_default();
+    let bracketed =
+        key.trim_start_matches(|c: char| c.is_whitespace() || c == '[').split(']').next().unwrap_or_default();
+    [key, base, bracketed].into_iter().map(param).max_by_key(|p| p.strength()).unwrap_or(Param::Other)
+}
+
+/// A name with everything but letters and digits dropped, in lower case.
+fn param(name: &str) -> Param {
+    let folded: String = name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
     match folded.as_str() {
-        "api_key" => Param::StackKey,
+        "apikey" => Param::StackKey,
         "branch" => Param::Branch,
-        "authtoken" | "authorization" | "access_token" => Param::Credential,
+        // Credentials, and method overrides (what was authorised is the method sent).
+        "authtoken"
+        | "authorization"
+        | "accesstoken"
+        | "method"
+        | "httpmethod"
+        | "methodoverride"
+        | "httpmethodoverride"
+        | "xhttpmethodoverride"
+        | "xmethodoverride"
+        | "xhttpmethod" => Param::Refused,
         _ => Param::Other,
+    }
+}
+
+impl Param {
+    fn strength(&self) -> u8 {
+        match self {
+            Param::Other => 0,
+            Param::StackKey | Param::Branch => 1,
+            Param::Refused => 2,
+        }
     }
 }
 
@@ -104,6 +127,18 @@ mod tests {
             "authtoken=user",
             "access_token=x",
             "branch=",
+            "[branch]=development",
+            "%5Bbranch%5D=development",
+            "[[api_key]]=blt2",
+            "]api_key=blt2",
+            "api_key%00=blt2",
+            "branch%00x=development",
+            "x=1;branch=development",
+            "api_key=blt1&[api_key]=blt2",
+            "auth_token=x",
+            "auth-token=x",
+            "_method=DELETE",
+            "x-http-method-override=DELETE",
         ] {
             assert_eq!(check_with(bad, "blt1", None), Err(AMBIGUOUS), "{bad}");
         }

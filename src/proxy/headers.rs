@@ -40,6 +40,23 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
     }
 }
 
+/// Joins an HTTP/2 request's `cookie` fields into one, as RFC 9113 section 8.2.3 says
+/// a request forwarded over HTTP/1.1 must carry them (an HTTP/1.1 backend may read
+/// only the first of several).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for more in headers.get_all(header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(more.as_bytes());
+        }
+        if let Ok(value) = HeaderValue::from_bytes(&joined) {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+}
+
 /// Removes the fields `doomed` picks; allocates only when there is something to remove.
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     // Most messages carry none of them: look before collecting.

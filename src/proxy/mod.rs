@@ -16,7 +16,7 @@ pub use body::{drain, BodyState, ClientBody, Streamed};
 pub use direct::UpstreamSlot;
 pub use h1::{Fields, STRAY_DISCARDS};
 use headers::prepare_response_headers;
-pub use headers::{prepare_request_headers, Added, Identity, TRACEPARENT, X_REQUEST_ID};
+pub use headers::{join_cookies, prepare_request_headers, Added, Identity, TRACEPARENT, X_REQUEST_ID};
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};

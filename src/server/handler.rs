@@ -224,6 +224,11 @@ async fn process(
     let outbound = match &principal {
         Principal::Token(_) if op.needs_body() => {
             let bytes = read_inspected(snap, parts, body).await?;
+            // The rule reads the body as JSON: so must the backend (a form body can be
+            // valid JSON and mean something else to a form parser).
+            if !bytes.iter().all(u8::is_ascii_whitespace) && !crate::json::declares_json(&parts.headers) {
+                return Err(GatewayError::UnsupportedMediaType);
+            }
             pipeline::inspect_body(&op, &bytes)?;
             Outbound::Bytes(bytes)
         }
@@ -238,6 +243,9 @@ async fn process(
             streamed.into_outbound()
         }
     };
+    if parts.version == http::Version::HTTP_2 {
+        proxy::join_cookies(&mut parts.headers);
+    }
     let added = prepare_request_headers(
         &mut parts.headers,
         &conn.peer_ip,

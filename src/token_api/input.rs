@@ -3,11 +3,9 @@
 
 use crate::config::{Organization, Stack};
 use crate::error::{BadRequest, FieldErrors, GatewayError};
+use crate::json::JsonError;
 use crate::token::{compile_scope, parse_expiry, Acl, RateLimit, ScopeEntry, TokenRecord};
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Number, Value};
-use std::cell::RefCell;
-use std::fmt;
+use serde_json::{Map, Value};
 
 const MAX_NAME: usize = 255;
 const MAX_DESCRIPTION: usize = 1000;
@@ -293,108 +291,24 @@ fn check(rec: &TokenRecord, ctx: &Context<'_>, errors: &mut FieldErrors) {
     }
 }
 
-/// Parses a body into a [`Value`] like `serde_json::from_slice`, except that a key given
-/// twice in one object is an error (422, under the key's path from the body's root, e.g.
-/// `token.scope[0].acl.write`) where serde_json silently keeps the last: a client, a
-/// proxy or a log reading the first copy would see a different token from the one
-/// stored. Malformed JSON is 400. serde_json's nesting limit (128) still applies, so a
-/// deeply nested body is refused (400) before it can exhaust the stack.
+/// Parses a body strictly (see [`crate::json::parse_strict`]): malformed JSON is 400; a
+/// repeated key (under its path from the body's root, e.g. `token.scope[0].acl.write`)
+/// or a `__proto__` key is 422: a client, a proxy or a log reading the body another way
+/// would see a different token from the one stored.
 fn strict_json(body: &[u8]) -> Result<Value, GatewayError> {
-    let repeated = RefCell::new(Vec::new());
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = Strict { path: String::new(), repeated: &repeated }
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v))
-        .map_err(|_| GatewayError::BadRequest(BadRequest::MalformedJson))?;
-    let repeated = repeated.into_inner();
-    if repeated.is_empty() {
-        return Ok(value);
-    }
-    let mut errors = FieldErrors::new();
-    for path in repeated {
-        push(&mut errors, &path, "is given more than once.");
-    }
-    Err(GatewayError::Unprocessable(errors))
-}
-
-/// The seed and visitor of [`strict_json`]: builds the value at `path`, recording the
-/// path of every repeated key (parsing goes on, so every repeat is reported and a syntax
-/// error later in the body is still a 400).
-struct Strict<'r> {
-    path: String,
-    repeated: &'r RefCell<Vec<String>>,
-}
-
-impl Strict<'_> {
-    fn child(&self, path: String) -> Self {
-        Strict { path, repeated: self.repeated }
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Strict<'_> {
-    type Value = Value;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Strict<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
-        Ok(Value::Bool(b))
-    }
-
-    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-
-    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-
-    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
-        // The parser yields only finite numbers; null is serde_json's own answer otherwise.
-        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
-        Ok(Value::String(s.to_owned()))
-    }
-
-    fn visit_string<E>(self, s: String) -> Result<Value, E> {
-        Ok(Value::String(s))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut obj = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
-            let value = map.next_value_seed(self.child(path.clone()))?;
-            if obj.contains_key(&key) {
-                self.repeated.borrow_mut().push(path);
-            } else {
-                obj.insert(key, value);
+    match crate::json::parse_strict(body) {
+        Ok(value) => Ok(value),
+        Err(JsonError::Malformed) => Err(GatewayError::BadRequest(BadRequest::MalformedJson)),
+        Err(JsonError::Ambiguous { repeated, proto }) => {
+            let mut errors = FieldErrors::new();
+            for path in repeated {
+                push(&mut errors, &path, "is given more than once.");
             }
+            for path in proto {
+                push(&mut errors, &path, "is not allowed.");
+            }
+            Err(GatewayError::Unprocessable(errors))
         }
-        Ok(Value::Object(obj))
     }
 }
 

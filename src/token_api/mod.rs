@@ -80,35 +80,11 @@ fn authenticate<'c>(
 /// nothing unread on its connection.
 async fn read_body(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
     let bytes = read_bounded(parts, body).await?;
-    if declares_json(&parts.headers) {
+    if crate::json::declares_json(&parts.headers) {
         Ok(bytes)
     } else {
         Err(GatewayError::UnsupportedMediaType)
     }
-}
-
-/// Whether the request carries exactly one `Content-Type`, with the media type
-/// `application/json` (in any case; RFC 9110 section 8.3.1). Parameters may follow, but
-/// a `charset` other than UTF-8 is refused: JSON is UTF-8 (RFC 8259 section 8.1) and the
-/// parser reads it as such, so a body declared otherwise would be read as something else.
-fn declares_json(headers: &http::HeaderMap) -> bool {
-    let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return false;
-    };
-    let Ok(text) = value.to_str() else {
-        return false;
-    };
-    let mut parts = text.split(';');
-    let media_type = parts.next().unwrap_or_default().trim();
-    media_type.eq_ignore_ascii_case("application/json")
-        && parts.all(|param| match param.split_once('=') {
-            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
-                value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
-            }
-            Some((name, _)) => !name.trim().is_empty(),
-            None => param.trim().is_empty(),
-        })
 }
 
 async fn read_bounded(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
@@ -313,44 +289,4 @@ async fn delete(gw: &Arc<Gateway>, stack: &Stack, uid: &str) -> Result<Response<
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, "management token deleted");
     ok(StatusCode::OK, json!({ "notice": "Management Token deleted successfully." }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(values: &[&'static str]) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        for v in values {
-            h.append(http::header::CONTENT_TYPE, http::HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn json_content_types() {
-        for ok in [
-            "application/json",
-            "Application/JSON",
-            "application/json; charset=utf-8",
-            "application/json;charset=\"UTF-8\"",
-            "application/json ; foo=bar",
-            "application/json;",
-        ] {
-            assert!(declares_json(&headers(&[ok])), "{ok}");
-        }
-        for refused in [
-            "text/plain",
-            "application/jsonx",
-            "application/json-patch+json",
-            "application/x-www-form-urlencoded",
-            "application/json; charset=latin1",
-            "application/json; nonsense",
-            "",
-        ] {
-            assert!(!declares_json(&headers(&[refused])), "{refused}");
-        }
-        assert!(!declares_json(&headers(&[])), "missing");
-        assert!(!declares_json(&headers(&["application/json", "text/plain"])), "two values");
-    }
 }

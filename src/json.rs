@@ -1,0 +1,197 @@
+//! Strict JSON: what the gateway parses to decide must have one reading.
+//!
+//! `serde_json` keeps the last of two equal keys; other parsers keep the first, and a
+//! JavaScript backend copying a body with `Object.assign` treats `__proto__` as the
+//! prototype. A body with either could be read one way by the gateway and another by
+//! the backend, so [`parse_strict`] reports them (with their paths from the root).
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+use std::cell::RefCell;
+use std::fmt;
+
+/// Why a body was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonError {
+    /// Not JSON (or nested deeper than serde_json's limit of 128).
+    Malformed,
+    /// JSON with keys given more than once, or `__proto__` keys (their paths).
+    Ambiguous { repeated: Vec<String>, proto: Vec<String> },
+}
+
+/// Whether the request carries exactly one `Content-Type`, with the media type
+/// `application/json` (in any case; RFC 9110 section 8.3.1). Parameters may follow, but
+/// a `charset` other than UTF-8 is refused: JSON is UTF-8 (RFC 8259 section 8.1) and the
+/// parser reads it as such, so a body declared otherwise would be read as something else.
+pub fn declares_json(headers: &http::HeaderMap) -> bool {
+    let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let mut parts = text.split(';');
+    let media_type = parts.next().unwrap_or_default().trim();
+    media_type.eq_ignore_ascii_case("application/json")
+        && parts.all(|param| match param.split_once('=') {
+            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+                value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            }
+            Some((name, _)) => !name.trim().is_empty(),
+            None => param.trim().is_empty(),
+        })
+}
+
+/// Parses a body like `serde_json::from_slice`, refusing what has two readings.
+pub fn parse_strict(body: &[u8]) -> Result<Value, JsonError> {
+    let found = RefCell::new(Found::default());
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Strict { path: String::new(), found: &found }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|_| JsonError::Malformed)?;
+    let Found { repeated, proto } = found.into_inner();
+    if repeated.is_empty() && proto.is_empty() {
+        Ok(value)
+    } else {
+        Err(JsonError::Ambiguous { repeated, proto })
+    }
+}
+
+/// The seed and visitor of [`parse_strict`]: builds the value at `path`, recording the
+/// path of every repeated or `__proto__` key (parsing goes on, so every one is reported
+/// and a syntax error later in the body is still `Malformed`).
+struct Strict<'r> {
+    path: String,
+    found: &'r RefCell<Found>,
+}
+
+#[derive(Default)]
+struct Found {
+    repeated: Vec<String>,
+    proto: Vec<String>,
+}
+
+impl Strict<'_> {
+    fn child(&self, path: String) -> Self {
+        Strict { path, found: self.found }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        // The parser yields only finite numbers; null is serde_json's own answer otherwise.
+        Ok(Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
+            let value = map.next_value_seed(self.child(path.clone()))?;
+            if key == "__proto__" {
+                self.found.borrow_mut().proto.push(path);
+            } else if obj.contains_key(&key) {
+                self.found.borrow_mut().repeated.push(path);
+            } else {
+                obj.insert(key, value);
+            }
+        }
+        Ok(Value::Object(obj))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&'static str]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(http::header::CONTENT_TYPE, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json ; foo=bar",
+            "application/json;",
+        ] {
+            assert!(declares_json(&headers(&[ok])), "{ok}");
+        }
+        for refused in [
+            "text/plain",
+            "application/jsonx",
+            "application/json-patch+json",
+            "application/x-www-form-urlencoded",
+            "application/json; charset=latin1",
+            "application/json; nonsense",
+            "",
+        ] {
+            assert!(!declares_json(&headers(&[refused])), "{refused}");
+        }
+        assert!(!declares_json(&headers(&[])), "missing");
+        assert!(!declares_json(&headers(&["application/json", "text/plain"])), "two values");
+    }
+
+    #[test]
+    fn repeated_and_proto_keys_are_found_at_any_depth() {
+        assert!(parse_strict(br#"{"a":[{"b":1}],"c":null}"#).is_ok());
+        let err = parse_strict(br#"{"a":{"b":1,"b":2},"l":[{"__proto__":{}}]}"#).unwrap_err();
+        assert_eq!(err, JsonError::Ambiguous { repeated: vec!["a.b".into()], proto: vec!["l[0].__proto__".into()] });
+        assert_eq!(parse_strict(b"{"), Err(JsonError::Malformed));
+    }
+}
