@@ -66,15 +66,21 @@ impl AtomicHistogram {
 }
 
 impl EncodeMetric for AtomicHistogram {
+    /// Hands the encoder each bucket's own count: prometheus-client's `encode_histogram`
+    /// accumulates them itself (passing running totals counted every observation again
+    /// in each later bucket). The last bucket's bound is `f64::INFINITY`, which the
+    /// encoder writes as `le="+Inf"`; `_count` is the sum of the same loads, so it equals
+    /// the `+Inf` bucket even while observations race with the scrape.
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut cumulative = 0u64;
+        let mut total = 0u64;
         let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
         for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::MAX), cumulative));
+            let n = c.load(Ordering::Relaxed);
+            total += n;
+            buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n));
         }
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, total, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {

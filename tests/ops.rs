@@ -194,6 +194,50 @@ async fn admin_endpoints_and_metrics_move() {
     assert_eq!(admin_get(admin, "/nope").await.0, 404);
 }
 
+/// The latency histogram, read back by a Prometheus text parser (`prometheus-parse`),
+/// keeps the histogram invariants after real requests: cumulative buckets that never
+/// decrease, a last bucket `le="+Inf"`, and that bucket equal to `_count`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_histogram_parses_with_prometheus_invariants() {
+    let env = Env::start().await;
+    for _ in 0..4 {
+        assert_eq!(env.token("GET", ENTRIES, RO, "").await.0, 200);
+    }
+    assert_eq!(env.token("POST", ENTRIES, RO, "{}").await.0, 403);
+    env.send("GET", ENTRIES, &[("x-test-delay-ms", "30"), ("api_key", API_KEY), ("authorization", RO)], "").await;
+    let (status, text) = admin_get(env.gateway.admin_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let name = "stackgate_request_duration_seconds";
+    let buckets = scrape
+        .samples
+        .iter()
+        .find_map(|s| match (&s.value, s.metric.as_str()) {
+            (prometheus_parse::Value::Histogram(b), m) if m == name => Some(b.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no histogram {name} in:\n{text}"));
+    let count = scrape
+        .samples
+        .iter()
+        .find_map(|s| match s.value {
+            prometheus_parse::Value::Untyped(v) if s.metric == format!("{name}_count") => Some(v),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {name}_count in:\n{text}"));
+    assert!(count >= 6.0, "six requests observed: {count}\n{text}");
+    assert!(buckets.len() >= 2, "{buckets:?}");
+    for pair in buckets.windows(2) {
+        assert!(pair[0].less_than < pair[1].less_than, "bounds ascend: {buckets:?}");
+        assert!(pair[0].count <= pair[1].count, "cumulative counts never decrease: {buckets:?}");
+    }
+    let last = buckets.last().unwrap();
+    assert_eq!(last.less_than, f64::INFINITY, "last bucket is +Inf: {buckets:?}");
+    assert!(text.contains(&format!("{name}_bucket{{le=\"+Inf\"}}")), "{text}");
+    assert_eq!(last.count, count, "+Inf bucket equals _count: {buckets:?}");
+    assert!(buckets.iter().all(|b| b.count <= count), "no bucket above _count: {buckets:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_to_open_connections_and_rejects_bad_files_whole() {
     let backend = Backend::start().await;
