@@ -204,3 +204,40 @@ async fn one_notice_per_channel_no_resend_after_restart_retry_and_rearm() {
     assert_eq!(mine["expiry_notified_at"], "2026-12-28T00:00:00Z", "re-armed notice for the new date: {mine}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// After a notice went out, the PUT response, GET one and the list show the same record
+/// (`expiry_notified_at` included): every response is built the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_token_response_shows_the_notice_time() {
+    let backend = Backend::start().await;
+    let hook = webhook(0).await;
+    let (smtp, _mails) = smtp_sink().await;
+    let dir = temp_dir("notify-shown");
+    let clock = Arc::new(ManualClock::new(EXPIRY - 6 * DAY));
+    let gw = stackgate::server::start(config(backend.addr, hook.addr, smtp, &dir.join("s.db")), clock.clone())
+        .await
+        .unwrap();
+    let mut api = KeepAlive::connect(gw.addr).await;
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "application/json")];
+    let create = json!({"token": {"name": "noticed", "expires_on": "2027-01-01", "is_email_notification_enabled": true,
+        "scope": [{"module": "$all", "acl": {"read": true}}, {"module": "branch", "branches": ["main"]}]}});
+    let (status, body) = api.send("POST", "/v3/stacks/management_tokens", &owner, &create.to_string()).await;
+    assert_eq!(status, 201, "{body}");
+    let uid = serde_json::from_str::<Value>(&body).unwrap()["token"]["uid"].as_str().unwrap().to_owned();
+    eventually("both notices counted", || gw.gateway.metrics.notices_sent.get() == 2).await;
+
+    let path = format!("/v3/stacks/management_tokens/{uid}");
+    let update = json!({"token": {"description": "still expiring"}});
+    let (status, body) = api.send("PUT", &path, &owner, &update.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let put: Value = serde_json::from_str::<Value>(&body).unwrap()["token"].clone();
+    assert_eq!(put["expiry_notified_at"], "2026-12-26T00:00:00Z", "PUT response: {put}");
+    let (_, body) = api.send("GET", &path, &owner, "").await;
+    let got: Value = serde_json::from_str::<Value>(&body).unwrap()["token"].clone();
+    let (_, body) = api.send("GET", "/v3/stacks/management_tokens", &owner, "").await;
+    let listed = serde_json::from_str::<Value>(&body).unwrap();
+    let listed = listed["tokens"].as_array().unwrap().iter().find(|t| t["uid"] == uid.as_str()).unwrap().clone();
+    assert_eq!(put, got, "PUT and GET show the same record");
+    assert_eq!(got, listed, "GET one and the list show the same record");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -150,12 +150,15 @@ fn to_json(rec: &TokenRecord) -> Value {
     })
 }
 
-/// Fills in when the expiry notice for the record's current expiry went out.
-async fn with_notice(gw: &Gateway, mut rec: TokenRecord) -> Result<TokenRecord, GatewayError> {
+/// A record as every response shows it: [`to_json`] after filling in when the expiry
+/// notice for its current expiry went out. The notice time lives in the store beside
+/// the record (the notifier writes it), not in the record a create or update returns,
+/// so every response (POST, PUT, GET one, list) goes through here to show the same thing.
+async fn shown(gw: &Gateway, mut rec: TokenRecord) -> Result<Value, GatewayError> {
     if let Some(at) = rec.expires_on.as_ref().map(|e| e.at) {
         rec.expiry_notified_at = gw.store().first_notice(&rec.uid, at).await.map_err(store_error)?;
     }
-    Ok(rec)
+    Ok(to_json(&rec))
 }
 
 fn ok(status: StatusCode, value: Value) -> Result<Response<Body>, GatewayError> {
@@ -170,7 +173,7 @@ async fn list(gw: &Gateway, stack: &Stack) -> Result<Response<Body>, GatewayErro
     let stored = gw.store().list(&stack.api_key).await.map_err(store_error)?;
     let mut tokens = Vec::with_capacity(stack.tokens.len() + stored.len());
     for rec in stack.tokens.iter().cloned().chain(stored) {
-        tokens.push(to_json(&with_notice(gw, rec).await?));
+        tokens.push(shown(gw, rec).await?);
     }
     ok(StatusCode::OK, json!({ "tokens": tokens }))
 }
@@ -180,7 +183,7 @@ async fn show(gw: &Gateway, stack: &Stack, uid: &str) -> Result<Response<Body>, 
         Some(rec) => rec.clone(),
         None => gw.store().get(&stack.api_key, uid).await.map_err(store_error)?.ok_or(GatewayError::TokenNotFound)?,
     };
-    ok(StatusCode::OK, json!({ "token": to_json(&with_notice(gw, rec).await?) }))
+    ok(StatusCode::OK, json!({ "token": shown(gw, rec).await? }))
 }
 
 fn context<'a>(
@@ -221,15 +224,14 @@ async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Re
     let rec = input::apply(parsed, base, &ctx, true).map_err(GatewayError::Unprocessable)?;
     let cap =
         Cap { max: ctx.org.max_tokens_per_stack, static_count: u32::try_from(stack.tokens.len()).unwrap_or(u32::MAX) };
-    gw.commit(|store| async move { store.create(&rec, cap).await.map(|()| rec) }, |rec| Change::Upsert(rec))
+    let rec = gw
+        .commit(|store| async move { store.create(&rec, cap).await.map(|()| rec) }, |rec| Change::Upsert(rec))
         .await
-        .map_err(store_error)
-        .and_then(|rec| {
-            tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token created");
-            let mut token = to_json(&rec);
-            token["token"] = json!(secret);
-            ok(StatusCode::CREATED, json!({ "notice": "Management Token created successfully.", "token": token }))
-        })
+        .map_err(store_error)?;
+    tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token created");
+    let mut token = shown(gw, rec).await?;
+    token["token"] = json!(secret);
+    ok(StatusCode::CREATED, json!({ "notice": "Management Token created successfully.", "token": token }))
 }
 
 async fn update(
@@ -269,7 +271,7 @@ async fn update(
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token updated");
-    ok(StatusCode::OK, json!({ "notice": "Management Token updated successfully.", "token": to_json(&rec) }))
+    ok(StatusCode::OK, json!({ "notice": "Management Token updated successfully.", "token": shown(gw, rec).await? }))
 }
 
 async fn delete(gw: &Arc<Gateway>, stack: &Stack, uid: &str) -> Result<Response<Body>, GatewayError> {
