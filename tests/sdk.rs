@@ -7,18 +7,47 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 
+/// The Python that has the SDK: `STACKGATE_PYTHON`, else the virtualenv under
+/// `target/` that `scripts/test.sh` makes, else `python3`.
+fn python() -> String {
+    if let Some(p) = std::env::var_os("STACKGATE_PYTHON") {
+        return p.to_string_lossy().into_owned();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python");
+    if venv.exists() {
+        return venv.to_string_lossy().into_owned();
+    }
+    "python3".to_owned()
+}
+
+/// Where `@contentstack/management` is installed (the npm prefix): `STACKGATE_JS_SDK_DIR`,
+/// else `target/js-sdk`, where `scripts/test.sh` installs it.
+fn js_sdk_dir() -> std::path::PathBuf {
+    std::env::var_os("STACKGATE_JS_SDK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/js-sdk"))
+}
+
+/// Whether an SDK test may run; says why not otherwise.
+fn sdk_available(what: &str, probe: std::io::Result<std::process::Output>) -> bool {
+    if probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI must install {what} (see scripts/test.sh)");
+    println!("skipped: {what} is not installed (bash scripts/test.sh installs it)");
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_management_sdk_through_the_gateway() {
-    let probe = std::process::Command::new("python3").args(["-c", "import contentstack_management"]).output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(std::env::var_os("CI").is_none(), "CI must install contentstack-management (see .ci/run)");
-        println!("skipped: the contentstack-management Python SDK is not installed (pip install contentstack-management pyotp)");
+    let probe = std::process::Command::new(python()).args(["-c", "import contentstack_management"]).output();
+    if !sdk_available("the contentstack-management Python SDK", probe) {
         return;
     }
     let env = Env::start().await;
     let addr = env.gateway.addr.to_string();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
+        std::process::Command::new(python())
             .args(["tests/sdk/python_sdk.py", &addr, API_KEY, RO, RW, ALICE])
             .output()
             .unwrap()
@@ -40,6 +69,8 @@ async fn python_management_sdk_through_the_gateway() {
         // The SDK's token-API writes pass the gateway's body checks (application/json).
         ("owner_create_token", "201"),
         ("owner_update_token", "200"),
+        // The documented round trip: what was fetched goes back whole, and is accepted.
+        ("owner_fetch_then_update_token", "200"),
     ];
     for (name, status) in expect {
         assert_eq!(results.get(name).copied(), Some(status), "{name}: {stdout}");
@@ -57,6 +88,48 @@ async fn python_management_sdk_through_the_gateway() {
     let made = made.unwrap_or_else(|| panic!("the SDK's token is listed: {listed}"));
     assert_eq!(
         (made["description"].as_str(), made["scope"][0]["acl"]["write"].as_bool()),
-        (Some("read-only now"), Some(false))
+        (Some("fetched then updated"), Some(false))
     );
+}
+
+/// The JavaScript SDK's documented `managementToken(uid).fetch()` then `.update()`
+/// through the gateway (plain http): the update sends back the fields the API returned
+/// (`origin`, `expiry_notified_at`, ...), which the gateway ignores, and applies the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_management_sdk_fetch_then_update_token() {
+    let sdk = js_sdk_dir();
+    let probe = std::process::Command::new("node")
+        .current_dir(&sdk)
+        .args(["-e", "require.resolve('@contentstack/management')"])
+        .output();
+    if !sdk_available("the @contentstack/management npm package", probe) {
+        return;
+    }
+    let env = Env::start().await;
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "application/json")];
+    let create = r#"{"token": {"name": "for the js sdk", "description": "before", "expires_on": "2099-01-01",
+        "scope": [{"module": "$all", "acl": {"read": true}}, {"module": "branch", "branches": ["main"], "acl": {"read": true}}]}}"#;
+    let (status, _, body) = env.send("POST", "/v3/stacks/management_tokens", &owner, create).await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let uid = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["token"]["uid"].as_str().unwrap().to_owned();
+    let (addr, uid_arg) = (env.gateway.addr.to_string(), uid.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg("tests/sdk/js_sdk.mjs")
+            .arg(&sdk)
+            .args([&addr, API_KEY, ALICE, &uid_arg])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let results: HashMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert!(results.get("fetch").is_some_and(|r| r.starts_with("ok")), "{stdout}");
+    assert!(results.get("update").is_some_and(|r| r.starts_with("ok")), "{stdout}");
+    let (_, _, body) = env.send("GET", &format!("/v3/stacks/management_tokens/{uid}"), &owner, "").await;
+    let shown: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(shown["token"]["description"], "updated by the js sdk", "{shown}");
+    assert_eq!(shown["token"]["expires_on"], "2099-01-01", "{shown}");
 }

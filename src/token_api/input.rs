@@ -27,9 +27,24 @@ fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
     errors.entry(field.to_owned()).or_default().push(msg.to_owned());
 }
 
+/// Fields the API returns (see `to_json`) that a client cannot choose. An update
+/// ignores them, because the official SDKs' documented `fetch()` then `update()` sends
+/// the fetched record back whole; a create refuses them (422), since there is nothing
+/// fetched to echo and a value there is a client's mistake. `token` is the secret of
+/// the create response: it is never set through the API either way.
+pub const RETURNED_ONLY: [&str; 9] =
+    ["uid", "api_key", "created_at", "updated_at", "created_by", "updated_by", "expiry_notified_at", "origin", "token"];
+
+/// What a body is parsed for: the two differ only in [`RETURNED_ONLY`] fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Create,
+    Update,
+}
+
 /// Parses `{"token": {...}}`. Malformed JSON is 400; duplicate keys, wrong shapes,
 /// wrong types and unknown fields are 422 with every problem listed.
-pub fn parse(body: &[u8]) -> Result<TokenInput, GatewayError> {
+pub fn parse(body: &[u8], purpose: Purpose) -> Result<TokenInput, GatewayError> {
     let value = strict_json(body)?;
     let mut errors = FieldErrors::new();
     let Some(outer) = value.as_object() else {
@@ -43,7 +58,7 @@ pub fn parse(body: &[u8]) -> Result<TokenInput, GatewayError> {
         push(&mut errors, "token", "is required and must be an object.");
         return Err(GatewayError::Unprocessable(errors));
     };
-    let input = fields(obj, &mut errors);
+    let input = fields(obj, purpose, &mut errors);
     if errors.is_empty() {
         Ok(input)
     } else {
@@ -51,7 +66,7 @@ pub fn parse(body: &[u8]) -> Result<TokenInput, GatewayError> {
     }
 }
 
-fn fields(obj: &Map<String, Value>, errors: &mut FieldErrors) -> TokenInput {
+fn fields(obj: &Map<String, Value>, purpose: Purpose, errors: &mut FieldErrors) -> TokenInput {
     let mut input = TokenInput::default();
     for (key, v) in obj {
         match key.as_str() {
@@ -68,9 +83,10 @@ fn fields(obj: &Map<String, Value>, errors: &mut FieldErrors) -> TokenInput {
                 _ => push(errors, key, "must be true or false."),
             },
             "rate_limit" => input.rate_limit = rate_limit(v, errors),
-            // Fields of a GET response that a client cannot choose.
-            "uid" | "created_at" | "updated_at" | "created_by" | "updated_by" | "origin" | "token" => {
-                push(errors, &format!("token.{key}"), "cannot be set.")
+            returned if RETURNED_ONLY.contains(&returned) => {
+                if purpose == Purpose::Create {
+                    push(errors, &format!("token.{key}"), "cannot be set.");
+                }
             }
             _ => push(errors, &format!("token.{key}"), "is not a known field."),
         }
@@ -317,7 +333,7 @@ mod tests {
     use super::*;
 
     fn field_errors(body: &str) -> FieldErrors {
-        match parse(body.as_bytes()) {
+        match parse(body.as_bytes(), Purpose::Update) {
             Err(GatewayError::Unprocessable(errors)) => errors,
             other => panic!("{body}: expected 422, got {other:?}"),
         }
@@ -340,7 +356,7 @@ mod tests {
         let bodies: [&[u8]; 4] = [b"{not json", br#"{"token": {"name": "a", "name": "b"}"#, b"{} {}", deep.as_bytes()];
         for body in bodies {
             assert_eq!(
-                parse(body).err(),
+                parse(body, Purpose::Update).err(),
                 Some(GatewayError::BadRequest(BadRequest::MalformedJson)),
                 "{}",
                 String::from_utf8_lossy(body)
@@ -377,12 +393,32 @@ mod tests {
             br#"{"token": {"rate_limit": {"write_per_second": 2, "read_per_second": 5}, "scope": [
                 {"module": "$all", "acl": {"read": true}},
                 {"module": "branch", "branches": ["main"], "branch_aliases": null, "acl": {"read": true, "write": false}}]}}"#,
+            Purpose::Create,
         )
         .unwrap();
         assert_eq!(input.rate_limit, Some(Some(RateLimit { read_per_second: 5, write_per_second: 2 })));
         let scope = input.scope.unwrap();
         assert_eq!(scope[0].acl, Acl { read: true, write: false });
         assert_eq!(scope[1].branches.as_deref(), Some(&["main".to_owned()][..]));
-        assert_eq!(parse(br#"{"token": {"rate_limit": null}}"#).unwrap().rate_limit, Some(None));
+        assert_eq!(parse(br#"{"token": {"rate_limit": null}}"#, Purpose::Update).unwrap().rate_limit, Some(None));
+    }
+
+    #[test]
+    fn returned_fields_are_ignored_on_update_and_refused_on_create() {
+        let body = r#"{"token": {"description": "d", "uid": "blt0000000000000001", "api_key": "blt1",
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": null, "created_by": "alice", "updated_by": "alice",
+            "expiry_notified_at": null, "origin": "store", "token": "cs0"}}"#;
+        let input = parse(body.as_bytes(), Purpose::Update).unwrap();
+        assert_eq!(input.description.as_deref(), Some("d"));
+        match parse(body.as_bytes(), Purpose::Create) {
+            Err(GatewayError::Unprocessable(errors)) => {
+                assert_eq!(errors.len(), RETURNED_ONLY.len(), "{errors:?}");
+                assert!(errors.values().all(|m| m == &["cannot be set."]), "{errors:?}");
+            }
+            other => panic!("expected 422, got {other:?}"),
+        }
+        // Unknown fields stay errors on update.
+        let errors = field_errors(r#"{"token": {"uid": "x", "colour": "red"}}"#);
+        assert_eq!(errors.keys().collect::<Vec<_>>(), ["token.colour"]);
     }
 }

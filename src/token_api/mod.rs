@@ -196,7 +196,7 @@ fn context<'a>(
 }
 
 async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Result<Response<Body>, GatewayError> {
-    let parsed = input::parse(&body)?;
+    let parsed = input::parse(&body, input::Purpose::Create)?;
     let snap = gw.snapshot();
     let ctx = context(gw, stack, &snap.config)?;
     let (secret, uid) = match (new_secret(), new_uid()) {
@@ -247,7 +247,7 @@ async fn update(
             "this token is defined in the configuration file and cannot be changed through the API.",
         ));
     }
-    let parsed = input::parse(&body)?;
+    let parsed = input::parse(&body, input::Purpose::Update)?;
     let snap = gw.snapshot();
     let ctx = context(gw, stack, &snap.config)?;
     // The body is applied to the record inside the store's transaction, not to a copy
@@ -291,4 +291,43 @@ async fn delete(gw: &Arc<Gateway>, stack: &Stack, uid: &str) -> Result<Response<
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, "management token deleted");
     ok(StatusCode::OK, json!({ "notice": "Management Token deleted successfully." }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field a response shows is either accepted or in `RETURNED_ONLY`: a record
+    /// as the API returns it parses as an update body (the SDKs' fetch-then-update), so
+    /// a field added to `to_json` must be added to one or the other.
+    #[test]
+    fn a_shown_record_parses_as_an_update() {
+        let rec = TokenRecord {
+            uid: "blt0000000000000001".into(),
+            stack: "blt0123456789abcdef".into(),
+            name: "n".into(),
+            description: "d".into(),
+            secret_sha256: [0; 32],
+            scope: vec![crate::token::ScopeEntry {
+                module: "branch".into(),
+                acl: crate::token::Acl { read: true, write: false },
+                branches: Some(vec!["main".into()]),
+                branch_aliases: None,
+            }],
+            expires_on: crate::token::parse_expiry("2099-01-01").ok(),
+            is_email_notification_enabled: true,
+            rate_limit: Some(crate::token::RateLimit { read_per_second: 1, write_per_second: 1 }),
+            created_by: "alice".into(),
+            updated_by: "alice".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            expiry_notified_at: Some(1),
+            origin: Origin::Store,
+        };
+        let mut token = to_json(&rec);
+        token["token"] = json!("cs00000000000000000000000000000000");
+        let body = json!({ "token": token }).to_string();
+        let parsed = input::parse(body.as_bytes(), input::Purpose::Update);
+        assert!(parsed.is_ok(), "{body}: {parsed:?}");
+    }
 }

@@ -37,6 +37,14 @@ def update_token():
                              {"module": "branch", "branches": ["main"], "acl": {"read": True}}]}})
 
 
+def fetch_then_update_token():
+    """The documented round trip: fetch a token, change a field, send the fetched record
+    back (with every field the API returned: uid, timestamps, origin, ...)."""
+    fetched = owner.management_token(created.get("uid", "none")).fetch().json().get("token", {})
+    fetched["description"] = "fetched then updated"
+    return owner.management_token(created.get("uid", "none")).update({"token": fetched})
+
+
 calls = [
     ("ro_list_content_types", lambda: ro.content_types().find()),
     ("ro_fetch_content_type", lambda: ro.content_types("blog").fetch()),
@@ -48,6 +56,7 @@ calls = [
     ("rw_list_tokens", lambda: rw.management_token().find()),
     ("owner_create_token", create_token),
     ("owner_update_token", update_token),
+    ("owner_fetch_then_update_token", fetch_then_update_token),
 ]
 for name, call in calls:
     try:
