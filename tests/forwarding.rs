@@ -122,6 +122,46 @@ async fn user_sessions_can_be_denied() {
     assert_eq!(env.backend.seen().len(), 1);
 }
 
+/// Login and logout (`/v3/user-session`) carry no credential yet: in pass mode they go
+/// to the backend unchanged (body and all), in deny mode they are 403; a management
+/// token never reaches the user-session module, and other requests without a credential
+/// stay 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_logout_pass_or_are_denied_with_user_sessions() {
+    let login = r#"{"user":{"email":"alice@example.com","password":"pw"}}"#;
+    let json = ("content-type", "application/json");
+    let env = Env::start().await;
+    let (status, _, body) = env.send("POST", "/v3/user-session", &[json], login).await;
+    assert_eq!(status.as_u16(), 200, "login passes: {}", String::from_utf8_lossy(&body));
+    let seen = env.backend.last().unwrap();
+    assert_eq!((seen.method.as_str(), seen.target.as_str(), seen.body_len), ("POST", "/v3/user-session", login.len()));
+    assert!(seen.headers.get("x-stackgate-access").is_none());
+    let (status, _, _) = env.send("DELETE", "/v3/user-session", &[("authtoken", "user-session-xyz")], "").await;
+    assert_eq!(status.as_u16(), 200, "logout passes");
+    assert_eq!(env.backend.last().unwrap().headers["authtoken"], "user-session-xyz");
+    let (status, _, _) = env.send("DELETE", "/v3/user-session", &[], "").await;
+    assert_eq!(status.as_u16(), 200, "logout without a credential passes too");
+    assert_eq!(env.backend.seen().len(), 3);
+    // Management tokens: never the user-session module.
+    for method in ["POST", "DELETE"] {
+        let (status, _, body) = env.token(method, "/v3/user-session", RW, login).await;
+        assert_eq!((status.as_u16(), error_code(&body)), (403, 162), "{method} with a management token");
+    }
+    // Only login and logout go without a credential.
+    for (method, path) in [("GET", "/v3/user-session"), ("GET", "/v3/user"), ("POST", PATH)] {
+        let (status, _, body) = env.send(method, path, &[json], "{}").await;
+        assert_eq!((status.as_u16(), error_code(&body)), (401, 105), "{method} {path}");
+    }
+    assert_eq!(env.backend.seen().len(), 3, "nothing else forwarded");
+
+    let env = Env::start_with("user_sessions = \"deny\"", "", Arc::new(SystemClock)).await;
+    for (method, headers) in [("POST", vec![json]), ("DELETE", vec![]), ("DELETE", vec![("authtoken", "u")])] {
+        let (status, _, body) = env.send(method, "/v3/user-session", &headers, login).await;
+        assert_eq!((status.as_u16(), error_code(&body)), (403, 162), "{method} {headers:?} in deny mode");
+    }
+    assert!(env.backend.seen().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_is_answered_by_the_gateway() {
     let env = Env::start().await;

@@ -91,15 +91,29 @@ enum Credential<'a> {
 /// Secrets longer than this cannot be ours; don't spend a hash on them.
 const MAX_SECRET_LEN: usize = 256;
 
-/// Authenticates a request at Unix time `now`.
-pub fn authenticate(snap: &Snapshot, creds: &Credentials<'_>, now: i64) -> Result<Principal, GatewayError> {
+/// Authenticates a request at Unix time `now`. `login` is set for login and logout
+/// (`Rule::Login`): without any credential those are user-session requests (a login
+/// has no credential yet), every other request without one is 401. A management token
+/// on them is still a token (which `authorize` then refuses).
+pub fn authenticate(
+    snap: &Snapshot,
+    creds: &Credentials<'_>,
+    now: i64,
+    login: bool,
+) -> Result<Principal, GatewayError> {
     match creds.credential() {
         Credential::Management(secret) => management_token(snap, creds, secret, now).map(Principal::Token),
-        Credential::UserSession => match snap.settings.user_sessions {
-            UserSessions::Pass => Ok(Principal::UserSession),
-            UserSessions::Deny => Err(GatewayError::Forbidden(Denial::UserSessionsDenied)),
-        },
+        Credential::UserSession => user_session(snap),
+        Credential::None if login => user_session(snap),
         Credential::None => Err(GatewayError::Unauthenticated { expired: false }),
+    }
+}
+
+/// `[server] user_sessions`: pass to the backend (the authority for users) or 403.
+fn user_session(snap: &Snapshot) -> Result<Principal, GatewayError> {
+    match snap.settings.user_sessions {
+        UserSessions::Pass => Ok(Principal::UserSession),
+        UserSessions::Deny => Err(GatewayError::Forbidden(Denial::UserSessionsDenied)),
     }
 }
 

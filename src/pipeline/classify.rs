@@ -199,6 +199,10 @@ pub enum Rule {
     Bulk,
     /// `/stacks/management_tokens[/{uid}]`: served by stackgate itself.
     TokenApi,
+    /// `POST|DELETE /user-session` (login, logout): never allowed with a management
+    /// token, but a request without any credential is a user-session request, because a
+    /// login carries no credential yet (DESIGN.md section 1).
+    Login,
 }
 
 /// What a request does, as far as policy is concerned.
@@ -450,6 +454,9 @@ fn route(method: &Method, read: bool, default: Access, segs: &[&str]) -> Operati
         ["taxonomies", _, "terms", _, "ancestors" | "descendants" | "locales"] => op(M::Taxonomy, default),
         ["stacks", rest @ ..] => stacks(method, read, default, rest),
         ["organizations", ..] => never(M::Organization, default),
+        ["user-session"] if matches!(*method, Method::POST | Method::DELETE) => {
+            with_rule(M::UserSession, Write, Rule::Login)
+        }
         ["user-session", ..] | ["user", ..] => never(M::UserSession, default),
         _ => unknown(),
     }

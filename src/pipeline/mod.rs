@@ -87,7 +87,7 @@ pub fn decide<'a>(
         }
         return Ok(Decision { target, op, route: Route::TokenApi });
     }
-    let principal = authenticate(snap, &creds, now)?;
+    let principal = authenticate(snap, &creds, now, op.rule == Rule::Login)?;
     if let Principal::Token(token) = &principal {
         facts.token = Some(Arc::clone(token));
         authorize(token, &op, creds.branch)?;

@@ -14,7 +14,7 @@ pub const DEFAULT_BRANCH: &str = "main";
 pub fn authorize(token: &Token, op: &Operation, branch: Option<&HeaderValue>) -> Result<(), GatewayError> {
     let deny = |d| Err(GatewayError::Forbidden(d));
     match op.rule {
-        Rule::Deny | Rule::TokenApi => return deny(Denial::NeverAllowed),
+        Rule::Deny | Rule::TokenApi | Rule::Login => return deny(Denial::NeverAllowed),
         Rule::Plain | Rule::EntryWorkflow | Rule::PublishRuleApprovers | Rule::Bulk => {}
     }
     if op.module == Module::Unknown {
@@ -68,7 +68,7 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
     let denied = match op.rule {
         Rule::EntryWorkflow => workflow_change_denied(&json),
         Rule::PublishRuleApprovers => needs_approvers(&json),
-        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::TokenApi => false,
+        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::TokenApi | Rule::Login => false,
     };
     if denied {
         Err(GatewayError::Forbidden(Denial::BodyRule))
