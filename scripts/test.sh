@@ -4,6 +4,9 @@
 # points the tests at them, then runs `cargo test --locked` (extra arguments are passed
 # on). Where the servers cannot be had, those tests are skipped with a printed reason,
 # unless STACKGATE_REQUIRE_SERVICES=1 (CI), which makes that an error.
+# The official SDKs that tests/sdk.rs drives are installed here too, under target/ (a
+# Python virtualenv and an npm prefix), so a fresh machine runs what CI runs. A missing
+# SDK fails its test unless STACKGATE_ALLOW_SKIP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,5 +59,30 @@ elif [ "$require" = 1 ]; then
 else
     echo "test.sh: scale-out tests will be skipped" >&2
 fi
+
+# Official SDKs (tests/sdk.rs): installed once, reused while present.
+VENV="$PWD/target/venv" JS_SDK="$PWD/target/js-sdk"
+
+ensure_python_sdk() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV" 2>/dev/null || {
+            as_root apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"
+        } || return 1
+    fi
+    "$VENV/bin/python" -c "import contentstack_management, pyotp" 2>/dev/null && return 0
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check contentstack-management pyotp
+}
+
+ensure_js_sdk() {
+    command -v npm >/dev/null || return 1
+    [ -f "$JS_SDK/node_modules/@contentstack/management/package.json" ] && return 0
+    mkdir -p "$JS_SDK"
+    npm install --prefix "$JS_SDK" --no-audit --no-fund --silent "@contentstack/management@^1"
+}
+
+mkdir -p target
+ensure_python_sdk || echo "test.sh: could not install the Python SDK into $VENV" >&2
+ensure_js_sdk || echo "test.sh: could not install @contentstack/management into $JS_SDK" >&2
+export STACKGATE_PYTHON="$VENV/bin/python" STACKGATE_JS_SDK_DIR="$JS_SDK"
 
 cargo test --locked "$@"

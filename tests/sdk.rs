@@ -1,6 +1,7 @@
-//! The official Contentstack Python management SDK (`contentstack-management` on PyPI)
-//! pointed at the gateway. `.ci/run` installs the SDK, so in CI this always runs; on a
-//! machine without it the test says so and passes only outside CI.
+//! The official Contentstack management SDKs pointed at the gateway: Python
+//! (`contentstack-management` on PyPI) and JavaScript (`@contentstack/management` on
+//! npm). `bash scripts/test.sh` installs both under `target/`; a missing SDK fails its
+//! test unless `STACKGATE_ALLOW_SKIP=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -28,13 +29,18 @@ fn js_sdk_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/js-sdk"))
 }
 
-/// Whether an SDK test may run; says why not otherwise.
+/// Whether an SDK test may run. A missing SDK is a failure, not a quiet pass: a skip
+/// hid the SDK tests on every machine but CI's. `STACKGATE_ALLOW_SKIP=1` asks for the skip.
 fn sdk_available(what: &str, probe: std::io::Result<std::process::Output>) -> bool {
     if probe.as_ref().is_ok_and(|o| o.status.success()) {
         return true;
     }
-    assert!(std::env::var_os("CI").is_none(), "CI must install {what} (see scripts/test.sh)");
-    println!("skipped: {what} is not installed (bash scripts/test.sh installs it)");
+    assert!(
+        std::env::var("STACKGATE_ALLOW_SKIP").as_deref() == Ok("1"),
+        "{what} is not installed: run `bash scripts/test.sh` (it installs it under target/), \
+         or set STACKGATE_ALLOW_SKIP=1 to skip this test"
+    );
+    println!("skipped (STACKGATE_ALLOW_SKIP=1): {what} is not installed");
     false
 }
 
