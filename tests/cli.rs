@@ -87,3 +87,50 @@ async fn operator_cli_lifecycle() {
         .unwrap();
     assert!(!out.status.success(), "the authtoken is never a flag");
 }
+
+/// A test CA's PEM, and a certificate for localhost / 127.0.0.1 signed by it written to
+/// `dir` (as in tests/ops.rs).
+fn test_pki(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (dir.join("gw.pem"), dir.join("gw.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca_cert.pem(), cert_path, key_path)
+}
+
+/// `stackgate token` reaches a TLS gateway: `--cacert` trusts a private CA; without it
+/// the system roots are used, which do not trust the test CA, so the call fails on the
+/// certificate (not on the scheme).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_cli_reaches_a_tls_gateway() {
+    let dir = temp_dir("cli-tls");
+    let (ca_pem, cert, key) = test_pki(&dir);
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display());
+    let env = Env::start_with(&tls, "", std::sync::Arc::new(stackgate::clock::SystemClock)).await;
+    let url = format!("https://localhost:{}", env.gateway.addr.port());
+    let ca = ca_file.to_str().unwrap().to_owned();
+    let (u, c) = (url.clone(), ca.clone());
+    let out = tokio::task::spawn_blocking(move || token_cmd(&u, &["--cacert", &c, "list"], Some(ALICE))).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("blt000000000000ro01"), "{stdout}");
+    let u = url.clone();
+    let out = tokio::task::spawn_blocking(move || token_cmd(&u, &["show", "blt000000000000rw01"], Some(ALICE)))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "the system roots do not trust the test CA");
+    assert!(stderr.to_ascii_lowercase().contains("certificate"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,15 +10,21 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map, Value};
+use std::path::PathBuf;
 
 /// The environment variable holding the operator's authtoken.
 pub const AUTHTOKEN_ENV: &str = "STACKGATE_AUTHTOKEN";
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// Gateway base URL, e.g. http://127.0.0.1:8080
+    /// Gateway base URL, e.g. http://127.0.0.1:8080 or https://gw.example.com:8443
+    /// (https trusts the system roots, or only --cacert).
     #[arg(long, env = "STACKGATE_URL")]
     url: String,
+    /// PEM file of the CA(s) to trust for an https --url instead of the system roots
+    /// (a gateway with a certificate from a private CA).
+    #[arg(long, env = "STACKGATE_CACERT", value_name = "FILE")]
+    cacert: Option<PathBuf>,
     /// The stack's api key.
     #[arg(long, env = "STACKGATE_API_KEY")]
     api_key: String,
@@ -141,7 +147,8 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         Action::Update { uid, fields } => (Method::PUT, format!("{base}/{uid}"), Some(fields.to_body(false)?)),
         Action::Delete { uid } => (Method::DELETE, format!("{base}/{uid}"), None),
     };
-    let (status, value) = call(method, &url, &args.api_key, &authtoken, body).await?;
+    let tls = client_tls(&url, args.cacert.as_deref())?;
+    let (status, value) = call(tls, method, &url, &args.api_key, &authtoken, body).await?;
     if !status.is_success() {
         bail!("{status}: {}", serde_json::to_string_pretty(&value).unwrap_or_default());
     }
@@ -157,14 +164,30 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The TLS settings for `url`: the CAs of `--cacert`, else the system roots for an https
+/// URL. A plain-http URL without `--cacert` loads no roots, so a machine without any
+/// still reaches a local http gateway.
+fn client_tls(url: &str, cacert: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+    let https = url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    let cfg = match (cacert, https) {
+        (Some(file), _) => crate::tls::client_config(Some(file)),
+        (None, true) => crate::tls::client_config(None),
+        (None, false) => crate::tls::empty_client_config(),
+    };
+    cfg.context("TLS setup")
+}
+
 async fn call(
+    tls: rustls::ClientConfig,
     method: Method,
     url: &str,
     api_key: &str,
     authtoken: &str,
     body: Option<Value>,
 ) -> anyhow::Result<(http::StatusCode, Value)> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     let req = Request::builder()
         .method(method)
         .uri(url)
@@ -173,9 +196,23 @@ async fn call(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
         .context("invalid --url")?;
-    let resp = client.request(req).await.with_context(|| format!("cannot reach {url}"))?;
+    // `{:#}` of the error chain: hyper's own message ("client error (Connect)") hides
+    // the reason, such as an untrusted certificate.
+    let resp = client.request(req).await.map_err(|e| anyhow!("cannot reach {url}: {}", error_chain(&e)))?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.context("reading the response")?.to_bytes();
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Ok((status, value))
+}
+
+/// An error and its sources, joined with ": ".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
