@@ -219,6 +219,15 @@ async fn demo_prints_working_credentials_and_commands() {
         |name: &str| banner.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_owned())).unwrap();
     let (api_key, rw, ro) = (field("api_key"), field("read-write"), field("read-only"));
     assert!(banner.contains("curl -s "), "{banner}");
+    // The authtoken is a user session and does not look like a management token.
+    let authtoken = field("authtoken");
+    assert!(!authtoken.starts_with("cs") && authtoken.starts_with("demo-user-session-"), "{banner}");
+    // The admin address is printed, and answers.
+    let admin = field("admin");
+    let admin: std::net::SocketAddr =
+        admin.split_whitespace().next().unwrap().strip_prefix("http://").unwrap().parse().unwrap();
+    let (status, _) = raw(admin, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, 200, "admin at {admin}");
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let get = |token: &str| {
         format!("GET /v3/content_types/blog_post/entries HTTP/1.1\r\nHost: gw\r\napi_key: {api_key}\r\nauthorization: {token}\r\nConnection: close\r\n\r\n")
@@ -238,4 +247,14 @@ async fn demo_prints_working_credentials_and_commands() {
         format!("GET /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {api_key}\r\nConnection: close\r\n\r\n");
     let (status, _) = raw(addr, missing.as_bytes()).await;
     assert_eq!(status, 401);
+}
+
+#[test]
+fn config_flag_has_help_text() {
+    for sub in ["run", "check"] {
+        let out = std::process::Command::new(BIN).args([sub, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        let line = help.lines().find(|l| l.contains("-c, --config")).unwrap_or_default().to_owned();
+        assert!(line.contains("-c, --config <FILE>") && line.contains("config file"), "{sub}: {help}");
+    }
 }

@@ -29,7 +29,8 @@ enum LogFormat {
 enum Command {
     /// Run the gateway.
     Run {
-        #[arg(long, short)]
+        /// The TOML config file (see config/stackgate.example.toml); reloaded on SIGHUP.
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
         /// Worker threads (default: the cores this process may use). With 1, tokio's
         /// current-thread scheduler runs everything on one thread.
@@ -38,7 +39,8 @@ enum Command {
     },
     /// Validate a config file and exit (non-zero with every error listed).
     Check {
-        #[arg(long, short)]
+        /// The TOML config file to validate.
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// Manage tokens through a running gateway's API (authtoken from STACKGATE_AUTHTOKEN).

@@ -23,7 +23,9 @@ impl DemoSecrets {
             api_key: new_uid()?,
             read_write: new_secret()?,
             read_only: new_secret()?,
-            authtoken: new_secret()?,
+            // A user session, not a management token: it must not look like one (`cs...`),
+            // or a reader of the banner would send it as `authorization`.
+            authtoken: format!("demo-user-session-{}", new_secret()?.trim_start_matches("cs")),
         })
     }
 }
@@ -93,18 +95,20 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let running = crate::server::start(cfg, Arc::new(SystemClock))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)"))?;
-    print_banner(running.addr, backend.addr, &secrets);
+    print_banner(running.addr, running.admin_addr, backend.addr, &secrets);
     crate::cli::shutdown_signal().await;
     Ok(())
 }
 
-fn print_banner(gw: SocketAddr, backend: SocketAddr, s: &DemoSecrets) {
+fn print_banner(gw: SocketAddr, admin: SocketAddr, backend: SocketAddr, s: &DemoSecrets) {
     let base = format!("http://{gw}/v3");
     println!("stackgate listening on http://{gw}");
+    println!("stackgate admin listening on http://{admin}");
     println!(
         r#"
 stackgate demo
   gateway       http://{gw}   (demo backend at http://{backend})
+  admin         http://{admin}   (/healthz /readyz /metrics)
   api_key       {api_key}
   read-write    {rw}
   read-only     {ro}
