@@ -16,8 +16,8 @@ NCPU = os.cpu_count() or 1
 # Proxy under test on core 0; load generator and backend on the other core(s).
 PROXY_CPU = "0"
 LOAD_CPU = "1" if NCPU > 1 else "0"
-BIN = os.path.join(ROOT, "target/release/stackgate")
-SEED = os.path.join(ROOT, "target/release/examples/seed_store")
+BIN = os.path.join(ROOT, "target/dist/stackgate")
+SEED = os.path.join(ROOT, "target/dist/examples/seed_store")
 CLK = os.sysconf("SC_CLK_TCK")
 
 

@@ -15,5 +15,5 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy wrk nghttp2-client openssl util-linux python3 redis-server >/dev/null
 fi
-cargo build --release --locked --bin stackgate --example seed_store
+cargo build --profile dist --locked --bin stackgate --example seed_store
 exec python3 benches/load.py "$@"
