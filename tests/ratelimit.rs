@@ -110,3 +110,21 @@ async fn reload_keeps_bucket_state_and_a_rate_change_resets_it() {
     assert_eq!(status.as_u16(), 200);
     assert_eq!(headers["x-ratelimit-limit"], "4");
 }
+
+/// The rate limit is charged after the body rules (stages 5 then 6): requests a rule
+/// refuses spend no budget, and they are answered 403, not 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_by_a_body_rule_spend_no_budget() {
+    let env = Env::start().await;
+    let fields = [("api_key", SMALL_API_KEY), ("authorization", RATED), ("content-type", "application/json")];
+    let path = "/v3/workflows/publishing_rules";
+    let approvers = r#"{"publishing_rule":{"approvers":{"users":["u1"]}}}"#;
+    for i in 0..10 {
+        let (status, _, _) = env.send("POST", path, &fields, approvers).await;
+        assert_eq!(status.as_u16(), 403, "refused request {i}");
+    }
+    for i in 0..RATED_RATE {
+        let (status, _, _) = env.send("POST", path, &fields, r#"{"publishing_rule":{"actions":[]}}"#).await;
+        assert_eq!(status.as_u16(), 200, "allowed request {i}: the refused ones spent budget");
+    }
+}

@@ -204,39 +204,33 @@ async fn process(
     if let std::borrow::Cow::Owned(path) = &target.path {
         facts.canonical = Some(path.as_str().into());
     }
-    let (principal, rate) = match route {
+    let principal = match route {
         Route::Preflight => return Ok((cors::preflight(snap.config.server.cors.as_ref(), &parts.headers), None)),
         Route::TokenApi => return Ok((crate::token_api::handle(gw, parts, &target.path, body).await?, None)),
-        Route::Proxy { principal } => {
-            let rate = match &principal {
-                Principal::Token(token) => gw.limiter.charge(token, &op).await?,
-                Principal::UserSession => None,
-            };
-            (principal, rate)
-        }
+        Route::Proxy { principal } => principal,
     };
     let uri = snap.upstream.uri_for(&target, &parts.uri)?;
     let identity = match &principal {
         Principal::Token(t) => Some(Identity { token_uid: &t.uid, access: t.access_label }),
         Principal::UserSession => None,
     };
+    // Stage 5, the body rules; then stage 6: a request a rule refuses spends no budget.
+    let inspected = match &principal {
+        Principal::Token(_) if op.needs_body() => Some(inspect(snap, parts, body, &op).await?),
+        _ => None,
+    };
+    let limit = snap.config.server.limits.max_request_body;
+    if inspected.is_none() && declared_length(parts).is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let rate = match &principal {
+        Principal::Token(token) => gw.limiter.charge(token, &op).await?,
+        Principal::UserSession => None,
+    };
     let body_state = BodyState::default();
-    let outbound = match &principal {
-        Principal::Token(_) if op.needs_body() => {
-            let bytes = read_inspected(snap, parts, body).await?;
-            // The rule reads the body as JSON: so must the backend (a form body can be
-            // valid JSON and mean something else to a form parser).
-            if !bytes.iter().all(u8::is_ascii_whitespace) && !crate::json::declares_json(&parts.headers) {
-                return Err(GatewayError::UnsupportedMediaType);
-            }
-            pipeline::inspect_body(&op, &bytes)?;
-            Outbound::Bytes(bytes)
-        }
-        _ => {
-            let limit = snap.config.server.limits.max_request_body;
-            if declared_length(parts).is_some_and(|len| len > limit) {
-                return Err(GatewayError::PayloadTooLarge);
-            }
+    let outbound = match inspected {
+        Some(bytes) => Outbound::Bytes(bytes),
+        None => {
             let taken = body.take().unwrap_or(ClientBody::Empty);
             let mut streamed = Streamed::new(taken, limit, body_state.clone());
             streamed.prefetch().await?;
@@ -264,6 +258,23 @@ async fn process(
 
 fn declared_length(parts: &Parts) -> Option<u64> {
     parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Stage 5: reads the body a rule depends on and applies the rule. The rule reads the
+/// body as JSON, so must the backend: a form body can be valid JSON and mean something
+/// else to a form parser (415).
+async fn inspect(
+    snap: &Snapshot,
+    parts: &Parts,
+    body: &mut Option<ClientBody>,
+    op: &pipeline::Operation,
+) -> Result<Bytes, GatewayError> {
+    let bytes = read_inspected(snap, parts, body).await?;
+    if !bytes.iter().all(u8::is_ascii_whitespace) && !crate::json::declares_json(&parts.headers) {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
+    pipeline::inspect_body(op, &bytes)?;
+    Ok(bytes)
 }
 
 /// Buffers a body that a rule must read, up to `max_inspected_body`. The body stays
