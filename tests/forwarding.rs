@@ -739,3 +739,26 @@ async fn cors_preflights_are_answered_and_allowed_origins_get_the_fields() {
     let err = stackgate::config::from_str(&text).unwrap_err().to_string();
     assert!(err.contains("server.cors.allow_credentials"), "{err}");
 }
+
+/// The demo backend pages lists as the CMA does (`skip`, `limit`, `include_count`) and
+/// shows `fallback_locale`, so clients that page until a short page or until `count`
+/// (the CLI's export) finish; through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_backend_pages_lists_like_the_cma() {
+    let demo = stackgate::demo::backend::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let cfg = stackgate::config::from_str(&config_text(demo.addr, "", "")).unwrap();
+    let gw = stackgate::server::start(cfg, Arc::new(SystemClock)).await.unwrap();
+    let mut conn = KeepAlive::connect(gw.addr).await;
+    let creds = [("api_key", API_KEY), ("authorization", RW)];
+    let get = |body: String| serde_json::from_str::<serde_json::Value>(&body).unwrap();
+    let (status, body) = conn.send("GET", "/v3/content_types?skip=1&limit=1&include_count=true", &creds, "").await;
+    let v = get(body);
+    assert_eq!((status, v["content_types"].as_array().unwrap().len(), &v["count"]), (200, 1, &serde_json::json!(2)));
+    let (_, body) = conn.send("GET", "/v3/content_types?skip=2", &creds, "").await;
+    assert_eq!(get(body)["content_types"], serde_json::json!([]));
+    let (_, body) = conn.send("GET", "/v3/locales?include_count=true", &creds, "").await;
+    let v = get(body);
+    assert_eq!((v["count"].as_u64(), v["locales"][0]["fallback_locale"].is_null()), (Some(1), true));
+    let (status, body) = conn.send("GET", "/v3/global_fields?include_count=true", &creds, "").await;
+    assert_eq!((status, get(body)), (200, serde_json::json!({"global_fields": [], "count": 0})));
+}

@@ -71,9 +71,56 @@ async fn answer(store: Arc<Mutex<Store>>, req: Request<Incoming>) -> Result<Resp
         }
     };
     let segs: Vec<&str> = parts.uri.path().trim_start_matches("/v3/").split('/').collect();
+    let page = Page::of(parts.uri.query());
     let mut guard = store.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let (status, value) = route(&mut guard, &parts.method, &segs, &body);
+    let (status, mut value) = route(&mut guard, &parts.method, &segs, &body);
+    if parts.method == Method::GET {
+        page.apply(&mut value);
+    }
     Ok(reply(status, value))
+}
+
+/// A list request's `skip`, `limit` and `include_count`, as the CMA reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Page {
+    skip: usize,
+    limit: usize,
+    include_count: bool,
+}
+
+/// The CMA's default and largest page.
+const DEFAULT_LIMIT: usize = 100;
+
+impl Page {
+    fn of(query: Option<&str>) -> Page {
+        let mut page = Page { skip: 0, limit: DEFAULT_LIMIT, include_count: false };
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*k {
+                "skip" => page.skip = v.parse().unwrap_or(0),
+                "limit" => page.limit = v.parse().unwrap_or(DEFAULT_LIMIT).clamp(1, DEFAULT_LIMIT),
+                "include_count" => page.include_count = v == "true",
+                _ => {}
+            }
+        }
+        page
+    }
+
+    /// Pages the one list a list response holds (`{"entries": [...]}`), and says how
+    /// many there are in all when asked (`count`), as the CMA does: a client that
+    /// pages by `skip` until a short page, or until `count`, stops.
+    fn apply(self, value: &mut Value) {
+        let Some(obj) = value.as_object_mut() else { return };
+        let lists: Vec<String> = obj.iter().filter(|(_, v)| v.is_array()).map(|(k, _)| k.clone()).collect();
+        let [key] = lists.as_slice() else { return };
+        let Some(Value::Array(items)) = obj.get_mut(key) else { return };
+        let total = items.len();
+        let page: Vec<Value> = items.drain(..).skip(self.skip).take(self.limit).collect();
+        *items = page;
+        obj.remove("count");
+        if self.include_count {
+            obj.insert("count".into(), json!(total));
+        }
+    }
 }
 
 fn reply(status: StatusCode, value: Value) -> Response<Full<Bytes>> {
@@ -122,14 +169,50 @@ fn route(store: &mut Store, method: &Method, segs: &[&str], body: &[u8]) -> (Sta
             StatusCode::OK,
             json!({"environments": [{"name": "production", "urls": [{"locale": "en-us", "url": "https://example.com"}]}]}),
         ),
-        ("GET", ["locales"]) => {
-            (StatusCode::OK, json!({"locales": [{"code": "en-us", "name": "English - United States"}]}))
-        }
+        ("GET", ["locales"]) => (
+            StatusCode::OK,
+            json!({"locales": [{"code": "en-us", "name": "English - United States", "fallback_locale": null, "uid": "bltlocale00000001"}]}),
+        ),
         ("GET", ["stacks", "branches"]) => {
             (StatusCode::OK, json!({"branches": [{"uid": "main"}, {"uid": "development"}]}))
         }
+        ("GET", ["stacks"]) => (
+            StatusCode::OK,
+            json!({"stack": {"api_key": "demo", "name": "Demo stack", "master_locale": "en-us", "settings": {}}}),
+        ),
+        // The other collections the CMA lists: empty, in the CMA's shape.
+        ("GET", [collection]) => match list_key(collection) {
+            Some(key) => (StatusCode::OK, json!({ key: [] })),
+            None => not_found("Resource"),
+        },
+        ("GET", ["stacks", collection]) | ("GET", ["workflows", collection]) => match list_key(collection) {
+            Some(key) => (StatusCode::OK, json!({ key: [] })),
+            None => {
+                (StatusCode::OK, json!({"notice": format!("Demo backend accepted {method} /v3/{}.", segs.join("/"))}))
+            }
+        },
         _ => (StatusCode::OK, json!({"notice": format!("Demo backend accepted {method} /v3/{}.", segs.join("/"))})),
     }
+}
+
+/// The key of the list a CMA collection endpoint answers with.
+fn list_key(collection: &str) -> Option<&'static str> {
+    Some(match collection {
+        "global_fields" => "global_fields",
+        "assets" => "assets",
+        "extensions" => "extensions",
+        "labels" => "labels",
+        "releases" => "releases",
+        "webhooks" => "webhooks",
+        "workflows" => "workflows",
+        "publishing_rules" => "publishing_rules",
+        "roles" => "roles",
+        "taxonomies" => "taxonomies",
+        "branch_aliases" => "branch_aliases",
+        "audit-logs" => "logs",
+        "publish-queue" => "queue",
+        _ => return None,
+    })
 }
 
 fn entries_route(
@@ -179,5 +262,27 @@ fn entries_route(
             None => not_found("Entry"),
         },
         _ => (StatusCode::OK, json!({"notice": "Demo backend accepted the entry operation."})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_page_like_the_cma() {
+        let list = || json!({"locales": [1, 2, 3, 4, 5], "count": 5});
+        let mut v = list();
+        Page::of(Some("skip=1&limit=2&include_count=true")).apply(&mut v);
+        assert_eq!(v, json!({"locales": [2, 3], "count": 5}));
+        let mut v = list();
+        Page::of(Some("skip=4")).apply(&mut v);
+        assert_eq!(v, json!({"locales": [5]}));
+        let mut v = list();
+        Page::of(Some("skip=9&limit=0")).apply(&mut v);
+        assert_eq!(v, json!({"locales": []}));
+        let mut single = json!({"entry": {"uid": "e"}});
+        Page::of(Some("skip=1")).apply(&mut single);
+        assert_eq!(single, json!({"entry": {"uid": "e"}}));
     }
 }
