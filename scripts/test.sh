@@ -61,7 +61,7 @@ else
 fi
 
 # Official SDKs (tests/sdk.rs): installed once, reused while present.
-VENV="$PWD/target/venv" JS_SDK="$PWD/target/js-sdk"
+VENV="$PWD/target/venv" JS_SDK="$PWD/target/js-sdk" CSDX="$PWD/target/csdx"
 
 ensure_python_sdk() {
     if [ ! -x "$VENV/bin/python" ]; then
@@ -80,9 +80,18 @@ ensure_js_sdk() {
     npm install --prefix "$JS_SDK" --no-audit --no-fund --silent "@contentstack/management@^1"
 }
 
+# The official CLI, for tests/csdx.rs (a full `csdx cm:stacks:export` through the gateway).
+ensure_csdx() {
+    command -v npm >/dev/null || return 1
+    [ -x "$CSDX/node_modules/.bin/csdx" ] && return 0
+    mkdir -p "$CSDX"
+    npm install --prefix "$CSDX" --no-audit --no-fund --silent "@contentstack/cli@^1"
+}
+
 mkdir -p target
+ensure_csdx || echo "test.sh: could not install @contentstack/cli into $CSDX" >&2
 ensure_python_sdk || echo "test.sh: could not install the Python SDK into $VENV" >&2
 ensure_js_sdk || echo "test.sh: could not install @contentstack/management into $JS_SDK" >&2
-export STACKGATE_PYTHON="$VENV/bin/python" STACKGATE_JS_SDK_DIR="$JS_SDK"
+export STACKGATE_PYTHON="$VENV/bin/python" STACKGATE_JS_SDK_DIR="$JS_SDK" STACKGATE_CSDX_DIR="$CSDX"
 
 cargo test --locked "$@"

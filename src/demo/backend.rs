@@ -173,9 +173,14 @@ fn route(store: &mut Store, method: &Method, segs: &[&str], body: &[u8]) -> (Sta
             StatusCode::OK,
             json!({"locales": [{"code": "en-us", "name": "English - United States", "fallback_locale": null, "uid": "bltlocale00000001"}]}),
         ),
-        ("GET", ["stacks", "branches"]) => {
-            (StatusCode::OK, json!({"branches": [{"uid": "main"}, {"uid": "development"}]}))
+        ("GET", ["stacks", "branches"]) => (
+            StatusCode::OK,
+            json!({"branches": [{"uid": "main", "source": ""}, {"uid": "development", "source": "main"}]}),
+        ),
+        ("GET", ["stacks", "branches", uid]) if matches!(*uid, "main" | "development") => {
+            (StatusCode::OK, json!({"branch": {"uid": uid, "source": if *uid == "main" { "" } else { "main" }}}))
         }
+        ("GET", ["stacks", "branches", _]) => not_found("Branch"),
         ("GET", ["stacks"]) => (
             StatusCode::OK,
             json!({"stack": {"api_key": "demo", "name": "Demo stack", "master_locale": "en-us", "settings": {}}}),
