@@ -767,3 +767,36 @@ async fn http2_cookies_are_joined_for_the_backend() {
     let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
     assert_eq!(cookies, ["a=1; b=2"]);
 }
+
+/// Behind trusted proxies the client is the right-most untrusted `X-Forwarded-For`
+/// hop: the guard cools down one guessing client without touching another behind the
+/// same balancer, and the backend sees the client's address; from an untrusted peer
+/// the field is ignored and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_name_the_client_for_the_guard_and_the_backend() {
+    let backend = Backend::start().await;
+    let text = config_text(backend.addr, "trusted_proxies = [\"127.0.0.1/32\"]", "")
+        + "\n[guard]\nmax_failures = 3\nwindow = \"60s\"\ncooldown = \"60s\"\n";
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let via = |client: &'static str, secret: &'static str| {
+        vec![("api_key", API_KEY), ("authorization", secret), ("x-forwarded-for", client)]
+    };
+    for _ in 0..3 {
+        assert_eq!(raw_request(gw.addr, "GET", PATH, &via("6.6.6.6, 198.51.100.1", "csguess"), "").await.0, 401);
+    }
+    assert_eq!(raw_request(gw.addr, "GET", PATH, &via("198.51.100.1", "csguess"), "").await.0, 429);
+    // Another client behind the same balancer still gets its 401s, and its valid calls.
+    assert_eq!(raw_request(gw.addr, "GET", PATH, &via("198.51.100.2", "csguess"), "").await.0, 401);
+    assert_eq!(raw_request(gw.addr, "GET", PATH, &via("198.51.100.2", RW), "").await.0, 200);
+    assert_eq!(backend.last().unwrap().headers["x-forwarded-for"], "198.51.100.2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_fields_from_untrusted_peers_are_ignored() {
+    let env = Env::start().await;
+    let mut fields = creds(RW);
+    fields.push(("x-forwarded-for", "198.51.100.9"));
+    assert_eq!(raw_request(env.gateway.addr, "GET", PATH, &fields, "").await.0, 200);
+    assert_eq!(env.backend.last().unwrap().headers["x-forwarded-for"], "127.0.0.1");
+}

@@ -74,6 +74,8 @@ pub struct Server {
     pub limits: Limits,
     /// `[server.cors]`; `None`: no CORS headers, preflights answered without them.
     pub cors: Option<super::cors::Cors>,
+    /// Proxies whose forwarding fields name the client (empty: the socket's peer).
+    pub trusted_proxies: Vec<super::trusted::Cidr>,
 }
 
 /// PEM files of the listener's certificate chain and private key.
@@ -393,6 +395,7 @@ fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
         hostnames: s.hostnames.clone(),
         limits: limits?,
         cors: cors?,
+        trusted_proxies: super::trusted::compile(&s.trusted_proxies, errs),
     })
 }
 

@@ -5,6 +5,7 @@
 mod compile;
 pub mod cors;
 pub mod raw;
+pub mod trusted;
 mod units;
 
 pub use compile::{

@@ -46,6 +46,9 @@ pub struct RawServer {
     pub max_request_body: Option<String>,
     pub shutdown_grace: Option<String>,
     pub cors: Option<super::cors::RawCors>,
+    /// Proxies (CIDR blocks) whose `X-Forwarded-For` / `Forwarded` are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

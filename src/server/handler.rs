@@ -1,7 +1,7 @@
 //! The outer request function: runs the pipeline, turns any error into the CMA error
 //! body, counts it, and writes the one access-log event. No stage writes a response.
 
-use super::{cors, request_id, Gateway};
+use super::{client, cors, request_id, Gateway};
 use crate::error::{BadRequest, GatewayError};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::ClientBody;
@@ -123,15 +123,21 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
         }
     };
     let snap = gw.snapshot();
+    let trusted = &snap.config.server.trusted_proxies;
+    let client_ip =
+        if trusted.is_empty() { conn.peer.ip() } else { client::address(conn.peer.ip(), &parts.headers, trusted) };
     // A preflight's CORS fields are decided by the preflight answer itself.
     let cors = match (&snap.config.server.cors, &parts.method) {
         (Some(c), m) if *m != http::Method::OPTIONS => cors::Fields::of(c, &parts.headers),
         _ => None,
     };
-    let mut result = process(&gw, &snap, &mut parts, &mut body, &conn, &request_id, generated, &mut facts).await;
+    // The client's address as forwarded, when it is not the socket's peer.
+    let client = (client_ip != conn.peer.ip()).then(|| header_of(client_ip));
+    let mut result =
+        process(&gw, &snap, &mut parts, &mut body, &conn, client.as_ref(), &request_id, generated, &mut facts).await;
     if let Err(err) = &result {
         if is_guess(&gw, &snap, err, &parts) {
-            if let Err(retry_after) = gw.guard.guess(conn.peer.ip(), &snap.config.guard) {
+            if let Err(retry_after) = gw.guard.guess(client_ip, &snap.config.guard) {
                 result = Err(GatewayError::Throttled { retry_after });
             }
         }
@@ -152,6 +158,7 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
+        client = %client_ip,
         trace_id = request_id::trace_id(trace.as_bytes()).unwrap_or("-"),
         method = %method,
         path = facts.canonical.as_deref().unwrap_or(uri.path()),
@@ -164,6 +171,10 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
         latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     );
     (resp, Stamp { request_id, rate, cors })
+}
+
+fn header_of(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Whether a failed request was a guess: its credentials failed, and neither the
@@ -196,6 +207,7 @@ async fn process(
     parts: &mut Parts,
     body: &mut Option<ClientBody>,
     conn: &ConnInfo,
+    client: Option<&HeaderValue>,
     request_id: &HeaderValue,
     trace: Option<HeaderValue>,
     facts: &mut Facts,
@@ -242,7 +254,7 @@ async fn process(
     }
     let added = prepare_request_headers(
         &mut parts.headers,
-        &conn.peer_ip,
+        client.unwrap_or(&conn.peer_ip),
         conn.https,
         request_id,
         identity,

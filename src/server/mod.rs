@@ -2,6 +2,7 @@
 //! swappable snapshot.
 
 mod admin;
+mod client;
 mod cors;
 mod fast;
 mod handler;
