@@ -40,11 +40,18 @@ pub struct RateLimit {
     pub write_per_second: u32,
 }
 
+/// The `branches` value that grants every branch and alias of a stack ("All Branches").
+pub const ALL_BRANCHES: &str = "$all";
+
 /// What a scope grants, in the form the hot path reads.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Grants {
     pub read: ModuleSet,
     pub write: ModuleSet,
+    /// `branches = ["$all"]`: every branch and alias, including ones the stack's config
+    /// does not list (created later; the backend decides whether they exist). A flag, so
+    /// the branch check never compares the header with `"$all"`.
+    pub all_branches: bool,
     pub branches: Box<[Box<str>]>,
     pub aliases: Box<[Box<str>]>,
 }
@@ -67,6 +74,16 @@ pub fn compile_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Resul
             errors.entry(format!("scope[{i}].{field}")).or_default().push(msg);
         };
         match (entry.module.as_str(), &entry.branches, &entry.branch_aliases) {
+            ("branch", Some(list), None) if list.iter().any(|b| b == ALL_BRANCHES) => {
+                has_branch_entry = true;
+                // "$all" next to named branches would be either redundant or a typo
+                // for something narrower: refused rather than guessed at.
+                if list.len() == 1 {
+                    grants.all_branches = true;
+                } else {
+                    err("branches", format!("'{ALL_BRANCHES}' must be the only element of branches."));
+                }
+            }
             ("branch", Some(list), None) => {
                 has_branch_entry = true;
                 for b in list {
@@ -196,6 +213,30 @@ mod tests {
         assert!(errs.contains_key("scope[1].branches"), "{errs:?}");
         let errs = compile_scope(&[entry("$all", true, true)], &Cat).unwrap_err();
         assert!(errs.contains_key("scope.branch_or_alias"));
+    }
+
+    #[test]
+    fn all_branches_is_a_flag_and_must_stand_alone() {
+        let g = compile_scope(&[entry("$all", true, false), branches(&["$all"])], &Cat).unwrap();
+        assert!(g.all_branches);
+        assert!(g.branches.is_empty(), "kept as a flag, not as a branch named $all");
+        let g = compile_scope(&[entry("$all", true, false), branches(&["main"])], &Cat).unwrap();
+        assert!(!g.all_branches);
+        for list in [&["$all", "main"][..], &["main", "$all"], &["$all", "$all"]] {
+            let errs = compile_scope(&[entry("$all", true, false), branches(list)], &Cat).unwrap_err();
+            assert_eq!(
+                errs.get("scope[1].branches").map(Vec::as_slice),
+                Some(&["'$all' must be the only element of branches.".to_owned()][..]),
+                "{list:?}: {errs:?}"
+            );
+        }
+        // "*" is no wildcard: an unknown branch like any other.
+        let errs = compile_scope(&[entry("$all", true, false), branches(&["*"])], &Cat).unwrap_err();
+        assert!(errs.contains_key("scope[1].branches"), "{errs:?}");
+        // "$all" is a branch-list value only, not an alias wildcard.
+        let alias_all = ScopeEntry { branch_aliases: Some(vec!["$all".into()]), ..entry("branch_alias", true, false) };
+        let errs = compile_scope(&[entry("$all", true, false), alias_all], &Cat).unwrap_err();
+        assert!(errs.contains_key("scope[1].branch_aliases"), "{errs:?}");
     }
 
     #[test]

@@ -130,3 +130,85 @@ async fn non_utf8_branch_header_is_400() {
     assert!(text.contains("\"error_code\":400"));
     assert!(env.backend.seen().is_empty());
 }
+
+/// `branches = ["$all"]` through the token API: every branch, alias and even a branch the
+/// config does not list (created later; forwarded, the backend decides), for
+/// branch-specific modules; the scope is shown as sent; a `main` token is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_branches_scope_created_through_the_api() {
+    let env = Env::start().await;
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "application/json")];
+    let scope = serde_json::json!([
+        {"module": "$all", "acl": {"read": true, "write": false}},
+        {"module": "branch", "branches": ["$all"], "acl": {"read": true, "write": false}}
+    ]);
+    let create = serde_json::json!({"token": {"name": "all branches", "scope": scope, "expires_on": null}});
+    let (status, _, body) = env.send("POST", "/v3/stacks/management_tokens", &owner, &create.to_string()).await;
+    assert_eq!(status.as_u16(), 201, "{}", String::from_utf8_lossy(&body));
+    let created: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(created["token"]["scope"], scope, "the scope is shown as sent");
+    let secret = created["token"]["token"].as_str().unwrap().to_owned();
+
+    for branch in [None, Some("main"), Some("development"), Some("deploy"), Some("staging"), Some("made-later")] {
+        let mut headers = vec![("api_key", API_KEY), ("authorization", secret.as_str())];
+        if let Some(b) = branch {
+            headers.push(("branch", b));
+        }
+        env.backend.clear();
+        for path in [PATH, "/v3/assets"] {
+            let (status, _, body) = env.send("GET", path, &headers, "").await;
+            assert_eq!(status.as_u16(), 200, "{path} branch {branch:?}: {}", String::from_utf8_lossy(&body));
+        }
+        let seen = env.backend.seen();
+        assert_eq!(seen.len(), 2, "branch {branch:?} forwarded");
+        assert!(
+            seen.iter().all(|s| s.headers.get("branch").map(|v| v.to_str().unwrap()) == branch),
+            "branch is forwarded as sent"
+        );
+    }
+    // Reads only: the module grant still applies.
+    let (status, _, _) = env.send("POST", PATH, &[("api_key", API_KEY), ("authorization", &secret)], "{}").await;
+    assert_eq!(status.as_u16(), 403);
+
+    // A token scoped to main is unchanged.
+    let (status, _, body) =
+        env.send("GET", PATH, &[("api_key", API_KEY), ("authorization", RO), ("branch", "development")], "").await;
+    assert_eq!(status.as_u16(), 403);
+    assert_eq!(error_code(&body), 162);
+    let (status, _, _) =
+        env.send("GET", PATH, &[("api_key", API_KEY), ("authorization", RO), ("branch", "made-later")], "").await;
+    assert_eq!(status.as_u16(), 403);
+
+    // "$all" stands alone, and "*" is no wildcard: both 422 under the entry's branches.
+    for branches in [serde_json::json!(["$all", "main"]), serde_json::json!(["*"])] {
+        let create = serde_json::json!({"token": {"name": "bad", "scope": [
+            {"module": "$all", "acl": {"read": true}},
+            {"module": "branch", "branches": branches, "acl": {"read": true}}]}});
+        let (status, _, body) = env.send("POST", "/v3/stacks/management_tokens", &owner, &create.to_string()).await;
+        assert_eq!(status.as_u16(), 422, "{branches}");
+        let errors: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(errors["errors"]["scope[1].branches"].is_array(), "{branches}: {errors}");
+    }
+}
+
+/// A static token's `branches = ["$all", "main"]` is a config error at its TOML path.
+#[test]
+fn all_branches_with_other_branches_is_a_config_error() {
+    let text = config_text("127.0.0.1:9".parse().unwrap(), "", "").replace(
+        r#"{ module = "branch", branches = ["development"], acl = { read = true } }"#,
+        r#"{ module = "branch", branches = ["$all", "main"], acl = { read = true } }"#,
+    );
+    let errors = stackgate::config::from_str(&text).unwrap_err();
+    let shown = errors.to_string();
+    assert!(
+        shown.contains("stacks[0].tokens[3].scope[1].branches: '$all' must be the only element of branches."),
+        "{shown}"
+    );
+    assert_eq!(errors.0.len(), 1, "{shown}");
+    // Alone it loads, as a flag on the compiled token.
+    let ok = config_text("127.0.0.1:9".parse().unwrap(), "", "").replace(
+        r#"{ module = "branch", branches = ["development"], acl = { read = true } }"#,
+        r#"{ module = "branch", branches = ["$all"], acl = { read = true } }"#,
+    );
+    assert!(stackgate::config::from_str(&ok).is_ok());
+}

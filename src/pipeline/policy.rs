@@ -4,7 +4,8 @@
 use super::classify::{Access, Module, Operation, Rule};
 use crate::error::{BadRequest, Denial, GatewayError};
 use crate::json::JsonError;
-use crate::snapshot::Token;
+use crate::snapshot::{StackView, Token};
+use crate::token::Grants;
 use http::HeaderValue;
 
 /// The branch a request addresses when it sends no `branch` header.
@@ -40,18 +41,44 @@ fn check_branch(token: &Token, header: Option<&HeaderValue>) -> Result<(), Gatew
         None => DEFAULT_BRANCH,
         Some(v) => v.to_str().map_err(|_| GatewayError::BadRequest(BadRequest::InvalidHeader))?,
     };
-    let in_branches = |b: &str| token.grants.branches.iter().any(|x| &**x == b);
-    let allowed = if token.stack.has_branch(name) {
-        in_branches(name)
-    } else if let Some(target) = token.stack.alias_target(name) {
-        token.grants.aliases.iter().any(|a| &**a == name) || in_branches(target)
-    } else {
-        false
-    };
-    if allowed {
+    if branch_allowed(&token.grants, name, || stack_name(&token.stack, name)) {
         Ok(())
     } else {
         Err(GatewayError::Forbidden(Denial::Branch))
+    }
+}
+
+/// What a `branch` header names in the token's stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StackName<'a> {
+    Branch,
+    Alias { target: &'a str },
+    Unknown,
+}
+
+fn stack_name<'a>(stack: &'a StackView, name: &str) -> StackName<'a> {
+    if stack.has_branch(name) {
+        StackName::Branch
+    } else if let Some(target) = stack.alias_target(name) {
+        StackName::Alias { target }
+    } else {
+        StackName::Unknown
+    }
+}
+
+/// Whether `grants` admit the branch or alias `name`. `lookup` classifies the name in
+/// the stack; it is not called for an All Branches token, which admits any name (also
+/// ones the config does not list: the backend decides whether they exist), so such a
+/// token costs no lookup at all.
+fn branch_allowed<'a>(grants: &Grants, name: &str, lookup: impl FnOnce() -> StackName<'a>) -> bool {
+    if grants.all_branches {
+        return true;
+    }
+    let in_branches = |b: &str| grants.branches.iter().any(|x| &**x == b);
+    match lookup() {
+        StackName::Branch => in_branches(name),
+        StackName::Alias { target } => grants.aliases.iter().any(|a| &**a == name) || in_branches(target),
+        StackName::Unknown => false,
     }
 }
 
@@ -160,6 +187,53 @@ mod tests {
         }
         let approvers = r#"{"publishing_rule":{"approvers":{"users":["u1"]}},"publishing_rule":{}}"#;
         assert_eq!(inspect_body(&rule(Rule::PublishRuleApprovers), approvers.as_bytes()), Err(ambiguous));
+    }
+
+    fn grants(all_branches: bool, branches: &[&str], aliases: &[&str]) -> Grants {
+        Grants {
+            all_branches,
+            branches: branches.iter().map(|b| (*b).into()).collect(),
+            aliases: aliases.iter().map(|a| (*a).into()).collect(),
+            ..Grants::default()
+        }
+    }
+
+    /// The test stack: branches main and development, aliases deploy -> main and
+    /// staging -> development.
+    fn lookup(name: &str) -> StackName<'static> {
+        match name {
+            "main" | "development" => StackName::Branch,
+            "deploy" => StackName::Alias { target: "main" },
+            "staging" => StackName::Alias { target: "development" },
+            _ => StackName::Unknown,
+        }
+    }
+
+    #[test]
+    fn branch_check_by_name_alias_and_target() {
+        let main = grants(false, &["main"], &[]);
+        let deploy = grants(false, &[], &["deploy"]);
+        for (g, name, want) in [
+            (&main, "main", true),
+            (&main, "development", false),
+            (&main, "deploy", true), // an alias of a granted branch
+            (&main, "staging", false),
+            (&main, "nosuchbranch", false),
+            (&main, "*", false),
+            (&main, "$all", false),
+            (&deploy, "deploy", true),
+            (&deploy, "main", false), // an alias scope does not grant its target by name
+        ] {
+            assert_eq!(branch_allowed(g, name, || lookup(name)), want, "{g:?} {name}");
+        }
+    }
+
+    #[test]
+    fn all_branches_admits_any_name_without_a_lookup() {
+        let all = grants(true, &[], &[]);
+        for name in ["main", "development", "deploy", "staging", "created-later", "*", "$all", ""] {
+            assert!(branch_allowed(&all, name, || panic!("no lookup for an All Branches token")), "{name}");
+        }
     }
 
     #[test]
