@@ -5,20 +5,40 @@
 //! the store per (token, expiry instant, channel) only after the channel accepted it,
 //! so a restart never sends it twice, a moved `expires_on` re-arms it, and a failing
 //! channel is retried (with exponential backoff) without holding up the others.
+//!
+//! The webhook may be `https://` (system roots, or `webhook_ca_file`); the SMTP relay
+//! may require STARTTLS and take AUTH PLAIN / LOGIN credentials. TLS material is loaded
+//! when the channels are built, at start, so a bad CA file stops start-up instead of
+//! failing every notice later.
 
-use crate::config::{Notify, Smtp};
+use crate::config::{Config, ConfigWarning, Notify, Smtp};
 use crate::server::Gateway;
+use crate::tls::TlsError;
 use crate::token::TokenRecord;
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{Request, Uri};
 use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Why the notice channels could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("notify.webhook: {0}")]
+    WebhookTls(#[source] TlsError),
+    /// Only the relay's host is named: nothing about credentials.
+    #[error("notify.smtp: cannot set up STARTTLS for {host}: {reason}")]
+    SmtpTls { host: String, reason: String },
+}
 
 /// A notice about to go out.
 struct Notice<'a> {
@@ -28,7 +48,7 @@ struct Notice<'a> {
 }
 
 enum Channel {
-    Webhook { uri: Uri, client: Client<HttpConnector, Full<Bytes>> },
+    Webhook { uri: Uri, client: Client<HttpsConnector<HttpConnector>, Full<Bytes>> },
     Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, from: Mailbox, to: Vec<Mailbox> },
 }
 
@@ -94,24 +114,99 @@ impl Channel {
     }
 }
 
-fn channels(cfg: &Notify) -> Vec<Channel> {
-    let mut out = Vec::new();
-    if let Some(uri) = &cfg.webhook {
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        out.push(Channel::Webhook { uri: uri.clone(), client });
+/// The configured notice channels, ready to send.
+pub struct Channels(Vec<Channel>);
+
+impl Channels {
+    /// Builds the channels of `[notify]`, loading TLS roots (see the module docs).
+    pub fn new(cfg: &Notify) -> Result<Channels, NotifyError> {
+        let mut out = Vec::new();
+        if let Some(uri) = &cfg.webhook {
+            let client = webhook_client(uri, cfg.webhook_ca_file.as_deref())?;
+            out.push(Channel::Webhook { uri: uri.clone(), client });
+        }
+        if let Some(smtp) = &cfg.smtp {
+            let transport = smtp_transport(smtp)?;
+            let from = smtp.from.parse().ok();
+            let to = smtp.to.iter().filter_map(|t| t.parse().ok()).collect();
+            // Addresses were validated at load; an unparsable one cannot reach here.
+            if let Some(from) = from {
+                out.push(Channel::Smtp { transport, from, to });
+            }
+        }
+        Ok(Channels(out))
     }
-    if let Some(Smtp { host, port, from, to }) = &cfg.smtp {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
-            .port(*port)
-            .timeout(Some(Duration::from_secs(10)))
-            .build();
-        let from = from.parse().ok();
-        let to = to.iter().filter_map(|t| t.parse().ok()).collect();
-        if let Some(from) = from {
-            out.push(Channel::Smtp { transport, from, to });
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One client for http and https webhooks. Trust for https comes from the system
+/// roots, or only from `ca_file`; an http webhook loads no roots at all (a machine
+/// without any must still be able to post to a local receiver).
+fn webhook_client(
+    uri: &Uri,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, NotifyError> {
+    let tls = if uri.scheme() == Some(&Scheme::HTTPS) {
+        crate::tls::client_config(ca_file)
+    } else {
+        crate::tls::empty_client_config()
+    }
+    .map_err(NotifyError::WebhookTls)?;
+    let connector = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// The relay transport. With `starttls` the upgrade is required (`Tls::Required`):
+/// a relay that does not offer STARTTLS, or whose certificate the system roots do not
+/// vouch for, gets neither the credentials nor the message. Credentials are offered
+/// with PLAIN, then LOGIN (lettre's defaults, named here so they do not drift). lettre
+/// itself does not refuse AUTH on a plain connection; `stackgate check` warns about
+/// that for a relay off this host (see `ConfigWarning::CleartextSmtpAuth`).
+fn smtp_transport(s: &Smtp) -> Result<AsyncSmtpTransport<Tokio1Executor>, NotifyError> {
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(s.host.as_str())
+        .port(s.port)
+        .timeout(Some(Duration::from_secs(10)));
+    if s.starttls {
+        let params = TlsParameters::new(s.host.clone())
+            .map_err(|e| NotifyError::SmtpTls { host: s.host.clone(), reason: e.to_string() })?;
+        builder = builder.tls(Tls::Required(params));
+    }
+    if let Some(auth) = &s.auth {
+        builder = builder
+            .credentials(Credentials::new(auth.username.clone(), auth.password.expose().to_owned()))
+            .authentication(vec![Mechanism::Plain, Mechanism::Login]);
+    }
+    Ok(builder.build())
+}
+
+/// Logs at start-up what the config allows but probably does not mean (see
+/// [`ConfigWarning`]), and each stored token that asks for notices no channel carries.
+/// Names token uids only, never a secret or its hash.
+pub fn log_warnings(config: &Config, stored: &[TokenRecord]) {
+    for warning in config.warnings() {
+        match &warning {
+            ConfigWarning::NoticeWithoutChannel { token_uid, .. } => {
+                tracing::warn!(token.uid = %token_uid, "{warning}")
+            }
+            ConfigWarning::CleartextSmtpAuth { .. } => tracing::warn!("{warning}"),
         }
     }
-    out
+    for token in stored {
+        warn_if_no_channel(&config.notify, token);
+    }
+}
+
+/// A token that asks for expiry notices while no channel is configured is accepted
+/// (a channel may be added later), but said so in the log.
+pub fn warn_if_no_channel(cfg: &Notify, token: &TokenRecord) {
+    if token.is_email_notification_enabled && !cfg.has_channel() {
+        tracing::warn!(token.uid = %token.uid, stack = %token.stack,
+            "token has is_email_notification_enabled = true, but [notify] has neither webhook nor smtp: \
+             no expiry notice will be sent");
+    }
 }
 
 /// When a failed (token, expiry, channel) may be tried again.
@@ -124,9 +219,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// Starts the notifier if any channel is configured. Channels are read from the config
 /// at start; a reload that changes them needs a restart (reported by the reload).
-pub fn spawn(gw: Arc<Gateway>) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn(gw: Arc<Gateway>, channels: Channels) -> Option<tokio::task::JoinHandle<()>> {
     let cfg = gw.snapshot().config.notify.clone();
-    let channels = channels(&cfg);
     if channels.is_empty() {
         return None;
     }
@@ -138,7 +232,7 @@ pub fn spawn(gw: Arc<Gateway>) -> Option<tokio::task::JoinHandle<()>> {
         let lease = cfg.interval.saturating_mul(3);
         loop {
             match gw.store().try_lead("expiry-notices", gw.replica_id(), lease).await {
-                Ok(true) => scan(&gw, &cfg, &channels, &mut backoff).await,
+                Ok(true) => scan(&gw, &cfg, &channels.0, &mut backoff).await,
                 Ok(false) => tracing::debug!("expiry notices: another replica holds the lease"),
                 Err(e) => tracing::warn!(error = %e, "expiry notices: store unavailable, will retry"),
             }

@@ -44,7 +44,8 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
     Ok(Arc::new(cfg))
 }
 
-/// Builds the upstream client's TLS config: the CAs in `ca_file`, else the system roots.
+/// Builds a TLS client config (the upstream's, the webhook's): the CAs in `ca_file`,
+/// else the system roots.
 pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
@@ -63,7 +64,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
         }
     }
     if roots.is_empty() {
-        return Err(TlsError::Config("no trusted CA certificates for the upstream".into()));
+        return Err(TlsError::Config("no trusted CA certificates (no system roots found, and no ca_file)".into()));
     }
     // No ALPN here: the connector offers h2 and http/1.1 itself.
     Ok(rustls::ClientConfig::builder_with_provider(provider())

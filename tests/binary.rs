@@ -258,3 +258,31 @@ fn config_flag_has_help_text() {
         assert!(line.contains("-c, --config <FILE>") && line.contains("config file"), "{sub}: {help}");
     }
 }
+
+/// A token asking for expiry notices while `[notify]` has no channel: `check` accepts the
+/// file (exit 0) and prints a warning naming the token's uid (never its secret hash);
+/// `check` on the example config (which has a channel) prints none.
+#[test]
+fn check_warns_about_notices_without_a_channel() {
+    let dir = temp_dir("check-warns");
+    let file = dir.join("notices.toml");
+    let text = config_text("127.0.0.1:9".parse().unwrap(), "", "").replace(
+        "expires_on = \"2027-01-01\"\n",
+        "expires_on = \"2027-01-01\"\nis_email_notification_enabled = true\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(BIN).args(["check", "--config", file.to_str().unwrap()]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(
+        stderr.contains("warning: stacks[0].tokens[2].is_email_notification_enabled: token blt000000000000ex01"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&sha(EXPIRING)), "{stderr}");
+
+    let out = Command::new(BIN).args(["check", "--config", "config/stackgate.example.toml"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

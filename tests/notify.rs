@@ -241,3 +241,296 @@ async fn every_token_response_shows_the_notice_time() {
     assert_eq!(got, listed, "GET one and the list show the same record");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Lines kept by a test server (commands, or messages).
+type Kept = Arc<Mutex<Vec<String>>>;
+
+/// An SMTP server that records every command line it receives and accepts everything;
+/// `ehlo` is its whole EHLO answer (the extensions it advertises).
+async fn smtp_server(ehlo: &'static str) -> (SocketAddr, Kept, Kept) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (commands, messages): (Kept, Kept) = Default::default();
+    let (c, m) = (Arc::clone(&commands), Arc::clone(&messages));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (c, m) = (Arc::clone(&c), Arc::clone(&m));
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    c.lock().unwrap().push(line.clone());
+                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => ehlo.as_bytes(),
+                        "AUTH" => b"235 2.7.0 authenticated\r\n",
+                        "DATA" => {
+                            let _ = write.write_all(b"354 go ahead\r\n").await;
+                            let mut text = String::new();
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l == "." {
+                                    break;
+                                }
+                                text.push_str(&l);
+                                text.push('\n');
+                            }
+                            m.lock().unwrap().push(text);
+                            b"250 queued\r\n"
+                        }
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            break;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = write.write_all(reply).await;
+                }
+            });
+        }
+    });
+    (addr, commands, messages)
+}
+
+/// The test config with `notify` as the `[notify]` table's body.
+fn config_with_notify(backend: SocketAddr, notify: &str, db: &std::path::Path) -> stackgate::config::Config {
+    let text = format!(
+        "{}\n[store]\npath = \"{}\"\n\n[notify]\nbefore = \"7d\"\ninterval = \"100ms\"\n{notify}\n",
+        config_text(backend, "", ""),
+        db.display()
+    );
+    stackgate::config::from_str(&text).unwrap()
+}
+
+/// Creates a token expiring 2027-01-01 with notices on; returns its uid.
+async fn create_noticed_token(addr: SocketAddr, name: &str) -> String {
+    let mut api = KeepAlive::connect(addr).await;
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "application/json")];
+    let create = json!({"token": {"name": name, "expires_on": "2027-01-01", "is_email_notification_enabled": true,
+        "scope": [{"module": "$all", "acl": {"read": true}}, {"module": "branch", "branches": ["main"]}]}});
+    let (status, body) = api.send("POST", "/v3/stacks/management_tokens", &owner, &create.to_string()).await;
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["token"]["uid"].as_str().unwrap().to_owned()
+}
+
+/// The environment variable the SMTP password comes from in these tests.
+const SMTP_PASSWORD_ENV: &str = "STACKGATE_TEST_NOTIFY_SMTP_PASSWORD";
+const SMTP_PASSWORD: &str = "s3cret-Pw!";
+
+/// Sets the password variable before any runtime thread exists, then runs `test`.
+fn with_smtp_password(test: impl std::future::Future<Output = ()>) {
+    std::env::set_var(SMTP_PASSWORD_ENV, SMTP_PASSWORD);
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(test);
+}
+
+/// AUTH against a relay that offers AUTH PLAIN LOGIN and no STARTTLS (`starttls`
+/// defaults to false): lettre sends the credentials on the plain connection (it does not
+/// insist on TLS for AUTH), and the relay receives exactly `\0username\0password`.
+#[test]
+fn smtp_auth_credentials_reach_the_relay() {
+    with_smtp_password(async {
+        let backend = Backend::start().await;
+        let (smtp, commands, mails) = smtp_server("250-sink\r\n250 AUTH PLAIN LOGIN\r\n").await;
+        let dir = temp_dir("notify-auth");
+        let notify = format!(
+            "smtp = {{ relay = \"{smtp}\", from = \"stackgate@example.com\", to = [\"ops@example.com\"], username = \"mailer\", password_env = \"{SMTP_PASSWORD_ENV}\" }}"
+        );
+        let cfg = config_with_notify(backend.addr, &notify, &dir.join("s.db"));
+        assert!(!format!("{cfg:?}").contains(SMTP_PASSWORD), "the password is not in Debug output");
+        let clock = Arc::new(ManualClock::new(EXPIRY - 6 * DAY));
+        let gw = stackgate::server::start(cfg, clock).await.unwrap();
+        create_noticed_token(gw.addr, "mailed-with-auth").await;
+        eventually("the e-mail notice", || mails.lock().unwrap().len() == 1).await;
+        let commands = commands.lock().unwrap().clone();
+        let auth: Vec<&String> = commands.iter().filter(|c| c.to_ascii_uppercase().starts_with("AUTH")).collect();
+        // base64("\0mailer\0s3cret-Pw!")
+        assert_eq!(auth, ["AUTH PLAIN AG1haWxlcgBzM2NyZXQtUHch"], "{commands:?}");
+        let mail_from = commands.iter().position(|c| c.starts_with("MAIL FROM")).unwrap();
+        let auth_at = commands.iter().position(|c| c.starts_with("AUTH")).unwrap();
+        assert!(auth_at < mail_from, "authenticated before the envelope: {commands:?}");
+        eventually("the notice counted", || gw.gateway.metrics.notices_sent.get() == 1).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// `starttls = true` is required, not opportunistic: a relay that does not offer
+/// STARTTLS gets neither the credentials nor the message, and the failure is counted.
+#[test]
+fn starttls_relay_without_starttls_gets_neither_password_nor_mail() {
+    with_smtp_password(async {
+        let backend = Backend::start().await;
+        let (smtp, commands, mails) = smtp_server("250-sink\r\n250 AUTH PLAIN LOGIN\r\n").await;
+        let dir = temp_dir("notify-starttls");
+        let notify = format!(
+            "smtp = {{ relay = \"{smtp}\", from = \"stackgate@example.com\", to = [\"ops@example.com\"], starttls = true, username = \"mailer\", password_env = \"{SMTP_PASSWORD_ENV}\" }}"
+        );
+        let clock = Arc::new(ManualClock::new(EXPIRY - 6 * DAY));
+        let gw = stackgate::server::start(config_with_notify(backend.addr, &notify, &dir.join("s.db")), clock)
+            .await
+            .unwrap();
+        create_noticed_token(gw.addr, "needs-tls").await;
+        eventually("the failed notice", || gw.gateway.metrics.notices_failed.get() >= 1).await;
+        let commands = commands.lock().unwrap().clone();
+        assert!(!commands.is_empty(), "the relay was contacted");
+        assert!(
+            commands.iter().all(|c| !c.starts_with("AUTH") && !c.starts_with("MAIL") && !c.contains("AG1haWxlcg")),
+            "{commands:?}"
+        );
+        assert!(mails.lock().unwrap().is_empty());
+        assert_eq!(gw.gateway.metrics.notices_sent.get(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// A test CA and a certificate for localhost / 127.0.0.1 signed by it (PEM files).
+fn pki(dir: &std::path::Path) -> (std::path::PathBuf, stackgate::config::TlsFiles) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (ca, cert_path, key_path) = (dir.join("ca.pem"), dir.join("hook.pem"), dir.join("hook.key"));
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca, stackgate::config::TlsFiles { cert: cert_path, key: key_path })
+}
+
+/// A TLS webhook receiver that keeps the bodies it accepts.
+async fn tls_webhook(files: &stackgate::config::TlsFiles) -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(stackgate::tls::server_config(files).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let a = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, a) = (acceptor.clone(), Arc::clone(&a));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let a = Arc::clone(&a);
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        a.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// An https webhook whose certificate comes from a private CA: delivered when
+/// `webhook_ca_file` names that CA, refused (and counted as failed) with the system
+/// roots alone, never sent in plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhook_trusts_its_ca_file() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("notify-https");
+    let (ca, files) = pki(&dir);
+    let (hook, accepted) = tls_webhook(&files).await;
+    let url = format!("https://localhost:{}/hooks/token-expiry", hook.port());
+    let notify = format!("webhook = \"{url}\"\nwebhook_ca_file = \"{}\"", ca.display());
+    let clock = Arc::new(ManualClock::new(EXPIRY - 6 * DAY));
+    let gw = stackgate::server::start(config_with_notify(backend.addr, &notify, &dir.join("a.db")), clock.clone())
+        .await
+        .unwrap();
+    let uid = create_noticed_token(gw.addr, "over-https").await;
+    eventually("the https webhook notice", || accepted.lock().unwrap().len() == 1).await;
+    assert_eq!(accepted.lock().unwrap()[0]["token_uid"], uid.as_str());
+    eventually("the notice counted", || gw.gateway.metrics.notices_sent.get() == 1).await;
+
+    // The system roots do not vouch for the private CA: the notice fails, nothing arrives.
+    let notify = format!("webhook = \"{url}\"");
+    match stackgate::server::start(config_with_notify(backend.addr, &notify, &dir.join("b.db")), clock).await {
+        Ok(gw) => {
+            create_noticed_token(gw.addr, "untrusted").await;
+            eventually("the failed notice", || gw.gateway.metrics.notices_failed.get() >= 1).await;
+            assert_eq!(accepted.lock().unwrap().len(), 1);
+            assert_eq!(gw.gateway.metrics.notices_sent.get(), 0);
+        }
+        // A machine without any system roots refuses to start an https webhook at all.
+        Err(e) => assert!(e.to_string().contains("no trusted CA certificates"), "{e}"),
+    }
+
+    // A CA file that cannot be read stops the start with the file named.
+    let notify = format!("webhook = \"{url}\"\nwebhook_ca_file = \"{}\"", dir.join("missing.pem").display());
+    let clock = Arc::new(ManualClock::new(EXPIRY - 6 * DAY));
+    let err = stackgate::server::start(config_with_notify(backend.addr, &notify, &dir.join("c.db")), clock)
+        .await
+        .err()
+        .expect("a missing CA file stops the start");
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Collects what `tracing` writes, for the start-up warning test.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
+    }
+}
+
+/// Notices asked for while `[notify]` has no channel: accepted, and warned about by uid
+/// (static tokens and stored ones at start-up, a stored one also when it is created),
+/// never with a secret or its hash. Current-thread runtime, so the subscriber set for
+/// this thread sees the gateway's tasks too.
+#[tokio::test]
+async fn notices_without_a_channel_are_warned_about_at_start_up() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let backend = Backend::start().await;
+    let dir = temp_dir("notify-none");
+    let db = dir.join("s.db");
+    // The EXPIRING static token gets notices on; no channel is configured.
+    let text = config_text(backend.addr, "", "").replace(
+        "expires_on = \"2027-01-01\"\n",
+        "expires_on = \"2027-01-01\"\nis_email_notification_enabled = true\n",
+    );
+    let text = format!("{text}\n[store]\npath = \"{}\"\n", db.display());
+    let cfg = stackgate::config::from_str(&text).unwrap();
+    let gw = stackgate::server::start(cfg.clone(), Arc::new(ManualClock::new(EXPIRY - 6 * DAY))).await.unwrap();
+    assert!(gw.notifier.is_none(), "no channel, no notifier");
+    let uid = create_noticed_token(gw.addr, "unheard").await;
+    let shown = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(shown.contains("WARN") && shown.contains("blt000000000000ex01"), "static token at start-up: {shown}");
+    assert!(shown.matches(uid.as_str()).count() >= 1, "stored token on create: {shown}");
+    gw.task.abort();
+
+    logs.0.lock().unwrap().clear();
+    let gw = stackgate::server::start(cfg, Arc::new(ManualClock::new(EXPIRY - 6 * DAY))).await.unwrap();
+    let shown = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let warned: Vec<&str> = shown.lines().filter(|l| l.contains("neither webhook nor smtp")).collect();
+    assert!(warned.iter().any(|l| l.contains("blt000000000000ex01")), "{shown}");
+    assert!(warned.iter().any(|l| l.contains(uid.as_str())), "stored token at start-up: {shown}");
+    assert!(!shown.contains(&sha(EXPIRING)) && !shown.contains(EXPIRING), "never a secret: {shown}");
+    gw.task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}

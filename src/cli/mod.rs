@@ -37,7 +37,8 @@ enum Command {
         #[arg(long, env = "STACKGATE_THREADS")]
         threads: Option<std::num::NonZeroUsize>,
     },
-    /// Validate a config file and exit (non-zero with every error listed).
+    /// Validate a config file and exit (non-zero with every error listed; warnings are
+    /// printed to stderr and leave the exit status 0).
     Check {
         /// The TOML config file to validate.
         #[arg(long, short, value_name = "FILE")]
@@ -121,6 +122,10 @@ fn check(path: &std::path::Path) -> ExitCode {
                 cfg.stacks.len(),
                 tokens
             );
+            // Allowed, so not errors, but worth a look before the gateway runs with it.
+            for warning in cfg.warnings() {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

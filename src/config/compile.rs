@@ -216,8 +216,19 @@ pub struct Guard {
 pub struct Notify {
     pub before: Duration,
     pub interval: Duration,
+    /// An `http://` or `https://` URL.
     pub webhook: Option<Uri>,
+    /// PEM CAs trusted for an https webhook instead of the system roots (a receiver
+    /// with a private CA), as `upstream.ca_file` does for the backend.
+    pub webhook_ca_file: Option<PathBuf>,
     pub smtp: Option<Smtp>,
+}
+
+impl Notify {
+    /// Whether any channel would carry an expiry notice.
+    pub fn has_channel(&self) -> bool {
+        self.webhook.is_some() || self.smtp.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +237,73 @@ pub struct Smtp {
     pub port: u16,
     pub from: String,
     pub to: Vec<String>,
+    /// STARTTLS is required: without it the relay gets neither credentials nor mail.
+    pub starttls: bool,
+    pub auth: Option<SmtpAuth>,
+}
+
+/// SMTP AUTH credentials. The password comes from the environment at load and is
+/// never printed: `Secret` redacts it from `Debug`, and errors name only the variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpAuth {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// Something the config allows but an operator probably did not mean. `stackgate
+/// check` prints these and the gateway logs them at start-up; they never stop it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigWarning {
+    /// A static token asks for expiry notices, but `[notify]` has no channel.
+    NoticeWithoutChannel { path: String, token_uid: String },
+    /// SMTP AUTH without STARTTLS to a relay off this host: the password would cross
+    /// the network in clear.
+    CleartextSmtpAuth { relay: String },
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigWarning::NoticeWithoutChannel { path, token_uid } => write!(
+                f,
+                "{path}: token {token_uid} has is_email_notification_enabled = true, but [notify] has neither \
+                 webhook nor smtp: no expiry notice will be sent"
+            ),
+            ConfigWarning::CleartextSmtpAuth { relay } => write!(
+                f,
+                "notify.smtp: AUTH without starttls = true sends the password in clear to {relay}, which is not \
+                 on this host"
+            ),
+        }
+    }
+}
+
+impl Config {
+    /// The warnings of a validated config (see [`ConfigWarning`]).
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut out = Vec::new();
+        if !self.notify.has_channel() {
+            for (i, stack) in self.stacks.iter().enumerate() {
+                for (j, t) in stack.tokens.iter().enumerate().filter(|(_, t)| t.is_email_notification_enabled) {
+                    out.push(ConfigWarning::NoticeWithoutChannel {
+                        path: format!("stacks[{i}].tokens[{j}].is_email_notification_enabled"),
+                        token_uid: t.uid.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(s) = self.notify.smtp.as_ref().filter(|s| s.auth.is_some() && !s.starttls && !is_loopback(&s.host))
+        {
+            out.push(ConfigWarning::CleartextSmtpAuth { relay: format!("{}:{}", s.host, s.port) });
+        }
+        out
+    }
+}
+
+/// `localhost` or a loopback address (brackets of an IPv6 literal allowed).
+fn is_loopback(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -597,14 +675,66 @@ fn notify(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Notify> {
     let before = parse_duration(n.before.as_deref().unwrap_or("7d")).map_err(|e| errs.push("notify.before", e)).ok();
     let interval = positive_duration(n.interval.as_deref(), "60s", "notify.interval", errs);
     let webhook = n.webhook.as_ref().and_then(|w| match w.parse::<Uri>() {
-        Ok(uri) if uri.scheme() == Some(&Scheme::HTTP) && uri.authority().is_some() => Some(uri),
+        Ok(uri) if is_http_or_https(uri.scheme()) && uri.authority().is_some() => Some(uri),
         _ => {
-            errs.push("notify.webhook", format!("'{w}' must be an absolute http:// URL"));
+            errs.push("notify.webhook", format!("'{w}' must be an absolute http:// or https:// URL"));
             None
         }
     });
+    // A CA file that nothing would use is a mistake (an http:// URL or no webhook).
+    if n.webhook_ca_file.is_some() && !webhook.as_ref().is_some_and(|u| u.scheme() == Some(&Scheme::HTTPS)) {
+        errs.push("notify.webhook_ca_file", "only used with an https:// webhook");
+    }
     let smtp = n.smtp.as_ref().and_then(|s| smtp(s, errs));
-    Some(Notify { before: before?, interval: interval?, webhook, smtp })
+    Some(Notify {
+        before: before?,
+        interval: interval?,
+        webhook,
+        webhook_ca_file: n.webhook_ca_file.as_ref().map(PathBuf::from),
+        smtp,
+    })
+}
+
+fn is_http_or_https(scheme: Option<&Scheme>) -> bool {
+    scheme == Some(&Scheme::HTTP) || scheme == Some(&Scheme::HTTPS)
+}
+
+/// `username` and `password_env` come together; the password is read here, once, and
+/// neither it nor anything derived from it is ever put in an error. `None`: a problem
+/// was reported in `errs` (as every compile step here does); `Some(None)`: no AUTH.
+fn smtp_auth(s: &super::raw::RawSmtp, errs: &mut ConfigErrors) -> Option<Option<SmtpAuth>> {
+    match (&s.username, &s.password_env) {
+        (None, None) => Some(None),
+        (Some(_), None) => {
+            errs.push(
+                "notify.smtp.password_env",
+                "required with username (the environment variable holding the password)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.push("notify.smtp.username", "required with password_env");
+            None
+        }
+        (Some(username), Some(var)) => {
+            let mut ok = true;
+            if username.is_empty() {
+                errs.push("notify.smtp.username", "must not be empty");
+                ok = false;
+            }
+            let password = match std::env::var(var) {
+                Ok(p) if !p.is_empty() => Some(Secret(p)),
+                _ => {
+                    errs.push("notify.smtp.password_env", format!("environment variable {var} is not set"));
+                    None
+                }
+            };
+            match (ok, password) {
+                (true, Some(password)) => Some(Some(SmtpAuth { username: username.clone(), password })),
+                _ => None,
+            }
+        }
+    }
 }
 
 fn smtp(s: &super::raw::RawSmtp, errs: &mut ConfigErrors) -> Option<Smtp> {
@@ -620,8 +750,17 @@ fn smtp(s: &super::raw::RawSmtp, errs: &mut ConfigErrors) -> Option<Smtp> {
             ok = false;
         }
     }
+    let auth = smtp_auth(s, errs);
     let (host, port) = relay?;
-    ok.then(|| Smtp { host, port, from: s.from.clone(), to: s.to.clone().unwrap_or_default() })
+    let auth = auth?;
+    ok.then(|| Smtp {
+        host,
+        port,
+        from: s.from.clone(),
+        to: s.to.clone().unwrap_or_default(),
+        starttls: s.starttls.unwrap_or(false),
+        auth,
+    })
 }
 
 fn guard(g: &super::raw::RawGuard, errs: &mut ConfigErrors) -> Option<Guard> {
@@ -880,5 +1019,93 @@ mod tests {
         let local = "[ratelimit]\nbackend = \"redis\"\nurl = \"redis://r\"\nreplicas = 4";
         let cfg = crate::config::from_str(&format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{local}")).unwrap();
         assert_eq!(cfg.ratelimit.local_share(), 4, "fail_mode defaults to local");
+    }
+
+    fn notify_config(notify: &str) -> Result<Config, Vec<String>> {
+        let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[notify]\n{notify}");
+        crate::config::from_str(&text)
+            .map_err(|e| e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect())
+    }
+
+    #[test]
+    fn webhook_may_be_https_with_its_own_ca_file() {
+        let cfg =
+            notify_config("webhook = \"https://hooks.example.com/expiry\"\nwebhook_ca_file = \"ca.pem\"").unwrap();
+        assert_eq!(
+            cfg.notify.webhook.as_ref().map(|u| u.to_string()).as_deref(),
+            Some("https://hooks.example.com/expiry")
+        );
+        assert_eq!(cfg.notify.webhook_ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert!(notify_config("webhook = \"http://127.0.0.1:9100/h\"").is_ok());
+        let bad = notify_config("webhook = \"ftp://h/x\"").unwrap_err();
+        assert!(
+            bad.iter().any(|e| e.starts_with("notify.webhook: 'ftp://h/x' must be an absolute http:// or https://")),
+            "{bad:?}"
+        );
+        let bad = notify_config("webhook = \"http://h/x\"\nwebhook_ca_file = \"ca.pem\"").unwrap_err();
+        assert_eq!(bad, ["notify.webhook_ca_file: only used with an https:// webhook"]);
+        let bad = notify_config("webhook_ca_file = \"ca.pem\"").unwrap_err();
+        assert_eq!(bad, ["notify.webhook_ca_file: only used with an https:// webhook"]);
+    }
+
+    #[test]
+    fn smtp_starttls_and_auth_are_validated_and_the_password_never_shown() {
+        // A variable only this test sets (each test binary is its own process).
+        let var = "STACKGATE_TEST_COMPILE_SMTP_PASSWORD";
+        std::env::set_var(var, "pa55-w0rd-value");
+        let smtp =
+            |extra: &str| format!("smtp = {{ relay = \"mail.example.com:587\", from = \"sg@example.com\"{extra} }}");
+        let cfg = notify_config(&smtp(&format!(", starttls = true, username = \"mailer\", password_env = \"{var}\"")))
+            .unwrap();
+        let s = cfg.notify.smtp.as_ref().unwrap();
+        assert!(s.starttls);
+        let auth = s.auth.as_ref().unwrap();
+        assert_eq!((auth.username.as_str(), auth.password.expose()), ("mailer", "pa55-w0rd-value"));
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("pa55-w0rd-value") && shown.contains("mailer"), "{shown}");
+        assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
+
+        let plain = notify_config(&smtp("")).unwrap();
+        let s = plain.notify.smtp.as_ref().unwrap();
+        assert!(!s.starttls && s.auth.is_none(), "starttls defaults to false, no AUTH");
+
+        let bad = notify_config(&smtp(", username = \"mailer\"")).unwrap_err();
+        assert_eq!(
+            bad,
+            ["notify.smtp.password_env: required with username (the environment variable holding the password)"]
+        );
+        let bad = notify_config(&smtp(&format!(", password_env = \"{var}\""))).unwrap_err();
+        assert_eq!(bad, ["notify.smtp.username: required with password_env"]);
+        let bad = notify_config(&smtp(", username = \"mailer\", password_env = \"STACKGATE_TEST_SURELY_UNSET\""))
+            .unwrap_err();
+        assert_eq!(bad, ["notify.smtp.password_env: environment variable STACKGATE_TEST_SURELY_UNSET is not set"]);
+        let bad = notify_config(&smtp(&format!(", username = \"\", password_env = \"{var}\", starttls = \"yes\"")))
+            .unwrap_err();
+        assert!(bad.iter().all(|e| !e.contains("pa55-w0rd-value")), "{bad:?}");
+        let bad = notify_config(&smtp(&format!(", username = \"\", password_env = \"{var}\""))).unwrap_err();
+        assert_eq!(bad, ["notify.smtp.username: must not be empty"]);
+
+        // AUTH in clear: allowed, but a warning unless the relay is on this host.
+        let cleartext = notify_config(&smtp(&format!(", username = \"mailer\", password_env = \"{var}\""))).unwrap();
+        let warnings: Vec<String> = cleartext.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("mail.example.com:587") && !warnings[0].contains("pa55"), "{warnings:?}");
+        let local = format!("smtp = {{ relay = \"127.0.0.1:2525\", from = \"sg@example.com\", username = \"m\", password_env = \"{var}\" }}");
+        assert!(notify_config(&local).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn notices_without_a_channel_are_a_warning_not_an_error() {
+        let token = "[[organizations]]\nuid = \"o\"\n[[stacks]]\napi_key = \"k\"\norganization = \"o\"\n[[stacks.tokens]]\nuid = \"blt00000000000000n1\"\nname = \"n\"\nsecret_sha256 = \"48c9f795c89445276749b08e0e69d3e177a9e1d408cbfb968aab1272f246af24\"\nis_email_notification_enabled = true\nscope = [{ module = \"branch\", branches = [\"main\"], acl = { read = true } }]\n";
+        let cfg = crate::config::from_str(&format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{token}")).unwrap();
+        let warnings: Vec<String> = cfg.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            ["stacks[0].tokens[0].is_email_notification_enabled: token blt00000000000000n1 has is_email_notification_enabled = true, but [notify] has neither webhook nor smtp: no expiry notice will be sent"]
+        );
+        assert!(!warnings[0].contains("48c9f7"), "never the secret's hash");
+        let with_hook =
+            format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[notify]\nwebhook = \"http://127.0.0.1:9/h\"\n{token}");
+        assert!(crate::config::from_str(&with_hook).unwrap().warnings().is_empty());
     }
 }

@@ -9,8 +9,9 @@ pub mod trusted;
 mod units;
 
 pub use compile::{
-    compile, Config, ConfigError, ConfigErrors, FailMode, Guard, Limits, Notify, Organization, Postgres, RateLimiting,
-    RedisLimits, Role, Secret, Server, Smtp, Stack, Store, TlsFiles, Upstream, User, UserSessions,
+    compile, Config, ConfigError, ConfigErrors, ConfigWarning, FailMode, Guard, Limits, Notify, Organization, Postgres,
+    RateLimiting, RedisLimits, Role, Secret, Server, Smtp, SmtpAuth, Stack, Store, TlsFiles, Upstream, User,
+    UserSessions,
 };
 pub use units::{parse_duration, parse_size};
 

@@ -112,6 +112,8 @@ pub struct RawNotify {
     /// How often to look for tokens entering the warning window.
     pub interval: Option<String>,
     pub webhook: Option<String>,
+    /// PEM CAs to trust for an https webhook (default: the system's roots).
+    pub webhook_ca_file: Option<String>,
     pub smtp: Option<RawSmtp>,
 }
 
@@ -120,6 +122,12 @@ pub struct RawSmtp {
     pub relay: String,
     pub from: String,
     pub to: Option<Vec<String>>,
+    /// Upgrade the relay connection with STARTTLS before anything else (required, not
+    /// opportunistic: a relay that does not offer it gets nothing).
+    pub starttls: Option<bool>,
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password (keeps it out of the file).
+    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

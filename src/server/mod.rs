@@ -96,6 +96,7 @@ impl Gateway {
         config_path: Option<PathBuf>,
     ) -> Result<Self, ReloadError> {
         let stored = store.load_all().await?;
+        crate::notify::log_warnings(&config, &stored);
         let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let upstream = UpstreamClient::new(&config.upstream)?;
         let snapshot = Snapshot::build(Arc::new(config), &stored, None, &rate_clock, upstream);
@@ -392,12 +393,14 @@ pub async fn start_with(
     config.admin_listen = admin_addr;
     let gateway = Gateway::new(config, store, clock, rate_clock, config_path).await.map_err(std::io::Error::other)?;
     let gateway = Arc::new(gateway);
+    // Built before anything serves, so a bad webhook CA file stops the start.
+    let channels = crate::notify::Channels::new(&gateway.snapshot().config.notify).map_err(std::io::Error::other)?;
     if let Some(events) = gateway.store.subscribe() {
         tokio::spawn(Arc::clone(&gateway).follow(events));
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(listener::serve(listener, Arc::clone(&gateway), shutdown_rx));
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&gateway)));
-    let notifier = crate::notify::spawn(Arc::clone(&gateway));
+    let notifier = crate::notify::spawn(Arc::clone(&gateway), channels);
     Ok(Running { addr, admin_addr, gateway, task, notifier, shutdown })
 }

@@ -229,6 +229,7 @@ async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Re
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token created");
+    crate::notify::warn_if_no_channel(&snap.config.notify, &rec);
     let mut token = shown(gw, rec).await?;
     token["token"] = json!(secret);
     ok(StatusCode::CREATED, json!({ "notice": "Management Token created successfully.", "token": token }))
@@ -271,6 +272,7 @@ async fn update(
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token updated");
+    crate::notify::warn_if_no_channel(&snap.config.notify, &rec);
     ok(StatusCode::OK, json!({ "notice": "Management Token updated successfully.", "token": shown(gw, rec).await? }))
 }
 
