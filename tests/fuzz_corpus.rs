@@ -31,3 +31,13 @@ fn body_rules_corpus() {
 fn config_parse_corpus() {
     replay("config_parse", stackgate::fuzzing::check_config);
 }
+
+#[test]
+fn h1_server_corpus() {
+    replay("h1_server", stackgate::fuzzing::check_h1_server);
+}
+
+#[test]
+fn h1_client_corpus() {
+    replay("h1_client", stackgate::fuzzing::check_h1_client);
+}

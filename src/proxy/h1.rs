@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// The largest response head accepted from the backend.
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The most response header fields accepted.
 const MAX_HEADERS: usize = 128;
 /// A chunk-size line or a trailer section longer than this is refused.
@@ -418,11 +418,11 @@ impl Fields {
 
 /// A parsed response head. Its hop-by-hop fields were read for framing and reuse and
 /// left out of `fields`.
-struct Head {
-    resp: Response<()>,
+pub(crate) struct Head {
+    pub(crate) resp: Response<()>,
     fields: Fields,
     /// Bytes of the buffer the head took.
-    len: usize,
+    pub(crate) len: usize,
     /// `Some` when a `Transfer-Encoding` was present: whether its final coding is chunked.
     chunked: Option<bool>,
     /// The one `Content-Length` all fields agree on; the outer `None` when they disagree
@@ -436,7 +436,7 @@ struct Head {
 /// of the read buffer into `block` (the connection's, reused once the previous
 /// response's fields are gone), so they do not pin the read buffer while the response
 /// is written.
-fn parse_head(buf: &BytesMut, block: &mut BytesMut) -> Result<Option<Head>, SendError> {
+pub(crate) fn parse_head(buf: &BytesMut, block: &mut BytesMut) -> Result<Option<Head>, SendError> {
     // Left uninitialised (4 KiB not written per response); httparse fills what it uses.
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -520,7 +520,7 @@ fn merge_length(mut found: Option<u64>, value: &[u8]) -> Option<Option<u64>> {
 
 /// RFC 9112 section 6.3: how this response's body ends; `None` inside for no body.
 /// An unusable `Content-Length` is a protocol error (the outer `None`).
-fn framing(method: &Method, head: &Head) -> Option<Option<Framing>> {
+pub(crate) fn framing(method: &Method, head: &Head) -> Option<Option<Framing>> {
     let status = head.resp.status();
     if method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Some(None);
@@ -692,7 +692,7 @@ impl hyper::body::Body for ResponseBody {
 
 /// One step of the chunked decoder.
 #[derive(Debug, PartialEq, Eq)]
-enum Decoded {
+pub(crate) enum Decoded {
     Data(Bytes, Chunk),
     Progress(Chunk),
     End,
@@ -700,7 +700,7 @@ enum Decoded {
 }
 
 /// Decodes what `buf` holds of a chunked body from `state`, consuming it.
-fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Decoded, ()> {
+pub(crate) fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Decoded, ()> {
     match state {
         Chunk::Size => match httparse::parse_chunk_size(buf) {
             Ok(httparse::Status::Complete((used, 0))) => {

@@ -9,7 +9,7 @@
 
 mod body;
 mod direct;
-mod h1;
+pub(crate) mod h1;
 mod headers;
 
 pub use body::{drain, BodyState, ClientBody, Streamed};

@@ -51,7 +51,7 @@ pub struct Limits {
 }
 
 /// A head this loop does not take: hyper gets the connection.
-struct NotMine;
+pub(crate) struct NotMine;
 
 /// A complete head: the request, and whether the client asked to close afterwards.
 type Head = (Request<ClientBody>, bool);
@@ -167,7 +167,7 @@ where
 
 /// Parses a buffered head (`None`: incomplete). Only the HTTP/1.1 head of a request
 /// without a body is taken; `fields` is scratch space kept across requests.
-fn parse(
+pub(crate) fn parse(
     buf: &mut BytesMut,
     fields: &mut Vec<(HeaderName, usize, usize)>,
     max_head: usize,

@@ -4,7 +4,7 @@
 mod admin;
 mod client;
 mod cors;
-mod fast;
+pub(crate) mod fast;
 mod handler;
 mod idle;
 mod listener;
