@@ -4,7 +4,7 @@
 
 use crate::pipeline::{classify, inspect_body, normalize, Operation};
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
@@ -215,46 +215,25 @@ type ReadOutcome = Result<(u16, Vec<u8>), String>;
 /// counts digits, hyper only overflow); a head over 64 KiB (hyper allows ~400 KiB).
 /// hyper is given the gateway's header-count limit (128; its default is 100).
 ///
-/// The divergences reported in issue #17, whose fix belongs to `src/proxy/h1.rs`, are
-/// skipped here ([`Divergence`]) so the fuzzer can look past them;
-/// [`check_h1_client_strict`] does not skip them.
 pub fn check_h1_client(data: &[u8]) {
-    check_client(data, true);
-}
-
-/// [`check_h1_client`] without skipping the known divergences (see `fuzz/findings/`).
-pub fn check_h1_client_strict(data: &[u8]) {
-    check_client(data, false);
-}
-
-fn check_client(data: &[u8], skip_pending: bool) {
     let Some((&flags, wire)) = data.split_first() else { return };
     let method = if flags & 1 == 0 { Method::GET } else { Method::HEAD };
     let step = usize::from(flags >> 1);
-    let (ours, notes) = gateway_reads(&method, wire, usize::MAX);
+    let ours = gateway_read(&method, wire, usize::MAX);
     if step > 0 {
-        let (split, _) = gateway_reads(&method, wire, step);
+        let split = gateway_read(&method, wire, step);
         assert_eq!(split.as_ref().ok(), ours.as_ref().ok(), "reads of {step} bytes change the result");
     }
     let Ok(ours) = ours else { return };
-    if skip_pending && !notes.is_empty() {
-        return;
-    }
     match hyper_reads(&method, wire) {
         Ok(theirs) => assert_eq!(ours, theirs, "the gateway and hyper read different responses"),
-        Err(e) => panic!("the gateway accepted a response hyper refuses ({e}); gateway read {ours:?}; notes {notes:?}"),
+        Err(e) => panic!("the gateway accepted a response hyper refuses ({e}); gateway read {ours:?}"),
     }
 }
 
 /// What the gateway's client makes of the response bytes `wire`, fed in reads of `step`
-/// bytes and then the end of the connection, and the known divergences it passed.
-fn gateway_reads(method: &Method, wire: &[u8], step: usize) -> (ReadOutcome, Vec<Divergence>) {
-    let mut notes = Vec::new();
-    let read = gateway_read(method, wire, step, &mut notes);
-    (read, notes)
-}
-
-fn gateway_read(method: &Method, wire: &[u8], step: usize, notes: &mut Vec<Divergence>) -> ReadOutcome {
+/// bytes and then the end of the connection.
+fn gateway_read(method: &Method, wire: &[u8], step: usize) -> ReadOutcome {
     use crate::proxy::h1::{decode_chunk, framing, parse_head, Decoded, Framing, MAX_HEAD};
     let mut reads = wire.chunks(step.max(1));
     let mut buf = BytesMut::new();
@@ -281,12 +260,9 @@ fn gateway_read(method: &Method, wire: &[u8], step: usize, notes: &mut Vec<Diver
             break (head, bytes);
         }
     };
-    let (head, head_bytes) = head;
+    let (head, _) = head;
     let status = head.resp.status().as_u16();
     let framing = framing(method, &head).ok_or("framing refused")?;
-    if let Some(framing) = framing {
-        pending_head_divergences(&head_bytes, framing, notes);
-    }
     let mut body = Vec::new();
     // `ResponseBody` and its `Reader`.
     match framing {
@@ -304,20 +280,13 @@ fn gateway_read(method: &Method, wire: &[u8], step: usize, notes: &mut Vec<Diver
             reads.for_each(|read| body.extend_from_slice(read));
         }
         Some(Framing::Chunked(mut state)) => loop {
-            let before = buf.clone();
             match decode_chunk(&mut buf, state) {
                 Ok(Decoded::Data(data, next)) => {
                     body.extend_from_slice(&data);
                     state = next;
                 }
-                Ok(Decoded::Progress(next)) => {
-                    pending_chunk_divergences(state, &before[..before.len() - buf.len()], notes);
-                    state = next;
-                }
-                Ok(Decoded::End) => {
-                    pending_chunk_divergences(state, &before[..before.len() - buf.len()], notes);
-                    break;
-                }
+                Ok(Decoded::Progress(next)) => state = next,
+                Ok(Decoded::End) => break,
                 Ok(Decoded::NeedMore) => {
                     buf.extend_from_slice(reads.next().ok_or("closed inside a chunked body")?);
                 }
@@ -366,85 +335,4 @@ fn hyper_reads(method: &Method, wire: &[u8]) -> ReadOutcome {
         let (_, (), read) = tokio::join!(conn, answer, exchange);
         read
     })
-}
-
-/// A divergence between the gateway's client and hyper's reported in issue #17; the fix
-/// belongs to `src/proxy/h1.rs`. Each is detected from the bytes the gateway accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Divergence {
-    /// An HTTP/1.0 response with `Transfer-Encoding`: hyper refuses it (RFC 9112 section
-    /// 6.1: the framing is faulty); the gateway decodes it.
-    Http10TransferEncoding,
-    /// A `Transfer-Encoding` value with a byte outside visible ASCII: hyper does not read
-    /// it as chunked (a close-delimited body), the gateway does (a chunked body).
-    TransferEncodingObsText,
-    /// A chunk-size line without a digit (`\r\n`, `;x\r\n`): a last chunk for the
-    /// gateway, an error for hyper (chunk-size = 1*HEXDIG).
-    ChunkSizeWithoutDigits,
-    /// A bare LF in a chunk extension: hyper refuses it.
-    ChunkExtensionLf,
-    /// A trailer section that is not a valid field section (a lone CR, a line that is not
-    /// a field): hyper refuses it, the gateway skips to the first CRLFCRLF.
-    MalformedTrailers,
-}
-
-/// The divergences a final response head (`head`: its bytes) whose body is delimited as
-/// `framing` is in.
-fn pending_head_divergences(head: &[u8], framing: crate::proxy::h1::Framing, notes: &mut Vec<Divergence>) {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut parsed = httparse::Response::new(&mut headers);
-    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
-        return;
-    }
-    // The body is delimited by `Transfer-Encoding` whenever one is present (not a HEAD,
-    // 204 or 304: those have no body whatever it says); hyper reads the last one.
-    let Some(last) = parsed.headers.iter().rev().find(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) else {
-        return;
-    };
-    if parsed.version == Some(0) {
-        notes.push(Divergence::Http10TransferEncoding);
-    }
-    let chunked = matches!(framing, crate::proxy::h1::Framing::Chunked(_));
-    if chunked && HeaderValue::from_bytes(last.value).is_ok_and(|v| v.to_str().is_err()) {
-        notes.push(Divergence::TransferEncodingObsText);
-    }
-}
-
-/// The divergences a piece of chunked framing the decoder consumed (`used`, read in
-/// `state`) is in.
-fn pending_chunk_divergences(state: crate::proxy::h1::Chunk, used: &[u8], notes: &mut Vec<Divergence>) {
-    use crate::proxy::h1::Chunk;
-    match state {
-        Chunk::Size => {
-            if !used.first().is_some_and(u8::is_ascii_hexdigit) {
-                notes.push(Divergence::ChunkSizeWithoutDigits);
-            }
-            if used.get(..used.len().saturating_sub(2)).is_some_and(|line| line.contains(&b'\n')) {
-                notes.push(Divergence::ChunkExtensionLf);
-            }
-        }
-        Chunk::Trailers if !trailers_as_hyper_reads_them(used) => notes.push(Divergence::MalformedTrailers),
-        _ => {}
-    }
-}
-
-/// Whether hyper's decoder takes this trailer section (ending in its empty line): every
-/// CR starts a CRLF, and `httparse` reads the section as at most as many fields as it has
-/// CRLF-ended lines (hyper's count, and the size of the array it parses them into).
-fn trailers_as_hyper_reads_them(section: &[u8]) -> bool {
-    if section == b"\r\n" {
-        return true;
-    }
-    let lone_cr = section.iter().enumerate().any(|(i, &b)| b == b'\r' && section.get(i + 1) != Some(&b'\n'));
-    let lines = section.windows(2).filter(|w| w == b"\r\n").count().saturating_sub(1);
-    if lone_cr || lines >= 128 {
-        return false;
-    }
-    let mut headers = vec![httparse::EMPTY_HEADER; lines];
-    match httparse::parse_headers(section, &mut headers) {
-        Ok(httparse::Status::Complete((_, fields))) => fields.iter().all(|f| {
-            http::HeaderName::from_bytes(f.name.as_bytes()).is_ok() && HeaderValue::from_bytes(f.value).is_ok()
-        }),
-        _ => false,
-    }
 }

@@ -41,22 +41,3 @@ fn h1_server_corpus() {
 fn h1_client_corpus() {
     replay("h1_client", stackgate::fuzzing::check_h1_client);
 }
-
-/// Divergences `h1_client` found whose fix belongs to `src/proxy/h1.rs` (issue #17, see
-/// `fuzz/findings/README.md`): the corpus replay skips them (`stackgate::fuzzing::
-/// Divergence`); this runs them strictly and passes once all are fixed (then drop the
-/// `ignore`, and the skip list).
-#[test]
-#[ignore = "pending fix in src/proxy/h1.rs (issue #17)"]
-fn h1_client_findings() {
-    let mut diverging = Vec::new();
-    for entry in std::fs::read_dir("fuzz/findings/h1_client").unwrap() {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        if std::panic::catch_unwind(|| stackgate::fuzzing::check_h1_client_strict(&data)).is_err() {
-            diverging.push(path.display().to_string());
-        }
-    }
-    diverging.sort();
-    assert!(diverging.is_empty(), "still diverging from hyper: {diverging:#?}");
-}

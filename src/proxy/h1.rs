@@ -442,7 +442,9 @@ pub(crate) fn parse_head(buf: &BytesMut, block: &mut BytesMut) -> Result<Option<
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers)
     {
-        Ok(httparse::Status::Complete(len)) => len,
+        // Bounded however the bytes arrived (a complete head can come in one read).
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Complete(_)) => return Err(SendError::Protocol),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(SendError::Protocol),
     };
@@ -470,6 +472,11 @@ pub(crate) fn parse_head(buf: &BytesMut, block: &mut BytesMut) -> Result<Option<
                 }
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Codings are tokens: a value with other bytes is no framing anyone agrees on
+            // (hyper reads it as not chunked).
+            if !h.value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+                return Err(SendError::Protocol);
+            }
             let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
             head.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if h.name.eq_ignore_ascii_case("content-length") {
@@ -526,6 +533,10 @@ pub(crate) fn framing(method: &Method, head: &Head) -> Option<Option<Framing>> {
         return Some(None);
     }
     if let Some(chunked) = head.chunked {
+        // RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
+        if head.resp.version() == Version::HTTP_10 {
+            return None;
+        }
         return Some(Some(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Close }));
     }
     match head.length? {
@@ -702,7 +713,15 @@ pub(crate) enum Decoded {
 /// Decodes what `buf` holds of a chunked body from `state`, consuming it.
 pub(crate) fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Decoded, ()> {
     match state {
+        // chunk-size = 1*HEXDIG: `httparse` reads a line without a digit as size 0.
+        Chunk::Size if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) => Err(()),
         Chunk::Size => match httparse::parse_chunk_size(buf) {
+            // `httparse` skips any byte in an extension, a bare LF too.
+            Ok(httparse::Status::Complete((used, _)))
+                if buf.get(..used.saturating_sub(2)).is_some_and(|line| line.contains(&b'\n')) =>
+            {
+                Err(())
+            }
             Ok(httparse::Status::Complete((used, 0))) => {
                 buf.advance(used);
                 Ok(Decoded::Progress(Chunk::Trailers))
@@ -736,6 +755,10 @@ pub(crate) fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Decoded, 
                 return Ok(Decoded::End);
             }
             match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                // Bounded however the bytes arrived, and a section of CRLF-ended fields.
+                Some(end) if end + 4 > MAX_TRAILERS || !valid_trailers(buf.get(..end + 4).unwrap_or_default()) => {
+                    Err(())
+                }
                 Some(end) => {
                     buf.advance(end + 4);
                     Ok(Decoded::End)
@@ -745,6 +768,18 @@ pub(crate) fn decode_chunk(buf: &mut BytesMut, state: Chunk) -> Result<Decoded, 
             }
         }
     }
+}
+
+/// A trailer section (ending in its empty line) that is one: lines end in CRLF (no lone
+/// CR or LF) and are header fields.
+fn valid_trailers(section: &[u8]) -> bool {
+    let crlf_only = section.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => section.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && section.get(i - 1) == Some(&b'\r'),
+        _ => true,
+    });
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    crlf_only && matches!(httparse::parse_headers(section, &mut fields), Ok(httparse::Status::Complete(_)))
 }
 
 #[cfg(test)]
@@ -771,6 +806,8 @@ mod tests {
         // Transfer-Encoding wins over Content-Length.
         let both = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: gzip, Chunked\r\n\r\n";
         assert_eq!(framed(Method::GET, both), chunked);
+        // Transfer-Encoding on HTTP/1.0 is faulty framing (RFC 9112 section 6.1).
+        assert_eq!(framed(Method::GET, "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), None);
         let not_chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n";
         assert_eq!(framed(Method::GET, not_chunked), Some(Some(Framing::Close)));
         assert_eq!(framed(Method::GET, "HTTP/1.1 200 OK\r\n\r\n"), Some(Some(Framing::Close)));
@@ -895,7 +932,18 @@ mod tests {
             assert_eq!(decode_all(wire, step).unwrap(), b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
         }
         assert_eq!(decode_all(b"0\r\n\r\n", 1).unwrap(), b"");
-        for bad in [&b"5\r\nhelloXX0\r\n\r\n"[..], b"zz\r\n", b"5\r\nhel"] {
+        // (Chunk sizes without a digit, bare LFs in extensions and malformed trailers
+        // are refused, as hyper refuses them: the differential fuzz target h1_client.)
+        for bad in [
+            &b"5\r\nhelloXX0\r\n\r\n"[..],
+            b"zz\r\n",
+            b"5\r\nhel",
+            b"\r\n\r\n",
+            b";x\r\n\r\n",
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"0\r\ngarbage\r\n\r\n",
+            b"0\r\nx: y\r\r\n\r\n",
+        ] {
             assert!(decode_all(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         let long_size = vec![b'1'; MAX_CHUNK_LINE + 1];
