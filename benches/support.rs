@@ -62,6 +62,7 @@ pub fn token(i: usize, stack: usize, custom: bool) -> TokenRecord {
         created_at: String::new(),
         updated_at: String::new(),
         expiry_notified_at: None,
+        enabled: true,
         origin: Origin::Store,
     }
 }

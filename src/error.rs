@@ -30,6 +30,11 @@ pub enum GatewayError {
     /// Missing, unknown, other stack's or expired credential.
     #[error("unauthenticated")]
     Unauthenticated { expired: bool },
+    /// A known management token that its owner suspended (`enabled: false`): 401 like
+    /// any refused credential, but saying why, so the holder asks the owner instead of
+    /// hunting for a typo. Not a credential guess (the gateway knows the token).
+    #[error("token disabled")]
+    TokenDisabled,
     /// Module, access, branch or body rule denies.
     #[error("forbidden: {0}")]
     Forbidden(Denial),
@@ -189,7 +194,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
             GatewayError::TokenNotFound => (StatusCode::NOT_FOUND, 141),
             GatewayError::StackNotFound => (StatusCode::PRECONDITION_FAILED, 109),
-            GatewayError::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, 105),
+            GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled => (StatusCode::UNAUTHORIZED, 105),
             GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, 162),
             GatewayError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, 413),
             GatewayError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
@@ -220,7 +225,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed => "The method is not allowed.".into(),
             GatewayError::TokenNotFound => "The Management Token was not found.".into(),
             GatewayError::StackNotFound => "We can't find that Stack. Please try again.".into(),
-            GatewayError::Unauthenticated { .. } => "You're not allowed in here unless you're logged in.".into(),
+            GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled => {
+                "You're not allowed in here unless you're logged in.".into()
+            }
             GatewayError::Forbidden(_) => {
                 "Access denied. You have insufficient permissions to perform this operation.".into()
             }
@@ -244,7 +251,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) => Reason::BadRequest,
             GatewayError::NotFound | GatewayError::TokenNotFound => Reason::NotFound,
             GatewayError::MethodNotAllowed => Reason::MethodNotAllowed,
-            GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } => Reason::AuthFailed,
+            GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled => {
+                Reason::AuthFailed
+            }
             GatewayError::Forbidden(_) => Reason::Denied,
             GatewayError::PayloadTooLarge => Reason::TooLarge,
             // Counted with 422s: both are a token-API body the gateway refused to take.
@@ -267,6 +276,9 @@ impl GatewayError {
         let errors = match self {
             GatewayError::Unauthenticated { expired: true } => Some(serde_json::json!({
                 "authorization": ["has expired."]
+            })),
+            GatewayError::TokenDisabled => Some(serde_json::json!({
+                "authorization": ["is disabled."]
             })),
             GatewayError::Unprocessable(fields) => Some(serde_json::json!(fields)),
             _ => None,
@@ -339,6 +351,10 @@ mod tests {
         assert_eq!(body["errors"]["authorization"][0], "has expired.");
         let body = GatewayError::Unauthenticated { expired: false }.body();
         assert!(body.get("errors").is_none());
+        let (status, code) = GatewayError::TokenDisabled.status_and_code();
+        assert_eq!((status.as_u16(), code), (401, 105));
+        let body = GatewayError::TokenDisabled.body();
+        assert_eq!(body["errors"]["authorization"][0], "is disabled.");
     }
 
     #[test]

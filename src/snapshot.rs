@@ -76,6 +76,9 @@ pub struct Token {
     pub grants: Grants,
     /// Unix seconds; expired when `now >= expires_at`.
     pub expires_at: Option<i64>,
+    /// `false` while suspended: kept in the index (not dropped) so a suspended token
+    /// presented is answered as suspended, not counted as a credential guess.
+    pub enabled: bool,
     /// `read` or `read-write`, for the identity header.
     pub access_label: &'static str,
     pub buckets: Arc<TokenBuckets>,
@@ -253,6 +256,7 @@ fn compile_token(
         stack: Arc::clone(view),
         grants,
         expires_at: rec.expires_on.as_ref().map(|e| e.at),
+        enabled: rec.enabled,
         access_label,
         buckets,
     })

@@ -280,6 +280,10 @@ pub struct TokenRecord {
     pub updated_at: String,
     /// Unix seconds of the expiry notice, once sent.
     pub expiry_notified_at: Option<i64>,
+    /// `false` while the token is suspended: it stays in the store (and counts toward
+    /// the per-stack cap) so an operator can stop a leaked or misused token at once and
+    /// restore it later without handing out a new secret.
+    pub enabled: bool,
     pub origin: Origin,
 }
 

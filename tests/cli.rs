@@ -68,6 +68,17 @@ async fn operator_cli_lifecycle() {
     let out = run(s(&["show", &uid])).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"name\": \"from-cli\""));
 
+    // Suspend and resume (issue #18).
+    let out = run(s(&["suspend", &uid])).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"enabled\": false"));
+    let (status, _, _) = env.token("GET", "/v3/content_types/blog/entries", &secret, "").await;
+    assert_eq!(status.as_u16(), 401, "suspended");
+    let out = run(s(&["resume", &uid])).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, _, _) = env.token("GET", "/v3/content_types/blog/entries", &secret, "").await;
+    assert_eq!(status.as_u16(), 200, "resumed");
+
     let out = run(s(&["delete", &uid])).await;
     assert!(out.status.success());
     let (status, _, _) = env.token("GET", "/v3/content_types/blog/entries", &secret, "").await;

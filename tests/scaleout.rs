@@ -335,6 +335,34 @@ async fn concurrent_updates_through_different_replicas_lose_no_field() {
     db.drop_now().await;
 }
 
+/// Issue #18, suspension across replicas: a suspension through one replica is
+/// enforced by the other (401, "is disabled."), and so is the resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_through_one_replica_is_enforced_by_the_other() {
+    let Some(pg) = postgres("a_suspension_through_one_replica_is_enforced_by_the_other") else { return };
+    let db = Database::create(&pg, "suspend").await;
+    let backend = Backend::start().await;
+    let replicas = start_replicas(backend.addr, &format!("[store]\nurl = \"{}\"\n", db.url), 2);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let (uid, secret) = create(addrs[0], API_KEY, "suspended").await;
+    until_all(&addrs, "GET", API_KEY, &secret, 200, Duration::from_secs(2)).await;
+    let path = format!("{TOKENS}/{uid}");
+    let off = json!({"token": {"enabled": false}}).to_string();
+    let (status, _, body) = call(addrs[0], "PUT", &path, &owner(API_KEY), &off).await;
+    assert_eq!((status, body["token"]["enabled"].clone()), (200, json!(false)), "{body}");
+    until_all(&addrs, "GET", API_KEY, &secret, 401, Duration::from_secs(1)).await;
+    let (_, _, refused) =
+        call(addrs[1], "GET", READ, &[("api_key", API_KEY), ("authorization", secret.as_str())], "").await;
+    assert_eq!(refused["errors"]["authorization"], json!(["is disabled."]), "{refused}");
+    let (_, _, shown) = call(addrs[1], "GET", &path, &owner(API_KEY), "").await;
+    assert_eq!(shown["token"]["enabled"], false, "{shown}");
+    let on = json!({"token": {"enabled": true}}).to_string();
+    assert_eq!(call(addrs[1], "PUT", &path, &owner(API_KEY), &on).await.0, 200);
+    until_all(&addrs, "GET", API_KEY, &secret, 200, Duration::from_secs(1)).await;
+    drop(replicas);
+    db.drop_now().await;
+}
+
 /// Hits `secret` through the replicas in turn for `window`, a request every `gap`;
 /// returns the admitted count per replica and checks every refusal's headers.
 async fn hammer(replicas: &[Replica], api_key: &str, secret: &str, window: Duration, gap: Duration) -> Vec<u32> {
@@ -669,6 +697,7 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             expiry_notified_at: None,
+            enabled: true,
             origin: stackgate::token::Origin::Store,
         };
         s.create(&rec("a", "one"), cap.clone()).await.unwrap();

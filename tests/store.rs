@@ -69,6 +69,36 @@ async fn tokens_survive_a_restart_and_only_hashes_reach_the_disk() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue #18, suspension: `enabled: false` is persisted; a restarted gateway still
+/// refuses the token as disabled, and a resume after the restart restores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_survives_a_restart() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("suspend-restart");
+    let cfg = config_file(&dir, backend.addr);
+    let (mut gw, addr, _out) = spawn_gateway(&["run", "--config", &cfg]);
+    let (status, v) = create(addr, "suspended").await;
+    assert_eq!(status, 201, "{v}");
+    let secret = v["token"]["token"].as_str().unwrap().to_owned();
+    let path = format!("{TOKENS}/{}", v["token"]["uid"].as_str().unwrap());
+    let off = json!({"token": {"enabled": false}}).to_string();
+    assert_eq!(KeepAlive::connect(addr).await.send("PUT", &path, &owner(), &off).await.0, 200);
+    assert_eq!(works(addr, &secret).await, 401);
+    assert!(gw.signal_and_wait("TERM").success(), "clean exit on SIGTERM");
+
+    let (_gw, addr, _out) = spawn_gateway(&["run", "--config", &cfg]);
+    let mut c = KeepAlive::connect(addr).await;
+    let (status, text) = c.send("GET", ENTRIES, &[("api_key", API_KEY), ("authorization", secret.as_str())], "").await;
+    assert_eq!(status, 401, "still suspended after a restart: {text}");
+    assert!(text.contains("is disabled."), "{text}");
+    let (_, shown) = c.send("GET", &path, &owner(), "").await;
+    assert_eq!(serde_json::from_str::<Value>(&shown).unwrap()["token"]["enabled"], false, "{shown}");
+    let on = json!({"token": {"enabled": true}}).to_string();
+    assert_eq!(c.send("PUT", &path, &owner(), &on).await.0, 200);
+    assert_eq!(works(addr, &secret).await, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_create_survives_sigkill() {
     let backend = Backend::start().await;

@@ -439,3 +439,78 @@ async fn token_writes_must_declare_a_json_body() {
     // Calls without a body need no Content-Type.
     assert_eq!(json_of(&env, "DELETE", &path, &with_type(""), "").await.0, 200);
 }
+
+/// Issue #18, suspension: `enabled: false` stops a token on the very next request of an
+/// already open keep-alive connection (401/105, "is disabled."), without deleting it;
+/// `enabled: true` restores it. The flag is in every response, a disabled token still
+/// counts toward the cap, is not a credential guess, and static tokens cannot be
+/// suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_stops_a_token_at_once_and_resume_restores_it() {
+    let env = Env::start().await;
+    let (status, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("paused"))).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["token"]["enabled"], true, "{created}");
+    let secret = created["token"]["token"].as_str().unwrap().to_owned();
+    let path = format!("{TOKENS}/{}", created["token"]["uid"].as_str().unwrap());
+    let mut conn = KeepAlive::connect(env.gateway.addr).await;
+    let h = [("api_key", API_KEY), ("authorization", secret.as_str())];
+    assert_eq!(conn.send("GET", ENTRIES, &h, "").await.0, 200);
+
+    let off = body(json!({"token": {"enabled": false}}));
+    let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), &off).await;
+    assert_eq!((status, v["token"]["enabled"].clone()), (200, json!(false)), "{v}");
+    let (status, text) = conn.send("GET", ENTRIES, &h, "").await;
+    assert_eq!(status, 401, "suspension seen on the open connection: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error_code"], 105, "{v}");
+    assert_eq!(v["errors"]["authorization"], json!(["is disabled."]), "{v}");
+    // Kept, and shown as disabled by GET one and list.
+    let (_, got) = json_of(&env, "GET", &path, &owner(API_KEY), "").await;
+    assert_eq!(got["token"]["enabled"], false);
+    let (_, list) = json_of(&env, "GET", TOKENS, &owner(API_KEY), "").await;
+    let list = list["tokens"].as_array().unwrap();
+    assert!(list.iter().any(|t| t["name"] == "paused" && t["enabled"] == false), "{list:?}");
+    assert!(list.iter().filter(|t| t["origin"] == "config").all(|t| t["enabled"] == true));
+    // A suspended token presented more often than `guard.max_failures` (50) is not a
+    // guess: no cool-down (429).
+    for _ in 0..60 {
+        assert_eq!(conn.send("GET", ENTRIES, &h, "").await.0, 401);
+    }
+
+    let on = body(json!({"token": {"enabled": true}}));
+    let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), &on).await;
+    assert_eq!((status, v["token"]["enabled"].clone()), (200, json!(true)), "{v}");
+    assert_eq!(conn.send("GET", ENTRIES, &h, "").await.0, 200, "resume seen on the open connection");
+
+    // Not a boolean: 422, nothing changes.
+    let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), &body(json!({"token": {"enabled": "no"}}))).await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["errors"]["enabled"].is_array(), "{v}");
+    assert_eq!(conn.send("GET", ENTRIES, &h, "").await.0, 200);
+    // Static tokens cannot be suspended.
+    let (status, v) = json_of(&env, "PUT", &format!("{TOKENS}/blt000000000000ro01"), &owner(API_KEY), &off).await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(env.token("GET", ENTRIES, RO, "").await.0.as_u16(), 200);
+}
+
+/// A suspended token still holds its place under the per-stack cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_tokens_count_toward_the_cap() {
+    let env = Env::start().await;
+    // SMALL_API_KEY has 2 static tokens and a cap of 30.
+    let mut uids = Vec::new();
+    for i in 0..28 {
+        let (status, v) =
+            json_of(&env, "POST", TOKENS, &owner(SMALL_API_KEY), &body(valid_token(&format!("s{i}")))).await;
+        assert_eq!(status, 201, "{v}");
+        uids.push(v["token"]["uid"].as_str().unwrap().to_owned());
+    }
+    let off = body(json!({"token": {"enabled": false}}));
+    for uid in &uids[..5] {
+        assert_eq!(json_of(&env, "PUT", &format!("{TOKENS}/{uid}"), &owner(SMALL_API_KEY), &off).await.0, 200);
+    }
+    let (status, v) = json_of(&env, "POST", TOKENS, &owner(SMALL_API_KEY), &body(valid_token("one-more"))).await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["errors"]["token"].is_array(), "{v}");
+}

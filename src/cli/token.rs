@@ -48,6 +48,10 @@ enum Action {
     },
     /// Delete (revoke) a token.
     Delete { uid: String },
+    /// Suspend a token: refused at once (401, "is disabled."), kept for `resume`.
+    Suspend { uid: String },
+    /// Restore a suspended token.
+    Resume { uid: String },
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +150,8 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         Action::Show { uid } => (Method::GET, format!("{base}/{uid}"), None),
         Action::Update { uid, fields } => (Method::PUT, format!("{base}/{uid}"), Some(fields.to_body(false)?)),
         Action::Delete { uid } => (Method::DELETE, format!("{base}/{uid}"), None),
+        Action::Suspend { uid } => (Method::PUT, format!("{base}/{uid}"), Some(json!({"token": {"enabled": false}}))),
+        Action::Resume { uid } => (Method::PUT, format!("{base}/{uid}"), Some(json!({"token": {"enabled": true}}))),
     };
     let tls = client_tls(&url, args.cacert.as_deref())?;
     let (status, value) = call(tls, method, &url, &args.api_key, &authtoken, body).await?;

@@ -969,6 +969,7 @@ fn token(
         created_at: String::new(),
         updated_at: String::new(),
         expiry_notified_at: None,
+        enabled: true,
         origin: Origin::Config,
     })
 }

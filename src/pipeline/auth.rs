@@ -140,6 +140,9 @@ fn management_token(
     if !Arc::ptr_eq(&token.stack, stack) {
         return Err(unauthenticated());
     }
+    if !token.enabled {
+        return Err(GatewayError::TokenDisabled);
+    }
     if token.expires_at.is_some_and(|at| now >= at) {
         return Err(GatewayError::Unauthenticated { expired: true });
     }

@@ -573,6 +573,7 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
             created_at: String::new(),
             updated_at: String::new(),
             expiry_notified_at: None,
+            enabled: true,
             origin: Origin::Store,
         };
         let upstream = crate::proxy::UpstreamClient::new(&c.upstream).unwrap();

@@ -149,6 +149,7 @@ struct Columns {
     updated_by: String,
     created_at: String,
     updated_at: String,
+    enabled: bool,
 }
 
 impl Columns {
@@ -184,6 +185,7 @@ impl Columns {
             created_at: self.created_at,
             updated_at: self.updated_at,
             expiry_notified_at: None,
+            enabled: self.enabled,
             origin: Origin::Store,
         })
     }

@@ -57,10 +57,12 @@ const MIGRATIONS: &[&str] = &[
         holder TEXT NOT NULL,
         until TIMESTAMPTZ NOT NULL
     );",
+    // 2: suspension. Existing tokens stay in force.
+    "ALTER TABLE stackgate_tokens ADD COLUMN enabled BOOLEAN NOT NULL DEFAULT TRUE;",
 ];
 
 const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expires_on, \
-    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at";
+    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at, enabled";
 
 /// PostgreSQL-backed [`TokenStore`].
 pub struct PgStore {
@@ -188,6 +190,7 @@ fn record(row: &Row) -> Option<TokenRecord> {
         updated_by: row.get(11),
         created_at: row.get(12),
         updated_at: row.get(13),
+        enabled: row.get(14),
     }
     .into_record()
 }
@@ -235,7 +238,7 @@ impl TokenStore for PgStore {
             .execute(
                 &format!(
                     "INSERT INTO stackgate_tokens ({COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
                 ),
                 &[
                     &rec.uid,
@@ -252,6 +255,7 @@ impl TokenStore for PgStore {
                     &rec.updated_by,
                     &rec.created_at,
                     &rec.updated_at,
+                    &rec.enabled,
                 ],
             )
             .await;
@@ -285,7 +289,7 @@ impl TokenStore for PgStore {
             .execute(
                 "UPDATE stackgate_tokens SET name = $3, description = $4, scope = $5, expires_on = $6,
                     is_email_notification_enabled = $7, rate_read = $8, rate_write = $9,
-                    updated_by = $10, updated_at = $11
+                    updated_by = $10, updated_at = $11, enabled = $12
                  WHERE stack = $1 AND uid = $2",
                 &[
                     &stack,
@@ -299,6 +303,7 @@ impl TokenStore for PgStore {
                     &rate_write,
                     &rec.updated_by,
                     &rec.updated_at,
+                    &rec.enabled,
                 ],
             )
             .await;

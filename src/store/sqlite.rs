@@ -36,6 +36,8 @@ const MIGRATIONS: &[&str] = &[
         notified_at INTEGER NOT NULL,
         PRIMARY KEY (uid, expires_at, channel)
     );",
+    // 2: suspension. Existing tokens stay in force.
+    "ALTER TABLE tokens ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// SQLite-backed [`TokenStore`].
@@ -66,7 +68,7 @@ impl SqliteStore {
         let tx = conn.transaction().map_err(|e| unavailable(&e))?;
         {
             let sql = format!(
-                "INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                "INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             );
             let mut stmt = tx.prepare(&sql).map_err(|e| unavailable(&e))?;
             for rec in records {
@@ -85,7 +87,8 @@ impl SqliteStore {
                     rec.created_by,
                     rec.updated_by,
                     rec.created_at,
-                    rec.updated_at
+                    rec.updated_at,
+                    rec.enabled
                 ])
                 .map_err(|e| unavailable(&e))?;
             }
@@ -140,7 +143,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expires_on, \
-    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at";
+    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at, enabled";
 
 /// A row -> record; rows that no longer parse are reported, not loaded.
 fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
@@ -158,6 +161,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
         updated_by: row.get(11)?,
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
+        enabled: row.get(14)?,
     }
     .into_record())
 }
@@ -214,11 +218,11 @@ impl TokenStore for SqliteStore {
             }
             let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
             let inserted = tx.execute(
-                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
                 params![
                     rec.uid, rec.stack, rec.name, rec.description, rec.secret_sha256.as_slice(), scope,
                     rec.expires_on.as_ref().map(|e| e.text.clone()), rec.is_email_notification_enabled,
-                    rate.map(|r| r.0), rate.map(|r| r.1), rec.created_by, rec.updated_by, rec.created_at, rec.updated_at
+                    rate.map(|r| r.0), rate.map(|r| r.1), rec.created_by, rec.updated_by, rec.created_at, rec.updated_at, rec.enabled
                 ],
             );
             match inserted {
@@ -244,7 +248,7 @@ impl TokenStore for SqliteStore {
             let changed = tx.execute(
                 "UPDATE tokens SET name = ?3, description = ?4, scope = ?5, expires_on = ?6,
                     is_email_notification_enabled = ?7, rate_read = ?8, rate_write = ?9,
-                    updated_by = ?10, updated_at = ?11
+                    updated_by = ?10, updated_at = ?11, enabled = ?12
                  WHERE stack = ?1 AND uid = ?2",
                 params![
                     stack,
@@ -257,7 +261,8 @@ impl TokenStore for SqliteStore {
                     rate.map(|r| r.0),
                     rate.map(|r| r.1),
                     rec.updated_by,
-                    rec.updated_at
+                    rec.updated_at,
+                    rec.enabled
                 ],
             );
             match changed {
@@ -353,6 +358,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             expiry_notified_at: None,
+            enabled: true,
             origin: Origin::Store,
         }
     }

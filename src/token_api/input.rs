@@ -19,6 +19,8 @@ pub struct TokenInput {
     /// `Some(None)` = sent as null (never expires).
     pub expires_on: Option<Option<String>>,
     pub notify: Option<bool>,
+    /// `false` suspends the token, `true` restores it.
+    pub enabled: Option<bool>,
     /// `Some(None)` = sent as null (organisation default).
     pub rate_limit: Option<Option<RateLimit>>,
 }
@@ -80,6 +82,10 @@ fn fields(obj: &Map<String, Value>, purpose: Purpose, errors: &mut FieldErrors) 
             },
             "is_email_notification_enabled" => match v {
                 Value::Bool(b) => input.notify = Some(*b),
+                _ => push(errors, key, "must be true or false."),
+            },
+            "enabled" => match v {
+                Value::Bool(b) => input.enabled = Some(*b),
                 _ => push(errors, key, "must be true or false."),
             },
             "rate_limit" => input.rate_limit = rate_limit(v, errors),
@@ -260,6 +266,9 @@ pub fn apply(
     }
     if let Some(rl) = input.rate_limit {
         rec.rate_limit = rl;
+    }
+    if let Some(enabled) = input.enabled {
+        rec.enabled = enabled;
     }
     if let Some(exp) = input.expires_on {
         rec.expires_on = None;

@@ -146,6 +146,7 @@ fn to_json(rec: &TokenRecord) -> Value {
         "created_at": ts(&rec.created_at),
         "updated_at": ts(&rec.updated_at),
         "expiry_notified_at": rec.expiry_notified_at.map(now_rfc3339),
+        "enabled": rec.enabled,
         "origin": rec.origin,
     })
 }
@@ -219,6 +220,7 @@ async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Re
         created_at: now.clone(),
         updated_at: now,
         expiry_notified_at: None,
+        enabled: true,
         origin: Origin::Store,
     };
     let rec = input::apply(parsed, base, &ctx, true).map_err(GatewayError::Unprocessable)?;
@@ -324,6 +326,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             expiry_notified_at: Some(1),
+            enabled: true,
             origin: Origin::Store,
         };
         let mut token = to_json(&rec);
