@@ -63,6 +63,7 @@ pub fn token(i: usize, stack: usize, custom: bool) -> TokenRecord {
         updated_at: String::new(),
         expiry_notified_at: None,
         enabled: true,
+        previous_secret: None,
         origin: Origin::Store,
     }
 }

@@ -69,7 +69,7 @@ impl StackView {
 }
 
 /// A token as the request path needs it, with its rate buckets beside it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Token {
     pub uid: Box<str>,
     pub stack: Arc<StackView>,
@@ -79,6 +79,10 @@ pub struct Token {
     /// `false` while suspended: kept in the index (not dropped) so a suspended token
     /// presented is answered as suspended, not counted as a credential guess.
     pub enabled: bool,
+    /// Set on the index entry of a regenerated token's previous secret: Unix seconds
+    /// from which that secret is refused (its grace period's end). `None` on the entry
+    /// of the current secret.
+    pub retires_at: Option<i64>,
     /// `read` or `read-write`, for the identity header.
     pub access_label: &'static str,
     pub buckets: Arc<TokenBuckets>,
@@ -145,9 +149,7 @@ impl Snapshot {
         let config_tokens = config.stacks.iter().flat_map(|s| s.tokens.iter());
         for rec in config_tokens.chain(stored.iter()) {
             match compile_token(rec, &stack_configs, &stacks, previous, rate_clock, share) {
-                Some(token) => {
-                    tokens.insert(rec.secret_sha256, Arc::new(token));
-                }
+                Some(token) => insert_token(&mut tokens, rec, token),
                 None => {
                     tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored")
                 }
@@ -161,9 +163,9 @@ impl Snapshot {
     /// A copy of this snapshot with one stored token added or replaced (`upsert`) and/or
     /// one removed (`remove`, by secret hash). Buckets of an unchanged rate are kept.
     /// Costs a copy of the token index (pointer-sized entries), not a full rebuild.
-    pub fn with_token_change(&self, upsert: Option<&TokenRecord>, remove: Option<&[u8; 32]>) -> Snapshot {
+    pub fn with_token_change(&self, upsert: Option<&TokenRecord>, remove: &[[u8; 32]]) -> Snapshot {
         let mut tokens = self.tokens.clone();
-        if let Some(hash) = remove {
+        for hash in remove {
             tokens.remove(hash);
         }
         if let Some(rec) = upsert {
@@ -171,9 +173,7 @@ impl Snapshot {
                 self.config.stacks.iter().filter(|s| s.api_key == rec.stack).map(|s| (s.api_key.as_str(), s)).collect();
             let share = self.config.ratelimit.local_share();
             match compile_token(rec, &stack_configs, &self.stacks, Some(self), &self.rate_clock, share) {
-                Some(token) => {
-                    tokens.insert(rec.secret_sha256, Arc::new(token));
-                }
+                Some(token) => insert_token(&mut tokens, rec, token),
                 None => {
                     tracing::warn!(token.uid = %rec.uid, "token does not match its stack's config; ignored")
                 }
@@ -204,10 +204,15 @@ impl Snapshot {
         self.users.get(authtoken_sha256).map(|u| &**u)
     }
 
-    /// The secret hash of the token `uid` of stack `api_key`, by a scan: for changes
-    /// made by other replicas (rare, and on a background task), never per request.
-    pub fn find_stored(&self, api_key: &str, uid: &str) -> Option<[u8; 32]> {
-        self.tokens.iter().find(|(_, t)| &*t.uid == uid && &*t.stack.api_key == api_key).map(|(hash, _)| *hash)
+    /// The secret hashes (current, and previous while kept) of the token `uid` of
+    /// stack `api_key`, by a scan: for changes made by other replicas and for
+    /// regeneration (rare, and off the request path), never per request.
+    pub fn find_stored(&self, api_key: &str, uid: &str) -> Vec<[u8; 32]> {
+        self.tokens
+            .iter()
+            .filter(|(_, t)| &*t.uid == uid && &*t.stack.api_key == api_key)
+            .map(|(hash, _)| *hash)
+            .collect()
     }
 
     pub fn token_count(&self) -> usize {
@@ -237,6 +242,17 @@ fn org_state(o: &Organization, previous: Option<&Snapshot>, clock: &RateClock, s
     OrgState { config: o.clone(), buckets, default_charges }
 }
 
+/// Indexes a token under its secret's hash and, while a regeneration's grace period
+/// is kept, under its previous secret's hash too (an entry that knows when it retires),
+/// so both secrets resolve to the same token and rate buckets.
+fn insert_token(tokens: &mut HashMap<[u8; 32], Arc<Token>, DigestHash>, rec: &TokenRecord, token: Token) {
+    if let Some(previous) = rec.previous_secret {
+        let old = Token { retires_at: Some(previous.until), ..token.clone() };
+        tokens.insert(previous.sha256, Arc::new(old));
+    }
+    tokens.insert(rec.secret_sha256, Arc::new(token));
+}
+
 fn compile_token(
     rec: &TokenRecord,
     stack_configs: &HashMap<&str, &crate::config::Stack>,
@@ -249,7 +265,10 @@ fn compile_token(
     let view = stacks.get(rec.stack.as_str())?;
     let grants = compile_scope(&rec.scope, stack_cfg).ok()?;
     let access_label = if grants.write.is_empty() { "read" } else { "read-write" };
-    let prev = previous.and_then(|p| p.token(&rec.secret_sha256)).filter(|t| *t.uid == *rec.uid);
+    // A regenerated token keeps its buckets: look it up by its previous secret too.
+    let prev = previous
+        .and_then(|p| p.token(&rec.secret_sha256).or_else(|| rec.previous_secret.and_then(|old| p.token(&old.sha256))))
+        .filter(|t| *t.uid == *rec.uid);
     let buckets = token_buckets(rec, &view.organization, prev.map(|t| &*t.buckets), clock, share);
     Some(Token {
         uid: rec.uid.as_str().into(),
@@ -257,6 +276,7 @@ fn compile_token(
         grants,
         expires_at: rec.expires_on.as_ref().map(|e| e.at),
         enabled: rec.enabled,
+        retires_at: None,
         access_label,
         buckets,
     })

@@ -284,7 +284,28 @@ pub struct TokenRecord {
     /// the per-stack cap) so an operator can stop a leaked or misused token at once and
     /// restore it later without handing out a new secret.
     pub enabled: bool,
+    /// The secret this token had before it was last regenerated, while its grace
+    /// period lasts, so clients can move to the new secret without an outage.
+    pub previous_secret: Option<PreviousSecret>,
     pub origin: Origin,
+}
+
+/// A regenerated token's old secret (its hash only) and when it stops working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub sha256: [u8; 32],
+    /// Unix seconds; the old secret is refused when `now >= until`.
+    pub until: i64,
+}
+
+impl TokenRecord {
+    /// Every secret hash that names this token: the current one, and the previous one
+    /// while it is kept (the snapshot maps both to the token).
+    pub fn hashes(&self) -> Vec<[u8; 32]> {
+        let mut out = vec![self.secret_sha256];
+        out.extend(self.previous_secret.map(|p| p.sha256));
+        out
+    }
 }
 
 /// Random lower-case hex from the OS CSPRNG.

@@ -79,6 +79,26 @@ async fn operator_cli_lifecycle() {
     let (status, _, _) = env.token("GET", "/v3/content_types/blog/entries", &secret, "").await;
     assert_eq!(status.as_u16(), 200, "resumed");
 
+    // Regenerate (issue #18): a new secret printed once; with --grace the old one
+    // keeps working, without it the old one stops at once.
+    let out = run(s(&["regenerate", &uid, "--grace", "1h"])).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let rotated = stdout.lines().find_map(|l| l.strip_prefix("secret: ")).unwrap().to_owned();
+    assert!(stdout.contains("the old secret works until"), "{stdout}");
+    assert_ne!(rotated, secret);
+    for s in [&secret, &rotated] {
+        assert_eq!(env.token("GET", "/v3/content_types/blog/entries", s, "").await.0.as_u16(), 200);
+    }
+    let out = run(s(&["regenerate", &uid])).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && stdout.contains("the old secret no longer works"), "{stdout}");
+    let secret = stdout.lines().find_map(|l| l.strip_prefix("secret: ")).unwrap().to_owned();
+    assert_eq!(env.token("GET", "/v3/content_types/blog/entries", &rotated, "").await.0.as_u16(), 401);
+    assert_eq!(env.token("GET", "/v3/content_types/blog/entries", &secret, "").await.0.as_u16(), 200);
+    let out = run(s(&["regenerate", &uid, "--grace", "8d"])).await;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("422"));
+
     let out = run(s(&["delete", &uid])).await;
     assert!(out.status.success());
     let (status, _, _) = env.token("GET", "/v3/content_types/blog/entries", &secret, "").await;

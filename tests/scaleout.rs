@@ -363,6 +363,35 @@ async fn a_suspension_through_one_replica_is_enforced_by_the_other() {
     db.drop_now().await;
 }
 
+/// Issue #18, rotation across replicas: a regeneration through one replica is in force
+/// on the other: the new secret works there, the old one within its grace period too,
+/// and a regeneration without grace stops the old secret on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regeneration_through_one_replica_is_enforced_by_the_other() {
+    let Some(pg) = postgres("a_regeneration_through_one_replica_is_enforced_by_the_other") else { return };
+    let db = Database::create(&pg, "rotate").await;
+    let backend = Backend::start().await;
+    let replicas = start_replicas(backend.addr, &format!("[store]\nurl = \"{}\"\n", db.url), 2);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let (uid, old) = create(addrs[0], API_KEY, "rotated").await;
+    until_all(&addrs, "GET", API_KEY, &old, 200, Duration::from_secs(2)).await;
+    let path = format!("{TOKENS}/{uid}/regenerate");
+    let grace = json!({"grace_period": "1h"}).to_string();
+    let (status, _, body) = call(addrs[0], "POST", &path, &owner(API_KEY), &grace).await;
+    assert_eq!(status, 200, "{body}");
+    let new = body["token"]["token"].as_str().unwrap().to_owned();
+    until_all(&addrs, "GET", API_KEY, &new, 200, Duration::from_secs(1)).await;
+    until_all(&addrs, "GET", API_KEY, &old, 200, Duration::from_secs(1)).await;
+    let (status, _, body) = call(addrs[1], "POST", &path, &owner(API_KEY), "").await;
+    assert_eq!(status, 200, "{body}");
+    let newest = body["token"]["token"].as_str().unwrap().to_owned();
+    until_all(&addrs, "GET", API_KEY, &newest, 200, Duration::from_secs(1)).await;
+    until_all(&addrs, "GET", API_KEY, &new, 401, Duration::from_secs(1)).await;
+    until_all(&addrs, "GET", API_KEY, &old, 401, Duration::from_secs(1)).await;
+    drop(replicas);
+    db.drop_now().await;
+}
+
 /// Hits `secret` through the replicas in turn for `window`, a request every `gap`;
 /// returns the admitted count per replica and checks every refusal's headers.
 async fn hammer(replicas: &[Replica], api_key: &str, secret: &str, window: Duration, gap: Duration) -> Vec<u32> {
@@ -698,6 +727,7 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
             updated_at: "2026-01-01T00:00:00Z".into(),
             expiry_notified_at: None,
             enabled: true,
+            previous_secret: None,
             origin: stackgate::token::Origin::Store,
         };
         s.create(&rec("a", "one"), cap.clone()).await.unwrap();
@@ -715,6 +745,14 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
         let errors = refused.clone();
         assert_eq!(s.modify("k", "b", Box::new(move |_| Err(errors))).await, Err(StoreError::Invalid(refused)));
         assert_eq!(s.get("k", "b").await.unwrap().unwrap().name, "two", "a refused edit changes nothing");
+        // Only a rotation replaces the secret hash, and the previous one is stored beside it.
+        let previous = Some(stackgate::token::PreviousSecret { sha256: [1; 32], until: 42 });
+        let rotate =
+            move |r| Ok(stackgate::token::TokenRecord { secret_sha256: [9; 32], previous_secret: previous, ..r });
+        assert_eq!(s.modify("k", "b", Box::new(rotate)).await.unwrap().secret_sha256, rec("b", "two").secret_sha256);
+        let rotated = s.rotate("k", "b", Box::new(rotate)).await.unwrap();
+        assert_eq!((rotated.secret_sha256, rotated.previous_secret), ([9; 32], previous));
+        assert_eq!(s.get("k", "b").await.unwrap(), Some(rotated));
         assert_eq!(s.get("k", "a").await.unwrap(), Some(want));
         assert_eq!(s.get("other", "a").await.unwrap(), None);
         s.mark_notified("b", 100, "webhook", 7).await.unwrap();

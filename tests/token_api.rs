@@ -514,3 +514,147 @@ async fn suspended_tokens_count_toward_the_cap() {
     assert_eq!(status, 422, "{v}");
     assert!(v["errors"]["token"].is_array(), "{v}");
 }
+
+/// A fixed "now" for rotation tests: 2027-01-15T08:00:00Z.
+const NOW: i64 = 1_800_000_000;
+
+async fn regenerate(env: &Env, uid: &str, b: &str) -> (u16, Value) {
+    json_of(env, "POST", &format!("{TOKENS}/{uid}/regenerate"), &owner(API_KEY), b).await
+}
+
+/// Issue #18, rotation: a new secret, shown once; the old one keeps working until the
+/// grace period ends (on the injected clock), then is refused, also on an open
+/// keep-alive connection that used it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regenerate_gives_a_new_secret_and_the_old_one_works_until_the_grace_ends() {
+    let clock = std::sync::Arc::new(stackgate::clock::ManualClock::new(NOW));
+    let env = Env::with_clock(clock.clone()).await;
+    let (_, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("rotated"))).await;
+    let old = created["token"]["token"].as_str().unwrap().to_owned();
+    let uid = created["token"]["uid"].as_str().unwrap().to_owned();
+    let mut conn = KeepAlive::connect(env.gateway.addr).await;
+    let h_old = [("api_key", API_KEY), ("authorization", old.as_str())];
+    assert_eq!(conn.send("GET", ENTRIES, &h_old, "").await.0, 200);
+
+    let (status, v) = regenerate(&env, &uid, &body(json!({"grace_period": "1h"}))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["notice"], "Management Token regenerated successfully.");
+    assert_eq!(v["token"]["uid"], uid.as_str());
+    assert_eq!(v["token"]["name"], "rotated");
+    assert_eq!(v["token"]["previous_token_expires_at"], "2027-01-15T09:00:00Z", "{v}");
+    let new = v["token"]["token"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("cs") && new.len() == 34 && new != old, "{new}");
+
+    // Both work during the grace period; the secret is never shown again.
+    assert_eq!(env.token("GET", ENTRIES, &new, "").await.0.as_u16(), 200);
+    assert_eq!(conn.send("GET", ENTRIES, &h_old, "").await.0, 200);
+    let (_, shown) = json_of(&env, "GET", &format!("{TOKENS}/{uid}"), &owner(API_KEY), "").await;
+    let text = shown.to_string();
+    assert!(!text.contains(&new) && !text.contains(&old) && !text.contains(&sha(&old)), "{text}");
+    assert_eq!(shown["token"]["previous_token_expires_at"], "2027-01-15T09:00:00Z");
+
+    clock.set(NOW + 3599);
+    assert_eq!(conn.send("GET", ENTRIES, &h_old, "").await.0, 200, "a second before the end");
+    clock.set(NOW + 3600);
+    let (status, text) = conn.send("GET", ENTRIES, &h_old, "").await;
+    assert_eq!(status, 401, "the old secret stops when the grace ends: {text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error_code"], 105);
+    assert_eq!(env.token("GET", ENTRIES, &new, "").await.0.as_u16(), 200, "the new secret works on");
+    // An update of another field keeps the rotation (the new secret, the old one over).
+    let desc = body(json!({"token": {"description": "after rotation"}}));
+    assert_eq!(json_of(&env, "PUT", &format!("{TOKENS}/{uid}"), &owner(API_KEY), &desc).await.0, 200);
+    assert_eq!(env.token("GET", ENTRIES, &new, "").await.0.as_u16(), 200);
+    assert_eq!(conn.send("GET", ENTRIES, &h_old, "").await.0, 401);
+    // Deleting the token revokes both.
+    clock.set(NOW);
+    let (status, v) = regenerate(&env, &uid, &body(json!({"grace_period": "2h"}))).await;
+    assert_eq!(status, 200, "{v}");
+    let newest = v["token"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(env.token("GET", ENTRIES, &new, "").await.0.as_u16(), 200, "in its own grace");
+    assert_eq!(json_of(&env, "DELETE", &format!("{TOKENS}/{uid}"), &owner(API_KEY), "").await.0, 200);
+    assert_eq!(env.token("GET", ENTRIES, &new, "").await.0.as_u16(), 401);
+    assert_eq!(env.token("GET", ENTRIES, &newest, "").await.0.as_u16(), 401);
+}
+
+/// Without a grace period (no body, `{}` or `"0s"`) the old secret stops at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regenerate_without_grace_stops_the_old_secret_at_once() {
+    let env = Env::with_clock(std::sync::Arc::new(stackgate::clock::ManualClock::new(NOW))).await;
+    let (_, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("no-grace"))).await;
+    let mut secret = created["token"]["token"].as_str().unwrap().to_owned();
+    let uid = created["token"]["uid"].as_str().unwrap().to_owned();
+    for b in ["", "{}", r#"{"grace_period": "0s"}"#] {
+        let (status, v) = regenerate(&env, &uid, b).await;
+        assert_eq!(status, 200, "{b}: {v}");
+        assert_eq!(v["token"]["previous_token_expires_at"], Value::Null, "{v}");
+        let new = v["token"]["token"].as_str().unwrap().to_owned();
+        assert_eq!(env.token("GET", ENTRIES, &secret, "").await.0.as_u16(), 401, "{b}: the old secret stopped");
+        assert_eq!(env.token("GET", ENTRIES, &new, "").await.0.as_u16(), 200);
+        secret = new;
+    }
+}
+
+/// A grace period over 7 days, or anything not a duration, is 422 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regenerate_refuses_a_grace_over_seven_days() {
+    let env = Env::with_clock(std::sync::Arc::new(stackgate::clock::ManualClock::new(NOW))).await;
+    let (_, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("long-grace"))).await;
+    let secret = created["token"]["token"].as_str().unwrap().to_owned();
+    let uid = created["token"]["uid"].as_str().unwrap().to_owned();
+    for (b, field) in [
+        (json!({"grace_period": "8d"}), "grace_period"),
+        (json!({"grace_period": "7d 1s"}), "grace_period"),
+        (json!({"grace_period": "soon"}), "grace_period"),
+        (json!({"grace_period": 3600}), "grace_period"),
+        (json!({"grace_period": "1h", "colour": "red"}), "colour"),
+        (json!(["1h"]), "grace_period"),
+    ] {
+        let (status, v) = regenerate(&env, &uid, &body(b.clone())).await;
+        assert_eq!(status, 422, "{b}: {v}");
+        assert!(v["errors"][field].is_array(), "{b}: expected errors[{field}] in {v}");
+    }
+    assert_eq!(env.token("GET", ENTRIES, &secret, "").await.0.as_u16(), 200, "nothing changed");
+    let (status, v) = regenerate(&env, &uid, &body(json!({"grace_period": "7d"}))).await;
+    assert_eq!(status, 200, "exactly 7 days is allowed: {v}");
+    assert_eq!(v["token"]["previous_token_expires_at"], "2027-01-22T08:00:00Z");
+}
+
+/// Only owners and admins regenerate; a management token never can (403), static
+/// tokens cannot be regenerated (422), unknown uids are 404/141, and every other
+/// sub-path of a token stays 404 (nothing is forwarded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regenerate_is_for_owners_and_admins_and_other_sub_paths_stay_404() {
+    let env = Env::start().await;
+    let (_, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("guarded"))).await;
+    let secret = created["token"]["token"].as_str().unwrap().to_owned();
+    let uid = created["token"]["uid"].as_str().unwrap().to_owned();
+    let path = format!("{TOKENS}/{uid}/regenerate");
+    for (who, headers, want) in [
+        ("management token", vec![("api_key", API_KEY), ("authorization", RW)], 403),
+        ("its own secret", vec![("api_key", API_KEY), ("authorization", secret.as_str())], 403),
+        ("developer", vec![("api_key", API_KEY), ("authtoken", BOB)], 403),
+        ("no credential", vec![("api_key", API_KEY)], 401),
+    ] {
+        let (status, v) = json_of(&env, "POST", &path, &headers, "").await;
+        assert_eq!(status, want, "{who}: {v}");
+    }
+    assert_eq!(env.token("GET", ENTRIES, &secret, "").await.0.as_u16(), 200, "nothing changed");
+    let (status, v) = regenerate(&env, "blt000000000000ro01", "").await;
+    assert_eq!(status, 422, "{v}");
+    let (status, v) = regenerate(&env, "blt9999999999999999", "").await;
+    assert_eq!((status, v["error_code"].as_i64()), (404, Some(141)), "{v}");
+    let (status, v) = json_of(&env, "POST", &path, &[("api_key", API_KEY), ("authtoken", CAROL)], "").await;
+    assert_eq!(status, 200, "an admin may: {v}");
+    for (method, p) in [
+        ("GET", path.clone()),
+        ("PUT", path.clone()),
+        ("POST", format!("{TOKENS}/{uid}/rotate")),
+        ("POST", format!("{TOKENS}/{uid}/regenerate/now")),
+        ("POST", format!("{TOKENS}/{uid}/Regenerate")),
+        ("POST", format!("{TOKENS}/regenerate")),
+    ] {
+        let (status, v) = json_of(&env, method, &p, &owner(API_KEY), "").await;
+        assert_eq!(status, 404, "{method} {p}: {v}");
+    }
+    assert!(env.backend.seen().iter().all(|s| !s.target.contains("management_tokens")));
+}

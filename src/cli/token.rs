@@ -52,6 +52,14 @@ enum Action {
     Suspend { uid: String },
     /// Restore a suspended token.
     Resume { uid: String },
+    /// Issue a new secret (printed once); the old one keeps working for --grace.
+    Regenerate {
+        uid: String,
+        /// How long the old secret keeps working, e.g. 1h (default 0: it stops at
+        /// once; at most 7d).
+        #[arg(long)]
+        grace: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +159,9 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         Action::Update { uid, fields } => (Method::PUT, format!("{base}/{uid}"), Some(fields.to_body(false)?)),
         Action::Delete { uid } => (Method::DELETE, format!("{base}/{uid}"), None),
         Action::Suspend { uid } => (Method::PUT, format!("{base}/{uid}"), Some(json!({"token": {"enabled": false}}))),
+        Action::Regenerate { uid, grace } => {
+            (Method::POST, format!("{base}/{uid}/regenerate"), grace.as_ref().map(|g| json!({ "grace_period": g })))
+        }
         Action::Resume { uid } => (Method::PUT, format!("{base}/{uid}"), Some(json!({"token": {"enabled": true}}))),
     };
     let tls = client_tls(&url, args.cacert.as_deref())?;
@@ -163,6 +174,18 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         let uid = value["token"]["uid"].as_str().unwrap_or_default();
         println!("created {uid}");
         println!("secret: {secret}");
+        println!("(the secret is shown only this once; store it now)");
+        return Ok(());
+    }
+    if let Action::Regenerate { .. } = args.action {
+        let secret = value["token"]["token"].as_str().unwrap_or_default();
+        let uid = value["token"]["uid"].as_str().unwrap_or_default();
+        println!("regenerated {uid}");
+        println!("secret: {secret}");
+        match value["token"]["previous_token_expires_at"].as_str() {
+            Some(until) => println!("the old secret works until {until}"),
+            None => println!("the old secret no longer works"),
+        }
         println!("(the secret is shown only this once; store it now)");
         return Ok(());
     }

@@ -970,6 +970,7 @@ fn token(
         updated_at: String::new(),
         expiry_notified_at: None,
         enabled: true,
+        previous_secret: None,
         origin: Origin::Config,
     })
 }

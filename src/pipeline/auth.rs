@@ -140,6 +140,10 @@ fn management_token(
     if !Arc::ptr_eq(&token.stack, stack) {
         return Err(unauthenticated());
     }
+    // A regenerated token's previous secret, after its grace period.
+    if token.retires_at.is_some_and(|at| now >= at) {
+        return Err(unauthenticated());
+    }
     if !token.enabled {
         return Err(GatewayError::TokenDisabled);
     }

@@ -254,6 +254,10 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
                 ("stacks", "management_tokens", [] | [_], false) => {
                     Ok(with_rule(Module::Tokens, default, Rule::TokenApi))
                 }
+                // The one sub-path of a token: regeneration (issue #18), POST only.
+                ("stacks", "management_tokens", [_, "regenerate"], false) if *method == Method::POST => {
+                    Ok(with_rule(Module::Tokens, default, Rule::TokenApi))
+                }
                 _ => Err(GatewayError::NotFound),
             };
         }
@@ -538,6 +542,15 @@ mod tests {
         assert_eq!(c("PUT", "/v3/stacks/users/roles").module, Module::User);
         assert_eq!(c("POST", "/v3/stacks/users").rule, Rule::Deny);
         assert_eq!(c("GET", "/v3/stacks/management_tokens").rule, Rule::TokenApi);
+        assert_eq!(c("POST", "/v3/stacks/management_tokens/blt1/regenerate").rule, Rule::TokenApi);
+        for (m, p) in [
+            ("GET", "/v3/stacks/management_tokens/blt1/regenerate"),
+            ("POST", "/v3/stacks/management_tokens/blt1/rotate"),
+            ("POST", "/v3/stacks/management_tokens/blt1/regenerate/x"),
+            ("POST", "/v3/stacks/management_tokens/blt1/Regenerate"),
+        ] {
+            assert_eq!(classify(&Method::from_bytes(m.as_bytes()).unwrap(), p), Err(GatewayError::NotFound), "{m} {p}");
+        }
         assert_eq!(c("GET", "/v3/stacks/delivery_tokens/x/preview_token").module, Module::Tokens);
         assert_eq!(c("GET", "/v3/stacks/branches/main").module, Module::Branch);
         assert_eq!(c("POST", "/v3/stacks/branches").rule, Rule::Deny);

@@ -574,6 +574,7 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
             updated_at: String::new(),
             expiry_notified_at: None,
             enabled: true,
+            previous_secret: None,
             origin: Origin::Store,
         };
         let upstream = crate::proxy::UpstreamClient::new(&c.upstream).unwrap();

@@ -36,10 +36,13 @@ use tokio::task::JoinHandle;
 
 /// How a committed store change alters the snapshot.
 pub enum Change<'a> {
-    /// A token created or updated (same secret hash: replaced).
+    /// A token created or updated (same secret hashes: replaced).
     Upsert(&'a TokenRecord),
-    /// A token deleted, by secret hash.
-    Remove(&'a [u8; 32]),
+    /// A token regenerated: its old index entries go (the old secret comes back as the
+    /// previous one while a grace period keeps it), the new ones come in.
+    Rotate(&'a TokenRecord),
+    /// A token deleted: every secret hash it had.
+    Remove(&'a TokenRecord),
 }
 
 /// Why a new configuration was not installed; the running one keeps serving.
@@ -192,10 +195,11 @@ impl Gateway {
         let current = self.snapshot.load();
         // The notification names the token, not its secret's hash: find what it replaces.
         let old = current.find_stored(stack, uid);
-        if let (None, Some(hash)) = (&rec, old) {
-            self.guard.revoked(hash);
+        let kept = rec.as_ref().map(TokenRecord::hashes).unwrap_or_default();
+        for hash in old.iter().filter(|h| !kept.contains(h)) {
+            self.guard.revoked(*hash);
         }
-        let next = current.with_token_change(rec.as_ref(), old.as_ref());
+        let next = current.with_token_change(rec.as_ref(), &old);
         self.swap(next);
         tracing::debug!(token.uid = %uid, present = rec.is_some(), "token change from another replica applied");
         Ok(())
@@ -277,10 +281,22 @@ impl Gateway {
             let value = op(Arc::clone(&gw.store)).await?;
             let current = gw.snapshot.load();
             let next = match change(&value) {
-                Change::Upsert(rec) => current.with_token_change(Some(rec), None),
-                Change::Remove(hash) => {
-                    gw.guard.revoked(*hash);
-                    current.with_token_change(None, Some(hash))
+                Change::Upsert(rec) => current.with_token_change(Some(rec), &[]),
+                Change::Rotate(rec) => {
+                    let old = current.find_stored(&rec.stack, &rec.uid);
+                    let kept = rec.hashes();
+                    // A secret that stops at once is a stale credential, not a guess.
+                    for hash in old.iter().filter(|h| !kept.contains(h)) {
+                        gw.guard.revoked(*hash);
+                    }
+                    current.with_token_change(Some(rec), &old)
+                }
+                Change::Remove(rec) => {
+                    let hashes = rec.hashes();
+                    for hash in &hashes {
+                        gw.guard.revoked(*hash);
+                    }
+                    current.with_token_change(None, &hashes)
                 }
             };
             gw.swap(next);

@@ -63,6 +63,10 @@ pub trait TokenStore: Send + Sync + 'static {
     /// earlier would: DESIGN.md section 4). An `edit` that fails leaves the token as it
     /// was and its errors come back as [`StoreError::Invalid`].
     async fn modify(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError>;
+    /// Like [`TokenStore::modify`], but `edit` may also replace the secret hash and the
+    /// previous secret (regeneration): the only way a stored secret changes, so an
+    /// ordinary update can never swap a secret by mistake.
+    async fn rotate(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError>;
     /// Deletes a token and returns what it was.
     async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError>;
     /// When the expiry notice for (`uid`, `expires_at`) went out on `channel`, if it did.
@@ -116,17 +120,26 @@ fn unavailable(e: &dyn std::fmt::Display) -> StoreError {
 }
 
 /// Runs `edit` on the stored record and keeps what it may not change (uid, stack,
-/// secret, creation), so the record returned is exactly the row the engine writes.
-fn apply_edit(stored: TokenRecord, edit: Edit) -> Result<TokenRecord, StoreError> {
+/// creation, and the secrets unless `rotating`), so the record returned is exactly the
+/// row the engine writes.
+fn apply_edit(stored: TokenRecord, edit: Edit, rotating: bool) -> Result<TokenRecord, StoreError> {
     let mut rec = edit(stored.clone()).map_err(StoreError::Invalid)?;
     rec.uid = stored.uid;
     rec.stack = stored.stack;
-    rec.secret_sha256 = stored.secret_sha256;
+    if !rotating {
+        rec.secret_sha256 = stored.secret_sha256;
+        rec.previous_secret = stored.previous_secret;
+    }
     rec.created_by = stored.created_by;
     rec.created_at = stored.created_at;
     rec.expiry_notified_at = None;
     rec.origin = Origin::Store;
     Ok(rec)
+}
+
+/// The previous secret as its two columns (hash, end), both null when there is none.
+fn previous_columns(rec: &TokenRecord) -> (Option<Vec<u8>>, Option<i64>) {
+    (rec.previous_secret.map(|p| p.sha256.to_vec()), rec.previous_secret.map(|p| p.until))
 }
 
 fn scope_json(rec: &TokenRecord) -> Result<String, StoreError> {
@@ -150,6 +163,8 @@ struct Columns {
     created_at: String,
     updated_at: String,
     enabled: bool,
+    /// The previous secret's hash and end (both or neither).
+    previous: (Option<Vec<u8>>, Option<i64>),
 }
 
 impl Columns {
@@ -186,6 +201,12 @@ impl Columns {
             updated_at: self.updated_at,
             expiry_notified_at: None,
             enabled: self.enabled,
+            previous_secret: match self.previous {
+                (Some(hash), Some(until)) => {
+                    <[u8; 32]>::try_from(hash).ok().map(|sha256| crate::token::PreviousSecret { sha256, until })
+                }
+                _ => None,
+            },
             origin: Origin::Store,
         })
     }

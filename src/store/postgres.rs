@@ -59,10 +59,14 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: suspension. Existing tokens stay in force.
     "ALTER TABLE stackgate_tokens ADD COLUMN enabled BOOLEAN NOT NULL DEFAULT TRUE;",
+    // 3: rotation: the previous secret's hash and the end of its grace period.
+    "ALTER TABLE stackgate_tokens ADD COLUMN previous_sha256 BYTEA;
+     ALTER TABLE stackgate_tokens ADD COLUMN previous_until BIGINT;",
 ];
 
 const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expires_on, \
-    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at, enabled";
+    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at, enabled, \
+    previous_sha256, previous_until";
 
 /// PostgreSQL-backed [`TokenStore`].
 pub struct PgStore {
@@ -112,6 +116,61 @@ impl PgStore {
             store.events_tx.clone(),
         ));
         Ok(store)
+    }
+
+    /// [`TokenStore::modify`] and [`TokenStore::rotate`]: one read-modify-write.
+    async fn edit(&self, stack: &str, uid: &str, edit: Edit, rotating: bool) -> Result<TokenRecord, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // FOR UPDATE locks the row until commit: a concurrent change (any replica) waits
+        // here and then reads the row as this transaction left it.
+        let row = tx
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM stackgate_tokens WHERE stack = $1 AND uid = $2 FOR UPDATE"),
+                &[&stack, &uid],
+            )
+            .await
+            .map_err(pg)?;
+        let stored = row.as_ref().and_then(record).ok_or(StoreError::NotFound)?;
+        let rec = super::apply_edit(stored, edit, rotating)?;
+        let scope = super::scope_json(&rec)?;
+        let (rate_read, rate_write) = rate_columns(&rec);
+        let expires_on = rec.expires_on.as_ref().map(|e| e.text.as_str());
+        let previous = super::previous_columns(&rec);
+        let changed = tx
+            .execute(
+                "UPDATE stackgate_tokens SET name = $3, description = $4, scope = $5, expires_on = $6,
+                    is_email_notification_enabled = $7, rate_read = $8, rate_write = $9,
+                    updated_by = $10, updated_at = $11, enabled = $12, secret_sha256 = $13,
+                    previous_sha256 = $14, previous_until = $15
+                 WHERE stack = $1 AND uid = $2",
+                &[
+                    &stack,
+                    &uid,
+                    &rec.name,
+                    &rec.description,
+                    &scope,
+                    &expires_on,
+                    &rec.is_email_notification_enabled,
+                    &rate_read,
+                    &rate_write,
+                    &rec.updated_by,
+                    &rec.updated_at,
+                    &rec.enabled,
+                    &rec.secret_sha256.as_slice(),
+                    &previous.0,
+                    &previous.1,
+                ],
+            )
+            .await;
+        match changed {
+            Ok(_) => {}
+            Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
+            Err(e) => return Err(pg(e)),
+        }
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(rec)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -191,6 +250,7 @@ fn record(row: &Row) -> Option<TokenRecord> {
         created_at: row.get(12),
         updated_at: row.get(13),
         enabled: row.get(14),
+        previous: (row.get(15), row.get(16)),
     }
     .into_record()
 }
@@ -222,6 +282,7 @@ impl TokenStore for PgStore {
         let scope = super::scope_json(rec)?;
         let (rate_read, rate_write) = rate_columns(rec);
         let expires_on = rec.expires_on.as_ref().map(|e| e.text.as_str());
+        let previous = super::previous_columns(rec);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         // Replicas creating in the same stack queue here, so count-then-insert is atomic.
@@ -238,7 +299,7 @@ impl TokenStore for PgStore {
             .execute(
                 &format!(
                     "INSERT INTO stackgate_tokens ({COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
                 ),
                 &[
                     &rec.uid,
@@ -256,6 +317,8 @@ impl TokenStore for PgStore {
                     &rec.created_at,
                     &rec.updated_at,
                     &rec.enabled,
+                    &previous.0,
+                    &previous.1,
                 ],
             )
             .await;
@@ -269,52 +332,11 @@ impl TokenStore for PgStore {
     }
 
     async fn modify(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        // FOR UPDATE locks the row until commit: a concurrent change (any replica) waits
-        // here and then reads the row as this transaction left it.
-        let row = tx
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM stackgate_tokens WHERE stack = $1 AND uid = $2 FOR UPDATE"),
-                &[&stack, &uid],
-            )
-            .await
-            .map_err(pg)?;
-        let stored = row.as_ref().and_then(record).ok_or(StoreError::NotFound)?;
-        let rec = super::apply_edit(stored, edit)?;
-        let scope = super::scope_json(&rec)?;
-        let (rate_read, rate_write) = rate_columns(&rec);
-        let expires_on = rec.expires_on.as_ref().map(|e| e.text.as_str());
-        let changed = tx
-            .execute(
-                "UPDATE stackgate_tokens SET name = $3, description = $4, scope = $5, expires_on = $6,
-                    is_email_notification_enabled = $7, rate_read = $8, rate_write = $9,
-                    updated_by = $10, updated_at = $11, enabled = $12
-                 WHERE stack = $1 AND uid = $2",
-                &[
-                    &stack,
-                    &uid,
-                    &rec.name,
-                    &rec.description,
-                    &scope,
-                    &expires_on,
-                    &rec.is_email_notification_enabled,
-                    &rate_read,
-                    &rate_write,
-                    &rec.updated_by,
-                    &rec.updated_at,
-                    &rec.enabled,
-                ],
-            )
-            .await;
-        match changed {
-            Ok(_) => {}
-            Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
-            Err(e) => return Err(pg(e)),
-        }
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
-        Ok(rec)
+        self.edit(stack, uid, edit, false).await
+    }
+
+    async fn rotate(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError> {
+        self.edit(stack, uid, edit, true).await
     }
 
     async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError> {

@@ -38,6 +38,9 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: suspension. Existing tokens stay in force.
     "ALTER TABLE tokens ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;",
+    // 3: rotation: the previous secret's hash and the end of its grace period.
+    "ALTER TABLE tokens ADD COLUMN previous_sha256 BLOB;
+     ALTER TABLE tokens ADD COLUMN previous_until INTEGER;",
 ];
 
 /// SQLite-backed [`TokenStore`].
@@ -68,10 +71,11 @@ impl SqliteStore {
         let tx = conn.transaction().map_err(|e| unavailable(&e))?;
         {
             let sql = format!(
-                "INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                "INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             );
             let mut stmt = tx.prepare(&sql).map_err(|e| unavailable(&e))?;
             for rec in records {
+                let previous = super::previous_columns(rec);
                 let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
                 stmt.execute(params![
                     rec.uid,
@@ -88,7 +92,9 @@ impl SqliteStore {
                     rec.updated_by,
                     rec.created_at,
                     rec.updated_at,
-                    rec.enabled
+                    rec.enabled,
+                    previous.0,
+                    previous.1
                 ])
                 .map_err(|e| unavailable(&e))?;
             }
@@ -107,6 +113,54 @@ impl SqliteStore {
         }
         migrate(&conn)?;
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// [`TokenStore::modify`] and [`TokenStore::rotate`]: one read-modify-write.
+    async fn edit(&self, stack: &str, uid: &str, edit: Edit, rotating: bool) -> Result<TokenRecord, StoreError> {
+        let (stack, uid) = (stack.to_owned(), uid.to_owned());
+        self.with(move |c| {
+            // IMMEDIATE takes the write lock before the read, so no other writer (another
+            // handle or process on the same file) can commit between read and write.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
+            let stored =
+                query(&tx, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop().ok_or(StoreError::NotFound)?;
+            let rec = super::apply_edit(stored, edit, rotating)?;
+            let scope = super::scope_json(&rec)?;
+            let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
+            let previous = super::previous_columns(&rec);
+            let changed = tx.execute(
+                "UPDATE tokens SET name = ?3, description = ?4, scope = ?5, expires_on = ?6,
+                    is_email_notification_enabled = ?7, rate_read = ?8, rate_write = ?9,
+                    updated_by = ?10, updated_at = ?11, enabled = ?12, secret_sha256 = ?13,
+                    previous_sha256 = ?14, previous_until = ?15
+                 WHERE stack = ?1 AND uid = ?2",
+                params![
+                    stack,
+                    uid,
+                    rec.name,
+                    rec.description,
+                    scope,
+                    rec.expires_on.as_ref().map(|e| e.text.clone()),
+                    rec.is_email_notification_enabled,
+                    rate.map(|r| r.0),
+                    rate.map(|r| r.1),
+                    rec.updated_by,
+                    rec.updated_at,
+                    rec.enabled,
+                    rec.secret_sha256.as_slice(),
+                    previous.0,
+                    previous.1
+                ],
+            );
+            match changed {
+                Ok(_) => {}
+                Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
+                Err(e) => return Err(unavailable(&e)),
+            }
+            tx.commit().map_err(|e| unavailable(&e))?;
+            Ok(rec)
+        })
+        .await
     }
 
     /// Runs `f` on the connection in a blocking thread (SQLite calls fsync).
@@ -143,7 +197,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expires_on, \
-    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at, enabled";
+    is_email_notification_enabled, rate_read, rate_write, created_by, updated_by, created_at, updated_at, enabled, \
+    previous_sha256, previous_until";
 
 /// A row -> record; rows that no longer parse are reported, not loaded.
 fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
@@ -162,6 +217,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
         enabled: row.get(14)?,
+        previous: (row.get(15)?, row.get(16)?),
     }
     .into_record())
 }
@@ -217,12 +273,14 @@ impl TokenStore for SqliteStore {
                 return Err(StoreError::CapReached { max: cap.max });
             }
             let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
+            let previous = super::previous_columns(&rec);
             let inserted = tx.execute(
-                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+                &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
                 params![
                     rec.uid, rec.stack, rec.name, rec.description, rec.secret_sha256.as_slice(), scope,
                     rec.expires_on.as_ref().map(|e| e.text.clone()), rec.is_email_notification_enabled,
-                    rate.map(|r| r.0), rate.map(|r| r.1), rec.created_by, rec.updated_by, rec.created_at, rec.updated_at, rec.enabled
+                    rate.map(|r| r.0), rate.map(|r| r.1), rec.created_by, rec.updated_by, rec.created_at, rec.updated_at, rec.enabled,
+                    previous.0, previous.1
                 ],
             );
             match inserted {
@@ -235,45 +293,11 @@ impl TokenStore for SqliteStore {
     }
 
     async fn modify(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError> {
-        let (stack, uid) = (stack.to_owned(), uid.to_owned());
-        self.with(move |c| {
-            // IMMEDIATE takes the write lock before the read, so no other writer (another
-            // handle or process on the same file) can commit between read and write.
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
-            let stored =
-                query(&tx, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop().ok_or(StoreError::NotFound)?;
-            let rec = super::apply_edit(stored, edit)?;
-            let scope = super::scope_json(&rec)?;
-            let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
-            let changed = tx.execute(
-                "UPDATE tokens SET name = ?3, description = ?4, scope = ?5, expires_on = ?6,
-                    is_email_notification_enabled = ?7, rate_read = ?8, rate_write = ?9,
-                    updated_by = ?10, updated_at = ?11, enabled = ?12
-                 WHERE stack = ?1 AND uid = ?2",
-                params![
-                    stack,
-                    uid,
-                    rec.name,
-                    rec.description,
-                    scope,
-                    rec.expires_on.as_ref().map(|e| e.text.clone()),
-                    rec.is_email_notification_enabled,
-                    rate.map(|r| r.0),
-                    rate.map(|r| r.1),
-                    rec.updated_by,
-                    rec.updated_at,
-                    rec.enabled
-                ],
-            );
-            match changed {
-                Ok(_) => {}
-                Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
-                Err(e) => return Err(unavailable(&e)),
-            }
-            tx.commit().map_err(|e| unavailable(&e))?;
-            Ok(rec)
-        })
-        .await
+        self.edit(stack, uid, edit, false).await
+    }
+
+    async fn rotate(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError> {
+        self.edit(stack, uid, edit, true).await
     }
 
     async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError> {
@@ -359,6 +383,7 @@ mod tests {
             updated_at: "2026-01-01T00:00:00Z".into(),
             expiry_notified_at: None,
             enabled: true,
+            previous_secret: None,
             origin: Origin::Store,
         }
     }
@@ -404,6 +429,23 @@ mod tests {
         let edited = s.modify("k", "a", Box::new(edit)).await.unwrap();
         assert_eq!(edited, TokenRecord { name: "two".into(), ..rec("a", "k", "one") });
         assert_eq!(s.get("k", "a").await.unwrap(), Some(edited));
+    }
+
+    /// Regeneration is the one change that replaces the secret hash (and keeps the old
+    /// one as the previous secret); an ordinary edit cannot touch either.
+    #[tokio::test]
+    async fn only_rotate_replaces_the_secret() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create(&rec("a", "k", "one"), Cap { max: 30, static_count: 0 }).await.unwrap();
+        let old = rec("a", "k", "one").secret_sha256;
+        let previous = Some(crate::token::PreviousSecret { sha256: old, until: 42 });
+        let sneaky = move |r: TokenRecord| Ok(TokenRecord { secret_sha256: [7; 32], previous_secret: previous, ..r });
+        assert_eq!(s.modify("k", "a", Box::new(sneaky)).await.unwrap(), rec("a", "k", "one"));
+        let rotated = s.rotate("k", "a", Box::new(sneaky)).await.unwrap();
+        assert_eq!((rotated.secret_sha256, rotated.previous_secret), ([7; 32], previous));
+        assert_eq!(s.get("k", "a").await.unwrap(), Some(rotated), "read back as written");
+        let kept = s.modify("k", "a", Box::new(|r| Ok(TokenRecord { name: "two".into(), ..r }))).await.unwrap();
+        assert_eq!((kept.secret_sha256, kept.previous_secret), ([7; 32], previous), "an update keeps the rotation");
     }
 
     /// Two handles on one file stand for two processes: each edit reads and writes under

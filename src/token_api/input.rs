@@ -34,8 +34,58 @@ fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
 /// the fetched record back whole; a create refuses them (422), since there is nothing
 /// fetched to echo and a value there is a client's mistake. `token` is the secret of
 /// the create response: it is never set through the API either way.
-pub const RETURNED_ONLY: [&str; 9] =
-    ["uid", "api_key", "created_at", "updated_at", "created_by", "updated_by", "expiry_notified_at", "origin", "token"];
+pub const RETURNED_ONLY: [&str; 10] = [
+    "uid",
+    "api_key",
+    "created_at",
+    "updated_at",
+    "created_by",
+    "updated_by",
+    "expiry_notified_at",
+    "previous_token_expires_at",
+    "origin",
+    "token",
+];
+
+/// The longest grace period a regenerated token's old secret may keep working: long
+/// enough to roll a weekly deploy, short enough that a leaked secret cannot be kept
+/// alive indefinitely by regenerating.
+pub const MAX_GRACE_SECONDS: i64 = 7 * 24 * 3600;
+
+/// Parses a regenerate body: empty, or `{"grace_period": "1h"}` (a duration, whole
+/// seconds, at most [`MAX_GRACE_SECONDS`]; `null` or absent = 0). Returns the grace in
+/// seconds; anything else is 422 under the field at fault.
+pub fn parse_regenerate(body: &[u8]) -> Result<i64, GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(0);
+    }
+    let value = strict_json(body)?;
+    let mut errors = FieldErrors::new();
+    let Some(obj) = value.as_object() else {
+        push(&mut errors, "grace_period", "the body must be an object {\"grace_period\": \"1h\"}.");
+        return Err(GatewayError::Unprocessable(errors));
+    };
+    let mut grace = 0;
+    for (key, v) in obj {
+        match (key.as_str(), v) {
+            ("grace_period", Value::Null) => {}
+            ("grace_period", Value::String(text)) => match crate::config::parse_duration(text) {
+                Ok(d) if i64::try_from(d.as_secs()).is_ok_and(|s| s <= MAX_GRACE_SECONDS) => {
+                    grace = i64::try_from(d.as_secs()).unwrap_or(MAX_GRACE_SECONDS);
+                }
+                Ok(_) => push(&mut errors, key, "must be at most 7 days (\"7d\")."),
+                Err(m) => push(&mut errors, key, &m),
+            },
+            ("grace_period", _) => push(&mut errors, key, "must be a duration such as \"1h\" or \"7d\"."),
+            _ => push(&mut errors, key, "is not a known field."),
+        }
+    }
+    if errors.is_empty() {
+        Ok(grace)
+    } else {
+        Err(GatewayError::Unprocessable(errors))
+    }
+}
 
 /// What a body is parsed for: the two differ only in [`RETURNED_ONLY`] fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,7 +466,7 @@ mod tests {
     fn returned_fields_are_ignored_on_update_and_refused_on_create() {
         let body = r#"{"token": {"description": "d", "uid": "blt0000000000000001", "api_key": "blt1",
             "created_at": "2026-01-01T00:00:00Z", "updated_at": null, "created_by": "alice", "updated_by": "alice",
-            "expiry_notified_at": null, "origin": "store", "token": "cs0"}}"#;
+            "expiry_notified_at": null, "previous_token_expires_at": null, "origin": "store", "token": "cs0"}}"#;
         let input = parse(body.as_bytes(), Purpose::Update).unwrap();
         assert_eq!(input.description.as_deref(), Some("d"));
         match parse(body.as_bytes(), Purpose::Create) {

@@ -1,5 +1,6 @@
 //! The token-management API (DESIGN.md section 4), served by stackgate itself:
-//! `GET|POST /v3/stacks/management_tokens`, `GET|PUT|DELETE .../{uid}`.
+//! `GET|POST /v3/stacks/management_tokens`, `GET|PUT|DELETE .../{uid}`,
+//! `POST .../{uid}/regenerate`.
 //!
 //! Authenticated by `api_key` + `authtoken` of a configured owner or admin of the
 //! stack. Every change is committed to the store first, then applied to the snapshot,
@@ -16,7 +17,7 @@ use crate::proxy::ClientBody;
 use crate::proxy::{self, Body};
 use crate::server::{Change, Gateway};
 use crate::store::{Cap, Edit, StoreError};
-use crate::token::{hash_secret, new_secret, new_uid, Origin, TokenRecord};
+use crate::token::{hash_secret, new_secret, new_uid, Origin, PreviousSecret, TokenRecord};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
@@ -40,13 +41,22 @@ pub async fn handle(
     let snap = gw.snapshot();
     let config = Arc::clone(&snap.config);
     let (stack, user) = authenticate(gw, &config, parts)?;
-    let uid = path.strip_prefix("/v3/stacks/management_tokens").and_then(|rest| rest.strip_prefix('/'));
-    match (&parts.method, uid) {
-        (&Method::GET, None) => list(gw, stack).await,
-        (&Method::GET, Some(uid)) => show(gw, stack, uid).await,
-        (&Method::POST, None) => create(gw, stack, &user, read_body(parts, body).await?).await,
-        (&Method::PUT, Some(uid)) => update(gw, stack, &user, uid, read_body(parts, body).await?).await,
-        (&Method::DELETE, Some(uid)) => delete(gw, stack, uid).await,
+    let rest = path.strip_prefix("/v3/stacks/management_tokens").and_then(|rest| rest.strip_prefix('/'));
+    // `{uid}` or `{uid}/{action}` (classify lets only `regenerate` through).
+    let (uid, action) = match rest.map(|r| r.split_once('/')) {
+        None => (None, None),
+        Some(None) => (rest, None),
+        Some(Some((uid, action))) => (Some(uid), Some(action)),
+    };
+    match (&parts.method, uid, action) {
+        (&Method::GET, None, None) => list(gw, stack).await,
+        (&Method::GET, Some(uid), None) => show(gw, stack, uid).await,
+        (&Method::POST, None, None) => create(gw, stack, &user, read_body(parts, body).await?).await,
+        (&Method::PUT, Some(uid), None) => update(gw, stack, &user, uid, read_body(parts, body).await?).await,
+        (&Method::DELETE, Some(uid), None) => delete(gw, stack, uid).await,
+        (&Method::POST, Some(uid), Some("regenerate")) => {
+            regenerate(gw, stack, &user, uid, read_optional_body(parts, body).await?).await
+        }
         _ => Err(GatewayError::NotFound),
     }
 }
@@ -81,6 +91,17 @@ fn authenticate<'c>(
 async fn read_body(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
     let bytes = read_bounded(parts, body).await?;
     if crate::json::declares_json(&parts.headers) {
+        Ok(bytes)
+    } else {
+        Err(GatewayError::UnsupportedMediaType)
+    }
+}
+
+/// Reads a body that may be empty (regenerate): an empty one needs no Content-Type,
+/// anything else must be declared JSON like every other token-API body.
+async fn read_optional_body(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
+    let bytes = read_bounded(parts, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) || crate::json::declares_json(&parts.headers) {
         Ok(bytes)
     } else {
         Err(GatewayError::UnsupportedMediaType)
@@ -147,6 +168,7 @@ fn to_json(rec: &TokenRecord) -> Value {
         "updated_at": ts(&rec.updated_at),
         "expiry_notified_at": rec.expiry_notified_at.map(now_rfc3339),
         "enabled": rec.enabled,
+        "previous_token_expires_at": rec.previous_secret.map(|p| now_rfc3339(p.until)),
         "origin": rec.origin,
     })
 }
@@ -221,6 +243,7 @@ async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Re
         updated_at: now,
         expiry_notified_at: None,
         enabled: true,
+        previous_secret: None,
         origin: Origin::Store,
     };
     let rec = input::apply(parsed, base, &ctx, true).map_err(GatewayError::Unprocessable)?;
@@ -278,6 +301,50 @@ async fn update(
     ok(StatusCode::OK, json!({ "notice": "Management Token updated successfully.", "token": shown(gw, rec).await? }))
 }
 
+/// `POST .../{uid}/regenerate`: a new secret, shown once in the answer. The old secret
+/// becomes the token's previous one for the grace period (`grace_period`, default 0:
+/// it stops at once), so clients can switch without an outage; only one previous
+/// secret is kept, so regenerating again ends the earlier one's grace. Applied as a
+/// read-modify-write in the store ([`crate::store::TokenStore::rotate`]), so it never
+/// undoes a concurrent update of the token's other fields.
+async fn regenerate(
+    gw: &Arc<Gateway>,
+    stack: &Stack,
+    user: &str,
+    uid: &str,
+    body: Bytes,
+) -> Result<Response<Body>, GatewayError> {
+    if static_token(stack, uid).is_some() {
+        return Err(field_error(
+            "uid",
+            "this token is defined in the configuration file and cannot be regenerated through the API.",
+        ));
+    }
+    let grace = input::parse_regenerate(&body)?;
+    let secret = new_secret().map_err(|_| GatewayError::Unavailable)?;
+    let sha256 = hash_secret(secret.as_bytes());
+    let now = gw.clock().now();
+    let (user_owned, updated_at) = (user.to_owned(), now_rfc3339(now));
+    let edit: Edit = Box::new(move |mut rec| {
+        rec.previous_secret =
+            (grace > 0).then(|| PreviousSecret { sha256: rec.secret_sha256, until: now.saturating_add(grace) });
+        rec.secret_sha256 = sha256;
+        rec.updated_by = user_owned;
+        rec.updated_at = updated_at;
+        Ok(rec)
+    });
+    let (api_key, uid_owned) = (stack.api_key.clone(), uid.to_owned());
+    let rec = gw
+        .commit(|store| async move { store.rotate(&api_key, &uid_owned, edit).await }, |rec| Change::Rotate(rec))
+        .await
+        .map_err(store_error)?;
+    tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, grace_seconds = grace,
+        "management token regenerated");
+    let mut token = shown(gw, rec).await?;
+    token["token"] = json!(secret);
+    ok(StatusCode::OK, json!({ "notice": "Management Token regenerated successfully.", "token": token }))
+}
+
 async fn delete(gw: &Arc<Gateway>, stack: &Stack, uid: &str) -> Result<Response<Body>, GatewayError> {
     if static_token(stack, uid).is_some() {
         return Err(field_error(
@@ -287,10 +354,7 @@ async fn delete(gw: &Arc<Gateway>, stack: &Stack, uid: &str) -> Result<Response<
     }
     let (api_key, uid_owned) = (stack.api_key.clone(), uid.to_owned());
     let rec = gw
-        .commit(
-            |store| async move { store.delete(&api_key, &uid_owned).await },
-            |rec| Change::Remove(&rec.secret_sha256),
-        )
+        .commit(|store| async move { store.delete(&api_key, &uid_owned).await }, |rec| Change::Remove(rec))
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, "management token deleted");
@@ -327,6 +391,7 @@ mod tests {
             updated_at: "2026-01-01T00:00:00Z".into(),
             expiry_notified_at: Some(1),
             enabled: true,
+            previous_secret: None,
             origin: Origin::Store,
         };
         let mut token = to_json(&rec);
