@@ -104,6 +104,15 @@ async fn operator_cli_lifecycle() {
     let (status, _, _) = env.token("GET", "/v3/content_types/blog/entries", &secret, "").await;
     assert_eq!(status.as_u16(), 401);
 
+    // The audit trail (issue #18): newest first, --limit honoured.
+    let out = run(s(&["audit", "--limit", "2"])).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trail: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<&str> =
+        trail["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["delete", "regenerate"], "{trail}");
+    assert!(trail["count"].as_u64().unwrap() >= 7, "{trail}");
+
     // Errors are reported, with a non-zero exit.
     let out = run(s(&["show", &uid])).await;
     assert!(!out.status.success());

@@ -392,6 +392,50 @@ async fn a_regeneration_through_one_replica_is_enforced_by_the_other() {
     db.drop_now().await;
 }
 
+/// Issue #18, audit trail on PostgreSQL: changes made through two replicas are all in
+/// the one trail, newest first, readable through either replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_holds_changes_from_every_replica() {
+    let Some(pg) = postgres("the_audit_trail_holds_changes_from_every_replica") else { return };
+    let db = Database::create(&pg, "audit").await;
+    let backend = Backend::start().await;
+    let replicas = start_replicas(backend.addr, &format!("[store]\nurl = \"{}\"\n", db.url), 2);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let (uid, secret) = create(addrs[0], API_KEY, "audited").await;
+    let path = format!("{TOKENS}/{uid}");
+    let off = json!({"token": {"enabled": false}}).to_string();
+    assert_eq!(call(addrs[1], "PUT", &path, &owner(API_KEY), &off).await.0, 200);
+    let (status, _, body) = call(addrs[0], "POST", &format!("{path}/regenerate"), &owner(API_KEY), "").await;
+    assert_eq!(status, 200, "{body}");
+    let new = body["token"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(call(addrs[1], "DELETE", &path, &owner(API_KEY), "").await.0, 200);
+    for addr in &addrs {
+        let (status, _, v) = call(*addr, "GET", &format!("{TOKENS}/audit?limit=10"), &owner(API_KEY), "").await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["count"], 4, "{v}");
+        let got: Vec<(&str, &str, Value)> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["action"].as_str().unwrap(), e["token_uid"].as_str().unwrap(), e["fields"].clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("delete", uid.as_str(), json!([])),
+                ("regenerate", uid.as_str(), json!(["token"])),
+                ("update", uid.as_str(), json!(["enabled"])),
+                ("create", uid.as_str(), json!(["name", "scope", "expires_on"])),
+            ],
+            "{v}"
+        );
+        let text = v.to_string();
+        assert!(!text.contains(&secret) && !text.contains(&new) && !text.contains(&sha(&secret)), "{text}");
+    }
+    drop(replicas);
+    db.drop_now().await;
+}
+
 /// Hits `secret` through the replicas in turn for `window`, a request every `gap`;
 /// returns the admitted count per replica and checks every refusal's headers.
 async fn hammer(replicas: &[Replica], api_key: &str, secret: &str, window: Duration, gap: Duration) -> Vec<u32> {
@@ -709,6 +753,7 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
     drop(pg_store2);
     let stores: [Box<dyn TokenStore>; 2] = [Box::new(SqliteStore::in_memory().unwrap()), Box::new(pg_store)];
     let mut seen = Vec::new();
+    let mut trails = Vec::new();
     for s in &stores {
         let cap = Cap { max: 3, static_count: 1 };
         let rec = |uid: &str, name: &str| stackgate::token::TokenRecord {
@@ -759,12 +804,28 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
         s.mark_notified("b", 100, "webhook", 8).await.unwrap();
         assert_eq!(s.notified_at("b", 100, "webhook").await.unwrap(), Some(7));
         assert_eq!(s.first_notice("b", 100).await.unwrap(), Some(7));
-        assert_eq!(s.delete("k", "a").await.unwrap().name, "renamed");
-        assert_eq!(s.delete("k", "a").await, Err(StoreError::NotFound));
+        assert_eq!(s.delete("k", "a", "alice", "2026-01-02T00:00:00Z").await.unwrap().name, "renamed");
+        assert_eq!(s.delete("k", "a", "alice", "2026-01-02T00:00:00Z").await, Err(StoreError::NotFound));
         assert!(s.try_lead("duty", "me", Duration::from_secs(5)).await.unwrap());
         seen.push(s.list("k").await.unwrap());
+        // The audit trail: only committed changes, newest first, the same on both engines.
+        let page = s.audit("k", 0, 500).await.unwrap();
+        let trail: Vec<(&str, String, String, Vec<String>)> = page
+            .entries
+            .iter()
+            .map(|e| (e.action.name(), e.token_uid.clone(), e.user.clone(), e.fields.clone()))
+            .collect();
+        assert_eq!(page.total, 6, "{trail:?}");
+        assert_eq!(trail[0], ("delete", "a".into(), "alice".into(), vec![]), "{trail:?}");
+        assert_eq!(trail[1], ("regenerate", "b".into(), "alice".into(), vec!["token".to_owned()]), "{trail:?}");
+        assert_eq!(trail.last().map(|t| t.0), Some("create"));
+        assert!(page.entries.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+        assert_eq!(s.audit("k", 1, 2).await.unwrap().entries, page.entries[1..3].to_vec(), "skip and limit");
+        assert_eq!(s.audit("other", 0, 500).await.unwrap().total, 0);
+        trails.push(trail);
     }
     assert_eq!(seen[0], seen[1], "both engines hold the same records");
+    assert_eq!(trails[0], trails[1], "both engines keep the same audit trail");
     // Only one holder of a lease at a time; it passes on once it lapses.
     let s = &stores[1];
     assert!(s.try_lead("duty", "me", Duration::from_millis(300)).await.unwrap());

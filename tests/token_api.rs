@@ -658,3 +658,96 @@ async fn regenerate_is_for_owners_and_admins_and_other_sub_paths_stay_404() {
     }
     assert!(env.backend.seen().iter().all(|s| !s.target.contains("management_tokens")));
 }
+
+/// Issue #18, audit trail: every change (create, update, suspend and resume as
+/// updates, regenerate, delete) is recorded with who, when and which fields (names
+/// only, never a secret or hash); read newest first, paginated, by owners and admins of
+/// that stack only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_token_change_is_in_the_audit_trail() {
+    let env = Env::start().await;
+    const AUDIT: &str = "/v3/stacks/management_tokens/audit";
+    let (_, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("audited"))).await;
+    let secret = created["token"]["token"].as_str().unwrap().to_owned();
+    let uid = created["token"]["uid"].as_str().unwrap().to_owned();
+    let path = format!("{TOKENS}/{uid}");
+    let admin = [("api_key", API_KEY), ("authtoken", CAROL), ("content-type", "application/json")];
+    let rename = body(json!({"token": {"name": "audited-2", "description": "made by a test"}}));
+    assert_eq!(json_of(&env, "PUT", &path, &admin, &rename).await.0, 200);
+    let off = body(json!({"token": {"enabled": false}}));
+    assert_eq!(json_of(&env, "PUT", &path, &owner(API_KEY), &off).await.0, 200);
+    let on = body(json!({"token": {"enabled": true}}));
+    assert_eq!(json_of(&env, "PUT", &path, &owner(API_KEY), &on).await.0, 200);
+    let (_, rotated) = json_of(&env, "POST", &format!("{path}/regenerate"), &owner(API_KEY), "").await;
+    let new = rotated["token"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(json_of(&env, "DELETE", &path, &admin, "").await.0, 200);
+    // Refused changes leave no trace.
+    assert_eq!(json_of(&env, "PUT", &path, &owner(API_KEY), &on).await.0, 404);
+    assert_eq!(json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(json!({"token": {}}))).await.0, 422);
+    // Another stack's change is not in this stack's trail.
+    assert_eq!(json_of(&env, "POST", TOKENS, &owner(SMALL_API_KEY), &body(valid_token("elsewhere"))).await.0, 201);
+
+    let (status, v) = json_of(&env, "GET", AUDIT, &owner(API_KEY), "").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["count"], 6, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    let got: Vec<(String, String, Value)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap().into(), e["user_uid"].as_str().unwrap().into(), e["fields"].clone()))
+        .collect();
+    let want = vec![
+        ("delete", "carol", json!([])),
+        ("regenerate", "alice", json!(["token"])),
+        ("update", "alice", json!(["enabled"])),
+        ("update", "alice", json!(["enabled"])),
+        ("update", "carol", json!(["name"])),
+        ("create", "alice", json!(["name", "description", "scope", "expires_on"])),
+    ];
+    let want: Vec<(String, String, Value)> = want.into_iter().map(|(a, u, f)| (a.into(), u.into(), f)).collect();
+    assert_eq!(got, want, "{v}");
+    for e in entries {
+        assert_eq!(e["token_uid"], uid.as_str());
+        assert_eq!(e["api_key"], API_KEY);
+        let at = e["at"].as_str().unwrap();
+        assert!(time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).is_ok(), "{at}");
+    }
+    let ids: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let text = v.to_string();
+    for s in [&secret, &new, &sha(&secret), &sha(&new)] {
+        assert!(!text.contains(s.as_str()), "no secret or hash in the trail: {text}");
+    }
+
+    // Pagination.
+    let (_, page) = json_of(&env, "GET", &format!("{AUDIT}?skip=1&limit=2"), &owner(API_KEY), "").await;
+    assert_eq!(page["count"], 6);
+    let actions: Vec<&str> =
+        page["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["regenerate", "update"]);
+    let (_, tail) = json_of(&env, "GET", &format!("{AUDIT}?skip=6"), &owner(API_KEY), "").await;
+    assert_eq!((tail["entries"].as_array().unwrap().len(), tail["count"].clone()), (0, json!(6)));
+    for q in ["limit=501", "limit=0", "limit=x", "skip=-1", "skip=1&skip=2"] {
+        let (status, v) = json_of(&env, "GET", &format!("{AUDIT}?{q}"), &owner(API_KEY), "").await;
+        assert_eq!(status, 422, "{q}: {v}");
+    }
+    let (status, v) = json_of(&env, "GET", &format!("{AUDIT}?limit=500"), &owner(API_KEY), "").await;
+    assert_eq!((status, v["entries"].as_array().unwrap().len()), (200, 6));
+    // The other stack sees only its own.
+    let (_, other) = json_of(&env, "GET", AUDIT, &owner(SMALL_API_KEY), "").await;
+    assert_eq!(other["count"], 1, "{other}");
+
+    // Owners and admins only; a management token never; `audit` is not a uid.
+    for (who, headers, want) in [
+        ("developer", vec![("api_key", API_KEY), ("authtoken", BOB)], 403),
+        ("management token", vec![("api_key", API_KEY), ("authorization", RW)], 403),
+        ("admin", vec![("api_key", API_KEY), ("authtoken", CAROL)], 200),
+        ("not a member", vec![("api_key", SMALL_API_KEY), ("authtoken", CAROL)], 403),
+    ] {
+        assert_eq!(json_of(&env, "GET", AUDIT, &headers, "").await.0, want, "{who}");
+    }
+    for method in ["PUT", "DELETE", "POST"] {
+        let (status, v) = json_of(&env, method, AUDIT, &owner(API_KEY), "").await;
+        assert_eq!(status, 404, "{method}: {v}");
+    }
+    assert!(env.backend.seen().iter().all(|s| !s.target.contains("management_tokens")));
+}

@@ -52,6 +52,15 @@ enum Action {
     Suspend { uid: String },
     /// Restore a suspended token.
     Resume { uid: String },
+    /// Show the stack's audit trail of token changes, newest first.
+    Audit {
+        /// How many entries (1..=500; default 50).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// How many of the newest entries to leave out.
+        #[arg(long)]
+        skip: Option<u64>,
+    },
     /// Issue a new secret (printed once); the old one keeps working for --grace.
     Regenerate {
         uid: String,
@@ -159,6 +168,14 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
         Action::Update { uid, fields } => (Method::PUT, format!("{base}/{uid}"), Some(fields.to_body(false)?)),
         Action::Delete { uid } => (Method::DELETE, format!("{base}/{uid}"), None),
         Action::Suspend { uid } => (Method::PUT, format!("{base}/{uid}"), Some(json!({"token": {"enabled": false}}))),
+        Action::Audit { limit, skip } => {
+            let mut query = Vec::new();
+            query.extend(skip.map(|s| format!("skip={s}")));
+            query.extend(limit.map(|l| format!("limit={l}")));
+            let url =
+                if query.is_empty() { format!("{base}/audit") } else { format!("{base}/audit?{}", query.join("&")) };
+            (Method::GET, url, None)
+        }
         Action::Regenerate { uid, grace } => {
             (Method::POST, format!("{base}/{uid}/regenerate"), grace.as_ref().map(|g| json!({ "grace_period": g })))
         }

@@ -251,6 +251,11 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
     if let [first, second, tail @ ..] = segs {
         if loose_eq(first, "stacks", true) && loose_eq(second, "management_tokens", true) {
             return match (*first, *second, tail, deeper) {
+                // The audit trail (issue #18), GET only: never a token uid (uids are
+                // `blt` + hex), and no other method has a meaning there.
+                ("stacks", "management_tokens", ["audit"], false) if *method != Method::GET => {
+                    Err(GatewayError::NotFound)
+                }
                 ("stacks", "management_tokens", [] | [_], false) => {
                     Ok(with_rule(Module::Tokens, default, Rule::TokenApi))
                 }
@@ -543,11 +548,15 @@ mod tests {
         assert_eq!(c("POST", "/v3/stacks/users").rule, Rule::Deny);
         assert_eq!(c("GET", "/v3/stacks/management_tokens").rule, Rule::TokenApi);
         assert_eq!(c("POST", "/v3/stacks/management_tokens/blt1/regenerate").rule, Rule::TokenApi);
+        assert_eq!(c("GET", "/v3/stacks/management_tokens/audit").rule, Rule::TokenApi);
         for (m, p) in [
             ("GET", "/v3/stacks/management_tokens/blt1/regenerate"),
             ("POST", "/v3/stacks/management_tokens/blt1/rotate"),
             ("POST", "/v3/stacks/management_tokens/blt1/regenerate/x"),
             ("POST", "/v3/stacks/management_tokens/blt1/Regenerate"),
+            ("PUT", "/v3/stacks/management_tokens/audit"),
+            ("DELETE", "/v3/stacks/management_tokens/audit"),
+            ("POST", "/v3/stacks/management_tokens/audit/x"),
         ] {
             assert_eq!(classify(&Method::from_bytes(m.as_bytes()).unwrap(), p), Err(GatewayError::NotFound), "{m} {p}");
         }

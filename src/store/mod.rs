@@ -53,6 +53,9 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn get(&self, stack: &str, uid: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Inserts a token unless the cap or a name clash forbids it, atomically: two
     /// concurrent creates at the cap cannot both succeed.
+    ///
+    /// Every change (create, modify, rotate, delete) writes its [`AuditEntry`] in the
+    /// same transaction, so the trail and the tokens cannot disagree.
     async fn create(&self, rec: &TokenRecord, cap: Cap) -> Result<(), StoreError>;
     /// Changes one token as a read-modify-write in a single transaction: reads the
     /// current record with a write lock on it, hands it to `edit`, writes back what
@@ -67,8 +70,12 @@ pub trait TokenStore: Send + Sync + 'static {
     /// previous secret (regeneration): the only way a stored secret changes, so an
     /// ordinary update can never swap a secret by mistake.
     async fn rotate(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError>;
-    /// Deletes a token and returns what it was.
-    async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError>;
+    /// Deletes a token and returns what it was; `by` (a user uid) and `at` (RFC 3339)
+    /// go into the audit trail.
+    async fn delete(&self, stack: &str, uid: &str, by: &str, at: &str) -> Result<TokenRecord, StoreError>;
+    /// A page of the stack's audit trail, newest first: `skip` entries left out, at most
+    /// `limit` returned, with the number of entries the stack has in all.
+    async fn audit(&self, stack: &str, skip: u64, limit: u64) -> Result<AuditPage, StoreError>;
     /// When the expiry notice for (`uid`, `expires_at`) went out on `channel`, if it did.
     async fn notified_at(&self, uid: &str, expires_at: i64, channel: &str) -> Result<Option<i64>, StoreError>;
     /// When the first notice for (`uid`, `expires_at`) went out on any channel.
@@ -92,6 +99,142 @@ pub trait TokenStore: Send + Sync + 'static {
 /// (or per-field errors) out. It runs inside the store's transaction, so it must be
 /// quick and must not block on anything but the CPU.
 pub type Edit = Box<dyn FnOnce(TokenRecord) -> Result<TokenRecord, FieldErrors> + Send>;
+
+/// One recorded change of a token: who changed what, when. Every change (create,
+/// update, regenerate, delete) writes one in the transaction that makes the change, so
+/// the trail can neither miss a committed change nor show one that was rolled back. It
+/// names fields, never values: no secret or hash can reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Increasing in the order the changes were written.
+    pub id: i64,
+    pub stack: String,
+    pub token_uid: String,
+    pub action: AuditAction,
+    /// The user uid that made the change.
+    pub user: String,
+    /// RFC 3339.
+    pub at: String,
+    /// Names of the API fields that changed (`token` for a new secret).
+    pub fields: Vec<String>,
+}
+
+/// What a change did to a token (a suspension or resume is an update of `enabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    Create,
+    Update,
+    Regenerate,
+    Delete,
+}
+
+impl AuditAction {
+    /// The name stored and shown.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditAction::Create => "create",
+            AuditAction::Update => "update",
+            AuditAction::Regenerate => "regenerate",
+            AuditAction::Delete => "delete",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [AuditAction::Create, AuditAction::Update, AuditAction::Regenerate, AuditAction::Delete]
+            .into_iter()
+            .find(|a| a.name() == text)
+    }
+}
+
+/// A page of a stack's audit trail and the stack's total number of entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub total: u64,
+}
+
+/// The audit entry of a change, before the engine numbers it.
+fn audit_entry(action: AuditAction, rec: &TokenRecord, before: Option<&TokenRecord>) -> AuditEntry {
+    let (user, at) = match action {
+        AuditAction::Create => (&rec.created_by, &rec.created_at),
+        _ => (&rec.updated_by, &rec.updated_at),
+    };
+    let fields = match action {
+        AuditAction::Create | AuditAction::Update => changed_fields(before, rec),
+        AuditAction::Regenerate => vec!["token".to_owned()],
+        AuditAction::Delete => Vec::new(),
+    };
+    AuditEntry {
+        id: 0,
+        stack: rec.stack.clone(),
+        token_uid: rec.uid.clone(),
+        action,
+        user: user.clone(),
+        at: at.clone(),
+        fields,
+    }
+}
+
+/// The API fields that differ between `before` and `after`; for a new token
+/// (`before` = `None`), those it was given a value in.
+fn changed_fields(before: Option<&TokenRecord>, after: &TokenRecord) -> Vec<String> {
+    let flags = match before {
+        Some(b) => [
+            ("name", b.name != after.name),
+            ("description", b.description != after.description),
+            ("scope", b.scope != after.scope),
+            ("expires_on", b.expires_on != after.expires_on),
+            ("is_email_notification_enabled", b.is_email_notification_enabled != after.is_email_notification_enabled),
+            ("rate_limit", b.rate_limit != after.rate_limit),
+            ("enabled", b.enabled != after.enabled),
+        ],
+        None => [
+            ("name", true),
+            ("description", !after.description.is_empty()),
+            ("scope", true),
+            ("expires_on", after.expires_on.is_some()),
+            ("is_email_notification_enabled", after.is_email_notification_enabled),
+            ("rate_limit", after.rate_limit.is_some()),
+            ("enabled", !after.enabled),
+        ],
+    };
+    flags.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name.to_owned()).collect()
+}
+
+/// An audit row as every SQL engine stores it (fields as a JSON array).
+struct AuditColumns {
+    id: i64,
+    stack: String,
+    token_uid: String,
+    action: String,
+    user: String,
+    at: String,
+    fields: String,
+}
+
+impl AuditColumns {
+    fn into_entry(self) -> Option<AuditEntry> {
+        let (Some(action), Ok(fields)) =
+            (AuditAction::parse(&self.action), serde_json::from_str::<Vec<String>>(&self.fields))
+        else {
+            tracing::error!(audit.id = self.id, "unreadable audit row skipped");
+            return None;
+        };
+        Some(AuditEntry {
+            id: self.id,
+            stack: self.stack,
+            token_uid: self.token_uid,
+            action,
+            user: self.user,
+            at: self.at,
+            fields,
+        })
+    }
+}
+
+fn fields_json(entry: &AuditEntry) -> Result<String, StoreError> {
+    serde_json::to_string(&entry.fields).map_err(|e| unavailable(&e))
+}
 
 /// A change to a shared store that this process did not make.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,10 @@
 //! per-stack cap is made atomic across replicas by a per-stack advisory lock held for
 //! the count-then-insert transaction.
 
-use super::{unavailable, Cap, Columns, Edit, StoreError, StoreEvent, TokenStore};
+use super::{
+    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Cap, Columns, Edit, StoreError, StoreEvent,
+    TokenStore,
+};
 use crate::config::Postgres;
 use crate::token::TokenRecord;
 use async_trait::async_trait;
@@ -62,6 +65,17 @@ const MIGRATIONS: &[&str] = &[
     // 3: rotation: the previous secret's hash and the end of its grace period.
     "ALTER TABLE stackgate_tokens ADD COLUMN previous_sha256 BYTEA;
      ALTER TABLE stackgate_tokens ADD COLUMN previous_until BIGINT;",
+    // 4: the audit trail of token changes (never a secret or hash).
+    "CREATE TABLE stackgate_token_audit (
+        id BIGSERIAL PRIMARY KEY,
+        stack TEXT NOT NULL,
+        token_uid TEXT NOT NULL,
+        action TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        at TEXT NOT NULL,
+        fields TEXT NOT NULL
+    );
+    CREATE INDEX stackgate_token_audit_stack ON stackgate_token_audit (stack, id);",
 ];
 
 const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expires_on, \
@@ -132,6 +146,7 @@ impl PgStore {
             .await
             .map_err(pg)?;
         let stored = row.as_ref().and_then(record).ok_or(StoreError::NotFound)?;
+        let before = stored.clone();
         let rec = super::apply_edit(stored, edit, rotating)?;
         let scope = super::scope_json(&rec)?;
         let (rate_read, rate_write) = rate_columns(&rec);
@@ -168,6 +183,8 @@ impl PgStore {
             Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
             Err(e) => return Err(pg(e)),
         }
+        let action = if rotating { AuditAction::Regenerate } else { AuditAction::Update };
+        write_audit(&tx, &super::audit_entry(action, &rec, Some(&before))).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(rec)
@@ -226,6 +243,18 @@ impl PgStore {
 fn pg(e: tokio_postgres::Error) -> StoreError {
     // The driver's text names the failing statement, never a bound value.
     unavailable(&e)
+}
+
+/// Records a change in the transaction that makes it.
+async fn write_audit(tx: &deadpool_postgres::Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO stackgate_token_audit (stack, token_uid, action, actor, at, fields)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&entry.stack, &entry.token_uid, &entry.action.name(), &entry.user, &entry.at, &super::fields_json(entry)?],
+    )
+    .await
+    .map(|_| ())
+    .map_err(pg)
 }
 
 fn is_name_clash(e: &tokio_postgres::Error) -> bool {
@@ -327,6 +356,7 @@ impl TokenStore for PgStore {
             Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
             Err(e) => return Err(pg(e)),
         }
+        write_audit(&tx, &super::audit_entry(AuditAction::Create, rec, None)).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(rec)]).await.map_err(pg)?;
         tx.commit().await.map_err(pg)
     }
@@ -339,7 +369,7 @@ impl TokenStore for PgStore {
         self.edit(stack, uid, edit, true).await
     }
 
-    async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError> {
+    async fn delete(&self, stack: &str, uid: &str, by: &str, at: &str) -> Result<TokenRecord, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         let row = tx
@@ -351,9 +381,49 @@ impl TokenStore for PgStore {
             .map_err(pg)?;
         let rec = row.as_ref().and_then(record).ok_or(StoreError::NotFound)?;
         tx.execute("DELETE FROM stackgate_expiry_notices WHERE uid = $1", &[&uid]).await.map_err(pg)?;
+        let entry = AuditEntry {
+            user: by.to_owned(),
+            at: at.to_owned(),
+            ..super::audit_entry(AuditAction::Delete, &rec, None)
+        };
+        write_audit(&tx, &entry).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(rec)
+    }
+
+    async fn audit(&self, stack: &str, skip: u64, limit: u64) -> Result<AuditPage, StoreError> {
+        let (skip, limit) = (i64::try_from(skip).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
+        let client = self.client().await?;
+        let total: i64 = client
+            .query_one("SELECT COUNT(*) FROM stackgate_token_audit WHERE stack = $1", &[&stack])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let rows = client
+            .query(
+                "SELECT id, stack, token_uid, action, actor, at, fields FROM stackgate_token_audit
+                 WHERE stack = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
+                &[&stack, &limit, &skip],
+            )
+            .await
+            .map_err(pg)?;
+        let entries = rows
+            .iter()
+            .filter_map(|row| {
+                AuditColumns {
+                    id: row.get(0),
+                    stack: row.get(1),
+                    token_uid: row.get(2),
+                    action: row.get(3),
+                    user: row.get(4),
+                    at: row.get(5),
+                    fields: row.get(6),
+                }
+                .into_entry()
+            })
+            .collect();
+        Ok(AuditPage { entries, total: u64::try_from(total).unwrap_or(0) })
     }
 
     async fn notified_at(&self, uid: &str, expires_at: i64, channel: &str) -> Result<Option<i64>, StoreError> {

@@ -2,7 +2,9 @@
 //! commit is on disk before the API answers and a crash at any point leaves either
 //! the whole change or none of it. The schema is versioned with `PRAGMA user_version`.
 
-use super::{unavailable, Cap, Columns, Edit, StoreError, TokenStore};
+use super::{
+    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Cap, Columns, Edit, StoreError, TokenStore,
+};
 use crate::token::TokenRecord;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
@@ -41,6 +43,17 @@ const MIGRATIONS: &[&str] = &[
     // 3: rotation: the previous secret's hash and the end of its grace period.
     "ALTER TABLE tokens ADD COLUMN previous_sha256 BLOB;
      ALTER TABLE tokens ADD COLUMN previous_until INTEGER;",
+    // 4: the audit trail of token changes (never a secret or hash).
+    "CREATE TABLE token_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        stack TEXT NOT NULL,
+        token_uid TEXT NOT NULL,
+        action TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        at TEXT NOT NULL,
+        fields TEXT NOT NULL
+    );
+    CREATE INDEX token_audit_stack ON token_audit(stack, id);",
 ];
 
 /// SQLite-backed [`TokenStore`].
@@ -124,6 +137,7 @@ impl SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
             let stored =
                 query(&tx, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop().ok_or(StoreError::NotFound)?;
+            let before = stored.clone();
             let rec = super::apply_edit(stored, edit, rotating)?;
             let scope = super::scope_json(&rec)?;
             let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
@@ -157,6 +171,8 @@ impl SqliteStore {
                 Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
                 Err(e) => return Err(unavailable(&e)),
             }
+            let action = if rotating { AuditAction::Regenerate } else { AuditAction::Update };
+            write_audit(&tx, &super::audit_entry(action, &rec, Some(&before)))?;
             tx.commit().map_err(|e| unavailable(&e))?;
             Ok(rec)
         })
@@ -235,6 +251,16 @@ fn query(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> R
     Ok(out)
 }
 
+/// Records a change in the transaction that makes it.
+fn write_audit(tx: &Connection, entry: &AuditEntry) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO token_audit (stack, token_uid, action, actor, at, fields) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![entry.stack, entry.token_uid, entry.action.name(), entry.user, entry.at, super::fields_json(entry)?],
+    )
+    .map(|_| ())
+    .map_err(|e| unavailable(&e))
+}
+
 fn is_name_clash(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, Some(msg))
         if f.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains("tokens.name"))
@@ -284,10 +310,12 @@ impl TokenStore for SqliteStore {
                 ],
             );
             match inserted {
-                Ok(_) => tx.commit().map_err(|e| unavailable(&e)),
-                Err(e) if is_name_clash(&e) => Err(StoreError::DuplicateName),
-                Err(e) => Err(unavailable(&e)),
+                Ok(_) => {}
+                Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
+                Err(e) => return Err(unavailable(&e)),
             }
+            write_audit(&tx, &super::audit_entry(AuditAction::Create, &rec, None))?;
+            tx.commit().map_err(|e| unavailable(&e))
         })
         .await
     }
@@ -300,16 +328,53 @@ impl TokenStore for SqliteStore {
         self.edit(stack, uid, edit, true).await
     }
 
-    async fn delete(&self, stack: &str, uid: &str) -> Result<TokenRecord, StoreError> {
-        let (stack, uid) = (stack.to_owned(), uid.to_owned());
+    async fn delete(&self, stack: &str, uid: &str, by: &str, at: &str) -> Result<TokenRecord, StoreError> {
+        let (stack, uid, by, at) = (stack.to_owned(), uid.to_owned(), by.to_owned(), at.to_owned());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(&e))?;
             let rec =
                 query(&tx, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop().ok_or(StoreError::NotFound)?;
             tx.execute("DELETE FROM tokens WHERE uid = ?1", [&uid]).map_err(|e| unavailable(&e))?;
             tx.execute("DELETE FROM expiry_notices WHERE uid = ?1", [&uid]).map_err(|e| unavailable(&e))?;
+            let entry = AuditEntry { user: by, at, ..super::audit_entry(AuditAction::Delete, &rec, None) };
+            write_audit(&tx, &entry)?;
             tx.commit().map_err(|e| unavailable(&e))?;
             Ok(rec)
+        })
+        .await
+    }
+
+    async fn audit(&self, stack: &str, skip: u64, limit: u64) -> Result<AuditPage, StoreError> {
+        let stack = stack.to_owned();
+        let (skip, limit) = (i64::try_from(skip).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
+        self.with(move |c| {
+            let total: i64 = c
+                .query_row("SELECT COUNT(*) FROM token_audit WHERE stack = ?1", [&stack], |r| r.get(0))
+                .map_err(|e| unavailable(&e))?;
+            let mut stmt = c
+                .prepare(
+                    "SELECT id, stack, token_uid, action, actor, at, fields FROM token_audit
+                     WHERE stack = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3",
+                )
+                .map_err(|e| unavailable(&e))?;
+            let rows = stmt
+                .query_map(params![stack, limit, skip], |row| {
+                    Ok(AuditColumns {
+                        id: row.get(0)?,
+                        stack: row.get(1)?,
+                        token_uid: row.get(2)?,
+                        action: row.get(3)?,
+                        user: row.get(4)?,
+                        at: row.get(5)?,
+                        fields: row.get(6)?,
+                    })
+                })
+                .map_err(|e| unavailable(&e))?;
+            let mut entries = Vec::new();
+            for row in rows {
+                entries.extend(row.map_err(|e| unavailable(&e))?.into_entry());
+            }
+            Ok(AuditPage { entries, total: u64::try_from(total).unwrap_or(0) })
         })
         .await
     }
@@ -388,6 +453,46 @@ mod tests {
         }
     }
 
+    /// The audit row is written in the change's transaction: every committed change has
+    /// one, and a refused change (name clash, cap, invalid edit, unknown token) none.
+    #[tokio::test]
+    async fn audit_rows_come_with_committed_changes_only() {
+        let s = SqliteStore::in_memory().unwrap();
+        let cap = Cap { max: 2, static_count: 0 };
+        s.create(&rec("a", "k", "one"), cap.clone()).await.unwrap();
+        assert_eq!(s.create(&rec("b", "k", "one"), cap.clone()).await, Err(StoreError::DuplicateName));
+        s.create(&rec("b", "k", "two"), cap.clone()).await.unwrap();
+        assert_eq!(s.create(&rec("c", "k", "three"), cap.clone()).await, Err(StoreError::CapReached { max: 2 }));
+        let rename = |r: TokenRecord| Ok(TokenRecord { name: "two".into(), updated_by: "carol".into(), ..r });
+        assert_eq!(s.modify("k", "a", Box::new(rename)).await, Err(StoreError::DuplicateName));
+        let refused = FieldErrors::from([("name".to_owned(), vec!["no.".to_owned()])]);
+        assert!(s.modify("k", "a", Box::new(move |_| Err(refused))).await.is_err());
+        assert_eq!(s.modify("k", "zz", Box::new(Ok)).await, Err(StoreError::NotFound));
+        let describe = |r: TokenRecord| Ok(TokenRecord { description: "d".into(), updated_by: "carol".into(), ..r });
+        s.modify("k", "a", Box::new(describe)).await.unwrap();
+        s.delete("k", "b", "dave", "2026-02-02T00:00:00Z").await.unwrap();
+        assert_eq!(s.delete("k", "b", "dave", "2026-02-02T00:00:00Z").await, Err(StoreError::NotFound));
+        let page = s.audit("k", 0, 50).await.unwrap();
+        let got: Vec<(&str, &str, &str, Vec<String>)> = page
+            .entries
+            .iter()
+            .map(|e| (e.action.name(), e.token_uid.as_str(), e.user.as_str(), e.fields.clone()))
+            .collect();
+        let all = ["name", "scope", "expires_on", "is_email_notification_enabled", "rate_limit"];
+        let all: Vec<String> = all.iter().map(|f| f.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                ("delete", "b", "dave", vec![]),
+                ("update", "a", "carol", vec!["description".to_owned()]),
+                ("create", "b", "alice", all.clone()),
+                ("create", "a", "alice", all),
+            ]
+        );
+        assert_eq!(page.total, 4);
+        assert_eq!(page.entries[0].at, "2026-02-02T00:00:00Z");
+    }
+
     #[tokio::test]
     async fn round_trip_cap_and_names() {
         let s = SqliteStore::in_memory().unwrap();
@@ -414,8 +519,8 @@ mod tests {
         assert_eq!(s.modify("k", "b", Box::new(move |_| Err(errors))).await, Err(StoreError::Invalid(refused)));
         assert_eq!(s.get("k", "b").await.unwrap(), Some(rec("b", "k", "two")), "a refused edit changes nothing");
         assert_eq!(s.get("other", "a").await.unwrap(), None, "scoped by stack");
-        assert_eq!(s.delete("k", "a").await.unwrap().name, "renamed");
-        assert_eq!(s.delete("k", "a").await, Err(StoreError::NotFound));
+        assert_eq!(s.delete("k", "a", "alice", "2026-01-02T00:00:00Z").await.unwrap().name, "renamed");
+        assert_eq!(s.delete("k", "a", "alice", "2026-01-02T00:00:00Z").await, Err(StoreError::NotFound));
         assert_eq!(s.load_all().await.unwrap().len(), 2);
     }
 

@@ -52,6 +52,41 @@ pub const RETURNED_ONLY: [&str; 10] = [
 /// alive indefinitely by regenerating.
 pub const MAX_GRACE_SECONDS: i64 = 7 * 24 * 3600;
 
+/// The audit trail's page size when `limit` is not given, and the most it may ask for.
+pub const AUDIT_DEFAULT_LIMIT: u64 = 50;
+pub const AUDIT_MAX_LIMIT: u64 = 500;
+
+/// Parses `skip` and `limit` of the audit query (other parameters are ignored, as the
+/// CMA does): whole numbers, `limit` 1..=[`AUDIT_MAX_LIMIT`]; a bad or repeated value
+/// is 422 under its name rather than silently replaced.
+pub fn parse_page(query: Option<&str>) -> Result<(u64, u64), GatewayError> {
+    let mut errors = FieldErrors::new();
+    let (mut skip, mut limit) = (None, None);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let slot = match &*key {
+            "skip" => &mut skip,
+            "limit" => &mut limit,
+            _ => continue,
+        };
+        if slot.is_some() {
+            push(&mut errors, &key, "is given more than once.");
+        }
+        match value.parse::<u64>() {
+            Ok(n) => *slot = Some(n),
+            Err(_) => push(&mut errors, &key, "must be a whole number >= 0."),
+        }
+    }
+    let limit = limit.unwrap_or(AUDIT_DEFAULT_LIMIT);
+    if !(1..=AUDIT_MAX_LIMIT).contains(&limit) {
+        push(&mut errors, "limit", &format!("must be between 1 and {AUDIT_MAX_LIMIT}."));
+    }
+    if errors.is_empty() {
+        Ok((skip.unwrap_or(0), limit))
+    } else {
+        Err(GatewayError::Unprocessable(errors))
+    }
+}
+
 /// Parses a regenerate body: empty, or `{"grace_period": "1h"}` (a duration, whole
 /// seconds, at most [`MAX_GRACE_SECONDS`]; `null` or absent = 0). Returns the grace in
 /// seconds; anything else is 422 under the field at fault.

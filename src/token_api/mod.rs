@@ -1,6 +1,6 @@
 //! The token-management API (DESIGN.md section 4), served by stackgate itself:
 //! `GET|POST /v3/stacks/management_tokens`, `GET|PUT|DELETE .../{uid}`,
-//! `POST .../{uid}/regenerate`.
+//! `POST .../{uid}/regenerate`, `GET .../audit`.
 //!
 //! Authenticated by `api_key` + `authtoken` of a configured owner or admin of the
 //! stack. Every change is committed to the store first, then applied to the snapshot,
@@ -50,10 +50,11 @@ pub async fn handle(
     };
     match (&parts.method, uid, action) {
         (&Method::GET, None, None) => list(gw, stack).await,
+        (&Method::GET, Some("audit"), None) => audit(gw, stack, parts.uri.query()).await,
         (&Method::GET, Some(uid), None) => show(gw, stack, uid).await,
         (&Method::POST, None, None) => create(gw, stack, &user, read_body(parts, body).await?).await,
         (&Method::PUT, Some(uid), None) => update(gw, stack, &user, uid, read_body(parts, body).await?).await,
-        (&Method::DELETE, Some(uid), None) => delete(gw, stack, uid).await,
+        (&Method::DELETE, Some(uid), None) => delete(gw, stack, &user, uid).await,
         (&Method::POST, Some(uid), Some("regenerate")) => {
             regenerate(gw, stack, &user, uid, read_optional_body(parts, body).await?).await
         }
@@ -345,7 +346,29 @@ async fn regenerate(
     ok(StatusCode::OK, json!({ "notice": "Management Token regenerated successfully.", "token": token }))
 }
 
-async fn delete(gw: &Arc<Gateway>, stack: &Stack, uid: &str) -> Result<Response<Body>, GatewayError> {
+/// `GET .../audit?skip=N&limit=M`: the stack's token changes, newest first.
+async fn audit(gw: &Gateway, stack: &Stack, query: Option<&str>) -> Result<Response<Body>, GatewayError> {
+    let (skip, limit) = input::parse_page(query)?;
+    let page = gw.store().audit(&stack.api_key, skip, limit).await.map_err(store_error)?;
+    let entries: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "api_key": e.stack,
+                "token_uid": e.token_uid,
+                "action": e.action.name(),
+                "user_uid": e.user,
+                "at": e.at,
+                "fields": e.fields,
+            })
+        })
+        .collect();
+    ok(StatusCode::OK, json!({ "entries": entries, "count": page.total }))
+}
+
+async fn delete(gw: &Arc<Gateway>, stack: &Stack, user: &str, uid: &str) -> Result<Response<Body>, GatewayError> {
     if static_token(stack, uid).is_some() {
         return Err(field_error(
             "uid",
@@ -353,8 +376,9 @@ async fn delete(gw: &Arc<Gateway>, stack: &Stack, uid: &str) -> Result<Response<
         ));
     }
     let (api_key, uid_owned) = (stack.api_key.clone(), uid.to_owned());
+    let (by, at) = (user.to_owned(), now_rfc3339(gw.clock().now()));
     let rec = gw
-        .commit(|store| async move { store.delete(&api_key, &uid_owned).await }, |rec| Change::Remove(rec))
+        .commit(|store| async move { store.delete(&api_key, &uid_owned, &by, &at).await }, |rec| Change::Remove(rec))
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, "management token deleted");
