@@ -128,34 +128,13 @@ async fn operator_cli_lifecycle() {
     assert!(!out.status.success(), "the authtoken is never a flag");
 }
 
-/// A test CA's PEM, and a certificate for localhost / 127.0.0.1 signed by it written to
-/// `dir` (as in tests/ops.rs).
-fn test_pki(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let (cert_path, key_path) = (dir.join("gw.pem"), dir.join("gw.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (ca_cert.pem(), cert_path, key_path)
-}
-
 /// `stackgate token` reaches a TLS gateway: `--cacert` trusts a private CA; without it
 /// the system roots are used, which do not trust the test CA, so the call fails on the
 /// certificate (not on the scheme).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_cli_reaches_a_tls_gateway() {
     let dir = temp_dir("cli-tls");
-    let (ca_pem, cert, key) = test_pki(&dir);
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
+    let TestPki { ca: ca_file, cert, key, .. } = test_pki(&dir);
     let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display());
     let env = Env::start_with(&tls, "", std::sync::Arc::new(stackgate::clock::SystemClock)).await;
     let url = format!("https://localhost:{}", env.gateway.addr.port());

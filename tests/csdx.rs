@@ -26,29 +26,6 @@ fn csdx() -> Option<PathBuf> {
     None
 }
 
-/// A test CA and a certificate for localhost signed by it: (CA file, cert, key).
-fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Names apart: OpenSSL (Node) takes a leaf whose issuer is its own subject for a
-    // self-signed certificate.
-    ca_params.distinguished_name.push(DnType::CommonName, "stackgate test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
-    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("gw.pem"), dir.join("gw.key"));
-    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 /// Runs csdx with a private home and the test CA; returns (success, output).
 async fn run(bin: &Path, home: &Path, ca: &Path, args: &[&str]) -> (bool, String) {
     let mut cmd = std::process::Command::new(bin);
@@ -80,7 +57,7 @@ async fn run(bin: &Path, home: &Path, ca: &Path, args: &[&str]) -> (bool, String
 async fn csdx_exports_the_demo_stack_through_a_tls_gateway() {
     let Some(bin) = csdx() else { return };
     let dir = temp_dir("csdx");
-    let (ca, cert, key) = pki(&dir);
+    let TestPki { ca, cert, key, .. } = test_pki(&dir);
     let demo = stackgate::demo::backend::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert.display(), key.display());
     // csdx puts a custom region's host in front of `:443` itself: the gateway must

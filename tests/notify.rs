@@ -382,23 +382,10 @@ fn starttls_relay_without_starttls_gets_neither_password_nor_mail() {
     });
 }
 
-/// A test CA and a certificate for localhost / 127.0.0.1 signed by it (PEM files).
+/// The shared test PKI (tests/common): the CA file and the receiver's certificate.
 fn pki(dir: &std::path::Path) -> (std::path::PathBuf, stackgate::config::TlsFiles) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let (ca, cert_path, key_path) = (dir.join("ca.pem"), dir.join("hook.pem"), dir.join("hook.key"));
-    std::fs::write(&ca, ca_cert.pem()).unwrap();
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (ca, stackgate::config::TlsFiles { cert: cert_path, key: key_path })
+    let pki = test_pki(dir);
+    (pki.ca, stackgate::config::TlsFiles { cert: pki.cert, key: pki.key })
 }
 
 /// A TLS webhook receiver that keeps the bodies it accepts.

@@ -27,28 +27,9 @@ async fn start_from_file(file: &std::path::Path) -> stackgate::server::Running {
         .unwrap()
 }
 
-/// A test CA and a certificate for localhost / 127.0.0.1 signed by it, as PEM files.
-struct TestPki {
-    ca_pem: String,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-}
-
+/// The shared test PKI (tests/common).
 fn pki(dir: &std::path::Path) -> TestPki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let (cert_path, key_path) = (dir.join("gw.pem"), dir.join("gw.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    TestPki { ca_pem: ca_cert.pem(), cert: cert_path, key: key_path }
+    test_pki(dir)
 }
 
 fn tls_client(

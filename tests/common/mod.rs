@@ -486,3 +486,35 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A test CA and a certificate for localhost / 127.0.0.1 signed by it, written to `dir`
+/// (`ca.pem`, `gw.pem`, `gw.key`).
+pub struct TestPki {
+    pub ca_pem: String,
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+pub fn test_pki(dir: &std::path::Path) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Names apart: OpenSSL (Node, curl) takes a leaf whose issuer is its own subject for
+    // a self-signed certificate.
+    ca_params.distinguished_name.push(DnType::CommonName, "stackgate test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let pki =
+        TestPki { ca_pem: ca_cert.pem(), ca: dir.join("ca.pem"), cert: dir.join("gw.pem"), key: dir.join("gw.key") };
+    std::fs::write(&pki.ca, &pki.ca_pem).unwrap();
+    std::fs::write(&pki.cert, cert.pem()).unwrap();
+    std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+    pki
+}
