@@ -41,3 +41,4 @@ pub mod timer;
 pub mod tls;
 pub mod token;
 pub mod token_api;
+pub mod usage;

@@ -6,6 +6,7 @@ use crate::config::{Config, Organization, UserSessions};
 use crate::proxy::UpstreamClient;
 use crate::ratelimit::{Bucket, Charge, OrgBuckets, RateClock, TokenBuckets};
 use crate::token::{compile_scope, Grants, TokenRecord};
+use crate::usage::Usage;
 use http::uri::Authority;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -86,6 +87,9 @@ pub struct Token {
     /// `read` or `read-write`, for the identity header.
     pub access_label: &'static str,
     pub buckets: Arc<TokenBuckets>,
+    /// This token's usage counters, shared with every later version of the token (and
+    /// with its previous secret's entry), so counts survive rebuilds and rotation.
+    pub usage: Arc<Usage>,
 }
 
 /// Request-path settings copied out of the config.
@@ -215,6 +219,18 @@ impl Snapshot {
             .collect()
     }
 
+    /// Every index entry (a regenerated token's two secrets are two entries of the
+    /// same uid and `usage`): for scrapes and the usage flusher, never per request.
+    pub fn tokens(&self) -> impl Iterator<Item = &Arc<Token>> {
+        self.tokens.values()
+    }
+
+    /// The usage counters of the stack's tokens by uid, by one scan of the index
+    /// (token API answers: off the request path).
+    pub fn usage_of_stack(&self, api_key: &str) -> HashMap<&str, &Arc<Usage>> {
+        self.tokens.values().filter(|t| &*t.stack.api_key == api_key).map(|t| (&*t.uid, &t.usage)).collect()
+    }
+
     pub fn token_count(&self) -> usize {
         self.tokens.len()
     }
@@ -279,6 +295,7 @@ fn compile_token(
         retires_at: None,
         access_label,
         buckets,
+        usage: prev.map_or_else(Arc::default, |t| Arc::clone(&t.usage)),
     })
 }
 

@@ -5,15 +5,53 @@
 
 use crate::error::{GatewayError, Reason, UpstreamFailure};
 use crate::pipeline::Module;
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use crate::snapshot::Snapshot;
+use crate::usage::Outcome;
+use arc_swap::ArcSwapOption;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Per-token request counts (`[telemetry] per_token_metrics`). Nothing is counted
+/// for it: a scrape reads the [`crate::usage::Usage`] counters the tokens of the
+/// current snapshot already keep, so the request path pays nothing whether it is on
+/// or off, and the setting takes effect on reload. Off, the family is absent.
+#[derive(Debug, Default)]
+struct TokenUsage(ArcSwapOption<Snapshot>);
+
+impl Collector for TokenUsage {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(snap) = self.0.load_full() else { return Ok(()) };
+        if !snap.config.telemetry.per_token_metrics {
+            return Ok(());
+        }
+        let mut seen = HashSet::new();
+        let mut tokens: Vec<_> = snap.tokens().filter(|t| seen.insert(&*t.uid)).collect();
+        tokens.sort_by(|a, b| a.uid.cmp(&b.uid));
+        let mut family = encoder.encode_descriptor(
+            "token_requests",
+            "Requests that authenticated as a token, by token uid and outcome (this replica, since start)",
+            None,
+            MetricType::Counter,
+        )?;
+        for token in tokens {
+            for outcome in Outcome::ALL {
+                let labels = [("token_uid", &*token.uid), ("outcome", outcome.name())];
+                ConstCounter::new(token.usage.count(outcome)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 type Labels2 = [(&'static str, &'static str); 2];
 type Labels1 = [(&'static str, &'static str); 1];
@@ -91,6 +129,8 @@ impl EncodeMetric for AtomicHistogram {
 /// All of stackgate's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// `token_requests{token_uid, outcome}`, read off the tokens' own counters at scrape.
+    token_usage: Arc<TokenUsage>,
     /// `[module index][class]`; the last row is for requests without a module.
     requests: Vec<[Counter; 5]>,
     decisions: [Counter; Reason::ALL.len()],
@@ -176,7 +216,10 @@ impl Metrics {
             "Requests decided by the rate-limit fail mode while Redis was unreachable",
             fallbacks,
         );
+        let token_usage = Arc::new(TokenUsage::default());
+        registry.register_collector(Box::new(Arc::clone(&token_usage)));
         Metrics {
+            token_usage,
             registry,
             requests,
             decisions,
@@ -214,6 +257,11 @@ impl Metrics {
             c.inc();
         }
         self.latency.observe(took);
+    }
+
+    /// Points the per-token metrics at the snapshot now serving (every swap).
+    pub fn set_snapshot(&self, snapshot: Arc<Snapshot>) {
+        self.token_usage.0.store(Some(snapshot));
     }
 
     pub fn reload(&self, ok: bool) {

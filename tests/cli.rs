@@ -66,7 +66,13 @@ async fn operator_cli_lifecycle() {
     assert_eq!(status.as_u16(), 403);
 
     let out = run(s(&["show", &uid])).await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"name\": \"from-cli\""));
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.contains("\"name\": \"from-cli\""));
+    // Usage (issue #18): one write forwarded, one refused (403) after the update.
+    let usage: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let usage = &usage["token"]["usage"];
+    assert_eq!((usage["forwarded"].as_u64(), usage["refused"].as_u64()), (Some(1), Some(1)), "{shown}");
+    assert!(usage["last_used_at"].is_string(), "{shown}");
 
     // Suspend and resume (issue #18).
     let out = run(s(&["suspend", &uid])).await;

@@ -779,6 +779,12 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
         assert_eq!(s.create(&rec("b", "one"), cap.clone()).await, Err(StoreError::DuplicateName));
         s.create(&rec("b", "two"), cap.clone()).await.unwrap();
         assert_eq!(s.create(&rec("c", "three"), cap.clone()).await, Err(StoreError::CapReached { max: 3 }));
+        // Last use (issue #18): the later time wins, uids without a row are skipped.
+        s.record_last_used(&[("a".into(), 100), ("zz".into(), 5)]).await.unwrap();
+        s.record_last_used(&[("a".into(), 50), ("b".into(), 7)]).await.unwrap();
+        let last_used = std::collections::HashMap::from([("a".to_owned(), 100), ("b".to_owned(), 7)]);
+        assert_eq!(s.last_used("k").await.unwrap(), last_used);
+        assert!(s.last_used("other").await.unwrap().is_empty());
         let mut changed = rec("a", "renamed");
         changed.rate_limit = None;
         let want = changed.clone();
@@ -798,6 +804,7 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
         let rotated = s.rotate("k", "b", Box::new(rotate)).await.unwrap();
         assert_eq!((rotated.secret_sha256, rotated.previous_secret), ([9; 32], previous));
         assert_eq!(s.get("k", "b").await.unwrap(), Some(rotated));
+        assert_eq!(s.last_used("k").await.unwrap(), last_used, "changes keep the last use");
         assert_eq!(s.get("k", "a").await.unwrap(), Some(want));
         assert_eq!(s.get("other", "a").await.unwrap(), None);
         s.mark_notified("b", 100, "webhook", 7).await.unwrap();

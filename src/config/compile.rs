@@ -59,6 +59,7 @@ pub struct Config {
     pub ratelimit: RateLimiting,
     pub notify: Notify,
     pub guard: Guard,
+    pub telemetry: Telemetry,
     pub organizations: Vec<Organization>,
     pub users: Vec<User>,
     pub stacks: Vec<Stack>,
@@ -210,6 +211,17 @@ pub struct Guard {
     pub max_failures: u32,
     pub window: Duration,
     pub cooldown: Duration,
+}
+
+/// `[telemetry]`: optional observability that costs something to turn on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Telemetry {
+    /// `stackgate_token_requests_total{token_uid, outcome}`: one series per token and
+    /// outcome, so off by default to keep the metric count bounded by the config.
+    pub per_token_metrics: bool,
+    /// How often changed `last_used_at` times are written to the store: a bound on
+    /// store writes (one per token per interval) and on how stale the stored time is.
+    pub usage_flush: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -397,6 +409,7 @@ pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigError
     };
     let notify = notify(&raw, &mut errs);
     let guard = guard(&raw.guard, &mut errs);
+    let telemetry = telemetry(&raw.telemetry, &mut errs);
     let organizations = organizations(&raw.organizations, &mut errs);
     let users = users(&raw.users, &mut errs);
     let stacks = stacks(&raw.stacks, &organizations, &users, &mut errs);
@@ -410,12 +423,29 @@ pub fn compile(raw: RawConfig, unknown: &[String]) -> Result<Config, ConfigError
             );
         }
     }
-    match (server, admin_listen, upstream, notify, guard, store, ratelimit) {
-        (Some(server), Some(admin_listen), Some(upstream), Some(notify), Some(guard), Some(store), Some(ratelimit))
-            if errs.0.is_empty() =>
-        {
-            Ok(Config { server, admin_listen, upstream, store, ratelimit, notify, guard, organizations, users, stacks })
-        }
+    match (server, admin_listen, upstream, notify, guard, store, ratelimit, telemetry) {
+        (
+            Some(server),
+            Some(admin_listen),
+            Some(upstream),
+            Some(notify),
+            Some(guard),
+            Some(store),
+            Some(ratelimit),
+            Some(telemetry),
+        ) if errs.0.is_empty() => Ok(Config {
+            server,
+            admin_listen,
+            upstream,
+            store,
+            ratelimit,
+            notify,
+            guard,
+            telemetry,
+            organizations,
+            users,
+            stacks,
+        }),
         _ => Err(errs),
     }
 }
@@ -772,6 +802,13 @@ fn guard(g: &super::raw::RawGuard, errs: &mut ConfigErrors) -> Option<Guard> {
     })
 }
 
+fn telemetry(t: &super::raw::RawTelemetry, errs: &mut ConfigErrors) -> Option<Telemetry> {
+    Some(Telemetry {
+        per_token_metrics: t.per_token_metrics.unwrap_or(false),
+        usage_flush: positive_duration(t.usage_flush.as_deref(), "60s", "telemetry.usage_flush", errs)?,
+    })
+}
+
 fn rate(value: Option<i64>, default: u32, path: String, errs: &mut ConfigErrors) -> u32 {
     bounded(value, default, 1, MAX_RATE, path, errs).unwrap_or(default)
 }
@@ -991,6 +1028,19 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
         }
+    }
+
+    #[test]
+    fn telemetry_defaults_and_checks() {
+        let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+        let cfg = crate::config::from_str(base).unwrap();
+        assert_eq!(cfg.telemetry, Telemetry { per_token_metrics: false, usage_flush: Duration::from_secs(60) });
+        let on = format!("{base}[telemetry]\nper_token_metrics = true\nusage_flush = \"5s\"");
+        let cfg = crate::config::from_str(&on).unwrap();
+        assert_eq!(cfg.telemetry, Telemetry { per_token_metrics: true, usage_flush: Duration::from_secs(5) });
+        let bad = errors("[telemetry]\nusage_flush = \"0s\"\nper_token = true");
+        assert!(bad.iter().any(|e| e.starts_with("telemetry.usage_flush:")), "{bad:?}");
+        assert!(bad.iter().any(|e| e == "telemetry.per_token: unknown key"), "{bad:?}");
     }
 
     #[test]

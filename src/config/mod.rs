@@ -10,7 +10,7 @@ mod units;
 
 pub use compile::{
     compile, Config, ConfigError, ConfigErrors, ConfigWarning, FailMode, Guard, Limits, Notify, Organization, Postgres,
-    RateLimiting, RedisLimits, Role, Secret, Server, Smtp, SmtpAuth, Stack, Store, TlsFiles, Upstream, User,
+    RateLimiting, RedisLimits, Role, Secret, Server, Smtp, SmtpAuth, Stack, Store, Telemetry, TlsFiles, Upstream, User,
     UserSessions,
 };
 pub use units::{parse_duration, parse_size};

@@ -23,6 +23,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub guard: RawGuard,
     #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
     pub organizations: Vec<RawOrganization>,
     #[serde(default)]
     pub users: Vec<RawUser>,
@@ -104,6 +106,15 @@ pub struct RawGuard {
     pub max_failures: Option<i64>,
     pub window: Option<String>,
     pub cooldown: Option<String>,
+}
+
+/// Optional metrics and per-token usage bookkeeping.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTelemetry {
+    /// Metrics labelled by token uid (off by default: one series per token).
+    pub per_token_metrics: Option<bool>,
+    /// How often tokens' `last_used_at` is written to the store.
+    pub usage_flush: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,6 +8,7 @@ use crate::proxy::ClientBody;
 use crate::proxy::{self, prepare_request_headers, Body, BodyState, Identity, Outbound, Streamed, UpstreamSlot};
 use crate::ratelimit::{RateInfo, RateLimit};
 use crate::snapshot::Snapshot;
+use crate::usage::Outcome;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::request::Parts;
@@ -151,6 +152,17 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
         Ok((resp, rate)) => (resp, rate, None),
         Err(err) => (err.clone().into_response().map(proxy::full), None, Some(err)),
     };
+    // Counted on the token the request authenticated as (an atomic add on its own
+    // counters, no lookup): whatever became of it, including refusals after
+    // authentication (scope, branch, body rules) and the rate limiter's 429.
+    if let Some(token) = &facts.token {
+        let outcome = match &error {
+            None => Outcome::Forwarded,
+            Some(GatewayError::RateLimited { .. }) => Outcome::RateLimited,
+            Some(_) => Outcome::Refused,
+        };
+        token.usage.record(outcome, gw.clock().now());
+    }
     let op = facts.op;
     let took = started.elapsed();
     gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);

@@ -111,8 +111,10 @@ impl Gateway {
                 Limiter::Redis(crate::ratelimit::redis::RedisLimiter::start(settings, Arc::clone(&metrics)).await?)
             }
         };
+        let snapshot = Arc::new(snapshot);
+        metrics.set_snapshot(Arc::clone(&snapshot));
         Ok(Gateway {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot: ArcSwap::new(snapshot),
             tls: ArcSwapOption::new(tls),
             store,
             writer: tokio::sync::Mutex::new(()),
@@ -153,7 +155,9 @@ impl Gateway {
 
     fn swap(&self, next: Snapshot) {
         self.metrics.tokens_loaded.set(i64::try_from(next.token_count()).unwrap_or(i64::MAX));
-        self.snapshot.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.metrics.set_snapshot(Arc::clone(&next));
+        self.snapshot.store(next);
     }
 
     /// Validates and installs a new config whole: a new snapshot (with the store's
@@ -333,6 +337,9 @@ fn keep_restart_only_settings(running: &Config, next: &mut Config) -> ReloadRepo
     next.ratelimit = running.ratelimit.clone();
     keep("notify", format!("{:?}", running.notify) != format!("{:?}", next.notify));
     next.notify = running.notify.clone();
+    // The flusher's period is set at start; per_token_metrics is read at each scrape.
+    keep("telemetry.usage_flush", running.telemetry.usage_flush != next.telemetry.usage_flush);
+    next.telemetry.usage_flush = running.telemetry.usage_flush;
     report
 }
 
@@ -345,6 +352,8 @@ pub struct Running {
     pub task: JoinHandle<()>,
     /// The expiry notifier, when a channel is configured.
     pub notifier: Option<JoinHandle<()>>,
+    /// Writes tokens' `last_used_at` to the store every `[telemetry] usage_flush`.
+    usage_flusher: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -360,6 +369,9 @@ impl Running {
         if let Some(n) = self.notifier {
             n.abort();
         }
+        // A last flush, so a restart shows the uses of the final interval too.
+        self.usage_flusher.abort();
+        crate::usage::flush(&self.gateway).await;
         drained
     }
 
@@ -418,5 +430,7 @@ pub async fn start_with(
     let task = tokio::spawn(listener::serve(listener, Arc::clone(&gateway), shutdown_rx));
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&gateway)));
     let notifier = crate::notify::spawn(Arc::clone(&gateway), channels);
-    Ok(Running { addr, admin_addr, gateway, task, notifier, shutdown })
+    let usage_interval = gateway.snapshot().config.telemetry.usage_flush;
+    let usage_flusher = crate::usage::spawn_flusher(Arc::clone(&gateway), usage_interval);
+    Ok(Running { addr, admin_addr, gateway, task, notifier, usage_flusher, shutdown })
 }

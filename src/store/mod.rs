@@ -10,6 +10,7 @@ pub mod sqlite;
 use crate::error::FieldErrors;
 use crate::token::{parse_expiry, Origin, RateLimit, ScopeEntry, TokenRecord};
 use async_trait::async_trait;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -82,6 +83,14 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn first_notice(&self, uid: &str, expires_at: i64) -> Result<Option<i64>, StoreError>;
     /// Records that a notice went out, so no restart sends it again.
     async fn mark_notified(&self, uid: &str, expires_at: i64, channel: &str, at: i64) -> Result<(), StoreError>;
+    /// Records when tokens last authenticated, `(uid, unix seconds)`, keeping the later
+    /// of the stored and the given time (replicas flush in any order). Uids without a
+    /// stored row (config tokens, deleted ones) are skipped. It is not a token change:
+    /// no audit entry, no change notification, `updated_at` untouched.
+    async fn record_last_used(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
+    /// The recorded last use of the stack's stored tokens, by uid (tokens never used
+    /// are absent).
+    async fn last_used(&self, stack: &str) -> Result<HashMap<String, i64>, StoreError>;
     /// Takes or renews the lease `name` for `holder` for `ttl`; `true` while `holder`
     /// holds it. Replicas sharing a store use it so one of them, not all, runs a duty
     /// such as sending expiry notices. A store only one process uses always says yes.

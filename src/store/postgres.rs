@@ -15,6 +15,7 @@ use crate::config::Postgres;
 use crate::token::TokenRecord;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -76,6 +77,9 @@ const MIGRATIONS: &[&str] = &[
         fields TEXT NOT NULL
     );
     CREATE INDEX stackgate_token_audit_stack ON stackgate_token_audit (stack, id);",
+    // 5: when each token last authenticated (Unix seconds), written by each replica's
+    // usage flusher at most once an interval, never per request.
+    "ALTER TABLE stackgate_tokens ADD COLUMN last_used_at BIGINT;",
 ];
 
 const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expires_on, \
@@ -450,6 +454,34 @@ impl TokenStore for PgStore {
             .await
             .map_err(pg)?;
         Ok(row.get(0))
+    }
+
+    async fn record_last_used(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let (uids, times): (Vec<&str>, Vec<i64>) = used.iter().map(|(u, t)| (u.as_str(), *t)).unzip();
+        // One statement for the whole batch; GREATEST keeps the latest of all replicas'.
+        self.client()
+            .await?
+            .execute(
+                "UPDATE stackgate_tokens t SET last_used_at = GREATEST(COALESCE(t.last_used_at, u.at), u.at)
+                 FROM UNNEST($1::text[], $2::bigint[]) AS u(uid, at) WHERE t.uid = u.uid",
+                &[&uids, &times],
+            )
+            .await
+            .map(|_| ())
+            .map_err(pg)
+    }
+
+    async fn last_used(&self, stack: &str) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT uid, last_used_at FROM stackgate_tokens WHERE stack = $1 AND last_used_at IS NOT NULL",
+                &[&stack],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1))).collect())
     }
 
     async fn mark_notified(&self, uid: &str, expires_at: i64, channel: &str, at: i64) -> Result<(), StoreError> {

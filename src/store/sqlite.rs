@@ -8,6 +8,7 @@ use super::{
 use crate::token::TokenRecord;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -54,6 +55,9 @@ const MIGRATIONS: &[&str] = &[
         fields TEXT NOT NULL
     );
     CREATE INDEX token_audit_stack ON token_audit(stack, id);",
+    // 5: when each token last authenticated (Unix seconds), written by the usage
+    // flusher at most once an interval, never per request.
+    "ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;",
 ];
 
 /// SQLite-backed [`TokenStore`].
@@ -402,6 +406,40 @@ impl TokenStore for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(|e| unavailable(&e))
+        })
+        .await
+    }
+
+    async fn record_last_used(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let used = used.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(|e| unavailable(&e))?;
+            {
+                let mut stmt = tx
+                    .prepare(
+                        "UPDATE tokens SET last_used_at = ?2 WHERE uid = ?1 \
+                         AND (last_used_at IS NULL OR last_used_at < ?2)",
+                    )
+                    .map_err(|e| unavailable(&e))?;
+                for (uid, at) in &used {
+                    stmt.execute(params![uid, at]).map_err(|e| unavailable(&e))?;
+                }
+            }
+            tx.commit().map_err(|e| unavailable(&e))
+        })
+        .await
+    }
+
+    async fn last_used(&self, stack: &str) -> Result<HashMap<String, i64>, StoreError> {
+        let stack = stack.to_owned();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare("SELECT uid, last_used_at FROM tokens WHERE stack = ?1 AND last_used_at IS NOT NULL")
+                .map_err(|e| unavailable(&e))?;
+            let rows = stmt
+                .query_map(params![stack], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(|e| unavailable(&e))?;
+            rows.collect::<Result<HashMap<_, _>, _>>().map_err(|e| unavailable(&e))
         })
         .await
     }

@@ -34,7 +34,7 @@ fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
 /// the fetched record back whole; a create refuses them (422), since there is nothing
 /// fetched to echo and a value there is a client's mistake. `token` is the secret of
 /// the create response: it is never set through the API either way.
-pub const RETURNED_ONLY: [&str; 10] = [
+pub const RETURNED_ONLY: [&str; 11] = [
     "uid",
     "api_key",
     "created_at",
@@ -45,6 +45,8 @@ pub const RETURNED_ONLY: [&str; 10] = [
     "previous_token_expires_at",
     "origin",
     "token",
+    // Counters and last use, kept by the gateway (see crate::usage).
+    "usage",
 ];
 
 /// The longest grace period a regenerated token's old secret may keep working: long
@@ -501,7 +503,8 @@ mod tests {
     fn returned_fields_are_ignored_on_update_and_refused_on_create() {
         let body = r#"{"token": {"description": "d", "uid": "blt0000000000000001", "api_key": "blt1",
             "created_at": "2026-01-01T00:00:00Z", "updated_at": null, "created_by": "alice", "updated_by": "alice",
-            "expiry_notified_at": null, "previous_token_expires_at": null, "origin": "store", "token": "cs0"}}"#;
+            "expiry_notified_at": null, "previous_token_expires_at": null, "origin": "store", "token": "cs0",
+            "usage": {"last_used_at": null, "forwarded": 0, "refused": 0, "rate_limited": 0}}}"#;
         let input = parse(body.as_bytes(), Purpose::Update).unwrap();
         assert_eq!(input.description.as_deref(), Some("d"));
         match parse(body.as_bytes(), Purpose::Create) {

@@ -18,11 +18,13 @@ use crate::proxy::{self, Body};
 use crate::server::{Change, Gateway};
 use crate::store::{Cap, Edit, StoreError};
 use crate::token::{hash_secret, new_secret, new_uid, Origin, PreviousSecret, TokenRecord};
+use crate::usage::{Outcome, Usage};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -151,8 +153,8 @@ fn now_rfc3339(now: i64) -> String {
     OffsetDateTime::from_unix_timestamp(now).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
-/// A record as the API shows it (never the secret or its hash).
-fn to_json(rec: &TokenRecord) -> Value {
+/// A record as the API shows it (never the secret or its hash), with its `usage`.
+fn to_json(rec: &TokenRecord, usage: Value) -> Value {
     let ts = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
     json!({
         "uid": rec.uid,
@@ -171,6 +173,7 @@ fn to_json(rec: &TokenRecord) -> Value {
         "enabled": rec.enabled,
         "previous_token_expires_at": rec.previous_secret.map(|p| now_rfc3339(p.until)),
         "origin": rec.origin,
+        "usage": usage,
     })
 }
 
@@ -178,11 +181,46 @@ fn to_json(rec: &TokenRecord) -> Value {
 /// notice for its current expiry went out. The notice time lives in the store beside
 /// the record (the notifier writes it), not in the record a create or update returns,
 /// so every response (POST, PUT, GET one, list) goes through here to show the same thing.
-async fn shown(gw: &Gateway, mut rec: TokenRecord) -> Result<Value, GatewayError> {
+async fn shown(gw: &Gateway, mut rec: TokenRecord, usage: &StackUsage) -> Result<Value, GatewayError> {
     if let Some(at) = rec.expires_on.as_ref().map(|e| e.at) {
         rec.expiry_notified_at = gw.store().first_notice(&rec.uid, at).await.map_err(store_error)?;
     }
-    Ok(to_json(&rec))
+    let usage = usage.json(&rec.uid);
+    Ok(to_json(&rec, usage))
+}
+
+/// The usage of one stack's tokens as responses show it: this replica's counters
+/// (in memory, since start) and the later of this replica's and the store's last use
+/// (the store has every replica's, up to one flush interval old). Gathered once per
+/// response, so a list costs one store query and one scan of the token index.
+struct StackUsage {
+    counters: HashMap<String, Arc<Usage>>,
+    stored: HashMap<String, i64>,
+}
+
+impl StackUsage {
+    async fn of(gw: &Gateway, api_key: &str) -> Result<Self, GatewayError> {
+        let stored = gw.store().last_used(api_key).await.map_err(store_error)?;
+        let snap = gw.snapshot();
+        let counters =
+            snap.usage_of_stack(api_key).into_iter().map(|(uid, u)| (uid.to_owned(), Arc::clone(u))).collect();
+        Ok(StackUsage { counters, stored })
+    }
+
+    fn json(&self, uid: &str) -> Value {
+        let here = self.counters.get(uid);
+        let last = here.and_then(|u| u.last_used_at()).max(self.stored.get(uid).copied());
+        usage_json(last, |o| here.map_or(0, |u| u.count(o)))
+    }
+}
+
+fn usage_json(last_used_at: Option<i64>, count: impl Fn(Outcome) -> u64) -> Value {
+    json!({
+        "last_used_at": last_used_at.map(now_rfc3339),
+        "forwarded": count(Outcome::Forwarded),
+        "refused": count(Outcome::Refused),
+        "rate_limited": count(Outcome::RateLimited),
+    })
 }
 
 fn ok(status: StatusCode, value: Value) -> Result<Response<Body>, GatewayError> {
@@ -195,9 +233,10 @@ fn static_token<'s>(stack: &'s Stack, uid: &str) -> Option<&'s TokenRecord> {
 
 async fn list(gw: &Gateway, stack: &Stack) -> Result<Response<Body>, GatewayError> {
     let stored = gw.store().list(&stack.api_key).await.map_err(store_error)?;
+    let usage = StackUsage::of(gw, &stack.api_key).await?;
     let mut tokens = Vec::with_capacity(stack.tokens.len() + stored.len());
     for rec in stack.tokens.iter().cloned().chain(stored) {
-        tokens.push(shown(gw, rec).await?);
+        tokens.push(shown(gw, rec, &usage).await?);
     }
     ok(StatusCode::OK, json!({ "tokens": tokens }))
 }
@@ -207,7 +246,8 @@ async fn show(gw: &Gateway, stack: &Stack, uid: &str) -> Result<Response<Body>, 
         Some(rec) => rec.clone(),
         None => gw.store().get(&stack.api_key, uid).await.map_err(store_error)?.ok_or(GatewayError::TokenNotFound)?,
     };
-    ok(StatusCode::OK, json!({ "token": shown(gw, rec).await? }))
+    let usage = StackUsage::of(gw, &stack.api_key).await?;
+    ok(StatusCode::OK, json!({ "token": shown(gw, rec, &usage).await? }))
 }
 
 fn context<'a>(
@@ -256,7 +296,8 @@ async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Re
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token created");
     crate::notify::warn_if_no_channel(&snap.config.notify, &rec);
-    let mut token = shown(gw, rec).await?;
+    let usage = StackUsage::of(gw, &stack.api_key).await?;
+    let mut token = shown(gw, rec, &usage).await?;
     token["token"] = json!(secret);
     ok(StatusCode::CREATED, json!({ "notice": "Management Token created successfully.", "token": token }))
 }
@@ -299,7 +340,11 @@ async fn update(
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token updated");
     crate::notify::warn_if_no_channel(&snap.config.notify, &rec);
-    ok(StatusCode::OK, json!({ "notice": "Management Token updated successfully.", "token": shown(gw, rec).await? }))
+    let usage = StackUsage::of(gw, &stack.api_key).await?;
+    ok(
+        StatusCode::OK,
+        json!({ "notice": "Management Token updated successfully.", "token": shown(gw, rec, &usage).await? }),
+    )
 }
 
 /// `POST .../{uid}/regenerate`: a new secret, shown once in the answer. The old secret
@@ -341,7 +386,8 @@ async fn regenerate(
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, grace_seconds = grace,
         "management token regenerated");
-    let mut token = shown(gw, rec).await?;
+    let usage = StackUsage::of(gw, &stack.api_key).await?;
+    let mut token = shown(gw, rec, &usage).await?;
     token["token"] = json!(secret);
     ok(StatusCode::OK, json!({ "notice": "Management Token regenerated successfully.", "token": token }))
 }
@@ -418,7 +464,7 @@ mod tests {
             previous_secret: None,
             origin: Origin::Store,
         };
-        let mut token = to_json(&rec);
+        let mut token = to_json(&rec, usage_json(Some(1_800_000_000), |_| 3));
         token["token"] = json!("cs00000000000000000000000000000000");
         let body = json!({ "token": token }).to_string();
         let parsed = input::parse(body.as_bytes(), input::Purpose::Update);
