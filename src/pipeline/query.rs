@@ -61,24 +61,32 @@ fn classify(key: &str) -> Param {
     [key, base, bracketed].into_iter().map(param).max_by_key(|p| p.strength()).unwrap_or(Param::Other)
 }
 
-/// A name with everything but letters and digits dropped, in lower case.
+/// What a name means with everything but letters and digits dropped and case ignored
+/// (compared as it is scanned: no copy per query key).
 fn param(name: &str) -> Param {
-    let folded: String = name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
-    match folded.as_str() {
-        "apikey" => Param::StackKey,
-        "branch" => Param::Branch,
-        // Credentials, and method overrides (what was authorised is the method sent).
-        "authtoken"
-        | "authorization"
-        | "accesstoken"
-        | "method"
-        | "httpmethod"
-        | "methodoverride"
-        | "httpmethodoverride"
-        | "xhttpmethodoverride"
-        | "xmethodoverride"
-        | "xhttpmethod" => Param::Refused,
-        _ => Param::Other,
+    let is =
+        |word: &str| name.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase()).eq(word.bytes());
+    // Credentials, and method overrides (what was authorised is the method sent).
+    const REFUSED: [&str; 10] = [
+        "authtoken",
+        "authorization",
+        "accesstoken",
+        "method",
+        "httpmethod",
+        "methodoverride",
+        "httpmethodoverride",
+        "xhttpmethodoverride",
+        "xmethodoverride",
+        "xhttpmethod",
+    ];
+    if is("apikey") {
+        Param::StackKey
+    } else if is("branch") {
+        Param::Branch
+    } else if REFUSED.iter().any(|w| is(w)) {
+        Param::Refused
+    } else {
+        Param::Other
     }
 }
 
