@@ -661,10 +661,17 @@ async fn trace_context_passes_through_or_is_started_and_is_logged() {
         (&seen.headers["traceparent"], &seen.headers["tracestate"]),
         (&valid.parse().unwrap(), &"vendor=abc".parse().unwrap())
     );
-    for sent in [None, Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), Some("nonsense")] {
+    let other = "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01";
+    for sent in [None, Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), Some("nonsense"), Some("two")] {
         let mut fields = creds.to_vec();
-        if let Some(t) = sent {
-            fields.extend([("traceparent", t), ("tracestate", "vendor=abc")]);
+        match sent {
+            // Two valid fields are no valid one.
+            Some("two") => {
+                fields.extend([("traceparent", valid), ("traceparent", other), ("tracestate", "vendor=abc")])
+            }
+            Some(t) => fields.extend([("traceparent", t), ("tracestate", "vendor=abc")]),
+            // State without a trace does not ride along either.
+            None => fields.push(("tracestate", "vendor=abc")),
         }
         assert_eq!(conn.send("GET", PATH, &fields, "").await.0, 200);
         let seen = backend.last().unwrap();
@@ -672,7 +679,8 @@ async fn trace_context_passes_through_or_is_started_and_is_logged() {
         assert_eq!(seen.headers.get_all("traceparent").iter().count(), 1, "{sent:?}");
         let parts: Vec<&str> = got.split('-').collect();
         assert_eq!((parts.len(), parts[0], parts[1].len(), parts[2].len()), (4, "00", 32, 16), "{got}");
-        assert!(Some(got.as_str()) != sent && !seen.headers.contains_key("tracestate"), "{sent:?}: {got}");
+        assert!(Some(got.as_str()) != sent && got != valid && got != other, "{sent:?}: {got}");
+        assert!(!seen.headers.contains_key("tracestate"), "{sent:?}");
     }
     drop(conn);
     drop(child);

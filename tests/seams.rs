@@ -800,3 +800,35 @@ async fn forwarding_fields_from_untrusted_peers_are_ignored() {
     assert_eq!(raw_request(env.gateway.addr, "GET", PATH, &fields, "").await.0, 200);
     assert_eq!(env.backend.last().unwrap().headers["x-forwarded-for"], "127.0.0.1");
 }
+
+/// An All Branches token admits any branch name, but one name as the config spells them:
+/// a list, `*`, `$all` or a path is a bad request, as for every other token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_branches_tokens_still_send_one_plain_branch_name() {
+    let env = Env::start().await;
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "application/json")];
+    let create = r#"{"token":{"name":"every branch","scope":[{"module":"$all","acl":{"read":true}},{"module":"branch","branches":["$all"],"acl":{"read":true}}]}}"#;
+    let (status, _, body) = env.send("POST", "/v3/stacks/management_tokens", &owner, create).await;
+    assert_eq!(status.as_u16(), 201, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let secret = v["token"]["token"].as_str().unwrap().to_owned();
+    let path = "/v3/content_types/blog/entries";
+    for (branch, want) in [
+        ("made-later", 200),
+        ("development", 200),
+        ("a,b", 400),
+        ("*", 400),
+        ("$all", 400),
+        ("../x", 400),
+        ("a b", 400),
+    ] {
+        let fields = [("api_key", API_KEY), ("authorization", secret.as_str()), ("branch", branch)];
+        let (status, _, _) = env.send("GET", path, &fields, "").await;
+        assert_eq!(status.as_u16(), want, "{branch}");
+    }
+    assert!(env
+        .backend
+        .seen()
+        .iter()
+        .all(|s| ["made-later", "development"].contains(&s.headers["branch"].to_str().unwrap())));
+}

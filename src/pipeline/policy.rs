@@ -41,11 +41,22 @@ fn check_branch(token: &Token, header: Option<&HeaderValue>) -> Result<(), Gatew
         None => DEFAULT_BRANCH,
         Some(v) => v.to_str().map_err(|_| GatewayError::BadRequest(BadRequest::InvalidHeader))?,
     };
+    // One branch or alias name, as the config allows them: a list (`a,b`, which HTTP
+    // reads as two fields), `*`, `$all` or a path could mean more to a backend than the
+    // one branch the gateway admitted (an All Branches token included).
+    if !is_branch_name(name) {
+        return Err(GatewayError::BadRequest(BadRequest::InvalidHeader));
+    }
     if branch_allowed(&token.grants, name, || stack_name(&token.stack, name)) {
         Ok(())
     } else {
         Err(GatewayError::Forbidden(Denial::Branch))
     }
+}
+
+/// A branch or alias name: 1 to 64 of `A-Z a-z 0-9 _ -` (the config's rule).
+fn is_branch_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// What a `branch` header names in the token's stack.

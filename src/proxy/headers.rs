@@ -119,8 +119,8 @@ impl Added {
 /// the token is replaced by identity headers. A user's `authtoken` never rides along
 /// with a management token, so the backend cannot authorise on something we did not.
 /// Every added name is also a dropped one, so the client cannot send a second copy.
-/// `trace` is a new `traceparent` when the client sent none or an invalid one (which
-/// goes, with its `tracestate`, as W3C Trace Context says); a valid one passes as is.
+/// `trace` is a new `traceparent` when the client sent none, an invalid one or several
+/// (which go, with any `tracestate`, as W3C Trace Context says); a valid one passes as is.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
@@ -131,7 +131,9 @@ pub fn prepare_request_headers(
     trace: Option<HeaderValue>,
 ) -> Added {
     remove_connection_listed(headers);
-    if trace.is_some() && headers.contains_key(TRACEPARENT) {
+    // A new trace carries none of the client's trace state (it belonged to no valid
+    // `traceparent`).
+    if trace.is_some() && (headers.contains_key(TRACEPARENT) || headers.contains_key(TRACESTATE)) {
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);
     }

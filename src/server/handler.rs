@@ -116,8 +116,10 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body);
     // The client's trace context if valid, else a new one (forwarded, and logged).
-    let (trace, generated) = match parts.headers.get(proxy::TRACEPARENT) {
-        Some(v) if request_id::trace_id(v.as_bytes()).is_some() => (v.clone(), None),
+    // Two `traceparent` fields are no valid one (W3C Trace Context): a new trace.
+    let mut sent = parts.headers.get_all(proxy::TRACEPARENT).iter();
+    let (trace, generated) = match (sent.next(), sent.next()) {
+        (Some(v), None) if request_id::trace_id(v.as_bytes()).is_some() => (v.clone(), None),
         _ => {
             let new = gw.ids.traceparent();
             (new.clone(), Some(new))
