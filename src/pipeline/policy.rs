@@ -41,11 +41,12 @@ fn check_branch(token: &Token, header: Option<&HeaderValue>) -> Result<(), Gatew
         None => DEFAULT_BRANCH,
         Some(v) => v.to_str().map_err(|_| GatewayError::BadRequest(BadRequest::InvalidHeader))?,
     };
-    // One branch or alias name, as the config allows them: a list (`a,b`, which HTTP
-    // reads as two fields), `*`, `$all` or a path could mean more to a backend than the
-    // one branch the gateway admitted (an All Branches token included).
+    // One branch or alias name, as the config allows them, or no branch at all (403,
+    // like an unknown one): a list (`a,b`, which HTTP reads as two fields), `*`, `$all`
+    // or a path could mean more to a backend than the one branch the gateway admitted,
+    // an All Branches token's included.
     if !is_branch_name(name) {
-        return Err(GatewayError::BadRequest(BadRequest::InvalidHeader));
+        return Err(GatewayError::Forbidden(Denial::Branch));
     }
     if branch_allowed(&token.grants, name, || stack_name(&token.stack, name)) {
         Ok(())
