@@ -594,7 +594,8 @@ async fn regenerate_without_grace_stops_the_old_secret_at_once() {
     }
 }
 
-/// A grace period over 7 days, or anything not a duration, is 422 and changes nothing.
+/// A grace period over 7 days, not whole seconds, or anything not a duration, is 422 and
+/// changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regenerate_refuses_a_grace_over_seven_days() {
     let env = Env::with_clock(std::sync::Arc::new(stackgate::clock::ManualClock::new(NOW))).await;
@@ -605,6 +606,7 @@ async fn regenerate_refuses_a_grace_over_seven_days() {
         (json!({"grace_period": "8d"}), "grace_period"),
         (json!({"grace_period": "7d 1s"}), "grace_period"),
         (json!({"grace_period": "soon"}), "grace_period"),
+        (json!({"grace_period": "500ms"}), "grace_period"),
         (json!({"grace_period": 3600}), "grace_period"),
         (json!({"grace_period": "1h", "colour": "red"}), "colour"),
         (json!(["1h"]), "grace_period"),

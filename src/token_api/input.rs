@@ -107,6 +107,8 @@ pub fn parse_regenerate(body: &[u8]) -> Result<i64, GatewayError> {
         match (key.as_str(), v) {
             ("grace_period", Value::Null) => {}
             ("grace_period", Value::String(text)) => match crate::config::parse_duration(text) {
+                // Whole seconds only: a grace of "500ms" would silently be none.
+                Ok(d) if d.subsec_nanos() != 0 => push(&mut errors, key, "must be whole seconds (\"90s\", \"1h\")."),
                 Ok(d) if i64::try_from(d.as_secs()).is_ok_and(|s| s <= MAX_GRACE_SECONDS) => {
                     grace = i64::try_from(d.as_secs()).unwrap_or(MAX_GRACE_SECONDS);
                 }
