@@ -227,6 +227,17 @@ fn ok(status: StatusCode, value: Value) -> Result<Response<Body>, GatewayError> 
     Ok(crate::error::json_response(status, &value).map(proxy::full))
 }
 
+/// Tokens from the configuration file change only with the file: 422 for an API change.
+fn refuse_static(stack: &Stack, uid: &str, verb: &str) -> Result<(), GatewayError> {
+    match static_token(stack, uid) {
+        Some(_) => Err(field_error(
+            "uid",
+            &format!("this token is defined in the configuration file and cannot be {verb} through the API."),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn static_token<'s>(stack: &'s Stack, uid: &str) -> Option<&'s TokenRecord> {
     stack.tokens.iter().find(|t| t.uid == uid)
 }
@@ -309,12 +320,7 @@ async fn update(
     uid: &str,
     body: Bytes,
 ) -> Result<Response<Body>, GatewayError> {
-    if static_token(stack, uid).is_some() {
-        return Err(field_error(
-            "uid",
-            "this token is defined in the configuration file and cannot be changed through the API.",
-        ));
-    }
+    refuse_static(stack, uid, "changed")?;
     let parsed = input::parse(&body, input::Purpose::Update)?;
     let snap = gw.snapshot();
     let ctx = context(gw, stack, &snap.config)?;
@@ -360,12 +366,7 @@ async fn regenerate(
     uid: &str,
     body: Bytes,
 ) -> Result<Response<Body>, GatewayError> {
-    if static_token(stack, uid).is_some() {
-        return Err(field_error(
-            "uid",
-            "this token is defined in the configuration file and cannot be regenerated through the API.",
-        ));
-    }
+    refuse_static(stack, uid, "regenerated")?;
     let grace = input::parse_regenerate(&body)?;
     let secret = new_secret().map_err(|_| GatewayError::Unavailable)?;
     let sha256 = hash_secret(secret.as_bytes());
@@ -415,12 +416,7 @@ async fn audit(gw: &Gateway, stack: &Stack, query: Option<&str>) -> Result<Respo
 }
 
 async fn delete(gw: &Arc<Gateway>, stack: &Stack, user: &str, uid: &str) -> Result<Response<Body>, GatewayError> {
-    if static_token(stack, uid).is_some() {
-        return Err(field_error(
-            "uid",
-            "this token is defined in the configuration file and cannot be deleted through the API.",
-        ));
-    }
+    refuse_static(stack, uid, "deleted")?;
     let (api_key, uid_owned) = (stack.api_key.clone(), uid.to_owned());
     let (by, at) = (user.to_owned(), now_rfc3339(gw.clock().now()));
     let rec = gw
