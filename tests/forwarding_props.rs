@@ -99,13 +99,14 @@ fn case() -> impl Strategy<Value = Case> {
     )
 }
 
-/// Whether the gateway must refuse the request: a credential twice or in another
-/// spelling, or a `Connection` list naming a protected field.
+/// Whether the gateway must refuse the request: a credential field (`api_key`,
+/// `authtoken`, `branch`) twice or in another spelling, or a `Connection` list naming a
+/// protected field.
 fn must_refuse(case: &Case) -> bool {
     let count = |canonical: &str| case.fields.iter().filter(|(n, _)| fold(n) == canonical).count();
     let alias = case.fields.iter().any(|(n, _)| fold(n) == "api-key" && n != "api_key");
     let listed = case.connection.iter().any(|n| PROTECTED.contains(&fold(n).as_str()));
-    alias || count("api-key") > 1 || count("branch") > 1 || listed
+    alias || count("api-key") > 1 || count("authtoken") > 1 || count("branch") > 1 || listed
 }
 
 struct World {
@@ -174,8 +175,13 @@ fn check(case: &Case, method: &str, body: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(192)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, failure_persistence: None, ..ProptestConfig::default() })]
+    // 192 cases by default; PROPTEST_CASES=N runs more.
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// The gateway's own HTTP/1 loop (no body).
     #[test]
