@@ -99,13 +99,13 @@ impl SeenRequest {
 /// gateway's parser says that request ended).
 const CANARY: &[u8] = b"GET /canary HTTP/1.1\r\nhost: canary\r\n\r\n";
 
-/// The gateway's own request-head parser (`server::fast::parse`) against hyper's HTTP/1
+/// The gateway's own request-head parser (`http1::server::parse`) against hyper's HTTP/1
 /// server, over the same byte stream (the input, then a canary request):
-/// - `parse` never panics; when it declines (`NotMine`, or an incomplete head) the buffer
+/// - `parse` never panics; when it declines (`ForHyper`, or an incomplete head) the buffer
 ///   is exactly what it was, since those bytes are handed to hyper;
 /// - a head it accepts carries no body: `Content-Length` at most once and only `0`, no
 ///   `Transfer-Encoding`, `Expect`, `Upgrade` (nor `Connection: upgrade`), not `CONNECT`;
-/// - every request it accepts, in order, up to its first `NotMine` (from there hyper has
+/// - every request it accepts, in order, up to its first `ForHyper` (from there hyper has
 ///   the connection: nothing is asserted), is one hyper's server also took, the same one
 ///   (method, target, HTTP/1.1, fields) with an empty body: so the next request starts at
 ///   the same byte for both. A request `parse` marks `Connection: close` ends its run.
@@ -123,14 +123,14 @@ pub fn check_h1_server(data: &[u8]) {
     }
 }
 
-/// The requests `server::fast::parse` takes from the stream, in order.
+/// The requests `http1::server::parse` takes from the stream, in order.
 fn fast_requests(stream: &[u8]) -> Vec<SeenRequest> {
     let mut buf = BytesMut::from(stream);
     let mut fields = Vec::new();
     let mut seen = Vec::new();
     while !buf.is_empty() {
         let before = buf.clone();
-        let (request, close) = match crate::server::fast::parse(&mut buf, &mut fields, MAX_HEAD) {
+        let (request, close) = match crate::http1::server::parse(&mut buf, &mut fields, MAX_HEAD) {
             Ok(Some(head)) => head,
             Ok(None) | Err(_) => {
                 assert_eq!(buf, before, "a declined head must leave the buffer as it was (hyper gets it)");
@@ -199,7 +199,7 @@ fn hyper_requests(stream: &[u8]) -> Vec<SeenRequest> {
 /// A response as one side read it: status and body bytes; `Err` if refused.
 type ReadOutcome = Result<(u16, Vec<u8>), String>;
 
-/// The gateway's own HTTP/1.1 client code (`proxy::h1`: `parse_head`, `framing`,
+/// The gateway's own HTTP/1.1 client code (`http1::client`: `parse_head`, `framing`,
 /// `decode_chunk`, driven as `Conn::talk` and the response body reader drive them)
 /// against hyper's HTTP/1 client, on a backend's response to a GET (first byte even) or
 /// HEAD (odd) request. The rest of the first byte, when not 0, is the size of the reads
@@ -234,7 +234,8 @@ pub fn check_h1_client(data: &[u8]) {
 /// What the gateway's client makes of the response bytes `wire`, fed in reads of `step`
 /// bytes and then the end of the connection.
 fn gateway_read(method: &Method, wire: &[u8], step: usize) -> ReadOutcome {
-    use crate::proxy::h1::{decode_chunk, framing, parse_head, Decoded, Framing, MAX_HEAD};
+    use crate::http1::client::{framing, parse_head, Framing, MAX_HEAD};
+    use crate::http1::{decode_chunk, Decoded};
     let mut reads = wire.chunks(step.max(1));
     let mut buf = BytesMut::new();
     let mut block = BytesMut::new();
@@ -242,7 +243,7 @@ fn gateway_read(method: &Method, wire: &[u8], step: usize) -> ReadOutcome {
     let head = loop {
         let head = loop {
             if !buf.is_empty() {
-                match parse_head(&buf, &mut block) {
+                match parse_head(&buf, &mut block, |_| false) {
                     Ok(Some(head)) => break head,
                     Ok(None) if buf.len() >= MAX_HEAD => return Err("head too large".into()),
                     Ok(None) => {}

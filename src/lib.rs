@@ -11,6 +11,8 @@
 //! - [`ratelimit`]: stage 6, charged after authorisation.
 //! - [`proxy`]: stage 7, forwarding (an HTTP/1.1 upstream connection per client
 //!   connection, or a pooled client for HTTP/2 and https) with streamed bodies.
+//! - [`http1`]: the gateway's own HTTP/1.1 server loop and upstream client, on one
+//!   framing implementation.
 //! - [`field_names`]: the header-field names the gateway reads, strips or refuses,
 //!   compared in every spelling.
 //! - [`json`]: strict JSON parsing for everything the gateway decides on.
@@ -28,6 +30,7 @@ pub mod error;
 pub mod field_names;
 pub mod fuzzing;
 pub mod guard;
+pub mod http1;
 pub mod json;
 pub mod notify;
 pub mod pipeline;

@@ -189,7 +189,7 @@ impl Metrics {
         registry.register(
             "upstream_stray_discards",
             "Upstream connections closed instead of reused: the backend sent bytes no request asked for",
-            crate::proxy::STRAY_DISCARDS.clone(),
+            crate::http1::client::STRAY_DISCARDS.clone(),
         );
         let tokens_loaded = Gauge::default();
         registry.register("tokens_loaded", "Management tokens in the active snapshot", tokens_loaded.clone());

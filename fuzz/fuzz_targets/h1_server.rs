@@ -1,4 +1,4 @@
-//! Request byte streams -> the gateway's own HTTP/1.1 head parser (`server::fast::parse`)
+//! Request byte streams -> the gateway's own HTTP/1.1 head parser (`http1::server::parse`)
 //! and hyper's HTTP/1 server: every request the parser takes, hyper takes the same way,
 //! with the same boundary (see `stackgate::fuzzing::check_h1_server`).
 #![no_main]

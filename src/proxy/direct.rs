@@ -3,7 +3,7 @@
 //!
 //! An HTTP/1 client connection's requests are sequential (hyper's server answers one
 //! before reading the next), so one upstream connection per client connection is all
-//! it can use. The request is written and the response read inline by `h1.rs`, in the
+//! it can use. The request is written and the response read inline by `http1::client`, in the
 //! client connection's own task: no pool lookup, no connection task, no channel
 //! between them. A response body that arrived with its head (the usual small one)
 //! releases the connection at once; a longer one takes it along and puts it back in
@@ -14,9 +14,10 @@
 //! upstream connection from the idle list (or opens one) and puts it back when its
 //! response is read to the end. https upstreams keep the pooled client.
 
-use super::h1::{Conn, Fields, Outgoing, ResponseBody, SendError};
-use super::{Added, Outbound, Streamed};
+use super::headers::replaced_by_gateway;
+use super::{Outbound, RequestRewrite, Streamed};
 use crate::error::{GatewayError, UpstreamFailure};
+use crate::http1::client::{Conn, Fields, Outgoing, RequestHead, ResponseBody, SendError};
 use http::{HeaderValue, Response};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -140,10 +141,17 @@ impl Direct {
         &self,
         slot: Option<&UpstreamSlot>,
         parts: &http::request::Parts,
-        added: &Added,
+        rewrite: &RequestRewrite,
         mut body: Outbound,
         deadline: Instant,
     ) -> Result<(Response<ResponseBody>, Fields), GatewayError> {
+        let head = RequestHead {
+            method: &parts.method,
+            target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            host: &self.host_header,
+            fields: || rewrite.fields(&parts.headers),
+            declared_length: parts.headers.contains_key(http::header::CONTENT_LENGTH),
+        };
         let mut fresh = false;
         loop {
             let mut conn = match slot.and_then(|slot| slot.take(&self.idle)).or_else(|| self.idle.pop()) {
@@ -157,7 +165,7 @@ impl Direct {
                 Outbound::Bytes(bytes) => Outgoing::Bytes(bytes),
                 Outbound::Stream(stream) => Outgoing::Stream(stream, exact_length(stream)),
             };
-            match conn.exchange(parts, &self.host_header, added, outgoing, deadline).await {
+            match conn.exchange(&head, outgoing, deadline).await {
                 Ok((head, fields, framing, keep)) => {
                     let (slot, idle) = (slot.cloned(), Arc::clone(&self.idle));
                     let body = ResponseBody::new(conn, framing, keep, move |conn| match slot {
@@ -177,7 +185,7 @@ impl Direct {
     /// A new connection, within the connect timeout and the request's deadline.
     async fn connect(&self, deadline: Instant) -> Result<Box<Conn>, GatewayError> {
         let give_up = deadline.min(Instant::now() + self.connect_timeout);
-        match tokio::time::timeout_at(give_up, Conn::connect(&self.host, self.port)).await {
+        match tokio::time::timeout_at(give_up, Conn::connect(&self.host, self.port, replaced_by_gateway)).await {
             Ok(Ok(conn)) => Ok(conn),
             Err(_) if give_up == deadline => Err(GatewayError::GatewayTimeout),
             Ok(Err(_)) | Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),

@@ -22,9 +22,9 @@ pub struct Identity<'a> {
 }
 
 /// Response fields the gateway sets itself, replacing a backend's (in any spelling).
-pub(super) fn is_gateway_set(name: &[u8]) -> bool {
+pub(super) fn replaced_by_gateway(name: &[u8]) -> bool {
     folded_eq(name, X_REQUEST_ID.as_str().as_bytes())
-        || crate::ratelimit::RateInfo::names(name)
+        || crate::ratelimit::fields::names(name)
         // Replaced when `[server.cors]` is on (the writer decides).
         || crate::field_names::folded_starts_with(name, b"access-control-")
 }
@@ -69,11 +69,12 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 }
 
 /// What the gateway does to a forwarded request's headers: the fields it drops and
-/// the ones it adds. The sender applies it: while writing the head on the direct path
-/// (so the map is neither searched for removals nor grown and rehashed for additions
-/// on every request), or to the header map for the pooled client.
+/// the ones it adds. Applied as the head is written on the direct path
+/// ([`RequestRewrite::fields`]: the map is neither searched for removals nor grown and
+/// rehashed for additions on every request), or to the header map for the pooled
+/// client ([`RequestRewrite::insert_into`]).
 #[derive(Debug, Default)]
-pub struct Added {
+pub struct RequestRewrite {
     added: [Option<(HeaderName, HeaderValue)>; 6],
     /// The request was made with a management token: no user session rides along.
     token: bool,
@@ -81,7 +82,7 @@ pub struct Added {
     drop_token: bool,
 }
 
-impl Added {
+impl RequestRewrite {
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         self.added.iter().flatten().map(|(n, v)| (n, v))
     }
@@ -102,6 +103,16 @@ impl Added {
             || (self.drop_token && folded_eq(raw, AUTHORIZATION.as_bytes())))
     }
 
+    /// The fields the backend gets, in order: the client's that are forwarded (but
+    /// `Content-Length`, which the sender states itself), then the gateway's own.
+    pub fn fields<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+    ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
+        let kept = headers.iter().filter(move |(name, _)| self.forwards(name) && *name != header::CONTENT_LENGTH);
+        kept.chain(self.iter())
+    }
+
     /// Applies the changes to a header map (the pooled client's path).
     pub fn insert_into(&self, headers: &mut HeaderMap) {
         remove_where(headers, |n| !self.forwards(n));
@@ -113,7 +124,7 @@ impl Added {
 
 /// Decides how client request headers are rewritten for the backend. Only the names
 /// a `Connection` header lists are removed here (rare, and per request); the rest is
-/// left to the sender (`Added::forwards`, `Added::iter`).
+/// left to the sender (`RequestRewrite::fields`).
 ///
 /// `identity` is `Some` for management-token requests; with `forward_token = false`
 /// the token is replaced by identity headers. A user's `authtoken` never rides along
@@ -129,7 +140,7 @@ pub fn prepare_request_headers(
     identity: Option<Identity<'_>>,
     forward_token: bool,
     trace: Option<HeaderValue>,
-) -> Added {
+) -> RequestRewrite {
     remove_connection_listed(headers);
     // A new trace carries none of the client's trace state (it belonged to no valid
     // `traceparent`).
@@ -138,7 +149,7 @@ pub fn prepare_request_headers(
         headers.remove(TRACESTATE);
     }
     let proto = if https { "https" } else { "http" };
-    let mut added = Added {
+    let mut added = RequestRewrite {
         added: [
             Some((X_FORWARDED_FOR, peer.clone())),
             Some((X_FORWARDED_PROTO, HeaderValue::from_static(proto))),
@@ -222,6 +233,45 @@ mod tests {
         assert_eq!(h["branch"], "main");
     }
 
+    /// The direct path's fields are the pooled path's, in order, without a length.
+    #[test]
+    fn written_fields_are_the_forwarded_ones_then_the_gateways() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "client"),
+            ("content-length", "999"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-request-id", "client"),
+            ("authtoken", "user-session"),
+            ("authorization", "cs-token"),
+            ("api_key", "blt1"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let (peer, id) = (HeaderValue::from_static("10.1.1.1"), HeaderValue::from_static("r1"));
+        let identity = Identity { token_uid: "blt9", access: "read" };
+        let rewrite = prepare_request_headers(&mut h, &peer, false, &id, Some(identity), false, None);
+        let lines: Vec<String> = rewrite.fields(&h).map(|(n, v)| format!("{n}: {}", v.to_str().unwrap())).collect();
+        assert_eq!(
+            lines,
+            [
+                "api_key: blt1",
+                "x-forwarded-for: 10.1.1.1",
+                "x-forwarded-proto: http",
+                "x-request-id: r1",
+                "x-stackgate-token-uid: blt9",
+                "x-stackgate-access: read",
+            ]
+        );
+        // Without a management token (a user session) both credentials pass.
+        let none = RequestRewrite::default();
+        let user: Vec<&str> = none.fields(&h).map(|(n, _)| n.as_str()).collect();
+        assert_eq!(user, ["api_key", "authtoken", "authorization"]);
+    }
+
     #[test]
     fn every_hop_by_hop_and_spoofable_name_is_stripped() {
         let hop = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization"];
@@ -233,7 +283,7 @@ mod tests {
         for name in hop.iter().chain(&more).chain(&spoof).chain(&underscored).chain(&["api_key", "content-type"]) {
             h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
         }
-        Added::default().insert_into(&mut h);
+        RequestRewrite::default().insert_into(&mut h);
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["api_key", "content-type"]);

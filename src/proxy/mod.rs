@@ -1,7 +1,7 @@
 //! Stage 7: forwarding to the backend (DESIGN.md section 8).
 //!
 //! Requests to a plain-HTTP upstream go direct (`direct.rs`, speaking HTTP/1.1
-//! through `h1.rs`): an HTTP/1 client connection's down its own upstream connection, an
+//! through [`crate::http1::client`]): an HTTP/1 client connection's down its own upstream connection, an
 //! HTTP/2 stream's down one from a shared idle list. https upstreams use one pooled
 //! hyper-util client per upstream config. Bodies stream both ways. Headers
 //! are rewritten in place: hop-by-hop and spoofable headers removed, forwarding and
@@ -9,14 +9,14 @@
 
 mod body;
 mod direct;
-pub(crate) mod h1;
 mod headers;
 
+use crate::http1::client::{self, Fields};
+use crate::http1::server::CarriesFields;
 pub use body::{drain, BodyState, ClientBody, Streamed};
 pub use direct::UpstreamSlot;
-pub use h1::{Fields, STRAY_DISCARDS};
 use headers::prepare_response_headers;
-pub use headers::{join_cookies, prepare_request_headers, Added, Identity, TRACEPARENT, X_REQUEST_ID};
+pub use headers::{join_cookies, prepare_request_headers, Identity, RequestRewrite, TRACEPARENT, X_REQUEST_ID};
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
@@ -67,26 +67,28 @@ impl From<Outbound> for ReqBody {
 
 /// A backend's response body, from whichever path carried the request. The direct
 /// path's carries the backend's header fields until a writer takes them
-/// ([`take_fields`], [`fill_headers`]).
+/// (the HTTP/1.1 server through [`CarriesFields`], every other one through [`fill_headers`]).
 #[derive(Debug)]
 pub enum UpstreamBody {
     Pooled(Incoming),
-    Direct(h1::ResponseBody, Option<Fields>),
+    Direct(client::ResponseBody, Option<Fields>),
 }
 
 /// The backend's header fields the direct path kept as a block (see [`Fields`]), for
-/// the HTTP/1.1 loop to write as they are.
-pub fn take_fields(body: &mut Body) -> Option<Fields> {
-    match body {
-        Either::Left(UpstreamBody::Direct(_, fields)) => fields.take(),
-        _ => None,
+/// the HTTP/1.1 server to write as they are.
+impl CarriesFields for Body {
+    fn take_fields(&mut self) -> Option<Fields> {
+        match self {
+            Either::Left(UpstreamBody::Direct(_, fields)) => fields.take(),
+            _ => None,
+        }
     }
 }
 
 /// Moves any fields the body still carries into the response's header map: for
 /// every writer but the HTTP/1.1 loop.
 pub fn fill_headers(resp: &mut Response<Body>) {
-    if let Some(fields) = take_fields(resp.body_mut()) {
+    if let Some(fields) = resp.body_mut().take_fields() {
         fields.into_map(resp.headers_mut());
     }
 }
@@ -202,19 +204,19 @@ impl UpstreamClient {
         &self,
         slot: Option<&UpstreamSlot>,
         mut parts: http::request::Parts,
-        added: &Added,
+        rewrite: &RequestRewrite,
         body: Outbound,
         state: &BodyState,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let result = match &self.direct {
             Some(direct) => {
                 let deadline = tokio::time::Instant::now() + self.upstream.request_timeout;
-                let sent = direct.send(slot, &parts, added, body, deadline).await;
+                let sent = direct.send(slot, &parts, rewrite, body, deadline).await;
                 sent.map(|(resp, fields)| resp.map(|body| UpstreamBody::Direct(body, Some(fields))))
             }
             None => {
                 parts.version = Version::HTTP_11;
-                added.insert_into(&mut parts.headers);
+                rewrite.insert_into(&mut parts.headers);
                 let req = Request::from_parts(parts, ReqBody::from(body));
                 match tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await {
                     Ok(Ok(mut resp)) => {

@@ -9,7 +9,10 @@
 //! its own limit never spends its organisation's budget. Buckets are `Arc`s carried
 //! from one snapshot to the next while their rate is unchanged (see `snapshot.rs`).
 
+pub mod fields;
 pub mod redis;
+
+pub use fields::RateInfo;
 
 use crate::error::GatewayError;
 use crate::pipeline::{Access, Operation, Rule};
@@ -19,17 +22,12 @@ use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::HeaderValue;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The buckets' time source: `std::time::Instant` (monotonic on every core), or a
 /// manually advanced clock for tests.
@@ -194,80 +192,6 @@ pub struct TokenBuckets {
     pub bulk_write: Charge,
 }
 
-/// What the rate-limit headers report: the bucket closest to empty.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateInfo {
-    pub name: &'static str,
-    pub limit: u32,
-    pub remaining: u32,
-    pub reset: u64,
-    pub policy: HeaderValue,
-    /// `limit` as a header value (the bucket's, shared).
-    pub limit_header: HeaderValue,
-}
-
-/// Header values of the numbers `X-RateLimit-Remaining` usually carries, built once:
-/// a clone is a reference-count increment where `HeaderValue::from(n)` allocates.
-fn number_header(n: u32) -> HeaderValue {
-    static SMALL: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
-    let small = SMALL.get_or_init(|| (0..=1024u32).map(HeaderValue::from).collect());
-    usize::try_from(n).ok().and_then(|i| small.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(n))
-}
-
-impl RateInfo {
-    /// Writes `X-RateLimit-*` and the draft `RateLimit-Policy` / `RateLimit` fields.
-    pub fn write_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(X_RATELIMIT_LIMIT, self.limit_header.clone());
-        headers.insert(X_RATELIMIT_REMAINING, number_header(self.remaining));
-        headers.insert(RATELIMIT_POLICY, self.policy.clone());
-        // `"name";r=REMAINING;t=RESET`
-        let mut current = Vec::with_capacity(self.name.len() + 48);
-        current.push(b'"');
-        current.extend_from_slice(self.name.as_bytes());
-        current.extend_from_slice(b"\";r=");
-        current.extend_from_slice(itoa::Buffer::new().format(self.remaining).as_bytes());
-        current.extend_from_slice(b";t=");
-        current.extend_from_slice(itoa::Buffer::new().format(self.reset).as_bytes());
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(current)) {
-            headers.insert(RATELIMIT, v);
-        }
-    }
-
-    /// The same fields as [`RateInfo::write_headers`], as `name: value` lines of an
-    /// HTTP/1 response head: the HTTP/1 writer puts them straight into the head, with
-    /// no header map and no allocation.
-    pub fn write_lines(&self, out: &mut Vec<u8>) {
-        let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
-        let remaining = remaining.format(self.remaining).as_bytes();
-        out.extend_from_slice(b"x-ratelimit-limit: ");
-        out.extend_from_slice(self.limit_header.as_bytes());
-        out.extend_from_slice(b"\r\nx-ratelimit-remaining: ");
-        out.extend_from_slice(remaining);
-        out.extend_from_slice(b"\r\nratelimit-policy: ");
-        out.extend_from_slice(self.policy.as_bytes());
-        out.extend_from_slice(b"\r\nratelimit: \"");
-        out.extend_from_slice(self.name.as_bytes());
-        out.extend_from_slice(b"\";r=");
-        out.extend_from_slice(remaining);
-        out.extend_from_slice(b";t=");
-        out.extend_from_slice(reset.format(self.reset).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-
-    /// Whether `name` (in any spelling) is one of the fields this writes (a backend's
-    /// own copy is replaced, not repeated).
-    pub fn names(name: &[u8]) -> bool {
-        [&X_RATELIMIT_LIMIT, &X_RATELIMIT_REMAINING, &RATELIMIT_POLICY, &RATELIMIT]
-            .iter()
-            .any(|n| crate::field_names::folded_eq(name, n.as_str().as_bytes()))
-    }
-
-    /// Adds `Retry-After` to a 429.
-    pub fn write_retry_after(headers: &mut HeaderMap, secs: u64) {
-        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-    }
-}
-
 /// The rate-limit backends' one interface: charge a management-token request to its
 /// buckets. `Ok(None)`: admitted with nothing to report (Redis unreachable, fail open).
 pub trait RateLimit: Send + Sync {
@@ -395,13 +319,6 @@ mod tests {
         clock.advance(Duration::from_secs(3));
         assert_eq!(admitted(&b, 20), 2, "never more than its part of the burst");
         assert_eq!((b.rate(), b.burst()), (5, 5), "headers still show the whole bucket");
-    }
-
-    #[test]
-    fn number_headers() {
-        for n in [0u32, 1, 1024, 1025, u32::MAX] {
-            assert_eq!(number_header(n), n.to_string().as_str());
-        }
     }
 
     #[test]
@@ -610,21 +527,5 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
         let info = check(token, &read()).unwrap();
         assert_eq!((info.name, info.limit, info.remaining), ("token-read", 3, 2));
         assert_eq!(info.policy, "\"token-read\";q=3;w=1, \"org-read\";q=10;w=1");
-        let mut h = HeaderMap::new();
-        info.write_headers(&mut h);
-        assert_eq!(h["x-ratelimit-limit"], "3");
-        assert_eq!(h["x-ratelimit-remaining"], "2");
-        assert_eq!(h["ratelimit"], "\"token-read\";r=2;t=1");
-        // The HTTP/1 writer's rendering is the same, field for field.
-        let mut lines = Vec::new();
-        info.write_lines(&mut lines);
-        let mut parsed = HeaderMap::new();
-        for line in std::str::from_utf8(&lines).unwrap().split_terminator("\r\n") {
-            let (name, value) = line.split_once(": ").unwrap();
-            assert!(RateInfo::names(name.as_bytes()), "{name}");
-            parsed.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
-        }
-        assert_eq!(parsed, h);
-        assert!(!RateInfo::names(b"content-type"));
     }
 }

@@ -12,7 +12,7 @@ use http::header::{
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
     ACCESS_CONTROL_REQUEST_METHOD, ALLOW, ORIGIN, VARY,
 };
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 
 /// The CORS fields of one answer.
 #[derive(Debug, Clone)]
@@ -44,36 +44,36 @@ impl Fields {
         }
     }
 
-    /// Inserts the fields into a header map, replacing the backend's.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        let (vary, allowed) = match self {
-            Fields::VaryOnly => (true, None),
-            Fields::Allowed { vary, .. } => (*vary, Some(self)),
+    /// Each field, in order.
+    pub fn each(&self, f: &mut dyn FnMut(&HeaderName, &[u8])) {
+        let vary = match self {
+            Fields::VaryOnly => true,
+            Fields::Allowed { origin, credentials, expose, vary } => {
+                f(&ACCESS_CONTROL_ALLOW_ORIGIN, origin.as_bytes());
+                if *credentials {
+                    f(&ACCESS_CONTROL_ALLOW_CREDENTIALS, b"true");
+                }
+                if let Some(expose) = expose {
+                    f(&ACCESS_CONTROL_EXPOSE_HEADERS, expose.as_bytes());
+                }
+                *vary
+            }
         };
-        if let Some(Fields::Allowed { origin, credentials, expose, .. }) = allowed {
-            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            if *credentials {
-                headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-            }
-            if let Some(expose) = expose {
-                headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
-            }
-        }
         if vary {
-            headers.append(VARY, HeaderValue::from_static("origin"));
+            f(&VARY, b"origin");
         }
     }
 
-    /// The same fields as lines of an HTTP/1 response head.
-    pub fn write_lines(&self, out: &mut Vec<u8>) {
-        let mut map = HeaderMap::new();
-        self.apply(&mut map);
-        for (name, value) in &map {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+    /// Inserts the fields into a header map (`Vary` is added to any already there).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        self.each(&mut |name, value| {
+            let Ok(value) = HeaderValue::from_bytes(value) else { return };
+            if *name == VARY {
+                headers.append(name.clone(), value);
+            } else {
+                headers.insert(name.clone(), value);
+            }
+        });
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::{client, cors, request_id, Gateway};
 use crate::error::{BadRequest, GatewayError};
+use crate::http1::server::AddedFields;
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::ClientBody;
 use crate::proxy::{self, prepare_request_headers, Body, BodyState, Identity, Outbound, Streamed, UpstreamSlot};
@@ -38,49 +39,51 @@ impl ConnInfo {
 }
 
 /// Fields the gateway adds to every response it forwards or makes: `X-Request-Id`,
-/// and the rate-limit fields of an admitted request. They travel beside the response
-/// rather than in its header map, because the HTTP/1 fast loop writes them straight
-/// into the head: inserting them into the map hashes each name and may grow the map,
-/// on every request. For hyper they are inserted ([`Stamp::apply`]).
+/// the rate-limit fields of an admitted request, and the CORS fields. They travel
+/// beside the response rather than in its header map: the HTTP/1.1 server writes them
+/// straight into the head ([`AddedFields`]); for hyper they are inserted
+/// ([`GatewayFields::apply`]). Both render them through [`GatewayFields::each`].
 #[derive(Debug)]
-pub struct Stamp {
+pub struct GatewayFields {
     request_id: HeaderValue,
     rate: Option<RateInfo>,
     /// CORS fields, when `[server.cors]` is on (see [`cors`]).
     cors: Option<cors::Fields>,
 }
 
-impl Stamp {
-    /// Inserts the fields into a response's header map, replacing the backend's own.
+impl GatewayFields {
+    /// Inserts the fields into a response's header map, replacing the backend's own
+    /// (`Vary` is added to the backend's).
     pub fn apply(self, headers: &mut HeaderMap) {
-        headers.insert(proxy::X_REQUEST_ID, self.request_id);
-        if let Some(rate) = self.rate {
-            rate.write_headers(headers);
-        }
-        if let Some(cors) = &self.cors {
+        if self.cors.is_some() {
             remove_cors_fields(headers);
-            cors.apply(headers);
         }
+        self.each(&mut |name, value| {
+            let Ok(value) = HeaderValue::from_bytes(value) else { return };
+            if *name == http::header::VARY {
+                headers.append(name.clone(), value);
+            } else {
+                headers.insert(name.clone(), value);
+            }
+        });
     }
+}
 
-    /// Whether a response field is one of these (the backend's copy gives way).
-    pub fn replaces(&self, name: &HeaderName) -> bool {
+impl AddedFields for GatewayFields {
+    fn replaces(&self, name: &HeaderName) -> bool {
         let raw = name.as_str().as_bytes();
         *name == proxy::X_REQUEST_ID
-            || (self.rate.is_some() && RateInfo::names(raw))
+            || (self.rate.is_some() && crate::ratelimit::fields::names(raw))
             || (self.cors.is_some() && cors::replaces(raw))
     }
 
-    /// The fields as lines of an HTTP/1 response head (see [`RateInfo::write_lines`]).
-    pub fn write_lines(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(self.request_id.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    fn each(&self, f: &mut dyn FnMut(&HeaderName, &[u8])) {
+        f(&proxy::X_REQUEST_ID, self.request_id.as_bytes());
         if let Some(rate) = &self.rate {
-            rate.write_lines(out);
+            rate.each(f);
         }
         if let Some(cors) = &self.cors {
-            cors.write_lines(out);
+            cors.each(f);
         }
     }
 }
@@ -99,14 +102,18 @@ pub async fn handle(
     req: Request<ClientBody>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<Body>, Infallible> {
-    let (mut resp, stamp) = respond(gw, req, conn).await;
+    let (mut resp, fields) = respond(gw, req, conn).await;
     proxy::fill_headers(&mut resp);
-    stamp.apply(resp.headers_mut());
+    fields.apply(resp.headers_mut());
     Ok(resp)
 }
 
 /// Serves one request: the response, and the fields still to be added to it.
-pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnInfo>) -> (Response<Body>, Stamp) {
+pub async fn respond(
+    gw: Arc<Gateway>,
+    req: Request<ClientBody>,
+    conn: Arc<ConnInfo>,
+) -> (Response<Body>, GatewayFields) {
     let started = Instant::now();
     let request_id = gw.ids.next();
     // What the access log needs of the request, kept only when the log is on.
@@ -168,7 +175,7 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
     let op = facts.op;
     let took = started.elapsed();
     gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
-    let Some((method, uri)) = logged else { return (resp, Stamp { request_id, rate, cors }) };
+    let Some((method, uri)) = logged else { return (resp, GatewayFields { request_id, rate, cors }) };
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -184,7 +191,7 @@ pub async fn respond(gw: Arc<Gateway>, req: Request<ClientBody>, conn: Arc<ConnI
         detail = %error.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     );
-    (resp, Stamp { request_id, rate, cors })
+    (resp, GatewayFields { request_id, rate, cors })
 }
 
 fn header_of(ip: std::net::IpAddr) -> HeaderValue {

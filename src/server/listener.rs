@@ -1,10 +1,10 @@
 //! The main listener: a connection cap, optional TLS (ALPN h2 / http/1.1), HTTP/1.1 and
 //! HTTP/2 on the same port, header, idle and size limits, and graceful drain.
 
-use super::fast;
-use super::handler::ConnInfo;
+use super::handler::{respond, ConnInfo};
 use super::idle::IdleIo;
 use super::{handle, Gateway};
+use crate::http1::server as http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -121,11 +121,17 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let info = Arc::new(ConnInfo::new(self.peer, https));
-        let fast_limits =
-            fast::Limits { header_read_timeout: limits.header_read_timeout, max_header_bytes: limits.max_header_bytes };
-        match fast::serve(&mut io, &self.gw, &info, &fast_limits, &mut self.shutdown).await {
-            fast::Outcome::Closed => drop(watcher),
-            fast::Outcome::Handover(read) => self.serve(fast::Prefixed::new(read, io), info, watcher).await,
+        let h1_limits = http1::Limits {
+            header_read_timeout: limits.header_read_timeout,
+            max_header_bytes: limits.max_header_bytes,
+        };
+        let (gw, conn) = (&self.gw, &info);
+        let service = |req: hyper::Request<()>| {
+            respond(Arc::clone(gw), req.map(|()| crate::proxy::ClientBody::Empty), Arc::clone(conn))
+        };
+        match http1::serve(&mut io, service, &h1_limits, &mut self.shutdown).await {
+            http1::Outcome::Closed => drop(watcher),
+            http1::Outcome::Handover(read) => self.serve(http1::Prefixed::new(read, io), info, watcher).await,
         }
     }
 

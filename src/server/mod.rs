@@ -4,7 +4,6 @@
 mod admin;
 mod client;
 mod cors;
-pub(crate) mod fast;
 mod handler;
 mod idle;
 mod listener;

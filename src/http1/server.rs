@@ -2,26 +2,21 @@
 //!
 //! Most CMA calls are HTTP/1.1 requests without a body (GET, HEAD, DELETE) on a
 //! keep-alive connection. For those, this loop reads and parses the head (`httparse`,
-//! as hyper does), runs the same handler, and writes the response itself: no
-//! dispatcher, no per-request timer or buffer hand-offs. Anything else — a body
-//! (`Content-Length` or `Transfer-Encoding`), `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0,
-//! HTTP/2, a head that does not parse or is too large — hands the connection, with the
-//! bytes already read, to hyper for the rest of its life, so every framing and error
-//! case keeps hyper's behaviour.
+//! as hyper does), calls the service, and writes the response itself: no dispatcher,
+//! no per-request timer or buffer hand-offs. Anything else (a body, `Expect`,
+//! `Upgrade`, `CONNECT`, HTTP/1.0, HTTP/2, a head that does not parse or is too large)
+//! hands the connection, with the bytes already read, to hyper for the rest of its
+//! life, so every framing and error case keeps hyper's behaviour.
 
-use super::handler::{respond, ConnInfo, Stamp};
-use super::Gateway;
-use crate::pipeline::auth::{API_KEY, AUTHTOKEN, BRANCH};
-use crate::proxy::{self, Body, ClientBody, Fields};
+use super::client::Fields;
+use super::common::{connection_options, date, put_field, put_length, put_status, ConnectionOptions};
+use crate::field_names::{API_KEY, AUTHTOKEN, BRANCH};
 use crate::timer;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
 use std::future::Future;
-use std::io::Write as _;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -32,8 +27,6 @@ use tokio::time::Instant;
 const MAX_HEADERS: usize = 100;
 /// Request targets longer than this go to hyper (which answers 414).
 const MAX_URI: usize = 65_534;
-/// Response bodies up to this size leave in the same write as the head.
-const COALESCE: usize = 16 * 1024;
 
 /// How the loop ended.
 pub enum Outcome {
@@ -51,21 +44,41 @@ pub struct Limits {
 }
 
 /// A head this loop does not take: hyper gets the connection.
-pub(crate) struct NotMine;
+pub struct ForHyper;
 
 /// A complete head: the request, and whether the client asked to close afterwards.
-type Head = (Request<ClientBody>, bool);
+type Head = (Request<()>, bool);
 
-/// Serves requests until the connection ends or a request needs hyper.
-pub async fn serve<I>(
+/// Fields the service adds to every response, kept beside it rather than in its header
+/// map: the loop writes them straight into the head (inserting them into the map
+/// would hash each name and may grow the map, on every request).
+pub trait AddedFields {
+    /// Whether a response field is one of these (the response's own copy gives way).
+    fn replaces(&self, name: &HeaderName) -> bool;
+    /// Each field, in order.
+    fn each(&self, f: &mut dyn FnMut(&HeaderName, &[u8]));
+}
+
+/// A response body that may still carry its upstream's header fields as a block
+/// ([`Fields`]), which the loop copies into the head as they are.
+pub trait CarriesFields: hyper::body::Body<Data = Bytes> + Unpin {
+    fn take_fields(&mut self) -> Option<Fields>;
+}
+
+/// Serves requests until the connection ends or a request needs hyper. `service`
+/// answers each request with its response and the fields to add to it.
+pub async fn serve<I, S, Fut, B, A>(
     io: &mut I,
-    gw: &Arc<Gateway>,
-    info: &Arc<ConnInfo>,
+    mut service: S,
     limits: &Limits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Outcome
 where
     I: AsyncRead + AsyncWrite + Unpin,
+    S: FnMut(Request<()>) -> Fut,
+    Fut: Future<Output = (Response<B>, A)>,
+    B: CarriesFields,
+    A: AddedFields,
 {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(1024);
@@ -82,7 +95,7 @@ where
             if !buf.is_empty() {
                 match parse(&mut buf, &mut fields, limits.max_header_bytes) {
                     Ok(Some(head)) => break head,
-                    Err(NotMine) => return Outcome::Handover(buf),
+                    Err(ForHyper) => return Outcome::Handover(buf),
                     Ok(None) if buf.len() > limits.max_header_bytes => return Outcome::Handover(buf),
                     Ok(None) => {}
                 }
@@ -100,11 +113,11 @@ where
         };
         let head_only = req.method() == Method::HEAD;
         // Pinned here and lent out: moving the (large) future again would cost a copy.
-        let handled = std::pin::pin!(respond(Arc::clone(gw), req, Arc::clone(info)));
-        let Some((resp, stamp)) = unless_hung_up(io, &mut buf, handled, limits.max_header_bytes).await else {
+        let handled = std::pin::pin!(service(req));
+        let Some((resp, added)) = unless_hung_up(io, &mut buf, handled, limits.max_header_bytes).await else {
             return Outcome::Closed;
         };
-        let done = write_response(io, &mut out, resp, &stamp, head_only, close).await;
+        let done = write_response(io, &mut out, resp, &added, head_only, close).await;
         if close || !done || *shutdown.borrow() {
             let _ = io.shutdown().await;
             return Outcome::Closed;
@@ -167,61 +180,56 @@ where
 
 /// Parses a buffered head (`None`: incomplete). Only the HTTP/1.1 head of a request
 /// without a body is taken; `fields` is scratch space kept across requests.
-pub(crate) fn parse(
+pub fn parse(
     buf: &mut BytesMut,
     fields: &mut Vec<(HeaderName, usize, usize)>,
     max_head: usize,
-) -> Result<Option<Head>, NotMine> {
+) -> Result<Option<Head>, ForHyper> {
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(NotMine),
+        Err(_) => return Err(ForHyper),
     };
-    let (Some(1), Some(method), Some(path)) = (req.version, req.method, req.path) else { return Err(NotMine) };
+    let (Some(1), Some(method), Some(path)) = (req.version, req.method, req.path) else { return Err(ForHyper) };
     if len > max_head || path.len() > MAX_URI {
-        return Err(NotMine);
+        return Err(ForHyper);
     }
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Err(NotMine) };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Err(ForHyper) };
     if method == Method::CONNECT {
-        return Err(NotMine);
+        return Err(ForHyper);
     }
     let base = buf.as_ptr() as usize;
     let path_at = path.as_ptr() as usize - base;
-    let (mut close, mut declared) = (false, false);
+    let (mut options, mut declared) = (ConnectionOptions::default(), false);
     fields.clear();
     for h in req.headers.iter() {
-        let Some(name) = header_name(h.name.as_bytes()) else { return Err(NotMine) };
+        let Some(name) = header_name(h.name.as_bytes()) else { return Err(ForHyper) };
         match name {
             // `Content-Length: 0` (once) declares no body, as many clients send it.
             CONTENT_LENGTH if h.value == b"0" && !declared => declared = true,
             // A body, or something only hyper handles.
-            CONTENT_LENGTH | TRANSFER_ENCODING | http::header::EXPECT | http::header::UPGRADE => return Err(NotMine),
-            CONNECTION => {
-                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        return Err(NotMine);
-                    }
-                }
-            }
+            CONTENT_LENGTH | TRANSFER_ENCODING | http::header::EXPECT | http::header::UPGRADE => return Err(ForHyper),
+            CONNECTION => connection_options(h.value, &mut options, |_| {}),
             _ => {}
         }
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
+    if options.upgrade {
+        return Err(ForHyper);
+    }
     let path_len = path.len();
     let head = buf.split_to(len).freeze();
     match build(&head, path_at..path_at + path_len, fields, method) {
-        Some(request) => Ok(Some((request, close))),
+        Some(request) => Ok(Some((request, options.close))),
         None => {
             // `http` refused what `httparse` took (practically never): put the head
             // back for hyper, which answers it.
             let mut whole = BytesMut::from(&head[..]);
             whole.extend_from_slice(buf);
             *buf = whole;
-            Err(NotMine)
+            Err(ForHyper)
         }
     }
 }
@@ -231,9 +239,9 @@ pub(crate) fn parse(
 /// constants instead (as sent, in lower case; other spellings take the general path).
 fn header_name(raw: &[u8]) -> Option<HeaderName> {
     match raw {
-        b"api_key" => Some(API_KEY),
-        b"branch" => Some(BRANCH),
-        b"authtoken" => Some(AUTHTOKEN),
+        b"api_key" => Some(HeaderName::from_static(API_KEY)),
+        b"branch" => Some(HeaderName::from_static(BRANCH)),
+        b"authtoken" => Some(HeaderName::from_static(AUTHTOKEN)),
         _ => HeaderName::from_bytes(raw).ok(),
     }
 }
@@ -244,13 +252,13 @@ fn build(
     path: std::ops::Range<usize>,
     fields: &mut Vec<(HeaderName, usize, usize)>,
     method: Method,
-) -> Option<Request<ClientBody>> {
+) -> Option<Request<()>> {
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
     let mut map = HeaderMap::with_capacity(fields.len() + 6);
     for (name, at, n) in fields.drain(..) {
         map.append(name, HeaderValue::from_maybe_shared(head.slice(at..at + n)).ok()?);
     }
-    let mut request = Request::new(ClientBody::Empty);
+    let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = map;
@@ -258,21 +266,23 @@ fn build(
 }
 
 /// Writes a response; returns whether the connection can carry another request.
-async fn write_response<I>(
+async fn write_response<I, B, A>(
     io: &mut I,
     out: &mut Vec<u8>,
-    resp: Response<Body>,
-    stamp: &Stamp,
+    resp: Response<B>,
+    added: &A,
     head_only: bool,
     close: bool,
 ) -> bool
 where
     I: AsyncWrite + Unpin,
+    B: CarriesFields,
+    A: AddedFields,
 {
     let (mut parts, mut body) = resp.into_parts();
-    // The backend's fields as one block, unless one of them must give way to ours.
-    let fields = match proxy::take_fields(&mut body) {
-        Some(fields) if fields.has_gateway_set() => {
+    // The upstream's fields as one block, unless one of them must give way to ours.
+    let fields = match body.take_fields() {
+        Some(fields) if fields.has_replaced() => {
             fields.into_map(&mut parts.headers);
             None
         }
@@ -282,140 +292,62 @@ where
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let exact = hyper::body::Body::size_hint(&body).exact();
     out.clear();
-    write_head(out, &parts, fields.as_ref(), stamp, head_only && !bodiless, close);
+    write_head(out, &parts, fields.as_ref(), added, head_only && !bodiless, close);
     match (head_only || bodiless, exact) {
         (true, _) => {
             // A HEAD answer says the length the GET would have had, if known.
             let stated = parts.headers.contains_key(CONTENT_LENGTH) || fields.is_some_and(|f| f.length().is_some());
             if head_only && !bodiless && !stated {
                 if let Some(n) = exact.filter(|&n| n > 0) {
-                    put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+                    put_length(out, n);
                 }
             }
             out.extend_from_slice(b"\r\n");
             io.write_all(out).await.is_ok()
         }
         (false, Some(n)) => {
-            put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            put_length(out, n);
             out.extend_from_slice(b"\r\n");
-            write_body(io, out, body, false).await.is_some_and(|sent| sent == n)
+            super::body::write_body(io, out, &mut body, false).await.is_ok_and(|sent| sent == n)
         }
         (false, None) => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            write_body(io, out, body, true).await.is_some()
+            super::body::write_body(io, out, &mut body, true).await.is_ok()
         }
     }
 }
 
-/// Status line and fields (the map's, and the backend's block if there is one),
-/// without the framing ones (written by the caller from the body), with the gateway's
-/// own (`stamp`), adding `Date` when the response has none and `Connection: close`
-/// when the connection ends after it.
-fn write_head(
+/// Status line and fields (the map's, and the upstream's block if there is one),
+/// without the framing ones (written by the caller from the body), with the added
+/// ones, adding `Date` when the response has none and `Connection: close` when the
+/// connection ends after it.
+fn write_head<A: AddedFields>(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
     fields: Option<&Fields>,
-    stamp: &Stamp,
+    added: &A,
     keep_length: bool,
     close: bool,
 ) {
-    if parts.status == StatusCode::OK {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    } else {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(parts.status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    put_status(out, parts.status);
     for (name, value) in &parts.headers {
         let framing = *name == TRANSFER_ENCODING || (*name == CONTENT_LENGTH && !keep_length);
-        if !framing && *name != CONNECTION && !stamp.replaces(name) {
+        if !framing && *name != CONNECTION && !added.replaces(name) {
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     if let Some(fields) = fields {
         out.extend_from_slice(fields.block());
         if let Some(n) = fields.length().filter(|_| keep_length) {
-            put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            put_length(out, n);
         }
     }
-    stamp.write_lines(out);
+    added.each(&mut |name, value| put_field(out, name.as_str().as_bytes(), value));
     if !parts.headers.contains_key(DATE) && !fields.is_some_and(Fields::has_date) {
         date::with(|d| put_field(out, b"date", d));
     }
     if close {
         put_field(out, b"connection", b"close");
-    }
-}
-
-/// Streams the body after the head already in `out` (a body that is ready at once
-/// leaves in the same write); returns the bytes of body sent, `None` on failure.
-async fn write_body<I>(io: &mut I, out: &mut Vec<u8>, mut body: Body, chunked: bool) -> Option<u64>
-where
-    I: AsyncWrite + Unpin,
-{
-    let mut sent: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.ok()?.into_data() else { continue };
-        if data.is_empty() {
-            continue;
-        }
-        sent += data.len() as u64;
-        if chunked {
-            let _ = write!(out, "{:x}\r\n", data.len());
-        }
-        if out.len() + data.len() <= COALESCE {
-            out.extend_from_slice(&data);
-        } else {
-            io.write_all(out).await.ok()?;
-            io.write_all(&data).await.ok()?;
-            out.clear();
-        }
-        if chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-        // More to come later: what is here goes now.
-        if !hyper::body::Body::is_end_stream(&body) && !out.is_empty() {
-            io.write_all(out).await.ok()?;
-            out.clear();
-        }
-    }
-    if chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
-    }
-    if !out.is_empty() {
-        io.write_all(out).await.ok()?;
-    }
-    Some(sent)
-}
-
-fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The `Date` field value, formatted once per second per thread.
-mod date {
-    use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    thread_local! {
-        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
-
-    pub fn with(f: impl FnOnce(&[u8])) {
-        let now = SystemTime::now();
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        CACHED.with_borrow_mut(|(at, text)| {
-            if *at != secs {
-                *at = secs;
-                *text = httpdate::fmt_http_date(now);
-            }
-            f(text.as_bytes());
-        });
     }
 }
 

@@ -1,0 +1,98 @@
+//! What both directions of the HTTP/1.1 code write and read the same way: header
+//! lines, the status line, the `Connection` options, the `Date` value.
+
+use crate::field_names::connection_tokens;
+use http::StatusCode;
+
+/// A message body up to this size leaves in the same write as its head.
+pub(crate) const COALESCE: usize = 16 * 1024;
+
+/// Appends one `name: value` line. Names and values come from `http` or `httparse`,
+/// which refuse every byte that could end a line, so nothing here can split a head.
+pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a `Content-Length` line.
+pub(crate) fn put_length(out: &mut Vec<u8>, n: u64) {
+    put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends an HTTP/1.1 status line.
+pub(crate) fn put_status(out: &mut Vec<u8>, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// What a `Connection` field says, beyond the names it lists.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnectionOptions {
+    pub close: bool,
+    pub upgrade: bool,
+}
+
+/// Reads one `Connection` value: `close` and `upgrade` are noted, `keep-alive` is
+/// the HTTP/1.1 default, and every other name is passed to `listed` (a field that is
+/// hop-by-hop for this message, RFC 9110 section 7.6.1).
+pub(crate) fn connection_options<'a>(
+    value: &'a [u8],
+    options: &mut ConnectionOptions,
+    mut listed: impl FnMut(&'a [u8]),
+) {
+    for token in connection_tokens(value) {
+        if token.eq_ignore_ascii_case(b"close") {
+            options.close = true;
+        } else if token.eq_ignore_ascii_case(b"upgrade") {
+            options.upgrade = true;
+            listed(token);
+        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+            listed(token);
+        }
+    }
+}
+
+/// The `Date` field value, formatted once per second per thread.
+pub(crate) mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+
+    pub fn with(f: impl FnOnce(&[u8])) {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with_borrow_mut(|(at, text)| {
+            if *at != secs {
+                *at = secs;
+                *text = httpdate::fmt_http_date(now);
+            }
+            f(text.as_bytes());
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_options_and_listed_names() {
+        let mut options = ConnectionOptions::default();
+        let mut listed = Vec::new();
+        connection_options(b"keep-alive, Close ,x-private,, Upgrade", &mut options, |n| listed.push(n));
+        assert_eq!(options, ConnectionOptions { close: true, upgrade: true });
+        assert_eq!(listed, [&b"x-private"[..], b"Upgrade"]);
+    }
+}
