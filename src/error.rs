@@ -4,7 +4,7 @@
 //! variant to the status and CMA error body of DESIGN.md section 5. The match is
 //! exhaustive on purpose: a new variant must be given a status here.
 
-use crate::ratelimit::RateInfo;
+use crate::rate_fields::RateInfo;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use std::collections::BTreeMap;
@@ -300,7 +300,7 @@ impl GatewayError {
             }
             GatewayError::Throttled { retry_after } => RateInfo::write_retry_after(resp.headers_mut(), retry_after),
             GatewayError::MethodNotAllowed => {
-                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(crate::pipeline::ALLOWED_METHODS));
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(crate::cma::ALLOWED_METHODS));
             }
             _ => {}
         }

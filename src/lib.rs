@@ -3,12 +3,14 @@
 //!
 //! # Layout
 //! The tree follows the request pipeline (DESIGN.md section 1):
+//! - [`cma`]: the CMA's vocabulary (modules, access, rules), imported by every stage.
 //! - [`config`]: the TOML file, compiled once into validated types.
 //! - [`snapshot`]: the immutable state a request reads (stacks, tokens, upstream).
 //! - [`pipeline`]: the synchronous stages, as plain functions over a snapshot:
 //!   [`pipeline::normalize`], [`pipeline::classify`], [`pipeline::authenticate`],
 //!   [`pipeline::authorize`], [`pipeline::inspect_body`].
-//! - [`ratelimit`]: stage 6, charged after authorisation.
+//! - [`ratelimit`]: stage 6, charged after authorisation; [`rate_fields`]: the
+//!   rate-limit response fields it reports.
 //! - [`proxy`]: stage 7, forwarding (an HTTP/1.1 upstream connection per client
 //!   connection, or a pooled client for HTTP/2 and https) with streamed bodies.
 //! - [`http1`]: the gateway's own HTTP/1.1 server loop and upstream client, on one
@@ -17,6 +19,8 @@
 //!   compared in every spelling.
 //! - [`json`]: strict JSON parsing for everything the gateway decides on.
 //! - [`error`]: the one mapping from failures to CMA error responses.
+//! - [`gateway`]: the shared state (the one swappable snapshot) and how it changes:
+//!   reload, committed token changes, other replicas' changes.
 //! - [`server`]: listeners, connections, and the outer handler that logs every request.
 //! - [`token`]: token records and scopes; [`clock`]: injectable time.
 //! - [`demo`]: an embedded CMA-like backend for `stackgate demo` and tests.
@@ -24,17 +28,20 @@
 
 pub mod cli;
 pub mod clock;
+pub mod cma;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod field_names;
 pub mod fuzzing;
+pub mod gateway;
 pub mod guard;
 pub mod http1;
 pub mod json;
 pub mod notify;
 pub mod pipeline;
 pub mod proxy;
+pub mod rate_fields;
 pub mod ratelimit;
 pub mod server;
 pub mod snapshot;

@@ -11,8 +11,8 @@
 //! when the channels are built, at start, so a bad CA file stops start-up instead of
 //! failing every notice later.
 
-use crate::config::{Config, ConfigWarning, Notify, Smtp};
-use crate::server::Gateway;
+use crate::config::{Notify, Smtp};
+use crate::gateway::Gateway;
 use crate::tls::TlsError;
 use crate::token::TokenRecord;
 use bytes::Bytes;
@@ -180,33 +180,6 @@ fn smtp_transport(s: &Smtp) -> Result<AsyncSmtpTransport<Tokio1Executor>, Notify
             .authentication(vec![Mechanism::Plain, Mechanism::Login]);
     }
     Ok(builder.build())
-}
-
-/// Logs at start-up what the config allows but probably does not mean (see
-/// [`ConfigWarning`]), and each stored token that asks for notices no channel carries.
-/// Names token uids only, never a secret or its hash.
-pub fn log_warnings(config: &Config, stored: &[TokenRecord]) {
-    for warning in config.warnings() {
-        match &warning {
-            ConfigWarning::NoticeWithoutChannel { token_uid, .. } => {
-                tracing::warn!(token.uid = %token_uid, "{warning}")
-            }
-            ConfigWarning::CleartextSmtpAuth { .. } => tracing::warn!("{warning}"),
-        }
-    }
-    for token in stored {
-        warn_if_no_channel(&config.notify, token);
-    }
-}
-
-/// A token that asks for expiry notices while no channel is configured is accepted
-/// (a channel may be added later), but said so in the log.
-pub fn warn_if_no_channel(cfg: &Notify, token: &TokenRecord) {
-    if token.is_email_notification_enabled && !cfg.has_channel() {
-        tracing::warn!(token.uid = %token.uid, stack = %token.stack,
-            "token has is_email_notification_enabled = true, but [notify] has neither webhook nor smtp: \
-             no expiry notice will be sent");
-    }
 }
 
 /// When a failed (token, expiry, channel) may be tried again.

@@ -1,5 +1,5 @@
 //! The one immutable value the request path reads. A reload or a token change builds
-//! a new [`Snapshot`] and swaps it in whole (see [`crate::server::Gateway`]), so every
+//! a new [`Snapshot`] and swaps it in whole (see `gateway::Gateway`), so every
 //! request sees a consistent config, token set, upstream and set of rate buckets.
 
 use crate::config::{Config, Organization, UserSessions};
@@ -109,6 +109,8 @@ pub struct Snapshot {
     pub settings: Settings,
     pub upstream: UpstreamClient,
     pub rate_clock: RateClock,
+    /// The main listener's TLS configuration (certificates reload with the config).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     orgs: HashMap<Box<str>, Arc<OrgState>>,
     stacks: HashMap<Box<str>, Arc<StackView>>,
     tokens: HashMap<[u8; 32], Arc<Token>, DigestHash>,
@@ -161,7 +163,13 @@ impl Snapshot {
         }
         let users = config.users.iter().map(|u| (u.authtoken_sha256, u.uid.as_str().into())).collect();
         let settings = settings(&config);
-        Snapshot { config, settings, upstream, rate_clock: rate_clock.clone(), orgs, stacks, tokens, users }
+        Snapshot { config, settings, upstream, rate_clock: rate_clock.clone(), tls: None, orgs, stacks, tokens, users }
+    }
+
+    /// This snapshot serving `tls` on the main listener.
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ServerConfig>>) -> Snapshot {
+        self.tls = tls;
+        self
     }
 
     /// A copy of this snapshot with one stored token added or replaced (`upsert`) and/or
@@ -188,6 +196,7 @@ impl Snapshot {
             settings: self.settings.clone(),
             upstream: self.upstream.clone(),
             rate_clock: self.rate_clock.clone(),
+            tls: self.tls.clone(),
             orgs: self.orgs.clone(),
             stacks: self.stacks.clone(),
             tokens,

@@ -3,8 +3,8 @@
 //! add: no map lookup and no lock on the request path. Labels are module names,
 //! reasons and fixed kinds only, never paths, tokens or other client data.
 
+use crate::cma::Module;
 use crate::error::{GatewayError, Reason, UpstreamFailure};
-use crate::pipeline::Module;
 use crate::snapshot::Snapshot;
 use crate::usage::Outcome;
 use arc_swap::ArcSwapOption;

@@ -1,8 +1,8 @@
 //! Management tokens: the record, its scope, and how a scope compiles into the
 //! bitsets and branch lists the request path checks.
 
+use crate::cma::{Module, ModuleSet};
 use crate::error::FieldErrors;
-use crate::pipeline::classify::{Module, ModuleSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;

@@ -5,13 +5,13 @@
 //! and that every rebuild hands on to the token's next version (as rate buckets are),
 //! so the request path counts with a relaxed add and no map lookup or lock. Counters
 //! live in memory only (per replica, since start); `last_used_at` is also written to
-//! the store by [`spawn_flusher`], at most once per interval per token, never per request.
+//! the store by [`flush`] (every `[telemetry] usage_flush`), at most once per interval per
+//! token, never per request.
 
-use crate::server::Gateway;
+use crate::store::TokenStore;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Never used: `last_used_at` is unset.
 const NEVER: i64 = i64::MIN;
@@ -106,25 +106,25 @@ impl Usage {
 }
 
 /// Writes every token's `last_used_at` that changed since the last pass to the store,
-/// in one call. Tokens from the config file have no row, so theirs stays in memory.
-pub async fn flush(gw: &Gateway) {
-    let snap = gw.snapshot();
+/// in one call. `tokens` are the snapshot's (uid, counters), a token once per secret
+/// it has; tokens from the config file have no row, so theirs stays in memory.
+pub async fn flush<'a>(tokens: impl Iterator<Item = (&'a str, &'a Arc<Usage>)>, store: &dyn TokenStore) {
     let mut seen = HashSet::new();
     let mut batch = Vec::new();
     let mut flushed = Vec::new();
-    for token in snap.tokens() {
-        if !seen.insert(&*token.uid) {
+    for (uid, usage) in tokens {
+        if !seen.insert(uid) {
             continue;
         }
-        if let Some(at) = token.usage.unflushed() {
-            batch.push((token.uid.to_string(), at));
-            flushed.push((Arc::clone(&token.usage), at));
+        if let Some(at) = usage.unflushed() {
+            batch.push((uid.to_owned(), at));
+            flushed.push((Arc::clone(usage), at));
         }
     }
     if batch.is_empty() {
         return;
     }
-    match gw.store().record_last_used(&batch).await {
+    match store.record_last_used(&batch).await {
         Ok(()) => {
             for (usage, at) in flushed {
                 usage.mark_flushed(at);
@@ -133,20 +133,6 @@ pub async fn flush(gw: &Gateway) {
         // Kept unflushed: the next pass tries again.
         Err(e) => tracing::warn!(error = %e, tokens = batch.len(), "could not record token last use"),
     }
-}
-
-/// Flushes `last_used_at` every `interval` (`[telemetry] usage_flush`), so the store
-/// sees at most one write per token per interval however busy the token is.
-pub fn spawn_flusher(gw: Arc<Gateway>, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            flush(&gw).await;
-        }
-    })
 }
 
 #[cfg(test)]

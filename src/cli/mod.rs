@@ -152,8 +152,8 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     println!("stackgate listening on {scheme}://{}", running.addr);
     println!("stackgate admin listening on http://{}", running.admin_addr);
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, tokens = running.gateway.snapshot().token_count(), "listening");
-    spawn_reload_on_sighup(std::sync::Arc::clone(&running.gateway));
-    shutdown_signal().await;
+    crate::server::reload_on_sighup(std::sync::Arc::clone(&running.gateway));
+    crate::server::shutdown_signal().await;
     tracing::info!("shutting down: draining connections (a second signal exits at once)");
     let grace = running.gateway.snapshot().config.server.limits.shutdown_grace;
     tokio::select! {
@@ -162,47 +162,10 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
                 tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
             }
         }
-        _ = shutdown_signal() => {
+        _ = crate::server::shutdown_signal() => {
             tracing::warn!("second signal: exiting at once");
             std::process::exit(1);
         }
     }
     Ok(())
-}
-
-/// SIGHUP re-reads the config file (same as `POST /reload` on the admin listener).
-fn spawn_reload_on_sighup(gw: std::sync::Arc<crate::server::Gateway>) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let _ = gw.reload().await;
-        }
-    });
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

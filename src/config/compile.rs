@@ -224,7 +224,7 @@ pub struct Telemetry {
     pub usage_flush: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notify {
     pub before: Duration,
     pub interval: Duration,
@@ -243,7 +243,7 @@ impl Notify {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Smtp {
     pub host: String,
     pub port: u16,

@@ -96,7 +96,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)"))?;
     print_banner(running.addr, running.admin_addr, backend.addr, &secrets);
-    crate::cli::shutdown_signal().await;
+    crate::server::shutdown_signal().await;
     Ok(())
 }
 

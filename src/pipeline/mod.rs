@@ -50,9 +50,7 @@ pub struct Facts {
     pub canonical: Option<Box<str>>,
 }
 
-/// The methods the CMA has; anything else is 405 (methods are case-sensitive, so
-/// `get` or `post` is not one of them).
-pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+pub use crate::cma::ALLOWED_METHODS;
 
 fn check_method(method: &Method) -> Result<(), GatewayError> {
     match *method {

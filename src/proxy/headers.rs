@@ -24,7 +24,7 @@ pub struct Identity<'a> {
 /// Response fields the gateway sets itself, replacing a backend's (in any spelling).
 pub(super) fn replaced_by_gateway(name: &[u8]) -> bool {
     folded_eq(name, X_REQUEST_ID.as_str().as_bytes())
-        || crate::ratelimit::fields::names(name)
+        || crate::rate_fields::names(name)
         // Replaced when `[server.cors]` is on (the writer decides).
         || crate::field_names::folded_starts_with(name, b"access-control-")
 }

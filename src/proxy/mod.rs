@@ -20,7 +20,6 @@ pub use headers::{join_cookies, prepare_request_headers, Identity, RequestRewrit
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
-use crate::pipeline::Target;
 use crate::tls::TlsError;
 use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
@@ -30,7 +29,6 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -167,12 +165,17 @@ impl UpstreamClient {
     }
 
     /// The upstream URI for a canonical path and the original query. When the path is
-    /// the client's own (unchanged by normalisation) and there is no base path, the
+    /// the client's own (`unchanged` by normalisation) and there is no base path, the
     /// client's path-and-query is reused as is: no copy, no second parse.
-    pub fn uri_for(&self, target: &Target<'_>, original: &Uri) -> Result<Uri, GatewayError> {
-        let (path, query) = (&*target.path, target.query);
-        let reusable = original.path_and_query().filter(|_| self.upstream.base_path.is_empty());
-        if let (Cow::Borrowed(_), Some(pq)) = (&target.path, reusable) {
+    pub fn uri_for(
+        &self,
+        path: &str,
+        unchanged: bool,
+        query: Option<&str>,
+        original: &Uri,
+    ) -> Result<Uri, GatewayError> {
+        let reusable = original.path_and_query().filter(|_| self.upstream.base_path.is_empty() && unchanged);
+        if let Some(pq) = reusable {
             let mut parts = http::uri::Parts::default();
             parts.scheme = Some(self.upstream.scheme.clone());
             parts.authority = Some(self.upstream.authority.clone());

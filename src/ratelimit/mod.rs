@@ -9,13 +9,12 @@
 //! its own limit never spends its organisation's budget. Buckets are `Arc`s carried
 //! from one snapshot to the next while their rate is unchanged (see `snapshot.rs`).
 
-pub mod fields;
 pub mod redis;
 
-pub use fields::RateInfo;
+pub use crate::rate_fields::RateInfo;
 
+use crate::cma::{Access, Operation, Rule};
 use crate::error::GatewayError;
-use crate::pipeline::{Access, Operation, Rule};
 use crate::snapshot::Token;
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;

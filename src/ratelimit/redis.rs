@@ -11,9 +11,9 @@
 //! re-established in the background and Redis takes over again without a restart.
 
 use super::{admitted, charge_for, check, refused, RateInfo};
+use crate::cma::Operation;
 use crate::config::{FailMode, RedisLimits};
 use crate::error::GatewayError;
-use crate::pipeline::Operation;
 use crate::snapshot::Token;
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwapOption;

@@ -100,7 +100,7 @@ fn allowed_origin(cors: &Cors, headers: &HeaderMap) -> Option<HeaderValue> {
 pub fn preflight(cors: Option<&Cors>, headers: &HeaderMap) -> Response<Body> {
     let mut resp = Response::new(proxy::full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
-    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(crate::pipeline::ALLOWED_METHODS));
+    resp.headers_mut().insert(ALLOW, HeaderValue::from_static(crate::cma::ALLOWED_METHODS));
     let Some(cors) = cors else { return resp };
     let fields = Fields::of(cors, headers);
     if let Some(Fields::Allowed { .. }) = &fields {

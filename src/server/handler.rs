@@ -73,7 +73,7 @@ impl AddedFields for GatewayFields {
     fn replaces(&self, name: &HeaderName) -> bool {
         let raw = name.as_str().as_bytes();
         *name == proxy::X_REQUEST_ID
-            || (self.rate.is_some() && crate::ratelimit::fields::names(raw))
+            || (self.rate.is_some() && crate::rate_fields::names(raw))
             || (self.cors.is_some() && cors::replaces(raw))
     }
 
@@ -115,7 +115,7 @@ pub async fn respond(
     conn: Arc<ConnInfo>,
 ) -> (Response<Body>, GatewayFields) {
     let started = Instant::now();
-    let request_id = gw.ids.next();
+    let request_id = request_id::ids().next();
     // What the access log needs of the request, kept only when the log is on.
     let logged = tracing::enabled!(target: "stackgate::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().clone()));
@@ -128,7 +128,7 @@ pub async fn respond(
     let (trace, generated) = match (sent.next(), sent.next()) {
         (Some(v), None) if request_id::trace_id(v.as_bytes()).is_some() => (v.clone(), None),
         _ => {
-            let new = gw.ids.traceparent();
+            let new = request_id::ids().traceparent();
             (new.clone(), Some(new))
         }
     };
@@ -147,7 +147,7 @@ pub async fn respond(
         process(&gw, &snap, &mut parts, &mut body, &conn, client.as_ref(), &request_id, generated, &mut facts).await;
     if let Err(err) = &result {
         if is_guess(&gw, &snap, err, &parts) {
-            if let Err(retry_after) = gw.guard.guess(client_ip, &snap.config.guard) {
+            if let Err(retry_after) = gw.guard().guess(client_ip, &snap.config.guard) {
                 result = Err(GatewayError::Throttled { retry_after });
             }
         }
@@ -208,7 +208,7 @@ fn is_guess(gw: &Gateway, snap: &Snapshot, err: &GatewayError, parts: &Parts) ->
     }
     let known_token = parts.headers.get(http::header::AUTHORIZATION).is_some_and(|v| {
         let hash = crate::token::hash_secret(v.as_bytes());
-        snap.token(&hash).is_some() || gw.guard.was_revoked(&hash)
+        snap.token(&hash).is_some() || gw.guard().was_revoked(&hash)
     });
     let known_user = parts
         .headers
@@ -242,7 +242,12 @@ async fn process(
         Route::TokenApi => return Ok((crate::token_api::handle(gw, parts, &target.path, body).await?, None)),
         Route::Proxy { principal } => principal,
     };
-    let uri = snap.upstream.uri_for(&target, &parts.uri)?;
+    let uri = snap.upstream.uri_for(
+        &target.path,
+        matches!(target.path, std::borrow::Cow::Borrowed(_)),
+        target.query,
+        &parts.uri,
+    )?;
     let identity = match &principal {
         Principal::Token(t) => Some(Identity { token_uid: &t.uid, access: t.access_label }),
         Principal::UserSession => None,

@@ -87,7 +87,7 @@ impl Connection {
     async fn run(self, stream: TcpStream, watcher: Watcher, limits: &crate::config::Limits) {
         let metrics = Arc::clone(&self.gw.metrics);
         metrics.open_connections.inc();
-        let tls = self.gw.tls.load_full();
+        let tls = self.gw.snapshot().tls.clone();
         match tls {
             Some(cfg) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg);

@@ -11,6 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The process's request ids (one prefix and counter per process).
+pub fn ids() -> &'static RequestIds {
+    static IDS: std::sync::OnceLock<RequestIds> = std::sync::OnceLock::new();
+    IDS.get_or_init(RequestIds::new)
+}
+
 pub struct RequestIds {
     prefix: u32,
     seed: u64,

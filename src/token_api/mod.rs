@@ -15,7 +15,7 @@ use crate::error::{BadRequest, Denial, FieldErrors, GatewayError};
 use crate::pipeline::auth::{API_KEY, AUTHTOKEN};
 use crate::proxy::ClientBody;
 use crate::proxy::{self, Body};
-use crate::server::{Change, Gateway};
+use crate::gateway::{Change, Gateway};
 use crate::store::{Cap, Edit, StoreError};
 use crate::token::{hash_secret, new_secret, new_uid, Origin, PreviousSecret, TokenRecord};
 use crate::usage::{Outcome, Usage};
@@ -306,7 +306,7 @@ async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Re
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token created");
-    crate::notify::warn_if_no_channel(&snap.config.notify, &rec);
+    crate::config::warn_if_no_channel(&snap.config.notify, &rec);
     let usage = StackUsage::of(gw, &stack.api_key).await?;
     let mut token = shown(gw, rec, &usage).await?;
     token["token"] = json!(secret);
@@ -345,7 +345,7 @@ async fn update(
         .await
         .map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token updated");
-    crate::notify::warn_if_no_channel(&snap.config.notify, &rec);
+    crate::config::warn_if_no_channel(&snap.config.notify, &rec);
     let usage = StackUsage::of(gw, &stack.api_key).await?;
     ok(
         StatusCode::OK,

@@ -1,0 +1,351 @@
+//! The running gateway's shared state: the one [`Snapshot`] every request reads
+//! (config, tokens, upstream client, TLS certificates, swapped whole), and the
+//! ways it changes: a config reload, a committed token change, another replica's
+//! change followed from the shared store. Changes are serialised by one writer lock;
+//! readers never wait.
+
+use crate::clock::Clock;
+use crate::config::{self, Config, ConfigErrors};
+use crate::proxy::UpstreamClient;
+use crate::ratelimit::{Limiter, RateClock};
+use crate::snapshot::Snapshot;
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{StoreError, StoreEvent, TokenStore};
+use crate::telemetry::Metrics;
+use crate::tls::TlsError;
+use crate::token::TokenRecord;
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// How a committed store change alters the snapshot.
+pub enum Change<'a> {
+    /// A token created or updated (same secret hashes: replaced).
+    Upsert(&'a TokenRecord),
+    /// A token regenerated: its old index entries go (the old secret comes back as the
+    /// previous one while a grace period keeps it), the new ones come in.
+    Rotate(&'a TokenRecord),
+    /// A token deleted: every secret hash it had.
+    Remove(&'a TokenRecord),
+}
+
+/// Why a new configuration was not installed; the running one keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(ConfigErrors),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("token store: {0}")]
+    Store(#[from] StoreError),
+    #[error("rate-limit backend: {0}")]
+    RateLimit(#[from] redis::RedisError),
+    #[error("no config file to reload from")]
+    NoFile,
+}
+
+/// What a successful reload did not apply because it needs a restart.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub restart_required: Vec<&'static str>,
+}
+
+/// The running gateway's shared state.
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    store: Arc<dyn TokenStore>,
+    /// Serialises "commit to the store / reload, then swap the snapshot" so two changes
+    /// can never swap in snapshots that each miss the other's change.
+    writer: tokio::sync::Mutex<()>,
+    clock: Arc<dyn Clock>,
+    rate_clock: RateClock,
+    config_path: Option<PathBuf>,
+    draining: AtomicBool,
+    /// Failed-authentication counters per client address.
+    guard: crate::guard::AuthGuard,
+    /// Where rate buckets are charged (set at start; changing it needs a restart).
+    pub(crate) limiter: Limiter,
+    /// This process among replicas (lease holder name).
+    replica_id: String,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Builds the first snapshot from a validated config and the store's tokens.
+    pub async fn new(
+        config: Config,
+        store: Arc<dyn TokenStore>,
+        clock: Arc<dyn Clock>,
+        rate_clock: RateClock,
+        config_path: Option<PathBuf>,
+    ) -> Result<Self, ReloadError> {
+        let stored = store.load_all().await?;
+        crate::config::log_warnings(&config, &stored);
+        let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let upstream = UpstreamClient::new(&config.upstream)?;
+        let snapshot = Snapshot::build(Arc::new(config), &stored, None, &rate_clock, upstream).with_tls(tls);
+        let metrics = Arc::new(Metrics::new());
+        metrics.tokens_loaded.set(i64::try_from(snapshot.token_count()).unwrap_or(i64::MAX));
+        let limiter = match &snapshot.config.ratelimit.redis {
+            None => Limiter::Local,
+            Some(settings) => {
+                Limiter::Redis(crate::ratelimit::redis::RedisLimiter::start(settings, Arc::clone(&metrics)).await?)
+            }
+        };
+        let snapshot = Arc::new(snapshot);
+        metrics.set_snapshot(Arc::clone(&snapshot));
+        Ok(Gateway {
+            snapshot: ArcSwap::new(snapshot),
+            store,
+            writer: tokio::sync::Mutex::new(()),
+            clock,
+            rate_clock,
+            config_path,
+            draining: AtomicBool::new(false),
+            guard: crate::guard::AuthGuard::default(),
+            limiter,
+            replica_id: crate::store::process_id(),
+            metrics,
+        })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn store(&self) -> &Arc<dyn TokenStore> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    /// This process's name among replicas sharing a store.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    /// Whether shutdown has begun (`/readyz` answers 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Shutdown has begun.
+    pub fn begin_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Failed-authentication counters per client address.
+    pub fn guard(&self) -> &crate::guard::AuthGuard {
+        &self.guard
+    }
+
+    fn swap(&self, next: Snapshot) {
+        self.metrics.tokens_loaded.set(i64::try_from(next.token_count()).unwrap_or(i64::MAX));
+        let next = Arc::new(next);
+        self.metrics.set_snapshot(Arc::clone(&next));
+        self.snapshot.store(next);
+    }
+
+    /// Validates and installs a new config whole: a new snapshot (with the store's
+    /// tokens), reloaded certificates, a new upstream client if its settings changed.
+    /// Settings that need a restart keep their running values and are reported.
+    pub async fn install(&self, mut config: Config) -> Result<ReloadReport, ReloadError> {
+        let _writer = self.writer.lock().await;
+        let current = self.snapshot.load_full();
+        let report = keep_restart_only_settings(&current.config, &mut config);
+        let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let upstream = UpstreamClient::reuse_or_new(Some(&current.upstream), &config.upstream)?;
+        let stored = self.store.load_all().await?;
+        let next = self.build_off_thread(Arc::new(config), stored, current, upstream, tls).await?;
+        self.swap(next);
+        Ok(report)
+    }
+
+    /// Builds a snapshot on the blocking pool: with a million tokens it takes seconds,
+    /// which must not stall the runtime thread that serves requests.
+    async fn build_off_thread(
+        &self,
+        config: Arc<Config>,
+        stored: Vec<TokenRecord>,
+        previous: Arc<Snapshot>,
+        upstream: UpstreamClient,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Snapshot, StoreError> {
+        let rate_clock = self.rate_clock.clone();
+        let build = move || Snapshot::build(config, &stored, Some(&previous), &rate_clock, upstream).with_tls(tls);
+        tokio::task::spawn_blocking(build).await.map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Applies a change another replica made to the shared store: re-reads the token
+    /// (gone: deleted) and swaps in a snapshot with it.
+    async fn apply_remote(&self, stack: &str, uid: &str) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let rec = self.store.get(stack, uid).await?;
+        let current = self.snapshot.load();
+        // The notification names the token, not its secret's hash: find what it replaces.
+        let old = current.find_stored(stack, uid);
+        let kept = rec.as_ref().map(TokenRecord::hashes).unwrap_or_default();
+        for hash in old.iter().filter(|h| !kept.contains(h)) {
+            self.guard.revoked(*hash);
+        }
+        let next = current.with_token_change(rec.as_ref(), &old);
+        self.swap(next);
+        tracing::debug!(token.uid = %uid, present = rec.is_some(), "token change from another replica applied");
+        Ok(())
+    }
+
+    /// Re-reads every stored token into a new snapshot (same config; rate buckets of
+    /// unchanged tokens kept), after changes may have been missed.
+    async fn resync(&self) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let stored = self.store.load_all().await?;
+        let current = self.snapshot.load_full();
+        let (config, upstream, count) = (Arc::clone(&current.config), current.upstream.clone(), stored.len());
+        let tls = current.tls.clone();
+        let next = self.build_off_thread(config, stored, current, upstream, tls).await?;
+        self.swap(next);
+        tracing::debug!(tokens = count, "tokens re-read from the shared store");
+        Ok(())
+    }
+
+    /// Applies other replicas' changes as the shared store reports them. A change that
+    /// cannot be read back (store down) turns into a full re-read, retried until it
+    /// succeeds, so a deletion is never dropped.
+    pub async fn follow(self: Arc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<StoreEvent>) {
+        while let Some(event) = events.recv().await {
+            let mut result = match &event {
+                StoreEvent::Changed { stack, uid } => self.apply_remote(stack, uid).await,
+                StoreEvent::Resync => self.resync().await,
+            };
+            let mut backoff = std::time::Duration::from_millis(100);
+            while let Err(e) = result {
+                tracing::warn!(error = %e, retry_in = ?backoff, "could not apply token changes from the shared store");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                result = self.resync().await;
+            }
+        }
+    }
+
+    /// Re-reads the config file (SIGHUP, `POST /reload`). An invalid file is rejected
+    /// whole, logged and counted; the running config keeps serving.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let result = match &self.config_path {
+            None => Err(ReloadError::NoFile),
+            Some(path) => match config::load(path) {
+                Ok(cfg) => self.install(cfg).await,
+                Err(e) => Err(ReloadError::Config(e)),
+            },
+        };
+        self.metrics.reload(result.is_ok());
+        match &result {
+            Ok(report) if report.restart_required.is_empty() => {
+                tracing::info!("configuration reloaded")
+            }
+            Ok(report) => {
+                tracing::warn!(restart_required = ?report.restart_required, "configuration reloaded; some changes need a restart and were not applied")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload rejected; the previous configuration stays")
+            }
+        }
+        result
+    }
+
+    /// Runs a store operation and, once it has committed, applies its change to the
+    /// snapshot. Runs on its own task so a client that hangs up cannot leave the store
+    /// changed and the snapshot not.
+    pub async fn commit<T, F, Fut>(
+        self: &Arc<Self>,
+        op: F,
+        change: for<'a> fn(&'a T) -> Change<'a>,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn TokenStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let gw = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let _writer = gw.writer.lock().await;
+            let value = op(Arc::clone(&gw.store)).await?;
+            let current = gw.snapshot.load();
+            let next = match change(&value) {
+                Change::Upsert(rec) => current.with_token_change(Some(rec), &[]),
+                Change::Rotate(rec) => {
+                    let old = current.find_stored(&rec.stack, &rec.uid);
+                    let kept = rec.hashes();
+                    // A secret that stops at once is a stale credential, not a guess.
+                    for hash in old.iter().filter(|h| !kept.contains(h)) {
+                        gw.guard.revoked(*hash);
+                    }
+                    current.with_token_change(Some(rec), &old)
+                }
+                Change::Remove(rec) => {
+                    let hashes = rec.hashes();
+                    for hash in &hashes {
+                        gw.guard.revoked(*hash);
+                    }
+                    current.with_token_change(None, &hashes)
+                }
+            };
+            gw.swap(next);
+            Ok(value)
+        });
+        task.await.map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+/// Copies the settings that only a restart can change from `running` into `next`, and
+/// names those that differed.
+fn keep_restart_only_settings(running: &Config, next: &mut Config) -> ReloadReport {
+    let mut report = ReloadReport::default();
+    let mut keep = |name: &'static str, differs: bool| {
+        if differs {
+            report.restart_required.push(name);
+        }
+    };
+    keep("server.listen", running.server.listen != next.server.listen && next.server.listen.port() != 0);
+    next.server.listen = running.server.listen;
+    keep("admin.listen", running.admin_listen != next.admin_listen && next.admin_listen.port() != 0);
+    next.admin_listen = running.admin_listen;
+    keep("server.tls (enabling or disabling)", running.server.tls.is_some() != next.server.tls.is_some());
+    if running.server.tls.is_none() {
+        next.server.tls = None;
+    } else if next.server.tls.is_none() {
+        next.server.tls = running.server.tls.clone();
+    }
+    keep("server limits", running.server.limits != next.server.limits);
+    next.server.limits = running.server.limits.clone();
+    keep("store", running.store != next.store);
+    next.store = running.store.clone();
+    keep("ratelimit", running.ratelimit != next.ratelimit);
+    next.ratelimit = running.ratelimit.clone();
+    keep("notify", running.notify != next.notify);
+    next.notify = running.notify.clone();
+    // The flusher's period is set at start; per_token_metrics is read at each scrape.
+    keep("telemetry.usage_flush", running.telemetry.usage_flush != next.telemetry.usage_flush);
+    next.telemetry.usage_flush = running.telemetry.usage_flush;
+    report
+}
+
+/// Opens the configured store: PostgreSQL (`[store] url`), the embedded file
+/// (`[store] path`), else in memory with a warning.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
+    if let Some(pg) = &config.store.postgres {
+        return Ok(Arc::new(PgStore::connect(pg).await?));
+    }
+    match &config.store.path {
+        Some(path) => Ok(Arc::new(SqliteStore::open(path)?)),
+        None => {
+            tracing::warn!("no [store] path configured: tokens created through the API live only in memory");
+            Ok(Arc::new(SqliteStore::in_memory()?))
+        }
+    }
+}
