@@ -127,15 +127,25 @@ pub struct Store {
 /// A shared PostgreSQL token store.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Postgres {
-    /// The connection URL; may hold a password, so never printed (see `Debug`).
+    /// The connection URL without `sslmode`/`sslrootcert` (they are `ssl_mode` and
+    /// `ca_file`); may hold a password, so never printed (see `Debug`).
     pub url: Secret,
     pub pool_size: usize,
     pub resync_interval: Duration,
+    /// libpq's `sslmode` (default `prefer`, as libpq).
+    pub ssl_mode: crate::store::pg_tls::SslMode,
+    /// CAs the server's certificate must chain to (`sslrootcert=` or `[store] ca_file`;
+    /// read and checked at load).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Postgres {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Postgres").field("pool_size", &self.pool_size).finish_non_exhaustive()
+        f.debug_struct("Postgres")
+            .field("pool_size", &self.pool_size)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
     }
 }
 
@@ -176,7 +186,14 @@ impl RateLimiting {
 /// Redis-backed buckets.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisLimits {
-    pub url: Secret,
+    /// The server's URL, or with `cluster`, the seed nodes' (the rest are discovered).
+    /// All `redis://` or all `rediss://`; may hold a password, so never printed.
+    pub urls: Vec<Secret>,
+    /// A Redis Cluster (slots routed by the client, failovers followed).
+    pub cluster: bool,
+    /// CAs a `rediss://` server's certificate must chain to (else the system's roots);
+    /// read and checked at load.
+    pub ca_file: Option<PathBuf>,
     pub fail_mode: FailMode,
     pub replicas: u32,
     pub timeout: Duration,
@@ -186,6 +203,9 @@ pub struct RedisLimits {
 impl fmt::Debug for RedisLimits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLimits")
+            .field("nodes", &self.urls.len())
+            .field("cluster", &self.cluster)
+            .field("ca_file", &self.ca_file)
             .field("fail_mode", &self.fail_mode)
             .field("replicas", &self.replicas)
             .field("timeout", &self.timeout)
@@ -631,17 +651,54 @@ fn store(s: &RawStore, errs: &mut ConfigErrors) -> Option<Store> {
     let pool_size = bounded(s.pool_size, 8usize, 1, 1024, "store.pool_size".into(), errs);
     let resync = positive_duration(s.resync_interval.as_deref(), "5m", "store.resync_interval", errs);
     let postgres = match url {
-        None => None,
+        None => {
+            if s.ca_file.is_some() {
+                errs.push("store.ca_file", "only used with a PostgreSQL url");
+            }
+            None
+        }
         Some(url) => {
             if s.path.is_some() {
                 errs.push("store.url", "give either path (embedded) or url (PostgreSQL), not both");
             }
             let scheme_ok = url.0.starts_with("postgres://") || url.0.starts_with("postgresql://");
-            if !scheme_ok || url.0.parse::<tokio_postgres::Config>().is_err() {
+            let split = crate::store::pg_tls::split_url(&url.0);
+            if !scheme_ok || split.url.parse::<tokio_postgres::Config>().is_err() {
                 // The URL itself is not echoed: it may carry a password.
                 errs.push("store.url", "must be a postgres://user@host/database URL");
             }
-            Some(Postgres { url, pool_size: pool_size?, resync_interval: resync? })
+            let ssl_mode = match split.sslmode.as_deref().map(crate::store::pg_tls::SslMode::parse) {
+                None => Some(crate::store::pg_tls::SslMode::default()),
+                Some(Some(mode)) => Some(mode),
+                Some(None) => {
+                    errs.push("store.url", "sslmode must be disable, prefer, require, verify-ca or verify-full");
+                    None
+                }
+            };
+            let ca_file = match (split.sslrootcert, &s.ca_file) {
+                (Some(_), Some(_)) => {
+                    errs.push("store.ca_file", "give either ca_file or sslrootcert in the URL, not both");
+                    None
+                }
+                (Some(path), None) => Some(PathBuf::from(path)),
+                (None, Some(path)) => Some(PathBuf::from(path)),
+                (None, None) => None,
+            };
+            if let Some(path) = &ca_file {
+                if let Err(e) = crate::store::pg_tls::read_roots(path) {
+                    errs.push("store.ca_file", e);
+                }
+            }
+            if ssl_mode == Some(crate::store::pg_tls::SslMode::Disable) && ca_file.is_some() {
+                errs.push("store.ca_file", "a CA file with sslmode=disable: TLS is off, nothing would be checked");
+            }
+            Some(Postgres {
+                url: Secret(split.url),
+                pool_size: pool_size?,
+                resync_interval: resync?,
+                ssl_mode: ssl_mode?,
+                ca_file,
+            })
         }
     };
     Some(Store { path: s.path.as_ref().map(PathBuf::from), postgres })
@@ -666,22 +723,21 @@ fn ratelimit(r: &RawRateLimit, errs: &mut ConfigErrors) -> Option<RateLimiting> 
     }
     match r.backend.as_deref().unwrap_or("local") {
         "local" => {
-            if url.is_some() {
+            if url.is_some() || r.urls.is_some() {
                 errs.push("ratelimit.url", "only used with backend = \"redis\"");
+            }
+            if r.cluster.is_some() || r.ca_file.is_some() {
+                errs.push("ratelimit.backend", "cluster and ca_file are only used with backend = \"redis\"");
             }
             Some(RateLimiting { redis: None })
         }
         "redis" => {
-            let Some(url) = url else {
-                errs.push("ratelimit.url", "backend = \"redis\" needs url (or url_env) = \"redis://host:6379\"");
-                return None;
-            };
-            if redis::Client::open(url.expose()).is_err() {
-                errs.push("ratelimit.url", "must be a redis:// or rediss:// URL");
-            }
+            let (urls, cluster, ca_file) = redis_nodes(r, url, errs)?;
             Some(RateLimiting {
                 redis: Some(RedisLimits {
-                    url,
+                    urls,
+                    cluster,
+                    ca_file,
                     fail_mode: fail_mode?,
                     replicas: replicas?,
                     timeout: timeout?,
@@ -694,6 +750,66 @@ fn ratelimit(r: &RawRateLimit, errs: &mut ConfigErrors) -> Option<RateLimiting> 
             None
         }
     }
+}
+
+/// `[ratelimit]` with `backend = "redis"`: the node URLs, whether they are a cluster,
+/// and the CA file. URLs are never echoed in errors (they may hold a password).
+fn redis_nodes(
+    r: &RawRateLimit,
+    url: Option<Secret>,
+    errs: &mut ConfigErrors,
+) -> Option<(Vec<Secret>, bool, Option<PathBuf>)> {
+    let cluster = match (r.cluster, &r.urls) {
+        (Some(false), Some(_)) => {
+            errs.push("ratelimit.urls", "several nodes are a cluster: drop cluster = false or give one url");
+            return None;
+        }
+        (flag, urls) => flag.unwrap_or(false) || urls.is_some(),
+    };
+    let (key, urls): (&str, Vec<Secret>) = match (url, &r.urls) {
+        (Some(_), Some(_)) => {
+            errs.push("ratelimit.urls", "give either url (or url_env) or urls, not both");
+            return None;
+        }
+        (None, None) => {
+            errs.push("ratelimit.url", "backend = \"redis\" needs url (or url_env) = \"redis://host:6379\"");
+            return None;
+        }
+        (None, Some(list)) => ("ratelimit.urls", list.iter().map(|u| Secret(u.trim().to_owned())).collect()),
+        // A cluster's seeds may come comma-separated in one value (one Secret).
+        (Some(one), None) if cluster => (
+            "ratelimit.url",
+            one.0.split(',').map(|u| Secret(u.trim().to_owned())).filter(|u| !u.0.is_empty()).collect(),
+        ),
+        (Some(one), None) => ("ratelimit.url", vec![one]),
+    };
+    if urls.is_empty() {
+        errs.push(key, "a cluster needs at least one node URL");
+        return None;
+    }
+    let mut tls = Vec::new();
+    for (i, u) in urls.iter().enumerate() {
+        let at = if urls.len() > 1 { format!("{key}[{i}]") } else { key.to_owned() };
+        match redis::Client::open(u.expose()).map(|c| c.get_connection_info().addr().clone()) {
+            Ok(redis::ConnectionAddr::TcpTls { .. }) => tls.push(true),
+            Ok(redis::ConnectionAddr::Tcp(..)) => tls.push(false),
+            Ok(_) if cluster => errs.push(at, "cluster nodes are reached over TCP (redis:// or rediss://)"),
+            Ok(_) => tls.push(false),
+            Err(_) => errs.push(at, "must be a redis:// or rediss:// URL"),
+        }
+    }
+    if tls.iter().any(|t| *t) && !tls.iter().all(|t| *t) {
+        errs.push(key, "either every node is rediss:// (TLS) or none");
+    }
+    let ca_file = r.ca_file.as_ref().map(PathBuf::from);
+    if let Some(path) = &ca_file {
+        if !tls.iter().any(|t| *t) {
+            errs.push("ratelimit.ca_file", "only used with rediss:// (TLS) URLs");
+        } else if let Err(e) = crate::tls::client_config(Some(path)) {
+            errs.push("ratelimit.ca_file", e.to_string());
+        }
+    }
+    Some((urls, cluster, ca_file))
 }
 
 fn uri_has_query(url: &str) -> bool {

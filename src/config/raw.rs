@@ -84,6 +84,8 @@ pub struct RawStore {
     pub pool_size: Option<i64>,
     /// How often a shared store is re-read whole, as a backstop to change notifications.
     pub resync_interval: Option<String>,
+    /// PEM CAs for PostgreSQL's certificate (as `sslrootcert=` in the URL).
+    pub ca_file: Option<String>,
 }
 
 /// Where rate buckets live: this process (default) or Redis, shared by replicas.
@@ -98,6 +100,12 @@ pub struct RawRateLimit {
     pub timeout: Option<String>,
     /// Prefix of every Redis key (several deployments can share one Redis).
     pub key_prefix: Option<String>,
+    /// A Redis Cluster: `url` (or `url_env`, comma-separated) or `urls` are seed nodes.
+    pub cluster: Option<bool>,
+    /// Seed nodes of a Redis Cluster (implies `cluster = true`).
+    pub urls: Option<Vec<String>>,
+    /// PEM CAs for a `rediss://` server's certificate (default: the system's roots).
+    pub ca_file: Option<String>,
 }
 
 /// Credential-guessing protection.

@@ -9,6 +9,10 @@
 //!
 //! While Redis cannot be reached, the configured fail mode decides; the connection is
 //! re-established in the background and Redis takes over again without a restart.
+//!
+//! One server (`redis://`, or `rediss://` over rustls) or a Redis Cluster: the cluster
+//! client routes each script by its first key's slot, which is every key's slot (the
+//! organisation's hash tag), and follows a failover to the promoted replica.
 
 use super::{admitted, charge_for, check, refused, RateInfo};
 use crate::cma::Operation;
@@ -18,7 +22,9 @@ use crate::snapshot::Token;
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Script};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Script, TlsCertificates};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,11 +64,25 @@ return {1, closest, closest_remaining}
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Where the buckets are: one server or a cluster.
+enum Endpoint {
+    Node(Client),
+    Cluster(ClusterClient),
+}
+
+/// A live connection to [`Endpoint`] (both kinds are cheap clones of one multiplexed
+/// connection per node).
+#[derive(Clone)]
+enum Conn {
+    Node(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
 /// The Redis backend of [`super::RateLimit`].
 pub struct RedisLimiter {
-    client: Client,
+    endpoint: Endpoint,
     /// `None` while Redis is unreachable (the fail mode applies without waiting).
-    conn: ArcSwapOption<MultiplexedConnection>,
+    conn: ArcSwapOption<Conn>,
     reconnecting: AtomicBool,
     script: Script,
     settings: RedisLimits,
@@ -73,9 +93,9 @@ impl RedisLimiter {
     /// Connects (or, if Redis is down, starts reconnecting in the background: the
     /// gateway serves in the fail mode meanwhile).
     pub async fn start(settings: &RedisLimits, metrics: Arc<Metrics>) -> Result<Arc<Self>, redis::RedisError> {
-        let client = Client::open(settings.url.expose())?;
+        let endpoint = endpoint(settings)?;
         let limiter = Arc::new(RedisLimiter {
-            client,
+            endpoint,
             conn: ArcSwapOption::empty(),
             reconnecting: AtomicBool::new(false),
             script: Script::new(GCRA),
@@ -93,15 +113,27 @@ impl RedisLimiter {
         Ok(limiter)
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection, redis::RedisError> {
-        let timeout = self.settings.timeout.max(Duration::from_millis(500));
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(self.settings.timeout));
-        let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
-        // Loading the script now keeps the first request to one round trip.
-        self.script.prepare_invoke().load_async(&mut conn).await?;
-        Ok(conn)
+    async fn connect(&self) -> Result<Conn, redis::RedisError> {
+        match &self.endpoint {
+            Endpoint::Node(client) => {
+                let timeout = self.settings.timeout.max(Duration::from_millis(500));
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(self.settings.timeout));
+                let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+                // Loading the script now keeps the first request to one round trip.
+                self.script.prepare_invoke().load_async(&mut conn).await?;
+                Ok(Conn::Node(conn))
+            }
+            Endpoint::Cluster(client) => {
+                let mut conn = client.get_async_connection().await?;
+                // SCRIPT LOAD goes to every master, so this also fails while one of
+                // them is down and not yet replaced: the cluster is back when every
+                // slot answers.
+                self.script.prepare_invoke().load_async(&mut conn).await?;
+                Ok(Conn::Cluster(conn))
+            }
+        }
     }
 
     /// Takes Redis out of the request path and reconnects in the background (once).
@@ -149,8 +181,13 @@ impl RedisLimiter {
             let interval = 1_000_000u64.div_ceil(u64::from(bucket.rate()));
             invocation.key(key.as_str()).arg(interval).arg(interval * u64::from(bucket.burst()));
         }
-        let mut conn = (*conn).clone();
-        let answer = tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn)).await;
+        let call = async {
+            match (*conn).clone() {
+                Conn::Node(mut c) => invocation.invoke_async::<Vec<i64>>(&mut c).await,
+                Conn::Cluster(mut c) => invocation.invoke_async::<Vec<i64>>(&mut c).await,
+            }
+        };
+        let answer = tokio::time::timeout(self.settings.timeout, call).await;
         let (ok, index, value) = match answer {
             Ok(Ok(v)) if v.len() == 3 => (v[0] == 1, v[1], v[2]),
             Ok(Ok(_)) => {
@@ -197,5 +234,77 @@ impl RedisLimiter {
                 check(token, op).map(Some)
             }
         }
+    }
+}
+
+/// The client for the configured URL(s), with the CA file's roots for `rediss://`.
+fn endpoint(settings: &RedisLimits) -> Result<Endpoint, redis::RedisError> {
+    let certs = match &settings.ca_file {
+        Some(path) => Some(TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(path).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read [ratelimit] ca_file",
+                    format!("{}: {e}", path.display()),
+                ))
+            })?),
+        }),
+        None => None,
+    };
+    if !settings.cluster {
+        let url = settings.urls.first().map(|u| u.expose()).unwrap_or_default();
+        return Ok(Endpoint::Node(match certs {
+            Some(certs) => Client::build_with_tls(url, certs)?,
+            None => Client::open(url)?,
+        }));
+    }
+    let mut builder = ClusterClientBuilder::new(settings.urls.iter().map(|u| u.expose()))
+        .connection_timeout(settings.timeout.max(Duration::from_millis(500)))
+        .response_timeout(settings.timeout)
+        // A call never outlives `timeout` (the fail mode then decides), so retries
+        // beyond a redirect or two would only be cut off.
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(50);
+    if let Some(certs) = certs {
+        builder = builder.certs(certs);
+    }
+    Ok(Endpoint::Cluster(builder.build()?))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Redis Cluster's key slot (CRC16/XMODEM of the hash tag, mod 16384).
+    fn slot(key: &str) -> u16 {
+        let bytes = key.as_bytes();
+        let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+            let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+        });
+        let mut crc: u16 = 0;
+        for &b in tagged.unwrap_or(bytes) {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            }
+        }
+        crc % 16384
+    }
+
+    /// Every key one request's script touches is in the organisation's slot, so the
+    /// script runs on one cluster node (no CROSSSLOT), whatever the organisation uid.
+    #[test]
+    fn a_scripts_keys_share_one_slot() {
+        assert_eq!(slot("123456789"), 12739, "the CRC16 of the Redis Cluster spec");
+        for org in ["org_small", "o", "a}b", "x{y", "\u{e9}t\u{e9}"] {
+            let keys: Vec<String> = ["token-read:blt1", "bulk", "org-read"]
+                .iter()
+                .map(|bucket| format!("stackgate:{{{org}}}:{bucket}"))
+                .collect();
+            let first = slot(&keys[0]);
+            assert!(keys.iter().all(|k| slot(k) == first), "{org}: {keys:?}");
+        }
+        assert_ne!(slot("stackgate:{org_a}:org-read"), slot("stackgate:{org_b}:org-read"), "organisations spread");
     }
 }

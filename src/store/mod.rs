@@ -4,6 +4,7 @@
 //! The store is the source of truth for tokens created through the API; the request
 //! path never reads it (it reads the snapshot, rebuilt after every committed change).
 
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 

@@ -7,6 +7,7 @@
 //! per-stack cap is made atomic across replicas by a per-stack advisory lock held for
 //! the count-then-insert transaction.
 
+use super::pg_tls::RustlsConnect;
 use super::{
     unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Cap, Columns, Edit, StoreError, StoreEvent,
     TokenStore,
@@ -20,7 +21,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
 
 /// The notification channel every replica listens on.
 const CHANNEL: &str = "stackgate_tokens";
@@ -103,12 +104,20 @@ impl PgStore {
     pub async fn connect(settings: &Postgres) -> Result<Self, StoreError> {
         let replica = super::process_id();
         let mut config: tokio_postgres::Config = settings.url.expose().parse().map_err(|e| unavailable(&e))?;
-        config.connect_timeout(CONNECT_TIMEOUT).keepalives_idle(Duration::from_secs(30));
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives_idle(Duration::from_secs(30))
+            .ssl_mode(settings.ssl_mode.driver_mode());
         if config.get_application_name().is_none() {
             config.application_name("stackgate");
         }
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let tls = super::pg_tls::connector(settings.ssl_mode, settings.ca_file.as_ref())
+            .map_err(|e| StoreError::Unavailable(format!("PostgreSQL TLS: {e}")))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)
             .runtime(Runtime::Tokio1)
@@ -129,6 +138,7 @@ impl PgStore {
         store.migrate().await?;
         tokio::spawn(listen(
             store.config.clone(),
+            tls,
             store.replica.clone(),
             store.resync_interval,
             store.events_tx.clone(),
@@ -195,7 +205,7 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| unavailable(&e))
+        self.pool.get().await.map_err(|e| StoreError::Unavailable(explain(&e)))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -246,7 +256,24 @@ impl PgStore {
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
     // The driver's text names the failing statement, never a bound value.
-    unavailable(&e)
+    StoreError::Unavailable(explain(&e))
+}
+
+/// An error with its causes: the driver's own text is only the kind ("error
+/// performing TLS handshake"), and the cause is what names the host and the reason
+/// (a certificate refused). Neither carries the URL, so no password reaches a log.
+fn explain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Records a change in the transaction that makes it.
@@ -525,6 +552,7 @@ impl TokenStore for PgStore {
 /// `resync_interval`.
 async fn listen(
     config: tokio_postgres::Config,
+    tls: RustlsConnect,
     replica: String,
     resync_interval: Duration,
     events: mpsc::UnboundedSender<StoreEvent>,
@@ -532,7 +560,7 @@ async fn listen(
     let mut backoff = Duration::from_millis(100);
     while !events.is_closed() {
         let started = tokio::time::Instant::now();
-        let Err(reason) = listen_once(&config, &replica, resync_interval, &events).await else {
+        let Err(reason) = listen_once(&config, &tls, &replica, resync_interval, &events).await else {
             return;
         };
         if started.elapsed() > Duration::from_secs(10) {
@@ -549,11 +577,12 @@ async fn listen(
 /// connection was lost.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &RustlsConnect,
     replica: &str,
     resync_interval: Duration,
     events: &mpsc::UnboundedSender<StoreEvent>,
 ) -> Result<(), String> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, mut connection) = config.connect(tls.clone()).await.map_err(|e| explain(&e))?;
     let (notes_tx, mut notes) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         loop {
