@@ -40,7 +40,11 @@ impl RedisCluster {
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", dir.join(format!("nodes-{port}.conf")).to_str().unwrap()])
-                .args(["--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no"])
+                // A node silent for 1 s is failed over; validity factor 0: a replica
+                // always stands in (else one that saw no master traffic lately
+                // refuses, "disconnected from master for longer than allowed").
+                .args(["--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0"])
+                .args(["--save", "", "--appendonly", "no"])
                 .args(["--dir", dir.to_str().unwrap()])
                 .stdout(std::process::Stdio::null())
                 .spawn()
