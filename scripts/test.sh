@@ -25,9 +25,11 @@ redis_up() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q 
 pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT"; }
 
 ensure_redis() {
-    # The fault tests start private redis-server processes, so the binary must exist.
-    if ! command -v redis-server >/dev/null; then
-        as_root apt-get install -y -qq redis-server >/dev/null || return 1
+    # The fault, TLS and cluster tests start private redis-server processes (TLS-only,
+    # and a six-node cluster joined by redis-cli), so both binaries must exist;
+    # Debian's redis-server is built with TLS.
+    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+        as_root apt-get install -y -qq redis-server redis-tools >/dev/null || return 1
     fi
     redis_up && return 0
     as_root mkdir -p /var/lib/redis /var/log/redis || true
@@ -36,6 +38,9 @@ ensure_redis() {
     wait_for redis redis_up
 }
 
+# tests/scaleout_tls.rs also runs a throwaway cluster with this installation's initdb and
+# pg_ctl (as the `postgres` user when run as root), and checks sslmode=require against
+# the main one: Debian's cluster has ssl = on with the snakeoil certificate.
 ensure_postgres() {
     command -v pg_isready >/dev/null || return 1
     pg_up && return 0
