@@ -1189,6 +1189,51 @@ mod tests {
         assert_eq!(cfg.ratelimit.local_share(), 4, "fail_mode defaults to local");
     }
 
+    /// Issue #22: sslmode/sslrootcert leave the URL for typed settings; cluster seeds
+    /// from `urls` or a comma-separated `url`; every mistake reported, no URL echoed.
+    #[test]
+    fn tls_and_cluster_settings() {
+        use crate::store::pg_tls::SslMode;
+        let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+        let text = format!(
+            "{base}[store]\nurl = \"postgres://sg:pw@db/x?sslmode=verify-full&application_name=a\"\n\
+             [ratelimit]\nbackend = \"redis\"\ncluster = true\nurl = \"redis://:pw@a:1, redis://:pw@b:2\""
+        );
+        let cfg = crate::config::from_str(&text).unwrap();
+        let pg = cfg.store.postgres.as_ref().unwrap();
+        assert_eq!((pg.ssl_mode, pg.ca_file.as_ref()), (SslMode::VerifyFull, None));
+        assert_eq!(pg.url.expose(), "postgres://sg:pw@db/x?application_name=a");
+        let redis = cfg.ratelimit.redis.as_ref().unwrap();
+        assert!(redis.cluster && redis.urls.len() == 2, "{redis:?}");
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("pw"), "{shown}");
+
+        let cfg = crate::config::from_str(&format!(
+            "{base}[store]\nurl = \"postgres://db/x\"\n[ratelimit]\nbackend = \"redis\"\nurls = [\"redis://a:1\"]"
+        ))
+        .unwrap();
+        assert_eq!(cfg.store.postgres.as_ref().unwrap().ssl_mode, SslMode::Prefer, "libpq's default");
+        assert!(cfg.ratelimit.redis.as_ref().unwrap().cluster, "urls imply a cluster");
+
+        let bad = errors(
+            "[store]\nurl = \"postgres://u:pw@db/x?sslmode=allow\"\n[ratelimit]\nbackend = \"redis\"\n\
+             cluster = false\nurls = [\"redis://:pw@a:1\"]",
+        );
+        assert!(bad.iter().any(|e| e.starts_with("store.url: sslmode must be")), "{bad:?}");
+        assert!(bad.iter().any(|e| e.starts_with("ratelimit.urls: several nodes are a cluster")), "{bad:?}");
+        let bad = errors(
+            "[store]\nurl = \"postgres://db/x?sslrootcert=/nonexistent/ca.pem&sslmode=disable\"\n\
+             [ratelimit]\nbackend = \"redis\"\nurls = [\"redis://:pw@a:1\", \"rediss://:pw@b:2\"]\nca_file = \"/nonexistent/r.pem\"",
+        );
+        assert!(bad.iter().any(|e| e.starts_with("store.ca_file: /nonexistent/ca.pem:")), "{bad:?}");
+        assert!(bad.iter().any(|e| e.starts_with("store.ca_file: a CA file with sslmode=disable")), "{bad:?}");
+        assert!(bad.iter().any(|e| e.starts_with("ratelimit.urls: either every node is rediss://")), "{bad:?}");
+        assert!(bad.iter().any(|e| e.starts_with("ratelimit.ca_file: /nonexistent/r.pem")), "{bad:?}");
+        assert!(!bad.iter().any(|e| e.contains("pw")), "no URL echoed: {bad:?}");
+        let bad = errors("[ratelimit]\nbackend = \"redis\"\nurl = \"redis://a:1\"\nca_file = \"/x.pem\"");
+        assert!(bad.iter().any(|e| e.starts_with("ratelimit.ca_file: only used with rediss://")), "{bad:?}");
+    }
+
     fn notify_config(notify: &str) -> Result<Config, Vec<String>> {
         let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[notify]\n{notify}");
         crate::config::from_str(&text)

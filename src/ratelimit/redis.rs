@@ -65,6 +65,8 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Where the buckets are: one server or a cluster.
+// One per process, built once: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Endpoint {
     Node(Client),
     Cluster(ClusterClient),
