@@ -51,7 +51,14 @@ ensure_postgres() {
     wait_for postgresql pg_up
 }
 
+# tests/scaleout.rs puts HAProxy (option forwardfor) in front of three replicas.
+ensure_haproxy() {
+    command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] && return 0
+    as_root apt-get install -y -qq haproxy >/dev/null
+}
+
 services=1
+ensure_haproxy || echo "test.sh: HAProxy is not available" >&2
 ensure_redis || { echo "test.sh: Redis is not available" >&2; services=0; }
 ensure_postgres || { echo "test.sh: PostgreSQL is not available" >&2; services=0; }
 if [ "$services" = 1 ]; then

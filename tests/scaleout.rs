@@ -843,3 +843,94 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
     drop(stores);
     db.drop_now().await;
 }
+
+/// One request from a chosen loopback source address (127.0.0.x) over its own
+/// connection: the status.
+async fn status_from(source: &str, to: SocketAddr, api_key: &str, secret: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(to).await.unwrap();
+    let request = format!(
+        "GET {READ} HTTP/1.1\r\nHost: gw\r\napi_key: {api_key}\r\nauthorization: {secret}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Issue #22 item 5: HAProxy (`option forwardfor`, round robin) in front of three
+/// replicas that trust it (`trusted_proxies`). Clients connect from distinct loopback
+/// addresses; the guard cools down the one guessing, on every replica, and not the
+/// other, and never refuses the guesser's valid credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_the_guard_cools_down_only_the_guessing_client() {
+    let haproxy = ["/usr/sbin/haproxy", "haproxy"]
+        .into_iter()
+        .find(|p| std::process::Command::new(p).arg("-v").output().is_ok_and(|o| o.status.success()));
+    let Some(haproxy) = haproxy else {
+        assert!(
+            std::env::var("STACKGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "haproxy is not installed (STACKGATE_REQUIRE_SERVICES=1)"
+        );
+        eprintln!("SKIPPED behind_haproxy_the_guard_cools_down_only_the_guessing_client: haproxy is not installed");
+        return;
+    };
+    let backend = Backend::start().await;
+    let dir = temp_dir("haproxy");
+    let guard = "\n[guard]\nmax_failures = 3\nwindow = \"60s\"\ncooldown = \"60s\"\n";
+    let replicas: Vec<Replica> = (0..3)
+        .map(|i| {
+            let file = dir.join(format!("replica{i}.toml"));
+            std::fs::write(&file, config_text(backend.addr, "trusted_proxies = [\"127.0.0.1\"]", guard)).unwrap();
+            spawn_logged(&file, &dir.join(format!("replica{i}.log")))
+        })
+        .collect();
+    let port = free_port().await;
+    let servers: String = replicas.iter().enumerate().map(|(i, r)| format!("    server r{i} {}\n", r.addr)).collect();
+    let cfg = format!(
+        "defaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
+         frontend fe\n    bind 127.0.0.1:{port}\n    option forwardfor\n    default_backend gw\n\
+         backend gw\n    balance roundrobin\n{servers}"
+    );
+    let cfg_file = dir.join("haproxy.cfg");
+    std::fs::write(&cfg_file, cfg).unwrap();
+    let child = std::process::Command::new(haproxy)
+        .args(["-db", "-f", cfg_file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _haproxy = Proc(child);
+    let lb = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    while TcpStream::connect(lb).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(5), "haproxy did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wrong = "cs0000000000000000000000000000dead";
+    // The guesser (127.0.0.2): 12 wrong secrets, 4 through each replica; each replica
+    // cools it down after its 3rd.
+    let mut guesses = Vec::new();
+    for _ in 0..12 {
+        guesses.push(status_from("127.0.0.2", lb, API_KEY, wrong).await);
+    }
+    eprintln!("guesser through HAProxy: {guesses:?}");
+    assert_eq!(&guesses[..9], &[401; 9], "the first three on each replica are plain 401s: {guesses:?}");
+    assert_eq!(&guesses[9..], &[429; 3], "then every replica cools it down: {guesses:?}");
+    // Another client (127.0.0.3) behind the same proxy: not cooled down anywhere.
+    for _ in 0..3 {
+        assert_eq!(status_from("127.0.0.3", lb, API_KEY, wrong).await, 401, "the other client keeps its 401");
+        assert_eq!(status_from("127.0.0.3", lb, API_KEY, RW).await, 200);
+    }
+    // The guesser's valid credentials still work on every replica.
+    for _ in 0..3 {
+        assert_eq!(status_from("127.0.0.2", lb, API_KEY, RW).await, 200, "valid credentials are never refused");
+    }
+    // The replicas saw the clients' addresses, not HAProxy's.
+    let logs: String = (0..3).map(|i| std::fs::read_to_string(dir.join(format!("replica{i}.log"))).unwrap()).collect();
+    assert!(logs.contains("client=127.0.0.2") && !logs.contains("client=127.0.0.1 "), "{logs}");
+    drop(replicas);
+}
