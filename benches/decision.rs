@@ -51,7 +51,9 @@ fn rate_limit_check(c: &mut Criterion) {
     let token = snap.token(&hash_secret(support::secret(42).as_bytes())).unwrap();
     let op = classify(&http::Method::GET, "/v3/content_types/blog/entries").unwrap();
     c.bench_function("rate_limit_check (token + organisation bucket)", |b| {
-        b.iter_custom(|iters| refilled(&clock, iters, || assert!(black_box(ratelimit::check(token, &op)).is_ok())))
+        b.iter_custom(|iters| {
+            refilled(&clock, iters, || assert!(black_box(ratelimit::check(&token.buckets, &op)).is_ok()))
+        })
     });
 }
 
@@ -75,7 +77,7 @@ fn whole_decision(c: &mut Criterion) {
                 assert!(d.is_ok(), "{:?}", d.as_ref().err());
                 // The local backend's charge, which the server runs right after decide.
                 if let Ok(Decision { route: Route::Proxy { principal: Principal::Token(token) }, op, .. }) = &d {
-                    assert!(ratelimit::check(token, op).is_ok());
+                    assert!(ratelimit::check(&token.buckets, op).is_ok());
                 }
                 let _ = black_box(d);
             })

@@ -91,9 +91,9 @@ impl Gateway {
         metrics.tokens_loaded.set(i64::try_from(snapshot.token_count()).unwrap_or(i64::MAX));
         let limiter = match &snapshot.config.ratelimit.redis {
             None => Limiter::Local,
-            Some(settings) => {
-                Limiter::Redis(crate::ratelimit::redis::RedisLimiter::start(settings, Arc::clone(&metrics)).await?)
-            }
+            Some(settings) => Limiter::Redis(
+                crate::ratelimit::redis::RedisLimiter::start(settings, metrics.ratelimit_backend()).await?,
+            ),
         };
         let snapshot = Arc::new(snapshot);
         metrics.set_snapshot(Arc::clone(&snapshot));

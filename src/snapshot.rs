@@ -4,7 +4,7 @@
 
 use crate::config::{Config, Organization, UserSessions};
 use crate::proxy::UpstreamClient;
-use crate::ratelimit::{Bucket, Charge, OrgBuckets, RateClock, TokenBuckets};
+use crate::ratelimit::{Bucket, Charge, OrgBuckets, Payer, RateClock, TokenBuckets};
 use crate::token::{compile_scope, Grants, TokenRecord};
 use crate::usage::Usage;
 use http::uri::Authority;
@@ -90,6 +90,13 @@ pub struct Token {
     /// This token's usage counters, shared with every later version of the token (and
     /// with its previous secret's entry), so counts survive rebuilds and rotation.
     pub usage: Arc<Usage>,
+}
+
+impl Token {
+    /// Who this token's requests are charged to.
+    pub fn payer(&self) -> Payer<'_> {
+        Payer { buckets: &self.buckets, token_uid: &self.uid, org_uid: &self.stack.organization.config.uid }
+    }
 }
 
 /// Request-path settings copied out of the config.

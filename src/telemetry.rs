@@ -148,6 +148,16 @@ pub struct Metrics {
     pub ratelimit_fallbacks: [Counter; 3],
 }
 
+impl Metrics {
+    /// The rate-limit backend's metrics, sharing these series.
+    pub fn ratelimit_backend(&self) -> crate::ratelimit::BackendMetrics {
+        crate::ratelimit::BackendMetrics {
+            up: self.ratelimit_backend_up.clone(),
+            fallbacks: self.ratelimit_fallbacks.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")

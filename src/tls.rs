@@ -1,7 +1,6 @@
 //! TLS: the listener's certificate (rustls, ALPN `h2` + `http/1.1`) and the upstream
 //! client's trust roots. Loading errors are reported with the file they concern.
 
-use crate::config::TlsFiles;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -20,8 +19,30 @@ fn file_error(path: &Path, reason: impl ToString) -> TlsError {
     TlsError::File { path: path.display().to_string(), reason: reason.to_string() }
 }
 
+/// Reads the PEM CA bundle (at config load, to report a bad file before start, and
+/// again when connecting).
+pub fn read_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(roots)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The listener's certificate chain and private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// Builds the listener's TLS config from PEM files.

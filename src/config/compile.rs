@@ -79,12 +79,7 @@ pub struct Server {
     pub trusted_proxies: Vec<super::trusted::Cidr>,
 }
 
-/// PEM files of the listener's certificate chain and private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+pub use crate::tls::TlsFiles;
 
 /// Connection and request limits of the main listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +128,7 @@ pub struct Postgres {
     pub pool_size: usize,
     pub resync_interval: Duration,
     /// libpq's `sslmode` (default `prefer`, as libpq).
-    pub ssl_mode: crate::store::pg_tls::SslMode,
+    pub ssl_mode: super::pg_url::SslMode,
     /// CAs the server's certificate must chain to (`sslrootcert=` or `[store] ca_file`;
     /// read and checked at load).
     pub ca_file: Option<PathBuf>,
@@ -662,13 +657,13 @@ fn store(s: &RawStore, errs: &mut ConfigErrors) -> Option<Store> {
                 errs.push("store.url", "give either path (embedded) or url (PostgreSQL), not both");
             }
             let scheme_ok = url.0.starts_with("postgres://") || url.0.starts_with("postgresql://");
-            let split = crate::store::pg_tls::split_url(&url.0);
+            let split = super::pg_url::split_url(&url.0);
             if !scheme_ok || split.url.parse::<tokio_postgres::Config>().is_err() {
                 // The URL itself is not echoed: it may carry a password.
                 errs.push("store.url", "must be a postgres://user@host/database URL");
             }
-            let ssl_mode = match split.sslmode.as_deref().map(crate::store::pg_tls::SslMode::parse) {
-                None => Some(crate::store::pg_tls::SslMode::default()),
+            let ssl_mode = match split.sslmode.as_deref().map(super::pg_url::SslMode::parse) {
+                None => Some(super::pg_url::SslMode::default()),
                 Some(Some(mode)) => Some(mode),
                 Some(None) => {
                     errs.push("store.url", "sslmode must be disable, prefer, require, verify-ca or verify-full");
@@ -685,11 +680,11 @@ fn store(s: &RawStore, errs: &mut ConfigErrors) -> Option<Store> {
                 (None, None) => None,
             };
             if let Some(path) = &ca_file {
-                if let Err(e) = crate::store::pg_tls::read_roots(path) {
+                if let Err(e) = crate::tls::read_roots(path) {
                     errs.push("store.ca_file", e);
                 }
             }
-            if ssl_mode == Some(crate::store::pg_tls::SslMode::Disable) && ca_file.is_some() {
+            if ssl_mode == Some(super::pg_url::SslMode::Disable) && ca_file.is_some() {
                 errs.push("store.ca_file", "a CA file with sslmode=disable: TLS is off, nothing would be checked");
             }
             Some(Postgres {
@@ -1193,7 +1188,7 @@ mod tests {
     /// from `urls` or a comma-separated `url`; every mistake reported, no URL echoed.
     #[test]
     fn tls_and_cluster_settings() {
-        use crate::store::pg_tls::SslMode;
+        use crate::config::pg_url::SslMode;
         let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
         let text = format!(
             "{base}[store]\nurl = \"postgres://sg:pw@db/x?sslmode=verify-full&application_name=a\"\n\

@@ -4,6 +4,7 @@
 
 mod compile;
 pub mod cors;
+pub mod pg_url;
 pub mod raw;
 pub mod trusted;
 mod units;

@@ -15,7 +15,6 @@ pub use crate::rate_fields::RateInfo;
 
 use crate::cma::{Access, Operation, Rule};
 use crate::error::GatewayError;
-use crate::snapshot::Token;
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
@@ -191,12 +190,30 @@ pub struct TokenBuckets {
     pub bulk_write: Charge,
 }
 
+/// Who a request is charged to: a token's buckets, and the names a shared backend
+/// keys them by.
+#[derive(Debug, Clone, Copy)]
+pub struct Payer<'a> {
+    pub buckets: &'a TokenBuckets,
+    pub token_uid: &'a str,
+    pub org_uid: &'a str,
+}
+
+/// The rate-limit backend's own metrics (registered by the telemetry module):
+/// whether the shared backend answers, and how often each fail mode was applied.
+#[derive(Debug, Clone, Default)]
+pub struct BackendMetrics {
+    pub up: prometheus_client::metrics::gauge::Gauge,
+    /// `open`, `closed`, `local`.
+    pub fallbacks: [prometheus_client::metrics::counter::Counter; 3],
+}
+
 /// The rate-limit backends' one interface: charge a management-token request to its
 /// buckets. `Ok(None)`: admitted with nothing to report (Redis unreachable, fail open).
 pub trait RateLimit: Send + Sync {
     fn charge(
         &self,
-        token: &Token,
+        payer: Payer<'_>,
         op: &Operation,
     ) -> impl Future<Output = Result<Option<RateInfo>, GatewayError>> + Send;
 }
@@ -211,17 +228,16 @@ pub enum Limiter {
 }
 
 impl RateLimit for Limiter {
-    async fn charge(&self, token: &Token, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
+    async fn charge(&self, payer: Payer<'_>, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
         match self {
-            Limiter::Local => check(token, op).map(Some),
-            Limiter::Redis(r) => r.charge(token, op).await,
+            Limiter::Local => check(payer.buckets, op).map(Some),
+            Limiter::Redis(r) => r.charge(payer, op).await,
         }
     }
 }
 
 /// Which of a token's four charges a request draws from.
-pub fn charge_for<'a>(token: &'a Token, op: &Operation) -> &'a Charge {
-    let buckets = &token.buckets;
+pub fn charge_for<'a>(buckets: &'a TokenBuckets, op: &Operation) -> &'a Charge {
     match (op.rule == Rule::Bulk, op.access) {
         (false, Access::Read) => &buckets.read,
         (false, Access::Write) => &buckets.write,
@@ -258,8 +274,8 @@ fn admitted(bucket: &Bucket, remaining: u32, policy: &HeaderValue) -> RateInfo {
 }
 
 /// Charges a management-token request to this process's buckets, token first.
-pub fn check(token: &Token, op: &Operation) -> Result<RateInfo, GatewayError> {
-    let charge = charge_for(token, op);
+pub fn check(buckets: &TokenBuckets, op: &Operation) -> Result<RateInfo, GatewayError> {
+    let charge = charge_for(buckets, op);
     let mut closest: Option<(&Bucket, u32)> = None;
     for bucket in charge.buckets() {
         match bucket.take() {
@@ -386,7 +402,7 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
 
     fn admitted(s: &Snapshot, secret: &str, op: &Operation, tries: u32) -> u32 {
         let token = s.token(&hash_secret(secret.as_bytes())).unwrap();
-        (0..tries).filter(|_| check(token, op).is_ok()).count() as u32
+        (0..tries).filter(|_| check(&token.buckets, op).is_ok()).count() as u32
     }
 
     fn read() -> Operation {
@@ -419,10 +435,10 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
         // A is stopped by its own bucket: its 47 refusals must not spend the organisation's.
         assert_eq!(admitted(&s, A, &read(), 50), 3);
         assert_eq!(admitted(&s, B, &read(), 50), 3);
-        let err = check(s.token(&hash_secret(A.as_bytes())).unwrap(), &read()).unwrap_err();
+        let err = check(&s.token(&hash_secret(A.as_bytes())).unwrap().buckets, &read()).unwrap_err();
         let GatewayError::RateLimited { info, .. } = err else { panic!("{err:?}") };
         assert_eq!((info.name, info.limit), ("token-read", 3));
-        let err = check(s.token(&hash_secret(B.as_bytes())).unwrap(), &read()).unwrap_err();
+        let err = check(&s.token(&hash_secret(B.as_bytes())).unwrap().buckets, &read()).unwrap_err();
         let GatewayError::RateLimited { info, retry_after } = err else { panic!("{err:?}") };
         assert_eq!((info.name, info.limit, retry_after), ("org-read", 6, 1));
     }
@@ -523,7 +539,7 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
         let clock = RateClock::fake();
         let s = snap(cfg("read_per_second = 10", Some((3, 3))), None, &clock);
         let token = s.token(&hash_secret(A.as_bytes())).unwrap();
-        let info = check(token, &read()).unwrap();
+        let info = check(&token.buckets, &read()).unwrap();
         assert_eq!((info.name, info.limit, info.remaining), ("token-read", 3, 2));
         assert_eq!(info.policy, "\"token-read\";q=3;w=1, \"org-read\";q=10;w=1");
     }

@@ -14,12 +14,10 @@
 //! client routes each script by its first key's slot, which is every key's slot (the
 //! organisation's hash tag), and follows a failover to the promoted replica.
 
-use super::{admitted, charge_for, check, refused, RateInfo};
+use super::{admitted, charge_for, check, refused, BackendMetrics, Payer, RateInfo};
 use crate::cma::Operation;
 use crate::config::{FailMode, RedisLimits};
 use crate::error::GatewayError;
-use crate::snapshot::Token;
-use crate::telemetry::Metrics;
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -88,13 +86,13 @@ pub struct RedisLimiter {
     reconnecting: AtomicBool,
     script: Script,
     settings: RedisLimits,
-    metrics: Arc<Metrics>,
+    metrics: BackendMetrics,
 }
 
 impl RedisLimiter {
     /// Connects (or, if Redis is down, starts reconnecting in the background: the
     /// gateway serves in the fail mode meanwhile).
-    pub async fn start(settings: &RedisLimits, metrics: Arc<Metrics>) -> Result<Arc<Self>, redis::RedisError> {
+    pub async fn start(settings: &RedisLimits, metrics: BackendMetrics) -> Result<Arc<Self>, redis::RedisError> {
         let endpoint = endpoint(settings)?;
         let limiter = Arc::new(RedisLimiter {
             endpoint,
@@ -108,7 +106,7 @@ impl RedisLimiter {
             Ok(conn) => limiter.conn.store(Some(Arc::new(conn))),
             Err(e) => {
                 tracing::warn!(error = %e, fail_mode = ?settings.fail_mode, "Redis unreachable at start; the fail mode applies until it answers");
-                limiter.metrics.ratelimit_backend_up.set(0);
+                limiter.metrics.up.set(0);
                 limiter.reconnect();
             }
         }
@@ -141,7 +139,7 @@ impl RedisLimiter {
     /// Takes Redis out of the request path and reconnects in the background (once).
     fn reconnect(self: &Arc<Self>) {
         self.conn.store(None);
-        self.metrics.ratelimit_backend_up.set(0);
+        self.metrics.up.set(0);
         if self.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -153,7 +151,7 @@ impl RedisLimiter {
                 match this.connect().await {
                     Ok(conn) => {
                         this.conn.store(Some(Arc::new(conn)));
-                        this.metrics.ratelimit_backend_up.set(1);
+                        this.metrics.up.set(1);
                         this.reconnecting.store(false, Ordering::Release);
                         tracing::info!("Redis answers again; shared rate limits resumed");
                         return;
@@ -166,19 +164,19 @@ impl RedisLimiter {
     }
 
     /// Charges the request in Redis, or applies the fail mode.
-    pub async fn charge(self: &Arc<Self>, token: &Token, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
+    pub async fn charge(self: &Arc<Self>, payer: Payer<'_>, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
         let Some(conn) = self.conn.load_full() else {
-            return self.fail(token, op);
+            return self.fail(payer, op);
         };
-        let charge = charge_for(token, op);
-        let org = &*token.stack.organization.config.uid;
+        let charge = charge_for(payer.buckets, op);
+        let org = payer.org_uid;
         let mut invocation = self.script.prepare_invoke();
         let mut key = String::with_capacity(64);
         for (bucket, own) in charge.parts() {
             key.clear();
             let _ = write!(key, "{}:{{{org}}}:{}", self.settings.key_prefix, bucket.name());
             if own {
-                let _ = write!(key, ":{}", token.uid);
+                let _ = write!(key, ":{}", payer.token_uid);
             }
             let interval = 1_000_000u64.div_ceil(u64::from(bucket.rate()));
             invocation.key(key.as_str()).arg(interval).arg(interval * u64::from(bucket.burst()));
@@ -194,22 +192,22 @@ impl RedisLimiter {
             Ok(Ok(v)) if v.len() == 3 => (v[0] == 1, v[1], v[2]),
             Ok(Ok(_)) => {
                 tracing::error!("rate-limit script answered in an unexpected shape");
-                return self.fail(token, op);
+                return self.fail(payer, op);
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "Redis rate-limit call failed; reconnecting");
                 self.reconnect();
-                return self.fail(token, op);
+                return self.fail(payer, op);
             }
             Err(_) => {
                 tracing::warn!(timeout = ?self.settings.timeout, "Redis rate-limit call timed out; reconnecting");
                 self.reconnect();
-                return self.fail(token, op);
+                return self.fail(payer, op);
             }
         };
         let bucket = usize::try_from(index - 1).ok().and_then(|i| charge.parts().nth(i)).map(|(b, _)| b);
         let Some(bucket) = bucket else {
-            return self.fail(token, op);
+            return self.fail(payer, op);
         };
         let value = u64::try_from(value).unwrap_or(0);
         if ok {
@@ -220,8 +218,8 @@ impl RedisLimiter {
     }
 
     /// What a request gets while Redis is out (see [`FailMode`]).
-    fn fail(&self, token: &Token, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
-        let [open, closed, local] = &self.metrics.ratelimit_fallbacks;
+    fn fail(&self, payer: Payer<'_>, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
+        let [open, closed, local] = &self.metrics.fallbacks;
         match self.settings.fail_mode {
             FailMode::Open => {
                 open.inc();
@@ -233,7 +231,7 @@ impl RedisLimiter {
             }
             FailMode::Local => {
                 local.inc();
-                check(token, op).map(Some)
+                check(payer.buckets, op).map(Some)
             }
         }
     }

@@ -262,7 +262,7 @@ async fn process(
         return Err(GatewayError::PayloadTooLarge);
     }
     let rate = match &principal {
-        Principal::Token(token) => gw.limiter.charge(token, &op).await?,
+        Principal::Token(token) => gw.limiter.charge(token.payer(), &op).await?,
         Principal::UserSession => None,
     };
     let body_state = BodyState::default();

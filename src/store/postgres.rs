@@ -107,7 +107,7 @@ impl PgStore {
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives_idle(Duration::from_secs(30))
-            .ssl_mode(settings.ssl_mode.driver_mode());
+            .ssl_mode(super::pg_tls::driver_mode(settings.ssl_mode));
         if config.get_application_name().is_none() {
             config.application_name("stackgate");
         }

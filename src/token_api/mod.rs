@@ -12,10 +12,10 @@ mod input;
 
 use crate::config::Stack;
 use crate::error::{BadRequest, Denial, FieldErrors, GatewayError};
+use crate::gateway::{Change, Gateway};
 use crate::pipeline::auth::{API_KEY, AUTHTOKEN};
 use crate::proxy::ClientBody;
 use crate::proxy::{self, Body};
-use crate::gateway::{Change, Gateway};
 use crate::store::{Cap, Edit, StoreError};
 use crate::token::{hash_secret, new_secret, new_uid, Origin, PreviousSecret, TokenRecord};
 use crate::usage::{Outcome, Usage};
