@@ -1,7 +1,7 @@
 //! `[server.cors]`: which browser origins may call the gateway, compiled once into the
 //! header values every answer needs (see `server::cors` for how they are used).
 
-use super::compile::ConfigErrors;
+use super::errors::ConfigErrors;
 use super::units::parse_duration;
 use http::{HeaderValue, Method};
 use serde::Deserialize;

@@ -1,20 +1,37 @@
 //! Configuration: the raw file ([`raw`]) compiled once into validated runtime types
-//! ([`compile`]). Every error is collected with its TOML path and reported together,
-//! before any port is bound.
+//! ([`types`]). [`compile`] orchestrates the per-section checks (`sections`,
+//! `tenants`, over the shared `checks`); environment variables are read here, at
+//! load, and handed to it, so compiling is a function of its inputs. Every error is
+//! collected with its TOML path and reported together, before any port is bound.
 
+mod checks;
 mod compile;
 pub mod cors;
+mod errors;
 pub mod pg_url;
 pub mod raw;
+mod sections;
+mod tenants;
 pub mod trusted;
+pub mod types;
 mod units;
 
-pub use compile::{
-    compile, Config, ConfigError, ConfigErrors, ConfigWarning, FailMode, Guard, Limits, Notify, Organization, Postgres,
-    RateLimiting, RedisLimits, Role, Secret, Server, Smtp, SmtpAuth, Stack, Store, Telemetry, TlsFiles, Upstream, User,
-    UserSessions,
+pub use compile::compile;
+pub use errors::{ConfigError, ConfigErrors};
+pub use types::{
+    Config, ConfigWarning, FailMode, Guard, Limits, Notify, Organization, Postgres, RateLimiting, RedisLimits, Role,
+    Secret, Server, Smtp, SmtpAuth, Stack, Store, Telemetry, TlsFiles, Upstream, User, UserSessions,
 };
 pub use units::{parse_duration, parse_size};
+
+/// How the compiler reads an environment variable (`url_env`, `password_env`):
+/// [`std::env::var`] at load, a fixed map in tests.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
 
 use crate::token::TokenRecord;
 use std::path::Path;
@@ -30,7 +47,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn from_str(text: &str) -> Result<Config, ConfigErrors> {
     let (raw, unknown) =
         raw::parse(text).map_err(|e| ConfigErrors::single("", format!("invalid TOML: {}", e.to_string().trim())))?;
-    compile(raw, &unknown)
+    compile(raw, &unknown, &process_env)
 }
 
 /// Logs at start-up what the config allows but probably does not mean (see
@@ -59,3 +76,6 @@ pub fn warn_if_no_channel(cfg: &Notify, token: &TokenRecord) {
              no expiry notice will be sent");
     }
 }
+
+#[cfg(test)]
+mod tests;

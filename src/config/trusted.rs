@@ -1,7 +1,7 @@
 //! `[server] trusted_proxies`: the addresses (CIDR blocks) whose `X-Forwarded-For` and
 //! `Forwarded` fields the gateway believes (see `server::client`).
 
-use super::compile::ConfigErrors;
+use super::errors::ConfigErrors;
 use std::net::IpAddr;
 
 /// An address block: `10.0.0.0/8`, `::1/128`, or a bare address (the whole width).

@@ -1,0 +1,138 @@
+//! The checks every section shares: sizes, durations, bounded numbers, socket
+//! addresses, identifiers, URLs given inline or by environment variable.
+
+use super::errors::ConfigErrors;
+use super::types::Secret;
+use super::units::{parse_duration, parse_size};
+use super::Env;
+use http::uri::Scheme;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default organisation limits, as Contentstack's CMA.
+pub(super) const DEFAULT_RATE: u32 = 10;
+
+pub(super) const DEFAULT_BULK_RATE: u32 = 1;
+
+pub(super) const DEFAULT_MAX_TOKENS: u32 = 30;
+
+/// Sanity bounds: anything above is almost certainly a typo.
+pub(super) const MAX_RATE: i64 = 1_000_000;
+
+pub(super) const MAX_BURST: i64 = 100_000;
+
+pub(super) const MAX_NAME: usize = 255;
+
+/// `stacks.1.tokens.0.extra` (serde_ignored) -> `stacks[1].tokens[0].extra`.
+pub(super) fn toml_path(dotted: &str) -> String {
+    let mut out = String::with_capacity(dotted.len() + 4);
+    for part in dotted.split('.') {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(part);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+pub(super) fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
+    text.parse().map_err(|_| errs.push(path, format!("'{text}' is not an address such as \"127.0.0.1:8080\""))).ok()
+}
+
+/// A size above zero (`default` when absent); an error is recorded under `path`.
+pub(super) fn positive_size(v: Option<&str>, default: &str, path: &str, errs: &mut ConfigErrors) -> Option<u64> {
+    parse_size(v.unwrap_or(default))
+        .and_then(|n| if n == 0 { Err("must be greater than zero".to_owned()) } else { Ok(n) })
+        .map_err(|e| errs.push(path, e))
+        .ok()
+}
+
+/// An integer within `min..=max` (`default` when absent); an error is recorded under `path`.
+pub(super) fn bounded<T: TryFrom<i64>>(
+    v: Option<i64>,
+    default: T,
+    min: i64,
+    max: i64,
+    path: String,
+    errs: &mut ConfigErrors,
+) -> Option<T> {
+    match v {
+        None => Some(default),
+        Some(n) if (min..=max).contains(&n) => T::try_from(n).ok(),
+        Some(n) => {
+            errs.push(path, format!("{n} must be between {min} and {max}"));
+            None
+        }
+    }
+}
+
+pub(super) fn positive_duration(
+    v: Option<&str>,
+    default: &str,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<Duration> {
+    parse_duration(v.unwrap_or(default))
+        .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
+        .map_err(|e| errs.push(path, e))
+        .ok()
+}
+
+/// A URL given inline (`url`) or by the name of an environment variable (`url_env`).
+pub(super) fn url_setting(
+    inline: Option<&String>,
+    var: Option<&String>,
+    section: &str,
+    env: Env<'_>,
+    errs: &mut ConfigErrors,
+) -> Option<Option<Secret>> {
+    match (inline, var) {
+        (None, None) => Some(None),
+        (Some(_), Some(_)) => {
+            errs.push(format!("{section}.url_env"), "give either url or url_env, not both");
+            None
+        }
+        (Some(url), None) => Some(Some(Secret(url.clone()))),
+        (None, Some(var)) => match env(var) {
+            Some(url) if !url.is_empty() => Some(Some(Secret(url))),
+            _ => {
+                errs.push(format!("{section}.url_env"), format!("environment variable {var} is not set"));
+                None
+            }
+        },
+    }
+}
+
+pub(super) fn uri_has_query(url: &str) -> bool {
+    url.contains('?') || url.contains('#')
+}
+
+pub(super) fn is_http_or_https(scheme: Option<&Scheme>) -> bool {
+    scheme == Some(&Scheme::HTTP) || scheme == Some(&Scheme::HTTPS)
+}
+
+pub(super) fn rate(value: Option<i64>, default: u32, path: String, errs: &mut ConfigErrors) -> u32 {
+    bounded(value, default, 1, MAX_RATE, path, errs).unwrap_or(default)
+}
+
+/// Identifiers (uids, api keys, branch names) are short ASCII words.
+pub(super) fn check_ident(value: &str, path: &str, errs: &mut ConfigErrors) {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        errs.push(path, format!("'{value}' must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'"));
+    }
+}
+
+pub(super) fn check_token_rate(rate: u32, org_rate: u32, path: &str, errs: &mut ConfigErrors) {
+    if rate == 0 || rate > org_rate {
+        errs.push(path, format!("{rate} must be between 1 and the organization's {org_rate}"));
+    }
+}

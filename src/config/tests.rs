@@ -1,0 +1,191 @@
+//! The config compiler's tests.
+
+use super::*;
+use std::time::Duration;
+
+/// Compiles config text with the given environment variables (and no others).
+fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    let (raw, unknown) = raw::parse(text).map_err(|e| ConfigErrors::single("", e.to_string()))?;
+    let env = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+    compile(raw, &unknown, &env)
+}
+
+fn errors(extra: &str) -> Vec<String> {
+    let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{extra}");
+    match crate::config::from_str(&text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+    }
+}
+
+#[test]
+fn telemetry_defaults_and_checks() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+    let cfg = crate::config::from_str(base).unwrap();
+    assert_eq!(cfg.telemetry, Telemetry { per_token_metrics: false, usage_flush: Duration::from_secs(60) });
+    let on = format!("{base}[telemetry]\nper_token_metrics = true\nusage_flush = \"5s\"");
+    let cfg = crate::config::from_str(&on).unwrap();
+    assert_eq!(cfg.telemetry, Telemetry { per_token_metrics: true, usage_flush: Duration::from_secs(5) });
+    let bad = errors("[telemetry]\nusage_flush = \"0s\"\nper_token = true");
+    assert!(bad.iter().any(|e| e.starts_with("telemetry.usage_flush:")), "{bad:?}");
+    assert!(bad.iter().any(|e| e == "telemetry.per_token: unknown key"), "{bad:?}");
+}
+
+#[test]
+fn scale_out_settings_are_validated() {
+    let ok = "[store]\nurl = \"postgres://sg:pw@db/stackgate\"\n[ratelimit]\nbackend = \"redis\"\nurl = \"redis://r:6379\"\nfail_mode = \"closed\"\nreplicas = 3";
+    let cfg = crate::config::from_str(&format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{ok}")).unwrap();
+    let redis = cfg.ratelimit.redis.as_ref().unwrap();
+    assert_eq!((redis.fail_mode, redis.replicas, cfg.ratelimit.local_share()), (FailMode::Closed, 3, 1));
+    assert_eq!(cfg.store.postgres.as_ref().unwrap().pool_size, 8);
+    // URLs may hold passwords: never in Debug output.
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("pw@") && !shown.contains("redis://r"), "{shown}");
+
+    let bad = errors(
+        "[store]\npath = \"x.db\"\nurl = \"mysql://db\"\n[ratelimit]\nbackend = \"redis\"\nfail_mode = \"maybe\"\nreplicas = 0",
+    );
+    assert!(bad.iter().any(|e| e.starts_with("store.url: give either path")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.starts_with("store.url: must be a postgres://")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.starts_with("ratelimit.fail_mode:")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.starts_with("ratelimit.replicas:")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.starts_with("ratelimit.url: backend = \"redis\" needs url")), "{bad:?}");
+    assert!(!bad.iter().any(|e| e.contains("mysql://db")), "the URL is not echoed: {bad:?}");
+
+    let bad = errors("[ratelimit]\nbackend = \"memcached\"\n[store]\nurl_env = \"STACKGATE_TEST_SURELY_UNSET\"");
+    assert!(bad.iter().any(|e| e.starts_with("ratelimit.backend:")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.contains("STACKGATE_TEST_SURELY_UNSET is not set")), "{bad:?}");
+
+    let local = "[ratelimit]\nbackend = \"redis\"\nurl = \"redis://r\"\nreplicas = 4";
+    let cfg = crate::config::from_str(&format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{local}")).unwrap();
+    assert_eq!(cfg.ratelimit.local_share(), 4, "fail_mode defaults to local");
+}
+
+/// Issue #22: sslmode/sslrootcert leave the URL for typed settings; cluster seeds
+/// from `urls` or a comma-separated `url`; every mistake reported, no URL echoed.
+#[test]
+fn tls_and_cluster_settings() {
+    use crate::config::pg_url::SslMode;
+    let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+    let text = format!(
+        "{base}[store]\nurl = \"postgres://sg:pw@db/x?sslmode=verify-full&application_name=a\"\n\
+         [ratelimit]\nbackend = \"redis\"\ncluster = true\nurl = \"redis://:pw@a:1, redis://:pw@b:2\""
+    );
+    let cfg = crate::config::from_str(&text).unwrap();
+    let pg = cfg.store.postgres.as_ref().unwrap();
+    assert_eq!((pg.ssl_mode, pg.ca_file.as_ref()), (SslMode::VerifyFull, None));
+    assert_eq!(pg.url.expose(), "postgres://sg:pw@db/x?application_name=a");
+    let redis = cfg.ratelimit.redis.as_ref().unwrap();
+    assert!(redis.cluster && redis.urls.len() == 2, "{redis:?}");
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("pw"), "{shown}");
+
+    let cfg = crate::config::from_str(&format!(
+        "{base}[store]\nurl = \"postgres://db/x\"\n[ratelimit]\nbackend = \"redis\"\nurls = [\"redis://a:1\"]"
+    ))
+    .unwrap();
+    assert_eq!(cfg.store.postgres.as_ref().unwrap().ssl_mode, SslMode::Prefer, "libpq's default");
+    assert!(cfg.ratelimit.redis.as_ref().unwrap().cluster, "urls imply a cluster");
+
+    let bad = errors(
+        "[store]\nurl = \"postgres://u:pw@db/x?sslmode=allow\"\n[ratelimit]\nbackend = \"redis\"\n\
+         cluster = false\nurls = [\"redis://:pw@a:1\"]",
+    );
+    assert!(bad.iter().any(|e| e.starts_with("store.url: sslmode must be")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.starts_with("ratelimit.urls: several nodes are a cluster")), "{bad:?}");
+    let bad = errors(
+        "[store]\nurl = \"postgres://db/x?sslrootcert=/nonexistent/ca.pem&sslmode=disable\"\n\
+         [ratelimit]\nbackend = \"redis\"\nurls = [\"redis://:pw@a:1\", \"rediss://:pw@b:2\"]\nca_file = \"/nonexistent/r.pem\"",
+    );
+    assert!(bad.iter().any(|e| e.starts_with("store.ca_file: /nonexistent/ca.pem:")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.starts_with("store.ca_file: a CA file with sslmode=disable")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.starts_with("ratelimit.urls: either every node is rediss://")), "{bad:?}");
+    assert!(bad.iter().any(|e| e.starts_with("ratelimit.ca_file: /nonexistent/r.pem")), "{bad:?}");
+    assert!(!bad.iter().any(|e| e.contains("pw")), "no URL echoed: {bad:?}");
+    let bad = errors("[ratelimit]\nbackend = \"redis\"\nurl = \"redis://a:1\"\nca_file = \"/x.pem\"");
+    assert!(bad.iter().any(|e| e.starts_with("ratelimit.ca_file: only used with rediss://")), "{bad:?}");
+}
+
+/// The password variable the SMTP tests name (given to the compiler, not the process).
+const SMTP_PASSWORD_VAR: &str = "STACKGATE_TEST_COMPILE_SMTP_PASSWORD";
+
+fn notify_config(notify: &str) -> Result<Config, Vec<String>> {
+    let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[notify]\n{notify}");
+    with_env(&text, &[(SMTP_PASSWORD_VAR, "pa55-w0rd-value")])
+        .map_err(|e| e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect())
+}
+
+#[test]
+fn webhook_may_be_https_with_its_own_ca_file() {
+    let cfg = notify_config("webhook = \"https://hooks.example.com/expiry\"\nwebhook_ca_file = \"ca.pem\"").unwrap();
+    assert_eq!(cfg.notify.webhook.as_ref().map(|u| u.to_string()).as_deref(), Some("https://hooks.example.com/expiry"));
+    assert_eq!(cfg.notify.webhook_ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+    assert!(notify_config("webhook = \"http://127.0.0.1:9100/h\"").is_ok());
+    let bad = notify_config("webhook = \"ftp://h/x\"").unwrap_err();
+    assert!(
+        bad.iter().any(|e| e.starts_with("notify.webhook: 'ftp://h/x' must be an absolute http:// or https://")),
+        "{bad:?}"
+    );
+    let bad = notify_config("webhook = \"http://h/x\"\nwebhook_ca_file = \"ca.pem\"").unwrap_err();
+    assert_eq!(bad, ["notify.webhook_ca_file: only used with an https:// webhook"]);
+    let bad = notify_config("webhook_ca_file = \"ca.pem\"").unwrap_err();
+    assert_eq!(bad, ["notify.webhook_ca_file: only used with an https:// webhook"]);
+}
+
+#[test]
+fn smtp_starttls_and_auth_are_validated_and_the_password_never_shown() {
+    let var = SMTP_PASSWORD_VAR;
+    let smtp = |extra: &str| format!("smtp = {{ relay = \"mail.example.com:587\", from = \"sg@example.com\"{extra} }}");
+    let cfg =
+        notify_config(&smtp(&format!(", starttls = true, username = \"mailer\", password_env = \"{var}\""))).unwrap();
+    let s = cfg.notify.smtp.as_ref().unwrap();
+    assert!(s.starttls);
+    let auth = s.auth.as_ref().unwrap();
+    assert_eq!((auth.username.as_str(), auth.password.expose()), ("mailer", "pa55-w0rd-value"));
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains("pa55-w0rd-value") && shown.contains("mailer"), "{shown}");
+    assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
+
+    let plain = notify_config(&smtp("")).unwrap();
+    let s = plain.notify.smtp.as_ref().unwrap();
+    assert!(!s.starttls && s.auth.is_none(), "starttls defaults to false, no AUTH");
+
+    let bad = notify_config(&smtp(", username = \"mailer\"")).unwrap_err();
+    assert_eq!(
+        bad,
+        ["notify.smtp.password_env: required with username (the environment variable holding the password)"]
+    );
+    let bad = notify_config(&smtp(&format!(", password_env = \"{var}\""))).unwrap_err();
+    assert_eq!(bad, ["notify.smtp.username: required with password_env"]);
+    let bad =
+        notify_config(&smtp(", username = \"mailer\", password_env = \"STACKGATE_TEST_SURELY_UNSET\"")).unwrap_err();
+    assert_eq!(bad, ["notify.smtp.password_env: environment variable STACKGATE_TEST_SURELY_UNSET is not set"]);
+    let bad =
+        notify_config(&smtp(&format!(", username = \"\", password_env = \"{var}\", starttls = \"yes\""))).unwrap_err();
+    assert!(bad.iter().all(|e| !e.contains("pa55-w0rd-value")), "{bad:?}");
+    let bad = notify_config(&smtp(&format!(", username = \"\", password_env = \"{var}\""))).unwrap_err();
+    assert_eq!(bad, ["notify.smtp.username: must not be empty"]);
+
+    // AUTH in clear: allowed, but a warning unless the relay is on this host.
+    let cleartext = notify_config(&smtp(&format!(", username = \"mailer\", password_env = \"{var}\""))).unwrap();
+    let warnings: Vec<String> = cleartext.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("mail.example.com:587") && !warnings[0].contains("pa55"), "{warnings:?}");
+    let local = format!("smtp = {{ relay = \"127.0.0.1:2525\", from = \"sg@example.com\", username = \"m\", password_env = \"{var}\" }}");
+    assert!(notify_config(&local).unwrap().warnings().is_empty());
+}
+
+#[test]
+fn notices_without_a_channel_are_a_warning_not_an_error() {
+    let token = "[[organizations]]\nuid = \"o\"\n[[stacks]]\napi_key = \"k\"\norganization = \"o\"\n[[stacks.tokens]]\nuid = \"blt00000000000000n1\"\nname = \"n\"\nsecret_sha256 = \"48c9f795c89445276749b08e0e69d3e177a9e1d408cbfb968aab1272f246af24\"\nis_email_notification_enabled = true\nscope = [{ module = \"branch\", branches = [\"main\"], acl = { read = true } }]\n";
+    let cfg = crate::config::from_str(&format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{token}")).unwrap();
+    let warnings: Vec<String> = cfg.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        ["stacks[0].tokens[0].is_email_notification_enabled: token blt00000000000000n1 has is_email_notification_enabled = true, but [notify] has neither webhook nor smtp: no expiry notice will be sent"]
+    );
+    assert!(!warnings[0].contains("48c9f7"), "never the secret's hash");
+    let with_hook =
+        format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[notify]\nwebhook = \"http://127.0.0.1:9/h\"\n{token}");
+    assert!(crate::config::from_str(&with_hook).unwrap().warnings().is_empty());
+}
