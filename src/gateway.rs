@@ -130,6 +130,13 @@ impl Gateway {
         &self.replica_id
     }
 
+    /// Counts a failed sign-in outside the pipeline (the token console's) as a
+    /// credential guess from `ip`, as the main listener does: `Err(seconds)` while that
+    /// address cools down.
+    pub(crate) fn failed_sign_in(&self, ip: std::net::IpAddr) -> Result<(), u64> {
+        self.guard.guess(ip, &self.snapshot().config.guard)
+    }
+
     /// Whether shutdown has begun (`/readyz` answers 503).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)

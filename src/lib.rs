@@ -22,6 +22,7 @@
 //! - [`gateway`]: the shared state (the one swappable snapshot) and how it changes:
 //!   reload, committed token changes, other replicas' changes.
 //! - [`server`]: listeners, connections, and the outer handler that logs every request.
+//! - `console`: the token console page on the admin listener (issue #19).
 //! - [`token`]: token records and scopes; [`clock`]: injectable time.
 //! - [`demo`]: an embedded CMA-like backend for `stackgate demo` and tests.
 //! - [`cli`]: the `stackgate` command.
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod cma;
 pub mod config;
+mod console;
 pub mod demo;
 pub mod error;
 pub mod field_names;

@@ -29,6 +29,7 @@ pub fn compile(raw: RawConfig, unknown: &[String], env: Env<'_>) -> Result<Confi
     let notify = notify(&raw, env, &mut errs);
     let guard = guard(&raw.guard, &mut errs);
     let telemetry = telemetry(&raw.telemetry, &mut errs);
+    let console = super::console::compile(&raw.console, admin_listen, &mut errs);
     let organizations = organizations(&raw.organizations, &mut errs);
     let users = users(&raw.users, &mut errs);
     let stacks = stacks(&raw.stacks, &organizations, &users, &mut errs);
@@ -42,7 +43,7 @@ pub fn compile(raw: RawConfig, unknown: &[String], env: Env<'_>) -> Result<Confi
             );
         }
     }
-    match (server, admin_listen, upstream, notify, guard, store, ratelimit, telemetry) {
+    match (server, admin_listen, upstream, notify, guard, store, ratelimit, telemetry, console) {
         (
             Some(server),
             Some(admin_listen),
@@ -52,6 +53,7 @@ pub fn compile(raw: RawConfig, unknown: &[String], env: Env<'_>) -> Result<Confi
             Some(store),
             Some(ratelimit),
             Some(telemetry),
+            Some(console),
         ) if errs.0.is_empty() => Ok(Config {
             server,
             admin_listen,
@@ -61,6 +63,7 @@ pub fn compile(raw: RawConfig, unknown: &[String], env: Env<'_>) -> Result<Confi
             notify,
             guard,
             telemetry,
+            console,
             organizations,
             users,
             stacks,

@@ -6,6 +6,7 @@
 
 mod checks;
 mod compile;
+pub mod console;
 pub mod cors;
 mod errors;
 pub mod pg_url;

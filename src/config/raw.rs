@@ -25,6 +25,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub telemetry: RawTelemetry,
     #[serde(default)]
+    pub console: super::console::RawConsole,
+    #[serde(default)]
     pub organizations: Vec<RawOrganization>,
     #[serde(default)]
     pub users: Vec<RawUser>,

@@ -21,6 +21,8 @@ pub struct Config {
     pub notify: Notify,
     pub guard: Guard,
     pub telemetry: Telemetry,
+    /// `[console]`: the token console on the admin listener.
+    pub console: super::console::Console,
     pub organizations: Vec<Organization>,
     pub users: Vec<User>,
     pub stacks: Vec<Stack>,

@@ -1,5 +1,6 @@
 //! The admin listener (loopback by default): `GET /healthz`, `GET /readyz`,
-//! `GET /metrics`, `POST /reload`.
+//! `GET /metrics`, `POST /reload`, and the token console (`crate::console`, at
+//! `[console] path`).
 
 use super::{Gateway, ReloadError};
 use crate::error::json_response;
@@ -12,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde_json::json;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -21,19 +23,27 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let (gw, builder) = (Arc::clone(&gw), Arc::clone(&builder));
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(Arc::clone(&gw), req));
+            let svc = service_fn(move |req| answer(Arc::clone(&gw), req, peer));
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
-async fn answer(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let req = match crate::console::serve(&gw, req, peer).await {
+        Ok(resp) => return Ok(resp.map(Full::new)),
+        Err(not_console) => not_console,
+    };
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(&gw).await,

@@ -14,6 +14,7 @@ mod signals;
 pub use crate::gateway::open_store;
 pub use crate::gateway::{Change, Gateway, ReloadError, ReloadReport};
 pub use handler::handle;
+pub(crate) use handler::ConnInfo;
 pub use signals::{reload_on_sighup, shutdown_signal};
 
 use crate::clock::Clock;
