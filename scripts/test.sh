@@ -6,7 +6,8 @@
 # unless STACKGATE_REQUIRE_SERVICES=1 (CI), which makes that an error.
 # The official SDKs that tests/sdk.rs drives are installed here too, under target/ (a
 # Python virtualenv and an npm prefix), so a fresh machine runs what CI runs. A missing
-# SDK fails its test unless STACKGATE_ALLOW_SKIP=1.
+# SDK fails its test unless STACKGATE_ALLOW_SKIP=1. Chromium and chromedriver (Debian's
+# packages) drive tests/console.rs; missing, that test fails too unless STACKGATE_ALLOW_SKIP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -100,7 +101,16 @@ ensure_csdx() {
     npm install --prefix "$CSDX" --no-audit --no-fund --silent "@contentstack/cli@^1"
 }
 
+# Chromium and its WebDriver, for tests/console.rs (the token console in a real browser).
+ensure_chromium() {
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+    as_root apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || {
+        as_root apt-get update -qq >/dev/null && as_root apt-get install -y -qq chromium chromium-driver >/dev/null
+    }
+}
+
 mkdir -p target
+ensure_chromium || echo "test.sh: could not install chromium and chromium-driver" >&2
 ensure_csdx || echo "test.sh: could not install @contentstack/cli into $CSDX" >&2
 ensure_python_sdk || echo "test.sh: could not install the Python SDK into $VENV" >&2
 ensure_js_sdk || echo "test.sh: could not install @contentstack/management into $JS_SDK" >&2

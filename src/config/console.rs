@@ -67,3 +67,49 @@ pub(super) fn compile(raw: &RawConsole, admin_listen: Option<SocketAddr>, errs: 
     }
     ok.then_some(Console { enabled, path, allow_plain_http_on_public_address: allow_plain })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> Result<Console, Vec<String>> {
+        let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{extra}");
+        crate::config::from_str(&text)
+            .map(|c| c.console)
+            .map_err(|e| e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect())
+    }
+
+    #[test]
+    fn on_at_console_by_default_on_loopback() {
+        let c = load("").unwrap();
+        assert_eq!(c, Console { enabled: true, path: "/console".into(), allow_plain_http_on_public_address: false });
+        let c = load("[console]\npath = \"/ops/tokens\"").unwrap();
+        assert_eq!(c.path, "/ops/tokens");
+        assert!(!load("[console]\nenabled = false").unwrap().enabled);
+    }
+
+    #[test]
+    fn paths_are_plain_and_shadow_nothing() {
+        for bad in ["console", "/", "/console/", "/a//b", "/con sole", "/a/../b", "/metrics", "/healthz/x", "/%2e"] {
+            let errors = load(&format!("[console]\npath = \"{bad}\"")).unwrap_err();
+            assert!(errors.iter().any(|e| e.starts_with("console.path:")), "{bad}: {errors:?}");
+        }
+        let errors = load("[console]\ncolour = \"red\"").unwrap_err();
+        assert!(errors.iter().any(|e| e == "console.colour: unknown key"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_public_admin_address_needs_an_opt_in() {
+        let errors = load("[admin]\nlisten = \"0.0.0.0:9901\"").unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("console.enabled:") && e.contains("allow_plain_http_on_public_address")),
+            "{errors:?}"
+        );
+        assert!(load("[admin]\nlisten = \"0.0.0.0:9901\"\n[console]\nenabled = false").is_ok());
+        let opted = load("[admin]\nlisten = \"10.0.0.5:9901\"\n[console]\nallow_plain_http_on_public_address = true");
+        assert!(opted.is_ok_and(|c| c.allow_plain_http_on_public_address));
+        assert!(load("[admin]\nlisten = \"[::1]:9901\"").is_ok());
+    }
+}

@@ -318,6 +318,19 @@
     box.hidden = false;
   }
 
+  /** The words a message from the API starts with ("is required." -> "Name is required."). */
+  function subject(key) {
+    const k = key.replace(/^token\./, '');
+    const names = [
+      [/^name$/, 'Name'], [/^description$/, 'Description'], [/^expires_on$/, 'Expiry date'],
+      [/^is_email_notification_enabled$/, 'Email notice'], [/read_per_second$/, 'Read requests per second'],
+      [/write_per_second$/, 'Write requests per second'], [/^rate_limit$/, 'Rate limits'],
+      [/branch_aliases$/, 'Aliases'], [/branches$/, 'Branches'], [/acl/, 'Permissions'],
+    ];
+    for (const [re, name] of names) if (re.test(k)) return name + ' ';
+    return '';
+  }
+
   /** Shows the API's validation messages next to their fields; focuses the first. */
   function showApiErrors(res) {
     const errors = (res.data && res.data.errors) || {};
@@ -326,7 +339,7 @@
     let first = null;
     for (const key of keys) {
       const field = fieldOf(key);
-      const text = (errors[key] || []).join(' ');
+      const text = (errors[key] || []).map((m) => subject(key) + m).join(' ');
       if (field) {
         fieldError(field, text);
         first = first || FIELD_INPUT[field];
@@ -599,6 +612,12 @@
     $('new-token').addEventListener('click', (ev) => { returnFocus = ev.currentTarget; openForm(null); });
     $('token-form').addEventListener('submit', submitForm);
     $('token-form').addEventListener('change', syncForm);
+    $('token-form').addEventListener('input', (ev) => {
+      const box = ev.target.closest('.field');
+      const err = box && box.querySelector('.field-error');
+      if (err && err.id !== 'err-permissions') err.textContent = '';
+      ev.target.removeAttribute('aria-invalid');
+    });
     for (const b of document.querySelectorAll('[data-close]')) {
       b.addEventListener('click', () => closeDialog(b.getAttribute('data-close')));
     }
