@@ -109,6 +109,7 @@ fn print_banner(gw: SocketAddr, admin: SocketAddr, backend: SocketAddr, s: &Demo
 stackgate demo
   gateway       http://{gw}   (demo backend at http://{backend})
   admin         http://{admin}   (/healthz /readyz /metrics)
+  console       http://{admin}/console/   (sign in with the authtoken below)
   api_key       {api_key}
   read-write    {rw}
   read-only     {ro}
