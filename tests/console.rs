@@ -440,6 +440,23 @@ async fn owner_manages_tokens_in_the_console() {
     let (_, _, list) = http(gw, "GET", TOKENS, &owner(), "").await;
     assert_eq!(serde_json::from_str::<Value>(&list).unwrap()["tokens"].as_array().unwrap().len(), 30);
 
+    // --- Edit: the form comes back filled in; what is not changed stays.
+    click(&c, &format!("{row_css} button[data-action='edit']")).await;
+    until(&c, "the edit form", "document.getElementById('token-dialog').open").await;
+    assert_eq!(value(&c, "#f-name").await, "ci-export");
+    assert_eq!(value(&c, "#f-expires-on").await, soon);
+    assert_eq!(value(&c, "#f-rate-read").await, "5");
+    assert!(c.find(Locator::Css("#f-alias-deploy")).await.unwrap().is_selected().await.unwrap());
+    type_into(&c, "#f-description", "Nightly export job, edited").await;
+    click(&c, "#token-submit").await;
+    until(&c, "the edit saved", &format!("document.querySelector(\"{row_css}\").innerText.includes('edited')")).await;
+    let (_, _, shown) = http(gw, "GET", &format!("{TOKENS}/{uid}"), &owner(), "").await;
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["token"]["scope"], made["scope"]);
+    assert_eq!(shown["token"]["rate_limit"], made["rate_limit"]);
+    assert_eq!(shown["token"]["expires_on"], json!(soon));
+    assert_eq!(shown["token"]["is_email_notification_enabled"], json!(true));
+
     // --- Suspend and resume (the `enabled` field), with the usage counters.
     click(&c, &format!("{row_css} button[data-action='suspend']")).await;
     until(&c, "suspended", &format!("document.querySelector(\"{row_css}\").innerText.includes('Suspended')")).await;

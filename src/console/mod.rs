@@ -159,6 +159,10 @@ async fn token_api(gw: &Arc<Gateway>, req: Request<Incoming>, path: &str, peer: 
         return GatewayError::NotFound.into_response();
     };
     parts.uri = uri;
+    // The page calls from its own origin. Without `Origin` the handler answers no CORS
+    // fields, whatever `[server.cors]` allows on the main listener: through the admin
+    // listener the API is for the console's own page only.
+    parts.headers.remove(header::ORIGIN);
     let req = Request::from_parts(parts, ClientBody::Hyper(body));
     let conn = Arc::new(ConnInfo::new(peer, false));
     let Ok(resp) = crate::server::handle(Arc::clone(gw), req, conn).await;
