@@ -402,7 +402,6 @@ async fn owner_manages_tokens_in_the_console() {
         assert!(row.contains(want), "row lacks {want:?}: {row}");
     }
     assert!(!row.contains("Write"), "a read-only token: {row}");
-    shot(&c, "list").await;
 
     // --- A developer sees the stack but cannot manage its tokens: the API's 403.
     sign_out(&c).await;
@@ -456,6 +455,9 @@ async fn owner_manages_tokens_in_the_console() {
     assert_eq!(shown["token"]["rate_limit"], made["rate_limit"]);
     assert_eq!(shown["token"]["expires_on"], json!(soon));
     assert_eq!(shown["token"]["is_email_notification_enabled"], json!(true));
+    // The list as reloaded: ci-export's uses through the gateway are counted.
+    assert!(text(&c, &row_css).await.contains("Last used"));
+    shot(&c, "list").await;
 
     // --- Suspend and resume (the `enabled` field), with the usage counters.
     click(&c, &format!("{row_css} button[data-action='suspend']")).await;
@@ -501,6 +503,8 @@ async fn owner_manages_tokens_in_the_console() {
         .await
         .unwrap();
     assert!(overflow.as_i64().unwrap() <= 0, "the page scrolls sideways on a narrow screen: {overflow}");
+    c.execute("window.scrollTo(0, 0);", vec![]).await.unwrap();
+    shot(&c, "narrow").await;
 
     c.close().await.unwrap();
     running.shutdown().await;

@@ -169,7 +169,9 @@
     }
     box.hidden = true;
     $('new-token').disabled = false;
-    tokens = res.data.tokens || [];
+    // Oldest first (config tokens have no creation time), ties by name: a stable order.
+    tokens = (res.data.tokens || []).sort((a, b) =>
+      (a.created_at || '').localeCompare(b.created_at || '') || a.name.localeCompare(b.name));
     renderTokens();
   }
 
@@ -199,8 +201,9 @@
     return { modules, read, write, branches, aliases, all: branches.includes('$all') };
   }
 
+  /** A table cell whose content is one block (on narrow screens it sits beside its label). */
   function cell(label, ...children) {
-    return el('td', { 'data-label': label }, ...children);
+    return el('td', { 'data-label': label }, el('div', { class: 'cell' }, ...children));
   }
 
   function renderTokens() {
