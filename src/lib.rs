@@ -21,8 +21,8 @@
 //! - [`error`]: the one mapping from failures to CMA error responses.
 //! - [`gateway`]: the shared state (the one swappable snapshot) and how it changes:
 //!   reload, committed token changes, other replicas' changes.
-//! - [`server`]: listeners, connections, and the outer handler that logs every request.
-//! - `console`: the token console page on the admin listener (issue #19).
+//! - [`server`]: listeners, connections, the outer handler that logs every request, and
+//!   the admin listener with the token console.
 //! - [`token`]: token records and scopes; [`clock`]: injectable time.
 //! - [`demo`]: an embedded CMA-like backend for `stackgate demo` and tests.
 //! - [`cli`]: the `stackgate` command.
@@ -31,7 +31,6 @@ pub mod cli;
 pub mod clock;
 pub mod cma;
 pub mod config;
-mod console;
 pub mod demo;
 pub mod error;
 pub mod field_names;

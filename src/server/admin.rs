@@ -1,5 +1,5 @@
 //! The admin listener (loopback by default): `GET /healthz`, `GET /readyz`,
-//! `GET /metrics`, `POST /reload`, and the token console (`crate::console`, at
+//! `GET /metrics`, `POST /reload`, and the token console (`console`, at
 //! `[console] path`).
 
 use super::{Gateway, ReloadError};
@@ -40,7 +40,7 @@ async fn answer(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let req = match crate::console::serve(&gw, req, peer).await {
+    let req = match super::console::serve(&gw, req, peer).await {
         Ok(resp) => return Ok(resp.map(Full::new)),
         Err(not_console) => not_console,
     };

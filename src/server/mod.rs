@@ -4,6 +4,7 @@
 
 mod admin;
 mod client;
+mod console;
 mod cors;
 mod handler;
 mod idle;

@@ -1,4 +1,4 @@
-//! The token console (issue #19): a small framework-free HTML + CSS + JS page on the
+//! The token console: a small framework-free HTML + CSS + JS page on the
 //! admin listener at `[console] path` (default `/console`), where a stack's owner or
 //! admin manages its management tokens as in Contentstack's Settings > Tokens page.
 //!
@@ -8,7 +8,7 @@
 //!   `'self'` only and no inline script or style.
 //! - The page calls the public token API only, through
 //!   `{path}/api/v3/stacks/management_tokens...`, which is handed in-process to the
-//!   same outer handler the main listener runs ([`crate::server::handle`]): the same
+//!   same outer handler the main listener runs (`server::handle`): the same
 //!   pipeline, the same token-API code (owner/admin only, the per-stack cap, rates
 //!   within the organisation's, the secret shown once), the same guessing guard and
 //!   access log. Same origin as the page, so no CORS. Only token-API paths are handed
@@ -20,11 +20,11 @@
 //!   `authtoken` header: never in a URL, storage, a log line or a metric. A custom
 //!   header also means a cross-site page cannot make these calls (no CORS is answered).
 
+use super::{ConnInfo, Gateway};
 use crate::config::{Config, Role};
 use crate::error::{json_response, GatewayError};
 use crate::pipeline::auth::AUTHTOKEN;
 use crate::proxy::ClientBody;
-use crate::server::{ConnInfo, Gateway};
 use crate::token::hash_secret;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -165,7 +165,7 @@ async fn token_api(gw: &Arc<Gateway>, req: Request<Incoming>, path: &str, peer: 
     parts.headers.remove(header::ORIGIN);
     let req = Request::from_parts(parts, ClientBody::Hyper(body));
     let conn = Arc::new(ConnInfo::new(peer, false));
-    let Ok(resp) = crate::server::handle(Arc::clone(gw), req, conn).await;
+    let Ok(resp) = super::handle(Arc::clone(gw), req, conn).await;
     let (mut parts, body) = resp.into_parts();
     // Token-API answers are small JSON made in memory; collecting them cannot wait on
     // anything but this process.
