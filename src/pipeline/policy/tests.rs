@@ -1,0 +1,102 @@
+//! Tests of `policy`.
+
+use super::*;
+use serde_json::json;
+
+fn rule(rule: Rule) -> Operation {
+    Operation { module: Module::Entry, access: Access::Write, rule }
+}
+
+fn check(r: Rule, v: serde_json::Value) -> Result<(), GatewayError> {
+    inspect_body(&rule(r), v.to_string().as_bytes())
+}
+
+#[test]
+fn workflow_body_rules() {
+    let wf = Rule::EntryWorkflow;
+    assert!(check(wf, json!({"workflow":{"workflow_stage":{"uid":"s1"}}})).is_err());
+    assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":1}}})).is_err());
+    assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":-1}}})).is_err());
+    assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":0,"uid":"r"}}})).is_ok());
+    assert!(check(wf, json!({"workflow":{"publishing_rule":{"uid":"r"}}})).is_err());
+    assert!(check(wf, json!({"workflow":{"workflow_stage":{"uid":"s"},"publishing_rule":{"status":0}}})).is_err());
+    assert!(check(wf, json!({})).is_err());
+}
+
+#[test]
+fn approvers_rule() {
+    let pr = Rule::PublishRuleApprovers;
+    assert!(check(pr, json!({"publishing_rule":{"approvers":{"users":["u1"]}}})).is_err());
+    assert!(check(pr, json!({"publishing_rule":{"approvers":{"roles":["r1"]}}})).is_err());
+    assert!(check(pr, json!({"publishing_rule":{"approvers":{"users":[],"roles":[]}}})).is_ok());
+    assert!(check(pr, json!({"publishing_rule":{"actions":[]}})).is_ok());
+    assert!(inspect_body(&rule(pr), b"").is_ok(), "a DELETE carries no approvers");
+    assert!(inspect_body(&rule(pr), b"[").is_err());
+}
+
+#[test]
+fn bodies_with_two_readings_are_refused() {
+    let ambiguous = GatewayError::BadRequest(BadRequest::AmbiguousJson);
+    for body in [
+        r#"{"workflow":{"workflow_stage":{"uid":"s"}},"workflow":{"publishing_rule":{"status":0}}}"#,
+        r#"{"workflow":{"publishing_rule":{"status":1,"status":0}}}"#,
+        r#"{"workflow":{"publishing_rule":{"status":0},"__proto__":{"workflow_stage":{"uid":"s"}}}}"#,
+    ] {
+        assert_eq!(inspect_body(&rule(Rule::EntryWorkflow), body.as_bytes()), Err(ambiguous.clone()), "{body}");
+    }
+    let approvers = r#"{"publishing_rule":{"approvers":{"users":["u1"]}},"publishing_rule":{}}"#;
+    assert_eq!(inspect_body(&rule(Rule::PublishRuleApprovers), approvers.as_bytes()), Err(ambiguous));
+}
+
+fn grants(all_branches: bool, branches: &[&str], aliases: &[&str]) -> Grants {
+    Grants {
+        all_branches,
+        branches: branches.iter().map(|b| (*b).into()).collect(),
+        aliases: aliases.iter().map(|a| (*a).into()).collect(),
+        ..Grants::default()
+    }
+}
+
+/// The test stack: branches main and development, aliases deploy -> main and
+/// staging -> development.
+fn lookup(name: &str) -> StackName<'static> {
+    match name {
+        "main" | "development" => StackName::Branch,
+        "deploy" => StackName::Alias { target: "main" },
+        "staging" => StackName::Alias { target: "development" },
+        _ => StackName::Unknown,
+    }
+}
+
+#[test]
+fn branch_check_by_name_alias_and_target() {
+    let main = grants(false, &["main"], &[]);
+    let deploy = grants(false, &[], &["deploy"]);
+    for (g, name, want) in [
+        (&main, "main", true),
+        (&main, "development", false),
+        (&main, "deploy", true), // an alias of a granted branch
+        (&main, "staging", false),
+        (&main, "nosuchbranch", false),
+        (&main, "*", false),
+        (&main, "$all", false),
+        (&deploy, "deploy", true),
+        (&deploy, "main", false), // an alias scope does not grant its target by name
+    ] {
+        assert_eq!(branch_allowed(g, name, || lookup(name)), want, "{g:?} {name}");
+    }
+}
+
+#[test]
+fn all_branches_admits_any_name_without_a_lookup() {
+    let all = grants(true, &[], &[]);
+    for name in ["main", "development", "deploy", "staging", "created-later", "*", "$all", ""] {
+        assert!(branch_allowed(&all, name, || panic!("no lookup for an All Branches token")), "{name}");
+    }
+}
+
+#[test]
+fn malformed_json_is_400() {
+    let err = inspect_body(&rule(Rule::EntryWorkflow), b"{not json").unwrap_err();
+    assert_eq!(err, GatewayError::BadRequest(BadRequest::MalformedJson));
+}

@@ -1,0 +1,120 @@
+//! Tests of `headers`.
+
+use super::*;
+
+#[test]
+fn request_headers_are_rewritten() {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("connection", "keep-alive, x-secret-hop"),
+        ("x-secret-hop", "1"),
+        ("te", "trailers"),
+        ("x-stackgate-access", "read-write"),
+        ("X-Stackgate-Token-Uid", "bltforged"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-request-id", "client"),
+        ("authorization", "cs123"),
+        ("authtoken", "user"),
+        ("api_key", "blt1"),
+        ("branch", "main"),
+        ("host", "gw"),
+    ] {
+        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+    }
+    let id = HeaderValue::from_static("req-1");
+    let identity = Identity { token_uid: "blt00000000000000a1", access: "read" };
+    let added = prepare_request_headers(
+        &mut h,
+        &HeaderValue::from_static("127.0.0.1"),
+        false,
+        &id,
+        Some(identity),
+        false,
+        None,
+    );
+    assert!(!h.contains_key("x-secret-hop"), "names Connection lists go at once");
+    for (dropped, kept) in [("te", "api_key"), ("authorization", "branch"), ("host", "x-custom")] {
+        assert!(!added.forwards(&HeaderName::from_static(dropped)), "{dropped}");
+        assert!(added.forwards(&HeaderName::from_static(kept)), "{kept}");
+    }
+    added.insert_into(&mut h);
+    for gone in ["connection", "x-secret-hop", "te", "authorization", "authtoken", "host"] {
+        assert!(!h.contains_key(gone), "{gone}");
+    }
+    assert_eq!(h["x-stackgate-access"], "read");
+    assert_eq!(h["x-stackgate-token-uid"], "blt00000000000000a1");
+    assert_eq!(h.get_all("x-stackgate-token-uid").iter().count(), 1);
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-request-id"], "req-1");
+    assert_eq!(h["api_key"], "blt1");
+    assert_eq!(h["branch"], "main");
+}
+
+/// The direct path's fields are the pooled path's, in order, without a length.
+#[test]
+fn written_fields_are_the_forwarded_ones_then_the_gateways() {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "client"),
+        ("content-length", "999"),
+        ("transfer-encoding", "chunked"),
+        ("connection", "keep-alive, x-hop"),
+        ("x-hop", "1"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-request-id", "client"),
+        ("authtoken", "user-session"),
+        ("authorization", "cs-token"),
+        ("api_key", "blt1"),
+    ] {
+        h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let (peer, id) = (HeaderValue::from_static("10.1.1.1"), HeaderValue::from_static("r1"));
+    let identity = Identity { token_uid: "blt9", access: "read" };
+    let rewrite = prepare_request_headers(&mut h, &peer, false, &id, Some(identity), false, None);
+    let lines: Vec<String> = rewrite.fields(&h).map(|(n, v)| format!("{n}: {}", v.to_str().unwrap())).collect();
+    assert_eq!(
+        lines,
+        [
+            "api_key: blt1",
+            "x-forwarded-for: 10.1.1.1",
+            "x-forwarded-proto: http",
+            "x-request-id: r1",
+            "x-stackgate-token-uid: blt9",
+            "x-stackgate-access: read",
+        ]
+    );
+    // Without a management token (a user session) both credentials pass.
+    let none = RequestRewrite::default();
+    let user: Vec<&str> = none.fields(&h).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(user, ["api_key", "authtoken", "authorization"]);
+}
+
+#[test]
+fn every_hop_by_hop_and_spoofable_name_is_stripped() {
+    let hop = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization"];
+    let more = ["te", "trailer", "transfer-encoding", "upgrade", "x-stackgate-anything", "x-forwarded-host"];
+    let spoof = ["forwarded", "x-request-id", "x-http-method-override", "x-original-url", "expect"];
+    let underscored = ["x_stackgate_access", "x_forwarded_for", "x_request_id", "transfer_encoding", "content_length"];
+    let mut h = HeaderMap::new();
+    for name in hop.iter().chain(&more).chain(&spoof).chain(&underscored).chain(&["api_key", "content-type"]) {
+        h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+    }
+    RequestRewrite::default().insert_into(&mut h);
+    let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+    left.sort_unstable();
+    assert_eq!(left, ["api_key", "content-type"]);
+}
+
+#[test]
+fn forward_token_keeps_authorization_and_drops_identity() {
+    let mut h = HeaderMap::new();
+    h.insert("authorization", HeaderValue::from_static("cs123"));
+    h.insert("x-stackgate-access", HeaderValue::from_static("read-write"));
+    let id = HeaderValue::from_static("r");
+    let identity = Identity { token_uid: "blt1", access: "read" };
+    prepare_request_headers(&mut h, &HeaderValue::from_static("::1"), true, &id, Some(identity), true, None)
+        .insert_into(&mut h);
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["authorization"], "cs123");
+    assert!(!h.contains_key("x-stackgate-access"));
+}

@@ -1,0 +1,187 @@
+//! Tests of `sqlite`.
+
+use super::*;
+use crate::error::FieldErrors;
+use crate::token::{hash_secret, parse_expiry, Acl, Origin, RateLimit, ScopeEntry};
+
+fn rec(uid: &str, stack: &str, name: &str) -> TokenRecord {
+    TokenRecord {
+        uid: uid.into(),
+        stack: stack.into(),
+        name: name.into(),
+        description: String::new(),
+        secret_sha256: hash_secret(uid.as_bytes()),
+        scope: vec![ScopeEntry {
+            module: "$all".into(),
+            acl: Acl { read: true, write: false },
+            branches: None,
+            branch_aliases: None,
+        }],
+        expires_on: Some(parse_expiry("2030-01-01").unwrap()),
+        is_email_notification_enabled: true,
+        rate_limit: Some(RateLimit { read_per_second: 3, write_per_second: 2 }),
+        created_by: "alice".into(),
+        updated_by: "alice".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+        expiry_notified_at: None,
+        enabled: true,
+        previous_secret: None,
+        origin: Origin::Store,
+    }
+}
+
+/// The audit row is written in the change's transaction: every committed change has
+/// one, and a refused change (name clash, cap, invalid edit, unknown token) none.
+#[tokio::test]
+async fn audit_rows_come_with_committed_changes_only() {
+    let s = SqliteStore::in_memory().unwrap();
+    let cap = Cap { max: 2, static_count: 0 };
+    s.create(&rec("a", "k", "one"), cap.clone()).await.unwrap();
+    assert_eq!(s.create(&rec("b", "k", "one"), cap.clone()).await, Err(StoreError::DuplicateName));
+    s.create(&rec("b", "k", "two"), cap.clone()).await.unwrap();
+    assert_eq!(s.create(&rec("c", "k", "three"), cap.clone()).await, Err(StoreError::CapReached { max: 2 }));
+    let rename = |r: TokenRecord| Ok(TokenRecord { name: "two".into(), updated_by: "carol".into(), ..r });
+    assert_eq!(s.modify("k", "a", Box::new(rename)).await, Err(StoreError::DuplicateName));
+    let refused = FieldErrors::from([("name".to_owned(), vec!["no.".to_owned()])]);
+    assert!(s.modify("k", "a", Box::new(move |_| Err(refused))).await.is_err());
+    assert_eq!(s.modify("k", "zz", Box::new(Ok)).await, Err(StoreError::NotFound));
+    let describe = |r: TokenRecord| Ok(TokenRecord { description: "d".into(), updated_by: "carol".into(), ..r });
+    s.modify("k", "a", Box::new(describe)).await.unwrap();
+    s.delete("k", "b", "dave", "2026-02-02T00:00:00Z").await.unwrap();
+    assert_eq!(s.delete("k", "b", "dave", "2026-02-02T00:00:00Z").await, Err(StoreError::NotFound));
+    let page = s.audit("k", 0, 50).await.unwrap();
+    let got: Vec<(&str, &str, &str, Vec<String>)> = page
+        .entries
+        .iter()
+        .map(|e| (e.action.name(), e.token_uid.as_str(), e.user.as_str(), e.fields.clone()))
+        .collect();
+    let all = ["name", "scope", "expires_on", "is_email_notification_enabled", "rate_limit"];
+    let all: Vec<String> = all.iter().map(|f| f.to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            ("delete", "b", "dave", vec![]),
+            ("update", "a", "carol", vec!["description".to_owned()]),
+            ("create", "b", "alice", all.clone()),
+            ("create", "a", "alice", all),
+        ]
+    );
+    assert_eq!(page.total, 4);
+    assert_eq!(page.entries[0].at, "2026-02-02T00:00:00Z");
+}
+
+#[tokio::test]
+async fn round_trip_cap_and_names() {
+    let s = SqliteStore::in_memory().unwrap();
+    let cap = Cap { max: 3, static_count: 1 };
+    s.create(&rec("a", "k", "one"), cap.clone()).await.unwrap();
+    assert_eq!(s.create(&rec("b", "k", "one"), cap.clone()).await, Err(StoreError::DuplicateName));
+    s.create(&rec("b", "k", "two"), cap.clone()).await.unwrap();
+    assert_eq!(s.create(&rec("c", "k", "three"), cap.clone()).await, Err(StoreError::CapReached { max: 3 }));
+    s.create(&rec("c", "other", "one"), cap.clone()).await.unwrap();
+    assert_eq!(s.list("k").await.unwrap(), vec![rec("a", "k", "one"), rec("b", "k", "two")]);
+    let mut changed = rec("a", "k", "renamed");
+    changed.rate_limit = None;
+    let want = changed.clone();
+    let edited = s.modify("k", "a", Box::new(move |_| Ok(changed))).await.unwrap();
+    assert_eq!(edited, want);
+    assert_eq!(s.get("k", "a").await.unwrap(), Some(want));
+    assert_eq!(
+        s.modify("k", "b", Box::new(|r| Ok(TokenRecord { name: "renamed".into(), ..r }))).await,
+        Err(StoreError::DuplicateName)
+    );
+    assert_eq!(s.modify("k", "zz", Box::new(Ok)).await, Err(StoreError::NotFound));
+    let refused = FieldErrors::from([("name".to_owned(), vec!["no.".to_owned()])]);
+    let errors = refused.clone();
+    assert_eq!(s.modify("k", "b", Box::new(move |_| Err(errors))).await, Err(StoreError::Invalid(refused)));
+    assert_eq!(s.get("k", "b").await.unwrap(), Some(rec("b", "k", "two")), "a refused edit changes nothing");
+    assert_eq!(s.get("other", "a").await.unwrap(), None, "scoped by stack");
+    assert_eq!(s.delete("k", "a", "alice", "2026-01-02T00:00:00Z").await.unwrap().name, "renamed");
+    assert_eq!(s.delete("k", "a", "alice", "2026-01-02T00:00:00Z").await, Err(StoreError::NotFound));
+    assert_eq!(s.load_all().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_edit_cannot_change_what_identifies_the_token() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.create(&rec("a", "k", "one"), Cap { max: 30, static_count: 0 }).await.unwrap();
+    let edit = |r: TokenRecord| {
+        Ok(TokenRecord { uid: "b".into(), stack: "x".into(), secret_sha256: [0; 32], name: "two".into(), ..r })
+    };
+    let edited = s.modify("k", "a", Box::new(edit)).await.unwrap();
+    assert_eq!(edited, TokenRecord { name: "two".into(), ..rec("a", "k", "one") });
+    assert_eq!(s.get("k", "a").await.unwrap(), Some(edited));
+}
+
+/// Regeneration is the one change that replaces the secret hash (and keeps the old
+/// one as the previous secret); an ordinary edit cannot touch either.
+#[tokio::test]
+async fn only_rotate_replaces_the_secret() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.create(&rec("a", "k", "one"), Cap { max: 30, static_count: 0 }).await.unwrap();
+    let old = rec("a", "k", "one").secret_sha256;
+    let previous = Some(crate::token::PreviousSecret { sha256: old, until: 42 });
+    let sneaky = move |r: TokenRecord| Ok(TokenRecord { secret_sha256: [7; 32], previous_secret: previous, ..r });
+    assert_eq!(s.modify("k", "a", Box::new(sneaky)).await.unwrap(), rec("a", "k", "one"));
+    let rotated = s.rotate("k", "a", Box::new(sneaky)).await.unwrap();
+    assert_eq!((rotated.secret_sha256, rotated.previous_secret), ([7; 32], previous));
+    assert_eq!(s.get("k", "a").await.unwrap(), Some(rotated), "read back as written");
+    let kept = s.modify("k", "a", Box::new(|r| Ok(TokenRecord { name: "two".into(), ..r }))).await.unwrap();
+    assert_eq!((kept.secret_sha256, kept.previous_secret), ([7; 32], previous), "an update keeps the rotation");
+}
+
+/// Two handles on one file stand for two processes: each edit reads and writes under
+/// SQLite's write lock, so edits of different fields from both all stay.
+#[test]
+fn edits_through_two_handles_on_one_file_all_stay() {
+    let dir = std::env::temp_dir().join(format!("sg-store-edits-{}", std::process::id()));
+    let path = dir.join("t.db");
+    let (a, b) = (SqliteStore::open(&path).unwrap(), SqliteStore::open(&path).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    rt.block_on(async {
+        a.create(&rec("t", "k", "one"), Cap { max: 30, static_count: 0 }).await.unwrap();
+        for i in 0..20 {
+            let name = format!("name {i}");
+            let description = format!("description {i}");
+            let (x, y) = tokio::join!(
+                a.modify("k", "t", Box::new(move |r| Ok(TokenRecord { name, ..r }))),
+                b.modify("k", "t", Box::new(move |r| Ok(TokenRecord { description, ..r }))),
+            );
+            x.unwrap();
+            y.unwrap();
+            let got = a.get("k", "t").await.unwrap().unwrap();
+            assert_eq!((got.name, got.description), (format!("name {i}"), format!("description {i}")));
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn notices_are_remembered_per_expiry_and_channel() {
+    let s = SqliteStore::in_memory().unwrap();
+    assert_eq!(s.notified_at("a", 100, "webhook").await.unwrap(), None);
+    s.mark_notified("a", 100, "webhook", 7).await.unwrap();
+    s.mark_notified("a", 100, "webhook", 8).await.unwrap();
+    assert_eq!(s.notified_at("a", 100, "webhook").await.unwrap(), Some(7));
+    assert_eq!(s.notified_at("a", 100, "smtp").await.unwrap(), None);
+    assert_eq!(s.notified_at("a", 200, "webhook").await.unwrap(), None, "a new expiry re-arms");
+}
+
+#[test]
+fn reopening_keeps_data_and_schema_version() {
+    let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
+    let path = dir.join("t.db");
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        rt.block_on(s.create(&rec("a", "k", "one"), Cap { max: 30, static_count: 0 })).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(rt.block_on(s.load_all()).unwrap().len(), 1);
+    let c = s.conn.lock().unwrap();
+    let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, MIGRATIONS.len() as i64);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
