@@ -336,3 +336,54 @@ async fn a_refused_body_is_read_so_the_answer_arrives_and_the_connection_lives_o
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(1), "answered without waiting for the body");
 }
+
+/// Names of this process's threads that serve the main listener on their own.
+fn worker_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "stackgate-worke")
+        .count()
+}
+
+/// Thread per core: three accept loops share the address (`SO_REUSEPORT`); every
+/// connection is served whichever loop the kernel gives it to, and shutdown drains and
+/// ends them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_the_listener_and_drain_together() {
+    let backend = Backend::start().await;
+    let cfg = stackgate::config::from_str(&config_text(backend.addr, "", "")).unwrap();
+    let store = stackgate::server::open_store(&cfg).await.unwrap();
+    let before = worker_threads();
+    let gw = stackgate::server::start_workers(
+        cfg,
+        store,
+        Arc::new(SystemClock),
+        stackgate::ratelimit::RateClock::monotonic(),
+        None,
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!(worker_threads(), before + 2, "two threads besides the caller's runtime");
+    let request = format!(
+        "GET /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nConnection: close\r\n\r\n"
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let (addr, request) = (gw.addr, request.clone());
+        tasks.push(tokio::spawn(async move { raw(addr, request.as_bytes()).await.0 }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    assert_eq!(backend.seen().len(), 60);
+    assert!(gw.shutdown().await, "every worker drained in time");
+    for _ in 0..50 {
+        if worker_threads() == before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(worker_threads(), before, "the worker threads ended");
+}

@@ -32,8 +32,9 @@ enum Command {
         /// The TOML config file (see config/stackgate.example.toml); reloaded on SIGHUP.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
-        /// Worker threads (default: the cores this process may use). With 1, tokio's
-        /// current-thread scheduler runs everything on one thread.
+        /// Worker threads (default: the cores this process may use): each serves the
+        /// main listener on its own `SO_REUSEPORT` socket with a current-thread runtime;
+        /// the first also runs the admin listener and the background tasks.
         #[arg(long, env = "STACKGATE_THREADS")]
         threads: Option<std::num::NonZeroUsize>,
     },
@@ -60,7 +61,10 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, threads } => block_on(threads, run(config)),
+        Command::Run { config, threads } => {
+            let workers = threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, |n| n.get());
+            block_on(std::num::NonZeroUsize::new(1), run(config, workers))
+        }
         Command::Demo { listen } => block_on(None, crate::demo::run(listen)),
         Command::Token(args) => block_on(None, token::run(*args)),
     }
@@ -135,16 +139,18 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<()> {
+/// Runs the gateway from `path`, its main listener served by `workers` threads.
+async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let (listen, admin) = (cfg.server.listen, cfg.admin_listen);
     let store = crate::server::open_store(&cfg).await.map_err(|e| anyhow::anyhow!("token store: {e}"))?;
-    let running = crate::server::start_with(
+    let running = crate::server::start_workers(
         cfg,
         store,
         Arc::new(SystemClock),
         crate::ratelimit::RateClock::monotonic(),
         Some(path),
+        workers,
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot start (listen {listen}, admin {admin}): {e}"))?;

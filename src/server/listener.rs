@@ -16,6 +16,49 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+/// Binds `count` listening sockets on `addr` (port 0: a free port, the same for all).
+/// Several share the address through `SO_REUSEPORT`, the kernel spreading new
+/// connections over them.
+pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::with_capacity(count);
+    let mut at = addr;
+    for _ in 0..count {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(at), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        if count > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        at = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(sockets)
+}
+
+/// Serves `socket` on a thread of its own with a current-thread runtime; the receiver
+/// completes when that listener has drained.
+pub fn serve_on_own_thread(
+    socket: std::net::TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, drained) = tokio::sync::oneshot::channel();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("stackgate-worker".into()).spawn(move || {
+        rt.block_on(async move {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => serve(listener, gw, shutdown).await,
+                Err(e) => tracing::error!(error = %e, "worker listener failed"),
+            }
+        });
+        let _ = done.send(());
+    })?;
+    Ok(drained)
+}
+
 /// Accepts until shutdown, then waits for open connections to finish their requests.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     let limits = Arc::new(gw.snapshot().config.server.limits.clone());

@@ -75,15 +75,36 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> std::io::Result<Run
     start_with(config, store, clock, RateClock::monotonic(), None).await
 }
 
-/// [`start`] with every dependency given; `config_path` enables reload.
+/// [`start`] with every dependency given; `config_path` enables reload. The main
+/// listener is served on the caller's runtime.
 pub async fn start_with(
-    mut config: Config,
+    config: Config,
     store: Arc<dyn TokenStore>,
     clock: Arc<dyn Clock>,
     rate_clock: RateClock,
     config_path: Option<PathBuf>,
 ) -> std::io::Result<Running> {
-    let listener = TcpListener::bind(config.server.listen).await?;
+    start_workers(config, store, clock, rate_clock, config_path, 1).await
+}
+
+/// [`start_with`], the main listener served by `workers` accept loops: the caller's
+/// runtime and `workers - 1` threads of their own, each with a current-thread runtime
+/// and its own `SO_REUSEPORT` socket on the same address (thread per core, as nginx's
+/// workers). A connection lives on the thread whose socket the kernel gave it to, with
+/// its upstream connection, timers and buffers: nothing on the request path crosses
+/// threads but the snapshot. Everything else (admin listener, notices, usage flushes,
+/// other replicas' changes) runs on the caller's runtime.
+pub async fn start_workers(
+    mut config: Config,
+    store: Arc<dyn TokenStore>,
+    clock: Arc<dyn Clock>,
+    rate_clock: RateClock,
+    config_path: Option<PathBuf>,
+    workers: usize,
+) -> std::io::Result<Running> {
+    let mut sockets = listener::bind(config.server.listen, workers.max(1))?.into_iter();
+    let first = sockets.next().ok_or_else(|| std::io::Error::other("no listener"))?;
+    let listener = TcpListener::from_std(first)?;
     let addr = listener.local_addr()?;
     let admin_listener = TcpListener::bind(config.admin_listen).await?;
     let admin_addr = admin_listener.local_addr()?;
@@ -98,7 +119,16 @@ pub async fn start_with(
         tokio::spawn(Arc::clone(&gateway).follow(events));
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let task = tokio::spawn(listener::serve(listener, Arc::clone(&gateway), shutdown_rx));
+    let others: Vec<_> = sockets
+        .map(|socket| listener::serve_on_own_thread(socket, Arc::clone(&gateway), shutdown_rx.clone()))
+        .collect::<std::io::Result<_>>()?;
+    let gw = Arc::clone(&gateway);
+    let task = tokio::spawn(async move {
+        listener::serve(listener, gw, shutdown_rx).await;
+        for done in others {
+            let _ = done.await;
+        }
+    });
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&gateway)));
     let notifier = crate::notify::spawn(Arc::clone(&gateway), channels);
     let usage_interval = gateway.snapshot().config.telemetry.usage_flush;
