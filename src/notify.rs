@@ -205,7 +205,10 @@ pub fn spawn(gw: Arc<Gateway>, channels: Channels) -> Option<tokio::task::JoinHa
         let lease = cfg.interval.saturating_mul(3);
         loop {
             match gw.store().try_lead("expiry-notices", gw.replica_id(), lease).await {
-                Ok(true) => scan(&gw, &cfg, &channels.0, &mut backoff).await,
+                Ok(true) => {
+                    scan(&gw, &cfg, &channels.0, &mut backoff).await;
+                    gw.metrics.notice_scans.inc();
+                }
                 Ok(false) => tracing::debug!("expiry notices: another replica holds the lease"),
                 Err(e) => tracing::warn!(error = %e, "expiry notices: store unavailable, will retry"),
             }

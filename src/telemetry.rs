@@ -142,6 +142,8 @@ pub struct Metrics {
     reloads_failed: Counter,
     pub notices_sent: Counter,
     pub notices_failed: Counter,
+    /// Completed passes of the expiry notifier over the tokens (this replica's).
+    pub notice_scans: Counter,
     /// 1 while the shared rate-limit backend (Redis) answers, 0 while the fail mode applies.
     pub ratelimit_backend_up: Gauge,
     /// Requests decided by the fail mode, by mode (`open`, `closed`, `local`).
@@ -211,6 +213,12 @@ impl Metrics {
         let notices_sent = notices.get_or_create(&[("result", "sent")]).clone();
         let notices_failed = notices.get_or_create(&[("result", "failed")]).clone();
         registry.register("expiry_notices", "Token expiry notices by result", notices);
+        let notice_scans = Counter::default();
+        registry.register(
+            "expiry_notice_scans",
+            "Completed passes of the expiry notifier over the tokens (while this replica holds the lease)",
+            notice_scans.clone(),
+        );
         let ratelimit_backend_up = Gauge::default();
         ratelimit_backend_up.set(1);
         registry.register(
@@ -241,6 +249,7 @@ impl Metrics {
             reloads_failed,
             notices_sent,
             notices_failed,
+            notice_scans,
             ratelimit_backend_up,
             ratelimit_fallbacks,
         }
