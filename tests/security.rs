@@ -308,7 +308,7 @@ async fn http2_reset_and_continuation_floods_do_not_take_the_gateway_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_guessing_gets_a_cool_down() {
     let backend = Backend::start().await;
-    let text = config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 5\nwindow = \"60s\"\ncooldown = \"2s\"\n";
+    let text = config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 5\nwindow = \"60s\"\ncooldown = \"1s\"\n";
     let gw =
         stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
     let get = |secret: &str| {
@@ -327,7 +327,7 @@ async fn credential_guessing_gets_a_cool_down() {
     let (status, _) = raw(gw.addr, get(RO).as_bytes()).await;
     assert_eq!(status, 200);
     assert_eq!(backend.seen().len(), 1, "only the valid request was forwarded");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, _) = raw(gw.addr, get("csguess-after").as_bytes()).await;
     assert_eq!(status, 401, "the cool-down is over");
 }

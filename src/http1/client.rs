@@ -13,14 +13,13 @@
 //! The caller chooses the request's fields ([`RequestHead::fields`]); this module adds
 //! only `Host` and the framing.
 
-use super::body::{decode_chunk, write_body, Chunk, Decoded, WriteError};
+use super::body::{decode_chunk, write_body, Decoded, WriteError};
+pub use super::response::{framing, parse_head, Fields, Framing, Head, MAX_HEAD};
 
-use super::common::{connection_options, put_field, put_length, ConnectionOptions, COALESCE};
-use crate::field_names::{is_framing, is_hop_by_hop, same_name};
+use super::common::{put_field, put_length, COALESCE};
 use crate::timer::{self, Timer};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 use hyper::body::{Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
@@ -29,10 +28,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// The largest response head accepted from the backend.
-pub const MAX_HEAD: usize = 64 * 1024;
-/// The most response header fields accepted.
-const MAX_HEADERS: usize = 128;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -105,15 +100,6 @@ enum Sending {
     Nothing,
     Length(u64),
     Chunked,
-}
-
-/// How the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the backend closes the connection.
-    Close,
 }
 
 impl Conn {
@@ -271,7 +257,9 @@ impl Conn {
         let mut received = !self.read.is_empty();
         loop {
             if received {
-                if let Some(parsed) = parse_head(&self.read, &mut self.fields, self.replaced)? {
+                if let Some(parsed) =
+                    parse_head(&self.read, &mut self.fields, self.replaced).map_err(|_| SendError::Protocol)?
+                {
                     return Ok(parsed);
                 }
                 if self.read.len() >= MAX_HEAD {
@@ -320,194 +308,6 @@ where
         Sending::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     buf.extend_from_slice(b"\r\n");
-}
-
-/// A response's header fields as this client keeps them: not parsed into a header
-/// map but as one block of `name: value\r\n` lines, names in lower case, with the
-/// hop-by-hop fields (RFC 9110 section 7.6.1: they belong to the upstream
-/// connection) and `Content-Length` (the writer frames the body itself) left out.
-/// The HTTP/1.1 server copies the block into the client's response as it is, as
-/// nginx copies a backend's fields; every other writer asks for a header map
-/// ([`Fields::into_map`]). Names and values were validated by `httparse`, whose
-/// rules are `http`'s: no byte that could end a line or split the message.
-#[derive(Debug, Clone, Default)]
-pub struct Fields {
-    block: Bytes,
-    /// The `Content-Length` the backend stated (a HEAD answer repeats it).
-    length: Option<u64>,
-    has_date: bool,
-    /// One of the fields is one the caller replaces with its own (see [`Conn::connect`]).
-    replaced: bool,
-}
-
-impl Fields {
-    /// The fields, each line ending in CRLF, ready to be copied into a response head.
-    pub fn block(&self) -> &[u8] {
-        &self.block
-    }
-
-    pub fn length(&self) -> Option<u64> {
-        self.length
-    }
-
-    pub fn has_date(&self) -> bool {
-        self.has_date
-    }
-
-    /// Whether a field the caller replaces (request id, rate limits) is present.
-    pub fn has_replaced(&self) -> bool {
-        self.replaced
-    }
-
-    /// Adds the fields (and the stated `Content-Length`) to a header map; the values
-    /// share the block.
-    pub fn into_map(self, headers: &mut HeaderMap) {
-        let mut rest = &self.block[..];
-        while let Some(end) = rest.iter().position(|&b| b == b'\r') {
-            let (line, after) = rest.split_at(end);
-            rest = after.get(2..).unwrap_or_default();
-            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-            let value = line.get(colon + 2..).unwrap_or_default();
-            let name = HeaderName::from_bytes(&line[..colon]);
-            let value = HeaderValue::from_maybe_shared(self.block.slice_ref(value));
-            if let (Ok(name), Ok(value)) = (name, value) {
-                headers.append(name, value);
-            }
-        }
-        if let Some(n) = self.length {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-        }
-    }
-}
-
-/// A parsed response head. Its hop-by-hop fields were read for framing and reuse and
-/// left out of `fields`.
-pub struct Head {
-    pub(crate) resp: Response<()>,
-    fields: Fields,
-    /// Bytes of the buffer the head took.
-    pub(crate) len: usize,
-    /// `Some` when a `Transfer-Encoding` was present: whether its final coding is chunked.
-    chunked: Option<bool>,
-    /// The one `Content-Length` all fields agree on; the outer `None` when they disagree
-    /// or one is not a number.
-    length: Option<Option<u64>>,
-    /// `Connection: close`, or HTTP/1.0: the backend will not take another request.
-    close: bool,
-}
-
-/// Parses a buffered response head; `None` if incomplete. The fields are copied out
-/// of the read buffer into `block` (the connection's, reused once the previous
-/// response's fields are gone), so they do not pin the read buffer while the response
-/// is written.
-pub fn parse_head(
-    buf: &BytesMut,
-    block: &mut BytesMut,
-    replaced: fn(&[u8]) -> bool,
-) -> Result<Option<Head>, SendError> {
-    // Left uninitialised (4 KiB not written per response); httparse fills what it uses.
-    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers)
-    {
-        // Bounded however the bytes arrived (a complete head can come in one read).
-        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
-        Ok(httparse::Status::Complete(_)) => return Err(SendError::Protocol),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(SendError::Protocol),
-    };
-    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(SendError::Protocol)?;
-    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    // What the framing and connection fields say, before any field is dropped (a
-    // `Connection` header could list `Content-Length` itself).
-    let mut head = Head {
-        resp: Response::new(()),
-        fields: Fields::default(),
-        len,
-        chunked: None,
-        length: Some(None),
-        close: version == Version::HTTP_10,
-    };
-    // Names `Connection` lists beyond the usual ones: rare, so allocated only if present.
-    let mut listed: Vec<&[u8]> = Vec::new();
-    let mut options = ConnectionOptions::default();
-    for h in parsed.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
-            connection_options(h.value, &mut options, |name| listed.push(name));
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Codings are tokens: a value with other bytes is no framing anyone agrees on
-            // (hyper reads it as not chunked).
-            if !h.value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
-                return Err(SendError::Protocol);
-            }
-            let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
-            head.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            head.length = head.length.and_then(|found| merge_length(found, h.value));
-        }
-    }
-    head.close |= options.close;
-    block.reserve(len);
-    let fields = &mut head.fields;
-    for h in parsed.headers.iter() {
-        let start = block.len();
-        block.extend_from_slice(h.name.as_bytes());
-        block[start..].make_ascii_lowercase();
-        let name = &block[start..];
-        if is_hop_by_hop(name) || is_framing(name) || listed.iter().any(|l| same_name(l, name)) {
-            block.truncate(start);
-            continue;
-        }
-        fields.has_date |= name == b"date";
-        fields.replaced |= replaced(name);
-        block.extend_from_slice(b": ");
-        block.extend_from_slice(h.value);
-        block.extend_from_slice(b"\r\n");
-    }
-    fields.block = block.split().freeze();
-    // With `Transfer-Encoding` the length is not what frames the body (RFC 9112
-    // section 6.3): stating it to the client would make its writer frame by it.
-    fields.length = head.length.flatten().filter(|_| head.chunked.is_none());
-    *head.resp.status_mut() = status;
-    *head.resp.version_mut() = version;
-    Ok(Some(head))
-}
-
-/// Adds one `Content-Length` field (a list of values, all equal) to what earlier
-/// fields said; `None` if it is not a number or disagrees.
-fn merge_length(mut found: Option<u64>, value: &[u8]) -> Option<Option<u64>> {
-    for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
-        if found.is_some_and(|f| f != n) {
-            return None;
-        }
-        found = Some(n);
-    }
-    Some(found)
-}
-
-/// RFC 9112 section 6.3: how this response's body ends; `None` inside for no body.
-/// An unusable `Content-Length` is a protocol error (the outer `None`).
-pub fn framing(method: &Method, head: &Head) -> Option<Option<Framing>> {
-    let status = head.resp.status();
-    if method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Some(None);
-    }
-    if let Some(chunked) = head.chunked {
-        // RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
-        if head.resp.version() == Version::HTTP_10 {
-            return None;
-        }
-        return Some(Some(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Close }));
-    }
-    match head.length? {
-        Some(0) => Some(None),
-        Some(n) => Some(Some(Framing::Length(n))),
-        None => Some(Some(Framing::Close)),
-    }
 }
 
 /// Receives a connection whose response was read to its exact end, for reuse.

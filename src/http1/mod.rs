@@ -2,7 +2,8 @@
 //! (the layout of Pingora's `protocols/http/v1`):
 //! - [`server`]: the loop that serves the common bodiless request itself and hands
 //!   everything else to hyper;
-//! - [`client`]: the upstream connection of the direct path;
+//! - [`client`]: the upstream connection of the direct path (`response`: its response
+//!   heads and their framing);
 //! - `body`: the one body writer and chunked decoder; `common`: header lines, the
 //!   status line, `Connection` options and the `Date` value.
 //!
@@ -12,6 +13,7 @@
 mod body;
 pub mod client;
 mod common;
+mod response;
 pub mod server;
 
 pub use body::Chunk;

@@ -1,6 +1,8 @@
 //! Tests of `client`.
 
 use super::*;
+use crate::http1::Chunk;
+use http::HeaderMap;
 
 /// The fields a caller might replace, for these tests.
 fn replaced(name: &[u8]) -> bool {
