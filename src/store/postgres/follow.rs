@@ -1,0 +1,116 @@
+//! Following other replicas: a `LISTEN` connection turns their `NOTIFY`s into
+//! [`StoreEvent`]s, with a full re-read after every (re)connect and every
+//! `resync_interval`.
+
+use super::*;
+
+/// Keeps a `LISTEN` connection open for as long as anyone receives the events:
+/// reconnects with back-off, and asks for a full re-read after every connect and every
+/// `resync_interval`.
+pub(super) async fn listen(
+    config: tokio_postgres::Config,
+    tls: RustlsConnect,
+    replica: String,
+    resync_interval: Duration,
+    events: mpsc::UnboundedSender<StoreEvent>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !events.is_closed() {
+        let started = tokio::time::Instant::now();
+        let Err(reason) = listen_once(&config, &tls, &replica, resync_interval, &events).await else {
+            return;
+        };
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        tracing::warn!(error = %reason, retry_in = ?backoff,
+            "token change listener disconnected; tokens are served from the last snapshot");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One connection's life: `Ok` when nobody receives events any more, else why the
+/// connection was lost.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    tls: &RustlsConnect,
+    replica: &str,
+    resync_interval: Duration,
+    events: &mpsc::UnboundedSender<StoreEvent>,
+) -> Result<(), String> {
+    let (client, mut connection) = config.connect(tls.clone()).await.map_err(|e| explain(&e))?;
+    let (notes_tx, mut notes) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if notes_tx.send(n.payload().to_owned()).is_err() {
+                        return "listener stopped".to_owned();
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.to_string(),
+                None => return "connection closed".to_owned(),
+            }
+        }
+    });
+    let guard = AbortOnDrop(driver);
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| e.to_string())?;
+    tracing::info!("listening for token changes from other replicas");
+    // Anything committed before LISTEN took effect was not notified to us.
+    if events.send(StoreEvent::Resync).is_err() {
+        return Ok(());
+    }
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + resync_interval, resync_interval);
+    loop {
+        let event = tokio::select! {
+            note = notes.recv() => match note {
+                Some(payload) => match parse_payload(&payload, replica) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                None => break,
+            },
+            _ = resync.tick() => StoreEvent::Resync,
+        };
+        if events.send(event).is_err() {
+            return Ok(());
+        }
+    }
+    let mut guard = guard;
+    Err((&mut guard.0).await.unwrap_or_else(|e| e.to_string()))
+}
+
+/// Stops the connection's driver task when the listener returns early.
+struct AbortOnDrop(tokio::task::JoinHandle<String>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `replica stack uid` -> an event, skipping this replica's own changes (already
+/// applied when they committed) and anything malformed.
+fn parse_payload(payload: &str, replica: &str) -> Option<StoreEvent> {
+    let mut parts = payload.split(' ');
+    let (from, stack, uid) = (parts.next()?, parts.next()?, parts.next()?);
+    if from == replica || parts.next().is_some() || stack.is_empty() || uid.is_empty() {
+        return None;
+    }
+    Some(StoreEvent::Changed { stack: stack.to_owned(), uid: uid.to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        assert_eq!(parse_payload("b k t1", "a"), Some(StoreEvent::Changed { stack: "k".into(), uid: "t1".into() }));
+        assert_eq!(parse_payload("a k t1", "a"), None, "own change");
+        assert_eq!(parse_payload("b k", "a"), None);
+        assert_eq!(parse_payload("b k t1 extra", "a"), None);
+    }
+}
