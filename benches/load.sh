@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Load benchmark: stackgate against nginx, HAProxy and the bare backend, on loopback.
-#   bash benches/load.sh            # full run (about 12 minutes), rewrites the README results
-#   QUICK=1 bash benches/load.sh    # one short round, no README change
-# Installs its peers from Debian (nginx-light, haproxy, wrk, nghttp2-client, openssl, redis-server),
-# builds release binaries, then runs benches/load.py.
+# Load benchmark: stackgate against nginx, HAProxy, Caddy and the bare backend, on loopback,
+# over HTTP/1.1, h2c, TLS HTTP/1.1 and TLS h2, in two shapes (pinned: one core for the proxy;
+# all: nothing pinned, every peer at its defaults), plus Redis buckets and 1,000,000 tokens.
+#   bash benches/load.sh                  # full run (about 35 minutes): one dated section per
+#                                         # shape at the top of the results in docs/benchmarks.md
+#   SHAPE=pinned bash benches/load.sh     # one shape (pinned | all | both, the default)
+#   QUICK=1 bash benches/load.sh          # one short round, docs left alone
+#   ROUNDS=7 DURATION=15 bash benches/load.sh
+# Installs its peers from Debian (nginx-light, haproxy, caddy, wrk, nghttp2-client, openssl,
+# redis-server), builds release binaries, then runs benches/load.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for cmd in nginx haproxy wrk h2load openssl taskset python3 redis-server; do
+for cmd in nginx haproxy caddy wrk h2load openssl taskset python3 redis-server; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy wrk nghttp2-client openssl util-linux python3 redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy caddy wrk nghttp2-client openssl util-linux python3 redis-server >/dev/null
 fi
 cargo build --profile dist --locked --bin stackgate --example seed_store
 exec python3 benches/load.py "$@"
