@@ -278,6 +278,14 @@ impl Metrics {
         self.latency.observe(took);
     }
 
+    /// Counts a decision made outside the main listener's requests (the console's
+    /// sign-in), so failed and throttled sign-ins show with the main listener's.
+    pub fn decision(&self, error: &GatewayError) {
+        if let Some(c) = self.decisions.get(error.reason().index()) {
+            c.inc();
+        }
+    }
+
     /// Points the per-token metrics at the snapshot now serving (every swap).
     pub fn set_snapshot(&self, snapshot: Arc<Snapshot>) {
         self.token_usage.0.store(Some(snapshot));

@@ -468,3 +468,28 @@ async fn certificates_are_reloaded_without_dropping_connections() {
     assert_eq!(tls_client(&second.ca_pem, &[b"http/1.1"]).request(get()).await.unwrap().status(), 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Found by the third outside attack: the console's sign-in (`/console/api/stacks`)
+/// refused and throttled guesses without a trace in the metrics. They count as the
+/// main listener's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sign_in_refusals_are_counted() {
+    let backend = Backend::start().await;
+    let text =
+        config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 2\nwindow = \"60s\"\ncooldown = \"60s\"\n";
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let admin = gw.admin_addr;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let request = format!(
+            "GET /console/api/stacks HTTP/1.1\r\nHost: admin\r\nauthtoken: guess{i}\r\nConnection: close\r\n\r\n"
+        );
+        statuses.push(raw(admin, request.as_bytes()).await.0);
+    }
+    assert_eq!(statuses, [401, 401, 429, 429]);
+    let (_, metrics) = admin_get(admin, "/metrics").await;
+    assert_eq!(metric(&metrics, "stackgate_decisions_total{reason=\"auth_failed\"}"), 2.0, "{metrics}");
+    assert_eq!(metric(&metrics, "stackgate_decisions_total{reason=\"auth_throttled\"}"), 2.0, "{metrics}");
+    assert!(!metrics.contains("guess"), "no authtoken in the metrics");
+}

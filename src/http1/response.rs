@@ -140,13 +140,13 @@ pub fn parse_head(
         if h.name.eq_ignore_ascii_case("connection") {
             connection_options(h.value, &mut options, |name| listed.push(name));
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Codings are tokens: a value with other bytes is no framing anyone agrees on
-            // (hyper reads it as not chunked).
-            if !h.value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+            // Only `chunked`, once: the body is passed on de-chunked and re-framed, so any
+            // other coding (`gzip, chunked`, a close-delimited `gzip`) would reach the
+            // client without its label, as other bytes than the backend meant.
+            if head.chunked.is_some() || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return Err(Malformed);
             }
-            let last = h.value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
-            head.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            head.chunked = Some(true);
         } else if h.name.eq_ignore_ascii_case("content-length") {
             head.length = head.length.and_then(|found| merge_length(found, h.value));
         }

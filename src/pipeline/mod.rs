@@ -13,11 +13,11 @@ pub use classify::{classify, Access, Module, ModuleSet, Operation, Rule};
 pub use normalize::{normalize, Target};
 pub use policy::{authorize, inspect_body};
 
-use crate::error::{Denial, GatewayError};
+use crate::error::{BadRequest, Denial, GatewayError};
 use crate::snapshot::{Snapshot, Token};
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::Method;
+use http::{Method, Version};
 use std::sync::Arc;
 
 /// What to do with a request that passed the synchronous stages.
@@ -61,6 +61,30 @@ fn check_method(method: &Method) -> Result<(), GatewayError> {
     }
 }
 
+/// The message fields every reader must agree on before anything else is read:
+/// `Host` once (HTTP/1.1 requires it, RFC 9112 section 3.2; two would leave the backend
+/// to pick one), and a `Transfer-Encoding` that is exactly `chunked`. The body reaches
+/// the gateway de-chunked; another coding (`gzip, chunked`) would be forwarded without
+/// its label and read by the backend as something else than what was sent.
+fn check_message(parts: &Parts) -> Result<(), GatewayError> {
+    let hosts = parts.headers.get_all(HOST).iter().count();
+    let host_ok = match parts.version {
+        Version::HTTP_11 => hosts == 1,
+        _ => hosts <= 1,
+    };
+    let mut codings = parts.headers.get_all(TRANSFER_ENCODING).iter();
+    let coding_ok = match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    };
+    if host_ok && coding_ok {
+        Ok(())
+    } else {
+        Err(GatewayError::BadRequest(BadRequest::InvalidHeader))
+    }
+}
+
 /// Runs normalize, classify, authenticate and authorize at Unix time `now`.
 pub fn decide<'a>(
     snap: &Snapshot,
@@ -69,6 +93,7 @@ pub fn decide<'a>(
     facts: &mut Facts,
 ) -> Result<Decision<'a>, GatewayError> {
     check_method(&parts.method)?;
+    check_message(parts)?;
     let target = normalize(&parts.uri, parts.version, &snap.settings.own_authorities)?;
     let op = classify(&parts.method, &target.path)?;
     facts.op = Some(op);

@@ -222,6 +222,11 @@ impl UpstreamClient {
                 rewrite.insert_into(&mut parts.headers);
                 let req = Request::from_parts(parts, ReqBody::from(body));
                 match tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await {
+                    // As on the direct path: a coding other than `chunked` alone would
+                    // reach the client without its label.
+                    Ok(Ok(resp)) if !chunked_alone(resp.headers()) => {
+                        Err(GatewayError::BadGateway(UpstreamFailure::Protocol))
+                    }
                     Ok(Ok(mut resp)) => {
                         prepare_response_headers(resp.headers_mut());
                         Ok(resp.map(UpstreamBody::Pooled))
@@ -238,5 +243,15 @@ impl UpstreamClient {
             Some(err) => Err(err),
             None => result,
         }
+    }
+}
+
+/// No `Transfer-Encoding`, or one that is exactly `chunked`.
+fn chunked_alone(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(only), None) => only.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
     }
 }

@@ -102,9 +102,17 @@ pub async fn handle(
     req: Request<ClientBody>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<Body>, Infallible> {
+    // hyper's chunked decoder reads a bare LF where the last chunk's trailer section
+    // should end as the start of trailer lines, taking a pipelined next request as
+    // trailers (a proxy in front that ends lines at bare LFs sees two requests there).
+    // No request is read after a chunked body: the connection closes after its answer.
+    let chunked = req.version() < http::Version::HTTP_2 && req.headers().contains_key(http::header::TRANSFER_ENCODING);
     let (mut resp, fields) = respond(gw, req, conn).await;
     proxy::fill_headers(&mut resp);
     fields.apply(resp.headers_mut());
+    if chunked {
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(resp)
 }
 

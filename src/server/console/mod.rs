@@ -200,10 +200,14 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
         _ => None,
     };
     let Some(uid) = user else {
-        return match gw.failed_sign_in(peer.ip()) {
-            Err(retry_after) => GatewayError::Throttled { retry_after }.into_response(),
-            Ok(()) => GatewayError::Unauthenticated { expired: false }.into_response(),
+        let refusal = match gw.failed_sign_in(peer.ip()) {
+            Err(retry_after) => GatewayError::Throttled { retry_after },
+            Ok(()) => GatewayError::Unauthenticated { expired: false },
         };
+        // Counted and logged as the main listener's refusals are (never the authtoken).
+        gw.metrics.decision(&refusal);
+        tracing::info!(client = %peer.ip(), path = "console/api/stacks", reason = refusal.reason().name(), "console sign-in refused");
+        return refusal.into_response();
     };
     let email = config.users.iter().find(|u| u.uid == uid).map(|u| u.email.clone()).unwrap_or_default();
     let list: Vec<Value> = config
