@@ -1,5 +1,5 @@
 //! The direct path to a plain-HTTP upstream: each HTTP/1 client connection keeps its
-//! own upstream connection; HTTP/2 client streams borrow one from a shared idle list.
+//! own upstream connection; HTTP/2 client streams borrow one from an idle list (per thread).
 //!
 //! An HTTP/1 client connection's requests are sequential (hyper's server answers one
 //! before reading the next), so one upstream connection per client connection is all
@@ -8,7 +8,7 @@
 //! between them. A response body that arrived with its head (the usual small one)
 //! releases the connection at once; a longer one takes it along and puts it back in
 //! the slot when read to its end. When the client connection closes, its upstream
-//! connection goes to a small shared idle list for the next client connection, so
+//! connection goes to a small idle list (its thread's) for the next client connection, so
 //! clients that open a connection per request still reuse upstream connections.
 //! HTTP/2 client streams run concurrently, so they have no slot: each takes an
 //! upstream connection from the idle list (or opens one) and puts it back when its
@@ -19,24 +19,28 @@ use super::{Outbound, RequestRewrite, Streamed};
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::http1::client::{Conn, Fields, Outgoing, RequestHead, ResponseBody, SendError};
 use http::{HeaderValue, Response};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Upstream connections handed back by closed client connections, at most this many.
+/// Upstream connections handed back by closed client connections, at most this many per thread.
 const MAX_IDLE: usize = 256;
 
-/// Idle upstream connections of one upstream configuration.
+/// Idle upstream connections of one upstream configuration, one list per thread.
 /// Kept boxed: a connection leaves and returns as the same box, never re-allocated.
+/// Per thread because `stackgate run` serves each client connection on one thread
+/// (thread per core): a connection stays with the runtime whose reactor it is
+/// registered with, and taking one is a borrow of this thread's list, not a lock.
 /// Taken oldest first: a connection that has been idle longest has had the most time
 /// to show (to the probe in `pop`) anything its backend sent after its last response.
 #[derive(Default)]
-pub struct IdleList(Mutex<VecDeque<Box<Conn>>>);
+pub struct IdleList(thread_local::ThreadLocal<RefCell<VecDeque<Box<Conn>>>>);
 
 impl IdleList {
     fn pop(&self) -> Option<Box<Conn>> {
-        let mut list = self.0.lock().ok()?;
+        let mut list = self.0.get_or_default().try_borrow_mut().ok()?;
         while let Some(mut conn) = list.pop_front() {
             if conn.is_reusable() {
                 return Some(conn);
@@ -49,7 +53,7 @@ impl IdleList {
     /// swept out only when the list is full: HTTP/2 streams return a connection after
     /// every response, and a sweep each time would cost a probe per idle connection.
     fn push(&self, conn: Box<Conn>) {
-        if let Ok(mut list) = self.0.lock() {
+        if let Ok(mut list) = self.0.get_or_default().try_borrow_mut() {
             if list.len() >= MAX_IDLE {
                 list.retain_mut(|conn| conn.is_reusable());
             }
