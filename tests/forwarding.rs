@@ -593,10 +593,11 @@ async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() 
     upload.abort();
 }
 
-/// HTTP/2 streams have no connection of their own upstream: each borrows one from the
-/// shared idle list and returns it after its response, so concurrent streams open at
-/// most one upstream connection each and later rounds open none.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// HTTP/2 streams have no connection of their own upstream: each borrows one from its
+/// thread's idle list and returns it after its response, so concurrent streams open at
+/// most one upstream connection each and later rounds open none. On one thread, as
+/// `stackgate run` serves a connection (thread per core).
+#[tokio::test(flavor = "current_thread")]
 async fn http2_streams_borrow_upstream_connections_and_return_them() {
     use http_body_util::BodyExt;
     let (backend, connections) = counting_backend(None).await;
