@@ -365,6 +365,13 @@ async fn several_workers_share_the_listener_and_drain_together() {
     )
     .await
     .unwrap();
+    // A thread names itself once it runs: wait for both.
+    for _ in 0..100 {
+        if worker_threads() == before + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(worker_threads(), before + 2, "two threads besides the caller's runtime");
     let request = format!(
         "GET /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nConnection: close\r\n\r\n"
