@@ -13,8 +13,11 @@ use std::net::IpAddr;
 
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
-/// The client's address for a request from `peer`.
+/// The client's address for a request from `peer`. An IPv4 address written as IPv6
+/// (`::ffff:192.0.2.1`, a dual-stack socket's or a hop's) is taken as the IPv4 address,
+/// so one client has one address in the guard, the logs and the forwarded fields.
 pub fn address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
     if trusted.is_empty() || !is_trusted(peer) {
         return peer;
@@ -55,13 +58,14 @@ fn forwarded_for(headers: &HeaderMap) -> Vec<&str> {
 /// An address as a hop writes it: `203.0.113.7`, `"[2001:db8::1]:4711"`, `1.2.3.4:80`.
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim().trim_matches('"');
-    if let Ok(ip) = hop.parse() {
-        return Some(ip);
-    }
-    if let Some(rest) = hop.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
-    }
-    hop.rsplit_once(':').and_then(|(ip, _port)| ip.parse().ok())
+    let ip = if let Ok(ip) = hop.parse::<IpAddr>() {
+        Some(ip)
+    } else if let Some(rest) = hop.strip_prefix('[') {
+        rest.split(']').next()?.parse().ok()
+    } else {
+        hop.rsplit_once(':').and_then(|(ip, _port)| ip.parse().ok())
+    };
+    ip.map(|ip| ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -95,5 +99,12 @@ mod tests {
         assert_eq!(address(lb, &garbage, &trusted), ip("10.0.0.9"));
         let all_trusted = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
         assert_eq!(address(lb, &all_trusted, &trusted), ip("10.1.1.1"));
+        // IPv4 written as IPv6, in a hop or as the peer: the IPv4 address.
+        let mapped = headers(&[("x-forwarded-for", "198.51.100.7, ::ffff:10.0.0.9")]);
+        assert_eq!(address(lb, &mapped, &trusted), ip("198.51.100.7"));
+        let mapped = headers(&[("x-forwarded-for", "::ffff:198.51.100.7")]);
+        assert_eq!(address(lb, &mapped, &trusted), ip("198.51.100.7"));
+        assert_eq!(address(ip("::ffff:10.0.0.5"), &xff, &trusted), ip("198.51.100.7"));
+        assert_eq!(address(ip("::ffff:203.0.113.1"), &xff, &trusted), ip("203.0.113.1"));
     }
 }
