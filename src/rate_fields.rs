@@ -3,6 +3,7 @@
 //! ([`RateInfo::each`]) for every writer: a header map (hyper, error responses) or
 //! the lines of an HTTP/1.1 head.
 
+use crate::http1::server::FieldValue;
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -23,13 +24,17 @@ pub struct RateInfo {
 }
 
 impl RateInfo {
-    /// Each field, in order, as its name and value; nothing is allocated.
-    pub fn each(&self, f: &mut dyn FnMut(&HeaderName, &[u8])) {
+    /// Each field, in order, as its name and value; nothing is allocated (the usual
+    /// `remaining` counts are header values made once).
+    pub fn each(&self, f: &mut dyn FnMut(&HeaderName, FieldValue<'_>)) {
         let mut remaining = itoa::Buffer::new();
         let remaining = remaining.format(self.remaining).as_bytes();
-        f(&X_RATELIMIT_LIMIT, self.limit_header.as_bytes());
-        f(&X_RATELIMIT_REMAINING, remaining);
-        f(&RATELIMIT_POLICY, self.policy.as_bytes());
+        f(&X_RATELIMIT_LIMIT, FieldValue::Shared(&self.limit_header));
+        match small_number(self.remaining) {
+            Some(shared) => f(&X_RATELIMIT_REMAINING, FieldValue::Shared(shared)),
+            None => f(&X_RATELIMIT_REMAINING, FieldValue::Made(remaining)),
+        }
+        f(&RATELIMIT_POLICY, FieldValue::Shared(&self.policy));
         // `"name";r=REMAINING;t=RESET`
         let mut current = [0u8; 128];
         let mut at = 0;
@@ -39,22 +44,26 @@ impl RateInfo {
             room.copy_from_slice(part);
             at += part.len();
         }
-        f(&RATELIMIT, current.get(..at).unwrap_or_default());
+        f(&RATELIMIT, FieldValue::Made(current.get(..at).unwrap_or_default()));
     }
 
     /// Inserts the fields into a header map, replacing any already there.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        self.each(&mut |name, value| {
-            if let Ok(value) = HeaderValue::from_bytes(value) {
-                headers.insert(name.clone(), value);
-            }
-        });
+        self.each(&mut |name, value| value.insert_into(name, headers));
     }
 
     /// Adds `Retry-After` to a 429.
     pub fn write_retry_after(headers: &mut HeaderMap, secs: u64) {
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
+}
+
+/// The header value of a count up to 1024 (what `X-RateLimit-Remaining` usually
+/// says), made once: a clone is a reference-count increment, not an allocation.
+fn small_number(n: u32) -> Option<&'static HeaderValue> {
+    static SMALL: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
+    let small = SMALL.get_or_init(|| (0..=1024u32).map(HeaderValue::from).collect());
+    usize::try_from(n).ok().and_then(|i| small.get(i))
 }
 
 /// Whether `name` (in any spelling) is one of the rate-limit fields (a backend's own

@@ -56,7 +56,41 @@ pub trait AddedFields {
     /// Whether a response field is one of these (the response's own copy gives way).
     fn replaces(&self, name: &HeaderName) -> bool;
     /// Each field, in order.
-    fn each(&self, f: &mut dyn FnMut(&HeaderName, &[u8]));
+    fn each(&self, f: &mut dyn FnMut(&HeaderName, FieldValue<'_>));
+}
+
+/// An added field's value: one already held as a header value (shared: a header map
+/// takes it by reference count), or bytes made for this response.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldValue<'a> {
+    Shared(&'a HeaderValue),
+    Made(&'a [u8]),
+}
+
+impl FieldValue<'_> {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            FieldValue::Shared(v) => v.as_bytes(),
+            FieldValue::Made(b) => b,
+        }
+    }
+
+    /// Puts the field into a header map: replacing the map's, but `Vary`, which adds
+    /// to it (a response varies on everything any of its writers named).
+    pub fn insert_into(self, name: &HeaderName, headers: &mut HeaderMap) {
+        let value = match self {
+            FieldValue::Shared(v) => v.clone(),
+            FieldValue::Made(b) => match HeaderValue::from_bytes(b) {
+                Ok(v) => v,
+                Err(_) => return,
+            },
+        };
+        if *name == http::header::VARY {
+            headers.append(name.clone(), value);
+        } else {
+            headers.insert(name.clone(), value);
+        }
+    }
 }
 
 /// A response body that may still carry its upstream's header fields as a block
@@ -342,7 +376,7 @@ fn write_head<A: AddedFields>(
             put_length(out, n);
         }
     }
-    added.each(&mut |name, value| put_field(out, name.as_str().as_bytes(), value));
+    added.each(&mut |name, value| put_field(out, name.as_str().as_bytes(), value.as_bytes()));
     if !parts.headers.contains_key(DATE) && !fields.is_some_and(Fields::has_date) {
         date::with(|d| put_field(out, b"date", d));
     }

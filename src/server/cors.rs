@@ -5,6 +5,7 @@
 
 use crate::config::cors::{Cors, Origins};
 use crate::field_names::folded_starts_with;
+use crate::http1::server::FieldValue;
 use crate::proxy::{self, Body};
 use bytes::Bytes;
 use http::header::{
@@ -45,35 +46,30 @@ impl Fields {
     }
 
     /// Each field, in order.
-    pub fn each(&self, f: &mut dyn FnMut(&HeaderName, &[u8])) {
+    pub fn each(&self, f: &mut dyn FnMut(&HeaderName, FieldValue<'_>)) {
+        const TRUE: HeaderValue = HeaderValue::from_static("true");
+        const ORIGIN_ONLY: HeaderValue = HeaderValue::from_static("origin");
         let vary = match self {
             Fields::VaryOnly => true,
             Fields::Allowed { origin, credentials, expose, vary } => {
-                f(&ACCESS_CONTROL_ALLOW_ORIGIN, origin.as_bytes());
+                f(&ACCESS_CONTROL_ALLOW_ORIGIN, FieldValue::Shared(origin));
                 if *credentials {
-                    f(&ACCESS_CONTROL_ALLOW_CREDENTIALS, b"true");
+                    f(&ACCESS_CONTROL_ALLOW_CREDENTIALS, FieldValue::Shared(&TRUE));
                 }
                 if let Some(expose) = expose {
-                    f(&ACCESS_CONTROL_EXPOSE_HEADERS, expose.as_bytes());
+                    f(&ACCESS_CONTROL_EXPOSE_HEADERS, FieldValue::Shared(expose));
                 }
                 *vary
             }
         };
         if vary {
-            f(&VARY, b"origin");
+            f(&VARY, FieldValue::Shared(&ORIGIN_ONLY));
         }
     }
 
     /// Inserts the fields into a header map (`Vary` is added to any already there).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        self.each(&mut |name, value| {
-            let Ok(value) = HeaderValue::from_bytes(value) else { return };
-            if *name == VARY {
-                headers.append(name.clone(), value);
-            } else {
-                headers.insert(name.clone(), value);
-            }
-        });
+        self.each(&mut |name, value| value.insert_into(name, headers));
     }
 }
 

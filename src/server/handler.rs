@@ -3,7 +3,7 @@
 
 use super::{client, cors, request_id, Gateway};
 use crate::error::{BadRequest, GatewayError};
-use crate::http1::server::AddedFields;
+use crate::http1::server::{AddedFields, FieldValue};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::ClientBody;
 use crate::proxy::{self, prepare_request_headers, Body, BodyState, Identity, Outbound, Streamed, UpstreamSlot};
@@ -58,14 +58,7 @@ impl GatewayFields {
         if self.cors.is_some() {
             remove_cors_fields(headers);
         }
-        self.each(&mut |name, value| {
-            let Ok(value) = HeaderValue::from_bytes(value) else { return };
-            if *name == http::header::VARY {
-                headers.append(name.clone(), value);
-            } else {
-                headers.insert(name.clone(), value);
-            }
-        });
+        self.each(&mut |name, value| value.insert_into(name, headers));
     }
 }
 
@@ -77,8 +70,8 @@ impl AddedFields for GatewayFields {
             || (self.cors.is_some() && cors::replaces(raw))
     }
 
-    fn each(&self, f: &mut dyn FnMut(&HeaderName, &[u8])) {
-        f(&proxy::X_REQUEST_ID, self.request_id.as_bytes());
+    fn each(&self, f: &mut dyn FnMut(&HeaderName, FieldValue<'_>)) {
+        f(&proxy::X_REQUEST_ID, FieldValue::Shared(&self.request_id));
         if let Some(rate) = &self.rate {
             rate.each(f);
         }
