@@ -10,7 +10,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod scaleout_support;
 use common::*;
+use scaleout_support::{admin_get, free_port, spawn_logged, start_replicas, Replica};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -93,51 +95,6 @@ impl Database {
         tokio::spawn(conn);
         let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
     }
-}
-
-/// A running replica: the real binary on its own port.
-struct Replica {
-    _proc: Proc,
-    addr: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// Starts the binary with its log (stdout) going to `log`, and waits until it listens.
-fn spawn_logged(config: &std::path::Path, log: &std::path::Path) -> Replica {
-    let out = std::fs::File::create(log).unwrap();
-    let child = std::process::Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info,stackgate::access=off")
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let mut proc = Proc(child);
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let line = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned));
-        if let (Some(addr), Some(admin)) =
-            (line("stackgate listening on http://"), line("stackgate admin listening on http://"))
-        {
-            return Replica { _proc: proc, addr: addr.parse().unwrap(), admin: admin.parse().unwrap() };
-        }
-        assert!(proc.0.try_wait().unwrap().is_none(), "gateway exited: {text}");
-        assert!(started.elapsed() < Duration::from_secs(10), "gateway did not start: {text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Writes the test config with `extra` tables appended and starts `n` replicas of it.
-fn start_replicas(backend: SocketAddr, extra: &str, n: usize) -> Vec<Replica> {
-    let dir = temp_dir("scaleout");
-    (0..n)
-        .map(|i| {
-            let file = dir.join(format!("replica{i}.toml"));
-            std::fs::write(&file, config_text(backend, "", &format!("\n{extra}\n"))).unwrap();
-            spawn_logged(&file, &dir.join(format!("replica{i}.log")))
-        })
-        .collect()
 }
 
 fn shared_config(store_url: &str, redis_url: &str, prefix: &str, fail_mode: &str, replicas: u32) -> String {
@@ -506,21 +463,6 @@ async fn local_fail_mode_gives_each_replica_its_share() {
     assert!((15..=21).contains(&total), "total {total}");
     drop(replicas);
     db.drop_now().await;
-}
-
-/// The body of a GET on the admin listener.
-async fn admin_get(admin: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
-}
-
-async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
 }
 
 /// A private `redis-server` on its own port, to stop and start at will.

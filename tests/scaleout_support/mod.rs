@@ -1,4 +1,4 @@
-//! What the TLS and cluster scale-out tests share: real `stackgate` replicas started
+//! What the scale-out tests share (scaleout, TLS, cluster): real `stackgate` replicas started
 //! from a config file, one-request calls, and the "services required" rule.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
