@@ -13,14 +13,14 @@ use follow::listen;
 
 use super::pg_tls::RustlsConnect;
 use super::{
-    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, StoreError,
-    StoreEvent, TokenStore,
+    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, StoreError, StoreEvent,
+    TokenStore,
 };
 use crate::config::Postgres;
 use crate::token::TokenRecord;
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -3,8 +3,7 @@
 //! the whole change or none of it. The schema is versioned with `PRAGMA user_version`.
 
 use super::{
-    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, StoreError,
-    TokenStore,
+    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, StoreError, TokenStore,
 };
 use crate::token::TokenRecord;
 use async_trait::async_trait;
