@@ -8,7 +8,7 @@ use crate::clock::Clock;
 use crate::config::{self, Config, ConfigErrors};
 use crate::proxy::UpstreamClient;
 use crate::ratelimit::{Limiter, RateClock};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotBuilder};
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{StoreError, StoreEvent, TokenStore};
@@ -82,11 +82,12 @@ impl Gateway {
         rate_clock: RateClock,
         config_path: Option<PathBuf>,
     ) -> Result<Self, ReloadError> {
-        let stored = store.load_all().await?;
-        crate::config::log_warnings(&config, &stored);
+        crate::config::log_warnings(&config);
         let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let upstream = UpstreamClient::new(&config.upstream)?;
-        let snapshot = Snapshot::build(Arc::new(config), &stored, None, &rate_clock, upstream).with_tls(tls);
+        let notify = config.notify.clone();
+        let warn = move |rec: &TokenRecord| crate::config::warn_if_no_channel(&notify, rec);
+        let snapshot = load_snapshot(&*store, Arc::new(config), None, &rate_clock, upstream, warn).await?.with_tls(tls);
         let metrics = Arc::new(Metrics::new());
         metrics.tokens_loaded.set(i64::try_from(snapshot.token_count()).unwrap_or(i64::MAX));
         let limiter = match &snapshot.config.ratelimit.redis {
@@ -168,25 +169,9 @@ impl Gateway {
         let report = keep_restart_only_settings(&current.config, &mut config);
         let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let upstream = UpstreamClient::reuse_or_new(Some(&current.upstream), &config.upstream)?;
-        let stored = self.store.load_all().await?;
-        let next = self.build_off_thread(Arc::new(config), stored, current, upstream, tls).await?;
-        self.swap(next);
+        let next = load_snapshot(&*self.store, Arc::new(config), Some(current), &self.rate_clock, upstream, |_| {});
+        self.swap(next.await?.with_tls(tls));
         Ok(report)
-    }
-
-    /// Builds a snapshot on the blocking pool: with a million tokens it takes seconds,
-    /// which must not stall the runtime thread that serves requests.
-    async fn build_off_thread(
-        &self,
-        config: Arc<Config>,
-        stored: Vec<TokenRecord>,
-        previous: Arc<Snapshot>,
-        upstream: UpstreamClient,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Result<Snapshot, StoreError> {
-        let rate_clock = self.rate_clock.clone();
-        let build = move || Snapshot::build(config, &stored, Some(&previous), &rate_clock, upstream).with_tls(tls);
-        tokio::task::spawn_blocking(build).await.map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     /// Applies a change another replica made to the shared store: re-reads the token
@@ -211,12 +196,11 @@ impl Gateway {
     /// unchanged tokens kept), after changes may have been missed.
     async fn resync(&self) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
-        let stored = self.store.load_all().await?;
         let current = self.snapshot.load_full();
-        let (config, upstream, count) = (Arc::clone(&current.config), current.upstream.clone(), stored.len());
-        let tls = current.tls.clone();
-        let next = self.build_off_thread(config, stored, current, upstream, tls).await?;
-        self.swap(next);
+        let (config, upstream, tls) = (Arc::clone(&current.config), current.upstream.clone(), current.tls.clone());
+        let next = load_snapshot(&*self.store, config, Some(current), &self.rate_clock, upstream, |_| {}).await?;
+        let count = next.token_count();
+        self.swap(next.with_tls(tls));
         tracing::debug!(tokens = count, "tokens re-read from the shared store");
         Ok(())
     }
@@ -311,6 +295,37 @@ impl Gateway {
 
 /// Copies the settings that only a restart can change from `running` into `next`, and
 /// names those that differed.
+/// Reads every stored token into a new snapshot. The snapshot is built on the blocking
+/// pool while the store reads (with a million tokens it takes seconds, which must not
+/// stall a thread that serves requests), batch by batch, so the records are never all
+/// in memory at once: each is dropped once its index entry is made. `each` sees every
+/// stored record on the way (start-up warnings).
+async fn load_snapshot(
+    store: &dyn TokenStore,
+    config: Arc<Config>,
+    previous: Option<Arc<Snapshot>>,
+    rate_clock: &RateClock,
+    upstream: UpstreamClient,
+    each: impl Fn(&TokenRecord) + Send + 'static,
+) -> Result<Snapshot, StoreError> {
+    // A few batches in flight let the store read the next while this one is indexed.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<TokenRecord>>(4);
+    let rate_clock = rate_clock.clone();
+    let build = tokio::task::spawn_blocking(move || {
+        let mut builder = SnapshotBuilder::new(config, previous, &rate_clock, upstream);
+        while let Some(batch) = rx.blocking_recv() {
+            for rec in &batch {
+                each(rec);
+                builder.add(rec);
+            }
+        }
+        builder.finish()
+    });
+    let loaded = store.load_all(tx).await;
+    let snapshot = build.await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    loaded.map(|()| snapshot)
+}
+
 fn keep_restart_only_settings(running: &Config, next: &mut Config) -> ReloadReport {
     let mut report = ReloadReport::default();
     let mut keep = |name: &'static str, differs: bool| {

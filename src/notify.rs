@@ -226,24 +226,26 @@ async fn scan(
 ) {
     let metrics = &gw.metrics;
     let snap = gw.snapshot();
-    let stored = match gw.store().load_all().await {
+    let now = gw.clock().now();
+    let before = i64::try_from(cfg.before.as_secs()).unwrap_or(i64::MAX);
+    // Inside the window and not yet expired (a late warning would be wrong).
+    let due = |t: &TokenRecord| {
+        t.is_email_notification_enabled
+            && t.expires_on.as_ref().is_some_and(|e| now >= e.at.saturating_sub(before) && now < e.at)
+    };
+    // Only the tokens with a notice due are kept, however many are stored.
+    let stored = match crate::store::load_matching(&**gw.store(), &due).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "expiry notices: store unavailable, will retry");
             return;
         }
     };
-    let now = gw.clock().now();
-    let before = i64::try_from(cfg.before.as_secs()).unwrap_or(i64::MAX);
-    let statics = snap.config.stacks.iter().flat_map(|s| s.tokens.iter());
-    for token in statics.chain(stored.iter()).filter(|t| t.is_email_notification_enabled) {
+    let statics = snap.config.stacks.iter().flat_map(|s| s.tokens.iter()).filter(|t| due(t));
+    for token in statics.chain(stored.iter()) {
         let Some(expires_at) = token.expires_on.as_ref().map(|e| e.at) else {
             continue;
         };
-        // Inside the window and not yet expired (a late warning would be wrong).
-        if now < expires_at.saturating_sub(before) || now >= expires_at {
-            continue;
-        }
         let creator_email = snap
             .config
             .users

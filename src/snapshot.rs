@@ -5,7 +5,7 @@
 use crate::config::{Config, Organization, UserSessions};
 use crate::proxy::UpstreamClient;
 use crate::ratelimit::{Bucket, Charge, OrgBuckets, Payer, RateClock, TokenBuckets};
-use crate::token::{compile_scope, Grants, TokenRecord};
+use crate::token::{compile_scope, BranchCatalog, Grants, TokenRecord};
 use crate::usage::Usage;
 use http::uri::Authority;
 use std::collections::HashMap;
@@ -69,6 +69,18 @@ impl StackView {
     }
 }
 
+/// Scopes are checked against the snapshot's view of the stack, which holds the same
+/// branches and aliases as its config.
+impl BranchCatalog for StackView {
+    fn has_branch(&self, name: &str) -> bool {
+        StackView::has_branch(self, name)
+    }
+
+    fn has_alias(&self, name: &str) -> bool {
+        self.alias_target(name).is_some()
+    }
+}
+
 /// A token as the request path needs it, with its rate buckets beside it.
 #[derive(Debug, Clone)]
 pub struct Token {
@@ -126,51 +138,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot from a validated config plus the store's tokens. Stored tokens
-    /// whose stack or branches no longer exist are skipped (fail closed) and logged.
-    /// Every rate bucket whose rate did not change is taken over from `previous`; the
-    /// caller passes the upstream client (reused when its settings did not change).
+    /// Builds a snapshot from a validated config plus the store's tokens (see
+    /// [`SnapshotBuilder`], which takes the stored tokens one at a time).
     pub fn build(
         config: Arc<Config>,
         stored: &[TokenRecord],
-        previous: Option<&Snapshot>,
+        previous: Option<Arc<Snapshot>>,
         rate_clock: &RateClock,
         upstream: UpstreamClient,
     ) -> Snapshot {
-        let share = config.ratelimit.local_share();
-        let orgs: HashMap<Box<str>, Arc<OrgState>> = config
-            .organizations
-            .iter()
-            .map(|o| (o.uid.as_str().into(), Arc::new(org_state(o, previous, rate_clock, share))))
-            .collect();
-        let mut stacks = HashMap::with_capacity(config.stacks.len());
-        for s in &config.stacks {
-            let Some(org) = orgs.get(s.organization.as_str()) else {
-                continue;
-            };
-            let view = StackView {
-                api_key: s.api_key.as_str().into(),
-                branches: s.branches.iter().map(|b| b.as_str().into()).collect(),
-                aliases: s.aliases.iter().map(|(a, t)| (a.as_str().into(), t.as_str().into())).collect(),
-                organization: Arc::clone(org),
-            };
-            stacks.insert(s.api_key.as_str().into(), Arc::new(view));
+        let mut builder = SnapshotBuilder::new(config, previous, rate_clock, upstream);
+        for rec in stored {
+            builder.add(rec);
         }
-        let stack_configs: HashMap<&str, &crate::config::Stack> =
-            config.stacks.iter().map(|s| (s.api_key.as_str(), s)).collect();
-        let mut tokens = HashMap::with_capacity_and_hasher(stored.len() + config.stacks.len(), DigestHash::default());
-        let config_tokens = config.stacks.iter().flat_map(|s| s.tokens.iter());
-        for rec in config_tokens.chain(stored.iter()) {
-            match compile_token(rec, &stack_configs, &stacks, previous, rate_clock, share) {
-                Some(token) => insert_token(&mut tokens, rec, token),
-                None => {
-                    tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored")
-                }
-            }
-        }
-        let users = config.users.iter().map(|u| (u.authtoken_sha256, u.uid.as_str().into())).collect();
-        let settings = settings(&config);
-        Snapshot { config, settings, upstream, rate_clock: rate_clock.clone(), tls: None, orgs, stacks, tokens, users }
+        builder.finish()
     }
 
     /// This snapshot serving `tls` on the main listener.
@@ -188,10 +169,8 @@ impl Snapshot {
             tokens.remove(hash);
         }
         if let Some(rec) = upsert {
-            let stack_configs: HashMap<&str, &crate::config::Stack> =
-                self.config.stacks.iter().filter(|s| s.api_key == rec.stack).map(|s| (s.api_key.as_str(), s)).collect();
             let share = self.config.ratelimit.local_share();
-            match compile_token(rec, &stack_configs, &self.stacks, Some(self), &self.rate_clock, share) {
+            match compile_token(rec, &self.stacks, Some(self), &self.rate_clock, share) {
                 Some(token) => insert_token(&mut tokens, rec, token),
                 None => {
                     tracing::warn!(token.uid = %rec.uid, "token does not match its stack's config; ignored")
@@ -256,6 +235,79 @@ impl Snapshot {
     }
 }
 
+/// Builds a [`Snapshot`] from stored tokens handed in one at a time, as the store reads
+/// them: a million tokens never sit in memory twice (as records and as the index the
+/// request path reads). The config's own tokens are added first. Stored tokens whose
+/// stack or branches no longer exist are skipped (fail closed) and logged. Every rate
+/// bucket whose rate did not change is taken over from `previous`.
+pub struct SnapshotBuilder {
+    config: Arc<Config>,
+    previous: Option<Arc<Snapshot>>,
+    upstream: UpstreamClient,
+    rate_clock: RateClock,
+    share: u32,
+    orgs: HashMap<Box<str>, Arc<OrgState>>,
+    stacks: HashMap<Box<str>, Arc<StackView>>,
+    tokens: HashMap<[u8; 32], Arc<Token>, DigestHash>,
+}
+
+impl SnapshotBuilder {
+    pub fn new(
+        config: Arc<Config>,
+        previous: Option<Arc<Snapshot>>,
+        rate_clock: &RateClock,
+        upstream: UpstreamClient,
+    ) -> SnapshotBuilder {
+        let share = config.ratelimit.local_share();
+        let prev = previous.as_deref();
+        let orgs: HashMap<Box<str>, Arc<OrgState>> = config
+            .organizations
+            .iter()
+            .map(|o| (o.uid.as_str().into(), Arc::new(org_state(o, prev, rate_clock, share))))
+            .collect();
+        let mut stacks = HashMap::with_capacity(config.stacks.len());
+        for s in &config.stacks {
+            let Some(org) = orgs.get(s.organization.as_str()) else {
+                continue;
+            };
+            let view = StackView {
+                api_key: s.api_key.as_str().into(),
+                branches: s.branches.iter().map(|b| b.as_str().into()).collect(),
+                aliases: s.aliases.iter().map(|(a, t)| (a.as_str().into(), t.as_str().into())).collect(),
+                organization: Arc::clone(org),
+            };
+            stacks.insert(s.api_key.as_str().into(), Arc::new(view));
+        }
+        // Sized for what the previous snapshot held, so a rebuild does not grow the
+        // index step by step (each step briefly holds the old table and the new).
+        let expected = prev.map_or(0, Snapshot::token_count) + config.stacks.len();
+        let tokens = HashMap::with_capacity_and_hasher(expected, DigestHash::default());
+        let mut builder =
+            SnapshotBuilder { config, previous, upstream, rate_clock: rate_clock.clone(), share, orgs, stacks, tokens };
+        let config = Arc::clone(&builder.config);
+        for rec in config.stacks.iter().flat_map(|s| s.tokens.iter()) {
+            builder.add(rec);
+        }
+        builder
+    }
+
+    /// Adds one stored token.
+    pub fn add(&mut self, rec: &TokenRecord) {
+        let previous = self.previous.as_deref();
+        match compile_token(rec, &self.stacks, previous, &self.rate_clock, self.share) {
+            Some(token) => insert_token(&mut self.tokens, rec, token),
+            None => tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored"),
+        }
+    }
+
+    pub fn finish(self) -> Snapshot {
+        let SnapshotBuilder { config, upstream, rate_clock, orgs, stacks, tokens, .. } = self;
+        let users = config.users.iter().map(|u| (u.authtoken_sha256, u.uid.as_str().into())).collect();
+        let settings = settings(&config);
+        Snapshot { config, settings, upstream, rate_clock, tls: None, orgs, stacks, tokens, users }
+    }
+}
+
 /// An organisation's buckets, kept from the previous snapshot where the rate is the same.
 /// With `share` > 1 each bucket is this replica's part (Redis fail mode `local`).
 fn org_state(o: &Organization, previous: Option<&Snapshot>, clock: &RateClock, share: u32) -> OrgState {
@@ -287,15 +339,13 @@ fn insert_token(tokens: &mut HashMap<[u8; 32], Arc<Token>, DigestHash>, rec: &To
 
 fn compile_token(
     rec: &TokenRecord,
-    stack_configs: &HashMap<&str, &crate::config::Stack>,
     stacks: &HashMap<Box<str>, Arc<StackView>>,
     previous: Option<&Snapshot>,
     clock: &RateClock,
     share: u32,
 ) -> Option<Token> {
-    let stack_cfg = *stack_configs.get(rec.stack.as_str())?;
     let view = stacks.get(rec.stack.as_str())?;
-    let grants = compile_scope(&rec.scope, stack_cfg).ok()?;
+    let grants = compile_scope(&rec.scope, &**view).ok()?;
     let access_label = if grants.write.is_empty() { "read" } else { "read-write" };
     // A regenerated token keeps its buckets: look it up by its previous secret too.
     let prev = previous

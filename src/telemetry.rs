@@ -148,6 +148,8 @@ pub struct Metrics {
     pub ratelimit_backend_up: Gauge,
     /// Requests decided by the fail mode, by mode (`open`, `closed`, `local`).
     pub ratelimit_fallbacks: [Counter; 3],
+    /// Script calls to Redis (one carries every charge waiting for it).
+    pub ratelimit_round_trips: Counter,
 }
 
 impl Metrics {
@@ -156,6 +158,7 @@ impl Metrics {
         crate::ratelimit::BackendMetrics {
             up: self.ratelimit_backend_up.clone(),
             fallbacks: self.ratelimit_fallbacks.clone(),
+            round_trips: self.ratelimit_round_trips.clone(),
         }
     }
 }
@@ -234,6 +237,12 @@ impl Metrics {
             "Requests decided by the rate-limit fail mode while Redis was unreachable",
             fallbacks,
         );
+        let ratelimit_round_trips = Counter::default();
+        registry.register(
+            "ratelimit_backend_round_trips",
+            "Script calls to the shared rate-limit backend; each carries the charges of every request waiting for it",
+            ratelimit_round_trips.clone(),
+        );
         let token_usage = Arc::new(TokenUsage::default());
         registry.register_collector(Box::new(Arc::clone(&token_usage)));
         Metrics {
@@ -252,6 +261,7 @@ impl Metrics {
             notice_scans,
             ratelimit_backend_up,
             ratelimit_fallbacks,
+            ratelimit_round_trips,
         }
     }
 

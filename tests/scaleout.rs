@@ -445,6 +445,62 @@ async fn redis_buckets_hold_exactly_across_three_replicas() {
     db.drop_now().await;
 }
 
+/// Holds Redis busy for `for_ms` with a script that spins on its clock (Redis runs one
+/// command at a time, so every call sent meanwhile waits).
+async fn hold_redis(url: &str, for_ms: u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+    let script = format!(
+        "local s = redis.call('TIME') local t repeat t = redis.call('TIME') \
+         until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > {} return 1",
+        for_ms * 1000
+    );
+    let command = format!("*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n", script.len());
+    let mut redis = TcpStream::connect(addr).await.unwrap();
+    redis.write_all(command.as_bytes()).await.unwrap();
+    let mut reply = [0u8; 16];
+    let n = redis.read(&mut reply).await.unwrap();
+    assert_eq!(&reply[..n], b":1\r\n", "the holding script ran");
+}
+
+/// Requests waiting for Redis share one script call (the batch task sends every charge
+/// waiting in one), and the buckets stay exact: while Redis is held busy, 40 reads of
+/// RATED (5/s, burst 5) arrive at once; they are charged in a few calls, not 40, and
+/// exactly the burst is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_charges_share_one_redis_call_and_stay_exact() {
+    let Some((pg, redis)) = services("waiting_charges_share_one_redis_call_and_stay_exact") else { return };
+    let db = Database::create(&pg, "batch").await;
+    let backend = Backend::start().await;
+    let replica = start_replicas(backend.addr, &shared_config(&db.url, &redis, &unique("b"), "closed", 1), 1).remove(0);
+    let trips = |admin: SocketAddr| async move {
+        let text = admin_get(admin, "/metrics").await;
+        let line = text.lines().find_map(|l| l.strip_prefix("stackgate_ratelimit_backend_round_trips_total "));
+        line.and_then(|v| v.trim().parse::<u64>().ok()).expect("round-trip counter")
+    };
+    let before = trips(replica.admin).await;
+    // Held for 120 ms: less than the 200 ms timeout, so every call still succeeds.
+    let held = tokio::spawn({
+        let redis = redis.clone();
+        async move { hold_redis(&redis, 120).await }
+    });
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let addr = replica.addr;
+        requests.spawn(async move { status_with(addr, "GET", SMALL_API_KEY, RATED).await });
+    }
+    let statuses: Vec<u16> = requests.join_all().await;
+    held.await.unwrap();
+    let calls = trips(replica.admin).await - before;
+    eprintln!("40 waiting charges: {calls} Redis calls, statuses {statuses:?}");
+    assert_eq!(count(&statuses, 200), 5, "exactly the burst: {statuses:?}");
+    assert_eq!(count(&statuses, 429), 35, "{statuses:?}");
+    assert!((1..=8).contains(&calls), "40 charges in {calls} calls");
+    drop(replica);
+    db.drop_now().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_fail_mode_gives_each_replica_its_share() {
     let Some((pg, _)) = services("local_fail_mode_gives_each_replica_its_share") else { return };

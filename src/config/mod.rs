@@ -54,7 +54,7 @@ pub fn from_str(text: &str) -> Result<Config, ConfigErrors> {
 /// Logs at start-up what the config allows but probably does not mean (see
 /// [`ConfigWarning`]), and each stored token that asks for notices no channel carries.
 /// Names token uids only, never a secret or its hash.
-pub fn log_warnings(config: &Config, stored: &[TokenRecord]) {
+pub fn log_warnings(config: &Config) {
     for warning in config.warnings() {
         match &warning {
             ConfigWarning::NoticeWithoutChannel { token_uid, .. } => {
@@ -62,9 +62,6 @@ pub fn log_warnings(config: &Config, stored: &[TokenRecord]) {
             }
             ConfigWarning::CleartextSmtpAuth { .. } => tracing::warn!("{warning}"),
         }
-    }
-    for token in stored {
-        warn_if_no_channel(&config.notify, token);
     }
 }
 

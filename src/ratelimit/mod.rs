@@ -206,6 +206,8 @@ pub struct BackendMetrics {
     pub up: prometheus_client::metrics::gauge::Gauge,
     /// `open`, `closed`, `local`.
     pub fallbacks: [prometheus_client::metrics::counter::Counter; 3],
+    /// Calls to the shared backend (each carries every charge waiting for it).
+    pub round_trips: prometheus_client::metrics::counter::Counter,
 }
 
 /// The rate-limit backends' one interface: charge a management-token request to its

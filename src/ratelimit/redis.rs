@@ -1,11 +1,17 @@
 //! Buckets shared by every replica, in Redis (DESIGN.md section 7).
 //!
-//! One Lua script per request (one round trip) runs GCRA over the request's buckets in
-//! charging order (the token's own, bulk, then the organisation's) on Redis's own
-//! clock, so replicas' clocks never matter. It is all-or-nothing: a request refused by
-//! any bucket charges none, so a token over its own limit never spends its
-//! organisation's budget. Keys are hash-tagged by organisation (`{org}`), so the keys a
-//! script touches live on one Redis Cluster slot.
+//! A Lua script runs GCRA over each request's buckets in charging order (the token's
+//! own, bulk, then the organisation's) on Redis's own clock, so replicas' clocks never
+//! matter. It is all-or-nothing per request: a request refused by any bucket charges
+//! none, so a token over its own limit never spends its organisation's budget.
+//!
+//! Requests are charged in batches: one task per process sends every charge waiting
+//! for Redis in one script call, in arrival order, and the next batch gathers while
+//! that call is out. Under load that is one round trip (and one script run) for many
+//! requests; alone, a request goes at once. Redis runs the batch's charges one after
+//! another inside the script, exactly as it would run one script per request in that
+//! order. Keys are hash-tagged by organisation (`{org}`); on a cluster a batch is split
+//! into one call per organisation, so each call's keys live on one slot.
 //!
 //! While Redis cannot be reached, the configured fail mode decides; the connection is
 //! re-established in the background and Redis takes over again without a restart.
@@ -25,38 +31,77 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Script, TlsCertificates};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
-/// GCRA over `#KEYS` buckets. ARGV holds, per bucket, its emission interval and its
-/// tolerance (interval x burst), in microseconds. Returns `{1, i, remaining}` with the
-/// bucket closest to empty, or `{0, i, wait_us}` with the bucket that refused.
+/// GCRA over a batch of requests' buckets. ARGV: the number of requests, then per
+/// request the number of its buckets and, per bucket, its emission interval and its
+/// tolerance (interval x burst) in microseconds; KEYS: every request's bucket keys in
+/// order. Returns three numbers per request: `1, i, remaining` with the bucket closest
+/// to empty, or `0, i, wait_us` with the bucket that refused. A key's time is read once
+/// per batch and written once at its end, with what the batch's last charge left.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tats = {}
-local closest, closest_remaining = 1, -1
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local tolerance = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local allow_at = new_tat - tolerance
-  if now < allow_at then
-    return {0, i, allow_at - now}
+local tat_of, changed = {}, {}
+local out = {}
+local key, arg = 0, 2
+for r = 1, tonumber(ARGV[1]) do
+  local count = tonumber(ARGV[arg])
+  arg = arg + 1
+  local tats = {}
+  local verdict = nil
+  local closest, closest_remaining = 1, -1
+  for i = 1, count do
+    local name = KEYS[key + i]
+    local interval = tonumber(ARGV[arg + 2 * i - 2])
+    local tolerance = tonumber(ARGV[arg + 2 * i - 1])
+    local tat = tat_of[name]
+    if tat == nil then tat = tonumber(redis.call('GET', name)) or now end
+    if tat < now then tat = now end
+    local new_tat = tat + interval
+    local allow_at = new_tat - tolerance
+    if now < allow_at then
+      verdict = {0, i, allow_at - now}
+      break
+    end
+    tats[i] = new_tat
+    local remaining = math.floor((tolerance - (new_tat - now)) / interval)
+    if closest_remaining < 0 or remaining < closest_remaining then
+      closest, closest_remaining = i, remaining
+    end
   end
-  tats[i] = new_tat
-  local remaining = math.floor((tolerance - (new_tat - now)) / interval)
-  if closest_remaining < 0 or remaining < closest_remaining then
-    closest, closest_remaining = i, remaining
+  if verdict == nil then
+    for i = 1, count do
+      local name = KEYS[key + i]
+      if tat_of[name] == nil then changed[#changed + 1] = name end
+      tat_of[name] = tats[i]
+    end
+    verdict = {1, closest, closest_remaining}
   end
+  out[#out + 1], out[#out + 2], out[#out + 3] = verdict[1], verdict[2], verdict[3]
+  key = key + count
+  arg = arg + 2 * count
 end
-for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+for _, name in ipairs(changed) do
+  local tat = tat_of[name]
+  redis.call('SET', name, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 end
-return {1, closest, closest_remaining}
+return out
 ";
+
+/// The most requests one script call charges; more wait for the next call.
+const MAX_BATCH: usize = 256;
+
+/// One request's charge on its way to Redis.
+struct Pending {
+    /// Bucket keys in charging order, each with its (interval, tolerance) in microseconds.
+    buckets: Vec<(String, u64, u64)>,
+    /// The script's three numbers for this request; `None`: Redis did not answer
+    /// (the fail mode decides).
+    reply: oneshot::Sender<Option<[i64; 3]>>,
+}
 
 /// How long a failed Redis stays out of the request path before a reconnect attempt.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
@@ -87,6 +132,8 @@ pub struct RedisLimiter {
     script: Script,
     settings: RedisLimits,
     metrics: BackendMetrics,
+    /// Charges waiting for the batch task.
+    queue: mpsc::UnboundedSender<Pending>,
 }
 
 impl RedisLimiter {
@@ -94,6 +141,7 @@ impl RedisLimiter {
     /// gateway serves in the fail mode meanwhile).
     pub async fn start(settings: &RedisLimits, metrics: BackendMetrics) -> Result<Arc<Self>, redis::RedisError> {
         let endpoint = endpoint(settings)?;
+        let (queue, waiting) = mpsc::unbounded_channel();
         let limiter = Arc::new(RedisLimiter {
             endpoint,
             conn: ArcSwapOption::empty(),
@@ -101,7 +149,9 @@ impl RedisLimiter {
             script: Script::new(GCRA),
             settings: settings.clone(),
             metrics,
+            queue,
         });
+        tokio::spawn(send_batches(Arc::downgrade(&limiter), waiting));
         match limiter.connect().await {
             Ok(conn) => limiter.conn.store(Some(Arc::new(conn))),
             Err(e) => {
@@ -163,58 +213,107 @@ impl RedisLimiter {
         });
     }
 
-    /// Charges the request in Redis, or applies the fail mode.
+    /// Charges the request in Redis (in the next batch), or applies the fail mode.
     pub async fn charge(self: &Arc<Self>, payer: Payer<'_>, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
-        let Some(conn) = self.conn.load_full() else {
+        if self.conn.load().is_none() {
             return self.fail(payer, op);
-        };
+        }
         let charge = charge_for(payer.buckets, op);
         let org = payer.org_uid;
-        let mut invocation = self.script.prepare_invoke();
-        let mut key = String::with_capacity(64);
-        for (bucket, own) in charge.parts() {
-            key.clear();
-            let _ = write!(key, "{}:{{{org}}}:{}", self.settings.key_prefix, bucket.name());
-            if own {
-                let _ = write!(key, ":{}", payer.token_uid);
-            }
-            let interval = 1_000_000u64.div_ceil(u64::from(bucket.rate()));
-            invocation.key(key.as_str()).arg(interval).arg(interval * u64::from(bucket.burst()));
+        let buckets = charge
+            .parts()
+            .map(|(bucket, own)| {
+                let mut key = format!("{}:{{{org}}}:{}", self.settings.key_prefix, bucket.name());
+                if own {
+                    let _ = write!(key, ":{}", payer.token_uid);
+                }
+                let interval = 1_000_000u64.div_ceil(u64::from(bucket.rate()));
+                (key, interval, interval * u64::from(bucket.burst()))
+            })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { buckets, reply };
+        if self.queue.send(pending).is_err() {
+            return self.fail(payer, op);
         }
-        let call = async {
-            match (*conn).clone() {
-                Conn::Node(mut c) => invocation.invoke_async::<Vec<i64>>(&mut c).await,
-                Conn::Cluster(mut c) => invocation.invoke_async::<Vec<i64>>(&mut c).await,
-            }
-        };
-        let answer = tokio::time::timeout(self.settings.timeout, call).await;
-        let (ok, index, value) = match answer {
-            Ok(Ok(v)) if v.len() == 3 => (v[0] == 1, v[1], v[2]),
-            Ok(Ok(_)) => {
-                tracing::error!("rate-limit script answered in an unexpected shape");
-                return self.fail(payer, op);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Redis rate-limit call failed; reconnecting");
-                self.reconnect();
-                return self.fail(payer, op);
-            }
-            Err(_) => {
-                tracing::warn!(timeout = ?self.settings.timeout, "Redis rate-limit call timed out; reconnecting");
-                self.reconnect();
-                return self.fail(payer, op);
-            }
+        // The batch task bounds its call by `timeout`; a request may also wait for the
+        // call before its own, hence twice that here (a stalled task is not waited on).
+        let [ok, index, value] = match tokio::time::timeout(self.settings.timeout * 2, answer).await {
+            Ok(Ok(Some(numbers))) => numbers,
+            _ => return self.fail(payer, op),
         };
         let bucket = usize::try_from(index - 1).ok().and_then(|i| charge.parts().nth(i)).map(|(b, _)| b);
         let Some(bucket) = bucket else {
             return self.fail(payer, op);
         };
         let value = u64::try_from(value).unwrap_or(0);
-        if ok {
+        if ok == 1 {
             Ok(Some(admitted(bucket, u32::try_from(value).unwrap_or(u32::MAX), charge.policy())))
         } else {
             Err(refused(bucket, charge.policy(), Duration::from_micros(value)))
         }
+    }
+
+    /// Sends one batch: one script call (per organisation on a cluster), each request
+    /// answered with its three numbers, or `None` if the call failed (then Redis is
+    /// taken out of the request path and reconnected).
+    async fn send_batch(self: &Arc<Self>, batch: Vec<Pending>) {
+        let Some(conn) = self.conn.load_full() else {
+            for pending in batch {
+                let _ = pending.reply.send(None);
+            }
+            return;
+        };
+        let groups = match &*conn {
+            Conn::Node(_) => vec![batch],
+            Conn::Cluster(_) => by_organisation(batch),
+        };
+        let calls = groups.into_iter().map(|group| self.call(&conn, group));
+        let failed = futures_util::future::join_all(calls).await.into_iter().any(|ok| !ok);
+        if failed {
+            self.reconnect();
+        }
+    }
+
+    /// One script call for `group`; `false` if Redis did not answer as it should.
+    async fn call(&self, conn: &Conn, group: Vec<Pending>) -> bool {
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(group.len());
+        for pending in &group {
+            invocation.arg(pending.buckets.len());
+            for (key, interval, tolerance) in &pending.buckets {
+                invocation.key(key.as_str()).arg(*interval).arg(*tolerance);
+            }
+        }
+        let call = async {
+            match conn.clone() {
+                Conn::Node(mut c) => invocation.invoke_async::<Vec<i64>>(&mut c).await,
+                Conn::Cluster(mut c) => invocation.invoke_async::<Vec<i64>>(&mut c).await,
+            }
+        };
+        self.metrics.round_trips.inc();
+        let numbers = match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(v)) if v.len() == 3 * group.len() => v,
+            Ok(Ok(_)) => {
+                tracing::error!("rate-limit script answered in an unexpected shape");
+                Vec::new()
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis rate-limit call failed; reconnecting");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.settings.timeout, "Redis rate-limit call timed out; reconnecting");
+                Vec::new()
+            }
+        };
+        let answered = !numbers.is_empty();
+        let mut numbers = numbers.chunks_exact(3);
+        for pending in group {
+            let mine = numbers.next().map(|n| [n[0], n[1], n[2]]);
+            let _ = pending.reply.send(mine);
+        }
+        answered
     }
 
     /// What a request gets while Redis is out (see [`FailMode`]).
@@ -235,6 +334,37 @@ impl RedisLimiter {
             }
         }
     }
+}
+
+/// The batch task: takes every charge waiting (up to [`MAX_BATCH`]) and sends them in one
+/// call, then the next. Ends with the limiter.
+async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::UnboundedReceiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let Some(limiter) = limiter.upgrade() else { return };
+        limiter.send_batch(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH))).await;
+    }
+}
+
+/// A batch split by organisation, each part in arrival order (a cluster routes a call
+/// by its keys' slot, and one organisation's keys share one: see [`hash_tag`]).
+fn by_organisation(batch: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut groups: Vec<Vec<Pending>> = Vec::new();
+    for pending in batch {
+        match groups.iter_mut().find(|g| hash_tag(&g[0]) == hash_tag(&pending)) {
+            Some(group) => group.push(pending),
+            None => groups.push(vec![pending]),
+        }
+    }
+    groups
+}
+
+/// What decides a request's cluster slot: its keys' `{org}` hash tag (every key of a
+/// request carries the same one).
+fn hash_tag(pending: &Pending) -> &str {
+    let key = pending.buckets.first().map_or("", |(key, ..)| key.as_str());
+    let tag = key.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(tag, _)| tag);
+    tag.filter(|tag| !tag.is_empty()).unwrap_or(key)
 }
 
 /// The client for the configured URL(s), with the CA file's roots for `rediss://`.

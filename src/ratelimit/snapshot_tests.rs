@@ -41,9 +41,9 @@ scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module
     config::from_str(&text).unwrap()
 }
 
-fn snap(c: config::Config, prev: Option<&Snapshot>, clock: &RateClock) -> Snapshot {
+fn snap(c: config::Config, prev: Option<&Arc<Snapshot>>, clock: &RateClock) -> Arc<Snapshot> {
     let upstream = crate::proxy::UpstreamClient::new(&c.upstream).unwrap();
-    Snapshot::build(Arc::new(c), &[], prev, clock, upstream)
+    Arc::new(Snapshot::build(Arc::new(c), &[], prev.cloned(), clock, upstream))
 }
 
 fn op(method: Method, path: &str) -> Operation {

@@ -48,8 +48,11 @@ pub struct Cap {
 pub trait TokenStore: Send + Sync + 'static {
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Every stored token (to build a snapshot).
-    async fn load_all(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Every stored token, sent to `out` in batches as the engine reads them (in no
+    /// particular order), so that a caller can build from a million tokens without
+    /// holding them all as records. Stops early, without an error, once `out`'s
+    /// receiver is gone.
+    async fn load_all(&self, out: mpsc::Sender<Vec<TokenRecord>>) -> Result<(), StoreError>;
     /// Stored tokens of one stack.
     async fn list(&self, stack: &str) -> Result<Vec<TokenRecord>, StoreError>;
     async fn get(&self, stack: &str, uid: &str) -> Result<Option<TokenRecord>, StoreError>;
@@ -102,6 +105,48 @@ pub trait TokenStore: Send + Sync + 'static {
     /// store only this process writes (its own changes are applied as they commit).
     fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<StoreEvent>> {
         None
+    }
+}
+
+/// The stored tokens `keep` accepts, read with [`TokenStore::load_all`] (only those are
+/// held: the notifier keeps the few with a notice due, tests keep everything).
+pub async fn load_matching(
+    store: &dyn TokenStore,
+    mut keep: impl FnMut(&TokenRecord) -> bool,
+) -> Result<Vec<TokenRecord>, StoreError> {
+    let (tx, mut rx) = mpsc::channel::<Vec<TokenRecord>>(2);
+    let receive = async {
+        let mut kept = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            kept.extend(batch.into_iter().filter(|rec| keep(rec)));
+        }
+        kept
+    };
+    let (loaded, kept) = tokio::join!(store.load_all(tx), receive);
+    loaded.map(|()| kept)
+}
+
+/// Gathers records into the batches [`TokenStore::load_all`] sends.
+struct Batcher(Vec<TokenRecord>);
+
+impl Batcher {
+    /// Records per batch: large enough that handing a batch over costs nothing next
+    /// to reading it, small enough that the batches in flight stay a few MiB.
+    const SIZE: usize = 1024;
+
+    fn new() -> Self {
+        Batcher(Vec::with_capacity(Self::SIZE))
+    }
+
+    /// Adds a record; returns a full batch to send.
+    fn push(&mut self, rec: TokenRecord) -> Option<Vec<TokenRecord>> {
+        self.0.push(rec);
+        (self.0.len() == Self::SIZE).then(|| std::mem::replace(&mut self.0, Vec::with_capacity(Self::SIZE)))
+    }
+
+    /// What is left to send once the engine has read everything.
+    fn rest(self) -> Option<Vec<TokenRecord>> {
+        (!self.0.is_empty()).then_some(self.0)
     }
 }
 

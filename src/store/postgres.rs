@@ -13,13 +13,14 @@ use follow::listen;
 
 use super::pg_tls::RustlsConnect;
 use super::{
-    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Cap, Columns, Edit, StoreError, StoreEvent,
+    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, StoreError, StoreEvent,
     TokenStore,
 };
 use crate::config::Postgres;
 use crate::token::TokenRecord;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -330,8 +331,26 @@ impl TokenStore for PgStore {
         self.client().await?.execute("SELECT 1", &[]).await.map(|_| ()).map_err(pg)
     }
 
-    async fn load_all(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.query("", &[]).await
+    async fn load_all(&self, out: mpsc::Sender<Vec<TokenRecord>>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        // Rows are decoded as they arrive (no ORDER BY: the snapshot is a hash index).
+        let sql = format!("SELECT {COLUMNS} FROM stackgate_tokens");
+        let no_params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
+        let rows = client.query_raw(&sql, no_params).await.map_err(pg)?;
+        let mut rows = std::pin::pin!(rows);
+        let mut batcher = Batcher::new();
+        while let Some(row) = rows.next().await {
+            let Some(rec) = record(&row.map_err(pg)?) else { continue };
+            if let Some(full) = batcher.push(rec) {
+                if out.send(full).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(rest) = batcher.rest() {
+            let _ = out.send(rest).await;
+        }
+        Ok(())
     }
 
     async fn list(&self, stack: &str) -> Result<Vec<TokenRecord>, StoreError> {

@@ -3,7 +3,7 @@
 //! the whole change or none of it. The schema is versioned with `PRAGMA user_version`.
 
 use super::{
-    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Cap, Columns, Edit, StoreError, TokenStore,
+    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, StoreError, TokenStore,
 };
 use crate::token::TokenRecord;
 use async_trait::async_trait;
@@ -11,6 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
@@ -276,8 +277,27 @@ impl TokenStore for SqliteStore {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(|e| unavailable(&e))).await
     }
 
-    async fn load_all(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.with(|c| query(c, "", &[])).await
+    async fn load_all(&self, out: mpsc::Sender<Vec<TokenRecord>>) -> Result<(), StoreError> {
+        self.with(move |c| {
+            // No ORDER BY: the snapshot is a hash index, and sorting a million rows
+            // would cost the start-up a temporary B-tree.
+            let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM tokens")).map_err(|e| unavailable(&e))?;
+            let rows = stmt.query_map([], record).map_err(|e| unavailable(&e))?;
+            let mut batcher = Batcher::new();
+            for row in rows {
+                let Some(rec) = row.map_err(|e| unavailable(&e))? else { continue };
+                if let Some(full) = batcher.push(rec) {
+                    if out.blocking_send(full).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(rest) = batcher.rest() {
+                let _ = out.blocking_send(rest);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn list(&self, stack: &str) -> Result<Vec<TokenRecord>, StoreError> {

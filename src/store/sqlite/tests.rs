@@ -99,7 +99,7 @@ async fn round_trip_cap_and_names() {
     assert_eq!(s.get("other", "a").await.unwrap(), None, "scoped by stack");
     assert_eq!(s.delete("k", "a", "alice", "2026-01-02T00:00:00Z").await.unwrap().name, "renamed");
     assert_eq!(s.delete("k", "a", "alice", "2026-01-02T00:00:00Z").await, Err(StoreError::NotFound));
-    assert_eq!(s.load_all().await.unwrap().len(), 2);
+    assert_eq!(crate::store::load_matching(&s, |_| true).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -178,7 +178,7 @@ fn reopening_keeps_data_and_schema_version() {
         rt.block_on(s.create(&rec("a", "k", "one"), Cap { max: 30, static_count: 0 })).unwrap();
     }
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(rt.block_on(s.load_all()).unwrap().len(), 1);
+    assert_eq!(rt.block_on(crate::store::load_matching(&s, |_| true)).unwrap().len(), 1);
     let c = s.conn.lock().unwrap();
     let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(v, MIGRATIONS.len() as i64);
