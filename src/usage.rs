@@ -109,16 +109,18 @@ impl Usage {
 /// in one call. `tokens` are the snapshot's (uid, counters), a token once per secret
 /// it has; tokens from the config file have no row, so theirs stays in memory.
 pub async fn flush<'a>(tokens: impl Iterator<Item = (&'a str, &'a Arc<Usage>)>, store: &dyn TokenStore) {
-    let mut seen = HashSet::new();
+    // Only the tokens used since the last pass are hashed (a regenerated token's two
+    // entries share one `Usage`): a pass over a million idle tokens is a million loads.
     let mut batch = Vec::new();
     let mut flushed = Vec::new();
-    for (uid, usage) in tokens {
-        if !seen.insert(uid) {
-            continue;
-        }
-        if let Some(at) = usage.unflushed() {
-            batch.push((uid.to_owned(), at));
-            flushed.push((Arc::clone(usage), at));
+    {
+        let mut seen = HashSet::new();
+        for (uid, usage) in tokens {
+            let Some(at) = usage.unflushed() else { continue };
+            if seen.insert(Arc::as_ptr(usage)) {
+                batch.push((uid.to_owned(), at));
+                flushed.push((Arc::clone(usage), at));
+            }
         }
     }
     if batch.is_empty() {
