@@ -293,8 +293,6 @@ impl Gateway {
     }
 }
 
-/// Copies the settings that only a restart can change from `running` into `next`, and
-/// names those that differed.
 /// Reads every stored token into a new snapshot. The snapshot is built on the blocking
 /// pool while the store reads (with a million tokens it takes seconds, which must not
 /// stall a thread that serves requests), batch by batch, so the records are never all
@@ -311,21 +309,29 @@ async fn load_snapshot(
     // A few batches in flight let the store read the next while this one is indexed.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<TokenRecord>>(4);
     let rate_clock = rate_clock.clone();
+    let expected = store.count().await?;
+    // The build's warnings go where the caller's would (its subscriber, not the global one).
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
     let build = tokio::task::spawn_blocking(move || {
-        let mut builder = SnapshotBuilder::new(config, previous, &rate_clock, upstream);
-        while let Some(batch) = rx.blocking_recv() {
-            for rec in &batch {
-                each(rec);
-                builder.add(rec);
+        tracing::dispatcher::with_default(&dispatch, || {
+            let mut builder = SnapshotBuilder::new(config, previous, &rate_clock, upstream);
+            builder.expect(expected);
+            while let Some(batch) = rx.blocking_recv() {
+                for rec in &batch {
+                    each(rec);
+                    builder.add(rec);
+                }
             }
-        }
-        builder.finish()
+            builder.finish()
+        })
     });
     let loaded = store.load_all(tx).await;
     let snapshot = build.await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
     loaded.map(|()| snapshot)
 }
 
+/// Copies the settings that only a restart can change from `running` into `next`, and
+/// names those that differed.
 fn keep_restart_only_settings(running: &Config, next: &mut Config) -> ReloadReport {
     let mut report = ReloadReport::default();
     let mut keep = |name: &'static str, differs: bool| {

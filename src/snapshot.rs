@@ -148,6 +148,7 @@ impl Snapshot {
         upstream: UpstreamClient,
     ) -> Snapshot {
         let mut builder = SnapshotBuilder::new(config, previous, rate_clock, upstream);
+        builder.expect(stored.len());
         for rec in stored {
             builder.add(rec);
         }
@@ -278,10 +279,8 @@ impl SnapshotBuilder {
             };
             stacks.insert(s.api_key.as_str().into(), Arc::new(view));
         }
-        // Sized for what the previous snapshot held, so a rebuild does not grow the
-        // index step by step (each step briefly holds the old table and the new).
-        let expected = prev.map_or(0, Snapshot::token_count) + config.stacks.len();
-        let tokens = HashMap::with_capacity_and_hasher(expected, DigestHash::default());
+        let statics = config.stacks.iter().map(|s| s.tokens.len()).sum();
+        let tokens = HashMap::with_capacity_and_hasher(statics, DigestHash::default());
         let mut builder =
             SnapshotBuilder { config, previous, upstream, rate_clock: rate_clock.clone(), share, orgs, stacks, tokens };
         let config = Arc::clone(&builder.config);
@@ -289,6 +288,12 @@ impl SnapshotBuilder {
             builder.add(rec);
         }
         builder
+    }
+
+    /// Makes room for `stored` tokens at once, so a million-token index is not grown
+    /// step by step (each step briefly holds the old table and the new).
+    pub fn expect(&mut self, stored: usize) {
+        self.tokens.reserve(stored);
     }
 
     /// Adds one stored token.

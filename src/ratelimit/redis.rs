@@ -93,6 +93,8 @@ return out
 
 /// The most requests one script call charges; more wait for the next call.
 const MAX_BATCH: usize = 256;
+/// The most charges waiting for Redis; past that the fail mode decides at once.
+const MAX_WAITING: usize = 4 * MAX_BATCH;
 
 /// One request's charge on its way to Redis.
 struct Pending {
@@ -132,8 +134,8 @@ pub struct RedisLimiter {
     script: Script,
     settings: RedisLimits,
     metrics: BackendMetrics,
-    /// Charges waiting for the batch task.
-    queue: mpsc::UnboundedSender<Pending>,
+    /// Charges waiting for the batch task (at most [`MAX_WAITING`]).
+    queue: mpsc::Sender<Pending>,
 }
 
 impl RedisLimiter {
@@ -141,7 +143,7 @@ impl RedisLimiter {
     /// gateway serves in the fail mode meanwhile).
     pub async fn start(settings: &RedisLimits, metrics: BackendMetrics) -> Result<Arc<Self>, redis::RedisError> {
         let endpoint = endpoint(settings)?;
-        let (queue, waiting) = mpsc::unbounded_channel();
+        let (queue, waiting) = mpsc::channel(MAX_WAITING);
         let limiter = Arc::new(RedisLimiter {
             endpoint,
             conn: ArcSwapOption::empty(),
@@ -233,11 +235,14 @@ impl RedisLimiter {
             .collect();
         let (reply, answer) = oneshot::channel();
         let pending = Pending { buckets, reply };
-        if self.queue.send(pending).is_err() {
+        // A full queue means Redis is not keeping up: the fail mode decides at once
+        // rather than letting a backlog grow.
+        if self.queue.try_send(pending).is_err() {
             return self.fail(payer, op);
         }
         // The batch task bounds its call by `timeout`; a request may also wait for the
-        // call before its own, hence twice that here (a stalled task is not waited on).
+        // call before its own, hence twice that here. A request that stops waiting is
+        // left out of any call not yet sent (its receiver is gone).
         let [ok, index, value] = match tokio::time::timeout(self.settings.timeout * 2, answer).await {
             Ok(Ok(Some(numbers))) => numbers,
             _ => return self.fail(payer, op),
@@ -255,9 +260,14 @@ impl RedisLimiter {
     }
 
     /// Sends one batch: one script call (per organisation on a cluster), each request
-    /// answered with its three numbers, or `None` if the call failed (then Redis is
-    /// taken out of the request path and reconnected).
-    async fn send_batch(self: &Arc<Self>, batch: Vec<Pending>) {
+    /// answered with its three numbers, or `None` if the call failed (if the connection
+    /// failed, Redis is also taken out of the request path and reconnected).
+    async fn send_batch(self: &Arc<Self>, mut batch: Vec<Pending>) {
+        // Requests that gave up (timed out, client gone) are not charged.
+        batch.retain(|pending| !pending.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
         let Some(conn) = self.conn.load_full() else {
             for pending in batch {
                 let _ = pending.reply.send(None);
@@ -269,13 +279,15 @@ impl RedisLimiter {
             Conn::Cluster(_) => by_organisation(batch),
         };
         let calls = groups.into_iter().map(|group| self.call(&conn, group));
-        let failed = futures_util::future::join_all(calls).await.into_iter().any(|ok| !ok);
-        if failed {
+        let lost = futures_util::future::join_all(calls).await.into_iter().any(|connected| !connected);
+        if lost {
             self.reconnect();
         }
     }
 
-    /// One script call for `group`; `false` if Redis did not answer as it should.
+    /// One script call for `group`, each request answered. `false` if the connection
+    /// failed (I/O, timeout); an error reply from Redis or an answer of the wrong shape
+    /// fails only this call's requests (the fail mode decides them).
     async fn call(&self, conn: &Conn, group: Vec<Pending>) -> bool {
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(group.len());
@@ -292,28 +304,31 @@ impl RedisLimiter {
             }
         };
         self.metrics.round_trips.inc();
-        let numbers = match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(v)) if v.len() == 3 * group.len() => v,
+        let (numbers, connected) = match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(v)) if v.len() == 3 * group.len() => (v, true),
             Ok(Ok(_)) => {
                 tracing::error!("rate-limit script answered in an unexpected shape");
-                Vec::new()
+                (Vec::new(), true)
+            }
+            Ok(Err(e)) if connection_lost(&e) => {
+                tracing::warn!(error = %e, "Redis rate-limit call failed; reconnecting");
+                (Vec::new(), false)
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Redis rate-limit call failed; reconnecting");
-                Vec::new()
+                tracing::error!(error = %e, "Redis refused the rate-limit script");
+                (Vec::new(), true)
             }
             Err(_) => {
                 tracing::warn!(timeout = ?self.settings.timeout, "Redis rate-limit call timed out; reconnecting");
-                Vec::new()
+                (Vec::new(), false)
             }
         };
-        let answered = !numbers.is_empty();
         let mut numbers = numbers.chunks_exact(3);
         for pending in group {
             let mine = numbers.next().map(|n| [n[0], n[1], n[2]]);
             let _ = pending.reply.send(mine);
         }
-        answered
+        connected
     }
 
     /// What a request gets while Redis is out (see [`FailMode`]).
@@ -336,9 +351,19 @@ impl RedisLimiter {
     }
 }
 
+/// Whether an error means the connection itself failed (reconnect), rather than Redis
+/// answering with an error.
+fn connection_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+}
+
 /// The batch task: takes every charge waiting (up to [`MAX_BATCH`]) and sends them in one
 /// call, then the next. Ends with the limiter.
-async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::UnboundedReceiver<Pending>) {
+async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let Some(limiter) = limiter.upgrade() else { return };

@@ -53,6 +53,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// holding them all as records. Stops early, without an error, once `out`'s
     /// receiver is gone.
     async fn load_all(&self, out: mpsc::Sender<Vec<TokenRecord>>) -> Result<(), StoreError>;
+    /// How many tokens are stored (a hint for sizing what [`TokenStore::load_all`] fills).
+    async fn count(&self) -> Result<usize, StoreError>;
     /// Stored tokens of one stack.
     async fn list(&self, stack: &str) -> Result<Vec<TokenRecord>, StoreError>;
     async fn get(&self, stack: &str, uid: &str) -> Result<Option<TokenRecord>, StoreError>;

@@ -353,6 +353,11 @@ impl TokenStore for PgStore {
         Ok(())
     }
 
+    async fn count(&self) -> Result<usize, StoreError> {
+        let row = self.client().await?.query_one("SELECT count(*) FROM stackgate_tokens", &[]).await.map_err(pg)?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
     async fn list(&self, stack: &str) -> Result<Vec<TokenRecord>, StoreError> {
         self.query("WHERE stack = $1", &[&stack]).await
     }

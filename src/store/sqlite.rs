@@ -7,7 +7,7 @@ use super::{
 };
 use crate::token::TokenRecord;
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -65,6 +65,11 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// A read-only connection for [`TokenStore::load_all`]: reading a million rows into a
+    /// snapshot takes seconds, and under WAL it runs beside the writer connection
+    /// instead of holding it (readiness pings, token changes and usage flushes go on).
+    /// `None` for an in-memory database, which a second connection would not see.
+    reader: Option<Arc<Mutex<Connection>>>,
 }
 
 impl SqliteStore {
@@ -74,7 +79,13 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(|e| unavailable(&e))?;
         }
         let conn = Connection::open(path).map_err(|e| unavailable(&e))?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        let reader =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|e| unavailable(&e))?;
+        reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| unavailable(&e))?;
+        store.reader = Some(Arc::new(Mutex::new(reader)));
+        Ok(store)
     }
 
     /// An in-memory database (nothing survives the process).
@@ -130,7 +141,7 @@ impl SqliteStore {
             return Err(StoreError::Unavailable(format!("integrity check failed: {check}")));
         }
         migrate(&conn)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), reader: None })
     }
 
     /// [`TokenStore::modify`] and [`TokenStore::rotate`]: one read-modify-write.
@@ -189,7 +200,21 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = Arc::clone(&self.conn);
+        Self::on(Arc::clone(&self.conn), f).await
+    }
+
+    /// Runs `f` on the read-only connection (the writer's for an in-memory database).
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        Self::on(Arc::clone(self.reader.as_ref().unwrap_or(&self.conn)), f).await
+    }
+
+    async fn on<T: Send + 'static>(
+        conn: Arc<Mutex<Connection>>,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
             f(&mut guard)
@@ -278,7 +303,7 @@ impl TokenStore for SqliteStore {
     }
 
     async fn load_all(&self, out: mpsc::Sender<Vec<TokenRecord>>) -> Result<(), StoreError> {
-        self.with(move |c| {
+        self.with_reader(move |c| {
             // No ORDER BY: the snapshot is a hash index, and sorting a million rows
             // would cost the start-up a temporary B-tree.
             let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM tokens")).map_err(|e| unavailable(&e))?;
@@ -298,6 +323,11 @@ impl TokenStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn count(&self) -> Result<usize, StoreError> {
+        self.with_reader(|c| c.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0)).map_err(|e| unavailable(&e)))
+            .await
     }
 
     async fn list(&self, stack: &str) -> Result<Vec<TokenRecord>, StoreError> {
