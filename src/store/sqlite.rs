@@ -70,6 +70,40 @@ pub struct SqliteStore {
     /// instead of holding it (readiness pings, token changes and usage flushes go on).
     /// `None` for an in-memory database, which a second connection would not see.
     reader: Option<Arc<Mutex<Connection>>>,
+    /// `PRAGMA quick_check` of a database file, run on its own connection beside the
+    /// first load (it reads every page, about a second per million tokens): the load
+    /// fails if the check does, and every other operation waits for its verdict.
+    integrity: Arc<Mutex<Integrity>>,
+}
+
+/// Where the start-up integrity check stands.
+enum Integrity {
+    Running(std::thread::JoinHandle<Result<(), String>>),
+    Done(Result<(), String>),
+}
+
+/// The integrity check's verdict, waiting for it if it is still running (blocking).
+fn verified(integrity: &Mutex<Integrity>) -> Result<(), StoreError> {
+    let mut state = integrity.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
+    if matches!(*state, Integrity::Running(_)) {
+        if let Integrity::Running(check) = std::mem::replace(&mut *state, Integrity::Done(Ok(()))) {
+            *state = Integrity::Done(check.join().unwrap_or_else(|_| Err("integrity check panicked".into())));
+        }
+    }
+    match &*state {
+        Integrity::Done(verdict) => verdict.clone().map_err(StoreError::Unavailable),
+        Integrity::Running(_) => Ok(()),
+    }
+}
+
+/// `PRAGMA quick_check`: `Err` with what it found unless the database is sound.
+fn quick_check(conn: &Connection) -> Result<(), String> {
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+    if check == "ok" {
+        Ok(())
+    } else {
+        Err(format!("integrity check failed: {check}"))
+    }
 }
 
 impl SqliteStore {
@@ -79,23 +113,32 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(|e| unavailable(&e))?;
         }
         let conn = Connection::open(path).map_err(|e| unavailable(&e))?;
-        let mut store = Self::init(conn)?;
-        let reader =
-            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .map_err(|e| unavailable(&e))?;
-        reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| unavailable(&e))?;
-        store.reader = Some(Arc::new(Mutex::new(reader)));
+        let mut store = Self::init(conn, false)?;
+        let read_only = || {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let c = Connection::open_with_flags(path, flags).map_err(|e| unavailable(&e))?;
+            c.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| unavailable(&e))?;
+            Ok::<_, StoreError>(c)
+        };
+        store.reader = Some(Arc::new(Mutex::new(read_only()?)));
+        let checker = read_only()?;
+        let check = std::thread::Builder::new()
+            .name("sqlite-check".into())
+            .spawn(move || quick_check(&checker))
+            .map_err(|e| unavailable(&e))?;
+        store.integrity = Arc::new(Mutex::new(Integrity::Running(check)));
         Ok(store)
     }
 
     /// An in-memory database (nothing survives the process).
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(|e| unavailable(&e))?)
+        Self::init(Connection::open_in_memory().map_err(|e| unavailable(&e))?, true)
     }
 
     /// Bulk-loads records in one transaction (migrations, benchmarks); it does not check
     /// the per-stack cap, so it is not reachable from the API.
     pub fn import(&self, records: &[TokenRecord]) -> Result<usize, StoreError> {
+        verified(&self.integrity)?;
         let mut conn = self.conn.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
         let tx = conn.transaction().map_err(|e| unavailable(&e))?;
         {
@@ -132,16 +175,18 @@ impl SqliteStore {
         Ok(records.len())
     }
 
-    fn init(conn: Connection) -> Result<Self, StoreError> {
+    /// Sets the connection up and migrates; `check` runs the integrity check here (a
+    /// file's runs beside the first load instead: see [`SqliteStore::open`]).
+    fn init(conn: Connection, check: bool) -> Result<Self, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| unavailable(&e))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| unavailable(&e))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| unavailable(&e))?;
-        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| unavailable(&e))?;
-        if check != "ok" {
-            return Err(StoreError::Unavailable(format!("integrity check failed: {check}")));
+        if check {
+            quick_check(&conn).map_err(StoreError::Unavailable)?;
         }
         migrate(&conn)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), reader: None })
+        let integrity = Arc::new(Mutex::new(Integrity::Done(Ok(()))));
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), reader: None, integrity })
     }
 
     /// [`TokenStore::modify`] and [`TokenStore::rotate`]: one read-modify-write.
@@ -200,10 +245,16 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        Self::on(Arc::clone(&self.conn), f).await
+        let integrity = Arc::clone(&self.integrity);
+        Self::on(Arc::clone(&self.conn), move |c| {
+            verified(&integrity)?;
+            f(c)
+        })
+        .await
     }
 
-    /// Runs `f` on the read-only connection (the writer's for an in-memory database).
+    /// Runs `f` on the read-only connection (the writer's for an in-memory database),
+    /// without waiting for the integrity check (a load checks its verdict at its end).
     async fn with_reader<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -303,6 +354,7 @@ impl TokenStore for SqliteStore {
     }
 
     async fn load_all(&self, out: mpsc::Sender<Vec<TokenRecord>>) -> Result<(), StoreError> {
+        let integrity = Arc::clone(&self.integrity);
         self.with_reader(move |c| {
             // No ORDER BY: the snapshot is a hash index, and sorting a million rows
             // would cost the start-up a temporary B-tree.
@@ -320,7 +372,8 @@ impl TokenStore for SqliteStore {
             if let Some(rest) = batcher.rest() {
                 let _ = out.blocking_send(rest);
             }
-            Ok(())
+            // What was read counts only from a sound database.
+            verified(&integrity)
         })
         .await
     }

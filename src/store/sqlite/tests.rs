@@ -224,3 +224,33 @@ fn a_load_in_progress_leaves_the_writer_free() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A damaged database file is refused: the integrity check runs beside the first load,
+/// and the load (and every other operation) fails with its verdict, so a gateway never
+/// starts from half-readable tokens.
+#[test]
+fn a_damaged_file_fails_the_load() {
+    let dir = std::env::temp_dir().join(format!("sg-store-damaged-{}", std::process::id()));
+    let path = dir.join("t.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        let records: Vec<TokenRecord> =
+            (0..2000).map(|i| TokenRecord { name: format!("n{i}"), ..rec(&format!("t{i}"), "k", "n") }).collect();
+        s.import(&records).unwrap();
+        let c = s.conn.lock().unwrap();
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    }
+    // Scribble over a page in the middle of the tokens table.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2 / 4096 * 4096;
+    bytes[middle..middle + 4096].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 7 % 251) as u8);
+    std::fs::write(&path, bytes).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let opened = SqliteStore::open(&path);
+    if let Ok(s) = opened {
+        let loaded = rt.block_on(crate::store::load_matching(&s, |_| true));
+        assert!(loaded.is_err(), "a damaged file must not load: {:?}", loaded.map(|v| v.len()));
+        assert!(rt.block_on(s.ping()).is_err(), "nor answer");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
