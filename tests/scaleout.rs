@@ -445,22 +445,30 @@ async fn redis_buckets_hold_exactly_across_three_replicas() {
     db.drop_now().await;
 }
 
+/// Sends one command to Redis over a fresh connection; returns the raw reply.
+async fn redis_raw(url: &str, args: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    let mut redis = TcpStream::connect(addr).await.unwrap();
+    redis.write_all(command.as_bytes()).await.unwrap();
+    let mut reply = [0u8; 256];
+    let n = redis.read(&mut reply).await.unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
 /// Holds Redis busy for `for_ms` with a script that spins on its clock (Redis runs one
 /// command at a time, so every call sent meanwhile waits).
 async fn hold_redis(url: &str, for_ms: u32) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = url.trim_start_matches("redis://").trim_end_matches('/');
     let script = format!(
         "local s = redis.call('TIME') local t repeat t = redis.call('TIME') \
          until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > {} return 1",
         for_ms * 1000
     );
-    let command = format!("*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n", script.len());
-    let mut redis = TcpStream::connect(addr).await.unwrap();
-    redis.write_all(command.as_bytes()).await.unwrap();
-    let mut reply = [0u8; 16];
-    let n = redis.read(&mut reply).await.unwrap();
-    assert_eq!(&reply[..n], b":1\r\n", "the holding script ran");
+    assert_eq!(redis_raw(url, &["EVAL", &script, "0"]).await, ":1\r\n", "the holding script ran");
 }
 
 /// Requests waiting for Redis share one script call (the batch task sends every charge
@@ -497,6 +505,32 @@ async fn waiting_charges_share_one_redis_call_and_stay_exact() {
     assert_eq!(count(&statuses, 200), 5, "exactly the burst: {statuses:?}");
     assert_eq!(count(&statuses, 429), 35, "{statuses:?}");
     assert!((1..=8).contains(&calls), "40 charges in {calls} calls");
+    drop(replica);
+    db.drop_now().await;
+}
+
+/// An error reply from Redis (here a bucket key of the wrong type) fails that call's
+/// requests into the fail mode, but the connection stays: Redis is not taken out of the
+/// request path, and once the key is fixed the next request is charged at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_reply_fails_its_requests_without_dropping_redis() {
+    let Some((pg, redis)) = services("an_error_reply_fails_its_requests_without_dropping_redis") else { return };
+    let db = Database::create(&pg, "wrongtype").await;
+    let backend = Backend::start().await;
+    let prefix = unique("w");
+    let replica = start_replicas(backend.addr, &shared_config(&db.url, &redis, &prefix, "closed", 1), 1).remove(0);
+    let up = |admin: SocketAddr| async move {
+        let text = admin_get(admin, "/metrics").await;
+        text.lines().find_map(|l| l.strip_prefix("stackgate_ratelimit_backend_up ")).map(|v| v.trim().to_owned())
+    };
+    assert_eq!(status_with(replica.addr, "GET", SMALL_API_KEY, RATED).await, 200);
+    let org_key = format!("{prefix}:{{org_small}}:org-read");
+    redis_raw(&redis, &["DEL", &org_key]).await;
+    assert_eq!(redis_raw(&redis, &["HSET", &org_key, "f", "v"]).await, ":1\r\n");
+    assert_eq!(status_with(replica.addr, "GET", SMALL_API_KEY, RATED).await, 503, "the fail mode decides");
+    assert_eq!(up(replica.admin).await.as_deref(), Some("1"), "Redis stays in the request path");
+    redis_raw(&redis, &["DEL", &org_key]).await;
+    assert_eq!(status_with(replica.addr, "GET", SMALL_API_KEY, RATED).await, 200, "charged again at once");
     drop(replica);
     db.drop_now().await;
 }
