@@ -529,6 +529,25 @@ async fn an_error_reply_fails_its_requests_without_dropping_redis() {
     assert_eq!(redis_raw(&redis, &["HSET", &org_key, "f", "v"]).await, ":1\r\n");
     assert_eq!(status_with(replica.addr, "GET", SMALL_API_KEY, RATED).await, 503, "the fail mode decides");
     assert_eq!(up(replica.admin).await.as_deref(), Some("1"), "Redis stays in the request path");
+    // Another organisation's requests charged in the same calls (Redis held busy so
+    // they queue together) are not touched by the broken key.
+    let held = tokio::spawn({
+        let redis = redis.clone();
+        async move { hold_redis(&redis, 120).await }
+    });
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let addr = replica.addr;
+        let (api_key, secret) = if i % 2 == 0 { (SMALL_API_KEY, RATED) } else { (API_KEY, RW) };
+        requests.spawn(async move { (api_key, status_with(addr, "GET", api_key, secret).await) });
+    }
+    let answers: Vec<(&str, u16)> = requests.join_all().await;
+    held.await.unwrap();
+    for (api_key, status) in &answers {
+        let want = if *api_key == SMALL_API_KEY { 503 } else { 200 };
+        assert_eq!(*status, want, "{answers:?}");
+    }
     redis_raw(&redis, &["DEL", &org_key]).await;
     assert_eq!(status_with(replica.addr, "GET", SMALL_API_KEY, RATED).await, 200, "charged again at once");
     drop(replica);

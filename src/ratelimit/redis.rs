@@ -39,8 +39,11 @@ use tokio::sync::{mpsc, oneshot};
 /// request the number of its buckets and, per bucket, its emission interval and its
 /// tolerance (interval x burst) in microseconds; KEYS: every request's bucket keys in
 /// order. Returns three numbers per request: `1, i, remaining` with the bucket closest
-/// to empty, or `0, i, wait_us` with the bucket that refused. A key's time is read once
-/// per batch and written once at its end, with what the batch's last charge left.
+/// to empty, `0, i, wait_us` with the bucket that refused, or `-1, i, 0` if bucket `i`'s
+/// key cannot be read (it holds another type): that request alone is left to the fail
+/// mode and charges nothing, so one organisation's broken key never decides another's
+/// requests in the same batch. A key's time is read once per batch and written once at
+/// its end, with what the batch's last charge left.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -58,7 +61,14 @@ for r = 1, tonumber(ARGV[1]) do
     local interval = tonumber(ARGV[arg + 2 * i - 2])
     local tolerance = tonumber(ARGV[arg + 2 * i - 1])
     local tat = tat_of[name]
-    if tat == nil then tat = tonumber(redis.call('GET', name)) or now end
+    if tat == nil then
+      local stored = redis.pcall('GET', name)
+      if type(stored) == 'table' and stored.err then
+        verdict = {-1, i, 0}
+        break
+      end
+      tat = tonumber(stored) or now
+    end
     if tat < now then tat = now end
     local new_tat = tat + interval
     local allow_at = new_tat - tolerance
@@ -247,6 +257,10 @@ impl RedisLimiter {
             Ok(Ok(Some(numbers))) => numbers,
             _ => return self.fail(payer, op),
         };
+        if ok == -1 {
+            tracing::error!(organization = %org, "a rate-limit key in Redis holds another type; the fail mode decides");
+            return self.fail(payer, op);
+        }
         let bucket = usize::try_from(index - 1).ok().and_then(|i| charge.parts().nth(i)).map(|(b, _)| b);
         let Some(bucket) = bucket else {
             return self.fail(payer, op);
