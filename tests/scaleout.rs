@@ -509,9 +509,10 @@ async fn waiting_charges_share_one_redis_call_and_stay_exact() {
     db.drop_now().await;
 }
 
-/// An error reply from Redis (here a bucket key of the wrong type) fails that call's
-/// requests into the fail mode, but the connection stays: Redis is not taken out of the
-/// request path, and once the key is fixed the next request is charged at once.
+/// A bucket key Redis cannot read (it holds a hash) leaves the requests that use it to
+/// the fail mode, and only them: another organisation's requests charged in the same
+/// calls are decided by Redis as usual. The connection stays (Redis is not taken out of
+/// the request path), and once the key is fixed the next request is charged at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_reply_fails_its_requests_without_dropping_redis() {
     let Some((pg, redis)) = services("an_error_reply_fails_its_requests_without_dropping_redis") else { return };
