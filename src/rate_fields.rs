@@ -96,10 +96,15 @@ mod tests {
         assert_eq!(h["ratelimit"], "\"token-read\";r=2;t=1");
         assert!(h.keys().all(|n| names(n.as_str().as_bytes())));
         assert!(names(b"X_RateLimit_Remaining") && !names(b"content-type"));
+        // Values made for this response stay out of HTTP/2's compression table; the
+        // limit and the policy repeat and are indexed.
+        assert!(h["ratelimit"].is_sensitive());
+        assert!(!h["x-ratelimit-limit"].is_sensitive() && !h["ratelimit-policy"].is_sensitive());
         // The longest values still fit the buffer.
         let long = RateInfo { name: "org-bulk-write", remaining: u32::MAX, reset: u64::MAX, ..info };
         let mut h = HeaderMap::new();
         long.write_headers(&mut h);
         assert_eq!(h["ratelimit"], format!("\"org-bulk-write\";r={};t={}", u32::MAX, u64::MAX).as_str());
+        assert!(h["x-ratelimit-remaining"].is_sensitive());
     }
 }

@@ -76,12 +76,18 @@ impl FieldValue<'_> {
     }
 
     /// Puts the field into a header map: replacing the map's, but `Vary`, which adds
-    /// to it (a response varies on everything any of its writers named).
+    /// to it (a response varies on everything any of its writers named). A value made
+    /// for this response (a count left, a reset time) is marked sensitive: HTTP/2 then
+    /// sends it as a never-indexed literal instead of filling the connection's header
+    /// compression table with values no later response repeats.
     pub fn insert_into(self, name: &HeaderName, headers: &mut HeaderMap) {
         let value = match self {
             FieldValue::Shared(v) => v.clone(),
             FieldValue::Made(b) => match HeaderValue::from_bytes(b) {
-                Ok(v) => v,
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    v
+                }
                 Err(_) => return,
             },
         };

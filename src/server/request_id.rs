@@ -46,7 +46,7 @@ impl RequestIds {
                 *slot = HEX[((word >> (60 - 4 * i)) & 0xf) as usize];
             }
         }
-        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+        fresh(&buf)
     }
 
     /// `pppppppp-nnnnnnnnnnnn`: prefix and counter in hex, built without `format!`.
@@ -59,8 +59,19 @@ impl RequestIds {
         for (i, slot) in buf.iter_mut().skip(9).enumerate() {
             *slot = HEX[((n >> (44 - 4 * i)) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+        fresh(&buf)
     }
+}
+
+/// A value no other message carries, marked sensitive so that HTTP/2's header
+/// compression sends it as a literal that is never indexed (RFC 7541, 6.2.3), as nginx
+/// and HAProxy send every field. Indexed, each new id would be inserted into the
+/// connection's dynamic table, evicting the fields that do repeat and lengthening every
+/// later lookup of that name. HTTP/1.1 writes it the same either way.
+fn fresh(buf: &[u8]) -> HeaderValue {
+    let mut value = HeaderValue::from_bytes(buf).unwrap_or(HeaderValue::from_static("-"));
+    value.set_sensitive(true);
+    value
 }
 
 /// splitmix64's finaliser: spreads a counter's bits over the whole word.
@@ -118,5 +129,7 @@ mod tests {
         let ids = super::RequestIds { prefix: 0xdeadbeef, seed: 7, next: std::sync::atomic::AtomicU64::new(0x2a) };
         assert_eq!(ids.next(), "deadbeef-00000000002a");
         assert_eq!(ids.next(), "deadbeef-00000000002b");
+        // Never indexed by HTTP/2's header compression: no other message repeats it.
+        assert!(ids.next().is_sensitive() && ids.traceparent().is_sensitive());
     }
 }
