@@ -183,8 +183,12 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Connection { gw, builder, peer, permit, .. } = self;
+        // Boxed: hyper spawns each HTTP/2 stream's future as a task, and the task is
+        // moved several times on its way into the runtime (and written once more when
+        // it ends). A pointer moves for nothing; the whole request future, kilobytes
+        // of state for every stage it may await, would be copied each time.
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            handle(Arc::clone(&gw), req.map(crate::proxy::ClientBody::Hyper), Arc::clone(&info))
+            Box::pin(handle(Arc::clone(&gw), req.map(crate::proxy::ClientBody::Hyper), Arc::clone(&info)))
         });
         let conn = builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
