@@ -54,6 +54,11 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
 
 /// What a key may mean to some backend; the strongest reading wins.
 fn classify(key: &str) -> Param {
+    // The usual key (`locale`, `include_count`) has no NUL and no bracket: its three
+    // readings are the key itself.
+    if !key.contains(['\0', '[', ']']) && !key.starts_with(char::is_whitespace) {
+        return param(key);
+    }
     let key = key.split('\0').next().unwrap_or_default();
     let base = key.split('[').next().unwrap_or_default();
     let bracketed =
@@ -61,32 +66,35 @@ fn classify(key: &str) -> Param {
     [key, base, bracketed].into_iter().map(param).max_by_key(|p| p.strength()).unwrap_or(Param::Other)
 }
 
+/// The longest name [`param`] looks for (`xhttpmethodoverride`); a key with more
+/// letters and digits than this is none of them.
+const LONGEST: usize = 19;
+
 /// What a name means with everything but letters and digits dropped and case ignored
-/// (compared as it is scanned: no copy per query key).
+/// (folded into a stack buffer once, then matched: no allocation per query key).
 fn param(name: &str) -> Param {
-    let is =
-        |word: &str| name.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase()).eq(word.bytes());
-    // Credentials, and method overrides (what was authorised is the method sent).
-    const REFUSED: [&str; 10] = [
-        "authtoken",
-        "authorization",
-        "accesstoken",
-        "method",
-        "httpmethod",
-        "methodoverride",
-        "httpmethodoverride",
-        "xhttpmethodoverride",
-        "xmethodoverride",
-        "xhttpmethod",
-    ];
-    if is("apikey") {
-        Param::StackKey
-    } else if is("branch") {
-        Param::Branch
-    } else if REFUSED.iter().any(|w| is(w)) {
-        Param::Refused
-    } else {
-        Param::Other
+    let mut folded = [0u8; LONGEST];
+    let mut len = 0;
+    for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+        let Some(slot) = folded.get_mut(len) else { return Param::Other };
+        *slot = b.to_ascii_lowercase();
+        len += 1;
+    }
+    match folded.get(..len).unwrap_or_default() {
+        b"apikey" => Param::StackKey,
+        b"branch" => Param::Branch,
+        // Credentials, and method overrides (what was authorised is the method sent).
+        b"authtoken"
+        | b"authorization"
+        | b"accesstoken"
+        | b"method"
+        | b"httpmethod"
+        | b"methodoverride"
+        | b"httpmethodoverride"
+        | b"xhttpmethodoverride"
+        | b"xmethodoverride"
+        | b"xhttpmethod" => Param::Refused,
+        _ => Param::Other,
     }
 }
 
@@ -118,6 +126,8 @@ mod tests {
     #[test]
     fn matching_values_pass_and_others_are_refused() {
         assert!(check_with("include_count=true&limit=5", "blt1", None).is_ok());
+        // Longer than every name looked for, or one of them with more around it.
+        assert!(check_with("x_http_method_override_extra=1&api_keys=2&branches=3", "blt1", None).is_ok());
         assert!(check_with("api_key=blt1&branch=main", "blt1", None).is_ok());
         assert!(check_with("branch=development", "blt1", Some("development")).is_ok());
         for bad in [
@@ -147,6 +157,9 @@ mod tests {
             "auth-token=x",
             "_method=DELETE",
             "x-http-method-override=DELETE",
+            "X_HTTP_Method_Override=DELETE",
+            " authtoken=x",
+            "authtoken[x]=y",
         ] {
             assert_eq!(check_with(bad, "blt1", None), Err(AMBIGUOUS), "{bad}");
         }
