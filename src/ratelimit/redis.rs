@@ -5,10 +5,12 @@
 //! matter. It is all-or-nothing per request: a request refused by any bucket charges
 //! none, so a token over its own limit never spends its organisation's budget.
 //!
-//! Requests are charged in batches: one task per process sends every charge waiting
-//! for Redis in one script call, in arrival order, and the next batch gathers while
-//! that call is out. Under load that is one round trip (and one script run) for many
-//! requests; alone, a request goes at once. Redis runs the batch's charges one after
+//! Requests are charged in batches: one task per serving thread (a lane, with its own
+//! connection on that thread's runtime) sends every charge waiting for Redis in one
+//! script call, in arrival order, and the next batch gathers while that call is out.
+//! Under load that is one round trip (and one script run) for many requests; alone, a
+//! request goes at once. A request, its lane and the lane's connection share one
+//! thread: no charge crosses threads on its way to Redis and back. Redis runs the batch's charges one after
 //! another inside the script, exactly as it would run one script per request in that
 //! order. Keys are hash-tagged by organisation (`{org}`); on a cluster a batch is split
 //! into one call per organisation, so each call's keys live on one slot.
@@ -30,7 +32,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Script, TlsCertificates};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -38,7 +40,8 @@ use tokio::sync::{mpsc, oneshot};
 /// GCRA over a batch of requests' buckets. ARGV: the number of requests, then per
 /// request the number of its buckets and, per bucket, its emission interval and its
 /// tolerance (interval x burst) in microseconds; KEYS: every request's bucket keys in
-/// order. Returns three numbers per request: `1, i, remaining` with the bucket closest
+/// order. Returns three numbers per request, all in one string (`1,2,99,0,1,5000`: one
+/// bulk reply to parse, not three integers per request): `1, i, remaining` with the bucket closest
 /// to empty, `0, i, wait_us` with the bucket that refused, or `-1, i, 0` if bucket `i`'s
 /// key cannot be read (it holds another type): that request alone is left to the fail
 /// mode and charges nothing, so one organisation's broken key never decides another's
@@ -90,7 +93,7 @@ for r = 1, tonumber(ARGV[1]) do
     end
     verdict = {1, closest, closest_remaining}
   end
-  out[#out + 1], out[#out + 2], out[#out + 3] = verdict[1], verdict[2], verdict[3]
+  out[#out + 1] = string.format('%d,%d,%d', verdict[1], verdict[2], verdict[3])
   key = key + count
   arg = arg + 2 * count
 end
@@ -98,7 +101,7 @@ for _, name in ipairs(changed) do
   local tat = tat_of[name]
   redis.call('SET', name, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 end
-return out
+return table.concat(out, ',')
 ";
 
 /// The most requests one script call charges; more wait for the next call.
@@ -138,14 +141,17 @@ enum Conn {
 /// The Redis backend of [`super::RateLimit`].
 pub struct RedisLimiter {
     endpoint: Endpoint,
-    /// `None` while Redis is unreachable (the fail mode applies without waiting).
+    /// `None` while Redis is unreachable (the fail mode applies without waiting). The
+    /// connection made at start and by each reconnect; lanes open their own beside it.
     conn: ArcSwapOption<Conn>,
+    /// Counts reconnects: a lane whose connection is older opens a new one.
+    generation: AtomicU64,
     reconnecting: AtomicBool,
     script: Script,
     settings: RedisLimits,
     metrics: BackendMetrics,
-    /// Charges waiting for the batch task (at most [`MAX_WAITING`]).
-    queue: mpsc::Sender<Pending>,
+    /// Each serving thread's queue to its lane (at most [`MAX_WAITING`] charges each).
+    lanes: thread_local::ThreadLocal<mpsc::Sender<Pending>>,
 }
 
 impl RedisLimiter {
@@ -153,17 +159,16 @@ impl RedisLimiter {
     /// gateway serves in the fail mode meanwhile).
     pub async fn start(settings: &RedisLimits, metrics: BackendMetrics) -> Result<Arc<Self>, redis::RedisError> {
         let endpoint = endpoint(settings)?;
-        let (queue, waiting) = mpsc::channel(MAX_WAITING);
         let limiter = Arc::new(RedisLimiter {
             endpoint,
             conn: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
             reconnecting: AtomicBool::new(false),
             script: Script::new(GCRA),
             settings: settings.clone(),
             metrics,
-            queue,
+            lanes: thread_local::ThreadLocal::new(),
         });
-        tokio::spawn(send_batches(Arc::downgrade(&limiter), waiting));
         match limiter.connect().await {
             Ok(conn) => limiter.conn.store(Some(Arc::new(conn))),
             Err(e) => {
@@ -212,6 +217,9 @@ impl RedisLimiter {
                 tokio::time::sleep(backoff).await;
                 match this.connect().await {
                     Ok(conn) => {
+                        // Before the connection shows: a lane that sees it must also
+                        // see that its own connection is from before the failure.
+                        this.generation.fetch_add(1, Ordering::SeqCst);
                         this.conn.store(Some(Arc::new(conn)));
                         this.metrics.up.set(1);
                         this.reconnecting.store(false, Ordering::Release);
@@ -247,7 +255,7 @@ impl RedisLimiter {
         let pending = Pending { buckets, reply };
         // A full queue means Redis is not keeping up: the fail mode decides at once
         // rather than letting a backlog grow.
-        if self.queue.try_send(pending).is_err() {
+        if self.lane().try_send(pending).is_err() {
             return self.fail(payer, op);
         }
         // The batch task bounds its call by `timeout`; a request may also wait for the
@@ -273,22 +281,54 @@ impl RedisLimiter {
         }
     }
 
-    /// Sends one batch: one script call (per organisation on a cluster), each request
-    /// answered with its three numbers, or `None` if the call failed (if the connection
-    /// failed, Redis is also taken out of the request path and reconnected).
-    async fn send_batch(self: &Arc<Self>, mut batch: Vec<Pending>) {
+    /// This thread's queue to its lane, the lane started (on this thread's runtime) by
+    /// the thread's first charge.
+    fn lane(self: &Arc<Self>) -> &mpsc::Sender<Pending> {
+        self.lanes.get_or(|| {
+            let (queue, waiting) = mpsc::channel(MAX_WAITING);
+            tokio::spawn(send_batches(Arc::downgrade(self), waiting));
+            queue
+        })
+    }
+
+    /// The connection a lane sends on: its own, opened on its thread once per
+    /// generation (a failure to open one falls back to the shared connection until the
+    /// next reconnect); `None` while Redis is out of the request path.
+    async fn lane_connection(&self, own: &mut Option<(u64, Conn)>) -> Option<Conn> {
+        let shared = self.conn.load_full()?;
+        let generation = self.generation.load(Ordering::SeqCst);
+        match own {
+            Some((made, conn)) if *made == generation => return Some(conn.clone()),
+            _ => {}
+        }
+        let opened = tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), self.connect()).await;
+        let conn = match opened {
+            Ok(Ok(conn)) => conn,
+            _ => {
+                tracing::debug!("a lane could not open its own Redis connection; it shares the first");
+                (*shared).clone()
+            }
+        };
+        *own = Some((generation, conn.clone()));
+        Some(conn)
+    }
+
+    /// Sends one batch on `conn`: one script call (per organisation on a cluster), each
+    /// request answered with its three numbers, or `None` if the call failed (if the
+    /// connection failed, Redis is also taken out of the request path and reconnected).
+    async fn send_batch(self: &Arc<Self>, conn: Option<Conn>, mut batch: Vec<Pending>) {
         // Requests that gave up (timed out, client gone) are not charged.
         batch.retain(|pending| !pending.reply.is_closed());
         if batch.is_empty() {
             return;
         }
-        let Some(conn) = self.conn.load_full() else {
+        let Some(conn) = conn else {
             for pending in batch {
                 let _ = pending.reply.send(None);
             }
             return;
         };
-        let groups = match &*conn {
+        let groups = match &conn {
             Conn::Node(_) => vec![batch],
             Conn::Cluster(_) => by_organisation(batch),
         };
@@ -313,17 +353,19 @@ impl RedisLimiter {
         }
         let call = async {
             match conn.clone() {
-                Conn::Node(mut c) => invocation.invoke_async::<Vec<i64>>(&mut c).await,
-                Conn::Cluster(mut c) => invocation.invoke_async::<Vec<i64>>(&mut c).await,
+                Conn::Node(mut c) => invocation.invoke_async::<Vec<u8>>(&mut c).await,
+                Conn::Cluster(mut c) => invocation.invoke_async::<Vec<u8>>(&mut c).await,
             }
         };
         self.metrics.round_trips.inc();
         let (numbers, connected) = match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(v)) if v.len() == 3 * group.len() => (v, true),
-            Ok(Ok(_)) => {
-                tracing::error!("rate-limit script answered in an unexpected shape");
-                (Vec::new(), true)
-            }
+            Ok(Ok(reply)) => match parse_reply(&reply).filter(|v| v.len() == 3 * group.len()) {
+                Some(v) => (v, true),
+                None => {
+                    tracing::error!("rate-limit script answered in an unexpected shape");
+                    (Vec::new(), true)
+                }
+            },
             Ok(Err(e)) if connection_lost(&e) => {
                 tracing::warn!(error = %e, "Redis rate-limit call failed; reconnecting");
                 (Vec::new(), false)
@@ -365,6 +407,12 @@ impl RedisLimiter {
     }
 }
 
+/// The script's reply, `n,n,n,...`, as numbers; `None` if any is not one.
+fn parse_reply(reply: &[u8]) -> Option<Vec<i64>> {
+    let text = std::str::from_utf8(reply).ok()?;
+    text.split(',').filter(|n| !n.is_empty()).map(|n| n.parse().ok()).collect()
+}
+
 /// Whether an error means the connection itself failed (reconnect), rather than Redis
 /// answering with an error.
 fn connection_lost(e: &redis::RedisError) -> bool {
@@ -375,13 +423,15 @@ fn connection_lost(e: &redis::RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
-/// The batch task: takes every charge waiting (up to [`MAX_BATCH`]) and sends them in one
-/// call, then the next. Ends with the limiter.
+/// A lane's batch task: takes every charge waiting (up to [`MAX_BATCH`]) and sends them
+/// in one call on the lane's connection, then the next. Ends with the limiter.
 async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut own = None;
     while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let Some(limiter) = limiter.upgrade() else { return };
-        limiter.send_batch(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH))).await;
+        let conn = limiter.lane_connection(&mut own).await;
+        limiter.send_batch(conn, std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH))).await;
     }
 }
 
@@ -459,6 +509,15 @@ mod tests {
             }
         }
         crc % 16384
+    }
+
+    #[test]
+    fn the_scripts_reply_reads_as_numbers_or_not_at_all() {
+        assert_eq!(super::parse_reply(b"1,2,99,0,1,5000,-1,3,0"), Some(vec![1, 2, 99, 0, 1, 5000, -1, 3, 0]));
+        assert_eq!(super::parse_reply(b""), Some(vec![]));
+        for bad in [&b"1,2,x"[..], b"1,,2.5", b"\xff", b"1e5"] {
+            assert_eq!(super::parse_reply(bad), None, "{bad:?}");
+        }
     }
 
     /// Every key one request's script touches is in the organisation's slot, so the
