@@ -59,10 +59,20 @@ impl RateInfo {
 }
 
 /// The header value of a count up to 1024 (what `X-RateLimit-Remaining` usually
-/// says), made once: a clone is a reference-count increment, not an allocation.
+/// says), made once: a clone is a reference-count increment, not an allocation. Marked
+/// sensitive like every count left (see `FieldValue::insert_into`): each response on a
+/// connection says another one, so HTTP/2 would only fill its table with them.
 fn small_number(n: u32) -> Option<&'static HeaderValue> {
     static SMALL: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
-    let small = SMALL.get_or_init(|| (0..=1024u32).map(HeaderValue::from).collect());
+    let small = SMALL.get_or_init(|| {
+        (0..=1024u32)
+            .map(|n| {
+                let mut value = HeaderValue::from(n);
+                value.set_sensitive(true);
+                value
+            })
+            .collect()
+    });
     usize::try_from(n).ok().and_then(|i| small.get(i))
 }
 
@@ -98,7 +108,7 @@ mod tests {
         assert!(names(b"X_RateLimit_Remaining") && !names(b"content-type"));
         // Values made for this response stay out of HTTP/2's compression table; the
         // limit and the policy repeat and are indexed.
-        assert!(h["ratelimit"].is_sensitive());
+        assert!(h["ratelimit"].is_sensitive() && h["x-ratelimit-remaining"].is_sensitive());
         assert!(!h["x-ratelimit-limit"].is_sensitive() && !h["ratelimit-policy"].is_sensitive());
         // The longest values still fit the buffer.
         let long = RateInfo { name: "org-bulk-write", remaining: u32::MAX, reset: u64::MAX, ..info };

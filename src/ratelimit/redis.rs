@@ -37,16 +37,20 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// GCRA over a batch of requests' buckets. ARGV: the number of requests, then per
-/// request the number of its buckets and, per bucket, its emission interval and its
-/// tolerance (interval x burst) in microseconds; KEYS: every request's bucket keys in
-/// order. Returns three numbers per request, all in one string (`1,2,99,0,1,5000`: one
-/// bulk reply to parse, not three integers per request): `1, i, remaining` with the bucket closest
-/// to empty, `0, i, wait_us` with the bucket that refused, or `-1, i, 0` if bucket `i`'s
-/// key cannot be read (it holds another type): that request alone is left to the fail
-/// mode and charges nothing, so one organisation's broken key never decides another's
-/// requests in the same batch. A key's time is read once per batch and written once at
-/// its end, with what the batch's last charge left.
+/// GCRA over a batch of requests' buckets. The batch comes as runs of consecutive
+/// requests with the same buckets (under load, mostly one token's): ARGV is the number of
+/// runs, then per run the number of its buckets, how many requests it holds and, per
+/// bucket, its emission interval and its tolerance (interval x burst) in microseconds;
+/// KEYS: each run's bucket keys in order. Each request of a run is charged in turn, in
+/// arrival order, exactly as if it had come alone; a run only saves sending (and Redis
+/// parsing) the same keys again. Returns three numbers per request, all in one string
+/// (`1,2,99,0,1,5000`: one bulk reply to parse, not three integers per request):
+/// `1, i, remaining` with the bucket closest to empty, `0, i, wait_us` with the bucket
+/// that refused, or `-1, i, 0` if bucket `i`'s key cannot be read (it holds another
+/// type): that request alone is left to the fail mode and charges nothing, so one
+/// organisation's broken key never decides another's requests in the same batch. A key's
+/// time is read once per batch and written once at its end, with what the batch's last
+/// charge left.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -54,46 +58,50 @@ local tat_of, changed = {}, {}
 local out = {}
 local key, arg = 0, 2
 for r = 1, tonumber(ARGV[1]) do
-  local count = tonumber(ARGV[arg])
-  arg = arg + 1
-  local tats = {}
-  local verdict = nil
-  local closest, closest_remaining = 1, -1
+  local count, times = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
+  arg = arg + 2
+  local names, intervals, tolerances = {}, {}, {}
   for i = 1, count do
-    local name = KEYS[key + i]
-    local interval = tonumber(ARGV[arg + 2 * i - 2])
-    local tolerance = tonumber(ARGV[arg + 2 * i - 1])
-    local tat = tat_of[name]
-    if tat == nil then
-      local stored = redis.pcall('GET', name)
-      if type(stored) == 'table' and stored.err then
-        verdict = {-1, i, 0}
+    names[i] = KEYS[key + i]
+    intervals[i] = tonumber(ARGV[arg + 2 * i - 2])
+    tolerances[i] = tonumber(ARGV[arg + 2 * i - 1])
+  end
+  local tats = {}
+  for _ = 1, times do
+    local ok, at, value = 1, 1, -1
+    for i = 1, count do
+      local name, interval, tolerance = names[i], intervals[i], tolerances[i]
+      local tat = tat_of[name]
+      if tat == nil then
+        local stored = redis.pcall('GET', name)
+        if type(stored) == 'table' and stored.err then
+          ok, at, value = -1, i, 0
+          break
+        end
+        tat = tonumber(stored) or now
+      end
+      if tat < now then tat = now end
+      local new_tat = tat + interval
+      local allow_at = new_tat - tolerance
+      if now < allow_at then
+        ok, at, value = 0, i, allow_at - now
         break
       end
-      tat = tonumber(stored) or now
+      tats[i] = new_tat
+      local remaining = math.floor((tolerance - (new_tat - now)) / interval)
+      if value < 0 or remaining < value then
+        at, value = i, remaining
+      end
     end
-    if tat < now then tat = now end
-    local new_tat = tat + interval
-    local allow_at = new_tat - tolerance
-    if now < allow_at then
-      verdict = {0, i, allow_at - now}
-      break
+    if ok == 1 then
+      for i = 1, count do
+        local name = names[i]
+        if tat_of[name] == nil then changed[#changed + 1] = name end
+        tat_of[name] = tats[i]
+      end
     end
-    tats[i] = new_tat
-    local remaining = math.floor((tolerance - (new_tat - now)) / interval)
-    if closest_remaining < 0 or remaining < closest_remaining then
-      closest, closest_remaining = i, remaining
-    end
+    out[#out + 1] = string.format('%d,%d,%d', ok, at, value)
   end
-  if verdict == nil then
-    for i = 1, count do
-      local name = KEYS[key + i]
-      if tat_of[name] == nil then changed[#changed + 1] = name end
-      tat_of[name] = tats[i]
-    end
-    verdict = {1, closest, closest_remaining}
-  end
-  out[#out + 1] = string.format('%d,%d,%d', verdict[1], verdict[2], verdict[3])
   key = key + count
   arg = arg + 2 * count
 end
@@ -343,11 +351,12 @@ impl RedisLimiter {
     /// failed (I/O, timeout); an error reply from Redis or an answer of the wrong shape
     /// fails only this call's requests (the fail mode decides them).
     async fn call(&self, conn: &Conn, group: Vec<Pending>) -> bool {
+        let runs = runs(&group);
         let mut invocation = self.script.prepare_invoke();
-        invocation.arg(group.len());
-        for pending in &group {
-            invocation.arg(pending.buckets.len());
-            for (key, interval, tolerance) in &pending.buckets {
+        invocation.arg(runs.len());
+        for (buckets, times) in runs {
+            invocation.arg(buckets.len()).arg(times);
+            for (key, interval, tolerance) in buckets {
                 invocation.key(key.as_str()).arg(*interval).arg(*tolerance);
             }
         }
@@ -435,6 +444,19 @@ async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<P
     }
 }
 
+/// The batch as runs of consecutive requests with the same buckets: each run's buckets
+/// and how many requests it holds (the script's input, see [`GCRA`]).
+fn runs(group: &[Pending]) -> Vec<(&[(String, u64, u64)], usize)> {
+    let mut runs: Vec<(&[(String, u64, u64)], usize)> = Vec::new();
+    for pending in group {
+        match runs.last_mut() {
+            Some((buckets, times)) if *buckets == pending.buckets.as_slice() => *times += 1,
+            _ => runs.push((&pending.buckets, 1)),
+        }
+    }
+    runs
+}
+
 /// A batch split by organisation, each part in arrival order (a cluster routes a call
 /// by its keys' slot, and one organisation's keys share one: see [`hash_tag`]).
 fn by_organisation(batch: Vec<Pending>) -> Vec<Vec<Pending>> {
@@ -509,6 +531,30 @@ mod tests {
             }
         }
         crc % 16384
+    }
+
+    #[test]
+    fn only_consecutive_requests_with_the_same_buckets_share_a_run() {
+        let pending = |keys: &[&str], interval: u64| super::Pending {
+            buckets: keys.iter().map(|k| (k.to_string(), interval, interval * 5)).collect(),
+            reply: tokio::sync::oneshot::channel().0,
+        };
+        let batch = [
+            pending(&["t:a", "org"], 200_000),
+            pending(&["t:a", "org"], 200_000),
+            pending(&["t:b", "org"], 200_000),
+            pending(&["t:a", "org"], 200_000),
+            // Same keys, another rate (a reload between the two): its own run.
+            pending(&["t:a", "org"], 100_000),
+        ];
+        let runs: Vec<(Vec<&str>, usize)> = super::runs(&batch)
+            .into_iter()
+            .map(|(buckets, times)| (buckets.iter().map(|(k, ..)| k.as_str()).collect(), times))
+            .collect();
+        let expected =
+            [(vec!["t:a", "org"], 2), (vec!["t:b", "org"], 1), (vec!["t:a", "org"], 1), (vec!["t:a", "org"], 1)];
+        assert_eq!(runs, expected);
+        assert_eq!(runs.iter().map(|(_, n)| n).sum::<usize>(), batch.len(), "every request, in order");
     }
 
     #[test]
