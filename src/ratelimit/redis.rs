@@ -117,10 +117,13 @@ const MAX_BATCH: usize = 256;
 /// The most charges waiting for Redis; past that the fail mode decides at once.
 const MAX_WAITING: usize = 4 * MAX_BATCH;
 
+/// A bucket key with its emission interval and tolerance, in microseconds.
+type Bucket = (String, u64, u64);
+
 /// One request's charge on its way to Redis.
 struct Pending {
-    /// Bucket keys in charging order, each with its (interval, tolerance) in microseconds.
-    buckets: Vec<(String, u64, u64)>,
+    /// Bucket keys in charging order, each with its (interval, tolerance).
+    buckets: Vec<Bucket>,
     /// The script's three numbers for this request; `None`: Redis did not answer
     /// (the fail mode decides).
     reply: oneshot::Sender<Option<[i64; 3]>>,
@@ -446,8 +449,8 @@ async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<P
 
 /// The batch as runs of consecutive requests with the same buckets: each run's buckets
 /// and how many requests it holds (the script's input, see [`GCRA`]).
-fn runs(group: &[Pending]) -> Vec<(&[(String, u64, u64)], usize)> {
-    let mut runs: Vec<(&[(String, u64, u64)], usize)> = Vec::new();
+fn runs(group: &[Pending]) -> Vec<(&[Bucket], usize)> {
+    let mut runs: Vec<(&[Bucket], usize)> = Vec::new();
     for pending in group {
         match runs.last_mut() {
             Some((buckets, times)) if *buckets == pending.buckets.as_slice() => *times += 1,
