@@ -575,6 +575,45 @@ async fn local_fail_mode_gives_each_replica_its_share() {
     db.drop_now().await;
 }
 
+/// Each serving thread charges through its own lane, with its own Redis connection on
+/// that thread (no charge crosses threads), and the buckets stay exact across the lanes:
+/// 32 reads of RATED (5/s, burst 5) at once, spread by the kernel over the gateway's
+/// listeners, admit the burst, and the private Redis sees the start connection plus one
+/// per thread that served them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_serving_thread_charges_through_its_own_redis_connection() {
+    let Some((pg, _)) = services("each_serving_thread_charges_through_its_own_redis_connection") else { return };
+    let db = Database::create(&pg, "lanes").await;
+    let backend = Backend::start().await;
+    let redis = RedisServer::start().await;
+    let replica =
+        start_replicas(backend.addr, &shared_config(&db.url, &redis.url(), &unique("l"), "closed", 1), 1).remove(0);
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let addr = replica.addr;
+        requests.spawn(async move { status_with(addr, "GET", SMALL_API_KEY, RATED).await });
+    }
+    let statuses: Vec<u16> = requests.join_all().await;
+    assert_limited(&statuses, "32 at once, over every lane");
+    let info = redis_raw(&redis.url(), &["INFO", "clients"]).await;
+    let connected: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO clients: {info}"));
+    // Less the connection asking.
+    let gateway = connected - 1;
+    // `stackgate run` serves on one thread per core it may use, as this test may.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("{threads} serving threads, {gateway} Redis connections");
+    assert!(gateway <= threads + 1, "at most the start connection and one per thread: {gateway}");
+    if threads >= 2 {
+        assert!(gateway >= 3, "the start connection and a lane per thread that charged: {gateway}");
+    }
+    drop(replica);
+    db.drop_now().await;
+}
+
 /// A private `redis-server` on its own port, to stop and start at will.
 struct RedisServer {
     port: u16,
