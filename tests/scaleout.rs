@@ -497,12 +497,7 @@ async fn waiting_charges_share_one_redis_call_and_stay_exact() {
         async move { hold_redis(&redis, 120).await }
     });
     tokio::time::sleep(Duration::from_millis(15)).await;
-    let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..40 {
-        let addr = replica.addr;
-        requests.spawn(async move { status_with(addr, "GET", SMALL_API_KEY, RATED).await });
-    }
-    let statuses: Vec<u16> = requests.join_all().await;
+    let statuses = at_once(replica.addr, 40).await;
     held.await.unwrap();
     let calls = (metric(replica.admin, TRIPS).await - before) as u64;
     eprintln!("40 waiting charges: {calls} Redis calls, statuses {statuses:?}");
@@ -588,12 +583,7 @@ async fn each_serving_thread_charges_through_its_own_redis_connection() {
     let redis = RedisServer::start().await;
     let replica =
         start_replicas(backend.addr, &shared_config(&db.url, &redis.url(), &unique("l"), "closed", 1), 1).remove(0);
-    let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let addr = replica.addr;
-        requests.spawn(async move { status_with(addr, "GET", SMALL_API_KEY, RATED).await });
-    }
-    let statuses: Vec<u16> = requests.join_all().await;
+    let statuses = at_once(replica.addr, 32).await;
     assert_limited(&statuses, "32 at once, over every lane");
     let info = redis_raw(&redis.url(), &["INFO", "clients"]).await;
     let connected: usize = info
@@ -657,6 +647,15 @@ async fn burst(addr: SocketAddr, n: usize) -> Vec<u16> {
         out.push(status_with(addr, "GET", SMALL_API_KEY, RATED).await);
     }
     out
+}
+
+/// Sends `n` reads of `RATED` all at once, each on its own connection; the statuses.
+async fn at_once(addr: SocketAddr, n: usize) -> Vec<u16> {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        requests.spawn(async move { status_with(addr, "GET", SMALL_API_KEY, RATED).await });
+    }
+    requests.join_all().await
 }
 
 fn count(statuses: &[u16], status: u16) -> usize {

@@ -10,10 +10,11 @@
 //! script call, in arrival order, and the next batch gathers while that call is out.
 //! Under load that is one round trip (and one script run) for many requests; alone, a
 //! request goes at once. A request, its lane and the lane's connection share one
-//! thread: no charge crosses threads on its way to Redis and back. Redis runs the batch's charges one after
-//! another inside the script, exactly as it would run one script per request in that
-//! order. Keys are hash-tagged by organisation (`{org}`); on a cluster a batch is split
-//! into one call per organisation, so each call's keys live on one slot.
+//! thread: no charge crosses threads on its way to Redis and back. Redis runs the
+//! batch's charges one after another inside the script, exactly as it would run one
+//! script per request in that order. Keys are hash-tagged by organisation (`{org}`);
+//! on a cluster a batch is split into one call per organisation, so each call's keys
+//! live on one slot.
 //!
 //! While Redis cannot be reached, the configured fail mode decides; the connection is
 //! re-established in the background and Redis takes over again without a restart.
@@ -304,9 +305,8 @@ impl RedisLimiter {
     async fn lane_connection(&self, own: &mut Option<(u64, Conn)>) -> Option<Conn> {
         let shared = self.conn.load_full()?;
         let generation = self.generation.load(Ordering::SeqCst);
-        match own {
-            Some((made, conn)) if *made == generation => return Some(conn.clone()),
-            _ => {}
+        if let Some((_, conn)) = own.as_ref().filter(|(made, _)| *made == generation) {
+            return Some(conn.clone());
         }
         let opened = tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), self.connect()).await;
         let conn = match opened {
