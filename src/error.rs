@@ -41,6 +41,12 @@ pub enum GatewayError {
     /// Inspected (or streamed) body over its limit.
     #[error("payload too large")]
     PayloadTooLarge,
+    /// A request head over `max_header_bytes` (or with too many fields).
+    #[error("request head too large")]
+    HeadTooLarge,
+    /// A request target longer than the HTTP/1 server takes.
+    #[error("request target too long")]
+    UriTooLong,
     /// A token-API write whose body is not declared as JSON (`Content-Type` missing or
     /// not `application/json`): refused rather than guessed at, so what the client meant
     /// and what the gateway parsed cannot differ.
@@ -92,6 +98,9 @@ pub enum BadRequest {
     AmbiguousJson,
     #[error("unreadable body")]
     UnreadableBody,
+    /// A request head that is not HTTP/1.1 syntax (request line, fields, line endings).
+    #[error("malformed head")]
+    MalformedHead,
 }
 
 /// Why policy said no; for logs and metrics only, never sent to the client.
@@ -197,6 +206,8 @@ impl GatewayError {
             GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled => (StatusCode::UNAUTHORIZED, 105),
             GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, 162),
             GatewayError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, 413),
+            GatewayError::HeadTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, 431),
+            GatewayError::UriTooLong => (StatusCode::URI_TOO_LONG, 414),
             GatewayError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
             GatewayError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
             GatewayError::RateLimited { .. } | GatewayError::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, 429),
@@ -232,6 +243,8 @@ impl GatewayError {
                 "Access denied. You have insufficient permissions to perform this operation.".into()
             }
             GatewayError::PayloadTooLarge => "The request body is too large.".into(),
+            GatewayError::HeadTooLarge => "The request headers are too large.".into(),
+            GatewayError::UriTooLong => "The request URL is too long.".into(),
             GatewayError::UnsupportedMediaType => {
                 "The request body must be JSON, sent with Content-Type: application/json.".into()
             }
@@ -255,7 +268,7 @@ impl GatewayError {
                 Reason::AuthFailed
             }
             GatewayError::Forbidden(_) => Reason::Denied,
-            GatewayError::PayloadTooLarge => Reason::TooLarge,
+            GatewayError::PayloadTooLarge | GatewayError::HeadTooLarge | GatewayError::UriTooLong => Reason::TooLarge,
             // Counted with 422s: both are a token-API body the gateway refused to take.
             GatewayError::UnsupportedMediaType | GatewayError::Unprocessable(_) => Reason::Invalid,
             GatewayError::RateLimited { .. } => Reason::RateLimited,

@@ -2,6 +2,7 @@
 //! committed corpora through the same code as ordinary tests (`tests/fuzz_corpus.rs`).
 //! Each function panics only when a property is violated.
 
+use crate::http1::server::{BadHead, NotTaken};
 use crate::pipeline::{classify, inspect_body, normalize, Operation};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -101,8 +102,10 @@ const CANARY: &[u8] = b"GET /canary HTTP/1.1\r\nhost: canary\r\n\r\n";
 
 /// The gateway's own request-head parser (`http1::server::parse`) against hyper's HTTP/1
 /// server, over the same byte stream (the input, then a canary request):
-/// - `parse` never panics; when it declines (`ForHyper`, or an incomplete head) the buffer
-///   is exactly what it was, since those bytes are handed to hyper;
+/// - `parse` never panics; when it declines (`ForHyper`, a refused head, or an incomplete
+///   head) the buffer is exactly what it was, since those bytes are handed to hyper;
+/// - a head it refuses as malformed is one hyper's server refuses too (no request of
+///   hyper's at that place);
 /// - a head it accepts carries no body: `Content-Length` at most once and only `0`, no
 ///   `Transfer-Encoding`, `Expect`, `Upgrade` (nor `Connection: upgrade`), not `CONNECT`;
 /// - every request it accepts, in order, up to its first `ForHyper` (from there hyper has
@@ -113,18 +116,22 @@ pub fn check_h1_server(data: &[u8]) {
     let mut stream = Vec::with_capacity(data.len() + CANARY.len());
     stream.extend_from_slice(data);
     stream.extend_from_slice(CANARY);
-    let ours = fast_requests(&stream);
-    if ours.is_empty() {
+    let (ours, malformed) = fast_requests(&stream);
+    if ours.is_empty() && !malformed {
         return;
     }
     let theirs = hyper_requests(&stream);
     for (i, request) in ours.iter().enumerate() {
         assert_eq!(theirs.get(i), Some(request), "request {i}: the gateway's parser and hyper disagree");
     }
+    if malformed {
+        assert_eq!(theirs.len(), ours.len(), "a head refused as malformed was one hyper took");
+    }
 }
 
-/// The requests `http1::server::parse` takes from the stream, in order.
-fn fast_requests(stream: &[u8]) -> Vec<SeenRequest> {
+/// The requests `http1::server::parse` takes from the stream, in order, and whether
+/// it then refused a head as malformed.
+fn fast_requests(stream: &[u8]) -> (Vec<SeenRequest>, bool) {
     let mut buf = BytesMut::from(stream);
     let mut fields = Vec::new();
     let mut seen = Vec::new();
@@ -132,9 +139,10 @@ fn fast_requests(stream: &[u8]) -> Vec<SeenRequest> {
         let before = buf.clone();
         let (request, close) = match crate::http1::server::parse(&mut buf, &mut fields, MAX_HEAD) {
             Ok(Some(head)) => head,
-            Ok(None) | Err(_) => {
+            declined => {
                 assert_eq!(buf, before, "a declined head must leave the buffer as it was (hyper gets it)");
-                break;
+                let malformed = matches!(declined, Err(NotTaken::Bad(BadHead::Malformed)));
+                return (seen, malformed);
             }
         };
         let used = before.len() - buf.len();
@@ -145,7 +153,7 @@ fn fast_requests(stream: &[u8]) -> Vec<SeenRequest> {
             break;
         }
     }
-    seen
+    (seen, false)
 }
 
 /// What `parse` must never accept: anything with (or asking for) a body or an upgrade.

@@ -1,4 +1,4 @@
-//! The gateway's own HTTP/1.1 loop (`src/server/fast.rs`) and its handover to hyper,
+//! The gateway's own HTTP/1.1 loop (`src/http1/server.rs`) and its handover to hyper,
 //! over raw TCP against the real server and a real backend: pipelining, HEAD,
 //! `Connection: close`, requests with bodies mid-connection, header and shutdown
 //! behaviour of keep-alive connections.
@@ -192,36 +192,97 @@ async fn shutdown_closes_idle_keep_alive_connections() {
     assert!(closes_within(&mut stream, Duration::from_secs(2)).await, "the idle connection was closed");
 }
 
-/// What hyper refuses is still refused after a request the gateway's loop took.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_heads_after_a_good_one_are_refused() {
-    let env = Env::start().await;
-    for bad in [
-        "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nbad header: x\r\n\r\n",
-        "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
-        "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ntransfer-encoding: gzip\r\n\r\n",
-        "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nx-folded: a\r\n b\r\n\r\n",
-    ] {
-        let (mut stream, mut buf) = after_one_get(env.gateway.addr, bad).await;
-        let second = response(&mut stream, &mut buf, false).await;
-        assert!(second.as_ref().is_none_or(|(head, _)| head.starts_with("HTTP/1.1 400")), "{bad:?}: {second:?}");
-        assert!(closes_within(&mut stream, Duration::from_secs(2)).await, "{bad:?}: closed after");
-    }
-    assert_eq!(env.backend.seen().len(), 4, "only the good requests reached the backend");
+/// Asserts a CMA error answer: the status, `error_code` equal to it, a JSON body and a
+/// request id, and the connection closed after it.
+async fn assert_refused(stream: &mut TcpStream, buf: &mut Vec<u8>, status: u16, what: &str) {
+    let (head, body) = response(stream, buf, false).await.unwrap_or_else(|| panic!("{what:?}: no answer"));
+    assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{what:?}: {head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("content-type: application/json"), "{what:?}: {head}");
+    assert!(lower.contains("x-request-id: "), "{what:?}: {head}");
+    assert!(lower.contains("connection: close"), "{what:?}: {head}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what:?}: {e}: {body}"));
+    assert_eq!(json["error_code"], status, "{what:?}: {body}");
+    assert!(json["error_message"].is_string(), "{what:?}: {body}");
+    assert!(closes_within(stream, Duration::from_secs(3)).await, "{what:?}: closed after");
 }
 
-/// Heads the loop does not take for their size still get hyper's answers.
+/// Heads no HTTP/1.1 server takes (request line, field syntax, line endings, framing)
+/// get the gateway's 400 with its error body, on a fresh connection and after a
+/// request the loop took, and nothing reaches the backend.
+const MALFORMED: [&str; 12] = [
+    "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nbad header: x\r\n\r\n",
+    "GET /v3/assets HTTP/1.1\r\nHost: gw\r\n: x\r\n\r\n",
+    "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nx-nul: a\0b\r\n\r\n",
+    "G@T /v3/assets HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "GET /v3/assets HTTP/1.2\r\nHost: gw\r\n\r\n",
+    "GET /v3/assets HTTP/3.0\r\nHost: gw\r\n\r\n",
+    "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+    "POST /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 1, 2\r\n\r\nab",
+    "POST /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: +5\r\n\r\nhello",
+    "POST /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 99999999999999999999999\r\n\r\n",
+    "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ntransfer-encoding: gzip\r\n\r\n",
+    "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nx-folded: a\r\n b\r\n\r\n",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_fields_and_oversized_heads_get_431() {
+async fn malformed_heads_get_the_gateways_400() {
+    let env = Env::start().await;
+    for bad in MALFORMED {
+        let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+        stream.write_all(bad.as_bytes()).await.unwrap();
+        assert_refused(&mut stream, &mut Vec::new(), 400, bad).await;
+        let (mut stream, mut buf) = after_one_get(env.gateway.addr, bad).await;
+        assert_refused(&mut stream, &mut buf, 400, bad).await;
+    }
+    assert_eq!(env.backend.seen().len(), MALFORMED.len(), "only the good requests reached the backend");
+    // The HTTP/2 preface is no malformed head: h2c with prior knowledge still works.
+    let (status, _) = h2c_get(env.gateway.addr).await;
+    assert_eq!(status, 200);
+}
+
+/// An HTTP/2 request with prior knowledge (h2c), answered through the same port.
+async fn h2c_get(addr: std::net::SocketAddr) -> (u16, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{addr}{PATH}"))
+        .header("api_key", API_KEY)
+        .header("authorization", RW)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// Heads too large for their fields or their target get 431 and 414 with the
+/// gateway's error body, whether the head arrived whole or is still arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_fields_oversized_heads_and_long_targets_get_431_and_414() {
     let env = Env::start_with("max_header_bytes = \"16KiB\"", "", Arc::new(SystemClock)).await;
     let many: String = (0..120).map(|i| format!("x-f{i}: {i}\r\n")).collect();
     let big = format!("x-big: {}\r\n", "a".repeat(20_000));
     for extra in [many, big] {
         let (mut stream, mut buf) = after_one_get(env.gateway.addr, &get("GET", PATH, &extra)).await;
-        let (head, _) = response(&mut stream, &mut buf, false).await.unwrap();
-        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+        assert_refused(&mut stream, &mut buf, 431, "large head").await;
     }
-    assert_eq!(env.backend.seen().len(), 2);
+    // Still arriving: the head has passed the limit without its end.
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    let endless = format!("GET {PATH} HTTP/1.1\r\nx-big: {}", "a".repeat(40_000));
+    stream.write_all(endless.as_bytes()).await.unwrap();
+    assert_refused(&mut stream, &mut Vec::new(), 431, "unfinished head").await;
+    let env = Env::start_with("max_header_bytes = \"256KiB\"", "", Arc::new(SystemClock)).await;
+    let long = format!("{PATH}?q={}", "a".repeat(70_000));
+    let (mut stream, mut buf) = after_one_get(env.gateway.addr, &get("GET", &long, "")).await;
+    assert_refused(&mut stream, &mut buf, 414, "long target").await;
+    assert_eq!(env.backend.seen().len(), 1);
 }
 
 /// A client that stops reading a long response is cut off after `idle_timeout`
@@ -393,4 +454,30 @@ async fn several_workers_share_the_listener_and_drain_together() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(worker_threads(), before, "the worker threads ended");
+}
+
+/// A backend whose response body breaks before the gateway has written a byte of the
+/// response (a chunk size that is no number, arriving with the head) gets the client
+/// the gateway's 502, not a closed connection without a status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_breaks_before_anything_was_sent_is_answered_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while read_head(&mut stream).await {
+                    let broken = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n";
+                    if stream.write_all(broken.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let cfg = config_text(backend, "", "");
+    let gw = stackgate::server::start(stackgate::config::from_str(&cfg).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(get("GET", "/v3/assets/blt1", "").as_bytes()).await.unwrap();
+    assert_refused(&mut stream, &mut Vec::new(), 502, "broken chunk size").await;
 }

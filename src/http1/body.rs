@@ -18,6 +18,9 @@ const MAX_TRAILER_FIELDS: usize = 128;
 pub(crate) enum WriteError {
     /// The body being forwarded failed (its sender broke off).
     Source,
+    /// The body failed before anything was written: what `out` held is still there,
+    /// unsent, and the caller may answer otherwise.
+    Unstarted,
     /// The connection failed.
     Io,
 }
@@ -37,9 +40,11 @@ where
     B: hyper::body::Body<Data = Bytes> + Unpin,
 {
     let mut sent: u64 = 0;
+    let mut started = false;
     while !body.is_end_stream() {
         let Some(frame) = body.frame().await else { break };
-        let Ok(data) = frame.map_err(|_| WriteError::Source)?.into_data() else { continue };
+        let failed = if started { WriteError::Source } else { WriteError::Unstarted };
+        let Ok(data) = frame.map_err(|_| failed)?.into_data() else { continue };
         if data.is_empty() {
             continue;
         }
@@ -50,6 +55,7 @@ where
         if out.len() + data.len() <= COALESCE {
             out.extend_from_slice(&data);
         } else {
+            started = true;
             io.write_all(out).await.map_err(|_| WriteError::Io)?;
             out.clear();
             io.write_all(&data).await.map_err(|_| WriteError::Io)?;
@@ -58,6 +64,7 @@ where
             out.extend_from_slice(b"\r\n");
         }
         if !body.is_end_stream() && !out.is_empty() {
+            started = true;
             io.write_all(out).await.map_err(|_| WriteError::Io)?;
             out.clear();
         }

@@ -234,7 +234,7 @@ impl Conn {
                 write_head(&mut self.write, head, length.map_or(Sending::Chunked, Sending::Length));
                 match write_body(&mut self.io, &mut self.write, stream, length.is_none()).await {
                     Ok(_) => Ok(()),
-                    Err(WriteError::Source) => Err(SendError::Body),
+                    Err(WriteError::Source | WriteError::Unstarted) => Err(SendError::Body),
                     Err(WriteError::Io) => Err(SendError::Protocol),
                 }
             }

@@ -4,9 +4,11 @@
 //! keep-alive connection. For those, this loop reads and parses the head (`httparse`,
 //! as hyper does), calls the service, and writes the response itself: no dispatcher,
 //! no per-request timer or buffer hand-offs. Anything else (a body, `Expect`,
-//! `Upgrade`, `CONNECT`, HTTP/1.0, HTTP/2, a head that does not parse or is too large)
-//! hands the connection, with the bytes already read, to hyper for the rest of its
-//! life, so every framing and error case keeps hyper's behaviour.
+//! `Upgrade`, `CONNECT`, HTTP/1.0, HTTP/2) hands the connection, with the bytes
+//! already read, to hyper for the rest of its life, so body framing keeps hyper's
+//! behaviour. A head no HTTP/1.1 server takes (bad syntax, framing hyper refuses,
+//! too large) is answered here through the service's `refuse`, with the gateway's
+//! error body, and the connection closes.
 
 use super::client::Fields;
 use super::common::{connection_options, date, put_field, put_length, put_status, ConnectionOptions};
@@ -23,9 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Header fields taken in one head; more goes to hyper (which answers 431).
+/// Header fields taken in one head; more is answered 431.
 const MAX_HEADERS: usize = 100;
-/// Request targets longer than this go to hyper (which answers 414).
+/// Request targets longer than this are answered 414.
 const MAX_URI: usize = 65_534;
 
 /// How the loop ended.
@@ -43,8 +45,43 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
-/// A head this loop does not take: hyper gets the connection.
-pub struct ForHyper;
+/// Why the loop did not take a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotTaken {
+    /// A request this loop leaves to hyper (a body, an upgrade, HTTP/1.0, the HTTP/2
+    /// preface): hyper gets the connection.
+    ForHyper,
+    /// A head no HTTP/1.1 server takes: the loop answers it (through the service's
+    /// `refuse`, so with the gateway's error body) and closes, as hyper would.
+    Bad(BadHead),
+}
+
+/// What the loop asks the service to answer itself; the connection closes after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A head the loop refused.
+    Head(BadHead),
+    /// The response's body failed before a byte of the response was written (an
+    /// upstream's broken chunk coding, say): the client is answered instead of being
+    /// left with a closed connection and no status.
+    BrokenBody,
+}
+
+/// A refused head, as the answer names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadHead {
+    /// Not HTTP/1.1 syntax (request line, a field name or value, line endings): 400.
+    Malformed,
+    /// Larger than `max_header_bytes`, or more than [`MAX_HEADERS`] fields: 431.
+    TooLarge,
+    /// A request target longer than [`MAX_URI`]: 414.
+    UriTooLong,
+}
+
+use NotTaken::{Bad, ForHyper};
+
+/// The first line of the HTTP/2 connection preface (RFC 9113, 3.4), which hyper takes.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A complete head: the request, and whether the client asked to close afterwards.
 type Head = (Request<()>, bool);
@@ -106,10 +143,12 @@ pub trait CarriesFields: hyper::body::Body<Data = Bytes> + Unpin {
 }
 
 /// Serves requests until the connection ends or a request needs hyper. `service`
-/// answers each request with its response and the fields to add to it.
-pub async fn serve<I, S, Fut, B, A>(
+/// answers each request with its response and the fields to add to it; `refuse`
+/// answers what the loop refuses ([`Refusal`]), after which the connection closes.
+pub async fn serve<I, S, Fut, B, A, R>(
     io: &mut I,
     mut service: S,
+    mut refuse: R,
     limits: &Limits,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Outcome
@@ -119,6 +158,7 @@ where
     Fut: Future<Output = (Response<B>, A)>,
     B: CarriesFields,
     A: AddedFields,
+    R: FnMut(Refusal) -> (Response<B>, A),
 {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(1024);
@@ -133,11 +173,19 @@ where
         let deadline = Instant::now() + limits.header_read_timeout;
         let (req, close) = loop {
             if !buf.is_empty() {
-                match parse(&mut buf, &mut fields, limits.max_header_bytes) {
+                let bad = match parse(&mut buf, &mut fields, limits.max_header_bytes) {
                     Ok(Some(head)) => break head,
                     Err(ForHyper) => return Outcome::Handover(buf),
-                    Ok(None) if buf.len() > limits.max_header_bytes => return Outcome::Handover(buf),
-                    Ok(None) => {}
+                    Err(Bad(bad)) => Some(bad),
+                    Ok(None) if buf.len() > limits.max_header_bytes => Some(BadHead::TooLarge),
+                    Ok(None) => None,
+                };
+                if let Some(bad) = bad {
+                    let (resp, added) = refuse(Refusal::Head(bad));
+                    if write_response(io, &mut out, resp, &added, false, true).await == Written::Whole {
+                        linger(io, &mut buf).await;
+                    }
+                    return Outcome::Closed;
                 }
             }
             buf.reserve(4096);
@@ -157,12 +205,44 @@ where
         let Some((resp, added)) = unless_hung_up(io, &mut buf, handled, limits.max_header_bytes).await else {
             return Outcome::Closed;
         };
-        let done = write_response(io, &mut out, resp, &added, head_only, close).await;
+        let done = match write_response(io, &mut out, resp, &added, head_only, close).await {
+            Written::Whole => true,
+            Written::Failed => false,
+            Written::Unstarted => {
+                let (resp, added) = refuse(Refusal::BrokenBody);
+                write_response(io, &mut out, resp, &added, head_only, true).await;
+                false
+            }
+        };
         if close || !done || *shutdown.borrow() {
             let _ = io.shutdown().await;
             return Outcome::Closed;
         }
     }
+}
+
+/// Ends the sending side after a refusal, then reads what the client still sends
+/// (within bounds) before the socket closes: closing with unread bytes makes the
+/// kernel reset the connection, and a reset can discard the answer before the client
+/// has read it (nginx's lingering close does the same).
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, buf: &mut BytesMut) {
+    const LINGER: Duration = Duration::from_secs(1);
+    const MAX_DRAINED: usize = 256 * 1024;
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut drained = 0;
+        while drained < MAX_DRAINED {
+            buf.clear();
+            buf.reserve(16 * 1024);
+            match io.read_buf(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Completes once shutdown has begun. `changed` is polled only until it has registered
@@ -224,17 +304,20 @@ pub fn parse(
     buf: &mut BytesMut,
     fields: &mut Vec<(HeaderName, usize, usize)>,
     max_head: usize,
-) -> Result<Option<Head>, ForHyper> {
+) -> Result<Option<Head>, NotTaken> {
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(ForHyper),
+        Err(e) => return Err(refused(buf, e)),
     };
     let (Some(1), Some(method), Some(path)) = (req.version, req.method, req.path) else { return Err(ForHyper) };
-    if len > max_head || path.len() > MAX_URI {
-        return Err(ForHyper);
+    if len > max_head {
+        return Err(Bad(BadHead::TooLarge));
+    }
+    if path.len() > MAX_URI {
+        return Err(Bad(BadHead::UriTooLong));
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Err(ForHyper) };
     if method == Method::CONNECT {
@@ -242,21 +325,21 @@ pub fn parse(
     }
     let base = buf.as_ptr() as usize;
     let path_at = path.as_ptr() as usize - base;
-    let (mut options, mut declared) = (ConnectionOptions::default(), false);
+    let (mut options, mut framing, mut hyper) = (ConnectionOptions::default(), Framing::default(), false);
     fields.clear();
     for h in req.headers.iter() {
         let Some(name) = header_name(h.name.as_bytes()) else { return Err(ForHyper) };
         match name {
-            // `Content-Length: 0` (once) declares no body, as many clients send it.
-            CONTENT_LENGTH if h.value == b"0" && !declared => declared = true,
-            // A body, or something only hyper handles.
-            CONTENT_LENGTH | TRANSFER_ENCODING | http::header::EXPECT | http::header::UPGRADE => return Err(ForHyper),
+            CONTENT_LENGTH => framing.length(h.value)?,
+            TRANSFER_ENCODING => framing.encoding(h.value),
+            // Only hyper handles these.
+            http::header::EXPECT | http::header::UPGRADE => hyper = true,
             CONNECTION => connection_options(h.value, &mut options, |_| {}),
             _ => {}
         }
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
-    if options.upgrade {
+    if framing.has_body()? || hyper || options.upgrade {
         return Err(ForHyper);
     }
     let path_len = path.len();
@@ -271,6 +354,81 @@ pub fn parse(
             *buf = whole;
             Err(ForHyper)
         }
+    }
+}
+
+/// A request's framing fields, read as hyper's server reads them (RFC 9112, 6.3), so
+/// that a framing hyper would refuse is refused here, with the gateway's error body,
+/// and one it takes goes to hyper.
+#[derive(Default)]
+struct Framing {
+    /// `Content-Length` fields before any `Transfer-Encoding` (hyper ignores later ones).
+    lengths: u32,
+    length: Option<u64>,
+    /// A `Content-Length` other than a bare `0` was sent.
+    other_than_zero: bool,
+    /// Whether `Transfer-Encoding` was sent, and whether its last field ends in `chunked`.
+    encoded: bool,
+    chunked: bool,
+}
+
+impl Framing {
+    /// One `Content-Length` field: a list of equal decimal lengths, equal to any
+    /// earlier field's.
+    fn length(&mut self, value: &[u8]) -> Result<(), NotTaken> {
+        if self.encoded {
+            return Ok(());
+        }
+        self.lengths += 1;
+        self.other_than_zero |= value != b"0";
+        for item in value.split(|&b| b == b',') {
+            let n = decimal(item.trim_ascii()).ok_or(Bad(BadHead::Malformed))?;
+            if self.length.is_some_and(|m| m != n) {
+                return Err(Bad(BadHead::Malformed));
+            }
+            self.length = Some(n);
+        }
+        Ok(())
+    }
+
+    /// One `Transfer-Encoding` field; chunked must be the last coding.
+    fn encoding(&mut self, value: &[u8]) {
+        self.encoded = true;
+        let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+        self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+    }
+
+    /// Whether the request may have a body (for hyper); only a single `Content-Length: 0`
+    /// declares none here, as many clients send it.
+    fn has_body(&self) -> Result<bool, NotTaken> {
+        match self.encoded {
+            true if !self.chunked => Err(Bad(BadHead::Malformed)),
+            true => Ok(true),
+            false => Ok(self.lengths > 1 || self.other_than_zero),
+        }
+    }
+}
+
+/// A decimal length: digits only, no sign, no overflow.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// What a head `httparse` refused gets: the HTTP/2 preface (or the start of it) goes
+/// to hyper, which serves HTTP/2 on the same port; anything else is refused here, as
+/// hyper's own HTTP/1 server (which parses with `httparse` too) would refuse it.
+fn refused(buf: &[u8], error: httparse::Error) -> NotTaken {
+    let n = buf.len().min(H2_PREFACE.len());
+    match error {
+        _ if buf[..n] == H2_PREFACE[..n] => ForHyper,
+        httparse::Error::TooManyHeaders => Bad(BadHead::TooLarge),
+        _ => Bad(BadHead::Malformed),
     }
 }
 
@@ -305,7 +463,18 @@ fn build(
     Some(request)
 }
 
-/// Writes a response; returns whether the connection can carry another request.
+/// How writing a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// All of it: the connection can carry another request.
+    Whole,
+    /// Partly, or the connection failed: it must close.
+    Failed,
+    /// Nothing: the body failed before the first write.
+    Unstarted,
+}
+
+/// Writes a response.
 async fn write_response<I, B, A>(
     io: &mut I,
     out: &mut Vec<u8>,
@@ -313,7 +482,7 @@ async fn write_response<I, B, A>(
     added: &A,
     head_only: bool,
     close: bool,
-) -> bool
+) -> Written
 where
     I: AsyncWrite + Unpin,
     B: CarriesFields,
@@ -343,17 +512,29 @@ where
                 }
             }
             out.extend_from_slice(b"\r\n");
-            io.write_all(out).await.is_ok()
+            match io.write_all(out).await {
+                Ok(()) => Written::Whole,
+                Err(_) => Written::Failed,
+            }
         }
         (false, Some(n)) => {
             put_length(out, n);
             out.extend_from_slice(b"\r\n");
-            super::body::write_body(io, out, &mut body, false).await.is_ok_and(|sent| sent == n)
+            written(super::body::write_body(io, out, &mut body, false).await, Some(n))
         }
         (false, None) => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            super::body::write_body(io, out, &mut body, true).await.is_ok()
+            written(super::body::write_body(io, out, &mut body, true).await, None)
         }
+    }
+}
+
+/// A body's write as a [`Written`]: whole only if it was as long as it said.
+fn written(result: Result<u64, super::body::WriteError>, length: Option<u64>) -> Written {
+    match result {
+        Ok(sent) if length.is_none_or(|n| n == sent) => Written::Whole,
+        Err(super::body::WriteError::Unstarted) => Written::Unstarted,
+        Ok(_) | Err(_) => Written::Failed,
     }
 }
 
@@ -458,5 +639,46 @@ mod tests {
         }
         assert_eq!(header_name(b"X-Custom").unwrap(), "x-custom");
         assert!(header_name(b"bad name").is_none());
+    }
+
+    fn outcome(head: &str) -> Result<bool, NotTaken> {
+        let mut buf = BytesMut::from(head.as_bytes());
+        parse(&mut buf, &mut Vec::new(), 64 * 1024).map(|h| h.is_some())
+    }
+
+    #[test]
+    fn the_http2_preface_goes_to_hyper_whole_or_in_part() {
+        let preface = std::str::from_utf8(H2_PREFACE).unwrap();
+        for n in [13, 16, preface.len()] {
+            assert_eq!(outcome(&preface[..n]), Err(ForHyper), "{:?}", &preface[..n]);
+        }
+        assert_eq!(outcome("GET / HTTP/2.0\r\n\r\n"), Err(Bad(BadHead::Malformed)));
+    }
+
+    #[test]
+    fn framing_is_refused_where_hyper_refuses_it_and_left_to_hyper_otherwise() {
+        let with = |fields: &str| outcome(&format!("POST /v3/x HTTP/1.1\r\nhost: a\r\n{fields}\r\n"));
+        assert_eq!(with("content-length: 0\r\n"), Ok(true));
+        for hyper in [
+            "content-length: 5\r\n",
+            "content-length: 2, 2\r\n",
+            "content-length: 0\r\ncontent-length: 0\r\n",
+            "transfer-encoding: gzip, chunked\r\n",
+            "transfer-encoding: chunked\r\ncontent-length: x\r\n",
+            "expect: 100-continue\r\n",
+        ] {
+            assert_eq!(with(hyper), Err(ForHyper), "{hyper:?}");
+        }
+        for bad in [
+            "content-length: 1, 2\r\n",
+            "content-length: -1\r\n",
+            "content-length: \r\n",
+            "content-length: 18446744073709551616\r\n",
+            "content-length: x\r\ntransfer-encoding: chunked\r\n",
+            "transfer-encoding: chunked, gzip\r\n",
+            "transfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n",
+        ] {
+            assert_eq!(with(bad), Err(Bad(BadHead::Malformed)), "{bad:?}");
+        }
     }
 }

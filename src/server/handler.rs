@@ -2,8 +2,8 @@
 //! body, counts it, and writes the one access-log event. No stage writes a response.
 
 use super::{client, cors, request_id, Gateway};
-use crate::error::{BadRequest, GatewayError};
-use crate::http1::server::{AddedFields, FieldValue};
+use crate::error::{BadRequest, GatewayError, UpstreamFailure};
+use crate::http1::server::{AddedFields, BadHead, FieldValue, Refusal};
 use crate::pipeline::{self, Decision, Facts, Principal, Route};
 use crate::proxy::ClientBody;
 use crate::proxy::{self, prepare_request_headers, Body, BodyState, Identity, Outbound, Streamed, UpstreamSlot};
@@ -193,6 +193,40 @@ pub async fn respond(
         latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     );
     (resp, GatewayFields { request_id, rate, cors })
+}
+
+/// What the HTTP/1.1 loop answers itself. A head it refused before any stage saw it
+/// (not HTTP/1.1 syntax, too large, a target too long) gets the gateway's error body
+/// and a request id, counted and logged like any refused request. A response whose
+/// body failed before a byte of it was sent (already counted and logged under its own
+/// status) is answered 502 and logged again, as a warning. The connection closes after.
+pub fn refuse(gw: &Gateway, conn: &ConnInfo, refusal: Refusal) -> (Response<Body>, GatewayFields) {
+    let error = match refusal {
+        Refusal::Head(BadHead::Malformed) => GatewayError::BadRequest(BadRequest::MalformedHead),
+        Refusal::Head(BadHead::TooLarge) => GatewayError::HeadTooLarge,
+        Refusal::Head(BadHead::UriTooLong) => GatewayError::UriTooLong,
+        Refusal::BrokenBody => GatewayError::BadGateway(UpstreamFailure::Protocol),
+    };
+    let request_id = request_id::ids().next();
+    let resp = error.clone().into_response().map(proxy::full);
+    if refusal == Refusal::BrokenBody {
+        tracing::warn!(
+            request_id = request_id.to_str().unwrap_or("-"),
+            client = %conn.peer.ip(),
+            "the backend's response body failed before any of it was sent; answered 502"
+        );
+        return (resp, GatewayFields { request_id, rate: None, cors: None });
+    }
+    gw.metrics.request(None, resp.status().as_u16(), Some(&error), std::time::Duration::ZERO);
+    tracing::info!(
+        target: "stackgate::access",
+        request_id = request_id.to_str().unwrap_or("-"),
+        client = %conn.peer.ip(),
+        status = resp.status().as_u16(),
+        reason = error.reason().name(),
+        detail = %error,
+    );
+    (resp, GatewayFields { request_id, rate: None, cors: None })
 }
 
 fn header_of(ip: std::net::IpAddr) -> HeaderValue {

@@ -1,7 +1,7 @@
 //! The main listener: a connection cap, optional TLS (ALPN h2 / http/1.1), HTTP/1.1 and
 //! HTTP/2 on the same port, header, idle and size limits, and graceful drain.
 
-use super::handler::{respond, ConnInfo};
+use super::handler::{refuse, respond, ConnInfo};
 use super::idle::IdleIo;
 use super::{handle, Gateway};
 use crate::http1::server as http1;
@@ -172,7 +172,8 @@ impl Connection {
         let service = |req: hyper::Request<()>| {
             respond(Arc::clone(gw), req.map(|()| crate::proxy::ClientBody::Empty), Arc::clone(conn))
         };
-        match http1::serve(&mut io, service, &h1_limits, &mut self.shutdown).await {
+        let refusal = |why| refuse(gw, conn, why);
+        match http1::serve(&mut io, service, refusal, &h1_limits, &mut self.shutdown).await {
             http1::Outcome::Closed => drop(watcher),
             http1::Outcome::Handover(read) => self.serve(http1::Prefixed::new(read, io), info, watcher).await,
         }
