@@ -59,6 +59,15 @@ impl Fields {
         self.has_date
     }
 
+    /// Notes which of the fields in `block` are `Date` or ones the caller replaces.
+    fn flag(&mut self, block: &[u8], replaced: fn(&[u8]) -> bool) {
+        for line in lines(block) {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            self.has_date |= name == b"date";
+            self.replaced |= replaced(name);
+        }
+    }
+
     /// Whether a field the caller replaces (request id, rate limits) is present.
     pub fn has_replaced(&self) -> bool {
         self.replaced
@@ -136,38 +145,47 @@ pub fn parse_head(
     // Names `Connection` lists beyond the usual ones: rare, so allocated only if present.
     let mut listed: Vec<&[u8]> = Vec::new();
     let mut options = ConnectionOptions::default();
-    for h in parsed.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
-            connection_options(h.value, &mut options, |name| listed.push(name));
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only `chunked`, once: the body is passed on de-chunked and re-framed, so any
-            // other coding (`gzip, chunked`, a close-delimited `gzip`) would reach the
-            // client without its label, as other bytes than the backend meant.
-            if head.chunked.is_some() || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(Malformed);
-            }
-            head.chunked = Some(true);
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            head.length = head.length.and_then(|found| merge_length(found, h.value));
-        }
-    }
-    head.close |= options.close;
+    // One pass: each name is copied in lower case, read if it frames or manages the
+    // connection, and kept unless it is hop-by-hop.
+    let base = block.len();
     block.reserve(len);
-    let fields = &mut head.fields;
     for h in parsed.headers.iter() {
         let start = block.len();
         block.extend_from_slice(h.name.as_bytes());
         block[start..].make_ascii_lowercase();
         let name = &block[start..];
-        if is_hop_by_hop(name) || is_framing(name) || listed.iter().any(|l| same_name(l, name)) {
+        match name {
+            b"connection" => connection_options(h.value, &mut options, |name| listed.push(name)),
+            b"transfer-encoding" => {
+                // Only `chunked`, once: the body is passed on de-chunked and re-framed, so
+                // any other coding (`gzip, chunked`, a close-delimited `gzip`) would reach
+                // the client without its label, as other bytes than the backend meant.
+                if head.chunked.is_some() || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    block.truncate(base);
+                    return Err(Malformed);
+                }
+                head.chunked = Some(true);
+            }
+            b"content-length" => head.length = head.length.and_then(|found| merge_length(found, h.value)),
+            _ => {}
+        }
+        if is_hop_by_hop(name) || is_framing(name) {
             block.truncate(start);
             continue;
         }
-        fields.has_date |= name == b"date";
-        fields.replaced |= replaced(name);
+        head.fields.has_date |= name == b"date";
+        head.fields.replaced |= replaced(name);
         block.extend_from_slice(b": ");
         block.extend_from_slice(h.value);
         block.extend_from_slice(b"\r\n");
+    }
+    head.close |= options.close;
+    let fields = &mut head.fields;
+    if !listed.is_empty() {
+        drop_listed(block, base, &listed);
+        fields.has_date = false;
+        fields.replaced = false;
+        fields.flag(&block[base..], replaced);
     }
     fields.block = block.split().freeze();
     // With `Transfer-Encoding` the length is not what frames the body (RFC 9112
@@ -176,6 +194,24 @@ pub fn parse_head(
     *head.resp.status_mut() = status;
     *head.resp.version_mut() = version;
     Ok(Some(head))
+}
+
+/// Removes from the block (from `base`) the fields `Connection` listed: they concern
+/// this hop only (RFC 9110, 7.6.1).
+fn drop_listed(block: &mut BytesMut, base: usize, listed: &[&[u8]]) {
+    let written = block.split_off(base);
+    for line in lines(&written) {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if !listed.iter().any(|l| same_name(l, name)) {
+            block.extend_from_slice(line);
+            block.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// The block's `name: value` lines, without their CRLF.
+fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    block.split(|&b| b == b'\n').filter_map(|line| line.strip_suffix(b"\r"))
 }
 
 /// Adds one `Content-Length` field (a list of values, all equal) to what earlier
