@@ -462,9 +462,22 @@ async fn redis_raw(url: &str, args: &[&str]) -> String {
     }
     let mut redis = TcpStream::connect(addr).await.unwrap();
     redis.write_all(command.as_bytes()).await.unwrap();
-    let mut reply = [0u8; 256];
-    let n = redis.read(&mut reply).await.unwrap();
-    String::from_utf8_lossy(&reply[..n]).into_owned()
+    // The reply is one line, or a bulk string (`$LEN`) whose bytes may come in pieces.
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = redis.read(&mut chunk).await.unwrap();
+        reply.extend_from_slice(&chunk[..n]);
+        if n == 0 {
+            return String::from_utf8_lossy(&reply).into_owned();
+        }
+        let text = String::from_utf8_lossy(&reply);
+        let Some((first, rest)) = text.split_once("\r\n") else { continue };
+        match first.strip_prefix('$').and_then(|len| len.parse::<usize>().ok()) {
+            Some(len) if rest.len() < len => continue,
+            _ => return text.into_owned(),
+        }
+    }
 }
 
 /// Holds Redis busy for `for_ms` with a script that spins on its clock (Redis runs one
@@ -600,6 +613,50 @@ async fn each_serving_thread_charges_through_its_own_redis_connection() {
     if threads >= 2 {
         assert!(gateway >= 3, "the start connection and a lane per thread that charged: {gateway}");
     }
+    drop(replica);
+    db.drop_now().await;
+}
+
+/// A lane whose connection alone is lost (`CLIENT KILL`, as an idle cut by something
+/// in between would do) opens another at once: with `fail_mode = "closed"`, at most
+/// the requests of the batch that met the dead connection are refused (one per lane
+/// here, the requests being sequential), not every request on every thread while
+/// Redis is reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lane_connection_is_replaced_without_taking_redis_out() {
+    let Some((pg, _)) = services("a_lost_lane_connection_is_replaced_without_taking_redis_out") else { return };
+    let db = Database::create(&pg, "lane_lost").await;
+    let backend = Backend::start().await;
+    let redis = RedisServer::start().await;
+    let replica =
+        start_replicas(backend.addr, &shared_config(&db.url, &redis.url(), &unique("k"), "closed", 1), 1).remove(0);
+    // Charges on every serving thread, so that each has its lane and connection.
+    let mut warm = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        warm.spawn(async move { status_with(replica.addr, "GET", API_KEY, RW).await });
+    }
+    assert!(warm.join_all().await.iter().all(|&s| s == 200));
+    // Every gateway connection but the oldest (the start connection): the lanes'.
+    let list = redis_raw(&redis.url(), &["CLIENT", "LIST"]).await;
+    let mut ids: Vec<u64> = list
+        .lines()
+        .filter(|l| !l.contains("cmd=client"))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")).and_then(|id| id.parse().ok()))
+        .collect();
+    ids.sort_unstable();
+    assert!(ids.len() >= 2, "the start connection and at least one lane: {list}");
+    for id in &ids[1..] {
+        redis_raw(&redis.url(), &["CLIENT", "KILL", "ID", &id.to_string()]).await;
+    }
+    let lanes = ids.len() - 1;
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(status_with(replica.addr, "GET", API_KEY, RW).await);
+    }
+    let refused = count(&statuses, 503);
+    assert!(refused <= lanes, "{refused} of 40 refused after killing {lanes} lane connections: {statuses:?}");
+    assert_eq!(count(&statuses, 200) + refused, 40, "{statuses:?}");
+    assert_eq!(metric(replica.admin, "stackgate_ratelimit_backend_up ").await, 1.0, "Redis stayed in the path");
     drop(replica);
     db.drop_now().await;
 }

@@ -321,28 +321,42 @@ impl RedisLimiter {
     }
 
     /// Sends one batch on `conn`: one script call (per organisation on a cluster), each
-    /// request answered with its three numbers, or `None` if the call failed (if the
-    /// connection failed, Redis is also taken out of the request path and reconnected).
-    async fn send_batch(self: &Arc<Self>, conn: Option<Conn>, mut batch: Vec<Pending>) {
+    /// request answered with its three numbers, or `None` if the call failed. Returns
+    /// `false` if the connection failed (the caller decides what that takes down).
+    async fn send_batch(&self, conn: Option<Conn>, mut batch: Vec<Pending>) -> bool {
         // Requests that gave up (timed out, client gone) are not charged.
         batch.retain(|pending| !pending.reply.is_closed());
         if batch.is_empty() {
-            return;
+            return true;
         }
         let Some(conn) = conn else {
             for pending in batch {
                 let _ = pending.reply.send(None);
             }
-            return;
+            return true;
         };
         let groups = match &conn {
             Conn::Node(_) => vec![batch],
             Conn::Cluster(_) => by_organisation(batch),
         };
         let calls = groups.into_iter().map(|group| self.call(&conn, group));
-        let lost = futures_util::future::join_all(calls).await.into_iter().any(|connected| !connected);
-        if lost {
-            self.reconnect();
+        futures_util::future::join_all(calls).await.into_iter().all(|connected| connected)
+    }
+
+    /// After a lane's connection failed: a new one for the lane, if Redis takes it at
+    /// once (the connection alone was lost: a `CLIENT KILL`, an idle cut by something
+    /// in between), and no other lane is disturbed; otherwise Redis leaves the request
+    /// path for every lane and is reconnected in the background.
+    async fn replace_lane_connection(self: &Arc<Self>, own: &mut Option<(u64, Conn)>) {
+        *own = None;
+        let generation = self.generation.load(Ordering::SeqCst);
+        let opened = tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), self.connect()).await;
+        match opened {
+            Ok(Ok(conn)) => {
+                tracing::info!("a lane's Redis connection failed; the lane opened another");
+                *own = Some((generation, conn));
+            }
+            _ => self.reconnect(),
         }
     }
 
@@ -455,7 +469,10 @@ async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<P
     while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let Some(limiter) = limiter.upgrade() else { return };
         let conn = limiter.lane_connection(&mut own).await;
-        limiter.send_batch(conn, std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH))).await;
+        let sent = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        if !limiter.send_batch(conn, sent).await {
+            limiter.replace_lane_connection(&mut own).await;
+        }
     }
 }
 
