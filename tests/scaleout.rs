@@ -654,6 +654,7 @@ async fn a_lost_lane_connection_is_replaced_without_taking_redis_out() {
         statuses.push(status_with(replica.addr, "GET", API_KEY, RW).await);
     }
     let refused = count(&statuses, 503);
+    eprintln!("{refused} of 40 refused after killing {lanes} lane connections");
     assert!(refused <= lanes, "{refused} of 40 refused after killing {lanes} lane connections: {statuses:?}");
     assert_eq!(count(&statuses, 200) + refused, 40, "{statuses:?}");
     assert_eq!(metric(replica.admin, "stackgate_ratelimit_backend_up ").await, 1.0, "Redis stayed in the path");
