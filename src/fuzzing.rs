@@ -105,7 +105,8 @@ const CANARY: &[u8] = b"GET /canary HTTP/1.1\r\nhost: canary\r\n\r\n";
 /// - `parse` never panics; when it declines (`ForHyper`, a refused head, or an incomplete
 ///   head) the buffer is exactly what it was, since those bytes are handed to hyper;
 /// - a head it refuses as malformed is one hyper's server refuses too (no request of
-///   hyper's at that place);
+///   hyper's at that place; a target with a raw `#`, which hyper takes without its
+///   fragment, is refused by the contract, not as malformed);
 /// - a head it accepts carries no body: `Content-Length` at most once and only `0`, no
 ///   `Transfer-Encoding`, `Expect`, `Upgrade` (nor `Connection: upgrade`), not `CONNECT`;
 /// - every request it accepts, in order, up to its first `ForHyper` (from there hyper has

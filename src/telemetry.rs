@@ -276,16 +276,28 @@ impl Metrics {
         if let Some(c) = self.decisions.get(reason.index()) {
             c.inc();
         }
-        let upstream = match error {
-            Some(GatewayError::BadGateway(UpstreamFailure::Connect)) => Some(0),
-            Some(GatewayError::BadGateway(UpstreamFailure::Protocol)) => Some(1),
-            Some(GatewayError::GatewayTimeout) => Some(2),
-            _ => None,
-        };
-        if let Some(c) = upstream.and_then(|i| self.upstream_errors.get(i)) {
-            c.inc();
+        match error {
+            Some(GatewayError::BadGateway(failure)) => self.upstream_failed(*failure),
+            Some(GatewayError::GatewayTimeout) => {
+                if let Some(c) = self.upstream_errors.get(2) {
+                    c.inc();
+                }
+            }
+            _ => {}
         }
         self.latency.observe(took);
+    }
+
+    /// Counts an upstream failure met after its request was recorded (a response body
+    /// that broke before any of it was sent).
+    pub fn upstream_failed(&self, failure: UpstreamFailure) {
+        let i = match failure {
+            UpstreamFailure::Connect => 0,
+            UpstreamFailure::Protocol => 1,
+        };
+        if let Some(c) = self.upstream_errors.get(i) {
+            c.inc();
+        }
     }
 
     /// Counts a decision made outside the main listener's requests (the console's

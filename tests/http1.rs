@@ -210,7 +210,7 @@ async fn assert_refused(stream: &mut TcpStream, buf: &mut Vec<u8>, status: u16, 
 /// Heads no HTTP/1.1 server takes (request line, field syntax, line endings, framing)
 /// get the gateway's 400 with its error body, on a fresh connection and after a
 /// request the loop took, and nothing reaches the backend.
-const MALFORMED: [&str; 12] = [
+const MALFORMED: [&str; 22] = [
     "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nbad header: x\r\n\r\n",
     "GET /v3/assets HTTP/1.1\r\nHost: gw\r\n: x\r\n\r\n",
     "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nx-nul: a\0b\r\n\r\n",
@@ -219,10 +219,20 @@ const MALFORMED: [&str; 12] = [
     "GET /v3/assets HTTP/3.0\r\nHost: gw\r\n\r\n",
     "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
     "POST /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 1, 2\r\n\r\nab",
+    "POST /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 2, 2\r\n\r\nab",
+    "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 0, 0\r\n\r\n",
     "POST /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: +5\r\n\r\nhello",
     "POST /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 99999999999999999999999\r\n\r\n",
+    "POST /v3/assets HTTP/1.1\r\nHost: gw\r\ncontent-length: 18446744073709551615\r\n\r\n",
+    "POST /v3/assets HTTP/1.1\r\nHost: gw\r\nexpect: 100-continue\r\ncontent-length: 2, 2\r\n\r\n",
     "GET /v3/assets HTTP/1.1\r\nHost: gw\r\ntransfer-encoding: gzip\r\n\r\n",
+    "POST /v3/assets HTTP/1.0\r\nHost: gw\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
     "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nx-folded: a\r\n b\r\n\r\n",
+    "GET /v3/assets?q=\"<> HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "GET /v3/assets/`x HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "GET http://[::1/v3/assets HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "GET /v3/content_types/blog#/../../stacks HTTP/1.1\r\nHost: gw\r\n\r\n",
+    "GET /v3/assets#x HTTP/1.1\r\nHost: gw\r\n\r\n",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,6 +249,21 @@ async fn malformed_heads_get_the_gateways_400() {
     // The HTTP/2 preface is no malformed head: h2c with prior knowledge still works.
     let (status, _) = h2c_get(env.gateway.addr).await;
     assert_eq!(status, 200);
+}
+
+/// The HTTP/2 preface starts a connection or nothing: arriving in part it is held to
+/// the head deadline like any head, and after an HTTP/1.1 request it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http2_preface_is_held_to_the_head_deadline_and_only_starts_a_connection() {
+    let env = Env::start_with("header_read_timeout = \"1s\"", "", Arc::new(SystemClock)).await;
+    for part in ["PRI * HTTP/2.0\r\n", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r"] {
+        let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+        stream.write_all(part.as_bytes()).await.unwrap();
+        assert!(closes_within(&mut stream, Duration::from_secs(3)).await, "{part:?} held past the deadline");
+    }
+    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    let (mut stream, mut buf) = after_one_get(env.gateway.addr, preface).await;
+    assert_refused(&mut stream, &mut buf, 400, "a preface after a request").await;
 }
 
 /// An HTTP/2 request with prior knowledge (h2c), answered through the same port.
@@ -458,20 +483,28 @@ async fn several_workers_share_the_listener_and_drain_together() {
 
 /// A backend whose response body breaks before the gateway has written a byte of the
 /// response (a chunk size that is no number, arriving with the head) gets the client
-/// the gateway's 502, not a closed connection without a status.
+/// the gateway's 502, not a closed connection without a status, under the request id
+/// the backend saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_breaks_before_anything_was_sent_is_answered_502() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap();
+    let (seen, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
             tokio::spawn(async move {
-                while read_head(&mut stream).await {
-                    let broken = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n";
-                    if stream.write_all(broken.as_bytes()).await.is_err() {
-                        return;
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
                     }
                 }
+                let _ = seen.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                let broken = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n";
+                let _ = stream.write_all(broken.as_bytes()).await;
             });
         }
     });
@@ -479,5 +512,15 @@ async fn a_body_that_breaks_before_anything_was_sent_is_answered_502() {
     let gw = stackgate::server::start(stackgate::config::from_str(&cfg).unwrap(), Arc::new(SystemClock)).await.unwrap();
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     stream.write_all(get("GET", "/v3/assets/blt1", "").as_bytes()).await.unwrap();
-    assert_refused(&mut stream, &mut Vec::new(), 502, "broken chunk size").await;
+    let mut buf = Vec::new();
+    let (head, _) = response(&mut stream, &mut buf, false).await.unwrap();
+    let id = |text: &str| {
+        text.to_ascii_lowercase().lines().find_map(|l| l.strip_prefix("x-request-id: ").map(str::to_owned))
+    };
+    let backend_saw = heads.recv().await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    assert_eq!(id(&head), id(&backend_saw), "one request id for the request, the backend and the answer");
+    let mut again = TcpStream::connect(gw.addr).await.unwrap();
+    again.write_all(get("GET", "/v3/assets/blt1", "").as_bytes()).await.unwrap();
+    assert_refused(&mut again, &mut Vec::new(), 502, "broken chunk size").await;
 }

@@ -48,9 +48,12 @@ pub struct Limits {
 /// Why the loop did not take a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotTaken {
-    /// A request this loop leaves to hyper (a body, an upgrade, HTTP/1.0, the HTTP/2
-    /// preface): hyper gets the connection.
+    /// A request this loop leaves to hyper (a body, an upgrade, HTTP/1.0): hyper gets
+    /// the connection.
     ForHyper,
+    /// The HTTP/2 connection preface, whole: hyper gets the connection if it starts
+    /// with it; later on a connection it is refused.
+    Http2,
     /// A head no HTTP/1.1 server takes: the loop answers it (through the service's
     /// `refuse`, so with the gateway's error body) and closes, as hyper would.
     Bad(BadHead),
@@ -76,9 +79,12 @@ pub enum BadHead {
     TooLarge,
     /// A request target longer than [`MAX_URI`]: 414.
     UriTooLong,
+    /// A target with a raw `#`: HTTP sends no fragment, and `http` (hyper too) would
+    /// drop it and all after it from the path the gateway authorises: 400.
+    Fragment,
 }
 
-use NotTaken::{Bad, ForHyper};
+use NotTaken::{Bad, ForHyper, Http2};
 
 /// The first line of the HTTP/2 connection preface (RFC 9113, 3.4), which hyper takes.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -144,7 +150,8 @@ pub trait CarriesFields: hyper::body::Body<Data = Bytes> + Unpin {
 
 /// Serves requests until the connection ends or a request needs hyper. `service`
 /// answers each request with its response and the fields to add to it; `refuse`
-/// answers what the loop refuses ([`Refusal`]), after which the connection closes.
+/// answers what the loop refuses ([`Refusal`]; with the failed response's added fields
+/// for [`Refusal::BrokenBody`]), after which the connection closes.
 pub async fn serve<I, S, Fut, B, A, R>(
     io: &mut I,
     mut service: S,
@@ -158,7 +165,7 @@ where
     Fut: Future<Output = (Response<B>, A)>,
     B: CarriesFields,
     A: AddedFields,
-    R: FnMut(Refusal) -> (Response<B>, A),
+    R: FnMut(Refusal, Option<&A>) -> (Response<B>, A),
 {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = Vec::with_capacity(1024);
@@ -169,6 +176,8 @@ where
     let mut stopping = shutdown.clone();
     let mut stop = std::pin::pin!(stopping.changed());
     let mut joined = false;
+    // Whether a request has been served: the HTTP/2 preface only starts a connection.
+    let mut served = false;
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
         let (req, close) = loop {
@@ -176,12 +185,14 @@ where
                 let bad = match parse(&mut buf, &mut fields, limits.max_header_bytes) {
                     Ok(Some(head)) => break head,
                     Err(ForHyper) => return Outcome::Handover(buf),
+                    Err(Http2) if !served => return Outcome::Handover(buf),
+                    Err(Http2) => Some(BadHead::Malformed),
                     Err(Bad(bad)) => Some(bad),
                     Ok(None) if buf.len() > limits.max_header_bytes => Some(BadHead::TooLarge),
                     Ok(None) => None,
                 };
                 if let Some(bad) = bad {
-                    let (resp, added) = refuse(Refusal::Head(bad));
+                    let (resp, added) = refuse(Refusal::Head(bad), None);
                     if write_response(io, &mut out, resp, &added, false, true).await == Written::Whole {
                         linger(io, &mut buf).await;
                     }
@@ -199,6 +210,7 @@ where
                 () = stopped(stop.as_mut(), &mut joined, shutdown), if buf.is_empty() => return Outcome::Closed,
             }
         };
+        served = true;
         let head_only = req.method() == Method::HEAD;
         // Pinned here and lent out: moving the (large) future again would cost a copy.
         let handled = std::pin::pin!(service(req));
@@ -209,7 +221,7 @@ where
             Written::Whole => true,
             Written::Failed => false,
             Written::Unstarted => {
-                let (resp, added) = refuse(Refusal::BrokenBody);
+                let (resp, added) = refuse(Refusal::BrokenBody, Some(&added));
                 write_response(io, &mut out, resp, &added, head_only, true).await;
                 false
             }
@@ -310,27 +322,29 @@ pub fn parse(
     let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(refused(buf, e)),
+        Err(e) => return refused(buf, e),
     };
-    let (Some(1), Some(method), Some(path)) = (req.version, req.method, req.path) else { return Err(ForHyper) };
+    let (Some(version), Some(method), Some(path)) = (req.version, req.method, req.path) else { return Err(ForHyper) };
     if len > max_head {
         return Err(Bad(BadHead::TooLarge));
     }
     if path.len() > MAX_URI {
         return Err(Bad(BadHead::UriTooLong));
     }
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Err(ForHyper) };
-    if method == Method::CONNECT {
-        return Err(ForHyper);
+    if path.contains('#') {
+        return Err(Bad(BadHead::Fragment));
     }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Err(ForHyper) };
     let base = buf.as_ptr() as usize;
     let path_at = path.as_ptr() as usize - base;
     let (mut options, mut framing, mut hyper) = (ConnectionOptions::default(), Framing::default(), false);
     fields.clear();
     for h in req.headers.iter() {
-        let Some(name) = header_name(h.name.as_bytes()) else { return Err(ForHyper) };
+        let name = header_name(h.name.as_bytes())?;
         match name {
             CONTENT_LENGTH => framing.length(h.value)?,
+            // HTTP/1.0 has no transfer codings: hyper refuses them.
+            TRANSFER_ENCODING if version == 0 => return Err(Bad(BadHead::Malformed)),
             TRANSFER_ENCODING => framing.encoding(h.value),
             // Only hyper handles these.
             http::header::EXPECT | http::header::UPGRADE => hyper = true,
@@ -339,7 +353,7 @@ pub fn parse(
         }
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
-    if framing.has_body()? || hyper || options.upgrade {
+    if framing.has_body()? || hyper || options.upgrade || version != 1 || method == Method::CONNECT {
         return Err(ForHyper);
     }
     let path_len = path.len();
@@ -347,12 +361,12 @@ pub fn parse(
     match build(&head, path_at..path_at + path_len, fields, method) {
         Some(request) => Ok(Some((request, options.close))),
         None => {
-            // `http` refused what `httparse` took (practically never): put the head
-            // back for hyper, which answers it.
+            // `http` refused what `httparse` took (a target with `"`, `<` or `{`, say),
+            // as hyper, which builds its requests with `http` too, would.
             let mut whole = BytesMut::from(&head[..]);
             whole.extend_from_slice(buf);
             *buf = whole;
-            Err(ForHyper)
+            Err(Bad(BadHead::Malformed))
         }
     }
 }
@@ -373,21 +387,19 @@ struct Framing {
 }
 
 impl Framing {
-    /// One `Content-Length` field: a list of equal decimal lengths, equal to any
-    /// earlier field's.
+    /// One `Content-Length` field: one decimal length (hyper's server takes no list),
+    /// equal to any earlier field's.
     fn length(&mut self, value: &[u8]) -> Result<(), NotTaken> {
         if self.encoded {
             return Ok(());
         }
         self.lengths += 1;
         self.other_than_zero |= value != b"0";
-        for item in value.split(|&b| b == b',') {
-            let n = decimal(item.trim_ascii()).ok_or(Bad(BadHead::Malformed))?;
-            if self.length.is_some_and(|m| m != n) {
-                return Err(Bad(BadHead::Malformed));
-            }
-            self.length = Some(n);
+        let n = decimal(value).filter(|&n| n <= MAX_BODY_LENGTH).ok_or(Bad(BadHead::Malformed))?;
+        if self.length.is_some_and(|m| m != n) {
+            return Err(Bad(BadHead::Malformed));
         }
+        self.length = Some(n);
         Ok(())
     }
 
@@ -409,6 +421,9 @@ impl Framing {
     }
 }
 
+/// The longest body hyper frames (two values above it mark chunked and close-delimited).
+const MAX_BODY_LENGTH: u64 = u64::MAX - 2;
+
 /// A decimal length: digits only, no sign, no overflow.
 fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
@@ -420,27 +435,33 @@ fn decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// What a head `httparse` refused gets: the HTTP/2 preface (or the start of it) goes
-/// to hyper, which serves HTTP/2 on the same port; anything else is refused here, as
-/// hyper's own HTTP/1 server (which parses with `httparse` too) would refuse it.
-fn refused(buf: &[u8], error: httparse::Error) -> NotTaken {
+/// What a head `httparse` refused gets. The HTTP/2 preface is read to its end here
+/// first, under the head's deadline (hyper would wait for the rest without one); any
+/// other head is refused here, as hyper's own HTTP/1 server (which parses with
+/// `httparse` too) would refuse it.
+fn refused(buf: &[u8], error: httparse::Error) -> Result<Option<Head>, NotTaken> {
     let n = buf.len().min(H2_PREFACE.len());
     match error {
-        _ if buf[..n] == H2_PREFACE[..n] => ForHyper,
-        httparse::Error::TooManyHeaders => Bad(BadHead::TooLarge),
-        _ => Bad(BadHead::Malformed),
+        _ if buf[..n] == H2_PREFACE[..n] && n < H2_PREFACE.len() => Ok(None),
+        _ if buf[..n] == H2_PREFACE[..n] => Err(Http2),
+        httparse::Error::TooManyHeaders => Err(Bad(BadHead::TooLarge)),
+        _ => Err(Bad(BadHead::Malformed)),
     }
 }
 
 /// The field's name. `http` copies every name it does not know into a new allocation;
 /// the credential names every management-token request carries are taken from
 /// constants instead (as sent, in lower case; other spellings take the general path).
-fn header_name(raw: &[u8]) -> Option<HeaderName> {
+/// A name `http` refuses after `httparse` took it is too long (64 KiB and over).
+fn header_name(raw: &[u8]) -> Result<HeaderName, NotTaken> {
     match raw {
-        b"api_key" => Some(HeaderName::from_static(API_KEY)),
-        b"branch" => Some(HeaderName::from_static(BRANCH)),
-        b"authtoken" => Some(HeaderName::from_static(AUTHTOKEN)),
-        _ => HeaderName::from_bytes(raw).ok(),
+        b"api_key" => Ok(HeaderName::from_static(API_KEY)),
+        b"branch" => Ok(HeaderName::from_static(BRANCH)),
+        b"authtoken" => Ok(HeaderName::from_static(AUTHTOKEN)),
+        _ => HeaderName::from_bytes(raw).map_err(|_| match raw.len() {
+            0..=0xFFFF => Bad(BadHead::Malformed),
+            _ => Bad(BadHead::TooLarge),
+        }),
     }
 }
 
@@ -637,8 +658,8 @@ mod tests {
             assert_eq!(fast, general);
             assert_eq!(fast.as_str(), raw);
         }
-        assert_eq!(header_name(b"X-Custom").unwrap(), "x-custom");
-        assert!(header_name(b"bad name").is_none());
+        assert_eq!(header_name(b"X-Custom").ok().unwrap(), "x-custom");
+        assert!(header_name(b"bad name").is_err());
     }
 
     fn outcome(head: &str) -> Result<bool, NotTaken> {
@@ -647,11 +668,12 @@ mod tests {
     }
 
     #[test]
-    fn the_http2_preface_goes_to_hyper_whole_or_in_part() {
+    fn the_http2_preface_is_read_whole_before_hyper_gets_it() {
         let preface = std::str::from_utf8(H2_PREFACE).unwrap();
-        for n in [13, 16, preface.len()] {
-            assert_eq!(outcome(&preface[..n]), Err(ForHyper), "{:?}", &preface[..n]);
+        for n in [13, 16, preface.len() - 1] {
+            assert_eq!(outcome(&preface[..n]), Ok(false), "{:?}: read on, under the deadline", &preface[..n]);
         }
+        assert_eq!(outcome(preface), Err(Http2));
         assert_eq!(outcome("GET / HTTP/2.0\r\n\r\n"), Err(Bad(BadHead::Malformed)));
     }
 
@@ -661,7 +683,7 @@ mod tests {
         assert_eq!(with("content-length: 0\r\n"), Ok(true));
         for hyper in [
             "content-length: 5\r\n",
-            "content-length: 2, 2\r\n",
+            "content-length: 2\r\ncontent-length: 2\r\n",
             "content-length: 0\r\ncontent-length: 0\r\n",
             "transfer-encoding: gzip, chunked\r\n",
             "transfer-encoding: chunked\r\ncontent-length: x\r\n",
@@ -671,6 +693,9 @@ mod tests {
         }
         for bad in [
             "content-length: 1, 2\r\n",
+            "content-length: 2, 2\r\n",
+            "content-length: 0, 0\r\n",
+            "content-length: 18446744073709551614\r\n",
             "content-length: -1\r\n",
             "content-length: \r\n",
             "content-length: 18446744073709551616\r\n",

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Either, Limited};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a request needs to know about its connection, computed once per connection.
 #[derive(Debug)]
@@ -198,26 +198,29 @@ pub async fn respond(
 /// What the HTTP/1.1 loop answers itself. A head it refused before any stage saw it
 /// (not HTTP/1.1 syntax, too large, a target too long) gets the gateway's error body
 /// and a request id, counted and logged like any refused request. A response whose
-/// body failed before a byte of it was sent (already counted and logged under its own
-/// status) is answered 502 and logged again, as a warning. The connection closes after.
-pub fn refuse(gw: &Gateway, conn: &ConnInfo, refusal: Refusal) -> (Response<Body>, GatewayFields) {
+/// body failed before a byte of it was sent is answered 502 under the request's own id
+/// (`failed`, the fields of the response that broke): its access line, written when
+/// the head arrived, said the backend's status, so a second line says 502, and the
+/// upstream error is counted. The connection closes after either.
+pub fn refuse(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    refusal: Refusal,
+    failed: Option<&GatewayFields>,
+) -> (Response<Body>, GatewayFields) {
     let error = match refusal {
         Refusal::Head(BadHead::Malformed) => GatewayError::BadRequest(BadRequest::MalformedHead),
         Refusal::Head(BadHead::TooLarge) => GatewayError::HeadTooLarge,
         Refusal::Head(BadHead::UriTooLong) => GatewayError::UriTooLong,
+        Refusal::Head(BadHead::Fragment) => GatewayError::BadRequest(BadRequest::AmbiguousPath),
         Refusal::BrokenBody => GatewayError::BadGateway(UpstreamFailure::Protocol),
     };
-    let request_id = request_id::ids().next();
+    let request_id = failed.map_or_else(|| request_id::ids().next(), |f| f.request_id.clone());
     let resp = error.clone().into_response().map(proxy::full);
-    if refusal == Refusal::BrokenBody {
-        tracing::warn!(
-            request_id = request_id.to_str().unwrap_or("-"),
-            client = %conn.peer.ip(),
-            "the backend's response body failed before any of it was sent; answered 502"
-        );
-        return (resp, GatewayFields { request_id, rate: None, cors: None });
+    match refusal {
+        Refusal::BrokenBody => gw.metrics.upstream_failed(UpstreamFailure::Protocol),
+        Refusal::Head(_) => gw.metrics.request(None, resp.status().as_u16(), Some(&error), Duration::ZERO),
     }
-    gw.metrics.request(None, resp.status().as_u16(), Some(&error), std::time::Duration::ZERO);
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),

@@ -172,7 +172,7 @@ impl Connection {
         let service = |req: hyper::Request<()>| {
             respond(Arc::clone(gw), req.map(|()| crate::proxy::ClientBody::Empty), Arc::clone(conn))
         };
-        let refusal = |why| refuse(gw, conn, why);
+        let refusal = |why, failed: Option<&_>| refuse(gw, conn, why, failed);
         match http1::serve(&mut io, service, refusal, &h1_limits, &mut self.shutdown).await {
             http1::Outcome::Closed => drop(watcher),
             http1::Outcome::Handover(read) => self.serve(http1::Prefixed::new(read, io), info, watcher).await,
