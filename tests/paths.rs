@@ -99,9 +99,21 @@ const CANONICAL: &[(&str, &str)] = &[
     ("/v3/content_types/blog/entries/a%2db", "/v3/content_types/blog/entries/a-b"),
     ("/v3/content_types/blog/entries/a%3fb", "/v3/content_types/blog/entries/a%3Fb"),
     ("/v3/content_types/blog/entries/a%20b?x=%2F", "/v3/content_types/blog/entries/a%20b?x=%2F"),
-    ("/v3/content_types/blog#/../../stacks/settings", "/v3/content_types/blog"),
     ("http://gw.test:80/v3/locales", "/v3/locales"),
 ];
+
+/// A raw `#` in an HTTP/1.1 target is 400 (the contract: HTTP sends no fragment), and
+/// nothing reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_fragment_in_the_target_is_400() {
+    let env = Env::start().await;
+    for target in ["/v3/content_types/blog#/../../stacks/settings", "/v3/content_types/blog#x", "/v3/assets?q=1#f"] {
+        let (status, text) = raw(env.gateway.addr, &raw_get(target)).await;
+        assert_eq!(status, 400, "{target}: {text}");
+        assert!(text.contains("\"error_code\":400"), "{target}: {text}");
+    }
+    assert!(env.backend.seen().is_empty());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_sees_exactly_the_canonical_target() {
