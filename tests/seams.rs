@@ -835,7 +835,8 @@ async fn all_branches_tokens_still_send_one_plain_branch_name() {
 }
 
 /// Found by the third outside attack: what every reader must agree on before anything
-/// is read. HTTP/1.1 without `Host` or with two, and a `Transfer-Encoding` other than
+/// is read. HTTP/1.1 without `Host`, with two or with one that is no `host[:port]`, an
+/// absolute-form target in another scheme than http(s), and a `Transfer-Encoding` other than
 /// `chunked` alone (its coding would be forwarded without its label), are 400 on the
 /// gateway's own loop and on hyper's, and nothing is forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -845,6 +846,10 @@ async fn host_once_and_chunked_alone_or_nothing_is_forwarded() {
     let cases = [
         format!("GET /v3/content_types HTTP/1.1\r\n{creds}Connection: close\r\n\r\n"),
         format!("GET /v3/content_types HTTP/1.1\r\nHost: a\r\nHost: b\r\n{creds}Connection: close\r\n\r\n"),
+        format!("GET /v3/content_types HTTP/1.1\r\nHost: a b\r\n{creds}Connection: close\r\n\r\n"),
+        format!("GET /v3/content_types HTTP/1.1\r\nHost: u@gw\r\n{creds}Connection: close\r\n\r\n"),
+        format!("GET /v3/content_types HTTP/1.1\r\nHost: gw:x\r\n{creds}Connection: close\r\n\r\n"),
+        format!("GET ftp://gw/v3/content_types HTTP/1.1\r\nHost: gw\r\n{creds}Connection: close\r\n\r\n"),
         format!("POST /v3/content_types HTTP/1.1\r\n{creds}Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"),
         format!("POST /v3/content_types HTTP/1.1\r\nHost: gw\r\n{creds}Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"),
         format!("POST /v3/content_types HTTP/1.1\r\nHost: gw\r\n{creds}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"),

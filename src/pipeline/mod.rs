@@ -63,15 +63,16 @@ fn check_method(method: &Method) -> Result<(), GatewayError> {
 
 /// The message fields every reader must agree on before anything else is read:
 /// `Host` once (HTTP/1.1 requires it, RFC 9112 section 3.2; two would leave the backend
-/// to pick one), and a `Transfer-Encoding` that is exactly `chunked`. The body reaches
+/// to pick one) and a valid one (host and port, no user info; empty is allowed), and a `Transfer-Encoding` that is exactly `chunked`. The body reaches
 /// the gateway de-chunked; another coding (`gzip, chunked`) would be forwarded without
 /// its label and read by the backend as something else than what was sent.
 fn check_message(parts: &Parts) -> Result<(), GatewayError> {
-    let hosts = parts.headers.get_all(HOST).iter().count();
+    let hosts = parts.headers.get_all(HOST);
+    let count = hosts.iter().count();
     let host_ok = match parts.version {
-        Version::HTTP_11 => hosts == 1,
-        _ => hosts <= 1,
-    };
+        Version::HTTP_11 => count == 1,
+        _ => count <= 1,
+    } && hosts.iter().all(|host| is_authority(host.as_bytes()));
     let mut codings = parts.headers.get_all(TRANSFER_ENCODING).iter();
     let coding_ok = match (codings.next(), codings.next()) {
         (None, _) => true,
@@ -83,6 +84,19 @@ fn check_message(parts: &Parts) -> Result<(), GatewayError> {
     } else {
         Err(GatewayError::BadRequest(BadRequest::InvalidHeader))
     }
+}
+
+/// A `Host` value a server may take (RFC 9112, 3.2): empty, or `host[:port]` with no
+/// user info and a decimal port (`http` takes `user@host` and `host:x` as authorities).
+fn is_authority(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    // The port follows the last `:` after an IPv6 literal's `]`, if any.
+    let after_host = &value[value.iter().rposition(|&b| b == b']').map_or(0, |i| i + 1)..];
+    let port_ok =
+        after_host.iter().position(|&b| b == b':').is_none_or(|i| after_host[i + 1..].iter().all(u8::is_ascii_digit));
+    port_ok && !value.contains(&b'@') && http::uri::Authority::try_from(value).is_ok()
 }
 
 /// Runs normalize, classify, authenticate and authorize at Unix time `now`.
@@ -118,4 +132,19 @@ pub fn decide<'a>(
     }
     // The backend is the authority for users: nothing to check here.
     Ok(Decision { target, op, route: Route::Proxy { principal } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_authority;
+
+    #[test]
+    fn host_values_are_a_host_and_an_optional_decimal_port() {
+        for good in ["", "gw", "gw:8080", "gw:", "127.0.0.1:80", "[::1]", "[::1]:8080", "a-b.example"] {
+            assert!(is_authority(good.as_bytes()), "{good:?}");
+        }
+        for bad in ["a b", "u@gw", "gw:x", "gw:80:90", "[::1]:x", "gw/x", "gw?x"] {
+            assert!(!is_authority(bad.as_bytes()), "{bad:?}");
+        }
+    }
 }

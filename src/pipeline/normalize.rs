@@ -32,6 +32,10 @@ pub fn normalize<'a>(
     _version: Version,
     own_authorities: &[Authority],
 ) -> Result<Target<'a>, GatewayError> {
+    // An absolute-form target names `http` or `https`, nothing else (RFC 9112, 3.2.2).
+    if uri.scheme().is_some_and(|s| *s != http::uri::Scheme::HTTP && *s != http::uri::Scheme::HTTPS) {
+        return Err(GatewayError::BadRequest(BadRequest::ForeignAuthority));
+    }
     if let Some(authority) = uri.authority() {
         if !is_own(authority, own_authorities) {
             return Err(GatewayError::BadRequest(BadRequest::ForeignAuthority));
