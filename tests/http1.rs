@@ -252,7 +252,8 @@ async fn malformed_heads_get_the_gateways_400() {
 }
 
 /// The HTTP/2 preface starts a connection or nothing: arriving in part it is held to
-/// the head deadline like any head, and after an HTTP/1.1 request it is refused.
+/// the head deadline like any head, a whole one must be followed by a request within
+/// it, and after an HTTP/1.1 request the preface is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http2_preface_is_held_to_the_head_deadline_and_only_starts_a_connection() {
     let env = Env::start_with("header_read_timeout = \"1s\"", "", Arc::new(SystemClock)).await;
@@ -262,6 +263,14 @@ async fn the_http2_preface_is_held_to_the_head_deadline_and_only_starts_a_connec
         assert!(closes_within(&mut stream, Duration::from_secs(3)).await, "{part:?} held past the deadline");
     }
     let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    // The whole preface and SETTINGS, then no request: closed at the head deadline too
+    // (the server's own SETTINGS and its acknowledgement come first).
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    stream.write_all(preface.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut chunk = [0u8; 1024];
+    while let Ok(Ok(1..)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {}
+    assert!(started.elapsed() < Duration::from_secs(4), "an HTTP/2 connection without a request held open");
     let (mut stream, mut buf) = after_one_get(env.gateway.addr, preface).await;
     assert_refused(&mut stream, &mut buf, 400, "a preface after a request").await;
 }

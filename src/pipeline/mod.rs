@@ -92,11 +92,25 @@ fn is_authority(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
     }
-    // The port follows the last `:` after an IPv6 literal's `]`, if any.
-    let after_host = &value[value.iter().rposition(|&b| b == b']').map_or(0, |i| i + 1)..];
-    let port_ok =
-        after_host.iter().position(|&b| b == b':').is_none_or(|i| after_host[i + 1..].iter().all(u8::is_ascii_digit));
+    // An IPv6 literal's `]` may only be followed by the port; the port is empty or a
+    // number that fits 16 bits.
+    let (after_host, literal) = match value.iter().rposition(|&b| b == b']') {
+        Some(i) => (&value[i + 1..], true),
+        None => (value, false),
+    };
+    let port = match after_host.iter().position(|&b| b == b':') {
+        Some(i) if !literal || i == 0 => Some(&after_host[i + 1..]),
+        Some(_) => return false,
+        None if literal && !after_host.is_empty() => return false,
+        None => None,
+    };
+    let port_ok = port.is_none_or(|p| p.is_empty() || (p.iter().all(u8::is_ascii_digit) && port_fits(p)));
     port_ok && !value.contains(&b'@') && http::uri::Authority::try_from(value).is_ok()
+}
+
+/// Whether decimal digits make a port number (at most 65535).
+fn port_fits(digits: &[u8]) -> bool {
+    std::str::from_utf8(digits).is_ok_and(|p| p.parse::<u16>().is_ok())
 }
 
 /// Runs normalize, classify, authenticate and authorize at Unix time `now`.
@@ -140,10 +154,23 @@ mod tests {
 
     #[test]
     fn host_values_are_a_host_and_an_optional_decimal_port() {
-        for good in ["", "gw", "gw:8080", "gw:", "127.0.0.1:80", "[::1]", "[::1]:8080", "a-b.example"] {
+        for good in
+            ["", "gw", "gw:8080", "gw:", "gw:65535", "127.0.0.1:80", "[::1]", "[::1]:", "[::1]:8080", "a-b.example"]
+        {
             assert!(is_authority(good.as_bytes()), "{good:?}");
         }
-        for bad in ["a b", "u@gw", "gw:x", "gw:80:90", "[::1]:x", "gw/x", "gw?x"] {
+        for bad in [
+            "a b",
+            "u@gw",
+            "gw:x",
+            "gw:80:90",
+            "[::1]:x",
+            "[::1]x",
+            "gw:65536",
+            "gw:99999999999999999999",
+            "gw/x",
+            "gw?x",
+        ] {
             assert!(!is_authority(bad.as_bytes()), "{bad:?}");
         }
     }

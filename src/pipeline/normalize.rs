@@ -76,6 +76,13 @@ const fn byte_classes() -> [u8; 256] {
     t[b'\\' as usize] = FORBIDDEN;
     t[b';' as usize] = FORBIDDEN;
     t[b'#' as usize] = FORBIDDEN;
+    // Never raw in a path (RFC 3986, 3.3): `http` lets some through, backends differ.
+    let mut i = 0;
+    let never: &[u8] = b"\"<>`{}|^[]";
+    while i < never.len() {
+        t[never[i] as usize] = FORBIDDEN;
+        i += 1;
+    }
     t
 }
 
@@ -216,6 +223,15 @@ mod tests {
 
     fn canon(p: &str) -> Result<String, GatewayError> {
         canonical_path(p).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn characters_never_raw_in_a_path_are_refused() {
+        for c in ['"', '<', '>', '`', '{', '}', '|', '^', '[', ']', '\\', ';', '#'] {
+            let path = format!("/v3/content_types/a{c}b");
+            assert!(canonical_path(&path).is_err(), "{path:?}");
+        }
+        assert!(canonical_path("/v3/content_types/a%22b").is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -184,16 +185,35 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Connection { gw, builder, peer, permit, .. } = self;
+        let first_request_within = gw.snapshot().config.server.limits.header_read_timeout;
+        let asked = Arc::new(AtomicBool::new(false));
+        let asking = Arc::clone(&asked);
         // Boxed: hyper spawns each HTTP/2 stream's future as a task, and the task is
         // moved several times on its way into the runtime (and written once more when
         // it ends). A pointer moves for nothing; the whole request future, kilobytes
         // of state for every stage it may await, would be copied each time.
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            asking.store(true, Ordering::Relaxed);
             Box::pin(handle(Arc::clone(&gw), req.map(crate::proxy::ClientBody::Hyper), Arc::clone(&info)))
         });
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
-            tracing::debug!(error = %e, peer = %peer, "connection closed with error");
+        let served = watcher.watch(conn.into_owned());
+        // hyper bounds the wait for an HTTP/1 head itself, not for an HTTP/2 connection's
+        // first request: without this, a client that sends the preface (or SETTINGS,
+        // or PINGs) and no request would hold the connection to the idle timeout.
+        let unasked = async {
+            tokio::time::sleep(first_request_within).await;
+            if asked.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = served => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, peer = %peer, "connection closed with error");
+                }
+            }
+            () = unasked => tracing::debug!(peer = %peer, "no request within header_read_timeout; closed"),
         }
         drop(permit);
     }
