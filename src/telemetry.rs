@@ -152,6 +152,14 @@ pub struct Metrics {
     pub ratelimit_round_trips: Counter,
 }
 
+/// A failure's index in `upstream_errors` (see `UPSTREAM_KINDS`; 2 is a timeout).
+fn upstream_kind(failure: UpstreamFailure) -> usize {
+    match failure {
+        UpstreamFailure::Connect => 0,
+        UpstreamFailure::Protocol => 1,
+    }
+}
+
 impl Metrics {
     /// The rate-limit backend's metrics, sharing these series.
     pub fn ratelimit_backend(&self) -> crate::ratelimit::BackendMetrics {
@@ -276,14 +284,13 @@ impl Metrics {
         if let Some(c) = self.decisions.get(reason.index()) {
             c.inc();
         }
-        match error {
-            Some(GatewayError::BadGateway(failure)) => self.upstream_failed(*failure),
-            Some(GatewayError::GatewayTimeout) => {
-                if let Some(c) = self.upstream_errors.get(2) {
-                    c.inc();
-                }
-            }
-            _ => {}
+        let upstream = match error {
+            Some(GatewayError::BadGateway(failure)) => Some(upstream_kind(*failure)),
+            Some(GatewayError::GatewayTimeout) => Some(2),
+            _ => None,
+        };
+        if let Some(c) = upstream.and_then(|i| self.upstream_errors.get(i)) {
+            c.inc();
         }
         self.latency.observe(took);
     }
@@ -291,11 +298,7 @@ impl Metrics {
     /// Counts an upstream failure met after its request was recorded (a response body
     /// that broke before any of it was sent).
     pub fn upstream_failed(&self, failure: UpstreamFailure) {
-        let i = match failure {
-            UpstreamFailure::Connect => 0,
-            UpstreamFailure::Protocol => 1,
-        };
-        if let Some(c) = self.upstream_errors.get(i) {
+        if let Some(c) = self.upstream_errors.get(upstream_kind(failure)) {
             c.inc();
         }
     }

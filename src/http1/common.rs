@@ -7,6 +7,17 @@ use http::StatusCode;
 /// A message body up to this size leaves in the same write as its head.
 pub(crate) const COALESCE: usize = 16 * 1024;
 
+/// A decimal length as HTTP/1 writes it: digits only (no sign, no space), no overflow.
+pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
 /// Appends one `name: value` line. Names and values come from `http` or `httparse`,
 /// which refuse every byte that could end a line, so nothing here can split a head.
 pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

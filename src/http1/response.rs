@@ -3,7 +3,7 @@
 //! copy (see [`Fields`]).
 
 use super::body::Chunk;
-use super::common::{connection_options, ConnectionOptions};
+use super::common::{connection_options, decimal, ConnectionOptions};
 use crate::field_names::{is_framing, is_hop_by_hop, same_name};
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -218,10 +218,7 @@ fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// fields said; `None` if it is not a number or disagrees.
 fn merge_length(mut found: Option<u64>, value: &[u8]) -> Option<Option<u64>> {
     for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        let n = decimal(part)?;
         if found.is_some_and(|f| f != n) {
             return None;
         }

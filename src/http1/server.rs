@@ -11,7 +11,7 @@
 //! error body, and the connection closes.
 
 use super::client::Fields;
-use super::common::{connection_options, date, put_field, put_length, put_status, ConnectionOptions};
+use super::common::{connection_options, date, decimal, put_field, put_length, put_status, ConnectionOptions};
 use crate::field_names::{API_KEY, AUTHTOKEN, BRANCH};
 use crate::timer;
 use bytes::{Bytes, BytesMut};
@@ -423,17 +423,6 @@ impl Framing {
 
 /// The longest body hyper frames (two values above it mark chunked and close-delimited).
 const MAX_BODY_LENGTH: u64 = u64::MAX - 2;
-
-/// A decimal length: digits only, no sign, no overflow.
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit().then_some(())?;
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
 
 /// What a head `httparse` refused gets. The HTTP/2 preface is read to its end here
 /// first, under the head's deadline (hyper would wait for the rest without one); any

@@ -308,10 +308,9 @@ impl RedisLimiter {
         if let Some((_, conn)) = own.as_ref().filter(|(made, _)| *made == generation) {
             return Some(conn.clone());
         }
-        let opened = tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), self.connect()).await;
-        let conn = match opened {
-            Ok(Ok(conn)) => conn,
-            _ => {
+        let conn = match self.connect_within_timeout().await {
+            Some(conn) => conn,
+            None => {
                 tracing::debug!("a lane could not open its own Redis connection; it shares the first");
                 (*shared).clone()
             }
@@ -350,14 +349,20 @@ impl RedisLimiter {
     async fn replace_lane_connection(self: &Arc<Self>, own: &mut Option<(u64, Conn)>) {
         *own = None;
         let generation = self.generation.load(Ordering::SeqCst);
-        let opened = tokio::time::timeout(self.settings.timeout.max(Duration::from_millis(500)), self.connect()).await;
-        match opened {
-            Ok(Ok(conn)) => {
+        match self.connect_within_timeout().await {
+            Some(conn) => {
                 tracing::info!("a lane's Redis connection failed; the lane opened another");
                 *own = Some((generation, conn));
             }
-            _ => self.reconnect(),
+            None => self.reconnect(),
         }
+    }
+
+    /// A new connection for a lane, bounded as the first one is (`timeout`, at least
+    /// 500 ms): a lane waits for it with its charges queued.
+    async fn connect_within_timeout(&self) -> Option<Conn> {
+        let bound = self.settings.timeout.max(Duration::from_millis(500));
+        tokio::time::timeout(bound, self.connect()).await.ok()?.ok()
     }
 
     /// One script call for `group`, each request answered. `false` if the connection
