@@ -625,8 +625,11 @@
       b.addEventListener('click', () => closeDialog(b.getAttribute('data-close')));
     }
     for (const b of document.querySelectorAll('[data-copy]')) b.addEventListener('click', copy);
-    $('secret-done').addEventListener('click', () => closeDialog('secret-dialog'));
-    // However it closes (Done, Escape), the secret goes with it.
+    // However it closes (Done, Escape), the secret goes with it. The dialog's `close`
+    // event is queued as a task, so Done and Escape forget it at once, before the
+    // dialog reports itself closed; the close event covers any other way it closes.
+    $('secret-done').addEventListener('click', () => { forgetSecret(); $('secret-dialog').close(); });
+    $('secret-dialog').addEventListener('cancel', forgetSecret);
     $('secret-dialog').addEventListener('close', () => { forgetSecret(); restoreFocus(); });
     $('token-dialog').addEventListener('cancel', () => setTimeout(restoreFocus, 0));
     $('confirm-cancel').addEventListener('click', () => { confirmAction = null; closeDialog('confirm-dialog'); });
