@@ -41,16 +41,25 @@ use tokio::sync::{mpsc, oneshot};
 /// requests with the same buckets (under load, mostly one token's): ARGV is the number of
 /// runs, then per run the number of its buckets, how many requests it holds and, per
 /// bucket, its emission interval and its tolerance (interval x burst) in microseconds;
-/// KEYS: each run's bucket keys in order. Each request of a run is charged in turn, in
-/// arrival order, exactly as if it had come alone; a run only saves sending (and Redis
-/// parsing) the same keys again. Returns three numbers per request, all in one string
-/// (`1,2,99,0,1,5000`: one bulk reply to parse, not three integers per request):
-/// `1, i, remaining` with the bucket closest to empty, `0, i, wait_us` with the bucket
-/// that refused, or `-1, i, 0` if bucket `i`'s key cannot be read (it holds another
-/// type): that request alone is left to the fail mode and charges nothing, so one
-/// organisation's broken key never decides another's requests in the same batch. A key's
-/// time is read once per batch and written once at its end, with what the batch's last
-/// charge left.
+/// KEYS: each run's bucket keys in order (at least one: the organisation's).
+///
+/// The answer is exactly what charging each request of a run in turn, in arrival order,
+/// would give, computed once per run rather than once per request. Every request of a
+/// run is charged at the same instant with the same buckets, so with `n[i]` the charges
+/// bucket `i` still admits now, the run's first `min(times, min n)` requests are admitted
+/// and the rest refused; once one is refused nothing has changed, so all after it are
+/// refused the same way. An admitted request's remaining count is `min n` less its place
+/// in the run; a refused one names the first bucket that has no charge left after the
+/// admitted ones, and how long until it has.
+///
+/// Returns six numbers per run, all in one string (one bulk reply to parse):
+/// `admitted, i, n` (how many of the run's requests were admitted; the bucket closest to
+/// empty and its `n`) then `ok, i, value` for every request after them: `0, i, wait_us`
+/// with the bucket that refused, or `-1, i, 0` if bucket `i`'s key cannot be read (it
+/// holds another type): the run is then left to the fail mode and charges nothing, so
+/// one organisation's broken key never decides another's requests in the same batch. A
+/// key's time is read once per batch and written once at its end, with what the batch's
+/// last charge left. [`per_request`] turns the six numbers back into each request's own.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -60,48 +69,44 @@ local key, arg = 0, 2
 for r = 1, tonumber(ARGV[1]) do
   local count, times = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
   arg = arg + 2
-  local names, intervals, tolerances = {}, {}, {}
+  local bases, n = {}, {}
+  local least, broken = 1, 0
   for i = 1, count do
-    names[i] = KEYS[key + i]
-    intervals[i] = tonumber(ARGV[arg + 2 * i - 2])
-    tolerances[i] = tonumber(ARGV[arg + 2 * i - 1])
-  end
-  local tats = {}
-  for _ = 1, times do
-    local ok, at, value = 1, 1, -1
-    for i = 1, count do
-      local name, interval, tolerance = names[i], intervals[i], tolerances[i]
-      local tat = tat_of[name]
-      if tat == nil then
-        local stored = redis.pcall('GET', name)
-        if type(stored) == 'table' and stored.err then
-          ok, at, value = -1, i, 0
-          break
-        end
-        tat = tonumber(stored) or now
-      end
-      if tat < now then tat = now end
-      local new_tat = tat + interval
-      local allow_at = new_tat - tolerance
-      if now < allow_at then
-        ok, at, value = 0, i, allow_at - now
+    local name = KEYS[key + i]
+    local tat = tat_of[name]
+    if tat == nil then
+      local stored = redis.pcall('GET', name)
+      if type(stored) == 'table' and stored.err then
+        broken = i
         break
       end
-      tats[i] = new_tat
-      local remaining = math.floor((tolerance - (new_tat - now)) / interval)
-      if value < 0 or remaining < value then
-        at, value = i, remaining
-      end
+      tat = tonumber(stored) or now
     end
-    if ok == 1 then
-      for i = 1, count do
-        local name = names[i]
-        if tat_of[name] == nil then changed[#changed + 1] = name end
-        tat_of[name] = tats[i]
-      end
-    end
-    out[#out + 1] = string.format('%d,%d,%d', ok, at, value)
+    if tat < now then tat = now end
+    bases[i] = tat
+    n[i] = math.floor((tonumber(ARGV[arg + 2 * i - 1]) - (tat - now)) / tonumber(ARGV[arg + 2 * i - 2]))
+    if n[i] < n[least] then least = i end
   end
+  local admitted = 0
+  if broken == 0 then admitted = math.max(0, math.min(times, n[least])) end
+  local ok, at, value = -1, broken, 0
+  if admitted < times then
+    for i = 1, #n do
+      if n[i] <= admitted then
+        local interval, tolerance = tonumber(ARGV[arg + 2 * i - 2]), tonumber(ARGV[arg + 2 * i - 1])
+        ok, at, value = 0, i, bases[i] + (admitted + 1) * interval - tolerance - now
+        break
+      end
+    end
+  end
+  if admitted > 0 then
+    for i = 1, count do
+      local name = KEYS[key + i]
+      if tat_of[name] == nil then changed[#changed + 1] = name end
+      tat_of[name] = bases[i] + admitted * tonumber(ARGV[arg + 2 * i - 2])
+    end
+  end
+  out[#out + 1] = string.format('%d,%d,%d,%d,%d,%d', admitted, least, n[least] or 0, ok, at, value)
   key = key + count
   arg = arg + 2 * count
 end
@@ -370,6 +375,7 @@ impl RedisLimiter {
     /// fails only this call's requests (the fail mode decides them).
     async fn call(&self, conn: &Conn, group: Vec<Pending>) -> bool {
         let runs = runs(&group);
+        let sizes: Vec<usize> = runs.iter().map(|(_, times)| *times).collect();
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(runs.len());
         for (buckets, times) in runs {
@@ -386,7 +392,7 @@ impl RedisLimiter {
         };
         self.metrics.round_trips.inc();
         let (numbers, connected) = match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(reply)) => match parse_reply(&reply).filter(|v| v.len() == 3 * group.len()) {
+            Ok(Ok(reply)) => match parse_reply(&reply).and_then(|runs| per_request(&runs, &sizes)) {
                 Some(v) => (v, true),
                 None => {
                     tracing::error!("rate-limit script answered in an unexpected shape");
@@ -406,10 +412,9 @@ impl RedisLimiter {
                 (Vec::new(), false)
             }
         };
-        let mut numbers = numbers.chunks_exact(3);
+        let mut numbers = numbers.into_iter();
         for pending in group {
-            let mine = numbers.next().map(|n| [n[0], n[1], n[2]]);
-            let _ = pending.reply.send(mine);
+            let _ = pending.reply.send(numbers.next());
         }
         connected
     }
@@ -454,6 +459,28 @@ fn bucket_key(prefix: &str, org: &str, bucket: &str, token: Option<&str>) -> Str
 fn parse_reply(reply: &[u8]) -> Option<Vec<i64>> {
     let text = std::str::from_utf8(reply).ok()?;
     text.split(',').filter(|n| !n.is_empty()).map(|n| n.parse().ok()).collect()
+}
+
+/// Each request's three numbers (`ok, i, value`, as [`RedisLimiter::charge`] reads
+/// them) from the script's six per run of `sizes[r]` requests (see [`GCRA`]): the run's
+/// first `admitted` requests are admitted with one fewer remaining each, the rest get the
+/// run's refusal. `None` if the reply does not fit the runs.
+fn per_request(reply: &[i64], sizes: &[usize]) -> Option<Vec<[i64; 3]>> {
+    if reply.len() != 6 * sizes.len() {
+        return None;
+    }
+    let mut answers = Vec::with_capacity(sizes.iter().sum());
+    for (run, &size) in reply.chunks_exact(6).zip(sizes) {
+        let &[admitted, least, left, ok, at, value] = run else { return None };
+        let admitted = usize::try_from(admitted).ok().filter(|&a| a <= size)?;
+        let mut remaining = left;
+        for _ in 0..admitted {
+            remaining -= 1;
+            answers.push([1, least, remaining]);
+        }
+        answers.extend(std::iter::repeat_n([ok, at, value], size - admitted));
+    }
+    Some(answers)
 }
 
 /// Whether an error means the connection itself failed (reconnect), rather than Redis
@@ -595,6 +622,121 @@ mod tests {
     }
 
     #[test]
+    fn each_runs_six_numbers_become_its_requests_answers() {
+        // Run of 4: 2 admitted (bucket 2 closest to empty, 5 left before), then refused by
+        // bucket 1 for 300 µs. Run of 1: its key broken.
+        let answers = super::per_request(&[2, 2, 5, 0, 1, 300, 0, 1, 0, -1, 3, 0], &[4, 1]);
+        let expected = vec![[1, 2, 4], [1, 2, 3], [0, 1, 300], [0, 1, 300], [-1, 3, 0]];
+        assert_eq!(answers, Some(expected));
+        assert_eq!(super::per_request(&[1, 1, 1, -1, 0, 0], &[1]), Some(vec![[1, 1, 0]]));
+        // A reply that does not fit the runs fails the whole call (the fail mode decides).
+        assert_eq!(super::per_request(&[1, 1, 1, -1, 0, 0], &[1, 1]), None, "a run missing");
+        assert_eq!(super::per_request(&[3, 1, 9, -1, 0, 0], &[2]), None, "more admitted than sent");
+        assert_eq!(super::per_request(&[-1, 1, 9, 0, 1, 5], &[2]), None, "a negative count");
+    }
+
+    /// The script charges a run in closed form; this checks it against charging each
+    /// request in turn (the script as it was before, kept here as the reference) on a
+    /// real Redis, over random batches: the same answers for every request and the same
+    /// times left in every key. Both see one fixed clock (their `TIME` replaced), and
+    /// start from the same keys: absent, in the past, in the future, or of another type.
+    #[tokio::test]
+    async fn a_run_charged_at_once_answers_as_charging_each_request_in_turn() {
+        let Ok(url) = std::env::var("STACKGATE_TEST_REDIS_URL") else {
+            eprintln!("SKIPPED: set STACKGATE_TEST_REDIS_URL (bash .ci/run does)");
+            return;
+        };
+        let client = redis::Client::open(url).expect("redis url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+        const NOW: i64 = 1_700_000_000_000_000;
+        // One clock for both, and keys that outlive the comparison (the script's own
+        // expiry follows its clock, milliseconds after it for a nearly empty bucket).
+        let fixed = |script: &str| {
+            let (time, expiry) = ("redis.call('TIME')", "'PX', math.ceil((tat - now) / 1000) + 1");
+            assert!(script.contains(time) && script.contains(expiry));
+            script.replace(time, "{'1700000000', '0'}").replace(expiry, "'PX', 60000")
+        };
+        let (reference, closed_form) =
+            (redis::Script::new(&fixed(ONE_BY_ONE)), redis::Script::new(&fixed(super::GCRA)));
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % below
+        };
+        let prefix = format!("sgtest:{}:{}", std::process::id(), NOW);
+        let intervals = [1u64, 3, 1_000, 200_000, 333_334];
+        for case in 0..400 {
+            let names: Vec<String> = (0..4).map(|k| format!("k{k}")).collect();
+            let mut start = Vec::new();
+            for _ in &names {
+                start.push(match next(10) {
+                    0..=2 => None,
+                    3..=5 => Some(Some(NOW - next(3_000_000) as i64)),
+                    6..=8 => Some(Some(NOW + next(2_000_000) as i64)),
+                    _ => Some(None),
+                });
+            }
+            let mut batch = Vec::new();
+            for _ in 0..1 + next(4) {
+                let mut keys = names.clone();
+                let mut buckets = Vec::new();
+                for _ in 0..1 + next(3) {
+                    let name = keys.remove(next(keys.len() as u64) as usize);
+                    let interval = intervals[next(intervals.len() as u64) as usize];
+                    buckets.push((name, interval, interval * (1 + next(6))));
+                }
+                batch.push((buckets, 1 + next(10) as usize));
+            }
+            let mut answers = Vec::new();
+            let mut left = Vec::new();
+            for (side, script) in [("one", &reference), ("run", &closed_form)] {
+                let key = |name: &str| format!("{prefix}:{case}:{side}:{name}");
+                for (name, state) in names.iter().zip(&start) {
+                    let _: () = redis::cmd("DEL").arg(key(name)).query_async(&mut conn).await.unwrap();
+                    match state {
+                        Some(Some(tat)) => {
+                            let _: () = redis::cmd("SET").arg(key(name)).arg(tat).query_async(&mut conn).await.unwrap();
+                        }
+                        Some(None) => {
+                            let _: () =
+                                redis::cmd("RPUSH").arg(key(name)).arg("x").query_async(&mut conn).await.unwrap();
+                        }
+                        None => {}
+                    }
+                }
+                let mut invocation = script.prepare_invoke();
+                invocation.arg(batch.len());
+                for (buckets, times) in &batch {
+                    invocation.arg(buckets.len()).arg(*times);
+                    for (name, interval, tolerance) in buckets {
+                        invocation.key(key(name)).arg(*interval).arg(*tolerance);
+                    }
+                }
+                let reply: Vec<u8> = invocation.invoke_async(&mut conn).await.unwrap();
+                let numbers = super::parse_reply(&reply).expect("numbers");
+                answers.push(if side == "one" {
+                    Some(numbers.chunks_exact(3).map(|n| [n[0], n[1], n[2]]).collect::<Vec<_>>())
+                } else {
+                    super::per_request(&numbers, &batch.iter().map(|(_, times)| *times).collect::<Vec<_>>())
+                });
+                let mut times = Vec::new();
+                for name in &names {
+                    let stored: redis::Value =
+                        redis::cmd("GET").arg(key(name)).query_async(&mut conn).await.unwrap_or(redis::Value::Nil);
+                    times.push(format!("{stored:?}"));
+                    let _: () = redis::cmd("DEL").arg(key(name)).query_async(&mut conn).await.unwrap();
+                }
+                left.push(times);
+            }
+            assert!(answers[0].is_some(), "case {case}");
+            assert_eq!(answers[0], answers[1], "case {case}: {batch:?} from {start:?}");
+            assert_eq!(left[0], left[1], "case {case}: {batch:?} from {start:?}");
+        }
+    }
+
+    #[test]
     fn bucket_keys_are_hash_tagged_by_organisation() {
         assert_eq!(super::bucket_key("sg", "org_a", "org-read", None), "sg:{org_a}:org-read");
         assert_eq!(super::bucket_key("sg", "org_a", "token-read", Some("blt1")), "sg:{org_a}:token-read:blt1");
@@ -624,4 +766,66 @@ mod tests {
         }
         assert_ne!(slot("stackgate:{org_a}:org-read"), slot("stackgate:{org_b}:org-read"), "organisations spread");
     }
+
+    /// The script before runs were charged in closed form: each request in turn.
+    const ONE_BY_ONE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat_of, changed = {}, {}
+local out = {}
+local key, arg = 0, 2
+for r = 1, tonumber(ARGV[1]) do
+  local count, times = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1])
+  arg = arg + 2
+  local names, intervals, tolerances = {}, {}, {}
+  for i = 1, count do
+    names[i] = KEYS[key + i]
+    intervals[i] = tonumber(ARGV[arg + 2 * i - 2])
+    tolerances[i] = tonumber(ARGV[arg + 2 * i - 1])
+  end
+  local tats = {}
+  for _ = 1, times do
+    local ok, at, value = 1, 1, -1
+    for i = 1, count do
+      local name, interval, tolerance = names[i], intervals[i], tolerances[i]
+      local tat = tat_of[name]
+      if tat == nil then
+        local stored = redis.pcall('GET', name)
+        if type(stored) == 'table' and stored.err then
+          ok, at, value = -1, i, 0
+          break
+        end
+        tat = tonumber(stored) or now
+      end
+      if tat < now then tat = now end
+      local new_tat = tat + interval
+      local allow_at = new_tat - tolerance
+      if now < allow_at then
+        ok, at, value = 0, i, allow_at - now
+        break
+      end
+      tats[i] = new_tat
+      local remaining = math.floor((tolerance - (new_tat - now)) / interval)
+      if value < 0 or remaining < value then
+        at, value = i, remaining
+      end
+    end
+    if ok == 1 then
+      for i = 1, count do
+        local name = names[i]
+        if tat_of[name] == nil then changed[#changed + 1] = name end
+        tat_of[name] = tats[i]
+      end
+    end
+    out[#out + 1] = string.format('%d,%d,%d', ok, at, value)
+  end
+  key = key + count
+  arg = arg + 2 * count
+end
+for _, name in ipairs(changed) do
+  local tat = tat_of[name]
+  redis.call('SET', name, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+end
+return table.concat(out, ',')
+";
 }
