@@ -66,14 +66,27 @@ impl Clock for RateClock {
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, RateClock, StateInformationMiddleware>;
 
+/// Which figures a response reports: the whole bucket (charged in Redis, shared by
+/// every replica) or this replica's part of it (the local buckets that enforce it here,
+/// `rate / share`). The two differ only for a bucket split between replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Whole,
+    Part,
+}
+
 /// One GCRA bucket with the facts its headers need.
 #[derive(Debug)]
 pub struct Bucket {
     name: &'static str,
     rate: u32,
-    /// `rate` as a header value, built once (every response carries it).
-    limit_header: HeaderValue,
     burst: u32,
+    /// How many replicas split the bucket; the local limiter holds this one's part.
+    share: u32,
+    /// The per-second limit each scope reports, as header values built once (every
+    /// response carries one): the whole `rate`, and the part's, rounded down (a client
+    /// pacing itself by it is never refused by this replica).
+    limit_headers: [HeaderValue; 2],
     limiter: Gcra,
     clock: RateClock,
 }
@@ -95,8 +108,9 @@ impl Bucket {
         let quota = Quota::with_period(period).unwrap_or(Quota::per_second(rate_nz)).allow_burst(burst_part);
         let limiter =
             RateLimiter::direct_with_clock(quota, clock.clone()).with_middleware::<StateInformationMiddleware>();
-        let limit_header = HeaderValue::from(rate_nz.get());
-        Bucket { name, rate: rate_nz.get(), limit_header, burst: burst_nz.get(), limiter, clock: clock.clone() }
+        let rate = rate_nz.get();
+        let limit_headers = [HeaderValue::from(rate), HeaderValue::from((rate / share).max(1))];
+        Bucket { name, rate, burst: burst_nz.get(), share, limit_headers, limiter, clock: clock.clone() }
     }
 
     pub fn name(&self) -> &'static str {
@@ -119,15 +133,28 @@ impl Bucket {
         }
     }
 
-    /// Seconds until the bucket is full again, from `remaining` free cells.
-    fn reset_secs(&self, remaining: u32) -> u64 {
-        let missing = u64::from(self.burst.saturating_sub(remaining));
-        missing.div_ceil(u64::from(self.rate))
+    /// The per-second limit `scope` reports, as a number and as a header value.
+    fn limit(&self, scope: Scope) -> (u32, &HeaderValue) {
+        match scope {
+            Scope::Whole => (self.rate, &self.limit_headers[0]),
+            Scope::Part => ((self.rate / self.share).max(1), &self.limit_headers[1]),
+        }
     }
 
-    /// `"name";q=rate;w=1`, for the draft `RateLimit-Policy` field.
-    fn policy_item(&self) -> String {
-        format!("\"{}\";q={};w=1", self.name, self.rate)
+    /// Seconds until the bucket (whole or this replica's part) is full again, from
+    /// `remaining` free cells. A part refills one cell every `share / rate` seconds.
+    fn reset_secs(&self, remaining: u32, scope: Scope) -> u64 {
+        let (burst, share) = match scope {
+            Scope::Whole => (self.burst, 1),
+            Scope::Part => (self.burst.div_ceil(self.share), self.share),
+        };
+        let missing = u64::from(burst.saturating_sub(remaining));
+        (missing * u64::from(share)).div_ceil(u64::from(self.rate))
+    }
+
+    /// `"name";q=limit;w=1`, for the draft `RateLimit-Policy` field.
+    fn policy_item(&self, scope: Scope) -> String {
+        format!("\"{}\";q={};w=1", self.name, self.limit(scope).0)
     }
 }
 
@@ -147,14 +174,18 @@ pub struct Charge {
     /// The organisation's bulk bucket, for `/v3/bulk/...`.
     bulk: Option<Arc<Bucket>>,
     org: Arc<Bucket>,
-    policy: HeaderValue,
+    /// Per [`Scope`]: whole, part.
+    policies: [HeaderValue; 2],
 }
 
 impl Charge {
     pub fn new(own: Option<Arc<Bucket>>, bulk: Option<Arc<Bucket>>, org: Arc<Bucket>) -> Charge {
-        let mut charge = Charge { own, bulk, org, policy: HeaderValue::from_static("") };
-        let items: Vec<String> = charge.buckets().map(|b| b.policy_item()).collect();
-        charge.policy = HeaderValue::from_str(&items.join(", ")).unwrap_or(HeaderValue::from_static(""));
+        let empty = HeaderValue::from_static("");
+        let mut charge = Charge { own, bulk, org, policies: [empty.clone(), empty] };
+        charge.policies = [Scope::Whole, Scope::Part].map(|scope| {
+            let items: Vec<String> = charge.buckets().map(|b| b.policy_item(scope)).collect();
+            HeaderValue::from_str(&items.join(", ")).unwrap_or(HeaderValue::from_static(""))
+        });
         charge
     }
 
@@ -175,9 +206,12 @@ impl Charge {
         self.own.iter().map(|b| (&**b, true)).chain(self.bulk.iter().chain(Some(&self.org)).map(|b| (&**b, false)))
     }
 
-    /// The `RateLimit-Policy` value of this charge.
-    pub fn policy(&self) -> &HeaderValue {
-        &self.policy
+    /// The `RateLimit-Policy` value of this charge, for the figures `scope` reports.
+    pub fn policy(&self, scope: Scope) -> &HeaderValue {
+        match scope {
+            Scope::Whole => &self.policies[0],
+            Scope::Part => &self.policies[1],
+        }
     }
 }
 
@@ -248,34 +282,38 @@ pub fn charge_for<'a>(buckets: &'a TokenBuckets, op: &Operation) -> &'a Charge {
     }
 }
 
-/// The answer for a request that `bucket` refuses until `wait` has passed.
-fn refused(bucket: &Bucket, policy: &HeaderValue, wait: Duration) -> GatewayError {
+/// The answer for a request that `bucket` of `charge` refuses until `wait` has passed.
+fn refused(bucket: &Bucket, charge: &Charge, scope: Scope, wait: Duration) -> GatewayError {
     let retry_after = wait.as_nanos().div_ceil(1_000_000_000).max(1);
     let retry_after = u64::try_from(retry_after).unwrap_or(u64::MAX);
+    let (limit, limit_header) = bucket.limit(scope);
     let info = RateInfo {
         name: bucket.name,
-        limit: bucket.rate,
+        limit,
         remaining: 0,
         reset: retry_after,
-        policy: policy.clone(),
-        limit_header: bucket.limit_header.clone(),
+        policy: charge.policy(scope).clone(),
+        limit_header: limit_header.clone(),
     };
     GatewayError::RateLimited { retry_after, info: Box::new(info) }
 }
 
-/// The headers of an admitted request, from the bucket closest to empty.
-fn admitted(bucket: &Bucket, remaining: u32, policy: &HeaderValue) -> RateInfo {
+/// The headers of an admitted request, from the bucket of `charge` closest to empty.
+fn admitted(bucket: &Bucket, remaining: u32, charge: &Charge, scope: Scope) -> RateInfo {
+    let (limit, limit_header) = bucket.limit(scope);
     RateInfo {
         name: bucket.name,
-        limit: bucket.rate,
+        limit,
         remaining,
-        reset: bucket.reset_secs(remaining),
-        policy: policy.clone(),
-        limit_header: bucket.limit_header.clone(),
+        reset: bucket.reset_secs(remaining, scope),
+        policy: charge.policy(scope).clone(),
+        limit_header: limit_header.clone(),
     }
 }
 
-/// Charges a management-token request to this process's buckets, token first.
+/// Charges a management-token request to this process's buckets, token first. The
+/// headers report what these buckets enforce: this replica's part where a fail mode
+/// splits a bucket between replicas.
 pub fn check(buckets: &TokenBuckets, op: &Operation) -> Result<RateInfo, GatewayError> {
     let charge = charge_for(buckets, op);
     let mut closest: Option<(&Bucket, u32)> = None;
@@ -286,11 +324,11 @@ pub fn check(buckets: &TokenBuckets, op: &Operation) -> Result<RateInfo, Gateway
                     closest = Some((bucket, remaining));
                 }
             }
-            Err(wait) => return Err(refused(bucket, &charge.policy, wait)),
+            Err(wait) => return Err(refused(bucket, charge, Scope::Part, wait)),
         }
     }
     let (bucket, remaining) = closest.unwrap_or((&charge.org, 0));
-    Ok(admitted(bucket, remaining, &charge.policy))
+    Ok(admitted(bucket, remaining, charge, Scope::Part))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 //! client routes each script by its first key's slot, which is every key's slot (the
 //! organisation's hash tag), and follows a failover to the promoted replica.
 
-use super::{admitted, charge_for, check, refused, BackendMetrics, Payer, RateInfo};
+use super::{admitted, charge_for, check, refused, BackendMetrics, Payer, RateInfo, Scope};
 use crate::cma::Operation;
 use crate::config::{FailMode, RedisLimits};
 use crate::error::GatewayError;
@@ -288,9 +288,9 @@ impl RedisLimiter {
         };
         let value = u64::try_from(value).unwrap_or(0);
         if ok == 1 {
-            Ok(Some(admitted(bucket, u32::try_from(value).unwrap_or(u32::MAX), charge.policy())))
+            Ok(Some(admitted(bucket, u32::try_from(value).unwrap_or(u32::MAX), charge, Scope::Whole)))
         } else {
-            Err(refused(bucket, charge.policy(), Duration::from_micros(value)))
+            Err(refused(bucket, charge, Scope::Whole, Duration::from_micros(value)))
         }
     }
 

@@ -40,7 +40,36 @@ fn shared_bucket_takes_its_part() {
     assert_eq!(admitted(&b, 20), 1);
     clock.advance(Duration::from_secs(3));
     assert_eq!(admitted(&b, 20), 2, "never more than its part of the burst");
-    assert_eq!((b.rate(), b.burst()), (5, 5), "headers still show the whole bucket");
+    // Redis is charged the whole bucket, with the whole figures.
+    assert_eq!((b.rate(), b.burst()), (5, 5));
+    assert_eq!(b.limit(Scope::Whole).0, 5);
+    assert_eq!(b.reset_secs(0, Scope::Whole), 1, "5 cells at 5/s");
+}
+
+#[test]
+fn a_shared_buckets_headers_report_the_part_it_enforces() {
+    let clock = RateClock::fake();
+    let own = Arc::new(Bucket::shared("token-read", 5, 5, 3, &clock));
+    let org = Arc::new(Bucket::shared("org-read", 10, 10, 3, &clock));
+    let charge = Charge::new(Some(own), None, org);
+    let buckets =
+        TokenBuckets { read: charge.clone(), write: charge.clone(), bulk_read: charge.clone(), bulk_write: charge };
+    let op = Operation { module: crate::cma::Module::Entry, access: Access::Read, rule: Rule::Plain };
+    let first = check(&buckets, &op).unwrap();
+    // 5/3 per second, rounded down; a burst of 2 with one taken, back in 600 ms.
+    assert_eq!((first.name, first.limit, first.remaining, first.reset), ("token-read", 1, 1, 1));
+    assert_eq!(first.limit_header, "1");
+    assert_eq!(first.policy, "\"token-read\";q=1;w=1, \"org-read\";q=3;w=1");
+    assert!(check(&buckets, &op).is_ok());
+    let GatewayError::RateLimited { retry_after, info } = check(&buckets, &op).unwrap_err() else {
+        panic!("the part's burst is 2")
+    };
+    assert_eq!((retry_after, info.limit, info.remaining), (1, 1, 0));
+    assert_eq!(info.limit_header, "1");
+    // Six cells of the part take 3.6 s to refill: a reset of 4 s, not the whole's 2 s.
+    let refused_org = Bucket::shared("org-read", 10, 12, 2, &clock);
+    assert_eq!((refused_org.limit(Scope::Part).0, refused_org.reset_secs(0, Scope::Part)), (5, 2));
+    assert_eq!(Bucket::shared("t", 5, 18, 3, &clock).reset_secs(0, Scope::Part), 4);
 }
 
 #[test]
