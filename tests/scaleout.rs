@@ -801,6 +801,9 @@ struct Relay {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
+    /// While set, every connection (open or new) stays open and forwards nothing: the
+    /// server hangs, as behind a stalled link.
+    frozen: tokio::sync::watch::Sender<bool>,
 }
 
 impl Relay {
@@ -809,6 +812,7 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let (frozen, freezes) = tokio::sync::watch::channel(false);
         let up2 = Arc::clone(&up);
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
@@ -817,16 +821,31 @@ impl Relay {
                 }
                 let mut cuts = cuts.clone();
                 cuts.mark_unchanged(); // only cuts after this connection count
+                let mut freezes = freezes.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cuts.changed() => {}
+                    let froze = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        _ = cuts.changed() => false,
+                        frozen = freezes.wait_for(|frozen| *frozen) => frozen.is_ok(),
+                    };
+                    if froze {
+                        // Both sockets held open, nothing forwarded, until a cut.
+                        let _ = cuts.changed().await;
                     }
                 });
             }
         });
-        Relay { addr, up, cut }
+        Relay { addr, up, cut, frozen }
+    }
+
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    fn thaw(&self) {
+        self.frozen.send_replace(false);
+        self.cut.send_modify(|n| *n += 1);
     }
 
     fn down(&self) {
@@ -837,6 +856,48 @@ impl Relay {
     fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+}
+
+/// Redis that stops answering (its connections open, nothing coming back) costs each
+/// request at most twice `timeout` (200 ms here) before the fail mode decides it: the
+/// call out when it arrived, then its own. Nothing waits for a reconnect, and Redis
+/// takes over again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_holds_no_request_longer_than_twice_the_timeout() {
+    let Some((pg, _)) = services("a_hung_redis_holds_no_request_longer_than_twice_the_timeout") else { return };
+    let db = Database::create(&pg, "hung").await;
+    let backend = Backend::start().await;
+    let redis = RedisServer::start().await;
+    let relay = Relay::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let cfg = shared_config(&db.url, &format!("redis://{}", relay.addr), &unique("h"), "closed", 1);
+    let gateway = start_replicas(backend.addr, &cfg, 1).remove(0);
+    assert_limited(&burst(gateway.addr, 8).await, "Redis answering");
+
+    relay.freeze();
+    let bound = Duration::from_millis(2 * 200 + 300);
+    let timed = |addr| async move {
+        let started = Instant::now();
+        (status_with(addr, "GET", SMALL_API_KEY, RATED).await, started.elapsed())
+    };
+    // Concurrent requests (one call out, the rest waiting for the next), then one after
+    // another while the gateway finds Redis gone.
+    let mut answers = futures_util::future::join_all((0..24).map(|_| timed(gateway.addr))).await;
+    for _ in 0..12 {
+        answers.push(timed(gateway.addr).await);
+    }
+    eprintln!("hung Redis: {answers:?}");
+    assert!(answers.iter().all(|(status, _)| *status == 503), "closed refuses: {answers:?}");
+    let slowest = answers.iter().map(|(_, took)| *took).max().unwrap();
+    assert!(slowest < bound, "a request waited {slowest:?}");
+
+    relay.thaw();
+    let started = Instant::now();
+    while status_with(gateway.addr, "GET", SMALL_API_KEY, RATED).await == 503 {
+        assert!(started.elapsed() < Duration::from_secs(8), "Redis did not take over again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(gateway);
+    db.drop_now().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use http::header::HeaderValue;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The buckets' time source: `std::time::Instant` (monotonic on every core), or a
@@ -89,6 +89,8 @@ pub struct Bucket {
     limit_headers: [HeaderValue; 2],
     limiter: Gcra,
     clock: RateClock,
+    /// The bucket's key in Redis, made on its first charge there (see [`Bucket::redis_key`]).
+    redis_key: OnceLock<Box<str>>,
 }
 
 impl Bucket {
@@ -110,7 +112,8 @@ impl Bucket {
             RateLimiter::direct_with_clock(quota, clock.clone()).with_middleware::<StateInformationMiddleware>();
         let rate = rate_nz.get();
         let limit_headers = [HeaderValue::from(rate), HeaderValue::from((rate / share).max(1))];
-        Bucket { name, rate, burst: burst_nz.get(), share, limit_headers, limiter, clock: clock.clone() }
+        let burst = burst_nz.get();
+        Bucket { name, rate, burst, share, limit_headers, limiter, clock: clock.clone(), redis_key: OnceLock::new() }
     }
 
     pub fn name(&self) -> &'static str {
@@ -131,6 +134,13 @@ impl Bucket {
             Ok(state) => Ok(state.remaining_burst_capacity()),
             Err(not_until) => Err(not_until.wait_time_from(self.clock.now())),
         }
+    }
+
+    /// This bucket's key in Redis, made by `make` on the first call. A bucket belongs
+    /// to one organisation (or one token) and the key prefix is fixed at start, so the
+    /// key never changes; making it once keeps its allocation off the request path.
+    pub(crate) fn redis_key(&self, make: impl FnOnce() -> String) -> &str {
+        self.redis_key.get_or_init(|| make().into_boxed_str())
     }
 
     /// The per-second limit `scope` reports, as a number and as a header value.
@@ -193,7 +203,7 @@ impl Charge {
     /// already spent a cell of the earlier ones, so the token's own and the bulk bucket
     /// go before the organisation's read/write bucket.
     fn buckets(&self) -> impl Iterator<Item = &Bucket> {
-        self.parts().map(|(bucket, _)| bucket)
+        self.parts().map(|(bucket, _)| &**bucket)
     }
 
     pub fn own(&self) -> Option<&Arc<Bucket>> {
@@ -202,8 +212,8 @@ impl Charge {
 
     /// The buckets in charging order (see `buckets`), each with whether it is the
     /// token's own.
-    pub fn parts(&self) -> impl Iterator<Item = (&Bucket, bool)> {
-        self.own.iter().map(|b| (&**b, true)).chain(self.bulk.iter().chain(Some(&self.org)).map(|b| (&**b, false)))
+    pub fn parts(&self) -> impl Iterator<Item = (&Arc<Bucket>, bool)> {
+        self.own.iter().map(|b| (b, true)).chain(self.bulk.iter().chain(Some(&self.org)).map(|b| (b, false)))
     }
 
     /// The `RateLimit-Policy` value of this charge, for the figures `scope` reports.

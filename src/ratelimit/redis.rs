@@ -28,6 +28,7 @@ use crate::cma::Operation;
 use crate::config::{FailMode, RedisLimits};
 use crate::error::GatewayError;
 use arc_swap::ArcSwapOption;
+use futures_util::FutureExt;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
@@ -117,18 +118,18 @@ end
 return table.concat(out, ',')
 ";
 
-/// The most requests one script call charges; more wait for the next call.
-const MAX_BATCH: usize = 256;
-/// The most charges waiting for Redis; past that the fail mode decides at once.
-const MAX_WAITING: usize = 4 * MAX_BATCH;
+/// The most charges waiting for Redis on one lane; past that the fail mode decides at
+/// once. One script call takes every charge waiting, so a request waits for at most two
+/// calls: the one out when it arrives, then its own.
+const MAX_WAITING: usize = 1024;
 
-/// A bucket key with its emission interval and tolerance, in microseconds.
-type Bucket = (String, u64, u64);
+/// One request's buckets in charging order (one to three; see
+/// [`super::Charge::parts`]), each with its Redis key made.
+type Buckets = [Option<Arc<super::Bucket>>; 3];
 
 /// One request's charge on its way to Redis.
 struct Pending {
-    /// Bucket keys in charging order, each with its (interval, tolerance).
-    buckets: Vec<Bucket>,
+    buckets: Buckets,
     /// The script's three numbers for this request; `None`: Redis did not answer
     /// (the fail mode decides).
     reply: oneshot::Sender<Option<[i64; 3]>>,
@@ -256,14 +257,12 @@ impl RedisLimiter {
         }
         let charge = charge_for(payer.buckets, op);
         let org = payer.org_uid;
-        let buckets = charge
-            .parts()
-            .map(|(bucket, own)| {
-                let key = bucket_key(&self.settings.key_prefix, org, bucket.name(), own.then_some(payer.token_uid));
-                let interval = 1_000_000u64.div_ceil(u64::from(bucket.rate()));
-                (key, interval, interval * u64::from(bucket.burst()))
-            })
-            .collect();
+        let mut buckets: Buckets = Default::default();
+        for ((bucket, own), slot) in charge.parts().zip(&mut buckets) {
+            let token = own.then_some(payer.token_uid);
+            bucket.redis_key(|| bucket_key(&self.settings.key_prefix, org, bucket.name(), token));
+            *slot = Some(Arc::clone(bucket));
+        }
         let (reply, answer) = oneshot::channel();
         let pending = Pending { buckets, reply };
         // A full queue means Redis is not keeping up: the fail mode decides at once
@@ -271,11 +270,13 @@ impl RedisLimiter {
         if self.lane().try_send(pending).is_err() {
             return self.fail(payer, op);
         }
-        // The batch task bounds its call by `timeout`; a request may also wait for the
-        // call before its own, hence twice that here. A request that stops waiting is
-        // left out of any call not yet sent (its receiver is gone).
-        let [ok, index, value] = match tokio::time::timeout(self.settings.timeout * 2, answer).await {
-            Ok(Ok(Some(numbers))) => numbers,
+        // The lane bounds each call by `timeout` and never waits for anything else (a
+        // connection is opened beside it), so this waits at most twice that (the call
+        // out when the charge arrived, then its own) without a timer per request. A
+        // request that stops waiting is left out of any call not yet sent (its receiver
+        // is gone); an `Err` means the lane is gone.
+        let [ok, index, value] = match answer.await {
+            Ok(Some(numbers)) => numbers,
             _ => return self.fail(payer, op),
         };
         if ok == -1 {
@@ -305,30 +306,35 @@ impl RedisLimiter {
     }
 
     /// The connection a lane sends on: its own, opened on its thread once per
-    /// generation (a failure to open one falls back to the shared connection until the
-    /// next reconnect); `None` while Redis is out of the request path.
-    async fn lane_connection(&self, own: &mut Option<(u64, Conn)>) -> Option<Conn> {
+    /// generation, or the shared one while its own is being opened (in the background:
+    /// no batch waits for a connection) or could not be (until the next reconnect);
+    /// `None` while Redis is out of the request path.
+    fn lane_connection(self: &Arc<Self>, lane: &mut LaneConn) -> Option<Conn> {
         let shared = self.conn.load_full()?;
         let generation = self.generation.load(Ordering::SeqCst);
-        if let Some((_, conn)) = own.as_ref().filter(|(made, _)| *made == generation) {
+        if let Some(opening) = lane.opening.take_if(|opening| opening.handle.is_finished()) {
+            let opened = opening.handle.now_or_never().and_then(Result::ok).flatten();
+            if opening.generation == generation {
+                if opened.is_none() {
+                    tracing::debug!("a lane could not open its own Redis connection; it shares the first");
+                }
+                lane.own = Some((generation, opened.unwrap_or_else(|| (*shared).clone())));
+            }
+        }
+        if let Some((_, conn)) = lane.own.as_ref().filter(|(made, _)| *made == generation) {
             return Some(conn.clone());
         }
-        let conn = match self.connect_within_timeout().await {
-            Some(conn) => conn,
-            None => {
-                tracing::debug!("a lane could not open its own Redis connection; it shares the first");
-                (*shared).clone()
-            }
-        };
-        *own = Some((generation, conn.clone()));
-        Some(conn)
+        if lane.opening.is_none() {
+            lane.open(self, generation, false);
+        }
+        Some((*shared).clone())
     }
 
     /// Sends one batch on `conn`: one script call (per organisation on a cluster), each
     /// request answered with its three numbers, or `None` if the call failed. Returns
     /// `false` if the connection failed (the caller decides what that takes down).
     async fn send_batch(&self, conn: Option<Conn>, mut batch: Vec<Pending>) -> bool {
-        // Requests that gave up (timed out, client gone) are not charged.
+        // Requests that gave up (their client gone) are not charged.
         batch.retain(|pending| !pending.reply.is_closed());
         if batch.is_empty() {
             return true;
@@ -347,19 +353,17 @@ impl RedisLimiter {
         futures_util::future::join_all(calls).await.into_iter().all(|connected| connected)
     }
 
-    /// After a lane's connection failed: a new one for the lane, if Redis takes it at
-    /// once (the connection alone was lost: a `CLIENT KILL`, an idle cut by something
-    /// in between), and no other lane is disturbed; otherwise Redis leaves the request
-    /// path for every lane and is reconnected in the background.
-    async fn replace_lane_connection(self: &Arc<Self>, own: &mut Option<(u64, Conn)>) {
-        *own = None;
-        let generation = self.generation.load(Ordering::SeqCst);
-        match self.connect_within_timeout().await {
-            Some(conn) => {
-                tracing::info!("a lane's Redis connection failed; the lane opened another");
-                *own = Some((generation, conn));
-            }
-            None => self.reconnect(),
+    /// After a lane's connection failed: a new one for the lane, opened in the
+    /// background (its batches go on the shared connection meanwhile). If Redis takes
+    /// it, the connection alone was lost (a `CLIENT KILL`, an idle cut by something in
+    /// between) and no other lane is disturbed; if not, Redis leaves the request path for
+    /// every lane and is reconnected in the background.
+    fn replace_lane_connection(self: &Arc<Self>, lane: &mut LaneConn) {
+        lane.own = None;
+        // One already being opened (for a new generation) is taken when it is ready; if
+        // it could not be, the shared connection's next failure comes back here.
+        if lane.opening.is_none() {
+            lane.open(self, self.generation.load(Ordering::SeqCst), true);
         }
     }
 
@@ -379,9 +383,10 @@ impl RedisLimiter {
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(runs.len());
         for (buckets, times) in runs {
-            invocation.arg(buckets.len()).arg(times);
-            for (key, interval, tolerance) in buckets {
-                invocation.key(key.as_str()).arg(*interval).arg(*tolerance);
+            invocation.arg(buckets.iter().flatten().count()).arg(times);
+            for bucket in buckets.iter().flatten() {
+                let interval = 1_000_000u64.div_ceil(u64::from(bucket.rate()));
+                invocation.key(key_of(bucket)).arg(interval).arg(interval * u64::from(bucket.burst()));
             }
         }
         let call = async {
@@ -455,6 +460,11 @@ fn bucket_key(prefix: &str, org: &str, bucket: &str, token: Option<&str>) -> Str
     key
 }
 
+/// A bucket's key, made by [`RedisLimiter::charge`] before the bucket is queued.
+fn key_of(bucket: &super::Bucket) -> &str {
+    bucket.redis_key(String::new)
+}
+
 /// The script's reply, `n,n,n,...`, as numbers; `None` if any is not one.
 fn parse_reply(reply: &[u8]) -> Option<Vec<i64>> {
     let text = std::str::from_utf8(reply).ok()?;
@@ -493,32 +503,73 @@ fn connection_lost(e: &redis::RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
-/// A lane's batch task: takes every charge waiting (up to [`MAX_BATCH`]) and sends them
-/// in one call on the lane's connection, then the next. Ends with the limiter.
+/// A lane's connections: its own (with the generation it was opened for), and the one
+/// being opened for it in the background.
+#[derive(Default)]
+struct LaneConn {
+    own: Option<(u64, Conn)>,
+    opening: Option<Opening>,
+}
+
+struct Opening {
+    generation: u64,
+    handle: tokio::task::JoinHandle<Option<Conn>>,
+}
+
+impl LaneConn {
+    /// Starts opening a connection for this lane, on the lane's thread. One that
+    /// `replaces` a failed connection and cannot be opened takes Redis out of the
+    /// request path.
+    fn open(&mut self, limiter: &Arc<RedisLimiter>, generation: u64, replacing: bool) {
+        let limiter = Arc::clone(limiter);
+        let handle = tokio::spawn(async move {
+            let conn = limiter.connect_within_timeout().await;
+            match &conn {
+                Some(_) if replacing => tracing::info!("a lane's Redis connection failed; the lane opened another"),
+                None if replacing => limiter.reconnect(),
+                _ => {}
+            }
+            conn
+        });
+        self.opening = Some(Opening { generation, handle });
+    }
+}
+
+/// A lane's batch task: takes every charge waiting and sends them in one call on the
+/// lane's connection, then the next. Ends with the limiter.
 async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut own = None;
-    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut batch = Vec::with_capacity(64);
+    let mut lane = LaneConn::default();
+    while waiting.recv_many(&mut batch, MAX_WAITING).await > 0 {
         let Some(limiter) = limiter.upgrade() else { return };
-        let conn = limiter.lane_connection(&mut own).await;
-        let sent = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let conn = limiter.lane_connection(&mut lane);
+        let sent = std::mem::replace(&mut batch, Vec::with_capacity(64));
         if !limiter.send_batch(conn, sent).await {
-            limiter.replace_lane_connection(&mut own).await;
+            limiter.replace_lane_connection(&mut lane);
         }
     }
 }
 
 /// The batch as runs of consecutive requests with the same buckets: each run's buckets
 /// and how many requests it holds (the script's input, see [`GCRA`]).
-fn runs(group: &[Pending]) -> Vec<(&[Bucket], usize)> {
-    let mut runs: Vec<(&[Bucket], usize)> = Vec::new();
+/// Buckets are compared by identity: the same key with another rate is another bucket
+/// (a reload in between), and splitting a run never changes an answer.
+fn runs(group: &[Pending]) -> Vec<(&Buckets, usize)> {
+    let mut runs: Vec<(&Buckets, usize)> = Vec::new();
     for pending in group {
         match runs.last_mut() {
-            Some((buckets, times)) if *buckets == pending.buckets.as_slice() => *times += 1,
+            Some((buckets, times)) if same_buckets(buckets, &pending.buckets) => *times += 1,
             _ => runs.push((&pending.buckets, 1)),
         }
     }
     runs
+}
+
+fn same_buckets(a: &Buckets, b: &Buckets) -> bool {
+    a.iter().zip(b).all(|pair| match pair {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (a, b) => a.is_none() && b.is_none(),
+    })
 }
 
 /// A batch split by organisation, each part in arrival order (a cluster routes a call
@@ -537,7 +588,7 @@ fn by_organisation(batch: Vec<Pending>) -> Vec<Vec<Pending>> {
 /// What decides a request's cluster slot: its keys' `{org}` hash tag (every key of a
 /// request carries the same one).
 fn hash_tag(pending: &Pending) -> &str {
-    let key = pending.buckets.first().map_or("", |(key, ..)| key.as_str());
+    let key = pending.buckets.iter().flatten().next().map_or("", |bucket| key_of(bucket));
     let tag = key.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(tag, _)| tag);
     tag.filter(|tag| !tag.is_empty()).unwrap_or(key)
 }
@@ -599,21 +650,31 @@ mod tests {
 
     #[test]
     fn only_consecutive_requests_with_the_same_buckets_share_a_run() {
-        let pending = |keys: &[&str], interval: u64| super::Pending {
-            buckets: keys.iter().map(|k| (k.to_string(), interval, interval * 5)).collect(),
+        use crate::ratelimit::{Bucket, RateClock};
+        use std::sync::Arc;
+        let clock = RateClock::fake();
+        let bucket = |key: &str, rate: u32| {
+            let bucket = Arc::new(Bucket::new("b", rate, 5, &clock));
+            bucket.redis_key(|| key.to_owned());
+            bucket
+        };
+        let (a, b, org) = (bucket("t:a", 5), bucket("t:b", 5), bucket("org", 10));
+        // Same key, another rate (a reload between the two): another bucket.
+        let a_reloaded = bucket("t:a", 10);
+        let pending = |buckets: [&Arc<Bucket>; 2]| super::Pending {
+            buckets: [Some(Arc::clone(buckets[0])), Some(Arc::clone(buckets[1])), None],
             reply: tokio::sync::oneshot::channel().0,
         };
         let batch = [
-            pending(&["t:a", "org"], 200_000),
-            pending(&["t:a", "org"], 200_000),
-            pending(&["t:b", "org"], 200_000),
-            pending(&["t:a", "org"], 200_000),
-            // Same keys, another rate (a reload between the two): its own run.
-            pending(&["t:a", "org"], 100_000),
+            pending([&a, &org]),
+            pending([&a, &org]),
+            pending([&b, &org]),
+            pending([&a, &org]),
+            pending([&a_reloaded, &org]),
         ];
         let runs: Vec<(Vec<&str>, usize)> = super::runs(&batch)
             .into_iter()
-            .map(|(buckets, times)| (buckets.iter().map(|(k, ..)| k.as_str()).collect(), times))
+            .map(|(buckets, times)| (buckets.iter().flatten().map(|b| super::key_of(b)).collect(), times))
             .collect();
         let expected =
             [(vec!["t:a", "org"], 2), (vec!["t:b", "org"], 1), (vec!["t:a", "org"], 1), (vec!["t:a", "org"], 1)];
