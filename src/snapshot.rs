@@ -356,7 +356,10 @@ fn compile_token(
     let prev = previous
         .and_then(|p| p.token(&rec.secret_sha256).or_else(|| rec.previous_secret.and_then(|old| p.token(&old.sha256))))
         .filter(|t| *t.uid == *rec.uid);
-    let buckets = token_buckets(rec, &view.organization, prev.map(|t| &*t.buckets), clock, share);
+    // Its own buckets stay with its organisation (their Redis keys name it): a stack
+    // moved to another organisation starts new ones.
+    let kept = prev.filter(|t| t.stack.organization.config.uid == view.organization.config.uid);
+    let buckets = token_buckets(rec, &view.organization, kept.map(|t| &*t.buckets), clock, share);
     Some(Token {
         uid: rec.uid.as_str().into(),
         stack: Arc::clone(view),

@@ -668,6 +668,23 @@ async fn a_lost_lane_connection_is_replaced_without_taking_redis_out() {
     assert!(refused <= lanes, "{refused} of 40 refused after killing {lanes} lane connections: {statuses:?}");
     assert_eq!(count(&statuses, 200) + refused, 40, "{statuses:?}");
     assert_eq!(metric(replica.admin, "stackgate_ratelimit_backend_up ").await, 1.0, "Redis stayed in the path");
+
+    // Every gateway connection, the shared one too: a lane that meets a dead shared
+    // connection (while its own reopens) has it replaced as well.
+    let list = redis_raw(&redis.url(), &["CLIENT", "LIST"]).await;
+    for line in list.lines().filter(|l| !l.contains("cmd=client")) {
+        if let Some(id) = line.split(' ').find_map(|f| f.strip_prefix("id=")) {
+            redis_raw(&redis.url(), &["CLIENT", "KILL", "ID", id]).await;
+        }
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(status_with(replica.addr, "GET", API_KEY, RW).await);
+    }
+    eprintln!("after killing every connection: {statuses:?}");
+    assert!(count(&statuses, 503) <= 2 * lanes + 1, "{statuses:?}");
+    assert!(statuses[30..].iter().all(|&s| s == 200), "charged in Redis again: {statuses:?}");
+    assert_eq!(metric(replica.admin, "stackgate_ratelimit_backend_up ").await, 1.0, "Redis stayed in the path");
     drop(replica);
     db.drop_now().await;
 }

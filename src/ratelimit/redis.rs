@@ -28,7 +28,6 @@ use crate::cma::Operation;
 use crate::config::{FailMode, RedisLimits};
 use crate::error::GatewayError;
 use arc_swap::ArcSwapOption;
-use futures_util::FutureExt;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
@@ -164,6 +163,8 @@ pub struct RedisLimiter {
     /// Counts reconnects: a lane whose connection is older opens a new one.
     generation: AtomicU64,
     reconnecting: AtomicBool,
+    /// A failed shared connection is being replaced (see `replace_shared`).
+    replacing_shared: AtomicBool,
     script: Script,
     settings: RedisLimits,
     metrics: BackendMetrics,
@@ -181,6 +182,7 @@ impl RedisLimiter {
             conn: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             reconnecting: AtomicBool::new(false),
+            replacing_shared: AtomicBool::new(false),
             script: Script::new(GCRA),
             settings: settings.clone(),
             metrics,
@@ -309,25 +311,33 @@ impl RedisLimiter {
     /// generation, or the shared one while its own is being opened (in the background:
     /// no batch waits for a connection) or could not be (until the next reconnect);
     /// `None` while Redis is out of the request path.
-    fn lane_connection(self: &Arc<Self>, lane: &mut LaneConn) -> Option<Conn> {
+    fn lane_connection(self: &Arc<Self>, lane: &mut LaneConn) -> Option<Lent> {
         let shared = self.conn.load_full()?;
         let generation = self.generation.load(Ordering::SeqCst);
-        if let Some(opening) = lane.opening.take_if(|opening| opening.handle.is_finished()) {
-            let opened = opening.handle.now_or_never().and_then(Result::ok).flatten();
-            if opening.generation == generation {
-                if opened.is_none() {
-                    tracing::debug!("a lane could not open its own Redis connection; it shares the first");
+        if let Some(opening) = &mut lane.opening {
+            match opening.result.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                opened => {
+                    if opening.generation == generation {
+                        match opened.ok().flatten() {
+                            Some(conn) => lane.own = Some((generation, conn)),
+                            None => {
+                                tracing::debug!("a lane could not open its own Redis connection; it shares the first");
+                                lane.shares = Some(generation);
+                            }
+                        }
+                    }
+                    lane.opening = None;
                 }
-                lane.own = Some((generation, opened.unwrap_or_else(|| (*shared).clone())));
             }
         }
         if let Some((_, conn)) = lane.own.as_ref().filter(|(made, _)| *made == generation) {
-            return Some(conn.clone());
+            return Some(Lent::Own(conn.clone()));
         }
-        if lane.opening.is_none() {
+        if lane.opening.is_none() && lane.shares != Some(generation) {
             lane.open(self, generation, false);
         }
-        Some((*shared).clone())
+        Some(Lent::Shared(shared))
     }
 
     /// Sends one batch on `conn`: one script call (per organisation on a cluster), each
@@ -353,18 +363,45 @@ impl RedisLimiter {
         futures_util::future::join_all(calls).await.into_iter().all(|connected| connected)
     }
 
-    /// After a lane's connection failed: a new one for the lane, opened in the
-    /// background (its batches go on the shared connection meanwhile). If Redis takes
-    /// it, the connection alone was lost (a `CLIENT KILL`, an idle cut by something in
-    /// between) and no other lane is disturbed; if not, Redis leaves the request path for
-    /// every lane and is reconnected in the background.
-    fn replace_lane_connection(self: &Arc<Self>, lane: &mut LaneConn) {
-        lane.own = None;
-        // One already being opened (for a new generation) is taken when it is ready; if
-        // it could not be, the shared connection's next failure comes back here.
-        if lane.opening.is_none() {
-            lane.open(self, self.generation.load(Ordering::SeqCst), true);
+    /// After a call failed on `lent`. The lane's own connection: a new one for the
+    /// lane, opened in the background (its batches go on the shared connection
+    /// meanwhile). If Redis takes it, the connection alone was lost (a `CLIENT KILL`, an
+    /// idle cut by something in between) and no other lane is disturbed; if not, Redis
+    /// leaves the request path for every lane and is reconnected in the background.
+    /// The shared connection: the same, for the shared one.
+    fn after_failure(self: &Arc<Self>, lent: Lent, lane: &mut LaneConn) {
+        match lent {
+            Lent::Own(_) => {
+                lane.own = None;
+                // One already being opened (for a new generation) is taken when ready.
+                if lane.opening.is_none() {
+                    lane.open(self, self.generation.load(Ordering::SeqCst), true);
+                }
+            }
+            Lent::Shared(failed) => self.replace_shared(failed),
         }
+    }
+
+    /// Replaces a failed shared connection, in the background and once at a time,
+    /// unless it has been replaced already; if Redis refuses a new one, it leaves the
+    /// request path.
+    fn replace_shared(self: &Arc<Self>, failed: Arc<Conn>) {
+        if self.replacing_shared.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let generation = this.generation.load(Ordering::SeqCst);
+            match this.connect_within_timeout().await {
+                Some(conn) => {
+                    let previous = this.conn.compare_and_swap(&Some(failed), Some(Arc::new(conn)));
+                    tracing::info!(replaced = previous.is_some(), "the shared Redis connection failed; opened another");
+                }
+                None if this.generation.load(Ordering::SeqCst) == generation => this.reconnect(),
+                None => {}
+            }
+            this.replacing_shared.store(false, Ordering::Release);
+        });
     }
 
     /// A new connection for a lane, bounded as the first one is (`timeout`, at least
@@ -509,11 +546,22 @@ fn connection_lost(e: &redis::RedisError) -> bool {
 struct LaneConn {
     own: Option<(u64, Conn)>,
     opening: Option<Opening>,
+    /// A generation for which the lane could not open its own connection: it shares
+    /// the first until the next reconnect.
+    shares: Option<u64>,
 }
 
 struct Opening {
     generation: u64,
-    handle: tokio::task::JoinHandle<Option<Conn>>,
+    /// Read without waiting (and without spending the lane's scheduling budget).
+    result: oneshot::Receiver<Option<Conn>>,
+}
+
+/// The connection a batch goes on: the lane's own, or the shared one (kept to replace
+/// it if it fails).
+enum Lent {
+    Own(Conn),
+    Shared(Arc<Conn>),
 }
 
 impl LaneConn {
@@ -522,16 +570,18 @@ impl LaneConn {
     /// request path.
     fn open(&mut self, limiter: &Arc<RedisLimiter>, generation: u64, replacing: bool) {
         let limiter = Arc::clone(limiter);
-        let handle = tokio::spawn(async move {
+        let (done, result) = oneshot::channel();
+        tokio::spawn(async move {
             let conn = limiter.connect_within_timeout().await;
             match &conn {
                 Some(_) if replacing => tracing::info!("a lane's Redis connection failed; the lane opened another"),
-                None if replacing => limiter.reconnect(),
+                // Unless Redis was reconnected meanwhile (this failure is then stale).
+                None if replacing && limiter.generation.load(Ordering::SeqCst) == generation => limiter.reconnect(),
                 _ => {}
             }
-            conn
+            let _ = done.send(conn);
         });
-        self.opening = Some(Opening { generation, handle });
+        self.opening = Some(Opening { generation, result });
     }
 }
 
@@ -542,10 +592,16 @@ async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<P
     let mut lane = LaneConn::default();
     while waiting.recv_many(&mut batch, MAX_WAITING).await > 0 {
         let Some(limiter) = limiter.upgrade() else { return };
-        let conn = limiter.lane_connection(&mut lane);
+        let lent = limiter.lane_connection(&mut lane);
+        let conn = lent.as_ref().map(|lent| match lent {
+            Lent::Own(conn) => conn.clone(),
+            Lent::Shared(conn) => (**conn).clone(),
+        });
         let sent = std::mem::replace(&mut batch, Vec::with_capacity(64));
         if !limiter.send_batch(conn, sent).await {
-            limiter.replace_lane_connection(&mut lane);
+            if let Some(lent) = lent {
+                limiter.after_failure(lent, &mut lane);
+            }
         }
     }
 }

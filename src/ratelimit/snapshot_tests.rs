@@ -11,6 +11,11 @@ const A: &str = "csaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const B: &str = "csbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 fn cfg(org: &str, a_rate: Option<(u32, u32)>) -> config::Config {
+    cfg_in("o", org, a_rate)
+}
+
+/// [`cfg`] with the one organisation (and its stack) under another uid.
+fn cfg_in(org_uid: &str, org: &str, a_rate: Option<(u32, u32)>) -> config::Config {
     let rate = a_rate
         .map_or(String::new(), |(r, w)| format!("rate_limit = {{ read_per_second = {r}, write_per_second = {w} }}"));
     let text = format!(
@@ -18,11 +23,11 @@ fn cfg(org: &str, a_rate: Option<(u32, u32)>) -> config::Config {
 [upstream]
 url = "http://127.0.0.1:9"
 [[organizations]]
-uid = "o"
+uid = "{org_uid}"
 {org}
 [[stacks]]
 api_key = "k"
-organization = "o"
+organization = "{org_uid}"
 [[stacks.tokens]]
 uid = "a"
 name = "a"
@@ -182,6 +187,20 @@ fn reload_keeps_state_and_rate_change_resets_it() {
     assert_eq!(admitted(&s5, B, &read(), 50), 0);
     let s6 = snap(cfg("read_per_second = 6", None), Some(&s5), &clock);
     assert_eq!(admitted(&s6, B, &read(), 50), 6);
+}
+
+/// A token's own bucket belongs to its organisation too (its Redis key names it): a
+/// stack moved to another organisation gives its tokens new buckets.
+#[test]
+fn a_stack_moved_to_another_organisation_gets_new_token_buckets() {
+    let clock = RateClock::fake();
+    let s1 = snap(cfg_in("o", "read_per_second = 100", Some((3, 3))), None, &clock);
+    assert_eq!(admitted(&s1, A, &read(), 50), 3);
+    let s2 = snap(cfg_in("p", "read_per_second = 100", Some((3, 3))), Some(&s1), &clock);
+    let [old, new] =
+        [&s1, &s2].map(|s| Arc::clone(s.token(&hash_secret(A.as_bytes())).unwrap().buckets.read.own().unwrap()));
+    assert!(!Arc::ptr_eq(&old, &new), "a new bucket for the new organisation");
+    assert_eq!(admitted(&s2, A, &read(), 50), 3);
 }
 
 #[test]
