@@ -153,6 +153,14 @@ async fn status_with(addr: SocketAddr, method: &str, api_key: &str, secret: &str
     call(addr, method, READ, &[("api_key", api_key), ("authorization", secret)], "{}").await.0
 }
 
+/// The headers of one read of `RATED` through `addr`, which must be admitted.
+async fn admitted_headers(addr: SocketAddr) -> http::HeaderMap {
+    let (status, headers, body) =
+        call(addr, "GET", READ, &[("api_key", SMALL_API_KEY), ("authorization", RATED)], "").await;
+    assert_eq!(status, 200, "{body}");
+    headers
+}
+
 /// Polls until every replica answers `want`; returns how long it took.
 async fn until_all(
     addrs: &[SocketAddr],
@@ -436,9 +444,7 @@ async fn redis_buckets_hold_exactly_across_three_replicas() {
     assert!(admitted.iter().all(|&n| n > 0), "every replica admits some: {admitted:?}");
     // The headers name the token's own bucket, as with local buckets.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, headers, _) =
-        call(replicas[1].addr, "GET", READ, &[("api_key", SMALL_API_KEY), ("authorization", RATED)], "").await;
-    assert_eq!(status, 200);
+    let headers = admitted_headers(replicas[1].addr).await;
     assert_eq!(headers["x-ratelimit-limit"], "5");
     assert_eq!(headers["ratelimit-policy"], "\"token-read\";q=5;w=1, \"org-read\";q=10;w=1");
     drop(replicas);
@@ -582,9 +588,7 @@ async fn local_fail_mode_gives_each_replica_its_share() {
     // The headers report the part each replica enforces: 5/3 reads/s rounded down, a
     // burst of 2 (refilled after 1.2 s) with one taken, back in 600 ms.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (status, headers, _) =
-        call(replicas[0].addr, "GET", READ, &[("api_key", SMALL_API_KEY), ("authorization", RATED)], "").await;
-    assert_eq!(status, 200);
+    let headers = admitted_headers(replicas[0].addr).await;
     assert_eq!(headers["x-ratelimit-limit"], "1");
     assert_eq!(headers["x-ratelimit-remaining"], "1");
     assert_eq!(headers["ratelimit"], "\"token-read\";r=1;t=1");

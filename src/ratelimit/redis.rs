@@ -314,23 +314,7 @@ impl RedisLimiter {
     fn lane_connection(self: &Arc<Self>, lane: &mut LaneConn) -> Option<Lent> {
         let shared = self.conn.load_full()?;
         let generation = self.generation.load(Ordering::SeqCst);
-        if let Some(opening) = &mut lane.opening {
-            match opening.result.try_recv() {
-                Err(oneshot::error::TryRecvError::Empty) => {}
-                opened => {
-                    if opening.generation == generation {
-                        match opened.ok().flatten() {
-                            Some(conn) => lane.own = Some((generation, conn)),
-                            None => {
-                                tracing::debug!("a lane could not open its own Redis connection; it shares the first");
-                                lane.shares = Some(generation);
-                            }
-                        }
-                    }
-                    lane.opening = None;
-                }
-            }
-        }
+        lane.take_opened(generation);
         if let Some((_, conn)) = lane.own.as_ref().filter(|(made, _)| *made == generation) {
             return Some(Lent::Own(conn.clone()));
         }
@@ -564,7 +548,37 @@ enum Lent {
     Shared(Arc<Conn>),
 }
 
+impl Lent {
+    fn conn(&self) -> Conn {
+        match self {
+            Lent::Own(conn) => conn.clone(),
+            Lent::Shared(conn) => (**conn).clone(),
+        }
+    }
+}
+
 impl LaneConn {
+    /// Takes the connection opened in the background once it is ready, if it is for
+    /// the current `generation`; if it could not be opened, the lane shares the first
+    /// until the next reconnect.
+    fn take_opened(&mut self, generation: u64) {
+        let Some(opening) = &mut self.opening else { return };
+        let opened = match opening.result.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => return,
+            opened => opened.ok().flatten(),
+        };
+        if opening.generation == generation {
+            match opened {
+                Some(conn) => self.own = Some((generation, conn)),
+                None => {
+                    tracing::debug!("a lane could not open its own Redis connection; it shares the first");
+                    self.shares = Some(generation);
+                }
+            }
+        }
+        self.opening = None;
+    }
+
     /// Starts opening a connection for this lane, on the lane's thread. One that
     /// `replaces` a failed connection and cannot be opened takes Redis out of the
     /// request path.
@@ -593,10 +607,7 @@ async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<P
     while waiting.recv_many(&mut batch, MAX_WAITING).await > 0 {
         let Some(limiter) = limiter.upgrade() else { return };
         let lent = limiter.lane_connection(&mut lane);
-        let conn = lent.as_ref().map(|lent| match lent {
-            Lent::Own(conn) => conn.clone(),
-            Lent::Shared(conn) => (**conn).clone(),
-        });
+        let conn = lent.as_ref().map(Lent::conn);
         let sent = std::mem::replace(&mut batch, Vec::with_capacity(64));
         if !limiter.send_batch(conn, sent).await {
             if let Some(lent) = lent {
