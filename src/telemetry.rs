@@ -242,7 +242,7 @@ impl Metrics {
             std::array::from_fn(|i| fallbacks.get_or_create(&[("mode", ["open", "closed", "local"][i])]).clone());
         registry.register(
             "ratelimit_fallbacks",
-            "Requests decided by the rate-limit fail mode while Redis was unreachable",
+            "Requests decided by the rate-limit fail mode: Redis unreachable, or not answering within the timeout",
             fallbacks,
         );
         let ratelimit_round_trips = Counter::default();

@@ -585,14 +585,15 @@ async fn local_fail_mode_gives_each_replica_its_share() {
     // Per replica: 2 at once, then one every 600 ms: 6 or 7 in 3 s.
     assert!(admitted.iter().all(|n| (5..=7).contains(n)), "{admitted:?}");
     assert!((15..=21).contains(&total), "total {total}");
-    // The headers report the part each replica enforces: 5/3 reads/s rounded down, a
-    // burst of 2 (refilled after 1.2 s) with one taken, back in 600 ms.
+    // The headers report the part each replica enforces: 5/3 reads/s (rounded down in
+    // X-RateLimit-Limit, exact as 5 per 3 s in the policy), a burst of 2 (refilled
+    // after 1.2 s) with one taken, back in 600 ms.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let headers = admitted_headers(replicas[0].addr).await;
     assert_eq!(headers["x-ratelimit-limit"], "1");
     assert_eq!(headers["x-ratelimit-remaining"], "1");
     assert_eq!(headers["ratelimit"], "\"token-read\";r=1;t=1");
-    assert_eq!(headers["ratelimit-policy"], "\"token-read\";q=1;w=1, \"org-read\";q=3;w=1");
+    assert_eq!(headers["ratelimit-policy"], "\"token-read\";q=5;w=3, \"org-read\";q=10;w=3");
     drop(replicas);
     db.drop_now().await;
 }

@@ -84,8 +84,8 @@ pub struct Bucket {
     /// How many replicas split the bucket; the local limiter holds this one's part.
     share: u32,
     /// The per-second limit each scope reports, as header values built once (every
-    /// response carries one): the whole `rate`, and the part's, rounded down (a client
-    /// pacing itself by it is never refused by this replica).
+    /// response carries one): the whole `rate`, and the part's, rounded down but at
+    /// least 1 (`RateLimit-Policy` gives the part exactly).
     limit_headers: [HeaderValue; 2],
     limiter: Gcra,
     clock: RateClock,
@@ -162,9 +162,15 @@ impl Bucket {
         (missing * u64::from(share)).div_ceil(u64::from(self.rate))
     }
 
-    /// `"name";q=limit;w=1`, for the draft `RateLimit-Policy` field.
+    /// `"name";q=QUOTA;w=WINDOW`, for the draft `RateLimit-Policy` field: the whole
+    /// bucket's `rate` per second, or this replica's part exactly, `rate` per `share`
+    /// seconds (`X-RateLimit-Limit` can only say it per second, rounded).
     fn policy_item(&self, scope: Scope) -> String {
-        format!("\"{}\";q={};w=1", self.name, self.limit(scope).0)
+        let window = match scope {
+            Scope::Whole => 1,
+            Scope::Part => self.share,
+        };
+        format!("\"{}\";q={};w={window}", self.name, self.rate)
     }
 }
 

@@ -117,9 +117,10 @@ end
 return table.concat(out, ',')
 ";
 
-/// The most charges waiting for Redis on one lane; past that the fail mode decides at
-/// once. One script call takes every charge waiting, so a request waits for at most two
-/// calls: the one out when it arrives, then its own.
+/// The most charges waiting for Redis on one lane; more wait for room (at most
+/// `timeout`, then the fail mode decides). One script call takes every charge waiting,
+/// so a queued request waits for at most two calls: the one out when it was queued,
+/// then its own.
 const MAX_WAITING: usize = 1024;
 
 /// One request's buckets in charging order (one to three; see
@@ -267,14 +268,23 @@ impl RedisLimiter {
         }
         let (reply, answer) = oneshot::channel();
         let pending = Pending { buckets, reply };
-        // A full queue means Redis is not keeping up: the fail mode decides at once
-        // rather than letting a backlog grow.
-        if self.lane().try_send(pending).is_err() {
-            return self.fail(payer, op);
+        // A full queue (a burst larger than it, or Redis slower than requests arrive)
+        // waits up to `timeout` for room: each call empties the queue, so a healthy Redis
+        // makes room within one call. Deciding by the fail mode at once would let one
+        // client with enough concurrent requests past its limit under `open`.
+        match self.lane().try_send(pending) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(pending)) => {
+                match tokio::time::timeout(self.settings.timeout, self.lane().send(pending)).await {
+                    Ok(Ok(())) => {}
+                    _ => return self.fail(payer, op),
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return self.fail(payer, op),
         }
         // The lane bounds each call by `timeout` and never waits for anything else (a
         // connection is opened beside it), so this waits at most twice that (the call
-        // out when the charge arrived, then its own) without a timer per request. A
+        // out when the charge was queued, then its own) without a timer per request. A
         // request that stops waiting is left out of any call not yet sent (its receiver
         // is gone); an `Err` means the lane is gone.
         let [ok, index, value] = match answer.await {
@@ -868,6 +878,45 @@ mod tests {
     fn bucket_keys_are_hash_tagged_by_organisation() {
         assert_eq!(super::bucket_key("sg", "org_a", "org-read", None), "sg:{org_a}:org-read");
         assert_eq!(super::bucket_key("sg", "org_a", "token-read", Some("blt1")), "sg:{org_a}:token-read:blt1");
+    }
+
+    /// More charges at once than a lane's queue holds, with Redis healthy: every one is
+    /// charged in Redis (the rest wait for room), none is left to the fail mode, which
+    /// under `open` would admit them all.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_burst_larger_than_the_queue_is_charged_in_redis() {
+        use crate::cma::{Access, Module, Operation, Rule};
+        use crate::ratelimit::{BackendMetrics, Bucket, Charge, Payer, RateClock, TokenBuckets};
+        use std::sync::Arc;
+        let Ok(url) = std::env::var("STACKGATE_TEST_REDIS_URL") else {
+            eprintln!("SKIPPED: set STACKGATE_TEST_REDIS_URL (bash .ci/run does)");
+            return;
+        };
+        let prefix = format!("queue-{}-{}", std::process::id(), line!());
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[ratelimit]\nbackend = \"redis\"\nurl = \"{url}\"\n\
+             fail_mode = \"open\"\nkey_prefix = \"{prefix}\"\ntimeout = \"2s\"\n"
+        );
+        let config = crate::config::from_str(&text).expect("config");
+        let settings = config.ratelimit.redis.clone().expect("redis settings");
+        let metrics = BackendMetrics::default();
+        let limiter = super::RedisLimiter::start(&settings, metrics.clone()).await.expect("redis");
+        let clock = RateClock::fake();
+        // One a second with a burst of 5: a second of charging admits 6 at most.
+        let own = Arc::new(Bucket::new("token-read", 1, 5, &clock));
+        let charge = Charge::new(Some(own), None, Arc::new(Bucket::new("org-read", 100_000, 100_000, &clock)));
+        let buckets =
+            TokenBuckets { read: charge.clone(), write: charge.clone(), bulk_read: charge.clone(), bulk_write: charge };
+        let payer = Payer { buckets: &buckets, token_uid: "t", org_uid: "o" };
+        let op = Operation { module: Module::Entry, access: Access::Read, rule: Rule::Plain };
+        let answers =
+            futures_util::future::join_all((0..3 * super::MAX_WAITING).map(|_| limiter.charge(payer, &op))).await;
+        let admitted = answers.iter().filter(|a| matches!(a, Ok(Some(_)))).count();
+        let refused =
+            answers.iter().filter(|a| matches!(a, Err(crate::error::GatewayError::RateLimited { .. }))).count();
+        assert_eq!(metrics.fallbacks.iter().map(|c| c.get()).sum::<u64>(), 0, "none left to the fail mode");
+        assert!((5..=6).contains(&admitted), "admitted {admitted}");
+        assert_eq!(admitted + refused, answers.len());
     }
 
     #[test]

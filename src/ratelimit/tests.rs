@@ -59,7 +59,8 @@ fn a_shared_buckets_headers_report_the_part_it_enforces() {
     // 5/3 per second, rounded down; a burst of 2 with one taken, back in 600 ms.
     assert_eq!((first.name, first.limit, first.remaining, first.reset), ("token-read", 1, 1, 1));
     assert_eq!(first.limit_header, "1");
-    assert_eq!(first.policy, "\"token-read\";q=1;w=1, \"org-read\";q=3;w=1");
+    // The policy says it exactly: 5 per 3 s, 10 per 3 s.
+    assert_eq!(first.policy, "\"token-read\";q=5;w=3, \"org-read\";q=10;w=3");
     assert!(check(&buckets, &op).is_ok());
     let GatewayError::RateLimited { retry_after, info } = check(&buckets, &op).unwrap_err() else {
         panic!("the part's burst is 2")
