@@ -694,6 +694,30 @@ async fn a_lost_lane_connection_is_replaced_without_taking_redis_out() {
     db.drop_now().await;
 }
 
+/// Redis cutting connections idle for 7 s (its `timeout`): lanes ping their idle
+/// connections every 5 s, so after 16 s without a request nothing has been cut and no
+/// request meets a dead connection (with `fail_mode = "closed"` each lane's first
+/// request after the pause was refused with 503 before the lanes pinged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_lane_connections_outlive_redis_idle_timeout() {
+    let Some((pg, _)) = services("idle_lane_connections_outlive_redis_idle_timeout") else { return };
+    let db = Database::create(&pg, "idle").await;
+    let backend = Backend::start().await;
+    let redis = RedisServer::start().await;
+    redis_raw(&redis.url(), &["CONFIG", "SET", "timeout", "7"]).await;
+    let replica =
+        start_replicas(backend.addr, &shared_config(&db.url, &redis.url(), &unique("i"), "closed", 1), 1).remove(0);
+    // A lane (and its connection) on every serving thread.
+    let statuses = at_once(replica.addr, 32).await;
+    assert_eq!(count(&statuses, 503), 0, "{statuses:?}");
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let statuses = at_once(replica.addr, 32).await;
+    assert_eq!(count(&statuses, 503), 0, "a request met a connection Redis had cut: {statuses:?}");
+    assert_eq!(count(&statuses, 200) + count(&statuses, 429), 32, "{statuses:?}");
+    drop(replica);
+    db.drop_now().await;
+}
+
 /// A private `redis-server` on its own port, to stop and start at will.
 struct RedisServer {
     port: u16,

@@ -135,6 +135,10 @@ struct Pending {
     reply: oneshot::Sender<Option<[i64; 3]>>,
 }
 
+/// How long a lane's connection may carry nothing before the lane pings it (see
+/// [`send_batches`]): shorter than any idle cut worth configuring.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// How long a failed Redis stays out of the request path before a reconnect attempt.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
@@ -398,6 +402,28 @@ impl RedisLimiter {
         });
     }
 
+    /// Pings the connection an idle lane would send on, bounded by `timeout` (as a call
+    /// is, so a charge arriving meanwhile waits no longer than behind a call); a lost
+    /// connection is handled as after a failed call.
+    async fn ping(self: &Arc<Self>, lane: &mut LaneConn) {
+        let Some(lent) = self.lane_connection(lane) else { return };
+        let ping = async {
+            match lent.conn() {
+                Conn::Node(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await,
+                Conn::Cluster(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await,
+            }
+        };
+        let lost = match tokio::time::timeout(self.settings.timeout, ping).await {
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => connection_lost(&e),
+            Err(_) => true,
+        };
+        if lost {
+            tracing::info!("an idle Redis connection no longer answers; replacing it");
+            self.after_failure(lent, lane);
+        }
+    }
+
     /// A new connection for a lane, bounded as the first one is (`timeout`, at least
     /// 500 ms): a lane waits for it with its charges queued.
     async fn connect_within_timeout(&self) -> Option<Conn> {
@@ -611,17 +637,36 @@ impl LaneConn {
 
 /// A lane's batch task: takes every charge waiting and sends them in one call on the
 /// lane's connection, then the next. Ends with the limiter.
+/// A lane whose connection has carried nothing for a whole tick pings it, so that a
+/// connection cut while idle (Redis's `timeout`, a NAT or firewall in between) is found
+/// and replaced by the ping rather than by requests' charges.
 async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(64);
     let mut lane = LaneConn::default();
-    while waiting.recv_many(&mut batch, MAX_WAITING).await > 0 {
-        let Some(limiter) = limiter.upgrade() else { return };
-        let lent = limiter.lane_connection(&mut lane);
-        let conn = lent.as_ref().map(Lent::conn);
-        let sent = std::mem::replace(&mut batch, Vec::with_capacity(64));
-        if !limiter.send_batch(conn, sent).await {
-            if let Some(lent) = lent {
-                limiter.after_failure(lent, &mut lane);
+    let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut used = false;
+    loop {
+        // Both branches are cancel-safe: a charge received is in `batch`, a tick missed
+        // comes later.
+        tokio::select! {
+            received = waiting.recv_many(&mut batch, MAX_WAITING) => {
+                let Some(limiter) = limiter.upgrade().filter(|_| received > 0) else { return };
+                used = true;
+                let lent = limiter.lane_connection(&mut lane);
+                let conn = lent.as_ref().map(Lent::conn);
+                let sent = std::mem::replace(&mut batch, Vec::with_capacity(64));
+                if !limiter.send_batch(conn, sent).await {
+                    if let Some(lent) = lent {
+                        limiter.after_failure(lent, &mut lane);
+                    }
+                }
+            }
+            _ = idle.tick() => {
+                if !std::mem::take(&mut used) {
+                    let Some(limiter) = limiter.upgrade() else { return };
+                    limiter.ping(&mut lane).await;
+                }
             }
         }
     }
