@@ -70,6 +70,10 @@ pub enum GatewayError {
     /// Backend did not answer in time.
     #[error("gateway timeout")]
     GatewayTimeout,
+    /// The client stopped sending its body for longer than `[server] idle_timeout`
+    /// while the request was on its way to the backend.
+    #[error("request timeout")]
+    RequestTimeout,
 }
 
 /// Per-field validation errors (`errors` in the CMA body).
@@ -214,6 +218,7 @@ impl GatewayError {
             GatewayError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 503),
             GatewayError::BadGateway(_) => (StatusCode::BAD_GATEWAY, 502),
             GatewayError::GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, 504),
+            GatewayError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, 408),
         }
     }
 
@@ -255,6 +260,7 @@ impl GatewayError {
             GatewayError::Unavailable => "The service is temporarily unavailable. Please retry later.".into(),
             GatewayError::BadGateway(_) => "The backend could not be reached.".into(),
             GatewayError::GatewayTimeout => "The backend did not answer in time.".into(),
+            GatewayError::RequestTimeout => "The request body did not arrive in time.".into(),
         }
     }
 
@@ -276,6 +282,8 @@ impl GatewayError {
             GatewayError::Unavailable => Reason::Unavailable,
             GatewayError::BadGateway(_) => Reason::UpstreamError,
             GatewayError::GatewayTimeout => Reason::UpstreamTimeout,
+            // The client's fault, counted with the other refusals of its request.
+            GatewayError::RequestTimeout => Reason::BadRequest,
         }
     }
 
@@ -389,6 +397,7 @@ mod tests {
             (GatewayError::UnsupportedMediaType, 415, 415),
             (GatewayError::BadGateway(UpstreamFailure::Connect), 502, 502),
             (GatewayError::GatewayTimeout, 504, 504),
+            (GatewayError::RequestTimeout, 408, 408),
         ];
         for (err, status, code) in cases {
             let (s, c) = err.status_and_code();

@@ -771,3 +771,50 @@ async fn the_demo_backend_pages_lists_like_the_cma() {
     let (status, body) = conn.send("GET", "/v3/global_fields?include_count=true", &creds, "").await;
     assert_eq!((status, get(body)), (200, serde_json::json!({"global_fields": [], "count": 0})));
 }
+
+/// `request_timeout` is the backend's time, not the client's: an upload that takes
+/// longer than it (3 s against 2 s) but keeps coming is forwarded whole, and the
+/// backend's time to answer starts when it has the whole body (504 two seconds after
+/// the last of five pieces sent 300 ms apart, at 1.2 s: not two seconds after the
+/// start). Both client protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_counts_the_backends_time_not_a_slow_upload() {
+    let env = Env::start_with("idle_timeout = \"4s\"", "", Arc::new(SystemClock)).await; // request_timeout = 2s
+    for h2 in [false, true] {
+        let (status, _, took) =
+            trickled_upload(env.gateway.addr, STREAMED_WRITE, h2, Duration::ZERO, 10, Duration::from_millis(300), 0)
+                .await;
+        assert_eq!(status, 200, "h2 {h2}: a 3 s upload was cut after {took:?}");
+        assert_eq!(env.backend.last().unwrap().body_len, 10 * 1024, "h2 {h2}");
+        let (status, code, took) =
+            trickled_upload(env.gateway.addr, STREAMED_WRITE, h2, Duration::ZERO, 5, Duration::from_millis(300), 4000)
+                .await;
+        assert_eq!((status, code), (504, 504), "h2 {h2}");
+        assert!(took >= Duration::from_millis(3100) && took < Duration::from_millis(4500), "h2 {h2}: {took:?}");
+    }
+}
+
+/// A client that stops sending its body (an HTTP/2 stream on a connection kept alive
+/// by pings, so the connection's own idle limit never fires) is answered 408 with the
+/// CMA error body after `idle_timeout`, not left holding the request: after a first
+/// piece (forwarded), before any (nothing forwarded), and in a body the gateway reads
+/// whole to check it (an entry's workflow change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_is_408_after_idle_timeout() {
+    let env = Env::start_with("idle_timeout = \"3s\"", "", Arc::new(SystemClock)).await; // request_timeout = 2s
+    let workflow = ("POST", "/v3/content_types/blog/entries/e1/workflow");
+    let long = Duration::from_secs(30);
+    for (target, first_after, forwarded) in
+        [(STREAMED_WRITE, Duration::ZERO, 1), (STREAMED_WRITE, long, 0), (workflow, Duration::ZERO, 0)]
+    {
+        let before = env.backend.seen().len();
+        let (status, code, took) = trickled_upload(env.gateway.addr, target, true, first_after, 2, long, 0).await;
+        assert_eq!((status, code), (408, 408), "{target:?} {first_after:?} after {took:?}");
+        assert!(took >= Duration::from_millis(2900) && took < Duration::from_millis(4500), "{took:?}");
+        // The backend saw the start of the forwarded one only (and never a whole body).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let seen = env.backend.seen();
+        assert!(seen.len() - before <= forwarded, "{target:?}: {:?}", &seen[before..]);
+        assert!(seen[before..].iter().all(|s| s.body_len < 2048), "{target:?}");
+    }
+}

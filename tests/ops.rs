@@ -383,7 +383,11 @@ async fn tls_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<htt
                 };
                 let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     log.lock().unwrap().push(req.version());
-                    async {
+                    // Takes the whole body, then waits `x-test-delay-ms` before answering.
+                    let delay = req.headers().get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok());
+                    async move {
+                        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                        tokio::time::sleep(Duration::from_millis(delay.unwrap_or(0))).await;
                         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
                             b"{\"ok\":true}",
                         ))))
@@ -492,4 +496,34 @@ async fn console_sign_in_refusals_are_counted() {
     assert_eq!(metric(&metrics, "stackgate_decisions_total{reason=\"auth_failed\"}"), 2.0, "{metrics}");
     assert_eq!(metric(&metrics, "stackgate_decisions_total{reason=\"auth_throttled\"}"), 2.0, "{metrics}");
     assert!(!metrics.contains("guess"), "no authtoken in the metrics");
+}
+
+/// Through an https upstream (the pooled client) as through a plain one: an upload
+/// slower than `request_timeout` is forwarded whole, the backend's time to answer
+/// starts once it has the body, and a body that stops coming is 408 after
+/// `idle_timeout` (tests/forwarding.rs has the same for the direct path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_times_the_backend_and_the_client_apart() {
+    let dir = temp_dir("upstream-tls-timeouts");
+    let pki = pki(&dir);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let (backend, _) = tls_backend(&pki).await;
+    let text = config_text(backend, "idle_timeout = \"3s\"", &format!("ca_file = \"{}\"", ca.display()))
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    for h2 in [false, true] {
+        let (status, _, took) =
+            trickled_upload(gw.addr, STREAMED_WRITE, h2, Duration::ZERO, 10, Duration::from_millis(300), 0).await;
+        assert_eq!(status, 200, "h2 {h2}: a 2.7 s upload was cut after {took:?}");
+        let (status, code, took) =
+            trickled_upload(gw.addr, STREAMED_WRITE, h2, Duration::ZERO, 5, Duration::from_millis(300), 4000).await;
+        assert_eq!((status, code), (504, 504), "h2 {h2}");
+        assert!(took >= Duration::from_millis(3100) && took < Duration::from_millis(4500), "h2 {h2}: {took:?}");
+    }
+    let (status, code, took) =
+        trickled_upload(gw.addr, STREAMED_WRITE, true, Duration::ZERO, 2, Duration::from_secs(30), 0).await;
+    assert_eq!((status, code), (408, 408), "after {took:?}");
+    assert!(took >= Duration::from_millis(2900) && took < Duration::from_millis(4500), "{took:?}");
 }

@@ -19,7 +19,7 @@ pub fn compile(raw: RawConfig, unknown: &[String], env: Env<'_>) -> Result<Confi
     }
     let server = server(&raw, &mut errs);
     let admin_listen = socket(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"), "admin.listen", &mut errs);
-    let upstream = match &raw.upstream {
+    let mut upstream = match &raw.upstream {
         Some(u) => upstream(u, &mut errs),
         None => {
             errs.push("upstream", "missing table [upstream] (with url = \"http://...\")");
@@ -35,7 +35,8 @@ pub fn compile(raw: RawConfig, unknown: &[String], env: Env<'_>) -> Result<Confi
     let stacks = stacks(&raw.stacks, &organizations, &users, &mut errs);
     let store = store(&raw.store, env, &mut errs);
     let ratelimit = ratelimit(&raw.ratelimit, env, &mut errs);
-    if let (Some(s), Some(u)) = (&server, &upstream) {
+    if let (Some(s), Some(u)) = (&server, &mut upstream) {
+        u.client_timeout = s.limits.idle_timeout;
         if u.request_timeout >= s.limits.idle_timeout {
             errs.push(
                 "server.idle_timeout",

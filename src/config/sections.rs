@@ -102,6 +102,8 @@ pub(super) fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstr
         base_path,
         connect_timeout: connect_timeout?,
         request_timeout: request_timeout?,
+        // `[server] idle_timeout`, set once both sections are read (compile.rs).
+        client_timeout: std::time::Duration::from_secs(60),
         forward_token: u.forward_token.unwrap_or(false),
         ca_file: u.ca_file.as_ref().map(PathBuf::from),
     })

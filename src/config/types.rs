@@ -70,6 +70,9 @@ pub struct Upstream {
     pub base_path: String,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// How long a request on its way to the backend waits for the next part of the
+    /// client's body: `[server] idle_timeout`.
+    pub client_timeout: Duration,
     pub forward_token: bool,
     pub ca_file: Option<PathBuf>,
 }

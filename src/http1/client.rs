@@ -17,7 +17,7 @@ use super::body::{decode_chunk, write_body, Decoded, WriteError};
 pub use super::response::{framing, parse_head, Fields, Framing, Head, MAX_HEAD};
 
 use super::common::{put_field, put_length, COALESCE};
-use crate::timer::{self, Timer};
+use crate::timer::{self, Stalled, Timer, Waiting, Watched};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 use hyper::body::{Frame, SizeHint};
@@ -71,6 +71,15 @@ pub enum Outgoing<'a, B> {
     Stream(&'a mut B, Option<u64>),
 }
 
+/// How long an exchange waits for each side (see [`Conn::exchange`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `[upstream] request_timeout`.
+    pub backend: std::time::Duration,
+    /// `[server] idle_timeout`.
+    pub client: std::time::Duration,
+}
+
 /// Why an exchange failed.
 #[derive(Debug, Clone, Copy)]
 pub enum SendError {
@@ -83,8 +92,10 @@ pub enum SendError {
     Body,
     /// The backend broke the protocol or the connection.
     Protocol,
-    /// No response head before the deadline.
+    /// The backend took longer than its limit to take the request or to answer.
     TimedOut,
+    /// The client took longer than its limit to send the next part of its body.
+    ClientStalled,
 }
 
 impl From<io::Error> for SendError {
@@ -144,25 +155,33 @@ impl Conn {
         }
     }
 
-    /// Writes the request and reads the response head, unless `deadline` passes
-    /// first. On success the connection is positioned at the start of the response
-    /// body, framed as returned.
+    /// Writes the request and reads the response head. The backend has `limits.backend`
+    /// (from `start`) to take each part of the request and then to answer once it has
+    /// all of it; the client has `limits.client` to send each part of its body. On success the
+    /// connection is positioned at the start of the response body, framed as returned.
     pub async fn exchange<'a, F, I, B>(
         &mut self,
         head: &RequestHead<'a, F>,
         body: Outgoing<'_, B>,
-        deadline: Instant,
+        limits: Limits,
+        start: Instant,
     ) -> Result<(Response<()>, Fields, Option<Framing>, bool), SendError>
     where
         F: Fn() -> I,
         I: Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
         B: hyper::body::Body<Data = Bytes> + Unpin,
     {
-        let mut timer = self.timer.take().unwrap_or_else(|| timer::new(deadline));
+        let waiting = Waiting::new(start);
+        let mut timer = self.timer.take().unwrap_or_else(|| timer::new(start + limits.backend));
         let result = tokio::select! {
             biased;
-            result = self.talk(head, body) => result,
-            () = timer::expired(&mut timer, deadline) => Err(SendError::TimedOut),
+            result = self.talk(head, body, &waiting) => result,
+            who = std::future::poll_fn(|cx| waiting.poll_stalled(&mut timer, cx, limits.backend, limits.client)) => {
+                Err(match who {
+                    Stalled::Backend => SendError::TimedOut,
+                    Stalled::Client => SendError::ClientStalled,
+                })
+            }
         };
         self.timer = Some(timer);
         result
@@ -172,6 +191,7 @@ impl Conn {
         &mut self,
         request: &RequestHead<'a, F>,
         body: Outgoing<'_, B>,
+        waiting: &Waiting,
     ) -> Result<(Response<()>, Fields, Option<Framing>, bool), SendError>
     where
         F: Fn() -> I,
@@ -181,7 +201,13 @@ impl Conn {
         // A backend may answer before it has taken the whole body (a 413, a 401) and
         // close the connection, failing the rest of the write: its answer, if one
         // arrived, is what the client needs, not a 502.
-        let failed = match self.write_request(request, body).await {
+        let streamed = matches!(body, Outgoing::Stream(..));
+        let written = self.write_request(request, body, waiting).await;
+        if streamed {
+            // The whole request is the backend's now: its time to answer starts.
+            waiting.on_backend();
+        }
+        let failed = match written {
             Ok(()) => None,
             // Whatever the connection holds is no answer to a request it never got.
             Err(e @ (SendError::Body | SendError::Unsent)) => return Err(e),
@@ -210,6 +236,7 @@ impl Conn {
         &mut self,
         head: &RequestHead<'a, F>,
         body: Outgoing<'_, B>,
+        waiting: &Waiting,
     ) -> Result<(), SendError>
     where
         F: Fn() -> I,
@@ -232,7 +259,8 @@ impl Conn {
             }
             Outgoing::Stream(stream, length) => {
                 write_head(&mut self.write, head, length.map_or(Sending::Chunked, Sending::Length));
-                match write_body(&mut self.io, &mut self.write, stream, length.is_none()).await {
+                let mut stream = Watched::new(stream, waiting);
+                match write_body(&mut self.io, &mut self.write, &mut stream, length.is_none()).await {
                     Ok(_) => Ok(()),
                     Err(WriteError::Source | WriteError::Unstarted) => Err(SendError::Body),
                     Err(WriteError::Io) => Err(SendError::Protocol),

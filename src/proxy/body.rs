@@ -130,12 +130,15 @@ impl Streamed {
 
     /// Reads the first frame before anything is sent upstream, so a body that is
     /// malformed (bad chunk framing) or over the limit from its start is refused with
-    /// nothing forwarded.
-    pub async fn prefetch(&mut self) -> Result<(), GatewayError> {
+    /// nothing forwarded. A client has `wait` to start sending it (408 otherwise).
+    pub async fn prefetch(&mut self, wait: std::time::Duration) -> Result<(), GatewayError> {
         if self.inner.is_end_stream() {
             return Ok(());
         }
-        match self.inner.frame().await {
+        let Ok(first) = tokio::time::timeout(wait, self.inner.frame()).await else {
+            return Err(GatewayError::RequestTimeout);
+        };
+        match first {
             Some(Ok(frame)) => {
                 self.charge(&frame)?;
                 self.first = Some(frame);

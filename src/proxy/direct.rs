@@ -17,7 +17,7 @@
 use super::headers::replaced_by_gateway;
 use super::{Outbound, RequestRewrite, Streamed};
 use crate::error::{GatewayError, UpstreamFailure};
-use crate::http1::client::{Conn, Fields, Outgoing, RequestHead, ResponseBody, SendError};
+use crate::http1::client::{Conn, Fields, Limits, Outgoing, RequestHead, ResponseBody, SendError};
 use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -139,16 +139,19 @@ impl Direct {
     /// A request that met a connection the backend had closed goes again on another
     /// connection only if not one byte of it was written (the backend cannot have seen
     /// it) and its body is held in full; once anything was written it is never sent
-    /// again, whatever its method. The response head must arrive by `deadline` (504
-    /// otherwise).
+    /// again, whatever its method. The backend has `limits.backend` to connect, to take
+    /// each part of the request and to answer once it has all of it (504 otherwise);
+    /// the client has `limits.client` to send each part of its body (408 otherwise).
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
         parts: &http::request::Parts,
         rewrite: &RequestRewrite,
         mut body: Outbound,
-        deadline: Instant,
+        limits: Limits,
     ) -> Result<(Response<ResponseBody>, Fields), GatewayError> {
+        let start = Instant::now();
+        let deadline = start + limits.backend;
         let head = RequestHead {
             method: &parts.method,
             target: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
@@ -169,7 +172,7 @@ impl Direct {
                 Outbound::Bytes(bytes) => Outgoing::Bytes(bytes),
                 Outbound::Stream(stream) => Outgoing::Stream(stream, exact_length(stream)),
             };
-            match conn.exchange(&head, outgoing, deadline).await {
+            match conn.exchange(&head, outgoing, limits, start).await {
                 Ok((head, fields, framing, keep)) => {
                     let (slot, idle) = (slot.cloned(), Arc::clone(&self.idle));
                     let body = ResponseBody::new(conn, framing, keep, move |conn| match slot {
@@ -181,6 +184,7 @@ impl Direct {
                 // Nothing of it was written: it goes again, on another connection.
                 Err(SendError::Unsent) if !fresh && matches!(body, Outbound::Bytes(_)) => {}
                 Err(SendError::TimedOut) => return Err(GatewayError::GatewayTimeout),
+                Err(SendError::ClientStalled) => return Err(GatewayError::RequestTimeout),
                 Err(_) => return Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
             }
         }

@@ -11,8 +11,9 @@ mod body;
 mod direct;
 mod headers;
 
-use crate::http1::client::{self, Fields};
+use crate::http1::client::{self, Fields, Limits};
 use crate::http1::server::CarriesFields;
+use crate::timer::{Stalled, Waiting, Watched};
 pub use body::{drain, BodyState, ClientBody, Streamed};
 pub use direct::UpstreamSlot;
 use headers::prepare_response_headers;
@@ -30,6 +31,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,6 +40,9 @@ pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 /// A forwarded request body as the pooled client takes it.
 type ReqBody = Either<Streamed, Full<Bytes>>;
+
+/// A request body on the pooled path, telling the request's timer whom it waits for.
+type PooledBody = Watched<ReqBody, Arc<Waiting>>;
 
 /// Wraps bytes we produced (error bodies).
 pub fn full(bytes: Bytes) -> Body {
@@ -121,7 +126,7 @@ impl hyper::body::Body for UpstreamBody {
 /// HTTP/2 when the backend offers it through ALPN.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, ReqBody>,
+    client: Client<HttpsConnector<HttpConnector>, PooledBody>,
     upstream: Upstream,
     /// The direct path, for a plain-HTTP upstream (see `direct.rs`).
     direct: Option<direct::Direct>,
@@ -211,29 +216,39 @@ impl UpstreamClient {
         body: Outbound,
         state: &BodyState,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
+        let limits = Limits { backend: self.upstream.request_timeout, client: self.upstream.client_timeout };
         let result = match &self.direct {
             Some(direct) => {
-                let deadline = tokio::time::Instant::now() + self.upstream.request_timeout;
-                let sent = direct.send(slot, &parts, rewrite, body, deadline).await;
+                let sent = direct.send(slot, &parts, rewrite, body, limits).await;
                 sent.map(|(resp, fields)| resp.map(|body| UpstreamBody::Direct(body, Some(fields))))
             }
             None => {
                 parts.version = Version::HTTP_11;
                 rewrite.insert_into(&mut parts.headers);
-                let req = Request::from_parts(parts, ReqBody::from(body));
-                match tokio::time::timeout(self.upstream.request_timeout, self.client.request(req)).await {
-                    // As on the direct path: a coding other than `chunked` alone would
-                    // reach the client without its label.
-                    Ok(Ok(resp)) if !chunked_alone(resp.headers()) => {
-                        Err(GatewayError::BadGateway(UpstreamFailure::Protocol))
-                    }
-                    Ok(Ok(mut resp)) => {
-                        prepare_response_headers(resp.headers_mut());
-                        Ok(resp.map(UpstreamBody::Pooled))
-                    }
-                    Ok(Err(e)) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
-                    Ok(Err(_)) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
-                    Err(_) => Err(GatewayError::GatewayTimeout),
+                // As on the direct path, each side's time runs only while it is awaited;
+                // the body is read by the pooled connection's task, so it wakes the timer.
+                let waiting = Arc::new(Waiting::new(tokio::time::Instant::now()));
+                let body = Watched::new(ReqBody::from(body), Arc::clone(&waiting));
+                let req = Request::from_parts(parts, body);
+                tokio::select! {
+                    biased;
+                    sent = self.client.request(req) => match sent {
+                        // As on the direct path: a coding other than `chunked` alone would
+                        // reach the client without its label.
+                        Ok(resp) if !chunked_alone(resp.headers()) => {
+                            Err(GatewayError::BadGateway(UpstreamFailure::Protocol))
+                        }
+                        Ok(mut resp) => {
+                            prepare_response_headers(resp.headers_mut());
+                            Ok(resp.map(UpstreamBody::Pooled))
+                        }
+                        Err(e) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+                        Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+                    },
+                    who = waiting.stalled(limits.backend, limits.client) => match who {
+                        Stalled::Backend => Err(GatewayError::GatewayTimeout),
+                        Stalled::Client => Err(GatewayError::RequestTimeout),
+                    },
                 }
             }
         };

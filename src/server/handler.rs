@@ -309,7 +309,7 @@ async fn process(
         None => {
             let taken = body.take().unwrap_or(ClientBody::Empty);
             let mut streamed = Streamed::new(taken, limit, body_state.clone());
-            streamed.prefetch().await?;
+            streamed.prefetch(snap.config.server.limits.idle_timeout).await?;
             streamed.into_outbound()
         }
     };
@@ -362,9 +362,11 @@ async fn read_inspected(snap: &Snapshot, parts: &Parts, body: &mut Option<Client
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let read = Limited::new(body.take().unwrap_or(ClientBody::Empty), limit).collect();
-    match tokio::time::timeout(snap.config.upstream.request_timeout, read).await {
+    // The client's time, as for a streamed body (`idle_timeout`, 408).
+    match tokio::time::timeout(snap.config.server.limits.idle_timeout, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
-        Ok(Err(_)) | Err(_) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
+        Ok(Err(_)) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
+        Err(_) => Err(GatewayError::RequestTimeout),
     }
 }

@@ -518,3 +518,78 @@ pub fn test_pki(dir: &std::path::Path) -> TestPki {
     std::fs::write(&pki.key, key.serialize_pem()).unwrap();
     pki
 }
+
+/// A request body the test sends piece by piece, when it chooses.
+pub struct Trickle(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl hyper::body::Body for Trickle {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
+
+/// A client for trickled bodies over HTTP/1.1 or h2c; on h2c it pings the gateway so
+/// the connection never looks idle while one stream's body stalls.
+pub fn trickle_client(
+    h2: bool,
+) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Trickle> {
+    let mut builder = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+    builder.http2_only(h2);
+    if h2 {
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_millis(200))
+            .http2_keep_alive_while_idle(true);
+    }
+    builder.build_http()
+}
+
+/// Sends a write (`method` on `path`) whose body comes in `chunks` pieces of 1 KiB, the first after
+/// `first_after`, then `gap` apart (and ends with the last), then waits for the answer: the status, the error code of an error body, how long it took.
+pub async fn trickled_upload(
+    gateway: SocketAddr,
+    (method, path): (&str, &str),
+    h2: bool,
+    first_after: Duration,
+    chunks: usize,
+    gap: Duration,
+    delay_ms: u64,
+) -> (u16, i64, Duration) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{gateway}{path}"))
+        .header("api_key", API_KEY)
+        .header("authorization", RW)
+        .header("content-type", "application/json")
+        .header("content-length", (chunks * 1024).to_string())
+        .header("x-test-delay-ms", delay_ms.to_string())
+        .body(Trickle(rx))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let sender = tokio::spawn(async move {
+        for i in 0..chunks {
+            tokio::time::sleep(if i == 0 { first_after } else { gap }).await;
+            if tx.send(bytes::Bytes::from(vec![b' '; 1024])).await.is_err() {
+                return;
+            }
+        }
+        // Dropping the sender ends the body.
+    });
+    let resp = tokio::time::timeout(Duration::from_secs(20), trickle_client(h2).request(req)).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let took = started.elapsed();
+    sender.abort();
+    let code = if status >= 400 { error_code(&body) } else { 0 };
+    (status, code, took)
+}
+
+/// A write the gateway forwards without reading its body first.
+pub const STREAMED_WRITE: (&str, &str) = ("PUT", "/v3/content_types/blog/entries/blt0000000000000001");
