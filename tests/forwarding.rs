@@ -818,3 +818,67 @@ async fn a_stalled_request_body_is_408_after_idle_timeout() {
         assert!(seen[before..].iter().all(|s| s.body_len < 2048), "{target:?}");
     }
 }
+
+/// A raw backend that answers every request with a head promising 100 bytes, sends 10
+/// of them, and then nothing, holding the connection open.
+async fn stalling_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut buf, mut got) = (vec![0u8; 16384], Vec::new());
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+                let _ = stream.write_all(format!("{head}0123456789").as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that stops sending a response body has `request_timeout` (2 s) between
+/// reads, as for its answer: the client gets what came and then the end of the
+/// connection (HTTP/1.1) or of the stream (HTTP/2), never a response held open for as
+/// long as the backend likes. Every client path: the gateway's own HTTP/1.1 loop, hyper
+/// for a request with a body, HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_sending_its_body_is_cut_after_request_timeout() {
+    let backend = stalling_backend().await;
+    let cfg = stackgate::config::from_str(&config_text(backend, "", "")).unwrap();
+    let gw = stackgate::server::start(cfg, Arc::new(SystemClock)).await.unwrap();
+    let put = format!(
+        "PUT {PATH}/blt0000000000000001 HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    for request in [raw_get(PATH), put.into_bytes()] {
+        let started = Instant::now();
+        let (status, text) = raw(gw.addr, &request).await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("0123456789"), "{text}");
+        assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(4000), "{took:?}");
+    }
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = hyper::Request::get(format!("http://{}{PATH}", gw.addr))
+        .header("api_key", API_KEY)
+        .header("authorization", RW)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let started = Instant::now();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), http_body_util::BodyExt::collect(resp.into_body())).await;
+    let took = started.elapsed();
+    assert!(matches!(body, Ok(Err(_))), "the stream should end in an error: {body:?}");
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(4000), "{took:?}");
+}

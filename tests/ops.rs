@@ -383,14 +383,18 @@ async fn tls_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<htt
                 };
                 let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     log.lock().unwrap().push(req.version());
-                    // Takes the whole body, then waits `x-test-delay-ms` before answering.
+                    // Takes the whole body, then waits `x-test-delay-ms` before answering;
+                    // `x-test-stall-body` sends part of a body and then nothing.
                     let delay = req.headers().get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok());
+                    let stall = req.headers().contains_key("x-test-stall-body");
                     async move {
                         let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                         tokio::time::sleep(Duration::from_millis(delay.unwrap_or(0))).await;
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                            b"{\"ok\":true}",
-                        ))))
+                        let body = match stall {
+                            true => http_body_util::Either::Right(Stalling(false)),
+                            false => http_body_util::Either::Left(Full::new(Bytes::from_static(b"{\"ok\":true}"))),
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -526,4 +530,47 @@ async fn https_upstream_times_the_backend_and_the_client_apart() {
         trickled_upload(gw.addr, STREAMED_WRITE, true, Duration::ZERO, 2, Duration::from_secs(30), 0).await;
     assert_eq!((status, code), (408, 408), "after {took:?}");
     assert!(took >= Duration::from_millis(2900) && took < Duration::from_millis(4500), "{took:?}");
+}
+
+/// A response body that sends one piece and then nothing, ever.
+struct Stalling(bool);
+
+impl hyper::body::Body for Stalling {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match std::mem::replace(&mut self.0, true) {
+            false => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(b"0123456789"))))),
+            true => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// Through an https upstream too, a backend that stops sending a response body is cut
+/// after `request_timeout` (2 s) without a frame: the client gets what came, then the
+/// end of the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_body_that_stops_is_cut_after_request_timeout() {
+    let dir = temp_dir("upstream-tls-stall");
+    let pki = pki(&dir);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let (backend, _) = tls_backend(&pki).await;
+    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let request = format!(
+        "GET {ENTRIES} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nx-test-stall-body: 1\r\nConnection: close\r\n\r\n"
+    );
+    let started = Instant::now();
+    let (status, text) = raw(gw.addr, request.as_bytes()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("0123456789"), "{text}");
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(4000), "{took:?}");
 }

@@ -23,7 +23,7 @@ use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 use hyper::body::{Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -353,10 +353,13 @@ pub enum ResponseBody {
 impl ResponseBody {
     /// The body of the response just read from `conn`. When it is already complete
     /// the connection is released (if reusable) before anyone polls the body.
+    /// A backend that sends nothing of the rest for `stall` has failed it (as
+    /// `request_timeout` bounds its answer: nginx's `proxy_read_timeout`).
     pub fn new(
         mut conn: Box<Conn>,
         framing: Option<Framing>,
         keep: bool,
+        stall: std::time::Duration,
         release: impl FnOnce(Box<Conn>) + Send + 'static,
     ) -> Self {
         let whole = match framing {
@@ -368,6 +371,8 @@ impl ResponseBody {
                     framing,
                     keep,
                     release: Some(Box::new(release)),
+                    stall,
+                    waiting_since: None,
                 })
             }
         };
@@ -384,6 +389,10 @@ pub struct Reader {
     framing: Framing,
     keep: bool,
     release: Option<Release>,
+    /// How long the backend may send nothing.
+    stall: std::time::Duration,
+    /// Since when a read has found nothing to take (the clock is read only then).
+    waiting_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -446,7 +455,22 @@ impl Reader {
                 },
                 Framing::Length(_) | Framing::Close => {}
             }
-            match ready!(conn.poll_fill(cx)) {
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending => {
+                    let deadline = *self.waiting_since.get_or_insert_with(Instant::now) + self.stall;
+                    let timer = conn.timer.get_or_insert_with(|| timer::new(deadline));
+                    if timer.deadline() > deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    return match timer::poll_expired(timer, cx, deadline) {
+                        Poll::Ready(()) => self.fail(),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            };
+            self.waiting_since = None;
+            match filled {
                 Ok(0) if self.framing == Framing::Close => {
                     self.conn = None;
                     return Poll::Ready(None);

@@ -175,7 +175,7 @@ impl Direct {
             match conn.exchange(&head, outgoing, limits, start).await {
                 Ok((head, fields, framing, keep)) => {
                     let (slot, idle) = (slot.cloned(), Arc::clone(&self.idle));
-                    let body = ResponseBody::new(conn, framing, keep, move |conn| match slot {
+                    let body = ResponseBody::new(conn, framing, keep, limits.backend, move |conn| match slot {
                         Some(slot) => slot.put(conn, &idle),
                         None => idle.push(conn),
                     });

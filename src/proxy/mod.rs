@@ -73,8 +73,27 @@ impl From<Outbound> for ReqBody {
 /// (the HTTP/1.1 server through [`CarriesFields`], every other one through [`fill_headers`]).
 #[derive(Debug)]
 pub enum UpstreamBody {
-    Pooled(Incoming),
+    Pooled(Incoming, Stall),
     Direct(client::ResponseBody, Option<Fields>),
+}
+
+/// How long a pooled response body may go without a frame (`request_timeout`, as on
+/// the direct path): a timer armed only while a read waits.
+#[derive(Debug)]
+pub struct Stall {
+    limit: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Self {
+        Stall { limit, sleep: None }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let limit = self.limit;
+        std::future::Future::poll(self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit))).as_mut(), cx)
+    }
 }
 
 /// The backend's header fields the direct path kept as a block (see [`Fields`]), for
@@ -102,21 +121,27 @@ impl hyper::body::Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Pooled(b, stall) => match Pin::new(b).poll_frame(cx) {
+                Poll::Pending => stall.poll(cx).map(|()| Some(Err("the backend stopped sending the body".into()))),
+                ready => {
+                    stall.sleep = None;
+                    ready.map_err(Into::into)
+                }
+            },
             UpstreamBody::Direct(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Pooled(b) => b.is_end_stream(),
+            UpstreamBody::Pooled(b, _) => b.is_end_stream(),
             UpstreamBody::Direct(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Pooled(b) => b.size_hint(),
+            UpstreamBody::Pooled(b, _) => b.size_hint(),
             UpstreamBody::Direct(b, _) => b.size_hint(),
         }
     }
@@ -240,7 +265,7 @@ impl UpstreamClient {
                         }
                         Ok(mut resp) => {
                             prepare_response_headers(resp.headers_mut());
-                            Ok(resp.map(UpstreamBody::Pooled))
+                            Ok(resp.map(|body| UpstreamBody::Pooled(body, Stall::new(limits.backend))))
                         }
                         Err(e) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
                         Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
