@@ -794,28 +794,36 @@ async fn request_timeout_counts_the_backends_time_not_a_slow_upload() {
     }
 }
 
-/// A client that stops sending its body (an HTTP/2 stream on a connection kept alive
-/// by pings, so the connection's own idle limit never fires) is answered 408 with the
-/// CMA error body after `idle_timeout`, not left holding the request: after a first
-/// piece (forwarded), before any (nothing forwarded), and in a body the gateway reads
-/// whole to check it (an entry's workflow change).
+/// A client that stops sending its body is answered 408 with the CMA error body after
+/// `idle_timeout`, not left holding the request: after a first piece (forwarded),
+/// before any (nothing forwarded), and in a body the gateway reads whole to check it
+/// (an entry's workflow change); over HTTP/1.1 and HTTP/2 (a stream on a connection
+/// kept alive by pings, so the connection's own idle limit never fires). A body read
+/// whole that keeps coming is not cut for taking longer than `idle_timeout` in all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_is_408_after_idle_timeout() {
     let env = Env::start_with("idle_timeout = \"3s\"", "", Arc::new(SystemClock)).await; // request_timeout = 2s
     let workflow = ("POST", "/v3/content_types/blog/entries/e1/workflow");
     let long = Duration::from_secs(30);
-    for (target, first_after, forwarded) in
-        [(STREAMED_WRITE, Duration::ZERO, 1), (STREAMED_WRITE, long, 0), (workflow, Duration::ZERO, 0)]
-    {
+    let cases = [(STREAMED_WRITE, Duration::ZERO, 1), (STREAMED_WRITE, long, 0), (workflow, Duration::ZERO, 0)];
+    for ((target, first_after, forwarded), h2) in cases.into_iter().flat_map(|case| [(case, false), (case, true)]) {
         let before = env.backend.seen().len();
-        let (status, code, took) = trickled_upload(env.gateway.addr, target, true, first_after, 2, long, 0).await;
-        assert_eq!((status, code), (408, 408), "{target:?} {first_after:?} after {took:?}");
+        let (status, code, took) = trickled_upload(env.gateway.addr, target, h2, first_after, 2, long, 0).await;
+        assert_eq!((status, code), (408, 408), "{target:?} {first_after:?} h2 {h2} after {took:?}");
         assert!(took >= Duration::from_millis(2900) && took < Duration::from_millis(4500), "{took:?}");
         // The backend saw the start of the forwarded one only (and never a whole body).
         tokio::time::sleep(Duration::from_millis(200)).await;
         let seen = env.backend.seen();
         assert!(seen.len() - before <= forwarded, "{target:?}: {:?}", &seen[before..]);
         assert!(seen[before..].iter().all(|s| s.body_len < 2048), "{target:?}");
+    }
+    // Five pieces a second apart: 4 s in all, never a pause of 3 s. Read whole and
+    // checked (blanks are no JSON: 400), not cut at 3 s.
+    for h2 in [false, true] {
+        let (status, code, took) =
+            trickled_upload(env.gateway.addr, workflow, h2, Duration::ZERO, 5, Duration::from_secs(1), 0).await;
+        assert_eq!((status, code), (400, 400), "h2 {h2} after {took:?}");
+        assert!(took >= Duration::from_millis(3900), "h2 {h2}: {took:?}");
     }
 }
 

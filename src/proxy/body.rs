@@ -21,13 +21,15 @@ pub struct BodyState(Arc<AtomicU8>);
 
 const TOO_LARGE: u8 = 1;
 const MALFORMED: u8 = 2;
+const STALLED: u8 = 3;
 
 impl BodyState {
-    /// The client's fault, if the body failed: 413 or 400.
+    /// The client's fault, if the body failed: 413, 400 or 408.
     pub fn error(&self) -> Option<GatewayError> {
         match self.0.load(Ordering::Relaxed) {
             TOO_LARGE => Some(GatewayError::PayloadTooLarge),
             MALFORMED => Some(GatewayError::BadRequest(BadRequest::UnreadableBody)),
+            STALLED => Some(GatewayError::RequestTimeout),
             _ => None,
         }
     }
@@ -144,7 +146,7 @@ impl Streamed {
                 self.first = Some(frame);
                 Ok(())
             }
-            Some(Err(_)) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
+            Some(Err(e)) => Err(unreadable(&e)),
             None => Ok(()),
         }
     }
@@ -192,8 +194,8 @@ impl Body for Streamed {
                 Ok(()) => Poll::Ready(Some(Ok(frame))),
                 Err(_) => Poll::Ready(Some(Err(Box::new(ClientBodyError)))),
             },
-            Poll::Ready(Some(Err(_))) => {
-                this.state.set(MALFORMED);
+            Poll::Ready(Some(Err(e))) => {
+                this.state.set(if stalled(&e) { STALLED } else { MALFORMED });
                 Poll::Ready(Some(Err(Box::new(ClientBodyError))))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -217,5 +219,27 @@ impl Body for Streamed {
         }
         hint.set_lower(inner.lower().saturating_add(len));
         hint
+    }
+}
+
+/// Whether reading the client's body failed because the client went quiet (its
+/// connection's `idle_timeout`), rather than because what it sent was malformed.
+fn stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The answer to a client body that could not be read: 408 when the client went
+/// quiet, else 400.
+pub fn unreadable(e: &(dyn std::error::Error + 'static)) -> GatewayError {
+    match stalled(e) {
+        true => GatewayError::RequestTimeout,
+        false => GatewayError::BadRequest(BadRequest::UnreadableBody),
     }
 }

@@ -14,7 +14,7 @@ mod headers;
 use crate::http1::client::{self, Fields, Limits};
 use crate::http1::server::CarriesFields;
 use crate::timer::{Stalled, Waiting, Watched};
-pub use body::{drain, BodyState, ClientBody, Streamed};
+pub use body::{drain, unreadable, BodyState, ClientBody, Streamed};
 pub use direct::UpstreamSlot;
 use headers::prepare_response_headers;
 pub use headers::{join_cookies, prepare_request_headers, Identity, RequestRewrite, TRACEPARENT, X_REQUEST_ID};

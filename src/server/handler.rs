@@ -361,12 +361,23 @@ async fn read_inspected(snap: &Snapshot, parts: &Parts, body: &mut Option<Client
         return Err(GatewayError::PayloadTooLarge);
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let read = Limited::new(body.take().unwrap_or(ClientBody::Empty), limit).collect();
-    // The client's time, as for a streamed body (`idle_timeout`, 408).
-    match tokio::time::timeout(snap.config.server.limits.idle_timeout, read).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
-        Ok(Err(_)) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
-        Err(_) => Err(GatewayError::RequestTimeout),
+    let mut read = Limited::new(body.take().unwrap_or(ClientBody::Empty), limit);
+    // As for a streamed body, the client may pause for up to `idle_timeout` (408).
+    let pause = snap.config.server.limits.idle_timeout;
+    let mut bytes = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(pause, read.frame()).await {
+            Err(_) => return Err(GatewayError::RequestTimeout),
+            Ok(None) => return Ok(bytes.freeze()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(GatewayError::PayloadTooLarge)
+            }
+            Ok(Some(Err(e))) => return Err(crate::proxy::unreadable(&*e)),
+        }
     }
 }
