@@ -368,8 +368,17 @@ async fn oversized_headers_and_bodies() {
 
 /// A TLS backend offering h2 and http/1.1; records the HTTP version of each request.
 async fn tls_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::Version>>>) {
+    tls_backend_offering(pki, true).await
+}
+
+/// [`tls_backend`], offering h2 (through ALPN) or only http/1.1.
+async fn tls_backend_offering(pki: &TestPki, h2: bool) -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::Version>>>) {
     let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let acceptor = tokio_rustls::TlsAcceptor::from(stackgate::tls::server_config(&files).unwrap());
+    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    if !h2 {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Arc<std::sync::Mutex<Vec<http::Version>>> = Arc::default();
@@ -387,7 +396,12 @@ async fn tls_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<htt
                     // `x-test-stall-body` sends part of a body and then nothing.
                     let delay = req.headers().get("x-test-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok());
                     let stall = req.headers().contains_key("x-test-stall-body");
+                    let no_read = req.headers().contains_key("x-test-no-read");
                     async move {
+                        if no_read {
+                            // Takes nothing of the body, and holds the connection.
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
                         let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                         tokio::time::sleep(Duration::from_millis(delay.unwrap_or(0))).await;
                         let body = match stall {
@@ -573,4 +587,45 @@ async fn https_upstream_body_that_stops_is_cut_after_request_timeout() {
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("0123456789"), "{text}");
     assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(4000), "{took:?}");
+}
+
+/// Through an https upstream, a backend that stops reading an upload gets 504 after
+/// `request_timeout` (2 s) without progress, and then the pooled connection gives up
+/// its write too, so the client's connection ends soon after the 504 instead of being
+/// held until the backend closes (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_that_stops_reading_frees_the_client_after_the_504() {
+    let dir = temp_dir("upstream-tls-noread");
+    let pki = pki(&dir);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    // HTTP/1.1 to the backend: on HTTP/2 the stream's reset frees everything anyway.
+    let (backend, _) = tls_backend_offering(&pki, false).await;
+    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let size = 64 * 1024 * 1024;
+    let head = format!(
+        "PUT /v3/content_types/blog/entries/blt0000000000000001 HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\n\
+         authorization: {RW}\r\ncontent-type: application/json\r\ncontent-length: {size}\r\nx-test-no-read: 1\r\n\r\n"
+    );
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    let upload = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let piece = vec![b' '; 64 * 1024];
+        for _ in 0..size / piece.len() {
+            writer.write_all(&piece).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    upload.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(read.is_ok() && took < Duration::from_secs(10), "the connection was held for {took:?}");
 }

@@ -195,7 +195,7 @@ impl Body for Streamed {
                 Err(_) => Poll::Ready(Some(Err(Box::new(ClientBodyError)))),
             },
             Poll::Ready(Some(Err(e))) => {
-                this.state.set(if stalled(&e) { STALLED } else { MALFORMED });
+                this.state.set(if timed_out(&e) { STALLED } else { MALFORMED });
                 Poll::Ready(Some(Err(Box::new(ClientBodyError))))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -222,9 +222,10 @@ impl Body for Streamed {
     }
 }
 
-/// Whether reading the client's body failed because the client went quiet (its
-/// connection's `idle_timeout`), rather than because what it sent was malformed.
-fn stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether an I/O error timed out somewhere in `e`'s causes: reading the client's body
+/// when the client went quiet (its connection's `idle_timeout`), rather than because
+/// what it sent was malformed; writing to a backend that took nothing.
+pub(crate) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(e) = cause {
         if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
@@ -238,7 +239,7 @@ fn stalled(e: &(dyn std::error::Error + 'static)) -> bool {
 /// The answer to a client body that could not be read: 408 when the client went
 /// quiet, else 400.
 pub fn unreadable(e: &(dyn std::error::Error + 'static)) -> GatewayError {
-    match stalled(e) {
+    match timed_out(e) {
         true => GatewayError::RequestTimeout,
         false => GatewayError::BadRequest(BadRequest::UnreadableBody),
     }

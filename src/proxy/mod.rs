@@ -151,7 +151,7 @@ impl hyper::body::Body for UpstreamBody {
 /// HTTP/2 when the backend offers it through ALPN.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, PooledBody>,
+    client: Client<HttpsConnector<StallConnector>, PooledBody>,
     upstream: Upstream,
     /// The direct path, for a plain-HTTP upstream (see `direct.rs`).
     direct: Option<direct::Direct>,
@@ -174,7 +174,7 @@ impl UpstreamClient {
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(StallConnector { inner: http, limit: upstream.request_timeout });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -268,6 +268,8 @@ impl UpstreamClient {
                             Ok(resp.map(|body| UpstreamBody::Pooled(body, Stall::new(limits.backend))))
                         }
                         Err(e) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+                        // The connection's write took nothing for `request_timeout` (`Stalls`).
+                        Err(e) if body::timed_out(&e) => Err(GatewayError::GatewayTimeout),
                         Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
                     },
                     who = waiting.stalled(limits.backend, limits.client) => match who {
@@ -293,5 +295,111 @@ fn chunked_alone(headers: &http::HeaderMap) -> bool {
         (None, _) => true,
         (Some(only), None) => only.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
         (Some(_), Some(_)) => false,
+    }
+}
+
+/// The pooled client's TCP connector, whose connections fail a write the backend takes
+/// nothing of for `limit` (`request_timeout`). hyper writes a request body on the
+/// connection's own task, which nothing else would stop once the request's answer (a
+/// 504) has gone: without this, a backend that stops reading held the client's
+/// connection and its own until it closed.
+#[derive(Debug, Clone)]
+pub struct StallConnector {
+    inner: HttpConnector,
+    limit: Duration,
+}
+
+type Tcp = <HttpConnector as tower_service::Service<Uri>>::Response;
+
+impl tower_service::Service<Uri> for StallConnector {
+    type Response = Stalls<Tcp>;
+    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Stalls<Tcp>, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move { Ok(Stalls { io: connecting.await?, limit, sleep: None }) })
+    }
+}
+
+/// A connection whose writes fail after `limit` without progress.
+#[derive(Debug)]
+pub struct Stalls<T> {
+    io: T,
+    limit: Duration,
+    /// Armed while a write waits.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Stalls<T> {
+    fn waited(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        match polled {
+            Poll::Pending => {
+                let limit = self.limit;
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match std::future::Future::poll(sleep.as_mut(), cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the backend took nothing of the request",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.sleep = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Stalls<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Stalls<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.waited(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.waited(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl<T: hyper_util::client::legacy::connect::Connection> hyper_util::client::legacy::connect::Connection for Stalls<T> {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.io.connected()
     }
 }
