@@ -24,10 +24,16 @@ pub fn new(deadline: Instant) -> Timer {
 /// (the previous request's, under a longer timeout before a reload) is brought
 /// forward first: it may fire early, never late.
 pub async fn expired(timer: &mut Timer, deadline: Instant) {
+    std::future::poll_fn(|cx| poll_deadline(timer, cx, deadline)).await;
+}
+
+/// [`poll_expired`] for a deadline that may be earlier than the one the timer is armed
+/// for: the timer is brought forward first (it may fire early, never late).
+pub fn poll_deadline(timer: &mut Timer, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
     if timer.deadline() > deadline {
         timer.as_mut().reset(deadline);
     }
-    std::future::poll_fn(|cx| poll_expired(timer, cx, deadline)).await;
+    poll_expired(timer, cx, deadline)
 }
 
 /// Ready once `deadline` has passed; otherwise the task is woken when the timer fires.
@@ -111,10 +117,7 @@ impl Waiting {
         client: std::time::Duration,
     ) -> Poll<Stalled> {
         let (who, deadline) = self.deadline(backend, client);
-        if timer.deadline() > deadline {
-            timer.as_mut().reset(deadline);
-        }
-        poll_expired(timer, cx, deadline).map(|()| who)
+        poll_deadline(timer, cx, deadline).map(|()| who)
     }
 
     /// [`Waiting::poll_stalled`] for a body read on another task (the pooled path):

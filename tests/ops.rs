@@ -516,21 +516,26 @@ async fn console_sign_in_refusals_are_counted() {
     assert!(!metrics.contains("guess"), "no authtoken in the metrics");
 }
 
+/// A gateway in front of [`tls_backend_offering`] over https, with `extra_server` in
+/// its `[server]` section.
+async fn https_gateway(name: &str, extra_server: &str, h2: bool) -> stackgate::server::Running {
+    let dir = temp_dir(name);
+    let pki = pki(&dir);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let (backend, _) = tls_backend_offering(&pki, h2).await;
+    let text = config_text(backend, extra_server, &format!("ca_file = \"{}\"", ca.display()))
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
+    stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap()
+}
+
 /// Through an https upstream (the pooled client) as through a plain one: an upload
 /// slower than `request_timeout` is forwarded whole, the backend's time to answer
 /// starts once it has the body, and a body that stops coming is 408 after
 /// `idle_timeout` (tests/forwarding.rs has the same for the direct path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_times_the_backend_and_the_client_apart() {
-    let dir = temp_dir("upstream-tls-timeouts");
-    let pki = pki(&dir);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let (backend, _) = tls_backend(&pki).await;
-    let text = config_text(backend, "idle_timeout = \"3s\"", &format!("ca_file = \"{}\"", ca.display()))
-        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
-    let gw =
-        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let gw = https_gateway("upstream-tls-timeouts", "idle_timeout = \"3s\"", true).await;
     for h2 in [false, true] {
         let (status, _, took) =
             trickled_upload(gw.addr, STREAMED_WRITE, h2, Duration::ZERO, 10, Duration::from_millis(300), 0).await;
@@ -569,15 +574,7 @@ impl hyper::body::Body for Stalling {
 /// end of the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_body_that_stops_is_cut_after_request_timeout() {
-    let dir = temp_dir("upstream-tls-stall");
-    let pki = pki(&dir);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let (backend, _) = tls_backend(&pki).await;
-    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
-        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
-    let gw =
-        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let gw = https_gateway("upstream-tls-stall", "", true).await;
     let request = format!(
         "GET {ENTRIES} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nx-test-stall-body: 1\r\nConnection: close\r\n\r\n"
     );
@@ -595,16 +592,8 @@ async fn https_upstream_body_that_stops_is_cut_after_request_timeout() {
 /// held until the backend closes (30 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_that_stops_reading_frees_the_client_after_the_504() {
-    let dir = temp_dir("upstream-tls-noread");
-    let pki = pki(&dir);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
     // HTTP/1.1 to the backend: on HTTP/2 the stream's reset frees everything anyway.
-    let (backend, _) = tls_backend_offering(&pki, false).await;
-    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
-        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
-    let gw =
-        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let gw = https_gateway("upstream-tls-noread", "", false).await;
     let size = 64 * 1024 * 1024;
     let head = format!(
         "PUT /v3/content_types/blog/entries/blt0000000000000001 HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\n\

@@ -460,10 +460,7 @@ impl Reader {
                 Poll::Pending => {
                     let deadline = *self.waiting_since.get_or_insert_with(Instant::now) + self.stall;
                     let timer = conn.timer.get_or_insert_with(|| timer::new(deadline));
-                    if timer.deadline() > deadline {
-                        timer.as_mut().reset(deadline);
-                    }
-                    return match timer::poll_expired(timer, cx, deadline) {
+                    return match timer::poll_deadline(timer, cx, deadline) {
                         Poll::Ready(()) => self.fail(),
                         Poll::Pending => Poll::Pending,
                     };
