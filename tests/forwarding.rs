@@ -524,13 +524,13 @@ async fn no_request_is_sent_again_after_a_connection_dies_unanswered() {
 }
 
 /// A backend that refuses an upload as soon as it has read the request head: it
-/// answers 413 and closes without reading the body (so the gateway's write of the
-/// rest of the body fails). The client must get that 413, not a 502.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() {
+/// answers 413 without reading the body, then either closes (so the gateway's write
+/// of the rest fails) or keeps the connection open and reads nothing more (so the
+/// write stalls). Returns its address and how many body bytes it had read.
+async fn early_refusing_backend(hold: bool) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const REFUSAL: &[u8] =
-        b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: 21\r\nconnection: close\r\n\r\n{\"error\":\"too large\"}";
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: 21\r\n\r\n{\"error\":\"too large\"}";
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap();
     let body_bytes_read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -552,25 +552,67 @@ async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() 
                 };
                 counted.store(buf.len() - end, std::sync::atomic::Ordering::SeqCst);
                 let _ = stream.write_all(REFUSAL).await;
+                if hold {
+                    // Open, and reading nothing more, for longer than the test waits.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
                 // Dropped with the body unread: the kernel resets the connection.
             });
         }
     });
-    let gw = env_for(backend).await;
+    (backend, body_bytes_read)
+}
 
-    const SIZE: usize = 16 << 20;
-    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+/// The backend's early refusal is what the client gets, not a 502 (the write failed)
+/// nor a 504 (the write stalled for request_timeout, 2 s here): on HTTP/1.1 with a
+/// Content-Length body and a chunked one, and on h2c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() {
+    const SIZE: usize = 64 << 20;
+    const REFUSED: &[u8] = b"{\"error\":\"too large\"}";
+    for hold in [false, true] {
+        let (backend, body_bytes_read) = early_refusing_backend(hold).await;
+        let gw = env_for(backend).await;
+        for (h2, length) in [(false, true), (false, false), (true, true)] {
+            let case = format!("hold {hold}, h2 {h2}, content-length {length}");
+            let started = Instant::now();
+            let (status, body) =
+                if h2 { h2_upload(gw.addr, SIZE).await } else { h1_upload(gw.addr, SIZE, length, REFUSED).await };
+            let took = started.elapsed();
+            assert_eq!(status, 413, "{case}: {}", String::from_utf8_lossy(&body));
+            assert!(took < Duration::from_millis(1500), "{case}: answered after {took:?}");
+            assert!(body.ends_with(REFUSED), "{case}: {body:?}");
+            assert!(
+                body_bytes_read.load(std::sync::atomic::Ordering::SeqCst) < SIZE,
+                "{case}: the backend stopped early"
+            );
+        }
+    }
+}
+
+/// Uploads `size` bytes on a raw HTTP/1.1 connection (framed by length or chunked)
+/// while reading the answer as it comes, as a client that watches for an early answer
+/// does; returns its status and everything read up to `until`.
+async fn h1_upload(gateway: std::net::SocketAddr, size: usize, length: bool, until: &[u8]) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
+    let framing = if length { format!("content-length: {size}") } else { "transfer-encoding: chunked".to_owned() };
     let head = format!(
-        "POST /v3/assets HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/octet-stream\r\ncontent-length: {SIZE}\r\n\r\n"
+        "POST /v3/assets HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/octet-stream\r\n{framing}\r\n\r\n"
     );
-    // The client keeps sending while the answer comes back; once the gateway stops
-    // reading, its writes may fail, which is expected.
+    // Once the gateway stops reading, the writes stall or fail, which is expected.
     let upload = tokio::spawn(async move {
         writer.write_all(head.as_bytes()).await.unwrap();
         let chunk = vec![b'x'; 64 << 10];
-        for _ in 0..SIZE / chunk.len() {
-            if writer.write_all(&chunk).await.is_err() {
+        for _ in 0..size / chunk.len() {
+            let sent = if length {
+                writer.write_all(&chunk).await
+            } else {
+                writer.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+                writer.write_all(&chunk).await.and(writer.write_all(b"\r\n").await)
+            };
+            if sent.is_err() {
                 return;
             }
         }
@@ -578,7 +620,7 @@ async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() 
     let mut resp = Vec::new();
     let read = async {
         let mut chunk = [0u8; 4096];
-        while !resp.ends_with(b"{\"error\":\"too large\"}") {
+        while !resp.ends_with(until) {
             match reader.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => resp.extend_from_slice(&chunk[..n]),
@@ -586,11 +628,39 @@ async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() 
         }
     };
     tokio::time::timeout(Duration::from_secs(10), read).await.expect("the gateway answered in time");
-    let text = String::from_utf8_lossy(&resp);
-    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
-    assert!(text.ends_with("{\"error\":\"too large\"}"), "{text}");
-    assert!(body_bytes_read.load(std::sync::atomic::Ordering::SeqCst) < SIZE, "the backend stopped before the end");
     upload.abort();
+    let status = String::from_utf8_lossy(&resp).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, resp)
+}
+
+/// Uploads `size` bytes on an h2c stream; the status and body of the answer.
+async fn h2_upload(gateway: std::net::SocketAddr, size: usize) -> (u16, Vec<u8>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://{gateway}/v3/assets"))
+        .header("api_key", API_KEY)
+        .header("authorization", RW)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", size.to_string())
+        .body(Trickle(rx))
+        .unwrap();
+    let upload = tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+        for _ in 0..size / chunk.len() {
+            if tx.send(chunk.clone()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let resp = tokio::time::timeout(Duration::from_secs(10), trickle_client(true).request(req))
+        .await
+        .expect("the gateway answered in time")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    upload.abort();
+    (status, body.to_vec())
 }
 
 /// HTTP/2 streams have no connection of their own upstream: each borrows one from its
@@ -889,4 +959,51 @@ async fn a_backend_that_stops_sending_its_body_is_cut_after_request_timeout() {
     let took = started.elapsed();
     assert!(matches!(body, Ok(Err(_))), "the stream should end in an error: {body:?}");
     assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(4000), "{took:?}");
+}
+
+/// An HTTP/1.0 backend's answer is the gateway's answer in the gateway's own version:
+/// an HTTP/1.1 client gets `HTTP/1.1` and keeps its connection, whether the request
+/// went through the gateway's HTTP/1.1 loop (a GET) or hyper's (a body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_backends_answer_reaches_the_client_as_http11() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const OLD: &[u8] = b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    let script: Script = (0..4).map(|_| (vec![OLD], true)).collect();
+    let (backend, _, connections) = scripted_backend(script).await;
+    let gw = env_for(backend).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for (method, body) in [("POST", r#"{"asset":{}}"#), ("GET", ""), ("PUT", r#"{"entry":{}}"#), ("GET", "")] {
+        let target = if method == "POST" { "/v3/assets".to_owned() } else { format!("{PATH}/blt1") };
+        let req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "{method}: the gateway closed the client's connection");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 "), "{method}: {head}");
+        assert!(!head.contains("connection: close"), "{method}: {head}");
+        while buf.len() < end + 2 {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(&buf[end..end + 2], b"{}", "{method}");
+        buf.drain(..end + 2);
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "an HTTP/1.0 backend closes after each answer"
+    );
 }

@@ -531,5 +531,20 @@ async fn a_body_that_breaks_before_anything_was_sent_is_answered_502() {
     assert_eq!(id(&head), id(&backend_saw), "one request id for the request, the backend and the answer");
     let mut again = TcpStream::connect(gw.addr).await.unwrap();
     again.write_all(get("GET", "/v3/assets/blt1", "").as_bytes()).await.unwrap();
-    assert_refused(&mut again, &mut Vec::new(), 502, "broken chunk size").await;
+    let (head, answer) = response(&mut again, &mut Vec::new(), false).await.expect("an answer");
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    assert_eq!(error_code(answer.as_bytes()), 502, "{answer}");
+    heads.recv().await.unwrap();
+    // A request with a body (served by hyper, not the loop) and an h2c stream: the
+    // same 502, with its request id.
+    let mut post = TcpStream::connect(gw.addr).await.unwrap();
+    let body = r#"{"asset":{}}"#;
+    let extra = format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len());
+    post.write_all(format!("{}{body}", get("POST", "/v3/assets", &extra)).as_bytes()).await.unwrap();
+    let (head, answer) = response(&mut post, &mut Vec::new(), false).await.expect("an answer, not a closed connection");
+    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
+    assert_eq!(id(&head), id(&heads.recv().await.unwrap()), "one request id");
+    assert_eq!(error_code(answer.as_bytes()), 502, "{answer}");
+    let (status, answer) = h2c_get(gw.addr).await;
+    assert_eq!((status, error_code(&answer)), (502, 502));
 }

@@ -13,7 +13,7 @@
 //! The caller chooses the request's fields ([`RequestHead::fields`]); this module adds
 //! only `Host` and the framing.
 
-use super::body::{decode_chunk, write_body, Decoded, WriteError};
+use super::body::{decode_chunk, write_body, Chunk, Decoded, WriteError};
 pub use super::response::{framing, parse_head, Fields, Framing, Head, MAX_HEAD};
 
 use super::common::{put_field, put_length, COALESCE};
@@ -24,7 +24,7 @@ use hyper::body::{Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -104,6 +104,10 @@ impl From<io::Error> for SendError {
     }
 }
 
+/// A response head, its fields, how its body is framed, and whether the connection
+/// can be reused after it.
+pub type Exchanged = (Response<()>, Fields, Option<Framing>, bool);
+
 /// How the request body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sending {
@@ -165,7 +169,7 @@ impl Conn {
         body: Outgoing<'_, B>,
         limits: Limits,
         start: Instant,
-    ) -> Result<(Response<()>, Fields, Option<Framing>, bool), SendError>
+    ) -> Result<Exchanged, SendError>
     where
         F: Fn() -> I,
         I: Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
@@ -192,7 +196,7 @@ impl Conn {
         request: &RequestHead<'a, F>,
         body: Outgoing<'_, B>,
         waiting: &Waiting,
-    ) -> Result<(Response<()>, Fields, Option<Framing>, bool), SendError>
+    ) -> Result<Exchanged, SendError>
     where
         F: Fn() -> I,
         I: Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
@@ -202,7 +206,10 @@ impl Conn {
         // close the connection, failing the rest of the write: its answer, if one
         // arrived, is what the client needs, not a 502.
         let streamed = matches!(body, Outgoing::Stream(..));
-        let written = self.write_request(request, body, waiting).await;
+        let written = match self.write_request(request, body, waiting).await {
+            Written::Early(head) => return self.answer(request.method, head, false),
+            Written::Whole(written) => written,
+        };
         if streamed {
             // The whole request is the backend's now: its time to answer starts.
             waiting.on_backend();
@@ -213,31 +220,34 @@ impl Conn {
             Err(e @ (SendError::Body | SendError::Unsent)) => return Err(e),
             Err(e) => Some(e),
         };
-        loop {
-            let head = match self.read_head().await {
-                Ok(head) => head,
-                Err(e) => return Err(failed.unwrap_or(e)),
-            };
-            self.read.advance(head.len);
-            // Interim responses (100 Continue, 103 Early Hints) are not forwarded.
-            if head.resp.status().is_informational() {
-                if head.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(SendError::Protocol);
-                }
-                continue;
-            }
-            let framing = framing(request.method, &head).ok_or(SendError::Protocol)?;
-            let keep = framing != Some(Framing::Close) && !head.close && failed.is_none();
-            return Ok((head.resp, head.fields, framing, keep));
-        }
+        let head = match final_head(&mut self.io, &mut self.read, &mut self.fields, self.replaced).await {
+            Ok(head) => head,
+            Err(e) => return Err(failed.unwrap_or(e)),
+        };
+        self.answer(request.method, head, failed.is_none())
     }
 
+    /// The response a final head starts; `whole`: the backend took the whole request,
+    /// so the connection may be reused after this response.
+    fn answer(&mut self, method: &Method, head: Head, whole: bool) -> Result<Exchanged, SendError> {
+        self.read.advance(head.len);
+        let framing = framing(method, &head).ok_or(SendError::Protocol)?;
+        let keep = framing != Some(Framing::Close) && !head.close && whole;
+        Ok((head.resp, head.fields, framing, keep))
+    }
+
+    /// Writes the request. A streamed body is written while the connection is watched
+    /// for the backend's answer: a backend may answer before it has read the whole body
+    /// (a 413, a 401) and then read no more while keeping the connection open. Its
+    /// answer is then what the client gets (RFC 9112 section 9.3: a client sending a
+    /// body watches for an error response and stops), and the rest of the body is not
+    /// sent; the connection is not reused.
     async fn write_request<'a, F, I, B>(
         &mut self,
         head: &RequestHead<'a, F>,
         body: Outgoing<'_, B>,
         waiting: &Waiting,
-    ) -> Result<(), SendError>
+    ) -> Written
     where
         F: Fn() -> I,
         I: Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
@@ -249,21 +259,36 @@ impl Conn {
                 let declared = !bytes.is_empty() || head.declared_length || carries_body(head.method);
                 let sending = if declared { Sending::Length(bytes.len() as u64) } else { Sending::Nothing };
                 write_head(&mut self.write, head, sending);
-                if bytes.len() <= COALESCE {
+                Written::Whole(if bytes.len() <= COALESCE {
                     self.write.extend_from_slice(bytes);
                     self.write_first().await
                 } else {
-                    self.write_first().await?;
-                    self.io.write_all(bytes).await.map_err(|_| SendError::Closed)
-                }
+                    match self.write_first().await {
+                        Ok(()) => self.io.write_all(bytes).await.map_err(|_| SendError::Closed),
+                        Err(e) => Err(e),
+                    }
+                })
             }
             Outgoing::Stream(stream, length) => {
                 write_head(&mut self.write, head, length.map_or(Sending::Chunked, Sending::Length));
                 let mut stream = Watched::new(stream, waiting);
-                match write_body(&mut self.io, &mut self.write, &mut stream, length.is_none()).await {
-                    Ok(_) => Ok(()),
-                    Err(WriteError::Source | WriteError::Unstarted) => Err(SendError::Body),
-                    Err(WriteError::Io) => Err(SendError::Protocol),
+                let Conn { io, read, write, fields, replaced, .. } = self;
+                let (mut reader, mut writer) = io.split();
+                let early = async {
+                    match final_head(&mut reader, read, fields, *replaced).await {
+                        Ok(head) => head,
+                        // Not an answer: the write goes on (and fails if the connection has).
+                        Err(_) => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    written = write_body(&mut writer, write, &mut stream, length.is_none()) => Written::Whole(match written {
+                        Ok(_) => Ok(()),
+                        Err(WriteError::Source | WriteError::Unstarted) => Err(SendError::Body),
+                        Err(WriteError::Io) => Err(SendError::Protocol),
+                    }),
+                    head = early => Written::Early(head),
                 }
             }
         }
@@ -280,33 +305,65 @@ impl Conn {
         self.io.write_all(rest).await.map_err(|_| SendError::Closed)
     }
 
-    /// Reads until a complete response head is buffered, and parses it.
-    async fn read_head(&mut self) -> Result<Head, SendError> {
-        let mut received = !self.read.is_empty();
-        loop {
-            if received {
-                if let Some(parsed) =
-                    parse_head(&self.read, &mut self.fields, self.replaced).map_err(|_| SendError::Protocol)?
-                {
-                    return Ok(parsed);
-                }
-                if self.read.len() >= MAX_HEAD {
-                    return Err(SendError::Protocol);
-                }
-            }
-            self.read.reserve(READ_CHUNK);
-            match self.io.read_buf(&mut self.read).await {
-                Ok(0) | Err(_) if !received => return Err(SendError::Closed),
-                Ok(0) | Err(_) => return Err(SendError::Protocol),
-                Ok(_) => received = true,
-            }
-        }
-    }
-
     /// Reads more of the body into the buffer: the number of bytes read (0 at EOF).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.read.reserve(READ_CHUNK);
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+}
+
+/// How writing a request ended.
+enum Written {
+    /// All of it was written, or the write failed.
+    Whole(Result<(), SendError>),
+    /// The backend answered (a final head) before it had taken the whole body.
+    Early(Head),
+}
+
+/// Reads heads until a final one (interim responses, 100 Continue and 103 Early Hints,
+/// are not forwarded), which stays in `read` for the caller to advance past.
+/// Cancel-safe: what was read stays in `read`.
+async fn final_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    read: &mut BytesMut,
+    fields: &mut BytesMut,
+    replaced: fn(&[u8]) -> bool,
+) -> Result<Head, SendError> {
+    loop {
+        let head = read_head(io, read, fields, replaced).await?;
+        if !head.resp.status().is_informational() {
+            return Ok(head);
+        }
+        if head.resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(SendError::Protocol);
+        }
+        read.advance(head.len);
+    }
+}
+
+/// Reads until a complete response head is buffered, and parses it.
+async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    read: &mut BytesMut,
+    fields: &mut BytesMut,
+    replaced: fn(&[u8]) -> bool,
+) -> Result<Head, SendError> {
+    let mut received = !read.is_empty();
+    loop {
+        if received {
+            if let Some(parsed) = parse_head(read, fields, replaced).map_err(|_| SendError::Protocol)? {
+                return Ok(parsed);
+            }
+            if read.len() >= MAX_HEAD {
+                return Err(SendError::Protocol);
+            }
+        }
+        read.reserve(READ_CHUNK);
+        match io.read_buf(read).await {
+            Ok(0) | Err(_) if !received => return Err(SendError::Closed),
+            Ok(0) | Err(_) => return Err(SendError::Protocol),
+            Ok(_) => received = true,
+        }
     }
 }
 
@@ -355,31 +412,41 @@ impl ResponseBody {
     /// the connection is released (if reusable) before anyone polls the body.
     /// A backend that sends nothing of the rest for `stall` has failed it (as
     /// `request_timeout` bounds its answer: nginx's `proxy_read_timeout`).
+    /// A chunked body's first size line, when it came with the head, is decoded here:
+    /// a body broken from its first byte fails now (`Err`), while the gateway can still
+    /// answer 502, rather than after its writer has sent the backend's status.
     pub fn new(
         mut conn: Box<Conn>,
         framing: Option<Framing>,
         keep: bool,
         stall: std::time::Duration,
         release: impl FnOnce(Box<Conn>) + Send + 'static,
-    ) -> Self {
+    ) -> Result<Self, BodyError> {
         let whole = match framing {
             None => None,
             Some(Framing::Length(n)) if conn.read.len() as u64 >= n => Some(conn.read.split_to(n as usize).freeze()),
-            Some(framing) => {
-                return ResponseBody::Reading(Reader {
+            Some(mut framing) => {
+                if framing == Framing::Chunked(Chunk::Size) && !conn.read.is_empty() {
+                    match decode_chunk(&mut conn.read, Chunk::Size) {
+                        Ok(Decoded::Progress(next)) => framing = Framing::Chunked(next),
+                        Ok(_) => {}
+                        Err(()) => return Err(BodyError),
+                    }
+                }
+                return Ok(ResponseBody::Reading(Reader {
                     conn: Some(conn),
                     framing,
                     keep,
                     release: Some(Box::new(release)),
                     stall,
                     waiting_since: None,
-                })
+                }));
             }
         };
         if keep && conn.read.is_empty() {
             release(conn);
         }
-        ResponseBody::Whole(whole)
+        Ok(ResponseBody::Whole(whole))
     }
 }
 

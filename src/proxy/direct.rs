@@ -178,7 +178,8 @@ impl Direct {
                     let body = ResponseBody::new(conn, framing, keep, limits.backend, move |conn| match slot {
                         Some(slot) => slot.put(conn, &idle),
                         None => idle.push(conn),
-                    });
+                    })
+                    .map_err(|_| GatewayError::BadGateway(UpstreamFailure::Protocol))?;
                     return Ok((head.map(|()| body), fields));
                 }
                 // Nothing of it was written: it goes again, on another connection.

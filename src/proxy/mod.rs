@@ -283,7 +283,13 @@ impl UpstreamClient {
         // backend made of it.
         match state.error() {
             Some(err) => Err(err),
-            None => result,
+            // The response is the gateway's, sent in its own version (RFC 9110 section
+            // 6.2): an HTTP/1.0 backend's answer reaches an HTTP/1.1 client as HTTP/1.1
+            // (hyper writes the version it is given, and closes after an HTTP/1.0 one).
+            None => result.map(|mut resp| {
+                *resp.version_mut() = Version::HTTP_11;
+                resp
+            }),
         }
     }
 }

@@ -520,7 +520,7 @@ pub fn test_pki(dir: &std::path::Path) -> TestPki {
 }
 
 /// A request body the test sends piece by piece, when it chooses.
-pub struct Trickle(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+pub struct Trickle(pub tokio::sync::mpsc::Receiver<bytes::Bytes>);
 
 impl hyper::body::Body for Trickle {
     type Data = bytes::Bytes;
