@@ -191,10 +191,13 @@ impl Connection {
         // Boxed: hyper spawns each HTTP/2 stream's future as a task, and the task is
         // moved several times on its way into the runtime (and written once more when
         // it ends). A pointer moves for nothing; the whole request future, kilobytes
-        // of state for every stage it may await, would be copied each time.
+        // of state for every stage it may await, would be copied each time. It is built
+        // in its box (`Box::write` into an uninitialised one): `Box::pin(handle(..))`
+        // builds it on the stack and copies it in.
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             asking.store(true, Ordering::Relaxed);
-            Box::pin(handle(Arc::clone(&gw), req.map(crate::proxy::ClientBody::Hyper), Arc::clone(&info)))
+            let req = req.map(crate::proxy::ClientBody::Hyper);
+            Box::into_pin(Box::write(Box::new_uninit(), handle(Arc::clone(&gw), req, Arc::clone(&info))))
         });
         let conn = builder.serve_connection(TokioIo::new(io), service);
         let served = watcher.watch(conn.into_owned());
