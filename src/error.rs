@@ -258,7 +258,8 @@ impl GatewayError {
                 format!("Too many requests. Please retry after {retry_after} seconds.")
             }
             GatewayError::Unavailable => "The service is temporarily unavailable. Please retry later.".into(),
-            GatewayError::BadGateway(_) => "The backend could not be reached.".into(),
+            GatewayError::BadGateway(UpstreamFailure::Connect) => "The backend could not be reached.".into(),
+            GatewayError::BadGateway(UpstreamFailure::Protocol) => "The backend did not send a valid response.".into(),
             GatewayError::GatewayTimeout => "The backend did not answer in time.".into(),
             GatewayError::RequestTimeout => "The request body did not arrive in time.".into(),
         }

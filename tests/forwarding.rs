@@ -179,6 +179,7 @@ async fn backend_down_is_502() {
     let (status, text) = raw(gw.addr, &raw_get(PATH)).await;
     assert_eq!(status, 502, "{text}");
     assert!(text.contains("\"error_code\":502"));
+    assert!(text.contains("The backend could not be reached."), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,6 +583,11 @@ async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() 
             assert_eq!(status, 413, "{case}: {}", String::from_utf8_lossy(&body));
             assert!(took < Duration::from_millis(1500), "{case}: answered after {took:?}");
             assert!(body.ends_with(REFUSED), "{case}: {body:?}");
+            if !h2 {
+                // The rest of the body is not read: the connection ends after the answer.
+                let head = String::from_utf8_lossy(&body).to_ascii_lowercase();
+                assert!(head.contains("\r\nconnection: close\r\n"), "{case}: {head}");
+            }
             assert!(
                 body_bytes_read.load(std::sync::atomic::Ordering::SeqCst) < SIZE,
                 "{case}: the backend stopped early"
@@ -1006,4 +1012,57 @@ async fn an_http10_backends_answer_reaches_the_client_as_http11() {
         4,
         "an HTTP/1.0 backend closes after each answer"
     );
+}
+
+/// A backend that refuses a body without reading it and keeps the connection (see
+/// `desyncing`) reads the body as its next request, and its answer to that would be
+/// the next request's answer: after an error answer to a request with a body, the
+/// upstream connection is never used again. On an HTTP/1.1 client connection (which
+/// keeps its own upstream connection) and on h2c (streams share idle connections);
+/// a body answered 200 keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_is_not_reused_after_an_error_answer_to_a_body() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let seen = Arc::new(Desync::default());
+    let counts = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(desyncing(stream, Arc::clone(&counts)));
+        }
+    });
+    let gw = env_for(backend).await;
+    let refused = [("api_key", API_KEY), ("authorization", RW), ("x-refuse", "1")];
+    let write = [("api_key", API_KEY), ("authorization", RW), ("content-type", "application/json")];
+    let fresh = (200, "\"fresh\"\r\n".to_owned());
+
+    let mut client = KeepAlive::connect(gw.addr).await;
+    assert_eq!(client.send("POST", "/v3/assets", &refused, SMUGGLED).await.0, 401);
+    assert_eq!(client.send("GET", PATH, &READ, "").await, fresh, "the GET got its own answer");
+    assert_eq!(seen.connections.load(SeqCst), 2, "a new upstream connection after the refusal");
+    assert_eq!(client.send("PUT", &format!("{PATH}/blt1"), &write, r#"{"entry":{}}"#).await, fresh);
+    assert_eq!(client.send("GET", PATH, &READ, "").await, fresh);
+    assert_eq!(seen.connections.load(SeqCst), 2, "a body answered 200 keeps the connection");
+
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for round in 0..3 {
+        let mut post = http::Request::post(format!("http://{}/v3/assets", gw.addr));
+        for (name, value) in refused {
+            post = post.header(name, value);
+        }
+        let resp = h2.request(post.body(bytes::Bytes::from_static(SMUGGLED.as_bytes()).into()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 401, "round {round}");
+        let get = http::Request::get(format!("http://{}{PATH}", gw.addr))
+            .header("api_key", API_KEY)
+            .header("authorization", RW)
+            .body(Default::default())
+            .unwrap();
+        let resp = h2.request(get).await.unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"\"fresh\"\r\n", "round {round}: the h2c GET got its own answer");
+    }
+    assert!(seen.smuggled.load(SeqCst) >= 1, "the backend did read a body as a request");
 }

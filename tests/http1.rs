@@ -490,18 +490,34 @@ async fn several_workers_share_the_listener_and_drain_together() {
     assert_eq!(worker_threads(), before, "the worker threads ended");
 }
 
-/// A backend whose response body breaks before the gateway has written a byte of the
-/// response (a chunk size that is no number, arriving with the head) gets the client
-/// the gateway's 502, not a closed connection without a status, under the request id
-/// the backend saw.
+/// Chunked bodies the backend sends right after the head: the body (the part in
+/// brackets is the body's own data, decoded), by the test's choice.
+const CHUNKED_WITH_HEAD: [&str; 4] = [
+    // A chunk size that is no number.
+    "zz\r\n{}\r\n0\r\n\r\n",
+    // A chunk's data not followed by CRLF.
+    "5\r\nhelloXX0\r\n\r\n",
+    // A bare LF in the second chunk's size line.
+    "2\r\n{}\r\n3;x\nabc\r\n0\r\n\r\n",
+    // Sound: three chunks and a trailer, the whole body with the head.
+    "2\r\n{\"\r\n3\r\na\":\r\n2\r\n1}\r\n0\r\nx-t: 1\r\n\r\n",
+];
+
+/// A backend whose response body breaks in what arrived with the head, before the
+/// gateway has written a byte of the response, gets the client the gateway's 502 under
+/// the request id the backend saw, not a closed connection without a status nor a
+/// status and then a break: on the gateway's HTTP/1.1 loop, on hyper's (a request with
+/// a body) and on h2c. A sound chunked body that came whole goes out with its length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_breaks_before_anything_was_sent_is_answered_502() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap();
     let (seen, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let choice = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let chosen = Arc::clone(&choice);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let seen = seen.clone();
+            let (seen, chosen) = (seen.clone(), Arc::clone(&chosen));
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -512,39 +528,52 @@ async fn a_body_that_breaks_before_anything_was_sent_is_answered_502() {
                     }
                 }
                 let _ = seen.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
-                let broken = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n";
-                let _ = stream.write_all(broken.as_bytes()).await;
+                let body = CHUNKED_WITH_HEAD[chosen.load(std::sync::atomic::Ordering::SeqCst)];
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{body}"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
             });
         }
     });
     let cfg = config_text(backend, "", "");
     let gw = stackgate::server::start(stackgate::config::from_str(&cfg).unwrap(), Arc::new(SystemClock)).await.unwrap();
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream.write_all(get("GET", "/v3/assets/blt1", "").as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let (head, _) = response(&mut stream, &mut buf, false).await.unwrap();
     let id = |text: &str| {
         text.to_ascii_lowercase().lines().find_map(|l| l.strip_prefix("x-request-id: ").map(str::to_owned))
     };
-    let backend_saw = heads.recv().await.unwrap();
-    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
-    assert_eq!(id(&head), id(&backend_saw), "one request id for the request, the backend and the answer");
-    let mut again = TcpStream::connect(gw.addr).await.unwrap();
-    again.write_all(get("GET", "/v3/assets/blt1", "").as_bytes()).await.unwrap();
-    let (head, answer) = response(&mut again, &mut Vec::new(), false).await.expect("an answer");
-    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
-    assert_eq!(error_code(answer.as_bytes()), 502, "{answer}");
-    heads.recv().await.unwrap();
-    // A request with a body (served by hyper, not the loop) and an h2c stream: the
-    // same 502, with its request id.
-    let mut post = TcpStream::connect(gw.addr).await.unwrap();
-    let body = r#"{"asset":{}}"#;
-    let extra = format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len());
-    post.write_all(format!("{}{body}", get("POST", "/v3/assets", &extra)).as_bytes()).await.unwrap();
-    let (head, answer) = response(&mut post, &mut Vec::new(), false).await.expect("an answer, not a closed connection");
-    assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
-    assert_eq!(id(&head), id(&heads.recv().await.unwrap()), "one request id");
-    assert_eq!(error_code(answer.as_bytes()), 502, "{answer}");
-    let (status, answer) = h2c_get(gw.addr).await;
-    assert_eq!((status, error_code(&answer)), (502, 502));
+    let post_body = r#"{"asset":{}}"#;
+    let extra = format!("content-type: application/json\r\ncontent-length: {}\r\n", post_body.len());
+    let requests = [get("GET", "/v3/assets/blt1", ""), format!("{}{post_body}", get("POST", "/v3/assets", &extra))];
+    for (n, body) in CHUNKED_WITH_HEAD.iter().enumerate() {
+        choice.store(n, std::sync::atomic::Ordering::SeqCst);
+        let sound = n == CHUNKED_WITH_HEAD.len() - 1;
+        for request in &requests {
+            let what = format!("{body:?}, {}", request.lines().next().unwrap());
+            let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let (head, answer) =
+                response(&mut stream, &mut Vec::new(), false).await.unwrap_or_else(|| panic!("{what}: no answer"));
+            let backend_saw = heads.recv().await.unwrap();
+            assert_eq!(
+                id(&head),
+                id(&backend_saw),
+                "{what}: one request id for the request, the backend and the answer"
+            );
+            if sound {
+                assert!(head.starts_with("HTTP/1.1 200 "), "{what}: {head}");
+                assert!(head.to_ascii_lowercase().contains("content-length: 7\r\n"), "{what}: {head}");
+                assert_eq!(answer, r#"{"a":1}"#, "{what}");
+            } else {
+                assert!(head.starts_with("HTTP/1.1 502 "), "{what}: {head}");
+                assert_eq!(error_code(answer.as_bytes()), 502, "{what}: {answer}");
+                assert!(answer.contains("The backend did not send a valid response."), "{what}: {answer}");
+            }
+        }
+        let (status, answer) = h2c_get(gw.addr).await;
+        heads.recv().await.unwrap();
+        match sound {
+            true => assert_eq!((status, &answer[..]), (200, &br#"{"a":1}"#[..]), "{body:?}, h2c"),
+            false => assert_eq!((status, error_code(&answer)), (502, 502), "{body:?}, h2c"),
+        }
+    }
 }

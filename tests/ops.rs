@@ -618,3 +618,49 @@ async fn https_upstream_that_stops_reading_frees_the_client_after_the_504() {
     assert!(text.starts_with("HTTP/1.1 504"), "{text}");
     assert!(read.is_ok() && took < Duration::from_secs(10), "the connection was held for {took:?}");
 }
+
+/// Through an https upstream (the pooled client) as through a plain one: after an
+/// error answer to a request with a body, the HTTP/1.1 connection is not reused, so a
+/// backend that left the body unread and reads it as its next request (see
+/// `desyncing`) cannot answer the next request with that (tests/forwarding.rs has
+/// the direct path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_connection_is_not_reused_after_an_error_answer_to_a_body() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = temp_dir("upstream-tls-desync");
+    let pki = pki(&dir);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let seen = Arc::new(Desync::default());
+    let counts = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, counts) = (acceptor.clone(), Arc::clone(&counts));
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    desyncing(tls, counts).await;
+                }
+            });
+        }
+    });
+    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let refused = [("api_key", API_KEY), ("authorization", RW), ("x-refuse", "1")];
+    let read = [("api_key", API_KEY), ("authorization", RW)];
+    let mut client = KeepAlive::connect(gw.addr).await;
+    for round in 0..3 {
+        assert_eq!(client.send("POST", "/v3/assets", &refused, SMUGGLED).await.0, 401, "round {round}");
+        let answer = client.send("GET", ENTRIES, &read, "").await;
+        assert_eq!(answer, (200, "\"fresh\"\r\n".to_owned()), "round {round}: the GET got its own answer");
+    }
+    assert_eq!(seen.connections.load(SeqCst), 4, "a new upstream connection after each refusal");
+    let _ = std::fs::remove_dir_all(&dir);
+}

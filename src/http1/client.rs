@@ -206,8 +206,9 @@ impl Conn {
         // close the connection, failing the rest of the write: its answer, if one
         // arrived, is what the client needs, not a 502.
         let streamed = matches!(body, Outgoing::Stream(..));
+        let carried = streamed || matches!(body, Outgoing::Bytes(bytes) if !bytes.is_empty());
         let written = match self.write_request(request, body, waiting).await {
-            Written::Early(head) => return self.answer(request.method, head, false),
+            Written::Early(head) => return self.answer(request.method, head, Reuse::Never),
             Written::Whole(written) => written,
         };
         if streamed {
@@ -224,15 +225,28 @@ impl Conn {
             Ok(head) => head,
             Err(e) => return Err(failed.unwrap_or(e)),
         };
-        self.answer(request.method, head, failed.is_none())
+        let reuse = match (failed, carried) {
+            (Some(_), _) => Reuse::Never,
+            (None, true) => Reuse::UnlessRefused,
+            (None, false) => Reuse::Framed,
+        };
+        self.answer(request.method, head, reuse)
     }
 
-    /// The response a final head starts; `whole`: the backend took the whole request,
-    /// so the connection may be reused after this response.
-    fn answer(&mut self, method: &Method, head: Head, whole: bool) -> Result<Exchanged, SendError> {
+    /// The response a final head starts, and whether the connection can take another
+    /// request after it.
+    fn answer(&mut self, method: &Method, head: Head, reuse: Reuse) -> Result<Exchanged, SendError> {
         self.read.advance(head.len);
         let framing = framing(method, &head).ok_or(SendError::Protocol)?;
-        let keep = framing != Some(Framing::Close) && !head.close && whole;
+        let status = head.resp.status();
+        let refused = status.is_client_error() || status.is_server_error();
+        let keep = framing != Some(Framing::Close)
+            && !head.close
+            && match reuse {
+                Reuse::Framed => true,
+                Reuse::UnlessRefused => !refused,
+                Reuse::Never => false,
+            };
         Ok((head.resp, head.fields, framing, keep))
     }
 
@@ -310,6 +324,20 @@ impl Conn {
         self.read.reserve(READ_CHUNK);
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
+}
+
+/// Whether a connection can take another request once its response is read.
+#[derive(Debug, Clone, Copy)]
+enum Reuse {
+    /// As the response's framing allows: the request had no body.
+    Framed,
+    /// Not after an error answer: the request carried a body, and a backend that
+    /// refuses one may do so without reading it (a 401 or 413 after the head). One that
+    /// then neither reads nor closes would take the unread body for the next request,
+    /// and its answer to that for the next request's answer.
+    UnlessRefused,
+    /// Never: the backend answered before it had the whole request, or the write failed.
+    Never,
 }
 
 /// How writing a request ended.
@@ -412,9 +440,10 @@ impl ResponseBody {
     /// the connection is released (if reusable) before anyone polls the body.
     /// A backend that sends nothing of the rest for `stall` has failed it (as
     /// `request_timeout` bounds its answer: nginx's `proxy_read_timeout`).
-    /// A chunked body's first size line, when it came with the head, is decoded here:
-    /// a body broken from its first byte fails now (`Err`), while the gateway can still
-    /// answer 502, rather than after its writer has sent the backend's status.
+    /// What came of a chunked body with the head is decoded here: a body broken there
+    /// fails now (`Err`), while the gateway can still answer 502, rather than after its
+    /// writer has sent the backend's status; and a chunked body that came whole is
+    /// passed on as one piece of known length.
     pub fn new(
         mut conn: Box<Conn>,
         framing: Option<Framing>,
@@ -422,25 +451,26 @@ impl ResponseBody {
         stall: std::time::Duration,
         release: impl FnOnce(Box<Conn>) + Send + 'static,
     ) -> Result<Self, BodyError> {
+        let mut pending = None;
         let whole = match framing {
             None => None,
             Some(Framing::Length(n)) if conn.read.len() as u64 >= n => Some(conn.read.split_to(n as usize).freeze()),
-            Some(mut framing) => {
-                if framing == Framing::Chunked(Chunk::Size) && !conn.read.is_empty() {
-                    match decode_chunk(&mut conn.read, Chunk::Size) {
-                        Ok(Decoded::Progress(next)) => framing = Framing::Chunked(next),
-                        Ok(_) => {}
-                        Err(()) => return Err(BodyError),
-                    }
+            Some(Framing::Chunked(Chunk::Size)) if !conn.read.is_empty() => match decode_buffered(&mut conn.read)? {
+                (data, None) => data,
+                (data, Some(state)) => {
+                    pending = data;
+                    return Ok(ResponseBody::Reading(Reader::new(
+                        conn,
+                        Framing::Chunked(state),
+                        pending,
+                        keep,
+                        stall,
+                        release,
+                    )));
                 }
-                return Ok(ResponseBody::Reading(Reader {
-                    conn: Some(conn),
-                    framing,
-                    keep,
-                    release: Some(Box::new(release)),
-                    stall,
-                    waiting_since: None,
-                }));
+            },
+            Some(framing) => {
+                return Ok(ResponseBody::Reading(Reader::new(conn, framing, pending, keep, stall, release)))
             }
         };
         if keep && conn.read.is_empty() {
@@ -450,10 +480,34 @@ impl ResponseBody {
     }
 }
 
+/// Decodes the chunked body data `buf` holds: the data (one piece), and where the
+/// decoder stands (`None` at the body's end).
+fn decode_buffered(buf: &mut BytesMut) -> Result<(Option<Bytes>, Option<Chunk>), BodyError> {
+    let mut data: Option<Bytes> = None;
+    let mut state = Chunk::Size;
+    loop {
+        match decode_chunk(buf, state).map_err(|()| BodyError)? {
+            Decoded::Data(piece, next) => {
+                state = next;
+                data = Some(match data.take() {
+                    None => piece,
+                    // Rare (a backend that sends several small chunks at once): joined.
+                    Some(before) => [before, piece].concat().into(),
+                });
+            }
+            Decoded::Progress(next) => state = next,
+            Decoded::End => return Ok((data, None)),
+            Decoded::NeedMore => return Ok((data, Some(state))),
+        }
+    }
+}
+
 /// A body being read from its connection.
 pub struct Reader {
     conn: Option<Box<Conn>>,
     framing: Framing,
+    /// Body data decoded before the first poll, yielded first.
+    pending: Option<Bytes>,
     keep: bool,
     release: Option<Release>,
     /// How long the backend may send nothing.
@@ -469,6 +523,18 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
+    fn new(
+        conn: Box<Conn>,
+        framing: Framing,
+        pending: Option<Bytes>,
+        keep: bool,
+        stall: std::time::Duration,
+        release: impl FnOnce(Box<Conn>) + Send + 'static,
+    ) -> Reader {
+        let release: Release = Box::new(release);
+        Reader { conn: Some(conn), framing, pending, keep, release: Some(release), stall, waiting_since: None }
+    }
+
     /// The body has ended cleanly: release the connection, unless the backend sent
     /// more than the body (which makes the connection unusable).
     fn finish(&mut self) {
@@ -485,6 +551,9 @@ impl Reader {
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(data) = self.pending.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         loop {
             let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
             match self.framing {

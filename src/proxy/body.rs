@@ -85,7 +85,39 @@ pub async fn drain(parts: &http::request::Parts, body: ClientBody) {
 #[derive(Debug)]
 pub enum ClientBody {
     Hyper(Incoming),
+    /// An HTTP/1 body, telling `Unread` when it has been read to its end.
+    Tracked(Incoming, Unread),
     Empty,
+}
+
+/// Whether an HTTP/1 request body is still unread (in part) once its answer is ready:
+/// hyper then closes the connection after the answer (a body it would have to drain,
+/// or one that broke off), and the answer must say so (`Connection: close`), or the
+/// client would send its next request into a closed connection.
+#[derive(Debug, Clone)]
+pub struct Unread(Arc<std::sync::atomic::AtomicBool>);
+
+impl Unread {
+    /// The body of `req`, tracked if it is an HTTP/1 one not already at its end.
+    pub fn track(req: http::Request<Incoming>) -> http::Request<ClientBody> {
+        if req.version() >= http::Version::HTTP_2 || req.body().is_end_stream() {
+            return req.map(ClientBody::Hyper);
+        }
+        let unread = Unread(Arc::new(std::sync::atomic::AtomicBool::new(true)));
+        req.map(|b| ClientBody::Tracked(b, unread))
+    }
+
+    /// The tracker of a tracked body.
+    pub fn of(body: &ClientBody) -> Option<Unread> {
+        match body {
+            ClientBody::Tracked(_, unread) => Some(unread.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn is_unread(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Body for ClientBody {
@@ -95,20 +127,32 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Tracked(b, unread) => {
+                let polled = Pin::new(&mut *b).poll_frame(cx);
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => b.is_end_stream(),
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+                };
+                if ended {
+                    unread.0.store(false, Ordering::Relaxed);
+                }
+                polled
+            }
             ClientBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Hyper(b) | ClientBody::Tracked(b, _) => b.is_end_stream(),
             ClientBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Hyper(b) | ClientBody::Tracked(b, _) => b.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -14,7 +14,7 @@ mod headers;
 use crate::http1::client::{self, Fields, Limits};
 use crate::http1::server::CarriesFields;
 use crate::timer::{Stalled, Waiting, Watched};
-pub use body::{drain, unreadable, BodyState, ClientBody, Streamed};
+pub use body::{drain, unreadable, BodyState, ClientBody, Streamed, Unread};
 pub use direct::UpstreamSlot;
 use headers::prepare_response_headers;
 pub use headers::{join_cookies, prepare_request_headers, Identity, RequestRewrite, TRACEPARENT, X_REQUEST_ID};
@@ -27,7 +27,7 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::pin::Pin;
@@ -253,8 +253,10 @@ impl UpstreamClient {
                 // As on the direct path, each side's time runs only while it is awaited;
                 // the body is read by the pooled connection's task, so it wakes the timer.
                 let waiting = Arc::new(Waiting::new(tokio::time::Instant::now()));
+                let carries = !matches!(&body, Outbound::Bytes(bytes) if bytes.is_empty());
                 let body = Watched::new(ReqBody::from(body), Arc::clone(&waiting));
-                let req = Request::from_parts(parts, body);
+                let mut req = Request::from_parts(parts, body);
+                let connection = carries.then(|| capture_connection(&mut req));
                 tokio::select! {
                     biased;
                     sent = self.client.request(req) => match sent {
@@ -264,6 +266,17 @@ impl UpstreamClient {
                             Err(GatewayError::BadGateway(UpstreamFailure::Protocol))
                         }
                         Ok(mut resp) => {
+                            // As on the direct path: an HTTP/1 connection is not reused
+                            // after an error answer to a request with a body, which the
+                            // backend may have left unread (see `http1::client`).
+                            let refused = resp.status().is_client_error() || resp.status().is_server_error();
+                            if refused && resp.version() < Version::HTTP_2 {
+                                if let Some(conn) = connection.as_ref() {
+                                    if let Some(connected) = conn.connection_metadata().as_ref() {
+                                        connected.poison();
+                                    }
+                                }
+                            }
                             prepare_response_headers(resp.headers_mut());
                             Ok(resp.map(|body| UpstreamBody::Pooled(body, Stall::new(limits.backend))))
                         }

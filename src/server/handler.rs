@@ -100,10 +100,13 @@ pub async fn handle(
     // trailers (a proxy in front that ends lines at bare LFs sees two requests there).
     // No request is read after a chunked body: the connection closes after its answer.
     let chunked = req.version() < http::Version::HTTP_2 && req.headers().contains_key(http::header::TRANSFER_ENCODING);
+    let unread = proxy::Unread::of(req.body());
     let (mut resp, fields) = respond(gw, req, conn).await;
     proxy::fill_headers(&mut resp);
     fields.apply(resp.headers_mut());
-    if chunked {
+    // A body left unread (an answer before its end: the backend's early one, or a
+    // refusal of a body too large to drain) ends the connection after the answer.
+    if chunked || unread.is_some_and(|u| u.is_unread()) {
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(resp)

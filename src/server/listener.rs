@@ -196,7 +196,7 @@ impl Connection {
         // builds it on the stack and copies it in.
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             asking.store(true, Ordering::Relaxed);
-            let req = req.map(crate::proxy::ClientBody::Hyper);
+            let req = crate::proxy::Unread::track(req);
             Box::into_pin(Box::write(Box::new_uninit(), handle(Arc::clone(&gw), req, Arc::clone(&info))))
         });
         let conn = builder.serve_connection(TokioIo::new(io), service);

@@ -593,3 +593,64 @@ pub async fn trickled_upload(
 
 /// A write the gateway forwards without reading its body first.
 pub const STREAMED_WRITE: (&str, &str) = ("PUT", "/v3/content_types/blog/entries/blt0000000000000001");
+
+/// What a [`desyncing`] backend counts: connections accepted and requests read.
+#[derive(Default)]
+pub struct Desync {
+    pub connections: std::sync::atomic::AtomicUsize,
+    pub smuggled: std::sync::atomic::AtomicUsize,
+}
+
+/// Serves one connection as some quickly written backends do: a request carrying
+/// `x-refuse` is answered 401 right after its head, without reading its body, and the
+/// connection is kept; the unread body is then read as the next request. A request for
+/// `/v3/stacks...` (what such a body can hold) is answered `smuggled` after 300 ms;
+/// any other request is read whole and answered `fresh`.
+pub async fn desyncing<S>(mut stream: S, seen: Arc<Desync>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::sync::atomic::Ordering::SeqCst;
+    seen.connections.fetch_add(1, SeqCst);
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        buf.drain(..end);
+        let answer: &[u8] = if head.contains("\r\nx-refuse:") {
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        } else if head.split(' ').nth(1).is_some_and(|path| path.starts_with("/v3/stacks")) {
+            seen.smuggled.fetch_add(1, SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n\"smuggled\"\r\n"
+        } else {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            while buf.len() < len {
+                let mut chunk = [0u8; 4096];
+                let Ok(n @ 1..) = stream.read(&mut chunk).await else { return };
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..len);
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n\"fresh\"\r\n"
+        };
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A request body that a [`desyncing`] backend reads as a request of its own.
+pub const SMUGGLED: &str =
+    "GET /v3/stacks/settings HTTP/1.1\r\nhost: backend\r\nx-stackgate-access: read-write\r\n\r\n";
