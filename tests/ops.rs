@@ -664,3 +664,72 @@ async fn https_upstream_connection_is_not_reused_after_an_error_answer_to_a_body
     assert_eq!(seen.connections.load(SeqCst), 4, "a new upstream connection after each refusal");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Through an https upstream (the pooled client) as through a plain one: a
+/// `Content-Length` list of equal values goes on as one length (an h2 client refuses a
+/// list), and a `101` the gateway never asked for is a 502, not an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_answers_are_framed_as_on_the_direct_path() {
+    let dir = temp_dir("upstream-tls-framing");
+    let pki = pki(&dir);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer: &[u8] = if String::from_utf8_lossy(&head).to_ascii_lowercase().contains("x-case: 101") {
+                    b"HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2, 2\r\n\r\n{}"
+                };
+                let _ = tls.write_all(answer).await;
+                let _ = tls.flush().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            });
+        }
+    });
+    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    for h2 in [false, true] {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.http2_only(h2);
+        let client = builder.build_http::<Full<Bytes>>();
+        for case in ["list", "101"] {
+            let req = http::Request::get(format!("http://{}{ENTRIES}", gw.addr))
+                .header("api_key", API_KEY)
+                .header("authorization", RW)
+                .header("x-case", case)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = client.request(req).await.unwrap_or_else(|e| panic!("h2 {h2}, {case}: {e:?}"));
+            let status = resp.status().as_u16();
+            let lengths: Vec<_> = resp.headers().get_all("content-length").iter().cloned().collect();
+            let body = resp.into_body().collect().await.unwrap_or_else(|e| panic!("h2 {h2}, {case}: {e:?}")).to_bytes();
+            if case == "list" {
+                assert_eq!((status, &body[..]), (200, &b"{}"[..]), "h2 {h2}");
+                assert_eq!(lengths, ["2"], "h2 {h2}");
+            } else {
+                assert_eq!((status, error_code(&body)), (502, 502), "h2 {h2}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

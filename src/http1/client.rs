@@ -19,7 +19,7 @@ pub use super::response::{framing, parse_head, Fields, Framing, Head, MAX_HEAD};
 use super::common::{put_field, put_length, COALESCE};
 use crate::timer::{self, Stalled, Timer, Waiting, Watched};
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
@@ -47,6 +47,8 @@ pub struct Conn {
     timer: Option<Timer>,
     /// Response fields the caller replaces with its own ([`Fields::has_replaced`]).
     replaced: fn(&[u8]) -> bool,
+    /// Body data decoded with the head ([`ResponseBody::new`]), yielded first.
+    pending: Option<Bytes>,
 }
 
 /// A request head as the caller has chosen it.
@@ -132,6 +134,7 @@ impl Conn {
             fields: BytesMut::with_capacity(1024),
             timer: None,
             replaced,
+            pending: None,
         }))
     }
 
@@ -234,10 +237,14 @@ impl Conn {
     }
 
     /// The response a final head starts, and whether the connection can take another
-    /// request after it.
-    fn answer(&mut self, method: &Method, head: Head, reuse: Reuse) -> Result<Exchanged, SendError> {
+    /// request after it. The response is the gateway's, in its own version (RFC 9110
+    /// section 6.2): an HTTP/1.0 backend's answer reaches an HTTP/1.1 client as HTTP/1.1
+    /// (hyper writes the version it is given, and closes after an HTTP/1.0 one).
+    #[inline]
+    fn answer(&mut self, method: &Method, mut head: Head, reuse: Reuse) -> Result<Exchanged, SendError> {
         self.read.advance(head.len);
         let framing = framing(method, &head).ok_or(SendError::Protocol)?;
+        *head.resp.version_mut() = Version::HTTP_11;
         let status = head.resp.status();
         let refused = status.is_client_error() || status.is_server_error();
         let keep = framing != Some(Framing::Close)
@@ -451,27 +458,17 @@ impl ResponseBody {
         stall: std::time::Duration,
         release: impl FnOnce(Box<Conn>) + Send + 'static,
     ) -> Result<Self, BodyError> {
-        let mut pending = None;
         let whole = match framing {
             None => None,
             Some(Framing::Length(n)) if conn.read.len() as u64 >= n => Some(conn.read.split_to(n as usize).freeze()),
             Some(Framing::Chunked(Chunk::Size)) if !conn.read.is_empty() => match decode_buffered(&mut conn.read)? {
                 (data, None) => data,
                 (data, Some(state)) => {
-                    pending = data;
-                    return Ok(ResponseBody::Reading(Reader::new(
-                        conn,
-                        Framing::Chunked(state),
-                        pending,
-                        keep,
-                        stall,
-                        release,
-                    )));
+                    conn.pending = data;
+                    return Ok(ResponseBody::Reading(Reader::new(conn, Framing::Chunked(state), keep, stall, release)));
                 }
             },
-            Some(framing) => {
-                return Ok(ResponseBody::Reading(Reader::new(conn, framing, pending, keep, stall, release)))
-            }
+            Some(framing) => return Ok(ResponseBody::Reading(Reader::new(conn, framing, keep, stall, release))),
         };
         if keep && conn.read.is_empty() {
             release(conn);
@@ -506,8 +503,6 @@ fn decode_buffered(buf: &mut BytesMut) -> Result<(Option<Bytes>, Option<Chunk>),
 pub struct Reader {
     conn: Option<Box<Conn>>,
     framing: Framing,
-    /// Body data decoded before the first poll, yielded first.
-    pending: Option<Bytes>,
     keep: bool,
     release: Option<Release>,
     /// How long the backend may send nothing.
@@ -526,13 +521,12 @@ impl Reader {
     fn new(
         conn: Box<Conn>,
         framing: Framing,
-        pending: Option<Bytes>,
         keep: bool,
         stall: std::time::Duration,
         release: impl FnOnce(Box<Conn>) + Send + 'static,
     ) -> Reader {
         let release: Release = Box::new(release);
-        Reader { conn: Some(conn), framing, pending, keep, release: Some(release), stall, waiting_since: None }
+        Reader { conn: Some(conn), framing, keep, release: Some(release), stall, waiting_since: None }
     }
 
     /// The body has ended cleanly: release the connection, unless the backend sent
@@ -551,7 +545,7 @@ impl Reader {
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if let Some(data) = self.pending.take() {
+        if let Some(data) = self.conn.as_mut().and_then(|conn| conn.pending.take()) {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         loop {

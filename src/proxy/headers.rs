@@ -176,9 +176,32 @@ pub fn prepare_request_headers(
 pub fn prepare_response_headers(headers: &mut HeaderMap) {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
+    } else {
+        single_length(headers);
     }
     remove_connection_listed(headers);
     remove_where(headers, |n| is_hop_by_hop(n.as_str().as_bytes()));
+}
+
+/// hyper's client takes a `Content-Length` list of equal values (`2, 2`, or the field
+/// twice) as that one length, and leaves the field as it came: passed on, a list is no
+/// valid length to the client (an h2 client refuses the stream). The one value it framed
+/// the body by is what goes on.
+fn single_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), second) = (values.next(), values.next()) else { return };
+    if second.is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let one = first.as_bytes().split(|&b| b == b',').next().unwrap_or_default().trim_ascii();
+    match HeaderValue::from_bytes(one) {
+        Ok(value) => {
+            headers.insert(header::CONTENT_LENGTH, value);
+        }
+        Err(_) => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
 }
 
 #[cfg(test)]

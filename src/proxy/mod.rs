@@ -262,10 +262,13 @@ impl UpstreamClient {
                     sent = self.client.request(req) => match sent {
                         // As on the direct path: a coding other than `chunked` alone would
                         // reach the client without its label.
-                        Ok(resp) if !chunked_alone(resp.headers()) => {
+                        // Nor is an interim or switching answer one to pass on (the gateway
+                        // never asks for an upgrade): the direct path refuses them too.
+                        Ok(resp) if !chunked_alone(resp.headers()) || resp.status().is_informational() => {
                             Err(GatewayError::BadGateway(UpstreamFailure::Protocol))
                         }
                         Ok(mut resp) => {
+                            prepare_response_headers(resp.headers_mut());
                             // As on the direct path: an HTTP/1 connection is not reused
                             // after an error answer to a request with a body, which the
                             // backend may have left unread (see `http1::client`).
@@ -277,7 +280,8 @@ impl UpstreamClient {
                                     }
                                 }
                             }
-                            prepare_response_headers(resp.headers_mut());
+                            // The gateway's answer, in its own version (see `http1::client`).
+                            *resp.version_mut() = Version::HTTP_11;
                             Ok(resp.map(|body| UpstreamBody::Pooled(body, Stall::new(limits.backend))))
                         }
                         Err(e) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
@@ -296,13 +300,7 @@ impl UpstreamClient {
         // backend made of it.
         match state.error() {
             Some(err) => Err(err),
-            // The response is the gateway's, sent in its own version (RFC 9110 section
-            // 6.2): an HTTP/1.0 backend's answer reaches an HTTP/1.1 client as HTTP/1.1
-            // (hyper writes the version it is given, and closes after an HTTP/1.0 one).
-            None => result.map(|mut resp| {
-                *resp.version_mut() = Version::HTTP_11;
-                resp
-            }),
+            None => result,
         }
     }
 }

@@ -118,3 +118,18 @@ fn forward_token_keeps_authorization_and_drops_identity() {
     assert_eq!(h["authorization"], "cs123");
     assert!(!h.contains_key("x-stackgate-access"));
 }
+
+#[test]
+fn a_length_list_of_one_value_goes_on_as_that_value() {
+    let cases: [(&[&str], Option<&str>); 4] =
+        [(&["2, 2"], Some("2")), (&["2", "2"], Some("2")), (&["7"], Some("7")), (&[], None)];
+    for (sent, kept) in cases {
+        let mut headers = HeaderMap::new();
+        for value in sent {
+            headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(value));
+        }
+        prepare_response_headers(&mut headers);
+        let got: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(got, kept.into_iter().collect::<Vec<_>>(), "{sent:?}");
+    }
+}
