@@ -73,7 +73,8 @@ impl From<Outbound> for ReqBody {
 /// (the HTTP/1.1 server through [`CarriesFields`], every other one through [`fill_headers`]).
 #[derive(Debug)]
 pub enum UpstreamBody {
-    Pooled(Incoming, Stall),
+    /// The pooled client's body, and the frame [`first_frame`] took of it.
+    Pooled(Incoming, Stall, Option<Box<Frame<Bytes>>>),
     Direct(client::ResponseBody, Option<Fields>),
 }
 
@@ -121,7 +122,8 @@ impl hyper::body::Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Pooled(b, stall) => match Pin::new(b).poll_frame(cx) {
+            UpstreamBody::Pooled(_, _, first @ Some(_)) => Poll::Ready(first.take().map(|frame| Ok(*frame))),
+            UpstreamBody::Pooled(b, stall, None) => match Pin::new(b).poll_frame(cx) {
                 Poll::Pending => stall.poll(cx).map(|()| Some(Err("the backend stopped sending the body".into()))),
                 ready => {
                     stall.sleep = None;
@@ -134,14 +136,24 @@ impl hyper::body::Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Pooled(b, _) => b.is_end_stream(),
+            UpstreamBody::Pooled(b, _, first) => first.is_none() && b.is_end_stream(),
             UpstreamBody::Direct(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Pooled(b, _) => b.size_hint(),
+            UpstreamBody::Pooled(b, _, first) => {
+                // The frame taken ahead is still to come.
+                let ahead = first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.len() as u64);
+                let rest = b.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + ahead);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + ahead);
+                }
+                hint
+            }
             UpstreamBody::Direct(b, _) => b.size_hint(),
         }
     }
@@ -282,7 +294,14 @@ impl UpstreamClient {
                             }
                             // The gateway's answer, in its own version (see `http1::client`).
                             *resp.version_mut() = Version::HTTP_11;
-                            Ok(resp.map(|body| UpstreamBody::Pooled(body, Stall::new(limits.backend))))
+                            let (head, mut body) = resp.into_parts();
+                            match first_frame(&mut body).await {
+                                Ok(first) => {
+                                    let body = UpstreamBody::Pooled(body, Stall::new(limits.backend), first);
+                                    Ok(Response::from_parts(head, body))
+                                }
+                                Err(()) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+                            }
                         }
                         Err(e) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
                         // The connection's write took nothing for `request_timeout` (`Stalls`).
@@ -302,6 +321,28 @@ impl UpstreamClient {
             Some(err) => Err(err),
             None => result,
         }
+    }
+}
+
+/// The first frame of a pooled response's body, if the client's connection task has it
+/// by the time this task has given it one turn of the scheduler: a body broken from its
+/// start (chunking the backend sent with the head) is then a 502, as on the direct path,
+/// not a status followed by a cut. A body still on its way is not waited for.
+async fn first_frame(body: &mut Incoming) -> Result<Option<Box<Frame<Bytes>>>, ()> {
+    use hyper::body::Body as _;
+    if body.is_end_stream() {
+        return Ok(None);
+    }
+    let mut polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+    if polled.is_pending() {
+        // The poll asked the connection task for the body; it decodes in its own turn.
+        tokio::task::yield_now().await;
+        polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+    }
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => Ok(Some(Box::new(frame))),
+        Poll::Ready(Some(Err(_))) => Err(()),
+        Poll::Ready(None) | Poll::Pending => Ok(None),
     }
 }
 
