@@ -13,6 +13,7 @@
 mod body;
 pub mod client;
 mod common;
+pub(crate) use common::decimal;
 mod response;
 pub mod server;
 

@@ -185,20 +185,28 @@ pub fn prepare_response_headers(headers: &mut HeaderMap) {
 
 /// hyper's client takes a `Content-Length` list of equal values (`2, 2`, or the field
 /// twice) as that one length, and leaves the field as it came: passed on, a list is no
-/// valid length to the client (an h2 client refuses the stream). The one value it framed
-/// the body by is what goes on.
+/// valid length to the client (an h2 client refuses the stream). The one value goes on;
+/// values that are not all the same number (which hyper does not check on a HEAD, 204 or
+/// 304 answer) are dropped, as the direct path drops them (RFC 9112 section 6.3).
 fn single_length(headers: &mut HeaderMap) {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let (Some(first), second) = (values.next(), values.next()) else { return };
-    if second.is_none() && !first.as_bytes().contains(&b',') {
+    if second.is_none() && !first.is_empty() && first.as_bytes().iter().all(u8::is_ascii_digit) {
         return;
     }
-    let one = first.as_bytes().split(|&b| b == b',').next().unwrap_or_default().trim_ascii();
-    match HeaderValue::from_bytes(one) {
-        Ok(value) => {
-            headers.insert(header::CONTENT_LENGTH, value);
+    let mut agreed: Option<u64> = None;
+    let mut sound = true;
+    for piece in headers.get_all(header::CONTENT_LENGTH).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
+        match crate::http1::decimal(piece.trim_ascii()) {
+            Some(n) if agreed.is_none_or(|a| a == n) => agreed = Some(n),
+            _ => sound = false,
         }
-        Err(_) => {
+    }
+    match agreed.filter(|_| sound) {
+        Some(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
             headers.remove(header::CONTENT_LENGTH);
         }
     }
