@@ -524,9 +524,49 @@ async fn https_gateway(name: &str, extra_server: &str, h2: bool) -> stackgate::s
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let (backend, _) = tls_backend_offering(&pki, h2).await;
+    start_https_gateway(backend, &ca, extra_server).await
+}
+
+/// A gateway whose upstream is `https://localhost:{port of backend}`, trusting `ca`.
+async fn start_https_gateway(
+    backend: SocketAddr,
+    ca: &std::path::Path,
+    extra_server: &str,
+) -> stackgate::server::Running {
     let text = config_text(backend, extra_server, &format!("ca_file = \"{}\"", ca.display()))
         .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
     stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap()
+}
+
+/// A gateway in front of an HTTP/1.1-only TLS backend (the test CA's certificate) whose
+/// connections `serve` answers byte by byte; the gateway, and the directory to remove.
+async fn gateway_before_raw_tls<F, Fut>(name: &str, serve: F) -> (stackgate::server::Running, std::path::PathBuf)
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let dir = temp_dir(name);
+    let pki = pki(&dir);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, serve) = (acceptor.clone(), Arc::clone(&serve));
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    serve(tls).await;
+                }
+            });
+        }
+    });
+    (start_https_gateway(backend, &ca, "").await, dir)
 }
 
 /// Through an https upstream (the pooled client) as through a plain one: an upload
@@ -627,32 +667,9 @@ async fn https_upstream_that_stops_reading_frees_the_client_after_the_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_connection_is_not_reused_after_an_error_answer_to_a_body() {
     use std::sync::atomic::Ordering::SeqCst;
-    let dir = temp_dir("upstream-tls-desync");
-    let pki = pki(&dir);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
     let seen = Arc::new(Desync::default());
     let counts = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, counts) = (acceptor.clone(), Arc::clone(&counts));
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(stream).await {
-                    desyncing(tls, counts).await;
-                }
-            });
-        }
-    });
-    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
-        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
-    let gw =
-        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let (gw, dir) = gateway_before_raw_tls("upstream-tls-desync", move |tls| desyncing(tls, Arc::clone(&counts))).await;
     let refused = [("api_key", API_KEY), ("authorization", RW), ("x-refuse", "1")];
     let read = [("api_key", API_KEY), ("authorization", RW)];
     let mut client = KeepAlive::connect(gw.addr).await;
@@ -671,47 +688,28 @@ async fn https_upstream_connection_is_not_reused_after_an_error_answer_to_a_body
 /// chunked body broken in what came with the head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_answers_are_framed_as_on_the_direct_path() {
-    let dir = temp_dir("upstream-tls-framing");
-    let pki = pki(&dir);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(stream).await else { return };
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let case = head.lines().find_map(|l| l.strip_prefix("x-case: ")).unwrap_or_default();
-                let answer: &[u8] = match case {
-                    "101" => b"HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-                    "broken" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
-                    "chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n",
-                    _ => b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2, 2\r\n\r\n{}",
-                };
-                let _ = tls.write_all(answer).await;
-                // One answer per connection: closed after it, so no request waits on it.
-                let _ = tls.shutdown().await;
-            });
+    let (gw, dir) = gateway_before_raw_tls("upstream-tls-framing", |mut tls| async move {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
         }
-    });
-    let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
-        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
-    let gw =
-        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let case = head.lines().find_map(|l| l.strip_prefix("x-case: ")).unwrap_or_default();
+        let answer: &[u8] = match case {
+            "101" => b"HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            "broken" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+            "chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n",
+            _ => b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2, 2\r\n\r\n{}",
+        };
+        let _ = tls.write_all(answer).await;
+        // One answer per connection: closed after it, so no request waits on it.
+        let _ = tls.shutdown().await;
+    })
+    .await;
     for h2 in [false, true] {
         let mut builder = Client::builder(TokioExecutor::new());
         builder.http2_only(h2);
