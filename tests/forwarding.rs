@@ -529,7 +529,7 @@ async fn no_request_is_sent_again_after_a_connection_dies_unanswered() {
 /// of the rest fails) or keeps the connection open and reads nothing more (so the
 /// write stalls). Returns its address and how many body bytes it had read.
 async fn early_refusing_backend(hold: bool) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     const REFUSAL: &[u8] =
         b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: 21\r\n\r\n{\"error\":\"too large\"}";
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -541,16 +541,7 @@ async fn early_refusing_backend(hold: bool) -> (std::net::SocketAddr, Arc<std::s
             let counted = Arc::clone(&counted);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let end = loop {
-                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end + 4;
-                    }
-                    let mut chunk = [0u8; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                };
+                let Some(end) = read_until_head(&mut stream, &mut buf).await else { return };
                 counted.store(buf.len() - end, std::sync::atomic::Ordering::SeqCst);
                 let _ = stream.write_all(REFUSAL).await;
                 if hold {

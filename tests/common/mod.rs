@@ -594,6 +594,21 @@ pub async fn trickled_upload(
 /// A write the gateway forwards without reading its body first.
 pub const STREAMED_WRITE: (&str, &str) = ("PUT", "/v3/content_types/blog/entries/blt0000000000000001");
 
+/// Reads from `stream` into `buf` until it holds a whole head: where the head ends, or
+/// `None` if the stream ended first.
+pub async fn read_until_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// What a [`desyncing`] backend counts: connections accepted and requests read.
 #[derive(Default)]
 pub struct Desync {
@@ -614,16 +629,7 @@ where
     seen.connections.fetch_add(1, SeqCst);
     let mut buf = Vec::new();
     loop {
-        let end = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
+        let Some(end) = read_until_head(&mut stream, &mut buf).await else { return };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         buf.drain(..end);
         let answer: &[u8] = if head.contains("\r\nx-refuse:") {
