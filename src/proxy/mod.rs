@@ -73,8 +73,8 @@ impl From<Outbound> for ReqBody {
 /// (the HTTP/1.1 server through [`CarriesFields`], every other one through [`fill_headers`]).
 #[derive(Debug)]
 pub enum UpstreamBody {
-    /// The pooled client's body, and the frame [`first_frame`] took of it.
-    Pooled(Incoming, Stall, Option<Box<Frame<Bytes>>>),
+    /// The pooled client's body, and the frames [`take_ahead`] took of it (never empty).
+    Pooled(Incoming, Stall, Option<Box<Ahead>>),
     Direct(client::ResponseBody, Option<Fields>),
 }
 
@@ -122,7 +122,13 @@ impl hyper::body::Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Pooled(_, _, first @ Some(_)) => Poll::Ready(first.take().map(|frame| Ok(*frame))),
+            UpstreamBody::Pooled(_, _, ahead @ Some(_)) => {
+                let frame = ahead.as_mut().and_then(|frames| frames.pop_front());
+                if ahead.as_ref().is_some_and(|frames| frames.is_empty()) {
+                    *ahead = None;
+                }
+                Poll::Ready(frame.map(Ok))
+            }
             UpstreamBody::Pooled(b, stall, None) => match Pin::new(b).poll_frame(cx) {
                 Poll::Pending => stall.poll(cx).map(|()| Some(Err("the backend stopped sending the body".into()))),
                 ready => {
@@ -136,16 +142,17 @@ impl hyper::body::Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Pooled(b, _, first) => first.is_none() && b.is_end_stream(),
+            UpstreamBody::Pooled(b, _, ahead) => ahead.is_none() && b.is_end_stream(),
             UpstreamBody::Direct(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Pooled(b, _, first) => {
-                // The frame taken ahead is still to come.
-                let ahead = first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.len() as u64);
+            UpstreamBody::Pooled(b, _, taken) => {
+                // The frames taken ahead are still to come.
+                let data = taken.iter().flat_map(|frames| frames.iter()).filter_map(Frame::data_ref);
+                let ahead: u64 = data.map(|d| d.len() as u64).sum();
                 let rest = b.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(rest.lower() + ahead);
@@ -295,7 +302,7 @@ impl UpstreamClient {
                             // The gateway's answer, in its own version (see `http1::client`).
                             *resp.version_mut() = Version::HTTP_11;
                             let (head, mut body) = resp.into_parts();
-                            match first_frame(&mut body).await {
+                            match take_ahead(&mut body).await {
                                 Ok(first) => {
                                     let body = UpstreamBody::Pooled(body, Stall::new(limits.backend), first);
                                     Ok(Response::from_parts(head, body))
@@ -324,26 +331,39 @@ impl UpstreamClient {
     }
 }
 
-/// The first frame of a pooled response's body, if the client's connection task has it
-/// by the time this task has given it one turn of the scheduler: a body broken from its
-/// start (chunking the backend sent with the head) is then a 502, as on the direct path,
-/// not a status followed by a cut. A body still on its way is not waited for.
-async fn first_frame(body: &mut Incoming) -> Result<Option<Box<Frame<Bytes>>>, ()> {
+/// Frames of a pooled body taken ahead, in order.
+type Ahead = std::collections::VecDeque<Frame<Bytes>>;
+
+/// At most this much of a pooled body is taken ahead.
+const AHEAD: usize = 64 * 1024;
+
+/// What the pooled client already has of a response's body (up to [`AHEAD`]), taken
+/// before the head goes on: its connection task decodes a frame in each of its turns,
+/// so this task yields while each yield brought a frame. A body broken in what came
+/// with the head is then a 502, as on the direct path, not a status followed by a cut.
+/// A body still on its way is not waited for.
+async fn take_ahead(body: &mut Incoming) -> Result<Option<Box<Ahead>>, ()> {
     use hyper::body::Body as _;
-    if body.is_end_stream() {
-        return Ok(None);
+    let mut frames = Ahead::new();
+    let (mut taken, mut yielded) = (0, false);
+    while taken < AHEAD && !body.is_end_stream() {
+        match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+            Poll::Ready(Some(Ok(frame))) => {
+                taken += frame.data_ref().map_or(0, Bytes::len);
+                frames.push_back(frame);
+                yielded = false;
+            }
+            Poll::Ready(Some(Err(_))) => return Err(()),
+            Poll::Ready(None) => break,
+            // Asked for the body: the connection task decodes in its own turn.
+            Poll::Pending if !yielded => {
+                tokio::task::yield_now().await;
+                yielded = true;
+            }
+            Poll::Pending => break,
+        }
     }
-    let mut polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
-    if polled.is_pending() {
-        // The poll asked the connection task for the body; it decodes in its own turn.
-        tokio::task::yield_now().await;
-        polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
-    }
-    match polled {
-        Poll::Ready(Some(Ok(frame))) => Ok(Some(Box::new(frame))),
-        Poll::Ready(Some(Err(_))) => Err(()),
-        Poll::Ready(None) | Poll::Pending => Ok(None),
-    }
+    Ok((!frames.is_empty()).then(|| Box::new(frames)))
 }
 
 /// No `Transfer-Encoding`, or one that is exactly `chunked`.
