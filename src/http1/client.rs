@@ -480,23 +480,32 @@ impl ResponseBody {
 /// Decodes the chunked body data `buf` holds: the data (one piece), and where the
 /// decoder stands (`None` at the body's end).
 fn decode_buffered(buf: &mut BytesMut) -> Result<(Option<Bytes>, Option<Chunk>), BodyError> {
-    let mut data: Option<Bytes> = None;
+    // The usual one chunk is passed on as it is; several (a backend that sends many
+    // small chunks at once) are joined in one buffer, each copied once.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
     let mut state = Chunk::Size;
-    loop {
+    let rest = loop {
         match decode_chunk(buf, state).map_err(|()| BodyError)? {
             Decoded::Data(piece, next) => {
                 state = next;
-                data = Some(match data.take() {
-                    None => piece,
-                    // Rare (a backend that sends several small chunks at once): joined.
-                    Some(before) => [before, piece].concat().into(),
-                });
+                match &first {
+                    None => first = Some(piece),
+                    Some(one) => {
+                        if joined.is_empty() {
+                            joined.extend_from_slice(one);
+                        }
+                        joined.extend_from_slice(&piece);
+                    }
+                }
             }
             Decoded::Progress(next) => state = next,
-            Decoded::End => return Ok((data, None)),
-            Decoded::NeedMore => return Ok((data, Some(state))),
+            Decoded::End => break None,
+            Decoded::NeedMore => break Some(state),
         }
-    }
+    };
+    let data = if joined.is_empty() { first } else { Some(joined.freeze()) };
+    Ok((data, rest))
 }
 
 /// A body being read from its connection.
