@@ -31,6 +31,9 @@ DOC = os.path.join(ROOT, "docs/benchmarks.md")
 DOC_MARK = "<!-- bench:results"
 CLK = os.sysconf("SC_CLK_TCK")
 PATH = "/v3/content_types/blog_post/entries?locale=en-us"
+# The large-body rows: one asset's JSON of 64 KiB (a file the backend serves).
+LARGE_PATH = "/v3/assets/blt0000000000000a01"
+LARGE_BYTES = 64 * 1024
 # Every TLS client offers only this suite (wrk and `openssl s_client` through OPENSSL_CONF,
 # h2load through --tls13-ciphers), so every server negotiates the same cipher.
 TLS_SUITE = "TLS_AES_128_GCM_SHA256"
@@ -169,7 +172,9 @@ events {{ worker_connections 8192; }}
 http {{ access_log off; keepalive_requests 10000000; client_body_temp_path {d}; proxy_temp_path {d};
   fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
 """
-NGINX_BACKEND = NGINX_HEAD + """  server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json;
+NGINX_BACKEND = NGINX_HEAD + """  server {{ listen 127.0.0.1:{port};
+    location /v3/assets/ {{ default_type application/json; root {d}; try_files /asset-64k.json =404; }}
+    location / {{ default_type application/json;
     return 200 '{{"entries":[{{"uid":"blt0000000000000e01","title":"Hello"}}],"count":1}}'; }} }} }}
 """
 # nginx 1.22 (Debian 12) has no `http2 on;` (1.25.1+): `listen ... http2` without `ssl`
@@ -323,6 +328,9 @@ def run_shape(shape, d, state):
     cert, key, pem = state["cert"], state["key"], state["pem"]
     try:
         bport = free_port()
+        with open(os.path.join(sd, "asset-64k.json"), "w") as f:
+            head = '{"asset":{"uid":"blt0000000000000a01","data":"'
+            f.write(head + "x" * (LARGE_BYTES - len(head) - 4) + '"}}\n')
         backend = start_nginx(shape, sd, "backend", NGINX_BACKEND, shape.load_cpu, port=bport)
         procs.append(backend)
         wait_port(bport, proc=backend)
@@ -397,6 +405,9 @@ def run_shape(shape, d, state):
         for peer in PEERS + ["stackgate"]:
             scen.append((f"{peer}, HTTP/1.1", "h1", peer, pids[peer]["h1"].pid, wrk(url("http", ports[peer]["h1"]))))
         scen.append(("stackgate, HTTP/1.1, Redis buckets", "h1", "stackgate-redis", sg_redis.pid, wrk(url("http", rsport))))
+        large = lambda port: wrk(f"http://127.0.0.1:{port}{LARGE_PATH}")
+        for peer in PEERS + ["stackgate"]:
+            scen.append((f"{peer}, HTTP/1.1, 64 KiB body", "h1-64k", peer, pids[peer]["h1"].pid, large(ports[peer]["h1"])))
         for peer in PEERS + ["stackgate"]:
             scen.append((f"{peer}, h2c (h2load)", "h2c", peer, pids[peer]["h2c"].pid, h2(url("http", ports[peer]["h2c"]))))
         for peer in PEERS + ["stackgate"]:
@@ -524,7 +535,8 @@ def table(result):
 def headlines(shape, result):
     """One line per protocol: stackgate against the faster of nginx/HAProxy and against Caddy."""
     rows, lines = result["rows"], []
-    for g, label in [("h1", "HTTP/1.1"), ("h2c", "h2c"), ("tls-h1", "TLS HTTP/1.1"), ("tls-h2", "TLS h2")]:
+    for g, label in [("h1", "HTTP/1.1"), ("h1-64k", "HTTP/1.1 64 KiB body"), ("h2c", "h2c"), ("tls-h1", "TLS HTTP/1.1"),
+                     ("tls-h2", "TLS h2")]:
         s = rps_of(rows, g, "stackgate")
         n, h, c = (rps_of(rows, g, p) for p in PEERS)
         best = max(x for x in (n, h) if x) if (n or h) else None
@@ -544,11 +556,11 @@ def section(shape, result, vers):
     if sh.pinned:
         where = (f"Each proxy single-process, single-thread, pinned to CPU {sh.proxy_cpu} (nginx `master_process off; "
                  f"worker_processes 1`, HAProxy `nbthread 1`, Caddy `GOMAXPROCS=1`, stackgate `--threads 1`); wrk/h2load, "
-                 f"the backend (one nginx process, `return 200` with a small JSON body) and Redis pinned to CPU {sh.load_cpu}.")
+                 f"the backend (one nginx process, `return 200` with a small JSON body; a 64 KiB JSON file for the 64 KiB rows) and Redis pinned to CPU {sh.load_cpu}.")
     else:
         where = (f"Nothing pinned: each proxy at its own default for the {NCPU} cores (nginx `worker_processes auto`, "
                  f"HAProxy's default nbthread, Caddy's default GOMAXPROCS, stackgate's default threads), sharing them with "
-                 f"wrk/h2load, the backend (nginx `worker_processes auto`, `return 200` with a small JSON body) and Redis.")
+                 f"wrk/h2load, the backend (nginx `worker_processes auto`, `return 200` with a small JSON body; a 64 KiB JSON file for the 64 KiB rows) and Redis.")
     tls = "; ".join(f"{p} {t}" for p, t in result["tls"].items())
     lines = [
         f"## {datetime.date.today()}: {shape} shape",

@@ -31,6 +31,14 @@ use tokio::time::Instant;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// The most one read of a response body asks for. A body of known length is read in
+/// pieces of up to this size, others in pieces that double from [`READ_CHUNK`] while
+/// each read fills what it asked for: a large body moves in a few system calls each
+/// way, and a trickle of small chunks still allocates small buffers. A connection's
+/// buffer goes back to [`READ_CHUNK`] when the body ends (see [`Reader::finish`]), so
+/// idle connections do not keep it.
+const BODY_READ: usize = 64 * 1024;
+
 /// Upstream connections closed instead of reused because the backend sent bytes no
 /// request asked for (exported as a metric).
 pub static STRAY_DISCARDS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
@@ -326,9 +334,10 @@ impl Conn {
         self.io.write_all(rest).await.map_err(|_| SendError::Closed)
     }
 
-    /// Reads more of the body into the buffer: the number of bytes read (0 at EOF).
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.read.reserve(READ_CHUNK);
+    /// Reads more of the body into the buffer, with room for at least `want` bytes:
+    /// the number of bytes read (0 at EOF).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.read.reserve(want);
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 }
@@ -518,6 +527,8 @@ pub struct Reader {
     stall: std::time::Duration,
     /// Since when a read has found nothing to take (the clock is read only then).
     waiting_since: Option<Instant>,
+    /// What the next read of a body of unknown length asks for (see [`BODY_READ`]).
+    next_read: usize,
 }
 
 impl std::fmt::Debug for Reader {
@@ -535,14 +546,25 @@ impl Reader {
         release: impl FnOnce(Box<Conn>) + Send + 'static,
     ) -> Reader {
         let release: Release = Box::new(release);
-        Reader { conn: Some(conn), framing, keep, release: Some(release), stall, waiting_since: None }
+        Reader {
+            conn: Some(conn),
+            framing,
+            keep,
+            release: Some(release),
+            stall,
+            waiting_since: None,
+            next_read: READ_CHUNK,
+        }
     }
 
     /// The body has ended cleanly: release the connection, unless the backend sent
     /// more than the body (which makes the connection unusable).
     fn finish(&mut self) {
-        if let (Some(conn), Some(release)) = (self.conn.take(), self.release.take()) {
+        if let (Some(mut conn), Some(release)) = (self.conn.take(), self.release.take()) {
             if self.keep && conn.read.is_empty() {
+                if conn.read.capacity() > READ_CHUNK {
+                    conn.read = BytesMut::with_capacity(READ_CHUNK);
+                }
                 release(conn);
             }
         }
@@ -594,7 +616,11 @@ impl Reader {
                 },
                 Framing::Length(_) | Framing::Close => {}
             }
-            let filled = match conn.poll_fill(cx) {
+            let want = match self.framing {
+                Framing::Length(remaining) => remaining.clamp(READ_CHUNK as u64, BODY_READ as u64) as usize,
+                _ => self.next_read,
+            };
+            let filled = match conn.poll_fill(cx, want) {
                 Poll::Ready(filled) => filled,
                 Poll::Pending => {
                     let deadline = *self.waiting_since.get_or_insert_with(Instant::now) + self.stall;
@@ -612,6 +638,7 @@ impl Reader {
                     return Poll::Ready(None);
                 }
                 Ok(0) | Err(_) => return self.fail(),
+                Ok(n) if n >= want => self.next_read = (want * 2).min(BODY_READ),
                 Ok(_) => {}
             }
         }

@@ -121,3 +121,53 @@ fn request_heads_carry_the_callers_fields_and_our_framing() {
     // A bodiless GET states no length unless its client did.
     assert!(!carries_body(&Method::GET) && carries_body(&Method::PUT));
 }
+
+/// Reads a response body the backend has already sent whole (`wire`, as framed by
+/// `framing`): the data, the largest piece read, and the capacity of the read buffer
+/// the connection was released with.
+async fn read_sent_body(wire: Vec<u8>, framing: Framing) -> (Vec<u8>, usize, usize) {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (sent, written) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket.write_all(&wire).await.unwrap();
+        let _ = sent.send(());
+        // Held open until the test ends: the body is delimited by its framing.
+        std::future::pending::<()>().await;
+    });
+    let conn = Conn::connect("127.0.0.1", port, replaced).await.unwrap();
+    written.await.unwrap();
+    let (released, returned) = std::sync::mpsc::channel();
+    let release = move |conn: Box<Conn>| released.send(conn.read.capacity()).unwrap();
+    let stall = std::time::Duration::from_secs(5);
+    let mut response = ResponseBody::new(conn, Some(framing), true, stall, release).unwrap();
+    let (mut received, mut largest) = (Vec::new(), 0);
+    while let Some(frame) = response.frame().await {
+        let data = frame.unwrap().into_data().unwrap();
+        largest = largest.max(data.len());
+        received.extend_from_slice(&data);
+    }
+    (received, largest, returned.recv().unwrap())
+}
+
+/// A body the backend has already sent is taken in reads larger than [`READ_CHUNK`]
+/// (a 64 KiB body was eight reads and eight writes), arrives exact, and the connection
+/// goes back for reuse with a buffer no larger than it started with; with its length
+/// known and chunked.
+#[tokio::test]
+async fn a_large_body_is_read_in_large_pieces_and_its_buffer_is_not_kept() {
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+    chunked.extend_from_slice(&body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let cases = [(body.clone(), Framing::Length(body.len() as u64)), (chunked, Framing::Chunked(Chunk::Size))];
+    for (wire, framing) in cases {
+        let (received, largest, capacity) = read_sent_body(wire, framing).await;
+        assert!(received == body, "{framing:?}: the body arrives exact");
+        assert!(largest > 2 * READ_CHUNK, "{framing:?}: largest read {largest}");
+        assert!(capacity <= READ_CHUNK, "{framing:?}: released with {capacity}");
+    }
+}
