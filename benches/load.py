@@ -616,6 +616,9 @@ def write_doc(sections):
 
 def main():
     d = tempfile.mkdtemp(prefix="stackgate-bench-")
+    # nginx's workers (all-cores shape: a master, workers as `nobody`) read the 64 KiB
+    # file under it: mkdtemp makes it 0700.
+    os.chmod(d, 0o755)
     cert, key, pem = make_cert(d)
     state = {"cert": cert, "key": key, "pem": pem}
     results = {}

@@ -143,7 +143,7 @@ impl Module {
 }
 
 /// A set of scoped modules, one bit each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ModuleSet(u32);
 
 impl ModuleSet {

@@ -86,7 +86,8 @@ impl BranchCatalog for StackView {
 pub struct Token {
     pub uid: Box<str>,
     pub stack: Arc<StackView>,
-    pub grants: Grants,
+    /// Shared by every token of the snapshot with the same grants (see [`SharedGrants`]).
+    pub grants: Arc<Grants>,
     /// Unix seconds; expired when `now >= expires_at`.
     pub expires_at: Option<i64>,
     /// `false` while suspended: kept in the index (not dropped) so a suspended token
@@ -171,7 +172,8 @@ impl Snapshot {
         }
         if let Some(rec) = upsert {
             let share = self.config.ratelimit.local_share();
-            match compile_token(rec, &self.stacks, Some(self), &self.rate_clock, share) {
+            let mut grants = SharedGrants::default();
+            match compile_token(rec, &self.stacks, Some(self), &self.rate_clock, share, &mut grants) {
                 Some(token) => insert_token(&mut tokens, rec, token),
                 None => {
                     tracing::warn!(token.uid = %rec.uid, "token does not match its stack's config; ignored")
@@ -250,6 +252,39 @@ pub struct SnapshotBuilder {
     orgs: HashMap<Box<str>, Arc<OrgState>>,
     stacks: HashMap<Box<str>, Arc<StackView>>,
     tokens: HashMap<[u8; 32], Arc<Token>, DigestHash>,
+    grants: SharedGrants,
+}
+
+/// The grants built so far, each kept once: a million tokens hold a handful of distinct
+/// scopes, and a token's own copy (with its branch names) was about a sixth of its
+/// memory. Only pointers are kept here; the set is dropped with its builder.
+/// The last one shared is compared first: tokens come in bulk with the same scope, and
+/// a comparison costs less than hashing the branch names.
+#[derive(Default)]
+struct SharedGrants {
+    all: std::collections::HashSet<Arc<Grants>>,
+    last: Option<Arc<Grants>>,
+}
+
+impl SharedGrants {
+    /// The one shared copy of `grants`, or `previous` (the token's grants in the
+    /// snapshot before) when it is the same, so a rebuild keeps them shared.
+    fn share(&mut self, grants: Grants, previous: Option<&Arc<Grants>>) -> Arc<Grants> {
+        if let Some(last) = self.last.as_ref().filter(|last| ***last == grants) {
+            return Arc::clone(last);
+        }
+        let shared = match self.all.get(&grants) {
+            Some(kept) => Arc::clone(kept),
+            None => {
+                let kept = previous.filter(|p| ***p == grants).map(Arc::clone);
+                let shared = kept.unwrap_or_else(|| Arc::new(grants));
+                self.all.insert(Arc::clone(&shared));
+                shared
+            }
+        };
+        self.last = Some(Arc::clone(&shared));
+        shared
+    }
 }
 
 impl SnapshotBuilder {
@@ -281,8 +316,17 @@ impl SnapshotBuilder {
         }
         let statics = config.stacks.iter().map(|s| s.tokens.len()).sum();
         let tokens = HashMap::with_capacity_and_hasher(statics, DigestHash::default());
-        let mut builder =
-            SnapshotBuilder { config, previous, upstream, rate_clock: rate_clock.clone(), share, orgs, stacks, tokens };
+        let mut builder = SnapshotBuilder {
+            config,
+            previous,
+            upstream,
+            rate_clock: rate_clock.clone(),
+            share,
+            orgs,
+            stacks,
+            tokens,
+            grants: SharedGrants::default(),
+        };
         let config = Arc::clone(&builder.config);
         for rec in config.stacks.iter().flat_map(|s| s.tokens.iter()) {
             builder.add(rec);
@@ -299,7 +343,7 @@ impl SnapshotBuilder {
     /// Adds one stored token.
     pub fn add(&mut self, rec: &TokenRecord) {
         let previous = self.previous.as_deref();
-        match compile_token(rec, &self.stacks, previous, &self.rate_clock, self.share) {
+        match compile_token(rec, &self.stacks, previous, &self.rate_clock, self.share, &mut self.grants) {
             Some(token) => insert_token(&mut self.tokens, rec, token),
             None => tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored"),
         }
@@ -348,6 +392,7 @@ fn compile_token(
     previous: Option<&Snapshot>,
     clock: &RateClock,
     share: u32,
+    shared: &mut SharedGrants,
 ) -> Option<Token> {
     let view = stacks.get(rec.stack.as_str())?;
     let grants = compile_scope(&rec.scope, &**view).ok()?;
@@ -363,7 +408,7 @@ fn compile_token(
     Some(Token {
         uid: rec.uid.as_str().into(),
         stack: Arc::clone(view),
-        grants,
+        grants: shared.share(grants, prev.map(|t| &t.grants)),
         expires_at: rec.expires_on.as_ref().map(|e| e.at),
         enabled: rec.enabled,
         retires_at: None,
@@ -433,5 +478,54 @@ fn settings(config: &Config) -> Settings {
         max_inspected_body: config.server.max_inspected_body,
         forward_token: config.upstream.forward_token,
         own_authorities: own,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::hash_secret;
+
+    /// Three tokens: `a` and `b` with one scope, `c` read-only.
+    fn config() -> Config {
+        let token = |uid: &str, write: bool| {
+            format!(
+                "[[stacks.tokens]]\nuid = \"{uid}\"\nname = \"{uid}\"\nsecret_sha256 = \"{}\"\n\
+                 scope = [{{ module = \"$all\", acl = {{ read = true, write = {write} }} }}, \
+                 {{ module = \"branch\", branches = [\"main\"] }}]\n",
+                hex::encode(hash_secret(format!("cs{uid:0>32}").as_bytes()))
+            )
+        };
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[[organizations]]\nuid = \"o\"\n\
+             [[stacks]]\napi_key = \"k\"\norganization = \"o\"\n{}{}{}",
+            token("a", true),
+            token("b", true),
+            token("c", false)
+        );
+        crate::config::from_str(&text).unwrap()
+    }
+
+    fn build(previous: Option<Arc<Snapshot>>) -> Arc<Snapshot> {
+        let config = config();
+        let upstream = crate::proxy::UpstreamClient::new(&config.upstream).unwrap();
+        Arc::new(Snapshot::build(Arc::new(config), &[], previous, &RateClock::fake(), upstream))
+    }
+
+    fn grants(s: &Snapshot, uid: &str) -> Arc<Grants> {
+        Arc::clone(&s.token(&hash_secret(format!("cs{uid:0>32}").as_bytes())).unwrap().grants)
+    }
+
+    /// Tokens with the same scope hold one copy of its grants, and a rebuild keeps it.
+    #[test]
+    fn tokens_with_the_same_grants_share_one_copy() {
+        let first = build(None);
+        let (a, b, c) = (grants(&first, "a"), grants(&first, "b"), grants(&first, "c"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert!(!a.write.is_empty() && c.write.is_empty(), "each token keeps its own grants");
+        let second = build(Some(Arc::clone(&first)));
+        assert!(Arc::ptr_eq(&a, &grants(&second, "a")) && Arc::ptr_eq(&a, &grants(&second, "b")));
+        assert!(Arc::ptr_eq(&c, &grants(&second, "c")));
     }
 }

@@ -44,7 +44,7 @@ pub struct RateLimit {
 pub const ALL_BRANCHES: &str = "$all";
 
 /// What a scope grants, in the form the hot path reads.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Grants {
     pub read: ModuleSet,
     pub write: ModuleSet,
