@@ -277,6 +277,12 @@ async fn the_http2_preface_is_held_to_the_head_deadline_and_only_starts_a_connec
 
 /// An HTTP/2 request with prior knowledge (h2c), answered through the same port.
 async fn h2c_get(addr: std::net::SocketAddr) -> (u16, bytes::Bytes) {
+    let (status, _, body) = h2c_get_with_fields(addr).await;
+    (status, body)
+}
+
+/// [`h2c_get`], with the response's fields.
+async fn h2c_get_with_fields(addr: std::net::SocketAddr) -> (u16, http::HeaderMap, bytes::Bytes) {
     use http_body_util::BodyExt;
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -292,8 +298,8 @@ async fn h2c_get(addr: std::net::SocketAddr) -> (u16, bytes::Bytes) {
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.into_body().collect().await.unwrap().to_bytes())
+    let (parts, body) = resp.into_parts();
+    (parts.status.as_u16(), parts.headers, body.collect().await.unwrap().to_bytes())
 }
 
 /// Heads too large for their fields or their target get 431 and 414 with the
@@ -576,4 +582,69 @@ async fn a_body_that_breaks_before_anything_was_sent_is_answered_502() {
             false => assert_eq!((status, error_code(&answer)), (502, 502), "{body:?}, h2c"),
         }
     }
+}
+
+/// A backend's 204 that states a length (RFC 9110 section 8.6 forbids it) reaches every
+/// client without one: on the gateway's HTTP/1.1 loop (twice on one connection), on
+/// hyper's (a request with a body), and over h2c, whose clients refuse a stream whose
+/// stated length its DATA does not match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_states_no_length_to_any_client() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |n| n.trim().parse().unwrap());
+                    while buf.len() < end + 4 + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + length);
+                    let answer = b"HTTP/1.1 204 No Content\r\ncontent-length: 10\r\n\r\n";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let cfg = config_text(backend, "", "");
+    let gw = stackgate::server::start(stackgate::config::from_str(&cfg).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let post_body = r#"{"asset":{}}"#;
+    let extra = format!("content-type: application/json\r\ncontent-length: {}\r\n", post_body.len());
+    let requests = [
+        get("GET", "/v3/assets/blt1", ""),
+        get("GET", "/v3/assets/blt1", ""),
+        format!("{}{post_body}", get("POST", "/v3/assets", &extra)),
+    ];
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for request in &requests {
+        let what = request.lines().next().unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (head, body) = response(&mut stream, &mut buf, false).await.unwrap_or_else(|| panic!("{what}: no answer"));
+        assert!(head.starts_with("HTTP/1.1 204 "), "{what}: {head}");
+        assert!(!head.to_ascii_lowercase().contains("content-length"), "{what}: {head}");
+        assert_eq!(body, "", "{what}");
+    }
+    let (status, fields, body) = h2c_get_with_fields(gw.addr).await;
+    assert_eq!((status, &body[..]), (204, &b""[..]), "h2c");
+    assert!(fields.get("content-length").is_none(), "h2c: {fields:?}");
 }

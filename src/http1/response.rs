@@ -189,8 +189,10 @@ pub fn parse_head(
     }
     fields.block = block.split().freeze();
     // With `Transfer-Encoding` the length is not what frames the body (RFC 9112
-    // section 6.3): stating it to the client would make its writer frame by it.
-    fields.length = head.length.flatten().filter(|_| head.chunked.is_none());
+    // section 6.3): stating it to the client would make its writer frame by it. A 204
+    // has no length to state (RFC 9110 section 8.6), and an h2 client refuses a stream
+    // whose length its DATA does not match.
+    fields.length = head.length.flatten().filter(|_| head.chunked.is_none() && status != StatusCode::NO_CONTENT);
     *head.resp.status_mut() = status;
     *head.resp.version_mut() = version;
     Ok(Some(head))

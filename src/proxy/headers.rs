@@ -172,9 +172,11 @@ pub fn prepare_request_headers(
 /// `X-Request-Id` to every response, forwarded or not). The direct path leaves these
 /// fields out while parsing the head instead. A response that came with
 /// `Transfer-Encoding` was framed by it, not by its `Content-Length` (RFC 9112 section
-/// 6.3): the length goes too, or the client's writer would frame the body by it.
-pub fn prepare_response_headers(headers: &mut HeaderMap) {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+/// 6.3): the length goes too, or the client's writer would frame the body by it. So
+/// does one on a 204, which has no length to state (RFC 9110 section 8.6): an h2 client
+/// refuses a stream whose length its DATA does not match.
+pub fn prepare_response_headers(status: http::StatusCode, headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) || status == http::StatusCode::NO_CONTENT {
         headers.remove(header::CONTENT_LENGTH);
     } else {
         single_length(headers);

@@ -287,7 +287,7 @@ impl UpstreamClient {
                             Err(GatewayError::BadGateway(UpstreamFailure::Protocol))
                         }
                         Ok(mut resp) => {
-                            prepare_response_headers(resp.headers_mut());
+                            prepare_response_headers(resp.status(), resp.headers_mut());
                             // As on the direct path: an HTTP/1 connection is not reused
                             // after an error answer to a request with a body, which the
                             // backend may have left unread (see `http1::client`).

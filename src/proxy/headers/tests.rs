@@ -138,8 +138,15 @@ fn a_length_list_of_one_value_goes_on_as_that_value() {
         for value in sent {
             headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(value));
         }
-        prepare_response_headers(&mut headers);
+        prepare_response_headers(http::StatusCode::OK, &mut headers);
         let got: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(got, kept.into_iter().collect::<Vec<_>>(), "{sent:?}");
+    }
+    // A 204 states no length (RFC 9110 section 8.6); a 304 may (the 200's).
+    for (status, kept) in [(http::StatusCode::NO_CONTENT, None), (http::StatusCode::NOT_MODIFIED, Some("10"))] {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        prepare_response_headers(status, &mut headers);
+        assert_eq!(headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().unwrap()), kept, "{status}");
     }
 }
