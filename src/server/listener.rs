@@ -19,8 +19,16 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// Binds `count` listening sockets on `addr` (port 0: a free port, the same for all).
 /// Several share the address through `SO_REUSEPORT`, the kernel spreading new
-/// connections over them.
+/// connections over them. That would also let them join another process's
+/// `SO_REUSEPORT` listener on the address and take only a share of its connections, so
+/// the address is first bound once without it: taken by anything that listens, the
+/// start fails with "address in use", as with one thread.
 pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if count > 1 && addr.port() != 0 {
+        let probe = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     let mut sockets = Vec::with_capacity(count);
     let mut at = addr;
     for _ in 0..count {
@@ -219,5 +227,25 @@ impl Connection {
             () = unasked => tracing::debug!(peer = %peer, "no request within header_read_timeout; closed"),
         }
         drop(permit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Another process's `SO_REUSEPORT` listener on the address is not joined: the
+    /// threads' sockets are refused as one thread's would be, and bind once it is gone.
+    #[test]
+    fn a_port_another_listener_holds_is_refused_even_with_reuseport() {
+        let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        other.set_reuse_port(true).unwrap();
+        other.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        other.listen(16).unwrap();
+        let addr = other.local_addr().unwrap().as_socket().unwrap();
+        for count in [1, 2, 4] {
+            let err = super::bind(addr, count).err().unwrap_or_else(|| panic!("{count} thread(s): bound"));
+            assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{count} thread(s)");
+        }
+        drop(other);
+        assert_eq!(super::bind(addr, 2).unwrap().len(), 2);
     }
 }
