@@ -597,26 +597,19 @@ async fn a_204_states_no_length_to_any_client() {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
+                while let Some(end) = read_until_head(&mut stream, &mut buf).await {
                     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
                     let length: usize = head
                         .lines()
                         .find_map(|l| l.strip_prefix("content-length: "))
                         .map_or(0, |n| n.trim().parse().unwrap());
-                    while buf.len() < end + 4 + length {
+                    while buf.len() < end + length {
                         match stream.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    buf.drain(..end + 4 + length);
+                    buf.drain(..end + length);
                     let answer = b"HTTP/1.1 204 No Content\r\ncontent-length: 10\r\n\r\n";
                     if stream.write_all(answer).await.is_err() {
                         return;
