@@ -53,7 +53,8 @@ pub fn token(i: usize, stack: usize, custom: bool) -> TokenRecord {
                 branches: Some(vec!["main".into()]),
                 branch_aliases: None,
             },
-        ],
+        ]
+        .into(),
         expires_on: None,
         is_email_notification_enabled: false,
         rate_limit: custom.then_some(RateLimit { read_per_second: 500_000, write_per_second: 500_000 }),

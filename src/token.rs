@@ -269,7 +269,8 @@ pub struct TokenRecord {
     pub name: String,
     pub description: String,
     pub secret_sha256: [u8; 32],
-    pub scope: Vec<ScopeEntry>,
+    /// Shared by the records a store read finds with the same stored scope.
+    pub scope: std::sync::Arc<[ScopeEntry]>,
     pub expires_on: Option<Expiry>,
     pub is_email_notification_enabled: bool,
     pub rate_limit: Option<RateLimit>,

@@ -1023,7 +1023,7 @@ async fn postgres_store_keeps_the_embedded_stores_semantics() {
             name: name.into(),
             description: "d".into(),
             secret_sha256: stackgate::token::hash_secret(uid.as_bytes()),
-            scope: vec![],
+            scope: Vec::new().into(),
             expires_on: Some(stackgate::token::parse_expiry("2030-01-01").unwrap()),
             is_email_notification_enabled: true,
             rate_limit: Some(stackgate::token::RateLimit { read_per_second: 3, write_per_second: 2 }),

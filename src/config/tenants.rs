@@ -182,7 +182,7 @@ pub(super) fn token(
         name: t.name.clone(),
         description: t.description.clone(),
         secret_sha256,
-        scope: t.scope.clone(),
+        scope: t.scope.as_slice().into(),
         expires_on,
         is_email_notification_enabled: t.is_email_notification_enabled,
         rate_limit: t.rate_limit,

@@ -12,6 +12,7 @@ use crate::error::FieldErrors;
 use crate::token::{parse_expiry, Origin, RateLimit, ScopeEntry, TokenRecord};
 use async_trait::async_trait;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -343,7 +344,31 @@ fn previous_columns(rec: &TokenRecord) -> (Option<Vec<u8>>, Option<i64>) {
 }
 
 fn scope_json(rec: &TokenRecord) -> Result<String, StoreError> {
-    serde_json::to_string(&rec.scope).map_err(|e| unavailable(&e))
+    serde_json::to_string(&*rec.scope).map_err(|e| unavailable(&e))
+}
+
+/// The scopes a read of many rows has parsed, by their stored text. Stored tokens come
+/// in bulk with a handful of distinct scopes: each text is parsed once and its entries
+/// shared by every record that stores it (parsing every row's JSON was about a tenth of
+/// a million-token start-up). Bounded: past [`ScopeMemo::MAX`] distinct texts it starts
+/// over, so a store of all-different scopes costs a lookup per row and no more memory.
+#[derive(Default)]
+pub(crate) struct ScopeMemo(HashMap<Box<str>, Arc<[ScopeEntry]>>);
+
+impl ScopeMemo {
+    const MAX: usize = 256;
+
+    fn parse(&mut self, text: &str) -> serde_json::Result<Arc<[ScopeEntry]>> {
+        if let Some(known) = self.0.get(text) {
+            return Ok(Arc::clone(known));
+        }
+        let parsed: Arc<[ScopeEntry]> = serde_json::from_str::<Vec<ScopeEntry>>(text)?.into();
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(text.into(), Arc::clone(&parsed));
+        Ok(parsed)
+    }
 }
 
 /// A token row as every SQL engine stores it (scope as JSON text, expiry as the date
@@ -368,11 +393,10 @@ struct Columns {
 }
 
 impl Columns {
-    /// The record, or `None` (logged) for a row that no longer parses.
-    fn into_record(self) -> Option<TokenRecord> {
-        let (Ok(secret_sha256), Ok(scope)) =
-            (<[u8; 32]>::try_from(self.secret), serde_json::from_str::<Vec<ScopeEntry>>(&self.scope))
-        else {
+    /// The record, or `None` (logged) for a row that no longer parses. `scopes` is the
+    /// memo of the read this row is part of.
+    fn into_record(self, scopes: &mut ScopeMemo) -> Option<TokenRecord> {
+        let (Ok(secret_sha256), Ok(scope)) = (<[u8; 32]>::try_from(self.secret), scopes.parse(&self.scope)) else {
             tracing::error!(token.uid = %self.uid, "unreadable token row skipped");
             return None;
         };
@@ -409,5 +433,26 @@ impl Columns {
             },
             origin: Origin::Store,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ScopeMemo;
+
+    /// Text that does not parse is an error and is not kept; however many distinct
+    /// texts come, the memo holds at most `MAX`, and each text gets its own entries.
+    #[test]
+    fn the_scope_memo_keeps_only_what_parsed_and_stays_bounded() {
+        let mut memo = ScopeMemo::default();
+        assert!(memo.parse("[{\"module\": ").is_err());
+        assert!(memo.0.is_empty());
+        for i in 0..3 * ScopeMemo::MAX {
+            let text = format!("[{{\"module\":\"m{i}\",\"acl\":{{\"read\":true}}}}]");
+            let scope = memo.parse(&text).unwrap();
+            assert_eq!(scope[0].module, format!("m{i}"));
+            assert!(std::sync::Arc::ptr_eq(&scope, &memo.parse(&text).unwrap()), "{i}: parsed again");
+            assert!(memo.0.len() <= ScopeMemo::MAX);
+        }
     }
 }

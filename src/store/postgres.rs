@@ -13,8 +13,8 @@ use follow::listen;
 
 use super::pg_tls::RustlsConnect;
 use super::{
-    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, StoreError, StoreEvent,
-    TokenStore,
+    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, ScopeMemo, StoreError,
+    StoreEvent, TokenStore,
 };
 use crate::config::Postgres;
 use crate::token::TokenRecord;
@@ -299,6 +299,11 @@ fn is_name_clash(e: &tokio_postgres::Error) -> bool {
 }
 
 fn record(row: &Row) -> Option<TokenRecord> {
+    record_in(row, &mut ScopeMemo::default())
+}
+
+/// [`record`] for one row of a read of many, which share `scopes`.
+fn record_in(row: &Row, scopes: &mut ScopeMemo) -> Option<TokenRecord> {
     let rate = |i: usize| row.get::<_, Option<i32>>(i).and_then(|v| u32::try_from(v).ok());
     Columns {
         uid: row.get(0),
@@ -317,7 +322,7 @@ fn record(row: &Row) -> Option<TokenRecord> {
         enabled: row.get(14),
         previous: (row.get(15), row.get(16)),
     }
-    .into_record()
+    .into_record(scopes)
 }
 
 fn rate_columns(rec: &TokenRecord) -> (Option<i32>, Option<i32>) {
@@ -339,8 +344,9 @@ impl TokenStore for PgStore {
         let rows = client.query_raw(&sql, no_params).await.map_err(pg)?;
         let mut rows = std::pin::pin!(rows);
         let mut batcher = Batcher::new();
+        let mut scopes = ScopeMemo::default();
         while let Some(row) = rows.next().await {
-            let Some(rec) = record(&row.map_err(pg)?) else { continue };
+            let Some(rec) = record_in(&row.map_err(pg)?, &mut scopes) else { continue };
             if let Some(full) = batcher.push(rec) {
                 if out.send(full).await.is_err() {
                     return Ok(());

@@ -3,7 +3,8 @@
 //! the whole change or none of it. The schema is versioned with `PRAGMA user_version`.
 
 use super::{
-    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, StoreError, TokenStore,
+    unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, ScopeMemo, StoreError,
+    TokenStore,
 };
 use crate::token::TokenRecord;
 use async_trait::async_trait;
@@ -299,6 +300,11 @@ const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expi
 
 /// A row -> record; rows that no longer parse are reported, not loaded.
 fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
+    record_in(row, &mut ScopeMemo::default())
+}
+
+/// [`record`] for one row of a read of many, which share `scopes`.
+fn record_in(row: &Row<'_>, scopes: &mut ScopeMemo) -> rusqlite::Result<Option<TokenRecord>> {
     Ok(Columns {
         uid: row.get(0)?,
         stack: row.get(1)?,
@@ -316,7 +322,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
         enabled: row.get(14)?,
         previous: (row.get(15)?, row.get(16)?),
     }
-    .into_record())
+    .into_record(scopes))
 }
 
 fn query(conn: &Connection, sql_where: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<TokenRecord>, StoreError> {
@@ -359,7 +365,8 @@ impl TokenStore for SqliteStore {
             // No ORDER BY: the snapshot is a hash index, and sorting a million rows
             // would cost the start-up a temporary B-tree.
             let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM tokens")).map_err(|e| unavailable(&e))?;
-            let rows = stmt.query_map([], record).map_err(|e| unavailable(&e))?;
+            let mut scopes = ScopeMemo::default();
+            let rows = stmt.query_map([], |row| record_in(row, &mut scopes)).map_err(|e| unavailable(&e))?;
             let mut batcher = Batcher::new();
             for row in rows {
                 let Some(rec) = row.map_err(|e| unavailable(&e))? else { continue };

@@ -348,7 +348,7 @@ pub fn apply(
         rec.description = d;
     }
     if let Some(scope) = input.scope {
-        rec.scope = scope;
+        rec.scope = scope.into();
     }
     if let Some(n) = input.notify {
         rec.is_email_notification_enabled = n;

@@ -3,6 +3,7 @@
 use super::*;
 use crate::error::FieldErrors;
 use crate::token::{hash_secret, parse_expiry, Acl, Origin, RateLimit, ScopeEntry};
+use std::collections::HashSet;
 
 fn rec(uid: &str, stack: &str, name: &str) -> TokenRecord {
     TokenRecord {
@@ -11,12 +12,7 @@ fn rec(uid: &str, stack: &str, name: &str) -> TokenRecord {
         name: name.into(),
         description: String::new(),
         secret_sha256: hash_secret(uid.as_bytes()),
-        scope: vec![ScopeEntry {
-            module: "$all".into(),
-            acl: Acl { read: true, write: false },
-            branches: None,
-            branch_aliases: None,
-        }],
+        scope: scope("$all", false),
         expires_on: Some(parse_expiry("2030-01-01").unwrap()),
         is_email_notification_enabled: true,
         rate_limit: Some(RateLimit { read_per_second: 3, write_per_second: 2 }),
@@ -28,6 +24,43 @@ fn rec(uid: &str, stack: &str, name: &str) -> TokenRecord {
         enabled: true,
         previous_secret: None,
         origin: Origin::Store,
+    }
+}
+
+fn scope(module: &str, write: bool) -> std::sync::Arc<[ScopeEntry]> {
+    vec![ScopeEntry { module: module.into(), acl: Acl { read: true, write }, branches: None, branch_aliases: None }]
+        .into()
+}
+
+/// A load parses each stored scope text once: the records that store the same scope
+/// share one copy of its entries, and every record gets the scope it was stored with,
+/// also when more distinct scopes come than the memo keeps.
+#[tokio::test]
+async fn a_load_parses_each_distinct_scope_once() {
+    let s = SqliteStore::in_memory().unwrap();
+    let stored: Vec<TokenRecord> = (0..900)
+        .map(|i| {
+            let scope = match i % 3 {
+                0 => scope("$all", false),
+                1 => scope("entry", true),
+                _ => scope(&format!("module{i}"), false),
+            };
+            TokenRecord { scope, ..rec(&format!("t{i}"), "k", &format!("n{i}")) }
+        })
+        .collect();
+    assert_eq!(s.import(&stored).unwrap(), 900);
+    let loaded = crate::store::load_matching(&s, |_| true).await.unwrap();
+    assert_eq!(loaded.len(), 900);
+    let by_uid: HashMap<&str, &TokenRecord> = loaded.iter().map(|r| (r.uid.as_str(), r)).collect();
+    for want in &stored {
+        assert_eq!(by_uid[want.uid.as_str()].scope, want.scope, "{}", want.uid);
+    }
+    // 300 distinct texts pass the memo's bound once, so a common scope has two copies
+    // at most: the one from before the memo started over and the one after.
+    for module in ["$all", "entry"] {
+        let copies: HashSet<*const ScopeEntry> =
+            loaded.iter().filter(|r| r.scope[0].module == module).map(|r| r.scope.as_ptr()).collect();
+        assert!(copies.len() <= 2, "{module}: {} copies for 300 records", copies.len());
     }
 }
 
