@@ -74,8 +74,11 @@ impl Fields {
     }
 
     /// Adds the fields (and the stated `Content-Length`) to a header map; the values
-    /// share the block.
-    pub fn into_map(self, headers: &mut HeaderMap) {
+    /// share the block. The map is sized once, for them and for `room` fields the
+    /// caller adds next: grown as they came, it was rehashed on the way.
+    pub fn into_map(self, headers: &mut HeaderMap, room: usize) {
+        let lines = self.block.iter().filter(|&&b| b == b'\n').count();
+        headers.reserve(lines + usize::from(self.length.is_some()) + room);
         let mut rest = &self.block[..];
         while let Some(end) = rest.iter().position(|&b| b == b'\r') {
             let (line, after) = rest.split_at(end);

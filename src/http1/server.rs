@@ -502,7 +502,7 @@ where
     // The upstream's fields as one block, unless one of them must give way to ours.
     let fields = match body.take_fields() {
         Some(fields) if fields.has_replaced() => {
-            fields.into_map(&mut parts.headers);
+            fields.into_map(&mut parts.headers, 0);
             None
         }
         fields => fields,

@@ -108,11 +108,11 @@ impl CarriesFields for Body {
     }
 }
 
-/// Moves any fields the body still carries into the response's header map: for
-/// every writer but the HTTP/1.1 loop.
-pub fn fill_headers(resp: &mut Response<Body>) {
+/// Moves any fields the body still carries into the response's header map, with room
+/// for `room` more: for every writer but the HTTP/1.1 loop.
+pub fn fill_headers(resp: &mut Response<Body>, room: usize) {
     if let Some(fields) = resp.body_mut().take_fields() {
-        fields.into_map(resp.headers_mut());
+        fields.into_map(resp.headers_mut(), room);
     }
 }
 

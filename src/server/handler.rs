@@ -52,6 +52,10 @@ pub struct GatewayFields {
 }
 
 impl GatewayFields {
+    /// The most fields [`GatewayFields::each`] gives: the request id, four rate-limit
+    /// fields, and four CORS fields.
+    pub const MOST: usize = 9;
+
     /// Inserts the fields into a response's header map, replacing the backend's own
     /// (`Vary` is added to the backend's).
     pub fn apply(self, headers: &mut HeaderMap) {
@@ -102,7 +106,7 @@ pub async fn handle(
     let chunked = req.version() < http::Version::HTTP_2 && req.headers().contains_key(http::header::TRANSFER_ENCODING);
     let unread = proxy::Unread::of(req.body());
     let (mut resp, fields) = respond(gw, req, conn).await;
-    proxy::fill_headers(&mut resp);
+    proxy::fill_headers(&mut resp, GatewayFields::MOST);
     fields.apply(resp.headers_mut());
     // A body left unread (an answer before its end: the backend's early one, or a
     // refusal of a body too large to drain) ends the connection after the answer.

@@ -77,7 +77,7 @@ fn fields_keep_their_order_and_become_a_map_on_demand() {
     assert_eq!(std::str::from_utf8(h.fields.block()).unwrap(), block);
     assert!(h.fields.has_date() && !h.fields.has_replaced());
     let mut map = HeaderMap::new();
-    h.fields.into_map(&mut map);
+    h.fields.into_map(&mut map, 0);
     assert_eq!(map.len(), 7);
     let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["a=1", "b=2"]);
