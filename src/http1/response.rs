@@ -78,7 +78,8 @@ impl Fields {
     /// caller adds next: grown as they came, it was rehashed on the way.
     pub fn into_map(self, headers: &mut HeaderMap, room: usize) {
         let lines = self.block.iter().filter(|&&b| b == b'\n').count();
-        headers.reserve(lines + usize::from(self.length.is_some()) + room);
+        // A hint only: never a panic over a size (a head has at most MAX_HEADERS lines).
+        let _ = headers.try_reserve(lines + usize::from(self.length.is_some()) + room);
         let mut rest = &self.block[..];
         while let Some(end) = rest.iter().position(|&b| b == b'\r') {
             let (line, after) = rest.split_at(end);
