@@ -38,6 +38,8 @@ LARGE_BYTES = 64 * 1024
 # h2load through --tls13-ciphers), so every server negotiates the same cipher.
 TLS_SUITE = "TLS_AES_128_GCM_SHA256"
 PEERS = ["nginx", "HAProxy", "Caddy"]
+# Starts of the 1,000,000-token gateway whose start-up times give the median.
+STARTS = 1 if QUICK else 3
 
 
 class Shape:
@@ -447,9 +449,20 @@ def run_scale(shape, d, bport, rows):
     t0 = time.time()
     seed(big, 33_334, 30, bport, "127.0.0.1:0")
     seed_s = time.time() - t0
+    # The seeded store's pages are written out first, so no start-up shares the disk
+    # and a core with that write-back. Start-up is the median of three starts (the
+    # last one then serves); the peak RSS is the highest of them.
+    os.sync()
+    starts, peaks = [], []
+    for _ in range(STARTS - 1):
+        sgb, _, startup = start_stackgate(shape, os.path.join(big, "stackgate.toml"))
+        starts.append(startup)
+        peaks.append(status_mib(sgb.pid, "VmHWM"))
+        stop([sgb])
     sgb, port, startup = start_stackgate(shape, os.path.join(big, "stackgate.toml"))
+    starts.append(startup)
     try:
-        rss_peak, rss_now = status_mib(sgb.pid, "VmHWM"), status_mib(sgb.pid, "VmRSS")
+        rss_peak, rss_now = max(peaks + [status_mib(sgb.pid, "VmHWM")]), status_mib(sgb.pid, "VmRSS")
         j = 777_777
         headers = [f"api_key: blt{j // 30:016x}", f"authorization: cs{j:032x}", "branch: main"]
         name = "stackgate, HTTP/1.1, 1M tokens"
@@ -463,7 +476,7 @@ def run_scale(shape, d, bport, rows):
         rss_serving = status_mib(sgb.pid, "VmRSS")
     finally:
         stop([sgb])
-    return {"seed_s": seed_s, "startup_s": startup, "rss_peak": rss_peak, "rss_now": rss_now,
+    return {"seed_s": seed_s, "startup_s": statistics.median(starts), "starts": starts, "rss_peak": rss_peak, "rss_now": rss_now,
             "rss_serving": rss_serving, "shape": shape.name}
 
 
@@ -591,7 +604,8 @@ def section(shape, result, vers):
     if scale:
         big = rps_of(rows, "h1", "stackgate-1M")
         note += (f" With 1,000,000 tokens over 33,334 stacks: seeding the store took {scale['seed_s']:.1f} s, start-up "
-                 f"(store load + snapshot build, to listening) {scale['startup_s']:.1f} s, RSS {scale['rss_now']:.0f} MiB "
+                 f"(store load + snapshot build, to listening) {scale['startup_s']:.1f} s (median of "
+                 f"{', '.join(f'{x:.1f}' for x in scale['starts'])} s), RSS {scale['rss_now']:.0f} MiB "
                  f"when it starts listening (peak during start-up {scale['rss_peak']:.0f} MiB) and "
                  f"{scale['rss_serving']:.0f} MiB after the load runs; throughput {fmt(big, 0)} req/s = "
                  f"{ratio(big, small)}x the 1,000-token run.")

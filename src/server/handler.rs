@@ -388,3 +388,37 @@ async fn read_inspected(snap: &Snapshot, parts: &Parts, body: &mut Option<Client
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{cors, GatewayFields};
+    use crate::rate_fields::RateInfo;
+    use http::HeaderValue;
+
+    /// `MOST` bounds what the gateway adds to a response (the map is sized with it):
+    /// every field at once, rate limits and CORS with credentials, exposed fields
+    /// and `Vary`.
+    #[test]
+    fn most_bounds_the_fields_the_gateway_adds() {
+        let fields = GatewayFields {
+            request_id: HeaderValue::from_static("r"),
+            rate: Some(RateInfo {
+                name: "org-read",
+                limit: 10,
+                remaining: 5_000,
+                reset: 1,
+                policy: HeaderValue::from_static("p"),
+                limit_header: HeaderValue::from_static("10"),
+            }),
+            cors: Some(cors::Fields::Allowed {
+                origin: HeaderValue::from_static("https://a.example"),
+                credentials: true,
+                expose: Some(HeaderValue::from_static("x-request-id")),
+                vary: true,
+            }),
+        };
+        let mut count = 0;
+        crate::http1::server::AddedFields::each(&fields, &mut |_, _| count += 1);
+        assert_eq!(count, GatewayFields::MOST);
+    }
+}

@@ -394,9 +394,13 @@ struct Columns {
 
 impl Columns {
     /// The record, or `None` (logged) for a row that no longer parses. `scopes` is the
-    /// memo of the read this row is part of.
-    fn into_record(self, scopes: &mut ScopeMemo) -> Option<TokenRecord> {
-        let (Ok(secret_sha256), Ok(scope)) = (<[u8; 32]>::try_from(self.secret), scopes.parse(&self.scope)) else {
+    /// memo of the read of many rows this row is part of (none for a single row).
+    fn into_record(self, scopes: Option<&mut ScopeMemo>) -> Option<TokenRecord> {
+        let scope = match scopes {
+            Some(memo) => memo.parse(&self.scope),
+            None => serde_json::from_str::<Vec<ScopeEntry>>(&self.scope).map(Arc::from),
+        };
+        let (Ok(secret_sha256), Ok(scope)) = (<[u8; 32]>::try_from(self.secret), scope) else {
             tracing::error!(token.uid = %self.uid, "unreadable token row skipped");
             return None;
         };

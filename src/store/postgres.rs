@@ -299,11 +299,11 @@ fn is_name_clash(e: &tokio_postgres::Error) -> bool {
 }
 
 fn record(row: &Row) -> Option<TokenRecord> {
-    record_in(row, &mut ScopeMemo::default())
+    record_in(row, None)
 }
 
-/// [`record`] for one row of a read of many, which share `scopes`.
-fn record_in(row: &Row, scopes: &mut ScopeMemo) -> Option<TokenRecord> {
+/// [`record`], for one row of a read of many when `scopes` is given (they share it).
+fn record_in(row: &Row, scopes: Option<&mut ScopeMemo>) -> Option<TokenRecord> {
     let rate = |i: usize| row.get::<_, Option<i32>>(i).and_then(|v| u32::try_from(v).ok());
     Columns {
         uid: row.get(0),
@@ -346,7 +346,7 @@ impl TokenStore for PgStore {
         let mut batcher = Batcher::new();
         let mut scopes = ScopeMemo::default();
         while let Some(row) = rows.next().await {
-            let Some(rec) = record_in(&row.map_err(pg)?, &mut scopes) else { continue };
+            let Some(rec) = record_in(&row.map_err(pg)?, Some(&mut scopes)) else { continue };
             if let Some(full) = batcher.push(rec) {
                 if out.send(full).await.is_err() {
                     return Ok(());

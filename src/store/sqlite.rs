@@ -300,11 +300,11 @@ const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expi
 
 /// A row -> record; rows that no longer parse are reported, not loaded.
 fn record(row: &Row<'_>) -> rusqlite::Result<Option<TokenRecord>> {
-    record_in(row, &mut ScopeMemo::default())
+    record_in(row, None)
 }
 
-/// [`record`] for one row of a read of many, which share `scopes`.
-fn record_in(row: &Row<'_>, scopes: &mut ScopeMemo) -> rusqlite::Result<Option<TokenRecord>> {
+/// [`record`], for one row of a read of many when `scopes` is given (they share it).
+fn record_in(row: &Row<'_>, scopes: Option<&mut ScopeMemo>) -> rusqlite::Result<Option<TokenRecord>> {
     Ok(Columns {
         uid: row.get(0)?,
         stack: row.get(1)?,
@@ -366,7 +366,7 @@ impl TokenStore for SqliteStore {
             // would cost the start-up a temporary B-tree.
             let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM tokens")).map_err(|e| unavailable(&e))?;
             let mut scopes = ScopeMemo::default();
-            let rows = stmt.query_map([], |row| record_in(row, &mut scopes)).map_err(|e| unavailable(&e))?;
+            let rows = stmt.query_map([], |row| record_in(row, Some(&mut scopes))).map_err(|e| unavailable(&e))?;
             let mut batcher = Batcher::new();
             for row in rows {
                 let Some(rec) = row.map_err(|e| unavailable(&e))? else { continue };
