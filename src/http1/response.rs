@@ -77,14 +77,14 @@ impl Fields {
     /// share the block. The map is sized once, for them and for `room` fields the
     /// caller adds next: grown as they came, it was rehashed on the way.
     pub fn into_map(self, headers: &mut HeaderMap, room: usize) {
-        let lines = self.block.iter().filter(|&&b| b == b'\n').count();
+        let lines = memchr::memchr_iter(b'\n', &self.block).count();
         // A hint only: never a panic over a size (a head has at most MAX_HEADERS lines).
         let _ = headers.try_reserve(lines + usize::from(self.length.is_some()) + room);
         let mut rest = &self.block[..];
-        while let Some(end) = rest.iter().position(|&b| b == b'\r') {
+        while let Some(end) = memchr::memchr(b'\r', rest) {
             let (line, after) = rest.split_at(end);
             rest = after.get(2..).unwrap_or_default();
-            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let Some(colon) = memchr::memchr(b':', line) else { continue };
             let value = line.get(colon + 2..).unwrap_or_default();
             let name = HeaderName::from_bytes(&line[..colon]);
             let value = HeaderValue::from_maybe_shared(self.block.slice_ref(value));
