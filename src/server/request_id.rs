@@ -9,8 +9,6 @@
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// The process's request ids (one prefix and counter per process).
 pub fn ids() -> &'static RequestIds {
     static IDS: std::sync::OnceLock<RequestIds> = std::sync::OnceLock::new();
@@ -42,8 +40,8 @@ impl RequestIds {
         let ids = [mix(self.seed ^ n), mix(self.seed.rotate_left(32) ^ n), mix(n ^ 0x5bd1_e995)];
         let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
         for (word, at) in ids.iter().zip([3, 19, 36]) {
-            for (i, slot) in buf.iter_mut().skip(at).take(16).enumerate() {
-                *slot = HEX[((word >> (60 - 4 * i)) & 0xf) as usize];
+            if let Some(slot) = buf.get_mut(at..at + 16) {
+                let _ = hex::encode_to_slice(word.to_be_bytes(), slot);
             }
         }
         fresh(&buf)
@@ -53,12 +51,10 @@ impl RequestIds {
     pub fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [b'-'; 21];
-        for (i, slot) in buf.iter_mut().take(8).enumerate() {
-            *slot = HEX[((self.prefix >> (28 - 4 * i)) & 0xf) as usize];
-        }
-        for (i, slot) in buf.iter_mut().skip(9).enumerate() {
-            *slot = HEX[((n >> (44 - 4 * i)) & 0xf) as usize];
-        }
+        let (prefix, counter) = buf.split_at_mut(8);
+        let _ = hex::encode_to_slice(self.prefix.to_be_bytes(), prefix);
+        // The counter's low 48 bits, after the dash.
+        let _ = hex::encode_to_slice(&n.to_be_bytes()[2..], &mut counter[1..]);
         fresh(&buf)
     }
 }
@@ -129,6 +125,15 @@ mod tests {
         let ids = super::RequestIds { prefix: 0xdeadbeef, seed: 7, next: std::sync::atomic::AtomicU64::new(0x2a) };
         assert_eq!(ids.next(), "deadbeef-00000000002a");
         assert_eq!(ids.next(), "deadbeef-00000000002b");
+        // The trace ids are the mixed counter and seed, in lower-case hex.
+        let n = 0x2c;
+        let want = format!(
+            "00-{:016x}{:016x}-{:016x}-01",
+            super::mix(7 ^ n),
+            super::mix(7u64.rotate_left(32) ^ n),
+            super::mix(n ^ 0x5bd1_e995)
+        );
+        assert_eq!(ids.traceparent(), want.as_str());
         // Never indexed by HTTP/2's header compression: no other message repeats it.
         assert!(ids.next().is_sensitive() && ids.traceparent().is_sensitive());
     }
