@@ -195,8 +195,11 @@ pub fn parse_head(
     // With `Transfer-Encoding` the length is not what frames the body (RFC 9112
     // section 6.3): stating it to the client would make its writer frame by it. A 204
     // has no length to state (RFC 9110 section 8.6), and an h2 client refuses a stream
-    // whose length its DATA does not match.
-    fields.length = head.length.flatten().filter(|_| head.chunked.is_none() && status != StatusCode::NO_CONTENT);
+    // whose length its DATA does not match. A 304 may state the selected
+    // representation's length, but the HTTP/1.1 writers (this loop's and hyper's) leave
+    // it out: left out here too, every client sees the same head.
+    let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    fields.length = head.length.flatten().filter(|_| head.chunked.is_none() && !bodiless);
     *head.resp.status_mut() = status;
     *head.resp.version_mut() = version;
     Ok(Some(head))

@@ -174,9 +174,11 @@ pub fn prepare_request_headers(
 /// `Transfer-Encoding` was framed by it, not by its `Content-Length` (RFC 9112 section
 /// 6.3): the length goes too, or the client's writer would frame the body by it. So
 /// does one on a 204, which has no length to state (RFC 9110 section 8.6): an h2 client
-/// refuses a stream whose length its DATA does not match.
+/// refuses a stream whose length its DATA does not match. And one on a 304, as on the
+/// direct path, so that every client sees the same head.
 pub fn prepare_response_headers(status: http::StatusCode, headers: &mut HeaderMap) {
-    if headers.contains_key(header::TRANSFER_ENCODING) || status == http::StatusCode::NO_CONTENT {
+    let bodiless = status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED;
+    if headers.contains_key(header::TRANSFER_ENCODING) || bodiless {
         headers.remove(header::CONTENT_LENGTH);
     } else {
         single_length(headers);

@@ -37,7 +37,9 @@ impl RequestIds {
     /// A new `traceparent` (version 00, sampled): `00-<trace id>-<parent id>-01`.
     pub fn traceparent(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let ids = [mix(self.seed ^ n), mix(self.seed.rotate_left(32) ^ n), mix(n ^ 0x5bd1_e995)];
+        // All three words depend on the seed: a parent id from the counter alone would
+        // repeat in every process and after every restart.
+        let ids = [mix(self.seed ^ n), mix(self.seed.rotate_left(32) ^ n), mix(mix(self.seed) ^ n)];
         let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
         for (word, at) in ids.iter().zip([3, 19, 36]) {
             if let Some(slot) = buf.get_mut(at..at + 16) {
@@ -131,9 +133,14 @@ mod tests {
             "00-{:016x}{:016x}-{:016x}-01",
             super::mix(7 ^ n),
             super::mix(7u64.rotate_left(32) ^ n),
-            super::mix(n ^ 0x5bd1_e995)
+            super::mix(super::mix(7) ^ n)
         );
         assert_eq!(ids.traceparent(), want.as_str());
+        // Another process (another seed) at the same count: other trace and parent ids.
+        let other = super::RequestIds { prefix: 0xdeadbeef, seed: 8, next: std::sync::atomic::AtomicU64::new(n) };
+        let (a, b) = (want, other.traceparent());
+        assert_ne!(a.as_bytes()[3..35], b.as_bytes()[3..35], "trace ids");
+        assert_ne!(a.as_bytes()[36..52], b.as_bytes()[36..52], "parent ids");
         // Never indexed by HTTP/2's header compression: no other message repeats it.
         assert!(ids.next().is_sensitive() && ids.traceparent().is_sensitive());
     }
