@@ -19,3 +19,4 @@ pub mod server;
 
 pub use body::Chunk;
 pub(crate) use body::{decode_chunk, Decoded};
+pub use response::states_no_length;

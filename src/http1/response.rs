@@ -195,14 +195,19 @@ pub fn parse_head(
     // With `Transfer-Encoding` the length is not what frames the body (RFC 9112
     // section 6.3): stating it to the client would make its writer frame by it. A 204
     // has no length to state (RFC 9110 section 8.6), and an h2 client refuses a stream
-    // whose length its DATA does not match. A 304 may state the selected
-    // representation's length, but the HTTP/1.1 writers (this loop's and hyper's) leave
-    // it out: left out here too, every client sees the same head.
-    let bodiless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    fields.length = head.length.flatten().filter(|_| head.chunked.is_none() && !bodiless);
+    // whose length its DATA does not match (see [`states_no_length`]).
+    fields.length = head.length.flatten().filter(|_| head.chunked.is_none() && !states_no_length(status));
     *head.resp.status_mut() = status;
     *head.resp.version_mut() = version;
     Ok(Some(head))
+}
+
+/// Whether a backend's `Content-Length` is left out of an answer with this status, on
+/// every path and for every client: a 204 has no length to state (RFC 9110 section
+/// 8.6); a 304 may state the selected representation's, but the HTTP/1.1 writers (the
+/// gateway's loop and hyper's) leave it out, so every client sees the same head.
+pub fn states_no_length(status: StatusCode) -> bool {
+    status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
 /// Removes from the block (from `base`) the fields `Connection` listed: they concern

@@ -173,12 +173,10 @@ pub fn prepare_request_headers(
 /// fields out while parsing the head instead. A response that came with
 /// `Transfer-Encoding` was framed by it, not by its `Content-Length` (RFC 9112 section
 /// 6.3): the length goes too, or the client's writer would frame the body by it. So
-/// does one on a 204, which has no length to state (RFC 9110 section 8.6): an h2 client
-/// refuses a stream whose length its DATA does not match. And one on a 304, as on the
-/// direct path, so that every client sees the same head.
+/// does one on a 204 or 304, as on the direct path
+/// ([`states_no_length`](crate::http1::states_no_length)).
 pub fn prepare_response_headers(status: http::StatusCode, headers: &mut HeaderMap) {
-    let bodiless = status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED;
-    if headers.contains_key(header::TRANSFER_ENCODING) || bodiless {
+    if headers.contains_key(header::TRANSFER_ENCODING) || crate::http1::states_no_length(status) {
         headers.remove(header::CONTENT_LENGTH);
     } else {
         single_length(headers);
