@@ -894,6 +894,52 @@ async fn a_stalled_request_body_is_408_after_idle_timeout() {
     }
 }
 
+/// An HTTP/2 connection that carries no request for `idle_timeout` is closed with a
+/// GOAWAY, however many PINGs keep its bytes moving (the client's here; the gateway
+/// sends none). The idle limit used to count bytes alone, so a client that answered
+/// or sent pings held its connection, and a place under `max_connections`, for good.
+/// Requests 2 s apart keep it open past 3 s: idle counts from the last one's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_without_requests_for_idle_timeout_is_closed_whatever_pings_it_carries() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let env = Env::start_with("idle_timeout = \"3s\"", "", Arc::new(SystemClock)).await; // request_timeout = 2s
+    let stream = tokio::net::TcpStream::connect(env.gateway.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(300))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let opened = Instant::now();
+    let mut last = opened;
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let req = http::Request::get(format!("http://{}{PATH}", env.gateway.addr))
+            .header("api_key", API_KEY)
+            .header("authorization", RW)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status(), 200, "request {i}");
+        resp.into_body().collect().await.unwrap();
+        last = Instant::now();
+    }
+    let closed =
+        tokio::time::timeout(Duration::from_secs(8), conn).await.expect("still open 8 s after the last request");
+    assert!(closed.unwrap().is_ok(), "closed with a GOAWAY, not cut");
+    let idle = last.elapsed();
+    assert!(
+        idle >= Duration::from_millis(2900) && idle < Duration::from_millis(4500),
+        "closed {idle:?} after the last request"
+    );
+    assert!(opened.elapsed() > Duration::from_secs(6), "open {:?} in all", opened.elapsed());
+}
+
 /// A raw backend that answers every request with a head promising 100 bytes, sends 10
 /// of them, and then nothing, holding the connection open.
 async fn stalling_backend() -> std::net::SocketAddr {

@@ -3,6 +3,7 @@
 
 use super::handler::{refuse, respond, ConnInfo};
 use super::idle::IdleIo;
+use super::streams::{Counted, Quiet, Streams};
 use super::{handle, Gateway};
 use crate::http1::server as http1;
 use hyper::service::service_fn;
@@ -10,7 +11,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -118,9 +118,7 @@ fn builder(limits: &crate::config::Limits) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         // Bound the work a misbehaving client can cause (RST floods, CONTINUATION abuse).
         .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_local_error_reset_streams(256);
     builder
 }
 
@@ -188,14 +186,19 @@ impl Connection {
         }
     }
 
+    /// Serves a connection through hyper (HTTP/2, or HTTP/1 after a handover) until it
+    /// ends, is idle (see [`Streams`]) or the gateway shuts down.
     async fn serve<I>(self, io: I, info: Arc<ConnInfo>, watcher: Watcher)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { gw, builder, peer, permit, .. } = self;
-        let first_request_within = gw.snapshot().config.server.limits.header_read_timeout;
-        let asked = Arc::new(AtomicBool::new(false));
-        let asking = Arc::clone(&asked);
+        let Connection { gw, builder, peer, permit, mut shutdown } = self;
+        let (first_request_within, idle) = {
+            let limits = &gw.snapshot().config.server.limits;
+            (limits.header_read_timeout, limits.idle_timeout)
+        };
+        let streams = Streams::new();
+        let counting = Arc::clone(&streams);
         // Boxed: hyper spawns each HTTP/2 stream's future as a task, and the task is
         // moved several times on its way into the runtime (and written once more when
         // it ends). A pointer moves for nothing; the whole request future, kilobytes
@@ -203,29 +206,49 @@ impl Connection {
         // in its box (`Box::write` into an uninitialised one): `Box::pin(handle(..))`
         // builds it on the stack and copies it in.
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            asking.store(true, Ordering::Relaxed);
+            let open = counting.open();
             let req = crate::proxy::Unread::track(req);
-            Box::into_pin(Box::write(Box::new_uninit(), handle(Arc::clone(&gw), req, Arc::clone(&info))))
+            let (gw, info) = (Arc::clone(&gw), Arc::clone(&info));
+            Box::into_pin(Box::write(Box::new_uninit(), async move {
+                let resp = handle(gw, req, info).await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Counted::new(body, open)))
+            }))
         });
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        let served = watcher.watch(conn.into_owned());
+        let mut conn = std::pin::pin!(conn.into_owned());
         // hyper bounds the wait for an HTTP/1 head itself, not for an HTTP/2 connection's
-        // first request: without this, a client that sends the preface (or SETTINGS,
-        // or PINGs) and no request would hold the connection to the idle timeout.
-        let unasked = async {
-            tokio::time::sleep(first_request_within).await;
-            if asked.load(Ordering::Relaxed) {
-                std::future::pending::<()>().await;
+        // first request, nor its idleness between requests.
+        let closing = async {
+            tokio::select! {
+                quiet = streams.quiet(first_request_within, idle) => Some(quiet),
+                _ = shutdown.wait_for(|&stop| stop) => None,
             }
         };
         tokio::select! {
-            result = served => {
+            result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, peer = %peer, "connection closed with error");
                 }
             }
-            () = unasked => tracing::debug!(peer = %peer, "no request within header_read_timeout; closed"),
+            why = closing => match why {
+                // Preface, SETTINGS or PINGs only: dropped, as a head that never comes.
+                Some(Quiet::NeverAsked) => tracing::debug!(peer = %peer, "no request within header_read_timeout; closed"),
+                // GOAWAY: requests in flight finish, the client retries anything later
+                // elsewhere. Bounded: a client that reads nothing does not hold it.
+                Some(Quiet::Idle) => {
+                    tracing::debug!(peer = %peer, "no request for idle_timeout; closing");
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(first_request_within, conn.as_mut()).await;
+                }
+                // The drain: every request in flight is answered (the listener bounds
+                // the whole drain by shutdown_grace).
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            },
         }
+        drop(watcher);
         drop(permit);
     }
 }

@@ -11,6 +11,7 @@ mod idle;
 mod listener;
 mod request_id;
 mod signals;
+mod streams;
 
 pub use crate::gateway::open_store;
 pub use crate::gateway::{Change, Gateway, ReloadError, ReloadReport};
