@@ -940,6 +940,91 @@ async fn an_http2_connection_without_requests_for_idle_timeout_is_closed_whateve
     assert!(opened.elapsed() > Duration::from_secs(6), "open {:?} in all", opened.elapsed());
 }
 
+/// A raw h2c client: one GET, then, until the gateway closes the connection, PINGs
+/// every 300 ms if `pings`, and nothing else. `window` is its SETTINGS_INITIAL_WINDOW_SIZE
+/// (0: the response's body can never be sent). Returns the frame types received after the
+/// response's head, and how long after that head the connection closed.
+async fn h2_get_then_linger(addr: std::net::SocketAddr, pings: bool, window: u32) -> (Vec<u8>, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+    fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
+        block.extend([0, name.len() as u8]);
+        block.extend(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend(value.as_bytes());
+    }
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    for (name, value) in [(":path", PATH), (":authority", "gw"), ("api_key", API_KEY), ("authorization", RW)] {
+        literal(&mut block, name, value);
+    }
+    let mut settings = vec![0, 4];
+    settings.extend(window.to_be_bytes());
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(4, 0, 0, &settings));
+    hello.extend(frame(1, 5, 1, &block));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&hello).await.unwrap();
+    let (mut buf, mut seen, mut head_at) = (Vec::new(), Vec::new(), None);
+    let mut chunk = [0u8; 16384];
+    let mut tick = tokio::time::interval(Duration::from_millis(300));
+    let deadline = tokio::time::sleep(Duration::from_secs(20));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            read = stream.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+            _ = tick.tick(), if pings => stream.write_all(&frame(6, 0, 0, b"pingpong")).await.unwrap(),
+            () = &mut deadline => panic!("still open 20 s on; frames after the head: {seen:?}"),
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let payload: Vec<u8> = buf.drain(..9 + len).skip(9).collect();
+            match (kind, head_at) {
+                (1, None) => head_at = Some(Instant::now()),
+                (_, Some(_)) => seen.push(kind),
+                _ => {}
+            }
+            if kind == 4 && flags & 1 == 0 {
+                stream.write_all(&frame(4, 1, 0, &[])).await.unwrap();
+            }
+            if kind == 6 && flags & 1 == 0 {
+                stream.write_all(&frame(6, 1, 0, &payload)).await.unwrap();
+            }
+        }
+    }
+    (seen, head_at.expect("a response head").elapsed())
+}
+
+/// However a client lingers on an HTTP/2 connection after its request, the connection is
+/// closed `idle_timeout` after the response, with a GOAWAY first: a silent client (the
+/// I/O limit used to cut it at the same moment, with no GOAWAY, and a request sent just
+/// then was lost unanswered), one sending PINGs, and one that also never opens a window
+/// for the response's body (its request stayed open, so it held the connection for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_http2_client_gets_a_goaway_at_idle_timeout_whether_silent_pinging_or_never_reading() {
+    let env = Env::start_with("idle_timeout = \"3s\"\nheader_read_timeout = \"1s\"", "", Arc::new(SystemClock)).await;
+    for (pings, window, what) in [(false, 65_535, "silent"), (true, 65_535, "pinging"), (true, 0, "never reading")] {
+        let (seen, after) = h2_get_then_linger(env.gateway.addr, pings, window).await;
+        assert!(seen.contains(&7), "{what}: no GOAWAY, frames after the head {seen:?}");
+        // At idle_timeout; one never reading is cut when the GOAWAY's wait (bounded by
+        // header_read_timeout) ends.
+        let most = if window == 0 { Duration::from_millis(4600) } else { Duration::from_millis(3600) };
+        assert!(after >= Duration::from_millis(2900) && after < most, "{what}: closed {after:?} after the head");
+    }
+}
+
 /// A raw backend that answers every request with a head promising 100 bytes, sends 10
 /// of them, and then nothing, holding the connection open.
 async fn stalling_backend() -> std::net::SocketAddr {

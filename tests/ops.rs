@@ -328,6 +328,43 @@ async fn slow_headers_are_cut_off_and_the_connection_cap_holds() {
     drop(b);
 }
 
+/// `max_connections` caps the process, not each of its threads: with two threads (each
+/// with its own `SO_REUSEPORT` socket) and a cap of 2, two of six connections are
+/// served and the rest wait; one closing lets exactly one more in. Each thread used to
+/// keep a cap of its own, so up to four were served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_across_threads() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("cap-threads");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "max_connections = 2\nheader_read_timeout = \"30s\"", "")).unwrap();
+    let (_gw, addr, _out) = spawn_gateway(&["run", "--config", file.to_str().unwrap(), "--threads", "2"]);
+    let h = [("api_key", API_KEY), ("authorization", RO)];
+    let mut served = Vec::new();
+    let mut waiting = Vec::new();
+    for _ in 0..6 {
+        let mut c = KeepAlive::connect(addr).await;
+        match tokio::time::timeout(Duration::from_millis(700), c.send("GET", ENTRIES, &h, "")).await {
+            Ok((status, _)) => {
+                assert_eq!(status, 200);
+                served.push(c);
+            }
+            Err(_) => waiting.push(c),
+        }
+    }
+    assert_eq!(served.len(), 2, "connections served under a cap of 2 on two threads");
+    drop(served.pop());
+    let mut answered = 0;
+    for c in &mut waiting {
+        // The requests already sent: answered once a place is free, or still waiting.
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(700), c.read_response()).await {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 1, "one place freed, one waiting connection served");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_and_bodies() {
     let env =

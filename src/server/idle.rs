@@ -18,12 +18,23 @@ pub struct IdleIo<T> {
     timeout: Duration,
     last_progress: Instant,
     sleep: Timer,
+    /// Whether a read waiting this long fails too (see [`IdleIo::time_writes_only`]).
+    time_reads: bool,
 }
 
 impl<T> IdleIo<T> {
     pub fn new(inner: T, timeout: Duration) -> Self {
         let now = Instant::now();
-        IdleIo { inner, timeout, last_progress: now, sleep: timer::new(now + timeout) }
+        IdleIo { inner, timeout, last_progress: now, sleep: timer::new(now + timeout), time_reads: true }
+    }
+
+    /// Leaves waiting reads to the protocol above: on a connection hyper serves, the wait
+    /// for a head is hyper's `header_read_timeout`, the wait for a body the request's own
+    /// 408, and an idle HTTP/2 connection is closed with a GOAWAY (`super::streams`). A
+    /// read timing out here would cut those short, at the same moment and without a
+    /// GOAWAY. Writes stay timed: a client that reads nothing is still cut off.
+    pub fn time_writes_only(&mut self) {
+        self.time_reads = false;
     }
 
     fn touch(&mut self) {
@@ -67,7 +78,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            Poll::Pending if self.time_reads && self.expired(cx) => Poll::Ready(Err(timed_out())),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -52,6 +52,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
 pub fn serve_on_own_thread(
     socket: std::net::TcpListener,
     gw: Arc<Gateway>,
+    permits: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
     let (done, drained) = tokio::sync::oneshot::channel();
@@ -59,7 +60,7 @@ pub fn serve_on_own_thread(
     std::thread::Builder::new().name("stackgate-worker".into()).spawn(move || {
         rt.block_on(async move {
             match TcpListener::from_std(socket) {
-                Ok(listener) => serve(listener, gw, shutdown).await,
+                Ok(listener) => serve(listener, gw, permits, shutdown).await,
                 Err(e) => tracing::error!(error = %e, "worker listener failed"),
             }
         });
@@ -68,11 +69,21 @@ pub fn serve_on_own_thread(
     Ok(drained)
 }
 
+/// The places under `max_connections`, one set shared by every thread's listener.
+pub fn connection_cap(gw: &Gateway) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(gw.snapshot().config.server.limits.max_connections))
+}
+
 /// Accepts until shutdown, then waits for open connections to finish their requests.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+/// A connection takes one of `permits` while it lives.
+pub async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limits = Arc::new(gw.snapshot().config.server.limits.clone());
     let builder = Arc::new(builder(&limits));
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     loop {
         // At the cap, stop accepting: new connections wait in the kernel's backlog.
@@ -144,9 +155,10 @@ impl Connection {
                 match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
                         let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = IdleIo::new(tls_stream, limits.idle_timeout);
+                        let mut io = IdleIo::new(tls_stream, limits.idle_timeout);
                         match h2 {
                             true => {
+                                io.time_writes_only();
                                 let info = Arc::new(ConnInfo::new(self.peer, true));
                                 self.serve(io, info, watcher).await
                             }
@@ -166,9 +178,9 @@ impl Connection {
 
     /// Serves an HTTP/1 (or not yet known) connection: the gateway's own loop first,
     /// hyper from the first request that loop hands over.
-    async fn serve_h1<I>(mut self, mut io: I, https: bool, watcher: Watcher, limits: &crate::config::Limits)
+    async fn serve_h1<T>(mut self, mut io: IdleIo<T>, https: bool, watcher: Watcher, limits: &crate::config::Limits)
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let info = Arc::new(ConnInfo::new(self.peer, https));
         let h1_limits = http1::Limits {
@@ -182,7 +194,10 @@ impl Connection {
         let refusal = |why, failed: Option<&_>| refuse(gw, conn, why, failed);
         match http1::serve(&mut io, service, refusal, &h1_limits, &mut self.shutdown).await {
             http1::Outcome::Closed => drop(watcher),
-            http1::Outcome::Handover(read) => self.serve(http1::Prefixed::new(read, io), info, watcher).await,
+            http1::Outcome::Handover(read) => {
+                io.time_writes_only();
+                self.serve(http1::Prefixed::new(read, io), info, watcher).await
+            }
         }
     }
 
@@ -248,6 +263,8 @@ impl Connection {
                 }
             },
         }
+        // Held, not watched: the listener's drain counts the connection until here, and
+        // the drain itself reached it through `shutdown` above.
         drop(watcher);
         drop(permit);
     }

@@ -93,7 +93,7 @@ pub async fn start_with(
 /// and its own `SO_REUSEPORT` socket on the same address (thread per core, as nginx's
 /// workers). A connection lives on the thread whose socket the kernel gave it to, with
 /// its upstream connection, timers and buffers: nothing on the request path crosses
-/// threads but the snapshot. Everything else (admin listener, notices, usage flushes,
+/// threads but the snapshot (and, once per connection, the `max_connections` cap). Everything else (admin listener, notices, usage flushes,
 /// other replicas' changes) runs on the caller's runtime.
 pub async fn start_workers(
     mut config: Config,
@@ -120,12 +120,15 @@ pub async fn start_workers(
         tokio::spawn(Arc::clone(&gateway).follow(events));
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let permits = listener::connection_cap(&gateway);
     let others: Vec<_> = sockets
-        .map(|socket| listener::serve_on_own_thread(socket, Arc::clone(&gateway), shutdown_rx.clone()))
+        .map(|socket| {
+            listener::serve_on_own_thread(socket, Arc::clone(&gateway), Arc::clone(&permits), shutdown_rx.clone())
+        })
         .collect::<std::io::Result<_>>()?;
     let gw = Arc::clone(&gateway);
     let task = tokio::spawn(async move {
-        listener::serve(listener, gw, shutdown_rx).await;
+        listener::serve(listener, gw, permits, shutdown_rx).await;
         for done in others {
             let _ = done.await;
         }

@@ -1,13 +1,18 @@
-//! How long a hyper-served connection has carried no request, so that an idle HTTP/2
-//! connection is closed however many PING, SETTINGS or WINDOW_UPDATE frames keep its
-//! bytes moving. The idle I/O limit ([`super::idle::IdleIo`]) counts bytes; on HTTP/2
-//! frames that open no stream are bytes too, and a client answering (or sending) pings
-//! would otherwise hold its connection, and a place under `max_connections`, forever.
+//! Whether a hyper-served connection is still carrying requests, so that an idle
+//! HTTP/2 connection is closed however many PING, SETTINGS or WINDOW_UPDATE frames keep
+//! its bytes moving. Those frames open no stream, yet count as I/O; a client answering
+//! (or sending) pings would otherwise hold its connection, and a place under
+//! `max_connections`, forever.
 //!
 //! A request counts from the moment hyper hands it to the service until hyper drops
-//! its response body (sent, reset or abandoned). The bookkeeping is two atomic
-//! operations and one clock read per request; the connection's timer fires once per
-//! idle period, not per request.
+//! its response body (sent, reset or abandoned). A response that hyper has not asked
+//! for its (next) body frame is waiting on the client: HTTP/2 flow control (a window
+//! the client never opens) or a socket the client does not read. When
+//! every open request waits that way, nothing moves but the client's own frames, and
+//! the connection is as idle as one without requests. The bookkeeping is a few
+//! relaxed atomics and one clock read per request and per response frame; the
+//! connection's timer fires once per idle period (a quarter of one while requests are
+//! open), not per request.
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -18,13 +23,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// One connection's open requests and when the last one ended.
+/// One connection's open requests and when the last thing happened to any of them.
 pub struct Streams {
     open: AtomicUsize,
+    /// Open requests whose response waits for the client to take the frame handed.
+    waiting_on_client: AtomicUsize,
     asked: AtomicBool,
     since: Instant,
-    /// When the open count last fell to zero, in nanoseconds after `since`.
-    quiet_from: AtomicU64,
+    /// A request opened or ended, or a response frame was handed, this many
+    /// nanoseconds after `since`.
+    last_event: AtomicU64,
 }
 
 /// Why a connection should now be closed.
@@ -32,7 +40,8 @@ pub struct Streams {
 pub enum Quiet {
     /// No request arrived within the first-request deadline.
     NeverAsked,
-    /// No request has been open for the idle timeout.
+    /// For the idle timeout, no request was open, or every open one waited on the
+    /// client.
     Idle,
 }
 
@@ -40,9 +49,10 @@ impl Streams {
     pub fn new() -> Arc<Self> {
         Arc::new(Streams {
             open: AtomicUsize::new(0),
+            waiting_on_client: AtomicUsize::new(0),
             asked: AtomicBool::new(false),
             since: Instant::now(),
-            quiet_from: AtomicU64::new(0),
+            last_event: AtomicU64::new(0),
         })
     }
 
@@ -50,28 +60,38 @@ impl Streams {
     pub fn open(self: &Arc<Self>) -> Open {
         self.asked.store(true, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.event();
         Open(Arc::clone(self))
     }
 
+    fn event(&self) {
+        let after = Instant::now().saturating_duration_since(self.since);
+        self.last_event.store(u64::try_from(after.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     /// Completes when the connection should close: no first request within `first`, or
-    /// no request open for `idle` since the last one ended.
+    /// idle (see [`Quiet::Idle`]) for `idle`.
     pub async fn quiet(&self, first: Duration, idle: Duration) -> Quiet {
         let mut deadline = self.since + first.min(idle);
         loop {
             tokio::time::sleep_until(deadline).await;
             let now = Instant::now();
+            let open = self.open.load(Ordering::Relaxed);
             deadline = if !self.asked.load(Ordering::Relaxed) {
                 if now >= self.since + first {
                     return Quiet::NeverAsked;
                 }
                 self.since + first
-            } else if self.open.load(Ordering::Relaxed) == 0 {
-                self.since + Duration::from_nanos(self.quiet_from.load(Ordering::Relaxed)) + idle
+            } else if self.waiting_on_client.load(Ordering::Relaxed) == open {
+                self.since + Duration::from_nanos(self.last_event.load(Ordering::Relaxed)) + idle
             } else {
-                now + idle
+                now + idle / 4
             };
             if deadline <= now {
                 return Quiet::Idle;
+            }
+            if open > 0 {
+                deadline = deadline.min(now + idle / 4);
             }
         }
     }
@@ -82,22 +102,42 @@ pub struct Open(Arc<Streams>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let after = Instant::now().saturating_duration_since(self.0.since);
-            self.0.quiet_from.store(u64::try_from(after.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.0.event();
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as open until hyper drops it, and
+/// tells when it waits on the client.
+pub struct Counted<B> {
+    body: B,
+    open: Open,
+    waiting_on_client: bool,
+}
+
+impl<B> Counted<B> {
+    /// A response ready to go waits on the client until hyper asks for its body: over
+    /// HTTP/2 that is once the client's window has room.
+    pub fn new(body: B, open: Open) -> Self {
+        let mut counted = Counted { body, open, waiting_on_client: false };
+        counted.set_waiting(true);
+        counted
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if self.waiting_on_client != waiting {
+            self.waiting_on_client = waiting;
+            match waiting {
+                true => self.open.0.waiting_on_client.fetch_add(1, Ordering::Relaxed),
+                false => self.open.0.waiting_on_client.fetch_sub(1, Ordering::Relaxed),
+            };
         }
     }
 }
 
-/// A response body that keeps its request counted as open until hyper drops it.
-pub struct Counted<B> {
-    body: B,
-    _open: Open,
-}
-
-impl<B> Counted<B> {
-    pub fn new(body: B, open: Open) -> Self {
-        Counted { body, _open: open }
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        self.set_waiting(false);
     }
 }
 
@@ -106,7 +146,16 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        this.set_waiting(false);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.open.0.event();
+            // hyper holds the frame until the client has room for it, then asks for the
+            // next one (or, after the last, drops the body).
+            this.set_waiting(true);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -120,7 +169,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Quiet, Streams};
+    use super::{Counted, Quiet, Streams};
+    use bytes::Bytes;
+    use hyper::body::{Body, Frame};
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
     use std::time::Duration;
 
     const FIRST: Duration = Duration::from_secs(10);
@@ -176,5 +230,61 @@ mod tests {
         drop(streams.open());
         assert_eq!(quiet.await.unwrap(), Quiet::Idle);
         assert_eq!(started.elapsed(), Duration::from_secs(4));
+    }
+
+    /// A body of unknown length: frames, then its end, or `Pending` for ever (a
+    /// backend that stopped sending).
+    struct Chunks(VecDeque<Bytes>, bool);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.pop_front() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None if self.1 => Poll::Pending,
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    fn poll(body: &mut Counted<Chunks>) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
+        Pin::new(body).poll_frame(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// A response that handed a frame and is not asked for the next (the client opens
+    /// no window, or reads nothing) leaves the connection idle; one waiting on its
+    /// backend does not (the upstream timeouts bound that wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_response_waiting_on_the_client_is_idle_and_one_waiting_on_the_backend_is_not() {
+        let streams = Streams::new();
+        let started = tokio::time::Instant::now();
+        let frames = VecDeque::from([Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        let mut body = Counted::new(Chunks(frames, false), streams.open());
+        assert!(poll(&mut body).is_ready());
+        let watching = std::sync::Arc::clone(&streams);
+        let quiet = tokio::spawn(async move { watching.quiet(FIRST, IDLE).await });
+        // Asked for the next frame at 30 s: the count starts over.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(poll(&mut body).is_ready());
+        assert_eq!(quiet.await.unwrap(), Quiet::Idle);
+        assert_eq!(started.elapsed(), Duration::from_secs(90));
+
+        let streams = Streams::new();
+        let mut body = Counted::new(Chunks(VecDeque::from([Bytes::from_static(b"a")]), true), streams.open());
+        assert!(poll(&mut body).is_ready());
+        assert!(poll(&mut body).is_pending(), "waits on its backend");
+        let watching = std::sync::Arc::clone(&streams);
+        let quiet = tokio::spawn(async move { watching.quiet(FIRST, IDLE).await });
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!quiet.is_finished(), "a request waiting on its backend is no idle connection");
+        drop(body);
+        let ended = tokio::time::Instant::now();
+        assert_eq!(quiet.await.unwrap(), Quiet::Idle);
+        assert!(ended.elapsed() >= IDLE && ended.elapsed() <= IDLE + Duration::from_millis(1), "{:?}", ended.elapsed());
     }
 }

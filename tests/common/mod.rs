@@ -404,6 +404,11 @@ impl KeepAlive {
         req.push_str("\r\n");
         req.push_str(body);
         self.stream.write_all(req.as_bytes()).await.ok()?;
+        self.read_response().await
+    }
+
+    /// Reads one response (Content-Length framed) to a request already sent.
+    pub async fn read_response(&mut self) -> Option<(u16, String)> {
         let head_end = loop {
             if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break pos + 4;
