@@ -93,8 +93,9 @@ pub async fn start_with(
 /// and its own `SO_REUSEPORT` socket on the same address (thread per core, as nginx's
 /// workers). A connection lives on the thread whose socket the kernel gave it to, with
 /// its upstream connection, timers and buffers: nothing on the request path crosses
-/// threads but the snapshot (and, once per connection, the `max_connections` cap). Everything else (admin listener, notices, usage flushes,
-/// other replicas' changes) runs on the caller's runtime.
+/// threads but the snapshot (and, once per connection, the `max_connections` cap).
+/// Everything else (admin listener, notices, usage flushes, other replicas' changes)
+/// runs on the caller's runtime.
 pub async fn start_workers(
     mut config: Config,
     store: Arc<dyn TokenStore>,

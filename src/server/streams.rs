@@ -72,27 +72,32 @@ impl Streams {
     /// Completes when the connection should close: no first request within `first`, or
     /// idle (see [`Quiet::Idle`]) for `idle`.
     pub async fn quiet(&self, first: Duration, idle: Duration) -> Quiet {
+        // Never under a millisecond: a tiny `idle` must not make this a busy loop.
+        let recheck = (idle / 4).max(Duration::from_millis(1));
         let mut deadline = self.since + first.min(idle);
         loop {
             tokio::time::sleep_until(deadline).await;
             let now = Instant::now();
-            let open = self.open.load(Ordering::Relaxed);
-            deadline = if !self.asked.load(Ordering::Relaxed) {
+            if !self.asked.load(Ordering::Relaxed) {
                 if now >= self.since + first {
                     return Quiet::NeverAsked;
                 }
-                self.since + first
-            } else if self.waiting_on_client.load(Ordering::Relaxed) == open {
-                self.since + Duration::from_nanos(self.last_event.load(Ordering::Relaxed)) + idle
-            } else {
-                now + idle / 4
-            };
-            if deadline <= now {
+                deadline = self.since + first;
+                continue;
+            }
+            let open = self.open.load(Ordering::Relaxed);
+            let idle_at = self.since + Duration::from_nanos(self.last_event.load(Ordering::Relaxed)) + idle;
+            let all_waiting = self.waiting_on_client.load(Ordering::Relaxed) == open;
+            if all_waiting && idle_at <= now {
                 return Quiet::Idle;
             }
-            if open > 0 {
-                deadline = deadline.min(now + idle / 4);
-            }
+            // With requests open, look again within a quarter period: one may come to
+            // wait on the client.
+            deadline = match (all_waiting, open) {
+                (true, 0) => idle_at,
+                (true, _) => idle_at.min(now + recheck),
+                (false, _) => now + recheck,
+            };
         }
     }
 }
