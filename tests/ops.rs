@@ -295,6 +295,79 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// On SIGTERM an HTTP/2 connection gets a GOAWAY; its request in flight is answered,
+/// and once none is open it closes within a second, whether or not the client answers
+/// the GOAWAY's PING. A client that never did (gone, or not reading) used to hold the
+/// process until `shutdown_grace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_an_http2_connection_once_its_requests_are_answered_even_if_its_client_is_silent() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("shutdown-h2");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "shutdown_grace = \"20s\"", "")).unwrap();
+    let (mut gw, addr, _out) = spawn_gateway(&["run", "--config", file.to_str().unwrap()]);
+    let creds = [("api_key", API_KEY), ("authorization", RO)];
+    let authority = addr.to_string();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    hello.extend(h2_frame(1, 5, 1, &h2_get_block(&authority, ENTRIES, &creds)));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&hello).await.unwrap();
+    // Reads frames until `until` holds for one, acknowledging SETTINGS but never PINGs.
+    async fn read_until(
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        seen: &mut Vec<(u8, u32)>,
+        until: impl Fn(u8, u8, u32) -> bool,
+    ) -> bool {
+        let mut chunk = [0u8; 16384];
+        loop {
+            for (kind, flags, id, _) in h2_frames(buf) {
+                seen.push((kind, id));
+                if kind == 4 && flags & 1 == 0 {
+                    stream.write_all(&h2_frame(4, 1, 0, &[])).await.unwrap();
+                }
+                if until(kind, flags, id) {
+                    return true;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+    let (mut buf, mut seen) = (Vec::new(), Vec::new());
+    let end_of =
+        |stream: u32| move |kind: u8, flags: u8, id: u32| id == stream && (kind == 0 || kind == 1) && flags & 1 == 1;
+    assert!(read_until(&mut stream, &mut buf, &mut seen, end_of(1)).await, "first answer: {seen:?}");
+    // A slow request is in flight when the signal comes.
+    let slow = h2_get_block(&authority, ENTRIES, &[creds[0], creds[1], ("x-test-delay-ms", "1500")]);
+    stream.write_all(&h2_frame(1, 5, 3, &slow)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    std::process::Command::new("kill").args(["-TERM", &gw.pid().to_string()]).status().unwrap();
+    seen.clear();
+    assert!(
+        read_until(&mut stream, &mut buf, &mut seen, end_of(3)).await,
+        "the request in flight is answered: {seen:?}"
+    );
+    let answered = signalled.elapsed();
+    assert!(!read_until(&mut stream, &mut buf, &mut seen, |_, _, _| false).await);
+    let closed = signalled.elapsed();
+    assert!(seen.iter().any(|&(kind, _)| kind == 7), "a GOAWAY before the close: {seen:?}");
+    assert_eq!(backend.seen().len(), 2, "both requests were forwarded");
+    assert!(answered >= Duration::from_millis(1000), "the slow answer came {answered:?} after the signal");
+    assert!(
+        closed >= answered + Duration::from_millis(900) && closed < answered + Duration::from_secs(3),
+        "closed {closed:?} after the signal, the last answer at {answered:?}"
+    );
+    let exit = tokio::task::spawn_blocking(move || gw.0.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(6), "exited {:?} after the signal", signalled.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off_and_the_connection_cap_holds() {
     let env = Env::start_with("header_read_timeout = \"500ms\"\nmax_connections = 2", "", Arc::new(SystemClock)).await;

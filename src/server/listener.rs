@@ -17,6 +17,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+/// On shutdown, how long an HTTP/2 connection with no request open stays after its
+/// GOAWAY: long enough for a request the client sent before the GOAWAY reached it to
+/// arrive (one round trip), short enough that a client that never answers the GOAWAY's
+/// PING does not hold the drain until `shutdown_grace`. Go's HTTP/2 server waits 1 s too.
+const GOAWAY_LINGER: Duration = Duration::from_secs(1);
+
 /// Binds `count` listening sockets on `addr` (port 0: a free port, the same for all).
 /// Several share the address through `SO_REUSEPORT`, the kernel spreading new
 /// connections over them. That would also let them join another process's
@@ -256,10 +262,17 @@ impl Connection {
                     let _ = tokio::time::timeout(first_request_within, conn.as_mut()).await;
                 }
                 // The drain: every request in flight is answered (the listener bounds
-                // the whole drain by shutdown_grace).
+                // the whole drain by shutdown_grace); with none left, the client has
+                // GOAWAY_LINGER to send what crossed the GOAWAY, acknowledged or not.
                 None => {
+                    let draining = tokio::time::Instant::now();
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        () = streams.settled(draining, GOAWAY_LINGER) => {
+                            tracing::debug!(peer = %peer, "no request open after the GOAWAY; closed");
+                        }
+                    }
                 }
             },
         }

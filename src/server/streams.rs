@@ -100,6 +100,30 @@ impl Streams {
             };
         }
     }
+
+    /// Completes once no request has been open for `linger`, counted from `from` or
+    /// from the end of the last request, whichever is later. A connection told to go
+    /// away (GOAWAY) closes once its requests are answered and the client has had
+    /// `linger` to send what it had sent before the GOAWAY reached it; it does not wait
+    /// for the client to acknowledge the GOAWAY's PING, which a client that is gone, or
+    /// stopped reading, never does.
+    pub async fn settled(&self, from: Instant, linger: Duration) {
+        let recheck = linger.max(Duration::from_millis(1));
+        loop {
+            let now = Instant::now();
+            let deadline = if self.open.load(Ordering::Relaxed) == 0 {
+                let last = self.since + Duration::from_nanos(self.last_event.load(Ordering::Relaxed));
+                let at = last.max(from) + linger;
+                if at <= now {
+                    return;
+                }
+                at
+            } else {
+                now + recheck
+            };
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
 }
 
 /// A request counted as open (see [`Streams::open`]).
@@ -235,6 +259,30 @@ mod tests {
         drop(streams.open());
         assert_eq!(quiet.await.unwrap(), Quiet::Idle);
         assert_eq!(started.elapsed(), Duration::from_secs(4));
+    }
+
+    /// After a GOAWAY: a connection with nothing open settles one linger after the
+    /// GOAWAY; one with a request open, one linger after that request ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_connection_settles_a_linger_after_its_last_request() {
+        const LINGER: Duration = Duration::from_secs(1);
+        let streams = Streams::new();
+        drop(streams.open());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let goaway = tokio::time::Instant::now();
+        streams.settled(goaway, LINGER).await;
+        assert_eq!(goaway.elapsed(), LINGER, "the last request ended long before");
+
+        let open = streams.open();
+        let watching = std::sync::Arc::clone(&streams);
+        let goaway = tokio::time::Instant::now();
+        let settled = tokio::spawn(async move { watching.settled(goaway, LINGER).await });
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!settled.is_finished(), "a request is open");
+        drop(open);
+        let ended = tokio::time::Instant::now();
+        settled.await.unwrap();
+        assert!(ended.elapsed() >= LINGER && ended.elapsed() <= LINGER * 2, "{:?}", ended.elapsed());
     }
 
     /// A body of unknown length: frames, then its end, or `Pending` for ever (a

@@ -665,3 +665,40 @@ where
 /// A request body that a [`desyncing`] backend reads as a request of its own.
 pub const SMUGGLED: &str =
     "GET /v3/stacks/settings HTTP/1.1\r\nhost: backend\r\nx-stackgate-access: read-write\r\n\r\n";
+
+/// A raw HTTP/2 frame: length, type, flags, stream id, payload (RFC 9113 §4.1).
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// A GET's HEADERS block with every field a literal without indexing (RFC 7541 §6.2.2).
+pub fn h2_get_block(authority: &str, path: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    for (name, value) in [(":path", path), (":authority", authority)].iter().chain(fields) {
+        block.extend([0, name.len() as u8]);
+        block.extend(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend(value.as_bytes());
+    }
+    block
+}
+
+/// Takes the complete frames at the front of `buf`: (type, flags, stream, payload).
+pub fn h2_frames(buf: &mut Vec<u8>) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while buf.len() >= 9 {
+        let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+        if buf.len() < 9 + len {
+            break;
+        }
+        let (kind, flags) = (buf[3], buf[4]);
+        let stream = u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]);
+        let payload = buf.drain(..9 + len).skip(9).collect();
+        frames.push((kind, flags, stream, payload));
+    }
+    frames
+}
