@@ -627,6 +627,39 @@ async fn stray_backend_bytes_never_reach_another_request() {
     assert!(discards >= 1000.0, "poisoned connections are counted: {discards}");
 }
 
+/// Bytes past a response that arrive in the same read as it (one write from the
+/// backend: answer and stray together) close the connection like later ones, and are
+/// counted as a stray discard too, on the direct path and through hyper (a body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strays_read_with_the_answer_are_discarded_and_counted() {
+    let script: Script = Arc::new(|head| {
+        let mut bytes = answer(&target_of(head));
+        bytes.extend(answer("STRAY in the same write"));
+        Reply { bytes, stray: None, hang_up: false }
+    });
+    let (backend, received, _) = scripted(script).await;
+    let gw = gateway_for(backend).await;
+    let discards = |text: String| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("stackgate_upstream_stray_discards_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = discards(reqwest_metrics(gw.admin_addr).await);
+    const TRIALS: usize = 20;
+    for (method, body) in [("GET", ""), ("POST", "{}")] {
+        let mut conn = KeepAlive::connect(gw.addr).await;
+        for i in 0..TRIALS {
+            let target = format!("{PATH}?trial={method}-{i}");
+            let (status, got) = conn.send(method, &target, &creds(RW), body).await;
+            assert_eq!((status, got.as_str()), (200, target.as_str()));
+        }
+    }
+    assert_eq!(received.load(Ordering::SeqCst), 2 * TRIALS);
+    let counted = discards(reqwest_metrics(gw.admin_addr).await) - before;
+    assert!(counted >= (2 * TRIALS) as f64, "every poisoned connection is counted: {counted}");
+}
+
 /// A backend answer with both `Transfer-Encoding` and `Content-Length` is framed by
 /// the transfer coding on every path: the client gets the whole body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

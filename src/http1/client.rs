@@ -170,6 +170,17 @@ impl Conn {
         }
     }
 
+    /// Hands a connection whose response has just been read to its end back for
+    /// reuse, unless the read brought bytes past that end: no request asked for them,
+    /// so the connection is closed and counted as a stray discard.
+    fn release_if_clean(self: Box<Self>, release: impl FnOnce(Box<Conn>)) {
+        if self.read.is_empty() {
+            release(self);
+        } else {
+            STRAY_DISCARDS.inc();
+        }
+    }
+
     /// Writes the request and reads the response head. The backend has `limits.backend`
     /// (from `start`) to take each part of the request and then to answer once it has
     /// all of it; the client has `limits.client` to send each part of its body. On success the
@@ -479,8 +490,8 @@ impl ResponseBody {
             },
             Some(framing) => return Ok(ResponseBody::Reading(Reader::new(conn, framing, keep, stall, release))),
         };
-        if keep && conn.read.is_empty() {
-            release(conn);
+        if keep {
+            conn.release_if_clean(release);
         }
         Ok(ResponseBody::Whole(whole))
     }
@@ -561,11 +572,11 @@ impl Reader {
     /// more than the body (which makes the connection unusable).
     fn finish(&mut self) {
         if let (Some(mut conn), Some(release)) = (self.conn.take(), self.release.take()) {
-            if self.keep && conn.read.is_empty() {
-                if conn.read.capacity() > READ_CHUNK {
+            if self.keep {
+                if conn.read.capacity() > READ_CHUNK && conn.read.is_empty() {
                     conn.read = BytesMut::with_capacity(READ_CHUNK);
                 }
-                release(conn);
+                conn.release_if_clean(release);
             }
         }
     }
