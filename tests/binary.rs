@@ -146,11 +146,11 @@ async fn one_thread_serves_proxying_and_the_token_api() {
     let store = format!("\n[store]\npath = \"{}\"\n", dir.join("tokens.db").display());
     std::fs::write(&file, config_text(backend.addr, "", &store)).unwrap();
     let (proc_, addr, _out) = spawn(&["run", "--config", file.to_str().unwrap(), "--threads", "1"]);
-    // Besides the one worker: the blocking pool's threads that start-up used, idle by
-    // now (the store's reader and the snapshot builder run side by side, and a third
-    // store call may start while both are busy).
+    // Besides the one worker: the log writer, and the blocking pool's threads that
+    // start-up used, idle by now (the store's reader and the snapshot builder run side
+    // by side, and a third store call may start while both are busy).
     let threads = std::fs::read_dir(format!("/proc/{}/task", proc_.0.id())).unwrap().count();
-    assert!(threads <= 4, "one worker (plus the start-up blocking-pool threads), got {threads} threads");
+    assert!(threads <= 5, "one worker (plus the log writer and start-up blocking-pool threads), got {threads} threads");
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let (status, _) = raw(addr, &raw_get("/v3/assets")).await;
     assert_eq!(status, 200);
@@ -166,6 +166,53 @@ async fn one_thread_serves_proxying_and_the_token_api() {
         "GET /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {secret}\r\nconnection: close\r\n\r\n"
     );
     assert_eq!(raw(addr, get.as_bytes()).await.0, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Log lines are written by a thread of their own, in batches: under load none is
+/// lost, each request's access line is there, and what is still buffered when the
+/// process exits is written (the drain's own lines come last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_access_line_is_written_under_load_and_at_exit() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("access-lines");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap(), "--threads", "2"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr =
+        line.trim().strip_prefix("stackgate listening on http://").unwrap().parse().unwrap();
+    let mut child = Proc(child);
+    const CLIENTS: usize = 8;
+    const EACH: usize = 500;
+    let clients = (0..CLIENTS).map(|c| {
+        tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(addr).await;
+            for i in 0..EACH {
+                let target = format!("/v3/content_types/blog/entries?client={c}&n={i}");
+                let (status, _) = conn.send("GET", &target, &[("api_key", API_KEY), ("authorization", RO)], "").await;
+                assert_eq!(status, 200);
+            }
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+    assert!(child.signal_and_wait("TERM").success());
+    let logs = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    let access = logs.lines().filter(|l| l.contains("stackgate::access") && l.contains("status=200")).count();
+    assert_eq!(access, CLIENTS * EACH, "one access line per request");
+    let last = logs.lines().last().unwrap_or_default();
+    assert!(last.contains("draining"), "the drain's lines are written before the exit: {last}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
