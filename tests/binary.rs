@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader};
 use std::process::Command;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn spawn(args: &[&str]) -> (Proc, String, BufReader<std::process::ChildStdout>) {
@@ -213,6 +214,65 @@ async fn every_access_line_is_written_under_load_and_at_exit() {
     assert_eq!(access, CLIENTS * EACH, "one access line per request");
     let last = logs.lines().last().unwrap_or_default();
     assert!(last.contains("draining"), "the drain's lines are written before the exit: {last}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With stderr taking no more output (a stalled log shipper), the log queue fills and
+/// serving waits on it; a second signal still exits at once, with status 1. Signals are
+/// awaited on a thread that writes no log line before acting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_while_stderr_is_stalled() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("stalled-stderr");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
+    // stderr is a pipe nobody reads: it fills after a few hundred lines.
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap(), "--threads", "1"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr =
+        line.trim().strip_prefix("stackgate listening on http://").unwrap().parse().unwrap();
+    let mut child = Proc(child);
+    // Requests until one waits a second: the log queue (16,384 lines) is full.
+    let clients = (0..8).map(|c| {
+        tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(addr).await;
+            for i in 0..4000 {
+                let target = format!("/v3/content_types/blog/entries?client={c}&n={i}");
+                let h = [("api_key", API_KEY), ("authorization", RO)];
+                match tokio::time::timeout(Duration::from_secs(1), conn.send("GET", &target, &h, "")).await {
+                    Ok((200, _)) => {}
+                    _ => return true,
+                }
+            }
+            false
+        })
+    });
+    let mut stalled = false;
+    for client in clients.collect::<Vec<_>>() {
+        stalled |= client.await.unwrap();
+    }
+    assert!(stalled, "serving never waited on the log queue");
+    let pid = child.pid().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = std::time::Instant::now();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let exit = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(second.elapsed() < Duration::from_secs(5), "still running 5 s after the second signal");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(1), "{exit:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

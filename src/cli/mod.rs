@@ -187,20 +187,63 @@ async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
     println!("stackgate admin listening on http://{}", running.admin_addr);
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, tokens = running.gateway.snapshot().token_count(), "listening");
     crate::server::reload_on_sighup(std::sync::Arc::clone(&running.gateway));
-    crate::server::shutdown_signal().await;
+    match watch_shutdown_signals() {
+        Some(first) => {
+            let _ = first.await;
+        }
+        None => crate::server::shutdown_signal().await,
+    }
     tracing::info!("shutting down: draining connections (a second signal exits at once)");
     let grace = running.gateway.snapshot().config.server.limits.shutdown_grace;
-    tokio::select! {
-        drained = running.shutdown() => {
-            if !drained {
-                tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
-            }
-        }
-        _ = crate::server::shutdown_signal() => {
-            tracing::warn!("second signal: exiting at once");
-            flush_logs();
-            std::process::exit(1);
-        }
+    if !running.shutdown().await {
+        tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// Waits for SIGINT and SIGTERM on a thread and runtime of its own: the first begins
+/// the drain (the returned receiver resolves), the second exits at once, whatever every
+/// other thread is doing. A log line can block whoever writes it (stderr that stopped
+/// taking output fills the log queue, and then the serving threads and the main one
+/// wait on it), so nothing here logs before acting. `None` if the thread could not
+/// start or register.
+fn watch_shutdown_signals() -> Option<tokio::sync::oneshot::Receiver<()>> {
+    #[cfg(unix)]
+    {
+        let (first, is_first) = tokio::sync::oneshot::channel();
+        let (registered, is_registered) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("stackgate-signals".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    return;
+                };
+                rt.block_on(async move {
+                    let Ok(mut signals) = crate::server::ShutdownSignals::register() else { return };
+                    let _ = registered.send(());
+                    signals.next().await;
+                    let _ = first.send(());
+                    signals.next().await;
+                    exit_now();
+                });
+            })
+            .ok()?;
+        is_registered.recv_timeout(std::time::Duration::from_secs(5)).ok()?;
+        Some(is_first)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Exits with status 1, after writing the buffered log lines if that takes at most a
+/// second (stderr may be what has stalled).
+fn exit_now() -> ! {
+    let (flushed, is_flushed) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new().name("stackgate-exit".into()).spawn(move || {
+        tracing::warn!("second signal: exiting at once");
+        flush_logs();
+        let _ = flushed.send(());
+    });
+    let _ = is_flushed.recv_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(1);
 }

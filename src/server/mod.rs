@@ -17,6 +17,8 @@ pub use crate::gateway::open_store;
 pub use crate::gateway::{Change, Gateway, ReloadError, ReloadReport};
 pub use handler::handle;
 pub(crate) use handler::ConnInfo;
+#[cfg(unix)]
+pub use signals::ShutdownSignals;
 pub use signals::{reload_on_sighup, shutdown_signal};
 
 use crate::clock::Clock;

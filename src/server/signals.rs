@@ -17,6 +17,30 @@ pub fn reload_on_sighup(gw: Arc<Gateway>) {
     });
 }
 
+/// SIGINT and SIGTERM, registered once (none is missed between two waits): each
+/// [`ShutdownSignals::next`] resolves on the next of either.
+#[cfg(unix)]
+pub struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl ShutdownSignals {
+    /// Registers now, on the current runtime.
+    pub fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    pub async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
