@@ -170,6 +170,27 @@ async fn one_thread_serves_proxying_and_the_token_api() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Starts `run` on `config` with `RUST_LOG=info` and stderr going to `stderr`; the
+/// listening address, and stdout kept open.
+fn spawn_logging(
+    config: &std::path::Path,
+    threads: &str,
+    stderr: std::process::Stdio,
+) -> (Proc, std::net::SocketAddr, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap(), "--threads", threads])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("stackgate listening on http://").unwrap().parse().unwrap();
+    (Proc(child), addr, out)
+}
+
 /// Log lines are written by a thread of their own, in batches: under load none is
 /// lost, each request's access line is there, and what is still buffered when the
 /// process exits is written (the drain's own lines come last).
@@ -180,19 +201,7 @@ async fn every_access_line_is_written_under_load_and_at_exit() {
     let file = dir.join("gw.toml");
     std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", file.to_str().unwrap(), "--threads", "2"])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr =
-        line.trim().strip_prefix("stackgate listening on http://").unwrap().parse().unwrap();
-    let mut child = Proc(child);
+    let (mut child, addr, _out) = spawn_logging(&file, "2", log.into());
     const CLIENTS: usize = 8;
     const EACH: usize = 500;
     let clients = (0..CLIENTS).map(|c| {
@@ -227,19 +236,7 @@ async fn a_second_signal_exits_at_once_while_stderr_is_stalled() {
     let file = dir.join("gw.toml");
     std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
     // stderr is a pipe nobody reads: it fills after a few hundred lines.
-    let mut child = Command::new(BIN)
-        .args(["run", "--config", file.to_str().unwrap(), "--threads", "1"])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr: std::net::SocketAddr =
-        line.trim().strip_prefix("stackgate listening on http://").unwrap().parse().unwrap();
-    let mut child = Proc(child);
+    let (mut child, addr, _out) = spawn_logging(&file, "1", std::process::Stdio::piped());
     // Requests until one waits a second: the log queue (16,384 lines) is full.
     let clients = (0..8).map(|c| {
         tokio::spawn(async move {
