@@ -241,6 +241,19 @@ async fn reload_applies_to_open_connections_and_rejects_bad_files_whole() {
     );
     assert_ne!(granted, original, "test setup: the ro token's scope must be replaced");
     std::fs::write(&file, &granted).unwrap();
+    // A web page cannot reload it: a browser's POST carries Origin (cross-site, or
+    // same-origin after DNS rebinding, `Host` then being the attacker's name).
+    for (origin, host) in [("http://attacker.example", "admin"), ("http://attacker.example:80", "attacker.example:80")]
+    {
+        let (status, text) = raw(
+            gw.admin_addr,
+            format!("POST /reload HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\ncontent-length: 1\r\nConnection: close\r\n\r\nx").as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("\"error_code\":403"), "{text}");
+    }
+    assert_eq!(conn.send("POST", ENTRIES, &h, "{}").await.0, 403, "not reloaded from a page");
     let (status, text) = admin_post(gw.admin_addr, "/reload").await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(conn.send("POST", ENTRIES, &h, "{}").await.0, 200, "open connection sees the reload");
