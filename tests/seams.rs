@@ -451,6 +451,46 @@ async fn the_guard_slows_guesses_and_never_refuses_valid_or_known_credentials() 
     assert!(metrics.contains("stackgate_decisions_total{reason=\"auth_throttled\"} 1"), "{metrics}");
 }
 
+/// An `api_key` that names no stack is a guess whatever credential comes with it: with
+/// a valid token, 412 for unknown keys against 401 for another stack's would tell,
+/// unslowed, which keys exist. Valid credentials still pass during the cool-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_api_keys_are_guesses_even_with_valid_credentials() {
+    let backend = Backend::start().await;
+    let text =
+        config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 3\nwindow = \"60s\"\ncooldown = \"60s\"\n";
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let addr = gw.addr;
+    let key = |i: u64| -> &'static str { Box::leak(format!("blt{i:016x}").into_boxed_str()) };
+    for i in 0..2 {
+        let (status, text) =
+            raw_request(addr, "GET", PATH, &[("api_key", key(0xdead00 + i)), ("authorization", RW)], "").await;
+        assert_eq!(status, 412, "guess {i}: {text}");
+    }
+    // The token API: a user's authtoken with an unknown key counts the same way.
+    let tokens = "/v3/stacks/management_tokens";
+    let (status, text) =
+        raw_request(addr, "GET", tokens, &[("api_key", key(0xdead10)), ("authtoken", ALICE)], "").await;
+    assert_eq!(status, 412, "third guess: {text}");
+    for (path, fields) in [
+        (PATH, [("api_key", key(0xdead11)), ("authorization", RW)]),
+        (tokens, [("api_key", key(0xdead12)), ("authtoken", ALICE)]),
+    ] {
+        let (status, text) = raw_request(addr, "GET", path, &fields, "").await;
+        assert_eq!(status, 429, "{fields:?}: {text}");
+        assert!(text.to_ascii_lowercase().contains("retry-after: "), "{text}");
+    }
+    // Valid credentials pass during the cool-down; a valid token without any api_key
+    // guesses no key and keeps its own 412.
+    let (status, text) = raw_request(addr, "GET", PATH, &creds(RW), "").await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = raw_request(addr, "GET", tokens, &[("api_key", API_KEY), ("authtoken", ALICE)], "").await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = raw_request(addr, "GET", PATH, &[("authorization", RW)], "").await;
+    assert_eq!(status, 412, "{text}");
+}
+
 fn creds_owned(secret: &str) -> Vec<(&'static str, &'static str)> {
     vec![("api_key", API_KEY), ("authorization", Box::leak(secret.to_owned().into_boxed_str()))]
 }

@@ -243,11 +243,14 @@ fn header_of(ip: std::net::IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-/// Whether a failed request was a guess: its credentials failed, and neither the
-/// management token nor the authtoken it presented is one the gateway knows (a token
+/// Whether a failed request was a guess: an `api_key` that names no stack, whatever
+/// credential came with it (else a valid token would learn, unslowed, which keys exist:
+/// 412 for these, 401 for another stack's); or credentials that failed where neither
+/// the management token nor the authtoken presented is one the gateway knows (a token
 /// that expired or was deleted, a user's valid authtoken sent to the wrong stack).
 fn is_guess(gw: &Gateway, snap: &Snapshot, err: &GatewayError, parts: &Parts) -> bool {
     match err {
+        GatewayError::StackNotFound if parts.headers.contains_key(pipeline::auth::API_KEY) => return true,
         GatewayError::Unauthenticated { expired: false } | GatewayError::StackNotFound => {}
         _ => return false,
     }
