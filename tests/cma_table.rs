@@ -276,6 +276,12 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
     ("PUT", "/v3/workflows/publishing_rules/p1", r#"{"publishing_rule":{"approvers":{"roles":["r1"]}}}"#, 403, 403),
     ("PUT", "/v3/workflows/publishing_rules/p1", r#"{"publishing_rule":{"actions":["publish"]}}"#, 403, 200),
     ("PUT", "/v3/workflows/publishing_rules/p1", "not json", 403, 400),
+    // Shapes other than the documented one fail closed.
+    ("POST", "/v3/workflows/publishing_rules", r#"{"publishing_rule":{"approvers":[{"users":["u1"]}]}}"#, 403, 403),
+    ("POST", "/v3/workflows/publishing_rules", r#"{"publishing_rule":{"approvers":"u1"}}"#, 403, 403),
+    ("POST", "/v3/workflows/publishing_rules", r#"{"publishing_rule":[{"approvers":{"users":["u1"]}}]}"#, 403, 403),
+    ("POST", "/v3/workflows/publishing_rules", r#"[{"publishing_rule":{"approvers":{"users":["u1"]}}}]"#, 403, 403),
+    ("PUT", "/v3/workflows/publishing_rules/p1", r#""x""#, 403, 403),
     ("POST", "/v3/bulk/workflow", r#"{"workflow":{"workflow_stage":{"uid":"s1"}},"entries":[]}"#, 403, 403),
 ];
 

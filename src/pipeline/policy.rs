@@ -139,16 +139,37 @@ fn workflow_change_denied(json: &serde_json::Value) -> bool {
 }
 
 /// Publish rules that require approvers cannot be created or changed by a token.
+/// Fails closed, as the workflow rule does: a body that is not an object, a
+/// `publishing_rule` that is not an object (nor absent or null, as in a DELETE's `{}`),
+/// or `approvers` neither an object nor null, is nothing the gateway can vouch for (a
+/// backend that reads approvers from another shape would see them).
 fn needs_approvers(json: &serde_json::Value) -> bool {
-    let approvers = &json["publishing_rule"]["approvers"];
-    let non_empty = |key: &str| match approvers.get(key) {
-        None | Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Array(a)) => !a.is_empty(),
-        Some(serde_json::Value::String(s)) => !s.is_empty(),
-        // An unexpected shape might still mean approvers to the backend.
-        Some(_) => true,
+    let Some(body) = json.as_object() else {
+        return true;
     };
-    non_empty("users") || non_empty("roles")
+    let rule = match body.get("publishing_rule") {
+        None | Some(serde_json::Value::Null) => return false,
+        Some(serde_json::Value::Object(rule)) => rule,
+        Some(_) => return true,
+    };
+    match rule.get("approvers") {
+        None | Some(serde_json::Value::Null) => false,
+        // `users` and `roles` are the documented keys; any other key that carries
+        // something might name approvers too.
+        Some(serde_json::Value::Object(approvers)) => approvers.values().any(carries_something),
+        Some(_) => true,
+    }
+}
+
+/// Whether a value names anything: null and empty arrays, strings and objects do not.
+fn carries_something(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => false,
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::String(s) => !s.is_empty(),
+        serde_json::Value::Object(o) => !o.is_empty(),
+        serde_json::Value::Bool(_) | serde_json::Value::Number(_) => true,
+    }
 }
 
 #[cfg(test)]

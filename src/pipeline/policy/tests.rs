@@ -32,6 +32,30 @@ fn approvers_rule() {
     assert!(check(pr, json!({"publishing_rule":{"actions":[]}})).is_ok());
     assert!(inspect_body(&rule(pr), b"").is_ok(), "a DELETE carries no approvers");
     assert!(inspect_body(&rule(pr), b"[").is_err());
+    // Shapes other than the documented one fail closed, as the workflow rule does.
+    for odd in [
+        json!({"publishing_rule":{"approvers":[{"users":["u1"]}]}}),
+        json!({"publishing_rule":{"approvers":"u1"}}),
+        json!({"publishing_rule":{"approvers":[]}}),
+        json!({"publishing_rule":{"approvers":{"users":{"uid":"u1"}}}}),
+        json!({"publishing_rule":{"approvers":{"user":["u1"]}}}),
+        json!({"publishing_rule":{"approvers":{"users":[],"groups":"g1"}}}),
+        json!({"publishing_rule":[{"approvers":{"users":["u1"]}}]}),
+        json!({"publishing_rule":"x"}),
+        json!([{"publishing_rule":{"approvers":{"users":["u1"]}}}]),
+        json!("x"),
+    ] {
+        assert!(check(pr, odd.clone()).is_err(), "{odd}");
+    }
+    for empty in [
+        json!({}),
+        json!({"publishing_rule":null}),
+        json!({"publishing_rule":{"approvers":null}}),
+        json!({"publishing_rule":{"approvers":{}}}),
+        json!({"publishing_rule":{"approvers":{"users":null,"roles":""}}}),
+    ] {
+        assert!(check(pr, empty.clone()).is_ok(), "{empty}");
+    }
 }
 
 #[test]
