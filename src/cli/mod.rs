@@ -1,5 +1,6 @@
 //! The `stackgate` command line: `run`, `check`, `demo` and `token`.
 
+mod log_format;
 mod token;
 
 use crate::clock::SystemClock;
@@ -94,9 +95,10 @@ fn init_logging(format: LogFormat) {
     if let Ok(mut slot) = LOG_WRITER.lock() {
         *slot = Some(guard);
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_timer(log_format::Rfc3339Micros);
     match format {
-        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Text => builder.with_ansi(false).fmt_fields(log_format::PlainFields::default()).init(),
         LogFormat::Json => builder.json().init(),
     }
 }

@@ -196,10 +196,22 @@ pub async fn respond(
         token_uid = facts.token.as_ref().map_or("-", |t| &*t.uid),
         status = resp.status().as_u16(),
         reason = error.as_ref().map_or("-", |e| e.reason().name()),
-        detail = %error.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
+        detail = %Detail(error.as_ref()),
         latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     );
     (resp, GatewayFields { request_id, rate, cors })
+}
+
+/// A refusal's text in the access line, `-` for none (written, not built into a string).
+struct Detail<'a>(Option<&'a GatewayError>);
+
+impl std::fmt::Display for Detail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(error) => error.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// What the HTTP/1.1 loop answers itself. A head it refused before any stage saw it
