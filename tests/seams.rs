@@ -271,6 +271,72 @@ async fn the_gateway_answers_expect_itself_and_never_forwards_the_promise() {
     assert_eq!(seen.body_len, 2);
 }
 
+/// A HEAD over HTTP/2 (h2c, prior knowledge): the frames on its stream up to the end,
+/// read with a raw client that acknowledges SETTINGS. `None` if the stream never ends.
+async fn h2_head(addr: SocketAddr, path: &str, fields: &[(&str, &str)]) -> Option<Vec<(u8, u8, Vec<u8>)>> {
+    let authority = addr.to_string();
+    // `:method HEAD`: a literal with the static table's `:method` name (index 2).
+    let mut block = vec![0x02, 4];
+    block.extend(b"HEAD");
+    block.extend(&h2_get_block(&authority, path, fields)[1..]);
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    hello.extend(h2_frame(1, 5, 1, &block));
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    stream.write_all(&hello).await.ok()?;
+    let (mut buf, mut chunk, mut frames) = (Vec::new(), [0u8; 16384], Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        for (kind, flags, id, payload) in h2_frames(&mut buf) {
+            if kind == 4 && flags & 1 == 0 {
+                stream.write_all(&h2_frame(4, 1, 0, &[])).await.ok()?;
+            }
+            if id == 1 {
+                frames.push((kind, flags, payload));
+                // END_STREAM on HEADERS or DATA, or a reset.
+                if (kind <= 1 && flags & 1 == 1) || kind == 3 {
+                    // Anything sent after the end would follow at once: give it a moment.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut chunk)).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        frames.extend(h2_frames(&mut buf).into_iter().filter(|f| f.2 == 1).map(|f| (f.0, f.1, f.3)));
+                    }
+                    return Some(frames);
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// A HEAD answer carries no content (RFC 9110, 9.3.2), also the gateway's own answers
+/// over HTTP/2: hyper's HTTP/2 server sends what the body holds, and strict clients
+/// (curl, nghttp2, python-h2) take DATA on a HEAD stream as a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_over_http2_carry_no_body() {
+    let env = Env::start().await;
+    let cases: [(SocketAddr, &str, Vec<(&str, &str)>); 5] = [
+        (env.gateway.addr, PATH, vec![]), // 401, no credentials
+        (env.gateway.addr, PATH, vec![("api_key", "blt00000000000000ff"), ("authorization", RW)]), // 412
+        (env.gateway.addr, "/v3/stacks", creds(RW)), // 403, never allowed
+        (env.gateway.addr, "/v3/nope", creds(RW)), // 404
+        (env.gateway.admin_addr, "/nope", vec![]), // the admin listener's 404
+    ];
+    for (addr, path, fields) in cases {
+        let frames = h2_head(addr, path, &fields).await.unwrap_or_else(|| panic!("{path}: the stream never ended"));
+        let kinds: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        assert_eq!(kinds, [1], "{path} {fields:?}: one HEADERS frame, ending the stream, and no DATA: {frames:?}");
+    }
+    // The same HEADS answered over HTTP/1.1 state the length a GET's body would have.
+    let (status, text) = raw_request(env.gateway.addr, "HEAD", PATH, &[], "").await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.to_ascii_lowercase().contains("content-length: "), "{text}");
+    assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
+}
+
 // 11. Methods ---------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,13 +40,22 @@ async fn answer(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let req = match super::console::serve(&gw, req, peer).await {
-        Ok(resp) => return Ok(resp.map(Full::new)),
-        Err(not_console) => not_console,
+    let head = req.method() == Method::HEAD;
+    let mut resp = match super::console::serve(&gw, req, peer).await {
+        Ok(resp) => resp.map(Full::new),
+        Err(req) => route(&gw, &req).await.map(Full::new),
     };
-    let resp = match (req.method(), req.uri().path()) {
+    if head {
+        super::handler::without_content(&mut resp, || Full::new(Bytes::new()));
+    }
+    Ok(resp)
+}
+
+/// The admin endpoints other than the console's.
+async fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Bytes> {
+    match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => readyz(&gw).await,
+        (&Method::GET, "/readyz") => readyz(gw).await,
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Bytes::from(gw.metrics.render()));
             resp.headers_mut().insert(
@@ -62,10 +71,9 @@ async fn answer(
             StatusCode::FORBIDDEN,
             &json!({"error_message": "Reload is for tools, not web pages: this request carries Origin.", "error_code": 403}),
         ),
-        (&Method::POST, "/reload") => reload(&gw).await,
+        (&Method::POST, "/reload") => reload(gw).await,
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error_message": "Not found.", "error_code": 404})),
-    };
-    Ok(resp.map(Full::new))
+    }
 }
 
 /// Ready while not draining: a snapshot is loaded (always, once running) and requests

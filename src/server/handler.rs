@@ -105,15 +105,33 @@ pub async fn handle(
     // No request is read after a chunked body: the connection closes after its answer.
     let chunked = req.version() < http::Version::HTTP_2 && req.headers().contains_key(http::header::TRANSFER_ENCODING);
     let unread = proxy::Unread::of(req.body());
+    let head = req.method() == http::Method::HEAD;
     let (mut resp, fields) = respond(gw, req, conn).await;
     proxy::fill_headers(&mut resp, GatewayFields::MOST);
     fields.apply(resp.headers_mut());
+    // The gateway's own answers (errors, the token API); a backend's answer to a HEAD
+    // has no body already, and is left to end as it does.
+    if head && matches!(resp.body(), Either::Right(_)) {
+        without_content(&mut resp, || proxy::full(Bytes::new()));
+    }
     // A body left unread (an answer before its end: the backend's early one, or a
     // refusal of a body too large to drain) ends the connection after the answer.
     if chunked || unread.is_some_and(|u| u.is_unread()) {
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(resp)
+}
+
+/// Empties a HEAD answer, stating the length its body had (a HEAD answer carries no
+/// content, RFC 9110, 9.3.2). hyper's HTTP/1 server leaves the body out itself; its
+/// HTTP/2 server sends what the body holds, which strict clients take as a protocol
+/// error on the stream.
+pub(super) fn without_content<B: hyper::body::Body>(resp: &mut Response<B>, empty: impl FnOnce() -> B) {
+    let Some(len) = resp.body().size_hint().exact().filter(|&n| n > 0) else { return };
+    if !resp.headers().contains_key(CONTENT_LENGTH) {
+        resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    *resp.body_mut() = empty();
 }
 
 /// Serves one request: the response, and the fields still to be added to it.
@@ -368,7 +386,7 @@ async fn inspect(
     op: &pipeline::Operation,
 ) -> Result<Bytes, GatewayError> {
     let bytes = read_inspected(snap, parts, body).await?;
-    if !bytes.iter().all(u8::is_ascii_whitespace) && !crate::json::declares_json(&parts.headers) {
+    if !bytes.is_empty() && !crate::json::declares_json(&parts.headers) {
         return Err(GatewayError::UnsupportedMediaType);
     }
     pipeline::inspect_body(op, &bytes)?;
