@@ -282,6 +282,17 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
     ("POST", "/v3/workflows/publishing_rules", r#"{"publishing_rule":[{"approvers":{"users":["u1"]}}]}"#, 403, 403),
     ("POST", "/v3/workflows/publishing_rules", r#"[{"publishing_rule":{"approvers":{"users":["u1"]}}}]"#, 403, 403),
     ("PUT", "/v3/workflows/publishing_rules/p1", r#""x""#, 403, 403),
+    // Keys read as case-insensitive decoders (Go's encoding/json) read them.
+    ("POST", "/v3/workflows/publishing_rules", r#"{"publishing_rule":{"Approvers":{"Users":["u1"]}}}"#, 403, 403),
+    (
+        "POST",
+        "/v3/content_types/blog/entries/e1/workflow",
+        r#"{"workflow":{"publishing_rule":{"Status":1}}}"#,
+        403,
+        403,
+    ),
+    // Only an empty body is no body.
+    ("DELETE", "/v3/workflows/publishing_rules/p1", " ", 403, 400),
     ("POST", "/v3/bulk/workflow", r#"{"workflow":{"workflow_stage":{"uid":"s1"}},"entries":[]}"#, 403, 403),
 ];
 

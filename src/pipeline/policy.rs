@@ -7,6 +7,7 @@ use crate::json::JsonError;
 use crate::snapshot::{StackView, Token};
 use crate::token::Grants;
 use http::HeaderValue;
+use serde_json::Value;
 
 /// The branch a request addresses when it sends no `branch` header.
 pub const DEFAULT_BRANCH: &str = "main";
@@ -96,8 +97,9 @@ fn branch_allowed<'a>(grants: &Grants, name: &str, lookup: impl FnOnce() -> Stac
 
 /// Applies the body rules of DESIGN.md section 1.3 to an already buffered body.
 pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
-    // A publish-rule write without a body (a DELETE) carries no approvers.
-    if op.rule == Rule::PublishRuleApprovers && body.iter().all(u8::is_ascii_whitespace) {
+    // A publish-rule write without a body (a DELETE) carries no approvers. Only an
+    // empty one: anything else is read as JSON (whitespace alone is malformed).
+    if op.rule == Rule::PublishRuleApprovers && body.is_empty() {
         return Ok(());
     }
     let json = crate::json::parse_strict(body).map_err(|e| match e {
@@ -117,24 +119,27 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
 }
 
 /// Stage changes and publish-request accept/reject are for people, not tokens.
-fn workflow_change_denied(json: &serde_json::Value) -> bool {
-    let workflow = &json["workflow"];
-    if !workflow.is_object() {
+fn workflow_change_denied(json: &Value) -> bool {
+    let workflow = match field(json, "workflow") {
+        Field::One(workflow) if workflow.is_object() => workflow,
         // Nothing we can vouch for: the backend would have to guess too.
-        return true;
+        _ => return true,
+    };
+    match field(workflow, "workflow_stage") {
+        Field::Absent | Field::One(Value::Null) => {}
+        _ => return true,
     }
-    if workflow.get("workflow_stage").is_some_and(|v| !v.is_null()) {
-        return true;
-    }
-    match workflow.get("publishing_rule") {
-        None | Some(serde_json::Value::Null) => true,
-        Some(rule) => {
+    match field(workflow, "publishing_rule") {
+        Field::One(rule) if !rule.is_null() => {
             // Only a new publish request (status 0) is allowed; anything else,
             // including a missing or non-numeric status, is an approval decision.
-            let status = rule.get("status");
-            let is_request = status.and_then(|s| s.as_i64()) == Some(0) || status.and_then(|s| s.as_str()) == Some("0");
+            let is_request = match field(rule, "status") {
+                Field::One(status) => status.as_i64() == Some(0) || status.as_str() == Some("0"),
+                _ => false,
+            };
             !is_request
         }
+        _ => true,
     }
 }
 
@@ -143,32 +148,69 @@ fn workflow_change_denied(json: &serde_json::Value) -> bool {
 /// `publishing_rule` that is not an object (nor absent or null, as in a DELETE's `{}`),
 /// or `approvers` neither an object nor null, is nothing the gateway can vouch for (a
 /// backend that reads approvers from another shape would see them).
-fn needs_approvers(json: &serde_json::Value) -> bool {
-    let Some(body) = json.as_object() else {
+fn needs_approvers(json: &Value) -> bool {
+    if !json.is_object() {
         return true;
+    }
+    let rule = match field(json, "publishing_rule") {
+        Field::Absent | Field::One(Value::Null) => return false,
+        Field::One(rule @ Value::Object(_)) => rule,
+        _ => return true,
     };
-    let rule = match body.get("publishing_rule") {
-        None | Some(serde_json::Value::Null) => return false,
-        Some(serde_json::Value::Object(rule)) => rule,
-        Some(_) => return true,
-    };
-    match rule.get("approvers") {
-        None | Some(serde_json::Value::Null) => false,
+    match field(rule, "approvers") {
+        Field::Absent | Field::One(Value::Null) => false,
         // `users` and `roles` are the documented keys; any other key that carries
         // something might name approvers too.
-        Some(serde_json::Value::Object(approvers)) => approvers.values().any(carries_something),
-        Some(_) => true,
+        Field::One(Value::Object(approvers)) => approvers.values().any(carries_something),
+        _ => true,
     }
 }
 
+/// What an object holds under a key, read as the most lenient JSON decoders read it.
+enum Field<'a> {
+    Absent,
+    One(&'a Value),
+    /// Two keys that name it (`approvers` and `Approvers`): two readings.
+    Several,
+}
+
+/// The value under `wanted` (a lower-case ASCII key) in `value`, matching keys without
+/// regard to case: Go's `encoding/json` does so (the last match winning), and so do
+/// Jackson and System.Text.Json set to case-insensitive properties, with Unicode case
+/// rules (`ſ` reads as `s`, the Kelvin sign as `k`, `ı` as `i`). A rule that read only
+/// the exact spelling would let `Approvers` past to such a backend.
+fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
+    let Some(object) = value.as_object() else {
+        return Field::Absent;
+    };
+    let mut found = Field::Absent;
+    for (key, v) in object {
+        if same_key(key, wanted) {
+            found = match found {
+                Field::Absent => Field::One(v),
+                Field::One(_) | Field::Several => return Field::Several,
+            };
+        }
+    }
+    found
+}
+
+/// Whether `key` spells `wanted` under case mapping, character by character.
+fn same_key(key: &str, wanted: &str) -> bool {
+    let mut wanted = wanted.chars();
+    let same =
+        |c: char, w: char| c == w || c.to_lowercase().eq(w.to_lowercase()) || c.to_uppercase().eq(w.to_uppercase());
+    key.chars().all(|c| wanted.next().is_some_and(|w| same(c, w))) && wanted.next().is_none()
+}
+
 /// Whether a value names anything: null and empty arrays, strings and objects do not.
-fn carries_something(value: &serde_json::Value) -> bool {
+fn carries_something(value: &Value) -> bool {
     match value {
-        serde_json::Value::Null => false,
-        serde_json::Value::Array(a) => !a.is_empty(),
-        serde_json::Value::String(s) => !s.is_empty(),
-        serde_json::Value::Object(o) => !o.is_empty(),
-        serde_json::Value::Bool(_) | serde_json::Value::Number(_) => true,
+        Value::Null => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::String(s) => !s.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::Bool(_) | Value::Number(_) => true,
     }
 }
 

@@ -21,6 +21,17 @@ fn workflow_body_rules() {
     assert!(check(wf, json!({"workflow":{"publishing_rule":{"uid":"r"}}})).is_err());
     assert!(check(wf, json!({"workflow":{"workflow_stage":{"uid":"s"},"publishing_rule":{"status":0}}})).is_err());
     assert!(check(wf, json!({})).is_err());
+    for spelled in [
+        json!({"workflow":{"Workflow_Stage":{"uid":"s1"},"publishing_rule":{"status":0}}}),
+        json!({"workflow":{"publishing_rule":{"status":0,"Status":1}}}),
+        json!({"Workflow":{"publishing_rule":{"Status":1}}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"WORKFLOW":{"workflow_stage":{"uid":"s"}}}),
+        // The Kelvin sign reads as `k`.
+        json!({"workflow":{"publishing_rule":{"status":0}},"worKflow":{"workflow_stage":{"uid":"s"}}}),
+    ] {
+        assert!(check(wf, spelled.clone()).is_err(), "{spelled}");
+    }
+    assert!(check(wf, json!({"WorkFlow":{"Publishing_Rule":{"STATUS":0}}})).is_ok());
 }
 
 #[test]
@@ -47,8 +58,30 @@ fn approvers_rule() {
     ] {
         assert!(check(pr, odd.clone()).is_err(), "{odd}");
     }
+    // Keys read as case-insensitive decoders read them (Go's encoding/json, and
+    // Jackson or System.Text.Json set so): any spelling, or two readings, is refused.
+    for spelled in [
+        r#"{"publishing_rule":{"Approvers":{"users":["u1"]}}}"#,
+        r#"{"PUBLISHING_RULE":{"Approvers":{"Users":["u1"]}}}"#,
+        r#"{"publishing_rule":{"approvers":{"users":[]},"Approvers":{"users":["u1"]}}}"#,
+        "{\"publishing_rule\":{\"approverſ\":{\"users\":[\"u1\"]}}}",
+        "{\"publıshing_rule\":{\"approvers\":{\"users\":[\"u1\"]}}}",
+        r#"{"publishing_rule":null,"Publishing_rule":{"approvers":{"users":["u1"]}}}"#,
+        r#"{"publishing_rule":{"approvers":null,"APPROVERS":{"roles":["r1"]}}}"#,
+    ] {
+        assert!(inspect_body(&rule(pr), spelled.as_bytes()).is_err(), "{spelled}");
+    }
+    // Only an empty body is no body: whitespace is malformed JSON.
+    for blank in [" ", "\r\n\t", "\x0c"] {
+        assert_eq!(
+            inspect_body(&rule(pr), blank.as_bytes()),
+            Err(GatewayError::BadRequest(BadRequest::MalformedJson)),
+            "{blank:?}"
+        );
+    }
     for empty in [
         json!({}),
+        json!({"Publishing_Rule":{"Approvers":{"Users":[]}}}),
         json!({"publishing_rule":null}),
         json!({"publishing_rule":{"approvers":null}}),
         json!({"publishing_rule":{"approvers":{}}}),
