@@ -318,7 +318,8 @@ async fn h2_head(addr: SocketAddr, path: &str, fields: &[(&str, &str)]) -> Optio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_answers_over_http2_carry_no_body() {
     let env = Env::start().await;
-    let cases: [(SocketAddr, &str, Vec<(&str, &str)>); 5] = [
+    type Case = (SocketAddr, &'static str, Vec<(&'static str, &'static str)>);
+    let cases: [Case; 5] = [
         (env.gateway.addr, PATH, vec![]), // 401, no credentials
         (env.gateway.addr, PATH, vec![("api_key", "blt00000000000000ff"), ("authorization", RW)]), // 412
         (env.gateway.addr, "/v3/stacks", creds(RW)), // 403, never allowed
