@@ -284,6 +284,7 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
     ("PUT", "/v3/workflows/publishing_rules/p1", r#""x""#, 403, 403),
     // Keys read as case-insensitive decoders (Go's encoding/json) read them.
     ("POST", "/v3/workflows/publishing_rules", r#"{"publishing_rule":{"Approvers":{"Users":["u1"]}}}"#, 403, 403),
+    ("POST", "/v3/workflows/publishing_rules", r#"{"publİshing_rule":{"approvers":{"users":["u1"]}}}"#, 403, 403),
     (
         "POST",
         "/v3/content_types/blog/entries/e1/workflow",

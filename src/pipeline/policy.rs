@@ -177,8 +177,8 @@ enum Field<'a> {
 /// The value under `wanted` (a lower-case ASCII key) in `value`, matching keys without
 /// regard to case: Go's `encoding/json` does so (the last match winning), and so do
 /// Jackson and System.Text.Json set to case-insensitive properties, with Unicode case
-/// rules (`ſ` reads as `s`, the Kelvin sign as `k`, `ı` as `i`). A rule that read only
-/// the exact spelling would let `Approvers` past to such a backend.
+/// rules (`ſ` reads as `s`, the Kelvin sign as `k`, `ı` and `İ` as `i`). A rule that read
+/// only the exact spelling would let `Approvers` past to such a backend.
 fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
     let Some(object) = value.as_object() else {
         return Field::Absent;
@@ -195,12 +195,25 @@ fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
     found
 }
 
-/// Whether `key` spells `wanted` under case mapping, character by character.
+/// Whether `key` spells `wanted` (lower-case ASCII), character by character, under any
+/// case mapping a decoder may apply: lower, upper, and each after the other (Go folds
+/// with `ToUpper(ToLower(r))`, Java compares both ways). Each mapping is taken as its
+/// first character, as the decoders' one-character mappings are (`İ` lowers to `i`
+/// followed by a combining dot): reading more keys as a rule's key only refuses more.
 fn same_key(key: &str, wanted: &str) -> bool {
+    let first = |mut chars: std::char::ToLowercase| chars.next();
+    let first_upper = |mut chars: std::char::ToUppercase| chars.next();
+    let reads_as = |c: char, w: char| {
+        let lower = first(c.to_lowercase());
+        let upper = first_upper(c.to_uppercase());
+        c == w
+            || lower == Some(w)
+            || upper == Some(w.to_ascii_uppercase())
+            || upper.and_then(|u| first(u.to_lowercase())) == Some(w)
+            || lower.and_then(|l| first_upper(l.to_uppercase())) == Some(w.to_ascii_uppercase())
+    };
     let mut wanted = wanted.chars();
-    let same =
-        |c: char, w: char| c == w || c.to_lowercase().eq(w.to_lowercase()) || c.to_uppercase().eq(w.to_uppercase());
-    key.chars().all(|c| wanted.next().is_some_and(|w| same(c, w))) && wanted.next().is_none()
+    key.chars().all(|c| wanted.next().is_some_and(|w| reads_as(c, w))) && wanted.next().is_none()
 }
 
 /// Whether a value names anything: null and empty arrays, strings and objects do not.

@@ -26,6 +26,8 @@ fn workflow_body_rules() {
         json!({"workflow":{"publishing_rule":{"status":0,"Status":1}}}),
         json!({"Workflow":{"publishing_rule":{"Status":1}}}),
         json!({"workflow":{"publishing_rule":{"status":0}},"WORKFLOW":{"workflow_stage":{"uid":"s"}}}),
+        // `İ` lowers to `i` (and a combining dot): Go reads the second rule.
+        json!({"workflow":{"publishing_rule":{"status":0},"publİshing_rule":{"status":1}}}),
         // The Kelvin sign reads as `k`.
         json!({"workflow":{"publishing_rule":{"status":0}},"worKflow":{"workflow_stage":{"uid":"s"}}}),
     ] {
@@ -66,6 +68,9 @@ fn approvers_rule() {
         r#"{"publishing_rule":{"approvers":{"users":[]},"Approvers":{"users":["u1"]}}}"#,
         "{\"publishing_rule\":{\"approverſ\":{\"users\":[\"u1\"]}}}",
         "{\"publıshing_rule\":{\"approvers\":{\"users\":[\"u1\"]}}}",
+        "{\"publİshing_rule\":{\"approvers\":{\"users\":[\"u1\"]}}}",
+        "{\"PUBLİSHING_RULE\":{\"approvers\":{\"roles\":[\"r1\"]}}}",
+        "{\"publishing_rule\":{},\"publİshing_rule\":{\"approvers\":{\"users\":[\"u1\"]}}}",
         r#"{"publishing_rule":null,"Publishing_rule":{"approvers":{"users":["u1"]}}}"#,
         r#"{"publishing_rule":{"approvers":null,"APPROVERS":{"roles":["r1"]}}}"#,
     ] {
