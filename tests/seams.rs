@@ -331,6 +331,20 @@ async fn head_answers_over_http2_carry_no_body() {
         let kinds: Vec<u8> = frames.iter().map(|f| f.0).collect();
         assert_eq!(kinds, [1], "{path} {fields:?}: one HEADERS frame, ending the stream, and no DATA: {frames:?}");
     }
+    // HEAD reads as GET: the same status, and the length the GET's body has.
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE)];
+    let reads: [Case; 2] = [
+        (env.gateway.admin_addr, "/healthz", vec![]),
+        (env.gateway.addr, "/v3/stacks/management_tokens", owner.to_vec()),
+    ];
+    for (addr, path, fields) in reads {
+        let (get, got) = raw_request(addr, "GET", path, &fields, "").await;
+        let (head, headed) = raw_request(addr, "HEAD", path, &fields, "").await;
+        assert_eq!((get, head), (200, 200), "{path}: {got} {headed}");
+        let length = got.split("\r\n\r\n").nth(1).map_or(0, str::len);
+        assert!(headed.to_ascii_lowercase().contains(&format!("content-length: {length}\r\n")), "{path}: {headed}");
+        assert!(headed.ends_with("\r\n\r\n"), "{path}: no content: {headed}");
+    }
     // The same HEADS answered over HTTP/1.1 state the length a GET's body would have.
     let (status, text) = raw_request(env.gateway.addr, "HEAD", PATH, &[], "").await;
     assert_eq!(status, 401, "{text}");

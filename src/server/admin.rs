@@ -53,7 +53,9 @@ async fn answer(
 
 /// The admin endpoints other than the console's.
 async fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Bytes> {
-    match (req.method(), req.uri().path()) {
+    // HEAD reads as GET (its body is left out by the caller).
+    let method = if req.method() == Method::HEAD { &Method::GET } else { req.method() };
+    match (method, req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(gw).await,
         (&Method::GET, "/metrics") => {

@@ -50,10 +50,12 @@ pub async fn handle(
         Some(None) => (rest, None),
         Some(Some((uid, action))) => (Some(uid), Some(action)),
     };
+    // HEAD reads as GET (its body is left out where the answer is written).
+    let read = parts.method == Method::GET || parts.method == Method::HEAD;
     match (&parts.method, uid, action) {
-        (&Method::GET, None, None) => list(gw, stack).await,
-        (&Method::GET, Some("audit"), None) => audit(gw, stack, parts.uri.query()).await,
-        (&Method::GET, Some(uid), None) => show(gw, stack, uid).await,
+        (_, None, None) if read => list(gw, stack).await,
+        (_, Some("audit"), None) if read => audit(gw, stack, parts.uri.query()).await,
+        (_, Some(uid), None) if read => show(gw, stack, uid).await,
         (&Method::POST, None, None) => create(gw, stack, &user, read_body(parts, body).await?).await,
         (&Method::PUT, Some(uid), None) => update(gw, stack, &user, uid, read_body(parts, body).await?).await,
         (&Method::DELETE, Some(uid), None) => delete(gw, stack, &user, uid).await,

@@ -191,7 +191,7 @@ fn role_name(role: Role) -> &'static str {
 /// organisation's rates and token cap). Whether the user may manage a stack's tokens is
 /// shown for the page's sake only; the token API decides.
 fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, peer: SocketAddr) -> Response<Bytes> {
-    if method != Method::GET {
+    if method != Method::GET && method != Method::HEAD {
         return method_not_allowed("GET");
     }
     let mut sent = headers.get_all(AUTHTOKEN).iter();
