@@ -65,7 +65,7 @@ impl Visit for AllPlain {
     }
 }
 
-/// Printable ASCII without `"` or `\\`: its `Debug` form is itself in quotes.
+/// Printable ASCII without `"` or `\`: its `Debug` form is itself in quotes.
 fn plain(value: &str) -> bool {
     value.bytes().all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
 }

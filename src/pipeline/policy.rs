@@ -201,16 +201,13 @@ fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
 /// first character, as the decoders' one-character mappings are (`İ` lowers to `i`
 /// followed by a combining dot): reading more keys as a rule's key only refuses more.
 fn same_key(key: &str, wanted: &str) -> bool {
-    let first = |mut chars: std::char::ToLowercase| chars.next();
-    let first_upper = |mut chars: std::char::ToUppercase| chars.next();
     let reads_as = |c: char, w: char| {
-        let lower = first(c.to_lowercase());
-        let upper = first_upper(c.to_uppercase());
+        let (lower, upper) = (c.to_lowercase().next(), c.to_uppercase().next());
         c == w
             || lower == Some(w)
             || upper == Some(w.to_ascii_uppercase())
-            || upper.and_then(|u| first(u.to_lowercase())) == Some(w)
-            || lower.and_then(|l| first_upper(l.to_uppercase())) == Some(w.to_ascii_uppercase())
+            || upper.and_then(|u| u.to_lowercase().next()) == Some(w)
+            || lower.and_then(|l| l.to_uppercase().next()) == Some(w.to_ascii_uppercase())
     };
     let mut wanted = wanted.chars();
     key.chars().all(|c| wanted.next().is_some_and(|w| reads_as(c, w))) && wanted.next().is_none()
