@@ -255,6 +255,14 @@ async fn owner_manages_tokens_in_the_console() {
             assert!(head.contains(field), "{path} lacks {field}:\n{head}");
         }
     }
+    // HEAD answers as GET does, stating the length GET's body has, with no body.
+    for path in ["/console/", "/console/app.js", "/console/app.css", "/console/icon.svg"] {
+        let (_, _, body) = http(admin, "GET", path, &[], "").await;
+        let (status, head, rest) = http(admin, "HEAD", path, &[], "").await;
+        assert_eq!(status, 200, "HEAD {path}");
+        assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "HEAD {path}:\n{head}");
+        assert!(!body.is_empty() && rest.is_empty(), "HEAD {path} carried {} bytes", rest.len());
+    }
     // The console hands on token-API paths only: nothing reaches the backend through it.
     let (status, _, _) =
         http(admin, "GET", "/console/api/v3/content_types/blog_post/entries", &[("authtoken", ALICE)], "").await;

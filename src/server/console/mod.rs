@@ -105,8 +105,8 @@ fn asset(method: &Method, body: &'static str, content_type: &'static str) -> Res
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed("GET, HEAD");
     }
-    let mut resp =
-        Response::new(if method == Method::HEAD { Bytes::new() } else { Bytes::from_static(body.as_bytes()) });
+    // A HEAD gets the same answer; the admin listener empties it, keeping its length.
+    let mut resp = Response::new(Bytes::from_static(body.as_bytes()));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
