@@ -198,6 +198,10 @@ pub enum Rule {
     PublishRuleApprovers,
     /// `/bulk/...`: also charged to the organisation's bulk bucket.
     Bulk,
+    /// `GET /stacks/branches_compare[/...]`, `POST /stacks/branches_merge`: they act on
+    /// the two branches their query names (`base_branch`, `compare_branch`), which must
+    /// both be in the token's branch scope, as the `branch` header must elsewhere.
+    BranchPair,
     /// `/stacks/management_tokens[/{uid}]`: served by stackgate itself.
     TokenApi,
     /// `POST|DELETE /user-session` (login, logout): never allowed with a management

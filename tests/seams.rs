@@ -213,7 +213,7 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         f
     };
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
-    let cases: [Case; 18] = [
+    let cases: [Case; 22] = [
         ("?branch=development", dev(), 200),
         ("?branch=main", dev(), 400),
         ("?branch=development&branch=development", dev(), 400),
@@ -233,6 +233,11 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         ("?auth_token=x", creds(RW), 400),
         ("?_method=DELETE", creds(RW), 400),
         ("?include_branch=true&branch_uid=x", creds(RW), 200),
+        // Unicode case mappings a Java or JavaScript backend folds to ASCII.
+        ("?ap%C4%B1_key=blt1111111111111111", creds(RW), 400),
+        ("?api_%E2%84%AAey=blt1111111111111111", creds(RW), 400),
+        ("?authto%E2%84%AAen=alice-authtoken", creds(RW), 400),
+        ("?x-http-method-overr%C4%B1de=DELETE", creds(RO), 400),
     ];
     for (query, fields, want) in cases {
         env.backend.clear();
@@ -242,6 +247,50 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         assert_eq!(env.backend.seen().len(), usize::from(want == 200), "{query}");
         if want == 400 {
             assert_eq!(error_code(&body), 400);
+        }
+    }
+}
+
+/// A compare reads, and a merge writes, the two branches its query names: both must be
+/// in the token's branch scope (as the `branch` header must be elsewhere), an absent
+/// one counting as `main`, over HTTP/1.1 and HTTP/2 alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compares_and_merges_need_both_branches_in_scope() {
+    let env = Env::start().await;
+    let mut sender = h2(env.gateway.addr).await;
+    const COMPARE: &str = "/v3/stacks/branches_compare";
+    const MERGE: &str = "/v3/stacks/branches_merge";
+    type Case = (&'static str, &'static str, &'static str, &'static str, u16);
+    let cases: [Case; 14] = [
+        // DEV_ONLY reads development (and its alias staging) only.
+        ("GET", COMPARE, "?base_branch=main&compare_branch=development", DEV_ONLY, 403),
+        ("GET", COMPARE, "/content_types?base_branch=development&compare_branch=main", DEV_ONLY, 403),
+        ("GET", COMPARE, "?base_branch=development&compare_branch=staging", DEV_ONLY, 200),
+        ("GET", COMPARE, "?compare_branch=development", DEV_ONLY, 403),
+        ("GET", COMPARE, "", DEV_ONLY, 403),
+        ("GET", COMPARE, "?Base-Branch=main&compare_branch=development", DEV_ONLY, 403),
+        ("GET", COMPARE, "?ba%C5%BFe_branch=main&compare_branch=development", DEV_ONLY, 403),
+        // RO reads main and its alias deploy.
+        ("GET", COMPARE, "?base_branch=main&compare_branch=deploy", RO, 200),
+        ("GET", COMPARE, "?base_branch=main&base_branch=main&compare_branch=deploy", RO, 400),
+        ("GET", COMPARE, "?base_branch=main&compare_branch=*", RO, 403),
+        // RW writes main only: no merge from or into another branch.
+        ("POST", MERGE, "?base_branch=main&compare_branch=development", RW, 403),
+        ("POST", MERGE, "?base_branch=development&compare_branch=main", RW, 403),
+        ("POST", MERGE, "?base_branch=main&compare_branch=deploy&default_merge_strategy=merge_prefer_base", RW, 200),
+        ("POST", MERGE, "?base_branch=main&compare_branch=deploy", RO, 403),
+    ];
+    for (method, path, query, token, want) in cases {
+        let target = format!("{path}{query}");
+        env.backend.clear();
+        let (status, _, body) = env.send(method, &target, &creds(token), "{}").await;
+        assert_eq!(status.as_u16(), want, "HTTP/1.1 {method} {target}: {}", String::from_utf8_lossy(&body));
+        let uri = format!("http://{}{target}", env.gateway.addr);
+        let (status, body) = h2_send(&mut sender, method, &uri, &creds(token), "{}").await;
+        assert_eq!(status, want, "h2 {method} {target}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(env.backend.seen().len(), if want == 200 { 2 } else { 0 }, "{method} {target}");
+        if want == 403 {
+            assert_eq!(error_code(&body), 162, "{method} {target}");
         }
     }
 }

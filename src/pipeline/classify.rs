@@ -290,8 +290,9 @@ fn stacks(method: &Method, read: bool, default: Access, rest: &[&str]) -> Operat
         ["users", "roles"] if matches!(*method, Method::POST | Method::PUT) => op(M::User, Write),
         ["branches"] | ["branches", _] if read => op(M::Branch, Read),
         ["branches"] | ["branches", _] => never(M::Branch, Write),
-        ["branches_compare", ..] | ["branches_queue"] | ["branches_queue", _] if read => op(M::Branch, Read),
-        ["branches_merge"] if *method == Method::POST => op(M::Branch, Write),
+        ["branches_compare", ..] if read => with_rule(M::Branch, Read, Rule::BranchPair),
+        ["branches_queue"] | ["branches_queue", _] if read => op(M::Branch, Read),
+        ["branches_merge"] if *method == Method::POST => with_rule(M::Branch, Write, Rule::BranchPair),
         ["branch_aliases"] | ["branch_aliases", _] if read => op(M::BranchAlias, Read),
         ["branch_aliases", _] => never(M::BranchAlias, Write),
         _ => unknown(),
@@ -352,6 +353,9 @@ mod tests {
         assert_eq!(c("GET", "/v3/stacks/branches/main").module, Module::Branch);
         assert_eq!(c("POST", "/v3/stacks/branches").rule, Rule::Deny);
         assert_eq!(c("POST", "/v3/stacks/branches_merge").access, Access::Write);
+        assert_eq!(c("POST", "/v3/stacks/branches_merge").rule, Rule::BranchPair);
+        assert_eq!(c("GET", "/v3/stacks/branches_compare/content_types").rule, Rule::BranchPair);
+        assert_eq!(c("GET", "/v3/stacks/branches_queue").rule, Rule::Plain);
         assert_eq!(c("PUT", "/v3/stacks/branch_aliases/deploy").rule, Rule::Deny);
     }
 

@@ -172,6 +172,11 @@ pub fn decide<'a>(
         facts.token = Some(Arc::clone(token));
         authorize(token, &op, creds.branch)?;
         query::check(target.query, &creds)?;
+        if op.rule == Rule::BranchPair {
+            for name in query::named_branches(target.query)? {
+                policy::check_named_branch(token, &name)?;
+            }
+        }
     }
     // The backend is the authority for users: nothing to check here.
     Ok(Decision { target, op, route: Route::Proxy { principal } })

@@ -17,7 +17,7 @@ pub fn authorize(token: &Token, op: &Operation, branch: Option<&HeaderValue>) ->
     let deny = |d| Err(GatewayError::Forbidden(d));
     match op.rule {
         Rule::Deny | Rule::TokenApi | Rule::Login => return deny(Denial::NeverAllowed),
-        Rule::Plain | Rule::EntryWorkflow | Rule::PublishRuleApprovers | Rule::Bulk => {}
+        Rule::Plain | Rule::EntryWorkflow | Rule::PublishRuleApprovers | Rule::Bulk | Rule::BranchPair => {}
     }
     if op.module == Module::Unknown {
         return deny(Denial::UnknownPath);
@@ -42,6 +42,13 @@ fn check_branch(token: &Token, header: Option<&HeaderValue>) -> Result<(), Gatew
         None => DEFAULT_BRANCH,
         Some(v) => v.to_str().map_err(|_| GatewayError::BadRequest(BadRequest::InvalidHeader))?,
     };
+    check_named_branch(token, name)
+}
+
+/// The branch rules for a branch or alias named anywhere in the request: the `branch`
+/// header, or the `base_branch` and `compare_branch` of a compare or merge (a token
+/// scoped to one branch may not read another through a comparison, nor merge into it).
+pub fn check_named_branch(token: &Token, name: &str) -> Result<(), GatewayError> {
     // One branch or alias name, as the config allows them, or no branch at all (403,
     // like an unknown one): a list (`a,b`, which HTTP reads as two fields), `*`, `$all`
     // or a path could mean more to a backend than the one branch the gateway admitted,
@@ -109,7 +116,7 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
     let denied = match op.rule {
         Rule::EntryWorkflow => workflow_change_denied(&json),
         Rule::PublishRuleApprovers => needs_approvers(&json),
-        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::TokenApi | Rule::Login => false,
+        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::BranchPair | Rule::TokenApi | Rule::Login => false,
     };
     if denied {
         Err(GatewayError::Forbidden(Denial::BodyRule))
@@ -196,21 +203,28 @@ fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
 }
 
 /// Whether `key` spells `wanted` (lower-case ASCII), character by character, under any
-/// case mapping a decoder may apply: lower, upper, and each after the other (Go folds
-/// with `ToUpper(ToLower(r))`, Java compares both ways). Each mapping is taken as its
-/// first character, as the decoders' one-character mappings are (`İ` lowers to `i`
-/// followed by a combining dot): reading more keys as a rule's key only refuses more.
+/// case mapping a decoder may apply (see [`ascii_reading`]).
 fn same_key(key: &str, wanted: &str) -> bool {
-    let reads_as = |c: char, w: char| {
-        let (lower, upper) = (c.to_lowercase().next(), c.to_uppercase().next());
-        c == w
-            || lower == Some(w)
-            || upper == Some(w.to_ascii_uppercase())
-            || upper.and_then(|u| u.to_lowercase().next()) == Some(w)
-            || lower.and_then(|l| l.to_uppercase().next()) == Some(w.to_ascii_uppercase())
-    };
     let mut wanted = wanted.chars();
-    key.chars().all(|c| wanted.next().is_some_and(|w| reads_as(c, w))) && wanted.next().is_none()
+    key.chars().all(|c| wanted.next().is_some_and(|w| ascii_reading(c) == Some(w))) && wanted.next().is_none()
+}
+
+/// The lower-case ASCII character a lenient decoder may read `c` as, if any: `c` itself
+/// when ASCII, else its lower or upper case, or each after the other (Go folds with
+/// `ToUpper(ToLower(r))`, Java compares both ways), where that is ASCII: `ı` and `İ`
+/// read as `i`, the Kelvin sign as `k`, `ſ` as `s`. Each mapping is taken as its first
+/// character, as the decoders' one-character mappings are (`İ` lowers to `i` followed
+/// by a combining dot): reading more keys as a rule's key only refuses more.
+pub(super) fn ascii_reading(c: char) -> Option<char> {
+    if c.is_ascii() {
+        return Some(c.to_ascii_lowercase());
+    }
+    let (lower, upper) = (c.to_lowercase().next(), c.to_uppercase().next());
+    [lower, upper, upper.and_then(|u| u.to_lowercase().next()), lower.and_then(|l| l.to_uppercase().next())]
+        .into_iter()
+        .flatten()
+        .find(char::is_ascii)
+        .map(|m| m.to_ascii_lowercase())
 }
 
 /// Whether a value names anything: null and empty arrays, strings and objects do not.

@@ -11,12 +11,13 @@
 //! could take for one of these names counts as that name: pairs split on `&` and `;`,
 //! percent- and `+`-decoded; a key cut at a NUL (PHP); its array base (`branch[]`,
 //! PHP and Rack) or its first bracketed name (`[branch]`, qs); each compared with
-//! everything but letters and digits dropped and case ignored (`API-Key`, `api.key`,
-//! `]api_key`, `auth_token`).
+//! everything but letters and digits dropped and case ignored, also through Unicode case
+//! mappings that give ASCII (`API-Key`, `api.key`, `]api_key`, `auth_token`, `apı_key`).
 
 use super::auth::Credentials;
-use super::policy::DEFAULT_BRANCH;
+use super::policy::{ascii_reading, DEFAULT_BRANCH};
 use crate::error::{BadRequest, GatewayError};
+use std::borrow::Cow;
 
 const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousQuery);
 
@@ -25,6 +26,9 @@ const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousQu
 enum Param {
     StackKey,
     Branch,
+    /// `base_branch`, `compare_branch`: see [`named_branches`].
+    BaseBranch,
+    CompareBranch,
     /// A credential or a method override: never in a management-token request's query.
     Refused,
     Other,
@@ -40,7 +44,7 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
     let pairs = query.split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes()));
     for (key, value) in pairs {
         let (seen, authorised) = match classify(&key) {
-            Param::Other => continue,
+            Param::Other | Param::BaseBranch | Param::CompareBranch => continue,
             Param::Refused => return Err(AMBIGUOUS),
             Param::StackKey => (&mut seen_key, api_key),
             Param::Branch => (&mut seen_branch, Some(branch)),
@@ -50,6 +54,26 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
         }
     }
     Ok(())
+}
+
+/// The branches a compare or merge acts on: its query's `base_branch` and
+/// `compare_branch` (read as [`check`] reads `branch`: any spelling a lenient backend
+/// takes for them), each at most once; an absent one is the default branch, which a
+/// backend would take in its place.
+pub fn named_branches(query: Option<&str>) -> Result<[Cow<'_, str>; 2], GatewayError> {
+    let mut named: [Option<Cow<'_, str>>; 2] = [None, None];
+    let pairs = query.unwrap_or_default().split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes()));
+    for (key, value) in pairs {
+        let slot = match classify(&key) {
+            Param::BaseBranch => &mut named[0],
+            Param::CompareBranch => &mut named[1],
+            _ => continue,
+        };
+        if slot.replace(value).is_some() {
+            return Err(AMBIGUOUS);
+        }
+    }
+    Ok(named.map(|name| name.unwrap_or(Cow::Borrowed(DEFAULT_BRANCH))))
 }
 
 /// What a key may mean to some backend; the strongest reading wins.
@@ -70,19 +94,24 @@ fn classify(key: &str) -> Param {
 /// letters and digits than this is none of them.
 const LONGEST: usize = 19;
 
-/// What a name means with everything but letters and digits dropped and case ignored
-/// (folded into a stack buffer once, then matched: no allocation per query key).
+/// What a name means with everything but letters and digits dropped and case ignored,
+/// under every case mapping a decoder may apply (`apı_key`, the Kelvin sign in
+/// `api_Key`: see [`ascii_reading`]); folded into a stack buffer once, then matched, so
+/// no allocation per query key.
 fn param(name: &str) -> Param {
     let mut folded = [0u8; LONGEST];
     let mut len = 0;
-    for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+    for c in name.chars().filter_map(ascii_reading).filter(char::is_ascii_alphanumeric) {
         let Some(slot) = folded.get_mut(len) else { return Param::Other };
-        *slot = b.to_ascii_lowercase();
+        // ASCII by construction: one byte.
+        *slot = c as u8;
         len += 1;
     }
     match folded.get(..len).unwrap_or_default() {
         b"apikey" => Param::StackKey,
         b"branch" => Param::Branch,
+        b"basebranch" => Param::BaseBranch,
+        b"comparebranch" => Param::CompareBranch,
         // Credentials, and method overrides (what was authorised is the method sent).
         b"authtoken"
         | b"authorization"
@@ -102,7 +131,7 @@ impl Param {
     fn strength(&self) -> u8 {
         match self {
             Param::Other => 0,
-            Param::StackKey | Param::Branch => 1,
+            Param::StackKey | Param::Branch | Param::BaseBranch | Param::CompareBranch => 1,
             Param::Refused => 2,
         }
     }
@@ -160,8 +189,39 @@ mod tests {
             "X_HTTP_Method_Override=DELETE",
             " authtoken=x",
             "authtoken[x]=y",
+            // Unicode case mappings that give ASCII (Java's equalsIgnoreCase, JavaScript's
+            // toUpperCase): dotless and dotted I, the Kelvin sign, the long s.
+            "ap\u{131}_key=blt2",
+            "ap\u{130}_key=blt2",
+            "api_\u{212a}ey=blt2",
+            "ap%C4%B1_key=blt2",
+            "api_%E2%84%AAey=blt2",
+            "author\u{131}zation=x",
+            "authto\u{212a}en=x",
+            "acce\u{17f}\u{17f}_to\u{212a}en=x",
+            "x-http-method-overr\u{131}de=DELETE",
         ] {
             assert_eq!(check_with(bad, "blt1", None), Err(AMBIGUOUS), "{bad}");
         }
+        // A character with no ASCII reading is dropped, as a separator is.
+        assert_eq!(check_with("api\u{e9}key=blt2", "blt1", None), Err(AMBIGUOUS));
+        assert!(check_with("caf\u{e9}=1&bran\u{3c7}=x", "blt1", None).is_ok());
+    }
+
+    #[test]
+    fn a_compare_or_merge_names_two_branches_once_each_main_by_default() {
+        let named = |q: &'static str| named_branches(Some(q)).map(|n| n.map(|b| b.into_owned()));
+        assert_eq!(named("base_branch=main&compare_branch=development").unwrap(), ["main", "development"]);
+        assert_eq!(named("compare_branch=dev").unwrap(), ["main", "dev"]);
+        assert_eq!(named_branches(None).unwrap(), ["main", "main"]);
+        assert_eq!(named("Base-Branch=a;[compare_branch]=b").unwrap(), ["a", "b"]);
+        assert_eq!(named("ba\u{17f}e_branch=a&compare%5Fbranch=b").unwrap(), ["a", "b"]);
+        assert_eq!(named("base_branch=%6Dain").unwrap(), ["main", "main"]);
+        for bad in ["base_branch=a&base_branch=a", "compare_branch=a&compareBranch=b", "base_branch[]=a&base_branch=b"]
+        {
+            assert_eq!(named(bad), Err(AMBIGUOUS), "{bad}");
+        }
+        // Other requests may carry them (they mean nothing there) without a refusal.
+        assert!(check_with("base_branch=x&base_branch=y", "blt1", None).is_ok());
     }
 }
