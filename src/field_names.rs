@@ -92,9 +92,21 @@ const REINTERPRETING: [&[u8]; 7] = [
     b"x-original-method",
 ];
 
+/// Fields in which proxies and CDNs name the client's address. The gateway names it in
+/// `X-Forwarded-For` alone (from `trusted_proxies`, or the peer); a client's own copy of
+/// any of these could be read by a backend as the address instead.
+const CLIENT_ADDRESS: [&[u8]; 6] = [
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+    b"x-original-forwarded-for",
+    b"true-client-ip",
+    b"client-ip",
+    b"cf-connecting-ip",
+];
+
 /// Fields only the gateway may set (a client can never speak for it): its identity
-/// fields, the forwarding fields, the request id; and the fields that would make the
-/// backend run another method or path than the one authorised.
+/// fields, the forwarding and client-address fields, the request id; and the fields
+/// that would make the backend run another method or path than the one authorised.
 pub fn is_gateway_only(name: &[u8]) -> bool {
     match name.first().map(|b| b.to_ascii_lowercase()) {
         Some(b'x') => {
@@ -103,8 +115,10 @@ pub fn is_gateway_only(name: &[u8]) -> bool {
                 || folded_eq(name, b"x-request-id")
                 || folded_eq(name, b"x-real-ip")
                 || REINTERPRETING.iter().any(|r| folded_eq(name, r))
+                || CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c))
         }
-        Some(b'f') => folded_eq(name, b"forwarded"),
+        Some(b'c' | b't') => CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c)),
+        Some(b'f') => folded_eq(name, b"forwarded") || folded_eq(name, b"fastly-client-ip"),
         // `_method`, which method-override middleware reads as the method.
         Some(b'_' | b'-') => folded_eq(name, b"-method"),
         _ => false,
@@ -155,13 +169,22 @@ mod tests {
             "x_real_ip",
             "_method",
             "X-Override-Method",
+            "True-Client-IP",
+            "x_client_ip",
+            "Client-Ip",
+            "CF_Connecting_IP",
+            "Fastly-Client-IP",
+            "X-Cluster-Client-Ip",
+            "x_original_forwarded_for",
         ] {
             assert!(is_gateway_only(name.as_bytes()), "{name}");
         }
         for name in ["content_length", "transfer_encoding"] {
             assert!(is_framing(name.as_bytes()), "{name}");
         }
-        for name in ["x-custom", "content-type", "api_key", "x-stackgatex", "forwarded-x", "te-x"] {
+        for name in
+            ["x-custom", "content-type", "api_key", "x-stackgatex", "forwarded-x", "te-x", "client-ips", "cookie"]
+        {
             assert!(!is_hop_by_hop(name.as_bytes()) && !is_gateway_only(name.as_bytes()), "{name}");
         }
     }

@@ -159,6 +159,11 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
         ("_method", "DELETE"),
         ("x-override-method", "DELETE"),
         ("proxy_connection", "keep-alive"),
+        ("True-Client-IP", "203.0.113.7"),
+        ("x_client_ip", "203.0.113.7"),
+        ("Client-IP", "203.0.113.7"),
+        ("CF-Connecting-IP", "203.0.113.7"),
+        ("x-original-forwarded-for", "203.0.113.7"),
     ];
     for (method, body) in [("GET", ""), ("POST", "{}")] {
         env.backend.clear();
