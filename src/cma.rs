@@ -200,7 +200,9 @@ pub enum Rule {
     Bulk,
     /// `GET /stacks/branches_compare[/...]`, `POST /stacks/branches_merge`: they act on
     /// the two branches their query names (`base_branch`, `compare_branch`), which must
-    /// both be in the token's branch scope, as the `branch` header must elsewhere.
+    /// both be in the token's branch scope, as the `branch` header must elsewhere. A body
+    /// (JSON only) or a header naming either is refused: some frameworks let those
+    /// override the query.
     BranchPair,
     /// `/stacks/management_tokens[/{uid}]`: served by stackgate itself.
     TokenApi,
@@ -221,6 +223,6 @@ pub struct Operation {
 impl Operation {
     /// Whether `inspect_body` must buffer and parse the body.
     pub fn needs_body(&self) -> bool {
-        matches!(self.rule, Rule::EntryWorkflow | Rule::PublishRuleApprovers)
+        matches!(self.rule, Rule::EntryWorkflow | Rule::PublishRuleApprovers | Rule::BranchPair)
     }
 }

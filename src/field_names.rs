@@ -95,13 +95,24 @@ const REINTERPRETING: [&[u8]; 7] = [
 /// Fields in which proxies and CDNs name the client's address. The gateway names it in
 /// `X-Forwarded-For` alone (from `trusted_proxies`, or the peer); a client's own copy of
 /// any of these could be read by a backend as the address instead.
-const CLIENT_ADDRESS: [&[u8]; 6] = [
+const CLIENT_ADDRESS: [&[u8]; 17] = [
     b"x-client-ip",
     b"x-cluster-client-ip",
     b"x-original-forwarded-for",
+    b"x-forwarded",
+    b"x-originating-ip",
+    b"x-remote-addr",
+    b"x-remote-ip",
+    b"x-appengine-remote-addr",
+    b"x-appengine-user-ip",
+    b"x-azure-clientip",
+    b"x-envoy-external-address",
     b"true-client-ip",
     b"client-ip",
     b"cf-connecting-ip",
+    b"cf-pseudo-ipv4",
+    b"fly-client-ip",
+    b"fastly-client-ip",
 ];
 
 /// Fields only the gateway may set (a client can never speak for it): its identity
@@ -118,7 +129,11 @@ pub fn is_gateway_only(name: &[u8]) -> bool {
                 || CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c))
         }
         Some(b'c' | b't') => CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c)),
-        Some(b'f') => folded_eq(name, b"forwarded") || folded_eq(name, b"fastly-client-ip"),
+        Some(b'f') => {
+            folded_eq(name, b"forwarded")
+                || folded_eq(name, b"forwarded-for")
+                || CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c))
+        }
         // `_method`, which method-override middleware reads as the method.
         Some(b'_' | b'-') => folded_eq(name, b"-method"),
         _ => false,
@@ -176,6 +191,16 @@ mod tests {
             "Fastly-Client-IP",
             "X-Cluster-Client-Ip",
             "x_original_forwarded_for",
+            "Fly-Client-IP",
+            "X-Appengine-Remote-Addr",
+            "X-AppEngine-User-IP",
+            "Cf-Pseudo-IPv4",
+            "X-Forwarded",
+            "Forwarded-For",
+            "X-Azure-ClientIP",
+            "X-Envoy-External-Address",
+            "X-Originating-IP",
+            "X-Remote-Addr",
         ] {
             assert!(is_gateway_only(name.as_bytes()), "{name}");
         }

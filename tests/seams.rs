@@ -164,6 +164,9 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
         ("Client-IP", "203.0.113.7"),
         ("CF-Connecting-IP", "203.0.113.7"),
         ("x-original-forwarded-for", "203.0.113.7"),
+        ("Fly-Client-IP", "203.0.113.7"),
+        ("X_Forwarded", "for=203.0.113.7"),
+        ("X-Appengine-Remote-Addr", "203.0.113.7"),
     ];
     for (method, body) in [("GET", ""), ("POST", "{}")] {
         env.backend.clear();
@@ -218,7 +221,7 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         f
     };
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
-    let cases: [Case; 22] = [
+    let cases: [Case; 23] = [
         ("?branch=development", dev(), 200),
         ("?branch=main", dev(), 400),
         ("?branch=development&branch=development", dev(), 400),
@@ -243,6 +246,7 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         ("?api_%E2%84%AAey=blt1111111111111111", creds(RW), 400),
         ("?authto%E2%84%AAen=alice-authtoken", creds(RW), 400),
         ("?x-http-method-overr%C4%B1de=DELETE", creds(RO), 400),
+        ("?acce%C3%9F_token=x", creds(RO), 400),
     ];
     for (query, fields, want) in cases {
         env.backend.clear();
@@ -258,7 +262,8 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
 
 /// A compare reads, and a merge writes, the two branches its query names: both must be
 /// in the token's branch scope (as the `branch` header must be elsewhere), an absent
-/// one counting as `main`, over HTTP/1.1 and HTTP/2 alike.
+/// one counting as `main`; a body or header naming a branch is refused; over HTTP/1.1
+/// and HTTP/2 alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compares_and_merges_need_both_branches_in_scope() {
     let env = Env::start().await;
@@ -285,14 +290,42 @@ async fn compares_and_merges_need_both_branches_in_scope() {
         ("POST", MERGE, "?base_branch=main&compare_branch=deploy&default_merge_strategy=merge_prefer_base", RW, 200),
         ("POST", MERGE, "?base_branch=main&compare_branch=deploy", RO, 403),
     ];
-    for (method, path, query, token, want) in cases {
-        let target = format!("{path}{query}");
+    let json = |token| {
+        let mut f = creds(token);
+        f.push(("content-type", "application/json"));
+        f
+    };
+    let merge = "/v3/stacks/branches_merge?base_branch=main&compare_branch=deploy";
+    let strategies =
+        r#"{"item_merge_strategies":[{"uid":"blog","type":"content_type","merge_strategy":"merge_prefer_base"}]}"#;
+    type Named = (Vec<(&'static str, &'static str)>, &'static str, u16);
+    let mut named_elsewhere: Vec<Named> = vec![
+        // The branches are named in the query only: a body or a header naming one is
+        // refused (form bodies at all: 415), whatever it names.
+        (json(RW), strategies, 200),
+        (json(RW), "", 200),
+        (json(RW), r#"{"base_branch":"development"}"#, 403),
+        (json(RW), r#"{"item_merge_strategies":[{"Compare-Branch":"development"}]}"#, 403),
+        (creds(RW), "base_branch=development", 415),
+    ];
+    let mut header = json(RW);
+    header.push(("base_branch", "development"));
+    named_elsewhere.push((header, strategies, 403));
+    let mut header = json(RW);
+    header.push(("Compare-Branch", "main"));
+    named_elsewhere.push((header, strategies, 403));
+    let named_elsewhere = named_elsewhere.into_iter().map(|(f, body, want)| ("POST", merge, f, body, want));
+    let cases = cases
+        .into_iter()
+        .map(|(method, path, query, token, want)| (method, format!("{path}{query}"), json(token), "{}", want))
+        .chain(named_elsewhere.map(|(m, t, f, b, w)| (m, t.to_owned(), f, b, w)));
+    for (method, target, fields, sent, want) in cases {
         env.backend.clear();
-        let (status, _, body) = env.send(method, &target, &creds(token), "{}").await;
-        assert_eq!(status.as_u16(), want, "HTTP/1.1 {method} {target}: {}", String::from_utf8_lossy(&body));
+        let (status, _, body) = env.send(method, &target, &fields, sent).await;
+        assert_eq!(status.as_u16(), want, "HTTP/1.1 {method} {target} {fields:?}: {}", String::from_utf8_lossy(&body));
         let uri = format!("http://{}{target}", env.gateway.addr);
-        let (status, body) = h2_send(&mut sender, method, &uri, &creds(token), "{}").await;
-        assert_eq!(status, want, "h2 {method} {target}: {}", String::from_utf8_lossy(&body));
+        let (status, body) = h2_send(&mut sender, method, &uri, &fields, sent).await;
+        assert_eq!(status, want, "h2 {method} {target} {fields:?}: {}", String::from_utf8_lossy(&body));
         assert_eq!(env.backend.seen().len(), if want == 200 { 2 } else { 0 }, "{method} {target}");
         if want == 403 {
             assert_eq!(error_code(&body), 162, "{method} {target}");

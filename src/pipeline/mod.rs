@@ -173,6 +173,9 @@ pub fn decide<'a>(
         authorize(token, &op, creds.branch)?;
         query::check(target.query, &creds)?;
         if op.rule == Rule::BranchPair {
+            if parts.headers.keys().any(|name| query::names_branch_pair(name.as_str())) {
+                return Err(GatewayError::Forbidden(Denial::Branch));
+            }
             for name in query::named_branches(target.query)? {
                 policy::check_named_branch(token, &name)?;
             }

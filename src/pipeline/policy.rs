@@ -104,9 +104,10 @@ fn branch_allowed<'a>(grants: &Grants, name: &str, lookup: impl FnOnce() -> Stac
 
 /// Applies the body rules of DESIGN.md section 1.3 to an already buffered body.
 pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
-    // A publish-rule write without a body (a DELETE) carries no approvers. Only an
-    // empty one: anything else is read as JSON (whitespace alone is malformed).
-    if op.rule == Rule::PublishRuleApprovers && body.is_empty() {
+    // A publish-rule write without a body (a DELETE) carries no approvers, a compare (a
+    // GET) or merge without one names no branch. Only an empty one: anything else is
+    // read as JSON (whitespace alone is malformed).
+    if matches!(op.rule, Rule::PublishRuleApprovers | Rule::BranchPair) && body.is_empty() {
         return Ok(());
     }
     let json = crate::json::parse_strict(body).map_err(|e| match e {
@@ -116,12 +117,24 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
     let denied = match op.rule {
         Rule::EntryWorkflow => workflow_change_denied(&json),
         Rule::PublishRuleApprovers => needs_approvers(&json),
-        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::BranchPair | Rule::TokenApi | Rule::Login => false,
+        Rule::BranchPair => names_a_branch(&json),
+        Rule::Plain | Rule::Deny | Rule::Bulk | Rule::TokenApi | Rule::Login => false,
     };
     if denied {
         Err(GatewayError::Forbidden(Denial::BodyRule))
     } else {
         Ok(())
+    }
+}
+
+/// Whether a compare's or merge's body names a branch anywhere (`base_branch`,
+/// `compare_branch` in any spelling the query rule reads): the branches checked are the
+/// query's, and a backend reading the body's instead would act on others.
+fn names_a_branch(json: &Value) -> bool {
+    match json {
+        Value::Object(o) => o.iter().any(|(k, v)| super::query::names_branch_pair(k) || names_a_branch(v)),
+        Value::Array(a) => a.iter().any(names_a_branch),
+        _ => false,
     }
 }
 
