@@ -101,11 +101,23 @@ const LONGEST: usize = 19;
 fn param(name: &str) -> Param {
     let mut folded = [0u8; LONGEST];
     let mut len = 0;
-    for c in name.chars().flat_map(readings).filter(char::is_ascii_alphanumeric) {
-        let Some(slot) = folded.get_mut(len) else { return Param::Other };
-        // ASCII by construction: one byte.
-        *slot = c as u8;
-        len += 1;
+    let mut push = |b: u8| match folded.get_mut(len) {
+        Some(slot) => {
+            *slot = b.to_ascii_lowercase();
+            len += 1;
+            true
+        }
+        None => false,
+    };
+    for c in name.chars() {
+        // ASCII keys (nearly all) take the short way; `readings` builds strings.
+        let fits = match u8::try_from(c) {
+            Ok(b) if b.is_ascii() => !b.is_ascii_alphanumeric() || push(b),
+            _ => readings(c).filter(char::is_ascii_alphanumeric).all(|r| push(r as u8)),
+        };
+        if !fits {
+            return Param::Other;
+        }
     }
     match folded.get(..len).unwrap_or_default() {
         b"apikey" => Param::StackKey,
