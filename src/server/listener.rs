@@ -92,11 +92,6 @@ pub async fn serve(
     let builder = Arc::new(builder(&limits));
     let graceful = GracefulShutdown::new();
     loop {
-        // At the cap, stop accepting: new connections wait in the kernel's backlog.
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -107,6 +102,14 @@ pub async fn serve(
                     continue;
                 }
             },
+            _ = shutdown.changed() => break,
+        };
+        // A place under the cap, taken once a connection is there: a thread whose own
+        // socket has none waiting must not hold the place that another thread's waiting
+        // connection needs. At the cap each thread holds the one connection it accepted
+        // unserved; the others wait in the kernel's backlog.
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
