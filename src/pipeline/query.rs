@@ -76,8 +76,59 @@ pub fn named_branches(query: Option<&str>) -> Result<[Cow<'_, str>; 2], GatewayE
     Ok(named.map(|name| name.unwrap_or(Cow::Borrowed(DEFAULT_BRANCH))))
 }
 
-/// What a key may mean to some backend; the strongest reading wins.
+/// How many more decodings a key gets read through (`%252569` is three).
+const MAX_DECODINGS: usize = 4;
+
+/// What a key may mean to some backend; the strongest reading wins. A key that still
+/// holds an escape once decoded (`ap%2569_key`, IIS's `ap%u0069_key`) means something
+/// else to a backend that decodes again: each further decoding is a reading too, and a
+/// key still holding escapes after [`MAX_DECODINGS`] of them is refused.
 fn classify(key: &str) -> Param {
+    let mut best = classify_decoded(key);
+    if !key.contains('%') {
+        return best;
+    }
+    let mut key = Cow::Borrowed(key);
+    for _ in 0..MAX_DECODINGS {
+        let Some(next) = decode_again(&key) else { return best };
+        let reading = classify_decoded(&next);
+        if reading.strength() > best.strength() {
+            best = reading;
+        }
+        key = Cow::Owned(next);
+    }
+    match decode_again(&key) {
+        Some(_) => Param::Refused,
+        None => best,
+    }
+}
+
+/// One more decoding of `key`, if it holds an escape: `%XX` (a byte) and `%uXXXX` (a
+/// UTF-16 unit, as IIS and JavaScript's `unescape` read it; a lone surrogate becomes
+/// U+FFFD). `None` when nothing decodes, so the key reads the same to every backend.
+fn decode_again(key: &str) -> Option<String> {
+    let hex = |s: &[u8]| s.iter().try_fold(0u32, |n, &b| Some(n * 16 + char::from(b).to_digit(16)?));
+    let bytes = key.as_bytes();
+    let (mut out, mut i, mut changed) = (Vec::with_capacity(bytes.len()), 0, false);
+    while let Some(&b) = bytes.get(i) {
+        let unit = bytes.get(i + 1).filter(|&&u| b == b'%' && (u == b'u' || u == b'U'));
+        if let Some(n) = unit.and_then(|_| bytes.get(i + 2..i + 6)).and_then(hex) {
+            let c = char::from_u32(n).unwrap_or(char::REPLACEMENT_CHARACTER);
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            (i, changed) = (i + 6, true);
+        } else if let Some(n) = bytes.get(i + 1..i + 3).filter(|_| b == b'%').and_then(hex) {
+            out.push(n as u8);
+            (i, changed) = (i + 3, true);
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    changed.then(|| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// [`classify`] for one decoding of a key.
+fn classify_decoded(key: &str) -> Param {
     // The usual key (`locale`, `include_count`) has no NUL and no bracket: its three
     // readings are the key itself.
     if !key.contains(['\0', '[', ']']) && !key.starts_with(char::is_whitespace) {
@@ -241,12 +292,25 @@ mod tests {
             "authto\u{212a}en=x",
             "acce\u{17f}\u{17f}_to\u{212a}en=x",
             "x-http-method-overr\u{131}de=DELETE",
+            // Escapes left after decoding: a backend that decodes again (or reads IIS's
+            // `%uXXXX`) reads the name.
+            "ap%2569_key=blt2",
+            "ap%u0069_key=blt2",
+            "ap%U0069_key=blt2",
+            "%25u0062ranch=development",
+            "auth%252574oken=x",
+            "%2561%2570%2569%255fkey=blt2",
+            "ap%u0131_key=blt2",
+            // Escapes deeper than any backend decodes: refused whatever they spell.
+            "x%252525252525252541=1",
         ] {
             assert_eq!(check_with(bad, "blt1", None), Err(AMBIGUOUS), "{bad}");
         }
         // A character with no ASCII reading is dropped, as a separator is.
         assert_eq!(check_with("api\u{e9}key=blt2", "blt1", None), Err(AMBIGUOUS));
         assert!(check_with("caf\u{e9}=1&bran\u{3c7}=x&stra\u{df}e=1", "blt1", None).is_ok());
+        // Escapes that decode to nothing looked for, or do not decode at all.
+        assert!(check_with("q%2541=1&100%25=x&%u00e9t%u00e9=1&50%=1&%uZZZZ=1&%u12=1", "blt1", None).is_ok());
     }
 
     #[test]
