@@ -95,6 +95,9 @@ pub enum BadRequest {
     /// authorised, or appears twice.
     #[error("ambiguous query")]
     AmbiguousQuery,
+    /// A cookie named like `api_key`, `branch` or a credential (see `pipeline::query`).
+    #[error("ambiguous cookie")]
+    AmbiguousCookie,
     #[error("malformed json")]
     MalformedJson,
     /// An inspected body with a repeated or `__proto__` key (two readings).
@@ -235,6 +238,9 @@ impl GatewayError {
             }
             GatewayError::BadRequest(BadRequest::AmbiguousQuery) => {
                 "The query repeats or contradicts the api_key or branch of the request.".into()
+            }
+            GatewayError::BadRequest(BadRequest::AmbiguousCookie) => {
+                "A cookie names api_key, branch, a credential or a method override; send them as headers.".into()
             }
             GatewayError::BadRequest(_) => "The request is malformed or ambiguous.".into(),
             GatewayError::NotFound => "The requested URL was not found.".into(),

@@ -221,7 +221,7 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         f
     };
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
-    let cases: [Case; 27] = [
+    let cases: [Case; 31] = [
         ("?branch=development", dev(), 200),
         ("?branch=main", dev(), 400),
         ("?branch=development&branch=development", dev(), 400),
@@ -247,6 +247,12 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         ("?authto%E2%84%AAen=alice-authtoken", creds(RW), 400),
         ("?x-http-method-overr%C4%B1de=DELETE", creds(RO), 400),
         ("?acce%C3%9F_token=x", creds(RO), 400),
+        // Separators escaped in a value, read by a backend that decodes the whole query
+        // before splitting it.
+        ("?a=1%26api_key%3Dblt1111111111111111", creds(RW), 400),
+        ("?a=1%3Bbranch%3Dmain", dev(), 400),
+        ("?a=1%2526branch%253Dmain", dev(), 400),
+        ("?query=%7B%22title%22%3A%22a%26b%22%7D", creds(RW), 200),
         // Escapes left after one decoding, read by a backend that decodes again.
         ("?ap%2569_key=blt1111111111111111", creds(RW), 400),
         ("?ap%u0069_key=blt1111111111111111", creds(RW), 400),
@@ -276,7 +282,7 @@ async fn compares_and_merges_need_both_branches_in_scope() {
     const COMPARE: &str = "/v3/stacks/branches_compare";
     const MERGE: &str = "/v3/stacks/branches_merge";
     type Case = (&'static str, &'static str, &'static str, &'static str, u16);
-    let cases: [Case; 14] = [
+    let cases: [Case; 16] = [
         // DEV_ONLY reads development (and its alias staging) only.
         ("GET", COMPARE, "?base_branch=main&compare_branch=development", DEV_ONLY, 403),
         ("GET", COMPARE, "/content_types?base_branch=development&compare_branch=main", DEV_ONLY, 403),
@@ -294,6 +300,9 @@ async fn compares_and_merges_need_both_branches_in_scope() {
         ("POST", MERGE, "?base_branch=development&compare_branch=main", RW, 403),
         ("POST", MERGE, "?base_branch=main&compare_branch=deploy&default_merge_strategy=merge_prefer_base", RW, 200),
         ("POST", MERGE, "?base_branch=main&compare_branch=deploy", RO, 403),
+        // A second reading (the whole query decoded again) names other branches.
+        ("GET", COMPARE, "?base_branch=development&compare_branch=staging&x=1%26compare_branch%3Dmain", DEV_ONLY, 400),
+        ("GET", COMPARE, "?base_branch=main&compare_branch=deploy&x=1%26x%3D2", RO, 200),
     ];
     let json = |token| {
         let mut f = creds(token);
@@ -335,6 +344,49 @@ async fn compares_and_merges_need_both_branches_in_scope() {
         if want == 403 {
             assert_eq!(error_code(&body), 162, "{method} {target}");
         }
+    }
+}
+
+/// Some backends read parameters from cookies (ASP.NET's `Request[name]`, PHP's
+/// `$_REQUEST`) and form bodies (Go's `FormValue`, Laravel's `input`) where the query
+/// lacks them: a cookie naming `api_key`, `branch`, a compare's branch, a credential or
+/// a method override is 400, and a form body is 415, over HTTP/1.1 and HTTP/2 alike;
+/// other cookies, and JSON bodies, pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_and_form_bodies_cannot_name_what_was_authorised() {
+    let env = Env::start().await;
+    let mut sender = h2(env.gateway.addr).await;
+    let with = |token, extra: &[(&'static str, &'static str)]| {
+        let mut f = creds(token);
+        f.extend_from_slice(extra);
+        f
+    };
+    const COMPARE: &str = "/v3/stacks/branches_compare?base_branch=main";
+    const FORM: &str = "application/x-www-form-urlencoded";
+    type Case = (&'static str, &'static str, Vec<(&'static str, &'static str)>, &'static str, u16);
+    let cases: Vec<Case> = vec![
+        ("GET", PATH, with(RW, &[("cookie", "session=abc; theme=dark")]), "", 200),
+        ("GET", PATH, with(RW, &[("cookie", "branch=development")]), "", 400),
+        ("GET", PATH, with(RW, &[("cookie", "theme=dark; API-Key=blt1111111111111111")]), "", 400),
+        ("GET", PATH, with(RW, &[("cookie", "theme=dark, authtoken=x")]), "", 400),
+        ("GET", PATH, with(RW, &[("cookie", "ap%u0069_key=x")]), "", 400),
+        ("GET", PATH, with(RW, &[("cookie", "_method=DELETE")]), "", 400),
+        ("GET", COMPARE, with(RO, &[("cookie", "compare_branch=development")]), "", 400),
+        ("POST", PATH, with(RW, &[("content-type", "application/json")]), r#"{"content_type":{}}"#, 200),
+        ("POST", PATH, with(RW, &[("content-type", FORM)]), "branch=development", 415),
+        ("PUT", PATH, with(RW, &[("content-type", "Application/X-WWW-Form-URLEncoded; charset=utf-8")]), "a=1", 415),
+    ];
+    for (method, target, fields, sent, want) in cases {
+        env.backend.clear();
+        let (status, _, body) = env.send(method, target, &fields, sent).await;
+        assert_eq!(status.as_u16(), want, "HTTP/1.1 {method} {target} {fields:?}: {}", String::from_utf8_lossy(&body));
+        if want != 200 {
+            assert_eq!(error_code(&body), i64::from(want), "{target}");
+        }
+        let uri = format!("http://{}{target}", env.gateway.addr);
+        let (status, body) = h2_send(&mut sender, method, &uri, &fields, sent).await;
+        assert_eq!(status, want, "h2 {method} {target} {fields:?}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(env.backend.seen().len(), if want == 200 { 2 } else { 0 }, "{method} {target} {fields:?}");
     }
 }
 

@@ -172,6 +172,8 @@ pub fn decide<'a>(
         facts.token = Some(Arc::clone(token));
         authorize(token, &op, creds.branch)?;
         query::check(target.query, &creds)?;
+        query::check_cookies(&parts.headers)?;
+        query::check_form(parts)?;
         if op.rule == Rule::BranchPair {
             if parts.headers.keys().any(|name| query::names_branch_pair(name.as_str())) {
                 return Err(GatewayError::Forbidden(Denial::Branch));

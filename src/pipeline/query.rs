@@ -13,10 +13,16 @@
 //! PHP and Rack) or its first bracketed name (`[branch]`, qs); each compared with
 //! everything but letters and digits dropped and case ignored, also through Unicode case
 //! mappings that give ASCII (`API-Key`, `api.key`, `]api_key`, `auth_token`, `apı_key`).
+//!
+//! The other places such a backend reads parameters from are closed too: cookies may
+//! not name these keys, and form bodies are refused.
 
 use super::auth::Credentials;
 use super::policy::{ascii_reading, DEFAULT_BRANCH};
 use crate::error::{BadRequest, GatewayError};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Version};
 use std::borrow::Cow;
 
 const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousQuery);
@@ -40,9 +46,14 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
     let Some(query) = query.filter(|q| !q.is_empty()) else { return Ok(()) };
     let api_key = creds.api_key().map(|v| v.as_bytes());
     let branch = creds.branch.map_or(DEFAULT_BRANCH.as_bytes(), |v| v.as_bytes());
+    check_pairs(query, api_key, branch)?;
+    each_decoding(query, |decoded| check_pairs(decoded, api_key, branch))
+}
+
+/// [`check`] for one reading of the query.
+fn check_pairs(query: &str, api_key: Option<&[u8]>, branch: &[u8]) -> Result<(), GatewayError> {
     let (mut seen_key, mut seen_branch) = (false, false);
-    let pairs = query.split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes()));
-    for (key, value) in pairs {
+    for (key, value) in pairs(query) {
         let (seen, authorised) = match classify(&key) {
             Param::Other | Param::BaseBranch | Param::CompareBranch => continue,
             Param::Refused => return Err(AMBIGUOUS),
@@ -61,9 +72,56 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
 /// takes for them), each at most once; an absent one is the default branch, which a
 /// backend would take in its place.
 pub fn named_branches(query: Option<&str>) -> Result<[Cow<'_, str>; 2], GatewayError> {
+    let query = query.unwrap_or_default();
+    let named = named_in(query)?;
+    each_decoding(query, |decoded| if named_in(decoded)? == named { Ok(()) } else { Err(AMBIGUOUS) })?;
+    Ok(named)
+}
+
+/// Refuses cookies that name `api_key`, `branch`, a compare's branches, a credential or
+/// a method override (read as query keys are): ASP.NET's `Request[name]` and PHP's
+/// `$_REQUEST` (with cookies in `request_order`) take a cookie where the query lacks
+/// the name, so such a cookie would address what the gateway did not authorise. CMA
+/// clients send none of them.
+pub fn check_cookies(headers: &HeaderMap) -> Result<(), GatewayError> {
+    for value in headers.get_all(COOKIE) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        // `;` between cookies, `,` in RFC 2965's and some servers' joined headers.
+        for cookie in text.split([';', ',']) {
+            if pairs(cookie.trim()).any(|(name, _)| classify(&name) != Param::Other) {
+                return Err(GatewayError::BadRequest(BadRequest::AmbiguousCookie));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a form body (`application/x-www-form-urlencoded`): the CMA takes JSON (and
+/// multipart uploads), and a backend that merges form fields into its parameters (PHP's
+/// `$_REQUEST`, Go's `FormValue`, Laravel's `input`) would read a `branch` or `api_key`
+/// there that the gateway never saw. A request that says it has no body (HTTP/1 without
+/// a length or chunks, or a length of 0) carries no fields, whatever its type says.
+pub fn check_form(parts: &Parts) -> Result<(), GatewayError> {
+    let headers = &parts.headers;
+    let is_form = |value: &HeaderValue| {
+        let media = value.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
+        media.trim_ascii().eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    };
+    let no_body = match headers.get(CONTENT_LENGTH) {
+        Some(length) => length.as_bytes().trim_ascii() == b"0",
+        None => parts.version < Version::HTTP_2,
+    } && !headers.contains_key(TRANSFER_ENCODING);
+    if !no_body && headers.get_all(CONTENT_TYPE).iter().any(is_form) {
+        Err(GatewayError::UnsupportedMediaType)
+    } else {
+        Ok(())
+    }
+}
+
+/// [`named_branches`] for one reading of the query.
+fn named_in(query: &str) -> Result<[Cow<'_, str>; 2], GatewayError> {
     let mut named: [Option<Cow<'_, str>>; 2] = [None, None];
-    let pairs = query.unwrap_or_default().split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes()));
-    for (key, value) in pairs {
+    for (key, value) in pairs(query) {
         let slot = match classify(&key) {
             Param::BaseBranch => &mut named[0],
             Param::CompareBranch => &mut named[1],
@@ -74,6 +132,31 @@ pub fn named_branches(query: Option<&str>) -> Result<[Cow<'_, str>; 2], GatewayE
         }
     }
     Ok(named.map(|name| name.unwrap_or(Cow::Borrowed(DEFAULT_BRANCH))))
+}
+
+/// A query's pairs as the lenient parsers split them: on `&` and `;`, then decoded.
+fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query.split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes()))
+}
+
+/// Runs `f` on each further decoding of a whole query (after the one its pairs get):
+/// a backend that decodes the query before splitting it (`decodeURIComponent(qs)`, a
+/// proxy in front of it) reads `a=1%26branch%3Dmain` as two pairs. Refuses a query
+/// that still holds escapes after [`MAX_DECODINGS`] of them.
+fn each_decoding(query: &str, mut f: impl FnMut(&str) -> Result<(), GatewayError>) -> Result<(), GatewayError> {
+    if !query.contains('%') {
+        return Ok(());
+    }
+    let mut current = Cow::Borrowed(query);
+    for _ in 0..MAX_DECODINGS {
+        let Some(next) = decode_again(&current) else { return Ok(()) };
+        f(&next)?;
+        current = Cow::Owned(next);
+    }
+    match decode_again(&current) {
+        Some(_) => Err(AMBIGUOUS),
+        None => Ok(()),
+    }
 }
 
 /// How many more decodings a key gets read through (`%252569` is three).
@@ -229,7 +312,6 @@ impl Param {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderMap, HeaderValue};
 
     fn check_with(query: &str, api_key: &'static str, branch: Option<&'static str>) -> Result<(), GatewayError> {
         let mut headers = HeaderMap::new();
@@ -311,6 +393,78 @@ mod tests {
         assert!(check_with("caf\u{e9}=1&bran\u{3c7}=x&stra\u{df}e=1", "blt1", None).is_ok());
         // Escapes that decode to nothing looked for, or do not decode at all.
         assert!(check_with("q%2541=1&100%25=x&%u00e9t%u00e9=1&50%=1&%uZZZZ=1&%u12=1", "blt1", None).is_ok());
+    }
+
+    #[test]
+    fn a_query_decoded_again_before_splitting_is_checked_too() {
+        for bad in [
+            "a=1%26branch%3Ddevelopment",
+            "a=1%26api_key%3Dblt2",
+            "a=1%3Bapi_key%3Dblt2",
+            "a=1%2526api_key%253Dblt2",
+            "a=1%u0026authtoken%u003Dx",
+            "a=1%26_method%3DDELETE",
+            "x%26api_key%3Dblt2=1",
+            "api_key=blt1&a=%26api_key%3Dblt1",
+            "a=%2525252525252541",
+        ] {
+            assert_eq!(check_with(bad, "blt1", None), Err(AMBIGUOUS), "{bad}");
+        }
+        for good in ["query=%7B%22title%22%3A%22a%26b%22%7D", "a=%25&q=100%25", "a=1%26api_key%3Dblt1", "x=%2541"] {
+            assert!(check_with(good, "blt1", None).is_ok(), "{good}");
+        }
+        let named = |q: &'static str| named_branches(Some(q)).map(|n| n.map(|b| b.into_owned()));
+        assert_eq!(named("base_branch=a&compare_branch=b&x=1%26compare_branch%3Dc"), Err(AMBIGUOUS));
+        assert_eq!(named("x=%26base_branch%3Da"), Err(AMBIGUOUS));
+        // The same branch named twice in the second reading: repeated, as in the first.
+        assert_eq!(named("base_branch=a&x=%26base_branch%3Da"), Err(AMBIGUOUS));
+        assert_eq!(named("base_branch=a&x=1%262").unwrap(), ["a", "main"]);
+    }
+
+    #[test]
+    fn cookies_may_not_name_what_the_query_may_not() {
+        let cookies = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(COOKIE, HeaderValue::from_bytes(v.as_bytes()).unwrap());
+            }
+            check_cookies(&headers)
+        };
+        let refused = Err(GatewayError::BadRequest(BadRequest::AmbiguousCookie));
+        assert!(cookies(&[]).is_ok());
+        assert!(cookies(&["session=abc; theme=dark", "lang=en"]).is_ok());
+        for bad in [
+            "branch=main",
+            "a=1; Api-Key=blt1",
+            "a=1, authtoken=x",
+            "a=1;_method=DELETE",
+            "compare_branch=dev",
+            "ap%u0069_key=x",
+            "branch[]=x",
+            "apı_key=x",
+        ] {
+            assert_eq!(cookies(&["theme=dark", bad]), refused, "{bad}");
+        }
+    }
+
+    #[test]
+    fn form_bodies_are_refused_when_there_is_a_body() {
+        let form = |version, fields: &[(&'static str, &'static str)]| {
+            let mut request = http::Request::builder().method("POST").uri("/v3/assets").version(version);
+            for (k, v) in fields {
+                request = request.header(*k, *v);
+            }
+            check_form(&request.body(()).unwrap().into_parts().0)
+        };
+        let (h1, h2) = (Version::HTTP_11, Version::HTTP_2);
+        let urlencoded = ("content-type", "Application/X-WWW-Form-Urlencoded ; charset=utf-8");
+        assert_eq!(form(h1, &[urlencoded, ("content-length", "3")]), Err(GatewayError::UnsupportedMediaType));
+        assert_eq!(form(h1, &[urlencoded, ("transfer-encoding", "chunked")]), Err(GatewayError::UnsupportedMediaType));
+        assert_eq!(form(h2, &[urlencoded]), Err(GatewayError::UnsupportedMediaType));
+        assert!(form(h1, &[urlencoded]).is_ok() && form(h1, &[urlencoded, ("content-length", "0")]).is_ok());
+        for other in ["application/json", "multipart/form-data; boundary=x", "application/x-www-form-urlencodedx"] {
+            assert!(form(h1, &[("content-type", other), ("content-length", "3")]).is_ok(), "{other}");
+        }
     }
 
     #[test]
