@@ -751,9 +751,20 @@ async fn trace_context_passes_through_or_is_started_and_is_logged() {
         assert!(!seen.headers.contains_key("tracestate"), "{sent:?}");
     }
     drop(conn);
+    // Access lines are written off the request path: wait for the line (bounded), then stop
+    // the gateway.
+    let wanted = "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"";
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let mut text = String::new();
+    while Instant::now() < give_up {
+        text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+        if text.contains(wanted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(child);
-    let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
-    assert!(text.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""), "{text}");
+    assert!(text.contains(wanted), "{text}");
 }
 
 /// `[server.cors]`: preflights are answered by the gateway (never authorised or

@@ -142,10 +142,12 @@ fn port_fits(digits: &[u8]) -> bool {
     digits.len() <= 5 && digits.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65_535
 }
 
-/// Runs normalize, classify, authenticate and authorize at Unix time `now`.
+/// Runs normalize, classify, authenticate and authorize at Unix time `now`. `has_body`:
+/// whether the request's body may still hold bytes (see [`query::check_body_type`]).
 pub fn decide<'a>(
     snap: &Snapshot,
     parts: &'a Parts,
+    has_body: bool,
     now: i64,
     facts: &mut Facts,
 ) -> Result<Decision<'a>, GatewayError> {
@@ -173,7 +175,7 @@ pub fn decide<'a>(
         authorize(token, &op, creds.branch)?;
         query::check(target.query, &creds)?;
         query::check_cookies(&parts.headers)?;
-        query::check_form(parts)?;
+        query::check_body_type(parts, has_body)?;
         if op.rule == Rule::BranchPair {
             if parts.headers.keys().any(|name| query::names_branch_pair(name.as_str())) {
                 return Err(GatewayError::Forbidden(Denial::Branch));

@@ -15,14 +15,15 @@
 //! mappings that give ASCII (`API-Key`, `api.key`, `]api_key`, `auth_token`, `apı_key`).
 //!
 //! The other places such a backend reads parameters from are closed too: cookies may
-//! not name these keys, and form bodies are refused.
+//! not name these keys, and a body may not be a urlencoded form.
 
 use super::auth::Credentials;
 use super::policy::{ascii_reading, DEFAULT_BRANCH};
 use crate::error::{BadRequest, GatewayError};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, TRANSFER_ENCODING};
+use crate::field_names::folded_eq;
+use http::header::{CONTENT_TYPE, COOKIE};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Version};
+use http::{HeaderMap, HeaderName};
 use std::borrow::Cow;
 
 const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousQuery);
@@ -96,26 +97,48 @@ pub fn check_cookies(headers: &HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Refuses a form body (`application/x-www-form-urlencoded`): the CMA takes JSON (and
-/// multipart uploads), and a backend that merges form fields into its parameters (PHP's
-/// `$_REQUEST`, Go's `FormValue`, Laravel's `input`) would read a `branch` or `api_key`
-/// there that the gateway never saw. A request that says it has no body (HTTP/1 without
-/// a length or chunks, or a length of 0) carries no fields, whatever its type says.
-pub fn check_form(parts: &Parts) -> Result<(), GatewayError> {
+/// Refuses a body that a backend would read as a form, or whose type parsers read
+/// differently: a backend that merges form fields into its parameters (PHP's
+/// `$_REQUEST`, Go's `FormValue`, Laravel's `input`, Rack's `params`) would read a
+/// `branch` or `api_key` in it that the gateway never saw. The CMA takes JSON (and
+/// multipart for uploads), never a urlencoded form. Parsers disagree on what a type
+/// is: PHP and Rack cut it at `,`, Python strips `\xa0` around it, Symfony and ASP.NET
+/// take a form type by prefix, and Puma reads `Content_Type` when `Content-Type` is
+/// missing. So with a body, the type must be stated at most once, in visible ASCII,
+/// spaces and tabs, without `,`, and must not begin with
+/// `application/x-www-form-urlencoded`. A request
+/// whose body has already ended (no length or chunks over HTTP/1, a length of 0, an
+/// HTTP/2 stream closed with its headers) carries no fields. Multipart bodies pass
+/// unread: uploads need them (SECURITY.md says what that leaves open).
+pub fn check_body_type(parts: &Parts, has_body: bool) -> Result<(), GatewayError> {
     let headers = &parts.headers;
-    let is_form = |value: &HeaderValue| {
-        let media = value.as_bytes().split(|&b| b == b';').next().unwrap_or_default();
-        media.trim_ascii().eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
-    };
-    let no_body = match headers.get(CONTENT_LENGTH) {
-        Some(length) => length.as_bytes().trim_ascii() == b"0",
-        None => parts.version < Version::HTTP_2,
-    } && !headers.contains_key(TRANSFER_ENCODING);
-    if !no_body && headers.get_all(CONTENT_TYPE).iter().any(is_form) {
-        Err(GatewayError::UnsupportedMediaType)
-    } else {
-        Ok(())
+    let respelled = |name: &HeaderName| name != CONTENT_TYPE && folded_eq(name.as_str().as_bytes(), b"content-type");
+    if headers.keys().any(respelled) {
+        return Err(GatewayError::UnsupportedMediaType);
     }
+    if !has_body {
+        return Ok(());
+    }
+    let mut types = headers.get_all(CONTENT_TYPE).iter();
+    let readable = match (types.next(), types.next()) {
+        (Some(only), None) => is_plain_non_form(only.as_bytes()),
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if readable {
+        Ok(())
+    } else {
+        Err(GatewayError::UnsupportedMediaType)
+    }
+}
+
+/// A type every parser reads alike, and not as a urlencoded form (see [`check_body_type`]).
+fn is_plain_non_form(value: &[u8]) -> bool {
+    const FORM: &[u8] = b"application/x-www-form-urlencoded";
+    let plain = value.iter().all(|&b| b == b' ' || b == b'\t' || (b.is_ascii_graphic() && b != b','));
+    let media = value.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    let form = media.get(..FORM.len()).is_some_and(|head| head.eq_ignore_ascii_case(FORM));
+    plain && !media.is_empty() && !form
 }
 
 /// [`named_branches`] for one reading of the query.
@@ -312,6 +335,7 @@ impl Param {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn check_with(query: &str, api_key: &'static str, branch: Option<&'static str>) -> Result<(), GatewayError> {
         let mut headers = HeaderMap::new();
@@ -448,23 +472,41 @@ mod tests {
     }
 
     #[test]
-    fn form_bodies_are_refused_when_there_is_a_body() {
-        let form = |version, fields: &[(&'static str, &'static str)]| {
-            let mut request = http::Request::builder().method("POST").uri("/v3/assets").version(version);
+    fn a_body_is_no_form_and_its_type_is_stated_once_plainly() {
+        let check = |method, has_body, fields: &[(&'static str, &'static [u8])]| {
+            let mut request = http::Request::builder().method(method).uri("/v3/assets");
             for (k, v) in fields {
                 request = request.header(*k, *v);
             }
-            check_form(&request.body(()).unwrap().into_parts().0)
+            check_body_type(&request.body(()).unwrap().into_parts().0, has_body)
         };
-        let (h1, h2) = (Version::HTTP_11, Version::HTTP_2);
-        let urlencoded = ("content-type", "Application/X-WWW-Form-Urlencoded ; charset=utf-8");
-        assert_eq!(form(h1, &[urlencoded, ("content-length", "3")]), Err(GatewayError::UnsupportedMediaType));
-        assert_eq!(form(h1, &[urlencoded, ("transfer-encoding", "chunked")]), Err(GatewayError::UnsupportedMediaType));
-        assert_eq!(form(h2, &[urlencoded]), Err(GatewayError::UnsupportedMediaType));
-        assert!(form(h1, &[urlencoded]).is_ok() && form(h1, &[urlencoded, ("content-length", "0")]).is_ok());
-        for other in ["application/json", "multipart/form-data; boundary=x", "application/x-www-form-urlencodedx"] {
-            assert!(form(h1, &[("content-type", other), ("content-length", "3")]).is_ok(), "{other}");
+        let refused = Err(GatewayError::UnsupportedMediaType);
+        let json: (&str, &[u8]) = ("content-type", b"Application/JSON ;charset=utf-8");
+        for good in [&b"Application/JSON ;charset=utf-8"[..], b"multipart/form-data; boundary=----x", b"image/png"] {
+            assert!(check("POST", true, &[("content-type", good)]).is_ok(), "{}", String::from_utf8_lossy(good));
         }
+        // No type: read as a form by Rack when it is a POST (not closed: SECURITY.md).
+        assert!(check("PUT", true, &[]).is_ok() && check("POST", true, &[]).is_ok());
+        let form: (&str, &[u8]) = ("content-type", b"application/x-www-form-urlencoded");
+        assert!(check("POST", false, &[]).is_ok() && check("POST", false, &[form]).is_ok());
+        for bad in [
+            &b"application/x-www-form-urlencoded"[..],
+            b"Application/X-WWW-Form-Urlencoded ; charset=utf-8",
+            b"application/x-www-form-urlencodedz",
+            b"application/x-www-form-urlencoded-foo",
+            b"application/x-www-form-urlencoded,application/json",
+            b"application/json, application/x-www-form-urlencoded",
+            b"application/json\xa0",
+            b"\xa0application/x-www-form-urlencoded",
+            b"",
+            b";",
+        ] {
+            assert_eq!(check("PUT", true, &[("content-type", bad)]), refused, "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(check("POST", true, &[json, json]), refused);
+        // Another spelling of the field, with or without a body.
+        assert_eq!(check("GET", false, &[("content_type", b"application/x-www-form-urlencoded")]), refused);
+        assert_eq!(check("POST", true, &[json, ("Content_Type", b"application/json")]), refused);
     }
 
     #[test]

@@ -311,7 +311,8 @@ async fn process(
     trace: Option<HeaderValue>,
     facts: &mut Facts,
 ) -> Result<(Response<Body>, Option<RateInfo>), GatewayError> {
-    let Decision { target, op, route } = pipeline::decide(snap, parts, gw.clock().now(), facts)?;
+    let has_body = body.as_ref().is_some_and(|b| !hyper::body::Body::is_end_stream(b));
+    let Decision { target, op, route } = pipeline::decide(snap, parts, has_body, gw.clock().now(), facts)?;
     if let std::borrow::Cow::Owned(path) = &target.path {
         facts.canonical = Some(path.as_str().into());
     }
