@@ -48,7 +48,7 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
     let api_key = creds.api_key().map(|v| v.as_bytes());
     let branch = creds.branch.map_or(DEFAULT_BRANCH.as_bytes(), |v| v.as_bytes());
     check_pairs(query, api_key, branch)?;
-    each_decoding(query, |decoded| check_pairs(decoded, api_key, branch))
+    each_decoding(query, AMBIGUOUS, |decoded| check_pairs(decoded, api_key, branch))
 }
 
 /// [`check`] for one reading of the query.
@@ -75,7 +75,7 @@ fn check_pairs(query: &str, api_key: Option<&[u8]>, branch: &[u8]) -> Result<(),
 pub fn named_branches(query: Option<&str>) -> Result<[Cow<'_, str>; 2], GatewayError> {
     let query = query.unwrap_or_default();
     let named = named_in(query)?;
-    each_decoding(query, |decoded| if named_in(decoded)? == named { Ok(()) } else { Err(AMBIGUOUS) })?;
+    each_decoding(query, AMBIGUOUS, |decoded| if named_in(decoded)? == named { Ok(()) } else { Err(AMBIGUOUS) })?;
     Ok(named)
 }
 
@@ -162,22 +162,24 @@ fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
     query.split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes()))
 }
 
-/// Runs `f` on each further decoding of a whole query (after the one its pairs get):
-/// a backend that decodes the query before splitting it (`decodeURIComponent(qs)`, a
-/// proxy in front of it) reads `a=1%26branch%3Dmain` as two pairs. Refuses a query
-/// that still holds escapes after [`MAX_DECODINGS`] of them.
-fn each_decoding(query: &str, mut f: impl FnMut(&str) -> Result<(), GatewayError>) -> Result<(), GatewayError> {
-    if !query.contains('%') {
+/// Runs `f` on each further decoding of `text` (a whole query, or a key, after the
+/// decoding its pairs get), stopping at the first error: a backend that decodes the
+/// query before splitting it (`decodeURIComponent(qs)`, a proxy in front of it) reads
+/// `a=1%26branch%3Dmain` as two pairs, and one that decodes a key again reads
+/// `ap%2569_key` as `api_key`. `Err(too_deep)` when escapes remain after
+/// [`MAX_DECODINGS`] of them.
+fn each_decoding<E>(text: &str, too_deep: E, mut f: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
+    if !text.contains('%') {
         return Ok(());
     }
-    let mut current = Cow::Borrowed(query);
+    let mut current = Cow::Borrowed(text);
     for _ in 0..MAX_DECODINGS {
         let Some(next) = decode_again(&current) else { return Ok(()) };
         f(&next)?;
         current = Cow::Owned(next);
     }
     match decode_again(&current) {
-        Some(_) => Err(AMBIGUOUS),
+        Some(_) => Err(too_deep),
         None => Ok(()),
     }
 }
@@ -191,21 +193,16 @@ const MAX_DECODINGS: usize = 4;
 /// key still holding escapes after [`MAX_DECODINGS`] of them is refused.
 fn classify(key: &str) -> Param {
     let mut best = classify_decoded(key);
-    if !key.contains('%') {
-        return best;
-    }
-    let mut key = Cow::Borrowed(key);
-    for _ in 0..MAX_DECODINGS {
-        let Some(next) = decode_again(&key) else { return best };
-        let reading = classify_decoded(&next);
+    let deeper = each_decoding(key, (), |next| {
+        let reading = classify_decoded(next);
         if reading.strength() > best.strength() {
             best = reading;
         }
-        key = Cow::Owned(next);
-    }
-    match decode_again(&key) {
-        Some(_) => Param::Refused,
-        None => best,
+        Ok(())
+    });
+    match deeper {
+        Ok(()) => best,
+        Err(()) => Param::Refused,
     }
 }
 
