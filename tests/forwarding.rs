@@ -801,6 +801,7 @@ async fn cors_preflights_are_answered_and_allowed_origins_get_the_fields() {
     assert!(env.backend.seen().is_empty(), "preflights are never forwarded");
     // An allowed origin's real request: the gateway's fields, not the backend's.
     let mut fields = vec![("api_key", API_KEY), ("authorization", RW), ("x-test-own-gateway-fields", "1")];
+    fields.push(("content-type", "application/json"));
     fields.extend(origin);
     for (method, body) in [("GET", ""), ("POST", "{}")] {
         let (status, h, _) = env.send(method, PATH, &fields, body).await;
@@ -1166,7 +1167,8 @@ async fn an_upstream_connection_is_not_reused_after_an_error_answer_to_a_body() 
         }
     });
     let gw = env_for(backend).await;
-    let refused = [("api_key", API_KEY), ("authorization", RW), ("x-refuse", "1")];
+    let refused =
+        [("api_key", API_KEY), ("authorization", RW), ("x-refuse", "1"), ("content-type", "application/json")];
     let write = [("api_key", API_KEY), ("authorization", RW), ("content-type", "application/json")];
     let fresh = (200, "\"fresh\"\r\n".to_owned());
 

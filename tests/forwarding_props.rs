@@ -136,7 +136,7 @@ fn check(case: &Case, method: &str, body: &str) -> Result<(), TestCaseError> {
     connection.extend(case.connection.iter().cloned());
     req.push_str(&format!("Connection: {}\r\n", connection.join(", ")));
     if !body.is_empty() {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        req.push_str(&format!("Content-Length: {}\r\nContent-Type: application/json\r\n", body.len()));
     }
     req.push_str("\r\n");
     req.push_str(body);

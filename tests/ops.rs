@@ -228,7 +228,7 @@ async fn reload_applies_to_open_connections_and_rejects_bad_files_whole() {
     std::fs::write(&file, &original).unwrap();
     let gw = start_from_file(&file).await;
     let mut conn = KeepAlive::connect(gw.addr).await;
-    let h = [("api_key", API_KEY), ("authorization", RO)];
+    let h = [("api_key", API_KEY), ("authorization", RO), ("content-type", "application/json")];
     assert_eq!(conn.send("POST", ENTRIES, &h, "{}").await.0, 403);
 
     // Give the read-only token write access and reload: the open connection sees it.
@@ -396,7 +396,7 @@ async fn slow_headers_are_cut_off_and_the_connection_cap_holds() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Two connections fill the cap; a third waits until one closes.
-    let h = [("api_key", API_KEY), ("authorization", RO)];
+    let h = [("api_key", API_KEY), ("authorization", RO), ("content-type", "application/json")];
     let mut a = KeepAlive::connect(env.gateway.addr).await;
     let mut b = KeepAlive::connect(env.gateway.addr).await;
     assert_eq!(a.send("GET", ENTRIES, &h, "").await.0, 200);
@@ -425,7 +425,7 @@ async fn the_connection_cap_holds_across_threads() {
     let file = dir.join("gw.toml");
     std::fs::write(&file, config_text(backend.addr, "max_connections = 2\nheader_read_timeout = \"30s\"", "")).unwrap();
     let (_gw, addr, _out) = spawn_gateway(&["run", "--config", file.to_str().unwrap(), "--threads", "2"]);
-    let h = [("api_key", API_KEY), ("authorization", RO)];
+    let h = [("api_key", API_KEY), ("authorization", RO), ("content-type", "application/json")];
     let mut served = Vec::new();
     let mut waiting = Vec::new();
     for _ in 0..6 {
@@ -461,14 +461,14 @@ async fn oversized_headers_and_bodies() {
     assert!(status == 431 || status == 400 || status == 0, "{status}");
 
     // Declared too large: refused before anything is forwarded.
-    let req = format!("POST /v3/assets HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-length: {}\r\nConnection: close\r\n\r\n", 2 << 20);
+    let req = format!("POST /v3/assets HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: image/png\r\ncontent-length: {}\r\nConnection: close\r\n\r\n", 2 << 20);
     let (status, text) = raw(env.gateway.addr, req.as_bytes()).await;
     assert_eq!(status, 413, "{text}");
     assert!(env.backend.seen().is_empty());
 
     // Chunked, no length: counted while streaming and cut off at the limit.
     let mut s = TcpStream::connect(env.gateway.addr).await.unwrap();
-    let head = format!("POST /v3/assets HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ntransfer-encoding: chunked\r\nConnection: close\r\n\r\n");
+    let head = format!("POST /v3/assets HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: image/png\r\ntransfer-encoding: chunked\r\nConnection: close\r\n\r\n");
     s.write_all(head.as_bytes()).await.unwrap();
     let chunk = vec![b'a'; 64 * 1024];
     for _ in 0..40 {
@@ -793,7 +793,8 @@ async fn https_upstream_connection_is_not_reused_after_an_error_answer_to_a_body
     let seen = Arc::new(Desync::default());
     let counts = Arc::clone(&seen);
     let (gw, dir) = gateway_before_raw_tls("upstream-tls-desync", move |tls| desyncing(tls, Arc::clone(&counts))).await;
-    let refused = [("api_key", API_KEY), ("authorization", RW), ("x-refuse", "1")];
+    let refused =
+        [("api_key", API_KEY), ("authorization", RW), ("x-refuse", "1"), ("content-type", "application/json")];
     let read = [("api_key", API_KEY), ("authorization", RW)];
     let mut client = KeepAlive::connect(gw.addr).await;
     for round in 0..3 {

@@ -150,7 +150,8 @@ async fn create(addr: SocketAddr, api_key: &'static str, name: &str) -> (String,
 }
 
 async fn status_with(addr: SocketAddr, method: &str, api_key: &str, secret: &str) -> u16 {
-    call(addr, method, READ, &[("api_key", api_key), ("authorization", secret)], "{}").await.0
+    let fields = [("api_key", api_key), ("authorization", secret), ("content-type", "application/json")];
+    call(addr, method, READ, &fields, "{}").await.0
 }
 
 /// The headers of one read of `RATED` through `addr`, which must be admitted.

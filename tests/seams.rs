@@ -46,6 +46,13 @@ fn creds(token: &'static str) -> Vec<(&'static str, &'static str)> {
     vec![("api_key", if token == OTHER_STACK { OTHER_API_KEY } else { API_KEY }), ("authorization", token)]
 }
 
+/// [`creds`] with the JSON type every SDK sends, which a request with a body needs.
+fn json_creds(token: &'static str) -> Vec<(&'static str, &'static str)> {
+    let mut fields = creds(token);
+    fields.push(("content-type", "application/json"));
+    fields
+}
+
 /// An HTTP/2 connection (prior knowledge) to the gateway.
 async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
@@ -170,7 +177,7 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
     ];
     for (method, body) in [("GET", ""), ("POST", "{}")] {
         env.backend.clear();
-        let mut fields = creds(RW);
+        let mut fields = json_creds(RW);
         fields.extend_from_slice(&spoofed);
         fields.push(("connection", "close"));
         let (status, text) = raw_request(env.gateway.addr, method, PATH, &fields, body).await;
@@ -202,7 +209,7 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
         assert_eq!(seen.body_len, body.len(), "{method}");
     }
     // Another spelling of a credential is not read, so it may not pass either.
-    let mut fields = creds(RW);
+    let mut fields = json_creds(RW);
     fields.push(("api-key", OTHER_API_KEY));
     let before = env.backend.seen().len();
     let (status, _) = raw_request(env.gateway.addr, "GET", PATH, &fields, "").await;
@@ -384,6 +391,10 @@ async fn cookies_and_form_bodies_cannot_name_what_was_authorised() {
         ("POST", PATH, with(RW, &[("content-type", "application/json"), ("content_type", FORM)]), "{}", 415),
         ("POST", PATH, with(RW, &[("content-type", "multipart/form-data; boundary=XyZ")]), MULTIPART, 200),
         ("DELETE", PATH, with(RW, &[("content-type", FORM)]), "", 200),
+        // A body must state its type: Rack reads a POST body without one as a form.
+        ("POST", PATH, with(RW, &[]), "branch=development", 415),
+        ("PUT", PATH, with(RW, &[]), "{}", 415),
+        ("PUT", PATH, with(RW, &[]), "", 200),
     ];
     for (method, target, fields, sent, want) in cases {
         env.backend.clear();
@@ -396,6 +407,41 @@ async fn cookies_and_form_bodies_cannot_name_what_was_authorised() {
         let (status, body) = h2_send(&mut sender, method, &uri, &fields, sent).await;
         assert_eq!(status, want, "h2 {method} {target} {fields:?}: {}", String::from_utf8_lossy(&body));
         assert_eq!(env.backend.seen().len(), if want == 200 { 2 } else { 0 }, "{method} {target} {fields:?}");
+    }
+}
+
+/// A body without a type is refused however it is framed (chunked over HTTP/1.1, DATA
+/// frames without a length over HTTP/2); a request whose stated length is 0 holds no
+/// byte, so it needs no type even when an HTTP/2 client ends it with an empty DATA frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_without_a_type_is_refused_however_it_is_framed() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    type Chunks =
+        StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>>;
+    let env = Env::start().await;
+    let chunked = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n12\r\nbranch=development\r\n0\r\n\r\n"
+    );
+    let (status, text) = raw(env.gateway.addr, chunked.as_bytes()).await;
+    assert_eq!(status, 415, "{text}");
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(env.gateway.addr).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake::<_, _, Chunks>(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let uri = format!("http://{}{PATH}", env.gateway.addr);
+    for (length, chunks, want) in [(None, vec!["branch=", "development"], 415), (Some("0"), vec![], 200)] {
+        env.backend.clear();
+        let mut req = http::Request::builder().method("PUT").uri(&uri);
+        for (k, v) in creds(RW).into_iter().chain(length.map(|n| ("content-length", n))) {
+            req = req.header(k, v);
+        }
+        let frames: Vec<_> = chunks.into_iter().map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))).collect();
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let resp = sender.send_request(req.body(body).unwrap()).await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "h2 PUT, length {length:?}");
+        assert_eq!(env.backend.seen().len(), usize::from(want == 200));
     }
 }
 
@@ -865,7 +911,7 @@ async fn stray_backend_bytes_never_reach_another_request() {
             let token = if i % 2 == 0 { RW } else { OTHER_STACK };
             let target = format!("{PATH}?trial={method}-{i}");
             let conn = &mut conns[i % 2];
-            let (status, got) = conn.send(method, &target, &creds(token), body).await;
+            let (status, got) = conn.send(method, &target, &json_creds(token), body).await;
             if status != 502 && got != target {
                 wrong.push(format!("{method} {target}: {status} {got}"));
             }
@@ -925,7 +971,7 @@ async fn strays_read_with_the_answer_are_discarded_and_counted() {
         let mut conn = KeepAlive::connect(gw.addr).await;
         for i in 0..TRIALS {
             let target = format!("{PATH}?trial={method}-{i}");
-            let (status, got) = conn.send(method, &target, &creds(RW), body).await;
+            let (status, got) = conn.send(method, &target, &json_creds(RW), body).await;
             assert_eq!((status, got.as_str()), (200, target.as_str()));
         }
     }
@@ -951,13 +997,14 @@ async fn transfer_encoding_wins_over_content_length_on_every_path() {
     let mut conn = h1(gw.addr).await;
     for round in 0..3 {
         for (method, body) in [("GET", ""), ("POST", "{}")] {
-            let (status, got) = h1_send(&mut conn, method, PATH, &creds(RW), body).await;
+            let (status, got) = h1_send(&mut conn, method, PATH, &json_creds(RW), body).await;
             assert_eq!((status, &got[..]), (200, &b"hello world"[..]), "{method} round {round}");
         }
     }
     let mut sender = h2(gw.addr).await;
     for (method, body) in [("GET", ""), ("POST", "{}")] {
-        let (status, got) = h2_send(&mut sender, method, &format!("http://{}{PATH}", gw.addr), &creds(RW), body).await;
+        let (status, got) =
+            h2_send(&mut sender, method, &format!("http://{}{PATH}", gw.addr), &json_creds(RW), body).await;
         assert_eq!((status, &got[..]), (200, &b"hello world"[..]), "h2 {method}");
     }
 }
@@ -972,9 +1019,9 @@ async fn a_request_the_backend_received_is_never_sent_twice() {
     let mut conn = KeepAlive::connect(gw.addr).await;
     for (method, body) in [("POST", "{}"), ("GET", ""), ("DELETE", "")] {
         // Warm the connection, then a request that the backend reads and hangs up on.
-        assert_eq!(conn.send("GET", PATH, &creds(RW), "").await.0, 200);
+        assert_eq!(conn.send("GET", PATH, &json_creds(RW), "").await.0, 200);
         let before = received.load(Ordering::SeqCst);
-        let mut fields = creds(RW);
+        let mut fields = json_creds(RW);
         fields.push(("x-test", "hang-up"));
         let (status, _) = conn.send(method, PATH, &fields, body).await;
         assert_eq!(status, 502, "{method}");
@@ -991,7 +1038,7 @@ async fn a_shorter_request_timeout_applies_to_the_next_request_on_open_connectio
     let gw =
         stackgate::server::start(stackgate::config::from_str(&long).unwrap(), Arc::new(SystemClock)).await.unwrap();
     let mut conn = KeepAlive::connect(gw.addr).await;
-    let mut slow = creds(RW);
+    let mut slow = json_creds(RW);
     slow.push(("x-test-delay-ms", "300"));
     assert_eq!(conn.send("GET", PATH, &slow, "").await.0, 200, "within the 20 s timeout");
     let mut h2conn = h2(gw.addr).await;
@@ -1000,7 +1047,7 @@ async fn a_shorter_request_timeout_applies_to_the_next_request_on_open_connectio
     // Same upstream, shorter timeout.
     let short = long.replace("request_timeout = \"20s\"", "request_timeout = \"1s\"");
     gw.gateway.install(stackgate::config::from_str(&short).unwrap()).await.unwrap();
-    let mut slower = creds(RW);
+    let mut slower = json_creds(RW);
     slower.push(("x-test-delay-ms", "4000"));
     let started = Instant::now();
     assert_eq!(conn.send("GET", PATH, &slower, "").await.0, 504);
@@ -1220,10 +1267,10 @@ async fn a_backend_coding_other_than_chunked_is_a_bad_gateway() {
     let gw = gateway_for(backend).await;
     let mut conn = h1(gw.addr).await;
     for (method, body) in [("GET", ""), ("POST", "{}")] {
-        let (status, _) = h1_send(&mut conn, method, PATH, &creds(RW), body).await;
+        let (status, _) = h1_send(&mut conn, method, PATH, &json_creds(RW), body).await;
         assert_eq!(status, 502, "{method}");
     }
     let mut sender = h2(gw.addr).await;
-    let (status, _) = h2_send(&mut sender, "GET", &format!("http://{}{PATH}", gw.addr), &creds(RW), "").await;
+    let (status, _) = h2_send(&mut sender, "GET", &format!("http://{}{PATH}", gw.addr), &json_creds(RW), "").await;
     assert_eq!(status, 502, "h2");
 }

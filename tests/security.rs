@@ -187,8 +187,11 @@ async fn ambiguous_framing_is_refused_and_nothing_is_forwarded() {
     for raw_req in SMUGGLING {
         // Credentials right after the request line would change where headers start,
         // so they go at the very end of the head instead.
-        let with_auth =
-            raw_req.replacen("Host: gw\r\n", &format!("Host: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n"), 1);
+        let with_auth = raw_req.replacen(
+            "Host: gw\r\n",
+            &format!("Host: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/json\r\n"),
+            1,
+        );
         let (status, text) = raw(env.gateway.addr, with_auth.as_bytes()).await;
         if !(status == 400 || status == 0 || status == 501 || status == 505) {
             failures.push(format!("{raw_req:?}: got {status}: {}", text.lines().next().unwrap_or("")));
@@ -217,7 +220,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_second_request()
     {
         env.backend.clear();
         let req = format!(
-            "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n{order}\r\n\r\n0\r\n\r\nGET /v3/stacks/settings HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n\r\n"
+            "POST /v3/content_types HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/json\r\n{order}\r\n\r\n0\r\n\r\nGET /v3/stacks/settings HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n\r\n"
         );
         let (status, text) = raw(env.gateway.addr, req.as_bytes()).await;
         assert!(status == 200 || status == 400, "{text}");

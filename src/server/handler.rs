@@ -311,7 +311,12 @@ async fn process(
     trace: Option<HeaderValue>,
     facts: &mut Facts,
 ) -> Result<(Response<Body>, Option<RateInfo>), GatewayError> {
-    let has_body = body.as_ref().is_some_and(|b| !hyper::body::Body::is_end_stream(b));
+    // A stated length of 0 holds no byte even before the end is seen (an HTTP/2 client
+    // may close the stream with an empty DATA frame after its headers).
+    let has_body = body.as_ref().is_some_and(|b| {
+        use hyper::body::Body as _;
+        !b.is_end_stream() && b.size_hint().exact() != Some(0)
+    });
     let Decision { target, op, route } = pipeline::decide(snap, parts, has_body, gw.clock().now(), facts)?;
     if let std::borrow::Cow::Owned(path) = &target.path {
         facts.canonical = Some(path.as_str().into());
