@@ -145,7 +145,8 @@ pub fn is_gateway_only(name: &[u8]) -> bool {
 /// decide on it and then drop it before forwarding: the backend would act on
 /// something else than what was authorised.
 pub fn is_protected(name: &[u8]) -> bool {
-    const READ: [&[u8]; 6] = [b"api-key", b"authorization", b"authtoken", b"branch", b"host", b"expect"];
+    const READ: [&[u8]; 7] =
+        [b"api-key", b"authorization", b"authtoken", b"branch", b"host", b"expect", b"content-type"];
     READ.iter().any(|c| folded_eq(name, c)) || is_framing(name) || is_gateway_only(name)
 }
 
@@ -236,6 +237,7 @@ mod tests {
             "forwarded",
             "x-request-id",
             "expect",
+            "Content_Type",
         ] {
             assert!(is_protected(name.as_bytes()), "{name}");
         }

@@ -106,11 +106,12 @@ pub fn check_cookies(headers: &HeaderMap) -> Result<(), GatewayError> {
 /// take a form type by prefix, and Puma reads `Content_Type` when `Content-Type` is
 /// missing. So with a body, the type must be stated at most once, in visible ASCII,
 /// spaces and tabs, without `,`, and must not begin with
-/// `application/x-www-form-urlencoded`; and it must be stated, since Rack reads a POST
-/// body without one as a form. A request whose body cannot hold a byte (no length or
-/// chunks over HTTP/1, a stated length of 0, an HTTP/2 stream closed with its headers)
-/// carries no fields. Multipart bodies pass unread: uploads need them (SECURITY.md
-/// says what that leaves open).
+/// `application/x-www-form-urlencoded`. A body without a type is refused by the
+/// handler once its first frame shows a byte (Rack reads a POST body without one as a
+/// form; an empty one carries no fields). A request whose body cannot hold a byte (no
+/// length or chunks over HTTP/1, a stated length of 0, an HTTP/2 stream closed with its
+/// headers) carries no fields. Multipart bodies pass unread: uploads need them
+/// (SECURITY.md says what that leaves open).
 pub fn check_body_type(parts: &Parts, has_body: bool) -> Result<(), GatewayError> {
     let headers = &parts.headers;
     let respelled = |name: &HeaderName| name != CONTENT_TYPE && folded_eq(name.as_str().as_bytes(), b"content-type");
@@ -123,7 +124,9 @@ pub fn check_body_type(parts: &Parts, has_body: bool) -> Result<(), GatewayError
     let mut types = headers.get_all(CONTENT_TYPE).iter();
     let readable = match (types.next(), types.next()) {
         (Some(only), None) => is_plain_non_form(only.as_bytes()),
-        (None, _) | (Some(_), Some(_)) => false,
+        // Refused once it shows a byte (see above).
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
     };
     if readable {
         Ok(())
@@ -482,10 +485,8 @@ mod tests {
         for good in [&b"Application/JSON ;charset=utf-8"[..], b"multipart/form-data; boundary=----x", b"image/png"] {
             assert!(check("POST", true, &[("content-type", good)]).is_ok(), "{}", String::from_utf8_lossy(good));
         }
-        // No type: Rack reads a POST body as a form.
-        assert_eq!(check("POST", true, &[]), refused);
-        assert_eq!(check("PUT", true, &[]), refused);
-        assert!(check("POST", false, &[]).is_ok() && check("DELETE", false, &[]).is_ok());
+        // No type: left to the handler, which refuses the body once it shows a byte.
+        assert!(check("POST", true, &[]).is_ok() && check("DELETE", false, &[]).is_ok());
         let form: (&str, &[u8]) = ("content-type", b"application/x-www-form-urlencoded");
         assert!(check("POST", false, &[]).is_ok() && check("POST", false, &[form]).is_ok());
         for bad in [

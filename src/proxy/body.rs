@@ -164,6 +164,8 @@ pub struct Streamed {
     inner: ClientBody,
     /// A frame read ahead by [`Streamed::prefetch`], yielded first.
     first: Option<Frame<Bytes>>,
+    /// [`Streamed::prefetch`] found the body's end instead of a frame.
+    ended: bool,
     remaining: u64,
     state: BodyState,
 }
@@ -171,7 +173,7 @@ pub struct Streamed {
 impl Streamed {
     /// Wraps `inner` with a budget of `limit` bytes.
     pub fn new(inner: ClientBody, limit: u64, state: BodyState) -> Self {
-        Streamed { inner, first: None, remaining: limit, state }
+        Streamed { inner, first: None, ended: false, remaining: limit, state }
     }
 
     /// Reads the first frame before anything is sent upstream, so a body that is
@@ -191,7 +193,18 @@ impl Streamed {
                 Ok(())
             }
             Some(Err(e)) => Err(unreadable(&e)),
-            None => Ok(()),
+            None => {
+                self.ended = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// After [`Streamed::prefetch`]: whether the body holds (or may still send) a byte.
+    pub fn holds_bytes(&self) -> bool {
+        match self.first.as_ref().and_then(Frame::data_ref) {
+            Some(data) if !data.is_empty() => true,
+            _ => !self.ended && !self.inner.is_end_stream(),
         }
     }
 

@@ -11,7 +11,7 @@ use crate::ratelimit::{RateInfo, RateLimit};
 use crate::snapshot::Snapshot;
 use crate::usage::Outcome;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Limited};
@@ -345,19 +345,30 @@ async fn process(
     if inspected.is_none() && declared_length(parts).is_some_and(|len| len > limit) {
         return Err(GatewayError::PayloadTooLarge);
     }
-    let rate = match &principal {
-        Principal::Token(token) => gw.limiter.charge(token.payer(), &op).await?,
-        Principal::UserSession => None,
-    };
+    // A management-token body that states no type (the body rules refused every
+    // other unreadable type) may pass only if it holds nothing: Rack reads a POST body
+    // without a type as a form. An HTTP/2 client may end a bodiless request with an
+    // empty DATA frame, and an HTTP/1.1 one may send an empty chunked body: their first
+    // frame tells.
+    let untyped = matches!(principal, Principal::Token(_)) && !parts.headers.contains_key(CONTENT_TYPE);
     let body_state = BodyState::default();
+    // The first frame is read before the budget is charged, so that a body refused
+    // from its start spends none.
     let outbound = match inspected {
         Some(bytes) => Outbound::Bytes(bytes),
         None => {
             let taken = body.take().unwrap_or(ClientBody::Empty);
             let mut streamed = Streamed::new(taken, limit, body_state.clone());
             streamed.prefetch(snap.config.server.limits.idle_timeout).await?;
+            if untyped && streamed.holds_bytes() {
+                return Err(GatewayError::UnsupportedMediaType);
+            }
             streamed.into_outbound()
         }
+    };
+    let rate = match &principal {
+        Principal::Token(token) => gw.limiter.charge(token.payer(), &op).await?,
+        Principal::UserSession => None,
     };
     if parts.version == http::Version::HTTP_2 {
         proxy::join_cookies(&mut parts.headers);
