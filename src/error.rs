@@ -52,6 +52,12 @@ pub enum GatewayError {
     /// and what the gateway parsed cannot differ.
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// A management-token request whose body a backend could read as a form, or whose
+    /// type parsers read differently (missing, stated twice, not plain, a form type):
+    /// see `pipeline::query::check_body_type`. Uploads (multipart) and other plain
+    /// types pass, so the message names them.
+    #[error("unsupported body type")]
+    UnsupportedBodyType,
     /// Token-API validation failure, with per-field errors.
     #[error("unprocessable")]
     Unprocessable(FieldErrors),
@@ -215,7 +221,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, 413),
             GatewayError::HeadTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, 431),
             GatewayError::UriTooLong => (StatusCode::URI_TOO_LONG, 414),
-            GatewayError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415),
+            GatewayError::UnsupportedMediaType | GatewayError::UnsupportedBodyType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, 415)
+            }
             GatewayError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
             GatewayError::RateLimited { .. } | GatewayError::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, 429),
             GatewayError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 503),
@@ -259,6 +267,9 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType => {
                 "The request body must be JSON, sent with Content-Type: application/json.".into()
             }
+            GatewayError::UnsupportedBodyType => "The request body needs one plain Content-Type \
+                 (application/json, or multipart/form-data for uploads); form bodies are not accepted."
+                .into(),
             GatewayError::Unprocessable(_) => "The request could not be processed. Please check the errors.".into(),
             GatewayError::RateLimited { retry_after, .. } | GatewayError::Throttled { retry_after } => {
                 format!("Too many requests. Please retry after {retry_after} seconds.")
@@ -283,7 +294,9 @@ impl GatewayError {
             GatewayError::Forbidden(_) => Reason::Denied,
             GatewayError::PayloadTooLarge | GatewayError::HeadTooLarge | GatewayError::UriTooLong => Reason::TooLarge,
             // Counted with 422s: both are a token-API body the gateway refused to take.
-            GatewayError::UnsupportedMediaType | GatewayError::Unprocessable(_) => Reason::Invalid,
+            GatewayError::UnsupportedMediaType | GatewayError::UnsupportedBodyType | GatewayError::Unprocessable(_) => {
+                Reason::Invalid
+            }
             GatewayError::RateLimited { .. } => Reason::RateLimited,
             GatewayError::Throttled { .. } => Reason::AuthThrottled,
             GatewayError::Unavailable => Reason::Unavailable,
@@ -402,6 +415,7 @@ mod tests {
             (GatewayError::NotFound, 404, 404),
             (GatewayError::PayloadTooLarge, 413, 413),
             (GatewayError::UnsupportedMediaType, 415, 415),
+            (GatewayError::UnsupportedBodyType, 415, 415),
             (GatewayError::BadGateway(UpstreamFailure::Connect), 502, 502),
             (GatewayError::GatewayTimeout, 504, 504),
             (GatewayError::RequestTimeout, 408, 408),

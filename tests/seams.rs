@@ -432,6 +432,8 @@ async fn a_body_without_a_type_is_refused_however_it_is_framed() {
     );
     let (status, text) = raw(env.gateway.addr, chunked.as_bytes()).await;
     assert_eq!(status, 415, "{text}");
+    // The error names what does pass (JSON, and multipart for uploads).
+    assert!(text.contains("\"error_code\":415") && text.contains("multipart/form-data for uploads"), "{text}");
     let empty = chunked.replace("12\r\nbranch=development\r\n", "");
     let (status, text) = raw(env.gateway.addr, empty.as_bytes()).await;
     assert_eq!(status, 200, "{text}");

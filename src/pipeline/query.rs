@@ -116,7 +116,7 @@ pub fn check_body_type(parts: &Parts, has_body: bool) -> Result<(), GatewayError
     let headers = &parts.headers;
     let respelled = |name: &HeaderName| name != CONTENT_TYPE && folded_eq(name.as_str().as_bytes(), b"content-type");
     if headers.keys().any(respelled) {
-        return Err(GatewayError::UnsupportedMediaType);
+        return Err(GatewayError::UnsupportedBodyType);
     }
     if !has_body {
         return Ok(());
@@ -131,7 +131,7 @@ pub fn check_body_type(parts: &Parts, has_body: bool) -> Result<(), GatewayError
     if readable {
         Ok(())
     } else {
-        Err(GatewayError::UnsupportedMediaType)
+        Err(GatewayError::UnsupportedBodyType)
     }
 }
 
@@ -480,7 +480,7 @@ mod tests {
             }
             check_body_type(&request.body(()).unwrap().into_parts().0, has_body)
         };
-        let refused = Err(GatewayError::UnsupportedMediaType);
+        let refused = Err(GatewayError::UnsupportedBodyType);
         let json: (&str, &[u8]) = ("content-type", b"Application/JSON ;charset=utf-8");
         for good in [&b"Application/JSON ;charset=utf-8"[..], b"multipart/form-data; boundary=----x", b"image/png"] {
             assert!(check("POST", true, &[("content-type", good)]).is_ok(), "{}", String::from_utf8_lossy(good));

@@ -361,7 +361,7 @@ async fn process(
             let mut streamed = Streamed::new(taken, limit, body_state.clone());
             streamed.prefetch(snap.config.server.limits.idle_timeout).await?;
             if untyped && streamed.holds_bytes() {
-                return Err(GatewayError::UnsupportedMediaType);
+                return Err(GatewayError::UnsupportedBodyType);
             }
             streamed.into_outbound()
         }
