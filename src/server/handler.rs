@@ -345,12 +345,6 @@ async fn process(
     if inspected.is_none() && declared_length(parts).is_some_and(|len| len > limit) {
         return Err(GatewayError::PayloadTooLarge);
     }
-    // A management-token body that states no type (the body rules refused every
-    // other unreadable type) may pass only if it holds nothing: Rack reads a POST body
-    // without a type as a form. An HTTP/2 client may end a bodiless request with an
-    // empty DATA frame, and an HTTP/1.1 one may send an empty chunked body: their first
-    // frame tells.
-    let untyped = matches!(principal, Principal::Token(_)) && !parts.headers.contains_key(CONTENT_TYPE);
     let body_state = BodyState::default();
     // The first frame is read before the budget is charged, so that a body refused
     // from its start spends none.
@@ -360,7 +354,13 @@ async fn process(
             let taken = body.take().unwrap_or(ClientBody::Empty);
             let mut streamed = Streamed::new(taken, limit, body_state.clone());
             streamed.prefetch(snap.config.server.limits.idle_timeout).await?;
-            if untyped && streamed.holds_bytes() {
+            // A management-token body that states no type (the body rules refused every
+            // other unreadable type) may pass only if it holds nothing: Rack reads a POST
+            // body without a type as a form. An HTTP/2 client may end a bodiless request
+            // with an empty DATA frame, and an HTTP/1.1 one may send an empty chunked
+            // body: their first frame tells. (Bodiless requests skip the field lookup.)
+            let token = matches!(principal, Principal::Token(_));
+            if token && streamed.holds_bytes() && !parts.headers.contains_key(CONTENT_TYPE) {
                 return Err(GatewayError::UnsupportedBodyType);
             }
             streamed.into_outbound()
