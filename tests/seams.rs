@@ -1205,6 +1205,58 @@ async fn all_branches_tokens_still_send_one_plain_branch_name() {
         .all(|s| ["made-later", "development"].contains(&s.headers["branch"].to_str().unwrap())));
 }
 
+/// Found by the eleventh outside attack: modules outside the branches (environments,
+/// webhooks, workflows, roles, ...) skip the branch scope (DESIGN.md section 2), but
+/// their `branch` header is forwarded too, so it is one plain name there as well: a
+/// list, `*`, `$all`, a path or an over-long name is 403 and not forwarded, a value
+/// that is not visible ASCII 400, on the gateway's own HTTP/1.1 loop, through hyper
+/// (a body) and over HTTP/2. One plain name, in the token's scope or not, passes as
+/// the contract says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_header_is_one_plain_name_on_modules_outside_the_branches_too() {
+    let env = Env::start().await;
+    let long = "b".repeat(65);
+    let refused: [(&[u8], u16); 8] = [
+        (b"main, development", 403),
+        (b"main,development", 403),
+        (b"*", 403),
+        (b"$all", 403),
+        (b"../x", 403),
+        (b"a b", 403),
+        (long.as_bytes(), 403),
+        (b"m\xe4in", 400),
+    ];
+    let mut h2c = h2(env.gateway.addr).await;
+    for path in ["/v3/environments", "/v3/webhooks", "/v3/workflows", "/v3/roles", "/v3/taxonomies"] {
+        for (branch, want) in &refused {
+            env.backend.clear();
+            // The gateway's own loop (no body), hyper's HTTP/1.1 (a body), HTTP/2.
+            let mut head = format!("GET {path} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nbranch: ").into_bytes();
+            head.extend_from_slice(branch);
+            head.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+            let (status, text) = raw(env.gateway.addr, &head).await;
+            assert_eq!(status, *want, "GET {path} branch {:?}: {text}", String::from_utf8_lossy(branch));
+            let mut post = format!("POST {path} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nbranch: ").into_bytes();
+            post.extend_from_slice(branch);
+            post.extend_from_slice(b"\r\nConnection: close\r\n\r\n{}");
+            let (status, text) = raw(env.gateway.addr, &post).await;
+            assert_eq!(status, *want, "POST {path} branch {:?}: {text}", String::from_utf8_lossy(branch));
+            if let Ok(value) = std::str::from_utf8(branch) {
+                let fields = [("api_key", API_KEY), ("authorization", RW), ("branch", value)];
+                let uri = format!("http://{}{path}", env.gateway.addr);
+                assert_eq!(h2_send(&mut h2c, "GET", &uri, &fields, "").await.0, *want, "h2 {path} {value}");
+            }
+            assert!(env.backend.seen().is_empty(), "{path} with branch {:?} was forwarded", String::from_utf8_lossy(branch));
+        }
+        // One plain name passes: the branch scope is not checked on these modules.
+        for branch in ["main", "development", "made-later"] {
+            let fields = [("api_key", API_KEY), ("authorization", RW), ("branch", branch)];
+            assert_eq!(raw_request(env.gateway.addr, "GET", path, &fields, "").await.0, 200, "{path} {branch}");
+            assert_eq!(env.backend.last().unwrap().headers["branch"], branch);
+        }
+    }
+}
+
 /// Found by the third outside attack: what every reader must agree on before anything
 /// is read. HTTP/1.1 without `Host`, with two or with one that is no `host[:port]`, an
 /// absolute-form target in another scheme than http(s), and a `Transfer-Encoding` other than

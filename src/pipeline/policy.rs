@@ -32,6 +32,13 @@ pub fn authorize(token: &Token, op: &Operation, branch: Option<&HeaderValue>) ->
     }
     if op.module.is_branch_specific() {
         check_branch(token, branch)?;
+    } else if let Some(header) = branch {
+        // A module outside the branches skips the scope check (DESIGN.md section 2), but
+        // the header is forwarded all the same: a list, `*` or a path would still reach a
+        // backend that reads `branch` there, so it is one plain name on every module.
+        if !is_branch_name(branch_text(header)?) {
+            return Err(GatewayError::Forbidden(Denial::Branch));
+        }
     }
     Ok(())
 }
@@ -40,9 +47,14 @@ pub fn authorize(token: &Token, op: &Operation, branch: Option<&HeaderValue>) ->
 fn check_branch(token: &Token, header: Option<&HeaderValue>) -> Result<(), GatewayError> {
     let name = match header {
         None => DEFAULT_BRANCH,
-        Some(v) => v.to_str().map_err(|_| GatewayError::BadRequest(BadRequest::InvalidHeader))?,
+        Some(v) => branch_text(v)?,
     };
     check_named_branch(token, name)
+}
+
+/// A `branch` header as text; one that is not visible ASCII is a bad request.
+fn branch_text(header: &HeaderValue) -> Result<&str, GatewayError> {
+    header.to_str().map_err(|_| GatewayError::BadRequest(BadRequest::InvalidHeader))
 }
 
 /// The branch rules for a branch or alias named anywhere in the request: the `branch`
