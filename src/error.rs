@@ -133,6 +133,8 @@ pub enum Denial {
     BodyRule,
     #[error("user sessions denied")]
     UserSessionsDenied,
+    #[error("management token sent as a user session")]
+    TokenAsUserSession,
     #[error("role may not manage tokens")]
     Role,
 }

@@ -1231,7 +1231,9 @@ async fn a_branch_header_is_one_plain_name_on_modules_outside_the_branches_too()
         for (branch, want) in &refused {
             env.backend.clear();
             // The gateway's own loop (no body), hyper's HTTP/1.1 (a body), HTTP/2.
-            let mut head = format!("GET {path} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nbranch: ").into_bytes();
+            let mut head =
+                format!("GET {path} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\nbranch: ")
+                    .into_bytes();
             head.extend_from_slice(branch);
             head.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
             let (status, text) = raw(env.gateway.addr, &head).await;
@@ -1246,7 +1248,11 @@ async fn a_branch_header_is_one_plain_name_on_modules_outside_the_branches_too()
                 let uri = format!("http://{}{path}", env.gateway.addr);
                 assert_eq!(h2_send(&mut h2c, "GET", &uri, &fields, "").await.0, *want, "h2 {path} {value}");
             }
-            assert!(env.backend.seen().is_empty(), "{path} with branch {:?} was forwarded", String::from_utf8_lossy(branch));
+            assert!(
+                env.backend.seen().is_empty(),
+                "{path} with branch {:?} was forwarded",
+                String::from_utf8_lossy(branch)
+            );
         }
         // One plain name passes: the branch scope is not checked on these modules.
         for branch in ["main", "development", "made-later"] {
@@ -1254,6 +1260,42 @@ async fn a_branch_header_is_one_plain_name_on_modules_outside_the_branches_too()
             assert_eq!(raw_request(env.gateway.addr, "GET", path, &fields, "").await.0, 200, "{path} {branch}");
             assert_eq!(env.backend.last().unwrap().headers["branch"], branch);
         }
+    }
+}
+
+/// Found by the eleventh outside attack: a management token's secret sent as a user
+/// session (`authtoken`, or `authorization: Bearer`) was passed to the backend
+/// undecided, as user sessions are, so a read-only token's holder had a write forwarded
+/// and the backend saw the secret. A known token's secret in either field is 403 and
+/// nothing is forwarded; a user session that is no token still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_token_sent_as_a_user_session_is_refused() {
+    let env = Env::start().await;
+    let bearer = format!("Bearer {RO}");
+    let bearer_spaced = format!("bearer   {RO} ");
+    let cases: [Vec<(&str, &str)>; 4] = [
+        vec![("api_key", API_KEY), ("authtoken", RO)],
+        vec![("api_key", API_KEY), ("authorization", &bearer)],
+        vec![("api_key", API_KEY), ("authorization", &bearer_spaced)],
+        vec![("api_key", API_KEY), ("authtoken", "someone-else"), ("authorization", &bearer)],
+    ];
+    let mut h2c = h2(env.gateway.addr).await;
+    let uri = format!("http://{}{PATH}", env.gateway.addr);
+    for fields in &cases {
+        env.backend.clear();
+        let mut typed = fields.clone();
+        typed.push(("content-type", "application/json"));
+        assert_eq!(raw_request(env.gateway.addr, "GET", PATH, fields, "").await.0, 403, "{fields:?}");
+        assert_eq!(raw_request(env.gateway.addr, "POST", PATH, &typed, "{}").await.0, 403, "{fields:?}");
+        assert_eq!(h2_send(&mut h2c, "POST", &uri, &typed, "{}").await.0, 403, "h2 {fields:?}");
+        assert!(env.backend.seen().is_empty(), "{fields:?} was forwarded");
+    }
+    // A user session or an OAuth token that is no management token: the backend decides.
+    for fields in [
+        vec![("api_key", API_KEY), ("authtoken", "someone-else")],
+        vec![("api_key", API_KEY), ("authorization", "Bearer oauth-access-token")],
+    ] {
+        assert_eq!(raw_request(env.gateway.addr, "GET", PATH, &fields, "").await.0, 200, "{fields:?}");
     }
 }
 

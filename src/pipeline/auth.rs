@@ -79,6 +79,13 @@ impl<'a> Credentials<'a> {
             None => Credential::None,
         }
     }
+
+    /// The secrets a user-session request presents: its `authtoken` and its bearer
+    /// token (after `Bearer `).
+    fn session_secrets(&self) -> impl Iterator<Item = &'a [u8]> {
+        let bearer = self.authorization.and_then(|v| v.as_bytes().get(7..)).map(<[u8]>::trim_ascii);
+        self.authtoken.map(HeaderValue::as_bytes).into_iter().chain(bearer)
+    }
 }
 
 /// The credential a request carries, before it is checked.
@@ -103,7 +110,17 @@ pub fn authenticate(
 ) -> Result<Principal, GatewayError> {
     match creds.credential() {
         Credential::Management(secret) => management_token(snap, creds, secret, now).map(Principal::Token),
-        Credential::UserSession => user_session(snap),
+        Credential::UserSession => {
+            // A management token's secret sent as a user session would reach the backend
+            // undecided (and with `forward_token = false` the backend is never to see one).
+            let is_token = |secret: &[u8]| {
+                !secret.is_empty() && secret.len() <= MAX_SECRET_LEN && snap.token(&hash_secret(secret)).is_some()
+            };
+            if creds.session_secrets().any(is_token) {
+                return Err(GatewayError::Forbidden(Denial::TokenAsUserSession));
+            }
+            user_session(snap)
+        }
         Credential::None if login => user_session(snap),
         Credential::None => Err(GatewayError::Unauthenticated { expired: false }),
     }
