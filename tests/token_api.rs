@@ -164,6 +164,12 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
         (json!({"token": {"name": "  ", "scope": scope_ok}}), "name"),
         (json!({"token": {"name": "x".repeat(256), "scope": scope_ok}}), "name"),
         (json!({"token": {"name": "ro", "scope": scope_ok}}), "name"), // a static token's name
+        // Control and invisible characters (a listing would show `ro\u{200b}` as `ro`).
+        (json!({"token": {"name": "ro\u{200b}", "scope": scope_ok}}), "name"),
+        (json!({"token": {"name": "a\u{1b}[2Jb", "scope": scope_ok}}), "name"),
+        (json!({"token": {"name": "a\u{0}b", "scope": scope_ok}}), "name"),
+        (json!({"token": {"name": "abc\u{202e}fed", "scope": scope_ok}}), "name"),
+        (json!({"token": {"name": "a", "scope": scope_ok, "description": "x\u{7}"}}), "description"),
         (json!({"token": {"name": "a"}}), "scope"),
         (
             json!({"token": {"name": "a", "scope": [{"module": "$all", "acl": {"read": true}}]}}),
@@ -229,6 +235,11 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
     // Nothing was written.
     let (_, list) = json_of(&env, "GET", TOKENS, &owner(API_KEY), "").await;
     assert!(list["tokens"].as_array().unwrap().iter().all(|t| t["origin"] == "config"), "{list}");
+    // Line breaks and tabs are fine in a description, and names may be any script.
+    let mut multi_line = valid_token("\u{540d}\u{524d} d\u{e9}j\u{e0}");
+    multi_line["token"]["description"] = json!("first line\n\tsecond line");
+    let (status, v) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(multi_line)).await;
+    assert_eq!(status, 201, "{v}");
     // A duplicate name is refused.
     assert_eq!(json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("dup"))).await.0, 201);
     let (status, v) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("dup"))).await;
