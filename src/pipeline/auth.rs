@@ -80,12 +80,34 @@ impl<'a> Credentials<'a> {
         }
     }
 
-    /// The secrets a user-session request presents: its `authtoken` and its bearer
-    /// token (after `Bearer `).
+    /// The user-session credentials a request presents: its `authtoken`, and its
+    /// bearer token (after `Bearer `), each without surrounding whitespace (an HTTP/2
+    /// field keeps it; an HTTP/1.1 backend would trim it).
     fn session_secrets(&self) -> impl Iterator<Item = &'a [u8]> {
-        let bearer = self.authorization.and_then(|v| v.as_bytes().get(7..)).map(<[u8]>::trim_ascii);
-        self.authtoken.map(HeaderValue::as_bytes).into_iter().chain(bearer)
+        let bearer = self.authorization.filter(|v| is_bearer(v.as_bytes())).and_then(|v| v.as_bytes().get(7..));
+        self.authtoken.map(HeaderValue::as_bytes).into_iter().chain(bearer).map(<[u8]>::trim_ascii)
     }
+
+    /// Whether a management token is presented as a user session: an `authtoken` or
+    /// bearer token that holds a piece shaped like the secrets the gateway issues, or
+    /// that is the secret of a token it knows (one configured under another shape).
+    pub fn session_holds_token(&self, snap: &Snapshot) -> bool {
+        self.session_secrets().any(|secret| {
+            holds_token_shape(secret)
+                || (!secret.is_empty() && secret.len() <= MAX_SECRET_LEN && snap.token(&hash_secret(secret)).is_some())
+        })
+    }
+}
+
+/// Whether a value holds a piece shaped like an issued secret (`cs` and 32 hex digits,
+/// in any case), delimited by anything but a letter or a digit: a list (`x, cs...`),
+/// quotes, `Bearer cs...` inside an `authtoken`, another case. Decided by shape, not
+/// by lookup, so the answer is the same for a live, deleted or made-up secret: the
+/// user-session path tells nobody which secrets exist.
+fn holds_token_shape(value: &[u8]) -> bool {
+    value.split(|b| !b.is_ascii_alphanumeric()).any(|piece| {
+        piece.len() == 34 && piece[..2].eq_ignore_ascii_case(b"cs") && piece[2..].iter().all(u8::is_ascii_hexdigit)
+    })
 }
 
 /// The credential a request carries, before it is checked.
@@ -110,17 +132,12 @@ pub fn authenticate(
 ) -> Result<Principal, GatewayError> {
     match creds.credential() {
         Credential::Management(secret) => management_token(snap, creds, secret, now).map(Principal::Token),
-        Credential::UserSession => {
-            // A management token's secret sent as a user session would reach the backend
-            // undecided (and with `forward_token = false` the backend is never to see one).
-            let is_token = |secret: &[u8]| {
-                !secret.is_empty() && secret.len() <= MAX_SECRET_LEN && snap.token(&hash_secret(secret)).is_some()
-            };
-            if creds.session_secrets().any(is_token) {
-                return Err(GatewayError::Forbidden(Denial::TokenAsUserSession));
-            }
-            user_session(snap)
+        // A management token sent as a user session would reach the backend undecided
+        // (and with `forward_token = false` the backend is never to see a secret).
+        Credential::UserSession if creds.session_holds_token(snap) => {
+            Err(GatewayError::Forbidden(Denial::TokenAsUserSession))
         }
+        Credential::UserSession => user_session(snap),
         Credential::None if login => user_session(snap),
         Credential::None => Err(GatewayError::Unauthenticated { expired: false }),
     }
@@ -168,4 +185,36 @@ fn management_token(
         return Err(GatewayError::Unauthenticated { expired: true });
     }
     Ok(Arc::clone(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_token_shape;
+
+    #[test]
+    fn issued_secrets_are_found_in_any_spelling() {
+        let secret = "cs0123456789abcdef0123456789abcdef";
+        for value in [
+            secret.to_owned(),
+            secret.to_uppercase(),
+            format!(" {secret}\t"),
+            format!("x, {secret}"),
+            format!("{secret};x"),
+            format!("\"{secret}\""),
+            format!("Bearer {secret}"),
+            format!("a {secret} b"),
+        ] {
+            assert!(holds_token_shape(value.as_bytes()), "{value:?}");
+        }
+        for value in [
+            "blt0123456789abcdef",
+            "cs0123456789abcdef0123456789abcde",
+            "cs0123456789abcdef0123456789abcdef0",
+            "xcs0123456789abcdef0123456789abcdef",
+            "cs0123456789abcdef0123456789abcdeg",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+        ] {
+            assert!(!holds_token_shape(value.as_bytes()), "{value:?}");
+        }
+    }
 }

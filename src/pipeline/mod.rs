@@ -162,9 +162,9 @@ pub fn decide<'a>(
     // Read (and checked for ambiguity) on every route: the token API's too.
     let creds = Credentials::read(&parts.headers)?;
     if op.rule == Rule::TokenApi {
-        // Tokens never manage tokens, valid or not.
+        // Tokens never manage tokens, valid or not, however presented.
         let bearer = parts.headers.get(AUTHORIZATION).map(|v| auth::is_bearer(v.as_bytes()));
-        if bearer == Some(false) {
+        if bearer == Some(false) || creds.session_holds_token(snap) {
             return Err(GatewayError::Forbidden(Denial::NeverAllowed));
         }
         return Ok(Decision { target, op, route: Route::TokenApi });
