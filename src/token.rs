@@ -196,6 +196,48 @@ mod tests {
     }
 
     #[test]
+    fn names_that_hide_characters_are_found() {
+        for hidden in [
+            "ro\u{200b}",
+            "a\u{1b}[2Jb",
+            "a\u{0}b",
+            "abc\u{202e}fed",
+            "tb\u{3164}",
+            "a\u{115f}",
+            "a\u{ffa0}",
+            "\u{2800}",
+            "a\u{34f}b",
+            "a\u{17b4}",
+            "a\u{fe0f}",
+            "a\u{e0100}",
+            "a\u{e0041}",
+            "a\u{fff9}",
+            "a\u{1d173}",
+            "a\u{13430}",
+            "a\u{1bca0}",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\u{a0}b",
+            "a\u{3000}b",
+            "a\u{1680}b",
+            "a\u{fdd0}",
+            "a\u{fffe}",
+            "a\u{ffff}",
+            "a\u{1fffe}",
+            "a\u{e000}",
+            "a\u{10fffd}",
+            "a\nb",
+        ] {
+            assert!(hides_characters(hidden, false), "{hidden:?}");
+        }
+        for shown in ["ci export", "\u{540d}\u{524d}", "d\u{e9}j\u{e0} vu", "\u{1f600}", "\u{442}b", "cafe\u{301}"] {
+            assert!(!hides_characters(shown, false), "{shown:?}");
+        }
+        assert!(!hides_characters("first line\r\n\tsecond", true));
+        assert!(hides_characters("bell\u{7}", true));
+    }
+
+    #[test]
     fn all_and_module_entries_union() {
         let g = compile_scope(&[entry("$all", true, false), entry("entry", true, true), branches(&["main"])], &Cat)
             .unwrap();
@@ -319,6 +361,36 @@ fn random_hex<const N: usize>() -> std::io::Result<String> {
 /// A new token secret: `cs` + 32 hex (128 bits).
 pub fn new_secret() -> std::io::Result<String> {
     Ok(format!("cs{}", random_hex::<16>()?))
+}
+
+/// Whether a token's name (or, with `breaks`, its description, which may hold line
+/// breaks and tabs) holds a character that does not show as itself: controls, format
+/// and other default-ignorable characters (zero-width, direction overrides, fillers,
+/// variation selectors, tags), line and paragraph separators, spaces other than U+0020,
+/// private-use characters and non-characters. A listing would show `ro\u{200b}` as
+/// `ro` beside the real one, or reorder what follows a direction override.
+pub fn hides_characters(text: &str, breaks: bool) -> bool {
+    text.chars().any(|c| match c {
+        '\n' | '\r' | '\t' => !breaks,
+        ' ' => false,
+        c => c.is_control() || c.is_whitespace() || is_hidden(c),
+    })
+}
+
+/// Default_Ignorable_Code_Point (Unicode 15.1), the other format characters, the
+/// braille blank, private use and non-characters.
+fn is_hidden(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}'..='\u{1160}' | '\u{17b4}'..='\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}'
+        | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}'
+        | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}'
+        | '\u{600}'..='\u{605}' | '\u{6dd}' | '\u{70f}' | '\u{890}'..='\u{891}' | '\u{8e2}'
+        | '\u{110bd}' | '\u{110cd}' | '\u{13430}'..='\u{1343f}'
+        | '\u{2800}'
+        | '\u{e000}'..='\u{f8ff}' | '\u{f0000}'..='\u{10ffff}'
+        | '\u{fdd0}'..='\u{fdef}'
+    ) || u32::from(c) & 0xfffe == 0xfffe
 }
 
 /// A new uid or api key: `blt` + 16 hex.

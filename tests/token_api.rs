@@ -169,6 +169,8 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
         (json!({"token": {"name": "a\u{1b}[2Jb", "scope": scope_ok}}), "name"),
         (json!({"token": {"name": "a\u{0}b", "scope": scope_ok}}), "name"),
         (json!({"token": {"name": "abc\u{202e}fed", "scope": scope_ok}}), "name"),
+        (json!({"token": {"name": "ro\u{3164}", "scope": scope_ok}}), "name"),
+        (json!({"token": {"name": "r\u{a0}o", "scope": scope_ok}}), "name"),
         (json!({"token": {"name": "a", "scope": scope_ok, "description": "x\u{7}"}}), "description"),
         (json!({"token": {"name": "a"}}), "scope"),
         (
@@ -237,7 +239,7 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
     assert!(list["tokens"].as_array().unwrap().iter().all(|t| t["origin"] == "config"), "{list}");
     // Line breaks and tabs are fine in a description, and names may be any script.
     let mut multi_line = valid_token("\u{540d}\u{524d} d\u{e9}j\u{e0}");
-    multi_line["token"]["description"] = json!("first line\n\tsecond line");
+    multi_line["token"]["description"] = json!("first line\r\n\tsecond line");
     let (status, v) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(multi_line)).await;
     assert_eq!(status, 201, "{v}");
     // A duplicate name is refused.

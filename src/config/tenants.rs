@@ -157,6 +157,16 @@ pub(super) fn token(
     if t.name.trim().is_empty() || t.name.len() > MAX_NAME {
         errs.push(format!("{tp}.name"), format!("must be 1-{MAX_NAME} characters"));
     }
+    // The token API's rule: a listing shows these names and descriptions as they are.
+    if crate::token::hides_characters(&t.name, false) {
+        errs.push(format!("{tp}.name"), "must not hold control or invisible characters");
+    }
+    if crate::token::hides_characters(&t.description, true) {
+        errs.push(
+            format!("{tp}.description"),
+            "must not hold control or invisible characters (but line breaks and tabs)",
+        );
+    }
     if let Err(fields) = compile_scope(&t.scope, stack) {
         for (field, msgs) in fields {
             for m in msgs {

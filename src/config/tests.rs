@@ -189,3 +189,20 @@ fn notices_without_a_channel_are_a_warning_not_an_error() {
         format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[notify]\nwebhook = \"http://127.0.0.1:9/h\"\n{token}");
     assert!(crate::config::from_str(&with_hook).unwrap().warnings().is_empty());
 }
+
+#[test]
+fn static_token_names_follow_the_token_apis_rules() {
+    let token = |name: &str, description: &str| {
+        format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[[organizations]]\nuid = \"o\"\n[[stacks]]\napi_key = \"k\"\norganization = \"o\"\n[[stacks.tokens]]\nuid = \"blt00000000000000n1\"\nname = \"{name}\"\ndescription = \"{description}\"\nsecret_sha256 = \"48c9f795c89445276749b08e0e69d3e177a9e1d408cbfb968aab1272f246af24\"\nscope = [{{ module = \"branch\", branches = [\"main\"], acl = {{ read = true }} }}]\n")
+    };
+    assert!(crate::config::from_str(&token("ci export", "line one\\nline two")).is_ok());
+    for (name, description, field) in [
+        ("static\\u202eevil", "", "stacks[0].tokens[0].name"),
+        ("a\\u001b[31m", "", "stacks[0].tokens[0].name"),
+        ("n", "x\\u200by", "stacks[0].tokens[0].description"),
+        ("n", "bell\\u0007", "stacks[0].tokens[0].description"),
+    ] {
+        let errors = crate::config::from_str(&token(name, description)).unwrap_err().to_string();
+        assert!(errors.contains(field), "{name:?} {description:?}: {errors}");
+    }
+}

@@ -377,22 +377,15 @@ pub fn apply(
     }
 }
 
-/// Characters that change how text around them shows without showing themselves:
-/// zero-width ones (`a\u{200b}` would list beside `a` as the same name), direction
-/// overrides (which reorder a listing), the soft hyphen and the byte-order mark.
-fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}')
-}
-
 fn check(rec: &TokenRecord, ctx: &Context<'_>, errors: &mut FieldErrors) {
     let chars = rec.name.chars().count();
     if chars == 0 || chars > MAX_NAME {
         push(errors, "name", &format!("must be 1 to {MAX_NAME} characters."));
     }
-    if rec.name.chars().any(|c| c.is_control() || is_invisible(c)) {
+    if crate::token::hides_characters(&rec.name, false) {
         push(errors, "name", "must not hold control or invisible characters.");
     }
-    if rec.description.chars().any(|c| (c.is_control() && c != '\n' && c != '\t') || is_invisible(c)) {
+    if crate::token::hides_characters(&rec.description, true) {
         push(errors, "description", "must not hold control or invisible characters (but line breaks and tabs).");
     }
     if ctx.stack.tokens.iter().any(|t| t.name == rec.name) {
