@@ -73,7 +73,9 @@ impl<'a> Credentials<'a> {
 
     fn credential(&self) -> Credential<'a> {
         match self.authorization {
-            Some(v) if !is_bearer(v.as_bytes()) => Credential::Management(v.as_bytes()),
+            // Without the whitespace an HTTP/2 field may keep around it, as every HTTP/1.1
+            // parser reads it (and as the backend will).
+            Some(v) if !is_bearer(v.as_bytes()) => Credential::Management(v.as_bytes().trim_ascii()),
             Some(_) => Credential::UserSession,
             None if self.authtoken.is_some() => Credential::UserSession,
             None => Credential::None,
