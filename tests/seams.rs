@@ -1307,6 +1307,31 @@ async fn a_management_token_sent_as_a_user_session_is_refused() {
             assert!(env.backend.seen().is_empty(), "{fields:?} was forwarded");
         }
     }
+    // Nor beside a harmless session, in the query, a cookie or a field of another name
+    // (as sent or percent-encoded), where a backend may read a session from.
+    let encoded: String = RO.bytes().map(|b| format!("%{b:02X}")).collect();
+    let query_plain = format!("{PATH}?authtoken={RO}");
+    let query_encoded = format!("{PATH}?access_token={encoded}");
+    let cookie = format!("authtoken={encoded}");
+    let session = [("api_key", API_KEY), ("authtoken", "blt0123456789abcdef")];
+    for (target, extra) in [
+        (query_plain.as_str(), None),
+        (query_encoded.as_str(), None),
+        (PATH, Some(("cookie", cookie.as_str()))),
+        (PATH, Some(("x-auth-token", RO))),
+        (PATH, Some(("access_token", RO))),
+    ] {
+        env.backend.clear();
+        let mut fields = session.to_vec();
+        fields.extend(extra);
+        assert_eq!(raw_request(env.gateway.addr, "GET", target, &fields, "").await.0, 403, "{target} {extra:?}");
+        let uri = format!("http://{}{target}", env.gateway.addr);
+        assert_eq!(h2_send(&mut h2c, "GET", &uri, &fields, "").await.0, 403, "h2 {target} {extra:?}");
+        assert!(env.backend.seen().is_empty(), "{target} {extra:?} was forwarded");
+    }
+    // Login carries no credential yet: the same holds there.
+    let login = [("content-type", "application/json"), ("x-auth-token", RO)];
+    assert_eq!(raw_request(env.gateway.addr, "POST", "/v3/user-session", &login, "{}").await.0, 403);
     // A management token with the whitespace an HTTP/2 field keeps is read as HTTP/1.1
     // reads it: the token.
     let spaced = format!(" {RO}\t");

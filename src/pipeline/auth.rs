@@ -106,7 +106,7 @@ impl<'a> Credentials<'a> {
 /// quotes, `Bearer cs...` inside an `authtoken`, another case. Decided by shape, not
 /// by lookup, so the answer is the same for a live, deleted or made-up secret: the
 /// user-session path tells nobody which secrets exist.
-fn holds_token_shape(value: &[u8]) -> bool {
+pub fn holds_token_shape(value: &[u8]) -> bool {
     value.split(|b| !b.is_ascii_alphanumeric()).any(|piece| {
         piece.len() == 34 && piece[..2].eq_ignore_ascii_case(b"cs") && piece[2..].iter().all(u8::is_ascii_hexdigit)
     })

@@ -170,6 +170,9 @@ pub fn decide<'a>(
         return Ok(Decision { target, op, route: Route::TokenApi });
     }
     let principal = authenticate(snap, &creds, now, op.rule == Rule::Login)?;
+    if matches!(principal, Principal::UserSession) && query::carries_token_shape(&parts.headers, target.query) {
+        return Err(GatewayError::Forbidden(Denial::TokenAsUserSession));
+    }
     if let Principal::Token(token) = &principal {
         facts.token = Some(Arc::clone(token));
         authorize(token, &op, creds.branch)?;

@@ -17,7 +17,7 @@
 //! The other places such a backend reads parameters from are closed too: cookies may
 //! not name these keys, and a body may not be a urlencoded form.
 
-use super::auth::Credentials;
+use super::auth::{self, Credentials};
 use super::policy::{ascii_reading, DEFAULT_BRANCH};
 use crate::error::{BadRequest, GatewayError};
 use crate::field_names::folded_eq;
@@ -163,6 +163,21 @@ fn named_in(query: &str) -> Result<[Cow<'_, str>; 2], GatewayError> {
 /// A query's pairs as the lenient parsers split them: on `&` and `;`, then decoded.
 fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
     query.split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes()))
+}
+
+/// Whether a user-session request carries anything shaped like an issued secret in
+/// any field or in its query, as sent or through any of their decodings (a cookie
+/// `authtoken=cs%33...`): the backend, which decides user sessions and may read one
+/// from a cookie, the query or a field of another name, would be handed a management
+/// token undecided.
+pub fn carries_token_shape(headers: &HeaderMap, query: Option<&str>) -> bool {
+    let holds = |text: &str| {
+        auth::holds_token_shape(text.as_bytes())
+            || each_decoding(text, false, |d| if auth::holds_token_shape(d.as_bytes()) { Err(true) } else { Ok(()) })
+                == Err(true)
+    };
+    headers.values().any(|v| v.to_str().map_or_else(|_| auth::holds_token_shape(v.as_bytes()), holds))
+        || query.is_some_and(holds)
 }
 
 /// Runs `f` on each further decoding of `text` (a whole query, or a key, after the
