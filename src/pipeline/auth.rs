@@ -91,13 +91,12 @@ impl<'a> Credentials<'a> {
     }
 
     /// Whether a management token is presented as a user session: an `authtoken` or
-    /// bearer token that holds a piece shaped like the secrets the gateway issues, or
-    /// that is the secret of a token it knows (one configured under another shape).
-    pub fn session_holds_token(&self, snap: &Snapshot) -> bool {
-        self.session_secrets().any(|secret| {
-            holds_token_shape(secret)
-                || (!secret.is_empty() && secret.len() <= MAX_SECRET_LEN && snap.token(&hash_secret(secret)).is_some())
-        })
+    /// bearer token that holds a piece shaped like the secrets the gateway issues.
+    /// Decided by shape alone, never by a lookup: a lookup would answer differently for
+    /// a live secret and a wrong one, a test of leaked candidates that no guess limit
+    /// slows (a static token configured under another shape is not recognised here).
+    pub fn session_holds_token(&self) -> bool {
+        self.session_secrets().any(holds_token_shape)
     }
 }
 
@@ -136,7 +135,7 @@ pub fn authenticate(
         Credential::Management(secret) => management_token(snap, creds, secret, now).map(Principal::Token),
         // A management token sent as a user session would reach the backend undecided
         // (and with `forward_token = false` the backend is never to see a secret).
-        Credential::UserSession if creds.session_holds_token(snap) => {
+        Credential::UserSession if creds.session_holds_token() => {
             Err(GatewayError::Forbidden(Denial::TokenAsUserSession))
         }
         Credential::UserSession => user_session(snap),

@@ -164,7 +164,7 @@ pub fn decide<'a>(
     if op.rule == Rule::TokenApi {
         // Tokens never manage tokens, valid or not, however presented.
         let bearer = parts.headers.get(AUTHORIZATION).map(|v| auth::is_bearer(v.as_bytes()));
-        if bearer == Some(false) || creds.session_holds_token(snap) {
+        if bearer == Some(false) || creds.session_holds_token() {
             return Err(GatewayError::Forbidden(Denial::NeverAllowed));
         }
         return Ok(Decision { target, op, route: Route::TokenApi });

@@ -171,13 +171,15 @@ fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
 /// from a cookie, the query or a field of another name, would be handed a management
 /// token undecided.
 pub fn carries_token_shape(headers: &HeaderMap, query: Option<&str>) -> bool {
+    // Escapes still left after every decoding count as holding one, as they make a key
+    // ambiguous on the management-token path.
     let holds = |text: &str| {
         auth::holds_token_shape(text.as_bytes())
-            || each_decoding(text, false, |d| if auth::holds_token_shape(d.as_bytes()) { Err(true) } else { Ok(()) })
-                == Err(true)
+            || each_decoding(text, true, |d| if auth::holds_token_shape(d.as_bytes()) { Err(true) } else { Ok(()) })
+                .is_err()
     };
-    headers.values().any(|v| v.to_str().map_or_else(|_| auth::holds_token_shape(v.as_bytes()), holds))
-        || query.is_some_and(holds)
+    // A field with bytes beyond ASCII is read as a cookie parser reads it (lossily).
+    headers.values().any(|v| holds(&String::from_utf8_lossy(v.as_bytes()))) || query.is_some_and(holds)
 }
 
 /// Runs `f` on each further decoding of `text` (a whole query, or a key, after the
@@ -351,6 +353,40 @@ impl Param {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn a_secrets_shape_is_found_in_any_field_or_the_query_however_encoded() {
+        const SECRET: &str = "cs0123456789abcdef0123456789abcdef";
+        let encoded: String = SECRET.bytes().map(|b| format!("%{b:02X}")).collect();
+        let twice = encoded.replace('%', "%25");
+        let deep = (0..5).fold(SECRET.replacen('c', "%63", 1), |t, _| t.replace('%', "%25"));
+        let field = |value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-any", HeaderValue::from_bytes(value).unwrap());
+            carries_token_shape(&headers, None)
+        };
+        for value in [
+            SECRET.to_owned(),
+            format!("authtoken={encoded}"),
+            format!("a=1; authtoken={twice}"),
+            format!("a=\u{e9}; authtoken={encoded}"),
+            deep,
+        ] {
+            assert!(field(value.as_bytes()), "{value}");
+            assert!(carries_token_shape(&HeaderMap::new(), Some(&value)), "?{value}");
+        }
+        for value in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "d3351877-000000000001",
+            "\"5f8a0f0e0d0c0b0a09080706050403020100\"",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjczAxMjMifQ.c2lnbmF0dXJl",
+            "csrftoken=Zx3Vq9pLmN2bC4dE6fG8hJ0kL1mN3pQ5; sessionid=abc",
+            "blt0123456789abcdef",
+            "cs5b69faf35efdebd91d08bcf4",
+        ] {
+            assert!(!field(value.as_bytes()), "{value}");
+        }
+    }
 
     fn check_with(query: &str, api_key: &'static str, branch: Option<&'static str>) -> Result<(), GatewayError> {
         let mut headers = HeaderMap::new();

@@ -285,7 +285,7 @@ fn is_guess(gw: &Gateway, snap: &Snapshot, err: &GatewayError, parts: &Parts) ->
         _ => return false,
     }
     let known_token = parts.headers.get(http::header::AUTHORIZATION).is_some_and(|v| {
-        let hash = crate::token::hash_secret(v.as_bytes());
+        let hash = crate::token::hash_secret(v.as_bytes().trim_ascii());
         snap.token(&hash).is_some() || gw.guard().was_revoked(&hash)
     });
     let known_user = parts

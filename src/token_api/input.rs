@@ -341,10 +341,22 @@ pub fn apply(
     if creating && input.scope.is_none() {
         push(&mut errors, "scope", "is required.");
     }
+    // Checked only when given: a token named before these rules stays updatable (it
+    // can still be suspended in a hurry) until someone renames it.
     if let Some(name) = input.name {
         rec.name = name.trim().to_owned();
+        if crate::token::hides_characters(&rec.name, false) {
+            push(&mut errors, "name", "must not hold control or invisible characters.");
+        }
     }
     if let Some(d) = input.description {
+        if crate::token::hides_characters(&d, true) {
+            push(
+                &mut errors,
+                "description",
+                "must not hold control or invisible characters (but line breaks and tabs).",
+            );
+        }
         rec.description = d;
     }
     if let Some(scope) = input.scope {
@@ -381,12 +393,6 @@ fn check(rec: &TokenRecord, ctx: &Context<'_>, errors: &mut FieldErrors) {
     let chars = rec.name.chars().count();
     if chars == 0 || chars > MAX_NAME {
         push(errors, "name", &format!("must be 1 to {MAX_NAME} characters."));
-    }
-    if crate::token::hides_characters(&rec.name, false) {
-        push(errors, "name", "must not hold control or invisible characters.");
-    }
-    if crate::token::hides_characters(&rec.description, true) {
-        push(errors, "description", "must not hold control or invisible characters (but line breaks and tabs).");
     }
     if ctx.stack.tokens.iter().any(|t| t.name == rec.name) {
         push(errors, "name", "is already used by another token of this stack.");
@@ -441,6 +447,61 @@ mod tests {
             Err(GatewayError::Unprocessable(errors)) => errors,
             other => panic!("{body}: expected 422, got {other:?}"),
         }
+    }
+
+    /// A token named before the character rules (here with a zero-width space) can still
+    /// be suspended; renaming it to such a name is refused.
+    #[test]
+    fn a_name_from_before_the_rules_does_not_block_other_changes() {
+        use crate::token::{Acl, Origin};
+        let scope = vec![ScopeEntry {
+            module: "branch".into(),
+            acl: Acl { read: true, write: false },
+            branches: Some(vec!["main".into()]),
+            branch_aliases: None,
+        }];
+        let stack = Stack {
+            api_key: "k".into(),
+            organization: "o".into(),
+            name: "s".into(),
+            branches: vec!["main".into()],
+            aliases: Default::default(),
+            members: Default::default(),
+            tokens: Vec::new(),
+        };
+        let org = Organization {
+            uid: "o".into(),
+            read_per_second: 10,
+            write_per_second: 10,
+            burst: None,
+            bulk_per_second: 1,
+            max_tokens_per_stack: 30,
+        };
+        let ctx = Context { stack: &stack, org: &org, now: 0 };
+        let legacy = TokenRecord {
+            uid: "blt0000000000000001".into(),
+            stack: "k".into(),
+            name: "ci\u{200b}".into(),
+            description: String::new(),
+            secret_sha256: [0; 32],
+            scope: scope.into(),
+            expires_on: None,
+            is_email_notification_enabled: false,
+            rate_limit: None,
+            created_by: "alice".into(),
+            updated_by: "alice".into(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            expiry_notified_at: None,
+            enabled: true,
+            previous_secret: None,
+            origin: Origin::Store,
+        };
+        let suspend = parse(br#"{"token": {"enabled": false}}"#, Purpose::Update).unwrap();
+        assert!(!apply(suspend, legacy.clone(), &ctx, false).unwrap().enabled);
+        let rename = parse(b"{\"token\": {\"name\": \"ci\\u200c\"}}", Purpose::Update).unwrap();
+        let errors = apply(rename, legacy, &ctx, false).unwrap_err();
+        assert!(errors.contains_key("name"), "{errors:?}");
     }
 
     #[test]
