@@ -1313,6 +1313,7 @@ async fn a_management_token_sent_as_a_user_session_is_refused() {
     let query_plain = format!("{PATH}?authtoken={RO}");
     let query_encoded = format!("{PATH}?access_token={encoded}");
     let cookie = format!("authtoken={encoded}");
+    let named = format!("x-{RO}");
     let session = [("api_key", API_KEY), ("authtoken", "blt0123456789abcdef")];
     for (target, extra) in [
         (query_plain.as_str(), None),
@@ -1320,6 +1321,7 @@ async fn a_management_token_sent_as_a_user_session_is_refused() {
         (PATH, Some(("cookie", cookie.as_str()))),
         (PATH, Some(("x-auth-token", RO))),
         (PATH, Some(("access_token", RO))),
+        (PATH, Some((named.as_str(), "1"))),
     ] {
         env.backend.clear();
         let mut fields = session.to_vec();

@@ -178,8 +178,11 @@ pub fn carries_token_shape(headers: &HeaderMap, query: Option<&str>) -> bool {
             || each_decoding(text, true, |d| if auth::holds_token_shape(d.as_bytes()) { Err(true) } else { Ok(()) })
                 .is_err()
     };
-    // A field with bytes beyond ASCII is read as a cookie parser reads it (lossily).
-    headers.values().any(|v| holds(&String::from_utf8_lossy(v.as_bytes()))) || query.is_some_and(holds)
+    // A field's name counts too; a value with bytes beyond ASCII is read as a cookie
+    // parser reads it (lossily).
+    headers.iter().any(|(name, v)| {
+        auth::holds_token_shape(name.as_str().as_bytes()) || holds(&String::from_utf8_lossy(v.as_bytes()))
+    }) || query.is_some_and(holds)
 }
 
 /// Runs `f` on each further decoding of `text` (a whole query, or a key, after the
@@ -375,6 +378,9 @@ mod tests {
             assert!(field(value.as_bytes()), "{value}");
             assert!(carries_token_shape(&HeaderMap::new(), Some(&value)), "?{value}");
         }
+        let mut named = HeaderMap::new();
+        named.insert(HeaderName::from_bytes(format!("x-{SECRET}").as_bytes()).unwrap(), HeaderValue::from_static("1"));
+        assert!(carries_token_shape(&named, None), "a field named after a secret");
         for value in [
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "d3351877-000000000001",
