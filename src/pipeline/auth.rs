@@ -82,29 +82,23 @@ impl<'a> Credentials<'a> {
         }
     }
 
-    /// The user-session credentials a request presents: its `authtoken`, and its
-    /// bearer token (after `Bearer `), each without surrounding whitespace (an HTTP/2
-    /// field keeps it; an HTTP/1.1 backend would trim it).
-    fn session_secrets(&self) -> impl Iterator<Item = &'a [u8]> {
-        let bearer = self.authorization.filter(|v| is_bearer(v.as_bytes())).and_then(|v| v.as_bytes().get(7..));
-        self.authtoken.map(HeaderValue::as_bytes).into_iter().chain(bearer).map(<[u8]>::trim_ascii)
-    }
-
-    /// Whether a management token is presented as a user session: an `authtoken` or
-    /// bearer token that holds a piece shaped like the secrets the gateway issues.
-    /// Decided by shape alone, never by a lookup: a lookup would answer differently for
-    /// a live secret and a wrong one, a test of leaked candidates that no guess limit
-    /// slows (a static token configured under another shape is not recognised here).
+    /// Whether a management token is presented as a user credential (`authtoken`, or
+    /// `authorization: Bearer`): one holding a piece shaped like the secrets the gateway
+    /// issues. The token API asks this of its callers; a proxied user-session request is
+    /// checked more widely ([`super::query::carries_token_shape`]).
     pub fn session_holds_token(&self) -> bool {
-        self.session_secrets().any(holds_token_shape)
+        let bearer = self.authorization.filter(|v| is_bearer(v.as_bytes()));
+        self.authtoken.into_iter().chain(bearer).any(|v| holds_token_shape(v.as_bytes()))
     }
 }
 
 /// Whether a value holds a piece shaped like an issued secret (`cs` and 32 hex digits,
 /// in any case), delimited by anything but a letter or a digit: a list (`x, cs...`),
-/// quotes, `Bearer cs...` inside an `authtoken`, another case. Decided by shape, not
-/// by lookup, so the answer is the same for a live, deleted or made-up secret: the
-/// user-session path tells nobody which secrets exist.
+/// quotes, surrounding whitespace, `Bearer cs...` inside an `authtoken`, another case.
+/// Decided by shape, never by a lookup, which would answer differently for a live
+/// secret and a wrong one (a test of leaked candidates that no guess limit slows): the
+/// user-session path tells nobody which secrets exist. A static token configured with
+/// a secret of another shape is not recognised here.
 pub fn holds_token_shape(value: &[u8]) -> bool {
     value.split(|b| !b.is_ascii_alphanumeric()).any(|piece| {
         piece.len() == 34 && piece[..2].eq_ignore_ascii_case(b"cs") && piece[2..].iter().all(u8::is_ascii_hexdigit)
@@ -133,11 +127,6 @@ pub fn authenticate(
 ) -> Result<Principal, GatewayError> {
     match creds.credential() {
         Credential::Management(secret) => management_token(snap, creds, secret, now).map(Principal::Token),
-        // A management token sent as a user session would reach the backend undecided
-        // (and with `forward_token = false` the backend is never to see a secret).
-        Credential::UserSession if creds.session_holds_token() => {
-            Err(GatewayError::Forbidden(Denial::TokenAsUserSession))
-        }
         Credential::UserSession => user_session(snap),
         Credential::None if login => user_session(snap),
         Credential::None => Err(GatewayError::Unauthenticated { expired: false }),

@@ -170,6 +170,9 @@ pub fn decide<'a>(
         return Ok(Decision { target, op, route: Route::TokenApi });
     }
     let principal = authenticate(snap, &creds, now, op.rule == Rule::Login)?;
+    // A management token sent as a user session (in its credential, another field or the
+    // query) would reach the backend undecided, and with `forward_token = false` the
+    // backend is never to see a secret.
     if matches!(principal, Principal::UserSession) && query::carries_token_shape(&parts.headers, target.query) {
         return Err(GatewayError::Forbidden(Denial::TokenAsUserSession));
     }
