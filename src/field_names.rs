@@ -31,6 +31,11 @@ fn fold(b: u8) -> u8 {
     }
 }
 
+/// The most header fields a request may carry (431 beyond): the HTTP/1.1 loop's
+/// parser holds this many, and HTTP/2 requests, whose field count the protocol does not
+/// bound, are held to the same.
+pub const MAX_FIELDS: usize = 100;
+
 /// `api_key`: the stack's API key. Its canonical spelling has an underscore, as the
 /// CMA's own clients send it; any other spelling of it is refused (see
 /// [`is_credential_alias`]).
@@ -115,10 +120,37 @@ const CLIENT_ADDRESS: [&[u8]; 17] = [
     b"fastly-client-ip",
 ];
 
+/// Fields in which a proxy in front tells its backend what the client asked for before
+/// any rewriting (the path, host or scheme) or who the user is (an authenticating
+/// proxy's `Remote-User`), which backends set up behind such proxies trust; and
+/// `Proxy`, which CGI turns into `HTTP_PROXY`, the proxy for the backend's own outbound
+/// calls ("httpoxy"). From a client, none of them is true.
+const ASSERTED: [&[u8]; 17] = [
+    b"proxy",
+    b"x-original-uri",
+    b"x-original-path",
+    b"x-envoy-original-path",
+    b"x-host",
+    b"x-original-host",
+    b"x-scheme",
+    b"x-url-scheme",
+    b"front-end-https",
+    b"remote-user",
+    b"x-remote-user",
+    b"x-remote-group",
+    b"x-authenticated-user",
+    b"x-auth-request-user",
+    b"x-auth-request-email",
+    b"x-auth-request-preferred-username",
+    b"x-auth-request-groups",
+];
+
 /// Fields only the gateway may set (a client can never speak for it): its identity
-/// fields, the forwarding and client-address fields, the request id; and the fields
-/// that would make the backend run another method or path than the one authorised.
+/// fields, the forwarding and client-address fields, the request id; the fields that
+/// would make the backend run another method or path than the one authorised; and what
+/// only a proxy in front may assert ([`ASSERTED`]).
 pub fn is_gateway_only(name: &[u8]) -> bool {
+    let asserted = || ASSERTED.iter().any(|a| folded_eq(name, a));
     match name.first().map(|b| b.to_ascii_lowercase()) {
         Some(b'x') => {
             folded_starts_with(name, b"x-stackgate-")
@@ -127,13 +159,16 @@ pub fn is_gateway_only(name: &[u8]) -> bool {
                 || folded_eq(name, b"x-real-ip")
                 || REINTERPRETING.iter().any(|r| folded_eq(name, r))
                 || CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c))
+                || asserted()
         }
         Some(b'c' | b't') => CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c)),
         Some(b'f') => {
             folded_eq(name, b"forwarded")
                 || folded_eq(name, b"forwarded-for")
                 || CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c))
+                || asserted()
         }
+        Some(b'p' | b'r') => asserted(),
         // `_method`, which method-override middleware reads as the method.
         Some(b'_' | b'-') => folded_eq(name, b"-method"),
         _ => false,
@@ -202,15 +237,46 @@ mod tests {
             "X-Envoy-External-Address",
             "X-Originating-IP",
             "X-Remote-Addr",
+            "Proxy",
+            "x_original_uri",
+            "X-Envoy-Original-Path",
+            "X-Original-Path",
+            "x_host",
+            "X-Original-Host",
+            "X-Scheme",
+            "X_URL_SCHEME",
+            "Front-End-Https",
+            "Remote-User",
+            "remote_user",
+            "X-Remote-User",
+            "X-Remote-Group",
+            "X-Authenticated-User",
+            "X-Auth-Request-User",
+            "x_auth_request_email",
+            "X-Auth-Request-Preferred-Username",
+            "X-Auth-Request-Groups",
         ] {
             assert!(is_gateway_only(name.as_bytes()), "{name}");
         }
         for name in ["content_length", "transfer_encoding"] {
             assert!(is_framing(name.as_bytes()), "{name}");
         }
-        for name in
-            ["x-custom", "content-type", "api_key", "x-stackgatex", "forwarded-x", "te-x", "client-ips", "cookie"]
-        {
+        for name in [
+            "x-custom",
+            "content-type",
+            "api_key",
+            "x-stackgatex",
+            "forwarded-x",
+            "te-x",
+            "client-ips",
+            "cookie",
+            "proxy-x",
+            "remote-users",
+            "x-hosts",
+            "pragma",
+            "referer",
+            "x-user-id",
+        ] {
             assert!(!is_hop_by_hop(name.as_bytes()) && !is_gateway_only(name.as_bytes()), "{name}");
         }
     }

@@ -292,6 +292,29 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
         403,
         403,
     ),
+    // Keys read up to a NUL, as decoders keeping C strings read them.
+    (
+        "POST",
+        "/v3/content_types/blog/entries/e1/workflow",
+        r#"{"workflow":{"publishing_rule":{"status\u0000":1,"status":0}}}"#,
+        403,
+        403,
+    ),
+    (
+        "POST",
+        "/v3/content_types/blog/entries/e1/workflow",
+        r#"{"workflow":{"workflow_stage\u0000":{"uid":"review"},"publishing_rule":{"status":0}}}"#,
+        403,
+        403,
+    ),
+    (
+        "POST",
+        "/v3/workflows/publishing_rules",
+        r#"{"publishing_rule":{"approvers\u0000":{"users":["u1"]},"approvers":{"users":[],"roles":[]}}}"#,
+        403,
+        403,
+    ),
+    ("POST", "/v3/workflows/publishing_rules", r#"{"publishing_rule":{"approvers\u0000":{"users":["u1"]}}}"#, 403, 403),
     // Only an empty body is no body.
     ("DELETE", "/v3/workflows/publishing_rules/p1", " ", 403, 400),
     ("POST", "/v3/bulk/workflow", r#"{"workflow":{"workflow_stage":{"uid":"s1"}},"entries":[]}"#, 403, 403),

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 const PATH: &str = "/v3/content_types";
 
 /// Names the gateway strips in every spelling (hop-by-hop, gateway-only, reinterpreting).
-const STRIPPED: [&str; 15] = [
+const STRIPPED: [&str; 20] = [
     "keep-alive",
     "proxy-connection",
     "te",
@@ -34,6 +34,11 @@ const STRIPPED: [&str; 15] = [
     "x-http-method-override",
     "x-original-url",
     "authtoken",
+    "proxy",
+    "x-original-uri",
+    "x-original-host",
+    "remote-user",
+    "x-auth-request-user",
 ];
 /// What the gateway adds itself (forward_token = false): exactly one copy each.
 const GATEWAY_SET: [&str; 5] =

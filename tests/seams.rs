@@ -178,6 +178,14 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
         ("Fly-Client-IP", "203.0.113.7"),
         ("X_Forwarded", "for=203.0.113.7"),
         ("X-Appengine-Remote-Addr", "203.0.113.7"),
+        ("Proxy", "http://203.0.113.7:1"),
+        ("X-Original-URI", "/v3/stacks"),
+        ("x_envoy_original_path", "/v3/stacks"),
+        ("X-Original-Host", "evil.example"),
+        ("X_Scheme", "https"),
+        ("Front-End-Https", "on"),
+        ("Remote-User", "admin"),
+        ("x_auth_request_user", "admin"),
     ];
     for (method, body) in [("GET", ""), ("POST", "{}")] {
         env.backend.clear();
@@ -211,6 +219,35 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
         assert_eq!(seen.headers["x-stackgate-access"], "read-write");
         assert_ne!(seen.headers["x-request-id"], "client-id");
         assert_eq!(seen.body_len, body.len(), "{method}");
+    }
+    // HTTP/2 (names in lower case, underscores kept): the same fields are stripped.
+    let mut sender = h2(env.gateway.addr).await;
+    for (method, body) in [("GET", ""), ("POST", "{}")] {
+        env.backend.clear();
+        let lower: Vec<(String, &str)> = spoofed
+            .iter()
+            .filter(|(name, _)| !matches!(*name, "transfer_encoding" | "content_length" | "proxy_connection"))
+            .map(|(name, value)| (name.to_ascii_lowercase(), *value))
+            .collect();
+        let mut fields = json_creds(RW);
+        fields.extend(lower.iter().map(|(n, v)| (n.as_str(), *v)));
+        let uri = format!("http://{}{PATH}", env.gateway.addr);
+        let (status, text) = h2_send(&mut sender, method, &uri, &fields, body).await;
+        assert_eq!(status, 200, "h2 {method}: {text:?}");
+        let seen = env.backend.last().unwrap();
+        for (name, _) in &lower {
+            let folded = name.replace('_', "-");
+            if ["x-forwarded-for", "x-forwarded-proto", "x-request-id", "x-stackgate-access", "x-stackgate-token-uid"]
+                .contains(&folded.as_str())
+            {
+                assert_eq!(seen.headers.get_all(folded.as_str()).iter().count(), 1, "h2 {method}: {name}");
+                assert!(!seen.headers.contains_key(name.as_str()) || folded == *name, "h2 {method}: {name}");
+                continue;
+            }
+            for have in seen.headers.keys() {
+                assert_ne!(have.as_str().replace('_', "-"), folded, "h2 {method}: {name} reached the backend");
+            }
+        }
     }
     // Another spelling of a credential is not read, so it may not pass either.
     let mut fields = json_creds(RW);
@@ -1307,17 +1344,21 @@ async fn a_management_token_sent_as_a_user_session_is_refused() {
             assert!(env.backend.seen().is_empty(), "{fields:?} was forwarded");
         }
     }
-    // Nor beside a harmless session, in the query, a cookie or a field of another name
-    // (as sent or percent-encoded), where a backend may read a session from.
+    // Nor beside a harmless session, in the path, the query, a cookie or a field of
+    // another name (as sent or percent-encoded), where a backend may read a session from.
     let encoded: String = RO.bytes().map(|b| format!("%{b:02X}")).collect();
     let query_plain = format!("{PATH}?authtoken={RO}");
     let query_encoded = format!("{PATH}?access_token={encoded}");
     let cookie = format!("authtoken={encoded}");
     let named = format!("x-{RO}");
+    let in_path = format!("/v3/content_types/{RO}");
+    let in_path_encoded = format!("/v3/content_types/{encoded}");
     let session = [("api_key", API_KEY), ("authtoken", "blt0123456789abcdef")];
     for (target, extra) in [
         (query_plain.as_str(), None),
         (query_encoded.as_str(), None),
+        (in_path.as_str(), None),
+        (in_path_encoded.as_str(), None),
         (PATH, Some(("cookie", cookie.as_str()))),
         (PATH, Some(("x-auth-token", RO))),
         (PATH, Some(("access_token", RO))),
@@ -1438,4 +1479,27 @@ async fn a_backend_coding_other_than_chunked_is_a_bad_gateway() {
     let mut sender = h2(gw.addr).await;
     let (status, _) = h2_send(&mut sender, "GET", &format!("http://{}{PATH}", gw.addr), &json_creds(RW), "").await;
     assert_eq!(status, 502, "h2");
+}
+
+/// HTTP/2 does not bound how many fields a request carries: the gateway holds it to the
+/// HTTP/1.1 loop's 100 (431, with its error body), and nothing is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_is_held_to_the_field_count_of_http1() {
+    let env = Env::start().await;
+    let mut sender = h2(env.gateway.addr).await;
+    let uri = format!("http://{}{PATH}", env.gateway.addr);
+    let names: Vec<String> = (0..120).map(|i| format!("x-f{i}")).collect();
+    for (count, want) in [(120, 431), (101, 431), (90, 200)] {
+        env.backend.clear();
+        let mut fields: Vec<(&str, &str)> = creds(RO);
+        let room = count - fields.len();
+        fields.extend(names.iter().take(room).map(|n| (n.as_str(), "1")));
+        let (status, body) = h2_send(&mut sender, "GET", &uri, &fields, "").await;
+        assert_eq!(status, want, "{count} fields: {body:?}");
+        if want == 431 {
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(body["error_code"].is_number(), "{body}");
+            assert!(env.backend.seen().is_empty(), "{count} fields were forwarded");
+        }
+    }
 }

@@ -171,6 +171,10 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
         (json!({"token": {"name": "abc\u{202e}fed", "scope": scope_ok}}), "name"),
         (json!({"token": {"name": "ro\u{3164}", "scope": scope_ok}}), "name"),
         (json!({"token": {"name": "r\u{a0}o", "scope": scope_ok}}), "name"),
+        // At either end too (names no other token has: not refused as duplicates).
+        (json!({"token": {"name": "unused\u{a0}", "scope": scope_ok}}), "name"),
+        (json!({"token": {"name": "\u{2003}unused", "scope": scope_ok}}), "name"),
+        (json!({"token": {"name": "unused\n", "scope": scope_ok}}), "name"),
         (json!({"token": {"name": "a", "scope": scope_ok, "description": "x\u{7}"}}), "description"),
         (json!({"token": {"name": "a"}}), "scope"),
         (

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Header fields taken in one head; more is answered 431.
-const MAX_HEADERS: usize = 100;
+const MAX_HEADERS: usize = crate::field_names::MAX_FIELDS;
 /// Request targets longer than this are answered 414.
 const MAX_URI: usize = 65_534;
 

@@ -61,12 +61,17 @@ fn check_method(method: &Method) -> Result<(), GatewayError> {
     }
 }
 
-/// The message fields every reader must agree on before anything else is read:
+/// The message fields every reader must agree on before anything else is read: at
+/// most [`MAX_FIELDS`](crate::field_names::MAX_FIELDS) of them on every protocol (431);
 /// `Host` once (HTTP/1.1 requires it, RFC 9112 section 3.2; two would leave the backend
-/// to pick one) and a valid one (host and port, no user info; empty is allowed), and a `Transfer-Encoding` that is exactly `chunked`. The body reaches
-/// the gateway de-chunked; another coding (`gzip, chunked`) would be forwarded without
-/// its label and read by the backend as something else than what was sent.
+/// to pick one) and a valid one (host and port, no user info; empty is allowed), and a
+/// `Transfer-Encoding` that is exactly `chunked`. The body reaches the gateway
+/// de-chunked; another coding (`gzip, chunked`) would be forwarded without its label
+/// and read by the backend as something else than what was sent.
 fn check_message(parts: &Parts) -> Result<(), GatewayError> {
+    if parts.headers.len() > crate::field_names::MAX_FIELDS {
+        return Err(GatewayError::HeadTooLarge);
+    }
     let hosts = parts.headers.get_all(HOST);
     let count = hosts.iter().count();
     let host_ok = match parts.version {
@@ -170,10 +175,12 @@ pub fn decide<'a>(
         return Ok(Decision { target, op, route: Route::TokenApi });
     }
     let principal = authenticate(snap, &creds, now, op.rule == Rule::Login)?;
-    // A management token sent as a user session (in its credential, another field or the
-    // query) would reach the backend undecided, and with `forward_token = false` the
-    // backend is never to see a secret.
-    if matches!(principal, Principal::UserSession) && query::carries_token_shape(&parts.headers, target.query) {
+    // A management token sent as a user session (in its credential, another field, the
+    // path or the query) would reach the backend undecided, and with `forward_token =
+    // false` the backend is never to see a secret.
+    if matches!(principal, Principal::UserSession)
+        && query::carries_token_shape(&parts.headers, &target.path, target.query)
+    {
         return Err(GatewayError::Forbidden(Denial::TokenAsUserSession));
     }
     if let Principal::Token(token) = &principal {

@@ -228,8 +228,11 @@ fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
 }
 
 /// Whether `key` spells `wanted` (lower-case ASCII), character by character, under any
-/// case mapping a decoder may apply (see [`ascii_reading`]).
+/// case mapping a decoder may apply (see [`ascii_reading`]). A key is read up to its
+/// first NUL, as a decoder that keeps keys as C strings reads it (and as the query rule
+/// reads keys): `"status\u0000"` beside `"status"` is two readings of one field.
 fn same_key(key: &str, wanted: &str) -> bool {
+    let key = key.split('\0').next().unwrap_or_default();
     let mut wanted = wanted.chars();
     key.chars().all(|c| wanted.next().is_some_and(|w| ascii_reading(c) == Some(w))) && wanted.next().is_none()
 }

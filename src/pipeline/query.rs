@@ -25,6 +25,7 @@ use http::header::{CONTENT_TYPE, COOKIE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName};
 use std::borrow::Cow;
+use std::iter::FlatMap;
 
 const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousQuery);
 
@@ -161,8 +162,46 @@ fn named_in(query: &str) -> Result<[Cow<'_, str>; 2], GatewayError> {
 }
 
 /// A query's pairs as the lenient parsers split them: on `&` and `;`, then decoded.
-fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    query.split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes()))
+fn pairs(query: &str) -> Pairs<'_> {
+    if query.bytes().all(is_plain) {
+        Pairs::Plain(query.split('&'))
+    } else {
+        let parse: Decode<'_> = |piece| form_urlencoded::parse(piece.as_bytes());
+        Pairs::Decoded(query.split(['&', ';']).flat_map(parse))
+    }
+}
+
+/// A byte that reads as itself to every decoder and splits nothing but at `&` and `=`:
+/// a query made of these alone (`locale=en-us&include_count=true`, nearly every CMA
+/// query) has its own slices as its pairs.
+fn is_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'=' | b'&')
+}
+
+/// The pairs of [`pairs`]: a plain query's are its own slices, split as the decoder
+/// splits them (empty pieces skipped, a key without `=` has an empty value), without
+/// the decoder's pass over every byte.
+enum Pairs<'a> {
+    Plain(std::str::Split<'a, char>),
+    Decoded(FlatMap<std::str::Split<'a, [char; 2]>, form_urlencoded::Parse<'a>, Decode<'a>>),
+}
+
+/// How [`pairs`] decodes each `&`- or `;`-separated piece.
+type Decode<'a> = fn(&'a str) -> form_urlencoded::Parse<'a>;
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (Cow<'a, str>, Cow<'a, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Pairs::Plain(pieces) => {
+                let piece = pieces.find(|piece| !piece.is_empty())?;
+                let (key, value) = piece.split_once('=').unwrap_or((piece, ""));
+                Some((Cow::Borrowed(key), Cow::Borrowed(value)))
+            }
+            Pairs::Decoded(pairs) => pairs.next(),
+        }
+    }
 }
 
 /// Whether a user-session request carries anything shaped like an issued secret in
@@ -170,19 +209,22 @@ fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
 /// `authtoken=cs%33...`): the backend, which decides user sessions and may read one
 /// from a cookie, the query or a field of another name, would be handed a management
 /// token undecided.
-pub fn carries_token_shape(headers: &HeaderMap, query: Option<&str>) -> bool {
-    // Escapes still left after every decoding count as holding one, as they make a key
-    // ambiguous on the management-token path.
-    let holds = |text: &str| {
-        auth::holds_token_shape(text.as_bytes())
-            || each_decoding(text, true, |d| if auth::holds_token_shape(d.as_bytes()) { Err(true) } else { Ok(()) })
-                .is_err()
-    };
+pub fn carries_token_shape(headers: &HeaderMap, path: &str, query: Option<&str>) -> bool {
     // A field's name counts too; a value with bytes beyond ASCII is read as a cookie
     // parser reads it (lossily).
     headers.iter().any(|(name, v)| {
-        auth::holds_token_shape(name.as_str().as_bytes()) || holds(&String::from_utf8_lossy(v.as_bytes()))
-    }) || query.is_some_and(holds)
+        auth::holds_token_shape(name.as_str().as_bytes()) || holds_token_shape(&String::from_utf8_lossy(v.as_bytes()))
+    }) || holds_token_shape(path)
+        || query.is_some_and(holds_token_shape)
+}
+
+/// Whether `text` holds something shaped like an issued secret as it is or through any
+/// of its decodings. Escapes still left after every decoding count as holding one, as
+/// they make a key ambiguous on the management-token path.
+pub fn holds_token_shape(text: &str) -> bool {
+    auth::holds_token_shape(text.as_bytes())
+        || each_decoding(text, true, |d| if auth::holds_token_shape(d.as_bytes()) { Err(true) } else { Ok(()) })
+            .is_err()
 }
 
 /// Runs `f` on each further decoding of `text` (a whole query, or a key, after the
@@ -257,7 +299,7 @@ fn decode_again(key: &str) -> Option<String> {
 fn classify_decoded(key: &str) -> Param {
     // The usual key (`locale`, `include_count`) has no NUL and no bracket: its three
     // readings are the key itself.
-    if !key.contains(['\0', '[', ']']) && !key.starts_with(char::is_whitespace) {
+    if !key.bytes().any(|b| matches!(b, b'\0' | b'[' | b']')) && !key.starts_with(char::is_whitespace) {
         return param(key);
     }
     let key = key.split('\0').next().unwrap_or_default();
@@ -366,7 +408,7 @@ mod tests {
         let field = |value: &[u8]| {
             let mut headers = HeaderMap::new();
             headers.insert("x-any", HeaderValue::from_bytes(value).unwrap());
-            carries_token_shape(&headers, None)
+            carries_token_shape(&headers, "/", None)
         };
         for value in [
             SECRET.to_owned(),
@@ -376,11 +418,19 @@ mod tests {
             deep,
         ] {
             assert!(field(value.as_bytes()), "{value}");
-            assert!(carries_token_shape(&HeaderMap::new(), Some(&value)), "?{value}");
+            assert!(carries_token_shape(&HeaderMap::new(), "/", Some(&value)), "?{value}");
         }
         let mut named = HeaderMap::new();
         named.insert(HeaderName::from_bytes(format!("x-{SECRET}").as_bytes()).unwrap(), HeaderValue::from_static("1"));
-        assert!(carries_token_shape(&named, None), "a field named after a secret");
+        assert!(carries_token_shape(&named, "/", None), "a field named after a secret");
+        for path in [
+            format!("/v3/content_types/{SECRET}"),
+            format!("/v3/x;{encoded}"),
+            format!("/v3/x/{}", SECRET.replacen('c', "%2563", 1)),
+        ] {
+            assert!(carries_token_shape(&HeaderMap::new(), &path, None), "{path}");
+        }
+        assert!(!carries_token_shape(&HeaderMap::new(), "/v3/content_types/blt0123456789abcdef", None));
         for value in [
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "d3351877-000000000001",
@@ -585,5 +635,34 @@ mod tests {
         assert!(!names_branch_pair("branch") && !names_branch_pair("base_branches"));
         // Other requests may carry them (they mean nothing there) without a refusal.
         assert!(check_with("base_branch=x&base_branch=y", "blt1", None).is_ok());
+    }
+
+    /// The decoder's reading of a query, as `pairs` took it before plain queries were
+    /// split without it.
+    fn decoded(query: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+        query.split(['&', ';']).flat_map(|piece| form_urlencoded::parse(piece.as_bytes())).collect()
+    }
+
+    proptest::proptest! {
+        /// A plain query's own slices are exactly the decoder's pairs (empty pieces,
+        /// keys without `=`, values holding `=`), and any other query is decoded.
+        #[test]
+        fn plain_queries_split_as_the_decoder_reads_them(query in "[a-zA-Z0-9_.~&=+%;\\[\\] -]{0,24}") {
+            proptest::prop_assert_eq!(pairs(&query).collect::<Vec<_>>(), decoded(&query));
+            let plain = query.bytes().all(is_plain);
+            proptest::prop_assert_eq!(matches!(pairs(&query), Pairs::Plain(_)), plain);
+        }
+    }
+
+    #[test]
+    fn plain_and_decoded_queries_are_checked_alike() {
+        assert!(check_with("locale=en-us&&include_count=true&branch=main", "blt1", None).is_ok());
+        assert!(check_with("branch&locale=en", "blt1", None).is_err(), "an empty branch is not main");
+        assert!(check_with("branch=main&branch=main", "blt1", None).is_err());
+        assert!(check_with("api_key=blt1=x", "blt1", None).is_err());
+        assert!(check_with("API-KEY=blt2", "blt1", None).is_err());
+        assert!(check_with("api%5Fkey=blt2", "blt1", None).is_err());
+        assert!(check_with("x=1;branch=dev", "blt1", None).is_err());
+        assert!(check_with("bran+ch=dev", "blt1", None).is_err());
     }
 }

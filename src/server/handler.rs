@@ -208,7 +208,7 @@ pub async fn respond(
         client = %client_ip,
         trace_id = request_id::trace_id(trace.as_bytes()).unwrap_or("-"),
         method = %method,
-        path = facts.canonical.as_deref().unwrap_or(uri.path()),
+        path = logged_path(facts.canonical.as_deref().unwrap_or(uri.path())),
         module = op.map_or("-", |o| o.module.name()),
         access = op.map_or("-", |o| o.access.name()),
         token_uid = facts.token.as_ref().map_or("-", |t| &*t.uid),
@@ -218,6 +218,17 @@ pub async fn respond(
         latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     );
     (resp, GatewayFields { request_id, rate, cors })
+}
+
+/// A path in the access line: as it came, unless it holds something shaped like an
+/// issued secret (as sent or decoded: a client that put a token in its path), which is
+/// never written to a log.
+fn logged_path(path: &str) -> &str {
+    if pipeline::query::holds_token_shape(path) {
+        "[withheld: holds a secret's shape]"
+    } else {
+        path
+    }
 }
 
 /// A refusal's text in the access line, `-` for none (written, not built into a string).

@@ -343,11 +343,13 @@ pub fn apply(
     }
     // Checked only when given: a token named before these rules stays updatable (it
     // can still be suspended in a hurry) until someone renames it.
+    // Checked as sent: trimming first would turn `ro\u{a0}` into `ro` (a duplicate)
+    // instead of refusing the space it hides; only plain spaces are trimmed.
     if let Some(name) = input.name {
-        rec.name = name.trim().to_owned();
-        if crate::token::hides_characters(&rec.name, false) {
+        if crate::token::hides_characters(&name, false) {
             push(&mut errors, "name", "must not hold control or invisible characters.");
         }
+        rec.name = name.trim_matches(' ').to_owned();
     }
     if let Some(d) = input.description {
         if crate::token::hides_characters(&d, true) {

@@ -36,6 +36,26 @@ fn workflow_body_rules() {
     assert!(check(wf, json!({"WorkFlow":{"Publishing_Rule":{"STATUS":0}}})).is_ok());
 }
 
+/// A decoder that keeps keys as C strings reads a key up to its NUL: beside the key it
+/// spells, such a key is a second reading (refused), alone it is that key.
+#[test]
+fn keys_are_read_up_to_a_nul_too() {
+    let wf = Rule::EntryWorkflow;
+    for body in [
+        json!({"workflow":{"publishing_rule":{"status\u{0}":1,"status":0}}}),
+        json!({"workflow":{"workflow_stage\u{0}":{"uid":"review"},"publishing_rule":{"status":0}}}),
+        json!({"workflow\u{0}x":{"workflow_stage":{"uid":"s"}},"workflow":{"publishing_rule":{"status":0}}}),
+        json!({"workflow":{"publishing_rule":{"status\u{0}":1}}}),
+    ] {
+        assert!(check(wf, body.clone()).is_err(), "{body}");
+    }
+    assert!(check(wf, json!({"workflow\u{0}":{"publishing_rule":{"status\u{0}ignored":0}}})).is_ok());
+    let approvers = json!({"publishing_rule":{"approvers\u{0}":{"users":["u1"]},"approvers":{"users":[],"roles":[]}}});
+    assert!(check(Rule::PublishRuleApprovers, approvers.clone()).is_err(), "{approvers}");
+    let alone = json!({"publishing_rule":{"approvers\u{0}":{"users":["u1"]}}});
+    assert!(check(Rule::PublishRuleApprovers, alone.clone()).is_err(), "{alone}");
+}
+
 #[test]
 fn approvers_rule() {
     let pr = Rule::PublishRuleApprovers;
