@@ -333,7 +333,7 @@ async fn demo_prints_working_credentials_and_commands() {
     let admin = field("admin");
     let admin: std::net::SocketAddr =
         admin.split_whitespace().next().unwrap().strip_prefix("http://").unwrap().parse().unwrap();
-    let (status, _) = raw(admin, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let (status, _) = raw(admin, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status, 200, "admin at {admin}");
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let get = |token: &str| {

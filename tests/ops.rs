@@ -121,7 +121,7 @@ fn unusable_certificates_fail_at_start_with_a_clear_error() {
 
 async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, text) =
-        raw(addr, format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        raw(addr, format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes()).await;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
@@ -129,7 +129,7 @@ async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
 async fn admin_post(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, text) = raw(
         addr,
-        format!("POST {path} HTTP/1.1\r\nHost: admin\r\ncontent-length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     (status, text)
@@ -243,8 +243,7 @@ async fn reload_applies_to_open_connections_and_rejects_bad_files_whole() {
     std::fs::write(&file, &granted).unwrap();
     // A web page cannot reload it: a browser's POST carries Origin (cross-site, or
     // same-origin after DNS rebinding, `Host` then being the attacker's name).
-    for (origin, host) in [("http://attacker.example", "admin"), ("http://attacker.example:80", "attacker.example:80")]
-    {
+    for (origin, host) in [("http://attacker.example", "127.0.0.1"), ("http://localhost", "localhost")] {
         let (status, text) = raw(
             gw.admin_addr,
             format!("POST /reload HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\ncontent-length: 1\r\nConnection: close\r\n\r\nx").as_bytes(),
@@ -628,7 +627,7 @@ async fn console_sign_in_refusals_are_counted() {
     let mut statuses = Vec::new();
     for i in 0..4 {
         let request = format!(
-            "GET /console/api/stacks HTTP/1.1\r\nHost: admin\r\nauthtoken: guess{i}\r\nConnection: close\r\n\r\n"
+            "GET /console/api/stacks HTTP/1.1\r\nHost: 127.0.0.1\r\nauthtoken: guess{i}\r\nConnection: close\r\n\r\n"
         );
         statuses.push(raw(admin, request.as_bytes()).await.0);
     }
@@ -867,6 +866,62 @@ async fn https_upstream_answers_are_framed_as_on_the_direct_path() {
                 _ => assert_eq!((status, error_code(&body)), (502, 502), "h2 {h2}, {case}"),
             }
         }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A loopback admin listener answers only requests that name this host: a page whose
+/// name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as `Host` and
+/// reads nothing, on HTTP/1.1 and HTTP/2; addresses, `localhost` and `server.hostnames`
+/// pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_admin_listener_answers_only_its_own_host_names() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("admin-host");
+    let file = dir.join("gw.toml");
+    let text = config_text(backend.addr, "", "").replacen("[server]\n", "[server]\nhostnames = [\"gw.internal\"]\n", 1);
+    assert!(text.contains("gw.internal"), "test setup: hostnames set");
+    std::fs::write(&file, &text).unwrap();
+    let gw = start_from_file(&file).await;
+    let port = gw.admin_addr.port();
+    let get = |host: String, path: &'static str| async move {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        raw(gw.admin_addr, head.as_bytes()).await
+    };
+    for host in
+        ["attacker.example", "attacker.example:9901", "127.0.0.1.attacker.example", "localhost.attacker.example"]
+    {
+        for path in ["/metrics", "/healthz", "/console/"] {
+            let (status, text) = get(host.to_owned(), path).await;
+            assert_eq!(status, 403, "{host} {path}: {text}");
+            assert!(text.contains("\"error_code\":403"), "{text}");
+            assert!(!text.contains("stackgate_"), "{host} {path}: metrics leaked");
+        }
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_owned(),
+        format!("localhost:{port}"),
+        "LocalHost".to_owned(),
+        "console.localhost".to_owned(),
+        format!("[::1]:{port}"),
+        "gw.internal".to_owned(),
+        format!("GW.internal:{port}"),
+    ] {
+        let (status, text) = get(host.clone(), "/metrics").await;
+        assert_eq!(status, 200, "{host}: {text}");
+    }
+    // HTTP/2 names the host in :authority.
+    for (authority, want) in [("attacker.example", 403), ("127.0.0.1", 200)] {
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap());
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{authority}:{port}/metrics"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "h2 {authority}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

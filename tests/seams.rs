@@ -830,7 +830,7 @@ fn creds_owned(secret: &str) -> Vec<(&'static str, &'static str)> {
 }
 
 async fn reqwest_metrics(admin: SocketAddr) -> String {
-    let (_, text) = raw(admin, b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await;
+    let (_, text) = raw(admin, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
     text
 }
 

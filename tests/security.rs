@@ -404,9 +404,9 @@ async fn no_secret_in_logs_metrics_or_error_bodies() {
     let (_, listed) = api.send("GET", "/v3/stacks/management_tokens", &owner, "").await;
     bodies.push_str(&listed);
     let (status, reload) =
-        raw(admin, b"POST /reload HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\nConnection: close\r\n\r\n").await;
+        raw(admin, b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-length: 0\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status, 200, "{reload}");
-    let (_, metrics) = raw(admin, b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let (_, metrics) = raw(admin, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
     drop(child);
     let logs = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     assert!(logs.contains("stackgate::access"), "debug logs were captured");

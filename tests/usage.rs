@@ -25,7 +25,7 @@ async fn json_of(env: &Env, method: &str, path: &str, headers: &[(&str, &str)], 
 
 async fn metrics(env: &Env) -> String {
     let (status, text) =
-        raw(env.gateway.admin_addr, b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await;
+        raw(env.gateway.admin_addr, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status, 200);
     text
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
@@ -29,26 +30,60 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
         };
         let (gw, builder) = (Arc::clone(&gw), Arc::clone(&builder));
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(Arc::clone(&gw), req, peer));
+            let svc = service_fn(move |req| answer(Arc::clone(&gw), req, peer, loopback));
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
+/// Answers one request; `loopback`: whether the listener is on a loopback address.
 async fn answer(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    loopback: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let head = req.method() == Method::HEAD;
-    let mut resp = match super::console::serve(&gw, req, peer).await {
-        Ok(resp) => resp.map(Full::new),
-        Err(req) => route(&gw, &req).await.map(Full::new),
+    let mut resp = if loopback && !names_this_host(&req, &gw.snapshot().config.server.hostnames) {
+        json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error_message": "This listener answers its own addresses only: Host names another.", "error_code": 403}),
+        )
+        .map(Full::new)
+    } else {
+        match super::console::serve(&gw, req, peer).await {
+            Ok(resp) => resp.map(Full::new),
+            Err(req) => route(&gw, &req).await.map(Full::new),
+        }
     };
     if head {
         super::handler::without_content(&mut resp, || Full::new(Bytes::new()));
     }
     Ok(resp)
+}
+
+/// Whether a request to a loopback listener names this host: an IP address,
+/// `localhost` or a `*.localhost` name, or one of `server.hostnames` (any port), or no
+/// host at all. A web page whose name was re-pointed at 127.0.0.1 (DNS rebinding) is
+/// same-origin with the listener and could read `/metrics` or the console's page; the
+/// browser still sends the page's own name, which is none of these. Tools and scrapers
+/// on the host send an address or `localhost`.
+fn names_this_host(req: &Request<Incoming>, hostnames: &[String]) -> bool {
+    let host = match (req.headers().get(header::HOST), req.uri().authority()) {
+        (Some(value), _) => value.to_str().unwrap_or_default(),
+        (None, Some(authority)) => authority.as_str(),
+        (None, None) => return true,
+    };
+    let name = match host.strip_prefix('[') {
+        // An IPv6 literal.
+        Some(rest) => return rest.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let lower = name.to_ascii_lowercase();
+    lower.parse::<std::net::Ipv4Addr>().is_ok()
+        || lower == "localhost"
+        || lower.ends_with(".localhost")
+        || hostnames.iter().any(|h| h.rsplit_once(':').map_or(h.as_str(), |(n, _)| n).eq_ignore_ascii_case(name))
 }
 
 /// The admin endpoints other than the console's.
