@@ -27,7 +27,7 @@ async fn raw_request(
     fields: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: gw\r\n");
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
     for (k, v) in fields {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
