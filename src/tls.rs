@@ -11,7 +11,9 @@ use std::sync::Arc;
 pub enum TlsError {
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
-    #[error("certificate and key do not match or are unusable: {0}")]
+    #[error("{cert} and {key}: certificate and key do not match or are unusable: {reason}")]
+    Pair { cert: String, key: String, reason: String },
+    #[error("{0}")]
     Config(String),
 }
 
@@ -19,13 +21,38 @@ fn file_error(path: &Path, reason: impl ToString) -> TlsError {
     TlsError::File { path: path.display().to_string(), reason: reason.to_string() }
 }
 
+/// The most a PEM file (a certificate chain, a key, a CA bundle) may hold: far above
+/// any real one, and what a file named by mistake (`/dev/zero`, a log) is cut at.
+const MAX_PEM: u64 = 4 << 20;
+
+/// A PEM file's bytes: a regular file (a FIFO would hang the reader, a device never end)
+/// of at most [`MAX_PEM`] bytes.
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    // Asked before opening: opening a FIFO for reading waits for a writer.
+    if !std::fs::metadata(path).map_err(|e| file_error(path, e))?.is_file() {
+        return Err(file_error(path, "not a regular file"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| file_error(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM + 1).read_to_end(&mut bytes).map_err(|e| file_error(path, e))?;
+    if bytes.len() as u64 > MAX_PEM {
+        return Err(file_error(path, format!("larger than {} MiB: not a PEM file", MAX_PEM >> 20)));
+    }
+    Ok(bytes)
+}
+
+/// The certificates of a PEM file.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read_pem(path)?;
+    CertificateDer::pem_slice_iter(&bytes).collect::<Result<_, _>>().map_err(|e| file_error(path, e))
+}
+
 /// Reads the PEM CA bundle (at config load, to report a bad file before start, and
 /// again when connecting).
 pub fn read_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+    for cert in read_certs(path).map_err(|e| e.to_string())? {
         roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if roots.is_empty() {
@@ -47,20 +74,21 @@ pub struct TlsFiles {
 
 /// Builds the listener's TLS config from PEM files.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| file_error(&files.cert, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_error(&files.cert, e))?;
+    let certs = read_certs(&files.cert)?;
     if certs.is_empty() {
         return Err(file_error(&files.cert, "no certificate found"));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_error(&files.key, e))?;
+    let key = PrivateKeyDer::from_pem_slice(&read_pem(&files.key)?).map_err(|e| file_error(&files.key, e))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(|e| TlsError::Pair {
+            cert: files.cert.display().to_string(),
+            key: files.key.display().to_string(),
+            reason: e.to_string(),
+        })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -71,8 +99,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| file_error(path, e))? {
-                let cert = cert.map_err(|e| file_error(path, e))?;
+            for cert in read_certs(path)? {
                 roots.add(cert).map_err(|e| file_error(path, e))?;
             }
         }

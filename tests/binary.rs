@@ -152,7 +152,10 @@ async fn one_thread_serves_proxying_and_the_token_api() {
     // and the snapshot builder run side by side, and a third store call may start while
     // both are busy).
     let threads = std::fs::read_dir(format!("/proc/{}/task", proc_.0.id())).unwrap().count();
-    assert!(threads <= 6, "one worker (plus the log writer, signals and start-up blocking-pool threads), got {threads} threads");
+    assert!(
+        threads <= 6,
+        "one worker (plus the log writer, signals and start-up blocking-pool threads), got {threads} threads"
+    );
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     let (status, _) = raw(addr, &raw_get("/v3/assets")).await;
     assert_eq!(status, 200);

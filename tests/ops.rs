@@ -98,10 +98,20 @@ fn unusable_certificates_fail_at_start_with_a_clear_error() {
     let other = dir.join("other");
     std::fs::create_dir_all(&other).unwrap();
     let pki_b = pki(&other);
+    let big = dir.join("big.pem");
+    std::fs::write(&big, vec![b'a'; 5 << 20]).unwrap();
+    let fifo = dir.join("fifo.pem");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mismatch = format!("{} and {}", pki_a.cert.display(), pki_b.key.display());
     let cases = [
         (pki_a.cert.clone(), pki_b.key.clone(), "do not match"),
+        (pki_a.cert.clone(), pki_b.key.clone(), mismatch.as_str()),
         (dir.join("missing.pem"), pki_a.key.clone(), "missing.pem"),
         (pki_a.key.clone(), pki_a.key.clone(), "no certificate"),
+        // Files named by mistake: an error, never a hang or an allocation of their size.
+        ("/dev/zero".into(), pki_a.key.clone(), "/dev/zero: not a regular file"),
+        (pki_a.cert.clone(), fifo.clone(), "fifo.pem: not a regular file"),
+        (big.clone(), pki_a.key.clone(), "big.pem: larger than"),
     ];
     for (cert, key, expect) in cases {
         let text = format!(
@@ -111,10 +121,14 @@ fn unusable_certificates_fail_at_start_with_a_clear_error() {
         );
         let file = dir.join("gw.toml");
         std::fs::write(&file, text).unwrap();
-        let out = std::process::Command::new(BIN).args(["run", "--config", file.to_str().unwrap()]).output().unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(expect), "expected {expect:?} in: {err}");
+        // `check` reads the files as `run` does.
+        for command in ["run", "check"] {
+            let out =
+                std::process::Command::new(BIN).args([command, "--config", file.to_str().unwrap()]).output().unwrap();
+            assert!(!out.status.success(), "{command} {expect}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(expect), "{command}: expected {expect:?} in: {err}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -609,6 +623,15 @@ async fn certificates_are_reloaded_without_dropping_connections() {
     std::fs::write(&first.key, "not a key").unwrap();
     let (status, _) = admin_post(gw.admin_addr, "/reload").await;
     assert_eq!(status, 422);
+    assert_eq!(tls_client(&second.ca_pem, &[b"http/1.1"]).request(get()).await.unwrap().status(), 200);
+    // So is a certificate file that is no file (it ended the process: its read tried to
+    // allocate as much as the device gave).
+    std::fs::copy(&second.key, &first.key).unwrap();
+    let zero = format!("tls = {{ cert = \"/dev/zero\", key = \"{}\" }}", first.key.display());
+    std::fs::write(&file, config_text(backend.addr, &zero, "")).unwrap();
+    let (status, text) = admin_post(gw.admin_addr, "/reload").await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("/dev/zero: not a regular file"), "{text}");
     assert_eq!(tls_client(&second.ca_pem, &[b"http/1.1"]).request(get()).await.unwrap().status(), 200);
     let _ = std::fs::remove_dir_all(&dir);
 }

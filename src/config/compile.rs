@@ -19,6 +19,11 @@ pub fn compile(raw: RawConfig, unknown: &[String], env: Env<'_>) -> Result<Confi
     }
     let server = server(&raw, &mut errs);
     let admin_listen = socket(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"), "admin.listen", &mut errs);
+    if let (Some(s), Some(a)) = (&server, admin_listen) {
+        if s.listen == a && a.port() != 0 {
+            errs.push("admin.listen", "must differ from server.listen (both cannot bind one address)");
+        }
+    }
     let mut upstream = match &raw.upstream {
         Some(u) => upstream(u, &mut errs),
         None => {

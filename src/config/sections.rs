@@ -14,6 +14,11 @@ use std::path::PathBuf;
 pub(super) fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server> {
     let s = &raw.server;
     let tls = s.tls.as_ref().map(|t| TlsFiles { cert: PathBuf::from(&t.cert), key: PathBuf::from(&t.key) });
+    // Loaded here too, so that `check` and a reload report a bad certificate or key (or a
+    // pair that does not match) instead of the start or the reload failing on it.
+    if let Some(Err(e)) = tls.as_ref().map(crate::tls::server_config) {
+        errs.push("server.tls", e.to_string());
+    }
     let listen = socket(s.listen.as_deref().unwrap_or("127.0.0.1:8080"), "server.listen", errs);
     let user_sessions = match s.user_sessions.as_deref().unwrap_or("pass") {
         "pass" => Some(UserSessions::Pass),
@@ -75,17 +80,29 @@ pub(super) fn limits(s: &super::raw::RawServer, errs: &mut ConfigErrors) -> Opti
 }
 
 pub(super) fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
-    let uri: Option<Uri> =
-        u.url.parse().map_err(|_| errs.push("upstream.url", format!("'{}' is not a URL", u.url))).ok();
+    // A URL with user info may hold a password: it is not echoed.
+    let shown = if u.url.contains('@') { "the URL" } else { u.url.as_str() };
+    let uri: Option<Uri> = u.url.parse().map_err(|_| errs.push("upstream.url", format!("'{shown}' is not a URL"))).ok();
     let parts = uri.and_then(|uri| {
         let scheme = uri.scheme().cloned();
         let authority = uri.authority().cloned();
+        let path = uri.path().trim_end_matches('/');
         match (scheme, authority) {
-            (Some(s), Some(a)) if s == Scheme::HTTP || s == Scheme::HTTPS => {
-                Some((s, a, uri.path().trim_end_matches('/').to_owned()))
+            // Credentials in the URL would not be sent (the backend is not asked to
+            // authenticate the gateway): refused rather than silently dropped.
+            (Some(_), Some(a)) if a.as_str().contains('@') => {
+                errs.push("upstream.url", "must not hold user info (user:password@): it would not be sent");
+                None
             }
+            // The base path is prefixed to every forwarded path as it is: a dot or empty
+            // segment would reach the backend literally (`/a/../b/v3/...`).
+            _ if path.split('/').skip(1).any(|seg| seg.is_empty() || seg == "." || seg == "..") => {
+                errs.push("upstream.url", format!("'{shown}': its path must not hold empty, `.` or `..` segments"));
+                None
+            }
+            (Some(s), Some(a)) if s == Scheme::HTTP || s == Scheme::HTTPS => Some((s, a, path.to_owned())),
             _ => {
-                errs.push("upstream.url", format!("'{}' must be an absolute http:// or https:// URL", u.url));
+                errs.push("upstream.url", format!("'{shown}' must be an absolute http:// or https:// URL"));
                 None
             }
         }

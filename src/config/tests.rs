@@ -206,3 +206,26 @@ fn static_token_names_follow_the_token_apis_rules() {
         assert!(errors.contains(field), "{name:?} {description:?}: {errors}");
     }
 }
+
+/// An upstream URL's user info (never sent, and maybe a password: not echoed) and dot or
+/// empty segments in its base path (prefixed to every forwarded path as they are) are
+/// refused; so is an admin listener on the main listener's address.
+#[test]
+fn upstream_urls_and_listen_addresses_that_cannot_work_are_refused() {
+    let compiled = |text: &str| match crate::config::from_str(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+    };
+    for url in
+        ["http://user:s3cret@127.0.0.1:9", "http://127.0.0.1:9/a/../b", "http://127.0.0.1:9/a/./b", "http://h:9/a//b"]
+    {
+        let bad = compiled(&format!("[upstream]\nurl = \"{url}\"\n"));
+        assert!(bad.iter().any(|e| e.starts_with("upstream.url: ")), "{url}: {bad:?}");
+        assert!(!bad.iter().any(|e| e.contains("s3cret")), "{url}: the password was echoed: {bad:?}");
+    }
+    assert!(compiled("[upstream]\nurl = \"http://127.0.0.1:9/api/v1/\"\n").is_empty());
+    let same = "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+    assert!(compiled(same).iter().any(|e| e.starts_with("admin.listen: must differ")), "{:?}", compiled(same));
+    let ephemeral = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+    assert!(compiled(ephemeral).is_empty(), "{:?}", compiled(ephemeral));
+}
