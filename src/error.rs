@@ -135,6 +135,8 @@ pub enum Denial {
     UserSessionsDenied,
     #[error("management token sent as a user session")]
     TokenAsUserSession,
+    #[error("a secret's shape outside authorization")]
+    SecretElsewhere,
     #[error("role may not manage tokens")]
     Role,
 }

@@ -59,6 +59,38 @@ pub fn is_credential_alias(name: &[u8]) -> bool {
     !exact && folded_eq(name, canonical)
 }
 
+/// Whether a field name reads, letters and digits only and case ignored, as a user
+/// credential some backend authenticates with (`authtoken`, `auth_token`,
+/// `access-token` (devise_token_auth), `X-Auth-Token`, `X-Access-Token`, `Authorisation`,
+/// `X-Authorization`, ...), or as `authorization` in a spelling other than its own. A
+/// request the gateway authorised as a management token carries none of them on: the
+/// backend would authenticate a user the gateway never checked, `user_sessions = "deny"`
+/// or not.
+pub fn is_session_credential(name: &[u8]) -> bool {
+    const READ: [&[u8]; 10] = [
+        b"authtoken",
+        b"accesstoken",
+        b"sessiontoken",
+        b"authorisation",
+        b"xauthtoken",
+        b"xaccesstoken",
+        b"xsessiontoken",
+        b"xauthorization",
+        b"xauthorisation",
+        b"authorization",
+    ];
+    const LONGEST: usize = 14;
+    let mut read = [0u8; LONGEST];
+    let mut len = 0;
+    for &b in name.iter().filter(|b| b.is_ascii_alphanumeric()) {
+        let Some(slot) = read.get_mut(len) else { return false };
+        *slot = b.to_ascii_lowercase();
+        len += 1;
+    }
+    let read = read.get(..len).unwrap_or_default();
+    READ.contains(&read) && !(read == b"authorization" && name.eq_ignore_ascii_case(AUTHORIZATION.as_bytes()))
+}
+
 /// Hop-by-hop fields (RFC 9110 section 7.6.1 and the usual legacy ones): they belong
 /// to one connection and are never passed on.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -121,36 +153,63 @@ const CLIENT_ADDRESS: [&[u8]; 17] = [
 ];
 
 /// Fields in which a proxy in front tells its backend what the client asked for before
-/// any rewriting (the path, host or scheme) or who the user is (an authenticating
-/// proxy's `Remote-User`), which backends set up behind such proxies trust; and
-/// `Proxy`, which CGI turns into `HTTP_PROXY`, the proxy for the backend's own outbound
-/// calls ("httpoxy"). From a client, none of them is true.
-const ASSERTED: [&[u8]; 17] = [
+/// any rewriting (the path, host, scheme or port), who the user is (an authenticating
+/// proxy's `Remote-User`, `X-Auth-Request-User`, ...) or which client certificate was
+/// presented, which backends set up behind such proxies trust; and `Proxy`, which CGI
+/// turns into `HTTP_PROXY`, the proxy for the backend's own outbound calls
+/// ("httpoxy"). From a client, none of them is true.
+const ASSERTED: [&[u8]; 10] = [
     b"proxy",
-    b"x-original-uri",
-    b"x-original-path",
-    b"x-envoy-original-path",
+    b"https",
+    b"front-end-https",
     b"x-host",
-    b"x-original-host",
     b"x-scheme",
     b"x-url-scheme",
-    b"front-end-https",
-    b"remote-user",
-    b"x-remote-user",
-    b"x-remote-group",
-    b"x-authenticated-user",
-    b"x-auth-request-user",
-    b"x-auth-request-email",
-    b"x-auth-request-preferred-username",
-    b"x-auth-request-groups",
+    b"x-script-name",
+    b"x-envoy-original-path",
+    b"x-credential-identifier",
+    b"x-arr-clientcert",
 ];
+
+/// Name prefixes of the same: Authelia's `Remote-*`, oauth2-proxy's `X-Auth-Request-*`,
+/// Grafana's `X-WEBAUTH-*`, Kong's `X-Consumer-*`, Google IAP's, Azure App Service's,
+/// AWS ALB's, Cloudflare Access's, Pomerium's and Vouch's fields, the TLS-terminating
+/// proxies' client-certificate fields, and every `X-Original-*` (URI, host, scheme,
+/// port, address).
+const ASSERTED_PREFIXES: [&[u8]; 19] = [
+    b"remote-",
+    b"x-remote-",
+    b"x-original-",
+    b"x-auth-request-",
+    b"x-authenticated-",
+    b"x-webauth-",
+    b"x-consumer-",
+    b"x-goog-authenticated-",
+    b"x-goog-iap-",
+    b"x-ms-client-principal",
+    b"x-ms-token-",
+    b"x-amzn-oidc-",
+    b"cf-access-",
+    b"x-pomerium-",
+    b"x-vouch-",
+    b"x-ssl-client",
+    b"ssl-client",
+    b"x-client-cert",
+    b"x-client-verify",
+];
+
+/// Whether a name is one only a proxy in front may assert ([`ASSERTED`],
+/// [`ASSERTED_PREFIXES`]).
+fn is_asserted(name: &[u8]) -> bool {
+    ASSERTED.iter().any(|a| folded_eq(name, a)) || ASSERTED_PREFIXES.iter().any(|p| folded_starts_with(name, p))
+}
 
 /// Fields only the gateway may set (a client can never speak for it): its identity
 /// fields, the forwarding and client-address fields, the request id; the fields that
 /// would make the backend run another method or path than the one authorised; and what
 /// only a proxy in front may assert ([`ASSERTED`]).
 pub fn is_gateway_only(name: &[u8]) -> bool {
-    let asserted = || ASSERTED.iter().any(|a| folded_eq(name, a));
+    let asserted = || is_asserted(name);
     match name.first().map(|b| b.to_ascii_lowercase()) {
         Some(b'x') => {
             folded_starts_with(name, b"x-stackgate-")
@@ -161,14 +220,14 @@ pub fn is_gateway_only(name: &[u8]) -> bool {
                 || CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c))
                 || asserted()
         }
-        Some(b'c' | b't') => CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c)),
+        Some(b'c' | b't') => CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c)) || asserted(),
         Some(b'f') => {
             folded_eq(name, b"forwarded")
                 || folded_eq(name, b"forwarded-for")
                 || CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c))
                 || asserted()
         }
-        Some(b'p' | b'r') => asserted(),
+        Some(b'p' | b'r' | b'h' | b's') => asserted(),
         // `_method`, which method-override middleware reads as the method.
         Some(b'_' | b'-') => folded_eq(name, b"-method"),
         _ => false,
@@ -255,11 +314,57 @@ mod tests {
             "x_auth_request_email",
             "X-Auth-Request-Preferred-Username",
             "X-Auth-Request-Groups",
+            "X-Auth-Request-Access-Token",
+            "Remote-Groups",
+            "Remote-Email",
+            "Remote-Name",
+            "X-WEBAUTH-USER",
+            "X-Consumer-Username",
+            "X-Consumer-ID",
+            "X-Authenticated-Userid",
+            "X-Credential-Identifier",
+            "X-Goog-Authenticated-User-Email",
+            "X-Goog-Iap-Jwt-Assertion",
+            "X-MS-CLIENT-PRINCIPAL-NAME",
+            "X-Ms-Token-Aad-Id-Token",
+            "X-Amzn-Oidc-Identity",
+            "Cf-Access-Jwt-Assertion",
+            "X-Pomerium-Claim-Email",
+            "X-Vouch-User",
+            "X-SSL-Client-Verify",
+            "X-SSL-Client-DN",
+            "Ssl-Client-Cert",
+            "X-Client-Cert",
+            "X-ARR-ClientCert",
+            "X-Original-Forwarded-Host",
+            "X-Original-Remote-Addr",
+            "X-Original-Proto",
+            "X-Script-Name",
+            "Https",
         ] {
             assert!(is_gateway_only(name.as_bytes()), "{name}");
         }
         for name in ["content_length", "transfer_encoding"] {
             assert!(is_framing(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "authtoken",
+            "AuthToken",
+            "auth_token",
+            "auth-token",
+            "access-token",
+            "access_token",
+            "x-auth-token",
+            "X-Access-Token",
+            "authorisation",
+            "x-authorization",
+            "auth-orization",
+            "session-token",
+        ] {
+            assert!(is_session_credential(name.as_bytes()), "{name}");
+        }
+        for name in ["authorization", "Authorization", "api_key", "x-csrf-token", "token", "x-auth", "client"] {
+            assert!(!is_session_credential(name.as_bytes()), "{name}");
         }
         for name in [
             "x-custom",
@@ -271,7 +376,11 @@ mod tests {
             "client-ips",
             "cookie",
             "proxy-x",
-            "remote-users",
+            "remotes",
+            "host",
+            "https-x",
+            "sec-fetch-site",
+            "cache-control",
             "x-hosts",
             "pragma",
             "referer",

@@ -48,6 +48,19 @@ struct Revoked {
 /// Deleted tokens remembered as "known" at most.
 const MAX_REVOKED: usize = 16_384;
 
+/// The address a guess is counted against: an IPv4 address (also when written as
+/// IPv4-mapped IPv6), or an IPv6 address's /64, the smallest block one subscriber or
+/// host is given (RFC 6177): every address in it is one guesser's to rotate through.
+fn holder(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 impl AuthGuard {
     /// Remembers a deleted token's secret hash: presenting it later is not a guess.
     pub fn revoked(&self, secret_sha256: [u8; 32]) {
@@ -71,6 +84,7 @@ impl AuthGuard {
     /// down (the caller answers 429), else the guess is counted (which may start a
     /// cool-down for the next ones) and `Ok`.
     pub fn guess(&self, ip: IpAddr, cfg: &Guard) -> Result<(), u64> {
+        let ip = holder(ip);
         self.check(ip)?;
         self.failure(ip, cfg);
         Ok(())
@@ -164,6 +178,23 @@ mod tests {
             g.revoked(h);
         }
         assert!(!g.was_revoked(&[1; 32]), "the oldest is forgotten first");
+    }
+
+    /// Rotating through the addresses of one IPv6 /64 (or writing an IPv4 address as
+    /// IPv4-mapped IPv6) is one guesser; the next /64 is another.
+    #[test]
+    fn an_ipv6_slash_64_is_one_guesser() {
+        let g = AuthGuard::default();
+        let cfg = Guard { max_failures: 3, window: Duration::from_secs(60), cooldown: Duration::from_secs(60) };
+        for k in 1..=3 {
+            assert!(g.guess(format!("2001:db8:1:2::{k:x}").parse().unwrap(), &cfg).is_ok());
+        }
+        assert!(g.guess("2001:db8:1:2:ffff::9".parse().unwrap(), &cfg).is_err());
+        assert!(g.guess("2001:db8:1:3::1".parse().unwrap(), &cfg).is_ok(), "another /64");
+        for _ in 0..3 {
+            let _ = g.guess("192.0.2.7".parse().unwrap(), &cfg);
+        }
+        assert!(g.guess("::ffff:192.0.2.7".parse().unwrap(), &cfg).is_err(), "the same IPv4 address");
     }
 
     #[test]

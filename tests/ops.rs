@@ -257,10 +257,15 @@ async fn reload_applies_to_open_connections_and_rejects_bad_files_whole() {
     std::fs::write(&file, &granted).unwrap();
     // A web page cannot reload it: a browser's POST carries Origin (cross-site, or
     // same-origin after DNS rebinding, `Host` then being the attacker's name).
-    for (origin, host) in [("http://attacker.example", "127.0.0.1"), ("http://localhost", "localhost")] {
+    for (browser, host) in [
+        ("Origin: http://attacker.example", "127.0.0.1"),
+        ("Origin: http://localhost", "localhost"),
+        ("Sec-Fetch-Site: cross-site", "127.0.0.1"),
+        ("Referer: http://attacker.example/", "127.0.0.1"),
+    ] {
         let (status, text) = raw(
             gw.admin_addr,
-            format!("POST /reload HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\ncontent-length: 1\r\nConnection: close\r\n\r\nx").as_bytes(),
+            format!("POST /reload HTTP/1.1\r\nHost: {host}\r\n{browser}\r\nContent-Type: text/plain\r\ncontent-length: 1\r\nConnection: close\r\n\r\nx").as_bytes(),
         )
         .await;
         assert_eq!(status, 403, "{text}");

@@ -186,6 +186,19 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
         ("Front-End-Https", "on"),
         ("Remote-User", "admin"),
         ("x_auth_request_user", "admin"),
+        ("Remote-Groups", "admins"),
+        ("X-WEBAUTH-USER", "admin"),
+        ("X-Consumer-Username", "admin"),
+        ("Cf-Access-Jwt-Assertion", "x.y.z"),
+        ("X-SSL-Client-Verify", "SUCCESS"),
+        ("Https", "on"),
+        ("X-Original-Proto", "https"),
+        // A user credential under another name rides along with no management token.
+        ("auth_token", "alice-authtoken"),
+        ("access-token", "user-oauth-token"),
+        ("X-Auth-Token", "user-session"),
+        ("Authorisation", "Bearer user"),
+        ("x_authorization", "Bearer user"),
     ];
     for (method, body) in [("GET", ""), ("POST", "{}")] {
         env.backend.clear();
@@ -675,7 +688,18 @@ async fn http2_authority_follows_the_absolute_form_rule() {
         let (status, body) = h2_send(&mut sender, "GET", &uri, &creds(RW), "").await;
         assert_eq!(status, 400, "{uri}: {}", String::from_utf8_lossy(&body));
     }
+    // A `host` field names the host as `:authority` does (a client may send it instead).
+    for host in ["evil.example", "evil.example:80", "127.0.0.1:1"] {
+        let mut fields = creds(RW);
+        fields.push(("host", host));
+        let (status, body) = h2_send(&mut sender, "GET", &own[0], &fields, "").await;
+        assert_eq!(status, 400, "host {host}: {}", String::from_utf8_lossy(&body));
+    }
     assert_eq!(env.backend.seen().len(), before);
+    let local = format!("localhost:{}", addr.port());
+    let mut fields = creds(RW);
+    fields.push(("host", local.as_str()));
+    assert_eq!(h2_send(&mut sender, "GET", &own[0], &fields, "").await.0, 200, "an own name in host");
 }
 
 // 9. HTTP/2 error bodies ------------------------------------------------------------
@@ -1501,5 +1525,57 @@ async fn an_http2_request_is_held_to_the_field_count_of_http1() {
             assert!(body["error_code"].is_number(), "{body}");
             assert!(env.backend.seen().is_empty(), "{count} fields were forwarded");
         }
+    }
+}
+
+/// A management-token request carries no other secret: one shaped like an issued secret
+/// (its own or another token's) in any other field's value or name, a cookie, the path or
+/// the query, as sent or percent-encoded, is 403 and nothing is forwarded, on every path
+/// (the HTTP/1.1 loop, hyper's HTTP/1.1 with a body, HTTP/2). With `forward_token =
+/// false` the backend never sees a secret; with it on, only the one authorised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_token_request_carries_no_other_secret() {
+    let env = Env::start().await;
+    let encoded: String = RO.bytes().map(|b| format!("%{b:02X}")).collect();
+    let bearer = format!("Bearer {RO}");
+    let cookie = format!("mt={RO}");
+    let named = format!("x-{RO}");
+    let query = format!("{PATH}?token={RO}");
+    let query_encoded = format!("{PATH}?token={encoded}");
+    let in_path = format!("/v3/content_types/{RO}");
+    let own_in_path = format!("/v3/content_types/{RW}");
+    let cases: Vec<(&str, Option<(&str, &str)>)> = vec![
+        (PATH, Some(("x-management-token", RO))),
+        (PATH, Some(("x-authorization", bearer.as_str()))),
+        (PATH, Some(("cookie", cookie.as_str()))),
+        (PATH, Some((named.as_str(), "1"))),
+        (query.as_str(), None),
+        (query_encoded.as_str(), None),
+        (in_path.as_str(), None),
+        (own_in_path.as_str(), None),
+    ];
+    let mut sender = h2(env.gateway.addr).await;
+    for (target, extra) in cases {
+        env.backend.clear();
+        let mut fields = json_creds(RW);
+        fields.extend(extra);
+        let (status, text) = raw_request(env.gateway.addr, "GET", target, &fields, "").await;
+        assert_eq!(status, 403, "{target} {extra:?}: {text}");
+        assert!(text.contains("\"error_code\":162"), "{text}");
+        let (status, _) = raw_request(env.gateway.addr, "POST", target, &fields, "{}").await;
+        assert_eq!(status, 403, "POST {target} {extra:?}");
+        let uri = format!("http://{}{target}", env.gateway.addr);
+        assert_eq!(h2_send(&mut sender, "GET", &uri, &fields, "").await.0, 403, "h2 {target} {extra:?}");
+        assert!(env.backend.seen().is_empty(), "{target} {extra:?} was forwarded");
+    }
+    // The token's own `authorization` is the one place for it; look-alikes pass.
+    for (target, extra) in [
+        (PATH, Some(("x-delivery", "cs0123456789abcdef01234567"))),
+        ("/v3/content_types/blt0123456789abcdef", None),
+        ("/v3/content_types?cs00000000000000000000000000000002x=1", None),
+    ] {
+        let mut fields = json_creds(RW);
+        fields.extend(extra);
+        assert_eq!(raw_request(env.gateway.addr, "GET", target, &fields, "").await.0, 200, "{target} {extra:?}");
     }
 }

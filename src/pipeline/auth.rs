@@ -99,9 +99,17 @@ impl<'a> Credentials<'a> {
 /// secret and a wrong one (a test of leaked candidates that no guess limit slows): the
 /// user-session path tells nobody which secrets exist. A static token configured with
 /// a secret of another shape is not recognised here.
+///
+/// Asked of every field, the path and the query of every proxied request, so it looks
+/// only where a secret could start (a `c` or `C`, found with `memchr`), not at every
+/// piece.
 pub fn holds_token_shape(value: &[u8]) -> bool {
-    value.split(|b| !b.is_ascii_alphanumeric()).any(|piece| {
-        piece.len() == 34 && piece[..2].eq_ignore_ascii_case(b"cs") && piece[2..].iter().all(u8::is_ascii_hexdigit)
+    let edge = |at: Option<&u8>| !at.is_some_and(u8::is_ascii_alphanumeric);
+    memchr::memchr2_iter(b'c', b'C', value).any(|i| {
+        let piece = value.get(i..i + 34);
+        piece.is_some_and(|p| p[1].eq_ignore_ascii_case(&b's') && p[2..].iter().all(u8::is_ascii_hexdigit))
+            && edge(i.checked_sub(1).and_then(|before| value.get(before)))
+            && edge(value.get(i + 34))
     })
 }
 
@@ -180,6 +188,30 @@ fn management_token(
 #[cfg(test)]
 mod tests {
     use super::holds_token_shape;
+
+    proptest::proptest! {
+        /// The `memchr` scan finds exactly the pieces a split at every byte that is not
+        /// a letter or a digit finds.
+        #[test]
+        fn the_scan_finds_what_splitting_finds(
+            value in proptest::collection::vec(proptest::sample::select(b"cCsS0aAfFgz9 -,%".to_vec()), 0..90),
+            at in 0usize..60,
+            secret in "[cC][sS][0-9a-fA-F]{32}",
+        ) {
+            let split = |v: &[u8]| {
+                v.split(|b| !b.is_ascii_alphanumeric()).any(|piece| {
+                    piece.len() == 34
+                        && piece[..2].eq_ignore_ascii_case(b"cs")
+                        && piece[2..].iter().all(u8::is_ascii_hexdigit)
+                })
+            };
+            proptest::prop_assert_eq!(holds_token_shape(&value), split(&value));
+            let mut with = value.clone();
+            let at = at.min(with.len());
+            with.splice(at..at, secret.bytes());
+            proptest::prop_assert_eq!(holds_token_shape(&with), split(&with));
+        }
+    }
 
     #[test]
     fn issued_secrets_are_found_in_any_spelling() {

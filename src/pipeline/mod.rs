@@ -159,6 +159,11 @@ pub fn decide<'a>(
     check_method(&parts.method)?;
     check_message(parts)?;
     let target = normalize(&parts.uri, parts.version, &snap.settings.own_authorities)?;
+    if parts.version == Version::HTTP_2 {
+        if let Some(host) = parts.headers.get(HOST) {
+            normalize::check_host(host.as_bytes(), &snap.settings.own_authorities)?;
+        }
+    }
     let op = classify(&parts.method, &target.path)?;
     facts.op = Some(op);
     if parts.method == Method::OPTIONS {
@@ -186,6 +191,9 @@ pub fn decide<'a>(
     if let Principal::Token(token) = &principal {
         facts.token = Some(Arc::clone(token));
         authorize(token, &op, creds.branch)?;
+        if query::carries_token_shape_but(&parts.headers, Some(&AUTHORIZATION), &target.path, target.query) {
+            return Err(GatewayError::Forbidden(Denial::SecretElsewhere));
+        }
         query::check(target.query, &creds)?;
         query::check_cookies(&parts.headers)?;
         query::check_body_type(parts, has_body)?;

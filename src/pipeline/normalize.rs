@@ -45,6 +45,15 @@ pub fn normalize<'a>(
     Ok(Target { path, query: uri.query() })
 }
 
+/// An HTTP/2 request's `host` field names its host as `:authority` does (RFC 9113
+/// section 8.3.1: a client without `:authority` sends it instead): the same rule.
+pub fn check_host(value: &[u8], own_authorities: &[Authority]) -> Result<(), GatewayError> {
+    match Authority::try_from(value) {
+        Ok(authority) if is_own(&authority, own_authorities) => Ok(()),
+        _ => Err(GatewayError::BadRequest(BadRequest::ForeignAuthority)),
+    }
+}
+
 /// Whether `authority` is one of `own` (host case-insensitive, same port). A wildcard
 /// listen address (`0.0.0.0:PORT`, `[::]:PORT`) in `own` stands for every address of
 /// the machine: any IP literal on that port is own (a name still has to be listed).

@@ -210,10 +210,25 @@ impl<'a> Iterator for Pairs<'a> {
 /// from a cookie, the query or a field of another name, would be handed a management
 /// token undecided.
 pub fn carries_token_shape(headers: &HeaderMap, path: &str, query: Option<&str>) -> bool {
+    carries_token_shape_but(headers, None, path, query)
+}
+
+/// [`carries_token_shape`], the value of the field `except` aside (a management
+/// token's own `authorization`): a management-token request holding another secret
+/// (its own elsewhere, another token's in a field, a cookie, the path or the query)
+/// would hand the backend a secret it must never see with `forward_token = false`,
+/// and one it might act on whatever that setting.
+pub fn carries_token_shape_but(
+    headers: &HeaderMap,
+    except: Option<&HeaderName>,
+    path: &str,
+    query: Option<&str>,
+) -> bool {
     // A field's name counts too; a value with bytes beyond ASCII is read as a cookie
     // parser reads it (lossily).
     headers.iter().any(|(name, v)| {
-        auth::holds_token_shape(name.as_str().as_bytes()) || holds_token_shape(&String::from_utf8_lossy(v.as_bytes()))
+        auth::holds_token_shape(name.as_str().as_bytes())
+            || (Some(name) != except && holds_token_shape(&String::from_utf8_lossy(v.as_bytes())))
     }) || holds_token_shape(path)
         || query.is_some_and(holds_token_shape)
 }

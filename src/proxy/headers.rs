@@ -1,7 +1,8 @@
 //! Header rewriting for both directions.
 
 use crate::field_names::{
-    connection_tokens, folded_eq, is_framing, is_gateway_only, is_hop_by_hop, same_name, AUTHORIZATION, AUTHTOKEN,
+    connection_tokens, folded_eq, is_framing, is_gateway_only, is_hop_by_hop, is_session_credential, same_name,
+    AUTHORIZATION,
 };
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -99,7 +100,7 @@ impl RequestRewrite {
             || name == header::HOST
             || folded_eq(raw, b"expect")
             || (is_framing(raw) && name != header::CONTENT_LENGTH)
-            || (self.token && folded_eq(raw, AUTHTOKEN.as_bytes()))
+            || (self.token && is_session_credential(raw))
             || (self.drop_token && folded_eq(raw, AUTHORIZATION.as_bytes())))
     }
 

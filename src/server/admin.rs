@@ -102,12 +102,17 @@ async fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Bytes> {
             resp
         }
         // Browsers send `Origin` with every POST, cross-site or not (also after DNS
-        // rebinding); tools (curl, scripts, probes) do not. A page the operator visits
-        // could otherwise reload the gateway with a form post, no preflight needed.
-        (&Method::POST, "/reload") if req.headers().contains_key(header::ORIGIN) => json_response(
-            StatusCode::FORBIDDEN,
-            &json!({"error_message": "Reload is for tools, not web pages: this request carries Origin.", "error_code": 403}),
-        ),
+        // rebinding), and `Sec-Fetch-Site` or `Referer` with most; tools (curl, scripts,
+        // probes) send none of them. A page the operator visits could otherwise reload
+        // the gateway with a form post, no preflight needed.
+        (&Method::POST, "/reload")
+            if ["origin", "sec-fetch-site", "referer"].iter().any(|n| req.headers().contains_key(*n)) =>
+        {
+            json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"error_message": "Reload is for tools, not web pages: this request carries Origin, Sec-Fetch-Site or Referer.", "error_code": 403}),
+            )
+        }
         (&Method::POST, "/reload") => reload(gw).await,
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error_message": "Not found.", "error_code": 404})),
     }

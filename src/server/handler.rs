@@ -207,7 +207,7 @@ pub async fn respond(
         request_id = request_id.to_str().unwrap_or("-"),
         client = %client_ip,
         trace_id = request_id::trace_id(trace.as_bytes()).unwrap_or("-"),
-        method = %method,
+        method = %LoggedMethod(&method),
         path = logged_path(facts.canonical.as_deref().unwrap_or(uri.path())),
         module = op.map_or("-", |o| o.module.name()),
         access = op.map_or("-", |o| o.access.name()),
@@ -220,9 +220,19 @@ pub async fn respond(
     (resp, GatewayFields { request_id, rate, cors })
 }
 
+/// A method in the access line, written as it came (not quoted), unless it is shaped
+/// like an issued secret (see [`logged_path`]).
+struct LoggedMethod<'a>(&'a http::Method);
+
+impl std::fmt::Display for LoggedMethod<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(logged_path(self.0.as_str()))
+    }
+}
+
 /// A path in the access line: as it came, unless it holds something shaped like an
-/// issued secret (as sent or decoded: a client that put a token in its path), which is
-/// never written to a log.
+/// issued secret (as sent or decoded: a client that put a token in its path, or sent
+/// one as its method), which is never written to a log.
 fn logged_path(path: &str) -> &str {
     if pipeline::query::holds_token_shape(path) {
         "[withheld: holds a secret's shape]"
