@@ -80,6 +80,10 @@ pub fn is_session_credential(name: &[u8]) -> bool {
         b"authorization",
     ];
     const LONGEST: usize = 14;
+    // Every one of them starts with `a`, `s` or `x` and has at least 9 letters.
+    if name.len() < 9 || !matches!(name.first().map(u8::to_ascii_lowercase), Some(b'a' | b's' | b'x')) {
+        return false;
+    }
     let mut read = [0u8; LONGEST];
     let mut len = 0;
     for &b in name.iter().filter(|b| b.is_ascii_alphanumeric()) {
@@ -155,14 +159,19 @@ const CLIENT_ADDRESS: [&[u8]; 17] = [
 /// Fields in which a proxy in front tells its backend what the client asked for before
 /// any rewriting (the path, host, scheme or port), who the user is (an authenticating
 /// proxy's `Remote-User`, `X-Auth-Request-User`, ...) or which client certificate was
-/// presented, which backends set up behind such proxies trust; and `Proxy`, which CGI
-/// turns into `HTTP_PROXY`, the proxy for the backend's own outbound calls
-/// ("httpoxy"). From a client, none of them is true.
-const ASSERTED: [&[u8]; 10] = [
-    b"proxy",
-    b"https",
-    b"front-end-https",
+/// presented, which backends set up behind such proxies trust. From a client, none of
+/// them is true. The `X-` ones; the others are [`is_gateway_only`]'s arms by letter:
+/// `Proxy` (CGI turns it into `HTTP_PROXY`, the proxy for the backend's own outbound
+/// calls: "httpoxy"), `Https`, `Front-End-Https`, Authelia's `Remote-*`, Cloudflare
+/// Access's `Cf-Access-*` and `SSL-Client*`.
+const ASSERTED: [&[u8]; 13] = [
     b"x-host",
+    b"x-userinfo",
+    b"x-id-token",
+    b"x-jwt-assertion",
+    b"x-endpoint-api-userinfo",
+    b"x-apigateway-api-userinfo",
+    b"x-anonymous-consumer",
     b"x-scheme",
     b"x-url-scheme",
     b"x-script-name",
@@ -171,13 +180,17 @@ const ASSERTED: [&[u8]; 10] = [
     b"x-arr-clientcert",
 ];
 
-/// Name prefixes of the same: Authelia's `Remote-*`, oauth2-proxy's `X-Auth-Request-*`,
-/// Grafana's `X-WEBAUTH-*`, Kong's `X-Consumer-*`, Google IAP's, Azure App Service's,
-/// AWS ALB's, Cloudflare Access's, Pomerium's and Vouch's fields, the TLS-terminating
-/// proxies' client-certificate fields, and every `X-Original-*` (URI, host, scheme,
-/// port, address).
-const ASSERTED_PREFIXES: [&[u8]; 19] = [
-    b"remote-",
+/// Name prefixes of the same (`X-` ones): oauth2-proxy's `X-Auth-Request-*`, Grafana's
+/// `X-WEBAUTH-*`, Kong's `X-Consumer-*`, Google IAP's, Azure App Service's, AWS ALB's
+/// (`X-Amzn-Oidc-*`, `X-Amzn-Mtls-*`), Pomerium's and Vouch's fields, the
+/// TLS-terminating proxies' client-certificate fields (`X-SSL-*`, `X-Client-Cert*`,
+/// `X-Client-DN`, ...), and every `X-Original-*` (URI, host, scheme, port, address).
+const ASSERTED_PREFIXES: [&[u8]; 20] = [
+    b"x-ssl-",
+    b"x-amzn-mtls-",
+    b"x-client-dn",
+    b"x-client-subject",
+    b"x-client-issuer",
     b"x-remote-",
     b"x-original-",
     b"x-auth-request-",
@@ -189,27 +202,17 @@ const ASSERTED_PREFIXES: [&[u8]; 19] = [
     b"x-ms-client-principal",
     b"x-ms-token-",
     b"x-amzn-oidc-",
-    b"cf-access-",
     b"x-pomerium-",
     b"x-vouch-",
-    b"x-ssl-client",
-    b"ssl-client",
     b"x-client-cert",
-    b"x-client-verify",
+    b"x-client-verif",
 ];
-
-/// Whether a name is one only a proxy in front may assert ([`ASSERTED`],
-/// [`ASSERTED_PREFIXES`]).
-fn is_asserted(name: &[u8]) -> bool {
-    ASSERTED.iter().any(|a| folded_eq(name, a)) || ASSERTED_PREFIXES.iter().any(|p| folded_starts_with(name, p))
-}
 
 /// Fields only the gateway may set (a client can never speak for it): its identity
 /// fields, the forwarding and client-address fields, the request id; the fields that
 /// would make the backend run another method or path than the one authorised; and what
 /// only a proxy in front may assert ([`ASSERTED`]).
 pub fn is_gateway_only(name: &[u8]) -> bool {
-    let asserted = || is_asserted(name);
     match name.first().map(|b| b.to_ascii_lowercase()) {
         Some(b'x') => {
             folded_starts_with(name, b"x-stackgate-")
@@ -218,16 +221,22 @@ pub fn is_gateway_only(name: &[u8]) -> bool {
                 || folded_eq(name, b"x-real-ip")
                 || REINTERPRETING.iter().any(|r| folded_eq(name, r))
                 || CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c))
-                || asserted()
+                || ASSERTED.iter().any(|a| folded_eq(name, a))
+                || ASSERTED_PREFIXES.iter().any(|p| folded_starts_with(name, p))
         }
-        Some(b'c' | b't') => CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c)) || asserted(),
+        Some(b'c') => CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c)) || folded_starts_with(name, b"cf-access-"),
+        // Tailscale's `Tailscale-User-*`.
+        Some(b't') => CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c)) || folded_starts_with(name, b"tailscale-"),
         Some(b'f') => {
             folded_eq(name, b"forwarded")
                 || folded_eq(name, b"forwarded-for")
+                || folded_eq(name, b"front-end-https")
                 || CLIENT_ADDRESS.iter().any(|c| folded_eq(name, c))
-                || asserted()
         }
-        Some(b'p' | b'r' | b'h' | b's') => asserted(),
+        Some(b'p') => folded_eq(name, b"proxy"),
+        Some(b'h') => folded_eq(name, b"https"),
+        Some(b'r') => folded_starts_with(name, b"remote-"),
+        Some(b's') => folded_starts_with(name, b"ssl-client"),
         // `_method`, which method-override middleware reads as the method.
         Some(b'_' | b'-') => folded_eq(name, b"-method"),
         _ => false,
@@ -341,6 +350,19 @@ mod tests {
             "X-Original-Proto",
             "X-Script-Name",
             "Https",
+            "X-Amzn-Mtls-Clientcert-Leaf",
+            "X-SSL-Cert",
+            "X-SSL-Verify",
+            "X-Client-DN",
+            "X-Client-Subject",
+            "X-Client-Verified",
+            "X-Userinfo",
+            "X-Id-Token",
+            "X-Jwt-Assertion",
+            "X-Endpoint-API-UserInfo",
+            "X-Apigateway-Api-Userinfo",
+            "Tailscale-User-Login",
+            "X-Anonymous-Consumer",
         ] {
             assert!(is_gateway_only(name.as_bytes()), "{name}");
         }

@@ -935,21 +935,28 @@ async fn a_loopback_admin_listener_answers_only_its_own_host_names() {
         format!("[::1]:{port}"),
         "gw.internal".to_owned(),
         format!("GW.internal:{port}"),
+        format!("localhost.:{port}"),
     ] {
         let (status, text) = get(host.clone(), "/metrics").await;
         assert_eq!(status, 200, "{host}: {text}");
     }
-    // HTTP/2 names the host in :authority.
-    for (authority, want) in [("attacker.example", 403), ("127.0.0.1", 200)] {
+    // HTTP/2 names the host in :authority (and may send `host` too: both must be own).
+    for (authority, host, want) in [
+        ("attacker.example", None, 403),
+        ("127.0.0.1", None, 200),
+        ("attacker.example", Some("127.0.0.1"), 403),
+        ("127.0.0.1", Some("attacker.example"), 403),
+    ] {
         let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap());
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
         tokio::spawn(conn);
-        let req = http::Request::get(format!("http://{authority}:{port}/metrics"))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        assert_eq!(resp.status().as_u16(), want, "h2 {authority}");
+        let mut req = http::Request::get(format!("http://{authority}:{port}/metrics"));
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        let resp = sender.send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()).await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "h2 {authority} {host:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

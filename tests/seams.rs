@@ -193,6 +193,9 @@ async fn every_spelling_of_a_stripped_field_is_stripped() {
         ("X-SSL-Client-Verify", "SUCCESS"),
         ("Https", "on"),
         ("X-Original-Proto", "https"),
+        ("X-SSL-Cert", "-----BEGIN"),
+        ("X-Userinfo", "e30"),
+        ("Tailscale-User-Login", "admin@example.com"),
         // A user credential under another name rides along with no management token.
         ("auth_token", "alice-authtoken"),
         ("access-token", "user-oauth-token"),
@@ -282,7 +285,7 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         f
     };
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
-    let cases: [Case; 31] = [
+    let cases: [Case; 35] = [
         ("?branch=development", dev(), 200),
         ("?branch=main", dev(), 400),
         ("?branch=development&branch=development", dev(), 400),
@@ -300,6 +303,11 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         ("?api_key%00=blt1111111111111111", creds(RW), 400),
         ("?]api_key=blt1111111111111111", creds(RW), 400),
         ("?auth_token=x", creds(RW), 400),
+        // The credential names the header rule strips, read as query keys.
+        ("?x-auth-token=abc", creds(RW), 400),
+        ("?authorisation=abc", creds(RW), 400),
+        ("?session_token=abc", creds(RW), 400),
+        ("?X-Authorization=abc", creds(RW), 400),
         ("?_method=DELETE", creds(RW), 400),
         ("?include_branch=true&branch_uid=x", creds(RW), 200),
         // Unicode case mappings a Java or JavaScript backend folds to ASCII.
@@ -434,6 +442,8 @@ async fn cookies_and_form_bodies_cannot_name_what_was_authorised() {
         ("GET", PATH, with(RW, &[("cookie", "theme=dark, authtoken=x")]), "", 400),
         ("GET", PATH, with(RW, &[("cookie", "ap%u0069_key=x")]), "", 400),
         ("GET", PATH, with(RW, &[("cookie", "_method=DELETE")]), "", 400),
+        ("GET", PATH, with(RW, &[("cookie", "theme=dark; x-auth-token=abc")]), "", 400),
+        ("GET", PATH, with(RW, &[("cookie", "session_token=abc")]), "", 400),
         ("GET", COMPARE, with(RO, &[("cookie", "compare_branch=development")]), "", 400),
         ("POST", PATH, with(RW, &[("content-type", "application/json")]), r#"{"content_type":{}}"#, 200),
         ("POST", PATH, with(RW, &[("content-type", FORM)]), "branch=development", 415),

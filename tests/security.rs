@@ -386,12 +386,48 @@ async fn no_secret_in_logs_metrics_or_error_bodies() {
             }
         }
     }
-    // ... or sends one as its method (405).
-    let mut c = KeepAlive::connect(addr).await;
-    if let Some((status, body)) = c.try_send(&secret, "/v3/content_types", &[("api_key", API_KEY)], "").await {
-        assert_eq!(status, 405, "{body}");
-        bodies.push_str(&body);
+    // ... or in an HTTP/2 `:path`, `:authority` or `:scheme` no parser takes (the h2
+    // library logs such a head at debug, bytes and all).
+    for (name, value) in [
+        (":path", format!("/v3/locales?x= {secret}")),
+        (":path", format!("/v3/locales?x=\x7f{secret}")),
+        (":authority", format!("a {secret}")),
+    ] {
+        let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+        let authority = addr.to_string();
+        let mut fields = vec![(":path", "/v3/locales"), (":authority", authority.as_str())];
+        fields.retain(|(n, _)| *n != name);
+        fields.push((name, value.as_str()));
+        fields.extend([("api_key", API_KEY), ("authorization", secret.as_str())]);
+        for (n, v) in fields {
+            block.extend([0, n.len() as u8]);
+            block.extend(n.as_bytes());
+            block.push(v.len() as u8);
+            block.extend(v.as_bytes());
+        }
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(h2_frame(4, 0, 0, &[]));
+        hello.extend(h2_frame(1, 5, 1, &block));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &hello).await.unwrap();
+        let mut answer = [0u8; 4096];
+        let _ =
+            tokio::time::timeout(Duration::from_millis(300), tokio::io::AsyncReadExt::read(&mut stream, &mut answer))
+                .await;
     }
+    // ... or sends one as its method (405), also inside other characters (no delimiter:
+    // a request is refused for a delimited one only, a log shows neither).
+    for method in [secret.clone(), format!("P{secret}T")] {
+        let mut c = KeepAlive::connect(addr).await;
+        if let Some((status, body)) = c.try_send(&method, "/v3/content_types", &[("api_key", API_KEY)], "").await {
+            assert_eq!(status, 405, "{body}");
+            bodies.push_str(&body);
+        }
+    }
+    let glued = format!("/v3/content_types/blt{secret}x");
+    let mut c = KeepAlive::connect(addr).await;
+    let glued_status = c.try_send("GET", &glued, &[("api_key", API_KEY), ("authorization", RO)], "").await;
+    assert_eq!(glued_status.map(|(status, _)| status), Some(200), "{glued} is forwarded");
     for (h, path, b) in [
         (vec![("api_key", API_KEY), ("authorization", secret.as_str())], "/v3/content_types", ""),
         (vec![("api_key", API_KEY), ("authorization", secret.as_str())], "/v3/stacks/settings", ""),

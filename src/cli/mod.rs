@@ -83,10 +83,21 @@ static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::Worke
 /// a system call per request on the serving thread, and when the gateway is quiet each
 /// line appears at once. Not lossy: a serving thread waits when `BUFFERED_LINES` lines
 /// are queued (stderr not keeping up), as it waited on each `write` before.
+/// The libraries [`init_logging`] keeps at info or above.
+const RAW_BYTES_LIBRARIES: [&str; 9] =
+    ["h2", "hyper", "hyper_util", "rustls", "tokio_rustls", "tokio_postgres", "postgres_protocol", "redis", "lettre"];
+
 fn init_logging(format: LogFormat) {
     const BUFFERED_LINES: usize = 16 * 1024;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Libraries that see a request's or a store's raw bytes log them at debug and trace
+    // (h2 writes a malformed `:path` into its line, secret and all): capped at info,
+    // whatever RUST_LOG says, so that no secret reaches a log at any level.
+    let filter = RAW_BYTES_LIBRARIES
+        .iter()
+        .filter_map(|target| format!("{target}=info").parse().ok())
+        .fold(filter, |filter, directive| filter.add_directive(directive));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(BUFFERED_LINES)

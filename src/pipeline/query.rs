@@ -226,17 +226,35 @@ pub fn carries_token_shape_but(
 ) -> bool {
     // A field's name counts too; a value with bytes beyond ASCII is read as a cookie
     // parser reads it (lossily).
+    let value_holds = |v: &[u8]| {
+        v.len() >= auth::SECRET_LEN
+            && match std::str::from_utf8(v) {
+                Ok(text) => holds_token_shape(text),
+                Err(_) => holds_token_shape(&String::from_utf8_lossy(v)),
+            }
+    };
     headers.iter().any(|(name, v)| {
-        auth::holds_token_shape(name.as_str().as_bytes())
-            || (Some(name) != except && holds_token_shape(&String::from_utf8_lossy(v.as_bytes())))
+        auth::holds_token_shape(name.as_str().as_bytes()) || (Some(name) != except && value_holds(v.as_bytes()))
     }) || holds_token_shape(path)
         || query.is_some_and(holds_token_shape)
+}
+
+/// Whether `text` shows an issued secret's characters anywhere (delimited or not), as it
+/// is or through any of its decodings: a log line shows no such text.
+pub fn shows_secret(text: &str) -> bool {
+    auth::shows_secret(text.as_bytes())
+        || each_decoding(text, true, |d| if auth::shows_secret(d.as_bytes()) { Err(true) } else { Ok(()) }).is_err()
 }
 
 /// Whether `text` holds something shaped like an issued secret as it is or through any
 /// of its decodings. Escapes still left after every decoding count as holding one, as
 /// they make a key ambiguous on the management-token path.
 pub fn holds_token_shape(text: &str) -> bool {
+    // Decoding only shortens a text (and reading bytes lossily adds no letter or digit):
+    // a shorter one holds no secret in any reading. Most fields are.
+    if text.len() < auth::SECRET_LEN {
+        return false;
+    }
     auth::holds_token_shape(text.as_bytes())
         || each_decoding(text, true, |d| if auth::holds_token_shape(d.as_bytes()) { Err(true) } else { Ok(()) })
             .is_err()
@@ -362,6 +380,13 @@ fn param(name: &str) -> Param {
         b"authtoken"
         | b"authorization"
         | b"accesstoken"
+        | b"sessiontoken"
+        | b"authorisation"
+        | b"xauthtoken"
+        | b"xaccesstoken"
+        | b"xsessiontoken"
+        | b"xauthorization"
+        | b"xauthorisation"
         | b"method"
         | b"httpmethod"
         | b"methodoverride"

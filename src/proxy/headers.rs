@@ -100,7 +100,7 @@ impl RequestRewrite {
             || name == header::HOST
             || folded_eq(raw, b"expect")
             || (is_framing(raw) && name != header::CONTENT_LENGTH)
-            || (self.token && is_session_credential(raw))
+            || (self.token && *name != header::AUTHORIZATION && is_session_credential(raw))
             || (self.drop_token && folded_eq(raw, AUTHORIZATION.as_bytes())))
     }
 

@@ -69,16 +69,19 @@ async fn answer(
 /// browser still sends the page's own name, which is none of these. Tools and scrapers
 /// on the host send an address or `localhost`.
 fn names_this_host(req: &Request<Incoming>, hostnames: &[String]) -> bool {
-    let host = match (req.headers().get(header::HOST), req.uri().authority()) {
-        (Some(value), _) => value.to_str().unwrap_or_default(),
-        (None, Some(authority)) => authority.as_str(),
-        (None, None) => return true,
-    };
+    // Both, when an HTTP/2 request sends `:authority` and `host`.
+    let host = req.headers().get(header::HOST).map(|v| v.to_str().unwrap_or("\u{0}"));
+    [host, req.uri().authority().map(|a| a.as_str())].into_iter().flatten().all(|h| is_this_host(h, hostnames))
+}
+
+/// [`names_this_host`] for one `host[:port]` (a trailing dot on a name is the same name).
+fn is_this_host(host: &str, hostnames: &[String]) -> bool {
     let name = match host.strip_prefix('[') {
         // An IPv6 literal.
         Some(rest) => return rest.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
+    let name = name.strip_suffix('.').unwrap_or(name);
     let lower = name.to_ascii_lowercase();
     lower.parse::<std::net::Ipv4Addr>().is_ok()
         || lower == "localhost"

@@ -230,11 +230,11 @@ impl std::fmt::Display for LoggedMethod<'_> {
     }
 }
 
-/// A path in the access line: as it came, unless it holds something shaped like an
-/// issued secret (as sent or decoded: a client that put a token in its path, or sent
-/// one as its method), which is never written to a log.
+/// A path in the access line: as it came, unless it shows an issued secret's characters
+/// anywhere (as sent or decoded, delimited or not: a client that put a token in its
+/// path, or sent one as its method), which are never written to a log.
 fn logged_path(path: &str) -> &str {
-    if pipeline::query::holds_token_shape(path) {
+    if pipeline::query::shows_secret(path) {
         "[withheld: holds a secret's shape]"
     } else {
         path
