@@ -67,7 +67,13 @@ pub fn is_credential_alias(name: &[u8]) -> bool {
 /// backend would authenticate a user the gateway never checked, `user_sessions = "deny"`
 /// or not.
 pub fn is_session_credential(name: &[u8]) -> bool {
-    const READ: [&[u8]; 10] = [
+    const READ: [&[u8]; 16] = [
+        b"token",
+        b"xtoken",
+        b"xapikey",
+        b"xcsauthtoken",
+        b"authentication",
+        b"xamzsecuritytoken",
         b"authtoken",
         b"accesstoken",
         b"sessiontoken",
@@ -79,9 +85,9 @@ pub fn is_session_credential(name: &[u8]) -> bool {
         b"xauthorisation",
         b"authorization",
     ];
-    const LONGEST: usize = 14;
-    // Every one of them starts with `a`, `s` or `x` and has at least 9 letters.
-    if name.len() < 9 || !matches!(name.first().map(u8::to_ascii_lowercase), Some(b'a' | b's' | b'x')) {
+    const LONGEST: usize = 17;
+    // Every one of them starts with `a`, `s`, `t` or `x` and has at least 5 letters.
+    if name.len() < 5 || !matches!(name.first().map(u8::to_ascii_lowercase), Some(b'a' | b's' | b't' | b'x')) {
         return false;
     }
     let mut read = [0u8; LONGEST];
@@ -164,8 +170,14 @@ const CLIENT_ADDRESS: [&[u8]; 17] = [
 /// `Proxy` (CGI turns it into `HTTP_PROXY`, the proxy for the backend's own outbound
 /// calls: "httpoxy"), `Https`, `Front-End-Https`, Authelia's `Remote-*`, Cloudflare
 /// Access's `Cf-Access-*` and `SSL-Client*`.
-const ASSERTED: [&[u8]; 13] = [
+const ASSERTED: [&[u8]; 19] = [
     b"x-host",
+    b"x-arr-ssl",
+    b"x-envoy-internal",
+    b"x-auth-user",
+    b"x-proxy-user",
+    b"x-user",
+    b"x-email",
     b"x-userinfo",
     b"x-id-token",
     b"x-jwt-assertion",
@@ -185,7 +197,9 @@ const ASSERTED: [&[u8]; 13] = [
 /// (`X-Amzn-Oidc-*`, `X-Amzn-Mtls-*`), Pomerium's and Vouch's fields, the
 /// TLS-terminating proxies' client-certificate fields (`X-SSL-*`, `X-Client-Cert*`,
 /// `X-Client-DN`, ...), and every `X-Original-*` (URI, host, scheme, port, address).
-const ASSERTED_PREFIXES: [&[u8]; 20] = [
+const ASSERTED_PREFIXES: [&[u8]; 22] = [
+    b"x-iisnode-",
+    b"x-tls-client-",
     b"x-ssl-",
     b"x-amzn-mtls-",
     b"x-client-dn",
@@ -363,6 +377,14 @@ mod tests {
             "X-Apigateway-Api-Userinfo",
             "Tailscale-User-Login",
             "X-Anonymous-Consumer",
+            "X-ARR-SSL",
+            "X-Envoy-Internal",
+            "X-Iisnode-Auth_User",
+            "X-Auth-User",
+            "X-User",
+            "X-Email",
+            "X-Proxy-User",
+            "X-Tls-Client-Cert",
         ] {
             assert!(is_gateway_only(name.as_bytes()), "{name}");
         }
@@ -382,10 +404,18 @@ mod tests {
             "x-authorization",
             "auth-orization",
             "session-token",
+            "Token",
+            "X-Token",
+            "X-Api-Key",
+            "X-CS-Authtoken",
+            "Authentication",
+            "X-Amz-Security-Token",
         ] {
             assert!(is_session_credential(name.as_bytes()), "{name}");
         }
-        for name in ["authorization", "Authorization", "api_key", "x-csrf-token", "token", "x-auth", "client"] {
+        for name in
+            ["authorization", "Authorization", "api_key", "x-csrf-token", "tokens", "x-auth", "client", "api-version"]
+        {
             assert!(!is_session_credential(name.as_bytes()), "{name}");
         }
         for name in [

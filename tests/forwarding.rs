@@ -67,6 +67,7 @@ async fn the_gateways_own_response_fields_replace_the_backends() {
             assert_eq!(headers.get_all(name).iter().count(), 1, "{method} {name}");
         }
         assert_eq!(headers["x-request-id"].to_str().unwrap(), rid, "{method}");
+        assert!(!headers.contains_key("x_request_id"), "{method}: the backend's X_Request_Id reached the client");
         assert_ne!(headers["x-ratelimit-remaining"], "999", "{method}");
         assert!(headers["ratelimit"].to_str().unwrap().contains(";r="), "{method}: {:?}", headers["ratelimit"]);
         assert_eq!(headers["x-backend"], "1");
@@ -76,6 +77,7 @@ async fn the_gateways_own_response_fields_replace_the_backends() {
         let (_, headers, _) = env.send(method, PATH, &user, body).await;
         assert_ne!(headers["x-request-id"], "backend-id", "{method}");
         assert_eq!(headers.get_all("x-request-id").iter().count(), 1, "{method}");
+        assert!(!headers.contains_key("x_request_id"), "{method}: user session");
         assert_eq!(headers["x-ratelimit-remaining"], "999", "{method}");
         assert_eq!(headers["ratelimit"], "backend", "{method}");
     }

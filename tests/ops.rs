@@ -960,3 +960,66 @@ async fn a_loopback_admin_listener_answers_only_its_own_host_names() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TLS ClientHello (TLS 1.2 record, one cipher suite) naming `sni` as its server.
+fn client_hello(sni: &[u8]) -> Vec<u8> {
+    let be16 = |n: usize| (n as u16).to_be_bytes();
+    let mut list = vec![0u8];
+    list.extend(be16(sni.len()));
+    list.extend(sni);
+    let mut names = be16(list.len()).to_vec();
+    names.extend(list);
+    let mut ext = vec![0, 0];
+    ext.extend(be16(names.len()));
+    ext.extend(names);
+    let mut body = vec![3, 3];
+    body.extend([7u8; 32]);
+    body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend(be16(ext.len()));
+    body.extend(ext);
+    let mut handshake = vec![1];
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend(be16(handshake.len()));
+    record.extend(handshake);
+    record
+}
+
+/// A client's server name is its own bytes: rustls warns of an illegal one with the
+/// name itself, before anything is authenticated, so a secret sent there would reach
+/// the log at the default level. rustls logs errors only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_name_never_reaches_the_log() {
+    const SECRET: &str = "cs84baed7fe35eb0a39c7bca2c10f033aa";
+    let backend = Backend::start().await;
+    let dir = temp_dir("sni-log");
+    let pki = pki(&dir);
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", pki.cert.display(), pki.key.display());
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, &tls, "")).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = lines.next().unwrap().unwrap();
+    let addr: SocketAddr = line.strip_prefix("stackgate listening on https://").unwrap().parse().unwrap();
+    for sni in [format!("a b {SECRET}"), format!("{SECRET}.."), format!("\u{0}{SECRET}")] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &client_hello(sni.as_bytes())).await.unwrap();
+        let mut answer = [0u8; 1024];
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), tokio::io::AsyncReadExt::read(&mut stream, &mut answer))
+                .await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    assert!(!logs.contains(SECRET), "the server name reached the log:\n{logs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -172,3 +172,28 @@ async fn last_used_at_is_flushed_to_the_store_and_survives_a_restart() {
     assert_eq!(updated["token"]["usage"]["last_used_at"], "2030-03-17T17:46:40Z", "an update keeps the last use");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A request the gateway forwarded counts as forwarded whatever became of it at the
+/// backend (here none answered: 502), and its answer states the budget it was charged,
+/// as any forwarded answer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_backend_failed_counts_as_forwarded_and_states_its_budget() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cfg = stackgate::config::from_str(&config_text(closed, "", "")).unwrap();
+    let gw = stackgate::server::start(cfg, Arc::new(SystemClock)).await.unwrap();
+    let get = format!(
+        "GET {ENTRIES} HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {SMALL_API_KEY}\r\nauthorization: {RATED}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, text) = raw(gw.addr, get.as_bytes()).await;
+    assert_eq!(status, 502, "{text}");
+    let head = text.to_ascii_lowercase();
+    assert!(head.contains("x-ratelimit-remaining:") && head.contains("ratelimit-policy:"), "{text}");
+    let one = format!(
+        "GET {TOKENS}/{RATED_UID} HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {SMALL_API_KEY}\r\nauthtoken: {ALICE}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, text) = raw(gw.addr, one.as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let usage = &body["token"]["usage"];
+    assert_eq!((usage["forwarded"].as_u64(), usage["refused"].as_u64()), (Some(1), Some(0)), "{usage}");
+}

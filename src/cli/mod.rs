@@ -83,7 +83,7 @@ static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::Worke
 /// a system call per request on the serving thread, and when the gateway is quiet each
 /// line appears at once. Not lossy: a serving thread waits when `BUFFERED_LINES` lines
 /// are queued (stderr not keeping up), as it waited on each `write` before.
-/// The libraries [`init_logging`] keeps at info or above.
+/// The libraries [`init_logging`] keeps at info or above (rustls at error).
 const RAW_BYTES_LIBRARIES: [&str; 9] =
     ["h2", "hyper", "hyper_util", "rustls", "tokio_rustls", "tokio_postgres", "postgres_protocol", "redis", "lettre"];
 
@@ -94,9 +94,12 @@ fn init_logging(format: LogFormat) {
     // Libraries that see a request's or a store's raw bytes log them at debug and trace
     // (h2 writes a malformed `:path` into its line, secret and all): capped at info,
     // whatever RUST_LOG says, so that no secret reaches a log at any level.
+    // rustls warns, at WARN, of an illegal SNI name with the name itself (a client's
+    // bytes, before any authentication): it logs errors only.
     let filter = RAW_BYTES_LIBRARIES
         .iter()
-        .filter_map(|target| format!("{target}=info").parse().ok())
+        .map(|&target| if target == "rustls" { "rustls=error".to_owned() } else { format!("{target}=info") })
+        .filter_map(|directive| directive.parse().ok())
         .fold(filter, |filter, directive| filter.add_directive(directive));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)

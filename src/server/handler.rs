@@ -56,11 +56,17 @@ impl GatewayFields {
     /// fields, and four CORS fields.
     pub const MOST: usize = 9;
 
-    /// Inserts the fields into a response's header map, replacing the backend's own
-    /// (`Vary` is added to the backend's).
+    /// Inserts the fields into a response's header map, replacing the backend's own in
+    /// every spelling (`X_Request_Id` too; `Vary` is added to the backend's).
     pub fn apply(self, headers: &mut HeaderMap) {
         if self.cors.is_some() {
             remove_cors_fields(headers);
+        }
+        if headers.keys().any(|n| n != proxy::X_REQUEST_ID && self.replaces(n)) {
+            let respelled: Vec<HeaderName> = headers.keys().filter(|n| self.replaces(n)).cloned().collect();
+            for name in respelled {
+                headers.remove(name);
+            }
         }
         self.each(&mut |name, value| value.insert_into(name, headers));
     }
@@ -69,7 +75,7 @@ impl GatewayFields {
 impl AddedFields for GatewayFields {
     fn replaces(&self, name: &HeaderName) -> bool {
         let raw = name.as_str().as_bytes();
-        *name == proxy::X_REQUEST_ID
+        crate::field_names::folded_eq(raw, proxy::X_REQUEST_ID.as_str().as_bytes())
             || (self.rate.is_some() && crate::rate_fields::names(raw))
             || (self.cors.is_some() && cors::replaces(raw))
     }
@@ -169,8 +175,22 @@ pub async fn respond(
     };
     // The client's address as forwarded, when it is not the socket's peer.
     let client = (client_ip != conn.peer.ip()).then(|| header_of(client_ip));
-    let mut result =
-        process(&gw, &snap, &mut parts, &mut body, &conn, client.as_ref(), &request_id, generated, &mut facts).await;
+    // The budget a request was charged, kept for its answer even when forwarding it failed
+    // (a 502 or 504 after the charge states what is left, as any forwarded answer does).
+    let mut charged = None;
+    let mut result = process(
+        &gw,
+        &snap,
+        &mut parts,
+        &mut body,
+        &conn,
+        client.as_ref(),
+        &request_id,
+        generated,
+        &mut facts,
+        &mut charged,
+    )
+    .await;
     if let Err(err) = &result {
         if is_guess(&gw, &snap, err, &parts) {
             if let Err(retry_after) = gw.guard().guess(client_ip, &snap.config.guard) {
@@ -185,14 +205,15 @@ pub async fn respond(
     }
     let (resp, rate, error) = match result {
         Ok((resp, rate)) => (resp, rate, None),
-        Err(err) => (err.clone().into_response().map(proxy::full), None, Some(err)),
+        Err(err) => (err.clone().into_response().map(proxy::full), charged, Some(err)),
     };
     // Counted on the token the request authenticated as (an atomic add on its own
     // counters, no lookup): whatever became of it, including refusals after
     // authentication (scope, branch, body rules) and the rate limiter's 429.
     if let Some(token) = &facts.token {
         let outcome = match &error {
-            None => Outcome::Forwarded,
+            // Forwarded, whatever the backend answered or failed to answer.
+            None | Some(GatewayError::BadGateway(_) | GatewayError::GatewayTimeout) => Outcome::Forwarded,
             Some(GatewayError::RateLimited { .. }) => Outcome::RateLimited,
             Some(_) => Outcome::Refused,
         };
@@ -331,6 +352,7 @@ async fn process(
     request_id: &HeaderValue,
     trace: Option<HeaderValue>,
     facts: &mut Facts,
+    charged: &mut Option<RateInfo>,
 ) -> Result<(Response<Body>, Option<RateInfo>), GatewayError> {
     // A stated length of 0 holds no byte even before the end is seen (an HTTP/2 client
     // may close the stream with an empty DATA frame after its headers).
@@ -391,6 +413,7 @@ async fn process(
         Principal::Token(token) => gw.limiter.charge(token.payer(), &op).await?,
         Principal::UserSession => None,
     };
+
     if parts.version == http::Version::HTTP_2 {
         proxy::join_cookies(&mut parts.headers);
     }
@@ -406,8 +429,13 @@ async fn process(
     let mut forwarded = std::mem::replace(parts, Request::new(()).into_parts().0);
     forwarded.uri = uri;
     let slot = (forwarded.version != http::Version::HTTP_2).then_some(&conn.upstream);
-    let upstream_resp = snap.upstream.send(slot, forwarded, &added, outbound, &body_state).await?;
-    Ok((upstream_resp.map(Either::Left), rate))
+    match snap.upstream.send(slot, forwarded, &added, outbound, &body_state).await {
+        Ok(upstream_resp) => Ok((upstream_resp.map(Either::Left), rate)),
+        Err(err) => {
+            *charged = rate;
+            Err(err)
+        }
+    }
 }
 
 fn declared_length(parts: &Parts) -> Option<u64> {

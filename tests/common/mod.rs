@@ -125,6 +125,7 @@ async fn record(
         // Fields the gateway sets itself: the client must see the gateway's, once.
         for (name, value) in [
             ("x-request-id", "backend-id"),
+            ("x_request_id", "backend-id"),
             ("x-ratelimit-remaining", "999"),
             ("ratelimit", "backend"),
             ("access-control-allow-origin", "*"),
