@@ -104,16 +104,9 @@ impl<'a> Credentials<'a> {
 /// only at values long enough to hold one, and there only where a secret could start (a
 /// `c` or `C`, found with `memchr`), not at every piece.
 pub fn holds_token_shape(value: &[u8]) -> bool {
-    if value.len() < SECRET_LEN {
-        return false;
-    }
     let edge = |at: Option<&u8>| !at.is_some_and(u8::is_ascii_alphanumeric);
-    memchr::memchr2_iter(b'c', b'C', value).any(|i| {
-        let piece = value.get(i..i + SECRET_LEN);
-        piece.is_some_and(|p| p[1].eq_ignore_ascii_case(&b's') && p[2..].iter().all(u8::is_ascii_hexdigit))
-            && edge(i.checked_sub(1).and_then(|before| value.get(before)))
-            && edge(value.get(i + SECRET_LEN))
-    })
+    secrets_in(value)
+        .any(|i| edge(i.checked_sub(1).and_then(|before| value.get(before))) && edge(value.get(i + SECRET_LEN)))
 }
 
 /// The length of an issued secret: `cs` and 32 hex digits.
@@ -123,12 +116,18 @@ pub const SECRET_LEN: usize = 34;
 /// (`bltcs...x`): what a log line may not show, which is stricter than what a request
 /// is refused for ([`holds_token_shape`]).
 pub fn shows_secret(value: &[u8]) -> bool {
-    value.len() >= SECRET_LEN
-        && memchr::memchr2_iter(b'c', b'C', value).any(|i| {
-            value
-                .get(i..i + SECRET_LEN)
-                .is_some_and(|p| p[1].eq_ignore_ascii_case(&b's') && p[2..].iter().all(u8::is_ascii_hexdigit))
-        })
+    secrets_in(value).next().is_some()
+}
+
+/// Where `value` holds a secret's characters (`cs` and 32 hex digits, any case), with or
+/// without letters or digits around them; none in a value shorter than a secret.
+fn secrets_in(value: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let starts = (value.len() >= SECRET_LEN).then(|| memchr::memchr2_iter(b'c', b'C', value));
+    starts.into_iter().flatten().filter(move |&i| {
+        value
+            .get(i..i + SECRET_LEN)
+            .is_some_and(|p| p[1].eq_ignore_ascii_case(&b's') && p[2..].iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// The credential a request carries, before it is checked.

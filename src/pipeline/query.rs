@@ -242,8 +242,7 @@ pub fn carries_token_shape_but(
 /// Whether `text` shows an issued secret's characters anywhere (delimited or not), as it
 /// is or through any of its decodings: a log line shows no such text.
 pub fn shows_secret(text: &str) -> bool {
-    auth::shows_secret(text.as_bytes())
-        || each_decoding(text, true, |d| if auth::shows_secret(d.as_bytes()) { Err(true) } else { Ok(()) }).is_err()
+    in_any_reading(text, auth::shows_secret)
 }
 
 /// Whether `text` holds something shaped like an issued secret as it is or through any
@@ -252,12 +251,14 @@ pub fn shows_secret(text: &str) -> bool {
 pub fn holds_token_shape(text: &str) -> bool {
     // Decoding only shortens a text (and reading bytes lossily adds no letter or digit):
     // a shorter one holds no secret in any reading. Most fields are.
-    if text.len() < auth::SECRET_LEN {
-        return false;
-    }
-    auth::holds_token_shape(text.as_bytes())
-        || each_decoding(text, true, |d| if auth::holds_token_shape(d.as_bytes()) { Err(true) } else { Ok(()) })
-            .is_err()
+    text.len() >= auth::SECRET_LEN && in_any_reading(text, auth::holds_token_shape)
+}
+
+/// Whether `found` holds for `text` as it is or for any of its decodings; escapes still
+/// left after every decoding count as found.
+fn in_any_reading(text: &str, found: fn(&[u8]) -> bool) -> bool {
+    found(text.as_bytes())
+        || each_decoding(text, true, |d| if found(d.as_bytes()) { Err(true) } else { Ok(()) }).is_err()
 }
 
 /// Runs `f` on each further decoding of `text` (a whole query, or a key, after the

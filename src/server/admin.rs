@@ -69,8 +69,9 @@ async fn answer(
 /// browser still sends the page's own name, which is none of these. Tools and scrapers
 /// on the host send an address or `localhost`.
 fn names_this_host(req: &Request<Incoming>, hostnames: &[String]) -> bool {
-    // Both, when an HTTP/2 request sends `:authority` and `host`.
-    let host = req.headers().get(header::HOST).map(|v| v.to_str().unwrap_or("\u{0}"));
+    // Both, when an HTTP/2 request sends `:authority` and `host`; a `Host` that is not
+    // text names no host of ours.
+    let Ok(host) = req.headers().get(header::HOST).map(|v| v.to_str()).transpose() else { return false };
     [host, req.uri().authority().map(|a| a.as_str())].into_iter().flatten().all(|h| is_this_host(h, hostnames))
 }
 
