@@ -732,7 +732,10 @@ async fn trace_context_passes_through_or_is_started_and_is_logged() {
         (&valid.parse().unwrap(), &"vendor=abc".parse().unwrap())
     );
     let other = "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01";
-    for sent in [None, Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), Some("nonsense"), Some("two")] {
+    // A trace id made of the request's own token is neither forwarded nor logged.
+    let made_of_token = format!("00-{}-00f067aa0ba902b7-01", &RW[2..]);
+    let zeros = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+    for sent in [None, Some(zeros), Some("nonsense"), Some("two"), Some(made_of_token.as_str())] {
         let mut fields = creds.to_vec();
         match sent {
             // Two valid fields are no valid one.
@@ -767,6 +770,7 @@ async fn trace_context_passes_through_or_is_started_and_is_logged() {
     }
     drop(child);
     assert!(text.contains(wanted), "{text}");
+    assert!(!text.contains(&RW[2..]), "{text}");
 }
 
 /// `[server.cors]`: preflights are answered by the gateway (never authorised or

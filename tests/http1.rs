@@ -288,6 +288,15 @@ async fn h2c_get_with_fields(addr: std::net::SocketAddr) -> (u16, http::HeaderMa
 
 /// [`h2c_get_with_fields`] on `path`.
 async fn h2c_get_path_with_fields(addr: std::net::SocketAddr, path: &str) -> (u16, http::HeaderMap, bytes::Bytes) {
+    h2c_send(addr, http::Method::GET, path).await
+}
+
+/// An h2c request of `method` on `path`, without a body.
+async fn h2c_send(
+    addr: std::net::SocketAddr,
+    method: http::Method,
+    path: &str,
+) -> (u16, http::HeaderMap, bytes::Bytes) {
     use http_body_util::BodyExt;
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -297,7 +306,9 @@ async fn h2c_get_path_with_fields(addr: std::net::SocketAddr, path: &str) -> (u1
     .await
     .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{addr}{path}"))
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
         .header("api_key", API_KEY)
         .header("authorization", RW)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -585,6 +596,46 @@ async fn a_body_that_breaks_before_anything_was_sent_is_answered_502() {
         match sound {
             true => assert_eq!((status, &answer[..]), (200, &br#"{"a":1}"#[..]), "{body:?}, h2c"),
             false => assert_eq!((status, error_code(&answer)), (502, 502), "{body:?}, h2c"),
+        }
+    }
+}
+
+/// A backend's length that is no one number (`4, 5`) gets the client a 502 for a HEAD
+/// as for its GET, and on a 304, where the length frames nothing: on the gateway's
+/// HTTP/1.1 loop and over h2c (tests/ops.rs has the same through an https upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_that_is_no_one_number_is_502_for_a_head_as_for_its_get() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_until_head(&mut stream, &mut buf).await.is_none() {
+                    return;
+                }
+                let answer: &[u8] = match String::from_utf8_lossy(&buf).contains("/blt304 ") {
+                    true => b"HTTP/1.1 304 Not Modified\r\ncontent-length: 4, 5\r\n\r\n",
+                    false => b"HTTP/1.1 200 OK\r\ncontent-length: 4, 5\r\n\r\nabcde",
+                };
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let cfg = config_text(backend, "", "");
+    let gw = stackgate::server::start(stackgate::config::from_str(&cfg).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    for (method, path) in [("GET", "/v3/assets/blt1"), ("HEAD", "/v3/assets/blt1"), ("GET", "/v3/assets/blt304")] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(get(method, path, "").as_bytes()).await.unwrap();
+        let (head, _) = response(&mut stream, &mut Vec::new(), method == "HEAD")
+            .await
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        assert!(head.starts_with("HTTP/1.1 502 "), "{method} {path}: {head}");
+        let (status, _, body) = h2c_send(gw.addr, method.parse().unwrap(), path).await;
+        assert_eq!(status, 502, "h2c {method} {path}");
+        if method == "GET" {
+            assert_eq!(error_code(&body), 502, "h2c {method} {path}");
         }
     }
 }

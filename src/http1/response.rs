@@ -242,9 +242,13 @@ fn merge_length(mut found: Option<u64>, value: &[u8]) -> Option<Option<u64>> {
 }
 
 /// RFC 9112 section 6.3: how this response's body ends; `None` inside for no body.
-/// An unusable `Content-Length` is a protocol error (the outer `None`).
+/// An unusable `Content-Length` is a protocol error (the outer `None`), also where it
+/// frames nothing (HEAD, 204, 304): a HEAD answers as its GET would, 502 for both.
 pub fn framing(method: &Method, head: &Head) -> Option<Option<Framing>> {
     let status = head.resp.status();
+    if head.chunked.is_none() && head.length.is_none() {
+        return None;
+    }
     if method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Some(None);
     }

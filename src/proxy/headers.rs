@@ -176,43 +176,46 @@ pub fn prepare_request_headers(
 /// 6.3): the length goes too, or the client's writer would frame the body by it. So
 /// does one on a 204 or 304, as on the direct path
 /// ([`states_no_length`](crate::http1::states_no_length)).
-pub fn prepare_response_headers(status: http::StatusCode, headers: &mut HeaderMap) {
-    if headers.contains_key(header::TRANSFER_ENCODING) || crate::http1::states_no_length(status) {
+///
+/// `false` when the response states no usable length: values that are not all the same
+/// number. hyper refuses those itself only where they frame a body, not on a HEAD, 204 or
+/// 304 answer; the direct path refuses them on every answer, and so does this one (a
+/// HEAD is answered as its GET would be: 502).
+#[must_use]
+pub fn prepare_response_headers(status: http::StatusCode, headers: &mut HeaderMap) -> bool {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
-    } else {
-        single_length(headers);
+    } else if !single_length(headers) {
+        return false;
+    } else if crate::http1::states_no_length(status) {
+        headers.remove(header::CONTENT_LENGTH);
     }
     remove_connection_listed(headers);
     remove_where(headers, |n| is_hop_by_hop(n.as_str().as_bytes()));
+    true
 }
 
 /// hyper's client takes a `Content-Length` list of equal values (`2, 2`, or the field
 /// twice) as that one length, and leaves the field as it came: passed on, a list is no
 /// valid length to the client (an h2 client refuses the stream). The one value goes on;
-/// values that are not all the same number (which hyper does not check on a HEAD, 204 or
-/// 304 answer) are dropped, as the direct path drops them (RFC 9112 section 6.3).
-fn single_length(headers: &mut HeaderMap) {
+/// `false` for values that are not all the same number.
+fn single_length(headers: &mut HeaderMap) -> bool {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let (Some(first), second) = (values.next(), values.next()) else { return };
+    let (Some(first), second) = (values.next(), values.next()) else { return true };
     if second.is_none() && !first.is_empty() && first.as_bytes().iter().all(u8::is_ascii_digit) {
-        return;
+        return true;
     }
     let mut agreed: Option<u64> = None;
-    let mut sound = true;
     for piece in headers.get_all(header::CONTENT_LENGTH).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
         match crate::http1::decimal(piece.trim_ascii()) {
             Some(n) if agreed.is_none_or(|a| a == n) => agreed = Some(n),
-            _ => sound = false,
+            _ => return false,
         }
     }
-    match agreed.filter(|_| sound) {
-        Some(n) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        None => {
-            headers.remove(header::CONTENT_LENGTH);
-        }
+    if let Some(n) = agreed {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
+    agreed.is_some()
 }
 
 #[cfg(test)]

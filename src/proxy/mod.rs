@@ -278,16 +278,9 @@ impl UpstreamClient {
                 let connection = carries.then(|| capture_connection(&mut req));
                 tokio::select! {
                     biased;
-                    sent = self.client.request(req) => match sent {
-                        // As on the direct path: a coding other than `chunked` alone would
-                        // reach the client without its label.
-                        // Nor is an interim or switching answer one to pass on (the gateway
-                        // never asks for an upgrade): the direct path refuses them too.
-                        Ok(resp) if !chunked_alone(resp.headers()) || resp.status().is_informational() => {
-                            Err(GatewayError::BadGateway(UpstreamFailure::Protocol))
-                        }
-                        Ok(mut resp) => {
-                            prepare_response_headers(resp.status(), resp.headers_mut());
+                    sent = self.client.request(req) => match sent.map(passable) {
+                        Ok(None) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+                        Ok(Some(mut resp)) => {
                             // As on the direct path: an HTTP/1 connection is not reused
                             // after an error answer to a request with a body, which the
                             // backend may have left unread (see `http1::client`).
@@ -329,6 +322,16 @@ impl UpstreamClient {
             None => result,
         }
     }
+}
+
+/// A pooled answer with its fields ready for the client, or `None` for one the direct
+/// path refuses too: a coding other than `chunked` alone (it would reach the client
+/// without its label); an interim or switching answer (the gateway never asks for an
+/// upgrade); a length that is no one number, a HEAD's included (see
+/// [`prepare_response_headers`]).
+fn passable<B>(mut resp: Response<B>) -> Option<Response<B>> {
+    let sound = chunked_alone(resp.headers()) && !resp.status().is_informational();
+    (sound && prepare_response_headers(resp.status(), resp.headers_mut())).then_some(resp)
 }
 
 /// Frames of a pooled body taken ahead, in order.

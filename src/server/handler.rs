@@ -140,6 +140,16 @@ pub(super) fn without_content<B: hyper::body::Body>(resp: &mut Response<B>, empt
     *resp.body_mut() = empty();
 }
 
+/// Whether the client's one `traceparent` may be forwarded and logged: valid, and not
+/// made of the request's own credential (`request_id::passable_trace_id`).
+fn passable(traceparent: &HeaderValue, headers: &HeaderMap) -> bool {
+    let mut credentials = [&b""[..]; 2];
+    for (slot, name) in credentials.iter_mut().zip([&http::header::AUTHORIZATION, &pipeline::auth::AUTHTOKEN]) {
+        *slot = headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
+    }
+    request_id::passable_trace_id(traceparent.as_bytes(), &credentials).is_some()
+}
+
 /// Serves one request: the response, and the fields still to be added to it.
 pub async fn respond(
     gw: Arc<Gateway>,
@@ -158,7 +168,7 @@ pub async fn respond(
     // Two `traceparent` fields are no valid one (W3C Trace Context): a new trace.
     let mut sent = parts.headers.get_all(proxy::TRACEPARENT).iter();
     let (trace, generated) = match (sent.next(), sent.next()) {
-        (Some(v), None) if request_id::trace_id(v.as_bytes()).is_some() => (v.clone(), None),
+        (Some(v), None) if passable(v, &parts.headers) => (v.clone(), None),
         _ => {
             let new = request_id::ids().traceparent();
             (new.clone(), Some(new))

@@ -98,8 +98,40 @@ pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
     valid.then_some(trace)
 }
 
+/// The trace id of a `traceparent` the gateway may pass on and log: a valid one (see
+/// [`trace_id`]) neither of whose ids is a run of a credential's characters. A client
+/// that derived its trace from its token would otherwise have the token's 32 digits
+/// written to the access log and sent to a backend that `forward_token = false` keeps
+/// the token from.
+pub fn passable_trace_id<'a>(traceparent: &'a [u8], credentials: &[&[u8]]) -> Option<&'a str> {
+    let trace = trace_id(traceparent)?;
+    // Both ids have fixed lengths whatever the version: `vv-<32>-<16>-...`.
+    let parent = traceparent.get(36..52)?;
+    let within = |id: &[u8], text: &[u8]| text.windows(id.len()).any(|w| w.eq_ignore_ascii_case(id));
+    let shown = credentials.iter().any(|c| within(trace.as_bytes(), c) || within(parent, c));
+    (!shown).then_some(trace)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_trace_made_of_a_credential_is_not_passed_on() {
+        let secret = b"cs4bf92f3577b34da6a3ce929d0e0e4736";
+        let ok = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert_eq!(super::passable_trace_id(ok.as_bytes(), &[secret]), super::trace_id(ok.as_bytes()));
+        for made_of_it in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-a3ce929d0e0e4736-01",
+            "00-0af7651916cd43dd8448eb211c80319c-4bf92f3577b34da6-01",
+        ] {
+            assert!(super::trace_id(made_of_it.as_bytes()).is_some(), "{made_of_it}");
+            assert_eq!(super::passable_trace_id(made_of_it.as_bytes(), &[b"x", secret]), None, "{made_of_it}");
+            // In another case, the ids are still the secret's characters.
+            let upper = secret.to_ascii_uppercase();
+            assert_eq!(super::passable_trace_id(made_of_it.as_bytes(), &[&upper]), None, "{made_of_it}");
+        }
+    }
+
     #[test]
     fn generated_traceparents_are_valid_and_distinct() {
         let ids = super::RequestIds::new();

@@ -42,7 +42,14 @@ fn response_framing_follows_rfc_9112() {
     for bad in ["4, 5", "-1", "+4", "0x10", "", "99999999999999999999999"] {
         let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
         assert_eq!(framed(Method::GET, &text), None, "{bad:?}");
+        // Where the length frames nothing, it is still refused: HEAD answers as GET does.
+        assert_eq!(framed(Method::HEAD, &text), None, "{bad:?}");
+        let not_modified = format!("HTTP/1.1 304 Not Modified\r\ncontent-length: {bad}\r\n\r\n");
+        assert_eq!(framed(Method::GET, &not_modified), None, "{bad:?}");
     }
+    // Transfer-Encoding frames the body; a bad Content-Length beside it is not read.
+    let with_te = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 4, 5\r\n\r\n";
+    assert_eq!(framed(Method::HEAD, with_te), Some(None));
 }
 
 #[test]

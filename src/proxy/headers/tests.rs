@@ -121,24 +121,14 @@ fn forward_token_keeps_authorization_and_drops_identity() {
 
 #[test]
 fn a_length_list_of_one_value_goes_on_as_that_value() {
-    let cases: [(&[&str], Option<&str>); 9] = [
-        (&["2, 2"], Some("2")),
-        (&["2", "2"], Some("2")),
-        (&[" 2 , 2"], Some("2")),
-        (&["7"], Some("7")),
-        (&[], None),
-        // What hyper does not check on a HEAD, 204 or 304 answer: dropped.
-        (&["2, 3"], None),
-        (&[", 2"], None),
-        (&["abc, 5"], None),
-        (&["5", "6"], None),
-    ];
+    let cases: [(&[&str], Option<&str>); 5] =
+        [(&["2, 2"], Some("2")), (&["2", "2"], Some("2")), (&[" 2 , 2"], Some("2")), (&["7"], Some("7")), (&[], None)];
     for (sent, kept) in cases {
         let mut headers = HeaderMap::new();
         for value in sent {
             headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(value));
         }
-        prepare_response_headers(http::StatusCode::OK, &mut headers);
+        assert!(prepare_response_headers(http::StatusCode::OK, &mut headers), "{sent:?}");
         let got: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(got, kept.into_iter().collect::<Vec<_>>(), "{sent:?}");
     }
@@ -152,7 +142,22 @@ fn a_length_list_of_one_value_goes_on_as_that_value() {
     for (status, kept) in statuses {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
-        prepare_response_headers(status, &mut headers);
+        assert!(prepare_response_headers(status, &mut headers));
         assert_eq!(headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().unwrap()), kept, "{status}");
+    }
+    // What hyper does not check on a HEAD, 204 or 304 answer: refused on every answer,
+    // as the direct path refuses it; a length beside Transfer-Encoding is not read.
+    let unusable: [&[&str]; 4] = [&["2, 3"], &[", 2"], &["abc, 5"], &["5", "6"]];
+    for sent in unusable {
+        for status in [http::StatusCode::OK, http::StatusCode::NO_CONTENT, http::StatusCode::NOT_MODIFIED] {
+            let mut headers = HeaderMap::new();
+            for value in sent {
+                headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(value));
+            }
+            assert!(!prepare_response_headers(status, &mut headers), "{sent:?} {status}");
+            headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            assert!(prepare_response_headers(status, &mut headers), "{sent:?} {status}");
+            assert!(!headers.contains_key(header::CONTENT_LENGTH));
+        }
     }
 }
