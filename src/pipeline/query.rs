@@ -240,9 +240,30 @@ pub fn carries_token_shape_but(
 }
 
 /// Whether `text` shows an issued secret's characters anywhere (delimited or not), as it
-/// is or through any of its decodings: a log line shows no such text.
+/// is, through any of its decodings, or with its escapes left out (`cs12%00...`, whose
+/// escape is refused but whose characters a reader of the log puts back together): a
+/// log line shows no such text.
 pub fn shows_secret(text: &str) -> bool {
     in_any_reading(text, auth::shows_secret)
+        || (text.len() > auth::SECRET_LEN && text.contains('%') && auth::shows_secret(&without_escapes(text)))
+}
+
+/// `text` without its `%XX` escapes.
+fn without_escapes(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let escape = b == b'%' && bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        match escape {
+            true => i += 3,
+            false => {
+                kept.push(b);
+                i += 1;
+            }
+        }
+    }
+    kept
 }
 
 /// Whether `text` holds something shaped like an issued secret as it is or through any
