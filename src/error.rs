@@ -67,6 +67,9 @@ pub enum GatewayError {
     /// Too many failed authentications from this client address; cooling down.
     #[error("authentication cool-down")]
     Throttled { retry_after: u64 },
+    /// The bodies being read for the body rules hold `max_inspected_total` already.
+    #[error("inspected bodies at max_inspected_total")]
+    Busy,
     /// A required backing service (store) is down.
     #[error("service unavailable")]
     Unavailable,
@@ -230,7 +233,7 @@ impl GatewayError {
             }
             GatewayError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, 422),
             GatewayError::RateLimited { .. } | GatewayError::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, 429),
-            GatewayError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 503),
+            GatewayError::Unavailable | GatewayError::Busy => (StatusCode::SERVICE_UNAVAILABLE, 503),
             GatewayError::BadGateway(_) => (StatusCode::BAD_GATEWAY, 502),
             GatewayError::GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, 504),
             GatewayError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, 408),
@@ -279,6 +282,7 @@ impl GatewayError {
                 format!("Too many requests. Please retry after {retry_after} seconds.")
             }
             GatewayError::Unavailable => "The service is temporarily unavailable. Please retry later.".into(),
+            GatewayError::Busy => "The gateway is reading too many request bodies. Please retry shortly.".into(),
             GatewayError::BadGateway(UpstreamFailure::Connect) => "The backend could not be reached.".into(),
             GatewayError::BadGateway(UpstreamFailure::Protocol) => "The backend did not send a valid response.".into(),
             GatewayError::GatewayTimeout => "The backend did not answer in time.".into(),
@@ -303,7 +307,7 @@ impl GatewayError {
             }
             GatewayError::RateLimited { .. } => Reason::RateLimited,
             GatewayError::Throttled { .. } => Reason::AuthThrottled,
-            GatewayError::Unavailable => Reason::Unavailable,
+            GatewayError::Unavailable | GatewayError::Busy => Reason::Unavailable,
             GatewayError::BadGateway(_) => Reason::UpstreamError,
             GatewayError::GatewayTimeout => Reason::UpstreamTimeout,
             // The client's fault, counted with the other refusals of its request.
@@ -344,6 +348,7 @@ impl GatewayError {
                 RateInfo::write_retry_after(resp.headers_mut(), retry_after);
             }
             GatewayError::Throttled { retry_after } => RateInfo::write_retry_after(resp.headers_mut(), retry_after),
+            GatewayError::Busy => RateInfo::write_retry_after(resp.headers_mut(), 1),
             GatewayError::MethodNotAllowed => {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(crate::cma::ALLOWED_METHODS));
             }

@@ -66,6 +66,8 @@ pub struct Gateway {
     draining: AtomicBool,
     /// Failed-authentication counters per client address.
     guard: crate::guard::AuthGuard,
+    /// The bytes held by bodies being read for the body rules, in all.
+    inspecting: crate::server::BodyBudget,
     /// Where rate buckets are charged (set at start; changing it needs a restart).
     pub(crate) limiter: Limiter,
     /// This process among replicas (lease holder name).
@@ -107,6 +109,7 @@ impl Gateway {
             config_path,
             draining: AtomicBool::new(false),
             guard: crate::guard::AuthGuard::default(),
+            inspecting: crate::server::BodyBudget::new(metrics.inspected_body_bytes.clone()),
             limiter,
             replica_id: crate::store::process_id(),
             metrics,
@@ -151,6 +154,11 @@ impl Gateway {
     /// Failed-authentication counters per client address.
     pub fn guard(&self) -> &crate::guard::AuthGuard {
         &self.guard
+    }
+
+    /// The bytes held by bodies being read for the body rules (`max_inspected_total`).
+    pub(crate) fn inspecting(&self) -> &crate::server::BodyBudget {
+        &self.inspecting
     }
 
     fn swap(&self, next: Snapshot) {

@@ -117,6 +117,7 @@ impl Token {
 pub struct Settings {
     pub user_sessions: UserSessions,
     pub max_inspected_body: u64,
+    pub max_inspected_total: u64,
     pub forward_token: bool,
     /// Authorities an HTTP/1 absolute-form target may name.
     pub own_authorities: Vec<Authority>,
@@ -476,6 +477,7 @@ fn settings(config: &Config) -> Settings {
     Settings {
         user_sessions: config.server.user_sessions,
         max_inspected_body: config.server.max_inspected_body,
+        max_inspected_total: config.server.max_inspected_total,
         forward_token: config.upstream.forward_token,
         own_authorities: own,
     }

@@ -137,6 +137,8 @@ pub struct Metrics {
     upstream_errors: [Counter; 3],
     pub latency: AtomicHistogram,
     pub open_connections: Gauge,
+    /// Bytes held by bodies being read for the body rules (`max_inspected_total`).
+    pub inspected_body_bytes: Gauge,
     pub tokens_loaded: Gauge,
     reloads_ok: Counter,
     reloads_failed: Counter,
@@ -209,6 +211,12 @@ impl Metrics {
         registry.register("request_duration_seconds", "Request latency as seen by the gateway", latency.clone());
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open client connections", open_connections.clone());
+        let inspected_body_bytes = Gauge::default();
+        registry.register(
+            "inspected_body_bytes",
+            "Bytes held by request bodies being read for the body rules, in all",
+            inspected_body_bytes.clone(),
+        );
         registry.register(
             "upstream_stray_discards",
             "Upstream connections closed instead of reused: the backend sent bytes no request asked for",
@@ -261,6 +269,7 @@ impl Metrics {
             upstream_errors,
             latency,
             open_connections,
+            inspected_body_bytes,
             tokens_loaded,
             reloads_ok,
             reloads_failed,

@@ -468,3 +468,88 @@ async fn no_secret_in_logs_metrics_or_error_bodies() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The gateway's `stackgate_inspected_body_bytes` gauge, read from its admin listener.
+async fn inspected_bytes(admin: std::net::SocketAddr) -> f64 {
+    let (_, text) = raw(admin, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
+    let line = text.lines().find(|l| l.starts_with("stackgate_inspected_body_bytes "));
+    line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// Found by the fifth outside attack: a write token holding many half-sent bodies open
+/// on a path whose body a rule reads (256 HTTP/2 streams per connection, 1 MiB each)
+/// made the gateway hold 922 MiB. Such bodies are bounded together
+/// (`max_inspected_total`), on HTTP/1.1 and HTTP/2 alike: one that does not fit is 503
+/// with `Retry-After` (declared or chunked), and what a body held comes back when it is
+/// gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_read_for_the_rules_are_bounded_together() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let limits = "max_inspected_body = \"64KiB\"\nmax_inspected_total = \"128KiB\"";
+    let env = Env::start_with(limits, "", Arc::new(SystemClock)).await;
+    let (addr, admin) = (env.gateway.addr, env.gateway.admin_addr);
+    const PATH: &str = "/v3/content_types/blog/entries/e1/workflow";
+    let head = |framing: &str| {
+        format!(
+            "POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n\
+             content-type: application/json\r\nConnection: close\r\n{framing}\r\n"
+        )
+    };
+    // One body over HTTP/1.1 and one over HTTP/2, each declared at 60,000 bytes and half
+    // sent: 120,000 held.
+    let mut h1 = TcpStream::connect(addr).await.unwrap();
+    h1.write_all(head("content-length: 60000\r\n").as_bytes()).await.unwrap();
+    h1.write_all(&[b' '; 30_000]).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let half =
+        futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(vec![
+            b' ';
+            30_000
+        ])))]);
+    let body = StreamBody::new(futures_util::StreamExt::chain(half, futures_util::stream::pending()));
+    let req = http::Request::post(format!("http://{addr}{PATH}"))
+        .header("api_key", API_KEY)
+        .header("authorization", RW)
+        .header("content-type", "application/json")
+        .header("content-length", "60000")
+        .body(body)
+        .unwrap();
+    let pending = tokio::spawn(async move { h2.send_request(req).await.map(|r| r.status()) });
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    while inspected_bytes(admin).await != 120_000.0 && std::time::Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(inspected_bytes(admin).await, 120_000.0);
+
+    // The next body does not fit (131,072 - 120,000 = 11,072 bytes left), declared or
+    // chunked.
+    let declared = format!("{}{}", head("content-length: 12000\r\n"), " ".repeat(12_000));
+    let chunked = format!("{}2ee0\r\n{}\r\n0\r\n\r\n", head("transfer-encoding: chunked\r\n"), " ".repeat(12_000));
+    for (what, request) in [("declared", declared), ("chunked", chunked)] {
+        let (status, text) = raw(addr, request.as_bytes()).await;
+        assert_eq!(status, 503, "{what}: {text}");
+        assert!(text.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "{what}: {text}");
+        let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+        assert_eq!(error_code(body.as_bytes()), 503, "{what}: {text}");
+        assert_eq!(env.backend.seen().len(), 0, "{what}: nothing forwarded");
+    }
+    assert_eq!(inspected_bytes(admin).await, 120_000.0, "the refused bodies hold nothing");
+
+    // Once the held bodies are gone, so is what they held, and a body fits again.
+    drop(h1);
+    pending.abort();
+    let _ = pending.await;
+    let give_up = std::time::Instant::now() + Duration::from_secs(5);
+    while inspected_bytes(admin).await != 0.0 && std::time::Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(inspected_bytes(admin).await, 0.0);
+    let ok = r#"{"workflow":{"publishing_rule":{"uid":"p1","action":"publish","status":0}}}"#;
+    let request = format!("{}{ok}", head(&format!("content-length: {}\r\n", ok.len())));
+    let (status, text) = raw(addr, request.as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(inspected_bytes(admin).await, 0.0, "a forwarded body gives its share back");
+}

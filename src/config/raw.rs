@@ -40,6 +40,7 @@ pub struct RawServer {
     pub tls: Option<RawTls>,
     pub user_sessions: Option<String>,
     pub max_inspected_body: Option<String>,
+    pub max_inspected_total: Option<String>,
     /// Extra host names an HTTP/1 absolute-form target may carry.
     #[serde(default)]
     pub hostnames: Vec<String>,

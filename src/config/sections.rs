@@ -29,6 +29,16 @@ pub(super) fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server>
         }
     };
     let max_inspected_body = positive_size(s.max_inspected_body.as_deref(), "1MiB", "server.max_inspected_body", errs);
+    let max_inspected_total =
+        positive_size(s.max_inspected_total.as_deref(), "64MiB", "server.max_inspected_total", errs);
+    // One body at its limit must fit in the total, or no such body could ever be read.
+    let max_inspected_total = match (max_inspected_body, max_inspected_total) {
+        (Some(one), Some(total)) if total < one => {
+            errs.push("server.max_inspected_total", format!("{total} bytes is less than max_inspected_body ({one})"));
+            None
+        }
+        (_, total) => total,
+    };
     for (i, h) in s.hostnames.iter().enumerate() {
         if h.parse::<Authority>().is_err() {
             errs.push(format!("server.hostnames[{i}]"), format!("'{h}' is not a host[:port]"));
@@ -44,6 +54,7 @@ pub(super) fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server>
         tls,
         user_sessions: user_sessions?,
         max_inspected_body: max_inspected_body?,
+        max_inspected_total: max_inspected_total?,
         hostnames: s.hostnames.clone(),
         limits: limits?,
         cors: cors?,

@@ -229,3 +229,17 @@ fn upstream_urls_and_listen_addresses_that_cannot_work_are_refused() {
     let ephemeral = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n";
     assert!(compiled(ephemeral).is_empty(), "{:?}", compiled(ephemeral));
 }
+
+#[test]
+fn inspected_bodies_are_bounded_each_and_together() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+    let cfg = crate::config::from_str(base).unwrap();
+    assert_eq!((cfg.server.max_inspected_body, cfg.server.max_inspected_total), (1 << 20, 64 << 20));
+    // The total must hold one body at its limit, or no such body could ever be read.
+    let bad = errors("[server]\nmax_inspected_body = \"2MiB\"\nmax_inspected_total = \"1MiB\"");
+    assert_eq!(bad, ["server.max_inspected_total: 1048576 bytes is less than max_inspected_body (2097152)"]);
+    assert!(errors("[server]\nmax_inspected_body = \"2MiB\"\nmax_inspected_total = \"2MiB\"").is_empty());
+    assert!(errors("[server]\nmax_inspected_total = \"0B\"")
+        .iter()
+        .any(|e| e.starts_with("server.max_inspected_total")));
+}

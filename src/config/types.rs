@@ -34,6 +34,8 @@ pub struct Server {
     pub tls: Option<TlsFiles>,
     pub user_sessions: UserSessions,
     pub max_inspected_body: u64,
+    /// What all bodies being read for the rules may hold together (503 over it).
+    pub max_inspected_total: u64,
     pub hostnames: Vec<String>,
     pub limits: Limits,
     /// `[server.cors]`; `None`: no CORS headers, preflights answered without them.

@@ -1,6 +1,7 @@
 //! The outer request function: runs the pipeline, turns any error into the CMA error
 //! body, counts it, and writes the one access-log event. No stage writes a response.
 
+use super::inspecting::Share;
 use super::{client, cors, request_id, Gateway};
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
 use crate::http1::server::{AddedFields, BadHead, FieldValue, Refusal};
@@ -390,9 +391,13 @@ async fn process(
         Principal::UserSession => None,
     };
     // Stage 5, the body rules; then stage 6: a request a rule refuses spends no budget.
-    let inspected = match &principal {
-        Principal::Token(_) if op.needs_body() => Some(inspect(snap, parts, body, &op).await?),
-        _ => None,
+    // The body's share of `max_inspected_total` is held until it was forwarded.
+    let (inspected, _share) = match &principal {
+        Principal::Token(_) if op.needs_body() => {
+            let (bytes, share) = inspect(gw.inspecting().share(), snap, parts, body, &op).await?;
+            (Some(bytes), Some(share))
+        }
+        _ => (None, None),
     };
     let limit = snap.config.server.limits.max_request_body;
     if inspected.is_none() && declared_length(parts).is_some_and(|len| len > limit) {
@@ -456,25 +461,37 @@ fn declared_length(parts: &Parts) -> Option<u64> {
 /// body as JSON, so must the backend: a form body can be valid JSON and mean something
 /// else to a form parser (415).
 async fn inspect(
+    mut share: Share,
     snap: &Snapshot,
     parts: &Parts,
     body: &mut Option<ClientBody>,
     op: &pipeline::Operation,
-) -> Result<Bytes, GatewayError> {
-    let bytes = read_inspected(snap, parts, body).await?;
+) -> Result<(Bytes, Share), GatewayError> {
+    let bytes = read_inspected(&mut share, snap, parts, body).await?;
     if !bytes.is_empty() && !crate::json::declares_json(&parts.headers) {
         return Err(GatewayError::UnsupportedMediaType);
     }
     pipeline::inspect_body(op, &bytes)?;
-    Ok(bytes)
+    Ok((bytes, share))
 }
 
-/// Buffers a body that a rule must read, up to `max_inspected_body`. The body stays
-/// in `body` (for the caller to drain) when it is refused by its declared length.
-async fn read_inspected(snap: &Snapshot, parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
-    let limit = snap.settings.max_inspected_body;
-    if declared_length(parts).is_some_and(|len| len > limit) {
-        return Err(GatewayError::PayloadTooLarge);
+/// Buffers a body that a rule must read, up to `max_inspected_body`, taking what it
+/// holds from the budget all such bodies share (`max_inspected_total`: 503 when it is
+/// spent). The body stays in `body` (for the caller to drain) when it is refused by its
+/// declared length, or when its declared length does not fit the budget.
+async fn read_inspected(
+    share: &mut Share,
+    snap: &Snapshot,
+    parts: &Parts,
+    body: &mut Option<ClientBody>,
+) -> Result<Bytes, GatewayError> {
+    let (limit, total) = (snap.settings.max_inspected_body, snap.settings.max_inspected_total);
+    let declared = declared_length(parts);
+    match declared {
+        Some(len) if len > limit => return Err(GatewayError::PayloadTooLarge),
+        // A declared body takes its whole length up front; its frames take nothing more.
+        Some(len) if !share.grow(len, total) => return Err(GatewayError::Busy),
+        _ => {}
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut read = Limited::new(body.take().unwrap_or(ClientBody::Empty), limit);
@@ -487,6 +504,9 @@ async fn read_inspected(snap: &Snapshot, parts: &Parts, body: &mut Option<Client
             Ok(None) => return Ok(bytes.freeze()),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    if declared.is_none() && !share.grow(data.len() as u64, total) {
+                        return Err(GatewayError::Busy);
+                    }
                     bytes.extend_from_slice(&data);
                 }
             }

@@ -8,6 +8,7 @@ mod console;
 mod cors;
 mod handler;
 mod idle;
+mod inspecting;
 mod listener;
 mod request_id;
 mod signals;
@@ -17,6 +18,7 @@ pub use crate::gateway::open_store;
 pub use crate::gateway::{Change, Gateway, ReloadError, ReloadReport};
 pub use handler::handle;
 pub(crate) use handler::ConnInfo;
+pub(crate) use inspecting::BodyBudget;
 #[cfg(unix)]
 pub use signals::ShutdownSignals;
 pub use signals::{reload_on_sighup, shutdown_signal};
