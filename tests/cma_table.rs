@@ -307,6 +307,14 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
         403,
         403,
     ),
+    // A stage that is present is present, null or not (DESIGN.md).
+    (
+        "POST",
+        "/v3/content_types/blog/entries/e1/workflow",
+        r#"{"workflow":{"publishing_rule":{"status":0},"workflow_stage":null}}"#,
+        403,
+        403,
+    ),
     (
         "POST",
         "/v3/workflows/publishing_rules",

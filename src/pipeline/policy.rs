@@ -157,9 +157,10 @@ fn workflow_change_denied(json: &Value) -> bool {
         // Nothing we can vouch for: the backend would have to guess too.
         _ => return true,
     };
-    match field(workflow, "workflow_stage") {
-        Field::Absent | Field::One(Value::Null) => {}
-        _ => return true,
+    // Present, whatever its value (DESIGN.md): a backend may read a null stage as one to
+    // clear, which is a stage change too.
+    if !matches!(field(workflow, "workflow_stage"), Field::Absent) {
+        return true;
     }
     match field(workflow, "publishing_rule") {
         Field::One(rule) if !rule.is_null() => {

@@ -15,6 +15,9 @@ fn check(r: Rule, v: serde_json::Value) -> Result<(), GatewayError> {
 fn workflow_body_rules() {
     let wf = Rule::EntryWorkflow;
     assert!(check(wf, json!({"workflow":{"workflow_stage":{"uid":"s1"}}})).is_err());
+    // Present is present: a null stage too (found by the fifth outside attack).
+    assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":0},"workflow_stage":null}})).is_err());
+    assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":0},"Workflow_Stage":null}})).is_err());
     assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":1}}})).is_err());
     assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":-1}}})).is_err());
     assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":0,"uid":"r"}}})).is_ok());
