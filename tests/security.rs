@@ -504,8 +504,7 @@ async fn bodies_read_for_the_rules_are_bounded_together() {
     let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
     let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
     tokio::spawn(conn);
-    let half =
-        futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(vec![
+    let half = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(vec![
             b' ';
             30_000
         ])))]);

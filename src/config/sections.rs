@@ -307,10 +307,17 @@ pub(super) fn notify(raw: &RawConfig, env: Env<'_>, errs: &mut ConfigErrors) -> 
     let n = &raw.notify;
     let before = parse_duration(n.before.as_deref().unwrap_or("7d")).map_err(|e| errs.push("notify.before", e)).ok();
     let interval = positive_duration(n.interval.as_deref(), "60s", "notify.interval", errs);
+    // A webhook URL is often a secret itself (a Slack or Teams one carries its key in the
+    // path): it is never echoed. User info would not be sent (the notifier sends no
+    // `Authorization`), so it is refused rather than silently dropped.
     let webhook = n.webhook.as_ref().and_then(|w| match w.parse::<Uri>() {
+        Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            errs.push("notify.webhook", "must not hold user info (user:password@): it would not be sent");
+            None
+        }
         Ok(uri) if is_http_or_https(uri.scheme()) && uri.authority().is_some() => Some(uri),
         _ => {
-            errs.push("notify.webhook", format!("'{w}' must be an absolute http:// or https:// URL"));
+            errs.push("notify.webhook", "must be an absolute http:// or https:// URL (the URL is not shown)");
             None
         }
     });

@@ -121,11 +121,13 @@ fn webhook_may_be_https_with_its_own_ca_file() {
     assert_eq!(cfg.notify.webhook.as_ref().map(|u| u.to_string()).as_deref(), Some("https://hooks.example.com/expiry"));
     assert_eq!(cfg.notify.webhook_ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
     assert!(notify_config("webhook = \"http://127.0.0.1:9100/h\"").is_ok());
+    // Never echoed (a webhook URL often carries its key); user info would not be sent.
+    let bad = notify_config("webhook = \"http://u:hooksecret@h/x y\"").unwrap_err();
+    assert_eq!(bad, ["notify.webhook: must be an absolute http:// or https:// URL (the URL is not shown)"]);
+    let bad = notify_config("webhook = \"http://u:hooksecret@h/services/x\"").unwrap_err();
+    assert_eq!(bad, ["notify.webhook: must not hold user info (user:password@): it would not be sent"]);
     let bad = notify_config("webhook = \"ftp://h/x\"").unwrap_err();
-    assert!(
-        bad.iter().any(|e| e.starts_with("notify.webhook: 'ftp://h/x' must be an absolute http:// or https://")),
-        "{bad:?}"
-    );
+    assert!(bad.iter().any(|e| e.starts_with("notify.webhook: must be an absolute http:// or https://")), "{bad:?}");
     let bad = notify_config("webhook = \"http://h/x\"\nwebhook_ca_file = \"ca.pem\"").unwrap_err();
     assert_eq!(bad, ["notify.webhook_ca_file: only used with an https:// webhook"]);
     let bad = notify_config("webhook_ca_file = \"ca.pem\"").unwrap_err();
