@@ -90,6 +90,14 @@ impl Gateway {
         let notify = config.notify.clone();
         let warn = move |rec: &TokenRecord| crate::config::warn_if_no_channel(&notify, rec);
         let snapshot = load_snapshot(&*store, Arc::new(config), None, &rate_clock, upstream, warn).await?.with_tls(tls);
+        // At start the tokens are served (refusing to start would take every stack
+        // down); the token API creates none on these stacks until they are under it.
+        for over in snapshot.stacks_over_cap() {
+            tracing::warn!(
+                "{over}: this stack holds more tokens than its organisation allows; the token API \
+                 creates none there until it is under the cap"
+            );
+        }
         let metrics = Arc::new(Metrics::new());
         metrics.tokens_loaded.set(i64::try_from(snapshot.token_count()).unwrap_or(i64::MAX));
         let limiter = match &snapshot.config.ratelimit.redis {
@@ -178,7 +186,15 @@ impl Gateway {
         let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let upstream = UpstreamClient::reuse_or_new(Some(&current.upstream), &config.upstream)?;
         let next = load_snapshot(&*self.store, Arc::new(config), Some(current), &self.rate_clock, upstream, |_| {});
-        self.swap(next.await?.with_tls(tls));
+        let next = next.await?;
+        // A reload is a change made now: one that passes a stack's cap is refused whole.
+        let over = next.stacks_over_cap();
+        if !over.is_empty() {
+            let message =
+                format!("{}; remove static tokens or delete stored ones through the token API first", over.join(", "));
+            return Err(ReloadError::Config(crate::config::ConfigErrors::single("stacks", message)));
+        }
+        self.swap(next.with_tls(tls));
         Ok(report)
     }
 

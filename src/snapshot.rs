@@ -234,6 +234,27 @@ impl Snapshot {
         self.tokens.len()
     }
 
+    /// The stacks holding more tokens (static and stored, each uid once) than their
+    /// organisation's `max_tokens_per_stack`, as `stack: held > cap` texts. The token
+    /// API keeps creations under the cap; a config change (a static token more, a
+    /// lower cap) can still pass it, and is named here.
+    pub fn stacks_over_cap(&self) -> Vec<String> {
+        let mut uids: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
+        for t in self.tokens.values() {
+            uids.entry(&*t.stack.api_key).or_default().insert(&*t.uid);
+        }
+        let mut over: Vec<String> = uids
+            .into_iter()
+            .filter_map(|(api_key, held)| {
+                let cap = self.stack(api_key)?.organization.config.max_tokens_per_stack;
+                (held.len() > cap as usize)
+                    .then(|| format!("{api_key}: {} tokens > max_tokens_per_stack = {cap}", held.len()))
+            })
+            .collect();
+        over.sort();
+        over
+    }
+
     fn org(&self, uid: &str) -> Option<&Arc<OrgState>> {
         self.orgs.get(uid)
     }

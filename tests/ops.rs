@@ -1033,3 +1033,52 @@ async fn a_tls_server_name_never_reaches_the_log() {
     assert!(!logs.contains(SECRET), "the server name reached the log:\n{logs}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Found by the fifth outside attack: a reload adding a static token to a stack already at
+/// `max_tokens_per_stack` (static and stored) was applied, and the stack served 31 tokens
+/// of 30. A reload that passes a stack's cap (a static token more, or a lower cap) is
+/// refused whole, naming the stack; the tokens stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_passes_a_stacks_token_cap_is_refused() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("reload-cap");
+    let file = dir.join("gw.toml");
+    let store = format!("\n[store]\npath = \"{}\"\n", dir.join("tokens.db").display());
+    // The main stack has six static tokens; a cap of seven leaves room for one stored.
+    let base =
+        config_text(backend.addr, "", "").replace("max_tokens_per_stack = 1000", "max_tokens_per_stack = 7") + &store;
+    std::fs::write(&file, &base).unwrap();
+    let gw = start_from_file(&file).await;
+    let create = r#"{"token":{"name":"stored","scope":[{"module":"$all","acl":{"read":true}},{"module":"branch","branches":["main"]}]}}"#;
+    let request = format!(
+        "POST /v3/stacks/management_tokens HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\nauthtoken: {ALICE}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nConnection: close\r\n\r\n{create}",
+        create.len()
+    );
+    assert_eq!(raw(gw.addr, request.as_bytes()).await.0, 201);
+    assert_eq!(raw(gw.addr, request.replace("\"stored\"", "\"eighth\"").as_bytes()).await.0, 422, "the cap holds");
+
+    let static_token = "[[stacks.tokens]]\nuid = \"blt000000000000nw01\"\nname = \"new static\"\n\
+        secret_sha256 = \"0000000000000000000000000000000000000000000000000000000000000001\"\n\
+        scope = [{ module = \"$all\", acl = { read = true } }, { module = \"branch\", branches = [\"main\"] }]\n\n";
+    let marker = format!("[[stacks]]\napi_key = \"{OTHER_API_KEY}\"");
+    let one_more = base.replacen(&marker, &format!("{static_token}{marker}"), 1);
+    assert_ne!(one_more, base, "test setup: a static token added to the main stack");
+    let lower = base.replace("max_tokens_per_stack = 7", "max_tokens_per_stack = 6");
+    for (what, text) in [("a static token more", one_more), ("a lower cap", lower)] {
+        std::fs::write(&file, &text).unwrap();
+        let (status, answer) = admin_post(gw.admin_addr, "/reload").await;
+        assert_eq!(status, 422, "{what}: {answer}");
+        assert!(answer.contains(API_KEY) && answer.contains("max_tokens_per_stack"), "{what}: {answer}");
+        // Still the seven it had: the new static token is not served.
+        let listed = format!(
+            "GET /v3/stacks/management_tokens HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\nauthtoken: {ALICE}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, body) = raw(gw.addr, listed.as_bytes()).await;
+        assert_eq!(status, 200, "{what}");
+        assert!(!body.contains("new static"), "{what}: {body}");
+    }
+    std::fs::write(&file, &base).unwrap();
+    assert_eq!(admin_post(gw.admin_addr, "/reload").await.0, 200, "within the cap, a reload applies");
+    let _ = std::fs::remove_dir_all(&dir);
+}
