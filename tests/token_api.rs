@@ -745,9 +745,13 @@ async fn every_token_change_is_in_the_audit_trail() {
     assert_eq!(actions, ["regenerate", "update"]);
     let (_, tail) = json_of(&env, "GET", &format!("{AUDIT}?skip=6"), &owner(API_KEY), "").await;
     assert_eq!((tail["entries"].as_array().unwrap().len(), tail["count"].clone()), (0, json!(6)));
-    for q in ["limit=501", "limit=0", "limit=x", "skip=-1", "skip=1&skip=2"] {
+    for q in ["limit=501", "limit=0", "limit=x", "limit=1e2", "skip=-1", "skip=1&skip=2"] {
         let (status, v) = json_of(&env, "GET", &format!("{AUDIT}?{q}"), &owner(API_KEY), "").await;
         assert_eq!(status, 422, "{q}: {v}");
+        // A limit is told its range, whether it was out of it or no number at all.
+        if q.starts_with("limit=") {
+            assert_eq!(v["errors"]["limit"], json!(["must be a whole number between 1 and 500."]), "{q}: {v}");
+        }
     }
     let (status, v) = json_of(&env, "GET", &format!("{AUDIT}?limit=500"), &owner(API_KEY), "").await;
     assert_eq!((status, v["entries"].as_array().unwrap().len()), (200, 6));

@@ -75,18 +75,25 @@ pub fn parse_page(query: Option<&str>) -> Result<(u64, u64), GatewayError> {
         }
         match value.parse::<u64>() {
             Ok(n) => *slot = Some(n),
+            Err(_) if &*key == "limit" => push(&mut errors, "limit", &limit_range()),
             Err(_) => push(&mut errors, &key, "must be a whole number >= 0."),
         }
     }
     let limit = limit.unwrap_or(AUDIT_DEFAULT_LIMIT);
     if !(1..=AUDIT_MAX_LIMIT).contains(&limit) {
-        push(&mut errors, "limit", &format!("must be between 1 and {AUDIT_MAX_LIMIT}."));
+        push(&mut errors, "limit", &limit_range());
     }
     if errors.is_empty() {
         Ok((skip.unwrap_or(0), limit))
     } else {
         Err(GatewayError::Unprocessable(errors))
     }
+}
+
+/// What the audit trail's `limit` may be, said the same for a value out of range and one
+/// that is no number (`1e2`).
+fn limit_range() -> String {
+    format!("must be a whole number between 1 and {AUDIT_MAX_LIMIT}.")
 }
 
 /// Parses a regenerate body: empty, or `{"grace_period": "1h"}` (a duration, whole
