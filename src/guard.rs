@@ -2,9 +2,11 @@
 //!
 //! Guesses (credentials that match no token or user the gateway knows, valid or not)
 //! are counted per client address; past `max_failures` within `window`, the address
-//! cools down for `cooldown`: its guesses get 429 instead of 401. A request whose
-//! credentials are valid is never refused by the guard, so a sidecar, a NAT or a load
-//! balancer that puts many clients behind one address does not let one client's
+//! cools down for `cooldown`: its guesses get 429 instead of 401, and only one at a
+//! time, each after [`TARPIT`] (a tarpit: without it a 429 came as fast as a 401, so a
+//! guesser went on at full speed and a right guess still answered 200). A request whose
+//! credentials are valid is never refused nor held by the guard, so a sidecar, a NAT or
+//! a load balancer that puts many clients behind one address does not let one client's
 //! failures take the others down; and presenting a known token that expired or was
 //! revoked is a stale credential, not a guess, so it gets its own 401.
 //!
@@ -15,17 +17,49 @@ use dashmap::DashMap;
 use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// Addresses tracked at most; beyond this, stale entries are dropped first.
 const MAX_TRACKED: usize = 100_000;
+
+/// How long each guess from a cooling address holds that address's one slot before its
+/// 429: a guesser gets one answer a second, however many connections or streams it opens.
+pub const TARPIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Entry {
     window_start: Instant,
     failures: u32,
     blocked_until: Option<Instant>,
+    /// The address's one tarpit slot (see [`TARPIT`]).
+    slot: Arc<Semaphore>,
+}
+
+/// A guess from an address that is cooling down: answered 429 once it had the address's
+/// slot for [`TARPIT`] ([`Cooling::wait`]).
+#[derive(Debug)]
+pub struct Cooling {
+    until: Instant,
+    slot: Arc<Semaphore>,
+}
+
+impl Cooling {
+    /// Waits for the address's slot and holds it for [`TARPIT`]; then the seconds of
+    /// cool-down left, for `Retry-After` (at least 1).
+    pub async fn wait(self) -> u64 {
+        if let Ok(_held) = Arc::clone(&self.slot).acquire_owned().await {
+            tokio::time::sleep(TARPIT).await;
+        }
+        self.retry_after()
+    }
+
+    /// The seconds of cool-down left now, without waiting (at least 1).
+    pub fn retry_after(&self) -> u64 {
+        let left = self.until.saturating_duration_since(Instant::now()).as_nanos().div_ceil(1_000_000_000);
+        u64::try_from(left).unwrap_or(u64::MAX).max(1)
+    }
 }
 
 /// Per-address failure counters (survive reloads; the limits are read per call), and
@@ -80,18 +114,18 @@ impl AuthGuard {
         self.revoked.lock().is_ok_and(|r| r.set.contains(secret_sha256))
     }
 
-    /// Decides what a guess from `ip` gets: `Err(seconds)` while the address is cooling
-    /// down (the caller answers 429), else the guess is counted (which may start a
-    /// cool-down for the next ones) and `Ok`.
-    pub fn guess(&self, ip: IpAddr, cfg: &Guard) -> Result<(), u64> {
+    /// Decides what a guess from `ip` gets: `Err` while the address is cooling down (the
+    /// caller waits its turn, [`Cooling::wait`], and answers 429), else the guess is
+    /// counted (which may start a cool-down for the next ones) and `Ok`.
+    pub fn guess(&self, ip: IpAddr, cfg: &Guard) -> Result<(), Cooling> {
         let ip = holder(ip);
         self.check(ip)?;
         self.failure(ip, cfg);
         Ok(())
     }
 
-    /// `Err(seconds)` while `ip` is cooling down.
-    fn check(&self, ip: IpAddr) -> Result<(), u64> {
+    /// `Err` while `ip` is cooling down.
+    fn check(&self, ip: IpAddr) -> Result<(), Cooling> {
         if self.blocked.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
@@ -101,10 +135,7 @@ impl AuthGuard {
             None => return Ok(()),
         };
         match entry.blocked_until {
-            Some(until) if until > now => {
-                let secs = (until - now).as_nanos().div_ceil(1_000_000_000).max(1);
-                Err(u64::try_from(secs).unwrap_or(u64::MAX))
-            }
+            Some(until) if until > now => Err(Cooling { until, slot: Arc::clone(&entry.slot) }),
             Some(_) => {
                 entry.blocked_until = None;
                 entry.failures = 0;
@@ -125,7 +156,12 @@ impl AuthGuard {
         if self.entries.len() >= MAX_TRACKED {
             self.prune(now, cfg.window);
         }
-        let mut entry = self.entries.entry(ip).or_insert(Entry { window_start: now, failures: 0, blocked_until: None });
+        let mut entry = self.entries.entry(ip).or_insert_with(|| Entry {
+            window_start: now,
+            failures: 0,
+            blocked_until: None,
+            slot: Arc::new(Semaphore::new(1)),
+        });
         if entry.blocked_until.is_some() {
             return;
         }
@@ -159,11 +195,28 @@ mod tests {
         g.failure(a, &cfg);
         assert!(g.check(a).is_ok());
         g.failure(a, &cfg);
-        assert_eq!(g.check(a), Err(1));
+        assert_eq!(g.check(a).map_err(|c| c.retry_after()), Err(1));
         assert!(g.check(b).is_ok());
         std::thread::sleep(Duration::from_millis(250));
         assert!(g.check(a).is_ok(), "cool-down over");
         assert_eq!(g.blocked.load(Ordering::Relaxed), 0);
+    }
+
+    /// A cooling address's guesses are answered one at a time, [`TARPIT`] each, however
+    /// many arrive at once; another address's are not held by them.
+    #[tokio::test(start_paused = true)]
+    async fn a_cooling_address_is_answered_one_guess_a_second() {
+        let g = AuthGuard::default();
+        let cfg = Guard { max_failures: 1, window: Duration::from_secs(60), cooldown: Duration::from_secs(60) };
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(g.guess(a, &cfg).is_ok() && g.guess(b, &cfg).is_ok());
+        let started = tokio::time::Instant::now();
+        let (x, y, z) = (g.guess(a, &cfg).unwrap_err(), g.guess(a, &cfg).unwrap_err(), g.guess(b, &cfg).unwrap_err());
+        let timed = |c: Cooling| async move { (c.wait().await, started.elapsed()) };
+        let ((x, x_at), (y, y_at), (_, z_at)) = tokio::join!(timed(x), timed(y), timed(z));
+        assert!((58..=60).contains(&x) && (58..=60).contains(&y), "Retry-After {x} {y}");
+        assert_eq!((x_at, y_at), (TARPIT, TARPIT * 2), "one address, one slot");
+        assert_eq!(z_at, TARPIT, "another address waits only its own turn");
     }
 
     #[test]

@@ -809,6 +809,22 @@ async fn the_guard_slows_guesses_and_never_refuses_valid_or_known_credentials() 
     assert_eq!(status, 200, "{text}");
     let (status, text) = raw_request(addr, "GET", PATH, &creds_owned(&revoked), "").await;
     assert_eq!(status, 401, "a deleted token is not a guess: {text}");
+    // Found by the fifth outside attack: a 429 came as fast as a 401, so a guesser went
+    // on at full speed and a right guess still answered 200. Guesses from a cooling
+    // address now take its one slot in turn, a second each: three sent at once are
+    // answered one a second, while a valid credential sent among them is not held.
+    let started = Instant::now();
+    let guesses: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(async move { raw_request(addr, "GET", PATH, &creds_owned(&guess(3000 + i)), "").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, text) = raw_request(addr, "GET", PATH, &creds(RW), "").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(started.elapsed() < Duration::from_millis(900), "a valid credential waited: {:?}", started.elapsed());
+    for g in guesses {
+        assert_eq!(g.await.unwrap().0, 429);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(2900), "three guesses in {:?}", started.elapsed());
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.unwrap();
@@ -816,7 +832,7 @@ async fn the_guard_slows_guesses_and_never_refuses_valid_or_known_credentials() 
     let statuses = valid_statuses.lock().unwrap().clone();
     assert!(statuses.len() >= 6 && statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let metrics = reqwest_metrics(gw.admin_addr).await;
-    assert!(metrics.contains("stackgate_decisions_total{reason=\"auth_throttled\"} 1"), "{metrics}");
+    assert!(metrics.contains("stackgate_decisions_total{reason=\"auth_throttled\"} 4"), "{metrics}");
 }
 
 /// An `api_key` that names no stack is a guess whatever credential comes with it: with

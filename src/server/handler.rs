@@ -204,8 +204,8 @@ pub async fn respond(
     .await;
     if let Err(err) = &result {
         if is_guess(&gw, &snap, err, &parts) {
-            if let Err(retry_after) = gw.guard().guess(client_ip, &snap.config.guard) {
-                result = Err(GatewayError::Throttled { retry_after });
+            if let Err(cooling) = gw.guard().guess(client_ip, &snap.config.guard) {
+                result = Err(GatewayError::Throttled { retry_after: cooling.wait().await });
             }
         }
         // A refused request's body is read (within bounds) before the answer, so the

@@ -71,7 +71,7 @@ pub(crate) async fn serve(
         "/app.js" => asset(req.method(), APP_JS, "text/javascript; charset=utf-8"),
         "/app.css" => asset(req.method(), APP_CSS, "text/css; charset=utf-8"),
         "/icon.svg" => asset(req.method(), ICON_SVG, "image/svg+xml"),
-        "/api/stacks" => stacks(gw, &snap.config, req.method(), req.headers(), peer),
+        "/api/stacks" => stacks(gw, &snap.config, req.method(), req.headers(), peer).await,
         api => match api.strip_prefix("/api").filter(|p| is_token_api_path(p)) {
             Some(path) => {
                 let path = path.to_owned();
@@ -190,7 +190,13 @@ fn role_name(role: Role) -> &'static str {
 /// are a member of, with what the create form needs (branches, aliases, the
 /// organisation's rates and token cap). Whether the user may manage a stack's tokens is
 /// shown for the page's sake only; the token API decides.
-fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, peer: SocketAddr) -> Response<Bytes> {
+async fn stacks(
+    gw: &Gateway,
+    config: &Config,
+    method: &Method,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Response<Bytes> {
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed("GET");
     }
@@ -201,7 +207,7 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
     };
     let Some(uid) = user else {
         let refusal = match gw.failed_sign_in(peer.ip()) {
-            Err(retry_after) => GatewayError::Throttled { retry_after },
+            Err(cooling) => GatewayError::Throttled { retry_after: cooling.wait().await },
             Ok(()) => GatewayError::Unauthenticated { expired: false },
         };
         // Counted and logged as the main listener's refusals are (never the authtoken).
