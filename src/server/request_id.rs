@@ -80,22 +80,32 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// The trace id of a valid `traceparent` (W3C Trace Context level 1: version, 32 and
-/// 16 lower-case hex ids, not all zeros, flags); `None` for anything else.
+/// 16 lower-case hex ids, not all zeros, flags); `None` for anything else. The fields
+/// have fixed lengths, so they are read at fixed offsets: `vv-<32>-<16>-ff`, and for a
+/// version after 00 possibly `-` and more.
 pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
-    let text = std::str::from_utf8(traceparent).ok()?;
-    let mut parts = text.split('-');
-    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-    let valid = hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
+    let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
+    let at = |i: usize| traceparent.get(i).copied();
+    if traceparent.len() < 55 || at(2) != Some(b'-') || at(35) != Some(b'-') || at(52) != Some(b'-') {
+        return None;
+    }
+    let (version, trace) = (traceparent.get(..2)?, traceparent.get(3..35)?);
+    let (parent, flags) = (traceparent.get(36..52)?, traceparent.get(53..55)?);
+    let rest = match traceparent.len() {
+        55 => true,
+        _ => version != b"00" && at(55) == Some(b'-'),
+    };
+    let valid = rest
+        && hex(version)
+        && version != b"ff"
+        && hex(trace)
         && nonzero(trace)
-        && hex(parent, 16)
+        && hex(parent)
         && nonzero(parent)
-        && hex(flags, 2)
-        && (version != "00" || parts.next().is_none());
-    valid.then_some(trace)
+        && hex(flags);
+    // The whole value is text, as a reading by pieces needs.
+    (valid && std::str::from_utf8(traceparent).is_ok()).then(|| std::str::from_utf8(trace).ok()).flatten()
 }
 
 /// The trace id of a `traceparent` the gateway may pass on and log: a valid one (see
@@ -107,7 +117,11 @@ pub fn passable_trace_id<'a>(traceparent: &'a [u8], credentials: &[&[u8]]) -> Op
     let trace = trace_id(traceparent)?;
     // Both ids have fixed lengths whatever the version: `vv-<32>-<16>-...`.
     let parent = traceparent.get(36..52)?;
-    let within = |id: &[u8], text: &[u8]| text.windows(id.len()).any(|w| w.eq_ignore_ascii_case(id));
+    // Most windows differ at their first byte: that one is compared first.
+    let within = |id: &[u8], text: &[u8]| {
+        let first = id.first().copied().unwrap_or_default();
+        text.windows(id.len()).any(|w| w[0].eq_ignore_ascii_case(&first) && w.eq_ignore_ascii_case(id))
+    };
     let shown = credentials.iter().any(|c| within(trace.as_bytes(), c) || within(parent, c));
     (!shown).then_some(trace)
 }
@@ -152,6 +166,47 @@ mod tests {
         }
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert_eq!(super::trace_id(ok.as_bytes()), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    /// The reading by fixed offsets answers as the reading by `-` pieces it replaced,
+    /// for every one-byte change of valid values of versions 00 and 01 (and each cut).
+    #[test]
+    fn trace_ids_are_read_as_the_pieces_say() {
+        fn by_pieces(traceparent: &[u8]) -> Option<&str> {
+            let text = std::str::from_utf8(traceparent).ok()?;
+            let mut parts = text.split('-');
+            let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+            let valid = hex(version, 2)
+                && version != "ff"
+                && hex(trace, 32)
+                && nonzero(trace)
+                && hex(parent, 16)
+                && nonzero(parent)
+                && hex(flags, 2)
+                && (version != "00" || parts.next().is_none());
+            valid.then_some(trace)
+        }
+        let valid = [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more",
+            "00-00000000000000000000000000000001-0000000000000001-00",
+        ];
+        for v in valid {
+            assert!(super::trace_id(v.as_bytes()).is_some(), "{v}");
+            for cut in 0..v.len() {
+                assert_eq!(super::trace_id(&v.as_bytes()[..cut]), by_pieces(&v.as_bytes()[..cut]), "{v} cut at {cut}");
+            }
+            for at in 0..v.len() {
+                for b in [b'0', b'f', b'g', b'F', b'-', b' ', 0xc3] {
+                    let mut changed = v.as_bytes().to_vec();
+                    changed[at] = b;
+                    assert_eq!(super::trace_id(&changed), by_pieces(&changed), "{v}: {b} at {at}");
+                }
+            }
+        }
     }
 
     #[test]
