@@ -480,7 +480,7 @@ async fn inspected_bytes(admin: std::net::SocketAddr) -> f64 {
 /// on a path whose body a rule reads (256 HTTP/2 streams per connection, 1 MiB each)
 /// made the gateway hold 922 MiB. Such bodies are bounded together
 /// (`max_inspected_total`), on HTTP/1.1 and HTTP/2 alike: one that does not fit is 503
-/// with `Retry-After` (declared or chunked), and what a body held comes back when it is
+/// with `Retry-After` (declared or chunked, and a token-API body too), and what a body held comes back when it is
 /// gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_read_for_the_rules_are_bounded_together() {
@@ -527,7 +527,13 @@ async fn bodies_read_for_the_rules_are_bounded_together() {
     // chunked.
     let declared = format!("{}{}", head("content-length: 12000\r\n"), " ".repeat(12_000));
     let chunked = format!("{}2ee0\r\n{}\r\n0\r\n\r\n", head("transfer-encoding: chunked\r\n"), " ".repeat(12_000));
-    for (what, request) in [("declared", declared), ("chunked", chunked)] {
+    // The token API's bodies (an owner's) are buffered too, and share the same bound.
+    let token_api = format!(
+        "POST /v3/stacks/management_tokens HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\nauthtoken: {ALICE}\r\n\
+         content-type: application/json\r\ncontent-length: 12000\r\nConnection: close\r\n\r\n{}",
+        " ".repeat(12_000)
+    );
+    for (what, request) in [("declared", declared), ("chunked", chunked), ("token API", token_api)] {
         let (status, text) = raw(addr, request.as_bytes()).await;
         assert_eq!(status, 503, "{what}: {text}");
         assert!(text.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "{what}: {text}");

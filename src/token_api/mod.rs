@@ -16,6 +16,7 @@ use crate::gateway::{Change, Gateway};
 use crate::pipeline::auth::{API_KEY, AUTHTOKEN};
 use crate::proxy::ClientBody;
 use crate::proxy::{self, Body};
+use crate::server::Share;
 use crate::store::{Cap, Edit, StoreError};
 use crate::token::{hash_secret, new_secret, new_uid, Origin, PreviousSecret, TokenRecord};
 use crate::usage::{Outcome, Usage};
@@ -52,18 +53,30 @@ pub async fn handle(
     };
     // HEAD reads as GET (its body is left out where the answer is written).
     let read = parts.method == Method::GET || parts.method == Method::HEAD;
+    // A body read here holds its share of what all buffered bodies may hold together
+    // (`max_inspected_total`, as the bodies the rules read) until the answer.
+    let mut share = gw.inspecting().share();
+    let reading = Reading { share: &mut share, total: snap.settings.max_inspected_total, parts };
     match (&parts.method, uid, action) {
         (_, None, None) if read => list(gw, stack).await,
         (_, Some("audit"), None) if read => audit(gw, stack, parts.uri.query()).await,
         (_, Some(uid), None) if read => show(gw, stack, uid).await,
-        (&Method::POST, None, None) => create(gw, stack, &user, read_body(parts, body).await?).await,
-        (&Method::PUT, Some(uid), None) => update(gw, stack, &user, uid, read_body(parts, body).await?).await,
+        (&Method::POST, None, None) => create(gw, stack, &user, read_body(reading, body).await?).await,
+        (&Method::PUT, Some(uid), None) => update(gw, stack, &user, uid, read_body(reading, body).await?).await,
         (&Method::DELETE, Some(uid), None) => delete(gw, stack, &user, uid).await,
         (&Method::POST, Some(uid), Some("regenerate")) => {
-            regenerate(gw, stack, &user, uid, read_optional_body(parts, body).await?).await
+            regenerate(gw, stack, &user, uid, read_optional_body(reading, body).await?).await
         }
         _ => Err(GatewayError::NotFound),
     }
+}
+
+/// What reading a token-API body needs: the request's head, and the share of the
+/// buffered-body budget it takes from.
+struct Reading<'a> {
+    share: &'a mut Share,
+    total: u64,
+    parts: &'a Parts,
 }
 
 /// `api_key` -> stack (412), `authtoken` -> configured user (401), role owner/admin (403).
@@ -93,8 +106,9 @@ fn authenticate<'c>(
 /// Reads a POST or PUT body (at most [`MAX_BODY`]) and checks that it is declared as
 /// JSON. The body is read before the media type is judged, so a refused request leaves
 /// nothing unread on its connection.
-async fn read_body(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
-    let bytes = read_bounded(parts, body).await?;
+async fn read_body(reading: Reading<'_>, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
+    let parts = reading.parts;
+    let bytes = read_bounded(reading, body).await?;
     if crate::json::declares_json(&parts.headers) {
         Ok(bytes)
     } else {
@@ -104,8 +118,9 @@ async fn read_body(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes
 
 /// Reads a body that may be empty (regenerate): an empty one needs no Content-Type,
 /// anything else must be declared JSON like every other token-API body.
-async fn read_optional_body(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
-    let bytes = read_bounded(parts, body).await?;
+async fn read_optional_body(reading: Reading<'_>, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
+    let parts = reading.parts;
+    let bytes = read_bounded(reading, body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) || crate::json::declares_json(&parts.headers) {
         Ok(bytes)
     } else {
@@ -113,14 +128,20 @@ async fn read_optional_body(parts: &Parts, body: &mut Option<ClientBody>) -> Res
     }
 }
 
-async fn read_bounded(parts: &Parts, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
-    let declared = parts
+async fn read_bounded(reading: Reading<'_>, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
+    let declared = reading
+        .parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(GatewayError::PayloadTooLarge);
+    }
+    // What the body may hold, taken up front (the most, when it states no length).
+    let most = declared.unwrap_or(MAX_BODY) as u64;
+    if !reading.share.grow(most, reading.total) {
+        return Err(GatewayError::Busy);
     }
     let body = body.take().unwrap_or(ClientBody::Empty);
     match tokio::time::timeout(std::time::Duration::from_secs(30), Limited::new(body, MAX_BODY).collect()).await {
