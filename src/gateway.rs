@@ -143,9 +143,9 @@ impl Gateway {
     }
 
     /// Counts a failed sign-in outside the pipeline (the token console's) as a
-    /// credential guess from `ip`, as the main listener does: `Err` while that address
-    /// cools down (the caller waits its turn, then answers 429).
-    pub(crate) fn failed_sign_in(&self, ip: std::net::IpAddr) -> Result<(), crate::guard::Cooling> {
+    /// credential guess from `ip`, as the main listener does: `Err(seconds)` while that
+    /// address cools down.
+    pub(crate) fn failed_sign_in(&self, ip: std::net::IpAddr) -> Result<(), u64> {
         self.guard.guess(ip, &self.snapshot().config.guard)
     }
 

@@ -1,65 +1,49 @@
-//! Credential-guessing protection: it slows guessing, it never denies service.
+//! Credential-guessing protection: it stops guessing, and keeps serving the clients
+//! already at work.
 //!
 //! Guesses (credentials that match no token or user the gateway knows, valid or not)
 //! are counted per client address; past `max_failures` within `window`, the address
-//! cools down for `cooldown`: its guesses get 429 instead of 401, and only one at a
-//! time, each after [`TARPIT`] (a tarpit: without it a 429 came as fast as a 401, so a
-//! guesser went on at full speed and a right guess still answered 200). A request whose
-//! credentials are valid is never refused nor held by the guard, so a sidecar, a NAT or
-//! a load balancer that puts many clients behind one address does not let one client's
-//! failures take the others down; and presenting a known token that expired or was
-//! revoked is a stale credential, not a guess, so it gets its own 401.
+//! cools down for `cooldown`. While it does, a credential from it is answered only if it
+//! is one of the address's *known* ones: a credential that succeeded from that address
+//! since its first counted failure (the clients at work beside a guesser, behind a
+//! sidecar, a NAT or a load balancer, keep working). Any other credential, right or
+//! wrong, gets 429 without an answer on it: a right guess no longer answers 200 while
+//! wrong ones get 429, which let a guesser go on at full speed (a delay on wrong
+//! guesses does not help: a guesser abandons the slow ones). Presenting a known token
+//! that expired or was revoked is a stale credential, not a guess, so outside a
+//! cool-down it gets its own 401 and is not counted.
 //!
-//! Only failed requests touch the guard; the request path of a valid one never does.
+//! A request of an address with no failures in its window costs one atomic load here.
 
 use crate::config::Guard;
 use dashmap::DashMap;
 use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// Addresses tracked at most; beyond this, stale entries are dropped first.
 const MAX_TRACKED: usize = 100_000;
 
-/// How long each guess from a cooling address holds that address's one slot before its
-/// 429: a guesser gets one answer a second, however many connections or streams it opens.
-pub const TARPIT: Duration = Duration::from_secs(1);
+/// Credentials remembered as known per address at most (a NAT's clients at work);
+/// beyond them a new credential waits for the cool-down's end.
+const MAX_KNOWN: usize = 256;
 
 #[derive(Debug)]
 struct Entry {
     window_start: Instant,
     failures: u32,
     blocked_until: Option<Instant>,
-    /// The address's one tarpit slot (see [`TARPIT`]).
-    slot: Arc<Semaphore>,
+    /// Credentials that succeeded from this address since its first counted failure.
+    known: Vec<Known>,
 }
 
-/// A guess from an address that is cooling down: answered 429 once it had the address's
-/// slot for [`TARPIT`] ([`Cooling::wait`]).
-#[derive(Debug)]
-pub struct Cooling {
-    until: Instant,
-    slot: Arc<Semaphore>,
-}
-
-impl Cooling {
-    /// Waits for the address's slot and holds it for [`TARPIT`]; then the seconds of
-    /// cool-down left, for `Retry-After` (at least 1).
-    pub async fn wait(self) -> u64 {
-        if let Ok(_held) = Arc::clone(&self.slot).acquire_owned().await {
-            tokio::time::sleep(TARPIT).await;
-        }
-        self.retry_after()
-    }
-
-    /// The seconds of cool-down left now, without waiting (at least 1).
-    pub fn retry_after(&self) -> u64 {
-        let left = self.until.saturating_duration_since(Instant::now()).as_nanos().div_ceil(1_000_000_000);
-        u64::try_from(left).unwrap_or(u64::MAX).max(1)
-    }
+/// A credential that succeeded, by what it named: a management token or a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    Token(Box<str>),
+    User(Box<str>),
 }
 
 /// Per-address failure counters (survive reloads; the limits are read per call), and
@@ -67,7 +51,10 @@ impl Cooling {
 #[derive(Debug, Default)]
 pub struct AuthGuard {
     entries: DashMap<IpAddr, Entry>,
-    /// Entries with `blocked_until` set, so the common case skips the map.
+    /// Entries in `entries`, so a request from an address without failures (the
+    /// common case) skips the map.
+    tracked: AtomicUsize,
+    /// Entries with `blocked_until` set.
     blocked: AtomicUsize,
     revoked: Mutex<Revoked>,
 }
@@ -114,18 +101,47 @@ impl AuthGuard {
         self.revoked.lock().is_ok_and(|r| r.set.contains(secret_sha256))
     }
 
-    /// Decides what a guess from `ip` gets: `Err` while the address is cooling down (the
-    /// caller waits its turn, [`Cooling::wait`], and answers 429), else the guess is
-    /// counted (which may start a cool-down for the next ones) and `Ok`.
-    pub fn guess(&self, ip: IpAddr, cfg: &Guard) -> Result<(), Cooling> {
+    /// Whether a request from `ip` whose credential succeeded (naming `who`) gets its
+    /// answer: `Err(seconds)` (429) while the address cools down and `who` is none of
+    /// its known credentials, else `Ok`, remembering `who` as known while the address
+    /// has failures in its window.
+    pub fn admits(&self, ip: IpAddr, who: impl FnOnce() -> Known) -> Result<(), u64> {
+        if self.tracked.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let Some(mut entry) = self.entries.get_mut(&holder(ip)) else { return Ok(()) };
+        let who = who();
+        if entry.known.contains(&who) {
+            return Ok(());
+        }
+        match entry.blocked_until {
+            Some(until) if until > Instant::now() => Err(seconds_until(until)),
+            _ => {
+                if entry.known.len() < MAX_KNOWN {
+                    entry.known.push(who);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `Err(seconds)` while `ip`'s address cools down.
+    pub fn cooling(&self, ip: IpAddr) -> Result<(), u64> {
+        self.check(holder(ip))
+    }
+
+    /// Decides what a guess from `ip` gets: `Err(seconds)` while the address is cooling
+    /// down (the caller answers 429), else the guess is counted (which may start a
+    /// cool-down for the next ones) and `Ok`.
+    pub fn guess(&self, ip: IpAddr, cfg: &Guard) -> Result<(), u64> {
         let ip = holder(ip);
         self.check(ip)?;
         self.failure(ip, cfg);
         Ok(())
     }
 
-    /// `Err` while `ip` is cooling down.
-    fn check(&self, ip: IpAddr) -> Result<(), Cooling> {
+    /// `Err(seconds)` while `ip` is cooling down.
+    fn check(&self, ip: IpAddr) -> Result<(), u64> {
         if self.blocked.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
@@ -135,7 +151,7 @@ impl AuthGuard {
             None => return Ok(()),
         };
         match entry.blocked_until {
-            Some(until) if until > now => Err(Cooling { until, slot: Arc::clone(&entry.slot) }),
+            Some(until) if until > now => Err(seconds_until(until)),
             Some(_) => {
                 entry.blocked_until = None;
                 entry.failures = 0;
@@ -156,11 +172,9 @@ impl AuthGuard {
         if self.entries.len() >= MAX_TRACKED {
             self.prune(now, cfg.window);
         }
-        let mut entry = self.entries.entry(ip).or_insert_with(|| Entry {
-            window_start: now,
-            failures: 0,
-            blocked_until: None,
-            slot: Arc::new(Semaphore::new(1)),
+        let mut entry = self.entries.entry(ip).or_insert_with(|| {
+            self.tracked.fetch_add(1, Ordering::Relaxed);
+            Entry { window_start: now, failures: 0, blocked_until: None, known: Vec::new() }
         });
         if entry.blocked_until.is_some() {
             return;
@@ -178,8 +192,20 @@ impl AuthGuard {
     }
 
     fn prune(&self, now: Instant, window: Duration) {
-        self.entries.retain(|_, e| e.blocked_until.is_some() || now.duration_since(e.window_start) <= window);
+        self.entries.retain(|_, e| {
+            let keep = e.blocked_until.is_some() || now.duration_since(e.window_start) <= window;
+            if !keep {
+                self.tracked.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
+        });
     }
+}
+
+/// Whole seconds from now to `until`, at least 1 (for `Retry-After`).
+fn seconds_until(until: Instant) -> u64 {
+    let left = until.saturating_duration_since(Instant::now()).as_nanos().div_ceil(1_000_000_000).max(1);
+    u64::try_from(left).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -195,28 +221,34 @@ mod tests {
         g.failure(a, &cfg);
         assert!(g.check(a).is_ok());
         g.failure(a, &cfg);
-        assert_eq!(g.check(a).map_err(|c| c.retry_after()), Err(1));
+        assert_eq!(g.check(a), Err(1));
         assert!(g.check(b).is_ok());
         std::thread::sleep(Duration::from_millis(250));
         assert!(g.check(a).is_ok(), "cool-down over");
         assert_eq!(g.blocked.load(Ordering::Relaxed), 0);
     }
 
-    /// A cooling address's guesses are answered one at a time, [`TARPIT`] each, however
-    /// many arrive at once; another address's are not held by them.
-    #[tokio::test(start_paused = true)]
-    async fn a_cooling_address_is_answered_one_guess_a_second() {
+    /// While an address cools down only its credentials at work (those that succeeded
+    /// from it since its first counted failure) are answered; before any failure nothing
+    /// is remembered, and another address is untouched.
+    #[test]
+    fn a_cooling_address_is_answered_only_on_its_credentials_at_work() {
         let g = AuthGuard::default();
-        let cfg = Guard { max_failures: 1, window: Duration::from_secs(60), cooldown: Duration::from_secs(60) };
+        let cfg = Guard { max_failures: 2, window: Duration::from_secs(60), cooldown: Duration::from_secs(60) };
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        assert!(g.guess(a, &cfg).is_ok() && g.guess(b, &cfg).is_ok());
-        let started = tokio::time::Instant::now();
-        let (x, y, z) = (g.guess(a, &cfg).unwrap_err(), g.guess(a, &cfg).unwrap_err(), g.guess(b, &cfg).unwrap_err());
-        let timed = |c: Cooling| async move { (c.wait().await, started.elapsed()) };
-        let ((x, x_at), (y, y_at), (_, z_at)) = tokio::join!(timed(x), timed(y), timed(z));
-        assert!((58..=60).contains(&x) && (58..=60).contains(&y), "Retry-After {x} {y}");
-        assert_eq!((x_at, y_at), (TARPIT, TARPIT * 2), "one address, one slot");
-        assert_eq!(z_at, TARPIT, "another address waits only its own turn");
+        let token = |uid: &str| Known::Token(uid.into());
+        assert!(g.admits(a, || token("before")).is_ok());
+        assert_eq!(g.tracked.load(Ordering::Relaxed), 0, "no failure, nothing kept");
+        assert!(g.guess(a, &cfg).is_ok());
+        assert!(g.admits(a, || token("at work")).is_ok());
+        assert!(g.admits(a, || Known::User("alice".into())).is_ok());
+        assert!(g.guess(a, &cfg).is_ok(), "the second failure starts the cool-down");
+        assert!(g.cooling(a).is_err());
+        assert!(g.admits(a, || token("at work")).is_ok());
+        assert!(g.admits(a, || Known::User("alice".into())).is_ok());
+        assert!(g.admits(a, || token("before")).is_err(), "not seen since the first failure");
+        assert!(g.admits(a, || Known::User("at work".into())).is_err(), "a user is not a token");
+        assert!(g.admits(b, || token("anything")).is_ok() && g.cooling(b).is_ok());
     }
 
     #[test]

@@ -184,29 +184,17 @@ pub async fn respond(
         (Some(c), m) if *m != http::Method::OPTIONS => cors::Fields::of(c, &parts.headers),
         _ => None,
     };
-    // The client's address as forwarded, when it is not the socket's peer.
-    let client = (client_ip != conn.peer.ip()).then(|| header_of(client_ip));
+    // The client's address, and as forwarded when it is not the socket's peer.
+    let client = Client { ip: client_ip, forwarded: (client_ip != conn.peer.ip()).then(|| header_of(client_ip)) };
     // The budget a request was charged, kept for its answer even when forwarding it failed
     // (a 502 or 504 after the charge states what is left, as any forwarded answer does).
     let mut charged = None;
-    let mut result = process(
-        &gw,
-        &snap,
-        &mut parts,
-        &mut body,
-        &conn,
-        client.as_ref(),
-        &request_id,
-        generated,
-        &mut facts,
-        &mut charged,
-    )
-    .await;
+    let mut result =
+        process(&gw, &snap, &mut parts, &mut body, &conn, &client, &request_id, generated, &mut facts, &mut charged)
+            .await;
     if let Err(err) = &result {
-        if is_guess(&gw, &snap, err, &parts) {
-            if let Err(cooling) = gw.guard().guess(client_ip, &snap.config.guard) {
-                result = Err(GatewayError::Throttled { retry_after: cooling.wait().await });
-            }
+        if let Some(retry_after) = throttled(&gw, &snap, err, &parts, &facts, client_ip) {
+            result = Err(GatewayError::Throttled { retry_after });
         }
         // A refused request's body is read (within bounds) before the answer, so the
         // client reads the answer instead of a reset (HTTP/1) or a stream error (h2).
@@ -322,8 +310,44 @@ pub fn refuse(
     (resp, GatewayFields { request_id, rate: None, cors: None })
 }
 
+/// Who sent a request: its address (the socket's peer, or what trusted proxies said),
+/// and that address as forwarded when it is not the peer's.
+struct Client {
+    ip: std::net::IpAddr,
+    forwarded: Option<HeaderValue>,
+}
+
 fn header_of(ip: std::net::IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Whether a refused request gets the guard's 429 instead (`Some(seconds)`): a guess
+/// while its address cools down (outside one, the guess is counted here); and while it
+/// cools down, any other refusal that tells something of a credential (stale, another
+/// stack's, suspended; or a valid token's later refusal) unless that credential is one
+/// of the address's known ones (see `guard`): a right guess must not answer otherwise
+/// than a wrong one.
+fn throttled(
+    gw: &Gateway,
+    snap: &Snapshot,
+    err: &GatewayError,
+    parts: &Parts,
+    facts: &Facts,
+    ip: std::net::IpAddr,
+) -> Option<u64> {
+    if matches!(err, GatewayError::Throttled { .. }) {
+        return None;
+    }
+    if is_guess(gw, snap, err, parts) {
+        return gw.guard().guess(ip, &snap.config.guard).err();
+    }
+    // (A 412 for a missing `api_key` is answered before any credential is read.)
+    let refused_credential = matches!(err, GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled);
+    match &facts.token {
+        Some(t) => gw.guard().admits(ip, || crate::guard::Known::Token(t.uid.clone())).err(),
+        None if refused_credential => gw.guard().cooling(ip).err(),
+        None => None,
+    }
 }
 
 /// Whether a failed request was a guess: an `api_key` that names no stack, whatever
@@ -359,7 +383,7 @@ async fn process(
     parts: &mut Parts,
     body: &mut Option<ClientBody>,
     conn: &ConnInfo,
-    client: Option<&HeaderValue>,
+    client: &Client,
     request_id: &HeaderValue,
     trace: Option<HeaderValue>,
     facts: &mut Facts,
@@ -377,9 +401,16 @@ async fn process(
     }
     let principal = match route {
         Route::Preflight => return Ok((cors::preflight(snap.config.server.cors.as_ref(), &parts.headers), None)),
-        Route::TokenApi => return Ok((crate::token_api::handle(gw, parts, &target.path, body).await?, None)),
+        Route::TokenApi => {
+            return Ok((crate::token_api::handle(gw, parts, &target.path, body, client.ip).await?, None))
+        }
         Route::Proxy { principal } => principal,
     };
+    // A cooling address is answered only on the credentials it had at work (see `guard`).
+    if let Principal::Token(t) = &principal {
+        let known = || crate::guard::Known::Token(t.uid.clone());
+        gw.guard().admits(client.ip, known).map_err(|retry_after| GatewayError::Throttled { retry_after })?;
+    }
     let uri = snap.upstream.uri_for(
         &target.path,
         matches!(target.path, std::borrow::Cow::Borrowed(_)),
@@ -434,7 +465,7 @@ async fn process(
     }
     let added = prepare_request_headers(
         &mut parts.headers,
-        client.unwrap_or(&conn.peer_ip),
+        client.forwarded.as_ref().unwrap_or(&conn.peer_ip),
         conn.https,
         request_id,
         identity,

@@ -40,10 +40,11 @@ pub async fn handle(
     parts: &Parts,
     path: &str,
     body: &mut Option<ClientBody>,
+    client: std::net::IpAddr,
 ) -> Result<Response<Body>, GatewayError> {
     let snap = gw.snapshot();
     let config = Arc::clone(&snap.config);
-    let (stack, user) = authenticate(gw, &config, parts)?;
+    let (stack, user) = authenticate(gw, &config, parts, client)?;
     let rest = path.strip_prefix("/v3/stacks/management_tokens").and_then(|rest| rest.strip_prefix('/'));
     // `{uid}` or `{uid}/{action}` (classify lets only `regenerate` through).
     let (uid, action) = match rest.map(|r| r.split_once('/')) {
@@ -79,11 +80,13 @@ struct Reading<'a> {
     parts: &'a Parts,
 }
 
-/// `api_key` -> stack (412), `authtoken` -> configured user (401), role owner/admin (403).
+/// `api_key` -> stack (412), `authtoken` -> configured user (401), the guard (429 while
+/// the address cools down and the user is none of its known ones), role owner/admin (403).
 fn authenticate<'c>(
     gw: &Gateway,
     config: &'c crate::config::Config,
     parts: &Parts,
+    client: std::net::IpAddr,
 ) -> Result<(&'c Stack, String), GatewayError> {
     let h = &parts.headers;
     for name in [&API_KEY, &AUTHTOKEN] {
@@ -97,6 +100,10 @@ fn authenticate<'c>(
     let authtoken = h.get(AUTHTOKEN).ok_or(unauthenticated.clone())?;
     let snap = gw.snapshot();
     let user = snap.user(&hash_secret(authtoken.as_bytes())).ok_or(unauthenticated)?;
+    // A cooling address is answered only on the credentials it had at work (see
+    // `guard`), before the role tells a right guess from a wrong one.
+    let known = || crate::guard::Known::User(user.into());
+    gw.guard().admits(client, known).map_err(|retry_after| GatewayError::Throttled { retry_after })?;
     match stack.members.get(user) {
         Some(role) if role.manages_tokens() => Ok((stack, user.to_owned())),
         _ => Err(GatewayError::Forbidden(Denial::Role)),

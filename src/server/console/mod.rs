@@ -71,7 +71,7 @@ pub(crate) async fn serve(
         "/app.js" => asset(req.method(), APP_JS, "text/javascript; charset=utf-8"),
         "/app.css" => asset(req.method(), APP_CSS, "text/css; charset=utf-8"),
         "/icon.svg" => asset(req.method(), ICON_SVG, "image/svg+xml"),
-        "/api/stacks" => stacks(gw, &snap.config, req.method(), req.headers(), peer).await,
+        "/api/stacks" => stacks(gw, &snap.config, req.method(), req.headers(), peer),
         api => match api.strip_prefix("/api").filter(|p| is_token_api_path(p)) {
             Some(path) => {
                 let path = path.to_owned();
@@ -190,13 +190,7 @@ fn role_name(role: Role) -> &'static str {
 /// are a member of, with what the create form needs (branches, aliases, the
 /// organisation's rates and token cap). Whether the user may manage a stack's tokens is
 /// shown for the page's sake only; the token API decides.
-async fn stacks(
-    gw: &Gateway,
-    config: &Config,
-    method: &Method,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-) -> Response<Bytes> {
+fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, peer: SocketAddr) -> Response<Bytes> {
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed("GET");
     }
@@ -205,15 +199,24 @@ async fn stacks(
         (Some(token), None) => gw.snapshot().user(&hash_secret(token.as_bytes())).map(str::to_owned),
         _ => None,
     };
-    let Some(uid) = user else {
-        let refusal = match gw.failed_sign_in(peer.ip()) {
-            Err(cooling) => GatewayError::Throttled { retry_after: cooling.wait().await },
+    // A cooling address is answered only on the credentials it had at work (see `guard`).
+    let admitted = |uid: &str| gw.guard().admits(peer.ip(), || crate::guard::Known::User(uid.into()));
+    let refused = match &user {
+        Some(uid) => admitted(uid).err().map(|retry_after| GatewayError::Throttled { retry_after }),
+        None => Some(match gw.failed_sign_in(peer.ip()) {
+            Err(retry_after) => GatewayError::Throttled { retry_after },
             Ok(()) => GatewayError::Unauthenticated { expired: false },
-        };
-        // Counted and logged as the main listener's refusals are (never the authtoken).
-        gw.metrics.decision(&refusal);
-        tracing::info!(client = %peer.ip(), path = "console/api/stacks", reason = refusal.reason().name(), "console sign-in refused");
-        return refusal.into_response();
+        }),
+    };
+    let uid = match (user, refused) {
+        (Some(uid), None) => uid,
+        (_, refusal) => {
+            let refusal = refusal.unwrap_or(GatewayError::Unauthenticated { expired: false });
+            // Counted and logged as the main listener's refusals are (never the authtoken).
+            gw.metrics.decision(&refusal);
+            tracing::info!(client = %peer.ip(), path = "console/api/stacks", reason = refusal.reason().name(), "console sign-in refused");
+            return refusal.into_response();
+        }
     };
     let email = config.users.iter().find(|u| u.uid == uid).map(|u| u.email.clone()).unwrap_or_default();
     let list: Vec<Value> = config
