@@ -1265,6 +1265,37 @@ async fn trusted_proxies_name_the_client_for_the_guard_and_the_backend() {
     assert_eq!(backend.last().unwrap().headers["x-forwarded-for"], "198.51.100.2");
 }
 
+/// Only the field the trusted proxies write is read (`forwarded_field`): behind a proxy
+/// that writes `Forwarded` and passes the client's `X-Forwarded-For` on, a client can no
+/// longer pick its address (found by the sixth outside attack: `X-Forwarded-For` won
+/// whenever present, and rotating it escaped the guard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_field_the_trusted_proxies_write_names_the_client() {
+    let backend = Backend::start().await;
+    let server = "trusted_proxies = [\"127.0.0.1/32\"]\nforwarded_field = \"forwarded\"";
+    let text =
+        config_text(backend.addr, server, "") + "\n[guard]\nmax_failures = 3\nwindow = \"60s\"\ncooldown = \"60s\"\n";
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let via = |spoofed: &'static str, secret: &'static str| {
+        vec![
+            ("api_key", API_KEY),
+            ("authorization", secret),
+            ("x-forwarded-for", spoofed),
+            ("forwarded", "for=198.51.100.77;proto=http"),
+        ]
+    };
+    assert_eq!(raw_request(gw.addr, "GET", PATH, &via("6.6.6.6", RW), "").await.0, 200);
+    assert_eq!(backend.last().unwrap().headers["x-forwarded-for"], "198.51.100.77");
+    for spoofed in ["9.9.9.1", "9.9.9.2", "9.9.9.3"] {
+        assert_eq!(raw_request(gw.addr, "GET", PATH, &via(spoofed, "csguess"), "").await.0, 401);
+    }
+    assert_eq!(raw_request(gw.addr, "GET", PATH, &via("9.9.9.4", "csguess"), "").await.0, 429, "one client");
+    // A bad value is a config error.
+    let bad = config_text(backend.addr, "forwarded_field = \"x-real-ip\"", "");
+    assert!(stackgate::config::from_str(&bad).is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_fields_from_untrusted_peers_are_ignored() {
     let env = Env::start().await;

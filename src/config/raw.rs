@@ -54,6 +54,8 @@ pub struct RawServer {
     /// Proxies (CIDR blocks) whose `X-Forwarded-For` / `Forwarded` are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Which of the two those proxies write: `"x-forwarded-for"` or `"forwarded"`.
+    pub forwarded_field: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -59,6 +59,7 @@ pub(super) fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server>
         limits: limits?,
         cors: cors?,
         trusted_proxies: super::trusted::compile(&s.trusted_proxies, errs),
+        forwarded_field: super::trusted::field(s.forwarded_field.as_deref(), errs)?,
     })
 }
 

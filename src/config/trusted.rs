@@ -48,6 +48,31 @@ fn masked(bits: u128, width: u8, prefix: u8) -> u128 {
     }
 }
 
+/// The one field the trusted proxies write the client's address into (`[server]
+/// forwarded_field`); the other is never read. A proxy writes one of them and passes the
+/// other on as the client sent it, so reading whichever is present (or both) would let
+/// a client pick its own address for the guard, the log and the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedField {
+    /// `X-Forwarded-For` (HAProxy's `option forwardfor`, nginx, Envoy, cloud balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=` (RFC 7239).
+    Forwarded,
+}
+
+/// Reads `forwarded_field` (default `"x-forwarded-for"`).
+pub fn field(raw: Option<&str>, errs: &mut ConfigErrors) -> Option<ForwardedField> {
+    match raw.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("x-forwarded-for") => Some(ForwardedField::XForwardedFor),
+        Some("forwarded") => Some(ForwardedField::Forwarded),
+        Some(_) => {
+            errs.push("server.forwarded_field", "must be \"x-forwarded-for\" or \"forwarded\"");
+            None
+        }
+    }
+}
+
 /// Compiles the list; every entry that does not parse is reported.
 pub fn compile(list: &[String], errs: &mut ConfigErrors) -> Vec<Cidr> {
     list.iter()

@@ -42,6 +42,8 @@ pub struct Server {
     pub cors: Option<super::cors::Cors>,
     /// Proxies whose forwarding fields name the client (empty: the socket's peer).
     pub trusted_proxies: Vec<super::trusted::Cidr>,
+    /// The one field those proxies write the client's address into.
+    pub forwarded_field: super::trusted::ForwardedField,
 }
 
 pub use crate::tls::TlsFiles;

@@ -177,8 +177,11 @@ pub async fn respond(
     };
     let snap = gw.snapshot();
     let trusted = &snap.config.server.trusted_proxies;
-    let client_ip =
-        if trusted.is_empty() { conn.peer.ip() } else { client::address(conn.peer.ip(), &parts.headers, trusted) };
+    let client_ip = if trusted.is_empty() {
+        conn.peer.ip()
+    } else {
+        client::address(conn.peer.ip(), &parts.headers, trusted, snap.config.server.forwarded_field)
+    };
     // A preflight's CORS fields are decided by the preflight answer itself.
     let cors = match (&snap.config.server.cors, &parts.method) {
         (Some(c), m) if *m != http::Method::OPTIONS => cors::Fields::of(c, &parts.headers),
