@@ -158,6 +158,20 @@ async fn read_bounded(reading: Reading<'_>, body: &mut Option<ClientBody>) -> Re
     }
 }
 
+/// A stack's cap as `config` states it: the organisation's `max_tokens_per_stack`, and
+/// the stack's static tokens, which count towards it (none may be created on a stack
+/// the config no longer has).
+fn cap_of(config: &crate::config::Config, api_key: &str) -> Cap {
+    let stack = config.stacks.iter().find(|s| s.api_key == api_key);
+    let org = stack.and_then(|s| config.organizations.iter().find(|o| o.uid == s.organization));
+    match (stack, org) {
+        (Some(stack), Some(org)) => {
+            Cap { max: org.max_tokens_per_stack, static_count: u32::try_from(stack.tokens.len()).unwrap_or(u32::MAX) }
+        }
+        _ => Cap { max: 0, static_count: 0 },
+    }
+}
+
 fn store_error(e: StoreError) -> GatewayError {
     match e {
         StoreError::NotFound => GatewayError::TokenNotFound,
@@ -329,12 +343,15 @@ async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Re
         origin: Origin::Store,
     };
     let rec = input::apply(parsed, base, &ctx, true).map_err(GatewayError::Unprocessable)?;
-    let cap =
-        Cap { max: ctx.org.max_tokens_per_stack, static_count: u32::try_from(stack.tokens.len()).unwrap_or(u32::MAX) };
-    let rec = gw
-        .commit(|store| async move { store.create(&rec, cap).await.map(|()| rec) }, |rec| Change::Upsert(rec))
-        .await
-        .map_err(store_error)?;
+    // The cap is read inside the commit, from the config then in force: a reload that
+    // adds static tokens (or lowers the cap) runs under the same lock, so the two cannot
+    // both pass it (found by the sixth outside attack).
+    let current = Arc::clone(gw);
+    let create = move |store: Arc<dyn crate::store::TokenStore>| async move {
+        let cap = cap_of(&current.snapshot().config, &rec.stack);
+        store.create(&rec, cap).await.map(|()| rec)
+    };
+    let rec = gw.commit(create, |rec| Change::Upsert(rec)).await.map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token created");
     crate::config::warn_if_no_channel(&snap.config.notify, &rec);
     let usage = StackUsage::of(gw, &stack.api_key).await?;
