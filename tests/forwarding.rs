@@ -734,8 +734,10 @@ async fn trace_context_passes_through_or_is_started_and_is_logged() {
     let other = "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01";
     // A trace id made of the request's own token is neither forwarded nor logged.
     let made_of_token = format!("00-{}-00f067aa0ba902b7-01", &RW[2..]);
+    let shifted = format!("00-{}f-00f067aa0ba902b7-01", &RW[3..]);
     let zeros = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
-    for sent in [None, Some(zeros), Some("nonsense"), Some("two"), Some(made_of_token.as_str())] {
+    for sent in [None, Some(zeros), Some("nonsense"), Some("two"), Some(made_of_token.as_str()), Some(shifted.as_str())]
+    {
         let mut fields = creds.to_vec();
         match sent {
             // Two valid fields are no valid one.
@@ -755,6 +757,13 @@ async fn trace_context_passes_through_or_is_started_and_is_logged() {
         assert!(Some(got.as_str()) != sent && got != valid && got != other, "{sent:?}: {got}");
         assert!(!seen.headers.contains_key("tracestate"), "{sent:?}");
     }
+    // A valid trace whose state holds the token's digits: both replaced, the state dropped.
+    let state = format!("vendor={}", &RW[2..]);
+    let mut fields = creds.to_vec();
+    fields.extend([("traceparent", valid), ("tracestate", state.as_str())]);
+    assert_eq!(conn.send("GET", PATH, &fields, "").await.0, 200);
+    let seen = backend.last().unwrap();
+    assert!(seen.headers["traceparent"] != valid && !seen.headers.contains_key("tracestate"), "{:?}", seen.headers);
     drop(conn);
     // Access lines are written off the request path: wait for the line (bounded), then stop
     // the gateway.

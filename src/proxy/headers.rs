@@ -13,7 +13,7 @@ const X_TOKEN_UID: HeaderName = HeaderName::from_static("x-stackgate-token-uid")
 const X_ACCESS: HeaderName = HeaderName::from_static("x-stackgate-access");
 /// W3C Trace Context.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Who the request is forwarded as, when the token is not forwarded itself.
 #[derive(Debug, Clone, Copy)]

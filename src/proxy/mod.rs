@@ -17,7 +17,9 @@ use crate::timer::{Stalled, Waiting, Watched};
 pub use body::{drain, unreadable, BodyState, ClientBody, Streamed, Unread};
 pub use direct::UpstreamSlot;
 use headers::prepare_response_headers;
-pub use headers::{join_cookies, prepare_request_headers, Identity, RequestRewrite, TRACEPARENT, X_REQUEST_ID};
+pub use headers::{
+    join_cookies, prepare_request_headers, Identity, RequestRewrite, TRACEPARENT, TRACESTATE, X_REQUEST_ID,
+};
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};

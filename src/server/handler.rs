@@ -141,14 +141,17 @@ pub(super) fn without_content<B: hyper::body::Body>(resp: &mut Response<B>, empt
     *resp.body_mut() = empty();
 }
 
-/// Whether the client's one `traceparent` may be forwarded and logged: valid, and not
-/// made of the request's own credential (`request_id::passable_trace_id`).
+/// Whether the client's one `traceparent` (and its `tracestate`) may be forwarded and
+/// logged: valid, and showing no run of the request's own credential
+/// (`request_id::passable_trace_id`); else a new trace replaces both.
 fn passable(traceparent: &HeaderValue, headers: &HeaderMap) -> bool {
     let mut credentials = [&b""[..]; 2];
     for (slot, name) in credentials.iter_mut().zip([&http::header::AUTHORIZATION, &pipeline::auth::AUTHTOKEN]) {
         *slot = headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
     }
+    let mut state = headers.get_all(proxy::TRACESTATE).iter();
     request_id::passable_trace_id(traceparent.as_bytes(), &credentials).is_some()
+        && !state.any(|v| credentials.iter().any(|c| request_id::shows_run_of(v.as_bytes(), c)))
 }
 
 /// Serves one request: the response, and the fields still to be added to it.

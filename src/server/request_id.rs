@@ -109,21 +109,33 @@ pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
 }
 
 /// The trace id of a `traceparent` the gateway may pass on and log: a valid one (see
-/// [`trace_id`]) neither of whose ids is a run of a credential's characters. A client
-/// that derived its trace from its token would otherwise have the token's 32 digits
-/// written to the access log and sent to a backend that `forward_token = false` keeps
-/// the token from.
+/// [`trace_id`]) neither of whose ids shows a run of a credential's characters
+/// ([`shows_run_of`]). A client that derived its trace from its token would otherwise
+/// have the token's digits written to the access log and sent to a backend that
+/// `forward_token = false` keeps the token from.
 pub fn passable_trace_id<'a>(traceparent: &'a [u8], credentials: &[&[u8]]) -> Option<&'a str> {
     let trace = trace_id(traceparent)?;
     // Both ids have fixed lengths whatever the version: `vv-<32>-<16>-...`.
     let parent = traceparent.get(36..52)?;
-    // Most windows differ at their first byte: that one is compared first.
-    let within = |id: &[u8], text: &[u8]| {
-        let first = id.first().copied().unwrap_or_default();
-        text.windows(id.len()).any(|w| w[0].eq_ignore_ascii_case(&first) && w.eq_ignore_ascii_case(id))
-    };
-    let shown = credentials.iter().any(|c| within(trace.as_bytes(), c) || within(parent, c));
+    let shown = credentials.iter().any(|c| shows_run_of(trace.as_bytes(), c) || shows_run_of(parent, c));
     (!shown).then_some(trace)
+}
+
+/// The shortest run of a credential's characters that counts as showing it: 16, half
+/// of a secret's 32 digits, a parent id's length.
+const RUN: usize = 16;
+
+/// Whether `text` shows [`RUN`] consecutive characters of `credential` (any case):
+/// the whole credential in a trace id, a part of it, or a part shifted by one.
+pub fn shows_run_of(text: &[u8], credential: &[u8]) -> bool {
+    if text.len() < RUN || credential.len() < RUN {
+        return false;
+    }
+    // Most windows differ at their first byte: that one is compared first.
+    credential.windows(RUN).any(|run| {
+        let first = run[0];
+        text.windows(RUN).any(|w| w[0].eq_ignore_ascii_case(&first) && w.eq_ignore_ascii_case(run))
+    })
 }
 
 #[cfg(test)]
@@ -137,6 +149,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01",
             "00-0af7651916cd43dd8448eb211c80319c-a3ce929d0e0e4736-01",
             "00-0af7651916cd43dd8448eb211c80319c-4bf92f3577b34da6-01",
+            // 31 of the 32 digits, and 16 of them inside other digits (the sixth attack).
+            "00-bf92f3577b34da6a3ce929d0e0e47360-b7ad6b7169203331-01",
+            "00-ffffffffffffffff4bf92f3577b34da6-b7ad6b7169203331-01",
         ] {
             assert!(super::trace_id(made_of_it.as_bytes()).is_some(), "{made_of_it}");
             assert_eq!(super::passable_trace_id(made_of_it.as_bytes(), &[b"x", secret]), None, "{made_of_it}");
