@@ -304,6 +304,21 @@ pub(super) fn redis_nodes(
     Some((urls, cluster, ca_file))
 }
 
+/// Whether an authority is a host and, if any, a port number: `http` parses
+/// `127.0.0.1:s3cr3t` and `[s3cr3t]` as authorities, which name nothing to connect to.
+fn is_host_and_port(authority: &http::uri::Authority) -> bool {
+    let text = authority.as_str();
+    let (host_ok, port) = match text.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
+        Some((v6, after)) => (v6.parse::<std::net::Ipv6Addr>().is_ok(), after.strip_prefix(':').or(Some(after))),
+        None if text.starts_with('[') => (false, None),
+        None => match text.rsplit_once(':') {
+            Some((host, port)) => (!host.is_empty() && !host.contains([']', ':']), Some(port)),
+            None => (!text.is_empty() && !text.contains(']'), None),
+        },
+    };
+    host_ok && port.is_none_or(|p| p.is_empty() || p.parse::<u16>().is_ok())
+}
+
 pub(super) fn notify(raw: &RawConfig, env: Env<'_>, errs: &mut ConfigErrors) -> Option<Notify> {
     let n = &raw.notify;
     let before = parse_duration(n.before.as_deref().unwrap_or("7d")).map_err(|e| errs.push("notify.before", e)).ok();
@@ -316,7 +331,7 @@ pub(super) fn notify(raw: &RawConfig, env: Env<'_>, errs: &mut ConfigErrors) -> 
             errs.push("notify.webhook", "must not hold user info (user:password@): it would not be sent");
             None
         }
-        Ok(uri) if is_http_or_https(uri.scheme()) && uri.authority().is_some() => Some(uri),
+        Ok(uri) if is_http_or_https(uri.scheme()) && uri.authority().is_some_and(is_host_and_port) => Some(uri),
         _ => {
             errs.push("notify.webhook", "must be an absolute http:// or https:// URL (the URL is not shown)");
             None

@@ -124,6 +124,11 @@ fn webhook_may_be_https_with_its_own_ca_file() {
     // Never echoed (a webhook URL often carries its key); user info would not be sent.
     let bad = notify_config("webhook = \"http://u:hooksecret@h/x y\"").unwrap_err();
     assert_eq!(bad, ["notify.webhook: must be an absolute http:// or https:// URL (the URL is not shown)"]);
+    for unusable in ["http://127.0.0.1:s3cr3tpw/hook", "http://[s3cr3tpw]/hook", "http://h:99999/x"] {
+        let bad = notify_config(&format!("webhook = \"{unusable}\"")).unwrap_err();
+        assert_eq!(bad, ["notify.webhook: must be an absolute http:// or https:// URL (the URL is not shown)"]);
+    }
+    assert!(notify_config("webhook = \"http://[::1]:9100/h\"").is_ok());
     let bad = notify_config("webhook = \"http://u:hooksecret@h/services/x\"").unwrap_err();
     assert_eq!(bad, ["notify.webhook: must not hold user info (user:password@): it would not be sent"]);
     let bad = notify_config("webhook = \"ftp://h/x\"").unwrap_err();
