@@ -27,8 +27,10 @@ use std::time::{Duration, Instant};
 const MAX_TRACKED: usize = 100_000;
 
 /// Credentials remembered as known per address at most (a NAT's clients at work);
-/// beyond them a new credential waits for the cool-down's end.
-const MAX_KNOWN: usize = 256;
+/// beyond them a new credential waits for the cool-down's end. With `MAX_TRACKED`
+/// addresses this bounds what the lists hold (a few hundred MiB at worst, for someone
+/// holding 64 valid tokens and 100,000 IPv6 /64s).
+const MAX_KNOWN: usize = 64;
 
 #[derive(Debug)]
 struct Entry {
