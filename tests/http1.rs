@@ -600,29 +600,40 @@ async fn a_body_that_breaks_before_anything_was_sent_is_answered_502() {
     }
 }
 
+/// A backend on an ephemeral port that hands each connection to `serve`.
+async fn raw_backend<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
 /// A backend's length that is no one number (`4, 5`) gets the client a 502 for a HEAD
 /// as for its GET, and on a 304, where the length frames nothing: on the gateway's
 /// HTTP/1.1 loop and over h2c (tests/ops.rs has the same through an https upstream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_length_that_is_no_one_number_is_502_for_a_head_as_for_its_get() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                if read_until_head(&mut stream, &mut buf).await.is_none() {
-                    return;
-                }
-                let answer: &[u8] = match String::from_utf8_lossy(&buf).contains("/blt304 ") {
-                    true => b"HTTP/1.1 304 Not Modified\r\ncontent-length: 4, 5\r\n\r\n",
-                    false => b"HTTP/1.1 200 OK\r\ncontent-length: 4, 5\r\n\r\nabcde",
-                };
-                let _ = stream.write_all(answer).await;
-                let _ = stream.shutdown().await;
-            });
+    let backend = raw_backend(|mut stream| async move {
+        let mut buf = Vec::new();
+        if read_until_head(&mut stream, &mut buf).await.is_none() {
+            return;
         }
-    });
+        let answer: &[u8] = match String::from_utf8_lossy(&buf).contains("/blt304 ") {
+            true => b"HTTP/1.1 304 Not Modified\r\ncontent-length: 4, 5\r\n\r\n",
+            false => b"HTTP/1.1 200 OK\r\ncontent-length: 4, 5\r\n\r\nabcde",
+        };
+        let _ = stream.write_all(answer).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
     let cfg = config_text(backend, "", "");
     let gw = stackgate::server::start(stackgate::config::from_str(&cfg).unwrap(), Arc::new(SystemClock)).await.unwrap();
     for (method, path) in [("GET", "/v3/assets/blt1"), ("HEAD", "/v3/assets/blt1"), ("GET", "/v3/assets/blt304")] {
@@ -647,37 +658,30 @@ async fn a_length_that_is_no_one_number_is_502_for_a_head_as_for_its_get() {
 /// out over h2c as the HTTP/1.1 writers leave it out: every client sees one head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_204_or_304_states_no_length_to_any_client() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while let Some(end) = read_until_head(&mut stream, &mut buf).await {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .map_or(0, |n| n.trim().parse().unwrap());
-                    while buf.len() < end + length {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + length);
-                    let answer: &[u8] = match head.contains("/blt304 ") {
-                        true => b"HTTP/1.1 304 Not Modified\r\netag: \"e1\"\r\ncontent-length: 10\r\n\r\n",
-                        false => b"HTTP/1.1 204 No Content\r\ncontent-length: 10\r\n\r\n",
-                    };
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
+    let backend = raw_backend(|mut stream| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Some(end) = read_until_head(&mut stream, &mut buf).await {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |n| n.trim().parse().unwrap());
+            while buf.len() < end + length {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
-            });
+            }
+            buf.drain(..end + length);
+            let answer: &[u8] = match head.contains("/blt304 ") {
+                true => b"HTTP/1.1 304 Not Modified\r\netag: \"e1\"\r\ncontent-length: 10\r\n\r\n",
+                false => b"HTTP/1.1 204 No Content\r\ncontent-length: 10\r\n\r\n",
+            };
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
         }
-    });
+    })
+    .await;
     let cfg = config_text(backend, "", "");
     let gw = stackgate::server::start(stackgate::config::from_str(&cfg).unwrap(), Arc::new(SystemClock)).await.unwrap();
     let post_body = r#"{"asset":{}}"#;
