@@ -41,11 +41,15 @@ struct Entry {
     known: Vec<Known>,
 }
 
-/// A credential that succeeded, by what it named: a management token or a user.
+/// A credential that succeeded, by what it named: a management token (bound to its
+/// stack), or a user on one stack (`api_key`; empty for the console's sign-in, which
+/// names none). A user at work on one stack is not at work on another: else the
+/// token API's 403 (a stack that exists) against 429 (a key that names none) would
+/// list the stacks to anyone with a configured user's authtoken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Known {
     Token(Box<str>),
-    User(Box<str>),
+    User { user: Box<str>, stack: Box<str> },
 }
 
 /// Per-address failure counters (survive reloads; the limits are read per call), and
@@ -239,17 +243,19 @@ mod tests {
         let cfg = Guard { max_failures: 2, window: Duration::from_secs(60), cooldown: Duration::from_secs(60) };
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let token = |uid: &str| Known::Token(uid.into());
+        let user = |user: &str, stack: &str| Known::User { user: user.into(), stack: stack.into() };
         assert!(g.admits(a, || token("before")).is_ok());
         assert_eq!(g.tracked.load(Ordering::Relaxed), 0, "no failure, nothing kept");
         assert!(g.guess(a, &cfg).is_ok());
         assert!(g.admits(a, || token("at work")).is_ok());
-        assert!(g.admits(a, || Known::User("alice".into())).is_ok());
+        assert!(g.admits(a, || user("alice", "blt1")).is_ok());
         assert!(g.guess(a, &cfg).is_ok(), "the second failure starts the cool-down");
         assert!(g.cooling(a).is_err());
         assert!(g.admits(a, || token("at work")).is_ok());
-        assert!(g.admits(a, || Known::User("alice".into())).is_ok());
+        assert!(g.admits(a, || user("alice", "blt1")).is_ok());
+        assert!(g.admits(a, || user("alice", "blt2")).is_err(), "at work on one stack only");
         assert!(g.admits(a, || token("before")).is_err(), "not seen since the first failure");
-        assert!(g.admits(a, || Known::User("at work".into())).is_err(), "a user is not a token");
+        assert!(g.admits(a, || user("at work", "blt1")).is_err(), "a user is not a token");
         assert!(g.admits(b, || token("anything")).is_ok() && g.cooling(b).is_ok());
     }
 

@@ -347,8 +347,10 @@ fn throttled(
     if is_guess(gw, snap, err, parts) {
         return gw.guard().guess(ip, &snap.config.guard).err();
     }
-    // (A 412 for a missing `api_key` is answered before any credential is read.)
-    let refused_credential = matches!(err, GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled);
+    // A missing `api_key` too: it is answered 412 only for a credential the gateway
+    // knows (an unknown one is a guess), so during a cool-down it would tell which.
+    let refused_credential =
+        matches!(err, GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled);
     match &facts.token {
         Some(t) => gw.guard().admits(ip, || crate::guard::Known::Token(t.uid.clone())).err(),
         None if refused_credential => gw.guard().cooling(ip).err(),

@@ -200,7 +200,8 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
         _ => None,
     };
     // A cooling address is answered only on the credentials it had at work (see `guard`).
-    let admitted = |uid: &str| gw.guard().admits(peer.ip(), || crate::guard::Known::User(uid.into()));
+    let known = |uid: &str| crate::guard::Known::User { user: uid.into(), stack: "".into() };
+    let admitted = |uid: &str| gw.guard().admits(peer.ip(), || known(uid));
     let refused = match &user {
         Some(uid) => admitted(uid).err().map(|retry_after| GatewayError::Throttled { retry_after }),
         None => Some(match gw.failed_sign_in(peer.ip()) {
