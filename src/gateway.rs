@@ -149,6 +149,17 @@ impl Gateway {
         self.guard.guess(ip, &self.snapshot().config.guard)
     }
 
+    /// Whether a credential that succeeded from `ip` gets its answer: the guard's 429
+    /// while that address cools down and the credential is not at work there (see
+    /// `guard`), on every route that reads a credential.
+    pub(crate) fn admit(
+        &self,
+        ip: std::net::IpAddr,
+        who: impl FnOnce() -> crate::guard::Known,
+    ) -> Result<(), crate::error::GatewayError> {
+        self.guard.admits(ip, who).map_err(|retry_after| crate::error::GatewayError::Throttled { retry_after })
+    }
+
     /// Whether shutdown has begun (`/readyz` answers 503).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)

@@ -13,7 +13,8 @@
 //! that expired or was revoked is a stale credential, not a guess, so outside a
 //! cool-down it gets its own 401 and is not counted.
 //!
-//! A request of an address with no failures in its window costs one atomic load here.
+//! While no address has a failure on record a request costs one atomic load here; once
+//! one has, a lookup in the map (entries are pruned past `MAX_TRACKED`).
 
 use crate::config::Guard;
 use dashmap::DashMap;
@@ -57,8 +58,8 @@ pub enum Known {
 #[derive(Debug, Default)]
 pub struct AuthGuard {
     entries: DashMap<IpAddr, Entry>,
-    /// Entries in `entries`, so a request from an address without failures (the
-    /// common case) skips the map.
+    /// Entries in `entries`, so that while there are none (the common case) a request
+    /// skips the map.
     tracked: AtomicUsize,
     /// Entries with `blocked_until` set.
     blocked: AtomicUsize,

@@ -416,8 +416,7 @@ async fn process(
     };
     // A cooling address is answered only on the credentials it had at work (see `guard`).
     if let Principal::Token(t) = &principal {
-        let known = || crate::guard::Known::Token(t.uid.clone());
-        gw.guard().admits(client.ip, known).map_err(|retry_after| GatewayError::Throttled { retry_after })?;
+        gw.admit(client.ip, || crate::guard::Known::Token(t.uid.clone()))?;
     }
     let uri = snap.upstream.uri_for(
         &target.path,

@@ -199,20 +199,20 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
         (Some(token), None) => gw.snapshot().user(&hash_secret(token.as_bytes())).map(str::to_owned),
         _ => None,
     };
-    // A cooling address is answered only on the credentials it had at work (see `guard`).
-    let known = |uid: &str| crate::guard::Known::User { user: uid.into(), stack: "".into() };
-    let admitted = |uid: &str| gw.guard().admits(peer.ip(), || known(uid));
-    let refused = match &user {
-        Some(uid) => admitted(uid).err().map(|retry_after| GatewayError::Throttled { retry_after }),
-        None => Some(match gw.failed_sign_in(peer.ip()) {
+    // A cooling address is answered only on the credentials it had at work (see `guard`);
+    // the sign-in names no stack.
+    let admitted = match user {
+        Some(uid) => gw
+            .admit(peer.ip(), || crate::guard::Known::User { user: uid.as_str().into(), stack: "".into() })
+            .map(|()| uid),
+        None => Err(match gw.failed_sign_in(peer.ip()) {
             Err(retry_after) => GatewayError::Throttled { retry_after },
             Ok(()) => GatewayError::Unauthenticated { expired: false },
         }),
     };
-    let uid = match (user, refused) {
-        (Some(uid), None) => uid,
-        (_, refusal) => {
-            let refusal = refusal.unwrap_or(GatewayError::Unauthenticated { expired: false });
+    let uid = match admitted {
+        Ok(uid) => uid,
+        Err(refusal) => {
             // Counted and logged as the main listener's refusals are (never the authtoken).
             gw.metrics.decision(&refusal);
             tracing::info!(client = %peer.ip(), path = "console/api/stacks", reason = refusal.reason().name(), "console sign-in refused");
