@@ -73,7 +73,7 @@ fn whole_decision(c: &mut Criterion) {
         b.iter_custom(|iters| {
             refilled(&clock, iters, || {
                 let mut facts = Facts::default();
-                let d = decide(&snap, &parts, false, 1_700_000_000, &mut facts);
+                let d = decide(&snap, &parts, false, 1_700_000_000, &mut facts, |_| Ok(()));
                 assert!(d.is_ok(), "{:?}", d.as_ref().err());
                 // The local backend's charge, which the server runs right after decide.
                 if let Ok(Decision { route: Route::Proxy { principal: Principal::Token(token) }, op, .. }) = &d {

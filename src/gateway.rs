@@ -6,6 +6,9 @@
 
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigErrors};
+use crate::error::GatewayError;
+use crate::guard::Known;
+use crate::pipeline::Presented;
 use crate::proxy::UpstreamClient;
 use crate::ratelimit::{Limiter, RateClock};
 use crate::snapshot::{Snapshot, SnapshotBuilder};
@@ -149,15 +152,21 @@ impl Gateway {
         self.guard.guess(ip, &self.snapshot().config.guard)
     }
 
-    /// Whether a credential that succeeded from `ip` gets its answer: the guard's 429
-    /// while that address cools down and the credential is not at work there (see
+    /// The guard's gate, asked before a credential is looked up: 429 while `ip`'s
+    /// address cools down and the credential presented is not at work there (see
     /// `guard`), on every route that reads a credential.
-    pub(crate) fn admit(
+    pub(crate) fn gate(&self, ip: std::net::IpAddr, presented: Presented<'_>) -> Result<(), GatewayError> {
+        self.guard.gate(ip, || known(presented)).map_err(|retry_after| GatewayError::Throttled { retry_after })
+    }
+
+    /// Whether a credential that succeeded from `ip` gets its answer (the guard's 429
+    /// for a cool-down that began after the gate), remembering it as at work there.
+    pub(crate) fn admit<'a>(
         &self,
         ip: std::net::IpAddr,
-        who: impl FnOnce() -> crate::guard::Known,
-    ) -> Result<(), crate::error::GatewayError> {
-        self.guard.admits(ip, who).map_err(|retry_after| crate::error::GatewayError::Throttled { retry_after })
+        presented: impl FnOnce() -> Presented<'a>,
+    ) -> Result<(), GatewayError> {
+        self.guard.admits(ip, || known(presented())).map_err(|retry_after| GatewayError::Throttled { retry_after })
     }
 
     /// Whether shutdown has begun (`/readyz` answers 503).
@@ -410,5 +419,15 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreErr
             tracing::warn!("no [store] path configured: tokens created through the API live only in memory");
             Ok(Arc::new(SqliteStore::in_memory()?))
         }
+    }
+}
+
+/// What the guard remembers of a presented credential (none for a missing one).
+fn known(presented: Presented<'_>) -> Option<Known> {
+    match presented {
+        Presented::Token { secret, api_key } => Some(Known::token(secret, api_key)),
+        Presented::User { authtoken, api_key } => Some(Known::user(authtoken, api_key)),
+        Presented::Console { authtoken } => Some(Known::console(authtoken)),
+        Presented::Missing => None,
     }
 }

@@ -13,8 +13,14 @@
 //! that expired or was revoked is a stale credential, not a guess, so outside a
 //! cool-down it gets its own 401 and is not counted.
 //!
-//! While no address has a failure on record a request costs one atomic load here; once
-//! one has, a lookup in the map (entries are pruned past `MAX_TRACKED`).
+//! The cool-down is decided at the gate, before the credential is looked up: the
+//! presented credential's hash (and `api_key`) against the address's ones at work,
+//! computed alike for every request from a cooling address. Deciding after the lookup
+//! let an existing `api_key` or a right secret answer a little later than a wrong one.
+//!
+//! While no address cools down the gate costs one atomic load, and while no address has
+//! a failure on record so does remembering the credentials at work; once one has, a
+//! lookup in the map (entries are pruned past `MAX_TRACKED`).
 
 use crate::config::Guard;
 use dashmap::DashMap;
@@ -42,15 +48,48 @@ struct Entry {
     known: Vec<Known>,
 }
 
-/// A credential that succeeded, by what it named: a management token (bound to its
-/// stack), or a user on one stack (`api_key`; empty for the console's sign-in, which
-/// names none). A user at work on one stack is not at work on another: else the
-/// token API's 403 (a stack that exists) against 429 (a key that names none) would
-/// list the stacks to anyone with a configured user's authtoken.
+/// A credential as the guard remembers it at work: what it is, the SHA-256 of its
+/// secret and the `api_key` it came with. Built from the request's fields alone, never
+/// from a lookup, so that during a cool-down a right guess and a wrong one cost the same
+/// (the store is not read for either). A user at work on one stack is not at work on
+/// another: else the token API's 403 (a stack that exists) against 429 (a key that names
+/// none) would list the stacks to anyone with a configured user's authtoken.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Known {
-    Token(Box<str>),
-    User { user: Box<str>, stack: Box<str> },
+pub struct Known {
+    kind: Kind,
+    digest: [u8; 32],
+    api_key: Box<[u8]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A management token (`authorization`).
+    Token,
+    /// A user's `authtoken` on the token API.
+    User,
+    /// A user's `authtoken` signing in to the console (no stack named).
+    Console,
+}
+
+impl Known {
+    /// A management token's secret with the `api_key` it was sent with.
+    pub fn token(secret: &[u8], api_key: &[u8]) -> Self {
+        Self::new(Kind::Token, secret, api_key)
+    }
+
+    /// A user's `authtoken` on the token API, with the `api_key` it names.
+    pub fn user(authtoken: &[u8], api_key: &[u8]) -> Self {
+        Self::new(Kind::User, authtoken, api_key)
+    }
+
+    /// A user's `authtoken` signing in to the console.
+    pub fn console(authtoken: &[u8]) -> Self {
+        Self::new(Kind::Console, authtoken, b"")
+    }
+
+    fn new(kind: Kind, secret: &[u8], api_key: &[u8]) -> Self {
+        Known { kind, digest: crate::token::hash_secret(secret), api_key: api_key.into() }
+    }
 }
 
 /// Per-address failure counters (survive reloads; the limits are read per call), and
@@ -108,22 +147,42 @@ impl AuthGuard {
         self.revoked.lock().is_ok_and(|r| r.set.contains(secret_sha256))
     }
 
-    /// Whether a request from `ip` whose credential succeeded (naming `who`) gets its
-    /// answer: `Err(seconds)` (429) while the address cools down and `who` is none of
-    /// its known credentials, else `Ok`, remembering `who` as known while the address
-    /// has failures in its window.
-    pub fn admits(&self, ip: IpAddr, who: impl FnOnce() -> Known) -> Result<(), u64> {
+    /// Whether a request from `ip` presenting `who` may be decided on at all:
+    /// `Err(seconds)` (429) while the address cools down and `who` is none of its
+    /// credentials at work (or there is none), before anything is looked up. `who` is
+    /// built only while the address cools down, and then for every request alike.
+    pub fn gate(&self, ip: IpAddr, who: impl FnOnce() -> Option<Known>) -> Result<(), u64> {
+        let ip = holder(ip);
+        let Err(retry_after) = self.check(ip) else { return Ok(()) };
+        let who = who();
+        let at_work = self.entries.get(&ip).is_some_and(|e| who.is_some_and(|w| e.known.contains(&w)));
+        if at_work {
+            Ok(())
+        } else {
+            Err(retry_after)
+        }
+    }
+
+    /// Whether a request from `ip` whose credential succeeded (`who`) gets its answer:
+    /// `Err(seconds)` (429) while the address cools down and `who` is none of its
+    /// credentials at work (a cool-down that began after the gate), else `Ok`,
+    /// remembering `who` as at work while the address has failures in its window.
+    pub fn admits(&self, ip: IpAddr, who: impl FnOnce() -> Option<Known>) -> Result<(), u64> {
         if self.tracked.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
         let Some(mut entry) = self.entries.get_mut(&holder(ip)) else { return Ok(()) };
-        let who = who();
+        let cooling = match entry.blocked_until {
+            Some(until) if until > Instant::now() => Some(seconds_until(until)),
+            _ => None,
+        };
+        let Some(who) = who() else { return cooling.map_or(Ok(()), Err) };
         if entry.known.contains(&who) {
             return Ok(());
         }
-        match entry.blocked_until {
-            Some(until) if until > Instant::now() => Err(seconds_until(until)),
-            _ => {
+        match cooling {
+            Some(retry_after) => Err(retry_after),
+            None => {
                 if entry.known.len() < MAX_KNOWN {
                     entry.known.push(who);
                 }
@@ -243,21 +302,33 @@ mod tests {
         let g = AuthGuard::default();
         let cfg = Guard { max_failures: 2, window: Duration::from_secs(60), cooldown: Duration::from_secs(60) };
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let token = |uid: &str| Known::Token(uid.into());
-        let user = |user: &str, stack: &str| Known::User { user: user.into(), stack: stack.into() };
+        let token = |secret: &str| Some(Known::token(secret.as_bytes(), b"blt1"));
+        let user = |authtoken: &str, stack: &str| Some(Known::user(authtoken.as_bytes(), stack.as_bytes()));
         assert!(g.admits(a, || token("before")).is_ok());
         assert_eq!(g.tracked.load(Ordering::Relaxed), 0, "no failure, nothing kept");
         assert!(g.guess(a, &cfg).is_ok());
         assert!(g.admits(a, || token("at work")).is_ok());
         assert!(g.admits(a, || user("alice", "blt1")).is_ok());
+        assert!(g.admits(a, || Some(Known::console(b"bob"))).is_ok());
+        assert!(g.gate(a, || token("anything")).is_ok(), "no cool-down yet");
         assert!(g.guess(a, &cfg).is_ok(), "the second failure starts the cool-down");
         assert!(g.cooling(a).is_err());
-        assert!(g.admits(a, || token("at work")).is_ok());
-        assert!(g.admits(a, || user("alice", "blt1")).is_ok());
-        assert!(g.admits(a, || user("alice", "blt2")).is_err(), "at work on one stack only");
-        assert!(g.admits(a, || token("before")).is_err(), "not seen since the first failure");
-        assert!(g.admits(a, || user("at work", "blt1")).is_err(), "a user is not a token");
-        assert!(g.admits(b, || token("anything")).is_ok() && g.cooling(b).is_ok());
+        for at_work in [token("at work"), user("alice", "blt1"), Some(Known::console(b"bob"))] {
+            assert!(g.gate(a, || at_work.clone()).is_ok() && g.admits(a, || at_work.clone()).is_ok());
+        }
+        let others = [
+            user("alice", "blt2"),                   // at work on one stack only
+            token("before"),                         // not seen since the first failure
+            user("at work", "blt1"),                 // a token's secret is not a user's
+            Some(Known::token(b"at work", b"blt2")), // nor with another key
+            Some(Known::console(b"alice")),          // the token API is not the console
+            None,                                    // no credential
+        ];
+        for other in others {
+            assert!(g.gate(a, || other.clone()).is_err(), "{other:?}");
+            assert!(g.admits(a, || other.clone()).is_err(), "{other:?}");
+        }
+        assert!(g.gate(b, || None).is_ok() && g.admits(b, || token("anything")).is_ok() && g.cooling(b).is_ok());
     }
 
     #[test]

@@ -82,6 +82,24 @@ impl<'a> Credentials<'a> {
         }
     }
 
+    /// The credential the gateway checks on this route, as presented (`None` where it
+    /// checks none: a user session the backend decides, a login without one). The token
+    /// API reads the `authtoken`; every other route a management token.
+    pub fn presented(&self, token_api: bool, login: bool) -> Option<Presented<'a>> {
+        let api_key = self.api_key.map_or(&b""[..], HeaderValue::as_bytes);
+        if token_api {
+            return Some(
+                self.authtoken.map_or(Presented::Missing, |t| Presented::User { authtoken: t.as_bytes(), api_key }),
+            );
+        }
+        match self.credential() {
+            Credential::Management(secret) => Some(Presented::Token { secret, api_key }),
+            Credential::UserSession => None,
+            Credential::None if login => None,
+            Credential::None => Some(Presented::Missing),
+        }
+    }
+
     /// Whether a management token is presented as a user credential (`authtoken`, or
     /// `authorization: Bearer`): one holding a piece shaped like the secrets the gateway
     /// issues. The token API asks this of its callers; a proxied user-session request is
@@ -128,6 +146,20 @@ fn secrets_in(value: &[u8]) -> impl Iterator<Item = usize> + '_ {
             .get(i..i + SECRET_LEN)
             .is_some_and(|p| p[1].eq_ignore_ascii_case(&b's') && p[2..].iter().all(u8::is_ascii_hexdigit))
     })
+}
+
+/// The credential a route checks, as presented: what the guard's gate is asked about
+/// before anything is looked up (see `guard`).
+#[derive(Debug, Clone, Copy)]
+pub enum Presented<'a> {
+    /// A management token's secret (as the backend reads it) and the `api_key`.
+    Token { secret: &'a [u8], api_key: &'a [u8] },
+    /// A user's `authtoken` on the token API and the `api_key`.
+    User { authtoken: &'a [u8], api_key: &'a [u8] },
+    /// A user's `authtoken` signing in to the token console (which names no stack).
+    Console { authtoken: &'a [u8] },
+    /// No credential where one is needed.
+    Missing,
 }
 
 /// The credential a request carries, before it is checked.

@@ -8,7 +8,7 @@ pub mod normalize;
 pub mod policy;
 pub mod query;
 
-pub use auth::{authenticate, Credentials, Principal};
+pub use auth::{authenticate, Credentials, Presented, Principal};
 pub use classify::{classify, Access, Module, ModuleSet, Operation, Rule};
 pub use normalize::{normalize, Target};
 pub use policy::{authorize, inspect_body};
@@ -149,12 +149,15 @@ fn port_fits(digits: &[u8]) -> bool {
 
 /// Runs normalize, classify, authenticate and authorize at Unix time `now`. `has_body`:
 /// whether the request's body may still hold bytes (see [`query::check_body_type`]).
+/// `gate` is asked about the credential the route checks before it is looked up (the
+/// guard's cool-down; see `guard`).
 pub fn decide<'a>(
     snap: &Snapshot,
     parts: &'a Parts,
     has_body: bool,
     now: i64,
     facts: &mut Facts,
+    gate: impl FnOnce(Presented<'_>) -> Result<(), GatewayError>,
 ) -> Result<Decision<'a>, GatewayError> {
     check_method(&parts.method)?;
     check_message(parts)?;
@@ -171,6 +174,10 @@ pub fn decide<'a>(
     }
     // Read (and checked for ambiguity) on every route: the token API's too.
     let creds = Credentials::read(&parts.headers)?;
+    // The guard's cool-down, decided before any credential is looked up.
+    if let Some(presented) = creds.presented(op.rule == Rule::TokenApi, op.rule == Rule::Login) {
+        gate(presented)?;
+    }
     if op.rule == Rule::TokenApi {
         // Tokens never manage tokens, valid or not, however presented.
         let bearer = parts.headers.get(AUTHORIZATION).map(|v| auth::is_bearer(v.as_bytes()));
@@ -209,6 +216,9 @@ pub fn decide<'a>(
     // The backend is the authority for users: nothing to check here.
     Ok(Decision { target, op, route: Route::Proxy { principal } })
 }
+
+#[cfg(test)]
+mod gate_tests;
 
 #[cfg(test)]
 mod tests {

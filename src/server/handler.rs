@@ -352,10 +352,19 @@ fn throttled(
     let refused_credential =
         matches!(err, GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled);
     match &facts.token {
-        Some(t) => gw.guard().admits(ip, || crate::guard::Known::Token(t.uid.clone())).err(),
+        Some(_) => match gw.admit(ip, || presented_token(parts)) {
+            Err(GatewayError::Throttled { retry_after }) => Some(retry_after),
+            _ => None,
+        },
         None if refused_credential => gw.guard().cooling(ip).err(),
         None => None,
     }
+}
+
+/// The management token a request presented, as the guard remembers it at work.
+fn presented_token(parts: &Parts) -> pipeline::Presented<'_> {
+    let creds = pipeline::Credentials::read(&parts.headers).ok();
+    creds.and_then(|c| c.presented(false, false)).unwrap_or(pipeline::Presented::Missing)
 }
 
 /// Whether a failed request was a guess: an `api_key` that names no stack, whatever
@@ -403,7 +412,8 @@ async fn process(
         use hyper::body::Body as _;
         !b.is_end_stream() && b.size_hint().exact() != Some(0)
     });
-    let Decision { target, op, route } = pipeline::decide(snap, parts, has_body, gw.clock().now(), facts)?;
+    let gate = |presented: pipeline::Presented<'_>| gw.gate(client.ip, presented);
+    let Decision { target, op, route } = pipeline::decide(snap, parts, has_body, gw.clock().now(), facts, gate)?;
     if let std::borrow::Cow::Owned(path) = &target.path {
         facts.canonical = Some(path.as_str().into());
     }
@@ -415,8 +425,8 @@ async fn process(
         Route::Proxy { principal } => principal,
     };
     // A cooling address is answered only on the credentials it had at work (see `guard`).
-    if let Principal::Token(t) = &principal {
-        gw.admit(client.ip, || crate::guard::Known::Token(t.uid.clone()))?;
+    if let Principal::Token(_) = &principal {
+        gw.admit(client.ip, || presented_token(parts))?;
     }
     let uri = snap.upstream.uri_for(
         &target.path,

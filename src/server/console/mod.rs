@@ -24,6 +24,7 @@ use super::{ConnInfo, Gateway};
 use crate::config::{Config, Role};
 use crate::error::{json_response, GatewayError};
 use crate::pipeline::auth::AUTHTOKEN;
+use crate::pipeline::Presented;
 use crate::proxy::ClientBody;
 use crate::token::hash_secret;
 use bytes::Bytes;
@@ -195,21 +196,22 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
         return method_not_allowed("GET");
     }
     let mut sent = headers.get_all(AUTHTOKEN).iter();
-    let user = match (sent.next(), sent.next()) {
-        (Some(token), None) => gw.snapshot().user(&hash_secret(token.as_bytes())).map(str::to_owned),
+    let authtoken = match (sent.next(), sent.next()) {
+        (Some(token), None) => Some(token.as_bytes()),
         _ => None,
     };
-    // A cooling address is answered only on the credentials it had at work (see `guard`);
-    // the sign-in names no stack.
-    let admitted = match user {
-        Some(uid) => gw
-            .admit(peer.ip(), || crate::guard::Known::User { user: uid.as_str().into(), stack: "".into() })
-            .map(|()| uid),
-        None => Err(match gw.failed_sign_in(peer.ip()) {
-            Err(retry_after) => GatewayError::Throttled { retry_after },
-            Ok(()) => GatewayError::Unauthenticated { expired: false },
-        }),
-    };
+    // A cooling address is answered only on the credentials it had at work, decided
+    // before the authtoken is looked up (see `guard`); the sign-in names no stack.
+    let presented = || authtoken.map_or(Presented::Missing, |authtoken| Presented::Console { authtoken });
+    let admitted = gw.gate(peer.ip(), presented()).and_then(|()| {
+        match authtoken.and_then(|t| gw.snapshot().user(&hash_secret(t)).map(str::to_owned)) {
+            Some(uid) => gw.admit(peer.ip(), presented).map(|()| uid),
+            None => Err(match gw.failed_sign_in(peer.ip()) {
+                Err(retry_after) => GatewayError::Throttled { retry_after },
+                Ok(()) => GatewayError::Unauthenticated { expired: false },
+            }),
+        }
+    });
     let uid = match admitted {
         Ok(uid) => uid,
         Err(refusal) => {
