@@ -4,10 +4,11 @@
 During the guard's cool-down every credential not at work gets the same 429; this
 measures whether it also takes the same time. It starts each given stackgate binary on
 loopback with a small config (one stack, one token), starts a cool-down with wrong
-guesses, then sends, in shuffled order per round, four kinds of request on their own
-keep-alive connections: a control (an `api_key` that names no stack), the same control
-again (the noise floor), an existing `api_key` with a wrong secret, and with the right
-one. For each it prints the median time and in what share of rounds it was slower than
+guesses, then sends, in shuffled order per round, four kinds of request on one
+keep-alive connection (on connections of their own, a connection's own speed shows as a
+difference between kinds): a control (an `api_key` that names no stack), the same
+control again (the noise floor), an existing `api_key` with a wrong secret, and with the
+right one. For each it prints the median time and in what share of rounds it was slower than
 the control; a difference that is real sits outside the control-again figure.
 
     python3 benches/guard_timing.py [--pairs N] [--rounds R] BINARY [BINARY ...]
@@ -109,18 +110,18 @@ def measure(binary, pairs, workdir):
             "existing api_key, wrong secret": request(KEY, WRONG),
             "existing api_key, right secret": request(KEY, RIGHT),
         }
-        conns = {k: connect(port) for k in kinds}
+        conn = connect(port)
         for k, data in kinds.items():
-            status = exchange(conns[k], data)[1]
+            status = exchange(conn, data)[1]
             assert " 429 " in status, f"{k}: {status} (no cool-down?)"
             for _ in range(200):
-                exchange(conns[k], data)
+                exchange(conn, data)
         times = {k: [] for k in kinds}
         for _ in range(pairs):
             order = list(kinds)
             random.shuffle(order)
             for k in order:
-                times[k].append(exchange(conns[k], kinds[k])[0])
+                times[k].append(exchange(conn, kinds[k])[0])
         return times
     finally:
         gw.terminate()

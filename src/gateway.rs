@@ -7,7 +7,7 @@
 use crate::clock::Clock;
 use crate::config::{self, Config, ConfigErrors};
 use crate::error::GatewayError;
-use crate::guard::Known;
+use crate::guard::{Kind, Known};
 use crate::pipeline::Presented;
 use crate::proxy::UpstreamClient;
 use crate::ratelimit::{Limiter, RateClock};
@@ -155,18 +155,39 @@ impl Gateway {
     /// The guard's gate, asked before a credential is looked up: 429 while `ip`'s
     /// address cools down and the credential presented is not at work there (see
     /// `guard`), on every route that reads a credential.
-    pub(crate) fn gate(&self, ip: std::net::IpAddr, presented: Presented<'_>) -> Result<(), GatewayError> {
-        self.guard.gate(ip, || known(presented)).map_err(|retry_after| GatewayError::Throttled { retry_after })
+    pub(crate) fn gate(
+        &self,
+        ip: std::net::IpAddr,
+        cfg: &config::Guard,
+        now: i64,
+        presented: Presented<'_>,
+    ) -> Result<(), GatewayError> {
+        let refused = |retry_after| GatewayError::Throttled { retry_after };
+        self.guard.gate(ip, cfg, now, || self.known(presented)).map_err(refused)
     }
 
     /// Whether a credential that succeeded from `ip` gets its answer (the guard's 429
     /// for a cool-down that began after the gate), remembering it as at work there.
-    pub(crate) fn admit<'a>(
+    pub(crate) fn admit(
         &self,
         ip: std::net::IpAddr,
-        presented: impl FnOnce() -> Presented<'a>,
+        cfg: &config::Guard,
+        now: i64,
+        presented: Presented<'_>,
     ) -> Result<(), GatewayError> {
-        self.guard.admits(ip, || known(presented())).map_err(|retry_after| GatewayError::Throttled { retry_after })
+        let refused = |retry_after| GatewayError::Throttled { retry_after };
+        self.guard.admits(ip, cfg, now, self.known(presented)).map_err(refused)
+    }
+
+    /// What the guard remembers of a presented credential (none for a missing one).
+    fn known(&self, presented: Presented<'_>) -> Option<Known> {
+        let (kind, secret, api_key) = match presented {
+            Presented::Token { secret, api_key } => (Kind::Token, secret, api_key),
+            Presented::User { authtoken, api_key } => (Kind::User, authtoken, api_key),
+            Presented::Console { authtoken } => (Kind::Console, authtoken, &b""[..]),
+            Presented::Missing => return None,
+        };
+        Some(self.guard.known(kind, secret, api_key))
     }
 
     /// Whether shutdown has begun (`/readyz` answers 503).
@@ -419,15 +440,5 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreErr
             tracing::warn!("no [store] path configured: tokens created through the API live only in memory");
             Ok(Arc::new(SqliteStore::in_memory()?))
         }
-    }
-}
-
-/// What the guard remembers of a presented credential (none for a missing one).
-fn known(presented: Presented<'_>) -> Option<Known> {
-    match presented {
-        Presented::Token { secret, api_key } => Some(Known::token(secret, api_key)),
-        Presented::User { authtoken, api_key } => Some(Known::user(authtoken, api_key)),
-        Presented::Console { authtoken } => Some(Known::console(authtoken)),
-        Presented::Missing => None,
     }
 }

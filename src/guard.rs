@@ -4,29 +4,35 @@
 //! Guesses (credentials that match no token or user the gateway knows, valid or not)
 //! are counted per client address; past `max_failures` within `window`, the address
 //! cools down for `cooldown`. While it does, a credential from it is answered only if it
-//! is one of the address's *known* ones: a credential that succeeded from that address
-//! since its first counted failure (the clients at work beside a guesser, behind a
-//! sidecar, a NAT or a load balancer, keep working). Any other credential, right or
-//! wrong, gets 429 without an answer on it: a right guess no longer answers 200 while
-//! wrong ones get 429, which let a guesser go on at full speed (a delay on wrong
-//! guesses does not help: a guesser abandons the slow ones). Presenting a known token
-//! that expired or was revoked is a stale credential, not a guess, so outside a
-//! cool-down it gets its own 401 and is not counted.
+//! is *at work* there: it succeeded from that address within the last `window`, or since
+//! the address's first counted failure (the clients at work beside a guesser, behind a
+//! sidecar, a NAT or a load balancer, keep working; a guesser reaches the cool-down in
+//! under a millisecond, so "since the first failure" alone would shut out everyone it
+//! did not see in that gap). Any other credential, right or wrong, gets 429 without an
+//! answer on it: a right guess no longer answers 200 while wrong ones get 429, which let
+//! a guesser go on at full speed (a delay on wrong guesses does not help: a guesser
+//! abandons the slow ones). Presenting a known token that expired or was revoked is a
+//! stale credential, not a guess, so outside a cool-down it gets its own 401 and is not
+//! counted.
 //!
 //! The cool-down is decided at the gate, before the credential is looked up: the
-//! presented credential's hash (and `api_key`) against the address's ones at work,
-//! computed alike for every request from a cooling address. Deciding after the lookup
-//! let an existing `api_key` or a right secret answer a little later than a wrong one.
+//! presented credential's keyed hash (with its `api_key`) against the address's ones at
+//! work, computed alike for every request from a cooling address. Deciding after the
+//! lookup let an existing `api_key` or a right secret answer a little later than a
+//! wrong one.
 //!
-//! While no address cools down the gate costs one atomic load, and while no address has
-//! a failure on record so does remembering the credentials at work; once one has, a
-//! lookup in the map (entries are pruned past `MAX_TRACKED`).
+//! Costs: every successful authentication stores its (address, credential) pair in a
+//! fixed table (one keyed hash and one atomic store). While no address cools down the
+//! gate costs one atomic load; while no address has a failure on record, so does the
+//! list of credentials at work since the first failure; once one has, a lookup in the
+//! map (entries are pruned past `MAX_TRACKED`).
 
 use crate::config::Guard;
 use dashmap::DashMap;
 use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,21 +54,19 @@ struct Entry {
     known: Vec<Known>,
 }
 
-/// A credential as the guard remembers it at work: what it is, the SHA-256 of its
-/// secret and the `api_key` it came with. Built from the request's fields alone, never
-/// from a lookup, so that during a cool-down a right guess and a wrong one cost the same
-/// (the store is not read for either). A user at work on one stack is not at work on
-/// another: else the token API's 403 (a stack that exists) against 429 (a key that names
-/// none) would list the stacks to anyone with a configured user's authtoken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Known {
-    kind: Kind,
-    digest: [u8; 32],
-    api_key: Box<[u8]>,
-}
-
+/// A credential as the guard remembers it at work: a keyed hash (SipHash, this process's
+/// random keys) of what it is, its secret and the `api_key` it came with. Built from the
+/// request's fields alone, never from a lookup, so that during a cool-down a right guess
+/// and a wrong one cost the same (the store is not read for either). A user at work on
+/// one stack is not at work on another: else the token API's 403 (a stack that exists)
+/// against 429 (a key that names none) would list the stacks to anyone with a configured
+/// user's authtoken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub struct Known(u64);
+
+/// What a credential is, as the guard tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
     /// A management token (`authorization`).
     Token,
     /// A user's `authtoken` on the token API.
@@ -71,24 +75,57 @@ enum Kind {
     Console,
 }
 
-impl Known {
-    /// A management token's secret with the `api_key` it was sent with.
-    pub fn token(secret: &[u8], api_key: &[u8]) -> Self {
-        Self::new(Kind::Token, secret, api_key)
+/// Which (address, credential) pairs succeeded lately: one slot per pair, by a hash of
+/// both, holding a tag of the pair and the Unix second of its latest success. A client
+/// at work before its address's first counted failure stays at work through the
+/// cool-down (else a guesser on a shared address, which reaches the cool-down in under
+/// a millisecond, would lock out everyone not seen since). A success costs one store;
+/// a slot another pair took since is a miss (with 2^18 slots, about 4% of the pairs when
+/// 10,000 are at work at once), and that client waits as one new on the address does.
+struct Recent {
+    slots: Box<[AtomicU64]>,
+}
+
+const RECENT_SLOTS: usize = 1 << 18;
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent { slots: (0..RECENT_SLOTS).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recent")
+    }
+}
+
+impl Recent {
+    /// The slot of `who` on `address`, and the tag that says the slot holds this pair
+    /// (never 0, which an empty slot holds).
+    fn slot(who: Known, address: IpAddr) -> (usize, u64) {
+        let bits = match address {
+            IpAddr::V4(v4) => u128::from(v4.to_bits()),
+            IpAddr::V6(v6) => v6.to_bits(),
+        };
+        // `who` is a keyed hash: mixing the address in keeps the spread.
+        let mut h = who.0 ^ (bits as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((bits >> 64) as u64).rotate_left(31);
+        h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 29;
+        ((h as usize) & (RECENT_SLOTS - 1), (h >> 32) | 1)
     }
 
-    /// A user's `authtoken` on the token API, with the `api_key` it names.
-    pub fn user(authtoken: &[u8], api_key: &[u8]) -> Self {
-        Self::new(Kind::User, authtoken, api_key)
+    fn record(&self, who: Known, address: IpAddr, now: i64) {
+        let (slot, tag) = Self::slot(who, address);
+        let second = u64::try_from(now).unwrap_or(0) & 0xffff_ffff;
+        self.slots[slot].store(tag << 32 | second, Ordering::Relaxed);
     }
 
-    /// A user's `authtoken` signing in to the console.
-    pub fn console(authtoken: &[u8]) -> Self {
-        Self::new(Kind::Console, authtoken, b"")
-    }
-
-    fn new(kind: Kind, secret: &[u8], api_key: &[u8]) -> Self {
-        Known { kind, digest: crate::token::hash_secret(secret), api_key: api_key.into() }
+    fn holds(&self, who: Known, address: IpAddr, now: i64, within: Duration) -> bool {
+        let (slot, tag) = Self::slot(who, address);
+        let held = self.slots[slot].load(Ordering::Relaxed);
+        let second = i64::try_from(held & 0xffff_ffff).unwrap_or(0);
+        held >> 32 == tag && now.saturating_sub(second) < i64::try_from(within.as_secs()).unwrap_or(i64::MAX)
     }
 }
 
@@ -102,6 +139,9 @@ pub struct AuthGuard {
     tracked: AtomicUsize,
     /// Entries with `blocked_until` set.
     blocked: AtomicUsize,
+    /// The keys of [`Known`]'s hash.
+    keys: std::collections::hash_map::RandomState,
+    recent: Recent,
     revoked: Mutex<Revoked>,
 }
 
@@ -147,15 +187,23 @@ impl AuthGuard {
         self.revoked.lock().is_ok_and(|r| r.set.contains(secret_sha256))
     }
 
+    /// What the guard remembers of a credential (see [`Known`]).
+    pub fn known(&self, kind: Kind, secret: &[u8], api_key: &[u8]) -> Known {
+        Known(self.keys.hash_one((kind, secret, api_key)))
+    }
+
     /// Whether a request from `ip` presenting `who` may be decided on at all:
-    /// `Err(seconds)` (429) while the address cools down and `who` is none of its
-    /// credentials at work (or there is none), before anything is looked up. `who` is
-    /// built only while the address cools down, and then for every request alike.
-    pub fn gate(&self, ip: IpAddr, who: impl FnOnce() -> Option<Known>) -> Result<(), u64> {
-        let ip = holder(ip);
-        let Err(retry_after) = self.check(ip) else { return Ok(()) };
-        let who = who();
-        let at_work = self.entries.get(&ip).is_some_and(|e| who.is_some_and(|w| e.known.contains(&w)));
+    /// `Err(seconds)` (429) while the address cools down and `who` is not at work there
+    /// (it succeeded from that address within `cfg.window` at Unix second `now`, or
+    /// since the address's first counted failure), before anything is looked up. `who`
+    /// is built only while the address cools down, and then for every request alike.
+    pub fn gate(&self, ip: IpAddr, cfg: &Guard, now: i64, who: impl FnOnce() -> Option<Known>) -> Result<(), u64> {
+        let address = holder(ip);
+        let Err(retry_after) = self.check(address) else { return Ok(()) };
+        let at_work = who().is_some_and(|who| {
+            self.recent.holds(who, address, now, cfg.window)
+                || self.entries.get(&address).is_some_and(|e| e.known.contains(&who))
+        });
         if at_work {
             Ok(())
         } else {
@@ -164,31 +212,35 @@ impl AuthGuard {
     }
 
     /// Whether a request from `ip` whose credential succeeded (`who`) gets its answer:
-    /// `Err(seconds)` (429) while the address cools down and `who` is none of its
-    /// credentials at work (a cool-down that began after the gate), else `Ok`,
-    /// remembering `who` as at work while the address has failures in its window.
-    pub fn admits(&self, ip: IpAddr, who: impl FnOnce() -> Option<Known>) -> Result<(), u64> {
+    /// `Err(seconds)` (429) while the address cools down and `who` is not at work there
+    /// (a cool-down that began after the gate), else `Ok`, remembering `who` as at work
+    /// (at Unix second `now`; and in the address's list while it has failures in its
+    /// window).
+    pub fn admits(&self, ip: IpAddr, cfg: &Guard, now: i64, who: Option<Known>) -> Result<(), u64> {
+        let address = holder(ip);
         if self.tracked.load(Ordering::Relaxed) == 0 {
+            who.inspect(|&who| self.recent.record(who, address, now));
             return Ok(());
         }
-        let Some(mut entry) = self.entries.get_mut(&holder(ip)) else { return Ok(()) };
+        let Some(mut entry) = self.entries.get_mut(&address) else {
+            who.inspect(|&who| self.recent.record(who, address, now));
+            return Ok(());
+        };
         let cooling = match entry.blocked_until {
             Some(until) if until > Instant::now() => Some(seconds_until(until)),
             _ => None,
         };
-        let Some(who) = who() else { return cooling.map_or(Ok(()), Err) };
-        if entry.known.contains(&who) {
-            return Ok(());
-        }
-        match cooling {
-            Some(retry_after) => Err(retry_after),
-            None => {
-                if entry.known.len() < MAX_KNOWN {
-                    entry.known.push(who);
-                }
-                Ok(())
+        let Some(who) = who else { return cooling.map_or(Ok(()), Err) };
+        if !entry.known.contains(&who) {
+            if let Some(retry_after) = cooling.filter(|_| !self.recent.holds(who, address, now, cfg.window)) {
+                return Err(retry_after);
+            }
+            if entry.known.len() < MAX_KNOWN {
+                entry.known.push(who);
             }
         }
+        self.recent.record(who, address, now);
+        Ok(())
     }
 
     /// `Err(seconds)` while `ip`'s address cools down.
@@ -296,39 +348,73 @@ mod tests {
 
     /// While an address cools down only its credentials at work (those that succeeded
     /// from it since its first counted failure) are answered; before any failure nothing
-    /// is remembered, and another address is untouched.
+    /// is listed, and another address is untouched.
     #[test]
     fn a_cooling_address_is_answered_only_on_its_credentials_at_work() {
         let g = AuthGuard::default();
         let cfg = Guard { max_failures: 2, window: Duration::from_secs(60), cooldown: Duration::from_secs(60) };
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let token = |secret: &str| Some(Known::token(secret.as_bytes(), b"blt1"));
-        let user = |authtoken: &str, stack: &str| Some(Known::user(authtoken.as_bytes(), stack.as_bytes()));
-        assert!(g.admits(a, || token("before")).is_ok());
-        assert_eq!(g.tracked.load(Ordering::Relaxed), 0, "no failure, nothing kept");
+        let now = 1_000_000;
+        let token = |secret: &str| Some(g.known(Kind::Token, secret.as_bytes(), b"blt1"));
+        let user = |authtoken: &str, stack: &str| Some(g.known(Kind::User, authtoken.as_bytes(), stack.as_bytes()));
+        let console = |authtoken: &str| Some(g.known(Kind::Console, authtoken.as_bytes(), b""));
+        assert!(g.admits(b, &cfg, now - 61, token("before")).is_ok());
+        assert_eq!(g.tracked.load(Ordering::Relaxed), 0, "no failure, nothing listed");
         assert!(g.guess(a, &cfg).is_ok());
-        assert!(g.admits(a, || token("at work")).is_ok());
-        assert!(g.admits(a, || user("alice", "blt1")).is_ok());
-        assert!(g.admits(a, || Some(Known::console(b"bob"))).is_ok());
-        assert!(g.gate(a, || token("anything")).is_ok(), "no cool-down yet");
+        assert!(g.admits(a, &cfg, now, token("at work")).is_ok());
+        assert!(g.admits(a, &cfg, now, user("alice", "blt1")).is_ok());
+        assert!(g.admits(a, &cfg, now, console("bob")).is_ok());
+        assert!(g.gate(a, &cfg, now, || token("anything")).is_ok(), "no cool-down yet");
         assert!(g.guess(a, &cfg).is_ok(), "the second failure starts the cool-down");
         assert!(g.cooling(a).is_err());
-        for at_work in [token("at work"), user("alice", "blt1"), Some(Known::console(b"bob"))] {
-            assert!(g.gate(a, || at_work.clone()).is_ok() && g.admits(a, || at_work.clone()).is_ok());
+        for at_work in [token("at work"), user("alice", "blt1"), console("bob")] {
+            assert!(g.gate(a, &cfg, now, || at_work).is_ok() && g.admits(a, &cfg, now, at_work).is_ok());
         }
         let others = [
-            user("alice", "blt2"),                   // at work on one stack only
-            token("before"),                         // not seen since the first failure
-            user("at work", "blt1"),                 // a token's secret is not a user's
-            Some(Known::token(b"at work", b"blt2")), // nor with another key
-            Some(Known::console(b"alice")),          // the token API is not the console
-            None,                                    // no credential
+            user("alice", "blt2"),                           // at work on one stack only
+            token("before"),                                 // at work on another address
+            user("at work", "blt1"),                         // a token's secret is not a user's
+            Some(g.known(Kind::Token, b"at work", b"blt2")), // nor with another key
+            console("alice"),                                // the token API is not the console
+            None,                                            // no credential
         ];
         for other in others {
-            assert!(g.gate(a, || other.clone()).is_err(), "{other:?}");
-            assert!(g.admits(a, || other.clone()).is_err(), "{other:?}");
+            assert!(g.gate(a, &cfg, now, || other).is_err(), "{other:?}");
+            assert!(g.admits(a, &cfg, now, other).is_err(), "{other:?}");
         }
-        assert!(g.gate(b, || None).is_ok() && g.admits(b, || token("anything")).is_ok() && g.cooling(b).is_ok());
+        assert!(g.gate(b, &cfg, now, || None).is_ok() && g.cooling(b).is_ok());
+    }
+
+    /// A credential that succeeded from an address shortly before its first counted
+    /// failure stays at work through the cool-down a guesser starts there: a guesser
+    /// reaches it in under a millisecond, so "since the first failure" alone would lock
+    /// out everyone on the address not seen in that gap. Past `window` it is new again.
+    #[test]
+    fn a_credential_at_work_before_the_guessing_stays_at_work() {
+        let g = AuthGuard::default();
+        let cfg = Guard { max_failures: 2, window: Duration::from_secs(60), cooldown: Duration::from_secs(600) };
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let now = 1_000_000;
+        let neighbour = Some(g.known(Kind::Token, b"neighbour", b"blt1"));
+        let idle = Some(g.known(Kind::Token, b"idle", b"blt1"));
+        assert!(g.admits(a, &cfg, now - 61, idle).is_ok());
+        assert!(g.admits(a, &cfg, now - 30, neighbour).is_ok());
+        assert_eq!(g.tracked.load(Ordering::Relaxed), 0, "a success alone lists nothing");
+        for _ in 0..2 {
+            assert!(g.guess(a, &cfg).is_ok());
+        }
+        assert!(g.cooling(a).is_err());
+        let other_host_of_the_64: IpAddr = "2001:db8::2".parse().unwrap();
+        assert!(g.gate(other_host_of_the_64, &cfg, now, || neighbour).is_ok(), "at work 30 s before");
+        assert!(g.admits(a, &cfg, now, neighbour).is_ok());
+        assert!(g.gate(a, &cfg, now + 50, || neighbour).is_ok(), "its own requests keep it at work");
+        assert!(g.gate(a, &cfg, now, || idle).is_err(), "idle past the window: a new credential");
+        assert!(g.gate("2001:db8:0:1::1".parse().unwrap(), &cfg, now, || neighbour).is_ok(), "not cooling");
+        let elsewhere: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..2 {
+            assert!(g.guess(elsewhere, &cfg).is_ok());
+        }
+        assert!(g.gate(elsewhere, &cfg, now, || neighbour).is_err(), "at work on another address only");
     }
 
     #[test]

@@ -841,6 +841,55 @@ async fn the_guard_stops_guesses_and_keeps_the_credentials_at_work() {
     assert!(metrics.contains("stackgate_decisions_total{reason=\"auth_throttled\"} 6"), "{metrics}");
 }
 
+/// A guesser reaches its address's cool-down in under a millisecond, so a client at work
+/// there just before must not wait for its end (found by the ninth outside attack: a
+/// token used a second before the guessing began got 429 for the whole cool-down, and a
+/// guesser renewing it kept every other client of the address out). A credential that
+/// succeeded from the address within `window` is at work; one idle for longer, or never
+/// used there, still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_work_before_the_guessing_is_not_locked_out() {
+    let backend = Backend::start().await;
+    let text = config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 3\nwindow = \"3s\"\ncooldown = \"60s\"\n";
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let addr = gw.addr;
+    let tokens = "/v3/stacks/management_tokens";
+    let owner = [("api_key", API_KEY), ("authtoken", ALICE)];
+    // Before any guess: a token that then goes idle, a token and the owner at work.
+    let (status, text) = raw_request(addr, "GET", PATH, &creds(EXPIRING), "").await;
+    assert_eq!(status, 200, "{text}");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for (path, fields) in [(PATH, creds(RW)), (tokens, owner.to_vec())] {
+        let (status, text) = raw_request(addr, "GET", path, &fields, "").await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let guess = |i: usize| format!("cs{i:032x}");
+    for i in 0..3 {
+        let (status, text) = raw_request(addr, "GET", PATH, &creds_owned(&guess(1000 + i)), "").await;
+        assert_eq!(status, 401, "guess {i}: {text}");
+    }
+    let (status, text) = raw_request(addr, "GET", PATH, &creds_owned(&guess(1009)), "").await;
+    assert_eq!(status, 429, "cooling down: {text}");
+    // Each on a new connection: at work before the guessing, so answered.
+    for round in 0..2 {
+        for (path, fields) in [(PATH, creds(RW)), (tokens, owner.to_vec())] {
+            let (status, text) = raw_request(addr, "GET", path, &fields, "").await;
+            assert_eq!(status, 200, "round {round}, {path}: {text}");
+        }
+    }
+    // Not used here within the window, or never: answered as a guess is.
+    for (what, path, fields) in [
+        ("idle for longer than the window", PATH, creds(EXPIRING)),
+        ("never used here", PATH, creds(RO)),
+        ("the token at work with another stack's key", PATH, vec![("api_key", OTHER_API_KEY), ("authorization", RW)]),
+        ("an admin not at work", tokens, vec![("api_key", API_KEY), ("authtoken", CAROL)]),
+    ] {
+        let (status, text) = raw_request(addr, "GET", path, &fields, "").await;
+        assert_eq!(status, 429, "{what}: {text}");
+    }
+}
+
 /// An `api_key` that names no stack is a guess whatever credential comes with it: with
 /// a valid token, 412 for unknown keys against 401 for another stack's would tell,
 /// unslowed, which keys exist. Valid credentials still pass during the cool-down.

@@ -38,6 +38,8 @@ pub struct Decision<'a> {
     pub target: Target<'a>,
     pub op: Operation,
     pub route: Route,
+    /// The credential the route checked (what the guard remembers at work).
+    pub presented: Option<Presented<'a>>,
 }
 
 /// Facts learnt while deciding, kept even when a later stage fails (for the access log).
@@ -170,12 +172,13 @@ pub fn decide<'a>(
     let op = classify(&parts.method, &target.path)?;
     facts.op = Some(op);
     if parts.method == Method::OPTIONS {
-        return Ok(Decision { target, op, route: Route::Preflight });
+        return Ok(Decision { target, op, route: Route::Preflight, presented: None });
     }
     // Read (and checked for ambiguity) on every route: the token API's too.
     let creds = Credentials::read(&parts.headers)?;
     // The guard's cool-down, decided before any credential is looked up.
-    if let Some(presented) = creds.presented(op.rule == Rule::TokenApi, op.rule == Rule::Login) {
+    let presented = creds.presented(op.rule == Rule::TokenApi, op.rule == Rule::Login);
+    if let Some(presented) = presented {
         gate(presented)?;
     }
     if op.rule == Rule::TokenApi {
@@ -184,7 +187,7 @@ pub fn decide<'a>(
         if bearer == Some(false) || creds.session_holds_token() {
             return Err(GatewayError::Forbidden(Denial::NeverAllowed));
         }
-        return Ok(Decision { target, op, route: Route::TokenApi });
+        return Ok(Decision { target, op, route: Route::TokenApi, presented });
     }
     let principal = authenticate(snap, &creds, now, op.rule == Rule::Login)?;
     // A management token sent as a user session (in its credential, another field, the
@@ -214,7 +217,7 @@ pub fn decide<'a>(
         }
     }
     // The backend is the authority for users: nothing to check here.
-    Ok(Decision { target, op, route: Route::Proxy { principal } })
+    Ok(Decision { target, op, route: Route::Proxy { principal }, presented })
 }
 
 #[cfg(test)]

@@ -102,10 +102,8 @@ fn authenticate<'c>(
     let user = snap.user(&hash_secret(authtoken.as_bytes())).ok_or(unauthenticated)?;
     // A cooling address is answered only on the credentials it had at work (see
     // `guard`), before the role tells a right guess from a wrong one.
-    gw.admit(client, || crate::pipeline::Presented::User {
-        authtoken: authtoken.as_bytes(),
-        api_key: api_key.as_bytes(),
-    })?;
+    let presented = crate::pipeline::Presented::User { authtoken: authtoken.as_bytes(), api_key: api_key.as_bytes() };
+    gw.admit(client, &config.guard, gw.clock().now(), presented)?;
     match stack.members.get(user) {
         Some(role) if role.manages_tokens() => Ok((stack, user.to_owned())),
         _ => Err(GatewayError::Forbidden(Denial::Role)),

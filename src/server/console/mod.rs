@@ -203,9 +203,10 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
     // A cooling address is answered only on the credentials it had at work, decided
     // before the authtoken is looked up (see `guard`); the sign-in names no stack.
     let presented = || authtoken.map_or(Presented::Missing, |authtoken| Presented::Console { authtoken });
-    let admitted = gw.gate(peer.ip(), presented()).and_then(|()| {
+    let now = gw.clock().now();
+    let admitted = gw.gate(peer.ip(), &config.guard, now, presented()).and_then(|()| {
         match authtoken.and_then(|t| gw.snapshot().user(&hash_secret(t)).map(str::to_owned)) {
-            Some(uid) => gw.admit(peer.ip(), presented).map(|()| uid),
+            Some(uid) => gw.admit(peer.ip(), &config.guard, now, presented()).map(|()| uid),
             None => Err(match gw.failed_sign_in(peer.ip()) {
                 Err(retry_after) => GatewayError::Throttled { retry_after },
                 Ok(()) => GatewayError::Unauthenticated { expired: false },
