@@ -166,28 +166,29 @@ impl Gateway {
         self.guard.gate(ip, cfg, now, || self.known(presented)).map_err(refused)
     }
 
-    /// Whether a credential that succeeded from `ip` gets its answer (the guard's 429
-    /// for a cool-down that began after the gate), remembering it as at work there.
+    /// Whether a credential that succeeded from `ip` (`who`) gets its answer (the
+    /// guard's 429 for a cool-down that began after the gate), remembering it as at work
+    /// there.
     pub(crate) fn admit(
         &self,
         ip: std::net::IpAddr,
         cfg: &config::Guard,
         now: i64,
-        presented: Presented<'_>,
+        who: Option<Known>,
     ) -> Result<(), GatewayError> {
-        let refused = |retry_after| GatewayError::Throttled { retry_after };
-        self.guard.admits(ip, cfg, now, self.known(presented)).map_err(refused)
+        self.guard.admits(ip, cfg, now, who).map_err(|retry_after| GatewayError::Throttled { retry_after })
     }
 
-    /// What the guard remembers of a presented credential (none for a missing one).
-    fn known(&self, presented: Presented<'_>) -> Option<Known> {
+    /// What the guard remembers of a presented credential (none for a missing one),
+    /// hashing its secret.
+    pub(crate) fn known(&self, presented: Presented<'_>) -> Option<Known> {
         let (kind, secret, api_key) = match presented {
             Presented::Token { secret, api_key } => (Kind::Token, secret, api_key),
             Presented::User { authtoken, api_key } => (Kind::User, authtoken, api_key),
             Presented::Console { authtoken } => (Kind::Console, authtoken, &b""[..]),
             Presented::Missing => return None,
         };
-        Some(self.guard.known(kind, secret, api_key))
+        Some(self.guard.known(kind, &crate::token::hash_secret(secret), api_key))
     }
 
     /// Whether shutdown has begun (`/readyz` answers 503).

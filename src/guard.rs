@@ -30,7 +30,6 @@
 use crate::config::Guard;
 use dashmap::DashMap;
 use std::collections::{HashSet, VecDeque};
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -54,18 +53,31 @@ struct Entry {
     known: Vec<Known>,
 }
 
-/// A credential as the guard remembers it at work: a keyed hash (SipHash, this process's
-/// random keys) of what it is, its secret and the `api_key` it came with. Built from the
-/// request's fields alone, never from a lookup, so that during a cool-down a right guess
-/// and a wrong one cost the same (the store is not read for either). A user at work on
-/// one stack is not at work on another: else the token API's 403 (a stack that exists)
-/// against 429 (a key that names none) would list the stacks to anyone with a configured
-/// user's authtoken.
+/// A credential as the guard remembers it at work: the SHA-256 of its secret, what it is
+/// and the `api_key` it came with, mixed under this process's random seed into 64 bits.
+/// Built from the request's fields alone, never from a lookup, so that during a
+/// cool-down a right guess and a wrong one cost the same (the store is not read for
+/// either); on success it reuses the digest the lookup computed. A user at work on one
+/// stack is not at work on another: else the token API's 403 (a stack that exists)
+/// against 429 (a key that names none) would list the stacks to anyone with a
+/// configured user's authtoken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known(u64);
 
+/// This process's random seed of [`Known`] (from the standard library's random hash
+/// keys).
+#[derive(Debug)]
+struct Seed(u64);
+
+impl Default for Seed {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        Seed(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
 /// What a credential is, as the guard tells them apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A management token (`authorization`).
     Token,
@@ -139,8 +151,7 @@ pub struct AuthGuard {
     tracked: AtomicUsize,
     /// Entries with `blocked_until` set.
     blocked: AtomicUsize,
-    /// The keys of [`Known`]'s hash.
-    keys: std::collections::hash_map::RandomState,
+    seed: Seed,
     recent: Recent,
     revoked: Mutex<Revoked>,
 }
@@ -187,9 +198,19 @@ impl AuthGuard {
         self.revoked.lock().is_ok_and(|r| r.set.contains(secret_sha256))
     }
 
-    /// What the guard remembers of a credential (see [`Known`]).
-    pub fn known(&self, kind: Kind, secret: &[u8], api_key: &[u8]) -> Known {
-        Known(self.keys.hash_one((kind, secret, api_key)))
+    /// What the guard remembers of a credential whose secret hashes to `digest` (see
+    /// [`Known`]). The digest is uniform and unknown to a guesser; the mix only has to
+    /// bind the kind and the `api_key` to it.
+    pub fn known(&self, kind: Kind, digest: &[u8; 32], api_key: &[u8]) -> Known {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let word = |i: usize| u64::from_le_bytes(digest[i..i + 8].try_into().unwrap_or_default());
+        let mut h = self.seed.0 ^ word(0) ^ (kind as u64) ^ (api_key.len() as u64) << 8;
+        for chunk in api_key.chunks(8) {
+            let mut bytes = [0u8; 8];
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(bytes)).wrapping_mul(K).rotate_left(29);
+        }
+        Known((h ^ (h >> 32)).wrapping_mul(K) ^ word(8))
     }
 
     /// Whether a request from `ip` presenting `who` may be decided on at all:
@@ -355,9 +376,12 @@ mod tests {
         let cfg = Guard { max_failures: 2, window: Duration::from_secs(60), cooldown: Duration::from_secs(60) };
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let now = 1_000_000;
-        let token = |secret: &str| Some(g.known(Kind::Token, secret.as_bytes(), b"blt1"));
-        let user = |authtoken: &str, stack: &str| Some(g.known(Kind::User, authtoken.as_bytes(), stack.as_bytes()));
-        let console = |authtoken: &str| Some(g.known(Kind::Console, authtoken.as_bytes(), b""));
+        let token = |secret: &str| Some(g.known(Kind::Token, &crate::token::hash_secret(secret.as_bytes()), b"blt1"));
+        let user = |authtoken: &str, stack: &str| {
+            Some(g.known(Kind::User, &crate::token::hash_secret(authtoken.as_bytes()), stack.as_bytes()))
+        };
+        let console =
+            |authtoken: &str| Some(g.known(Kind::Console, &crate::token::hash_secret(authtoken.as_bytes()), b""));
         assert!(g.admits(b, &cfg, now - 61, token("before")).is_ok());
         assert_eq!(g.tracked.load(Ordering::Relaxed), 0, "no failure, nothing listed");
         assert!(g.guess(a, &cfg).is_ok());
@@ -371,12 +395,12 @@ mod tests {
             assert!(g.gate(a, &cfg, now, || at_work).is_ok() && g.admits(a, &cfg, now, at_work).is_ok());
         }
         let others = [
-            user("alice", "blt2"),                           // at work on one stack only
-            token("before"),                                 // at work on another address
-            user("at work", "blt1"),                         // a token's secret is not a user's
-            Some(g.known(Kind::Token, b"at work", b"blt2")), // nor with another key
-            console("alice"),                                // the token API is not the console
-            None,                                            // no credential
+            user("alice", "blt2"),   // at work on one stack only
+            token("before"),         // at work on another address
+            user("at work", "blt1"), // a token's secret is not a user's
+            Some(g.known(Kind::Token, &crate::token::hash_secret(b"at work"), b"blt2")), // nor with another key
+            console("alice"),        // the token API is not the console
+            None,                    // no credential
         ];
         for other in others {
             assert!(g.gate(a, &cfg, now, || other).is_err(), "{other:?}");
@@ -395,8 +419,8 @@ mod tests {
         let cfg = Guard { max_failures: 2, window: Duration::from_secs(60), cooldown: Duration::from_secs(600) };
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let now = 1_000_000;
-        let neighbour = Some(g.known(Kind::Token, b"neighbour", b"blt1"));
-        let idle = Some(g.known(Kind::Token, b"idle", b"blt1"));
+        let neighbour = Some(g.known(Kind::Token, &crate::token::hash_secret(b"neighbour"), b"blt1"));
+        let idle = Some(g.known(Kind::Token, &crate::token::hash_secret(b"idle"), b"blt1"));
         assert!(g.admits(a, &cfg, now - 61, idle).is_ok());
         assert!(g.admits(a, &cfg, now - 30, neighbour).is_ok());
         assert_eq!(g.tracked.load(Ordering::Relaxed), 0, "a success alone lists nothing");

@@ -172,7 +172,8 @@ enum Credential<'a> {
 /// Secrets longer than this cannot be ours; don't spend a hash on them.
 const MAX_SECRET_LEN: usize = 256;
 
-/// Authenticates a request at Unix time `now`. `login` is set for login and logout
+/// Authenticates a request at Unix time `now`, with the SHA-256 of a management token's
+/// secret (what the guard remembers it by). `login` is set for login and logout
 /// (`Rule::Login`): without any credential those are user-session requests (a login
 /// has no credential yet), every other request without one is 401. A management token
 /// on them is still a token (which `authorize` then refuses).
@@ -181,11 +182,13 @@ pub fn authenticate(
     creds: &Credentials<'_>,
     now: i64,
     login: bool,
-) -> Result<Principal, GatewayError> {
+) -> Result<(Principal, Option<[u8; 32]>), GatewayError> {
     match creds.credential() {
-        Credential::Management(secret) => management_token(snap, creds, secret, now).map(Principal::Token),
-        Credential::UserSession => user_session(snap),
-        Credential::None if login => user_session(snap),
+        Credential::Management(secret) => {
+            management_token(snap, creds, secret, now).map(|(token, digest)| (Principal::Token(token), Some(digest)))
+        }
+        Credential::UserSession => user_session(snap).map(|p| (p, None)),
+        Credential::None if login => user_session(snap).map(|p| (p, None)),
         Credential::None => Err(GatewayError::Unauthenticated { expired: false }),
     }
 }
@@ -208,7 +211,7 @@ fn management_token(
     creds: &Credentials<'_>,
     secret: &[u8],
     now: i64,
-) -> Result<Arc<Token>, GatewayError> {
+) -> Result<(Arc<Token>, [u8; 32]), GatewayError> {
     // Errors are built only when returned (`ok_or_else`): building one that is not
     // returned costs its drop on every request.
     let api_key = creds.api_key.and_then(|v| v.to_str().ok()).ok_or_else(|| GatewayError::StackNotFound)?;
@@ -217,7 +220,8 @@ fn management_token(
     if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
         return Err(unauthenticated());
     }
-    let token = snap.token(&hash_secret(secret)).ok_or_else(unauthenticated)?;
+    let digest = hash_secret(secret);
+    let token = snap.token(&digest).ok_or_else(unauthenticated)?;
     if !Arc::ptr_eq(&token.stack, stack) {
         return Err(unauthenticated());
     }
@@ -231,7 +235,7 @@ fn management_token(
     if token.expires_at.is_some_and(|at| now >= at) {
         return Err(GatewayError::Unauthenticated { expired: true });
     }
-    Ok(Arc::clone(token))
+    Ok((Arc::clone(token), digest))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::error::{BadRequest, Denial, GatewayError};
 use crate::snapshot::{Snapshot, Token};
 use http::header::{AUTHORIZATION, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{Method, Version};
+use http::{HeaderValue, Method, Version};
 use std::sync::Arc;
 
 /// What to do with a request that passed the synchronous stages.
@@ -38,8 +38,9 @@ pub struct Decision<'a> {
     pub target: Target<'a>,
     pub op: Operation,
     pub route: Route,
-    /// The credential the route checked (what the guard remembers at work).
-    pub presented: Option<Presented<'a>>,
+    /// A management token's secret as the guard remembers it at work (its SHA-256, and
+    /// the `api_key` it came with).
+    pub at_work: Option<([u8; 32], &'a [u8])>,
 }
 
 /// Facts learnt while deciding, kept even when a later stage fails (for the access log).
@@ -172,13 +173,12 @@ pub fn decide<'a>(
     let op = classify(&parts.method, &target.path)?;
     facts.op = Some(op);
     if parts.method == Method::OPTIONS {
-        return Ok(Decision { target, op, route: Route::Preflight, presented: None });
+        return Ok(Decision { target, op, route: Route::Preflight, at_work: None });
     }
     // Read (and checked for ambiguity) on every route: the token API's too.
     let creds = Credentials::read(&parts.headers)?;
     // The guard's cool-down, decided before any credential is looked up.
-    let presented = creds.presented(op.rule == Rule::TokenApi, op.rule == Rule::Login);
-    if let Some(presented) = presented {
+    if let Some(presented) = creds.presented(op.rule == Rule::TokenApi, op.rule == Rule::Login) {
         gate(presented)?;
     }
     if op.rule == Rule::TokenApi {
@@ -187,9 +187,9 @@ pub fn decide<'a>(
         if bearer == Some(false) || creds.session_holds_token() {
             return Err(GatewayError::Forbidden(Denial::NeverAllowed));
         }
-        return Ok(Decision { target, op, route: Route::TokenApi, presented });
+        return Ok(Decision { target, op, route: Route::TokenApi, at_work: None });
     }
-    let principal = authenticate(snap, &creds, now, op.rule == Rule::Login)?;
+    let (principal, digest) = authenticate(snap, &creds, now, op.rule == Rule::Login)?;
     // A management token sent as a user session (in its credential, another field, the
     // path or the query) would reach the backend undecided, and with `forward_token =
     // false` the backend is never to see a secret.
@@ -217,7 +217,8 @@ pub fn decide<'a>(
         }
     }
     // The backend is the authority for users: nothing to check here.
-    Ok(Decision { target, op, route: Route::Proxy { principal }, presented })
+    let at_work = digest.map(|d| (d, creds.api_key().map_or(&b""[..], HeaderValue::as_bytes)));
+    Ok(Decision { target, op, route: Route::Proxy { principal }, at_work })
 }
 
 #[cfg(test)]

@@ -352,7 +352,7 @@ fn throttled(
     let refused_credential =
         matches!(err, GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled);
     match &facts.token {
-        Some(_) => match gw.admit(ip, &snap.config.guard, gw.clock().now(), presented_token(parts)) {
+        Some(_) => match gw.admit(ip, &snap.config.guard, gw.clock().now(), gw.known(presented_token(parts))) {
             Err(GatewayError::Throttled { retry_after }) => Some(retry_after),
             _ => None,
         },
@@ -414,7 +414,7 @@ async fn process(
     });
     let (guard, now) = (&snap.config.guard, gw.clock().now());
     let gate = |presented: pipeline::Presented<'_>| gw.gate(client.ip, guard, now, presented);
-    let Decision { target, op, route, presented } = pipeline::decide(snap, parts, has_body, now, facts, gate)?;
+    let Decision { target, op, route, at_work } = pipeline::decide(snap, parts, has_body, now, facts, gate)?;
     if let std::borrow::Cow::Owned(path) = &target.path {
         facts.canonical = Some(path.as_str().into());
     }
@@ -427,7 +427,8 @@ async fn process(
     };
     // A cooling address is answered only on the credentials it had at work (see `guard`).
     if let Principal::Token(_) = &principal {
-        gw.admit(client.ip, guard, now, presented.unwrap_or(pipeline::Presented::Missing))?;
+        let who = at_work.map(|(digest, api_key)| gw.guard().known(crate::guard::Kind::Token, &digest, api_key));
+        gw.admit(client.ip, guard, now, who)?;
     }
     let uri = snap.upstream.uri_for(
         &target.path,

@@ -99,11 +99,12 @@ fn authenticate<'c>(
     let unauthenticated = GatewayError::Unauthenticated { expired: false };
     let authtoken = h.get(AUTHTOKEN).ok_or(unauthenticated.clone())?;
     let snap = gw.snapshot();
-    let user = snap.user(&hash_secret(authtoken.as_bytes())).ok_or(unauthenticated)?;
+    let digest = hash_secret(authtoken.as_bytes());
+    let user = snap.user(&digest).ok_or(unauthenticated)?;
     // A cooling address is answered only on the credentials it had at work (see
     // `guard`), before the role tells a right guess from a wrong one.
-    let presented = crate::pipeline::Presented::User { authtoken: authtoken.as_bytes(), api_key: api_key.as_bytes() };
-    gw.admit(client, &config.guard, gw.clock().now(), presented)?;
+    let who = gw.guard().known(crate::guard::Kind::User, &digest, api_key.as_bytes());
+    gw.admit(client, &config.guard, gw.clock().now(), Some(who))?;
     match stack.members.get(user) {
         Some(role) if role.manages_tokens() => Ok((stack, user.to_owned())),
         _ => Err(GatewayError::Forbidden(Denial::Role)),

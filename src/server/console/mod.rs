@@ -205,8 +205,12 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
     let presented = || authtoken.map_or(Presented::Missing, |authtoken| Presented::Console { authtoken });
     let now = gw.clock().now();
     let admitted = gw.gate(peer.ip(), &config.guard, now, presented()).and_then(|()| {
-        match authtoken.and_then(|t| gw.snapshot().user(&hash_secret(t)).map(str::to_owned)) {
-            Some(uid) => gw.admit(peer.ip(), &config.guard, now, presented()).map(|()| uid),
+        let digest = authtoken.map(hash_secret);
+        match digest.and_then(|d| Some((gw.snapshot().user(&d)?.to_owned(), d))) {
+            Some((uid, d)) => {
+                let who = gw.guard().known(crate::guard::Kind::Console, &d, b"");
+                gw.admit(peer.ip(), &config.guard, now, Some(who)).map(|()| uid)
+            }
             None => Err(match gw.failed_sign_in(peer.ip()) {
                 Err(retry_after) => GatewayError::Throttled { retry_after },
                 Ok(()) => GatewayError::Unauthenticated { expired: false },
