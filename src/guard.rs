@@ -151,6 +151,8 @@ pub struct AuthGuard {
     tracked: AtomicUsize,
     /// Entries with `blocked_until` set.
     blocked: AtomicUsize,
+    /// When the entries were last pruned.
+    pruned: Mutex<Option<Instant>>,
     seed: Seed,
     recent: Recent,
     revoked: Mutex<Revoked>,
@@ -264,6 +266,22 @@ impl AuthGuard {
         Ok(())
     }
 
+    /// Remembers `who` as at work on `ip` at Unix second `now` without asking: a
+    /// credential another one just proved (a user's authtoken signing in to the console
+    /// is at work on the token API for the user's stacks, and the reverse).
+    pub fn remember(&self, ip: IpAddr, now: i64, who: Known) {
+        let address = holder(ip);
+        self.recent.record(who, address, now);
+        if self.tracked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Some(mut entry) = self.entries.get_mut(&address) {
+            if !entry.known.contains(&who) && entry.known.len() < MAX_KNOWN {
+                entry.known.push(who);
+            }
+        }
+    }
+
     /// `Err(seconds)` while `ip`'s address cools down.
     pub fn cooling(&self, ip: IpAddr) -> Result<(), u64> {
         self.check(holder(ip))
@@ -310,6 +328,11 @@ impl AuthGuard {
         let now = Instant::now();
         if self.entries.len() >= MAX_TRACKED {
             self.prune(now, cfg.window);
+            // Past twice the bound, with every entry cooling down, a new address is not
+            // counted until room is made (memory stays bounded).
+            if self.entries.len() >= 2 * MAX_TRACKED && !self.entries.contains_key(&ip) {
+                return;
+            }
         }
         let mut entry = self.entries.entry(ip).or_insert_with(|| {
             self.tracked.fetch_add(1, Ordering::Relaxed);
@@ -330,14 +353,34 @@ impl AuthGuard {
         }
     }
 
+    /// Makes room, at most once a second (a pass is linear in the entries; run per new
+    /// address past the bound, a flood of new addresses made every failure cost
+    /// milliseconds): drops what no longer counts (an ended cool-down, a window gone by),
+    /// and at twice the bound every entry not cooling down (their counts restart: a
+    /// guesser needs 200,000 addresses for that, and gets at most `max_failures` - 1
+    /// guesses per address each second).
     fn prune(&self, now: Instant, window: Duration) {
-        self.entries.retain(|_, e| {
-            let keep = e.blocked_until.is_some() || now.duration_since(e.window_start) <= window;
-            if !keep {
-                self.tracked.fetch_sub(1, Ordering::Relaxed);
+        {
+            let Ok(mut last) = self.pruned.try_lock() else { return };
+            if last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+                return;
             }
-            keep
+            *last = Some(now);
+        }
+        let cooling = |e: &Entry| e.blocked_until.is_some_and(|until| until > now);
+        let drop = |e: &Entry| {
+            if e.blocked_until.is_some() {
+                self.blocked.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.tracked.fetch_sub(1, Ordering::Relaxed);
+            false
+        };
+        self.entries.retain(|_, e| {
+            cooling(e) || (e.blocked_until.is_none() && now.duration_since(e.window_start) <= window) || drop(e)
         });
+        if self.entries.len() >= 2 * MAX_TRACKED {
+            self.entries.retain(|_, e| cooling(e) || drop(e));
+        }
     }
 }
 
@@ -439,6 +482,30 @@ mod tests {
             assert!(g.guess(elsewhere, &cfg).is_ok());
         }
         assert!(g.gate(elsewhere, &cfg, now, || neighbour).is_err(), "at work on another address only");
+    }
+
+    /// A flood of new addresses (many /64s, or a trusted proxy's forwarded ones) keeps
+    /// the table bounded, keeps the addresses cooling down, and prunes at most once a
+    /// second (found by the tenth outside attack: pruning on every new address past the
+    /// bound made each failure cost milliseconds of CPU, and entries grew without end).
+    #[test]
+    fn a_flood_of_addresses_keeps_the_table_bounded() {
+        let g = AuthGuard::default();
+        let cfg = Guard { max_failures: 3, window: Duration::from_secs(600), cooldown: Duration::from_secs(600) };
+        let guesser: IpAddr = "2001:db8::1".parse().unwrap();
+        for _ in 0..3 {
+            let _ = g.guess(guesser, &cfg);
+        }
+        for i in 0..(5 * MAX_TRACKED as u32 / 2) {
+            let _ = g.guess(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), &cfg);
+        }
+        assert!(g.entries.len() <= 2 * MAX_TRACKED, "{}", g.entries.len());
+        assert!(g.cooling(guesser).is_err(), "a cool-down survives the flood");
+        std::thread::sleep(Duration::from_millis(1100));
+        let _ = g.guess("192.0.2.1".parse().unwrap(), &cfg);
+        assert_eq!(g.entries.len(), 2, "the counts that were not cooling made room");
+        assert_eq!(g.tracked.load(Ordering::Relaxed), 2);
+        assert_eq!(g.blocked.load(Ordering::Relaxed), 1);
     }
 
     #[test]

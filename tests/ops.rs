@@ -666,6 +666,44 @@ async fn console_sign_in_refusals_are_counted() {
     assert!(!metrics.contains("guess"), "no authtoken in the metrics");
 }
 
+/// A user's authtoken that signed in to the console is at work on the token API for the
+/// user's stacks during a cool-down, and one at work on the token API may sign in to the
+/// console (found by the tenth outside attack: each was a new credential, so a console
+/// user active just before the guessing was shut out of the next step). A user at work
+/// on neither still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_and_the_token_api_share_a_user_at_work() {
+    let backend = Backend::start().await;
+    let text =
+        config_text(backend.addr, "", "") + "\n[guard]\nmax_failures = 2\nwindow = \"60s\"\ncooldown = \"60s\"\n";
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    let (admin, main) = (gw.admin_addr, gw.addr);
+    let sign_in = |authtoken: &str| {
+        format!("GET /console/api/stacks HTTP/1.1\r\nHost: 127.0.0.1\r\nauthtoken: {authtoken}\r\nConnection: close\r\n\r\n")
+    };
+    let list = |prefix: &str, authtoken: &str| {
+        format!(
+            "GET {prefix}/v3/stacks/management_tokens HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\n\
+             authtoken: {authtoken}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    // Before any guess: alice signs in to the console, carol lists tokens on the main listener.
+    assert_eq!(raw(admin, sign_in(ALICE).as_bytes()).await.0, 200);
+    assert_eq!(raw(main, list("", CAROL).as_bytes()).await.0, 200);
+    for i in 0..3 {
+        let _ = raw(admin, sign_in(&format!("guess{i}")).as_bytes()).await;
+    }
+    assert_eq!(raw(admin, sign_in("guess9").as_bytes()).await.0, 429, "cooling down");
+    let (status, text) = raw(admin, list("/console/api", ALICE).as_bytes()).await;
+    assert_eq!(status, 200, "the console's next step: {text}");
+    assert_eq!(raw(main, list("", ALICE).as_bytes()).await.0, 200);
+    let (status, text) = raw(admin, sign_in(CAROL).as_bytes()).await;
+    assert_eq!(status, 200, "at work on the token API, so on the console: {text}");
+    assert_eq!(raw(admin, sign_in(BOB).as_bytes()).await.0, 429, "at work on neither");
+    assert_eq!(raw(main, list("", BOB).as_bytes()).await.0, 429, "at work on neither");
+}
+
 /// A gateway in front of [`tls_backend_offering`] over https, with `extra_server` in
 /// its `[server]` section.
 async fn https_gateway(name: &str, extra_server: &str, h2: bool) -> stackgate::server::Running {

@@ -103,8 +103,10 @@ fn authenticate<'c>(
     let user = snap.user(&digest).ok_or(unauthenticated)?;
     // A cooling address is answered only on the credentials it had at work (see
     // `guard`), before the role tells a right guess from a wrong one.
-    let who = gw.guard().known(crate::guard::Kind::User, &digest, api_key.as_bytes());
-    gw.admit(client, &config.guard, gw.clock().now(), Some(who))?;
+    let (guard, now) = (gw.guard(), gw.clock().now());
+    gw.admit(client, &config.guard, now, Some(guard.known(crate::guard::Kind::User, &digest, api_key.as_bytes())))?;
+    // The console's sign-in with this authtoken proves nothing more: at work there too.
+    guard.remember(client, now, guard.known(crate::guard::Kind::Console, &digest, b""));
     match stack.members.get(user) {
         Some(role) if role.manages_tokens() => Ok((stack, user.to_owned())),
         _ => Err(GatewayError::Forbidden(Denial::Role)),

@@ -209,7 +209,7 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
         match digest.and_then(|d| Some((gw.snapshot().user(&d)?.to_owned(), d))) {
             Some((uid, d)) => {
                 let who = gw.guard().known(crate::guard::Kind::Console, &d, b"");
-                gw.admit(peer.ip(), &config.guard, now, Some(who)).map(|()| uid)
+                gw.admit(peer.ip(), &config.guard, now, Some(who)).map(|()| (uid, d))
             }
             None => Err(match gw.failed_sign_in(peer.ip()) {
                 Err(retry_after) => GatewayError::Throttled { retry_after },
@@ -217,8 +217,8 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
             }),
         }
     });
-    let uid = match admitted {
-        Ok(uid) => uid,
+    let (uid, digest) = match admitted {
+        Ok(signed_in) => signed_in,
         Err(refusal) => {
             // Counted and logged as the main listener's refusals are (never the authtoken).
             gw.metrics.decision(&refusal);
@@ -226,6 +226,15 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
             return refusal.into_response();
         }
     };
+    // The token API with this authtoken on the user's stacks (which this answer lists)
+    // proves nothing more: at work there too.
+    for stack in config.stacks.iter().filter(|s| s.members.contains_key(&uid)) {
+        gw.guard().remember(
+            peer.ip(),
+            now,
+            gw.guard().known(crate::guard::Kind::User, &digest, stack.api_key.as_bytes()),
+        );
+    }
     let email = config.users.iter().find(|u| u.uid == uid).map(|u| u.email.clone()).unwrap_or_default();
     let list: Vec<Value> = config
         .stacks
