@@ -64,6 +64,22 @@ struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known(u64);
 
+/// The guard's own zero of time, for instants kept in atomics.
+#[derive(Debug)]
+struct Epoch(Instant);
+
+impl Default for Epoch {
+    fn default() -> Self {
+        Epoch(Instant::now())
+    }
+}
+
+impl Epoch {
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.0).as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// This process's random seed of [`Known`] (from the standard library's random hash
 /// keys).
 #[derive(Debug)]
@@ -137,7 +153,7 @@ impl Recent {
         let (slot, tag) = Self::slot(who, address);
         let held = self.slots[slot].load(Ordering::Relaxed);
         let second = i64::try_from(held & 0xffff_ffff).unwrap_or(0);
-        held >> 32 == tag && now.saturating_sub(second) < i64::try_from(within.as_secs()).unwrap_or(i64::MAX)
+        held >> 32 == tag && now.saturating_sub(second) < i64::try_from(within.as_secs().max(1)).unwrap_or(i64::MAX)
     }
 }
 
@@ -153,6 +169,10 @@ pub struct AuthGuard {
     blocked: AtomicUsize,
     /// When the entries were last pruned.
     pruned: Mutex<Option<Instant>>,
+    /// Until when (milliseconds since `epoch`) an entry may still count: the latest end
+    /// of a failure's window or of a cool-down.
+    live_until: AtomicU64,
+    epoch: Epoch,
     seed: Seed,
     recent: Recent,
     revoked: Mutex<Revoked>,
@@ -204,15 +224,15 @@ impl AuthGuard {
     /// [`Known`]). The digest is uniform and unknown to a guesser; the mix only has to
     /// bind the kind and the `api_key` to it.
     pub fn known(&self, kind: Kind, digest: &[u8; 32], api_key: &[u8]) -> Known {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let word = |i: usize| u64::from_le_bytes(digest[i..i + 8].try_into().unwrap_or_default());
-        let mut h = self.seed.0 ^ word(0) ^ (kind as u64) ^ (api_key.len() as u64) << 8;
+        let mut h = mix(self.seed.0 ^ word(0));
+        h = mix(h ^ kind as u64 ^ (api_key.len() as u64) << 8);
         for chunk in api_key.chunks(8) {
             let mut bytes = [0u8; 8];
             bytes[..chunk.len()].copy_from_slice(chunk);
-            h = (h ^ u64::from_le_bytes(bytes)).wrapping_mul(K).rotate_left(29);
+            h = mix(h ^ u64::from_le_bytes(bytes));
         }
-        Known((h ^ (h >> 32)).wrapping_mul(K) ^ word(8))
+        Known(h ^ word(8))
     }
 
     /// Whether a request from `ip` presenting `who` may be decided on at all:
@@ -221,6 +241,9 @@ impl AuthGuard {
     /// since the address's first counted failure), before anything is looked up. `who`
     /// is built only while the address cools down, and then for every request alike.
     pub fn gate(&self, ip: IpAddr, cfg: &Guard, now: i64, who: impl FnOnce() -> Option<Known>) -> Result<(), u64> {
+        if self.blocked.load(Ordering::Relaxed) == 0 || self.quiet(cfg.window) {
+            return Ok(());
+        }
         let address = holder(ip);
         let Err(retry_after) = self.check(address) else { return Ok(()) };
         let at_work = who().is_some_and(|who| {
@@ -241,29 +264,43 @@ impl AuthGuard {
     /// window).
     pub fn admits(&self, ip: IpAddr, cfg: &Guard, now: i64, who: Option<Known>) -> Result<(), u64> {
         let address = holder(ip);
-        if self.tracked.load(Ordering::Relaxed) == 0 {
-            who.inspect(|&who| self.recent.record(who, address, now));
+        let record = |who: Option<Known>| {
+            if let Some(who) = who {
+                self.recent.record(who, address, now);
+            }
+        };
+        if self.tracked.load(Ordering::Relaxed) == 0 || self.quiet(cfg.window) {
+            record(who);
             return Ok(());
         }
-        let Some(mut entry) = self.entries.get_mut(&address) else {
-            who.inspect(|&who| self.recent.record(who, address, now));
-            return Ok(());
-        };
-        let cooling = match entry.blocked_until {
-            Some(until) if until > Instant::now() => Some(seconds_until(until)),
-            _ => None,
+        let (cooling, listed) = match self.entries.get(&address) {
+            None => {
+                record(who);
+                return Ok(());
+            }
+            Some(e) => (
+                e.blocked_until.filter(|until| *until > Instant::now()).map(seconds_until),
+                who.is_some_and(|who| e.known.contains(&who)),
+            ),
         };
         let Some(who) = who else { return cooling.map_or(Ok(()), Err) };
-        if !entry.known.contains(&who) {
+        if !listed {
             if let Some(retry_after) = cooling.filter(|_| !self.recent.holds(who, address, now, cfg.window)) {
                 return Err(retry_after);
             }
-            if entry.known.len() < MAX_KNOWN {
-                entry.known.push(who);
+            if let Some(mut entry) = self.entries.get_mut(&address) {
+                if !entry.known.contains(&who) && entry.known.len() < MAX_KNOWN {
+                    entry.known.push(who);
+                }
             }
         }
-        self.recent.record(who, address, now);
+        record(Some(who));
         Ok(())
+    }
+
+    /// Whether any address has a failure on record (else nothing is listed at work).
+    pub fn watching(&self) -> bool {
+        self.tracked.load(Ordering::Relaxed) > 0
     }
 
     /// Remembers `who` as at work on `ip` at Unix second `now` without asking: a
@@ -303,21 +340,34 @@ impl AuthGuard {
             return Ok(());
         }
         let now = Instant::now();
-        let mut entry = match self.entries.get_mut(&ip) {
-            Some(e) => e,
+        match self.entries.get(&ip).and_then(|e| e.blocked_until) {
+            Some(until) if until > now => return Err(seconds_until(until)),
+            Some(_) => {}
             None => return Ok(()),
-        };
-        match entry.blocked_until {
-            Some(until) if until > now => Err(seconds_until(until)),
-            Some(_) => {
+        }
+        // Ended: reset under the write lock (once, whoever gets there first).
+        if let Some(mut entry) = self.entries.get_mut(&ip) {
+            if entry.blocked_until.is_some_and(|until| until <= now) {
                 entry.blocked_until = None;
                 entry.failures = 0;
                 entry.window_start = now;
+                entry.known.clear();
                 self.blocked.fetch_sub(1, Ordering::Relaxed);
-                Ok(())
             }
-            None => Ok(()),
         }
+        Ok(())
+    }
+
+    /// Whether nothing on record counts any more (every window and cool-down is over);
+    /// then the entries are pruned (at most once a second), so that after a guesser has
+    /// gone the requests pay one atomic load again, not a map lookup each.
+    fn quiet(&self, window: Duration) -> bool {
+        let now = Instant::now();
+        if self.epoch.millis(now) <= self.live_until.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.prune(now, window);
+        true
     }
 
     /// Counts a failed authentication from `ip`.
@@ -344,10 +394,13 @@ impl AuthGuard {
         if now.duration_since(entry.window_start) > cfg.window {
             entry.window_start = now;
             entry.failures = 0;
+            entry.known.clear();
         }
         entry.failures += 1;
+        self.live_until.fetch_max(self.epoch.millis(now + cfg.window), Ordering::Relaxed);
         if entry.failures >= cfg.max_failures {
             entry.blocked_until = Some(now + cfg.cooldown);
+            self.live_until.fetch_max(self.epoch.millis(now + cfg.cooldown), Ordering::Relaxed);
             self.blocked.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(client = %ip, failures = entry.failures, cooldown = ?cfg.cooldown, "too many failed authentications; cooling down");
         }
@@ -382,6 +435,13 @@ impl AuthGuard {
             self.entries.retain(|_, e| cooling(e) || drop(e));
         }
     }
+}
+
+/// SplitMix64's finaliser: every input bit moves every output bit.
+fn mix(x: u64) -> u64 {
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Whole seconds from now to `until`, at least 1 (for `Retry-After`).
@@ -506,6 +566,45 @@ mod tests {
         assert_eq!(g.entries.len(), 2, "the counts that were not cooling made room");
         assert_eq!(g.tracked.load(Ordering::Relaxed), 2);
         assert_eq!(g.blocked.load(Ordering::Relaxed), 1);
+    }
+
+    /// Once every window and cool-down is over, the next request prunes what is left:
+    /// the requests after a guesser has gone pay one atomic load again (found in review:
+    /// an address that never came back kept every request on the map).
+    #[test]
+    fn after_the_guessing_the_map_is_left_alone_again() {
+        let g = AuthGuard::default();
+        let cfg = Guard { max_failures: 2, window: Duration::from_millis(300), cooldown: Duration::from_millis(300) };
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..2 {
+            let _ = g.guess(a, &cfg);
+        }
+        assert!(g.gate(a, &cfg, 0, || None).is_err());
+        assert!(g.watching() && g.blocked.load(Ordering::Relaxed) == 1);
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(g.admits("10.0.0.2".parse().unwrap(), &cfg, 0, None).is_ok());
+        assert!(!g.watching(), "pruned");
+        assert_eq!((g.entries.len(), g.blocked.load(Ordering::Relaxed)), (0, 0));
+        assert!(g.gate(a, &cfg, 0, || None).is_ok());
+    }
+
+    /// The mix binds the kind and the `api_key` to the digest, whatever their bytes.
+    #[test]
+    fn a_known_credential_binds_its_kind_and_key() {
+        let g = AuthGuard::default();
+        let d = crate::token::hash_secret(b"secret");
+        let token = g.known(Kind::Token, &d, b"blt1");
+        assert_eq!(token, g.known(Kind::Token, &d, b"blt1"));
+        for other in [
+            g.known(Kind::User, &d, b"blt1"),
+            g.known(Kind::User, &d, b"clt1"),
+            g.known(Kind::Token, &d, b"blt2"),
+            g.known(Kind::Token, &d, b"blt1\0"),
+            g.known(Kind::Token, &d, b""),
+            g.known(Kind::Token, &crate::token::hash_secret(b"secreT"), b"blt1"),
+        ] {
+            assert_ne!(token, other);
+        }
     }
 
     #[test]

@@ -352,6 +352,8 @@ fn throttled(
     let refused_credential =
         matches!(err, GatewayError::StackNotFound | GatewayError::Unauthenticated { .. } | GatewayError::TokenDisabled);
     match &facts.token {
+        // Nothing is listed at work, or refused, while no address has a failure on record.
+        Some(_) if !gw.guard().watching() => None,
         Some(_) => match gw.admit(ip, &snap.config.guard, gw.clock().now(), gw.known(presented_token(parts))) {
             Err(GatewayError::Throttled { retry_after }) => Some(retry_after),
             _ => None,

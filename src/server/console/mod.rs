@@ -195,6 +195,10 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
     if method != Method::GET && method != Method::HEAD {
         return method_not_allowed("GET");
     }
+    // The client as the main listener names it (behind trusted proxies, the field they
+    // write): the token-API calls the page makes next are counted against the same one.
+    let server = &config.server;
+    let ip = super::client::address(peer.ip(), headers, &server.trusted_proxies, server.forwarded_field);
     let mut sent = headers.get_all(AUTHTOKEN).iter();
     let authtoken = match (sent.next(), sent.next()) {
         (Some(token), None) => Some(token.as_bytes()),
@@ -204,14 +208,14 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
     // before the authtoken is looked up (see `guard`); the sign-in names no stack.
     let presented = || authtoken.map_or(Presented::Missing, |authtoken| Presented::Console { authtoken });
     let now = gw.clock().now();
-    let admitted = gw.gate(peer.ip(), &config.guard, now, presented()).and_then(|()| {
+    let admitted = gw.gate(ip, &config.guard, now, presented()).and_then(|()| {
         let digest = authtoken.map(hash_secret);
         match digest.and_then(|d| Some((gw.snapshot().user(&d)?.to_owned(), d))) {
             Some((uid, d)) => {
                 let who = gw.guard().known(crate::guard::Kind::Console, &d, b"");
-                gw.admit(peer.ip(), &config.guard, now, Some(who)).map(|()| (uid, d))
+                gw.admit(ip, &config.guard, now, Some(who)).map(|()| (uid, d))
             }
-            None => Err(match gw.failed_sign_in(peer.ip()) {
+            None => Err(match gw.failed_sign_in(ip) {
                 Err(retry_after) => GatewayError::Throttled { retry_after },
                 Ok(()) => GatewayError::Unauthenticated { expired: false },
             }),
@@ -222,18 +226,14 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
         Err(refusal) => {
             // Counted and logged as the main listener's refusals are (never the authtoken).
             gw.metrics.decision(&refusal);
-            tracing::info!(client = %peer.ip(), path = "console/api/stacks", reason = refusal.reason().name(), "console sign-in refused");
+            tracing::info!(client = %ip, path = "console/api/stacks", reason = refusal.reason().name(), "console sign-in refused");
             return refusal.into_response();
         }
     };
     // The token API with this authtoken on the user's stacks (which this answer lists)
     // proves nothing more: at work there too.
     for stack in config.stacks.iter().filter(|s| s.members.contains_key(&uid)) {
-        gw.guard().remember(
-            peer.ip(),
-            now,
-            gw.guard().known(crate::guard::Kind::User, &digest, stack.api_key.as_bytes()),
-        );
+        gw.guard().remember(ip, now, gw.guard().known(crate::guard::Kind::User, &digest, stack.api_key.as_bytes()));
     }
     let email = config.users.iter().find(|u| u.uid == uid).map(|u| u.email.clone()).unwrap_or_default();
     let list: Vec<Value> = config
