@@ -17,49 +17,12 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
-CONFIG = """
-[server]
-listen = "127.0.0.1:{port}"
-trusted_proxies = ["127.0.0.1"]
-[upstream]
-url = "http://127.0.0.1:9"
-[guard]
-max_failures = 50
-window = "600s"
-cooldown = "600s"
-[[organizations]]
-uid = "o"
-[[stacks]]
-api_key = "bltstackA"
-organization = "o"
-[[stacks.tokens]]
-uid = "a"
-name = "a"
-secret_sha256 = "{sha}"
-scope = [{{ module = "$all", acl = {{ read = true, write = true }} }}, {{ module = "branch", branches = ["main"] }}]
-"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def exchange(s, data):
-    start = time.perf_counter_ns()
-    s.sendall(data)
-    buf = b""
-    while (end := buf.find(b"\r\n\r\n")) < 0:
-        buf += s.recv(65536)
-    head = buf[:end].decode("latin-1").split("\r\n")
-    length = next((int(v) for k, v in (l.split(":", 1) for l in head[1:]) if k.lower() == "content-length"), 0)
-    while len(buf) < end + 4 + length:
-        buf += s.recv(65536)
-    return time.perf_counter_ns() - start
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from guard_timing import CONFIG, KEY, RIGHT, exchange, free_port  # noqa: E402
 
 
 def main():
@@ -71,7 +34,8 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         config = os.path.join(d, "gw.toml")
         with open(config, "w") as f:
-            f.write(CONFIG.format(port=port, sha=hashlib.sha256(b"cs" + b"a" * 32).hexdigest()))
+            text = CONFIG.format(port=port, key=KEY, sha=hashlib.sha256(RIGHT.encode()).hexdigest())
+            f.write(text.replace("[upstream]", 'trusted_proxies = ["127.0.0.1"]\n[upstream]', 1))
         env = dict(os.environ, RUST_LOG="warn")
         gw = subprocess.Popen([args.binary, "run", "--config", config], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env)
@@ -89,9 +53,9 @@ def main():
                 times = []
                 for i in range(tenth * step, (tenth + 1) * step):
                     address = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
-                    request = (f"GET /v3/content_types/blog/entries HTTP/1.1\r\nHost: gw\r\napi_key: bltstackA\r\n"
+                    request = (f"GET /v3/content_types/blog/entries HTTP/1.1\r\nHost: gw\r\napi_key: {KEY}\r\n"
                                f"authorization: cs0123456789abcdef0123456789abcdef\r\nX-Forwarded-For: {address}\r\n\r\n")
-                    times.append(exchange(s, request.encode()))
+                    times.append(exchange(s, request.encode())[0])
                 medians.append(statistics.median(times) / 1000)
             print(f"{args.binary}: {args.requests} new addresses; median us per tenth:",
                   " ".join(f"{m:.0f}" for m in medians), f"({time.time() - started:.1f} s)")
