@@ -149,11 +149,16 @@ impl Recent {
         self.slots[slot].store(tag << 32 | second, Ordering::Relaxed);
     }
 
+    /// Whether `who` succeeded from `address` within `within` of Unix second `now`.
+    /// Whole seconds, rounded in the client's favour: a client idle for a little less
+    /// than the window is at work (up to a second longer is), never the reverse (the
+    /// eleventh outside attack: rounding the other way refused a client idle 4.1 s of a
+    /// 5 s window, for as long as the guessing went on).
     fn holds(&self, who: Known, address: IpAddr, now: i64, within: Duration) -> bool {
         let (slot, tag) = Self::slot(who, address);
         let held = self.slots[slot].load(Ordering::Relaxed);
         let second = i64::try_from(held & 0xffff_ffff).unwrap_or(0);
-        held >> 32 == tag && now.saturating_sub(second) < i64::try_from(within.as_secs().max(1)).unwrap_or(i64::MAX)
+        held >> 32 == tag && now.saturating_sub(second) <= i64::try_from(within.as_secs()).unwrap_or(i64::MAX)
     }
 }
 
@@ -586,6 +591,23 @@ mod tests {
         assert!(!g.watching(), "pruned");
         assert_eq!((g.entries.len(), g.blocked.load(Ordering::Relaxed)), (0, 0));
         assert!(g.gate(a, &cfg, 0, || None).is_ok());
+    }
+
+    /// A success is at work for the whole window, whatever the fraction of a second it
+    /// fell in: the comparison of whole seconds errs towards the client.
+    #[test]
+    fn a_success_is_at_work_for_the_whole_window() {
+        let r = Recent::default();
+        let who = Known(42);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let window = Duration::from_secs(5);
+        r.record(who, a, 100);
+        for now in [100, 104, 105] {
+            assert!(r.holds(who, a, now, window), "{now}");
+        }
+        assert!(!r.holds(who, a, 106, window));
+        assert!(!r.holds(Known(43), a, 100, window) && !r.holds(who, "10.0.0.2".parse().unwrap(), 100, window));
+        assert!(r.holds(who, a, 100, Duration::from_millis(500)), "a sub-second window keeps its second");
     }
 
     /// The mix binds the kind and the `api_key` to the digest, whatever their bytes.

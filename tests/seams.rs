@@ -859,7 +859,7 @@ async fn a_client_at_work_before_the_guessing_is_not_locked_out() {
     // Before any guess: a token that then goes idle, a token and the owner at work.
     let (status, text) = raw_request(addr, "GET", PATH, &creds(EXPIRING), "").await;
     assert_eq!(status, 200, "{text}");
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     for (path, fields) in [(PATH, creds(RW)), (tokens, owner.to_vec())] {
         let (status, text) = raw_request(addr, "GET", path, &fields, "").await;
         assert_eq!(status, 200, "{text}");
