@@ -16,13 +16,14 @@
 //! counted.
 //!
 //! The cool-down is decided at the gate, before the credential is looked up: the
-//! presented credential's keyed hash (with its `api_key`) against the address's ones at
-//! work, computed alike for every request from a cooling address. Deciding after the
+//! presented credential's SHA-256, mixed with its kind and `api_key` (see [`Known`]),
+//! against the address's ones at work, computed alike for every request from a cooling
+//! address. Deciding after the
 //! lookup let an existing `api_key` or a right secret answer a little later than a
 //! wrong one.
 //!
 //! Costs: every successful authentication stores its (address, credential) pair in a
-//! fixed table (one keyed hash and one atomic store). While no address cools down the
+//! fixed table (a mix of the digest its lookup computed, and one atomic store). While no address cools down the
 //! gate costs one atomic load; while no address has a failure on record, so does the
 //! list of credentials at work since the first failure; once one has, a lookup in the
 //! map (entries are pruned past `MAX_TRACKED`).
@@ -136,10 +137,7 @@ impl Recent {
             IpAddr::V4(v4) => u128::from(v4.to_bits()),
             IpAddr::V6(v6) => v6.to_bits(),
         };
-        // `who` is a keyed hash: mixing the address in keeps the spread.
-        let mut h = who.0 ^ (bits as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((bits >> 64) as u64).rotate_left(31);
-        h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h ^= h >> 29;
+        let h = mix(who.0 ^ mix(bits as u64 ^ mix((bits >> 64) as u64)));
         ((h as usize) & (RECENT_SLOTS - 1), (h >> 32) | 1)
     }
 
@@ -293,11 +291,7 @@ impl AuthGuard {
             if let Some(retry_after) = cooling.filter(|_| !self.recent.holds(who, address, now, cfg.window)) {
                 return Err(retry_after);
             }
-            if let Some(mut entry) = self.entries.get_mut(&address) {
-                if !entry.known.contains(&who) && entry.known.len() < MAX_KNOWN {
-                    entry.known.push(who);
-                }
-            }
+            self.list(address, who);
         }
         record(Some(who));
         Ok(())
@@ -314,9 +308,14 @@ impl AuthGuard {
     pub fn remember(&self, ip: IpAddr, now: i64, who: Known) {
         let address = holder(ip);
         self.recent.record(who, address, now);
-        if self.tracked.load(Ordering::Relaxed) == 0 {
-            return;
+        if self.tracked.load(Ordering::Relaxed) > 0 {
+            self.list(address, who);
         }
+    }
+
+    /// Lists `who` at work on `address` since its first counted failure, if the address
+    /// has an entry and room in it.
+    fn list(&self, address: IpAddr, who: Known) {
         if let Some(mut entry) = self.entries.get_mut(&address) {
             if !entry.known.contains(&who) && entry.known.len() < MAX_KNOWN {
                 entry.known.push(who);

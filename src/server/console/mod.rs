@@ -206,9 +206,9 @@ fn stacks(gw: &Gateway, config: &Config, method: &Method, headers: &HeaderMap, p
     };
     // A cooling address is answered only on the credentials it had at work, decided
     // before the authtoken is looked up (see `guard`); the sign-in names no stack.
-    let presented = || authtoken.map_or(Presented::Missing, |authtoken| Presented::Console { authtoken });
+    let presented = authtoken.map_or(Presented::Missing, |authtoken| Presented::Console { authtoken });
     let now = gw.clock().now();
-    let admitted = gw.gate(ip, &config.guard, now, presented()).and_then(|()| {
+    let admitted = gw.gate(ip, &config.guard, now, presented).and_then(|()| {
         let digest = authtoken.map(hash_secret);
         match digest.and_then(|d| Some((gw.snapshot().user(&d)?.to_owned(), d))) {
             Some((uid, d)) => {
