@@ -1,7 +1,9 @@
 //! Request ids and W3C trace context.
 //!
-//! Request ids: a random per-process prefix and a counter. Unique, cheap, and unlike
-//! a client-sent `X-Request-Id`, trustworthy. A request that arrives without a valid
+//! Request ids: a random per-process prefix and a counter, shuffled by a permutation
+//! keyed by the process's seed. Unique, cheap, and unlike a client-sent `X-Request-Id`,
+//! trustworthy; a client comparing two of its ids no longer reads how many requests
+//! the gateway served in between (a count of every tenant's traffic). A request that arrives without a valid
 //! `traceparent` gets one, so a trace can follow it through gateway and backend: its
 //! ids come from the same counter, mixed with a per-process random seed (unique per
 //! process, unpredictable enough for sampling; not a secret).
@@ -49,14 +51,15 @@ impl RequestIds {
         fresh(&buf)
     }
 
-    /// `pppppppp-nnnnnnnnnnnn`: prefix and counter in hex, built without `format!`.
+    /// `pppppppp-nnnnnnnnnnnn`: prefix and shuffled counter in hex, built without
+    /// `format!`.
     pub fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [b'-'; 21];
         let (prefix, counter) = buf.split_at_mut(8);
         let _ = hex::encode_to_slice(self.prefix.to_be_bytes(), prefix);
-        // The counter's low 48 bits, after the dash.
-        let _ = hex::encode_to_slice(&n.to_be_bytes()[2..], &mut counter[1..]);
+        // The counter's low 48 bits, shuffled, after the dash.
+        let _ = hex::encode_to_slice(&shuffle(n, self.seed).to_be_bytes()[2..], &mut counter[1..]);
         fresh(&buf)
     }
 }
@@ -70,6 +73,21 @@ fn fresh(buf: &[u8]) -> HeaderValue {
     let mut value = HeaderValue::from_bytes(buf).unwrap_or(HeaderValue::from_static("-"));
     value.set_sensitive(true);
     value
+}
+
+/// The 48-bit half of a word as a permutation keyed by `seed`: four Feistel rounds over
+/// its two 24-bit halves, so distinct counters give distinct ids for 2^48 requests
+/// (whatever the round function, a Feistel network is a permutation), while the round
+/// function, `mix` of the half and the round's key, hides the counter's order. A
+/// disguise, not a secret: the ids are no credential.
+fn shuffle(n: u64, seed: u64) -> u64 {
+    const HALF: u64 = (1 << 24) - 1;
+    let (mut left, mut right) = ((n >> 24) & HALF, n & HALF);
+    for round in 0..4u64 {
+        let key = mix(seed.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        (left, right) = (right, left ^ (mix(right ^ key) & HALF));
+    }
+    (left << 24) | right
 }
 
 /// splitmix64's finaliser: spreads a counter's bits over the whole word.
@@ -161,6 +179,36 @@ mod tests {
         }
     }
 
+    /// The shuffle is a permutation of 48-bit counters (distinct in, distinct out, over
+    /// runs at the start, around a 24-bit carry and at the top of the range), depends
+    /// on the seed, and consecutive counters do not give ids near each other.
+    #[test]
+    fn request_ids_are_unique_and_do_not_count() {
+        use std::collections::HashSet;
+        for seed in [0, 7, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut seen = HashSet::new();
+            for start in [0u64, (1 << 24) - 50_000, (1 << 48) - 100_000] {
+                for n in start..start + 100_000 {
+                    let id = super::shuffle(n, seed);
+                    assert!(id < 1 << 48, "{n}: {id:x}");
+                    assert!(seen.insert(id), "seed {seed}: {n} repeats an id");
+                }
+            }
+            let close =
+                (1..10_000u64).filter(|&n| super::shuffle(n, seed).abs_diff(super::shuffle(n - 1, seed)) < 1 << 32);
+            assert!(close.count() < 10, "seed {seed}: consecutive counters give near ids");
+        }
+        assert_ne!(super::shuffle(1, 7), super::shuffle(1, 8));
+        // As served: one prefix per process, and counters not near each other.
+        let ids = super::RequestIds { prefix: 0xdeadbeef, seed: 7, next: std::sync::atomic::AtomicU64::new(1) };
+        let counter = |id: http::HeaderValue| {
+            assert_eq!((id.len(), &id.as_bytes()[..9]), (21, &b"deadbeef-"[..]));
+            u64::from_str_radix(&id.to_str().unwrap()[9..], 16).unwrap()
+        };
+        let served: Vec<u64> = (0..1_000).map(|_| counter(ids.next())).collect();
+        assert!(served.windows(2).filter(|w| w[0].abs_diff(w[1]) < 1 << 32).count() < 10);
+    }
+
     #[test]
     fn generated_traceparents_are_valid_and_distinct() {
         let ids = super::RequestIds::new();
@@ -225,10 +273,10 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_hex_and_increasing() {
+    fn ids_are_hex_and_shuffled_counters() {
         let ids = super::RequestIds { prefix: 0xdeadbeef, seed: 7, next: std::sync::atomic::AtomicU64::new(0x2a) };
-        assert_eq!(ids.next(), "deadbeef-00000000002a");
-        assert_eq!(ids.next(), "deadbeef-00000000002b");
+        assert_eq!(ids.next(), format!("deadbeef-{:012x}", super::shuffle(0x2a, 7)).as_str());
+        assert_eq!(ids.next(), format!("deadbeef-{:012x}", super::shuffle(0x2b, 7)).as_str());
         // The trace ids are the mixed counter and seed, in lower-case hex.
         let n = 0x2c;
         let want = format!(
