@@ -307,6 +307,15 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
         403,
         403,
     ),
+    // Keys read by their letters and digits, as a backend that snake-cases keys reads them.
+    (
+        "POST",
+        "/v3/content_types/blog/entries/e1/workflow",
+        r#"{"workflow":{"publishing_rule":{"status":0},"workflowStage":{"uid":"review"}}}"#,
+        403,
+        403,
+    ),
+    ("POST", "/v3/workflows/publishing_rules", r#"{"publishing-rule":{"approvers":{"users":["u1"]}}}"#, 403, 403),
     // A stage that is present is present, null or not (DESIGN.md).
     (
         "POST",

@@ -228,14 +228,22 @@ fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
     found
 }
 
-/// Whether `key` spells `wanted` (lower-case ASCII), character by character, under any
-/// case mapping a decoder may apply (see [`ascii_reading`]). A key is read up to its
-/// first NUL, as a decoder that keeps keys as C strings reads it (and as the query rule
-/// reads keys): `"status\u0000"` beside `"status"` is two readings of one field.
+/// Whether `key` spells `wanted` (lower-case ASCII), letter by letter and digit by
+/// digit, under any case mapping a decoder may apply (see [`ascii_reading`]), whatever
+/// stands between them, as the query rule reads its keys: a backend that turns the keys
+/// it receives into snake case (Rails' `underscore`, Python's `humps`) reads
+/// `workflowStage`, `workflow-stage` and `WorkflowStage` as `workflow_stage`. A key is
+/// read up to its first NUL, as a decoder that keeps keys as C strings reads it (and
+/// as the query rule reads keys): `"status\u0000"` beside `"status"` is two readings of
+/// one field. Reading more keys as a rule's key only refuses more: two of them are
+/// two readings.
 fn same_key(key: &str, wanted: &str) -> bool {
     let key = key.split('\0').next().unwrap_or_default();
-    let mut wanted = wanted.chars();
-    key.chars().all(|c| wanted.next().is_some_and(|w| ascii_reading(c) == Some(w))) && wanted.next().is_none()
+    let mut wanted = wanted.chars().filter(char::is_ascii_alphanumeric);
+    key.chars()
+        .filter(|&c| c.is_alphanumeric() || ascii_reading(c).is_some_and(|r| r.is_ascii_alphanumeric()))
+        .all(|c| ascii_reading(c).is_some_and(|r| wanted.next() == Some(r)))
+        && wanted.next().is_none()
 }
 
 /// The lower-case ASCII character a lenient decoder may read `c` as, if any: `c` itself

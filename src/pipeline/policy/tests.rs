@@ -39,6 +39,40 @@ fn workflow_body_rules() {
     assert!(check(wf, json!({"WorkFlow":{"Publishing_Rule":{"STATUS":0}}})).is_ok());
 }
 
+/// A backend that turns the keys it receives into snake case reads `workflowStage`,
+/// `workflow-stage` and `WorkflowStage` as `workflow_stage`: the rules read every key
+/// by its letters and digits, as the query rule does.
+#[test]
+fn keys_are_read_by_their_letters_and_digits() {
+    let wf = Rule::EntryWorkflow;
+    for stage in
+        ["workflowStage", "workflow-stage", "WorkflowStage", "workflow__stage", "workflow stage", "workflow.stage"]
+    {
+        let body = json!({"workflow":{"publishing_rule":{"status":0},(stage):{"uid":"review"}}});
+        assert!(check(wf, body.clone()).is_err(), "{body}");
+    }
+    for body in [
+        json!({"workflow":{"publishingRule":{"status":1}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"publishingRule":{"status":1}}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"work-flow":{"workflowStage":{"uid":"s"}}}),
+        json!({"workflow":{"publishing_rule":{"status":0,"_status":1}}}),
+    ] {
+        assert!(check(wf, body.clone()).is_err(), "{body}");
+    }
+    assert!(check(wf, json!({"workflow":{"publishingRule":{"status":0,"comment":"please"}}})).is_ok());
+    // Letters outside the key still tell keys apart.
+    assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":0},"workflow_stages":{"uid":"s"}}})).is_ok());
+    assert!(check(wf, json!({"workflow":{"publishing_rule":{"status":0},"workflow_stagé":{"uid":"s"}}})).is_ok());
+    let pr = Rule::PublishRuleApprovers;
+    for body in [
+        json!({"publishingRule":{"approvers":{"users":["u1"]}}}),
+        json!({"publishing_rule":{"approvers":{"users":[]},"Approvers_":{"users":["u1"]}}}),
+        json!({"publishing-rule":{"approvers":{"users":["u1"]}}}),
+    ] {
+        assert!(check(pr, body.clone()).is_err(), "{body}");
+    }
+}
+
 /// A decoder that keeps keys as C strings reads a key up to its NUL: beside the key it
 /// spells, such a key is a second reading (refused), alone it is that key.
 #[test]
