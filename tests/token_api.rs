@@ -774,3 +774,25 @@ async fn every_token_change_is_in_the_audit_trail() {
     }
     assert!(env.backend.seen().iter().all(|s| !s.target.contains("management_tokens")));
 }
+
+/// The `api_key` header names the stack the token API acts on; a query `api_key` (in
+/// any spelling the CMA paths read) naming another stack is refused, as on CMA paths,
+/// instead of being silently overruled. The same key in the query is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_api_key_naming_another_stack_is_refused() {
+    let env = Env::start().await;
+    let (status, created) = json_of(&env, "POST", TOKENS, &owner(API_KEY), &body(valid_token("q"))).await;
+    assert_eq!(status, 201, "{created}");
+    for query in ["?api_key=blt0000000000000000", "?API-KEY=blt0000000000000000", "?api_key=x&api_key=x", "?branch=dev"]
+    {
+        let path = format!("{TOKENS}{query}");
+        let (status, answer) = json_of(&env, "GET", &path, &owner(API_KEY), "").await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        let (status, _) = json_of(&env, "POST", &path, &owner(API_KEY), &body(valid_token("no"))).await;
+        assert_eq!(status, 400, "{query}");
+    }
+    let (status, listed) = json_of(&env, "GET", &format!("{TOKENS}?api_key={API_KEY}"), &owner(API_KEY), "").await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed["tokens"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(names.contains(&"q") && !names.contains(&"no"), "{names:?}");
+}

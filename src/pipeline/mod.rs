@@ -187,6 +187,9 @@ pub fn decide<'a>(
         if bearer == Some(false) || creds.session_holds_token() {
             return Err(GatewayError::Forbidden(Denial::NeverAllowed));
         }
+        // The header names the stack acted on; a query `api_key` (or `branch`) saying
+        // otherwise is refused as on CMA paths, not silently overruled.
+        query::check(target.query, &creds)?;
         return Ok(Decision { target, op, route: Route::TokenApi, at_work: None });
     }
     let (principal, digest) = authenticate(snap, &creds, now, op.rule == Rule::Login)?;
