@@ -20,6 +20,8 @@ pub fn ids() -> &'static RequestIds {
 pub struct RequestIds {
     prefix: u32,
     seed: u64,
+    /// The request-id shuffle's round keys, from the seed.
+    keys: [u64; 4],
     next: AtomicU64,
 }
 
@@ -29,11 +31,12 @@ impl RequestIds {
         // A fixed seed only weakens uniqueness across restarts, never safety.
         let _ = getrandom::getrandom(&mut seed);
         let (prefix, rest) = seed.split_at(4);
-        RequestIds {
-            prefix: u32::from_le_bytes(prefix.try_into().unwrap_or_default()),
-            seed: u64::from_le_bytes(rest.try_into().unwrap_or_default()),
-            next: AtomicU64::new(1),
-        }
+        let prefix = u32::from_le_bytes(prefix.try_into().unwrap_or_default());
+        RequestIds::with(prefix, u64::from_le_bytes(rest.try_into().unwrap_or_default()), 1)
+    }
+
+    fn with(prefix: u32, seed: u64, next: u64) -> Self {
+        RequestIds { prefix, seed, keys: round_keys(seed), next: AtomicU64::new(next) }
     }
 
     /// A new `traceparent` (version 00, sampled): `00-<trace id>-<parent id>-01`.
@@ -59,7 +62,7 @@ impl RequestIds {
         let (prefix, counter) = buf.split_at_mut(8);
         let _ = hex::encode_to_slice(self.prefix.to_be_bytes(), prefix);
         // The counter's low 48 bits, shuffled, after the dash.
-        let _ = hex::encode_to_slice(&shuffle(n, self.seed).to_be_bytes()[2..], &mut counter[1..]);
+        let _ = hex::encode_to_slice(&shuffle(n, &self.keys).to_be_bytes()[2..], &mut counter[1..]);
         fresh(&buf)
     }
 }
@@ -75,19 +78,27 @@ fn fresh(buf: &[u8]) -> HeaderValue {
     value
 }
 
-/// The 48-bit half of a word as a permutation keyed by `seed`: four Feistel rounds over
+/// The low 48 bits of a counter through a permutation keyed by `keys`: four Feistel rounds over
 /// its two 24-bit halves, so distinct counters give distinct ids for 2^48 requests
 /// (whatever the round function, a Feistel network is a permutation), while the round
 /// function, `mix` of the half and the round's key, hides the counter's order. A
 /// disguise, not a secret: the ids are no credential.
-fn shuffle(n: u64, seed: u64) -> u64 {
+fn shuffle(n: u64, keys: &[u64; 4]) -> u64 {
     const HALF: u64 = (1 << 24) - 1;
     let (mut left, mut right) = ((n >> 24) & HALF, n & HALF);
-    for round in 0..4u64 {
-        let key = mix(seed.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    for key in keys {
         (left, right) = (right, left ^ (mix(right ^ key) & HALF));
     }
     (left << 24) | right
+}
+
+/// The four round keys of [`shuffle`], each its own mix of the seed.
+fn round_keys(seed: u64) -> [u64; 4] {
+    let mut round = 0u64;
+    [(); 4].map(|()| {
+        round += 1;
+        mix(seed.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+    })
 }
 
 /// splitmix64's finaliser: spreads a counter's bits over the whole word.
@@ -186,21 +197,22 @@ mod tests {
     fn request_ids_are_unique_and_do_not_count() {
         use std::collections::HashSet;
         for seed in [0, 7, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let keys = super::round_keys(seed);
             let mut seen = HashSet::new();
             for start in [0u64, (1 << 24) - 50_000, (1 << 48) - 100_000] {
                 for n in start..start + 100_000 {
-                    let id = super::shuffle(n, seed);
+                    let id = super::shuffle(n, &keys);
                     assert!(id < 1 << 48, "{n}: {id:x}");
                     assert!(seen.insert(id), "seed {seed}: {n} repeats an id");
                 }
             }
             let close =
-                (1..10_000u64).filter(|&n| super::shuffle(n, seed).abs_diff(super::shuffle(n - 1, seed)) < 1 << 32);
+                (1..10_000u64).filter(|&n| super::shuffle(n, &keys).abs_diff(super::shuffle(n - 1, &keys)) < 1 << 32);
             assert!(close.count() < 10, "seed {seed}: consecutive counters give near ids");
         }
-        assert_ne!(super::shuffle(1, 7), super::shuffle(1, 8));
+        assert_ne!(super::shuffle(1, &super::round_keys(7)), super::shuffle(1, &super::round_keys(8)));
         // As served: one prefix per process, and counters not near each other.
-        let ids = super::RequestIds { prefix: 0xdeadbeef, seed: 7, next: std::sync::atomic::AtomicU64::new(1) };
+        let ids = super::RequestIds::with(0xdeadbeef, 7, 1);
         let counter = |id: http::HeaderValue| {
             assert_eq!((id.len(), &id.as_bytes()[..9]), (21, &b"deadbeef-"[..]));
             u64::from_str_radix(&id.to_str().unwrap()[9..], 16).unwrap()
@@ -274,9 +286,9 @@ mod tests {
 
     #[test]
     fn ids_are_hex_and_shuffled_counters() {
-        let ids = super::RequestIds { prefix: 0xdeadbeef, seed: 7, next: std::sync::atomic::AtomicU64::new(0x2a) };
-        assert_eq!(ids.next(), format!("deadbeef-{:012x}", super::shuffle(0x2a, 7)).as_str());
-        assert_eq!(ids.next(), format!("deadbeef-{:012x}", super::shuffle(0x2b, 7)).as_str());
+        let ids = super::RequestIds::with(0xdeadbeef, 7, 0x2a);
+        assert_eq!(ids.next(), format!("deadbeef-{:012x}", super::shuffle(0x2a, &super::round_keys(7))).as_str());
+        assert_eq!(ids.next(), format!("deadbeef-{:012x}", super::shuffle(0x2b, &super::round_keys(7))).as_str());
         // The trace ids are the mixed counter and seed, in lower-case hex.
         let n = 0x2c;
         let want = format!(
@@ -287,7 +299,7 @@ mod tests {
         );
         assert_eq!(ids.traceparent(), want.as_str());
         // Another process (another seed) at the same count: other trace and parent ids.
-        let other = super::RequestIds { prefix: 0xdeadbeef, seed: 8, next: std::sync::atomic::AtomicU64::new(n) };
+        let other = super::RequestIds::with(0xdeadbeef, 8, n);
         let (a, b) = (want, other.traceparent());
         assert_ne!(a.as_bytes()[3..35], b.as_bytes()[3..35], "trace ids");
         assert_ne!(a.as_bytes()[36..52], b.as_bytes()[36..52], "parent ids");
