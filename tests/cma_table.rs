@@ -307,7 +307,8 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
         403,
         403,
     ),
-    // Keys read by their letters and digits, as a backend that snake-cases keys reads them.
+    // Keys that spell a rule's key by their letters and digits alone (as a backend that
+    // snake-cases keys reads them) are refused...
     (
         "POST",
         "/v3/content_types/blog/entries/e1/workflow",
@@ -316,6 +317,14 @@ const BODY_ROWS: &[(&str, &str, &str, u16, u16)] = &[
         403,
     ),
     ("POST", "/v3/workflows/publishing_rules", r#"{"publishing-rule":{"approvers":{"users":["u1"]}}}"#, 403, 403),
+    // ... and never stand in for a key the rule needs.
+    (
+        "POST",
+        "/v3/content_types/blog/entries/e1/workflow",
+        r#"{"workflow":{"publishing_rule":{"uid":"r","sta_tus":0}}}"#,
+        403,
+        403,
+    ),
     // A stage that is present is present, null or not (DESIGN.md).
     (
         "POST",

@@ -211,39 +211,59 @@ enum Field<'a> {
 /// regard to case: Go's `encoding/json` does so (the last match winning), and so do
 /// Jackson and System.Text.Json set to case-insensitive properties, with Unicode case
 /// rules (`ſ` reads as `s`, the Kelvin sign as `k`, `ı` and `İ` as `i`). A rule that read
-/// only the exact spelling would let `Approvers` past to such a backend.
+/// only the exact spelling would let `Approvers` past to such a backend. A key that
+/// spells `wanted` only by its letters and digits (`workflowStage`, `publishing-rule`:
+/// what a backend that turns keys into snake case reads as the rule's key) is a reading
+/// the gateway cannot vouch for: [`Field::Several`], refused by every rule, whether or
+/// not the key itself is there too. Taking it as the field instead would let a decoy
+/// (`sta_tus`) stand in for a key no backend reads.
 fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
     let Some(object) = value.as_object() else {
         return Field::Absent;
     };
     let mut found = Field::Absent;
     for (key, v) in object {
-        if same_key(key, wanted) {
-            found = match found {
-                Field::Absent => Field::One(v),
-                Field::One(_) | Field::Several => return Field::Several,
-            };
+        match reading(key, wanted) {
+            None => {}
+            Some(Reading::Loose) => return Field::Several,
+            Some(Reading::Spelled) => {
+                found = match found {
+                    Field::Absent => Field::One(v),
+                    Field::One(_) | Field::Several => return Field::Several,
+                }
+            }
         }
     }
     found
 }
 
-/// Whether `key` spells `wanted` (lower-case ASCII), letter by letter and digit by
-/// digit, under any case mapping a decoder may apply (see [`ascii_reading`]), whatever
-/// stands between them, as the query rule reads its keys: a backend that turns the keys
-/// it receives into snake case (Rails' `underscore`, Python's `humps`) reads
-/// `workflowStage`, `workflow-stage` and `WorkflowStage` as `workflow_stage`. A key is
-/// read up to its first NUL, as a decoder that keeps keys as C strings reads it (and
-/// as the query rule reads keys): `"status\u0000"` beside `"status"` is two readings of
-/// one field. Reading more keys as a rule's key only refuses more: two of them are
-/// two readings.
-fn same_key(key: &str, wanted: &str) -> bool {
+/// How a key reads as a rule's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Character by character, under a case mapping (see [`ascii_reading`]).
+    Spelled,
+    /// Only by its letters and digits, whatever stands between them.
+    Loose,
+}
+
+/// Whether `key` reads as `wanted` (lower-case ASCII, `_` its only separator), and how.
+/// A key is read up to its first NUL, as a decoder that keeps keys as C strings reads
+/// it (and as the query rule reads keys): `"status\u0000"` beside `"status"` is two
+/// readings of one field. The loose reading is the query rule's: letters and digits,
+/// case ignored.
+fn reading(key: &str, wanted: &str) -> Option<Reading> {
     let key = key.split('\0').next().unwrap_or_default();
-    let mut wanted = wanted.chars().filter(char::is_ascii_alphanumeric);
-    key.chars()
+    let mut spelled = wanted.chars();
+    if key.chars().all(|c| spelled.next().is_some_and(|w| ascii_reading(c) == Some(w))) && spelled.next().is_none() {
+        return Some(Reading::Spelled);
+    }
+    let mut letters = wanted.chars().filter(char::is_ascii_alphanumeric);
+    let loose = key
+        .chars()
         .filter(|&c| c.is_alphanumeric() || ascii_reading(c).is_some_and(|r| r.is_ascii_alphanumeric()))
-        .all(|c| ascii_reading(c).is_some_and(|r| wanted.next() == Some(r)))
-        && wanted.next().is_none()
+        .all(|c| ascii_reading(c).is_some_and(|r| letters.next() == Some(r)))
+        && letters.next().is_none();
+    loose.then_some(Reading::Loose)
 }
 
 /// The lower-case ASCII character a lenient decoder may read `c` as, if any: `c` itself

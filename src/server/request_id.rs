@@ -1,7 +1,7 @@
 //! Request ids and W3C trace context.
 //!
 //! Request ids: a random per-process prefix and a counter, shuffled by a permutation
-//! keyed by the process's seed. Unique, cheap, and unlike a client-sent `X-Request-Id`,
+//! keyed by a per-process random key. Unique, cheap, and unlike a client-sent `X-Request-Id`,
 //! trustworthy; a client comparing two of its ids no longer reads how many requests
 //! the gateway served in between (a count of every tenant's traffic). A request that arrives without a valid
 //! `traceparent` gets one, so a trace can follow it through gateway and backend: its
@@ -27,16 +27,20 @@ pub struct RequestIds {
 
 impl RequestIds {
     pub fn new() -> Self {
-        let mut seed = [0u8; 12];
+        let mut seed = [0u8; 20];
         // A fixed seed only weakens uniqueness across restarts, never safety.
         let _ = getrandom::getrandom(&mut seed);
-        let (prefix, rest) = seed.split_at(4);
-        let prefix = u32::from_le_bytes(prefix.try_into().unwrap_or_default());
-        RequestIds::with(prefix, u64::from_le_bytes(rest.try_into().unwrap_or_default()), 1)
+        let word =
+            |at: usize| u64::from_le_bytes(seed.get(at..at + 8).and_then(|b| b.try_into().ok()).unwrap_or_default());
+        let prefix = u32::from_le_bytes(seed.get(..4).and_then(|b| b.try_into().ok()).unwrap_or_default());
+        RequestIds::with(prefix, word(4), word(12), 1)
     }
 
-    fn with(prefix: u32, seed: u64, next: u64) -> Self {
-        RequestIds { prefix, seed, keys: round_keys(seed), next: AtomicU64::new(next) }
+    /// `seed` makes the trace ids and `shuffle` the request ids' round keys: two random
+    /// words, so that a generated `traceparent` (the backend and the log see it; its
+    /// words undo to the seed) tells nothing of the request-id shuffle.
+    fn with(prefix: u32, seed: u64, shuffle: u64, next: u64) -> Self {
+        RequestIds { prefix, seed, keys: round_keys(shuffle), next: AtomicU64::new(next) }
     }
 
     /// A new `traceparent` (version 00, sampled): `00-<trace id>-<parent id>-01`.
@@ -212,7 +216,7 @@ mod tests {
         }
         assert_ne!(super::shuffle(1, &super::round_keys(7)), super::shuffle(1, &super::round_keys(8)));
         // As served: one prefix per process, and counters not near each other.
-        let ids = super::RequestIds::with(0xdeadbeef, 7, 1);
+        let ids = super::RequestIds::with(0xdeadbeef, 3, 7, 1);
         let counter = |id: http::HeaderValue| {
             assert_eq!((id.len(), &id.as_bytes()[..9]), (21, &b"deadbeef-"[..]));
             u64::from_str_radix(&id.to_str().unwrap()[9..], 16).unwrap()
@@ -286,7 +290,7 @@ mod tests {
 
     #[test]
     fn ids_are_hex_and_shuffled_counters() {
-        let ids = super::RequestIds::with(0xdeadbeef, 7, 0x2a);
+        let ids = super::RequestIds::with(0xdeadbeef, 7, 7, 0x2a);
         assert_eq!(ids.next(), format!("deadbeef-{:012x}", super::shuffle(0x2a, &super::round_keys(7))).as_str());
         assert_eq!(ids.next(), format!("deadbeef-{:012x}", super::shuffle(0x2b, &super::round_keys(7))).as_str());
         // The trace ids are the mixed counter and seed, in lower-case hex.
@@ -299,7 +303,7 @@ mod tests {
         );
         assert_eq!(ids.traceparent(), want.as_str());
         // Another process (another seed) at the same count: other trace and parent ids.
-        let other = super::RequestIds::with(0xdeadbeef, 8, n);
+        let other = super::RequestIds::with(0xdeadbeef, 8, 8, n);
         let (a, b) = (want, other.traceparent());
         assert_ne!(a.as_bytes()[3..35], b.as_bytes()[3..35], "trace ids");
         assert_ne!(a.as_bytes()[36..52], b.as_bytes()[36..52], "parent ids");
