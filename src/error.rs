@@ -272,7 +272,8 @@ impl GatewayError {
             GatewayError::HeadTooLarge => "The request headers are too large.".into(),
             GatewayError::UriTooLong => "The request URL is too long.".into(),
             GatewayError::UnsupportedMediaType => {
-                "The request body must be JSON, sent with Content-Type: application/json.".into()
+                "The request body must be JSON, sent with Content-Type: application/json and no Content-Encoding."
+                    .into()
             }
             GatewayError::UnsupportedBodyType => "The request body needs one plain Content-Type \
                  (application/json, or multipart/form-data for uploads); form bodies are not accepted."

@@ -19,11 +19,17 @@ pub enum JsonError {
     Ambiguous { repeated: Vec<String>, proto: Vec<String> },
 }
 
+/// Whether the request's body is JSON as the gateway reads it: declared so (see
+/// [`typed_json`]) and sent as it is (see [`sent_as_is`]).
+pub fn declares_json(headers: &http::HeaderMap) -> bool {
+    typed_json(headers) && sent_as_is(headers)
+}
+
 /// Whether the request carries exactly one `Content-Type`, with the media type
 /// `application/json` (in any case; RFC 9110 section 8.3.1). Parameters may follow, but
 /// a `charset` other than UTF-8 is refused: JSON is UTF-8 (RFC 8259 section 8.1) and the
 /// parser reads it as such, so a body declared otherwise would be read as something else.
-pub fn declares_json(headers: &http::HeaderMap) -> bool {
+fn typed_json(headers: &http::HeaderMap) -> bool {
     let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return false;
@@ -41,6 +47,17 @@ pub fn declares_json(headers: &http::HeaderMap) -> bool {
             Some((name, _)) => !name.trim().is_empty(),
             None => param.trim().is_empty(),
         })
+}
+
+/// Whether a body is sent as it is: no content coding but `identity`, in any spelling of
+/// the field (CGI, WSGI and Rack read `Content_Encoding` as `Content-Encoding`). A rule
+/// reads the bytes sent; a backend that undoes a coding (Express's `body-parser`,
+/// ASP.NET's request decompression) would read other bytes.
+fn sent_as_is(headers: &http::HeaderMap) -> bool {
+    headers.iter().all(|(name, value)| {
+        !crate::field_names::folded_eq(name.as_str().as_bytes(), b"content-encoding")
+            || value.as_bytes().split(|&b| b == b',').all(|c| c.trim_ascii().eq_ignore_ascii_case(b"identity"))
+    })
 }
 
 /// Parses a body like `serde_json::from_slice`, refusing what has two readings.

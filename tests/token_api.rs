@@ -427,11 +427,16 @@ async fn token_writes_must_declare_a_json_body() {
         assert_eq!(status, 415, "{content_type:?}: {v}");
         assert_eq!(
             v,
-            json!({"error_message": "The request body must be JSON, sent with Content-Type: application/json.",
+            json!({"error_message": "The request body must be JSON, sent with Content-Type: application/json and no Content-Encoding.",
                    "error_code": 415}),
             "{content_type:?}"
         );
     }
+    // The token API reads the bytes sent: a coded body is refused as such, not as malformed.
+    let mut coded = with_type("application/json");
+    coded.push(("content-encoding", "gzip"));
+    let (status, v) = json_of(&env, "POST", TOKENS, &coded, &body(valid_token("typed"))).await;
+    assert_eq!(status, 415, "{v}");
     let (_, list) = json_of(&env, "GET", TOKENS, &owner(API_KEY), "").await;
     assert!(list["tokens"].as_array().unwrap().iter().all(|t| t["origin"] == "config"), "nothing created: {list}");
 

@@ -8,6 +8,7 @@ use crate::snapshot::{StackView, Token};
 use crate::token::Grants;
 use http::HeaderValue;
 use serde_json::Value;
+use unicode_normalization::UnicodeNormalization;
 
 /// The branch a request addresses when it sends no `branch` header.
 pub const DEFAULT_BRANCH: &str = "main";
@@ -249,8 +250,11 @@ enum Reading {
 /// Whether `key` reads as `wanted` (lower-case ASCII, `_` its only separator), and how.
 /// A key is read up to its first NUL, as a decoder that keeps keys as C strings reads
 /// it (and as the query rule reads keys): `"status\u0000"` beside `"status"` is two
-/// readings of one field. The loose reading is the query rule's: letters and digits,
-/// case ignored.
+/// readings of one field. The loose reading is the query rule's, and wider: the key's
+/// compatibility form (NFKC: full-width `ｗorkflow`), each character under its full
+/// case mappings (whole-string conversions such as Python's `casefold` and
+/// JavaScript's `toUpperCase` turn `ﬂ` into `fl`, `ß` and `ﬆ` into two letters), its
+/// letters and digits alone; it only ever refuses.
 fn reading(key: &str, wanted: &str) -> Option<Reading> {
     let key = key.split('\0').next().unwrap_or_default();
     let mut spelled = wanted.chars();
@@ -258,11 +262,14 @@ fn reading(key: &str, wanted: &str) -> Option<Reading> {
         return Some(Reading::Spelled);
     }
     let mut letters = wanted.chars().filter(char::is_ascii_alphanumeric);
-    let loose = key
-        .chars()
-        .filter(|&c| c.is_alphanumeric() || ascii_reading(c).is_some_and(|r| r.is_ascii_alphanumeric()))
-        .all(|c| ascii_reading(c).is_some_and(|r| letters.next() == Some(r)))
-        && letters.next().is_none();
+    let loose = key.nfkc().all(|c| {
+        let mut read = super::query::readings(c).filter(char::is_ascii_alphanumeric).peekable();
+        match read.peek() {
+            // A separator, or a mark: skipped. A letter with no ASCII reading: another key.
+            None => !c.is_alphanumeric(),
+            Some(_) => read.all(|r| letters.next() == Some(r)),
+        }
+    }) && letters.next().is_none();
     loose.then_some(Reading::Loose)
 }
 

@@ -26,6 +26,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName};
 use std::borrow::Cow;
 use std::iter::FlatMap;
+use unicode_normalization::UnicodeNormalization;
 
 const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousQuery);
 
@@ -370,9 +371,25 @@ const LONGEST: usize = 19;
 
 /// What a name means with everything but letters and digits dropped and case ignored,
 /// under every case mapping a decoder may apply (`apı_key`, the Kelvin sign in
-/// `api_Key`: see [`ascii_reading`]); folded into a stack buffer once, then matched, so
-/// no allocation per query key.
+/// `api_Key`: see [`ascii_reading`]), as written or in its compatibility form (NFKC:
+/// full-width `ａpi_key`, ligatures), whichever means more.
 fn param(name: &str) -> Param {
+    let spelled = param_as_written(name);
+    if name.is_ascii() {
+        return spelled;
+    }
+    let compat: String = name.nfkc().collect();
+    let read = param_as_written(&compat);
+    if read.strength() > spelled.strength() {
+        read
+    } else {
+        spelled
+    }
+}
+
+/// [`param`] for one form of the name; folded into a stack buffer once, then matched,
+/// so no allocation per ASCII key.
+fn param_as_written(name: &str) -> Param {
     let mut folded = [0u8; LONGEST];
     let mut len = 0;
     let mut push = |b: u8| match folded.get_mut(len) {
@@ -425,7 +442,7 @@ fn param(name: &str) -> Param {
 /// character may become several (`ß` and `ẞ` upper-case to `SS`, `ﬆ` to `ST`): the
 /// first of `c`'s full mappings (as [`ascii_reading`] orders them) that is all ASCII
 /// gives them; else its one-character reading, if any.
-fn readings(c: char) -> impl Iterator<Item = char> {
+pub(super) fn readings(c: char) -> impl Iterator<Item = char> {
     let mut full = None;
     if !c.is_ascii() {
         let lower: String = c.to_lowercase().collect();
@@ -586,6 +603,12 @@ mod tests {
             "authto\u{212a}en=x",
             "acce\u{17f}\u{17f}_to\u{212a}en=x",
             "x-http-method-overr\u{131}de=DELETE",
+            // Compatibility forms (NFKC): full-width letters, decoded or not.
+            "\u{ff41}pi_key=blt2",
+            "%EF%BD%81pi_key=blt2",
+            "\u{ff42}ranch=development",
+            "\u{ff3f}method=DELETE",
+            "x\u{ff0d}auth\u{ff0d}token=x",
             // Escapes left after decoding: a backend that decodes again (or reads IIS's
             // `%uXXXX`) reads the name.
             "ap%2569_key=blt2",

@@ -511,7 +511,8 @@ fn declared_length(parts: &Parts) -> Option<u64> {
 
 /// Stage 5: reads the body a rule depends on and applies the rule. The rule reads the
 /// body as JSON, so must the backend: a form body can be valid JSON and mean something
-/// else to a form parser (415).
+/// else to a form parser, and a coded body (`Content-Encoding: gzip`) is other bytes
+/// to a backend that decodes it (415).
 async fn inspect(
     mut share: Share,
     snap: &Snapshot,

@@ -62,6 +62,15 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"workflow":{"publishing_rule":{"uid":"r","status\u{200b}":0}}}),
         json!({"workflow":{"publishingRule":{"status":0,"comment":"please"}}}),
         json!({"work_flow":{"publishing_rule":{"status":0}}}),
+        // Whole-string case conversions (Python's `casefold`, JavaScript's
+        // `toUpperCase`) turn a ligature into two letters (the twelfth outside probe).
+        json!({"workflow":{"publishing_rule":{"status":0},"work\u{fb02}ow_stage":{"uid":"s1"}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"workflow_\u{fb06}age":{"uid":"s1"}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"workflow_\u{fb05}age":{"uid":"s1"}}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"work\u{fb02}ow":{"workflow_stage":{"uid":"s"}}}),
+        json!({"workflow":{"publishing_rule":{"status":0,"\u{fb06}atus":1}}}),
+        // Compatibility forms (NFKC): full-width letters.
+        json!({"workflow":{"publishing_rule":{"status":0},"\u{ff57}orkflow_stage":{"uid":"s1"}}}),
     ] {
         assert!(check(wf, body.clone()).is_err(), "{body}");
     }
@@ -74,6 +83,8 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"publishing_rule":{"approvers":{"users":[]},"Approvers_":{"users":["u1"]}}}),
         json!({"publishing-rule":{"approvers":{"users":["u1"]}}}),
         json!({"publishing_rule":{"approver-s":{"users":[]}}}),
+        json!({"publishing_rule":{"approvers":null,"\u{ff41}pprovers":{"users":["u1"]}}}),
+        json!({"\u{ff50}ublishing_rule":{"approvers":{"users":["u1"]}}}),
     ] {
         assert!(check(pr, body.clone()).is_err(), "{body}");
     }
