@@ -1242,9 +1242,20 @@ async fn paths_that_read_as_cma_words_without_being_them_are_refused() {
     let env = Env::start().await;
     let approvers = r#"{"publishing_rule":{"approvers":{"users":["u1"]}}}"#;
     let json = [("api_key", API_KEY), ("authorization", RW), ("content-type", "application/json")];
-    for path in
-        ["/v3/workflows/Publishing_Rules", "/v3/workflows/publishing_rules.json", "/v3/Workflows/publishing_rules"]
-    {
+    // Separators and case in any arrangement, too (the thirteenth outside probe): each
+    // was taken for a workflow's uid, where no body rule applies.
+    for path in [
+        "/v3/workflows/Publishing_Rules",
+        "/v3/workflows/publishing_rules.json",
+        "/v3/Workflows/publishing_rules",
+        "/v3/workflows/publishing-rules",
+        "/v3/workflows/publishingRules",
+        "/v3/workflows/publishingrules",
+        "/v3/workflows/Publishing-Rules",
+        "/v3/workflows/publishing__rules",
+        "/v3/workflows/publishing.rules",
+        "/v3/workflows/publishing_rules_",
+    ] {
         let (status, _, body) = env.send("POST", path, &json, approvers).await;
         assert_eq!(status.as_u16(), 400, "{path}: {}", String::from_utf8_lossy(&body));
     }

@@ -19,7 +19,7 @@ const MAX_SEGMENTS: usize = 8;
 /// therefore refused, not classified as something else: the token API's path in any
 /// spelling is the gateway's own (404), and any other segment that reads as one of
 /// the table's literal words without being it (`Publishing_Rules`, `STACKS`,
-/// `entries.json`) is an ambiguous path (400).
+/// `publishing-rules`, `entries.json`) is an ambiguous path (400).
 pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> {
     let rest = path.strip_prefix("/v3/").ok_or(GatewayError::NotFound)?;
     let mut segs: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
@@ -147,13 +147,49 @@ fn loose_eq(segment: &str, word: &str, fold: bool) -> bool {
         })
 }
 
-/// A segment that is not a literal word of the table but reads as one (see [`classify`]).
+/// A segment that is not a literal word of the table but reads as one (see [`classify`]):
+/// the same letters and digits, case ignored, whatever separators stand between them
+/// (`Publishing_Rules`, `publishing-rules`, `publishingRules`, `publishing.rules`), or
+/// before a format suffix (`entries.json`). A router that folds case or separators
+/// would route it as the word; the table would take it for a uid beside the word
+/// (`/workflows/{uid}` beside `/workflows/publishing_rules`).
 fn is_ambiguous_keyword(segment: &str) -> bool {
-    // The common segment (lower-case letters, digits, `_`, `-`) reads as itself.
-    if segment.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
-        return false;
+    let reads_as_word = |letters: &str| match folds_to_word(letters) {
+        Some(word) => word != segment,
+        None => false,
+    };
+    match segment.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+        None => reads_as_word(segment),
+        Some(end) => reads_as_word(segment.get(..end).unwrap_or_default()) || reads_as_word(segment),
     }
-    KEYWORDS.iter().any(|word| loose_eq(segment, word, false))
+}
+
+/// The table's word whose letters and digits (case ignored) are `text`'s, if any.
+fn folds_to_word(text: &str) -> Option<&'static str> {
+    const LONGEST: usize = 24;
+    let mut folded = [0u8; LONGEST];
+    let mut len = 0;
+    for b in text.bytes().filter(u8::is_ascii_alphanumeric) {
+        *folded.get_mut(len)? = b.to_ascii_lowercase();
+        len += 1;
+    }
+    let folded = folded.get(..len)?;
+    let words = folded_keywords();
+    let at = words.binary_search_by(|(letters, _)| letters.as_slice().cmp(folded)).ok()?;
+    words.get(at).map(|(_, word)| *word)
+}
+
+/// Each literal word of the table by its letters and digits, sorted by them.
+fn folded_keywords() -> &'static [(Vec<u8>, &'static str)] {
+    static FOLDED: std::sync::OnceLock<Vec<(Vec<u8>, &'static str)>> = std::sync::OnceLock::new();
+    FOLDED.get_or_init(|| {
+        let mut folded: Vec<_> = KEYWORDS
+            .iter()
+            .map(|word| (word.bytes().filter(u8::is_ascii_alphanumeric).collect::<Vec<u8>>(), *word))
+            .collect();
+        folded.sort();
+        folded
+    })
 }
 
 /// What `path.split('/')` yields. `str::split` runs a general substring searcher
@@ -312,6 +348,28 @@ mod tests {
 
     fn c(method: &str, path: &str) -> Operation {
         classify(&Method::from_bytes(method.as_bytes()).unwrap(), path).unwrap()
+    }
+
+    /// A segment with a word's letters and digits in another spelling is ambiguous; the
+    /// word itself, and uids that only share some letters, are not. No two words share
+    /// their letters (else one could be taken for the other).
+    #[test]
+    fn segments_that_fold_to_a_word_are_ambiguous() {
+        for segment in
+            ["publishing-rules", "publishingRules", "publishingrules", "Publishing_Rules", "publishing__rules"]
+        {
+            assert!(is_ambiguous_keyword(segment), "{segment}");
+        }
+        for segment in ["publishing_rules_", "entries.json", "content-types", "v_3", "WORKFLOW"] {
+            assert!(is_ambiguous_keyword(segment), "{segment}");
+        }
+        for segment in
+            KEYWORDS.iter().copied().chain(["blog", "blt0123abc", "en-us", "publishing_rule_1", "workflowx", ""])
+        {
+            assert!(!is_ambiguous_keyword(segment), "{segment}");
+        }
+        let folded = folded_keywords();
+        assert!(folded.windows(2).all(|w| w[0].0 != w[1].0), "two words share their letters");
     }
 
     #[test]
