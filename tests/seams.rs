@@ -1318,6 +1318,40 @@ async fn inspected_bodies_must_be_json_with_one_reading() {
     assert_eq!(env.send("POST", workflow, &json, fine).await.0.as_u16(), 200);
 }
 
+/// What a body rule reads may not come in the query or a cookie on the rule's path:
+/// Rails merges query parameters over the body's and Laravel's `input` falls back to
+/// the query, so the backend would act on a stage change or approvers the rule never
+/// read (the thirteenth outside probe). Over HTTP/1.1 and h2c; other query keys pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_keys_in_the_query_or_a_cookie_are_refused_on_rule_paths() {
+    let env = Env::start().await;
+    let mut json = creds(RW);
+    json.push(("content-type", "application/json"));
+    let workflow = "/v3/content_types/blog/entries/e1/workflow";
+    let request = r#"{"workflow":{"publishing_rule":{"uid":"r1","action":"publish","status":0}}}"#;
+    let rules = "/v3/workflows/publishing_rules";
+    let cases = [
+        ("POST", format!("{workflow}?workflow[workflow_stage][uid]=blt6666666666666666"), request),
+        ("POST", format!("{workflow}?workflow%5Bpublishing_rule%5D%5Bstatus%5D=1"), request),
+        ("POST", format!("{workflow}?locale=en-us&status=1"), request),
+        ("POST", format!("{rules}?publishing_rule[approvers][users][]=blt5555555555555555"), ""),
+        ("PUT", format!("{rules}/r1?publishing_rule.approvers=blt5"), ""),
+    ];
+    for (method, path, body) in &cases {
+        let (status, _, text) = env.send(method, path, &json, body).await;
+        assert_eq!(status.as_u16(), 403, "{method} {path}: {}", String::from_utf8_lossy(&text));
+    }
+    let mut sender = h2(env.gateway.addr).await;
+    let uri = format!("http://{}{}", env.gateway.addr, cases[0].1);
+    assert_eq!(h2_send(&mut sender, "POST", &uri, &json, request).await.0, 403);
+    let mut cookie = json.clone();
+    cookie.push(("cookie", "workflow[workflow_stage][uid]=blt6666666666666666"));
+    assert_eq!(env.send("POST", workflow, &cookie, request).await.0.as_u16(), 403);
+    assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
+    let (status, _, _) = env.send("POST", &format!("{workflow}?locale=en-us"), &json, request).await;
+    assert_eq!(status.as_u16(), 200);
+}
+
 /// HTTP/2 cookie fields reach an HTTP/1.1 backend as one field (RFC 9113 section 8.2.3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_cookies_are_joined_for_the_backend() {

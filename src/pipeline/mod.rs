@@ -209,6 +209,9 @@ pub fn decide<'a>(
         }
         query::check(target.query, &creds)?;
         query::check_cookies(&parts.headers)?;
+        if matches!(op.rule, Rule::EntryWorkflow | Rule::PublishRuleApprovers) {
+            query::check_rule_keys(target.query, &parts.headers)?;
+        }
         query::check_body_type(parts, has_body)?;
         if op.rule == Rule::BranchPair {
             if parts.headers.keys().any(|name| query::names_branch_pair(name.as_str())) {

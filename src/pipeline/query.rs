@@ -19,7 +19,7 @@
 
 use super::auth::{self, Credentials};
 use super::policy::{ascii_reading, DEFAULT_BRANCH};
-use crate::error::{BadRequest, GatewayError};
+use crate::error::{BadRequest, Denial, GatewayError};
 use crate::field_names::folded_eq;
 use http::header::{CONTENT_TYPE, COOKIE};
 use http::request::Parts;
@@ -40,6 +40,9 @@ enum Param {
     CompareBranch,
     /// A credential or a method override: never in a management-token request's query.
     Refused,
+    /// What a body rule reads (`workflow`, `workflow_stage`, `publishing_rule`, `status`,
+    /// `approvers`): see [`check_rule_keys`].
+    RuleKey,
     Other,
 }
 
@@ -53,12 +56,39 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
     each_decoding(query, AMBIGUOUS, |decoded| check_pairs(decoded, api_key, branch))
 }
 
+/// On a path whose body a rule reads (entry workflow, publish rules), refuses a query
+/// key or a cookie that names what the rule reads (`workflow`, `workflow_stage`,
+/// `publishing_rule`, `status`, `approvers`; read as [`check`] reads keys, and by the
+/// part before a `.` or `[`: `workflow[workflow_stage][uid]`, `workflow.status`). Rails
+/// merges query parameters over the body's (`params`), Laravel's `input` falls back to
+/// the query, and PHP's `$_REQUEST` may take cookies: the backend would act on what the
+/// rule never read. 403, as a body the rule refuses.
+pub fn check_rule_keys(query: Option<&str>, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let refused = GatewayError::Forbidden(Denial::BodyRule);
+    let names = |key: &str| {
+        let first = key.split(['.', '[']).next().unwrap_or_default();
+        classify(key) == Param::RuleKey || classify(first) == Param::RuleKey
+    };
+    let none_named = |text: &str| if pairs(text).any(|(key, _)| names(&key)) { Err(refused.clone()) } else { Ok(()) };
+    if let Some(query) = query {
+        none_named(query)?;
+        each_decoding(query, refused.clone(), none_named)?;
+    }
+    for value in headers.get_all(COOKIE) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for cookie in text.split([';', ',']) {
+            none_named(cookie.trim())?;
+        }
+    }
+    Ok(())
+}
+
 /// [`check`] for one reading of the query.
 fn check_pairs(query: &str, api_key: Option<&[u8]>, branch: &[u8]) -> Result<(), GatewayError> {
     let (mut seen_key, mut seen_branch) = (false, false);
     for (key, value) in pairs(query) {
         let (seen, authorised) = match classify(&key) {
-            Param::Other | Param::BaseBranch | Param::CompareBranch => continue,
+            Param::Other | Param::BaseBranch | Param::CompareBranch | Param::RuleKey => continue,
             Param::Refused => return Err(AMBIGUOUS),
             Param::StackKey => (&mut seen_key, api_key),
             Param::Branch => (&mut seen_branch, Some(branch)),
@@ -91,7 +121,7 @@ pub fn check_cookies(headers: &HeaderMap) -> Result<(), GatewayError> {
         let text = String::from_utf8_lossy(value.as_bytes());
         // `;` between cookies, `,` in RFC 2965's and some servers' joined headers.
         for cookie in text.split([';', ',']) {
-            if pairs(cookie.trim()).any(|(name, _)| classify(&name) != Param::Other) {
+            if pairs(cookie.trim()).any(|(name, _)| !matches!(classify(&name), Param::Other | Param::RuleKey)) {
                 return Err(GatewayError::BadRequest(BadRequest::AmbiguousCookie));
             }
         }
@@ -433,6 +463,7 @@ fn param_as_written(name: &str) -> Param {
         | b"xhttpmethodoverride"
         | b"xmethodoverride"
         | b"xhttpmethod" => Param::Refused,
+        b"workflow" | b"workflowstage" | b"publishingrule" | b"status" | b"approvers" => Param::RuleKey,
         _ => Param::Other,
     }
 }
@@ -467,6 +498,7 @@ impl Param {
     fn strength(&self) -> u8 {
         match self {
             Param::Other => 0,
+            Param::RuleKey => 1,
             Param::StackKey | Param::Branch | Param::BaseBranch | Param::CompareBranch => 1,
             Param::Refused => 2,
         }
@@ -479,6 +511,49 @@ mod tests {
     use http::HeaderValue;
 
     const SECRET: &str = "cs0123456789abcdef0123456789abcdef";
+
+    /// A rule's keys in the query or a cookie, in every spelling query keys are read
+    /// in and by the part before `[` or `.`, are refused on a rule's path (the
+    /// thirteenth outside probe: Rails merges the query over the body).
+    #[test]
+    fn rule_keys_in_the_query_or_a_cookie_are_refused() {
+        let none = HeaderMap::new();
+        for query in [
+            "workflow[workflow_stage][uid]=blt6",
+            "workflow%5Bworkflow_stage%5D%5Buid%5D=blt6",
+            "workflow%255Bworkflow_stage%255D=blt6",
+            "workflow.workflow_stage.uid=blt6",
+            "workflow[publishing_rule][status]=1",
+            "workflow_stage=blt6",
+            "status=1",
+            "locale=en-us&Status=1",
+            "publishing_rule[approvers][users][]=blt5",
+            "Publishing-Rule[approvers][users][]=blt5",
+            "publishingRule.approvers=blt5",
+            "approvers[users][]=blt5",
+            "\u{ff57}orkflow[workflow_stage]=blt6",
+            "%C5%BFtatus=1",
+            "x=1;workflow[workflow_stage]=blt6",
+        ] {
+            assert!(check_rule_keys(Some(query), &none).is_err(), "{query}");
+        }
+        for query in ["locale=en-us", "include_workflow=true", "workflows=1", "stat=1", ""] {
+            assert!(check_rule_keys(Some(query), &none).is_ok(), "{query}");
+        }
+        assert!(check_rule_keys(None, &none).is_ok());
+        let mut cookies = HeaderMap::new();
+        cookies.insert(COOKIE, HeaderValue::from_static("session=1; workflow[workflow_stage][uid]=blt6"));
+        assert!(check_rule_keys(None, &cookies).is_err());
+        cookies.insert(COOKIE, HeaderValue::from_static("session=1; theme=dark"));
+        assert!(check_rule_keys(None, &cookies).is_ok());
+        // Elsewhere they are ordinary keys: the query rule passes them.
+        assert!(check_cookies(&{
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_static("status=1"));
+            h
+        })
+        .is_ok());
+    }
 
     #[test]
     fn a_secrets_shape_is_found_in_any_field_or_the_query_however_encoded() {
