@@ -55,7 +55,8 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
             };
         }
     }
-    if segs.iter().any(|s| is_ambiguous_keyword(s)) {
+    let parents = std::iter::once(None).chain(segs.iter().copied().map(Some));
+    if segs.iter().zip(parents).any(|(s, parent)| is_ambiguous_keyword(parent, s)) {
         return Err(GatewayError::BadRequest(crate::error::BadRequest::AmbiguousPath));
     }
     if deeper {
@@ -64,7 +65,9 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
     Ok(route(method, read, default, segs))
 }
 
-/// The literal words of the CMA path table (`route`).
+/// The literal words of the CMA path table (`route`); [`is_word`] and [`folds_to_word`]
+/// list the same words (a unit test checks).
+#[cfg(test)]
 const KEYWORDS: [&str; 66] = [
     "accept_ownership",
     "ancestors",
@@ -147,48 +150,201 @@ fn loose_eq(segment: &str, word: &str, fold: bool) -> bool {
         })
 }
 
-/// A segment that is not a literal word of the table but reads as one (see [`classify`]):
-/// the same letters and digits, case ignored, whatever separators stand between them
-/// (`Publishing_Rules`, `publishing-rules`, `publishingRules`, `publishing.rules`), or
-/// before a format suffix (`entries.json`). A router that folds case or separators
-/// would route it as the word; the table would take it for a uid beside the word
-/// (`/workflows/{uid}` beside `/workflows/publishing_rules`).
-fn is_ambiguous_keyword(segment: &str) -> bool {
-    let reads_as_word = |letters: &str| match folds_to_word(letters) {
-        Some(word) => word != segment,
-        None => false,
-    };
-    match segment.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
-        None => reads_as_word(segment),
-        Some(end) => reads_as_word(segment.get(..end).unwrap_or_default()) || reads_as_word(segment),
+/// A segment that is not a literal word of the table but reads as one (see [`classify`]).
+/// Everywhere: the word in another case, or before a format suffix (`Publishing_Rules`,
+/// `STACKS`, `entries.json`), as case-insensitive and suffix-stripping routers read it.
+/// Where the table has a word beside a uid (`/workflows/publishing_rules` beside
+/// `/workflows/{uid}`, and under `assets`, `bulk` and `stacks`), also the word's letters
+/// and digits with any separators between them, escaped ones too (`publishing-rules`,
+/// `publishingRules`, `publishing%20rules`, `%20publishing_rules`): a router that folds
+/// or trims them would route the word, where the table would take a uid. Elsewhere such
+/// a segment is a uid like any other (a content type `audit_logs`).
+fn is_ambiguous_keyword(parent: Option<&str>, segment: &str) -> bool {
+    // Most segments of a CMA path are the table's words themselves.
+    if is_word(segment) {
+        return false;
     }
+    if parent.is_some_and(|p| matches!(p, "assets" | "bulk" | "stacks" | "workflows"))
+        && folds_to_word(segment).is_some()
+    {
+        return true;
+    }
+    // The common segment (lower-case letters, digits, `_`, `-`) reads as itself.
+    if segment.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+        return false;
+    }
+    let end = segment.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    let head = segment.get(..end.unwrap_or(segment.len())).unwrap_or_default();
+    let mut lower = [0u8; 24];
+    let Some(slot) = lower.get_mut(..head.len()) else { return false };
+    slot.copy_from_slice(head.as_bytes());
+    slot.make_ascii_lowercase();
+    std::str::from_utf8(slot).is_ok_and(is_word)
 }
 
-/// The table's word whose letters and digits (case ignored) are `text`'s, if any.
+/// Whether `segment` is one of the table's literal words, as written.
+fn is_word(segment: &str) -> bool {
+    matches!(
+        segment,
+        "accept_ownership"
+            | "ancestors"
+            | "assets"
+            | "audit-logs"
+            | "branch_aliases"
+            | "branches"
+            | "branches_compare"
+            | "branches_merge"
+            | "branches_queue"
+            | "bulk"
+            | "clone"
+            | "content_type"
+            | "content_types"
+            | "delete"
+            | "delivery_tokens"
+            | "deploy"
+            | "descendants"
+            | "disable"
+            | "enable"
+            | "entries"
+            | "environments"
+            | "executions"
+            | "export"
+            | "extensions"
+            | "folders"
+            | "global_fields"
+            | "import"
+            | "item"
+            | "items"
+            | "jobs"
+            | "labels"
+            | "locales"
+            | "logs"
+            | "management_tokens"
+            | "move"
+            | "name"
+            | "organizations"
+            | "publish"
+            | "publish-queue"
+            | "publishing_rules"
+            | "references"
+            | "release"
+            | "releases"
+            | "reset"
+            | "retry"
+            | "roles"
+            | "settings"
+            | "share"
+            | "stacks"
+            | "taxonomies"
+            | "terms"
+            | "transfer_ownership"
+            | "unlocalize"
+            | "unpublish"
+            | "unschedule"
+            | "unshare"
+            | "update_items"
+            | "user"
+            | "user-session"
+            | "users"
+            | "variants"
+            | "versions"
+            | "webhooks"
+            | "workflow"
+            | "workflows"
+            | "v3"
+    )
+}
+
+/// The table's word whose letters and digits (case ignored) are `text`'s, if any. A
+/// `match` on the folded bytes: the compiler sorts it by length, so a segment costs a
+/// length switch and a comparison or two (a sorted table searched cost about 400
+/// instructions a segment).
 fn folds_to_word(text: &str) -> Option<&'static str> {
     const LONGEST: usize = 24;
     let mut folded = [0u8; LONGEST];
     let mut len = 0;
-    for b in text.bytes().filter(u8::is_ascii_alphanumeric) {
-        *folded.get_mut(len)? = b.to_ascii_lowercase();
-        len += 1;
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        // An escape left in a canonical path is no letter or digit (those are decoded).
+        if b == b'%' && bytes.get(at + 1..at + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            at += 3;
+            continue;
+        }
+        if b.is_ascii_alphanumeric() {
+            *folded.get_mut(len)? = b.to_ascii_lowercase();
+            len += 1;
+        }
+        at += 1;
     }
-    let folded = folded.get(..len)?;
-    let words = folded_keywords();
-    let at = words.binary_search_by(|(letters, _)| letters.as_slice().cmp(folded)).ok()?;
-    words.get(at).map(|(_, word)| *word)
-}
-
-/// Each literal word of the table by its letters and digits, sorted by them.
-fn folded_keywords() -> &'static [(Vec<u8>, &'static str)] {
-    static FOLDED: std::sync::OnceLock<Vec<(Vec<u8>, &'static str)>> = std::sync::OnceLock::new();
-    FOLDED.get_or_init(|| {
-        let mut folded: Vec<_> = KEYWORDS
-            .iter()
-            .map(|word| (word.bytes().filter(u8::is_ascii_alphanumeric).collect::<Vec<u8>>(), *word))
-            .collect();
-        folded.sort();
-        folded
+    Some(match folded.get(..len)? {
+        b"acceptownership" => "accept_ownership",
+        b"ancestors" => "ancestors",
+        b"assets" => "assets",
+        b"auditlogs" => "audit-logs",
+        b"branchaliases" => "branch_aliases",
+        b"branches" => "branches",
+        b"branchescompare" => "branches_compare",
+        b"branchesmerge" => "branches_merge",
+        b"branchesqueue" => "branches_queue",
+        b"bulk" => "bulk",
+        b"clone" => "clone",
+        b"contenttype" => "content_type",
+        b"contenttypes" => "content_types",
+        b"delete" => "delete",
+        b"deliverytokens" => "delivery_tokens",
+        b"deploy" => "deploy",
+        b"descendants" => "descendants",
+        b"disable" => "disable",
+        b"enable" => "enable",
+        b"entries" => "entries",
+        b"environments" => "environments",
+        b"executions" => "executions",
+        b"export" => "export",
+        b"extensions" => "extensions",
+        b"folders" => "folders",
+        b"globalfields" => "global_fields",
+        b"import" => "import",
+        b"item" => "item",
+        b"items" => "items",
+        b"jobs" => "jobs",
+        b"labels" => "labels",
+        b"locales" => "locales",
+        b"logs" => "logs",
+        b"managementtokens" => "management_tokens",
+        b"move" => "move",
+        b"name" => "name",
+        b"organizations" => "organizations",
+        b"publish" => "publish",
+        b"publishingrules" => "publishing_rules",
+        b"publishqueue" => "publish-queue",
+        b"references" => "references",
+        b"release" => "release",
+        b"releases" => "releases",
+        b"reset" => "reset",
+        b"retry" => "retry",
+        b"roles" => "roles",
+        b"settings" => "settings",
+        b"share" => "share",
+        b"stacks" => "stacks",
+        b"taxonomies" => "taxonomies",
+        b"terms" => "terms",
+        b"transferownership" => "transfer_ownership",
+        b"unlocalize" => "unlocalize",
+        b"unpublish" => "unpublish",
+        b"unschedule" => "unschedule",
+        b"unshare" => "unshare",
+        b"updateitems" => "update_items",
+        b"user" => "user",
+        b"users" => "users",
+        b"usersession" => "user-session",
+        b"v3" => "v3",
+        b"variants" => "variants",
+        b"versions" => "versions",
+        b"webhooks" => "webhooks",
+        b"workflow" => "workflow",
+        b"workflows" => "workflows",
+        _ => return None,
     })
 }
 
@@ -350,26 +506,45 @@ mod tests {
         classify(&Method::from_bytes(method.as_bytes()).unwrap(), path).unwrap()
     }
 
-    /// A segment with a word's letters and digits in another spelling is ambiguous; the
-    /// word itself, and uids that only share some letters, are not. No two words share
-    /// their letters (else one could be taken for the other).
+    /// Beside a uid (under `workflows`, `assets`, `bulk`, `stacks`) a segment with a
+    /// word's letters and digits in any spelling is ambiguous; elsewhere only the word in
+    /// another case or before a suffix is, and uids that fold to a word pass (a content
+    /// type `audit_logs`, the thirteenth and fourteenth outside probes).
     #[test]
     fn segments_that_fold_to_a_word_are_ambiguous() {
-        for segment in
-            ["publishing-rules", "publishingRules", "publishingrules", "Publishing_Rules", "publishing__rules"]
-        {
-            assert!(is_ambiguous_keyword(segment), "{segment}");
+        let under = |parent: &str, segment: &str| is_ambiguous_keyword(Some(parent), segment);
+        for segment in [
+            "publishing-rules",
+            "publishingRules",
+            "publishingrules",
+            "Publishing_Rules",
+            "publishing__rules",
+            "publishing.rules",
+            "publishing_rules_",
+            "%20publishing_rules",
+            "publishing%20rules",
+            "publishing%22rules",
+        ] {
+            assert!(under("workflows", segment), "{segment}");
         }
-        for segment in ["publishing_rules_", "entries.json", "content-types", "v_3", "WORKFLOW"] {
-            assert!(is_ambiguous_keyword(segment), "{segment}");
+        assert!(under("assets", "Folders") && under("assets", "fol-ders") && under("stacks", "%20management_tokens"));
+        for segment in ["entries.json", "Content_Types", "WORKFLOW", "Audit-Logs"] {
+            assert!(is_ambiguous_keyword(Some("content_types"), segment), "{segment}");
+        }
+        for segment in ["audit_logs", "work_flow", "web_hooks", "publish_queue", "user_session", "blog", "en-us"] {
+            assert!(!is_ambiguous_keyword(Some("content_types"), segment), "{segment}");
+            assert!(!is_ambiguous_keyword(Some("environments"), segment), "{segment}");
         }
         for segment in
             KEYWORDS.iter().copied().chain(["blog", "blt0123abc", "en-us", "publishing_rule_1", "workflowx", ""])
         {
-            assert!(!is_ambiguous_keyword(segment), "{segment}");
+            assert!(!under("workflows", segment), "{segment}");
         }
-        let folded = folded_keywords();
-        assert!(folded.windows(2).all(|w| w[0].0 != w[1].0), "two words share their letters");
+        // Every word of the table is one and folds to itself.
+        for word in KEYWORDS {
+            assert!(is_word(word), "{word}");
+            assert_eq!(folds_to_word(word), Some(word));
+        }
     }
 
     #[test]

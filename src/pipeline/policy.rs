@@ -257,6 +257,15 @@ enum Reading {
 /// letters and digits alone; it only ever refuses.
 fn reading(key: &str, wanted: &str) -> Option<Reading> {
     let key = key.split('\0').next().unwrap_or_default();
+    // A key that is a path (`publishing_rule.approvers.users`, `approvers[users]`,
+    // `approvers->users`): lodash's `get`, MongoDB's `$set` and unflattening helpers
+    // read it as nested under its first part, so that part naming `wanted` is a second
+    // reading.
+    if let Some((head, _)) = key.split_once(['.', '[', ']', '>', ':', '/']) {
+        if reading(head, wanted).is_some() {
+            return Some(Reading::Loose);
+        }
+    }
     let mut spelled = wanted.chars();
     if key.chars().all(|c| spelled.next().is_some_and(|w| ascii_reading(c) == Some(w))) && spelled.next().is_none() {
         return Some(Reading::Spelled);

@@ -56,6 +56,11 @@ pub fn check(query: Option<&str>, creds: &Credentials<'_>) -> Result<(), Gateway
     each_decoding(query, AMBIGUOUS, |decoded| check_pairs(decoded, api_key, branch))
 }
 
+/// What may stand between two cookies to some parser: `;`, `,` in RFC 2965's and some
+/// servers' joined headers, and spaces and tabs, which Python's `http.cookies` (aiohttp,
+/// Bottle, CherryPy) takes between cookies too.
+const COOKIE_SEPARATORS: [char; 4] = [';', ',', ' ', '\t'];
+
 /// On a path whose body a rule reads (entry workflow, publish rules), refuses a query
 /// key or a cookie that names what the rule reads (`workflow`, `workflow_stage`,
 /// `publishing_rule`, `status`, `approvers`; read as [`check`] reads keys, and by the
@@ -76,7 +81,7 @@ pub fn check_rule_keys(query: Option<&str>, headers: &HeaderMap) -> Result<(), G
     }
     for value in headers.get_all(COOKIE) {
         let text = String::from_utf8_lossy(value.as_bytes());
-        for cookie in text.split([';', ',']) {
+        for cookie in text.split(COOKIE_SEPARATORS) {
             none_named(cookie.trim())?;
         }
     }
@@ -119,8 +124,7 @@ pub fn named_branches(query: Option<&str>) -> Result<[Cow<'_, str>; 2], GatewayE
 pub fn check_cookies(headers: &HeaderMap) -> Result<(), GatewayError> {
     for value in headers.get_all(COOKIE) {
         let text = String::from_utf8_lossy(value.as_bytes());
-        // `;` between cookies, `,` in RFC 2965's and some servers' joined headers.
-        for cookie in text.split([';', ',']) {
+        for cookie in text.split(COOKIE_SEPARATORS) {
             if pairs(cookie.trim()).any(|(name, _)| !matches!(classify(&name), Param::Other | Param::RuleKey)) {
                 return Err(GatewayError::BadRequest(BadRequest::AmbiguousCookie));
             }
@@ -544,6 +548,10 @@ mod tests {
         let mut cookies = HeaderMap::new();
         cookies.insert(COOKIE, HeaderValue::from_static("session=1; workflow[workflow_stage][uid]=blt6"));
         assert!(check_rule_keys(None, &cookies).is_err());
+        cookies.insert(COOKIE, HeaderValue::from_static("a=1 status=1"));
+        assert!(check_rule_keys(None, &cookies).is_err(), "a space between cookies");
+        cookies.insert(COOKIE, HeaderValue::from_static("a=b\tworkflow=1"));
+        assert!(check_rule_keys(None, &cookies).is_err(), "a tab between cookies");
         cookies.insert(COOKIE, HeaderValue::from_static("session=1; theme=dark"));
         assert!(check_rule_keys(None, &cookies).is_ok());
         // Elsewhere they are ordinary keys: the query rule passes them.

@@ -62,6 +62,10 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"workflow":{"publishing_rule":{"uid":"r","status\u{200b}":0}}}),
         json!({"workflow":{"publishingRule":{"status":0,"comment":"please"}}}),
         json!({"work_flow":{"publishing_rule":{"status":0}}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"workflow.workflow_stage":{"uid":"s"}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"workflow.publishing_rule.status":1}),
+        json!({"workflow":{"publishing_rule.status":1,"publishing_rule":{"status":0}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"workflow_stage.uid":"s"}}),
         // Whole-string case conversions (Python's `casefold`, JavaScript's
         // `toUpperCase`) turn a ligature into two letters (the twelfth outside probe).
         json!({"workflow":{"publishing_rule":{"status":0},"work\u{fb02}ow_stage":{"uid":"s1"}}}),
@@ -85,6 +89,15 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"publishing_rule":{"approver-s":{"users":[]}}}),
         json!({"publishing_rule":{"approvers":null,"\u{ff41}pprovers":{"users":["u1"]}}}),
         json!({"\u{ff50}ublishing_rule":{"approvers":{"users":["u1"]}}}),
+        // Keys that are paths, read as nested by lodash's `get` and unflatteners (the
+        // fourteenth outside probe).
+        json!({"publishing_rule":{"approvers":{"users":[],"roles":[]}},"publishing_rule.approvers.users":["u1"]}),
+        json!({"publishing_rule.approvers.users":["u1"]}),
+        json!({"publishing_rule":{"approvers.roles":["r1"]}}),
+        json!({"publishing_rule":{"approvers[users]":["u1"]}}),
+        json!({"publishing_rule[approvers][users]":["u1"]}),
+        json!({"publishing_rule":{"approvers->users":["u1"]}}),
+        json!({"publishing_rule":{"approvers":null,"approvers.users":["u1"]}}),
     ] {
         assert!(check(pr, body.clone()).is_err(), "{body}");
     }
