@@ -1255,6 +1255,9 @@ async fn paths_that_read_as_cma_words_without_being_them_are_refused() {
         "/v3/workflows/publishing__rules",
         "/v3/workflows/publishing.rules",
         "/v3/workflows/publishing_rules_",
+        // Escaped separators too (the fourteenth outside probe).
+        "/v3/workflows/%20publishing_rules",
+        "/v3/workflows/publishing%20rules",
     ] {
         let (status, _, body) = env.send("POST", path, &json, approvers).await;
         assert_eq!(status.as_u16(), 400, "{path}: {}", String::from_utf8_lossy(&body));
@@ -1265,9 +1268,16 @@ async fn paths_that_read_as_cma_words_without_being_them_are_refused() {
         assert_eq!(status.as_u16(), 400, "{path}");
     }
     assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
-    // Ordinary uids in any case still pass.
+    // Ordinary uids in any case still pass, and so do uids that only fold to a word
+    // where no word stands beside them (a content type `audit_logs`).
     let (status, _, _) = env.send("GET", "/v3/content_types/blog/entries/BltAbC123", &creds(RW), "").await;
     assert_eq!(status.as_u16(), 200);
+    for path in
+        ["/v3/content_types/audit_logs/entries", "/v3/content_types/work_flow", "/v3/environments/publish_queue"]
+    {
+        let (status, _, _) = env.send("GET", path, &creds(RW), "").await;
+        assert_eq!(status.as_u16(), 200, "{path}");
+    }
 }
 
 // Bodies the rules read: JSON only, one reading --------------------------------------
