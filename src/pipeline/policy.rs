@@ -183,7 +183,9 @@ fn workflow_change_denied(json: &Value) -> bool {
 /// or `approvers` neither an object nor null, is nothing the gateway can vouch for (a
 /// backend that reads approvers from another shape would see them).
 fn needs_approvers(json: &Value) -> bool {
-    if !json.is_object() {
+    // `approvers` beside or without `publishing_rule`: Rails' `wrap_parameters` wraps
+    // the body's top-level keys into `publishing_rule` when it is absent.
+    if !json.is_object() || !matches!(field(json, "approvers"), Field::Absent) {
         return true;
     }
     let rule = match field(json, "publishing_rule") {
@@ -238,6 +240,16 @@ fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
     found
 }
 
+/// The first part of a key that is a path (see [`reading`]), if it is one.
+fn path_head(key: &str) -> Option<&str> {
+    let separator = key.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'));
+    let end = match (separator, key.find("__")) {
+        (Some(a), Some(b)) => a.min(b),
+        (one, other) => one.or(other)?,
+    };
+    key.get(..end)
+}
+
 /// How a key reads as a rule's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reading {
@@ -258,10 +270,12 @@ enum Reading {
 fn reading(key: &str, wanted: &str) -> Option<Reading> {
     let key = key.split('\0').next().unwrap_or_default();
     // A key that is a path (`publishing_rule.approvers.users`, `approvers[users]`,
-    // `approvers->users`): lodash's `get`, MongoDB's `$set` and unflattening helpers
-    // read it as nested under its first part, so that part naming `wanted` is a second
-    // reading.
-    if let Some((head, _)) = key.split_once(['.', '[', ']', '>', ':', '/']) {
+    // `approvers->users`, `approvers__users`, `approvers%2Eusers`): lodash's `get`,
+    // MongoDB's `$set`, ASP.NET's and Django's `__`, and unflattening helpers read it as
+    // nested under its first part, so that part naming `wanted` is a second reading.
+    // Anything but a letter, a digit, `_` or `-` may separate a path's parts to some
+    // reader (its NFKC form too: `．` is `.`), and so may `__`.
+    if let Some(head) = path_head(key) {
         if reading(head, wanted).is_some() {
             return Some(Reading::Loose);
         }

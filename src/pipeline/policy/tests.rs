@@ -66,6 +66,10 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"workflow":{"publishing_rule":{"status":0}},"workflow.publishing_rule.status":1}),
         json!({"workflow":{"publishing_rule.status":1,"publishing_rule":{"status":0}}}),
         json!({"workflow":{"publishing_rule":{"status":0},"workflow_stage.uid":"s"}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"workflow__workflow_stage":{"uid":"s"}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"workflow_stage__uid":"s"}}),
+        json!({"workflow":{"publishing_rule":{"status":0,"status__x":1}}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"workflow%2Eworkflow_stage":{"uid":"s"}}),
         // Whole-string case conversions (Python's `casefold`, JavaScript's
         // `toUpperCase`) turn a ligature into two letters (the twelfth outside probe).
         json!({"workflow":{"publishing_rule":{"status":0},"work\u{fb02}ow_stage":{"uid":"s1"}}}),
@@ -98,10 +102,25 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"publishing_rule[approvers][users]":["u1"]}),
         json!({"publishing_rule":{"approvers->users":["u1"]}}),
         json!({"publishing_rule":{"approvers":null,"approvers.users":["u1"]}}),
+        // `__`, escaped and other separators, NFKC ones (the fifteenth outside probe).
+        json!({"publishing_rule__approvers__users":["u1"]}),
+        json!({"publishing_rule":{"approvers":{"users":[]},"approvers__users":["u1"]}}),
+        json!({"publishing_rule%2Eapprovers%2Eusers":["u1"]}),
+        json!({"publishing_rule":{"approvers|users":["u1"]}}),
+        json!({"publishing_rule":{"approvers\u{ff0e}users":["u1"]}}),
+        json!({"publishing_rule":{"approvers\u{3002}users":["u1"]}}),
+        // Top-level approvers, which Rails' `wrap_parameters` would wrap.
+        json!({"approvers":{"users":["u1"]}}),
+        json!({"publishing_rule":{"approvers":{"users":[]}},"Approvers":{"users":["u1"]}}),
     ] {
         assert!(check(pr, body.clone()).is_err(), "{body}");
     }
     assert!(check(pr, json!({"publishing_rule":{"approvers":{"users":[]},"approver_list":{"users":[]}}})).is_ok());
+    // Other keys that are paths pass: their first part names no rule key.
+    let other = json!({"publishing_rule":{"approvers":{"users":[]},"comment.text":"x","conditions[0]":1,"status_text":"a"},"meta.source":"ui"});
+    assert!(check(pr, other).is_ok());
+    let request = json!({"workflow":{"publishing_rule":{"status":0,"comment.text":"ok","notify[email]":true}},"workflow_comment":"x"});
+    assert!(check(wf, request).is_ok());
 }
 
 /// A decoder that keeps keys as C strings reads a key up to its NUL: beside the key it
