@@ -79,10 +79,16 @@ pub fn check_rule_keys(query: Option<&str>, headers: &HeaderMap) -> Result<(), G
         none_named(query)?;
         each_decoding(query, refused.clone(), none_named)?;
     }
+    each_cookie(headers, none_named)
+}
+
+/// Calls `f` on each cookie (`name=value`, trimmed) of every `Cookie` field, split at
+/// [`COOKIE_SEPARATORS`], until it fails.
+fn each_cookie(headers: &HeaderMap, mut f: impl FnMut(&str) -> Result<(), GatewayError>) -> Result<(), GatewayError> {
     for value in headers.get_all(COOKIE) {
         let text = String::from_utf8_lossy(value.as_bytes());
         for cookie in text.split(COOKIE_SEPARATORS) {
-            none_named(cookie.trim())?;
+            f(cookie.trim())?;
         }
     }
     Ok(())
@@ -122,15 +128,13 @@ pub fn named_branches(query: Option<&str>) -> Result<[Cow<'_, str>; 2], GatewayE
 /// the name, so such a cookie would address what the gateway did not authorise. CMA
 /// clients send none of them.
 pub fn check_cookies(headers: &HeaderMap) -> Result<(), GatewayError> {
-    for value in headers.get_all(COOKIE) {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        for cookie in text.split(COOKIE_SEPARATORS) {
-            if pairs(cookie.trim()).any(|(name, _)| !matches!(classify(&name), Param::Other | Param::RuleKey)) {
-                return Err(GatewayError::BadRequest(BadRequest::AmbiguousCookie));
-            }
+    each_cookie(headers, |cookie| {
+        if pairs(cookie).any(|(name, _)| !matches!(classify(&name), Param::Other | Param::RuleKey)) {
+            Err(GatewayError::BadRequest(BadRequest::AmbiguousCookie))
+        } else {
+            Ok(())
         }
-    }
-    Ok(())
+    })
 }
 
 /// Refuses a body that a backend would read as a form, or whose type parsers read
