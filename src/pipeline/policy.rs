@@ -241,7 +241,7 @@ fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
 }
 
 /// The first part of a key that is a path (see [`reading`]), if it is one.
-fn path_head(key: &str) -> Option<&str> {
+pub(super) fn path_head(key: &str) -> Option<&str> {
     let separator = key.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'));
     let end = match (separator, key.find("__")) {
         (Some(a), Some(b)) => a.min(b),

@@ -18,7 +18,7 @@
 //! not name these keys, and a body may not be a urlencoded form.
 
 use super::auth::{self, Credentials};
-use super::policy::{ascii_reading, DEFAULT_BRANCH};
+use super::policy::{ascii_reading, path_head, DEFAULT_BRANCH};
 use crate::error::{BadRequest, Denial, GatewayError};
 use crate::field_names::folded_eq;
 use http::header::{CONTENT_TYPE, COOKIE};
@@ -63,16 +63,16 @@ const COOKIE_SEPARATORS: [char; 4] = [';', ',', ' ', '\t'];
 
 /// On a path whose body a rule reads (entry workflow, publish rules), refuses a query
 /// key or a cookie that names what the rule reads (`workflow`, `workflow_stage`,
-/// `publishing_rule`, `status`, `approvers`; read as [`check`] reads keys, and by the
-/// part before a `.` or `[`: `workflow[workflow_stage][uid]`, `workflow.status`). Rails
+/// `publishing_rule`, `status`, `approvers`; read as [`check`] reads keys, and by its
+/// first part as a path, as the body rule reads keys: `workflow[workflow_stage][uid]`,
+/// `workflow.status`, `workflow__workflow_stage`). Rails
 /// merges query parameters over the body's (`params`), Laravel's `input` falls back to
 /// the query, and PHP's `$_REQUEST` may take cookies: the backend would act on what the
 /// rule never read. 403, as a body the rule refuses.
 pub fn check_rule_keys(query: Option<&str>, headers: &HeaderMap) -> Result<(), GatewayError> {
     let refused = GatewayError::Forbidden(Denial::BodyRule);
     let names = |key: &str| {
-        let first = key.split(['.', '[']).next().unwrap_or_default();
-        classify(key) == Param::RuleKey || classify(first) == Param::RuleKey
+        classify(key) == Param::RuleKey || path_head(key).is_some_and(|head| classify(head) == Param::RuleKey)
     };
     let none_named = |text: &str| if pairs(text).any(|(key, _)| names(&key)) { Err(refused.clone()) } else { Ok(()) };
     if let Some(query) = query {
@@ -542,10 +542,17 @@ mod tests {
             "\u{ff57}orkflow[workflow_stage]=blt6",
             "%C5%BFtatus=1",
             "x=1;workflow[workflow_stage]=blt6",
+            "workflow__workflow_stage__uid=blt6",
+            "publishing_rule__approvers__users=blt5",
+            "workflow%2Eworkflow_stage=blt6",
+            "workflow|workflow_stage=blt6",
+            "workflow\u{ff0e}workflow_stage=blt6",
         ] {
             assert!(check_rule_keys(Some(query), &none).is_err(), "{query}");
         }
-        for query in ["locale=en-us", "include_workflow=true", "workflows=1", "stat=1", ""] {
+        for query in
+            ["locale=en-us", "include_workflow=true", "workflows=1", "stat=1", "status_text=1", "comment.text=1", ""]
+        {
             assert!(check_rule_keys(Some(query), &none).is_ok(), "{query}");
         }
         assert!(check_rule_keys(None, &none).is_ok());
