@@ -27,7 +27,7 @@ pub fn declares_json(headers: &http::HeaderMap) -> bool {
 
 /// Whether the request carries exactly one `Content-Type`, with the media type
 /// `application/json` (in any case; RFC 9110 section 8.3.1). Parameters may follow, but
-/// a `charset` other than UTF-8 is refused: JSON is UTF-8 (RFC 8259 section 8.1) and the
+/// a `charset` other than UTF-8 (in any spelling of the parameter) is refused: JSON is UTF-8 (RFC 8259 section 8.1) and the
 /// parser reads it as such, so a body declared otherwise would be read as something else.
 fn typed_json(headers: &http::HeaderMap) -> bool {
     let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
@@ -41,7 +41,9 @@ fn typed_json(headers: &http::HeaderMap) -> bool {
     let media_type = parts.next().unwrap_or_default().trim();
     media_type.eq_ignore_ascii_case("application/json")
         && parts.all(|param| match param.split_once('=') {
-            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            // RFC 2231's `charset*` and `charset*0` name the charset too (Werkzeug and
+            // Python's `email` read them).
+            Some((name, value)) if name.trim().split('*').next().is_some_and(|n| n.eq_ignore_ascii_case("charset")) => {
                 value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
             }
             Some((name, _)) => !name.trim().is_empty(),
@@ -195,6 +197,9 @@ mod tests {
             "application/json-patch+json",
             "application/x-www-form-urlencoded",
             "application/json; charset=latin1",
+            "application/json; charset*=utf-7",
+            "application/json; CHARSET*0=utf-7",
+            "application/json; charset*=utf-8''utf-8",
             "application/json; nonsense",
             "",
         ] {

@@ -1258,6 +1258,8 @@ async fn paths_that_read_as_cma_words_without_being_them_are_refused() {
         // Escaped separators too (the fourteenth outside probe).
         "/v3/workflows/%20publishing_rules",
         "/v3/workflows/publishing%20rules",
+        // A word's singular (the sixteenth outside probe).
+        "/v3/workflows/publishing_rule",
     ] {
         let (status, _, body) = env.send("POST", path, &json, approvers).await;
         assert_eq!(status.as_u16(), 400, "{path}: {}", String::from_utf8_lossy(&body));
@@ -1321,6 +1323,13 @@ async fn inspected_bodies_must_be_json_with_one_reading() {
     // Ligatures that whole-string case conversions turn into the rule's letters.
     let ligature = "{\"workflow\":{\"publishing_rule\":{\"status\":0},\"work\u{fb02}ow_stage\":{\"uid\":\"s1\"}}}";
     assert_eq!(env.send("POST", workflow, &json, ligature).await.0.as_u16(), 403);
+    // A path key opened by a bracket, which lodash's `set` nests under its first name,
+    // and RFC 2231's `charset*` (the sixteenth outside probe).
+    let bracketed = r#"{"workflow":{"publishing_rule":{"status":0}},"[workflow][workflow_stage]":{"uid":"x"}}"#;
+    assert_eq!(env.send("POST", workflow, &json, bracketed).await.0.as_u16(), 403);
+    let mut utf7 = creds(RW);
+    utf7.push(("content-type", "application/json; charset*=utf-7"));
+    assert_eq!(env.send("POST", workflow, &utf7, fine).await.0.as_u16(), 415);
     assert!(env.backend.seen().is_empty(), "{:?}", env.backend.seen());
     let mut identity = json.clone();
     identity.push(("content-encoding", "identity"));
@@ -1346,6 +1355,10 @@ async fn rule_keys_in_the_query_or_a_cookie_are_refused_on_rule_paths() {
         ("POST", format!("{workflow}?locale=en-us&status=1"), request),
         ("POST", format!("{rules}?publishing_rule[approvers][users][]=blt5555555555555555"), ""),
         ("PUT", format!("{rules}/r1?publishing_rule.approvers=blt5"), ""),
+        // Keys Rack 2 strips leading brackets from, and `__` paths (the sixteenth probe).
+        ("POST", format!("{workflow}?[][workflow][workflow_stage]=1"), request),
+        ("POST", format!("{workflow}?workflow__workflow_stage=1"), request),
+        ("POST", format!("{rules}?[]approvers[users][]=u1"), ""),
     ];
     for (method, path, body) in &cases {
         let (status, _, text) = env.send(method, path, &json, body).await;

@@ -156,8 +156,9 @@ fn loose_eq(segment: &str, word: &str, fold: bool) -> bool {
 /// Where the table has a word beside a uid (`/workflows/publishing_rules` beside
 /// `/workflows/{uid}`, and under `assets`, `bulk` and `stacks`), also the word's letters
 /// and digits with any separators between them, escaped ones too (`publishing-rules`,
-/// `publishingRules`, `publishing%20rules`, `%20publishing_rules`): a router that folds
-/// or trims them would route the word, where the table would take a uid. Elsewhere such
+/// `publishingRules`, `publishing%20rules`, `%20publishing_rules`) or its singular
+/// (`publishing_rule`): a router that folds, trims or singularises them would route the
+/// word, where the table would take a uid. Elsewhere such
 /// a segment is a uid like any other (a content type `audit_logs`).
 fn is_ambiguous_keyword(parent: Option<&str>, segment: &str) -> bool {
     // Most segments of a CMA path are the table's words themselves.
@@ -165,7 +166,7 @@ fn is_ambiguous_keyword(parent: Option<&str>, segment: &str) -> bool {
         return false;
     }
     if parent.is_some_and(|p| matches!(p, "assets" | "bulk" | "stacks" | "workflows"))
-        && folds_to_word(segment).is_some()
+        && folds_to_word(segment, false).or_else(|| folds_to_word(segment, true)).is_some()
     {
         return true;
     }
@@ -255,11 +256,12 @@ fn is_word(segment: &str) -> bool {
     )
 }
 
-/// The table's word whose letters and digits (case ignored) are `text`'s, if any. A
+/// The table's word whose letters and digits (case ignored) are `text`'s (followed by an
+/// `s` when `plural`), if any. A
 /// `match` on the folded bytes: the compiler sorts it by length, so a segment costs a
 /// length switch and a comparison or two (a sorted table searched cost about 400
 /// instructions a segment).
-fn folds_to_word(text: &str) -> Option<&'static str> {
+fn folds_to_word(text: &str, plural: bool) -> Option<&'static str> {
     const LONGEST: usize = 24;
     let mut folded = [0u8; LONGEST];
     let mut len = 0;
@@ -276,6 +278,10 @@ fn folds_to_word(text: &str) -> Option<&'static str> {
             len += 1;
         }
         at += 1;
+    }
+    if plural {
+        *folded.get_mut(len)? = b's';
+        len += 1;
     }
     Some(match folded.get(..len)? {
         b"acceptownership" => "accept_ownership",
@@ -524,10 +530,15 @@ mod tests {
             "%20publishing_rules",
             "publishing%20rules",
             "publishing%22rules",
+            // A word's singular, as a router that singularises reads it (the sixteenth
+            // outside probe).
+            "publishing_rule",
+            "Publishing-Rule",
         ] {
             assert!(under("workflows", segment), "{segment}");
         }
         assert!(under("assets", "Folders") && under("assets", "fol-ders") && under("stacks", "%20management_tokens"));
+        assert!(under("assets", "folder") && under("stacks", "setting") && under("bulk", "Job"));
         for segment in ["entries.json", "Content_Types", "WORKFLOW", "Audit-Logs"] {
             assert!(is_ambiguous_keyword(Some("content_types"), segment), "{segment}");
         }
@@ -543,7 +554,7 @@ mod tests {
         // Every word of the table is one and folds to itself.
         for word in KEYWORDS {
             assert!(is_word(word), "{word}");
-            assert_eq!(folds_to_word(word), Some(word));
+            assert_eq!(folds_to_word(word, false), Some(word));
         }
     }
 

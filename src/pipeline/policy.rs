@@ -159,8 +159,12 @@ fn workflow_change_denied(json: &Value) -> bool {
         _ => return true,
     };
     // Present, whatever its value (DESIGN.md): a backend may read a null stage as one to
-    // clear, which is a stage change too.
-    if !matches!(field(workflow, "workflow_stage"), Field::Absent) {
+    // clear, which is a stage change too. Beside `workflow`, a key the rule reads inside
+    // it is refused as it is in the query: a backend that merges or wraps parameters
+    // would read it as the workflow's.
+    let beside =
+        ["workflow_stage", "publishing_rule", "status"].iter().any(|k| !matches!(field(json, k), Field::Absent));
+    if beside || !matches!(field(workflow, "workflow_stage"), Field::Absent) {
         return true;
     }
     match field(workflow, "publishing_rule") {
@@ -240,14 +244,14 @@ fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
     found
 }
 
-/// The first part of a key that is a path (see [`reading`]), if it is one.
+/// The first part of a key that is a path (see [`reading`]), if it is one: its first
+/// non-empty part, for a leading separator opens no part of its own to lodash's
+/// `toPath` (`[workflow][workflow_stage]`, `["workflow"].workflow_stage`) or to Rack 2's
+/// query parser (`[][workflow][workflow_stage]`).
 pub(super) fn path_head(key: &str) -> Option<&str> {
-    let separator = key.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'));
-    let end = match (separator, key.find("__")) {
-        (Some(a), Some(b)) => a.min(b),
-        (one, other) => one.or(other)?,
-    };
-    key.get(..end)
+    let separator = |c: char| !(c.is_alphanumeric() || c == '_' || c == '-');
+    let head = key.split(separator).flat_map(|part| part.split("__")).find(|part| !part.is_empty())?;
+    (head.len() < key.len()).then_some(head)
 }
 
 /// How a key reads as a rule's key.

@@ -547,6 +547,14 @@ mod tests {
             "workflow%2Eworkflow_stage=blt6",
             "workflow|workflow_stage=blt6",
             "workflow\u{ff0e}workflow_stage=blt6",
+            // Rack 2 drops leading brackets (the sixteenth outside probe).
+            "[][workflow][workflow_stage]=1",
+            "[]workflow[workflow_stage]=1",
+            "][workflow][workflow_stage]=1",
+            "][publishing_rule][status]=1",
+            "[][publishing_rule][approvers][users][]=u1",
+            "[]approvers[users][]=u1",
+            "%5B%5D%5Bworkflow%5D%5Bworkflow_stage%5D=1",
         ] {
             assert!(check_rule_keys(Some(query), &none).is_err(), "{query}");
         }

@@ -79,6 +79,21 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"workflow":{"publishing_rule":{"status":0,"\u{fb06}atus":1}}}),
         // Compatibility forms (NFKC): full-width letters.
         json!({"workflow":{"publishing_rule":{"status":0},"\u{ff57}orkflow_stage":{"uid":"s1"}}}),
+        // Paths that open with a separator: lodash's `toPath` reads their first
+        // non-empty part first (the sixteenth outside probe).
+        json!({"workflow":{"publishing_rule":{"status":0}},"[workflow][workflow_stage]":{"uid":"x"}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"[workflow][publishing_rule][status]":1}),
+        json!({"workflow":{"publishing_rule":{"status":0},"[publishing_rule][status]":1}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"[][workflow][workflow_stage]":{"uid":"x"}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"[\"workflow\"].workflow_stage":{"uid":"x"}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"['workflow']['workflow_stage']":{"uid":"x"}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},".workflow.workflow_stage":{"uid":"x"}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"/workflow/workflow_stage":{"uid":"x"}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"__workflow__workflow_stage":{"uid":"x"}}),
+        // Beside `workflow`, the keys the rule reads inside it (as in the query).
+        json!({"workflow":{"publishing_rule":{"status":0}},"workflow_stage":{"uid":"x"}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"publishing_rule":{"status":1}}),
+        json!({"workflow":{"publishing_rule":{"status":0}},"Status":1}),
     ] {
         assert!(check(wf, body.clone()).is_err(), "{body}");
     }
@@ -112,6 +127,11 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         // Top-level approvers, which Rails' `wrap_parameters` would wrap.
         json!({"approvers":{"users":["u1"]}}),
         json!({"publishing_rule":{"approvers":{"users":[]}},"Approvers":{"users":["u1"]}}),
+        // Paths that open with a separator (the sixteenth outside probe).
+        json!({"publishing_rule":{"approvers":{"users":[]}},"[publishing_rule][approvers][users]":["u1"]}),
+        json!({"publishing_rule":{"approvers":{"users":[]},"[approvers][users]":["u1"]}}),
+        json!({"[approvers][users]":["u1"]}),
+        json!({"/publishing_rule/approvers/users":["u1"]}),
     ] {
         assert!(check(pr, body.clone()).is_err(), "{body}");
     }
