@@ -51,6 +51,9 @@ pub struct Facts {
     pub token: Option<Arc<Token>>,
     /// Set only when the canonical path differs from the raw one.
     pub canonical: Option<Box<str>>,
+    /// The Unix second the request was decided at: the token's use is recorded at it,
+    /// so the clock is read once per request.
+    pub decided_at: i64,
 }
 
 pub use crate::cma::ALLOWED_METHODS;

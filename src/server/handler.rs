@@ -222,7 +222,7 @@ pub async fn respond(
             Some(GatewayError::RateLimited { .. }) => Outcome::RateLimited,
             Some(_) => Outcome::Refused,
         };
-        token.usage.record(outcome, gw.clock().now());
+        token.usage.record(outcome, facts.decided_at);
     }
     let op = facts.op;
     let took = started.elapsed();
@@ -415,6 +415,7 @@ async fn process(
         !b.is_end_stream() && b.size_hint().exact() != Some(0)
     });
     let (guard, now) = (&snap.config.guard, gw.clock().now());
+    facts.decided_at = now;
     let gate = |presented: pipeline::Presented<'_>| gw.gate(client.ip, guard, now, presented);
     let Decision { target, op, route, at_work } = pipeline::decide(snap, parts, has_body, now, facts, gate)?;
     if let std::borrow::Cow::Owned(path) = &target.path {
