@@ -1265,7 +1265,12 @@ async fn paths_that_read_as_cma_words_without_being_them_are_refused() {
         assert_eq!(status.as_u16(), 400, "{path}: {}", String::from_utf8_lossy(&body));
     }
     let user = [("api_key", API_KEY), ("authtoken", ALICE)];
-    for path in ["/v3/Content_Types", "/v3/content_types/blog/Entries", "/v3/content_types.json"] {
+    for path in [
+        "/v3/Content_Types",
+        "/v3/content_types/blog/Entries",
+        "/v3/content_types.json",
+        "/v3/Content_Types/blog/Entries",
+    ] {
         let (status, _, _) = env.send("GET", path, &user, "").await;
         assert_eq!(status.as_u16(), 400, "{path}");
     }
@@ -1274,9 +1279,15 @@ async fn paths_that_read_as_cma_words_without_being_them_are_refused() {
     // where no word stands beside them (a content type `audit_logs`).
     let (status, _, _) = env.send("GET", "/v3/content_types/blog/entries/BltAbC123", &creds(RW), "").await;
     assert_eq!(status.as_u16(), 200);
-    for path in
-        ["/v3/content_types/audit_logs/entries", "/v3/content_types/work_flow", "/v3/environments/publish_queue"]
-    {
+    // A word in another case where reading it as the word routes the same: served (an
+    // environment named `Release`, the seventeenth outside probe).
+    for path in [
+        "/v3/content_types/audit_logs/entries",
+        "/v3/content_types/work_flow",
+        "/v3/environments/publish_queue",
+        "/v3/environments/Release",
+        "/v3/labels/Publish",
+    ] {
         let (status, _, _) = env.send("GET", path, &creds(RW), "").await;
         assert_eq!(status.as_u16(), 200, "{path}");
     }
@@ -1327,6 +1338,9 @@ async fn inspected_bodies_must_be_json_with_one_reading() {
     // and RFC 2231's `charset*` (the sixteenth outside probe).
     let bracketed = r#"{"workflow":{"publishing_rule":{"status":0}},"[workflow][workflow_stage]":{"uid":"x"}}"#;
     assert_eq!(env.send("POST", workflow, &json, bracketed).await.0.as_u16(), 403);
+    // A key through an object's prototype (the seventeenth outside probe): 400.
+    let polluting = r#"{"workflow":{"publishing_rule":{"status":0}},"__proto__.workflow_stage":{"uid":"s"}}"#;
+    assert_eq!(env.send("POST", workflow, &json, polluting).await.0.as_u16(), 400);
     let mut utf7 = creds(RW);
     utf7.push(("content-type", "application/json; charset*=utf-7"));
     assert_eq!(env.send("POST", workflow, &utf7, fine).await.0.as_u16(), 415);

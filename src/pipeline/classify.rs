@@ -17,9 +17,10 @@ const MAX_SEGMENTS: usize = 8;
 /// strict: many routers ignore case, and some strip a format suffix (`.json`). A path
 /// that such a backend would route like a CMA path the gateway did not match is
 /// therefore refused, not classified as something else: the token API's path in any
-/// spelling is the gateway's own (404), and any other segment that reads as one of
+/// spelling is the gateway's own (404), and a path with a segment that reads as one of
 /// the table's literal words without being it (`Publishing_Rules`, `STACKS`,
-/// `publishing-rules`, `entries.json`) is an ambiguous path (400).
+/// `publishing-rules`, `entries.json`), where reading it as the word would route the
+/// request elsewhere (see [`routes_alike`]), is an ambiguous path (400).
 pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> {
     let rest = path.strip_prefix("/v3/").ok_or(GatewayError::NotFound)?;
     let mut segs: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
@@ -34,6 +35,20 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
         n += 1;
     }
     let segs = segs.get(..n).unwrap_or(&[]);
+    let decided = table(method, segs, deeper);
+    // The token API's path in another spelling is already refused (404).
+    if decided.is_ok()
+        && segs.iter().any(|s| readings(s).iter().any(Option::is_some))
+        && !routes_alike(segs, &decided, |segs| table(method, segs, deeper))
+    {
+        return Err(GatewayError::BadRequest(crate::error::BadRequest::AmbiguousPath));
+    }
+    decided
+}
+
+/// The route table for a path's segments under `/v3` (`deeper`: more than
+/// [`MAX_SEGMENTS`] of them).
+fn table(method: &Method, segs: &[&str], deeper: bool) -> Result<Operation, GatewayError> {
     let read = matches!(*method, Method::GET | Method::HEAD);
     let default = if read { Access::Read } else { Access::Write };
     if let [first, second, tail @ ..] = segs {
@@ -55,17 +70,109 @@ pub fn classify(method: &Method, path: &str) -> Result<Operation, GatewayError> 
             };
         }
     }
-    let parents = std::iter::once(None).chain(segs.iter().copied().map(Some));
-    if segs.iter().zip(parents).any(|(s, parent)| is_ambiguous_keyword(parent, s)) {
-        return Err(GatewayError::BadRequest(crate::error::BadRequest::AmbiguousPath));
-    }
     if deeper {
         return Ok(unknown());
     }
     Ok(route(method, read, default, segs))
 }
 
-/// The literal words of the CMA path table (`route`); [`is_word`] and [`folds_to_word`]
+/// The most segments read as words that [`routes_alike`] tries in every combination;
+/// a path with more is refused (no CMA client sends one).
+const MAX_READ_AS_WORDS: usize = 3;
+
+/// Whether every reading of `segs` a lenient router may take (each segment that reads
+/// as a word read as it or as that word, in every combination) is `decided` by the
+/// table as the path as written is. A reading that routes elsewhere would let the backend act on
+/// a route the gateway did not decide: `/workflows/publishing-rules` is a workflow's
+/// uid as written and the publish rules as read; `/environments/Release` is an
+/// environment either way.
+fn routes_alike<T: PartialEq>(segs: &[&str], decided: &T, table: impl Fn(&[&str]) -> T) -> bool {
+    let mut choices: [(usize, [Option<&'static str>; 4]); MAX_READ_AS_WORDS] = [(0, [None; 4]); MAX_READ_AS_WORDS];
+    let mut n = 0;
+    for (at, segment) in segs.iter().enumerate() {
+        let words = readings(segment);
+        if words.iter().any(Option::is_some) {
+            let Some(slot) = choices.get_mut(n) else { return false };
+            *slot = (at, words);
+            n += 1;
+        }
+    }
+    let choices = choices.get(..n).unwrap_or_default();
+    let mut read = [""; MAX_SEGMENTS];
+    let Some(read) = read.get_mut(..segs.len()) else { return false };
+    // Each choice is a digit: 0 keeps the segment as written, k reads it as its k-th word.
+    let combinations = 5usize.pow(n as u32);
+    (1..combinations).all(|mut code| {
+        read.copy_from_slice(segs);
+        for &(at, words) in choices {
+            let digit = code % 5;
+            code /= 5;
+            match digit.checked_sub(1).map(|k| words.get(k).copied().flatten()) {
+                None => {}
+                Some(Some(word)) => read[at] = word,
+                // No such word: this combination is another one's.
+                Some(None) => return true,
+            }
+        }
+        table(read) == *decided
+    })
+}
+
+/// The table's words a lenient router may read `segment` as, when it is not one
+/// itself: its letters and digits in any case and with any separators (escaped ones
+/// too: `Publishing_Rules`, `publishing-rules`, `publishingRules`, `%20publishing_rules`),
+/// followed by an `s` (a router that singularises: `publishing_rule`), and its part
+/// before a format suffix or other punctuation (`entries.json`), likewise. One pass
+/// over the segment: the part's letters and digits are the first ones of the whole.
+fn readings(segment: &str) -> [Option<&'static str>; 4] {
+    /// The longest word's letters and digits (`transferownership`).
+    const LONGEST: usize = 17;
+    if is_word(segment) {
+        return [None; 4];
+    }
+    let mut folded = [0u8; LONGEST + 1];
+    let (mut len, mut head) = (0, None);
+    let mut bytes = segment.as_bytes();
+    while let [b, rest @ ..] = bytes {
+        if !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_') && head.is_none() {
+            head = Some(len);
+        }
+        // An escape left in a canonical path is no letter or digit (those are decoded).
+        if let (b'%', [high, low, after @ ..]) = (*b, rest) {
+            if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() {
+                bytes = after;
+                continue;
+            }
+        }
+        if b.is_ascii_alphanumeric() {
+            // Longer than every word: only the part before a suffix may be one.
+            let Some(slot) = folded.get_mut(len).filter(|_| len < LONGEST) else {
+                len = usize::MAX;
+                break;
+            };
+            *slot = b.to_ascii_lowercase();
+            len += 1;
+        }
+        bytes = rest;
+    }
+    let mut words = |len: usize| {
+        let word = folded.get(..len).and_then(word_of);
+        let plural = match folded.get_mut(len) {
+            Some(slot) => {
+                *slot = b's';
+                folded.get(..=len).and_then(word_of)
+            }
+            None => None,
+        };
+        [word, plural]
+    };
+    // The whole first: the part's plural writes its `s` over the whole's next letter.
+    let [word, plural] = if len == usize::MAX { [None; 2] } else { words(len) };
+    let [head_word, head_plural] = head.filter(|&at| at > 0 && at < len).map_or([None; 2], words);
+    [word, plural, head_word, head_plural]
+}
+
+/// The literal words of the CMA path table (`route`); [`is_word`] and [`word_of`]
 /// list the same words (a unit test checks).
 #[cfg(test)]
 const KEYWORDS: [&str; 66] = [
@@ -150,39 +257,6 @@ fn loose_eq(segment: &str, word: &str, fold: bool) -> bool {
         })
 }
 
-/// A segment that is not a literal word of the table but reads as one (see [`classify`]).
-/// Everywhere: the word in another case, or before a format suffix (`Publishing_Rules`,
-/// `STACKS`, `entries.json`), as case-insensitive and suffix-stripping routers read it.
-/// Where the table has a word beside a uid (`/workflows/publishing_rules` beside
-/// `/workflows/{uid}`, and under `assets`, `bulk` and `stacks`), also the word's letters
-/// and digits with any separators between them, escaped ones too (`publishing-rules`,
-/// `publishingRules`, `publishing%20rules`, `%20publishing_rules`) or its singular
-/// (`publishing_rule`): a router that folds, trims or singularises them would route the
-/// word, where the table would take a uid. Elsewhere such
-/// a segment is a uid like any other (a content type `audit_logs`).
-fn is_ambiguous_keyword(parent: Option<&str>, segment: &str) -> bool {
-    // Most segments of a CMA path are the table's words themselves.
-    if is_word(segment) {
-        return false;
-    }
-    if parent.is_some_and(|p| matches!(p, "assets" | "bulk" | "stacks" | "workflows"))
-        && folds_to_word(segment, false).or_else(|| folds_to_word(segment, true)).is_some()
-    {
-        return true;
-    }
-    // The common segment (lower-case letters, digits, `_`, `-`) reads as itself.
-    if segment.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
-        return false;
-    }
-    let end = segment.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-    let head = segment.get(..end.unwrap_or(segment.len())).unwrap_or_default();
-    let mut lower = [0u8; 24];
-    let Some(slot) = lower.get_mut(..head.len()) else { return false };
-    slot.copy_from_slice(head.as_bytes());
-    slot.make_ascii_lowercase();
-    std::str::from_utf8(slot).is_ok_and(is_word)
-}
-
 /// Whether `segment` is one of the table's literal words, as written.
 fn is_word(segment: &str) -> bool {
     matches!(
@@ -256,34 +330,19 @@ fn is_word(segment: &str) -> bool {
     )
 }
 
-/// The table's word whose letters and digits (case ignored) are `text`'s (followed by an
-/// `s` when `plural`), if any. A
-/// `match` on the folded bytes: the compiler sorts it by length, so a segment costs a
-/// length switch and a comparison or two (a sorted table searched cost about 400
-/// instructions a segment).
-fn folds_to_word(text: &str, plural: bool) -> Option<&'static str> {
-    const LONGEST: usize = 24;
-    let mut folded = [0u8; LONGEST];
-    let mut len = 0;
-    let bytes = text.as_bytes();
-    let mut at = 0;
-    while let Some(&b) = bytes.get(at) {
-        // An escape left in a canonical path is no letter or digit (those are decoded).
-        if b == b'%' && bytes.get(at + 1..at + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-            at += 3;
-            continue;
-        }
-        if b.is_ascii_alphanumeric() {
-            *folded.get_mut(len)? = b.to_ascii_lowercase();
-            len += 1;
-        }
-        at += 1;
-    }
-    if plural {
-        *folded.get_mut(len)? = b's';
-        len += 1;
-    }
-    Some(match folded.get(..len)? {
+/// The table's word whose letters and digits (case ignored) are `text`'s.
+#[cfg(test)]
+fn folds_to_word(text: &str) -> Option<&'static str> {
+    let folded: Vec<u8> = text.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase()).collect();
+    word_of(&folded)
+}
+
+/// The table's word whose letters and digits are `folded` (lower case), if any. A
+/// `match` on the bytes: the compiler sorts it by length, so a segment costs a length
+/// switch and a comparison or two (a sorted table searched cost about 400 instructions
+/// a segment).
+fn word_of(folded: &[u8]) -> Option<&'static str> {
+    Some(match folded {
         b"acceptownership" => "accept_ownership",
         b"ancestors" => "ancestors",
         b"assets" => "assets",
@@ -512,13 +571,17 @@ mod tests {
         classify(&Method::from_bytes(method.as_bytes()).unwrap(), path).unwrap()
     }
 
-    /// Beside a uid (under `workflows`, `assets`, `bulk`, `stacks`) a segment with a
-    /// word's letters and digits in any spelling is ambiguous; elsewhere only the word in
-    /// another case or before a suffix is, and uids that fold to a word pass (a content
-    /// type `audit_logs`, the thirteenth and fourteenth outside probes).
+    /// A segment that reads as a word of the table (in any case, with any separators,
+    /// escaped ones too, singular, or before a suffix) is ambiguous where that reading
+    /// routes the request elsewhere (the thirteenth, fourteenth and sixteenth outside
+    /// probes); where it routes the same, it is served as written (an environment
+    /// `Release`, a content type `audit_logs`: the fourteenth and seventeenth).
     #[test]
-    fn segments_that_fold_to_a_word_are_ambiguous() {
-        let under = |parent: &str, segment: &str| is_ambiguous_keyword(Some(parent), segment);
+    fn segments_read_as_words_are_ambiguous_where_they_route_elsewhere() {
+        let ambiguous = |method: &str, path: &str| {
+            classify(&Method::from_bytes(method.as_bytes()).unwrap(), path)
+                == Err(GatewayError::BadRequest(crate::error::BadRequest::AmbiguousPath))
+        };
         for segment in [
             "publishing-rules",
             "publishingRules",
@@ -527,34 +590,64 @@ mod tests {
             "publishing__rules",
             "publishing.rules",
             "publishing_rules_",
+            "publishing_rules.json",
             "%20publishing_rules",
             "publishing%20rules",
             "publishing%22rules",
-            // A word's singular, as a router that singularises reads it (the sixteenth
-            // outside probe).
             "publishing_rule",
             "Publishing-Rule",
         ] {
-            assert!(under("workflows", segment), "{segment}");
+            assert!(ambiguous("POST", &format!("/v3/workflows/{segment}")), "{segment}");
+            assert!(ambiguous("GET", &format!("/v3/workflows/{segment}/x")), "{segment}");
         }
-        assert!(under("assets", "Folders") && under("assets", "fol-ders") && under("stacks", "%20management_tokens"));
-        assert!(under("assets", "folder") && under("stacks", "setting") && under("bulk", "Job"));
-        for segment in ["entries.json", "Content_Types", "WORKFLOW", "Audit-Logs"] {
-            assert!(is_ambiguous_keyword(Some("content_types"), segment), "{segment}");
+        for (method, path) in [
+            ("GET", "/v3/assets/Folders/x"),
+            ("GET", "/v3/assets/fol-ders/x"),
+            ("GET", "/v3/assets/folder/x"),
+            ("GET", "/v3/stacks/%20management_tokens"),
+            ("GET", "/v3/stacks/setting"),
+            ("GET", "/v3/bulk/Jobs/x"),
+            ("GET", "/v3/Content_Types"),
+            ("GET", "/v3/content_types.json"),
+            ("GET", "/v3/content_types/blog/Entries"),
+            ("GET", "/v3/content_types/blog/entries.json"),
+            ("POST", "/v3/content_types/blog/entries/e1/Workflow"),
+            ("POST", "/v3/content_types/blog/entries/e1/work-flow"),
+            ("GET", "/v3/Workflows/publishing_rules"),
+            // Each segment alone reads the same; both together reach the entries.
+            ("GET", "/v3/Content_Types/blog/Entries"),
+            ("GET", "/v3/WORKFLOWS/x/Enable"),
+        ] {
+            assert!(ambiguous(method, path), "{method} {path}");
         }
-        for segment in ["audit_logs", "work_flow", "web_hooks", "publish_queue", "user_session", "blog", "en-us"] {
-            assert!(!is_ambiguous_keyword(Some("content_types"), segment), "{segment}");
-            assert!(!is_ambiguous_keyword(Some("environments"), segment), "{segment}");
+        for (method, path) in [
+            ("GET", "/v3/environments/Release"),
+            ("GET", "/v3/environments/Deploy"),
+            ("PUT", "/v3/labels/Publish"),
+            ("GET", "/v3/content_types/Entries"),
+            ("GET", "/v3/content_types/audit_logs/entries"),
+            ("GET", "/v3/content_types/work_flow"),
+            ("GET", "/v3/environments/publish_queue"),
+            ("GET", "/v3/environments/user_session"),
+            ("GET", "/v3/content_types/blog/entries/BltAbC123"),
+            ("GET", "/v3/workflows/publishing_rule_1"),
+            ("GET", "/v3/workflows/workflowx"),
+            ("GET", "/v3/assets/RT"),
+        ] {
+            assert!(classify(&Method::from_bytes(method.as_bytes()).unwrap(), path).is_ok(), "{method} {path}");
         }
-        for segment in
-            KEYWORDS.iter().copied().chain(["blog", "blt0123abc", "en-us", "publishing_rule_1", "workflowx", ""])
-        {
-            assert!(!under("workflows", segment), "{segment}");
-        }
-        // Every word of the table is one and folds to itself.
+        assert_eq!(readings("publishing_rules.json"), [None, None, Some("publishing_rules"), None]);
+        assert_eq!(readings("Publishing-Rule"), [None, Some("publishing_rules"), None, None]);
+        assert_eq!(readings("%20Entries"), [Some("entries"), None, None, None]);
+        assert_eq!(readings("entry.json"), [None; 4]);
+        assert_eq!(readings("blt0123456789abcdef0"), [None; 4]);
+        // More segments read as words than are tried: refused.
+        assert!(ambiguous("GET", "/v3/Content_Types/Entries/Entries/Entries"));
+        // Every word of the table is one, folds to itself and has no other reading.
         for word in KEYWORDS {
             assert!(is_word(word), "{word}");
-            assert_eq!(folds_to_word(word, false), Some(word));
+            assert_eq!(folds_to_word(word), Some(word));
+            assert_eq!(readings(word), [None; 4]);
         }
     }
 

@@ -127,6 +127,9 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
         JsonError::Malformed => GatewayError::BadRequest(BadRequest::MalformedJson),
         JsonError::Ambiguous { .. } => GatewayError::BadRequest(BadRequest::AmbiguousJson),
     })?;
+    if reaches_a_prototype(&json) {
+        return Err(GatewayError::BadRequest(BadRequest::AmbiguousJson));
+    }
     let denied = match op.rule {
         Rule::EntryWorkflow => workflow_change_denied(&json),
         Rule::PublishRuleApprovers => needs_approvers(&json),
@@ -137,6 +140,25 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
         Err(GatewayError::Forbidden(Denial::BodyRule))
     } else {
         Ok(())
+    }
+}
+
+/// Whether a key, at any depth, is a path through an object's prototype
+/// (`__proto__.workflow_stage`, `constructor.prototype.approvers`, `["__proto__"]`)
+/// or names `constructor` or `prototype` itself: unflattening and deep-merging helpers
+/// that do not guard against them (lodash's `set` and `defaultsDeep` before 4.17.12,
+/// `flat`'s `unflatten` before 5.0.1) write through such keys into every object's
+/// prototype, where a backend would then read the rule's keys from. A second reading
+/// of the body, as a `__proto__` key is (see [`crate::json`]).
+fn reaches_a_prototype(json: &Value) -> bool {
+    let names_one = |key: &str| {
+        key.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '$'))
+            .any(|part| matches!(part, "__proto__" | "constructor" | "prototype"))
+    };
+    match json {
+        Value::Object(o) => o.iter().any(|(k, v)| names_one(k) || reaches_a_prototype(v)),
+        Value::Array(a) => a.iter().any(reaches_a_prototype),
+        _ => false,
     }
 }
 
@@ -162,9 +184,12 @@ fn workflow_change_denied(json: &Value) -> bool {
     // clear, which is a stage change too. Beside `workflow`, a key the rule reads inside
     // it is refused as it is in the query: a backend that merges or wraps parameters
     // would read it as the workflow's.
+    // So is a `status` beside `publishing_rule`, which a backend that flattens the two
+    // would read as the rule's.
     let beside =
         ["workflow_stage", "publishing_rule", "status"].iter().any(|k| !matches!(field(json, k), Field::Absent));
-    if beside || !matches!(field(workflow, "workflow_stage"), Field::Absent) {
+    let flattened = !matches!(field(workflow, "status"), Field::Absent);
+    if beside || flattened || !matches!(field(workflow, "workflow_stage"), Field::Absent) {
         return true;
     }
     match field(workflow, "publishing_rule") {

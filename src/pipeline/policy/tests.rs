@@ -94,6 +94,9 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"workflow":{"publishing_rule":{"status":0}},"workflow_stage":{"uid":"x"}}),
         json!({"workflow":{"publishing_rule":{"status":0}},"publishing_rule":{"status":1}}),
         json!({"workflow":{"publishing_rule":{"status":0}},"Status":1}),
+        // A `status` beside `publishing_rule` (the seventeenth outside probe).
+        json!({"workflow":{"publishing_rule":{"uid":"x","status":0},"status":1}}),
+        json!({"workflow":{"publishing_rule":{"uid":"x","status":0},"\u{17f}tatus":1}}),
     ] {
         assert!(check(wf, body.clone()).is_err(), "{body}");
     }
@@ -288,4 +291,39 @@ fn all_branches_admits_any_name_without_a_lookup() {
 fn malformed_json_is_400() {
     let err = inspect_body(&rule(Rule::EntryWorkflow), b"{not json").unwrap_err();
     assert_eq!(err, GatewayError::BadRequest(BadRequest::MalformedJson));
+}
+
+/// Keys that write through an object's prototype in unguarded unflatteners and deep
+/// merges (lodash before 4.17.12, `flat` before 5.0.1; the seventeenth outside probe
+/// ran them on these bodies): a second reading, 400, at any depth, on every rule.
+#[test]
+fn keys_through_a_prototype_are_refused() {
+    let ambiguous = Err(GatewayError::BadRequest(BadRequest::AmbiguousJson));
+    let wf = Rule::EntryWorkflow;
+    let request = json!({"uid":"x","status":0});
+    for key in [
+        "__proto__.workflow_stage",
+        "constructor.prototype.workflow_stage",
+        "[\"__proto__\"].workflow_stage",
+        "__proto__[workflow_stage]",
+        "prototype",
+        "constructor",
+    ] {
+        let body = json!({"workflow":{"publishing_rule":request.clone()},(key):{"uid":"s"}});
+        assert_eq!(check(wf, body.clone()), ambiguous, "{body}");
+    }
+    let nested = json!({"workflow":{"publishing_rule":request.clone()},"constructor":{"prototype":{"workflow_stage":{"uid":"s"}}}});
+    assert_eq!(check(wf, nested), ambiguous);
+    let pr = Rule::PublishRuleApprovers;
+    for body in [
+        json!({"publishing_rule":{"workflow":"wf1"},"__proto__.approvers":{"users":["u1"]}}),
+        json!({"publishing_rule":{"workflow":"wf1"},"constructor":{"prototype":{"approvers":{"users":["u1"]}}}}),
+        json!({"publishing_rule":{"workflow":"wf1"},"__proto__[approvers][users][0]":"u1"}),
+        json!({"publishing_rule":{"workflow":"wf1","conditions":[{"constructor.prototype.x":1}]}}),
+    ] {
+        assert_eq!(check(pr, body.clone()), ambiguous, "{body}");
+    }
+    // Words that only contain them pass.
+    let fine = json!({"publishing_rule":{"workflow":"wf1","constructors":1,"proto":"x","prototype_id":"p"}});
+    assert!(check(pr, fine).is_ok());
 }
