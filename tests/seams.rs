@@ -1260,6 +1260,10 @@ async fn paths_that_read_as_cma_words_without_being_them_are_refused() {
         "/v3/workflows/publishing%20rules",
         // A word's singular (the sixteenth outside probe).
         "/v3/workflows/publishing_rule",
+        // Two rows of the table: a publish rule `enable`, or the workflow
+        // `publishing_rules` enabled (the eighteenth outside probe).
+        "/v3/workflows/publishing_rules/enable",
+        "/v3/workflows/content_type/Disable",
     ] {
         let (status, _, body) = env.send("POST", path, &json, approvers).await;
         assert_eq!(status.as_u16(), 400, "{path}: {}", String::from_utf8_lossy(&body));
@@ -1339,8 +1343,13 @@ async fn inspected_bodies_must_be_json_with_one_reading() {
     let bracketed = r#"{"workflow":{"publishing_rule":{"status":0}},"[workflow][workflow_stage]":{"uid":"x"}}"#;
     assert_eq!(env.send("POST", workflow, &json, bracketed).await.0.as_u16(), 403);
     // A key through an object's prototype (the seventeenth outside probe): 400.
-    let polluting = r#"{"workflow":{"publishing_rule":{"status":0}},"__proto__.workflow_stage":{"uid":"s"}}"#;
-    assert_eq!(env.send("POST", workflow, &json, polluting).await.0.as_u16(), 400);
+    for polluting in [
+        r#"{"workflow":{"publishing_rule":{"status":0}},"__proto__.workflow_stage":{"uid":"s"}}"#,
+        // An escape lodash's `toPath` undoes (the eighteenth outside probe).
+        r#"{"workflow":{"publishing_rule":{"status":0}},"[\"__pro\\to__\"][\"workflow_stage\"]":{"uid":"s"}}"#,
+    ] {
+        assert_eq!(env.send("POST", workflow, &json, polluting).await.0.as_u16(), 400, "{polluting}");
+    }
     let mut utf7 = creds(RW);
     utf7.push(("content-type", "application/json; charset*=utf-7"));
     assert_eq!(env.send("POST", workflow, &utf7, fine).await.0.as_u16(), 415);

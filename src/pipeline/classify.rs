@@ -73,6 +73,12 @@ fn table(method: &Method, segs: &[&str], deeper: bool) -> Result<Operation, Gate
     if deeper {
         return Ok(unknown());
     }
+    // Two rows of the table match these: the publish rule (or a content type's rules)
+    // named `enable`, a read, and the workflow named `publishing_rules` enabled, a write.
+    // Routers differ on which wins (Express takes the one registered first).
+    if let ["workflows", "publishing_rules" | "content_type", "enable" | "disable"] = segs {
+        return Err(GatewayError::BadRequest(crate::error::BadRequest::AmbiguousPath));
+    }
     Ok(route(method, read, default, segs))
 }
 
@@ -641,6 +647,16 @@ mod tests {
         assert_eq!(readings("%20Entries"), [Some("entries"), None, None, None]);
         assert_eq!(readings("entry.json"), [None; 4]);
         assert_eq!(readings("blt0123456789abcdef0"), [None; 4]);
+        // Paths two rows of the table match, with different operations (the eighteenth
+        // outside probe), in any spelling.
+        for path in [
+            "/v3/workflows/publishing_rules/enable",
+            "/v3/workflows/content_type/disable",
+            "/v3/workflows/content_type/Enable",
+            "/v3/workflows/Publishing-Rules/disable",
+        ] {
+            assert!(ambiguous("GET", path), "{path}");
+        }
         // More segments read as words than are tried: refused.
         assert!(ambiguous("GET", "/v3/Content_Types/Entries/Entries/Entries"));
         // Every word of the table is one, folds to itself and has no other reading.

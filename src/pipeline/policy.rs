@@ -127,7 +127,7 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
         JsonError::Malformed => GatewayError::BadRequest(BadRequest::MalformedJson),
         JsonError::Ambiguous { .. } => GatewayError::BadRequest(BadRequest::AmbiguousJson),
     })?;
-    if reaches_a_prototype(&json) {
+    if reaches_past_its_object(&json) {
         return Err(GatewayError::BadRequest(BadRequest::AmbiguousJson));
     }
     let denied = match op.rule {
@@ -143,21 +143,28 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
     }
 }
 
-/// Whether a key, at any depth, is a path through an object's prototype
-/// (`__proto__.workflow_stage`, `constructor.prototype.approvers`, `["__proto__"]`)
-/// or names `constructor` or `prototype` itself: unflattening and deep-merging helpers
-/// that do not guard against them (lodash's `set` and `defaultsDeep` before 4.17.12,
-/// `flat`'s `unflatten` before 5.0.1) write through such keys into every object's
-/// prototype, where a backend would then read the rule's keys from. A second reading
-/// of the body, as a `__proto__` key is (see [`crate::json`]).
-fn reaches_a_prototype(json: &Value) -> bool {
-    let names_one = |key: &str| {
-        key.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '$'))
-            .any(|part| matches!(part, "__proto__" | "constructor" | "prototype"))
+/// Whether a key, at any depth, reaches past the object it is in to a helper that
+/// walks key paths: a path through a JavaScript object's prototype
+/// (`__proto__.workflow_stage`, `constructor.prototype.approvers`, a `constructor` or
+/// `prototype` key) or a Python object's internals (`__class__.workflow_stage`,
+/// `__init__.__globals__.x`: any part named `__...__`), or a key with a backslash,
+/// which such helpers read as an escape (`["__pro\to__"]` is `__proto__` to lodash's
+/// `toPath`, `__proto\__` to `set-value`). Unguarded unflattening and deep-merging
+/// helpers (lodash's `set` and `defaultsDeep` before 4.17.12, `flat`'s `unflatten`
+/// before 5.0.1, `set-value` 2, pydash's `set_` before 6) write through such keys into
+/// every object, where a backend would then read the rule's keys from. A second
+/// reading of the body, as a `__proto__` key is (see [`crate::json`]).
+fn reaches_past_its_object(json: &Value) -> bool {
+    let reaches = |key: &str| {
+        key.contains('\\')
+            || key.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '$')).any(|part| {
+                matches!(part, "constructor" | "prototype")
+                    || (part.len() > 4 && part.starts_with("__") && part.ends_with("__"))
+            })
     };
     match json {
-        Value::Object(o) => o.iter().any(|(k, v)| names_one(k) || reaches_a_prototype(v)),
-        Value::Array(a) => a.iter().any(reaches_a_prototype),
+        Value::Object(o) => o.iter().any(|(k, v)| reaches(k) || reaches_past_its_object(v)),
+        Value::Array(a) => a.iter().any(reaches_past_its_object),
         _ => false,
     }
 }

@@ -293,9 +293,10 @@ fn malformed_json_is_400() {
     assert_eq!(err, GatewayError::BadRequest(BadRequest::MalformedJson));
 }
 
-/// Keys that write through an object's prototype in unguarded unflatteners and deep
-/// merges (lodash before 4.17.12, `flat` before 5.0.1; the seventeenth outside probe
-/// ran them on these bodies): a second reading, 400, at any depth, on every rule.
+/// Keys that write through an object's prototype or internals in unguarded
+/// unflatteners and deep merges (lodash before 4.17.12, `flat` before 5.0.1, pydash
+/// before 6; the seventeenth and eighteenth outside probes ran them on these bodies),
+/// and keys with escapes such helpers undo: a second reading, 400, at any depth.
 #[test]
 fn keys_through_a_prototype_are_refused() {
     let ambiguous = Err(GatewayError::BadRequest(BadRequest::AmbiguousJson));
@@ -308,6 +309,16 @@ fn keys_through_a_prototype_are_refused() {
         "__proto__[workflow_stage]",
         "prototype",
         "constructor",
+        // Escapes that lodash's `toPath` and `set-value` undo, and Python's object
+        // internals (pydash's `set_`; the eighteenth outside probe).
+        "[\"__pro\\to__\"][\"workflow_stage\"]",
+        "a[\"__pro\\to__\"].workflow_stage",
+        "[\"construc\\tor\"][\"proto\\type\"][\"workflow_stage\"]",
+        "__proto\\__.workflow_stage",
+        "[\"work\\flow\"][\"workflow_stage\"]",
+        "__class__",
+        "__class__.workflow_stage",
+        "__init__.__globals__.x",
     ] {
         let body = json!({"workflow":{"publishing_rule":request.clone()},(key):{"uid":"s"}});
         assert_eq!(check(wf, body.clone()), ambiguous, "{body}");
@@ -323,7 +334,10 @@ fn keys_through_a_prototype_are_refused() {
     ] {
         assert_eq!(check(pr, body.clone()), ambiguous, "{body}");
     }
+    let nested = json!({"workflow":{"publishing_rule":request.clone(),"__class__":{"workflow_stage":{"uid":"s1"}}}});
+    assert_eq!(check(wf, nested), ambiguous);
     // Words that only contain them pass.
-    let fine = json!({"publishing_rule":{"workflow":"wf1","constructors":1,"proto":"x","prototype_id":"p"}});
+    let fine =
+        json!({"publishing_rule":{"workflow":"wf1","constructors":1,"proto":"x","prototype_id":"p","__":1,"_a_":2}});
     assert!(check(pr, fine).is_ok());
 }
