@@ -44,7 +44,9 @@ fn typed_json(headers: &http::HeaderMap) -> bool {
             // RFC 2231's `charset*` and `charset*0` name the charset too (Werkzeug and
             // Python's `email` read them).
             Some((name, value)) if name.trim().split('*').next().is_some_and(|n| n.eq_ignore_ascii_case("charset")) => {
-                value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+                // `utf8` is UTF-8's other name (the WHATWG Encoding Standard's labels).
+                let charset = value.trim().trim_matches('"');
+                charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
             }
             Some((name, _)) => !name.trim().is_empty(),
             None => param.trim().is_empty(),
@@ -186,6 +188,7 @@ mod tests {
             "Application/JSON",
             "application/json; charset=utf-8",
             "application/json;charset=\"UTF-8\"",
+            "application/json; charset=UTF8",
             "application/json ; foo=bar",
             "application/json;",
         ] {

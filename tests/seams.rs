@@ -1335,9 +1335,12 @@ async fn inspected_bodies_must_be_json_with_one_reading() {
         assert_eq!(status.as_u16(), 415, "{name}: {coding}: {}", String::from_utf8_lossy(&text));
         assert!(String::from_utf8_lossy(&text).contains("Content-Encoding"));
     }
-    // Ligatures that whole-string case conversions turn into the rule's letters.
+    // Ligatures that whole-string case conversions turn into the rule's letters, and
+    // accents that lodash's `snakeCase` strips (the nineteenth outside probe).
     let ligature = "{\"workflow\":{\"publishing_rule\":{\"status\":0},\"work\u{fb02}ow_stage\":{\"uid\":\"s1\"}}}";
     assert_eq!(env.send("POST", workflow, &json, ligature).await.0.as_u16(), 403);
+    let accent = "{\"workflow\":{\"publishing_rule\":{\"uid\":\"r\",\"status\":0,\"st\u{e4}tus\":1}}}";
+    assert_eq!(env.send("POST", workflow, &json, accent).await.0.as_u16(), 403);
     // A path key opened by a bracket, which lodash's `set` nests under its first name,
     // and RFC 2231's `charset*` (the sixteenth outside probe).
     let bracketed = r#"{"workflow":{"publishing_rule":{"status":0}},"[workflow][workflow_stage]":{"uid":"x"}}"#;

@@ -8,7 +8,6 @@ use crate::snapshot::{StackView, Token};
 use crate::token::Grants;
 use http::HeaderValue;
 use serde_json::Value;
-use unicode_normalization::UnicodeNormalization;
 
 /// The branch a request addresses when it sends no `branch` header.
 pub const DEFAULT_BRANCH: &str = "main";
@@ -158,7 +157,8 @@ fn reaches_past_its_object(json: &Value) -> bool {
     let reaches = |key: &str| {
         key.contains('\\')
             || key.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '$')).any(|part| {
-                matches!(part, "constructor" | "prototype")
+                // `class` is Java's way to the same (Spring's and BeanUtils' property paths).
+                matches!(part, "constructor" | "prototype" | "class")
                     || (part.len() > 4 && part.starts_with("__") && part.ends_with("__"))
             })
     };
@@ -298,8 +298,9 @@ enum Reading {
 /// Whether `key` reads as `wanted` (lower-case ASCII, `_` its only separator), and how.
 /// A key is read up to its first NUL, as a decoder that keeps keys as C strings reads
 /// it (and as the query rule reads keys): `"status\u0000"` beside `"status"` is two
-/// readings of one field. The loose reading is the query rule's, and wider: the key's
-/// compatibility form (NFKC: full-width `ｗorkflow`), each character under its full
+/// readings of one field. The loose reading is the query rule's, and wider: the key as
+/// accent-stripping helpers read it (lodash's `snakeCase` reads `stätus` as `status`;
+/// see `query::deburred`: full-width `ｗorkflow` too), each character under its full
 /// case mappings (whole-string conversions such as Python's `casefold` and
 /// JavaScript's `toUpperCase` turn `ﬂ` into `fl`, `ß` and `ﬆ` into two letters), its
 /// letters and digits alone; it only ever refuses.
@@ -321,7 +322,7 @@ fn reading(key: &str, wanted: &str) -> Option<Reading> {
         return Some(Reading::Spelled);
     }
     let mut letters = wanted.chars().filter(char::is_ascii_alphanumeric);
-    let loose = key.nfkc().all(|c| {
+    let loose = super::query::deburred(key).all(|c| {
         let mut read = super::query::readings(c).filter(char::is_ascii_alphanumeric).peekable();
         match read.peek() {
             // A separator, or a mark: skipped. A letter with no ASCII reading: another key.

@@ -409,14 +409,14 @@ const LONGEST: usize = 19;
 
 /// What a name means with everything but letters and digits dropped and case ignored,
 /// under every case mapping a decoder may apply (`apı_key`, the Kelvin sign in
-/// `api_Key`: see [`ascii_reading`]), as written or in its compatibility form (NFKC:
-/// full-width `ａpi_key`, ligatures), whichever means more.
+/// `api_Key`: see [`ascii_reading`]), as written or as accent-stripping helpers read it
+/// (see [`deburred`]: full-width `ａpi_key`, ligatures, `äpi_key`), whichever means more.
 fn param(name: &str) -> Param {
     let spelled = param_as_written(name);
     if name.is_ascii() {
         return spelled;
     }
-    let compat: String = name.nfkc().collect();
+    let compat: String = deburred(name).collect();
     let read = param_as_written(&compat);
     if read.strength() > spelled.strength() {
         read
@@ -496,6 +496,30 @@ pub(super) fn readings(c: char) -> impl Iterator<Item = char> {
     full.into_iter().flat_map(|m| m.to_ascii_lowercase().into_bytes()).map(char::from).chain(single)
 }
 
+/// A key's characters as accent-stripping helpers read them (lodash's `deburr`, which
+/// its `snakeCase` and `camelCase` apply; pydash's `snake_case`; NFKD with the marks
+/// dropped): its compatibility decomposition (NFKD: full-width letters and ligatures as
+/// ASCII, a letter apart from its accents), without combining marks, and the Latin
+/// letters that do not decompose as lodash maps them (`ø` as `o`, `æ` as `ae`).
+pub(super) fn deburred(key: &str) -> impl Iterator<Item = char> + '_ {
+    key.nfkd().filter(|&c| !unicode_normalization::char::is_combining_mark(c)).flat_map(|c| {
+        let (first, second) = match c {
+            'ø' | 'Ø' => ('o', None),
+            'ł' | 'Ł' | 'ŀ' | 'Ŀ' => ('l', None),
+            'đ' | 'Đ' | 'ð' | 'Ð' => ('d', None),
+            'ħ' | 'Ħ' => ('h', None),
+            'ŧ' | 'Ŧ' => ('t', None),
+            'ŋ' | 'Ŋ' => ('n', None),
+            'ĸ' => ('k', None),
+            'æ' | 'Æ' => ('a', Some('e')),
+            'œ' | 'Œ' => ('o', Some('e')),
+            'þ' | 'Þ' => ('t', Some('h')),
+            other => (other, None),
+        };
+        std::iter::once(first).chain(second)
+    })
+}
+
 /// Whether a key (of the query, a JSON body or a header) reads as `base_branch` or
 /// `compare_branch`: a compare or merge may name its branches in the query only.
 pub fn names_branch_pair(key: &str) -> bool {
@@ -555,6 +579,10 @@ mod tests {
             "[][publishing_rule][approvers][users][]=u1",
             "[]approvers[users][]=u1",
             "%5B%5D%5Bworkflow%5D%5Bworkflow_stage%5D=1",
+            // Accents that lodash's `snakeCase` strips (the nineteenth outside probe).
+            "w%C3%B6rkflow_stage=s",
+            "st%C3%A4tus=1",
+            "appr%C3%B8vers[users][]=u1",
         ] {
             assert!(check_rule_keys(Some(query), &none).is_err(), "{query}");
         }
