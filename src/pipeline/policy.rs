@@ -157,8 +157,9 @@ fn reaches_past_its_object(json: &Value) -> bool {
     let reaches = |key: &str| {
         key.contains('\\')
             || key.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '$')).any(|part| {
-                // `class` is Java's way to the same (Spring's and BeanUtils' property paths).
-                matches!(part, "constructor" | "prototype" | "class")
+                // `class` is Java's way to the same (Spring's and BeanUtils' property paths),
+                // in any case (Spring retries a property name capitalised, .NET ignores case).
+                ["constructor", "prototype", "class"].iter().any(|word| part.eq_ignore_ascii_case(word))
                     || (part.len() > 4 && part.starts_with("__") && part.ends_with("__"))
             })
     };
@@ -325,8 +326,10 @@ fn reading(key: &str, wanted: &str) -> Option<Reading> {
     let loose = super::query::deburred(key).all(|c| {
         let mut read = super::query::readings(c).filter(char::is_ascii_alphanumeric).peekable();
         match read.peek() {
-            // A separator, or a mark: skipped. A letter with no ASCII reading: another key.
-            None => !c.is_alphanumeric(),
+            // A separator, a mark, or a letter with no ASCII reading: skipped, as the
+            // query rule skips it and as NFKD with ASCII `ignore` drops it (`ŉ` is `ʼn`
+            // to NFKD, and lodash's `snakeCase` drops the `ʼ`).
+            None => true,
             Some(_) => read.all(|r| letters.next() == Some(r)),
         }
     }) && letters.next().is_none();

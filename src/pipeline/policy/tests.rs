@@ -111,6 +111,11 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"workflow":{"publishing_rule":{"status":0},"wörkflow_stage":{"uid":"s"}}}),
         json!({"workflow":{"publishing_rule":{"status":0},"wørkflow_stage":{"uid":"s"}}}),
         json!({"workflow":{"publishing_rule":{"status":0},"WörkflowStäge":{"uid":"s"}}}),
+        // Letters with no ASCII reading drop out (NFKD with ASCII `ignore`; `ŉ` is `ʼn`,
+        // whose `ʼ` lodash's `snakeCase` drops: the twentieth outside probe).
+        json!({"workflow":{"publishing_rule":{"status":0},"publishi\u{149}g_rule":{"status":1}}}),
+        json!({"workflow":{"publishing_rule":{"uid":"r","status":0,"stat\u{4e00}us":1}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"workflow\u{4e00}_stage":{"uid":"s"}}}),
     ] {
         assert!(check(wf, body.clone()).is_err(), "{body}");
     }
@@ -145,6 +150,7 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"publishing_rule":{"approvers":null,"approvérs":{"users":["u1"]}}}),
         json!({"publishing_rule":{"approvers":{"users":[]},"apprøvers":{"users":["u1"]}}}),
         json!({"publishing_rule":{},"publishing_rulé":{"approvers":{"users":["u1"]}}}),
+        json!({"publishing_rule":{"approvers":null,"appro\u{436}vers":{"users":["u1"]}}}),
         // Paths that open with a separator (the sixteenth outside probe).
         json!({"publishing_rule":{"approvers":{"users":[]}},"[publishing_rule][approvers][users]":["u1"]}),
         json!({"publishing_rule":{"approvers":{"users":[]},"[approvers][users]":["u1"]}}),
@@ -336,6 +342,9 @@ fn keys_through_a_prototype_are_refused() {
         "__init__.__globals__.x",
         // Java's property paths (Spring's data binder; the nineteenth outside probe).
         "class.module.classLoader",
+        "Class.module.classLoader",
+        "Constructor",
+        "a.Prototype.x",
     ] {
         let body = json!({"workflow":{"publishing_rule":request.clone()},(key):{"uid":"s"}});
         assert_eq!(check(wf, body.clone()), ambiguous, "{body}");
