@@ -27,8 +27,9 @@ pub fn declares_json(headers: &http::HeaderMap) -> bool {
 
 /// Whether the request carries exactly one `Content-Type`, with the media type
 /// `application/json` (in any case; RFC 9110 section 8.3.1). Parameters may follow, but
-/// a `charset` other than UTF-8 (in any spelling of the parameter) is refused: JSON is UTF-8 (RFC 8259 section 8.1) and the
-/// parser reads it as such, so a body declared otherwise would be read as something else.
+/// a `charset` other than UTF-8 (in any spelling of the parameter) is refused: JSON is
+/// UTF-8 (RFC 8259 section 8.1) and the parser reads it as such, so a body declared
+/// otherwise would be read as something else.
 fn typed_json(headers: &http::HeaderMap) -> bool {
     let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
     let (Some(value), None) = (values.next(), values.next()) else {

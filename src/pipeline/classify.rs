@@ -86,14 +86,17 @@ fn table(method: &Method, segs: &[&str], deeper: bool) -> Result<Operation, Gate
 /// a path with more is refused (no CMA client sends one).
 const MAX_READ_AS_WORDS: usize = 3;
 
+/// How many words [`readings`] offers for a segment (some of them `None`).
+const READINGS: usize = 4;
+
 /// Whether every reading of `segs` a lenient router may take (each segment that reads
 /// as a word read as it or as that word, in every combination) is `decided` by the
-/// table as the path as written is. A reading that routes elsewhere would let the backend act on
-/// a route the gateway did not decide: `/workflows/publishing-rules` is a workflow's
-/// uid as written and the publish rules as read; `/environments/Release` is an
-/// environment either way.
+/// table as the path as written is. A reading that routes elsewhere would let the
+/// backend act on a route the gateway did not decide: `/workflows/publishing-rules` is
+/// a workflow's uid as written and the publish rules as read; `/environments/Release`
+/// is an environment either way.
 fn routes_alike<T: PartialEq>(segs: &[&str], decided: &T, table: impl Fn(&[&str]) -> T) -> bool {
-    let mut choices: [(usize, [Option<&'static str>; 4]); MAX_READ_AS_WORDS] = [(0, [None; 4]); MAX_READ_AS_WORDS];
+    let mut choices = [(0, [None; READINGS]); MAX_READ_AS_WORDS];
     let mut n = 0;
     for (at, segment) in segs.iter().enumerate() {
         let words = readings(segment);
@@ -106,13 +109,15 @@ fn routes_alike<T: PartialEq>(segs: &[&str], decided: &T, table: impl Fn(&[&str]
     let choices = choices.get(..n).unwrap_or_default();
     let mut read = [""; MAX_SEGMENTS];
     let Some(read) = read.get_mut(..segs.len()) else { return false };
-    // Each choice is a digit: 0 keeps the segment as written, k reads it as its k-th word.
-    let combinations = 5usize.pow(n as u32);
+    // Each choice is a digit in base READINGS + 1: 0 keeps the segment as written, k
+    // reads it as its k-th word.
+    let base = READINGS + 1;
+    let combinations = base.pow(n as u32);
     (1..combinations).all(|mut code| {
         read.copy_from_slice(segs);
         for &(at, words) in choices {
-            let digit = code % 5;
-            code /= 5;
+            let digit = code % base;
+            code /= base;
             match digit.checked_sub(1).map(|k| words.get(k).copied().flatten()) {
                 None => {}
                 Some(Some(word)) => read[at] = word,
@@ -130,11 +135,11 @@ fn routes_alike<T: PartialEq>(segs: &[&str], decided: &T, table: impl Fn(&[&str]
 /// followed by an `s` (a router that singularises: `publishing_rule`), and its part
 /// before a format suffix or other punctuation (`entries.json`), likewise. One pass
 /// over the segment: the part's letters and digits are the first ones of the whole.
-fn readings(segment: &str) -> [Option<&'static str>; 4] {
+fn readings(segment: &str) -> [Option<&'static str>; READINGS] {
     /// The longest word's letters and digits (`transferownership`).
     const LONGEST: usize = 17;
     if is_word(segment) {
-        return [None; 4];
+        return [None; READINGS];
     }
     let mut folded = [0u8; LONGEST + 1];
     let (mut len, mut head) = (0, None);

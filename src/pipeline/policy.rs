@@ -189,15 +189,14 @@ fn workflow_change_denied(json: &Value) -> bool {
         _ => return true,
     };
     // Present, whatever its value (DESIGN.md): a backend may read a null stage as one to
-    // clear, which is a stage change too. Beside `workflow`, a key the rule reads inside
-    // it is refused as it is in the query: a backend that merges or wraps parameters
-    // would read it as the workflow's.
-    // So is a `status` beside `publishing_rule`, which a backend that flattens the two
-    // would read as the rule's.
-    let beside =
-        ["workflow_stage", "publishing_rule", "status"].iter().any(|k| !matches!(field(json, k), Field::Absent));
-    let flattened = !matches!(field(workflow, "status"), Field::Absent);
-    if beside || flattened || !matches!(field(workflow, "workflow_stage"), Field::Absent) {
+    // clear, which is a stage change too. A key the rule reads one level down, one level
+    // up (`status` beside `publishing_rule`; `workflow_stage`, `publishing_rule` or
+    // `status` beside `workflow`) is refused as it is in the query: a backend that
+    // merges, wraps or flattens parameters would read it as the rule's.
+    let present = |object: &Value, keys: &[&str]| keys.iter().any(|k| !matches!(field(object, k), Field::Absent));
+    if present(workflow, &["workflow_stage", "status"])
+        || present(json, &["workflow_stage", "publishing_rule", "status"])
+    {
         return true;
     }
     match field(workflow, "publishing_rule") {
