@@ -1341,6 +1341,12 @@ async fn inspected_bodies_must_be_json_with_one_reading() {
     assert_eq!(env.send("POST", workflow, &json, ligature).await.0.as_u16(), 403);
     let accent = "{\"workflow\":{\"publishing_rule\":{\"uid\":\"r\",\"status\":0,\"st\u{e4}tus\":1}}}";
     assert_eq!(env.send("POST", workflow, &json, accent).await.0.as_u16(), 403);
+    // Letters transliterators read as the rule's (a Cyrillic `а`), and an escape a
+    // backend URL-decoding keys undoes (the twentieth outside probe).
+    for key in ["st\u{430}tus", "st%61tus"] {
+        let body = format!("{{\"workflow\":{{\"publishing_rule\":{{\"uid\":\"r\",\"status\":0,\"{key}\":1}}}}}}");
+        assert_eq!(env.send("POST", workflow, &json, &body).await.0.as_u16(), 403, "{body}");
+    }
     // A path key opened by a bracket, which lodash's `set` nests under its first name,
     // and RFC 2231's `charset*` (the sixteenth outside probe).
     let bracketed = r#"{"workflow":{"publishing_rule":{"status":0}},"[workflow][workflow_stage]":{"uid":"x"}}"#;
@@ -1350,6 +1356,8 @@ async fn inspected_bodies_must_be_json_with_one_reading() {
         r#"{"workflow":{"publishing_rule":{"status":0}},"__proto__.workflow_stage":{"uid":"s"}}"#,
         // An escape lodash's `toPath` undoes (the eighteenth outside probe).
         r#"{"workflow":{"publishing_rule":{"status":0}},"[\"__pro\\to__\"][\"workflow_stage\"]":{"uid":"s"}}"#,
+        // Percent-escaped (the twentieth outside probe).
+        r#"{"workflow":{"publishing_rule":{"status":0}},"%5F%5Fproto%5F%5F.workflow_stage":{"uid":"s"}}"#,
     ] {
         assert_eq!(env.send("POST", workflow, &json, polluting).await.0.as_u16(), 400, "{polluting}");
     }
@@ -1385,6 +1393,8 @@ async fn rule_keys_in_the_query_or_a_cookie_are_refused_on_rule_paths() {
         ("POST", format!("{workflow}?[][workflow][workflow_stage]=1"), request),
         ("POST", format!("{workflow}?workflow__workflow_stage=1"), request),
         ("POST", format!("{rules}?[]approvers[users][]=u1"), ""),
+        // A Cyrillic `а`, which transliterators read as `a` (the twentieth outside probe).
+        ("POST", format!("{workflow}?st%D0%B0tus=1"), request),
     ];
     for (method, path, body) in &cases {
         let (status, _, text) = env.send(method, path, &json, body).await;

@@ -151,8 +151,10 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
 /// `toPath`, `__proto\__` to `set-value`). Unguarded unflattening and deep-merging
 /// helpers (lodash's `set` and `defaultsDeep` before 4.17.12, `flat`'s `unflatten`
 /// before 5.0.1, `set-value` 2, pydash's `set_` before 6) write through such keys into
-/// every object, where a backend would then read the rule's keys from. A second
-/// reading of the body, as a `__proto__` key is (see [`crate::json`]).
+/// every object, where a backend would then read the rule's keys from. Each form of
+/// the key a backend may read counts (see `query::in_any_form`: `%5F%5Fproto%5F%5F`,
+/// a Cyrillic `о` or a soft hyphen in `__proto__`). A second reading of the body, as a
+/// `__proto__` key is (see [`crate::json`]).
 fn reaches_past_its_object(json: &Value) -> bool {
     let reaches = |key: &str| {
         key.contains('\\')
@@ -164,7 +166,7 @@ fn reaches_past_its_object(json: &Value) -> bool {
             })
     };
     match json {
-        Value::Object(o) => o.iter().any(|(k, v)| reaches(k) || reaches_past_its_object(v)),
+        Value::Object(o) => o.iter().any(|(k, v)| super::query::in_any_form(k, reaches) || reaches_past_its_object(v)),
         Value::Array(a) => a.iter().any(reaches_past_its_object),
         _ => false,
     }
@@ -298,31 +300,36 @@ enum Reading {
 /// Whether `key` reads as `wanted` (lower-case ASCII, `_` its only separator), and how.
 /// A key is read up to its first NUL, as a decoder that keeps keys as C strings reads
 /// it (and as the query rule reads keys): `"status\u0000"` beside `"status"` is two
-/// readings of one field. The loose reading is the query rule's, and wider: the key as
+/// readings of one field. Any reading but the spelled one is loose, in any of the forms
+/// a backend may read the key in (see `query::in_any_form`: transliterated, `stаtus`
+/// with a Cyrillic `а`; percent-decoded, `st%61tus`); loose readings only ever refuse.
+fn reading(key: &str, wanted: &str) -> Option<Reading> {
+    let key = key.split('\0').next().unwrap_or_default();
+    let mut spelled = wanted.chars();
+    if key.chars().all(|c| spelled.next().is_some_and(|w| ascii_reading(c) == Some(w))) && spelled.next().is_none() {
+        return Some(Reading::Spelled);
+    }
+    super::query::in_any_form(key, |form| reads_loosely(form, wanted)).then_some(Reading::Loose)
+}
+
+/// The loose reading of one form of a key: the query rule's, and wider. The key as
 /// accent-stripping helpers read it (lodash's `snakeCase` reads `stätus` as `status`;
 /// see `query::deburred`: full-width `ｗorkflow` too), each character under its full
 /// case mappings (whole-string conversions such as Python's `casefold` and
 /// JavaScript's `toUpperCase` turn `ﬂ` into `fl`, `ß` and `ﬆ` into two letters), its
-/// letters and digits alone; it only ever refuses.
-fn reading(key: &str, wanted: &str) -> Option<Reading> {
-    let key = key.split('\0').next().unwrap_or_default();
+/// letters and digits alone.
+fn reads_loosely(key: &str, wanted: &str) -> bool {
     // A key that is a path (`publishing_rule.approvers.users`, `approvers[users]`,
     // `approvers->users`, `approvers__users`, `approvers%2Eusers`): lodash's `get`,
     // MongoDB's `$set`, ASP.NET's and Django's `__`, and unflattening helpers read it as
     // nested under its first part, so that part naming `wanted` is a second reading.
     // Anything but a letter, a digit, `_` or `-` may separate a path's parts to some
     // reader (its NFKC form too: `．` is `.`), and so may `__`.
-    if let Some(head) = path_head(key) {
-        if reading(head, wanted).is_some() {
-            return Some(Reading::Loose);
-        }
-    }
-    let mut spelled = wanted.chars();
-    if key.chars().all(|c| spelled.next().is_some_and(|w| ascii_reading(c) == Some(w))) && spelled.next().is_none() {
-        return Some(Reading::Spelled);
+    if path_head(key).is_some_and(|head| reading(head, wanted).is_some()) {
+        return true;
     }
     let mut letters = wanted.chars().filter(char::is_ascii_alphanumeric);
-    let loose = super::query::deburred(key).all(|c| {
+    super::query::deburred(key).all(|c| {
         let mut read = super::query::readings(c).filter(char::is_ascii_alphanumeric).peekable();
         match read.peek() {
             // A separator, a mark, or a letter with no ASCII reading: skipped, as the
@@ -331,8 +338,7 @@ fn reading(key: &str, wanted: &str) -> Option<Reading> {
             None => true,
             Some(_) => read.all(|r| letters.next() == Some(r)),
         }
-    }) && letters.next().is_none();
-    loose.then_some(Reading::Loose)
+    }) && letters.next().is_none()
 }
 
 /// The lower-case ASCII character a lenient decoder may read `c` as, if any: `c` itself

@@ -409,20 +409,40 @@ const LONGEST: usize = 19;
 
 /// What a name means with everything but letters and digits dropped and case ignored,
 /// under every case mapping a decoder may apply (`apı_key`, the Kelvin sign in
-/// `api_Key`: see [`ascii_reading`]), as written or as accent-stripping helpers read it
-/// (see [`deburred`]: full-width `ａpi_key`, ligatures, `äpi_key`), whichever means more.
+/// `api_Key`: see [`ascii_reading`]), as written, as accent-stripping helpers read it
+/// (see [`deburred`]: full-width `ａpi_key`, ligatures, `äpi_key`) or as transliterators
+/// do (see [`transliterated`]: Cyrillic `аpi_key`), whichever means more.
 fn param(name: &str) -> Param {
     let spelled = param_as_written(name);
     if name.is_ascii() {
         return spelled;
     }
     let compat: String = deburred(name).collect();
-    let read = param_as_written(&compat);
-    if read.strength() > spelled.strength() {
-        read
-    } else {
-        spelled
-    }
+    [param_as_written(&compat), param_as_written(&transliterated(name))].into_iter().fold(spelled, |best, read| {
+        if read.strength() > best.strength() {
+            read
+        } else {
+            best
+        }
+    })
+}
+
+/// Whether `found` holds for a key (of a JSON body) in some form a backend may read it
+/// in: as written, transliterated (see [`transliterated`]), and through each further
+/// percent-decoding, for a backend that URL-decodes keys (`st%61tus`, parameter parsers
+/// that merge a JSON body into the query's map). Escapes still left after every
+/// decoding count as found.
+pub(super) fn in_any_form(key: &str, mut found: impl FnMut(&str) -> bool) -> bool {
+    let mut in_form = |form: &str| found(form) || (!form.is_ascii() && found(&transliterated(form)));
+    in_form(key) || each_decoding(key, true, |d| if in_form(d) { Err(true) } else { Ok(()) }).is_err()
+}
+
+/// A key as transliterating helpers read it (Python's `unidecode` and `anyascii`,
+/// `deunicode`, slug and identifier makers): each character as the ASCII it sounds or
+/// looks like, so Cyrillic `а`, Greek `τ` and `ƒ` become `a`, `t` and `f`, and
+/// invisible ones such as the soft hyphen drop out.
+pub(super) fn transliterated(key: &str) -> Cow<'_, str> {
+    deunicode::deunicode_with_tofu_cow(key, "")
 }
 
 /// [`param`] for one form of the name; folded into a stack buffer once, then matched,
@@ -583,6 +603,11 @@ mod tests {
             "w%C3%B6rkflow_stage=s",
             "st%C3%A4tus=1",
             "appr%C3%B8vers[users][]=u1",
+            // Letters that transliterators read as the rule's: Cyrillic `а`, `о`, Greek
+            // `τ` (the twentieth outside probe).
+            "st%D0%B0tus=1",
+            "appr%D0%BEvers[users][]=u1",
+            "sta%CF%84us=1",
         ] {
             assert!(check_rule_keys(Some(query), &none).is_err(), "{query}");
         }

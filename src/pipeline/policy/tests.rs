@@ -116,6 +116,18 @@ fn keys_read_by_their_letters_and_digits_alone_are_refused() {
         json!({"workflow":{"publishing_rule":{"status":0},"publishi\u{149}g_rule":{"status":1}}}),
         json!({"workflow":{"publishing_rule":{"uid":"r","status":0,"stat\u{4e00}us":1}}}),
         json!({"workflow":{"publishing_rule":{"status":0},"workflow\u{4e00}_stage":{"uid":"s"}}}),
+        // Letters that transliterators read as the rule's (unidecode, anyascii: Cyrillic
+        // `а`, `о`, `е`, Greek `τ`, `ɡ`; the twentieth outside probe), and escapes that a
+        // backend URL-decoding keys reads as them.
+        json!({"workflow":{"publishing_rule":{"uid":"r","status":0,"st\u{430}tus":1}}}),
+        json!({"workflow":{"publishing_rule":{"uid":"r","status":0,"sta\u{3c4}us":1}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"w\u{43e}rkflow_stage":{"uid":"s"}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"workflow_sta\u{261}e":{"uid":"s"}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"workflow_stag\u{435}.uid":"s"}}),
+        json!({"workflow":{"publishing_rule":{"uid":"r","status":0,"st%61tus":1}}}),
+        json!({"workflow":{"publishing_rule":{"uid":"r","status":0,"st%2561tus":1}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"workflow%5Fstage":{"uid":"s"}}}),
+        json!({"workflow":{"publishing_rule":{"status":0},"w%u006Frkflow_stage":{"uid":"s"}}}),
     ] {
         assert!(check(wf, body.clone()).is_err(), "{body}");
     }
@@ -345,6 +357,12 @@ fn keys_through_a_prototype_are_refused() {
         "Class.module.classLoader",
         "Constructor",
         "a.Prototype.x",
+        // The same in the forms a backend may read a key in (the twentieth outside
+        // probe): percent-decoded, transliterated (a Cyrillic `о`), without a soft hyphen.
+        "%5F%5Fproto%5F%5F.workflow_stage",
+        "__pr\u{43e}to__.workflow_stage",
+        "__pro\u{ad}to__.workflow_stage",
+        "c\u{43e}nstructor",
     ] {
         let body = json!({"workflow":{"publishing_rule":request.clone()},(key):{"uid":"s"}});
         assert_eq!(check(wf, body.clone()), ambiguous, "{body}");
@@ -363,7 +381,7 @@ fn keys_through_a_prototype_are_refused() {
     let nested = json!({"workflow":{"publishing_rule":request.clone(),"__class__":{"workflow_stage":{"uid":"s1"}}}});
     assert_eq!(check(wf, nested), ambiguous);
     // Words that only contain them pass.
-    let fine =
-        json!({"publishing_rule":{"workflow":"wf1","constructors":1,"proto":"x","prototype_id":"p","__":1,"_a_":2}});
+    let fine = json!({"publishing_rule":{"workflow":"wf1","constructors":1,"proto":"x","prototype_id":"p","__":1,"_a_":2,
+        "50%":1,"a%20b":2,"\u{43c}\u{438}\u{440}":3}});
     assert!(check(pr, fine).is_ok());
 }
