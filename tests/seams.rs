@@ -285,7 +285,7 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         f
     };
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
-    let cases: [Case; 35] = [
+    let cases: [Case; 39] = [
         ("?branch=development", dev(), 200),
         ("?branch=main", dev(), 400),
         ("?branch=development&branch=development", dev(), 400),
@@ -327,6 +327,13 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         ("?ap%u0069_key=blt1111111111111111", creds(RW), 400),
         ("?%25u0062ranch=main", dev(), 400),
         ("?q%2541=1&100%25=x", dev(), 200),
+        // Letters transliterators read as the name's (Hebrew `ק` and `ח`: unidecode and
+        // anyascii), and a path's first part (qs with `allowDots`): the twenty-first
+        // outside probe.
+        ("?api_%D7%A7ey=blt1111111111111111", creds(RW), 400),
+        ("?branc%D7%97=main", dev(), 400),
+        ("?branch.x=main", dev(), 400),
+        ("?caf%C3%A9=1", dev(), 200),
     ];
     for (query, fields, want) in cases {
         env.backend.clear();
@@ -444,6 +451,7 @@ async fn cookies_and_form_bodies_cannot_name_what_was_authorised() {
         ("GET", PATH, with(RW, &[("cookie", "_method=DELETE")]), "", 400),
         ("GET", PATH, with(RW, &[("cookie", "theme=dark; x-auth-token=abc")]), "", 400),
         ("GET", PATH, with(RW, &[("cookie", "session_token=abc")]), "", 400),
+        ("GET", PATH, with(RW, &[("cookie", "api_%D7%A7ey=blt1111111111111111")]), "", 400),
         ("GET", COMPARE, with(RO, &[("cookie", "compare_branch=development")]), "", 400),
         ("POST", PATH, with(RW, &[("content-type", "application/json")]), r#"{"content_type":{}}"#, 200),
         ("POST", PATH, with(RW, &[("content-type", FORM)]), "branch=development", 415),
@@ -1343,7 +1351,7 @@ async fn inspected_bodies_must_be_json_with_one_reading() {
     assert_eq!(env.send("POST", workflow, &json, accent).await.0.as_u16(), 403);
     // Letters transliterators read as the rule's (a Cyrillic `а`), and an escape a
     // backend URL-decoding keys undoes (the twentieth outside probe).
-    for key in ["st\u{430}tus", "st%61tus"] {
+    for key in ["st\u{430}tus", "st%61tus", "s\u{679}atus"] {
         let body = format!("{{\"workflow\":{{\"publishing_rule\":{{\"uid\":\"r\",\"status\":0,\"{key}\":1}}}}}}");
         assert_eq!(env.send("POST", workflow, &json, &body).await.0.as_u16(), 403, "{body}");
     }
@@ -1395,6 +1403,8 @@ async fn rule_keys_in_the_query_or_a_cookie_are_refused_on_rule_paths() {
         ("POST", format!("{rules}?[]approvers[users][]=u1"), ""),
         // A Cyrillic `а`, which transliterators read as `a` (the twentieth outside probe).
         ("POST", format!("{workflow}?st%D0%B0tus=1"), request),
+        // Hebrew `ק`, which unidecode and anyascii read as `k` (the twenty-first probe).
+        ("POST", format!("{workflow}?wor%D7%A7flow_stage=x"), request),
     ];
     for (method, path, body) in &cases {
         let (status, _, text) = env.send(method, path, &json, body).await;

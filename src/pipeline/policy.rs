@@ -151,19 +151,27 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
 /// `toPath`, `__proto\__` to `set-value`). Unguarded unflattening and deep-merging
 /// helpers (lodash's `set` and `defaultsDeep` before 4.17.12, `flat`'s `unflatten`
 /// before 5.0.1, `set-value` 2, pydash's `set_` before 6) write through such keys into
-/// every object, where a backend would then read the rule's keys from. Each form of
-/// the key a backend may read counts (see `query::in_any_form`: `%5F%5Fproto%5F%5F`,
-/// a Cyrillic `о` or a soft hyphen in `__proto__`). A second reading of the body, as a
-/// `__proto__` key is (see [`crate::json`]).
+/// every object, where a backend would then read the rule's keys from. The key counts
+/// in every form a backend may read it in: percent-decoded (`%5F%5Fproto%5F%5F`, see
+/// `query::in_any_form`) and with other than ASCII read as any letters (a Cyrillic `о`
+/// in `cоnstructor`, see `query::may_read_as`) or dropped (a soft hyphen in
+/// `__proto__`). A second reading of the body, as a `__proto__` key is (see
+/// [`crate::json`]).
 fn reaches_past_its_object(json: &Value) -> bool {
+    // Parts are split where any reader splits them, at any character but a letter, a
+    // digit, `_`, `-` or `$` (`．` is `.` in NFKC), and where only ASCII splits them, a
+    // character other than ASCII being one a reader may drop (a soft hyphen).
+    let part_reaches = |part: &str| {
+        // `class` is Java's way to the same (Spring's and BeanUtils' property paths), in
+        // any case (Spring retries a property name capitalised, .NET ignores case).
+        ["constructor", "prototype", "class"].iter().any(|word| super::query::may_read_as(part, word.as_bytes()))
+            || (part.len() > 4 && part.starts_with("__") && part.ends_with("__"))
+    };
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-' || c == '$';
     let reaches = |key: &str| {
         key.contains('\\')
-            || key.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-' || c == '$')).any(|part| {
-                // `class` is Java's way to the same (Spring's and BeanUtils' property paths),
-                // in any case (Spring retries a property name capitalised, .NET ignores case).
-                ["constructor", "prototype", "class"].iter().any(|word| part.eq_ignore_ascii_case(word))
-                    || (part.len() > 4 && part.starts_with("__") && part.ends_with("__"))
-            })
+            || key.split(|c: char| !word(c)).any(part_reaches)
+            || key.split(|c: char| c.is_ascii() && !word(c)).any(part_reaches)
     };
     match json {
         Value::Object(o) => o.iter().any(|(k, v)| super::query::in_any_form(k, reaches) || reaches_past_its_object(v)),
@@ -300,9 +308,9 @@ enum Reading {
 /// Whether `key` reads as `wanted` (lower-case ASCII, `_` its only separator), and how.
 /// A key is read up to its first NUL, as a decoder that keeps keys as C strings reads
 /// it (and as the query rule reads keys): `"status\u0000"` beside `"status"` is two
-/// readings of one field. Any reading but the spelled one is loose, in any of the forms
-/// a backend may read the key in (see `query::in_any_form`: transliterated, `stаtus`
-/// with a Cyrillic `а`; percent-decoded, `st%61tus`); loose readings only ever refuse.
+/// readings of one field. Any reading but the spelled one is loose, as written or
+/// percent-decoded (see `query::in_any_form`: `st%61tus`); loose readings only ever
+/// refuse.
 fn reading(key: &str, wanted: &str) -> Option<Reading> {
     let key = key.split('\0').next().unwrap_or_default();
     let mut spelled = wanted.chars();
@@ -312,12 +320,11 @@ fn reading(key: &str, wanted: &str) -> Option<Reading> {
     super::query::in_any_form(key, |form| reads_loosely(form, wanted)).then_some(Reading::Loose)
 }
 
-/// The loose reading of one form of a key: the query rule's, and wider. The key as
-/// accent-stripping helpers read it (lodash's `snakeCase` reads `stätus` as `status`;
-/// see `query::deburred`: full-width `ｗorkflow` too), each character under its full
-/// case mappings (whole-string conversions such as Python's `casefold` and
-/// JavaScript's `toUpperCase` turn `ﬂ` into `fl`, `ß` and `ﬆ` into two letters), its
-/// letters and digits alone.
+/// The loose reading of one form of a key: the query rule's, and wider. The key's
+/// letters and digits alone, as a backend that turns keys into snake or camel case
+/// reads them, with characters other than ASCII read as any letters (see
+/// `query::may_read_as`: `stätus`, full-width `ｗorkflow`, `workﬂow_stage`, Cyrillic
+/// `stаtus`, Hebrew `wor\u{5e7}flow_stage`).
 fn reads_loosely(key: &str, wanted: &str) -> bool {
     // A key that is a path (`publishing_rule.approvers.users`, `approvers[users]`,
     // `approvers->users`, `approvers__users`, `approvers%2Eusers`): lodash's `get`,
@@ -325,20 +332,8 @@ fn reads_loosely(key: &str, wanted: &str) -> bool {
     // nested under its first part, so that part naming `wanted` is a second reading.
     // Anything but a letter, a digit, `_` or `-` may separate a path's parts to some
     // reader (its NFKC form too: `．` is `.`), and so may `__`.
-    if path_head(key).is_some_and(|head| reading(head, wanted).is_some()) {
-        return true;
-    }
-    let mut letters = wanted.chars().filter(char::is_ascii_alphanumeric);
-    super::query::deburred(key).all(|c| {
-        let mut read = super::query::readings(c).filter(char::is_ascii_alphanumeric).peekable();
-        match read.peek() {
-            // A separator, a mark, or a letter with no ASCII reading: skipped, as the
-            // query rule skips it and as NFKD with ASCII `ignore` drops it (`ŉ` is `ʼn`
-            // to NFKD, and lodash's `snakeCase` drops the `ʼ`).
-            None => true,
-            Some(_) => read.all(|r| letters.next() == Some(r)),
-        }
-    }) && letters.next().is_none()
+    path_head(key).is_some_and(|head| reading(head, wanted).is_some())
+        || super::query::may_read_as(key, wanted.as_bytes())
 }
 
 /// The lower-case ASCII character a lenient decoder may read `c` as, if any: `c` itself
@@ -347,7 +342,7 @@ fn reads_loosely(key: &str, wanted: &str) -> bool {
 /// read as `i`, the Kelvin sign as `k`, `ſ` as `s`. Each mapping is taken as its first
 /// character, as the decoders' one-character mappings are (`İ` lowers to `i` followed
 /// by a combining dot): reading more keys as a rule's key only refuses more.
-pub(super) fn ascii_reading(c: char) -> Option<char> {
+fn ascii_reading(c: char) -> Option<char> {
     if c.is_ascii() {
         return Some(c.to_ascii_lowercase());
     }

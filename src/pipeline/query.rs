@@ -18,7 +18,7 @@
 //! not name these keys, and a body may not be a urlencoded form.
 
 use super::auth::{self, Credentials};
-use super::policy::{ascii_reading, path_head, DEFAULT_BRANCH};
+use super::policy::{path_head, DEFAULT_BRANCH};
 use crate::error::{BadRequest, Denial, GatewayError};
 use crate::field_names::folded_eq;
 use http::header::{CONTENT_TYPE, COOKIE};
@@ -26,12 +26,11 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName};
 use std::borrow::Cow;
 use std::iter::FlatMap;
-use unicode_normalization::UnicodeNormalization;
 
 const AMBIGUOUS: GatewayError = GatewayError::BadRequest(BadRequest::AmbiguousQuery);
 
 /// What a query parameter means to the gateway.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Param {
     StackKey,
     Branch,
@@ -389,155 +388,150 @@ fn decode_again(key: &str) -> Option<String> {
     changed.then(|| String::from_utf8_lossy(&out).into_owned())
 }
 
-/// [`classify`] for one decoding of a key.
+/// [`classify`] for one decoding of a key: the key itself, cut at a NUL (PHP), its array
+/// base (`branch[]`, PHP and Rack), its first bracketed name (`[branch]`, qs) and the
+/// first part of it as a path (`branch.x`, qs with `allowDots`; `branch．x` to a parser
+/// that normalises to NFKC), the strongest of their readings.
 fn classify_decoded(key: &str) -> Param {
-    // The usual key (`locale`, `include_count`) has no NUL and no bracket: its three
-    // readings are the key itself.
-    if !key.bytes().any(|b| matches!(b, b'\0' | b'[' | b']')) && !key.starts_with(char::is_whitespace) {
+    let strongest = |a: Param, b: Param| if b.strength() > a.strength() { b } else { a };
+    // The usual key (`locale`, `include_count`) is a word: its readings are the key itself.
+    if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return param(key);
     }
     let key = key.split('\0').next().unwrap_or_default();
     let base = key.split('[').next().unwrap_or_default();
     let bracketed =
         key.trim_start_matches(|c: char| c.is_whitespace() || c == '[').split(']').next().unwrap_or_default();
-    [key, base, bracketed].into_iter().map(param).max_by_key(|p| p.strength()).unwrap_or(Param::Other)
+    let head = path_head(key).unwrap_or_default();
+    [key, base, bracketed, head].into_iter().map(param).fold(Param::Other, strongest)
 }
 
 /// The longest name [`param`] looks for (`xhttpmethodoverride`); a key with more
 /// letters and digits than this is none of them.
 const LONGEST: usize = 19;
 
-/// What a name means with everything but letters and digits dropped and case ignored,
-/// under every case mapping a decoder may apply (`apı_key`, the Kelvin sign in
-/// `api_Key`: see [`ascii_reading`]), as written, as accent-stripping helpers read it
-/// (see [`deburred`]: full-width `ａpi_key`, ligatures, `äpi_key`) or as transliterators
-/// do (see [`transliterated`]: Cyrillic `аpi_key`), whichever means more.
+/// The names [`param`] looks for, by their letters and digits in lower case.
+const NAMES: [(&[u8], Param); 26] = [
+    (b"apikey", Param::StackKey),
+    (b"branch", Param::Branch),
+    (b"basebranch", Param::BaseBranch),
+    (b"comparebranch", Param::CompareBranch),
+    // Credentials, and method overrides (what was authorised is the method sent).
+    (b"authtoken", Param::Refused),
+    (b"authorization", Param::Refused),
+    (b"accesstoken", Param::Refused),
+    (b"sessiontoken", Param::Refused),
+    (b"authorisation", Param::Refused),
+    (b"xauthtoken", Param::Refused),
+    (b"xaccesstoken", Param::Refused),
+    (b"xsessiontoken", Param::Refused),
+    (b"xauthorization", Param::Refused),
+    (b"xauthorisation", Param::Refused),
+    (b"method", Param::Refused),
+    (b"httpmethod", Param::Refused),
+    (b"methodoverride", Param::Refused),
+    (b"httpmethodoverride", Param::Refused),
+    (b"xhttpmethodoverride", Param::Refused),
+    (b"xmethodoverride", Param::Refused),
+    (b"xhttpmethod", Param::Refused),
+    (b"workflow", Param::RuleKey),
+    (b"workflowstage", Param::RuleKey),
+    (b"publishingrule", Param::RuleKey),
+    (b"status", Param::RuleKey),
+    (b"approvers", Param::RuleKey),
+];
+
+/// What a name means with everything but letters and digits dropped and case ignored.
+/// A name with other than ASCII in it means whatever it may read as (see
+/// [`may_read_as`]: `apı_key`, full-width `ａpi_key`, `äpi_key`, Cyrillic `аpi_key`,
+/// Hebrew `api_קey`); one that may read as two different names (`ｂranch` as `branch`
+/// or `compare_branch`) is refused.
 fn param(name: &str) -> Param {
-    let spelled = param_as_written(name);
-    if name.is_ascii() {
-        return spelled;
+    if !name.is_ascii() {
+        let mut readings = NAMES.iter().filter(|(known, _)| may_read_as(name, known)).map(|&(_, p)| p);
+        let first = readings.next().unwrap_or(Param::Other);
+        return if readings.all(|p| p == first) { first } else { Param::Refused };
     }
-    let compat: String = deburred(name).collect();
-    [param_as_written(&compat), param_as_written(&transliterated(name))].into_iter().fold(spelled, |best, read| {
-        if read.strength() > best.strength() {
-            read
-        } else {
-            best
-        }
-    })
+    // Folded into a stack buffer once, then looked up: no allocation per key.
+    let mut folded = [0u8; LONGEST];
+    let mut len = 0;
+    for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+        let Some(slot) = folded.get_mut(len) else { return Param::Other };
+        *slot = b.to_ascii_lowercase();
+        len += 1;
+    }
+    let folded = folded.get(..len).unwrap_or_default();
+    NAMES.iter().find(|(known, _)| *known == folded).map_or(Param::Other, |&(_, p)| p)
 }
 
-/// Whether `found` holds for a key (of a JSON body) in some form a backend may read it
-/// in: as written, transliterated (see [`transliterated`]), and through each further
+/// Whether `key` may read as `word` to some reader: its ASCII letters and digits in
+/// order with case ignored, its other ASCII characters dropped (as snake- and
+/// camel-casing helpers and the query rule drop separators), and each run of other
+/// characters read as any letters at all, or none. No table of readings is complete:
+/// case mappings (`ı` as `i`, `ß` as `ss`, `ﬂ` as `fl`), compatibility forms (full-width
+/// letters), accent strippers (`ä` and `ø` as `a` and `o`) and transliterators
+/// (unidecode and anyascii: Cyrillic `а` as `a`, Hebrew `ק` as `k`, `ə` as `e`) each
+/// read such characters their own way, so a key that needs one of them to spell `word`
+/// is taken to spell it.
+pub(super) fn may_read_as(key: &str, word: &[u8]) -> bool {
+    let mut letters = [0u8; 32];
+    let mut n = 0;
+    for b in word.iter().filter(|b| b.is_ascii_alphanumeric()) {
+        let Some(slot) = letters.get_mut(n) else { return false };
+        *slot = b.to_ascii_lowercase();
+        n += 1;
+    }
+    let word = letters.get(..n).unwrap_or_default();
+    if key.is_ascii() {
+        return key.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase()).eq(word.iter().copied());
+    }
+    // `None` is a run of non-ASCII characters: a wildcard.
+    let mut pattern: Vec<Option<u8>> = Vec::with_capacity(key.len());
+    for c in key.chars() {
+        match u8::try_from(c) {
+            Ok(b) if b.is_ascii() => {
+                if b.is_ascii_alphanumeric() {
+                    pattern.push(Some(b.to_ascii_lowercase()));
+                }
+            }
+            _ if pattern.last() == Some(&None) => {}
+            _ => pattern.push(None),
+        }
+    }
+    wildcard_match(&pattern, word)
+}
+
+/// Glob matching with one kind of wildcard (`None`, any run): greedy, going back to the
+/// last wildcard on a mismatch, which suffices for a single kind (linear in practice,
+/// `pattern.len() * word.len()` at worst).
+fn wildcard_match(pattern: &[Option<u8>], word: &[u8]) -> bool {
+    let (mut p, mut w) = (0, 0);
+    let mut resume: Option<(usize, usize)> = None;
+    while let Some(&want) = word.get(w) {
+        match pattern.get(p) {
+            Some(Some(b)) if *b == want => (p, w) = (p + 1, w + 1),
+            Some(None) => {
+                resume = Some((p + 1, w));
+                p += 1;
+            }
+            _ => match resume {
+                Some((after, from)) => {
+                    resume = Some((after, from + 1));
+                    (p, w) = (after, from + 1);
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern.get(p..).unwrap_or_default().iter().all(Option::is_none)
+}
+
+/// Whether `found` holds for a key (of a JSON body) as written or through any further
 /// percent-decoding, for a backend that URL-decodes keys (`st%61tus`, parameter parsers
 /// that merge a JSON body into the query's map). Escapes still left after every
 /// decoding count as found.
 pub(super) fn in_any_form(key: &str, mut found: impl FnMut(&str) -> bool) -> bool {
-    let mut in_form = |form: &str| found(form) || (!form.is_ascii() && found(&transliterated(form)));
-    in_form(key) || each_decoding(key, true, |d| if in_form(d) { Err(true) } else { Ok(()) }).is_err()
-}
-
-/// A key as transliterating helpers read it (Python's `unidecode` and `anyascii`,
-/// `deunicode`, slug and identifier makers): each character as the ASCII it sounds or
-/// looks like, so Cyrillic `а`, Greek `τ` and `ƒ` become `a`, `t` and `f`, and
-/// invisible ones such as the soft hyphen drop out.
-pub(super) fn transliterated(key: &str) -> Cow<'_, str> {
-    deunicode::deunicode_with_tofu_cow(key, "")
-}
-
-/// [`param`] for one form of the name; folded into a stack buffer once, then matched,
-/// so no allocation per ASCII key.
-fn param_as_written(name: &str) -> Param {
-    let mut folded = [0u8; LONGEST];
-    let mut len = 0;
-    let mut push = |b: u8| match folded.get_mut(len) {
-        Some(slot) => {
-            *slot = b.to_ascii_lowercase();
-            len += 1;
-            true
-        }
-        None => false,
-    };
-    for c in name.chars() {
-        // ASCII keys (nearly all) take the short way; `readings` builds strings.
-        let fits = match u8::try_from(c) {
-            Ok(b) if b.is_ascii() => !b.is_ascii_alphanumeric() || push(b),
-            _ => readings(c).filter(char::is_ascii_alphanumeric).all(|r| push(r as u8)),
-        };
-        if !fits {
-            return Param::Other;
-        }
-    }
-    match folded.get(..len).unwrap_or_default() {
-        b"apikey" => Param::StackKey,
-        b"branch" => Param::Branch,
-        b"basebranch" => Param::BaseBranch,
-        b"comparebranch" => Param::CompareBranch,
-        // Credentials, and method overrides (what was authorised is the method sent).
-        b"authtoken"
-        | b"authorization"
-        | b"accesstoken"
-        | b"sessiontoken"
-        | b"authorisation"
-        | b"xauthtoken"
-        | b"xaccesstoken"
-        | b"xsessiontoken"
-        | b"xauthorization"
-        | b"xauthorisation"
-        | b"method"
-        | b"httpmethod"
-        | b"methodoverride"
-        | b"httpmethodoverride"
-        | b"xhttpmethodoverride"
-        | b"xmethodoverride"
-        | b"xhttpmethod" => Param::Refused,
-        b"workflow" | b"workflowstage" | b"publishingrule" | b"status" | b"approvers" => Param::RuleKey,
-        _ => Param::Other,
-    }
-}
-
-/// The ASCII characters a query parser may read `c` as. Query keys meet whole-string
-/// case conversions (JavaScript's and Java's `toUpperCase`, Python's `upper`), where one
-/// character may become several (`ß` and `ẞ` upper-case to `SS`, `ﬆ` to `ST`): the
-/// first of `c`'s full mappings (as [`ascii_reading`] orders them) that is all ASCII
-/// gives them; else its one-character reading, if any.
-pub(super) fn readings(c: char) -> impl Iterator<Item = char> {
-    let mut full = None;
-    if !c.is_ascii() {
-        let lower: String = c.to_lowercase().collect();
-        let upper: String = c.to_uppercase().collect();
-        let (upper_lower, lower_upper) = (upper.to_lowercase(), lower.to_uppercase());
-        full = [lower, upper, upper_lower, lower_upper].into_iter().find(|m| m.len() > 1 && m.is_ascii());
-    }
-    let single = match full {
-        Some(_) => None,
-        None => ascii_reading(c),
-    };
-    full.into_iter().flat_map(|m| m.to_ascii_lowercase().into_bytes()).map(char::from).chain(single)
-}
-
-/// A key's characters as accent-stripping helpers read them (lodash's `deburr`, which
-/// its `snakeCase` and `camelCase` apply; pydash's `snake_case`; NFKD with the marks
-/// dropped): its compatibility decomposition (NFKD: full-width letters and ligatures as
-/// ASCII, a letter apart from its accents), without combining marks, and the Latin
-/// letters that do not decompose as lodash maps them (`ø` as `o`, `æ` as `ae`).
-pub(super) fn deburred(key: &str) -> impl Iterator<Item = char> + '_ {
-    key.nfkd().filter(|&c| !unicode_normalization::char::is_combining_mark(c)).flat_map(|c| {
-        let (first, second) = match c {
-            'ø' | 'Ø' => ('o', None),
-            'ł' | 'Ł' | 'ŀ' | 'Ŀ' => ('l', None),
-            'đ' | 'Đ' | 'ð' | 'Ð' => ('d', None),
-            'ħ' | 'Ħ' => ('h', None),
-            'ŧ' | 'Ŧ' => ('t', None),
-            'ŋ' | 'Ŋ' => ('n', None),
-            'ĸ' => ('k', None),
-            'æ' | 'Æ' => ('a', Some('e')),
-            'œ' | 'Œ' => ('o', Some('e')),
-            'þ' | 'Þ' => ('t', Some('h')),
-            other => (other, None),
-        };
-        std::iter::once(first).chain(second)
-    })
+    found(key) || each_decoding(key, true, |d| if found(d) { Err(true) } else { Ok(()) }).is_err()
 }
 
 /// Whether a key (of the query, a JSON body or a header) reads as `base_branch` or
@@ -608,6 +602,10 @@ mod tests {
             "st%D0%B0tus=1",
             "appr%D0%BEvers[users][]=u1",
             "sta%CF%84us=1",
+            // Letters no table holds (Hebrew `ק`, which unidecode and anyascii read as `k`:
+            // the twenty-first outside probe).
+            "wor%D7%A7flow_stage=x",
+            "workflow.wor%D7%A7flow_stage=x",
         ] {
             assert!(check_rule_keys(Some(query), &none).is_err(), "{query}");
         }
@@ -778,11 +776,21 @@ mod tests {
         ] {
             assert_eq!(check_with(bad, "blt1", None), Err(AMBIGUOUS), "{bad}");
         }
-        // A character with no ASCII reading is dropped, as a separator is.
-        assert_eq!(check_with("api\u{e9}key=blt2", "blt1", None), Err(AMBIGUOUS));
-        assert!(check_with("caf\u{e9}=1&bran\u{3c7}=x&stra\u{df}e=1", "blt1", None).is_ok());
+        // Characters other than ASCII read as any letters, or none: as dropped, and as
+        // transliterators read them (anyascii reads `branχ` as `branch`, unidecode and
+        // anyascii `api_קey` as `api_key`; the twenty-first outside probe).
+        for bad in
+            ["api\u{e9}key=blt2", "bran\u{3c7}=x", "api_%D7%A7ey=blt2", "branc%D7%97=x", "\u{5d0}=1", "\u{ff42}ranch=x"]
+        {
+            assert_eq!(check_with(bad, "blt1", None), Err(AMBIGUOUS), "{bad}");
+        }
+        assert!(check_with("caf\u{e9}=1&stra\u{df}e=1&\u{43c}\u{438}\u{440}_id=1", "blt1", None).is_ok());
+        // A path's first part (qs with `allowDots` reads `branch.x` as `branch`).
+        for bad in ["branch.x=development", "api_key.x=blt2", "branch\u{ff0e}x=development", "_method.x=DELETE"] {
+            assert_eq!(check_with(bad, "blt1", None), Err(AMBIGUOUS), "{bad}");
+        }
         // Escapes that decode to nothing looked for, or do not decode at all.
-        assert!(check_with("q%2541=1&100%25=x&%u00e9t%u00e9=1&50%=1&%uZZZZ=1&%u12=1", "blt1", None).is_ok());
+        assert!(check_with("q%2541=1&100%25=x&caf%u00e9=1&50%=1&%uZZZZ=1&%u12=1", "blt1", None).is_ok());
     }
 
     #[test]
@@ -832,6 +840,12 @@ mod tests {
             "ap%u0069_key=x",
             "branch[]=x",
             "apı_key=x",
+            // Letters transliterators read as the name's (the twenty-first outside
+            // probe), escaped or raw, and a path's first part.
+            "api_%D7%A7ey=blt0",
+            "branc%D7%97=secret",
+            "branc\u{5d7}=secret",
+            "branch.x=secret",
         ] {
             assert_eq!(cookies(&["theme=dark", bad]), refused, "{bad}");
         }
