@@ -285,7 +285,7 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         f
     };
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
-    let cases: [Case; 39] = [
+    let cases: [Case; 40] = [
         ("?branch=development", dev(), 200),
         ("?branch=main", dev(), 400),
         ("?branch=development&branch=development", dev(), 400),
@@ -334,6 +334,7 @@ async fn query_api_key_and_branch_must_match_what_was_authorised() {
         ("?branc%D7%97=main", dev(), 400),
         ("?branch.x=main", dev(), 400),
         ("?caf%C3%A9=1", dev(), 200),
+        ("?query.branch=main", dev(), 400),
     ];
     for (query, fields, want) in cases {
         env.backend.clear();
@@ -358,7 +359,7 @@ async fn compares_and_merges_need_both_branches_in_scope() {
     const COMPARE: &str = "/v3/stacks/branches_compare";
     const MERGE: &str = "/v3/stacks/branches_merge";
     type Case = (&'static str, &'static str, &'static str, &'static str, u16);
-    let cases: [Case; 16] = [
+    let cases: [Case; 18] = [
         // DEV_ONLY reads development (and its alias staging) only.
         ("GET", COMPARE, "?base_branch=main&compare_branch=development", DEV_ONLY, 403),
         ("GET", COMPARE, "/content_types?base_branch=development&compare_branch=main", DEV_ONLY, 403),
@@ -379,6 +380,11 @@ async fn compares_and_merges_need_both_branches_in_scope() {
         // A second reading (the whole query decoded again) names other branches.
         ("GET", COMPARE, "?base_branch=development&compare_branch=staging&x=1%26compare_branch%3Dmain", DEV_ONLY, 400),
         ("GET", COMPARE, "?base_branch=main&compare_branch=deploy&x=1%26x%3D2", RO, 200),
+        // A later part of a key as a path (ASP.NET's model binding reads
+        // `x.compare_branch` as a parameter's `CompareBranch`: the twenty-second outside
+        // probe).
+        ("GET", COMPARE, "?base_branch=main&compare_branch=deploy&x.compare_branch=development", RO, 400),
+        ("GET", COMPARE, "?base_branch=main&x.compare_branch=development", DEV_ONLY, 403),
     ];
     let json = |token| {
         let mut f = creds(token);
@@ -396,6 +402,9 @@ async fn compares_and_merges_need_both_branches_in_scope() {
         (json(RW), "", 200),
         (json(RW), r#"{"base_branch":"development"}"#, 403),
         (json(RW), r#"{"item_merge_strategies":[{"Compare-Branch":"development"}]}"#, 403),
+        // Keys lodash's `set` nests as `x.compare_branch` (the twenty-second probe).
+        (json(RW), r#"{"x.compare_branch":"development"}"#, 403),
+        (json(RW), r#"{"x":{"q[compare_branch]":"development"}}"#, 403),
         (creds(RW), "base_branch=development", 415),
     ];
     let mut header = json(RW);

@@ -185,7 +185,7 @@ fn reaches_past_its_object(json: &Value) -> bool {
 /// query's, and a backend reading the body's instead would act on others.
 fn names_a_branch(json: &Value) -> bool {
     match json {
-        Value::Object(o) => o.iter().any(|(k, v)| super::query::names_branch_pair(k) || names_a_branch(v)),
+        Value::Object(o) => o.iter().any(|(k, v)| super::query::may_name_branch_pair(k) || names_a_branch(v)),
         Value::Array(a) => a.iter().any(names_a_branch),
         _ => false,
     }
@@ -291,9 +291,15 @@ fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
 /// `toPath` (`[workflow][workflow_stage]`, `["workflow"].workflow_stage`) or to Rack 2's
 /// query parser (`[][workflow][workflow_stage]`).
 pub(super) fn path_head(key: &str) -> Option<&str> {
-    let separator = |c: char| !(c.is_alphanumeric() || c == '_' || c == '-');
-    let head = key.split(separator).flat_map(|part| part.split("__")).find(|part| !part.is_empty())?;
+    let head = path_parts(key).next()?;
     (head.len() < key.len()).then_some(head)
+}
+
+/// A key's non-empty parts as a path (see [`reading`]): anything but a letter, a digit,
+/// `_` or `-` separates them, and so does `__`.
+pub(super) fn path_parts(key: &str) -> impl Iterator<Item = &str> {
+    let separator = |c: char| !(c.is_alphanumeric() || c == '_' || c == '-');
+    key.split(separator).flat_map(|part| part.split("__")).filter(|part| !part.is_empty())
 }
 
 /// How a key reads as a rule's key.

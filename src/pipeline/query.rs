@@ -18,7 +18,7 @@
 //! not name these keys, and a body may not be a urlencoded form.
 
 use super::auth::{self, Credentials};
-use super::policy::{path_head, DEFAULT_BRANCH};
+use super::policy::{path_head, path_parts, DEFAULT_BRANCH};
 use crate::error::{BadRequest, Denial, GatewayError};
 use crate::field_names::folded_eq;
 use http::header::{CONTENT_TYPE, COOKIE};
@@ -389,21 +389,31 @@ fn decode_again(key: &str) -> Option<String> {
 }
 
 /// [`classify`] for one decoding of a key: the key itself, cut at a NUL (PHP), its array
-/// base (`branch[]`, PHP and Rack), its first bracketed name (`[branch]`, qs) and the
-/// first part of it as a path (`branch.x`, qs with `allowDots`; `branch．x` to a parser
-/// that normalises to NFKC), the strongest of their readings.
+/// base (`branch[]`, PHP and Rack), its first bracketed name (`[branch]`, qs) and each
+/// part of it as a path: the first (`branch.x`, qs with `allowDots`; `branch．x` to a
+/// parser that normalises to NFKC) and the others (ASP.NET's model binding reads
+/// `query.branch` as the `Branch` of a parameter named `query`). See [`either`] for
+/// how their readings combine.
 fn classify_decoded(key: &str) -> Param {
-    let strongest = |a: Param, b: Param| if b.strength() > a.strength() { b } else { a };
-    // The usual key (`locale`, `include_count`) is a word: its readings are the key itself.
-    if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    // The usual key (`locale`, `include_count`) is one word: its readings are the key itself.
+    if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') && !key.contains("__") {
         return param(key);
     }
     let key = key.split('\0').next().unwrap_or_default();
     let base = key.split('[').next().unwrap_or_default();
     let bracketed =
         key.trim_start_matches(|c: char| c.is_whitespace() || c == '[').split(']').next().unwrap_or_default();
-    let head = path_head(key).unwrap_or_default();
-    [key, base, bracketed, head].into_iter().map(param).fold(Param::Other, strongest)
+    [key, base, bracketed].into_iter().chain(path_parts(key)).map(param).fold(Param::Other, either)
+}
+
+/// What a key with two readings means: the stronger, and when both name something
+/// different (`api_key[branch]`, `ｂranch` as `branch` or `compare_branch`), refused.
+fn either(a: Param, b: Param) -> Param {
+    match (a, b) {
+        (Param::Other, p) | (p, Param::Other) => p,
+        (a, b) if a == b => a,
+        _ => Param::Refused,
+    }
 }
 
 /// The longest name [`param`] looks for (`xhttpmethodoverride`); a key with more
@@ -448,9 +458,8 @@ const NAMES: [(&[u8], Param); 26] = [
 /// or `compare_branch`) is refused.
 fn param(name: &str) -> Param {
     if !name.is_ascii() {
-        let mut readings = NAMES.iter().filter(|(known, _)| may_read_as(name, known)).map(|&(_, p)| p);
-        let first = readings.next().unwrap_or(Param::Other);
-        return if readings.all(|p| p == first) { first } else { Param::Refused };
+        let readings = NAMES.iter().filter(|(known, _)| may_read_as(name, known)).map(|&(_, p)| p);
+        return readings.fold(Param::Other, either);
     }
     // Folded into a stack buffer once, then looked up: no allocation per key.
     let mut folded = [0u8; LONGEST];
@@ -538,6 +547,12 @@ pub(super) fn in_any_form(key: &str, mut found: impl FnMut(&str) -> bool) -> boo
 /// `compare_branch`: a compare or merge may name its branches in the query only.
 pub fn names_branch_pair(key: &str) -> bool {
     matches!(classify(key), Param::BaseBranch | Param::CompareBranch)
+}
+
+/// [`names_branch_pair`], or a key that reads as two names (`base_branch.compare_branch`)
+/// or as a credential: what a compare's or merge's body may not hold.
+pub fn may_name_branch_pair(key: &str) -> bool {
+    matches!(classify(key), Param::BaseBranch | Param::CompareBranch | Param::Refused)
 }
 
 impl Param {
@@ -786,7 +801,20 @@ mod tests {
         }
         assert!(check_with("caf\u{e9}=1&stra\u{df}e=1&\u{43c}\u{438}\u{440}_id=1", "blt1", None).is_ok());
         // A path's first part (qs with `allowDots` reads `branch.x` as `branch`).
-        for bad in ["branch.x=development", "api_key.x=blt2", "branch\u{ff0e}x=development", "_method.x=DELETE"] {
+        // And its other parts (ASP.NET's model binding reads `query.branch` as the
+        // `Branch` of a parameter named `query`: the twenty-second outside probe); a key
+        // naming two of them is refused whatever its value.
+        for bad in [
+            "branch.x=development",
+            "api_key.x=blt2",
+            "branch\u{ff0e}x=development",
+            "_method.x=DELETE",
+            "query.branch=development",
+            "x[branch]=development",
+            "x__branch=development",
+            "x:branch=development",
+            "api_key[branch]=blt1",
+        ] {
             assert_eq!(check_with(bad, "blt1", None), Err(AMBIGUOUS), "{bad}");
         }
         // Escapes that decode to nothing looked for, or do not decode at all.
@@ -902,9 +930,18 @@ mod tests {
         {
             assert_eq!(named(bad), Err(AMBIGUOUS), "{bad}");
         }
-        for key in ["base_branch", "Compare-Branch", "BA\u{17f}E_BRANCH", "[compare_branch]"] {
+        for key in [
+            "base_branch",
+            "Compare-Branch",
+            "BA\u{17f}E_BRANCH",
+            "[compare_branch]",
+            "x.compare_branch",
+            "q[base_branch]",
+        ] {
             assert!(names_branch_pair(key), "{key}");
         }
+        assert!(may_name_branch_pair("base_branch.compare_branch") && !names_branch_pair("base_branch.compare_branch"));
+        assert_eq!(named("base_branch=main&compare_branch=main&x.compare_branch=secret"), Err(AMBIGUOUS));
         assert!(!names_branch_pair("branch") && !names_branch_pair("base_branches"));
         // Other requests may carry them (they mean nothing there) without a refusal.
         assert!(check_with("base_branch=x&base_branch=y", "blt1", None).is_ok());
