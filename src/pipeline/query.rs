@@ -847,6 +847,26 @@ mod tests {
         assert_eq!(named("base_branch=a&x=1%262").unwrap(), ["a", "main"]);
     }
 
+    /// Whatever a letter of a name is replaced with, or whatever is put between its
+    /// letters, if it is not ASCII the key still reads as a name: no character's reading
+    /// is left to a table.
+    #[test]
+    fn other_than_ascii_never_hides_a_name() {
+        for (name, _) in NAMES {
+            let name = std::str::from_utf8(name).unwrap();
+            for at in 0..name.len() {
+                for other in ['\u{e9}', '\u{5e7}', '\u{430}', '\u{4e2d}', '\u{ad}', '\u{ff41}'] {
+                    let replaced: String =
+                        name.chars().enumerate().map(|(i, c)| if i == at { other } else { c }).collect();
+                    let inserted = format!("{}{other}{}", &name[..at], &name[at..]);
+                    for key in [replaced, inserted] {
+                        assert_ne!(param(&key), Param::Other, "{key}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn cookies_may_not_name_what_the_query_may_not() {
         let cookies = |values: &[&'static str]| {
