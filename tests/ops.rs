@@ -187,6 +187,13 @@ async fn admin_endpoints_and_metrics_move() {
     assert!(after.trim_end().ends_with("# EOF"));
     assert!(!after.contains(RO) && !after.contains("csnope") && !after.contains("/v3/"));
     assert_eq!(admin_get(admin, "/nope").await.0, 404);
+    // A known endpoint asked with another method says which it takes.
+    let (status, text) = raw(admin, b"GET /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, 405, "{text}");
+    assert!(text.to_ascii_lowercase().contains("\r\nallow: post\r\n") && text.contains("\"error_code\":405"), "{text}");
+    let (status, text) = admin_post(admin, "/metrics").await;
+    assert_eq!(status, 405, "{text}");
+    assert!(text.to_ascii_lowercase().contains("\r\nallow: get, head\r\n"), "{text}");
 }
 
 /// The latency histogram, read back by a Prometheus text parser (`prometheus-parse`),

@@ -118,8 +118,19 @@ async fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Bytes> {
             )
         }
         (&Method::POST, "/reload") => reload(gw).await,
+        (_, "/healthz" | "/readyz" | "/metrics") => not_allowed("GET, HEAD"),
+        (_, "/reload") => not_allowed("POST"),
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error_message": "Not found.", "error_code": 404})),
     }
+}
+
+/// 405 for an endpoint asked with a method it does not take (RFC 9110 section 15.5.6:
+/// with the methods it takes in `Allow`), so that `curl .../reload` says what to do.
+fn not_allowed(allow: &'static str) -> Response<Bytes> {
+    let message = format!("This endpoint takes {allow} only.");
+    let mut resp = json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error_message": message, "error_code": 405}));
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
 }
 
 /// Ready while not draining: a snapshot is loaded (always, once running) and requests
