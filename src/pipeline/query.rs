@@ -395,8 +395,15 @@ fn decode_again(key: &str) -> Option<String> {
 /// `query.branch` as the `Branch` of a parameter named `query`). See [`either`] for
 /// how their readings combine.
 fn classify_decoded(key: &str) -> Param {
-    // The usual key (`locale`, `include_count`) is one word: its readings are the key itself.
-    if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') && !key.contains("__") {
+    // The usual key (`locale`, `include_count`) is one word, with no `__` in it: its
+    // readings are the key itself. (One pass over its bytes; `str::contains` costs more.)
+    let mut last = 0;
+    let one_word = key.bytes().all(|b| {
+        let word = b.is_ascii_alphanumeric() || b == b'-' || (b == b'_' && last != b'_');
+        last = b;
+        word
+    });
+    if one_word {
         return param(key);
     }
     let key = key.split('\0').next().unwrap_or_default();
