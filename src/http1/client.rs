@@ -39,6 +39,12 @@ const READ_CHUNK: usize = 8 * 1024;
 /// idle connections do not keep it.
 const BODY_READ: usize = 64 * 1024;
 
+/// A connection's backend sent bytes no request asked for: the connection is closed,
+/// and its pool is told (see `proxy::direct`, which stops reusing connections to that
+/// backend for a while).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stray;
+
 /// Upstream connections closed instead of reused because the backend sent bytes no
 /// request asked for (exported as a metric).
 pub static STRAY_DISCARDS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
@@ -153,19 +159,21 @@ impl Conn {
     /// read as its answer. The socket itself is asked (`recv` with `MSG_PEEK`, never
     /// blocking: tokio's sockets are non-blocking), not the reactor's cached readiness,
     /// which is cleared once a response has been read and misses what came after.
-    pub fn is_reusable(&mut self) -> bool {
+    /// `Ok(false)` when the backend closed it (or the socket failed), `Err(Stray)` when
+    /// it sent bytes.
+    pub fn is_reusable(&mut self) -> Result<bool, Stray> {
         if !self.read.is_empty() {
             STRAY_DISCARDS.inc();
-            return false;
+            return Err(Stray);
         }
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         match socket2::SockRef::from(&self.io).peek(&mut probe) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
             // Closed by the backend (0) or failed: nothing to count.
-            Ok(0) | Err(_) => false,
+            Ok(0) | Err(_) => Ok(false),
             Ok(_) => {
                 STRAY_DISCARDS.inc();
-                false
+                Err(Stray)
             }
         }
     }
@@ -173,11 +181,12 @@ impl Conn {
     /// Hands a connection whose response has just been read to its end back for
     /// reuse, unless the read brought bytes past that end: no request asked for them,
     /// so the connection is closed and counted as a stray discard.
-    fn release_if_clean(self: Box<Self>, release: impl FnOnce(Box<Conn>)) {
+    fn release_if_clean(self: Box<Self>, release: impl FnOnce(Result<Box<Conn>, Stray>)) {
         if self.read.is_empty() {
-            release(self);
+            release(Ok(self));
         } else {
             STRAY_DISCARDS.inc();
+            release(Err(Stray));
         }
     }
 
@@ -450,8 +459,9 @@ where
     buf.extend_from_slice(b"\r\n");
 }
 
-/// Receives a connection whose response was read to its exact end, for reuse.
-pub type Release = Box<dyn FnOnce(Box<Conn>) + Send>;
+/// Receives a connection whose response was read to its exact end, for reuse, or
+/// [`Stray`] when the read brought bytes past that end.
+pub type Release = Box<dyn FnOnce(Result<Box<Conn>, Stray>) + Send>;
 
 /// A response body read from a [`Conn`].
 #[derive(Debug)]
@@ -476,7 +486,7 @@ impl ResponseBody {
         framing: Option<Framing>,
         keep: bool,
         stall: std::time::Duration,
-        release: impl FnOnce(Box<Conn>) + Send + 'static,
+        release: impl FnOnce(Result<Box<Conn>, Stray>) + Send + 'static,
     ) -> Result<Self, BodyError> {
         let whole = match framing {
             None => None,
@@ -554,7 +564,7 @@ impl Reader {
         framing: Framing,
         keep: bool,
         stall: std::time::Duration,
-        release: impl FnOnce(Box<Conn>) + Send + 'static,
+        release: impl FnOnce(Result<Box<Conn>, Stray>) + Send + 'static,
     ) -> Reader {
         let release: Release = Box::new(release);
         Reader {

@@ -17,16 +17,21 @@
 use super::headers::replaced_by_gateway;
 use super::{Outbound, RequestRewrite, Streamed};
 use crate::error::{GatewayError, UpstreamFailure};
-use crate::http1::client::{Conn, Fields, Limits, Outgoing, RequestHead, ResponseBody, SendError};
+use crate::http1::client::{Conn, Fields, Limits, Outgoing, RequestHead, ResponseBody, SendError, Stray};
 use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Upstream connections handed back by closed client connections, at most this many per thread.
 const MAX_IDLE: usize = 256;
+
+/// How long no connection to a backend is reused once it sent bytes no request asked
+/// for (see [`IdleList::stray`]).
+const STRAY_COOL_DOWN: Duration = Duration::from_secs(10);
 
 /// Idle upstream connections of one upstream configuration, one list per thread.
 /// Kept boxed: a connection leaves and returns as the same box, never re-allocated.
@@ -35,15 +40,31 @@ const MAX_IDLE: usize = 256;
 /// registered with, and taking one is a borrow of this thread's list, not a lock.
 /// Taken oldest first: a connection that has been idle longest has had the most time
 /// to show (to the probe in `pop`) anything its backend sent after its last response.
-#[derive(Default)]
-pub struct IdleList(thread_local::ThreadLocal<RefCell<VecDeque<Box<Conn>>>>);
+pub struct IdleList {
+    lists: thread_local::ThreadLocal<RefCell<VecDeque<Box<Conn>>>>,
+    /// Until when (milliseconds after `epoch`; 0: no cool-down) no connection is reused.
+    reuse_after: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for IdleList {
+    fn default() -> Self {
+        IdleList { lists: Default::default(), reuse_after: AtomicU64::new(0), epoch: Instant::now() }
+    }
+}
 
 impl IdleList {
     fn pop(&self) -> Option<Box<Conn>> {
-        let mut list = self.0.get_or_default().try_borrow_mut().ok()?;
+        let mut list = self.lists.get_or_default().try_borrow_mut().ok()?;
         while let Some(mut conn) = list.pop_front() {
-            if conn.is_reusable() {
-                return Some(conn);
+            match conn.is_reusable() {
+                Ok(true) => return Some(conn),
+                Ok(false) => {}
+                Err(Stray) => {
+                    drop(list);
+                    self.stray();
+                    return None;
+                }
             }
         }
         None
@@ -53,14 +74,75 @@ impl IdleList {
     /// swept out only when the list is full: HTTP/2 streams return a connection after
     /// every response, and a sweep each time would cost a probe per idle connection.
     fn push(&self, conn: Box<Conn>) {
-        if let Ok(mut list) = self.0.get_or_default().try_borrow_mut() {
+        if !self.reusing() {
+            return;
+        }
+        if let Ok(mut list) = self.lists.get_or_default().try_borrow_mut() {
+            let mut strayed = false;
             if list.len() >= MAX_IDLE {
-                list.retain_mut(|conn| conn.is_reusable());
+                list.retain_mut(|conn| {
+                    conn.is_reusable().unwrap_or_else(|Stray| std::mem::replace(&mut strayed, true))
+                });
             }
             // Probed when taken (`pop`), not here: once per reuse is enough.
-            if list.len() < MAX_IDLE {
+            if list.len() < MAX_IDLE && !strayed {
                 list.push_back(conn);
             }
+            drop(list);
+            if strayed {
+                self.stray();
+            }
+        }
+    }
+
+    /// A backend that sent one response no request asked for may send more, each
+    /// arriving after the next request went out on that connection (no HTTP/1.1
+    /// client can tell those from its answer), so that every later answer on it is
+    /// the previous request's, another client's: an outside probe saw one late
+    /// response shift dozens under load. So once a stray is seen, this thread's idle
+    /// connections are closed and none is reused for [`STRAY_COOL_DOWN`]: every
+    /// request opens its own until then, and a response reaches the request that
+    /// opened the connection.
+    fn stray(&self) {
+        let now = self.epoch.elapsed();
+        let until = u64::try_from((now + STRAY_COOL_DOWN).as_millis()).unwrap_or(u64::MAX);
+        let before = self.reuse_after.swap(until, Ordering::Relaxed);
+        if let Ok(mut list) = self.lists.get_or_default().try_borrow_mut() {
+            list.clear();
+        }
+        // Once per cool-down, not once per stray.
+        if u128::from(before) <= now.as_millis() {
+            tracing::warn!(
+                cool_down = ?STRAY_COOL_DOWN,
+                "the backend sent bytes no request asked for: its connections are not reused for a while"
+            );
+        }
+    }
+
+    /// Whether connections may be reused (no cool-down, or it has passed). One relaxed
+    /// load per request; the clock is read only during and after a cool-down.
+    fn reusing(&self) -> bool {
+        let until = self.reuse_after.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let passed = u128::from(until) <= self.epoch.elapsed().as_millis();
+        if passed {
+            let _ = self.reuse_after.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        passed
+    }
+
+    /// What a response's end hands back: the connection, kept (in `slot` or this
+    /// list) while reusing, or the news of a stray.
+    fn released(self: &Arc<Self>, slot: Option<&UpstreamSlot>, released: Result<Box<Conn>, Stray>) {
+        match released {
+            Ok(conn) if self.reusing() => match slot {
+                Some(slot) => slot.put(conn, self),
+                None => self.push(conn),
+            },
+            Ok(_) => {}
+            Err(Stray) => self.stray(),
         }
     }
 }
@@ -78,7 +160,16 @@ struct SlotCell(Mutex<Option<(Box<Conn>, Arc<IdleList>)>>);
 impl UpstreamSlot {
     fn take(&self, owner: &Arc<IdleList>) -> Option<Box<Conn>> {
         let (mut conn, tag) = self.0 .0.lock().ok()?.take()?;
-        (Arc::ptr_eq(&tag, owner) && conn.is_reusable()).then_some(conn)
+        if !Arc::ptr_eq(&tag, owner) {
+            return None;
+        }
+        match conn.is_reusable() {
+            Ok(reusable) => reusable.then_some(conn),
+            Err(Stray) => {
+                owner.stray();
+                None
+            }
+        }
     }
 
     fn put(&self, conn: Box<Conn>, owner: &Arc<IdleList>) {
@@ -161,7 +252,8 @@ impl Direct {
         };
         let mut fresh = false;
         loop {
-            let mut conn = match slot.and_then(|slot| slot.take(&self.idle)).or_else(|| self.idle.pop()) {
+            let idle = || slot.and_then(|slot| slot.take(&self.idle)).or_else(|| self.idle.pop());
+            let mut conn = match self.idle.reusing().then(idle).flatten() {
                 Some(conn) => conn,
                 None => {
                     fresh = true;
@@ -175,11 +267,9 @@ impl Direct {
             match conn.exchange(&head, outgoing, limits, start).await {
                 Ok((head, fields, framing, keep)) => {
                     let (slot, idle) = (slot.cloned(), Arc::clone(&self.idle));
-                    let body = ResponseBody::new(conn, framing, keep, limits.backend, move |conn| match slot {
-                        Some(slot) => slot.put(conn, &idle),
-                        None => idle.push(conn),
-                    })
-                    .map_err(|_| GatewayError::BadGateway(UpstreamFailure::Protocol))?;
+                    let release = move |released| idle.released(slot.as_ref(), released);
+                    let body = ResponseBody::new(conn, framing, keep, limits.backend, release)
+                        .map_err(|_| GatewayError::BadGateway(UpstreamFailure::Protocol))?;
                     return Ok((head.map(|()| body), fields));
                 }
                 // Nothing of it was written: it goes again, on another connection.

@@ -148,7 +148,7 @@ async fn read_sent_body(wire: Vec<u8>, framing: Framing) -> (Vec<u8>, usize, usi
     let conn = Conn::connect("127.0.0.1", port, replaced).await.unwrap();
     written.await.unwrap();
     let (released, returned) = std::sync::mpsc::channel();
-    let release = move |conn: Box<Conn>| released.send(conn.read.capacity()).unwrap();
+    let release = move |conn: Result<Box<Conn>, Stray>| released.send(conn.unwrap().read.capacity()).unwrap();
     let stall = std::time::Duration::from_secs(5);
     let mut response = ResponseBody::new(conn, Some(framing), true, stall, release).unwrap();
     let (mut received, mut largest) = (Vec::new(), 0);
