@@ -1149,6 +1149,42 @@ async fn stray_backend_bytes_never_reach_another_request() {
     assert!(discards >= 1.0, "poisoned connections are counted: {discards}");
 }
 
+/// An upstream connection serves one tenant's requests: a response the backend sends
+/// late on it, after another request went out (which no HTTP/1.1 client can tell from
+/// that request's answer), can reach only a request of the tenant that used it. The
+/// backend answers a token's request on its first connection and 50 ms later writes a
+/// response no request asked for; the client closes, and a token of another stack
+/// sends its request at once: on the same connection it would read the stray.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_serve_one_tenant() {
+    let script: Script = Arc::new(|head, conn| Reply {
+        bytes: answer(&format!("{}@{conn}", target_of(head))),
+        stray: (conn == 0).then(|| (Duration::from_millis(50), answer("STRAY"))),
+        hang_up: false,
+    });
+    let (backend, _, _) = scripted(script).await;
+    let gw = gateway_for(backend).await;
+    let mut first = KeepAlive::connect(gw.addr).await;
+    let (status, got) = first.send("GET", &format!("{PATH}?n=1"), &json_creds(RW), "").await;
+    assert_eq!((status, got), (200, format!("{PATH}?n=1@0")));
+    drop(first);
+    // The closed client connection hands its upstream connection back.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut other = KeepAlive::connect(gw.addr).await;
+    let (status, got) = other.send("GET", &format!("{PATH}?n=2"), &json_creds(OTHER_STACK), "").await;
+    assert_eq!(
+        (status, got),
+        (200, format!("{PATH}?n=2@1")),
+        "another stack's request took the first one's connection"
+    );
+    // Over HTTP/2 too (streams borrow from the same idle connections).
+    let mut sender = h2(gw.addr).await;
+    let uri = format!("http://{}{PATH}?n=3", gw.addr);
+    let (status, got) = h2_send(&mut sender, "GET", &uri, &creds(OTHER_STACK), "").await;
+    assert_eq!(status, 200);
+    assert!(!String::from_utf8_lossy(&got).contains("STRAY"), "{}", String::from_utf8_lossy(&got));
+}
+
 /// Once the backend has sent a response no request asked for, the gateway reuses no
 /// connection to it for a while: one late response would otherwise shift every later
 /// answer on its connection onto the next request, another client's (an outside probe
@@ -1176,6 +1212,15 @@ async fn a_stray_stops_reuse_of_upstream_connections_for_a_while() {
     let (status, got) = client.send("GET", &format!("{PATH}?n=3"), &json_creds(RW), "").await;
     assert_eq!((status, got), (200, format!("{PATH}?n=3@2")), "a clean connection is not reused during the cool-down");
     assert_eq!(received.load(Ordering::SeqCst), 3);
+    // Another tenant keeps reusing its connections: one tenant's strays cannot take
+    // reuse away from the others.
+    let mut other = KeepAlive::connect(gw.addr).await;
+    let (status, got) = other.send("GET", &format!("{PATH}?n=4"), &json_creds(OTHER_STACK), "").await;
+    assert_eq!((status, got), (200, format!("{PATH}?n=4@3")));
+    let (status, got) = other.send("GET", &format!("{PATH}?n=5"), &json_creds(OTHER_STACK), "").await;
+    assert_eq!((status, got), (200, format!("{PATH}?n=5@3")));
+    let metrics = reqwest_metrics(gw.admin_addr).await;
+    assert!(metrics.contains("stackgate_upstream_stray_cool_downs_total 1\n"), "{metrics}");
 }
 
 /// Bytes past a response that arrive in the same read as it (one write from the

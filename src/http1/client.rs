@@ -50,6 +50,11 @@ pub struct Stray;
 pub static STRAY_DISCARDS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);
 
+/// Cool-downs begun: a tenant whose backend sent such bytes has its connections not
+/// reused for a while (see `proxy::direct`; exported as a metric).
+pub static STRAY_COOL_DOWNS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
 /// One upstream connection and its buffers, reused request after request.
 pub struct Conn {
     io: TcpStream,

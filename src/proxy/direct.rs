@@ -21,7 +21,7 @@ use crate::http1::client::{Conn, Fields, Limits, Outgoing, RequestHead, Response
 use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -29,40 +29,71 @@ use tokio::time::Instant;
 /// Upstream connections handed back by closed client connections, at most this many per thread.
 const MAX_IDLE: usize = 256;
 
-/// How long no connection to a backend is reused once it sent bytes no request asked
-/// for (see [`IdleList::stray`]).
+/// How long a tenant's connections are not reused once its backend sent bytes no
+/// request asked for (see [`Pool::cool`]).
 const STRAY_COOL_DOWN: Duration = Duration::from_secs(10);
 
-/// Idle upstream connections of one upstream configuration, one list per thread.
-/// Kept boxed: a connection leaves and returns as the same box, never re-allocated.
-/// Per thread because `stackgate run` serves each client connection on one thread
-/// (thread per core): a connection stays with the runtime whose reactor it is
-/// registered with, and taking one is a borrow of this thread's list, not a lock.
-/// Taken oldest first: a connection that has been idle longest has had the most time
-/// to show (to the probe in `pop`) anything its backend sent after its last response.
-pub struct IdleList {
-    lists: thread_local::ThreadLocal<RefCell<VecDeque<Box<Conn>>>>,
-    /// Until when (milliseconds after `epoch`; 0: no cool-down) no connection is reused.
-    reuse_after: AtomicU64,
-    epoch: Instant,
-}
+/// Whose requests an upstream connection carries: a management token (by its secret's
+/// digest) or a user session (by its credentials, hashed with a key of this process).
+/// A connection serves one tenant's requests only. A backend that answers what it was
+/// not asked (a response too many, a HEAD answer with a body) puts bytes on the
+/// connection that the next request on it reads as its answer if they arrive after it
+/// went out, which no HTTP/1.1 client can tell; kept to one tenant, such an answer
+/// reaches the tenant whose request caused it, never another stack's or token's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenant(u64);
 
-impl Default for IdleList {
-    fn default() -> Self {
-        IdleList { lists: Default::default(), reuse_after: AtomicU64::new(0), epoch: Instant::now() }
+impl Tenant {
+    /// A management token, by the SHA-256 of its secret.
+    pub fn token(digest: &[u8; 32]) -> Tenant {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Tenant(u64::from_le_bytes(first))
+    }
+
+    /// A user session, by the credential fields the backend reads (`authtoken`,
+    /// `authorization`).
+    pub fn session(headers: &http::HeaderMap) -> Tenant {
+        static KEYS: std::sync::LazyLock<std::hash::RandomState> = std::sync::LazyLock::new(Default::default);
+        let mut hasher = KEYS.build_hasher();
+        for name in [crate::field_names::AUTHTOKEN, "authorization"] {
+            for value in headers.get_all(name) {
+                value.as_bytes().hash(&mut hasher);
+            }
+        }
+        Tenant(hasher.finish())
     }
 }
 
-impl IdleList {
-    fn pop(&self) -> Option<Box<Conn>> {
-        let mut list = self.lists.get_or_default().try_borrow_mut().ok()?;
-        while let Some(mut conn) = list.pop_front() {
+/// Idle upstream connections of one upstream configuration, one pool per thread.
+/// Kept boxed: a connection leaves and returns as the same box, never re-allocated.
+/// Per thread because `stackgate run` serves each client connection on one thread
+/// (thread per core): a connection stays with the runtime whose reactor it is
+/// registered with, and taking one is a borrow of this thread's pool, not a lock.
+#[derive(Default)]
+pub struct IdleList(thread_local::ThreadLocal<RefCell<Pool>>);
+
+/// One thread's idle connections and cooling tenants.
+#[derive(Default)]
+struct Pool {
+    /// Oldest first, each with the tenant it serves. Taken oldest first: a connection
+    /// that has been idle longest has had the most time to show (to the probe in
+    /// [`Pool::take`]) anything its backend sent after its last response.
+    idle: VecDeque<(Tenant, Box<Conn>)>,
+    /// Tenants whose connections are not reused until then (see [`Pool::cool`]).
+    cooling: Vec<(Tenant, Instant)>,
+}
+
+impl Pool {
+    /// This tenant's oldest idle connection that can take a request.
+    fn take(&mut self, tenant: Tenant) -> Option<Box<Conn>> {
+        while let Some(at) = self.idle.iter().position(|(t, _)| *t == tenant) {
+            let (_, mut conn) = self.idle.remove(at)?;
             match conn.is_reusable() {
                 Ok(true) => return Some(conn),
                 Ok(false) => {}
                 Err(Stray) => {
-                    drop(list);
-                    self.stray();
+                    self.cool(tenant);
                     return None;
                 }
             }
@@ -71,120 +102,152 @@ impl IdleList {
     }
 
     /// Keeps a connection for later. Connections the backend closed meanwhile are
-    /// swept out only when the list is full: HTTP/2 streams return a connection after
+    /// swept out only when the pool is full: HTTP/2 streams return a connection after
     /// every response, and a sweep each time would cost a probe per idle connection.
-    fn push(&self, conn: Box<Conn>) {
-        if !self.reusing() {
+    fn keep(&mut self, tenant: Tenant, conn: Box<Conn>) {
+        if self.is_cooling(tenant) {
             return;
         }
-        if let Ok(mut list) = self.lists.get_or_default().try_borrow_mut() {
-            let mut strayed = false;
-            if list.len() >= MAX_IDLE {
-                list.retain_mut(|conn| {
-                    conn.is_reusable().unwrap_or_else(|Stray| std::mem::replace(&mut strayed, true))
-                });
+        if self.idle.len() >= MAX_IDLE {
+            let mut strayed = Vec::new();
+            self.idle.retain_mut(|(t, conn)| {
+                conn.is_reusable().unwrap_or_else(|Stray| {
+                    strayed.push(*t);
+                    false
+                })
+            });
+            for t in strayed {
+                self.cool(t);
             }
-            // Probed when taken (`pop`), not here: once per reuse is enough.
-            if list.len() < MAX_IDLE && !strayed {
-                list.push_back(conn);
-            }
-            drop(list);
-            if strayed {
-                self.stray();
+        }
+        // Probed when taken, not here: once per reuse is enough.
+        if self.idle.len() < MAX_IDLE && !self.is_cooling(tenant) {
+            self.idle.push_back((tenant, conn));
+        }
+    }
+
+    /// A backend that sent one answer no request asked for may send more, each
+    /// arriving after the next request went out on that connection, so that every
+    /// later answer on it would be the previous request's: an outside probe saw one
+    /// late response shift dozens under load. So once a stray is seen on a tenant's
+    /// connection, its idle connections are closed and none is reused for
+    /// [`STRAY_COOL_DOWN`]: each of its requests opens its own until then. Other
+    /// tenants keep theirs: one tenant's requests cannot take the others' reuse away.
+    fn cool(&mut self, tenant: Tenant) {
+        self.idle.retain(|(t, _)| *t != tenant);
+        let until = Instant::now() + STRAY_COOL_DOWN;
+        match self.cooling.iter_mut().find(|(t, _)| *t == tenant) {
+            Some((_, end)) => *end = until,
+            None => {
+                self.cooling.push((tenant, until));
+                crate::http1::client::STRAY_COOL_DOWNS.inc();
+                tracing::warn!(
+                    cool_down = ?STRAY_COOL_DOWN,
+                    "the backend sent bytes no request asked for: this tenant's connections are not reused for a while"
+                );
             }
         }
     }
 
-    /// A backend that sent one response no request asked for may send more, each
-    /// arriving after the next request went out on that connection (no HTTP/1.1
-    /// client can tell those from its answer), so that every later answer on it is
-    /// the previous request's, another client's: an outside probe saw one late
-    /// response shift dozens under load. So once a stray is seen, this thread's idle
-    /// connections are closed and none is reused for [`STRAY_COOL_DOWN`]: every
-    /// request opens its own until then, and a response reaches the request that
-    /// opened the connection.
-    fn stray(&self) {
-        let now = self.epoch.elapsed();
-        let until = u64::try_from((now + STRAY_COOL_DOWN).as_millis()).unwrap_or(u64::MAX);
-        let before = self.reuse_after.swap(until, Ordering::Relaxed);
-        if let Ok(mut list) = self.lists.get_or_default().try_borrow_mut() {
-            list.clear();
+    /// Whether a tenant's connections are cooling. No clock read while none is.
+    fn is_cooling(&mut self, tenant: Tenant) -> bool {
+        if self.cooling.is_empty() {
+            return false;
         }
-        // Once per cool-down, not once per stray.
-        if u128::from(before) <= now.as_millis() {
-            tracing::warn!(
-                cool_down = ?STRAY_COOL_DOWN,
-                "the backend sent bytes no request asked for: its connections are not reused for a while"
-            );
-        }
+        let now = Instant::now();
+        self.cooling.retain(|(_, until)| *until > now);
+        self.cooling.iter().any(|(t, _)| *t == tenant)
+    }
+}
+
+impl IdleList {
+    fn with<R>(&self, f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
+        let mut pool = self.0.get_or_default().try_borrow_mut().ok()?;
+        Some(f(&mut pool))
     }
 
-    /// Whether connections may be reused (no cool-down, or it has passed). One relaxed
-    /// load per request; the clock is read only during and after a cool-down.
-    fn reusing(&self) -> bool {
-        let until = self.reuse_after.load(Ordering::Relaxed);
-        if until == 0 {
-            return true;
-        }
-        let passed = u128::from(until) <= self.epoch.elapsed().as_millis();
-        if passed {
-            let _ = self.reuse_after.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
-        }
-        passed
+    fn pop(&self, tenant: Tenant) -> Option<Box<Conn>> {
+        self.with(|pool| pool.take(tenant)).flatten()
     }
 
-    /// What a response's end hands back: the connection, kept (in `slot` or this
-    /// list) while reusing, or the news of a stray.
-    fn released(self: &Arc<Self>, slot: Option<&UpstreamSlot>, released: Result<Box<Conn>, Stray>) {
+    fn push(&self, tenant: Tenant, conn: Box<Conn>) {
+        self.with(|pool| pool.keep(tenant, conn));
+    }
+
+    fn stray(&self, tenant: Tenant) {
+        self.with(|pool| pool.cool(tenant));
+    }
+
+    /// Whether a tenant's connections may be reused (it is not cooling).
+    fn reusing(&self, tenant: Tenant) -> bool {
+        self.with(|pool| !pool.is_cooling(tenant)).unwrap_or(false)
+    }
+
+    /// What a response's end hands back: the connection, kept (in `slot` or the pool)
+    /// unless its tenant is cooling, or the news of a stray.
+    fn released(self: &Arc<Self>, slot: Option<&UpstreamSlot>, tenant: Tenant, released: Result<Box<Conn>, Stray>) {
         match released {
-            Ok(conn) if self.reusing() => match slot {
-                Some(slot) => slot.put(conn, self),
-                None => self.push(conn),
+            Ok(conn) if self.reusing(tenant) => match slot {
+                Some(slot) => slot.put(conn, self, tenant),
+                None => self.push(tenant, conn),
             },
             Ok(_) => {}
-            Err(Stray) => self.stray(),
+            Err(Stray) => self.stray(tenant),
         }
     }
 }
 
 /// One client connection's upstream connection, tagged with the idle list (that is,
-/// the upstream configuration) it belongs to: after a reload that changes the
-/// upstream, a connection to the old one is never used again. Shared with the
-/// response body still being read, which puts the connection back when it ends.
+/// the upstream configuration) it belongs to and the tenant it serves: after a reload
+/// that changes the upstream, a connection to the old one is never used again, and a
+/// request of another tenant on the same client connection takes another connection.
+/// Shared with the response body still being read, which puts the connection back when
+/// it ends.
 #[derive(Default, Clone)]
 pub struct UpstreamSlot(Arc<SlotCell>);
 
 #[derive(Default)]
-struct SlotCell(Mutex<Option<(Box<Conn>, Arc<IdleList>)>>);
+struct SlotCell(Mutex<Option<Held>>);
+
+/// A slot's connection, the idle list it belongs to and the tenant it serves.
+struct Held {
+    conn: Box<Conn>,
+    list: Arc<IdleList>,
+    tenant: Tenant,
+}
 
 impl UpstreamSlot {
-    fn take(&self, owner: &Arc<IdleList>) -> Option<Box<Conn>> {
-        let (mut conn, tag) = self.0 .0.lock().ok()?.take()?;
-        if !Arc::ptr_eq(&tag, owner) {
+    fn take(&self, owner: &Arc<IdleList>, tenant: Tenant) -> Option<Box<Conn>> {
+        let Held { mut conn, list, tenant: tag } = self.0 .0.lock().ok()?.take()?;
+        if !Arc::ptr_eq(&list, owner) {
+            return None;
+        }
+        if tag != tenant {
+            owner.push(tag, conn);
             return None;
         }
         match conn.is_reusable() {
             Ok(reusable) => reusable.then_some(conn),
             Err(Stray) => {
-                owner.stray();
+                owner.stray(tenant);
                 None
             }
         }
     }
 
-    fn put(&self, conn: Box<Conn>, owner: &Arc<IdleList>) {
+    fn put(&self, conn: Box<Conn>, owner: &Arc<IdleList>, tenant: Tenant) {
         if let Ok(mut slot) = self.0 .0.lock() {
-            *slot = Some((conn, Arc::clone(owner)));
+            *slot = Some(Held { conn, list: Arc::clone(owner), tenant });
         }
     }
 }
 
 impl Drop for SlotCell {
     /// The client connection is gone (and no body is still being read): its upstream
-    /// connection serves the next client connection.
+    /// connection serves the same tenant's next client connection.
     fn drop(&mut self) {
-        if let Some((conn, idle)) = self.0.get_mut().ok().and_then(Option::take) {
-            idle.push(conn);
+        if let Some(Held { conn, list, tenant }) = self.0.get_mut().ok().and_then(Option::take) {
+            list.push(tenant, conn);
         }
     }
 }
@@ -236,6 +299,7 @@ impl Direct {
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
+        tenant: Tenant,
         parts: &http::request::Parts,
         rewrite: &RequestRewrite,
         mut body: Outbound,
@@ -252,8 +316,8 @@ impl Direct {
         };
         let mut fresh = false;
         loop {
-            let idle = || slot.and_then(|slot| slot.take(&self.idle)).or_else(|| self.idle.pop());
-            let mut conn = match self.idle.reusing().then(idle).flatten() {
+            let idle = || slot.and_then(|slot| slot.take(&self.idle, tenant)).or_else(|| self.idle.pop(tenant));
+            let mut conn = match self.idle.reusing(tenant).then(idle).flatten() {
                 Some(conn) => conn,
                 None => {
                     fresh = true;
@@ -267,7 +331,7 @@ impl Direct {
             match conn.exchange(&head, outgoing, limits, start).await {
                 Ok((head, fields, framing, keep)) => {
                     let (slot, idle) = (slot.cloned(), Arc::clone(&self.idle));
-                    let release = move |released| idle.released(slot.as_ref(), released);
+                    let release = move |released| idle.released(slot.as_ref(), tenant, released);
                     let body = ResponseBody::new(conn, framing, keep, limits.backend, release)
                         .map_err(|_| GatewayError::BadGateway(UpstreamFailure::Protocol))?;
                     return Ok((head.map(|()| body), fields));

@@ -15,7 +15,7 @@ use crate::http1::client::{self, Fields, Limits};
 use crate::http1::server::CarriesFields;
 use crate::timer::{Stalled, Waiting, Watched};
 pub use body::{drain, unreadable, BodyState, ClientBody, Streamed, Unread};
-pub use direct::UpstreamSlot;
+pub use direct::{Tenant, UpstreamSlot};
 use headers::prepare_response_headers;
 pub use headers::{
     join_cookies, prepare_request_headers, Identity, RequestRewrite, TRACEPARENT, TRACESTATE, X_REQUEST_ID,
@@ -257,6 +257,7 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
+        tenant: Tenant,
         mut parts: http::request::Parts,
         rewrite: &RequestRewrite,
         body: Outbound,
@@ -265,7 +266,7 @@ impl UpstreamClient {
         let limits = Limits { backend: self.upstream.request_timeout, client: self.upstream.client_timeout };
         let result = match &self.direct {
             Some(direct) => {
-                let sent = direct.send(slot, &parts, rewrite, body, limits).await;
+                let sent = direct.send(slot, tenant, &parts, rewrite, body, limits).await;
                 sent.map(|(resp, fields)| resp.map(|body| UpstreamBody::Direct(body, Some(fields))))
             }
             None => {

@@ -428,6 +428,11 @@ async fn process(
         }
         Route::Proxy { principal } => principal,
     };
+    // Upstream connections serve one tenant's requests (see `proxy::Tenant`).
+    let tenant = match (&principal, &at_work) {
+        (Principal::Token(_), Some((digest, _))) => proxy::Tenant::token(digest),
+        _ => proxy::Tenant::session(&parts.headers),
+    };
     // A cooling address is answered only on the credentials it had at work (see `guard`).
     if let Principal::Token(_) = &principal {
         let who = at_work.map(|(digest, api_key)| gw.guard().known(crate::guard::Kind::Token, &digest, api_key));
@@ -497,7 +502,7 @@ async fn process(
     let mut forwarded = std::mem::replace(parts, Request::new(()).into_parts().0);
     forwarded.uri = uri;
     let slot = (forwarded.version != http::Version::HTTP_2).then_some(&conn.upstream);
-    match snap.upstream.send(slot, forwarded, &added, outbound, &body_state).await {
+    match snap.upstream.send(slot, tenant, forwarded, &added, outbound, &body_state).await {
         Ok(upstream_resp) => Ok((upstream_resp.map(Either::Left), rate)),
         Err(err) => {
             *charged = rate;
