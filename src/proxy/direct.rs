@@ -22,6 +22,7 @@ use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -71,7 +72,12 @@ impl Tenant {
 /// (thread per core): a connection stays with the runtime whose reactor it is
 /// registered with, and taking one is a borrow of this thread's pool, not a lock.
 #[derive(Default)]
-pub struct IdleList(thread_local::ThreadLocal<RefCell<Pool>>);
+pub struct IdleList {
+    pools: thread_local::ThreadLocal<RefCell<Pool>>,
+    /// Cool-downs in all pools, counted so that while there are none (nearly always)
+    /// checking a tenant's is one load.
+    cooling: AtomicUsize,
+}
 
 /// One thread's idle connections and cooling tenants.
 #[derive(Default)]
@@ -80,49 +86,90 @@ struct Pool {
     /// that has been idle longest has had the most time to show (to the probe in
     /// [`Pool::take`]) anything its backend sent after its last response.
     idle: VecDeque<(Tenant, Box<Conn>)>,
-    /// Tenants whose connections are not reused until then (see [`Pool::cool`]).
+    /// Tenants whose connections are not reused until then (see [`IdleList::stray`]).
     cooling: Vec<(Tenant, Instant)>,
 }
 
 impl Pool {
-    /// This tenant's oldest idle connection that can take a request.
-    fn take(&mut self, tenant: Tenant) -> Option<Box<Conn>> {
+    /// This tenant's oldest idle connection that can take a request, or the news that
+    /// one held bytes no request asked for.
+    fn take(&mut self, tenant: Tenant) -> Result<Option<Box<Conn>>, Stray> {
         while let Some(at) = self.idle.iter().position(|(t, _)| *t == tenant) {
-            let (_, mut conn) = self.idle.remove(at)?;
-            match conn.is_reusable() {
-                Ok(true) => return Some(conn),
-                Ok(false) => {}
-                Err(Stray) => {
-                    self.cool(tenant);
-                    return None;
-                }
+            let Some((_, mut conn)) = self.idle.remove(at) else { break };
+            if conn.is_reusable()? {
+                return Ok(Some(conn));
             }
         }
-        None
+        Ok(None)
     }
 
-    /// Keeps a connection for later. Connections the backend closed meanwhile are
-    /// swept out only when the pool is full: HTTP/2 streams return a connection after
-    /// every response, and a sweep each time would cost a probe per idle connection.
-    fn keep(&mut self, tenant: Tenant, conn: Box<Conn>) {
-        if self.is_cooling(tenant) {
-            return;
-        }
+    /// Keeps a connection for later; the tenants whose connections, swept, held bytes
+    /// no request asked for. Connections the backend closed meanwhile are swept out
+    /// only when the pool is full: HTTP/2 streams return a connection after every
+    /// response, and a sweep each time would cost a probe per idle connection.
+    fn keep(&mut self, tenant: Tenant, conn: Box<Conn>) -> Vec<Tenant> {
+        let mut strayed = Vec::new();
         if self.idle.len() >= MAX_IDLE {
-            let mut strayed = Vec::new();
             self.idle.retain_mut(|(t, conn)| {
                 conn.is_reusable().unwrap_or_else(|Stray| {
                     strayed.push(*t);
                     false
                 })
             });
-            for t in strayed {
-                self.cool(t);
-            }
         }
         // Probed when taken, not here: once per reuse is enough.
-        if self.idle.len() < MAX_IDLE && !self.is_cooling(tenant) {
+        let cooling = self.cooling.iter().any(|(t, _)| *t == tenant);
+        if self.idle.len() < MAX_IDLE && !cooling && !strayed.contains(&tenant) {
             self.idle.push_back((tenant, conn));
+        }
+        strayed
+    }
+
+    /// Closes a tenant's idle connections and (re)starts its cool-down; whether it is
+    /// a new one.
+    fn cool(&mut self, tenant: Tenant) -> bool {
+        self.idle.retain(|(t, _)| *t != tenant);
+        let until = Instant::now() + STRAY_COOL_DOWN;
+        match self.cooling.iter_mut().find(|(t, _)| *t == tenant) {
+            Some((_, end)) => {
+                *end = until;
+                false
+            }
+            None => {
+                self.cooling.push((tenant, until));
+                true
+            }
+        }
+    }
+
+    /// Whether a tenant is cooling, once the cool-downs that have passed are dropped
+    /// (their number is the second value).
+    fn is_cooling(&mut self, tenant: Tenant) -> (bool, usize) {
+        let (now, before) = (Instant::now(), self.cooling.len());
+        self.cooling.retain(|(_, until)| *until > now);
+        (self.cooling.iter().any(|(t, _)| *t == tenant), before - self.cooling.len())
+    }
+}
+
+impl IdleList {
+    fn with<R>(&self, f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
+        let mut pool = self.pools.get_or_default().try_borrow_mut().ok()?;
+        Some(f(&mut pool))
+    }
+
+    fn pop(&self, tenant: Tenant) -> Option<Box<Conn>> {
+        match self.with(|pool| pool.take(tenant))? {
+            Ok(conn) => conn,
+            Err(Stray) => {
+                self.stray(tenant);
+                None
+            }
+        }
+    }
+
+    fn push(&self, tenant: Tenant, conn: Box<Conn>) {
+        for strayed in self.with(|pool| pool.keep(tenant, conn)).unwrap_or_default() {
+            self.stray(strayed);
         }
     }
 
@@ -133,54 +180,25 @@ impl Pool {
     /// connection, its idle connections are closed and none is reused for
     /// [`STRAY_COOL_DOWN`]: each of its requests opens its own until then. Other
     /// tenants keep theirs: one tenant's requests cannot take the others' reuse away.
-    fn cool(&mut self, tenant: Tenant) {
-        self.idle.retain(|(t, _)| *t != tenant);
-        let until = Instant::now() + STRAY_COOL_DOWN;
-        match self.cooling.iter_mut().find(|(t, _)| *t == tenant) {
-            Some((_, end)) => *end = until,
-            None => {
-                self.cooling.push((tenant, until));
-                crate::http1::client::STRAY_COOL_DOWNS.inc();
-                tracing::warn!(
-                    cool_down = ?STRAY_COOL_DOWN,
-                    "the backend sent bytes no request asked for: this tenant's connections are not reused for a while"
-                );
-            }
-        }
-    }
-
-    /// Whether a tenant's connections are cooling. No clock read while none is.
-    fn is_cooling(&mut self, tenant: Tenant) -> bool {
-        if self.cooling.is_empty() {
-            return false;
-        }
-        let now = Instant::now();
-        self.cooling.retain(|(_, until)| *until > now);
-        self.cooling.iter().any(|(t, _)| *t == tenant)
-    }
-}
-
-impl IdleList {
-    fn with<R>(&self, f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
-        let mut pool = self.0.get_or_default().try_borrow_mut().ok()?;
-        Some(f(&mut pool))
-    }
-
-    fn pop(&self, tenant: Tenant) -> Option<Box<Conn>> {
-        self.with(|pool| pool.take(tenant)).flatten()
-    }
-
-    fn push(&self, tenant: Tenant, conn: Box<Conn>) {
-        self.with(|pool| pool.keep(tenant, conn));
-    }
-
     fn stray(&self, tenant: Tenant) {
-        self.with(|pool| pool.cool(tenant));
+        if self.with(|pool| pool.cool(tenant)) == Some(true) {
+            self.cooling.fetch_add(1, Ordering::Relaxed);
+            crate::http1::client::STRAY_COOL_DOWNS.inc();
+            tracing::warn!(
+                cool_down = ?STRAY_COOL_DOWN,
+                "the backend sent bytes no request asked for: this tenant's connections are not reused for a while"
+            );
+        }
     }
 
     /// Whether a tenant's connections may be reused (it is not cooling).
     fn reusing(&self, tenant: Tenant) -> bool {
-        self.with(|pool| !pool.is_cooling(tenant)).unwrap_or(false)
+        if self.cooling.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let Some((cooling, ended)) = self.with(|pool| pool.is_cooling(tenant)) else { return false };
+        self.cooling.fetch_sub(ended, Ordering::Relaxed);
+        !cooling
     }
 
     /// What a response's end hands back: the connection, kept (in `slot` or the pool)
