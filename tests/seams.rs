@@ -1185,6 +1185,71 @@ async fn upstream_connections_serve_one_tenant() {
     assert!(!String::from_utf8_lossy(&got).contains("STRAY"), "{}", String::from_utf8_lossy(&got));
 }
 
+/// A request with no credential (a sign-in) is no one tenant: it takes an upstream
+/// connection of its own, closed after its answer, so that a late response to one
+/// person's sign-in (which would carry their session) never reaches another's (the
+/// twenty-fifth outside probe saw 7 of 14 do so). Nor does a connection a sign-in
+/// used serve anyone after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_share_no_upstream_connection() {
+    let script: Script = Arc::new(|head, conn| Reply {
+        bytes: answer(&format!("{}@{conn}", target_of(head))),
+        stray: (conn == 0).then(|| (Duration::from_millis(50), answer("STRAY session of the first"))),
+        hang_up: false,
+    });
+    let (backend, received, _) = scripted(script).await;
+    let gw = gateway_for(backend).await;
+    let login = [("content-type", "application/json")];
+    let sign_in = |n: usize| format!("/v3/user-session?n={n}");
+    let mut first = KeepAlive::connect(gw.addr).await;
+    let (status, got) = first.send("POST", &sign_in(1), &login, r#"{"user":{"email":"a@x"}}"#).await;
+    assert_eq!((status, got), (200, format!("{}@0", sign_in(1))));
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut second = KeepAlive::connect(gw.addr).await;
+    let (status, got) = second.send("POST", &sign_in(2), &login, r#"{"user":{"email":"b@x"}}"#).await;
+    assert_eq!((status, got), (200, format!("{}@1", sign_in(2))), "a sign-in took another's connection");
+    // Nor on the same client connection, nor over HTTP/2, nor for a token after it.
+    let (status, got) = second.send("POST", &sign_in(3), &login, r#"{"user":{"email":"c@x"}}"#).await;
+    assert_eq!((status, got), (200, format!("{}@2", sign_in(3))));
+    let mut sender = h2(gw.addr).await;
+    let uri = format!("http://{}{}", gw.addr, sign_in(4));
+    let (status, got) = h2_send(&mut sender, "POST", &uri, &login, "{}").await;
+    assert_eq!((status, String::from_utf8_lossy(&got).into_owned()), (200, format!("{}@3", sign_in(4))));
+    let (status, got) = second.send("GET", &format!("{PATH}?n=5"), &json_creds(RW), "").await;
+    assert_eq!((status, got), (200, format!("{PATH}?n=5@4")));
+    assert_eq!(received.load(Ordering::SeqCst), 5);
+}
+
+/// The idle connections are a bounded list; when it is full the oldest goes, so that
+/// tenants that never come back (user-session credentials made up, one per request)
+/// cannot hold every place (the twenty-fifth outside probe): a token's connection,
+/// handed back after them, is still there for its next client connection. (One
+/// thread, so one list.)
+#[tokio::test]
+async fn a_flood_of_one_off_tenants_leaves_room_for_others() {
+    let script: Script = Arc::new(|head, conn| Reply {
+        bytes: answer(&format!("{}@{conn}", target_of(head))),
+        stray: None,
+        hang_up: false,
+    });
+    let (backend, _, _) = scripted(script).await;
+    let gw = gateway_for(backend).await;
+    for i in 0..300 {
+        let junk = format!("made-up-{i}");
+        let fields = [("api_key", API_KEY), ("authtoken", junk.as_str())];
+        assert_eq!(raw_request(gw.addr, "GET", PATH, &fields, "").await.0, 200);
+    }
+    let mut token = KeepAlive::connect(gw.addr).await;
+    let (_, got) = token.send("GET", &format!("{PATH}?n=1"), &json_creds(RW), "").await;
+    drop(token);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let conn = got.rsplit('@').next().unwrap_or_default().to_owned();
+    let mut again = KeepAlive::connect(gw.addr).await;
+    let (_, got) = again.send("GET", &format!("{PATH}?n=2"), &json_creds(RW), "").await;
+    assert_eq!(got, format!("{PATH}?n=2@{conn}"), "the token's idle connection was dropped");
+}
+
 /// Once the backend has sent a response no request asked for, the gateway reuses no
 /// connection to it for a while: one late response would otherwise shift every later
 /// answer on its connection onto the next request, another client's (an outside probe
@@ -1777,6 +1842,17 @@ async fn a_management_token_sent_as_a_user_session_is_refused() {
         vec![("api_key", API_KEY), ("authorization", "Bearer oauth-access-token")],
     ] {
         assert_eq!(raw_request(env.gateway.addr, "GET", PATH, &fields, "").await.0, 200, "{fields:?}");
+    }
+    // An empty `authtoken`, or `Bearer` and nothing, is no credential: 401, not
+    // forwarded (the twenty-fifth outside probe).
+    for fields in [
+        vec![("api_key", API_KEY), ("authtoken", "")],
+        vec![("api_key", API_KEY), ("authtoken", " ")],
+        vec![("api_key", API_KEY), ("authorization", "Bearer ")],
+    ] {
+        env.backend.clear();
+        assert_eq!(raw_request(env.gateway.addr, "GET", PATH, &fields, "").await.0, 401, "{fields:?}");
+        assert!(env.backend.seen().is_empty(), "{fields:?} was forwarded");
     }
 }
 

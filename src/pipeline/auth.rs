@@ -72,13 +72,15 @@ impl<'a> Credentials<'a> {
     }
 
     fn credential(&self) -> Credential<'a> {
+        // An empty `authtoken`, or `Bearer` with nothing after it, is no credential.
+        let some = |v: &HeaderValue, skip: usize| v.as_bytes().get(skip..).is_some_and(|t| !t.trim_ascii().is_empty());
         match self.authorization {
             // Without the whitespace an HTTP/2 field may keep around it, as every HTTP/1.1
             // parser reads it (and as the backend will).
             Some(v) if !is_bearer(v.as_bytes()) => Credential::Management(v.as_bytes().trim_ascii()),
-            Some(_) => Credential::UserSession,
-            None if self.authtoken.is_some() => Credential::UserSession,
-            None => Credential::None,
+            Some(v) if some(v, BEARER.len()) => Credential::UserSession,
+            _ if self.authtoken.is_some_and(|t| some(t, 0)) => Credential::UserSession,
+            _ => Credential::None,
         }
     }
 
@@ -203,8 +205,10 @@ fn user_session(snap: &Snapshot) -> Result<Principal, GatewayError> {
 
 /// `authorization: Bearer ...` is OAuth, not a management token.
 pub fn is_bearer(value: &[u8]) -> bool {
-    value.get(..7).is_some_and(|p| p.eq_ignore_ascii_case(b"bearer "))
+    value.get(..BEARER.len()).is_some_and(|p| p.eq_ignore_ascii_case(BEARER))
 }
+
+const BEARER: &[u8] = b"bearer ";
 
 fn management_token(
     snap: &Snapshot,

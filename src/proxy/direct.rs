@@ -53,16 +53,20 @@ impl Tenant {
     }
 
     /// A user session, by the credential fields the backend reads (`authtoken`,
-    /// `authorization`).
-    pub fn session(headers: &http::HeaderMap) -> Tenant {
+    /// `authorization`); `None` for a request that carries neither (a login): such
+    /// requests are no one tenant, and each takes a connection of its own, closed
+    /// after its response (one user's sign-in answer must never reach another's).
+    pub fn session(headers: &http::HeaderMap) -> Option<Tenant> {
         static KEYS: std::sync::LazyLock<std::hash::RandomState> = std::sync::LazyLock::new(Default::default);
         let mut hasher = KEYS.build_hasher();
+        let mut any = false;
         for name in [crate::field_names::AUTHTOKEN, "authorization"] {
             for value in headers.get_all(name) {
-                value.as_bytes().hash(&mut hasher);
+                any |= !value.as_bytes().trim_ascii().is_empty();
+                (name, value.as_bytes()).hash(&mut hasher);
             }
         }
-        Tenant(hasher.finish())
+        any.then(|| Tenant(hasher.finish()))
     }
 }
 
@@ -74,28 +78,26 @@ impl Tenant {
 #[derive(Default)]
 pub struct IdleList {
     pools: thread_local::ThreadLocal<RefCell<Pool>>,
-    /// Cool-downs in all pools, counted so that while there are none (nearly always)
-    /// checking a tenant's is one load.
-    cooling: AtomicUsize,
+    /// Tenants whose connections are not reused until then (see [`IdleList::stray`]),
+    /// on every thread: the backend is the same.
+    cooling: Mutex<Vec<(Tenant, Instant)>>,
+    /// Their number, so that while there are none (nearly always) checking a tenant's
+    /// is one load.
+    cooling_count: AtomicUsize,
 }
 
-/// One thread's idle connections and cooling tenants.
+/// One thread's idle connections, oldest first, each with the tenant it serves. Taken
+/// oldest first: a connection that has been idle longest has had the most time to show
+/// (to the probe in [`Pool::take`]) anything its backend sent after its last response.
 #[derive(Default)]
-struct Pool {
-    /// Oldest first, each with the tenant it serves. Taken oldest first: a connection
-    /// that has been idle longest has had the most time to show (to the probe in
-    /// [`Pool::take`]) anything its backend sent after its last response.
-    idle: VecDeque<(Tenant, Box<Conn>)>,
-    /// Tenants whose connections are not reused until then (see [`IdleList::stray`]).
-    cooling: Vec<(Tenant, Instant)>,
-}
+struct Pool(VecDeque<(Tenant, Box<Conn>)>);
 
 impl Pool {
     /// This tenant's oldest idle connection that can take a request, or the news that
     /// one held bytes no request asked for.
     fn take(&mut self, tenant: Tenant) -> Result<Option<Box<Conn>>, Stray> {
-        while let Some(at) = self.idle.iter().position(|(t, _)| *t == tenant) {
-            let Some((_, mut conn)) = self.idle.remove(at) else { break };
+        while let Some(at) = self.0.iter().position(|(t, _)| *t == tenant) {
+            let Some((_, mut conn)) = self.0.remove(at) else { break };
             if conn.is_reusable()? {
                 return Ok(Some(conn));
             }
@@ -109,8 +111,8 @@ impl Pool {
     /// response, and a sweep each time would cost a probe per idle connection.
     fn keep(&mut self, tenant: Tenant, conn: Box<Conn>) -> Vec<Tenant> {
         let mut strayed = Vec::new();
-        if self.idle.len() >= MAX_IDLE {
-            self.idle.retain_mut(|(t, conn)| {
+        if self.0.len() >= MAX_IDLE {
+            self.0.retain_mut(|(t, conn)| {
                 conn.is_reusable().unwrap_or_else(|Stray| {
                     strayed.push(*t);
                     false
@@ -118,36 +120,16 @@ impl Pool {
             });
         }
         // Probed when taken, not here: once per reuse is enough.
-        let cooling = self.cooling.iter().any(|(t, _)| *t == tenant);
-        if self.idle.len() < MAX_IDLE && !cooling && !strayed.contains(&tenant) {
-            self.idle.push_back((tenant, conn));
+        if !strayed.contains(&tenant) {
+            // Full: the oldest goes. Kept, a flood of tenants that never come back
+            // (credentials made up for a user-session path) would hold every place
+            // and leave none for the tenants that do.
+            if self.0.len() >= MAX_IDLE {
+                self.0.pop_front();
+            }
+            self.0.push_back((tenant, conn));
         }
         strayed
-    }
-
-    /// Closes a tenant's idle connections and (re)starts its cool-down; whether it is
-    /// a new one.
-    fn cool(&mut self, tenant: Tenant) -> bool {
-        self.idle.retain(|(t, _)| *t != tenant);
-        let until = Instant::now() + STRAY_COOL_DOWN;
-        match self.cooling.iter_mut().find(|(t, _)| *t == tenant) {
-            Some((_, end)) => {
-                *end = until;
-                false
-            }
-            None => {
-                self.cooling.push((tenant, until));
-                true
-            }
-        }
-    }
-
-    /// Whether a tenant is cooling, once the cool-downs that have passed are dropped
-    /// (their number is the second value).
-    fn is_cooling(&mut self, tenant: Tenant) -> (bool, usize) {
-        let (now, before) = (Instant::now(), self.cooling.len());
-        self.cooling.retain(|(_, until)| *until > now);
-        (self.cooling.iter().any(|(t, _)| *t == tenant), before - self.cooling.len())
     }
 }
 
@@ -168,6 +150,9 @@ impl IdleList {
     }
 
     fn push(&self, tenant: Tenant, conn: Box<Conn>) {
+        if !self.reusing(tenant) {
+            return;
+        }
         for strayed in self.with(|pool| pool.keep(tenant, conn)).unwrap_or_default() {
             self.stray(strayed);
         }
@@ -177,28 +162,37 @@ impl IdleList {
     /// arriving after the next request went out on that connection, so that every
     /// later answer on it would be the previous request's: an outside probe saw one
     /// late response shift dozens under load. So once a stray is seen on a tenant's
-    /// connection, its idle connections are closed and none is reused for
-    /// [`STRAY_COOL_DOWN`]: each of its requests opens its own until then. Other
-    /// tenants keep theirs: one tenant's requests cannot take the others' reuse away.
+    /// connection, its idle connections (on this thread; others are probed when taken)
+    /// are closed and none is reused for [`STRAY_COOL_DOWN`]: each of its requests
+    /// opens its own until then. Other tenants keep theirs: one tenant's requests
+    /// cannot take the others' reuse away.
     fn stray(&self, tenant: Tenant) {
-        if self.with(|pool| pool.cool(tenant)) == Some(true) {
-            self.cooling.fetch_add(1, Ordering::Relaxed);
-            crate::http1::client::STRAY_COOL_DOWNS.inc();
-            tracing::warn!(
-                cool_down = ?STRAY_COOL_DOWN,
-                "the backend sent bytes no request asked for: this tenant's connections are not reused for a while"
-            );
+        self.with(|pool| pool.0.retain(|(t, _)| *t != tenant));
+        let Ok(mut cooling) = self.cooling.lock() else { return };
+        let until = Instant::now() + STRAY_COOL_DOWN;
+        if let Some((_, end)) = cooling.iter_mut().find(|(t, _)| *t == tenant) {
+            *end = until;
+            return;
         }
+        cooling.push((tenant, until));
+        self.cooling_count.fetch_add(1, Ordering::Relaxed);
+        crate::http1::client::STRAY_COOL_DOWNS.inc();
+        tracing::warn!(
+            cool_down = ?STRAY_COOL_DOWN,
+            "the backend sent bytes no request asked for: this tenant's connections are not reused for a while"
+        );
     }
 
     /// Whether a tenant's connections may be reused (it is not cooling).
     fn reusing(&self, tenant: Tenant) -> bool {
-        if self.cooling.load(Ordering::Relaxed) == 0 {
+        if self.cooling_count.load(Ordering::Relaxed) == 0 {
             return true;
         }
-        let Some((cooling, ended)) = self.with(|pool| pool.is_cooling(tenant)) else { return false };
-        self.cooling.fetch_sub(ended, Ordering::Relaxed);
-        !cooling
+        let Ok(mut cooling) = self.cooling.lock() else { return false };
+        let (now, before) = (Instant::now(), cooling.len());
+        cooling.retain(|(_, until)| *until > now);
+        self.cooling_count.fetch_sub(before - cooling.len(), Ordering::Relaxed);
+        !cooling.iter().any(|(t, _)| *t == tenant)
     }
 
     /// What a response's end hands back: the connection, kept (in `slot` or the pool)
@@ -317,7 +311,7 @@ impl Direct {
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
-        tenant: Tenant,
+        tenant: Option<Tenant>,
         parts: &http::request::Parts,
         rewrite: &RequestRewrite,
         mut body: Outbound,
@@ -334,8 +328,9 @@ impl Direct {
         };
         let mut fresh = false;
         loop {
-            let idle = || slot.and_then(|slot| slot.take(&self.idle, tenant)).or_else(|| self.idle.pop(tenant));
-            let mut conn = match self.idle.reusing(tenant).then(idle).flatten() {
+            let reusing = tenant.filter(|&tenant| self.idle.reusing(tenant));
+            let idle = |tenant| slot.and_then(|slot| slot.take(&self.idle, tenant)).or_else(|| self.idle.pop(tenant));
+            let mut conn = match reusing.and_then(idle) {
                 Some(conn) => conn,
                 None => {
                     fresh = true;
@@ -349,7 +344,11 @@ impl Direct {
             match conn.exchange(&head, outgoing, limits, start).await {
                 Ok((head, fields, framing, keep)) => {
                     let (slot, idle) = (slot.cloned(), Arc::clone(&self.idle));
-                    let release = move |released| idle.released(slot.as_ref(), tenant, released);
+                    let release = move |released| {
+                        if let Some(tenant) = tenant {
+                            idle.released(slot.as_ref(), tenant, released);
+                        }
+                    };
                     let body = ResponseBody::new(conn, framing, keep, limits.backend, release)
                         .map_err(|_| GatewayError::BadGateway(UpstreamFailure::Protocol))?;
                     return Ok((head.map(|()| body), fields));

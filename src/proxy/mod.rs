@@ -257,7 +257,7 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
-        tenant: Tenant,
+        tenant: Option<Tenant>,
         mut parts: http::request::Parts,
         rewrite: &RequestRewrite,
         body: Outbound,

@@ -430,7 +430,7 @@ async fn process(
     };
     // Upstream connections serve one tenant's requests (see `proxy::Tenant`).
     let tenant = match (&principal, &at_work) {
-        (Principal::Token(_), Some((digest, _))) => proxy::Tenant::token(digest),
+        (Principal::Token(_), Some((digest, _))) => Some(proxy::Tenant::token(digest)),
         _ => proxy::Tenant::session(&parts.headers),
     };
     // A cooling address is answered only on the credentials it had at work (see `guard`).
