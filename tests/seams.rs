@@ -1192,8 +1192,14 @@ async fn upstream_connections_serve_one_tenant() {
 /// used serve anyone after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_ins_share_no_upstream_connection() {
+    // The answer says whether the request asked the backend to close the connection
+    // (a single-use one does: the backend's side then keeps the TIME_WAIT).
     let script: Script = Arc::new(|head, conn| Reply {
-        bytes: answer(&format!("{}@{conn}", target_of(head))),
+        bytes: answer(&format!(
+            "{}@{conn}{}",
+            target_of(head),
+            if head.to_ascii_lowercase().contains("\r\nconnection: close\r\n") { " close" } else { "" }
+        )),
         stray: (conn == 0).then(|| (Duration::from_millis(50), answer("STRAY session of the first"))),
         hang_up: false,
     });
@@ -1203,22 +1209,65 @@ async fn sign_ins_share_no_upstream_connection() {
     let sign_in = |n: usize| format!("/v3/user-session?n={n}");
     let mut first = KeepAlive::connect(gw.addr).await;
     let (status, got) = first.send("POST", &sign_in(1), &login, r#"{"user":{"email":"a@x"}}"#).await;
-    assert_eq!((status, got), (200, format!("{}@0", sign_in(1))));
+    assert_eq!((status, got), (200, format!("{}@0 close", sign_in(1))));
     drop(first);
     tokio::time::sleep(Duration::from_millis(10)).await;
     let mut second = KeepAlive::connect(gw.addr).await;
     let (status, got) = second.send("POST", &sign_in(2), &login, r#"{"user":{"email":"b@x"}}"#).await;
-    assert_eq!((status, got), (200, format!("{}@1", sign_in(2))), "a sign-in took another's connection");
+    assert_eq!((status, got), (200, format!("{}@1 close", sign_in(2))), "a sign-in took another's connection");
     // Nor on the same client connection, nor over HTTP/2, nor for a token after it.
     let (status, got) = second.send("POST", &sign_in(3), &login, r#"{"user":{"email":"c@x"}}"#).await;
-    assert_eq!((status, got), (200, format!("{}@2", sign_in(3))));
+    assert_eq!((status, got), (200, format!("{}@2 close", sign_in(3))));
     let mut sender = h2(gw.addr).await;
     let uri = format!("http://{}{}", gw.addr, sign_in(4));
     let (status, got) = h2_send(&mut sender, "POST", &uri, &login, "{}").await;
-    assert_eq!((status, String::from_utf8_lossy(&got).into_owned()), (200, format!("{}@3", sign_in(4))));
+    assert_eq!((status, String::from_utf8_lossy(&got).into_owned()), (200, format!("{}@3 close", sign_in(4))));
     let (status, got) = second.send("GET", &format!("{PATH}?n=5"), &json_creds(RW), "").await;
     assert_eq!((status, got), (200, format!("{PATH}?n=5@4")));
     assert_eq!(received.load(Ordering::SeqCst), 5);
+}
+
+/// A user session's connection is chosen by every credential the backend may read,
+/// not only `authtoken` and `authorization`: behind one shared `authtoken`, a cookie,
+/// a field named like a credential or a credential in the query may tell people apart
+/// (the twenty-sixth outside probe had Alice's late answer reach Bob, whose requests
+/// differed only in their cookie).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_sessions_are_told_apart_by_every_credential() {
+    let script: Script = Arc::new(|head, conn| Reply {
+        bytes: answer(&format!("{}@{conn}", target_of(head))),
+        stray: (conn == 0).then(|| (Duration::from_millis(50), answer("STRAY for alice"))),
+        hang_up: false,
+    });
+    let (backend, _, _) = scripted(script).await;
+    let gw = gateway_for(backend).await;
+    let person = |extra: (&'static str, &'static str)| vec![("api_key", API_KEY), ("authtoken", "shared-app"), extra];
+    let mut alice = KeepAlive::connect(gw.addr).await;
+    let (_, got) = alice.send("GET", &format!("{PATH}?n=1"), &person(("cookie", "session=alice")), "").await;
+    assert_eq!(got, format!("{PATH}?n=1@0"));
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut bob = KeepAlive::connect(gw.addr).await;
+    let (_, got) = bob.send("GET", &format!("{PATH}?n=2"), &person(("cookie", "session=bob")), "").await;
+    assert_eq!(got, format!("{PATH}?n=2@1"), "Bob took Alice's connection");
+    // On one client connection too, for each other credential a backend may read.
+    for (i, (first, second)) in [
+        (("x-auth-token", "u1"), ("x-auth-token", "u2")),
+        (("access_token", "u1"), ("access_token", "u2")),
+        (("cookie", "a=1"), ("cookie", "a=2")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (_, got) = bob.send("GET", &format!("{PATH}?i={i}"), &person(first), "").await;
+        let used = got.rsplit('@').next().unwrap_or_default().to_owned();
+        let (_, got) = bob.send("GET", &format!("{PATH}?j={i}"), &person(second), "").await;
+        assert_ne!(got.rsplit('@').next().unwrap_or_default(), used, "{first:?} then {second:?}");
+    }
+    let (_, got) = bob.send("GET", &format!("{PATH}?access_token=u1"), &person(("x-a", "1")), "").await;
+    let used = got.rsplit('@').next().unwrap_or_default().to_owned();
+    let (_, got) = bob.send("GET", &format!("{PATH}?access_token=u2"), &person(("x-a", "1")), "").await;
+    assert_ne!(got.rsplit('@').next().unwrap_or_default(), used, "query credentials");
 }
 
 /// The idle connections are a bounded list; when it is full the oldest goes, so that

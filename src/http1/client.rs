@@ -82,6 +82,10 @@ pub struct RequestHead<'a, F> {
     /// The client declared a `Content-Length`: a request without a body still
     /// states `Content-Length: 0`.
     pub declared_length: bool,
+    /// The connection serves this request only: `Connection: close` asks the backend
+    /// to close it after its answer, so that the backend's side keeps the closed
+    /// socket's TIME_WAIT, not the gateway's (whose ports a run of them would use up).
+    pub close: bool,
 }
 
 /// What the request's body is, as far as writing it goes.
@@ -455,6 +459,9 @@ where
     put_field(buf, b"host", head.host.as_bytes());
     for (name, value) in (head.fields)() {
         put_field(buf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if head.close {
+        buf.extend_from_slice(b"connection: close\r\n");
     }
     match sending {
         Sending::Nothing => {}

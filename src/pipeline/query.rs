@@ -550,6 +550,17 @@ pub(super) fn in_any_form(key: &str, mut found: impl FnMut(&str) -> bool) -> boo
     found(key) || each_decoding(key, true, |d| if found(d) { Err(true) } else { Ok(()) }).is_err()
 }
 
+/// Calls `f` on each pair of the query whose key reads as a credential or a method
+/// override (as [`check`] reads keys; `?authtoken=`, `?access_token=`): what a user
+/// session's upstream connection is chosen by, beside its fields.
+pub fn each_credential(query: Option<&str>, mut f: impl FnMut(&str, &str)) {
+    for (key, value) in pairs(query.unwrap_or_default()) {
+        if classify(&key) == Param::Refused {
+            f(&key, &value);
+        }
+    }
+}
+
 /// Whether a key (of the query, a JSON body or a header) reads as `base_branch` or
 /// `compare_branch`: a compare or merge may name its branches in the query only.
 pub fn names_branch_pair(key: &str) -> bool {

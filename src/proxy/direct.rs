@@ -52,21 +52,34 @@ impl Tenant {
         Tenant(u64::from_le_bytes(first))
     }
 
-    /// A user session, by the credential fields the backend reads (`authtoken`,
-    /// `authorization`); `None` for a request that carries neither (a login): such
-    /// requests are no one tenant, and each takes a connection of its own, closed
-    /// after its response (one user's sign-in answer must never reach another's).
-    pub fn session(headers: &http::HeaderMap) -> Option<Tenant> {
+    /// A user session, by every credential the backend may read: `authtoken` and
+    /// `authorization`, fields named like a user credential (`x-auth-token`,
+    /// `access_token`, ...), cookies, and the query's credential pairs (`?authtoken=`),
+    /// all forwarded as they came (a backend behind one shared `authtoken` may tell
+    /// people apart by a cookie). `None` for a request without `authtoken` or
+    /// `authorization` (a sign-in): such requests are no one tenant, and each takes a
+    /// connection of its own, closed after its answer (one person's sign-in answer
+    /// must never reach another's).
+    pub fn session(headers: &http::HeaderMap, query: Option<&str>) -> Option<Tenant> {
         static KEYS: std::sync::LazyLock<std::hash::RandomState> = std::sync::LazyLock::new(Default::default);
+        let signed_in = [crate::field_names::AUTHTOKEN, "authorization"]
+            .iter()
+            .any(|name| headers.get_all(*name).iter().any(|v| !v.as_bytes().trim_ascii().is_empty()));
+        if !signed_in {
+            return None;
+        }
         let mut hasher = KEYS.build_hasher();
-        let mut any = false;
-        for name in [crate::field_names::AUTHTOKEN, "authorization"] {
-            for value in headers.get_all(name) {
-                any |= !value.as_bytes().trim_ascii().is_empty();
+        for (name, value) in headers {
+            let name = name.as_str();
+            let credential = name == "authorization"
+                || name == "cookie"
+                || crate::field_names::is_session_credential(name.as_bytes());
+            if credential {
                 (name, value.as_bytes()).hash(&mut hasher);
             }
         }
-        any.then(|| Tenant(hasher.finish()))
+        crate::pipeline::query::each_credential(query, |key, value| (key, value).hash(&mut hasher));
+        Some(Tenant(hasher.finish()))
     }
 }
 
@@ -325,6 +338,7 @@ impl Direct {
             host: &self.host_header,
             fields: || rewrite.fields(&parts.headers),
             declared_length: parts.headers.contains_key(http::header::CONTENT_LENGTH),
+            close: tenant.is_none(),
         };
         let mut fresh = false;
         loop {

@@ -431,7 +431,7 @@ async fn process(
     // Upstream connections serve one tenant's requests (see `proxy::Tenant`).
     let tenant = match (&principal, &at_work) {
         (Principal::Token(_), Some((digest, _))) => Some(proxy::Tenant::token(digest)),
-        _ => proxy::Tenant::session(&parts.headers),
+        _ => proxy::Tenant::session(&parts.headers, target.query),
     };
     // A cooling address is answered only on the credentials it had at work (see `guard`).
     if let Principal::Token(_) = &principal {

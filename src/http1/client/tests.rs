@@ -116,6 +116,7 @@ fn request_heads_carry_the_callers_fields_and_our_framing() {
         host: &host,
         fields: || fields.iter().copied(),
         declared_length: false,
+        close: false,
     };
     let mut buf = Vec::new();
     write_head(&mut buf, &head, Sending::Length(3));
