@@ -976,6 +976,13 @@ async fn reqwest_metrics(admin: SocketAddr) -> String {
     text
 }
 
+/// A counter's value on the admin listener's metrics (0 when absent).
+async fn counter(admin: SocketAddr, name: &str) -> f64 {
+    let text = reqwest_metrics(admin).await;
+    let prefix = format!("{name} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
 // 2, 3, 7. Backends that misbehave ------------------------------------------------
 
 /// What a scripted backend does with one request (its head, as text), on its `n`th
@@ -1138,15 +1145,32 @@ async fn stray_backend_bytes_never_reach_another_request() {
         wrong.len(),
         &wrong[..wrong.len().min(5)]
     );
-    let metrics = reqwest_metrics(gw.admin_addr).await;
-    let discards: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("stackgate_upstream_stray_discards_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let discards = counter(gw.admin_addr, "stackgate_upstream_stray_discards_total").await;
     // Counted when seen; after one, connections are not reused for a while (see
     // `a_stray_stops_reuse_of_upstream_connections_for_a_while`), so fewer are seen.
     assert!(discards >= 1.0, "poisoned connections are counted: {discards}");
+}
+
+/// A backend whose answers name their request's target and the connection they came
+/// on (`/path?q@2`; ` close` after it when the request asked for `Connection: close`),
+/// and that writes `stray`, a response no request asked for, `after` its first answer
+/// on its first connection; with a gateway in front of it. Also the requests received
+/// and the strays written.
+async fn stray_on_first_connection(
+    after: Duration,
+    stray: &'static str,
+) -> (stackgate::server::Running, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let script: Script = Arc::new(move |head, conn| Reply {
+        bytes: answer(&format!(
+            "{}@{conn}{}",
+            target_of(head),
+            if head.to_ascii_lowercase().contains("\r\nconnection: close\r\n") { " close" } else { "" }
+        )),
+        stray: (conn == 0).then(|| (after, answer(stray))),
+        hang_up: false,
+    });
+    let (backend, received, strays) = scripted(script).await;
+    (gateway_for(backend).await, received, strays)
 }
 
 /// An upstream connection serves one tenant's requests: a response the backend sends
@@ -1157,13 +1181,7 @@ async fn stray_backend_bytes_never_reach_another_request() {
 /// sends its request at once: on the same connection it would read the stray.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_serve_one_tenant() {
-    let script: Script = Arc::new(|head, conn| Reply {
-        bytes: answer(&format!("{}@{conn}", target_of(head))),
-        stray: (conn == 0).then(|| (Duration::from_millis(50), answer("STRAY"))),
-        hang_up: false,
-    });
-    let (backend, _, _) = scripted(script).await;
-    let gw = gateway_for(backend).await;
+    let (gw, _, _) = stray_on_first_connection(Duration::from_millis(50), "STRAY").await;
     let mut first = KeepAlive::connect(gw.addr).await;
     let (status, got) = first.send("GET", &format!("{PATH}?n=1"), &json_creds(RW), "").await;
     assert_eq!((status, got), (200, format!("{PATH}?n=1@0")));
@@ -1192,19 +1210,9 @@ async fn upstream_connections_serve_one_tenant() {
 /// used serve anyone after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_ins_share_no_upstream_connection() {
-    // The answer says whether the request asked the backend to close the connection
+    // Each answer says whether its request asked the backend to close the connection
     // (a single-use one does: the backend's side then keeps the TIME_WAIT).
-    let script: Script = Arc::new(|head, conn| Reply {
-        bytes: answer(&format!(
-            "{}@{conn}{}",
-            target_of(head),
-            if head.to_ascii_lowercase().contains("\r\nconnection: close\r\n") { " close" } else { "" }
-        )),
-        stray: (conn == 0).then(|| (Duration::from_millis(50), answer("STRAY session of the first"))),
-        hang_up: false,
-    });
-    let (backend, received, _) = scripted(script).await;
-    let gw = gateway_for(backend).await;
+    let (gw, received, _) = stray_on_first_connection(Duration::from_millis(50), "STRAY session of the first").await;
     let login = [("content-type", "application/json")];
     let sign_in = |n: usize| format!("/v3/user-session?n={n}");
     let mut first = KeepAlive::connect(gw.addr).await;
@@ -1234,13 +1242,7 @@ async fn sign_ins_share_no_upstream_connection() {
 /// differed only in their cookie).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_sessions_are_told_apart_by_every_credential() {
-    let script: Script = Arc::new(|head, conn| Reply {
-        bytes: answer(&format!("{}@{conn}", target_of(head))),
-        stray: (conn == 0).then(|| (Duration::from_millis(50), answer("STRAY for alice"))),
-        hang_up: false,
-    });
-    let (backend, _, _) = scripted(script).await;
-    let gw = gateway_for(backend).await;
+    let (gw, _, _) = stray_on_first_connection(Duration::from_millis(50), "STRAY for alice").await;
     let person = |extra: (&'static str, &'static str)| vec![("api_key", API_KEY), ("authtoken", "shared-app"), extra];
     let mut alice = KeepAlive::connect(gw.addr).await;
     let (_, got) = alice.send("GET", &format!("{PATH}?n=1"), &person(("cookie", "session=alice")), "").await;
@@ -1307,13 +1309,7 @@ async fn a_flood_of_one_off_tenants_leaves_room_for_others() {
 /// the same client connection, still opens its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stray_stops_reuse_of_upstream_connections_for_a_while() {
-    let script: Script = Arc::new(|head, conn| Reply {
-        bytes: answer(&format!("{}@{conn}", target_of(head))),
-        stray: (conn == 0).then(|| (Duration::from_millis(20), answer("STRAY"))),
-        hang_up: false,
-    });
-    let (backend, received, strays) = scripted(script).await;
-    let gw = gateway_for(backend).await;
+    let (gw, received, strays) = stray_on_first_connection(Duration::from_millis(20), "STRAY").await;
     let mut client = KeepAlive::connect(gw.addr).await;
     let (status, got) = client.send("GET", &format!("{PATH}?n=1"), &json_creds(RW), "").await;
     assert_eq!((status, got), (200, format!("{PATH}?n=1@0")));
@@ -1334,13 +1330,8 @@ async fn a_stray_stops_reuse_of_upstream_connections_for_a_while() {
     let (status, got) = other.send("GET", &format!("{PATH}?n=5"), &json_creds(OTHER_STACK), "").await;
     assert_eq!((status, got), (200, format!("{PATH}?n=5@3")));
     // Counted (the counter is the process's: other tests' gateways add to it too).
-    let metrics = reqwest_metrics(gw.admin_addr).await;
-    let cool_downs: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("stackgate_upstream_stray_cool_downs_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert!(cool_downs >= 1.0, "{metrics}");
+    let cool_downs = counter(gw.admin_addr, "stackgate_upstream_stray_cool_downs_total").await;
+    assert!(cool_downs >= 1.0, "{cool_downs}");
 }
 
 /// Bytes past a response that arrive in the same read as it (one write from the
@@ -1355,13 +1346,8 @@ async fn strays_read_with_the_answer_are_discarded_and_counted() {
     });
     let (backend, received, _) = scripted(script).await;
     let gw = gateway_for(backend).await;
-    let discards = |text: String| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix("stackgate_upstream_stray_discards_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    let before = discards(reqwest_metrics(gw.admin_addr).await);
+    let discards = || counter(gw.admin_addr, "stackgate_upstream_stray_discards_total");
+    let before = discards().await;
     const TRIALS: usize = 20;
     for (method, body) in [("GET", ""), ("POST", "{}")] {
         let mut conn = KeepAlive::connect(gw.addr).await;
@@ -1372,7 +1358,7 @@ async fn strays_read_with_the_answer_are_discarded_and_counted() {
         }
     }
     assert_eq!(received.load(Ordering::SeqCst), 2 * TRIALS);
-    let counted = discards(reqwest_metrics(gw.admin_addr).await) - before;
+    let counted = discards().await - before;
     assert!(counted >= (2 * TRIALS) as f64, "every poisoned connection is counted: {counted}");
 }
 
