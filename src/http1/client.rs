@@ -82,9 +82,8 @@ pub struct RequestHead<'a, F> {
     /// The client declared a `Content-Length`: a request without a body still
     /// states `Content-Length: 0`.
     pub declared_length: bool,
-    /// The connection serves this request only: `Connection: close` asks the backend
-    /// to close it after its answer, so that the backend's side keeps the closed
-    /// socket's TIME_WAIT, not the gateway's (whose ports a run of them would use up).
+    /// The connection serves this request only: `Connection: close` tells the backend
+    /// it will not be reused.
     pub close: bool,
 }
 

@@ -204,8 +204,10 @@ fn user_session(snap: &Snapshot) -> Result<Principal, GatewayError> {
 }
 
 /// `authorization: Bearer ...` is OAuth, not a management token.
+/// `Bearer` alone (nothing after it) is one too, an empty one: no credential.
 pub fn is_bearer(value: &[u8]) -> bool {
     value.get(..BEARER.len()).is_some_and(|p| p.eq_ignore_ascii_case(BEARER))
+        || value.trim_ascii().eq_ignore_ascii_case(BEARER.trim_ascii())
 }
 
 const BEARER: &[u8] = b"bearer ";

@@ -551,14 +551,22 @@ pub(super) fn in_any_form(key: &str, mut found: impl FnMut(&str) -> bool) -> boo
 }
 
 /// Calls `f` on each pair of the query whose key reads as a credential or a method
-/// override (as [`check`] reads keys; `?authtoken=`, `?access_token=`): what a user
-/// session's upstream connection is chosen by, beside its fields.
+/// override (as [`check`] reads keys; `?authtoken=`, `?access_token=`) or is named
+/// like a user credential field (`?token=`, `?x_api_key=`), in the query as it is and
+/// decoded before it is split (`?a=1%26authtoken%3Dx`): what a user session's upstream
+/// connection is chosen by, beside its fields.
 pub fn each_credential(query: Option<&str>, mut f: impl FnMut(&str, &str)) {
-    for (key, value) in pairs(query.unwrap_or_default()) {
-        if classify(&key) == Param::Refused {
-            f(&key, &value);
+    let mut in_reading = |text: &str| {
+        for (key, value) in pairs(text) {
+            if classify(&key) == Param::Refused || crate::field_names::is_session_credential(key.as_bytes()) {
+                f(&key, &value);
+            }
         }
-    }
+        Ok::<(), ()>(())
+    };
+    let query = query.unwrap_or_default();
+    let _ = in_reading(query);
+    let _ = each_decoding(query, (), in_reading);
 }
 
 /// Whether a key (of the query, a JSON body or a header) reads as `base_branch` or
