@@ -225,7 +225,7 @@ impl Metrics {
         registry.register(
             "upstream_stray_cool_downs",
             "Cool-downs begun after a stray: one tenant's upstream connections not reused for 10 s",
-            crate::http1::client::STRAY_COOL_DOWNS.clone(),
+            crate::proxy::STRAY_COOL_DOWNS.clone(),
         );
         let tokens_loaded = Gauge::default();
         registry.register("tokens_loaded", "Management tokens in the active snapshot", tokens_loaded.clone());

@@ -40,19 +40,14 @@ const READ_CHUNK: usize = 8 * 1024;
 const BODY_READ: usize = 64 * 1024;
 
 /// A connection's backend sent bytes no request asked for: the connection is closed,
-/// and its pool is told (see `proxy::direct`, which stops reusing connections to that
-/// backend for a while).
+/// and its pool is told (see `proxy::direct`, which stops reusing the connections of
+/// that connection's tenant for a while).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stray;
 
 /// Upstream connections closed instead of reused because the backend sent bytes no
 /// request asked for (exported as a metric).
 pub static STRAY_DISCARDS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
-    std::sync::LazyLock::new(Default::default);
-
-/// Cool-downs begun: a tenant whose backend sent such bytes has its connections not
-/// reused for a while (see `proxy::direct`; exported as a metric).
-pub static STRAY_COOL_DOWNS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);
 
 /// One upstream connection and its buffers, reused request after request.

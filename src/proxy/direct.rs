@@ -31,8 +31,12 @@ use tokio::time::Instant;
 const MAX_IDLE: usize = 256;
 
 /// How long a tenant's connections are not reused once its backend sent bytes no
-/// request asked for (see [`Pool::cool`]).
+/// request asked for (see [`IdleList::stray`]).
 const STRAY_COOL_DOWN: Duration = Duration::from_secs(10);
+
+/// Cool-downs begun (see [`IdleList::stray`]; exported as a metric).
+pub static STRAY_COOL_DOWNS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
 
 /// Whose requests an upstream connection carries: a management token (by its secret's
 /// digest) or a user session (by its credentials, hashed with a key of this process).
@@ -189,7 +193,7 @@ impl IdleList {
         }
         cooling.push((tenant, until));
         self.cooling_count.fetch_add(1, Ordering::Relaxed);
-        crate::http1::client::STRAY_COOL_DOWNS.inc();
+        STRAY_COOL_DOWNS.inc();
         tracing::warn!(
             cool_down = ?STRAY_COOL_DOWN,
             "the backend sent bytes no request asked for: this tenant's connections are not reused for a while"
