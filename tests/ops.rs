@@ -1157,3 +1157,118 @@ async fn a_reload_that_passes_a_stacks_token_cap_is_refused() {
 fn json_body(answer: &str) -> serde_json::Value {
     serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or_default()
 }
+
+/// A backend whose every answer is `size` bytes of `x`, with a `Content-Length` or
+/// chunked (in 64 KiB frames).
+async fn large_answer_backend(size: usize, chunked: bool) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let frames = (0..size.div_ceil(65_536)).map(|i| {
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![
+                            b'x';
+                            65_536.min(
+                                size - i * 65_536
+                            )
+                        ])))
+                    });
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames.collect::<Vec<_>>()));
+                    let mut resp = http::Response::new(http_body_util::Either::Left(body));
+                    if !chunked {
+                        resp = http::Response::new(http_body_util::Either::Right(Full::new(Bytes::from(vec![
+                            b'x';
+                            size
+                        ]))));
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TLS connection to the gateway trusting the test CA, offering `alpn`, that takes
+/// little at a time.
+async fn tls_connect(ca_pem: &str, addr: SocketAddr, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // A small receive buffer: the gateway's writes fill it at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(32 * 1024).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap()
+}
+
+/// Over TLS, the last bytes of a large answer reach a client that reads slowly, on the
+/// gateway's own HTTP/1.1 loop (a GET) and on hyper's (a POST): TLS keeps what the
+/// socket did not take at once until it is flushed. (Whether a write meets a full socket
+/// depends on timing; `http1::server`'s `every_answer_is_flushed_before_the_next_request_is_awaited`
+/// shows the flush itself over a writer that holds everything until flushed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_reaches_a_slow_tls_client_whole() {
+    let dir = temp_dir("tls-slow-reader");
+    let pki = pki(&dir);
+    let size = 4 << 20;
+    for chunked in [false, true] {
+        let backend = large_answer_backend(size, chunked).await;
+        let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", pki.cert.display(), pki.key.display());
+        let cfg = stackgate::config::from_str(&config_text(backend, &tls, "")).unwrap();
+        let gw = stackgate::server::start(cfg, Arc::new(SystemClock)).await.unwrap();
+        for (method, body) in [("GET", ""), ("POST", "{\"entry\":{\"title\":\"t\"}}")] {
+            let mut conn = tls_connect(&pki.ca_pem, gw.addr, b"http/1.1").await;
+            let framing = match body {
+                "" => String::new(),
+                body => format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()),
+            };
+            let request = format!(
+                "{method} {ENTRIES} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n{framing}\r\n{body}"
+            );
+            conn.write_all(request.as_bytes()).await.unwrap();
+            conn.flush().await.unwrap();
+            // Slow: the socket buffers fill before the client reads anything.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 16 * 1024];
+            let whole = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    // Slow throughout, so the gateway's last write meets a full socket.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let n = conn.read(&mut buf).await.unwrap();
+                    assert_ne!(n, 0, "closed after {} bytes", got.len());
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got[..got.len().min(4096)]).into_owned();
+                    let Some(head_end) = text.find("\r\n\r\n") else { continue };
+                    let body = &got[head_end + 4..];
+                    let done = match chunked {
+                        false => body.len() >= size,
+                        true => body.ends_with(b"\r\n0\r\n\r\n"),
+                    };
+                    if done {
+                        return text[..head_end].to_owned();
+                    }
+                }
+            })
+            .await;
+            let head = whole
+                .unwrap_or_else(|_| panic!("{method} chunked {chunked}: {} of {size} bytes after 10 s", got.len()));
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

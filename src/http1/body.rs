@@ -28,7 +28,10 @@ pub(crate) enum WriteError {
 /// Streams `body` after the head already in `out`, chunk-coded when `chunked`: a
 /// small body (or a small last frame) leaves in the same write as what precedes it,
 /// and what has been taken goes out before waiting for more, so the peer gets the
-/// data as it comes. Returns the bytes of body written.
+/// data as it comes. What was written is flushed before waiting for the next frame
+/// and at the end: a writer may hold bytes until flushed (a TLS stream keeps what the
+/// socket did not take at once), and the peer would wait for them as long as nothing
+/// else is written. Returns the bytes of body written.
 pub(crate) async fn write_body<I, B>(
     io: &mut I,
     out: &mut Vec<u8>,
@@ -52,10 +55,12 @@ where
         if chunked {
             let _ = write!(out, "{:x}\r\n", data.len());
         }
+        let mut wrote = false;
         if out.len() + data.len() <= COALESCE {
             out.extend_from_slice(&data);
         } else {
             started = true;
+            wrote = true;
             write_both(io, out, &data).await.map_err(|_| WriteError::Io)?;
             out.clear();
         }
@@ -64,8 +69,12 @@ where
         }
         if !body.is_end_stream() && !out.is_empty() {
             started = true;
+            wrote = true;
             io.write_all(out).await.map_err(|_| WriteError::Io)?;
             out.clear();
+        }
+        if wrote && !body.is_end_stream() {
+            io.flush().await.map_err(|_| WriteError::Io)?;
         }
     }
     if chunked {
@@ -75,6 +84,7 @@ where
         io.write_all(out).await.map_err(|_| WriteError::Io)?;
         out.clear();
     }
+    io.flush().await.map_err(|_| WriteError::Io)?;
     Ok(sent)
 }
 

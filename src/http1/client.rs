@@ -311,7 +311,7 @@ impl Conn {
                 let declared = !bytes.is_empty() || head.declared_length || carries_body(head.method);
                 let sending = if declared { Sending::Length(bytes.len() as u64) } else { Sending::Nothing };
                 write_head(&mut self.write, head, sending);
-                Written::Whole(if bytes.len() <= COALESCE {
+                let written = if bytes.len() <= COALESCE {
                     self.write.extend_from_slice(bytes);
                     self.write_first().await
                 } else {
@@ -319,6 +319,11 @@ impl Conn {
                         Ok(()) => self.io.write_all(bytes).await.map_err(|_| SendError::Closed),
                         Err(e) => Err(e),
                     }
+                };
+                // Flushed: a TLS stream keeps what the socket did not take at once.
+                Written::Whole(match written {
+                    Ok(()) => self.io.flush().await.map_err(|_| SendError::Closed),
+                    Err(e) => Err(e),
                 })
             }
             Outgoing::Stream(stream, length) => {

@@ -522,7 +522,12 @@ where
                 }
             }
             out.extend_from_slice(b"\r\n");
-            match io.write_all(out).await {
+            // Flushed: see `write_body`.
+            let written = match io.write_all(out).await {
+                Ok(()) => io.flush().await,
+                failed => failed,
+            };
+            match written {
                 Ok(()) => Written::Whole,
                 Err(_) => Written::Failed,
             }
@@ -693,6 +698,93 @@ mod tests {
             "transfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n",
         ] {
             assert_eq!(with(bad), Err(Bad(BadHead::Malformed)), "{bad:?}");
+        }
+    }
+
+    struct NoFields;
+
+    impl AddedFields for NoFields {
+        fn replaces(&self, _: &HeaderName) -> bool {
+            false
+        }
+
+        fn each(&self, _: &mut dyn FnMut(&HeaderName, FieldValue<'_>)) {}
+    }
+
+    /// A response body of the given frames; of known length when `exact`.
+    struct Frames(std::collections::VecDeque<Bytes>, bool);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|data| Ok(hyper::body::Frame::data(data))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            match self.1 {
+                true => hyper::body::SizeHint::with_exact(self.0.iter().map(|d| d.len() as u64).sum()),
+                false => hyper::body::SizeHint::default(),
+            }
+        }
+    }
+
+    impl CarriesFields for Frames {
+        fn take_fields(&mut self) -> Option<Fields> {
+            None
+        }
+    }
+
+    /// Every answer on a connection kept open is flushed before the loop waits for the
+    /// next request: a writer may hold bytes until flushed (a TLS stream keeps what the
+    /// socket did not take at once), and the client waits for them. Over a writer that
+    /// holds what it is given until flushed (`BufWriter`), for a HEAD and for bodies of
+    /// every shape: small, large in several frames, chunk-coded.
+    #[tokio::test]
+    async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let small = || Frames([Bytes::from_static(b"{}")].into(), true);
+        let large = |exact| Frames(std::iter::repeat_n(Bytes::from(vec![b'x'; 30_000]), 4).collect(), exact);
+        let cases: [(&str, Box<dyn Fn() -> Frames + Send + Sync>, &[u8]); 4] = [
+            ("GET", Box::new(small), b"{}"),
+            ("HEAD", Box::new(small), b"\r\n\r\n"),
+            ("GET", Box::new(move || large(true)), b"xxxx"),
+            ("GET", Box::new(move || large(false)), b"\r\n0\r\n\r\n"),
+        ];
+        for (method, body, ends_with) in cases {
+            let (near, mut far) = tokio::io::duplex(1 << 20);
+            let (_stop, mut shutdown) = watch::channel(false);
+            tokio::spawn(async move {
+                let mut io = tokio::io::BufWriter::with_capacity(1 << 20, near);
+                let limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 64 * 1024 };
+                let service = |_| {
+                    let resp = Response::new(body());
+                    async move { (resp, NoFields) }
+                };
+                let refuse = |_, _: Option<&NoFields>| (Response::new(Frames(Default::default(), true)), NoFields);
+                serve(&mut io, service, refuse, &limits, &mut shutdown).await;
+            });
+            far.write_all(format!("{method} /v3/x HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            let answered = tokio::time::timeout(Duration::from_secs(2), async {
+                while !got.ends_with(ends_with) {
+                    let mut piece = [0u8; 16 * 1024];
+                    match far.read(&mut piece).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&piece[..n]),
+                    }
+                }
+            })
+            .await;
+            assert!(answered.is_ok() && got.starts_with(b"HTTP/1.1 200"), "{method}: {} bytes", got.len());
         }
     }
 }
