@@ -751,13 +751,17 @@ mod tests {
     #[tokio::test]
     async fn every_answer_is_flushed_before_the_next_request_is_awaited() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let small = || Frames([Bytes::from_static(b"{}")].into(), true);
-        let large = |exact| Frames(std::iter::repeat_n(Bytes::from(vec![b'x'; 30_000]), 4).collect(), exact);
-        let cases: [(&str, Box<dyn Fn() -> Frames + Send + Sync>, &[u8]); 4] = [
-            ("GET", Box::new(small), b"{}"),
-            ("HEAD", Box::new(small), b"\r\n\r\n"),
-            ("GET", Box::new(move || large(true)), b"xxxx"),
-            ("GET", Box::new(move || large(false)), b"\r\n0\r\n\r\n"),
+        fn small() -> Frames {
+            Frames([Bytes::from_static(b"{}")].into(), true)
+        }
+        fn large(exact: bool) -> Frames {
+            Frames(std::iter::repeat_n(Bytes::from(vec![b'x'; 30_000]), 4).collect(), exact)
+        }
+        let cases: [(&str, fn() -> Frames, &[u8]); 4] = [
+            ("GET", small, b"{}"),
+            ("HEAD", small, b"\r\n\r\n"),
+            ("GET", || large(true), b"xxxx"),
+            ("GET", || large(false), b"\r\n0\r\n\r\n"),
         ];
         for (method, body, ends_with) in cases {
             let (near, mut far) = tokio::io::duplex(1 << 20);
