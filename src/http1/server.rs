@@ -757,7 +757,9 @@ mod tests {
         fn large(exact: bool) -> Frames {
             Frames(std::iter::repeat_n(Bytes::from(vec![b'x'; 30_000]), 4).collect(), exact)
         }
-        let cases: [(&str, fn() -> Frames, &[u8]); 4] = [
+        // A method, its answer's body, and how the answer ends.
+        type Case = (&'static str, fn() -> Frames, &'static [u8]);
+        let cases: [Case; 4] = [
             ("GET", small, b"{}"),
             ("HEAD", small, b"\r\n\r\n"),
             ("GET", || large(true), b"xxxx"),
