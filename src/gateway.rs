@@ -71,6 +71,9 @@ pub struct Gateway {
     guard: crate::guard::AuthGuard,
     /// The bytes held by bodies being read for the body rules, in all.
     inspecting: crate::server::BodyBudget,
+    /// The same for token-API bodies, apart: no token's bodies can keep owners from
+    /// suspending or rotating tokens.
+    token_api_bodies: crate::server::BodyBudget,
     /// Where rate buckets are charged (set at start; changing it needs a restart).
     pub(crate) limiter: Limiter,
     /// This process among replicas (lease holder name).
@@ -121,6 +124,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             guard: crate::guard::AuthGuard::default(),
             inspecting: crate::server::BodyBudget::new(metrics.inspected_body_bytes.clone()),
+            token_api_bodies: crate::server::BodyBudget::new(metrics.inspected_body_bytes.clone()),
             limiter,
             replica_id: crate::store::process_id(),
             metrics,
@@ -209,6 +213,11 @@ impl Gateway {
     /// The bytes held by bodies being read for the body rules (`max_inspected_total`).
     pub(crate) fn inspecting(&self) -> &crate::server::BodyBudget {
         &self.inspecting
+    }
+
+    /// The bytes held by token-API bodies (`max_inspected_total` too, counted apart).
+    pub(crate) fn token_api_bodies(&self) -> &crate::server::BodyBudget {
+        &self.token_api_bodies
     }
 
     fn swap(&self, next: Snapshot) {

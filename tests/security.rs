@@ -486,8 +486,13 @@ async fn inspected_bytes(admin: std::net::SocketAddr) -> f64 {
 /// on a path whose body a rule reads (256 HTTP/2 streams per connection, 1 MiB each)
 /// made the gateway hold 922 MiB. Such bodies are bounded together
 /// (`max_inspected_total`), on HTTP/1.1 and HTTP/2 alike: one that does not fit is 503
-/// with `Retry-After` (declared or chunked, and a token-API body too), and what a body held comes back when it is
-/// gone.
+/// with `Retry-After` (declared or chunked), and what a body held comes back when it is
+/// gone. From the twenty-eighth: a body holds what arrived of it, not what it declares
+/// (70 HTTP/2 streams declaring 1 MiB each and sending nothing held the whole budget,
+/// and every stack's inspected writes and token-API writes were 503 for as long as the
+/// streams trickled); one token holds at most a quarter of the budget (or one body);
+/// and token-API bodies have a budget of their own, so an owner can still suspend a
+/// token while bodies hold this one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_read_for_the_rules_are_bounded_together() {
     use http_body_util::StreamBody;
@@ -496,16 +501,16 @@ async fn bodies_read_for_the_rules_are_bounded_together() {
     let env = Env::start_with(limits, "", Arc::new(SystemClock)).await;
     let (addr, admin) = (env.gateway.addr, env.gateway.admin_addr);
     const PATH: &str = "/v3/content_types/blog/entries/e1/workflow";
-    let head = |framing: &str| {
+    let head = |key: &str, token: &str, framing: &str| {
         format!(
-            "POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n\
+            "POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {key}\r\nauthorization: {token}\r\n\
              content-type: application/json\r\nConnection: close\r\n{framing}\r\n"
         )
     };
     // One body over HTTP/1.1 and one over HTTP/2, each declared at 60,000 bytes and half
-    // sent: 120,000 held.
+    // sent: 60,000 held, what arrived.
     let mut h1 = TcpStream::connect(addr).await.unwrap();
-    h1.write_all(head("content-length: 60000\r\n").as_bytes()).await.unwrap();
+    h1.write_all(head(API_KEY, RW, "content-length: 60000\r\n").as_bytes()).await.unwrap();
     h1.write_all(&[b' '; 30_000]).await.unwrap();
     let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
     let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
@@ -523,23 +528,21 @@ async fn bodies_read_for_the_rules_are_bounded_together() {
         .body(body)
         .unwrap();
     let pending = tokio::spawn(async move { h2.send_request(req).await.map(|r| r.status()) });
-    let give_up = std::time::Instant::now() + Duration::from_secs(5);
-    while inspected_bytes(admin).await != 120_000.0 && std::time::Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(inspected_bytes(admin).await, 120_000.0);
+    let held = |want: f64| async move {
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        while inspected_bytes(admin).await != want && std::time::Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        inspected_bytes(admin).await
+    };
+    assert_eq!(held(60_000.0).await, 60_000.0, "what arrived, not the 120,000 declared");
 
-    // The next body does not fit (131,072 - 120,000 = 11,072 bytes left), declared or
-    // chunked.
-    let declared = format!("{}{}", head("content-length: 12000\r\n"), " ".repeat(12_000));
-    let chunked = format!("{}2ee0\r\n{}\r\n0\r\n\r\n", head("transfer-encoding: chunked\r\n"), " ".repeat(12_000));
-    // The token API's bodies (an owner's) are buffered too, and share the same bound.
-    let token_api = format!(
-        "POST /v3/stacks/management_tokens HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\nauthtoken: {ALICE}\r\n\
-         content-type: application/json\r\ncontent-length: 12000\r\nConnection: close\r\n\r\n{}",
-        " ".repeat(12_000)
-    );
-    for (what, request) in [("declared", declared), ("chunked", chunked), ("token API", token_api)] {
+    // The same token's next body passes its part (65,536 bytes: one body, more than a
+    // quarter of 131,072), declared or chunked.
+    let declared = format!("{}{}", head(API_KEY, RW, "content-length: 12000\r\n"), " ".repeat(12_000));
+    let chunked =
+        format!("{}2ee0\r\n{}\r\n0\r\n\r\n", head(API_KEY, RW, "transfer-encoding: chunked\r\n"), " ".repeat(12_000));
+    for (what, request) in [("declared", declared), ("chunked", chunked)] {
         let (status, text) = raw(addr, request.as_bytes()).await;
         assert_eq!(status, 503, "{what}: {text}");
         assert!(text.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "{what}: {text}");
@@ -547,19 +550,37 @@ async fn bodies_read_for_the_rules_are_bounded_together() {
         assert_eq!(error_code(body.as_bytes()), 503, "{what}: {text}");
         assert_eq!(env.backend.seen().len(), 0, "{what}: nothing forwarded");
     }
-    assert_eq!(inspected_bytes(admin).await, 120_000.0, "the refused bodies hold nothing");
+    assert_eq!(inspected_bytes(admin).await, 60_000.0, "the refused bodies hold nothing");
+
+    // Another stack's token has its own part: its half-sent body is held too (115,000
+    // in all), and then bounded by its part like the first's.
+    let mut other = TcpStream::connect(addr).await.unwrap();
+    other.write_all(head(OTHER_API_KEY, OTHER_STACK, "content-length: 60000\r\n").as_bytes()).await.unwrap();
+    other.write_all(&[b' '; 55_000]).await.unwrap();
+    assert_eq!(held(115_000.0).await, 115_000.0);
+    let more = format!("{}{}", head(OTHER_API_KEY, OTHER_STACK, "content-length: 12000\r\n"), " ".repeat(12_000));
+    let (status, text) = raw(addr, more.as_bytes()).await;
+    assert_eq!(status, 503, "its part has 10,536 left: {text}");
+
+    // Token-API bodies are held apart: an owner's update is answered on its merits
+    // (here 404: no such token) while the rules' bodies hold nearly all of theirs.
+    let suspend = r#"{"token":{"enabled":false}}"#;
+    let token_api = format!(
+        "PUT /v3/stacks/management_tokens/blt00000000000none HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\n\
+         authtoken: {ALICE}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nConnection: close\r\n\r\n{suspend}{}",
+        suspend.len() + 12_000,
+        " ".repeat(12_000)
+    );
+    let (status, text) = raw(addr, token_api.as_bytes()).await;
+    assert_eq!(status, 404, "{text}");
 
     // Once the held bodies are gone, so is what they held, and a body fits again.
-    drop(h1);
+    drop((h1, other));
     pending.abort();
     let _ = pending.await;
-    let give_up = std::time::Instant::now() + Duration::from_secs(5);
-    while inspected_bytes(admin).await != 0.0 && std::time::Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(inspected_bytes(admin).await, 0.0);
+    assert_eq!(held(0.0).await, 0.0);
     let ok = r#"{"workflow":{"publishing_rule":{"uid":"p1","action":"publish","status":0}}}"#;
-    let request = format!("{}{ok}", head(&format!("content-length: {}\r\n", ok.len())));
+    let request = format!("{}{ok}", head(API_KEY, RW, &format!("content-length: {}\r\n", ok.len())));
     let (status, text) = raw(addr, request.as_bytes()).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(inspected_bytes(admin).await, 0.0, "a forwarded body gives its share back");

@@ -56,6 +56,11 @@ impl Tenant {
         Tenant(u64::from_le_bytes(first))
     }
 
+    /// The tenant as a number (what other per-tenant bounds key on).
+    pub fn id(self) -> u64 {
+        self.0
+    }
+
     /// A user session, by every credential the backend may read: `authtoken` and
     /// `authorization`, fields named like a user credential (`x-auth-token`,
     /// `access_token`, ...), cookies, and the query's credential pairs (`?authtoken=`),

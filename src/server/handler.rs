@@ -1,7 +1,7 @@
 //! The outer request function: runs the pipeline, turns any error into the CMA error
 //! body, counts it, and writes the one access-log event. No stage writes a response.
 
-use super::inspecting::Share;
+use super::inspecting::{BodyCap, Share};
 use super::{client, cors, request_id, Gateway};
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
 use crate::http1::server::{AddedFields, BadHead, FieldValue, Refusal};
@@ -452,7 +452,8 @@ async fn process(
     // The body's share of `max_inspected_total` is held until it was forwarded.
     let (inspected, _share) = match &principal {
         Principal::Token(_) if op.needs_body() => {
-            let (bytes, share) = inspect(gw.inspecting().share(), snap, parts, body, &op).await?;
+            let holder = gw.inspecting().share(tenant.map_or(0, proxy::Tenant::id));
+            let (bytes, share) = inspect(holder, snap, parts, body, &op).await?;
             (Some(bytes), Some(share))
         }
         _ => (None, None),
@@ -535,22 +536,19 @@ async fn inspect(
 }
 
 /// Buffers a body that a rule must read, up to `max_inspected_body`, taking what it
-/// holds from the budget all such bodies share (`max_inspected_total`: 503 when it is
-/// spent). The body stays in `body` (for the caller to drain) when it is refused by its
-/// declared length, or when its declared length does not fit the budget.
+/// holds from the budget all such bodies share (`max_inspected_total`: 503 when it, or
+/// the token's part of it, is spent). The body stays in `body` (for the caller to
+/// drain) when it is refused by its declared length.
 async fn read_inspected(
     share: &mut Share,
     snap: &Snapshot,
     parts: &Parts,
     body: &mut Option<ClientBody>,
 ) -> Result<Bytes, GatewayError> {
-    let (limit, total) = (snap.settings.max_inspected_body, snap.settings.max_inspected_total);
-    let declared = declared_length(parts);
-    match declared {
-        Some(len) if len > limit => return Err(GatewayError::PayloadTooLarge),
-        // A declared body takes its whole length up front; its frames take nothing more.
-        Some(len) if !share.grow(len, total) => return Err(GatewayError::Busy),
-        _ => {}
+    let limit = snap.settings.max_inspected_body;
+    let cap = BodyCap { total: snap.settings.max_inspected_total, body: limit };
+    if declared_length(parts).is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge);
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut read = Limited::new(body.take().unwrap_or(ClientBody::Empty), limit);
@@ -563,7 +561,8 @@ async fn read_inspected(
             Ok(None) => return Ok(bytes.freeze()),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    if declared.is_none() && !share.grow(data.len() as u64, total) {
+                    // What arrived, not what was declared (see `server::inspecting`).
+                    if !share.grow(data.len() as u64, cap) {
                         return Err(GatewayError::Busy);
                     }
                     bytes.extend_from_slice(&data);

@@ -4,25 +4,57 @@
 //! limits (a body a rule refuses spends no budget): without a bound shared by all of
 //! them, reading bodies is memory on demand. A body that does not fit is answered 503
 //! with `Retry-After`, as an overloaded upstream would be.
+//!
+//! A body holds what has arrived of it, not what it declares: a declared length costs
+//! the client nothing to state, and bodies that declare a megabyte each and then send
+//! a byte a minute would otherwise hold the whole budget for nothing (an outside probe
+//! did it with one write token, and every stack's inspected writes were 503 while it
+//! lasted). And one holder (a token) may hold at most a quarter of the budget, so that
+//! no one token can spend it all on bodies it sends slowly.
 
 use prometheus_client::metrics::gauge::Gauge;
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// The bytes held by bodies being read for the rules, in all: the
-/// `stackgate_inspected_body_bytes` gauge itself, so what is exported is what is held.
+/// One holder may hold at most this part of a budget (but always one whole body).
+const HOLDER_PART: u64 = 4;
+
+/// A budget of buffered-body bytes. The bytes it holds are also added to a gauge
+/// (`stackgate_inspected_body_bytes`, which the token API's budget shares).
+#[derive(Debug, Clone, Default)]
+pub struct BodyBudget(Arc<Held>);
+
 #[derive(Debug, Default)]
-pub struct BodyBudget {
-    held: Gauge,
+struct Held {
+    all: AtomicU64,
+    /// What each holder with bytes held holds (no entry once back to none).
+    by_holder: Mutex<HashMap<u64, u64>>,
+    gauge: Gauge,
+}
+
+/// How much a budget may hold: `total` in all, of which one holder at most
+/// `total / 4`, or one body (`body`) if that is more.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyCap {
+    pub total: u64,
+    pub body: u64,
+}
+
+impl BodyCap {
+    fn per_holder(self) -> u64 {
+        (self.total / HOLDER_PART).max(self.body).min(self.total)
+    }
 }
 
 impl BodyBudget {
-    pub fn new(held: Gauge) -> Self {
-        BodyBudget { held }
+    pub fn new(gauge: Gauge) -> Self {
+        BodyBudget(Arc::new(Held { gauge, ..Held::default() }))
     }
 
-    /// An empty share, to grow as a body arrives.
-    pub fn share(&self) -> Share {
-        Share { held: self.held.clone(), bytes: 0 }
+    /// An empty share of `holder` (a token, a user), to grow as its body arrives.
+    pub fn share(&self, holder: u64) -> Share {
+        Share { budget: Arc::clone(&self.0), holder, bytes: 0 }
     }
 }
 
@@ -30,45 +62,87 @@ impl BodyBudget {
 /// was forwarded, or refused).
 #[derive(Debug)]
 pub struct Share {
-    held: Gauge,
-    bytes: i64,
+    budget: Arc<Held>,
+    holder: u64,
+    bytes: u64,
 }
 
 impl Share {
-    /// Takes `n` more bytes, if the budget (`total` in all) still has them.
+    /// Takes `n` more bytes, if the budget and the holder's part of it still have them.
     #[must_use]
-    pub fn grow(&mut self, n: u64, total: u64) -> bool {
-        let (Ok(n), Ok(total)) = (i64::try_from(n), i64::try_from(total)) else { return false };
-        let room = |held: i64| held.checked_add(n).filter(|&after| after <= total);
-        let taken = self.held.inner().fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_ok();
-        if taken {
-            self.bytes += n;
+    pub fn grow(&mut self, n: u64, cap: BodyCap) -> bool {
+        let Ok(mut holders) = self.budget.by_holder.lock() else { return false };
+        let holder = holders.get(&self.holder).copied().unwrap_or(0);
+        if holder.checked_add(n).is_none_or(|after| after > cap.per_holder()) {
+            return false;
         }
-        taken
+        let room = |all: u64| all.checked_add(n).filter(|&after| after <= cap.total);
+        if self.budget.all.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_err() {
+            return false;
+        }
+        holders.insert(self.holder, holder + n);
+        self.bytes += n;
+        self.budget.gauge.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+        true
     }
 }
 
 impl Drop for Share {
     fn drop(&mut self) {
-        self.held.dec_by(self.bytes);
+        if self.bytes == 0 {
+            return;
+        }
+        if let Ok(mut holders) = self.budget.by_holder.lock() {
+            if let Some(held) = holders.get_mut(&self.holder) {
+                *held = held.saturating_sub(self.bytes);
+                if *held == 0 {
+                    holders.remove(&self.holder);
+                }
+            }
+        }
+        self.budget.all.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.gauge.dec_by(i64::try_from(self.bytes).unwrap_or(i64::MAX));
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::BodyCap;
+
     #[test]
     fn shares_are_bounded_together_and_given_back() {
         let budget = super::BodyBudget::default();
-        let (mut a, mut b) = (budget.share(), budget.share());
-        assert!(a.grow(60, 100) && a.grow(20, 100));
-        assert!(!b.grow(21, 100), "81 + 20 would pass the total");
-        assert!(b.grow(20, 100));
-        assert_eq!(budget.held.get(), 100);
+        let cap = BodyCap { total: 100, body: 100 };
+        let (mut a, mut b) = (budget.share(1), budget.share(2));
+        assert!(a.grow(60, cap) && a.grow(20, cap));
+        assert!(!b.grow(21, cap), "81 + 20 would pass the total");
+        assert!(b.grow(20, cap));
+        assert_eq!(budget.0.gauge.get(), 100);
         drop(a);
-        assert_eq!(budget.held.get(), 20);
-        assert!(b.grow(80, 100) && !b.grow(1, 100));
-        assert!(!b.grow(u64::MAX, u64::MAX), "no overflow");
+        assert_eq!(budget.0.gauge.get(), 20);
+        assert!(b.grow(80, cap) && !b.grow(1, cap));
+        assert!(!b.grow(u64::MAX, BodyCap { total: u64::MAX, body: u64::MAX }), "no overflow");
         drop(b);
-        assert_eq!(budget.held.get(), 0);
+        assert_eq!(budget.0.gauge.get(), 0);
+        assert!(budget.0.by_holder.lock().unwrap().is_empty());
+    }
+
+    /// One holder's bodies together take at most a quarter of the budget (or one whole
+    /// body), whatever number of bodies it has open; others still find room.
+    #[test]
+    fn one_holder_takes_at_most_its_part() {
+        let budget = super::BodyBudget::default();
+        let cap = BodyCap { total: 100, body: 10 };
+        let mut mine: Vec<_> = (0..10).map(|_| budget.share(7)).collect();
+        let taken = mine.iter_mut().filter(|share| share.grow(10, cap)).count();
+        assert_eq!(taken, 2, "25 bytes of 100: two bodies of 10");
+        assert!(mine[9].grow(5, cap), "up to the quarter exactly");
+        assert!(!mine[9].grow(1, cap));
+        let mut other = budget.share(8);
+        assert!(other.grow(25, cap), "another holder has its own part");
+        drop(mine);
+        assert!(budget.share(7).grow(25, cap), "given back");
+        // A body larger than a quarter still fits, alone.
+        assert!(budget.share(9).grow(60, BodyCap { total: 100, body: 60 }));
     }
 }

@@ -18,7 +18,7 @@ pub use crate::gateway::open_store;
 pub use crate::gateway::{Change, Gateway, ReloadError, ReloadReport};
 pub use handler::handle;
 pub(crate) use handler::ConnInfo;
-pub(crate) use inspecting::{BodyBudget, Share};
+pub(crate) use inspecting::{BodyBudget, BodyCap, Share};
 #[cfg(unix)]
 pub use signals::ShutdownSignals;
 pub use signals::{reload_on_sighup, shutdown_signal};

@@ -16,7 +16,7 @@ use crate::gateway::{Change, Gateway};
 use crate::pipeline::auth::{API_KEY, AUTHTOKEN};
 use crate::proxy::ClientBody;
 use crate::proxy::{self, Body};
-use crate::server::Share;
+use crate::server::{BodyCap, Share};
 use crate::store::{Cap, Edit, StoreError};
 use crate::token::{hash_secret, new_secret, new_uid, Origin, PreviousSecret, TokenRecord};
 use crate::usage::{Outcome, Usage};
@@ -54,10 +54,11 @@ pub async fn handle(
     };
     // HEAD reads as GET (its body is left out where the answer is written).
     let read = parts.method == Method::GET || parts.method == Method::HEAD;
-    // A body read here holds its share of what all buffered bodies may hold together
-    // (`max_inspected_total`, as the bodies the rules read) until the answer.
-    let mut share = gw.inspecting().share();
-    let reading = Reading { share: &mut share, total: snap.settings.max_inspected_total, parts };
+    // A body read here holds its share of what token-API bodies may hold together
+    // (`max_inspected_total`, apart from the bodies the rules read) until the answer.
+    let mut share = gw.token_api_bodies().share(holder(&user));
+    let cap = BodyCap { total: snap.settings.max_inspected_total, body: MAX_BODY as u64 };
+    let reading = Reading { share: &mut share, cap, parts };
     match (&parts.method, uid, action) {
         (_, None, None) if read => list(gw, stack).await,
         (_, Some("audit"), None) if read => audit(gw, stack, parts.uri.query()).await,
@@ -76,8 +77,14 @@ pub async fn handle(
 /// buffered-body budget it takes from.
 struct Reading<'a> {
     share: &'a mut Share,
-    total: u64,
+    cap: BodyCap,
     parts: &'a Parts,
+}
+
+/// A user as a holder of the token-API body budget.
+fn holder(user: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(user)
 }
 
 /// `api_key` -> stack (412), `authtoken` -> configured user (401), the guard (429 while
@@ -150,7 +157,7 @@ async fn read_bounded(reading: Reading<'_>, body: &mut Option<ClientBody>) -> Re
     }
     // What the body may hold, taken up front (the most, when it states no length).
     let most = declared.unwrap_or(MAX_BODY) as u64;
-    if !reading.share.grow(most, reading.total) {
+    if !reading.share.grow(most, reading.cap) {
         return Err(GatewayError::Busy);
     }
     let body = body.take().unwrap_or(ClientBody::Empty);
