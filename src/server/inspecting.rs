@@ -134,7 +134,7 @@ mod tests {
         let budget = super::BodyBudget::default();
         let cap = BodyCap { total: 100, body: 10 };
         let mut mine: Vec<_> = (0..10).map(|_| budget.share(7)).collect();
-        let taken = mine.iter_mut().filter(|share| share.grow(10, cap)).count();
+        let taken = mine.iter_mut().map(|share| share.grow(10, cap)).filter(|&taken| taken).count();
         assert_eq!(taken, 2, "25 bytes of 100: two bodies of 10");
         assert!(mine[9].grow(5, cap), "up to the quarter exactly");
         assert!(!mine[9].grow(1, cap));
