@@ -95,7 +95,8 @@ impl Gateway {
         let upstream = UpstreamClient::new(&config.upstream)?;
         let notify = config.notify.clone();
         let warn = move |rec: &TokenRecord| crate::config::warn_if_no_channel(&notify, rec);
-        let snapshot = load_snapshot(&*store, Arc::new(config), None, &rate_clock, upstream, warn).await?.with_tls(tls);
+        let loaded = load_snapshot(&*store, Arc::new(config), None, &rate_clock, upstream, warn).await?;
+        let snapshot = loaded.unless_clashing()?.with_tls(tls);
         // At start the tokens are served (refusing to start would take every stack
         // down); the token API creates none on these stacks until they are under it.
         for over in snapshot.stacks_over_cap() {
@@ -237,7 +238,7 @@ impl Gateway {
         let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let upstream = UpstreamClient::reuse_or_new(Some(&current.upstream), &config.upstream)?;
         let next = load_snapshot(&*self.store, Arc::new(config), Some(current), &self.rate_clock, upstream, |_| {});
-        let next = next.await?;
+        let next = next.await?.unless_clashing()?;
         // A reload is a change made now: one that passes a stack's cap is refused whole.
         let over = next.stacks_over_cap();
         if !over.is_empty() {
@@ -273,7 +274,10 @@ impl Gateway {
         let _writer = self.writer.lock().await;
         let current = self.snapshot.load_full();
         let (config, upstream, tls) = (Arc::clone(&current.config), current.upstream.clone(), current.tls.clone());
-        let next = load_snapshot(&*self.store, config, Some(current), &self.rate_clock, upstream, |_| {}).await?;
+        // A clash was refused when the config came in; one made since (the token API
+        // never gives a static token's uid) is left out and logged.
+        let next =
+            load_snapshot(&*self.store, config, Some(current), &self.rate_clock, upstream, |_| {}).await?.snapshot;
         let count = next.token_count();
         self.swap(next.with_tls(tls));
         tracing::debug!(tokens = count, "tokens re-read from the shared store");
@@ -380,7 +384,7 @@ async fn load_snapshot(
     rate_clock: &RateClock,
     upstream: UpstreamClient,
     each: impl Fn(&TokenRecord) + Send + 'static,
-) -> Result<Snapshot, StoreError> {
+) -> Result<Loaded, StoreError> {
     // A few batches in flight let the store read the next while this one is indexed.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<TokenRecord>>(4);
     let rate_clock = rate_clock.clone();
@@ -397,12 +401,36 @@ async fn load_snapshot(
                     builder.add(rec);
                 }
             }
-            builder.finish()
+            let clashes = builder.clashes().to_vec();
+            (builder.finish(), clashes)
         })
     });
     let loaded = store.load_all(tx).await;
-    let snapshot = build.await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    loaded.map(|()| snapshot)
+    let (snapshot, clashes) = build.await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    loaded?;
+    Ok(Loaded { snapshot, clashes })
+}
+
+/// A snapshot built from the store, and the stored tokens left out of it because a
+/// static token has their uid (see [`SnapshotBuilder::clashes`]).
+struct Loaded {
+    snapshot: Snapshot,
+    clashes: Vec<String>,
+}
+
+impl Loaded {
+    /// The snapshot, unless a static token took a stored token's uid: the config is
+    /// then refused (at start and on reload), naming each uid.
+    fn unless_clashing(self) -> Result<Snapshot, ReloadError> {
+        if self.clashes.is_empty() {
+            return Ok(self.snapshot);
+        }
+        let message = format!(
+            "{}; a static token's uid must not be one the token API gave a stored token (rename the static token)",
+            self.clashes.join(", ")
+        );
+        Err(ReloadError::Config(crate::config::ConfigErrors::single("stacks.tokens.uid", message)))
+    }
 }
 
 /// Copies the settings that only a restart can change from `running` into `next`, and

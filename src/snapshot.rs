@@ -275,6 +275,10 @@ pub struct SnapshotBuilder {
     stacks: HashMap<Box<str>, Arc<StackView>>,
     tokens: HashMap<[u8; 32], Arc<Token>, DigestHash>,
     grants: SharedGrants,
+    /// The static tokens' uids, and the stored tokens that have one (see
+    /// [`SnapshotBuilder::clashes`]).
+    static_uids: std::collections::HashSet<Box<str>>,
+    clashes: Vec<String>,
 }
 
 /// The grants built so far, each kept once: a million tokens hold a handful of distinct
@@ -338,6 +342,7 @@ impl SnapshotBuilder {
         }
         let statics = config.stacks.iter().map(|s| s.tokens.len()).sum();
         let tokens = HashMap::with_capacity_and_hasher(statics, DigestHash::default());
+        let static_uids = config.stacks.iter().flat_map(|s| s.tokens.iter()).map(|t| t.uid.as_str().into()).collect();
         let mut builder = SnapshotBuilder {
             config,
             previous,
@@ -348,6 +353,8 @@ impl SnapshotBuilder {
             stacks,
             tokens,
             grants: SharedGrants::default(),
+            static_uids,
+            clashes: Vec::new(),
         };
         let config = Arc::clone(&builder.config);
         for rec in config.stacks.iter().flat_map(|s| s.tokens.iter()) {
@@ -362,13 +369,29 @@ impl SnapshotBuilder {
         self.tokens.reserve(stored);
     }
 
-    /// Adds one stored token.
+    /// Adds one stored token, unless a static token of the config has its uid (then it
+    /// is left out, and named in [`SnapshotBuilder::clashes`]).
     pub fn add(&mut self, rec: &TokenRecord) {
+        if rec.origin == crate::token::Origin::Store && self.static_uids.contains(rec.uid.as_str()) {
+            tracing::error!(token.uid = %rec.uid, "a static token of the config has this stored token's uid; left out");
+            self.clashes.push(format!("{}: a stored token has this uid", rec.uid));
+            return;
+        }
         let previous = self.previous.as_deref();
         match compile_token(rec, &self.stacks, previous, &self.rate_clock, self.share, &mut self.grants) {
             Some(token) => insert_token(&mut self.tokens, rec, token),
             None => tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored"),
         }
+    }
+
+    /// The stored tokens left out because a static token has their uid. A token's uid
+    /// names it in the token API, in the backend's `x-stackgate-token-uid` and in the
+    /// metrics: two tokens under one uid would be one identity to all of them, and the
+    /// stored one could no longer be suspended or deleted (the API finds the static one
+    /// first), as an outside probe showed. A config that does this is refused (at start
+    /// and on reload).
+    pub fn clashes(&self) -> &[String] {
+        &self.clashes
     }
 
     pub fn finish(self) -> Snapshot {

@@ -1153,6 +1153,69 @@ async fn a_reload_that_passes_a_stacks_token_cap_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Found by the twenty-eighth outside probe: a static token given the uid of a token
+/// the API had stored was accepted, and then the two were one identity to the API
+/// (which found the static one, so the stored token could not be suspended or deleted),
+/// to the backend (`x-stackgate-token-uid`) and to the metrics. A config whose static
+/// token has a stored token's uid, in this stack or another, is refused on reload and
+/// at start, naming the uid; the stored token keeps working and can be suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_token_may_not_take_a_stored_tokens_uid() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("reload-uid-clash");
+    let file = dir.join("gw.toml");
+    let store = format!("\n[store]\npath = \"{}\"\n", dir.join("tokens.db").display());
+    let base = config_text(backend.addr, "", "") + &store;
+    std::fs::write(&file, &base).unwrap();
+    let gw = start_from_file(&file).await;
+    let create = r#"{"token":{"name":"stored","scope":[{"module":"$all","acl":{"read":true}},{"module":"branch","branches":["main"]}]}}"#;
+    let token_api = |method: &str, path: &str, body: &str| {
+        format!(
+            "{method} /v3/stacks/management_tokens{path} HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\n\
+             authtoken: {ALICE}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (status, answer) = raw(gw.addr, token_api("POST", "", create).as_bytes()).await;
+    assert_eq!(status, 201, "{answer}");
+    let created = json_body(&answer);
+    let uid = created["token"]["uid"].as_str().unwrap().to_owned();
+    let secret = created["token"]["token"].as_str().unwrap().to_owned();
+    let read = format!(
+        "GET {ENTRIES} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {secret}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw(gw.addr, read.as_bytes()).await.0, 200);
+
+    // The read-only static token renamed to the stored token's uid, in this stack, or
+    // the other stack's token renamed so.
+    let same_stack = base.replace("uid = \"blt000000000000ro01\"", &format!("uid = \"{uid}\""));
+    let other_stack = base.replace("uid = \"blt000000000000ot01\"", &format!("uid = \"{uid}\""));
+    for (what, text) in [("this stack", &same_stack), ("another stack", &other_stack)] {
+        assert_ne!(text, &base, "test setup: {what}");
+        std::fs::write(&file, text).unwrap();
+        let (status, answer) = admin_post(gw.admin_addr, "/reload").await;
+        assert_eq!(status, 422, "{what}: {answer}");
+        assert!(answer.contains(&uid), "{what}: {answer}");
+        assert_eq!(raw(gw.addr, read.as_bytes()).await.0, 200, "{what}: the stored token still works");
+    }
+    // At start too.
+    std::fs::write(&file, &same_stack).unwrap();
+    let cfg = stackgate::config::load(&file).unwrap();
+    let opened = stackgate::server::open_store(&cfg).await.unwrap();
+    let rate_clock = stackgate::ratelimit::RateClock::monotonic();
+    let started = stackgate::server::start_with(cfg, opened, Arc::new(SystemClock), rate_clock, None).await;
+    let error = started.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains(&uid), "start refused, naming the uid: {error:?}");
+
+    // The stored token can still be suspended on the running gateway.
+    std::fs::write(&file, &base).unwrap();
+    let suspend = r#"{"token":{"enabled":false}}"#;
+    let (status, answer) = raw(gw.addr, token_api("PUT", &format!("/{uid}"), suspend).as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_ne!(raw(gw.addr, read.as_bytes()).await.0, 200, "suspended");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The JSON body of a raw HTTP/1.1 answer.
 fn json_body(answer: &str) -> serde_json::Value {
     serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or_default()
