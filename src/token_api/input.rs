@@ -342,15 +342,18 @@ pub fn apply(
     creating: bool,
 ) -> Result<TokenRecord, FieldErrors> {
     let mut errors = FieldErrors::new();
+    // What an update leaves as it was is not judged again: a token made before a rule,
+    // or before a reload lowered the organisation's limits, took a static token's
+    // name or removed a branch from the stack, stays updatable (it can still be
+    // suspended in a hurry), as the twenty-eighth outside probe found it was not.
+    let before = (!creating).then(|| rec.clone());
     if creating && input.name.is_none() {
         push(&mut errors, "name", "is required.");
     }
     if creating && input.scope.is_none() {
         push(&mut errors, "scope", "is required.");
     }
-    // Checked only when given: a token named before these rules stays updatable (it
-    // can still be suspended in a hurry) until someone renames it.
-    // Checked as sent: trimming first would turn `ro\u{a0}` into `ro` (a duplicate)
+    // Checked only when given (see `before`). Checked as sent: trimming first would turn `ro\u{a0}` into `ro` (a duplicate)
     // instead of refusing the space it hides; only plain spaces are trimmed.
     if let Some(name) = input.name {
         if crate::token::hides_characters(&name, false) {
@@ -390,7 +393,7 @@ pub fn apply(
             }
         }
     }
-    check(&rec, ctx, &mut errors);
+    check(&rec, before.as_ref(), ctx, &mut errors);
     if errors.is_empty() {
         Ok(rec)
     } else {
@@ -398,23 +401,29 @@ pub fn apply(
     }
 }
 
-fn check(rec: &TokenRecord, ctx: &Context<'_>, errors: &mut FieldErrors) {
-    let chars = rec.name.chars().count();
-    if chars == 0 || chars > MAX_NAME {
-        push(errors, "name", &format!("must be 1 to {MAX_NAME} characters."));
-    }
-    if ctx.stack.tokens.iter().any(|t| t.name == rec.name) {
-        push(errors, "name", "is already used by another token of this stack.");
-    }
-    if rec.description.chars().count() > MAX_DESCRIPTION {
-        push(errors, "description", &format!("must be at most {MAX_DESCRIPTION} characters."));
-    }
-    if let Err(scope_errors) = compile_scope(&rec.scope, ctx.stack) {
-        for (k, msgs) in scope_errors {
-            errors.entry(k).or_default().extend(msgs);
+/// Validates what a create sets, or what an update changes from `before`.
+fn check(rec: &TokenRecord, before: Option<&TokenRecord>, ctx: &Context<'_>, errors: &mut FieldErrors) {
+    let changed = |same: &dyn Fn(&TokenRecord) -> bool| before.is_none_or(|b| !same(b));
+    if changed(&|b| b.name == rec.name) {
+        let chars = rec.name.chars().count();
+        if chars == 0 || chars > MAX_NAME {
+            push(errors, "name", &format!("must be 1 to {MAX_NAME} characters."));
+        }
+        if ctx.stack.tokens.iter().any(|t| t.name == rec.name) {
+            push(errors, "name", "is already used by another token of this stack.");
         }
     }
-    if let Some(rl) = rec.rate_limit {
+    if changed(&|b| b.description == rec.description) && rec.description.chars().count() > MAX_DESCRIPTION {
+        push(errors, "description", &format!("must be at most {MAX_DESCRIPTION} characters."));
+    }
+    if changed(&|b| b.scope == rec.scope) {
+        if let Err(scope_errors) = compile_scope(&rec.scope, ctx.stack) {
+            for (k, msgs) in scope_errors {
+                errors.entry(k).or_default().extend(msgs);
+            }
+        }
+    }
+    if let Some(rl) = rec.rate_limit.filter(|_| changed(&|b| b.rate_limit == rec.rate_limit)) {
         for (field, rate, max) in [
             ("rate_limit.read_per_second", rl.read_per_second, ctx.org.read_per_second),
             ("rate_limit.write_per_second", rl.write_per_second, ctx.org.write_per_second),
@@ -458,18 +467,8 @@ mod tests {
         }
     }
 
-    /// A token named before the character rules (here with a zero-width space) can still
-    /// be suspended; renaming it to such a name is refused.
-    #[test]
-    fn a_name_from_before_the_rules_does_not_block_other_changes() {
-        use crate::token::{Acl, Origin};
-        let scope = vec![ScopeEntry {
-            module: "branch".into(),
-            acl: Acl { read: true, write: false },
-            branches: Some(vec!["main".into()]),
-            branch_aliases: None,
-        }];
-        let stack = Stack {
+    fn stack() -> Stack {
+        Stack {
             api_key: "k".into(),
             organization: "o".into(),
             name: "s".into(),
@@ -477,20 +476,33 @@ mod tests {
             aliases: Default::default(),
             members: Default::default(),
             tokens: Vec::new(),
-        };
-        let org = Organization {
+        }
+    }
+
+    fn org(per_second: u32) -> Organization {
+        Organization {
             uid: "o".into(),
-            read_per_second: 10,
-            write_per_second: 10,
+            read_per_second: per_second,
+            write_per_second: per_second,
             burst: None,
             bulk_per_second: 1,
             max_tokens_per_stack: 30,
-        };
-        let ctx = Context { stack: &stack, org: &org, now: 0 };
-        let legacy = TokenRecord {
+        }
+    }
+
+    /// A stored token reading branch `branch`.
+    fn stored(name: &str, branch: &str) -> TokenRecord {
+        use crate::token::{Acl, Origin};
+        let scope = vec![ScopeEntry {
+            module: "branch".into(),
+            acl: Acl { read: true, write: false },
+            branches: Some(vec![branch.into()]),
+            branch_aliases: None,
+        }];
+        TokenRecord {
             uid: "blt0000000000000001".into(),
             stack: "k".into(),
-            name: "ci\u{200b}".into(),
+            name: name.into(),
             description: String::new(),
             secret_sha256: [0; 32],
             scope: scope.into(),
@@ -505,12 +517,66 @@ mod tests {
             enabled: true,
             previous_secret: None,
             origin: Origin::Store,
-        };
-        let suspend = parse(br#"{"token": {"enabled": false}}"#, Purpose::Update).unwrap();
-        assert!(!apply(suspend, legacy.clone(), &ctx, false).unwrap().enabled);
+        }
+    }
+
+    fn update(body: &str) -> TokenInput {
+        parse(body.as_bytes(), Purpose::Update).unwrap()
+    }
+
+    /// A token named before the character rules (here with a zero-width space) can still
+    /// be suspended; renaming it to such a name is refused.
+    #[test]
+    fn a_name_from_before_the_rules_does_not_block_other_changes() {
+        let (stack, org) = (stack(), org(10));
+        let ctx = Context { stack: &stack, org: &org, now: 0 };
+        let legacy = stored("ci\u{200b}", "main");
+        assert!(!apply(update(r#"{"token": {"enabled": false}}"#), legacy.clone(), &ctx, false).unwrap().enabled);
         let rename = parse(b"{\"token\": {\"name\": \"ci\\u200c\"}}", Purpose::Update).unwrap();
         let errors = apply(rename, legacy, &ctx, false).unwrap_err();
         assert!(errors.contains_key("name"), "{errors:?}");
+    }
+
+    /// Found by the twenty-eighth outside probe: a token whose rates a reload put above
+    /// its organisation's (clamped when served) could not be suspended, nor changed at
+    /// all (422 on its rates). What an update leaves as it was is not judged again: rates
+    /// above a lowered limit, a name a static token took since, a branch the stack lost.
+    /// What it changes is, and a create is judged whole.
+    #[test]
+    fn what_an_update_leaves_as_it_was_is_not_judged_again() {
+        let mut stack = stack();
+        let lowered = org(6);
+        let mut fast = stored("fast", "main");
+        fast.rate_limit = Some(RateLimit { read_per_second: 8, write_per_second: 8 });
+        let mut renamed_since = stored("taken", "main");
+        renamed_since.uid = "blt0000000000000002".into();
+        let lost_branch = stored("lost", "gone");
+        let mut taken = stored("taken", "main");
+        taken.origin = crate::token::Origin::Config;
+        stack.tokens.push(taken);
+        let ctx = Context { stack: &stack, org: &lowered, now: 0 };
+        for rec in [&fast, &renamed_since, &lost_branch] {
+            for body in [r#"{"token": {"enabled": false}}"#, r#"{"token": {"description": "rotated"}}"#] {
+                let applied = apply(update(body), rec.clone(), &ctx, false);
+                assert!(applied.is_ok(), "{} {body}: {applied:?}", rec.name);
+            }
+        }
+        let same = r#"{"token": {"rate_limit": {"read_per_second": 8, "write_per_second": 8}}}"#;
+        assert!(apply(update(same), fast.clone(), &ctx, false).is_ok(), "sent back as it was");
+        let higher = r#"{"token": {"rate_limit": {"read_per_second": 7, "write_per_second": 8}}}"#;
+        let errors = apply(update(higher), fast.clone(), &ctx, false).unwrap_err();
+        assert!(errors.contains_key("rate_limit.read_per_second"), "{errors:?}");
+        let errors = apply(update(r#"{"token": {"name": "taken"}}"#), fast.clone(), &ctx, false).unwrap_err();
+        assert!(errors.contains_key("name"), "{errors:?}");
+        let elsewhere = r#"{"token": {"scope": [{"module": "branch", "branches": ["gone"], "acl": {"read": true}}]}}"#;
+        assert!(apply(update(elsewhere), fast.clone(), &ctx, false).is_err(), "a scope change is judged");
+        let create = parse(
+            br#"{"token": {"name": "new", "scope": [{"module": "branch", "branches": ["main"], "acl": {"read": true}}],
+                "rate_limit": {"read_per_second": 8, "write_per_second": 8}}}"#,
+            Purpose::Create,
+        )
+        .unwrap();
+        assert!(apply(create, stored("", "main"), &ctx, true).is_err(), "a create is judged whole");
     }
 
     #[test]
