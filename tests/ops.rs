@@ -1013,6 +1013,35 @@ async fn a_loopback_admin_listener_answers_only_its_own_host_names() {
         let resp = sender.send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()).await.unwrap();
         assert_eq!(resp.status().as_u16(), want, "h2 {authority} {host:?}");
     }
+    // Found by the twenty-eighth outside probe: only the first `Host` was checked, and
+    // an HTTP/1.1 request with none was answered. Two are 400 (in either order, on
+    // HTTP/2 too), and HTTP/1.1 without one is 400, as on the main listener.
+    let twice = |first: &str, second: &str, path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {first}\r\nHost: {second}\r\nConnection: close\r\n\r\n")
+    };
+    for request in [
+        twice("localhost", "attacker.example", "/healthz"),
+        twice("attacker.example", "localhost", "/healthz"),
+        twice("127.0.0.1", "127.0.0.1", "/metrics"),
+        "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+        "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
+    ] {
+        let (status, text) = raw(gw.admin_addr, request.as_bytes()).await;
+        assert_eq!(status, 400, "{request:?}: {text}");
+        assert!(text.contains("\"error_code\":400"), "{text}");
+    }
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap());
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://localhost:{port}/healthz"))
+        .header("host", "localhost")
+        .header("host", "attacker.example")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status().as_u16(), 400, "h2, two host fields");
+    let (status, _) = raw(gw.admin_addr, b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 200, "HTTP/1.0 may name no host");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -44,7 +44,13 @@ async fn answer(
     loopback: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let head = req.method() == Method::HEAD;
-    let mut resp = if loopback && !names_this_host(&req, &gw.snapshot().config.server.hostnames) {
+    let mut resp = if !one_host(&req) {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error_message": "A request must name one host: one Host field (HTTP/1.1).", "error_code": 400}),
+        )
+        .map(Full::new)
+    } else if loopback && !names_this_host(&req, &gw.snapshot().config.server.hostnames) {
         json_response(
             StatusCode::FORBIDDEN,
             &json!({"error_message": "This listener answers its own addresses only: Host names another.", "error_code": 403}),
@@ -62,9 +68,22 @@ async fn answer(
     Ok(resp)
 }
 
+/// Whether a request has at most one `Host`, and an HTTP/1.1 request one (RFC 9112
+/// section 3.2: 400 otherwise, as on the main listener). With two, the one checked
+/// here need not be the one an application reads (an outside probe had `Host:
+/// localhost` then `Host: evil.com` answered).
+fn one_host(req: &Request<Incoming>) -> bool {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => false,
+        (None, _) => req.version() != http::Version::HTTP_11,
+        (Some(_), None) => true,
+    }
+}
+
 /// Whether a request to a loopback listener names this host: an IP address,
 /// `localhost` or a `*.localhost` name, or one of `server.hostnames` (any port), or no
-/// host at all. A web page whose name was re-pointed at 127.0.0.1 (DNS rebinding) is
+/// host at all (HTTP/1.0; HTTP/2 states `:authority`). A web page whose name was re-pointed at 127.0.0.1 (DNS rebinding) is
 /// same-origin with the listener and could read `/metrics` or the console's page; the
 /// browser still sends the page's own name, which is none of these. Tools and scrapers
 /// on the host send an address or `localhost`.
