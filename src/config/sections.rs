@@ -92,8 +92,12 @@ pub(super) fn limits(s: &super::raw::RawServer, errs: &mut ConfigErrors) -> Opti
 }
 
 pub(super) fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
-    // A URL with user info may hold a password: it is not echoed.
-    let shown = if u.url.contains('@') { "the URL" } else { u.url.as_str() };
+    // A URL with user info may hold a password, and a query a token: neither is echoed.
+    let shown = match u.url.split_once(['?', '#']) {
+        _ if u.url.contains('@') => "the URL".to_owned(),
+        Some((base, _)) => format!("{base}?..."),
+        None => u.url.clone(),
+    };
     let uri: Option<Uri> = u.url.parse().map_err(|_| errs.push("upstream.url", format!("'{shown}' is not a URL"))).ok();
     let parts = uri.and_then(|uri| {
         let scheme = uri.scheme().cloned();

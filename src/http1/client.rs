@@ -392,16 +392,19 @@ enum Written {
     Early(Head),
 }
 
+/// Interim responses taken before a final one; a backend sending more is broken.
+const MAX_INTERIM: usize = 16;
+
 /// Reads heads until a final one (interim responses, 100 Continue and 103 Early Hints,
-/// are not forwarded), which stays in `read` for the caller to advance past.
-/// Cancel-safe: what was read stays in `read`.
+/// are not forwarded, at most [`MAX_INTERIM`]), which stays in `read` for the caller to
+/// advance past. Cancel-safe: what was read stays in `read`.
 async fn final_head<R: AsyncRead + Unpin>(
     io: &mut R,
     read: &mut BytesMut,
     fields: &mut BytesMut,
     replaced: fn(&[u8]) -> bool,
 ) -> Result<Head, SendError> {
-    loop {
+    for _ in 0..=MAX_INTERIM {
         let head = read_head(io, read, fields, replaced).await?;
         if !head.resp.status().is_informational() {
             return Ok(head);
@@ -411,6 +414,7 @@ async fn final_head<R: AsyncRead + Unpin>(
         }
         read.advance(head.len);
     }
+    Err(SendError::Protocol)
 }
 
 /// Reads until a complete response head is buffered, and parses it.

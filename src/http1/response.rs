@@ -134,7 +134,10 @@ pub fn parse_head(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(Malformed),
     };
-    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(Malformed)?;
+    // RFC 9110 section 15: a status is three digits from 100 to 599; `http` takes up
+    // to 999, which no client knows how to read.
+    let status = parsed.code.filter(|c| (100..600).contains(c)).and_then(|c| StatusCode::from_u16(c).ok());
+    let status = status.ok_or(Malformed)?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // What the framing and connection fields say, before any field is dropped (a
     // `Connection` header could list `Content-Length` itself).

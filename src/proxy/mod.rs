@@ -330,10 +330,11 @@ impl UpstreamClient {
 /// A pooled answer with its fields ready for the client, or `None` for one the direct
 /// path refuses too: a coding other than `chunked` alone (it would reach the client
 /// without its label); an interim or switching answer (the gateway never asks for an
-/// upgrade); a length that is no one number, a HEAD's included (see
+/// upgrade); a status above 599; a length that is no one number, a HEAD's included (see
 /// [`prepare_response_headers`]).
 fn passable<B>(mut resp: Response<B>) -> Option<Response<B>> {
-    let sound = chunked_alone(resp.headers()) && !resp.status().is_informational();
+    let status = resp.status();
+    let sound = chunked_alone(resp.headers()) && !status.is_informational() && status.as_u16() < 600;
     (sound && prepare_response_headers(resp.status(), resp.headers_mut())).then_some(resp)
 }
 

@@ -97,7 +97,15 @@ fn fields_keep_their_order_and_become_a_map_on_demand() {
 
 #[test]
 fn malformed_heads_are_refused() {
-    for bad in ["HTTP/1.1 2000 OK\r\n\r\n", "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nbad header\r\n\r\n"] {
+    for bad in [
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/2 200 OK\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        // Outside 100..=599 (RFC 9110 section 15): 999 reached clients before.
+        "HTTP/1.1 999 Weird\r\n\r\n",
+        "HTTP/1.1 600 X\r\n\r\n",
+        "HTTP/1.1 099 X\r\n\r\n",
+    ] {
         assert!(parse_head(&BytesMut::from(bad.as_bytes()), &mut BytesMut::new(), replaced).is_err(), "{bad:?}");
     }
     let partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: y\r\n"[..]);
@@ -177,5 +185,18 @@ async fn a_large_body_is_read_in_large_pieces_and_its_buffer_is_not_kept() {
         assert!(received == body, "{framing:?}: the body arrives exact");
         assert!(largest > 2 * READ_CHUNK, "{framing:?}: largest read {largest}");
         assert!(capacity <= READ_CHUNK, "{framing:?}: released with {capacity}");
+    }
+}
+
+/// Interim responses before the final one are bounded: a backend sending more than
+/// [`MAX_INTERIM`] is broken (502), not read for ever.
+#[tokio::test]
+async fn interim_responses_are_bounded() {
+    for (interim, ok) in [(MAX_INTERIM, true), (MAX_INTERIM + 1, false)] {
+        let mut wire = "HTTP/1.1 100 Continue\r\n\r\n".repeat(interim).into_bytes();
+        wire.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        let (mut read, mut fields) = (BytesMut::new(), BytesMut::new());
+        let head = final_head(&mut wire.as_slice(), &mut read, &mut fields, replaced).await;
+        assert_eq!(head.is_ok(), ok, "{interim} interim responses");
     }
 }
