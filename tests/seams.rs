@@ -1000,6 +1000,14 @@ struct Reply {
 /// A raw backend that reads request heads (and `content-length` bodies) and answers
 /// as `script` says; counts the requests it received and the strays it wrote.
 async fn scripted(script: Script) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    scripted_over(script, None).await
+}
+
+/// [`scripted`], over TLS when given an acceptor (HTTP/1.1 only through ALPN).
+async fn scripted_over(
+    script: Script,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(AtomicUsize::new(0));
@@ -1007,58 +1015,75 @@ async fn scripted(script: Script) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUs
     let (count, written) = (Arc::clone(&received), Arc::clone(&strays));
     tokio::spawn(async move {
         let mut accepted = 0;
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             let (script, count, written) = (Arc::clone(&script), Arc::clone(&count), Arc::clone(&written));
             let n = accepted;
             accepted += 1;
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let end = loop {
-                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break p + 4;
+                match tls {
+                    None => serve_script(stream, n, script, count, written).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve_script(stream, n, script, count, written).await;
                         }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                        })
-                        .map_or(0, |v| v.parse().unwrap());
-                    while buf.len() < end + len {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + len);
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let reply = script(&head, n);
-                    if reply.hang_up {
-                        return;
-                    }
-                    if stream.write_all(&reply.bytes).await.is_err() {
-                        return;
-                    }
-                    if let Some((after, stray)) = reply.stray {
-                        tokio::time::sleep(after).await;
-                        if stream.write_all(&stray).await.is_err() {
-                            return;
-                        }
-                        written.fetch_add(1, Ordering::SeqCst);
                     }
                 }
             });
         }
     });
     (addr, received, strays)
+}
+
+/// Serves connection `n` of a [`scripted`] backend.
+async fn serve_script<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    n: usize,
+    script: Script,
+    count: Arc<AtomicUsize>,
+    written: Arc<AtomicUsize>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+            .map_or(0, |v| v.parse().unwrap());
+        while buf.len() < end + len {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..end + len);
+        count.fetch_add(1, Ordering::SeqCst);
+        let reply = script(&head, n);
+        if reply.hang_up {
+            return;
+        }
+        if stream.write_all(&reply.bytes).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+        if let Some((after, stray)) = reply.stray {
+            tokio::time::sleep(after).await;
+            if stream.write_all(&stray).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            written.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 async fn gateway_for(backend: SocketAddr) -> stackgate::server::Running {
@@ -1160,6 +1185,15 @@ async fn stray_on_first_connection(
     after: Duration,
     stray: &'static str,
 ) -> (stackgate::server::Running, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    stray_on_first_connection_over(after, stray, false).await
+}
+
+/// [`stray_on_first_connection`], to an https backend speaking HTTP/1.1 when `tls`.
+async fn stray_on_first_connection_over(
+    after: Duration,
+    stray: &'static str,
+    tls: bool,
+) -> (stackgate::server::Running, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let script: Script = Arc::new(move |head, conn| Reply {
         bytes: answer(&format!(
             "{}@{conn}{}",
@@ -1169,8 +1203,21 @@ async fn stray_on_first_connection(
         stray: (conn == 0).then(|| (after, answer(stray))),
         hang_up: false,
     });
-    let (backend, received, strays) = scripted(script).await;
-    (gateway_for(backend).await, received, strays)
+    if !tls {
+        let (backend, received, strays) = scripted(script).await;
+        return (gateway_for(backend).await, received, strays);
+    }
+    let dir = temp_dir("seams-tls");
+    let pki = test_pki(&dir);
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (backend, received, strays) = scripted_over(script, Some(acceptor)).await;
+    let text = config_text(backend, "", &format!("ca_file = \"{}\"", pki.ca.display()))
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
+    let gw = stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await;
+    (gw.unwrap(), received, strays)
 }
 
 /// An upstream connection serves one tenant's requests: a response the backend sends
@@ -1181,7 +1228,15 @@ async fn stray_on_first_connection(
 /// sends its request at once: on the same connection it would read the stray.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_serve_one_tenant() {
-    let (gw, _, _) = stray_on_first_connection(Duration::from_millis(50), "STRAY").await;
+    for tls in [false, true] {
+        upstream_connections_serve_one_tenant_over(tls).await;
+    }
+}
+
+/// [`upstream_connections_serve_one_tenant`], to an https backend speaking HTTP/1.1
+/// when `tls` (hyper's pool, which served https before, was not divided by tenant).
+async fn upstream_connections_serve_one_tenant_over(tls: bool) {
+    let (gw, _, _) = stray_on_first_connection_over(Duration::from_millis(50), "STRAY", tls).await;
     let mut first = KeepAlive::connect(gw.addr).await;
     let (status, got) = first.send("GET", &format!("{PATH}?n=1"), &json_creds(RW), "").await;
     assert_eq!((status, got), (200, format!("{PATH}?n=1@0")));
@@ -1210,9 +1265,16 @@ async fn upstream_connections_serve_one_tenant() {
 /// used serve anyone after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_ins_share_no_upstream_connection() {
+    for tls in [false, true] {
+        sign_ins_share_no_upstream_connection_over(tls).await;
+    }
+}
+
+async fn sign_ins_share_no_upstream_connection_over(tls: bool) {
     // Each answer says whether its request asked the backend to close the connection
     // (a single-use one does).
-    let (gw, received, _) = stray_on_first_connection(Duration::from_millis(50), "STRAY session of the first").await;
+    let stray = "STRAY session of the first";
+    let (gw, received, _) = stray_on_first_connection_over(Duration::from_millis(50), stray, tls).await;
     let login = [("content-type", "application/json")];
     let sign_in = |n: usize| format!("/v3/user-session?n={n}");
     let mut first = KeepAlive::connect(gw.addr).await;
@@ -1318,7 +1380,13 @@ async fn a_flood_of_one_off_tenants_leaves_room_for_others() {
 /// the same client connection, still opens its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stray_stops_reuse_of_upstream_connections_for_a_while() {
-    let (gw, received, strays) = stray_on_first_connection(Duration::from_millis(20), "STRAY").await;
+    for tls in [false, true] {
+        a_stray_stops_reuse_over(tls).await;
+    }
+}
+
+async fn a_stray_stops_reuse_over(tls: bool) {
+    let (gw, received, strays) = stray_on_first_connection_over(Duration::from_millis(20), "STRAY", tls).await;
     let mut client = KeepAlive::connect(gw.addr).await;
     let (status, got) = client.send("GET", &format!("{PATH}?n=1"), &json_creds(RW), "").await;
     assert_eq!((status, got), (200, format!("{PATH}?n=1@0")));

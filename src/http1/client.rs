@@ -25,8 +25,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+pub use transport::{Idle, Transport};
+
+mod transport;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
@@ -52,7 +54,7 @@ pub static STRAY_DISCARDS: std::sync::LazyLock<prometheus_client::metrics::count
 
 /// One upstream connection and its buffers, reused request after request.
 pub struct Conn {
-    io: TcpStream,
+    io: Transport,
     read: BytesMut,
     write: Vec<u8>,
     /// Where response fields are kept (see [`Fields`]).
@@ -137,14 +139,12 @@ enum Sending {
 }
 
 impl Conn {
-    /// Opens a connection (TCP_NODELAY: heads and bodies are written whole).
-    /// Boxed: a connection changes hands on every request (slot, exchange, body,
-    /// back to the slot), and a pointer is cheaper to move than its buffers' handles.
-    /// `replaced` names the response fields the caller sets itself.
-    pub async fn connect(host: &str, port: u16, replaced: fn(&[u8]) -> bool) -> io::Result<Box<Conn>> {
-        let io = TcpStream::connect((host, port)).await?;
-        let _ = io.set_nodelay(true);
-        Ok(Box::new(Conn {
+    /// A connection over `io`, opened by the caller (with TCP_NODELAY: heads and
+    /// bodies are written whole). Boxed: a connection changes hands on every request
+    /// (slot, exchange, body, back to the slot), and a pointer is cheaper to move than
+    /// its buffers' handles. `replaced` names the response fields the caller sets itself.
+    pub fn new(io: Transport, replaced: fn(&[u8]) -> bool) -> Box<Conn> {
+        Box::new(Conn {
             io,
             read: BytesMut::with_capacity(READ_CHUNK),
             write: Vec::with_capacity(1024),
@@ -152,29 +152,22 @@ impl Conn {
             timer: None,
             replaced,
             pending: None,
-        }))
+        })
     }
 
     /// Whether an idle connection can take a request: its previous response was read
-    /// to its exact end (nothing left in the buffer) and the socket has nothing
-    /// pending. An idle connection has nothing to say; bytes waiting on it are either
-    /// the backend's close or data no request asked for, which the next request would
-    /// read as its answer. The socket itself is asked (`recv` with `MSG_PEEK`, never
-    /// blocking: tokio's sockets are non-blocking), not the reactor's cached readiness,
-    /// which is cleared once a response has been read and misses what came after.
-    /// `Ok(false)` when the backend closed it (or the socket failed), `Err(Stray)` when
-    /// it sent bytes.
+    /// to its exact end (nothing left in the buffer) and the connection has nothing
+    /// pending ([`Transport::idle`]). An idle connection has nothing to say; bytes
+    /// waiting on it are either the backend's close or data no request asked for,
+    /// which the next request would read as its answer. `Ok(false)` when the backend
+    /// closed it (or it failed), `Err(Stray)` when it sent bytes.
     pub fn is_reusable(&mut self) -> Result<bool, Stray> {
-        if !self.read.is_empty() {
-            STRAY_DISCARDS.inc();
-            return Err(Stray);
-        }
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(&self.io).peek(&mut probe) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
-            // Closed by the backend (0) or failed: nothing to count.
-            Ok(0) | Err(_) => Ok(false),
-            Ok(_) => {
+        let idle = if self.read.is_empty() { self.io.idle() } else { Idle::Stray };
+        match idle {
+            Idle::Quiet => Ok(true),
+            // Closed by the backend or failed: nothing to count.
+            Idle::Closed => Ok(false),
+            Idle::Stray => {
                 STRAY_DISCARDS.inc();
                 Err(Stray)
             }

@@ -17,12 +17,12 @@
 use super::headers::replaced_by_gateway;
 use super::{Outbound, RequestRewrite, Streamed};
 use crate::error::{GatewayError, UpstreamFailure};
-use crate::http1::client::{Conn, Fields, Limits, Outgoing, RequestHead, ResponseBody, SendError, Stray};
+use crate::http1::client::{Conn, Fields, Limits, Outgoing, RequestHead, ResponseBody, SendError, Stray, Transport};
 use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -292,7 +292,9 @@ impl std::fmt::Debug for UpstreamSlot {
     }
 }
 
-/// The direct path's settings for one plain-HTTP upstream.
+/// The direct path's settings for one upstream: plain HTTP, or https to a backend that
+/// speaks HTTP/1.1 (one that chooses HTTP/2 through ALPN is left to the pooled client,
+/// whose streams cannot carry another request's answer).
 #[derive(Clone)]
 pub struct Direct {
     host: String,
@@ -300,7 +302,23 @@ pub struct Direct {
     /// `Host` as sent to the backend, built once.
     host_header: HeaderValue,
     connect_timeout: Duration,
+    tls: Option<Tls>,
     idle: Arc<IdleList>,
+}
+
+/// How an https upstream's connections are opened, and what its backend chose.
+#[derive(Clone)]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    /// The backend chose HTTP/2 (see [`Direct::speaks_h2`]); shared by every copy.
+    h2: Arc<AtomicBool>,
+}
+
+/// A new connection: HTTP/1.1, or the news that the backend chose HTTP/2.
+enum Opened {
+    Http1(Box<Conn>),
+    Http2,
 }
 
 impl std::fmt::Debug for Direct {
@@ -310,15 +328,47 @@ impl std::fmt::Debug for Direct {
 }
 
 impl Direct {
-    pub fn new(authority: &http::uri::Authority, connect_timeout: Duration) -> Option<Direct> {
-        let port = authority.port_u16().unwrap_or(80);
-        let host_header = match port {
-            80 => HeaderValue::from_str(authority.host()).ok()?,
-            _ => HeaderValue::from_str(&format!("{}:{port}", authority.host())).ok()?,
+    /// The direct path to `authority`, over TLS with `tls` (an https upstream; ALPN
+    /// offers `h2` and `http/1.1`, so that a backend preferring HTTP/2 is known).
+    pub fn new(
+        authority: &http::uri::Authority,
+        connect_timeout: Duration,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Option<Direct> {
+        let default_port = if tls.is_some() { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default_port);
+        let host_header = match port == default_port {
+            true => HeaderValue::from_str(authority.host()).ok()?,
+            false => HeaderValue::from_str(&format!("{}:{port}", authority.host())).ok()?,
         };
         // `[::1]` -> `::1` for the socket address.
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
-        Some(Direct { host, port, host_header, connect_timeout, idle: Arc::default() })
+        let tls = match tls {
+            None => None,
+            Some(mut config) => {
+                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Some(Tls {
+                    connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+                    name: rustls::pki_types::ServerName::try_from(host.clone()).ok()?,
+                    h2: Arc::default(),
+                })
+            }
+        };
+        Some(Direct { host, port, host_header, connect_timeout, tls, idle: Arc::default() })
+    }
+
+    /// Whether the (https) backend chose HTTP/2 when last asked: its requests then go
+    /// through the pooled client.
+    pub fn speaks_h2(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.h2.load(Ordering::Relaxed))
+    }
+
+    /// The pooled client failed to reach the backend over HTTP/2: the next connection
+    /// asks again which protocol it speaks (it may have changed).
+    pub fn forget_h2(&self) {
+        if let Some(tls) = &self.tls {
+            tls.h2.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Sends the request on the slot's connection (or an idle one, or a new one); with
@@ -330,15 +380,17 @@ impl Direct {
     /// again, whatever its method. The backend has `limits.backend` to connect, to take
     /// each part of the request and to answer once it has all of it (504 otherwise);
     /// the client has `limits.client` to send each part of its body (408 otherwise).
+    /// `Ok(None)`: a new connection found that the backend chose HTTP/2; nothing was
+    /// sent, and the request goes through the pooled client.
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
         tenant: Option<Tenant>,
         parts: &http::request::Parts,
         rewrite: &RequestRewrite,
-        mut body: Outbound,
+        body: &mut Outbound,
         limits: Limits,
-    ) -> Result<(Response<ResponseBody>, Fields), GatewayError> {
+    ) -> Result<Option<(Response<ResponseBody>, Fields)>, GatewayError> {
         let start = Instant::now();
         let deadline = start + limits.backend;
         let head = RequestHead {
@@ -357,10 +409,13 @@ impl Direct {
                 Some(conn) => conn,
                 None => {
                     fresh = true;
-                    self.connect(deadline).await?
+                    match self.connect(deadline).await? {
+                        Opened::Http1(conn) => conn,
+                        Opened::Http2 => return Ok(None),
+                    }
                 }
             };
-            let outgoing = match &mut body {
+            let outgoing = match body {
                 Outbound::Bytes(bytes) => Outgoing::Bytes(bytes),
                 Outbound::Stream(stream) => Outgoing::Stream(stream, exact_length(stream)),
             };
@@ -374,7 +429,7 @@ impl Direct {
                     };
                     let body = ResponseBody::new(conn, framing, keep, limits.backend, release)
                         .map_err(|_| GatewayError::BadGateway(UpstreamFailure::Protocol))?;
-                    return Ok((head.map(|()| body), fields));
+                    return Ok(Some((head.map(|()| body), fields)));
                 }
                 // Nothing of it was written: it goes again, on another connection.
                 Err(SendError::Unsent) if !fresh && matches!(body, Outbound::Bytes(_)) => {}
@@ -385,14 +440,33 @@ impl Direct {
         }
     }
 
-    /// A new connection, within the connect timeout and the request's deadline.
-    async fn connect(&self, deadline: Instant) -> Result<Box<Conn>, GatewayError> {
+    /// A new connection (its TLS handshake included), within the connect timeout and
+    /// the request's deadline.
+    async fn connect(&self, deadline: Instant) -> Result<Opened, GatewayError> {
         let give_up = deadline.min(Instant::now() + self.connect_timeout);
-        match tokio::time::timeout_at(give_up, Conn::connect(&self.host, self.port, replaced_by_gateway)).await {
-            Ok(Ok(conn)) => Ok(conn),
+        match tokio::time::timeout_at(give_up, self.open()).await {
+            Ok(Ok(opened)) => Ok(opened),
             Err(_) if give_up == deadline => Err(GatewayError::GatewayTimeout),
             Ok(Err(_)) | Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
         }
+    }
+
+    /// Opens a connection (TCP_NODELAY: heads and bodies are written whole).
+    async fn open(&self) -> std::io::Result<Opened> {
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let transport = match &self.tls {
+            None => Transport::Plain(tcp),
+            Some(tls) => {
+                let stream = tls.connector.connect(tls.name.clone(), tcp).await?;
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    tls.h2.store(true, Ordering::Relaxed);
+                    return Ok(Opened::Http2);
+                }
+                Transport::Tls(Box::new(stream))
+            }
+        };
+        Ok(Opened::Http1(Conn::new(transport, replaced_by_gateway)))
     }
 }
 

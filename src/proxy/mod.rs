@@ -1,8 +1,9 @@
 //! Stage 7: forwarding to the backend (DESIGN.md section 8).
 //!
-//! Requests to a plain-HTTP upstream go direct (`direct.rs`, speaking HTTP/1.1
-//! through [`crate::http1::client`]): an HTTP/1 client connection's down its own upstream connection, an
-//! HTTP/2 stream's down one from a shared idle list. https upstreams use one pooled
+//! Requests over HTTP/1.1 go direct (`direct.rs`, speaking HTTP/1.1 through
+//! [`crate::http1::client`], over TCP or TLS): an HTTP/1 client connection's down its
+//! own upstream connection, an HTTP/2 stream's down one from a shared idle list. An
+//! https backend that chooses HTTP/2 through ALPN is reached through one pooled
 //! hyper-util client per upstream config. Bodies stream both ways. Headers
 //! are rewritten in place: hop-by-hop and spoofable headers removed, forwarding and
 //! identity headers set.
@@ -29,7 +30,7 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::pin::Pin;
@@ -168,13 +169,14 @@ impl hyper::body::Body for UpstreamBody {
     }
 }
 
-/// A pooled client bound to one upstream: plain HTTP/1.1, or https with rustls and
-/// HTTP/2 when the backend offers it through ALPN.
+/// The client of one upstream: the direct path, and for an https backend that chooses
+/// HTTP/2 through ALPN a pooled hyper-util client.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     client: Client<HttpsConnector<StallConnector>, PooledBody>,
     upstream: Upstream,
-    /// The direct path, for a plain-HTTP upstream (see `direct.rs`).
+    /// The direct path (see `direct.rs`); `None` only for an authority no `Host` field
+    /// can carry.
     direct: Option<direct::Direct>,
 }
 
@@ -185,24 +187,23 @@ impl UpstreamClient {
         http.set_connect_timeout(Some(upstream.connect_timeout));
         http.set_nodelay(true);
         http.enforce_http(false);
-        let tls = if upstream.scheme == http::uri::Scheme::HTTPS {
-            crate::tls::client_config(upstream.ca_file.as_deref())?
-        } else {
-            crate::tls::empty_client_config()?
+        let https = upstream.scheme == http::uri::Scheme::HTTPS;
+        let tls = match https {
+            true => crate::tls::client_config(upstream.ca_file.as_deref())?,
+            false => crate::tls::empty_client_config()?,
         };
+        // HTTP/2 only: an https backend that speaks HTTP/1.1 is reached directly.
         let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_or_http()
-            .enable_http1()
             .enable_http2()
             .wrap_connector(StallConnector { inner: http, limit: upstream.request_timeout });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(true)
             .build(connector);
-        let direct = (upstream.scheme == http::uri::Scheme::HTTP)
-            .then(|| direct::Direct::new(&upstream.authority, upstream.connect_timeout))
-            .flatten();
+        let direct = direct::Direct::new(&upstream.authority, upstream.connect_timeout, https.then_some(tls));
         Ok(UpstreamClient { client, upstream: upstream.clone(), direct })
     }
 
@@ -249,74 +250,32 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::BadRequest(BadRequest::AmbiguousPath))
     }
 
-    /// Sends a prepared request. To a plain-HTTP upstream it goes direct: down the
-    /// HTTP/1 client connection's own upstream connection (`slot`), or for an HTTP/2
-    /// stream (no slot) one from the idle list; to an https upstream through the pool.
+    /// Sends a prepared request. Over HTTP/1.1 (plain HTTP, or https to a backend that
+    /// did not choose HTTP/2) it goes direct: down the HTTP/1 client connection's own
+    /// upstream connection (`slot`), or for an HTTP/2 stream (no slot) one from the idle
+    /// list; to a backend that chose HTTP/2 through the pooled client.
     /// The response comes back without hop-by-hop headers. Failures map to 502/504, or
     /// to the client's fault (413, 400) when its body failed on the way (`state`).
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
         tenant: Option<Tenant>,
-        mut parts: http::request::Parts,
+        parts: http::request::Parts,
         rewrite: &RequestRewrite,
-        body: Outbound,
+        mut body: Outbound,
         state: &BodyState,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let limits = Limits { backend: self.upstream.request_timeout, client: self.upstream.client_timeout };
-        let result = match &self.direct {
-            Some(direct) => {
-                let sent = direct.send(slot, tenant, &parts, rewrite, body, limits).await;
-                sent.map(|(resp, fields)| resp.map(|body| UpstreamBody::Direct(body, Some(fields))))
-            }
-            None => {
-                parts.version = Version::HTTP_11;
-                rewrite.insert_into(&mut parts.headers);
-                // As on the direct path, each side's time runs only while it is awaited;
-                // the body is read by the pooled connection's task, so it wakes the timer.
-                let waiting = Arc::new(Waiting::new(tokio::time::Instant::now()));
-                let carries = !matches!(&body, Outbound::Bytes(bytes) if bytes.is_empty());
-                let body = Watched::new(ReqBody::from(body), Arc::clone(&waiting));
-                let mut req = Request::from_parts(parts, body);
-                let connection = carries.then(|| capture_connection(&mut req));
-                tokio::select! {
-                    biased;
-                    sent = self.client.request(req) => match sent.map(passable) {
-                        Ok(None) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
-                        Ok(Some(mut resp)) => {
-                            // As on the direct path: an HTTP/1 connection is not reused
-                            // after an error answer to a request with a body, which the
-                            // backend may have left unread (see `http1::client`).
-                            let refused = resp.status().is_client_error() || resp.status().is_server_error();
-                            if refused && resp.version() < Version::HTTP_2 {
-                                if let Some(conn) = connection.as_ref() {
-                                    if let Some(connected) = conn.connection_metadata().as_ref() {
-                                        connected.poison();
-                                    }
-                                }
-                            }
-                            // The gateway's answer, in its own version (see `http1::client`).
-                            *resp.version_mut() = Version::HTTP_11;
-                            let (head, mut body) = resp.into_parts();
-                            match take_ahead(&mut body).await {
-                                Ok(first) => {
-                                    let body = UpstreamBody::Pooled(body, Stall::new(limits.backend), first);
-                                    Ok(Response::from_parts(head, body))
-                                }
-                                Err(()) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
-                            }
-                        }
-                        Err(e) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
-                        // The connection's write took nothing for `request_timeout` (`Stalls`).
-                        Err(e) if body::timed_out(&e) => Err(GatewayError::GatewayTimeout),
-                        Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
-                    },
-                    who = waiting.stalled(limits.backend, limits.client) => match who {
-                        Stalled::Backend => Err(GatewayError::GatewayTimeout),
-                        Stalled::Client => Err(GatewayError::RequestTimeout),
-                    },
-                }
-            }
+        let direct = self.direct.as_ref().filter(|direct| !direct.speaks_h2());
+        let sent = match direct {
+            Some(direct) => direct.send(slot, tenant, &parts, rewrite, &mut body, limits).await,
+            None => Ok(None),
+        };
+        let result = match sent {
+            Ok(Some((resp, fields))) => Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields)))),
+            Err(e) => Err(e),
+            // The backend chose HTTP/2.
+            Ok(None) => self.pooled(parts, rewrite, body, limits).await,
         };
         // The client's body failing on the way is the client's fault, whatever the
         // backend made of it.
@@ -324,6 +283,54 @@ impl UpstreamClient {
             Some(err) => Err(err),
             None => result,
         }
+    }
+
+    /// Sends a request through the pooled client (HTTP/2 over TLS).
+    async fn pooled(
+        &self,
+        mut parts: http::request::Parts,
+        rewrite: &RequestRewrite,
+        body: Outbound,
+        limits: Limits,
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        parts.version = Version::HTTP_11;
+        rewrite.insert_into(&mut parts.headers);
+        // As on the direct path, each side's time runs only while it is awaited; the
+        // body is read by the pooled connection's task, so it wakes the timer.
+        let waiting = Arc::new(Waiting::new(tokio::time::Instant::now()));
+        let body = Watched::new(ReqBody::from(body), Arc::clone(&waiting));
+        let req = Request::from_parts(parts, body);
+        let result = tokio::select! {
+            biased;
+            sent = self.client.request(req) => match sent.map(passable) {
+                Ok(None) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+                Ok(Some(mut resp)) => {
+                    // The gateway's answer, in its own version (see `http1::client`).
+                    *resp.version_mut() = Version::HTTP_11;
+                    let (head, mut body) = resp.into_parts();
+                    match take_ahead(&mut body).await {
+                        Ok(first) => {
+                            let body = UpstreamBody::Pooled(body, Stall::new(limits.backend), first);
+                            Ok(Response::from_parts(head, body))
+                        }
+                        Err(()) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+                    }
+                }
+                Err(e) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+                // The connection's write took nothing for `request_timeout` (`Stalls`).
+                Err(e) if body::timed_out(&e) => Err(GatewayError::GatewayTimeout),
+                Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+            },
+            who = waiting.stalled(limits.backend, limits.client) => match who {
+                Stalled::Backend => Err(GatewayError::GatewayTimeout),
+                Stalled::Client => Err(GatewayError::RequestTimeout),
+            },
+        };
+        // It may no longer speak HTTP/2: the next connection asks again.
+        if let (Err(GatewayError::BadGateway(_)), Some(direct)) = (&result, &self.direct) {
+            direct.forget_h2();
+        }
+        result
     }
 }
 

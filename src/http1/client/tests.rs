@@ -154,7 +154,8 @@ async fn read_sent_body(wire: Vec<u8>, framing: Framing) -> (Vec<u8>, usize, usi
         // Held open until the test ends: the body is delimited by its framing.
         std::future::pending::<()>().await;
     });
-    let conn = Conn::connect("127.0.0.1", port, replaced).await.unwrap();
+    let conn =
+        Conn::new(Transport::Plain(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap()), replaced);
     written.await.unwrap();
     let (released, returned) = std::sync::mpsc::channel();
     let release = move |conn: Result<Box<Conn>, Stray>| released.send(conn.unwrap().read.capacity()).unwrap();
