@@ -227,6 +227,16 @@ impl Metrics {
             "Cool-downs begun after a stray: one tenant's upstream connections not reused for 10 s",
             crate::proxy::STRAY_COOL_DOWNS.clone(),
         );
+        registry.register(
+            "upstream_connections_opened",
+            "Upstream HTTP/1.1 connections opened (TCP or TLS): requests that found none to reuse",
+            crate::proxy::CONNECTIONS_OPENED.clone(),
+        );
+        registry.register(
+            "upstream_idle_evictions",
+            "Idle upstream connections closed because their thread's idle list (256) was full",
+            crate::proxy::IDLE_EVICTIONS.clone(),
+        );
         let tokens_loaded = Gauge::default();
         registry.register("tokens_loaded", "Management tokens in the active snapshot", tokens_loaded.clone());
         let reloads = Family::<Labels1, Counter>::default();

@@ -1370,6 +1370,11 @@ async fn a_flood_of_one_off_tenants_leaves_room_for_others() {
     let mut again = KeepAlive::connect(gw.addr).await;
     let (_, got) = again.send("GET", &format!("{PATH}?n=2"), &json_creds(RW), "").await;
     assert_eq!(got, format!("{PATH}?n=2@{conn}"), "the token's idle connection was dropped");
+    // Counted: 301 connections opened (one per one-off tenant and the token's), and at
+    // least 300 - 256 evictions (the counters are the process's: other tests add).
+    let opened = counter(gw.admin_addr, "stackgate_upstream_connections_opened_total").await;
+    let evicted = counter(gw.admin_addr, "stackgate_upstream_idle_evictions_total").await;
+    assert!(opened >= 301.0 && evicted >= 44.0, "{opened} opened, {evicted} evicted");
 }
 
 /// Once the backend has sent a response no request asked for, the gateway reuses no

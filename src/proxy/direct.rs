@@ -38,6 +38,17 @@ const STRAY_COOL_DOWN: Duration = Duration::from_secs(10);
 pub static STRAY_COOL_DOWNS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);
 
+/// Upstream connections opened (exported as a metric): how often a request found none
+/// to reuse (a new client connection or tenant, a sign-in, a cool-down, a backend that
+/// closed its idle connections).
+pub static CONNECTIONS_OPENED: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Idle upstream connections closed because their thread's idle list was full
+/// (exported as a metric; see [`Pool::keep`]).
+pub static IDLE_EVICTIONS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Whose requests an upstream connection carries: a management token (by its secret's
 /// digest) or a user session (by its credentials, hashed with a key of this process).
 /// A connection serves one tenant's requests only. A backend that answers what it was
@@ -146,8 +157,8 @@ impl Pool {
             // Full: the oldest goes. Kept, a flood of tenants that never come back
             // (credentials made up for a user-session path) would hold every place
             // and leave none for the tenants that do.
-            if self.0.len() >= MAX_IDLE {
-                self.0.pop_front();
+            if self.0.len() >= MAX_IDLE && self.0.pop_front().is_some() {
+                IDLE_EVICTIONS.inc();
             }
             self.0.push_back((tenant, conn));
         }
@@ -466,6 +477,7 @@ impl Direct {
                 Transport::Tls(Box::new(stream))
             }
         };
+        CONNECTIONS_OPENED.inc();
         Ok(Opened::Http1(Conn::new(transport, replaced_by_gateway)))
     }
 }

@@ -16,7 +16,7 @@ use crate::http1::client::{self, Fields, Limits};
 use crate::http1::server::CarriesFields;
 use crate::timer::{Stalled, Waiting, Watched};
 pub use body::{drain, unreadable, BodyState, ClientBody, Streamed, Unread};
-pub use direct::{Tenant, UpstreamSlot, STRAY_COOL_DOWNS};
+pub use direct::{Tenant, UpstreamSlot, CONNECTIONS_OPENED, IDLE_EVICTIONS, STRAY_COOL_DOWNS};
 use headers::prepare_response_headers;
 pub use headers::{
     join_cookies, prepare_request_headers, Identity, RequestRewrite, TRACEPARENT, TRACESTATE, X_REQUEST_ID,
