@@ -275,8 +275,8 @@ pub struct SnapshotBuilder {
     stacks: HashMap<Box<str>, Arc<StackView>>,
     tokens: HashMap<[u8; 32], Arc<Token>, DigestHash>,
     grants: SharedGrants,
-    /// The static tokens' uids, and the stored tokens that have one (see
-    /// [`SnapshotBuilder::clashes`]).
+    /// The static tokens' uids (in lower case), and the stored tokens that have one
+    /// (see [`SnapshotBuilder::clashes`]).
     static_uids: std::collections::HashSet<Box<str>>,
     clashes: Vec<String>,
 }
@@ -342,7 +342,8 @@ impl SnapshotBuilder {
         }
         let statics = config.stacks.iter().map(|s| s.tokens.len()).sum();
         let tokens = HashMap::with_capacity_and_hasher(statics, DigestHash::default());
-        let static_uids = config.stacks.iter().flat_map(|s| s.tokens.iter()).map(|t| t.uid.as_str().into()).collect();
+        let static_uids =
+            config.stacks.iter().flat_map(|s| s.tokens.iter()).map(|t| t.uid.to_ascii_lowercase().into()).collect();
         let mut builder = SnapshotBuilder {
             config,
             previous,
@@ -372,7 +373,7 @@ impl SnapshotBuilder {
     /// Adds one stored token, unless a static token of the config has its uid (then it
     /// is left out, and named in [`SnapshotBuilder::clashes`]).
     pub fn add(&mut self, rec: &TokenRecord) {
-        if rec.origin == crate::token::Origin::Store && self.static_uids.contains(rec.uid.as_str()) {
+        if rec.origin == crate::token::Origin::Store && self.takes_static_uid(&rec.uid) {
             tracing::error!(token.uid = %rec.uid, "a static token of the config has this stored token's uid; left out");
             self.clashes.push(format!("{}: a stored token has this uid", rec.uid));
             return;
@@ -381,6 +382,24 @@ impl SnapshotBuilder {
         match compile_token(rec, &self.stacks, previous, &self.rate_clock, self.share, &mut self.grants) {
             Some(token) => insert_token(&mut self.tokens, rec, token),
             None => tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored"),
+        }
+    }
+
+    /// Whether a static token has `uid`, in any letter case (a backend may not tell
+    /// `blt1a` from `BLT1A`; the twenty-ninth outside probe found the case-folded
+    /// spelling accepted).
+    fn takes_static_uid(&self, uid: &str) -> bool {
+        if self.static_uids.is_empty() {
+            return false;
+        }
+        let mut folded = [0u8; 64];
+        match folded.get_mut(..uid.len()) {
+            Some(room) => {
+                room.copy_from_slice(uid.as_bytes());
+                room.make_ascii_lowercase();
+                std::str::from_utf8(room).is_ok_and(|uid| self.static_uids.contains(uid))
+            }
+            None => self.static_uids.contains(uid.to_ascii_lowercase().as_str()),
         }
     }
 

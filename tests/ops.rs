@@ -596,6 +596,74 @@ async fn https_upstream_with_a_ca_file_uses_h2_when_offered() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A TLS backend whose first connection offers h2 (and ends 300 ms after it began),
+/// and every later one only http/1.1; records each request's version.
+async fn alpn_switching_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::Version>>>) {
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let h2 = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    let mut h1 = h2.clone();
+    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptors = [tokio_rustls::TlsAcceptor::from(Arc::new(h2)), tokio_rustls::TlsAcceptor::from(Arc::new(h1))];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<http::Version>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, log, first) = (acceptors[usize::from(n > 0)].clone(), Arc::clone(&log), n == 0);
+            n += 1;
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    log.lock().unwrap().push(req.version());
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let serving = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+                match first {
+                    true => {
+                        let _ = tokio::time::timeout(Duration::from_millis(300), serving).await;
+                    }
+                    false => {
+                        let _ = serving.await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// HTTP/2 is spoken to an https backend only on a connection whose ALPN chose it (RFC
+/// 9113 section 3.2). Found by the twenty-ninth outside probe: once the backend had
+/// chosen HTTP/2, the gateway spoke it on later connections whatever their ALPN said,
+/// so a backend that stopped offering h2 (or offered it on some connections only) got
+/// an HTTP/2 preface as a request line and the client a 502. Now each new connection
+/// decides: the first (h2) carries HTTP/2 while it lasts, and once it ended the next
+/// connection, which offers only http/1.1, carries HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_backend_is_spoken_to_as_each_connections_alpn_says() {
+    let dir = temp_dir("upstream-alpn");
+    let pki = pki(&dir);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let (backend, versions) = alpn_switching_backend(&pki).await;
+    let gw = start_https_gateway(backend, &ca, "").await;
+    let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
+    assert_eq!(status, 200, "{text}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let want = [http::Version::HTTP_2, http::Version::HTTP_11, http::Version::HTTP_11, http::Version::HTTP_11];
+    assert_eq!(*versions.lock().unwrap(), want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_reloaded_without_dropping_connections() {
     let backend = Backend::start().await;
@@ -953,6 +1021,39 @@ async fn https_upstream_answers_are_framed_as_on_the_direct_path() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An https backend that ends the TLS session (`close_notify`) in the same write as
+/// its answer, leaving TCP open: found by the twenty-ninth outside probe, the next
+/// request was written into the closed session (its idle check had looked only at the
+/// socket, which the answer's read had emptied) and answered 502. Each request now
+/// finds the connection closed and opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_backend_that_ends_its_session_with_an_answer_is_not_written_to_again() {
+    use std::io::Write as _;
+    let (gw, dir) = gateway_before_raw_tls("upstream-tls-close-notify", |mut tls| async move {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+        // The answer and the close_notify as one write; TCP stays open.
+        let conn = tls.get_mut().1;
+        let _ = conn.writer().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+        conn.send_close_notify();
+        let _ = tls.flush().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    for n in 0..4 {
+        let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
+        assert_eq!(status, 200, "request {n}: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A loopback admin listener answers only requests that name this host: a page whose
 /// name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as `Host` and
 /// reads nothing, on HTTP/1.1 and HTTP/2; addresses, `localhost` and `server.hostnames`
@@ -1219,12 +1320,14 @@ async fn a_static_token_may_not_take_a_stored_tokens_uid() {
     // the other stack's token renamed so.
     let same_stack = base.replace("uid = \"blt000000000000ro01\"", &format!("uid = \"{uid}\""));
     let other_stack = base.replace("uid = \"blt000000000000ot01\"", &format!("uid = \"{uid}\""));
-    for (what, text) in [("this stack", &same_stack), ("another stack", &other_stack)] {
+    // In another letter case too (twenty-ninth outside probe).
+    let upper = base.replace("uid = \"blt000000000000ot01\"", &format!("uid = \"{}\"", uid.to_ascii_uppercase()));
+    for (what, text) in [("this stack", &same_stack), ("another stack", &other_stack), ("upper case", &upper)] {
         assert_ne!(text, &base, "test setup: {what}");
         std::fs::write(&file, text).unwrap();
         let (status, answer) = admin_post(gw.admin_addr, "/reload").await;
         assert_eq!(status, 422, "{what}: {answer}");
-        assert!(answer.contains(&uid), "{what}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains(&uid), "{what}: {answer}");
         assert_eq!(raw(gw.addr, read.as_bytes()).await.0, 200, "{what}: the stored token still works");
     }
     // At start too.

@@ -12,7 +12,8 @@
 //! clients that open a connection per request still reuse upstream connections.
 //! HTTP/2 client streams run concurrently, so they have no slot: each takes an
 //! upstream connection from the idle list (or opens one) and puts it back when its
-//! response is read to the end. https upstreams keep the pooled client.
+//! response is read to the end. An https upstream's connections are the same, over
+//! TLS; one whose ALPN chose HTTP/2 is handed to `h2.rs`.
 
 use super::headers::replaced_by_gateway;
 use super::{Outbound, RequestRewrite, Streamed};
@@ -22,10 +23,12 @@ use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 
 /// Upstream connections handed back by closed client connections, at most this many per thread.
 const MAX_IDLE: usize = 256;
@@ -317,19 +320,29 @@ pub struct Direct {
     idle: Arc<IdleList>,
 }
 
-/// How an https upstream's connections are opened, and what its backend chose.
+/// How an https upstream's connections are opened.
 #[derive(Clone)]
 struct Tls {
     connector: tokio_rustls::TlsConnector,
     name: rustls::pki_types::ServerName<'static>,
-    /// The backend chose HTTP/2 (see [`Direct::speaks_h2`]); shared by every copy.
-    h2: Arc<AtomicBool>,
 }
 
-/// A new connection: HTTP/1.1, or the news that the backend chose HTTP/2.
+/// A new connection: HTTP/1.1, or one whose ALPN chose HTTP/2.
 enum Opened {
     Http1(Box<Conn>),
-    Http2,
+    Http2(Box<TlsStream<TcpStream>>),
+}
+
+/// What [`Direct::send`] did.
+// `Answered`, the common case, is returned by value once per request; boxing it would
+// allocate on the hot path to spare a move of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
+pub enum Sent {
+    /// The backend answered over HTTP/1.1.
+    Answered(Response<ResponseBody>, Fields),
+    /// A new connection found that the backend chose HTTP/2 through ALPN: nothing was
+    /// sent, and the connection is the caller's to speak HTTP/2 on.
+    Http2(Box<TlsStream<TcpStream>>),
 }
 
 impl std::fmt::Debug for Direct {
@@ -361,25 +374,10 @@ impl Direct {
                 Some(Tls {
                     connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
                     name: rustls::pki_types::ServerName::try_from(host.clone()).ok()?,
-                    h2: Arc::default(),
                 })
             }
         };
         Some(Direct { host, port, host_header, connect_timeout, tls, idle: Arc::default() })
-    }
-
-    /// Whether the (https) backend chose HTTP/2 when last asked: its requests then go
-    /// through the pooled client.
-    pub fn speaks_h2(&self) -> bool {
-        self.tls.as_ref().is_some_and(|tls| tls.h2.load(Ordering::Relaxed))
-    }
-
-    /// The pooled client failed to reach the backend over HTTP/2: the next connection
-    /// asks again which protocol it speaks (it may have changed).
-    pub fn forget_h2(&self) {
-        if let Some(tls) = &self.tls {
-            tls.h2.store(false, Ordering::Relaxed);
-        }
     }
 
     /// Sends the request on the slot's connection (or an idle one, or a new one); with
@@ -391,8 +389,7 @@ impl Direct {
     /// again, whatever its method. The backend has `limits.backend` to connect, to take
     /// each part of the request and to answer once it has all of it (504 otherwise);
     /// the client has `limits.client` to send each part of its body (408 otherwise).
-    /// `Ok(None)`: a new connection found that the backend chose HTTP/2; nothing was
-    /// sent, and the request goes through the pooled client.
+    /// A new connection whose ALPN chose HTTP/2 is handed back unused ([`Sent::Http2`]).
     pub async fn send(
         &self,
         slot: Option<&UpstreamSlot>,
@@ -401,7 +398,7 @@ impl Direct {
         rewrite: &RequestRewrite,
         body: &mut Outbound,
         limits: Limits,
-    ) -> Result<Option<(Response<ResponseBody>, Fields)>, GatewayError> {
+    ) -> Result<Sent, GatewayError> {
         let start = Instant::now();
         let deadline = start + limits.backend;
         let head = RequestHead {
@@ -422,7 +419,7 @@ impl Direct {
                     fresh = true;
                     match self.connect(deadline).await? {
                         Opened::Http1(conn) => conn,
-                        Opened::Http2 => return Ok(None),
+                        Opened::Http2(tls) => return Ok(Sent::Http2(tls)),
                     }
                 }
             };
@@ -440,7 +437,7 @@ impl Direct {
                     };
                     let body = ResponseBody::new(conn, framing, keep, limits.backend, release)
                         .map_err(|_| GatewayError::BadGateway(UpstreamFailure::Protocol))?;
-                    return Ok(Some((head.map(|()| body), fields)));
+                    return Ok(Sent::Answered(head.map(|()| body), fields));
                 }
                 // Nothing of it was written: it goes again, on another connection.
                 Err(SendError::Unsent) if !fresh && matches!(body, Outbound::Bytes(_)) => {}
@@ -464,15 +461,14 @@ impl Direct {
 
     /// Opens a connection (TCP_NODELAY: heads and bodies are written whole).
     async fn open(&self) -> std::io::Result<Opened> {
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         let _ = tcp.set_nodelay(true);
         let transport = match &self.tls {
             None => Transport::Plain(tcp),
             Some(tls) => {
                 let stream = tls.connector.connect(tls.name.clone(), tcp).await?;
                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    tls.h2.store(true, Ordering::Relaxed);
-                    return Ok(Opened::Http2);
+                    return Ok(Opened::Http2(Box::new(stream)));
                 }
                 Transport::Tls(Box::new(stream))
             }

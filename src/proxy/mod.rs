@@ -1,21 +1,23 @@
 //! Stage 7: forwarding to the backend (DESIGN.md section 8).
 //!
-//! Requests over HTTP/1.1 go direct (`direct.rs`, speaking HTTP/1.1 through
-//! [`crate::http1::client`], over TCP or TLS): an HTTP/1 client connection's down its
-//! own upstream connection, an HTTP/2 stream's down one from a shared idle list. An
-//! https backend that chooses HTTP/2 through ALPN is reached through one pooled
-//! hyper-util client per upstream config. Bodies stream both ways. Headers
+//! Requests go direct (`direct.rs`, speaking HTTP/1.1 through [`crate::http1::client`],
+//! over TCP or TLS): an HTTP/1 client connection's down its own upstream connection, an
+//! HTTP/2 stream's down one from a shared idle list. An https backend that chooses
+//! HTTP/2 through ALPN on a new connection is spoken to over that one connection,
+//! shared (`h2.rs`, hyper's HTTP/2 client). Bodies stream both ways. Headers
 //! are rewritten in place: hop-by-hop and spoofable headers removed, forwarding and
 //! identity headers set.
 
 mod body;
 mod direct;
+mod h2;
 mod headers;
 
 use crate::http1::client::{self, Fields, Limits};
 use crate::http1::server::CarriesFields;
 use crate::timer::{Stalled, Waiting, Watched};
 pub use body::{drain, unreadable, BodyState, ClientBody, Streamed, Unread};
+use direct::Sent;
 pub use direct::{Tenant, UpstreamSlot, CONNECTIONS_OPENED, IDLE_EVICTIONS, STRAY_COOL_DOWNS};
 use headers::prepare_response_headers;
 pub use headers::{
@@ -29,10 +31,6 @@ use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -44,7 +42,7 @@ pub type Body = Either<UpstreamBody, Full<Bytes>>;
 /// A forwarded request body as the pooled client takes it.
 type ReqBody = Either<Streamed, Full<Bytes>>;
 
-/// A request body on the pooled path, telling the request's timer whom it waits for.
+/// A request body on the HTTP/2 path, telling the request's timer whom it waits for.
 type PooledBody = Watched<ReqBody, Arc<Waiting>>;
 
 /// Wraps bytes we produced (error bodies).
@@ -169,42 +167,27 @@ impl hyper::body::Body for UpstreamBody {
     }
 }
 
-/// The client of one upstream: the direct path, and for an https backend that chooses
-/// HTTP/2 through ALPN a pooled hyper-util client.
+/// The client of one upstream: the direct path, and the HTTP/2 connection of an https
+/// backend that chose HTTP/2.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<StallConnector>, PooledBody>,
     upstream: Upstream,
     /// The direct path (see `direct.rs`); `None` only for an authority no `Host` field
     /// can carry.
     direct: Option<direct::Direct>,
+    /// Shared by every copy (a snapshot's, the next one's after a reload that keeps it).
+    h2: Arc<h2::Http2>,
 }
 
 impl UpstreamClient {
     /// Builds a client (loading trust roots for an https upstream).
     pub fn new(upstream: &Upstream) -> Result<Self, TlsError> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(upstream.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = upstream.scheme == http::uri::Scheme::HTTPS;
-        let tls = match https {
-            true => crate::tls::client_config(upstream.ca_file.as_deref())?,
-            false => crate::tls::empty_client_config()?,
+        let tls = match upstream.scheme == http::uri::Scheme::HTTPS {
+            true => Some(crate::tls::client_config(upstream.ca_file.as_deref())?),
+            false => None,
         };
-        // HTTP/2 only: an https backend that speaks HTTP/1.1 is reached directly.
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
-            .https_or_http()
-            .enable_http2()
-            .wrap_connector(StallConnector { inner: http, limit: upstream.request_timeout });
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(true)
-            .build(connector);
-        let direct = direct::Direct::new(&upstream.authority, upstream.connect_timeout, https.then_some(tls));
-        Ok(UpstreamClient { client, upstream: upstream.clone(), direct })
+        let direct = direct::Direct::new(&upstream.authority, upstream.connect_timeout, tls);
+        Ok(UpstreamClient { upstream: upstream.clone(), direct, h2: Arc::default() })
     }
 
     /// The previous client when the upstream settings are unchanged (keeping its
@@ -250,10 +233,11 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::BadRequest(BadRequest::AmbiguousPath))
     }
 
-    /// Sends a prepared request. Over HTTP/1.1 (plain HTTP, or https to a backend that
-    /// did not choose HTTP/2) it goes direct: down the HTTP/1 client connection's own
-    /// upstream connection (`slot`), or for an HTTP/2 stream (no slot) one from the idle
-    /// list; to a backend that chose HTTP/2 through the pooled client.
+    /// Sends a prepared request: over the shared HTTP/2 connection if the (https)
+    /// backend chose HTTP/2 on it and it is still open; otherwise direct, over HTTP/1.1
+    /// (TCP or TLS): down the HTTP/1 client connection's own upstream connection
+    /// (`slot`), or for an HTTP/2 stream (no slot) one from the idle list. A new
+    /// connection whose ALPN chose HTTP/2 becomes the shared HTTP/2 connection.
     /// The response comes back without hop-by-hop headers. Failures map to 502/504, or
     /// to the client's fault (413, 400) when its body failed on the way (`state`).
     pub async fn send(
@@ -266,16 +250,20 @@ impl UpstreamClient {
         state: &BodyState,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let limits = Limits { backend: self.upstream.request_timeout, client: self.upstream.client_timeout };
-        let direct = self.direct.as_ref().filter(|direct| !direct.speaks_h2());
-        let sent = match direct {
-            Some(direct) => direct.send(slot, tenant, &parts, rewrite, &mut body, limits).await,
-            None => Ok(None),
-        };
-        let result = match sent {
-            Ok(Some((resp, fields))) => Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields)))),
+        let result = match self.h2_sender(limits).await {
+            Ok(Some(sender)) => self.over_h2(sender, parts, rewrite, body, limits).await,
+            Ok(None) => match self.direct.as_ref() {
+                Some(direct) => match direct.send(slot, tenant, &parts, rewrite, &mut body, limits).await {
+                    Ok(Sent::Answered(resp, fields)) => Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields)))),
+                    Ok(Sent::Http2(tls)) => match tokio::time::timeout(limits.backend, self.h2.start(tls)).await {
+                        Ok(Ok(sender)) => self.over_h2(sender, parts, rewrite, body, limits).await,
+                        Ok(Err(_)) | Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+                    },
+                    Err(e) => Err(e),
+                },
+                None => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+            },
             Err(e) => Err(e),
-            // The backend chose HTTP/2.
-            Ok(None) => self.pooled(parts, rewrite, body, limits).await,
         };
         // The client's body failing on the way is the client's fault, whatever the
         // backend made of it.
@@ -285,24 +273,37 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends a request through the pooled client (HTTP/2 over TLS).
-    async fn pooled(
+    /// The shared HTTP/2 connection, if one is open and takes a stream now (or within
+    /// `request_timeout`: the backend's limit on streams may make it wait). One that
+    /// has ended is none: the next connection decides again.
+    async fn h2_sender(&self, limits: Limits) -> Result<Option<h2::Sender>, GatewayError> {
+        let Some(mut sender) = self.h2.sender() else { return Ok(None) };
+        match tokio::time::timeout(limits.backend, sender.ready()).await {
+            Ok(Ok(())) => Ok(Some(sender)),
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err(GatewayError::GatewayTimeout),
+        }
+    }
+
+    /// Sends a request over the shared HTTP/2 connection.
+    async fn over_h2(
         &self,
+        mut sender: h2::Sender,
         mut parts: http::request::Parts,
         rewrite: &RequestRewrite,
         body: Outbound,
         limits: Limits,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
-        parts.version = Version::HTTP_11;
+        parts.version = Version::HTTP_2;
         rewrite.insert_into(&mut parts.headers);
         // As on the direct path, each side's time runs only while it is awaited; the
-        // body is read by the pooled connection's task, so it wakes the timer.
+        // body is read by the connection's task, so it wakes the timer.
         let waiting = Arc::new(Waiting::new(tokio::time::Instant::now()));
         let body = Watched::new(ReqBody::from(body), Arc::clone(&waiting));
         let req = Request::from_parts(parts, body);
-        let result = tokio::select! {
+        tokio::select! {
             biased;
-            sent = self.client.request(req) => match sent.map(passable) {
+            sent = sender.send_request(req) => match sent.map(passable) {
                 Ok(None) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
                 Ok(Some(mut resp)) => {
                     // The gateway's answer, in its own version (see `http1::client`).
@@ -316,21 +317,13 @@ impl UpstreamClient {
                         Err(()) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
                     }
                 }
-                Err(e) if e.is_connect() => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
-                // The connection's write took nothing for `request_timeout` (`Stalls`).
-                Err(e) if body::timed_out(&e) => Err(GatewayError::GatewayTimeout),
                 Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
             },
             who = waiting.stalled(limits.backend, limits.client) => match who {
                 Stalled::Backend => Err(GatewayError::GatewayTimeout),
                 Stalled::Client => Err(GatewayError::RequestTimeout),
             },
-        };
-        // It may no longer speak HTTP/2: the next connection asks again.
-        if let (Err(GatewayError::BadGateway(_)), Some(direct)) = (&result, &self.direct) {
-            direct.forget_h2();
         }
-        result
     }
 }
 
@@ -387,111 +380,5 @@ fn chunked_alone(headers: &http::HeaderMap) -> bool {
         (None, _) => true,
         (Some(only), None) => only.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
         (Some(_), Some(_)) => false,
-    }
-}
-
-/// The pooled client's TCP connector, whose connections fail a write the backend takes
-/// nothing of for `limit` (`request_timeout`). hyper writes a request body on the
-/// connection's own task, which nothing else would stop once the request's answer (a
-/// 504) has gone: without this, a backend that stops reading held the client's
-/// connection and its own until it closed.
-#[derive(Debug, Clone)]
-pub struct StallConnector {
-    inner: HttpConnector,
-    limit: Duration,
-}
-
-type Tcp = <HttpConnector as tower_service::Service<Uri>>::Response;
-
-impl tower_service::Service<Uri> for StallConnector {
-    type Response = Stalls<Tcp>;
-    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Stalls<Tcp>, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let limit = self.limit;
-        Box::pin(async move { Ok(Stalls { io: connecting.await?, limit, sleep: None }) })
-    }
-}
-
-/// A connection whose writes fail after `limit` without progress.
-#[derive(Debug)]
-pub struct Stalls<T> {
-    io: T,
-    limit: Duration,
-    /// Armed while a write waits.
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<T> Stalls<T> {
-    fn waited(&mut self, cx: &mut Context<'_>, polled: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
-        match polled {
-            Poll::Pending => {
-                let limit = self.limit;
-                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                match std::future::Future::poll(sleep.as_mut(), cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the backend took nothing of the request",
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-            ready => {
-                self.sleep = None;
-                ready
-            }
-        }
-    }
-}
-
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Stalls<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Stalls<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.waited(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.waited(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-impl<T: hyper_util::client::legacy::connect::Connection> hyper_util::client::legacy::connect::Connection for Stalls<T> {
-    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        self.io.connected()
     }
 }

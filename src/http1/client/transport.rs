@@ -31,26 +31,32 @@ impl Transport {
     /// Asks the connection itself, without blocking, what it holds while idle: the
     /// socket (`recv` with `MSG_PEEK`: tokio's sockets are non-blocking), not the
     /// reactor's cached readiness, which is cleared once a response has been read and
-    /// misses what came after. Over TLS, what arrived is read through TLS: data is a
+    /// misses what came after. Over TLS, TLS is asked first: a `close_notify` that came
+    /// in the same read as the last response has already been taken from the socket
+    /// (an outside probe had the next request written into a closed session: 502), and
+    /// data it holds is a stray. Then what arrived since is read through TLS: data is a
     /// stray, the backend's `close_notify` a close, and anything else (a record that is
     /// no data, or part of a record, which cannot be told apart from outside rustls)
     /// is not trusted either: the connection is not reused.
     pub fn idle(&mut self) -> Idle {
-        match self {
-            Transport::Plain(tcp) => peek(tcp),
-            Transport::Tls(tls) => {
-                if peek(tls.get_ref().0) == Idle::Quiet {
-                    return Idle::Quiet;
-                }
-                let mut one = [0u8; 1];
-                let mut buf = ReadBuf::new(&mut one);
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                match Pin::new(&mut **tls).poll_read(&mut cx, &mut buf) {
-                    Poll::Ready(Ok(())) if buf.filled().is_empty() => Idle::Closed,
-                    Poll::Ready(Ok(())) => Idle::Stray,
-                    Poll::Ready(Err(_)) | Poll::Pending => Idle::Closed,
-                }
-            }
+        let tls = match self {
+            Transport::Plain(tcp) => return peek(tcp),
+            Transport::Tls(tls) => tls,
+        };
+        match tls.get_mut().1.process_new_packets() {
+            Ok(state) if state.plaintext_bytes_to_read() > 0 => return Idle::Stray,
+            Ok(state) if !state.peer_has_closed() => {}
+            Ok(_) | Err(_) => return Idle::Closed,
+        }
+        if peek(tls.get_ref().0) == Idle::Quiet {
+            return Idle::Quiet;
+        }
+        let mut one = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut one);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut **tls).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => Idle::Stray,
+            Poll::Ready(_) | Poll::Pending => Idle::Closed,
         }
     }
 
@@ -67,6 +73,33 @@ impl Transport {
                 (Either::Right(read), Either::Right(write))
             }
         }
+    }
+}
+
+impl Drop for Transport {
+    /// A TLS connection ends with the backend told (`close_notify`, RFC 8446 section
+    /// 6.1), as far as the socket takes it now: a backend that sees the connection end
+    /// without it may log a truncation attack, or take the end of a close-delimited
+    /// request as an error.
+    fn drop(&mut self) {
+        if let Transport::Tls(tls) = self {
+            let (tcp, conn) = tls.get_mut();
+            conn.send_close_notify();
+            let _ = conn.write_tls(&mut NowOrNever(tcp));
+        }
+    }
+}
+
+/// Writes what the socket takes without waiting.
+struct NowOrNever<'a>(&'a TcpStream);
+
+impl io::Write for NowOrNever<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
