@@ -12,7 +12,7 @@
 //! - [`ratelimit`]: stage 6, charged after authorisation; [`rate_fields`]: the
 //!   rate-limit response fields it reports.
 //! - [`proxy`]: stage 7, forwarding (an HTTP/1.1 upstream connection per client
-//!   connection, or a pooled client for HTTP/2 and https) with streamed bodies.
+//!   connection over TCP or TLS, or an https backend's HTTP/2 connection) with streamed bodies.
 //! - [`http1`]: the gateway's own HTTP/1.1 server loop and upstream client, on one
 //!   framing implementation.
 //! - [`field_names`]: the header-field names the gateway reads, strips or refuses,

@@ -229,7 +229,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_connections_opened",
-            "Upstream HTTP/1.1 connections opened (TCP or TLS): requests that found none to reuse",
+            "Upstream connections opened (TCP or TLS, HTTP/2 ones included): requests that found none to reuse",
             crate::proxy::CONNECTIONS_OPENED.clone(),
         );
         registry.register(

@@ -52,7 +52,7 @@ pub fn poll_expired(timer: &mut Timer, cx: &mut Context<'_>, deadline: Instant) 
 /// or the client (for the next part of its body). Each has its own limit, so a slow
 /// upload is not blamed on the backend and a backend that stops reading or answering
 /// is not blamed on the client. The request body sets it as it is read
-/// ([`Watched`]); the request's timer reads it. Atomics, because on the pooled path
+/// ([`Watched`]); the request's timer reads it. Atomics, because on the HTTP/2 path
 /// the body is read by the upstream connection's task.
 #[derive(Debug)]
 pub struct Waiting {
@@ -120,7 +120,7 @@ impl Waiting {
         poll_deadline(timer, cx, deadline).map(|()| who)
     }
 
-    /// [`Waiting::poll_stalled`] for a body read on another task (the pooled path):
+    /// [`Waiting::poll_stalled`] for a body read on another task (the HTTP/2 path):
     /// woken by the body when the state changes.
     pub async fn stalled(&self, backend: std::time::Duration, client: std::time::Duration) -> Stalled {
         loop {

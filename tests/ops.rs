@@ -1026,6 +1026,37 @@ async fn https_upstream_answers_are_framed_as_on_the_direct_path() {
 /// request was written into the closed session (its idle check had looked only at the
 /// socket, which the answer's read had emptied) and answered 502. Each request now
 /// finds the connection closed and opens a new one.
+/// An https backend whose answer is followed by part of a TLS record (here three bytes
+/// of a record header, the start of whatever it sends next): the connection is not
+/// reused, since the rest may be data no request asked for. Before, the idle check saw
+/// an empty socket (the part had been read with the answer, into TLS) and reused it,
+/// and the next request read a broken record: 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_connection_holding_part_of_a_record_is_not_reused() {
+    let (gw, dir) = gateway_before_raw_tls("upstream-tls-part-record", |mut tls| async move {
+        loop {
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
+            let _ = tls.flush().await;
+            let _ = tls.get_mut().0.write_all(&[0x17, 0x03, 0x03]).await;
+        }
+    })
+    .await;
+    for n in 0..4 {
+        let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
+        assert_eq!(status, 200, "request {n}: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_backend_that_ends_its_session_with_an_answer_is_not_written_to_again() {
     use std::io::Write as _;

@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-pub use transport::{Idle, Transport};
+pub use transport::{Idle, Records, Transport};
 
 mod transport;
 

@@ -18,7 +18,9 @@
 use super::headers::replaced_by_gateway;
 use super::{Outbound, RequestRewrite, Streamed};
 use crate::error::{GatewayError, UpstreamFailure};
-use crate::http1::client::{Conn, Fields, Limits, Outgoing, RequestHead, ResponseBody, SendError, Stray, Transport};
+use crate::http1::client::{
+    Conn, Fields, Limits, Outgoing, Records, RequestHead, ResponseBody, SendError, Stray, Transport,
+};
 use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -41,9 +43,9 @@ const STRAY_COOL_DOWN: Duration = Duration::from_secs(10);
 pub static STRAY_COOL_DOWNS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);
 
-/// Upstream connections opened (exported as a metric): how often a request found none
-/// to reuse (a new client connection or tenant, a sign-in, a cool-down, a backend that
-/// closed its idle connections).
+/// Upstream connections opened, HTTP/2 ones included (exported as a metric): how
+/// often a request found none to reuse (a new client connection or tenant, a sign-in,
+/// a cool-down, a backend that closed its idle connections).
 pub static CONNECTIONS_OPENED: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);
 
@@ -307,7 +309,7 @@ impl std::fmt::Debug for UpstreamSlot {
 }
 
 /// The direct path's settings for one upstream: plain HTTP, or https to a backend that
-/// speaks HTTP/1.1 (one that chooses HTTP/2 through ALPN is left to the pooled client,
+/// speaks HTTP/1.1 (a connection whose ALPN chooses HTTP/2 is handed to `h2.rs`,
 /// whose streams cannot carry another request's answer).
 #[derive(Clone)]
 pub struct Direct {
@@ -328,9 +330,9 @@ struct Tls {
 }
 
 /// A new connection: HTTP/1.1, or one whose ALPN chose HTTP/2.
-enum Opened {
+pub(super) enum Opened {
     Http1(Box<Conn>),
-    Http2(Box<TlsStream<TcpStream>>),
+    Http2(Box<TlsStream<Records>>),
 }
 
 /// What [`Direct::send`] did.
@@ -342,7 +344,7 @@ pub enum Sent {
     Answered(Response<ResponseBody>, Fields),
     /// A new connection found that the backend chose HTTP/2 through ALPN: nothing was
     /// sent, and the connection is the caller's to speak HTTP/2 on.
-    Http2(Box<TlsStream<TcpStream>>),
+    Http2(Box<TlsStream<Records>>),
 }
 
 impl std::fmt::Debug for Direct {
@@ -450,7 +452,7 @@ impl Direct {
 
     /// A new connection (its TLS handshake included), within the connect timeout and
     /// the request's deadline.
-    async fn connect(&self, deadline: Instant) -> Result<Opened, GatewayError> {
+    pub(super) async fn connect(&self, deadline: Instant) -> Result<Opened, GatewayError> {
         let give_up = deadline.min(Instant::now() + self.connect_timeout);
         match tokio::time::timeout_at(give_up, self.open()).await {
             Ok(Ok(opened)) => Ok(opened),
@@ -462,18 +464,18 @@ impl Direct {
     /// Opens a connection (TCP_NODELAY: heads and bodies are written whole).
     async fn open(&self) -> std::io::Result<Opened> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        CONNECTIONS_OPENED.inc();
         let _ = tcp.set_nodelay(true);
         let transport = match &self.tls {
             None => Transport::Plain(tcp),
             Some(tls) => {
-                let stream = tls.connector.connect(tls.name.clone(), tcp).await?;
+                let stream = tls.connector.connect(tls.name.clone(), Records::new(tcp)).await?;
                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                     return Ok(Opened::Http2(Box::new(stream)));
                 }
                 Transport::Tls(Box::new(stream))
             }
         };
-        CONNECTIONS_OPENED.inc();
         Ok(Opened::Http1(Conn::new(transport, replaced_by_gateway)))
     }
 }

@@ -72,8 +72,8 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 /// What the gateway does to a forwarded request's headers: the fields it drops and
 /// the ones it adds. Applied as the head is written on the direct path
 /// ([`RequestRewrite::fields`]: the map is neither searched for removals nor grown and
-/// rehashed for additions on every request), or to the header map for the pooled
-/// client ([`RequestRewrite::insert_into`]).
+/// rehashed for additions on every request), or to the header map for an HTTP/2
+/// backend ([`RequestRewrite::insert_into`]).
 #[derive(Debug, Default)]
 pub struct RequestRewrite {
     added: [Option<(HeaderName, HeaderValue)>; 6],
@@ -114,7 +114,7 @@ impl RequestRewrite {
         kept.chain(self.iter())
     }
 
-    /// Applies the changes to a header map (the pooled client's path).
+    /// Applies the changes to a header map (the HTTP/2 path).
     pub fn insert_into(&self, headers: &mut HeaderMap) {
         remove_where(headers, |n| !self.forwards(n));
         for (name, value) in self.iter() {

@@ -39,11 +39,11 @@ use std::time::Duration;
 /// A response body: streamed from the backend, or bytes we produced.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
-/// A forwarded request body as the pooled client takes it.
+/// A forwarded request body as hyper's HTTP/2 client takes it.
 type ReqBody = Either<Streamed, Full<Bytes>>;
 
 /// A request body on the HTTP/2 path, telling the request's timer whom it waits for.
-type PooledBody = Watched<ReqBody, Arc<Waiting>>;
+type H2Body = Watched<ReqBody, Arc<Waiting>>;
 
 /// Wraps bytes we produced (error bodies).
 pub fn full(bytes: Bytes) -> Body {
@@ -74,12 +74,12 @@ impl From<Outbound> for ReqBody {
 /// (the HTTP/1.1 server through [`CarriesFields`], every other one through [`fill_headers`]).
 #[derive(Debug)]
 pub enum UpstreamBody {
-    /// The pooled client's body, and the frames [`take_ahead`] took of it (never empty).
-    Pooled(Incoming, Stall, Option<Box<Ahead>>),
+    /// An HTTP/2 backend's body, and the frames [`take_ahead`] took of it (never empty).
+    Http2(Incoming, Stall, Option<Box<Ahead>>),
     Direct(client::ResponseBody, Option<Fields>),
 }
 
-/// How long a pooled response body may go without a frame (`request_timeout`, as on
+/// How long an HTTP/2 response body may go without a frame (`request_timeout`, as on
 /// the direct path): a timer armed only while a read waits.
 #[derive(Debug)]
 pub struct Stall {
@@ -123,14 +123,14 @@ impl hyper::body::Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Pooled(_, _, ahead @ Some(_)) => {
+            UpstreamBody::Http2(_, _, ahead @ Some(_)) => {
                 let frame = ahead.as_mut().and_then(|frames| frames.pop_front());
                 if ahead.as_ref().is_some_and(|frames| frames.is_empty()) {
                     *ahead = None;
                 }
                 Poll::Ready(frame.map(Ok))
             }
-            UpstreamBody::Pooled(b, stall, None) => match Pin::new(b).poll_frame(cx) {
+            UpstreamBody::Http2(b, stall, None) => match Pin::new(b).poll_frame(cx) {
                 Poll::Pending => stall.poll(cx).map(|()| Some(Err("the backend stopped sending the body".into()))),
                 ready => {
                     stall.sleep = None;
@@ -143,14 +143,14 @@ impl hyper::body::Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Pooled(b, _, ahead) => ahead.is_none() && b.is_end_stream(),
+            UpstreamBody::Http2(b, _, ahead) => ahead.is_none() && b.is_end_stream(),
             UpstreamBody::Direct(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Pooled(b, _, taken) => {
+            UpstreamBody::Http2(b, _, taken) => {
                 // The frames taken ahead are still to come.
                 let data = taken.iter().flat_map(|frames| frames.iter()).filter_map(Frame::data_ref);
                 let ahead: u64 = data.map(|d| d.len() as u64).sum();
@@ -172,9 +172,8 @@ impl hyper::body::Body for UpstreamBody {
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     upstream: Upstream,
-    /// The direct path (see `direct.rs`); `None` only for an authority no `Host` field
-    /// can carry.
-    direct: Option<direct::Direct>,
+    /// The direct path (see `direct.rs`).
+    direct: direct::Direct,
     /// Shared by every copy (a snapshot's, the next one's after a reload that keeps it).
     h2: Arc<h2::Http2>,
 }
@@ -186,7 +185,9 @@ impl UpstreamClient {
             true => Some(crate::tls::client_config(upstream.ca_file.as_deref())?),
             false => None,
         };
-        let direct = direct::Direct::new(&upstream.authority, upstream.connect_timeout, tls);
+        let direct = direct::Direct::new(&upstream.authority, upstream.connect_timeout, tls).ok_or_else(|| {
+            TlsError::Config(format!("{}: not a host name a request or TLS can carry", upstream.authority))
+        })?;
         Ok(UpstreamClient { upstream: upstream.clone(), direct, h2: Arc::default() })
     }
 
@@ -250,20 +251,17 @@ impl UpstreamClient {
         state: &BodyState,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let limits = Limits { backend: self.upstream.request_timeout, client: self.upstream.client_timeout };
-        let result = match self.h2_sender(limits).await {
-            Ok(Some(sender)) => self.over_h2(sender, parts, rewrite, body, limits).await,
-            Ok(None) => match self.direct.as_ref() {
-                Some(direct) => match direct.send(slot, tenant, &parts, rewrite, &mut body, limits).await {
-                    Ok(Sent::Answered(resp, fields)) => Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields)))),
-                    Ok(Sent::Http2(tls)) => match tokio::time::timeout(limits.backend, self.h2.start(tls)).await {
-                        Ok(Ok(sender)) => self.over_h2(sender, parts, rewrite, body, limits).await,
-                        Ok(Err(_)) | Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
-                    },
+        let deadline = tokio::time::Instant::now() + limits.backend;
+        let result = match self.h2_sender().await {
+            Some(sender) => self.over_h2(sender, parts, rewrite, body, limits, deadline).await,
+            None => match self.direct.send(slot, tenant, &parts, rewrite, &mut body, limits).await {
+                Ok(Sent::Answered(resp, fields)) => Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields)))),
+                Ok(Sent::Http2(tls)) => match self.start_h2(tls, deadline).await {
+                    Ok(sender) => self.over_h2(sender, parts, rewrite, body, limits, deadline).await,
                     Err(e) => Err(e),
                 },
-                None => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+                Err(e) => Err(e),
             },
-            Err(e) => Err(e),
         };
         // The client's body failing on the way is the client's fault, whatever the
         // backend made of it.
@@ -273,26 +271,37 @@ impl UpstreamClient {
         }
     }
 
-    /// The shared HTTP/2 connection, if one is open and takes a stream now (or within
-    /// `request_timeout`: the backend's limit on streams may make it wait). One that
-    /// has ended is none: the next connection decides again.
-    async fn h2_sender(&self, limits: Limits) -> Result<Option<h2::Sender>, GatewayError> {
-        let Some(mut sender) = self.h2.sender() else { return Ok(None) };
-        match tokio::time::timeout(limits.backend, sender.ready()).await {
-            Ok(Ok(())) => Ok(Some(sender)),
-            Ok(Err(_)) => Ok(None),
+    /// This thread's HTTP/2 connection, if one is open and takes streams (hyper's
+    /// readiness never waits: a full connection queues the stream). One that has ended
+    /// is none: the next connection decides again.
+    async fn h2_sender(&self) -> Option<h2::Sender> {
+        let mut sender = self.h2.sender()?;
+        sender.ready().await.ok()?;
+        Some(sender)
+    }
+
+    /// HTTP/2 on a new connection whose ALPN chose it, within the request's deadline.
+    async fn start_h2(
+        &self,
+        tls: Box<tokio_rustls::client::TlsStream<crate::http1::client::Records>>,
+        deadline: tokio::time::Instant,
+    ) -> Result<h2::Sender, GatewayError> {
+        match tokio::time::timeout_at(deadline, self.h2.start(tls)).await {
+            Ok(Ok(sender)) => Ok(sender),
+            Ok(Err(_)) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
             Err(_) => Err(GatewayError::GatewayTimeout),
         }
     }
 
-    /// Sends a request over the shared HTTP/2 connection.
+    /// Sends a request over an HTTP/2 connection.
     async fn over_h2(
         &self,
-        mut sender: h2::Sender,
+        sender: h2::Sender,
         mut parts: http::request::Parts,
         rewrite: &RequestRewrite,
         body: Outbound,
         limits: Limits,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         parts.version = Version::HTTP_2;
         rewrite.insert_into(&mut parts.headers);
@@ -301,33 +310,52 @@ impl UpstreamClient {
         let waiting = Arc::new(Waiting::new(tokio::time::Instant::now()));
         let body = Watched::new(ReqBody::from(body), Arc::clone(&waiting));
         let req = Request::from_parts(parts, body);
-        tokio::select! {
+        let sent = tokio::select! {
             biased;
-            sent = sender.send_request(req) => match sent.map(passable) {
-                Ok(None) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
-                Ok(Some(mut resp)) => {
-                    // The gateway's answer, in its own version (see `http1::client`).
-                    *resp.version_mut() = Version::HTTP_11;
-                    let (head, mut body) = resp.into_parts();
-                    match take_ahead(&mut body).await {
-                        Ok(first) => {
-                            let body = UpstreamBody::Pooled(body, Stall::new(limits.backend), first);
-                            Ok(Response::from_parts(head, body))
-                        }
-                        Err(()) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
-                    }
-                }
-                Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
-            },
-            who = waiting.stalled(limits.backend, limits.client) => match who {
-                Stalled::Backend => Err(GatewayError::GatewayTimeout),
-                Stalled::Client => Err(GatewayError::RequestTimeout),
-            },
+            sent = self.send_h2(sender, req, deadline) => sent?,
+            who = waiting.stalled(limits.backend, limits.client) => return Err(match who {
+                Stalled::Backend => GatewayError::GatewayTimeout,
+                Stalled::Client => GatewayError::RequestTimeout,
+            }),
+        };
+        let Some(mut resp) = passable(sent) else { return Err(GatewayError::BadGateway(UpstreamFailure::Protocol)) };
+        // The gateway's answer, in its own version (see `http1::client`).
+        *resp.version_mut() = Version::HTTP_11;
+        let (head, mut body) = resp.into_parts();
+        match take_ahead(&mut body).await {
+            Ok(first) => Ok(Response::from_parts(head, UpstreamBody::Http2(body, Stall::new(limits.backend), first))),
+            Err(()) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+        }
+    }
+
+    /// Sends `req` on `sender`. A request the connection never took (it was closing:
+    /// the backend's GOAWAY, its idle close) cannot have reached the backend, and goes
+    /// once more on a new connection, as hyper-util's pooled client does; made for HTTP/2, it
+    /// goes only if that connection's ALPN chooses HTTP/2 again.
+    async fn send_h2(
+        &self,
+        mut sender: h2::Sender,
+        req: Request<H2Body>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let mut unsent = match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => e,
+        };
+        let Some(req) = unsent.take_message() else {
+            return Err(GatewayError::BadGateway(UpstreamFailure::Protocol));
+        };
+        match self.direct.connect(deadline).await? {
+            direct::Opened::Http2(tls) => {
+                let mut sender = self.start_h2(tls, deadline).await?;
+                sender.send_request(req).await.map_err(|_| GatewayError::BadGateway(UpstreamFailure::Protocol))
+            }
+            direct::Opened::Http1(_) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
         }
     }
 }
 
-/// A pooled answer with its fields ready for the client, or `None` for one the direct
+/// An HTTP/2 answer with its fields ready for the client, or `None` for one the direct
 /// path refuses too: a coding other than `chunked` alone (it would reach the client
 /// without its label); an interim or switching answer (the gateway never asks for an
 /// upgrade); a status above 599; a length that is no one number, a HEAD's included (see
@@ -338,13 +366,13 @@ fn passable<B>(mut resp: Response<B>) -> Option<Response<B>> {
     (sound && prepare_response_headers(resp.status(), resp.headers_mut())).then_some(resp)
 }
 
-/// Frames of a pooled body taken ahead, in order.
+/// Frames of an HTTP/2 body taken ahead, in order.
 type Ahead = std::collections::VecDeque<Frame<Bytes>>;
 
-/// At most this much of a pooled body is taken ahead.
+/// At most this much of an HTTP/2 body is taken ahead.
 const AHEAD: usize = 64 * 1024;
 
-/// What the pooled client already has of a response's body (up to [`AHEAD`]), taken
+/// What the HTTP/2 connection already has of a response's body (up to [`AHEAD`]), taken
 /// before the head goes on: its connection task decodes a frame in each of its turns,
 /// so this task yields while each yield brought a frame. A body broken in what came
 /// with the head is then a 502, as on the direct path, not a status followed by a cut.

@@ -14,7 +14,6 @@
 
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One holder may hold at most this part of a budget (but always one whole body).
@@ -27,10 +26,18 @@ pub struct BodyBudget(Arc<Held>);
 
 #[derive(Debug, Default)]
 struct Held {
-    all: AtomicU64,
-    /// What each holder with bytes held holds (no entry once back to none).
-    by_holder: Mutex<HashMap<u64, u64>>,
+    /// Locked once per data frame of a body read for the rules: those are writes to a
+    /// few paths, and the check and the change must be one.
+    bytes: Mutex<Holders>,
     gauge: Gauge,
+}
+
+/// What a budget holds in all, and what each holder with bytes held holds (no entry
+/// once back to none).
+#[derive(Debug, Default)]
+struct Holders {
+    all: u64,
+    by_holder: HashMap<u64, u64>,
 }
 
 /// How much a budget may hold: `total` in all, of which one holder at most
@@ -71,16 +78,14 @@ impl Share {
     /// Takes `n` more bytes, if the budget and the holder's part of it still have them.
     #[must_use]
     pub fn grow(&mut self, n: u64, cap: BodyCap) -> bool {
-        let Ok(mut holders) = self.budget.by_holder.lock() else { return false };
-        let holder = holders.get(&self.holder).copied().unwrap_or(0);
-        if holder.checked_add(n).is_none_or(|after| after > cap.per_holder()) {
+        let Ok(mut held) = self.budget.bytes.lock() else { return false };
+        let holder = held.by_holder.get(&self.holder).copied().unwrap_or(0);
+        let fits = |now: u64, most: u64| now.checked_add(n).is_some_and(|after| after <= most);
+        if !fits(holder, cap.per_holder()) || !fits(held.all, cap.total) {
             return false;
         }
-        let room = |all: u64| all.checked_add(n).filter(|&after| after <= cap.total);
-        if self.budget.all.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_err() {
-            return false;
-        }
-        holders.insert(self.holder, holder + n);
+        held.all += n;
+        held.by_holder.insert(self.holder, holder + n);
         self.bytes += n;
         self.budget.gauge.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
         true
@@ -92,15 +97,15 @@ impl Drop for Share {
         if self.bytes == 0 {
             return;
         }
-        if let Ok(mut holders) = self.budget.by_holder.lock() {
-            if let Some(held) = holders.get_mut(&self.holder) {
-                *held = held.saturating_sub(self.bytes);
-                if *held == 0 {
-                    holders.remove(&self.holder);
+        if let Ok(mut held) = self.budget.bytes.lock() {
+            held.all = held.all.saturating_sub(self.bytes);
+            if let Some(holder) = held.by_holder.get_mut(&self.holder) {
+                *holder = holder.saturating_sub(self.bytes);
+                if *holder == 0 {
+                    held.by_holder.remove(&self.holder);
                 }
             }
         }
-        self.budget.all.fetch_sub(self.bytes, Ordering::AcqRel);
         self.budget.gauge.dec_by(i64::try_from(self.bytes).unwrap_or(i64::MAX));
     }
 }
@@ -124,7 +129,7 @@ mod tests {
         assert!(!b.grow(u64::MAX, BodyCap { total: u64::MAX, body: u64::MAX }), "no overflow");
         drop(b);
         assert_eq!(budget.0.gauge.get(), 0);
-        assert!(budget.0.by_holder.lock().unwrap().is_empty());
+        assert!(budget.0.bytes.lock().unwrap().by_holder.is_empty());
     }
 
     /// One holder's bodies together take at most a quarter of the budget (or one whole

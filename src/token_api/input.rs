@@ -332,7 +332,7 @@ pub struct Context<'a> {
 }
 
 /// Applies `input` over `base` (an existing record, or a fresh one for create) and
-/// validates the result as a whole. An update runs this inside the store's transaction
+/// validates a create whole, an update in what it changes. An update runs this inside the store's transaction
 /// on the record as stored there, so it returns plain field errors for the store to
 /// carry back.
 pub fn apply(
@@ -353,16 +353,18 @@ pub fn apply(
     if creating && input.scope.is_none() {
         push(&mut errors, "scope", "is required.");
     }
-    // Checked only when given (see `before`). Checked as sent: trimming first would turn `ro\u{a0}` into `ro` (a duplicate)
-    // instead of refusing the space it hides; only plain spaces are trimmed.
+    // Checked when changed (see `before`), as sent: trimming first would turn
+    // `ro\u{a0}` into `ro` (a duplicate) instead of refusing the space it hides; only
+    // plain spaces are trimmed.
+    let unchanged = |same: &dyn Fn(&TokenRecord) -> bool| before.as_ref().is_some_and(same);
     if let Some(name) = input.name {
-        if crate::token::hides_characters(&name, false) {
+        if !unchanged(&|b| b.name == name) && crate::token::hides_characters(&name, false) {
             push(&mut errors, "name", "must not hold control or invisible characters.");
         }
         rec.name = name.trim_matches(' ').to_owned();
     }
     if let Some(d) = input.description {
-        if crate::token::hides_characters(&d, true) {
+        if !unchanged(&|b| b.description == d) && crate::token::hides_characters(&d, true) {
             push(
                 &mut errors,
                 "description",
@@ -387,7 +389,7 @@ pub fn apply(
         rec.expires_on = None;
         if let Some(text) = exp {
             match parse_expiry(&text) {
-                Ok(e) if e.at > ctx.now => rec.expires_on = Some(e),
+                Ok(e) if e.at > ctx.now || unchanged(&|b| b.expires_on == Some(e.clone())) => rec.expires_on = Some(e),
                 Ok(_) => push(&mut errors, "expires_on", "must be in the future."),
                 Err(m) => push(&mut errors, "expires_on", &m),
             }
@@ -423,12 +425,19 @@ fn check(rec: &TokenRecord, before: Option<&TokenRecord>, ctx: &Context<'_>, err
             }
         }
     }
-    if let Some(rl) = rec.rate_limit.filter(|_| changed(&|b| b.rate_limit == rec.rate_limit)) {
-        for (field, rate, max) in [
-            ("rate_limit.read_per_second", rl.read_per_second, ctx.org.read_per_second),
-            ("rate_limit.write_per_second", rl.write_per_second, ctx.org.write_per_second),
+    if let Some(rl) = rec.rate_limit {
+        // Each rate on its own: changing one leaves the other as it was.
+        let had = before.and_then(|b| b.rate_limit);
+        for (field, rate, max, was) in [
+            ("rate_limit.read_per_second", rl.read_per_second, ctx.org.read_per_second, had.map(|h| h.read_per_second)),
+            (
+                "rate_limit.write_per_second",
+                rl.write_per_second,
+                ctx.org.write_per_second,
+                had.map(|h| h.write_per_second),
+            ),
         ] {
-            if rate == 0 || rate > max {
+            if was != Some(rate) && (rate == 0 || rate > max) {
                 push(errors, field, &format!("must be between 1 and the organization's limit of {max}."));
             }
         }
@@ -577,6 +586,19 @@ mod tests {
         )
         .unwrap();
         assert!(apply(create, stored("", "main"), &ctx, true).is_err(), "a create is judged whole");
+        // The whole record sent back (read, change, write) with what a rule now refuses
+        // in it: a name from before the character rules, an expiry since passed, one
+        // rate above the lowered limit while the other changes.
+        let mut old = stored("ci\u{200b}", "main");
+        old.expires_on = Some(crate::token::parse_expiry("2020-01-01").unwrap());
+        old.rate_limit = Some(RateLimit { read_per_second: 8, write_per_second: 2 });
+        let ctx = Context { stack: &stack, org: &lowered, now: 1_900_000_000 };
+        let back = r#"{"token": {"name": "ci\u200b", "expires_on": "2020-01-01", "enabled": false,
+            "rate_limit": {"read_per_second": 8, "write_per_second": 3}}}"#;
+        let applied = apply(update(back), old.clone(), &ctx, false);
+        assert!(applied.as_ref().is_ok_and(|rec| !rec.enabled), "{applied:?}");
+        let moved = r#"{"token": {"expires_on": "2021-01-01"}}"#;
+        assert!(apply(update(moved), old, &ctx, false).is_err(), "a new expiry in the past is refused");
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn request_headers_are_rewritten() {
     assert_eq!(h["branch"], "main");
 }
 
-/// The direct path's fields are the pooled path's, in order, without a length.
+/// The direct path's fields are the HTTP/2 path's, in order, without a length.
 #[test]
 fn written_fields_are_the_forwarded_ones_then_the_gateways() {
     let mut h = HeaderMap::new();
