@@ -521,19 +521,32 @@ async fn tls_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<htt
 
 /// [`tls_backend`], offering h2 (through ALPN) or only http/1.1.
 async fn tls_backend_offering(pki: &TestPki, h2: bool) -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::Version>>>) {
+    tls_backend_planned(pki, if h2 { |_| (true, None) } else { |_| (false, None) }).await
+}
+
+/// What a [`tls_backend_planned`] does with its `n`-th connection: whether ALPN offers
+/// h2 (or only http/1.1), and how long the connection lasts (`None`: as long as it is
+/// used).
+type Plan = fn(usize) -> (bool, Option<Duration>);
+
+/// A TLS backend whose connections go as `plan` says; records the HTTP version of each
+/// request.
+async fn tls_backend_planned(pki: &TestPki, plan: Plan) -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::Version>>>) {
     let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
-    if !h2 {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    }
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let h2 = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    let mut h1 = h2.clone();
+    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptors = [tokio_rustls::TlsAcceptor::from(Arc::new(h1)), tokio_rustls::TlsAcceptor::from(Arc::new(h2))];
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Arc<std::sync::Mutex<Vec<http::Version>>> = Arc::default();
     let log = Arc::clone(&seen);
     tokio::spawn(async move {
+        let mut accepted = 0;
         while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, log) = (acceptor.clone(), Arc::clone(&log));
+            let (h2, lasts) = plan(accepted);
+            accepted += 1;
+            let (acceptor, log) = (acceptors[usize::from(h2)].clone(), Arc::clone(&log));
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
@@ -559,9 +572,16 @@ async fn tls_backend_offering(pki: &TestPki, h2: bool) -> (SocketAddr, Arc<std::
                         Ok::<_, std::convert::Infallible>(http::Response::new(body))
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let serving = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+                match lasts {
+                    Some(lasts) => {
+                        let _ = tokio::time::timeout(lasts, serving).await;
+                    }
+                    None => {
+                        let _ = serving.await;
+                    }
+                }
             });
         }
     });
@@ -572,8 +592,7 @@ async fn tls_backend_offering(pki: &TestPki, h2: bool) -> (SocketAddr, Arc<std::
 async fn https_upstream_with_a_ca_file_uses_h2_when_offered() {
     let dir = temp_dir("upstream-tls");
     let pki = pki(&dir);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let ca = &pki.ca;
     let (backend, versions) = tls_backend(&pki).await;
     let text = config_text(backend, "", &format!("ca_file = \"{}\"", ca.display()))
         .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
@@ -596,47 +615,6 @@ async fn https_upstream_with_a_ca_file_uses_h2_when_offered() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A TLS backend whose first connection offers h2 (and ends 300 ms after it began),
-/// and every later one only http/1.1; records each request's version.
-async fn alpn_switching_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::Version>>>) {
-    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let h2 = (*stackgate::tls::server_config(&files).unwrap()).clone();
-    let mut h1 = h2.clone();
-    h1.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptors = [tokio_rustls::TlsAcceptor::from(Arc::new(h2)), tokio_rustls::TlsAcceptor::from(Arc::new(h1))];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Arc<std::sync::Mutex<Vec<http::Version>>> = Arc::default();
-    let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        let mut n = 0;
-        while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, log, first) = (acceptors[usize::from(n > 0)].clone(), Arc::clone(&log), n == 0);
-            n += 1;
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else { return };
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    log.lock().unwrap().push(req.version());
-                    async {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
-                    }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let serving = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-                match first {
-                    true => {
-                        let _ = tokio::time::timeout(Duration::from_millis(300), serving).await;
-                    }
-                    false => {
-                        let _ = serving.await;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
-
 /// HTTP/2 is spoken to an https backend only on a connection whose ALPN chose it (RFC
 /// 9113 section 3.2). Found by the twenty-ninth outside probe: once the backend had
 /// chosen HTTP/2, the gateway spoke it on later connections whatever their ALPN said,
@@ -648,10 +626,12 @@ async fn alpn_switching_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mu
 async fn an_https_backend_is_spoken_to_as_each_connections_alpn_says() {
     let dir = temp_dir("upstream-alpn");
     let pki = pki(&dir);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let (backend, versions) = alpn_switching_backend(&pki).await;
-    let gw = start_https_gateway(backend, &ca, "").await;
+    let ca = &pki.ca;
+    // The first connection offers h2 and ends after 300 ms; every later one offers
+    // only http/1.1.
+    let plan: Plan = |n| if n == 0 { (true, Some(Duration::from_millis(300))) } else { (false, None) };
+    let (backend, versions) = tls_backend_planned(&pki, plan).await;
+    let gw = start_https_gateway(backend, ca, "").await;
     let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
     assert_eq!(status, 200, "{text}");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -784,10 +764,9 @@ async fn the_console_and_the_token_api_share_a_user_at_work() {
 async fn https_gateway(name: &str, extra_server: &str, h2: bool) -> stackgate::server::Running {
     let dir = temp_dir(name);
     let pki = pki(&dir);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let ca = &pki.ca;
     let (backend, _) = tls_backend_offering(&pki, h2).await;
-    start_https_gateway(backend, &ca, extra_server).await
+    start_https_gateway(backend, ca, extra_server).await
 }
 
 /// A gateway whose upstream is `https://localhost:{port of backend}`, trusting `ca`.
@@ -810,8 +789,7 @@ where
 {
     let dir = temp_dir(name);
     let pki = pki(&dir);
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let ca = &pki.ca;
     let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
     let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -829,7 +807,7 @@ where
             });
         }
     });
-    (start_https_gateway(backend, &ca, "").await, dir)
+    (start_https_gateway(backend, ca, "").await, dir)
 }
 
 /// Through an https upstream (the pooled client) as through a plain one: an upload
@@ -956,15 +934,8 @@ async fn https_upstream_connection_is_not_reused_after_an_error_answer_to_a_body
 #[tokio::test(flavor = "current_thread")]
 async fn https_upstream_answers_are_framed_as_on_the_direct_path() {
     let (gw, dir) = gateway_before_raw_tls("upstream-tls-framing", |mut tls| async move {
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let Some(head) = read_head(&mut tls).await else { return };
+        let head = head.to_ascii_lowercase();
         let case = head.lines().find_map(|l| l.strip_prefix("x-case: ")).unwrap_or_default();
         let answer: &[u8] = match case {
             "101" => b"HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
@@ -1021,11 +992,6 @@ async fn https_upstream_answers_are_framed_as_on_the_direct_path() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// An https backend that ends the TLS session (`close_notify`) in the same write as
-/// its answer, leaving TCP open: found by the twenty-ninth outside probe, the next
-/// request was written into the closed session (its idle check had looked only at the
-/// socket, which the answer's read had emptied) and answered 502. Each request now
-/// finds the connection closed and opens a new one.
 /// An https backend whose answer is followed by part of a TLS record (here three bytes
 /// of a record header, the start of whatever it sends next): the connection is not
 /// reused, since the rest may be data no request asked for. Before, the idle check saw
@@ -1034,40 +1000,28 @@ async fn https_upstream_answers_are_framed_as_on_the_direct_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_connection_holding_part_of_a_record_is_not_reused() {
     let (gw, dir) = gateway_before_raw_tls("upstream-tls-part-record", |mut tls| async move {
-        loop {
-            let mut head = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tls.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&chunk[..n]),
-                }
-            }
+        while read_head(&mut tls).await.is_some() {
             let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
             let _ = tls.flush().await;
             let _ = tls.get_mut().0.write_all(&[0x17, 0x03, 0x03]).await;
         }
     })
     .await;
-    for n in 0..4 {
-        let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
-        assert_eq!(status, 200, "request {n}: {text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    four_answered(gw.addr).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An https backend that ends the TLS session (`close_notify`) in the same write as
+/// its answer, leaving TCP open: found by the twenty-ninth outside probe, the next
+/// request was written into the closed session (its idle check had looked only at the
+/// socket, which the answer's read had emptied) and answered 502. Each request now
+/// finds the connection closed and opens a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_backend_that_ends_its_session_with_an_answer_is_not_written_to_again() {
     use std::io::Write as _;
     let (gw, dir) = gateway_before_raw_tls("upstream-tls-close-notify", |mut tls| async move {
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match tls.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&chunk[..n]),
-            }
+        if read_head(&mut tls).await.is_none() {
+            return;
         }
         // The answer and the close_notify as one write; TCP stays open.
         let conn = tls.get_mut().1;
@@ -1077,12 +1031,31 @@ async fn an_https_backend_that_ends_its_session_with_an_answer_is_not_written_to
         tokio::time::sleep(Duration::from_secs(5)).await;
     })
     .await;
+    four_answered(gw.addr).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads one request head from a raw backend's connection (`None` once it ends).
+async fn read_head(tls: &mut tokio_rustls::server::TlsStream<TcpStream>) -> Option<String> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tls.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Four requests through the gateway, 100 ms apart (each on a client connection of its
+/// own, so each may reuse the upstream connection the one before left): all 200.
+async fn four_answered(gateway: SocketAddr) {
     for n in 0..4 {
-        let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
+        let (status, text) = raw(gateway, &raw_get(ENTRIES)).await;
         assert_eq!(status, 200, "request {n}: {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A loopback admin listener answers only requests that name this host: a page whose
