@@ -1007,7 +1007,12 @@ async fn an_https_connection_holding_part_of_a_record_is_not_reused() {
         }
     })
     .await;
+    let strays =
+        || async { metric(&admin_get(gw.admin_addr, "/metrics").await.1, "stackgate_upstream_stray_discards_total") };
+    let before = strays().await;
     four_answered(gw.addr).await;
+    // Bytes no request asked for: counted (the counter is the process's).
+    assert!(strays().await > before, "a part of a record after the answer is a stray");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1033,6 +1038,77 @@ async fn an_https_backend_that_ends_its_session_with_an_answer_is_not_written_to
     .await;
     four_answered(gw.addr).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An https backend that chose HTTP/2 and answers a request with a GOAWAY leaving it
+/// out (last stream 0: not processed, RFC 9113 section 8.7), as one shutting down
+/// gracefully does: found by the thirty-first outside probe, the client got a 502. The
+/// request goes once more on a new connection, and is answered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_an_http2_backend_did_not_process_goes_again() {
+    let dir = temp_dir("upstream-h2-goaway");
+    let pki = pki(&dir);
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let acceptor = tokio_rustls::TlsAcceptor::from(stackgate::tls::server_config(&files).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answered = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, answered, first) = (acceptor.clone(), Arc::clone(&answered), accepted == 0);
+            accepted += 1;
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                if first {
+                    // Raw frames: wait for the request's HEADERS, then SETTINGS and a
+                    // GOAWAY whose last stream is 0.
+                    if until_headers(&mut tls).await {
+                        let mut out = vec![0, 0, 0, 4, 0, 0, 0, 0, 0];
+                        out.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+                        let _ = tls.write_all(&out).await;
+                        let _ = tls.flush().await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    return;
+                }
+                let svc = hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                    }
+                });
+                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    let gw = start_https_gateway(backend, &pki.ca, "").await;
+    let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1, "answered once, on the second connection");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads an HTTP/2 client's preface and frames until a HEADERS frame (`false` if the
+/// connection ends first).
+async fn until_headers(tls: &mut tokio_rustls::server::TlsStream<TcpStream>) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut at = 24;
+        while buf.len() >= at + 9 {
+            if buf[at + 3] == 1 {
+                return true;
+            }
+            at += 9 + ((usize::from(buf[at]) << 16) | (usize::from(buf[at + 1]) << 8) | usize::from(buf[at + 2]));
+        }
+        match tls.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 /// Reads one request head from a raw backend's connection (`None` once it ends).

@@ -54,6 +54,14 @@ impl Http2 {
         }
     }
 
+    /// Lets this thread's connection go (its streams go on): the next request opens
+    /// another.
+    pub fn retire(&self) {
+        if let Some(Ok(mut held)) = self.per_thread.get().map(RefCell::try_borrow_mut) {
+            *held = None;
+        }
+    }
+
     /// Starts HTTP/2 on a connection whose ALPN chose it and returns a sender for it,
     /// kept as this thread's connection unless another request of this thread has
     /// opened one meanwhile (then this one serves its request and ends after it).
@@ -79,4 +87,11 @@ impl Http2 {
         }
         Ok(sender)
     }
+}
+
+/// Whether a stream's failure says the backend did not process it (RFC 9113 section
+/// 8.7): its GOAWAY left the stream out, or it refused the stream (`REFUSED_STREAM`).
+pub fn unprocessed(e: &hyper::Error) -> bool {
+    let h2 = std::error::Error::source(e).and_then(|cause| cause.downcast_ref::<::h2::Error>());
+    h2.is_some_and(|h2| (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(::h2::Reason::REFUSED_STREAM))
 }

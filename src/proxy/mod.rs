@@ -308,15 +308,27 @@ impl UpstreamClient {
         // As on the direct path, each side's time runs only while it is awaited; the
         // body is read by the connection's task, so it wakes the timer.
         let waiting = Arc::new(Waiting::new(tokio::time::Instant::now()));
-        let body = Watched::new(ReqBody::from(body), Arc::clone(&waiting));
-        let req = Request::from_parts(parts, body);
+        // A request held whole can be sent again if the backend did not process it.
+        let again = match &body {
+            Outbound::Bytes(bytes) => Some((parts.clone(), bytes.clone())),
+            Outbound::Stream(_) => None,
+        };
+        let carries = !matches!(&body, Outbound::Bytes(bytes) if bytes.is_empty());
+        let req = Request::from_parts(parts, Watched::new(ReqBody::from(body), Arc::clone(&waiting)));
         let sent = tokio::select! {
             biased;
-            sent = self.send_h2(sender, req, deadline) => sent?,
-            who = waiting.stalled(limits.backend, limits.client) => return Err(match who {
-                Stalled::Backend => GatewayError::GatewayTimeout,
-                Stalled::Client => GatewayError::RequestTimeout,
-            }),
+            sent = self.send_h2(sender, req, again, &waiting, deadline) => sent?,
+            who = waiting.stalled(limits.backend, limits.client) => {
+                // A backend that takes no more of a body may have stopped taking any on
+                // this connection (its window spent): later requests open another.
+                if carries && who == Stalled::Backend {
+                    self.h2.retire();
+                }
+                return Err(match who {
+                    Stalled::Backend => GatewayError::GatewayTimeout,
+                    Stalled::Client => GatewayError::RequestTimeout,
+                });
+            }
         };
         let Some(mut resp) = passable(sent) else { return Err(GatewayError::BadGateway(UpstreamFailure::Protocol)) };
         // The gateway's answer, in its own version (see `http1::client`).
@@ -328,29 +340,38 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `req` on `sender`. A request the connection never took (it was closing:
-    /// the backend's GOAWAY, its idle close) cannot have reached the backend, and goes
-    /// once more on a new connection, as hyper-util's pooled client does; made for HTTP/2, it
-    /// goes only if that connection's ALPN chooses HTTP/2 again.
+    /// Sends `req` on `sender`. A request the backend did not process goes once more,
+    /// on a new connection (RFC 9113 section 8.7), if that connection's ALPN chooses
+    /// HTTP/2 again: one the connection never took (it was closing: the backend's idle
+    /// close), and one held whole (`again`) that the backend's GOAWAY left out or that
+    /// it refused (`REFUSED_STREAM`). A streamed body is not sent twice.
     async fn send_h2(
         &self,
         mut sender: h2::Sender,
         req: Request<H2Body>,
+        again: Option<(http::request::Parts, Bytes)>,
+        waiting: &Arc<Waiting>,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, GatewayError> {
-        let mut unsent = match sender.try_send_request(req).await {
+        let failed = GatewayError::BadGateway(UpstreamFailure::Protocol);
+        let req = match sender.try_send_request(req).await {
             Ok(resp) => return Ok(resp),
-            Err(e) => e,
+            Err(mut unsent) => match (unsent.take_message(), again) {
+                (Some(req), _) => req,
+                (None, Some((parts, bytes))) if h2::unprocessed(&unsent.into_error()) => {
+                    let body = Watched::new(ReqBody::from(Outbound::Bytes(bytes)), Arc::clone(waiting));
+                    Request::from_parts(parts, body)
+                }
+                (None, _) => return Err(failed),
+            },
         };
-        let Some(req) = unsent.take_message() else {
-            return Err(GatewayError::BadGateway(UpstreamFailure::Protocol));
-        };
+        self.h2.retire();
         match self.direct.connect(deadline).await? {
             direct::Opened::Http2(tls) => {
                 let mut sender = self.start_h2(tls, deadline).await?;
-                sender.send_request(req).await.map_err(|_| GatewayError::BadGateway(UpstreamFailure::Protocol))
+                sender.send_request(req).await.map_err(|_| failed)
             }
-            direct::Opened::Http1(_) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
+            direct::Opened::Http1(_) => Err(failed),
         }
     }
 }

@@ -35,9 +35,9 @@ impl Transport {
     /// same way, until the socket has no more: data is a stray; the backend's
     /// `close_notify` (which may have come with the last answer, as an outside probe
     /// showed: the next request was written into the closed session) or the end of the
-    /// connection is a close; part of a record (its rest may be on its way, and may be
-    /// data) is not trusted: not reused. Records that are no data (a session ticket, a
-    /// key update) leave it quiet.
+    /// connection is a close; part of a record after the answer (its rest may be on its
+    /// way, and data) counts as a stray too. Whole records that are no data (a session
+    /// ticket, a key update) leave it quiet.
     pub fn idle(&mut self) -> Idle {
         let tls = match self {
             Transport::Plain(tcp) => return peek(tcp),
@@ -47,8 +47,10 @@ impl Transport {
         loop {
             match conn.process_new_packets() {
                 Ok(state) if state.plaintext_bytes_to_read() > 0 => return Idle::Stray,
-                Ok(state) if !state.peer_has_closed() && !records.mid_record() => {}
-                Ok(_) | Err(_) => return Idle::Closed,
+                Ok(state) if state.peer_has_closed() => return Idle::Closed,
+                Ok(_) if records.mid_record() => return Idle::Stray,
+                Ok(_) => {}
+                Err(_) => return Idle::Closed,
             }
             match conn.read_tls(&mut ReadNow(records)) {
                 Ok(0) => return Idle::Closed,
