@@ -251,15 +251,19 @@ impl UpstreamClient {
         state: &BodyState,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         let limits = Limits { backend: self.upstream.request_timeout, client: self.upstream.client_timeout };
-        let deadline = tokio::time::Instant::now() + limits.backend;
+        // The HTTP/2 path's deadline; the direct path keeps its own (no clock read here).
+        let deadline = || tokio::time::Instant::now() + limits.backend;
         let result = match self.h2_sender().await {
-            Some(sender) => self.over_h2(sender, parts, rewrite, body, limits, deadline).await,
+            Some(sender) => self.over_h2(sender, parts, rewrite, body, limits, deadline()).await,
             None => match self.direct.send(slot, tenant, &parts, rewrite, &mut body, limits).await {
                 Ok(Sent::Answered(resp, fields)) => Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields)))),
-                Ok(Sent::Http2(tls)) => match self.start_h2(tls, deadline).await {
-                    Ok(sender) => self.over_h2(sender, parts, rewrite, body, limits, deadline).await,
-                    Err(e) => Err(e),
-                },
+                Ok(Sent::Http2(tls)) => {
+                    let deadline = deadline();
+                    match self.start_h2(tls, deadline).await {
+                        Ok(sender) => self.over_h2(sender, parts, rewrite, body, limits, deadline).await,
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             },
         };
