@@ -5,7 +5,7 @@
 use crate::config::{Config, Organization, UserSessions};
 use crate::proxy::UpstreamClient;
 use crate::ratelimit::{Bucket, Charge, OrgBuckets, Payer, RateClock, TokenBuckets};
-use crate::token::{compile_scope, BranchCatalog, Grants, TokenRecord};
+use crate::token::{compile_stored_scope, BranchCatalog, Grants, TokenRecord};
 use crate::usage::Usage;
 use http::uri::Authority;
 use std::collections::HashMap;
@@ -263,7 +263,9 @@ impl Snapshot {
 /// Builds a [`Snapshot`] from stored tokens handed in one at a time, as the store reads
 /// them: a million tokens never sit in memory twice (as records and as the index the
 /// request path reads). The config's own tokens are added first. Stored tokens whose
-/// stack or branches no longer exist are skipped (fail closed) and logged. Every rate
+/// stack no longer exists are skipped (fail closed) and logged; a branch or alias a
+/// stored token names that its stack lost grants nothing, the rest of its scope stands
+/// (see [`compile_stored_scope`]). Every rate
 /// bucket whose rate did not change is taken over from `previous`.
 pub struct SnapshotBuilder {
     config: Arc<Config>,
@@ -459,7 +461,10 @@ fn compile_token(
     shared: &mut SharedGrants,
 ) -> Option<Token> {
     let view = stacks.get(rec.stack.as_str())?;
-    let grants = compile_scope(&rec.scope, &**view).ok()?;
+    let (grants, lost) = compile_stored_scope(&rec.scope, &**view).ok()?;
+    if lost {
+        tracing::warn!(token.uid = %rec.uid, "token names a branch or alias its stack no longer has; those grant nothing");
+    }
     let access_label = if grants.write.is_empty() { "read" } else { "read-write" };
     // A regenerated token keeps its buckets: look it up by its previous secret too.
     let prev = previous

@@ -63,9 +63,24 @@ pub trait BranchCatalog {
 }
 
 /// Compiles a scope, collecting every problem under a field key
-/// (`scope[2].module`, `scope.branch_or_alias`, ...).
+/// (`scope[2].module`, `scope.branch_or_alias`, ...). A branch or alias the stack does
+/// not have is one of them: what the API and the config accept names only what exists.
 pub fn compile_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Result<Grants, FieldErrors> {
+    compile(entries, stack, true).map(|(grants, _)| grants)
+}
+
+/// Compiles a stored token's scope against the stack as configured now. A branch or
+/// alias the stack no longer has (a reload removed it) grants nothing, and the rest of
+/// the scope stands: the token stays a live credential (suspendable, not a guess), and
+/// a request naming the lost branch is refused as any unknown branch is. The flag says
+/// whether a name was lost, for the caller to log.
+pub fn compile_stored_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Result<(Grants, bool), FieldErrors> {
+    compile(entries, stack, false)
+}
+
+fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> Result<(Grants, bool), FieldErrors> {
     let mut errors = FieldErrors::new();
+    let mut lost = false;
     let mut grants = Grants::default();
     let (mut branches, mut aliases) = (Vec::new(), Vec::new());
     let mut has_branch_entry = false;
@@ -89,8 +104,10 @@ pub fn compile_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Resul
                 for b in list {
                     if stack.has_branch(b) {
                         branches.push(b.as_str().into());
-                    } else {
+                    } else if strict {
                         err("branches", format!("branch '{b}' does not exist in this stack."));
+                    } else {
+                        lost = true;
                     }
                 }
             }
@@ -99,8 +116,10 @@ pub fn compile_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Resul
                 for a in list {
                     if stack.has_alias(a) {
                         aliases.push(a.as_str().into());
-                    } else {
+                    } else if strict {
                         err("branch_aliases", format!("alias '{a}' does not exist in this stack."));
+                    } else {
+                        lost = true;
                     }
                 }
             }
@@ -128,7 +147,7 @@ pub fn compile_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Resul
     }
     grants.branches = branches.into();
     grants.aliases = aliases.into();
-    Ok(grants)
+    Ok((grants, lost))
 }
 
 fn grant(grants: &mut Grants, set: ModuleSet, acl: Acl) {

@@ -1363,6 +1363,65 @@ async fn a_reload_that_passes_a_stacks_token_cap_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Found by the thirty-second outside probe: a reload that removed a branch or alias a
+/// stored token named dropped the whole token. Its secret was then an unknown one (401,
+/// counted by the guessing guard) while the API still showed it enabled, although the
+/// rest of its scope stood. Now the lost name grants nothing and the rest stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_token_keeps_what_a_reload_left_of_its_scope() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("reload-lost-alias");
+    let file = dir.join("gw.toml");
+    let base =
+        config_text(backend.addr, "", "") + &format!("\n[store]\npath = \"{}\"\n", dir.join("tokens.db").display());
+    std::fs::write(&file, &base).unwrap();
+    let gw = start_from_file(&file).await;
+    let create = r#"{"token":{"name":"main and staging","scope":[{"module":"$all","acl":{"read":true}},
+        {"module":"branch","branches":["main"]},{"module":"branch_alias","branch_aliases":["staging"]}]}}"#;
+    let request = format!(
+        "POST /v3/stacks/management_tokens HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\nauthtoken: {ALICE}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nConnection: close\r\n\r\n{create}",
+        create.len()
+    );
+    let (status, body) = raw(gw.addr, request.as_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    let created = json_body(&body);
+    let secret = created["token"]["token"].as_str().unwrap().to_owned();
+    let uid = created["token"]["uid"].as_str().unwrap().to_owned();
+    let read = |branch: &str| {
+        format!(
+            "GET /v3/content_types HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\nauthorization: {secret}\r\n\
+             {branch}Connection: close\r\n\r\n"
+        )
+    };
+    assert_eq!(raw(gw.addr, read("").as_bytes()).await.0, 200);
+    assert_eq!(raw(gw.addr, read("branch: staging\r\n").as_bytes()).await.0, 200);
+
+    let without = base.replace(", staging = \"development\"", "");
+    assert_ne!(without, base, "test setup: the alias removed");
+    std::fs::write(&file, &without).unwrap();
+    let (status, answer) = admin_post(gw.admin_addr, "/reload").await;
+    assert_eq!(status, 200, "{answer}");
+    // More answers than the guard's failures allow: none of them is a guess.
+    for round in 0..60 {
+        assert_eq!(raw(gw.addr, read("").as_bytes()).await.0, 200, "round {round}: main is still granted");
+    }
+    let (status, body) = raw(gw.addr, read("branch: staging\r\n").as_bytes()).await;
+    assert_eq!(status, 403, "the lost alias is an unknown branch: {body}");
+    let fetched = format!(
+        "GET /v3/stacks/management_tokens/{uid} HTTP/1.1\r\nHost: 127.0.0.1\r\napi_key: {API_KEY}\r\nauthtoken: {ALICE}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = raw(gw.addr, fetched.as_bytes()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_body(&body)["token"]["enabled"], true);
+
+    // The alias back, the token's scope is whole again.
+    std::fs::write(&file, &base).unwrap();
+    assert_eq!(admin_post(gw.admin_addr, "/reload").await.0, 200);
+    assert_eq!(raw(gw.addr, read("branch: staging\r\n").as_bytes()).await.0, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Found by the twenty-eighth outside probe: a static token given the uid of a token
 /// the API had stored was accepted, and then the two were one identity to the API
 /// (which found the static one, so the stored token could not be suspended or deleted),
