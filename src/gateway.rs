@@ -473,7 +473,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreErr
         return Ok(Arc::new(PgStore::connect(pg).await?));
     }
     match &config.store.path {
-        Some(path) => Ok(Arc::new(SqliteStore::open(path)?)),
+        Some(path) => Ok(Arc::new(SqliteStore::open_exclusive(path)?)),
         None => {
             tracing::warn!("no [store] path configured: tokens created through the API live only in memory");
             Ok(Arc::new(SqliteStore::in_memory()?))

@@ -174,6 +174,49 @@ async fn one_thread_serves_proxying_and_the_token_api() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Found by the thirty-third outside probe: a second gateway started on the first one's
+/// embedded store, and a token deleted through one kept working on the other (each
+/// serves what its own API changed). The second is refused before it binds, naming the
+/// file; once the first has ended, however it ended, the store opens again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_store_serves_one_gateway_at_a_time() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("store-held");
+    let file = dir.join("gw.toml");
+    let store = format!("\n[store]\npath = \"{}\"\n", dir.join("tokens.db").display());
+    std::fs::write(&file, config_text(backend.addr, "", &store)).unwrap();
+    let config = file.to_str().unwrap();
+    let (first, addr, _out) = spawn(&["run", "--config", config]);
+    let second = Command::new(BIN)
+        .args(["run", "--config", config])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut second = Proc(second);
+    let started = std::time::Instant::now();
+    while second.0.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(20), "a second gateway is serving the same store");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(second.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(second.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(!second.0.wait().unwrap().success());
+    assert!(stderr.contains("tokens.db is in use by another stackgate process"), "{stderr}");
+    assert!(!stdout.contains("listening"), "refused before binding: {stdout}");
+    // The first one serves on.
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    assert_eq!(raw(addr, &raw_get("/v3/assets")).await.0, 200);
+    // Killed (no clean shutdown): the kernel lets the lock go with the process.
+    drop(first);
+    let (_again, addr, _out) = spawn(&["run", "--config", config]);
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    assert_eq!(raw(addr, &raw_get("/v3/assets")).await.0, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Starts `run` on `config` with `RUST_LOG=info` and stderr going to `stderr`; the
 /// listening address, and stdout kept open.
 fn spawn_logging(

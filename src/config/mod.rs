@@ -46,9 +46,27 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates config text.
 pub fn from_str(text: &str) -> Result<Config, ConfigErrors> {
-    let (raw, unknown) =
-        raw::parse(text).map_err(|e| ConfigErrors::single("", format!("invalid TOML: {}", e.to_string().trim())))?;
+    let (raw, unknown) = raw::parse(text).map_err(|e| ConfigErrors::single("", toml_error(text, &e)))?;
     compile(raw, &unknown, &process_env)
+}
+
+/// A TOML error by its place and its message, never the text there: toml's own display
+/// quotes the line, and the line may hold a secret (a webhook URL with its key, a
+/// PostgreSQL URL with its password) that would reach `/reload`'s answer and the log. A
+/// value a message repeats (serde's "invalid type: string ...") is withheld the same way.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let mut message = e.message().trim().to_owned();
+    let Some(span) = e.span() else { return format!("invalid TOML: {message}") };
+    let value = text.get(span.clone()).unwrap_or("").trim_start();
+    if value.starts_with(['"', '\'']) {
+        if let (Some(first), Some(last)) = (message.find('"'), message.rfind('"')) {
+            message.replace_range(first..=last, "(withheld)");
+        }
+    }
+    let before = text.get(..span.start).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("invalid TOML at line {line}, column {column}: {message}")
 }
 
 /// Logs at start-up what the config allows but probably does not mean (see

@@ -115,6 +115,30 @@ fn notify_config(notify: &str) -> Result<Config, Vec<String>> {
         .map_err(|e| e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect())
 }
 
+/// Found by the thirty-third outside probe: a TOML syntax error on the webhook line put
+/// the URL, key and all, into `/reload`'s answer, the log and `check`'s output (toml's
+/// own message quotes the line). Errors name the place, never the text there; a value a
+/// message would repeat is withheld too.
+#[test]
+fn toml_errors_name_the_place_not_the_text() {
+    let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+    for (broken, line) in [
+        ("[notify]\nwebhook = \"http://h/hooks?key=SLACKSECRET123\n", 4),
+        ("[store]\nurl = \"postgres://sg:DBPASSWORD@db/sg\ntimeout = 1\n", 4),
+        ("[notify]\nsmtp = \"smtp://u:SMTPSECRET@relay\"\n", 4),
+        ("[store]\nurl = [\"postgres://sg:DBPASSWORD@db/sg\"]\n", 4),
+        ("[server]\nmax_connections = \"SECRETLIKE\"\n", 4),
+    ] {
+        let text = format!("{base}{broken}");
+        let errors = from_str(&text).unwrap_err().0;
+        let shown = format!("{errors:?}");
+        assert!(shown.contains(&format!("invalid TOML at line {line}, column")), "{broken}: {shown}");
+        for secret in ["SLACKSECRET123", "DBPASSWORD", "SMTPSECRET", "SECRETLIKE"] {
+            assert!(!shown.contains(secret), "{broken}: {shown}");
+        }
+    }
+}
+
 #[test]
 fn webhook_may_be_https_with_its_own_ca_file() {
     let cfg = notify_config("webhook = \"https://hooks.example.com/expiry\"\nwebhook_ca_file = \"ca.pem\"").unwrap();

@@ -75,12 +75,56 @@ pub struct SqliteStore {
     /// first load (it reads every page, about a second per million tokens): the load
     /// fails if the check does, and every other operation waits for its verdict.
     integrity: Arc<Mutex<Integrity>>,
+    /// The lock file a serving gateway holds for as long as it runs (see
+    /// [`SqliteStore::open_exclusive`]); released by the kernel when the process ends,
+    /// however it ends.
+    held: Option<Arc<std::fs::File>>,
 }
 
 /// Where the start-up integrity check stands.
 enum Integrity {
     Running(std::thread::JoinHandle<Result<(), String>>),
     Done(Result<(), String>),
+}
+
+/// The exclusive lock on `PATH.lock` (a file of its own: SQLite's record locks on the
+/// database are per process and dropped when any handle of the file closes), or an error
+/// naming the file while another process holds it. The kernel lets it go when the
+/// process ends, however it ends. Within one process every handle shares the one lock
+/// (a restart in place opens the store again before the old handle is gone).
+fn hold(path: &Path) -> Result<Arc<std::fs::File>, StoreError> {
+    static HELD: Mutex<Vec<(std::path::PathBuf, std::sync::Weak<std::fs::File>)>> = Mutex::new(Vec::new());
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{}: {e}", lock_path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| failed(&e))?;
+    let key = std::fs::canonicalize(&lock_path).map_err(|e| failed(&e))?;
+    let mut held = HELD.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
+    held.retain(|(_, file)| file.strong_count() > 0);
+    if let Some(file) = held.iter().find(|(p, _)| *p == key).and_then(|(_, file)| file.upgrade()) {
+        return Ok(file);
+    }
+    match file.try_lock() {
+        Ok(()) => {
+            let file = Arc::new(file);
+            held.push((key, Arc::downgrade(&file)));
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "{} is in use by another stackgate process (it holds {}); one embedded store serves one gateway, \
+             several replicas share PostgreSQL (docs/scale-out.md)",
+            path.display(),
+            lock_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(&e)),
+    }
 }
 
 /// The integrity check's verdict, waiting for it if it is still running (blocking).
@@ -128,6 +172,20 @@ impl SqliteStore {
             .spawn(move || quick_check(&checker))
             .map_err(|e| unavailable(&e))?;
         store.integrity = Arc::new(Mutex::new(Integrity::Running(check)));
+        Ok(store)
+    }
+
+    /// Opens the database at `path` for this process alone, as a gateway serves it: the
+    /// snapshot it serves is changed only by its own token API, so a second gateway on
+    /// the same file would keep serving what the first deleted (the thirty-third outside
+    /// probe: a revoked token kept working there). See [`hold`].
+    pub fn open_exclusive(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(&e))?;
+        }
+        let held = hold(path)?;
+        let mut store = Self::open(path)?;
+        store.held = Some(held);
         Ok(store)
     }
 
@@ -187,7 +245,7 @@ impl SqliteStore {
         }
         migrate(&conn)?;
         let integrity = Arc::new(Mutex::new(Integrity::Done(Ok(()))));
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), reader: None, integrity })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), reader: None, integrity, held: None })
     }
 
     /// [`TokenStore::modify`] and [`TokenStore::rotate`]: one read-modify-write.
