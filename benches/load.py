@@ -16,7 +16,7 @@ throughput). Rounds alternate between rows (odd rounds in reverse order); median
 Environment: SHAPE=pinned|all|both (default both), QUICK=1 (one short round, doc left
 alone), ROUNDS=N, DURATION=seconds. Unless QUICK, each shape's table is inserted as a dated
 section at the top of the results in docs/benchmarks.md. Every run is bounded in time."""
-import datetime, os, platform, re, socket, statistics, subprocess, sys, tempfile, time
+import datetime, os, platform, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.environ.get("QUICK") == "1"
@@ -286,8 +286,17 @@ def make_cert(d):
     return cert, key, pem
 
 
+def own_store(small, text, name):
+    """`text` pointed at a copy of the seeded store: a store serves one gateway at a time."""
+    db = os.path.join(small, "tokens.db")
+    copy = os.path.join(small, f"tokens-{name}.db")
+    shutil.copyfile(db, copy)
+    assert f'path = "{db}"' in text, "the seeded config names its store"
+    return text.replace(f'path = "{db}"', f'path = "{copy}"', 1)
+
+
 def tls_config(small, cert, key, name):
-    text = open(os.path.join(small, "stackgate.toml")).read()
+    text = own_store(small, open(os.path.join(small, "stackgate.toml")).read(), "tls")
     text = text.replace('[server]\n', f'[server]\ntls = {{ cert = "{cert}", key = "{key}" }}\n', 1)
     path = os.path.join(small, name)
     open(path, "w").write(text)
@@ -388,7 +397,8 @@ def run_shape(shape, d, state):
         procs.append(redis)
         wait_port(rport, proc=redis)
         rcfg = os.path.join(small, "stackgate-redis.toml")
-        open(rcfg, "w").write(base + f'\n[ratelimit]\nbackend = "redis"\nurl = "redis://127.0.0.1:{rport}"\nfail_mode = "closed"\n')
+        open(rcfg, "w").write(own_store(small, base, "redis")
+                              + f'\n[ratelimit]\nbackend = "redis"\nurl = "redis://127.0.0.1:{rport}"\nfail_mode = "closed"\n')
         sg_redis, rsport, _ = start_stackgate(shape, rcfg)
         procs.append(sg_redis)
 

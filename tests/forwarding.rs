@@ -1163,6 +1163,60 @@ async fn an_http10_backends_answer_reaches_the_client_as_http11() {
     );
 }
 
+/// Found by the thirty-second outside probe: an HTTP/1.0 client asking for keep-alive
+/// was told `connection: keep-alive` over a body of unknown length (close-delimited, or
+/// chunked and streamed), which can only end with the connection; its next request was
+/// then dropped unanswered. Such an answer now promises nothing and the connection
+/// ends with it; an answer with a length keeps the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_client_is_promised_keep_alive_only_with_a_length() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let script: Script = vec![
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil ", b"close"], true),
+        (
+            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nin two", b"\r\n6\r\n parts\r\n0\r\n\r\n"],
+            false,
+        ),
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"], false),
+        (vec![b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond"], false),
+    ];
+    let (backend, _, _) = scripted_backend(script).await;
+    let gw = env_for(backend).await;
+    let request =
+        format!("GET {PATH} HTTP/1.0\r\nConnection: keep-alive\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n\r\n");
+    // Two requests at once on one connection; everything the gateway sends until it
+    // closes (or 3 s of silence).
+    let exchange = |twice: bool| {
+        let request = request.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            stream.write_all(request.repeat(if twice { 2 } else { 1 }).as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let closed = loop {
+                match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break true,
+                    Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+                    Err(_) => break false,
+                }
+                if got.ends_with(b"second") {
+                    break false;
+                }
+            };
+            (String::from_utf8_lossy(&got).to_ascii_lowercase(), closed)
+        }
+    };
+    for body in ["until close", "in two parts"] {
+        let (answer, closed) = exchange(false).await;
+        assert!(answer.starts_with("http/1.0 200 ") && answer.ends_with(body), "{answer}");
+        assert!(!answer.contains("keep-alive") && !answer.contains("content-length"), "{answer}");
+        assert!(closed, "the body ended with the connection: {answer}");
+    }
+    let (answers, _) = exchange(true).await;
+    assert_eq!(answers.matches("http/1.0 200 ").count(), 2, "{answers}");
+    assert!(answers.contains("connection: keep-alive") && answers.ends_with("second"), "{answers}");
+}
+
 /// A backend that refuses a body without reading it and keeps the connection (see
 /// `desyncing`) reads the body as its next request, and its answer to that would be
 /// the next request's answer: after an error answer to a request with a body, the

@@ -1206,7 +1206,13 @@ async fn a_loopback_admin_listener_answers_only_its_own_host_names() {
         twice("127.0.0.1", "127.0.0.1", "/metrics"),
         "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
         "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
-    ] {
+    ]
+    .into_iter()
+    // The thirty-second: a port that is no decimal 16-bit number was taken here while
+    // the main listener refused it.
+    .chain(["127.0.0.1:abc", "localhost:-1", "localhost:99999", "[::1]x", "127.0.0.1:+1", "local host"].map(|host| {
+        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    })) {
         let (status, text) = raw(gw.admin_addr, request.as_bytes()).await;
         assert_eq!(status, 400, "{request:?}: {text}");
         assert!(text.contains("\"error_code\":400"), "{text}");

@@ -101,7 +101,7 @@ fn check_message(parts: &Parts) -> Result<(), GatewayError> {
 /// host (a name of unreserved, sub-delim and `%` characters, or an IPv6 literal in
 /// brackets) with an optional port that fits 16 bits. Checked byte by byte: parsing it
 /// as an `http` authority would copy it into an allocation on every request.
-fn is_authority(value: &[u8]) -> bool {
+pub(crate) fn is_authority(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
     }

@@ -47,7 +47,7 @@ async fn answer(
     let mut resp = if !one_host(&req) {
         json_response(
             StatusCode::BAD_REQUEST,
-            &json!({"error_message": "A request must name one host: one Host field (HTTP/1.1).", "error_code": 400}),
+            &json!({"error_message": "A request must name one host: one Host field (HTTP/1.1), host[:port] with a decimal port.", "error_code": 400}),
         )
         .map(Full::new)
     } else if loopback && !names_this_host(&req, &gw.snapshot().config.server.hostnames) {
@@ -68,16 +68,17 @@ async fn answer(
     Ok(resp)
 }
 
-/// Whether a request has at most one `Host`, and an HTTP/1.1 request one (RFC 9112
-/// section 3.2: 400 otherwise, as on the main listener). With two, the one checked
-/// here need not be the one an application reads (an outside probe had `Host:
-/// localhost` then `Host: evil.com` answered).
+/// Whether a request has at most one `Host`, and an HTTP/1.1 request one, of the form
+/// the main listener takes (RFC 9112 section 3.2: 400 otherwise, as there). With two,
+/// the one checked here need not be the one an application reads (an outside probe had
+/// `Host: localhost` then `Host: evil.com` answered); `127.0.0.1:abc` was taken here
+/// while the main listener refused it (the thirty-second).
 fn one_host(req: &Request<Incoming>) -> bool {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => false,
         (None, _) => req.version() != http::Version::HTTP_11,
-        (Some(_), None) => true,
+        (Some(host), None) => crate::pipeline::is_authority(host.as_bytes()),
     }
 }
 

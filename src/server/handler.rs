@@ -113,6 +113,7 @@ pub async fn handle(
     let chunked = req.version() < http::Version::HTTP_2 && req.headers().contains_key(http::header::TRANSFER_ENCODING);
     let unread = proxy::Unread::of(req.body());
     let head = req.method() == http::Method::HEAD;
+    let http10 = req.version() == http::Version::HTTP_10;
     let (mut resp, fields) = respond(gw, req, conn).await;
     proxy::fill_headers(&mut resp, GatewayFields::MOST);
     fields.apply(resp.headers_mut());
@@ -125,6 +126,17 @@ pub async fn handle(
     // refusal of a body too large to drain) ends the connection after the answer.
     if chunked || unread.is_some_and(|u| u.is_unread()) {
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    // An HTTP/1.0 client has no chunked coding: a body of unknown length ends when the
+    // connection does, so the answer must not promise keep-alive (RFC 9112, C.2.2).
+    // hyper adds `Connection: keep-alive` for a 1.0 client that asked for it unless
+    // the answer itself is HTTP/1.0 without it; then it closes after the body.
+    if http10
+        && !head
+        && !resp.headers().contains_key(CONTENT_LENGTH)
+        && hyper::body::Body::size_hint(resp.body()).exact().is_none()
+    {
+        *resp.version_mut() = http::Version::HTTP_10;
     }
     Ok(resp)
 }
