@@ -175,8 +175,11 @@ pub async fn respond(
     let started = Instant::now();
     let request_id = request_id::ids().next();
     // What the access log needs of the request, kept only when the log is on.
-    let logged = tracing::enabled!(target: "stackgate::access", tracing::Level::INFO)
-        .then(|| (req.method().clone(), req.uri().clone()));
+    let logged = tracing::enabled!(target: "stackgate::access", tracing::Level::INFO).then(|| {
+        let credential = |name| req.headers().get(name).cloned();
+        let credentials = [credential(&http::header::AUTHORIZATION), credential(&pipeline::auth::AUTHTOKEN)];
+        (req.method().clone(), req.uri().clone(), credentials)
+    });
     let mut facts = Facts::default();
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body);
@@ -239,14 +242,15 @@ pub async fn respond(
     let op = facts.op;
     let took = started.elapsed();
     gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
-    let Some((method, uri)) = logged else { return (resp, GatewayFields { request_id, rate, cors }) };
+    let Some((method, uri, credentials)) = logged else { return (resp, GatewayFields { request_id, rate, cors }) };
+    let credentials = credentials.each_ref().map(|c| c.as_ref().map_or(&b""[..], HeaderValue::as_bytes));
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
         client = %client_ip,
         trace_id = request_id::trace_id(trace.as_bytes()).unwrap_or("-"),
-        method = %LoggedMethod(&method),
-        path = logged_path(facts.canonical.as_deref().unwrap_or(uri.path())),
+        method = %LoggedMethod(&method, &credentials),
+        path = logged_path(facts.canonical.as_deref().unwrap_or(uri.path()), &credentials),
         module = op.map_or("-", |o| o.module.name()),
         access = op.map_or("-", |o| o.access.name()),
         token_uid = facts.token.as_ref().map_or("-", |t| &*t.uid),
@@ -258,21 +262,23 @@ pub async fn respond(
     (resp, GatewayFields { request_id, rate, cors })
 }
 
-/// A method in the access line, written as it came (not quoted), unless it is shaped
-/// like an issued secret (see [`logged_path`]).
-struct LoggedMethod<'a>(&'a http::Method);
+/// A method in the access line, written as it came (not quoted), unless it shows a
+/// secret (see [`logged_path`]).
+struct LoggedMethod<'a>(&'a http::Method, &'a [&'a [u8]; 2]);
 
 impl std::fmt::Display for LoggedMethod<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(logged_path(self.0.as_str()))
+        f.write_str(logged_path(self.0.as_str(), self.1))
     }
 }
 
 /// A path in the access line: as it came, unless it shows an issued secret's characters
 /// anywhere (as sent or decoded, delimited or not: a client that put a token in its
-/// path, or sent one as its method), which are never written to a log.
-fn logged_path(path: &str) -> &str {
-    if pipeline::query::shows_secret(path) {
+/// path, or sent one as its method) or the request's own `authorization` or `authtoken`
+/// (a user's authtoken has no shape of its own; the thirty-second outside probe had
+/// one logged from the path), which are never written to a log.
+fn logged_path<'a>(path: &'a str, credentials: &[&[u8]; 2]) -> &'a str {
+    if pipeline::query::shows_secret(path) || credentials.iter().any(|c| request_id::shows(path.as_bytes(), c)) {
         "[withheld: holds a secret's shape]"
     } else {
         path

@@ -171,8 +171,28 @@ pub fn shows_run_of(text: &[u8], credential: &[u8]) -> bool {
     })
 }
 
+/// Whether `text` shows `credential`: a run of it (see [`shows_run_of`]), or the whole
+/// of one shorter than a run (a user's authtoken may be; under 8 characters it is no
+/// secret worth a withheld path).
+pub fn shows(text: &[u8], credential: &[u8]) -> bool {
+    match credential.len() {
+        0..8 => false,
+        n if n < RUN => text.windows(n).any(|w| w.eq_ignore_ascii_case(credential)),
+        _ => shows_run_of(text, credential),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_credential_is_shown_whole_or_by_a_run() {
+        let path = b"/v3/content_types/Alice-Authtoken/entries";
+        assert!(super::shows(path, b"alice-authtoken"));
+        assert!(!super::shows(path, b"bob-authtoken"));
+        assert!(!super::shows(path, b"types"), "too short to withhold a path for");
+        assert!(super::shows(b"/v3/x4bf92f3577b34da6a3", b"cs4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
     #[test]
     fn a_trace_made_of_a_credential_is_not_passed_on() {
         let secret = b"cs4bf92f3577b34da6a3ce929d0e0e4736";
