@@ -702,6 +702,15 @@ async fn every_token_change_is_in_the_audit_trail() {
     assert_eq!(json_of(&env, "PUT", &path, &owner(API_KEY), &off).await.0, 200);
     let on = body(json!({"token": {"enabled": true}}));
     assert_eq!(json_of(&env, "PUT", &path, &owner(API_KEY), &on).await.0, 200);
+    // An update that changes nothing (the thirty-third outside probe) writes nothing:
+    // no entry, `updated_at` and `updated_by` as they were.
+    let (_, before) = json_of(&env, "GET", &path, &owner(API_KEY), "").await;
+    for nothing in [json!({"token": {}}), json!({"token": {"enabled": true, "name": "audited-2"}})] {
+        let (status, v) = json_of(&env, "PUT", &path, &admin, &body(nothing)).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["token"]["updated_at"], before["token"]["updated_at"], "{v}");
+        assert_eq!(v["token"]["updated_by"], before["token"]["updated_by"], "{v}");
+    }
     let (_, rotated) = json_of(&env, "POST", &format!("{path}/regenerate"), &owner(API_KEY), "").await;
     let new = rotated["token"]["token"].as_str().unwrap().to_owned();
     assert_eq!(json_of(&env, "DELETE", &path, &admin, "").await.0, 200);

@@ -338,6 +338,13 @@ fn apply_edit(stored: TokenRecord, edit: Edit, rotating: bool) -> Result<TokenRe
     Ok(rec)
 }
 
+/// Whether an edit leaves every field the API shows as it was (`PUT` with `{"token":{}}`,
+/// or the fields as they stand): nothing is written, `updated_at` stays, and no audit
+/// entry records a change that was none.
+fn changes_nothing(before: &TokenRecord, after: &TokenRecord, rotating: bool) -> bool {
+    !rotating && changed_fields(Some(before), after).is_empty()
+}
+
 /// The previous secret as its two columns (hash, end), both null when there is none.
 fn previous_columns(rec: &TokenRecord) -> (Option<Vec<u8>>, Option<i64>) {
     (rec.previous_secret.map(|p| p.sha256.to_vec()), rec.previous_secret.map(|p| p.until))

@@ -167,6 +167,9 @@ impl PgStore {
         let stored = row.as_ref().and_then(record).ok_or(StoreError::NotFound)?;
         let before = stored.clone();
         let rec = super::apply_edit(stored, edit, rotating)?;
+        if super::changes_nothing(&before, &rec, rotating) {
+            return Ok(before);
+        }
         let scope = super::scope_json(&rec)?;
         let (rate_read, rate_write) = rate_columns(&rec);
         let expires_on = rec.expires_on.as_ref().map(|e| e.text.as_str());

@@ -259,6 +259,9 @@ impl SqliteStore {
                 query(&tx, "WHERE stack = ?1 AND uid = ?2", &[&stack, &uid])?.pop().ok_or(StoreError::NotFound)?;
             let before = stored.clone();
             let rec = super::apply_edit(stored, edit, rotating)?;
+            if super::changes_nothing(&before, &rec, rotating) {
+                return Ok(before);
+            }
             let scope = super::scope_json(&rec)?;
             let rate = rec.rate_limit.map(|r| (r.read_per_second, r.write_per_second));
             let previous = super::previous_columns(&rec);
