@@ -187,25 +187,35 @@ async fn an_embedded_store_serves_one_gateway_at_a_time() {
     std::fs::write(&file, config_text(backend.addr, "", &store)).unwrap();
     let config = file.to_str().unwrap();
     let (first, addr, _out) = spawn(&["run", "--config", config]);
-    let second = Command::new(BIN)
-        .args(["run", "--config", config])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut second = Proc(second);
-    let started = std::time::Instant::now();
-    while second.0.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(20), "a second gateway is serving the same store");
-        std::thread::sleep(Duration::from_millis(50));
+    // The same file by its own path, through a symlink, and through a hard link (the
+    // thirty-fourth outside probe: a lock beside the file, found by name, let the links
+    // through).
+    std::os::unix::fs::symlink(dir.join("tokens.db"), dir.join("symlink.db")).unwrap();
+    std::fs::hard_link(dir.join("tokens.db"), dir.join("hardlink.db")).unwrap();
+    for name in ["tokens.db", "symlink.db", "hardlink.db"] {
+        let other = dir.join(format!("{name}.toml"));
+        let store = format!("\n[store]\npath = \"{}\"\n", dir.join(name).display());
+        std::fs::write(&other, config_text(backend.addr, "", &store)).unwrap();
+        let second = Command::new(BIN)
+            .args(["run", "--config", other.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut second = Proc(second);
+        let started = std::time::Instant::now();
+        while second.0.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(20), "{name}: a second gateway is serving the same store");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(second.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(second.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+        assert!(!second.0.wait().unwrap().success(), "{name}");
+        assert!(stderr.contains(&format!("{name} is in use by another stackgate process")), "{name}: {stderr}");
+        assert!(!stdout.contains("listening"), "{name}: refused before binding: {stdout}");
     }
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(second.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(second.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    assert!(!second.0.wait().unwrap().success());
-    assert!(stderr.contains("tokens.db is in use by another stackgate process"), "{stderr}");
-    assert!(!stdout.contains("listening"), "refused before binding: {stdout}");
     // The first one serves on.
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     assert_eq!(raw(addr, &raw_get("/v3/assets")).await.0, 200);

@@ -75,9 +75,9 @@ pub struct SqliteStore {
     /// first load (it reads every page, about a second per million tokens): the load
     /// fails if the check does, and every other operation waits for its verdict.
     integrity: Arc<Mutex<Integrity>>,
-    /// The lock file a serving gateway holds for as long as it runs (see
-    /// [`SqliteStore::open_exclusive`]); released by the kernel when the process ends,
-    /// however it ends.
+    /// The database file's descriptor that holds a serving gateway's lock for as long as
+    /// it runs (see [`SqliteStore::open_exclusive`] and [`hold`]). Declared last, so it is
+    /// closed after the connections.
     held: Option<Arc<std::fs::File>>,
 }
 
@@ -87,28 +87,32 @@ enum Integrity {
     Done(Result<(), String>),
 }
 
-/// The exclusive lock on `PATH.lock` (a file of its own: SQLite's record locks on the
-/// database are per process and dropped when any handle of the file closes), or an error
-/// naming the file while another process holds it. The kernel lets it go when the
-/// process ends, however it ends. Within one process every handle shares the one lock
-/// (a restart in place opens the store again before the old handle is gone).
+/// An exclusive `flock` on the database file itself, or an error naming the file while
+/// another process holds one. On the file, not on a name: a symlink, a hard link or
+/// another spelling of the path reaches the same lock (the thirty-fourth outside probe
+/// ran a second gateway through a link to a lock file beside the database). `flock`
+/// and SQLite's own locks (POSIX record locks) do not meet on a local filesystem, the
+/// only kind SQLite's WAL mode runs on. The kernel lets it go when the process ends,
+/// however it ends. Within one process every handle shares the one lock, so the
+/// descriptor is closed only after the last of them (closing a descriptor of the file
+/// would drop SQLite's record locks with it), and a restart in place opens the store
+/// again before the old handle is gone.
 fn hold(path: &Path) -> Result<Arc<std::fs::File>, StoreError> {
-    static HELD: Mutex<Vec<(std::path::PathBuf, std::sync::Weak<std::fs::File>)>> = Mutex::new(Vec::new());
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = std::path::PathBuf::from(lock_path);
-    let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{}: {e}", lock_path.display()));
+    use std::os::unix::fs::MetadataExt;
+    static HELD: Mutex<Vec<((u64, u64), std::sync::Weak<std::fs::File>)>> = Mutex::new(Vec::new());
+    let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{}: {e}", path.display()));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&lock_path)
+        .open(path)
         .map_err(|e| failed(&e))?;
-    let key = std::fs::canonicalize(&lock_path).map_err(|e| failed(&e))?;
+    let meta = file.metadata().map_err(|e| failed(&e))?;
+    let key = (meta.dev(), meta.ino());
     let mut held = HELD.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
     held.retain(|(_, file)| file.strong_count() > 0);
-    if let Some(file) = held.iter().find(|(p, _)| *p == key).and_then(|(_, file)| file.upgrade()) {
+    if let Some(file) = held.iter().find(|(k, _)| *k == key).and_then(|(_, file)| file.upgrade()) {
         return Ok(file);
     }
     match file.try_lock() {
@@ -118,10 +122,9 @@ fn hold(path: &Path) -> Result<Arc<std::fs::File>, StoreError> {
             Ok(file)
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
-            "{} is in use by another stackgate process (it holds {}); one embedded store serves one gateway, \
+            "{} is in use by another stackgate process; one embedded store serves one gateway, \
              several replicas share PostgreSQL (docs/scale-out.md)",
-            path.display(),
-            lock_path.display()
+            path.display()
         ))),
         Err(std::fs::TryLockError::Error(e)) => Err(failed(&e)),
     }
