@@ -99,7 +99,9 @@ enum Integrity {
 /// again before the old handle is gone.
 fn hold(path: &Path) -> Result<Arc<std::fs::File>, StoreError> {
     use std::os::unix::fs::MetadataExt;
-    static HELD: Mutex<Vec<((u64, u64), std::sync::Weak<std::fs::File>)>> = Mutex::new(Vec::new());
+    /// The files this process holds, by device and inode.
+    type Held = Vec<((u64, u64), std::sync::Weak<std::fs::File>)>;
+    static HELD: Mutex<Held> = Mutex::new(Vec::new());
     let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{}: {e}", path.display()));
     let file = std::fs::OpenOptions::new()
         .read(true)
