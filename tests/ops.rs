@@ -1177,17 +1177,22 @@ async fn a_loopback_admin_listener_answers_only_its_own_host_names() {
         assert_eq!(status, 200, "{host}: {text}");
     }
     // HTTP/2 names the host in :authority (and may send `host` too: both must be own).
+    // The thirty-fourth outside probe: an `:authority` whose port is no decimal 16-bit
+    // number was taken (HTTP/1.1's `Host` was 400 already).
     for (authority, host, want) in [
-        ("attacker.example", None, 403),
-        ("127.0.0.1", None, 200),
-        ("attacker.example", Some("127.0.0.1"), 403),
-        ("127.0.0.1", Some("attacker.example"), 403),
+        (format!("attacker.example:{port}"), None, 403),
+        (format!("127.0.0.1:{port}"), None, 200),
+        (format!("attacker.example:{port}"), Some("127.0.0.1"), 403),
+        (format!("127.0.0.1:{port}"), Some("attacker.example"), 403),
+        ("127.0.0.1:abc".to_owned(), None, 400),
+        ("localhost:99999".to_owned(), None, 400),
+        ("[::1]:abc".to_owned(), None, 400),
     ] {
         let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap());
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
         tokio::spawn(conn);
-        let mut req = http::Request::get(format!("http://{authority}:{port}/metrics"));
+        let mut req = http::Request::get(format!("http://{authority}/metrics"));
         if let Some(host) = host {
             req = req.header("host", host);
         }

@@ -75,11 +75,15 @@ async fn answer(
 /// while the main listener refused it (the thirty-second).
 fn one_host(req: &Request<Incoming>) -> bool {
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => false,
-        (None, _) => req.version() != http::Version::HTTP_11,
-        (Some(host), None) => crate::pipeline::is_authority(host.as_bytes()),
-    }
+    // HTTP/2's `:authority` by the same rule (the thirty-fourth found `127.0.0.1:abc`
+    // taken there: the `http` crate keeps a port it cannot read).
+    let authority_ok = req.uri().authority().is_none_or(|a| crate::pipeline::is_authority(a.as_str().as_bytes()));
+    authority_ok
+        && match (hosts.next(), hosts.next()) {
+            (_, Some(_)) => false,
+            (None, _) => req.version() != http::Version::HTTP_11,
+            (Some(host), None) => crate::pipeline::is_authority(host.as_bytes()),
+        }
 }
 
 /// Whether a request to a loopback listener names this host: an IP address,
