@@ -434,11 +434,26 @@ async fn no_secret_in_logs_metrics_or_error_bodies() {
         }
     }
     // ... or puts the user's own authtoken in the path (no shape of its own: the
-    // thirty-second outside probe found it logged), in any case.
-    for path in [format!("/v3/{ALICE}"), format!("/v3/stacks/management_tokens/{}", ALICE.to_uppercase())] {
+    // thirty-second outside probe found it logged), in any case; the thirty-fourth split
+    // it by escapes, and sent it in a second field, a cookie, the query or another
+    // credential field.
+    let long = "Zq7Wx9Kp2Lm4Nv8Rt6Yb3Hc5Jd1Fg0Se";
+    let cookie = format!("theme=dark; authtoken={long}");
+    let shown_paths = [
+        (format!("/v3/{ALICE}"), vec![("authtoken", ALICE)]),
+        (format!("/v3/stacks/management_tokens/{}", ALICE.to_uppercase()), vec![("authtoken", ALICE)]),
+        ("/v3/content_types/Zq7Wx9Kp%002Lm4Nv8Rt6Yb".to_owned(), vec![("authtoken", long)]),
+        ("/v3/content_types/Zq7Wx9Kp%2F2Lm4Nv8Rt6Yb".to_owned(), vec![("authtoken", long)]),
+        ("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R".to_owned(), vec![("authtoken", ALICE), ("authtoken", long)]),
+        ("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R".to_owned(), vec![("cookie", cookie.as_str())]),
+        (format!("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R?authtoken={long}"), vec![]),
+        ("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R".to_owned(), vec![("x-auth-token", long)]),
+    ];
+    for (path, credentials) in &shown_paths {
+        let mut h = vec![("api_key", API_KEY)];
+        h.extend(credentials.iter().copied());
         let mut c = KeepAlive::connect(addr).await;
-        if let Some((status, body)) = c.try_send("GET", &path, &[("api_key", API_KEY), ("authtoken", ALICE)], "").await
-        {
+        if let Some((status, body)) = c.try_send("GET", path, &h, "").await {
             if status != 200 {
                 bodies.push_str(&body);
             }
@@ -475,7 +490,8 @@ async fn no_secret_in_logs_metrics_or_error_bodies() {
     assert!(logs.contains("stackgate::access"), "debug logs were captured");
     assert!(!logs.replace("%00", "").contains(&secret), "a secret split by an escape is in the logs");
 
-    let secrets = [secret.as_str(), RW, RO, ALICE, BOB, "cswrongwrongwrong", "not-a-user-token"];
+    assert!(!logs.contains("Zq7Wx9Kp"), "a credential split by an escape is in the logs");
+    let secrets = [secret.as_str(), RW, RO, ALICE, BOB, "cswrongwrongwrong", "not-a-user-token", "Zq7Wx9Kp2Lm4Nv8R"];
     for s in secrets {
         let hashed = sha(s);
         for (what, text) in [("logs", &logs), ("metrics", &metrics), ("error bodies", &bodies)] {

@@ -286,6 +286,15 @@ pub fn shows_secret(text: &str) -> bool {
         || (text.len() > auth::SECRET_LEN && text.contains('%') && auth::shows_secret(&without_escapes(text)))
 }
 
+/// Whether `found` holds for `text` as it is, through any of its decodings, or with its
+/// escapes left out ([`shows_secret`]'s readings, for a test of the caller's: a request's
+/// own credential in its path).
+pub fn shown_in_any_reading(text: &str, found: impl Fn(&[u8]) -> bool) -> bool {
+    found(text.as_bytes())
+        || each_decoding(text, false, |d| if found(d.as_bytes()) { Err(true) } else { Ok(()) }) == Err(true)
+        || (text.contains('%') && found(&without_escapes(text)))
+}
+
 /// `text` without its `%XX` escapes.
 fn without_escapes(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();

@@ -175,11 +175,8 @@ pub async fn respond(
     let started = Instant::now();
     let request_id = request_id::ids().next();
     // What the access log needs of the request, kept only when the log is on.
-    let logged = tracing::enabled!(target: "stackgate::access", tracing::Level::INFO).then(|| {
-        let credential = |name| req.headers().get(name).cloned();
-        let credentials = [credential(&http::header::AUTHORIZATION), credential(&pipeline::auth::AUTHTOKEN)];
-        (req.method().clone(), req.uri().clone(), credentials)
-    });
+    let logged = tracing::enabled!(target: "stackgate::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().clone(), credentials(req.headers(), req.uri().query())));
     let mut facts = Facts::default();
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body);
@@ -243,7 +240,6 @@ pub async fn respond(
     let took = started.elapsed();
     gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
     let Some((method, uri, credentials)) = logged else { return (resp, GatewayFields { request_id, rate, cors }) };
-    let credentials = credentials.each_ref().map(|c| c.as_ref().map_or(&b""[..], HeaderValue::as_bytes));
     tracing::info!(
         target: "stackgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -262,9 +258,42 @@ pub async fn respond(
     (resp, GatewayFields { request_id, rate, cors })
 }
 
+/// What the request carries as credentials, for the access line to show none of them
+/// (see [`logged_path`]): every value of `authorization`, `authtoken` and each field
+/// whose name reads as a credential (`field_names::is_session_credential`: other
+/// spellings of the two, `X-Auth-Token`, ...), and the values of such names among the
+/// cookies and the query's pairs. Only taken while the access log is on.
+fn credentials(headers: &HeaderMap, query: Option<&str>) -> Vec<Bytes> {
+    fn named(name: &[u8]) -> bool {
+        name.eq_ignore_ascii_case(http::header::AUTHORIZATION.as_str().as_bytes())
+            || name.eq_ignore_ascii_case(pipeline::auth::AUTHTOKEN.as_str().as_bytes())
+            || crate::field_names::is_session_credential(name)
+    }
+    fn pairs(found: &mut Vec<Bytes>, text: &[u8], separator: u8) {
+        for pair in text.split(|&b| b == separator) {
+            let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=').unwrap_or(pair.len()));
+            if named(name.trim_ascii()) {
+                found.push(Bytes::copy_from_slice(value.get(1..).unwrap_or_default().trim_ascii()));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for (name, value) in headers {
+        if *name == http::header::COOKIE {
+            pairs(&mut found, value.as_bytes(), b';');
+        } else if named(name.as_str().as_bytes()) {
+            found.push(Bytes::copy_from_slice(value.as_bytes()));
+        }
+    }
+    if let Some(query) = query {
+        pairs(&mut found, query.as_bytes(), b'&');
+    }
+    found
+}
+
 /// A method in the access line, written as it came (not quoted), unless it shows a
 /// secret (see [`logged_path`]).
-struct LoggedMethod<'a>(&'a http::Method, &'a [&'a [u8]; 2]);
+struct LoggedMethod<'a>(&'a http::Method, &'a [Bytes]);
 
 impl std::fmt::Display for LoggedMethod<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -274,11 +303,13 @@ impl std::fmt::Display for LoggedMethod<'_> {
 
 /// A path in the access line: as it came, unless it shows an issued secret's characters
 /// anywhere (as sent or decoded, delimited or not: a client that put a token in its
-/// path, or sent one as its method) or the request's own `authorization` or `authtoken`
-/// (a user's authtoken has no shape of its own; the thirty-second outside probe had
-/// one logged from the path), which are never written to a log.
-fn logged_path<'a>(path: &'a str, credentials: &[&[u8]; 2]) -> &'a str {
-    if pipeline::query::shows_secret(path) || credentials.iter().any(|c| request_id::shows(path.as_bytes(), c)) {
+/// path, or sent one as its method) or one of the request's own credentials (see
+/// [`credentials`]; a user's authtoken has no shape of its own: the thirty-second
+/// outside probe had one logged from the path, the thirty-fourth split by an escape, in
+/// a second field, a cookie or the query), which are never written to a log.
+fn logged_path<'a>(path: &'a str, credentials: &[Bytes]) -> &'a str {
+    let shown = |c: &Bytes| pipeline::query::shown_in_any_reading(path, |text| request_id::shows(text, c));
+    if pipeline::query::shows_secret(path) || credentials.iter().any(shown) {
         "[withheld: holds a secret's shape]"
     } else {
         path
