@@ -16,7 +16,7 @@ throughput). Rounds alternate between rows (odd rounds in reverse order); median
 Environment: SHAPE=pinned|all|both (default both), QUICK=1 (one short round, doc left
 alone), ROUNDS=N, DURATION=seconds. Unless QUICK, each shape's table is inserted as a dated
 section at the top of the results in docs/benchmarks.md. Every run is bounded in time."""
-import datetime, os, platform, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+import datetime, os, platform, re, socket, sqlite3, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.environ.get("QUICK") == "1"
@@ -287,10 +287,18 @@ def make_cert(d):
 
 
 def own_store(small, text, name):
-    """`text` pointed at a copy of the seeded store: a store serves one gateway at a time."""
+    """`text` pointed at a copy of the seeded store: a store serves one gateway at a time.
+    Copied with SQLite's backup (consistent while another gateway has the store open), over
+    no stale write-ahead log of an earlier copy."""
     db = os.path.join(small, "tokens.db")
     copy = os.path.join(small, f"tokens-{name}.db")
-    shutil.copyfile(db, copy)
+    for stale in (copy, copy + "-wal", copy + "-shm"):
+        if os.path.exists(stale):
+            os.unlink(stale)
+    src, dst = sqlite3.connect(f"file:{db}?mode=ro", uri=True), sqlite3.connect(copy)
+    src.backup(dst)
+    src.close()
+    dst.close()
     assert f'path = "{db}"' in text, "the seeded config names its store"
     return text.replace(f'path = "{db}"', f'path = "{copy}"', 1)
 

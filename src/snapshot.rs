@@ -175,7 +175,12 @@ impl Snapshot {
             let share = self.config.ratelimit.local_share();
             let mut grants = SharedGrants::default();
             match compile_token(rec, &self.stacks, Some(self), &self.rate_clock, share, &mut grants) {
-                Some(token) => insert_token(&mut tokens, rec, token),
+                Some((token, lost)) => {
+                    if lost {
+                        tracing::warn!(token.uid = %rec.uid, "token names a branch or alias its stack no longer has; those grant nothing");
+                    }
+                    insert_token(&mut tokens, rec, token)
+                }
                 None => {
                     tracing::warn!(token.uid = %rec.uid, "token does not match its stack's config; ignored")
                 }
@@ -281,6 +286,9 @@ pub struct SnapshotBuilder {
     /// (see [`SnapshotBuilder::clashes`]).
     static_uids: std::collections::HashSet<Box<str>>,
     clashes: Vec<String>,
+    /// How many stored tokens name a branch or alias their stack lost, and the first:
+    /// logged once per build (a reload may touch a million tokens).
+    lost: (usize, Option<Box<str>>),
 }
 
 /// The grants built so far, each kept once: a million tokens hold a handful of distinct
@@ -358,6 +366,7 @@ impl SnapshotBuilder {
             grants: SharedGrants::default(),
             static_uids,
             clashes: Vec::new(),
+            lost: (0, None),
         };
         let config = Arc::clone(&builder.config);
         for rec in config.stacks.iter().flat_map(|s| s.tokens.iter()) {
@@ -382,7 +391,13 @@ impl SnapshotBuilder {
         }
         let previous = self.previous.as_deref();
         match compile_token(rec, &self.stacks, previous, &self.rate_clock, self.share, &mut self.grants) {
-            Some(token) => insert_token(&mut self.tokens, rec, token),
+            Some((token, lost)) => {
+                if lost {
+                    self.lost.0 += 1;
+                    self.lost.1.get_or_insert_with(|| rec.uid.as_str().into());
+                }
+                insert_token(&mut self.tokens, rec, token)
+            }
             None => tracing::warn!(token.uid = %rec.uid, "token no longer matches its stack's config; ignored"),
         }
     }
@@ -416,7 +431,11 @@ impl SnapshotBuilder {
     }
 
     pub fn finish(self) -> Snapshot {
-        let SnapshotBuilder { config, upstream, rate_clock, orgs, stacks, tokens, .. } = self;
+        let SnapshotBuilder { config, upstream, rate_clock, orgs, stacks, tokens, lost, .. } = self;
+        if let (count, Some(first)) = lost {
+            tracing::warn!(tokens = count, first = %first,
+                "stored tokens name a branch or alias their stack no longer has; those names grant nothing");
+        }
         let users = config.users.iter().map(|u| (u.authtoken_sha256, u.uid.as_str().into())).collect();
         let settings = settings(&config);
         Snapshot { config, settings, upstream, rate_clock, tls: None, orgs, stacks, tokens, users }
@@ -459,12 +478,9 @@ fn compile_token(
     clock: &RateClock,
     share: u32,
     shared: &mut SharedGrants,
-) -> Option<Token> {
+) -> Option<(Token, bool)> {
     let view = stacks.get(rec.stack.as_str())?;
     let (grants, lost) = compile_stored_scope(&rec.scope, &**view).ok()?;
-    if lost {
-        tracing::warn!(token.uid = %rec.uid, "token names a branch or alias its stack no longer has; those grant nothing");
-    }
     let access_label = if grants.write.is_empty() { "read" } else { "read-write" };
     // A regenerated token keeps its buckets: look it up by its previous secret too.
     let prev = previous
@@ -474,7 +490,7 @@ fn compile_token(
     // moved to another organisation starts new ones.
     let kept = prev.filter(|t| t.stack.organization.config.uid == view.organization.config.uid);
     let buckets = token_buckets(rec, &view.organization, kept.map(|t| &*t.buckets), clock, share);
-    Some(Token {
+    let token = Token {
         uid: rec.uid.as_str().into(),
         stack: Arc::clone(view),
         grants: shared.share(grants, prev.map(|t| &t.grants)),
@@ -484,7 +500,8 @@ fn compile_token(
         access_label,
         buckets,
         usage: prev.map_or_else(Arc::default, |t| Arc::clone(&t.usage)),
-    })
+    };
+    Some((token, lost))
 }
 
 /// A token's own buckets (custom rate, clamped to the organisation's) and the

@@ -145,6 +145,12 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
     if !errors.is_empty() {
         return Err(errors);
     }
+    // A stored scope whose every branch and alias is gone grants nothing at all: the API
+    // creates no token without an existing branch, so neither does a reload (its global
+    // modules, which the branch check does not reach, included).
+    if lost && branches.is_empty() && aliases.is_empty() && !grants.all_branches {
+        (grants.read, grants.write) = (ModuleSet::EMPTY, ModuleSet::EMPTY);
+    }
     grants.branches = branches.into();
     grants.aliases = aliases.into();
     Ok((grants, lost))
@@ -212,6 +218,23 @@ mod tests {
 
     fn branches(list: &[&str]) -> ScopeEntry {
         ScopeEntry { branches: Some(list.iter().map(|s| s.to_string()).collect()), ..entry("branch", true, false) }
+    }
+
+    /// A stored scope against the stack as configured now: a lost name grants nothing,
+    /// the rest stands; with every name lost, nothing at all is granted.
+    #[test]
+    fn a_stored_scope_keeps_what_the_stack_still_has() {
+        let scope = [entry("$all", true, true), branches(&["main", "gone"])];
+        assert!(compile_scope(&scope, &Cat).is_err(), "the API and the config name what exists");
+        let (grants, lost) = compile_stored_scope(&scope, &Cat).unwrap();
+        assert!(lost);
+        assert_eq!(&*grants.branches, &["main".into()] as &[Box<str>]);
+        assert_eq!(grants.write, ModuleSet::ALL);
+        let (grants, lost) = compile_stored_scope(&[entry("$all", true, true), branches(&["gone"])], &Cat).unwrap();
+        assert!(lost && grants.branches.is_empty());
+        assert_eq!((grants.read, grants.write), (ModuleSet::EMPTY, ModuleSet::EMPTY), "nothing left: nothing granted");
+        let (_, lost) = compile_stored_scope(&[entry("$all", true, false), branches(&["main"])], &Cat).unwrap();
+        assert!(!lost);
     }
 
     #[test]

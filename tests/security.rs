@@ -439,14 +439,19 @@ async fn no_secret_in_logs_metrics_or_error_bodies() {
     // credential field.
     let long = "Zq7Wx9Kp2Lm4Nv8Rt6Yb3Hc5Jd1Fg0Se";
     let cookie = format!("theme=dark; authtoken={long}");
+    let joined_cookie = format!("theme=dark, authtoken={long}");
     let shown_paths = [
         (format!("/v3/{ALICE}"), vec![("authtoken", ALICE)]),
         (format!("/v3/stacks/management_tokens/{}", ALICE.to_uppercase()), vec![("authtoken", ALICE)]),
         ("/v3/content_types/Zq7Wx9Kp%002Lm4Nv8Rt6Yb".to_owned(), vec![("authtoken", long)]),
         ("/v3/content_types/Zq7Wx9Kp%2F2Lm4Nv8Rt6Yb".to_owned(), vec![("authtoken", long)]),
+        // Split only once decoded (the diff review).
+        ("/v3/content_types/Zq7Wx9Kp%25002Lm4Nv8Rt6Yb".to_owned(), vec![("authtoken", long)]),
         ("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R".to_owned(), vec![("authtoken", ALICE), ("authtoken", long)]),
         ("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R".to_owned(), vec![("cookie", cookie.as_str())]),
+        ("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R".to_owned(), vec![("cookie", joined_cookie.as_str())]),
         (format!("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R?authtoken={long}"), vec![]),
+        (format!("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R?x=1;auth%74oken={long}"), vec![]),
         ("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R".to_owned(), vec![("x-auth-token", long)]),
     ];
     for (path, credentials) in &shown_paths {

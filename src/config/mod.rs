@@ -56,13 +56,18 @@ pub fn from_str(text: &str) -> Result<Config, ConfigErrors> {
 /// value a message repeats (serde's "invalid type: string ...") is withheld the same way.
 fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let mut message = e.message().trim().to_owned();
-    let Some(span) = e.span() else { return format!("invalid TOML: {message}") };
-    let value = text.get(span.clone()).unwrap_or("").trim_start();
-    if value.starts_with(['"', '\'']) {
-        if let (Some(first), Some(last)) = (message.find('"'), message.rfind('"')) {
-            message.replace_range(first..=last, "(withheld)");
+    // serde's "invalid type: string \"...\", expected ..." (or integer `...`): the kind
+    // stays, the value goes, whichever way it was quoted.
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let (true, Some(end)) = (message.starts_with(prefix), message.rfind(", expected")) {
+            let shown = message.get(prefix.len()..end).unwrap_or_default();
+            let kind = shown.split(' ').next().unwrap_or_default().to_owned();
+            if kind.len() < shown.len() {
+                message.replace_range(prefix.len()..end, &format!("{kind} (withheld)"));
+            }
         }
     }
+    let Some(span) = e.span() else { return format!("invalid TOML: {message}") };
     let before = text.get(..span.start).unwrap_or("");
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

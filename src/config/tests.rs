@@ -128,12 +128,13 @@ fn toml_errors_name_the_place_not_the_text() {
         ("[notify]\nsmtp = \"smtp://u:SMTPSECRET@relay\"\n", 4),
         ("[store]\nurl = [\"postgres://sg:DBPASSWORD@db/sg\"]\n", 4),
         ("[server]\nmax_connections = \"SECRETLIKE\"\n", 4),
+        ("[notify]\nwebhook = 987654321987\n", 4),
     ] {
         let text = format!("{base}{broken}");
         let errors = from_str(&text).unwrap_err().0;
         let shown = format!("{errors:?}");
         assert!(shown.contains(&format!("invalid TOML at line {line}, column")), "{broken}: {shown}");
-        for secret in ["SLACKSECRET123", "DBPASSWORD", "SMTPSECRET", "SECRETLIKE"] {
+        for secret in ["SLACKSECRET123", "DBPASSWORD", "SMTPSECRET", "SECRETLIKE", "987654321987"] {
             assert!(!shown.contains(secret), "{broken}: {shown}");
         }
     }

@@ -264,29 +264,16 @@ pub async fn respond(
 /// spellings of the two, `X-Auth-Token`, ...), and the values of such names among the
 /// cookies and the query's pairs. Only taken while the access log is on.
 fn credentials(headers: &HeaderMap, query: Option<&str>) -> Vec<Bytes> {
-    fn named(name: &[u8]) -> bool {
+    let named = |name: &[u8]| {
         name.eq_ignore_ascii_case(http::header::AUTHORIZATION.as_str().as_bytes())
             || name.eq_ignore_ascii_case(pipeline::auth::AUTHTOKEN.as_str().as_bytes())
             || crate::field_names::is_session_credential(name)
-    }
-    fn pairs(found: &mut Vec<Bytes>, text: &[u8], separator: u8) {
-        for pair in text.split(|&b| b == separator) {
-            let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=').unwrap_or(pair.len()));
-            if named(name.trim_ascii()) {
-                found.push(Bytes::copy_from_slice(value.get(1..).unwrap_or_default().trim_ascii()));
-            }
-        }
-    }
-    let mut found = Vec::new();
+    };
+    let mut found = pipeline::query::values_named(query, headers, |name| named(name.as_bytes()));
     for (name, value) in headers {
-        if *name == http::header::COOKIE {
-            pairs(&mut found, value.as_bytes(), b';');
-        } else if named(name.as_str().as_bytes()) {
+        if named(name.as_str().as_bytes()) {
             found.push(Bytes::copy_from_slice(value.as_bytes()));
         }
-    }
-    if let Some(query) = query {
-        pairs(&mut found, query.as_bytes(), b'&');
     }
     found
 }
@@ -308,8 +295,8 @@ impl std::fmt::Display for LoggedMethod<'_> {
 /// outside probe had one logged from the path, the thirty-fourth split by an escape, in
 /// a second field, a cookie or the query), which are never written to a log.
 fn logged_path<'a>(path: &'a str, credentials: &[Bytes]) -> &'a str {
-    let shown = |c: &Bytes| pipeline::query::shown_in_any_reading(path, |text| request_id::shows(text, c));
-    if pipeline::query::shows_secret(path) || credentials.iter().any(shown) {
+    let shown = || pipeline::query::shown_in_any_reading(path, |text| request_id::shows_any(text, credentials));
+    if pipeline::query::shows_secret(path) || (!credentials.is_empty() && shown()) {
         "[withheld: holds a secret's shape]"
     } else {
         path

@@ -159,10 +159,18 @@ pub fn passable_trace_id<'a>(traceparent: &'a [u8], credentials: &[&[u8]]) -> Op
 const RUN: usize = 16;
 
 /// Whether `text` shows [`RUN`] consecutive characters of `credential` (any case):
-/// the whole credential in a trace id, a part of it, or a part shifted by one.
+/// the whole credential in a trace id, a part of it, or a part shifted by one. Both come
+/// from the client (a `tracestate`, a path, an `authorization` of tens of kilobytes):
+/// past a few thousand pairs of windows the text's windows go into a set, so the time
+/// stays linear in the lengths (the diff review's finding: comparing every window
+/// with every other was a second of CPU per request).
 pub fn shows_run_of(text: &[u8], credential: &[u8]) -> bool {
     if text.len() < RUN || credential.len() < RUN {
         return false;
+    }
+    let pairs = (text.len() - RUN + 1).saturating_mul(credential.len() - RUN + 1);
+    if pairs > 4096 {
+        return Runs::of(text).show(credential);
     }
     // Most windows differ at their first byte: that one is compared first.
     credential.windows(RUN).any(|run| {
@@ -171,26 +179,73 @@ pub fn shows_run_of(text: &[u8], credential: &[u8]) -> bool {
     })
 }
 
-/// Whether `text` shows `credential`: a run of it (see [`shows_run_of`]), or the whole
-/// of one shorter than a run (a user's authtoken may be; under 8 characters it is no
-/// secret worth a withheld path).
-pub fn shows(text: &[u8], credential: &[u8]) -> bool {
-    match credential.len() {
-        0..8 => false,
-        n if n < RUN => text.windows(n).any(|w| w.eq_ignore_ascii_case(credential)),
-        _ => shows_run_of(text, credential),
+/// A text's runs of [`RUN`] characters, in lower case.
+struct Runs(std::collections::HashSet<[u8; RUN]>);
+
+impl Runs {
+    fn of(text: &[u8]) -> Runs {
+        Runs(text.windows(RUN).map(lowered).collect())
     }
+
+    fn show(&self, credential: &[u8]) -> bool {
+        credential.windows(RUN).any(|w| self.0.contains(&lowered(w)))
+    }
+}
+
+fn lowered(window: &[u8]) -> [u8; RUN] {
+    let mut run = [0u8; RUN];
+    for (to, from) in run.iter_mut().zip(window) {
+        *to = from.to_ascii_lowercase();
+    }
+    run
+}
+
+/// The most credentials a request's access line is checked against; a request that
+/// carries more is logged without its path.
+pub const MAX_CREDENTIALS: usize = 16;
+
+/// Whether `text` shows any of `credentials`: a run of one (see [`shows_run_of`]), or
+/// the whole of one shorter than a run (a user's authtoken may be; under 8 characters
+/// it is no secret worth a withheld path). Linear in the lengths: the text's runs are
+/// collected once for all of them.
+pub fn shows_any(text: &[u8], credentials: &[bytes::Bytes]) -> bool {
+    if credentials.len() > MAX_CREDENTIALS {
+        return true;
+    }
+    let mut runs = None;
+    credentials.iter().any(|c| match c.len() {
+        0..8 => false,
+        n if n < RUN => text.windows(n).any(|w| w.eq_ignore_ascii_case(c)),
+        _ if text.len() < RUN => false,
+        _ => runs.get_or_insert_with(|| Runs::of(text)).show(c),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn a_credential_is_shown_whole_or_by_a_run() {
+        let shows = |text: &[u8], c: &'static [u8]| super::shows_any(text, &[bytes::Bytes::from_static(c)]);
         let path = b"/v3/content_types/Alice-Authtoken/entries";
-        assert!(super::shows(path, b"alice-authtoken"));
-        assert!(!super::shows(path, b"bob-authtoken"));
-        assert!(!super::shows(path, b"types"), "too short to withhold a path for");
-        assert!(super::shows(b"/v3/x4bf92f3577b34da6a3", b"cs4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert!(shows(path, b"alice-authtoken"));
+        assert!(!shows(path, b"bob-authtoken"));
+        assert!(!shows(path, b"types"), "too short to withhold a path for");
+        assert!(shows(b"/v3/x4bf92f3577b34da6a3", b"cs4bf92f3577b34da6a3ce929d0e0e4736"));
+        let many = vec![bytes::Bytes::from_static(b"unrelated-value"); super::MAX_CREDENTIALS + 1];
+        assert!(super::shows_any(path, &many), "more than it checks: withheld");
+    }
+
+    /// Long texts take the set of runs, with the same answers, case ignored.
+    #[test]
+    fn long_texts_are_compared_through_their_runs() {
+        let mut text = vec![b'a'; 40_000];
+        assert!(super::shows_run_of(&text, &vec![b'A'; 40_000]));
+        // Fifteen `a`, a `b`, fifteen `a`: every run holds the `b`.
+        let mut other = vec![b'a'; 31];
+        other[15] = b'b';
+        assert!(!super::shows_run_of(&text, &other));
+        text.extend_from_slice(b"XBAAAAAAAAAAAAAAA");
+        assert!(super::shows_run_of(&text, &other));
     }
 
     #[test]

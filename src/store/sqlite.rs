@@ -75,10 +75,6 @@ pub struct SqliteStore {
     /// first load (it reads every page, about a second per million tokens): the load
     /// fails if the check does, and every other operation waits for its verdict.
     integrity: Arc<Mutex<Integrity>>,
-    /// The database file's descriptor that holds a serving gateway's lock for as long as
-    /// it runs (see [`SqliteStore::open_exclusive`] and [`hold`]). Declared last, so it is
-    /// closed after the connections.
-    held: Option<Arc<std::fs::File>>,
 }
 
 /// Where the start-up integrity check stands.
@@ -92,17 +88,25 @@ enum Integrity {
 /// another spelling of the path reaches the same lock (the thirty-fourth outside probe
 /// ran a second gateway through a link to a lock file beside the database). `flock`
 /// and SQLite's own locks (POSIX record locks) do not meet on a local filesystem, the
-/// only kind SQLite's WAL mode runs on. The kernel lets it go when the process ends,
-/// however it ends. Within one process every handle shares the one lock, so the
-/// descriptor is closed only after the last of them (closing a descriptor of the file
-/// would drop SQLite's record locks with it), and a restart in place opens the store
-/// again before the old handle is gone.
-fn hold(path: &Path) -> Result<Arc<std::fs::File>, StoreError> {
+/// only kind SQLite's WAL mode runs on.
+///
+/// The descriptor stays open until the process ends (the kernel then lets the lock go,
+/// however it ends): closing a descriptor of the file would drop SQLite's record locks
+/// with it, whichever connection still runs. For the same reason a file this process
+/// holds already is found by its identity before any descriptor of it is opened again;
+/// a restart in place then takes the store again.
+fn hold(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::MetadataExt;
     /// The files this process holds, by device and inode.
-    type Held = Vec<((u64, u64), std::sync::Weak<std::fs::File>)>;
-    static HELD: Mutex<Held> = Mutex::new(Vec::new());
+    static HELD: Mutex<Vec<((u64, u64), std::fs::File)>> = Mutex::new(Vec::new());
     let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{}: {e}", path.display()));
+    let mut held = HELD.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
+    let identity = |meta: &std::fs::Metadata| (meta.dev(), meta.ino());
+    if let Ok(meta) = std::fs::metadata(path) {
+        if held.iter().any(|(key, _)| *key == identity(&meta)) {
+            return Ok(());
+        }
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -110,18 +114,11 @@ fn hold(path: &Path) -> Result<Arc<std::fs::File>, StoreError> {
         .truncate(false)
         .open(path)
         .map_err(|e| failed(&e))?;
-    let meta = file.metadata().map_err(|e| failed(&e))?;
-    let key = (meta.dev(), meta.ino());
-    let mut held = HELD.lock().map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
-    held.retain(|(_, file)| file.strong_count() > 0);
-    if let Some(file) = held.iter().find(|(k, _)| *k == key).and_then(|(_, file)| file.upgrade()) {
-        return Ok(file);
-    }
+    let key = identity(&file.metadata().map_err(|e| failed(&e))?);
     match file.try_lock() {
         Ok(()) => {
-            let file = Arc::new(file);
-            held.push((key, Arc::downgrade(&file)));
-            Ok(file)
+            held.push((key, file));
+            Ok(())
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
             "{} is in use by another stackgate process; one embedded store serves one gateway, \
@@ -188,10 +185,8 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| unavailable(&e))?;
         }
-        let held = hold(path)?;
-        let mut store = Self::open(path)?;
-        store.held = Some(held);
-        Ok(store)
+        hold(path)?;
+        Self::open(path)
     }
 
     /// An in-memory database (nothing survives the process).
@@ -250,7 +245,7 @@ impl SqliteStore {
         }
         migrate(&conn)?;
         let integrity = Arc::new(Mutex::new(Integrity::Done(Ok(()))));
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), reader: None, integrity, held: None })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), reader: None, integrity })
     }
 
     /// [`TokenStore::modify`] and [`TokenStore::rotate`]: one read-modify-write.
