@@ -764,6 +764,14 @@ async fn trace_context_passes_through_or_is_started_and_is_logged() {
     assert_eq!(conn.send("GET", PATH, &fields, "").await.0, 200);
     let seen = backend.last().unwrap();
     assert!(seen.headers["traceparent"] != valid && !seen.headers.contains_key("tracestate"), "{:?}", seen.headers);
+    // A state longer than W3C allows (512 characters) is not read for a credential (one
+    // of tens of kilobytes against a long credential cost milliseconds): both replaced.
+    let state = format!("vendor={}", "a".repeat(520));
+    let mut fields = creds.to_vec();
+    fields.extend([("traceparent", valid), ("tracestate", state.as_str())]);
+    assert_eq!(conn.send("GET", PATH, &fields, "").await.0, 200);
+    let seen = backend.last().unwrap();
+    assert!(seen.headers["traceparent"] != valid && !seen.headers.contains_key("tracestate"), "{:?}", seen.headers);
     drop(conn);
     // Access lines are written off the request path: wait for the line (bounded), then stop
     // the gateway.

@@ -440,6 +440,7 @@ async fn no_secret_in_logs_metrics_or_error_bodies() {
     let long = "Zq7Wx9Kp2Lm4Nv8Rt6Yb3Hc5Jd1Fg0Se";
     let cookie = format!("theme=dark; authtoken={long}");
     let joined_cookie = format!("theme=dark, authtoken={long}");
+    let session_cookie = format!("sid={long}");
     let shown_paths = [
         (format!("/v3/{ALICE}"), vec![("authtoken", ALICE)]),
         (format!("/v3/stacks/management_tokens/{}", ALICE.to_uppercase()), vec![("authtoken", ALICE)]),
@@ -453,6 +454,9 @@ async fn no_secret_in_logs_metrics_or_error_bodies() {
         (format!("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R?authtoken={long}"), vec![]),
         (format!("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R?x=1;auth%74oken={long}"), vec![]),
         ("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R".to_owned(), vec![("x-auth-token", long)]),
+        // The thirty-fifth: pieces shorter than a run, a session cookie of any name.
+        ("/v3/content_types/Zq7Wx~9Kp2L~m4Nv8~Rt6Yb".to_owned(), vec![("authtoken", long)]),
+        ("/v3/content_types/Zq7Wx9Kp2Lm4Nv8R".to_owned(), vec![("cookie", session_cookie.as_str())]),
     ];
     for (path, credentials) in &shown_paths {
         let mut h = vec![("api_key", API_KEY)];

@@ -81,10 +81,16 @@ pub fn check_rule_keys(query: Option<&str>, headers: &HeaderMap) -> Result<(), G
     each_cookie(headers, none_named)
 }
 
-/// The values of the query's pairs and of the cookies whose names `named` takes, split
-/// and decoded as [`pairs`] and [`each_cookie`] read them (for the access line, which
-/// shows none of a request's credentials).
-pub fn values_named(query: Option<&str>, headers: &HeaderMap, named: impl Fn(&str) -> bool) -> Vec<bytes::Bytes> {
+/// The values of the query's pairs whose names `named` takes, and of the cookies whose
+/// names it takes (or of every cookie), split and decoded as [`pairs`] and
+/// [`each_cookie`] read them (for the access line, which shows none of a request's
+/// credentials).
+pub fn values_named(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    named: impl Fn(&str) -> bool,
+    every_cookie: bool,
+) -> Vec<bytes::Bytes> {
     let mut found = Vec::new();
     for (key, value) in query.map(pairs).into_iter().flatten() {
         if named(&key) {
@@ -93,7 +99,7 @@ pub fn values_named(query: Option<&str>, headers: &HeaderMap, named: impl Fn(&st
     }
     let _ = each_cookie(headers, |cookie| {
         let (name, value) = cookie.split_once('=').unwrap_or((cookie, ""));
-        if named(name.trim()) {
+        if every_cookie || named(name.trim()) {
             found.push(bytes::Bytes::copy_from_slice(value.trim().as_bytes()));
         }
         Ok(())

@@ -156,14 +156,19 @@ pub(super) fn without_content<B: hyper::body::Body>(resp: &mut Response<B>, empt
 /// Whether the client's one `traceparent` (and its `tracestate`) may be forwarded and
 /// logged: valid, and showing no run of the request's own credential
 /// (`request_id::passable_trace_id`); else a new trace replaces both.
+/// A `tracestate` longer than W3C Trace Context allows (512 characters, all its fields
+/// together) is not passed on, nor read for a credential.
+const MAX_TRACESTATE: usize = 512;
+
 fn passable(traceparent: &HeaderValue, headers: &HeaderMap) -> bool {
     let mut credentials = [&b""[..]; 2];
     for (slot, name) in credentials.iter_mut().zip([&http::header::AUTHORIZATION, &pipeline::auth::AUTHTOKEN]) {
         *slot = headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
     }
-    let mut state = headers.get_all(proxy::TRACESTATE).iter();
-    request_id::passable_trace_id(traceparent.as_bytes(), &credentials).is_some()
-        && !state.any(|v| credentials.iter().any(|c| request_id::shows_run_of(v.as_bytes(), c)))
+    let state = headers.get_all(proxy::TRACESTATE);
+    state.iter().map(|v| v.len()).sum::<usize>() <= MAX_TRACESTATE
+        && request_id::passable_trace_id(traceparent.as_bytes(), &credentials).is_some()
+        && !state.iter().any(|v| credentials.iter().any(|c| request_id::shows_run_of(v.as_bytes(), c)))
 }
 
 /// Serves one request: the response, and the fields still to be added to it.
@@ -267,14 +272,19 @@ fn credentials(headers: &HeaderMap, query: Option<&str>) -> Vec<Bytes> {
     let named = |name: &[u8]| {
         name.eq_ignore_ascii_case(http::header::AUTHORIZATION.as_str().as_bytes())
             || name.eq_ignore_ascii_case(pipeline::auth::AUTHTOKEN.as_str().as_bytes())
+            || name.eq_ignore_ascii_case(http::header::PROXY_AUTHORIZATION.as_str().as_bytes())
             || crate::field_names::is_session_credential(name)
     };
-    let mut found = pipeline::query::values_named(query, headers, |name| named(name.as_bytes()));
+    // Every cookie: a session's may have any name (`sid`, `session`, ...).
+    let mut found = pipeline::query::values_named(query, headers, |name| named(name.as_bytes()), true);
     for (name, value) in headers {
         if named(name.as_str().as_bytes()) {
             found.push(Bytes::copy_from_slice(value.as_bytes()));
         }
     }
+    // HTTP/2 lets a client repeat a long value for a few bytes each time (HPACK).
+    found.sort_unstable();
+    found.dedup();
     found
 }
 
@@ -295,7 +305,10 @@ impl std::fmt::Display for LoggedMethod<'_> {
 /// outside probe had one logged from the path, the thirty-fourth split by an escape, in
 /// a second field, a cookie or the query), which are never written to a log.
 fn logged_path<'a>(path: &'a str, credentials: &[Bytes]) -> &'a str {
-    let shown = || pipeline::query::shown_in_any_reading(path, |text| request_id::shows_any(text, credentials));
+    let shown = || {
+        path.len() > request_id::MAX_CHECKED_PATH
+            || pipeline::query::shown_in_any_reading(path, |text| request_id::shows_any(text, credentials))
+    };
     if pipeline::query::shows_secret(path) || (!credentials.is_empty() && shown()) {
         "[withheld: holds a secret's shape]"
     } else {

@@ -169,7 +169,7 @@ pub fn shows_run_of(text: &[u8], credential: &[u8]) -> bool {
         return false;
     }
     let pairs = (text.len() - RUN + 1).saturating_mul(credential.len() - RUN + 1);
-    if pairs > 4096 {
+    if pairs > DIRECT_PAIRS {
         return Runs::of(text).show(credential);
     }
     // Most windows differ at their first byte: that one is compared first.
@@ -178,6 +178,9 @@ pub fn shows_run_of(text: &[u8], credential: &[u8]) -> bool {
         text.windows(RUN).any(|w| w[0].eq_ignore_ascii_case(&first) && w.eq_ignore_ascii_case(run))
     })
 }
+
+/// Up to how many pairs of windows two texts are compared window by window.
+const DIRECT_PAIRS: usize = 4096;
 
 /// A text's runs of [`RUN`] characters, in lower case.
 struct Runs(std::collections::HashSet<[u8; RUN]>);
@@ -200,25 +203,51 @@ fn lowered(window: &[u8]) -> [u8; RUN] {
     run
 }
 
-/// The most credentials a request's access line is checked against; a request that
-/// carries more is logged without its path.
+/// What an access line is checked against, at most; past it the path is withheld
+/// unread (fails closed): more credentials, a longer one (no credential this gateway
+/// takes is longer), or a longer path. One client could otherwise make every request
+/// cost milliseconds (the thirty-fifth outside probe: 100 ms of a debug build's CPU for
+/// a 63 KB credential, sent over HTTP/2 in 140 bytes a request).
 pub const MAX_CREDENTIALS: usize = 16;
+pub const MAX_CHECKED_CREDENTIAL: usize = 256;
+pub const MAX_CHECKED_PATH: usize = 2048;
 
 /// Whether `text` shows any of `credentials`: a run of one (see [`shows_run_of`]), or
 /// the whole of one shorter than a run (a user's authtoken may be; under 8 characters
-/// it is no secret worth a withheld path). Linear in the lengths: the text's runs are
-/// collected once for all of them.
+/// it is no secret worth a withheld path), as it is or by its letters and digits alone
+/// (`alice-auth~token-very~secret` split into pieces shorter than a run). Past the
+/// bounds above it is taken as shown.
 pub fn shows_any(text: &[u8], credentials: &[bytes::Bytes]) -> bool {
-    if credentials.len() > MAX_CREDENTIALS {
+    if credentials.len() > MAX_CREDENTIALS || credentials.iter().any(|c| c.len() > MAX_CHECKED_CREDENTIAL) {
         return true;
     }
-    let mut runs = None;
-    credentials.iter().any(|c| match c.len() {
-        0..8 => false,
-        n if n < RUN => text.windows(n).any(|w| w.eq_ignore_ascii_case(c)),
-        _ if text.len() < RUN => false,
-        _ => runs.get_or_insert_with(|| Runs::of(text)).show(c),
-    })
+    let alnum = |t: &[u8]| t.iter().copied().filter(u8::is_ascii_alphanumeric).collect::<Vec<u8>>();
+    let (mut plain, mut letters) = (Reading::new(text), Reading::new(alnum(text)));
+    credentials.iter().any(|c| plain.shows(c) || letters.shows(&alnum(c)))
+}
+
+/// A text read for credentials: its runs collected once, when a comparison of every
+/// window with every other would cost more.
+struct Reading<'a> {
+    text: std::borrow::Cow<'a, [u8]>,
+    runs: Option<Runs>,
+}
+
+impl<'a> Reading<'a> {
+    fn new(text: impl Into<std::borrow::Cow<'a, [u8]>>) -> Self {
+        Reading { text: text.into(), runs: None }
+    }
+
+    fn shows(&mut self, credential: &[u8]) -> bool {
+        let text = &*self.text;
+        match credential.len() {
+            0..8 => false,
+            n if n < RUN => text.windows(n).any(|w| w.eq_ignore_ascii_case(credential)),
+            _ if text.len() < RUN => false,
+            n if (text.len() - RUN + 1) * (n - RUN + 1) <= DIRECT_PAIRS => shows_run_of(text, credential),
+            _ => self.runs.get_or_insert_with(|| Runs::of(text)).show(credential),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +262,11 @@ mod tests {
         assert!(shows(b"/v3/x4bf92f3577b34da6a3", b"cs4bf92f3577b34da6a3ce929d0e0e4736"));
         let many = vec![bytes::Bytes::from_static(b"unrelated-value"); super::MAX_CREDENTIALS + 1];
         assert!(super::shows_any(path, &many), "more than it checks: withheld");
+        let long = bytes::Bytes::from(vec![b'z'; super::MAX_CHECKED_CREDENTIAL + 1]);
+        assert!(super::shows_any(path, &[long]), "longer than it checks: withheld");
+        // Pieces shorter than a run, split by other characters (the thirty-fifth probe).
+        assert!(shows(b"/v3/content_types/alice-auth~token-very~secret-XYZ~123", b"alice-authtoken-verysecret-XYZ123"));
+        assert!(shows(b"/v3/x/cs01234567-89abcdef01-23456789ab-cdef", b"cs0123456789abcdef0123456789abcdef"));
     }
 
     /// Long texts take the set of runs, with the same answers, case ignored.
