@@ -159,48 +159,34 @@ pub fn passable_trace_id<'a>(traceparent: &'a [u8], credentials: &[&[u8]]) -> Op
 const RUN: usize = 16;
 
 /// Whether `text` shows [`RUN`] consecutive characters of `credential` (any case):
-/// the whole credential in a trace id, a part of it, or a part shifted by one. Both come
-/// from the client (a `tracestate`, a path, an `authorization` of tens of kilobytes):
-/// past a few thousand pairs of windows the text's windows go into a set, so the time
-/// stays linear in the lengths (the diff review's finding: comparing every window
-/// with every other was a second of CPU per request).
+/// the whole credential in a trace id, a part of it, or a part shifted by one.
 pub fn shows_run_of(text: &[u8], credential: &[u8]) -> bool {
-    if text.len() < RUN || credential.len() < RUN {
-        return false;
-    }
-    let pairs = (text.len() - RUN + 1).saturating_mul(credential.len() - RUN + 1);
-    if pairs > DIRECT_PAIRS {
-        return Runs::of(text).show(credential);
-    }
-    // Most windows differ at their first byte: that one is compared first.
-    credential.windows(RUN).any(|run| {
-        let first = run[0];
-        text.windows(RUN).any(|w| w[0].eq_ignore_ascii_case(&first) && w.eq_ignore_ascii_case(run))
-    })
+    text.len() >= RUN && Runs::of(text).show(credential)
 }
 
-/// Up to how many pairs of windows two texts are compared window by window.
-const DIRECT_PAIRS: usize = 4096;
-
-/// A text's runs of [`RUN`] characters, in lower case.
-struct Runs(std::collections::HashSet<[u8; RUN]>);
+/// A text's runs of [`RUN`] characters, in lower case, each read as one number and
+/// sorted: a credential's runs are then looked up, not compared with every window.
+/// Linear in the lengths (bar the sort), which matters because both come from the
+/// client (the diff review's finding: comparing every window of a long `tracestate`
+/// with every window of a long `authorization` took 614 ms of CPU per request).
+struct Runs(Vec<u128>);
 
 impl Runs {
     fn of(text: &[u8]) -> Runs {
-        Runs(text.windows(RUN).map(lowered).collect())
+        let mut runs = keys(text);
+        runs.sort_unstable();
+        Runs(runs)
     }
 
     fn show(&self, credential: &[u8]) -> bool {
-        credential.windows(RUN).any(|w| self.0.contains(&lowered(w)))
+        keys(credential).iter().any(|key| self.0.binary_search(key).is_ok())
     }
 }
 
-fn lowered(window: &[u8]) -> [u8; RUN] {
-    let mut run = [0u8; RUN];
-    for (to, from) in run.iter_mut().zip(window) {
-        *to = from.to_ascii_lowercase();
-    }
-    run
+/// Each run of [`RUN`] characters of `text`, in lower case, as one number.
+fn keys(text: &[u8]) -> Vec<u128> {
+    let lower = text.to_ascii_lowercase();
+    lower.windows(RUN).filter_map(|w| <[u8; RUN]>::try_from(w).ok()).map(u128::from_le_bytes).collect()
 }
 
 /// What an access line is checked against, at most; past it the path is withheld
@@ -221,13 +207,53 @@ pub fn shows_any(text: &[u8], credentials: &[bytes::Bytes]) -> bool {
     if credentials.len() > MAX_CREDENTIALS || credentials.iter().any(|c| c.len() > MAX_CHECKED_CREDENTIAL) {
         return true;
     }
-    let alnum = |t: &[u8]| t.iter().copied().filter(u8::is_ascii_alphanumeric).collect::<Vec<u8>>();
-    let (mut plain, mut letters) = (Reading::new(text), Reading::new(alnum(text)));
-    credentials.iter().any(|c| plain.shows(c) || letters.shows(&alnum(c)))
+    let mut plain = Reading::new(text);
+    let mut letters = None;
+    credentials.iter().any(|c| {
+        let letters_of_c = alphanumeric(c);
+        let (in_plain, in_letters) = stretches(text, c, letters_of_c.len());
+        (in_plain && plain.shows(c))
+            || (in_letters && letters.get_or_insert_with(|| Reading::new(alphanumeric(text))).shows(&letters_of_c))
+    })
 }
 
-/// A text read for credentials: its runs collected once, when a comparison of every
-/// window with every other would cost more.
+/// `text`'s letters and digits alone (borrowed when it has nothing else).
+fn alphanumeric(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match text.iter().all(u8::is_ascii_alphanumeric) {
+        true => std::borrow::Cow::Borrowed(text),
+        false => std::borrow::Cow::Owned(text.iter().copied().filter(u8::is_ascii_alphanumeric).collect()),
+    }
+}
+
+/// Whether `text` could show `credential` at all, as it is and by letters and digits
+/// alone (`letters`: how many `credential` has): a run needs a stretch of as many
+/// consecutive characters (16, or the whole of a shorter credential) that `credential`
+/// holds too, case ignored; by letters, separators between them aside. Most texts have
+/// neither (a management token holds `cs` and hex digits only), and need no comparison.
+fn stretches(text: &[u8], credential: &[u8], letters: usize) -> (bool, bool) {
+    let mut held = [false; 256];
+    for &b in credential {
+        held[usize::from(b.to_ascii_lowercase())] = true;
+    }
+    let (need, need_letters) = (credential.len().min(RUN), letters.min(RUN));
+    let (mut plain, mut by_letters) = (0, 0);
+    let (mut found_plain, mut found_letters) = (false, false);
+    for &b in text {
+        let is_held = held[usize::from(b.to_ascii_lowercase())];
+        plain = if is_held { plain + 1 } else { 0 };
+        if b.is_ascii_alphanumeric() {
+            by_letters = if is_held { by_letters + 1 } else { 0 };
+        }
+        found_plain |= plain >= need;
+        found_letters |= by_letters >= need_letters;
+        if found_plain && found_letters {
+            break;
+        }
+    }
+    (found_plain && credential.len() >= 8, found_letters && letters >= 8)
+}
+
+/// A text read for credentials: its runs collected once for all of them.
 struct Reading<'a> {
     text: std::borrow::Cow<'a, [u8]>,
     runs: Option<Runs>,
@@ -244,7 +270,6 @@ impl<'a> Reading<'a> {
             0..8 => false,
             n if n < RUN => text.windows(n).any(|w| w.eq_ignore_ascii_case(credential)),
             _ if text.len() < RUN => false,
-            n if (text.len() - RUN + 1) * (n - RUN + 1) <= DIRECT_PAIRS => shows_run_of(text, credential),
             _ => self.runs.get_or_insert_with(|| Runs::of(text)).show(credential),
         }
     }
