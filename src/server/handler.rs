@@ -153,13 +153,13 @@ pub(super) fn without_content<B: hyper::body::Body>(resp: &mut Response<B>, empt
     *resp.body_mut() = empty();
 }
 
-/// Whether the client's one `traceparent` (and its `tracestate`) may be forwarded and
-/// logged: valid, and showing no run of the request's own credential
-/// (`request_id::passable_trace_id`); else a new trace replaces both.
 /// A `tracestate` longer than W3C Trace Context allows (512 characters, all its fields
 /// together) is not passed on, nor read for a credential.
 const MAX_TRACESTATE: usize = 512;
 
+/// Whether the client's one `traceparent` (and its `tracestate`) may be forwarded and
+/// logged: valid, and showing no run of the request's own credential
+/// (`request_id::passable_trace_id`); else a new trace replaces both.
 fn passable(traceparent: &HeaderValue, headers: &HeaderMap) -> bool {
     let mut credentials = [&b""[..]; 2];
     for (slot, name) in credentials.iter_mut().zip([&http::header::AUTHORIZATION, &pipeline::auth::AUTHTOKEN]) {

@@ -161,8 +161,23 @@ const RUN: usize = 16;
 /// Whether `text` shows [`RUN`] consecutive characters of `credential` (any case):
 /// the whole credential in a trace id, a part of it, or a part shifted by one.
 pub fn shows_run_of(text: &[u8], credential: &[u8]) -> bool {
-    text.len() >= RUN && Runs::of(text).show(credential)
+    if text.len() < RUN || credential.len() < RUN {
+        return false;
+    }
+    // Short texts (a trace id against a token, on every request that sends one) are
+    // compared window by window, with no allocation; long ones through their runs.
+    if (text.len() - RUN + 1).saturating_mul(credential.len() - RUN + 1) > DIRECT_PAIRS {
+        return Runs::of(text).show(credential);
+    }
+    // Most windows differ at their first byte: that one is compared first.
+    credential.windows(RUN).any(|run| {
+        let first = run[0];
+        text.windows(RUN).any(|w| w[0].eq_ignore_ascii_case(&first) && w.eq_ignore_ascii_case(run))
+    })
 }
+
+/// Up to how many pairs of windows two texts are compared window by window.
+const DIRECT_PAIRS: usize = 1024;
 
 /// A text's runs of [`RUN`] characters, in lower case, each read as one number and
 /// sorted: a credential's runs are then looked up, not compared with every window.
