@@ -23,7 +23,10 @@ pub(super) const MAX_BURST: i64 = 100_000;
 
 pub(super) const MAX_NAME: usize = 255;
 
-/// `stacks.1.tokens.0.extra` (serde_ignored) -> `stacks[1].tokens[0].extra`.
+/// `stacks.1.tokens.0.extra` (serde_ignored) -> `stacks[1].tokens[0].extra`. A part
+/// that is not a plain name (letters, digits, `_` and `-`, at most 64) is not shown: a
+/// key the parser did not expect may be a value pasted in the wrong place (a webhook
+/// URL with its key), and this path reaches `/reload`'s answer and the log.
 pub(super) fn toml_path(dotted: &str) -> String {
     let mut out = String::with_capacity(dotted.len() + 4);
     for part in dotted.split('.') {
@@ -35,7 +38,8 @@ pub(super) fn toml_path(dotted: &str) -> String {
             if !out.is_empty() {
                 out.push('.');
             }
-            out.push_str(part);
+            let plain = part.len() <= 64 && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            out.push_str(if plain { part } else { "(a key not shown)" });
         }
     }
     out

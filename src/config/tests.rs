@@ -141,6 +141,14 @@ fn toml_errors_name_the_place_not_the_text() {
 }
 
 #[test]
+fn unknown_keys_are_named_only_when_they_read_as_names() {
+    let bad = errors("[notify]\nwebhok = \"http://h/x\"\n\"https://hooks.example/x?key=HOOKSECRET\" = 1\nkey_HOOKSECRET_but_a_very_long_name_that_is_surely_not_a_real_key_of_ours = 2");
+    assert!(bad.iter().any(|e| e == "notify.webhok: unknown key"), "{bad:?}");
+    assert_eq!(bad.iter().filter(|e| e.starts_with("notify.(a key not shown)")).count(), 2, "{bad:?}");
+    assert!(!bad.iter().any(|e| e.contains("HOOKSECRET")), "{bad:?}");
+}
+
+#[test]
 fn webhook_may_be_https_with_its_own_ca_file() {
     let cfg = notify_config("webhook = \"https://hooks.example.com/expiry\"\nwebhook_ca_file = \"ca.pem\"").unwrap();
     assert_eq!(cfg.notify.webhook.as_ref().map(|u| u.to_string()).as_deref(), Some("https://hooks.example.com/expiry"));
