@@ -101,6 +101,9 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
             }
             ("branch", Some(list), None) => {
                 has_branch_entry = true;
+                if list.is_empty() && strict {
+                    err("branches", "must name at least one branch.".into());
+                }
                 for b in list {
                     if stack.has_branch(b) {
                         branches.push(b.as_str().into());
@@ -113,6 +116,9 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
             }
             ("branch_alias", None, Some(list)) => {
                 has_branch_entry = true;
+                if list.is_empty() && strict {
+                    err("branch_aliases", "must name at least one alias.".into());
+                }
                 for a in list {
                     if stack.has_alias(a) {
                         aliases.push(a.as_str().into());
@@ -145,10 +151,11 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
     if !errors.is_empty() {
         return Err(errors);
     }
-    // A stored scope whose every branch and alias is gone grants nothing at all: the API
-    // creates no token without an existing branch, so neither does a reload (its global
-    // modules, which the branch check does not reach, included).
-    if lost && branches.is_empty() && aliases.is_empty() && !grants.all_branches {
+    // A stored scope whose every branch and alias is gone (or one stored with empty
+    // lists, before the API refused them) grants nothing at all: the API creates no
+    // token without an existing branch, so neither does a reload (its global modules,
+    // which the branch check does not reach, included).
+    if branches.is_empty() && aliases.is_empty() && !grants.all_branches {
         (grants.read, grants.write) = (ModuleSet::EMPTY, ModuleSet::EMPTY);
     }
     grants.branches = branches.into();
@@ -185,8 +192,59 @@ pub struct Expiry {
     pub at: i64,
 }
 
-/// Parses `expires_on`: a date expires at 00:00:00 UTC at the start of that date.
+/// The first instant no expiry may reach: 10000-01-01T00:00:00Z. A four-digit year
+/// cannot name it, so an instant whose offset carries it there would come back in a
+/// form no RFC 3339 reader takes.
+const EXPIRY_END: i64 = 253_402_300_800;
+
+/// Parses `expires_on` as the API and the config take it: `YYYY-MM-DD` (expiring at
+/// 00:00:00 UTC at the start of that date) or an RFC 3339 instant,
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`, before the year 10000. The text is
+/// kept and shown as given, so its shape is checked byte by byte first: the `time`
+/// crate's reader also takes other separators and signed years, which clients with
+/// strict readers could not read back.
 pub fn parse_expiry(text: &str) -> Result<Expiry, String> {
+    const SHAPE: &str =
+        "must be a date (YYYY-MM-DD) or an RFC 3339 instant (YYYY-MM-DDTHH:MM:SSZ) before the year 10000.";
+    if !has_expiry_shape(text.as_bytes()) {
+        return Err(SHAPE.into());
+    }
+    match read_expiry(text) {
+        Ok(e) if e.at < EXPIRY_END => Ok(e),
+        _ => Err(SHAPE.into()),
+    }
+}
+
+/// Whether `t` is `YYYY-MM-DD`, or that, `T` (or `t`), `HH:MM:SS`, an optional fraction
+/// and `Z` (or `z`) or a `+HH:MM`/`-HH:MM` offset. Values are checked by the parser.
+fn has_expiry_shape(t: &[u8]) -> bool {
+    // `d` a digit; any other byte stands for itself.
+    fn fits(t: &[u8], pattern: &[u8]) -> bool {
+        t.len() == pattern.len()
+            && t.iter().zip(pattern).all(|(&b, &p)| if p == b'd' { b.is_ascii_digit() } else { b == p })
+    }
+    let (Some(date), rest) = (t.get(..10), t.get(10..).unwrap_or_default()) else { return false };
+    if !fits(date, b"dddd-dd-dd") {
+        return false;
+    }
+    let Some((&sep, rest)) = rest.split_first() else { return true };
+    let (Some(time), mut rest) = (rest.get(..8), rest.get(8..).unwrap_or_default()) else { return false };
+    if !matches!(sep, b'T' | b't') || !fits(time, b"dd:dd:dd") {
+        return false;
+    }
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let digits = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &fraction[digits..];
+    }
+    matches!(rest, b"Z" | b"z") || (matches!(rest.first(), Some(b'+' | b'-')) && fits(&rest[1..], b"dd:dd"))
+}
+
+/// Reads an expiry already stored: as [`parse_expiry`] but without its shape check, so
+/// a record written before that check still loads (its text is shown as it was).
+pub fn read_expiry(text: &str) -> Result<Expiry, String> {
     let date_format = format_description!("[year]-[month]-[day]");
     let at = if let Ok(date) = Date::parse(text, &date_format) {
         date.midnight().assume_utc().unix_timestamp()
@@ -235,6 +293,13 @@ mod tests {
         assert_eq!((grants.read, grants.write), (ModuleSet::EMPTY, ModuleSet::EMPTY), "nothing left: nothing granted");
         let (_, lost) = compile_stored_scope(&[entry("$all", true, false), branches(&["main"])], &Cat).unwrap();
         assert!(!lost);
+        // An empty list names nothing: refused by the API and the config (the
+        // thirty-seventh probe), and a stored one grants nothing.
+        let empty = [entry("$all", true, true), branches(&[])];
+        let errs = compile_scope(&empty, &Cat).unwrap_err();
+        assert!(errs.contains_key("scope[1].branches"), "{errs:?}");
+        let (grants, _) = compile_stored_scope(&empty, &Cat).unwrap();
+        assert_eq!((grants.read, grants.write), (ModuleSet::EMPTY, ModuleSet::EMPTY));
     }
 
     #[test]
@@ -331,6 +396,30 @@ mod tests {
         assert_eq!(parse_expiry("2027-01-01T01:00:00+01:00").unwrap().at, e.at);
         assert!(parse_expiry("01/01/2027").is_err());
         assert!(parse_expiry("2027-02-30").is_err());
+        // RFC 3339's shape only, as given; years 1 to 9999 (the thirty-seventh probe).
+        assert_eq!(parse_expiry("2027-01-01t00:00:00.5z").unwrap().at, e.at);
+        assert_eq!(parse_expiry("2026-12-31T19:00:00-05:00").unwrap().at, e.at);
+        for odd in [
+            "2027-01-01_00:00:00Z",
+            "2027-01-01 00:00:00Z",
+            "-2027-01-01",
+            "+2027-01-01",
+            "12027-01-01",
+            "2027-1-01",
+            "2027-01-01T00:00:00",
+            "2027-01-01T00:00:00.Z",
+            "2027-01-01T00:00:00+0100",
+            "2027-01-01T00:00Z",
+            "2027-01-01T00:00:00Z ",
+            " 2027-01-01",
+            "9999-12-31T23:59:59-23:59",
+            "2027-01-01T24:00:00Z",
+        ] {
+            assert!(parse_expiry(odd).is_err(), "{odd}");
+        }
+        assert!(parse_expiry("9999-12-31T23:59:59Z").is_ok());
+        // A record stored before the shape check still loads.
+        assert_eq!(read_expiry("2027-01-01 00:00:00Z").unwrap().at, e.at);
     }
 }
 

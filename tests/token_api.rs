@@ -195,6 +195,14 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
         (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "2001-01-01"}}), "expires_on"),
         (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "next week"}}), "expires_on"),
         (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": 20990101}}), "expires_on"),
+        (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "2099-01-01_00:00:00Z"}}), "expires_on"),
+        (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "2099-01-01 00:00:00Z"}}), "expires_on"),
+        (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "9999-12-31T23:59:59-23:59"}}), "expires_on"),
+        (json!({"token": {"name": "a", "scope": [{"module": "branch", "branches": []}]}}), "scope[0].branches"),
+        (
+            json!({"token": {"name": "a", "scope": [{"module": "branch", "branches": ["main"]}, {"module": "branch_alias", "branch_aliases": []}]}}),
+            "scope[1].branch_aliases",
+        ),
         (
             json!({"token": {"name": "a", "scope": scope_ok, "rate_limit": {"read_per_second": 0, "write_per_second": 1}}}),
             "rate_limit.read_per_second",

@@ -9,7 +9,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::error::FieldErrors;
-use crate::token::{parse_expiry, Origin, RateLimit, ScopeEntry, TokenRecord};
+use crate::token::{read_expiry, Origin, RateLimit, ScopeEntry, TokenRecord};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -411,7 +411,7 @@ impl Columns {
             tracing::error!(token.uid = %self.uid, "unreadable token row skipped");
             return None;
         };
-        let Ok(expires_on) = self.expires_on.map(|e| parse_expiry(&e)).transpose() else {
+        let Ok(expires_on) = self.expires_on.map(|e| read_expiry(&e)).transpose() else {
             tracing::error!(token.uid = %self.uid, "token row with unreadable expiry skipped");
             return None;
         };
