@@ -426,11 +426,10 @@ impl Loaded {
             return Ok(self.snapshot);
         }
         let message = format!(
-            "{}; a static token's uid, and its name within its stack, must not be ones the token API gave a stored \
-             token (rename the static token)",
+            "{}; a static token's uid must not be one the token API gave a stored token (rename the static token)",
             self.clashes.join(", ")
         );
-        Err(ReloadError::Config(crate::config::ConfigErrors::single("stacks.tokens", message)))
+        Err(ReloadError::Config(crate::config::ConfigErrors::single("stacks.tokens.uid", message)))
     }
 }
 

@@ -285,9 +285,6 @@ pub struct SnapshotBuilder {
     /// The static tokens' uids (in lower case), and the stored tokens that have one
     /// (see [`SnapshotBuilder::clashes`]).
     static_uids: std::collections::HashSet<Box<str>>,
-    /// The static tokens' names, by stack `api_key`: a name is unique within its stack,
-    /// static tokens included.
-    static_names: HashMap<Box<str>, std::collections::HashSet<Box<str>>>,
     clashes: Vec<String>,
     /// How many stored tokens name a branch or alias their stack lost, and the first:
     /// logged once per build (a reload may touch a million tokens).
@@ -357,12 +354,6 @@ impl SnapshotBuilder {
         let tokens = HashMap::with_capacity_and_hasher(statics, DigestHash::default());
         let static_uids =
             config.stacks.iter().flat_map(|s| s.tokens.iter()).map(|t| t.uid.to_ascii_lowercase().into()).collect();
-        let static_names = config
-            .stacks
-            .iter()
-            .filter(|s| !s.tokens.is_empty())
-            .map(|s| (s.api_key.as_str().into(), s.tokens.iter().map(|t| t.name.as_str().into()).collect()))
-            .collect();
         let mut builder = SnapshotBuilder {
             config,
             previous,
@@ -374,7 +365,6 @@ impl SnapshotBuilder {
             tokens,
             grants: SharedGrants::default(),
             static_uids,
-            static_names,
             clashes: Vec::new(),
             lost: (0, None),
         };
@@ -391,22 +381,13 @@ impl SnapshotBuilder {
         self.tokens.reserve(stored);
     }
 
-    /// Adds one stored token, unless a static token of the config has its uid, or its
-    /// name in its stack (then it is left out, and named in [`SnapshotBuilder::clashes`]).
+    /// Adds one stored token, unless a static token of the config has its uid (then it
+    /// is left out, and named in [`SnapshotBuilder::clashes`]).
     pub fn add(&mut self, rec: &TokenRecord) {
-        if rec.origin == crate::token::Origin::Store {
-            let clash = if self.takes_static_uid(&rec.uid) {
-                Some("uid")
-            } else if self.static_names.get(rec.stack.as_str()).is_some_and(|names| names.contains(rec.name.as_str())) {
-                Some("name")
-            } else {
-                None
-            };
-            if let Some(what) = clash {
-                tracing::error!(token.uid = %rec.uid, "a static token of the config has this stored token's {what}; left out");
-                self.clashes.push(format!("{}: a stored token has this {what}", rec.uid));
-                return;
-            }
+        if rec.origin == crate::token::Origin::Store && self.takes_static_uid(&rec.uid) {
+            tracing::error!(token.uid = %rec.uid, "a static token of the config has this stored token's uid; left out");
+            self.clashes.push(format!("{}: a stored token has this uid", rec.uid));
+            return;
         }
         let previous = self.previous.as_deref();
         match compile_token(rec, &self.stacks, previous, &self.rate_clock, self.share, &mut self.grants) {
@@ -439,13 +420,12 @@ impl SnapshotBuilder {
         }
     }
 
-    /// The stored tokens left out because a static token has their uid, or their name
-    /// in their stack. A token's uid names it in the token API, in the backend's
-    /// `x-stackgate-token-uid` and in the metrics: two tokens under one uid would be one
-    /// identity to all of them, and the stored one could no longer be suspended or
-    /// deleted (the API finds the static one first), as an outside probe showed; a name
-    /// is unique within its stack, as the token API keeps it. A config that does either
-    /// is refused (at start and on reload).
+    /// The stored tokens left out because a static token has their uid. A token's uid
+    /// names it in the token API, in the backend's `x-stackgate-token-uid` and in the
+    /// metrics: two tokens under one uid would be one identity to all of them, and the
+    /// stored one could no longer be suspended or deleted (the API finds the static one
+    /// first), as an outside probe showed. A config that does this is refused (at start
+    /// and on reload).
     pub fn clashes(&self) -> &[String] {
         &self.clashes
     }
