@@ -434,7 +434,7 @@ impl SnapshotBuilder {
         let SnapshotBuilder { config, upstream, rate_clock, orgs, stacks, tokens, lost, .. } = self;
         if let (count, Some(first)) = lost {
             tracing::warn!(tokens = count, first = %first,
-                "stored tokens name a branch or alias their stack no longer has; those names grant nothing");
+                "stored tokens name a branch or alias their stack no longer has (or an empty list); those names grant nothing");
         }
         let users = config.users.iter().map(|u| (u.authtoken_sha256, u.uid.as_str().into())).collect();
         let settings = settings(&config);

@@ -73,7 +73,7 @@ pub fn compile_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Resul
 /// alias the stack no longer has (a reload removed it) grants nothing, and the rest of
 /// the scope stands: the token stays a live credential (suspendable, not a guess), and
 /// a request naming the lost branch is refused as any unknown branch is. The flag says
-/// whether a name was lost, for the caller to log.
+/// whether a name was lost (or a list stored empty), for the caller to log.
 pub fn compile_stored_scope(entries: &[ScopeEntry], stack: &dyn BranchCatalog) -> Result<(Grants, bool), FieldErrors> {
     compile(entries, stack, false)
 }
@@ -101,8 +101,11 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
             }
             ("branch", Some(list), None) => {
                 has_branch_entry = true;
-                if list.is_empty() && strict {
-                    err("branches", "must name at least one branch.".into());
+                if list.is_empty() {
+                    if strict {
+                        err("branches", "must name at least one branch.".into());
+                    }
+                    lost = true;
                 }
                 for b in list {
                     if stack.has_branch(b) {
@@ -116,8 +119,11 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
             }
             ("branch_alias", None, Some(list)) => {
                 has_branch_entry = true;
-                if list.is_empty() && strict {
-                    err("branch_aliases", "must name at least one alias.".into());
+                if list.is_empty() {
+                    if strict {
+                        err("branch_aliases", "must name at least one alias.".into());
+                    }
+                    lost = true;
                 }
                 for a in list {
                     if stack.has_alias(a) {
@@ -215,8 +221,10 @@ pub fn parse_expiry(text: &str) -> Result<Expiry, String> {
     }
 }
 
-/// Whether `t` is `YYYY-MM-DD`, or that, `T` (or `t`), `HH:MM:SS`, an optional fraction
-/// and `Z` (or `z`) or a `+HH:MM`/`-HH:MM` offset. Values are checked by the parser.
+/// Whether `t` is `YYYY-MM-DD`, or that, `T`, `HH:MM:SS`, an optional fraction of 1 to 9
+/// digits and `Z` or a `+HH:MM`/`-HH:MM` offset: the spelling strict readers take (Go's
+/// `time.RFC3339`, Python's `fromisoformat`, JavaScript's `Date`). Values are checked by
+/// the parser.
 fn has_expiry_shape(t: &[u8]) -> bool {
     // `d` a digit; any other byte stands for itself.
     fn fits(t: &[u8], pattern: &[u8]) -> bool {
@@ -229,17 +237,17 @@ fn has_expiry_shape(t: &[u8]) -> bool {
     }
     let Some((&sep, rest)) = rest.split_first() else { return true };
     let (Some(time), mut rest) = (rest.get(..8), rest.get(8..).unwrap_or_default()) else { return false };
-    if !matches!(sep, b'T' | b't') || !fits(time, b"dd:dd:dd") {
+    if sep != b'T' || !fits(time, b"dd:dd:dd") {
         return false;
     }
     if let Some(fraction) = rest.strip_prefix(b".") {
         let digits = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
+        if !(1..=9).contains(&digits) {
             return false;
         }
         rest = &fraction[digits..];
     }
-    matches!(rest, b"Z" | b"z") || (matches!(rest.first(), Some(b'+' | b'-')) && fits(&rest[1..], b"dd:dd"))
+    rest == b"Z" || (matches!(rest.first(), Some(b'+' | b'-')) && fits(&rest[1..], b"dd:dd"))
 }
 
 /// Reads an expiry already stored: as [`parse_expiry`] but without its shape check, so
@@ -298,8 +306,9 @@ mod tests {
         let empty = [entry("$all", true, true), branches(&[])];
         let errs = compile_scope(&empty, &Cat).unwrap_err();
         assert!(errs.contains_key("scope[1].branches"), "{errs:?}");
-        let (grants, _) = compile_stored_scope(&empty, &Cat).unwrap();
+        let (grants, lost) = compile_stored_scope(&empty, &Cat).unwrap();
         assert_eq!((grants.read, grants.write), (ModuleSet::EMPTY, ModuleSet::EMPTY));
+        assert!(lost, "counted and logged as a lost name is");
     }
 
     #[test]
@@ -397,7 +406,7 @@ mod tests {
         assert!(parse_expiry("01/01/2027").is_err());
         assert!(parse_expiry("2027-02-30").is_err());
         // RFC 3339's shape only, as given; years 1 to 9999 (the thirty-seventh probe).
-        assert_eq!(parse_expiry("2027-01-01t00:00:00.5z").unwrap().at, e.at);
+        assert_eq!(parse_expiry("2027-01-01T00:00:00.123456789Z").unwrap().at, e.at);
         assert_eq!(parse_expiry("2026-12-31T19:00:00-05:00").unwrap().at, e.at);
         for odd in [
             "2027-01-01_00:00:00Z",
@@ -414,6 +423,12 @@ mod tests {
             " 2027-01-01",
             "9999-12-31T23:59:59-23:59",
             "2027-01-01T24:00:00Z",
+            "2027-01-01t00:00:00Z",
+            "2027-01-01T00:00:00z",
+            "2027-01-01T00:00:00.1234567890Z",
+            "\u{ff12}\u{ff10}\u{ff12}\u{ff17}-01-01",
+            "2027\u{2010}01-01",
+            "2027-01-01T00:00:00\u{2212}05:00",
         ] {
             assert!(parse_expiry(odd).is_err(), "{odd}");
         }

@@ -23,26 +23,37 @@ pub(super) const MAX_BURST: i64 = 100_000;
 
 pub(super) const MAX_NAME: usize = 255;
 
-/// `stacks.1.tokens.0.extra` (serde_ignored) -> `stacks[1].tokens[0].extra`. A part
-/// that is not a plain name (letters, digits, `_` and `-`, at most 64) is not shown: a
-/// key the parser did not expect may be a value pasted in the wrong place (a webhook
-/// URL with its key), and this path reaches `/reload`'s answer and the log.
-pub(super) fn toml_path(dotted: &str) -> String {
-    let mut out = String::with_capacity(dotted.len() + 4);
-    for part in dotted.split('.') {
-        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
-            out.push('[');
-            out.push_str(part);
-            out.push(']');
-        } else {
-            if !out.is_empty() {
-                out.push('.');
+/// An ignored key's place as the errors name it (`stacks[1].tokens[0].extra`), from
+/// serde_ignored's path. A key is shown only when it reads as a name: at most 40 of
+/// letters, digits, `_` and `-`, no more than 4 of them digits (every key the config
+/// knows is one); any other is `(a key not shown)`, since an unknown key may be a value
+/// pasted in the wrong place (a webhook URL with its key, a secret), and this path
+/// reaches `/reload`'s answer and the log. An index is shown up to 6 digits.
+pub(super) fn ignored_key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => {
+            let shown = if *index < 1_000_000 { index.to_string() } else { "(an index not shown)".into() };
+            format!("{}[{shown}]", ignored_key_path(parent))
+        }
+        Path::Map { parent, key } => {
+            let parent = ignored_key_path(parent);
+            let digits = key.bytes().filter(u8::is_ascii_digit).count();
+            let plain = (1..=40).contains(&key.len())
+                && digits <= 4
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let key = if plain { key.as_str() } else { "(a key not shown)" };
+            if parent.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{parent}.{key}")
             }
-            let plain = part.len() <= 64 && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            out.push_str(if plain { part } else { "(a key not shown)" });
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            ignored_key_path(parent)
         }
     }
-    out
 }
 
 pub(super) fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {

@@ -2,7 +2,7 @@
 //! checks (`sections`, `tenants`), with the cross-section rules. Collects every
 //! problem with its TOML path.
 
-use super::checks::{socket, toml_path};
+use super::checks::socket;
 use super::errors::ConfigErrors;
 use super::raw::RawConfig;
 use super::sections::*;
@@ -15,7 +15,7 @@ use super::Env;
 pub fn compile(raw: RawConfig, unknown: &[String], env: Env<'_>) -> Result<Config, ConfigErrors> {
     let mut errs = ConfigErrors::default();
     for key in unknown {
-        errs.push(toml_path(key), "unknown key");
+        errs.push(key.as_str(), "unknown key");
     }
     let server = server(&raw, &mut errs);
     let admin_listen = socket(raw.admin.listen.as_deref().unwrap_or("127.0.0.1:9901"), "admin.listen", &mut errs);

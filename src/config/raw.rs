@@ -199,10 +199,11 @@ pub struct RawToken {
     pub rate_limit: Option<RateLimit>,
 }
 
-/// Parses TOML text, returning the raw config and every ignored (unknown) key path.
+/// Parses TOML text, returning the raw config and every ignored (unknown) key's path,
+/// as the errors show it.
 pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), toml::de::Error> {
     let mut unknown = Vec::new();
     let de = toml::Deserializer::new(text);
-    let raw = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))?;
+    let raw = serde_ignored::deserialize(de, |path| unknown.push(super::checks::ignored_key_path(&path)))?;
     Ok((raw, unknown))
 }

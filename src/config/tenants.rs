@@ -104,6 +104,10 @@ pub(super) fn stacks(raw: &[RawStack], orgs: &[Organization], users: &[User], er
                 errs.push(format!("{tp}.uid"), format!("duplicate token uid '{}'", t.uid));
             }
             if let Some(rec) = token(t, &stack, org, &tp, errs) {
+                // Unique within the stack, as the token API keeps names.
+                if stack.tokens.iter().any(|other| other.name == rec.name) {
+                    errs.push(format!("{tp}.name"), "is already used by another token of this stack");
+                }
                 if !secrets.insert(rec.secret_sha256) {
                     errs.push(format!("{tp}.secret_sha256"), "the same secret is used by another token");
                 }
@@ -154,7 +158,9 @@ pub(super) fn token(
     errs: &mut ConfigErrors,
 ) -> Option<TokenRecord> {
     check_ident(&t.uid, &format!("{tp}.uid"), errs);
-    if t.name.trim().is_empty() || t.name.len() > MAX_NAME {
+    // The token API's rules: plain spaces at the ends trimmed, 1 to 255 characters.
+    let name = t.name.trim_matches(' ');
+    if name.is_empty() || name.chars().count() > MAX_NAME {
         errs.push(format!("{tp}.name"), format!("must be 1-{MAX_NAME} characters"));
     }
     // The token API's rule: a listing shows these names and descriptions as they are.
@@ -189,7 +195,7 @@ pub(super) fn token(
     Some(TokenRecord {
         uid: t.uid.clone(),
         stack: stack.api_key.clone(),
-        name: t.name.clone(),
+        name: name.to_owned(),
         description: t.description.clone(),
         secret_sha256,
         scope: t.scope.as_slice().into(),

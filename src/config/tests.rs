@@ -142,10 +142,18 @@ fn toml_errors_name_the_place_not_the_text() {
 
 #[test]
 fn unknown_keys_are_named_only_when_they_read_as_names() {
-    let bad = errors("[notify]\nwebhok = \"http://h/x\"\n\"https://hooks.example/x?key=HOOKSECRET\" = 1\nkey_HOOKSECRET_but_a_very_long_name_that_is_surely_not_a_real_key_of_ours = 2");
+    let bad = errors(
+        "[notify]\nwebhok = \"http://h/x\"\n\"https://hooks.example/x?key=HOOKSECRET\" = 1\n\
+         key_HOOKSECRET_but_a_long_name_that_is_surely_not_ours = 2\n4111111111111111 = 3\n\
+         cs0123456789abcdef0123456789abcdef = 4\n\"a.b\" = 5\n[[organizations]]\nuid = \"o\"\n[[stacks]]\napi_key = \"k\"\norganization = \"o\"\nmembers_HOOK1234567 = 6",
+    );
     assert!(bad.iter().any(|e| e == "notify.webhok: unknown key"), "{bad:?}");
-    assert_eq!(bad.iter().filter(|e| e.starts_with("notify.(a key not shown)")).count(), 2, "{bad:?}");
-    assert!(!bad.iter().any(|e| e.contains("HOOKSECRET")), "{bad:?}");
+    assert_eq!(bad.iter().filter(|e| e.starts_with("notify.(a key not shown): unknown key")).count(), 5, "{bad:?}");
+    assert!(bad.iter().any(|e| e == "stacks[0].(a key not shown): unknown key"), "{bad:?}");
+    for secret in ["HOOKSECRET", "4111", "0123456789abcdef", "HOOK1234567"] {
+        assert!(!bad.iter().any(|e| e.contains(secret)), "{secret}: {bad:?}");
+    }
+    assert!(errors("[server]\ncolour = 1").iter().any(|e| e == "server.colour: unknown key"));
 }
 
 #[test]
@@ -245,6 +253,17 @@ fn static_token_names_follow_the_token_apis_rules() {
         let errors = crate::config::from_str(&token(name, description)).unwrap_err().to_string();
         assert!(errors.contains(field), "{name:?} {description:?}: {errors}");
     }
+    // Plain spaces at the ends are trimmed, as the API trims them (the diff review of
+    // the thirty-seventh probe's fixes), and a name is unique within its stack.
+    let cfg = crate::config::from_str(&token("  ci export ", "")).unwrap();
+    assert_eq!(cfg.stacks[0].tokens[0].name, "ci export");
+    let second = "[[stacks.tokens]]\nuid = \"blt00000000000000n2\"\nname = \"ci export \"\nsecret_sha256 = \"58c9f795c89445276749b08e0e69d3e177a9e1d408cbfb968aab1272f246af24\"\nscope = [{ module = \"branch\", branches = [\"main\"], acl = { read = true } }]\n";
+    let errors = crate::config::from_str(&(token("ci export", "") + second)).unwrap_err().to_string();
+    assert!(errors.contains("stacks[0].tokens[1].name: is already used by another token of this stack"), "{errors}");
+    // A branch list names one (the thirty-seventh probe).
+    let empty = token("n", "").replace("branches = [\"main\"]", "branches = []");
+    let errors = crate::config::from_str(&empty).unwrap_err().to_string();
+    assert!(errors.contains("stacks[0].tokens[0].scope[0].branches"), "{errors}");
 }
 
 /// An upstream URL's user info (never sent, and maybe a password: not echoed) and dot or

@@ -387,9 +387,14 @@ pub fn apply(
     }
     if let Some(exp) = input.expires_on {
         rec.expires_on = None;
-        if let Some(text) = exp {
+        // Sent back as stored (a spelling from before the shape rule included): kept.
+        let kept =
+            before.as_ref().and_then(|b| b.expires_on.clone()).filter(|e| exp.as_deref() == Some(e.text.as_str()));
+        if let Some(e) = kept {
+            rec.expires_on = Some(e);
+        } else if let Some(text) = exp {
             match parse_expiry(&text) {
-                Ok(e) if e.at > ctx.now || unchanged(&|b| b.expires_on == Some(e.clone())) => rec.expires_on = Some(e),
+                Ok(e) if e.at > ctx.now => rec.expires_on = Some(e),
                 Ok(_) => push(&mut errors, "expires_on", "must be in the future."),
                 Err(m) => push(&mut errors, "expires_on", &m),
             }
@@ -591,6 +596,15 @@ mod tests {
         // rate above the lowered limit while the other changes.
         let mut old = stored("ci\u{200b}", "main");
         old.expires_on = Some(crate::token::parse_expiry("2020-01-01").unwrap());
+        // An expiry stored in a spelling the shape rule now refuses, sent back as it is.
+        let mut spelled = stored("ci", "main");
+        spelled.expires_on = Some(crate::token::read_expiry("2031-01-01 00:00:00Z").unwrap());
+        let ctx_now = Context { stack: &stack, org: &lowered, now: 1_900_000_000 };
+        let back = r#"{"token": {"expires_on": "2031-01-01 00:00:00Z", "description": "x"}}"#;
+        let applied = apply(update(back), spelled.clone(), &ctx_now, false);
+        assert!(applied.as_ref().is_ok_and(|rec| rec.expires_on == spelled.expires_on), "{applied:?}");
+        let respelled = r#"{"token": {"expires_on": "2031-01-01_00:00:00Z"}}"#;
+        assert!(apply(update(respelled), spelled, &ctx_now, false).is_err(), "a new spelling is judged");
         old.rate_limit = Some(RateLimit { read_per_second: 8, write_per_second: 2 });
         let ctx = Context { stack: &stack, org: &lowered, now: 1_900_000_000 };
         let back = r#"{"token": {"name": "ci\u200b", "expires_on": "2020-01-01", "enabled": false,
