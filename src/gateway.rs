@@ -470,7 +470,7 @@ fn keep_restart_only_settings(running: &Config, next: &mut Config) -> ReloadRepo
 /// (`[store] path`), else in memory with a warning.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
     if let Some(pg) = &config.store.postgres {
-        return Ok(Arc::new(PgStore::connect(pg).await?));
+        return Ok(Arc::new(crate::store::answered::Answered(PgStore::connect(pg).await?)));
     }
     match &config.store.path {
         Some(path) => Ok(Arc::new(SqliteStore::open_exclusive(path)?)),

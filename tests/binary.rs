@@ -37,7 +37,18 @@ fn check_accepts_the_example_config() {
 #[test]
 fn check_accepts_the_deploy_examples() {
     let dir = temp_dir("deploy-examples");
-    for example in ["deploy/kubernetes/sidecar.yaml", "deploy/kubernetes/replicas.yaml"] {
+    // The CA files the cluster example mounts (the thirty-eighth outside probe found
+    // that example refused by `check`: it had no test).
+    let cas = dir.join("cas");
+    std::fs::create_dir_all(&cas).unwrap();
+    let pki = test_pki(&dir);
+    for name in ["postgres-ca.pem", "redis-ca.pem"] {
+        std::fs::write(cas.join(name), &pki.ca_pem).unwrap();
+    }
+    let mounted = format!("{}/", cas.display());
+    for example in
+        ["deploy/kubernetes/sidecar.yaml", "deploy/kubernetes/replicas.yaml", "deploy/kubernetes/replicas-cluster.yaml"]
+    {
         let yaml = std::fs::read_to_string(example).unwrap();
         let mut lines = yaml.lines().skip_while(|l| !l.trim_end().ends_with("stackgate.toml: |")).skip(1);
         let indent = lines.clone().find(|l| !l.trim().is_empty()).map_or(0, |l| l.len() - l.trim_start().len());
@@ -48,10 +59,11 @@ fn check_accepts_the_deploy_examples() {
             .collect();
         assert!(toml.len() > 5, "{example}: no embedded stackgate.toml found");
         let file = dir.join("example.toml");
-        std::fs::write(&file, toml.join("\n")).unwrap();
+        std::fs::write(&file, toml.join("\n").replace("/etc/stackgate/cas/", &mounted)).unwrap();
         let out = Command::new(BIN)
             .args(["check", "--config", file.to_str().unwrap()])
-            .env("STACKGATE_POSTGRES_URL", "postgres://stackgate:secret@db/stackgate")
+            .env("STACKGATE_POSTGRES_URL", "postgres://stackgate:secret@db/stackgate?sslmode=verify-full")
+            .env("STACKGATE_REDIS_URLS", "rediss://:secret@redis-0:6379,rediss://:secret@redis-1:6379")
             .output()
             .unwrap();
         assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));

@@ -1206,3 +1206,60 @@ async fn behind_haproxy_the_guard_cools_down_only_the_guessing_client() {
     assert!(logs.contains("client=127.0.0.2") && !logs.contains("client=127.0.0.1 "), "{logs}");
     drop(replicas);
 }
+
+/// Found by the thirty-eighth outside probe: a PostgreSQL that keeps its connections
+/// open but answers nothing (here a relay that forwards nothing) held `/readyz` past
+/// any probe's timeout and the token API for ever (a re-read held the writer lock
+/// waiting on it). Now readiness answers at once with the store reported unavailable,
+/// token-API calls get their 503 within the store's bound, requests keep being served
+/// from the snapshot, and once the server answers again a revocation made meanwhile
+/// through another replica is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_postgres_is_reported_not_waited_for() {
+    let Some((pg, redis)) = services("a_hung_postgres_is_reported_not_waited_for") else { return };
+    let db = Database::create(&pg, "pghung").await;
+    let backend = Backend::start().await;
+    let target: tokio_postgres::Config = db.url.parse().unwrap();
+    let port = target.get_ports().first().copied().unwrap_or(5432);
+    let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let prefix = unique("o");
+    let ra = start_replicas(backend.addr, &shared_config(&db.url_via(relay.addr), &redis, &prefix, "local", 2), 1);
+    let rb = start_replicas(backend.addr, &shared_config(&db.url, &redis, &prefix, "local", 2), 1);
+    let (a, b) = (ra[0].addr, rb[0].addr);
+    let (_, kept) = create(a, API_KEY, "kept").await;
+    let (revoked_uid, revoked) = create(a, API_KEY, "revoked-while-hung").await;
+    until_all(&[a], "GET", API_KEY, &revoked, 200, Duration::from_secs(1)).await;
+
+    relay.freeze();
+    let started = Instant::now();
+    let ready = admin_get(ra[0].admin, "/readyz").await;
+    let took = started.elapsed();
+    assert!(ready.contains("\"ready\"") && ready.contains("unavailable"), "{ready}");
+    assert!(took < Duration::from_secs(1), "readiness waited {took:?}");
+    // Token-API calls, one after another and two at once, each get their 503.
+    let bound = Duration::from_secs(12);
+    for _ in 0..2 {
+        let started = Instant::now();
+        let (status, _, body) = call(a, "GET", TOKENS, &owner(API_KEY), "").await;
+        assert_eq!((status, body["error_code"].as_i64()), (503, Some(503)), "{body}");
+        assert!(started.elapsed() < bound, "the token API waited {:?}", started.elapsed());
+    }
+    let (headers, body) = (owner(API_KEY), new_token("while-hung", true));
+    let started = Instant::now();
+    let (first, second) = tokio::join!(call(a, "POST", TOKENS, &headers, &body), call(a, "GET", TOKENS, &headers, ""));
+    assert_eq!((first.0, second.0), (503, 503));
+    assert!(started.elapsed() < 2 * bound, "two calls waited {:?}", started.elapsed());
+    // Requests are served from the snapshot meanwhile; another replica revokes a token.
+    assert_eq!(status_with(a, "GET", API_KEY, &kept).await, 200);
+    let (status, _, _) = call(b, "DELETE", &format!("{TOKENS}/{revoked_uid}"), &owner(API_KEY), "").await;
+    assert_eq!(status, 200);
+
+    relay.thaw();
+    let took = until_all(&[a], "GET", API_KEY, &revoked, 401, Duration::from_secs(20)).await;
+    eprintln!("revocation made while PostgreSQL hung applied {took:?} after it answered again");
+    assert!(admin_get(ra[0].admin, "/readyz").await.contains("\"store\":\"up\""));
+    let (status, _, body) = call(a, "GET", TOKENS, &owner(API_KEY), "").await;
+    assert_eq!(status, 200, "{body}");
+    drop((ra, rb));
+    db.drop_now().await;
+}

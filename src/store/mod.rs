@@ -4,6 +4,7 @@
 //! The store is the source of truth for tokens created through the API; the request
 //! path never reads it (it reads the snapshot, rebuilt after every committed change).
 
+pub mod answered;
 pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
@@ -31,7 +32,8 @@ pub enum StoreError {
     /// store; nothing was written.
     #[error("invalid token change")]
     Invalid(FieldErrors),
-    /// The engine is unreachable or failed; nothing was changed.
+    /// The engine is unreachable, failed, or did not answer in time; nothing was
+    /// changed, unless a commit it did not answer in time still completes.
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }

@@ -11,6 +11,7 @@ mod follow;
 
 use follow::listen;
 
+use super::answered::{answered, no_answer, ANSWER_TIMEOUT};
 use super::pg_tls::RustlsConnect;
 use super::{
     unavailable, AuditAction, AuditColumns, AuditEntry, AuditPage, Batcher, Cap, Columns, Edit, ScopeMemo, StoreError,
@@ -340,15 +341,18 @@ impl TokenStore for PgStore {
     }
 
     async fn load_all(&self, out: mpsc::Sender<Vec<TokenRecord>>) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let client = answered(self.client()).await?;
         // Rows are decoded as they arrive (no ORDER BY: the snapshot is a hash index).
         let sql = format!("SELECT {COLUMNS} FROM stackgate_tokens");
         let no_params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
-        let rows = client.query_raw(&sql, no_params).await.map_err(pg)?;
+        let rows = answered(async { client.query_raw(&sql, no_params).await.map_err(pg) }).await?;
         let mut rows = std::pin::pin!(rows);
         let mut batcher = Batcher::new();
         let mut scopes = ScopeMemo::default();
-        while let Some(row) = rows.next().await {
+        // No bound on the whole read (a million rows take seconds), but on each row's
+        // wait: a server that stops answering mid-read must not hold a re-read, and the
+        // writer lock it holds, for ever (see `answered`).
+        while let Some(row) = tokio::time::timeout(ANSWER_TIMEOUT, rows.next()).await.map_err(|_| no_answer())? {
             let Some(rec) = record_in(&row.map_err(pg)?, Some(&mut scopes)) else { continue };
             if let Some(full) = batcher.push(rec) {
                 if out.send(full).await.is_err() {

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// How often the listening connection asks the server whether it still answers.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
 /// Keeps a `LISTEN` connection open for as long as anyone receives the events:
 /// reconnects with back-off, and asks for a full re-read after every connect and every
 /// `resync_interval`.
@@ -39,7 +42,10 @@ async fn listen_once(
     resync_interval: Duration,
     events: &mpsc::UnboundedSender<StoreEvent>,
 ) -> Result<(), String> {
-    let (client, mut connection) = config.connect(tls.clone()).await.map_err(|e| explain(&e))?;
+    // `connect_timeout` bounds the TCP connect only; a server that accepts and then
+    // answers nothing would hold the start-up exchange for ever.
+    let connecting = tokio::time::timeout(ANSWER_TIMEOUT, config.connect(tls.clone()));
+    let (client, mut connection) = connecting.await.map_err(|_| no_answer().to_string())?.map_err(|e| explain(&e))?;
     let (notes_tx, mut notes) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         loop {
@@ -56,13 +62,18 @@ async fn listen_once(
         }
     });
     let guard = AbortOnDrop(driver);
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(|e| e.to_string())?;
+    let listen = format!("LISTEN {CHANNEL}");
+    tokio::time::timeout(ANSWER_TIMEOUT, client.batch_execute(&listen))
+        .await
+        .map_err(|_| no_answer().to_string())?
+        .map_err(|e| e.to_string())?;
     tracing::info!("listening for token changes from other replicas");
     // Anything committed before LISTEN took effect was not notified to us.
     if events.send(StoreEvent::Resync).is_err() {
         return Ok(());
     }
     let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + resync_interval, resync_interval);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         let event = tokio::select! {
             note = notes.recv() => match note {
@@ -73,6 +84,13 @@ async fn listen_once(
                 None => break,
             },
             _ = resync.tick() => StoreEvent::Resync,
+            _ = heartbeat.tick() => {
+                // A connection that only listens hears nothing from a hung server or a
+                // dropped peer: ask, and reconnect (then re-read) if no answer comes.
+                let beat = tokio::time::timeout(ANSWER_TIMEOUT, client.simple_query("SELECT 1")).await;
+                beat.map_err(|_| "no answer to a heartbeat".to_owned())?.map_err(|e| e.to_string())?;
+                continue;
+            }
         };
         if events.send(event).is_err() {
             return Ok(());
