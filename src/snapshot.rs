@@ -131,7 +131,7 @@ pub struct Snapshot {
     pub upstream: UpstreamClient,
     pub rate_clock: RateClock,
     /// The main listener's TLS configuration (certificates reload with the config).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<crate::tls::ServerTls>,
     orgs: HashMap<Box<str>, Arc<OrgState>>,
     stacks: HashMap<Box<str>, Arc<StackView>>,
     tokens: HashMap<[u8; 32], Arc<Token>, DigestHash>,
@@ -158,7 +158,20 @@ impl Snapshot {
     }
 
     /// This snapshot serving `tls` on the main listener.
-    pub fn with_tls(mut self, tls: Option<Arc<rustls::ServerConfig>>) -> Snapshot {
+    /// This snapshot serving TLS with `tls`: the names its certificate is for become
+    /// the gateway's own authorities, bare (a client behind a port mapping, or on 443)
+    /// and with the listen port.
+    pub fn with_tls(mut self, tls: Option<crate::tls::ServerTls>) -> Snapshot {
+        if let Some(t) = &tls {
+            let port = self.config.server.listen.port();
+            for name in &t.names {
+                for host in [name.to_string(), format!("{name}:{port}")] {
+                    if let Ok(a) = host.parse() {
+                        self.settings.own_authorities.push(a);
+                    }
+                }
+            }
+        }
         self.tls = tls;
         self
     }

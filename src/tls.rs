@@ -73,11 +73,14 @@ pub struct TlsFiles {
 }
 
 /// Builds the listener's TLS config from PEM files.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(files: &TlsFiles) -> Result<ServerTls, TlsError> {
     let certs = read_certs(&files.cert)?;
-    if certs.is_empty() {
+    let Some(leaf) = certs.first() else {
         return Err(file_error(&files.cert, "no certificate found"));
-    }
+    };
+    let names = webpki::EndEntityCert::try_from(leaf)
+        .map(|cert| cert.valid_dns_names().map(Box::from).collect())
+        .unwrap_or_default();
     let key = PrivateKeyDer::from_pem_slice(&read_pem(&files.key)?).map_err(|e| file_error(&files.key, e))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -90,7 +93,18 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
             reason: e.to_string(),
         })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok(ServerTls { config: Arc::new(cfg), names })
+}
+
+/// The listener's TLS settings and the DNS names its certificate is for: a client
+/// that reached the gateway by one of them names it in HTTP/2's `:authority` (or an
+/// absolute-form target), so they count as the gateway's own beside
+/// `server.hostnames` (see `snapshot::Snapshot::with_tls`).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// The certificate's subject alternative DNS names (wildcards left out).
+    pub names: Vec<Box<str>>,
 }
 
 /// Builds a TLS client config (the upstream's, the webhook's): the CAs in `ca_file`,

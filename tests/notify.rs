@@ -397,7 +397,7 @@ fn pki(dir: &std::path::Path) -> (std::path::PathBuf, stackgate::config::TlsFile
 
 /// A TLS webhook receiver that keeps the bodies it accepts.
 async fn tls_webhook(files: &stackgate::config::TlsFiles) -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(stackgate::tls::server_config(files).unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(stackgate::tls::server_config(files).unwrap().config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted: Arc<Mutex<Vec<Value>>> = Arc::default();

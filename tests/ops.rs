@@ -91,6 +91,42 @@ async fn tls_serves_http1_and_h2_on_one_port() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Found by the thirty-eighth outside probe: over TLS, curl's HTTP/2 (its default by
+/// ALPN) to `https://gw.test:PORT/...` with a certificate for `gw.test` was 400, since
+/// `:authority` had to be the listen address or in `server.hostnames`. The names the
+/// certificate is for are the gateway's own too (bare, and with the listen port); any
+/// other authority is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificates_names_are_the_gateways_own_over_tls() {
+    let dir = temp_dir("tls-names");
+    let pki = pki(&dir);
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", pki.cert.display(), pki.key.display());
+    let env = Env::start_with(&tls, "", Arc::new(SystemClock)).await;
+    let port = env.gateway.addr.port();
+    for (authority, want) in [
+        (format!("gw.test:{port}"), 200),
+        ("gw.test".to_owned(), 200),
+        (format!("GW.TEST:{port}"), 200),
+        (format!("localhost:{port}"), 200),
+        (format!("evil.example:{port}"), 400),
+        (format!("gw.test:{}", port.wrapping_add(1)), 400),
+        ("sub.gw.test".to_owned(), 400),
+    ] {
+        let io = hyper_util::rt::TokioIo::new(tls_connect(&pki.ca_pem, env.gateway.addr, b"h2").await);
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("https://{authority}{ENTRIES}"))
+            .header("api_key", API_KEY)
+            .header("authorization", RO)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{authority}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn unusable_certificates_fail_at_start_with_a_clear_error() {
     let dir = temp_dir("badtls");
@@ -533,7 +569,7 @@ type Plan = fn(usize) -> (bool, Option<Duration>);
 /// request.
 async fn tls_backend_planned(pki: &TestPki, plan: Plan) -> (SocketAddr, Arc<std::sync::Mutex<Vec<http::Version>>>) {
     let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let h2 = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    let h2 = (*stackgate::tls::server_config(&files).unwrap().config).clone();
     let mut h1 = h2.clone();
     h1.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptors = [tokio_rustls::TlsAcceptor::from(Arc::new(h1)), tokio_rustls::TlsAcceptor::from(Arc::new(h2))];
@@ -791,7 +827,7 @@ where
     let pki = pki(&dir);
     let ca = &pki.ca;
     let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    let mut config = (*stackgate::tls::server_config(&files).unwrap().config).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1049,7 +1085,7 @@ async fn a_request_an_http2_backend_did_not_process_goes_again() {
     let dir = temp_dir("upstream-h2-goaway");
     let pki = pki(&dir);
     let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let acceptor = tokio_rustls::TlsAcceptor::from(stackgate::tls::server_config(&files).unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(stackgate::tls::server_config(&files).unwrap().config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap();
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -1210,7 +1210,7 @@ async fn stray_on_first_connection_over(
     let dir = temp_dir("seams-tls");
     let pki = test_pki(&dir);
     let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let mut config = (*stackgate::tls::server_config(&files).unwrap()).clone();
+    let mut config = (*stackgate::tls::server_config(&files).unwrap().config).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (backend, received, strays) = scripted_over(script, Some(acceptor)).await;

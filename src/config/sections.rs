@@ -129,6 +129,10 @@ pub(super) fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstr
     let connect_timeout = positive_duration(u.connect_timeout.as_deref(), "2s", "upstream.connect_timeout", errs);
     let request_timeout = positive_duration(u.request_timeout.as_deref(), "30s", "upstream.request_timeout", errs);
     let (scheme, authority, base_path) = parts?;
+    // As `notify.webhook_ca_file`: a CA file beside a plain http:// backend checks nothing.
+    if u.ca_file.is_some() && scheme != Scheme::HTTPS {
+        errs.push("upstream.ca_file", "only used with an https:// upstream url");
+    }
     Some(Upstream {
         scheme,
         authority,

@@ -157,6 +157,17 @@ fn unknown_keys_are_named_only_when_they_read_as_names() {
 }
 
 #[test]
+fn an_upstream_ca_file_needs_an_https_upstream() {
+    let with = |url: &str| {
+        let text = format!("[upstream]\nurl = \"{url}\"\nca_file = \"ca.pem\"\n");
+        crate::config::from_str(&text).map(|_| ()).map_err(|e| e.to_string())
+    };
+    assert!(with("https://cma.internal:8443").is_ok());
+    let bad = with("http://127.0.0.1:9").unwrap_err();
+    assert!(bad.contains("upstream.ca_file: only used with an https:// upstream url"), "{bad}");
+}
+
+#[test]
 fn webhook_may_be_https_with_its_own_ca_file() {
     let cfg = notify_config("webhook = \"https://hooks.example.com/expiry\"\nwebhook_ca_file = \"ca.pem\"").unwrap();
     assert_eq!(cfg.notify.webhook.as_ref().map(|u| u.to_string()).as_deref(), Some("https://hooks.example.com/expiry"));

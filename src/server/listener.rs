@@ -157,7 +157,7 @@ impl Connection {
     async fn run(self, stream: TcpStream, watcher: Watcher, limits: &crate::config::Limits) {
         let metrics = Arc::clone(&self.gw.metrics);
         metrics.open_connections.inc();
-        let tls = self.gw.snapshot().tls.clone();
+        let tls = self.gw.snapshot().tls.as_ref().map(|t| Arc::clone(&t.config));
         match tls {
             Some(cfg) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg);

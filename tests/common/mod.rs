@@ -493,8 +493,8 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// A test CA and a certificate for localhost / 127.0.0.1 signed by it, written to `dir`
-/// (`ca.pem`, `gw.pem`, `gw.key`).
+/// A test CA and a certificate for localhost, gw.test and 127.0.0.1 signed by it,
+/// written to `dir` (`ca.pem`, `gw.pem`, `gw.key`).
 pub struct TestPki {
     pub ca_pem: String,
     pub ca: std::path::PathBuf,
@@ -512,7 +512,7 @@ pub fn test_pki(dir: &std::path::Path) -> TestPki {
     ca_params.distinguished_name.push(DnType::CommonName, "stackgate test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "gw.test".to_owned()]).unwrap();
     params.distinguished_name.push(DnType::CommonName, "localhost");
     params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
     let key = KeyPair::generate().unwrap();
