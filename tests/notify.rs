@@ -470,27 +470,6 @@ async fn https_webhook_trusts_its_ca_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Collects what `tracing` writes, for the start-up warning test.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> LogBuffer {
-        self.clone()
-    }
-}
-
 /// Notices asked for while `[notify]` has no channel: accepted, and warned about by uid
 /// (static tokens and stored ones at start-up, a stored one also when it is created),
 /// never with a secret or its hash. Current-thread runtime, so the subscriber set for

@@ -651,6 +651,36 @@ async fn https_upstream_with_a_ca_file_uses_h2_when_offered() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Found by the thirty-eighth outside probe: why an https backend could not be reached
+/// (a certificate of an unknown CA, for another name, expired) was in no log, at any
+/// level; each access line says only `bad gateway: connect`. The reason is logged once
+/// per 10 seconds, not once per request. Current-thread runtime, so the subscriber set
+/// here sees the gateway's tasks.
+#[tokio::test]
+async fn why_an_https_backend_could_not_be_reached_is_logged_once() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = temp_dir("upstream-tls-reason");
+    let pki = pki(&dir);
+    let (backend, _) = tls_backend(&pki).await;
+    // No CA file: the system roots do not know the test CA.
+    let text = config_text(backend, "", "")
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    for _ in 0..3 {
+        let (status, _) = raw(gw.addr, &raw_get(ENTRIES)).await;
+        assert_eq!(status, 502);
+    }
+    let shown = logs.text();
+    assert_eq!(shown.matches("could not connect to the backend").count(), 1, "{shown}");
+    assert!(shown.contains("UnknownIssuer"), "the reason: {shown}");
+    assert!(!shown.contains(RO), "{shown}");
+    gw.task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// HTTP/2 is spoken to an https backend only on a connection whose ALPN chose it (RFC
 /// 9113 section 3.2). Found by the twenty-ninth outside probe: once the backend had
 /// chosen HTTP/2, the gateway spoke it on later connections whatever their ALPN said,

@@ -25,7 +25,7 @@ use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -320,6 +320,8 @@ pub struct Direct {
     connect_timeout: Duration,
     tls: Option<Tls>,
     idle: Arc<IdleList>,
+    /// When a failed connect was last logged, in Unix seconds (see `log_connect_failure`).
+    failure_logged: Arc<AtomicU64>,
 }
 
 /// How an https upstream's connections are opened.
@@ -379,7 +381,8 @@ impl Direct {
                 })
             }
         };
-        Some(Direct { host, port, host_header, connect_timeout, tls, idle: Arc::default() })
+        let failure_logged = Arc::default();
+        Some(Direct { host, port, host_header, connect_timeout, tls, idle: Arc::default(), failure_logged })
     }
 
     /// Sends the request on the slot's connection (or an idle one, or a new one); with
@@ -457,7 +460,11 @@ impl Direct {
         match tokio::time::timeout_at(give_up, self.open()).await {
             Ok(Ok(opened)) => Ok(opened),
             Err(_) if give_up == deadline => Err(GatewayError::GatewayTimeout),
-            Ok(Err(_)) | Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+            Ok(Err(e)) => {
+                log_connect_failure(&e, &self.failure_logged);
+                Err(GatewayError::BadGateway(UpstreamFailure::Connect))
+            }
+            Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
         }
     }
 
@@ -477,6 +484,18 @@ impl Direct {
             }
         };
         Ok(Opened::Http1(Conn::new(transport, replaced_by_gateway)))
+    }
+}
+
+/// Says why the backend could not be reached (refused, or its TLS certificate not
+/// for its name, expired, of an unknown CA: rustls's reason, which names no secret),
+/// at most once every 10 seconds per upstream: the access line of each request says only
+/// `bad gateway: connect`, and an operator needs the reason once, not per request.
+fn log_connect_failure(e: &std::io::Error, logged: &AtomicU64) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = logged.load(Ordering::Relaxed);
+    if now >= last + 10 && logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        tracing::warn!(error = %e, "could not connect to the backend (said at most once every 10 s)");
     }
 }
 
