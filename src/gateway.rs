@@ -343,7 +343,11 @@ impl Gateway {
     {
         let gw = Arc::clone(self);
         let task = tokio::spawn(async move {
-            let _writer = gw.writer.lock().await;
+            // Bounded like the store call itself: behind a store that does not answer,
+            // changes queued here would otherwise wait one bound each, in turn.
+            let waited = tokio::time::timeout(crate::store::answered::ANSWER_TIMEOUT, gw.writer.lock()).await;
+            let _writer =
+                waited.map_err(|_| StoreError::Unavailable("earlier token changes are still waiting".into()))?;
             let value = op(Arc::clone(&gw.store)).await?;
             let current = gw.snapshot.load();
             let next = match change(&value) {

@@ -461,10 +461,15 @@ impl Direct {
             Ok(Ok(opened)) => Ok(opened),
             Err(_) if give_up == deadline => Err(GatewayError::GatewayTimeout),
             Ok(Err(e)) => {
-                log_connect_failure(&e, &self.failure_logged);
+                log_connect_failure(&e.to_string(), &self.failure_logged);
                 Err(GatewayError::BadGateway(UpstreamFailure::Connect))
             }
-            Err(_) => Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
+            Err(_) => {
+                let why =
+                    format!("no connection (and TLS handshake) within connect_timeout, {:?}", self.connect_timeout);
+                log_connect_failure(&why, &self.failure_logged);
+                Err(GatewayError::BadGateway(UpstreamFailure::Connect))
+            }
         }
     }
 
@@ -491,11 +496,17 @@ impl Direct {
 /// for its name, expired, of an unknown CA: rustls's reason, which names no secret),
 /// at most once every 10 seconds per upstream: the access line of each request says only
 /// `bad gateway: connect`, and an operator needs the reason once, not per request.
-fn log_connect_failure(e: &std::io::Error, logged: &AtomicU64) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+fn log_connect_failure(why: &str, logged: &AtomicU64) {
+    // Seconds since the process's first failure, plus one (0 is "never logged"): a
+    // monotonic clock, so a clock stepped back silences nothing.
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_secs() + 1;
     let last = logged.load(Ordering::Relaxed);
-    if now >= last + 10 && logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-        tracing::warn!(error = %e, "could not connect to the backend (said at most once every 10 s)");
+    if (last == 0 || now >= last + 10)
+        && logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        // Debug-quoted: a certificate's names in rustls's reason come from the peer.
+        tracing::warn!(error = ?why, "could not connect to the backend (said at most once every 10 s)");
     }
 }
 

@@ -22,8 +22,8 @@ use crate::token::TokenRecord;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
@@ -103,7 +103,16 @@ pub struct PgStore {
     /// Handed out once, to the gateway, by [`TokenStore::subscribe`].
     events: Mutex<Option<mpsc::UnboundedReceiver<StoreEvent>>>,
     events_tx: mpsc::UnboundedSender<StoreEvent>,
+    /// This replica's changes whose commit was sent and never answered (see
+    /// [`PgStore::commit`]).
+    in_doubt: InDoubt,
 }
+
+/// Tokens (`stack`, `uid`) whose commit this replica sent but whose answer it did not
+/// wait for (the call was given up: `store::answered`). The gateway applied nothing, yet
+/// the commit may still land; its notification, which the listener skips for this
+/// replica's own changes, is then applied like another replica's.
+pub(super) type InDoubt = Arc<Mutex<HashSet<(String, String)>>>;
 
 impl PgStore {
     /// Connects, migrates the schema and starts listening for other replicas' changes.
@@ -140,6 +149,7 @@ impl PgStore {
             resync_interval: settings.resync_interval,
             events: Mutex::new(Some(events)),
             events_tx,
+            in_doubt: InDoubt::default(),
         };
         store.migrate().await?;
         tokio::spawn(listen(
@@ -148,6 +158,7 @@ impl PgStore {
             store.replica.clone(),
             store.resync_interval,
             store.events_tx.clone(),
+            Arc::clone(&store.in_doubt),
         ));
         Ok(store)
     }
@@ -209,8 +220,23 @@ impl PgStore {
         let action = if rotating { AuditAction::Regenerate } else { AuditAction::Update };
         write_audit(&tx, &super::audit_entry(action, &rec, Some(&before))).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
+        self.commit(tx, stack, uid).await?;
         Ok(rec)
+    }
+
+    /// Commits a change of token (`stack`, `uid`). Marked in doubt while the answer is
+    /// awaited: if the call is given up meanwhile, the mark stays, and the change's own
+    /// notification is applied when (if) it comes.
+    async fn commit(&self, tx: deadpool_postgres::Transaction<'_>, stack: &str, uid: &str) -> Result<(), StoreError> {
+        let key = (stack.to_owned(), uid.to_owned());
+        if let Ok(mut marks) = self.in_doubt.lock() {
+            marks.insert(key.clone());
+        }
+        let committed = tx.commit().await;
+        if let Ok(mut marks) = self.in_doubt.lock() {
+            marks.remove(&key);
+        }
+        committed.map_err(pg)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -430,7 +456,7 @@ impl TokenStore for PgStore {
         }
         write_audit(&tx, &super::audit_entry(AuditAction::Create, rec, None)).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(rec)]).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)
+        self.commit(tx, &rec.stack, &rec.uid).await
     }
 
     async fn modify(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError> {
@@ -460,7 +486,7 @@ impl TokenStore for PgStore {
         };
         write_audit(&tx, &entry).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)?;
+        self.commit(tx, stack, uid).await?;
         Ok(rec)
     }
 

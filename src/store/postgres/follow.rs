@@ -16,11 +16,12 @@ pub(super) async fn listen(
     replica: String,
     resync_interval: Duration,
     events: mpsc::UnboundedSender<StoreEvent>,
+    in_doubt: InDoubt,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !events.is_closed() {
         let started = tokio::time::Instant::now();
-        let Err(reason) = listen_once(&config, &tls, &replica, resync_interval, &events).await else {
+        let Err(reason) = listen_once(&config, &tls, &replica, resync_interval, &events, &in_doubt).await else {
             return;
         };
         if started.elapsed() > Duration::from_secs(10) {
@@ -41,6 +42,7 @@ async fn listen_once(
     replica: &str,
     resync_interval: Duration,
     events: &mpsc::UnboundedSender<StoreEvent>,
+    in_doubt: &InDoubt,
 ) -> Result<(), String> {
     // `connect_timeout` bounds the TCP connect only; a server that accepts and then
     // answers nothing would hold the start-up exchange for ever.
@@ -77,7 +79,7 @@ async fn listen_once(
     loop {
         let event = tokio::select! {
             note = notes.recv() => match note {
-                Some(payload) => match parse_payload(&payload, replica) {
+                Some(payload) => match parse_payload(&payload, replica, in_doubt) {
                     Some(event) => event,
                     None => continue,
                 },
@@ -109,15 +111,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `replica stack uid` -> an event, skipping this replica's own changes (already
-/// applied when they committed) and anything malformed.
-fn parse_payload(payload: &str, replica: &str) -> Option<StoreEvent> {
+/// `replica stack uid` -> an event, skipping anything malformed and this replica's own
+/// changes (applied when they committed), but for one whose commit it gave up waiting
+/// for ([`InDoubt`]): that one was never applied here.
+fn parse_payload(payload: &str, replica: &str, in_doubt: &InDoubt) -> Option<StoreEvent> {
     let mut parts = payload.split(' ');
     let (from, stack, uid) = (parts.next()?, parts.next()?, parts.next()?);
-    if from == replica || parts.next().is_some() || stack.is_empty() || uid.is_empty() {
+    if parts.next().is_some() || stack.is_empty() || uid.is_empty() {
         return None;
     }
-    Some(StoreEvent::Changed { stack: stack.to_owned(), uid: uid.to_owned() })
+    let key = (stack.to_owned(), uid.to_owned());
+    if from == replica && !in_doubt.lock().is_ok_and(|mut marks| marks.remove(&key)) {
+        return None;
+    }
+    let (stack, uid) = key;
+    Some(StoreEvent::Changed { stack, uid })
 }
 
 #[cfg(test)]
@@ -126,9 +134,16 @@ mod tests {
 
     #[test]
     fn payloads() {
-        assert_eq!(parse_payload("b k t1", "a"), Some(StoreEvent::Changed { stack: "k".into(), uid: "t1".into() }));
-        assert_eq!(parse_payload("a k t1", "a"), None, "own change");
-        assert_eq!(parse_payload("b k", "a"), None);
-        assert_eq!(parse_payload("b k t1 extra", "a"), None);
+        let none = InDoubt::default();
+        let changed = Some(StoreEvent::Changed { stack: "k".into(), uid: "t1".into() });
+        assert_eq!(parse_payload("b k t1", "a", &none), changed);
+        assert_eq!(parse_payload("a k t1", "a", &none), None, "own change");
+        assert_eq!(parse_payload("b k", "a", &none), None);
+        assert_eq!(parse_payload("b k t1 extra", "a", &none), None);
+        // An own change whose commit was given up on is applied, once.
+        let doubt = InDoubt::default();
+        doubt.lock().unwrap().insert(("k".into(), "t1".into()));
+        assert_eq!(parse_payload("a k t1", "a", &doubt), changed);
+        assert_eq!(parse_payload("a k t1", "a", &doubt), None);
     }
 }
