@@ -12,7 +12,7 @@
 mod common;
 mod scaleout_support;
 use common::*;
-use scaleout_support::{admin_get, free_port, spawn_logged, start_replicas, Replica};
+use scaleout_support::{admin_get, failed_start, free_port, spawn_logged, start_replicas, Replica};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -1261,5 +1261,27 @@ async fn a_hung_postgres_is_reported_not_waited_for() {
     let (status, _, body) = call(a, "GET", TOKENS, &owner(API_KEY), "").await;
     assert_eq!(status, 200, "{body}");
     drop((ra, rb));
+    db.drop_now().await;
+}
+
+/// Found by the thirty-ninth outside probe: a replica starting while PostgreSQL
+/// accepted its connections but did not answer the schema check waited for ever, with
+/// no listener and no log line. Here the migration lock is held by a session that
+/// never lets go (as by a replica hung mid-migration): the start fails, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_behind_a_migration_that_never_ends_fails_with_a_reason() {
+    let Some((pg, _)) = services("a_start_behind_a_migration_that_never_ends_fails_with_a_reason") else { return };
+    let db = Database::create(&pg, "pgmigrate").await;
+    let backend = Backend::start().await;
+    let (holder, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    holder.batch_execute("SELECT pg_advisory_lock(6004506972602516785)").await.unwrap();
+    let extra = format!("[store]\nurl = \"{}\"\n", db.url);
+    let started = Instant::now();
+    let (status, out) = tokio::task::spawn_blocking(move || failed_start(backend.addr, &extra)).await.unwrap();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("no answer to the schema migration within 15 s"), "{out}");
+    eprintln!("start refused after {:?}", started.elapsed());
+    drop(holder);
     db.drop_now().await;
 }

@@ -29,6 +29,14 @@ pub(super) const MAX_NAME: usize = 255;
 /// knows is one); any other is `(a key not shown)`, since an unknown key may be a value
 /// pasted in the wrong place (a webhook URL with its key, a secret), and this path
 /// reaches `/reload`'s answer and the log. An index is shown up to 6 digits.
+/// Whether an unknown key may be shown as written (see [`ignored_key_path`]).
+pub(super) fn reads_as_name(key: &str) -> bool {
+    let digits = key.bytes().filter(u8::is_ascii_digit).count();
+    (1..=40).contains(&key.len())
+        && digits <= 4
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 pub(super) fn ignored_key_path(path: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path;
     match path {
@@ -39,11 +47,7 @@ pub(super) fn ignored_key_path(path: &serde_ignored::Path<'_>) -> String {
         }
         Path::Map { parent, key } => {
             let parent = ignored_key_path(parent);
-            let digits = key.bytes().filter(u8::is_ascii_digit).count();
-            let plain = (1..=40).contains(&key.len())
-                && digits <= 4
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            let key = if plain { key.as_str() } else { "(a key not shown)" };
+            let key = if reads_as_name(key) { key.as_str() } else { "(a key not shown)" };
             if parent.is_empty() {
                 key.to_owned()
             } else {

@@ -67,6 +67,19 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
             }
         }
     }
+    // serde's "unknown field `KEY`, expected ..." (a table that takes fixed keys: an
+    // `acl`, a `rate_limit`) and toml's "duplicate key `KEY`": a key shown only when it
+    // reads as a name, as for any unknown key.
+    for prefix in ["unknown field `", "duplicate key `", "unknown variant `"] {
+        if let Some(start) = message.find(prefix).map(|at| at + prefix.len()) {
+            if let Some(len) = message.get(start..).and_then(|rest| rest.find('`')) {
+                let key = message.get(start..start + len).unwrap_or_default();
+                if !checks::reads_as_name(key) {
+                    message.replace_range(start..start + len, "(not shown)");
+                }
+            }
+        }
+    }
     let Some(span) = e.span() else { return format!("invalid TOML: {message}") };
     let before = text.get(..span.start).unwrap_or("");
     let line = before.matches('\n').count() + 1;

@@ -154,6 +154,20 @@ fn unknown_keys_are_named_only_when_they_read_as_names() {
         assert!(!bad.iter().any(|e| e.contains(secret)), "{secret}: {bad:?}");
     }
     assert!(errors("[server]\ncolour = 1").iter().any(|e| e == "server.colour: unknown key"));
+    // In tables of fixed keys the parser itself names the key (the thirty-ninth probe).
+    let token = "[[organizations]]\nuid = \"o\"\n[[stacks]]\napi_key = \"k\"\norganization = \"o\"\n\
+                 [[stacks.tokens]]\nuid = \"t\"\nname = \"n\"\nsecret_sha256 = \"00\"\n";
+    for (table, shown) in [
+        ("acl = { read = true, \"https://hooks.example/T0/SECRETxyz\" = true }", false),
+        ("acl = { read = true, cs00000000000000000000000000000009 = true }", false),
+        ("acl = { read = true, writ = true }", true),
+    ] {
+        let text = format!("{token}scope = [{{ module = \"branch\", branches = [\"main\"], {table} }}]\n");
+        let bad = errors(&text).join("\n");
+        assert!(bad.contains("unknown field"), "{bad}");
+        assert!(!bad.contains("SECRETxyz") && !bad.contains("0000000009"), "{bad}");
+        assert_eq!(bad.contains("`writ`"), shown, "{bad}");
+    }
 }
 
 #[test]

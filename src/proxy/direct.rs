@@ -320,7 +320,7 @@ pub struct Direct {
     connect_timeout: Duration,
     tls: Option<Tls>,
     idle: Arc<IdleList>,
-    /// When a failed connect was last logged, in Unix seconds (see `log_connect_failure`).
+    /// When a failed connect was last logged (see `log_connect_failure`).
     failure_logged: Arc<AtomicU64>,
 }
 
@@ -497,12 +497,13 @@ impl Direct {
 /// at most once every 10 seconds per upstream: the access line of each request says only
 /// `bad gateway: connect`, and an operator needs the reason once, not per request.
 fn log_connect_failure(why: &str, logged: &AtomicU64) {
-    // Seconds since the process's first failure, plus one (0 is "never logged"): a
-    // monotonic clock, so a clock stepped back silences nothing.
+    // Milliseconds since the process's first failure, plus one (0 is "never logged"):
+    // a monotonic clock, so a clock stepped back silences nothing.
     static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let now = ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_secs() + 1;
+    let elapsed = ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_millis();
+    let now = u64::try_from(elapsed).unwrap_or(u64::MAX - 1) + 1;
     let last = logged.load(Ordering::Relaxed);
-    if (last == 0 || now >= last + 10)
+    if (last == 0 || now >= last + 10_000)
         && logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     {
         // Debug-quoted: a certificate's names in rustls's reason come from the peer.

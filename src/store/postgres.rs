@@ -34,6 +34,8 @@ const CHANNEL: &str = "stackgate_tokens";
 /// Serialises migrations of replicas starting together (an arbitrary fixed key).
 const MIGRATION_LOCK: i64 = 0x5354_4b47_4154_4531;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the schema check and migration at start may take.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
@@ -151,7 +153,12 @@ impl PgStore {
             events_tx,
             in_doubt: InDoubt::default(),
         };
-        store.migrate().await?;
+        // Bounded as every later call is (a server that accepts and then answers
+        // nothing would hold the start for ever), more loosely: a replica starting
+        // beside another waits for its migration under the lock.
+        tokio::time::timeout(MIGRATE_TIMEOUT, store.migrate()).await.map_err(|_| {
+            StoreError::Unavailable(format!("no answer to the schema migration within {} s", MIGRATE_TIMEOUT.as_secs()))
+        })??;
         tokio::spawn(listen(
             store.config.clone(),
             tls,
