@@ -135,6 +135,10 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     }
                 }
             }
+            ("branch", Some(_), Some(_)) => {
+                has_branch_entry = true;
+                err("branch_aliases", "only allowed on module 'branch_alias'.".into());
+            }
             (_, Some(_), _) => err("branches", "only allowed on module 'branch'.".into()),
             (_, _, Some(_)) => err("branch_aliases", "only allowed on module 'branch_alias'.".into()),
             ("$all", None, None) => grant(&mut grants, ModuleSet::ALL, entry.acl),
@@ -301,6 +305,11 @@ mod tests {
         assert_eq!((grants.read, grants.write), (ModuleSet::EMPTY, ModuleSet::EMPTY), "nothing left: nothing granted");
         let (_, lost) = compile_stored_scope(&[entry("$all", true, false), branches(&["main"])], &Cat).unwrap();
         assert!(!lost);
+        // A branch entry that also lists aliases: the stray key is named, and the
+        // entry still counts as the branch entry (the thirty-ninth probe).
+        let both = ScopeEntry { branch_aliases: Some(vec!["deploy".into()]), ..branches(&["main"]) };
+        let errs = compile_scope(&[entry("$all", true, true), both], &Cat).unwrap_err();
+        assert_eq!(errs.keys().collect::<Vec<_>>(), ["scope[1].branch_aliases"], "{errs:?}");
         // An empty list names nothing: refused by the API and the config (the
         // thirty-seventh probe), and a stored one grants nothing.
         let empty = [entry("$all", true, true), branches(&[])];

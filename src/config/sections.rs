@@ -130,8 +130,15 @@ pub(super) fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstr
     let request_timeout = positive_duration(u.request_timeout.as_deref(), "30s", "upstream.request_timeout", errs);
     let (scheme, authority, base_path) = parts?;
     // As `notify.webhook_ca_file`: a CA file beside a plain http:// backend checks nothing.
-    if u.ca_file.is_some() && scheme != Scheme::HTTPS {
-        errs.push("upstream.ca_file", "only used with an https:// upstream url");
+    match &u.ca_file {
+        Some(_) if scheme != Scheme::HTTPS => errs.push("upstream.ca_file", "only used with an https:// upstream url"),
+        // Read here too, so that `check` and a reload report a file that holds no CA.
+        Some(path) => {
+            if let Err(e) = crate::tls::read_roots(std::path::Path::new(path)) {
+                errs.push("upstream.ca_file", e);
+            }
+        }
+        None => {}
     }
     Some(Upstream {
         scheme,

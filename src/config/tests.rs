@@ -176,7 +176,9 @@ fn an_upstream_ca_file_needs_an_https_upstream() {
         let text = format!("[upstream]\nurl = \"{url}\"\nca_file = \"ca.pem\"\n");
         crate::config::from_str(&text).map(|_| ()).map_err(|e| e.to_string())
     };
-    assert!(with("https://cma.internal:8443").is_ok());
+    // Read at load (the thirty-ninth probe: `check` passed a file that held no CA).
+    let missing = with("https://cma.internal:8443").unwrap_err();
+    assert!(missing.contains("upstream.ca_file: ") && missing.contains("ca.pem"), "{missing}");
     let bad = with("http://127.0.0.1:9").unwrap_err();
     assert!(bad.contains("upstream.ca_file: only used with an https:// upstream url"), "{bad}");
 }
