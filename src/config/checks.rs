@@ -23,13 +23,8 @@ pub(super) const MAX_BURST: i64 = 100_000;
 
 pub(super) const MAX_NAME: usize = 255;
 
-/// An ignored key's place as the errors name it (`stacks[1].tokens[0].extra`), from
-/// serde_ignored's path. A key is shown only when it reads as a name: at most 40 of
-/// letters, digits, `_` and `-`, no more than 4 of them digits (every key the config
-/// knows is one); any other is `(a key not shown)`, since an unknown key may be a value
-/// pasted in the wrong place (a webhook URL with its key, a secret), and this path
-/// reaches `/reload`'s answer and the log. An index is shown up to 6 digits.
-/// Whether an unknown key may be shown as written (see [`ignored_key_path`]).
+/// Whether an unknown key may be shown as written: at most 40 of letters, digits,
+/// `_` and `-`, no more than 4 of them digits (see [`ignored_key_path`]).
 pub(super) fn reads_as_name(key: &str) -> bool {
     let digits = key.bytes().filter(u8::is_ascii_digit).count();
     (1..=40).contains(&key.len())
@@ -37,6 +32,12 @@ pub(super) fn reads_as_name(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// An ignored key's place as the errors name it (`stacks[1].tokens[0].extra`), from
+/// serde_ignored's path. A key is shown only when it reads as a name: at most 40 of
+/// letters, digits, `_` and `-`, no more than 4 of them digits (every key the config
+/// knows is one); any other is `(a key not shown)`, since an unknown key may be a value
+/// pasted in the wrong place (a webhook URL with its key, a secret), and this path
+/// reaches `/reload`'s answer and the log. An index is shown up to 6 digits.
 pub(super) fn ignored_key_path(path: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path;
     match path {
