@@ -157,7 +157,6 @@ impl Snapshot {
         builder.finish()
     }
 
-    /// This snapshot serving `tls` on the main listener.
     /// This snapshot serving TLS with `tls`: the names its certificate is for become
     /// the gateway's own authorities, bare (a client behind a port mapping, or on 443)
     /// and with the listen port.
