@@ -947,22 +947,44 @@ async fn a_hung_redis_holds_no_request_longer_than_twice_the_timeout() {
     db.drop_now().await;
 }
 
+/// Two replicas on one database: A reaches PostgreSQL only through a relay the test
+/// can cut or freeze, B directly; A has created two tokens, `kept` and one B will
+/// revoke while A cannot hear about it.
+struct RelayedPair {
+    db: Database,
+    backend: Backend,
+    relay: Relay,
+    ra: Vec<Replica>,
+    rb: Vec<Replica>,
+    kept: String,
+    revoked_uid: String,
+    revoked: String,
+}
+
+impl RelayedPair {
+    async fn start(pg: &str, redis: &str, test: &str) -> RelayedPair {
+        let db = Database::create(pg, test).await;
+        let backend = Backend::start().await;
+        let target: tokio_postgres::Config = db.url.parse().unwrap();
+        let port = target.get_ports().first().copied().unwrap_or(5432);
+        let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+        let prefix = unique("o");
+        let ra = start_replicas(backend.addr, &shared_config(&db.url_via(relay.addr), redis, &prefix, "local", 2), 1);
+        let rb = start_replicas(backend.addr, &shared_config(&db.url, redis, &prefix, "local", 2), 1);
+        let a = ra[0].addr;
+        let (_, kept) = create(a, API_KEY, "kept").await;
+        let (revoked_uid, revoked) = create(a, API_KEY, "revoked-while-cut-off").await;
+        until_all(&[a], "GET", API_KEY, &revoked, 200, Duration::from_secs(1)).await;
+        RelayedPair { db, backend, relay, ra, rb, kept, revoked_uid, revoked }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_keeps_serving_refuses_writes_and_loses_nothing() {
     let Some((pg, redis)) = services("postgres_outage_keeps_serving_refuses_writes_and_loses_nothing") else { return };
-    let db = Database::create(&pg, "pgdown").await;
-    let backend = Backend::start().await;
-    let target: tokio_postgres::Config = db.url.parse().unwrap();
-    let port = target.get_ports().first().copied().unwrap_or(5432);
-    let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
-    let prefix = unique("o");
-    // Replica A reaches PostgreSQL only through the relay; B directly.
-    let ra = start_replicas(backend.addr, &shared_config(&db.url_via(relay.addr), &redis, &prefix, "local", 2), 1);
-    let rb = start_replicas(backend.addr, &shared_config(&db.url, &redis, &prefix, "local", 2), 1);
+    let RelayedPair { db, backend: _backend, relay, ra, rb, kept, revoked_uid, revoked } =
+        RelayedPair::start(&pg, &redis, "pgdown").await;
     let (a, b) = (ra[0].addr, rb[0].addr);
-    let (_, kept) = create(a, API_KEY, "kept").await;
-    let (revoked_uid, revoked) = create(a, API_KEY, "revoked-during-outage").await;
-    until_all(&[a], "GET", API_KEY, &revoked, 200, Duration::from_secs(1)).await;
 
     relay.down();
     // Still ready (a database outage must not empty the load balancer), store reported down.
@@ -993,7 +1015,7 @@ async fn postgres_outage_keeps_serving_refuses_writes_and_loses_nothing() {
     let mut names: Vec<&str> = body["tokens"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
     names.sort_unstable();
     assert!(names.contains(&"kept") && names.contains(&"after-outage"), "{names:?}");
-    assert!(!names.contains(&"during-outage") && !names.contains(&"revoked-during-outage"), "{names:?}");
+    assert!(!names.contains(&"during-outage") && !names.contains(&"revoked-while-cut-off"), "{names:?}");
     assert_eq!(status_with(a, "GET", API_KEY, &kept).await, 200);
     drop((ra, rb));
     db.drop_now().await;
@@ -1217,18 +1239,9 @@ async fn behind_haproxy_the_guard_cools_down_only_the_guessing_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_postgres_is_reported_not_waited_for() {
     let Some((pg, redis)) = services("a_hung_postgres_is_reported_not_waited_for") else { return };
-    let db = Database::create(&pg, "pghung").await;
-    let backend = Backend::start().await;
-    let target: tokio_postgres::Config = db.url.parse().unwrap();
-    let port = target.get_ports().first().copied().unwrap_or(5432);
-    let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
-    let prefix = unique("o");
-    let ra = start_replicas(backend.addr, &shared_config(&db.url_via(relay.addr), &redis, &prefix, "local", 2), 1);
-    let rb = start_replicas(backend.addr, &shared_config(&db.url, &redis, &prefix, "local", 2), 1);
+    let RelayedPair { db, backend: _backend, relay, ra, rb, kept, revoked_uid, revoked } =
+        RelayedPair::start(&pg, &redis, "pghung").await;
     let (a, b) = (ra[0].addr, rb[0].addr);
-    let (_, kept) = create(a, API_KEY, "kept").await;
-    let (revoked_uid, revoked) = create(a, API_KEY, "revoked-while-hung").await;
-    until_all(&[a], "GET", API_KEY, &revoked, 200, Duration::from_secs(1)).await;
 
     relay.freeze();
     let started = Instant::now();
