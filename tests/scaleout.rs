@@ -895,6 +895,12 @@ impl Relay {
         self.cut.send_modify(|n| *n += 1);
     }
 
+    /// New connections are forwarded again; the frozen ones stay open and forward
+    /// nothing, as if what was sent on them had been lost for good.
+    fn thaw_new_only(&self) {
+        self.frozen.send_replace(false);
+    }
+
     fn down(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.cut.send_modify(|n| *n += 1);
@@ -1281,6 +1287,32 @@ async fn a_hung_postgres_is_reported_not_waited_for() {
     assert!(admin_get(ra[0].admin, "/readyz").await.contains("\"store\":\"up\""));
     let (status, _, body) = call(a, "GET", TOKENS, &owner(API_KEY), "").await;
     assert_eq!(status, 200, "{body}");
+    drop((ra, rb));
+    db.drop_now().await;
+}
+
+/// A call given up on while PostgreSQL hung leaves its statement unanswered on its
+/// connection. Here that answer never comes (the relay keeps those connections open and
+/// silent) while new connections work: the next calls must not be handed the abandoned
+/// connection to queue behind (the thirty-ninth probe saw a replica answer 503 for
+/// about 30 s after the server answered again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_call_was_given_up_is_not_reused() {
+    let Some((pg, redis)) = services("a_connection_whose_call_was_given_up_is_not_reused") else { return };
+    let RelayedPair { db, backend: _backend, relay, ra, rb, .. } = RelayedPair::start(&pg, &redis, "pglost").await;
+    let a = ra[0].addr;
+    relay.freeze();
+    // Each given up: a token-API read (5 s) and a readiness check (0.5 s).
+    let (status, _, _) = call(a, "GET", TOKENS, &owner(API_KEY), "").await;
+    assert_eq!(status, 503);
+    assert!(admin_get(ra[0].admin, "/readyz").await.contains("unavailable"));
+    relay.thaw_new_only();
+    for round in 0..3 {
+        let started = Instant::now();
+        let (status, _, body) = call(a, "GET", TOKENS, &owner(API_KEY), "").await;
+        assert_eq!(status, 200, "round {round} after {:?}: {body}", started.elapsed());
+        assert!(admin_get(ra[0].admin, "/readyz").await.contains("\"store\":\"up\""), "round {round}");
+    }
     drop((ra, rb));
     db.drop_now().await;
 }

@@ -20,7 +20,7 @@ use super::{
 use crate::config::Postgres;
 use crate::token::TokenRecord;
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,24 @@ const MIGRATION_LOCK: i64 = 0x5354_4b47_4154_4531;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the schema check and migration at start may take.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection lent to one call by [`PgStore::leased`]: handed back to the pool by
+/// [`Lease::give_back`], closed if dropped any other way.
+struct Lease(Option<Object>);
+
+impl Lease {
+    fn give_back(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
+        }
+    }
+}
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
@@ -172,7 +190,17 @@ impl PgStore {
 
     /// [`TokenStore::modify`] and [`TokenStore::rotate`]: one read-modify-write.
     async fn edit(&self, stack: &str, uid: &str, edit: Edit, rotating: bool) -> Result<TokenRecord, StoreError> {
-        let mut client = self.client().await?;
+        self.leased(async |client| self.edit_on(client, stack, uid, edit, rotating).await).await
+    }
+
+    async fn edit_on(
+        &self,
+        client: &mut Object,
+        stack: &str,
+        uid: &str,
+        edit: Edit,
+        rotating: bool,
+    ) -> Result<TokenRecord, StoreError> {
         let tx = client.transaction().await.map_err(pg)?;
         // FOR UPDATE locks the row until commit: a concurrent change (any replica) waits
         // here and then reads the row as this transaction left it.
@@ -246,36 +274,49 @@ impl PgStore {
         committed.map_err(pg)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| StoreError::Unavailable(explain(&e)))
+    /// Runs `call` on a connection of the pool, handed back to the pool only once the
+    /// call has finished. A call dropped before then (given up by `store::answered`, by
+    /// `/readyz`'s shorter bound) may have left a statement unanswered on its
+    /// connection: the next call would queue behind it, for ever if its answer was lost
+    /// on the way. That connection is closed instead, which also ends the abandoned
+    /// transaction on the server and releases its locks.
+    async fn leased<T>(&self, call: impl AsyncFnOnce(&mut Object) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let client =
+            answered(async { self.pool.get().await.map_err(|e| StoreError::Unavailable(explain(&e))) }).await?;
+        let mut lease = Lease(None);
+        let done = call(lease.0.insert(client)).await;
+        lease.give_back();
+        done
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
-        let exists: bool =
-            tx.query_one("SELECT to_regclass('stackgate_schema') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
-        if !exists {
-            tx.batch_execute("CREATE TABLE stackgate_schema (version INTEGER NOT NULL)").await.map_err(pg)?;
-        }
-        let version: i32 =
-            tx.query_opt("SELECT version FROM stackgate_schema", &[]).await.map_err(pg)?.map_or(0, |r| r.get(0));
-        let version = usize::try_from(version).unwrap_or(0);
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::Unavailable(format!(
-                "database schema version {version} is newer than this stackgate ({})",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.batch_execute(sql).await.map_err(pg)?;
-            tracing::info!(version = i + 1, "token store migrated");
-        }
-        let latest = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
-        tx.execute("DELETE FROM stackgate_schema", &[]).await.map_err(pg)?;
-        tx.execute("INSERT INTO stackgate_schema (version) VALUES ($1)", &[&latest]).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)
+        self.leased(async |client| {
+            let tx = client.transaction().await.map_err(pg)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+            let exists: bool =
+                tx.query_one("SELECT to_regclass('stackgate_schema') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
+            if !exists {
+                tx.batch_execute("CREATE TABLE stackgate_schema (version INTEGER NOT NULL)").await.map_err(pg)?;
+            }
+            let version: i32 =
+                tx.query_opt("SELECT version FROM stackgate_schema", &[]).await.map_err(pg)?.map_or(0, |r| r.get(0));
+            let version = usize::try_from(version).unwrap_or(0);
+            if version > MIGRATIONS.len() {
+                return Err(StoreError::Unavailable(format!(
+                    "database schema version {version} is newer than this stackgate ({})",
+                    MIGRATIONS.len()
+                )));
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.batch_execute(sql).await.map_err(pg)?;
+                tracing::info!(version = i + 1, "token store migrated");
+            }
+            let latest = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+            tx.execute("DELETE FROM stackgate_schema", &[]).await.map_err(pg)?;
+            tx.execute("INSERT INTO stackgate_schema (version) VALUES ($1)", &[&latest]).await.map_err(pg)?;
+            tx.commit().await.map_err(pg)
+        })
+        .await
     }
 
     async fn query(
@@ -283,10 +324,12 @@ impl PgStore {
         sql_where: &str,
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!("SELECT {COLUMNS} FROM stackgate_tokens {sql_where} ORDER BY created_at, uid");
-        let rows = client.query(&sql, args).await.map_err(pg)?;
-        Ok(rows.iter().filter_map(record).collect())
+        self.leased(async |client| {
+            let sql = format!("SELECT {COLUMNS} FROM stackgate_tokens {sql_where} ORDER BY created_at, uid");
+            let rows = client.query(&sql, args).await.map_err(pg)?;
+            Ok(rows.iter().filter_map(record).collect())
+        })
+        .await
     }
 
     /// The payload other replicas need to re-read one token. Never the secret's hash:
@@ -370,37 +413,41 @@ fn rate_columns(rec: &TokenRecord) -> (Option<i32>, Option<i32>) {
 #[async_trait]
 impl TokenStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client().await?.execute("SELECT 1", &[]).await.map(|_| ()).map_err(pg)
+        self.leased(async |client| client.execute("SELECT 1", &[]).await.map(|_| ()).map_err(pg)).await
     }
 
     async fn load_all(&self, out: mpsc::Sender<Vec<TokenRecord>>) -> Result<(), StoreError> {
-        let client = answered(self.client()).await?;
-        // Rows are decoded as they arrive (no ORDER BY: the snapshot is a hash index).
-        let sql = format!("SELECT {COLUMNS} FROM stackgate_tokens");
-        let no_params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
-        let rows = answered(async { client.query_raw(&sql, no_params).await.map_err(pg) }).await?;
-        let mut rows = std::pin::pin!(rows);
-        let mut batcher = Batcher::new();
-        let mut scopes = ScopeMemo::default();
-        // No bound on the whole read (a million rows take seconds), but on each row's
-        // wait: a server that stops answering mid-read must not hold a re-read, and the
-        // writer lock it holds, for ever (see `answered`).
-        while let Some(row) = tokio::time::timeout(ANSWER_TIMEOUT, rows.next()).await.map_err(|_| no_answer())? {
-            let Some(rec) = record_in(&row.map_err(pg)?, Some(&mut scopes)) else { continue };
-            if let Some(full) = batcher.push(rec) {
-                if out.send(full).await.is_err() {
-                    return Ok(());
+        self.leased(async |client| {
+            // Rows are decoded as they arrive (no ORDER BY: the snapshot is a hash index).
+            let sql = format!("SELECT {COLUMNS} FROM stackgate_tokens");
+            let no_params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
+            let rows = answered(async { client.query_raw(&sql, no_params).await.map_err(pg) }).await?;
+            let mut rows = std::pin::pin!(rows);
+            let mut batcher = Batcher::new();
+            let mut scopes = ScopeMemo::default();
+            // No bound on the whole read (a million rows take seconds), but on each row's
+            // wait: a server that stops answering mid-read must not hold a re-read, and the
+            // writer lock it holds, for ever (see `answered`).
+            while let Some(row) = tokio::time::timeout(ANSWER_TIMEOUT, rows.next()).await.map_err(|_| no_answer())? {
+                let Some(rec) = record_in(&row.map_err(pg)?, Some(&mut scopes)) else { continue };
+                if let Some(full) = batcher.push(rec) {
+                    if out.send(full).await.is_err() {
+                        return Ok(());
+                    }
                 }
             }
-        }
-        if let Some(rest) = batcher.rest() {
-            let _ = out.send(rest).await;
-        }
-        Ok(())
+            if let Some(rest) = batcher.rest() {
+                let _ = out.send(rest).await;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn count(&self) -> Result<usize, StoreError> {
-        let row = self.client().await?.query_one("SELECT count(*) FROM stackgate_tokens", &[]).await.map_err(pg)?;
+        let row = self
+            .leased(async |client| client.query_one("SELECT count(*) FROM stackgate_tokens", &[]).await.map_err(pg))
+            .await?;
         Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
@@ -417,53 +464,57 @@ impl TokenStore for PgStore {
         let (rate_read, rate_write) = rate_columns(rec);
         let expires_on = rec.expires_on.as_ref().map(|e| e.text.as_str());
         let previous = super::previous_columns(rec);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        // Replicas creating in the same stack queue here, so count-then-insert is atomic.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext('stackgate:' || $1))", &[&rec.stack]).await.map_err(pg)?;
-        let stored: i64 = tx
-            .query_one("SELECT COUNT(*) FROM stackgate_tokens WHERE stack = $1", &[&rec.stack])
-            .await
-            .map_err(pg)?
-            .get(0);
-        if stored + i64::from(cap.static_count) >= i64::from(cap.max) {
-            return Err(StoreError::CapReached { max: cap.max });
-        }
-        let inserted = tx
-            .execute(
-                &format!(
-                    "INSERT INTO stackgate_tokens ({COLUMNS})
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-                ),
-                &[
-                    &rec.uid,
-                    &rec.stack,
-                    &rec.name,
-                    &rec.description,
-                    &rec.secret_sha256.as_slice(),
-                    &scope,
-                    &expires_on,
-                    &rec.is_email_notification_enabled,
-                    &rate_read,
-                    &rate_write,
-                    &rec.created_by,
-                    &rec.updated_by,
-                    &rec.created_at,
-                    &rec.updated_at,
-                    &rec.enabled,
-                    &previous.0,
-                    &previous.1,
-                ],
-            )
-            .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
-            Err(e) => return Err(pg(e)),
-        }
-        write_audit(&tx, &super::audit_entry(AuditAction::Create, rec, None)).await?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(rec)]).await.map_err(pg)?;
-        self.commit(tx, &rec.stack, &rec.uid).await
+        self.leased(async |client| {
+            let tx = client.transaction().await.map_err(pg)?;
+            // Replicas creating in the same stack queue here, so count-then-insert is atomic.
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext('stackgate:' || $1))", &[&rec.stack])
+                .await
+                .map_err(pg)?;
+            let stored: i64 = tx
+                .query_one("SELECT COUNT(*) FROM stackgate_tokens WHERE stack = $1", &[&rec.stack])
+                .await
+                .map_err(pg)?
+                .get(0);
+            if stored + i64::from(cap.static_count) >= i64::from(cap.max) {
+                return Err(StoreError::CapReached { max: cap.max });
+            }
+            let inserted = tx
+                .execute(
+                    &format!(
+                        "INSERT INTO stackgate_tokens ({COLUMNS})
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                    ),
+                    &[
+                        &rec.uid,
+                        &rec.stack,
+                        &rec.name,
+                        &rec.description,
+                        &rec.secret_sha256.as_slice(),
+                        &scope,
+                        &expires_on,
+                        &rec.is_email_notification_enabled,
+                        &rate_read,
+                        &rate_write,
+                        &rec.created_by,
+                        &rec.updated_by,
+                        &rec.created_at,
+                        &rec.updated_at,
+                        &rec.enabled,
+                        &previous.0,
+                        &previous.1,
+                    ],
+                )
+                .await;
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
+                Err(e) => return Err(pg(e)),
+            }
+            write_audit(&tx, &super::audit_entry(AuditAction::Create, rec, None)).await?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(rec)]).await.map_err(pg)?;
+            self.commit(tx, &rec.stack, &rec.uid).await
+        })
+        .await
     }
 
     async fn modify(&self, stack: &str, uid: &str, edit: Edit) -> Result<TokenRecord, StoreError> {
@@ -475,144 +526,157 @@ impl TokenStore for PgStore {
     }
 
     async fn delete(&self, stack: &str, uid: &str, by: &str, at: &str) -> Result<TokenRecord, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg)?;
-        let row = tx
-            .query_opt(
-                &format!("DELETE FROM stackgate_tokens WHERE stack = $1 AND uid = $2 RETURNING {COLUMNS}"),
-                &[&stack, &uid],
-            )
-            .await
-            .map_err(pg)?;
-        let rec = row.as_ref().and_then(record).ok_or(StoreError::NotFound)?;
-        tx.execute("DELETE FROM stackgate_expiry_notices WHERE uid = $1", &[&uid]).await.map_err(pg)?;
-        let entry = AuditEntry {
-            user: by.to_owned(),
-            at: at.to_owned(),
-            ..super::audit_entry(AuditAction::Delete, &rec, None)
-        };
-        write_audit(&tx, &entry).await?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
-        self.commit(tx, stack, uid).await?;
-        Ok(rec)
+        self.leased(async |client| {
+            let tx = client.transaction().await.map_err(pg)?;
+            let row = tx
+                .query_opt(
+                    &format!("DELETE FROM stackgate_tokens WHERE stack = $1 AND uid = $2 RETURNING {COLUMNS}"),
+                    &[&stack, &uid],
+                )
+                .await
+                .map_err(pg)?;
+            let rec = row.as_ref().and_then(record).ok_or(StoreError::NotFound)?;
+            tx.execute("DELETE FROM stackgate_expiry_notices WHERE uid = $1", &[&uid]).await.map_err(pg)?;
+            let entry = AuditEntry {
+                user: by.to_owned(),
+                at: at.to_owned(),
+                ..super::audit_entry(AuditAction::Delete, &rec, None)
+            };
+            write_audit(&tx, &entry).await?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
+            self.commit(tx, stack, uid).await?;
+            Ok(rec)
+        })
+        .await
     }
 
     async fn audit(&self, stack: &str, skip: u64, limit: u64) -> Result<AuditPage, StoreError> {
         let (skip, limit) = (i64::try_from(skip).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
-        let client = self.client().await?;
-        let total: i64 = client
-            .query_one("SELECT COUNT(*) FROM stackgate_token_audit WHERE stack = $1", &[&stack])
-            .await
-            .map_err(pg)?
-            .get(0);
-        let rows = client
-            .query(
-                "SELECT id, stack, token_uid, action, actor, at, fields FROM stackgate_token_audit
-                 WHERE stack = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
-                &[&stack, &limit, &skip],
-            )
-            .await
-            .map_err(pg)?;
-        let entries = rows
-            .iter()
-            .filter_map(|row| {
-                AuditColumns {
-                    id: row.get(0),
-                    stack: row.get(1),
-                    token_uid: row.get(2),
-                    action: row.get(3),
-                    user: row.get(4),
-                    at: row.get(5),
-                    fields: row.get(6),
-                }
-                .into_entry()
-            })
-            .collect();
-        Ok(AuditPage { entries, total: u64::try_from(total).unwrap_or(0) })
+        self.leased(async |client| {
+            let total: i64 = client
+                .query_one("SELECT COUNT(*) FROM stackgate_token_audit WHERE stack = $1", &[&stack])
+                .await
+                .map_err(pg)?
+                .get(0);
+            let rows = client
+                .query(
+                    "SELECT id, stack, token_uid, action, actor, at, fields FROM stackgate_token_audit
+                     WHERE stack = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
+                    &[&stack, &limit, &skip],
+                )
+                .await
+                .map_err(pg)?;
+            let entries = rows
+                .iter()
+                .filter_map(|row| {
+                    AuditColumns {
+                        id: row.get(0),
+                        stack: row.get(1),
+                        token_uid: row.get(2),
+                        action: row.get(3),
+                        user: row.get(4),
+                        at: row.get(5),
+                        fields: row.get(6),
+                    }
+                    .into_entry()
+                })
+                .collect();
+            Ok(AuditPage { entries, total: u64::try_from(total).unwrap_or(0) })
+        })
+        .await
     }
 
     async fn notified_at(&self, uid: &str, expires_at: i64, channel: &str) -> Result<Option<i64>, StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_opt(
+            .leased(async |client| {
+                client.query_opt(
                 "SELECT notified_at FROM stackgate_expiry_notices WHERE uid = $1 AND expires_at = $2 AND channel = $3",
                 &[&uid, &expires_at, &channel],
-            )
-            .await
-            .map_err(pg)?;
+            ).await.map_err(pg)
+            })
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     async fn first_notice(&self, uid: &str, expires_at: i64) -> Result<Option<i64>, StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_one(
-                "SELECT MIN(notified_at) FROM stackgate_expiry_notices WHERE uid = $1 AND expires_at = $2",
-                &[&uid, &expires_at],
-            )
-            .await
-            .map_err(pg)?;
+            .leased(async |client| {
+                client
+                    .query_one(
+                        "SELECT MIN(notified_at) FROM stackgate_expiry_notices WHERE uid = $1 AND expires_at = $2",
+                        &[&uid, &expires_at],
+                    )
+                    .await
+                    .map_err(pg)
+            })
+            .await?;
         Ok(row.get(0))
     }
 
     async fn record_last_used(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
         let (uids, times): (Vec<&str>, Vec<i64>) = used.iter().map(|(u, t)| (u.as_str(), *t)).unzip();
         // One statement for the whole batch; GREATEST keeps the latest of all replicas'.
-        self.client()
-            .await?
-            .execute(
-                "UPDATE stackgate_tokens t SET last_used_at = GREATEST(COALESCE(t.last_used_at, u.at), u.at)
+        self.leased(async |client| {
+            client
+                .execute(
+                    "UPDATE stackgate_tokens t SET last_used_at = GREATEST(COALESCE(t.last_used_at, u.at), u.at)
                  FROM UNNEST($1::text[], $2::bigint[]) AS u(uid, at) WHERE t.uid = u.uid",
-                &[&uids, &times],
-            )
-            .await
-            .map(|_| ())
-            .map_err(pg)
+                    &[&uids, &times],
+                )
+                .await
+                .map(|_| ())
+                .map_err(pg)
+        })
+        .await
     }
 
     async fn last_used(&self, stack: &str) -> Result<HashMap<String, i64>, StoreError> {
         let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT uid, last_used_at FROM stackgate_tokens WHERE stack = $1 AND last_used_at IS NOT NULL",
-                &[&stack],
-            )
-            .await
-            .map_err(pg)?;
+            .leased(async |client| {
+                client
+                    .query(
+                        "SELECT uid, last_used_at FROM stackgate_tokens WHERE stack = $1 AND last_used_at IS NOT NULL",
+                        &[&stack],
+                    )
+                    .await
+                    .map_err(pg)
+            })
+            .await?;
         Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1))).collect())
     }
 
     async fn mark_notified(&self, uid: &str, expires_at: i64, channel: &str, at: i64) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO stackgate_expiry_notices (uid, expires_at, channel, notified_at)
+        self.leased(async |client| {
+            client
+                .execute(
+                    "INSERT INTO stackgate_expiry_notices (uid, expires_at, channel, notified_at)
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[&uid, &expires_at, &channel, &at],
-            )
-            .await
-            .map(|_| ())
-            .map_err(pg)
+                    &[&uid, &expires_at, &channel, &at],
+                )
+                .await
+                .map(|_| ())
+                .map_err(pg)
+        })
+        .await
     }
 
     async fn try_lead(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let row = self
-            .client()
-            .await?
-            .query_opt(
-                "INSERT INTO stackgate_leases (name, holder, until)
+            .leased(async |client| {
+                client
+                    .query_opt(
+                        "INSERT INTO stackgate_leases (name, holder, until)
                  VALUES ($1, $2, now() + make_interval(secs => $3::bigint / 1000.0))
                  ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until
                  WHERE stackgate_leases.holder = EXCLUDED.holder OR stackgate_leases.until < now()
                  RETURNING holder",
-                &[&name, &holder, &ttl_ms],
-            )
-            .await
-            .map_err(pg)?;
+                        &[&name, &holder, &ttl_ms],
+                    )
+                    .await
+                    .map_err(pg)
+            })
+            .await?;
         Ok(row.is_some())
     }
 
