@@ -228,7 +228,8 @@ pub fn parse_expiry(text: &str) -> Result<Expiry, String> {
 /// Whether `t` is `YYYY-MM-DD`, or that, `T`, `HH:MM:SS`, an optional fraction of 1 to 9
 /// digits and `Z` or a `+HH:MM`/`-HH:MM` offset: the spelling strict readers take (Go's
 /// `time.RFC3339`, Python's `fromisoformat`, JavaScript's `Date`). Values are checked by
-/// the parser.
+/// the parser, except the leap second `:60`: the parser takes it at `23:59:60`, those
+/// readers (the console's included) refuse it.
 fn has_expiry_shape(t: &[u8]) -> bool {
     // `d` a digit; any other byte stands for itself.
     fn fits(t: &[u8], pattern: &[u8]) -> bool {
@@ -241,7 +242,7 @@ fn has_expiry_shape(t: &[u8]) -> bool {
     }
     let Some((&sep, rest)) = rest.split_first() else { return true };
     let (Some(time), mut rest) = (rest.get(..8), rest.get(8..).unwrap_or_default()) else { return false };
-    if sep != b'T' || !fits(time, b"dd:dd:dd") {
+    if sep != b'T' || !fits(time, b"dd:dd:dd") || time[6] > b'5' {
         return false;
     }
     if let Some(fraction) = rest.strip_prefix(b".") {
@@ -438,6 +439,9 @@ mod tests {
             "\u{ff12}\u{ff10}\u{ff12}\u{ff17}-01-01",
             "2027\u{2010}01-01",
             "2027-01-01T00:00:00\u{2212}05:00",
+            "2026-12-31T23:59:60Z",
+            "2028-02-29T23:59:60Z",
+            "2027-06-30T23:59:60+00:00",
         ] {
             assert!(parse_expiry(odd).is_err(), "{odd}");
         }

@@ -430,8 +430,18 @@ async fn owner_manages_tokens_in_the_console() {
     assert_eq!(c.execute("return document.querySelectorAll('#token-rows tr').length;", vec![]).await.unwrap(), 0);
     sign_out(&c).await;
 
-    // --- The 31st token: 27 more through the API (30 in all), then one in the form.
-    for i in 0..27 {
+    // --- The 31st token: 27 more through the API (30 in all), then one in the form. One
+    // expires at an instant, not a date, and its branch entry's acl says no read: the
+    // form shows neither as stored.
+    let instant = "2099-06-30T18:00:00+05:00";
+    let odd_scope = json!([{"module": "$all", "acl": {"read": true}},
+                           {"module": "branch", "branches": ["main"], "acl": {"read": false}}]);
+    let odd = json!({"token": {"name": "instant", "description": "d", "scope": odd_scope, "expires_on": instant}});
+    let (status, _, odd) = http(gw, "POST", TOKENS, &owner(), &odd.to_string()).await;
+    assert_eq!(status, 201, "{odd}");
+    let odd: Value = serde_json::from_str(&odd).unwrap();
+    let odd_uid = odd["token"]["uid"].as_str().unwrap().to_owned();
+    for i in 0..26 {
         let (status, _, body) =
             http(gw, "POST", TOKENS, &owner(), &api_token(&format!("bulk-{i:02}"), main_only.clone())).await;
         assert_eq!(status, 201, "{body}");
@@ -472,6 +482,33 @@ async fn owner_manages_tokens_in_the_console() {
     // The list as reloaded: ci-export's uses through the gateway are counted.
     assert!(text(&c, &row_css).await.contains("Last used"));
     shot(&c, "list").await;
+
+    // --- Only what was changed is sent: editing the description of the token that
+    // expires at an instant keeps the instant and its scope as stored (the forty-first
+    // probe saw the expiry cut to the date and the acl turned on). The form says so.
+    let odd_css = format!("tr[data-uid='{odd_uid}']");
+    assert!(text(&c, &odd_css).await.contains(instant));
+    click(&c, &format!("{odd_css} button[data-action='edit']")).await;
+    until(&c, "the edit form", "document.getElementById('token-dialog').open").await;
+    assert!(text(&c, "#expiry-kept").await.contains(instant), "{}", text(&c, "#expiry-kept").await);
+    type_into(&c, "#f-description", "edited in the console").await;
+    click(&c, "#token-submit").await;
+    until(&c, "the edit saved", &format!("document.querySelector(\"{odd_css}\").innerText.includes('edited in the')"))
+        .await;
+    let (_, _, kept) = http(gw, "GET", &format!("{TOKENS}/{odd_uid}"), &owner(), "").await;
+    let kept: Value = serde_json::from_str(&kept).unwrap();
+    assert_eq!(kept["token"]["description"], json!("edited in the console"));
+    assert_eq!(kept["token"]["expires_on"], json!(instant));
+    assert_eq!(kept["token"]["scope"], odd["token"]["scope"]);
+    // Saved with nothing changed: nothing is sent.
+    click(&c, &format!("{odd_css} button[data-action='edit']")).await;
+    until(&c, "the edit form", "document.getElementById('token-dialog').open").await;
+    click(&c, "#token-submit").await;
+    until(&c, "the form closed", "!document.getElementById('token-dialog').open").await;
+    assert!(text(&c, "#notice").await.contains("Nothing changed"));
+    let (_, _, again) = http(gw, "GET", &format!("{TOKENS}/{odd_uid}"), &owner(), "").await;
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["token"]["updated_at"], kept["token"]["updated_at"]);
 
     // --- Suspend and resume (the `enabled` field), with the usage counters.
     click(&c, &format!("{row_css} button[data-action='suspend']")).await;

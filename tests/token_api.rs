@@ -198,6 +198,7 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
         (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "2099-01-01_00:00:00Z"}}), "expires_on"),
         (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "2099-01-01 00:00:00Z"}}), "expires_on"),
         (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "9999-12-31T23:59:59-23:59"}}), "expires_on"),
+        (json!({"token": {"name": "a", "scope": scope_ok, "expires_on": "2099-12-31T23:59:60Z"}}), "expires_on"),
         (json!({"token": {"name": "a", "scope": [{"module": "branch", "branches": []}]}}), "scope[0].branches"),
         (
             json!({"token": {"name": "a", "scope": [{"module": "branch", "branches": ["main"]}, {"module": "branch_alias", "branch_aliases": []}]}}),
@@ -817,4 +818,27 @@ async fn a_query_api_key_naming_another_stack_is_refused() {
     assert_eq!(status, 200, "{listed}");
     let names: Vec<&str> = listed["tokens"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
     assert!(names.contains(&"q") && !names.contains(&"no"), "{names:?}");
+}
+
+/// A token-API body that stops arriving is held at most 30 s and then answered 408, the
+/// client's slowness, not 400 "malformed" (the forty-first probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_token_api_body_is_408_after_30_s() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::start().await;
+    let mut stream = tokio::net::TcpStream::connect(env.gateway.addr).await.unwrap();
+    let head = format!(
+        "POST {TOKENS} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthtoken: {ALICE}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"token\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(40), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "after {:?}: {answer}", started.elapsed());
+    assert!(answer.contains("\"error_code\":408"), "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(29), "{:?}", started.elapsed());
+    let (_, list) = json_of(&env, "GET", TOKENS, &owner(API_KEY), "").await;
+    assert!(list["tokens"].as_array().unwrap().iter().all(|t| t["origin"] == "config"), "nothing created: {list}");
 }

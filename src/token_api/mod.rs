@@ -164,7 +164,9 @@ async fn read_bounded(reading: Reading<'_>, body: &mut Option<ClientBody>) -> Re
     match tokio::time::timeout(std::time::Duration::from_secs(30), Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
-        _ => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
+        Ok(Err(_)) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
+        // A client that stops sending is slow, not malformed (the forty-first probe).
+        Err(_) => Err(GatewayError::RequestTimeout),
     }
 }
 

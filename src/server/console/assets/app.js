@@ -17,6 +17,10 @@
   let tokens = [];
   /** The token being edited (null: a new one). */
   let editing = null;
+  // The body the edit form showed when it opened: on save only the fields that differ
+  // from it are sent, so what the form cannot show (an expiry instant, a branch entry's
+  // acl) is kept as stored.
+  let opened = null;
   /** Where focus returns when a dialog closes. */
   let returnFocus = null;
   let confirmAction = null;
@@ -227,13 +231,13 @@
 
       const at = expiryTime(t.expires_on);
       const expiry = el('div', {});
-      if (at === null) {
+      if (!t.expires_on) {
         expiry.append(el('div', { text: 'Never' }));
       } else {
-        const days = Math.ceil((at - now) / DAY);
         expiry.append(el('div', { text: t.expires_on }));
-        if (days <= 0) expiry.append(el('span', { class: 'badge badge-bad', text: 'Expired' }));
-        else {
+        const days = at === null ? null : Math.ceil((at - now) / DAY);
+        if (days !== null && days <= 0) expiry.append(el('span', { class: 'badge badge-bad', text: 'Expired' }));
+        else if (days !== null) {
           expiry.append(el('div', { class: 'muted', text: days + (days === 1 ? ' day left' : ' days left') }));
           if (days <= WARN_DAYS) expiry.append(el('span', { class: 'badge badge-warn', text: 'Expires soon' }));
         }
@@ -411,6 +415,9 @@
         $('f-expiry-date').checked = true;
         $('f-expires-on').value = t.expires_on.slice(0, 10);
       }
+      const instant = t.expires_on && !/^\d{4}-\d{2}-\d{2}$/.test(t.expires_on);
+      $('expiry-kept').hidden = !instant;
+      $('expiry-kept').textContent = instant ? 'Now ' + t.expires_on + ': kept unless you choose another date.' : '';
       $('f-notify').checked = !!t.is_email_notification_enabled;
       if (t.rate_limit) {
         $('f-rate-custom').checked = true;
@@ -423,6 +430,8 @@
     }
     syncForm();
     if (t && t.expires_on) $('f-notify').checked = !!t.is_email_notification_enabled;
+    if (!t) $('expiry-kept').hidden = true;
+    opened = t ? formBody().token : null;
     openDialog('token-dialog', 'f-name');
   }
 
@@ -467,6 +476,15 @@
     };
   }
 
+  /** The fields of `now` whose value differs from `before`'s. */
+  function changedFields(now, before) {
+    const changed = {};
+    for (const [key, value] of Object.entries(now)) {
+      if (JSON.stringify(value) !== JSON.stringify(before[key])) changed[key] = value;
+    }
+    return changed;
+  }
+
   async function submitForm(ev) {
     ev.preventDefault();
     clearErrors();
@@ -475,7 +493,12 @@
       $('f-read').focus();
       return;
     }
-    const body = formBody();
+    const body = editing ? { token: changedFields(formBody().token, opened) } : formBody();
+    if (editing && !Object.keys(body.token).length) {
+      closeDialog('token-dialog');
+      notice('Nothing changed.');
+      return;
+    }
     const submit = $('token-submit');
     submit.disabled = true;
     const res = editing
