@@ -91,6 +91,46 @@ async fn tls_serves_http1_and_h2_on_one_port() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Over TLS only ALPN `h2` starts HTTP/2 (RFC 9113, 3.2): a connection that agreed on
+/// `http/1.1`, or on nothing, speaks HTTP/1.1, and the HTTP/2 preface on it is a
+/// malformed request (the fortieth probe had a request forwarded that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_only_alpn_h2_starts_http2() {
+    use rustls::pki_types::pem::PemObject;
+    let dir = temp_dir("tlspreface");
+    let pki = pki(&dir);
+    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", pki.cert.display(), pki.key.display());
+    let env = Env::start_with(&tls, "", Arc::new(SystemClock)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap()).unwrap();
+    // The preface, an empty SETTINGS frame, and a GET on stream 1 (HPACK: `:method GET`,
+    // `:scheme https`, `:path /`, literal `:authority localhost`).
+    let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    let block = [&[0x82u8, 0x87, 0x84, 0x41, 0x09][..], b"localhost"].concat();
+    h2.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
+    h2.extend_from_slice(&block);
+    for alpn in [vec![b"http/1.1".to_vec()], vec![]] {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.clone();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let tcp = TcpStream::connect(env.gateway.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut stream = connector.connect(name, tcp).await.unwrap();
+        stream.write_all(&h2).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "ALPN {alpn:?}: {answer:?}");
+        assert!(answer.contains("\"error_code\":400"), "{answer}");
+    }
+    assert!(env.backend.seen().is_empty(), "nothing forwarded");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Found by the thirty-eighth outside probe: over TLS, curl's HTTP/2 (its default by
 /// ALPN) to `https://gw.test:PORT/...` with a certificate for `gw.test` was 400, since
 /// `:authority` had to be the listen address or in `server.hostnames`. The names the

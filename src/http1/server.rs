@@ -43,6 +43,10 @@ pub enum Outcome {
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Whether the HTTP/2 preface may start the connection: in cleartext (prior
+    /// knowledge), not over TLS, where only ALPN `h2` starts HTTP/2 (RFC 9113, 3.2) and
+    /// a TLS connection that agreed on `http/1.1`, or on nothing, speaks HTTP/1.1.
+    pub http2_preface: bool,
 }
 
 /// Why the loop did not take a head.
@@ -176,8 +180,8 @@ where
     let mut stopping = shutdown.clone();
     let mut stop = std::pin::pin!(stopping.changed());
     let mut joined = false;
-    // Whether a request has been served: the HTTP/2 preface only starts a connection.
-    let mut served = false;
+    // Whether the HTTP/2 preface may still come: it only starts a connection.
+    let mut preface_ok = limits.http2_preface;
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
         let (req, close) = loop {
@@ -185,7 +189,7 @@ where
                 let bad = match parse(&mut buf, &mut fields, limits.max_header_bytes) {
                     Ok(Some(head)) => break head,
                     Err(ForHyper) => return Outcome::Handover(buf),
-                    Err(Http2) if !served => return Outcome::Handover(buf),
+                    Err(Http2) if preface_ok => return Outcome::Handover(buf),
                     Err(Http2) => Some(BadHead::Malformed),
                     Err(Bad(bad)) => Some(bad),
                     Ok(None) if buf.len() > limits.max_header_bytes => Some(BadHead::TooLarge),
@@ -210,7 +214,7 @@ where
                 () = stopped(stop.as_mut(), &mut joined, shutdown), if buf.is_empty() => return Outcome::Closed,
             }
         };
-        served = true;
+        preface_ok = false;
         let head_only = req.method() == Method::HEAD;
         // Pinned here and lent out: moving the (large) future again would cost a copy.
         let handled = std::pin::pin!(service(req));
@@ -770,7 +774,11 @@ mod tests {
             let (_stop, mut shutdown) = watch::channel(false);
             tokio::spawn(async move {
                 let mut io = tokio::io::BufWriter::with_capacity(1 << 20, near);
-                let limits = Limits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 64 * 1024 };
+                let limits = Limits {
+                    header_read_timeout: Duration::from_secs(10),
+                    max_header_bytes: 64 * 1024,
+                    http2_preface: true,
+                };
                 let service = |_| {
                     let resp = Response::new(body());
                     async move { (resp, NoFields) }

@@ -195,6 +195,7 @@ impl Connection {
         let h1_limits = http1::Limits {
             header_read_timeout: limits.header_read_timeout,
             max_header_bytes: limits.max_header_bytes,
+            http2_preface: !https,
         };
         let (gw, conn) = (&self.gw, &info);
         let service = |req: hyper::Request<()>| {
