@@ -968,15 +968,23 @@ struct RelayedPair {
 }
 
 impl RelayedPair {
-    async fn start(pg: &str, redis: &str, test: &str) -> RelayedPair {
+    /// `pool_size`: the connections each replica's store may hold.
+    async fn start(pg: &str, redis: &str, test: &str, pool_size: u32) -> RelayedPair {
         let db = Database::create(pg, test).await;
         let backend = Backend::start().await;
         let target: tokio_postgres::Config = db.url.parse().unwrap();
         let port = target.get_ports().first().copied().unwrap_or(5432);
         let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
         let prefix = unique("o");
-        let ra = start_replicas(backend.addr, &shared_config(&db.url_via(relay.addr), redis, &prefix, "local", 2), 1);
-        let rb = start_replicas(backend.addr, &shared_config(&db.url, redis, &prefix, "local", 2), 1);
+        let config = |url: &str| {
+            shared_config(url, redis, &prefix, "local", 2).replacen(
+                "[store]\n",
+                &format!("[store]\npool_size = {pool_size}\n"),
+                1,
+            )
+        };
+        let ra = start_replicas(backend.addr, &config(&db.url_via(relay.addr)), 1);
+        let rb = start_replicas(backend.addr, &config(&db.url), 1);
         let a = ra[0].addr;
         let (_, kept) = create(a, API_KEY, "kept").await;
         let (revoked_uid, revoked) = create(a, API_KEY, "revoked-while-cut-off").await;
@@ -989,7 +997,7 @@ impl RelayedPair {
 async fn postgres_outage_keeps_serving_refuses_writes_and_loses_nothing() {
     let Some((pg, redis)) = services("postgres_outage_keeps_serving_refuses_writes_and_loses_nothing") else { return };
     let RelayedPair { db, backend: _backend, relay, ra, rb, kept, revoked_uid, revoked } =
-        RelayedPair::start(&pg, &redis, "pgdown").await;
+        RelayedPair::start(&pg, &redis, "pgdown", 8).await;
     let (a, b) = (ra[0].addr, rb[0].addr);
 
     relay.down();
@@ -1246,7 +1254,7 @@ async fn behind_haproxy_the_guard_cools_down_only_the_guessing_client() {
 async fn a_hung_postgres_is_reported_not_waited_for() {
     let Some((pg, redis)) = services("a_hung_postgres_is_reported_not_waited_for") else { return };
     let RelayedPair { db, backend: _backend, relay, ra, rb, kept, revoked_uid, revoked } =
-        RelayedPair::start(&pg, &redis, "pghung").await;
+        RelayedPair::start(&pg, &redis, "pghung", 8).await;
     let (a, b) = (ra[0].addr, rb[0].addr);
 
     relay.freeze();
@@ -1299,7 +1307,9 @@ async fn a_hung_postgres_is_reported_not_waited_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_whose_call_was_given_up_is_not_reused() {
     let Some((pg, redis)) = services("a_connection_whose_call_was_given_up_is_not_reused") else { return };
-    let RelayedPair { db, backend: _backend, relay, ra, rb, .. } = RelayedPair::start(&pg, &redis, "pglost").await;
+    // One connection per replica, so the next call is sure to be handed the abandoned
+    // one if it went back to the pool.
+    let RelayedPair { db, backend: _backend, relay, ra, rb, .. } = RelayedPair::start(&pg, &redis, "pglost", 1).await;
     let a = ra[0].addr;
     relay.freeze();
     // Each given up: a token-API read (5 s) and a readiness check (0.5 s).
@@ -1314,6 +1324,39 @@ async fn a_connection_whose_call_was_given_up_is_not_reused() {
         assert!(admin_get(ra[0].admin, "/readyz").await.contains("\"store\":\"up\""), "round {round}");
     }
     drop((ra, rb));
+    db.drop_now().await;
+}
+
+/// A call given up while the server is busy with it (here a create waiting for its
+/// stack's lock, which the test holds) is cancelled on the server: closing the
+/// connection alone is not seen by a session waiting for a lock, which would hold its
+/// place there (and its own locks) until the lock came free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_given_up_is_cancelled_on_the_server() {
+    let Some((pg, redis)) = services("a_call_given_up_is_cancelled_on_the_server") else { return };
+    let db = Database::create(&pg, "pgcancel").await;
+    let backend = Backend::start().await;
+    let gateway = start_replicas(backend.addr, &shared_config(&db.url, &redis, &unique("c"), "local", 1), 1).remove(0);
+    let (holder, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    holder.execute("SELECT pg_advisory_lock(hashtext('stackgate:' || $1))", &[&API_KEY]).await.unwrap();
+    let (status, _, _) = call(gateway.addr, "POST", TOKENS, &owner(API_KEY), &new_token("behind-a-lock", false)).await;
+    assert_eq!(status, 503);
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stackgate' AND wait_event_type = 'Lock'";
+    let started = Instant::now();
+    while holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the given-up create still waits for the lock on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    holder.execute("SELECT pg_advisory_unlock_all()", &[]).await.unwrap();
+    let (status, _, body) = call(gateway.addr, "GET", TOKENS, &owner(API_KEY), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains("behind-a-lock"), "the given-up create was made: {body}");
+    drop((holder, gateway));
     db.drop_now().await;
 }
 

@@ -38,20 +38,34 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A connection lent to one call by [`PgStore::leased`]: handed back to the pool by
-/// [`Lease::give_back`], closed if dropped any other way.
-struct Lease(Option<Object>);
+/// [`Lease::give_back`]; dropped any other way, the statement it may still be running
+/// is cancelled and the connection closed.
+struct Lease {
+    client: Option<Object>,
+    tls: RustlsConnect,
+}
 
 impl Lease {
     fn give_back(mut self) {
-        drop(self.0.take());
+        drop(self.client.take());
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(client) = self.0.take() {
-            drop(Object::take(client));
+        let Some(client) = self.client.take() else { return };
+        // Closing alone is not seen by a server that is running the statement or
+        // waiting for a lock (it notices when it next writes), and the pool's place is
+        // free at once: without the cancel a slow server could be left with more of
+        // this replica's sessions than `pool_size`, each holding its locks.
+        let cancel = client.cancel_token();
+        let tls = self.tls.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(CONNECT_TIMEOUT, cancel.cancel_query(tls)).await;
+            });
         }
+        drop(Object::take(client));
     }
 }
 
@@ -117,6 +131,8 @@ const COLUMNS: &str = "uid, stack, name, description, secret_sha256, scope, expi
 pub struct PgStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// How connections are made, kept for cancel requests (see [`Lease`]).
+    tls: RustlsConnect,
     /// This process's id, sent with its notifications so it can skip its own.
     replica: String,
     resync_interval: Duration,
@@ -165,6 +181,7 @@ impl PgStore {
         let store = PgStore {
             pool,
             config,
+            tls: tls.clone(),
             replica,
             resync_interval: settings.resync_interval,
             events: Mutex::new(Some(events)),
@@ -261,7 +278,8 @@ impl PgStore {
 
     /// Commits a change of token (`stack`, `uid`). Marked in doubt while the answer is
     /// awaited: if the call is given up meanwhile, the mark stays, and the change's own
-    /// notification is applied when (if) it comes.
+    /// notification is applied when (if) it comes. A commit that never lands leaves its
+    /// mark for good: it costs only a re-read if that token's notification ever comes.
     async fn commit(&self, tx: deadpool_postgres::Transaction<'_>, stack: &str, uid: &str) -> Result<(), StoreError> {
         let key = (stack.to_owned(), uid.to_owned());
         if let Ok(mut marks) = self.in_doubt.lock() {
@@ -275,17 +293,19 @@ impl PgStore {
     }
 
     /// Runs `call` on a connection of the pool, handed back to the pool only once the
-    /// call has finished. A call dropped before then (given up by `store::answered`, by
-    /// `/readyz`'s shorter bound) may have left a statement unanswered on its
-    /// connection: the next call would queue behind it, for ever if its answer was lost
-    /// on the way. That connection is closed instead, which also ends the abandoned
-    /// transaction on the server and releases its locks.
+    /// call has finished, and not when it failed for want of an answer. A call given up
+    /// (dropped by `store::answered` or by `/readyz`'s shorter bound, or failed by a
+    /// bound of its own) may have left a statement unanswered on its connection: the
+    /// next call would queue behind it, for ever if its answer was lost on the way.
+    /// That statement is cancelled and the connection closed instead; the server rolls
+    /// back the call's transaction, releasing its locks.
     async fn leased<T>(&self, call: impl AsyncFnOnce(&mut Object) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let client =
-            answered(async { self.pool.get().await.map_err(|e| StoreError::Unavailable(explain(&e))) }).await?;
-        let mut lease = Lease(None);
-        let done = call(lease.0.insert(client)).await;
-        lease.give_back();
+        let client = self.pool.get().await.map_err(|e| StoreError::Unavailable(explain(&e)))?;
+        let mut lease = Lease { client: None, tls: self.tls.clone() };
+        let done = call(lease.client.insert(client)).await;
+        if !matches!(done, Err(StoreError::Unavailable(_))) {
+            lease.give_back();
+        }
         done
     }
 
@@ -432,7 +452,9 @@ impl TokenStore for PgStore {
                 let Some(rec) = record_in(&row.map_err(pg)?, Some(&mut scopes)) else { continue };
                 if let Some(full) = batcher.push(rec) {
                     if out.send(full).await.is_err() {
-                        return Ok(());
+                        // The rest of the rows are still coming on this connection:
+                        // failing closes it (see `leased`).
+                        return Err(StoreError::Unavailable("the tokens' reader went away".into()));
                     }
                 }
             }
@@ -589,10 +611,9 @@ impl TokenStore for PgStore {
     async fn notified_at(&self, uid: &str, expires_at: i64, channel: &str) -> Result<Option<i64>, StoreError> {
         let row = self
             .leased(async |client| {
-                client.query_opt(
-                "SELECT notified_at FROM stackgate_expiry_notices WHERE uid = $1 AND expires_at = $2 AND channel = $3",
-                &[&uid, &expires_at, &channel],
-            ).await.map_err(pg)
+                const SQL: &str = "SELECT notified_at FROM stackgate_expiry_notices
+                                   WHERE uid = $1 AND expires_at = $2 AND channel = $3";
+                client.query_opt(SQL, &[&uid, &expires_at, &channel]).await.map_err(pg)
             })
             .await?;
         Ok(row.map(|r| r.get(0)))
