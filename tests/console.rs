@@ -491,6 +491,11 @@ async fn owner_manages_tokens_in_the_console() {
     click(&c, &format!("{odd_css} button[data-action='edit']")).await;
     until(&c, "the edit form", "document.getElementById('token-dialog').open").await;
     assert!(text(&c, "#expiry-kept").await.contains(instant), "{}", text(&c, "#expiry-kept").await);
+    let kept_shown = "return !document.getElementById('expiry-kept').hidden;";
+    click(&c, "#f-expiry-never").await;
+    assert_eq!(c.execute(kept_shown, vec![]).await.unwrap(), json!(false), "Never replaces the instant");
+    click(&c, "#f-expiry-date").await;
+    assert_eq!(c.execute(kept_shown, vec![]).await.unwrap(), json!(true));
     type_into(&c, "#f-description", "edited in the console").await;
     click(&c, "#token-submit").await;
     until(&c, "the edit saved", &format!("document.querySelector(\"{odd_css}\").innerText.includes('edited in the')"))
@@ -500,6 +505,20 @@ async fn owner_manages_tokens_in_the_console() {
     assert_eq!(kept["token"]["description"], json!("edited in the console"));
     assert_eq!(kept["token"]["expires_on"], json!(instant));
     assert_eq!(kept["token"]["scope"], odd["token"]["scope"]);
+    // A scope change keeps the branch entry's stored acl, which the form does not show.
+    click(&c, &format!("{odd_css} button[data-action='edit']")).await;
+    until(&c, "the edit form", "document.getElementById('token-dialog').open").await;
+    click(&c, "#f-branch-development").await;
+    click(&c, "#token-submit").await;
+    until(&c, "the edit saved", &format!("document.querySelector(\"{odd_css}\").innerText.includes('development')"))
+        .await;
+    let (_, _, widened) = http(gw, "GET", &format!("{TOKENS}/{odd_uid}"), &owner(), "").await;
+    let widened: Value = serde_json::from_str(&widened).unwrap();
+    let branch = widened["token"]["scope"].as_array().unwrap().iter().find(|e| e["module"] == "branch").unwrap();
+    assert_eq!(branch["branches"], json!(["main", "development"]), "{widened}");
+    let stored = odd["token"]["scope"].as_array().unwrap().iter().find(|e| e["module"] == "branch").unwrap();
+    assert_eq!(branch["acl"], stored["acl"], "{widened}");
+    assert_eq!(widened["token"]["expires_on"], json!(instant));
     // Saved with nothing changed: nothing is sent.
     click(&c, &format!("{odd_css} button[data-action='edit']")).await;
     until(&c, "the edit form", "document.getElementById('token-dialog').open").await;
@@ -508,7 +527,7 @@ async fn owner_manages_tokens_in_the_console() {
     assert!(text(&c, "#notice").await.contains("Nothing changed"));
     let (_, _, again) = http(gw, "GET", &format!("{TOKENS}/{odd_uid}"), &owner(), "").await;
     let again: Value = serde_json::from_str(&again).unwrap();
-    assert_eq!(again["token"]["updated_at"], kept["token"]["updated_at"]);
+    assert_eq!(again["token"]["updated_at"], widened["token"]["updated_at"]);
 
     // --- Suspend and resume (the `enabled` field), with the usage counters.
     click(&c, &format!("{row_css} button[data-action='suspend']")).await;

@@ -109,17 +109,19 @@ async fn over_tls_only_alpn_h2_starts_http2() {
     let block = [&[0x82u8, 0x87, 0x84, 0x41, 0x09][..], b"localhost"].concat();
     h2.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
     h2.extend_from_slice(&block);
-    for alpn in [vec![b"http/1.1".to_vec()], vec![]] {
+    let connect = |alpn: Vec<Vec<u8>>| {
         let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
-        cfg.alpn_protocols = alpn.clone();
+        cfg.alpn_protocols = alpn;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-        let tcp = TcpStream::connect(env.gateway.addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut stream = connector.connect(name, tcp).await.unwrap();
+        async move { connector.connect(name, TcpStream::connect(env.gateway.addr).await.unwrap()).await.unwrap() }
+    };
+    for alpn in [vec![b"http/1.1".to_vec()], vec![]] {
+        let mut stream = connect(alpn.clone()).await;
         stream.write_all(&h2).await.unwrap();
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
@@ -127,6 +129,13 @@ async fn over_tls_only_alpn_h2_starts_http2() {
         assert!(answer.starts_with("HTTP/1.1 400 "), "ALPN {alpn:?}: {answer:?}");
         assert!(answer.contains("\"error_code\":400"), "{answer}");
     }
+    // And a connection that agreed on `h2` speaks only HTTP/2: an HTTP/1.1 request on
+    // it is not served.
+    let mut stream = connect(vec![b"h2".to_vec()]).await;
+    stream.write_all(&raw_get(ENTRIES)).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1"), "{:?}", String::from_utf8_lossy(&answer));
     assert!(env.backend.seen().is_empty(), "nothing forwarded");
     let _ = std::fs::remove_dir_all(&dir);
 }

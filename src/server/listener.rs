@@ -89,7 +89,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limits = Arc::new(gw.snapshot().config.server.limits.clone());
-    let builder = Arc::new(builder(&limits));
+    let builder = Arc::new(Builders { any: builder(&limits), h2: builder(&limits).http2_only() });
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -142,10 +142,18 @@ fn builder(limits: &crate::config::Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// hyper's servers: `any` takes HTTP/1 or the HTTP/2 preface (cleartext, and after the
+/// gateway's own loop hands a connection over); `h2` serves TLS connections that agreed
+/// on ALPN `h2`, which speak only HTTP/2 (RFC 9113, 3.2).
+struct Builders {
+    any: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
 /// One accepted connection and what it holds until it closes.
 struct Connection {
     gw: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     peer: SocketAddr,
     /// Released (freeing a place under `max_connections`) when the connection ends.
     permit: OwnedSemaphorePermit,
@@ -169,7 +177,7 @@ impl Connection {
                             true => {
                                 io.time_writes_only();
                                 let info = Arc::new(ConnInfo::new(self.peer, true));
-                                self.serve(io, info, watcher).await
+                                self.serve(io, info, watcher, true).await
                             }
                             false => self.serve_h1(io, true, watcher, limits).await,
                         }
@@ -206,14 +214,15 @@ impl Connection {
             http1::Outcome::Closed => drop(watcher),
             http1::Outcome::Handover(read) => {
                 io.time_writes_only();
-                self.serve(http1::Prefixed::new(read, io), info, watcher).await
+                self.serve(http1::Prefixed::new(read, io), info, watcher, false).await
             }
         }
     }
 
     /// Serves a connection through hyper (HTTP/2, or HTTP/1 after a handover) until it
-    /// ends, is idle (see [`Streams`]) or the gateway shuts down.
-    async fn serve<I>(self, io: I, info: Arc<ConnInfo>, watcher: Watcher)
+    /// ends, is idle (see [`Streams`]) or the gateway shuts down; `h2_only` for a TLS
+    /// connection that agreed on `h2`.
+    async fn serve<I>(self, io: I, info: Arc<ConnInfo>, watcher: Watcher, h2_only: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -239,6 +248,7 @@ impl Connection {
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Counted::new(body, open)))
             }))
         });
+        let builder = if h2_only { &builder.h2 } else { &builder.any };
         let conn = builder.serve_connection(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn.into_owned());
         // hyper bounds the wait for an HTTP/1 head itself, not for an HTTP/2 connection's

@@ -164,8 +164,9 @@ async fn read_bounded(reading: Reading<'_>, body: &mut Option<ClientBody>) -> Re
     match tokio::time::timeout(std::time::Duration::from_secs(30), Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
-        Ok(Err(_)) => Err(GatewayError::BadRequest(BadRequest::UnreadableBody)),
-        // A client that stops sending is slow, not malformed (the forty-first probe).
+        // A client that stops sending is slow, not malformed (the forty-first probe):
+        // 408 for the whole body's bound as for the connection's idle limit.
+        Ok(Err(e)) => Err(crate::proxy::unreadable(&*e)),
         Err(_) => Err(GatewayError::RequestTimeout),
     }
 }

@@ -365,6 +365,7 @@
     $('f-expires-on').disabled = !dated;
     $('f-notify').disabled = !dated;
     if (!dated) $('f-notify').checked = false;
+    $('expiry-kept').hidden = !dated || !$('expiry-kept').textContent;
     const custom = $('f-rate-custom').checked;
     $('f-rate-read').disabled = !custom;
     $('f-rate-write').disabled = !custom;
@@ -391,6 +392,7 @@
     editing = t;
     const org = stack.organization;
     $('token-form').reset();
+    $('expiry-kept').textContent = '';
     clearErrors();
     $('token-dialog-title').textContent = t ? 'Edit ' + t.name : 'New Management Token';
     $('token-submit').textContent = t ? 'Save' : 'Generate Token';
@@ -416,7 +418,6 @@
         $('f-expires-on').value = t.expires_on.slice(0, 10);
       }
       const instant = t.expires_on && !/^\d{4}-\d{2}-\d{2}$/.test(t.expires_on);
-      $('expiry-kept').hidden = !instant;
       $('expiry-kept').textContent = instant ? 'Now ' + t.expires_on + ': kept unless you choose another date.' : '';
       $('f-notify').checked = !!t.is_email_notification_enabled;
       if (t.rate_limit) {
@@ -430,7 +431,6 @@
     }
     syncForm();
     if (t && t.expires_on) $('f-notify').checked = !!t.is_email_notification_enabled;
-    if (!t) $('expiry-kept').hidden = true;
     opened = t ? formBody().token : null;
     openDialog('token-dialog', 'f-name');
   }
@@ -452,14 +452,19 @@
     } else {
       entries.push({ module: '$all', acl: { read: $('f-read').checked, write: $('f-write').checked } });
     }
+    // A branch entry's acl is not read by the gateway, nor shown: an edit keeps the stored one.
+    const keptAcl = (module) => {
+      const stored = editing && editing.scope.find((e) => e.module === module);
+      return (stored && stored.acl) || { read: true };
+    };
     if ($('f-scope-all').checked) {
-      entries.push({ module: 'branch', branches: ['$all'], acl: { read: true } });
+      entries.push({ module: 'branch', branches: ['$all'], acl: keptAcl('branch') });
     } else {
       const picked = (name) => Array.from($('scope-list').querySelectorAll('input[name="' + name + '"]:checked')).map((i) => i.value);
       const branches = picked('branch');
       const aliases = picked('alias');
-      if (branches.length) entries.push({ module: 'branch', branches, acl: { read: true } });
-      if (aliases.length) entries.push({ module: 'branch_alias', branch_aliases: aliases, acl: { read: true } });
+      if (branches.length) entries.push({ module: 'branch', branches, acl: keptAcl('branch') });
+      if (aliases.length) entries.push({ module: 'branch_alias', branch_aliases: aliases, acl: keptAcl('branch_alias') });
     }
     const dated = $('f-expiry-date').checked;
     return {
@@ -494,6 +499,11 @@
       return;
     }
     const body = editing ? { token: changedFields(formBody().token, opened) } : formBody();
+    // The e-mail notice goes with the date it is for: the form shows a notice stored
+    // without a date as off, and what it shows is what is saved with a new date.
+    if (editing && 'expires_on' in body.token) {
+      body.token.is_email_notification_enabled = formBody().token.is_email_notification_enabled;
+    }
     if (editing && !Object.keys(body.token).length) {
       closeDialog('token-dialog');
       notice('Nothing changed.');
