@@ -32,19 +32,24 @@ fn pki(dir: &std::path::Path) -> TestPki {
     test_pki(dir)
 }
 
+/// A TLS client's config trusting the test CA only, offering no ALPN.
+fn client_tls(ca_pem: &str) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 fn tls_client(
     ca_pem: &str,
     alpn: &[&[u8]],
 ) -> Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
     // ALPN is set by the connector from enable_http1/enable_http2.
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = client_tls(ca_pem);
     let h2 = alpn.contains(&b"h2".as_slice());
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg).https_only();
     let connector = if h2 { builder.enable_http2().build() } else { builder.enable_http1().build() };
@@ -96,13 +101,10 @@ async fn tls_serves_http1_and_h2_on_one_port() {
 /// malformed request (the fortieth probe had a request forwarded that way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_only_alpn_h2_starts_http2() {
-    use rustls::pki_types::pem::PemObject;
     let dir = temp_dir("tlspreface");
     let pki = pki(&dir);
     let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", pki.cert.display(), pki.key.display());
     let env = Env::start_with(&tls, "", Arc::new(SystemClock)).await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap()).unwrap();
     // The preface, an empty SETTINGS frame, and a GET on stream 1 (HPACK: `:method GET`,
     // `:scheme https`, `:path /`, literal `:authority localhost`).
     let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
@@ -110,11 +112,7 @@ async fn over_tls_only_alpn_h2_starts_http2() {
     h2.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
     h2.extend_from_slice(&block);
     let connect = |alpn: Vec<Vec<u8>>| {
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
+        let mut cfg = client_tls(&pki.ca_pem);
         cfg.alpn_protocols = alpn;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

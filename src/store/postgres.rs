@@ -264,11 +264,7 @@ impl PgStore {
                 ],
             )
             .await;
-        match changed {
-            Ok(_) => {}
-            Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
-            Err(e) => return Err(pg(e)),
-        }
+        written(changed)?;
         let action = if rotating { AuditAction::Regenerate } else { AuditAction::Update };
         write_audit(&tx, &super::audit_entry(action, &rec, Some(&before))).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
@@ -391,6 +387,15 @@ async fn write_audit(tx: &deadpool_postgres::Transaction<'_>, entry: &AuditEntry
     .await
     .map(|_| ())
     .map_err(pg)
+}
+
+/// A write's outcome: a clash of token names within a stack is its own error.
+fn written(outcome: Result<u64, tokio_postgres::Error>) -> Result<(), StoreError> {
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) if is_name_clash(&e) => Err(StoreError::DuplicateName),
+        Err(e) => Err(pg(e)),
+    }
 }
 
 fn is_name_clash(e: &tokio_postgres::Error) -> bool {
@@ -527,11 +532,7 @@ impl TokenStore for PgStore {
                     ],
                 )
                 .await;
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_name_clash(&e) => return Err(StoreError::DuplicateName),
-                Err(e) => return Err(pg(e)),
-            }
+            written(inserted)?;
             write_audit(&tx, &super::audit_entry(AuditAction::Create, rec, None)).await?;
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(rec)]).await.map_err(pg)?;
             self.commit(tx, &rec.stack, &rec.uid).await
