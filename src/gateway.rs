@@ -268,6 +268,32 @@ impl Gateway {
         Ok(())
     }
 
+    /// Deletes a token this replica's given-up create made after all (answered 503,
+    /// its secret shown to no one): as the answer said, nothing is left. Finding none
+    /// is the usual case (the commit did not land).
+    async fn remove_orphan(self: &Arc<Self>, stack: &str, uid: &str) -> Result<(), StoreError> {
+        let (stack, uid) = (stack.to_owned(), uid.to_owned());
+        let at = time::OffsetDateTime::from_unix_timestamp(self.clock.now())
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default();
+        let removed = self
+            .commit(
+                move |store| async move { store.delete(&stack, &uid, "stackgate", &at).await },
+                |rec| Change::Remove(rec),
+            )
+            .await;
+        match removed {
+            Ok(rec) => {
+                tracing::warn!(token.uid = %rec.uid, stack = %rec.stack,
+                    "deleted a token whose create was answered 503 but committed after the answer");
+                Ok(())
+            }
+            Err(StoreError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Re-reads every stored token into a new snapshot (same config; rate buckets of
     /// unchanged tokens kept), after changes may have been missed.
     async fn resync(&self) -> Result<(), StoreError> {
@@ -292,13 +318,17 @@ impl Gateway {
             let mut result = match &event {
                 StoreEvent::Changed { stack, uid } => self.apply_remote(stack, uid).await,
                 StoreEvent::Resync => self.resync().await,
+                StoreEvent::Orphaned { stack, uid } => self.remove_orphan(stack, uid).await,
             };
             let mut backoff = std::time::Duration::from_millis(100);
             while let Err(e) = result {
                 tracing::warn!(error = %e, retry_in = ?backoff, "could not apply token changes from the shared store");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-                result = self.resync().await;
+                result = match &event {
+                    StoreEvent::Orphaned { stack, uid } => self.remove_orphan(stack, uid).await,
+                    _ => self.resync().await,
+                };
             }
         }
     }

@@ -1360,6 +1360,96 @@ async fn a_call_given_up_is_cancelled_on_the_server() {
     db.drop_now().await;
 }
 
+/// A TCP relay to PostgreSQL that, once armed, forwards the next `COMMIT` a client
+/// sends and then holds back everything the server sends on that connection: the
+/// commit lands, its answer never comes.
+struct CommitHolder {
+    addr: SocketAddr,
+    armed: Arc<AtomicBool>,
+}
+
+impl CommitHolder {
+    async fn start(target: SocketAddr) -> CommitHolder {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed = Arc::new(AtomicBool::new(false));
+        let armed2 = Arc::clone(&armed);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else { continue };
+                let armed = Arc::clone(&armed2);
+                let held = Arc::new(AtomicBool::new(false));
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let held2 = Arc::clone(&held);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                        let commit = buf[..n].windows(6).any(|w| w == b"COMMIT");
+                        if commit && armed.swap(false, Ordering::SeqCst) {
+                            held2.store(true, Ordering::SeqCst);
+                        }
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                        if held.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CommitHolder { addr, armed }
+    }
+}
+
+/// A create whose COMMIT lands but whose answer does not come within the store's bound
+/// is answered 503, and its secret reaches no one: the token it made is deleted, not
+/// left in the stack (holding one of its 30 places and its name) for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_answered_503_leaves_no_token_behind() {
+    let Some((pg, redis)) = services("a_create_answered_503_leaves_no_token_behind") else { return };
+    let db = Database::create(&pg, "pgorphan").await;
+    let backend = Backend::start().await;
+    let target: tokio_postgres::Config = db.url.parse().unwrap();
+    let port = target.get_ports().first().copied().unwrap_or(5432);
+    let holder = CommitHolder::start(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let prefix = unique("g");
+    // In clear text, so the relay sees the COMMIT.
+    let via = format!("{}?sslmode=disable", db.url_via(holder.addr));
+    let a = start_replicas(backend.addr, &shared_config(&via, &redis, &prefix, "local", 2), 1);
+    let b = start_replicas(backend.addr, &shared_config(&db.url, &redis, &prefix, "local", 2), 1);
+    let (_, kept) = create(a[0].addr, API_KEY, "made-before").await;
+    holder.armed.store(true, Ordering::SeqCst);
+    let (status, _, body) = call(a[0].addr, "POST", TOKENS, &owner(API_KEY), &new_token("answered-503", false)).await;
+    assert_eq!(status, 503, "{body}");
+    let started = Instant::now();
+    loop {
+        let (status, _, list) = call(b[0].addr, "GET", TOKENS, &owner(API_KEY), "").await;
+        assert_eq!(status, 200);
+        let names: Vec<_> = list["tokens"].as_array().unwrap().iter().map(|t| t["name"].clone()).collect();
+        assert!(names.contains(&json!("made-before")), "{names:?}");
+        if !names.contains(&json!("answered-503")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the token answered 503 is still there: {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the token answered 503 was gone {:?} after the answer", started.elapsed());
+    assert_eq!(status_with(a[0].addr, "GET", API_KEY, &kept).await, 200);
+    drop((a, b));
+    db.drop_now().await;
+}
+
 /// Found by the thirty-ninth outside probe: a replica starting while PostgreSQL
 /// accepted its connections but did not answer the schema check waited for ever, with
 /// no listener and no log line. Here the migration lock is held by a session that

@@ -305,6 +305,10 @@ pub enum StoreEvent {
     /// Changes may have been missed (first connect, reconnect, periodic backstop):
     /// re-read every token.
     Resync,
+    /// This replica's create of (`stack`, `uid`) was given up and answered 503, so its
+    /// secret reached no one; its commit may have landed (or may land yet). Delete the
+    /// token if it is there: the answer said nothing was made.
+    Orphaned { stack: String, uid: String },
 }
 
 /// A random id naming this store handle among replicas (notifications, leases).

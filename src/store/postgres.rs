@@ -22,7 +22,7 @@ use crate::token::TokenRecord;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -144,11 +144,52 @@ pub struct PgStore {
     in_doubt: InDoubt,
 }
 
-/// Tokens (`stack`, `uid`) whose commit this replica sent but whose answer it did not
-/// wait for (the call was given up: `store::answered`). The gateway applied nothing, yet
-/// the commit may still land; its notification, which the listener skips for this
-/// replica's own changes, is then applied like another replica's.
-pub(super) type InDoubt = Arc<Mutex<HashSet<(String, String)>>>;
+/// Tokens (`stack`, `uid`) whose commit this replica sent and has not had answered:
+/// awaited, or given up (`store::answered`). The gateway applied nothing for a given-up
+/// one, yet its commit may still land; its notification, which the listener skips for
+/// this replica's own changes, is then applied like another replica's, or, for a
+/// create, the token is deleted (see [`Doubt`]).
+pub(super) type InDoubt = Arc<Mutex<HashMap<(String, String), Doubt>>>;
+
+/// What a commit in doubt was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Doubt {
+    /// An update, regeneration or deletion.
+    Change,
+    /// A create whose answer is still awaited.
+    Create,
+    /// A create given up on: the API answered 503 and its secret was never shown, so a
+    /// token it made is deleted ([`StoreEvent::Orphaned`]).
+    Abandoned,
+}
+
+/// Settles a commit's mark in [`InDoubt`] when the commit is answered; dropped unsettled
+/// (the call given up), it leaves the mark, and a create's becomes [`Doubt::Abandoned`]
+/// and is reported, whether or not its notification came meanwhile.
+struct Pending<'a> {
+    store: &'a PgStore,
+    key: Option<(String, String)>,
+}
+
+impl Pending<'_> {
+    fn settle(mut self) {
+        if let (Some(key), Ok(mut marks)) = (self.key.take(), self.store.in_doubt.lock()) {
+            marks.remove(&key);
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let Ok(mut marks) = self.store.in_doubt.lock() else { return };
+        if let Some(doubt @ Doubt::Create) = marks.get_mut(&key) {
+            *doubt = Doubt::Abandoned;
+            let (stack, uid) = key;
+            let _ = self.store.events_tx.send(StoreEvent::Orphaned { stack, uid });
+        }
+    }
+}
 
 impl PgStore {
     /// Connects, migrates the schema and starts listening for other replicas' changes.
@@ -268,23 +309,27 @@ impl PgStore {
         let action = if rotating { AuditAction::Regenerate } else { AuditAction::Update };
         write_audit(&tx, &super::audit_entry(action, &rec, Some(&before))).await?;
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
-        self.commit(tx, stack, uid).await?;
+        self.commit(tx, stack, uid, Doubt::Change).await?;
         Ok(rec)
     }
 
     /// Commits a change of token (`stack`, `uid`). Marked in doubt while the answer is
-    /// awaited: if the call is given up meanwhile, the mark stays, and the change's own
-    /// notification is applied when (if) it comes. A commit that never lands leaves its
-    /// mark for good: it costs only a re-read if that token's notification ever comes.
-    async fn commit(&self, tx: deadpool_postgres::Transaction<'_>, stack: &str, uid: &str) -> Result<(), StoreError> {
+    /// awaited (see [`Pending`]). A commit that never lands leaves its mark for good: it
+    /// costs only a re-read (or a delete that finds nothing) if a notification comes.
+    async fn commit(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        stack: &str,
+        uid: &str,
+        doubt: Doubt,
+    ) -> Result<(), StoreError> {
         let key = (stack.to_owned(), uid.to_owned());
         if let Ok(mut marks) = self.in_doubt.lock() {
-            marks.insert(key.clone());
+            marks.insert(key.clone(), doubt);
         }
+        let pending = Pending { store: self, key: Some(key) };
         let committed = tx.commit().await;
-        if let Ok(mut marks) = self.in_doubt.lock() {
-            marks.remove(&key);
-        }
+        pending.settle();
         committed.map_err(pg)
     }
 
@@ -535,7 +580,7 @@ impl TokenStore for PgStore {
             written(inserted)?;
             write_audit(&tx, &super::audit_entry(AuditAction::Create, rec, None)).await?;
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(rec)]).await.map_err(pg)?;
-            self.commit(tx, &rec.stack, &rec.uid).await
+            self.commit(tx, &rec.stack, &rec.uid, Doubt::Create).await
         })
         .await
     }
@@ -567,7 +612,7 @@ impl TokenStore for PgStore {
             };
             write_audit(&tx, &entry).await?;
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&rec)]).await.map_err(pg)?;
-            self.commit(tx, stack, uid).await?;
+            self.commit(tx, stack, uid, Doubt::Change).await?;
             Ok(rec)
         })
         .await

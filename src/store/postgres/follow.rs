@@ -112,8 +112,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// `replica stack uid` -> an event, skipping anything malformed and this replica's own
-/// changes (applied when they committed), but for one whose commit it gave up waiting
-/// for ([`InDoubt`]): that one was never applied here.
+/// changes (applied when they committed), but for one whose commit is in doubt
+/// ([`InDoubt`]): a change is applied (a given-up one was never applied here); a create
+/// given up on is deleted; a create still awaiting its answer is left to it (if it is
+/// given up later, the give-up reports it).
 fn parse_payload(payload: &str, replica: &str, in_doubt: &InDoubt) -> Option<StoreEvent> {
     let mut parts = payload.split(' ');
     let (from, stack, uid) = (parts.next()?, parts.next()?, parts.next()?);
@@ -121,8 +123,19 @@ fn parse_payload(payload: &str, replica: &str, in_doubt: &InDoubt) -> Option<Sto
         return None;
     }
     let key = (stack.to_owned(), uid.to_owned());
-    if from == replica && !in_doubt.lock().is_ok_and(|mut marks| marks.remove(&key)) {
-        return None;
+    if from == replica {
+        let mut marks = in_doubt.lock().ok()?;
+        match marks.get(&key)? {
+            Doubt::Create => return None,
+            Doubt::Change => {
+                marks.remove(&key);
+            }
+            Doubt::Abandoned => {
+                marks.remove(&key);
+                let (stack, uid) = key;
+                return Some(StoreEvent::Orphaned { stack, uid });
+            }
+        }
     }
     let (stack, uid) = key;
     Some(StoreEvent::Changed { stack, uid })
@@ -142,8 +155,16 @@ mod tests {
         assert_eq!(parse_payload("b k t1 extra", "a", &none), None);
         // An own change whose commit was given up on is applied, once.
         let doubt = InDoubt::default();
-        doubt.lock().unwrap().insert(("k".into(), "t1".into()));
+        doubt.lock().unwrap().insert(("k".into(), "t1".into()), Doubt::Change);
         assert_eq!(parse_payload("a k t1", "a", &doubt), changed);
+        assert_eq!(parse_payload("a k t1", "a", &doubt), None);
+        // An own create: left to its answer while awaited; deleted once given up.
+        doubt.lock().unwrap().insert(("k".into(), "t1".into()), Doubt::Create);
+        assert_eq!(parse_payload("a k t1", "a", &doubt), None);
+        assert_eq!(doubt.lock().unwrap().get(&("k".into(), "t1".into())), Some(&Doubt::Create));
+        doubt.lock().unwrap().insert(("k".into(), "t1".into()), Doubt::Abandoned);
+        let orphaned = Some(StoreEvent::Orphaned { stack: "k".into(), uid: "t1".into() });
+        assert_eq!(parse_payload("a k t1", "a", &doubt), orphaned);
         assert_eq!(parse_payload("a k t1", "a", &doubt), None);
     }
 }
