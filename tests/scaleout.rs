@@ -1430,13 +1430,27 @@ async fn a_create_answered_503_leaves_no_token_behind() {
     let b = start_replicas(backend.addr, &shared_config(&db.url, &redis, &prefix, "local", 2), 1);
     let (_, kept) = create(a[0].addr, API_KEY, "made-before").await;
     holder.armed.store(true, Ordering::SeqCst);
-    let (status, _, body) = call(a[0].addr, "POST", TOKENS, &owner(API_KEY), &new_token("answered-503", false)).await;
+    let addr = a[0].addr;
+    let posted =
+        tokio::spawn(
+            async move { call(addr, "POST", TOKENS, &owner(API_KEY), &new_token("answered-503", false)).await },
+        );
+    // The commit lands: the other replica lists the token while A still waits.
+    let names_on_b = || async {
+        let (status, _, list) = call(b[0].addr, "GET", TOKENS, &owner(API_KEY), "").await;
+        assert_eq!(status, 200);
+        list["tokens"].as_array().unwrap().iter().map(|t| t["name"].clone()).collect::<Vec<_>>()
+    };
+    let started = Instant::now();
+    while !names_on_b().await.contains(&json!("answered-503")) {
+        assert!(started.elapsed() < Duration::from_secs(4), "the create's commit did not land");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _, body) = posted.await.unwrap();
     assert_eq!(status, 503, "{body}");
     let started = Instant::now();
     loop {
-        let (status, _, list) = call(b[0].addr, "GET", TOKENS, &owner(API_KEY), "").await;
-        assert_eq!(status, 200);
-        let names: Vec<_> = list["tokens"].as_array().unwrap().iter().map(|t| t["name"].clone()).collect();
+        let names = names_on_b().await;
         assert!(names.contains(&json!("made-before")), "{names:?}");
         if !names.contains(&json!("answered-503")) {
             break;

@@ -164,8 +164,8 @@ pub(super) enum Doubt {
 }
 
 /// Settles a commit's mark in [`InDoubt`] when the commit is answered; dropped unsettled
-/// (the call given up), it leaves the mark, and a create's becomes [`Doubt::Abandoned`]
-/// and is reported, whether or not its notification came meanwhile.
+/// (the call given up, the connection lost), it leaves the mark, and a create's becomes
+/// [`Doubt::Abandoned`] and is reported, whether or not its notification came meanwhile.
 struct Pending<'a> {
     store: &'a PgStore,
     key: Option<(String, String)>,
@@ -329,7 +329,14 @@ impl PgStore {
         }
         let pending = Pending { store: self, key: Some(key) };
         let committed = tx.commit().await;
-        pending.settle();
+        // Settled when the server answered (committed, or refused: an error it
+        // reports). Any other failure (the connection lost after the COMMIT went out)
+        // leaves the outcome unknown, as a give-up does.
+        match &committed {
+            Ok(()) => pending.settle(),
+            Err(e) if e.as_db_error().is_some() => pending.settle(),
+            Err(_) => drop(pending),
+        }
         committed.map_err(pg)
     }
 

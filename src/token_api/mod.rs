@@ -367,8 +367,9 @@ async fn create(gw: &Arc<Gateway>, stack: &Stack, user: &str, body: Bytes) -> Re
     let rec = gw.commit(create, |rec| Change::Upsert(rec)).await.map_err(store_error)?;
     tracing::info!(token.uid = %rec.uid, stack = %rec.stack, by = %user, "management token created");
     crate::config::warn_if_no_channel(&snap.config.notify, &rec);
-    let usage = StackUsage::of(gw, &stack.api_key).await?;
-    let mut token = shown(gw, rec, &usage).await?;
+    // No store call after the commit: one that failed would answer 503 for a token
+    // that exists, its secret shown to no one. A new token has no use and no notice.
+    let mut token = to_json(&rec, usage_json(None, |_| 0));
     token["token"] = json!(secret);
     ok(StatusCode::CREATED, json!({ "notice": "Management Token created successfully.", "token": token }))
 }

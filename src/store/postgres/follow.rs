@@ -70,9 +70,13 @@ async fn listen_once(
         .map_err(|_| no_answer().to_string())?
         .map_err(|e| e.to_string())?;
     tracing::info!("listening for token changes from other replicas");
-    // Anything committed before LISTEN took effect was not notified to us.
+    // Anything committed before LISTEN took effect was not notified to us: a given-up
+    // create that landed meanwhile is among it, and the re-read would serve it.
     if events.send(StoreEvent::Resync).is_err() {
         return Ok(());
+    }
+    for (stack, uid) in abandoned(in_doubt) {
+        let _ = events.send(StoreEvent::Orphaned { stack, uid });
     }
     let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + resync_interval, resync_interval);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
@@ -109,6 +113,13 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The creates this replica gave up on whose notification has not come (their marks
+/// stay until it does: the commit may land at any time).
+fn abandoned(in_doubt: &InDoubt) -> Vec<(String, String)> {
+    let Ok(marks) = in_doubt.lock() else { return Vec::new() };
+    marks.iter().filter(|(_, doubt)| **doubt == Doubt::Abandoned).map(|(key, _)| key.clone()).collect()
 }
 
 /// `replica stack uid` -> an event, skipping anything malformed and this replica's own
@@ -164,7 +175,9 @@ mod tests {
         assert_eq!(doubt.lock().unwrap().get(&("k".into(), "t1".into())), Some(&Doubt::Create));
         doubt.lock().unwrap().insert(("k".into(), "t1".into()), Doubt::Abandoned);
         let orphaned = Some(StoreEvent::Orphaned { stack: "k".into(), uid: "t1".into() });
+        assert_eq!(abandoned(&doubt), vec![("k".to_owned(), "t1".to_owned())]);
         assert_eq!(parse_payload("a k t1", "a", &doubt), orphaned);
         assert_eq!(parse_payload("a k t1", "a", &doubt), None);
+        assert!(abandoned(&doubt).is_empty());
     }
 }
