@@ -273,10 +273,7 @@ impl Gateway {
     /// is the usual case (the commit did not land).
     async fn remove_orphan(self: &Arc<Self>, stack: &str, uid: &str) -> Result<(), StoreError> {
         let (stack, uid) = (stack.to_owned(), uid.to_owned());
-        let at = time::OffsetDateTime::from_unix_timestamp(self.clock.now())
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_default();
+        let at = crate::token_api::now_rfc3339(self.clock.now());
         let removed = self
             .commit(
                 move |store| async move { store.delete(&stack, &uid, "stackgate", &at).await },

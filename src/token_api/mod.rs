@@ -206,7 +206,8 @@ fn field_error(field: &str, msg: &str) -> GatewayError {
     GatewayError::Unprocessable(errors)
 }
 
-fn now_rfc3339(now: i64) -> String {
+/// `now` (Unix seconds) as the API writes times: RFC 3339, UTC.
+pub(crate) fn now_rfc3339(now: i64) -> String {
     OffsetDateTime::from_unix_timestamp(now).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
