@@ -7,6 +7,11 @@ use http::StatusCode;
 /// A message body up to this size leaves in the same write as its head.
 pub(crate) const COALESCE: usize = 16 * 1024;
 
+/// The longest body hyper frames, read or written (the two values above it are its
+/// marks for chunked and close-delimited): a longer `Content-Length` from a client or
+/// a backend is refused, as no writer could state it.
+pub(crate) const MAX_BODY_LENGTH: u64 = u64::MAX - 2;
+
 /// A decimal length as HTTP/1 writes it: digits only (no sign, no space), no overflow.
 pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {

@@ -11,7 +11,9 @@
 //! error body, and the connection closes.
 
 use super::client::Fields;
-use super::common::{connection_options, date, decimal, put_field, put_length, put_status, ConnectionOptions};
+use super::common::{
+    connection_options, date, decimal, put_field, put_length, put_status, ConnectionOptions, MAX_BODY_LENGTH,
+};
 use crate::field_names::{API_KEY, AUTHTOKEN, BRANCH};
 use crate::timer;
 use bytes::{Bytes, BytesMut};
@@ -424,9 +426,6 @@ impl Framing {
         }
     }
 }
-
-/// The longest body hyper frames (two values above it mark chunked and close-delimited).
-const MAX_BODY_LENGTH: u64 = u64::MAX - 2;
 
 /// What a head `httparse` refused gets. The HTTP/2 preface is read to its end here
 /// first, under the head's deadline (hyper would wait for the rest without one); any
