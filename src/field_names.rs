@@ -101,6 +101,31 @@ pub fn is_session_credential(name: &[u8]) -> bool {
     READ.contains(&read) && !(read == b"authorization" && name.eq_ignore_ascii_case(AUTHORIZATION.as_bytes()))
 }
 
+/// Whether a field name may tell one user's session from another's to a backend, over
+/// what [`is_session_credential`] names: read as letters and digits with case ignored,
+/// it holds `session`, `token`, `auth`, `csrf` or `xsrf` (`Session`, `X-Session-Id`,
+/// `X-CSRF-Token`, `Refresh-Token`), or is `sid` or a user id (`X-User-Id`). It chooses
+/// which upstream connections a user-session request may share, so it errs wide: a
+/// name taken that tells no one apart only costs reuse, one missed lets a late answer
+/// reach another person behind the same `authtoken` (the forty-fifth outside probe).
+pub fn may_tell_sessions_apart(name: &[u8]) -> bool {
+    const HELD: [&[u8]; 5] = [b"session", b"token", b"auth", b"csrf", b"xsrf"];
+    const WHOLE: [&[u8]; 4] = [b"sid", b"xsid", b"userid", b"xuserid"];
+    const LONGEST: usize = 64;
+    let mut read = [0u8; LONGEST];
+    let mut len = 0;
+    for &b in name.iter().filter(|b| b.is_ascii_alphanumeric()) {
+        // Longer names are rare and taken as they may be: wide, as said above.
+        let Some(slot) = read.get_mut(len) else { return true };
+        *slot = b.to_ascii_lowercase();
+        len += 1;
+    }
+    let read = read.get(..len).unwrap_or_default();
+    is_session_credential(name)
+        || WHOLE.contains(&read)
+        || HELD.iter().any(|held| read.windows(held.len()).any(|w| w == *held))
+}
+
 /// Hop-by-hop fields (RFC 9110 section 7.6.1 and the usual legacy ones): they belong
 /// to one connection and are never passed on.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -283,6 +308,36 @@ mod tests {
         assert!(!folded_eq(b"content-lengths", b"content-length"));
         assert!(!folded_eq(b"x-stackgate", b"x-stackgate-"));
         assert!(folded_starts_with(b"X_FORWARDED_FOR", b"x-forwarded-"));
+    }
+
+    #[test]
+    fn names_that_may_tell_sessions_apart() {
+        for name in [
+            "session",
+            "X-Session-Id",
+            "x_session",
+            "SessionId",
+            "X-CSRF-Token",
+            "x-xsrf-token",
+            "Refresh-Token",
+            "authtoken",
+            "X-Auth-User",
+            "sid",
+            "X-SID",
+            "X-User-Id",
+            "user_id",
+            "authorization",
+        ] {
+            assert!(may_tell_sessions_apart(name.as_bytes()), "{name}");
+        }
+        for name in ["accept", "content-type", "user-agent", "x-user-agent", "api_version", "branch", "inside", "x-id"]
+        {
+            assert!(!may_tell_sessions_apart(name.as_bytes()), "{name}");
+        }
+        // Every credential name is one.
+        for name in ["token", "X-Api-Key", "x-amz-security-token", "Authentication", "access_token"] {
+            assert!(is_session_credential(name.as_bytes()) && may_tell_sessions_apart(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

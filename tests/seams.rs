@@ -1319,6 +1319,11 @@ async fn user_sessions_are_told_apart_by_every_credential() {
         (("x-auth-token", "u1"), ("x-auth-token", "u2")),
         (("access_token", "u1"), ("access_token", "u2")),
         (("cookie", "a=1"), ("cookie", "a=2")),
+        // Fields that name a session rather than a credential (the forty-fifth probe).
+        (("session", "one"), ("session", "two")),
+        (("x-session-id", "one"), ("x-session-id", "two")),
+        (("x-csrf-token", "one"), ("x-csrf-token", "two")),
+        (("x-user-id", "7"), ("x-user-id", "8")),
     ]
     .into_iter()
     .enumerate()

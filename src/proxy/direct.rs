@@ -78,10 +78,11 @@ impl Tenant {
     }
 
     /// A user session, by every credential the backend may read: `authtoken` and
-    /// `authorization`, fields named like a user credential (`x-auth-token`,
-    /// `access_token`, ...), cookies, and the query's credential pairs (`?authtoken=`),
-    /// all forwarded as they came (a backend behind one shared `authtoken` may tell
-    /// people apart by a cookie). `None` for a request without `authtoken` or
+    /// `authorization`, fields named like a user credential or a session
+    /// (`x-auth-token`, `access_token`, `x-session-id`, `x-csrf-token`, ...:
+    /// `field_names::may_tell_sessions_apart`), cookies, and the query's credential
+    /// pairs (`?authtoken=`), all forwarded as they came (a backend behind one shared
+    /// `authtoken` may tell people apart by a cookie or a session field). `None` for a request without `authtoken` or
     /// `authorization` (a sign-in): such requests are no one tenant, and each takes a
     /// connection of its own, closed after its answer (one person's sign-in answer
     /// must never reach another's).
@@ -98,7 +99,7 @@ impl Tenant {
             let name = name.as_str();
             let credential = name == "authorization"
                 || name == "cookie"
-                || crate::field_names::is_session_credential(name.as_bytes());
+                || crate::field_names::may_tell_sessions_apart(name.as_bytes());
             if credential {
                 (name, value.as_bytes()).hash(&mut hasher);
             }
