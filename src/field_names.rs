@@ -101,17 +101,27 @@ pub fn is_session_credential(name: &[u8]) -> bool {
     READ.contains(&read) && !(read == b"authorization" && name.eq_ignore_ascii_case(AUTHORIZATION.as_bytes()))
 }
 
-/// Whether a field name may tell one user's session from another's to a backend, over
-/// what [`is_session_credential`] names: read as letters and digits with case ignored,
-/// it holds `session`, `token`, `auth`, `csrf` or `xsrf` (`Session`, `X-Session-Id`,
-/// `X-CSRF-Token`, `Refresh-Token`), or is `sid` or a user id (`X-User-Id`). It chooses
-/// which upstream connections a user-session request may share, so it errs wide: a
-/// name taken that tells no one apart only costs reuse, one missed lets a late answer
-/// reach another person behind the same `authtoken` (the forty-fifth outside probe).
+/// Whether a field name (or a query key) may tell one user's session from another's to
+/// a backend. Read as letters and digits with case ignored, it holds `session`,
+/// `sessid`, `token`, `auth`, `csrf`, `xsrf`, `jwt` or `apikey` (every name
+/// [`is_session_credential`] takes, and `X-Session-Id`, `PHPSESSID`, `X-CSRF-Token`,
+/// `Refresh-Token`); or one of its words (split at anything else) is `sid`, `uid`,
+/// `user`, `account`, `tenant` or `member` (`X-User-Id`, `x-connect-sid`,
+/// `X-Tenant-Id`). It chooses which upstream connections a user-session request may
+/// share, so it errs wide: a name taken that tells no one apart only costs reuse (a
+/// client's `User-Agent` is the same on each of its requests), one missed lets a late
+/// answer reach another person behind the same `authtoken` (the forty-fifth outside
+/// probe: `Session`).
 pub fn may_tell_sessions_apart(name: &[u8]) -> bool {
-    const HELD: [&[u8]; 5] = [b"session", b"token", b"auth", b"csrf", b"xsrf"];
-    const WHOLE: [&[u8]; 4] = [b"sid", b"xsid", b"userid", b"xuserid"];
+    const HELD: [&[u8]; 8] = [b"session", b"sessid", b"token", b"auth", b"csrf", b"xsrf", b"jwt", b"apikey"];
+    const WORDS: [&[u8]; 6] = [b"sid", b"uid", b"user", b"account", b"tenant", b"member"];
     const LONGEST: usize = 64;
+    let said_by_word = name
+        .split(|b| !b.is_ascii_alphanumeric())
+        .any(|word| WORDS.iter().any(|w| word.eq_ignore_ascii_case(w)) || folded_ends_with_id(word, &WORDS));
+    if said_by_word {
+        return true;
+    }
     let mut read = [0u8; LONGEST];
     let mut len = 0;
     for &b in name.iter().filter(|b| b.is_ascii_alphanumeric()) {
@@ -121,9 +131,13 @@ pub fn may_tell_sessions_apart(name: &[u8]) -> bool {
         len += 1;
     }
     let read = read.get(..len).unwrap_or_default();
-    is_session_credential(name)
-        || WHOLE.contains(&read)
-        || HELD.iter().any(|held| read.windows(held.len()).any(|w| w == *held))
+    HELD.iter().any(|held| read.windows(held.len()).any(|w| w == *held))
+}
+
+/// Whether a word is one of `words` followed by `id` (`Userid`, `accountID`).
+fn folded_ends_with_id(word: &[u8], words: &[&[u8]]) -> bool {
+    let (head, tail) = word.split_at(word.len().saturating_sub(2));
+    tail.eq_ignore_ascii_case(b"id") && words.iter().any(|w| head.eq_ignore_ascii_case(w))
 }
 
 /// Hop-by-hop fields (RFC 9110 section 7.6.1 and the usual legacy ones): they belong
@@ -317,25 +331,47 @@ mod tests {
             "X-Session-Id",
             "x_session",
             "SessionId",
+            "PHPSESSID",
+            "x-sess-id",
             "X-CSRF-Token",
             "x-xsrf-token",
             "Refresh-Token",
+            "x-jwt",
             "authtoken",
             "X-Auth-User",
             "sid",
             "X-SID",
+            "x-connect-sid",
             "X-User-Id",
             "user_id",
+            "x-app-user-id",
+            "Userid",
+            "x-uid",
+            "X-Account-Id",
+            "x-tenant-id",
             "authorization",
+            // Longer than any name read whole: taken.
+            "x-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         ] {
             assert!(may_tell_sessions_apart(name.as_bytes()), "{name}");
         }
-        for name in ["accept", "content-type", "user-agent", "x-user-agent", "api_version", "branch", "inside", "x-id"]
-        {
+        for name in [
+            "accept",
+            "content-type",
+            "api_version",
+            "branch",
+            "inside",
+            "x-id",
+            "traceparent",
+            "x-request-id",
+            "if-none-match",
+            "",
+            "---",
+        ] {
             assert!(!may_tell_sessions_apart(name.as_bytes()), "{name}");
         }
         // Every credential name is one.
-        for name in ["token", "X-Api-Key", "x-amz-security-token", "Authentication", "access_token"] {
+        for name in ["token", "X-Api-Key", "x-amz-security-token", "Authentication", "access_token", "x_cs_authtoken"] {
             assert!(is_session_credential(name.as_bytes()) && may_tell_sessions_apart(name.as_bytes()), "{name}");
         }
     }

@@ -1340,6 +1340,9 @@ async fn user_sessions_are_told_apart_by_every_credential() {
         ("a=1%26authtoken%3Du1", "a=1%26authtoken%3Du2"),
         ("token=u1", "token=u2"),
         ("x_api_key=u1", "x_api_key=u2"),
+        // Keys that name a session (the review of the forty-fifth probe's fix).
+        ("session=one", "session=two"),
+        ("user_id=7", "user_id=8"),
     ] {
         let (_, got) = bob.send("GET", &format!("{PATH}?{first}"), &person(("x-a", "1")), "").await;
         let used = got.rsplit('@').next().unwrap_or_default().to_owned();

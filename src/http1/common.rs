@@ -8,9 +8,15 @@ use http::StatusCode;
 pub(crate) const COALESCE: usize = 16 * 1024;
 
 /// The longest body hyper frames, read or written (the two values above it are its
-/// marks for chunked and close-delimited): a longer `Content-Length` from a client or
-/// a backend is refused, as no writer could state it.
-pub(crate) const MAX_BODY_LENGTH: u64 = u64::MAX - 2;
+/// marks for chunked and close-delimited).
+const MAX_BODY_LENGTH: u64 = u64::MAX - 2;
+
+/// A `Content-Length` value (one of a list) as every writer can state it again: one
+/// [`decimal`] no longer than [`MAX_BODY_LENGTH`]. A longer one, from a client or a
+/// backend, is refused: hyper would take it for one of its marks and answer nothing.
+pub(crate) fn framed_length(digits: &[u8]) -> Option<u64> {
+    decimal(digits).filter(|&n| n <= MAX_BODY_LENGTH)
+}
 
 /// A decimal length as HTTP/1 writes it: digits only (no sign, no space), no overflow.
 pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {

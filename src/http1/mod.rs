@@ -13,7 +13,7 @@
 mod body;
 pub mod client;
 mod common;
-pub(crate) use common::{decimal, MAX_BODY_LENGTH};
+pub(crate) use common::framed_length;
 mod response;
 pub mod server;
 

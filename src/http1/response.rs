@@ -3,7 +3,7 @@
 //! copy (see [`Fields`]).
 
 use super::body::Chunk;
-use super::common::{connection_options, decimal, ConnectionOptions, MAX_BODY_LENGTH};
+use super::common::{connection_options, framed_length, ConnectionOptions};
 use crate::field_names::{is_framing, is_hop_by_hop, same_name};
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -233,11 +233,10 @@ fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Adds one `Content-Length` field (a list of values, all equal) to what earlier
 /// fields said; `None` if it is not a number, disagrees, or is longer than any writer
-/// frames ([`MAX_BODY_LENGTH`]: hyper would take it for its chunked or close-delimited
-/// mark and answer no status at all).
+/// frames ([`framed_length`]).
 fn merge_length(mut found: Option<u64>, value: &[u8]) -> Option<Option<u64>> {
     for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        let n = decimal(part).filter(|&n| n <= MAX_BODY_LENGTH)?;
+        let n = framed_length(part)?;
         if found.is_some_and(|f| f != n) {
             return None;
         }

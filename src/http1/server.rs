@@ -11,9 +11,7 @@
 //! error body, and the connection closes.
 
 use super::client::Fields;
-use super::common::{
-    connection_options, date, decimal, put_field, put_length, put_status, ConnectionOptions, MAX_BODY_LENGTH,
-};
+use super::common::{connection_options, date, framed_length, put_field, put_length, put_status, ConnectionOptions};
 use crate::field_names::{API_KEY, AUTHTOKEN, BRANCH};
 use crate::timer;
 use bytes::{Bytes, BytesMut};
@@ -401,7 +399,7 @@ impl Framing {
         }
         self.lengths += 1;
         self.other_than_zero |= value != b"0";
-        let n = decimal(value).filter(|&n| n <= MAX_BODY_LENGTH).ok_or(Bad(BadHead::Malformed))?;
+        let n = framed_length(value).ok_or(Bad(BadHead::Malformed))?;
         if self.length.is_some_and(|m| m != n) {
             return Err(Bad(BadHead::Malformed));
         }

@@ -588,13 +588,14 @@ pub(super) fn in_any_form(key: &str, mut found: impl FnMut(&str) -> bool) -> boo
 
 /// Calls `f` on each pair of the query whose key reads as a credential or a method
 /// override (as [`check`] reads keys; `?authtoken=`, `?access_token=`) or is named
-/// like a user credential field (`?token=`, `?x_api_key=`), in the query as it is and
+/// like a user credential field or a session (`?token=`, `?x_api_key=`, `?session=`,
+/// `?user_id=`: `field_names::may_tell_sessions_apart`), in the query as it is and
 /// decoded before it is split (`?a=1%26authtoken%3Dx`): what a user session's upstream
 /// connection is chosen by, beside its fields.
 pub fn each_credential(query: Option<&str>, mut f: impl FnMut(&str, &str)) {
     let mut in_reading = |text: &str| {
         for (key, value) in pairs(text) {
-            if classify(&key) == Param::Refused || crate::field_names::is_session_credential(key.as_bytes()) {
+            if classify(&key) == Param::Refused || crate::field_names::may_tell_sessions_apart(key.as_bytes()) {
                 f(&key, &value);
             }
         }

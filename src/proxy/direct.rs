@@ -78,11 +78,11 @@ impl Tenant {
     }
 
     /// A user session, by every credential the backend may read: `authtoken` and
-    /// `authorization`, fields named like a user credential or a session
-    /// (`x-auth-token`, `access_token`, `x-session-id`, `x-csrf-token`, ...:
-    /// `field_names::may_tell_sessions_apart`), cookies, and the query's credential
-    /// pairs (`?authtoken=`), all forwarded as they came (a backend behind one shared
-    /// `authtoken` may tell people apart by a cookie or a session field). `None` for a request without `authtoken` or
+    /// `authorization`, fields and query keys named like a user credential or a
+    /// session (`x-auth-token`, `access_token`, `x-session-id`, `?user_id=`, ...:
+    /// `field_names::may_tell_sessions_apart`), and cookies, all forwarded as they
+    /// came (a backend behind one shared `authtoken` may tell people apart by a cookie
+    /// or a session field). `None` for a request without `authtoken` or
     /// `authorization` (a sign-in): such requests are no one tenant, and each takes a
     /// connection of its own, closed after its answer (one person's sign-in answer
     /// must never reach another's).

@@ -199,17 +199,17 @@ pub fn prepare_response_headers(status: http::StatusCode, headers: &mut HeaderMa
 /// twice) as that one length, and leaves the field as it came: passed on, a list is no
 /// valid length to the client (an h2 client refuses the stream). The one value goes on;
 /// `false` for values that are not all the same number, or for one longer than any
-/// writer frames (`MAX_BODY_LENGTH`, as on the direct path).
+/// writer frames (`http1::framed_length`, as on the direct path; the h2 crate itself
+/// refuses most of these before they get here).
 fn single_length(headers: &mut HeaderMap) -> bool {
-    let framed = |digits: &[u8]| crate::http1::decimal(digits).filter(|&n| n <= crate::http1::MAX_BODY_LENGTH);
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let (Some(first), second) = (values.next(), values.next()) else { return true };
-    if second.is_none() && framed(first.as_bytes()).is_some() {
+    if second.is_none() && crate::http1::framed_length(first.as_bytes()).is_some() {
         return true;
     }
     let mut agreed: Option<u64> = None;
     for piece in headers.get_all(header::CONTENT_LENGTH).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')) {
-        match framed(piece.trim_ascii()) {
+        match crate::http1::framed_length(piece.trim_ascii()) {
             Some(n) if agreed.is_none_or(|a| a == n) => agreed = Some(n),
             _ => return false,
         }
