@@ -91,6 +91,17 @@ pub(super) fn limits(s: &super::raw::RawServer, errs: &mut ConfigErrors) -> Opti
     })
 }
 
+/// Whether an authority's port, if it states one, is one a connection can be made to:
+/// digits from 1 to 65535 after the host (an IPv6 host is bracketed).
+fn port_is_usable(authority: &Authority) -> bool {
+    let text = authority.as_str();
+    let after_host = text.rfind(']').map_or(text, |end| &text[end + 1..]);
+    match after_host.rsplit_once(':') {
+        None => true,
+        Some((_, port)) => port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0),
+    }
+}
+
 pub(super) fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
     // A URL with user info may hold a password, and a query a token: neither is echoed.
     let shown = match u.url.split_once(['?', '#']) {
@@ -114,6 +125,12 @@ pub(super) fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstr
             // segment would reach the backend literally (`/a/../b/v3/...`).
             _ if path.split('/').skip(1).any(|seg| seg.is_empty() || seg == "." || seg == "..") => {
                 errs.push("upstream.url", format!("'{shown}': its path must not hold empty, `.` or `..` segments"));
+                None
+            }
+            // `http` reads a port it cannot parse (`:4901099`) as none, and the default
+            // port would be dialled instead (the forty-sixth outside probe: port 80).
+            (Some(_), Some(a)) if !port_is_usable(&a) => {
+                errs.push("upstream.url", format!("'{shown}': its port must be a number from 1 to 65535"));
                 None
             }
             (Some(s), Some(a)) if s == Scheme::HTTP || s == Scheme::HTTPS => Some((s, a, path.to_owned())),

@@ -311,12 +311,22 @@ fn upstream_urls_and_listen_addresses_that_cannot_work_are_refused() {
         "http://127.0.0.1:9/pre fix?token=s3cret",
         "http://127.0.0.1:9/a?token=s3cret",
         "ftp://127.0.0.1:9/#s3cret",
+        // A port `http` cannot read would be dialled as the default one (the
+        // forty-sixth outside probe: port 80).
+        "http://127.0.0.1:4901099/x",
+        "http://127.0.0.1:65536",
+        "https://h:0",
+        "http://[::1]:99999",
+        "http://h:/",
     ] {
         let bad = compiled(&format!("[upstream]\nurl = \"{url}\"\n"));
         assert!(bad.iter().any(|e| e.starts_with("upstream.url: ")), "{url}: {bad:?}");
         assert!(!bad.iter().any(|e| e.contains("s3cret")), "{url}: the password was echoed: {bad:?}");
     }
     assert!(compiled("[upstream]\nurl = \"http://127.0.0.1:9/api/v1/\"\n").is_empty());
+    for good in ["http://127.0.0.1:65535", "https://[::1]:8443/v", "http://[::1]", "https://cma.example"] {
+        assert!(compiled(&format!("[upstream]\nurl = \"{good}\"\n")).is_empty(), "{good}");
+    }
     let same = "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n";
     assert!(compiled(same).iter().any(|e| e.starts_with("admin.listen: must differ")), "{:?}", compiled(same));
     let ephemeral = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n";
