@@ -462,3 +462,39 @@ fn check_warns_about_notices_without_a_channel() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A SIGHUP that arrives while the gateway is still starting (here it waits on a
+/// PostgreSQL server that accepts connections and never answers) does not end it: the
+/// forty-sixth outside probe saw the process die by the signal until its listeners were
+/// up (seconds with many tokens), and systemd's `Restart=on-failure` does not restart
+/// a service that a `systemctl reload` ended that way.
+#[test]
+fn a_sighup_during_start_up_does_not_end_the_gateway() {
+    use std::os::unix::process::ExitStatusExt;
+    // Never accepted: the kernel completes the handshake and nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = temp_dir("sighup-start");
+    let file = dir.join("gw.toml");
+    let store = format!("\n[store]\nurl = \"postgres://root@127.0.0.1:{port}/test?sslmode=disable\"\n");
+    std::fs::write(&file, config_text("127.0.0.1:9".parse().unwrap(), "", &store)).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gw = Proc(child);
+    // Well inside the store's 3 s connect bound.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(gw.0.try_wait().unwrap().is_none(), "the gateway should still be starting");
+    Command::new("kill").args(["-HUP", &gw.pid().to_string()]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let state = gw.0.try_wait().unwrap();
+    assert!(state.is_none(), "a SIGHUP during start-up ended the gateway: {state:?}");
+    // It still ends as it should: by SIGTERM, or by its own start-up failure.
+    let status = gw.signal_and_wait("TERM");
+    assert_ne!(status.signal(), Some(1), "{status:?}");
+    drop(silent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -185,6 +185,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 /// Runs the gateway from `path`, its main listener served by `workers` threads.
 async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
+    // First: a SIGHUP during start-up must not end the process (see `Hangups`).
+    let hangups = crate::server::Hangups::register();
     let cfg = config::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let (listen, admin) = (cfg.server.listen, cfg.admin_listen);
     let store = crate::server::open_store(&cfg).await.map_err(|e| anyhow::anyhow!("token store: {e}"))?;
@@ -202,7 +204,7 @@ async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
     println!("stackgate listening on {scheme}://{}", running.addr);
     println!("stackgate admin listening on http://{}", running.admin_addr);
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, tokens = running.gateway.snapshot().token_count(), "listening");
-    crate::server::reload_on_sighup(std::sync::Arc::clone(&running.gateway));
+    crate::server::reload_on_sighup(std::sync::Arc::clone(&running.gateway), hangups);
     match watch_shutdown_signals() {
         Some(first) => {
             let _ = first.await;

@@ -21,7 +21,7 @@ pub(crate) use handler::ConnInfo;
 pub(crate) use inspecting::{BodyBudget, BodyCap, Share};
 #[cfg(unix)]
 pub use signals::ShutdownSignals;
-pub use signals::{reload_on_sighup, shutdown_signal};
+pub use signals::{reload_on_sighup, shutdown_signal, Hangups};
 
 use crate::clock::Clock;
 use crate::config::Config;

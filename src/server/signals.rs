@@ -3,18 +3,38 @@
 use crate::gateway::Gateway;
 use std::sync::Arc;
 
+/// SIGHUP, taken over from its default action (which ends the process) as soon as
+/// `stackgate run` has a runtime: a reload asked for while the store loads (seconds
+/// with a million tokens, or while PostgreSQL is slow to answer) would otherwise kill
+/// the gateway, and systemd, which counts a death by SIGHUP as a clean exit, would not
+/// restart it (the forty-sixth outside probe). One that comes during start-up is
+/// answered by a reload once the gateway serves.
+pub struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    /// Registers now, on the current runtime.
+    pub fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Hangups(signal(SignalKind::hangup()).ok())
+        }
+        #[cfg(not(unix))]
+        Hangups()
+    }
+}
+
 /// SIGHUP re-reads the config file (same as `POST /reload` on the admin listener).
-pub fn reload_on_sighup(gw: Arc<Gateway>) {
+pub fn reload_on_sighup(gw: Arc<Gateway>, hangups: Hangups) {
     #[cfg(unix)]
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
+        let Some(mut hup) = hangups.0 else { return };
         while hup.recv().await.is_some() {
             let _ = gw.reload().await;
         }
     });
+    #[cfg(not(unix))]
+    let _ = (gw, hangups);
 }
 
 /// SIGINT and SIGTERM, registered once (none is missed between two waits): each
