@@ -62,7 +62,7 @@ pub(super) fn ignored_key_path(path: &serde_ignored::Path<'_>) -> String {
 }
 
 pub(super) fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
-    text.parse().map_err(|_| errs.push(path, format!("'{text}' is not an address such as \"127.0.0.1:8080\""))).ok()
+    text.parse().map_err(|_| errs.push(path, "not an address such as \"127.0.0.1:8080\" (the value is not shown)")).ok()
 }
 
 /// A size above zero (`default` when absent); an error is recorded under `path`.
@@ -147,7 +147,7 @@ pub(super) fn check_ident(value: &str, path: &str, errs: &mut ConfigErrors) {
         && value.len() <= 64
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !ok {
-        errs.push(path, format!("'{value}' must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-'"));
+        errs.push(path, "must be 1-64 characters of a-z, A-Z, 0-9, '_' or '-' (the value is not shown)");
     }
 }
 

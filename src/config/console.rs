@@ -44,11 +44,11 @@ pub(super) fn compile(raw: &RawConsole, admin_listen: Option<SocketAddr>, errs: 
     if !plain_segments {
         errs.push(
             "console.path",
-            format!("'{path}' must be '/' followed by segments of A-Z a-z 0-9 - _, without a trailing '/' (e.g. \"/console\")"),
+            "must be '/' followed by segments of A-Z a-z 0-9 - _, without a trailing '/' (e.g. \"/console\"; the value is not shown)",
         );
         ok = false;
     } else if let Some(r) = RESERVED.iter().find(|r| path == **r || path.starts_with(&format!("{r}/"))) {
-        errs.push("console.path", format!("'{path}' would shadow the admin endpoint {r}"));
+        errs.push("console.path", format!("would shadow the admin endpoint {r}"));
         ok = false;
     }
     if let Some(addr) = admin_listen {

@@ -77,7 +77,7 @@ pub fn compile(raw: &RawCors, errs: &mut ConfigErrors) -> Option<Cors> {
             .filter_map(|(i, m)| match m.parse::<Method>() {
                 Ok(method) if DEFAULT_METHODS.contains(&method.as_str()) => Some(method),
                 _ => {
-                    errs.push(format!("server.cors.allowed_methods[{i}]"), format!("'{m}' is not a CMA method"));
+                    errs.push(format!("server.cors.allowed_methods[{i}]"), "not a CMA method (the value is not shown)");
                     None
                 }
             })
@@ -118,7 +118,7 @@ fn origins(list: &[String], errs: &mut ConfigErrors) -> Origins {
         if !is_origin(o) {
             errs.push(
                 format!("server.cors.allowed_origins[{i}]"),
-                format!("'{o}' is not an origin (scheme://host[:port], no path)"),
+                "not an origin (scheme://host[:port], no path; the value is not shown)",
             );
         }
     }
@@ -144,7 +144,7 @@ fn names(list: Option<&[String]>, default: &[&str], key: &str, errs: &mut Config
         .filter_map(|(i, n)| match http::HeaderName::from_bytes(n.as_bytes()) {
             Ok(name) => Some(name.as_str().to_owned()),
             Err(_) => {
-                errs.push(format!("server.cors.{key}[{i}]"), format!("'{n}' is not a header name"));
+                errs.push(format!("server.cors.{key}[{i}]"), "not a header name (the value is not shown)");
                 None
             }
         })

@@ -23,8 +23,8 @@ pub(super) fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server>
     let user_sessions = match s.user_sessions.as_deref().unwrap_or("pass") {
         "pass" => Some(UserSessions::Pass),
         "deny" => Some(UserSessions::Deny),
-        other => {
-            errs.push("server.user_sessions", format!("'{other}' must be \"pass\" or \"deny\""));
+        _ => {
+            errs.push("server.user_sessions", "must be \"pass\" or \"deny\" (the value is not shown)");
             None
         }
     };
@@ -40,8 +40,9 @@ pub(super) fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server>
         (_, total) => total,
     };
     for (i, h) in s.hostnames.iter().enumerate() {
-        if h.parse::<Authority>().is_err() {
-            errs.push(format!("server.hostnames[{i}]"), format!("'{h}' is not a host[:port]"));
+        // `http` takes user info in an authority; a Host field never carries it.
+        if h.parse::<Authority>().is_err() || h.contains('@') {
+            errs.push(format!("server.hostnames[{i}]"), "not a host[:port] (the value is not shown)");
         }
     }
     let limits = limits(s, errs);
@@ -234,8 +235,8 @@ pub(super) fn ratelimit(r: &RawRateLimit, env: Env<'_>, errs: &mut ConfigErrors)
         "open" => Some(FailMode::Open),
         "closed" => Some(FailMode::Closed),
         "local" => Some(FailMode::Local),
-        other => {
-            errs.push("ratelimit.fail_mode", format!("'{other}' must be \"open\", \"closed\" or \"local\""));
+        _ => {
+            errs.push("ratelimit.fail_mode", "must be \"open\", \"closed\" or \"local\" (the value is not shown)");
             None
         }
     };
@@ -269,8 +270,8 @@ pub(super) fn ratelimit(r: &RawRateLimit, env: Env<'_>, errs: &mut ConfigErrors)
                 }),
             })
         }
-        other => {
-            errs.push("ratelimit.backend", format!("'{other}' must be \"local\" or \"redis\""));
+        _ => {
+            errs.push("ratelimit.backend", "must be \"local\" or \"redis\" (the value is not shown)");
             None
         }
     }
@@ -424,13 +425,13 @@ pub(super) fn smtp_auth(s: &super::raw::RawSmtp, env: Env<'_>, errs: &mut Config
 pub(super) fn smtp(s: &super::raw::RawSmtp, env: Env<'_>, errs: &mut ConfigErrors) -> Option<Smtp> {
     let relay = s.relay.rsplit_once(':').and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)));
     if relay.is_none() {
-        errs.push("notify.smtp.relay", format!("'{}' must be host:port", s.relay));
+        errs.push("notify.smtp.relay", "must be host:port (the value is not shown)");
     }
     let mut ok = relay.is_some();
     for (i, addr) in std::iter::once(&s.from).chain(s.to.iter().flatten()).enumerate() {
         if addr.parse::<lettre::message::Mailbox>().is_err() {
             let path = if i == 0 { "notify.smtp.from".to_owned() } else { format!("notify.smtp.to[{}]", i - 1) };
-            errs.push(path, format!("'{addr}' is not an e-mail address"));
+            errs.push(path, "not an e-mail address (the value is not shown)");
             ok = false;
         }
     }

@@ -140,6 +140,46 @@ fn toml_errors_name_the_place_not_the_text() {
     }
 }
 
+/// Found by the forty-sixth outside probe: a value in the wrong field was repeated by
+/// its error (`check`'s output, `/reload`'s answer and the log): an SMTP password in
+/// `relay`, a webhook URL in a duration, a Redis URL in `trusted_proxies`, an authtoken
+/// as a role. An error names the field and what it takes, never the value it refused;
+/// values that identify an entry (a duplicate uid) are shown only as identifiers.
+#[test]
+fn a_refused_value_is_never_repeated() {
+    let stack = "[[organizations]]\nuid = \"o\"\n[[users]]\nuid = \"alice\"\nemail = \"a@example.com\"\n\
+                 authtoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000001\"\n";
+    let cases = [
+        ("[server]\nhostnames = [\"u:HOSTSECRET@h\"]\n".to_owned(), "server.hostnames[0]"),
+        ("[server]\ntrusted_proxies = [\"redis://:TRUSTSECRET@h\"]\n".to_owned(), "server.trusted_proxies[0]"),
+        ("[server]\nuser_sessions = \"SESSSECRET\"\n".to_owned(), "server.user_sessions"),
+        ("[server]\nlisten = \"u:LISTENSECRET@h\"\n".to_owned(), "server.listen"),
+        ("[server.cors]\nallowed_origins = [\"https://u:CORSSECRET@h\"]\n".to_owned(), "server.cors.allowed_origins[0]"),
+        ("[ratelimit]\ntimeout = \"rediss://:KPSECRET_Q9@h\"\n".to_owned(), "ratelimit.timeout"),
+        ("[ratelimit]\nfail_mode = \"FAILSECRET\"\n".to_owned(), "ratelimit.fail_mode"),
+        ("[notify]\nbefore = \"https://hooks.slack.com/services/T0/B0/SLACKSECRET\"\n".to_owned(), "notify.before"),
+        (
+            "[notify]\nsmtp = { relay = \"smtpuser:SMTPPASS_VVV111@smtp.example.com\", from = \"a@example.com\" }\n"
+                .to_owned(),
+            "notify.smtp.relay",
+        ),
+        (
+            "[notify]\nsmtp = { relay = \"h:25\", from = \"smtp://u:FROMSECRET@h\" }\n".to_owned(),
+            "notify.smtp.from",
+        ),
+        (format!("{stack}[[stacks]]\napi_key = \"k\"\norganization = \"ORG:SECRET@x\"\n"), "stacks[0].organization"),
+        (
+            format!("{stack}[[stacks]]\napi_key = \"k\"\norganization = \"o\"\nmembers = {{ alice = \"blt0123ROLESECRET\" }}\n"),
+            "stacks[0].members.alice",
+        ),
+    ];
+    for (extra, path) in cases {
+        let bad = errors(&extra);
+        assert!(bad.iter().any(|e| e.starts_with(&format!("{path}: "))), "{path}: {bad:?}");
+        assert!(!bad.iter().any(|e| e.contains("SECRET") || e.contains("SMTPPASS")), "{path}: {bad:?}");
+    }
+}
+
 #[test]
 fn unknown_keys_are_named_only_when_they_read_as_names() {
     let bad = errors(

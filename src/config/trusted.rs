@@ -80,7 +80,10 @@ pub fn compile(list: &[String], errs: &mut ConfigErrors) -> Vec<Cidr> {
         .filter_map(|(i, text)| {
             let cidr = Cidr::parse(text);
             if cidr.is_none() {
-                errs.push(format!("server.trusted_proxies[{i}]"), format!("'{text}' is not an address or CIDR block"));
+                errs.push(
+                    format!("server.trusted_proxies[{i}]"),
+                    "not an address or CIDR block (the value is not shown)",
+                );
             }
             cidr
         })

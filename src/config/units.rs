@@ -4,12 +4,13 @@ use std::time::Duration;
 
 /// Parses a duration such as `"250ms"`, `"30s"` or `"7d"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|_| format!("'{text}' is not a duration (e.g. \"2s\", \"7d\")"))
+    humantime::parse_duration(text)
+        .map_err(|_| "not a duration (e.g. \"2s\", \"7d\"; the value is not shown)".to_owned())
 }
 
 /// Parses a byte size: a plain number or a number with B, KB, KiB, MB, MiB, GB, GiB.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let err = || format!("'{text}' is not a size (e.g. \"1MiB\", \"512KiB\", \"1000\")");
+    let err = || "not a size (e.g. \"1MiB\", \"512KiB\", \"1000\"; the value is not shown)".to_owned();
     let trimmed = text.trim();
     let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
