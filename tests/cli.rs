@@ -159,3 +159,30 @@ async fn operator_cli_reaches_a_tls_gateway() {
     assert!(stderr.to_ascii_lowercase().contains("certificate"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Found by the forty-sixth outside probe: `--url` with user info was printed whole in
+/// "cannot reach ..." (its password with it), one with a query got the API path added
+/// after the query, and a newline in the authtoken was reported as a bad `--url`. Such
+/// a `--url` is refused without being repeated; a bad authtoken is named as such.
+#[test]
+fn a_bad_url_or_authtoken_is_named_not_repeated() {
+    for url in [
+        "http://cliuser:CLIURLPASS_123@127.0.0.1:9/",
+        "http://127.0.0.1:9/?k=CLIQUERYKEY",
+        "http://127.0.0.1:9/#CLIFRAGMENT",
+        "ftp://127.0.0.1:9",
+        "127.0.0.1:9",
+    ] {
+        let out = token_cmd(url, &["list"], Some("authtoken-1"));
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{url}: {said}");
+        assert!(said.contains("--url must be http(s)://host[:port][/prefix]"), "{url}: {said}");
+        for secret in ["CLIURLPASS_123", "CLIQUERYKEY", "CLIFRAGMENT"] {
+            assert!(!said.contains(secret), "{url}: {said}");
+        }
+    }
+    let out = token_cmd("http://127.0.0.1:9", &["list"], Some("line-one\nline-two"));
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && said.contains("STACKGATE_AUTHTOKEN holds a character"), "{said}");
+    assert!(!said.contains("line-one"), "{said}");
+}

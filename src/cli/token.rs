@@ -160,7 +160,7 @@ impl Fields {
 /// Runs a `token` subcommand.
 pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     let authtoken = std::env::var(AUTHTOKEN_ENV).map_err(|_| anyhow!("set {AUTHTOKEN_ENV} to your authtoken"))?;
-    let base = format!("{}/v3/stacks/management_tokens", args.url.trim_end_matches('/'));
+    let base = format!("{}/v3/stacks/management_tokens", base_url(&args.url)?);
     let (method, url, body) = match &args.action {
         Action::Create(f) => (Method::POST, base, Some(f.to_body(true)?)),
         Action::List => (Method::GET, base, None),
@@ -210,6 +210,19 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--url` as the base the API paths are added to: `http(s)://host[:port][/prefix]`.
+/// Refused without echoing it when it holds user info (a password, which would not be
+/// sent: the gateway takes the authtoken) or a query or fragment (the paths would land
+/// after them), so that no error message repeats a credential.
+fn base_url(url: &str) -> anyhow::Result<&str> {
+    let refused = || anyhow!("--url must be http(s)://host[:port][/prefix], without user info, a query or a fragment");
+    let uri: http::Uri = url.parse().map_err(|_| refused())?;
+    let usable = matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+        && !url.contains(['?', '#']);
+    usable.then(|| url.trim_end_matches('/')).ok_or_else(refused)
+}
+
 /// The TLS settings for `url`: the CAs of `--cacert`, else the system roots for an https
 /// URL. A plain-http URL without `--cacert` loads no roots, so a machine without any
 /// still reaches a local http gateway.
@@ -234,6 +247,11 @@ async fn call(
     let connector =
         hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
     let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    // Checked one by one, so that the message names what is wrong (never its value).
+    let field = |value: &str, what: &str| {
+        http::HeaderValue::from_str(value).map_err(|_| anyhow!("{what} holds a character a header cannot carry"))
+    };
+    let (api_key, authtoken) = (field(api_key, "--api-key")?, field(authtoken, AUTHTOKEN_ENV)?);
     let req = Request::builder()
         .method(method)
         .uri(url)
