@@ -247,8 +247,12 @@ impl Snapshot {
         self.tokens.values().filter(|t| &*t.stack.api_key == api_key).map(|t| (&*t.uid, &t.usage)).collect()
     }
 
+    /// Tokens, not secrets: a regenerated token's previous secret, kept for its grace
+    /// period, is an index entry of its own but no token more (the forty-sixth outside
+    /// probe saw `stackgate_tokens_loaded` count it). A scan, as a change's copy of the
+    /// index is: on swaps, never per request.
     pub fn token_count(&self) -> usize {
-        self.tokens.len()
+        self.tokens.values().filter(|t| t.retires_at.is_none()).count()
     }
 
     /// The stacks holding more tokens (static and stored, each uid once) than their
@@ -613,6 +617,36 @@ mod tests {
 
     fn grants(s: &Snapshot, uid: &str) -> Arc<Grants> {
         Arc::clone(&s.token(&hash_secret(format!("cs{uid:0>32}").as_bytes())).unwrap().grants)
+    }
+
+    /// A token whose previous secret is kept for a grace period is counted once.
+    #[test]
+    fn a_regenerated_token_is_counted_once() {
+        let config = config();
+        let scope = config.stacks[0].tokens[0].scope.clone();
+        let stored = crate::token::TokenRecord {
+            uid: "d".into(),
+            stack: "k".into(),
+            name: "d".into(),
+            description: String::new(),
+            secret_sha256: hash_secret(b"csnew"),
+            scope,
+            expires_on: None,
+            is_email_notification_enabled: false,
+            rate_limit: None,
+            created_by: String::new(),
+            updated_by: String::new(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            expiry_notified_at: None,
+            enabled: true,
+            previous_secret: Some(crate::token::PreviousSecret { sha256: hash_secret(b"csold"), until: i64::MAX }),
+            origin: crate::token::Origin::Store,
+        };
+        let upstream = crate::proxy::UpstreamClient::new(&config.upstream).unwrap();
+        let s = Snapshot::build(Arc::new(config), &[stored], None, &RateClock::fake(), upstream);
+        assert!(s.token(&hash_secret(b"csold")).is_some() && s.token(&hash_secret(b"csnew")).is_some());
+        assert_eq!(s.token_count(), 4, "a, b, c and d, whose two secrets are one token");
     }
 
     /// Tokens with the same scope hold one copy of its grants, and a rebuild keeps it.
