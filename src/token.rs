@@ -111,7 +111,7 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     if stack.has_branch(b) {
                         branches.push(b.as_str().into());
                     } else if strict {
-                        err("branches", format!("branch '{b}' does not exist in this stack."));
+                        err("branches", "names a branch that does not exist in this stack.".to_owned());
                     } else {
                         lost = true;
                     }
@@ -129,7 +129,7 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     if stack.has_alias(a) {
                         aliases.push(a.as_str().into());
                     } else if strict {
-                        err("branch_aliases", format!("alias '{a}' does not exist in this stack."));
+                        err("branch_aliases", "names an alias that does not exist in this stack.".to_owned());
                     } else {
                         lost = true;
                     }
@@ -148,7 +148,7 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     set.insert(m);
                     grant(&mut grants, set, entry.acl);
                 }
-                None => err("module", format!("unknown module '{name}'.")),
+                None => err("module", "unknown module.".to_owned()),
             },
         }
     }

@@ -172,6 +172,9 @@ fn a_bad_url_or_authtoken_is_named_not_repeated() {
         "http://127.0.0.1:9/#CLIFRAGMENT",
         "ftp://127.0.0.1:9",
         "127.0.0.1:9",
+        // Ports `http` reads as none, which the client would dial as 80 (the review).
+        "http://127.0.0.1:99999",
+        "http://[::1]8080",
     ] {
         let out = token_cmd(url, &["list"], Some("authtoken-1"));
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -218,7 +218,7 @@ fn base_url(url: &str) -> anyhow::Result<&str> {
     let refused = || anyhow!("--url must be http(s)://host[:port][/prefix], without user info, a query or a fragment");
     let uri: http::Uri = url.parse().map_err(|_| refused())?;
     let usable = matches!(uri.scheme_str(), Some("http" | "https"))
-        && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+        && uri.authority().is_some_and(|a| crate::config::host_and_port(a.as_str()))
         && !url.contains(['?', '#']);
     usable.then(|| url.trim_end_matches('/')).ok_or_else(refused)
 }

@@ -32,6 +32,29 @@ pub(super) fn reads_as_name(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// An environment variable's name as an error shows it: as written when it reads as
+/// one (1-64 of `A-Z`, `a-z`, `0-9`, `_`), else withheld: a value pasted where its
+/// name belongs (`url_env = "postgres://u:pw@db"`) would be repeated.
+pub(super) fn env_name(var: &str) -> &str {
+    let name = (1..=64).contains(&var.len()) && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if name {
+        var
+    } else {
+        "(a name not shown: it does not read as one)"
+    }
+}
+
+/// A key of the user's own (a member's uid, an alias) as an error's path shows it: as
+/// written when it reads as a name ([`reads_as_name`]), else `(a key not shown)`, for
+/// the reason [`ignored_key_path`] gives.
+pub(super) fn shown_key(key: &str) -> &str {
+    if reads_as_name(key) {
+        key
+    } else {
+        "(a key not shown)"
+    }
+}
+
 /// An ignored key's place as the errors name it (`stacks[1].tokens[0].extra`), from
 /// serde_ignored's path. A key is shown only when it reads as a name: at most 40 of
 /// letters, digits, `_` and `-`, no more than 4 of them digits (every key the config
@@ -59,6 +82,27 @@ pub(super) fn ignored_key_path(path: &serde_ignored::Path<'_>) -> String {
             ignored_key_path(parent)
         }
     }
+}
+
+/// Whether an authority (`host[:port]`, an IPv6 host bracketed) names something a
+/// connection can be made to: a host, and a port of 1 to 65535 if one is stated (empty
+/// means the default). `http` parses `127.0.0.1:s3cr3t`, `[s3cr3t]`, `u:pw@h`,
+/// `h:99999` and `[::1]8080` as authorities, and reads a port it cannot parse as none,
+/// so a client built on it dials the default port instead (the forty-sixth outside
+/// probe: an upstream on `:4901099` was sent port 80's way).
+pub(crate) fn host_and_port(text: &str) -> bool {
+    let (host_ok, port) = match text.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
+        Some((v6, "")) => (v6.parse::<std::net::Ipv6Addr>().is_ok(), None),
+        Some((v6, after)) => (v6.parse::<std::net::Ipv6Addr>().is_ok(), Some(after.strip_prefix(':').unwrap_or("x"))),
+        None if text.starts_with('[') => (false, None),
+        None => match text.rsplit_once(':') {
+            Some((host, port)) => (!host.is_empty() && !host.contains([']', ':', '@']), Some(port)),
+            None => (!text.is_empty() && !text.contains([']', '@']), None),
+        },
+    };
+    let port_ok =
+        |p: &str| p.is_empty() || (p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n != 0));
+    host_ok && port.is_none_or(port_ok)
 }
 
 pub(super) fn socket(text: &str, path: &str, errs: &mut ConfigErrors) -> Option<SocketAddr> {
@@ -122,7 +166,7 @@ pub(super) fn url_setting(
         (None, Some(var)) => match env(var) {
             Some(url) if !url.is_empty() => Some(Some(Secret(url))),
             _ => {
-                errs.push(format!("{section}.url_env"), format!("environment variable {var} is not set"));
+                errs.push(format!("{section}.url_env"), format!("environment variable {} is not set", env_name(var)));
                 None
             }
         },

@@ -39,18 +39,3 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-/// A value an error names to say which entry it means (a duplicate uid, an unknown
-/// organisation): quoted when it reads as an identifier (1-64 of a-z, A-Z, 0-9, `_`,
-/// `-`, `.`), which is what such a field holds; anything else may be a secret pasted
-/// in the wrong place (a webhook URL with its key, a password) and is withheld, as
-/// every other error withholds the value it refuses: the error names its path.
-pub(super) fn shown(value: &str) -> String {
-    let ident = !value.is_empty()
-        && value.len() <= 64
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    match ident {
-        true => format!("'{value}'"),
-        false => "(a value not shown)".to_owned(),
-    }
-}

@@ -17,6 +17,7 @@ pub mod trusted;
 pub mod types;
 mod units;
 
+pub(crate) use checks::host_and_port;
 pub use compile::compile;
 pub use errors::{ConfigError, ConfigErrors};
 pub use types::{

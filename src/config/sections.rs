@@ -41,7 +41,7 @@ pub(super) fn server(raw: &RawConfig, errs: &mut ConfigErrors) -> Option<Server>
     };
     for (i, h) in s.hostnames.iter().enumerate() {
         // `http` takes user info in an authority; a Host field never carries it.
-        if h.parse::<Authority>().is_err() || h.contains('@') {
+        if h.parse::<Authority>().is_err() || !host_and_port(h) {
             errs.push(format!("server.hostnames[{i}]"), "not a host[:port] (the value is not shown)");
         }
     }
@@ -92,25 +92,11 @@ pub(super) fn limits(s: &super::raw::RawServer, errs: &mut ConfigErrors) -> Opti
     })
 }
 
-/// Whether an authority's port, if it states one, is one a connection can be made to:
-/// digits from 1 to 65535 after the host (an IPv6 host is bracketed).
-fn port_is_usable(authority: &Authority) -> bool {
-    let text = authority.as_str();
-    let after_host = text.rfind(']').map_or(text, |end| &text[end + 1..]);
-    match after_host.rsplit_once(':') {
-        None => true,
-        Some((_, port)) => port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0),
-    }
-}
-
 pub(super) fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstream> {
-    // A URL with user info may hold a password, and a query a token: neither is echoed.
-    let shown = match u.url.split_once(['?', '#']) {
-        _ if u.url.contains('@') => "the URL".to_owned(),
-        Some((base, _)) => format!("{base}?..."),
-        None => u.url.clone(),
-    };
-    let uri: Option<Uri> = u.url.parse().map_err(|_| errs.push("upstream.url", format!("'{shown}' is not a URL"))).ok();
+    // The URL is never repeated: it may hold a password or a key (the errors say what
+    // is wrong with it).
+    let uri: Option<Uri> =
+        u.url.parse().map_err(|_| errs.push("upstream.url", "not a URL (the value is not shown)")).ok();
     let parts = uri.and_then(|uri| {
         let scheme = uri.scheme().cloned();
         let authority = uri.authority().cloned();
@@ -125,18 +111,24 @@ pub(super) fn upstream(u: &RawUpstream, errs: &mut ConfigErrors) -> Option<Upstr
             // The base path is prefixed to every forwarded path as it is: a dot or empty
             // segment would reach the backend literally (`/a/../b/v3/...`).
             _ if path.split('/').skip(1).any(|seg| seg.is_empty() || seg == "." || seg == "..") => {
-                errs.push("upstream.url", format!("'{shown}': its path must not hold empty, `.` or `..` segments"));
+                errs.push(
+                    "upstream.url",
+                    "its path must not hold empty, `.` or `..` segments (the value is not shown)",
+                );
                 None
             }
             // `http` reads a port it cannot parse (`:4901099`) as none, and the default
             // port would be dialled instead (the forty-sixth outside probe: port 80).
-            (Some(_), Some(a)) if !port_is_usable(&a) => {
-                errs.push("upstream.url", format!("'{shown}': its port must be a number from 1 to 65535"));
+            (Some(_), Some(a)) if !is_host_and_port(&a) => {
+                errs.push(
+                    "upstream.url",
+                    "its host or port is not one a connection can be made to (the port must be 1 to 65535)",
+                );
                 None
             }
             (Some(s), Some(a)) if s == Scheme::HTTP || s == Scheme::HTTPS => Some((s, a, path.to_owned())),
             _ => {
-                errs.push("upstream.url", format!("'{shown}' must be an absolute http:// or https:// URL"));
+                errs.push("upstream.url", "must be an absolute http:// or https:// URL (the value is not shown)");
                 None
             }
         }
@@ -337,19 +329,9 @@ pub(super) fn redis_nodes(
     Some((urls, cluster, ca_file))
 }
 
-/// Whether an authority is a host and, if any, a port number: `http` parses
-/// `127.0.0.1:s3cr3t` and `[s3cr3t]` as authorities, which name nothing to connect to.
+/// Whether an authority names something to connect to (see `checks::host_and_port`).
 fn is_host_and_port(authority: &http::uri::Authority) -> bool {
-    let text = authority.as_str();
-    let (host_ok, port) = match text.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
-        Some((v6, after)) => (v6.parse::<std::net::Ipv6Addr>().is_ok(), after.strip_prefix(':').or(Some(after))),
-        None if text.starts_with('[') => (false, None),
-        None => match text.rsplit_once(':') {
-            Some((host, port)) => (!host.is_empty() && !host.contains([']', ':']), Some(port)),
-            None => (!text.is_empty() && !text.contains(']'), None),
-        },
-    };
-    host_ok && port.is_none_or(|p| p.is_empty() || p.parse::<u16>().is_ok())
+    host_and_port(authority.as_str())
 }
 
 pub(super) fn notify(raw: &RawConfig, env: Env<'_>, errs: &mut ConfigErrors) -> Option<Notify> {
@@ -410,7 +392,7 @@ pub(super) fn smtp_auth(s: &super::raw::RawSmtp, env: Env<'_>, errs: &mut Config
             let password = match env(var).ok_or(()) {
                 Ok(p) if !p.is_empty() => Some(Secret(p)),
                 _ => {
-                    errs.push("notify.smtp.password_env", format!("environment variable {var} is not set"));
+                    errs.push("notify.smtp.password_env", format!("environment variable {} is not set", env_name(var)));
                     None
                 }
             };
@@ -423,7 +405,13 @@ pub(super) fn smtp_auth(s: &super::raw::RawSmtp, env: Env<'_>, errs: &mut Config
 }
 
 pub(super) fn smtp(s: &super::raw::RawSmtp, env: Env<'_>, errs: &mut ConfigErrors) -> Option<Smtp> {
-    let relay = s.relay.rsplit_once(':').and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)));
+    // A host (no user info: a relay's credentials go in `username` and `password_env`)
+    // and a port.
+    let relay = s
+        .relay
+        .rsplit_once(':')
+        .filter(|(h, p)| !p.is_empty() && host_and_port(&s.relay) && !h.is_empty())
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)));
     if relay.is_none() {
         errs.push("notify.smtp.relay", "must be host:port (the value is not shown)");
     }

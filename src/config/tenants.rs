@@ -2,7 +2,7 @@
 //! config file declares.
 
 use super::checks::*;
-use super::errors::{shown, ConfigErrors};
+use super::errors::ConfigErrors;
 use super::raw::{RawOrganization, RawStack, RawToken, RawUser};
 use super::types::*;
 use crate::token::{compile_scope, parse_digest, parse_expiry, BranchCatalog, Origin, TokenRecord};
@@ -15,7 +15,7 @@ pub(super) fn organizations(raw: &[RawOrganization], errs: &mut ConfigErrors) ->
         .map(|(i, o)| {
             let p = |k: &str| format!("organizations[{i}].{k}");
             if !seen.insert(o.uid.as_str()) {
-                errs.push(p("uid"), format!("duplicate organization uid {}", shown(&o.uid)));
+                errs.push(p("uid"), "duplicate organization uid");
             }
             check_ident(&o.uid, &p("uid"), errs);
             // No default: an absent burst means "the rate" (decided per bucket).
@@ -44,7 +44,7 @@ pub(super) fn users(raw: &[RawUser], errs: &mut ConfigErrors) -> Vec<User> {
             let p = |k: &str| format!("users[{i}].{k}");
             check_ident(&u.uid, &p("uid"), errs);
             if !uids.insert(u.uid.as_str()) {
-                errs.push(p("uid"), format!("duplicate user uid {}", shown(&u.uid)));
+                errs.push(p("uid"), "duplicate user uid");
             }
             let Some(hash) = parse_digest(&u.authtoken_sha256) else {
                 errs.push(p("authtoken_sha256"), "must be 64 hex characters (SHA-256 of the authtoken)");
@@ -68,11 +68,11 @@ pub(super) fn stacks(raw: &[RawStack], orgs: &[Organization], users: &[User], er
         let p = |k: &str| format!("stacks[{i}].{k}");
         check_ident(&s.api_key, &p("api_key"), errs);
         if !api_keys.insert(s.api_key.as_str()) {
-            errs.push(p("api_key"), format!("duplicate api_key {}", shown(&s.api_key)));
+            errs.push(p("api_key"), "duplicate api_key");
         }
         let org = orgs.get(s.organization.as_str()).copied();
         if org.is_none() {
-            errs.push(p("organization"), format!("unknown organization {}", shown(&s.organization)));
+            errs.push(p("organization"), "unknown organization (the value is not shown)");
         }
         let mut stack = Stack {
             api_key: s.api_key.clone(),
@@ -85,23 +85,21 @@ pub(super) fn stacks(raw: &[RawStack], orgs: &[Organization], users: &[User], er
         };
         branches(&stack, i, errs);
         for (uid, role) in &s.members {
+            let at = || p(&format!("members.{}", shown_key(uid)));
             if !users.iter().any(|u| &u.uid == uid) {
-                errs.push(p(&format!("members.{uid}")), format!("unknown user {}", shown(uid)));
+                errs.push(at(), "unknown user");
             }
             match Role::parse(role) {
                 Some(r) => {
                     stack.members.insert(uid.clone(), r);
                 }
-                None => errs.push(
-                    p(&format!("members.{uid}")),
-                    "must be owner, admin, developer or content_manager (the value is not shown)",
-                ),
+                None => errs.push(at(), "must be owner, admin, developer or content_manager (the value is not shown)"),
             }
         }
         for (j, t) in s.tokens.iter().enumerate() {
             let tp = format!("stacks[{i}].tokens[{j}]");
             if !token_uids.insert(t.uid.as_str()) {
-                errs.push(format!("{tp}.uid"), format!("duplicate token uid {}", shown(&t.uid)));
+                errs.push(format!("{tp}.uid"), "duplicate token uid");
             }
             if let Some(rec) = token(t, &stack, org, &tp, errs) {
                 // Unique within the stack, as the token API keeps names.
@@ -132,20 +130,20 @@ pub(super) fn branches(stack: &Stack, i: usize, errs: &mut ConfigErrors) {
     for (j, b) in stack.branches.iter().enumerate() {
         check_ident(b, &format!("stacks[{i}].branches[{j}]"), errs);
         if !seen.insert(b.as_str()) {
-            errs.push(format!("stacks[{i}].branches[{j}]"), format!("duplicate branch {}", shown(b)));
+            errs.push(format!("stacks[{i}].branches[{j}]"), "duplicate branch");
         }
     }
     if !stack.has_branch("main") {
         errs.push(format!("stacks[{i}].branches"), "must include \"main\" (the default branch)");
     }
     for (alias, target) in &stack.aliases {
-        let p = format!("stacks[{i}].aliases.{alias}");
+        let p = format!("stacks[{i}].aliases.{}", shown_key(alias));
         check_ident(alias, &p, errs);
         if stack.has_branch(alias) {
-            errs.push(p.as_str(), format!("alias {} has the name of a branch", shown(alias)));
+            errs.push(p.as_str(), "an alias has the name of a branch");
         }
         if !stack.has_branch(target) {
-            errs.push(p.as_str(), format!("alias points at unknown branch {}", shown(target)));
+            errs.push(p.as_str(), "alias points at an unknown branch (the value is not shown)");
         }
     }
 }

@@ -173,8 +173,39 @@ fn a_refused_value_is_never_repeated() {
             "stacks[0].members.alice",
         ),
     ];
-    for (extra, path) in cases {
-        let bad = errors(&extra);
+    let stack_with = |extra: &str| {
+        format!("{stack}[[stacks]]\napi_key = \"k\"\norganization = \"o\"\nbranches = [\"main\"]\n{extra}")
+    };
+    let more = [
+        (
+            "[notify]\nsmtp = { relay = \"user:SMTPPASS@smtp.example.com:587\", from = \"a@example.com\" }\n"
+                .to_owned(),
+            "notify.smtp.relay",
+        ),
+        ("[upstream]\nurl = \"my SECRET\"\n".to_owned(), "upstream.url"),
+        ("[store]\nurl_env = \"postgres://u:ENVSECRET@db/x\"\n".to_owned(), "store.url_env"),
+        (stack_with("aliases = { \"u:ALIASSECRET@h\" = \"main\" }\n"), "stacks[0].aliases.(a key not shown)"),
+        (stack_with("members = { \"u:MEMBERSECRET@h\" = \"owner\" }\n"), "stacks[0].members.(a key not shown)"),
+        (
+            stack_with(&format!(
+                "[[stacks.tokens]]\nuid = \"t\"\nname = \"t\"\nsecret_sha256 = \"{}\"\n\
+                 scope = [{{ module = \"https://hooks.example/MODSECRET\", acl = {{ read = true }} }}, \
+                 {{ module = \"branch\", branches = [\"BRANCHSECRET\"] }}]\n",
+                "1".repeat(64)
+            )),
+            "stacks[0].tokens[0].scope[0].module",
+        ),
+    ];
+    for (extra, path) in cases.into_iter().chain(more) {
+        let text = if extra.starts_with("[upstream]") {
+            extra.clone()
+        } else {
+            format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{extra}")
+        };
+        let bad = match crate::config::from_str(&text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>(),
+        };
         assert!(bad.iter().any(|e| e.starts_with(&format!("{path}: "))), "{path}: {bad:?}");
         assert!(!bad.iter().any(|e| e.contains("SECRET") || e.contains("SMTPPASS")), "{path}: {bad:?}");
     }
@@ -357,14 +388,16 @@ fn upstream_urls_and_listen_addresses_that_cannot_work_are_refused() {
         "http://127.0.0.1:65536",
         "https://h:0",
         "http://[::1]:99999",
-        "http://h:/",
+        "http://[::1]8080",
+        "http://127.0.0.1:+80",
     ] {
         let bad = compiled(&format!("[upstream]\nurl = \"{url}\"\n"));
         assert!(bad.iter().any(|e| e.starts_with("upstream.url: ")), "{url}: {bad:?}");
         assert!(!bad.iter().any(|e| e.contains("s3cret")), "{url}: the password was echoed: {bad:?}");
     }
     assert!(compiled("[upstream]\nurl = \"http://127.0.0.1:9/api/v1/\"\n").is_empty());
-    for good in ["http://127.0.0.1:65535", "https://[::1]:8443/v", "http://[::1]", "https://cma.example"] {
+    for good in ["http://127.0.0.1:65535", "https://[::1]:8443/v", "http://[::1]", "https://cma.example", "http://h:/"]
+    {
         assert!(compiled(&format!("[upstream]\nurl = \"{good}\"\n")).is_empty(), "{good}");
     }
     let same = "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n";
