@@ -90,15 +90,19 @@ pub fn is_session_credential(name: &[u8]) -> bool {
     if name.len() < 5 || !matches!(name.first().map(u8::to_ascii_lowercase), Some(b'a' | b's' | b't' | b'x')) {
         return false;
     }
-    let mut read = [0u8; LONGEST];
+    let mut buf = [0u8; LONGEST];
+    let Some(read) = letters_and_digits(name, &mut buf) else { return false };
+    READ.contains(&read) && !(read == b"authorization" && name.eq_ignore_ascii_case(AUTHORIZATION.as_bytes()))
+}
+
+/// A name's letters and digits in lower case, in `buf`; `None` when they do not fit.
+fn letters_and_digits<'a>(name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
     let mut len = 0;
     for &b in name.iter().filter(|b| b.is_ascii_alphanumeric()) {
-        let Some(slot) = read.get_mut(len) else { return false };
-        *slot = b.to_ascii_lowercase();
+        *buf.get_mut(len)? = b.to_ascii_lowercase();
         len += 1;
     }
-    let read = read.get(..len).unwrap_or_default();
-    READ.contains(&read) && !(read == b"authorization" && name.eq_ignore_ascii_case(AUTHORIZATION.as_bytes()))
+    buf.get(..len)
 }
 
 /// Whether a field name (or a query key) may tell one user's session from another's to
@@ -122,15 +126,9 @@ pub fn may_tell_sessions_apart(name: &[u8]) -> bool {
     if said_by_word {
         return true;
     }
-    let mut read = [0u8; LONGEST];
-    let mut len = 0;
-    for &b in name.iter().filter(|b| b.is_ascii_alphanumeric()) {
-        // Longer names are rare and taken as they may be: wide, as said above.
-        let Some(slot) = read.get_mut(len) else { return true };
-        *slot = b.to_ascii_lowercase();
-        len += 1;
-    }
-    let read = read.get(..len).unwrap_or_default();
+    let mut buf = [0u8; LONGEST];
+    // Longer names are rare and taken as they may be: wide, as said above.
+    let Some(read) = letters_and_digits(name, &mut buf) else { return true };
     HELD.iter().any(|held| read.windows(held.len()).any(|w| w == *held))
 }
 
