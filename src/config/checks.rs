@@ -92,8 +92,11 @@ pub(super) fn ignored_key_path(path: &serde_ignored::Path<'_>) -> String {
 /// probe: an upstream on `:4901099` was sent port 80's way).
 pub(crate) fn host_and_port(text: &str) -> bool {
     let (host_ok, port) = match text.strip_prefix('[').and_then(|rest| rest.split_once(']')) {
-        Some((v6, "")) => (v6.parse::<std::net::Ipv6Addr>().is_ok(), None),
-        Some((v6, after)) => (v6.parse::<std::net::Ipv6Addr>().is_ok(), Some(after.strip_prefix(':').unwrap_or("x"))),
+        // After the brackets: nothing, or `:` and the port.
+        Some((v6, after)) => {
+            let port = after.strip_prefix(':');
+            (v6.parse::<std::net::Ipv6Addr>().is_ok() && (after.is_empty() || port.is_some()), port)
+        }
         None if text.starts_with('[') => (false, None),
         None => match text.rsplit_once(':') {
             Some((host, port)) => (!host.is_empty() && !host.contains([']', ':', '@']), Some(port)),

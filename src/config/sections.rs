@@ -410,7 +410,7 @@ pub(super) fn smtp(s: &super::raw::RawSmtp, env: Env<'_>, errs: &mut ConfigError
     let relay = s
         .relay
         .rsplit_once(':')
-        .filter(|(h, p)| !p.is_empty() && host_and_port(&s.relay) && !h.is_empty())
+        .filter(|_| host_and_port(&s.relay))
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)));
     if relay.is_none() {
         errs.push("notify.smtp.relay", "must be host:port (the value is not shown)");

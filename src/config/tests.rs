@@ -144,7 +144,8 @@ fn toml_errors_name_the_place_not_the_text() {
 /// its error (`check`'s output, `/reload`'s answer and the log): an SMTP password in
 /// `relay`, a webhook URL in a duration, a Redis URL in `trusted_proxies`, an authtoken
 /// as a role. An error names the field and what it takes, never the value it refused;
-/// values that identify an entry (a duplicate uid) are shown only as identifiers.
+/// a duplicate or unknown entry is named by its path, a key in a path only when it reads
+/// as a name.
 #[test]
 fn a_refused_value_is_never_repeated() {
     let stack = "[[organizations]]\nuid = \"o\"\n[[users]]\nuid = \"alice\"\nemail = \"a@example.com\"\n\
