@@ -507,3 +507,53 @@ fn a_sighup_during_start_up_does_not_end_the_gateway() {
     drop(silent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Under a `Type=notify` service manager (deploy/systemd), `stackgate run` sends
+/// `READY=1` to `NOTIFY_SOCKET`, a path or an abstract `@name`, once it serves (before
+/// it, systemd would count the service as started while the store loads, and a reload
+/// or a dependent unit would race start-up), and `STOPPING=1` when SIGTERM begins the
+/// drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_manager_is_told_when_the_gateway_serves_and_when_it_stops() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let backend = Backend::start().await;
+    let dir = temp_dir("notify");
+    for (n, abstract_name) in [false, true].into_iter().enumerate() {
+        let (socket, named) = if abstract_name {
+            let name = format!("stackgate-notify-{}-{n}", std::process::id());
+            (UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap(), format!("@{name}"))
+        } else {
+            let path = dir.join("notify.sock");
+            (UnixDatagram::bind(&path).unwrap(), path.display().to_string())
+        };
+        socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let file = dir.join(format!("gw{n}.toml"));
+        let store = format!("\n[store]\npath = \"{}\"\n", dir.join(format!("tokens{n}.db")).display());
+        std::fs::write(&file, config_text(backend.addr, "", &store)).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config", file.to_str().unwrap(), "--threads", "1"])
+            .env("NOTIFY_SOCKET", &named)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut gw = Proc(child);
+        let mut out = BufReader::new(gw.0.stdout.take().unwrap());
+        let mut message = [0u8; 64];
+        let len = socket.recv(&mut message).expect("no READY=1 from the gateway");
+        assert_eq!(&message[..len], b"READY=1", "{named}");
+        // By now the listener accepts: its line was written before the message.
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr: std::net::SocketAddr =
+            line.trim().strip_prefix("stackgate listening on http://").unwrap().parse().unwrap();
+        assert_eq!(raw(addr, &raw_get("/v3/assets")).await.0, 200);
+        Command::new("kill").args(["-TERM", &gw.pid().to_string()]).status().unwrap();
+        let len = socket.recv(&mut message).expect("no STOPPING=1 from the gateway");
+        assert_eq!(&message[..len], b"STOPPING=1", "{named}");
+        assert!(gw.0.wait().unwrap().success());
+        let _ = std::fs::remove_file(dir.join("notify.sock"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -63,6 +63,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, threads } => {
+            crate::server::ignore_hangups_for_now();
             let workers = threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, |n| n.get());
             block_on(std::num::NonZeroUsize::new(1), run(config, workers))
         }
@@ -205,6 +206,7 @@ async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
     println!("stackgate admin listening on http://{}", running.admin_addr);
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, tokens = running.gateway.snapshot().token_count(), "listening");
     crate::server::reload_on_sighup(std::sync::Arc::clone(&running.gateway), hangups);
+    crate::server::tell_service_manager("READY=1");
     match watch_shutdown_signals() {
         Some(first) => {
             let _ = first.await;
@@ -212,6 +214,7 @@ async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
         None => crate::server::shutdown_signal().await,
     }
     tracing::info!("shutting down: draining connections (a second signal exits at once)");
+    crate::server::tell_service_manager("STOPPING=1");
     let grace = running.gateway.snapshot().config.server.limits.shutdown_grace;
     if !running.shutdown().await {
         tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");

@@ -13,6 +13,7 @@ mod listener;
 mod request_id;
 mod signals;
 mod streams;
+mod supervisor;
 
 pub use crate::gateway::open_store;
 pub use crate::gateway::{Change, Gateway, ReloadError, ReloadReport};
@@ -22,6 +23,7 @@ pub(crate) use inspecting::{BodyBudget, BodyCap, Share};
 #[cfg(unix)]
 pub use signals::ShutdownSignals;
 pub use signals::{reload_on_sighup, shutdown_signal, Hangups};
+pub use supervisor::{ignore_hangups_for_now, tell_service_manager};
 
 use crate::clock::Clock;
 use crate::config::Config;

@@ -3,8 +3,9 @@
 use crate::gateway::Gateway;
 use std::sync::Arc;
 
-/// SIGHUP, taken over from its default action (which ends the process) as soon as
-/// `stackgate run` has a runtime: a reload asked for while the store loads (seconds
+/// SIGHUP, taken over from its default action (which ends the process; ignored until
+/// now, see [`super::ignore_hangups_for_now`]) as soon as `stackgate run` has a
+/// runtime: a reload asked for while the store loads (seconds
 /// with a million tokens, or while PostgreSQL is slow to answer) would otherwise kill
 /// the gateway, and systemd, which counts a death by SIGHUP as a clean exit, would not
 /// restart it (the forty-sixth outside probe). One that comes during start-up is
