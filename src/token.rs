@@ -107,11 +107,11 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     }
                     lost = true;
                 }
-                for b in list {
+                for (at, b) in list.iter().enumerate() {
                     if stack.has_branch(b) {
                         branches.push(b.as_str().into());
                     } else if strict {
-                        err("branches", "names a branch that does not exist in this stack.".to_owned());
+                        err("branches", format!("element {at} names a branch that does not exist in this stack."));
                     } else {
                         lost = true;
                     }
@@ -125,11 +125,14 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     }
                     lost = true;
                 }
-                for a in list {
+                for (at, a) in list.iter().enumerate() {
                     if stack.has_alias(a) {
                         aliases.push(a.as_str().into());
                     } else if strict {
-                        err("branch_aliases", "names an alias that does not exist in this stack.".to_owned());
+                        err(
+                            "branch_aliases",
+                            format!("element {at} names an alias that does not exist in this stack."),
+                        );
                     } else {
                         lost = true;
                     }
@@ -381,6 +384,19 @@ mod tests {
         assert!(errs.contains_key("scope[1].branches"), "{errs:?}");
         let errs = compile_scope(&[entry("$all", true, true)], &Cat).unwrap_err();
         assert!(errs.contains_key("scope.branch_or_alias"));
+        // Each unknown name is pointed at by its place in the list the caller sent, never
+        // repeated (a config error reaches the log and `/reload`'s answer).
+        let errs = compile_scope(&[entry("$all", true, false), branches(&["main", "n0pe", "x"])], &Cat).unwrap_err();
+        assert_eq!(
+            errs.get("scope[1].branches").map(Vec::as_slice),
+            Some(
+                &[
+                    "element 1 names a branch that does not exist in this stack.".to_owned(),
+                    "element 2 names a branch that does not exist in this stack.".to_owned()
+                ][..]
+            ),
+            "{errs:?}"
+        );
     }
 
     #[test]
