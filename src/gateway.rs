@@ -221,11 +221,14 @@ impl Gateway {
         &self.token_api_bodies
     }
 
-    fn swap(&self, next: Snapshot) {
-        self.metrics.tokens_loaded.set(i64::try_from(next.token_count()).unwrap_or(i64::MAX));
+    /// Installs `next`; returns its token count (a scan of the index, done once).
+    fn swap(&self, next: Snapshot) -> usize {
+        let count = next.token_count();
+        self.metrics.tokens_loaded.set(i64::try_from(count).unwrap_or(i64::MAX));
         let next = Arc::new(next);
         self.metrics.set_snapshot(Arc::clone(&next));
         self.snapshot.store(next);
+        count
     }
 
     /// Validates and installs a new config whole: a new snapshot (with the store's
@@ -301,8 +304,7 @@ impl Gateway {
         // never gives a static token's uid) is left out and logged.
         let next =
             load_snapshot(&*self.store, config, Some(current), &self.rate_clock, upstream, |_| {}).await?.snapshot;
-        let count = next.token_count();
-        self.swap(next.with_tls(tls));
+        let count = self.swap(next.with_tls(tls));
         tracing::debug!(tokens = count, "tokens re-read from the shared store");
         Ok(())
     }
