@@ -111,7 +111,10 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     if stack.has_branch(b) {
                         branches.push(b.as_str().into());
                     } else if strict {
-                        err("branches", format!("element {at} names a branch that does not exist in this stack."));
+                        err(
+                            "branches",
+                            format!("element {at} (from 0) names a branch that does not exist in this stack."),
+                        );
                     } else {
                         lost = true;
                     }
@@ -131,7 +134,7 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     } else if strict {
                         err(
                             "branch_aliases",
-                            format!("element {at} names an alias that does not exist in this stack."),
+                            format!("element {at} (from 0) names an alias that does not exist in this stack."),
                         );
                     } else {
                         lost = true;
@@ -391,8 +394,8 @@ mod tests {
             errs.get("scope[1].branches").map(Vec::as_slice),
             Some(
                 &[
-                    "element 1 names a branch that does not exist in this stack.".to_owned(),
-                    "element 2 names a branch that does not exist in this stack.".to_owned()
+                    "element 1 (from 0) names a branch that does not exist in this stack.".to_owned(),
+                    "element 2 (from 0) names a branch that does not exist in this stack.".to_owned()
                 ][..]
             ),
             "{errs:?}"

@@ -521,7 +521,9 @@ async fn a_service_manager_is_told_when_the_gateway_serves_and_when_it_stops() {
     let dir = temp_dir("notify");
     for (n, abstract_name) in [false, true].into_iter().enumerate() {
         let (socket, named) = if abstract_name {
-            let name = format!("stackgate-notify-{}-{n}", std::process::id());
+            // Abstract names are per network namespace, which CI containers may share.
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let name = format!("stackgate-notify-{}-{n}-{nanos}", std::process::id());
             (UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap(), format!("@{name}"))
         } else {
             let path = dir.join("notify.sock");
@@ -544,6 +546,7 @@ async fn a_service_manager_is_told_when_the_gateway_serves_and_when_it_stops() {
         let len = socket.recv(&mut message).expect("no READY=1 from the gateway");
         assert_eq!(&message[..len], b"READY=1", "{named}");
         // By now the listener accepts: its line was written before the message.
+        assert!(readable_now(out.get_ref()), "READY=1 came before the listening line");
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         let addr: std::net::SocketAddr =
@@ -555,5 +558,30 @@ async fn a_service_manager_is_told_when_the_gateway_serves_and_when_it_stops() {
         assert!(gw.0.wait().unwrap().success());
         let _ = std::fs::remove_file(dir.join("notify.sock"));
     }
+    // A manager that cannot be reached is logged; the gateway serves.
+    let file = dir.join("gw-unreachable.toml");
+    let store = format!("\n[store]\npath = \"{}\"\n", dir.join("tokens-unreachable.db").display());
+    std::fs::write(&file, config_text(backend.addr, "", &store)).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config", file.to_str().unwrap(), "--threads", "1"])
+        .env("NOTIFY_SOCKET", dir.join("nobody-listens.sock"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gw = Proc(child);
+    let mut line = String::new();
+    BufReader::new(gw.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr =
+        line.trim().strip_prefix("stackgate listening on http://").unwrap().parse().unwrap();
+    assert_eq!(raw(addr, &raw_get("/v3/assets")).await.0, 200);
+    assert!(gw.signal_and_wait("TERM").success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether a read from `pipe` would return at once (`poll` with no wait).
+fn readable_now(pipe: &impl std::os::fd::AsRawFd) -> bool {
+    let mut fd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, for the length given; the descriptor stays open meanwhile.
+    unsafe { libc::poll(&mut fd, 1, 0) == 1 }
 }

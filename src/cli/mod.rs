@@ -206,15 +206,18 @@ async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
     println!("stackgate admin listening on http://{}", running.admin_addr);
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, tokens = running.gateway.snapshot().token_count(), "listening");
     crate::server::reload_on_sighup(std::sync::Arc::clone(&running.gateway), hangups);
+    // Ready only once SIGTERM drains: before its handler, it ends the process at once.
+    let first_signal = watch_shutdown_signals();
     crate::server::tell_service_manager("READY=1");
-    match watch_shutdown_signals() {
+    match first_signal {
         Some(first) => {
             let _ = first.await;
         }
         None => crate::server::shutdown_signal().await,
     }
-    tracing::info!("shutting down: draining connections (a second signal exits at once)");
+    // Before the log line: a stalled stderr can hold whoever logs (see the signal thread).
     crate::server::tell_service_manager("STOPPING=1");
+    tracing::info!("shutting down: draining connections (a second signal exits at once)");
     let grace = running.gateway.snapshot().config.server.limits.shutdown_grace;
     if !running.shutdown().await {
         tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");

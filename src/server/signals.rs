@@ -18,7 +18,11 @@ impl Hangups {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            Hangups(signal(SignalKind::hangup()).ok())
+            let hangups = signal(SignalKind::hangup());
+            if let Err(e) = &hangups {
+                tracing::warn!(error = %e, "cannot take SIGHUP over: it stays ignored (reload through POST /reload)");
+            }
+            Hangups(hangups.ok())
         }
         #[cfg(not(unix))]
         Hangups()

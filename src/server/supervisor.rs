@@ -35,12 +35,14 @@ fn send(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
 /// Ignores SIGHUP until [`super::Hangups::register`] takes it over on the runtime:
 /// its default action ends the process, and a reload sent by a supervisor that does not
 /// wait for `READY=1` (a `kill -HUP` right after start) would otherwise end the gateway
-/// in the moments before the runtime exists. The runtime's handler replaces this one
-/// (and does not pass signals on to an ignoring one).
+/// between argument parsing and the runtime's start. The runtime's handler replaces
+/// this one (and does not pass signals on to an ignoring one). Must come before
+/// `Hangups::register`: after it, this would turn reloads off.
 pub fn ignore_hangups_for_now() {
     #[cfg(unix)]
-    // SAFETY: sets the disposition of one signal to "ignore"; no handler code of ours
-    // runs, and no memory is shared with one.
+    // SAFETY: called on the main thread before any signal handler is installed; it sets
+    // one signal's disposition to "ignore", so no handler code runs. An ignored signal
+    // is inherited by programs started before tokio takes it over, and `run` starts none.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
