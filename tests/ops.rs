@@ -1204,6 +1204,125 @@ async fn a_request_an_http2_backend_did_not_process_goes_again() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An https backend that chose HTTP/2 and takes two streams at a time: one tenant's
+/// uploads that never end (a token's writes, or sign-ins, which carry no credential)
+/// hold streams on their own connection only, and another token's request is answered
+/// at once. Found by the forty-ninth outside probe: on one connection shared by every
+/// tenant, a token's slow uploads held all its streams, and other tokens' requests
+/// waited behind them into a 504. One thread serves everything here, as `--threads 1`.
+#[tokio::test(flavor = "current_thread")]
+async fn one_tenants_slow_uploads_do_not_hold_another_tenants_requests_on_an_http2_backend() {
+    let dir = temp_dir("upstream-h2-tenants");
+    let pki = pki(&dir);
+    // Each answer after the whole request body.
+    let backend = h2_tls_backend(&pki, 2, |req| async move {
+        let _ = req.into_body().collect().await;
+        http::Response::new(Full::new(Bytes::from_static(b"{}")).boxed())
+    })
+    .await;
+    let gw = start_https_gateway(backend, &pki.ca, "").await;
+    let (method, path) = STREAMED_WRITE;
+    let token_upload = format!(
+        "{method} {path} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    let sign_in =
+        "POST /v3/user-session HTTP/1.1\r\nHost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"
+            .to_owned();
+    let read_only = format!(
+        "GET {ENTRIES} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RO}\r\nConnection: close\r\n\r\n"
+    );
+    for (uploads, upload) in [("a token's", &token_upload), ("sign-ins'", &sign_in)] {
+        // The token's connection opened first (uploads started together would each
+        // open one), then three uploads that send one byte of their body and then
+        // nothing: every stream of a connection held, and one request waiting for one.
+        assert_eq!(raw(gw.addr, &raw_get(ENTRIES)).await.0, 200);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+            conn.write_all(upload.as_bytes()).await.unwrap();
+            held.push(conn);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let (status, text) = raw(gw.addr, read_only.as_bytes()).await;
+        assert_eq!(status, 200, "behind {uploads} uploads: {text}");
+        assert!(started.elapsed() < Duration::from_secs(1), "behind {uploads} uploads: {:?}", started.elapsed());
+        drop(held);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An https backend offering only `h2` (the test CA's certificate), taking
+/// `max_streams` streams at a time per connection, each answered by `answer`.
+async fn h2_tls_backend<F, Fut>(pki: &TestPki, max_streams: u32, answer: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<
+            Output = http::Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>,
+        > + Send
+        + 'static,
+{
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let mut tls = (*stackgate::tls::server_config(&files).unwrap().config).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, answer) = (acceptor.clone(), answer.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let svc = hyper::service::service_fn(move |req| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
+                });
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder.max_concurrent_streams(max_streams);
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    backend
+}
+
+/// An HTTP/2 backend's trailers are dropped, as an HTTP/1.1 backend's are: found by the
+/// forty-ninth outside probe, they reached an HTTP/2 client as they came, a backend's
+/// `x-ratelimit-remaining` against the gateway's own field and an `authorization`
+/// included, while an HTTP/1.1 client got none. The body itself arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_backends_trailers_reach_no_client() {
+    let dir = temp_dir("upstream-h2-trailers");
+    let pki = pki(&dir);
+    let backend = h2_tls_backend(&pki, 100, |_| async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-ratelimit-remaining", http::HeaderValue::from_static("999"));
+        trailers.insert("authorization", http::HeaderValue::from_static(RW));
+        trailers.insert("x-trailer", http::HeaderValue::from_static("t1"));
+        let frames = vec![
+            Ok(hyper::body::Frame::data(Bytes::from_static(b"{\"entries\":[]}"))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        http::Response::new(http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed())
+    })
+    .await;
+    let gw = start_https_gateway(backend, &pki.ca, "").await;
+    for h2 in [true, false] {
+        let client = Client::builder(TokioExecutor::new()).http2_only(h2).build_http::<Full<Bytes>>();
+        let req = http::Request::get(format!("http://{}{ENTRIES}", gw.addr))
+            .header("api_key", API_KEY)
+            .header("authorization", RO)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "h2 {h2}");
+        let body = resp.into_body().collect().await.unwrap();
+        assert!(body.trailers().is_none(), "h2 {h2}: {:?}", body.trailers());
+        assert_eq!(&body.to_bytes()[..], b"{\"entries\":[]}", "h2 {h2}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Reads an HTTP/2 client's preface and frames until a HEADERS frame (`false` if the
 /// connection ends first).
 async fn until_headers(tls: &mut tokio_rustls::server::TlsStream<TcpStream>) -> bool {

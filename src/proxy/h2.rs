@@ -1,13 +1,19 @@
-//! The HTTP/2 connection to an https backend that chose HTTP/2 through ALPN, on a
-//! connection the direct path opened (which offers `h2` and `http/1.1`): one per
-//! thread, shared by that thread's requests, since its streams are multiplexed and
-//! none can carry another request's answer. Per thread as the direct path's idle lists
-//! are: `stackgate run` serves each client connection on one thread, and the
-//! connection's task runs on the runtime that started it. HTTP/2 is spoken only where
-//! ALPN agreed on it (RFC 9113 section 3.2); when the connection ends, the next request
-//! opens a new one, and what its ALPN says decides again (a backend may switch).
+//! The HTTP/2 connections to an https backend that chose HTTP/2 through ALPN, on
+//! connections the direct path opened (which offer `h2` and `http/1.1`): per thread,
+//! one per tenant, as the direct path's HTTP/1.1 connections are. Its streams are
+//! multiplexed and none can carry another request's answer, but they are few (the
+//! backend's `SETTINGS_MAX_CONCURRENT_STREAMS`) and a request beyond them waits for
+//! one: shared by everyone, one token's slow uploads held every stream and other
+//! tokens' requests waited into a 504 (the forty-ninth outside probe). Kept to one
+//! tenant, a tenant's requests wait only behind its own. A request of no tenant (a
+//! sign-in) opens a connection of its own, which ends after its answer. Per thread as
+//! the direct path's idle lists are: `stackgate run` serves each client connection on
+//! one thread, and the connection's task runs on the runtime that started it. HTTP/2
+//! is spoken only where ALPN agreed on it (RFC 9113 section 3.2); when a connection
+//! ends, its tenant's next request opens a new one, and what its ALPN says decides
+//! again (a backend may switch).
 
-use super::H2Body;
+use super::{H2Body, Tenant};
 use crate::http1::client::Records;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,13 +32,18 @@ pub type Sender = http2::SendRequest<H2Body>;
 const PING_EVERY: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The HTTP/2 connections of one upstream, one per thread.
+/// At most this many tenants' connections per thread, the oldest let go first: one-off
+/// tenants cannot make a thread hold connections without bound.
+const PER_THREAD: usize = 64;
+
+/// The HTTP/2 connections of one upstream.
 #[derive(Default)]
 pub struct Http2 {
     /// Whether any thread ever started one, so that an upstream that never chose
     /// HTTP/2 (every plain-HTTP one) pays a load per request, nothing more.
     started: AtomicBool,
-    per_thread: thread_local::ThreadLocal<RefCell<Option<Sender>>>,
+    /// Per thread: each tenant's open connection, oldest first.
+    per_thread: thread_local::ThreadLocal<RefCell<Vec<(Tenant, Sender)>>>,
 }
 
 impl std::fmt::Debug for Http2 {
@@ -42,31 +53,36 @@ impl std::fmt::Debug for Http2 {
 }
 
 impl Http2 {
-    /// This thread's open connection, if there is one.
-    pub fn sender(&self) -> Option<Sender> {
+    /// This thread's open connection for `tenant`, if there is one (never one for no
+    /// tenant).
+    pub fn sender(&self, tenant: Option<Tenant>) -> Option<Sender> {
         if !self.started.load(Ordering::Relaxed) {
             return None;
         }
+        let tenant = tenant?;
         let mut held = self.per_thread.get()?.try_borrow_mut().ok()?;
-        match held.as_ref() {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
-            _ => held.take().and(None),
+        let at = held.iter().position(|(t, _)| *t == tenant)?;
+        if held[at].1.is_closed() {
+            held.remove(at);
+            return None;
         }
+        Some(held[at].1.clone())
     }
 
-    /// Lets this thread's connection go (its streams go on): the next request opens
-    /// another.
-    pub fn retire(&self) {
-        if let Some(Ok(mut held)) = self.per_thread.get().map(RefCell::try_borrow_mut) {
-            *held = None;
+    /// Lets this thread's connection for `tenant` go (its streams go on): the tenant's
+    /// next request opens another.
+    pub fn retire(&self, tenant: Option<Tenant>) {
+        if let (Some(tenant), Some(Ok(mut held))) = (tenant, self.per_thread.get().map(RefCell::try_borrow_mut)) {
+            held.retain(|(t, _)| *t != tenant);
         }
     }
 
     /// Starts HTTP/2 on a connection whose ALPN chose it and returns a sender for it,
-    /// kept as this thread's connection unless another request of this thread has
-    /// opened one meanwhile (then this one serves its request and ends after it).
-    /// The connection runs on a task of its own until it ends.
-    pub async fn start(&self, tls: Box<TlsStream<Records>>) -> Result<Sender, hyper::Error> {
+    /// kept as this thread's connection for `tenant` unless another request of the
+    /// tenant's has opened one meanwhile (then, as for no tenant, this one serves its
+    /// request and ends after it). The connection runs on a task of its own until it
+    /// ends.
+    pub async fn start(&self, tls: Box<TlsStream<Records>>, tenant: Option<Tenant>) -> Result<Sender, hyper::Error> {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_EVERY)
@@ -79,9 +95,13 @@ impl Http2 {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        if let Ok(mut held) = self.per_thread.get_or_default().try_borrow_mut() {
-            if held.as_ref().is_none_or(Sender::is_closed) {
-                *held = Some(sender.clone());
+        if let (Some(tenant), Ok(mut held)) = (tenant, self.per_thread.get_or_default().try_borrow_mut()) {
+            held.retain(|(t, held)| *t != tenant || !held.is_closed());
+            if !held.iter().any(|(t, _)| *t == tenant) {
+                if held.len() >= PER_THREAD {
+                    held.remove(0);
+                }
+                held.push((tenant, sender.clone()));
                 self.started.store(true, Ordering::Relaxed);
             }
         }

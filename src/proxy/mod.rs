@@ -132,6 +132,14 @@ impl hyper::body::Body for UpstreamBody {
             }
             UpstreamBody::Http2(b, stall, None) => match Pin::new(b).poll_frame(cx) {
                 Poll::Pending => stall.poll(cx).map(|()| Some(Err("the backend stopped sending the body".into()))),
+                // A backend's trailers end the body unsent, as the direct path's do: no
+                // writer checks their fields (a backend's `x-ratelimit-remaining` or
+                // credential would reach an HTTP/2 client as they came; the forty-ninth
+                // outside probe), and an HTTP/1.1 client would not get them anyway.
+                Poll::Ready(Some(Ok(frame))) if !frame.is_data() => {
+                    stall.sleep = None;
+                    Poll::Ready(None)
+                }
                 ready => {
                     stall.sleep = None;
                     ready.map_err(Into::into)
@@ -253,14 +261,14 @@ impl UpstreamClient {
         let limits = Limits { backend: self.upstream.request_timeout, client: self.upstream.client_timeout };
         // The HTTP/2 path's deadline; the direct path keeps its own (no clock read here).
         let deadline = || tokio::time::Instant::now() + limits.backend;
-        let result = match self.h2_sender().await {
-            Some(sender) => self.over_h2(sender, parts, rewrite, body, limits, deadline()).await,
+        let result = match self.h2_sender(tenant).await {
+            Some(sender) => self.over_h2(sender, tenant, parts, rewrite, body, limits, deadline()).await,
             None => match self.direct.send(slot, tenant, &parts, rewrite, &mut body, limits).await {
                 Ok(Sent::Answered(resp, fields)) => Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields)))),
                 Ok(Sent::Http2(tls)) => {
                     let deadline = deadline();
-                    match self.start_h2(tls, deadline).await {
-                        Ok(sender) => self.over_h2(sender, parts, rewrite, body, limits, deadline).await,
+                    match self.start_h2(tls, tenant, deadline).await {
+                        Ok(sender) => self.over_h2(sender, tenant, parts, rewrite, body, limits, deadline).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -275,11 +283,11 @@ impl UpstreamClient {
         }
     }
 
-    /// This thread's HTTP/2 connection, if one is open and takes streams (hyper's
-    /// readiness never waits: a full connection queues the stream). One that has ended
-    /// is none: the next connection decides again.
-    async fn h2_sender(&self) -> Option<h2::Sender> {
-        let mut sender = self.h2.sender()?;
+    /// This thread's HTTP/2 connection for `tenant`, if one is open and takes streams
+    /// (hyper's readiness never waits: a full connection queues the stream). One that
+    /// has ended is none: the next connection decides again.
+    async fn h2_sender(&self, tenant: Option<Tenant>) -> Option<h2::Sender> {
+        let mut sender = self.h2.sender(tenant)?;
         sender.ready().await.ok()?;
         Some(sender)
     }
@@ -288,19 +296,22 @@ impl UpstreamClient {
     async fn start_h2(
         &self,
         tls: Box<tokio_rustls::client::TlsStream<crate::http1::client::Records>>,
+        tenant: Option<Tenant>,
         deadline: tokio::time::Instant,
     ) -> Result<h2::Sender, GatewayError> {
-        match tokio::time::timeout_at(deadline, self.h2.start(tls)).await {
+        match tokio::time::timeout_at(deadline, self.h2.start(tls, tenant)).await {
             Ok(Ok(sender)) => Ok(sender),
             Ok(Err(_)) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
             Err(_) => Err(GatewayError::GatewayTimeout),
         }
     }
 
-    /// Sends a request over an HTTP/2 connection.
+    /// Sends a request over `tenant`'s HTTP/2 connection.
+    #[allow(clippy::too_many_arguments)]
     async fn over_h2(
         &self,
         sender: h2::Sender,
+        tenant: Option<Tenant>,
         mut parts: http::request::Parts,
         rewrite: &RequestRewrite,
         body: Outbound,
@@ -321,12 +332,12 @@ impl UpstreamClient {
         let req = Request::from_parts(parts, Watched::new(ReqBody::from(body), Arc::clone(&waiting)));
         let sent = tokio::select! {
             biased;
-            sent = self.send_h2(sender, req, again, &waiting, deadline) => sent?,
+            sent = self.send_h2(sender, tenant, req, again, &waiting, deadline) => sent?,
             who = waiting.stalled(limits.backend, limits.client) => {
                 // A backend that takes no more of a body may have stopped taking any on
                 // this connection (its window spent): later requests open another.
                 if carries && who == Stalled::Backend {
-                    self.h2.retire();
+                    self.h2.retire(tenant);
                 }
                 return Err(match who {
                     Stalled::Backend => GatewayError::GatewayTimeout,
@@ -352,6 +363,7 @@ impl UpstreamClient {
     async fn send_h2(
         &self,
         mut sender: h2::Sender,
+        tenant: Option<Tenant>,
         req: Request<H2Body>,
         again: Option<(http::request::Parts, Bytes)>,
         waiting: &Arc<Waiting>,
@@ -369,10 +381,10 @@ impl UpstreamClient {
                 (None, _) => return Err(failed),
             },
         };
-        self.h2.retire();
+        self.h2.retire(tenant);
         match self.direct.connect(deadline).await? {
             direct::Opened::Http2(tls) => {
-                let mut sender = self.start_h2(tls, deadline).await?;
+                let mut sender = self.start_h2(tls, tenant, deadline).await?;
                 sender.send_request(req).await.map_err(|_| failed)
             }
             direct::Opened::Http1(_) => Err(failed),
@@ -409,8 +421,11 @@ async fn take_ahead(body: &mut Incoming) -> Result<Option<Box<Ahead>>, ()> {
     while taken < AHEAD && !body.is_end_stream() {
         match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
             Poll::Ready(Some(Ok(frame))) => {
-                taken += frame.data_ref().map_or(0, Bytes::len);
-                frames.push_back(frame);
+                // Trailers are dropped, as on the direct path (see `poll_frame`).
+                if let Some(data) = frame.data_ref() {
+                    taken += data.len();
+                    frames.push_back(frame);
+                }
                 yielded = false;
             }
             Poll::Ready(Some(Err(_))) => return Err(()),
