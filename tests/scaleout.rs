@@ -1299,6 +1299,32 @@ async fn a_hung_postgres_is_reported_not_waited_for() {
     db.drop_now().await;
 }
 
+/// A's connections to PostgreSQL go silent (open, their packets lost, as behind a
+/// dropped NAT mapping) while new ones work, and B deletes a token: A refuses it within
+/// its heartbeat's bound (2 s to ask, 2 s for the answer) and a re-read on a new
+/// connection. Found by the forty-ninth outside probe: with a heartbeat of 10 s and 5 s,
+/// and a re-read that first waited out a silent pooled connection, A served the deleted
+/// token for 18 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_a_replica_whose_store_connections_went_silent() {
+    let Some((pg, redis)) = services("a_revocation_reaches_a_replica_whose_store_connections_went_silent") else {
+        return;
+    };
+    let RelayedPair { db, backend: _backend, relay, ra, rb, revoked_uid, revoked, .. } =
+        RelayedPair::start(&pg, &redis, "pgsilent", 1).await;
+    let (a, b) = (ra[0].addr, rb[0].addr);
+    relay.freeze();
+    // Every open connection sees the freeze before new ones are let through.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.thaw_new_only();
+    let (status, _, body) = call(b, "DELETE", &format!("{TOKENS}/{revoked_uid}"), &owner(API_KEY), "").await;
+    assert_eq!(status, 200, "{body}");
+    let took = until_all(&[a], "GET", API_KEY, &revoked, 401, Duration::from_secs(7)).await;
+    eprintln!("revocation reached the silent replica after {took:?}");
+    drop((ra, rb));
+    db.drop_now().await;
+}
+
 /// A call given up on while PostgreSQL hung leaves its statement unanswered on its
 /// connection. Here that answer never comes (the relay keeps those connections open and
 /// silent) while new connections work: the next calls must not be handed the abandoned

@@ -237,6 +237,7 @@ impl PgStore {
         })??;
         tokio::spawn(listen(
             store.config.clone(),
+            store.pool.clone(),
             tls,
             store.replica.clone(),
             store.resync_interval,

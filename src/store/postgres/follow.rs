@@ -4,14 +4,22 @@
 
 use super::*;
 
-/// How often the listening connection asks the server whether it still answers.
-const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How often the listening connection asks the server whether it still answers, and
+/// how long the answer may take: a connection gone silent (its packets lost, a dropped
+/// NAT mapping) hears no change, so other replicas' revocations reach this one within
+/// about their sum plus a re-read (the forty-ninth outside probe saw a deleted token
+/// served for 18 s with 10 s and 5 s).
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const HEARTBEAT_ANSWER: Duration = Duration::from_secs(2);
 
 /// Keeps a `LISTEN` connection open for as long as anyone receives the events:
 /// reconnects with back-off, and asks for a full re-read after every connect and every
-/// `resync_interval`.
+/// `resync_interval`. A lost listening connection lets the pool's idle connections go
+/// too: they took the same way to the server, and the re-read must not wait out one
+/// lost the same way.
 pub(super) async fn listen(
     config: tokio_postgres::Config,
+    pool: Pool,
     tls: RustlsConnect,
     replica: String,
     resync_interval: Duration,
@@ -27,6 +35,7 @@ pub(super) async fn listen(
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
         }
+        pool.retain(|_, _| false);
         tracing::warn!(error = %reason, retry_in = ?backoff,
             "token change listener disconnected; tokens are served from the last snapshot");
         tokio::time::sleep(backoff).await;
@@ -93,7 +102,7 @@ async fn listen_once(
             _ = heartbeat.tick() => {
                 // A connection that only listens hears nothing from a hung server or a
                 // dropped peer: ask, and reconnect (then re-read) if no answer comes.
-                let beat = tokio::time::timeout(ANSWER_TIMEOUT, client.simple_query("SELECT 1")).await;
+                let beat = tokio::time::timeout(HEARTBEAT_ANSWER, client.simple_query("SELECT 1")).await;
                 beat.map_err(|_| "no answer to a heartbeat".to_owned())?.map_err(|e| e.to_string())?;
                 continue;
             }
