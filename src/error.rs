@@ -339,7 +339,7 @@ impl GatewayError {
         body
     }
 
-    /// The complete response: status, JSON body, and `Retry-After` on 429.
+    /// The complete response: status, JSON body, and `Retry-After` on 429 and 503.
     pub fn into_response(self) -> Response<Bytes> {
         let (status, _) = self.status_and_code();
         let mut resp = json_response(status, &self.body());
@@ -349,7 +349,9 @@ impl GatewayError {
                 RateInfo::write_retry_after(resp.headers_mut(), retry_after);
             }
             GatewayError::Throttled { retry_after } => RateInfo::write_retry_after(resp.headers_mut(), retry_after),
-            GatewayError::Busy => RateInfo::write_retry_after(resp.headers_mut(), 1),
+            // A store or Redis that is down may be back in a second; a client that
+            // honours the field retries then, not in a tight loop.
+            GatewayError::Busy | GatewayError::Unavailable => RateInfo::write_retry_after(resp.headers_mut(), 1),
             GatewayError::MethodNotAllowed => {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(crate::cma::ALLOWED_METHODS));
             }
@@ -393,6 +395,17 @@ mod tests {
             body,
             serde_json::json!({"error_message":"Too many requests. Please retry after 3 seconds.","error_code":429})
         );
+    }
+
+    /// Every 503 says when to retry (the forty-ninth outside probe found Redis's, in
+    /// `fail_mode = "closed"`, without it).
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        for err in [GatewayError::Unavailable, GatewayError::Busy] {
+            let resp = err.into_response();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        }
     }
 
     #[test]
