@@ -1323,6 +1323,30 @@ async fn an_http2_backends_trailers_reach_no_client() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An HTTP/2 backend's answer is held to the field limit of an HTTP/1.1 backend's head
+/// (128): more is a 502 (the forty-ninth outside probe saw 300 fields passed on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_backends_answer_has_at_most_128_fields() {
+    let dir = temp_dir("upstream-h2-fields");
+    let pki = pki(&dir);
+    let backend = h2_tls_backend(&pki, 100, |req| async move {
+        let count: usize = req.uri().query().and_then(|q| q.strip_prefix("n=")).unwrap().parse().unwrap();
+        let mut resp = http::Response::new(Full::new(Bytes::from_static(b"{}")).boxed());
+        for i in 0..count {
+            resp.headers_mut().append("x-field", http::HeaderValue::from(i));
+        }
+        resp
+    })
+    .await;
+    let gw = start_https_gateway(backend, &pki.ca, "").await;
+    // Clear of the limit either way, whatever fields hyper adds (`content-length`, `date`).
+    for (count, want) in [(120, 200), (140, 502)] {
+        let (status, text) = raw(gw.addr, &raw_get(&format!("{ENTRIES}?n={count}"))).await;
+        assert_eq!(status, want, "{count} fields: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Reads an HTTP/2 client's preface and frames until a HEADERS frame (`false` if the
 /// connection ends first).
 async fn until_headers(tls: &mut tokio_rustls::server::TlsStream<TcpStream>) -> bool {

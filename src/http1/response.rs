@@ -11,8 +11,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Ver
 
 /// The largest response head accepted from the backend.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// The most response header fields accepted.
-const MAX_HEADERS: usize = 128;
+/// The most response header fields accepted (an HTTP/2 backend's answer is held to
+/// it too).
+pub const MAX_HEADERS: usize = 128;
 
 /// A response head that is not one (or not one this client frames exactly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -396,10 +396,13 @@ impl UpstreamClient {
 /// path refuses too: a coding other than `chunked` alone (it would reach the client
 /// without its label); an interim or switching answer (the gateway never asks for an
 /// upgrade); a status above 599; a length that is no one number, a HEAD's included (see
-/// [`prepare_response_headers`]).
+/// [`prepare_response_headers`]); more fields than an HTTP/1.1 backend may send.
 fn passable<B>(mut resp: Response<B>) -> Option<Response<B>> {
     let status = resp.status();
-    let sound = chunked_alone(resp.headers()) && !status.is_informational() && status.as_u16() < 600;
+    let sound = chunked_alone(resp.headers())
+        && !status.is_informational()
+        && status.as_u16() < 600
+        && resp.headers().len() <= crate::http1::MAX_RESPONSE_FIELDS;
     (sound && prepare_response_headers(resp.status(), resp.headers_mut())).then_some(resp)
 }
 
