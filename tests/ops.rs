@@ -1323,6 +1323,57 @@ async fn an_http2_backends_trailers_reach_no_client() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client's request trailers reach no backend: an HTTP/2 backend (the HTTP/1.1
+/// writer never sent them) got them as they came, `x-stackgate-token-uid` and
+/// `authorization` included, which no rule had checked (the review of the forty-ninth
+/// outside probe's fixes). Over h2c and HTTP/1.1 chunked; the body itself arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_trailers_reach_no_backend() {
+    let dir = temp_dir("upstream-h2-request-trailers");
+    let pki = pki(&dir);
+    // Answers with what it got: the body and the names of any trailers.
+    let backend = h2_tls_backend(&pki, 100, |req| async move {
+        let got = req.into_body().collect().await.unwrap();
+        let names: Vec<String> = got.trailers().iter().flat_map(|t| t.keys()).map(|k| k.to_string()).collect();
+        let answer = format!("{}|{}", String::from_utf8_lossy(&got.to_bytes()), names.join(","));
+        http::Response::new(Full::new(Bytes::from(answer)).boxed())
+    })
+    .await;
+    let gw = start_https_gateway(backend, &pki.ca, "").await;
+    let (method, path) = STREAMED_WRITE;
+    // h2c: a streamed body, then trailers.
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-stackgate-token-uid", http::HeaderValue::from_static("forged"));
+    trailers.insert("authorization", http::HeaderValue::from_static(RW));
+    let frames: Vec<Result<_, std::convert::Infallible>> = vec![
+        Ok(hyper::body::Frame::data(Bytes::from_static(b"{\"entry\":{}}"))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::StreamBody<futures_util::stream::Iter<std::vec::IntoIter<_>>>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gw.addr))
+        .header("api_key", API_KEY)
+        .header("authorization", RW)
+        .header("content-type", "application/json")
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"{\"entry\":{}}|", "h2c: {}", String::from_utf8_lossy(&body));
+    // HTTP/1.1, chunked with a trailer section.
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nc\r\n{{\"entry\":{{}}}}\r\n0\r\nx-stackgate-token-uid: forged\r\nauthorization: {RW}\r\n\r\n"
+    );
+    let (status, text) = raw(gw.addr, request.as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("{\"entry\":{}}|"), "HTTP/1.1: {text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An HTTP/2 backend's answer is held to the field limit of an HTTP/1.1 backend's head
 /// (128): more is a 502 (the forty-ninth outside probe saw 300 fields passed on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1344,6 +1395,46 @@ async fn an_http2_backends_answer_has_at_most_128_fields() {
         let (status, text) = raw(gw.addr, &raw_get(&format!("{ENTRIES}?n={count}"))).await;
         assert_eq!(status, want, "{count} fields: {text}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An HTTP/2 backend that stops answering on a connection (here its first: every
+/// request on it waits for ever): the request gets its 504, and the tenant's next one
+/// goes on a new connection. Before, only a request with a body let the connection go,
+/// and the outside probe saw every request wait into a 504 until the pings gave up on
+/// the connection, up to 40 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_times_out_on_an_http2_backend_lets_its_connection_go() {
+    let dir = temp_dir("upstream-h2-hung");
+    let pki = pki(&dir);
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let mut tls = (*stackgate::tls::server_config(&files).unwrap().config).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, hung) = (acceptor.clone(), accepted == 0);
+            accepted += 1;
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let svc = hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| async move {
+                    if hung {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                });
+                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    let gw = start_https_gateway(backend, &pki.ca, "").await;
+    assert_eq!(raw(gw.addr, &raw_get(ENTRIES)).await.0, 504);
+    let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
+    assert_eq!(status, 200, "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -216,13 +216,9 @@ impl Streamed {
             return super::Outbound::Stream(self);
         }
         match self.first.take().map(Frame::into_data) {
-            None => super::Outbound::Bytes(Bytes::new()),
+            // A trailers frame is dropped (see `poll_frame`).
+            None | Some(Err(_)) => super::Outbound::Bytes(Bytes::new()),
             Some(Ok(data)) => super::Outbound::Bytes(data),
-            // A trailers frame: keep it in the stream.
-            Some(Err(frame)) => {
-                self.first = Some(frame);
-                super::Outbound::Stream(self)
-            }
         }
     }
 
@@ -243,10 +239,14 @@ impl Body for Streamed {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        // A client's trailers end the body unsent: no rule checks their fields, which
+        // would reach an HTTP/2 backend as they came (`authorization`,
+        // `x-stackgate-token-uid`; the HTTP/1.1 writer never sends them).
         if let Some(frame) = this.first.take() {
-            return Poll::Ready(Some(Ok(frame)));
+            return Poll::Ready(frame.is_data().then_some(Ok(frame)));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if !frame.is_data() => Poll::Ready(None),
             Poll::Ready(Some(Ok(frame))) => match this.charge(&frame) {
                 Ok(()) => Poll::Ready(Some(Ok(frame))),
                 Err(_) => Poll::Ready(Some(Err(Box::new(ClientBodyError)))),

@@ -328,15 +328,17 @@ impl UpstreamClient {
             Outbound::Bytes(bytes) => Some((parts.clone(), bytes.clone())),
             Outbound::Stream(_) => None,
         };
-        let carries = !matches!(&body, Outbound::Bytes(bytes) if bytes.is_empty());
         let req = Request::from_parts(parts, Watched::new(ReqBody::from(body), Arc::clone(&waiting)));
         let sent = tokio::select! {
             biased;
             sent = self.send_h2(sender, tenant, req, again, &waiting, deadline) => sent?,
             who = waiting.stalled(limits.backend, limits.client) => {
                 // A backend that takes no more of a body may have stopped taking any on
-                // this connection (its window spent): later requests open another.
-                if carries && who == Stalled::Backend {
+                // this connection (its window spent), and one that does not answer may
+                // have stopped answering on it (hung: its pings go unanswered only after
+                // up to 40 s, the outside probe saw every request wait into a 504 until
+                // then): the tenant's later requests open another.
+                if who == Stalled::Backend {
                     self.h2.retire(tenant);
                 }
                 return Err(match who {
