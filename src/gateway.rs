@@ -311,9 +311,12 @@ impl Gateway {
 
     /// Applies other replicas' changes as the shared store reports them. A change that
     /// cannot be read back (store down) turns into a full re-read, retried until it
-    /// succeeds, so a deletion is never dropped.
+    /// succeeds, so a deletion is never dropped. Re-reads queued one behind another
+    /// (reconnects while a slow server answered the last) are made once: the one made
+    /// after them all covers them.
     pub async fn follow(self: Arc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<StoreEvent>) {
-        while let Some(event) = events.recv().await {
+        let mut held = None;
+        while let Some(event) = next_event(&mut held, &mut events).await {
             let mut result = match &event {
                 StoreEvent::Changed { stack, uid } => self.apply_remote(stack, uid).await,
                 StoreEvent::Resync => self.resync().await,
@@ -511,5 +514,58 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreErr
             tracing::warn!("no [store] path configured: tokens created through the API live only in memory");
             Ok(Arc::new(SqliteStore::in_memory()?))
         }
+    }
+}
+
+/// The next change to apply: one held back, else the next to come. A re-read takes the
+/// re-reads queued right behind it along (holding back the first other change, so the
+/// order stays).
+async fn next_event(
+    held: &mut Option<StoreEvent>,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<StoreEvent>,
+) -> Option<StoreEvent> {
+    let event = match held.take() {
+        Some(event) => event,
+        None => events.recv().await?,
+    };
+    if event == StoreEvent::Resync {
+        while let Ok(queued) = events.try_recv() {
+            if queued != StoreEvent::Resync {
+                *held = Some(queued);
+                break;
+            }
+        }
+    }
+    Some(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{next_event, StoreEvent};
+
+    /// Re-reads queued one behind another are made once; every other change is kept, in
+    /// order, and a re-read after it is made again.
+    #[tokio::test]
+    async fn queued_re_reads_are_made_once_and_changes_keep_their_order() {
+        let changed = |uid: &str| StoreEvent::Changed { stack: "s".into(), uid: uid.into() };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for event in [
+            changed("a"),
+            StoreEvent::Resync,
+            StoreEvent::Resync,
+            StoreEvent::Resync,
+            changed("b"),
+            StoreEvent::Resync,
+            StoreEvent::Resync,
+        ] {
+            tx.send(event).unwrap();
+        }
+        drop(tx);
+        let mut held = None;
+        let mut seen = Vec::new();
+        while let Some(event) = next_event(&mut held, &mut rx).await {
+            seen.push(event);
+        }
+        assert_eq!(seen, [changed("a"), StoreEvent::Resync, changed("b"), StoreEvent::Resync]);
     }
 }

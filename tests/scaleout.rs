@@ -1301,7 +1301,7 @@ async fn a_hung_postgres_is_reported_not_waited_for() {
 
 /// A's connections to PostgreSQL go silent (open, their packets lost, as behind a
 /// dropped NAT mapping) while new ones work, and B deletes a token: A refuses it within
-/// its heartbeat's bound (2 s to ask, 2 s for the answer) and a re-read on a new
+/// its heartbeat's bound (2 s to ask, 3 s for the answer) and a re-read on a new
 /// connection. Found by the forty-ninth outside probe: with a heartbeat of 10 s and 5 s,
 /// and a re-read that first waited out a silent pooled connection, A served the deleted
 /// token for 18 s.
@@ -1319,7 +1319,7 @@ async fn a_revocation_reaches_a_replica_whose_store_connections_went_silent() {
     relay.thaw_new_only();
     let (status, _, body) = call(b, "DELETE", &format!("{TOKENS}/{revoked_uid}"), &owner(API_KEY), "").await;
     assert_eq!(status, 200, "{body}");
-    let took = until_all(&[a], "GET", API_KEY, &revoked, 401, Duration::from_secs(7)).await;
+    let took = until_all(&[a], "GET", API_KEY, &revoked, 401, Duration::from_secs(8)).await;
     eprintln!("revocation reached the silent replica after {took:?}");
     drop((ra, rb));
     db.drop_now().await;

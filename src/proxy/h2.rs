@@ -32,9 +32,17 @@ pub type Sender = http2::SendRequest<H2Body>;
 const PING_EVERY: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// At most this many tenants' connections per thread, the oldest let go first: one-off
-/// tenants cannot make a thread hold connections without bound.
+/// At most this many tenants' connections per thread, the least recently used let go
+/// first: one-off tenants cannot make a thread hold connections without bound.
 const PER_THREAD: usize = 64;
+
+/// How much of a response body, and of all of a connection's, the backend may send
+/// ahead of the client's reading (hyper's defaults are 2 MiB and 5 MiB): with a
+/// connection per tenant, and one per sign-in, each would otherwise let slow readers
+/// pin that much, where an HTTP/1.1 connection holds about a socket's buffer. What is
+/// taken with the head is at most 64 KiB (`AHEAD` in `proxy`).
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// The HTTP/2 connections of one upstream.
 #[derive(Default)]
@@ -42,7 +50,7 @@ pub struct Http2 {
     /// Whether any thread ever started one, so that an upstream that never chose
     /// HTTP/2 (every plain-HTTP one) pays a load per request, nothing more.
     started: AtomicBool,
-    /// Per thread: each tenant's open connection, oldest first.
+    /// Per thread: each tenant's open connection, least recently used first.
     per_thread: thread_local::ThreadLocal<RefCell<Vec<(Tenant, Sender)>>>,
 }
 
@@ -62,11 +70,13 @@ impl Http2 {
         let tenant = tenant?;
         let mut held = self.per_thread.get()?.try_borrow_mut().ok()?;
         let at = held.iter().position(|(t, _)| *t == tenant)?;
-        if held[at].1.is_closed() {
-            held.remove(at);
+        let entry = held.remove(at);
+        if entry.1.is_closed() {
             return None;
         }
-        Some(held[at].1.clone())
+        let sender = entry.1.clone();
+        held.push(entry);
+        Some(sender)
     }
 
     /// Lets this thread's connection for `tenant` go (its streams go on): the tenant's
@@ -88,6 +98,8 @@ impl Http2 {
             .keep_alive_interval(PING_EVERY)
             .keep_alive_timeout(PING_TIMEOUT)
             .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake(TokioIo::new(tls))
             .await?;
         tokio::spawn(async move {
@@ -96,7 +108,7 @@ impl Http2 {
             }
         });
         if let (Some(tenant), Ok(mut held)) = (tenant, self.per_thread.get_or_default().try_borrow_mut()) {
-            held.retain(|(t, held)| *t != tenant || !held.is_closed());
+            held.retain(|(_, held)| !held.is_closed());
             if !held.iter().any(|(t, _)| *t == tenant) {
                 if held.len() >= PER_THREAD {
                     held.remove(0);

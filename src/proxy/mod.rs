@@ -3,8 +3,8 @@
 //! Requests go direct (`direct.rs`, speaking HTTP/1.1 through [`crate::http1::client`],
 //! over TCP or TLS): an HTTP/1 client connection's down its own upstream connection, an
 //! HTTP/2 stream's down one from a shared idle list. An https backend that chooses
-//! HTTP/2 through ALPN on a new connection is spoken to over that one connection,
-//! shared (`h2.rs`, hyper's HTTP/2 client). Bodies stream both ways. Headers
+//! HTTP/2 through ALPN on a new connection is spoken to over that connection, shared by
+//! the thread's requests of that tenant (`h2.rs`, hyper's HTTP/2 client). Bodies stream both ways. Headers
 //! are rewritten in place: hop-by-hop and spoofable headers removed, forwarding and
 //! identity headers set.
 
@@ -242,11 +242,11 @@ impl UpstreamClient {
             .map_err(|_| GatewayError::BadRequest(BadRequest::AmbiguousPath))
     }
 
-    /// Sends a prepared request: over the shared HTTP/2 connection if the (https)
+    /// Sends a prepared request: over the tenant's HTTP/2 connection if the (https)
     /// backend chose HTTP/2 on it and it is still open; otherwise direct, over HTTP/1.1
     /// (TCP or TLS): down the HTTP/1 client connection's own upstream connection
     /// (`slot`), or for an HTTP/2 stream (no slot) one from the idle list. A new
-    /// connection whose ALPN chose HTTP/2 becomes the shared HTTP/2 connection.
+    /// connection whose ALPN chose HTTP/2 becomes the tenant's HTTP/2 connection.
     /// The response comes back without hop-by-hop headers. Failures map to 502/504, or
     /// to the client's fault (413, 400) when its body failed on the way (`state`).
     pub async fn send(

@@ -8,15 +8,17 @@ use super::*;
 /// how long the answer may take: a connection gone silent (its packets lost, a dropped
 /// NAT mapping) hears no change, so other replicas' revocations reach this one within
 /// about their sum plus a re-read (the forty-ninth outside probe saw a deleted token
-/// served for 18 s with 10 s and 5 s).
+/// served for 18 s with 10 s and 5 s). The answer's limit leaves a busy server room: a
+/// reconnect costs a full re-read.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-const HEARTBEAT_ANSWER: Duration = Duration::from_secs(2);
+const HEARTBEAT_ANSWER: Duration = Duration::from_secs(3);
 
 /// Keeps a `LISTEN` connection open for as long as anyone receives the events:
 /// reconnects with back-off, and asks for a full re-read after every connect and every
-/// `resync_interval`. A lost listening connection lets the pool's idle connections go
-/// too: they took the same way to the server, and the re-read must not wait out one
-/// lost the same way.
+/// `resync_interval`. A listening connection lost once it listened lets the pool's idle
+/// connections go too: they took the same way to the server, and the re-read must not
+/// wait out one lost the same way (a connect that fails, at the server's connection
+/// limit say, leaves them).
 pub(super) async fn listen(
     config: tokio_postgres::Config,
     pool: Pool,
@@ -29,13 +31,17 @@ pub(super) async fn listen(
     let mut backoff = Duration::from_millis(100);
     while !events.is_closed() {
         let started = tokio::time::Instant::now();
-        let Err(reason) = listen_once(&config, &tls, &replica, resync_interval, &events, &in_doubt).await else {
+        let mut listened = false;
+        let listening = listen_once(&config, &tls, &replica, resync_interval, &events, &in_doubt, &mut listened);
+        let Err(reason) = listening.await else {
             return;
         };
+        if listened {
+            pool.retain(|_, _| false);
+        }
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
         }
-        pool.retain(|_, _| false);
         tracing::warn!(error = %reason, retry_in = ?backoff,
             "token change listener disconnected; tokens are served from the last snapshot");
         tokio::time::sleep(backoff).await;
@@ -44,7 +50,7 @@ pub(super) async fn listen(
 }
 
 /// One connection's life: `Ok` when nobody receives events any more, else why the
-/// connection was lost.
+/// connection was lost; `listened` once its `LISTEN` took effect.
 async fn listen_once(
     config: &tokio_postgres::Config,
     tls: &RustlsConnect,
@@ -52,6 +58,7 @@ async fn listen_once(
     resync_interval: Duration,
     events: &mpsc::UnboundedSender<StoreEvent>,
     in_doubt: &InDoubt,
+    listened: &mut bool,
 ) -> Result<(), String> {
     // `connect_timeout` bounds the TCP connect only; a server that accepts and then
     // answers nothing would hold the start-up exchange for ever.
@@ -78,6 +85,7 @@ async fn listen_once(
         .await
         .map_err(|_| no_answer().to_string())?
         .map_err(|e| e.to_string())?;
+    *listened = true;
     tracing::info!("listening for token changes from other replicas");
     // Anything committed before LISTEN took effect was not notified to us: a given-up
     // create that landed meanwhile is among it, and the re-read would serve it.
