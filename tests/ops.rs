@@ -1215,7 +1215,7 @@ async fn one_tenants_slow_uploads_do_not_hold_another_tenants_requests_on_an_htt
     let dir = temp_dir("upstream-h2-tenants");
     let pki = pki(&dir);
     // Each answer after the whole request body.
-    let backend = h2_tls_backend(&pki, 2, |req| async move {
+    let backend = h2_tls_backend(&pki, 2, |_, req| async move {
         let _ = req.into_body().collect().await;
         http::Response::new(Full::new(Bytes::from_static(b"{}")).boxed())
     })
@@ -1254,10 +1254,11 @@ async fn one_tenants_slow_uploads_do_not_hold_another_tenants_requests_on_an_htt
 }
 
 /// An https backend offering only `h2` (the test CA's certificate), taking
-/// `max_streams` streams at a time per connection, each answered by `answer`.
+/// `max_streams` streams at a time per connection, each answered by `answer` (given
+/// its connection's number, from 0, in the order accepted).
 async fn h2_tls_backend<F, Fut>(pki: &TestPki, max_streams: u32, answer: F) -> SocketAddr
 where
-    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(usize, http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<
             Output = http::Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>,
         > + Send
@@ -1270,13 +1271,15 @@ where
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = listener.local_addr().unwrap();
     tokio::spawn(async move {
+        let mut accepted = 0;
         while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, answer) = (acceptor.clone(), answer.clone());
+            let (acceptor, answer, connection) = (acceptor.clone(), answer.clone(), accepted);
+            accepted += 1;
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else { return };
                 let svc = hyper::service::service_fn(move |req| {
                     let answer = answer.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
+                    async move { Ok::<_, std::convert::Infallible>(answer(connection, req).await) }
                 });
                 let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                 builder.max_concurrent_streams(max_streams);
@@ -1295,7 +1298,7 @@ where
 async fn an_http2_backends_trailers_reach_no_client() {
     let dir = temp_dir("upstream-h2-trailers");
     let pki = pki(&dir);
-    let backend = h2_tls_backend(&pki, 100, |req| async move {
+    let backend = h2_tls_backend(&pki, 100, |_, req| async move {
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-ratelimit-remaining", http::HeaderValue::from_static("999"));
         trailers.insert("authorization", http::HeaderValue::from_static(RW));
@@ -1339,7 +1342,7 @@ async fn a_clients_trailers_reach_no_backend() {
     let dir = temp_dir("upstream-h2-request-trailers");
     let pki = pki(&dir);
     // Answers with what it got: the body and the names of any trailers.
-    let backend = h2_tls_backend(&pki, 100, |req| async move {
+    let backend = h2_tls_backend(&pki, 100, |_, req| async move {
         let got = req.into_body().collect().await.unwrap();
         let names: Vec<String> = got.trailers().iter().flat_map(|t| t.keys()).map(|k| k.to_string()).collect();
         let answer = format!("{}|{}", String::from_utf8_lossy(&got.to_bytes()), names.join(","));
@@ -1387,7 +1390,7 @@ async fn a_clients_trailers_reach_no_backend() {
 async fn an_http2_backends_answer_has_at_most_128_fields() {
     let dir = temp_dir("upstream-h2-fields");
     let pki = pki(&dir);
-    let backend = h2_tls_backend(&pki, 100, |req| async move {
+    let backend = h2_tls_backend(&pki, 100, |_, req| async move {
         let count: usize = req.uri().query().and_then(|q| q.strip_prefix("n=")).unwrap().parse().unwrap();
         let mut resp = http::Response::new(Full::new(Bytes::from_static(b"{}")).boxed());
         for i in 0..count {
@@ -1415,30 +1418,13 @@ async fn an_http2_backends_answer_has_at_most_128_fields() {
 async fn a_request_that_times_out_on_an_http2_backend_lets_its_connection_go() {
     let dir = temp_dir("upstream-h2-hung");
     let pki = pki(&dir);
-    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let mut tls = (*stackgate::tls::server_config(&files).unwrap().config).clone();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut accepted = 0;
-        while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, hung) = (acceptor.clone(), accepted == 0);
-            accepted += 1;
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else { return };
-                let svc = hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| async move {
-                    if hung {
-                        std::future::pending::<()>().await;
-                    }
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
-                });
-                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
-            });
+    let backend = h2_tls_backend(&pki, 100, |connection, _| async move {
+        if connection == 0 {
+            std::future::pending::<()>().await;
         }
-    });
+        http::Response::new(Full::new(Bytes::from_static(b"{}")).boxed())
+    })
+    .await;
     let gw = start_https_gateway(backend, &pki.ca, "").await;
     assert_eq!(raw(gw.addr, &raw_get(ENTRIES)).await.0, 504);
     let (status, text) = raw(gw.addr, &raw_get(ENTRIES)).await;
