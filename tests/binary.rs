@@ -558,7 +558,8 @@ async fn a_service_manager_is_told_when_the_gateway_serves_and_when_it_stops() {
         assert!(gw.0.wait().unwrap().success());
         let _ = std::fs::remove_file(dir.join("notify.sock"));
     }
-    // A manager that cannot be reached is logged; the gateway serves.
+    // A manager that cannot be reached is logged; the gateway serves. Its stdout is
+    // closed after the first line: that ends nothing either (`println!` panicked on it).
     let file = dir.join("gw-unreachable.toml");
     let store = format!("\n[store]\npath = \"{}\"\n", dir.join("tokens-unreachable.db").display());
     std::fs::write(&file, config_text(backend.addr, "", &store)).unwrap();

@@ -202,8 +202,15 @@ async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("cannot start (listen {listen}, admin {admin}): {e}"))?;
     let scheme = if running.gateway.snapshot().config.server.tls.is_some() { "https" } else { "http" };
-    println!("stackgate listening on {scheme}://{}", running.addr);
-    println!("stackgate admin listening on http://{}", running.admin_addr);
+    // Written, not `println!`: a stdout nobody reads any more (a supervisor that read
+    // the first line, `| head -1`) must not end the gateway with a panic.
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "stackgate listening on {scheme}://{}", running.addr);
+        let _ = writeln!(out, "stackgate admin listening on http://{}", running.admin_addr);
+        let _ = out.flush();
+    }
     tracing::info!(addr = %running.addr, admin = %running.admin_addr, tokens = running.gateway.snapshot().token_count(), "listening");
     crate::server::reload_on_sighup(std::sync::Arc::clone(&running.gateway), hangups);
     // Ready only once SIGTERM drains: before its handler, it ends the process at once.

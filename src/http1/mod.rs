@@ -19,4 +19,4 @@ pub mod server;
 
 pub use body::Chunk;
 pub(crate) use body::{decode_chunk, Decoded};
-pub use response::{states_no_length, MAX_HEADERS as MAX_RESPONSE_FIELDS};
+pub use response::{states_no_length, MAX_RESPONSE_FIELDS};

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Ver
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most response header fields accepted (an HTTP/2 backend's answer is held to
 /// it too).
-pub const MAX_HEADERS: usize = 128;
+pub const MAX_RESPONSE_FIELDS: usize = 128;
 
 /// A response head that is not one (or not one this client frames exactly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ impl Fields {
     /// caller adds next: grown as they came, it was rehashed on the way.
     pub fn into_map(self, headers: &mut HeaderMap, room: usize) {
         let lines = memchr::memchr_iter(b'\n', &self.block).count();
-        // A hint only: never a panic over a size (a head has at most MAX_HEADERS lines).
+        // A hint only: never a panic over a size (a head has at most MAX_RESPONSE_FIELDS lines).
         let _ = headers.try_reserve(lines + usize::from(self.length.is_some()) + room);
         let mut rest = &self.block[..];
         while let Some(end) = memchr::memchr(b'\r', rest) {
@@ -125,7 +125,7 @@ pub fn parse_head(
     replaced: fn(&[u8]) -> bool,
 ) -> Result<Option<Head>, Malformed> {
     // Left uninitialised (4 KiB not written per response); httparse fills what it uses.
-    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_FIELDS];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers)
     {

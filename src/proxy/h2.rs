@@ -18,12 +18,20 @@ use crate::http1::client::Records;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_rustls::client::TlsStream;
 
 /// A handle for sending requests on a thread's connection.
 pub type Sender = http2::SendRequest<H2Body>;
+
+/// A sender, and which connection it sends on: a request lets go only the connection
+/// it failed on ([`Http2::retire`]), not one another request of its tenant opened since.
+#[derive(Clone)]
+pub struct Conn {
+    id: u64,
+    pub sender: Sender,
+}
 
 /// How often an idle or busy connection is pinged, and how long a ping may go
 /// unanswered before the connection is closed: a backend that vanished without a reset
@@ -50,8 +58,10 @@ pub struct Http2 {
     /// Whether any thread ever started one, so that an upstream that never chose
     /// HTTP/2 (every plain-HTTP one) pays a load per request, nothing more.
     started: AtomicBool,
+    /// The next connection's number.
+    opened: AtomicU64,
     /// Per thread: each tenant's open connection, least recently used first.
-    per_thread: thread_local::ThreadLocal<RefCell<Vec<(Tenant, Sender)>>>,
+    per_thread: thread_local::ThreadLocal<RefCell<Vec<(Tenant, Conn)>>>,
 }
 
 impl std::fmt::Debug for Http2 {
@@ -63,7 +73,7 @@ impl std::fmt::Debug for Http2 {
 impl Http2 {
     /// This thread's open connection for `tenant`, if there is one (never one for no
     /// tenant).
-    pub fn sender(&self, tenant: Option<Tenant>) -> Option<Sender> {
+    pub fn sender(&self, tenant: Option<Tenant>) -> Option<Conn> {
         if !self.started.load(Ordering::Relaxed) {
             return None;
         }
@@ -71,19 +81,19 @@ impl Http2 {
         let mut held = self.per_thread.get()?.try_borrow_mut().ok()?;
         let at = held.iter().position(|(t, _)| *t == tenant)?;
         let entry = held.remove(at);
-        if entry.1.is_closed() {
+        if entry.1.sender.is_closed() {
             return None;
         }
-        let sender = entry.1.clone();
+        let conn = entry.1.clone();
         held.push(entry);
-        Some(sender)
+        Some(conn)
     }
 
-    /// Lets this thread's connection for `tenant` go (its streams go on): the tenant's
-    /// next request opens another.
-    pub fn retire(&self, tenant: Option<Tenant>) {
+    /// Lets `conn` go if it is this thread's connection for `tenant` (its streams go
+    /// on): the tenant's next request opens another.
+    pub fn retire(&self, tenant: Option<Tenant>, conn: &Conn) {
         if let (Some(tenant), Some(Ok(mut held))) = (tenant, self.per_thread.get().map(RefCell::try_borrow_mut)) {
-            held.retain(|(t, _)| *t != tenant);
+            held.retain(|(t, kept)| *t != tenant || kept.id != conn.id);
         }
     }
 
@@ -92,7 +102,7 @@ impl Http2 {
     /// tenant's has opened one meanwhile (then, as for no tenant, this one serves its
     /// request and ends after it). The connection runs on a task of its own until it
     /// ends.
-    pub async fn start(&self, tls: Box<TlsStream<Records>>, tenant: Option<Tenant>) -> Result<Sender, hyper::Error> {
+    pub async fn start(&self, tls: Box<TlsStream<Records>>, tenant: Option<Tenant>) -> Result<Conn, hyper::Error> {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_EVERY)
@@ -107,17 +117,18 @@ impl Http2 {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
+        let conn = Conn { id: self.opened.fetch_add(1, Ordering::Relaxed), sender };
         if let (Some(tenant), Ok(mut held)) = (tenant, self.per_thread.get_or_default().try_borrow_mut()) {
-            held.retain(|(_, held)| !held.is_closed());
+            held.retain(|(_, kept)| !kept.sender.is_closed());
             if !held.iter().any(|(t, _)| *t == tenant) {
                 if held.len() >= PER_THREAD {
                     held.remove(0);
                 }
-                held.push((tenant, sender.clone()));
+                held.push((tenant, conn.clone()));
                 self.started.store(true, Ordering::Relaxed);
             }
         }
-        Ok(sender)
+        Ok(conn)
     }
 }
 

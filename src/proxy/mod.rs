@@ -175,8 +175,8 @@ impl hyper::body::Body for UpstreamBody {
     }
 }
 
-/// The client of one upstream: the direct path, and the HTTP/2 connection of an https
-/// backend that chose HTTP/2.
+/// The client of one upstream: the direct path, and the HTTP/2 connections (per thread
+/// and tenant) of an https backend that chose HTTP/2.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     upstream: Upstream,
@@ -262,13 +262,13 @@ impl UpstreamClient {
         // The HTTP/2 path's deadline; the direct path keeps its own (no clock read here).
         let deadline = || tokio::time::Instant::now() + limits.backend;
         let result = match self.h2_sender(tenant).await {
-            Some(sender) => self.over_h2(sender, tenant, parts, rewrite, body, limits, deadline()).await,
+            Some(conn) => self.over_h2(conn, tenant, parts, rewrite, body, limits, deadline()).await,
             None => match self.direct.send(slot, tenant, &parts, rewrite, &mut body, limits).await {
                 Ok(Sent::Answered(resp, fields)) => Ok(resp.map(|body| UpstreamBody::Direct(body, Some(fields)))),
                 Ok(Sent::Http2(tls)) => {
                     let deadline = deadline();
                     match self.start_h2(tls, tenant, deadline).await {
-                        Ok(sender) => self.over_h2(sender, tenant, parts, rewrite, body, limits, deadline).await,
+                        Ok(conn) => self.over_h2(conn, tenant, parts, rewrite, body, limits, deadline).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -286,10 +286,10 @@ impl UpstreamClient {
     /// This thread's HTTP/2 connection for `tenant`, if one is open and takes streams
     /// (hyper's readiness never waits: a full connection queues the stream). One that
     /// has ended is none: the next connection decides again.
-    async fn h2_sender(&self, tenant: Option<Tenant>) -> Option<h2::Sender> {
-        let mut sender = self.h2.sender(tenant)?;
-        sender.ready().await.ok()?;
-        Some(sender)
+    async fn h2_sender(&self, tenant: Option<Tenant>) -> Option<h2::Conn> {
+        let mut conn = self.h2.sender(tenant)?;
+        conn.sender.ready().await.ok()?;
+        Some(conn)
     }
 
     /// HTTP/2 on a new connection whose ALPN chose it, within the request's deadline.
@@ -298,9 +298,9 @@ impl UpstreamClient {
         tls: Box<tokio_rustls::client::TlsStream<crate::http1::client::Records>>,
         tenant: Option<Tenant>,
         deadline: tokio::time::Instant,
-    ) -> Result<h2::Sender, GatewayError> {
+    ) -> Result<h2::Conn, GatewayError> {
         match tokio::time::timeout_at(deadline, self.h2.start(tls, tenant)).await {
-            Ok(Ok(sender)) => Ok(sender),
+            Ok(Ok(conn)) => Ok(conn),
             Ok(Err(_)) => Err(GatewayError::BadGateway(UpstreamFailure::Protocol)),
             Err(_) => Err(GatewayError::GatewayTimeout),
         }
@@ -310,7 +310,7 @@ impl UpstreamClient {
     #[allow(clippy::too_many_arguments)]
     async fn over_h2(
         &self,
-        sender: h2::Sender,
+        conn: h2::Conn,
         tenant: Option<Tenant>,
         mut parts: http::request::Parts,
         rewrite: &RequestRewrite,
@@ -331,7 +331,7 @@ impl UpstreamClient {
         let req = Request::from_parts(parts, Watched::new(ReqBody::from(body), Arc::clone(&waiting)));
         let sent = tokio::select! {
             biased;
-            sent = self.send_h2(sender, tenant, req, again, &waiting, deadline) => sent?,
+            sent = self.send_h2(conn.clone(), tenant, req, again, &waiting, deadline) => sent?,
             who = waiting.stalled(limits.backend, limits.client) => {
                 // A backend that takes no more of a body may have stopped taking any on
                 // this connection (its window spent), and one that does not answer may
@@ -339,7 +339,7 @@ impl UpstreamClient {
                 // up to 40 s, the outside probe saw every request wait into a 504 until
                 // then): the tenant's later requests open another.
                 if who == Stalled::Backend {
-                    self.h2.retire(tenant);
+                    self.h2.retire(tenant, &conn);
                 }
                 return Err(match who {
                     Stalled::Backend => GatewayError::GatewayTimeout,
@@ -357,14 +357,14 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `req` on `sender`. A request the backend did not process goes once more,
+    /// Sends `req` on `conn`. A request the backend did not process goes once more,
     /// on a new connection (RFC 9113 section 8.7), if that connection's ALPN chooses
     /// HTTP/2 again: one the connection never took (it was closing: the backend's idle
     /// close), and one held whole (`again`) that the backend's GOAWAY left out or that
     /// it refused (`REFUSED_STREAM`). A streamed body is not sent twice.
     async fn send_h2(
         &self,
-        mut sender: h2::Sender,
+        mut conn: h2::Conn,
         tenant: Option<Tenant>,
         req: Request<H2Body>,
         again: Option<(http::request::Parts, Bytes)>,
@@ -372,7 +372,7 @@ impl UpstreamClient {
         deadline: tokio::time::Instant,
     ) -> Result<Response<Incoming>, GatewayError> {
         let failed = GatewayError::BadGateway(UpstreamFailure::Protocol);
-        let req = match sender.try_send_request(req).await {
+        let req = match conn.sender.try_send_request(req).await {
             Ok(resp) => return Ok(resp),
             Err(mut unsent) => match (unsent.take_message(), again) {
                 (Some(req), _) => req,
@@ -383,11 +383,11 @@ impl UpstreamClient {
                 (None, _) => return Err(failed),
             },
         };
-        self.h2.retire(tenant);
+        self.h2.retire(tenant, &conn);
         match self.direct.connect(deadline).await? {
             direct::Opened::Http2(tls) => {
-                let mut sender = self.start_h2(tls, tenant, deadline).await?;
-                sender.send_request(req).await.map_err(|_| failed)
+                let mut conn = self.start_h2(tls, tenant, deadline).await?;
+                conn.sender.send_request(req).await.map_err(|_| failed)
             }
             direct::Opened::Http1(_) => Err(failed),
         }

@@ -97,6 +97,8 @@ async fn listen_once(
     }
     let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + resync_interval, resync_interval);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    // An answer that took longer than the interval is not followed by a second ask at once.
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             note = notes.recv() => match note {
