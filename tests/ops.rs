@@ -245,7 +245,9 @@ async fn admin_endpoints_and_metrics_move() {
     let env = Env::start().await;
     let admin = env.gateway.admin_addr;
     assert_eq!(admin_get(admin, "/healthz").await.0, 200);
-    assert_eq!(admin_get(admin, "/readyz").await.0, 200);
+    let (status, ready) = admin_get(admin, "/readyz").await;
+    assert_eq!(status, 200);
+    assert!(ready.contains(r#""store":"up""#) && ready.contains(r#""rate_limits":"local""#), "{ready}");
     let (status, before) = admin_get(admin, "/metrics").await;
     assert_eq!(status, 200);
     for _ in 0..3 {

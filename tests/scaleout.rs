@@ -800,6 +800,9 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
     }
     let [open, closed, local] = [gateways[0].addr, gateways[1].addr, gateways[2].addr];
     assert_eq!(metric(gateways[0].admin, "stackgate_ratelimit_backend_up ").await, 1.0);
+    for gateway in &gateways {
+        assert!(admin_get(gateway.admin, "/readyz").await.contains("\"rate_limits\":\"redis up\""));
+    }
 
     // Redis up: all three limit RATED to its burst of 5.
     for addr in [open, closed, local] {
@@ -816,6 +819,12 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
     let s = burst(closed, 4).await;
     assert_eq!(count(&s, 503), 4, "closed refuses with 503: {s:?}");
     assert_limited(&burst(local, 8).await, "local buckets take over");
+    // Ready still (Redis is every replica's), saying what requests get meanwhile.
+    for (gateway, mode) in gateways.iter().zip(["open", "closed", "local"]) {
+        let ready = admin_get(gateway.admin, "/readyz").await;
+        assert!(ready.contains("\"status\":\"ready\""), "{mode}: {ready}");
+        assert!(ready.contains(&format!("\"rate_limits\":\"redis unavailable (fail_mode {mode}:")), "{mode}: {ready}");
+    }
 
     // Redis returns (empty): each gateway goes back to it without a restart.
     redis.restart().await;
@@ -833,6 +842,7 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
         assert_limited(&burst(addr, 8).await, "limited by Redis again");
     }
     assert_eq!(metric(gateways[0].admin, "stackgate_ratelimit_backend_up ").await, 1.0);
+    assert!(admin_get(gateways[1].admin, "/readyz").await.contains("\"rate_limits\":\"redis up\""));
     // The buckets are in Redis again (keys under each gateway's prefix).
     let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}-open:*")).query_async(&mut conn).await.unwrap();

@@ -279,6 +279,16 @@ pub enum Limiter {
     Redis(Arc<redis::RedisLimiter>),
 }
 
+impl Limiter {
+    /// What `/readyz` says of the rate limits.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Limiter::Local => "local",
+            Limiter::Redis(r) => r.state(),
+        }
+    }
+}
+
 impl RateLimit for Limiter {
     async fn charge(&self, payer: Payer<'_>, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
         match self {

@@ -257,6 +257,17 @@ impl RedisLimiter {
         });
     }
 
+    /// How `/readyz` reports this backend: whether Redis is in the request path, and if
+    /// not, what requests get meanwhile (the fail mode).
+    pub fn state(&self) -> &'static str {
+        match (self.conn.load().is_some(), self.settings.fail_mode) {
+            (true, _) => "redis up",
+            (false, FailMode::Open) => "redis unavailable (fail_mode open: admitting without limits)",
+            (false, FailMode::Closed) => "redis unavailable (fail_mode closed: management-token requests answer 503)",
+            (false, FailMode::Local) => "redis unavailable (fail_mode local: this replica's own buckets)",
+        }
+    }
+
     /// Charges the request in Redis (in the next batch), or applies the fail mode.
     pub async fn charge(self: &Arc<Self>, payer: Payer<'_>, op: &Operation) -> Result<Option<RateInfo>, GatewayError> {
         if self.conn.load().is_none() {

@@ -162,7 +162,9 @@ const READY_PING: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Ready while not draining: a snapshot is loaded (always, once running) and requests
 /// are served from it even while the token store is down, so a store outage must not
-/// take every replica out of its load balancer. The store's state is reported.
+/// take every replica out of its load balancer. The store's state is reported, and so
+/// is the rate limits': Redis is shared by every replica too, so its outage (handled
+/// by the fail mode) does not make a replica unready either.
 async fn readyz(gw: &Gateway) -> Response<Bytes> {
     if gw.is_draining() {
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}));
@@ -173,7 +175,7 @@ async fn readyz(gw: &Gateway) -> Response<Bytes> {
         Ok(Ok(())) => "up",
         Ok(Err(_)) | Err(_) => "unavailable (serving the last snapshot; token changes answer 503)",
     };
-    json_response(StatusCode::OK, &json!({"status": "ready", "store": store}))
+    json_response(StatusCode::OK, &json!({"status": "ready", "store": store, "rate_limits": gw.limiter.state()}))
 }
 
 async fn reload(gw: &Gateway) -> Response<Bytes> {
