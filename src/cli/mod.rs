@@ -1,6 +1,6 @@
 //! The `stackgate` command line: `run`, `check`, `demo` and `token`.
 
-mod log_format;
+pub(crate) mod log_format;
 mod token;
 
 use crate::clock::SystemClock;
@@ -110,6 +110,7 @@ fn init_logging(format: LogFormat) {
     if let Ok(mut slot) = LOG_WRITER.lock() {
         *slot = Some(guard);
     }
+    crate::server::access_log::install(matches!(format, LogFormat::Json), writer.clone());
     let builder =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_timer(log_format::Rfc3339Micros);
     match format {

@@ -1,6 +1,7 @@
 //! The outer request function: runs the pipeline, turns any error into the CMA error
 //! body, counts it, and writes the one access-log event. No stage writes a response.
 
+use super::access_log::{self, Value};
 use super::inspecting::{BodyCap, Share};
 use super::{client, cors, request_id, Gateway};
 use crate::error::{BadRequest, GatewayError, UpstreamFailure};
@@ -36,6 +37,11 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, https: bool) -> Self {
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
         ConnInfo { peer, peer_ip, https, upstream: UpstreamSlot::default() }
+    }
+
+    /// The peer's address as text (for the access line).
+    pub fn peer_text(&self) -> &str {
+        self.peer_ip.to_str().unwrap_or("unknown")
     }
 }
 
@@ -180,7 +186,7 @@ pub async fn respond(
     let started = Instant::now();
     let request_id = request_id::ids().next();
     // What the access log needs of the request, kept only when the log is on.
-    let logged = tracing::enabled!(target: "stackgate::access", tracing::Level::INFO)
+    let logged = access_log::enabled()
         .then(|| (req.method().clone(), req.uri().clone(), credentials(req.headers(), req.uri().query())));
     let mut facts = Facts::default();
     let (mut parts, body) = req.into_parts();
@@ -245,21 +251,20 @@ pub async fn respond(
     let took = started.elapsed();
     gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
     let Some((method, uri, credentials)) = logged else { return (resp, GatewayFields { request_id, rate, cors }) };
-    tracing::info!(
-        target: "stackgate::access",
-        request_id = request_id.to_str().unwrap_or("-"),
-        client = %client_ip,
-        trace_id = request_id::trace_id(trace.as_bytes()).unwrap_or("-"),
-        method = %LoggedMethod(&method, &credentials),
-        path = logged_path(facts.canonical.as_deref().unwrap_or(uri.path()), &credentials),
-        module = op.map_or("-", |o| o.module.name()),
-        access = op.map_or("-", |o| o.access.name()),
-        token_uid = facts.token.as_ref().map_or("-", |t| &*t.uid),
-        status = resp.status().as_u16(),
-        reason = error.as_ref().map_or("-", |e| e.reason().name()),
-        detail = %Detail(error.as_ref()),
-        latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-    );
+    access_log::write(&[
+        ("request_id", Value::Str(request_id.to_str().unwrap_or("-"))),
+        ("client", Value::Bare(client.forwarded.as_ref().map_or(conn.peer_text(), |ip| ip.to_str().unwrap_or("-")))),
+        ("trace_id", Value::Str(request_id::trace_id(trace.as_bytes()).unwrap_or("-"))),
+        ("method", Value::Bare(logged_method(&method, &credentials))),
+        ("path", Value::Str(logged_path(facts.canonical.as_deref().unwrap_or(uri.path()), &credentials))),
+        ("module", Value::Str(op.map_or("-", |o| o.module.name()))),
+        ("access", Value::Str(op.map_or("-", |o| o.access.name()))),
+        ("token_uid", Value::Str(facts.token.as_ref().map_or("-", |t| &*t.uid))),
+        ("status", Value::Number(resp.status().as_u16().into())),
+        ("reason", Value::Str(error.as_ref().map_or("-", |e| e.reason().name()))),
+        ("detail", error.as_ref().map_or(Value::Bare("-"), |e| Value::Shown(e))),
+        ("latency_us", Value::Number(u64::try_from(took.as_micros()).unwrap_or(u64::MAX))),
+    ]);
     (resp, GatewayFields { request_id, rate, cors })
 }
 
@@ -288,13 +293,16 @@ fn credentials(headers: &HeaderMap, query: Option<&str>) -> Vec<Bytes> {
     found
 }
 
-/// A method in the access line, written as it came (not quoted), unless it shows a
-/// secret (see [`logged_path`]).
-struct LoggedMethod<'a>(&'a http::Method, &'a [Bytes]);
-
-impl std::fmt::Display for LoggedMethod<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(logged_path(self.0.as_str(), self.1))
+/// A method in the access line, as it came unless it shows a secret (see
+/// [`logged_path`]): RFC 9110's methods cannot, and are not searched.
+fn logged_method<'a>(method: &'a http::Method, credentials: &[Bytes]) -> &'a str {
+    use http::Method;
+    let standard =
+        [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
+    if standard.contains(method) {
+        method.as_str()
+    } else {
+        logged_path(method.as_str(), credentials)
     }
 }
 
@@ -313,18 +321,6 @@ fn logged_path<'a>(path: &'a str, credentials: &[Bytes]) -> &'a str {
         "[withheld: holds a secret's shape]"
     } else {
         path
-    }
-}
-
-/// A refusal's text in the access line, `-` for none (written, not built into a string).
-struct Detail<'a>(Option<&'a GatewayError>);
-
-impl std::fmt::Display for Detail<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(error) => error.fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }
 
@@ -354,14 +350,15 @@ pub fn refuse(
         Refusal::BrokenBody => gw.metrics.upstream_failed(UpstreamFailure::Protocol),
         Refusal::Head(_) => gw.metrics.request(None, resp.status().as_u16(), Some(&error), Duration::ZERO),
     }
-    tracing::info!(
-        target: "stackgate::access",
-        request_id = request_id.to_str().unwrap_or("-"),
-        client = %conn.peer.ip(),
-        status = resp.status().as_u16(),
-        reason = error.reason().name(),
-        detail = %error,
-    );
+    if access_log::enabled() {
+        access_log::write(&[
+            ("request_id", Value::Str(request_id.to_str().unwrap_or("-"))),
+            ("client", Value::Bare(conn.peer_text())),
+            ("status", Value::Number(resp.status().as_u16().into())),
+            ("reason", Value::Str(error.reason().name())),
+            ("detail", Value::Shown(&error)),
+        ]);
+    }
     (resp, GatewayFields { request_id, rate: None, cors: None })
 }
 

@@ -2,6 +2,7 @@
 //! the main listener (the HTTP/1.1 loop, hyper, TLS), the admin listener, and the
 //! background tasks of a running gateway.
 
+pub mod access_log;
 mod admin;
 mod client;
 mod console;
