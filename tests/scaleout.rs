@@ -810,6 +810,12 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
     }
 
     redis.kill();
+    // From the first call that failed, /readyz says what decides meanwhile (it said
+    // "redis up" for 1.5-3 s while a connection was being replaced: the fifty-first
+    // outside probe).
+    assert_eq!(status_with(closed, "GET", SMALL_API_KEY, RATED).await, 503);
+    let ready = admin_get(gateways[1].admin, "/readyz").await;
+    assert!(ready.contains("redis unavailable (fail_mode closed"), "{ready}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let s = burst(open, 12).await;
     assert_eq!(count(&s, 200), 12, "open admits everything while Redis is down: {s:?}");
@@ -942,6 +948,12 @@ async fn a_hung_redis_holds_no_request_longer_than_twice_the_timeout() {
         let started = Instant::now();
         (status_with(addr, "GET", SMALL_API_KEY, RATED).await, started.elapsed())
     };
+    // From the first call that timed out, /readyz says the fail mode decides: it said
+    // "redis up" while a new connection was tried, at least 500 ms more (the
+    // fifty-first outside probe: 1.5-3 s).
+    assert_eq!(timed(gateway.addr).await.0, 503);
+    let ready = admin_get(gateway.admin, "/readyz").await;
+    assert!(ready.contains("redis unavailable (fail_mode closed"), "{ready}");
     // Concurrent requests (one call out, the rest waiting for the next), then one after
     // another while the gateway finds Redis gone.
     let mut answers = futures_util::future::join_all((0..24).map(|_| timed(gateway.addr))).await;

@@ -75,8 +75,8 @@ impl<'a> Credentials<'a> {
         // An empty `authtoken`, or `Bearer` with nothing after it, is no credential.
         let some = |v: &HeaderValue, skip: usize| v.as_bytes().get(skip..).is_some_and(|t| !t.trim_ascii().is_empty());
         match self.authorization {
-            // Without the whitespace an HTTP/2 field may keep around it, as every HTTP/1.1
-            // parser reads it (and as the backend will).
+            // Without surrounding whitespace, as every HTTP/1.1 parser reads it (HTTP/2
+            // values carrying any are refused before this).
             Some(v) if !is_bearer(v.as_bytes()) => Credential::Management(v.as_bytes().trim_ascii()),
             Some(v) if some(v, BEARER.len()) => Credential::UserSession,
             _ if self.authtoken.is_some_and(|t| some(t, 0)) => Credential::UserSession,

@@ -73,10 +73,17 @@ fn check_method(method: &Method) -> Result<(), GatewayError> {
 /// to pick one) and a valid one (host and port, no user info; empty is allowed), and a
 /// `Transfer-Encoding` that is exactly `chunked`. The body reaches the gateway
 /// de-chunked; another coding (`gzip, chunked`) would be forwarded without its label
-/// and read by the backend as something else than what was sent.
+/// and read by the backend as something else than what was sent. On HTTP/2, no value
+/// may begin or end with a space or tab (RFC 9113 section 8.2.1: malformed): an
+/// HTTP/1.1 parser drops such whitespace, so `branch: " main"` would be one name to
+/// the gateway and another to the backend (the fifty-first outside probe found each
+/// credential field handled a different way).
 fn check_message(parts: &Parts) -> Result<(), GatewayError> {
     if parts.headers.len() > crate::field_names::MAX_FIELDS {
         return Err(GatewayError::HeadTooLarge);
+    }
+    if parts.version == Version::HTTP_2 && parts.headers.values().any(|v| padded(v.as_bytes())) {
+        return Err(GatewayError::BadRequest(BadRequest::InvalidHeader));
     }
     let hosts = parts.headers.get_all(HOST);
     let count = hosts.iter().count();
@@ -95,6 +102,11 @@ fn check_message(parts: &Parts) -> Result<(), GatewayError> {
     } else {
         Err(GatewayError::BadRequest(BadRequest::InvalidHeader))
     }
+}
+
+/// Whether a field value begins or ends with a space or a tab.
+fn padded(value: &[u8]) -> bool {
+    matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t'))
 }
 
 /// A `Host` value a server may take (RFC 9112, 3.2; RFC 3986, 3.2.2): empty, or a

@@ -52,9 +52,13 @@ fn check_branch(token: &Token, header: Option<&HeaderValue>) -> Result<(), Gatew
     check_named_branch(token, name)
 }
 
-/// A `branch` header as text; one that is not visible ASCII is a bad request.
+/// A `branch` header as text; one that is empty or not visible ASCII is a bad request
+/// (an empty one is neither the default branch nor a name).
 fn branch_text(header: &HeaderValue) -> Result<&str, GatewayError> {
-    header.to_str().map_err(|_| GatewayError::BadRequest(BadRequest::InvalidHeader))
+    match header.to_str() {
+        Ok(text) if !text.is_empty() => Ok(text),
+        _ => Err(GatewayError::BadRequest(BadRequest::InvalidHeader)),
+    }
 }
 
 /// The branch rules for a branch or alias named anywhere in the request: the `branch`

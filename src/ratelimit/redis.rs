@@ -170,6 +170,9 @@ pub struct RedisLimiter {
     reconnecting: AtomicBool,
     /// A failed shared connection is being replaced (see `replace_shared`).
     replacing_shared: AtomicBool,
+    /// Whether the last call failed: Redis may still be in the request path while a
+    /// connection is replaced, but its charges are decided by the fail mode.
+    failing: AtomicBool,
     script: Script,
     settings: RedisLimits,
     metrics: BackendMetrics,
@@ -188,6 +191,7 @@ impl RedisLimiter {
             generation: AtomicU64::new(0),
             reconnecting: AtomicBool::new(false),
             replacing_shared: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
             script: Script::new(GCRA),
             settings: settings.clone(),
             metrics,
@@ -245,6 +249,7 @@ impl RedisLimiter {
                         // see that its own connection is from before the failure.
                         this.generation.fetch_add(1, Ordering::SeqCst);
                         this.conn.store(Some(Arc::new(conn)));
+                        this.failing.store(false, Ordering::Relaxed);
                         this.metrics.up.set(1);
                         this.reconnecting.store(false, Ordering::Release);
                         tracing::info!("Redis answers again; shared rate limits resumed");
@@ -260,7 +265,8 @@ impl RedisLimiter {
     /// How `/readyz` reports this backend: whether Redis is in the request path, and if
     /// not, what requests get meanwhile (the fail mode).
     pub fn state(&self) -> &'static str {
-        match (self.conn.load().is_some(), self.settings.fail_mode) {
+        let answering = self.conn.load().is_some() && !self.failing.load(Ordering::Relaxed);
+        match (answering, self.settings.fail_mode) {
             (true, _) => "redis up",
             (false, FailMode::Open) => "redis unavailable (fail_mode open: admitting without limits)",
             (false, FailMode::Closed) => "redis unavailable (fail_mode closed: management-token requests answer 503)",
@@ -369,7 +375,9 @@ impl RedisLimiter {
             Conn::Cluster(_) => by_organisation(batch),
         };
         let calls = groups.into_iter().map(|group| self.call(&conn, group));
-        futures_util::future::join_all(calls).await.into_iter().all(|connected| connected)
+        let connected = futures_util::future::join_all(calls).await.into_iter().all(|connected| connected);
+        self.failing.store(!connected, Ordering::Relaxed);
+        connected
     }
 
     /// After a call failed on `lent`. The lane's own connection: a new one for the
@@ -404,6 +412,7 @@ impl RedisLimiter {
             match this.connect_within_timeout().await {
                 Some(conn) => {
                     let previous = this.conn.compare_and_swap(&Some(failed), Some(Arc::new(conn)));
+                    this.failing.store(false, Ordering::Relaxed);
                     tracing::info!(replaced = previous.is_some(), "the shared Redis connection failed; opened another");
                 }
                 None if this.generation.load(Ordering::SeqCst) == generation => this.reconnect(),
@@ -429,6 +438,7 @@ impl RedisLimiter {
             Ok(Err(e)) => connection_lost(&e),
             Err(_) => true,
         };
+        self.failing.store(lost, Ordering::Relaxed);
         if lost {
             tracing::info!("an idle Redis connection no longer answers; replacing it");
             self.after_failure(lent, lane);
