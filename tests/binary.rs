@@ -295,6 +295,52 @@ async fn every_access_line_is_written_under_load_and_at_exit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A request the backend carried out, whose client went away before the answer (its
+/// HTTP/1.1 connection closed, its HTTP/2 stream reset), is counted and logged as 499,
+/// nginx's "client closed request": it left no access line and no count before (the
+/// fifty-second outside probe), so a token's writes could go unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_went_away_is_logged_as_499() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("client-gone");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let (mut child, addr, _out) = spawn_logging(&file, "2", log.into());
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "DELETE /v3/content_types/gone1 HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\n\
+         authorization: {RW}\r\nx-test-delay-ms: 400\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(conn);
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut h2c, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::delete(format!("http://{addr}/v3/content_types/gone2"))
+        .header("api_key", API_KEY)
+        .header("authorization", RW)
+        .header("x-test-delay-ms", "400")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    // Dropped unanswered: the stream is reset.
+    assert!(tokio::time::timeout(Duration::from_millis(150), h2c.send_request(request)).await.is_err());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let seen: Vec<String> = backend.seen().into_iter().map(|s| s.target).collect();
+    assert!(seen.iter().any(|t| t.ends_with("gone1")) && seen.iter().any(|t| t.ends_with("gone2")), "{seen:?}");
+    assert!(child.signal_and_wait("TERM").success());
+    let logs = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    for path in ["/v3/content_types/gone1", "/v3/content_types/gone2"] {
+        let lines: Vec<&str> = logs.lines().filter(|l| l.contains("stackgate::access") && l.contains(path)).collect();
+        assert_eq!(lines.len(), 1, "{path}: {logs}");
+        assert!(lines[0].contains("status=499 reason=\"client_gone\""), "{}", lines[0]);
+        assert!(lines[0].contains("token_uid=\"") && !lines[0].contains("token_uid=\"-\""), "{}", lines[0]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// With stderr taking no more output (a stalled log shipper), the log queue fills and
 /// serving waits on it; a second signal still exits at once, with status 1. Signals are
 /// awaited on a thread that writes no log line before acting.

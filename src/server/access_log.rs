@@ -153,27 +153,7 @@ fn json_string(out: &mut String, s: &str) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().map_err(|_| std::io::ErrorKind::Other)?.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
+    use crate::cli::log_format::Captured;
 
     /// What the gateway's subscriber (as `cli` sets it up) writes for `emit`.
     fn theirs(json: bool, emit: impl Fn()) -> String {
@@ -188,8 +168,7 @@ mod tests {
             let plain = builder.fmt_fields(crate::cli::log_format::PlainFields::default());
             tracing::subscriber::with_default(plain.finish(), emit);
         }
-        let bytes = out.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8(bytes).unwrap_or_default()
+        out.text()
     }
 
     fn ours(json: bool, fields: &[(&'static str, Value<'_>)]) -> String {

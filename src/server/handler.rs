@@ -185,10 +185,22 @@ pub async fn respond(
 ) -> (Response<Body>, GatewayFields) {
     let started = Instant::now();
     let request_id = request_id::ids().next();
-    // What the access log needs of the request, kept only when the log is on.
-    let logged = access_log::enabled()
-        .then(|| (req.method().clone(), req.uri().clone(), credentials(req.headers(), req.uri().query())));
-    let mut facts = Facts::default();
+    // Counted and logged when the request ends, whether answered or cut short.
+    let mut record = Record {
+        gw: &gw,
+        conn: &conn,
+        started,
+        request_id: request_id.clone(),
+        logged: access_log::enabled().then(|| Logged {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            credentials: credentials(req.headers(), req.uri().query()),
+            trace: None,
+            client: None,
+        }),
+        facts: Facts::default(),
+        open: true,
+    };
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body);
     // The client's trace context if valid, else a new one (forwarded, and logged).
@@ -215,14 +227,18 @@ pub async fn respond(
     };
     // The client's address, and as forwarded when it is not the socket's peer.
     let client = Client { ip: client_ip, forwarded: (client_ip != conn.peer.ip()).then(|| header_of(client_ip)) };
+    if let Some(logged) = &mut record.logged {
+        logged.trace = Some(trace.clone());
+        logged.client.clone_from(&client.forwarded);
+    }
+    let facts = &mut record.facts;
     // The budget a request was charged, kept for its answer even when forwarding it failed
     // (a 502 or 504 after the charge states what is left, as any forwarded answer does).
     let mut charged = None;
     let mut result =
-        process(&gw, &snap, &mut parts, &mut body, &conn, &client, &request_id, generated, &mut facts, &mut charged)
-            .await;
+        process(&gw, &snap, &mut parts, &mut body, &conn, &client, &request_id, generated, facts, &mut charged).await;
     if let Err(err) = &result {
-        if let Some(retry_after) = throttled(&gw, &snap, err, &parts, &facts, client_ip) {
+        if let Some(retry_after) = throttled(&gw, &snap, err, &parts, facts, client_ip) {
             result = Err(GatewayError::Throttled { retry_after });
         }
         // A refused request's body is read (within bounds) before the answer, so the
@@ -247,25 +263,84 @@ pub async fn respond(
         };
         token.usage.record(outcome, facts.decided_at);
     }
-    let op = facts.op;
-    let took = started.elapsed();
-    gw.metrics.request(op.map(|o| o.module), resp.status().as_u16(), error.as_ref(), took);
-    let Some((method, uri, credentials)) = logged else { return (resp, GatewayFields { request_id, rate, cors }) };
-    access_log::write(&[
-        ("request_id", Value::Str(request_id.to_str().unwrap_or("-"))),
-        ("client", Value::Bare(client.forwarded.as_ref().map_or(conn.peer_text(), |ip| ip.to_str().unwrap_or("-")))),
-        ("trace_id", Value::Str(request_id::trace_id(trace.as_bytes()).unwrap_or("-"))),
-        ("method", Value::Bare(logged_method(&method, &credentials))),
-        ("path", Value::Str(logged_path(facts.canonical.as_deref().unwrap_or(uri.path()), &credentials))),
-        ("module", Value::Str(op.map_or("-", |o| o.module.name()))),
-        ("access", Value::Str(op.map_or("-", |o| o.access.name()))),
-        ("token_uid", Value::Str(facts.token.as_ref().map_or("-", |t| &*t.uid))),
-        ("status", Value::Number(resp.status().as_u16().into())),
-        ("reason", Value::Str(error.as_ref().map_or("-", |e| e.reason().name()))),
-        ("detail", error.as_ref().map_or(Value::Bare("-"), |e| Value::Shown(e))),
-        ("latency_us", Value::Number(u64::try_from(took.as_micros()).unwrap_or(u64::MAX))),
-    ]);
+    record.open = false;
+    record.write(resp.status().as_u16(), error.as_ref());
     (resp, GatewayFields { request_id, rate, cors })
+}
+
+/// What one request is counted and logged as. Written when it is answered, or, if the
+/// client went away first (its connection closed or its stream reset while the
+/// gateway or the backend worked on it), when its future is dropped: as 499, nginx's
+/// "client closed request". Without that, a request the backend carried out left no
+/// access line and no count (the fifty-second outside probe).
+struct Record<'a> {
+    gw: &'a Gateway,
+    conn: &'a ConnInfo,
+    started: Instant,
+    request_id: HeaderValue,
+    /// What the access line needs of the request, kept only when the log is on.
+    logged: Option<Logged>,
+    facts: Facts,
+    /// Not yet answered.
+    open: bool,
+}
+
+struct Logged {
+    method: http::Method,
+    uri: http::Uri,
+    credentials: Vec<Bytes>,
+    trace: Option<HeaderValue>,
+    /// The client's address when it is not the connection's peer.
+    client: Option<HeaderValue>,
+}
+
+/// The status a request cut short by its client is counted and logged with.
+const CLIENT_GONE: u16 = 499;
+
+impl Record<'_> {
+    /// Counts the request and writes its access line.
+    fn write(&mut self, status: u16, error: Option<&GatewayError>) {
+        let op = self.facts.op;
+        let took = self.started.elapsed();
+        self.gw.metrics.request(op.map(|o| o.module), status, error, took);
+        let Some(logged) = &self.logged else { return };
+        let credentials = &logged.credentials;
+        let (reason, detail) = match (error, status) {
+            (Some(e), _) => (e.reason().name(), Value::Shown(e)),
+            (None, CLIENT_GONE) => (
+                "client_gone",
+                Value::Bare("ended before its answer (the client went away, or shutdown_grace ran out)"),
+            ),
+            (None, _) => ("-", Value::Bare("-")),
+        };
+        let client = logged.client.as_ref().map_or(self.conn.peer_text(), |ip| ip.to_str().unwrap_or("-"));
+        let trace = logged.trace.as_ref().and_then(|t| request_id::trace_id(t.as_bytes()));
+        access_log::write(&[
+            ("request_id", Value::Str(self.request_id.to_str().unwrap_or("-"))),
+            ("client", Value::Bare(client)),
+            ("trace_id", Value::Str(trace.unwrap_or("-"))),
+            ("method", Value::Bare(logged_method(&logged.method, credentials))),
+            (
+                "path",
+                Value::Str(logged_path(self.facts.canonical.as_deref().unwrap_or(logged.uri.path()), credentials)),
+            ),
+            ("module", Value::Str(op.map_or("-", |o| o.module.name()))),
+            ("access", Value::Str(op.map_or("-", |o| o.access.name()))),
+            ("token_uid", Value::Str(self.facts.token.as_ref().map_or("-", |t| &*t.uid))),
+            ("status", Value::Number(status.into())),
+            ("reason", Value::Str(reason)),
+            ("detail", detail),
+            ("latency_us", Value::Number(u64::try_from(took.as_micros()).unwrap_or(u64::MAX))),
+        ]);
+    }
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.write(CLIENT_GONE, None);
+        }
+    }
 }
 
 /// What the request carries as credentials, for the access line to show none of them
