@@ -809,6 +809,21 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
         assert_limited(&burst(addr, 8).await, "Redis up");
     }
 
+    // Redis answering every call with an error (out of memory) decides nothing: the
+    // fail mode does, and /readyz says so (the fifty-second outside probe found "redis
+    // up" there), until Redis answers again.
+    assert_eq!(redis_raw(&redis.url(), &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).await, "+OK\r\n");
+    assert_eq!(redis_raw(&redis.url(), &["CONFIG", "SET", "maxmemory", "1"]).await, "+OK\r\n");
+    // A request Redis would admit (its charge writes; a refusal writes nothing).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(status_with(closed, "GET", SMALL_API_KEY, RATED).await, 503);
+    let ready = admin_get(gateways[1].admin, "/readyz").await;
+    assert!(ready.contains("redis unavailable (fail_mode closed"), "{ready}");
+    assert_eq!(redis_raw(&redis.url(), &["CONFIG", "SET", "maxmemory", "0"]).await, "+OK\r\n");
+    let status = status_with(closed, "GET", SMALL_API_KEY, RATED).await;
+    assert!(status == 200 || status == 429, "Redis decides again: {status}");
+    assert!(admin_get(gateways[1].admin, "/readyz").await.contains("\"rate_limits\":\"redis up\""));
+
     redis.kill();
     // From the first call that failed, /readyz says what decides meanwhile (it said
     // "redis up" for 1.5-3 s while a connection was being replaced: the fifty-first

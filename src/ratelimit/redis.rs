@@ -170,8 +170,9 @@ pub struct RedisLimiter {
     reconnecting: AtomicBool,
     /// A failed shared connection is being replaced (see `replace_shared`).
     replacing_shared: AtomicBool,
-    /// Whether the last call failed: Redis may still be in the request path while a
-    /// connection is replaced, but its charges are decided by the fail mode.
+    /// Whether the last call failed: Redis may still be in the request path (while a
+    /// connection is replaced, or while it answers with errors), but its charges are
+    /// decided by the fail mode.
     failing: AtomicBool,
     script: Script,
     settings: RedisLimits,
@@ -375,9 +376,7 @@ impl RedisLimiter {
             Conn::Cluster(_) => by_organisation(batch),
         };
         let calls = groups.into_iter().map(|group| self.call(&conn, group));
-        let connected = futures_util::future::join_all(calls).await.into_iter().all(|connected| connected);
-        self.failing.store(!connected, Ordering::Relaxed);
-        connected
+        futures_util::future::join_all(calls).await.into_iter().all(|connected| connected)
     }
 
     /// After a call failed on `lent`. The lane's own connection: a new one for the
@@ -495,6 +494,9 @@ impl RedisLimiter {
                 (Vec::new(), false)
             }
         };
+        // Any call that did not answer (lost, timed out, or refused by Redis: out of
+        // memory, a script error) leaves its requests to the fail mode.
+        self.failing.store(numbers.is_empty(), Ordering::Relaxed);
         let mut numbers = numbers.into_iter();
         for pending in group {
             let _ = pending.reply.send(numbers.next());

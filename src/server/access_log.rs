@@ -137,17 +137,34 @@ fn json_line(out: &mut String, fields: &[(&'static str, Value<'_>)]) -> fmt::Res
     Ok(())
 }
 
-/// `s` as a JSON string, escaped by serde_json (the JSON formatter's own escaping).
+/// `s` as a JSON string, escaped by serde_json (the JSON formatter's own escaping),
+/// and beyond it every character that ends a line or turns text around for some reader
+/// of a log (DEL, the C1 controls with NEL, U+2028 and U+2029, the bidirectional
+/// controls, the byte-order mark), as `\uXXXX`: the line reads back as the same value,
+/// but a tool that splits lines on Unicode's line ends, or a terminal showing it, sees
+/// one line as it is (the fifty-second outside probe; the text format's `Debug`
+/// escaping covers them already).
 fn json_string(out: &mut String, s: &str) -> fmt::Result {
-    if s.bytes().all(|b| b >= b' ' && b != b'"' && b != b'\\') {
+    if s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
         out.push('"');
         out.push_str(s);
         out.push('"');
         return Ok(());
     }
     let quoted = serde_json::to_string(s).map_err(|_| fmt::Error)?;
-    out.push_str(&quoted);
+    for c in quoted.chars() {
+        if hides_in_a_log(c) {
+            write!(out, "\\u{:04x}", u32::from(c))?;
+        } else {
+            out.push(c);
+        }
+    }
     Ok(())
+}
+
+/// A character [`json_string`] escapes beyond serde_json.
+fn hides_in_a_log(c: char) -> bool {
+    matches!(c, '\u{7f}'..='\u{9f}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 #[cfg(test)]
@@ -191,7 +208,7 @@ mod tests {
         let cases: [(&str, &str, &str, u64); 5] = [
             ("/v3/content_types/blog_post/entries", "GET", "-", 200),
             ("/v3/a\"b\\c", "PURGE", "", 0),
-            ("/v3/tab\there/caf\u{e9}", "G\u{7f}T", "bell\x07", u64::MAX),
+            ("/v3/tab\there/caf\u{e9}", "G\u{e9}T", "bell\x07", u64::MAX),
             ("[withheld: holds a secret's shape]", "GET", "line\nbreak", 431),
             ("", "", "-", 1),
         ];
@@ -215,5 +232,20 @@ mod tests {
                 assert_eq!(untimed(&ours(json, &fields)), untimed(&expected), "json {json}, case {i}");
             }
         }
+    }
+
+    /// Characters that end a line or turn text around for some readers are escaped in
+    /// JSON lines, and read back as sent.
+    #[test]
+    fn json_lines_escape_what_would_split_or_turn_them() {
+        let hidden = "/v3/a\u{2028}b\u{2029}c\u{85}d\u{202e}e\u{7f}f\u{feff}g\u{2066}h\u{200f}";
+        let line = ours(true, &[("path", Value::Str(hidden)), ("method", Value::Bare("caf\u{e9}\n"))]);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        for c in hidden.chars().filter(|c| !c.is_ascii_alphanumeric() && *c != '/') {
+            assert!(!line.contains(c), "{c:?} raw in {line}");
+        }
+        let parsed: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(parsed["fields"]["path"], hidden);
+        assert_eq!(parsed["fields"]["method"], "caf\u{e9}\n");
     }
 }
