@@ -252,7 +252,7 @@ impl GatewayError {
                 "The Connection header lists a field the gateway needs to forward.".into()
             }
             GatewayError::BadRequest(BadRequest::AmbiguousQuery) => {
-                "The query repeats or contradicts the api_key or branch of the request.".into()
+                "The query repeats or contradicts the api_key or branch, names one ambiguously, or names a credential or a method override.".into()
             }
             GatewayError::BadRequest(BadRequest::AmbiguousCookie) => {
                 "A cookie names api_key, branch, a credential or a method override; send them as headers.".into()

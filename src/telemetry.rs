@@ -319,6 +319,16 @@ impl Metrics {
         self.latency.observe(took);
     }
 
+    /// Records a request that ended before any decision was answered (its client went
+    /// away): counted as 499 with no decision, since none was made or sent.
+    pub fn cut_short(&self, module: Option<Module>, took: Duration) {
+        let row = module.map_or(Module::ALL.len(), Module::index);
+        if let Some(c) = self.requests.get(row).and_then(|r| r.get(3)) {
+            c.inc();
+        }
+        self.latency.observe(took);
+    }
+
     /// Counts an upstream failure met after its request was recorded (a response body
     /// that broke before any of it was sent).
     pub fn upstream_failed(&self, failure: UpstreamFailure) {

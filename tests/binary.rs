@@ -315,6 +315,17 @@ async fn a_request_whose_client_went_away_is_logged_as_499() {
     conn.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     drop(conn);
+    // A refusal whose body is being read when the client goes away: logged as that
+    // refusal (a read-only token's write is denied; 403, or 499 if the connection's
+    // end dropped the request first), never as a request nobody decided.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v3/content_types/gone3 HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\n\
+         authorization: {RO}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{{"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(conn);
     let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     let (mut h2c, connection) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
@@ -338,6 +349,10 @@ async fn a_request_whose_client_went_away_is_logged_as_499() {
         assert!(lines[0].contains("status=499 reason=\"client_gone\""), "{}", lines[0]);
         assert!(lines[0].contains("token_uid=\"") && !lines[0].contains("token_uid=\"-\""), "{}", lines[0]);
     }
+    let refused: Vec<&str> = logs.lines().filter(|l| l.contains("/v3/content_types/gone3")).collect();
+    assert_eq!(refused.len(), 1, "{logs}");
+    assert!(refused[0].contains(" reason=\"denied\""), "{}", refused[0]);
+    assert!(!seen.iter().any(|t| t.ends_with("gone3")), "{seen:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -376,7 +376,11 @@ impl RedisLimiter {
             Conn::Cluster(_) => by_organisation(batch),
         };
         let calls = groups.into_iter().map(|group| self.call(&conn, group));
-        futures_util::future::join_all(calls).await.into_iter().all(|connected| connected)
+        let outcomes = futures_util::future::join_all(calls).await;
+        // Any call that did not answer (lost, timed out, or refused by Redis: out of
+        // memory, a script error) left its requests to the fail mode.
+        self.failing.store(!outcomes.iter().all(|(_, answered)| *answered), Ordering::Relaxed);
+        outcomes.iter().all(|(connected, _)| *connected)
     }
 
     /// After a call failed on `lent`. The lane's own connection: a new one for the
@@ -437,8 +441,10 @@ impl RedisLimiter {
             Ok(Err(e)) => connection_lost(&e),
             Err(_) => true,
         };
-        self.failing.store(lost, Ordering::Relaxed);
         if lost {
+            // Only set here: Redis answers PING while it refuses every script (out of
+            // memory); a call that succeeds, or a new connection, clears it.
+            self.failing.store(true, Ordering::Relaxed);
             tracing::info!("an idle Redis connection no longer answers; replacing it");
             self.after_failure(lent, lane);
         }
@@ -451,10 +457,11 @@ impl RedisLimiter {
         tokio::time::timeout(bound, self.connect()).await.ok()?.ok()
     }
 
-    /// One script call for `group`, each request answered. `false` if the connection
-    /// failed (I/O, timeout); an error reply from Redis or an answer of the wrong shape
-    /// fails only this call's requests (the fail mode decides them).
-    async fn call(&self, conn: &Conn, group: Vec<Pending>) -> bool {
+    /// One script call for `group`, each request answered. Returns whether the
+    /// connection held (`false`: I/O, timeout) and whether Redis answered the call; an
+    /// error reply from Redis or an answer of the wrong shape fails only this call's
+    /// requests (the fail mode decides them).
+    async fn call(&self, conn: &Conn, group: Vec<Pending>) -> (bool, bool) {
         let runs = runs(&group);
         let sizes: Vec<usize> = runs.iter().map(|(_, times)| *times).collect();
         let mut invocation = self.script.prepare_invoke();
@@ -494,14 +501,12 @@ impl RedisLimiter {
                 (Vec::new(), false)
             }
         };
-        // Any call that did not answer (lost, timed out, or refused by Redis: out of
-        // memory, a script error) leaves its requests to the fail mode.
-        self.failing.store(numbers.is_empty(), Ordering::Relaxed);
+        let answered = !numbers.is_empty();
         let mut numbers = numbers.into_iter();
         for pending in group {
             let _ = pending.reply.send(numbers.next());
         }
-        connected
+        (connected, answered)
     }
 
     /// What a request gets while Redis is out (see [`FailMode`]).

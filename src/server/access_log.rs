@@ -140,7 +140,7 @@ fn json_line(out: &mut String, fields: &[(&'static str, Value<'_>)]) -> fmt::Res
 /// `s` as a JSON string, escaped by serde_json (the JSON formatter's own escaping),
 /// and beyond it every character that ends a line or turns text around for some reader
 /// of a log (DEL, the C1 controls with NEL, U+2028 and U+2029, the bidirectional
-/// controls, the byte-order mark), as `\uXXXX`: the line reads back as the same value,
+/// controls with the Arabic letter mark, the byte-order mark), as `\uXXXX`: the line reads back as the same value,
 /// but a tool that splits lines on Unicode's line ends, or a terminal showing it, sees
 /// one line as it is (the fifty-second outside probe; the text format's `Debug`
 /// escaping covers them already).
@@ -164,7 +164,7 @@ fn json_string(out: &mut String, s: &str) -> fmt::Result {
 
 /// A character [`json_string`] escapes beyond serde_json.
 fn hides_in_a_log(c: char) -> bool {
-    matches!(c, '\u{7f}'..='\u{9f}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    matches!(c, '\u{7f}'..='\u{9f}' | '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 #[cfg(test)]

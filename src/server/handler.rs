@@ -184,13 +184,12 @@ pub async fn respond(
     conn: Arc<ConnInfo>,
 ) -> (Response<Body>, GatewayFields) {
     let started = Instant::now();
-    let request_id = request_id::ids().next();
     // Counted and logged when the request ends, whether answered or cut short.
     let mut record = Record {
         gw: &gw,
         conn: &conn,
         started,
-        request_id: request_id.clone(),
+        request_id: request_id::ids().next(),
         logged: access_log::enabled().then(|| Logged {
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -199,6 +198,7 @@ pub async fn respond(
             client: None,
         }),
         facts: Facts::default(),
+        refused: None,
         open: true,
     };
     let (mut parts, body) = req.into_parts();
@@ -231,18 +231,22 @@ pub async fn respond(
         logged.trace = Some(trace.clone());
         logged.client.clone_from(&client.forwarded);
     }
-    let facts = &mut record.facts;
+    let (facts, request_id) = (&mut record.facts, &record.request_id);
     // The budget a request was charged, kept for its answer even when forwarding it failed
     // (a 502 or 504 after the charge states what is left, as any forwarded answer does).
     let mut charged = None;
     let mut result =
-        process(&gw, &snap, &mut parts, &mut body, &conn, &client, &request_id, generated, facts, &mut charged).await;
+        process(&gw, &snap, &mut parts, &mut body, &conn, &client, request_id, generated, facts, &mut charged).await;
     if let Err(err) = &result {
         if let Some(retry_after) = throttled(&gw, &snap, err, &parts, facts, client_ip) {
             result = Err(GatewayError::Throttled { retry_after });
         }
+    }
+    if let Err(err) = &result {
         // A refused request's body is read (within bounds) before the answer, so the
-        // client reads the answer instead of a reset (HTTP/1) or a stream error (h2).
+        // client reads the answer instead of a reset (HTTP/1) or a stream error (h2);
+        // if the client goes away meanwhile, the refusal is what is logged.
+        record.refused = Some(err.clone());
         if let Some(body) = body.take() {
             proxy::drain(&parts, body).await;
         }
@@ -251,20 +255,9 @@ pub async fn respond(
         Ok((resp, rate)) => (resp, rate, None),
         Err(err) => (err.clone().into_response().map(proxy::full), charged, Some(err)),
     };
-    // Counted on the token the request authenticated as (an atomic add on its own
-    // counters, no lookup): whatever became of it, including refusals after
-    // authentication (scope, branch, body rules) and the rate limiter's 429.
-    if let Some(token) = &facts.token {
-        let outcome = match &error {
-            // Forwarded, whatever the backend answered or failed to answer.
-            None | Some(GatewayError::BadGateway(_) | GatewayError::GatewayTimeout) => Outcome::Forwarded,
-            Some(GatewayError::RateLimited { .. }) => Outcome::RateLimited,
-            Some(_) => Outcome::Refused,
-        };
-        token.usage.record(outcome, facts.decided_at);
-    }
     record.open = false;
-    record.write(resp.status().as_u16(), error.as_ref());
+    record.write(resp.status().as_u16(), error.as_ref(), false);
+    let request_id = std::mem::replace(&mut record.request_id, HeaderValue::from_static("-"));
     (resp, GatewayFields { request_id, rate, cors })
 }
 
@@ -281,6 +274,8 @@ struct Record<'a> {
     /// What the access line needs of the request, kept only when the log is on.
     logged: Option<Logged>,
     facts: Facts,
+    /// The refusal decided, while the refused request's body is read.
+    refused: Option<GatewayError>,
     /// Not yet answered.
     open: bool,
 }
@@ -294,24 +289,38 @@ struct Logged {
     client: Option<HeaderValue>,
 }
 
-/// The status a request cut short by its client is counted and logged with.
+/// The status a request that ended before its answer is counted and logged with.
 const CLIENT_GONE: u16 = 499;
 
 impl Record<'_> {
-    /// Counts the request and writes its access line.
-    fn write(&mut self, status: u16, error: Option<&GatewayError>) {
+    /// Counts the request (on its token too) and writes its access line. `gone`: it
+    /// ended before its answer; with a refusal decided, that refusal is its reason.
+    fn write(&mut self, status: u16, error: Option<&GatewayError>, gone: bool) {
         let op = self.facts.op;
         let took = self.started.elapsed();
-        self.gw.metrics.request(op.map(|o| o.module), status, error, took);
+        match (gone, error) {
+            (true, None) => self.gw.metrics.cut_short(op.map(|o| o.module), took),
+            _ => self.gw.metrics.request(op.map(|o| o.module), status, error, took),
+        }
+        // Counted on the token the request authenticated as (an atomic add on its own
+        // counters, no lookup): whatever became of it, including refusals after
+        // authentication (scope, branch, body rules) and the rate limiter's 429. One cut
+        // short with nothing refused had passed every stage: forwarded, or about to be.
+        if let Some(token) = &self.facts.token {
+            let outcome = match error {
+                // Forwarded, whatever the backend answered or failed to answer.
+                None | Some(GatewayError::BadGateway(_) | GatewayError::GatewayTimeout) => Outcome::Forwarded,
+                Some(GatewayError::RateLimited { .. }) => Outcome::RateLimited,
+                Some(_) => Outcome::Refused,
+            };
+            token.usage.record(outcome, self.facts.decided_at);
+        }
         let Some(logged) = &self.logged else { return };
         let credentials = &logged.credentials;
-        let (reason, detail) = match (error, status) {
+        let (reason, detail) = match (error, gone) {
             (Some(e), _) => (e.reason().name(), Value::Shown(e)),
-            (None, CLIENT_GONE) => (
-                "client_gone",
-                Value::Bare("ended before its answer (the client went away, or shutdown_grace ran out)"),
-            ),
-            (None, _) => ("-", Value::Bare("-")),
+            (None, true) => ("client_gone", Value::Bare("ended before its answer: its connection or stream closed")),
+            (None, false) => ("-", Value::Bare("-")),
         };
         let client = logged.client.as_ref().map_or(self.conn.peer_text(), |ip| ip.to_str().unwrap_or("-"));
         let trace = logged.trace.as_ref().and_then(|t| request_id::trace_id(t.as_bytes()));
@@ -338,7 +347,8 @@ impl Record<'_> {
 impl Drop for Record<'_> {
     fn drop(&mut self) {
         if self.open {
-            self.write(CLIENT_GONE, None);
+            let refused = self.refused.take();
+            self.write(CLIENT_GONE, refused.as_ref(), true);
         }
     }
 }
