@@ -66,7 +66,7 @@ impl Visit for AllPlain {
 }
 
 /// Printable ASCII without `"` or `\`: its `Debug` form is itself in quotes.
-fn plain(value: &str) -> bool {
+pub(crate) fn plain(value: &str) -> bool {
     value.bytes().all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\')
 }
 

@@ -93,7 +93,7 @@ fn text_fields(out: &mut String, fields: &[(&'static str, Value<'_>)]) -> fmt::R
         out.push_str(name);
         out.push('=');
         match value {
-            Value::Str(s) if s.bytes().all(|b| matches!(b, b' '..=b'~') && b != b'"' && b != b'\\') => {
+            Value::Str(s) if crate::cli::log_format::plain(s) => {
                 out.push('"');
                 out.push_str(s);
                 out.push('"');
