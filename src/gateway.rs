@@ -67,6 +67,8 @@ pub struct Gateway {
     rate_clock: RateClock,
     config_path: Option<PathBuf>,
     draining: AtomicBool,
+    /// `shutdown_grace` ran out: what is still open is being dropped.
+    cut: AtomicBool,
     /// Failed-authentication counters per client address.
     guard: crate::guard::AuthGuard,
     /// The bytes held by bodies being read for the body rules, in all.
@@ -123,6 +125,7 @@ impl Gateway {
             rate_clock,
             config_path,
             draining: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
             guard: crate::guard::AuthGuard::default(),
             inspecting: crate::server::BodyBudget::new(metrics.inspected_body_bytes.clone()),
             token_api_bodies: crate::server::BodyBudget::new(metrics.inspected_body_bytes.clone()),
@@ -204,6 +207,17 @@ impl Gateway {
     /// Shutdown has begun.
     pub fn begin_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `shutdown_grace` ran out: a request ending unanswered now was cut off
+    /// by the gateway, not left by its client.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    /// `shutdown_grace` ran out; the connections still open are being dropped.
+    pub fn cut_off(&self) {
+        self.cut.store(true, Ordering::SeqCst);
     }
 
     /// Failed-authentication counters per client address.

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn spawn(args: &[&str]) -> (Proc, String, BufReader<std::process::ChildStdout>) {
@@ -353,6 +353,69 @@ async fn a_request_whose_client_went_away_is_logged_as_499() {
     assert_eq!(refused.len(), 1, "{logs}");
     assert!(refused[0].contains(" reason=\"denied\""), "{}", refused[0]);
     assert!(!seen.iter().any(|t| t.ends_with("gone3")), "{seen:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Requests still unanswered when `shutdown_grace` runs out are cut off, and each is
+/// counted and logged (499, reason `shutdown`) before the process exits, on every
+/// serving thread and protocol: the process used to end first, leaving them no line
+/// (the fifty-third outside probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_off_by_the_end_of_shutdown_grace_are_logged() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("grace-cut");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "shutdown_grace = \"1s\"", "")).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let (mut child, addr, _out) = spawn_logging(&file, "2", log.into());
+    // Eight HTTP/1.1 connections (the kernel spreads them over both threads' sockets)
+    // and two HTTP/2 streams, all waiting on a backend that takes 8 s.
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "DELETE /v3/content_types/cut{i} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\n\
+             authorization: {RW}\r\nx-test-delay-ms: 8000\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        held.push(conn);
+    }
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (h2c, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(connection);
+    let streams: Vec<_> = (8..10)
+        .map(|i| {
+            let mut h2c = h2c.clone();
+            let request = http::Request::delete(format!("http://{addr}/v3/content_types/cut{i}"))
+                .header("api_key", API_KEY)
+                .header("authorization", RW)
+                .header("x-test-delay-ms", "8000")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            tokio::spawn(async move { h2c.send_request(request).await.is_ok() })
+        })
+        .collect();
+    let arrived = Instant::now();
+    while backend.seen().len() < 10 {
+        assert!(arrived.elapsed() < Duration::from_secs(5), "{:?}", backend.seen().len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = Instant::now();
+    let exit = tokio::task::spawn_blocking(move || child.signal_and_wait("TERM")).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(5), "exited {:?} after the signal", signalled.elapsed());
+    for stream in streams {
+        assert!(!stream.await.unwrap(), "an HTTP/2 stream was answered");
+    }
+    let logs = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    for i in 0..10 {
+        let path = format!("/v3/content_types/cut{i}\"");
+        let lines: Vec<&str> = logs.lines().filter(|l| l.contains("stackgate::access") && l.contains(&path)).collect();
+        assert_eq!(lines.len(), 1, "{path}: {logs}");
+        assert!(lines[0].contains("status=499 reason=\"shutdown\""), "{}", lines[0]);
+    }
+    drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -819,10 +819,13 @@ async fn redis_outage_applies_each_fail_mode_then_recovers() {
     assert_eq!(status_with(closed, "GET", SMALL_API_KEY, RATED).await, 503);
     let ready = admin_get(gateways[1].admin, "/readyz").await;
     assert!(ready.contains("redis unavailable (fail_mode closed"), "{ready}");
+    // The gauge says the same (it stayed 1 while Redis answered PING: the 53rd probe).
+    assert_eq!(metric(gateways[1].admin, "stackgate_ratelimit_backend_up ").await, 0.0);
     assert_eq!(redis_raw(&redis.url(), &["CONFIG", "SET", "maxmemory", "0"]).await, "+OK\r\n");
     let status = status_with(closed, "GET", SMALL_API_KEY, RATED).await;
     assert!(status == 200 || status == 429, "Redis decides again: {status}");
     assert!(admin_get(gateways[1].admin, "/readyz").await.contains("\"rate_limits\":\"redis up\""));
+    assert_eq!(metric(gateways[1].admin, "stackgate_ratelimit_backend_up ").await, 1.0);
 
     redis.kill();
     // From the first call that failed, /readyz says what decides meanwhile (it said

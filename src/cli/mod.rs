@@ -226,10 +226,7 @@ async fn run(path: PathBuf, workers: usize) -> anyhow::Result<()> {
     // Before the log line: a stalled stderr can hold whoever logs (see the signal thread).
     crate::server::tell_service_manager("STOPPING=1");
     tracing::info!("shutting down: draining connections (a second signal exits at once)");
-    let grace = running.gateway.snapshot().config.server.limits.shutdown_grace;
-    if !running.shutdown().await {
-        tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
-    }
+    running.shutdown().await;
     Ok(())
 }
 

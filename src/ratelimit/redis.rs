@@ -250,7 +250,7 @@ impl RedisLimiter {
                         // see that its own connection is from before the failure.
                         this.generation.fetch_add(1, Ordering::SeqCst);
                         this.conn.store(Some(Arc::new(conn)));
-                        this.failing.store(false, Ordering::Relaxed);
+                        this.set_failing(false);
                         this.metrics.up.set(1);
                         this.reconnecting.store(false, Ordering::Release);
                         tracing::info!("Redis answers again; shared rate limits resumed");
@@ -261,6 +261,14 @@ impl RedisLimiter {
                 backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
             }
         });
+    }
+
+    /// Whether the last call failed; `stackgate_ratelimit_backend_up` says the same as
+    /// `/readyz` (0 while calls fail, though Redis may still answer PING).
+    fn set_failing(&self, failing: bool) {
+        if self.failing.swap(failing, Ordering::Relaxed) != failing {
+            self.metrics.up.set(i64::from(!failing && self.conn.load().is_some()));
+        }
     }
 
     /// How `/readyz` reports this backend: whether Redis is in the request path, and if
@@ -379,7 +387,7 @@ impl RedisLimiter {
         let outcomes = futures_util::future::join_all(calls).await;
         // Any call that did not answer (lost, timed out, or refused by Redis: out of
         // memory, a script error) left its requests to the fail mode.
-        self.failing.store(!outcomes.iter().all(|(_, answered)| *answered), Ordering::Relaxed);
+        self.set_failing(!outcomes.iter().all(|(_, answered)| *answered));
         outcomes.iter().all(|(connected, _)| *connected)
     }
 
@@ -415,7 +423,7 @@ impl RedisLimiter {
             match this.connect_within_timeout().await {
                 Some(conn) => {
                     let previous = this.conn.compare_and_swap(&Some(failed), Some(Arc::new(conn)));
-                    this.failing.store(false, Ordering::Relaxed);
+                    this.set_failing(false);
                     tracing::info!(replaced = previous.is_some(), "the shared Redis connection failed; opened another");
                 }
                 None if this.generation.load(Ordering::SeqCst) == generation => this.reconnect(),
@@ -444,7 +452,7 @@ impl RedisLimiter {
         if lost {
             // Only set here: Redis answers PING while it refuses every script (out of
             // memory); a call that succeeds, or a new connection, clears it.
-            self.failing.store(true, Ordering::Relaxed);
+            self.set_failing(true);
             tracing::info!("an idle Redis connection no longer answers; replacing it");
             self.after_failure(lent, lane);
         }

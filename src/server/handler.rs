@@ -319,6 +319,9 @@ impl Record<'_> {
         let credentials = &logged.credentials;
         let (reason, detail) = match (error, gone) {
             (Some(e), _) => (e.reason().name(), Value::Shown(e)),
+            (None, true) if self.gw.is_cut() => {
+                ("shutdown", Value::Bare("cut off unanswered when shutdown_grace ran out"))
+            }
             (None, true) => ("client_gone", Value::Bare("ended before its answer: its connection or stream closed")),
             (None, false) => ("-", Value::Bare("-")),
         };

@@ -53,23 +53,34 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
     Ok(sockets)
 }
 
+/// The listeners' shutdown: `drain` stops accepting and lets open connections finish
+/// their requests; `cut` (`shutdown_grace` is over) stops waiting for them.
+#[derive(Clone)]
+pub struct Stop {
+    pub drain: watch::Receiver<bool>,
+    pub cut: watch::Receiver<bool>,
+}
+
 /// Serves `socket` on a thread of its own with a current-thread runtime; the receiver
-/// completes when that listener has drained.
+/// completes when that listener has drained, or been cut and dropped what it held.
 pub fn serve_on_own_thread(
     socket: std::net::TcpListener,
     gw: Arc<Gateway>,
     permits: Arc<Semaphore>,
-    shutdown: watch::Receiver<bool>,
+    stop: Stop,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
     let (done, drained) = tokio::sync::oneshot::channel();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("stackgate-worker".into()).spawn(move || {
         rt.block_on(async move {
             match TcpListener::from_std(socket) {
-                Ok(listener) => serve(listener, gw, permits, shutdown).await,
+                Ok(listener) => serve(listener, gw, permits, stop).await,
                 Err(e) => tracing::error!(error = %e, "worker listener failed"),
             }
         });
+        // Drops the connections a cut left open, each request among them writing its
+        // access line, before the process is told this thread is done.
+        rt.shutdown_timeout(Duration::from_millis(500));
         let _ = done.send(());
     })?;
     Ok(drained)
@@ -80,14 +91,10 @@ pub fn connection_cap(gw: &Gateway) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(gw.snapshot().config.server.limits.max_connections))
 }
 
-/// Accepts until shutdown, then waits for open connections to finish their requests.
-/// A connection takes one of `permits` while it lives.
-pub async fn serve(
-    listener: TcpListener,
-    gw: Arc<Gateway>,
-    permits: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Accepts until shutdown, then waits for open connections to finish their requests
+/// (or for the cut). A connection takes one of `permits` while it lives.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, permits: Arc<Semaphore>, stop: Stop) {
+    let Stop { drain: mut shutdown, mut cut } = stop;
     let limits = Arc::new(gw.snapshot().config.server.limits.clone());
     let builder = Arc::new(Builders { any: builder(&limits), h2: builder(&limits).http2_only() });
     let graceful = GracefulShutdown::new();
@@ -121,7 +128,10 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!(open = graceful.count(), "listener closed; draining connections");
-    graceful.shutdown().await;
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        _ = cut.wait_for(|&cut| cut) => {}
+    }
 }
 
 fn builder(limits: &crate::config::Limits) -> auto::Builder<TokioExecutor> {

@@ -49,17 +49,33 @@ pub struct Running {
     /// Writes tokens' `last_used_at` to the store every `[telemetry] usage_flush`.
     usage_flusher: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
+    /// Ends the drain when `shutdown_grace` runs out (see [`Running::shutdown`]).
+    cut: watch::Sender<bool>,
 }
+
+/// How long the listeners' threads have, once `shutdown_grace` is over, to drop what
+/// they still hold (each request cut off writes its access line as it is dropped).
+const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Running {
     /// Graceful shutdown: `/readyz` turns 503, the listener stops accepting, open
     /// connections finish their in-flight requests (up to `shutdown_grace`).
-    /// Returns whether everything finished within the grace period.
+    /// Returns whether everything finished within the grace period. If not, the
+    /// listeners' own threads drop their connections before this returns, so every
+    /// request cut off is counted and logged (reason `shutdown`) before the process
+    /// ends; those on the caller's runtime are dropped with it.
     pub async fn shutdown(self) -> bool {
         self.gateway.begin_draining();
         let _ = self.shutdown.send(true);
         let grace = self.gateway.snapshot().config.server.limits.shutdown_grace;
-        let drained = tokio::time::timeout(grace, self.task).await.is_ok();
+        let mut task = self.task;
+        let drained = tokio::time::timeout(grace, &mut task).await.is_ok();
+        if !drained {
+            tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
+            self.gateway.cut_off();
+            let _ = self.cut.send(true);
+            let _ = tokio::time::timeout(CUT_WAIT, task).await;
+        }
         if let Some(n) = self.notifier {
             n.abort();
         }
@@ -128,15 +144,17 @@ pub async fn start_workers(
         tokio::spawn(Arc::clone(&gateway).follow(events));
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (cut, cut_rx) = watch::channel(false);
     let permits = listener::connection_cap(&gateway);
     let others: Vec<_> = sockets
         .map(|socket| {
-            listener::serve_on_own_thread(socket, Arc::clone(&gateway), Arc::clone(&permits), shutdown_rx.clone())
+            let stop = listener::Stop { drain: shutdown_rx.clone(), cut: cut_rx.clone() };
+            listener::serve_on_own_thread(socket, Arc::clone(&gateway), Arc::clone(&permits), stop)
         })
         .collect::<std::io::Result<_>>()?;
     let gw = Arc::clone(&gateway);
     let task = tokio::spawn(async move {
-        listener::serve(listener, gw, permits, shutdown_rx).await;
+        listener::serve(listener, gw, permits, listener::Stop { drain: shutdown_rx, cut: cut_rx }).await;
         for done in others {
             let _ = done.await;
         }
@@ -145,7 +163,7 @@ pub async fn start_workers(
     let notifier = crate::notify::spawn(Arc::clone(&gateway), channels);
     let usage_interval = gateway.snapshot().config.telemetry.usage_flush;
     let usage_flusher = spawn_usage_flusher(Arc::clone(&gateway), usage_interval);
-    Ok(Running { addr, admin_addr, gateway, task, notifier, usage_flusher, shutdown })
+    Ok(Running { addr, admin_addr, gateway, task, notifier, usage_flusher, shutdown, cut })
 }
 
 /// Writes tokens' `last_used_at` to the store (see [`crate::usage::flush`]).
