@@ -1723,6 +1723,17 @@ async fn http2_cookies_are_joined_for_the_backend() {
     let seen = env.backend.last().unwrap();
     let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
     assert_eq!(cookies, ["a=1; b=2"]);
+    // Empty crumbs join as nothing (`a=1; ` reached the backend: the 52nd probe).
+    for (crumbs, want) in
+        [(&["a=1", ""][..], Some("a=1")), (&["", "a=1", "", "b=2"], Some("a=1; b=2")), (&["", ""], None)]
+    {
+        let mut fields = creds(RW);
+        fields.extend(crumbs.iter().map(|c| ("cookie", *c)));
+        assert_eq!(h2_send(&mut sender, "GET", &uri, &fields, "").await.0, 200);
+        let seen = env.backend.last().unwrap();
+        let cookies: Vec<_> = seen.headers.get_all("cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(cookies, want.into_iter().collect::<Vec<_>>(), "{crumbs:?}");
+    }
 }
 
 /// Behind trusted proxies the client is the right-most untrusted `X-Forwarded-For`

@@ -43,17 +43,25 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
 
 /// Joins an HTTP/2 request's `cookie` fields into one, as RFC 9113 section 8.2.3 says
 /// a request forwarded over HTTP/1.1 must carry them (an HTTP/1.1 backend may read
-/// only the first of several).
+/// only the first of several). Empty ones join as nothing: `a=1; ` is no cookie list
+/// RFC 6265 allows, and parsers differ on its empty pair.
 pub fn join_cookies(headers: &mut HeaderMap) {
     let mut cookies = headers.get_all(header::COOKIE).iter();
-    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
-        let mut joined = first.as_bytes().to_vec();
-        for more in headers.get_all(header::COOKIE).iter().skip(1) {
-            joined.extend_from_slice(b"; ");
-            joined.extend_from_slice(more.as_bytes());
+    if let (Some(_), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = Vec::new();
+        for crumb in headers.get_all(header::COOKIE).iter().filter(|c| !c.is_empty()) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(crumb.as_bytes());
         }
-        if let Ok(value) = HeaderValue::from_bytes(&joined) {
-            headers.insert(header::COOKIE, value);
+        match HeaderValue::from_bytes(&joined) {
+            Ok(value) if !joined.is_empty() => {
+                headers.insert(header::COOKIE, value);
+            }
+            _ => {
+                headers.remove(header::COOKIE);
+            }
         }
     }
 }

@@ -179,6 +179,8 @@ pub struct RedisLimiter {
     metrics: BackendMetrics,
     /// Each serving thread's queue to its lane (at most [`MAX_WAITING`] charges each).
     lanes: thread_local::ThreadLocal<mpsc::Sender<Pending>>,
+    /// Errors Redis answers calls with (see [`Repeats`]).
+    refusals: Repeats,
 }
 
 impl RedisLimiter {
@@ -197,6 +199,7 @@ impl RedisLimiter {
             settings: settings.clone(),
             metrics,
             lanes: thread_local::ThreadLocal::new(),
+            refusals: Repeats::new(),
         });
         match limiter.connect().await {
             Ok(conn) => limiter.conn.store(Some(Arc::new(conn))),
@@ -322,7 +325,9 @@ impl RedisLimiter {
             _ => return self.fail(payer, op),
         };
         if ok == -1 {
-            tracing::error!(organization = %org, "a rate-limit key in Redis holds another type; the fail mode decides");
+            if let Some(held) = self.refusals.due() {
+                tracing::error!(organization = %org, held, "a rate-limit key in Redis holds another type; the fail mode decides");
+            }
             return self.fail(payer, op);
         }
         let bucket = usize::try_from(index - 1).ok().and_then(|i| charge.parts().nth(i)).map(|(b, _)| b);
@@ -492,7 +497,9 @@ impl RedisLimiter {
             Ok(Ok(reply)) => match parse_reply(&reply).and_then(|runs| per_request(&runs, &sizes)) {
                 Some(v) => (v, true),
                 None => {
-                    tracing::error!("rate-limit script answered in an unexpected shape");
+                    if let Some(held) = self.refusals.due() {
+                        tracing::error!(held, "rate-limit script answered in an unexpected shape");
+                    }
                     (Vec::new(), true)
                 }
             },
@@ -501,7 +508,9 @@ impl RedisLimiter {
                 (Vec::new(), false)
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "Redis refused the rate-limit script");
+                if let Some(held) = self.refusals.due() {
+                    tracing::error!(error = %e, held, "Redis refused the rate-limit script");
+                }
                 (Vec::new(), true)
             }
             Err(_) => {
@@ -787,8 +796,58 @@ fn endpoint(settings: &RedisLimits) -> Result<Endpoint, redis::RedisError> {
     Ok(Endpoint::Cluster(builder.build()?))
 }
 
+/// At most one log line a second for errors Redis answers calls with: while it refuses
+/// every script (out of memory) or a key holds another type, each call or request
+/// would write one, thousands a second. A line says how many were held back since the
+/// last (`held`); `stackgate_ratelimit_fallbacks_total` counts every request.
+struct Repeats {
+    since: std::time::Instant,
+    /// Milliseconds after `since` from which the next line may be written.
+    next: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Repeats {
+    const EVERY_MS: u64 = 1000;
+
+    fn new() -> Self {
+        Repeats { since: std::time::Instant::now(), next: AtomicU64::new(0), held: AtomicU64::new(0) }
+    }
+
+    /// Whether a line is due now; if so, how many were held back.
+    fn due(&self) -> Option<u64> {
+        self.due_at(u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn due_at(&self, now_ms: u64) -> Option<u64> {
+        let next = self.next.load(Ordering::Relaxed);
+        let won = now_ms >= next
+            && self.next.compare_exchange(next, now_ms + Self::EVERY_MS, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+        match won {
+            true => Some(self.held.swap(0, Ordering::Relaxed)),
+            false => {
+                self.held.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// Errors Redis repeats on every call make one line a second, the next saying how
+    /// many were held back.
+    #[test]
+    fn repeated_refusals_are_logged_once_a_second_with_the_count_held_back() {
+        let repeats = super::Repeats::new();
+        assert_eq!(repeats.due_at(5), Some(0));
+        assert_eq!(repeats.due_at(6), None);
+        assert_eq!(repeats.due_at(1004), None);
+        assert_eq!(repeats.due_at(1005), Some(2));
+        assert_eq!(repeats.due_at(1500), None);
+        assert_eq!(repeats.due_at(9000), Some(1));
+    }
+
     /// Redis Cluster's key slot (CRC16/XMODEM of the hash tag, mod 16384).
     fn slot(key: &str) -> u16 {
         let bytes = key.as_bytes();
