@@ -306,7 +306,12 @@ async fn a_request_whose_client_went_away_is_logged_as_499() {
     let file = dir.join("gw.toml");
     std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
-    let (mut child, addr, _out) = spawn_logging(&file, "2", log.into());
+    let (mut child, addr, mut out) = spawn_logging(&file, "2", log.into());
+    let admin: std::net::SocketAddr = {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line.trim().strip_prefix("stackgate admin listening on http://").unwrap().parse().unwrap()
+    };
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "DELETE /v3/content_types/gone1 HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\n\
@@ -341,6 +346,16 @@ async fn a_request_whose_client_went_away_is_logged_as_499() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let seen: Vec<String> = backend.seen().into_iter().map(|s| s.target).collect();
     assert!(seen.iter().any(|t| t.ends_with("gone1")) && seen.iter().any(|t| t.ends_with("gone2")), "{seen:?}");
+    // Counted as requests (4xx, with the refusal), none as an allowed decision.
+    let (_, metrics) = raw(admin, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
+    let value = |name: &str| {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line.rsplit(' ').next().unwrap().to_owned()
+    };
+    assert_eq!(value("stackgate_requests_total{module=\"content_type\",class=\"4xx\"}"), "3");
+    assert_eq!(value("stackgate_requests_total{module=\"content_type\",class=\"2xx\"}"), "0");
+    assert_eq!(value("stackgate_decisions_total{reason=\"allowed\"}"), "0");
+    assert_eq!(value("stackgate_decisions_total{reason=\"denied\"}"), "1");
     assert!(child.signal_and_wait("TERM").success());
     let logs = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     for path in ["/v3/content_types/gone1", "/v3/content_types/gone2"] {

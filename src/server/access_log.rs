@@ -50,6 +50,9 @@ pub enum Value<'a> {
     Number(u64),
 }
 
+/// The most room each thread's line buffer keeps between lines.
+const KEPT_ROOM: usize = 4096;
+
 /// Writes one access line with `fields` in their order.
 pub fn write(fields: &[(&'static str, Value<'_>)]) {
     let Some(sink) = SINK.get() else {
@@ -68,6 +71,10 @@ pub fn write(fields: &[(&'static str, Value<'_>)]) {
         if formatted.is_ok() {
             // One `write` is one line for the writer thread (as the formatter's).
             let _ = tracing_subscriber::fmt::MakeWriter::make_writer(&sink.writer).write_all(line.as_bytes());
+        }
+        // A line with a long target is rare: its room is not kept for every later one.
+        if line.capacity() > KEPT_ROOM {
+            line.shrink_to(KEPT_ROOM);
         }
     });
 }
