@@ -434,6 +434,43 @@ async fn requests_cut_off_by_the_end_of_shutdown_grace_are_logged() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With stderr stalled when the process ends (a log shipper that stopped reading), a
+/// normal exit waits for it to take every buffered line, and then exits 0: it used to
+/// exit a second later without them (the fifty-fourth outside probe: 206 of 303 lines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_exit_writes_every_buffered_line_even_when_stderr_stalls() {
+    let backend = Backend::start().await;
+    let dir = temp_dir("stalled-exit");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
+    let (mut child, addr, _out) = spawn_logging(&file, "1", std::process::Stdio::piped());
+    let stderr = child.0.stderr.take().unwrap();
+    // Lines to fill the pipe (64 KiB) many times over; none read yet.
+    const REQUESTS: usize = 1500;
+    let mut conn = KeepAlive::connect(addr).await;
+    for i in 0..REQUESTS {
+        let target = format!("/v3/content_types/blog/entries?n={i}");
+        assert_eq!(conn.send("GET", &target, &[("api_key", API_KEY), ("authorization", RO)], "").await.0, 200);
+    }
+    drop(conn);
+    std::process::Command::new("kill").args(["-TERM", &child.pid().to_string()]).status().unwrap();
+    // Past the log writer's own wait at shutdown (a second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(child.0.try_wait().unwrap().is_none(), "exited with lines unwritten");
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut { stderr }, &mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let lines = text.lines().filter(|l| l.contains("stackgate::access") && l.contains("/blog/entries")).count();
+    assert_eq!(lines, REQUESTS);
+    assert!(text.lines().last().is_some_and(|l| l.contains("listener closed")), "the drain's own lines come last");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// With stderr taking no more output (a stalled log shipper), the log queue fills and
 /// serving waits on it; a second signal still exits at once, with status 1. Signals are
 /// awaited on a thread that writes no log line before acting.

@@ -74,9 +74,44 @@ pub fn main() -> ExitCode {
     code
 }
 
-/// The log writer's thread, held until the process ends: dropping it writes what is
-/// still buffered.
-static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = std::sync::Mutex::new(None);
+/// The log writer's thread, held until the process ends (see [`flush_logs`]).
+static LOG_WRITER: std::sync::Mutex<Option<LogWriter>> = std::sync::Mutex::new(None);
+
+struct LogWriter {
+    /// Dropping it ends the thread (after waiting at most a second for it).
+    guard: tracing_appender::non_blocking::WorkerGuard,
+    /// Where [`flush_logs`] queues its marker, after every line.
+    queue: tracing_appender::non_blocking::NonBlocking,
+    /// Told when the thread has written everything queued before the marker.
+    reached: std::sync::mpsc::Receiver<()>,
+}
+
+/// stderr as the log thread writes to it. An empty write is [`flush_logs`]'s marker (no
+/// line is empty): the thread writes in order, so when it reaches the marker every line
+/// queued before it has been written.
+struct LogOut {
+    out: std::io::BufWriter<std::io::Stderr>,
+    reached: std::sync::mpsc::SyncSender<()>,
+}
+
+impl std::io::Write for LogOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if buf.is_empty() {
+            let flushed = self.out.flush();
+            let _ = self.reached.try_send(());
+            return flushed;
+        }
+        self.out.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
 
 /// Log lines (one per request with the access log on) are formatted on the thread that
 /// logs them and written to stderr by a thread of their own, through a buffer flushed
@@ -102,13 +137,15 @@ fn init_logging(format: LogFormat) {
         .map(|&target| if target == "rustls" { "rustls=error".to_owned() } else { format!("{target}=info") })
         .filter_map(|directive| directive.parse().ok())
         .fold(filter, |filter, directive| filter.add_directive(directive));
+    let (marked, reached) = std::sync::mpsc::sync_channel(1);
+    let out = LogOut { out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()), reached: marked };
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(BUFFERED_LINES)
         .thread_name("stackgate-log")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+        .finish(out);
     if let Ok(mut slot) = LOG_WRITER.lock() {
-        *slot = Some(guard);
+        *slot = Some(LogWriter { guard, queue: writer.clone(), reached });
     }
     crate::server::access_log::install(matches!(format, LogFormat::Json), writer.clone());
     let builder =
@@ -119,11 +156,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Writes the log lines still buffered (before the process exits).
+/// Writes the log lines still buffered (before the process exits), however long stderr
+/// takes to take them: the log writer's own shutdown waits at most a second, and a
+/// stalled log shipper would lose the last lines (a drain's 499s among them) while the
+/// process exits 0. A second signal still exits at once (see [`exit_now`]).
 fn flush_logs() {
-    if let Some(guard) = LOG_WRITER.lock().ok().and_then(|mut slot| slot.take()) {
-        drop(guard);
+    use std::io::Write as _;
+    let Some(mut log) = LOG_WRITER.lock().ok().and_then(|mut slot| slot.take()) else { return };
+    // Err: the thread is gone, and there is nothing to wait for.
+    if log.queue.write(&[]).is_ok() {
+        let _ = log.reached.recv();
     }
+    drop(log.guard);
 }
 
 /// Runs `fut` on a runtime of `threads` workers (default: the cores this process may

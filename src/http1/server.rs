@@ -221,6 +221,10 @@ where
         let Some((resp, added)) = unless_hung_up(io, &mut buf, handled, limits.max_header_bytes).await else {
             return Outcome::Closed;
         };
+        // Shutdown has begun: the answer says the connection ends with it, so the client
+        // sends its next request elsewhere instead of into a closing connection. The
+        // version, not the value: reading the value takes the channel's lock.
+        let close = close || !matches!(shutdown.has_changed(), Ok(false));
         let done = match write_response(io, &mut out, resp, &added, head_only, close).await {
             Written::Whole => true,
             Written::Failed => false,
@@ -230,7 +234,7 @@ where
                 false
             }
         };
-        if close || !done || *shutdown.borrow() {
+        if close || !done || !matches!(shutdown.has_changed(), Ok(false)) {
             let _ = io.shutdown().await;
             return Outcome::Closed;
         }
