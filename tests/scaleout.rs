@@ -788,6 +788,43 @@ fn assert_limited(statuses: &[u16], what: &str) {
     assert!((5..=6).contains(&ok) && ok + count(statuses, 429) == statuses.len(), "{what}: {statuses:?}");
 }
 
+/// A gateway that has charged nothing in Redis yet still finds it gone (the shared
+/// connection is pinged, not only the lanes' connections, which the first charges open):
+/// `/readyz` and the gauge say so within a ping's interval, and once Redis is back the
+/// first request is charged there. The fifty-fourth outside probe saw "redis up"
+/// through a whole outage, then a 503 for the first request after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gateway_notices_redis_leaving_and_coming_back() {
+    let Some((pg, _)) = services("an_idle_gateway_notices_redis_leaving_and_coming_back") else { return };
+    let db = Database::create(&pg, "idleredis").await;
+    let backend = Backend::start().await;
+    let mut redis = RedisServer::start().await;
+    let cfg = shared_config(&db.url, &redis.url(), &unique("i"), "closed", 1);
+    let gateway = start_replicas(backend.addr, &cfg, 1).pop().unwrap();
+    assert!(admin_get(gateway.admin, "/readyz").await.contains("\"rate_limits\":\"redis up\""));
+    redis.kill();
+    let left = Instant::now();
+    loop {
+        let ready = admin_get(gateway.admin, "/readyz").await;
+        if ready.contains("redis unavailable (fail_mode closed") {
+            break;
+        }
+        assert!(left.elapsed() < Duration::from_secs(12), "still {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(gateway.admin, "stackgate_ratelimit_backend_up ").await, 0.0);
+    redis.restart().await;
+    let back = Instant::now();
+    while !admin_get(gateway.admin, "/readyz").await.contains("\"rate_limits\":\"redis up\"") {
+        assert!(back.elapsed() < Duration::from_secs(10), "Redis not taken back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(gateway.admin, "stackgate_ratelimit_backend_up ").await, 1.0);
+    assert_eq!(status_with(gateway.addr, "GET", SMALL_API_KEY, RATED).await, 200, "charged in Redis at once");
+    drop(gateway);
+    db.drop_now().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_applies_each_fail_mode_then_recovers() {
     let Some((pg, _)) = services("redis_outage_applies_each_fail_mode_then_recovers") else { return };

@@ -209,6 +209,7 @@ impl RedisLimiter {
                 limiter.reconnect();
             }
         }
+        tokio::spawn(watch_shared(Arc::downgrade(&limiter)));
         Ok(limiter)
     }
 
@@ -443,18 +444,7 @@ impl RedisLimiter {
     /// connection is handled as after a failed call.
     async fn ping(self: &Arc<Self>, lane: &mut LaneConn) {
         let Some(lent) = self.lane_connection(lane) else { return };
-        let ping = async {
-            match lent.conn() {
-                Conn::Node(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await,
-                Conn::Cluster(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await,
-            }
-        };
-        let lost = match tokio::time::timeout(self.settings.timeout, ping).await {
-            Ok(Ok(())) => false,
-            Ok(Err(e)) => connection_lost(&e),
-            Err(_) => true,
-        };
-        if lost {
+        if unanswered(lent.conn(), self.settings.timeout).await {
             // Only set here: Redis answers PING while it refuses every script (out of
             // memory); a call that succeeds, or a new connection, clears it.
             self.set_failing(true);
@@ -605,6 +595,22 @@ fn connection_lost(e: &redis::RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
+/// Whether `conn` is lost: PING unanswered within `timeout` (an error reply is an
+/// answer).
+async fn unanswered(conn: Conn, timeout: Duration) -> bool {
+    let ping = async {
+        match conn {
+            Conn::Node(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await,
+            Conn::Cluster(mut c) => redis::cmd("PING").query_async::<()>(&mut c).await,
+        }
+    };
+    match tokio::time::timeout(timeout, ping).await {
+        Ok(Ok(())) => false,
+        Ok(Err(e)) => connection_lost(&e),
+        Err(_) => true,
+    }
+}
+
 /// A lane's connections: its own (with the generation it was opened for), and the one
 /// being opened for it in the background.
 #[derive(Default)]
@@ -713,6 +719,28 @@ async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<P
                     limiter.ping(&mut lane).await;
                 }
             }
+        }
+    }
+}
+
+/// Pings the shared connection every [`KEEPALIVE`], whatever the lanes do. Lanes start
+/// with a thread's first charge: in a gateway that has served no management-token
+/// request yet, nothing else would find Redis gone, `/readyz` and the gauge would say
+/// "up" through an outage, and the first request after it would meet the dead
+/// connection. A lost connection is replaced, or Redis leaves the request path until
+/// the reconnect loop finds it again.
+async fn watch_shared(limiter: Weak<RedisLimiter>) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(limiter) = limiter.upgrade() else { return };
+        // None: out of the request path, and the reconnect loop is at work.
+        let Some(shared) = limiter.conn.load_full() else { continue };
+        if unanswered((*shared).clone(), limiter.settings.timeout).await {
+            limiter.set_failing(true);
+            tracing::info!("the shared Redis connection no longer answers; replacing it");
+            limiter.replace_shared(shared);
         }
     }
 }
