@@ -217,7 +217,7 @@ impl Gateway {
 
     /// `shutdown_grace` ran out; the connections still open are being dropped.
     pub fn cut_off(&self) {
-        self.cut.store(true, Ordering::SeqCst);
+        self.cut.store(true, Ordering::Relaxed);
     }
 
     /// Failed-authentication counters per client address.

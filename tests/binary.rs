@@ -467,7 +467,6 @@ async fn a_normal_exit_writes_every_buffered_line_even_when_stderr_stalls() {
     assert!(child.0.wait().unwrap().success());
     let lines = text.lines().filter(|l| l.contains("stackgate::access") && l.contains("/blog/entries")).count();
     assert_eq!(lines, REQUESTS);
-    assert!(text.lines().last().is_some_and(|l| l.contains("listener closed")), "the drain's own lines come last");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

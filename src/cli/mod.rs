@@ -77,6 +77,7 @@ pub fn main() -> ExitCode {
 /// The log writer's thread, held until the process ends (see [`flush_logs`]).
 static LOG_WRITER: std::sync::Mutex<Option<LogWriter>> = std::sync::Mutex::new(None);
 
+/// The log thread and what [`flush_logs`] needs to wait for it.
 struct LogWriter {
     /// Dropping it ends the thread (after waiting at most a second for it).
     guard: tracing_appender::non_blocking::WorkerGuard,
@@ -86,9 +87,11 @@ struct LogWriter {
     reached: std::sync::mpsc::Receiver<()>,
 }
 
-/// stderr as the log thread writes to it. An empty write is [`flush_logs`]'s marker (no
-/// line is empty): the thread writes in order, so when it reaches the marker every line
-/// queued before it has been written.
+/// stderr as the log thread writes to it. An empty write is [`flush_logs`]'s marker: the
+/// thread writes in order, so when it reaches the marker every line queued before it
+/// has been written. No line is empty (a formatted line ends with a newline, and the
+/// access log writes whole lines); an empty write of anyone else's would end the wait
+/// early.
 struct LogOut {
     out: std::io::BufWriter<std::io::Stderr>,
     reached: std::sync::mpsc::SyncSender<()>,
@@ -156,16 +159,25 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Whether the signal thread is watching (see [`watch_shutdown_signals`]): a second
+/// signal can then end a wait on a stalled stderr.
+static SIGNALS_WATCHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Writes the log lines still buffered (before the process exits), however long stderr
 /// takes to take them: the log writer's own shutdown waits at most a second, and a
 /// stalled log shipper would lose the last lines (a drain's 499s among them) while the
-/// process exits 0. A second signal still exits at once (see [`exit_now`]).
+/// process exits 0. A second signal still exits at once (see [`exit_now`]); with no
+/// thread watching for it, the wait is a second, as the log writer's own.
 fn flush_logs() {
     use std::io::Write as _;
     let Some(mut log) = LOG_WRITER.lock().ok().and_then(|mut slot| slot.take()) else { return };
     // Err: the thread is gone, and there is nothing to wait for.
     if log.queue.write(&[]).is_ok() {
-        let _ = log.reached.recv();
+        if SIGNALS_WATCHED.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = log.reached.recv();
+        } else {
+            let _ = log.reached.recv_timeout(std::time::Duration::from_secs(1));
+        }
     }
     drop(log.guard);
 }
@@ -302,6 +314,7 @@ fn watch_shutdown_signals() -> Option<tokio::sync::oneshot::Receiver<()>> {
             })
             .ok()?;
         is_registered.recv_timeout(std::time::Duration::from_secs(5)).ok()?;
+        SIGNALS_WATCHED.store(true, std::sync::atomic::Ordering::Release);
         Some(is_first)
     }
     #[cfg(not(unix))]

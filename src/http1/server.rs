@@ -223,7 +223,8 @@ where
         };
         // Shutdown has begun: the answer says the connection ends with it, so the client
         // sends its next request elsewhere instead of into a closing connection. The
-        // version, not the value: reading the value takes the channel's lock.
+        // version, not the value: reading the value takes the channel's lock. Only `true`
+        // is ever sent, and this receiver is never marked seen (`stopping` is).
         let close = close || !matches!(shutdown.has_changed(), Ok(false));
         let done = match write_response(io, &mut out, resp, &added, head_only, close).await {
             Written::Whole => true,

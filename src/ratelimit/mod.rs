@@ -287,6 +287,14 @@ impl Limiter {
             Limiter::Redis(r) => r.state(),
         }
     }
+
+    /// Sets the gauge that mirrors [`Limiter::state`] (`ratelimit_backend_up`), before a
+    /// scrape reads it; with local buckets it stays 1.
+    pub fn report(&self) {
+        if let Limiter::Redis(r) = self {
+            r.report();
+        }
+    }
 }
 
 impl RateLimit for Limiter {

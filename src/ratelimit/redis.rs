@@ -139,6 +139,9 @@ struct Pending {
 /// [`send_batches`]): shorter than any idle cut worth configuring.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
+/// The least time [`watch_shared`]'s PING is given.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long a failed Redis stays out of the request path before a reconnect attempt.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
@@ -170,17 +173,21 @@ pub struct RedisLimiter {
     reconnecting: AtomicBool,
     /// A failed shared connection is being replaced (see `replace_shared`).
     replacing_shared: AtomicBool,
-    /// Whether the last call failed: Redis may still be in the request path (while a
-    /// connection is replaced, or while it answers with errors), but its charges are
-    /// decided by the fail mode.
-    failing: AtomicBool,
+    /// A connection was found lost (a call or a PING unanswered), and no call or PING has
+    /// been answered since: Redis may still be in the request path while the connection
+    /// is replaced, but its charges are decided by the fail mode.
+    lost: AtomicBool,
+    /// The last calls were answered with errors (out of memory): only an answered call
+    /// clears it, since Redis answers PING meanwhile.
+    refusing: AtomicBool,
     script: Script,
     settings: RedisLimits,
     metrics: BackendMetrics,
     /// Each serving thread's queue to its lane (at most [`MAX_WAITING`] charges each).
     lanes: thread_local::ThreadLocal<mpsc::Sender<Pending>>,
-    /// Errors Redis answers calls with (see [`Repeats`]).
+    /// Error lines for calls Redis refused, and for keys of another type (see [`Repeats`]).
     refusals: Repeats,
+    wrong_types: Repeats,
 }
 
 impl RedisLimiter {
@@ -194,18 +201,19 @@ impl RedisLimiter {
             generation: AtomicU64::new(0),
             reconnecting: AtomicBool::new(false),
             replacing_shared: AtomicBool::new(false),
-            failing: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             script: Script::new(GCRA),
             settings: settings.clone(),
             metrics,
             lanes: thread_local::ThreadLocal::new(),
             refusals: Repeats::new(),
+            wrong_types: Repeats::new(),
         });
         match limiter.connect().await {
             Ok(conn) => limiter.conn.store(Some(Arc::new(conn))),
             Err(e) => {
                 tracing::warn!(error = %e, fail_mode = ?settings.fail_mode, "Redis unreachable at start; the fail mode applies until it answers");
-                limiter.metrics.up.set(0);
                 limiter.reconnect();
             }
         }
@@ -239,7 +247,6 @@ impl RedisLimiter {
     /// Takes Redis out of the request path and reconnects in the background (once).
     fn reconnect(self: &Arc<Self>) {
         self.conn.store(None);
-        self.metrics.up.set(0);
         if self.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -254,8 +261,8 @@ impl RedisLimiter {
                         // see that its own connection is from before the failure.
                         this.generation.fetch_add(1, Ordering::SeqCst);
                         this.conn.store(Some(Arc::new(conn)));
-                        this.set_failing(false);
-                        this.metrics.up.set(1);
+                        this.set_flag(&this.lost, false);
+                        this.set_flag(&this.refusing, false);
                         this.reconnecting.store(false, Ordering::Release);
                         tracing::info!("Redis answers again; shared rate limits resumed");
                         return;
@@ -267,19 +274,29 @@ impl RedisLimiter {
         });
     }
 
-    /// Whether the last call failed; `stackgate_ratelimit_backend_up` says the same as
-    /// `/readyz` (0 while calls fail, though Redis may still answer PING).
-    fn set_failing(&self, failing: bool) {
-        if self.failing.swap(failing, Ordering::Relaxed) != failing {
-            self.metrics.up.set(i64::from(!failing && self.conn.load().is_some()));
+    /// Sets `lost` or `refusing`; written only on a change, since every lane's batches
+    /// set them and a store would take the cache line from the other threads each time.
+    fn set_flag(&self, flag: &AtomicBool, value: bool) {
+        if flag.load(Ordering::Relaxed) != value {
+            flag.store(value, Ordering::Relaxed);
         }
+    }
+
+    /// Whether Redis decides charges: connected, not found lost, not refusing calls.
+    fn answering(&self) -> bool {
+        self.conn.load().is_some() && !self.lost.load(Ordering::Relaxed) && !self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Sets `stackgate_ratelimit_backend_up` from [`Self::answering`], as a scrape reads
+    /// it: the gauge and `/readyz` read the same state, so they cannot disagree.
+    pub fn report(&self) {
+        self.metrics.up.set(i64::from(self.answering()));
     }
 
     /// How `/readyz` reports this backend: whether Redis is in the request path, and if
     /// not, what requests get meanwhile (the fail mode).
     pub fn state(&self) -> &'static str {
-        let answering = self.conn.load().is_some() && !self.failing.load(Ordering::Relaxed);
-        match (answering, self.settings.fail_mode) {
+        match (self.answering(), self.settings.fail_mode) {
             (true, _) => "redis up",
             (false, FailMode::Open) => "redis unavailable (fail_mode open: admitting without limits)",
             (false, FailMode::Closed) => "redis unavailable (fail_mode closed: management-token requests answer 503)",
@@ -326,7 +343,7 @@ impl RedisLimiter {
             _ => return self.fail(payer, op),
         };
         if ok == -1 {
-            if let Some(held) = self.refusals.due() {
+            if let Some(held) = self.wrong_types.due() {
                 tracing::error!(organization = %org, held, "a rate-limit key in Redis holds another type; the fail mode decides");
             }
             return self.fail(payer, op);
@@ -393,7 +410,8 @@ impl RedisLimiter {
         let outcomes = futures_util::future::join_all(calls).await;
         // Any call that did not answer (lost, timed out, or refused by Redis: out of
         // memory, a script error) left its requests to the fail mode.
-        self.set_failing(!outcomes.iter().all(|(_, answered)| *answered));
+        self.set_flag(&self.lost, !outcomes.iter().all(|(connected, _)| *connected));
+        self.set_flag(&self.refusing, outcomes.iter().any(|(connected, answered)| *connected && !*answered));
         outcomes.iter().all(|(connected, _)| *connected)
     }
 
@@ -429,7 +447,7 @@ impl RedisLimiter {
             match this.connect_within_timeout().await {
                 Some(conn) => {
                     let previous = this.conn.compare_and_swap(&Some(failed), Some(Arc::new(conn)));
-                    this.set_failing(false);
+                    this.set_flag(&this.lost, false);
                     tracing::info!(replaced = previous.is_some(), "the shared Redis connection failed; opened another");
                 }
                 None if this.generation.load(Ordering::SeqCst) == generation => this.reconnect(),
@@ -444,10 +462,11 @@ impl RedisLimiter {
     /// connection is handled as after a failed call.
     async fn ping(self: &Arc<Self>, lane: &mut LaneConn) {
         let Some(lent) = self.lane_connection(lane) else { return };
-        if unanswered(lent.conn(), self.settings.timeout).await {
-            // Only set here: Redis answers PING while it refuses every script (out of
-            // memory); a call that succeeds, or a new connection, clears it.
-            self.set_failing(true);
+        let lost = unanswered(lent.conn(), self.settings.timeout).await;
+        // An answered PING clears `lost` only: Redis answers PING while it refuses
+        // every script (out of memory).
+        self.set_flag(&self.lost, lost);
+        if lost {
             tracing::info!("an idle Redis connection no longer answers; replacing it");
             self.after_failure(lent, lane);
         }
@@ -735,10 +754,23 @@ async fn watch_shared(limiter: Weak<RedisLimiter>) {
     loop {
         tick.tick().await;
         let Some(limiter) = limiter.upgrade() else { return };
-        // None: out of the request path, and the reconnect loop is at work.
-        let Some(shared) = limiter.conn.load_full() else { continue };
-        if unanswered((*shared).clone(), limiter.settings.timeout).await {
-            limiter.set_failing(true);
+        // None: out of the request path, and the reconnect loop is at work; unless a
+        // reconnect that found it at work took it out again just as the loop ended.
+        let Some(shared) = limiter.conn.load_full() else {
+            if !limiter.reconnecting.load(Ordering::Acquire) {
+                limiter.reconnect();
+            }
+            continue;
+        };
+        // At least a second: one slow reply under load is not a lost connection (and a
+        // lost one takes Redis out for every lane if no new one opens).
+        let lost = unanswered((*shared).clone(), limiter.settings.timeout.max(WATCH_TIMEOUT)).await;
+        // Only for the connection still in use: another may have replaced it meanwhile.
+        let current = limiter.conn.load_full().is_some_and(|now| Arc::ptr_eq(&now, &shared));
+        if current {
+            limiter.set_flag(&limiter.lost, lost);
+        }
+        if lost && current {
             tracing::info!("the shared Redis connection no longer answers; replacing it");
             limiter.replace_shared(shared);
         }

@@ -122,6 +122,7 @@ async fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Bytes> {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(gw).await,
         (&Method::GET, "/metrics") => {
+            gw.limiter.report();
             let mut resp = Response::new(Bytes::from(gw.metrics.render()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -128,9 +128,16 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, permits: Arc<Semapho
     }
     drop(listener);
     tracing::info!(open = graceful.count(), "listener closed; draining connections");
+    // A cut, not a closed channel: `Running` dropped without `shutdown` lets the drain
+    // finish.
+    let cut = async {
+        if cut.wait_for(|&cut| cut).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         () = graceful.shutdown() => {}
-        _ = cut.wait_for(|&cut| cut) => {}
+        () = cut => {}
     }
 }
 
