@@ -139,11 +139,14 @@ async fn backend_up(admin: SocketAddr) -> bool {
     admin_get(admin, "/metrics").await.lines().any(|l| l.trim() == "stackgate_ratelimit_backend_up 1")
 }
 
-/// Waits until each gateway charges Redis again; returns how long that took.
-async fn until_up(admins: &[SocketAddr], limit: Duration) -> Duration {
+/// Waits until each gateway charges Redis again, one request at a time (a gateway whose
+/// calls were refused during the failover says so until a call is answered); returns
+/// how long that took.
+async fn until_up(gateways: &[(SocketAddr, SocketAddr)], limit: Duration) -> Duration {
     let started = Instant::now();
-    for admin in admins {
+    for (addr, admin) in gateways {
         while !backend_up(*admin).await {
+            rated(*addr).await;
             assert!(started.elapsed() < limit, "{admin} did not go back to Redis within {limit:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -226,8 +229,8 @@ async fn cluster_buckets_hold_exactly_and_survive_a_master_failover() {
     );
 
     // Every gateway goes back to the cluster, and the limits are exact again.
-    let admins: Vec<SocketAddr> = exact.iter().chain(&modes).map(|r| r.admin).collect();
-    let took = until_up(&admins, Duration::from_secs(10)).await;
+    let gateways: Vec<(SocketAddr, SocketAddr)> = exact.iter().chain(&modes).map(|r| (r.addr, r.admin)).collect();
+    let took = until_up(&gateways, Duration::from_secs(10)).await;
     eprintln!("every gateway charges the cluster again {took:?} after the closed one did");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let seen = hammer(&exact_addrs, Duration::from_secs(3), Duration::from_millis(10)).await;

@@ -177,8 +177,9 @@ pub struct RedisLimiter {
     /// been answered since: Redis may still be in the request path while the connection
     /// is replaced, but its charges are decided by the fail mode.
     lost: AtomicBool,
-    /// The last calls were answered with errors (out of memory): only an answered call
-    /// clears it, since Redis answers PING meanwhile.
+    /// The last calls were answered with errors (out of memory): an answered call clears
+    /// it, since Redis answers PING meanwhile; on a gateway that has sent no call for a
+    /// whole [`KEEPALIVE`], so does an answered PING (see [`watch_shared`]).
     refusing: AtomicBool,
     script: Script,
     settings: RedisLimits,
@@ -217,7 +218,11 @@ impl RedisLimiter {
                 limiter.reconnect();
             }
         }
-        tokio::spawn(watch_shared(Arc::downgrade(&limiter)));
+        // A cluster connection finds lost nodes and new masters itself, and a PING to
+        // every node fails while a failed master is still listed.
+        if matches!(limiter.endpoint, Endpoint::Node(_)) {
+            tokio::spawn(watch_shared(Arc::downgrade(&limiter)));
+        }
         Ok(limiter)
     }
 
@@ -748,12 +753,17 @@ async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<P
 /// "up" through an outage, and the first request after it would meet the dead
 /// connection. A lost connection is replaced, or Redis leaves the request path until
 /// the reconnect loop finds it again.
+/// On a gateway that sent no call since the last ping, an answered PING also ends
+/// `refusing`: nothing else would, and an idle replica would report Redis unavailable
+/// (and its gauge 0) until its next request.
 async fn watch_shared(limiter: Weak<RedisLimiter>) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut calls = None;
     loop {
         tick.tick().await;
         let Some(limiter) = limiter.upgrade() else { return };
+        let idle = calls.replace(limiter.metrics.round_trips.get()) == Some(limiter.metrics.round_trips.get());
         // None: out of the request path, and the reconnect loop is at work; unless a
         // reconnect that found it at work took it out again just as the loop ended.
         let Some(shared) = limiter.conn.load_full() else {
@@ -769,6 +779,9 @@ async fn watch_shared(limiter: Weak<RedisLimiter>) {
         let current = limiter.conn.load_full().is_some_and(|now| Arc::ptr_eq(&now, &shared));
         if current {
             limiter.set_flag(&limiter.lost, lost);
+            if idle && !lost {
+                limiter.set_flag(&limiter.refusing, false);
+            }
         }
         if lost && current {
             tracing::info!("the shared Redis connection no longer answers; replacing it");
