@@ -225,7 +225,7 @@ where
         // sends its next request elsewhere instead of into a closing connection. The
         // version, not the value: reading the value takes the channel's lock. Only `true`
         // is ever sent, and this receiver is never marked seen (`stopping` is).
-        let close = close || !matches!(shutdown.has_changed(), Ok(false));
+        let close = close || begun(shutdown);
         let done = match write_response(io, &mut out, resp, &added, head_only, close).await {
             Written::Whole => true,
             Written::Failed => false,
@@ -235,7 +235,7 @@ where
                 false
             }
         };
-        if close || !done || !matches!(shutdown.has_changed(), Ok(false)) {
+        if close || !done || begun(shutdown) {
             let _ = io.shutdown().await;
             return Outcome::Closed;
         }
@@ -266,6 +266,11 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, buf: &mut BytesMu
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
+/// Whether shutdown has begun (or its sender is gone), from the channel's version.
+fn begun(shutdown: &watch::Receiver<bool>) -> bool {
+    !matches!(shutdown.has_changed(), Ok(false))
+}
+
 /// Completes once shutdown has begun. `changed` is polled only until it has registered
 /// this task (polling it takes the channel's waiter lock every time); from then on the
 /// task is woken by it, and the channel's version says whether that happened.
@@ -275,7 +280,7 @@ fn stopped<'a, F: Future>(
     shutdown: &'a watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + 'a {
     std::future::poll_fn(move |cx| {
-        if !matches!(shutdown.has_changed(), Ok(false)) {
+        if begun(shutdown) {
             return Poll::Ready(());
         }
         if !*joined {

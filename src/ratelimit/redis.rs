@@ -763,7 +763,8 @@ async fn watch_shared(limiter: Weak<RedisLimiter>) {
     loop {
         tick.tick().await;
         let Some(limiter) = limiter.upgrade() else { return };
-        let idle = calls.replace(limiter.metrics.round_trips.get()) == Some(limiter.metrics.round_trips.get());
+        let sent = limiter.metrics.round_trips.get();
+        let idle = calls.replace(sent) == Some(sent);
         // None: out of the request path, and the reconnect loop is at work; unless a
         // reconnect that found it at work took it out again just as the loop ended.
         let Some(shared) = limiter.conn.load_full() else {
