@@ -7,6 +7,7 @@
 #   SHAPE=pinned bash benches/load.sh     # one shape (pinned | all | both, the default)
 #   QUICK=1 bash benches/load.sh          # one short round, docs left alone
 #   ROUNDS=7 DURATION=15 bash benches/load.sh
+#   PGO=0 bash benches/load.sh            # the plain `dist` build instead of the profile-guided one
 # Installs its peers from Debian (nginx-light, haproxy, caddy, wrk, nghttp2-client, openssl,
 # redis-server), builds release binaries, then runs benches/load.py.
 set -euo pipefail
@@ -21,4 +22,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy caddy wrk nghttp2-client openssl util-linux python3 redis-server >/dev/null
 fi
 cargo build --profile dist --locked --bin stackgate --example seed_store
+# The gateway measured is the profile-guided build (scripts/pgo.sh, about a minute of
+# training between two builds); PGO=0 measures the plain `dist` build instead.
+if [ "${PGO:-1}" != 0 ]; then
+  bash scripts/pgo.sh
+  export STACKGATE_BIN=$PWD/target/pgo/stackgate STACKGATE_BUILD="profile-guided \`dist\` (scripts/pgo.sh)"
+fi
 exec python3 benches/load.py "$@"
