@@ -2,7 +2,7 @@
 # Load benchmark: stackgate against nginx, HAProxy, Caddy and the bare backend, on loopback,
 # over HTTP/1.1, h2c, TLS HTTP/1.1 and TLS h2, in two shapes (pinned: one core for the proxy;
 # all: nothing pinned, every peer at its defaults), plus Redis buckets and 1,000,000 tokens.
-#   bash benches/load.sh                  # full run (about 35 minutes): one dated section per
+#   bash benches/load.sh                  # full run (about 45 minutes with the builds): one dated section per
 #                                         # shape at the top of the results in docs/benchmarks.md
 #   SHAPE=pinned bash benches/load.sh     # one shape (pinned | all | both, the default)
 #   QUICK=1 bash benches/load.sh          # one short round, docs left alone
@@ -21,10 +21,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy caddy wrk nghttp2-client openssl util-linux python3 redis-server >/dev/null
 fi
-cargo build --profile dist --locked --bin stackgate --example seed_store
-# The gateway measured is the profile-guided build (scripts/pgo.sh, about a minute of
-# training between two builds); PGO=0 measures the plain `dist` build instead.
-if [ "${PGO:-1}" != 0 ]; then
+# The gateway measured is the profile-guided build (scripts/pgo.sh: two `dist` builds
+# with about a minute of training between them); PGO=0 measures the plain `dist` build.
+unset STACKGATE_BIN STACKGATE_BUILD
+if [ "${PGO:-1}" = 0 ]; then
+  cargo build --profile dist --locked --bin stackgate --example seed_store
+else
   bash scripts/pgo.sh
   export STACKGATE_BIN=$PWD/target/pgo/stackgate STACKGATE_BUILD="profile-guided \`dist\` (scripts/pgo.sh)"
 fi
