@@ -28,7 +28,7 @@ NCPU = os.cpu_count() or 1
 # The gateway under test: benches/load.sh builds it with profile-guided optimisation
 # (scripts/pgo.sh) unless PGO=0, and says which here.
 BIN = os.environ.get("STACKGATE_BIN") or os.path.join(ROOT, "target/dist/stackgate")
-BUILD = os.environ.get("STACKGATE_BUILD") or "`dist` profile"
+BUILD = os.environ.get("STACKGATE_BUILD") or "the plain `dist` build"
 SEED = os.path.join(ROOT, "target/dist/examples/seed_store")
 DOC = os.path.join(ROOT, "docs/benchmarks.md")
 DOC_MARK = "<!-- bench:results"
@@ -609,7 +609,7 @@ def section(shape, result, vers):
         "",
         f"Measured on {NCPU} cores ({cpu_model()}), Linux {platform.release()}; `bash benches/load.sh` "
         f"(`SHAPE={shape}`): wrk -t1 -c{sh.conns} -d{DURATION}s for HTTP/1.1 (h2load -c{sh.conns} -m1 -D{DURATION} for h2c "
-        f"and h2), {ROUNDS} alternating rounds (odd rounds in reverse order), medians. {where} stackgate ({BUILD} build) enforces "
+        f"and h2), {ROUNDS} alternating rounds (odd rounds in reverse order), medians. {where} stackgate ({BUILD}) enforces "
         f"everything (token lookup, scope, branch, rate limits set high) for a token among 1,000; nginx "
         f"{vers['nginx']}, HAProxy {vers['HAProxy']} and Caddy {vers['Caddy']} only proxy, keeping connections to the "
         f"backend alive; access logs are off for all. Every TLS peer serves the same ECDSA P-256 certificate; the "

@@ -28,6 +28,6 @@ if [ "${PGO:-1}" = 0 ]; then
   cargo build --profile dist --locked --bin stackgate --example seed_store
 else
   bash scripts/pgo.sh
-  export STACKGATE_BIN=$PWD/target/pgo/stackgate STACKGATE_BUILD="profile-guided \`dist\` (scripts/pgo.sh)"
+  export STACKGATE_BIN=$PWD/target/pgo/stackgate STACKGATE_BUILD="the profile-guided \`dist\` build of scripts/pgo.sh"
 fi
 exec python3 benches/load.py "$@"
