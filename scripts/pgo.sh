@@ -70,8 +70,8 @@ wait_port() {
 }
 
 bport=$(free_port)
-head='{"asset":{"uid":"blt0000000000000a01","data":"'
-{ printf '%s' "$head"; head -c $((64 * 1024 - ${#head} - 4)) /dev/zero | tr '\0' x; printf '"}}\n'; } >"$t/asset-64k.json"
+prefix='{"asset":{"uid":"blt0000000000000a01","data":"'
+{ printf '%s' "$prefix"; head -c $((64 * 1024 - ${#prefix} - 4)) /dev/zero | tr '\0' x; printf '"}}\n'; } >"$t/asset-64k.json"
 cat >"$t/nginx.conf" <<EOF
 daemon off; master_process off; worker_processes 1; pid $t/nginx.pid; error_log $t/nginx.err;
 events { worker_connections 4096; }
