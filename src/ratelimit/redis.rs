@@ -9,13 +9,13 @@
 //! connection on that thread's runtime) sends every charge waiting for Redis in one
 //! script call, in arrival order, and the next batch gathers while that call is out.
 //! Before it sends, the lane waits one pass of the scheduler ([`gather`]), so that
-//! requests arriving together share a call. Under load that is one round trip (and one
-//! script run) for many requests; alone, a request waits that one pass. A request, its
-//! lane and the lane's connection share one thread: no charge crosses threads on its
-//! way to Redis and back. Redis runs the batch's charges one after another inside the
-//! script, exactly as it would run one script per request in that order. Keys are
-//! hash-tagged by organisation (`{org}`); on a cluster a batch is split into one call
-//! per organisation, so each call's keys live on one slot.
+//! requests whose bytes arrived together share a call. Under load that is one round
+//! trip (and one script run) for many requests; alone, a request waits that one pass.
+//! A request, its lane and the lane's connection share one thread: no charge crosses
+//! threads on its way to Redis and back. Redis runs the batch's charges one after
+//! another inside the script, exactly as it would run one script per request in that
+//! order. Keys are hash-tagged by organisation (`{org}`); on a cluster a batch is split
+//! into one call per organisation, so each call's keys live on one slot.
 //!
 //! While Redis cannot be reached, the configured fail mode decides; the connection is
 //! re-established in the background and Redis takes over again without a restart.
@@ -751,12 +751,18 @@ async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<P
 
 /// Lets the requests whose bytes have arrived add their charges before the batch goes.
 /// The lane is woken by the first charge (or by the answer to its last call) in the
-/// middle of a scheduler pass; a yield puts it behind the tasks that the runtime's next
-/// look at its sockets wakes, so their charges share this call rather than the next.
-/// Every call costs Redis and the gateway the same beyond its charges (reading it,
-/// answering it, waking its lane), so fewer, larger calls cost less per request.
+/// middle of a scheduler pass. On a current-thread runtime (each of `stackgate run`'s
+/// serving threads) a yield runs it again only after the runtime's next look at its
+/// sockets, behind the tasks that look wakes: those that reach their charge at once
+/// share this call rather than the next. A call has a fixed cost beyond its charges,
+/// in Redis and in the gateway, so fewer, larger calls cost less per request. A
+/// multi-thread runtime may run a yielded task before the tasks its look at the
+/// sockets wakes (its LIFO slot), so there the yield could only delay the batch, and is
+/// skipped.
 async fn gather<T>(waiting: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) {
-    tokio::task::yield_now().await;
+    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        tokio::task::yield_now().await;
+    }
     while batch.len() < MAX_WAITING {
         match waiting.try_recv() {
             Ok(charge) => batch.push(charge),
@@ -1151,9 +1157,9 @@ mod tests {
         assert_eq!(admitted + refused, answers.len());
     }
 
-    /// The lane's wait before it sends: a request whose bytes are on its socket when the
-    /// lane is woken (the runtime has not looked yet) joins the batch; without the wait it
-    /// would go in the next call.
+    /// The lane's wait before it sends, on a current-thread runtime as `stackgate run`'s:
+    /// a request whose bytes are on its socket when the lane is woken (the runtime has
+    /// not looked yet) joins the batch; without the wait it would go in the next call.
     #[tokio::test(flavor = "current_thread")]
     async fn a_charge_whose_bytes_have_arrived_joins_the_batch() {
         use std::io::Write;
@@ -1162,6 +1168,7 @@ mod tests {
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
+        let probe = server.try_clone().unwrap();
         let server = tokio::net::TcpStream::from_std(server).unwrap();
         let (queue, mut waiting) = mpsc::channel(super::MAX_WAITING);
         // A request: charged once its bytes are there.
@@ -1182,6 +1189,13 @@ mod tests {
         // Both wait (the request on its socket, the lane on its queue).
         tokio::task::yield_now().await;
         client.write_all(b"GET").unwrap();
+        // On the socket before the lane is woken (loopback may queue them a moment later
+        // on a loaded machine); peeked without the runtime, which must not look yet.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while probe.peek(&mut [0u8; 1]).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the bytes never arrived");
+            std::thread::yield_now();
+        }
         queue.send("first").await.unwrap();
         assert_eq!(batch.await.unwrap(), ["first", "second"]);
         request.await.unwrap();
