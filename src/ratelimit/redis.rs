@@ -760,7 +760,8 @@ async fn send_batches(limiter: Weak<RedisLimiter>, mut waiting: mpsc::Receiver<P
 /// sockets wakes (its LIFO slot), so there the yield could only delay the batch, and is
 /// skipped.
 async fn gather<T>(waiting: &mut mpsc::Receiver<T>, batch: &mut Vec<T>) {
-    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+    let flavor = tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)) {
         tokio::task::yield_now().await;
     }
     while batch.len() < MAX_WAITING {
