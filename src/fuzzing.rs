@@ -107,12 +107,15 @@ const CANARY: &[u8] = b"GET /canary HTTP/1.1\r\nhost: canary\r\n\r\n";
 /// - a head it refuses as malformed is one hyper's server refuses too (no request of
 ///   hyper's at that place; a target with a raw `#`, which hyper takes without its
 ///   fragment, is refused by the contract, not as malformed);
-/// - a head it accepts carries no body: `Content-Length` at most once and only `0`, no
-///   `Transfer-Encoding`, `Expect`, `Upgrade` (nor `Connection: upgrade`), not `CONNECT`;
+/// - a head it accepts carries no body or one of stated length: `Content-Length` at most
+///   once and at most `MAX_READ_BODY` (and with the head within the head limit), no
+///   `Transfer-Encoding`, `Expect`, `Upgrade` (nor
+///   `Connection: upgrade`), not `CONNECT`;
 /// - every request it accepts, in order, up to its first `ForHyper` (from there hyper has
 ///   the connection: nothing is asserted), is one hyper's server also took, the same one
-///   (method, target, HTTP/1.1, fields) with an empty body: so the next request starts at
-///   the same byte for both. A request `parse` marks `Connection: close` ends its run.
+///   (method, target, HTTP/1.1, fields) with a body of the same length and the same
+///   bytes: so the next request starts at the same byte for both. A request `parse`
+///   marks `Connection: close` ends its run, and so does a body the input cuts short.
 pub fn check_h1_server(data: &[u8]) {
     let mut stream = Vec::with_capacity(data.len() + CANARY.len());
     stream.extend_from_slice(data);
@@ -121,25 +124,30 @@ pub fn check_h1_server(data: &[u8]) {
     if ours.is_empty() && !malformed {
         return;
     }
-    let theirs = hyper_requests(&stream);
-    for (i, request) in ours.iter().enumerate() {
+    let (theirs, their_bodies) = hyper_requests(&stream);
+    for (i, (request, body)) in ours.iter().enumerate() {
         assert_eq!(theirs.get(i), Some(request), "request {i}: the gateway's parser and hyper disagree");
+        // hyper may drop the last request before reading its body (the end of the stream).
+        if let Some(Some(theirs)) = their_bodies.get(i) {
+            assert_eq!(theirs, body, "request {i}: the body's bytes differ");
+        }
     }
     if malformed {
         assert_eq!(theirs.len(), ours.len(), "a head refused as malformed was one hyper took");
     }
 }
 
-/// The requests `http1::server::parse` takes from the stream, in order, and whether
-/// it then refused a head as malformed.
-fn fast_requests(stream: &[u8]) -> (Vec<SeenRequest>, bool) {
+/// The requests `http1::server::parse` takes from the stream, in order, each with its
+/// body (taken from the buffer after the head, as the loop does), and whether it then
+/// refused a head as malformed.
+fn fast_requests(stream: &[u8]) -> (Vec<(SeenRequest, Bytes)>, bool) {
     let mut buf = BytesMut::from(stream);
     let mut fields = Vec::new();
     let mut seen = Vec::new();
     while !buf.is_empty() {
         let before = buf.clone();
-        let (request, close) = match crate::http1::server::parse(&mut buf, &mut fields, MAX_HEAD) {
-            Ok(Some(head)) => head,
+        let (request, close, length) = match crate::http1::server::parse(&mut buf, &mut fields, MAX_HEAD) {
+            Ok(Some(head)) => (head.request, head.close, head.body),
             declined => {
                 assert_eq!(buf, before, "a declined head must leave the buffer as it was (hyper gets it)");
                 let malformed = matches!(declined, Err(NotTaken::Bad(BadHead::Malformed)));
@@ -148,8 +156,12 @@ fn fast_requests(stream: &[u8]) -> (Vec<SeenRequest>, bool) {
         };
         let used = before.len() - buf.len();
         assert!(used > 0 && before[used..] == buf[..], "the head must be exactly a prefix of the buffer");
-        check_bodiless(&request);
-        seen.push(SeenRequest::new(request.method(), request.uri(), request.version(), request.headers(), Some(0)));
+        check_framing(&request, length);
+        let Some(length) = usize::try_from(length).ok().filter(|&n| n <= buf.len()) else { break };
+        let body = buf.split_to(length).freeze();
+        let head =
+            SeenRequest::new(request.method(), request.uri(), request.version(), request.headers(), Some(length));
+        seen.push((head, body));
         if close {
             break;
         }
@@ -157,12 +169,19 @@ fn fast_requests(stream: &[u8]) -> (Vec<SeenRequest>, bool) {
     (seen, false)
 }
 
-/// What `parse` must never accept: anything with (or asking for) a body or an upgrade.
-fn check_bodiless<B>(request: &Request<B>) {
+/// What `parse` must never accept: a body it would not read whole (chunked, of more
+/// than one stated length, or too large), a body length other than the one stated, or
+/// anything asking for an upgrade.
+fn check_framing<B>(request: &Request<B>, length: u64) {
     use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
     let headers = request.headers();
     let lengths: Vec<_> = headers.get_all(CONTENT_LENGTH).iter().collect();
-    assert!(lengths.is_empty() || lengths == ["0"], "accepted Content-Length {lengths:?}");
+    match lengths.as_slice() {
+        [] => assert_eq!(length, 0, "a body without Content-Length"),
+        [one] => assert_eq!(one.to_str().ok().and_then(|v| v.parse().ok()), Some(length), "accepted {one:?}"),
+        more => panic!("accepted Content-Length {more:?}"),
+    }
+    assert!(length <= crate::http1::server::MAX_READ_BODY, "accepted a body of {length} bytes");
     for name in [TRANSFER_ENCODING, EXPECT, UPGRADE] {
         assert!(!headers.contains_key(&name), "accepted a head with {name}");
     }
@@ -175,17 +194,31 @@ fn check_bodiless<B>(request: &Request<B>) {
 }
 
 /// The requests hyper's HTTP/1 server (as the gateway configures it, less the timer)
-/// takes from the stream, each answered with an empty 200.
-fn hyper_requests(stream: &[u8]) -> Vec<SeenRequest> {
+/// takes from the stream, each answered with an empty 200 once its body is read, and
+/// each one's body bytes (`None` if hyper dropped the request before their end).
+fn hyper_requests(stream: &[u8]) -> (Vec<SeenRequest>, Vec<Option<Bytes>>) {
     let seen = Rc::new(RefCell::new(Vec::new()));
+    let bodies = Rc::new(RefCell::new(Vec::new()));
     let log = Rc::clone(&seen);
+    let body_log = Rc::clone(&bodies);
     // Recorded when hyper dispatches the request, not when its answer is polled: hyper
     // (without half-close, as the gateway runs it) drops the request in flight when it
     // reads the end of the stream first, which it does for the last request.
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let length = hyper::body::Body::size_hint(req.body()).exact().and_then(|n| usize::try_from(n).ok());
         log.borrow_mut().push(SeenRequest::new(req.method(), req.uri(), req.version(), req.headers(), length));
-        async { Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new())) }
+        let at = {
+            let mut bodies = body_log.borrow_mut();
+            bodies.push(None);
+            bodies.len() - 1
+        };
+        let body_log = Rc::clone(&body_log);
+        async move {
+            if let Ok(read) = req.into_body().collect().await {
+                body_log.borrow_mut()[at] = Some(read.to_bytes());
+            }
+            Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
+        }
     });
     run(async move {
         let (client, server) = tokio::io::duplex(64 * 1024);
@@ -202,7 +235,7 @@ fn hyper_requests(stream: &[u8]) -> Vec<SeenRequest> {
         };
         let _ = tokio::join!(conn, send, drain);
     });
-    seen.take()
+    (seen.take(), bodies.take())
 }
 
 /// A response as one side read it: status and body bytes; `Err` if refused.

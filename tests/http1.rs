@@ -1,7 +1,7 @@
 //! The gateway's own HTTP/1.1 loop (`src/http1/server.rs`) and its handover to hyper,
 //! over raw TCP against the real server and a real backend: pipelining, HEAD,
-//! `Connection: close`, requests with bodies mid-connection, header and shutdown
-//! behaviour of keep-alive connections.
+//! `Connection: close`, small bodies read with their heads, larger and chunked bodies
+//! mid-connection, header and shutdown behaviour of keep-alive connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -161,6 +161,60 @@ async fn a_body_mid_connection_is_handed_over_with_nothing_lost() {
     assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
     assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
     assert_eq!(env.backend.last().unwrap().body_len, 7);
+}
+
+/// A body of stated length that fits with its head in `max_header_bytes` is read by the
+/// gateway's own loop: pipelined in one write with bodiless requests, each request is
+/// answered in order and forwarded with exactly its own bytes (the next request starts
+/// right after them, whatever the body holds); a body that arrives in pieces is read
+/// whole; one that pauses on the way goes on through hyper, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_bodies_are_read_with_their_heads_and_forwarded_exactly() {
+    let env = Env::start().await;
+    let ct = "content-type: application/json\r\n";
+    let with_body = |method: &str, path: &str, body: &str| {
+        format!("{}{body}", get(method, path, &format!("{ct}content-length: {}\r\n", body.len())))
+    };
+    // A body holding what looks like a request, and one as large as fits with its head.
+    let first = "{\"entry\":{\"title\":\"GET /v3/stacks HTTP/1.1\\r\\nHost: gw\\r\\n\\r\\n\"}}";
+    let large = format!("{{\"entry\":{{\"title\":\"{}\"}}}}", "x".repeat(40_000));
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    let pipelined = [
+        with_body("POST", PATH, first),
+        get("GET", PATH, ""),
+        with_body("PUT", &format!("{PATH}/blt1"), &large),
+        get("DELETE", &format!("{PATH}/blt1"), ""),
+    ]
+    .concat();
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    for i in 0..4 {
+        let (head, _) = response(&mut stream, &mut buf, false).await.expect("an answer");
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+    }
+    let seen = env.backend.seen();
+    let got: Vec<(&str, &[u8])> = seen.iter().map(|s| (s.method.as_str(), &s.body[..])).collect();
+    assert_eq!(got, [("POST", first.as_bytes()), ("GET", &b""[..]), ("PUT", large.as_bytes()), ("DELETE", &b""[..])]);
+
+    // In two pieces, then (on the same connection) one that pauses before its rest.
+    let body = "{\"entry\":{\"title\":\"in pieces\"}}";
+    let whole = with_body("POST", PATH, body);
+    let (a, b) = whole.split_at(120);
+    stream.write_all(a.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stream.write_all(b.as_bytes()).await.unwrap();
+    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    let late = with_body("PUT", &format!("{PATH}/blt2"), body);
+    let cut = late.len() - 10;
+    stream.write_all(&late.as_bytes()[..cut]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream.write_all(&late.as_bytes()[cut..]).await.unwrap();
+    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    stream.write_all(get("GET", &format!("{PATH}?after=1"), "").as_bytes()).await.unwrap();
+    assert!(response(&mut stream, &mut buf, false).await.unwrap().0.starts_with("HTTP/1.1 200"));
+    let seen = env.backend.seen();
+    let got: Vec<(&str, &[u8])> = seen[4..].iter().map(|s| (s.method.as_str(), &s.body[..])).collect();
+    assert_eq!(got, [("POST", body.as_bytes()), ("PUT", body.as_bytes()), ("GET", &b""[..])]);
 }
 
 /// A keep-alive connection must send its next head within `header_read_timeout`, as

@@ -1,14 +1,16 @@
 //! The gateway's own HTTP/1.1 server loop for the common request, in front of hyper.
 //!
-//! Most CMA calls are HTTP/1.1 requests without a body (GET, HEAD, DELETE) on a
-//! keep-alive connection. For those, this loop reads and parses the head (`httparse`,
-//! as hyper does), calls the service, and writes the response itself: no dispatcher,
-//! no per-request timer or buffer hand-offs. Anything else (a body, `Expect`,
-//! `Upgrade`, `CONNECT`, HTTP/1.0, HTTP/2) hands the connection, with the bytes
-//! already read, to hyper for the rest of its life, so body framing keeps hyper's
-//! behaviour. A head no HTTP/1.1 server takes (bad syntax, framing hyper refuses,
-//! too large) is answered here through the service's `refuse`, with the gateway's
-//! error body, and the connection closes.
+//! Most CMA calls are HTTP/1.1 requests on a keep-alive connection, without a body
+//! (GET, HEAD, DELETE) or with a small one of stated length (a JSON entry, a content
+//! type: POST, PUT). For those, this loop reads and parses the head (`httparse`, as
+//! hyper does), reads a small body whole (see [`read_body`]), calls the service, and
+//! writes the response itself: no dispatcher, no per-request timer or buffer
+//! hand-offs, and the connection stays here for its next request. Anything else (a
+//! chunked or larger body, `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0, HTTP/2) hands the
+//! connection, with the bytes already read, to hyper for the rest of its life, so
+//! streamed bodies keep hyper's behaviour. A head no HTTP/1.1 server takes (bad
+//! syntax, framing hyper refuses, too large) is answered here through the service's
+//! `refuse`, with the gateway's error body, and the connection closes.
 
 use super::client::Fields;
 use super::common::{connection_options, date, framed_length, put_field, put_length, put_status, ConnectionOptions};
@@ -29,6 +31,11 @@ use tokio::time::Instant;
 const MAX_HEADERS: usize = crate::field_names::MAX_FIELDS;
 /// Request targets longer than this are answered 414.
 const MAX_URI: usize = 65_534;
+/// The largest body (of one `Content-Length`) the loop reads whole before it calls the
+/// service, if it also fits with its head in `max_header_bytes`; larger ones are
+/// streamed by hyper. Covers the CMA's usual writes (entries, content types: a few KiB
+/// of JSON).
+pub const MAX_READ_BODY: u64 = 64 * 1024;
 
 /// How the loop ended.
 pub enum Outcome {
@@ -72,6 +79,9 @@ pub enum Refusal {
     /// upstream's broken chunk coding, say): the client is answered instead of being
     /// left with a closed connection and no status.
     BrokenBody,
+    /// The request's body paused for the connection's idle timeout before its end
+    /// (the connection's reads are timed by it): 408, as on hyper's side.
+    StalledBody,
 }
 
 /// A refused head, as the answer names it.
@@ -93,8 +103,17 @@ use NotTaken::{Bad, ForHyper, Http2};
 /// The first line of the HTTP/2 connection preface (RFC 9113, 3.4), which hyper takes.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A complete head: the request, and whether the client asked to close afterwards.
-type Head = (Request<()>, bool);
+/// A complete head.
+pub struct Head {
+    pub request: Request<()>,
+    /// The client asked to close the connection after this request.
+    pub close: bool,
+    /// The length of the body that follows the head in the buffer (0: none).
+    pub body: u64,
+    /// The head's bytes, which the request's target and fields share: hyper is given
+    /// them back if the body is not read here after all (see [`read_body`]).
+    raw: Bytes,
+}
 
 /// Fields the service adds to every response, kept beside it rather than in its header
 /// map: the loop writes them straight into the head (inserting them into the map
@@ -153,9 +172,10 @@ pub trait CarriesFields: hyper::body::Body<Data = Bytes> + Unpin {
 }
 
 /// Serves requests until the connection ends or a request needs hyper. `service`
-/// answers each request with its response and the fields to add to it; `refuse`
-/// answers what the loop refuses ([`Refusal`]; with the failed response's added fields
-/// for [`Refusal::BrokenBody`]), after which the connection closes.
+/// answers each request (with its body read whole: empty for none) with its response
+/// and the fields to add to it; `refuse` answers what the loop refuses ([`Refusal`];
+/// with the failed response's added fields for [`Refusal::BrokenBody`]), after which
+/// the connection closes.
 pub async fn serve<I, S, Fut, B, A, R>(
     io: &mut I,
     mut service: S,
@@ -165,7 +185,7 @@ pub async fn serve<I, S, Fut, B, A, R>(
 ) -> Outcome
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: FnMut(Request<()>) -> Fut,
+    S: FnMut(Request<Bytes>) -> Fut,
     Fut: Future<Output = (Response<B>, A)>,
     B: CarriesFields,
     A: AddedFields,
@@ -184,7 +204,7 @@ where
     let mut preface_ok = limits.http2_preface;
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
-        let (req, close) = loop {
+        let head = loop {
             if !buf.is_empty() {
                 let bad = match parse(&mut buf, &mut fields, limits.max_header_bytes) {
                     Ok(Some(head)) => break head,
@@ -215,6 +235,18 @@ where
             }
         };
         preface_ok = false;
+        let body = match read_body(io, &mut buf, head.body, &mut timer, deadline).await {
+            BodyRead::Whole(body) => body,
+            BodyRead::Gone => return Outcome::Closed,
+            BodyRead::Late => return Outcome::Handover(rejoined(&head.raw, &buf)),
+            BodyRead::Stalled => {
+                let (resp, added) = refuse(Refusal::StalledBody, None);
+                write_response(io, &mut out, resp, &added, false, true).await;
+                let _ = io.shutdown().await;
+                return Outcome::Closed;
+            }
+        };
+        let (req, close) = (head.request.map(|()| body), head.close);
         let head_only = req.method() == Method::HEAD;
         // Pinned here and lent out: moving the (large) future again would cost a copy.
         let handled = std::pin::pin!(service(req));
@@ -240,6 +272,72 @@ where
             return Outcome::Closed;
         }
     }
+}
+
+/// How reading a request's body ended.
+enum BodyRead {
+    Whole(Bytes),
+    /// It paused, or had not all come by the head's deadline: hyper takes the request
+    /// over.
+    Late,
+    /// A read timed out: the body paused for the connection's idle timeout.
+    Stalled,
+    /// The client closed the connection, or it failed, before the body's end.
+    Gone,
+}
+
+/// How long the loop waits for the next piece of a body it reads before it leaves the
+/// body to hyper: a body sent with its head arrives in back-to-back segments.
+const BODY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Reads the `length` bytes of body that follow the head (some may be buffered
+/// already) and takes them from `buf`; bytes after them (a pipelined request) stay.
+/// A body is read here as a head is: head and body together within
+/// `max_header_bytes` ([`parse`] takes no larger one), under the head's `deadline`. So
+/// a connection can hold no more, and for no longer, than a slow head already could.
+/// A body that pauses for [`BODY_PAUSE`], or is still incomplete at the deadline, is
+/// not refused: hyper gets the connection with everything read so far and streams the
+/// rest under its own limits (a client on a slow link, a body sent after a pause), as
+/// it would have if the loop had not taken the head, and with its timing (a stalled
+/// body's 408 after `idle_timeout`, the token API's after 30 s) moved by that pause at
+/// most. A read the connection's own idle timeout ends (shorter than the pause) is a
+/// stalled body: 408, as hyper's side answers one.
+async fn read_body<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    length: u64,
+    timer: &mut timer::Timer,
+    deadline: Instant,
+) -> BodyRead {
+    let Ok(length) = usize::try_from(length) else { return BodyRead::Late };
+    if length == 0 {
+        return BodyRead::Whole(Bytes::new());
+    }
+    while buf.len() < length {
+        // A piece at a time, as for a head: memory follows what the client sent, not
+        // what it declared.
+        buf.reserve((length - buf.len()).min(16 * 1024));
+        let wait = deadline.min(Instant::now() + BODY_PAUSE);
+        tokio::select! {
+            biased;
+            read = io.read_buf(buf) => match read {
+                Ok(0) => return BodyRead::Gone,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return BodyRead::Stalled,
+                Err(_) => return BodyRead::Gone,
+            },
+            () = timer::expired(timer, wait) => return BodyRead::Late,
+        }
+    }
+    BodyRead::Whole(buf.split_to(length).freeze())
+}
+
+/// A head and what followed it, as one buffer again (for hyper).
+fn rejoined(head: &Bytes, rest: &BytesMut) -> BytesMut {
+    let mut whole = BytesMut::with_capacity(head.len() + rest.len());
+    whole.extend_from_slice(head);
+    whole.extend_from_slice(rest);
+    whole
 }
 
 /// Ends the sending side after a refusal, then reads what the client still sends
@@ -325,7 +423,9 @@ where
 }
 
 /// Parses a buffered head (`None`: incomplete). Only the HTTP/1.1 head of a request
-/// without a body is taken; `fields` is scratch space kept across requests.
+/// without a body, or with one `Content-Length` of at most [`MAX_READ_BODY`] that fits
+/// with the head in `max_head`, is taken (the body is left in `buf`); `fields` is
+/// scratch space kept across requests.
 pub fn parse(
     buf: &mut BytesMut,
     fields: &mut Vec<(HeaderName, usize, usize)>,
@@ -367,19 +467,19 @@ pub fn parse(
         }
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
-    if framing.has_body()? || hyper || options.upgrade || version != 1 || method == Method::CONNECT {
+    let body = framing.read_here()?.filter(|&n| n.saturating_add(len as u64) <= max_head as u64);
+    if hyper || options.upgrade || version != 1 || method == Method::CONNECT {
         return Err(ForHyper);
     }
+    let Some(body) = body else { return Err(ForHyper) };
     let path_len = path.len();
     let head = buf.split_to(len).freeze();
     match build(&head, path_at..path_at + path_len, fields, method) {
-        Some(request) => Ok(Some((request, options.close))),
+        Some(request) => Ok(Some(Head { request, close: options.close, body, raw: head })),
         None => {
             // `http` refused what `httparse` took (a target with `"`, `<` or `{`, say),
             // as hyper, which builds its requests with `http` too, would.
-            let mut whole = BytesMut::from(&head[..]);
-            whole.extend_from_slice(buf);
-            *buf = whole;
+            *buf = rejoined(&head, buf);
             Err(Bad(BadHead::Malformed))
         }
     }
@@ -387,14 +487,12 @@ pub fn parse(
 
 /// A request's framing fields, read as hyper's server reads them (RFC 9112, 6.3), so
 /// that a framing hyper would refuse is refused here, with the gateway's error body,
-/// and one it takes goes to hyper.
+/// and one it takes is read here (see [`Framing::read_here`]) or by hyper.
 #[derive(Default)]
 struct Framing {
     /// `Content-Length` fields before any `Transfer-Encoding` (hyper ignores later ones).
     lengths: u32,
     length: Option<u64>,
-    /// A `Content-Length` other than a bare `0` was sent.
-    other_than_zero: bool,
     /// Whether `Transfer-Encoding` was sent, and whether its last field ends in `chunked`.
     encoded: bool,
     chunked: bool,
@@ -408,7 +506,6 @@ impl Framing {
             return Ok(());
         }
         self.lengths += 1;
-        self.other_than_zero |= value != b"0";
         let n = framed_length(value).ok_or(Bad(BadHead::Malformed))?;
         if self.length.is_some_and(|m| m != n) {
             return Err(Bad(BadHead::Malformed));
@@ -424,13 +521,16 @@ impl Framing {
         self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
     }
 
-    /// Whether the request may have a body (for hyper); only a single `Content-Length: 0`
-    /// declares none here, as many clients send it.
-    fn has_body(&self) -> Result<bool, NotTaken> {
-        match self.encoded {
-            true if !self.chunked => Err(Bad(BadHead::Malformed)),
-            true => Ok(true),
-            false => Ok(self.lengths > 1 || self.other_than_zero),
+    /// The length of the body this loop reads itself: none (0), or one `Content-Length`
+    /// field of at most [`MAX_READ_BODY`]. `None`: hyper's (chunked, larger, or the
+    /// length stated more than once, which hyper takes if the values agree).
+    fn read_here(&self) -> Result<Option<u64>, NotTaken> {
+        match (self.encoded, self.lengths, self.length) {
+            (true, _, _) if !self.chunked => Err(Bad(BadHead::Malformed)),
+            (true, _, _) => Ok(None),
+            (false, 0, _) => Ok(Some(0)),
+            (false, 1, Some(n)) if n <= MAX_READ_BODY => Ok(Some(n)),
+            _ => Ok(None),
         }
     }
 }
@@ -685,9 +785,11 @@ mod tests {
     #[test]
     fn framing_is_refused_where_hyper_refuses_it_and_left_to_hyper_otherwise() {
         let with = |fields: &str| outcome(&format!("POST /v3/x HTTP/1.1\r\nhost: a\r\n{fields}\r\n"));
-        assert_eq!(with("content-length: 0\r\n"), Ok(true));
+        for taken in ["content-length: 0\r\n", "content-length: 5\r\n", "content-length: 65000\r\n"] {
+            assert_eq!(with(taken), Ok(true), "{taken:?}");
+        }
         for hyper in [
-            "content-length: 5\r\n",
+            "content-length: 65536\r\n",
             "content-length: 2\r\ncontent-length: 2\r\n",
             "content-length: 0\r\ncontent-length: 0\r\n",
             "transfer-encoding: gzip, chunked\r\n",
@@ -806,6 +908,106 @@ mod tests {
             })
             .await;
             assert!(answered.is_ok() && got.starts_with(b"HTTP/1.1 200"), "{method}: {} bytes", got.len());
+        }
+    }
+
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<Bytes>>>;
+
+    /// Serves one connection with a service that records each request's body and
+    /// answers with its length: the client side of the connection, the bodies seen, and
+    /// how the loop ended (the bytes hyper would get, if it handed over).
+    fn body_echo(
+        head_within: Duration,
+    ) -> (tokio::io::DuplexStream, Seen, tokio::sync::oneshot::Receiver<Option<BytesMut>>) {
+        let (near, far) = tokio::io::duplex(1 << 20);
+        let seen = Seen::default();
+        let log = std::sync::Arc::clone(&seen);
+        let (ended, outcome) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (_stop, mut shutdown) = watch::channel(false);
+            let mut io = near;
+            let limits = Limits { header_read_timeout: head_within, max_header_bytes: 64 * 1024, http2_preface: true };
+            let service = |req: Request<Bytes>| {
+                let body = req.into_body();
+                let answer = Bytes::from(body.len().to_string());
+                log.lock().unwrap().push(body);
+                async move { (Response::new(Frames([answer].into(), true)), NoFields) }
+            };
+            let refuse = |_, _: Option<&NoFields>| (Response::new(Frames(Default::default(), true)), NoFields);
+            let handed = match serve(&mut io, service, refuse, &limits, &mut shutdown).await {
+                Outcome::Handover(bytes) => Some(bytes),
+                Outcome::Closed => None,
+            };
+            let _ = ended.send(handed);
+        });
+        (far, seen, outcome)
+    }
+
+    /// A body of stated length is read whole, in whatever pieces it comes, and exactly:
+    /// the bytes after it (here a pipelined GET, and a body that looks like a request)
+    /// are the next request, never part of this one or a request of their own.
+    #[tokio::test]
+    async fn a_body_of_stated_length_is_read_whole_and_exactly() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut far, seen, outcome) = body_echo(Duration::from_secs(10));
+        let smuggled = "GET /v3/stacks HTTP/1.1\r\nhost: a\r\n\r\n";
+        let first = format!("POST /v3/x HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n", smuggled.len());
+        far.write_all(first.as_bytes()).await.unwrap();
+        // The body in three pieces, the last with the next request behind it.
+        let (a, rest) = smuggled.split_at(7);
+        let (b, c) = rest.split_at(20);
+        for piece in [a, b] {
+            far.write_all(piece.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        far.write_all(format!("{c}GET /v3/y HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), far.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(got.matches("HTTP/1.1 200").count(), 2, "{got}");
+        assert_eq!(*seen.lock().unwrap(), [Bytes::from(smuggled), Bytes::new()]);
+        assert!(outcome.await.unwrap().is_none(), "served to the end here");
+    }
+
+    /// A body that pauses (or is not all there by the head's deadline) is not refused:
+    /// hyper gets the connection with the head and what came of the body, and streams
+    /// the rest. A client that leaves mid-body reaches no service.
+    #[tokio::test]
+    async fn a_late_body_goes_to_hyper_whole_and_a_cut_one_reaches_no_service() {
+        use tokio::io::AsyncWriteExt;
+        let sent = b"PUT /v3/x HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\n12345";
+        for head_within in [Duration::from_millis(50), Duration::from_secs(10)] {
+            let (mut far, seen, outcome) = body_echo(head_within);
+            far.write_all(sent).await.unwrap();
+            let handed = tokio::time::timeout(Duration::from_secs(1), outcome).await.unwrap().unwrap();
+            assert_eq!(handed.as_deref(), Some(&sent[..]), "{head_within:?}");
+            assert!(seen.lock().unwrap().is_empty());
+        }
+
+        let (mut far, seen, outcome) = body_echo(Duration::from_secs(10));
+        far.write_all(sent).await.unwrap();
+        far.shutdown().await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(2), outcome).await.unwrap().unwrap();
+        assert!(ended.is_none());
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    /// A body is read here only if it fits with its head in `max_header_bytes`, as a
+    /// head must: a connection holds no more than a slow head could make it hold.
+    #[test]
+    fn a_body_is_read_here_only_within_the_head_limit() {
+        // And never one over `MAX_READ_BODY`, whatever the head limit.
+        let mut large = BytesMut::from(&b"PUT /v3/x HTTP/1.1\r\nhost: a\r\ncontent-length: 65537\r\n\r\n"[..]);
+        assert!(matches!(parse(&mut large, &mut Vec::new(), 16 << 20), Err(ForHyper)));
+        let head = |n: usize| format!("POST /v3/x HTTP/1.1\r\nhost: a\r\ncontent-length: {n}\r\n\r\n");
+        let len = head(1000).len();
+        for (max_head, taken) in [(len + 1000, true), (len + 999, false)] {
+            let mut buf = BytesMut::from(head(1000).as_bytes());
+            let parsed = parse(&mut buf, &mut Vec::new(), max_head);
+            assert_eq!(parsed.as_ref().map(|h| h.as_ref().map(|h| h.body)).ok(), taken.then_some(Some(1000)));
+            assert_eq!(parsed.is_err(), !taken, "over the limit: hyper's");
         }
     }
 }

@@ -80,14 +80,28 @@ pub async fn drain(parts: &http::request::Parts, body: ClientBody) {
     let _ = tokio::time::timeout(DISCARD_TIME, read_all).await;
 }
 
-/// A client's request body: hyper's, or none at all (a request read by the gateway's
-/// own HTTP/1 reader, which takes only requests without a body).
+/// A client's request body: hyper's, one the gateway's own HTTP/1.1 loop read whole
+/// with its head, or none at all.
 #[derive(Debug)]
 pub enum ClientBody {
     Hyper(Incoming),
     /// An HTTP/1 body, telling `Unread` when it has been read to its end.
     Tracked(Incoming, Unread),
+    /// Read whole by the HTTP/1.1 loop (one `Content-Length`, at most
+    /// `http1::server::MAX_READ_BODY`); yielded as one frame. Nothing of it is left on
+    /// the connection, so its next request can follow whatever the answer.
+    Whole(Option<Bytes>),
     Empty,
+}
+
+impl ClientBody {
+    /// The body the HTTP/1.1 loop read (empty: none).
+    pub fn read_whole(bytes: Bytes) -> ClientBody {
+        match bytes.is_empty() {
+            true => ClientBody::Empty,
+            false => ClientBody::Whole(Some(bytes)),
+        }
+    }
 }
 
 /// Whether an HTTP/1 request body is still unread (in part) once its answer is ready:
@@ -139,6 +153,7 @@ impl Body for ClientBody {
                 }
                 polled
             }
+            ClientBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ClientBody::Empty => Poll::Ready(None),
         }
     }
@@ -146,6 +161,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Hyper(b) | ClientBody::Tracked(b, _) => b.is_end_stream(),
+            ClientBody::Whole(bytes) => bytes.is_none(),
             ClientBody::Empty => true,
         }
     }
@@ -153,6 +169,7 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Hyper(b) | ClientBody::Tracked(b, _) => b.size_hint(),
+            ClientBody::Whole(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -50,6 +50,8 @@ pub struct Seen {
     pub target: String,
     pub headers: HeaderMap,
     pub body_len: usize,
+    /// The body's bytes, as received.
+    pub body: Bytes,
 }
 
 /// A real HTTP backend that records every request. It answers 200 with a small JSON
@@ -98,13 +100,14 @@ async fn record(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (parts, mut body) = req.into_parts();
-    let mut body_len = 0usize;
+    let mut received = Vec::new();
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len()),
+            Ok(f) => received.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
             Err(_) => break,
         }
     }
+    let body_len = received.len();
     let delay = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let target = parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
     log.lock().unwrap().push(Seen {
@@ -112,6 +115,7 @@ async fn record(
         target: target.clone(),
         headers: parts.headers.clone(),
         body_len,
+        body: Bytes::from(received),
     });
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
