@@ -185,7 +185,7 @@ pub async fn serve<I, S, Fut, B, A, R>(
 ) -> Outcome
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: FnMut(Request<Bytes>) -> Fut,
+    S: FnMut(Request<()>, Bytes) -> Fut,
     Fut: Future<Output = (Response<B>, A)>,
     B: CarriesFields,
     A: AddedFields,
@@ -246,10 +246,10 @@ where
                 return Outcome::Closed;
             }
         };
-        let (req, close) = (head.request.map(|()| body), head.close);
+        let (req, close) = (head.request, head.close);
         let head_only = req.method() == Method::HEAD;
         // Pinned here and lent out: moving the (large) future again would cost a copy.
-        let handled = std::pin::pin!(service(req));
+        let handled = std::pin::pin!(service(req, body));
         let Some((resp, added)) = unless_hung_up(io, &mut buf, handled, limits.max_header_bytes).await else {
             return Outcome::Closed;
         };
@@ -888,7 +888,7 @@ mod tests {
                     max_header_bytes: 64 * 1024,
                     http2_preface: true,
                 };
-                let service = |_| {
+                let service = |_, _| {
                     let resp = Response::new(body());
                     async move { (resp, NoFields) }
                 };
@@ -927,8 +927,7 @@ mod tests {
             let (_stop, mut shutdown) = watch::channel(false);
             let mut io = near;
             let limits = Limits { header_read_timeout: head_within, max_header_bytes: 64 * 1024, http2_preface: true };
-            let service = |req: Request<Bytes>| {
-                let body = req.into_body();
+            let service = |_: Request<()>, body: Bytes| {
                 let answer = Bytes::from(body.len().to_string());
                 log.lock().unwrap().push(body);
                 async move { (Response::new(Frames([answer].into(), true)), NoFields) }

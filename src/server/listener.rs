@@ -223,8 +223,8 @@ impl Connection {
             http2_preface: !https,
         };
         let (gw, conn) = (&self.gw, &info);
-        let service = |req: hyper::Request<bytes::Bytes>| {
-            respond(Arc::clone(gw), req.map(crate::proxy::ClientBody::read_whole), Arc::clone(conn))
+        let service = |req: hyper::Request<()>, body| {
+            respond(Arc::clone(gw), req.map(|()| crate::proxy::ClientBody::read_whole(body)), Arc::clone(conn))
         };
         let refusal = |why, failed: Option<&_>| refuse(gw, conn, why, failed);
         match http1::serve(&mut io, service, refusal, &h1_limits, &mut self.shutdown).await {
