@@ -9,14 +9,15 @@
           stackgate's default threads), wrk -t1 -c64.
 
 Rows: the bare backend; nginx, HAProxy, Caddy and stackgate (full enforcement, a token
-among 1,000) over HTTP/1.1 (wrk), h2c (h2load), TLS HTTP/1.1 (wrk) and TLS h2 (h2load);
+among 1,000) over HTTP/1.1 (wrk: reads with a small and a 64 KiB answer, and writes that
+POST 2 KiB of JSON), h2c (h2load), TLS HTTP/1.1 (wrk) and TLS h2 (h2load);
 stackgate with its buckets in Redis; stackgate with 1,000,000 tokens (start-up time, RSS,
 throughput). Rounds alternate between rows (odd rounds in reverse order); medians.
 
 Environment: SHAPE=pinned|all|both (default both), QUICK=1 (one short round, doc left
 alone), ROUNDS=N, DURATION=seconds. Unless QUICK, each shape's table is inserted as a dated
 section at the top of the results in docs/benchmarks.md. Every run is bounded in time."""
-import datetime, os, platform, re, socket, sqlite3, statistics, subprocess, sys, tempfile, time
+import datetime, json, os, platform, re, socket, sqlite3, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.environ.get("QUICK") == "1"
@@ -37,6 +38,8 @@ PATH = "/v3/content_types/blog_post/entries?locale=en-us"
 # The large-body rows: one asset's JSON of 64 KiB (a file the backend serves).
 LARGE_PATH = "/v3/assets/blt0000000000000a01"
 LARGE_BYTES = 64 * 1024
+# The write rows: a POST of an entry's JSON, about 2 KiB, to the read rows' path.
+WRITE_BODY = json.dumps({"entry": {"title": "Hello world", "url": "/hello", "body": "x" * 1900}})
 # Every TLS client offers only this suite (wrk and `openssl s_client` through OPENSSL_CONF,
 # h2load through --tls13-ciphers), so every server negotiates the same cipher.
 TLS_SUITE = "TLS_AES_128_GCM_SHA256"
@@ -129,8 +132,18 @@ def client_env(d):
     return dict(os.environ, OPENSSL_CONF=os.path.join(d, "openssl-client.cnf"))
 
 
-def run_wrk(shape, d, url, headers):
+def write_script(d):
+    """A wrk script that sends every request as a POST of WRITE_BODY."""
+    path = os.path.join(d, "write.lua")
+    open(path, "w").write(f'wrk.method = "POST"\nwrk.body = {json.dumps(WRITE_BODY)}\n'
+                          'wrk.headers["Content-Type"] = "application/json"\n')
+    return path
+
+
+def run_wrk(shape, d, url, headers, script=None):
     cmd = pinned(["wrk", "-t1", f"-c{shape.conns}", f"-d{DURATION}s", "--latency"], shape.load_cpu)
+    if script:
+        cmd += ["-s", script]
     for h in headers:
         cmd += ["-H", h]
     res = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=DURATION + 60, env=client_env(d))
@@ -431,6 +444,11 @@ def run_shape(shape, d, state):
         large = lambda port: wrk(f"http://127.0.0.1:{port}{LARGE_PATH}")
         for peer in PEERS + ["stackgate"]:
             scen.append((f"{peer}, HTTP/1.1, 64 KiB body", "h1-64k", peer, pids[peer]["h1"].pid, large(ports[peer]["h1"])))
+        script = write_script(sd)
+        write = lambda port: (lambda: run_wrk(shape, d, url("http", port), headers, script))
+        for peer in PEERS + ["stackgate"]:
+            scen.append((f"{peer}, HTTP/1.1 write, 2 KiB body", "h1-write", peer, pids[peer]["h1"].pid,
+                         write(ports[peer]["h1"])))
         for peer in PEERS + ["stackgate"]:
             scen.append((f"{peer}, h2c (h2load)", "h2c", peer, pids[peer]["h2c"].pid, h2(url("http", ports[peer]["h2c"]))))
         for peer in PEERS + ["stackgate"]:
@@ -577,8 +595,8 @@ def table(result):
 def headlines(shape, result):
     """One line per protocol: stackgate against the faster of nginx/HAProxy and against Caddy."""
     rows, lines = result["rows"], []
-    for g, label in [("h1", "HTTP/1.1"), ("h1-64k", "HTTP/1.1 64 KiB body"), ("h2c", "h2c"), ("tls-h1", "TLS HTTP/1.1"),
-                     ("tls-h2", "TLS h2")]:
+    for g, label in [("h1", "HTTP/1.1"), ("h1-64k", "HTTP/1.1 64 KiB body"), ("h1-write", "HTTP/1.1 write, 2 KiB body"),
+                     ("h2c", "h2c"), ("tls-h1", "TLS HTTP/1.1"), ("tls-h2", "TLS h2")]:
         s = rps_of(rows, g, "stackgate")
         n, h, c = (rps_of(rows, g, p) for p in PEERS)
         best = max(x for x in (n, h) if x) if (n or h) else None
@@ -598,11 +616,11 @@ def section(shape, result, vers):
     if sh.pinned:
         where = (f"Each proxy single-process, single-thread, pinned to CPU {sh.proxy_cpu} (nginx `master_process off; "
                  f"worker_processes 1`, HAProxy `nbthread 1`, Caddy `GOMAXPROCS=1`, stackgate `--threads 1`); wrk/h2load, "
-                 f"the backend (one nginx process, `return 200` with a small JSON body; a 64 KiB JSON file for the 64 KiB rows) and Redis pinned to CPU {sh.load_cpu}.")
+                 f"the backend (one nginx process, `return 200` with a small JSON body; a 64 KiB JSON file for the 64 KiB rows; the write rows POST 2 KiB of JSON) and Redis pinned to CPU {sh.load_cpu}.")
     else:
         where = (f"Nothing pinned: each proxy at its own default for the {NCPU} cores (nginx `worker_processes auto`, "
                  f"HAProxy's default nbthread, Caddy's default GOMAXPROCS, stackgate's default threads), sharing them with "
-                 f"wrk/h2load, the backend (nginx `worker_processes auto`, `return 200` with a small JSON body; a 64 KiB JSON file for the 64 KiB rows) and Redis.")
+                 f"wrk/h2load, the backend (nginx `worker_processes auto`, `return 200` with a small JSON body; a 64 KiB JSON file for the 64 KiB rows; the write rows POST 2 KiB of JSON) and Redis.")
     tls = "; ".join(f"{p} {t}" for p, t in result["tls"].items())
     lines = [
         f"## {datetime.date.today()}: {shape} shape",

@@ -235,7 +235,11 @@ where
             }
         };
         preface_ok = false;
-        let body = match read_body(io, &mut buf, head.body, &mut timer, deadline).await {
+        let read = match head.body {
+            0 => BodyRead::Whole(Bytes::new()),
+            n => read_body(io, &mut buf, n, &mut timer, deadline).await,
+        };
+        let body = match read {
             BodyRead::Whole(body) => body,
             BodyRead::Gone => return Outcome::Closed,
             BodyRead::Late => return Outcome::Handover(rejoined(&head.raw, &buf)),
@@ -310,9 +314,6 @@ async fn read_body<I: AsyncRead + Unpin>(
     deadline: Instant,
 ) -> BodyRead {
     let Ok(length) = usize::try_from(length) else { return BodyRead::Late };
-    if length == 0 {
-        return BodyRead::Whole(Bytes::new());
-    }
     while buf.len() < length {
         // A piece at a time, as for a head: memory follows what the client sent, not
         // what it declared.
