@@ -147,7 +147,7 @@ fn fast_requests(stream: &[u8]) -> (Vec<(SeenRequest, Bytes)>, bool) {
     while !buf.is_empty() {
         let before = buf.clone();
         let (request, close, length) = match crate::http1::server::parse(&mut buf, &mut fields, MAX_HEAD) {
-            Ok(Some(head)) => (head.request, head.close, head.body),
+            Ok(Some(head)) => (head.request, head.close, head.body_len),
             declined => {
                 assert_eq!(buf, before, "a declined head must leave the buffer as it was (hyper gets it)");
                 let malformed = matches!(declined, Err(NotTaken::Bad(BadHead::Malformed)));
@@ -157,6 +157,7 @@ fn fast_requests(stream: &[u8]) -> (Vec<(SeenRequest, Bytes)>, bool) {
         let used = before.len() - buf.len();
         assert!(used > 0 && before[used..] == buf[..], "the head must be exactly a prefix of the buffer");
         check_framing(&request, length);
+        assert!(used as u64 + length <= MAX_HEAD as u64, "a body read with its head must fit the head limit with it");
         let Some(length) = usize::try_from(length).ok().filter(|&n| n <= buf.len()) else { break };
         let body = buf.split_to(length).freeze();
         let head =

@@ -141,8 +141,9 @@ async fn a_body_mid_connection_is_handed_over_with_nothing_lost() {
     let mut client = KeepAlive::connect(env.gateway.addr).await;
     let auth = [("api_key", API_KEY), ("authorization", RW), ("content-type", "application/json")];
     assert_eq!(client.send("GET", PATH, &auth, "").await.0, 200);
-    let body = r#"{"entry":{"title":"handed over"}}"#;
-    assert_eq!(client.send("POST", PATH, &auth, body).await.0, 200);
+    // Over the 64 KiB the loop reads with a head: hyper streams it.
+    let body = format!(r#"{{"entry":{{"title":"{}"}}}}"#, "x".repeat(70_000));
+    assert_eq!(client.send("POST", PATH, &auth, &body).await.0, 200);
     assert_eq!(client.send("GET", &format!("{PATH}?after=1"), &auth, "").await.0, 200);
     let seen = env.backend.seen();
     assert_eq!(seen.len(), 3);
@@ -175,8 +176,8 @@ async fn small_bodies_are_read_with_their_heads_and_forwarded_exactly() {
     let with_body = |method: &str, path: &str, body: &str| {
         format!("{}{body}", get(method, path, &format!("{ct}content-length: {}\r\n", body.len())))
     };
-    // A body holding what looks like a request, and one as large as fits with its head.
-    let first = "{\"entry\":{\"title\":\"GET /v3/stacks HTTP/1.1\\r\\nHost: gw\\r\\n\\r\\n\"}}";
+    // A body holding a whole request, and one as large as fits with its head.
+    let first = "{\"entry\":{\"title\":\"x\"}}\r\n\r\nGET /v3/stacks HTTP/1.1\r\nHost: gw\r\n\r\n";
     let large = format!("{{\"entry\":{{\"title\":\"{}\"}}}}", "x".repeat(40_000));
     let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
     let pipelined = [
@@ -195,8 +196,14 @@ async fn small_bodies_are_read_with_their_heads_and_forwarded_exactly() {
     let seen = env.backend.seen();
     let got: Vec<(&str, &[u8])> = seen.iter().map(|s| (s.method.as_str(), &s.body[..])).collect();
     assert_eq!(got, [("POST", first.as_bytes()), ("GET", &b""[..]), ("PUT", large.as_bytes()), ("DELETE", &b""[..])]);
+    // The loop still serves this connection: a raw `#` in a target gets its 400 (hyper
+    // would take the target without the fragment).
+    stream.write_all(b"GET /v3/assets#x HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
+    assert_refused(&mut stream, &mut buf, 400, "a target with `#` after the bodies").await;
 
     // In two pieces, then (on the same connection) one that pauses before its rest.
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    let mut buf = Vec::new();
     let body = "{\"entry\":{\"title\":\"in pieces\"}}";
     let whole = with_body("POST", PATH, body);
     let (a, b) = whole.split_at(120);
@@ -215,6 +222,63 @@ async fn small_bodies_are_read_with_their_heads_and_forwarded_exactly() {
     let seen = env.backend.seen();
     let got: Vec<(&str, &[u8])> = seen[4..].iter().map(|s| (s.method.as_str(), &s.body[..])).collect();
     assert_eq!(got, [("POST", body.as_bytes()), ("PUT", body.as_bytes()), ("GET", &b""[..])]);
+}
+
+/// A write refused with a small body (too large for `max_request_body`, an unknown
+/// token, a module no token may touch) leaves its connection usable: the loop read the
+/// body with its head, so the next pipelined request is served, and nothing refused
+/// reached the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_small_body_leaves_the_connection_usable() {
+    let env = Env::start_with("max_request_body = \"1KiB\"", "", Arc::new(SystemClock)).await;
+    let ct = "content-type: application/json\r\n";
+    let post = |path: &str, token: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {token}\r\n{ct}\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let small = "{\"entry\":{\"title\":\"t\"}}";
+    let large = format!("{{\"entry\":{{\"title\":\"{}\"}}}}", "x".repeat(2000));
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    let pipelined = [
+        post(PATH, RW, &large),
+        post(PATH, "csunknownunknownunknown", small),
+        post("/v3/stacks/settings", RW, small),
+        get("GET", PATH, ""),
+    ]
+    .concat();
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    for want in [413, 401, 403, 200] {
+        let (head, _) = response(&mut stream, &mut buf, false).await.expect("an answer");
+        assert!(head.starts_with(&format!("HTTP/1.1 {want} ")), "want {want}: {head}");
+        assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    }
+    let seen = env.backend.seen();
+    assert_eq!(seen.iter().map(|s| s.method.as_str()).collect::<Vec<_>>(), ["GET"]);
+}
+
+/// A body handed over to hyper while shutdown begins is still answered (with the
+/// connection closing after it): hyper reads the handed-over request before the drain
+/// closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_handed_over_during_shutdown_is_answered() {
+    let env = Env::start().await;
+    let body = "{\"entry\":{\"title\":\"late\"}}";
+    let head = get("POST", PATH, &format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()));
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..5]).await.unwrap();
+    env.gateway.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let mut buf = Vec::new();
+    let (answer, _) = response(&mut stream, &mut buf, false).await.expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert_eq!(env.backend.last().unwrap().body, body.as_bytes());
 }
 
 /// A keep-alive connection must send its next head within `header_read_timeout`, as

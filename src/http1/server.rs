@@ -79,9 +79,6 @@ pub enum Refusal {
     /// upstream's broken chunk coding, say): the client is answered instead of being
     /// left with a closed connection and no status.
     BrokenBody,
-    /// The request's body paused for the connection's idle timeout before its end
-    /// (the connection's reads are timed by it): 408, as on hyper's side.
-    StalledBody,
 }
 
 /// A refused head, as the answer names it.
@@ -109,7 +106,7 @@ pub struct Head {
     /// The client asked to close the connection after this request.
     pub close: bool,
     /// The length of the body that follows the head in the buffer (0: none).
-    pub body: u64,
+    pub body_len: u64,
     /// The head's bytes, which the request's target and fields share: hyper is given
     /// them back if the body is not read here after all (see [`read_body`]).
     raw: Bytes,
@@ -235,20 +232,12 @@ where
             }
         };
         preface_ok = false;
-        let read = match head.body {
-            0 => BodyRead::Whole(Bytes::new()),
-            n => read_body(io, &mut buf, n, &mut timer, deadline).await,
-        };
-        let body = match read {
-            BodyRead::Whole(body) => body,
-            BodyRead::Gone => return Outcome::Closed,
-            BodyRead::Late => return Outcome::Handover(rejoined(&head.raw, &buf)),
-            BodyRead::Stalled => {
-                let (resp, added) = refuse(Refusal::StalledBody, None);
-                write_response(io, &mut out, resp, &added, false, true).await;
-                let _ = io.shutdown().await;
-                return Outcome::Closed;
-            }
+        let body = match head.body_len {
+            0 => Bytes::new(),
+            n => match read_body(io, &mut buf, n, &head.raw, &mut timer, deadline).await {
+                Ok(body) => body,
+                Err(ended) => return ended,
+            },
         };
         let (req, close) = (head.request, head.close);
         let head_only = req.method() == Method::HEAD;
@@ -278,59 +267,55 @@ where
     }
 }
 
-/// How reading a request's body ended.
-enum BodyRead {
-    Whole(Bytes),
-    /// It paused, or had not all come by the head's deadline: hyper takes the request
-    /// over.
-    Late,
-    /// A read timed out: the body paused for the connection's idle timeout.
-    Stalled,
-    /// The client closed the connection, or it failed, before the body's end.
-    Gone,
-}
-
 /// How long the loop waits for the next piece of a body it reads before it leaves the
 /// body to hyper: a body sent with its head arrives in back-to-back segments.
 const BODY_PAUSE: Duration = Duration::from_millis(100);
 
-/// Reads the `length` bytes of body that follow the head (some may be buffered
+/// Reads the `length` bytes of body that follow the head `raw` (some may be buffered
 /// already) and takes them from `buf`; bytes after them (a pipelined request) stay.
 /// A body is read here as a head is: head and body together within
-/// `max_header_bytes` ([`parse`] takes no larger one), under the head's `deadline`. So
-/// a connection can hold no more, and for no longer, than a slow head already could.
-/// A body that pauses for [`BODY_PAUSE`], or is still incomplete at the deadline, is
-/// not refused: hyper gets the connection with everything read so far and streams the
-/// rest under its own limits (a client on a slow link, a body sent after a pause), as
-/// it would have if the loop had not taken the head, and with its timing (a stalled
-/// body's 408 after `idle_timeout`, the token API's after 30 s) moved by that pause at
-/// most. A read the connection's own idle timeout ends (shorter than the pause) is a
-/// stalled body: 408, as hyper's side answers one.
+/// `max_header_bytes` ([`parse`] takes no larger one), under the head's `deadline`, so
+/// a connection holds about what a slow head could make it hold, for no longer.
+/// A body that pauses for [`BODY_PAUSE`] (or that the connection's idle timeout ends
+/// first), or is still incomplete at the deadline, is not refused: hyper gets the
+/// connection with the head and everything read so far, and streams the rest under its
+/// own limits (a client on a slow link, a body sent after a pause), as it would have
+/// if the loop had not taken the head. Its limits then count from the handover: a
+/// stalled body's 408 after `idle_timeout`, the token API's after 30 s. A client that
+/// leaves before its body's end sent no request: the connection just closes.
 async fn read_body<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
     length: u64,
+    raw: &Bytes,
     timer: &mut timer::Timer,
     deadline: Instant,
-) -> BodyRead {
-    let Ok(length) = usize::try_from(length) else { return BodyRead::Late };
+) -> Result<Bytes, Outcome> {
+    // Room to spare after the body: without it a buffer the body filled exactly would
+    // have none left, and `unless_hung_up` could not watch for the client hanging up.
+    const SPARE: usize = 1024;
+    let Ok(length) = usize::try_from(length) else { return Err(Outcome::Handover(rejoined(raw, buf))) };
     while buf.len() < length {
         // A piece at a time, as for a head: memory follows what the client sent, not
         // what it declared.
-        buf.reserve((length - buf.len()).min(16 * 1024));
+        buf.reserve((length - buf.len()).min(16 * 1024) + SPARE);
         let wait = deadline.min(Instant::now() + BODY_PAUSE);
-        tokio::select! {
+        let late = tokio::select! {
             biased;
             read = io.read_buf(buf) => match read {
-                Ok(0) => return BodyRead::Gone,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return BodyRead::Stalled,
-                Err(_) => return BodyRead::Gone,
+                Ok(0) => return Err(Outcome::Closed),
+                Ok(_) => false,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => true,
+                Err(_) => return Err(Outcome::Closed),
             },
-            () = timer::expired(timer, wait) => return BodyRead::Late,
+            () = timer::expired(timer, wait) => true,
+        };
+        if late {
+            tracing::debug!(read = buf.len(), length, "a request body paused; hyper serves the connection from here");
+            return Err(Outcome::Handover(rejoined(raw, buf)));
         }
     }
-    BodyRead::Whole(buf.split_to(length).freeze())
+    Ok(buf.split_to(length).freeze())
 }
 
 /// A head and what followed it, as one buffer again (for hyper).
@@ -476,7 +461,7 @@ pub fn parse(
     let path_len = path.len();
     let head = buf.split_to(len).freeze();
     match build(&head, path_at..path_at + path_len, fields, method) {
-        Some(request) => Ok(Some(Head { request, close: options.close, body, raw: head })),
+        Some(request) => Ok(Some(Head { request, close: options.close, body_len: body, raw: head })),
         None => {
             // `http` refused what `httparse` took (a target with `"`, `<` or `{`, say),
             // as hyper, which builds its requests with `http` too, would.
@@ -945,8 +930,10 @@ mod tests {
 
     /// A body of stated length is read whole, in whatever pieces it comes, and exactly:
     /// the bytes after it (here a pipelined GET, and a body that looks like a request)
-    /// are the next request, never part of this one or a request of their own.
-    #[tokio::test]
+    /// are the next request, never part of this one or a request of their own. (On a
+    /// paused clock: the pieces' 20 ms gaps stay shorter than `BODY_PAUSE` however
+    /// loaded the machine.)
+    #[tokio::test(start_paused = true)]
     async fn a_body_of_stated_length_is_read_whole_and_exactly() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut far, seen, outcome) = body_echo(Duration::from_secs(10));
@@ -974,7 +961,7 @@ mod tests {
     /// A body that pauses (or is not all there by the head's deadline) is not refused:
     /// hyper gets the connection with the head and what came of the body, and streams
     /// the rest. A client that leaves mid-body reaches no service.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_late_body_goes_to_hyper_whole_and_a_cut_one_reaches_no_service() {
         use tokio::io::AsyncWriteExt;
         let sent = b"PUT /v3/x HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\n12345";
@@ -1006,7 +993,7 @@ mod tests {
         for (max_head, taken) in [(len + 1000, true), (len + 999, false)] {
             let mut buf = BytesMut::from(head(1000).as_bytes());
             let parsed = parse(&mut buf, &mut Vec::new(), max_head);
-            assert_eq!(parsed.as_ref().map(|h| h.as_ref().map(|h| h.body)).ok(), taken.then_some(Some(1000)));
+            assert_eq!(parsed.as_ref().map(|h| h.as_ref().map(|h| h.body_len)).ok(), taken.then_some(Some(1000)));
             assert_eq!(parsed.is_err(), !taken, "over the limit: hyper's");
         }
     }

@@ -413,8 +413,7 @@ fn logged_path<'a>(path: &'a str, credentials: &[Bytes]) -> &'a str {
 }
 
 /// What the HTTP/1.1 loop answers itself. A head it refused before any stage saw it
-/// (not HTTP/1.1 syntax, too large, a target too long), or whose body it was reading
-/// when the body stalled for `idle_timeout` (408), gets the gateway's error body
+/// (not HTTP/1.1 syntax, too large, a target too long) gets the gateway's error body
 /// and a request id, counted and logged like any refused request. A response whose
 /// body failed before a byte of it was sent is answered 502 under the request's own id
 /// (`failed`, the fields of the response that broke): its access line, written when
@@ -432,15 +431,12 @@ pub fn refuse(
         Refusal::Head(BadHead::UriTooLong) => GatewayError::UriTooLong,
         Refusal::Head(BadHead::Fragment) => GatewayError::BadRequest(BadRequest::AmbiguousPath),
         Refusal::BrokenBody => GatewayError::BadGateway(UpstreamFailure::Protocol),
-        Refusal::StalledBody => GatewayError::RequestTimeout,
     };
     let request_id = failed.map_or_else(|| request_id::ids().next(), |f| f.request_id.clone());
     let resp = error.clone().into_response().map(proxy::full);
     match refusal {
         Refusal::BrokenBody => gw.metrics.upstream_failed(UpstreamFailure::Protocol),
-        Refusal::Head(_) | Refusal::StalledBody => {
-            gw.metrics.request(None, resp.status().as_u16(), Some(&error), Duration::ZERO)
-        }
+        Refusal::Head(_) => gw.metrics.request(None, resp.status().as_u16(), Some(&error), Duration::ZERO),
     }
     if access_log::enabled() {
         access_log::write(&[

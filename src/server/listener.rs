@@ -276,7 +276,11 @@ impl Connection {
                 _ = shutdown.wait_for(|&stop| stop) => None,
             }
         };
+        // hyper first: a request handed over by the HTTP/1.1 loop is already buffered,
+        // and must be read (and so drained as a request in flight) before a shutdown
+        // that began meanwhile closes the connection.
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, peer = %peer, "connection closed with error");
