@@ -296,9 +296,10 @@ async fn read_body<I: AsyncRead + Unpin>(
     const SPARE: usize = 1024;
     let Ok(length) = usize::try_from(length) else { return Err(Outcome::Handover(rejoined(raw, buf))) };
     while buf.len() < length {
-        // A piece at a time, as for a head: memory follows what the client sent, not
-        // what it declared.
-        buf.reserve((length - buf.len()).min(16 * 1024) + SPARE);
+        // Room for as much again as has come (4 KiB at first), not for what was
+        // declared: memory follows what the client sent, as for a head, and a body
+        // that comes at once takes a few reads.
+        buf.reserve((length - buf.len()).min(buf.len().max(4096)) + SPARE);
         let wait = deadline.min(Instant::now() + BODY_PAUSE);
         let late = tokio::select! {
             biased;
