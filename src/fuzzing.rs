@@ -109,8 +109,7 @@ const CANARY: &[u8] = b"GET /canary HTTP/1.1\r\nhost: canary\r\n\r\n";
 ///   fragment, is refused by the contract, not as malformed);
 /// - a head it accepts carries no body or one of stated length: `Content-Length` at most
 ///   once and at most `MAX_READ_BODY` (and with the head within the head limit), no
-///   `Transfer-Encoding`, `Expect`, `Upgrade` (nor
-///   `Connection: upgrade`), not `CONNECT`;
+///   `Transfer-Encoding`, `Expect`, `Upgrade` (nor `Connection: upgrade`), not `CONNECT`;
 /// - every request it accepts, in order, up to its first `ForHyper` (from there hyper has
 ///   the connection: nothing is asserted), is one hyper's server also took, the same one
 ///   (method, target, HTTP/1.1, fields) with a body of the same length and the same
