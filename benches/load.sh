@@ -2,7 +2,7 @@
 # Load benchmark: stackgate against nginx, HAProxy, Caddy and the bare backend, on loopback,
 # over HTTP/1.1, h2c, TLS HTTP/1.1 and TLS h2, in two shapes (pinned: one core for the proxy;
 # all: nothing pinned, every peer at its defaults), plus Redis buckets and 1,000,000 tokens.
-#   bash benches/load.sh                  # full run (about 45 minutes with the builds): one dated section per
+#   bash benches/load.sh                  # full run (about an hour with the builds): one dated section per
 #                                         # shape at the top of the results in docs/benchmarks.md
 #   SHAPE=pinned bash benches/load.sh     # one shape (pinned | all | both, the default)
 #   QUICK=1 bash benches/load.sh          # one short round, docs left alone
