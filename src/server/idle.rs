@@ -5,6 +5,7 @@
 //! so the cost per read or write is one clock read, not a timer-wheel update (resetting
 //! a `Sleep` on every I/O call cost about a third of the gateway's throughput).
 
+use crate::proxy::UpstreamSlot;
 use crate::timer::{self, Timer};
 use std::io;
 use std::pin::Pin;
@@ -20,12 +21,26 @@ pub struct IdleIo<T> {
     sleep: Timer,
     /// Whether a read waiting this long fails too (see [`IdleIo::time_writes_only`]).
     time_reads: bool,
+    /// Told whether each read brought bytes or waits (see [`IdleIo::report_reads_to`]).
+    reads: Option<UpstreamSlot>,
 }
 
 impl<T> IdleIo<T> {
     pub fn new(inner: T, timeout: Duration) -> Self {
         let now = Instant::now();
-        IdleIo { inner, timeout, last_progress: now, sleep: timer::new(now + timeout), time_reads: true }
+        IdleIo { inner, timeout, last_progress: now, sleep: timer::new(now + timeout), time_reads: true, reads: None }
+    }
+
+    /// Tells `slot` (the connection's upstream slot) whether each read brought bytes or
+    /// waits, which shows it when the reactor has looked at the sockets since its
+    /// connection was put back ([`UpstreamSlot::client_read`]). Only on a
+    /// current-thread runtime: a multi-thread one may run a task it woke while it is
+    /// still handling the rest of its look.
+    pub fn report_reads_to(&mut self, slot: &UpstreamSlot) {
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        if flavor == tokio::runtime::RuntimeFlavor::CurrentThread {
+            self.reads = Some(slot.clone());
+        }
     }
 
     /// Leaves waiting reads to the protocol above: on a connection hyper serves, the wait
@@ -74,12 +89,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     self.touch();
+                    if let Some(slot) = &self.reads {
+                        slot.client_read(true);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending if self.time_reads && self.expired(cx) => Poll::Ready(Err(timed_out())),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if let Some(slot) = &self.reads {
+                    slot.client_read(false);
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -109,5 +132,46 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// On a current-thread runtime the client connection's reads tell its upstream
+    /// slot when the reactor has looked: a read that waited, then brought bytes.
+    #[tokio::test]
+    async fn reads_that_wait_then_bring_bytes_tell_the_slot() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(near, Duration::from_secs(5));
+        let slot = UpstreamSlot::default();
+        io.report_reads_to(&slot);
+        far.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 3);
+        assert!(!slot.looked(), "bytes already there: no wait");
+        let read = tokio::spawn(async move { io.read(&mut [0u8; 16]).await.unwrap() });
+        tokio::task::yield_now().await;
+        assert!(!slot.looked(), "waiting");
+        far.write_all(b"x").await.unwrap();
+        assert_eq!(read.await.unwrap(), 1);
+        assert!(slot.looked());
+    }
+
+    /// Not on a multi-thread runtime, which may run a task it woke while still
+    /// handling the rest of its look at the sockets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_on_a_multi_thread_runtime_tell_no_slot() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut io = IdleIo::new(near, Duration::from_secs(5));
+        let slot = UpstreamSlot::default();
+        io.report_reads_to(&slot);
+        let read = tokio::spawn(async move { io.read(&mut [0u8; 16]).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        far.write_all(b"x").await.unwrap();
+        assert_eq!(read.await.unwrap(), 1);
+        assert!(!slot.looked());
     }
 }

@@ -209,3 +209,55 @@ async fn interim_responses_are_bounded() {
         assert_eq!(head.is_ok(), ok, "{interim} interim responses");
     }
 }
+
+/// A plain connection and its backend's end, over loopback.
+async fn plain_pair() -> (Transport, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (backend, _) = listener.accept().unwrap();
+    (Transport::Plain(client), backend)
+}
+
+/// Waits (without the reactor) until the client's socket holds bytes or its end.
+fn arrived(transport: &Transport) {
+    let Transport::Plain(tcp) = transport else { unreachable!() };
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_nonblocking(false).unwrap();
+    socket.peek(&mut [std::mem::MaybeUninit::uninit(); 1]).unwrap();
+    socket.set_nonblocking(true).unwrap();
+}
+
+/// What an idle connection holds is asked of the socket unless the reactor has looked
+/// since the response was read: bytes that came after the response's last (short)
+/// read and before the reactor's next look are in the socket but not in its readiness.
+/// Once it has looked (a yield on a current-thread runtime), `looked` asks the socket
+/// exactly when the reactor saw something.
+#[tokio::test]
+async fn an_idle_connection_is_asked_unless_the_reactor_has_looked_since() {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    for after in [&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..], b""] {
+        let (mut transport, mut backend) = plain_pair().await;
+        backend.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").unwrap();
+        let mut answer = [0u8; 4096];
+        let n = transport.read(&mut answer).await.unwrap();
+        assert!(n > 0 && n < answer.len(), "a short read clears the reactor's readiness");
+        // Nothing since: quiet either way (`looked` without a system call).
+        assert_eq!(transport.idle(false), Idle::Quiet);
+        tokio::task::yield_now().await;
+        assert_eq!(transport.idle(true), Idle::Quiet);
+        // A stray answer, or the backend's close, after the response was read.
+        match after.is_empty() {
+            true => backend.shutdown(std::net::Shutdown::Both).unwrap(),
+            false => backend.write_all(after).unwrap(),
+        }
+        arrived(&transport);
+        let seen = if after.is_empty() { Idle::Closed } else { Idle::Stray };
+        assert_eq!(transport.idle(false), seen, "the socket is asked");
+        // The reactor has not looked since they came: its readiness does not know.
+        assert_eq!(transport.idle(true), Idle::Quiet);
+        tokio::task::yield_now().await;
+        assert_eq!(transport.idle(true), seen, "the reactor has looked since");
+        assert_eq!(transport.idle(false), seen);
+    }
+}
