@@ -267,7 +267,8 @@ struct SlotCell {
 
 /// The connection was put back; no read of the client's has waited since.
 const PUT: u8 = 0;
-/// A read of the client's has found nothing and waits for the reactor.
+/// A read of the client's has found nothing (not refused for the task's budget) and
+/// waits for the reactor.
 const WAITED: u8 = 1;
 /// A read of the client's that waited has since brought bytes: the reactor has looked
 /// at the sockets after the connection was put back.
@@ -282,13 +283,16 @@ struct Held {
 
 impl UpstreamSlot {
     /// Told of every read on the client connection by a reader on a current-thread
-    /// runtime (`ready`: it brought bytes; otherwise it waits). A read that waited and
-    /// then brought bytes was woken by the reactor, which, on such a runtime, handles
-    /// every event of a look at the sockets before it runs a task: by then it had seen
-    /// anything the backend sent on the idle connection before that look. Taking the
-    /// connection then asks its socket only if the reactor saw something
-    /// ([`Conn::is_reusable`]); the backend's bytes after a response come within
-    /// microseconds of it, long before the client's next request after a round trip.
+    /// runtime (`ready`: it brought bytes; otherwise it waits for the reactor). A read
+    /// that waited and then brought bytes was woken by the reactor, which, on such a
+    /// runtime, handles every event of a look at the sockets before it runs a task: it
+    /// had then seen whatever the backend sent on the idle connection before that look.
+    /// From then on taking the connection asks its socket only if the reactor saw
+    /// something ([`Conn::is_reusable`]): what the backend sends between that look and
+    /// the request's write is not seen (as nginx learns of an idle upstream
+    /// connection's bytes or close from its event loop), where a system call before
+    /// every reuse would narrow that to the moment of the check. A request taken in the
+    /// same pass as the previous answer (pipelined) is still checked by the socket.
     pub fn client_read(&self, ready: bool) {
         // One thread reads and writes it (the connection's): a load and a store.
         let reads = &self.0.reads;

@@ -30,12 +30,11 @@ pub enum Idle {
 impl Transport {
     /// Asks the connection itself, without blocking, what it holds while idle: the
     /// socket (`recv` with `MSG_PEEK`: tokio's sockets are non-blocking). The reactor's
-    /// cached readiness alone would miss what came after the response's last read (a
-    /// short read clears it) until the reactor next looks at the sockets; when the
-    /// caller knows it has looked since the connection went idle (`looked`, see
-    /// [`super::super::client::Conn::is_reusable`]), a plain connection the reactor
-    /// has seen nothing on is quiet without the system call, and one it has seen
-    /// something on is asked as before. Over TLS, rustls is fed what the socket holds, read the
+    /// cached readiness alone misses what came after the response's last read (a short
+    /// read clears it) until the reactor next looks at the sockets. With `looked` (the
+    /// reactor has looked since the connection went idle, see [`super::Conn::is_reusable`])
+    /// a plain connection is asked only if the reactor saw it readable or closed since
+    /// that read, which spares the system call on the usual quiet connection. Over TLS, rustls is fed what the socket holds, read the
     /// same way, until the socket has no more: data is a stray; the backend's
     /// `close_notify` (which may have come with the last answer, as an outside probe
     /// showed: the next request was written into the closed session) or the end of the
