@@ -1183,9 +1183,7 @@ async fn stray_backend_bytes_never_reach_another_request() {
 /// request goes out: the check before its tenant's connection is reused must catch the
 /// stray (the second request then goes on another connection). Without a stray the
 /// second request reuses the first's connection. On a current-thread runtime, as
-/// `stackgate run` serves, the check reads the reactor's readiness once the reactor has
-/// looked since the answer (see `UpstreamSlot::client_read`); on a multi-thread one it
-/// asks the socket.
+/// `stackgate run` serves, and on a multi-thread one.
 #[tokio::test(flavor = "current_thread")]
 async fn a_stray_before_the_next_request_is_caught_on_one_thread() {
     stray_before_the_next_request_is_caught().await;

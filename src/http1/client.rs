@@ -161,15 +161,8 @@ impl Conn {
     /// waiting on it are either the backend's close or data no request asked for,
     /// which the next request would read as its answer. `Ok(false)` when the backend
     /// closed it (or it failed), `Err(Stray)` when it sent bytes.
-    ///
-    /// `looked`: the reactor has looked at the sockets since this connection's
-    /// response was read, on a current-thread runtime (which handles every event of a
-    /// look before it runs a task), so its cached readiness covers whatever the
-    /// backend sent before that look, and the socket is asked only if it saw
-    /// something. Without that, a connection taken in the same pass as its response
-    /// ended (a pipelined request, another client's task run next) is always asked.
-    pub fn is_reusable(&mut self, looked: bool) -> Result<bool, Stray> {
-        let idle = if self.read.is_empty() { self.io.idle(looked) } else { Idle::Stray };
+    pub fn is_reusable(&mut self) -> Result<bool, Stray> {
+        let idle = if self.read.is_empty() { self.io.idle() } else { Idle::Stray };
         match idle {
             Idle::Quiet => Ok(true),
             // Closed by the backend or failed: nothing to count.

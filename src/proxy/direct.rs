@@ -25,7 +25,7 @@ use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -137,7 +137,7 @@ impl Pool {
     fn take(&mut self, tenant: Tenant) -> Result<Option<Box<Conn>>, Stray> {
         while let Some(at) = self.0.iter().position(|(t, _)| *t == tenant) {
             let Some((_, mut conn)) = self.0.remove(at) else { break };
-            if conn.is_reusable(false)? {
+            if conn.is_reusable()? {
                 return Ok(Some(conn));
             }
         }
@@ -152,7 +152,7 @@ impl Pool {
         let mut strayed = Vec::new();
         if self.0.len() >= MAX_IDLE {
             self.0.retain_mut(|(t, conn)| {
-                conn.is_reusable(false).unwrap_or_else(|Stray| {
+                conn.is_reusable().unwrap_or_else(|Stray| {
                     strayed.push(*t);
                     false
                 })
@@ -258,21 +258,7 @@ impl IdleList {
 pub struct UpstreamSlot(Arc<SlotCell>);
 
 #[derive(Default)]
-struct SlotCell {
-    held: Mutex<Option<Held>>,
-    /// How far the client connection's reads have come since the connection was put
-    /// back: [`PUT`], [`WAITED`] or [`LOOKED`] (see [`UpstreamSlot::client_read`]).
-    reads: AtomicU8,
-}
-
-/// The connection was put back; no read of the client's has waited since.
-const PUT: u8 = 0;
-/// A read of the client's has found nothing (not refused for the task's budget) and
-/// waits for the reactor.
-const WAITED: u8 = 1;
-/// A read of the client's that waited has since brought bytes: the reactor has looked
-/// at the sockets after the connection was put back.
-const LOOKED: u8 = 2;
+struct SlotCell(Mutex<Option<Held>>);
 
 /// A slot's connection, the idle list it belongs to and the tenant it serves.
 struct Held {
@@ -282,34 +268,8 @@ struct Held {
 }
 
 impl UpstreamSlot {
-    /// Told of every read on the client connection by a reader on a current-thread
-    /// runtime (`ready`: it brought bytes; otherwise it waits for the reactor). A read
-    /// that waited and then brought bytes was woken by the reactor, which, on such a
-    /// runtime, handles every event of a look at the sockets before it runs a task: it
-    /// had then seen whatever the backend sent on the idle connection before that look.
-    /// From then on taking the connection asks its socket only if the reactor saw
-    /// something ([`Conn::is_reusable`]): what the backend sends between that look and
-    /// the request's write is not seen (as nginx learns of an idle upstream
-    /// connection's bytes or close from its event loop), where a system call before
-    /// every reuse would narrow that to the moment of the check. A request taken in the
-    /// same pass as the previous answer (pipelined) is still checked by the socket.
-    pub fn client_read(&self, ready: bool) {
-        // One thread reads and writes it (the connection's): a load and a store.
-        let reads = &self.0.reads;
-        match (reads.load(Ordering::Relaxed), ready) {
-            (PUT, false) => reads.store(WAITED, Ordering::Relaxed),
-            (WAITED, true) => reads.store(LOOKED, Ordering::Relaxed),
-            _ => {}
-        }
-    }
-
-    /// Whether the reactor has looked at the sockets since the connection was put back.
-    pub(crate) fn looked(&self) -> bool {
-        self.0.reads.load(Ordering::Relaxed) == LOOKED
-    }
-
     fn take(&self, owner: &Arc<IdleList>, tenant: Tenant) -> Option<Box<Conn>> {
-        let Held { mut conn, list, tenant: tag } = self.0.held.lock().ok()?.take()?;
+        let Held { mut conn, list, tenant: tag } = self.0 .0.lock().ok()?.take()?;
         if !Arc::ptr_eq(&list, owner) {
             return None;
         }
@@ -317,7 +277,7 @@ impl UpstreamSlot {
             owner.push(tag, conn);
             return None;
         }
-        match conn.is_reusable(self.looked()) {
+        match conn.is_reusable() {
             Ok(reusable) => reusable.then_some(conn),
             Err(Stray) => {
                 owner.stray(tenant);
@@ -327,9 +287,8 @@ impl UpstreamSlot {
     }
 
     fn put(&self, conn: Box<Conn>, owner: &Arc<IdleList>, tenant: Tenant) {
-        if let Ok(mut slot) = self.0.held.lock() {
+        if let Ok(mut slot) = self.0 .0.lock() {
             *slot = Some(Held { conn, list: Arc::clone(owner), tenant });
-            self.0.reads.store(PUT, Ordering::Relaxed);
         }
     }
 }
@@ -338,7 +297,7 @@ impl Drop for SlotCell {
     /// The client connection is gone (and no body is still being read): its upstream
     /// connection serves the same tenant's next client connection.
     fn drop(&mut self) {
-        if let Some(Held { conn, list, tenant }) = self.held.get_mut().ok().and_then(Option::take) {
+        if let Some(Held { conn, list, tenant }) = self.0.get_mut().ok().and_then(Option::take) {
             list.push(tenant, conn);
         }
     }
@@ -556,28 +515,4 @@ fn log_connect_failure(why: &str, logged: &AtomicU64) {
 /// The body's length, when the client declared it (`Content-Length`).
 fn exact_length(body: &Streamed) -> Option<u64> {
     hyper::body::Body::size_hint(body).exact()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Only a read that waited and then brought bytes, after the connection was put
-    /// back, shows that the reactor has looked since: bytes read without waiting (a
-    /// pipelined request) or a wait not yet over do not.
-    #[test]
-    fn the_reactor_has_looked_once_a_read_that_waited_brings_bytes() {
-        let slot = UpstreamSlot::default();
-        let reads = |seq: &[bool]| {
-            slot.0.reads.store(PUT, Ordering::Relaxed);
-            seq.iter().for_each(|&ready| slot.client_read(ready));
-            slot.looked()
-        };
-        assert!(!reads(&[]));
-        assert!(!reads(&[true, true]), "read without waiting");
-        assert!(!reads(&[false, false]), "still waiting");
-        assert!(reads(&[false, true]));
-        assert!(reads(&[true, false, true]));
-        assert!(reads(&[false, true, false, true]), "stays until put back");
-    }
 }

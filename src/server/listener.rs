@@ -217,7 +217,6 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let info = Arc::new(ConnInfo::new(self.peer, https));
-        io.report_reads_to(&info.upstream);
         let h1_limits = http1::Limits {
             header_read_timeout: limits.header_read_timeout,
             max_header_bytes: limits.max_header_bytes,

@@ -227,13 +227,14 @@ fn arrived(transport: &Transport) {
     socket.set_nonblocking(true).unwrap();
 }
 
-/// What an idle connection holds is asked of the socket unless the reactor has looked
-/// since the response was read: bytes that came after the response's last (short)
-/// read and before the reactor's next look are in the socket but not in its readiness.
-/// Once it has looked (a yield on a current-thread runtime), `looked` asks the socket
-/// exactly when the reactor saw something.
+/// What an idle connection holds is asked of the socket itself, not of the reactor's
+/// readiness: bytes (or the backend's close) that came after the response's last read
+/// are seen even before the reactor has looked at the sockets again. (Trusting the
+/// readiness once the reactor had looked since the response was tried: an outside
+/// probe then saw strays that came after that look, while the request waited to run,
+/// answer the next request; see docs/benchmarks.md.)
 #[tokio::test]
-async fn an_idle_connection_is_asked_unless_the_reactor_has_looked_since() {
+async fn an_idle_connection_is_asked_of_the_socket_itself() {
     use std::io::Write;
     use tokio::io::AsyncReadExt;
     for after in [&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..], b""] {
@@ -242,22 +243,15 @@ async fn an_idle_connection_is_asked_unless_the_reactor_has_looked_since() {
         let mut answer = [0u8; 4096];
         let n = transport.read(&mut answer).await.unwrap();
         assert!(n > 0 && n < answer.len(), "a short read clears the reactor's readiness");
-        // Nothing since: quiet either way (`looked` without a system call).
-        assert_eq!(transport.idle(false), Idle::Quiet);
-        tokio::task::yield_now().await;
-        assert_eq!(transport.idle(true), Idle::Quiet);
-        // A stray answer, or the backend's close, after the response was read.
+        assert_eq!(transport.idle(), Idle::Quiet);
+        // A stray answer, or the backend's close, after the response was read; no yield
+        // since, so the reactor has not looked.
         match after.is_empty() {
             true => backend.shutdown(std::net::Shutdown::Both).unwrap(),
             false => backend.write_all(after).unwrap(),
         }
         arrived(&transport);
         let seen = if after.is_empty() { Idle::Closed } else { Idle::Stray };
-        assert_eq!(transport.idle(false), seen, "the socket is asked");
-        // The reactor has not looked since they came: its readiness does not know.
-        assert_eq!(transport.idle(true), Idle::Quiet);
-        tokio::task::yield_now().await;
-        assert_eq!(transport.idle(true), seen, "the reactor has looked since");
-        assert_eq!(transport.idle(false), seen);
+        assert_eq!(transport.idle(), seen);
     }
 }

@@ -29,21 +29,17 @@ pub enum Idle {
 
 impl Transport {
     /// Asks the connection itself, without blocking, what it holds while idle: the
-    /// socket (`recv` with `MSG_PEEK`: tokio's sockets are non-blocking). The reactor's
-    /// cached readiness alone misses what came after the response's last read (a short
-    /// read clears it) until the reactor next looks at the sockets. With `looked` (the
-    /// reactor has looked since the connection went idle, see [`super::Conn::is_reusable`])
-    /// a plain connection is asked only if the reactor saw it readable or closed since
-    /// that read, which spares the system call on the usual quiet connection. Over TLS, rustls is fed what the socket holds, read the
+    /// socket (`recv` with `MSG_PEEK`: tokio's sockets are non-blocking), not the
+    /// reactor's cached readiness, which is cleared once a response has been read and
+    /// misses what came after. Over TLS, rustls is fed what the socket holds, read the
     /// same way, until the socket has no more: data is a stray; the backend's
     /// `close_notify` (which may have come with the last answer, as an outside probe
     /// showed: the next request was written into the closed session) or the end of the
     /// connection is a close; part of a record after the answer (its rest may be on its
     /// way, and data) counts as a stray too. Whole records that are no data (a session
     /// ticket, a key update) leave it quiet.
-    pub fn idle(&mut self, looked: bool) -> Idle {
+    pub fn idle(&mut self) -> Idle {
         let tls = match self {
-            Transport::Plain(tcp) if looked => return peek_if_seen(tcp),
             Transport::Plain(tcp) => return peek(tcp),
             Transport::Tls(tls) => tls,
         };
@@ -214,23 +210,8 @@ impl AsyncWrite for Records {
 }
 
 fn peek(tcp: &TcpStream) -> Idle {
-    idle_by(peek_now(tcp))
-}
-
-/// [`peek`] only if the reactor has seen the socket readable (or closed) since a read
-/// last drained it: `try_io` answers `WouldBlock` without the system call otherwise,
-/// and clears what it saw if the peek finds nothing.
-fn peek_if_seen(tcp: &TcpStream) -> Idle {
-    idle_by(tcp.try_io(tokio::io::Interest::READABLE, || peek_now(tcp)))
-}
-
-fn peek_now(tcp: &TcpStream) -> io::Result<usize> {
     let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    socket2::SockRef::from(tcp).peek(&mut probe)
-}
-
-fn idle_by(peeked: io::Result<usize>) -> Idle {
-    match peeked {
+    match socket2::SockRef::from(tcp).peek(&mut probe) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Idle::Quiet,
         Ok(0) | Err(_) => Idle::Closed,
         Ok(_) => Idle::Stray,
