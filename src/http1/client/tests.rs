@@ -229,10 +229,9 @@ fn arrived(transport: &Transport) {
 
 /// What an idle connection holds is asked of the socket itself, not of the reactor's
 /// readiness: bytes (or the backend's close) that came after the response's last read
-/// are seen even before the reactor has looked at the sockets again. (Trusting the
-/// readiness once the reactor had looked since the response was tried: an outside
-/// probe then saw strays that came after that look, while the request waited to run,
-/// answer the next request; see docs/benchmarks.md.)
+/// are seen even before the reactor has looked at the sockets again. Readiness, even
+/// from a look after the response, misses what came while the request waited its turn
+/// to run (docs/benchmarks.md, 2026-12-06 night, has what an outside probe saw).
 #[tokio::test]
 async fn an_idle_connection_is_asked_of_the_socket_itself() {
     use std::io::Write;
