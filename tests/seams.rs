@@ -1124,15 +1124,7 @@ async fn stray_backend_bytes_never_reach_another_request() {
     // the next request must then find the connection poisoned and not use it. (Bytes
     // that arrive while the next request is already on its way cannot be told from
     // its answer, by any HTTP/1.1 client; the rule is about what is there before.)
-    let settled = |trials: usize| {
-        let strays = Arc::clone(&strays);
-        async move {
-            let give_up = Instant::now() + Duration::from_secs(5);
-            while strays.load(Ordering::SeqCst) < trials && Instant::now() < give_up {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    };
+    let settled = |trials: usize| strays_written(&strays, trials);
     let mut done = 0;
     let mut wrong = Vec::new();
     // The gateway's own HTTP/1 loop and hyper's HTTP/1 (a body), one keep-alive
@@ -1221,9 +1213,8 @@ async fn stray_before_the_next_request_is_caught() {
             continue;
         };
         let on = on.to_owned();
-        let give_up = Instant::now() + Duration::from_secs(5);
-        while strays.load(Ordering::SeqCst) < pair / 2 + 1 && pair % 2 == 0 && Instant::now() < give_up {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if pair % 2 == 0 {
+            strays_written(&strays, pair / 2 + 1).await;
         }
         let second = format!("{PATH}?pair={pair}&second");
         let (status, got) = conn.send("GET", &second, &fields, "").await;
@@ -1235,6 +1226,14 @@ async fn stray_before_the_next_request_is_caught() {
         }
     }
     assert!(wrong.is_empty(), "{} of {PAIRS} pairs went wrong: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+}
+
+/// Waits (up to 5 s) until a [`scripted`] backend has written `count` strays.
+async fn strays_written(strays: &AtomicUsize, count: usize) {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while strays.load(Ordering::SeqCst) < count && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// A backend whose answers name their request's target and the connection they came
