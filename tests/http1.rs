@@ -65,6 +65,30 @@ async fn read_head(stream: &mut TcpStream) -> bool {
     true
 }
 
+/// Waits until the gateway has read everything sent on `stream`: its end of the
+/// connection holds no unread bytes (Linux's `/proc/net/tcp`, IPv4 loopback).
+async fn read_by_gateway(stream: &TcpStream) {
+    let hex = |a: std::net::SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(ip) => format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port()),
+        std::net::IpAddr::V6(_) => panic!("IPv4 only"),
+    };
+    let (gateway, client) = (hex(stream.peer_addr().unwrap()), hex(stream.local_addr().unwrap()));
+    let unread = || {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let queues = (fields.get(1) == Some(&gateway.as_str()) && fields.get(2) == Some(&client.as_str()))
+                .then(|| fields.get(4))??;
+            u64::from_str_radix(queues.split_once(':')?.1, 16).ok()
+        })
+    };
+    let started = Instant::now();
+    while unread() != Some(0) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the gateway never read what was sent");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// A keep-alive connection that has had one GET answered 200 (by the gateway's own
 /// loop), with its read buffer.
 async fn after_one_get(addr: std::net::SocketAddr, extra: &str) -> (TcpStream, Vec<u8>) {
@@ -271,6 +295,11 @@ async fn a_body_handed_over_during_shutdown_is_answered() {
     let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&body.as_bytes()[..5]).await.unwrap();
+    // Only once the gateway has read them: before that the connection may still wait in
+    // the listener's backlog, or be idle for all its loop has seen, and a drain closes
+    // both (as nginx does). Read, the head holds the loop for `BODY_PAUSE`, so the
+    // handover to hyper comes after the drain has begun.
+    read_by_gateway(&stream).await;
     env.gateway.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stream.write_all(&body.as_bytes()[5..]).await.unwrap();
