@@ -298,7 +298,8 @@ async fn a_body_handed_over_during_shutdown_is_answered() {
     // Only once the gateway has read them: before that the connection may still wait in
     // the listener's backlog, or be idle for all its loop has seen, and a drain closes
     // both (as nginx does). Read, the head holds the loop for `BODY_PAUSE`, so the
-    // handover to hyper comes after the drain has begun.
+    // handover to hyper comes after the drain has begun unless this task is held up
+    // that long (then it comes before; the request must be answered either way).
     read_by_gateway(&stream).await;
     env.gateway.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(300)).await;
