@@ -76,9 +76,12 @@ async fn read_by_gateway(stream: &TcpStream) {
     let unread = || {
         let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
         table.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let queues = (fields.get(1) == Some(&gateway.as_str()) && fields.get(2) == Some(&client.as_str()))
-                .then(|| fields.get(4))??;
+            // sl, local address, remote address, state, tx_queue:rx_queue, ...
+            let mut fields = line.split_whitespace().skip(1);
+            let (local, remote, queues) = (fields.next()?, fields.next()?, fields.nth(1)?);
+            if local != gateway || remote != client {
+                return None;
+            }
             u64::from_str_radix(queues.split_once(':')?.1, 16).ok()
         })
     };
