@@ -1,6 +1,7 @@
 //! Criterion benches of the hot path: (a) one rate-limit check, (b) the whole
 //! synchronous decision (normalize, classify, authenticate, authorize, rate limit)
-//! on a snapshot of 100,000 tokens. Run: `cargo bench --bench decision`.
+//! on a snapshot of 100,000 tokens, (c) its parts, (d) the strict JSON parse of a body a
+//! rule reads. Run: `cargo bench --bench decision`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support.rs"]
@@ -103,9 +104,33 @@ fn parts_of_the_decision(c: &mut Criterion) {
     });
 }
 
+/// The load run's write body (about 2 KiB, four keys) and an entry of about 32 KiB with
+/// many keys: 40 fields and 60 modular blocks of six keys each.
+fn strict_json(c: &mut Criterion) {
+    let small = serde_json::json!({"entry": {"title": "Hello world", "url": "/hello", "body": "x".repeat(1900)}});
+    let mut entry = serde_json::Map::new();
+    for i in 0..40 {
+        entry.insert(format!("field_{i}"), serde_json::Value::String(format!("value {i} of the entry")));
+    }
+    let blocks: Vec<_> = (0..60)
+        .map(|i| {
+            serde_json::json!({"section": {"title": format!("Section {i}"), "body": "y".repeat(400),
+                "image": {"uid": format!("blt{i:016x}")}, "links": [1, 2, 3], "flag": true}})
+        })
+        .collect();
+    entry.insert("blocks".into(), serde_json::Value::Array(blocks));
+    let large = serde_json::json!({ "entry": entry });
+    for (name, value) in [("2 KiB, 4 keys", small), ("32 KiB, 462 keys", large)] {
+        let body = serde_json::to_vec(&value).unwrap();
+        c.bench_function(&format!("strict JSON parse ({name}, {} bytes)", body.len()), |b| {
+            b.iter(|| black_box(stackgate::json::parse_strict(black_box(&body)).unwrap()))
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(60).measurement_time(Duration::from_secs(4));
-    targets = rate_limit_check, whole_decision, parts_of_the_decision
+    targets = rate_limit_check, whole_decision, parts_of_the_decision, strict_json
 }
 criterion_main!(benches);

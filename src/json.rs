@@ -69,7 +69,7 @@ fn sent_as_is(headers: &http::HeaderMap) -> bool {
 pub fn parse_strict(body: &[u8]) -> Result<Value, JsonError> {
     let found = RefCell::new(Found::default());
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = Strict { path: String::new(), found: &found }
+    let value = Strict { path: Path::Root, found: &found }
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
         .map_err(|_| JsonError::Malformed)?;
@@ -85,20 +85,52 @@ pub fn parse_strict(body: &[u8]) -> Result<Value, JsonError> {
 /// path of every repeated or `__proto__` key (parsing goes on, so every one is reported
 /// and a syntax error later in the body is still `Malformed`).
 struct Strict<'r> {
-    path: String,
+    path: Path<'r>,
     found: &'r RefCell<Found>,
+}
+
+/// Where a value sits: a chain through its parents' stack frames, so that a key costs
+/// no text of its own until it is one to report (`a.b`, `l[0].__proto__`).
+#[derive(Clone, Copy)]
+enum Path<'p> {
+    Root,
+    Key(&'p Path<'p>, &'p str),
+    Index(&'p Path<'p>, usize),
+}
+
+impl Path<'_> {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+
+    /// A key follows its parent after a dot, unless the parent's text is empty (the
+    /// root, or a chain of empty keys from it).
+    fn write(&self, out: &mut String) {
+        match self {
+            Path::Root => {}
+            Path::Key(parent, key) => {
+                parent.write(out);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Path::Index(parent, i) => {
+                parent.write(out);
+                out.push('[');
+                out.push_str(itoa::Buffer::new().format(*i));
+                out.push(']');
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct Found {
     repeated: Vec<String>,
     proto: Vec<String>,
-}
-
-impl Strict<'_> {
-    fn child(&self, path: String) -> Self {
-        Strict { path, found: self.found }
-    }
 }
 
 impl<'de> DeserializeSeed<'de> for Strict<'_> {
@@ -147,21 +179,24 @@ impl<'de> Visitor<'de> for Strict<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))? {
-            items.push(item);
+        loop {
+            let at = Strict { path: Path::Index(&self.path, items.len()), found: self.found };
+            match seq.next_element_seed(at)? {
+                Some(item) => items.push(item),
+                None => return Ok(Value::Array(items)),
+            }
         }
-        Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut obj = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
-            let value = map.next_value_seed(self.child(path.clone()))?;
+            let path = Path::Key(&self.path, &key);
+            let value = map.next_value_seed(Strict { path, found: self.found })?;
             if key == "__proto__" {
-                self.found.borrow_mut().proto.push(path);
+                self.found.borrow_mut().proto.push(path.text());
             } else if obj.contains_key(&key) {
-                self.found.borrow_mut().repeated.push(path);
+                self.found.borrow_mut().repeated.push(path.text());
             } else {
                 obj.insert(key, value);
             }
@@ -219,5 +254,17 @@ mod tests {
         let err = parse_strict(br#"{"a":{"b":1,"b":2},"l":[{"__proto__":{}}]}"#).unwrap_err();
         assert_eq!(err, JsonError::Ambiguous { repeated: vec!["a.b".into()], proto: vec!["l[0].__proto__".into()] });
         assert_eq!(parse_strict(b"{"), Err(JsonError::Malformed));
+    }
+
+    /// Paths name the key from the root: dots between keys, indexes in brackets, and
+    /// no dot after an empty text (the root, or empty keys from it).
+    #[test]
+    fn paths_read_from_the_root() {
+        let body = br#"[{"a":[[{"x":1,"x":2}]],"":{"y":1,"y":2}},{"":{"":{"z":1,"z":2,"__proto__":0}}}]"#;
+        let err = parse_strict(body).unwrap_err();
+        let repeated = vec!["[0].a[0][0].x".to_string(), "[0]..y".into(), "[1]...z".into()];
+        assert_eq!(err, JsonError::Ambiguous { repeated, proto: vec!["[1]...__proto__".into()] });
+        let err = parse_strict(br#"{"":{"":{"k":1,"k":2}},"b":{"b":{"b":0,"b":0}}}"#).unwrap_err();
+        assert_eq!(err, JsonError::Ambiguous { repeated: vec!["k".into(), "b.b.b".into()], proto: vec![] });
     }
 }
