@@ -1278,3 +1278,58 @@ async fn an_upstream_connection_is_not_reused_after_an_error_answer_to_a_body() 
     }
     assert!(seen.smuggled.load(SeqCst) >= 1, "the backend did read a body as a request");
 }
+
+/// A body the gateway reads whole to check it (an entry's workflow change) reaches the
+/// backend byte for byte however it came: read with its head by the HTTP/1.1 loop, in
+/// chunks over HTTP/1.1 (hyper), and in several DATA frames over HTTP/2; a frame of
+/// its own and the joined ones are the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inspected_body_is_forwarded_byte_for_byte_however_it_is_framed() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let env = Env::start().await;
+    let addr = env.gateway.addr;
+    const PATH: &str = "/v3/content_types/blog/entries/e1/workflow";
+    let body = format!(
+        r#"{{"workflow":{{"comment":"{}","publishing_rule":{{"uid":"p1","action":"publish","status":0}}}}}}"#,
+        "é and x ".repeat(200)
+    );
+    let pieces = [&body[..7], &body[7..8], &body[8..1000], &body[1000..]];
+    let head = |framing: &str| {
+        format!(
+            "POST {PATH} HTTP/1.1\r\nHost: gw\r\napi_key: {API_KEY}\r\nauthorization: {RW}\r\n\
+             content-type: application/json\r\nConnection: close\r\n{framing}\r\n"
+        )
+    };
+    let whole = format!("{}{body}", head(&format!("content-length: {}\r\n", body.len())));
+    let mut chunked = head("transfer-encoding: chunked\r\n");
+    for piece in pieces {
+        chunked.push_str(&format!("{:x}\r\n{piece}\r\n", piece.len()));
+    }
+    chunked.push_str("0\r\n\r\n");
+    for (what, request) in [("whole", whole), ("chunked", chunked)] {
+        let (status, text) = raw(addr, request.as_bytes()).await;
+        assert_eq!(status, 200, "{what}: {text}");
+        let seen = env.backend.seen();
+        assert_eq!(seen.last().unwrap().body, body.as_bytes(), "{what}");
+    }
+
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    tokio::spawn(conn);
+    for frames in [vec![body.clone()], pieces.iter().map(|p| p.to_string()).collect()] {
+        let count = frames.len();
+        let stream = futures_util::stream::iter(
+            frames.into_iter().map(|f| Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from(f)))),
+        );
+        let req = http::Request::post(format!("http://{addr}{PATH}"))
+            .header("api_key", API_KEY)
+            .header("authorization", RW)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(stream))
+            .unwrap();
+        let status = h2.send_request(req).await.unwrap().status();
+        assert_eq!(status, 200, "h2, {count} frame(s)");
+        assert_eq!(env.backend.seen().last().unwrap().body, body.as_bytes(), "h2, {count} frame(s)");
+    }
+}

@@ -688,18 +688,18 @@ async fn read_inspected(
     let mut read = Limited::new(body.take().unwrap_or(ClientBody::Empty), limit);
     // As for a streamed body, the client may pause for up to `idle_timeout` (408).
     let pause = snap.config.server.limits.idle_timeout;
-    let mut bytes = bytes::BytesMut::new();
+    let mut gathered = Gathered::default();
     loop {
         match tokio::time::timeout(pause, read.frame()).await {
             Err(_) => return Err(GatewayError::RequestTimeout),
-            Ok(None) => return Ok(bytes.freeze()),
+            Ok(None) => return Ok(gathered.into_bytes()),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     // What arrived, not what was declared (see `server::inspecting`).
                     if !share.grow(data.len() as u64, cap) {
                         return Err(GatewayError::Busy);
                     }
-                    bytes.extend_from_slice(&data);
+                    gathered.push(data);
                 }
             }
             Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
@@ -710,9 +710,38 @@ async fn read_inspected(
     }
 }
 
+/// A body read frame by frame. A body in one frame (what the HTTP/1.1 loop read whole
+/// with its head, most HTTP/2 bodies) is kept as it came; only a second frame makes a
+/// buffer that joins them.
+#[derive(Default)]
+struct Gathered {
+    first: Bytes,
+    joined: Option<bytes::BytesMut>,
+}
+
+impl Gathered {
+    fn push(&mut self, data: Bytes) {
+        match &mut self.joined {
+            _ if data.is_empty() => {}
+            Some(joined) => joined.extend_from_slice(&data),
+            None if self.first.is_empty() => self.first = data,
+            None => {
+                let mut joined = bytes::BytesMut::with_capacity(self.first.len() + data.len());
+                joined.extend_from_slice(&self.first);
+                joined.extend_from_slice(&data);
+                self.joined = Some(joined);
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.joined.map_or(self.first, bytes::BytesMut::freeze)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{cors, GatewayFields};
+    use super::{cors, GatewayFields, Gathered};
     use crate::rate_fields::RateInfo;
     use http::HeaderValue;
 
@@ -741,5 +770,23 @@ mod tests {
         let mut count = 0;
         crate::http1::server::AddedFields::each(&fields, &mut |_, _| count += 1);
         assert_eq!(count, GatewayFields::MOST);
+    }
+
+    /// Frames are joined in order, empty ones skipped; one frame is kept as it came.
+    #[test]
+    fn a_body_is_gathered_in_order() {
+        let mut one = Gathered::default();
+        let frame = bytes::Bytes::from_static(b"{\"entry\":{}}");
+        one.push(bytes::Bytes::new());
+        one.push(frame.clone());
+        one.push(bytes::Bytes::new());
+        let kept = one.into_bytes();
+        assert_eq!((kept.as_ptr(), kept.len()), (frame.as_ptr(), frame.len()));
+        let mut many = Gathered::default();
+        for part in ["{\"a\"", "", ":1", ",\"b\":2}"] {
+            many.push(bytes::Bytes::from(part));
+        }
+        assert_eq!(&many.into_bytes()[..], b"{\"a\":1,\"b\":2}");
+        assert!(Gathered::default().into_bytes().is_empty());
     }
 }
