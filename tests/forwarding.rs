@@ -1333,3 +1333,65 @@ async fn an_inspected_body_is_forwarded_byte_for_byte_however_it_is_framed() {
         assert_eq!(env.backend.seen().last().unwrap().body, body.as_bytes(), "h2, {count} frame(s)");
     }
 }
+
+/// An HTTP/2 client that resets its stream before its body's end has sent no request,
+/// whatever the reset's code: with `NO_ERROR` (which hyper reads as the body's end) as
+/// with `CANCEL`, the part it sent never reaches the backend as a whole request, whether
+/// the gateway reads the body to check it (a workflow change) or streams it (an entry
+/// update), with its length declared or not. The part is whole JSON, so a check alone
+/// would pass it. The same body ended with `END_STREAM` is forwarded whole. The binary,
+/// on one thread and on two (each its own runtime), as it is deployed: the order in
+/// which hyper's tasks see the reset is the runtime's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_cut_by_a_reset_never_reaches_the_backend_as_a_request() {
+    let backend = Backend::start().await;
+    let file = temp_dir("h2-reset").join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
+    let part = bytes::Bytes::from_static(br#"{"workflow":{"publishing_rule":{"status":0}}}"#);
+    let targets =
+        [("POST", "/v3/content_types/blog/entries/e1/workflow"), ("PUT", "/v3/content_types/blog/entries/e1")];
+    for threads in ["1", "2"] {
+        let (_gw, addr, _out) = spawn_gateway(&["run", "--config", file.to_str().unwrap(), "--threads", threads]);
+        let open = |method: &str, target: &str, declared: Option<usize>| {
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}{target}"))
+                .header("api_key", API_KEY)
+                .header("authorization", RW)
+                .header("content-type", "application/json");
+            if let Some(len) = declared {
+                req = req.header("content-length", len);
+            }
+            req.body(()).unwrap()
+        };
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            client.ready().await.unwrap()
+        };
+        for (method, target) in targets {
+            for reason in [h2::Reason::NO_ERROR, h2::Reason::CANCEL] {
+                for declared in [None, Some(2 * part.len())] {
+                    let case = format!("{threads} thread(s): {method} {target} {reason:?} declared {declared:?}");
+                    let before = backend.seen().len();
+                    let mut client = connect().await;
+                    let (_response, mut stream) = client.send_request(open(method, target, declared), false).unwrap();
+                    stream.send_data(part.clone(), false).unwrap();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    stream.send_reset(reason);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let seen = backend.seen();
+                    assert!(seen[before..].iter().all(|s| !s.complete), "{case}: {:?}", &seen[before..]);
+                }
+            }
+            // Ended, the same part is the request.
+            let mut client = connect().await;
+            let (response, mut stream) = client.send_request(open(method, target, None), false).unwrap();
+            stream.send_data(part.clone(), true).unwrap();
+            assert_eq!(response.await.unwrap().status(), 200, "{threads} thread(s): {method} {target}");
+            let last = backend.last().unwrap();
+            assert!(last.complete && last.body == part, "{threads} thread(s): {method} {target}: {last:?}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 use crate::error::{BadRequest, GatewayError};
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
@@ -91,6 +92,13 @@ pub enum ClientBody {
     /// `http1::server::MAX_READ_BODY`); yielded as one frame. Nothing of it is left on
     /// the connection, so its next request can follow whatever the answer.
     Whole(Option<Bytes>),
+    /// An HTTP/2 write's body: its end is passed on only once [`EndCheck`] confirms it
+    /// (`ended`: hyper has reported it).
+    H2 {
+        body: Incoming,
+        end: Arc<EndCheck>,
+        ended: bool,
+    },
     Empty,
 }
 
@@ -100,6 +108,116 @@ impl ClientBody {
         match bytes.is_empty() {
             true => ClientBody::Empty,
             false => ClientBody::Whole(Some(bytes)),
+        }
+    }
+
+    /// The check the request's future must run (see [`Confirming`]), for an HTTP/2 body.
+    pub fn end_check(&self) -> Option<Arc<EndCheck>> {
+        match self {
+            ClientBody::H2 { end, .. } => Some(Arc::clone(end)),
+            _ => None,
+        }
+    }
+
+    /// Whether the request's future was dropped (its stream reset) before the body's
+    /// end was confirmed: what was read of it is not a request.
+    fn abandoned(&self) -> bool {
+        matches!(self, ClientBody::H2 { end, .. } if end.state.load(Ordering::Acquire) == ABANDONED)
+    }
+
+    /// Whether hyper has read the body to its end and the end waits for its check.
+    fn ends_unconfirmed(&self) -> bool {
+        matches!(self, ClientBody::H2 { body, end, .. } if body.is_end_stream() && end.state.load(Ordering::Acquire) != CONFIRMED)
+    }
+}
+
+/// Whether an HTTP/2 request body that hyper reports ended did end.
+///
+/// hyper's `Incoming` reads a `RST_STREAM` with `NO_ERROR` as the end of the body (RFC
+/// 9113, 8.1 gives that code to a server that has answered and wants no more), so a
+/// body the client abandoned midway would pass for a whole one: its end forwarded (a
+/// chunk terminator, `END_STREAM`), a backend would take the part it got for the
+/// request. The reset is seen only by hyper's stream task, which looks for one each
+/// time the request's future is pending and then drops that future. So the end is held
+/// back until the future has been pending once after the end was seen, and polled
+/// again: by then any reset has been looked for (and the future dropped, the body
+/// abandoned).
+#[derive(Debug, Default)]
+pub struct EndCheck {
+    state: AtomicU8,
+    /// The body's reader, waiting for the end to be confirmed.
+    body: AtomicWaker,
+    /// The request's future, to run the check when the body is read in another task
+    /// (hyper's client sending it to an HTTP/2 backend).
+    request: AtomicWaker,
+}
+
+const OPEN: u8 = 0;
+/// hyper reported the end; the request's future has not been pending since.
+const ENDED: u8 = 1;
+/// The request's future was pending after the end: hyper looked for a reset.
+const CHECKING: u8 = 2;
+const CONFIRMED: u8 = 3;
+const ABANDONED: u8 = 4;
+
+impl EndCheck {
+    fn step(&self, from: u8, to: u8) -> bool {
+        self.state.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// The body's side, once hyper reports the end: whether it is confirmed (`true`) or
+    /// abandoned (`false`), pending until one of them.
+    fn poll_end(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        self.body.register(cx.waker());
+        if self.step(OPEN, ENDED) {
+            self.request.wake();
+        }
+        match self.state.load(Ordering::Acquire) {
+            CONFIRMED => Poll::Ready(true),
+            ABANDONED => Poll::Ready(false),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// The request's future of an HTTP/2 stream whose body has an [`EndCheck`]: each time
+/// it is pending it moves the check one step (and asks to be polled again, so that
+/// the step after hyper's look for a reset comes). Answered, it confirms the end
+/// unchecked: the answer is out, and what follows of the body no longer decides it.
+/// Dropped before, it marks the body abandoned.
+pub struct Confirming<F> {
+    pub request: F,
+    pub end: Option<Arc<EndCheck>>,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Confirming<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let polled = Pin::new(&mut self.request).poll(cx);
+        let Some(end) = &self.end else { return polled };
+        if polled.is_ready() {
+            end.state.store(CONFIRMED, Ordering::Release);
+            end.body.wake();
+        } else {
+            end.request.register(cx.waker());
+            if end.step(ENDED, CHECKING) {
+                cx.waker().wake_by_ref();
+            } else if end.step(CHECKING, CONFIRMED) {
+                end.body.wake();
+            }
+        }
+        polled
+    }
+}
+
+impl<F> Drop for Confirming<F> {
+    fn drop(&mut self) {
+        if let Some(end) = &self.end {
+            if end.state.load(Ordering::Acquire) != CONFIRMED {
+                end.state.store(ABANDONED, Ordering::Release);
+                end.body.wake();
+            }
         }
     }
 }
@@ -114,7 +232,16 @@ pub struct Unread(Arc<std::sync::atomic::AtomicBool>);
 impl Unread {
     /// The body of `req`, tracked if it is an HTTP/1 one not already at its end.
     pub fn track(req: http::Request<Incoming>) -> http::Request<ClientBody> {
-        if req.version() >= http::Version::HTTP_2 || req.body().is_end_stream() {
+        if req.version() >= http::Version::HTTP_2 {
+            // A read's body is never forwarded; a write's end is checked (`EndCheck`),
+            // even one that came with its head: the stream may have been reset since.
+            let read = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+            return match read && req.body().is_end_stream() {
+                true => req.map(ClientBody::Hyper),
+                false => req.map(|body| ClientBody::H2 { body, end: Arc::default(), ended: false }),
+            };
+        }
+        if req.body().is_end_stream() {
             return req.map(ClientBody::Hyper);
         }
         let unread = Unread(Arc::new(std::sync::atomic::AtomicBool::new(true)));
@@ -154,6 +281,19 @@ impl Body for ClientBody {
                 polled
             }
             ClientBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            // Abandoned, it stays pending: its reader is gone, or `Streamed` fails it.
+            ClientBody::H2 { body, end, ended } => {
+                if !*ended && end.state.load(Ordering::Acquire) != ABANDONED {
+                    match Pin::new(body).poll_frame(cx) {
+                        Poll::Ready(None) => *ended = true,
+                        polled => return polled,
+                    }
+                }
+                match end.poll_end(cx) {
+                    Poll::Ready(true) => Poll::Ready(None),
+                    Poll::Ready(false) | Poll::Pending => Poll::Pending,
+                }
+            }
             ClientBody::Empty => Poll::Ready(None),
         }
     }
@@ -162,13 +302,14 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) | ClientBody::Tracked(b, _) => b.is_end_stream(),
             ClientBody::Whole(bytes) => bytes.is_none(),
+            ClientBody::H2 { body, end, .. } => body.is_end_stream() && end.state.load(Ordering::Acquire) == CONFIRMED,
             ClientBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(b) | ClientBody::Tracked(b, _) => b.size_hint(),
+            ClientBody::Hyper(b) | ClientBody::Tracked(b, _) | ClientBody::H2 { body: b, .. } => b.size_hint(),
             ClientBody::Whole(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
@@ -207,6 +348,17 @@ impl Streamed {
             Some(Ok(frame)) => {
                 self.charge(&frame)?;
                 self.first = Some(frame);
+                // An HTTP/2 body whose end came with its first frame: the end is
+                // confirmed here, so the body can still leave whole with the head.
+                if self.inner.ends_unconfirmed() {
+                    match tokio::time::timeout(wait, self.inner.frame()).await {
+                        Ok(None) => {}
+                        Ok(Some(Err(e))) => return Err(unreadable(&e)),
+                        // Trailers (they end the body unsent, see `poll_frame`).
+                        Ok(Some(Ok(_))) => self.ended = true,
+                        Err(_) => return Err(GatewayError::RequestTimeout),
+                    }
+                }
                 Ok(())
             }
             Some(Err(e)) => Err(unreadable(&e)),
@@ -229,7 +381,7 @@ impl Streamed {
     /// of it in the frame [`Streamed::prefetch`] read), so it leaves with the head and
     /// can be sent again; the stream otherwise.
     pub fn into_outbound(mut self) -> super::Outbound {
-        if !self.inner.is_end_stream() {
+        if !self.ended && !self.inner.is_end_stream() {
             return super::Outbound::Stream(self);
         }
         match self.first.take().map(Frame::into_data) {
@@ -273,12 +425,15 @@ impl Body for Streamed {
                 Poll::Ready(Some(Err(Box::new(ClientBodyError))))
             }
             Poll::Ready(None) => Poll::Ready(None),
+            // The request is gone (its stream reset): what was read must not reach its
+            // end upstream.
+            Poll::Pending if this.inner.abandoned() => Poll::Ready(Some(Err(Box::new(ClientBodyError)))),
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.is_end_stream()
+        self.first.is_none() && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

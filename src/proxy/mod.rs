@@ -16,7 +16,7 @@ mod headers;
 use crate::http1::client::{self, Fields, Limits};
 use crate::http1::server::CarriesFields;
 use crate::timer::{Stalled, Waiting, Watched};
-pub use body::{drain, unreadable, BodyState, ClientBody, Streamed, Unread};
+pub use body::{drain, unreadable, BodyState, ClientBody, Confirming, EndCheck, Streamed, Unread};
 use direct::Sent;
 pub use direct::{Tenant, UpstreamSlot, CONNECTIONS_OPENED, IDLE_EVICTIONS, STRAY_COOL_DOWNS};
 use headers::prepare_response_headers;

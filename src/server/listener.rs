@@ -256,14 +256,18 @@ impl Connection {
         // of state for every stage it may await, would be copied each time. It is built
         // in its box (`Box::write` into an uninitialised one): `Box::pin(handle(..))`
         // builds it on the stack and copies it in.
+        // An HTTP/2 write's body ends only once its future has seen hyper look for a
+        // reset (`Confirming`).
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let open = counting.open();
             let req = crate::proxy::Unread::track(req);
+            let end = req.body().end_check();
             let (gw, info) = (Arc::clone(&gw), Arc::clone(&info));
-            Box::into_pin(Box::write(Box::new_uninit(), async move {
+            let request = Box::into_pin(Box::write(Box::new_uninit(), async move {
                 let resp = handle(gw, req, info).await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|body| Counted::new(body, open)))
-            }))
+            }));
+            crate::proxy::Confirming { request, end }
         });
         let builder = if h2_only { &builder.h2 } else { &builder.any };
         let conn = builder.serve_connection(TokioIo::new(io), service);

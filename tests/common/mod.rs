@@ -52,6 +52,8 @@ pub struct Seen {
     pub body_len: usize,
     /// The body's bytes, as received.
     pub body: Bytes,
+    /// Whether the body was read to its end (not broken off).
+    pub complete: bool,
 }
 
 /// A real HTTP backend that records every request. It answers 200 with a small JSON
@@ -101,10 +103,14 @@ async fn record(
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (parts, mut body) = req.into_parts();
     let mut received = Vec::new();
+    let mut complete = true;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => received.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
-            Err(_) => break,
+            Err(_) => {
+                complete = false;
+                break;
+            }
         }
     }
     let body_len = received.len();
@@ -116,6 +122,7 @@ async fn record(
         headers: parts.headers.clone(),
         body_len,
         body: Bytes::from(received),
+        complete,
     });
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
