@@ -180,11 +180,12 @@ impl EndCheck {
     }
 }
 
-/// The request's future of an HTTP/2 stream whose body has an [`EndCheck`]: each time
-/// it is pending it moves the check one step (and asks to be polled again, so that
-/// the step after hyper's look for a reset comes). Answered, it confirms the end
-/// unchecked: the answer is out, and what follows of the body no longer decides it.
-/// Dropped before, it marks the body abandoned.
+/// The request's future of an HTTP/2 stream whose body has an [`EndCheck`]. Pending
+/// after the body's end was seen, it starts the check and asks to be polled again:
+/// hyper looks for a reset in between, and the next poll confirms the end before the
+/// request goes on. Answered, it confirms the end unchecked: the answer is out, and
+/// what follows of the body no longer decides it. Dropped before, it marks the body
+/// abandoned.
 pub struct Confirming<F> {
     pub request: F,
     pub end: Option<Arc<EndCheck>>,
@@ -193,9 +194,19 @@ pub struct Confirming<F> {
 impl<F: std::future::Future + Unpin> std::future::Future for Confirming<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let polled = Pin::new(&mut self.request).poll(cx);
-        let Some(end) = &self.end else { return polled };
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let Some(end) = &this.end else { return Pin::new(&mut this.request).poll(cx) };
+        if end.step(CHECKING, CONFIRMED) {
+            // The body's reader, if it is another task (hyper's client sending the body
+            // to an HTTP/2 backend); read here, the body sees the end in this poll.
+            if let Some(reader) = end.body.take() {
+                if !reader.will_wake(cx.waker()) {
+                    reader.wake();
+                }
+            }
+        }
+        let polled = Pin::new(&mut this.request).poll(cx);
         if polled.is_ready() {
             end.state.store(CONFIRMED, Ordering::Release);
             end.body.wake();
@@ -203,8 +214,6 @@ impl<F: std::future::Future + Unpin> std::future::Future for Confirming<F> {
             end.request.register(cx.waker());
             if end.step(ENDED, CHECKING) {
                 cx.waker().wake_by_ref();
-            } else if end.step(CHECKING, CONFIRMED) {
-                end.body.wake();
             }
         }
         polled
