@@ -413,6 +413,22 @@ async fn wrong_shapes_and_repeated_keys_are_422_and_change_nothing() {
         assert_eq!(status, 422, "{payload}: {v}");
         assert!(v["errors"][field].is_array(), "{payload}: expected errors[{field}] in {v}");
     }
+    // A key named like a secret is not repeated in the answer, repeated or unknown, at
+    // any depth: the run reads `[secret]`.
+    let shaped = "cs0123456789abcdef0123456789abcdef";
+    for (payload, field) in [
+        (format!(r#"{{"token": {{"{shaped}": 1, "{shaped}": 2}}}}"#), "token.[secret]".to_string()),
+        (format!(r#"{{"token": {{"x-{shaped}-y": 1}}}}"#), "token.x-[secret]-y".into()),
+        (
+            format!(r#"{{"token": {{"scope": [{{"module": "$all", "acl": {{"{shaped}": true}}}}]}}}}"#),
+            "scope[0].acl.[secret]".into(),
+        ),
+    ] {
+        let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), &payload).await;
+        assert_eq!(status, 422, "{payload}: {v}");
+        assert!(v["errors"][&field].is_array(), "{payload}: expected errors[{field}] in {v}");
+        assert!(!v.to_string().contains(&shaped[2..]), "{payload}: {v}");
+    }
     let (_, got) = json_of(&env, "GET", &path, &owner(API_KEY), "").await;
     assert_eq!((got["token"]["scope"].clone(), got["token"]["rate_limit"].clone()), (scope(true), Value::Null));
     assert_eq!(got["token"]["description"], "made by a test");

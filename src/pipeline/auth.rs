@@ -139,6 +139,29 @@ pub fn shows_secret(value: &[u8]) -> bool {
     secrets_in(value).next().is_some()
 }
 
+/// `text` with every run of an issued secret's characters (as [`shows_secret`] finds
+/// them) shown as `[secret]`: for text a client chose that an answer or a log repeats
+/// (a key named like a secret in a body's error).
+pub fn without_secrets(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut runs = secrets_in(text.as_bytes()).peekable();
+    if runs.peek().is_none() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let (mut out, mut done) = (String::with_capacity(text.len()), 0);
+    for start in runs {
+        // A run is ASCII, so its edges are character boundaries; overlapping runs join.
+        out.push_str(text.get(done..start.max(done)).unwrap_or_default());
+        if start + SECRET_LEN > done {
+            if start >= done {
+                out.push_str("[secret]");
+            }
+            done = start + SECRET_LEN;
+        }
+    }
+    out.push_str(text.get(done..).unwrap_or_default());
+    std::borrow::Cow::Owned(out)
+}
+
 /// Where `value` holds a secret's characters (`cs` and 32 hex digits, any case), with or
 /// without letters or digits around them; none in a value shorter than a secret.
 fn secrets_in(value: &[u8]) -> impl Iterator<Item = usize> + '_ {
@@ -246,7 +269,21 @@ fn management_token(
 
 #[cfg(test)]
 mod tests {
-    use super::holds_token_shape;
+    use super::{holds_token_shape, shows_secret, without_secrets};
+
+    /// Every run of a secret's characters is hidden, delimited or not, and nothing else.
+    #[test]
+    fn secrets_are_hidden_in_text_a_client_chose() {
+        let secret = "cs0123456789abcdef0123456789ABCDEF";
+        assert_eq!(without_secrets("token.scope[0].acl.write"), "token.scope[0].acl.write");
+        assert_eq!(without_secrets(&format!("token.{secret}")), "token.[secret]");
+        assert_eq!(
+            without_secrets(&format!("token.x-{secret}-y.é{secret}{secret}")),
+            "token.x-[secret]-y.é[secret][secret]"
+        );
+        assert_eq!(without_secrets(&secret[..33]), &secret[..33], "one digit short");
+        assert!(!shows_secret(without_secrets(&format!("a{secret}b")).as_bytes()));
+    }
 
     proptest::proptest! {
         /// The `memchr` scan finds exactly the pieces a split at every byte that is not

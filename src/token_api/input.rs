@@ -25,8 +25,11 @@ pub struct TokenInput {
     pub rate_limit: Option<Option<RateLimit>>,
 }
 
+/// Adds `msg` under `field`. Field names are the client's own keys and may be named like
+/// a secret: such a run is shown as `[secret]` (no answer shows one, DESIGN.md section 5).
 fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
-    errors.entry(field.to_owned()).or_default().push(msg.to_owned());
+    let field = crate::pipeline::auth::without_secrets(field).into_owned();
+    errors.entry(field).or_default().push(msg.to_owned());
 }
 
 /// Fields the API returns (see `to_json`) that a client cannot choose. An update
