@@ -1338,8 +1338,8 @@ async fn an_inspected_body_is_forwarded_byte_for_byte_however_it_is_framed() {
 /// whatever the reset's code: with `NO_ERROR` (which hyper reads as the body's end) as
 /// with `CANCEL`, the part it sent never reaches the backend as a whole request, whether
 /// the gateway reads the body to check it (a workflow change) or streams it (an entry
-/// update), with its length declared or not. The part is whole JSON, so a check alone
-/// would pass it. The same body ended with `END_STREAM` is forwarded whole. The binary,
+/// update), with its length declared or not, or declared and all sent (a backend reading
+/// by length would have it whole). The part is whole JSON, so a check alone would pass it. The same body ended with `END_STREAM` is forwarded whole. The binary,
 /// on one thread and on two (each its own runtime), as it is deployed: the order in
 /// which hyper's tasks see the reset is the runtime's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1372,7 +1372,7 @@ async fn an_http2_body_cut_by_a_reset_never_reaches_the_backend_as_a_request() {
         };
         for (method, target) in targets {
             for reason in [h2::Reason::NO_ERROR, h2::Reason::CANCEL] {
-                for declared in [None, Some(2 * part.len())] {
+                for declared in [None, Some(part.len()), Some(2 * part.len())] {
                     let case = format!("{threads} thread(s): {method} {target} {reason:?} declared {declared:?}");
                     let before = backend.seen().len();
                     let mut client = connect().await;
@@ -1385,13 +1385,17 @@ async fn an_http2_body_cut_by_a_reset_never_reaches_the_backend_as_a_request() {
                     assert!(seen[before..].iter().all(|s| !s.complete), "{case}: {:?}", &seen[before..]);
                 }
             }
-            // Ended, the same part is the request.
-            let mut client = connect().await;
-            let (response, mut stream) = client.send_request(open(method, target, None), false).unwrap();
-            stream.send_data(part.clone(), true).unwrap();
-            assert_eq!(response.await.unwrap().status(), 200, "{threads} thread(s): {method} {target}");
-            let last = backend.last().unwrap();
-            assert!(last.complete && last.body == part, "{threads} thread(s): {method} {target}: {last:?}");
+            // Ended, the same part is the request (the last frame held for the check
+            // of the end is sent).
+            for declared in [None, Some(part.len())] {
+                let case = format!("{threads} thread(s): {method} {target} ended, declared {declared:?}");
+                let mut client = connect().await;
+                let (response, mut stream) = client.send_request(open(method, target, declared), false).unwrap();
+                stream.send_data(part.clone(), true).unwrap();
+                assert_eq!(response.await.unwrap().status(), 200, "{case}");
+                let last = backend.last().unwrap();
+                assert!(last.complete && last.body == part, "{case}: {last:?}");
+            }
         }
     }
 }

@@ -93,11 +93,14 @@ pub enum ClientBody {
     /// the connection, so its next request can follow whatever the answer.
     Whole(Option<Bytes>),
     /// An HTTP/2 write's body: its end is passed on only once [`EndCheck`] confirms it
-    /// (`ended`: hyper has reported it).
+    /// (`ended`: hyper has reported it). With a declared length, the frame that brings
+    /// its last byte is `held` until then too: a backend reading by length would have
+    /// the whole request before the client ended it, and the client may still reset.
     H2 {
         body: Incoming,
         end: Arc<EndCheck>,
         ended: bool,
+        held: Option<Box<Bytes>>,
     },
     Empty,
 }
@@ -247,7 +250,7 @@ impl Unread {
             let read = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
             return match read && req.body().is_end_stream() {
                 true => req.map(ClientBody::Hyper),
-                false => req.map(|body| ClientBody::H2 { body, end: Arc::default(), ended: false }),
+                false => req.map(|body| ClientBody::H2 { body, end: Arc::default(), ended: false, held: None }),
             };
         }
         if req.body().is_end_stream() {
@@ -291,15 +294,21 @@ impl Body for ClientBody {
             }
             ClientBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             // Abandoned, it stays pending: its reader is gone, or `Streamed` fails it.
-            ClientBody::H2 { body, end, ended } => {
-                if !*ended && end.state.load(Ordering::Acquire) != ABANDONED {
-                    match Pin::new(body).poll_frame(cx) {
+            ClientBody::H2 { body, end, ended, held } => {
+                while !*ended && end.state.load(Ordering::Acquire) != ABANDONED {
+                    match Pin::new(&mut *body).poll_frame(cx) {
                         Poll::Ready(None) => *ended = true,
+                        // After the declared length only an empty DATA frame or trailers
+                        // can come (h2 checks the length); trailers end the stream.
+                        Poll::Ready(Some(Ok(frame))) if held.is_some() => *ended = !frame.is_data(),
+                        Poll::Ready(Some(Ok(frame))) if frame.is_data() && body.size_hint().exact() == Some(0) => {
+                            *held = frame.into_data().ok().map(Box::new);
+                        }
                         polled => return polled,
                     }
                 }
                 match end.poll_end(cx) {
-                    Poll::Ready(true) => Poll::Ready(None),
+                    Poll::Ready(true) => Poll::Ready(held.take().map(|data| Ok(Frame::data(*data)))),
                     Poll::Ready(false) | Poll::Pending => Poll::Pending,
                 }
             }
@@ -311,14 +320,26 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) | ClientBody::Tracked(b, _) => b.is_end_stream(),
             ClientBody::Whole(bytes) => bytes.is_none(),
-            ClientBody::H2 { body, end, .. } => body.is_end_stream() && end.state.load(Ordering::Acquire) == CONFIRMED,
+            ClientBody::H2 { body, end, held, .. } => {
+                held.is_none() && body.is_end_stream() && end.state.load(Ordering::Acquire) == CONFIRMED
+            }
             ClientBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(b) | ClientBody::Tracked(b, _) | ClientBody::H2 { body: b, .. } => b.size_hint(),
+            ClientBody::Hyper(b) | ClientBody::Tracked(b, _) => b.size_hint(),
+            ClientBody::H2 { body, held, .. } => {
+                let (hint, held) = (body.size_hint(), held.as_ref().map_or(0, |d| d.len() as u64));
+                // The upper bound first: `SizeHint` asserts lower <= upper.
+                let mut with_held = SizeHint::new();
+                if let Some(upper) = hint.upper() {
+                    with_held.set_upper(upper.saturating_add(held));
+                }
+                with_held.set_lower(hint.lower().saturating_add(held));
+                with_held
+            }
             ClientBody::Whole(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
