@@ -242,7 +242,8 @@ impl<F> Drop for Confirming<F> {
 pub struct Unread(Arc<std::sync::atomic::AtomicBool>);
 
 impl Unread {
-    /// The body of `req`, tracked if it is an HTTP/1 one not already at its end.
+    /// The body of `req`: tracked if it is an HTTP/1 one not already at its end; with its
+    /// end checked ([`EndCheck`]) if it is an HTTP/2 write's.
     pub fn track(req: http::Request<Incoming>) -> http::Request<ClientBody> {
         if req.version() >= http::Version::HTTP_2 {
             // A read's body is never forwarded; a write's end is checked (`EndCheck`),

@@ -721,8 +721,10 @@ struct Gathered {
 
 impl Gathered {
     fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
         match &mut self.joined {
-            _ if data.is_empty() => {}
             Some(joined) => joined.extend_from_slice(&data),
             None if self.first.is_empty() => self.first = data,
             None => {
