@@ -105,17 +105,12 @@ impl Path<'_> {
         out
     }
 
-    /// A key follows its parent after a dot, unless the parent's text is empty (the
-    /// root, or a chain of empty keys from it).
     fn write(&self, out: &mut String) {
         match self {
             Path::Root => {}
             Path::Key(parent, key) => {
                 parent.write(out);
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
+                push_key(out, key);
             }
             Path::Index(parent, i) => {
                 parent.write(out);
@@ -124,6 +119,36 @@ impl Path<'_> {
                 out.push(']');
             }
         }
+    }
+}
+
+/// The most characters of a client's key that a field path shows.
+const SHOWN_KEY_CHARS: usize = 64;
+
+/// Appends a client's object key to a field path (`token.name`, `scope[0].acl`): after a
+/// dot when it is a plain name (ASCII letters, digits, `_`, `-`; no dot at the start of
+/// a path), else quoted as a JSON string in brackets (`token["a.b"]`, `token[""]`), so
+/// that a key holding a dot or a bracket, or none at all, reads as one key and never as
+/// a nested one or an index. Runs shaped like a secret are shown as `[secret]` (no
+/// answer shows one, DESIGN.md section 5), and a key longer than [`SHOWN_KEY_CHARS`]
+/// is cut there and marked with `…` (after the masking, so no cut leaves part of a
+/// secret): an error names the key without repeating a client's megabyte.
+pub fn push_key(out: &mut String, key: &str) {
+    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let masked = crate::pipeline::auth::without_secrets(key);
+    let shown = match masked.char_indices().nth(SHOWN_KEY_CHARS) {
+        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}…", &masked[..cut])),
+        None => masked,
+    };
+    if plain {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(&shown);
+    } else {
+        out.push('[');
+        out.push_str(&serde_json::Value::from(&*shown).to_string());
+        out.push(']');
     }
 }
 
@@ -256,15 +281,57 @@ mod tests {
         assert_eq!(parse_strict(b"{"), Err(JsonError::Malformed));
     }
 
-    /// Paths name the key from the root: dots between keys, indexes in brackets, and
-    /// no dot after an empty text (the root, or empty keys from it).
+    /// Paths name the key from the root: dots between plain keys, indexes in brackets,
+    /// any other key (empty, or holding a dot, a bracket, a quote) quoted in brackets.
     #[test]
     fn paths_read_from_the_root() {
         let body = br#"[{"a":[[{"x":1,"x":2}]],"":{"y":1,"y":2}},{"":{"":{"z":1,"z":2,"__proto__":0}}}]"#;
         let err = parse_strict(body).unwrap_err();
-        let repeated = vec!["[0].a[0][0].x".to_string(), "[0]..y".into(), "[1]...z".into()];
-        assert_eq!(err, JsonError::Ambiguous { repeated, proto: vec!["[1]...__proto__".into()] });
+        let repeated = vec!["[0].a[0][0].x".to_string(), r#"[0][""].y"#.into(), r#"[1][""][""].z"#.into()];
+        assert_eq!(err, JsonError::Ambiguous { repeated, proto: vec![r#"[1][""][""].__proto__"#.into()] });
         let err = parse_strict(br#"{"":{"":{"k":1,"k":2}},"b":{"b":{"b":0,"b":0}}}"#).unwrap_err();
-        assert_eq!(err, JsonError::Ambiguous { repeated: vec!["k".into(), "b.b.b".into()], proto: vec![] });
+        assert_eq!(err, JsonError::Ambiguous { repeated: vec![r#"[""][""].k"#.into(), "b.b.b".into()], proto: vec![] });
+        // A key with a dot or brackets is one key, not a path.
+        let err = parse_strict(br#"{"a.b":{"x[0]":1,"x[0]":2},"a":{"b":{"x":1,"x":2}}}"#).unwrap_err();
+        let repeated = vec![r#"["a.b"]["x[0]"]"#.to_string(), "a.b.x".into()];
+        assert_eq!(err, JsonError::Ambiguous { repeated, proto: vec![] });
+    }
+
+    /// Nesting to 127 levels parses; deeper is malformed (serde_json's limit, which
+    /// docs/tokens.md states).
+    #[test]
+    fn nesting_deeper_than_127_levels_is_malformed() {
+        for (n, ok) in [(127, true), (128, false)] {
+            let arrays = format!("{}{}", "[".repeat(n), "]".repeat(n));
+            let objects = format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+            assert_eq!(parse_strict(arrays.as_bytes()).is_ok(), ok, "{n} arrays");
+            assert_eq!(parse_strict(objects.as_bytes()).is_ok(), ok, "{n} objects");
+        }
+    }
+
+    /// A key is shown whole up to 64 characters, cut and marked after; a secret-shaped
+    /// run is masked before the cut, so none is left in part; quotes and control
+    /// characters are escaped as in JSON.
+    #[test]
+    fn keys_in_paths_are_bounded_masked_and_quoted() {
+        let path = |parent: &str, key: &str| {
+            let mut out = parent.to_owned();
+            push_key(&mut out, key);
+            out
+        };
+        assert_eq!(path("token", "name_2-x"), "token.name_2-x");
+        assert_eq!(path("", "name"), "name");
+        assert_eq!(path("token", ""), r#"token[""]"#);
+        assert_eq!(path("token", "a\"b\n"), r#"token["a\"b\n"]"#);
+        assert_eq!(path("token", "é"), r#"token["é"]"#);
+        let long = "k".repeat(5000);
+        assert_eq!(path("token", &long), format!("token.{}…", "k".repeat(64)));
+        let secret = "cs0123456789abcdef0123456789ABCDEF";
+        assert_eq!(path("token", secret), "token.[secret]");
+        // The secret straddles the 64th character: masked whole, then cut after it.
+        let key = format!("{}{secret}{}", "x".repeat(50), "y".repeat(100));
+        let shown = path("token", &key);
+        assert_eq!(shown, format!("token.{}[secret]{}…", "x".repeat(50), "y".repeat(6)));
+        assert!(!shown.contains("0123"), "{shown}");
     }
 }

@@ -429,6 +429,25 @@ async fn wrong_shapes_and_repeated_keys_are_422_and_change_nothing() {
         assert!(v["errors"][&field].is_array(), "{payload}: expected errors[{field}] in {v}");
         assert!(!v.to_string().contains(&shaped[2..]), "{payload}: {v}");
     }
+    // A key holding a dot or a bracket, or none, is named as one key (quoted in
+    // brackets), never as a nested key or an index; a long key is cut at 64 characters.
+    let long = "k".repeat(5000);
+    for (payload, field) in [
+        (r#"{"token": {"a.b": 1}}"#.to_string(), r#"token["a.b"]"#.to_string()),
+        (r#"{"token": {"x[0]": 1, "x[0]": 2}}"#.into(), r#"token["x[0]"]"#.into()),
+        (r#"{"token": {"": 1}}"#.into(), r#"token[""]"#.into()),
+        (r#"{"a.b": 1, "token": {}}"#.into(), r#"["a.b"]"#.into()),
+        (
+            r#"{"token": {"scope": [{"module": "$all", "acl": {"re.ad": true}}]}}"#.into(),
+            r#"scope[0].acl["re.ad"]"#.into(),
+        ),
+        (format!(r#"{{"token": {{"{long}": 1}}}}"#), format!("token.{}…", &long[..64])),
+    ] {
+        let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), &payload).await;
+        assert_eq!(status, 422, "{payload}: {v}");
+        assert!(v["errors"][&field].is_array(), "{payload}: expected errors[{field}] in {v}");
+        assert!(v.to_string().len() < 1000, "{payload}: {v}");
+    }
     let (_, got) = json_of(&env, "GET", &path, &owner(API_KEY), "").await;
     assert_eq!((got["token"]["scope"].clone(), got["token"]["rate_limit"].clone()), (scope(true), Value::Null));
     assert_eq!(got["token"]["description"], "made by a test");

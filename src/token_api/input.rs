@@ -32,6 +32,13 @@ fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
     errors.entry(field).or_default().push(msg.to_owned());
 }
 
+/// The field path of a client's `key` under `parent` (see [`crate::json::push_key`]).
+fn under(parent: &str, key: &str) -> String {
+    let mut field = parent.to_owned();
+    crate::json::push_key(&mut field, key);
+    field
+}
+
 /// Fields the API returns (see `to_json`) that a client cannot choose. An update
 /// ignores them, because the official SDKs' documented `fetch()` then `update()` sends
 /// the fetched record back whole; a create refuses them (422), since there is nothing
@@ -126,7 +133,7 @@ pub fn parse_regenerate(body: &[u8]) -> Result<i64, GatewayError> {
                 Err(m) => push(&mut errors, key, &m),
             },
             ("grace_period", _) => push(&mut errors, key, "must be a duration such as \"1h\" or \"7d\"."),
-            _ => push(&mut errors, key, "is not a known field."),
+            _ => push(&mut errors, &under("", key), "is not a known field."),
         }
     }
     if errors.is_empty() {
@@ -153,7 +160,7 @@ pub fn parse(body: &[u8], purpose: Purpose) -> Result<TokenInput, GatewayError> 
         return Err(GatewayError::Unprocessable(errors));
     };
     for key in outer.keys().filter(|k| *k != "token") {
-        push(&mut errors, key, "is not a known field.");
+        push(&mut errors, &under("", key), "is not a known field.");
     }
     let Some(obj) = outer.get("token").and_then(Value::as_object) else {
         push(&mut errors, "token", "is required and must be an object.");
@@ -190,10 +197,10 @@ fn fields(obj: &Map<String, Value>, purpose: Purpose, errors: &mut FieldErrors) 
             "rate_limit" => input.rate_limit = rate_limit(v, errors),
             returned if RETURNED_ONLY.contains(&returned) => {
                 if purpose == Purpose::Create {
-                    push(errors, &format!("token.{key}"), "cannot be set.");
+                    push(errors, &under("token", key), "cannot be set.");
                 }
             }
-            _ => push(errors, &format!("token.{key}"), "is not a known field."),
+            _ => push(errors, &under("token", key), "is not a known field."),
         }
     }
     input
@@ -257,7 +264,7 @@ fn scope_entry(v: &Value, at: &str, errors: &mut FieldErrors) -> Option<ScopeEnt
         }
     }
     for (key, v) in obj {
-        let field = format!("{at}.{key}");
+        let field = under(at, key);
         let parsed = match key.as_str() {
             "module" => Some(()),
             "acl" => acl(v, &field, errors).map(|a| entry.acl = a),
@@ -282,7 +289,7 @@ fn acl(v: &Value, at: &str, errors: &mut FieldErrors) -> Option<Acl> {
     let mut acl = Acl::default();
     let mut ok = true;
     for (key, v) in obj {
-        let field = format!("{at}.{key}");
+        let field = under(at, key);
         let slot = match key.as_str() {
             "read" => &mut acl.read,
             "write" => &mut acl.write,
