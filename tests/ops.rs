@@ -1970,3 +1970,114 @@ async fn a_large_answer_reaches_a_slow_tls_client_whole() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TLS backend that chooses h2 and records, per request, its body and whether it was
+/// read to its end (`false`: the stream was reset before `END_STREAM`).
+async fn tls_h2_recording_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<(bool, Bytes)>>>) {
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let mut config = (*stackgate::tls::server_config(&files).unwrap().config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<(bool, Bytes)>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, log) = (acceptor.clone(), Arc::clone(&log));
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let log = Arc::clone(&log);
+                    async move {
+                        let (mut body, mut got, mut complete) = (req.into_body(), Vec::new(), true);
+                        while let Some(frame) = body.frame().await {
+                            match frame {
+                                Ok(f) => got.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
+                                Err(_) => {
+                                    complete = false;
+                                    break;
+                                }
+                            }
+                        }
+                        log.lock().unwrap().push((complete, Bytes::from(got)));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The HTTP/2 client's reset mid-body (see `forwarding.rs`,
+/// `an_http2_body_cut_by_a_reset_never_reaches_the_backend_as_a_request`) on the other
+/// upstream path: an https backend that chose HTTP/2, where the gateway forwards the body
+/// as DATA frames of its own stream. A cut body must reach it reset, never ended; an
+/// ended one whole. The binary, on one thread and on two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_cut_by_a_reset_never_reaches_an_http2_backend_as_a_request() {
+    let dir = temp_dir("h2-reset-h2-upstream");
+    let pki = pki(&dir);
+    let (backend, seen) = tls_h2_recording_backend(&pki).await;
+    let text = config_text(backend, "", &format!("ca_file = \"{}\"", pki.ca.display()))
+        .replace(&format!("url = \"http://{backend}\""), &format!("url = \"https://localhost:{}\"", backend.port()));
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, text).unwrap();
+    let part = Bytes::from_static(br#"{"workflow":{"publishing_rule":{"status":0}}}"#);
+    let targets =
+        [("POST", "/v3/content_types/blog/entries/e1/workflow"), ("PUT", "/v3/content_types/blog/entries/e1")];
+    for threads in ["1", "2"] {
+        let (_gw, addr, _out) = spawn_gateway(&["run", "--config", file.to_str().unwrap(), "--threads", threads]);
+        let open = |method: &str, target: &str, declared: Option<usize>| {
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(format!("http://{addr}{target}"))
+                .header("api_key", API_KEY)
+                .header("authorization", RW)
+                .header("content-type", "application/json");
+            if let Some(len) = declared {
+                req = req.header("content-length", len);
+            }
+            req.body(()).unwrap()
+        };
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        for (method, target) in targets {
+            for reason in [h2::Reason::NO_ERROR, h2::Reason::CANCEL] {
+                for declared in [None, Some(part.len()), Some(2 * part.len())] {
+                    let case = format!("{threads} thread(s): {method} {target} {reason:?} declared {declared:?}");
+                    let before = seen.lock().unwrap().len();
+                    let mut client = client.clone().ready().await.unwrap();
+                    let (_response, mut stream) = client.send_request(open(method, target, declared), false).unwrap();
+                    stream.send_data(part.clone(), false).unwrap();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    stream.send_reset(reason);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let after = seen.lock().unwrap()[before..].to_vec();
+                    assert!(after.iter().all(|(complete, _)| !complete), "{case}: {after:?}");
+                    // A streamed body was on its way: the backend saw its stream reset.
+                    // With every declared byte sent, the frame holding the last is kept
+                    // for the end's check, and nothing went.
+                    if method == "PUT" {
+                        assert_eq!(after.len(), usize::from(declared != Some(part.len())), "{case}: {after:?}");
+                    }
+                }
+            }
+            // Ended, the same part reaches the backend whole.
+            for declared in [None, Some(part.len())] {
+                let case = format!("{threads} thread(s): {method} {target} ended, declared {declared:?}");
+                let mut client = client.clone().ready().await.unwrap();
+                let (response, mut stream) = client.send_request(open(method, target, declared), false).unwrap();
+                stream.send_data(part.clone(), true).unwrap();
+                assert_eq!(response.await.unwrap().status(), 200, "{case}");
+                let last = seen.lock().unwrap().last().cloned().unwrap();
+                assert_eq!(last, (true, part.clone()), "{case}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
