@@ -1352,18 +1352,7 @@ async fn an_http2_body_cut_by_a_reset_never_reaches_the_backend_as_a_request() {
         [("POST", "/v3/content_types/blog/entries/e1/workflow"), ("PUT", "/v3/content_types/blog/entries/e1")];
     for threads in ["1", "2"] {
         let (_gw, addr, _out) = spawn_gateway(&["run", "--config", file.to_str().unwrap(), "--threads", threads]);
-        let open = |method: &str, target: &str, declared: Option<usize>| {
-            let mut req = http::Request::builder()
-                .method(method)
-                .uri(format!("http://{addr}{target}"))
-                .header("api_key", API_KEY)
-                .header("authorization", RW)
-                .header("content-type", "application/json");
-            if let Some(len) = declared {
-                req = req.header("content-length", len);
-            }
-            req.body(()).unwrap()
-        };
+        let open = |method: &str, target: &str, declared: Option<usize>| h2_write(addr, method, target, declared);
         let connect = || async {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             let (client, conn) = h2::client::handshake(tcp).await.unwrap();

@@ -1990,16 +1990,7 @@ async fn tls_h2_recording_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::
                 let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let log = Arc::clone(&log);
                     async move {
-                        let (mut body, mut got, mut complete) = (req.into_body(), Vec::new(), true);
-                        while let Some(frame) = body.frame().await {
-                            match frame {
-                                Ok(f) => got.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
-                                Err(_) => {
-                                    complete = false;
-                                    break;
-                                }
-                            }
-                        }
+                        let (got, complete) = read_whole(req.into_body()).await;
                         log.lock().unwrap().push((complete, Bytes::from(got)));
                         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
                     }
@@ -2031,18 +2022,7 @@ async fn an_http2_body_cut_by_a_reset_never_reaches_an_http2_backend_as_a_reques
         [("POST", "/v3/content_types/blog/entries/e1/workflow"), ("PUT", "/v3/content_types/blog/entries/e1")];
     for threads in ["1", "2"] {
         let (_gw, addr, _out) = spawn_gateway(&["run", "--config", file.to_str().unwrap(), "--threads", threads]);
-        let open = |method: &str, target: &str, declared: Option<usize>| {
-            let mut req = http::Request::builder()
-                .method(method)
-                .uri(format!("http://{addr}{target}"))
-                .header("api_key", API_KEY)
-                .header("authorization", RW)
-                .header("content-type", "application/json");
-            if let Some(len) = declared {
-                req = req.header("content-length", len);
-            }
-            req.body(()).unwrap()
-        };
+        let open = |method: &str, target: &str, declared: Option<usize>| h2_write(addr, method, target, declared);
         let tcp = TcpStream::connect(addr).await.unwrap();
         let (client, conn) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(conn);

@@ -97,22 +97,40 @@ impl Backend {
     }
 }
 
+/// A request body's bytes, and whether it was read to its end (`false`: broken off,
+/// such as an HTTP/2 stream reset before `END_STREAM`).
+pub async fn read_whole(mut body: Incoming) -> (Vec<u8>, bool) {
+    let mut received = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => received.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
+            Err(_) => return (received, false),
+        }
+    }
+    (received, true)
+}
+
+/// An HTTP/2 write of JSON to the gateway at `addr` with the read-write token, its
+/// length declared or not (the body is sent separately).
+pub fn h2_write(addr: SocketAddr, method: &str, target: &str, declared: Option<usize>) -> Request<()> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{target}"))
+        .header("api_key", API_KEY)
+        .header("authorization", RW)
+        .header("content-type", "application/json");
+    if let Some(len) = declared {
+        req = req.header("content-length", len);
+    }
+    req.body(()).unwrap()
+}
+
 async fn record(
     log: Arc<Mutex<Vec<Seen>>>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (parts, mut body) = req.into_parts();
-    let mut received = Vec::new();
-    let mut complete = true;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(f) => received.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
-            Err(_) => {
-                complete = false;
-                break;
-            }
-        }
-    }
+    let (parts, body) = req.into_parts();
+    let (received, complete) = read_whole(body).await;
     let body_len = received.len();
     let delay = parts.headers.get("x-test-delay-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let target = parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
