@@ -88,6 +88,23 @@ pub enum GatewayError {
 /// Per-field validation errors (`errors` in the CMA body).
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
+/// The most fields a 422 lists (in name order); how many more there were is said under
+/// `"(more)"`, a name no field path takes. A body of thousands of wrong entries gets an
+/// answer of bounded size.
+const MAX_SHOWN_FIELDS: usize = 20;
+
+fn shown_fields(fields: &FieldErrors) -> serde_json::Value {
+    let mut shown: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .take(MAX_SHOWN_FIELDS)
+        .map(|(name, messages)| (name.clone(), serde_json::json!(messages)))
+        .collect();
+    if let Some(more) = fields.len().checked_sub(MAX_SHOWN_FIELDS).filter(|&n| n > 0) {
+        shown.insert("(more)".into(), serde_json::json!([format!("{more} more fields have errors.")]));
+    }
+    serde_json::Value::Object(shown)
+}
+
 /// The flavours of 400; they share one client-facing message but are logged apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BadRequest {
@@ -330,7 +347,7 @@ impl GatewayError {
             GatewayError::TokenDisabled => Some(serde_json::json!({
                 "authorization": ["is disabled."]
             })),
-            GatewayError::Unprocessable(fields) => Some(serde_json::json!(fields)),
+            GatewayError::Unprocessable(fields) => Some(shown_fields(fields)),
             _ => None,
         };
         if let (Some(errors), Some(obj)) = (errors, body.as_object_mut()) {

@@ -125,37 +125,96 @@ impl Path<'_> {
 /// The most characters of a client's key that a field path shows.
 const SHOWN_KEY_CHARS: usize = 64;
 
+/// The most characters of a whole field path an answer shows (see [`shorten_path`]).
+const SHOWN_PATH_CHARS: usize = 200;
+
+/// The most repeated or `__proto__` keys [`parse_strict`] records: enough to show a
+/// client what to fix, while a body of thousands of them, deep in long keys, cannot
+/// make an answer (or the memory building it) hundreds of times its own size.
+const MAX_FOUND: usize = 20;
+
 /// Appends a client's object key to a field path (`token.name`, `scope[0].acl`): after a
 /// dot when it is a plain name (ASCII letters, digits, `_`, `-`; no dot at the start of
 /// a path), else quoted as a JSON string in brackets (`token["a.b"]`, `token[""]`), so
 /// that a key holding a dot or a bracket, or none at all, reads as one key and never as
-/// a nested one or an index. Runs shaped like a secret are shown as `[secret]` (no
-/// answer shows one, DESIGN.md section 5), and a key longer than [`SHOWN_KEY_CHARS`]
-/// is cut there and marked with `…` (after the masking, so no cut leaves part of a
-/// secret): an error names the key without repeating a client's megabyte.
+/// a nested one or an index. In the quotes every character outside printable ASCII is
+/// escaped (`\u200b`): an invisible or reordering one would make two keys look alike.
+/// A run shaped like a secret is shown as `[secret]` (no answer shows one, DESIGN.md
+/// section 5), in quotes since the marker holds brackets; a key longer than
+/// [`SHOWN_KEY_CHARS`] is cut there, after the masking (so no cut leaves part of a
+/// secret), and the cut marked with a raw `…` (inside the quotes, where every other
+/// such character is escaped).
 pub fn push_key(out: &mut String, key: &str) {
-    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     let masked = crate::pipeline::auth::without_secrets(key);
-    let shown = match masked.char_indices().nth(SHOWN_KEY_CHARS) {
-        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}…", &masked[..cut])),
-        None => masked,
+    let (shown, cut) = match masked.char_indices().nth(SHOWN_KEY_CHARS) {
+        Some((at, _)) => (&masked[..at], true),
+        None => (&masked[..], false),
     };
+    let plain = matches!(masked, std::borrow::Cow::Borrowed(_))
+        && !key.is_empty()
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if plain {
         if !out.is_empty() {
             out.push('.');
         }
-        out.push_str(&shown);
+        out.push_str(shown);
     } else {
-        out.push('[');
-        out.push_str(&serde_json::Value::from(&*shown).to_string());
-        out.push(']');
+        out.push_str("[\"");
+        escape_into(out, shown);
     }
+    if cut {
+        out.push('…');
+    }
+    if !plain {
+        out.push_str("\"]");
+    }
+}
+
+/// `text` as the inside of a JSON string, with every character outside printable
+/// ASCII as `\uXXXX` (UTF-16, as JSON escapes them).
+fn escape_into(out: &mut String, text: &str) {
+    use std::fmt::Write as _;
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+}
+
+/// A field path of at most [`SHOWN_PATH_CHARS`] characters: a longer one (deep in long
+/// keys) keeps its start and its end, the key at fault, around a `…`.
+pub fn shorten_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let count = path.chars().count();
+    if count <= SHOWN_PATH_CHARS {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let keep = (SHOWN_PATH_CHARS - 1) / 2;
+    let head: String = path.chars().take(keep).collect();
+    let tail: String = path.chars().skip(count - keep).collect();
+    std::borrow::Cow::Owned(format!("{head}…{tail}"))
 }
 
 #[derive(Default)]
 struct Found {
     repeated: Vec<String>,
     proto: Vec<String>,
+}
+
+impl Found {
+    /// Records `path` in the list `which` picks, unless [`MAX_FOUND`] are recorded.
+    fn record(&mut self, which: fn(&mut Found) -> &mut Vec<String>, path: &Path<'_>) {
+        if self.repeated.len() + self.proto.len() < MAX_FOUND {
+            which(self).push(path.text());
+        }
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Strict<'_> {
@@ -219,9 +278,9 @@ impl<'de> Visitor<'de> for Strict<'_> {
             let path = Path::Key(&self.path, &key);
             let value = map.next_value_seed(Strict { path, found: self.found })?;
             if key == "__proto__" {
-                self.found.borrow_mut().proto.push(path.text());
+                self.found.borrow_mut().record(|found| &mut found.proto, &path);
             } else if obj.contains_key(&key) {
-                self.found.borrow_mut().repeated.push(path.text());
+                self.found.borrow_mut().record(|found| &mut found.repeated, &path);
             } else {
                 obj.insert(key, value);
             }
@@ -322,16 +381,43 @@ mod tests {
         assert_eq!(path("token", "name_2-x"), "token.name_2-x");
         assert_eq!(path("", "name"), "name");
         assert_eq!(path("token", ""), r#"token[""]"#);
-        assert_eq!(path("token", "a\"b\n"), r#"token["a\"b\n"]"#);
-        assert_eq!(path("token", "é"), r#"token["é"]"#);
+        assert_eq!(path("token", "a\"b\n"), r#"token["a\"b\u000a"]"#);
+        // Outside printable ASCII, escaped: an invisible or reordering character shows.
+        assert_eq!(path("token", "é"), r#"token["\u00e9"]"#);
+        assert_eq!(path("token", "a\u{200b}b\u{202e}c"), r#"token["a\u200bb\u202ec"]"#);
+        assert_eq!(path("token", "😀"), r#"token["\ud83d\ude00"]"#);
         let long = "k".repeat(5000);
         assert_eq!(path("token", &long), format!("token.{}…", "k".repeat(64)));
+        assert_eq!(path("token", &"é".repeat(100)), format!("token[\"{}…\"]", "\\u00e9".repeat(64)));
+        // A secret's marker holds brackets: the key is quoted, never read as an index.
         let secret = "cs0123456789abcdef0123456789ABCDEF";
-        assert_eq!(path("token", secret), "token.[secret]");
+        assert_eq!(path("token", secret), r#"token["[secret]"]"#);
         // The secret straddles the 64th character: masked whole, then cut after it.
         let key = format!("{}{secret}{}", "x".repeat(50), "y".repeat(100));
         let shown = path("token", &key);
-        assert_eq!(shown, format!("token.{}[secret]{}…", "x".repeat(50), "y".repeat(6)));
+        assert_eq!(shown, format!("token[\"{}[secret]{}…\"]", "x".repeat(50), "y".repeat(6)));
         assert!(!shown.contains("0123"), "{shown}");
+    }
+
+    /// A long path keeps its start and its end; a short one is as it was.
+    #[test]
+    fn long_paths_are_shortened_in_the_middle() {
+        assert_eq!(shorten_path("token.scope[0].acl"), "token.scope[0].acl");
+        let long = format!("{}.end", "a".repeat(300));
+        let short = shorten_path(&long);
+        assert_eq!(short.chars().count(), 199);
+        assert!(short.starts_with("aaaa") && short.ends_with("aaaa.end") && short.contains('…'), "{short}");
+        let wide = "é".repeat(300);
+        assert_eq!(shorten_path(&wide).chars().count(), 199);
+    }
+
+    /// At most `MAX_FOUND` repeated or `__proto__` keys are recorded, however many there are.
+    #[test]
+    fn the_keys_found_are_bounded() {
+        let pairs: Vec<String> = (0..500).map(|i| format!(r#""k{i}":0,"k{i}":1,"__proto__":{i}"#)).collect();
+        let body = format!("{{{}}}", pairs.join(","));
+        let Err(JsonError::Ambiguous { repeated, proto }) = parse_strict(body.as_bytes()) else { panic!() };
+        assert_eq!(repeated.len() + proto.len(), MAX_FOUND);
+        assert_eq!(&repeated[..2], ["k0", "k1"]);
     }
 }

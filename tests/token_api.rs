@@ -224,7 +224,9 @@ async fn validation_errors_are_422_with_fields_and_change_nothing() {
         ),
         (json!({"token": {"name": "a", "scope": scope_ok, "colour": "red"}}), "token.colour"),
         (json!({"token": {"name": "a", "scope": scope_ok, "uid": "blt0000000000000000"}}), "token.uid"),
-        (json!({"token": {"name": "a", "scope": scope_ok}, "extra": 1}), "extra"),
+        // A key beside `token` is named from the body's root, in brackets (never as a
+        // field of the token's own).
+        (json!({"token": {"name": "a", "scope": scope_ok}, "extra": 1}), r#"["extra"]"#),
         (json!({"name": "a"}), "token"),
         (json!([1, 2]), "token"),
     ];
@@ -417,11 +419,11 @@ async fn wrong_shapes_and_repeated_keys_are_422_and_change_nothing() {
     // any depth: the run reads `[secret]`.
     let shaped = "cs0123456789abcdef0123456789abcdef";
     for (payload, field) in [
-        (format!(r#"{{"token": {{"{shaped}": 1, "{shaped}": 2}}}}"#), "token.[secret]".to_string()),
-        (format!(r#"{{"token": {{"x-{shaped}-y": 1}}}}"#), "token.x-[secret]-y".into()),
+        (format!(r#"{{"token": {{"{shaped}": 1, "{shaped}": 2}}}}"#), r#"token["[secret]"]"#.to_string()),
+        (format!(r#"{{"token": {{"x-{shaped}-y": 1}}}}"#), r#"token["x-[secret]-y"]"#.into()),
         (
             format!(r#"{{"token": {{"scope": [{{"module": "$all", "acl": {{"{shaped}": true}}}}]}}}}"#),
-            "scope[0].acl.[secret]".into(),
+            r#"scope[0].acl["[secret]"]"#.into(),
         ),
     ] {
         let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), &payload).await;
@@ -442,11 +444,45 @@ async fn wrong_shapes_and_repeated_keys_are_422_and_change_nothing() {
             r#"scope[0].acl["re.ad"]"#.into(),
         ),
         (format!(r#"{{"token": {{"{long}": 1}}}}"#), format!("token.{}…", &long[..64])),
+        // Invisible and reordering characters are escaped: two keys never look alike.
+        ("{\"token\": {\"a\u{200b}b\": 1}}".into(), r#"token["a\u200bb"]"#.into()),
+        // A key at the root is named from the root, in brackets: never as the token's own
+        // field of that name (`scope[0].acl.read` names the token's scope).
+        (
+            r#"{"scope": [{"acl": {"read": 1, "read": 2}}], "token": {"name": "n", "scope": []}}"#.into(),
+            r#"["scope"][0].acl.read"#.into(),
+        ),
+        (r#"{"enabled": 1, "token": {}}"#.into(), r#"["enabled"]"#.into()),
     ] {
         let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), &payload).await;
         assert_eq!(status, 422, "{payload}: {v}");
         assert!(v["errors"][&field].is_array(), "{payload}: expected errors[{field}] in {v}");
         assert!(v.to_string().len() < 1000, "{payload}: {v}");
+    }
+    // An answer stays bounded however many keys are wrong and however deep: an outside
+    // probe's 64 KiB body of 3,593 repeated pairs under 124 levels of 64-character keys
+    // came back as a 29 MB 422. At most 20 fields are listed, with a count of the rest,
+    // and a path keeps its start and end within 200 characters.
+    let k = "k".repeat(64);
+    let pairs: Vec<String> = (0..3593).map(|n| format!(r#""{n:x}":0,"{n:x}":0"#)).collect();
+    let deep = format!(
+        r#"{{"token":{{"usage":{}{{{}}}{}}}}}"#,
+        format!(r#"{{"{k}":"#).repeat(124),
+        pairs.join(","),
+        "}".repeat(124)
+    );
+    assert!(deep.len() <= 64 * 1024, "{}", deep.len());
+    let wide = format!(r#"{{"token":{{"name":"n","scope":[{}]}}}}"#, vec!["{}"; 20_000].join(","));
+    // (The parser records the first 20 repeated keys; the scope's 20,000 entries are
+    // each wrong, and the answer says how many more.)
+    for (payload, more) in [(deep, None), (wide, Some("19980 more fields have errors."))] {
+        let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), &payload).await;
+        assert_eq!(status, 422, "{v}");
+        let errors = v["errors"].as_object().unwrap();
+        assert!(errors.len() <= 21, "{v}");
+        assert_eq!(errors.get("(more)").map(|m| m[0].as_str().unwrap()), more, "{v}");
+        assert!(errors.keys().all(|name| name.chars().count() <= 200), "{v}");
+        assert!(v.to_string().len() < 16 * 1024, "{}", v.to_string().len());
     }
     let (_, got) = json_of(&env, "GET", &path, &owner(API_KEY), "").await;
     assert_eq!((got["token"]["scope"].clone(), got["token"]["rate_limit"].clone()), (scope(true), Value::Null));
@@ -658,6 +694,18 @@ async fn regenerate_without_grace_stops_the_old_secret_at_once() {
         assert_eq!(env.token("GET", ENTRIES, &new, "").await.0.as_u16(), 200);
         secret = new;
     }
+    // Only an empty body is no body: whitespace is malformed JSON (400) when declared,
+    // refused for its media type (415) when not, and rotates nothing (an outside probe
+    // had " " rotate the secret with no Content-Type at all).
+    let path = format!("{TOKENS}/{uid}/regenerate");
+    for b in [" ", "\r\n\t "] {
+        assert_eq!(regenerate(&env, &uid, b).await.0, 400, "{b:?} declared JSON");
+        let bare = [("api_key", API_KEY), ("authtoken", ALICE)];
+        assert_eq!(json_of(&env, "POST", &path, &bare, b).await.0, 415, "{b:?} undeclared");
+        let text = [("api_key", API_KEY), ("authtoken", ALICE), ("content-type", "text/plain")];
+        assert_eq!(json_of(&env, "POST", &path, &text, b).await.0, 415, "{b:?} as text/plain");
+    }
+    assert_eq!(env.token("GET", ENTRIES, &secret, "").await.0.as_u16(), 200, "the secret was not rotated");
 }
 
 /// A grace period over 7 days, not whole seconds, or anything not a duration, is 422 and

@@ -27,9 +27,27 @@ pub struct TokenInput {
 
 /// Adds `msg` under `field`. Field names are the client's own keys and may be named like
 /// a secret: such a run is shown as `[secret]` (no answer shows one, DESIGN.md section 5).
+/// A field name is also cut to a bounded length (see [`crate::json::shorten_path`]),
+/// after the masking, and a message is not repeated under one field.
 fn push(errors: &mut FieldErrors, field: &str, msg: &str) {
-    let field = crate::pipeline::auth::without_secrets(field).into_owned();
-    errors.entry(field).or_default().push(msg.to_owned());
+    let field = crate::pipeline::auth::without_secrets(field);
+    let messages = errors.entry(crate::json::shorten_path(&field).into_owned()).or_default();
+    if !messages.iter().any(|m| m == msg) {
+        messages.push(msg.to_owned());
+    }
+}
+
+/// A path from the root of a body whose fields sit under `token`: one that starts
+/// outside `token` has its first key quoted in brackets (`["scope"][0].module`), so that
+/// it never reads as the token's own field of that name, whose errors are named from
+/// inside `token` (`scope[0].module`). A plain key's text holds no `.` or `[` (see
+/// [`crate::json::push_key`]), so the first key ends at the first of them.
+fn from_root(path: &str) -> String {
+    let end = path.find(['.', '[']).unwrap_or(path.len());
+    match &path[..end] {
+        "" | "token" => path.to_owned(),
+        first => format!("[\"{first}\"]{}", &path[end..]),
+    }
 }
 
 /// The field path of a client's `key` under `parent` (see [`crate::json::push_key`]).
@@ -110,10 +128,12 @@ fn limit_range() -> String {
 /// seconds, at most [`MAX_GRACE_SECONDS`]; `null` or absent = 0). Returns the grace in
 /// seconds; anything else is 422 under the field at fault.
 pub fn parse_regenerate(body: &[u8]) -> Result<i64, GatewayError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // Only an empty body is no body: whitespace alone is malformed JSON (400), as on
+    // every other token-API write.
+    if body.is_empty() {
         return Ok(0);
     }
-    let value = strict_json(body)?;
+    let value = strict_json(body, str::to_owned)?;
     let mut errors = FieldErrors::new();
     let Some(obj) = value.as_object() else {
         push(&mut errors, "grace_period", "the body must be an object {\"grace_period\": \"1h\"}.");
@@ -153,14 +173,14 @@ pub enum Purpose {
 /// Parses `{"token": {...}}`. Malformed JSON is 400; duplicate keys, wrong shapes,
 /// wrong types and unknown fields are 422 with every problem listed.
 pub fn parse(body: &[u8], purpose: Purpose) -> Result<TokenInput, GatewayError> {
-    let value = strict_json(body)?;
+    let value = strict_json(body, from_root)?;
     let mut errors = FieldErrors::new();
     let Some(outer) = value.as_object() else {
         push(&mut errors, "token", "is required: the body must be an object {\"token\": {...}}.");
         return Err(GatewayError::Unprocessable(errors));
     };
     for key in outer.keys().filter(|k| *k != "token") {
-        push(&mut errors, &under("", key), "is not a known field.");
+        push(&mut errors, &from_root(&under("", key)), "is not a known field.");
     }
     let Some(obj) = outer.get("token").and_then(Value::as_object) else {
         push(&mut errors, "token", "is required and must be an object.");
@@ -463,17 +483,17 @@ fn check(rec: &TokenRecord, before: Option<&TokenRecord>, ctx: &Context<'_>, err
 /// repeated key (under its path from the body's root, e.g. `token.scope[0].acl.write`)
 /// or a `__proto__` key is 422: a client, a proxy or a log reading the body another way
 /// would see a different token from the one stored.
-fn strict_json(body: &[u8]) -> Result<Value, GatewayError> {
+fn strict_json(body: &[u8], named: fn(&str) -> String) -> Result<Value, GatewayError> {
     match crate::json::parse_strict(body) {
         Ok(value) => Ok(value),
         Err(JsonError::Malformed) => Err(GatewayError::BadRequest(BadRequest::MalformedJson)),
         Err(JsonError::Ambiguous { repeated, proto }) => {
             let mut errors = FieldErrors::new();
             for path in repeated {
-                push(&mut errors, &path, "is given more than once.");
+                push(&mut errors, &named(&path), "is given more than once.");
             }
             for path in proto {
-                push(&mut errors, &path, "is not allowed.");
+                push(&mut errors, &named(&path), "is not allowed.");
             }
             Err(GatewayError::Unprocessable(errors))
         }

@@ -134,11 +134,12 @@ async fn read_body(reading: Reading<'_>, body: &mut Option<ClientBody>) -> Resul
 }
 
 /// Reads a body that may be empty (regenerate): an empty one needs no Content-Type,
-/// anything else must be declared JSON like every other token-API body.
+/// anything else (whitespace too: only an empty body is no body) must be declared JSON
+/// like every other token-API body.
 async fn read_optional_body(reading: Reading<'_>, body: &mut Option<ClientBody>) -> Result<Bytes, GatewayError> {
     let parts = reading.parts;
     let bytes = read_bounded(reading, body).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) || crate::json::declares_json(&parts.headers) {
+    if bytes.is_empty() || crate::json::declares_json(&parts.headers) {
         Ok(bytes)
     } else {
         Err(GatewayError::UnsupportedMediaType)
