@@ -357,7 +357,7 @@ mod tests {
     }
 
     /// Nesting to 127 levels parses; deeper is malformed (serde_json's limit, which
-    /// docs/tokens.md states).
+    /// docs/tokens.md states), as is a number no 64-bit float holds.
     #[test]
     fn nesting_deeper_than_127_levels_is_malformed() {
         for (n, ok) in [(127, true), (128, false)] {
@@ -366,6 +366,10 @@ mod tests {
             assert_eq!(parse_strict(arrays.as_bytes()).is_ok(), ok, "{n} arrays");
             assert_eq!(parse_strict(objects.as_bytes()).is_ok(), ok, "{n} objects");
         }
+        // A number beyond a 64-bit float's range is malformed too (docs/tokens.md).
+        assert_eq!(parse_strict(b"[1e400]"), Err(JsonError::Malformed));
+        assert_eq!(parse_strict(format!("[{}]", "9".repeat(5000)).as_bytes()), Err(JsonError::Malformed));
+        assert!(parse_strict(b"[1e300, 18446744073709551616]").is_ok());
     }
 
     /// A key is shown whole up to 64 characters, cut and marked after; a secret-shaped
