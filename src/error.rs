@@ -93,12 +93,21 @@ pub type FieldErrors = BTreeMap<String, Vec<String>>;
 /// answer of bounded size.
 const MAX_SHOWN_FIELDS: usize = 20;
 
+/// The most messages a 422 lists under one field (a list of 20,000 unknown branches has
+/// a message per element); how many more there were is said after them.
+const MAX_SHOWN_MESSAGES: usize = 5;
+
 fn shown_fields(fields: &FieldErrors) -> serde_json::Value {
-    let mut shown: serde_json::Map<String, serde_json::Value> = fields
-        .iter()
-        .take(MAX_SHOWN_FIELDS)
-        .map(|(name, messages)| (name.clone(), serde_json::json!(messages)))
-        .collect();
+    let messages = |list: &[String]| {
+        let mut shown: Vec<String> = list.iter().take(MAX_SHOWN_MESSAGES).cloned().collect();
+        let more = list.len().saturating_sub(MAX_SHOWN_MESSAGES);
+        if more > 0 {
+            shown.push(format!("and {more} more."));
+        }
+        serde_json::json!(shown)
+    };
+    let mut shown: serde_json::Map<String, serde_json::Value> =
+        fields.iter().take(MAX_SHOWN_FIELDS).map(|(name, list)| (name.clone(), messages(list))).collect();
     if let Some(more) = fields.len().checked_sub(MAX_SHOWN_FIELDS).filter(|&n| n > 0) {
         shown.insert("(more)".into(), serde_json::json!([format!("{more} more fields have errors.")]));
     }

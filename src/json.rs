@@ -189,17 +189,22 @@ fn escape_into(out: &mut String, text: &str) {
     }
 }
 
+/// What marks the levels [`shorten_path`] leaves out: never in a path otherwise (a
+/// key's own cut is a `…` with no space before it: a plain key holds none, and in a
+/// quoted one every character outside printable ASCII is escaped).
+const PATH_CUT: &str = " … ";
+
 /// A field path of at most [`SHOWN_PATH_CHARS`] characters: a longer one (deep in long
-/// keys) keeps its start and its end, the key at fault, around a `…`.
+/// keys) keeps its start and its end, the key at fault, around [`PATH_CUT`].
 pub fn shorten_path(path: &str) -> std::borrow::Cow<'_, str> {
     let count = path.chars().count();
     if count <= SHOWN_PATH_CHARS {
         return std::borrow::Cow::Borrowed(path);
     }
-    let keep = (SHOWN_PATH_CHARS - 1) / 2;
+    let keep = (SHOWN_PATH_CHARS - PATH_CUT.chars().count()) / 2;
     let head: String = path.chars().take(keep).collect();
     let tail: String = path.chars().skip(count - keep).collect();
-    std::borrow::Cow::Owned(format!("{head}…{tail}"))
+    std::borrow::Cow::Owned(format!("{head}{PATH_CUT}{tail}"))
 }
 
 #[derive(Default)]
@@ -410,9 +415,14 @@ mod tests {
         let long = format!("{}.end", "a".repeat(300));
         let short = shorten_path(&long);
         assert_eq!(short.chars().count(), 199);
-        assert!(short.starts_with("aaaa") && short.ends_with("aaaa.end") && short.contains('…'), "{short}");
+        assert!(short.starts_with("aaaa") && short.ends_with("aaaa.end") && short.contains(" … "), "{short}");
         let wide = "é".repeat(300);
         assert_eq!(shorten_path(&wide).chars().count(), 199);
+        // The levels left out are marked apart from a key's own cut, so two bodies that
+        // differ in the levels left out never read as one with a key cut.
+        let mut cut_key = String::from("token");
+        push_key(&mut cut_key, &"K".repeat(70));
+        assert!(cut_key.ends_with("K…") && !cut_key.contains(" … "), "{cut_key}");
     }
 
     /// At most `MAX_FOUND` repeated or `__proto__` keys are recorded, however many there are.

@@ -473,6 +473,17 @@ async fn wrong_shapes_and_repeated_keys_are_422_and_change_nothing() {
     );
     assert!(deep.len() <= 64 * 1024, "{}", deep.len());
     let wide = format!(r#"{{"token":{{"name":"n","scope":[{}]}}}}"#, vec!["{}"; 20_000].join(","));
+    // One field, a message per element: 21,000 unknown branches drew 1.6 MB.
+    let listed = format!(
+        r#"{{"token":{{"scope":[{{"module":"$all","acl":{{"read":true}}}},{{"module":"branch","branches":[{}]}}]}}}}"#,
+        vec![r#""""#; 21_000].join(",")
+    );
+    let (status, v) = json_of(&env, "PUT", &path, &owner(API_KEY), &listed).await;
+    assert_eq!(status, 422, "{v}");
+    let messages = v["errors"]["scope[1].branches"].as_array().unwrap();
+    assert_eq!(messages.len(), 6, "{v}");
+    assert_eq!(messages[5], "and 20995 more.", "{v}");
+    assert!(v.to_string().len() < 2048, "{v}");
     // (The parser records the first 20 repeated keys; the scope's 20,000 entries are
     // each wrong, and the answer says how many more.)
     for (payload, more) in [(deep, None), (wide, Some("19980 more fields have errors."))] {
