@@ -915,11 +915,7 @@ where
     let dir = temp_dir(name);
     let pki = pki(&dir);
     let ca = &pki.ca;
-    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let mut config = (*stackgate::tls::server_config(&files).unwrap().config).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (acceptor, listener) = tls_listener(&pki, b"http/1.1").await;
     let backend = listener.local_addr().unwrap();
     let serve = Arc::new(serve);
     tokio::spawn(async move {
@@ -1971,14 +1967,20 @@ async fn a_large_answer_reaches_a_slow_tls_client_whole() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A loopback listener and the acceptor of a TLS backend with the test certificate,
+/// offering only `alpn`.
+async fn tls_listener(pki: &TestPki, alpn: &[u8]) -> (tokio_rustls::TlsAcceptor, tokio::net::TcpListener) {
+    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
+    let mut config = (*stackgate::tls::server_config(&files).unwrap().config).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), listener)
+}
+
 /// A TLS backend that chooses h2 and records, per request, its body and whether it was
 /// read to its end (`false`: the stream was reset before `END_STREAM`).
 async fn tls_h2_recording_backend(pki: &TestPki) -> (SocketAddr, Arc<std::sync::Mutex<Vec<(bool, Bytes)>>>) {
-    let files = stackgate::config::TlsFiles { cert: pki.cert.clone(), key: pki.key.clone() };
-    let mut config = (*stackgate::tls::server_config(&files).unwrap().config).clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (acceptor, listener) = tls_listener(pki, b"h2").await;
     let addr = listener.local_addr().unwrap();
     let seen: Arc<std::sync::Mutex<Vec<(bool, Bytes)>>> = Arc::default();
     let log = Arc::clone(&seen);
