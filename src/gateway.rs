@@ -92,7 +92,7 @@ impl Gateway {
         rate_clock: RateClock,
         config_path: Option<PathBuf>,
     ) -> Result<Self, ReloadError> {
-        crate::config::log_warnings(&config);
+        crate::config::log_warnings(&config, clock.now());
         let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let upstream = UpstreamClient::new(&config.upstream)?;
         let notify = config.notify.clone();
@@ -316,8 +316,9 @@ impl Gateway {
         let (config, upstream, tls) = (Arc::clone(&current.config), current.upstream.clone(), current.tls.clone());
         // A clash was refused when the config came in; one made since (the token API
         // never gives a static token's uid) is left out and logged.
-        let next =
-            load_snapshot(&*self.store, config, Some(current), &self.rate_clock, upstream, |_| {}).await?.snapshot;
+        let loaded = load_snapshot(&*self.store, config, Some(current), &self.rate_clock, upstream, |_| {}).await?;
+        crate::snapshot::log_clashes(&loaded.clashes);
+        let next = loaded.snapshot;
         let count = self.swap(next.with_tls(tls));
         tracing::debug!(tokens = count, "tokens re-read from the shared store");
         Ok(())

@@ -139,6 +139,14 @@ pub struct Snapshot {
     users: HashMap<[u8; 32], Box<str>>,
 }
 
+/// Logs the stored tokens a snapshot that serves goes on without (see
+/// [`SnapshotBuilder::clashes`]).
+pub fn log_clashes(clashes: &[String]) {
+    for clash in clashes {
+        tracing::error!(%clash, "a static token of the config has this stored token's uid; the stored token is left out");
+    }
+}
+
 impl Snapshot {
     /// Builds a snapshot from a validated config plus the store's tokens (see
     /// [`SnapshotBuilder`], which takes the stored tokens one at a time).
@@ -154,6 +162,7 @@ impl Snapshot {
         for rec in stored {
             builder.add(rec);
         }
+        log_clashes(builder.clashes());
         builder.finish()
     }
 
@@ -401,7 +410,8 @@ impl SnapshotBuilder {
     /// is left out, and named in [`SnapshotBuilder::clashes`]).
     pub fn add(&mut self, rec: &TokenRecord) {
         if rec.origin == crate::token::Origin::Store && self.takes_static_uid(&rec.uid) {
-            tracing::error!(token.uid = %rec.uid, "a static token of the config has this stored token's uid; left out");
+            // Named, not logged: a config that brings the clash is refused whole, and
+            // only a build that goes on without the token says so (see `log_clashes`).
             self.clashes.push(format!("{}: a stored token has this uid", rec.uid));
             return;
         }

@@ -113,7 +113,7 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     } else if strict {
                         err(
                             "branches",
-                            format!("element {at} (from 0) names a branch that does not exist in this stack."),
+                            format!("the branch at index {at} (counted from 0) does not exist in this stack."),
                         );
                     } else {
                         lost = true;
@@ -134,7 +134,7 @@ fn compile(entries: &[ScopeEntry], stack: &dyn BranchCatalog, strict: bool) -> R
                     } else if strict {
                         err(
                             "branch_aliases",
-                            format!("element {at} (from 0) names an alias that does not exist in this stack."),
+                            format!("the alias at index {at} (counted from 0) does not exist in this stack."),
                         );
                     } else {
                         lost = true;
@@ -394,8 +394,8 @@ mod tests {
             errs.get("scope[1].branches").map(Vec::as_slice),
             Some(
                 &[
-                    "element 1 (from 0) names a branch that does not exist in this stack.".to_owned(),
-                    "element 2 (from 0) names a branch that does not exist in this stack.".to_owned()
+                    "the branch at index 1 (counted from 0) does not exist in this stack.".to_owned(),
+                    "the branch at index 2 (counted from 0) does not exist in this stack.".to_owned()
                 ][..]
             ),
             "{errs:?}"

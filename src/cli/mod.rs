@@ -229,7 +229,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 tokens
             );
             // Allowed, so not errors, but worth a look before the gateway runs with it.
-            for warning in cfg.warnings() {
+            for warning in cfg.warnings(crate::clock::Clock::now(&crate::clock::SystemClock)) {
                 eprintln!("{}: warning: {warning}", path.display());
             }
             ExitCode::SUCCESS

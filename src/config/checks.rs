@@ -3,7 +3,7 @@
 
 use super::errors::ConfigErrors;
 use super::types::Secret;
-use super::units::{parse_duration, parse_size};
+use super::units::{parse_size, setting_duration};
 use super::Env;
 use http::uri::Scheme;
 use std::net::SocketAddr;
@@ -145,7 +145,7 @@ pub(super) fn positive_duration(
     path: &str,
     errs: &mut ConfigErrors,
 ) -> Option<Duration> {
-    parse_duration(v.unwrap_or(default))
+    setting_duration(v.unwrap_or(default))
         .and_then(|d| if d.is_zero() { Err("must be greater than zero".to_owned()) } else { Ok(d) })
         .map_err(|e| errs.push(path, e))
         .ok()

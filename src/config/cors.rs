@@ -2,7 +2,7 @@
 //! header values every answer needs (see `server::cors` for how they are used).
 
 use super::errors::ConfigErrors;
-use super::units::parse_duration;
+use super::units::setting_duration;
 use http::{HeaderValue, Method};
 use serde::Deserialize;
 
@@ -85,7 +85,7 @@ pub fn compile(raw: &RawCors, errs: &mut ConfigErrors) -> Option<Cors> {
     };
     let headers = names(raw.allowed_headers.as_deref(), &DEFAULT_HEADERS, "allowed_headers", errs);
     let expose = names(raw.expose_headers.as_deref(), &DEFAULT_EXPOSE, "expose_headers", errs);
-    let max_age = parse_duration(raw.max_age.as_deref().unwrap_or("10m"))
+    let max_age = setting_duration(raw.max_age.as_deref().unwrap_or("10m"))
         .map_err(|e| errs.push("server.cors.max_age", e))
         .ok()?;
     if errs.0.len() > before {

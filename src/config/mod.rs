@@ -91,10 +91,10 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
 /// Logs at start-up what the config allows but probably does not mean (see
 /// [`ConfigWarning`]), and each stored token that asks for notices no channel carries.
 /// Names token uids only, never a secret or its hash.
-pub fn log_warnings(config: &Config) {
-    for warning in config.warnings() {
+pub fn log_warnings(config: &Config, now: i64) {
+    for warning in config.warnings(now) {
         match &warning {
-            ConfigWarning::NoticeWithoutChannel { token_uid, .. } => {
+            ConfigWarning::NoticeWithoutChannel { token_uid, .. } | ConfigWarning::ExpiredToken { token_uid, .. } => {
                 tracing::warn!(token.uid = %token_uid, "{warning}")
             }
             ConfigWarning::CleartextSmtpAuth { .. } => tracing::warn!("{warning}"),

@@ -193,6 +193,7 @@ pub struct RawToken {
     pub description: String,
     pub secret_sha256: String,
     pub scope: Vec<ScopeEntry>,
+    #[serde(default, deserialize_with = "text_or_date")]
     pub expires_on: Option<String>,
     #[serde(default)]
     pub is_email_notification_enabled: bool,
@@ -201,6 +202,17 @@ pub struct RawToken {
 
 /// Parses TOML text, returning the raw config and every ignored (unknown) key's path,
 /// as the errors show it.
+/// `expires_on` as a string or as a TOML date or date-time (`expires_on = 2027-01-01`,
+/// unquoted, is how TOML writes a date): either reads as the same text, which the
+/// token's own rules then check.
+fn text_or_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(text) => Ok(Some(text)),
+        toml::Value::Datetime(date) => Ok(Some(date.to_string())),
+        _ => Err(serde::de::Error::custom("expires_on must be a date such as \"2027-01-01\" or 2027-01-01")),
+    }
+}
+
 pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), toml::de::Error> {
     let mut unknown = Vec::new();
     let de = toml::Deserializer::new(text);

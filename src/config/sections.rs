@@ -5,7 +5,7 @@ use super::checks::*;
 use super::errors::ConfigErrors;
 use super::raw::{RawConfig, RawRateLimit, RawStore, RawUpstream};
 use super::types::*;
-use super::units::{parse_duration, parse_size};
+use super::units::{parse_size, setting_duration};
 use super::Env;
 use http::uri::{Authority, Scheme};
 use http::Uri;
@@ -336,7 +336,7 @@ fn is_host_and_port(authority: &http::uri::Authority) -> bool {
 
 pub(super) fn notify(raw: &RawConfig, env: Env<'_>, errs: &mut ConfigErrors) -> Option<Notify> {
     let n = &raw.notify;
-    let before = parse_duration(n.before.as_deref().unwrap_or("7d")).map_err(|e| errs.push("notify.before", e)).ok();
+    let before = setting_duration(n.before.as_deref().unwrap_or("7d")).map_err(|e| errs.push("notify.before", e)).ok();
     let interval = positive_duration(n.interval.as_deref(), "60s", "notify.interval", errs);
     // A webhook URL is often a secret itself (a Slack or Teams one carries its key in the
     // path): it is never echoed. User info would not be sent (the notifier sends no

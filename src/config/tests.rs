@@ -3,6 +3,9 @@
 use super::*;
 use std::time::Duration;
 
+/// A fixed "now" for warnings: 2026-12-07T00:00:00Z.
+const NOW: i64 = 1_796_601_600;
+
 /// Compiles config text with the given environment variables (and no others).
 fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
     let (raw, unknown) = raw::parse(text).map_err(|e| ConfigErrors::single("", e.to_string()))?;
@@ -291,7 +294,7 @@ fn smtp_starttls_and_auth_are_validated_and_the_password_never_shown() {
     assert_eq!((auth.username.as_str(), auth.password.expose()), ("mailer", "pa55-w0rd-value"));
     let shown = format!("{cfg:?}");
     assert!(!shown.contains("pa55-w0rd-value") && shown.contains("mailer"), "{shown}");
-    assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
+    assert!(cfg.warnings(NOW).is_empty(), "{:?}", cfg.warnings(NOW));
 
     let plain = notify_config(&smtp("")).unwrap();
     let s = plain.notify.smtp.as_ref().unwrap();
@@ -315,18 +318,18 @@ fn smtp_starttls_and_auth_are_validated_and_the_password_never_shown() {
 
     // AUTH in clear: allowed, but a warning unless the relay is on this host.
     let cleartext = notify_config(&smtp(&format!(", username = \"mailer\", password_env = \"{var}\""))).unwrap();
-    let warnings: Vec<String> = cleartext.warnings().iter().map(ToString::to_string).collect();
+    let warnings: Vec<String> = cleartext.warnings(NOW).iter().map(ToString::to_string).collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("mail.example.com:587") && !warnings[0].contains("pa55"), "{warnings:?}");
     let local = format!("smtp = {{ relay = \"127.0.0.1:2525\", from = \"sg@example.com\", username = \"m\", password_env = \"{var}\" }}");
-    assert!(notify_config(&local).unwrap().warnings().is_empty());
+    assert!(notify_config(&local).unwrap().warnings(NOW).is_empty());
 }
 
 #[test]
 fn notices_without_a_channel_are_a_warning_not_an_error() {
     let token = "[[organizations]]\nuid = \"o\"\n[[stacks]]\napi_key = \"k\"\norganization = \"o\"\n[[stacks.tokens]]\nuid = \"blt00000000000000n1\"\nname = \"n\"\nsecret_sha256 = \"48c9f795c89445276749b08e0e69d3e177a9e1d408cbfb968aab1272f246af24\"\nis_email_notification_enabled = true\nscope = [{ module = \"branch\", branches = [\"main\"], acl = { read = true } }]\n";
     let cfg = crate::config::from_str(&format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{token}")).unwrap();
-    let warnings: Vec<String> = cfg.warnings().iter().map(ToString::to_string).collect();
+    let warnings: Vec<String> = cfg.warnings(NOW).iter().map(ToString::to_string).collect();
     assert_eq!(
         warnings,
         ["stacks[0].tokens[0].is_email_notification_enabled: token blt00000000000000n1 has is_email_notification_enabled = true, but [notify] has neither webhook nor smtp: no expiry notice will be sent"]
@@ -334,7 +337,27 @@ fn notices_without_a_channel_are_a_warning_not_an_error() {
     assert!(!warnings[0].contains("48c9f7"), "never the secret's hash");
     let with_hook =
         format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[notify]\nwebhook = \"http://127.0.0.1:9/h\"\n{token}");
-    assert!(crate::config::from_str(&with_hook).unwrap().warnings().is_empty());
+    assert!(crate::config::from_str(&with_hook).unwrap().warnings(NOW).is_empty());
+}
+
+/// A static token whose date has passed loads (it may expire while the gateway runs),
+/// with a warning naming it; one expiring later, none.
+#[test]
+fn a_static_token_already_expired_is_a_warning() {
+    let token = |expires: &str| {
+        format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[[organizations]]\nuid = \"o\"\n[[stacks]]\napi_key = \"k\"\norganization = \"o\"\n[[stacks.tokens]]\nuid = \"blt00000000000000x1\"\nname = \"n\"\nsecret_sha256 = \"48c9f795c89445276749b08e0e69d3e177a9e1d408cbfb968aab1272f246af24\"\nexpires_on = \"{expires}\"\nscope = [{{ module = \"branch\", branches = [\"main\"], acl = {{ read = true }} }}]\n")
+    };
+    let past = crate::config::from_str(&token("2020-01-01")).unwrap();
+    let warnings: Vec<String> = past.warnings(NOW).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        ["stacks[0].tokens[0].expires_on: token blt00000000000000x1 has expired (the date has passed): every request with it is refused (401, error_code 105)"]
+    );
+    // Expiry is at midnight UTC of the date: expired from that second on.
+    let midnight = 1_893_456_000; // 2030-01-01T00:00:00Z
+    let at = crate::config::from_str(&token("2030-01-01")).unwrap();
+    assert!(at.warnings(midnight - 1).is_empty());
+    assert_eq!(at.warnings(midnight).len(), 1);
 }
 
 #[test]
@@ -419,4 +442,24 @@ fn inspected_bodies_are_bounded_each_and_together() {
     assert!(errors("[server]\nmax_inspected_total = \"0B\"")
         .iter()
         .any(|e| e.starts_with("server.max_inspected_total")));
+}
+
+/// `expires_on` written as TOML writes a date (unquoted) reads as the quoted text; a
+/// value of another type is named by its path, never repeated.
+#[test]
+fn expires_on_may_be_a_toml_date() {
+    let token = |expires: &str| {
+        format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n[[organizations]]\nuid = \"o\"\n[[stacks]]\napi_key = \"k\"\norganization = \"o\"\n[[stacks.tokens]]\nuid = \"blt00000000000000x1\"\nname = \"n\"\nsecret_sha256 = \"48c9f795c89445276749b08e0e69d3e177a9e1d408cbfb968aab1272f246af24\"\nexpires_on = {expires}\nscope = [{{ module = \"branch\", branches = [\"main\"], acl = {{ read = true }} }}]\n")
+    };
+    let expiry = |text: &str| crate::config::from_str(&token(text)).map(|c| c.stacks[0].tokens[0].expires_on.clone());
+    let quoted = expiry("\"2027-01-01\"").unwrap().unwrap();
+    assert_eq!(expiry("2027-01-01").unwrap(), Some(quoted.clone()));
+    assert_eq!(quoted.at, 1_798_761_600);
+    let instant = expiry("\"2027-01-01T12:00:00Z\"").unwrap().unwrap();
+    assert_eq!(expiry("2027-01-01T12:00:00Z").unwrap(), Some(instant));
+    // A local date-time has no offset: refused as the quoted one is.
+    assert!(expiry("2027-01-01T12:00:00").is_err());
+    assert!(expiry("\"2027-01-01T12:00:00\"").is_err());
+    let err = expiry("20270101").unwrap_err().to_string();
+    assert!(err.contains("expires_on") && !err.contains("20270101"), "{err}");
 }

@@ -256,6 +256,9 @@ pub enum ConfigWarning {
     /// SMTP AUTH without STARTTLS to a relay off this host: the password would cross
     /// the network in clear.
     CleartextSmtpAuth { relay: String },
+    /// A static token whose `expires_on` has passed: valid config (a token may expire
+    /// while the gateway runs), but every request with it is refused.
+    ExpiredToken { path: String, token_uid: String },
 }
 
 impl fmt::Display for ConfigWarning {
@@ -271,14 +274,30 @@ impl fmt::Display for ConfigWarning {
                 "notify.smtp: AUTH without starttls = true sends the password in clear to {relay}, which is not \
                  on this host"
             ),
+            ConfigWarning::ExpiredToken { path, token_uid } => write!(
+                f,
+                "{path}: token {token_uid} has expired (the date has passed): every request with it is refused \
+                 (401, error_code 105)"
+            ),
         }
     }
 }
 
 impl Config {
-    /// The warnings of a validated config (see [`ConfigWarning`]).
-    pub fn warnings(&self) -> Vec<ConfigWarning> {
+    /// The warnings of a validated config (see [`ConfigWarning`]) at `now` (Unix
+    /// seconds).
+    pub fn warnings(&self, now: i64) -> Vec<ConfigWarning> {
         let mut out = Vec::new();
+        for (i, stack) in self.stacks.iter().enumerate() {
+            for (j, t) in stack.tokens.iter().enumerate() {
+                if t.expires_on.as_ref().is_some_and(|e| now >= e.at) {
+                    out.push(ConfigWarning::ExpiredToken {
+                        path: format!("stacks[{i}].tokens[{j}].expires_on"),
+                        token_uid: t.uid.clone(),
+                    });
+                }
+            }
+        }
         if !self.notify.has_channel() {
             for (i, stack) in self.stacks.iter().enumerate() {
                 for (j, t) in stack.tokens.iter().enumerate().filter(|(_, t)| t.is_email_notification_enabled) {

@@ -8,6 +8,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| "not a duration (e.g. \"2s\", \"7d\"; the value is not shown)".to_owned())
 }
 
+/// The longest duration a setting may take. None of them means anything past a year
+/// (a timeout, a grace, a warning's lead), and a deadline computed from one far larger
+/// would overflow the clock's range instead of meaning "never".
+pub const MAX_SETTING: Duration = Duration::from_secs(365 * 86_400);
+
+/// [`parse_duration`] for a setting: at most [`MAX_SETTING`].
+pub fn setting_duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).and_then(|d| {
+        if d <= MAX_SETTING {
+            Ok(d)
+        } else {
+            Err("must be at most 365 days (\"365d\")".to_owned())
+        }
+    })
+}
+
 /// Parses a byte size: a plain number or a number with B, KB, KiB, MB, MiB, GB, GiB.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let err = || "not a size (e.g. \"1MiB\", \"512KiB\", \"1000\"; the value is not shown)".to_owned();
@@ -47,5 +63,9 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(setting_duration("365d"), Ok(MAX_SETTING));
+        for long in ["366d", "300000000000y", "18446744073709551615s"] {
+            assert_eq!(setting_duration(long), Err("must be at most 365 days (\"365d\")".to_owned()), "{long}");
+        }
     }
 }

@@ -96,7 +96,7 @@ enum Integrity {
 /// holds already is found by its identity before any descriptor of it is opened again;
 /// a restart in place then takes the store again.
 fn hold(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     /// The files this process holds, by device and inode.
     static HELD: Mutex<Vec<((u64, u64), std::fs::File)>> = Mutex::new(Vec::new());
     let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{}: {e}", path.display()));
@@ -112,6 +112,7 @@ fn hold(path: &Path) -> Result<(), StoreError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(PRIVATE_FILE)
         .open(path)
         .map_err(|e| failed(&e))?;
     let key = identity(&file.metadata().map_err(|e| failed(&e))?);
@@ -149,16 +150,65 @@ fn quick_check(conn: &Connection) -> Result<(), String> {
     if check == "ok" {
         Ok(())
     } else {
-        Err(format!("integrity check failed: {check}"))
+        Err(format!("the store file is damaged (integrity check: {check}); restore it from a backup"))
+    }
+}
+
+/// Mode of a store file this process creates (and of the directory it creates for
+/// one): the owner's alone. The file holds every token's secret hash and the audit
+/// trail; SQLite gives its `-wal` and `-shm` files the database file's mode.
+const PRIVATE_FILE: u32 = 0o600;
+const PRIVATE_DIR: u32 = 0o700;
+
+/// Makes the store's directory and file (owner-only) if they are missing, and refuses
+/// an existing file that is empty: SQLite would take it for a new database, and a
+/// store emptied by a failed copy or restore would start as one, every token gone
+/// without a word. A file stackgate has opened is never empty (switching it to WAL
+/// writes its header before anything else). Warns when an existing file is readable
+/// by others than its owner; the operator may mean it (a backup agent's group), so it
+/// is left as it is.
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new().recursive(true).mode(PRIVATE_DIR).create(dir).map_err(|e| failed(&e))?;
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() == 0 => Err(StoreError::Unavailable(format!(
+            "{} is empty (0 bytes), and a store stackgate has written never is: restore it from a \
+             backup, or remove the file to start a new, empty store",
+            path.display()
+        ))),
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
+                    "the token store is open to other users than its owner (it holds the tokens' secret hashes); chmod 600 it unless that is meant"
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE)
+            .open(path)
+            .map(drop)
+            .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(failed(&e)) }),
+        Err(e) => Err(failed(&e)),
     }
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unavailable(&e))?;
-        }
+        prepare_file(path)?;
+        Self::open_prepared(path)
+    }
+
+    /// [`SqliteStore::open`] once [`prepare_file`] has passed.
+    fn open_prepared(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(|e| unavailable(&e))?;
         let mut store = Self::init(conn, false)?;
         let read_only = || {
@@ -182,11 +232,9 @@ impl SqliteStore {
     /// the same file would keep serving what the first deleted (the thirty-third outside
     /// probe: a revoked token kept working there). See [`hold`].
     pub fn open_exclusive(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unavailable(&e))?;
-        }
+        prepare_file(path)?;
         hold(path)?;
-        Self::open(path)
+        Self::open_prepared(path)
     }
 
     /// An in-memory database (nothing survives the process).
@@ -352,6 +400,34 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         tx.commit().map_err(|e| unavailable(&e))?;
         tracing::info!(version = i + 1, "token store migrated");
     }
+    check_schema(conn)
+}
+
+/// Every table and column the store reads or writes, as the migrations left them. A
+/// file whose schema was changed by something else (a table dropped, a column renamed)
+/// is refused at start, naming what is missing, rather than starting and failing each
+/// write that meets the gap while `/readyz` reports the store up.
+const SCHEMA: &[(&str, &str)] = &[
+    (
+        "tokens",
+        "uid, stack, name, description, secret_sha256, scope, expires_on, is_email_notification_enabled, \
+        rate_read, rate_write, created_by, updated_by, created_at, updated_at, enabled, previous_sha256, \
+        previous_until, last_used_at",
+    ),
+    ("expiry_notices", "uid, expires_at, channel, notified_at"),
+    ("token_audit", "id, stack, token_uid, action, actor, at, fields"),
+];
+
+fn check_schema(conn: &Connection) -> Result<(), StoreError> {
+    for (table, columns) in SCHEMA {
+        conn.prepare(&format!("SELECT {columns} FROM {table} LIMIT 0")).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "the store's schema is not the one stackgate wrote (version {}): {e}; it was changed by \
+                 something else: restore it from a backup",
+                MIGRATIONS.len()
+            ))
+        })?;
+    }
     Ok(())
 }
 
@@ -425,12 +501,16 @@ impl TokenStore for SqliteStore {
         self.with_reader(move |c| {
             // No ORDER BY: the snapshot is a hash index, and sorting a million rows
             // would cost the start-up a temporary B-tree.
-            let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM tokens")).map_err(|e| unavailable(&e))?;
+            // A read that fails on a damaged file reports the integrity check's verdict
+            // (what is damaged) rather than the symptom the read met (a text column that
+            // is not UTF-8, say).
+            let damaged = |e: rusqlite::Error| verified(&integrity).err().unwrap_or_else(|| unavailable(&e));
+            let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM tokens")).map_err(damaged)?;
             let mut scopes = ScopeMemo::default();
-            let rows = stmt.query_map([], |row| record_in(row, Some(&mut scopes))).map_err(|e| unavailable(&e))?;
+            let rows = stmt.query_map([], |row| record_in(row, Some(&mut scopes))).map_err(damaged)?;
             let mut batcher = Batcher::new();
             for row in rows {
-                let Some(rec) = row.map_err(|e| unavailable(&e))? else { continue };
+                let Some(rec) = row.map_err(damaged)? else { continue };
                 if let Some(full) = batcher.push(rec) {
                     if out.blocking_send(full).is_err() {
                         return Ok(());

@@ -35,7 +35,22 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Serves one token-API request. `path` is the canonical path. The body is taken out
 /// of `body` only when it is read; a refused request's is left for the caller to drain.
+/// Every answer it gives is `Cache-Control: no-store`: a create or regenerate carries a secret
+/// once, and lists name a stack's credentials; no cache between the client and the
+/// gateway may keep either.
 pub async fn handle(
+    gw: &Arc<Gateway>,
+    parts: &Parts,
+    path: &str,
+    body: &mut Option<ClientBody>,
+    client: std::net::IpAddr,
+) -> Result<Response<Body>, GatewayError> {
+    let mut resp = serve(gw, parts, path, body, client).await?;
+    resp.headers_mut().insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+async fn serve(
     gw: &Arc<Gateway>,
     parts: &Parts,
     path: &str,

@@ -286,8 +286,63 @@ fn a_damaged_file_fails_the_load() {
     let opened = SqliteStore::open(&path);
     if let Ok(s) = opened {
         let loaded = rt.block_on(crate::store::load_matching(&s, |_| true));
-        assert!(loaded.is_err(), "a damaged file must not load: {:?}", loaded.map(|v| v.len()));
+        // What the check found, not the symptom a read met.
+        let err = loaded.as_ref().err().map(ToString::to_string).unwrap_or_default();
+        assert!(
+            err.contains("the store file is damaged"),
+            "a damaged file must not load: {err:?} {:?}",
+            loaded.map(|v| v.len())
+        );
         assert!(rt.block_on(s.ping()).is_err(), "nor answer");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An existing empty file is refused (a store emptied by a failed copy would otherwise
+/// start as a new one, every token gone); a missing one is created, owner-only, and so
+/// are its directory and SQLite's `-wal` file.
+#[test]
+fn an_empty_file_is_refused_and_a_new_store_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sg-store-modes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("new").join("t.db");
+    let s = SqliteStore::open_exclusive(&path).unwrap();
+    s.import(&[rec("a", "k", "one")]).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&dir.join("new")), 0o700);
+    assert_eq!(mode(&dir.join("new").join("t.db-wal")), 0o600);
+    drop(s);
+
+    let empty = dir.join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    for opened in [SqliteStore::open(&empty), SqliteStore::open_exclusive(&empty)] {
+        let err = opened.err().expect("an empty file is refused").to_string();
+        assert!(err.contains("is empty (0 bytes)") && err.contains("empty.db"), "{err}");
+    }
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "left as it was");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A file whose schema something else changed (a table dropped, a column renamed) is
+/// refused at open, naming what is missing, instead of failing every later write.
+#[test]
+fn a_changed_schema_is_refused_at_open() {
+    let dir = std::env::temp_dir().join(format!("sg-store-schema-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (i, change) in
+        ["DROP TABLE token_audit", "ALTER TABLE tokens RENAME COLUMN last_used_at TO used"].iter().enumerate()
+    {
+        let path = dir.join(format!("t{i}.db"));
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.import(&[rec("a", "k", "one")]).unwrap();
+            s.conn.lock().unwrap().execute_batch(change).unwrap();
+        }
+        let err = SqliteStore::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("schema is not the one stackgate wrote"), "{change}: {err}");
+        assert!(err.contains("token_audit") || err.contains("last_used_at"), "{change}: {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
