@@ -1,7 +1,9 @@
 //! Criterion benches of the hot path: (a) one rate-limit check, (b) the whole
 //! synchronous decision (normalize, classify, authenticate, authorize, rate limit)
 //! on a snapshot of 100,000 tokens, (c) its parts, (d) the strict JSON parse of a body a
-//! rule reads. Run: `cargo bench --bench decision`.
+//! rule reads, (e) the workflow rule over a body of about 1 MiB of long keys (what a
+//! client can make it read before its rate limit refuses it). Run:
+//! `cargo bench --bench decision`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support.rs"]
@@ -128,9 +130,38 @@ fn strict_json(c: &mut Criterion) {
     }
 }
 
+/// The workflow rule (`inspect_body`: the strict parse, then every key read as the
+/// rule's keys and for paths past its object) over bodies of about 1 MiB whose keys
+/// make that reading work: long ASCII keys, runs of non-ASCII letters (read as any
+/// letters), dotted paths of short parts, full-width letters.
+fn body_rules_on_long_keys(c: &mut Criterion) {
+    let op = classify(&http::Method::POST, "/v3/content_types/blog/entries/e1/workflow").unwrap();
+    type Shape = (&'static str, usize, fn(usize) -> String);
+    let shapes: [Shape; 4] = [
+        ("ASCII keys", 11_000, |i| format!("{}{i}", "k".repeat(80))),
+        ("non-ASCII runs", 8_000, |i| format!("é{}{i}", "xé".repeat(40))),
+        ("dotted paths", 6_000, |i| format!("{}{i}", ["aé"; 40].join("."))),
+        ("full-width letters", 4_000, |i| format!("{}{i}", "ｓ".repeat(80))),
+    ];
+    let mut group = c.benchmark_group("workflow rule, 1 MiB body");
+    group.sample_size(10).measurement_time(Duration::from_secs(3));
+    for (name, keys, key) in shapes {
+        let mut body = String::from(r#"{"workflow":{"publishing_rule":{"status":0}}"#);
+        for i in 0..keys {
+            body.push_str(&format!(",{}:1", serde_json::Value::String(key(i))));
+        }
+        body.push('}');
+        assert!(stackgate::pipeline::inspect_body(&op, body.as_bytes()).is_ok(), "{name}");
+        group.bench_function(format!("{name} ({} bytes)", body.len()), |b| {
+            b.iter(|| black_box(stackgate::pipeline::inspect_body(&op, black_box(body.as_bytes())).is_ok()))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(60).measurement_time(Duration::from_secs(4));
-    targets = rate_limit_check, whole_decision, parts_of_the_decision, strict_json
+    targets = rate_limit_check, whole_decision, parts_of_the_decision, strict_json, body_rules_on_long_keys
 }
 criterion_main!(benches);

@@ -173,9 +173,19 @@ fn reaches_past_its_object(json: &Value) -> bool {
     };
     let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-' || c == '$';
     let reaches = |key: &str| {
-        key.contains('\\')
-            || key.split(|c: char| !word(c)).any(part_reaches)
-            || key.split(|c: char| c.is_ascii() && !word(c)).any(part_reaches)
+        if key.contains('\\') {
+            return true;
+        }
+        // The second split differs from the first only at a separator other than ASCII;
+        // a key without one is read once.
+        let mut splits_twice = false;
+        let separator = |c: char| {
+            let separates = !word(c);
+            splits_twice |= separates && !c.is_ascii();
+            separates
+        };
+        key.split(separator).any(part_reaches)
+            || (splits_twice && key.split(|c: char| c.is_ascii() && !word(c)).any(part_reaches))
     };
     match json {
         Value::Object(o) => o.iter().any(|(k, v)| super::query::in_any_form(k, reaches) || reaches_past_its_object(v)),
@@ -197,7 +207,8 @@ fn names_a_branch(json: &Value) -> bool {
 
 /// Stage changes and publish-request accept/reject are for people, not tokens.
 fn workflow_change_denied(json: &Value) -> bool {
-    let workflow = match field(json, "workflow") {
+    let [workflow, stage, rule, status] = fields(json, ["workflow", "workflow_stage", "publishing_rule", "status"]);
+    let workflow = match workflow {
         Field::One(workflow) if workflow.is_object() => workflow,
         // Nothing we can vouch for: the backend would have to guess too.
         _ => return true,
@@ -207,13 +218,12 @@ fn workflow_change_denied(json: &Value) -> bool {
     // up (`status` beside `publishing_rule`; `workflow_stage`, `publishing_rule` or
     // `status` beside `workflow`) is refused as it is in the query: a backend that
     // merges, wraps or flattens parameters would read it as the rule's.
-    let present = |object: &Value, keys: &[&str]| keys.iter().any(|k| !matches!(field(object, k), Field::Absent));
-    if present(workflow, &["workflow_stage", "status"])
-        || present(json, &["workflow_stage", "publishing_rule", "status"])
-    {
+    let [inner_stage, inner_status, inner_rule] = fields(workflow, ["workflow_stage", "status", "publishing_rule"]);
+    let present = |found: &[&Field<'_>]| found.iter().any(|f| !matches!(f, Field::Absent));
+    if present(&[&inner_stage, &inner_status, &stage, &rule, &status]) {
         return true;
     }
-    match field(workflow, "publishing_rule") {
+    match inner_rule {
         Field::One(rule) if !rule.is_null() => {
             // Only a new publish request (status 0) is allowed; anything else,
             // including a missing or non-numeric status, is an approval decision.
@@ -235,10 +245,11 @@ fn workflow_change_denied(json: &Value) -> bool {
 fn needs_approvers(json: &Value) -> bool {
     // `approvers` beside or without `publishing_rule`: Rails' `wrap_parameters` wraps
     // the body's top-level keys into `publishing_rule` when it is absent.
-    if !json.is_object() || !matches!(field(json, "approvers"), Field::Absent) {
+    let [approvers, rule] = fields(json, ["approvers", "publishing_rule"]);
+    if !json.is_object() || !matches!(approvers, Field::Absent) {
         return true;
     }
-    let rule = match field(json, "publishing_rule") {
+    let rule = match rule {
         Field::Absent | Field::One(Value::Null) => return false,
         Field::One(rule @ Value::Object(_)) => rule,
         _ => return true,
@@ -271,20 +282,25 @@ enum Field<'a> {
 /// not the key itself is there too. Taking it as the field instead would let a decoy
 /// (`sta_tus`) stand in for a key no backend reads.
 fn field<'a>(value: &'a Value, wanted: &str) -> Field<'a> {
+    let [found] = fields(value, [wanted]);
+    found
+}
+
+/// [`field`] for several keys in one pass over the object: each key is read once for
+/// all of them (its path head found once, its letters folded once), so a body of many
+/// long keys costs one look at each, not one per rule key.
+fn fields<'a, const N: usize>(value: &'a Value, wanted: [&str; N]) -> [Field<'a>; N] {
+    let mut found = [(); N].map(|()| Field::Absent);
     let Some(object) = value.as_object() else {
-        return Field::Absent;
+        return found;
     };
-    let mut found = Field::Absent;
     for (key, v) in object {
-        match reading(key, wanted) {
-            None => {}
-            Some(Reading::Loose) => return Field::Several,
-            Some(Reading::Spelled) => {
-                found = match found {
-                    Field::Absent => Field::One(v),
-                    Field::One(_) | Field::Several => return Field::Several,
-                }
-            }
+        for (slot, reading) in found.iter_mut().zip(readings(key, &wanted)) {
+            *slot = match (reading, &*slot) {
+                (None, _) => continue,
+                (Some(Reading::Spelled), Field::Absent) => Field::One(v),
+                (Some(_), _) => Field::Several,
+            };
         }
     }
     found
@@ -322,28 +338,56 @@ enum Reading {
 /// percent-decoded (see `query::in_any_form`: `st%61tus`); loose readings only ever
 /// refuse.
 fn reading(key: &str, wanted: &str) -> Option<Reading> {
+    let [reading] = readings(key, &[wanted]);
+    reading
+}
+
+/// [`reading`] of one key as each of `wanted`.
+fn readings<const N: usize>(key: &str, wanted: &[&str; N]) -> [Option<Reading>; N] {
     let key = key.split('\0').next().unwrap_or_default();
-    let mut spelled = wanted.chars();
-    if key.chars().all(|c| spelled.next().is_some_and(|w| ascii_reading(c) == Some(w))) && spelled.next().is_none() {
-        return Some(Reading::Spelled);
+    let mut out = wanted.map(|w| {
+        let mut spelled = w.chars();
+        let spells = key.chars().all(|c| spelled.next().is_some_and(|w| ascii_reading(c) == Some(w)));
+        (spells && spelled.next().is_none()).then_some(Reading::Spelled)
+    });
+    if out.iter().all(Option::is_some) {
+        return out;
     }
-    super::query::in_any_form(key, |form| reads_loosely(form, wanted)).then_some(Reading::Loose)
+    // Each form of the key (as written, then each percent-decoding) is read as every
+    // word not yet decided; the look ends once each is.
+    let mut decided = false;
+    let found = super::query::in_any_form(key, |form| {
+        let head = path_head(form);
+        for (slot, w) in out.iter_mut().zip(wanted).filter(|(slot, _)| slot.is_none()) {
+            if reads_loosely(form, head, w) {
+                *slot = Some(Reading::Loose);
+            }
+        }
+        decided = out.iter().all(Option::is_some);
+        decided
+    });
+    // Found without every word decided: escapes left after every decoding, which
+    // count as found for each word still open.
+    if found && !decided {
+        out.iter_mut().filter(|slot| slot.is_none()).for_each(|slot| *slot = Some(Reading::Loose));
+    }
+    out
 }
 
 /// The loose reading of one form of a key: the query rule's, and wider. The key's
 /// letters and digits alone, as a backend that turns keys into snake or camel case
 /// reads them, with characters other than ASCII read as any letters (see
 /// `query::may_read_as`: `stätus`, full-width `ｗorkflow`, `workﬂow_stage`, Cyrillic
-/// `stаtus`, Hebrew `wor\u{5e7}flow_stage`).
-fn reads_loosely(key: &str, wanted: &str) -> bool {
+/// `stаtus`, Hebrew `wor\u{5e7}flow_stage`). `head` is the key's [`path_head`], found
+/// once for all the words it is read as.
+fn reads_loosely(key: &str, head: Option<&str>, wanted: &str) -> bool {
     // A key that is a path (`publishing_rule.approvers.users`, `approvers[users]`,
     // `approvers->users`, `approvers__users`, `approvers%2Eusers`): lodash's `get`,
     // MongoDB's `$set`, ASP.NET's and Django's `__`, and unflattening helpers read it as
     // nested under its first part, so that part naming `wanted` is a second reading.
     // Anything but a letter, a digit, `_` or `-` may separate a path's parts to some
     // reader (its NFKC form too: `．` is `.`), and so may `__`.
-    path_head(key).is_some_and(|head| reading(head, wanted).is_some())
-        || super::query::may_read_as(key, wanted.as_bytes())
+    head.is_some_and(|head| reading(head, wanted).is_some()) || super::query::may_read_as(key, wanted.as_bytes())
 }
 
 /// The lower-case ASCII character a lenient decoder may read `c` as, if any: `c` itself

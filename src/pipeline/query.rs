@@ -537,20 +537,33 @@ pub(super) fn may_read_as(key: &str, word: &[u8]) -> bool {
     if key.is_ascii() {
         return key.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase()).eq(word.iter().copied());
     }
-    // `None` is a run of non-ASCII characters: a wildcard.
-    let mut pattern: Vec<Option<u8>> = Vec::with_capacity(key.len());
+    // `None` is a run of non-ASCII characters: a wildcard. Each letter or digit of the
+    // key stands for one of `word`'s, so a key with more of them than `word` has cannot
+    // read as it: that ends the look at once (a body of long keys costs a pass over
+    // each key, no more), and bounds the pattern (a wildcard between each two letters)
+    // to a buffer on the stack.
+    let mut pattern = [None; 2 * 32 + 1];
+    let (mut len, mut literals) = (0, 0);
     for c in key.chars() {
-        match u8::try_from(c) {
+        let next = match u8::try_from(c) {
             Ok(b) if b.is_ascii() => {
-                if b.is_ascii_alphanumeric() {
-                    pattern.push(Some(b.to_ascii_lowercase()));
+                if !b.is_ascii_alphanumeric() {
+                    continue;
                 }
+                literals += 1;
+                if literals > n {
+                    return false;
+                }
+                Some(b.to_ascii_lowercase())
             }
-            _ if pattern.last() == Some(&None) => {}
-            _ => pattern.push(None),
-        }
+            _ if len > 0 && pattern.get(len - 1) == Some(&None) => continue,
+            _ => None,
+        };
+        let Some(slot) = pattern.get_mut(len) else { return false };
+        *slot = next;
+        len += 1;
     }
-    wildcard_match(&pattern, word)
+    wildcard_match(pattern.get(..len).unwrap_or_default(), word)
 }
 
 /// Glob matching with one kind of wildcard (`None`, any run): greedy, going back to the
