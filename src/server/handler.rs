@@ -381,16 +381,22 @@ fn credentials(headers: &HeaderMap, query: Option<&str>) -> Vec<Bytes> {
     found
 }
 
-/// A method in the access line, as it came unless it shows a secret (see
-/// [`logged_path`]): RFC 9110's methods cannot, and are not searched.
+/// A method in the access line: RFC 9110's as they are; another only when it reads as
+/// a method's name (at most 20 letters, `-` and `_`: `PROPFIND`, `PURGE`), unless it
+/// shows a secret (see [`logged_path`]). A method is the client's to choose, and one
+/// with digits or of a token's length may be key material without a secret's own shape
+/// (its 32 hex digits without `cs`, an outside probe sent): withheld.
 fn logged_method<'a>(method: &'a http::Method, credentials: &[Bytes]) -> &'a str {
     use http::Method;
     let standard =
         [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
+    let name = method.as_str();
     if standard.contains(method) {
-        method.as_str()
+        name
+    } else if name.len() <= 20 && name.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_') {
+        logged_path(name, credentials)
     } else {
-        logged_path(method.as_str(), credentials)
+        "[withheld: not a method name]"
     }
 }
 
