@@ -164,7 +164,8 @@ const PRIVATE_DIR: u32 = 0o700;
 /// an existing file that is empty: SQLite would take it for a new database, and a
 /// store emptied by a failed copy or restore would start as one, every token gone
 /// without a word. A file stackgate has opened is never empty (switching it to WAL
-/// writes its header before anything else). Warns when an existing file is readable
+/// writes its header before anything else; the log holds the rest until a
+/// checkpoint). Warns when an existing file is readable
 /// by others than its owner; the operator may mean it (a backup agent's group), so it
 /// is left as it is.
 fn prepare_file(path: &Path) -> Result<(), StoreError> {
@@ -173,8 +174,12 @@ fn prepare_file(path: &Path) -> Result<(), StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new().recursive(true).mode(PRIVATE_DIR).create(dir).map_err(|e| failed(&e))?;
     }
+    // A write-ahead log beside an empty file is SQLite's to recover, not an emptied store.
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let logged = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() && meta.len() == 0 => Err(StoreError::Unavailable(format!(
+        Ok(meta) if meta.is_file() && meta.len() == 0 && !logged => Err(StoreError::Unavailable(format!(
             "{} is empty (0 bytes), and a store stackgate has written never is: restore it from a \
              backup, or remove the file to start a new, empty store",
             path.display()
