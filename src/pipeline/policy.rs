@@ -165,15 +165,17 @@ fn reaches_past_its_object(json: &Value) -> bool {
     // Parts are split where any reader splits them, at any character but a letter, a
     // digit, `_`, `-` or `$` (`．` is `.` in NFKC), and where only ASCII splits them, a
     // character other than ASCII being one a reader may drop (a soft hyphen).
-    let part_reaches = |part: &str| {
-        // `class` is Java's way to the same (Spring's and BeanUtils' property paths), in
-        // any case (Spring retries a property name capitalised, .NET ignores case).
-        ["constructor", "prototype", "class"].iter().any(|word| super::query::may_read_as(part, word.as_bytes()))
-            || (part.len() > 4 && part.starts_with("__") && part.ends_with("__"))
+    // `class` is Java's way to the same (Spring's and BeanUtils' property paths), in any
+    // case (Spring retries a property name capitalised, .NET ignores case). `__` splits
+    // a path too (Django's and ASP.NET's `x__constructor__prototype`).
+    let names_one = |text: &str| {
+        ["constructor", "prototype", "class"].iter().any(|word| super::query::may_read_as(text, word.as_bytes()))
     };
+    let part_reaches =
+        |part: &str| names_one(part) || dunder(part) || (part.contains("__") && part.split("__").any(names_one));
     let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-' || c == '$';
     let reaches = |key: &str| {
-        if key.contains('\\') {
+        if key.contains('\\') || dunder(key) {
             return true;
         }
         // The second split differs from the first only at a separator other than ASCII;
@@ -192,6 +194,16 @@ fn reaches_past_its_object(json: &Value) -> bool {
         Value::Array(a) => a.iter().any(reaches_past_its_object),
         _ => false,
     }
+}
+
+/// Whether `text` is named like a Python object's internals, `__...__`: two low lines
+/// at each end (`_` or a character NFKC reads as one: full-width `＿`, the dashed,
+/// centre-line and wavy ones, the vertical presentation forms) around anything.
+fn dunder(text: &str) -> bool {
+    let low = |c: &char| matches!(c, '_' | '\u{ff3f}' | '\u{fe33}' | '\u{fe34}' | '\u{fe4d}'..='\u{fe4f}');
+    let mut chars = text.chars();
+    let ends = [chars.next(), chars.next(), chars.next_back(), chars.next_back()];
+    ends.iter().all(|c| c.as_ref().is_some_and(low)) && chars.next().is_some()
 }
 
 /// Whether a compare's or merge's body names a branch anywhere (`base_branch`,
@@ -315,6 +327,23 @@ pub(super) fn path_head(key: &str) -> Option<&str> {
     (head.len() < key.len()).then_some(head)
 }
 
+/// The first part of a key as a path to each kind of reader: one that splits at every
+/// character but a letter, a digit, `_` or `-` ([`path_head`]), and one that splits at
+/// ASCII ones only, reading other characters as letters or dropping them (a soft hyphen
+/// or a zero-width space, which NFKC_Casefold drops: `wo\u{ad}rkflow_stage.x`). An ASCII
+/// key has one head.
+pub(super) fn path_heads(key: &str) -> [Option<&str>; 2] {
+    let ascii_head = || ascii_path_parts(key).next().filter(|head| head.len() < key.len());
+    let head = path_head(key);
+    [head, if key.is_ascii() { None } else { ascii_head().filter(|h| Some(*h) != head) }]
+}
+
+/// [`path_parts`] to a reader that splits at ASCII characters only (see [`path_heads`]).
+pub(super) fn ascii_path_parts(key: &str) -> impl Iterator<Item = &str> {
+    let separator = |c: char| c.is_ascii() && !(c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    key.split(separator).flat_map(|part| part.split("__")).filter(|part| !part.is_empty())
+}
+
 /// A key's non-empty parts as a path (see [`reading`]): anything but a letter, a digit,
 /// `_` or `-` separates them, and so does `__`.
 pub(super) fn path_parts(key: &str) -> impl Iterator<Item = &str> {
@@ -334,7 +363,9 @@ enum Reading {
 /// Whether `key` reads as `wanted` (lower-case ASCII, `_` its only separator), and how.
 /// A key is read up to its first NUL, as a decoder that keeps keys as C strings reads
 /// it (and as the query rule reads keys): `"status\u0000"` beside `"status"` is two
-/// readings of one field. Any reading but the spelled one is loose, as written or
+/// readings of one field; and whole, the NUL a character like any other (a separator:
+/// `"\u0000workflow_stage"` reads as `workflow_stage` to a reader that drops or splits
+/// at control characters, and as nothing to a C-string one). Any reading but the spelled one is loose, as written or
 /// percent-decoded (see `query::in_any_form`: `st%61tus`); loose readings only ever
 /// refuse.
 fn reading(key: &str, wanted: &str) -> Option<Reading> {
@@ -344,32 +375,36 @@ fn reading(key: &str, wanted: &str) -> Option<Reading> {
 
 /// [`reading`] of one key as each of `wanted`.
 fn readings<const N: usize>(key: &str, wanted: &[&str; N]) -> [Option<Reading>; N] {
+    let whole = key;
     let key = key.split('\0').next().unwrap_or_default();
     let mut out = wanted.map(|w| {
         let mut spelled = w.chars();
         let spells = key.chars().all(|c| spelled.next().is_some_and(|w| ascii_reading(c) == Some(w)));
         (spells && spelled.next().is_none()).then_some(Reading::Spelled)
     });
-    if out.iter().all(Option::is_some) {
-        return out;
-    }
-    // Each form of the key (as written, then each percent-decoding) is read as every
-    // word not yet decided; the look ends once each is.
-    let mut decided = false;
-    let found = super::query::in_any_form(key, |form| {
-        let head = path_head(form);
-        for (slot, w) in out.iter_mut().zip(wanted).filter(|(slot, _)| slot.is_none()) {
-            if reads_loosely(form, head, w) {
-                *slot = Some(Reading::Loose);
-            }
+    let whole = (whole.len() != key.len()).then_some(whole);
+    for text in std::iter::once(key).chain(whole) {
+        if out.iter().all(Option::is_some) {
+            break;
         }
-        decided = out.iter().all(Option::is_some);
-        decided
-    });
-    // Found without every word decided: escapes left after every decoding, which
-    // count as found for each word still open.
-    if found && !decided {
-        out.iter_mut().filter(|slot| slot.is_none()).for_each(|slot| *slot = Some(Reading::Loose));
+        // Each form of the key (as written, then each percent-decoding) is read as
+        // every word not yet decided; the look ends once each is.
+        let mut decided = false;
+        let found = super::query::in_any_form(text, |form| {
+            let heads = path_heads(form);
+            for (slot, w) in out.iter_mut().zip(wanted).filter(|(slot, _)| slot.is_none()) {
+                if reads_loosely(form, heads, w) {
+                    *slot = Some(Reading::Loose);
+                }
+            }
+            decided = out.iter().all(Option::is_some);
+            decided
+        });
+        // Found without every word decided: escapes left after every decoding, which
+        // count as found for each word still open.
+        if found && !decided {
+            out.iter_mut().filter(|slot| slot.is_none()).for_each(|slot| *slot = Some(Reading::Loose));
+        }
     }
     out
 }
@@ -378,16 +413,17 @@ fn readings<const N: usize>(key: &str, wanted: &[&str; N]) -> [Option<Reading>; 
 /// letters and digits alone, as a backend that turns keys into snake or camel case
 /// reads them, with characters other than ASCII read as any letters (see
 /// `query::may_read_as`: `stätus`, full-width `ｗorkflow`, `workﬂow_stage`, Cyrillic
-/// `stаtus`, Hebrew `wor\u{5e7}flow_stage`). `head` is the key's [`path_head`], found
-/// once for all the words it is read as.
-fn reads_loosely(key: &str, head: Option<&str>, wanted: &str) -> bool {
+/// `stаtus`, Hebrew `wor\u{5e7}flow_stage`). `heads` are the key's [`path_heads`],
+/// found once for all the words it is read as.
+fn reads_loosely(key: &str, heads: [Option<&str>; 2], wanted: &str) -> bool {
     // A key that is a path (`publishing_rule.approvers.users`, `approvers[users]`,
     // `approvers->users`, `approvers__users`, `approvers%2Eusers`): lodash's `get`,
     // MongoDB's `$set`, ASP.NET's and Django's `__`, and unflattening helpers read it as
     // nested under its first part, so that part naming `wanted` is a second reading.
     // Anything but a letter, a digit, `_` or `-` may separate a path's parts to some
     // reader (its NFKC form too: `．` is `.`), and so may `__`.
-    head.is_some_and(|head| reading(head, wanted).is_some()) || super::query::may_read_as(key, wanted.as_bytes())
+    heads.into_iter().flatten().any(|head| reading(head, wanted).is_some())
+        || super::query::may_read_as(key, wanted.as_bytes())
 }
 
 /// The lower-case ASCII character a lenient decoder may read `c` as, if any: `c` itself

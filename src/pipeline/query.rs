@@ -18,7 +18,7 @@
 //! not name these keys, and a body may not be a urlencoded form.
 
 use super::auth::{self, Credentials};
-use super::policy::{path_head, path_parts, DEFAULT_BRANCH};
+use super::policy::{ascii_path_parts, path_heads, path_parts, DEFAULT_BRANCH};
 use crate::error::{BadRequest, Denial, GatewayError};
 use crate::field_names::folded_eq;
 use http::header::{CONTENT_TYPE, COOKIE};
@@ -71,7 +71,8 @@ const COOKIE_SEPARATORS: [char; 4] = [';', ',', ' ', '\t'];
 pub fn check_rule_keys(query: Option<&str>, headers: &HeaderMap) -> Result<(), GatewayError> {
     let refused = GatewayError::Forbidden(Denial::BodyRule);
     let names = |key: &str| {
-        classify(key) == Param::RuleKey || path_head(key).is_some_and(|head| classify(head) == Param::RuleKey)
+        classify(key) == Param::RuleKey
+            || path_heads(key).into_iter().flatten().any(|head| classify(head) == Param::RuleKey)
     };
     let none_named = |text: &str| if pairs(text).any(|(key, _)| names(&key)) { Err(refused.clone()) } else { Ok(()) };
     if let Some(query) = query {
@@ -442,11 +443,23 @@ fn classify_decoded(key: &str) -> Param {
     if one_word {
         return param(key);
     }
+    // Up to a NUL (PHP), and whole, where a NUL separates parts like any other control
+    // character (`%00base_branch`), and by the parts a split at ASCII alone gives
+    // (`ba\u{ad}se_branch.x`, see `policy::path_heads`).
+    let whole = key;
     let key = key.split('\0').next().unwrap_or_default();
     let base = key.split('[').next().unwrap_or_default();
     let bracketed =
         key.trim_start_matches(|c: char| c.is_whitespace() || c == '[').split(']').next().unwrap_or_default();
-    [key, base, bracketed].into_iter().chain(path_parts(key)).map(param).fold(Param::Other, either)
+    let whole_parts = (whole.len() != key.len()).then(|| path_parts(whole)).into_iter().flatten();
+    let ascii_parts = (!key.is_ascii()).then(|| ascii_path_parts(key)).into_iter().flatten();
+    [key, base, bracketed]
+        .into_iter()
+        .chain(path_parts(key))
+        .chain(whole_parts)
+        .chain(ascii_parts)
+        .map(param)
+        .fold(Param::Other, either)
 }
 
 /// What a key with two readings means: the stronger, and when both name something
@@ -697,6 +710,11 @@ mod tests {
             // the twenty-first outside probe).
             "wor%D7%A7flow_stage=x",
             "workflow.wor%D7%A7flow_stage=x",
+            // A leading NUL, an invisible character in a path's first part (the probe of
+            // the 7th of December).
+            "%00workflow_stage=s",
+            "wo%C2%ADrkflow_stage.uid=s",
+            "sta%E2%81%A0tus.x=1",
         ] {
             assert!(check_rule_keys(Some(query), &none).is_err(), "{query}");
         }
@@ -1038,6 +1056,12 @@ mod tests {
         }
         assert!(may_name_branch_pair("base_branch.compare_branch") && !names_branch_pair("base_branch.compare_branch"));
         assert_eq!(named("base_branch=main&compare_branch=main&x.compare_branch=secret"), Err(AMBIGUOUS));
+        // Hidden by a leading NUL (read whole, it is a separator) or an invisible
+        // character in the first part of a path (the probe of the 7th of December).
+        for hidden in ["%00base_branch=development", "ba%C2%ADse_branch.x=development", "%00compare_branch=d"] {
+            let query = format!("base_branch=main&compare_branch=main&{hidden}");
+            assert_eq!(named_branches(Some(&query)).map(|n| n.map(|b| b.into_owned())), Err(AMBIGUOUS), "{hidden}");
+        }
         assert!(!names_branch_pair("branch") && !names_branch_pair("base_branches"));
         // Other requests may carry them (they mean nothing there) without a refusal.
         assert!(check_with("base_branch=x&base_branch=y", "blt1", None).is_ok());

@@ -210,6 +210,35 @@ fn keys_are_read_up_to_a_nul_too() {
     assert!(check(Rule::PublishRuleApprovers, alone.clone()).is_err(), "{alone}");
 }
 
+/// Read whole, a NUL is a separator like any control character: a key it starts is
+/// read by what follows, as a reader that drops or splits at it reads it. An invisible
+/// character in a path's first part (a soft hyphen, a zero-width space, a word joiner)
+/// hides it from a split at every non-letter, not from one at ASCII alone (the
+/// differential probe of the 7th of December: every one of these was forwarded).
+#[test]
+fn keys_hidden_by_a_leading_nul_or_an_invisible_character_are_refused() {
+    let (wf, pr, pair) = (Rule::EntryWorkflow, Rule::PublishRuleApprovers, Rule::BranchPair);
+    for (r, body) in [
+        (wf, json!({"workflow":{"\u{0}workflow_stage":{"uid":"stage_2"},"publishing_rule":{"status":0}}})),
+        (wf, json!({"workflow":{"publishing_rule":{"status":0,"\u{0}status":1}}})),
+        (wf, json!({"workflow":{"\u{0}publishing_rule":{"status":1},"publishing_rule":{"status":0}}})),
+        (pr, json!({"publishing_rule":{"\u{0}approvers":{"users":["u1"]}}})),
+        (pr, json!({"publishing_rule":{"name":"n"},"\u{0}approvers":{"users":["u1"]}})),
+        (pair, json!({"\u{0}base_branch":"development"})),
+        (pair, json!({"\u{0}compare_branch":"development"})),
+        (wf, json!({"workflow":{"wo\u{ad}rkflow_stage__x":null,"publishing_rule":{"status":0}}})),
+        (wf, json!({"workflow":{"workflow\u{200b}_stage.uid":"stage_2","publishing_rule":{"status":0}}})),
+        (wf, json!({"workflow":{"publishing_rule":{"status":0,"sta\u{ad}tus.x":1}}})),
+        (wf, json!({"workflow":{"publishing_rule":{"status":0,"sta\u{2060}tus[x]":1}}})),
+        (pr, json!({"publishing_rule":{"appro\u{ad}vers.users":["u1"]}})),
+    ] {
+        assert!(check(r, body.clone()).is_err(), "{body}");
+    }
+    // A NUL or an invisible character between words that name nothing stays harmless.
+    let fine = json!({"workflow":{"publishing_rule":{"status":0,"note\u{0}x":1,"ti\u{ad}tle.x":2}}});
+    assert!(check(wf, fine).is_ok());
+}
+
 #[test]
 fn approvers_rule() {
     let pr = Rule::PublishRuleApprovers;
@@ -374,6 +403,16 @@ fn keys_through_a_prototype_are_refused() {
         "__pr\u{43e}to__.workflow_stage",
         "__pro\u{ad}to__.workflow_stage",
         "c\u{43e}nstructor",
+        // Low lines NFKC reads as `_`, `__` as a path's separator, and `__...__` around
+        // any character (the differential probe of the 7th of December).
+        "\u{ff3f}_proto__",
+        "_\u{ff3f}proto__",
+        "\u{ff3f}_init__.__globals__",
+        "__proto_\u{fe4f}",
+        "x__constructor__prototype__polluted",
+        "constructor__prototype",
+        "__p.oto__",
+        "__pr oto__",
     ] {
         let body = json!({"workflow":{"publishing_rule":request.clone()},(key):{"uid":"s"}});
         assert_eq!(check(wf, body.clone()), ambiguous, "{body}");
