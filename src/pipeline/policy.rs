@@ -365,9 +365,9 @@ enum Reading {
 /// it (and as the query rule reads keys): `"status\u0000"` beside `"status"` is two
 /// readings of one field; and whole, the NUL a character like any other (a separator:
 /// `"\u0000workflow_stage"` reads as `workflow_stage` to a reader that drops or splits
-/// at control characters, and as nothing to a C-string one). Any reading but the spelled one is loose, as written or
-/// percent-decoded (see `query::in_any_form`: `st%61tus`); loose readings only ever
-/// refuse.
+/// at control characters, and as nothing to a C-string one). Any reading but the
+/// spelled one is loose, as written or percent-decoded (see `query::in_any_form`:
+/// `st%61tus`); loose readings only ever refuse.
 fn reading(key: &str, wanted: &str) -> Option<Reading> {
     let [reading] = readings(key, &[wanted]);
     reading

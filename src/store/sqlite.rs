@@ -185,7 +185,7 @@ fn prepare_file(path: &Path) -> Result<(), StoreError> {
             path.display()
         ))),
         Ok(meta) => {
-            if meta.permissions().mode() & 0o077 != 0 {
+            if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
                 tracing::warn!(
                     path = %path.display(),
                     mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
