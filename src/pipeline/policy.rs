@@ -163,17 +163,20 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
 /// [`crate::json`]).
 fn reaches_past_its_object(json: &Value) -> bool {
     // Parts are split where any reader splits them, at any character but a letter, a
-    // digit, `_`, `-` or `$` (`．` is `.` in NFKC), and where only ASCII splits them, a
-    // character other than ASCII being one a reader may drop (a soft hyphen).
+    // digit, `_` or `-` (`．` is `.` in NFKC), and where only ASCII splits them, a
+    // character other than ASCII being one a reader may drop (a soft hyphen); the key is
+    // read in its compatibility form too (`＿_proto__`, see `query::compatibility_form`).
+    // A `-` at a part's end is the `->` of a path (`__proto__->x`).
     // `class` is Java's way to the same (Spring's and BeanUtils' property paths), in any
     // case (Spring retries a property name capitalised, .NET ignores case). `__` splits
     // a path too (Django's and ASP.NET's `x__constructor__prototype`).
     let names_one = |text: &str| {
         ["constructor", "prototype", "class"].iter().any(|word| super::query::may_read_as(text, word.as_bytes()))
     };
-    let part_reaches =
-        |part: &str| names_one(part) || dunder(part) || (part.contains("__") && part.split("__").any(names_one));
-    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-' || c == '$';
+    let part_reaches = |part: &str| {
+        names_one(part) || dunder(part.trim_matches('-')) || (part.contains("__") && part.split("__").any(names_one))
+    };
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
     let reaches = |key: &str| {
         if key.contains('\\') || dunder(key) {
             return true;
@@ -190,7 +193,11 @@ fn reaches_past_its_object(json: &Value) -> bool {
             || (splits_twice && key.split(|c: char| c.is_ascii() && !word(c)).any(part_reaches))
     };
     match json {
-        Value::Object(o) => o.iter().any(|(k, v)| super::query::in_any_form(k, reaches) || reaches_past_its_object(v)),
+        Value::Object(o) => o.iter().any(|(k, v)| {
+            let compatible =
+                || super::query::compatibility_form(k).is_some_and(|form| super::query::in_any_form(&form, reaches));
+            super::query::in_any_form(k, reaches) || compatible() || reaches_past_its_object(v)
+        }),
         Value::Array(a) => a.iter().any(reaches_past_its_object),
         _ => false,
     }
@@ -383,7 +390,8 @@ fn readings<const N: usize>(key: &str, wanted: &[&str; N]) -> [Option<Reading>; 
         (spells && spelled.next().is_none()).then_some(Reading::Spelled)
     });
     let whole = (whole.len() != key.len()).then_some(whole);
-    for text in std::iter::once(key).chain(whole) {
+    let compatible = super::query::compatibility_form(whole.unwrap_or(key));
+    for text in std::iter::once(key).chain(whole).chain(compatible.as_deref()) {
         if out.iter().all(Option::is_some) {
             break;
         }

@@ -388,6 +388,11 @@ const MAX_DECODINGS: usize = 4;
 /// key still holding escapes after [`MAX_DECODINGS`] of them is refused.
 fn classify(key: &str) -> Param {
     let mut best = classify_decoded(key);
+    // Its compatibility form is another reading: one naming something else makes it two
+    // (`compare＿branch．x` is `branch` split at `＿`, `compare_branch` composed).
+    if let Some(form) = compatibility_form(key) {
+        best = either(best, classify(&form));
+    }
     let deeper = each_decoding(key, (), |next| {
         let reading = classify_decoded(next);
         if reading.strength() > best.strength() {
@@ -399,6 +404,32 @@ fn classify(key: &str) -> Param {
         Ok(()) => best,
         Err(()) => Param::Refused,
     }
+}
+
+/// A key as NFKC_Casefold reads it, apart from the case folding every reading does
+/// itself: compatibility forms composed (full-width `．`, `＿` and `［` as `.`, `_` and
+/// `[`), and characters Unicode calls default-ignorable (a soft hyphen, a zero-width
+/// space, a word joiner) dropped, as Python's `casefold` after NFKC, ICU and IDNA's
+/// mapping do. `None` for an ASCII key or one this leaves as it is. A second text to
+/// read, beside the key as sent: `wo\u{ad}rkflow_stage．uid` is `workflow_stage.uid`.
+pub(super) fn compatibility_form(key: &str) -> Option<String> {
+    use unicode_normalization::UnicodeNormalization;
+    if key.is_ascii() {
+        return None;
+    }
+    let form: String = key.nfkc().filter(|&c| !default_ignorable(c)).collect();
+    (form != key).then_some(form)
+}
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): characters shown
+/// as nothing, which NFKC_Casefold removes.
+fn default_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}'..='\u{1160}' | '\u{17b4}'..='\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}'
+        | '\u{fff0}'..='\u{fff8}' | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// One more decoding of `key`, if it holds an escape: `%XX` (a byte) and `%uXXXX` (a

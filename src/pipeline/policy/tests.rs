@@ -231,6 +231,18 @@ fn keys_hidden_by_a_leading_nul_or_an_invisible_character_are_refused() {
         (wf, json!({"workflow":{"publishing_rule":{"status":0,"sta\u{ad}tus.x":1}}})),
         (wf, json!({"workflow":{"publishing_rule":{"status":0,"sta\u{2060}tus[x]":1}}})),
         (pr, json!({"publishing_rule":{"appro\u{ad}vers.users":["u1"]}})),
+        // The same before a separator other than ASCII, and full-width low lines: read
+        // in the key's compatibility form (the re-probe).
+        (wf, json!({"workflow":{"wo\u{ad}rkflow_stage\u{ff0e}uid":"stage_2","publishing_rule":{"status":0}}})),
+        (wf, json!({"workflow":{"workflow\u{200b}_stage\u{ff0e}uid":"stage_2","publishing_rule":{"status":0}}})),
+        (wf, json!({"workflow":{"publishing_rule":{"status":0,"sta\u{ad}tus\u{ff0e}x":1}}})),
+        (pr, json!({"publishing_rule":{"appro\u{ad}vers\u{ff0e}users":["u1"]}})),
+        (pr, json!({"publishing_rule":{"appro\u{2060}vers\u{ff3f}\u{ff3f}users":["u1"]}})),
+        (wf, json!({"workflow":{"wor\u{ad}kflow_stage\u{ff3b}uid":"stage_2","publishing_rule":{"status":0}}})),
+        (wf, json!({"workflow":{"workflow\u{ff3f}stage\u{ff0e}uid":{"uid":"s"},"publishing_rule":{"status":0}}})),
+        (pr, json!({"publishing_rule":{"appro\u{ff3f}vers\u{ff0e}users":["u1"]}})),
+        (pair, json!({"compare\u{ff3f}branch\u{ff0e}x":"development"})),
+        (pair, json!({"merge_comment":"m","bas\u{ad}e_branch\u{ff0e}x":"development"})),
     ] {
         assert!(check(r, body.clone()).is_err(), "{body}");
     }
@@ -413,6 +425,14 @@ fn keys_through_a_prototype_are_refused() {
         "constructor__prototype",
         "__p.oto__",
         "__pr oto__",
+        // `$` separates parts; `->` leaves a `-` at a part's end (the re-probe).
+        "constructor$x",
+        "x$constructor",
+        "prototype$x",
+        "Class$x",
+        "__proto__$x",
+        "__proto__->x",
+        "x->__proto__->polluted",
     ] {
         let body = json!({"workflow":{"publishing_rule":request.clone()},(key):{"uid":"s"}});
         assert_eq!(check(wf, body.clone()), ambiguous, "{body}");
