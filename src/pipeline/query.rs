@@ -413,8 +413,10 @@ fn classify(key: &str) -> Param {
 /// mapping do. `None` for an ASCII key or one this leaves as it is. A second text to
 /// read, beside the key as sent: `wo\u{ad}rkflow_stage．uid` is `workflow_stage.uid`.
 pub(super) fn compatibility_form(key: &str) -> Option<String> {
-    use unicode_normalization::UnicodeNormalization;
-    if key.is_ascii() {
+    use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
+    // Most keys are their own form (ASCII, or letters NFKC keeps, such as `é`): found
+    // without building it.
+    if key.is_ascii() || (is_nfkc_quick(key.chars()) == IsNormalized::Yes && !key.chars().any(default_ignorable)) {
         return None;
     }
     let form: String = key.nfkc().filter(|&c| !default_ignorable(c)).collect();
