@@ -163,7 +163,7 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
 /// [`crate::json`]).
 fn reaches_past_its_object(json: &Value) -> bool {
     // Parts are split where any reader splits them, at any character but a letter, a
-    // digit, `_` or `-` (`．` is `.` in NFKC), and where only ASCII splits them, a
+    // digit, `_`, `-` or `$` (`．` is `.` in NFKC; `__` and `$` below), and where only ASCII splits them, a
     // character other than ASCII being one a reader may drop (a soft hyphen); the key is
     // read in its compatibility form too (`＿_proto__`, see `query::compatibility_form`).
     // A `-` at a part's end is the `->` of a path (`__proto__->x`).
@@ -174,9 +174,13 @@ fn reaches_past_its_object(json: &Value) -> bool {
         ["constructor", "prototype", "class"].iter().any(|word| super::query::may_read_as(text, word.as_bytes()))
     };
     let part_reaches = |part: &str| {
-        names_one(part) || dunder(part.trim_matches('-')) || (part.contains("__") && part.split("__").any(names_one))
+        let reaches = |part: &str| names_one(part) || dunder(part.trim_matches('-'));
+        // Split at `__` and `$` as well as read whole: `c$onstructor` is `constructor`
+        // to a reader that drops the `$`, `x$constructor` to one that splits at it.
+        let split_at = |separator: &str| part.contains(separator) && part.split(separator).any(reaches);
+        reaches(part) || split_at("__") || split_at("$")
     };
-    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-';
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '-' || c == '$';
     let reaches = |key: &str| {
         if key.contains('\\') || dunder(key) {
             return true;

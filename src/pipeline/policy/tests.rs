@@ -433,6 +433,13 @@ fn keys_through_a_prototype_are_refused() {
         "__proto__$x",
         "__proto__->x",
         "x->__proto__->polluted",
+        // A `$` inside the word is dropped by some readers (the third probe of the day).
+        "c$onstructor",
+        "con$structor",
+        "pro$totype",
+        "CONSTRUCTO$R",
+        "Cla$ss",
+        "x->con$structor->pro$totype",
     ] {
         let body = json!({"workflow":{"publishing_rule":request.clone()},(key):{"uid":"s"}});
         assert_eq!(check(wf, body.clone()), ambiguous, "{body}");
