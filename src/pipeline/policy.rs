@@ -174,7 +174,9 @@ fn reaches_past_its_object(json: &Value) -> bool {
         ["constructor", "prototype", "class"].iter().any(|word| super::query::may_read_as(text, word.as_bytes()))
     };
     let part_reaches = |part: &str| {
-        let reaches = |part: &str| names_one(part) || dunder(part.trim_matches('-'));
+        let reaches = |part: &str| {
+            names_one(part) || dunder(part.trim_matches('-')) || (part.contains('$') && dunder(&part.replace('$', "")))
+        };
         // Split at `__` and `$` as well as read whole: `c$onstructor` is `constructor`
         // to a reader that drops the `$`, `x$constructor` to one that splits at it.
         let split_at = |separator: &str| part.contains(separator) && part.split(separator).any(reaches);
