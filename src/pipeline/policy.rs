@@ -163,10 +163,11 @@ pub fn inspect_body(op: &Operation, body: &[u8]) -> Result<(), GatewayError> {
 /// [`crate::json`]).
 fn reaches_past_its_object(json: &Value) -> bool {
     // Parts are split where any reader splits them, at any character but a letter, a
-    // digit, `_`, `-` or `$` (`．` is `.` in NFKC; `__` and `$` below), and where only ASCII splits them, a
-    // character other than ASCII being one a reader may drop (a soft hyphen); the key is
-    // read in its compatibility form too (`＿_proto__`, see `query::compatibility_form`).
-    // A `-` at a part's end is the `->` of a path (`__proto__->x`).
+    // digit, `_`, `-` or `$` (`．` is `.` in NFKC; `__` and `$` below), and where only
+    // ASCII splits them, a character other than ASCII being one a reader may drop (a
+    // soft hyphen); the key is read in its compatibility form too (`＿_proto__`, see
+    // `query::compatibility_form`). A `-` at a part's end is the `->` of a path
+    // (`__proto__->x`).
     // `class` is Java's way to the same (Spring's and BeanUtils' property paths), in any
     // case (Spring retries a property name capitalised, .NET ignores case). `__` splits
     // a path too (Django's and ASP.NET's `x__constructor__prototype`).
