@@ -65,6 +65,7 @@ fn whole_decision(c: &mut Criterion) {
     let snap = snapshot(&clock, true);
     let i = 77_777;
     let (parts, _) = Request::get("/v3/content_types/blog_post/entries/blt0000000000000e01?locale=en-us")
+        .header("host", "127.0.0.1:8080")
         .header("api_key", support::api_key(i % STACKS))
         .header("authorization", support::secret(i))
         .header("branch", "deploy")

@@ -390,8 +390,10 @@ fn classify(key: &str) -> Param {
     let mut best = classify_decoded(key);
     // Its compatibility form is another reading: one naming something else makes it two
     // (`compare＿branch．x` is `branch` split at `＿`, `compare_branch` composed).
-    if let Some(form) = compatibility_form(key) {
-        best = either(best, classify(&form));
+    if !key.is_ascii() {
+        if let Some(form) = compatibility_form(key) {
+            best = either(best, classify(&form));
+        }
     }
     let deeper = each_decoding(key, (), |next| {
         let reading = classify_decoded(next);
@@ -412,6 +414,7 @@ fn classify(key: &str) -> Param {
 /// space, a word joiner) dropped, as Python's `casefold` after NFKC, ICU and IDNA's
 /// mapping do. `None` for an ASCII key or one this leaves as it is. A second text to
 /// read, beside the key as sent: `wo\u{ad}rkflow_stage．uid` is `workflow_stage.uid`.
+#[inline(never)]
 pub(super) fn compatibility_form(key: &str) -> Option<String> {
     use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
     // Most keys are their own form (ASCII, or letters NFKC keeps, such as `é`): found
