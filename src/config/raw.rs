@@ -200,8 +200,6 @@ pub struct RawToken {
     pub rate_limit: Option<RateLimit>,
 }
 
-/// Parses TOML text, returning the raw config and every ignored (unknown) key's path,
-/// as the errors show it.
 /// `expires_on` as a string or as a TOML date or date-time (`expires_on = 2027-01-01`,
 /// unquoted, is how TOML writes a date): either reads as the same text, which the
 /// token's own rules then check.
@@ -213,6 +211,8 @@ fn text_or_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
     }
 }
 
+/// Parses TOML text, returning the raw config and every ignored (unknown) key's path,
+/// as the errors show it.
 pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), toml::de::Error> {
     let mut unknown = Vec::new();
     let de = toml::Deserializer::new(text);

@@ -165,9 +165,8 @@ const PRIVATE_DIR: u32 = 0o700;
 /// store emptied by a failed copy or restore would start as one, every token gone
 /// without a word. A file stackgate has opened is never empty (switching it to WAL
 /// writes its header before anything else; the log holds the rest until a
-/// checkpoint). Warns when an existing file is readable
-/// by others than its owner; the operator may mean it (a backup agent's group), so it
-/// is left as it is.
+/// checkpoint). Warns when an existing file is readable by others than its owner; the
+/// operator may mean it (a backup agent's group), so it is left as it is.
 fn prepare_file(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let failed = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("{}: {e}", path.display()));
@@ -412,19 +411,16 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 /// file whose schema was changed by something else (a table dropped, a column renamed)
 /// is refused at start, naming what is missing, rather than starting and failing each
 /// write that meets the gap while `/readyz` reports the store up.
+/// (`tokens`: [`COLUMNS`] and the usage flusher's `last_used_at`.)
 const SCHEMA: &[(&str, &str)] = &[
-    (
-        "tokens",
-        "uid, stack, name, description, secret_sha256, scope, expires_on, is_email_notification_enabled, \
-        rate_read, rate_write, created_by, updated_by, created_at, updated_at, enabled, previous_sha256, \
-        previous_until, last_used_at",
-    ),
+    ("tokens", "last_used_at"),
     ("expiry_notices", "uid, expires_at, channel, notified_at"),
     ("token_audit", "id, stack, token_uid, action, actor, at, fields"),
 ];
 
 fn check_schema(conn: &Connection) -> Result<(), StoreError> {
-    for (table, columns) in SCHEMA {
+    for &(table, columns) in SCHEMA {
+        let columns = if table == "tokens" { format!("{COLUMNS}, {columns}") } else { columns.to_owned() };
         conn.prepare(&format!("SELECT {columns} FROM {table} LIMIT 0")).map_err(|e| {
             StoreError::Unavailable(format!(
                 "the store's schema is not the one stackgate wrote (version {}): {e}; it was changed by \

@@ -35,9 +35,9 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Serves one token-API request. `path` is the canonical path. The body is taken out
 /// of `body` only when it is read; a refused request's is left for the caller to drain.
-/// Every answer it gives is `Cache-Control: no-store`: a create or regenerate carries a secret
-/// once, and lists name a stack's credentials; no cache between the client and the
-/// gateway may keep either.
+/// Every answer it serves is `Cache-Control: no-store`: a create or regenerate carries a
+/// secret once, and lists name a stack's credentials; no cache between the client and
+/// the gateway may keep either.
 pub async fn handle(
     gw: &Arc<Gateway>,
     parts: &Parts,
