@@ -361,7 +361,7 @@ async fn assert_refused(stream: &mut TcpStream, buf: &mut Vec<u8>, status: u16, 
 /// Heads no HTTP/1.1 server takes (request line, field syntax, line endings, framing)
 /// get the gateway's 400 with its error body, on a fresh connection and after a
 /// request the loop took, and nothing reaches the backend.
-const MALFORMED: [&str; 22] = [
+const MALFORMED: [&str; 25] = [
     "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nbad header: x\r\n\r\n",
     "GET /v3/assets HTTP/1.1\r\nHost: gw\r\n: x\r\n\r\n",
     "GET /v3/assets HTTP/1.1\r\nHost: gw\r\nx-nul: a\0b\r\n\r\n",
@@ -384,6 +384,11 @@ const MALFORMED: [&str; 22] = [
     "GET http://[::1/v3/assets HTTP/1.1\r\nHost: gw\r\n\r\n",
     "GET /v3/content_types/blog#/../../stacks HTTP/1.1\r\nHost: gw\r\n\r\n",
     "GET /v3/assets#x HTTP/1.1\r\nHost: gw\r\n\r\n",
+    // Heads the loop would hand to hyper (a chunked, announced or HTTP/1.0 request)
+    // with a target `http` refuses: the loop answers them too.
+    "POST /v3/assets?q=\"a\" HTTP/1.1\r\nHost: gw\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    "POST /v3/assets/`x HTTP/1.1\r\nHost: gw\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
+    "GET /v3/assets?q=<x> HTTP/1.0\r\n\r\n",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,6 +405,36 @@ async fn malformed_heads_get_the_gateways_400() {
     // The HTTP/2 preface is no malformed head: h2c with prior knowledge still works.
     let (status, _) = h2c_get(env.gateway.addr).await;
     assert_eq!(status, 200);
+}
+
+/// A refused head that asked for `HEAD` is answered without content (RFC 9110, 9.3.2),
+/// like every answer to a `HEAD`: a request pipelined behind it must not read the error
+/// body as the start of its own answer. The connection closes right after the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_head_request_gets_an_answer_without_content() {
+    let env = Env::start_with("max_header_bytes = \"16KiB\"", "", Arc::new(SystemClock)).await;
+    let mut cases: Vec<(String, u16)> = MALFORMED
+        .iter()
+        .filter_map(|bad| bad.strip_prefix("GET ").or_else(|| bad.strip_prefix("POST ")))
+        .map(|rest| (format!("HEAD {rest}"), 400))
+        .collect();
+    cases.push((format!("\r\nHEAD {PATH}#x HTTP/1.1\r\nHost: gw\r\n\r\n"), 400));
+    cases.push((format!("HEAD {PATH} HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(20_000)), 431));
+    assert!(cases.len() > 20);
+    for (bad, status) in &cases {
+        let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+        stream.write_all(format!("{bad}{}", get("GET", PATH, "")).as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all)).await;
+        assert!(matches!(read, Ok(Ok(_))), "{bad:?}: closed after its answer");
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{bad:?}: {text}");
+        let end = text.find("\r\n\r\n").map(|at| at + 4);
+        assert_eq!(end, Some(all.len()), "{bad:?}: nothing after the head: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("x-request-id: ") && lower.contains("connection: close"), "{bad:?}: {text}");
+    }
+    assert!(env.backend.seen().is_empty(), "nothing reached the backend");
 }
 
 /// The HTTP/2 preface starts a connection or nothing: arriving in part it is held to

@@ -214,7 +214,8 @@ where
                 };
                 if let Some(bad) = bad {
                     let (resp, added) = refuse(Refusal::Head(bad), None);
-                    if write_response(io, &mut out, resp, &added, false, true).await == Written::Whole {
+                    let head_only = asks_for_head(&buf);
+                    if write_response(io, &mut out, resp, &added, head_only, true).await == Written::Whole {
                         linger(io, &mut buf).await;
                     }
                     return Outcome::Closed;
@@ -456,20 +457,40 @@ pub fn parse(
     }
     let body = framing.read_here()?.filter(|&n| n.saturating_add(len as u64) <= max_head as u64);
     if hyper || options.upgrade || version != 1 || method == Method::CONNECT {
-        return Err(ForHyper);
+        return handed_over(path);
     }
-    let Some(body) = body else { return Err(ForHyper) };
+    let Some(body) = body else { return handed_over(path) };
     let path_len = path.len();
     let head = buf.split_to(len).freeze();
     match build(&head, path_at..path_at + path_len, fields, method) {
         Some(request) => Ok(Some(Head { request, close: options.close, body_len: body, raw: head })),
         None => {
-            // `http` refused what `httparse` took (a target with `"`, `<` or `{`, say),
+            // `http` refused what `httparse` took (a target with `"` or `<`, say),
             // as hyper, which builds its requests with `http` too, would.
             *buf = rejoined(&head, buf);
             Err(Bad(BadHead::Malformed))
         }
     }
+}
+
+/// A head hyper is to serve, unless its target is one `http` refuses (`"`, `<`, a
+/// backtick): hyper, which builds its requests with `http` too, would answer that with
+/// a bare 400; the loop answers it as any other malformed head, with the gateway's
+/// error body and request id.
+fn handed_over(path: &str) -> Result<Option<Head>, NotTaken> {
+    match Uri::try_from(path) {
+        Ok(_) => Err(ForHyper),
+        Err(_) => Err(Bad(BadHead::Malformed)),
+    }
+}
+
+/// Whether a refused head asked for `HEAD` (its method as `httparse` reads it: after
+/// any empty lines, up to the first space). Its answer then carries no content, as
+/// every answer to a `HEAD` (RFC 9110, 9.3.2): a client that pipelined a request behind
+/// it would read the error body as the start of the next answer.
+fn asks_for_head(buf: &[u8]) -> bool {
+    let line = buf.iter().position(|&b| b != b'\r' && b != b'\n').map_or(&[][..], |at| &buf[at..]);
+    line.split(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')).next() == Some(b"HEAD")
 }
 
 /// A request's framing fields, read as hyper's server reads them (RFC 9112, 6.3), so
@@ -798,6 +819,33 @@ mod tests {
             "transfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n",
         ] {
             assert_eq!(with(bad), Err(Bad(BadHead::Malformed)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_http_refuses_is_refused_here_on_a_head_hyper_would_serve() {
+        for target in ["/v3/x?q=\"a\"", "/v3/`x`", "/v3/<x>"] {
+            for fields in ["transfer-encoding: chunked\r\n", "content-length: 65536\r\n", "expect: 100-continue\r\n"] {
+                let head = format!("POST {target} HTTP/1.1\r\nhost: a\r\n{fields}\r\n");
+                assert_eq!(outcome(&head), Err(Bad(BadHead::Malformed)), "{head:?}");
+            }
+            assert_eq!(outcome(&format!("GET {target} HTTP/1.0\r\n\r\n")), Err(Bad(BadHead::Malformed)));
+        }
+        assert_eq!(
+            outcome("POST /v3/x?q=%22a%22 HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Err(ForHyper)
+        );
+        assert_eq!(outcome("GET /v3/x HTTP/1.0\r\n\r\n"), Err(ForHyper));
+    }
+
+    #[test]
+    fn a_refused_head_asks_for_head_as_httparse_reads_its_method() {
+        for head in ["HEAD /v3/x#y HTTP/1.1\r\n", "\r\nHEAD /v3/x HTTP/1.1\r\n", "\nHEAD\t/v3/x", "HEAD"] {
+            assert!(asks_for_head(head.as_bytes()), "{head:?}");
+        }
+        for head in ["GET /v3/x#y HTTP/1.1\r\n", "head /v3/x HTTP/1.1\r\n", "HEADER /v3/x HTTP/1.1\r\n", " HEAD /", ""]
+        {
+            assert!(!asks_for_head(head.as_bytes()), "{head:?}");
         }
     }
 
