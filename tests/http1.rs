@@ -434,6 +434,10 @@ async fn a_refused_head_request_gets_an_answer_without_content() {
         let lower = text.to_ascii_lowercase();
         assert!(lower.contains("x-request-id: ") && lower.contains("connection: close"), "{bad:?}: {text}");
     }
+    // A lone CR is no empty line: no method is read after it, and the body is sent.
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    stream.write_all(format!("\rHEAD {PATH} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes()).await.unwrap();
+    assert_refused(&mut stream, &mut Vec::new(), 400, "a lone CR before HEAD").await;
     assert!(env.backend.seen().is_empty(), "nothing reached the backend");
 }
 

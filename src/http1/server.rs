@@ -485,11 +485,13 @@ fn handed_over(path: &str) -> Result<Option<Head>, NotTaken> {
 }
 
 /// Whether a refused head asked for `HEAD` (its method as `httparse` reads it: after
-/// any empty lines, up to the first space). Its answer then carries no content, as
-/// every answer to a `HEAD` (RFC 9110, 9.3.2): a client that pipelined a request behind
-/// it would read the error body as the start of the next answer.
-fn asks_for_head(buf: &[u8]) -> bool {
-    let line = buf.iter().position(|&b| b != b'\r' && b != b'\n').map_or(&[][..], |at| &buf[at..]);
+/// any empty lines, CRLF or a bare LF, up to the first space). Its answer then carries
+/// no content, as every answer to a `HEAD` (RFC 9110, 9.3.2): a client that pipelined a
+/// request behind it would read the error body as the start of the next answer.
+fn asks_for_head(mut line: &[u8]) -> bool {
+    while let [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] = line {
+        line = rest;
+    }
     line.split(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')).next() == Some(b"HEAD")
 }
 
@@ -840,11 +842,21 @@ mod tests {
 
     #[test]
     fn a_refused_head_asks_for_head_as_httparse_reads_its_method() {
-        for head in ["HEAD /v3/x#y HTTP/1.1\r\n", "\r\nHEAD /v3/x HTTP/1.1\r\n", "\nHEAD\t/v3/x", "HEAD"] {
+        for head in ["HEAD /v3/x#y HTTP/1.1\r\n", "\r\nHEAD /v3/x HTTP/1.1\r\n", "\nHEAD\t/v3/x", "\r\n\nHEAD", "HEAD"]
+        {
             assert!(asks_for_head(head.as_bytes()), "{head:?}");
         }
-        for head in ["GET /v3/x#y HTTP/1.1\r\n", "head /v3/x HTTP/1.1\r\n", "HEADER /v3/x HTTP/1.1\r\n", " HEAD /", ""]
-        {
+        // A CR alone is no empty line: `httparse` reads no method after it.
+        for head in [
+            "GET /v3/x#y HTTP/1.1\r\n",
+            "head /v3/x HTTP/1.1\r\n",
+            "HEADER /v3/x HTTP/1.1\r\n",
+            " HEAD /",
+            "",
+            "\rHEAD /v3/x HTTP/1.1\r\n",
+            "\r\r\nHEAD /v3/x",
+            "\n\rHEAD /v3/x",
+        ] {
             assert!(!asks_for_head(head.as_bytes()), "{head:?}");
         }
     }
