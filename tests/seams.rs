@@ -1425,7 +1425,7 @@ async fn a_flood_of_one_off_tenants_leaves_room_for_others() {
     });
     let (backend, _, _) = scripted(script).await;
     let gw = gateway_for(backend).await;
-    for i in 0..300 {
+    for i in 0..1100 {
         let junk = format!("made-up-{i}");
         let fields = [("api_key", API_KEY), ("authtoken", junk.as_str())];
         assert_eq!(raw_request(gw.addr, "GET", PATH, &fields, "").await.0, 200);
@@ -1438,11 +1438,78 @@ async fn a_flood_of_one_off_tenants_leaves_room_for_others() {
     let mut again = KeepAlive::connect(gw.addr).await;
     let (_, got) = again.send("GET", &format!("{PATH}?n=2"), &json_creds(RW), "").await;
     assert_eq!(got, format!("{PATH}?n=2@{conn}"), "the token's idle connection was dropped");
-    // Counted: 301 connections opened (one per one-off tenant and the token's), and at
-    // least 300 - 256 evictions (the counters are the process's: other tests add).
+    // Counted: 1,101 connections opened (one per one-off tenant and the token's), and
+    // at least 1,100 - 1,024 evictions (the counters are the process's: other tests add).
     let opened = counter(gw.admin_addr, "stackgate_upstream_connections_opened_total").await;
     let evicted = counter(gw.admin_addr, "stackgate_upstream_idle_evictions_total").await;
-    assert!(opened >= 301.0 && evicted >= 44.0, "{opened} opened, {evicted} evicted");
+    assert!(opened >= 1101.0 && evicted >= 76.0, "{opened} opened, {evicted} evicted");
+}
+
+/// HTTP/2 streams hand their upstream connection back after each answer and take one
+/// for their next request: with more requests in flight than the idle list held (256
+/// per thread before), every answer closed a connection and every request opened one,
+/// and each answer probed every idle connection (a thousand streams in flight, 45
+/// `recv` calls per request). Here 300 streams in flight at once (the backend answers
+/// only when all 300 have arrived), three rounds: the second and third open nothing.
+#[tokio::test]
+async fn streams_in_flight_keep_their_upstream_connections_between_rounds() {
+    const STREAMS: usize = 300;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(tokio::sync::Barrier::new(STREAMS));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let barrier = Arc::clone(&barrier);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    barrier.wait().await;
+                    if stream.write_all(&answer("ok")).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // Time for 300 requests to reach the backend before any is answered, on one thread
+    // of a test build.
+    let text = config_text(backend, "", "").replace("connect_timeout = \"1s\"", "connect_timeout = \"30s\"");
+    let text = text.replace("request_timeout = \"2s\"", "request_timeout = \"20s\"");
+    let gw =
+        stackgate::server::start(stackgate::config::from_str(&text).unwrap(), Arc::new(SystemClock)).await.unwrap();
+    // Three connections of 100 streams (the gateway allows 256 per connection).
+    let mut senders = Vec::new();
+    for _ in 0..3 {
+        senders.push(h2(gw.addr).await);
+    }
+    for round in 0..3 {
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0..STREAMS {
+            let mut sender = senders[i % 3].clone();
+            let uri = format!("http://{}{PATH}?round={round}&i={i}", gw.addr);
+            requests.spawn(async move { h2_send(&mut sender, "GET", &uri, &creds(RW), "").await });
+        }
+        let answers = tokio::time::timeout(Duration::from_secs(60), requests.join_all()).await.unwrap();
+        let bad: Vec<_> = answers.iter().filter(|(status, body)| *status != 200 || body != "ok").take(3).collect();
+        let failed = answers.iter().filter(|(status, _)| *status != 200).count();
+        assert!(
+            bad.is_empty(),
+            "round {round}: {failed} failed, {} accepted: {bad:?}",
+            accepted.load(Ordering::SeqCst)
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), STREAMS, "upstream connections after round {round}");
+    }
 }
 
 /// Once the backend has sent a response no request asked for, the gateway reuses no
