@@ -127,6 +127,62 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(targets, [format!("{PATH}?n=1"), format!("{PATH}?n=3")]);
 }
 
+/// HTTP/1.0 clients (ApacheBench, a proxy left at HTTP/1.0 towards its upstream) are
+/// answered in their version: with a length and `Connection: keep-alive` when they
+/// asked to keep the connection, and the connection closed after an answer to one
+/// that did not ask. Pipelined on one connection: a GET, a HEAD, a POST with a small
+/// body, a refusal, then a GET without keep-alive; the backend sees the four allowed
+/// requests, each exactly once. (hyper answered them so before the loop took HTTP/1.0.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_are_answered_in_their_version_and_kept_only_on_request() {
+    let env = Env::start().await;
+    let mut stream = TcpStream::connect(env.gateway.addr).await.unwrap();
+    let v10 = |req: String| req.replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let keep = "Connection: Keep-Alive\r\n";
+    let body = r#"{"entry":{"title":"x"}}"#;
+    let post = format!("{keep}content-type: application/json\r\ncontent-length: {}\r\n", body.len());
+    let batch = [
+        v10(get("GET", &format!("{PATH}?n=1"), keep)),
+        v10(get("HEAD", &format!("{PATH}?n=2"), keep)),
+        v10(get("POST", PATH, &post)) + body,
+        format!("GET {PATH}?n=4 HTTP/1.0\r\n{keep}\r\n"),
+        v10(get("GET", &format!("{PATH}?n=5"), "")),
+    ]
+    .concat();
+    stream.write_all(batch.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    for (what, status, head_only) in
+        [("GET", 200, false), ("HEAD", 200, true), ("POST", 200, false), ("no token", 401, false)]
+    {
+        let (head, answer) =
+            response(&mut stream, &mut buf, head_only).await.unwrap_or_else(|| panic!("{what}: no answer"));
+        let lower = head.to_ascii_lowercase();
+        assert!(head.starts_with(&format!("HTTP/1.0 {status} ")), "{what}: {head}");
+        assert!(
+            lower.contains("\r\nconnection: keep-alive\r\n") && lower.contains("\r\ncontent-length: "),
+            "{what}: {head}"
+        );
+        assert!(!lower.contains("transfer-encoding") && !lower.contains("connection: close"), "{what}: {head}");
+        assert_eq!(answer.is_empty(), head_only, "{what}: {answer:?}");
+    }
+    let (last, _) = response(&mut stream, &mut buf, false).await.expect("the last GET's answer");
+    assert!(
+        last.starts_with("HTTP/1.0 200 ") && last.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+        "{last}"
+    );
+    assert!(buf.is_empty() && closes_within(&mut stream, Duration::from_secs(5)).await, "the connection stays open");
+    let seen = env.backend.seen();
+    let targets: Vec<(String, String)> = seen.iter().map(|s| (s.method.to_string(), s.target.clone())).collect();
+    let expected = [
+        ("GET", format!("{PATH}?n=1")),
+        ("HEAD", format!("{PATH}?n=2")),
+        ("POST", PATH.to_owned()),
+        ("GET", format!("{PATH}?n=5")),
+    ];
+    assert_eq!(targets, expected.map(|(m, t)| (m.to_owned(), t)));
+    assert_eq!(seen[2].body, body.as_bytes());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_keeps_the_length_and_sends_no_body() {
     let env = Env::start().await;
@@ -384,8 +440,8 @@ const MALFORMED: [&str; 25] = [
     "GET http://[::1/v3/assets HTTP/1.1\r\nHost: gw\r\n\r\n",
     "GET /v3/content_types/blog#/../../stacks HTTP/1.1\r\nHost: gw\r\n\r\n",
     "GET /v3/assets#x HTTP/1.1\r\nHost: gw\r\n\r\n",
-    // Heads the loop would hand to hyper (a chunked, announced or HTTP/1.0 request)
-    // with a target `http` refuses: the loop answers them too.
+    // Heads the loop would hand to hyper (a chunked or announced body) with a target
+    // `http` refuses, and an HTTP/1.0 one: the loop answers them too.
     "POST /v3/assets?q=\"a\" HTTP/1.1\r\nHost: gw\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
     "POST /v3/assets/`x HTTP/1.1\r\nHost: gw\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
     "GET /v3/assets?q=<x> HTTP/1.0\r\n\r\n",

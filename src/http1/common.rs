@@ -43,12 +43,13 @@ pub(crate) fn put_length(out: &mut Vec<u8>, n: u64) {
     put_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// Appends an HTTP/1.1 status line.
-pub(crate) fn put_status(out: &mut Vec<u8>, status: StatusCode) {
-    if status == StatusCode::OK {
+/// Appends a status line: `HTTP/1.0` to an HTTP/1.0 client, as hyper answers one, so
+/// that it reads the answer by its own version's rules.
+pub(crate) fn put_status(out: &mut Vec<u8>, status: StatusCode, http10: bool) {
+    if status == StatusCode::OK && !http10 {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
-        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
         out.extend_from_slice(status.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
@@ -61,11 +62,13 @@ pub(crate) fn put_status(out: &mut Vec<u8>, status: StatusCode) {
 pub(crate) struct ConnectionOptions {
     pub close: bool,
     pub upgrade: bool,
+    /// HTTP/1.1's default, and how an HTTP/1.0 client asks for it.
+    pub keep_alive: bool,
 }
 
-/// Reads one `Connection` value: `close` and `upgrade` are noted, `keep-alive` is
-/// the HTTP/1.1 default, and every other name is passed to `listed` (a field that is
-/// hop-by-hop for this message, RFC 9110 section 7.6.1).
+/// Reads one `Connection` value: `close`, `upgrade` and `keep-alive` are noted, and
+/// every other name (and `upgrade`) is passed to `listed` (a field that is hop-by-hop
+/// for this message, RFC 9110 section 7.6.1).
 pub(crate) fn connection_options<'a>(
     value: &'a [u8],
     options: &mut ConnectionOptions,
@@ -77,7 +80,9 @@ pub(crate) fn connection_options<'a>(
         } else if token.eq_ignore_ascii_case(b"upgrade") {
             options.upgrade = true;
             listed(token);
-        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            options.keep_alive = true;
+        } else {
             listed(token);
         }
     }
@@ -114,7 +119,7 @@ mod tests {
         let mut options = ConnectionOptions::default();
         let mut listed = Vec::new();
         connection_options(b"keep-alive, Close ,x-private,, Upgrade", &mut options, |n| listed.push(n));
-        assert_eq!(options, ConnectionOptions { close: true, upgrade: true });
+        assert_eq!(options, ConnectionOptions { close: true, upgrade: true, keep_alive: true });
         assert_eq!(listed, [&b"x-private"[..], b"Upgrade"]);
     }
 }

@@ -5,8 +5,9 @@
 //! type: POST, PUT). For those, this loop reads and parses the head (`httparse`, as
 //! hyper does), reads a small body whole (see [`read_body`]), calls the service, and
 //! writes the response itself: no dispatcher, no per-request timer or buffer
-//! hand-offs, and the connection stays here for its next request. Anything else (a
-//! chunked or larger body, `Expect`, `Upgrade`, `CONNECT`, HTTP/1.0, HTTP/2) hands the
+//! hand-offs, and the connection stays here for its next request (HTTP/1.0 too, kept
+//! only when it asks for keep-alive). Anything else (a chunked or larger body,
+//! `Expect`, `Upgrade`, `CONNECT`, HTTP/2) hands the
 //! connection, with the bytes already read, to hyper for the rest of its life, so
 //! streamed bodies keep hyper's behaviour. A head no HTTP/1.1 server takes (bad
 //! syntax, framing hyper refuses, too large) is answered here through the service's
@@ -59,8 +60,8 @@ pub struct Limits {
 /// Why the loop did not take a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotTaken {
-    /// A request this loop leaves to hyper (a body, an upgrade, HTTP/1.0): hyper gets
-    /// the connection.
+    /// A request this loop leaves to hyper (a chunked or large body, an upgrade):
+    /// hyper gets the connection.
     ForHyper,
     /// The HTTP/2 connection preface, whole: hyper gets the connection if it starts
     /// with it; later on a connection it is refused.
@@ -103,8 +104,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A complete head.
 pub struct Head {
     pub request: Request<()>,
-    /// The client asked to close the connection after this request.
+    /// The client asked to close the connection after this request (an HTTP/1.0
+    /// client, by not asking for keep-alive).
     pub close: bool,
+    /// An HTTP/1.0 request: answered as HTTP/1.0, without chunked coding.
+    pub http10: bool,
     /// The length of the body that follows the head in the buffer (0: none).
     pub body_len: u64,
     /// The head's bytes, which the request's target and fields share: hyper is given
@@ -214,8 +218,8 @@ where
                 };
                 if let Some(bad) = bad {
                     let (resp, added) = refuse(Refusal::Head(bad), None);
-                    let head_only = asks_for_head(&buf);
-                    if write_response(io, &mut out, resp, &added, head_only, true).await == Written::Whole {
+                    let reply = Reply { head_only: asks_for_head(&buf), close: true, http10: false };
+                    if write_response(io, &mut out, resp, &added, reply).await == Written::Whole {
                         linger(io, &mut buf).await;
                     }
                     return Outcome::Closed;
@@ -240,7 +244,7 @@ where
                 Err(ended) => return ended,
             },
         };
-        let (req, close) = (head.request, head.close);
+        let (req, close, http10) = (head.request, head.close, head.http10);
         let head_only = req.method() == Method::HEAD;
         // Pinned here and lent out: moving the (large) future again would cost a copy.
         let handled = std::pin::pin!(service(req, body));
@@ -252,12 +256,12 @@ where
         // version, not the value: reading the value takes the channel's lock. Only `true`
         // is ever sent, and this receiver is never marked seen (`stopping` is).
         let close = close || begun(shutdown);
-        let done = match write_response(io, &mut out, resp, &added, head_only, close).await {
+        let done = match write_response(io, &mut out, resp, &added, Reply { head_only, close, http10 }).await {
             Written::Whole => true,
-            Written::Failed => false,
+            Written::Ended | Written::Failed => false,
             Written::Unstarted => {
                 let (resp, added) = refuse(Refusal::BrokenBody, Some(&added));
-                write_response(io, &mut out, resp, &added, head_only, true).await;
+                write_response(io, &mut out, resp, &added, Reply { head_only, close: true, http10 }).await;
                 false
             }
         };
@@ -456,14 +460,18 @@ pub fn parse(
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
     let body = framing.read_here()?.filter(|&n| n.saturating_add(len as u64) <= max_head as u64);
-    if hyper || options.upgrade || version != 1 || method == Method::CONNECT {
+    if hyper || options.upgrade || method == Method::CONNECT {
         return handed_over(path);
     }
     let Some(body) = body else { return handed_over(path) };
     let path_len = path.len();
     let head = buf.split_to(len).freeze();
-    match build(&head, path_at..path_at + path_len, fields, method) {
-        Some(request) => Ok(Some(Head { request, close: options.close, body_len: body, raw: head })),
+    let http10 = version == 0;
+    match build(&head, path_at..path_at + path_len, fields, method, http10) {
+        Some(request) => {
+            let close = options.close || (http10 && !options.keep_alive);
+            Ok(Some(Head { request, close, http10, body_len: body, raw: head }))
+        }
         None => {
             // `http` refused what `httparse` took (a target with `"` or `<`, say),
             // as hyper, which builds its requests with `http` too, would.
@@ -581,6 +589,7 @@ fn build(
     path: std::ops::Range<usize>,
     fields: &mut Vec<(HeaderName, usize, usize)>,
     method: Method,
+    http10: bool,
 ) -> Option<Request<()>> {
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
     let mut map = HeaderMap::with_capacity(fields.len() + 6);
@@ -591,6 +600,9 @@ fn build(
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = map;
+    if http10 {
+        *request.version_mut() = http::Version::HTTP_10;
+    }
     Some(request)
 }
 
@@ -599,21 +611,30 @@ fn build(
 enum Written {
     /// All of it: the connection can carry another request.
     Whole,
+    /// All of it, and the connection ends with it: a body of unknown length to an
+    /// HTTP/1.0 client, which reads it to the close (it has no chunked coding).
+    Ended,
     /// Partly, or the connection failed: it must close.
     Failed,
     /// Nothing: the body failed before the first write.
     Unstarted,
 }
 
-/// Writes a response.
-async fn write_response<I, B, A>(
-    io: &mut I,
-    out: &mut Vec<u8>,
-    resp: Response<B>,
-    added: &A,
+/// How a response is to be written.
+#[derive(Debug, Clone, Copy)]
+struct Reply {
+    /// The answer to a `HEAD`: the head alone.
     head_only: bool,
+    /// The connection ends after it (`Connection: close`).
     close: bool,
-) -> Written
+    /// To an HTTP/1.0 client: an `HTTP/1.0` status line, `Connection: keep-alive` when
+    /// the connection stays, and a body of unknown length sent as it comes, ended by
+    /// the close (RFC 9112, C.2.2), as hyper answers one.
+    http10: bool,
+}
+
+/// Writes a response.
+async fn write_response<I, B, A>(io: &mut I, out: &mut Vec<u8>, resp: Response<B>, added: &A, reply: Reply) -> Written
 where
     I: AsyncWrite + Unpin,
     B: CarriesFields,
@@ -631,8 +652,11 @@ where
     let status = parts.status;
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let exact = hyper::body::Body::size_hint(&body).exact();
+    let Reply { head_only, close, http10 } = reply;
+    let until_close = http10 && !(head_only || bodiless) && exact.is_none();
     out.clear();
-    write_head(out, &parts, fields.as_ref(), added, head_only && !bodiless, close);
+    let head = HeadOptions { keep_length: head_only && !bodiless, close: close || until_close, http10 };
+    write_head(out, &parts, fields.as_ref(), added, head);
     match (head_only || bodiless, exact) {
         (true, _) => {
             // A HEAD answer says the length the GET would have had, if known.
@@ -658,6 +682,13 @@ where
             out.extend_from_slice(b"\r\n");
             written(super::body::write_body(io, out, &mut body, false).await, Some(n))
         }
+        (false, None) if until_close => {
+            out.extend_from_slice(b"\r\n");
+            match written(super::body::write_body(io, out, &mut body, false).await, None) {
+                Written::Whole => Written::Ended,
+                other => other,
+            }
+        }
         (false, None) => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
             written(super::body::write_body(io, out, &mut body, true).await, None)
@@ -674,19 +705,30 @@ fn written(result: Result<u64, super::body::WriteError>, length: Option<u64>) ->
     }
 }
 
+/// What a response head says beyond its fields.
+#[derive(Debug, Clone, Copy)]
+struct HeadOptions {
+    /// The stated `Content-Length` stays (a `HEAD` answer's).
+    keep_length: bool,
+    /// The connection ends after this answer.
+    close: bool,
+    /// To an HTTP/1.0 client.
+    http10: bool,
+}
+
 /// Status line and fields (the map's, and the upstream's block if there is one),
 /// without the framing ones (written by the caller from the body), with the added
 /// ones, adding `Date` when the response has none and `Connection: close` when the
-/// connection ends after it.
+/// connection ends after it (`Connection: keep-alive` when an HTTP/1.0 one does not).
 fn write_head<A: AddedFields>(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
     fields: Option<&Fields>,
     added: &A,
-    keep_length: bool,
-    close: bool,
+    line: HeadOptions,
 ) {
-    put_status(out, parts.status);
+    let HeadOptions { keep_length, close, http10 } = line;
+    put_status(out, parts.status, http10);
     for (name, value) in &parts.headers {
         let framing = *name == TRANSFER_ENCODING || (*name == CONTENT_LENGTH && !keep_length);
         if !framing && *name != CONNECTION && !added.replaces(name) {
@@ -705,6 +747,8 @@ fn write_head<A: AddedFields>(
     }
     if close {
         put_field(out, b"connection", b"close");
+    } else if http10 {
+        put_field(out, b"connection", b"keep-alive");
     }
 }
 
@@ -837,7 +881,30 @@ mod tests {
             outcome("POST /v3/x?q=%22a%22 HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"),
             Err(ForHyper)
         );
-        assert_eq!(outcome("GET /v3/x HTTP/1.0\r\n\r\n"), Err(ForHyper));
+        assert_eq!(outcome("GET /v3/x HTTP/1.0\r\n\r\n"), Ok(true));
+    }
+
+    #[test]
+    fn an_http10_head_is_taken_and_kept_only_when_it_asks_for_keep_alive() {
+        use http::Version;
+        const HTTP_10: Version = Version::HTTP_10;
+        const HTTP_11: Version = Version::HTTP_11;
+        let head = |version: &str, fields: &str| {
+            let mut buf = BytesMut::from(format!("GET /v3/x {version}\r\n{fields}\r\n").as_bytes());
+            let head = parse(&mut buf, &mut Vec::new(), 64 * 1024).ok().flatten();
+            head.map(|h| (h.close, h.http10, h.request.version()))
+        };
+        assert_eq!(head("HTTP/1.0", ""), Some((true, true, HTTP_10)));
+        assert_eq!(head("HTTP/1.0", "connection: Keep-Alive\r\n"), Some((false, true, HTTP_10)));
+        assert_eq!(head("HTTP/1.0", "connection: keep-alive, close\r\n"), Some((true, true, HTTP_10)));
+        assert_eq!(head("HTTP/1.0", "connection: x-keep-alive\r\n"), Some((true, true, HTTP_10)));
+        assert_eq!(head("HTTP/1.1", ""), Some((false, false, HTTP_11)));
+        assert_eq!(head("HTTP/1.1", "connection: close\r\n"), Some((true, false, HTTP_11)));
+        // A body of stated length is read here as on HTTP/1.1; no transfer coding on 1.0.
+        let mut buf = BytesMut::from(&b"POST /v3/x HTTP/1.0\r\ncontent-length: 2\r\n\r\n{}"[..]);
+        assert_eq!(parse(&mut buf, &mut Vec::new(), 64 * 1024).ok().flatten().map(|h| h.body_len), Some(2));
+        assert_eq!(outcome("POST /v3/x HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n"), Err(Bad(BadHead::Malformed)));
+        assert_eq!(outcome("GET /v3/x HTTP/1.0\r\nexpect: 100-continue\r\n\r\n"), Err(ForHyper));
     }
 
     #[test]
