@@ -8,18 +8,21 @@
 #   QUICK=1 bash benches/load.sh          # one short round, docs left alone
 #   ROUNDS=7 DURATION=15 bash benches/load.sh
 #   PGO=0 bash benches/load.sh            # the plain `dist` build instead of the profile-guided one
+#   bash benches/load.sh shapes           # benches/shapes.py instead: client shapes the rows leave out
+#                                         # (h2c with many streams, HTTP/1.0 keep-alive, 1,000 connections,
+#                                         # a connection per request), one section per shape
 # Installs its peers from Debian (nginx-light, haproxy, caddy, wrk, nghttp2-client, openssl,
-# redis-server), builds release binaries, then runs benches/load.py.
+# redis-server, apache2-utils), builds release binaries, then runs benches/load.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for cmd in nginx haproxy caddy wrk h2load openssl taskset python3 redis-server; do
+for cmd in nginx haproxy caddy wrk h2load openssl taskset python3 redis-server ab; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy caddy wrk nghttp2-client openssl util-linux python3 redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy caddy wrk nghttp2-client openssl util-linux python3 redis-server apache2-utils >/dev/null
 fi
 # The gateway measured is the profile-guided build (scripts/pgo.sh: two `dist` builds
 # with about a minute of training between them); PGO=0 measures the plain `dist` build.
@@ -29,5 +32,9 @@ if [ "${PGO:-1}" = 0 ]; then
 else
   bash scripts/pgo.sh
   export STACKGATE_BIN=$PWD/target/pgo/stackgate STACKGATE_BUILD="the profile-guided \`dist\` build of scripts/pgo.sh"
+fi
+if [ "${1:-}" = shapes ]; then
+  shift
+  exec python3 benches/shapes.py "$@"
 fi
 exec python3 benches/load.py "$@"
