@@ -725,9 +725,9 @@ fn write_head<A: AddedFields>(
     parts: &http::response::Parts,
     fields: Option<&Fields>,
     added: &A,
-    line: HeadOptions,
+    options: HeadOptions,
 ) {
-    let HeadOptions { keep_length, close, http10 } = line;
+    let HeadOptions { keep_length, close, http10 } = options;
     put_status(out, parts.status, http10);
     for (name, value) in &parts.headers {
         let framing = *name == TRANSFER_ENCODING || (*name == CONTENT_LENGTH && !keep_length);
