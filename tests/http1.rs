@@ -132,7 +132,8 @@ async fn pipelined_requests_are_answered_in_order() {
 /// asked to keep the connection, and the connection closed after an answer to one
 /// that did not ask. Pipelined on one connection: a GET, a HEAD, a POST with a small
 /// body, a refusal, then a GET without keep-alive; the backend sees the four allowed
-/// requests, each exactly once. (hyper answered them so before the loop took HTTP/1.0.)
+/// requests, each exactly once. (hyper answered them so before the loop took HTTP/1.0,
+/// but for the last answer's `Connection: close`, which it left out.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http10_clients_are_answered_in_their_version_and_kept_only_on_request() {
     let env = Env::start().await;
@@ -896,7 +897,7 @@ async fn a_length_that_is_no_one_number_is_502_for_a_head_as_for_its_get() {
     let post_body = r#"{"asset":{}}"#;
     let extra = format!("content-type: application/json\r\ncontent-length: {}\r\n", post_body.len());
     for path in ["/v3/assets/bltmax", "/v3/assets/bltmax1"] {
-        // hyper's paths: a request with a body, and HTTP/1.0.
+        // A request with a body, and HTTP/1.0 (hyper's paths when the probe found this).
         let with_body = format!("{}{post_body}", get("PUT", path, &extra));
         let http10 = get("GET", path, "").replacen("HTTP/1.1", "HTTP/1.0", 1);
         for request in [with_body, http10] {

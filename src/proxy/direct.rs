@@ -149,9 +149,11 @@ impl Pool {
     }
 
     /// Keeps a connection for later; the tenant whose connection, freeing a place, held
-    /// bytes no request asked for. When the list is full the oldest goes: probed
-    /// first, so that a stray on it still cools its tenant and one the backend closed
-    /// is not counted as evicted. One probe, not a sweep of the list: once the
+    /// bytes no request asked for. When the list is full the oldest goes (kept, a flood
+    /// of tenants that never come back, credentials made up for a user-session path,
+    /// would hold every place and leave none for the tenants that do): probed first,
+    /// so that a stray on it still cools its tenant and one the backend closed is not
+    /// counted as evicted. One probe, not a sweep of the list: once the
     /// requests in flight outnumber the places, every answer finds the list full, and
     /// a sweep each time cost a probe per idle connection (a thousand HTTP/2 streams in
     /// flight made 45 `recv` calls per request).
