@@ -109,10 +109,11 @@ const CANARY: &[u8] = b"GET /canary HTTP/1.1\r\nhost: canary\r\n\r\n";
 ///   fragment, is refused by the contract, not as malformed);
 /// - a head it accepts carries no body or one of stated length: `Content-Length` at most
 ///   once and at most `MAX_READ_BODY` (and with the head within the head limit), no
-///   `Transfer-Encoding`, `Expect`, `Upgrade` (nor `Connection: upgrade`), not `CONNECT`;
+///   `Transfer-Encoding`, `Expect`, `Upgrade` (nor `Connection: upgrade`), not `CONNECT`,
+///   HTTP/1.1 or HTTP/1.0;
 /// - every request it accepts, in order, up to its first `ForHyper` (from there hyper has
 ///   the connection: nothing is asserted), is one hyper's server also took, the same one
-///   (method, target, HTTP/1.1, fields) with a body of the same length and the same
+///   (method, target, version, fields) with a body of the same length and the same
 ///   bytes: so the next request starts at the same byte for both. A request `parse`
 ///   marks `Connection: close` ends its run, and so does a body the input cuts short.
 pub fn check_h1_server(data: &[u8]) {
@@ -190,7 +191,7 @@ fn check_framing<B>(request: &Request<B>, length: u64) {
         assert!(!upgrade, "accepted Connection: {value:?}");
     }
     assert_ne!(request.method(), Method::CONNECT, "accepted CONNECT");
-    assert_eq!(request.version(), Version::HTTP_11);
+    assert!(matches!(request.version(), Version::HTTP_11 | Version::HTTP_10), "accepted {:?}", request.version());
 }
 
 /// The requests hyper's HTTP/1 server (as the gateway configures it, less the timer)

@@ -444,6 +444,9 @@ pub fn parse(
     let base = buf.as_ptr() as usize;
     let path_at = path.as_ptr() as usize - base;
     let (mut options, mut framing, mut hyper) = (ConnectionOptions::default(), Framing::default(), false);
+    // hyper reads a `Connection` value with bytes outside visible ASCII as naming
+    // nothing: such a field never keeps an HTTP/1.0 connection here either.
+    let mut plain_connection = true;
     fields.clear();
     for h in req.headers.iter() {
         let name = header_name(h.name.as_bytes())?;
@@ -454,7 +457,10 @@ pub fn parse(
             TRANSFER_ENCODING => framing.encoding(h.value),
             // Only hyper handles these.
             http::header::EXPECT | http::header::UPGRADE => hyper = true,
-            CONNECTION => connection_options(h.value, &mut options, |_| {}),
+            CONNECTION => {
+                plain_connection &= h.value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+                connection_options(h.value, &mut options, |_| {});
+            }
             _ => {}
         }
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
@@ -469,7 +475,7 @@ pub fn parse(
     let http10 = version == 0;
     match build(&head, path_at..path_at + path_len, fields, method, http10) {
         Some(request) => {
-            let close = options.close || (http10 && !options.keep_alive);
+            let close = options.close || (http10 && !(options.keep_alive && plain_connection));
             Ok(Some(Head { request, close, http10, body_len: body, raw: head }))
         }
         None => {
@@ -898,6 +904,10 @@ mod tests {
         assert_eq!(head("HTTP/1.0", "connection: Keep-Alive\r\n"), Some((false, true, HTTP_10)));
         assert_eq!(head("HTTP/1.0", "connection: keep-alive, close\r\n"), Some((true, true, HTTP_10)));
         assert_eq!(head("HTTP/1.0", "connection: x-keep-alive\r\n"), Some((true, true, HTTP_10)));
+        // As hyper reads it: a value with a byte outside visible ASCII names nothing.
+        assert_eq!(head("HTTP/1.0", "connection: keep-alive, \u{e9}\r\n"), Some((true, true, HTTP_10)));
+        let mixed = "connection: keep-alive\r\nconnection: x\u{e9}\r\n";
+        assert_eq!(head("HTTP/1.0", mixed), Some((true, true, HTTP_10)));
         assert_eq!(head("HTTP/1.1", ""), Some((false, false, HTTP_11)));
         assert_eq!(head("HTTP/1.1", "connection: close\r\n"), Some((true, false, HTTP_11)));
         // A body of stated length is read here as on HTTP/1.1; no transfer coding on 1.0.
