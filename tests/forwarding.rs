@@ -589,6 +589,130 @@ async fn a_backend_refusing_an_upload_early_is_answered_with_its_own_response() 
     }
 }
 
+/// Uploads the gateway answers before it has read them, hundreds on one HTTP/2
+/// connection: every upload is answered and the connection stays open. Answered early
+/// by the backend (a 413 on the request head) and by the gateway itself (a 502: no
+/// backend). The client writes the rest of each body once the answer has come, as the
+/// frames a client wrote before the answer reached it arrive. The unread rest of a body
+/// has to end somewhere: reset, those frames arrive on a stream h2 has reset, and once
+/// it has forgotten that stream (it keeps 50 for a second) the first of them draws a
+/// reset of its own, counted against the connection's limit of 256, past which h2
+/// closes the connection (GOAWAY ENHANCE_YOUR_CALM) under every stream on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_answered_early_leave_their_http2_connection_open() {
+    let (refusing, _) = early_refusing_backend(false).await;
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for (backend, case) in [(refusing, "backend's 413"), (gone, "gateway's 502")] {
+        let gw = env_for(backend).await;
+        let answered = tokio::time::timeout(Duration::from_secs(60), uploads_finished_after_answers(gw.addr, 600))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the uploads were answered in time"));
+        assert_eq!(answered, Ok(600), "{case}: uploads answered before the connection ended");
+    }
+}
+
+/// A raw h2c client connection: it acknowledges SETTINGS, answers PINGs and keeps
+/// the connection's send window.
+struct RawH2 {
+    conn: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    window: i64,
+}
+
+impl RawH2 {
+    async fn connect(gateway: std::net::SocketAddr) -> RawH2 {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = tokio::net::TcpStream::connect(gateway).await.unwrap();
+        conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        conn.write_all(&h2_frame(4, 0, 0, &[])).await.unwrap();
+        RawH2 { conn, buf: Vec::new(), window: 65_535 }
+    }
+
+    async fn send(&mut self, frames: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.conn.write_all(frames).await.unwrap();
+    }
+
+    /// The next frames on streams other than 0; `None` once the gateway sent GOAWAY or
+    /// closed the connection.
+    async fn frames(&mut self) -> Option<Vec<(u8, u8, u32, Vec<u8>)>> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 << 10];
+        match self.conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => self.buf.extend_from_slice(&chunk[..read]),
+        }
+        let mut on_streams = Vec::new();
+        for (kind, flags, stream, payload) in h2_frames(&mut self.buf) {
+            match kind {
+                4 if flags & 1 == 0 => self.send(&h2_frame(4, 1, 0, &[])).await,
+                6 if flags & 1 == 0 => self.send(&h2_frame(6, 1, 0, &payload)).await,
+                8 if stream == 0 => {
+                    let increment = u32::from_be_bytes([payload[0] & 0x7f, payload[1], payload[2], payload[3]]);
+                    self.window += i64::from(increment);
+                }
+                7 => return None,
+                _ if stream != 0 => on_streams.push((kind, flags, stream, payload)),
+                _ => {}
+            }
+        }
+        Some(on_streams)
+    }
+}
+
+/// Sends `count` uploads of 256 KiB one after the other on one h2c connection: the
+/// head and the first 16 KiB, then, once the answer has ended, the rest. How many were
+/// answered, or how many had been when the gateway sent GOAWAY or closed.
+async fn uploads_finished_after_answers(gateway: std::net::SocketAddr, count: u32) -> Result<u32, u32> {
+    const FRAME: usize = 16 << 10;
+    const FRAMES: usize = 16;
+    let mut h2 = RawH2::connect(gateway).await;
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    let (length, authority) = ((FRAME * FRAMES).to_string(), gateway.to_string());
+    let fields = [
+        (":path", "/v3/assets"),
+        (":authority", authority.as_str()),
+        ("api_key", API_KEY),
+        ("authorization", RW),
+        ("content-type", "application/octet-stream"),
+        ("content-length", length.as_str()),
+    ];
+    for (name, value) in fields {
+        block.extend([0, name.len() as u8]);
+        block.extend(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend(value.as_bytes());
+    }
+    let piece = vec![b'x'; FRAME];
+    for n in 0..count {
+        let id = 2 * n + 1;
+        while h2.window < FRAME as i64 {
+            h2.frames().await.ok_or(n)?;
+        }
+        h2.window -= FRAME as i64;
+        let mut first = h2_frame(1, 0x4, id, &block);
+        first.extend(h2_frame(0, 0, id, &piece));
+        h2.send(&first).await;
+        let mut ended = false;
+        while !ended {
+            for (kind, flags, stream, _) in h2.frames().await.ok_or(n)? {
+                // The answer's HEADERS or DATA that ends it, or a reset.
+                ended |= stream == id && (kind == 3 || (kind <= 1 && flags & 1 == 1));
+            }
+        }
+        while h2.window < (FRAME * (FRAMES - 1)) as i64 {
+            h2.frames().await.ok_or(n)?;
+        }
+        h2.window -= (FRAME * (FRAMES - 1)) as i64;
+        let mut rest = Vec::new();
+        for i in 1..FRAMES {
+            rest.extend(h2_frame(0, if i + 1 == FRAMES { 0x1 } else { 0 }, id, &piece));
+        }
+        h2.send(&rest).await;
+    }
+    Ok(count)
+}
+
 /// Uploads `size` bytes on a raw HTTP/1.1 connection (framed by length or chunked)
 /// while reading the answer as it comes, as a client that watches for an early answer
 /// does; returns its status and everything read up to `until`.

@@ -67,7 +67,12 @@ pub async fn drain(parts: &http::request::Parts, body: ClientBody) {
     {
         return;
     }
-    let mut body = body;
+    read_and_drop(body).await;
+}
+
+/// Reads a body to its end and drops what it held, up to `DISCARD_MAX` bytes and for
+/// up to `DISCARD_TIME`.
+async fn read_and_drop(mut body: impl Body<Data = Bytes> + Unpin) {
     let mut left = DISCARD_MAX;
     let read_all = async {
         while let Some(Ok(frame)) = body.frame().await {
@@ -79,6 +84,25 @@ pub async fn drain(parts: &http::request::Parts, body: ClientBody) {
         }
     };
     let _ = tokio::time::timeout(DISCARD_TIME, read_all).await;
+}
+
+/// The rest of an HTTP/2 request body nothing will read (the answer came before it:
+/// a backend that answered early, one that could not be reached), read and dropped in
+/// a task of its own, within `DISCARD_MAX` and `DISCARD_TIME`, so that its stream ends
+/// as the client ends it. Dropped instead, the stream is reset, and the client's DATA
+/// frames already on their way arrive on a stream h2 has reset: it remembers the 50
+/// last reset streams for a second, and a frame for one it has forgotten draws a
+/// reset of its own, counted against the connection's limit
+/// (`max_local_error_reset_streams`), past which it closes the connection under every
+/// stream on it. Uploads answered early at a few hundred a second reached that limit
+/// within a second. A body declared larger than `DISCARD_MAX` is reset at once.
+fn discard_rest(body: Incoming) {
+    if body.is_end_stream() || body.size_hint().lower() > DISCARD_MAX {
+        return;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(read_and_drop(body));
+    }
 }
 
 /// A client's request body: hyper's, one the gateway's own HTTP/1.1 loop read whole
@@ -430,6 +454,18 @@ impl Streamed {
         }
         self.remaining -= len;
         Ok(())
+    }
+}
+
+impl Drop for Streamed {
+    /// An HTTP/2 body not read to its end is read to it in the background
+    /// ([`discard_rest`]), unless its client reset it.
+    fn drop(&mut self) {
+        if matches!(self.inner, ClientBody::H2 { ended: false, .. }) && !self.inner.abandoned() {
+            if let ClientBody::H2 { body, .. } = std::mem::replace(&mut self.inner, ClientBody::Empty) {
+                discard_rest(body);
+            }
+        }
     }
 }
 
