@@ -2,9 +2,11 @@
 """Client shapes the load run's rows leave out, stackgate beside nginx, HAProxy and Caddy.
 
 The load run (benches/load.py) measures each protocol the way its load generator
-defaults: one request in flight per connection, 50-64 keep-alive connections. Clients
-also come as HTTP/2 connections multiplexing many streams, HTTP/1.0 keep-alive
-(ApacheBench), a thousand connections, or a connection per request; each is a row here,
+defaults: one request in flight per connection, 50-64 keep-alive connections, bodies of
+at most 64 KiB. Clients also come as HTTP/2 connections multiplexing many streams,
+HTTP/1.0 keep-alive (ApacheBench), a thousand connections, a connection per request, or
+uploads of 256 KiB (HTTP/2 and HTTP/1.1; the backend, nginx's `return`, answers without
+waiting for the rest of a body, which it discards as it comes); each is a row here,
 measured in alternating rounds against the same backend, in the shapes of the load run
 (pinned: every proxy on one core; all: nothing pinned, each at its defaults).
 
@@ -28,13 +30,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load as L  # noqa: E402
 
 PEERS = ["nginx", "HAProxy", "Caddy", "stackgate"]
+# The upload rows' body: an entry's JSON of 256 KiB, POSTed to the read rows' path.
+UPLOAD_BYTES = 256 * 1024
 
 
-def run_h2(shape, d, url, headers, conns, streams):
-    """h2load with `conns` connections of `streams` streams each."""
+def run_h2(shape, d, url, headers, conns, streams, data=None):
+    """h2load with `conns` connections of `streams` streams each (POSTing the file `data`, if given)."""
     log = tempfile.NamedTemporaryFile(delete=False, dir=d).name
     cmd = L.pinned(["h2load", "-c", str(conns), "-m", str(streams), "-D", str(L.DURATION), "--log-file", log],
                    shape.load_cpu)
+    if data:
+        cmd += ["-d", data]
     for h in headers:
         cmd += ["-H", h]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=L.DURATION + 60).stdout
@@ -66,6 +72,23 @@ def run_ab(shape, d, url, headers):
             "errors": errors, "requests": int(done.group(1))}
 
 
+def upload_body(d):
+    """An entry's JSON of UPLOAD_BYTES, the upload rows' body (written once)."""
+    path = os.path.join(d, "upload.json")
+    if not os.path.exists(path):
+        head = '{"entry":{"title":"upload","body":"'
+        open(path, "w").write(head + "x" * (UPLOAD_BYTES - len(head) - 3) + '"}}')
+    return path
+
+
+def upload_script(d):
+    """A wrk script that POSTs the upload body with every request."""
+    path = os.path.join(d, "upload.lua")
+    open(path, "w").write(f'local f = io.open("{upload_body(d)}")\nwrk.method = "POST"\nwrk.body = f:read("*a")\n'
+                          'f:close()\nwrk.headers["Content-Type"] = "application/json"\n')
+    return path
+
+
 def with_conns(shape, conns):
     s = copy.copy(shape)
     s.conns = conns
@@ -81,6 +104,10 @@ def rows_for(shape, d, headers):
         ("HTTP/1.1, 1,000 connections (wrk -c1000)", lambda u: L.run_wrk(with_conns(shape, 1000), d, u, headers)),
         ("HTTP/1.1, a connection per request (wrk -c50, Connection: close)",
          lambda u: L.run_wrk(with_conns(shape, 50), d, u, headers + ["Connection: close"])),
+        ("h2c uploads of 256 KiB, 4 connections of 4 streams (h2load -c4 -m4 -d)",
+         lambda u: run_h2(shape, d, u, headers + ["content-type: application/json"], 4, 4, upload_body(d))),
+        ("HTTP/1.1 uploads of 256 KiB, 16 connections (wrk -c16, POST)",
+         lambda u: L.run_wrk(with_conns(shape, 16), d, u, headers, upload_script(d))),
     ]
 
 
