@@ -82,10 +82,11 @@ def upload_body(d):
 
 
 def upload_script(d):
-    """A wrk script that POSTs the upload body with every request."""
+    """A wrk script that POSTs the upload body with every request (written once)."""
     path = os.path.join(d, "upload.lua")
-    open(path, "w").write(f'local f = io.open("{upload_body(d)}")\nwrk.method = "POST"\nwrk.body = f:read("*a")\n'
-                          'f:close()\nwrk.headers["Content-Type"] = "application/json"\n')
+    if not os.path.exists(path):
+        open(path, "w").write(f'local f = io.open("{upload_body(d)}")\nwrk.method = "POST"\nwrk.body = f:read("*a")\n'
+                              'f:close()\nwrk.headers["Content-Type"] = "application/json"\n')
     return path
 
 

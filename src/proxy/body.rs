@@ -95,7 +95,8 @@ async fn read_and_drop(mut body: impl Body<Data = Bytes> + Unpin) {
 /// reset of its own, counted against the connection's limit
 /// (`max_local_error_reset_streams`), past which it closes the connection under every
 /// stream on it. Uploads answered early at a few hundred a second reached that limit
-/// within a second. A body declared larger than `DISCARD_MAX` is reset at once.
+/// within a second. A body with more than `DISCARD_MAX` still to come by its declared
+/// length is reset at once.
 fn discard_rest(body: Incoming) {
     if body.is_end_stream() || body.size_hint().lower() > DISCARD_MAX {
         return;
