@@ -4,7 +4,8 @@
 The load run (benches/load.py) measures each protocol the way its load generator
 defaults: one request in flight per connection, 50-64 keep-alive connections, bodies of
 at most 64 KiB. Clients also come as HTTP/2 connections multiplexing many streams,
-HTTP/1.0 keep-alive (ApacheBench), a thousand connections, a connection per request, or
+HTTP/1.0 keep-alive (ApacheBench), a thousand connections, a connection per request,
+HTTP/1.1 pipelining (16 requests written at once), or
 uploads of 256 KiB (HTTP/2 and HTTP/1.1; the backend, nginx's `return`, answers without
 waiting for the rest of a body, which it discards as it comes); each is a row here,
 measured in alternating rounds against the same backend, in the shapes of the load run
@@ -90,6 +91,15 @@ def upload_script(d):
     return path
 
 
+def pipeline_script(d, depth=16):
+    """A wrk script that writes `depth` requests at once on a connection (HTTP/1.1 pipelining)."""
+    path = os.path.join(d, f"pipeline-{depth}.lua")
+    if not os.path.exists(path):
+        open(path, "w").write(f"init = function(args)\n  local r = {{}}\n  for i = 1, {depth} do r[i] = wrk.format() end\n"
+                              "  req = table.concat(r)\nend\nrequest = function() return req end\n")
+    return path
+
+
 def with_conns(shape, conns):
     s = copy.copy(shape)
     s.conns = conns
@@ -105,6 +115,8 @@ def rows_for(shape, d, headers):
         ("HTTP/1.1, 1,000 connections (wrk -c1000)", lambda u: L.run_wrk(with_conns(shape, 1000), d, u, headers)),
         ("HTTP/1.1, a connection per request (wrk -c50, Connection: close)",
          lambda u: L.run_wrk(with_conns(shape, 50), d, u, headers + ["Connection: close"])),
+        ("HTTP/1.1 pipelined, 16 requests per write (wrk -c50, pipeline script)",
+         lambda u: L.run_wrk(with_conns(shape, 50), d, u, headers, pipeline_script(d))),
         ("h2c uploads of 256 KiB, 4 connections of 4 streams (h2load -c4 -m4 -d)",
          lambda u: run_h2(shape, d, u, headers + ["content-type: application/json"], 4, 4, upload_body(d))),
         ("HTTP/1.1 uploads of 256 KiB, 16 connections (wrk -c16, POST)",

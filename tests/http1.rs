@@ -127,6 +127,50 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(targets, [format!("{PATH}?n=1"), format!("{PATH}?n=3")]);
 }
 
+/// Many connections pipelining at once: the loop lets a connection's next request wait
+/// its turn behind the other connections' work (`yield_now`), so their requests
+/// interleave at the backend; each connection still gets exactly its own answers, in
+/// the order it asked, whatever the backend's delays. The backend echoes each target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_on_many_connections_each_get_their_own_answers_in_order() {
+    const CONNECTIONS: usize = 16;
+    const DEPTH: usize = 8;
+    let env = Env::start().await;
+    let addr = env.gateway.addr;
+    let clients = (0..CONNECTIONS).map(|c| {
+        tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            // Every third request is held at the backend, so answers come back in
+            // another order than the requests went out across connections.
+            let batch: String = (0..DEPTH)
+                .map(|n| {
+                    let delay = if (c + n) % 3 == 0 {
+                        format!("x-test-delay-ms: {}\r\n", 1 + (c + n) % 7)
+                    } else {
+                        String::new()
+                    };
+                    get("GET", &format!("{PATH}?c={c}&n={n}"), &delay)
+                })
+                .collect();
+            stream.write_all(batch.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            let mut targets = Vec::new();
+            for _ in 0..DEPTH {
+                let (head, body) = response(&mut stream, &mut buf, false).await.expect("an answer per request");
+                assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+                let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                targets.push(json["target"].as_str().unwrap().to_owned());
+            }
+            let asked: Vec<String> = (0..DEPTH).map(|n| format!("{PATH}?c={c}&n={n}")).collect();
+            assert_eq!(targets, asked, "connection {c}");
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+    assert_eq!(env.backend.seen().len(), CONNECTIONS * DEPTH, "each request reached the backend once");
+}
+
 /// HTTP/1.0 clients (ApacheBench, a proxy left at HTTP/1.0 towards its upstream) are
 /// answered in their version: with a length and `Connection: keep-alive` when they
 /// asked to keep the connection, and the connection closed after an answer to one
