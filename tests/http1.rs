@@ -127,10 +127,10 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(targets, [format!("{PATH}?n=1"), format!("{PATH}?n=3")]);
 }
 
-/// Many connections pipelining at once: the loop lets a connection's next request wait
-/// its turn behind the other connections' work (`yield_now`), so their requests
-/// interleave at the backend; each connection still gets exactly its own answers, in
-/// the order it asked, whatever the backend's delays. The backend echoes each target.
+/// Many connections pipelining at once, with varied backend delays: each connection gets
+/// exactly its own answers, in the order it asked, while the loop lets each buffered
+/// next request wait its turn behind the other connections' work (`yield_now`). The
+/// backend echoes each target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_on_many_connections_each_get_their_own_answers_in_order() {
     const CONNECTIONS: usize = 16;

@@ -275,7 +275,7 @@ where
         // then the requests to the backend together, each peer woken once for the
         // lot. Served at once, every answer would be followed by a request to the
         // backend, waking the client and the backend by turns, each send a wake-up of
-        // its own (docs/benchmarks.md: pipelined clients).
+        // its own (docs/benchmarks.md, "pipelined HTTP/1.1 clients").
         if !buf.is_empty() {
             tokio::task::yield_now().await;
         }
