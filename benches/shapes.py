@@ -33,6 +33,8 @@ import load as L  # noqa: E402
 PEERS = ["nginx", "HAProxy", "Caddy", "stackgate"]
 # The upload rows' body: an entry's JSON of 256 KiB, POSTed to the read rows' path.
 UPLOAD_BYTES = 256 * 1024
+# The pipelining row: requests written at once on each connection.
+PIPELINE_DEPTH = 16
 
 
 def run_h2(shape, d, url, headers, conns, streams, data=None):
@@ -91,11 +93,11 @@ def upload_script(d):
     return path
 
 
-def pipeline_script(d, depth=16):
-    """A wrk script that writes `depth` requests at once on a connection (HTTP/1.1 pipelining)."""
-    path = os.path.join(d, f"pipeline-{depth}.lua")
+def pipeline_script(d):
+    """A wrk script that writes PIPELINE_DEPTH requests at once on a connection (written once)."""
+    path = os.path.join(d, "pipeline.lua")
     if not os.path.exists(path):
-        open(path, "w").write(f"init = function(args)\n  local r = {{}}\n  for i = 1, {depth} do r[i] = wrk.format() end\n"
+        open(path, "w").write(f"init = function(args)\n  local r = {{}}\n  for i = 1, {PIPELINE_DEPTH} do r[i] = wrk.format() end\n"
                               "  req = table.concat(r)\nend\nrequest = function() return req end\n")
     return path
 
@@ -115,7 +117,7 @@ def rows_for(shape, d, headers):
         ("HTTP/1.1, 1,000 connections (wrk -c1000)", lambda u: L.run_wrk(with_conns(shape, 1000), d, u, headers)),
         ("HTTP/1.1, a connection per request (wrk -c50, Connection: close)",
          lambda u: L.run_wrk(with_conns(shape, 50), d, u, headers + ["Connection: close"])),
-        ("HTTP/1.1 pipelined, 16 requests per write (wrk -c50, pipeline script)",
+        (f"HTTP/1.1 pipelined, {PIPELINE_DEPTH} requests per write (wrk -c50, pipeline script)",
          lambda u: L.run_wrk(with_conns(shape, 50), d, u, headers, pipeline_script(d))),
         ("h2c uploads of 256 KiB, 4 connections of 4 streams (h2load -c4 -m4 -d)",
          lambda u: run_h2(shape, d, u, headers + ["content-type: application/json"], 4, 4, upload_body(d))),
