@@ -571,6 +571,92 @@ async fn the_connection_cap_holds_across_threads() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The soft and hard open-file limits of a running process, from `/proc`.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let mut numbers = line.split_whitespace().filter_map(|w| w.parse().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+/// Started with a soft open-file limit of 256 under a hard one of 4,096 (a shell's
+/// `ulimit -n` of 1,024 in small), the gateway raises the soft limit to the hard one and
+/// serves 300 clients at once, each with its upstream connection: 600 descriptors. It
+/// used to keep 256: from about the 120th client on, connections went unaccepted or
+/// their upstream connects failed (`EMFILE`) and their requests were answered 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
+    // This process holds both ends of every connection, whatever limit it was started with.
+    stackgate::server::open_files::raise();
+    let backend = Backend::start().await;
+    let dir = temp_dir("nofile-raised");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
+    let (gw, addr, _out) =
+        spawn_gateway_with_file_limit(256, 4096, &["run", "--config", file.to_str().unwrap(), "--threads", "2"]);
+    assert_eq!(open_file_limits(gw.0.id()), (4096, 4096));
+    let h = [("api_key", API_KEY), ("authorization", RO)];
+    let mut clients = Vec::new();
+    for i in 0..300 {
+        let mut c = KeepAlive::connect(addr).await;
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), c.send("GET", ENTRIES, &h, ""))
+            .await
+            .unwrap_or_else(|_| panic!("client {i} was not answered"));
+        assert_eq!(status, 200, "client {i}: {body}");
+        clients.push(c);
+    }
+    drop(clients);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Under a hard open-file limit of 300, which it cannot raise, the gateway serves the
+/// clients that limit can carry with their upstream connections ((300 - 128) / 2 = 86)
+/// and lets the next ones wait to be accepted, as at `max_connections`, instead of
+/// accepting them and answering 502 when their upstream connects fail. Once clients
+/// leave, the waiting ones are served, none of them with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_beyond_what_the_open_file_limit_carries_wait_instead_of_failing() {
+    // This process holds both ends of every connection, whatever limit it was started with.
+    stackgate::server::open_files::raise();
+    const ROOM: usize = 86;
+    let backend = Backend::start().await;
+    let dir = temp_dir("nofile-capped");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "header_read_timeout = \"30s\"", "")).unwrap();
+    let (gw, addr, _out) =
+        spawn_gateway_with_file_limit(300, 300, &["run", "--config", file.to_str().unwrap(), "--threads", "2"]);
+    assert_eq!(open_file_limits(gw.0.id()), (300, 300));
+    let h = [("api_key", API_KEY), ("authorization", RO)];
+    let mut served = Vec::new();
+    for i in 0..ROOM {
+        let mut c = KeepAlive::connect(addr).await;
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), c.send("GET", ENTRIES, &h, ""))
+            .await
+            .unwrap_or_else(|_| panic!("client {i} was not answered"));
+        assert_eq!(status, 200, "client {i}: {body}");
+        served.push(c);
+    }
+    // 64 more: each sends its request at once; none may be answered (with a 502 or
+    // anything else) while the first ones hold their places.
+    let waiting: Vec<_> = (0..64)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = KeepAlive::connect(addr).await;
+                c.send("GET", ENTRIES, &[("api_key", API_KEY), ("authorization", RO)], "").await.0
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(waiting.iter().all(|w| !w.is_finished()), "a client beyond the room was served or failed");
+    served.truncate(ROOM - 64);
+    for (i, w) in waiting.into_iter().enumerate() {
+        let status = tokio::time::timeout(Duration::from_secs(10), w).await.unwrap().unwrap();
+        assert_eq!(status, 200, "waiting client {i}");
+    }
+    drop(served);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_and_bodies() {
     let env =

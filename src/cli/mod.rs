@@ -64,14 +64,29 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config, threads } => {
             crate::server::ignore_hangups_for_now();
+            raise_open_file_limit();
             let workers = threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, |n| n.get());
             block_on(std::num::NonZeroUsize::new(1), run(config, workers))
         }
-        Command::Demo { listen } => block_on(None, crate::demo::run(listen)),
+        Command::Demo { listen } => {
+            raise_open_file_limit();
+            block_on(None, crate::demo::run(listen))
+        }
         Command::Token(args) => block_on(None, token::run(*args)),
     };
     flush_logs();
     code
+}
+
+/// Raises the open-file limit for a serving process (see
+/// [`crate::server::open_files`]), before the runtime starts: the limit is the process's.
+fn raise_open_file_limit() {
+    match crate::server::open_files::raise() {
+        Some((before, after)) if after.soft > before.soft => {
+            tracing::info!(from = before.soft, to = after.soft, "open-file limit raised to the hard limit")
+        }
+        _ => {}
+    }
 }
 
 /// The log writer's thread, held until the process ends (see [`flush_logs`]).

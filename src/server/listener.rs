@@ -86,9 +86,28 @@ pub fn serve_on_own_thread(
     Ok(drained)
 }
 
-/// The places under `max_connections`, one set shared by every thread's listener.
+/// The places under `max_connections`, one set shared by every thread's listener; fewer
+/// when the open-file limit cannot carry that many clients with their upstream
+/// connections (see [`super::open_files`]), said once at start.
 pub fn connection_cap(gw: &Gateway) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(gw.snapshot().config.server.limits.max_connections))
+    let wanted = gw.snapshot().config.server.limits.max_connections;
+    let cap = match super::open_files::current() {
+        Some(limit) if super::open_files::connection_room(limit.soft) < wanted => {
+            let room = super::open_files::connection_room(limit.soft);
+            tracing::warn!(
+                max_connections = wanted,
+                served_at_once = room,
+                open_file_limit = limit.soft,
+                hard_limit = limit.hard,
+                "the open-file limit leaves room for fewer client connections than max_connections \
+                 (two descriptors each, with the upstream connection); the others wait to be accepted. \
+                 Raise it (ulimit -n, systemd LimitNOFILE=) to serve max_connections"
+            );
+            room
+        }
+        _ => wanted,
+    };
+    Arc::new(Semaphore::new(cap))
 }
 
 /// Accepts until shutdown, then waits for open connections to finish their requests

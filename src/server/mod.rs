@@ -11,6 +11,7 @@ mod handler;
 mod idle;
 mod inspecting;
 mod listener;
+pub mod open_files;
 mod request_id;
 mod signals;
 mod streams;

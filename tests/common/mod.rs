@@ -493,13 +493,27 @@ impl Proc {
 
 /// Starts the binary and waits for its "stackgate listening on http://ADDR" line.
 pub fn spawn_gateway(args: &[&str]) -> (Proc, SocketAddr, std::io::BufReader<std::process::ChildStdout>) {
+    spawn_gateway_from(std::process::Command::new(BIN).args(args))
+}
+
+/// [`spawn_gateway`] under an open-file limit of `soft` (hard `hard`), as a shell's
+/// `ulimit -n` or a unit's `LimitNOFILE=` would start it (util-linux's `prlimit`, which
+/// runs the binary in its own place: the child is the gateway).
+pub fn spawn_gateway_with_file_limit(
+    soft: u64,
+    hard: u64,
+    args: &[&str],
+) -> (Proc, SocketAddr, std::io::BufReader<std::process::ChildStdout>) {
+    let mut command = std::process::Command::new("prlimit");
+    command.arg(format!("--nofile={soft}:{hard}")).arg("--").arg(BIN).args(args);
+    spawn_gateway_from(&mut command)
+}
+
+fn spawn_gateway_from(
+    command: &mut std::process::Command,
+) -> (Proc, SocketAddr, std::io::BufReader<std::process::ChildStdout>) {
     use std::io::BufRead;
-    let child = std::process::Command::new(BIN)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let mut child = Proc(child);
     let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
     let mut line = String::new();
