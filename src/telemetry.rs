@@ -65,6 +65,35 @@ const UPSTREAM_KINDS: [&str; 3] = ["connect", "protocol", "timeout"];
 /// Latency buckets in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Lets a warning through at most once every [`Throttle::EVERY`]: a failure that
+/// repeats per request or per accept (an unreachable backend, a process out of file
+/// descriptors) is what an operator needs once, not a line per event.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    /// Milliseconds since the process's first check, plus one, of the last warning let
+    /// through (0: never). A monotonic clock, so a clock stepped back silences nothing.
+    last: AtomicU64,
+}
+
+impl Throttle {
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    pub const fn new() -> Self {
+        Throttle { last: AtomicU64::new(0) }
+    }
+
+    /// Whether to say it now.
+    pub fn allow(&self) -> bool {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let elapsed = ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_millis();
+        let now = u64::try_from(elapsed).unwrap_or(u64::MAX - 1) + 1;
+        let every = u64::try_from(Self::EVERY.as_millis()).unwrap_or(u64::MAX);
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now >= last.saturating_add(every))
+            && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
 /// A histogram of atomics (prometheus-client's own takes a mutex per observation).
 /// Clones share the same counts.
 #[derive(Debug, Clone)]
@@ -234,7 +263,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_idle_evictions",
-            "Idle upstream connections closed because their thread's idle list (256) was full",
+            "Idle upstream connections closed because their thread's idle list (1,024, fewer under a low open-file limit) was full",
             crate::proxy::IDLE_EVICTIONS.clone(),
         );
         let tokens_loaded = Gauge::default();

@@ -610,15 +610,15 @@ async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
 }
 
 /// Under a hard open-file limit of 300, which it cannot raise, the gateway serves the
-/// clients that limit can carry with their upstream connections ((300 - 128) / 2 = 86)
-/// and lets the next ones wait to be accepted, as at `max_connections`, instead of
-/// accepting them and answering 502 when their upstream connects fail. Once clients
-/// leave, the waiting ones are served, none of them with an error.
+/// clients its share of that limit carries ((300 - 128) / 3 = 57, with their upstream
+/// connections and the idle lists) and lets the next ones wait to be accepted, as at
+/// `max_connections`, instead of accepting them and answering 502 when their upstream
+/// connects fail. Once clients leave, the waiting ones are served, none with an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_beyond_what_the_open_file_limit_carries_wait_instead_of_failing() {
     // This process holds both ends of every connection, whatever limit it was started with.
     stackgate::server::open_files::raise();
-    const ROOM: usize = 86;
+    const ROOM: usize = 57;
     let backend = Backend::start().await;
     let dir = temp_dir("nofile-capped");
     let file = dir.join("gw.toml");
@@ -636,9 +636,9 @@ async fn clients_beyond_what_the_open_file_limit_carries_wait_instead_of_failing
         assert_eq!(status, 200, "client {i}: {body}");
         served.push(c);
     }
-    // 64 more: each sends its request at once; none may be answered (with a 502 or
+    // 40 more: each sends its request at once; none may be answered (with a 502 or
     // anything else) while the first ones hold their places.
-    let waiting: Vec<_> = (0..64)
+    let waiting: Vec<_> = (0..40)
         .map(|_| {
             tokio::spawn(async move {
                 let mut c = KeepAlive::connect(addr).await;
@@ -648,12 +648,85 @@ async fn clients_beyond_what_the_open_file_limit_carries_wait_instead_of_failing
         .collect();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(waiting.iter().all(|w| !w.is_finished()), "a client beyond the room was served or failed");
-    served.truncate(ROOM - 64);
+    served.truncate(ROOM - 40);
     for (i, w) in waiting.into_iter().enumerate() {
         let status = tokio::time::timeout(Duration::from_secs(10), w).await.unwrap().unwrap();
         assert_eq!(status, 200, "waiting client {i}");
     }
     drop(served);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// HTTP/2 streams in flight each hold an upstream connection, beyond the clients' share
+/// of the open-file limit: under a hard limit of 300, two h2c connections with 150
+/// streams each (the backend answering after 300 ms) need more upstream connections
+/// than there are descriptors. A stream that finds none waits for a connection to come
+/// back or close; every one is answered 200 (they were answered 502). Afterwards the
+/// idle lists hold no more than their share, so HTTP/1.1 clients are served at once
+/// (the burst's idle connections used to keep their descriptors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_beyond_the_open_file_limit_wait_for_a_connection() {
+    stackgate::server::open_files::raise();
+    let backend = Backend::start().await;
+    let dir = temp_dir("nofile-h2");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
+    let (_gw, addr, _out) =
+        spawn_gateway_with_file_limit(300, 300, &["run", "--config", file.to_str().unwrap(), "--threads", "2"]);
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+        for _ in 0..150 {
+            let client = client.clone();
+            let req = hyper::Request::get(format!("http://{addr}{ENTRIES}"))
+                .header("api_key", API_KEY)
+                .header("authorization", RO)
+                .header("x-test-delay-ms", "300")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            streams.push(tokio::spawn(async move {
+                let resp = client.request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }));
+        }
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for s in streams {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(20), s).await.unwrap().unwrap();
+        assert!(status == 200, "{status}: {body}");
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get(&200), Some(&300));
+    let h = [("api_key", API_KEY), ("authorization", RO)];
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let mut c = KeepAlive::connect(addr).await;
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), c.send("GET", ENTRIES, &h, ""))
+            .await
+            .unwrap_or_else(|_| panic!("client {i} after the burst was not answered"));
+        assert_eq!(status, 200, "client {i} after the burst: {body}");
+        clients.push(c);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Below the descriptors it needs to serve anything, `run` says so and exits instead of
+/// listening and failing every accept.
+#[test]
+fn an_open_file_limit_too_low_to_serve_is_refused_at_start() {
+    let dir = temp_dir("nofile-low");
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text("127.0.0.1:9".parse().unwrap(), "", "")).unwrap();
+    let out = std::process::Command::new("prlimit")
+        .args(["--nofile=40:40", "--", BIN, "run", "--config", file.to_str().unwrap()])
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("open-file limit (40, hard 40) is too low to serve"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -64,14 +64,16 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config, threads } => {
             crate::server::ignore_hangups_for_now();
-            raise_open_file_limit();
             let workers = threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, |n| n.get());
-            block_on(std::num::NonZeroUsize::new(1), run(config, workers))
+            match raise_open_file_limit() {
+                true => block_on(std::num::NonZeroUsize::new(1), run(config, workers)),
+                false => ExitCode::FAILURE,
+            }
         }
-        Command::Demo { listen } => {
-            raise_open_file_limit();
-            block_on(None, crate::demo::run(listen))
-        }
+        Command::Demo { listen } => match raise_open_file_limit() {
+            true => block_on(None, crate::demo::run(listen)),
+            false => ExitCode::FAILURE,
+        },
         Command::Token(args) => block_on(None, token::run(*args)),
     };
     flush_logs();
@@ -80,13 +82,22 @@ pub fn main() -> ExitCode {
 
 /// Raises the open-file limit for a serving process (see
 /// [`crate::server::open_files`]), before the runtime starts: the limit is the process's.
-fn raise_open_file_limit() {
-    match crate::server::open_files::raise() {
-        Some((before, after)) if after.soft > before.soft => {
-            tracing::info!(from = before.soft, to = after.soft, "open-file limit raised to the hard limit")
-        }
-        _ => {}
+/// `false` (said on stderr) when even the hard limit is too low to serve anything.
+fn raise_open_file_limit() -> bool {
+    use crate::server::open_files::{raise, MIN_TO_SERVE};
+    let Some((before, after)) = raise() else { return true };
+    if after.soft > before.soft {
+        tracing::info!(from = before.soft, to = after.soft, "open-file limit raised to the hard limit");
     }
+    if after.soft < MIN_TO_SERVE {
+        eprintln!(
+            "stackgate: the open-file limit ({}, hard {}) is too low to serve: at least {MIN_TO_SERVE} \
+             descriptors are needed (ulimit -n, systemd LimitNOFILE=)",
+            after.soft, after.hard
+        );
+        return false;
+    }
+    true
 }
 
 /// The log writer's thread, held until the process ends (see [`flush_logs`]).

@@ -21,11 +21,12 @@ use crate::error::{GatewayError, UpstreamFailure};
 use crate::http1::client::{
     Conn, Fields, Limits, Outgoing, Records, RequestHead, ResponseBody, SendError, Stray, Transport,
 };
+use crate::telemetry::Throttle;
 use http::{HeaderValue, Response};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -38,6 +39,21 @@ use tokio_rustls::client::TlsStream;
 /// the requests in flight closes a connection per answer and opens one per request.
 /// About 10 KiB of buffers each.
 const MAX_IDLE: usize = 1024;
+
+/// The idle list's size per thread: [`MAX_IDLE`], or less under an open-file limit
+/// that cannot hold that many beside the clients and their own upstream connections
+/// (see [`cap_idle_per_thread`]).
+static IDLE_CAP: AtomicUsize = AtomicUsize::new(MAX_IDLE);
+
+/// Holds each thread's idle list to `n` connections (at most [`MAX_IDLE`], at least
+/// one), set once at start from the open-file limit.
+pub fn cap_idle_per_thread(n: usize) {
+    IDLE_CAP.store(n.clamp(1, MAX_IDLE), Ordering::Relaxed);
+}
+
+/// How long a request that found no file descriptor for a new upstream connection
+/// waits before it looks again.
+const DESCRIPTOR_WAIT: Duration = Duration::from_millis(20);
 
 /// How long a tenant's connections are not reused once its backend sent bytes no
 /// request asked for (see [`IdleList::stray`]).
@@ -159,7 +175,7 @@ impl Pool {
     /// flight made 45 `recv` calls per request).
     fn keep(&mut self, tenant: Tenant, conn: Box<Conn>) -> Option<Tenant> {
         let mut strayed = None;
-        if self.0.len() >= MAX_IDLE {
+        if self.0.len() >= IDLE_CAP.load(Ordering::Relaxed) {
             if let Some((t, mut oldest)) = self.0.pop_front() {
                 match oldest.is_reusable() {
                     Ok(true) => {
@@ -328,7 +344,7 @@ pub struct Direct {
     tls: Option<Tls>,
     idle: Arc<IdleList>,
     /// When a failed connect was last logged (see `log_connect_failure`).
-    failure_logged: Arc<AtomicU64>,
+    failure_logged: Arc<Throttle>,
 }
 
 /// How an https upstream's connections are opened.
@@ -430,8 +446,16 @@ impl Direct {
                 None => {
                     fresh = true;
                     match self.connect(deadline).await? {
-                        Opened::Http1(conn) => conn,
-                        Opened::Http2(tls) => return Ok(Sent::Http2(tls)),
+                        Some(Opened::Http1(conn)) => conn,
+                        Some(Opened::Http2(tls)) => return Ok(Sent::Http2(tls)),
+                        // Out of descriptors: another request's connection comes back
+                        // idle, or one closes, soon (the connection cap and the idle
+                        // lists are sized to the limit); until the deadline.
+                        None if Instant::now() + DESCRIPTOR_WAIT < deadline => {
+                            tokio::time::sleep(DESCRIPTOR_WAIT).await;
+                            continue;
+                        }
+                        None => return Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
                     }
                 }
             };
@@ -462,11 +486,19 @@ impl Direct {
 
     /// A new connection (its TLS handshake included), within the connect timeout and
     /// the request's deadline.
-    pub(super) async fn connect(&self, deadline: Instant) -> Result<Opened, GatewayError> {
+    /// `Ok(None)` when the process is out of file descriptors: the caller waits for one
+    /// of its connections to come back idle, or a descriptor to free.
+    pub(super) async fn connect(&self, deadline: Instant) -> Result<Option<Opened>, GatewayError> {
         let give_up = deadline.min(Instant::now() + self.connect_timeout);
         match tokio::time::timeout_at(give_up, self.open()).await {
-            Ok(Ok(opened)) => Ok(opened),
+            Ok(Ok(opened)) => Ok(Some(opened)),
             Err(_) if give_up == deadline => Err(GatewayError::GatewayTimeout),
+            Ok(Err(e)) if out_of_descriptors(&e) => {
+                let why =
+                    format!("{e}: requests wait for a connection to come back or close (see the open-file limit)");
+                log_connect_failure(&why, &self.failure_logged);
+                Ok(None)
+            }
             Ok(Err(e)) => {
                 log_connect_failure(&e.to_string(), &self.failure_logged);
                 Err(GatewayError::BadGateway(UpstreamFailure::Connect))
@@ -503,18 +535,22 @@ impl Direct {
 /// for its name, expired, of an unknown CA: rustls's reason, which names no secret),
 /// at most once every 10 seconds per upstream: the access line of each request says only
 /// `bad gateway: connect`, and an operator needs the reason once, not per request.
-fn log_connect_failure(why: &str, logged: &AtomicU64) {
-    // Milliseconds since the process's first failure, plus one (0 is "never logged"):
-    // a monotonic clock, so a clock stepped back silences nothing.
-    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let elapsed = ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_millis();
-    let now = u64::try_from(elapsed).unwrap_or(u64::MAX - 1) + 1;
-    let last = logged.load(Ordering::Relaxed);
-    if (last == 0 || now >= last + 10_000)
-        && logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-    {
+fn log_connect_failure(why: &str, logged: &Throttle) {
+    if logged.allow() {
         // Debug-quoted: a certificate's names in rustls's reason come from the peer.
         tracing::warn!(error = ?why, "could not connect to the backend (said at most once every 10 s)");
+    }
+}
+
+/// Whether a connect failed for want of a file descriptor (the process's or the
+/// system's limit): not the backend's failure, and over once connections close.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    return matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
     }
 }
 

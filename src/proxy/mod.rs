@@ -18,7 +18,7 @@ use crate::http1::server::CarriesFields;
 use crate::timer::{Stalled, Waiting, Watched};
 pub use body::{drain, unreadable, BodyState, ClientBody, Confirming, EndCheck, Streamed, Unread};
 use direct::Sent;
-pub use direct::{Tenant, UpstreamSlot, CONNECTIONS_OPENED, IDLE_EVICTIONS, STRAY_COOL_DOWNS};
+pub use direct::{cap_idle_per_thread, Tenant, UpstreamSlot, CONNECTIONS_OPENED, IDLE_EVICTIONS, STRAY_COOL_DOWNS};
 use headers::prepare_response_headers;
 pub use headers::{
     join_cookies, prepare_request_headers, Identity, RequestRewrite, TRACEPARENT, TRACESTATE, X_REQUEST_ID,
@@ -385,11 +385,11 @@ impl UpstreamClient {
         };
         self.h2.retire(tenant, &conn);
         match self.direct.connect(deadline).await? {
-            direct::Opened::Http2(tls) => {
+            Some(direct::Opened::Http2(tls)) => {
                 let mut conn = self.start_h2(tls, tenant, deadline).await?;
                 conn.sender.send_request(req).await.map_err(|_| failed)
             }
-            direct::Opened::Http1(_) => Err(failed),
+            Some(direct::Opened::Http1(_)) | None => Err(failed),
         }
     }
 }

@@ -88,27 +88,29 @@ pub fn serve_on_own_thread(
 
 /// The places under `max_connections`, one set shared by every thread's listener; fewer
 /// when the open-file limit cannot carry that many clients with their upstream
-/// connections (see [`super::open_files`]), said once at start.
-pub fn connection_cap(gw: &Gateway) -> Arc<Semaphore> {
+/// connections and `threads` idle lists, whose size it also sets (see
+/// [`super::open_files`]). Said once at start when lowered.
+pub fn connection_cap(gw: &Gateway, threads: usize) -> Arc<Semaphore> {
     let wanted = gw.snapshot().config.server.limits.max_connections;
-    let cap = match super::open_files::current() {
-        Some(limit) if super::open_files::connection_room(limit.soft) < wanted => {
-            let room = super::open_files::connection_room(limit.soft);
-            tracing::warn!(
-                max_connections = wanted,
-                served_at_once = room,
-                open_file_limit = limit.soft,
-                hard_limit = limit.hard,
-                "the open-file limit leaves room for fewer client connections than max_connections \
-                 (two descriptors each, with the upstream connection); the others wait to be accepted. \
-                 Raise it (ulimit -n, systemd LimitNOFILE=) to serve max_connections"
-            );
-            room
-        }
-        _ => wanted,
-    };
-    Arc::new(Semaphore::new(cap))
+    let Some(limit) = super::open_files::current() else { return Arc::new(Semaphore::new(wanted)) };
+    let budget = super::open_files::budget(limit.soft, threads);
+    crate::proxy::cap_idle_per_thread(budget.idle_per_thread);
+    if budget.clients < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            served_at_once = budget.clients,
+            open_file_limit = limit.soft,
+            hard_limit = limit.hard,
+            "the open-file limit leaves room for fewer client connections than max_connections \
+             (with their upstream connections and idle ones, a third of it each); the others wait \
+             to be accepted. Raise it (ulimit -n, systemd LimitNOFILE=) to serve max_connections"
+        );
+    }
+    Arc::new(Semaphore::new(wanted.min(budget.clients)))
 }
+
+/// Accept failures (out of descriptors, mostly) are said at most once every 10 s.
+static ACCEPT_FAILURE: crate::telemetry::Throttle = crate::telemetry::Throttle::new();
 
 /// Accepts until shutdown, then waits for open connections to finish their requests
 /// (or for the cut). A connection takes one of `permits` while it lives.
@@ -123,7 +125,9 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, permits: Arc<Semapho
                 Ok(conn) => conn,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    if ACCEPT_FAILURE.allow() {
+                        tracing::warn!(error = %e, "accept failed (said at most once every 10 s)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -146,7 +146,7 @@ pub async fn start_workers(
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (cut, cut_rx) = watch::channel(false);
-    let permits = listener::connection_cap(&gateway);
+    let permits = listener::connection_cap(&gateway, workers.max(1));
     let others: Vec<_> = sockets
         .map(|socket| {
             let stop = listener::Stop { drain: shutdown_rx.clone(), cut: cut_rx.clone() };

@@ -5,9 +5,13 @@
 //! soft limit of 1,024 and a far higher hard one: at about 450 clients every upstream
 //! connect would then fail (`EMFILE`) and every request be answered 502, well below
 //! `max_connections`. So `run` and `demo` raise the soft limit to the hard one
-//! ([`raise`], as Go's runtime and HAProxy do), and the connection cap is the smaller of
-//! `max_connections` and what the limit leaves room for ([`connection_room`]): a client
-//! beyond it waits in the kernel's backlog until a place frees, as at the cap.
+//! ([`raise`], as Go's runtime and HAProxy do), and the limit is shared ([`budget`])
+//! between clients, their upstream connections and the idle lists: the connection cap
+//! is the smaller of `max_connections` and the clients' share (a client beyond it waits
+//! in the kernel's backlog until a place frees, as at the cap), and each thread's idle
+//! list keeps no more than its share. HTTP/2 streams in flight each hold an upstream
+//! connection beyond the clients' count: one that finds no descriptor waits for a
+//! connection to come back or close (within its deadline) instead of failing.
 
 /// Descriptors kept for everything but client connections and their upstream ones:
 /// listeners and runtimes (epoll, wakers), the store's files, the log, the admin
@@ -56,25 +60,45 @@ pub fn raise() -> Option<(Limit, Limit)> {
     Some((before, current().unwrap_or(before)))
 }
 
-/// How many client connections a soft limit of `soft` descriptors can carry: two each
-/// (the client's and its upstream connection), after [`RESERVED`]; at least one. An
-/// HTTP/2 connection whose streams are in flight together holds one upstream
-/// connection per stream, beyond this count.
-pub fn connection_room(soft: u64) -> usize {
-    usize::try_from((soft.saturating_sub(RESERVED) / 2).max(1)).unwrap_or(usize::MAX)
+/// What a soft limit of `soft` descriptors is shared into, after [`RESERVED`]: a third
+/// for client connections, a third for their own upstream connections, a third for the
+/// idle lists (a connection whose client left, or an HTTP/2 stream's, kept for the next
+/// request; each thread has its own list). At least one client, and one idle connection
+/// per thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub clients: usize,
+    pub idle_per_thread: usize,
 }
+
+pub fn budget(soft: u64, threads: usize) -> Budget {
+    let usable = usize::try_from(soft.saturating_sub(RESERVED)).unwrap_or(usize::MAX);
+    let clients = (usable / 3).max(1);
+    let idle = usable.saturating_sub(2 * clients);
+    Budget { clients, idle_per_thread: (idle / threads.max(1)).max(1) }
+}
+
+/// Below this many descriptors the gateway cannot serve at all (its listeners,
+/// runtimes and store hold about 30 before the first client): `run` refuses to start.
+pub const MIN_TO_SERVE: u64 = 64;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn room_is_two_descriptors_per_client_after_the_reserve() {
-        assert_eq!(connection_room(1024), 448);
-        assert_eq!(connection_room(65_536), 32_704);
+    fn a_third_each_for_clients_their_upstream_connections_and_the_idle_lists() {
+        assert_eq!(budget(1024, 1), Budget { clients: 298, idle_per_thread: 300 });
+        assert_eq!(budget(1024, 2), Budget { clients: 298, idle_per_thread: 150 });
+        assert_eq!(budget(65_536, 2), Budget { clients: 21_802, idle_per_thread: 10_902 });
+        // Clients, their upstream connections and the idle lists fit what is left.
+        for (soft, threads) in [(300, 2), (1024, 3), (20_000, 2), (4096, 1)] {
+            let b = budget(soft, threads);
+            assert!(2 * b.clients + threads * b.idle_per_thread <= (soft - RESERVED) as usize, "{soft} {threads}");
+        }
         // A limit below the reserve still serves one client at a time.
-        assert_eq!(connection_room(100), 1);
-        assert_eq!(connection_room(0), 1);
+        assert_eq!(budget(100, 2), Budget { clients: 1, idle_per_thread: 1 });
+        assert_eq!(budget(0, 0), Budget { clients: 1, idle_per_thread: 1 });
     }
 
     #[test]
