@@ -579,6 +579,25 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
     (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
+/// A gateway (`run --threads 2`, `extra` under `[server]`) in front of a test backend,
+/// started under an open-file limit of `soft`:`hard`. This test process holds both ends
+/// of every connection, so its own limit is raised first, whatever it was started with.
+async fn gateway_under_file_limit(
+    name: &str,
+    soft: u64,
+    hard: u64,
+    extra: &str,
+) -> (Backend, Proc, SocketAddr, std::path::PathBuf) {
+    stackgate::server::open_files::raise();
+    let backend = Backend::start().await;
+    let dir = temp_dir(name);
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, config_text(backend.addr, extra, "")).unwrap();
+    let (gw, addr, _out) =
+        spawn_gateway_with_file_limit(soft, hard, &["run", "--config", file.to_str().unwrap(), "--threads", "2"]);
+    (backend, gw, addr, dir)
+}
+
 /// Started with a soft open-file limit of 256 under a hard one of 4,096 (a shell's
 /// `ulimit -n` of 1,024 in small), the gateway raises the soft limit to the hard one and
 /// serves 300 clients at once, each with its upstream connection: 600 descriptors. It
@@ -586,14 +605,7 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
 /// their upstream connects failed (`EMFILE`) and their requests were answered 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
-    // This process holds both ends of every connection, whatever limit it was started with.
-    stackgate::server::open_files::raise();
-    let backend = Backend::start().await;
-    let dir = temp_dir("nofile-raised");
-    let file = dir.join("gw.toml");
-    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
-    let (gw, addr, _out) =
-        spawn_gateway_with_file_limit(256, 4096, &["run", "--config", file.to_str().unwrap(), "--threads", "2"]);
+    let (_backend, gw, addr, dir) = gateway_under_file_limit("nofile-raised", 256, 4096, "").await;
     assert_eq!(open_file_limits(gw.0.id()), (4096, 4096));
     let h = [("api_key", API_KEY), ("authorization", RO)];
     let mut clients = Vec::new();
@@ -616,15 +628,9 @@ async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
 /// connects fail. Once clients leave, the waiting ones are served, none with an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_beyond_what_the_open_file_limit_carries_wait_instead_of_failing() {
-    // This process holds both ends of every connection, whatever limit it was started with.
-    stackgate::server::open_files::raise();
     const ROOM: usize = 57;
-    let backend = Backend::start().await;
-    let dir = temp_dir("nofile-capped");
-    let file = dir.join("gw.toml");
-    std::fs::write(&file, config_text(backend.addr, "header_read_timeout = \"30s\"", "")).unwrap();
-    let (gw, addr, _out) =
-        spawn_gateway_with_file_limit(300, 300, &["run", "--config", file.to_str().unwrap(), "--threads", "2"]);
+    let (_backend, gw, addr, dir) =
+        gateway_under_file_limit("nofile-capped", 300, 300, "header_read_timeout = \"30s\"").await;
     assert_eq!(open_file_limits(gw.0.id()), (300, 300));
     let h = [("api_key", API_KEY), ("authorization", RO)];
     let mut served = Vec::new();
@@ -666,13 +672,7 @@ async fn clients_beyond_what_the_open_file_limit_carries_wait_instead_of_failing
 /// (the burst's idle connections used to keep their descriptors).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_beyond_the_open_file_limit_wait_for_a_connection() {
-    stackgate::server::open_files::raise();
-    let backend = Backend::start().await;
-    let dir = temp_dir("nofile-h2");
-    let file = dir.join("gw.toml");
-    std::fs::write(&file, config_text(backend.addr, "", "")).unwrap();
-    let (_gw, addr, _out) =
-        spawn_gateway_with_file_limit(300, 300, &["run", "--config", file.to_str().unwrap(), "--threads", "2"]);
+    let (_backend, _gw, addr, dir) = gateway_under_file_limit("nofile-h2", 300, 300, "").await;
     let mut streams = Vec::new();
     for _ in 0..2 {
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
