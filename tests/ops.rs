@@ -598,6 +598,21 @@ async fn gateway_under_file_limit(
     (backend, gw, addr, dir)
 }
 
+/// `n` keep-alive clients, each answered 200 to a GET within 5 s, kept open.
+async fn served_clients(addr: SocketAddr, n: usize, what: &str) -> Vec<KeepAlive> {
+    let h = [("api_key", API_KEY), ("authorization", RO)];
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let mut c = KeepAlive::connect(addr).await;
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), c.send("GET", ENTRIES, &h, ""))
+            .await
+            .unwrap_or_else(|_| panic!("{what} {i} was not answered"));
+        assert_eq!(status, 200, "{what} {i}: {body}");
+        clients.push(c);
+    }
+    clients
+}
+
 /// Started with a soft open-file limit of 256 under a hard one of 4,096 (a shell's
 /// `ulimit -n` of 1,024 in small), the gateway raises the soft limit to the hard one and
 /// serves 300 clients at once, each with its upstream connection: 600 descriptors. It
@@ -607,17 +622,7 @@ async fn gateway_under_file_limit(
 async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
     let (_backend, gw, addr, dir) = gateway_under_file_limit("nofile-raised", 256, 4096, "").await;
     assert_eq!(open_file_limits(gw.0.id()), (4096, 4096));
-    let h = [("api_key", API_KEY), ("authorization", RO)];
-    let mut clients = Vec::new();
-    for i in 0..300 {
-        let mut c = KeepAlive::connect(addr).await;
-        let (status, body) = tokio::time::timeout(Duration::from_secs(5), c.send("GET", ENTRIES, &h, ""))
-            .await
-            .unwrap_or_else(|_| panic!("client {i} was not answered"));
-        assert_eq!(status, 200, "client {i}: {body}");
-        clients.push(c);
-    }
-    drop(clients);
+    drop(served_clients(addr, 300, "client").await);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -632,16 +637,7 @@ async fn clients_beyond_what_the_open_file_limit_carries_wait_instead_of_failing
     let (_backend, gw, addr, dir) =
         gateway_under_file_limit("nofile-capped", 300, 300, "header_read_timeout = \"30s\"").await;
     assert_eq!(open_file_limits(gw.0.id()), (300, 300));
-    let h = [("api_key", API_KEY), ("authorization", RO)];
-    let mut served = Vec::new();
-    for i in 0..ROOM {
-        let mut c = KeepAlive::connect(addr).await;
-        let (status, body) = tokio::time::timeout(Duration::from_secs(5), c.send("GET", ENTRIES, &h, ""))
-            .await
-            .unwrap_or_else(|_| panic!("client {i} was not answered"));
-        assert_eq!(status, 200, "client {i}: {body}");
-        served.push(c);
-    }
+    let mut served = served_clients(addr, ROOM, "client").await;
     // 40 more: each sends its request at once; none may be answered (with a 502 or
     // anything else) while the first ones hold their places.
     let waiting: Vec<_> = (0..40)
@@ -699,16 +695,7 @@ async fn http2_streams_beyond_the_open_file_limit_wait_for_a_connection() {
         *statuses.entry(status).or_insert(0) += 1;
     }
     assert_eq!(statuses.get(&200), Some(&300));
-    let h = [("api_key", API_KEY), ("authorization", RO)];
-    let mut clients = Vec::new();
-    for i in 0..40 {
-        let mut c = KeepAlive::connect(addr).await;
-        let (status, body) = tokio::time::timeout(Duration::from_secs(5), c.send("GET", ENTRIES, &h, ""))
-            .await
-            .unwrap_or_else(|_| panic!("client {i} after the burst was not answered"));
-        assert_eq!(status, 200, "client {i} after the burst: {body}");
-        clients.push(c);
-    }
+    drop(served_clients(addr, 40, "client after the burst").await);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
