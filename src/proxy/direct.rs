@@ -450,12 +450,15 @@ impl Direct {
                         Some(Opened::Http2(tls)) => return Ok(Sent::Http2(tls)),
                         // Out of descriptors: another request's connection comes back
                         // idle, or one closes, soon (the connection cap and the idle
-                        // lists are sized to the limit); until the deadline.
-                        None if Instant::now() + DESCRIPTOR_WAIT < deadline => {
-                            tokio::time::sleep(DESCRIPTOR_WAIT).await;
+                        // lists are sized to the limit). Still waiting at the deadline,
+                        // the request timed out, as one its backend did not answer.
+                        None => {
+                            tokio::time::sleep_until(deadline.min(Instant::now() + DESCRIPTOR_WAIT)).await;
+                            if Instant::now() >= deadline {
+                                return Err(GatewayError::GatewayTimeout);
+                            }
                             continue;
                         }
-                        None => return Err(GatewayError::BadGateway(UpstreamFailure::Connect)),
                     }
                 }
             };
