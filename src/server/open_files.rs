@@ -71,6 +71,7 @@ pub struct Budget {
     pub idle_per_thread: usize,
 }
 
+/// The [`Budget`] of a soft limit, for `threads` serving threads (each with its idle list).
 pub fn budget(soft: u64, threads: usize) -> Budget {
     let usable = usize::try_from(soft.saturating_sub(RESERVED)).unwrap_or(usize::MAX);
     let clients = (usable / 3).max(1);
