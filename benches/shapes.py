@@ -84,22 +84,24 @@ def upload_body(d):
     return path
 
 
-def upload_script(d):
-    """A wrk script that POSTs the upload body with every request (written once)."""
-    path = os.path.join(d, "upload.lua")
+def lua_script(d, name, text):
+    """A wrk script in d (written once), its path."""
+    path = os.path.join(d, name)
     if not os.path.exists(path):
-        open(path, "w").write(f'local f = io.open("{upload_body(d)}")\nwrk.method = "POST"\nwrk.body = f:read("*a")\n'
-                              'f:close()\nwrk.headers["Content-Type"] = "application/json"\n')
+        open(path, "w").write(text)
     return path
+
+
+def upload_script(d):
+    """A wrk script that POSTs the upload body with every request."""
+    return lua_script(d, "upload.lua", f'local f = io.open("{upload_body(d)}")\nwrk.method = "POST"\n'
+                      'wrk.body = f:read("*a")\nf:close()\nwrk.headers["Content-Type"] = "application/json"\n')
 
 
 def pipeline_script(d):
-    """A wrk script that writes PIPELINE_DEPTH requests at once on a connection (written once)."""
-    path = os.path.join(d, "pipeline.lua")
-    if not os.path.exists(path):
-        open(path, "w").write(f"init = function(args)\n  local r = {{}}\n  for i = 1, {PIPELINE_DEPTH} do r[i] = wrk.format() end\n"
-                              "  req = table.concat(r)\nend\nrequest = function() return req end\n")
-    return path
+    """A wrk script that writes PIPELINE_DEPTH requests at once on a connection."""
+    return lua_script(d, "pipeline.lua", f"init = function(args)\n  local r = {{}}\n  for i = 1, {PIPELINE_DEPTH} do "
+                      "r[i] = wrk.format() end\n  req = table.concat(r)\nend\nrequest = function() return req end\n")
 
 
 def with_conns(shape, conns):
